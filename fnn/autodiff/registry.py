@@ -1,0 +1,151 @@
+"""How a gate is declared: a forward in jax.numpy/lax, a hand-written VJP, and its test cases.
+
+    @defgate
+    def multiply(x, y):
+        '''x * y (broadcasting).  Local gradients: d/dx = y, d/dy = x.'''
+        return x * y, (x, y)                  # (output, what the backward needs)
+
+    @multiply.defvjp
+    def multiply_vjp(g, saved):
+        x, y = saved
+        return unbroadcast(g * y, x), unbroadcast(g * x, y)   # one per positional input
+
+Conventions (after autodidax): array inputs are positional, static metadata (axis, stride,
+padding, rate) keyword-only; the VJP receives the upstream gradient `g` (a tuple for gates with
+several outputs), what the forward saved, and the same keyword-only metadata. It returns one
+gradient per positional input, `None` meaning zero. A VJP that declares a keyword `needs` gets a
+tuple of booleans saying which inputs need a gradient, so it can skip work for the others.
+
+Declaring a gate has no side effect: `fnn.registry` is built once from the gates in `fnn.ops`,
+and user gates are plain objects that work everywhere the built-in ones do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.errors import GateError, describe
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One test point for a gate: positional inputs and keyword-only metadata.
+
+    Float inputs are differentiated; integer/bool/key inputs are held fixed. `numeric=False`
+    marks a case where central differences are meaningless (a kink lies within reach).
+    """
+
+    args: tuple
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    label: str = ""
+    numeric: bool = True
+
+
+def unbroadcast(g, target):
+    """Sum `g` down to `target`'s shape: the gradient of broadcasting `target` up to g.shape.
+
+    `target` is an array (or a shape tuple). Leading axes that broadcasting added are summed
+    away; axes where target had size 1 are summed with keepdims. When `target` is an array, the
+    result also takes its dtype (type promotion in the forward is undone too).
+    """
+    shape = tuple(target) if isinstance(target, tuple) else tuple(np.shape(target))
+    if g.shape != shape:
+        lead = g.ndim - len(shape)
+        if lead < 0:
+            raise GateError(f"unbroadcast: gradient {describe(g)} has fewer dims than {shape}")
+        g = jnp.sum(g, axis=tuple(range(lead))) if lead else g
+        axes = tuple(i for i, (n, m) in enumerate(zip(shape, g.shape)) if n == 1 and m != 1)
+        g = jnp.sum(g, axis=axes, keepdims=True) if axes else g
+    dtype = getattr(target, "dtype", None)
+    if dtype is not None and g.dtype != dtype:
+        g = g.astype(dtype)
+    return g
+
+
+class Gate:
+    """A differentiable op: forward + hand-written VJP. Call it like the function it wraps.
+
+    Called on plain arrays (or under `jax.grad`) it only runs the forward; called on values
+    traced by fnn it also records itself on their tape, so `fnn.grad` can run its VJP.
+    """
+
+    def __init__(self, forward: Callable, *, name: str | None = None):
+        self.forward = forward
+        self.name = name or forward.__name__
+        self.vjp: Callable | None = None
+        self.cases: Callable | None = None
+        self._vjp_takes_needs = False
+        functools.update_wrapper(self, forward)
+
+    # -- declaration -----------------------------------------------------------------
+    def defvjp(self, vjp: Callable) -> Callable:
+        """Attach the hand-written VJP `vjp(g, saved, **static) -> tuple of gradients`."""
+        self.vjp = vjp
+        self._vjp_takes_needs = "needs" in inspect.signature(vjp).parameters
+        return vjp
+
+    def defcases(self, cases: Callable) -> Callable:
+        """Attach `cases(rng: np.random.Generator, dtype) -> list[Case]` for the checkers."""
+        self.cases = cases
+        return cases
+
+    # -- use ---------------------------------------------------------------------------
+    def __call__(self, *args, **static):
+        from fnn.autodiff.traced import Traced, dispatch
+
+        if any(isinstance(a, Traced) for a in args):
+            return dispatch(self, args, static)
+        return self.run_forward(args, static)[0]
+
+    def run_forward(self, args, static):
+        """Run the forward on raw values; turn JAX's shape/dtype errors into a GateError."""
+        try:
+            return self.forward(*args, **static)
+        except GateError:
+            raise
+        except (TypeError, ValueError) as e:
+            if "Error interpreting argument" in str(e) or "requires ndarray" in str(e):
+                raise
+            shapes = ", ".join(describe(a) for a in args)
+            meta = "".join(f", {k}={v!r}" for k, v in static.items())
+            raise GateError(f"gate '{self.name}' cannot take inputs ({shapes}{meta}): {e}") from e
+
+    def call_vjp(self, g, saved, needs, static):
+        if self.vjp is None:
+            raise GateError(f"gate '{self.name}' has no VJP: declare one with @{self.name}.defvjp")
+        if self._vjp_takes_needs:
+            return self.vjp(g, saved, needs=needs, **static)
+        return self.vjp(g, saved, **static)
+
+    def __repr__(self):
+        return f"<fnn gate '{self.name}'>"
+
+
+def defgate(forward: Callable | None = None, *, name: str | None = None):
+    """Declare a gate from its forward `forward(*arrays, **static) -> (out, saved)`.
+
+    Use as `@defgate` or `@defgate(name="...")`; then `@gate.defvjp` and `@gate.defcases`.
+    """
+    if forward is None:
+        return lambda f: Gate(f, name=name)
+    return Gate(forward, name=name)
+
+
+def collect_gates(*modules) -> dict[str, Gate]:
+    """Name -> gate for every Gate attribute of `modules` (used to build registries)."""
+    found: dict[str, Gate] = {}
+    for mod in modules:
+        for value in vars(mod).values():
+            if isinstance(value, Gate):
+                other = found.get(value.name)
+                if other is not None and other is not value:
+                    raise ValueError(f"two gates named '{value.name}'")
+                found[value.name] = value
+    return found
+

@@ -1,0 +1,39 @@
+"""Errors fnn raises. Each message names the gate or argument and the shapes/dtypes involved."""
+
+
+class FnnError(Exception):
+    """Base class of fnn's own errors."""
+
+
+class GateError(FnnError, ValueError):
+    """A gate was called with inputs it cannot take (shapes, ranks, dtypes, values)."""
+
+
+class VJPContractError(FnnError, TypeError):
+    """A gate's hand-written VJP returned the wrong number, shapes or dtypes of gradients."""
+
+
+class NestingError(FnnError, TypeError):
+    """fnn's reverse mode was nested inside itself (fnn.grad of fnn.grad)."""
+
+
+class ForeignCallError(FnnError, TypeError):
+    """A JAX/NumPy function was called on a value traced by fnn, which would lose its gradient."""
+
+
+def describe(x) -> str:
+    """Short 'f32[3,4]' description of an array-like (or its type name)."""
+    from fnn.autodiff.traced import Traced
+
+    if isinstance(x, Traced):
+        x = x.value
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        return type(x).__name__
+    import numpy as np
+
+    short = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
+             "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8",
+             "uint32": "u32", "bool": "bool"}.get(np.dtype(dtype).name, np.dtype(dtype).name)
+    return f"{short}[{','.join(str(d) for d in shape)}]"

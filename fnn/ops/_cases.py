@@ -1,0 +1,31 @@
+"""Helpers that build test points (`Case`s) for the gates: random arrays away from kinks."""
+
+import numpy as np
+
+
+def normal(rng: np.random.Generator, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def uniform(rng: np.random.Generator, shape, dtype, lo, hi):
+    return rng.uniform(lo, hi, shape).astype(dtype)
+
+
+def away_from(rng: np.random.Generator, shape, dtype, point=0.0, gap=0.1, scale=1.0):
+    """Normal samples pushed at least `gap` away from `point` (a kink), keeping their sign."""
+    x = scale * rng.standard_normal(shape)
+    x = np.where(x >= 0, x + gap, x - gap) + point
+    return np.asarray(x).astype(dtype)
+
+
+def distinct(rng: np.random.Generator, shape, dtype, gap=0.05):
+    """Values with pairwise gaps of at least `gap` (no ties for max/min/maxout), shuffled."""
+    n = int(np.prod(shape)) if shape else 1
+    x = (np.arange(n) - n / 2) * gap * (1 + rng.uniform(0.2, 0.8))
+    x = rng.permutation(x) + 0.01 * gap
+    return x.reshape(shape).astype(dtype)
+
+
+# shape pairs that exercise broadcasting: equal, scalar, size-1 dims, added leading dims
+BROADCAST_PAIRS = [((3, 4), (3, 4)), ((3, 4), ()), ((), (2, 3)), ((2, 1, 4), (3, 1)),
+                   ((4,), (2, 3, 4)), ((1, 5), (4, 1))]
