@@ -226,13 +226,13 @@ def _check_argnums(argnums, n_args, fname):
     return tuple(a % n_args for a in nums)
 
 
-def value_and_grad(f, argnums=0, has_aux: bool = False):
+def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.value_and_grad"):
     """Like `jax.value_and_grad`, with fnn's hand-written gradients.
 
     Returns a function giving `(value, grad)` or, with has_aux, `((value, aux), grad)`. `grad`
     has the structure of the argument(s) named by `argnums` (a tuple of them for a tuple).
     """
-    fname = f"fnn.value_and_grad({getattr(f, '__name__', 'f')})"
+    fname = f"{_name}({getattr(f, '__name__', 'f')})"
 
     def vg(*args):
         nums = _check_argnums(argnums, len(args), fname)
@@ -266,7 +266,7 @@ def value_and_grad(f, argnums=0, has_aux: bool = False):
 
 def grad(f, argnums=0, has_aux: bool = False):
     """Like `jax.grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs."""
-    vg = value_and_grad(f, argnums=argnums, has_aux=has_aux)
+    vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, _name="fnn.grad")
 
     def g(*args):
         (_, aux), dx = vg(*args) if has_aux else ((None, None), vg(*args)[1])

@@ -1,0 +1,269 @@
+"""Shapes and linear algebra: matmul, affine, transpose, reshape, broadcast_to, concatenate,
+take, index, stop_gradient.
+
+The lecture's vector rule: for y = x @ w, dx = g @ w.T and dw = x.T @ g; the shapes alone fix
+the order of the product, and no Jacobian is ever built.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fnn.autodiff.registry import Case, defgate, unbroadcast
+from fnn.errors import GateError, describe
+from fnn.ops._cases import normal
+
+
+def _swap(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
+# ---- matmul -----------------------------------------------------------------------------------
+@defgate
+def matmul(x, w):
+    """x @ w with numpy's rules (1-D operands, batch dims broadcast).
+
+    Local gradients (2-D): dx = g @ w.T (N,K), dw = x.T @ g (K,M) for x (N,K), w (K,M), g (N,M).
+    """
+    xs, ws = np.shape(x), np.shape(w)
+    if len(xs) == 0 or len(ws) == 0:
+        raise GateError(f"gate 'matmul': operands must have at least 1 dim, got x {describe(x)}, "
+                        f"w {describe(w)}")
+    kx = xs[-1]
+    kw = ws[0] if len(ws) == 1 else ws[-2]
+    if kx != kw:
+        raise GateError(f"gate 'matmul': inner dimensions differ: x {describe(x)} has {kx}, "
+                        f"w {describe(w)} has {kw}")
+    return jnp.matmul(x, w), (x, w)
+
+
+@matmul.defvjp
+def matmul_vjp(g, saved, *, needs):
+    x, w = saved
+    xd, wd = jnp.ndim(x), jnp.ndim(w)
+    dx = dw = None
+    if xd == 1 and wd == 1:  # inner product
+        return (g * w if needs[0] else None), (g * x if needs[1] else None)
+    if xd == 1:  # (K,) @ (..., K, M) -> (..., M)
+        if needs[0]:
+            dx = unbroadcast(jnp.matmul(w, g[..., None])[..., 0], x)
+        if needs[1]:
+            dw = unbroadcast(x[:, None] * g[..., None, :], w)
+        return dx, dw
+    if wd == 1:  # (..., N, K) @ (K,) -> (..., N)
+        if needs[0]:
+            dx = unbroadcast(g[..., None] * w, x)
+        if needs[1]:
+            dw = unbroadcast(jnp.matmul(g[..., None, :], x)[..., 0, :], w)
+        return dx, dw
+    if needs[0]:
+        dx = unbroadcast(jnp.matmul(g, _swap(w)), x)
+    if needs[1]:
+        if wd == 2:  # fold every batch dim of x into the contraction: one big matmul
+            k, m = w.shape
+            dw = (jnp.reshape(x, (-1, k)).T @ jnp.reshape(g, (-1, m))).astype(w.dtype)
+        else:
+            dw = unbroadcast(jnp.matmul(_swap(x), g), w)
+    return dx, dw
+
+
+@matmul.defcases
+def _matmul_cases(rng, dtype):
+    pairs = [((3, 4), (4, 5)), ((4,), (4, 2)), ((3, 4), (4,)), ((5,), (5,)),
+             ((2, 3, 4), (4, 2)), ((2, 3, 4), (2, 4, 5)), ((1, 3, 4), (2, 4, 2))]
+    return [Case((normal(rng, a, dtype), normal(rng, b, dtype)), label=f"{a}@{b}") for a, b in pairs]
+
+
+# ---- affine -------------------------------------------------------------------------------------
+@defgate
+def affine(x, w, b):
+    """Flatten x (N, d1..dk) to (N, D), then x @ w + b with w (D, M), b (M,) -> (N, M).
+
+    Local gradients: dx = (g @ w.T).reshape(x.shape), dw = x.T @ g, db = sum_N g.
+    """
+    if jnp.ndim(x) < 1 or jnp.ndim(w) != 2 or jnp.ndim(b) != 1:
+        raise GateError(f"gate 'affine': expects x (N, ...), w (D, M), b (M,); got x {describe(x)}, "
+                        f"w {describe(w)}, b {describe(b)}")
+    n = x.shape[0]
+    d = int(np.prod(x.shape[1:]))
+    if d != w.shape[0] or w.shape[1] != b.shape[0]:
+        raise GateError(f"gate 'affine': x {describe(x)} flattens to ({n}, {d}) which does not fit "
+                        f"w {describe(w)} and b {describe(b)}")
+    xf = jnp.reshape(x, (n, d))
+    return xf @ w + b, (xf, w, x.shape)
+
+
+@affine.defvjp
+def affine_vjp(g, saved, *, needs):
+    xf, w, x_shape = saved
+    dx = jnp.reshape(g @ w.T, x_shape) if needs[0] else None
+    dw = xf.T @ g if needs[1] else None
+    db = jnp.sum(g, axis=0) if needs[2] else None
+    return dx, dw, db
+
+
+@affine.defcases
+def _affine_cases(rng, dtype):
+    shapes = [((4, 3), (3, 5)), ((2, 3, 2), (6, 4)), ((1, 2, 2, 2), (8, 3))]
+    return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype), normal(rng, ws[1:], dtype)),
+                 label=f"{xs}") for xs, ws in shapes]
+
+
+# ---- shape gates ------------------------------------------------------------------------------
+@defgate
+def transpose(x, *, axes=None):
+    """Permute axes (reverse them when axes is None).  Local gradient: the inverse permutation."""
+    return jnp.transpose(x, axes), None
+
+
+@transpose.defvjp
+def transpose_vjp(g, saved, *, axes=None):
+    if axes is None:
+        return (jnp.transpose(g),)
+    inverse = tuple(int(i) for i in np.argsort([a % g.ndim for a in axes]))
+    return (jnp.transpose(g, inverse),)
+
+
+@transpose.defcases
+def _transpose_cases(rng, dtype):
+    return [Case((normal(rng, (3, 4), dtype),)), Case((normal(rng, (2, 3, 4), dtype),), {"axes": (1, 2, 0)}),
+            Case((normal(rng, (5,), dtype),))]
+
+
+@defgate
+def reshape(x, *, shape):
+    """x with a new shape (one entry may be -1).  Local gradient: g reshaped back to x's shape."""
+    try:
+        return jnp.reshape(x, shape), np.shape(x)
+    except TypeError as e:
+        raise GateError(f"gate 'reshape': cannot reshape x {describe(x)} to {tuple(shape)}: {e}") from e
+
+
+@reshape.defvjp
+def reshape_vjp(g, x_shape, *, shape):
+    return (jnp.reshape(g, x_shape),)
+
+
+@reshape.defcases
+def _reshape_cases(rng, dtype):
+    return [Case((normal(rng, (3, 4), dtype),), {"shape": (2, 6)}),
+            Case((normal(rng, (2, 3, 2), dtype),), {"shape": (-1,)}),
+            Case((normal(rng, (), dtype),), {"shape": (1, 1)})]
+
+
+@defgate
+def broadcast_to(x, *, shape):
+    """x broadcast to `shape`.  Local gradient: g summed over the broadcast axes (unbroadcast)."""
+    try:
+        return jnp.broadcast_to(x, shape), x
+    except ValueError as e:
+        raise GateError(f"gate 'broadcast_to': cannot broadcast x {describe(x)} to {tuple(shape)}") from e
+
+
+@broadcast_to.defvjp
+def broadcast_to_vjp(g, x, *, shape):
+    return (unbroadcast(g, x),)
+
+
+@broadcast_to.defcases
+def _broadcast_to_cases(rng, dtype):
+    return [Case((normal(rng, (3, 1), dtype),), {"shape": (2, 3, 4)}),
+            Case((normal(rng, (), dtype),), {"shape": (3,)}),
+            Case((normal(rng, (4,), dtype),), {"shape": (2, 4)})]
+
+
+@defgate
+def concatenate(*xs, axis=0):
+    """Join arrays along `axis`: concatenate(a, b, c, axis=1) (arrays as separate arguments).
+
+    Local gradient: g split back into pieces of the inputs' sizes along `axis`.
+    """
+    if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+        raise GateError("gate 'concatenate': pass the arrays as separate arguments, "
+                        "concatenate(a, b, axis=...), not a list")
+    if not xs:
+        raise GateError("gate 'concatenate': needs at least one array")
+    return jnp.concatenate(xs, axis=axis), tuple(np.shape(x)[axis] for x in xs)
+
+
+@concatenate.defvjp
+def concatenate_vjp(g, sizes, *, axis=0):
+    bounds = np.cumsum(sizes)[:-1]
+    return tuple(jnp.split(g, bounds, axis=axis))
+
+
+@concatenate.defcases
+def _concatenate_cases(rng, dtype):
+    return [Case((normal(rng, (2, 3), dtype), normal(rng, (2, 1), dtype), normal(rng, (2, 2), dtype)),
+                 {"axis": 1}),
+            Case((normal(rng, (3,), dtype), normal(rng, (2,), dtype)))]
+
+
+# ---- indexing -----------------------------------------------------------------------------------
+@defgate
+def take(x, indices, *, axis=None):
+    """jnp.take(x, indices, axis): gather along `axis` (x flattened when axis is None).
+
+    Local gradient: g scattered-and-added back to the gathered positions (repeats add up).
+    """
+    return jnp.take(x, indices, axis=axis), (np.shape(x), jnp.result_type(x), indices)
+
+
+@take.defvjp
+def take_vjp(g, saved, *, axis=None):
+    x_shape, x_dtype, indices = saved
+    if axis is None:
+        flat = jnp.zeros(int(np.prod(x_shape)), x_dtype).at[indices].add(g)
+        return jnp.reshape(flat, x_shape), None
+    axis = axis % len(x_shape)
+    where = (slice(None),) * axis + (indices,)
+    return jnp.zeros(x_shape, x_dtype).at[where].add(g), None
+
+
+@take.defcases
+def _take_cases(rng, dtype):
+    return [Case((normal(rng, (5, 3), dtype), np.array([0, 2, 2, 4])), {"axis": 0}),
+            Case((normal(rng, (2, 4), dtype), np.array([[1, 3], [3, 0]])), {"axis": 1}),
+            Case((normal(rng, (3, 2), dtype), np.array([5, 0, 5])))]
+
+
+@defgate
+def index(x, *, index):
+    """x[index] for any numpy-style index (ints, slices, None, ..., integer arrays).
+
+    Local gradient: g added into a zero array at the indexed positions (repeats add up).
+    """
+    try:
+        return x[index], (np.shape(x), jnp.result_type(x))
+    except (IndexError, TypeError) as e:
+        raise GateError(f"gate 'index': cannot index x {describe(x)} with {index!r}: {e}") from e
+
+
+@index.defvjp
+def index_vjp(g, saved, *, index):
+    x_shape, x_dtype = saved
+    return (jnp.zeros(x_shape, x_dtype).at[index].add(g),)
+
+
+@index.defcases
+def _index_cases(rng, dtype):
+    return [Case((normal(rng, (4, 3), dtype),), {"index": 1}),
+            Case((normal(rng, (4, 3), dtype),), {"index": (slice(1, 3), slice(None, None, -1))}),
+            Case((normal(rng, (4, 3), dtype),), {"index": (np.array([0, 2, 0]), 1)}),
+            Case((normal(rng, (2, 3), dtype),), {"index": (Ellipsis, None, 0)})]
+
+
+@defgate
+def stop_gradient(x):
+    """x, with no gradient flowing back.  Local gradient: 0 (under jax.grad too)."""
+    return lax.stop_gradient(x), None
+
+
+@stop_gradient.defvjp
+def stop_gradient_vjp(g, saved):
+    return (None,)
+
+
+@stop_gradient.defcases
+def _stop_gradient_cases(rng, dtype):
+    return [Case((normal(rng, (3, 2), dtype),), numeric=False)]  # not the derivative of its value

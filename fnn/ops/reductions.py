@@ -1,0 +1,168 @@
+"""Reductions: sum, mean, max, logsumexp, softmax, log_softmax.
+
+`axis` is None (all axes), an int or a tuple of ints; `keepdims` as in numpy. Every rule first
+re-expands g to the kept-dims shape (`_expand`), then broadcasts it against the input.
+"""
+
+import builtins
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.autodiff.registry import Case, defgate
+from fnn.errors import GateError, describe
+from fnn.ops._cases import distinct, normal
+
+
+def _axes(axis, ndim, gate):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < builtins.max(ndim, 1):
+            raise GateError(f"gate '{gate}': axis {axis!r} is out of range for an input of {ndim} dims")
+    return tuple(sorted(a % ndim for a in axes)) if ndim else ()
+
+
+def _expand(g, axes, keepdims):
+    """g with the reduced axes put back as size-1 dims."""
+    return g if keepdims else jnp.expand_dims(g, axes)
+
+
+def _reduction_cases(make=normal):
+    def cases(rng, dtype):
+        specs = [((3, 4), {}), ((3, 4), {"axis": 0}), ((2, 3, 4), {"axis": (0, 2), "keepdims": True}),
+                 ((5,), {"axis": -1}), ((), {})]
+        return [Case((make(rng, s, dtype),), kw, label=f"{s},{kw}") for s, kw in specs]
+    return cases
+
+
+@defgate
+def sum(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.sum
+    """Sum over `axis`.  Local gradient: 1 for every element (g is copied back)."""
+    axes = _axes(axis, jnp.ndim(x), "sum")
+    return jnp.sum(x, axis=axes, keepdims=keepdims), np.shape(x)
+
+
+@sum.defvjp
+def sum_vjp(g, x_shape, *, axis=None, keepdims=False):
+    axes = _axes(axis, len(x_shape), "sum")
+    return (jnp.broadcast_to(_expand(g, axes, keepdims), x_shape),)
+
+
+sum.defcases(_reduction_cases())
+
+
+@defgate
+def mean(x, *, axis=None, keepdims=False):
+    """Mean over `axis`.  Local gradient: 1/n for every element (n = count reduced over)."""
+    axes = _axes(axis, jnp.ndim(x), "mean")
+    if any(np.shape(x)[a] == 0 for a in axes):
+        raise GateError(f"gate 'mean': mean over an empty axis of x {describe(x)}")
+    return jnp.mean(x, axis=axes, keepdims=keepdims), np.shape(x)
+
+
+@mean.defvjp
+def mean_vjp(g, x_shape, *, axis=None, keepdims=False):
+    axes = _axes(axis, len(x_shape), "mean")
+    n = int(np.prod([x_shape[a] for a in axes]))
+    return (jnp.broadcast_to(_expand(g, axes, keepdims) / n, x_shape),)
+
+
+mean.defcases(_reduction_cases())
+
+
+@defgate
+def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
+    """Max over `axis`.  Local gradient: 1 for the maximal element, 0 elsewhere (max routes).
+
+    Ties route all of g to ONE input: the first maximal element in row-major order over the
+    reduced axes (JAX instead splits g evenly among ties).
+    """
+    axes = _axes(axis, jnp.ndim(x), "max")
+    if any(np.shape(x)[a] == 0 for a in axes):
+        raise GateError(f"gate 'max': max over an empty axis of x {describe(x)}")
+    return jnp.max(x, axis=axes, keepdims=keepdims), x
+
+
+@max.defvjp
+def max_vjp(g, x, *, axis=None, keepdims=False):
+    axes = _axes(axis, x.ndim, "max")
+    kept = tuple(a for a in range(x.ndim) if a not in axes)
+    moved = jnp.transpose(x, kept + axes)  # reduced axes last, flattened into one
+    flat = jnp.reshape(moved, moved.shape[: len(kept)] + (-1,))
+    first = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=x.dtype)
+    gk = jnp.reshape(_expand(g, axes, keepdims), tuple(x.shape[a] for a in kept) + (1,))
+    dx = jnp.reshape(first * gk, moved.shape)
+    return (jnp.transpose(dx, np.argsort(kept + axes)),)
+
+
+max.defcases(_reduction_cases(distinct))
+
+
+@defgate
+def logsumexp(x, *, axis=None, keepdims=False):
+    """log(sum(exp(x))) over `axis`, shifted by the max for stability.
+
+    Local gradient: softmax(x) over `axis`, i.e. exp(x - out).
+    """
+    axes = _axes(axis, jnp.ndim(x), "logsumexp")
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    out = jnp.log(jnp.sum(jnp.exp(x - m), axis=axes, keepdims=True)) + m
+    return (out if keepdims else jnp.squeeze(out, axes)), (x, out)
+
+
+@logsumexp.defvjp
+def logsumexp_vjp(g, saved, *, axis=None, keepdims=False):
+    x, out_kept = saved
+    axes = _axes(axis, x.ndim, "logsumexp")
+    return (_expand(g, axes, keepdims) * jnp.exp(x - out_kept),)
+
+
+logsumexp.defcases(_reduction_cases())
+
+
+def _softmax_cases(rng, dtype):
+    return [Case((normal(rng, (3, 5), dtype),)), Case((normal(rng, (2, 3, 4), dtype),), {"axis": 1}),
+            Case((normal(rng, (6,), dtype, scale=3.0),))]
+
+
+@defgate
+def softmax(x, *, axis=-1):
+    """exp(x) / sum(exp(x)) along `axis` (max-shifted).
+
+    Local gradient (no Jacobian): dx = y * (g - sum(g * y, axis)).
+    """
+    z = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    e = jnp.exp(z)
+    y = e / jnp.sum(e, axis=axis, keepdims=True)
+    return y, y
+
+
+@softmax.defvjp
+def softmax_vjp(g, y, *, axis=-1):
+    return (y * (g - jnp.sum(g * y, axis=axis, keepdims=True)),)
+
+
+softmax.defcases(_softmax_cases)
+
+
+@defgate
+def log_softmax(x, *, axis=-1):
+    """x - logsumexp(x) along `axis` (max-shifted).
+
+    Local gradient: dx = g - softmax(x) * sum(g, axis).
+    """
+    z = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    y = z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
+    return y, y
+
+
+@log_softmax.defvjp
+def log_softmax_vjp(g, y, *, axis=-1):
+    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+
+
+log_softmax.defcases(_softmax_cases)
