@@ -130,14 +130,19 @@ def _explain_foreign_call(e: Exception, fname: str) -> str:
 
     frames = [fr for fr in traceback.extract_tb(e.__traceback__)
               if not fr.filename.startswith((_JAX_DIR, _FNN_AUTODIFF))]
-    site, code = "?", ""
+    site, code, call = "?", "", ""
     if frames:
         fr = frames[-1]
         site = f"{fr.filename}:{fr.lineno}"
-        code = (linecache.getline(fr.filename, fr.lineno) or fr.line or "").strip()
-    names = re.findall(r"(?:jnp|numpy|np|nn|lax|jax)\.(\w+)\s*\(", code)
-    names += re.findall(r"<function (\w+) at|^(\w+) requires ndarray|argument to (\w+) as", str(e))
+        raw = linecache.getline(fr.filename, fr.lineno) or fr.line or ""
+        code = raw.strip()
+        if getattr(fr, "colno", None) is not None and getattr(fr, "end_colno", None) is not None:
+            call = raw[fr.colno:fr.end_colno]  # the call being made when it failed (3.11+)
+    # the function named in JAX's own message first (it is the innermost call), then the line's
+    names = re.findall(r"<function (\w+) at|^(\w+) requires ndarray|argument to (\w+) as", str(e))
+    names += re.findall(r"(?:jnp|numpy|np|nn|lax|jax)\.(\w+)\s*\(", call + " " + code)
     flat = [n for item in names for n in (item if isinstance(item, tuple) else (item,)) if n]
+    flat = [n for n in flat if n not in ("custom_jvp_call", "custom_vjp_call")]
     called = next((n for n in flat if not n.startswith("_")), flat[0] if flat else "a JAX function")
     gate = None
     for n in flat:

@@ -99,6 +99,10 @@ class Gate:
     def __call__(self, *args, **static):
         from fnn.autodiff.traced import Traced, dispatch
 
+        if any(isinstance(v, Traced) for v in static.values()):
+            bad = [k for k, v in static.items() if isinstance(v, Traced)]
+            raise GateError(f"gate '{self.name}': array input(s) {bad} were passed by keyword; "
+                            "keywords are static metadata, pass arrays positionally")
         if any(isinstance(a, Traced) for a in args):
             return dispatch(self, args, static)
         return self.run_forward(args, static)[0]

@@ -15,7 +15,7 @@ NUMERIC_TOLERANCE = 1e-6  # float64 central differences vs the hand-written VJP
 
 
 def is_float(x) -> bool:
-    return bool(jnp.issubdtype(jnp.result_type(x), jnp.floating))
+    return bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact))
 
 
 def cast_case(case, dtype):

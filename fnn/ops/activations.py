@@ -1,0 +1,249 @@
+"""Activation gates, elementwise (maxout excepted). The lecture's patterns:
+
+    sigmoid: the local gradient is s (1 - s), from the output alone;  tanh: 1 - t**2;
+    relu routes g where x > 0 and kills it elsewhere;  maxout routes g to each group's max.
+
+Conventions: `g` is the upstream gradient (shape of the output), `saved` what the forward kept;
+each gradient has its input's shape and dtype. Constants are Python floats, so float32 stays
+float32 even with jax_enable_x64. Kinks: at exactly x == 0, relu, leaky_relu and elu take the
+slope of their left side (0, alpha and alpha); maxout routes a tie to the first maximum.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fnn.autodiff.registry import Case, defgate
+from fnn.errors import GateError, describe
+from fnn.ops._cases import away_from, distinct, normal
+
+SHAPES = ((), (5,), (3, 4), (2, 1, 3))
+
+
+def _cases(make=normal, shapes=SHAPES, kwargs=({},)):
+    def cases(rng, dtype):
+        return [Case((make(rng, s, dtype),), dict(kw), label=f"{s}{kw or ''}")
+                for kw in kwargs for s in shapes]
+    return cases
+
+
+def _wide(rng, shape, dtype):
+    return normal(rng, shape, dtype, scale=3.0)
+
+
+def _off_kink(rng, shape, dtype):
+    return away_from(rng, shape, dtype, gap=0.1)
+
+
+# ---- squashing functions ---------------------------------------------------------------------
+@defgate
+def sigmoid(x):
+    """1 / (1 + e**-x), computed stably (lax.logistic).  Local gradient: s (1 - s), s = output.
+
+    Shapes: x any shape, output and gradient the same. Finite for any finite x (at |x| = 1e4 in
+    float32 s is exactly 0 or 1 and the gradient 0).
+    """
+    s = jax.nn.sigmoid(x)
+    return s, s
+
+
+@sigmoid.defvjp
+def sigmoid_vjp(g, s):
+    return (g * s * (1.0 - s),)
+
+
+sigmoid.defcases(_cases(_wide))
+
+
+@defgate
+def tanh(x):
+    """Hyperbolic tangent.  Local gradient: 1 - t**2, t = output. Shapes: elementwise."""
+    t = jnp.tanh(x)
+    return t, t
+
+
+@tanh.defvjp
+def tanh_vjp(g, t):
+    return (g * (1.0 - t * t),)
+
+
+tanh.defcases(_cases(_wide))
+
+
+# ---- rectifiers: route g by the sign of x ----------------------------------------------------
+@defgate
+def relu(x):
+    """max(x, 0).  Local gradient: 1 where x > 0, else 0 (also 0 at exactly x == 0).
+
+    Shapes: elementwise. The relu gate routes g to the positive entries only.
+    """
+    return jnp.maximum(x, 0.0), x > 0
+
+
+@relu.defvjp
+def relu_vjp(g, positive):
+    return (jnp.where(positive, g, 0.0),)
+
+
+relu.defcases(_cases(_off_kink))
+
+
+@defgate
+def leaky_relu(x, *, alpha=0.01):
+    """x where x > 0, else alpha * x.  Local gradient: 1 where x > 0, else alpha.
+
+    At exactly x == 0 the gradient is alpha (the left slope, as relu's is 0 there).
+    Shapes: elementwise; `alpha` is a Python float.
+    """
+    positive = x > 0
+    return jnp.where(positive, x, alpha * x), positive
+
+
+@leaky_relu.defvjp
+def leaky_relu_vjp(g, positive, *, alpha=0.01):
+    return (jnp.where(positive, g, alpha * g),)
+
+
+leaky_relu.defcases(_cases(_off_kink, kwargs=({}, {"alpha": 0.2})))
+
+
+@defgate
+def elu(x, *, alpha=1.0):
+    """x where x > 0, else alpha (e**x - 1).  Local gradient: 1 where x > 0, else alpha e**x.
+
+    At exactly x == 0 the gradient is alpha (the left limit; continuous when alpha == 1).
+    e**x is taken of min(x, 0), so large positive x never overflows. Shapes: elementwise.
+    """
+    neg = jnp.minimum(x, 0.0)
+    return jnp.where(x > 0, x, alpha * jnp.expm1(neg)), x
+
+
+@elu.defvjp
+def elu_vjp(g, x, *, alpha=1.0):
+    return (jnp.where(x > 0, g, g * (alpha * jnp.exp(jnp.minimum(x, 0.0)))),)
+
+
+elu.defcases(_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))
+
+
+# ---- maxout: the max gate over groups --------------------------------------------------------
+def _maxout_axis(x, pieces, axis, name="maxout"):
+    if jnp.ndim(x) == 0:
+        raise GateError(f"gate '{name}' needs an array with an axis to group, got {describe(x)}")
+    if not isinstance(pieces, int) or pieces < 1:
+        raise GateError(f"gate '{name}': pieces must be a positive int, got {pieces!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise GateError(f"gate '{name}': axis={axis} is out of range for {describe(x)}")
+    ax = axis % x.ndim
+    if x.shape[ax] % pieces:
+        raise GateError(f"gate '{name}': axis {axis} of {describe(x)} has size {x.shape[ax]}, "
+                        f"not a multiple of pieces={pieces}")
+    return ax
+
+
+def _grouped(x, pieces, ax):
+    """x with axis `ax` (size k*pieces) split into (k, pieces): group i = entries i*pieces.. ."""
+    return x.reshape(x.shape[:ax] + (x.shape[ax] // pieces, pieces) + x.shape[ax + 1:])
+
+
+@defgate
+def maxout(x, *, pieces, axis=-1):
+    """Maxout (Goodfellow et al.): the max over groups of `pieces` consecutive entries of `axis`.
+
+    Shapes: x has size k*pieces along `axis`; the output has size k there (other axes kept):
+    out[..., i, ...] = max(x[..., i*pieces : (i+1)*pieces, ...]). The local gradient is 1 for
+    the entry that is its group's max and 0 for the others: the max gate routes g. A tie routes
+    all of g to ONE input, the first maximum in the group (lowest index), so the total gradient
+    is preserved.
+    """
+    ax = _maxout_axis(x, pieces, axis)
+    xg = _grouped(x, pieces, ax)
+    return jnp.max(xg, axis=ax + 1), xg
+
+
+@maxout.defvjp
+def maxout_vjp(g, xg, *, pieces, axis=-1):
+    ax = axis % (xg.ndim - 1)
+    first = jnp.argmax(xg, axis=ax + 1)  # index of the first max of each group
+    span = lax.broadcasted_iota(first.dtype, xg.shape, ax + 1)
+    dx = jnp.where(span == jnp.expand_dims(first, ax + 1), jnp.expand_dims(g, ax + 1), 0.0)
+    return (dx.reshape(xg.shape[:ax] + (-1,) + xg.shape[ax + 2:]),)
+
+
+@maxout.defcases
+def _maxout_cases(rng, dtype):
+    return [Case((distinct(rng, shape, dtype),), {"pieces": p, "axis": a}, label=f"{shape},{p},{a}")
+            for shape, p, a in [((6,), 2, -1), ((3, 8), 4, -1), ((4, 6, 2), 3, 1),
+                                ((6, 5), 3, 0), ((2, 3), 1, -1), ((2, 3), 3, 1)]]
+
+
+# ---- smooth rectifiers -----------------------------------------------------------------------
+@defgate
+def softplus(x):
+    """log(1 + e**x), computed stably as logaddexp(x, 0).  Local gradient: sigmoid(x).
+
+    Shapes: elementwise. Finite values and gradients for any finite x (e.g. |x| = 1e4, float32).
+    """
+    return jnp.logaddexp(x, 0.0), x
+
+
+@softplus.defvjp
+def softplus_vjp(g, x):
+    return (g * jax.nn.sigmoid(x),)
+
+
+softplus.defcases(_cases(_wide))
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_C = 0.044715
+
+
+@defgate
+def gelu(x, *, approximate=False):
+    """GELU: x Phi(x), Phi the standard normal CDF.  Shapes: elementwise.
+
+    Exact (default): x * (1 + erf(x / sqrt 2)) / 2, local gradient Phi(x) + x phi(x) with
+    phi(x) = e**(-x**2/2) / sqrt(2 pi).
+    approximate=True: x (1 + tanh(u)) / 2 with u = sqrt(2/pi) (x + 0.044715 x**3), local
+    gradient (1 + t)/2 + x (1 - t**2) sqrt(2/pi) (1 + 3 * 0.044715 x**2) / 2, t = tanh(u).
+    """
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x * x * x))
+        return 0.5 * x * (1.0 + t), (x, t)
+    phi_cdf = 0.5 * (1.0 + lax.erf(x / _SQRT_2))
+    return x * phi_cdf, (x, phi_cdf)
+
+
+@gelu.defvjp
+def gelu_vjp(g, saved, *, approximate=False):
+    x, s = saved
+    if approximate:
+        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
+        return (g * (0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * du),)
+    return (g * (s + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
+
+
+gelu.defcases(_cases(_wide, kwargs=({}, {"approximate": True})))
+
+
+@defgate
+def silu(x):
+    """SiLU / swish: x sigmoid(x).  Local gradient: s (1 + x (1 - s)), s = sigmoid(x).
+
+    Shapes: elementwise. Finite for any finite x.
+    """
+    s = jax.nn.sigmoid(x)
+    return x * s, (x, s)
+
+
+@silu.defvjp
+def silu_vjp(g, saved):
+    x, s = saved
+    return (g * s * (1.0 + x * (1.0 - s)),)
+
+
+silu.defcases(_cases(_wide))

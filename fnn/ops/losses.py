@@ -1,0 +1,175 @@
+"""Loss gates: a scalar from a batch, with the fused gradient rules of the lecture.
+
+    softmax cross-entropy: dlogits = (softmax(logits) - onehot(labels)) / N
+    multiclass SVM:        dscores = [margin > 0] - onehot(labels) * (number of margins > 0), / N
+
+Conventions: `g` is the upstream gradient (a scalar), `saved` what the forward kept. Class
+labels are integer arrays and get no gradient (None). The classification losses check their
+inputs in the forward and raise a GateError naming the gate, the argument and its shape/dtype;
+labels that are concrete (not traced by jit) are also checked to lie in [0, C).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.autodiff.registry import Case, defgate
+from fnn.errors import GateError, describe
+from fnn.ops._cases import away_from, normal
+
+
+def _check_classes(name, scores, labels, what="logits"):
+    """Validate (N, C) float scores and (N,) integer labels in [0, C); return labels, N, C."""
+    if not hasattr(labels, "dtype"):
+        labels = np.asarray(labels)
+    if jnp.ndim(scores) != 2 or not jnp.issubdtype(scores.dtype, jnp.floating):
+        raise GateError(f"gate '{name}': {what} must be a float array of shape (N, C), "
+                        f"got {what} {describe(scores)}")
+    n, c = scores.shape
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise GateError(f"gate '{name}': labels must be integer class indices, got labels "
+                        f"{describe(labels)} (dtype {labels.dtype}) for {what} {describe(scores)}")
+    if labels.shape != (n,):
+        raise GateError(f"gate '{name}': labels must have shape ({n},), one per row of {what} "
+                        f"{describe(scores)}, got labels {describe(labels)}")
+    if n == 0 or c == 0:
+        raise GateError(f"gate '{name}': empty batch, {what} {describe(scores)} and labels "
+                        f"{describe(labels)}; the mean over N needs N > 0 and C > 0")
+    if not isinstance(labels, jax.core.Tracer):
+        concrete = np.asarray(labels)
+        bad = np.flatnonzero((concrete < 0) | (concrete >= c))
+        if bad.size:
+            raise GateError(f"gate '{name}': labels must lie in [0, {c}) for {what} "
+                            f"{describe(scores)}; got values {concrete[bad[:8]].tolist()} at "
+                            f"rows {bad[:8].tolist()}" + (" ..." if bad.size > 8 else ""))
+    return labels, n, c
+
+
+def _onehot(labels, c, dtype):
+    return (labels[:, None] == jnp.arange(c)[None, :]).astype(dtype)
+
+
+# ---- softmax cross-entropy ---------------------------------------------------------------------
+@defgate
+def softmax_cross_entropy(logits, labels):
+    """mean_i -log softmax(logits)[i, labels[i]], via a max-shifted log-softmax (stable).
+
+    Shapes: logits (N, C) float, labels (N,) int in [0, C); output a scalar.
+    Local gradient (fused through softmax and log): d/dlogits = (softmax(logits) - onehot) / N;
+    labels get no gradient. Finite for logits of any finite size (e.g. |x| = 1e4 in float32).
+    """
+    labels, n, c = _check_classes("softmax_cross_entropy", logits, labels)
+    shifted = logits - jnp.max(logits, axis=1, keepdims=True)
+    logp = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=1, keepdims=True))
+    picked = jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=1)
+    return -jnp.sum(picked) / n, (jnp.exp(logp), labels)
+
+
+@softmax_cross_entropy.defvjp
+def softmax_cross_entropy_vjp(g, saved):
+    probs, labels = saved
+    n, c = probs.shape
+    dlogits = (probs - _onehot(labels, c, probs.dtype)) * (g / n)
+    return dlogits, None
+
+
+def _labels(rng, n, c):
+    return rng.integers(0, c, size=n)
+
+
+@softmax_cross_entropy.defcases
+def _softmax_cross_entropy_cases(rng, dtype):
+    return [Case((normal(rng, (n, c), dtype, scale), _labels(rng, n, c)), label=f"{n}x{c}*{scale}")
+            for n, c, scale in [(4, 3, 1.0), (8, 10, 1.0), (1, 5, 1.0), (6, 4, 5.0), (3, 1, 1.0)]]
+
+
+# ---- multiclass SVM (hinge) --------------------------------------------------------------------
+@defgate
+def svm_loss(scores, labels, *, delta=1.0):
+    """CS231n multiclass SVM: mean_i sum_{j != y_i} max(0, s_ij - s_iy_i + delta).
+
+    Shapes: scores (N, C) float, labels (N,) int in [0, C); output a scalar.
+    Local gradient: for j != y_i, d/ds_ij = [margin_ij > 0] / N; for the correct class,
+    d/ds_iy_i = -(number of j with margin_ij > 0) / N. A margin of exactly 0 counts as
+    inactive (gradient 0). Labels get no gradient.
+    """
+    labels, n, c = _check_classes("svm_loss", scores, labels, what="scores")
+    correct = jnp.take_along_axis(scores, labels[:, None].astype(jnp.int32), axis=1)
+    is_label = labels[:, None] == jnp.arange(c)[None, :]
+    margins = jnp.where(is_label, 0.0, jnp.maximum(scores - correct + delta, 0.0))
+    return jnp.sum(margins) / n, (margins > 0, is_label)
+
+
+@svm_loss.defvjp
+def svm_loss_vjp(g, saved, *, delta=1.0):
+    active, is_label = saved
+    n = active.shape[0]
+    a = active.astype(g.dtype)
+    dscores = (a - jnp.where(is_label, jnp.sum(a, axis=1, keepdims=True), 0.0)) * (g / n)
+    return dscores, None
+
+
+@svm_loss.defcases
+def _svm_loss_cases(rng, dtype):
+    """Scores built from their margins, which stay at least 0.1 away from the kink at 0."""
+    cases = []
+    for n, c, delta in [(4, 3, 1.0), (8, 10, 1.0), (1, 5, 1.0), (5, 4, 0.5), (3, 1, 1.0)]:
+        labels = _labels(rng, n, c)
+        margins = away_from(rng, (n, c), "float64", gap=0.1)
+        correct = rng.standard_normal((n, 1))
+        scores = np.where(labels[:, None] == np.arange(c), correct, margins + correct - delta)
+        cases.append(Case((scores.astype(dtype), labels), {"delta": delta},
+                          label=f"{n}x{c},delta={delta}"))
+    return cases
+
+
+# ---- regression and regularization -------------------------------------------------------------
+@defgate
+def mse(pred, target):
+    """mean((pred - target)**2) over all entries; a scalar.
+
+    Shapes: pred and target the same shape exactly (no broadcasting), size M > 0.
+    Local gradients: d/dpred = 2 (pred - target) / M, d/dtarget = -2 (pred - target) / M.
+    """
+    if np.shape(pred) != np.shape(target):
+        raise GateError(f"gate 'mse': pred {describe(pred)} and target {describe(target)} must "
+                        "have exactly the same shape (mse does not broadcast)")
+    if np.size(pred) == 0:
+        raise GateError(f"gate 'mse': empty inputs pred {describe(pred)}, "
+                        f"target {describe(target)}")
+    diff = pred - target
+    return jnp.mean(diff * diff), (diff, jnp.result_type(pred), jnp.result_type(target))
+
+
+@mse.defvjp
+def mse_vjp(g, saved, *, needs):
+    diff, pred_dtype, target_dtype = saved
+    d = diff * (2.0 * g / diff.size)
+    return (d.astype(pred_dtype) if needs[0] else None,
+            (-d).astype(target_dtype) if needs[1] else None)
+
+
+@mse.defcases
+def _mse_cases(rng, dtype):
+    return [Case((normal(rng, s, dtype), normal(rng, s, dtype)), label=str(s))
+            for s in [(), (5,), (3, 4), (2, 3, 4)]]
+
+
+@defgate
+def l2_penalty(w, *, scale=1.0):
+    """CS231n's L2 regularization: scale * sum(w**2) (no 1/2), a scalar.
+
+    Shapes: w any shape. Local gradient: d/dw = 2 * scale * w.
+    """
+    return scale * jnp.sum(w * w), w
+
+
+@l2_penalty.defvjp
+def l2_penalty_vjp(g, w, *, scale=1.0):
+    return ((2.0 * scale * g * w).astype(w.dtype),)
+
+
+@l2_penalty.defcases
+def _l2_penalty_cases(rng, dtype):
+    return [Case((normal(rng, s, dtype),), {"scale": scale}, label=f"{s},scale={scale}")
+            for s, scale in [((), 1.0), ((5,), 1.0), ((3, 4), 0.5), ((2, 3, 4), 1e-3)]]
