@@ -8,12 +8,13 @@ The table of contents:
 """
 
 from fnn import ops
-from fnn.autodiff import Case, Gate, Traced, defgate, grad, unbroadcast, value_and_grad, vjp
+from fnn.autodiff import (Case, Gate, NanOriginError, Traced, debug_nans, defgate, grad,
+                          unbroadcast, value_and_grad, vjp)
 from fnn.errors import FnnError, ForeignCallError, GateError, NestingError, VJPContractError
 from fnn.ops import registry
 
 __version__ = "0.1.0"
 
 __all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "NestingError", "Traced",
-           "VJPContractError", "defgate", "grad", "ops", "registry", "unbroadcast",
+           "VJPContractError", "NanOriginError", "debug_nans", "defgate", "grad", "ops", "registry", "unbroadcast",
            "value_and_grad", "vjp"]

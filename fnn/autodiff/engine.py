@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff import nans
 from fnn.autodiff.traced import Tape, Traced
 from fnn.errors import ForeignCallError, NestingError, VJPContractError, describe
 
@@ -43,6 +44,10 @@ def backward(tape: Tape, seeds: dict) -> dict:
         needs = tuple(p is not None for p in rec.parents)
         grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
         check_vjp_result(rec, grads, needs)
+        if nans.active():
+            nans.check(rec.gate.name, "backward (VJP)", rec.site, g if rec.multi else (g,),
+                       [dx if need else None for dx, need in zip(grads, needs)],
+                       labels=("upstream gradient", "gradient for input"))
         for p, dx in zip(rec.parents, grads):
             if p is not None and dx is not None:
                 ct[p] = ct[p] + dx if p in ct else dx

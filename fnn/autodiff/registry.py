@@ -97,7 +97,8 @@ class Gate:
 
     # -- use ---------------------------------------------------------------------------
     def __call__(self, *args, **static):
-        from fnn.autodiff.traced import Traced, dispatch
+        from fnn.autodiff import nans
+        from fnn.autodiff.traced import Traced, call_site, dispatch
 
         if any(isinstance(v, Traced) for v in static.values()):
             bad = [k for k, v in static.items() if isinstance(v, Traced)]
@@ -105,7 +106,10 @@ class Gate:
                             "keywords are static metadata, pass arrays positionally")
         if any(isinstance(a, Traced) for a in args):
             return dispatch(self, args, static)
-        return self.run_forward(args, static)[0]
+        out = self.run_forward(args, static)[0]
+        if nans.active():
+            nans.check(self.name, "forward", call_site(), args, out)
+        return out
 
     def run_forward(self, args, static):
         """Run the forward on raw values; turn JAX's shape/dtype errors into a GateError."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from fnn.autodiff import nans
 from fnn.errors import NestingError, describe
 
 _SKIP_DIRS = tuple(
@@ -80,6 +81,8 @@ def dispatch(gate, args, static):
     out, saved = gate.run_forward(raw, static)
     multi = isinstance(out, tuple)
     outs = out if multi else (out,)
+    if nans.active():
+        nans.check(gate.name, "forward", call_site(), raw, outs)
     out_ids = tuple(tape.new_node() if _is_float(o) else None for o in outs)
     parents = tuple(a.node if isinstance(a, Traced) else None for a in args)
     tape.records.append(Record(gate, static, parents, raw, out_ids, outs, saved, multi, call_site()))
