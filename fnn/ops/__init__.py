@@ -1,7 +1,32 @@
+"""The gates, one family a file, each with its forward, hand-written VJP and test cases.
+
+`registry` maps every built-in gate's name to the gate; it is built once, here.
+"""
+
 from types import MappingProxyType
+
 from fnn.autodiff.registry import collect_gates
-from fnn.ops import elementwise
+from fnn.ops import activations, conv, elementwise, linalg, losses, normalization, reductions
+from fnn.ops.activations import elu, gelu, leaky_relu, maxout, relu, sigmoid, silu, softplus, tanh
+from fnn.ops.conv import avg_pool2d, conv2d, max_pool2d
 from fnn.ops.elementwise import (abs, add, astype, divide, exp, log, maximum, minimum, multiply,
                                  negative, power, sqrt, subtract, where)
-FAMILIES = {"elementwise": elementwise}
+from fnn.ops.linalg import (affine, broadcast_to, concatenate, index, matmul, reshape,
+                            stop_gradient, take, transpose)
+from fnn.ops.losses import l2_penalty, mse, softmax_cross_entropy, svm_loss
+from fnn.ops.normalization import batch_norm, dropout, layer_norm
+from fnn.ops.reductions import log_softmax, logsumexp, max, mean, softmax, sum
+
+FAMILIES = {
+    "elementwise": elementwise,
+    "activations": activations,
+    "linalg": linalg,
+    "reductions": reductions,
+    "losses": losses,
+    "conv": conv,
+    "normalization": normalization,
+}
+
 registry = MappingProxyType(collect_gates(*FAMILIES.values()))
+
+__all__ = sorted(registry) + ["FAMILIES", "registry"]

@@ -1,0 +1,235 @@
+"""Convolution and pooling gates on NHWC images: x is (N, H, W, C), a conv kernel w is HWIO.
+
+    conv2d      out[n,i,j,o] = sum_{a,b,c} xp[n, i*sh+a, j*sw+b, c] * w[a,b,c,o]   (xp: padded x)
+                dx is a transposed convolution of g with the flipped kernel; dw correlates x with g.
+    max_pool2d  routes g to the max of each window (one input per window, the first in row-major
+                order on ties); avg_pool2d spreads g / (kh*kw) evenly over each window.
+
+Pools use VALID padding. When window == stride they take a reshape path: the windows become two
+axes of a reshaped array, so the backward is a broadcast and a mask, not a select-and-scatter.
+Other pools take a general path: max-pool loops over the kh*kw offsets of a window (a strided
+slice of x, a mask, a strided pad back), avg-pool sums windows of g dilated by the stride.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fnn.autodiff.registry import Case, defgate
+from fnn.errors import GateError, describe
+from fnn.ops._cases import distinct, normal
+
+_DN = ("NHWC", "HWIO", "NHWC")  # conv2d's layouts; the backward ones are derived from these
+
+
+def _pair(v, what, gate):
+    """An int or a pair of ints -> a pair of positive ints (GateError otherwise)."""
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(np.atleast_1d(v))
+    if len(pair) != 2 or not all(isinstance(p, (int, np.integer)) and p > 0 for p in pair):
+        raise GateError(f"gate '{gate}': {what} must be a positive int or a pair of them, "
+                        f"got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_image(gate, name, x):
+    if np.ndim(x) != 4:
+        raise GateError(f"gate '{gate}': {name} must be NHWC (rank 4), got {describe(x)}")
+
+
+def _conv_pads(x, w, strides, padding):
+    """((pt, pb), (pl, pr)) for `padding` "VALID" | "SAME" | int | ((pt, pb), (pl, pr))."""
+    if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
+        if padding.upper() == "VALID":
+            return (0, 0), (0, 0)
+        pads = []
+        for n, k, s in zip(x.shape[1:3], w.shape[:2], strides):  # TF/JAX "SAME": ceil(n / s) out
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, (int, np.integer)):
+        return (int(padding),) * 2, (int(padding),) * 2
+    try:
+        (pt, pb), (pl, pr) = padding
+        return (int(pt), int(pb)), (int(pl), int(pr))
+    except (TypeError, ValueError):
+        raise GateError(f"gate 'conv2d': padding must be 'VALID', 'SAME', an int or "
+                        f"((pt, pb), (pl, pr)), got {padding!r}") from None
+
+
+# ---- conv2d ----------------------------------------------------------------------------------
+@defgate
+def conv2d(x, w, *, stride=1, padding="VALID"):
+    """2-D convolution (cross-correlation, as in deep learning), no bias.
+
+    x: (N, H, W, C), w: (KH, KW, C, O) -> out: (N, H', W', O), H' = (H + pt + pb - KH) // sh + 1.
+    Local gradients: d out[n,i,j,o] / d xp[n, i*sh+a, j*sw+b, c] = w[a,b,c,o] and
+    d out[n,i,j,o] / d w[a,b,c,o] = xp[n, i*sh+a, j*sw+b, c]. So dx = g convolved (transposed,
+    stride as input dilation) with the spatially flipped kernel, and dw[a,b,c,o] =
+    sum_{n,i,j} xp[n, i*sh+a, j*sw+b, c] g[n,i,j,o], a convolution of x with g as the kernel.
+    """
+    _check_image("conv2d", "x", x)
+    if np.ndim(w) != 4:
+        raise GateError(f"gate 'conv2d': w must be HWIO (rank 4), got {describe(w)} "
+                        f"for x {describe(x)}")
+    if x.shape[3] != w.shape[2]:
+        raise GateError(f"gate 'conv2d': x {describe(x)} has {x.shape[3]} channels but w "
+                        f"{describe(w)} expects {w.shape[2]} (w is (KH, KW, C_in, C_out))")
+    strides = _pair(stride, "stride", "conv2d")
+    pads = _conv_pads(x, w, strides, padding)
+    for n, k, (lo, hi), side in zip(x.shape[1:3], w.shape[:2], pads, ("height", "width")):
+        if k > n + lo + hi:
+            raise GateError(f"gate 'conv2d': kernel w {describe(w)} is larger than the padded "
+                            f"input x {describe(x)} ({side} {k} > {n} + {lo} + {hi})")
+    out = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)
+    return out, (x, w, strides, pads)
+
+
+@conv2d.defvjp
+def conv2d_vjp(g, saved, *, stride=1, padding="VALID", needs):
+    x, w, strides, pads = saved
+    (kh, kw), out_hw = w.shape[:2], g.shape[1:3]
+    dx = dw = None
+    if needs[0]:
+        # full correlation of the stride-dilated g with the flipped kernel, C and O swapped
+        tpads = [(k - 1 - lo, n - (m - 1) * s - 1 + lo)
+                 for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
+        dx = lax.conv_general_dilated(g, w[::-1, ::-1], (1, 1), tpads, lhs_dilation=strides,
+                                      dimension_numbers=("NHWC", "HWOI", "NHWC"))
+        dx = dx.astype(x.dtype)
+    if needs[1]:
+        # x correlated with g: batch N becomes the contracted feature axis, C the batch axis
+        wpads = [(lo, (m - 1) * s + k - n - lo)
+                 for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
+        dw = lax.conv_general_dilated(x, g, (1, 1), wpads, rhs_dilation=strides,
+                                      dimension_numbers=("CHWN", "IHWO", "HWNC"))
+        dw = dw.astype(w.dtype)
+    return dx, dw
+
+
+@conv2d.defcases
+def _conv2d_cases(rng, dtype):
+    specs = [((2, 5, 5, 3), (3, 3, 3, 3), 1, "VALID"),
+             ((2, 6, 6, 2), (3, 3, 2, 3), 1, "SAME"),
+             ((2, 6, 6, 3), (3, 3, 3, 3), 2, "SAME"),
+             ((2, 5, 6, 2), (2, 3, 2, 3), (2, 1), 1),
+             ((2, 5, 5, 2), (3, 3, 2, 3), 2, ((1, 0), (0, 2))),
+             ((1, 6, 6, 3), (1, 1, 3, 3), 2, "VALID"),
+             ((2, 6, 5, 3), (3, 2, 3, 3), (3, 2), "VALID")]
+    return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype, scale=0.5)),
+                 {"stride": s, "padding": p}, label=f"{xs}*{ws} stride={s} padding={p}")
+            for xs, ws, s, p in specs]
+
+
+# ---- pooling ---------------------------------------------------------------------------------
+def _pool_geometry(gate, x, window, stride):
+    """Validated window (kh, kw) and stride (sh, sw) of a VALID pool over x."""
+    _check_image(gate, "x", x)
+    k = _pair(window, "window", gate)
+    s = k if stride is None else _pair(stride, "stride", gate)
+    if k[0] > x.shape[1] or k[1] > x.shape[2]:
+        raise GateError(f"gate '{gate}': window {k} is larger than the image of x {describe(x)}")
+    return k, s
+
+
+def _tiles(x, k, out_hw):
+    """Non-overlapping windows as axes: (N, H', kh, W', kw, C) (rows/cols past them dropped)."""
+    (kh, kw), (ho, wo) = k, out_hw
+    return x[:, :ho * kh, :wo * kw].reshape(x.shape[0], ho, kh, wo, kw, x.shape[3])
+
+
+def _untile(dt, x_shape):
+    """Inverse of `_tiles` for gradients: reshape back and zero-pad the dropped rows/cols."""
+    n, ho, kh, wo, kw, c = dt.shape
+    d = dt.reshape(n, ho * kh, wo * kw, c)
+    return jnp.pad(d, ((0, 0), (0, x_shape[1] - ho * kh), (0, x_shape[2] - wo * kw), (0, 0)))
+
+
+def _offsets(x_shape, k, s, out_hw):
+    """For each window offset (a, b): slicing of x onto the output grid, padding back onto x."""
+    n, h, w, c = x_shape
+    (ho, wo), zero = out_hw, (0, 0, 0)
+    for a in range(k[0]):
+        for b in range(k[1]):
+            end_h, end_w = a + (ho - 1) * s[0] + 1, b + (wo - 1) * s[1] + 1
+            yield ((0, a, b, 0), (n, end_h, end_w, c), (1, s[0], s[1], 1),
+                   (zero, (a, h - end_h, s[0] - 1), (b, w - end_w, s[1] - 1), zero))
+
+
+@defgate
+def max_pool2d(x, *, window, stride=None):
+    """Max over (kh, kw) windows, VALID padding; stride defaults to window.
+
+    x: (N, H, W, C) -> out: (N, H', W', C), H' = (H - kh) // sh + 1. Local gradient: 1 for the
+    max of each window, 0 for the rest (the max gate routes g). On ties g goes to ONE input, the
+    first max of the window in row-major order (as JAX does); overlapping windows add up.
+    """
+    k, s = _pool_geometry("max_pool2d", x, window, stride)
+    init = np.array(-np.inf, x.dtype)  # a concrete scalar, so JAX sees a max-pool (jit too)
+    out = lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), "VALID")
+    return out, (x, out, k, s)
+
+
+@max_pool2d.defvjp
+def max_pool2d_vjp(g, saved, *, window, stride=None):
+    x, out, k, s = saved
+    out_hw = out.shape[1:3]
+    if k == s:  # reshape and mask: a one-hot of each window's first max
+        is_max = _tiles(x, k, out_hw) == out[:, :, None, :, None, :]
+        pos = jnp.arange(k[0] * k[1]).reshape(1, 1, k[0], 1, k[1], 1)
+        first = jnp.min(jnp.where(is_max, pos, k[0] * k[1]), axis=(2, 4), keepdims=True)
+        dt = jnp.where(pos == first, g[:, :, None, :, None, :], np.zeros((), g.dtype))
+        return (_untile(dt, x.shape),)
+    dx = jnp.zeros(x.shape, g.dtype)
+    taken = jnp.zeros(out.shape, bool)  # the window's max already got its gradient
+    zero = np.zeros((), g.dtype)
+    for start, end, step, pads in _offsets(x.shape, k, s, out_hw):
+        hit = (lax.slice(x, start, end, step) == out) & ~taken
+        taken = taken | hit
+        dx = dx + lax.pad(jnp.where(hit, g, zero), zero, pads)
+    return (dx,)
+
+
+@max_pool2d.defcases
+def _max_pool2d_cases(rng, dtype):
+    specs = [((2, 6, 6, 3), 2, None), ((2, 5, 5, 2), 2, None), ((2, 6, 6, 2), 3, 3),
+             ((2, 5, 5, 3), 3, 2), ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 5, 6, 2), (3, 2), 1)]
+    return [Case((distinct(rng, xs, dtype),), {"window": k, "stride": s},
+                 label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
+
+
+@defgate
+def avg_pool2d(x, *, window, stride=None):
+    """Mean over (kh, kw) windows, VALID padding; stride defaults to window.
+
+    x: (N, H, W, C) -> out: (N, H', W', C), H' = (H - kh) // sh + 1. Local gradient: 1/(kh*kw)
+    for every input of a window, so dx spreads g / (kh*kw) over each window (overlaps add up).
+    """
+    k, s = _pool_geometry("avg_pool2d", x, window, stride)
+    total = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, (1, *k, 1), (1, *s, 1), "VALID")
+    return total / (k[0] * k[1]), (x.shape, k, s)
+
+
+@avg_pool2d.defvjp
+def avg_pool2d_vjp(g, saved, *, window, stride=None):
+    x_shape, k, s = saved
+    out_hw = g.shape[1:3]
+    share = g / (k[0] * k[1])
+    if k == s:  # broadcast each window's share over the window
+        dt = jnp.broadcast_to(share[:, :, None, :, None, :],
+                              (g.shape[0], out_hw[0], k[0], out_hw[1], k[1], g.shape[3]))
+        return (_untile(dt, x_shape),)
+    # dilate g by the stride, pad by the window, and sum every window (the transposed pool)
+    zero = np.zeros((), g.dtype)
+    pads = ((0, 0, 0), *((kk - 1, n - (m - 1) * ss - 1, ss - 1)
+                         for n, m, kk, ss in zip(x_shape[1:3], out_hw, k, s)), (0, 0, 0))
+    dx = lax.reduce_window(lax.pad(share, zero, pads), zero, lax.add, (1, *k, 1), (1, 1, 1, 1),
+                           "VALID")
+    return (dx,)
+
+
+@avg_pool2d.defcases
+def _avg_pool2d_cases(rng, dtype):
+    specs = [((2, 6, 6, 3), 2, None), ((2, 5, 5, 2), 2, None), ((2, 5, 5, 3), 3, 2),
+             ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 6, 6, 2), 6, None)]
+    return [Case((normal(rng, xs, dtype),), {"window": k, "stride": s},
+                 label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
