@@ -23,11 +23,17 @@ def cast_case(case, dtype):
     return tuple(jnp.asarray(a, dtype=dtype) if is_float(a) else a for a in case.args)
 
 
+def _pull(out_and_pullback, ct):
+    out, pullback = out_and_pullback
+    return out, pullback(ct)
+
+
 def random_cotangent(out, rng: np.random.Generator):
+    """A standard-normal cotangent for `out` (arrays or ShapeDtypeStructs); float0 for ints."""
     def one(o):
-        if not is_float(o):
+        if not jnp.issubdtype(o.dtype, jnp.inexact):
             return np.zeros(np.shape(o), jax.dtypes.float0)
-        return jnp.asarray(rng.standard_normal(np.shape(o)), dtype=jnp.result_type(o))
+        return jnp.asarray(rng.standard_normal(np.shape(o)), dtype=o.dtype)
     return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
 
 
@@ -55,11 +61,11 @@ def check_gate_case(gate, case, dtype, rng: np.random.Generator, numeric: bool =
     args = cast_case(case, dtype)
     diff, forward, recorded = gate_functions(gate, args, case.kwargs)
     dargs = [args[i] for i in diff]
-    out, ref_pullback = jax.vjp(forward, *dargs)
+    out = jax.eval_shape(forward, *dargs)
     ct = random_cotangent(out, rng)
-    out_fnn, fnn_pullback = fnn_vjp(recorded, *dargs)
-    ref = ref_pullback(ct)
-    mine = fnn_pullback(ct)
+    # one compiled program each (op-by-op dispatch would compile every primitive separately)
+    out, ref = jax.jit(lambda c, *d: _pull(jax.vjp(forward, *d), c))(ct, *dargs)
+    out_fnn, mine = jax.jit(lambda c, *d: _pull(fnn_vjp(recorded, *d), c))(ct, *dargs)
     result = {"out": max(_tree_rel(out_fnn, out)),
               "vs_jax": max(_tree_rel(mine, ref), default=0.0), "vs_numeric": None}
     if numeric and case.numeric and dtype == "float64":
