@@ -5,6 +5,11 @@ The table of contents:
   fnn.defgate, fnn.Case, fnn.unbroadcast    declare your own gate exactly as fnn's gates are
   fnn.registry                              name -> gate, for every built-in gate
   fnn.ops                                   the gates (elementwise, activations, linalg, ...)
+  fnn.nn                                    layers as (init, apply) pairs, initializers, models
+  fnn.train                                 jit-compiled steps and epochs, optax, data, checkpoints
+  fnn.debug_nans                            name the first gate that makes a NaN or inf
+  fnn.check_grads / fnn.locate_divergence   custom vs built-in vs numerical; find the wrong gate
+  fnn.graph                                 the computational graph with values and gradients
 """
 
 from fnn import ops
@@ -12,9 +17,12 @@ from fnn.autodiff import (Case, Gate, NanOriginError, Traced, debug_nans, defgat
                           unbroadcast, value_and_grad, vjp)
 from fnn.errors import FnnError, ForeignCallError, GateError, NestingError, VJPContractError
 from fnn.ops import registry
+from fnn import nn, train  # noqa: E402  (layers and training build on the gates)
+from fnn.check import check_grads, graph, locate_divergence  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "NestingError", "Traced",
-           "VJPContractError", "NanOriginError", "debug_nans", "defgate", "grad", "ops", "registry", "unbroadcast",
+__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "NanOriginError",
+           "NestingError", "Traced", "VJPContractError", "check_grads", "debug_nans", "defgate",
+           "grad", "graph", "locate_divergence", "nn", "ops", "registry", "train", "unbroadcast",
            "value_and_grad", "vjp"]

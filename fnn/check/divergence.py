@@ -1,0 +1,157 @@
+"""`locate_divergence`: which gate's hand-written VJP disagrees with JAX, and where it was called.
+
+    bad = fnn.locate_divergence(loss, params, x, y)
+    print(bad)          # the disagreeing gates, first in backward order first
+    bad.ok, bad[0].gate, bad[0].site
+
+The function is recorded once by fnn (float leaves of the argnums arguments boxed on a fresh
+tape). The backward pass then replays the tape as `fnn.autodiff.backward` does, seeded with
+ones, but at every record it also runs `jax.vjp` of that gate's forward at the recorded inputs
+with the same upstream gradient `g`, and compares the two gradients of each input. The
+reference (JAX's) gradients are the ones passed on upstream, so one wrong gate does not make
+the gates before it look wrong: each gate is judged on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.autodiff import engine
+from fnn.autodiff.traced import Tape, Traced
+from fnn.check.numeric import rel_error
+from fnn.errors import describe
+
+# max relative error of a gate's VJP against jax.vjp inside a model, by the input's dtype
+RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+@dataclasses.dataclass
+class GateDivergence:
+    """One gate application whose hand-written VJP disagrees with jax.vjp of its forward."""
+
+    gate: str
+    site: str  # file:line of the call
+    inputs: tuple  # 'f32[4,8]' per positional input
+    outputs: tuple
+    error: float  # the largest relative error over the inputs (inf: the VJP raised)
+    errors: tuple  # per input; None where no gradient was needed
+    record: int  # position of the record on the tape (forward order)
+    message: str = ""
+
+    def __str__(self):
+        worst = max((k for k, e in enumerate(self.errors) if e is not None),
+                    key=lambda k: self.errors[k], default=None)
+        where = f" in the gradient of input {worst}" if worst is not None else ""
+        what = self.message or f"relative error {self.error:.3g}{where}"
+        return (f"gate '{self.gate}' at {self.site}: ({', '.join(self.inputs)}) -> "
+                f"({', '.join(self.outputs)}): {what}")
+
+
+class Divergences(list):
+    """The disagreeing gates (a list of GateDivergence, first in backward order first)."""
+
+    def __init__(self, items=(), *, checked: int = 0, rtol: float | None = None):
+        super().__init__(items)
+        self.checked = checked
+        self.rtol = rtol
+
+    @property
+    def ok(self) -> bool:
+        return len(self) == 0
+
+    def __str__(self):
+        tol = "by dtype" if self.rtol is None else f"{self.rtol:g}"
+        if self.ok:
+            return (f"locate_divergence: all {self.checked} gate applications agree with "
+                    f"jax.vjp (rtol {tol})")
+        lines = [f"locate_divergence: {len(self)} of {self.checked} gate applications disagree "
+                 f"with jax.vjp (rtol {tol}), first in backward order first:"]
+        lines += [f"  {i + 1}. {d}" for i, d in enumerate(self)]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Divergences:
+    """Replay f's recorded graph and compare every gate's VJP with jax.vjp of its forward.
+
+    f: any function built from fnn gates (its output may be any pytree; every output is seeded
+    with ones). argnums: which arguments are differentiated (int or tuple). rtol: tolerance on
+    the CS231n relative error per input (default by dtype, RTOL). Returns `Divergences`.
+    """
+    fname = "fnn.locate_divergence"
+    nums = engine._check_argnums(argnums, len(args), fname)
+    engine._reject_nesting(args, fname)
+    tape = Tape()
+    boxed = tuple(engine._box(a, tape) if i in nums else a for i, a in enumerate(args))
+    out = engine._run(f, boxed, fname)
+    ct = {}
+    for leaf in jax.tree_util.tree_leaves(out, is_leaf=lambda x: isinstance(x, Traced)):
+        if isinstance(leaf, Traced) and leaf.tape is tape:
+            ct[leaf.node] = jnp.ones_like(leaf.value)
+
+    found, checked = [], 0
+    for pos in reversed(range(len(tape.records))):
+        rec = tape.records[pos]
+        gs = [None if i is None else ct.pop(i, None) for i in rec.out_ids]
+        if all(g is None for g in gs):
+            continue
+        checked += 1
+        g = tuple(gi if gi is not None or i is None else jnp.zeros_like(o)
+                  for gi, i, o in zip(gs, rec.out_ids, rec.outs)) if rec.multi else gs[0]
+        needs = tuple(p is not None for p in rec.parents)
+        mine, message = None, ""
+        try:
+            mine = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
+            engine.check_vjp_result(rec, mine, needs)
+        except Exception as e:  # a VJP that raises or breaks its contract is a divergence too
+            message, mine = f"the VJP raised {type(e).__name__}: {e}", None
+        try:
+            ref = _reference(rec, g, needs)
+        except Exception:  # JAX cannot differentiate this forward: trust the hand-written VJP
+            ref = None
+        errors = tuple(
+            None if not need or ref is None or mine is None
+            else _error(mine[k], ref[k], rec.inputs[k], rtol)
+            for k, need in enumerate(needs))
+        if message or any(e[0] > e[1] for e in errors if e is not None):
+            found.append(GateDivergence(
+                rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
+                tuple(describe(o) for o in rec.outs),
+                float("inf") if message else max(e[0] for e in errors if e is not None),
+                tuple(None if e is None else e[0] for e in errors), pos, message))
+        passed = ref if ref is not None else mine
+        for p, dx in zip(rec.parents, passed or ()):
+            if p is not None and dx is not None:
+                ct[p] = ct[p] + dx if p in ct else dx
+    return Divergences(found, checked=checked, rtol=rtol)
+
+
+def _reference(rec, g, needs):
+    """jax.vjp of the gate's forward at the recorded inputs, for the inputs that need it."""
+    diff = [k for k, n in enumerate(needs) if n]
+
+    def forward(*d):
+        full = list(rec.inputs)
+        for k, v in zip(diff, d):
+            full[k] = v
+        return rec.gate.forward(*full, **rec.static)[0]
+
+    _, pullback = jax.vjp(forward, *[rec.inputs[k] for k in diff])
+    if rec.multi:
+        g = tuple(np.zeros(np.shape(o), jax.dtypes.float0) if i is None else gi
+                  for gi, i, o in zip(g, rec.out_ids, rec.outs))
+    res = iter(pullback(g))
+    return tuple(next(res) if n else None for n in needs)
+
+
+def _error(mine, ref, x, rtol):
+    """(relative error, tolerance) of one input's gradient; None from the VJP means zeros."""
+    mine = np.zeros(np.shape(x)) if mine is None else np.asarray(mine, np.float64)
+    tol = rtol if rtol is not None else RTOL.get(str(jnp.result_type(x)), 1e-4)
+    err = rel_error(mine, np.asarray(ref, np.float64))
+    return (err if np.isfinite(err) else float("inf")), tol

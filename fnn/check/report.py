@@ -1,0 +1,400 @@
+"""`check_grads`: fnn's gradient (custom) vs jax.grad (built-in) vs central differences, per leaf.
+
+    report = fnn.check_grads(loss, params, x, y)      # argnums=0: the gradient wrt params
+    print(report)                                     # one row per parameter leaf
+    report.ok, report.to_markdown(), report.to_json()
+
+Three gradients of every float leaf of the differentiated argument(s):
+  custom    fnn.grad (the hand-written VJPs), in the model's own dtype;
+  built-in  jax.grad of the same function (JAX differentiates the gates' forwards);
+  numerical central differences of f, computed in float64 even when the model runs in float32
+            (the float leaves of every argument are cast up inside a `jax.enable_x64` context,
+            restored afterwards), on at most `max_elements` elements per leaf (seeded sample,
+            plus the element where custom and built-in differ most).
+
+Step size: h = cbrt(eps) * max(1, |x|) with eps that of the dtype f is evaluated in (about 6e-6
+in float64, 5e-3 in float32), the choice that balances truncation (h**2) against rounding
+(eps / h); the step actually representable, (x + h) - x, is the one divided by.
+
+Kinks: when the one-sided slopes (f(x+h) - f(x)) / h and (f(x) - f(x-h)) / h disagree, the
+element is re-measured at h / 8. A smooth f shrinks the disagreement 8 times; a kink (ReLU at
+0, a max tie, abs at 0) within reach keeps it. Such an element is reported as a kink, and a
+gradient is accepted there when it lies between the one-sided slopes (either one included);
+custom and built-in may then differ (each its own convention) without failing custom~built-in.
+
+Errors (CS231n): rel = max|a - b| / (max|a| + max|b|). Against the numerical gradient, the
+maxima are taken over the whole analytic leaf and the sampled reference, so a sample of
+near-zero entries does not turn rounding noise into a 100% error. For the same reason the
+denominator is at least `floor` = 1% of the largest gradient entry of any leaf: a leaf whose
+exact gradient is 0 (a conv bias before BatchNorm) is all rounding noise, which is no error.
+
+Verdict per leaf, naming the odd one out:
+  ok                                  all three agree (kinks accepted)
+  custom wrong                        built-in and numerical agree, fnn's gradient does not
+  built-in disagrees                  custom and numerical agree, jax.grad does not
+  finite differences unreliable here  custom and built-in agree, the numerical one does not
+  custom and built-in disagree        both agree with numerics where sampled, not elsewhere
+  all three disagree
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+VERDICTS = ("ok", "custom wrong", "built-in disagrees", "finite differences unreliable here",
+            "custom and built-in disagree", "all three disagree")
+# custom vs built-in (both in the model's dtype), whole models: looser than one gate's TOLERANCE
+RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+# analytic (model dtype) vs numerical (float64): the analytic gradient's own rounding dominates
+NUMERIC_RTOL = {"float64": 1e-6, "float32": 1e-3, "float16": 3e-2, "bfloat16": 1e-1}
+KINK_SHRINK = 8.0  # the second, smaller step for elements whose one-sided slopes disagree
+FLOOR = 1e-2  # relative errors are measured against at least this fraction of the largest gradient
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Two gradients of one leaf: max abs error, CS231n relative error, cosine similarity."""
+
+    max_abs: float
+    rel: float
+    cos: float
+
+
+@dataclasses.dataclass
+class LeafReport:
+    name: str
+    shape: tuple
+    dtype: str
+    norm: float  # |custom gradient| (built-in's when custom failed)
+    sampled: int  # elements checked numerically
+    step: float  # h at |x| <= 1
+    kinks: list  # [{"index", "forward", "backward" (one-sided slopes), "custom", "builtin"}]
+    custom_vs_builtin: Comparison | None
+    custom_vs_numeric: Comparison | None
+    builtin_vs_numeric: Comparison | None
+    verdict: str
+
+
+@dataclasses.dataclass
+class GradReport:
+    """The result of `check_grads`: one LeafReport per float leaf, and how it was measured."""
+
+    leaves: list
+    seed: int
+    dtype: str
+    numeric_dtype: str
+    device: str
+    jax_version: str
+    rtol: float
+    numeric_rtol: float
+    max_elements: int
+    step: float | None  # a fixed step if one was asked for; None: chosen from the dtype
+    floor: float  # the smallest denominator of a relative error (FLOOR x largest gradient)
+    error: str | None = None  # fnn.grad or jax.grad raised this
+
+    @property
+    def ok(self) -> bool:
+        """True when every leaf's verdict is 'ok' (and neither gradient raised)."""
+        return self.error is None and all(leaf.verdict == "ok" for leaf in self.leaves)
+
+    def __getitem__(self, name) -> LeafReport:
+        for leaf in self.leaves:
+            if leaf.name == name:
+                return leaf
+        raise KeyError(f"no leaf named {name!r}; leaves: {[l.name for l in self.leaves]}")
+
+    # -- rendering --------------------------------------------------------------------------
+    HEADER = ("leaf", "shape", "grad norm", "custom~built-in", "cos", "custom~numeric",
+              "built-in~numeric", "checked", "kinks", "verdict")
+
+    def rows(self) -> list[tuple]:
+        def rel(c):
+            return "-" if c is None else f"{c.rel:.1e}"
+        return [(l.name, "x".join(map(str, l.shape)) or "scalar", f"{l.norm:.3g}",
+                 rel(l.custom_vs_builtin),
+                 "-" if l.custom_vs_builtin is None else f"{l.custom_vs_builtin.cos:.6f}",
+                 rel(l.custom_vs_numeric), rel(l.builtin_vs_numeric), str(l.sampled),
+                 str(len(l.kinks)), l.verdict) for l in self.leaves]
+
+    def _summary(self) -> str:
+        bad = [l for l in self.leaves if l.verdict != "ok"]
+        kinks = sum(len(l.kinks) for l in self.leaves)
+        head = "OK" if self.ok else f"FAILED ({len(bad)} of {len(self.leaves)} leaves)"
+        return (f"gradient check {head}: {self.dtype} model on {self.device}, numerical in "
+                f"{self.numeric_dtype} ({'step %g' % self.step if self.step else 'step from dtype'}"
+                f"), seed {self.seed}, rtol {self.rtol:g} (custom~built-in), {self.numeric_rtol:g} "
+                f"(~numeric)" + (f"; {kinks} kink(s) accepted" if kinks else "")
+                + (f"\nerror: {self.error}" if self.error else ""))
+
+    def __str__(self) -> str:
+        rows = [self.HEADER] + self.rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEADER))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        return self._summary() + "\n" + "\n".join(lines) + self._kink_lines()
+
+    def _kink_lines(self) -> str:
+        out = []
+        for leaf in self.leaves:
+            for k in leaf.kinks[:3]:
+                out.append(f"  kink {leaf.name}{k['index']}: one-sided slopes {k['backward']:.6g} "
+                           f"| {k['forward']:.6g}; custom {k['custom']:.6g}, built-in "
+                           f"{k['builtin']:.6g}")
+        return ("\n" + "\n".join(out)) if out else ""
+
+    def to_markdown(self) -> str:
+        lines = [self._summary().replace("\n", "  \n"), "",
+                 "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in self.rows()]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ok"] = self.ok
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GradReport":
+        d = json.loads(text)
+        d.pop("ok", None)
+        leaves = []
+        for leaf in d.pop("leaves"):
+            for k in ("custom_vs_builtin", "custom_vs_numeric", "builtin_vs_numeric"):
+                leaf[k] = None if leaf[k] is None else Comparison(**leaf[k])
+            leaf["shape"] = tuple(leaf["shape"])
+            leaves.append(LeafReport(**leaf))
+        return cls(leaves=leaves, **d)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
+                numeric_rtol: float | None = None, max_elements: int = 20,
+                numeric_dtype: str | None = "float64", step: float | None = None) -> GradReport:
+    """Compare fnn.grad, jax.grad and central differences of scalar `f(*args)`, leaf by leaf.
+
+    argnums: int or tuple, as in fnn.grad. rtol: custom vs built-in tolerance (default by dtype,
+    RTOL); numeric_rtol: analytic vs numerical (NUMERIC_RTOL). max_elements: elements per leaf
+    checked numerically. numeric_dtype: the dtype the differences are computed in ("float64";
+    None: the model's own). step: a fixed h instead of the dtype-chosen one (for comparison
+    with fixed-step checkers). Returns a GradReport; nothing is raised for wrong gradients.
+    """
+    from fnn.autodiff.engine import grad as fnn_grad
+
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    paths, leaves, treedefs = [], [], []
+    for a in nums:
+        flat, tree = jax.tree_util.tree_flatten_with_path(args[a])
+        treedefs.append(tree)
+        for path, leaf in flat:
+            prefix = f"arg{a}" if len(nums) > 1 or not path else ""
+            paths.append("/".join(filter(None, [prefix] + [_key(p) for p in path])))
+            leaves.append(jnp.asarray(leaf))
+    bad = [(n, l.dtype) for n, l in zip(paths, leaves) if not jnp.issubdtype(l.dtype, jnp.floating)]
+    if bad:
+        which = ", ".join(f"{n or 'the argument'} ({d})" for n, d in bad)
+        raise TypeError(f"check_grads: gradients are only defined for float leaves; argnums "
+                        f"{argnums!r} includes {which}")
+    out = jax.eval_shape(f, *args)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise TypeError(f"check_grads: f must return a float scalar (a loss), got {out}")
+    dtypes = sorted({str(l.dtype) for l in leaves})
+    model_dtype = "+".join(dtypes)
+    tol = rtol if rtol is not None else max(RTOL.get(d, 1e-4) for d in dtypes)
+    ntol = numeric_rtol if numeric_rtol is not None else max(NUMERIC_RTOL.get(d, 1e-3)
+                                                             for d in dtypes)
+
+    errors = []
+    custom = _flat_grads(lambda: fnn_grad(f, argnums=nums)(*args), "fnn.grad", errors)
+    builtin = _flat_grads(lambda: jax.grad(f, argnums=nums)(*args), "jax.grad", errors)
+
+    floor = FLOOR * max([_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])],
+                        default=0.0)
+    rng = np.random.default_rng(seed)
+    numeric = _Numeric(f, args, nums, treedefs, leaves, numeric_dtype, step)
+    reports = []
+    with jax.enable_x64(numeric.x64):
+        for j, (name, leaf) in enumerate(zip(paths, leaves)):
+            c = None if custom is None else np.asarray(custom[j], np.float64)
+            b = None if builtin is None else np.asarray(builtin[j], np.float64)
+            idx = _sample(leaf.size, max_elements, rng, c, b)
+            reports.append(_leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor))
+    device = jax.devices()[0]
+    return GradReport(reports, seed, model_dtype, numeric.dtype, f"{device.platform}:"
+                      f"{device.device_kind}", jax.__version__, tol, ntol, max_elements, step,
+                      floor, "; ".join(errors) or None)
+
+
+def _key(p) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(p, attr):
+            return str(getattr(p, attr))
+    return str(p)
+
+
+def _flat_grads(run, what, errors):
+    try:
+        return [leaf for g in run() for leaf in jax.tree_util.tree_leaves(g)]
+    except Exception as e:  # a broken VJP (contract error) is a finding, not a crash
+        errors.append(f"{what} raised {type(e).__name__}: {e}")
+        return None
+
+
+def _sample(size, k, rng, c, b):
+    """Flat indices to check numerically: all of them, or k seeded ones, a quarter of them
+    replaced by the elements where custom and built-in differ most (numerics arbitrate)."""
+    if size <= k:
+        return np.arange(size)
+    idx = rng.choice(size, k, replace=False)
+    if c is not None and b is not None:
+        gap = np.abs(c - b).reshape(-1)
+        worst = [int(i) for i in np.argsort(-gap, kind="stable")[:max(1, k // 4)] if gap[i] > 0]
+        rest = [int(i) for i in idx if i not in worst]
+        idx = np.array(worst + rest[:k - len(worst)])
+    return np.sort(idx)
+
+
+class _Numeric:
+    """f of the flat differentiated leaves, jitted once, in `numeric_dtype` (float64 default)."""
+
+    def __init__(self, f, args, nums, treedefs, leaves, numeric_dtype, step):
+        self.x64 = numeric_dtype == "float64" or bool(jax.config.jax_enable_x64)
+        sizes = [t.num_leaves for t in treedefs]
+        self.fixed_step = step
+        with jax.enable_x64(self.x64):
+            cast = (lambda x: x) if numeric_dtype is None else _caster(numeric_dtype)
+
+            def F(*flat):
+                full = [jax.tree_util.tree_map(cast, a) for a in args]
+                k = 0
+                for a, tree, n in zip(nums, treedefs, sizes):
+                    full[a] = jax.tree_util.tree_unflatten(tree, flat[k:k + n])
+                    k += n
+                return f(*full)
+
+            self.leaves = [np.array(cast(l)) for l in leaves]
+            try:
+                self.F = jax.jit(F)
+                f0 = self.F(*self.leaves)
+            except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
+                self.F = F  # f branches on values: evaluate eagerly
+                f0 = self.F(*self.leaves)
+            self.dtype = str(jnp.result_type(f0))
+            self.f0 = float(f0)
+        self.eps = float(np.finfo(self.dtype).eps)
+        self.base_step = step if step is not None else self.eps ** (1 / 3)
+
+    def at(self, j, k, x):
+        leaves = list(self.leaves)
+        leaf = leaves[j].copy()
+        leaf.reshape(-1)[k] = x
+        leaves[j] = leaf
+        return float(self.F(*leaves))
+
+    def slopes(self, j, k, h):
+        """(backward, forward, central) differences of f along element k of leaf j."""
+        x = self.leaves[j].reshape(-1)[k]
+        xp, xm = (x + x.dtype.type(h)), (x - x.dtype.type(h))
+        hp, hm = float(xp) - float(x), float(x) - float(xm)  # the steps actually taken
+        if hp <= 0 or hm <= 0:  # h is below x's resolution: no difference can be taken
+            return math.nan, math.nan, math.nan, math.inf
+        fp, fm = self.at(j, k, xp), self.at(j, k, xm)
+        noise = 4 * self.eps * max(abs(fp), abs(fm), abs(self.f0), 1e-300) / min(hp, hm)
+        return (self.f0 - fm) / hm, (fp - self.f0) / hp, (fp - fm) / (hp + hm), noise
+
+    def step_at(self, j, k):
+        x = float(self.leaves[j].reshape(-1)[k])
+        return self.base_step if self.fixed_step is not None else self.base_step * max(1.0, abs(x))
+
+
+def _caster(dtype):
+    def cast(x):
+        if isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+            return jnp.asarray(x, dtype)
+        return x
+    return cast
+
+
+def _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor) -> LeafReport:
+    analytic = c if c is not None else b
+    scale = max(_maxabs(c), _maxabs(b), floor)
+    lo, hi, pad, kinks = [], [], [], []  # per sampled element: accepted interval [lo, hi]
+    for k in idx:
+        h = numeric.step_at(j, k)
+        bwd, fwd, mid, noise = numeric.slopes(j, k, h)
+        gap = abs(fwd - bwd)
+        interval = (mid, mid)
+        if gap > ntol * scale + noise:  # re-measure closer: does the disagreement shrink?
+            bwd2, fwd2, mid2, noise2 = numeric.slopes(j, k, h / KINK_SHRINK)
+            if abs(fwd2 - bwd2) > 0.5 * gap and abs(fwd2 - bwd2) > noise2:  # a kink
+                interval = (min(bwd, fwd, bwd2, fwd2), max(bwd, fwd, bwd2, fwd2))
+                kinks.append({"index": [int(i) for i in np.unravel_index(k, leaf.shape)],
+                              "backward": bwd2, "forward": fwd2,
+                              "custom": _at(c, k), "builtin": _at(b, k)})
+            else:  # smooth after all, or a kink between h/8 and h: the closer estimate
+                interval = (mid2, mid2)
+        lo.append(interval[0])
+        hi.append(interval[1])
+        pad.append(0.0 if interval[0] == interval[1] else ntol * scale)
+    lo, hi, pad = np.array(lo), np.array(hi), np.array(pad)
+
+    def vs_numeric(a):
+        if a is None:
+            return None
+        a_s = a.reshape(-1)[idx]
+        ref = np.clip(a_s, lo - pad, hi + pad)  # anywhere inside a kink's interval is exact
+        return _compare(a_s, ref, max(_maxabs(a) + _maxabs(ref), floor))
+
+    cb = None
+    if c is not None and b is not None:
+        # at an accepted kink, custom and built-in may pick different one-sided derivatives
+        c_adj = c.reshape(-1).copy()
+        for k, l, u, p in zip(idx, lo, hi, pad):
+            if l != u and all(l - p <= v[k] <= u + p for v in (c.reshape(-1), b.reshape(-1))):
+                c_adj[k] = b.reshape(-1)[k]
+        cb = _compare(c_adj, b, max(_maxabs(c) + _maxabs(b), floor))
+    cn, bn = vs_numeric(c), vs_numeric(b)
+    verdict = _verdict(cb is not None and cb.rel <= tol, cn is not None and cn.rel <= ntol,
+                       bn is not None and bn.rel <= ntol)
+    norm = float("nan") if analytic is None else float(np.linalg.norm(analytic))
+    return LeafReport(name, tuple(leaf.shape), str(leaf.dtype), norm,
+                      int(len(idx)), float(numeric.base_step), kinks, cb, cn, bn, verdict)
+
+
+def _verdict(cb_ok, cn_ok, bn_ok) -> str:
+    if cb_ok:
+        return "ok" if (cn_ok or bn_ok) else "finite differences unreliable here"
+    if bn_ok and not cn_ok:
+        return "custom wrong"
+    if cn_ok and not bn_ok:
+        return "built-in disagrees"
+    return "custom and built-in disagree" if cn_ok else "all three disagree"
+
+
+def _compare(a, b, denom) -> Comparison:
+    """max abs error, CS231n relative error (max|a - b| / denom), cosine similarity."""
+    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    rel = diff / denom if denom > 0 else diff
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+    return Comparison(diff, float(rel), cos)
+
+
+def _maxabs(a) -> float:
+    return 0.0 if a is None or a.size == 0 else float(np.max(np.abs(a)))
+
+
+def _at(a, k):
+    return None if a is None else float(a.reshape(-1)[k])
+

@@ -1,0 +1,134 @@
+"""The core layers: Dense, Conv2D, pooling, Flatten, Dropout (conventions: fnn/nn/layer.py).
+
+Images are NHWC; conv kernels HWIO. Each apply is one or two fnn gates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from fnn import ops
+from fnn.nn.initializers import get_initializer
+from fnn.nn.layer import Layer, stateless
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(n, int) and n > 0 for n in pair):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+    return pair
+
+
+def _out_size(n: int, k: int, s: int, padding: str) -> int:
+    return -(-n // s) if padding == "SAME" else (n - k) // s + 1
+
+
+def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(f"{name} takes images (H, W, C) per example (NHWC batches), "
+                         f"got input shape {tuple(input_shape)}")
+    return tuple(input_shape)
+
+
+def Dense(features: int, *, init="he", bias_init="zeros") -> Layer:
+    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b."""
+    w_init, b_init = get_initializer(init), get_initializer(bias_init)
+
+    def init_fn(key, input_shape):
+        d = math.prod(input_shape)
+        kw, kb = jax.random.split(key)
+        return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, (features,)
+
+    def apply(params, state, x, *, key=None, train=False):
+        return ops.affine(x, params["w"], params["b"]), state
+
+    return Layer("dense", init_fn, apply)
+
+
+def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", init="he",
+           bias_init="zeros") -> Layer:
+    """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b."""
+    kh, kw = _pair(kernel_size, "Conv2D kernel_size")
+    sh, sw = _pair(stride, "Conv2D stride")
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
+    w_init, b_init = get_initializer(init), get_initializer(bias_init)
+    stride_arg = stride if isinstance(stride, int) else (sh, sw)
+
+    def init_fn(key, input_shape):
+        h, w, c = _image_shape("Conv2D", input_shape)
+        out = (_out_size(h, kh, sh, padding), _out_size(w, kw, sw, padding), features)
+        if out[0] < 1 or out[1] < 1:
+            raise ValueError(f"Conv2D: a {kh}x{kw} kernel does not fit in {h}x{w} images "
+                             f"with padding {padding}")
+        k_w, k_b = jax.random.split(key)
+        params = {"w": w_init(k_w, (kh, kw, c, features)), "b": b_init(k_b, (features,))}
+        return params, {}, out
+
+    def apply(params, state, x, *, key=None, train=False):
+        y = ops.conv2d(x, params["w"], stride=stride_arg, padding=padding)
+        return y + params["b"], state
+
+    return Layer("conv2d", init_fn, apply)
+
+
+def _pool(name: str, gate_name: str, window, stride) -> Layer:
+    wh, ww = _pair(window, f"{name} window")
+    sh, sw = _pair(window if stride is None else stride, f"{name} stride")
+
+    def output_shape(input_shape):
+        h, w, c = _image_shape(name, input_shape)
+        out = ((h - wh) // sh + 1, (w - ww) // sw + 1, c)
+        if out[0] < 1 or out[1] < 1:
+            raise ValueError(f"{name}: a {wh}x{ww} window does not fit in {h}x{w} images")
+        return out
+
+    def fn(x):
+        return getattr(ops, gate_name)(x, window=window, stride=stride)
+
+    return stateless(name.lower(), fn, output_shape)
+
+
+def MaxPool2D(window=2, stride=None) -> Layer:
+    """Max over window x window patches of NHWC images (stride defaults to the window)."""
+    return _pool("MaxPool2D", "max_pool2d", window, stride)
+
+
+def AvgPool2D(window=2, stride=None) -> Layer:
+    """Mean over window x window patches of NHWC images (stride defaults to the window)."""
+    return _pool("AvgPool2D", "avg_pool2d", window, stride)
+
+
+def GlobalAvgPool2D() -> Layer:
+    """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+    return stateless("global_avg_pool", lambda x: ops.mean(x, axis=(1, 2)),
+                     lambda s: (_image_shape("GlobalAvgPool2D", s)[2],))
+
+
+def Flatten() -> Layer:
+    """(N, d1, .., dk) -> (N, d1*..*dk)."""
+    def fn(x):
+        return ops.reshape(x, shape=(x.shape[0], math.prod(x.shape[1:])))
+    return stateless("flatten", fn, lambda s: (math.prod(s),))
+
+
+def Dropout(rate: float) -> Layer:
+    """Inverted dropout: in training, zero each unit with probability `rate` and scale the rest
+    by 1/(1-rate); the identity in evaluation. Needs `key` in apply when train=True."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}")
+
+    def init(key, input_shape):
+        return {}, {}, tuple(input_shape)
+
+    def apply(params, state, x, *, key=None, train=False):
+        if not train or rate == 0.0:
+            return x, state
+        if key is None:
+            raise ValueError("Dropout in training mode needs a PRNG key: "
+                             "apply(params, state, x, key=key, train=True)")
+        return ops.dropout(x, key, rate=rate, train=True), state
+
+    return Layer("dropout", init, apply)

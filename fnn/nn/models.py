@@ -1,0 +1,85 @@
+"""Ready models: an MLP of any depth and width, a CNN, a small residual CNN; models by name.
+
+    mlp(hidden=(100,))            the lecture's 2-layer net: affine - relu - affine
+    mlp(hidden=(100, 100))        its 3-layer net
+    cnn()                         [conv - relu - conv - relu - pool] x 2 - dense - relu - dense
+    resnet()                      conv-bn-relu, 3 stages of residual blocks, global pool, dense
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from fnn.nn.activations import Activation
+from fnn.nn.layer import Layer, serial
+from fnn.nn.layers import Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
+from fnn.nn.normalization import BatchNorm
+from fnn.nn.residual import ResidualBlock
+
+
+def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: str = "relu",
+        init="he", batch_norm: bool = False, dropout: float = 0.0) -> Layer:
+    """Flatten, then [Dense - (BatchNorm) - activation - (Dropout)] per hidden width, then Dense.
+
+    The output is the class scores (logits), (N, num_classes).
+    """
+    layers = [Flatten()]
+    for width in hidden:
+        layers.append(Dense(width, init=init))
+        if batch_norm:
+            layers.append(BatchNorm())
+        layers.append(Activation(activation))
+        if dropout:
+            layers.append(Dropout(dropout))
+    layers.append(Dense(num_classes, init=init))
+    return serial(*layers, name="mlp")
+
+
+def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Sequence[int] = (128,),
+        convs_per_block: int = 1, activation: str = "relu", init="he", batch_norm: bool = False,
+        dropout: float = 0.0) -> Layer:
+    """[(conv3x3 - (bn) - act) x convs_per_block - maxpool2] per channel count, then an MLP head."""
+    layers = []
+    for c in channels:
+        for _ in range(convs_per_block):
+            layers.append(Conv2D(c, 3, init=init))
+            if batch_norm:
+                layers.append(BatchNorm())
+            layers.append(Activation(activation))
+        layers.append(MaxPool2D(2))
+    layers.append(Flatten())
+    for width in dense:
+        layers += [Dense(width, init=init), Activation(activation)]
+        if dropout:
+            layers.append(Dropout(dropout))
+    layers.append(Dense(num_classes, init=init))
+    return serial(*layers, name="cnn")
+
+
+def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
+           blocks_per_stage: int = 1, init="he") -> Layer:
+    """A small ResNet for 32x32x3 images (any HxW works): conv3x3-bn-relu, then per width a
+    stage of residual blocks (the first of each later stage halves the resolution), global
+    average pooling and a dense classifier. widths=(16, 32, 64), 3 blocks/stage is ResNet-20.
+    """
+    layers = [Conv2D(widths[0], 3, init=init), BatchNorm(), Activation("relu")]
+    c_in = widths[0]
+    for i, c in enumerate(widths):
+        for j in range(blocks_per_stage):
+            stride = 2 if (i > 0 and j == 0) else 1
+            layers.append(ResidualBlock(c, stride=stride, in_channels=c_in, init=init))
+            c_in = c
+    layers += [GlobalAvgPool2D(), Dense(num_classes, init="glorot")]
+    return serial(*layers, name="resnet")
+
+
+MODELS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+
+
+def build_model(name: str, num_classes: int = 10, **options) -> Layer:
+    """A model by name ('mlp', 'cnn', 'resnet') with the builder's keyword options."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+    return builder(num_classes=num_classes, **options)

@@ -1,0 +1,116 @@
+"""Datasets as arrays: bundled digits, MNIST, Fashion-MNIST, CIFAR-10; splits; standardization.
+
+Images are float32 NHWC, labels int32. Splits are fixed (split_seed, not the training seed), so
+runs with different seeds are compared on the same validation and test examples.
+
+    digits          scikit-learn's 8x8 handwritten digits, 1797 images, no download;
+                    20% held out as test set
+    mnist           28x28x1, 60000 train + 10000 test, IDX files in data_dir
+    fashion-mnist   same format and file names as MNIST
+    cifar10         32x32x3, 50000 train + 10000 test, binary version in data_dir
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fnn.train.readers import DataError, read_cifar10, read_mnist
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Train / validation / test arrays of one dataset, standardized with the train statistics.
+
+    x_*: float32 (N, H, W, C); y_*: int32 (N,). `mean`, `std` (C,) are the per-channel
+    statistics that were subtracted and divided (apply them to new inputs too).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int = 10
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @property
+    def input_shape(self) -> tuple:
+        """Shape of one example, e.g. (8, 8, 1)."""
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self):
+        return (f"Dataset({self.name!r}: train {len(self.x_train)}, val {len(self.x_val)}, "
+                f"test {len(self.x_test)}, input {self.input_shape}, {self.num_classes} classes)")
+
+
+def standardize(x_train, *others, eps: float = 1e-6):
+    """Subtract the per-channel mean and divide by the per-channel std of x_train (N, ..., C).
+
+    Returns (x_train, *others, mean, std), all float32.
+    """
+    axes = tuple(range(x_train.ndim - 1))
+    mean = x_train.mean(axis=axes, dtype=np.float64)
+    std = np.maximum(x_train.std(axis=axes, dtype=np.float64), eps)
+    out = [((x - mean) / std).astype(np.float32) for x in (x_train, *others)]
+    return (*out, mean.astype(np.float32), std.astype(np.float32))
+
+
+def split(x, y, fraction: float, seed: int = 0):
+    """Shuffle (x, y) with `seed`, split off `fraction`: (x_rest, y_rest, x_part, y_part)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"split fraction must be in [0, 1), got {fraction!r}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    k = int(round(len(x) * fraction))
+    part, rest = order[:k], order[k:]
+    return x[rest], y[rest], x[part], y[part]
+
+
+def load_raw(name: str, data_dir: str | None = None, *, split_seed: int = 0) -> dict:
+    """Unscaled float32 images (N, H, W, C) in [0, 1] and int32 labels: x/y_train, x/y_test."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images[..., None] / 16.0).astype(np.float32)
+        x_train, y_train, x_test, y_test = split(x, d.target, 0.2, split_seed)
+        raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    elif name in ("mnist", "fashion-mnist", "cifar10"):
+        if not data_dir:
+            raise DataError(f"dataset {name!r} is read from local files: pass their directory "
+                            "with --data-dir (data_dir=...)")
+        raw = read_cifar10(data_dir) if name == "cifar10" else read_mnist(data_dir, name)
+        for k in ("x_train", "x_test"):
+            x = raw[k].astype(np.float32) / 255.0
+            raw[k] = x if x.ndim == 4 else x[..., None]
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raw["y_train"] = raw["y_train"].astype(np.int32)
+    raw["y_test"] = raw["y_test"].astype(np.int32)
+    return raw
+
+
+def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fraction: float = 0.1,
+                 split_seed: int = 0, standardize_inputs: bool = True,
+                 limit: int | None = None) -> Dataset:
+    """A Dataset with a validation split taken from the training set (val_fraction of it).
+
+    `limit` keeps only the first `limit` training and test examples (quick experiments).
+    """
+    raw = load_raw(name, data_dir, split_seed=split_seed)
+    x_train, y_train = raw["x_train"], raw["y_train"]
+    x_test, y_test = raw["x_test"], raw["y_test"]
+    if limit:
+        x_train, y_train, x_test, y_test = (x_train[:limit], y_train[:limit], x_test[:limit],
+                                            y_test[:limit])
+    x_train, y_train, x_val, y_val = split(x_train, y_train, val_fraction, split_seed + 1)
+    mean = std = None
+    if standardize_inputs:
+        x_train, x_val, x_test, mean, std = standardize(x_train, x_val, x_test)
+    return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, 10, mean, std)

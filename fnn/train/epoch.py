@@ -1,0 +1,92 @@
+"""A whole epoch as one compiled program, and evaluation over a whole dataset.
+
+The training arrays stay on the device; each epoch draws a permutation from its PRNG key, cuts
+it into batches (dropping the last partial batch) and runs the step over them with `lax.scan`,
+so a small model costs one dispatch per epoch instead of one per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fnn.train.step import per_example_loss
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Number of full batches in n examples (a ValueError if there is none)."""
+    if batch_size < 1 or n < batch_size:
+        raise ValueError(f"batch size {batch_size} does not fit in the {n} training examples: "
+                         "use a batch size between 1 and the training set size")
+    return n // batch_size
+
+
+def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | None = None,
+                     donate: bool = True):
+    """epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
+
+    `step` is an uncompiled train step (make_train_step(..., jit=False)); x, y the whole
+    training set. metrics hold one value per step: {"loss": (steps,), "accuracy": (steps,)}.
+    `progress(done)`, if given, is called from the compiled program about 20 times per epoch
+    with the number of steps done (for a progress bar). With donate=True the params, state and
+    opt_state passed in are donated to the result.
+    """
+
+    def epoch(params, state, opt_state, x, y, key):
+        n_steps = steps_per_epoch(x.shape[0], batch_size)
+        perm_key, step_key = jax.random.split(key)
+        order = jax.random.permutation(perm_key, x.shape[0])[: n_steps * batch_size]
+        order = order.reshape(n_steps, batch_size)
+        keys = jax.random.split(step_key, n_steps)
+        every = max(1, n_steps // 20)
+
+        def body(carry, inputs):
+            idx, k, i = inputs
+            batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
+            params, state, opt_state, metrics = step(*carry, batch, k)
+            if progress is not None:
+                done = i + 1
+                lax.cond((done % every == 0) | (done == n_steps),
+                         lambda: jax.debug.callback(progress, done), lambda: None)
+            return (params, state, opt_state), metrics
+
+        carry, metrics = lax.scan(body, (params, state, opt_state),
+                                  (order, keys, jnp.arange(n_steps)))
+        return (*carry, metrics)
+
+    return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else ())
+
+
+def make_evaluate(model, *, loss: str = "softmax_cross_entropy", batch_size: int = 1000):
+    """evaluate(params, state, x, y) -> {"loss", "accuracy"}: means over all of x, in eval mode.
+
+    The data is padded to whole batches and scanned; padded rows are masked out.
+    """
+
+    def evaluate(params, state, x, y):
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("evaluate: empty dataset")
+        bs = min(batch_size, n)
+        n_batches = math.ceil(n / bs)
+        pad = n_batches * bs - n
+        xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        xs = xs.reshape((n_batches, bs) + x.shape[1:])
+        ys = jnp.pad(y, (0, pad)).reshape(n_batches, bs)
+        mask = (jnp.arange(n_batches * bs) < n).reshape(n_batches, bs)
+
+        def body(_, inputs):
+            xb, yb, mb = inputs
+            scores, _ = model.apply(params, state, xb, train=False)
+            losses = per_example_loss(loss, scores, yb)
+            correct = jnp.argmax(scores, axis=-1) == yb
+            return None, (jnp.sum(jnp.where(mb, losses, 0)), jnp.sum(correct & mb))
+
+        _, (losses, correct) = lax.scan(body, None, (xs, ys, mask))
+        return {"loss": jnp.sum(losses) / n, "accuracy": jnp.sum(correct) / n}
+
+    return jax.jit(evaluate)

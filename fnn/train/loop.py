@@ -1,0 +1,127 @@
+"""fit: the epoch loop, with validation, timing and an optional progress bar per epoch.
+
+    model = fnn.nn.mlp((100,))
+    data = fnn.train.load_dataset("digits")
+    opt = fnn.train.make_optimizer("adam", 1e-3)
+    ts, history = fnn.train.fit(model, opt, data, epochs=20, grad="custom")
+
+Epoch e shuffles with fold_in(ts.key, e), so a run resumed from a checkpoint of epoch k (see
+fnn.train.checkpoint) continues with exactly the batches and dropout masks it would have had.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
+from fnn.train.state import TrainState, init_train_state
+from fnn.train.step import make_train_step
+
+
+class _Bar:
+    """A tqdm progress bar per epoch, fed from inside the compiled epoch."""
+
+    def __init__(self, enabled: bool):
+        # only on a terminal: elsewhere (logs, pipes) the per-epoch lines say it all
+        self.enabled, self.bar = enabled and sys.stderr.isatty(), None
+
+    def start(self, total: int, desc: str):
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+    def update(self, done):
+        if self.bar is not None:
+            self.bar.update(int(done) - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_record(r: dict, epochs: int) -> str:
+    """The per-epoch line: train/val loss and accuracy, time and speed."""
+    line = (f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  train loss {r['train_loss']:.4f} "
+            f"acc {r['train_acc']:.4f}")
+    if "val_loss" in r:
+        line += f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}"
+    speed = r["steps_per_s"]
+    line += f"  {r['time_s']:.2f}s ({speed:,.0f} steps/s)" if speed >= 10 else \
+        f"  {r['time_s']:.2f}s ({speed:.2f} steps/s)"
+    if "compile_s" in r:
+        line += f"  compile {r['compile_s']:.2f}s"
+    return line
+
+
+def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str = "custom",
+        loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0,
+        start: TrainState | None = None, schedule: Callable | None = None,
+        callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
+        eval_batch_size: int = 1000):
+    """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
+
+    data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape).
+    start: a TrainState to continue from (resume); else initialized from `seed`.
+    schedule: the learning-rate schedule, only to report `lr` per epoch.
+    callback(ts, record) runs after each epoch (checkpointing, logging); log(line) prints the
+    per-epoch line (None: silent). Returns the final TrainState and the list of epoch records
+    {epoch, step, train_loss, train_acc, val_loss, val_acc, lr, time_s, steps_per_s,
+    examples_per_s, compile_s (first epoch of this call)}.
+    """
+    ts = start if start is not None else init_train_state(model, optimizer, data.input_shape, seed)
+    x, y = jax.device_put(data.x_train), jax.device_put(data.y_train)
+    has_val = data.x_val is not None and len(data.x_val) > 0
+    if has_val:
+        x_val, y_val = jax.device_put(data.x_val), jax.device_put(data.y_val)
+    n_steps = steps_per_epoch(len(data.x_train), batch_size)
+    bar = _Bar(progress)
+    step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False)
+    epoch_fn = make_train_epoch(step, batch_size=batch_size,
+                                progress=bar.update if bar.enabled else None)
+    evaluate = make_evaluate(model, loss=loss, batch_size=eval_batch_size)
+    compiled, history = None, []
+    for e in range(ts.epoch, epochs):
+        key = jax.random.fold_in(ts.key, e)
+        record = {"epoch": e + 1}
+        if compiled is None:
+            t0 = time.perf_counter()
+            compiled = epoch_fn.lower(ts.params, ts.state, ts.opt_state, x, y, key).compile()
+            record["compile_s"] = time.perf_counter() - t0
+        bar.start(n_steps, f"epoch {e + 1}/{epochs}")
+        t0 = time.perf_counter()
+        try:
+            params, state, opt_state, metrics = compiled(ts.params, ts.state, ts.opt_state, x, y,
+                                                         key)
+            losses, accs = np.asarray(metrics["loss"]), np.asarray(metrics["accuracy"])
+        except Exception as err:
+            # Ctrl-C while the progress callback runs reaches us wrapped in a JAX runtime error
+            if "KeyboardInterrupt" in str(err):
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            bar.close()
+        dt = time.perf_counter() - t0
+        ts = TrainState(params, state, opt_state, ts.key, e + 1, ts.step + n_steps)
+        record.update(step=ts.step, train_loss=float(losses.mean()), train_acc=float(accs.mean()))
+        if has_val:
+            val = evaluate(ts.params, ts.state, x_val, y_val)
+            record.update(val_loss=float(val["loss"]), val_acc=float(val["accuracy"]))
+        if schedule is not None:
+            record["lr"] = float(schedule(ts.step))
+        record.update(time_s=dt, steps_per_s=n_steps / dt, examples_per_s=n_steps * batch_size / dt)
+        if not np.isfinite(record["train_loss"]):
+            raise FloatingPointError(f"training diverged at epoch {e + 1}: the loss is "
+                                     f"{record['train_loss']} (try a smaller learning rate)")
+        history.append(record)
+        if log is not None:
+            log(format_record(record, epochs))  # the epoch's bar is closed by now
+        if callback is not None:
+            callback(ts, record)
+    return ts, history

@@ -1,0 +1,26 @@
+"""Loss and accuracy curves of a run as a PNG (matplotlib's Agg canvas: no display needed)."""
+
+from __future__ import annotations
+
+
+def plot_curves(history: list[dict], path: str, title: str = "") -> None:
+    """Two panels, loss and accuracy per epoch, train and validation, saved to `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    epochs = [r["epoch"] for r in history]
+    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [r.get(f"{split}_{metric}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

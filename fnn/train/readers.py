@@ -1,0 +1,143 @@
+"""Readers for the raw files of MNIST, Fashion-MNIST (IDX, .gz or plain) and CIFAR-10 (binary).
+
+A missing or malformed file raises DataError naming the file that was expected and where to get
+it. Readers return uint8 arrays as stored: images (N, H, W) or (N, H, W, C), labels (N,).
+
+IDX (http://yann.lecun.com/exdb/mnist/): bytes 0-1 zero, byte 2 the element type (0x08 uint8,
+0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), byte 3 the number of dims, then
+each dim as a big-endian uint32, then the elements, big-endian, row-major.
+CIFAR-10 binary (https://www.cs.toronto.edu/~kriz/cifar.html): records of 1 label byte and
+3072 pixel bytes (1024 red, 1024 green, 1024 blue, each a 32x32 row-major plane).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from fnn.errors import FnnError
+
+
+class DataError(FnnError, ValueError):
+    """A dataset file is missing or malformed; the message says which and where to get it."""
+
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+SOURCES = {
+    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/ (the four *-ubyte.gz files "
+             "of http://yann.lecun.com/exdb/mnist/)",
+    "fashion-mnist": "https://github.com/zalandoresearch/fashion-mnist (data/fashion/*.gz)",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (the 'binary version'; "
+               "extract it: tar xzf cifar-10-binary.tar.gz)",
+}
+CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST = "test_batch.bin"
+CIFAR_RECORD = 1 + 32 * 32 * 3
+
+
+def _read_bytes(path: str, hint: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}. {hint}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path} is a damaged gzip file ({e}). {hint}") from None
+    return raw
+
+
+def read_idx(path: str, hint: str = "") -> np.ndarray:
+    """The array stored in IDX file `path` (gzip-compressed or plain), in native byte order."""
+    raw = _read_bytes(path, hint)
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file: it should start with bytes 00 00, a type "
+                        f"code (08 for uint8) and the number of dims, found {raw[:4].hex(' ')!r}. "
+                        f"{hint}")
+    ndim = raw[3]
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{path}: IDX header announces {ndim} dims but the file ends at byte "
+                        f"{len(raw)}. {hint}")
+    dims = struct.unpack(f">{ndim}I", raw[4:start])
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    need = math.prod(dims) * dtype.itemsize
+    if len(raw) - start != need:
+        raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but the "
+                        f"file holds {len(raw) - start} bytes after the header: truncated or "
+                        f"corrupt. {hint}")
+    return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:
+    """Path of `name` (or `name`.gz) in data_dir; DataError saying where to get it otherwise."""
+    for candidate in ([name, name + ".gz"] if gz else [name]):
+        path = os.path.join(data_dir, candidate)
+        if os.path.isfile(path):
+            return path
+    alternatives = f" (or {name}.gz)" if gz else ""
+    where = (f"directory {data_dir!r} does not exist" if not os.path.isdir(data_dir)
+             else f"not found in {data_dir!r}")
+    raise DataError(f"{dataset}: expected file {name}{alternatives}, {where}. "
+                    f"Get it from {SOURCES[dataset]} and pass its directory as --data-dir.")
+
+
+def read_mnist(data_dir: str, dataset: str = "mnist") -> dict[str, np.ndarray]:
+    """MNIST or Fashion-MNIST (same file names and format): uint8 images (N, H, W), labels (N,)."""
+    hint = f"Get the {dataset} files from {SOURCES[dataset]}."
+    out = {}
+    for split in ("train", "test"):
+        images_path = find_file(data_dir, MNIST_FILES[f"{split}_images"], dataset)
+        labels_path = find_file(data_dir, MNIST_FILES[f"{split}_labels"], dataset)
+        images, labels = read_idx(images_path, hint), read_idx(labels_path, hint)
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(f"{images_path}: expected uint8 images of shape (N, rows, cols), got "
+                            f"{images.dtype} {images.shape}. {hint}")
+        if labels.ndim != 1 or labels.dtype != np.uint8:
+            raise DataError(f"{labels_path}: expected uint8 labels of shape (N,), got "
+                            f"{labels.dtype} {labels.shape}. {hint}")
+        if len(images) != len(labels):
+            raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                            f"{len(labels)} labels. {hint}")
+        if labels.size and labels.max() > 9:
+            raise DataError(f"{labels_path}: labels must be 0..9, found {labels.max()}. {hint}")
+        out[f"x_{split}"], out[f"y_{split}"] = images, labels
+    return out
+
+
+def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch file: uint8 images (N, 32, 32, 3) NHWC and labels (N,)."""
+    hint = f"Get CIFAR-10 from {SOURCES['cifar10']}."
+    raw = _read_bytes(path, hint)
+    if not raw or len(raw) % CIFAR_RECORD:
+        raise DataError(f"{path}: a CIFAR-10 binary file holds records of {CIFAR_RECORD} bytes "
+                        f"(1 label + 3072 pixels), but its size {len(raw)} is not a positive "
+                        f"multiple of that: truncated or not the binary version. {hint}")
+    records = np.frombuffer(raw, np.uint8).reshape(-1, CIFAR_RECORD)
+    labels = records[:, 0].copy()
+    if labels.max() > 9:
+        raise DataError(f"{path}: labels must be 0..9, found {labels.max()}: not a CIFAR-10 "
+                        f"binary file. {hint}")
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def read_cifar10(data_dir: str) -> dict[str, np.ndarray]:
+    """CIFAR-10 from data_dir or data_dir/cifar-10-batches-bin: 50000 train, 10000 test."""
+    sub = os.path.join(data_dir, "cifar-10-batches-bin")
+    if not os.path.isfile(os.path.join(data_dir, CIFAR_TEST)) and os.path.isdir(sub):
+        data_dir = sub
+    train = [read_cifar10_file(find_file(data_dir, n, "cifar10", gz=False)) for n in CIFAR_TRAIN]
+    x_test, y_test = read_cifar10_file(find_file(data_dir, CIFAR_TEST, "cifar10", gz=False))
+    return {"x_train": np.concatenate([x for x, _ in train]),
+            "y_train": np.concatenate([y for _, y in train]), "x_test": x_test, "y_test": y_test}

@@ -1,0 +1,186 @@
+"""A training run in a directory: what `python -m fnn train` does.
+
+    RUN_DIR/config.json       the TrainConfig of the run
+    RUN_DIR/metrics.jsonl     one JSON record per epoch (see fnn.train.fit)
+    RUN_DIR/last.safetensors  the TrainState after the latest epoch (what --resume loads)
+    RUN_DIR/best.safetensors  the TrainState with the best validation accuracy so far
+    RUN_DIR/curves.png        loss and accuracy curves
+    RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import jax
+
+from fnn.nn import build_model, count_params, summary
+from fnn.train.checkpoint import load_train_state, read_checkpoint, restore, save_train_state
+from fnn.train.data import load_dataset
+from fnn.train.epoch import make_evaluate, steps_per_epoch
+from fnn.train.loop import fit
+from fnn.train.optim import make_optimizer, make_schedule
+from fnn.train.plot import plot_curves
+from fnn.train.state import TrainState, init_train_state
+
+LAST, BEST = "last.safetensors", "best.safetensors"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run. The defaults train the MLP on digits to >= 97% test
+    accuracy with hand-written gradients in well under a minute on 2 CPU cores."""
+
+    model: str = "mlp"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    grad: str = "custom"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    epochs: int = 30
+    batch_size: int = 32
+    seed: int = 0
+    weight_decay: float = 0.0
+    clip: float = 0.0
+    l2: float = 0.0
+    loss: str = "softmax_cross_entropy"
+    val_fraction: float = 0.1
+    hidden: tuple = (256,)
+    channels: tuple | None = None
+    activation: str = "relu"
+    init: str = "he"
+    dropout: float = 0.0
+    limit: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**d)
+
+    def model_options(self) -> dict:
+        """Keyword options of the model builder (fnn.nn.build_model)."""
+        if self.model == "mlp":
+            return {"hidden": tuple(self.hidden), "activation": self.activation,
+                    "init": self.init, "dropout": self.dropout}
+        if self.model == "cnn":
+            opts = {"activation": self.activation, "init": self.init, "dropout": self.dropout}
+            return {**opts, "channels": tuple(self.channels)} if self.channels else opts
+        return {"init": self.init, **({"widths": tuple(self.channels)} if self.channels else {})}
+
+
+def read_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig saved in a run directory."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
+    with open(path) as f:
+        return TrainConfig.from_dict(json.load(f))
+
+
+def _read_history(path: str, upto: int) -> list[dict]:
+    """Epoch records of metrics.jsonl up to epoch `upto` (later ones never reached a checkpoint)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r.get("epoch", 0) <= upto]
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def setup(config: TrainConfig):
+    """(data, model, optimizer, schedule) of a config."""
+    data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                        limit=config.limit or None)
+    model = build_model(config.model, data.num_classes, **config.model_options())
+    total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
+    schedule = make_schedule(config.schedule, config.lr, total_steps=total)
+    optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,
+                               clip=config.clip or None)
+    return data, model, optimizer, schedule
+
+
+def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
+              log: Callable | None = print) -> dict:
+    """Train per `config` into `out_dir` (or continue the run there, resume=True).
+
+    Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
+    """
+    log = log or (lambda line: None)
+    data, model, optimizer, schedule = setup(config)
+    ts = init_train_state(model, optimizer, data.input_shape, config.seed)
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    if resume:
+        if not os.path.isfile(os.path.join(out_dir, LAST)):
+            raise FileNotFoundError(f"{out_dir} has no {LAST}: the run stopped before its first "
+                                    "epoch ended; start it again without --resume")
+        ts, _ = load_train_state(os.path.join(out_dir, LAST), ts)
+        history = _read_history(metrics_path, ts.epoch)
+        log(f"resuming {out_dir} after epoch {ts.epoch} (step {ts.step})")
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(os.path.join(out_dir, "config.json")):
+            raise FileExistsError(f"{out_dir} already holds a run: continue it with --resume "
+                                  f"{out_dir}, or choose another --out")
+        history = []
+        log(summary(model, data.input_shape))
+    with open(metrics_path, "w") as f:  # rewritten: drops epochs past the checkpoint
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    _write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+    log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
+        f"device {jax.devices()[0].platform}")
+    best_acc = max((r.get("val_acc", -1.0) for r in history), default=-1.0)
+
+    def on_epoch(ts: TrainState, record: dict):
+        nonlocal best_acc
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if "val_acc" in record and record["val_acc"] > best_acc:  # no validation set: no best
+            best_acc = record["val_acc"]
+            save_train_state(os.path.join(out_dir, BEST), ts, config.to_dict(), val_acc=best_acc)
+        save_train_state(os.path.join(out_dir, LAST), ts, config.to_dict())
+
+    ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
+                  grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
+                  schedule=schedule, callback=on_epoch, progress=progress, log=log)
+    history += new
+    if history:
+        plot_curves(history, os.path.join(out_dir, "curves.png"),
+                    f"{config.model} on {config.dataset}, grad={config.grad}")
+    results = final_results(model, ts, data, out_dir, config)
+    _write_json(os.path.join(out_dir, "results.json"), results)
+    line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
+    if "best_epoch" in results:
+        line += (f"; best validation epoch {results['best_epoch']}: test accuracy "
+                 f"{results['best_test_acc']:.4f}")
+    log(line)
+    return results
+
+
+def final_results(model, ts: TrainState, data, out_dir: str, config: TrainConfig) -> dict:
+    """Test loss/accuracy of the final params and of the best checkpoint."""
+    evaluate = make_evaluate(model, loss=config.loss)
+    x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
+    last = evaluate(ts.params, ts.state, x, y)
+    results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"]),
+               "test_acc": float(last["accuracy"])}
+    best_path = os.path.join(out_dir, BEST)
+    if os.path.isfile(best_path):
+        tensors, meta = read_checkpoint(best_path)
+        best = restore(tensors, {"params": ts.params, "state": ts.state})
+        r = evaluate(best["params"], best["state"], x, y)
+        results.update(best_epoch=meta.get("epoch"), best_val_acc=meta.get("val_acc"),
+                       best_test_acc=float(r["accuracy"]), best_test_loss=float(r["loss"]))
+    return results
