@@ -291,3 +291,43 @@ def test_natural_model_code_operators_and_methods():
     rng = np.random.default_rng(0)
     W, x = jnp.asarray(rng.standard_normal((3, 4))), jnp.asarray(rng.standard_normal((2, 3)))
     assert_tree_close(fnn.grad(f, argnums=(0, 1))(W, x), jax.grad(f, argnums=(0, 1))(W, x), rtol=2e-5)
+
+
+def test_iterating_and_unpacking_a_traced_value():
+    def f(w):
+        a, b, c = w
+        return sum(w) + a * b * c + ops.sum(ops.concatenate(*[row * 2.0 for row in w[None]]))
+
+    w = jnp.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(fnn.grad(f)(w), jax.grad(f)(w))
+    with pytest.raises(TypeError, match="0-d"):
+        fnn.grad(lambda x: sum(x))(1.0)
+
+
+def test_values_of_inner_fnn_calls_keep_their_outer_dependence():
+    # the inner call's value (and aux) depend on the outer x through a closure
+    assert float(fnn.grad(lambda x: fnn.value_and_grad(lambda y: x * x)(1.0)[0])(3.0)) == 6.0
+    with pytest.raises(fnn.NestingError):  # a gate that mixes the two calls' values
+        fnn.grad(lambda x: fnn.value_and_grad(lambda y: x * y)(1.0)[0])(3.0)
+    outer_aux = lambda x: fnn.grad(lambda y: (y * y, x * x), has_aux=True)(1.0)[1]
+    assert float(fnn.grad(outer_aux)(3.0)) == 6.0
+    assert float(fnn.grad(lambda x: fnn.vjp(lambda y: x * 3.0, 1.0)[0])(3.0)) == 3.0
+
+
+def test_keyword_arguments_pass_through_undifferentiated():
+    f = lambda w, x, *, scale: ops.sum(w * x) * scale
+    np.testing.assert_allclose(fnn.grad(f)(jnp.ones(2), jnp.arange(2.0), scale=3.0), [0.0, 3.0])
+
+
+def test_numpy_reductions_and_malformed_user_gates():
+    np.testing.assert_allclose(fnn.grad(lambda x: np.sum(x) + np.mean(x))(jnp.ones(4)), 1.25)
+
+    @fnn.defgate
+    def no_pair(x):
+        """x.  Local gradient: 1 (its forward forgets to return what it saves)."""
+        return x
+
+    with pytest.raises(fnn.GateError, match="gate 'no_pair'.*pair \\(output, saved\\)"):
+        no_pair(jnp.ones(3))
+    with pytest.raises(fnn.GateError, match="gate 'no_pair'"):
+        fnn.grad(lambda x: ops.sum(no_pair(x)))(jnp.ones(3))

@@ -109,13 +109,17 @@ def _box(tree, tape):
     return jax.tree_util.tree_map(box, tree)
 
 
-def _unbox(tree):
-    return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, Traced) else x, tree)
+def _unbox(tree, tape):
+    """Raw values for `tape`'s Traced leaves. A Traced of an enclosing fnn call stays as it is,
+    so that call still sees its dependence (an inner value_and_grad's value, say)."""
+    return jax.tree_util.tree_map(
+        lambda x: x.value if isinstance(x, Traced) and x.tape is tape else x, tree,
+        is_leaf=lambda x: isinstance(x, Traced))
 
 
-def _run(f, args, fname):
+def _run(f, args, fname, kwargs=None):
     try:
-        return f(*args)
+        return f(*args, **(kwargs or {}))
     except (TypeError, ValueError) as e:
         if isinstance(e, (NestingError, VJPContractError, ForeignCallError)):
             raise
@@ -177,22 +181,22 @@ def vjp(f, *primals, has_aux: bool = False):
     return _vjp(f, primals, tuple(range(len(primals))), has_aux, "fnn.vjp")
 
 
-def _vjp(f, primals, diff_argnums, has_aux, fname):
+def _vjp(f, primals, diff_argnums, has_aux, fname, kwargs=None):
     _reject_nesting(primals, fname)
     tape = Tape()
     args = tuple(_box(p, tape) if i in diff_argnums else p for i, p in enumerate(primals))
-    result = _run(f, args, fname)
+    result = _run(f, args, fname, kwargs)
     if has_aux:
         if not (isinstance(result, (tuple, list)) and len(result) == 2):
             raise TypeError(f"{fname}(has_aux=True): f must return a pair (output, aux), "
                             f"got {type(result).__name__}")
         out, aux = result
-        aux = _unbox(aux)
+        aux = _unbox(aux, tape)
     else:
         out, aux = result, None
     out_leaves, out_tree = jax.tree_util.tree_flatten(out, is_leaf=lambda x: isinstance(x, Traced))
     out_nodes = [x.node if isinstance(x, Traced) and x.tape is tape else None for x in out_leaves]
-    out_values = jax.tree_util.tree_unflatten(out_tree, [_unbox(x) for x in out_leaves])
+    out_values = jax.tree_util.tree_unflatten(out_tree, [_unbox(x, tape) for x in out_leaves])
 
     def vjp_fn(ct):
         ct_leaves, ct_tree = jax.tree_util.tree_flatten(ct)
@@ -244,7 +248,7 @@ def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.val
     """
     fname = f"{_name}({getattr(f, '__name__', 'f')})"
 
-    def vg(*args):
+    def vg(*args, **kwargs):
         nums = _check_argnums(argnums, len(args), fname)
         for a in nums:
             for leaf in jax.tree_util.tree_leaves(args[a]):
@@ -254,7 +258,7 @@ def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.val
                         "gradients are only defined for float inputs (integer and bool inputs "
                         "such as labels carry no gradient: leave them out of argnums)"
                     )
-        res = _vjp(f, args, nums, has_aux, fname)
+        res = _vjp(f, args, nums, has_aux, fname, kwargs)
         out, pullback = res[0], res[1]
         out_leaves = jax.tree_util.tree_leaves(out)
         if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
@@ -278,8 +282,8 @@ def grad(f, argnums=0, has_aux: bool = False):
     """Like `jax.grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs."""
     vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, _name="fnn.grad")
 
-    def g(*args):
-        (_, aux), dx = vg(*args) if has_aux else ((None, None), vg(*args)[1])
+    def g(*args, **kwargs):
+        (_, aux), dx = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])
         return (dx, aux) if has_aux else dx
 
     g.__name__ = f"grad_{getattr(f, '__name__', 'f')}"

@@ -114,7 +114,7 @@ class Gate:
     def run_forward(self, args, static):
         """Run the forward on raw values; turn JAX's shape/dtype errors into a GateError."""
         try:
-            return self.forward(*args, **static)
+            result = self.forward(*args, **static)
         except GateError:
             raise
         except (TypeError, ValueError) as e:
@@ -123,6 +123,13 @@ class Gate:
             shapes = ", ".join(describe(a) for a in args)
             meta = "".join(f", {k}={v!r}" for k, v in static.items())
             raise GateError(f"gate '{self.name}' cannot take inputs ({shapes}{meta}): {e}") from e
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise GateError(f"gate '{self.name}': its forward must return a pair (output, saved), "
+                            f"got {type(result).__name__}")
+        if isinstance(result[0], list):
+            raise GateError(f"gate '{self.name}': several outputs must be returned as a tuple, "
+                            "not a list")
+        return result
 
     def call_vjp(self, g, saved, needs, static):
         if self.vjp is None:

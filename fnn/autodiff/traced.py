@@ -117,6 +117,13 @@ class Traced:
     def __len__(self):
         return len(self.value)
 
+    def __iter__(self):
+        # without this Python would iterate by indexing until IndexError, which JAX's clamped
+        # indexing never raises
+        if self.ndim == 0:
+            raise TypeError(f"iteration over a 0-d value traced by fnn ({describe(self.value)})")
+        return (_ops().index(self, index=i) for i in range(len(self.value)))
+
     def __repr__(self):
         return f"Traced({describe(self.value)})"
 
@@ -155,13 +162,16 @@ class Traced:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         return _ops().reshape(self, shape=tuple(shape))
 
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, axis=None, keepdims=False, **numpy_only):
+        _no_numpy_options("sum", numpy_only)
         return _ops().sum(self, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, **numpy_only):
+        _no_numpy_options("mean", numpy_only)
         return _ops().mean(self, axis=axis, keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, **numpy_only):
+        _no_numpy_options("max", numpy_only)
         return _ops().max(self, axis=axis, keepdims=keepdims)
 
     def transpose(self, *axes):
@@ -173,6 +183,14 @@ class Traced:
             f"a value traced by fnn ({describe(self.value)}) was converted to a NumPy array, "
             "which would drop its gradient; keep it inside fnn's gates (fnn.ops)."
         )
+
+
+def _no_numpy_options(name, options):
+    """np.sum(x) etc. call x.sum(axis, dtype=None, out=None): accept those, refuse the rest."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if given:
+        raise TypeError(f"{name}() of a value traced by fnn takes axis and keepdims only, got "
+                        f"{sorted(given)}; use fnn.ops.{name} (and fnn.ops.astype for dtypes)")
 
 
 def _raw(x):
