@@ -55,6 +55,7 @@ def setup(name, n=5):
 
 
 def assert_trees_close(a, b, rtol=1e-10):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=1e-13)
 
@@ -69,7 +70,7 @@ def test_model_gradient_equals_jax_grad(name, x64):
     np.testing.assert_allclose(v1, loss(params, x, y), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["2-layer relu", "conv-relu-pool-affine"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_per_example_gradients_under_vmap(name, x64):
     params, loss, x, y = setup(name, n=4)
     one = lambda p, xi, yi: loss(p, xi[None], yi[None])

@@ -79,7 +79,7 @@ def relu(x):
 
     Shapes: elementwise. The relu gate routes g to the positive entries only.
     """
-    return jnp.maximum(x, 0.0), x > 0
+    return jnp.where(x > 0, x, 0.0), x > 0  # written so that jax.grad also gives 0 at x == 0
 
 
 @relu.defvjp
@@ -116,7 +116,7 @@ def elu(x, *, alpha=1.0):
     At exactly x == 0 the gradient is alpha (the left limit; continuous when alpha == 1).
     e**x is taken of min(x, 0), so large positive x never overflows. Shapes: elementwise.
     """
-    neg = jnp.minimum(x, 0.0)
+    neg = jnp.where(x > 0, 0.0, x)  # (not jnp.minimum: JAX would split its gradient at 0)
     return jnp.where(x > 0, x, alpha * jnp.expm1(neg)), x
 
 

@@ -181,8 +181,11 @@ sqrt.defcases(_unary_cases(_positive))
 
 @defgate
 def abs(x):  # noqa: A001 - mirrors jnp.abs
-    """|x|.  Local gradient: sign(x), taken as 0 at x == 0 (as in JAX)."""
-    return jnp.abs(x), x
+    """|x|.  Local gradient: sign(x), taken as 0 at x == 0.
+
+    The forward is written so that jax.grad also gives 0 there (jnp.abs would give 1).
+    """
+    return jnp.where(x > 0, x, jnp.where(x < 0, -x, jnp.zeros_like(x))), x
 
 
 @abs.defvjp
@@ -200,7 +203,7 @@ def maximum(x, y):
 
     The max gate routes g to the input that won. Ties (x == y) route all of g to x.
     """
-    return jnp.maximum(x, y), (x, y)
+    return jnp.where(x >= y, x, y), (x, y)  # jnp.maximum: JAX would split g at ties
 
 
 @maximum.defvjp
@@ -217,7 +220,7 @@ maximum.defcases(_binary_cases(lambda rng, s, d: away_from(rng, s, d, gap=0.2), 
 @defgate
 def minimum(x, y):
     """min(x, y) elementwise.  Local gradients: 1 for the smaller input; ties route g to x."""
-    return jnp.minimum(x, y), (x, y)
+    return jnp.where(x <= y, x, y), (x, y)
 
 
 @minimum.defvjp

@@ -96,7 +96,8 @@ def svm_loss(scores, labels, *, delta=1.0):
     labels, n, c = _check_classes("svm_loss", scores, labels, what="scores")
     correct = jnp.take_along_axis(scores, labels[:, None].astype(jnp.int32), axis=1)
     is_label = labels[:, None] == jnp.arange(c)[None, :]
-    margins = jnp.where(is_label, 0.0, jnp.maximum(scores - correct + delta, 0.0))
+    raw = scores - correct + delta
+    margins = jnp.where(is_label | (raw <= 0), 0.0, raw)  # a margin of exactly 0 is inactive
     return jnp.sum(margins) / n, (margins > 0, is_label)
 
 
