@@ -25,8 +25,8 @@ def _positive_int(s: str) -> int:
 
 def _nonneg_float(s: str) -> float:
     v = float(s)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
     return v
 
 
@@ -51,6 +51,7 @@ RESUME_MAY_CHANGE = ("epochs", "data_dir")
 def add_train_parser(subparsers) -> None:
     from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
     from fnn.train.data import DATASETS
+    from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
     from fnn.train.optim import OPTIMIZERS, SCHEDULES
     from fnn.train.run import TrainConfig
     from fnn.train.step import GRADS, LOSSES
@@ -90,6 +91,15 @@ def add_train_parser(subparsers) -> None:
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint "
       "(its config is kept; only --epochs and --data-dir may be changed)")
     a("--no-progress", action="store_true", help="no progress bars")
+    a("--check-nans", action="store_true", help="on a NaN/inf loss, replay the step eagerly "
+      "under fnn.debug_nans and name the gate (forward or VJP) that made it; exit 1")
+    a("--devices", type=_positive_int, metavar="N", help="data parallel: split each batch "
+      "across N devices (the batch size must be divisible by N), parameters replicated")
+    a("--diagnostics", action="store_true", help="gradient health per layer: gradient norm, "
+      "update/parameter ratio, dead ReLUs, saturated sigmoid/tanh, custom vs built-in gradient; "
+      "to RUN_DIR/diagnostics.jsonl and diagnostics.png")
+    a("--diagnostics-every", type=_positive_int, metavar="N", help="measure every N steps "
+      f"(default {DIAGNOSTICS_EVERY}; implies --diagnostics)")
     p.set_defaults(func=cmd_train)
 
 
@@ -121,11 +131,14 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    from fnn.train.diagnostics import EVERY
     from fnn.train.run import train_run
 
     config, out, resume = _train_config(args)
+    every = args.diagnostics_every or (EVERY if args.diagnostics else 0)
     try:
-        train_run(config, out, resume=resume, progress=not args.no_progress)
+        train_run(config, out, resume=resume, progress=not args.no_progress, diagnostics=every,
+                  check_nans=args.check_nans, devices=args.devices)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m fnn train --resume {out}", file=sys.stderr)
         return 130
@@ -182,8 +195,28 @@ def cmd_demo(args) -> int:
     return 0 if demo.run() else 1
 
 
+# ---- bench -------------------------------------------------------------------------------------
+def add_bench_parser(subparsers) -> None:
+    from fnn.bench import add_arguments
+
+    p = subparsers.add_parser(
+        "bench", help="time hand-written gradients against jax.grad (and PyTorch if installed)",
+        description="Benchmark training steps (MLP, CNN, ResNet, digits MLP), a digits epoch and "
+                    "every gate: fnn's hand-written VJPs vs jax.grad under jit, on JAX's device.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from fnn.bench import main as bench_main
+
+    bench_main(args)
+    return 0
+
+
 # ---- dispatch ----------------------------------------------------------------------------------
-COMMANDS = [add_train_parser, add_gradcheck_parser, add_graph_parser, add_demo_parser]
+COMMANDS = [add_train_parser, add_gradcheck_parser, add_graph_parser, add_demo_parser,
+            add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

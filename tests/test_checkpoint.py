@@ -54,7 +54,7 @@ def test_file_is_safetensors_with_path_keys(tmp_path):
     raw = open(path, "rb").read()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + header_len])  # plain JSON header, then raw tensor bytes
-    assert header["__metadata__"]["format"] == '"fnn-checkpoint/1"'
+    assert header["__metadata__"]["format"] == '"fnn-checkpoint/2"'
     tensors, meta = read_checkpoint(path)
     assert "params/1_dense/w" in tensors and "state/2_batch_norm/mean" in tensors
     assert "key" in tensors and tensors["key"].dtype == np.uint32

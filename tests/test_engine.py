@@ -331,3 +331,9 @@ def test_numpy_reductions_and_malformed_user_gates():
         no_pair(jnp.ones(3))
     with pytest.raises(fnn.GateError, match="gate 'no_pair'"):
         fnn.grad(lambda x: ops.sum(no_pair(x)))(jnp.ones(3))
+
+
+def test_a_vjp_that_crashes_is_named():
+    bad = _bad_gate(lambda g, x, y: (g @ jnp.ones((5, 2)), g * x))
+    with pytest.raises(fnn.VJPContractError, match="VJP of gate 'bad' failed.*upstream gradient f32\\[3\\]"):
+        fnn.grad(lambda x, y: ops.sum(bad(x, y)), argnums=(0, 1))(jnp.ones(3), jnp.ones(3))

@@ -21,7 +21,7 @@ import numpy as np
 
 from fnn.autodiff import nans
 from fnn.autodiff.traced import Tape, Traced
-from fnn.errors import ForeignCallError, NestingError, VJPContractError, describe
+from fnn.errors import FnnError, ForeignCallError, NestingError, VJPContractError, describe
 
 # --------------------------------------------------------------------------------------------
 # backward pass
@@ -42,7 +42,16 @@ def backward(tape: Tape, seeds: dict) -> dict:
         else:
             g = gs[0]
         needs = tuple(p is not None for p in rec.parents)
-        grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
+        try:
+            grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, FnnError):
+                raise
+            ups = ", ".join(describe(x) for x in (g if rec.multi else (g,)))
+            raise VJPContractError(
+                f"VJP of gate '{rec.gate.name}' failed (called at {rec.site}) with upstream "
+                f"gradient {ups} and inputs ({', '.join(describe(x) for x in rec.inputs)}): {e}"
+            ) from e
         check_vjp_result(rec, grads, needs)
         if nans.active():
             nans.check(rec.gate.name, "backward (VJP)", rec.site, g if rec.multi else (g,),

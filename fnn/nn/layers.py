@@ -11,7 +11,7 @@ import jax
 
 from fnn import ops
 from fnn.nn.initializers import get_initializer
-from fnn.nn.layer import Layer, stateless
+from fnn.nn.layer import Layer, check_input_shape, stateless
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -21,11 +21,18 @@ def _pair(v, what: str) -> tuple[int, int]:
     return pair
 
 
+def _features(v, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{what} must be a positive int (the number of outputs), got {v!r}")
+    return v
+
+
 def _out_size(n: int, k: int, s: int, padding: str) -> int:
     return -(-n // s) if padding == "SAME" else (n - k) // s + 1
 
 
 def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
+    input_shape = check_input_shape(name, input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"{name} takes images (H, W, C) per example (NHWC batches), "
                          f"got input shape {tuple(input_shape)}")
@@ -34,10 +41,11 @@ def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
 
 def Dense(features: int, *, init="he", bias_init="zeros") -> Layer:
     """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b."""
+    _features(features, "Dense features")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
 
     def init_fn(key, input_shape):
-        d = math.prod(input_shape)
+        d = math.prod(check_input_shape("Dense", input_shape))
         kw, kb = jax.random.split(key)
         return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, (features,)
 
@@ -50,6 +58,7 @@ def Dense(features: int, *, init="he", bias_init="zeros") -> Layer:
 def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", init="he",
            bias_init="zeros") -> Layer:
     """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b."""
+    _features(features, "Conv2D features")
     kh, kw = _pair(kernel_size, "Conv2D kernel_size")
     sh, sw = _pair(stride, "Conv2D stride")
     if padding not in ("SAME", "VALID"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fnn.nn.activations import Relu
-from fnn.nn.layer import Layer, serial, split_key
+from fnn.nn.layer import LAYER_ERRORS, Layer, in_layer, serial, split_key
 from fnn.nn.layers import Conv2D
 from fnn.nn.normalization import BatchNorm
 
@@ -20,7 +20,11 @@ def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residua
         params, state = {}, {}
         out = None
         for (k, layer), sub in zip(children, split_key(key, 2)):
-            params[k], state[k], shape = layer.init(sub, tuple(input_shape))
+            try:
+                params[k], state[k], shape = layer.init(sub, tuple(input_shape))
+            except (ValueError, *LAYER_ERRORS) as e:
+                in_layer(e, name, k)
+                raise
             if out is not None and shape != out:
                 raise ValueError(f"{name}: main branch gives {out} but shortcut gives {shape}")
             out = shape
@@ -33,7 +37,11 @@ def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residua
         new_state = {}
         outs = []
         for (k, layer), sub in zip(children, split_key(key, 2)):
-            y, new_state[k] = layer.apply(params[k], state[k], x, key=sub, train=train)
+            try:
+                y, new_state[k] = layer.apply(params[k], state[k], x, key=sub, train=train)
+            except (ValueError, *LAYER_ERRORS) as e:
+                in_layer(e, name, k)
+                raise
             outs.append(y)
         return (outs[0] + outs[1] if len(outs) == 2 else outs[0] + x), new_state
 

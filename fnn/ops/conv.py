@@ -80,7 +80,11 @@ def conv2d(x, w, *, stride=1, padding="VALID"):
         if k > n + lo + hi:
             raise GateError(f"gate 'conv2d': kernel w {describe(w)} is larger than the padded "
                             f"input x {describe(x)} ({side} {k} > {n} + {lo} + {hi})")
-    out = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)
+    xc, wc = x, w
+    if 2 < x.shape[3] < 16 and x.shape[3] % 4:  # e.g. RGB: zero channels up to a multiple of 4,
+        extra = ((0, 0),) * 3 + ((0, -x.shape[3] % 4),)  # which XLA's CPU convolution runs
+        xc, wc = jnp.pad(x, extra), jnp.pad(w, extra[1:] + ((0, 0),))  # much faster
+    out = lax.conv_general_dilated(xc, wc, strides, pads, dimension_numbers=_DN)
     return out, (x, w, strides, pads)
 
 
@@ -89,19 +93,85 @@ def conv2d_vjp(g, saved, *, stride=1, padding="VALID", needs):
     x, w, strides, pads = saved
     (kh, kw), out_hw = w.shape[:2], g.shape[1:3]
     dx = dw = None
-    if needs[0]:
+    if (kh, kw) == (1, 1):  # a 1x1 kernel is a matrix product at every (strided) pixel
+        return _pointwise_vjp(g, x, w, strides, pads, needs)
+    if needs[0] and strides != (1, 1) and min(min(p) for p in pads) >= 0:
+        dx = _strided_dx(g, w, x.shape, strides, pads).astype(x.dtype)
+    elif needs[0]:
         # full correlation of the stride-dilated g with the flipped kernel, C and O swapped
         tpads = [(k - 1 - lo, n - (m - 1) * s - 1 + lo)
                  for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
         dx = lax.conv_general_dilated(g, w[::-1, ::-1], (1, 1), tpads, lhs_dilation=strides,
                                       dimension_numbers=("NHWC", "HWOI", "NHWC"))
         dx = dx.astype(x.dtype)
-    if needs[1]:
+    if needs[1] and kh * kw * w.shape[2] <= 32 and w.shape[3] >= 32:
+        dw = _patches_dw(x, g, w.shape, strides, pads).astype(w.dtype)
+    elif needs[1]:
         # x correlated with g: batch N becomes the contracted feature axis, C the batch axis
         wpads = [(lo, (m - 1) * s + k - n - lo)
                  for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
         dw = lax.conv_general_dilated(x, g, (1, 1), wpads, rhs_dilation=strides,
                                       dimension_numbers=("CHWN", "IHWO", "HWNC"))
+        dw = dw.astype(w.dtype)
+    return dx, dw
+
+
+def _strided_dx(g, w, x_shape, strides, pads):
+    """dx of a strided conv without dilating g by the stride (which multiplies by zeros).
+
+    Padded position p = q*s + r receives g only through the taps a = a'*s + r of its phase r,
+    so each of the sh*sw phases is a stride-1 full correlation of g with the sub-kernel
+    w[rh::sh, rw::sw] (the work of the forward, in all); the phases are then interleaved.
+    """
+    n, h, wd, c = x_shape
+    (sh, sw), ((lo_h, _), (lo_w, _)) = strides, pads
+    qh, qw = -(-(lo_h + h) // sh), -(-(lo_w + wd) // sw)  # phase lengths covering x
+    rows = []
+    for rh in range(sh):
+        cols = []
+        for rw in range(sw):
+            sub = w[rh::sh, rw::sw]
+            if sub.shape[0] == 0 or sub.shape[1] == 0:  # no tap lands on this phase
+                cols.append(jnp.zeros((n, qh, qw, c), g.dtype))
+                continue
+            tpads = ((sub.shape[0] - 1, qh - g.shape[1]), (sub.shape[1] - 1, qw - g.shape[2]))
+            cols.append(lax.conv_general_dilated(g, sub[::-1, ::-1], (1, 1), tpads,
+                                                 dimension_numbers=("NHWC", "HWOI", "NHWC")))
+        rows.append(jnp.stack(cols, axis=3))  # (N, qh, qw, sw, C)
+    dxp = jnp.stack(rows, axis=2).reshape(n, qh * sh, qw * sw, c)  # (N, qh, sh, qw, sw, C)
+    return dxp[:, lo_h:lo_h + h, lo_w:lo_w + wd]
+
+
+def _patches_dw(x, g, w_shape, strides, pads):
+    """dw for few input channels (an image's first layer): the patches of x, (N, H', W',
+    KH*KW*C) in w's (a, b, c) order, contracted with g over N, H', W' in one matrix product.
+    XLA's weight-gradient convolution is slow on CPU when C is this small."""
+    (kh, kw, c, o), (ho, wo) = w_shape, g.shape[1:3]
+    xp = lax.pad(x, np.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                            (0, 0, 0)))
+    taps = [lax.slice(xp, (0, a, b, 0), (x.shape[0], a + (ho - 1) * strides[0] + 1,
+                                         b + (wo - 1) * strides[1] + 1, c), (1, *strides, 1))
+            for a in range(kh) for b in range(kw)]
+    dw = lax.dot_general(jnp.concatenate(taps, axis=3), g, (((0, 1, 2), (0, 1, 2)), ((), ())))
+    return dw.reshape(kh, kw, c, o)
+
+
+def _pointwise_vjp(g, x, w, strides, pads, needs):
+    """dx, dw of a 1x1 conv: g @ w.T scattered back onto the strided pixels, and the strided
+    pixels of x (padded) contracted with g over N, H', W'."""
+    (sh, sw), (ho, wo) = strides, g.shape[1:3]
+    dx = dw = None
+    if needs[0]:
+        d = lax.dot_general(g, w[0, 0], (((3,), (1,)), ((), ())))  # (N, H', W', C)
+        zero = np.zeros((), d.dtype)
+        dx = lax.pad(d, zero, ((0, 0, 0), *((-lo, n + lo - (m - 1) * s - 1, s - 1) for n, m, s, (
+            lo, _) in zip(x.shape[1:3], (ho, wo), (sh, sw), pads)), (0, 0, 0)))
+        dx = dx.astype(x.dtype)
+    if needs[1]:
+        xp = lax.pad(x, np.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                                (0, 0, 0)))
+        xs = xp[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw]
+        dw = lax.dot_general(xs, g, (((0, 1, 2), (0, 1, 2)), ((), ())))[None, None]
         dw = dw.astype(w.dtype)
     return dx, dw
 
@@ -114,7 +184,8 @@ def _conv2d_cases(rng, dtype):
              ((2, 5, 6, 2), (2, 3, 2, 3), (2, 1), 1),
              ((2, 5, 5, 2), (3, 3, 2, 3), 2, ((1, 0), (0, 2))),
              ((1, 6, 6, 3), (1, 1, 3, 3), 2, "VALID"),
-             ((2, 6, 5, 3), (3, 2, 3, 3), (3, 2), "VALID")]
+             ((2, 6, 5, 3), (3, 2, 3, 3), (3, 2), "VALID"),
+             ((1, 5, 4, 1), (3, 3, 1, 32), 2, "SAME")]  # few in, many out channels: patches dw
     return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype, scale=0.5)),
                  {"stride": s, "padding": p}, label=f"{xs}*{ws} stride={s} padding={p}")
             for xs, ws, s, p in specs]
@@ -174,10 +245,20 @@ def max_pool2d_vjp(g, saved, *, window, stride=None):
     x, out, k, s = saved
     out_hw = out.shape[1:3]
     if k == s:  # reshape and mask: a one-hot of each window's first max
-        is_max = _tiles(x, k, out_hw) == out[:, :, None, :, None, :]
-        pos = jnp.arange(k[0] * k[1]).reshape(1, 1, k[0], 1, k[1], 1)
-        first = jnp.min(jnp.where(is_max, pos, k[0] * k[1]), axis=(2, 4), keepdims=True)
-        dt = jnp.where(pos == first, g[:, :, None, :, None, :], np.zeros((), g.dtype))
+        t = _tiles(x, k, out_hw)
+        is_max = t == out[:, :, None, :, None, :]
+        pos = (lax.broadcasted_iota(jnp.int32, t.shape, 2) * k[1]
+               + lax.broadcasted_iota(jnp.int32, t.shape, 4))  # row-major place in the window
+        if k[0] * k[1] <= 16:  # elementwise: is there a max at an earlier place of the window?
+            earlier = np.zeros((), bool)
+            for q in range(k[0] * k[1] - 1):
+                a, b = divmod(q, k[1])
+                earlier = earlier | ((pos > q) & is_max[:, :, a:a + 1, :, b:b + 1])
+            first = is_max & ~earlier
+        else:  # large windows: the smallest place holding a max
+            first = pos == jnp.min(jnp.where(is_max, pos, k[0] * k[1]), axis=(2, 4),
+                                   keepdims=True)
+        dt = jnp.where(first, g[:, :, None, :, None, :], np.zeros((), g.dtype))
         return (_untile(dt, x.shape),)
     dx = jnp.zeros(x.shape, g.dtype)
     taken = jnp.zeros(out.shape, bool)  # the window's max already got its gradient

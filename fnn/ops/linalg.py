@@ -239,10 +239,42 @@ def index(x, *, index):
         raise GateError(f"gate 'index': cannot index x {describe(x)} with {index!r}: {e}") from e
 
 
+def _basic_index(index, shape):
+    """For basic indexing (ints, slices, None, one ...): per axis of x (start, length, step)
+    of the positions taken, an int axis being length 1. None for advanced (array) indexing."""
+    idx = index if isinstance(index, tuple) else (index,)
+    basic = (int, np.integer, slice, type(None), type(Ellipsis))
+    if not all(isinstance(i, basic) and not isinstance(i, (bool, np.bool_)) for i in idx):
+        return None
+    n_axes = sum(i is not None and i is not Ellipsis for i in idx)
+    if n_axes > len(shape) or sum(i is Ellipsis for i in idx) > 1:
+        return None
+    k = next((j for j, i in enumerate(idx) if i is Ellipsis), len(idx))
+    idx = idx[:k] + (slice(None),) * (len(shape) - n_axes) + idx[k + 1:]
+    spec = []
+    for i, n in zip((i for i in idx if i is not None), shape):
+        if isinstance(i, slice):
+            r = range(*i.indices(n))
+            spec.append((r.start, len(r), r.step))
+        else:
+            spec.append((int(i) % n, 1, 1))
+    return spec
+
+
 @index.defvjp
 def index_vjp(g, saved, *, index):
     x_shape, x_dtype = saved
-    return (jnp.zeros(x_shape, x_dtype).at[index].add(g),)
+    spec = _basic_index(index, x_shape)
+    if spec is None or any(n == 0 for _, n, _ in spec):  # advanced indexing: scatter-add
+        return (jnp.zeros(x_shape, x_dtype).at[index].add(g),)
+    # basic indexing: g padded back into place (interior padding for steps), no scatter
+    g = jnp.reshape(g, tuple(n for _, n, _ in spec))
+    g = lax.rev(g, tuple(a for a, (_, _, step) in enumerate(spec) if step < 0))
+    pads = []
+    for (start, n, step), size in zip(spec, x_shape):
+        lo = start if step > 0 else start + (n - 1) * step  # the first position taken
+        pads.append((lo, size - lo - (n - 1) * abs(step) - 1, abs(step) - 1))
+    return (lax.pad(g, np.zeros((), g.dtype), pads),)
 
 
 @index.defcases

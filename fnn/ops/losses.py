@@ -98,16 +98,18 @@ def svm_loss(scores, labels, *, delta=1.0):
     is_label = labels[:, None] == jnp.arange(c)[None, :]
     raw = scores - correct + delta
     margins = jnp.where(is_label | (raw <= 0), 0.0, raw)  # a margin of exactly 0 is inactive
-    return jnp.sum(margins) / n, (margins > 0, is_label)
+    return jnp.sum(margins) / n, (scores, correct, labels)
 
 
 @svm_loss.defvjp
 def svm_loss_vjp(g, saved, *, delta=1.0):
-    active, is_label = saved
-    n = active.shape[0]
-    a = active.astype(g.dtype)
-    dscores = (a - jnp.where(is_label, jnp.sum(a, axis=1, keepdims=True), 0.0)) * (g / n)
-    return dscores, None
+    scores, correct, labels = saved  # the masks are recomputed, fused into the one pass over g
+    n, c = scores.shape
+    is_label = labels[:, None] == jnp.arange(c)[None, :]
+    active = ~is_label & (scores - correct + delta > 0)
+    dscores = jnp.where(active, g / n, np.zeros((), g.dtype))
+    # the label's column gets minus the row's sum: n values written in place
+    return dscores.at[jnp.arange(n), labels].set(-jnp.sum(dscores, axis=1)), None
 
 
 @svm_loss.defcases

@@ -83,19 +83,29 @@ def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
     axes = _axes(axis, jnp.ndim(x), "max")
     if any(np.shape(x)[a] == 0 for a in axes):
         raise GateError(f"gate 'max': max over an empty axis of x {describe(x)}")
-    return jnp.max(x, axis=axes, keepdims=keepdims), x
+    out = jnp.max(x, axis=axes, keepdims=True)
+    return (out if keepdims else jnp.squeeze(out, axes)), (x, out)
+
+
+def _first(is_max, axes):
+    """One-hot of the first True of each group of the reduced `axes` (row-major order)."""
+    pos, n = np.zeros((), np.int32), 1
+    for a in reversed(axes):
+        pos = pos + jax.lax.broadcasted_iota(jnp.int32, is_max.shape, a) * n
+        n *= is_max.shape[a]
+    return pos == jnp.min(jnp.where(is_max, pos, n), axis=axes, keepdims=True)
 
 
 @max.defvjp
-def max_vjp(g, x, *, axis=None, keepdims=False):
+def max_vjp(g, saved, *, axis=None, keepdims=False):
+    x, out = saved  # out keeps the reduced dims
     axes = _axes(axis, x.ndim, "max")
-    kept = tuple(a for a in range(x.ndim) if a not in axes)
-    moved = jnp.transpose(x, kept + axes)  # reduced axes last, flattened into one
-    flat = jnp.reshape(moved, moved.shape[: len(kept)] + (-1,))
-    first = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=x.dtype)
-    gk = jnp.reshape(_expand(g, axes, keepdims), tuple(x.shape[a] for a in kept) + (1,))
-    dx = jnp.reshape(first * gk, moved.shape)
-    return (jnp.transpose(dx, np.argsort(kept + axes)),)
+    is_max = x == out
+    # ties are rare: only when some group has two maxima, keep the first (no argmax, which XLA
+    # runs slowly, and no transpose)
+    tied = jnp.any(jnp.sum(is_max.astype(g.dtype), axis=axes) > 1)
+    route = jax.lax.cond(tied, lambda m: _first(m, axes), lambda m: m, is_max)
+    return (jnp.where(route, _expand(g, axes, keepdims), np.zeros((), g.dtype)),)
 
 
 max.defcases(_reduction_cases(distinct))
@@ -110,15 +120,17 @@ def logsumexp(x, *, axis=None, keepdims=False):
     axes = _axes(axis, jnp.ndim(x), "logsumexp")
     m = jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
-    out = jnp.log(jnp.sum(jnp.exp(x - m), axis=axes, keepdims=True)) + m
-    return (out if keepdims else jnp.squeeze(out, axes)), (x, out)
+    e = jnp.exp(x - m)
+    s = jnp.sum(e, axis=axes, keepdims=True)
+    out = jnp.log(s) + m
+    return (out if keepdims else jnp.squeeze(out, axes)), (e, s)
 
 
 @logsumexp.defvjp
 def logsumexp_vjp(g, saved, *, axis=None, keepdims=False):
-    x, out_kept = saved
-    axes = _axes(axis, x.ndim, "logsumexp")
-    return (_expand(g, axes, keepdims) * jnp.exp(x - out_kept),)
+    e, s = saved  # softmax(x) = e / s, reusing the forward's exponentials
+    axes = _axes(axis, e.ndim, "logsumexp")
+    return (e * (_expand(g, axes, keepdims) / s),)
 
 
 logsumexp.defcases(_reduction_cases())
@@ -156,13 +168,15 @@ def log_softmax(x, *, axis=-1):
     Local gradient: dx = g - softmax(x) * sum(g, axis).
     """
     z = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
-    y = z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
-    return y, y
+    e = jnp.exp(z)
+    s = jnp.sum(e, axis=axis, keepdims=True)
+    return z - jnp.log(s), (e, s)
 
 
 @log_softmax.defvjp
-def log_softmax_vjp(g, y, *, axis=-1):
-    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+def log_softmax_vjp(g, saved, *, axis=-1):
+    e, s = saved  # softmax(x) = e / s, reusing the forward's exponentials
+    return (g - e * (jnp.sum(g, axis=axis, keepdims=True) / s),)
 
 
 log_softmax.defcases(_softmax_cases)

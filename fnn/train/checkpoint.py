@@ -8,11 +8,18 @@ and stores the rest (step, epoch, config, ...) as JSON strings in the safetensor
 Loading needs templates of the trees (a freshly initialized model and optimizer state): the
 file is matched against them key by key and shape by shape, and every mismatch is reported.
 Saving writes a temporary file in the same directory, fsyncs it and renames it over the target
-(os.replace), so a crash or a failed save leaves the previous checkpoint intact.
+(os.replace), so a crash or a failed save leaves the previous checkpoint intact (a killed save
+may leave a stale `.NAME.*.tmp` beside it, which nothing reads).
+The metadata also holds `sha256`, a digest of every tensor (name, dtype, shape, bytes) and of
+the other metadata: loading recomputes it, so a truncated, altered or bit-flipped file raises
+CheckpointError instead of loading wrong numbers. A file that says it is fnn-checkpoint/2 must
+carry the digest; older fnn-checkpoint/1 files and safetensors files from other tools have none
+and load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -25,7 +32,7 @@ import safetensors.numpy
 from fnn.errors import FnnError
 from fnn.train.state import TrainState
 
-FORMAT = "fnn-checkpoint/1"
+FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files load unverified
 
 
 class CheckpointError(FnnError, ValueError):
@@ -88,6 +95,18 @@ def atomic_write(path: str, data: bytes) -> None:
         pass
 
 
+def digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
+    """sha256 (hex) of every tensor's name, dtype, shape and bytes, and of the metadata strings
+    (all but the digest itself), in sorted order: independent of the file's layout."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str, trees: dict, metadata: dict | None = None) -> None:
     """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path`."""
     tensors = {}
@@ -95,22 +114,69 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None) -> Non
         tensors.update(flatten(tree, prefix))
     meta = {"format": json.dumps(FORMAT)}
     for k, v in (metadata or {}).items():
+        if k == "sha256":
+            raise CheckpointError("metadata key 'sha256' is reserved for the checkpoint's digest")
         meta[k] = json.dumps(v)
+    meta["sha256"] = json.dumps(digest(tensors, meta))
     atomic_write(path, safetensors.numpy.save(tensors, metadata=meta))
+
+
+def _check_length(path: str, raw: bytes) -> None:
+    """CheckpointError if the file is shorter than its safetensors header says it is."""
+    if len(raw) < 8:
+        raise CheckpointError(f"{path} is truncated or empty: {len(raw)} bytes, fewer than the "
+                              "8-byte header size of a safetensors file")
+    n = int.from_bytes(raw[:8], "little")
+    if 8 + n > len(raw):
+        raise CheckpointError(f"{path} is truncated or not a safetensors checkpoint: its first 8 "
+                              f"bytes announce a {n}-byte header but the file holds {len(raw)} "
+                              "bytes")
+    try:
+        header = json.loads(raw[8:8 + n])
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except Exception:
+        return  # a malformed header: safetensors' own error says what is wrong
+    need = 8 + n + max(ends, default=0)
+    if len(raw) < need:
+        raise CheckpointError(f"{path} is truncated: its header describes {need} bytes of "
+                              f"tensors and metadata but the file holds {len(raw)} (cut short "
+                              "while being copied, or a disk filled up?)")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
     """All tensors of a checkpoint by name, and its metadata (JSON-decoded)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    _check_length(path, raw)
     try:  # the format: 8-byte little-endian header size, a JSON header, the tensor bytes
         n = int.from_bytes(raw[:8], "little")
         raw_meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
+        if not all(isinstance(v, str) for v in raw_meta.values()):
+            raise ValueError("metadata values must be strings")
         tensors = safetensors.numpy.load(raw)
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    except BaseException as e:  # a panic in safetensors' Rust code (pyo3's PanicException)
+        if type(e).__name__ != "PanicException":
+            raise
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    stored = raw_meta.get("sha256")
+    if stored is None and raw_meta.get("format") == json.dumps(FORMAT):
+        raise CheckpointError(f"{path} is damaged: it is an {FORMAT} file but its sha256 digest "
+                              "is missing from its metadata")
+    if stored is not None:
+        computed = json.dumps(digest(tensors, raw_meta))
+        if computed != stored:
+            raise CheckpointError(
+                f"{path} is damaged: the sha256 of its tensors and metadata is "
+                f"{computed.strip(chr(34))[:16]}..., not the {str(stored).strip(chr(34))[:16]}... "
+                "recorded when it was saved. It was altered or corrupted after it was written; "
+                "load another checkpoint (best.safetensors, an older copy) instead")
     meta = {}
     for k, v in raw_meta.items():
         try:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fnn.train.parallel import constrain_batch, data_parallel
 from fnn.train.step import per_example_loss
 
 
@@ -25,8 +26,17 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
+def epoch_batches(key, n: int, batch_size: int):
+    """(order (steps, batch_size) example indices, keys (steps,) step PRNG keys) of an epoch of
+    n examples: a permutation drawn from `key`, the last partial batch dropped."""
+    n_steps = steps_per_epoch(n, batch_size)
+    perm_key, step_key = jax.random.split(key)
+    order = jax.random.permutation(perm_key, n)[: n_steps * batch_size]
+    return order.reshape(n_steps, batch_size), jax.random.split(step_key, n_steps)
+
+
 def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | None = None,
-                     donate: bool = True):
+                     donate: bool = True, devices=None):
     """epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
 
     `step` is an uncompiled train step (make_train_step(..., jit=False)); x, y the whole
@@ -34,14 +44,18 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
     `progress(done)`, if given, is called from the compiled program about 20 times per epoch
     with the number of steps done (for a progress bar). With donate=True the params, state and
     opt_state passed in are donated to the result.
+    devices (a count, devices, a Mesh; see fnn.train.parallel): split each step's batch across
+    them (the batch size must be divisible by their number); pass the other arguments
+    replicated on them (parallel.data_parallel(devices).replicate). Still one scan.
     """
+    dp = data_parallel(devices)
+    if dp is not None:
+        dp.check_batch_size(batch_size)
+        step = constrain_batch(step, dp)
 
     def epoch(params, state, opt_state, x, y, key):
-        n_steps = steps_per_epoch(x.shape[0], batch_size)
-        perm_key, step_key = jax.random.split(key)
-        order = jax.random.permutation(perm_key, x.shape[0])[: n_steps * batch_size]
-        order = order.reshape(n_steps, batch_size)
-        keys = jax.random.split(step_key, n_steps)
+        order, keys = epoch_batches(key, x.shape[0], batch_size)
+        n_steps = order.shape[0]
         every = max(1, n_steps // 20)
 
         def body(carry, inputs):

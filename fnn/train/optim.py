@@ -35,6 +35,13 @@ def make_schedule(name: str = "constant", lr: float = 1e-3, *, total_steps: int 
                                    staircase=True)
 
 
+def _finite_nonneg(v) -> bool:
+    try:
+        return 0 <= float(v) < float("inf")
+    except (TypeError, ValueError):
+        return False
+
+
 def decay_mask(params):
     """True for the leaves weight decay applies to: kernels and weight matrices (ndim >= 2)."""
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
@@ -50,6 +57,8 @@ def make_optimizer(name: str = "adam", lr: float | Callable = 1e-3, *, schedule:
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not callable(lr) and not _finite_nonneg(lr):
+        raise ValueError(f"learning rate must be a finite number >= 0 or a schedule, got {lr!r}")
     rate = lr if callable(lr) else make_schedule(schedule, lr, total_steps=total_steps)
     if name == "adamw":
         opt = optax.adamw(rate, weight_decay=weight_decay, mask=decay_mask)

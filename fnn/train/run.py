@@ -6,6 +6,8 @@
     RUN_DIR/best.safetensors  the TrainState with the best validation accuracy so far
     RUN_DIR/curves.png        loss and accuracy curves
     RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints)
+    RUN_DIR/diagnostics.jsonl, diagnostics.png   gradient health per layer every N steps
+                              (train_run(..., diagnostics=N); fnn.train.diagnostics)
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from typing import Callable
 import jax
 
 from fnn.nn import build_model, count_params, summary
-from fnn.train.checkpoint import load_train_state, read_checkpoint, restore, save_train_state
+from fnn.train.checkpoint import (atomic_write, load_train_state, read_checkpoint, restore,
+                                  save_train_state)
 from fnn.train.data import load_dataset
+from fnn.train.diagnostics import HealthLog
 from fnn.train.epoch import make_evaluate, steps_per_epoch
 from fnn.train.loop import fit
 from fnn.train.optim import make_optimizer, make_schedule
+from fnn.train.parallel import data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.state import TrainState, init_train_state
 
@@ -81,8 +86,15 @@ def read_config(run_dir: str) -> TrainConfig:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
-    with open(path) as f:
-        return TrainConfig.from_dict(json.load(f))
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise ValueError(f"it holds a JSON {type(d).__name__}, not an object")
+        return TrainConfig.from_dict(d)
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{run_dir} is not a usable run directory: {path} is damaged ({e}); "
+                         "start a new run with --out") from None
 
 
 def _read_history(path: str, upto: int) -> list[dict]:
@@ -95,9 +107,7 @@ def _read_history(path: str, upto: int) -> list[dict]:
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def setup(config: TrainConfig):
@@ -113,13 +123,20 @@ def setup(config: TrainConfig):
 
 
 def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
-              log: Callable | None = print) -> dict:
+              log: Callable | None = print, diagnostics: int = 0, check_nans: bool = False,
+              devices: int | None = None) -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
+
+    diagnostics=N > 0: gradient health every N steps into diagnostics.jsonl and .png.
+    check_nans: name the gate behind a non-finite loss (fit's check_nans). devices=N: data
+    parallel over N devices (fit's devices); not part of the config, a resumed run may change it.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
     log = log or (lambda line: None)
     data, model, optimizer, schedule = setup(config)
+    if devices:  # fail before the run directory is made
+        data_parallel(devices).check_batch_size(config.batch_size, "--batch-size")
     ts = init_train_state(model, optimizer, data.input_shape, config.seed)
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     if resume:
@@ -140,11 +157,15 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
         f.writelines(json.dumps(r) + "\n" for r in history)
     _write_json(os.path.join(out_dir, "config.json"), config.to_dict())
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
-        f"device {jax.devices()[0].platform}")
+        f"device {jax.devices()[0].platform}"
+        + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device)"
+           if devices else ""))
     best_acc = max((r.get("val_acc", -1.0) for r in history), default=-1.0)
+    health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log)
 
     def on_epoch(ts: TrainState, record: dict):
         nonlocal best_acc
+        health.write(record.pop("diagnostics", []))
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if "val_acc" in record and record["val_acc"] > best_acc:  # no validation set: no best
@@ -154,11 +175,13 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
 
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
                   grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
-                  schedule=schedule, callback=on_epoch, progress=progress, log=log)
+                  schedule=schedule, callback=on_epoch, progress=progress, log=log,
+                  diagnostics=diagnostics, check_nans=check_nans, devices=devices)
     history += new
     if history:
         plot_curves(history, os.path.join(out_dir, "curves.png"),
                     f"{config.model} on {config.dataset}, grad={config.grad}")
+    health.plot(f"gradient health: {config.model} on {config.dataset}, grad={config.grad}")
     results = final_results(model, ts, data, out_dir, config)
     _write_json(os.path.join(out_dir, "results.json"), results)
     line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"

@@ -17,6 +17,7 @@ import optax
 
 import fnn
 from fnn import ops
+from fnn.train.parallel import constrain_batch, data_parallel, jit_step
 
 LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy",
           "cross_entropy": "softmax_cross_entropy", "svm": "svm_loss"}
@@ -66,12 +67,14 @@ def accuracy(scores, labels):
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     loss: str = "softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
-                    jit: bool = True):
+                    jit: bool = True, devices=None):
     """step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
     batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update. With
     jit=True the step is compiled and params, state and opt_state are donated: do not use the
     arrays you passed in after the call. jit=False gives the plain function (to scan over).
+    devices (a count, devices or a Mesh; fnn.train.parallel): data parallel, the batch split
+    across them and everything else replicated (placed on the first call), one jitted program.
     """
     vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad)
 
@@ -82,6 +85,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
         params = optax.apply_updates(params, updates)
         return params, new_state, opt_state, {"loss": value, "accuracy": accuracy(scores, y)}
 
+    dp = data_parallel(devices)
+    if dp is not None:
+        return jit_step(step, dp) if jit else constrain_batch(step, dp)
     return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
 
 

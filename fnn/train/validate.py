@@ -1,0 +1,125 @@
+"""Checks of a training set and a starting state against a model, before anything is compiled.
+
+Inside the compiled epoch a bad label or a NaN pixel can no longer be named: an out-of-range
+label silently picks no class and a NaN input only shows up as a NaN loss. `check_fit_inputs`
+runs once per `fit` on the host arrays and raises a DataError (or ValueError) that names the
+array, the example and the values:
+
+    y_train: labels must lie in [0, 10) for a model with 10 outputs; got 12, 15 at examples 3, 40
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from fnn.errors import describe
+from fnn.train.readers import DataError
+
+
+def _examples(idx: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:8])
+    return shown + (f" ... ({idx.size} in all)" if idx.size > 8 else "")
+
+
+def check_split(x, y, name: str, num_classes: int | None) -> None:
+    """x (N, ...) finite floats, y (N,) integer labels in [0, num_classes)."""
+    if x is None or y is None:
+        raise DataError(f"x_{name} and y_{name} must both be arrays, got "
+                        f"{describe(x)} and {describe(y)}")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 1 or y.ndim != 1:
+        raise DataError(f"x_{name} must be (N, ...) and y_{name} (N,) one label per example; got "
+                        f"x_{name} {describe(x)}, y_{name} {describe(y)}")
+    if name == "train" and len(x) == 0:
+        raise DataError(f"x_train is empty ({describe(x)}): there is nothing to train on")
+    if len(x) != len(y):
+        raise DataError(f"x_{name} holds {len(x)} examples but y_{name} holds {len(y)} labels "
+                        f"(x_{name} {describe(x)}, y_{name} {describe(y)})")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"y_{name} must hold integer class labels, got {describe(y)} (dtype "
+                        f"{y.dtype}); convert them, e.g. y.astype(np.int32)")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DataError(f"x_{name} must hold numbers, got {describe(x)} (dtype {x.dtype})")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+            raise DataError(f"x_{name} {describe(x)} holds {n_nan} NaN and {n_inf} inf values, "
+                            f"in examples {_examples(idx)}: clean or drop them before training")
+    if num_classes is not None and y.size:
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            values = ", ".join(str(int(v)) for v in np.unique(y[idx])[:8])
+            raise DataError(f"y_{name}: labels must lie in [0, {num_classes}) for a model with "
+                            f"{num_classes} outputs; got {values} at examples {_examples(idx)}")
+
+
+def output_shape(model, input_shape) -> tuple:
+    """The model's output shape for one example, from shapes alone (nothing is allocated)."""
+    out = {}
+
+    def init(key):
+        params, state, out["shape"] = model.init(key, tuple(input_shape))
+        return params, state
+
+    jax.eval_shape(init, jax.random.PRNGKey(0))
+    return tuple(out["shape"])
+
+
+def path_name(path) -> str:
+    """"/1_dense/w" for a pytree key path."""
+    return "".join(f"/{getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))}"
+                   for k in path)
+
+
+def _shapes(tree) -> dict:
+    return {path_name(path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_start(model, input_shape, start) -> None:
+    """`start` (a TrainState) must have the params/state of `model` on `input_shape`."""
+    want = {}
+
+    def init(key):
+        params, state, _ = model.init(key, tuple(input_shape))
+        return params, state
+
+    want["params"], want["state"] = jax.eval_shape(init, jax.random.PRNGKey(0))
+    problems = []
+    for part in ("params", "state"):
+        have, need = _shapes(getattr(start, part)), _shapes(want[part])
+        problems += [f"{part}{k}: {have[k]} in start, {need[k]} in the model"
+                     for k in sorted(have.keys() & need.keys()) if have[k] != need[k]]
+        problems += [f"{part}{k} {need[k]}: missing from start"
+                     for k in sorted(need.keys() - have.keys())]
+        problems += [f"{part}{k} {have[k]}: in start but not in the model"
+                     for k in sorted(have.keys() - need.keys())]
+    if problems:
+        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+        raise ValueError(f"start: the TrainState does not fit this model on input shape "
+                         f"{tuple(input_shape)}:\n  " + "\n  ".join(problems[:12]) + more)
+
+
+def check_fit_inputs(model, data, *, loss: str, start=None) -> None:
+    """Everything fit can check before compiling: output shape, labels, finiteness, start."""
+    from fnn.train.step import get_loss
+
+    get_loss(loss)  # an unknown loss name fails here
+    input_shape = tuple(np.shape(data.x_train)[1:])
+    out = output_shape(model, input_shape)
+    if len(out) != 1:
+        raise ValueError(f"the model maps one example {input_shape} to {out}; the loss {loss!r} "
+                         "needs one score per class, (C,): end the model with a Dense layer "
+                         "(after a Flatten)")
+    check_split(data.x_train, data.y_train, "train", out[0])
+    if data.x_val is not None and len(data.x_val):
+        check_split(data.x_val, data.y_val, "val", out[0])
+        if tuple(np.shape(data.x_val)[1:]) != input_shape:
+            raise DataError(f"x_val examples have shape {tuple(np.shape(data.x_val)[1:])} but "
+                            f"x_train examples {input_shape}")
+    if start is not None:
+        check_start(model, input_shape, start)

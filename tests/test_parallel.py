@@ -1,0 +1,97 @@
+"""Data-parallel training over 8 host CPU devices, in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must be set before JAX starts):
+20 steps split across 8 devices give the parameters of 20 steps on one device within 1e-5
+(relative), for both gradient modes, through fit (the scanned epoch), make_train_step (one
+jitted step) and `python -m fnn train --devices 8`."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHILD = textwrap.dedent(r"""
+    import dataclasses, json, os, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from fnn import nn, train
+    from fnn.cli import main
+    from fnn.train.parallel import data_parallel
+
+    assert jax.device_count() == 8, jax.devices()
+    out = {"rel": {}}
+
+    def rel(a, b):
+        # per leaf max|a - b| / max|a|, the worst leaf
+        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / np.max(np.abs(x)))
+                   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+    # 360 examples, 10% validation: 324 to train on, 10 batches of 32; 2 epochs = 20 steps
+    data = train.load_dataset("digits", limit=360)
+    data = dataclasses.replace(data, x_val=data.x_val[:0], y_val=data.y_val[:0])  # no evaluation
+    models = {"mlp": lambda: nn.mlp((32,), dropout=0.1),
+              "cnn": lambda: nn.cnn((4,), dense=(16,))}
+    for name, build in models.items():
+        for grad in ("custom", "builtin"):
+            params = {}
+            for devices in (None, 8):
+                ts, hist = train.fit(build(), train.make_optimizer("adam", 3e-3), data, epochs=2,
+                                     batch_size=32, grad=grad, seed=1, devices=devices)
+                assert ts.step == 20
+                params[devices] = ts.params
+            leaf = jax.tree_util.tree_leaves(params[8])[0]
+            assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
+            out["rel"][f"fit {name} {grad}"] = rel(params[None], params[8])
+
+    # one jitted step at a time: make_train_step(..., devices=8)
+    model, opt = nn.mlp((32,)), train.make_optimizer("adam", 3e-3)
+    x, y = jnp.asarray(data.x_train[:64]), jnp.asarray(data.y_train[:64])
+    results = []
+    for devices in (None, 8):
+        ts = train.init_train_state(model, opt, data.input_shape, seed=2)
+        step = train.make_train_step(model, opt, grad="custom", devices=devices)
+        p, s, o = ts.params, ts.state, ts.opt_state
+        for i in range(20):
+            p, s, o, m = step(p, s, o, (x, y), jax.random.PRNGKey(i))
+        results.append(p)
+    out["rel"]["make_train_step mlp custom"] = rel(*results)
+
+    # the epoch is one scan whose gradients are summed across the devices
+    step = train.make_train_step(model, opt, jit=False)
+    epoch = train.make_train_epoch(step, batch_size=32, devices=8, donate=False)
+    dp = data_parallel(8)
+    ts = train.init_train_state(model, opt, data.input_shape)
+    args = dp.replicate((ts.params, ts.state, ts.opt_state, x, y))
+    hlo = epoch.lower(*args, jax.random.PRNGKey(0)).compile().as_text()
+    out["all_reduce"] = "all-reduce" in hlo
+
+    # the command line
+    run = os.path.join(sys.argv[1], "run")
+    out["cli"] = main(["train", "--devices", "8", "--hidden", "8", "--limit", "160",
+                       "--batch-size", "16", "--epochs", "1", "--no-progress", "--out", run])
+    out["cli_bad"] = main(["train", "--devices", "8", "--batch-size", "30", "--limit", "200",
+                           "--out", os.path.join(sys.argv[1], "bad")])
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_eight_devices_match_one(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
+    out = json.loads(line[len("RESULT "):])
+    for what, rel in out["rel"].items():
+        print(f"8 devices vs 1, after 20 steps, max relative parameter difference, {what}: "
+              f"{rel:.1e}")
+        assert rel <= 1e-5, (what, rel)
+    assert len(out["rel"]) == 5 and out["all_reduce"]
+    assert out["cli"] == 0 and "x 8 (data parallel, batch 2 per device)" in r.stdout
+    assert os.path.isfile(tmp_path / "run" / "last.safetensors")
+    assert out["cli_bad"] == 1
+    assert "--batch-size 30 is not divisible by the 8 devices" in r.stderr
+    assert not os.path.exists(tmp_path / "bad")  # failed before making the run directory
