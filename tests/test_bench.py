@@ -69,23 +69,29 @@ def test_quick_bench_bfloat16_keeps_dtypes_straight():
     assert {r["case"] for r in _rows(result, "gate")} == {"conv2d", "batch_norm", "max_pool2d"}
 
 
-@pytest.mark.parametrize("model", ["cnn", "mlp with batch norm"])
-def test_bfloat16_model_has_float32_gradients(model):
+def test_bfloat16_model_has_float32_gradients():
     import fnn
     from fnn import nn
     from fnn.train.step import make_loss_fn
 
-    net = nn.cnn((2, 3), dense=()) if model == "cnn" else nn.mlp((8,), batch_norm=True)
-    net = bench.in_dtype(net, jnp.bfloat16)
+    net = bench.in_dtype(nn.mlp((8,), batch_norm=True), jnp.bfloat16)
     params, state, _ = net.init(jax.random.PRNGKey(0), (4, 4, 1))
-    x, y = jnp.ones((2, 4, 4, 1)), jnp.array([0, 1])
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 4, 4, 1))
+    y = jnp.arange(16) % 10
     loss = make_loss_fn(net)
+    results = []
     for vg in (fnn.value_and_grad(loss, has_aux=True), jax.value_and_grad(loss, has_aux=True)):
         (value, (new_state, scores)), grads = jax.jit(vg)(params, state, x, y, None)
         assert value.dtype == scores.dtype == jnp.float32
         assert {g.dtype for g in jax.tree_util.tree_leaves(grads)} == {jnp.dtype(jnp.float32)}
         assert all(a.dtype == b.dtype for a, b in zip(jax.tree_util.tree_leaves(new_state),
                                                       jax.tree_util.tree_leaves(state)))
+        results.append(jax.tree_util.tree_leaves(grads))
+    # bf16 compute: the two agree to bf16 precision, on the scale of the largest gradient (a
+    # bias before batch norm has a gradient of 0 up to rounding, in both)
+    scale = max(float(jnp.max(jnp.abs(ref))) for ref in results[1])
+    for mine, ref in zip(*results):
+        assert float(jnp.max(jnp.abs(mine - ref))) <= 5e-2 * scale
 
 
 def test_unknown_case_is_an_error():

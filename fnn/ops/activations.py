@@ -117,12 +117,14 @@ def elu(x, *, alpha=1.0):
     e**x is taken of min(x, 0), so large positive x never overflows. Shapes: elementwise.
     """
     neg = jnp.where(x > 0, 0.0, x)  # (not jnp.minimum: JAX would split its gradient at 0)
-    return jnp.where(x > 0, x, alpha * jnp.expm1(neg)), x
+    out = jnp.where(x > 0, x, alpha * jnp.expm1(neg))
+    return out, (x, out)
 
 
 @elu.defvjp
-def elu_vjp(g, x, *, alpha=1.0):
-    return (jnp.where(x > 0, g, g * (alpha * jnp.exp(jnp.minimum(x, 0.0)))),)
+def elu_vjp(g, saved, *, alpha=1.0):
+    x, out = saved  # for x <= 0, alpha e**x = out + alpha: no second exponential
+    return (jnp.where(x > 0, g, g * (out + alpha)),)
 
 
 elu.defcases(_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))

@@ -88,7 +88,7 @@ def divide(x, y):
 def divide_vjp(g, saved, *, needs):
     x, y = saved
     return (unbroadcast(g / y, x) if needs[0] else None,
-            unbroadcast(-g * x / (y * y), y) if needs[1] else None)
+            unbroadcast(-g * x * (1.0 / (y * y)), y) if needs[1] else None)
 
 
 divide.defcases(_binary_cases(normal, lambda rng, s, d: away_from(rng, s, d, gap=0.5)))

@@ -1,0 +1,149 @@
+"""What is measured: the models of the step cases, bf16 compute, the gates' benchmark inputs."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from fnn import nn, ops
+from fnn.nn.layer import Layer
+
+STEP_CASES = ("mlp", "cnn", "resnet", "digits")
+CASES = ("gemm", *STEP_CASES, "epoch", "gates")
+GRADS = ("custom", "builtin")
+
+
+def model_specs(quick: bool = False) -> dict:
+    """case -> spec: kind ('mlp' | 'cnn' | 'resnet'), sizes, input shape (one example), batch."""
+    from fnn.train.run import TrainConfig
+
+    d = TrainConfig()  # the default training run: digits, its MLP, its batch size
+    digits = {"kind": "mlp", "hidden": tuple(d.hidden), "input": (8, 8, 1), "batch": d.batch_size}
+    if quick:
+        return {"mlp": {"kind": "mlp", "hidden": (32, 32), "input": (64,), "batch": 8},
+                "cnn": {"kind": "cnn", "channels": (4, 8), "input": (8, 8, 3), "batch": 4},
+                "resnet": {"kind": "resnet", "widths": (4, 8, 8), "input": (8, 8, 3), "batch": 4},
+                "digits": digits}
+    return {"mlp": {"kind": "mlp", "hidden": (1024, 1024), "input": (784,), "batch": 256},
+            "cnn": {"kind": "cnn", "channels": (32, 64), "input": (32, 32, 3), "batch": 128},
+            "resnet": {"kind": "resnet", "widths": (16, 32, 64), "input": (32, 32, 3),
+                       "batch": 128},
+            "digits": digits}
+
+
+def describe_spec(spec) -> str:
+    shape = "x".join(map(str, spec["input"]))
+    if spec["kind"] == "mlp":
+        sizes = "-".join(map(str, (math.prod(spec["input"]), *spec["hidden"], 10)))
+        return f"MLP {sizes}, {shape} in, batch {spec['batch']}"
+    if spec["kind"] == "cnn":
+        blocks = "-".join(f"conv3x3({c})-relu-pool2" for c in spec["channels"])
+        return f"{blocks}-dense(10), {shape} in, batch {spec['batch']}"
+    return (f"ResNet (stem + 1 residual block per stage, widths "
+            f"{','.join(map(str, spec['widths']))}), {shape} in, batch {spec['batch']}")
+
+
+def build(spec) -> Layer:
+    if spec["kind"] == "mlp":
+        return nn.mlp(spec["hidden"])
+    if spec["kind"] == "cnn":
+        return nn.cnn(spec["channels"], dense=())
+    return nn.resnet(spec["widths"])
+
+
+def in_dtype(model: Layer, dtype) -> Layer:
+    """`model` computing in `dtype` with float32 parameters and float32 scores (mixed precision).
+
+    The casts of the parameters and the scores are astype gates, so both fnn.grad and jax.grad
+    carry gradients through them; the inputs are data (no gradient) and are cast directly.
+    """
+    def apply(params, state, x, *, key=None, train=False):
+        low = jax.tree_util.tree_map(lambda p: ops.astype(p, dtype=dtype), params)
+        y, state = model.apply(low, state, x.astype(dtype), key=key, train=train)
+        return ops.astype(y, dtype=jnp.float32), state
+
+    return Layer(f"{model.name}_{jnp.dtype(dtype).name}", model.init, apply, model.children,
+                 model.kind)
+
+
+# ---- gate micro-benchmarks: inputs at a realistic size ------------------------------------------
+def gate_inputs(quick: bool = False) -> dict:
+    """gate name -> list of (label, make(rng, dtype) -> (args, kwargs)) at a realistic size."""
+    E = (4, 8) if quick else (256, 1024)  # noqa: N806 - the elementwise shape
+    IMG, C = ((2, 6, 6, 3), 3) if quick else ((64, 32, 32, 32), 32)  # noqa: N806
+    LOGITS = (4, 5) if quick else (256, 1000)  # noqa: N806
+    K, M = E[1], E[1]  # noqa: N806 - matmul (N, K) @ (K, M)
+
+    def normal(r, shape, dtype, scale=1.0):
+        return jnp.asarray(scale * r.standard_normal(shape), dtype)
+
+    def positive(r, shape, dtype):
+        return jnp.asarray(r.uniform(0.5, 2.0, shape), dtype)
+
+    def one(make=normal, **kw):
+        return lambda r, d: ((make(r, E, d),), dict(kw))
+
+    def two(make_y=normal, make_x=normal):
+        return lambda r, d: ((make_x(r, E, d), make_y(r, E, d)), {})
+
+    def labels(r, d):
+        return (normal(r, LOGITS, d), jnp.asarray(r.integers(0, LOGITS[1], LOGITS[0]))), {}
+
+    def bn(r, d):
+        c = IMG[-1]
+        return ((normal(r, IMG, d), 1 + normal(r, (c,), d, 0.1), normal(r, (c,), d),
+                 normal(r, (c,), d), positive(r, (c,), d)), {"train": True})
+
+    def conv(stride, w_shape, img=IMG):
+        return lambda r, d: ((normal(r, img, d), normal(r, w_shape, d, 0.1)),
+                             {"stride": stride, "padding": "SAME"})
+
+    def pool(window, stride=None):
+        return lambda r, d: ((normal(r, IMG, d),), {"window": window, "stride": stride})
+
+    other = {"float32": "bfloat16"}
+    specs = {
+        **{g: one() for g in ("exp", "negative", "abs", "relu", "leaky_relu", "elu", "gelu",
+                               "silu", "softplus", "sigmoid", "tanh", "stop_gradient")},
+        "log": one(make=positive), "sqrt": one(make=positive),
+        **{g: two() for g in ("add", "subtract", "multiply", "maximum", "minimum", "mse")},
+        "divide": two(positive), "power": two(normal, positive),
+        "where": lambda r, d: ((jnp.asarray(r.standard_normal(E) > 0), normal(r, E, d),
+                                normal(r, E, d)), {}),
+        "astype": lambda r, d: ((normal(r, E, d),),
+                                {"dtype": other.get(jnp.dtype(d).name, "float32")}),
+        "maxout": one(pieces=4),
+        "matmul": lambda r, d: ((normal(r, (E[0], K), d), normal(r, (K, M), d)), {}),
+        "affine": lambda r, d: ((normal(r, (E[0], K), d), normal(r, (K, M), d),
+                                 normal(r, (M,), d)), {}),
+        "transpose": one(), "reshape": one(shape=(E[1], E[0])),
+        "broadcast_to": lambda r, d: ((normal(r, (1, E[1]), d),), {"shape": E}),
+        "concatenate": lambda r, d: ((normal(r, (E[0], E[1] // 2), d),
+                                      normal(r, (E[0], E[1] // 2), d)), {"axis": 1}),
+        "take": lambda r, d: ((normal(r, (E[1], E[0]), d), jnp.asarray(
+            r.integers(0, E[1], E[0]))), {"axis": 0}),
+        "index": one(index=(slice(None), slice(0, E[1] // 2))),
+        "softmax_cross_entropy": labels, "svm_loss": labels,
+        "l2_penalty": lambda r, d: ((normal(r, (K, M), d),), {"scale": 1e-3}),
+        **{g: one(axis=-1) for g in ("sum", "mean", "max", "logsumexp", "softmax",
+                                      "log_softmax")},
+        "batch_norm": bn,
+        "layer_norm": lambda r, d: ((normal(r, E, d), normal(r, E[-1:], d),
+                                     normal(r, E[-1:], d)), {}),
+        "dropout": lambda r, d: ((normal(r, E, d), jax.random.PRNGKey(0)), {"rate": 0.5}),
+    }
+    sizes = {"batch_norm": f"{IMG} train", "softmax_cross_entropy": f"{LOGITS}",
+             "svm_loss": f"{LOGITS}", "matmul": f"{(E[0], K)}@{(K, M)}",
+             "affine": f"{(E[0], K)}@{(K, M)}+b", "l2_penalty": f"{(K, M)}", "maxout": f"{E} /4",
+             "take": f"{(E[1], E[0])}[{E[0]} rows]"}
+    rows = {g: [(sizes.get(g, f"{E}"), f)] for g, f in specs.items()}
+    w3, rgb = (3, 3, C, C), IMG[:3] + (3,)
+    rows["conv2d"] = [(f"{IMG}*{w3} SAME", conv(1, w3)),
+                      (f"{rgb}*{(3, 3, 3, C)} SAME", conv(1, (3, 3, 3, C), rgb)),
+                      (f"{IMG}*{w3} stride 2", conv(2, w3)),
+                      (f"{IMG}*{(1, 1, C, 2 * C)} stride 2", conv(2, (1, 1, C, 2 * C)))]
+    rows["max_pool2d"] = [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
+    rows["avg_pool2d"] = [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
+    return rows

@@ -1,0 +1,138 @@
+"""Issue 5's targets, the table printed while the bench runs, and the Markdown of a run."""
+
+from __future__ import annotations
+
+# hand-written / built-in step time, compile time, against PyTorch, share of matmul FLOP/s
+TARGET_RATIO = {"mlp": 1.00, "digits": 1.00, "cnn": 0.75, "resnet": 0.75}
+TARGET_COMPILE_RATIO = 1.3
+TARGET_TORCH_SPEEDUP = {"mlp": 2.0, "cnn": 1.0}
+TARGET_MATMUL_SHARE = {"mlp": 0.85}
+
+
+def targets(rows) -> list:
+    """Issue 5's targets, each as {'what', 'value', 'limit', 'met'}, for the rows present."""
+    out = []
+
+    def add(what, value, limit, at_most=True):
+        if value is not None:
+            out.append({"what": what, "value": value, "limit": limit,
+                        "met": bool(value <= limit if at_most else value >= limit)})
+
+    for r in rows:
+        if r["kind"] == "step":
+            c = r["case"]
+            add(f"{c}: hand-written / built-in step time", r["ratio"], TARGET_RATIO[c])
+            add(f"{c}: hand-written / built-in compile time", r["compile_ratio"],
+                TARGET_COMPILE_RATIO)
+            if c in TARGET_TORCH_SPEEDUP:
+                add(f"{c}: PyTorch eager / hand-written step time", r["torch_speedup"],
+                    TARGET_TORCH_SPEEDUP[c], at_most=False)
+            if c in TARGET_MATMUL_SHARE:
+                add(f"{c}: step GFLOP/s / matmul GFLOP/s", r["matmul_share"],
+                    TARGET_MATMUL_SHARE[c], at_most=False)
+        elif r["kind"] == "gate":
+            add(f"gate {r['case']} {r['desc']}: hand-written / built-in", r["ratio"], 1.0)
+    return out
+
+
+def _f(v, fmt="{:.2f}"):
+    return "n/a" if v is None else fmt.format(v)
+
+
+def _both(key, fmt):
+    """custom/builtin cell of a row's custom_<key> and builtin_<key>."""
+    return lambda r: f"{_f(r['custom_' + key], fmt)}/{_f(r['builtin_' + key], fmt)}"
+
+
+def _one(key, fmt):
+    return lambda r: _f(r[key], fmt)
+
+
+STEP_COLUMNS = [("case", _one("case", "{}")), ("custom ms", _one("custom_ms", "{:.2f}")),
+                ("jax.grad ms", _one("builtin_ms", "{:.2f}")), ("ratio", _one("ratio", "{:.3f}")),
+                ("compile c/b s", _both("compile_s", "{:.2f}")),
+                ("eager c/b ms", _both("eager_ms", "{:.1f}")),
+                ("GFLOP/step", _one("gflop", "{:.3f}")),
+                ("GFLOP/s c", _one("custom_gflops", "{:.1f}")),
+                ("matmul GFLOP/s", _one("gemm_gflops", "{:.0f}")),
+                ("% matmul", _one("matmul_share", "{:.0%}")),
+                ("torch ms", _one("torch_ms", "{:.2f}")),
+                ("torch/custom", _one("torch_speedup", "{:.2f}")),
+                ("temp MiB c/b", _both("temp_mb", "{:.1f}")),
+                ("page faults c/b", _both("faults", "{:.0f}")),
+                ("peak MiB", _one("peak_mb", "{:.0f}"))]
+
+
+def _step_cells(r):
+    return [cell(r) for _, cell in STEP_COLUMNS]
+
+
+def fmt_row(r) -> str:
+    if r["kind"] == "gemm":
+        return f"{r['case']}: {r['ms']:.2f} ms, {r['gflops']:.1f} GFLOP/s"
+    if r["kind"] == "step":
+        return "  ".join(f"{h}={c}" for (h, _), c in zip(STEP_COLUMNS, _step_cells(r)))
+    if r["kind"] == "epoch":
+        return (f"{r['case']}: custom {r['custom_ms']:.1f} ms, jax.grad {r['builtin_ms']:.1f} ms "
+                f"per epoch of {r['steps']} steps, ratio {r['ratio']:.3f}")
+    return (f"gate {r['case']:22s} {r['desc']:34s} custom {r['custom_ms']:8.3f} ms  jax.vjp "
+            f"{r['builtin_ms']:8.3f} ms  ratio {r['ratio']:.3f}")
+
+
+def markdown(result) -> str:
+    """The run's rows as Markdown tables (what docs/benchmarks.md shows)."""
+    rows = result["rows"]
+    out = [f"Device: {result['device']}; dtype {result['dtype']}; {result['reps']} reps; "
+           f"1-min load average {result['load'][0]} before, {result['load'][-1]} after.", ""]
+    for r in rows:
+        if r["kind"] == "gemm":
+            out.append(f"Reference: {r['case']}: {r['ms']:.2f} ms, **{r['gflops']:.1f} GFLOP/s**.")
+    steps = [r for r in rows if r["kind"] == "step"]
+    if steps:
+        out += ["", "| " + " | ".join(h for h, _ in STEP_COLUMNS) + " |",
+                "|" + "---|" * len(STEP_COLUMNS)]
+        out += ["| " + " | ".join(_step_cells(r)) + " |" for r in steps]
+        out += [""] + [f"- {r['case']}: {r['desc']}" for r in steps]
+        tv = next((r["torch"] for r in steps if r.get("torch")), None)
+        if tv:
+            out.append(f"- PyTorch {tv['version']}, eager CPU step, Adam, at its faster thread "
+                       "count (ms at each): " + "; ".join(
+                           f"{r['case']} " + ", ".join(f"{t} thread(s) {ms:.2f}" for t, ms in
+                                                      r["torch"]["ms_by_threads"].items())
+                           for r in steps if r["torch"]) + ".")
+    for r in rows:
+        if r["kind"] == "epoch":
+            out += ["", f"Digits epoch ({r['desc']}): custom {r['custom_ms']:.1f} ms "
+                    f"({r['custom_us_per_step']:.0f} us/step), jax.grad {r['builtin_ms']:.1f} ms "
+                    f"({r['builtin_us_per_step']:.0f} us/step), ratio {r['ratio']:.3f}; compile "
+                    f"{r['custom_compile_s']:.2f} / {r['builtin_compile_s']:.2f} s."]
+    for r in steps:
+        for g, ops_ in (r.get("profile") or {}).items():
+            if ops_:
+                out += ["", f"Profile of the {r['case']} step, {g} gradients (XLA operations, "
+                        "ms per step summed over threads):", "",
+                        "| operation | output | ms |", "|---|---|---|"]
+                out += [f"| {n} | {shape} | {ms:.2f} |" for n, ms, shape in ops_]
+    gates = [r for r in rows if r["kind"] == "gate"]
+    if gates:
+        out += ["", "| gate | size | custom ms | jax.vjp ms | ratio |", "|---|---|---|---|---|"]
+        out += [f"| {r['case']} | {r['desc']} | {r['custom_ms']:.3f} | {r['builtin_ms']:.3f} | "
+                f"{r['ratio']:.3f} |" for r in gates]
+    if result.get("targets"):
+        out += ["", "| target | value | limit | met |", "|---|---|---|---|"]
+        out += [f"| {t['what']} | {t['value']:.3f} | {t['limit']} | "
+                f"{'yes' if t['met'] else '**no**'} |" for t in result["targets"]
+                if not t["what"].startswith("gate ")]
+        slow = [t for t in result["targets"] if t["what"].startswith("gate ") and not t["met"]]
+        n = sum(t["what"].startswith("gate ") for t in result["targets"])
+        if n:
+            out.append(f"\nGates no slower than jax.vjp: {n - len(slow)} of {n}" +
+                       ("; slower: " + ", ".join(f"{t['what'][5:].split(':')[0]} "
+                                                  f"({t['value']:.3f})" for t in slow) + "."
+                        if slow else "."))
+    return "\n".join(out) + "\n"
+
+
+def print_tables(result, log=print) -> None:
+    log("")
+    log(markdown(result))

@@ -1,0 +1,156 @@
+"""How things are timed and counted: interleaved medians, FLOPs of a jaxpr, scratch memory,
+page faults, XLA profiles, the reference matmul, the machine."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+def _block(tree):
+    return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+
+
+def interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
+    """Median seconds per call of each zero-argument function, called alternately (in forward
+    then reverse order, so that neither always runs first)."""
+    for _ in range(warmup):
+        for f in fns.values():
+            _block(f())
+    times = {k: [] for k in fns}
+    order = list(fns)
+    for _ in range(reps):
+        for k in order:
+            t0 = time.perf_counter()
+            _block(fns[k]())
+            times[k].append(time.perf_counter() - t0)
+        order.reverse()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_flops(jaxpr) -> int:
+    """FLOPs of the dot_general and conv_general_dilated equations of a (closed) jaxpr,
+    2 x output size x contraction size, through nested jaxprs (scan bodies times length)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0
+    for eqn in jaxpr.eqns:
+        name, out = eqn.primitive.name, eqn.outvars[0].aval.shape
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(out) * math.prod(lhs[i] for i in contract)
+        elif name == "conv_general_dilated":
+            rhs, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
+            total += 2 * math.prod(out) * math.prod(rhs[i] for i in spec[1:])
+        times = eqn.params.get("length", 1) if name == "scan" else 1
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    total += times * matmul_flops(sub)
+    return total
+
+
+def temp_mb(compiled):
+    try:
+        return compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
+def page_faults(f, calls: int):
+    """Minor page faults of this process per call of `f` (None where not reported): on CPU,
+    XLA allocates a step's scratch memory afresh at every call, and the kernel maps each page
+    of it on first touch."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        _block(f())
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def profile(f, hlo_text: str, calls: int = 5, top: int = 12) -> list | None:
+    """The `top` XLA operations by time per call of `f` (a compiled step), from a JAX profiler
+    trace: [(name, ms per call, output shape)]. Times are summed over the threads that ran an
+    operation (on CPU one operation may run on several at once). None if tracing fails."""
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            jax.profiler.start_trace(d)
+            try:
+                for _ in range(calls):
+                    _block(f())
+            finally:
+                jax.profiler.stop_trace()
+            data = jax.profiler.ProfileData.from_file(
+                glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
+    except Exception:  # noqa: BLE001 - profiling is a diagnostic, never a failure
+        return None
+    total = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if line.name == "python":
+                continue
+            for ev in line.events:
+                if not ev.name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
+                    total[ev.name] += ev.duration_ns
+    out = []
+    for name, ns in total.most_common(top):
+        m = re.search(r"%" + re.escape(name) + r" = (\S+)", hlo_text)
+        out.append((name, ns / calls / 1e6, m.group(1) if m else ""))
+    return out
+
+
+def peak_mb():
+    """The device's peak memory so far in this process (MiB), or None where not reported."""
+    stats = jax.devices()[0].memory_stats()
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+
+def gemm(n: int, dtype=jnp.float32):
+    """(zero-argument compiled (n, n) @ (n, n) matmul, its FLOPs): the reference throughput."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(jnp.matmul).lower(a, b).compile()
+    return (lambda: f(a, b)), 2 * n**3
+
+
+def bench_matmul(n: int, reps: int, dtype=jnp.float32) -> dict:
+    f, flops = gemm(n, dtype)
+    t = interleaved({"mm": f}, reps, warmup=2)["mm"]
+    return {"kind": "gemm", "case": f"matmul {n}x{n}x{n} {jnp.dtype(dtype).name}",
+            "dtype": jnp.dtype(dtype).name, "ms": t * 1e3, "gflops": flops / t / 1e9}
+
+
+def machine() -> str:
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(line.split(":", 1)[1].strip() for line in f
+                           if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        kind = f"CPU {cpu}, {os.cpu_count()} cores"
+    else:
+        kind = f"{dev.platform.upper()} {dev.device_kind}"
+    return f"{kind} ({jax.default_backend()} backend), jax {jax.__version__}"
+
+
+def load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None

@@ -1,0 +1,99 @@
+"""PyTorch's eager CPU training step on the same architectures, when torch is installed (an
+optional extra, never a dependency of fnn)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax.numpy as jnp
+
+from fnn.bench.timing import interleaved
+
+def time_torch(step, reps: int):
+    """(median seconds, threads, {threads: ms}) of PyTorch's step at its faster thread count
+    (all cores or one), and the times at each.
+
+    Timed on its own, not interleaved with JAX: PyTorch's OpenMP threads spin a while after each
+    step and would slow the next call. On a loaded machine its multi-threaded step can be far
+    slower than its single-threaded one, so both are tried and the faster one is reported.
+    """
+    import torch
+
+    default = torch.get_num_threads()
+    times = {}
+    for threads in sorted({default, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        times[threads] = interleaved({"torch": step}, reps)["torch"]
+    torch.set_num_threads(default)
+    time.sleep(0.5)  # let the spinning threads go idle before JAX runs again
+    best = min(times, key=times.get)
+    return times[best], best, {str(k): v * 1e3 for k, v in times.items()}
+
+
+def torch_step(spec: dict, dtype, seed: int = 0) -> dict | None:
+    """{'step': zero-argument eager CPU training step, 'version', 'threads'}, or None without
+    torch. Same architecture, batch and optimizer (Adam); bf16 via torch.autocast."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from torch import nn as tnn
+
+    torch.manual_seed(seed)
+    model = _torch_model(spec, tnn)
+    if len(spec["input"]) == 3:  # PyTorch's native layout NCHW
+        h, w, c = spec["input"]
+        x = torch.randn(spec["batch"], c, h, w)
+    else:
+        x = torch.randn(spec["batch"], *spec["input"])
+    y = torch.randint(0, 10, (spec["batch"],))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    low = jnp.dtype(dtype) != jnp.float32
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        return jnp.zeros(())  # nothing to wait for: the CPU step is synchronous
+
+    return {"step": step, "version": torch.__version__}
+
+
+def _torch_model(spec, tnn):
+    def conv(c_in, c_out, k=3, stride=1):
+        return tnn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2)
+
+    if spec["kind"] == "mlp":
+        sizes = (math.prod(spec["input"]), *spec["hidden"])
+        layers = [tnn.Flatten()]
+        for m, n in zip(sizes[:-1], sizes[1:]):
+            layers += [tnn.Linear(m, n), tnn.ReLU()]
+        return tnn.Sequential(*layers, tnn.Linear(sizes[-1], 10))
+    h, w, c = spec["input"]
+    if spec["kind"] == "cnn":
+        layers = []
+        for ch in spec["channels"]:
+            layers += [conv(c, ch), tnn.ReLU(), tnn.MaxPool2d(2)]
+            c, h, w = ch, h // 2, w // 2
+        return tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(c * h * w, 10))
+
+    class Block(tnn.Module):  # fnn.nn.ResidualBlock
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.main = tnn.Sequential(conv(c_in, c_out, stride=stride), tnn.BatchNorm2d(c_out),
+                                       tnn.ReLU(), conv(c_out, c_out), tnn.BatchNorm2d(c_out))
+            self.short = (tnn.Sequential(conv(c_in, c_out, 1, stride), tnn.BatchNorm2d(c_out))
+                          if stride != 1 or c_in != c_out else tnn.Identity())
+
+        def forward(self, x):
+            return tnn.functional.relu(self.main(x) + self.short(x))
+
+    widths = spec["widths"]
+    layers = [conv(c, widths[0]), tnn.BatchNorm2d(widths[0]), tnn.ReLU()]
+    for i, ch in enumerate(widths):
+        layers.append(Block(widths[max(i - 1, 0)], ch, 2 if i else 1))
+    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+                          tnn.Linear(widths[-1], 10))
