@@ -337,3 +337,23 @@ def test_a_vjp_that_crashes_is_named():
     bad = _bad_gate(lambda g, x, y: (g @ jnp.ones((5, 2)), g * x))
     with pytest.raises(fnn.VJPContractError, match="VJP of gate 'bad' failed.*upstream gradient f32\\[3\\]"):
         fnn.grad(lambda x, y: ops.sum(bad(x, y)), argnums=(0, 1))(jnp.ones(3), jnp.ones(3))
+
+
+@pytest.mark.parametrize("i", [3, 4, -4, 1, -1])
+def test_out_of_range_integer_index_routes_like_jax(i):
+    x = jnp.arange(6.0).reshape(3, 2)
+    np.testing.assert_allclose(fnn.grad(lambda x: ops.sum(x[i]))(x), jax.grad(lambda x: jnp.sum(x[i]))(x))
+    traced = jax.jit(fnn.grad(lambda x, j: ops.sum(x[j, 0])))(x, i + 2)
+    np.testing.assert_allclose(traced, jax.grad(lambda x, j: jnp.sum(x[j, 0]))(x, i + 2))
+
+
+def test_mixed_dtypes_give_each_input_its_own_dtype():
+    w, b = jnp.ones((3, 2), jnp.bfloat16), jnp.zeros(2, jnp.bfloat16)
+    x = jnp.ones((4, 3), jnp.float32)
+    dw, db = fnn.grad(lambda w, b: ops.sum(ops.affine(x, w, b)), argnums=(0, 1))(w, b)
+    assert dw.dtype == db.dtype == jnp.bfloat16
+    da, dc = fnn.grad(lambda a, c: ops.sum(ops.concatenate(a, c)), argnums=(0, 1))(
+        jnp.ones(2, jnp.bfloat16), jnp.ones(3))
+    assert (da.dtype, dc.dtype) == (jnp.bfloat16, jnp.float32)
+    da, dc = fnn.grad(lambda a, c: a @ c, argnums=(0, 1))(jnp.ones(2, jnp.bfloat16), jnp.ones(2))
+    assert (da.dtype, dc.dtype) == (jnp.bfloat16, jnp.float32)

@@ -43,7 +43,8 @@ def matmul_vjp(g, saved, *, needs):
     xd, wd = jnp.ndim(x), jnp.ndim(w)
     dx = dw = None
     if xd == 1 and wd == 1:  # inner product
-        return (g * w if needs[0] else None), (g * x if needs[1] else None)
+        return ((g * w).astype(x.dtype) if needs[0] else None,
+                (g * x).astype(w.dtype) if needs[1] else None)
     if xd == 1:  # (K,) @ (..., K, M) -> (..., M)
         if needs[0]:
             dx = unbroadcast(jnp.matmul(w, g[..., None])[..., 0], x)
@@ -90,16 +91,16 @@ def affine(x, w, b):
         raise GateError(f"gate 'affine': x {describe(x)} flattens to ({n}, {d}) which does not fit "
                         f"w {describe(w)} and b {describe(b)}")
     xf = jnp.reshape(x, (n, d))
-    return xf @ w + b, (xf, w, x.shape)
+    return xf @ w + b, (xf, w, x.shape, jnp.result_type(b))
 
 
 @affine.defvjp
 def affine_vjp(g, saved, *, needs):
-    xf, w, x_shape = saved
-    dx = jnp.reshape(g @ w.T, x_shape) if needs[0] else None
-    dw = xf.T @ g if needs[1] else None
+    xf, w, x_shape, b_dtype = saved
+    dx = jnp.reshape(g @ w.T, x_shape).astype(xf.dtype) if needs[0] else None
+    dw = (xf.T @ g).astype(w.dtype) if needs[1] else None
     db = jnp.sum(g, axis=0) if needs[2] else None
-    return dx, dw, db
+    return dx, dw, (db.astype(b_dtype) if db is not None else None)
 
 
 @affine.defcases
@@ -183,13 +184,15 @@ def concatenate(*xs, axis=0):
                         "concatenate(a, b, axis=...), not a list")
     if not xs:
         raise GateError("gate 'concatenate': needs at least one array")
-    return jnp.concatenate(xs, axis=axis), tuple(np.shape(x)[axis] for x in xs)
+    return jnp.concatenate(xs, axis=axis), (tuple(np.shape(x)[axis] for x in xs),
+                                             tuple(jnp.result_type(x) for x in xs))
 
 
 @concatenate.defvjp
 def concatenate_vjp(g, sizes, *, axis=0):
+    sizes, dtypes = sizes
     bounds = np.cumsum(sizes)[:-1]
-    return tuple(jnp.split(g, bounds, axis=axis))
+    return tuple(d.astype(t) for d, t in zip(jnp.split(g, bounds, axis=axis), dtypes))
 
 
 @concatenate.defcases
@@ -257,8 +260,31 @@ def _basic_index(index, shape):
             r = range(*i.indices(n))
             spec.append((r.start, len(r), r.step))
         else:
-            spec.append((int(i) % n, 1, 1))
+            spec.append((min(max(int(i) + n * (int(i) < 0), 0), n - 1), 1, 1))  # clamp, as JAX
     return spec
+
+
+def _clamp_scalars(index, shape):
+    """The index with each scalar integer entry clamped into range, as JAX's x[i] reads it
+    (the scatter of the backward would otherwise drop an out-of-range position)."""
+    idx = index if isinstance(index, tuple) else (index,)
+    n_axes = sum(i is not None and i is not Ellipsis for i in idx)
+    out, axis = [], 0
+    for i in idx:
+        if i is None:
+            out.append(i)
+            continue
+        if i is Ellipsis:
+            out.append(i)
+            axis += len(shape) - n_axes
+            continue
+        if (jnp.ndim(i) == 0 and not isinstance(i, slice) and not isinstance(i, (bool, np.bool_))
+                and jnp.issubdtype(jnp.result_type(i), jnp.integer) and axis < len(shape)):
+            n = shape[axis]
+            i = jnp.clip(jnp.where(i < 0, i + n, i), 0, n - 1)
+        out.append(i)
+        axis += 1
+    return tuple(out) if isinstance(index, tuple) else out[0]
 
 
 @index.defvjp
@@ -266,7 +292,7 @@ def index_vjp(g, saved, *, index):
     x_shape, x_dtype = saved
     spec = _basic_index(index, x_shape)
     if spec is None or any(n == 0 for _, n, _ in spec):  # advanced indexing: scatter-add
-        return (jnp.zeros(x_shape, x_dtype).at[index].add(g),)
+        return (jnp.zeros(x_shape, x_dtype).at[_clamp_scalars(index, x_shape)].add(g),)
     # basic indexing: g padded back into place (interior padding for steps), no scatter
     g = jnp.reshape(g, tuple(n for _, n, _ in spec))
     g = lax.rev(g, tuple(a for a, (_, _, step) in enumerate(spec) if step < 0))
