@@ -104,7 +104,7 @@ def _reject_nesting(primals, fname):
                 f"{fname} was called on a value already traced by an outer fnn.grad/fnn.vjp "
                 f"({describe(leaf)}). fnn's hand-written backward cannot be differentiated by fnn "
                 "again; for higher derivatives use JAX on the outside, e.g. "
-                "jax.jacfwd(fnn.grad(f)) or jax.grad(fnn.grad(f))."
+                "jacfwd(fnn.grad(f)) or grad(fnn.grad(f)) from jax."
             )
 
 
@@ -182,7 +182,7 @@ def _explain_foreign_call(e: Exception, fname: str) -> str:
 
 
 def vjp(f, *primals, has_aux: bool = False):
-    """Like `jax.vjp`: returns `(out, vjp_fn)` (and `aux` if has_aux), with fnn's gradients.
+    """Like JAX's `vjp`: returns `(out, vjp_fn)` (and `aux` if has_aux), with fnn's gradients.
 
     `vjp_fn(ct)` takes a cotangent with the structure of `out` and returns one cotangent per
     primal, each with its primal's structure. Integer and bool leaves get float0 zeros, as in JAX.
@@ -250,7 +250,7 @@ def _check_argnums(argnums, n_args, fname):
 
 
 def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.value_and_grad"):
-    """Like `jax.value_and_grad`, with fnn's hand-written gradients.
+    """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
     Returns a function giving `(value, grad)` or, with has_aux, `((value, aux), grad)`. `grad`
     has the structure of the argument(s) named by `argnums` (a tuple of them for a tuple).
@@ -288,7 +288,7 @@ def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.val
 
 
 def grad(f, argnums=0, has_aux: bool = False):
-    """Like `jax.grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs."""
+    """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs."""
     vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, _name="fnn.grad")
 
     def g(*args, **kwargs):

@@ -71,7 +71,7 @@ def unbroadcast(g, target):
 class Gate:
     """A differentiable op: forward + hand-written VJP. Call it like the function it wraps.
 
-    Called on plain arrays (or under `jax.grad`) it only runs the forward; called on values
+    Called on plain arrays (or under JAX's own grad) it only runs the forward; called on values
     traced by fnn it also records itself on their tape, so `fnn.grad` can run its VJP.
     """
 

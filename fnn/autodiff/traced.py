@@ -74,7 +74,7 @@ def dispatch(gate, args, static):
         raise NestingError(
             f"gate '{gate.name}' received values from two nested fnn.grad/fnn.vjp calls. fnn's "
             "hand-written backward cannot be differentiated by fnn again; for higher derivatives "
-            "use JAX on the outside, e.g. jax.jacfwd(fnn.grad(f)) or jax.grad(fnn.grad(f))."
+            "use JAX on the outside, e.g. jacfwd(fnn.grad(f)) or grad(fnn.grad(f)) from jax."
         )
     (tape,) = tapes.values()
     raw = tuple(a.value if isinstance(a, Traced) else a for a in args)

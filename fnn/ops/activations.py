@@ -79,7 +79,7 @@ def relu(x):
 
     Shapes: elementwise. The relu gate routes g to the positive entries only.
     """
-    return jnp.where(x > 0, x, 0.0), x > 0  # written so that jax.grad also gives 0 at x == 0
+    return jnp.where(x > 0, x, 0.0), x > 0  # written so that JAX's grad also gives 0 at x == 0
 
 
 @relu.defvjp

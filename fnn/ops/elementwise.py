@@ -183,7 +183,7 @@ sqrt.defcases(_unary_cases(_positive))
 def abs(x):  # noqa: A001 - mirrors jnp.abs
     """|x|.  Local gradient: sign(x), taken as 0 at x == 0.
 
-    The forward is written so that jax.grad also gives 0 there (jnp.abs would give 1).
+    The forward is written so that JAX's grad also gives 0 there (jnp.abs would give 1).
     """
     return jnp.where(x > 0, x, jnp.where(x < 0, -x, jnp.zeros_like(x))), x
 

@@ -313,7 +313,7 @@ def _index_cases(rng, dtype):
 
 @defgate
 def stop_gradient(x):
-    """x, with no gradient flowing back.  Local gradient: 0 (under jax.grad too)."""
+    """x, with no gradient flowing back.  Local gradient: 0 (under JAX's grad too)."""
     return lax.stop_gradient(x), None
 
 

@@ -52,7 +52,7 @@ def batch_norm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9
     mode dx = inv_std / m * (m * gx - sum(gx) - xhat * sum(gx * xhat)) with gx = g * gamma, in
     eval mode dx = g * gamma * inv_std. The running stats are state, not parameters: they get no
     gradient (None), and the running-stat outputs pass none back (the forward wraps them in
-    lax.stop_gradient, so jax.vjp of the forward agrees).
+    lax.stop_gradient, so JAX's vjp of the forward agrees).
     """
     if np.ndim(x) < 2:
         raise GateError(f"gate 'batch_norm': x must be (N, D) or (N, H, W, D), got {describe(x)}")
