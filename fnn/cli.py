@@ -148,37 +148,25 @@ def cmd_train(args) -> int:
 
 # ---- gradcheck, graph, demo ----------------------------------------------------------------------
 def add_gradcheck_parser(subparsers) -> None:
-    from fnn.check.gradcheck import add_gradcheck_arguments
+    from fnn.check.gradcheck import add_gradcheck_arguments, gradcheck_main
 
     p = subparsers.add_parser(
         "gradcheck", help="check every gate's VJP (or a model's gradients) against JAX and numerics",
         description="Check each gate's hand-written VJP at its test cases against jax.vjp and "
                     "float64 central differences, under jit/vmap/grad; exit 1 on any failure.")
     add_gradcheck_arguments(p)
-    p.set_defaults(func=cmd_gradcheck)
-
-
-def cmd_gradcheck(args) -> int:
-    from fnn.check.gradcheck import gradcheck_main
-
-    return gradcheck_main(args)
+    p.set_defaults(func=gradcheck_main)
 
 
 def add_graph_parser(subparsers) -> None:
-    from fnn.check.graph import add_graph_arguments
+    from fnn.check.graph import add_graph_arguments, graph_main
 
     p = subparsers.add_parser(
         "graph", help="draw a computational graph with values and gradients on its edges",
         description="Draw the lecture's examples (`graph lecture`) or a small model "
                     "(`graph --model mlp`) as Graphviz .dot (.svg with Graphviz) and text.")
     add_graph_arguments(p)
-    p.set_defaults(func=cmd_graph)
-
-
-def cmd_graph(args) -> int:
-    from fnn.check.graph import graph_main
-
-    return graph_main(args)
+    p.set_defaults(func=graph_main)
 
 
 def add_demo_parser(subparsers) -> None:

@@ -145,28 +145,17 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
 
 def bench_gate(name: str, label: str, make, *, reps: int, dtype, seed: int = 0,
                budget_s: float = 1.0) -> dict:
-    from fnn import registry
-    from fnn.check.gates import is_float, random_cotangent
+    from fnn import registry, vjp
+    from fnn.check.gates import gate_functions, random_cotangent
 
     gate = registry[name]
     rng = np.random.default_rng(seed)
     args, kwargs = make(rng, dtype)
-    diff = [i for i, a in enumerate(args) if is_float(a)]
-    needs = tuple(i in diff for i in range(len(args)))
+    diff, forward, recorded = gate_functions(gate, args, kwargs)
 
-    def merge(dargs):
-        full = list(args)
-        for i, d in zip(diff, dargs):
-            full[i] = d
-        return full
-
-    def forward(*dargs):
-        return gate.forward(*merge(dargs), **kwargs)[0]
-
-    def custom(g, *dargs):
-        out, saved = gate.forward(*merge(dargs), **kwargs)
-        grads = gate.call_vjp(g, saved, needs, kwargs)
-        return out, tuple(jnp.zeros_like(args[i]) if grads[i] is None else grads[i] for i in diff)
+    def custom(g, *dargs):  # fnn's recorded gate: under jit only its hand-written VJP remains
+        out, pullback = vjp(recorded, *dargs)
+        return out, pullback(g)
 
     def builtin(g, *dargs):
         out, pullback = jax.vjp(forward, *dargs)
