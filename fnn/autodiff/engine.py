@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import nans
-from fnn.autodiff.traced import Tape, Traced
+from fnn.autodiff.traced import Tape, Traced, is_float
 from fnn.errors import FnnError, ForeignCallError, NestingError, VJPContractError, describe
 
 # --------------------------------------------------------------------------------------------
@@ -93,10 +93,6 @@ def check_vjp_result(rec, grads, needs) -> None:
 # forward pass: boxing inputs, running f, explaining foreign calls
 
 
-def _is_float_leaf(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
 def _reject_nesting(primals, fname):
     for leaf in jax.tree_util.tree_leaves(primals):
         if isinstance(leaf, Traced):
@@ -107,13 +103,12 @@ def _reject_nesting(primals, fname):
                 "jacfwd(fnn.grad(f)) or grad(fnn.grad(f)) from jax."
             )
 
-
 def _box(tree, tape):
     """Wrap each float leaf of `tree` in a Traced input node; other leaves stay as they are."""
 
     def box(leaf):
         leaf = jnp.asarray(leaf)
-        return tape.input(leaf) if _is_float_leaf(leaf) else leaf
+        return tape.input(leaf) if is_float(leaf) else leaf
 
     return jax.tree_util.tree_map(box, tree)
 
@@ -261,7 +256,7 @@ def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.val
         nums = _check_argnums(argnums, len(args), fname)
         for a in nums:
             for leaf in jax.tree_util.tree_leaves(args[a]):
-                if not isinstance(leaf, Traced) and not _is_float_leaf(leaf):
+                if not isinstance(leaf, Traced) and not is_float(leaf):
                     raise TypeError(
                         f"{fname}: argument {a} has a leaf of dtype {jnp.result_type(leaf)}; "
                         "gradients are only defined for float inputs (integer and bool inputs "
@@ -274,7 +269,7 @@ def value_and_grad(f, argnums=0, has_aux: bool = False, *, _name: str = "fnn.val
             shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
             raise TypeError(f"{fname}: gradients are only defined for functions with one scalar "
                             f"output, got {shapes}")
-        if not _is_float_leaf(out_leaves[0]):
+        if not is_float(out_leaves[0]):
             raise TypeError(f"{fname}: the output must be a float scalar, got "
                             f"{describe(out_leaves[0])}")
         ct = jax.tree_util.tree_map(jnp.ones_like, out)

@@ -63,8 +63,9 @@ class Tape:
         return Traced(value, self, self.new_node())
 
 
-def _is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+def is_float(x) -> bool:
+    """Whether x (an array, scalar or Traced) has a float dtype: what fnn differentiates."""
+    return bool(jnp.issubdtype(jnp.result_type(x.value if isinstance(x, Traced) else x), jnp.inexact))
 
 
 def dispatch(gate, args, static):
@@ -81,11 +82,12 @@ def dispatch(gate, args, static):
     out, saved = gate.run_forward(raw, static)
     multi = isinstance(out, tuple)
     outs = out if multi else (out,)
+    site = call_site()
     if nans.active():
-        nans.check(gate.name, "forward", call_site(), raw, outs)
-    out_ids = tuple(tape.new_node() if _is_float(o) else None for o in outs)
+        nans.check(gate.name, "forward", site, raw, outs)
+    out_ids = tuple(tape.new_node() if is_float(o) else None for o in outs)
     parents = tuple(a.node if isinstance(a, Traced) else None for a in args)
-    tape.records.append(Record(gate, static, parents, raw, out_ids, outs, saved, multi, call_site()))
+    tape.records.append(Record(gate, static, parents, raw, out_ids, outs, saved, multi, site))
     wrapped = tuple(o if i is None else Traced(o, tape, i) for o, i in zip(outs, out_ids))
     return wrapped if multi else wrapped[0]
 

@@ -36,10 +36,11 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
             rows.append(bench_matmul(n, max(3, reps // 3), d))
             log(fmt_row(rows[-1]))
     specs = model_specs(quick)
+    reference = gemm(n, dtype) if steps else None  # built once, timed beside every step case
     for case in steps:
         rows.append(bench_step(case, specs[case], reps=reps, dtype=dtype,
                                eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
-                               compile_reps=1 if quick else 3, reference=gemm(n, dtype),
+                               compile_reps=1 if quick else 3, reference=reference,
                                torch=torch, profile_top=profile_top))
         log(fmt_row(rows[-1]))
     if "epoch" in only:

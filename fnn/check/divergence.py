@@ -22,11 +22,12 @@ import numpy as np
 
 from fnn.autodiff import engine
 from fnn.autodiff.traced import Tape, Traced
+from fnn.check.gates import MODEL_RTOL
 from fnn.check.numeric import rel_error
 from fnn.errors import describe
 
 # max relative error of a gate's VJP against jax.vjp inside a model, by the input's dtype
-RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+RTOL = MODEL_RTOL
 
 
 @dataclasses.dataclass

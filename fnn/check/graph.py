@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import engine
-from fnn.autodiff.traced import Tape, Traced
+from fnn.autodiff.traced import Tape, Traced, is_float
 from fnn.errors import describe
 
 SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**",
@@ -187,7 +187,7 @@ def graph(f, *args, argnums=None, title: str | None = None) -> Graph:
     names = _param_names(f, len(args))
     if argnums is None:
         argnums = tuple(i for i, a in enumerate(args) if any(
-            engine._is_float_leaf(l) for l in jax.tree_util.tree_leaves(a)))
+            is_float(l) for l in jax.tree_util.tree_leaves(a)))
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     engine._reject_nesting(args, "fnn.graph")
     tape, inputs = Tape(), {}
@@ -234,7 +234,7 @@ def _box_named(tree, tape, name, inputs):
     boxed = []
     for path, leaf in flat:
         leaf = jnp.asarray(leaf)
-        if engine._is_float_leaf(leaf):
+        if is_float(leaf):
             t = tape.input(leaf)
             keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
             inputs[t.node] = ("/".join(filter(None, [name] + keys)), leaf)

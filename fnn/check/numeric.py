@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fnn.autodiff.traced import is_float
+
 
 def rel_error(a, b) -> float:
     """CS231n-style relative error over whole arrays: max|a - b| / max(|a|) + max(|b|).
@@ -29,9 +31,9 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6):
     tuple of the same length). `diff` lists which positions to differentiate (default: all
     float args). Returns a list with an array per position (None where not differentiated).
     """
-    args = [np.array(a, dtype=np.float64) if _is_float(a) else a for a in args]
+    args = [np.array(a, dtype=np.float64) if is_float(a) else a for a in args]
     if diff is None:
-        diff = [i for i, a in enumerate(args) if _is_float(a)]
+        diff = [i for i, a in enumerate(args) if is_float(a)]
     cts = ct if isinstance(ct, (tuple, list)) else (ct,)
 
     def scalar(a):
@@ -55,9 +57,3 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6):
             gflat[k] = (up - down) / (2 * h)
         grads[i] = g
     return grads
-
-
-def _is_float(a) -> bool:
-    import jax.numpy as jnp
-
-    return bool(jnp.issubdtype(jnp.result_type(a), jnp.floating))

@@ -42,15 +42,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.check.gates import MODEL_RTOL
 
 VERDICTS = ("ok", "custom wrong", "built-in disagrees", "finite differences unreliable here",
             "custom and built-in disagree", "all three disagree")
 # custom vs built-in (both in the model's dtype), whole models: looser than one gate's TOLERANCE
-RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+RTOL = MODEL_RTOL
 # analytic (model dtype) vs numerical (float64): the analytic gradient's own rounding dominates
 NUMERIC_RTOL = {"float64": 1e-6, "float32": 1e-3, "float16": 3e-2, "bfloat16": 1e-1}
 KINK_SHRINK = 8.0  # the second, smaller step for elements whose one-sided slopes disagree

@@ -2,6 +2,10 @@
 
 import numpy as np
 
+from fnn.autodiff.registry import Case
+
+SHAPES = ((), (5,), (3, 4), (2, 1, 3))  # scalar, vector, matrix, a size-1 dim
+
 
 def normal(rng: np.random.Generator, shape, dtype, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(dtype)
@@ -29,3 +33,11 @@ def distinct(rng: np.random.Generator, shape, dtype, gap=0.05):
 # shape pairs that exercise broadcasting: equal, scalar, size-1 dims, added leading dims
 BROADCAST_PAIRS = [((3, 4), (3, 4)), ((3, 4), ()), ((), (2, 3)), ((2, 1, 4), (3, 1)),
                    ((4,), (2, 3, 4)), ((1, 5), (4, 1))]
+
+
+def unary_cases(make=normal, shapes=SHAPES, kwargs=({},)):
+    """Cases of a one-input gate: `make(rng, shape, dtype)` at each shape, for each kwargs."""
+    def cases(rng, dtype):
+        return [Case((make(rng, s, dtype),), dict(kw), label=f"{s}{kw or ''}")
+                for kw in kwargs for s in shapes]
+    return cases

@@ -17,16 +17,9 @@ from jax import lax
 
 from fnn.autodiff.registry import Case, defgate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import away_from, distinct, normal
+from fnn.ops._cases import away_from, distinct, normal, unary_cases
 
-SHAPES = ((), (5,), (3, 4), (2, 1, 3))
-
-
-def _cases(make=normal, shapes=SHAPES, kwargs=({},)):
-    def cases(rng, dtype):
-        return [Case((make(rng, s, dtype),), dict(kw), label=f"{s}{kw or ''}")
-                for kw in kwargs for s in shapes]
-    return cases
+_cases = unary_cases
 
 
 def _wide(rng, shape, dtype):

@@ -10,7 +10,7 @@ passed through `unbroadcast`, which sums it back to its input's shape and dtype.
 import jax.numpy as jnp
 
 from fnn.autodiff.registry import Case, defgate, unbroadcast
-from fnn.ops._cases import BROADCAST_PAIRS, away_from, normal, uniform
+from fnn.ops._cases import BROADCAST_PAIRS, away_from, normal, unary_cases, uniform
 
 
 def _binary_cases(make_x=normal, make_y=normal):
@@ -24,10 +24,7 @@ def _positive(rng, shape, dtype):
     return uniform(rng, shape, dtype, 0.5, 2.0)
 
 
-def _unary_cases(make=normal, shapes=((), (5,), (3, 4), (2, 1, 3))):
-    def cases(rng, dtype):
-        return [Case((make(rng, s, dtype),), label=str(s)) for s in shapes]
-    return cases
+_unary_cases = unary_cases
 
 
 # ---- add: distributes ------------------------------------------------------------------------
@@ -203,15 +200,19 @@ def maximum(x, y):
 
     The max gate routes g to the input that won. Ties (x == y) route all of g to x.
     """
-    return jnp.where(x >= y, x, y), (x, y)  # jnp.maximum: JAX would split g at ties
+    pick_x = x >= y
+    return jnp.where(pick_x, x, y), (pick_x, x, y)  # jnp.maximum: JAX would split g at ties
+
+
+def _route(g, pick_x, x, y, needs):
+    """g to x where pick_x, to y elsewhere (the max gate, min gate and where all route)."""
+    return (unbroadcast(jnp.where(pick_x, g, 0.0), x) if needs[0] else None,
+            unbroadcast(jnp.where(pick_x, 0.0, g), y) if needs[1] else None)
 
 
 @maximum.defvjp
 def maximum_vjp(g, saved, *, needs):
-    x, y = saved
-    pick_x = x >= y
-    return (unbroadcast(jnp.where(pick_x, g, 0.0), x) if needs[0] else None,
-            unbroadcast(jnp.where(pick_x, 0.0, g), y) if needs[1] else None)
+    return _route(g, *saved, needs)
 
 
 maximum.defcases(_binary_cases(lambda rng, s, d: away_from(rng, s, d, gap=0.2), normal))
@@ -220,15 +221,13 @@ maximum.defcases(_binary_cases(lambda rng, s, d: away_from(rng, s, d, gap=0.2), 
 @defgate
 def minimum(x, y):
     """min(x, y) elementwise.  Local gradients: 1 for the smaller input; ties route g to x."""
-    return jnp.where(x <= y, x, y), (x, y)
+    pick_x = x <= y
+    return jnp.where(pick_x, x, y), (pick_x, x, y)
 
 
 @minimum.defvjp
 def minimum_vjp(g, saved, *, needs):
-    x, y = saved
-    pick_x = x <= y
-    return (unbroadcast(jnp.where(pick_x, g, 0.0), x) if needs[0] else None,
-            unbroadcast(jnp.where(pick_x, 0.0, g), y) if needs[1] else None)
+    return _route(g, *saved, needs)
 
 
 minimum.defcases(_binary_cases(lambda rng, s, d: away_from(rng, s, d, gap=0.2), normal))
@@ -245,10 +244,7 @@ def where(condition, x, y):
 
 @where.defvjp
 def where_vjp(g, saved, *, needs):
-    condition, x, y = saved
-    return (None,
-            unbroadcast(jnp.where(condition, g, 0.0), x) if needs[1] else None,
-            unbroadcast(jnp.where(condition, 0.0, g), y) if needs[2] else None)
+    return (None, *_route(g, *saved, needs[1:]))
 
 
 @where.defcases

@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.check.gates import MODEL_RTOL
 from fnn.check.health import METRICS, gradient_health
 
 EVERY = 50  # steps between measurements when none is given (python -m fnn train --diagnostics)
-DRIFT_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+DRIFT_RTOL = MODEL_RTOL
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
 LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
           "custom_vs_builtin": "custom vs built-in gradient (rel. error)",

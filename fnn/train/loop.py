@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
-from fnn.train.nancheck import copy_tree, epoch_is_finite, find_nan_origin
+from fnn.train.nancheck import epoch_is_finite, find_nan_origin
 from fnn.train.parallel import data_parallel
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import make_train_step
@@ -87,15 +87,13 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     """
     check_fit_inputs(model, data, loss=loss, start=start)
     ts = start if start is not None else init_train_state(model, optimizer, data.input_shape, seed)
-    x, y = jax.device_put(data.x_train), jax.device_put(data.y_train)
     has_val = data.x_val is not None and len(data.x_val) > 0
-    if has_val:
-        x_val, y_val = jax.device_put(data.x_val), jax.device_put(data.y_val)
     dp = data_parallel(devices)
-    if dp is not None:  # everything replicated; make_train_epoch splits each batch
+    place = jax.device_put if dp is None else dp.replicate  # make_train_epoch splits each batch
+    x, y = place((data.x_train, data.y_train))
+    x_val, y_val = place((data.x_val, data.y_val)) if has_val else (None, None)
+    if dp is not None:
         dp.check_batch_size(batch_size)
-        x, y = dp.replicate((x, y))
-        x_val, y_val = dp.replicate((x_val, y_val)) if has_val else (None, None)
         ts = TrainState(*dp.replicate((ts.params, ts.state, ts.opt_state, ts.key)), ts.epoch,
                         ts.step)
     n_steps = steps_per_epoch(len(data.x_train), batch_size)
@@ -108,7 +106,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         monitor = Monitor(model, diagnostics, loss=loss, l2=l2)
         step = monitor.wrap(step)
     epoch_fn = make_train_epoch(step, batch_size=batch_size,
-                                progress=bar.update if bar.enabled else None, devices=dp)
+                                progress=bar.update if bar.enabled else None, devices=dp,
+                                donate=not check_nans)  # check_nans keeps the epoch's inputs
     evaluate = make_evaluate(model, loss=loss, batch_size=eval_batch_size)
     compiled, history = None, []
     for e in range(ts.epoch, epochs):
@@ -120,7 +119,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
             compiled = epoch_fn.lower(ts.params, ts.state, opt_in, x, y, key).compile()
             record["compile_s"] = time.perf_counter() - t0
         bar.start(n_steps, f"epoch {e + 1}/{epochs}")
-        before = copy_tree((ts.params, ts.state, ts.opt_state)) if check_nans else None
+        before = (ts.params, ts.state, ts.opt_state) if check_nans else None
         t0 = time.perf_counter()
         try:
             params, state, opt_state, metrics = compiled(ts.params, ts.state, opt_in, x, y, key)

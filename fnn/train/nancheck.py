@@ -22,11 +22,6 @@ from fnn.train.step import make_train_step
 from fnn.train.validate import path_name
 
 
-def copy_tree(tree):
-    """A copy of every array leaf (the epoch donates its inputs; the replay needs them)."""
-    return jax.tree_util.tree_map(jnp.copy, tree)
-
-
 @jax.jit
 def _all_finite(tree):
     leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)

@@ -74,8 +74,9 @@ class DataParallel:
 def _place(a, sharding: NamedSharding):
     if isinstance(a, jax.Array) and a.sharding == sharding:
         return a
-    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and (jax.process_count() == 1 or
+                                     jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)):
+        return jax.device_put(a, sharding)  # resharded on the devices, no trip through the host
     host = np.asarray(a)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
