@@ -10,6 +10,7 @@ The table of contents:
   fnn.debug_nans                            name the first gate that makes a NaN or inf
   fnn.check_grads / fnn.locate_divergence   custom vs built-in vs numerical; find the wrong gate
   fnn.graph                                 the computational graph with values and gradients
+  fnn.tune_cpu                              faster XLA CPU settings; call before the first computation
 """
 
 from fnn import ops
@@ -19,10 +20,11 @@ from fnn.errors import FnnError, ForeignCallError, GateError, NestingError, VJPC
 from fnn.ops import registry
 from fnn import nn, train  # noqa: E402  (layers and training build on the gates)
 from fnn.check import check_grads, graph, locate_divergence  # noqa: E402
+from fnn.runtime import tune_cpu  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "NanOriginError",
            "NestingError", "Traced", "VJPContractError", "check_grads", "debug_nans", "defgate",
-           "grad", "graph", "locate_divergence", "nn", "ops", "registry", "train", "unbroadcast",
-           "value_and_grad", "vjp"]
+           "grad", "graph", "locate_divergence", "nn", "ops", "registry", "train", "tune_cpu",
+           "unbroadcast", "value_and_grad", "vjp"]

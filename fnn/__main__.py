@@ -1,5 +1,5 @@
 """`python -m fnn ...`: the command line (fnn/cli.py)."""
 
-from fnn.cli import main
+from fnn.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

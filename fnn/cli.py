@@ -213,16 +213,31 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument("--no-tune", action="store_true",
+                         help="keep JAX's default CPU settings (see fnn.runtime; FNN_NO_TUNE=1 "
+                              "does the same)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line with `argv` (default sys.argv[1:]); return the exit status."""
+def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
+    """Run the command line with `argv` (default sys.argv[1:]); return the exit status.
+
+    tune=True (the process's entry points: `python -m fnn`, the `fnn` script, scripts/) first
+    applies fnn.runtime.tune_cpu() unless --no-tune is given; in-process callers keep theirs.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    args.tuning = None  # what fnn.runtime.tune_cpu did, for the commands that report it
+    if tune and not args.no_tune:
+        from fnn.runtime import tune_cpu
+
+        args.tuning = tune_cpu()
+        if os.environ.get("FNN_DEBUG"):
+            print(f"fnn: CPU tuning {args.tuning}", file=sys.stderr)
     try:
         return args.func(args)
     except (FnnError, ValueError, OSError, FloatingPointError) as e:
@@ -230,3 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fnn {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def entry() -> int:
+    """The process's entry point (`python -m fnn`, the `fnn` script): main with tune=True."""
+    return main(tune=True)

@@ -10,9 +10,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def run(defaults: list[str]) -> int:
     """`python -m fnn train` with `defaults`, then the script's own arguments (which win)."""
-    import jax
-
     from fnn.cli import main
+    from fnn.runtime import tune_cpu
+
+    if "--no-tune" not in sys.argv[1:]:
+        tune_cpu()  # before jax.devices() below starts the backend
+    import jax
 
     devices = jax.devices()
     kind = devices[0].platform

@@ -16,4 +16,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if __name__ == "__main__":
     from fnn.cli import main
 
-    raise SystemExit(main(["bench", *sys.argv[1:]]))
+    raise SystemExit(main(["bench", *sys.argv[1:]], tune=True))

@@ -27,40 +27,54 @@ from fnn.errors import FnnError, ForeignCallError, NestingError, VJPContractErro
 # backward pass
 
 
-def backward(tape: Tape, seeds: dict) -> dict:
-    """Propagate cotangents `seeds` (node id -> array) back through `tape`; return node -> ct."""
+def backward(tape: Tape, seeds: dict, rule=None) -> dict:
+    """Propagate cotangents `seeds` (node id -> array) back through `tape`; return node -> ct.
+
+    The walk: gates in reverse order of recording; a gate none of whose outputs got a cotangent
+    is skipped; a multi-output gate gets zeros for its outputs that got none; what a gate sends
+    back is added into its parents' cotangents (a value used twice sums both). `rule(pos, rec,
+    g, needs) -> grads`, one per input (None where not needed), is what each gate sends back:
+    by default its VJP, checked (`apply_vjp`); locate_divergence and graph pass their own to
+    compare or record on the same walk.
+    """
+    rule = apply_vjp if rule is None else rule
     ct = dict(seeds)
-    for rec in reversed(tape.records):
+    for pos in reversed(range(len(tape.records))):
+        rec = tape.records[pos]
         gs = [None if i is None else ct.pop(i, None) for i in rec.out_ids]
         if all(g is None for g in gs):
             continue  # no output of this gate reaches the result
         if rec.multi:
-            g = tuple(
-                gi if gi is not None or i is None else jnp.zeros_like(o)
-                for gi, i, o in zip(gs, rec.out_ids, rec.outs)
-            )
+            g = tuple(gi if gi is not None or i is None else jnp.zeros_like(o)
+                      for gi, i, o in zip(gs, rec.out_ids, rec.outs))
         else:
             g = gs[0]
-        needs = tuple(p is not None for p in rec.parents)
-        try:
-            grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, FnnError):
-                raise
-            ups = ", ".join(describe(x) for x in (g if rec.multi else (g,)))
-            raise VJPContractError(
-                f"VJP of gate '{rec.gate.name}' failed (called at {rec.site}) with upstream "
-                f"gradient {ups} and inputs ({', '.join(describe(x) for x in rec.inputs)}): {e}"
-            ) from e
-        check_vjp_result(rec, grads, needs)
-        if nans.active():
-            nans.check(rec.gate.name, "backward (VJP)", rec.site, g if rec.multi else (g,),
-                       [dx if need else None for dx, need in zip(grads, needs)],
-                       labels=("upstream gradient", "gradient for input"))
-        for p, dx in zip(rec.parents, grads):
+        grads = rule(pos, rec, g, tuple(p is not None for p in rec.parents))
+        for p, dx in zip(rec.parents, grads or ()):
             if p is not None and dx is not None:
                 ct[p] = ct[p] + dx if p in ct else dx
     return ct
+
+
+def apply_vjp(pos, rec, g, needs):
+    """The gate's hand-written VJP on upstream `g`, with its contract checked (and NaNs watched
+    under fnn.debug_nans): a crash or a malformed result names the gate and its call site."""
+    try:
+        grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, FnnError):
+            raise
+        ups = ", ".join(describe(x) for x in (g if rec.multi else (g,)))
+        raise VJPContractError(
+            f"VJP of gate '{rec.gate.name}' failed (called at {rec.site}) with upstream "
+            f"gradient {ups} and inputs ({', '.join(describe(x) for x in rec.inputs)}): {e}"
+        ) from e
+    check_vjp_result(rec, grads, needs)
+    if nans.active():
+        nans.check(rec.gate.name, "backward (VJP)", rec.site, g if rec.multi else (g,),
+                   [dx if need else None for dx, need in zip(grads, needs)],
+                   labels=("upstream gradient", "gradient for input"))
+    return grads
 
 
 def check_vjp_result(rec, grads, needs) -> None:

@@ -79,11 +79,21 @@ def fmt_row(r) -> str:
             f"{r['builtin_ms']:8.3f} ms  ratio {r['ratio']:.3f}")
 
 
+def runtime_line(result) -> str:
+    """XLA_FLAGS and malloc settings of the run (fnn.runtime.tune_cpu or JAX's defaults)."""
+    tuning = result.get("tuning") or {}
+    flags = result.get("xla_flags") or "(none)"
+    malloc = ("glibc malloc tuned (fnn.runtime)" if tuning.get("malloc")
+              else "default malloc")
+    return f"XLA_FLAGS {flags}; {malloc}"
+
+
 def markdown(result) -> str:
     """The run's rows as Markdown tables (what docs/benchmarks.md shows)."""
     rows = result["rows"]
     out = [f"Device: {result['device']}; dtype {result['dtype']}; {result['reps']} reps; "
-           f"1-min load average {result['load'][0]} before, {result['load'][-1]} after.", ""]
+           f"1-min load average {result['load'][0]} before, {result['load'][-1]} after.", "",
+           f"Runtime: {runtime_line(result)}.", ""]
     for r in rows:
         if r["kind"] == "gemm":
             out.append(f"Reference: {r['case']}: {r['ms']:.2f} ms, **{r['gflops']:.1f} GFLOP/s**.")

@@ -4,6 +4,7 @@ and scripts/bench.py."""
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,9 @@ from fnn.bench.timing import bench_matmul, gemm, load_average, machine
 
 
 def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-        eager: bool = True, profile_top: int = 0, log=print) -> dict:
-    """Run the cases named in `only` (default all; gate names select single gates)."""
+        eager: bool = True, profile_top: int = 0, tuning=None, log=print) -> dict:
+    """Run the cases named in `only` (default all; gate names select single gates).
+    `tuning`: what fnn.runtime.tune_cpu did before JAX started (recorded with the results)."""
     from fnn import registry
 
     only = set(only or CASES)
@@ -27,6 +29,7 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
     gates = sorted(registry) if "gates" in only else sorted(only & set(registry))
     dtype = jnp.dtype(dtype)
     result = {"device": machine(), "dtype": dtype.name, "reps": reps, "quick": quick,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "tuning": tuning,
               "load": [load_average()], "rows": []}
     rows = result["rows"]
     steps = [c for c in STEP_CASES if c in only]
@@ -81,7 +84,8 @@ def main(args) -> dict:
     reps = min(args.reps, 5) if args.quick else args.reps
     only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
     result = run(only=only, reps=reps, dtype=args.dtype, quick=args.quick,
-                 torch=not args.no_torch, eager=not args.no_eager, profile_top=args.profile)
+                 torch=not args.no_torch, eager=not args.no_eager, profile_top=args.profile,
+                 tuning=getattr(args, "tuning", None))
     print_tables(result)
     if args.json:
         with open(args.json, "w") as f:

@@ -250,29 +250,21 @@ def _out_nodes(out, tape):
 
 def _replay(tape, outputs):
     """engine.backward, keeping each gate's upstream gradient, what it sent back, every total."""
-    ct = {node: jnp.ones_like(v) for node, v in outputs}
     upstream, sent, grads = [None] * len(tape.records), [None] * len(tape.records), {}
-    for pos in reversed(range(len(tape.records))):
-        rec = tape.records[pos]
-        gs = [None if i is None else ct.get(i) for i in rec.out_ids]
-        for i, g in zip(rec.out_ids, gs):
-            if i is not None and g is not None:
-                grads[i] = g
-        if all(g is None for g in gs):
-            continue
-        g = tuple(gi if gi is not None or i is None else jnp.zeros_like(o)
-                  for gi, i, o in zip(gs, rec.out_ids, rec.outs)) if rec.multi else gs[0]
-        needs = tuple(p is not None for p in rec.parents)
-        dxs = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
-        engine.check_vjp_result(rec, dxs, needs)
+
+    def record(pos, rec, g, needs):
+        dxs = engine.apply_vjp(pos, rec, g, needs)
         upstream[pos] = g
+        for i, gi in zip(rec.out_ids, g if rec.multi else (g,)):
+            if i is not None:
+                grads[i] = gi
         sent[pos] = tuple(None if p is None else (jnp.zeros_like(x) if dx is None else dx)
                           for p, dx, x in zip(rec.parents, dxs, rec.inputs))
-        for p, dx in zip(rec.parents, sent[pos]):
-            if p is not None:
-                ct[p] = ct[p] + dx if p in ct else dx
-    for node in ct:
-        grads.setdefault(node, ct[node])
+        return sent[pos]
+
+    leaves = engine.backward(tape, {node: jnp.ones_like(v) for node, v in outputs}, record)
+    for node, g in leaves.items():
+        grads.setdefault(node, g)
     return upstream, sent, grads
 
 

@@ -1,0 +1,107 @@
+"""fnn.runtime.tune_cpu: the process-wide CPU settings of `python -m fnn` (XLA flag, malloc)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from fnn import runtime
+
+CHILD = r"""
+import json, os, sys
+from fnn.runtime import tune_cpu
+done = tune_cpu()
+import jax, jax.numpy as jnp
+import fnn
+from fnn import nn
+model = nn.cnn((4, 8), 10)
+params, state, _ = model.init(jax.random.PRNGKey(0), (8, 8, 3))
+x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+y = jnp.arange(4) % 10
+def loss(p):
+    out, _ = model.apply(p, state, x, train=True)
+    return fnn.ops.softmax_cross_entropy(out, y)
+g_custom = fnn.grad(loss)(params)
+g_builtin = jax.grad(loss)(params)
+err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)) for a, b in
+          zip(jax.tree_util.tree_leaves(g_custom), jax.tree_util.tree_leaves(g_builtin)))
+again = tune_cpu()
+print(json.dumps({"done": done, "again": again, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                  "err": err}))
+"""
+
+
+def child(env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
+    env.update(env_extra, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_tune_cpu_before_backend_sets_flag_and_malloc():
+    out = child({})
+    done = out["done"]
+    if runtime.jaxlib_knows_ynn_flag():
+        assert done["xla_flags"] == f"{runtime.YNN_FLAG}={runtime.YNN_VALUE}"
+        assert out["xla_flags"].strip() == done["xla_flags"]
+    else:
+        assert done["xla_flags"] is None and "no " + runtime.YNN_FLAG in " ".join(done["notes"])
+    if sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith(
+            "glibc"):
+        assert done["malloc"] is True
+    # the gradients are the same computation: hand-written == jax.grad under the tuned backend
+    assert out["err"] < 1e-5, out
+    # called again after the backend started: nothing changes, and it says why
+    assert out["again"]["xla_flags"] is None and out["again"]["malloc"] is False
+    assert "already started" in out["again"]["notes"][0]
+
+
+def test_user_xla_flags_win():
+    mine = f"{runtime.YNN_FLAG}=individual_dot"
+    if not runtime.jaxlib_knows_ynn_flag():
+        mine = "--xla_cpu_enable_fast_math=false"
+    out = child({"XLA_FLAGS": mine})
+    assert out["xla_flags"].count("ynn_fusion_type") == mine.count("ynn_fusion_type")
+    assert mine in out["xla_flags"] and out["err"] < 1e-5
+
+
+def test_opt_out_keeps_defaults():
+    out = child({"FNN_NO_TUNE": "1"})
+    assert out["done"] == {"xla_flags": None, "malloc": False,
+                           "notes": ["FNN_NO_TUNE is set: JAX's defaults kept"]}
+    assert out["xla_flags"] == ""
+
+
+def test_in_process_after_backend_is_a_no_op():
+    jax.devices()  # the backend is running in the test process
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    done = runtime.tune_cpu(environ=env)
+    assert env == {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    assert done["xla_flags"] is None and not done["malloc"]
+    assert "already started" in done["notes"][0]
+    np.testing.assert_equal(runtime.backend_started(), True)
+
+
+def test_cli_entry_tunes_and_no_tune_opts_out():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
+    env.update(FNN_DEBUG="1", JAX_PLATFORMS="cpu")
+    for extra, expect in (([], "'malloc': True"), (["--no-tune"], None)):
+        r = subprocess.run([sys.executable, "-m", "fnn", "graph", "--help", *extra],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        # --help exits before the command runs: tuning happens only for real commands
+        assert "CPU tuning" not in r.stderr
+        assert "--no-tune" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fnn", "demo"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fnn: CPU tuning" in r.stderr and "'malloc': True" in r.stderr or \
+        not sys.platform.startswith("linux")
+    r = subprocess.run([sys.executable, "-m", "fnn", "demo", "--no-tune"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "CPU tuning" not in r.stderr
