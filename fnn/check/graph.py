@@ -32,6 +32,7 @@ import numpy as np
 from fnn.autodiff import engine
 from fnn.autodiff.traced import Tape, Traced, is_float
 from fnn.errors import describe
+from fnn.pytrees import path_name
 
 SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**",
            "matmul": "@", "negative": "*-1", "maximum": "max", "minimum": "min", "sigmoid": "σ"}
@@ -236,8 +237,7 @@ def _box_named(tree, tape, name, inputs):
         leaf = jnp.asarray(leaf)
         if is_float(leaf):
             t = tape.input(leaf)
-            keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-            inputs[t.node] = ("/".join(filter(None, [name] + keys)), leaf)
+            inputs[t.node] = (path_name(path, name), leaf)
             leaf = t
         boxed.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, boxed)

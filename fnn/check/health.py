@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.nn.layer import split_key
+from fnn.pytrees import path_name
 
 SATURATION = 0.99  # |tanh| above, sigmoid outside [1 - SATURATION, SATURATION]
 DEAD = ("relu",)
@@ -108,8 +109,7 @@ def by_layer(tree, name: str = "model") -> dict:
     path of the dict holding them); `name` for leaves at the top (a one-layer model)."""
     groups = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path[:-1]]
-        groups.setdefault("/".join(keys) or name, []).append(leaf)
+        groups.setdefault(path_name(path[:-1]) or name, []).append(leaf)
     return groups
 
 

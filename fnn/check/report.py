@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.check.gates import MODEL_RTOL
+from fnn.pytrees import path_name
 
 VERDICTS = ("ok", "custom wrong", "built-in disagrees", "finite differences unreliable here",
             "custom and built-in disagree", "all three disagree")
@@ -200,7 +201,7 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
         treedefs.append(tree)
         for path, leaf in flat:
             prefix = f"arg{a}" if len(nums) > 1 or not path else ""
-            paths.append("/".join(filter(None, [prefix] + [_key(p) for p in path])))
+            paths.append(path_name(path, prefix))
             leaves.append(jnp.asarray(leaf))
     bad = [(n, l.dtype) for n, l in zip(paths, leaves) if not jnp.issubdtype(l.dtype, jnp.floating)]
     if bad:
@@ -235,13 +236,6 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
     return GradReport(reports, seed, model_dtype, numeric.dtype, f"{device.platform}:"
                       f"{device.device_kind}", jax.__version__, tol, ntol, max_elements, step,
                       floor, "; ".join(errors) or None)
-
-
-def _key(p) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(p, attr):
-            return str(getattr(p, attr))
-    return str(p)
 
 
 def _flat_grads(run, what, errors):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from fnn.nn.layer import Layer
+from fnn.pytrees import key_name
 
 
 def count_params(tree) -> int:
@@ -33,7 +34,7 @@ def _describe(tree) -> str:
     leaves = sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda pl: -len(pl[1].shape))
     if not leaves:
         return "-"
-    return ", ".join(f"{path[-1].key if hasattr(path[-1], 'key') else path[-1]} "
+    return ", ".join(f"{key_name(path[-1])} "
                      f"{'x'.join(map(str, leaf.shape)) or 'scalar'}" for path, leaf in leaves)
 
 

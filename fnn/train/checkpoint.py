@@ -30,6 +30,7 @@ import numpy as np
 import safetensors.numpy
 
 from fnn.errors import FnnError
+from fnn.pytrees import path_name
 from fnn.train.state import TrainState
 
 FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files load unverified
@@ -37,13 +38,6 @@ FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files l
 
 class CheckpointError(FnnError, ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
-
-
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
 
 
 def _to_numpy(leaf):
@@ -57,7 +51,7 @@ def flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     """{'prefix/path/to/leaf': numpy array} for every leaf of `tree`."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = "/".join([prefix] + [_key_name(k) for k in path])
+        name = path_name(path, prefix)
         if name in out:
             raise CheckpointError(f"two leaves of '{prefix}' have the same name {name!r}")
         out[name] = _to_numpy(leaf)
@@ -197,7 +191,7 @@ def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "c
         paths, treedef = jax.tree_util.tree_flatten_with_path(template)
         leaves = []
         for path, leaf in paths:
-            name = "/".join([prefix] + [_key_name(k) for k in path])
+            name = path_name(path, prefix)
             expected.add(name)
             shape = _shape(leaf)
             if name not in tensors:

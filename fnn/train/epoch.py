@@ -35,6 +35,26 @@ def epoch_batches(key, n: int, batch_size: int):
     return order.reshape(n_steps, batch_size), jax.random.split(step_key, n_steps)
 
 
+def scan_steps(step: Callable, carry, x, y, order, keys, progress: Callable | None = None):
+    """lax.scan of `step` over the batches (x[order[i]], y[order[i]]) with keys[i]: the body of
+    an epoch. carry = (params, state, opt_state) -> (carry after the steps, per-step metrics).
+    `progress(done)` is called about 20 times (from the compiled program) if given."""
+    n_steps = order.shape[0]
+    every = max(1, n_steps // 20)
+
+    def body(carry, inputs):
+        idx, k, i = inputs
+        batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
+        params, state, opt_state, metrics = step(*carry, batch, k)
+        if progress is not None:
+            done = i + 1
+            lax.cond((done % every == 0) | (done == n_steps),
+                     lambda: jax.debug.callback(progress, done), lambda: None)
+        return (params, state, opt_state), metrics
+
+    return lax.scan(body, tuple(carry), (order, keys, jnp.arange(n_steps)))
+
+
 def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | None = None,
                      donate: bool = True, devices=None):
     """epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
@@ -55,21 +75,8 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
 
     def epoch(params, state, opt_state, x, y, key):
         order, keys = epoch_batches(key, x.shape[0], batch_size)
-        n_steps = order.shape[0]
-        every = max(1, n_steps // 20)
-
-        def body(carry, inputs):
-            idx, k, i = inputs
-            batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
-            params, state, opt_state, metrics = step(*carry, batch, k)
-            if progress is not None:
-                done = i + 1
-                lax.cond((done % every == 0) | (done == n_steps),
-                         lambda: jax.debug.callback(progress, done), lambda: None)
-            return (params, state, opt_state), metrics
-
-        carry, metrics = lax.scan(body, (params, state, opt_state),
-                                  (order, keys, jnp.arange(n_steps)))
+        carry, metrics = scan_steps(step, (params, state, opt_state), x, y, order, keys,
+                                    progress)
         return (*carry, metrics)
 
     return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else ())

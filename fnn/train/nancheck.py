@@ -14,12 +14,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from fnn.autodiff.nans import NanOriginError, debug_nans
-from fnn.train.epoch import epoch_batches
+from fnn.train.epoch import epoch_batches, scan_steps
 from fnn.train.step import make_train_step
-from fnn.train.validate import path_name
+from fnn.pytrees import path_name
 
 
 @jax.jit
@@ -36,25 +35,16 @@ def epoch_is_finite(losses, params) -> bool:
 
 def _nonfinite_leaves(tree) -> list[str]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [f"params{path_name(path)}" for path, leaf in leaves
+    return [path_name(path, "params") for path, leaf in leaves
             if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
             and not bool(np.all(np.isfinite(np.asarray(leaf))))]
 
 
 def _run_steps(step, carry, x, y, order, keys):
-    """The first len(order) steps of the epoch, compiled as one scan (as in make_train_epoch)."""
-
-    @jax.jit
-    def run(carry, order, keys):
-        def body(carry, inputs):
-            idx, k = inputs
-            batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
-            *carry, _ = step(*carry, batch, k)
-            return tuple(carry), None
-
-        return lax.scan(body, carry, (order, keys))[0]
-
-    return run(carry, order, keys) if len(order) else carry
+    """The first len(order) steps of the epoch, compiled as one scan (make_train_epoch's)."""
+    if not len(order):
+        return carry
+    return jax.jit(lambda c, o, k: scan_steps(step, c, x, y, o, k)[0])(carry, order, keys)
 
 
 def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, losses,

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 
 from fnn.errors import describe
+from fnn.nn.summary import layer_shapes
+from fnn.pytrees import path_name
 from fnn.train.readers import DataError
 
 
@@ -57,46 +59,23 @@ def check_split(x, y, name: str, num_classes: int | None) -> None:
                             f"{num_classes} outputs; got {values} at examples {_examples(idx)}")
 
 
-def output_shape(model, input_shape) -> tuple:
-    """The model's output shape for one example, from shapes alone (nothing is allocated)."""
-    out = {}
-
-    def init(key):
-        params, state, out["shape"] = model.init(key, tuple(input_shape))
-        return params, state
-
-    jax.eval_shape(init, jax.random.PRNGKey(0))
-    return tuple(out["shape"])
-
-
-def path_name(path) -> str:
-    """"/1_dense/w" for a pytree key path."""
-    return "".join(f"/{getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))}"
-                   for k in path)
-
-
-def _shapes(tree) -> dict:
-    return {path_name(path): tuple(np.shape(leaf))
+def _shapes(tree, prefix: str) -> dict:
+    return {path_name(path, prefix): tuple(np.shape(leaf))
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_start(model, input_shape, start) -> None:
-    """`start` (a TrainState) must have the params/state of `model` on `input_shape`."""
-    want = {}
-
-    def init(key):
-        params, state, _ = model.init(key, tuple(input_shape))
-        return params, state
-
-    want["params"], want["state"] = jax.eval_shape(init, jax.random.PRNGKey(0))
+def check_start(model, input_shape, start, shapes=None) -> None:
+    """`start` (a TrainState) must have the params/state of `model` on `input_shape`
+    (`shapes`: layer_shapes(model, input_shape) if already known)."""
+    want = dict(zip(("params", "state"), shapes or layer_shapes(model, input_shape)))
     problems = []
     for part in ("params", "state"):
-        have, need = _shapes(getattr(start, part)), _shapes(want[part])
-        problems += [f"{part}{k}: {have[k]} in start, {need[k]} in the model"
+        have, need = _shapes(getattr(start, part), part), _shapes(want[part], part)
+        problems += [f"{k}: {have[k]} in start, {need[k]} in the model"
                      for k in sorted(have.keys() & need.keys()) if have[k] != need[k]]
-        problems += [f"{part}{k} {need[k]}: missing from start"
+        problems += [f"{k} {need[k]}: missing from start"
                      for k in sorted(need.keys() - have.keys())]
-        problems += [f"{part}{k} {have[k]}: in start but not in the model"
+        problems += [f"{k} {have[k]}: in start but not in the model"
                      for k in sorted(have.keys() - need.keys())]
     if problems:
         more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
@@ -110,7 +89,8 @@ def check_fit_inputs(model, data, *, loss: str, start=None) -> None:
 
     get_loss(loss)  # an unknown loss name fails here
     input_shape = tuple(np.shape(data.x_train)[1:])
-    out = output_shape(model, input_shape)
+    shapes = layer_shapes(model, input_shape)  # (params, state, output shape) from shapes alone
+    out = shapes[2]
     if len(out) != 1:
         raise ValueError(f"the model maps one example {input_shape} to {out}; the loss {loss!r} "
                          "needs one score per class, (C,): end the model with a Dense layer "
@@ -122,4 +102,4 @@ def check_fit_inputs(model, data, *, loss: str, start=None) -> None:
             raise DataError(f"x_val examples have shape {tuple(np.shape(data.x_val)[1:])} but "
                             f"x_train examples {input_shape}")
     if start is not None:
-        check_start(model, input_shape, start)
+        check_start(model, input_shape, start, shapes)
