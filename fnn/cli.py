@@ -142,7 +142,10 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m fnn train --resume {out}", file=sys.stderr)
         return 130
-    print(f"run directory: {out}")
+    import jax
+
+    if jax.process_index() == 0:  # several processes: only process 0 writes and reports
+        print(f"run directory: {out}")
     return 0
 
 

@@ -45,6 +45,26 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_only_process_zero_writes(tmp_path, monkeypatch, capsys):
+    """Multi-host: processes other than 0 train the same run but write and print nothing."""
+    import jax
+
+    out0, out1 = str(tmp_path / "p0"), str(tmp_path / "p1")
+    assert main(["train", "--epochs", "2", "--out", out0, "--diagnostics", *TINY]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert main(["train", "--epochs", "2", "--out", out1, "--diagnostics", *TINY]) == 0
+    assert not os.path.exists(out1)
+    assert capsys.readouterr().out == ""
+    # resumed on process 1 from process 0's directory: trains, writes nothing there
+    before = {n: os.path.getmtime(os.path.join(out0, n)) for n in os.listdir(out0)}
+    assert main(["train", "--resume", out0, "--epochs", "3", "--no-progress"]) == 0
+    assert {n: os.path.getmtime(os.path.join(out0, n)) for n in os.listdir(out0)} == before
+    results = fnn.train.run.train_run(fnn.train.run.read_config(out0), out1, progress=False)
+    assert set(results) == {"epoch", "step", "test_loss", "test_acc"} and results["epoch"] == 2
+    assert not os.path.exists(out1)
+
+
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch, capsys):
     args = ["--epochs", "3", "--dropout", "0.1", "--schedule", "cosine", *TINY]
     straight = str(tmp_path / "straight")

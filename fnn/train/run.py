@@ -131,9 +131,13 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
     check_nans: name the gate behind a non-finite loss (fit's check_nans). devices=N: data
     parallel over N devices (fit's devices); not part of the config, a resumed run may change it.
 
+    Several processes (multi-host JAX): every process trains, only process 0 writes the run
+    directory and logs; the others return the final test results of their (identical) params.
+
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
-    log = log or (lambda line: None)
+    primary = jax.process_index() == 0  # the one process that writes and logs
+    log = log if log and primary else (lambda line: None)
     data, model, optimizer, schedule = setup(config)
     if devices:  # fail before the run directory is made
         data_parallel(devices).check_batch_size(config.batch_size, "--batch-size")
@@ -146,26 +150,32 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
         ts, _ = load_train_state(os.path.join(out_dir, LAST), ts)
         history = _read_history(metrics_path, ts.epoch)
         log(f"resuming {out_dir} after epoch {ts.epoch} (step {ts.step})")
-    else:
+    elif primary:
         os.makedirs(out_dir, exist_ok=True)
         if os.path.exists(os.path.join(out_dir, "config.json")):
             raise FileExistsError(f"{out_dir} already holds a run: continue it with --resume "
                                   f"{out_dir}, or choose another --out")
         history = []
         log(summary(model, data.input_shape))
-    with open(metrics_path, "w") as f:  # rewritten: drops epochs past the checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    _write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+    else:
+        history = []
+    if primary:
+        with open(metrics_path, "w") as f:  # rewritten: drops epochs past the checkpoint
+            f.writelines(json.dumps(r) + "\n" for r in history)
+        _write_json(os.path.join(out_dir, "config.json"), config.to_dict())
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
         f"device {jax.devices()[0].platform}"
         + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device)"
            if devices else ""))
     best_acc = max((r.get("val_acc", -1.0) for r in history), default=-1.0)
-    health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log)
+    health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
 
     def on_epoch(ts: TrainState, record: dict):
         nonlocal best_acc
-        health.write(record.pop("diagnostics", []))
+        rows = record.pop("diagnostics", [])
+        if not primary:
+            return
+        health.write(rows)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if "val_acc" in record and record["val_acc"] > best_acc:  # no validation set: no best
@@ -175,9 +185,11 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
 
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
                   grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
-                  schedule=schedule, callback=on_epoch, progress=progress, log=log,
+                  schedule=schedule, callback=on_epoch, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices)
     history += new
+    if not primary:  # process 0 writes the best checkpoint; no waiting for it here
+        return final_results(model, ts, data, None, config)
     if history:
         plot_curves(history, os.path.join(out_dir, "curves.png"),
                     f"{config.model} on {config.dataset}, grad={config.grad}")
@@ -192,15 +204,16 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
     return results
 
 
-def final_results(model, ts: TrainState, data, out_dir: str, config: TrainConfig) -> dict:
-    """Test loss/accuracy of the final params and of the best checkpoint."""
+def final_results(model, ts: TrainState, data, out_dir: str | None, config: TrainConfig) -> dict:
+    """Test loss/accuracy of the final params and of the best checkpoint in `out_dir` (None:
+    the final params only)."""
     evaluate = make_evaluate(model, loss=config.loss)
     x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
     last = evaluate(ts.params, ts.state, x, y)
     results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"]),
                "test_acc": float(last["accuracy"])}
-    best_path = os.path.join(out_dir, BEST)
-    if os.path.isfile(best_path):
+    best_path = None if out_dir is None else os.path.join(out_dir, BEST)
+    if best_path and os.path.isfile(best_path):
         tensors, meta = read_checkpoint(best_path)
         best = restore(tensors, {"params": ts.params, "state": ts.state})
         r = evaluate(best["params"], best["state"], x, y)
