@@ -8,8 +8,8 @@ kernels run the convolutions and how the step's scratch memory is allocated:
 1. XLA flag `--xla_cpu_experimental_ynn_fusion_type=reduce,individual_dot`: matrix products
    and reductions stay with YNNPACK, convolutions go to XLA's Eigen kernels. On the 2-core
    AMD EPYC machine of docs/benchmarks.md this made the small CNN's step 2.2x faster (84 -> 38
-   ms) and the ResNet's 1.5x (194 -> 127 ms), with the MLP step unchanged, for fnn's rules and
-   jax.grad alike. Added to XLA_FLAGS only when jaxlib knows the flag and the user's XLA_FLAGS
+   ms) and the ResNet's 1.8x (201 -> 112 ms), with the MLP step unchanged, for fnn's rules and
+   jax.grad alike (the full runs of docs/benchmarks.md: CNN 85 -> 37 ms, 2.3x). Added to XLA_FLAGS only when jaxlib knows the flag and the user's XLA_FLAGS
    do not already set it (an unknown flag would abort JAX at start-up).
 2. glibc malloc (Linux): one arena, allocations up to 1 GiB served from the heap and the heap
    never trimmed below 2 GiB. XLA allocates a step's scratch memory (tens to hundreds of MiB)
@@ -17,6 +17,9 @@ kernels run the convolutions and how the step's scratch memory is allocated:
    it is faulted in again at every step (19 k page faults per CNN step, about a third of its
    time). With these settings the blocks are reused: 0 page faults per step. The cost is that
    up to 2 GiB of freed memory stays with the process instead of going back to the system.
+   Left alone when JAX may run on an accelerator (a CUDA/ROCm/TPU plugin is installed and
+   JAX_PLATFORMS does not say cpu), and when glibc refuses the 1 GiB mmap threshold (then
+   nothing is changed: older glibc caps it at 32 MiB).
 
 Both must happen before the backend starts (the first computation, jax.devices(), ...): after
 that XLA has read its flags and its threads have their malloc arenas, so `tune_cpu` then changes
@@ -27,8 +30,10 @@ defaults, e.g. to compare.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import mmap
 import os
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -39,7 +44,10 @@ _YNN_NEEDS = (YNN_FLAG[2:].encode(), b"LIBRARY_FUSION_TYPE_REDUCE",
               b"LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
-MALLOC_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 1 << 31))
+# in this order: the mmap threshold first, so that a glibc refusing it is left as it was
+# (mallopt takes a C int: 2**31 - 1 is the largest trim threshold it can be given)
+MALLOC_SETTINGS = ((M_MMAP_THRESHOLD, 1 << 30), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, 2**31 - 1))
+OFF = ("", "0", "false", "no", "off")  # FNN_NO_TUNE values that do not opt out
 
 
 def backend_started() -> bool:
@@ -68,6 +76,23 @@ def jaxlib_knows_ynn_flag() -> bool:
     return False
 
 
+def accelerator_plugin() -> str | None:
+    """The name of an installed JAX accelerator plugin (CUDA, ROCm, TPU) that JAX may use, found
+    without starting JAX; None when there is none or JAX_PLATFORMS names only the CPU."""
+    platforms = {p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()}
+    if platforms and platforms <= {"cpu"}:
+        return None
+    names = []
+    try:
+        import jax_plugins
+        names = [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+    except ImportError:
+        pass
+    names += [n for n in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+              if importlib.util.find_spec(n) is not None]
+    return next((n for n in names if any(k in n for k in ("cuda", "rocm", "tpu"))), None)
+
+
 def _tune_malloc() -> str | None:
     """Apply MALLOC_SETTINGS through glibc's mallopt; None, or why it was not done."""
     if not sys.platform.startswith("linux"):
@@ -83,8 +108,11 @@ def _tune_malloc() -> str | None:
     except (OSError, AttributeError):
         return "malloc: left alone (no mallopt in this process)"
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    failed = [p for p, v in MALLOC_SETTINGS if mallopt(p, v) != 1]
-    return f"malloc: mallopt refused parameters {failed}" if failed else None
+    for i, (param, value) in enumerate(MALLOC_SETTINGS):
+        if mallopt(param, value) != 1:
+            return (f"malloc: mallopt refused parameter {param} = {value}" +
+                    (" (nothing changed)" if i == 0 else ""))
+    return None
 
 
 def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
@@ -95,7 +123,7 @@ def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
     """
     environ = os.environ if environ is None else environ
     done = {"xla_flags": None, "malloc": False, "notes": []}
-    if environ.get("FNN_NO_TUNE", "").strip() not in ("", "0"):
+    if environ.get("FNN_NO_TUNE", "").strip().lower() not in OFF:
         done["notes"].append("FNN_NO_TUNE is set: JAX's defaults kept")
         return done
     if backend_started():
@@ -112,7 +140,10 @@ def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
             flag = f"{YNN_FLAG}={YNN_VALUE}"
             environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
             done["xla_flags"] = flag
-    if malloc:
+    plugin = accelerator_plugin() if malloc else None
+    if plugin:
+        done["notes"].append(f"malloc: left alone (JAX may run on an accelerator: {plugin})")
+    elif malloc:
         why = _tune_malloc()
         done["malloc"] = why is None
         if why:

@@ -33,9 +33,10 @@ def backward(tape: Tape, seeds: dict, rule=None) -> dict:
     The walk: gates in reverse order of recording; a gate none of whose outputs got a cotangent
     is skipped; a multi-output gate gets zeros for its outputs that got none; what a gate sends
     back is added into its parents' cotangents (a value used twice sums both). `rule(pos, rec,
-    g, needs) -> grads`, one per input (None where not needed), is what each gate sends back:
-    by default its VJP, checked (`apply_vjp`); locate_divergence and graph pass their own to
-    compare or record on the same walk.
+    g, needs, got) -> grads`, one per input (None where not needed), is what each gate sends
+    back (`got`: which outputs had a cotangent before the zero-fill): by default its VJP,
+    checked (`apply_vjp`); locate_divergence and graph pass their own to compare or record on
+    the same walk.
     """
     rule = apply_vjp if rule is None else rule
     ct = dict(seeds)
@@ -49,18 +50,27 @@ def backward(tape: Tape, seeds: dict, rule=None) -> dict:
                       for gi, i, o in zip(gs, rec.out_ids, rec.outs))
         else:
             g = gs[0]
-        grads = rule(pos, rec, g, tuple(p is not None for p in rec.parents))
+        grads = rule(pos, rec, g, tuple(p is not None for p in rec.parents),
+                     tuple(gi is not None for gi in gs))
         for p, dx in zip(rec.parents, grads or ()):
             if p is not None and dx is not None:
                 ct[p] = ct[p] + dx if p in ct else dx
     return ct
 
 
-def apply_vjp(pos, rec, g, needs):
-    """The gate's hand-written VJP on upstream `g`, with its contract checked (and NaNs watched
-    under fnn.debug_nans): a crash or a malformed result names the gate and its call site."""
+def call_vjp(rec, g, needs):
+    """The gate's hand-written VJP on upstream `g`, its result's contract checked (one entry
+    per input, shapes and dtypes of the inputs): raises what the VJP raises."""
+    grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
+    check_vjp_result(rec, grads, needs)
+    return grads
+
+
+def apply_vjp(pos, rec, g, needs, got=None):
+    """`call_vjp` as the engine runs it: a crash names the gate and its call site, and NaNs
+    are watched under fnn.debug_nans."""
     try:
-        grads = rec.gate.call_vjp(g, rec.saved, needs, rec.static)
+        grads = call_vjp(rec, g, needs)
     except (TypeError, ValueError) as e:
         if isinstance(e, FnnError):
             raise
@@ -69,7 +79,6 @@ def apply_vjp(pos, rec, g, needs):
             f"VJP of gate '{rec.gate.name}' failed (called at {rec.site}) with upstream "
             f"gradient {ups} and inputs ({', '.join(describe(x) for x in rec.inputs)}): {e}"
         ) from e
-    check_vjp_result(rec, grads, needs)
     if nans.active():
         nans.check(rec.gate.name, "backward (VJP)", rec.site, g if rec.multi else (g,),
                    [dx if need else None for dx, need in zip(grads, needs)],

@@ -97,13 +97,13 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
 
     found, checked = [], []
 
-    def compare(pos, rec, g, needs):
+    def compare(pos, rec, g, needs, got):
         """The hand-written VJP against jax.vjp of the gate's forward; passes on the reference
         (so one wrong gate does not make every gate before it look wrong)."""
         checked.append(pos)
         mine, message = None, ""
         try:
-            mine = engine.apply_vjp(pos, rec, g, needs)
+            mine = engine.call_vjp(rec, g, needs)
         except Exception as e:  # a VJP that raises or breaks its contract is a divergence too
             message = f"the VJP raised {type(e).__name__}: {e}"
         try:

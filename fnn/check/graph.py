@@ -252,11 +252,11 @@ def _replay(tape, outputs):
     """engine.backward, keeping each gate's upstream gradient, what it sent back, every total."""
     upstream, sent, grads = [None] * len(tape.records), [None] * len(tape.records), {}
 
-    def record(pos, rec, g, needs):
-        dxs = engine.apply_vjp(pos, rec, g, needs)
+    def record(pos, rec, g, needs, got):
+        dxs = engine.call_vjp(rec, g, needs)
         upstream[pos] = g
-        for i, gi in zip(rec.out_ids, g if rec.multi else (g,)):
-            if i is not None:
+        for i, gi, had in zip(rec.out_ids, g if rec.multi else (g,), got):
+            if i is not None and had:  # outputs that got no gradient stay out of grads
                 grads[i] = gi
         sent[pos] = tuple(None if p is None else (jnp.zeros_like(x) if dx is None else dx)
                           for p, dx, x in zip(rec.parents, dxs, rec.inputs))
