@@ -9,6 +9,7 @@ one line, `fnn <command>: error: ...`, and exit with status 1; set FNN_DEBUG=1 f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -42,9 +43,6 @@ def _int_tuple(s: str) -> tuple:
 
 
 # ---- train -------------------------------------------------------------------------------------
-TRAIN_OPTIONS = ("model", "dataset", "data_dir", "grad", "optimizer", "lr", "schedule", "epochs",
-                 "batch_size", "seed", "weight_decay", "clip", "l2", "loss", "val_fraction",
-                 "hidden", "channels", "activation", "init", "dropout", "limit")
 RESUME_MAY_CHANGE = ("epochs", "data_dir")
 
 
@@ -107,7 +105,8 @@ def _train_config(args):
     """(config, run directory, resume?) from the parsed options."""
     from fnn.train.run import TrainConfig, read_config
 
-    given = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    options = [f.name for f in dataclasses.fields(TrainConfig)]  # each has its --option
+    given = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
     if args.resume is None:
         config = TrainConfig(**given)
         out = args.out or os.path.join(
