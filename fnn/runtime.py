@@ -76,10 +76,11 @@ def jaxlib_knows_ynn_flag() -> bool:
     return False
 
 
-def accelerator_plugin() -> str | None:
+def accelerator_plugin(environ=None) -> str | None:
     """The name of an installed JAX accelerator plugin (CUDA, ROCm, TPU) that JAX may use, found
     without starting JAX; None when there is none or JAX_PLATFORMS names only the CPU."""
-    platforms = {p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()}
+    environ = os.environ if environ is None else environ
+    platforms = {p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()}
     if platforms and platforms <= {"cpu"}:
         return None
     names = []
@@ -140,7 +141,7 @@ def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
             flag = f"{YNN_FLAG}={YNN_VALUE}"
             environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
             done["xla_flags"] = flag
-    plugin = accelerator_plugin() if malloc else None
+    plugin = accelerator_plugin(environ) if malloc else None
     if plugin:
         done["notes"].append(f"malloc: left alone (JAX may run on an accelerator: {plugin})")
     elif malloc:

@@ -115,11 +115,10 @@ def test_malloc_settings_fit_mallopt():
     assert runtime.MALLOC_SETTINGS[0][0] == runtime.M_MMAP_THRESHOLD
 
 
-def test_opt_out_values_and_cpu_only_platforms(monkeypatch):
+def test_opt_out_values_and_cpu_only_platforms():
     jax.devices()
     for value in ("1", "yes", "true"):
         assert "FNN_NO_TUNE" in runtime.tune_cpu(environ={"FNN_NO_TUNE": value})["notes"][0]
     for value in ("0", "false", "off", ""):  # not an opt-out: gets as far as the backend check
         assert "already started" in runtime.tune_cpu(environ={"FNN_NO_TUNE": value})["notes"][0]
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert runtime.accelerator_plugin() is None
+    assert runtime.accelerator_plugin({"JAX_PLATFORMS": "cpu"}) is None
