@@ -16,6 +16,7 @@ from fnn.bench.timing import interleaved, matmul_flops, page_faults, peak_mb, pr
 from fnn.bench.torch_ref import time_torch, torch_step
 from fnn.nn.layer import Layer
 
+
 def _init(model: Layer, input_shape, seed: int):
     """(params, state) of `model`, initialized in one compiled program (not op by op)."""
     init = jax.jit(lambda key: model.init(key, input_shape)[:2])
@@ -25,6 +26,16 @@ def _init(model: Layer, input_shape, seed: int):
 def _copy(tree):
     """Fresh buffers with the same values (for arguments that a call donates)."""
     return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), tree)
+
+
+def _chained(compiled, carry: list, *rest):
+    """A zero-argument call of `compiled(*carry, *rest)` that donates the previous call's
+    (params, state, opt_state) and keeps the new ones in `carry`, as in training; -> metrics."""
+    def call():
+        out = compiled(*carry, *rest)
+        carry[:] = out[:-1]
+        return out[-1]
+    return call
 
 
 def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_reps: int,
@@ -58,13 +69,10 @@ def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_rep
     flops = matmul_flops(jax.make_jaxpr(make_train_step(model, opt, grad="builtin",
                                                         jit=False))(*args))
 
-    carry = {g: _copy(args[:3]) for g in GRADS}
+    carry = {g: list(_copy(args[:3])) for g in GRADS}
 
-    def chained(g):  # each call donates the previous call's results, as in training
-        def call():
-            *carry[g], metrics = compiled[g](*carry[g], (x, y), key)
-            return metrics
-        return call
+    def chained(g):
+        return _chained(compiled[g], carry[g], (x, y), key)
 
     med = interleaved({g: chained(g) for g in GRADS}, reps)
     if reference is not None:  # on its own: a big matmul between the steps would evict caches
@@ -123,13 +131,10 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
         t0 = time.perf_counter()
         compiled[g] = epoch.lower(params, state, opt_state, x, y, key).compile()
         compile_s[g] = time.perf_counter() - t0
-        carry[g] = _copy((params, state, opt_state))
+        carry[g] = list(_copy((params, state, opt_state)))
 
     def chained(g):
-        def call():
-            *carry[g], metrics = compiled[g](*carry[g], x, y, key)
-            return metrics
-        return call
+        return _chained(compiled[g], carry[g], x, y, key)
 
     med = interleaved({g: chained(g) for g in GRADS}, reps, warmup=1)
     steps = steps_per_epoch(x.shape[0], spec["batch"])

@@ -12,6 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+
 def _block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 

@@ -19,8 +19,6 @@ from fnn.autodiff.registry import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._cases import away_from, distinct, normal, unary_cases
 
-_cases = unary_cases
-
 
 def _wide(rng, shape, dtype):
     return normal(rng, shape, dtype, scale=3.0)
@@ -47,7 +45,7 @@ def sigmoid_vjp(g, s):
     return (g * s * (1.0 - s),)
 
 
-sigmoid.defcases(_cases(_wide))
+sigmoid.defcases(unary_cases(_wide))
 
 
 @defgate
@@ -62,7 +60,7 @@ def tanh_vjp(g, t):
     return (g * (1.0 - t * t),)
 
 
-tanh.defcases(_cases(_wide))
+tanh.defcases(unary_cases(_wide))
 
 
 # ---- rectifiers: route g by the sign of x ----------------------------------------------------
@@ -80,7 +78,7 @@ def relu_vjp(g, positive):
     return (jnp.where(positive, g, 0.0),)
 
 
-relu.defcases(_cases(_off_kink))
+relu.defcases(unary_cases(_off_kink))
 
 
 @defgate
@@ -99,7 +97,7 @@ def leaky_relu_vjp(g, positive, *, alpha=0.01):
     return (jnp.where(positive, g, alpha * g),)
 
 
-leaky_relu.defcases(_cases(_off_kink, kwargs=({}, {"alpha": 0.2})))
+leaky_relu.defcases(unary_cases(_off_kink, kwargs=({}, {"alpha": 0.2})))
 
 
 @defgate
@@ -120,7 +118,7 @@ def elu_vjp(g, saved, *, alpha=1.0):
     return (jnp.where(x > 0, g, g * (out + alpha)),)
 
 
-elu.defcases(_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))
+elu.defcases(unary_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))
 
 
 # ---- maxout: the max gate over groups --------------------------------------------------------
@@ -189,7 +187,7 @@ def softplus_vjp(g, x):
     return (g * jax.nn.sigmoid(x),)
 
 
-softplus.defcases(_cases(_wide))
+softplus.defcases(unary_cases(_wide))
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -222,7 +220,7 @@ def gelu_vjp(g, saved, *, approximate=False):
     return (g * (s + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
 
 
-gelu.defcases(_cases(_wide, kwargs=({}, {"approximate": True})))
+gelu.defcases(unary_cases(_wide, kwargs=({}, {"approximate": True})))
 
 
 @defgate
@@ -241,4 +239,4 @@ def silu_vjp(g, saved):
     return (g * s * (1.0 + x * (1.0 - s)),)
 
 
-silu.defcases(_cases(_wide))
+silu.defcases(unary_cases(_wide))

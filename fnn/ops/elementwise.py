@@ -24,9 +24,6 @@ def _positive(rng, shape, dtype):
     return uniform(rng, shape, dtype, 0.5, 2.0)
 
 
-_unary_cases = unary_cases
-
-
 # ---- add: distributes ------------------------------------------------------------------------
 @defgate
 def add(x, y):
@@ -102,7 +99,7 @@ def negative_vjp(g, saved):
     return (-g,)
 
 
-negative.defcases(_unary_cases())
+negative.defcases(unary_cases())
 
 
 @defgate
@@ -144,7 +141,7 @@ def exp_vjp(g, out):
     return (g * out,)
 
 
-exp.defcases(_unary_cases())
+exp.defcases(unary_cases())
 
 
 @defgate
@@ -158,7 +155,7 @@ def log_vjp(g, x):
     return (g / x,)
 
 
-log.defcases(_unary_cases(_positive))
+log.defcases(unary_cases(_positive))
 
 
 @defgate
@@ -173,7 +170,7 @@ def sqrt_vjp(g, out):
     return (g * 0.5 / out,)
 
 
-sqrt.defcases(_unary_cases(_positive))
+sqrt.defcases(unary_cases(_positive))
 
 
 @defgate
@@ -190,7 +187,7 @@ def abs_vjp(g, x):
     return (g * jnp.sign(x),)
 
 
-abs.defcases(_unary_cases(away_from))
+abs.defcases(unary_cases(away_from))
 
 
 # ---- max gate: routes --------------------------------------------------------------------------
