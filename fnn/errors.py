@@ -22,16 +22,13 @@ class ForeignCallError(FnnError, TypeError):
 
 
 def describe(x) -> str:
-    """Short 'f32[3,4]' description of an array-like (or its type name)."""
-    from fnn.autodiff.traced import Traced
-
-    if isinstance(x, Traced):
-        x = x.value
+    """Short 'f32[3,4]' description of an array-like, a traced value or a ShapeDtypeStruct (or
+    its type name)."""
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", None)
     if shape is None or dtype is None:
         return type(x).__name__
-    import numpy as np
+    import numpy as np  # noqa: PLC0415  (numpy only when describing)
 
     short = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
              "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8",

@@ -1,9 +1,21 @@
-"""The registry (how a gate declares forward + VJP), the recorded graph, and the engine."""
+"""The stand-alone core: gate declaration, the tape, the public trace, the backward walk, NaN
+watch. It imports nothing from fnn above it (only fnn.errors).
 
+  gate.py      Case, Gate, defgate, unbroadcast, collect_gates: how a gate is declared
+  tape.py      Traced, Record, Tape, apply: the graph recorded in the forward pass
+  backward.py  backward, engine_rule: the tape walked in reverse, VJPs checked and applied
+  trace.py     trace -> Trace: the forward pass, shared by vjp and the debuggers
+  api.py       make_transforms -> vjp, grad, value_and_grad, trace (JAX's semantics)
+  nans.py      debug_nans, NanOriginError: the first gate that makes a NaN or inf
+"""
+
+from fnn.autodiff.api import Transforms, make_transforms
+from fnn.autodiff.backward import backward, engine_rule
+from fnn.autodiff.gate import Case, Gate, collect_gates, defgate, unbroadcast
 from fnn.autodiff.nans import NanOriginError, debug_nans
-from fnn.autodiff.engine import backward, grad, value_and_grad, vjp
-from fnn.autodiff.registry import Case, Gate, collect_gates, defgate, unbroadcast
-from fnn.autodiff.traced import Record, Tape, Traced, is_traced
+from fnn.autodiff.tape import Record, Tape, Traced, check_vjp_result, is_float, is_traced
+from fnn.autodiff.trace import Trace, check_argnums
 
-__all__ = ["Case", "Gate", "NanOriginError", "debug_nans", "Record", "Tape", "Traced", "backward", "collect_gates", "defgate",
-           "grad", "is_traced", "unbroadcast", "value_and_grad", "vjp"]
+__all__ = ["Case", "Gate", "NanOriginError", "Record", "Tape", "Trace", "Traced", "Transforms",
+           "backward", "check_argnums", "check_vjp_result", "collect_gates", "debug_nans",
+           "defgate", "engine_rule", "is_float", "is_traced", "make_transforms", "unbroadcast"]

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff import engine
-from fnn.autodiff.traced import Tape, Traced
+from fnn.transforms import trace
 from fnn.check.gates import MODEL_RTOL
 from fnn.check.numeric import rel_error
 from fnn.errors import describe
@@ -84,16 +83,7 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
     with ones). argnums: which arguments are differentiated (int or tuple). rtol: tolerance on
     the CS231n relative error per input (default by dtype, RTOL). Returns `Divergences`.
     """
-    fname = "fnn.locate_divergence"
-    nums = engine._check_argnums(argnums, len(args), fname)
-    engine._reject_nesting(args, fname)
-    tape = Tape()
-    boxed = tuple(engine._box(a, tape) if i in nums else a for i, a in enumerate(args))
-    out = engine._run(f, boxed, fname)
-    ct = {}
-    for leaf in jax.tree_util.tree_leaves(out, is_leaf=lambda x: isinstance(x, Traced)):
-        if isinstance(leaf, Traced) and leaf.tape is tape:
-            ct[leaf.node] = jnp.ones_like(leaf.value)
+    tr = trace(f, *args, argnums=argnums)
 
     found, checked = [], []
 
@@ -103,7 +93,7 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
         checked.append(pos)
         mine, message = None, ""
         try:
-            mine = engine.call_vjp(rec, g, needs)
+            mine = rec.pullback(g, needs)
         except Exception as e:  # a VJP that raises or breaks its contract is a divergence too
             message = f"the VJP raised {type(e).__name__}: {e}"
         try:
@@ -122,7 +112,7 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
                 tuple(None if e is None else e[0] for e in errors), pos, message))
         return ref if ref is not None else mine
 
-    engine.backward(tape, ct, compare)
+    tr.backward(tr.seeds(), compare)
     return Divergences(found, checked=len(checked), rtol=rtol)
 
 
@@ -137,16 +127,25 @@ def _reference(rec, g, needs):
         return rec.gate.forward(*full, **rec.static)[0]
 
     _, pullback = jax.vjp(forward, *[rec.inputs[k] for k in diff])
-    if rec.multi:
-        g = tuple(np.zeros(np.shape(o), jax.dtypes.float0) if i is None else gi
-                  for gi, i, o in zip(g, rec.out_ids, rec.outs))
+    if rec.multi:  # integer outputs take float0 cotangents
+        leaves = [np.zeros(np.shape(o), jax.dtypes.float0) if i is None else gi
+                  for gi, i, o in zip(rec.out_tree.flatten_up_to(g), rec.out_ids, rec.outs)]
+        g = jax.tree_util.tree_unflatten(rec.out_tree, leaves)
     res = iter(pullback(g))
     return tuple(next(res) if n else None for n in needs)
 
 
 def _error(mine, ref, x, rtol):
-    """(relative error, tolerance) of one input's gradient; None from the VJP means zeros."""
-    mine = np.zeros(np.shape(x)) if mine is None else np.asarray(mine, np.float64)
-    tol = rtol if rtol is not None else RTOL.get(str(jnp.result_type(x)), 1e-4)
-    err = rel_error(mine, np.asarray(ref, np.float64))
-    return (err if np.isfinite(err) else float("inf")), tol
+    """(relative error, tolerance) of one input's gradient (the worst leaf of a pytree input);
+    None from the VJP means zeros."""
+    worst = (0.0, rtol if rtol is not None else 1e-4)
+    mine_leaves = (jax.tree_util.tree_leaves(x) if mine is None else
+                   jax.tree_util.tree_structure(x).flatten_up_to(mine))
+    for m, r, leaf in zip(mine_leaves, jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(x)):
+        m = np.zeros(np.shape(leaf)) if mine is None or m is None else np.asarray(m, np.float64)
+        tol = rtol if rtol is not None else RTOL.get(str(jnp.result_type(leaf)), 1e-4)
+        err = rel_error(m, np.asarray(r, np.float64))
+        err = err if np.isfinite(err) else float("inf")
+        if err / tol > worst[0] / worst[1]:
+            worst = (err, tol)
+    return worst

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff.engine import vjp as fnn_vjp
-from fnn.autodiff.traced import is_float
+from fnn.autodiff import is_float
+from fnn.transforms import vjp as fnn_vjp
 from fnn.check.numeric import numerical_vjp, rel_error
 
 # max relative error of a hand-written VJP against jax.vjp, by dtype

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff.engine import grad as fnn_grad
-from fnn.autodiff.engine import vjp as fnn_vjp
-from fnn.autodiff.registry import collect_gates
+from fnn.autodiff import collect_gates
+from fnn.transforms import grad as fnn_grad
+from fnn.transforms import vjp as fnn_vjp
 from fnn.check.gates import NUMERIC_TOLERANCE, TOLERANCE, cast_case, gate_functions
 from fnn.check.numeric import rel_error
 

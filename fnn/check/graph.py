@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff import engine
-from fnn.autodiff.traced import Tape, Traced, is_float
+from fnn.autodiff import is_float
+from fnn.transforms import trace
 from fnn.errors import describe
 from fnn.pytrees import path_name
 
@@ -63,13 +63,15 @@ class Edge:
 class Graph:
     """A recorded graph: `nodes`, `edges`, and the raw tape with upstream gradients and VJPs."""
 
-    def __init__(self, tape, inputs: dict, outputs: list, title: str = "", groups=None):
-        """inputs: node id -> (name, value) of each boxed leaf; outputs: [(node id, value)];
-        groups: None (a node per gate) or [(label, tape positions)] (a node per group)."""
-        self.tape, self.outputs, self.title = tape, outputs, title
-        self.inputs = {node: name for node, (name, _) in inputs.items()}
-        self.input_values = {node: value for node, (_, value) in inputs.items()}
-        self.upstream, self.sent, self.grads = _replay(tape, outputs)
+    def __init__(self, tr, names: list, title: str = "", groups=None):
+        """tr: the Trace; names: a name per positional argument (its leaves are named by their
+        paths below it); groups: None (a node per gate) or [(label, tape positions)]."""
+        self.tape, self.title = tr.tape, title
+        self.outputs = [(node, v) for node, v in zip(tr.out_nodes, jax.tree_util.tree_leaves(tr.out))
+                        if node is not None]
+        self.inputs = {node: path_name(path, names[a]) for a, path, node, _ in tr.inputs()}
+        self.input_values = {node: value for _, _, node, value in tr.inputs()}
+        self.upstream, self.sent, self.grads = _replay(tr)
         self.nodes, self.edges = _build(self, groups)
 
     # -- views ------------------------------------------------------------------------------
@@ -134,10 +136,8 @@ class Graph:
         scalar = not rec.multi and all(np.size(x) == 1 for x in rec.inputs + rec.outs)
         lines.append(f"  upstream gradient  {_fmt(g)}")
         if scalar:
-            ones = jnp.ones_like(g)
-            needs = tuple(p is not None for p in rec.parents)
-            local = rec.gate.call_vjp(ones, rec.saved, needs, rec.static)
-        for k, (p, x) in enumerate(zip(rec.parents, rec.inputs)):
+            local = rec.pullback(jnp.ones_like(g))
+        for k, j, p, x in _input_leaves(rec):
             if p is None:
                 continue
             who = f"input {k} ({names.get(p, '#?')} = {_fmt(x)})"
@@ -145,7 +145,7 @@ class Graph:
                 lines.append(f"  {who}: local gradient {_fmt(local[k])} x upstream {_fmt(g)} = "
                              f"{_fmt(sent[k])}")
             else:
-                lines.append(f"  {who}: VJP sends back {_fmt(sent[k])}")
+                lines.append(f"  {who}: VJP sends back {_fmt(rec.leaf_grads(k, sent[k])[j])}")
         if not scalar:
             lines.append("  (the local gradient is a Jacobian; the hand-written VJP multiplies "
                          "the upstream gradient by it without forming it)")
@@ -189,12 +189,7 @@ def graph(f, *args, argnums=None, title: str | None = None) -> Graph:
     if argnums is None:
         argnums = tuple(i for i, a in enumerate(args) if any(
             is_float(l) for l in jax.tree_util.tree_leaves(a)))
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    engine._reject_nesting(args, "fnn.graph")
-    tape, inputs = Tape(), {}
-    boxed = [_box_named(a, tape, names[i], inputs) if i in nums else a for i, a in enumerate(args)]
-    out = engine._run(f, boxed, "fnn.graph")
-    return Graph(tape, inputs, _out_nodes(out, tape), title or "", None)
+    return Graph(trace(f, *args, argnums=argnums), names, title or "", None)
 
 
 def graph_layers(model, params, state, x, y=None, *, train: bool = True,
@@ -204,21 +199,23 @@ def graph_layers(model, params, state, x, y=None, *, train: bool = True,
     from fnn import ops
 
     children = model.children if model.kind == "serial" else ((model.name, model),)
-    tape, inputs = Tape(), {}
-    p = _box_named(params, tape, "", inputs)
-    h = _box_named(x, tape, "x", inputs)
-    groups = []
-    for key, layer in children:
-        start = len(tape.records)
-        sub_p = p[key] if model.kind == "serial" else p
-        sub_s = state[key] if model.kind == "serial" else state
-        h, _ = layer.apply(sub_p, sub_s, h, train=train)
-        groups.append((key, range(start, len(tape.records))))
-    if y is not None:
-        start = len(tape.records)
-        h = ops.softmax_cross_entropy(h, y)
-        groups.append(("loss", range(start, len(tape.records))))
-    return Graph(tape, inputs, _out_nodes(h, tape), title or model.name, groups)
+    labels = [key for key, _ in children] + (["loss"] if y is not None else [])
+
+    def f(p, h):
+        for key, layer in children:
+            with jax.named_scope(f"fnn_graph_{key}"):
+                sub_p = p[key] if model.kind == "serial" else p
+                sub_s = state[key] if model.kind == "serial" else state
+                h, _ = layer.apply(sub_p, sub_s, h, train=train)
+        if y is not None:
+            with jax.named_scope("fnn_graph_loss"):
+                h = ops.softmax_cross_entropy(h, y)
+        return h
+
+    tr = trace(f, params, x, argnums=(0, 1))
+    groups = [(label, [pos for pos, rec in enumerate(tr.tape.records)
+                       if f"fnn_graph_{label}" in rec.scope.split("/")]) for label in labels]
+    return Graph(tr, ["", "x"], title or model.name, groups)
 
 
 def _param_names(f, n):
@@ -230,39 +227,23 @@ def _param_names(f, n):
     return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
 
 
-def _box_named(tree, tape, name, inputs):
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    boxed = []
-    for path, leaf in flat:
-        leaf = jnp.asarray(leaf)
-        if is_float(leaf):
-            t = tape.input(leaf)
-            inputs[t.node] = (path_name(path, name), leaf)
-            leaf = t
-        boxed.append(leaf)
-    return jax.tree_util.tree_unflatten(treedef, boxed)
-
-
-def _out_nodes(out, tape):
-    return [(l.node, l.value) for l in jax.tree_util.tree_leaves(
-        out, is_leaf=lambda v: isinstance(v, Traced)) if isinstance(l, Traced) and l.tape is tape]
-
-
-def _replay(tape, outputs):
-    """engine.backward, keeping each gate's upstream gradient, what it sent back, every total."""
-    upstream, sent, grads = [None] * len(tape.records), [None] * len(tape.records), {}
+def _replay(tr):
+    """The backward pass, keeping each gate's upstream gradient, what it sent back, every total."""
+    n = len(tr.tape.records)
+    upstream, sent, grads = [None] * n, [None] * n, {}
 
     def record(pos, rec, g, needs, got):
-        dxs = engine.call_vjp(rec, g, needs)
+        dxs = rec.pullback(g, needs)
         upstream[pos] = g
-        for i, gi, had in zip(rec.out_ids, g if rec.multi else (g,), got):
+        for i, gi, had in zip(rec.out_ids, jax.tree_util.tree_leaves(g), got):
             if i is not None and had:  # outputs that got no gradient stay out of grads
                 grads[i] = gi
-        sent[pos] = tuple(None if p is None else (jnp.zeros_like(x) if dx is None else dx)
-                          for p, dx, x in zip(rec.parents, dxs, rec.inputs))
+        sent[pos] = tuple(None if not need else
+                          (jax.tree_util.tree_map(jnp.zeros_like, x) if dx is None else dx)
+                          for need, dx, x in zip(needs, dxs, rec.inputs))
         return sent[pos]
 
-    leaves = engine.backward(tape, {node: jnp.ones_like(v) for node, v in outputs}, record)
+    leaves = tr.backward(tr.seeds(), record)
     for node, g in leaves.items():
         grads.setdefault(node, g)
     return upstream, sent, grads
@@ -301,7 +282,7 @@ def _build(graph: Graph, groups):
                     producer[i] = key
     for pos, rec in enumerate(tape.records):
         dst = owner.get(pos)
-        for k, (p, x) in enumerate(zip(rec.parents, rec.inputs)):
+        for k, j, p, x in _input_leaves(rec):
             if p is None:
                 if per_gate and np.size(x) > 1:  # scalars are folded into the gate's label
                     ckey = f"c{pos}_{k}"
@@ -312,7 +293,7 @@ def _build(graph: Graph, groups):
             src = producer[p]
             if src == dst:
                 continue
-            dx = None if graph.sent[pos] is None else graph.sent[pos][k]
+            dx = None if graph.sent[pos] is None else rec.leaf_grads(k, graph.sent[pos][k])[j]
             e = edges.get((src, dst, p))
             if e is None:
                 edges[(src, dst, p)] = Edge(src, dst, x, dx)
@@ -325,12 +306,18 @@ def _build(graph: Graph, groups):
     return nodes, list(edges.values())
 
 
+def _input_leaves(rec) -> list:
+    """(input position k, leaf index j, parent node or None, leaf value) per input leaf."""
+    return [(k, j, p, x) for k, (ps, arg) in enumerate(zip(rec.parents, rec.inputs))
+            for j, (p, x) in enumerate(zip(ps, jax.tree_util.tree_leaves(arg)))]
+
+
 def _gate_label(rec) -> str:
     name = rec.gate.name
     if name == "index":
         return f"[{_index_str(rec.static.get('index'))}]"
     sym = SYMBOLS.get(name, name)
-    consts = [(k, x) for k, (p, x) in enumerate(zip(rec.parents, rec.inputs))
+    consts = [(k, x) for k, _, p, x in _input_leaves(rec)
               if p is None and np.size(x) == 1 and len(rec.inputs) == 2]
     if name in SYMBOLS and len(consts) == 1:
         k, c = consts[0]

@@ -126,7 +126,7 @@ def gradient_health(model, params, state, batch, *, key=None, loss: str = "softm
     new_params - params) for update_ratio; without it update_ratio is {}. Pure and jit-able;
     returns float arrays (jax.device_get them for numbers).
     """
-    from fnn.autodiff.engine import value_and_grad as fnn_value_and_grad
+    from fnn.transforms import value_and_grad as fnn_value_and_grad
     from fnn.train.step import make_loss_fn
 
     x, y = batch

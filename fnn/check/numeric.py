@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fnn.autodiff.traced import is_float
+from fnn.autodiff import is_float
 
 
 def rel_error(a, b) -> float:

@@ -192,7 +192,7 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
     None: the model's own). step: a fixed h instead of the dtype-chosen one (for comparison
     with fixed-step checkers). Returns a GradReport; nothing is raised for wrong gradients.
     """
-    from fnn.autodiff.engine import grad as fnn_grad
+    from fnn.transforms import grad as fnn_grad
 
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     paths, leaves, treedefs = [], [], []

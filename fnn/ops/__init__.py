@@ -5,7 +5,7 @@
 
 from types import MappingProxyType
 
-from fnn.autodiff.registry import collect_gates
+from fnn.autodiff.gate import collect_gates
 from fnn.ops import activations, conv, elementwise, linalg, losses, normalization, reductions
 from fnn.ops.activations import elu, gelu, leaky_relu, maxout, relu, sigmoid, silu, softplus, tanh
 from fnn.ops.conv import avg_pool2d, conv2d, max_pool2d

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fnn.autodiff.registry import Case
+from fnn.autodiff.gate import Case
 
 SHAPES = ((), (5,), (3, 4), (2, 1, 3))  # scalar, vector, matrix, a size-1 dim
 

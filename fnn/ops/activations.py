@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fnn.autodiff.registry import Case, defgate
+from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._cases import away_from, distinct, normal, unary_cases
 

@@ -9,7 +9,7 @@ passed through `unbroadcast`, which sums it back to its input's shape and dtype.
 
 import jax.numpy as jnp
 
-from fnn.autodiff.registry import Case, defgate, unbroadcast
+from fnn.autodiff.gate import Case, defgate, unbroadcast
 from fnn.ops._cases import BROADCAST_PAIRS, away_from, normal, unary_cases, uniform
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.autodiff.registry import Case, defgate
+from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._cases import normal, uniform
 

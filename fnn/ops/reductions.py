@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff.registry import Case, defgate
+from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._cases import distinct, normal
 

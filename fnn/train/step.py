@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import fnn
-from fnn import ops
+from fnn import ops, transforms
 from fnn.train.parallel import constrain_batch, data_parallel, jit_step
 
 LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy",
@@ -54,7 +53,7 @@ def make_loss_fn(model, loss: str = "softmax_cross_entropy", *, l2: float = 0.0)
 def value_and_grad(loss_fn, grad: str = "custom"):
     """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX."""
     if grad == "custom":
-        return fnn.value_and_grad(loss_fn, has_aux=True)
+        return transforms.value_and_grad(loss_fn, has_aux=True)
     if grad == "builtin":
         return jax.value_and_grad(loss_fn, has_aux=True)
     raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")

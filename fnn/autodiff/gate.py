@@ -11,13 +11,16 @@
         return unbroadcast(g * y, x), unbroadcast(g * x, y)   # one per positional input
 
 Conventions (after autodidax): array inputs are positional, static metadata (axis, stride,
-padding, rate) keyword-only; the VJP receives the upstream gradient `g` (a tuple for gates with
-several outputs), what the forward saved, and the same keyword-only metadata. It returns one
-gradient per positional input, `None` meaning zero. A VJP that declares a keyword `needs` gets a
-tuple of booleans saying which inputs need a gradient, so it can skip work for the others.
+padding, rate) keyword-only; the VJP receives the upstream gradient `g` (with the structure of
+the output: an array, or a tuple or dict of them), what the forward saved, and the same
+keyword-only metadata. It returns one gradient per positional input, `None` meaning zero. A
+positional input may be any pytree (a dict of parameters, say); its gradient then has the same
+structure. A VJP that declares a keyword `needs` gets a tuple of booleans saying which inputs
+need a gradient, so it can skip work for the others.
 
 Declaring a gate has no side effect: `fnn.registry` is built once from the gates in `fnn.ops`,
-and user gates are plain objects that work everywhere the built-in ones do.
+and user gates are plain objects that work everywhere the built-in ones do. A gate pickles by
+reference (its module and name), like a function.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import functools
 import inspect
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -97,41 +101,34 @@ class Gate:
 
     # -- use ---------------------------------------------------------------------------
     def __call__(self, *args, **static):
-        from fnn.autodiff import nans
-        from fnn.autodiff.traced import Traced, call_site, dispatch
+        from fnn.autodiff import tape  # the tape records gates; gates are declared first
 
-        if any(isinstance(v, Traced) for v in static.values()):
-            bad = [k for k, v in static.items() if isinstance(v, Traced)]
-            raise GateError(f"gate '{self.name}': array input(s) {bad} were passed by keyword; "
-                            "keywords are static metadata, pass arrays positionally")
-        if any(isinstance(a, Traced) for a in args):
-            return dispatch(self, args, static)
-        out = self.run_forward(args, static)[0]
-        if nans.active():
-            nans.check(self.name, "forward", call_site(), args, out)
-        return out
+        return tape.apply(self, args, static)
 
     def run_forward(self, args, static):
-        """Run the forward on raw values; turn JAX's shape/dtype errors into a GateError."""
+        """Run the forward on raw values -> (output, saved); JAX's shape and dtype errors become
+        a GateError naming the gate and its inputs."""
         try:
             result = self.forward(*args, **static)
         except GateError:
             raise
         except (TypeError, ValueError) as e:
-            if "Error interpreting argument" in str(e) or "requires ndarray" in str(e):
+            if isinstance(e, _PASS_THROUGH):
                 raise
-            shapes = ", ".join(describe(a) for a in args)
+            shapes = ", ".join(_describe_tree(a) for a in args)
             meta = "".join(f", {k}={v!r}" for k, v in static.items())
             raise GateError(f"gate '{self.name}' cannot take inputs ({shapes}{meta}): {e}") from e
         if not (isinstance(result, tuple) and len(result) == 2):
             raise GateError(f"gate '{self.name}': its forward must return a pair (output, saved), "
                             f"got {type(result).__name__}")
         if isinstance(result[0], list):
-            raise GateError(f"gate '{self.name}': several outputs must be returned as a tuple, "
-                            "not a list")
+            raise GateError(f"gate '{self.name}': several outputs must be returned as a tuple "
+                            "(or a dict), not a list")
         return result
 
-    def call_vjp(self, g, saved, needs, static):
+    def run_vjp(self, g, saved, needs, static):
+        """The hand-written VJP as declared: upstream `g`, what the forward saved, and `needs`
+        when the VJP takes it. Unchecked; `Record.pullback` checks its result."""
         if self.vjp is None:
             raise GateError(f"gate '{self.name}' has no VJP: declare one with @{self.name}.defvjp")
         if self._vjp_takes_needs:
@@ -140,6 +137,24 @@ class Gate:
 
     def __repr__(self):
         return f"<fnn gate '{self.name}'>"
+
+    def __reduce__(self):
+        # by reference, like a function: the module attribute the decorator replaced
+        return self.__qualname__
+
+
+def _describe_tree(a) -> str:
+    leaves = jax.tree_util.tree_leaves(a)
+    if len(leaves) == 1 and leaves[0] is a:
+        return describe(a)
+    return "{" + ", ".join(describe(x) for x in leaves) + "}"
+
+
+# errors JAX raises for a value of the wrong kind (a tracer where a concrete value is needed):
+# they say what to do better than a GateError would
+_PASS_THROUGH = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                 jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError,
+                 jax.errors.UnexpectedTracerError)
 
 
 def defgate(forward: Callable | None = None, *, name: str | None = None):
@@ -163,4 +178,3 @@ def collect_gates(*modules) -> dict[str, Gate]:
                     raise ValueError(f"two gates named '{value.name}'")
                 found[value.name] = value
     return found
-
