@@ -4,6 +4,7 @@ The table of contents:
   fnn.vjp / fnn.grad / fnn.value_and_grad   reverse mode with hand-written VJPs (JAX's semantics)
   fnn.trace                                 the recorded graph of one call (tape, nodes)
   fnn.defgate, fnn.Case, fnn.unbroadcast    declare your own gate exactly as fnn's gates are
+  fnn.primitive_gate, fnn.rules             a rule for a JAX primitive; add rules for a block
   fnn.registry                              name -> gate, for every built-in gate
   fnn.ops                                   the gates (elementwise, activations, linalg, ...)
   fnn.nn                                    layers as (init, apply) pairs, initializers, models
@@ -14,18 +15,20 @@ The table of contents:
   fnn.tune_cpu                              faster XLA CPU settings; call before the first computation
 """
 
-from fnn.autodiff import Case, Gate, NanOriginError, Trace, Traced, debug_nans, defgate, unbroadcast
-from fnn.errors import FnnError, ForeignCallError, GateError, NestingError, VJPContractError
+from fnn.autodiff import (Case, Gate, NanOriginError, Trace, Traced, debug_nans, defgate,
+                          primitive_gate, unbroadcast)
+from fnn.errors import (FnnError, ForeignCallError, GateError, MissingRuleError, NestingError,
+                        VJPContractError)
 from fnn import ops
 from fnn.ops import registry
-from fnn.transforms import grad, trace, value_and_grad, vjp
+from fnn.transforms import grad, rules, trace, value_and_grad, vjp
 from fnn import nn, train  # noqa: E402  (layers and training build on the gates)
 from fnn.check import check_grads, graph, locate_divergence  # noqa: E402
 from fnn.runtime import tune_cpu  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "NanOriginError",
+__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "MissingRuleError", "NanOriginError",
            "NestingError", "Trace", "Traced", "VJPContractError", "check_grads", "debug_nans", "defgate",
-           "grad", "graph", "locate_divergence", "nn", "ops", "registry", "trace", "train", "tune_cpu",
+           "grad", "graph", "locate_divergence", "nn", "ops", "primitive_gate", "registry", "rules", "trace", "train", "tune_cpu",
            "unbroadcast", "value_and_grad", "vjp"]

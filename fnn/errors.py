@@ -21,6 +21,10 @@ class ForeignCallError(FnnError, TypeError):
     """A JAX/NumPy function was called on a value traced by fnn, which would lose its gradient."""
 
 
+class MissingRuleError(ForeignCallError):
+    """fnn.grad met a JAX primitive for which no hand-written rule is declared."""
+
+
 def describe(x) -> str:
     """Short 'f32[3,4]' description of an array-like, a traced value or a ShapeDtypeStruct (or
     its type name)."""

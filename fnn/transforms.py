@@ -1,10 +1,9 @@
-"""fnn's public reverse mode: `vjp`, `grad`, `value_and_grad` and `trace`, bound once to fnn's
-gates (the core's `make_transforms` with the gates layer's array operators and registry)."""
+"""fnn's public reverse mode: `vjp`, `grad`, `value_and_grad` and `trace`, bound once to the table
+of primitive rules (fnn.ops.primitives.RULES), over the core's `make_transforms`."""
 
-from fnn.autodiff.api import make_transforms
-from fnn.ops import registry
-from fnn.ops.operators import ArrayTraced
+from fnn.autodiff.api import make_transforms, rules
+from fnn.ops.primitives import RULES
 
-trace, vjp, value_and_grad, grad = make_transforms(box=ArrayTraced, registry=registry)
+trace, vjp, value_and_grad, grad = make_transforms(RULES)
 
-__all__ = ["grad", "trace", "value_and_grad", "vjp"]
+__all__ = ["grad", "rules", "trace", "value_and_grad", "vjp"]

@@ -1,21 +1,53 @@
 """Reverse mode with JAX's semantics: vjp, grad, value_and_grad, on top of `trace` + `backward`.
 
-`make_transforms(...)` binds them to what the layer above provides (the boxes' array operators
-and the gate registry); `fnn.transforms` does that once for fnn's gates, and those are the
+`make_transforms(rules)` binds them to a table of primitive rules (primitive -> rule, see
+fnn.autodiff.interpret); `fnn.transforms` does that once with fnn's table, and those are the
 public `fnn.vjp`, `fnn.grad`, `fnn.value_and_grad` and `fnn.trace`.
+
+More rules (for primitives the table lacks, declared with `primitive_gate`) are added for one
+call with `rules=[...]`, or for a block with `with rules(...)`: scoped, restored on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff.gate import Gate
 from fnn.autodiff.tape import Traced, is_float
 from fnn.autodiff.trace import check_argnums, trace as trace_fn
 from fnn.errors import describe
+
+_SCOPED: contextvars.ContextVar = contextvars.ContextVar("fnn_rules", default=())
+
+
+@contextlib.contextmanager
+def rules(*gates):
+    """Within this block, fnn.grad & co. also use these primitive gates (each a Gate made by
+    `primitive_gate(p)`), over the built-in table. Nested blocks add up; each restores the
+    previous rules on exit, also when an exception leaves the block."""
+    _as_table(gates, "fnn.rules")
+    token = _SCOPED.set(_SCOPED.get() + tuple(gates))
+    try:
+        yield
+    finally:
+        _SCOPED.reset(token)
+
+
+def _as_table(gates, fname) -> dict:
+    table = {}
+    for g in gates:
+        prim = getattr(g, "primitive", None)
+        if not isinstance(g, Gate) or prim is None:
+            raise TypeError(f"{fname}: a rule must be a gate declared for a JAX primitive with "
+                            f"fnn.primitive_gate(primitive), got {g!r}")
+        table[prim] = g
+    return table
 
 
 class Transforms(NamedTuple):
@@ -25,18 +57,25 @@ class Transforms(NamedTuple):
     grad: Callable
 
 
-def make_transforms(*, box=None, registry=None) -> Transforms:
-    """The four public functions, bound to `box` (the class of traced values) and `registry`."""
+def make_transforms(base: dict) -> Transforms:
+    """The four public functions, bound to `base`, a table primitive -> rule."""
 
-    def trace(f, *args, argnums=0, has_aux: bool = False, **kwargs):
+    def table(extra, fname):
+        scoped, extra = _SCOPED.get(), tuple(extra or ())
+        if not scoped and not extra:
+            return base
+        return {**base, **_as_table(scoped, fname), **_as_table(extra, fname)}
+
+    def trace(f, *args, argnums=0, has_aux: bool = False, rules=None, **kwargs):
         """Record `f(*args, **kwargs)` with fnn: a `Trace` (tape, input and output nodes).
 
         The float leaves of the arguments named by argnums are differentiated; the rest are
-        constants. `tr.backward(tr.seeds())` runs the hand-written backward seeded with ones."""
+        constants. `tr.backward(tr.seeds())` runs the hand-written backward seeded with ones.
+        rules: more primitive gates for this call."""
         return trace_fn(f, args, argnums, kwargs=kwargs, has_aux=has_aux, fname="fnn.trace",
-                        box=box, registry=registry)
+                        rules=table(rules, "fnn.trace"))
 
-    def vjp(f, *primals, has_aux: bool = False):
+    def vjp(f, *primals, has_aux: bool = False, rules=None):
         """Like JAX's `vjp`: returns `(out, vjp_fn)` (and `aux` if has_aux), with fnn's gradients.
 
         `vjp_fn(ct)` takes a cotangent with the structure of `out` and returns one cotangent per
@@ -44,11 +83,11 @@ def make_transforms(*, box=None, registry=None) -> Transforms:
         in JAX.
         """
         tr = trace_fn(f, primals, tuple(range(len(primals))), has_aux=has_aux, fname="fnn.vjp",
-                      box=box, registry=registry)
+                      rules=table(rules, "fnn.vjp"))
         pullback = _pullback(tr, "fnn.vjp")
         return (tr.out, pullback, tr.aux) if has_aux else (tr.out, pullback)
 
-    def value_and_grad(f, argnums=0, has_aux: bool = False, *,
+    def value_and_grad(f, argnums=0, has_aux: bool = False, *, rules=None,
                        _name: str = "fnn.value_and_grad"):
         """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
@@ -68,8 +107,8 @@ def make_transforms(*, box=None, registry=None) -> Transforms:
                             f"{jnp.result_type(leaf)}; gradients are only defined for float "
                             "inputs (integer and bool inputs such as labels carry no gradient: "
                             "leave them out of argnums)")
-            tr = trace_fn(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname, box=box,
-                          registry=registry)
+            tr = trace_fn(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname,
+                          rules=table(rules, fname))
             out_leaves = jax.tree_util.tree_leaves(tr.out)
             if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
                 shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
@@ -86,9 +125,9 @@ def make_transforms(*, box=None, registry=None) -> Transforms:
         vg.__doc__ = f.__doc__
         return vg
 
-    def grad(f, argnums=0, has_aux: bool = False):
+    def grad(f, argnums=0, has_aux: bool = False, *, rules=None):
         """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs."""
-        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, _name="fnn.grad")
+        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, rules=rules, _name="fnn.grad")
 
         def g(*args, **kwargs):
             (_, aux), dx = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])

@@ -61,5 +61,5 @@ def engine_rule(pos: int, rec: Record, g, needs, got=None):
     if nans.active():
         nans.check(rec.gate.name, "backward (VJP)", rec.site, jax.tree_util.tree_leaves(g),
                    [dx if need else None for dx, need in zip(grads, needs)],
-                   labels=("upstream gradient", "gradient for input"))
+                   labels=("upstream gradient", "gradient for input"), scope=rec.scope)
     return grads

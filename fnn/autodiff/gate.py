@@ -42,13 +42,16 @@ class Case:
     """One test point for a gate: positional inputs and keyword-only metadata.
 
     Float inputs are differentiated; integer/bool/key inputs are held fixed. `numeric=False`
-    marks a case where central differences are meaningless (a kink lies within reach).
+    marks a case where central differences are meaningless (a kink lies within reach);
+    `reference=False` one where JAX itself has no rule to compare with (fnn's is then checked
+    against central differences alone).
     """
 
     args: tuple
     kwargs: dict = dataclasses.field(default_factory=dict)
     label: str = ""
     numeric: bool = True
+    reference: bool = True
 
 
 def unbroadcast(g, target):
@@ -85,6 +88,7 @@ class Gate:
         self.vjp: Callable | None = None
         self.cases: Callable | None = None
         self._vjp_takes_needs = False
+        self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
         functools.update_wrapper(self, forward)
 
     # -- declaration -----------------------------------------------------------------
@@ -165,6 +169,54 @@ def defgate(forward: Callable | None = None, *, name: str | None = None):
     if forward is None:
         return lambda f: Gate(f, name=name)
     return Gate(forward, name=name)
+
+
+_SAVES = {
+    "inputs": lambda args, out: tuple(args),
+    "out": lambda args, out: out,
+    "both": lambda args, out: (tuple(args), out),
+    "shapes": lambda args, out: tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
+                                      for a in args),
+    "none": lambda args, out: None,
+}
+
+
+def primitive_gate(primitive, *, save="inputs", name: str | None = None,
+                   forward: Callable | None = None):
+    """Declare the gate of a JAX primitive from its hand-written VJP (a decorator).
+
+        @primitive_gate(lax.exp_p, save="out")
+        def exp(g, y, **params):
+            "exp(x).  Local gradient: exp(x), the output y."
+            return (g * y,)
+
+    The forward binds the primitive with the equation's parameters (so it computes exactly
+    what the traced program computes) and saves, for the VJP: "inputs" (a tuple), "out", "both"
+    ((inputs, out)), "shapes" (a ShapeDtypeStruct per input), "none", or a function
+    `save(args, out) -> saved`. The VJP gets the upstream gradient, the saved value and the
+    primitive's parameters as keywords (and `needs`, if it declares it); it returns one
+    gradient per positional input. The gate is named 'lax.<primitive name>' unless `name` says
+    otherwise; `gate.primitive` is the primitive it stands for. `forward(*args, **params) ->
+    (out, saved)` replaces the default forward where the VJP needs more than the primitive's
+    inputs and output (sort's permutation, say); it must compute the same output.
+    """
+    saver = _SAVES[save] if isinstance(save, str) else save
+
+    def bind(*args, **params):
+        out = primitive.bind(*args, **params)
+        if primitive.multiple_results:
+            out = tuple(out)
+        return out, saver(args, out)
+
+    def declare(vjp: Callable) -> Gate:
+        gate = Gate(forward or bind, name=name or f"lax.{primitive.name}")
+        for attr in ("__module__", "__qualname__", "__doc__", "__name__"):
+            setattr(gate, attr, getattr(vjp, attr))
+        gate.primitive = primitive
+        gate.defvjp(vjp)
+        return gate
+
+    return declare
 
 
 def collect_gates(*modules) -> dict[str, Gate]:

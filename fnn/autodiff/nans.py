@@ -65,7 +65,8 @@ def _range(x) -> str:
     return f"{describe(x)} in {span}" + (f" with {extra}" if extra else "")
 
 
-def check(gate_name: str, phase: str, site: str, inputs, outputs, labels=("input", "output")):
+def check(gate_name: str, phase: str, site: str, inputs, outputs, labels=("input", "output"),
+          scope: str = ""):
     """Raise NanOriginError if any of `outputs` is non-finite (only while debug_nans is active)."""
     outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     if not any(_bad(o) for o in outs):
@@ -75,6 +76,7 @@ def check(gate_name: str, phase: str, site: str, inputs, outputs, labels=("input
     already = any(_bad(x) for x in inputs)
     note = (" (its inputs already held non-finite values: the NaN came from upstream data)"
             if already else "")
+    where = f"in layer {scope}: " if scope else ""
     raise NanOriginError(
-        f"debug_nans: gate '{gate_name}' {phase} produced a NaN/inf at {site}{note}. {bad}. {ins}",
+        f"{where}debug_nans: gate '{gate_name}' {phase} produced a NaN/inf at {site}{note}. {bad}. {ins}",
         gate=gate_name, phase=phase, site=site)

@@ -9,6 +9,7 @@ to one `fnn.vjp` call: nothing is global, and everything happens at trace time, 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import os
@@ -29,6 +30,19 @@ _SKIP_DIRS = tuple(
 
 # the gate whose forward is running: a gate's forward computes on raw values and never records
 _IN_FORWARD: contextvars.ContextVar = contextvars.ContextVar("fnn_gate_forward", default=None)
+# set while fnn traces a function to a jaxpr: gates applied to JAX tracers then stand in the
+# jaxpr as one GateCall equation each (their identity kept for the interpreter)
+_GATE_CALLS: contextvars.ContextVar = contextvars.ContextVar("fnn_gate_calls", default=False)
+
+
+@contextlib.contextmanager
+def tracing_for_fnn(gate_calls: bool = True):
+    """Within this block, gates applied to JAX tracers record themselves as GateCalls."""
+    token = _GATE_CALLS.set(gate_calls)
+    try:
+        yield
+    finally:
+        _GATE_CALLS.reset(token)
 
 
 def call_site() -> str:
@@ -52,8 +66,9 @@ def is_traced(x) -> bool:
 class Traced:
     """A value being differentiated by fnn: the raw `value`, its `tape` and its node id there.
 
-    It has the array's metadata (shape, dtype, ...). The array operators come from the gates
-    layer; the core box only carries the value through the tape.
+    It has the array's metadata (shape, dtype, ...) and nothing else: user code never sees it
+    (fnn.grad traces the user's function to a jaxpr, whose interpreter boxes the values), so
+    it needs no array operators.
     """
 
     __slots__ = ("value", "tape", "node")
@@ -207,17 +222,20 @@ def apply(gate, args, static, *, site=None, scope=None):
     when there are none."""
     in_forward = _IN_FORWARD.get()
     traced = _traced_leaves(args)
-    if in_forward is not None and (traced or _traced_leaves(static)):
+    if in_forward is not None and any(t.tape is in_forward[1]
+                                      for t in traced + _traced_leaves(static)):
         raise GateError(
-            f"the forward of gate '{in_forward}' applied gate '{gate.name}' to a value traced by "
+            f"the forward of gate '{in_forward[0]}' applied gate '{gate.name}' to a value traced by "
             "fnn that did not come in through its positional inputs (a closure or a global). A "
             "gate's forward computes on raw values, so that value's gradient would bypass the "
-            f"hand-written VJP of '{in_forward}': pass it as a positional input instead.")
+            f"hand-written VJP of '{in_forward[0]}': pass it as a positional input instead.")
     if _traced_leaves(static):
         bad = [k for k, v in static.items() if _traced_leaves(v)]
         raise GateError(f"gate '{gate.name}': array input(s) {bad} were passed by keyword; "
                         "keywords are static metadata, pass arrays positionally")
     if not traced:
+        if _GATE_CALLS.get() and _any_tracer(args):
+            return _bind_gate_call(gate, args, static, site or call_site())
         out = _run_forward(gate, args, static)[0]
         if nans.active():
             nans.check(gate.name, "forward", site or call_site(), args,
@@ -226,8 +244,9 @@ def apply(gate, args, static, *, site=None, scope=None):
     return _record(gate, args, static, traced, site, scope)
 
 
-def _run_forward(gate, raw, static):
-    token = _IN_FORWARD.set(gate.name)
+def _run_forward(gate, raw, static, tape=None):
+    # a forward may record on tapes of its own (a loop's body), never on the tape it is on
+    token = _IN_FORWARD.set((gate.name, tape))
     try:
         return gate.run_forward(raw, static)
     finally:
@@ -250,14 +269,84 @@ def _record(gate, args, static, traced, site, scope):
         raw.append(jax.tree_util.tree_unflatten(
             tree, [x.value if isinstance(x, Traced) else x for x in leaves]))
     raw = tuple(raw)
-    out, saved = _run_forward(gate, raw, static)
+    out, saved = _run_forward(gate, raw, static, tape)
     outs, out_tree = jax.tree_util.tree_flatten(out)
     site = site or call_site()
+    scope = current_scope() if scope is None else scope
     if nans.active():
-        nans.check(gate.name, "forward", site, raw, outs)
+        nans.check(gate.name, "forward", site, raw, outs, scope=scope)
     out_ids = tuple(tape.new_node() if is_float(o) else None for o in outs)
     tape.records.append(Record(gate, static, raw, tuple(parents), tuple(outs), out_ids, out_tree,
-                               saved, site, current_scope() if scope is None else scope))
+                               saved, site, scope))
     box = type(traced[0])
     wrapped = [o if i is None else box(o, tape, i) for o, i in zip(outs, out_ids)]
     return jax.tree_util.tree_unflatten(out_tree, wrapped)
+
+
+def _any_tracer(args) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args))
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
+
+
+class GateCall:
+    """One application of an fnn gate inside a function fnn traces to a jaxpr.
+
+    It is the `policy` of the `remat` equation that stands for the gate (the gate's forward
+    under `jax.checkpoint` with every value saveable, which is a plain call to anything else
+    that reads the jaxpr): the gate, its static metadata, and how to rebuild its positional
+    arguments from the equation's inputs (the last `n_dynamic` of them; the ones before are
+    values the forward closed over).
+    """
+
+    def __init__(self, gate, static, in_tree, leaves, dynamic, site):
+        self.gate, self.static, self.in_tree, self.site = gate, static, in_tree, site
+        self.dynamic = tuple(dynamic)  # positions of the array leaves among the flat arguments
+        self.fixed = {i: x for i, x in enumerate(leaves) if i not in set(dynamic)}
+        self.in_avals = tuple((np.shape(leaves[i]), jnp.result_type(leaves[i])) for i in dynamic)
+        self.n_out = None
+
+    @property
+    def n_dynamic(self) -> int:
+        return len(self.dynamic)
+
+    def __call__(self, *args, **kwargs):  # as a checkpoint policy: every value is saveable
+        return True
+
+    def fits(self, eqn) -> bool:
+        """Whether `eqn` is this gate's call as made (not transformed since: a vmap or jvp
+        inside the traced function changes its shapes; then its jaxpr is interpreted)."""
+        if len(eqn.invars) < self.n_dynamic or len(eqn.outvars) != self.n_out:
+            return False
+        avals = [v.aval for v in eqn.invars[len(eqn.invars) - self.n_dynamic:]]
+        return all(tuple(a.shape) == s and a.dtype == d for a, (s, d) in zip(avals, self.in_avals))
+
+    def arguments(self, dynamic) -> tuple:
+        leaves = [None] * (len(self.fixed) + self.n_dynamic)
+        for i, x in self.fixed.items():
+            leaves[i] = x
+        for i, x in zip(self.dynamic, dynamic):
+            leaves[i] = x
+        return jax.tree_util.tree_unflatten(self.in_tree, leaves)
+
+    def __repr__(self):
+        return f"GateCall({self.gate.name})"
+
+
+def _bind_gate_call(gate, args, static, site):
+    leaves, in_tree = jax.tree_util.tree_flatten(args)
+    dynamic = [i for i, x in enumerate(leaves) if _is_array(x)]
+    call = GateCall(gate, static, in_tree, leaves, dynamic, site)
+    out_tree = []
+
+    def forward(*values):
+        out = _run_forward(gate, call.arguments(values), static)[0]
+        outs, tree = jax.tree_util.tree_flatten(out)
+        out_tree.append(tree)
+        return outs
+
+    outs = jax.checkpoint(forward, prevent_cse=False, policy=call)(*[leaves[i] for i in dynamic])
+    call.n_out = len(outs)
+    return jax.tree_util.tree_unflatten(out_tree[0], outs)

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff.backward import backward
+from fnn.autodiff.interpret import Interpreter, make_jaxpr, raw
 from fnn.autodiff.tape import Tape, Traced, is_float
-from fnn.errors import FnnError, ForeignCallError, NestingError, describe
+from fnn.errors import describe
 
 
 @dataclasses.dataclass
@@ -29,8 +30,8 @@ class Trace:
     """One recorded forward pass of f.
 
     tape: the records. args: f's positional arguments (raw values). argnums: the differentiated
-    ones. in_nodes: per argument, a pytree like it with the node id of each boxed leaf (None for
-    a leaf that is not differentiated), or None for an argument outside argnums. out: f's output
+    ones. in_nodes: per argument, a pytree like it with the node id of each boxed leaf (-1 for a
+    leaf that is not differentiated), or None for an argument outside argnums. out: f's output
     (raw values; without aux). out_nodes: the node of each output leaf (None: it does not
     depend on the differentiated inputs). aux: f's auxiliary output (has_aux).
     """
@@ -48,11 +49,10 @@ class Trace:
         """[(argnum, path, node, value)] for each differentiated leaf, in argument order."""
         found = []
         for a in self.argnums:
-            nodes = jax.tree_util.tree_leaves_with_path(self.in_nodes[a],
-                                                        is_leaf=lambda x: x is None)
+            nodes = jax.tree_util.tree_leaves_with_path(self.in_nodes[a])
             values = jax.tree_util.tree_leaves(self.args[a])
             for (path, node), value in zip(nodes, values):
-                if node is not None:
+                if node >= 0:
                     found.append((a, path, node, value))
         return found
 
@@ -76,14 +76,13 @@ class Trace:
         """Per positional argument: its gradient (a pytree like it; zeros where nothing
         reached a leaf, float0 zeros for integer leaves), or None outside argnums."""
         def leaf(node, value):
-            if node is None:
+            if node < 0:
                 return np.zeros(np.shape(value), dtype=jax.dtypes.float0)
             g = cts.get(node)
             return jnp.zeros_like(value) if g is None else g
 
         return tuple(
-            jax.tree_util.tree_map(leaf, self.in_nodes[i], self.args[i],
-                                   is_leaf=lambda x: x is None)
+            jax.tree_util.tree_map(leaf, self.in_nodes[i], self.args[i])
             if i in self.argnums else None
             for i in range(len(self.args)))
 
@@ -102,71 +101,64 @@ def check_argnums(argnums, n_args: int, fname: str) -> tuple:
 
 
 def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: bool = False,
-          fname: str = "fnn.trace", box=None, registry=None) -> Trace:
+          fname: str = "fnn.trace", rules=None) -> Trace:
     """Record f(*args, **kwargs) on a fresh tape, the float leaves of args[argnums] boxed.
 
-    has_aux: f returns (output, aux); aux is returned as raw values. box: the class of the
-    boxed values (the array operators of the gates layer). registry: name -> gate, to suggest
-    the gate for a JAX function that received a traced value.
+    f is traced to a jaxpr (`jax.make_jaxpr`, with the float leaves of the differentiated
+    arguments as its inputs; everything else is a constant), and the jaxpr is interpreted onto
+    the tape with `rules` (primitive -> rule, see fnn.autodiff.interpret). has_aux: f returns
+    (output, aux); aux is returned as raw values.
     """
     args = tuple(args)
     nums = check_argnums(argnums, len(args), fname)
-    _reject_nesting(tuple(args[a] for a in nums), fname)
-    tape = Tape()
     args = tuple(jax.tree_util.tree_map(jnp.asarray, a) if i in nums else a
                  for i, a in enumerate(args))
-    in_nodes, boxed = [], []
-    for i, a in enumerate(args):
-        if i not in nums:
-            in_nodes.append(None)
-            boxed.append(a)
-            continue
-        leaves, tree = jax.tree_util.tree_flatten(a)
-        bx = [tape.input(x, box) if is_float(x) else x for x in leaves]
-        in_nodes.append(jax.tree_util.tree_unflatten(
-            tree, [b.node if isinstance(b, Traced) else None for b in bx]))
-        boxed.append(jax.tree_util.tree_unflatten(tree, bx))
-    result = _run(f, boxed, kwargs or {}, fname, registry)
-    aux = None
-    if has_aux:
-        if not (isinstance(result, (tuple, list)) and len(result) == 2):
-            raise TypeError(f"{fname}(has_aux=True): f must return a pair (output, aux), "
-                            f"got {type(result).__name__}")
-        result, aux = result
-        aux = _unbox(aux, tape)
+    flat = {a: jax.tree_util.tree_flatten(args[a]) for a in nums}
+    where = [(a, j) for a in nums for j, x in enumerate(flat[a][0]) if is_float(x)]
+    inputs = [flat[a][0][j] for a, j in where]
+    for x in inputs:
+        if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+            raise TypeError(f"{fname}: complex inputs are not supported ({describe(x)}); fnn's "
+                            "rules are written for real floating-point values")
+
+    def rebuild(values):
+        leaves = {a: list(flat[a][0]) for a in nums}
+        for (a, j), v in zip(where, values):
+            leaves[a][j] = v
+        return tuple(jax.tree_util.tree_unflatten(flat[i][1], leaves[i]) if i in nums else x
+                     for i, x in enumerate(args))
+
+    shape = {}
+
+    def flat_f(*values):
+        result = f(*rebuild(values), **(kwargs or {}))
+        if has_aux:
+            if not (isinstance(result, (tuple, list)) and len(result) == 2):
+                raise TypeError(f"{fname}(has_aux=True): f must return a pair (output, aux), "
+                                f"got {type(result).__name__}")
+            result, aux = result
+        else:
+            aux = None
+        leaves, tree = jax.tree_util.tree_flatten((result, aux))
+        arrays = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, jax.core.Tracer))]
+        shape.update(tree=tree, leaves=leaves, arrays=arrays)
+        return [leaves[i] for i in arrays]
+
+    closed = make_jaxpr(flat_f, inputs)
+    tape = Tape()
+    boxed = [tape.input(x) for x in inputs]
+    outs = Interpreter(rules or {}, fname=fname).run_closed(closed, boxed)
+    leaves = list(shape["leaves"])
+    for i, o in zip(shape["arrays"], outs):
+        leaves[i] = o
+    result, aux = jax.tree_util.tree_unflatten(shape["tree"], leaves)
     out_leaves, out_tree = jax.tree_util.tree_flatten(result, is_leaf=lambda x: isinstance(x, Traced))
-    out_nodes = [x.node if isinstance(x, Traced) and x.tape is tape else None for x in out_leaves]
-    out = jax.tree_util.tree_unflatten(out_tree, [_unbox(x, tape) for x in out_leaves])
-    return Trace(tape, args, nums, tuple(in_nodes), out, out_nodes, out_tree, aux)
-
-
-def _reject_nesting(primals, fname):
-    for leaf in jax.tree_util.tree_leaves(primals):
-        if isinstance(leaf, Traced):
-            raise NestingError(
-                f"{fname} was called on a value already traced by an outer fnn.grad/fnn.vjp "
-                f"({describe(leaf)}). fnn's hand-written backward cannot be differentiated by fnn "
-                "again; for higher derivatives use JAX on the outside, e.g. "
-                "jacfwd(fnn.grad(f)) or grad(fnn.grad(f)) from jax."
-            )
-
-
-def _unbox(tree, tape):
-    """Raw values for `tape`'s Traced leaves. A Traced of an enclosing fnn call stays as it is,
-    so that call still sees its dependence (an inner value_and_grad's value, say)."""
-    return jax.tree_util.tree_map(
-        lambda x: x.value if isinstance(x, Traced) and x.tape is tape else x, tree,
-        is_leaf=lambda x: isinstance(x, Traced))
-
-
-def _run(f, args, kwargs, fname, registry):
-    try:
-        return f(*args, **kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, FnnError) or registry is None:
-            raise
-        if "fnn.autodiff.tape.Traced" in str(e) or "fnn.ops.operators" in str(e):
-            from fnn.autodiff.foreign import explain_foreign_call
-
-            raise ForeignCallError(explain_foreign_call(e, fname, registry)) from e
-        raise
+    out_nodes = [x.node if isinstance(x, Traced) else None for x in out_leaves]
+    out = jax.tree_util.tree_unflatten(out_tree, [raw(x) for x in out_leaves])
+    in_nodes = [None] * len(args)
+    node_of = {aj: b.node for aj, b in zip(where, boxed)}
+    for a in nums:
+        in_nodes[a] = jax.tree_util.tree_unflatten(
+            flat[a][1], [node_of.get((a, j), -1) for j in range(len(flat[a][0]))])
+    return Trace(tape, args, nums, tuple(in_nodes), out, out_nodes, out_tree,
+                 jax.tree_util.tree_map(raw, aux, is_leaf=lambda x: isinstance(x, Traced)))

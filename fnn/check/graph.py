@@ -34,6 +34,14 @@ from fnn.transforms import trace
 from fnn.errors import describe
 from fnn.pytrees import path_name
 
+# JAX's primitives under the names of the lecture's gates (for the drawing and `explain`)
+LECTURE_NAMES = {"lax.add": "add", "lax.add_any": "add", "lax.sub": "subtract",
+                 "lax.mul": "multiply", "lax.div": "divide", "lax.neg": "negative",
+                 "lax.max": "maximum", "lax.min": "minimum", "lax.pow": "power",
+                 "lax.integer_pow": "power", "lax.dot_general": "matmul", "lax.exp": "exp",
+                 "lax.log": "log", "lax.tanh": "tanh", "lax.logistic": "sigmoid",
+                 "lax.reduce_sum": "sum", "lax.reduce_max": "max", "lax.sqrt": "sqrt",
+                 "lax.abs": "abs"}
 SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**",
            "matmul": "@", "negative": "*-1", "maximum": "max", "minimum": "min", "sigmoid": "σ"}
 COMMUTATIVE = {"add", "multiply", "maximum", "minimum"}
@@ -121,12 +129,13 @@ class Graph:
 
         `gate`: a tape position (int) or a gate name (its first application)."""
         pos = gate if isinstance(gate, int) else next(
-            (i for i, r in enumerate(self.tape.records) if r.gate.name == gate), None)
+            (i for i, r in enumerate(self.tape.records) if gate in (r.gate.name, gate_name(r))),
+            None)
         if pos is None or not 0 <= pos < len(self.tape.records):
             raise ValueError(f"no gate {gate!r} in this graph; gates: "
-                             f"{[r.gate.name for r in self.tape.records]}")
+                             f"{[gate_name(r) for r in self.tape.records]}")
         rec, g, sent = self.tape.records[pos], self.upstream[pos], self.sent[pos]
-        lines = [f"gate #{pos} {rec.gate.name} ({_gate_label(rec)}) at {rec.site}"]
+        lines = [f"gate #{pos} {gate_name(rec)} ({_gate_label(rec)}) at {rec.site}"]
         rule = _local_rule(rec.gate)
         if rule:
             lines.append(f"  rule: {rule}")
@@ -263,7 +272,7 @@ def _build(graph: Graph, groups):
         if not positions:
             continue
         recs = [tape.records[p] for p in positions]
-        gates = ", ".join(dict.fromkeys(r.gate.name for r in recs))
+        gates = ", ".join(dict.fromkeys(gate_name(r) for r in recs))
         if label is None:  # one gate
             key, name, kind = f"g{positions[0]}", f"#{positions[0]}", "gate"
             label = _gate_label(recs[0])
@@ -312,10 +321,17 @@ def _input_leaves(rec) -> list:
             for j, (p, x) in enumerate(zip(ps, jax.tree_util.tree_leaves(arg)))]
 
 
+def gate_name(rec) -> str:
+    """The gate's name as the lecture calls it ('multiply' for JAX's mul primitive)."""
+    return LECTURE_NAMES.get(rec.gate.name, rec.gate.name)
+
+
 def _gate_label(rec) -> str:
-    name = rec.gate.name
+    name = gate_name(rec)
     if name == "index":
         return f"[{_index_str(rec.static.get('index'))}]"
+    if rec.gate.name == "lax.integer_pow":
+        return f"**{rec.static['y']}"
     sym = SYMBOLS.get(name, name)
     consts = [(k, x) for k, _, p, x in _input_leaves(rec)
               if p is None and np.size(x) == 1 and len(rec.inputs) == 2]

@@ -18,12 +18,14 @@ same model is differentiated by `fnn.grad` (hand-written rules) and by `jax.grad
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Callable
 
 import jax
 import numpy as np
+from jax.extend import source_info_util
 
 from fnn.autodiff.nans import NanOriginError
 from fnn.errors import GateError
@@ -95,6 +97,15 @@ def stateless(name: str, fn: Callable, output_shape: Callable = lambda s: s) -> 
     return Layer(name, init, apply)
 
 
+def layer_scope(model: str):
+    """jax.named_scope(model) for the outermost combinator, nothing inside another: each child
+    then runs in jax.named_scope(its key), so a gate's scope reads as its layer path
+    ('mlp/1_dense'), the path errors and NaN reports name."""
+    if str(source_info_util.current_name_stack()):
+        return contextlib.nullcontext()
+    return jax.named_scope(model)
+
+
 def split_key(key, n: int) -> list:
     """n keys from `key`, or n Nones when there is no key (deterministic apply)."""
     return [None] * n if key is None else list(jax.random.split(key, n))
@@ -132,12 +143,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         check_keys(name, keys, params, "params")
         check_keys(name, keys, state, "state")
         new_state = {}
-        for k, layer, sub in zip(keys, layers, split_key(key, len(layers))):
-            try:
-                x, new_state[k] = layer.apply(params[k], state[k], x, key=sub, train=train)
-            except (ValueError, *LAYER_ERRORS) as e:
-                in_layer(e, name, k)
-                raise
+        with layer_scope(name):
+            for k, layer, sub in zip(keys, layers, split_key(key, len(layers))):
+                try:
+                    with jax.named_scope(k):
+                        x, new_state[k] = layer.apply(params[k], state[k], x, key=sub, train=train)
+                except (ValueError, *LAYER_ERRORS) as e:
+                    in_layer(e, name, k)
+                    raise
         return x, new_state
 
     return Layer(name, init, apply, tuple(zip(keys, layers)), "serial")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import jax
+
 from fnn.nn.activations import Relu
-from fnn.nn.layer import LAYER_ERRORS, Layer, in_layer, serial, split_key
+from fnn.nn.layer import LAYER_ERRORS, Layer, in_layer, layer_scope, serial, split_key
 from fnn.nn.layers import Conv2D
 from fnn.nn.normalization import BatchNorm
 
@@ -36,13 +38,16 @@ def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residua
     def apply(params, state, x, *, key=None, train=False):
         new_state = {}
         outs = []
-        for (k, layer), sub in zip(children, split_key(key, 2)):
-            try:
-                y, new_state[k] = layer.apply(params[k], state[k], x, key=sub, train=train)
-            except (ValueError, *LAYER_ERRORS) as e:
-                in_layer(e, name, k)
-                raise
-            outs.append(y)
+        with layer_scope(name):
+            for (k, layer), sub in zip(children, split_key(key, 2)):
+                try:
+                    with jax.named_scope(k):
+                        y, new_state[k] = layer.apply(params[k], state[k], x, key=sub,
+                                                      train=train)
+                except (ValueError, *LAYER_ERRORS) as e:
+                    in_layer(e, name, k)
+                    raise
+                outs.append(y)
         return (outs[0] + outs[1] if len(outs) == 2 else outs[0] + x), new_state
 
     return Layer(name, init, apply, children, "parallel")

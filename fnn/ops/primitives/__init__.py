@@ -1,0 +1,36 @@
+"""Rules for JAX's primitives, so `fnn.grad` differentiates ordinary JAX code.
+
+One gate per primitive, by family (elementwise, reductions, shapes, indexing, linalg, conv,
+control flow), each with its hand-written VJP and test cases, declared with the public
+`fnn.primitive_gate`; plus the structural rules (nested jit, custom_jvp/vjp calls interpreted in
+place, primitives without gradient). `GATES` maps each primitive to its gate, `RULES` is what
+the interpreter reads (fnn.autodiff.interpret).
+"""
+
+from types import MappingProxyType
+
+from fnn.autodiff.gate import Gate
+from fnn.ops.primitives import (control, conv, elementwise, indexing, linalg, loops, reductions,
+                                shapes)
+
+FAMILIES = {"elementwise": elementwise, "reductions": reductions, "shapes": shapes,
+            "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops}
+
+
+def _collect(*modules) -> dict:
+    found = {}
+    for mod in modules:
+        for value in vars(mod).values():
+            if isinstance(value, Gate) and value.primitive is not None:
+                other = found.get(value.primitive)
+                if other is not None and other is not value:
+                    raise ValueError(f"two gates for the primitive {value.primitive.name}")
+                found[value.primitive] = value
+    return found
+
+
+GATES = MappingProxyType(_collect(*FAMILIES.values()))
+registry = MappingProxyType({gate.name: gate for gate in GATES.values()})
+RULES = MappingProxyType({**GATES, **control.STRUCTURAL, **loops.STRUCTURAL})
+
+__all__ = ["FAMILIES", "GATES", "RULES", "registry"]

@@ -1,0 +1,64 @@
+"""Helpers for declaring primitive gates: finding primitives, and test cases from real calls.
+
+`case(fn, *args)` traces `fn(*args)` to a jaxpr and returns the `Case` of its first equation
+of the gate's primitive: that equation's inputs and parameters, exactly as JAX produces them
+(so the cases follow the JAX version in use, and every parameter is one JAX really emits).
+`find(name, fn, *args)` returns the primitive called `name` that `fn(*args)` binds, for
+primitives jax.extend does not export.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.extend import core as jcore
+
+from fnn.autodiff.gate import Case
+
+
+def find(name: str, fn, *args):
+    """The primitive named `name` among the equations of make_jaxpr(fn)(*args)."""
+    for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
+        if eqn.primitive.name == name:
+            return eqn.primitive
+    raise LookupError(f"{fn} binds no primitive named {name!r}")
+
+
+def _find(jaxpr, consts, args, primitive):
+    """(equation, its concrete input values) of `primitive`'s first equation, evaluating the
+    equations before it (and descending into nested jit/custom calls) with JAX."""
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    read = lambda v: np.asarray(v.val, dtype=v.aval.dtype) if isinstance(v, jcore.Literal) else env[v]
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        if eqn.primitive is primitive:
+            return eqn, invals
+        for key in ("jaxpr", "call_jaxpr"):
+            sub = eqn.params.get(key)
+            if isinstance(sub, jcore.ClosedJaxpr) and len(sub.jaxpr.invars) == len(invals):
+                found = _find(sub.jaxpr, sub.consts, invals, primitive)
+                if found is not None:
+                    return found
+        outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+        outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update(zip(eqn.outvars, outs))
+    return None
+
+
+def case(primitive, fn, *args, label: str = "", numeric: bool = True,
+         reference: bool = True) -> Case:
+    """The Case of `primitive`'s first equation in make_jaxpr(fn)(*args): its input values
+    (computed by running fn's equations before it) and its parameters."""
+    closed = jax.make_jaxpr(fn)(*args)
+    found = _find(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), primitive)
+    if found is None:
+        raise LookupError(f"case(): {fn} binds no {primitive.name}")
+    eqn, inputs = found
+    params = dict(primitive.get_bind_params(eqn.params))
+    inputs = [np.asarray(x) if not isinstance(x, np.ndarray) else x for x in inputs]
+    return Case(tuple(inputs), params, label=label or _label(inputs), numeric=numeric,
+                reference=reference)
+def _label(inputs) -> str:
+    return " ".join(f"{np.dtype(getattr(x, 'dtype', np.float64)).name[0]}{list(np.shape(x))}"
+                    for x in inputs)

@@ -1,0 +1,255 @@
+"""Gates of JAX's convolution and windowed reductions: conv_general_dilated (any layout,
+strides, padding, lhs/rhs dilation, feature and batch groups) and reduce_window_sum / max / min
+(pooling, as lax.reduce_window, flax and equinox write it).
+
+The convolution's backward is two convolutions (after JAX's transpose rules): dx convolves g
+with the spatially flipped kernel, in- and out-features swapped, strides turned into input
+dilation; dw correlates the input with g. A window sum sends g to every element of its window;
+a window max routes it to the window's maximum (the first one, in window order, on a tie).
+"""
+
+import numpy as np
+from jax import lax
+from jax.extend.core import primitives as P
+
+from fnn.autodiff.gate import primitive_gate
+from fnn.ops._cases import distinct, normal
+from fnn.ops.primitives._define import case
+
+
+def _dilate(shape, dilation):
+    return tuple(0 if d == 0 else 1 + r * (d - 1) for d, r in zip(shape, dilation))
+
+
+def _lhs_padding(in_shape, window, strides, out_shape, padding, lhs_dilation, rhs_dilation):
+    """The padding of the transposed convolution that gives the input's gradient."""
+    lhs_d = _dilate(in_shape, lhs_dilation)
+    rhs_d = _dilate(window, rhs_dilation)
+    out_d = _dilate(out_shape, strides)
+    before = np.subtract(rhs_d, [lo for lo, _ in padding]) - 1
+    after = np.add(lhs_d, rhs_d) - 1 - np.asarray(out_d) - before
+    return [(int(a), int(b)) for a, b in zip(before, after)]
+
+
+def _rhs_padding(in_shape, window, strides, out_shape, padding, lhs_dilation, rhs_dilation):
+    """The padding of the correlation of input and g that gives the kernel's gradient."""
+    if len(in_shape) == 0:
+        return []
+    lhs_d = _dilate(in_shape, lhs_dilation)
+    rhs_d = _dilate(window, rhs_dilation)
+    out_d = _dilate(out_shape, strides)
+    lo = [lo for lo, _ in padding]
+    hi = [o - l_ + r - p - 1 for o, l_, r, p in zip(out_d, lhs_d, rhs_d, lo)]
+    return list(zip(lo, hi))
+
+
+def _axis_out_of(src, size1, x):
+    shape = list(x.shape)
+    shape[src:src + 1] = [size1, shape[src] // size1]
+    return lax.reshape(x, shape)
+
+
+def _axis_into(src, dst, x):
+    perm = [i for i in range(x.ndim) if i != src]
+    perm.insert(dst, src)
+    shape = list(np.delete(x.shape, src))
+    shape[dst] *= x.shape[src]
+    return lax.reshape(lax.transpose(x, perm), shape)
+
+
+def _transpose_spec(spec):
+    return (spec[1], spec[0]) + tuple(spec[2:])
+
+
+def _conv_dx(g, x_shape, x_dtype, w, *, window_strides, padding, lhs_dilation, rhs_dilation,
+             dimension_numbers, feature_group_count, batch_group_count, precision,
+             preferred_element_type):
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    sd = lambda spec: list(spec[2:])
+    w_shape = w.shape
+    if feature_group_count > 1:
+        w = _axis_out_of(rhs_spec[0], feature_group_count, w)
+        w = _axis_into(rhs_spec[0], rhs_spec[1], w)
+    elif batch_group_count > 1:
+        w = _axis_out_of(rhs_spec[0], batch_group_count, w)
+        w = _axis_into(rhs_spec[0], rhs_spec[1], w)
+        feature_group_count = batch_group_count
+    dims = lax.ConvDimensionNumbers(out_spec, _transpose_spec(rhs_spec), lhs_spec)
+    pads = _lhs_padding(np.take(x_shape, sd(lhs_spec)), np.take(w_shape, sd(rhs_spec)),
+                        window_strides, np.take(g.shape, sd(out_spec)), padding, lhs_dilation,
+                        rhs_dilation)
+    w = lax.rev(w, sd(rhs_spec)).astype(g.dtype)
+    dx = lax.conv_general_dilated(g, w, window_strides=lhs_dilation, padding=pads,
+                                  lhs_dilation=window_strides, rhs_dilation=rhs_dilation,
+                                  dimension_numbers=dims, feature_group_count=feature_group_count,
+                                  batch_group_count=1, precision=precision,
+                                  preferred_element_type=preferred_element_type)
+    if batch_group_count > 1:
+        dx = _axis_out_of(lhs_spec[1], batch_group_count, dx)
+        dx = _axis_into(lhs_spec[1], lhs_spec[0], dx)
+    return dx.astype(x_dtype)
+
+
+def _conv_dw(g, x, w_shape, w_dtype, *, window_strides, padding, lhs_dilation, rhs_dilation,
+             dimension_numbers, feature_group_count, batch_group_count, precision,
+             preferred_element_type):
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    if np.size(g) == 0:
+        return lax.full(w_shape, 0, w_dtype)
+    sd = lambda spec: list(spec[2:])
+    if batch_group_count > 1:
+        feature_group_count, batch_group_count = batch_group_count, 1
+    elif feature_group_count > 1:
+        feature_group_count, batch_group_count = 1, feature_group_count
+    dims = lax.ConvDimensionNumbers(_transpose_spec(lhs_spec), _transpose_spec(out_spec),
+                                    _transpose_spec(rhs_spec))
+    pads = _rhs_padding(np.take(x.shape, sd(lhs_spec)), np.take(w_shape, sd(rhs_spec)),
+                        window_strides, np.take(g.shape, sd(out_spec)), padding, lhs_dilation,
+                        rhs_dilation)
+    dw = lax.conv_general_dilated(x.astype(g.dtype), g, window_strides=rhs_dilation, padding=pads,
+                                  lhs_dilation=lhs_dilation, rhs_dilation=window_strides,
+                                  dimension_numbers=dims, feature_group_count=feature_group_count,
+                                  batch_group_count=batch_group_count, precision=precision,
+                                  preferred_element_type=preferred_element_type)
+    return dw.astype(w_dtype)
+
+
+@primitive_gate(P.conv_general_dilated_p)
+def conv_general_dilated(g, inputs, *, needs, window_strides, padding, lhs_dilation,
+                         rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+                         precision=None, preferred_element_type=None, **params):
+    """the convolution of x with kernel w.  Local gradients: dx = g convolved with w flipped
+    (features swapped, strides as input dilation); dw = x correlated with g."""
+    x, w = inputs
+    kw = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
+              rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+              feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+              precision=precision, preferred_element_type=preferred_element_type)
+    return (_conv_dx(g, x.shape, x.dtype, w, **kw) if needs[0] else None,
+            _conv_dw(g, x, w.shape, w.dtype, **kw) if needs[1] else None)
+
+
+@conv_general_dilated.defcases
+def _conv_cases(rng, dtype):
+    n = lambda *s: normal(rng, s, dtype)
+    conv = lambda **kw: (lambda x, w: lax.conv_general_dilated(x, w, **kw))
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    return [
+        case(P.conv_general_dilated_p, conv(window_strides=(1, 1), padding="SAME",
+                                            dimension_numbers=nhwc),
+             n(2, 5, 5, 3), n(3, 3, 3, 4), label="NHWC SAME"),
+        case(P.conv_general_dilated_p, conv(window_strides=(2, 1), padding=((1, 0), (2, 1))),
+             n(2, 3, 7, 6), n(4, 3, 3, 2), label="NCHW strided, explicit padding"),
+        case(P.conv_general_dilated_p, conv(window_strides=(1, 1), padding=((0, 1), (1, 0)),
+                                            lhs_dilation=(2, 1), rhs_dilation=(1, 2)),
+             n(1, 2, 4, 6), n(3, 2, 2, 2), label="lhs and rhs dilation"),
+        case(P.conv_general_dilated_p, conv(window_strides=(1, 1), padding="SAME",
+                                            dimension_numbers=nhwc, feature_group_count=3),
+             n(2, 4, 4, 3), n(3, 3, 1, 6), label="depthwise (3 groups)"),
+        case(P.conv_general_dilated_p, conv(window_strides=(1,), padding="VALID",
+                                            batch_group_count=2),
+             n(4, 2, 5), n(4, 2, 2), label="batch groups, 1-d"),
+        case(P.conv_general_dilated_p, conv(window_strides=(1, 1, 2), padding="SAME",
+                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC")),
+             n(1, 3, 3, 4, 2), n(2, 2, 2, 2, 3), label="3-d"),
+    ]
+
+
+# ---- windowed reductions ---------------------------------------------------------------------
+def _unpad(g, padding_config):
+    """The transpose of lax.pad: the positions of the unpadded operand read out of g."""
+    lo, hi, interior = zip(*padding_config)
+    unpadded = lax.pad(g, np.zeros((), g.dtype), tuple((-a, -b, 0) for a, b in zip(lo, hi)))
+    return lax.slice(unpadded, (0,) * len(lo), unpadded.shape, tuple(i + 1 for i in interior))
+
+
+@primitive_gate(P.reduce_window_sum_p, save="shapes")
+def reduce_window_sum(g, shapes, *, window_dimensions, window_strides, padding, base_dilation,
+                      window_dilation, **params):
+    """sums over sliding windows (sum/average pooling).  Local gradient: 1 for every element
+    of a window, so each element collects g of every window it is in."""
+    (x,) = shapes
+    pads = _lhs_padding(x.shape, window_dimensions, window_strides, g.shape, padding,
+                        base_dilation, window_dilation)
+    padded = lax.pad(g, np.zeros((), g.dtype),
+                     [(lo, hi, s - 1) for (lo, hi), s in zip(pads, window_strides)])
+    out = P.reduce_window_sum_p.bind(padded, window_dimensions=tuple(window_dimensions),
+                                     window_strides=tuple(base_dilation),
+                                     padding=((0, 0),) * len(x.shape),
+                                     base_dilation=(1,) * len(x.shape),
+                                     window_dilation=tuple(window_dilation))
+    return (out,)
+
+
+def _window_cases(primitive, init, op, make=normal, dilated_reference=True):
+    """Pooling cases; JAX has no VJP of a window max/min with dilation (dilated_reference)."""
+    def cases(rng, dtype):
+        rw = lambda **kw: (lambda x: lax.reduce_window(x, np.asarray(init, dtype), op, **kw))
+        return [
+            case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1),
+                               padding="VALID"), make(rng, (2, 4, 4, 3), dtype), label="2x2 pool"),
+            case(primitive, rw(window_dimensions=(1, 3, 3, 1), window_strides=(1, 2, 2, 1),
+                               padding="SAME"), make(rng, (1, 5, 5, 2), dtype),
+                 label="3x3 stride 2 SAME"),
+            case(primitive, rw(window_dimensions=(3,), window_strides=(1,), padding=((1, 2),),
+                               window_dilation=(2,)), make(rng, (7,), dtype),
+                 label="1-d, window dilation, padding", reference=dilated_reference),
+            case(primitive, rw(window_dimensions=(2, 2), window_strides=(1, 1), padding="VALID",
+                               base_dilation=(2, 1)), make(rng, (3, 3), dtype),
+                 label="base dilation", reference=dilated_reference),
+        ]
+    return cases
+
+
+reduce_window_sum.defcases(_window_cases(P.reduce_window_sum_p, 0.0, lax.add))
+
+
+def _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
+                    window_dilation, fill):
+    """g of each window routed to the window's chosen element (the first one, in window order,
+    that equals the output), by one strided slice of the padded input per window position."""
+    (x,), y = saved
+    config = [(lo, hi, d - 1) for (lo, hi), d in zip(padding, base_dilation)]
+    xp = lax.pad(x, np.asarray(fill, x.dtype), config)
+    taken = lax.full(y.shape, False, np.bool_)
+    grad_xp = lax.full(xp.shape, 0, g.dtype)
+    for offset in np.ndindex(*window_dimensions):
+        start = [k * d for k, d in zip(offset, window_dilation)]
+        limit = [s + (n - 1) * st + 1 if n else s for s, n, st in zip(start, y.shape,
+                                                                       window_strides)]
+        if any(n == 0 for n in y.shape):
+            break
+        window_x = lax.slice(xp, start, limit, window_strides)
+        hit = lax.bitwise_and(lax.eq(window_x, y), lax.bitwise_not(taken))
+        taken = lax.bitwise_or(taken, hit)
+        routed = lax.select(hit, g, lax.full_like(g, 0))
+        back = [(s, xp_n - lim, st - 1) for s, lim, st, xp_n in zip(start, limit, window_strides,
+                                                                      xp.shape)]
+        grad_xp = lax.add(grad_xp, lax.pad(routed, np.zeros((), g.dtype), back))
+    return (_unpad(grad_xp, config),)
+
+
+@primitive_gate(P.reduce_window_max_p, save="both")
+def reduce_window_max(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
+                      window_dilation, **params):
+    """maxima over sliding windows (max pooling).  Local gradient: 1 at each window's maximum
+    (the max gate routes); a tie within a window goes to the first, in window order."""
+    return _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
+                           window_dilation, -np.inf)
+
+
+reduce_window_max.defcases(_window_cases(P.reduce_window_max_p, -np.inf, lax.max, distinct,
+                                         dilated_reference=False))
+
+
+@primitive_gate(P.reduce_window_min_p, save="both")
+def reduce_window_min(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
+                      window_dilation, **params):
+    """minima over sliding windows.  Local gradient: 1 at each window's minimum (the first,
+    in window order, on a tie)."""
+    return _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
+                           window_dilation, np.inf)
+
+
+reduce_window_min.defcases(_window_cases(P.reduce_window_min_p, np.inf, lax.min, distinct,
+                                         dilated_reference=False))

@@ -1,0 +1,215 @@
+"""Gates of JAX's reductions: sum, max, min, prod over axes, and the cumulative ones along an
+axis (cumsum, cumprod, cummax, cummin, cumlogsumexp).
+
+The lecture's patterns again: a sum distributes g back over what it summed; a max routes it to
+the maximum (ties share it evenly, as JAX's rule does); a product sends each factor the product
+of the others (computed without dividing, so zeros are handled).
+"""
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.core import primitives as P
+
+from fnn.autodiff.gate import primitive_gate
+from fnn.ops._cases import distinct, normal, uniform
+from fnn.ops.primitives._define import case
+
+
+def _expand(g, shape, axes):
+    """g, which lacks `axes` of `shape`, broadcast back to `shape`."""
+    kept = tuple(i for i in range(len(shape)) if i not in axes)
+    return lax.broadcast_in_dim(g, shape, kept)
+
+
+def _reduce_cases(primitive, fn, make=normal):
+    def cases(rng, dtype):
+        return [case(primitive, lambda x: fn(x, (1,)), make(rng, (3, 4), dtype), label="axis 1"),
+                case(primitive, lambda x: fn(x, (0, 2)), make(rng, (2, 3, 4), dtype),
+                     label="axes 0,2"),
+                case(primitive, lambda x: fn(x, (0,)), make(rng, (5,), dtype), label="to 0-d"),
+                case(primitive, lambda x: fn(x, ()), make(rng, (2, 2), dtype), label="no axes")]
+    return cases
+
+
+@primitive_gate(P.reduce_sum_p, save="shapes")
+def reduce_sum(g, shapes, *, axes, **params):
+    """sum of x over `axes`.  Local gradient: 1 for every summed element (g broadcast back)."""
+    (x,) = shapes
+    return (_expand(g, x.shape, axes),)
+
+
+reduce_sum.defcases(_reduce_cases(P.reduce_sum_p, lambda x, a: jnp.sum(x, axis=a)))
+
+
+def _chooser(g, saved, axes):
+    (x,), y = saved
+    at = lax.convert_element_type(lax.eq(x, _expand(y, x.shape, axes)), g.dtype)
+    counts = lax.reduce_sum_p.bind(at, axes=tuple(axes), out_sharding=None)
+    return (lax.mul(at, _expand(lax.div(g, counts), x.shape, axes)),)
+
+
+@primitive_gate(P.reduce_max_p, save="both")
+def reduce_max(g, saved, *, axes, **params):
+    """max of x over `axes`.  Local gradient: 1 at the maximum (the max gate routes); tied
+    maxima share g evenly, as JAX's rule does."""
+    return _chooser(g, saved, axes)
+
+
+reduce_max.defcases(_reduce_cases(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a), distinct))
+
+
+@primitive_gate(P.reduce_min_p, save="both")
+def reduce_min(g, saved, *, axes, **params):
+    """min of x over `axes`.  Local gradient: 1 at the minimum; ties share g evenly."""
+    return _chooser(g, saved, axes)
+
+
+reduce_min.defcases(_reduce_cases(P.reduce_min_p, lambda x, a: jnp.min(x, axis=a), distinct))
+
+
+def _exclusive_products(x, axis):
+    """prod of x's other elements along `axis`, for each element, without dividing:
+    (cumprod before it) * (cumprod after it)."""
+    before = lax.cumprod(x, axis=axis)
+    after = lax.cumprod(x, axis=axis, reverse=True)
+    n = x.shape[axis]
+    one = lax.full_like(lax.slice_in_dim(x, 0, 1, axis=axis), 1)
+    before = lax.concatenate([one, lax.slice_in_dim(before, 0, n - 1, axis=axis)], axis)
+    after = lax.concatenate([lax.slice_in_dim(after, 1, n, axis=axis), one], axis)
+    return lax.mul(before, after)
+
+
+@primitive_gate(P.reduce_prod_p)
+def reduce_prod(g, inputs, *, axes, **params):
+    """product of x over `axes`.  Local gradient: the product of the other factors (exact at
+    zeros: prefix products times suffix products, no division)."""
+    (x,) = inputs
+    if not axes or x.size == 0:
+        return (_expand(g, x.shape, axes) if not axes else lax.full_like(x, 0),)
+    kept = [i for i in range(x.ndim) if i not in axes]
+    perm = list(axes) + kept
+    moved = lax.transpose(x, perm)
+    flat = lax.reshape(moved, (int(np.prod([x.shape[a] for a in axes])),) + moved.shape[len(axes):])
+    others = lax.reshape(_exclusive_products(flat, 0), moved.shape)
+    others = lax.transpose(others, tuple(np.argsort(perm)))
+    return (lax.mul(others, _expand(g, x.shape, axes)),)
+
+
+@reduce_prod.defcases
+def _reduce_prod_cases(rng, dtype):
+    cases = _reduce_cases(P.reduce_prod_p, lambda x, a: jnp.prod(x, axis=a),
+                          lambda r, s, d: uniform(r, s, d, 0.5, 1.5))(rng, dtype)
+    x = uniform(rng, (3, 4), dtype, 0.5, 1.5)
+    x[1, 2] = 0
+    return cases + [case(P.reduce_prod_p, lambda x: jnp.prod(x, axis=1), x, label="a zero")]
+
+
+# ---- cumulative reductions ----------------------------------------------------------------------
+def _cum_cases(primitive, fn, make=normal):
+    def cases(rng, dtype):
+        return [case(primitive, lambda x: fn(x, 1, False), make(rng, (3, 5), dtype), label="axis 1"),
+                case(primitive, lambda x: fn(x, 0, True), make(rng, (4, 2), dtype),
+                     label="axis 0 reverse"),
+                case(primitive, lambda x: fn(x, 0, False), make(rng, (6,), dtype), label="1-d")]
+    return cases
+
+
+@primitive_gate(P.cumsum_p, save="none")
+def cumsum(g, saved, *, axis, reverse, **params):
+    """running sum along `axis`.  Local gradient: each element reaches every later sum, so
+    dx is the running sum of g in the other direction."""
+    return (lax.cumsum(g, axis=axis, reverse=not reverse),)
+
+
+cumsum.defcases(_cum_cases(P.cumsum_p, lambda x, a, r: lax.cumsum(x, axis=a, reverse=r)))
+
+
+def _affine_suffix(m, c, axis, reverse):
+    """a with a_i = c_i + m_i a_(i+1) along `axis` (a_(n+1) = 0), or with a_(i-1) when
+    `reverse`: the backward recurrence of a running product, by an associative scan."""
+    def combine(first, second):  # compose t -> c1 + m1 t after t -> c2 + m2 t
+        m1, c1 = first
+        m2, c2 = second
+        return lax.mul(m1, m2), lax.add(c1, lax.mul(m1, c2))
+
+    if not reverse:  # a_i depends on later elements: scan from the end
+        return lax.associative_scan(lambda a, b: combine(b, a), (m, c), reverse=True, axis=axis)[1]
+    return lax.associative_scan(lambda a, b: combine(b, a), (m, c), axis=axis)[1]
+
+
+def _shift(x, axis, reverse, fill):
+    """x moved one step along `axis` (towards the end, or the start when reverse), `fill` in."""
+    n = x.shape[axis]
+    pad = lax.full_like(lax.slice_in_dim(x, 0, 1, axis=axis), fill)
+    if reverse:
+        return lax.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), pad], axis)
+    return lax.concatenate([pad, lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
+
+
+@primitive_gate(P.cumprod_p, save="both")
+def cumprod(g, saved, *, axis, reverse, **params):
+    """running product y_i = y_(i-1) x_i along `axis`.  Local gradient: backpropagation through
+    that recurrence, a_i = g_i + x_(i+1) a_(i+1) and dx_i = a_i y_(i-1) (exact at zeros)."""
+    (x,), y = saved
+    if x.shape[axis] == 0:
+        return (g,)
+    a = _affine_suffix(_shift(x, axis, not reverse, 0), g, axis, reverse)
+    return (lax.mul(a, _shift(y, axis, reverse, 1)),)
+
+
+cumprod.defcases(_cum_cases(P.cumprod_p, lambda x, a, r: lax.cumprod(x, axis=a, reverse=r),
+                            lambda r, s, d: uniform(r, s, d, 0.5, 1.5)))
+
+
+@primitive_gate(P.cumlogsumexp_p, save="both")
+def cumlogsumexp(g, saved, *, axis, reverse, **params):
+    """running log(sum(exp(x))) along `axis`.  Local gradient: dx_k = sum over the later sums i
+    of g_i exp(x_k - y_i), computed as exp(x_k - y_k) a_k with a_k = g_k + exp(y_k - y_(k+1))
+    a_(k+1) (every factor at most 1, so nothing overflows)."""
+    (x,), y = saved
+    if x.shape[axis] == 0:
+        return (g,)
+    step = lax.exp(lax.sub(y, _shift(y, axis, not reverse, np.inf)))  # exp(y_k - y_(k+1))
+    a = _affine_suffix(step, g, axis, reverse)
+    return (lax.mul(lax.exp(lax.sub(x, y)), a),)
+
+
+cumlogsumexp.defcases(_cum_cases(P.cumlogsumexp_p,
+                                 lambda x, a, r: lax.cumlogsumexp(x, axis=a, reverse=r)))
+
+
+def _cum_chooser(g, saved, axis, reverse):
+    """The running max/min's gradient: g_i goes to the element that holds the running extreme
+    at i (the latest position where the extreme changed); ties go to the first."""
+    (x,), y = saved
+    n = x.shape[axis]
+    idx = lax.broadcasted_iota(np.int32, x.shape, axis)
+    new = lax.eq(x, y)  # where the running extreme is attained
+    if reverse:
+        holder = lax.cummin(lax.select(new, idx, lax.full_like(idx, n)), axis=axis, reverse=True)
+    else:
+        holder = lax.cummax(lax.select(new, idx, lax.full_like(idx, -1)), axis=axis)
+    grids = [lax.broadcasted_iota(np.int32, x.shape, d) for d in range(x.ndim)]
+    grids[axis] = holder
+    return (jnp.zeros_like(g).at[tuple(grids)].add(g),)
+
+
+@primitive_gate(P.cummax_p, save="both")
+def cummax(g, saved, *, axis, reverse, **params):
+    """running maximum along `axis`.  Local gradient: each g_i routed to the element holding
+    the maximum so far (the max gate, at every step)."""
+    return _cum_chooser(g, saved, axis, reverse)
+
+
+cummax.defcases(_cum_cases(P.cummax_p, lambda x, a, r: lax.cummax(x, axis=a, reverse=r), distinct))
+
+
+@primitive_gate(P.cummin_p, save="both")
+def cummin(g, saved, *, axis, reverse, **params):
+    """running minimum along `axis`.  Local gradient: each g_i routed to the element holding
+    the minimum so far."""
+    return _cum_chooser(g, saved, axis, reverse)
+
+
+cummin.defcases(_cum_cases(P.cummin_p, lambda x, a, r: lax.cummin(x, axis=a, reverse=r), distinct))
