@@ -147,3 +147,13 @@ def test_lecture_nets_in_plain_jax(keys):
     check(two_layer, {k: p[k] for k in ("w1", "b1", "w2", "b2")}, x,
           jnp.asarray(rng.standard_normal((7, 5))))
     check(three_layer, p, x, jnp.asarray(rng.integers(0, 3, 7)))
+
+
+def test_bench_rows_of_plain_jax_models_run():
+    from fnn.bench import jax_models
+
+    rows = jax_models.run(reps=2, quick=True)
+    models = [r for r in rows if r["kind"] == "jax_model"]
+    assert [r["case"] for r in models] == list(jax_models.MODELS)
+    assert all(r["ratio"] > 0 and r["trace_compile_ratio"] > 0 for r in models)
+    assert {r["case"] for r in rows if r["kind"] == "trace"} == {"python loop", "scan"}

@@ -10,6 +10,8 @@ differentiated inputs has no reverse-mode gradient (JAX refuses it too): a clear
 
 from __future__ import annotations
 
+import os
+
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.interpret import NO_GRADIENT, site_of
@@ -23,14 +25,25 @@ def jit(interp, eqn, invals, scope):
     return interp.run_closed(eqn.params["jaxpr"], invals, scope=scope)
 
 
-# custom_jvp functions whose custom rule an fnn gate reproduces (name -> gate of one input)
+# jax.nn's custom_jvp functions whose custom rule an fnn gate reproduces: name -> gate
 FUSED_CUSTOM_JVP = {"relu": activations.relu}
+_JAX_NN = os.path.join("jax", "_src", "nn", "functions.py")
+
+
+def _jax_nn_function(eqn):
+    """The name of the jax.nn function a custom_jvp_call is, or None ('relu at .../jax/_src/
+    nn/functions.py:71' in its jaxpr's debug info)."""
+    info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+    where = getattr(info, "func_src_info", None) or ""
+    name, _, path = where.partition(" at ")
+    return name if _JAX_NN in path else None
 
 
 def custom_jvp_call(interp, eqn, invals, scope):
     """jax.custom_jvp functions (jax.nn.relu, softplus, logsumexp helpers): their primal
-    function differentiated by fnn's rules."""
-    gate = FUSED_CUSTOM_JVP.get(eqn.params.get("name"))
+    function differentiated by fnn's rules; jax.nn.relu is fnn's relu gate (relu'(0) = 0, the
+    value of its custom rule)."""
+    gate = FUSED_CUSTOM_JVP.get(_jax_nn_function(eqn))
     if gate is not None and len(invals) == 1 and len(eqn.outvars) == 1:
         from fnn.autodiff.tape import apply
 

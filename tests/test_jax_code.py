@@ -1,0 +1,110 @@
+"""Plain JAX code under fnn.grad: array methods and operators, integer results, loops and
+branches, kinks of jax.nn, what is refused and how."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import fnn
+
+
+def same(f, *args, argnums=0, rtol=1e-10):
+    mine = fnn.grad(f, argnums=argnums)(*args)
+    ref = jax.grad(f, argnums=argnums)(*args)
+    for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-14)
+    return mine
+
+
+def test_array_methods_and_operators(x64):
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.5, 2.0, (3, 4)))
+
+    def f(x):
+        y = x.min() + x.astype(jnp.float32).astype(jnp.float64).sum() + x.clip(0.7, 1.5).sum()
+        y = y + x[None].squeeze(0).swapaxes(0, 1).flatten()[2] + x.ravel().std() + x.var()
+        y = y + x.prod() * 1e-2 + x.dot(x.T).sum() + x.cumsum(axis=1).sum() + x.real.sum()
+        y = y + x.conj().mean() + (x // 0.3).sum() + (x % 0.3).sum() + x.at[0, 1].add(2.0).sum()
+        y = y + x.at[1].set(0.0).max() + x.T.reshape(-1)[x.argmax()] + jnp.linalg.norm(x)
+        return y + x.mean(axis=0).max() + (x ** 3).sum() + (2.0 ** x).sum() - abs(-x).sum()
+
+    same(f, x)
+
+
+def test_integer_results_carry_no_gradient(x64):
+    x = jnp.asarray([0.3, -1.2, 2.5, 0.7])
+    f = lambda x: jnp.sum(x * jnp.argsort(x)) + x[jnp.argmax(x)] + jnp.sum(x > 0) * x[0]
+    same(f, x)
+
+
+def test_jax_nn_functions_and_their_kinks(x64):
+    x = jnp.asarray([-1.5, -0.2, 0.4, 2.0])
+    for fn in (jax.nn.relu, jax.nn.relu6, jax.nn.gelu, jax.nn.silu, jax.nn.softplus,
+               jax.nn.elu, jax.nn.sigmoid, jax.nn.log_sigmoid, jnp.tanh):
+        same(lambda x: jnp.sum(fn(x) * x), x)
+    same(lambda x: jnp.sum(jax.nn.softmax(x) * jnp.arange(4.0)), x)
+    same(lambda x: jax.nn.logsumexp(x) + jnp.sum(jax.nn.log_softmax(x)[1:]), x)
+    # relu'(0) = 0 as jax.nn.relu's custom rule says (fnn's relu gate), not max's tie split
+    zero = jnp.zeros(3)
+    np.testing.assert_array_equal(fnn.grad(lambda x: jnp.sum(jax.nn.relu(x)))(zero), 0.0)
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jax.nn.relu(x)))(zero), 0.0)
+
+
+def test_loops_and_branches(x64):
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3))) * 0.5
+    xs = jnp.asarray(np.random.default_rng(2).standard_normal((6, 3)))
+
+    def rnn(w, xs):
+        h, hs = lax.scan(lambda h, x: (jnp.tanh(h @ w + x), h.sum()), jnp.zeros(3), xs)
+        return jnp.sum(h ** 2) + jnp.sum(hs)
+
+    same(rnn, w, xs, argnums=(0, 1))
+    same(lambda w: lax.fori_loop(0, 4, lambda i, h: jnp.sin(h @ w) + i, jnp.ones(3)).sum(), w)
+    same(lambda w: lax.cond(w.sum() > 0, lambda: jnp.sum(w ** 2), lambda: jnp.sum(-w)), w)
+    same(lambda w: lax.switch(2, [jnp.sum, jnp.max, lambda a: jnp.sum(a * a)], w), w)
+    same(lambda w: jnp.sum(jax.checkpoint(lambda a: jnp.tanh(a @ a))(w)), w)
+    same(lambda w: jnp.sum(jax.jit(lambda a: jnp.exp(a) * a)(w)), w)
+    # vmap and jit around fnn.grad of a scan
+    batch = jnp.stack([xs, xs * 0.5])
+    np.testing.assert_allclose(jax.vmap(fnn.grad(rnn), in_axes=(None, 0))(w, batch),
+                               jax.vmap(jax.grad(rnn), in_axes=(None, 0))(w, batch), rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(fnn.grad(rnn))(w, xs), jax.grad(rnn)(w, xs), rtol=1e-10)
+
+
+def test_a_scan_of_512_steps(x64):
+    rng = np.random.default_rng(3)
+    w = jnp.asarray(rng.standard_normal((8, 8))) / np.sqrt(8)
+    xs = jnp.asarray(rng.standard_normal((512, 8)))
+
+    def loss(w):
+        h, _ = lax.scan(lambda h, x: (jnp.tanh(h @ w + x), None), jnp.zeros(8), xs)
+        return jnp.sum(h)
+
+    g = jax.jit(fnn.grad(loss))(w)
+    assert bool(jnp.all(jnp.isfinite(g)))
+    np.testing.assert_allclose(g, jax.grad(loss)(w), rtol=1e-9)
+
+
+def test_what_is_refused():
+    with pytest.raises(fnn.GateError, match="while_loop.*lax.scan"):
+        fnn.grad(lambda x: lax.while_loop(lambda c: c < 10.0, lambda c: c * 2.0, x))(1.0)
+    with pytest.raises(fnn.GateError, match="while_loop"):  # fori_loop with traced bounds
+        f = lambda x, n: lax.fori_loop(0, n, lambda i, c: c * x, 1.0)
+        jax.jit(lambda x, n: fnn.grad(f)(x, n))(2.0, 3)
+    # with bounds known when tracing (a constant argument outside argnums) it is a scan
+    np.testing.assert_allclose(fnn.grad(f)(2.0, jnp.int32(3)), 12.0)
+    with pytest.raises(TypeError, match="complex"):
+        fnn.grad(lambda x: jnp.abs(jnp.sum(x * 1j)))(jnp.ones(3))
+    with pytest.raises(TypeError, match="complex inputs"):
+        fnn.grad(lambda z: jnp.abs(z).sum())(jnp.ones(3, jnp.complex64))
+    # a while loop that only counts (no differentiated value in its carry) is fine
+    f = lambda x: x * lax.while_loop(lambda c: c < 5, lambda c: c + 1, 0)
+    np.testing.assert_allclose(fnn.grad(f)(2.0), 5.0)
+
+
+def test_debug_nans_names_a_primitive_and_the_users_line():
+    with fnn.debug_nans():
+        with pytest.raises(fnn.NanOriginError) as info:
+            fnn.grad(lambda x: jnp.sum(jnp.log(x)))(jnp.array([1.0, -1.0]))
+    assert info.value.gate == "lax.log" and "test_jax_code.py" in info.value.site
