@@ -4,7 +4,10 @@ The table of contents:
   fnn.vjp / fnn.grad / fnn.value_and_grad   reverse mode with hand-written VJPs (JAX's semantics)
   fnn.trace                                 the recorded graph of one call (tape, nodes)
   fnn.defgate, fnn.Case, fnn.unbroadcast    declare your own gate exactly as fnn's gates are
-  fnn.primitive_gate, fnn.rules             a rule for a JAX primitive; add rules for a block
+  fnn.primitive_gate, fnn.rules, fnn.only   a rule for a JAX primitive; override any gate's
+                                            backward for a call, a block or some layers
+  fnn.rulebook, fnn.Rule                    straight-through, surrogate and feedback-alignment
+                                            rules, and the gates they are for
   fnn.registry                              name -> gate, for every built-in gate
   fnn.ops                                   the gates (elementwise, activations, linalg, ...)
   fnn.nn                                    layers as (init, apply) pairs, initializers, models
@@ -21,6 +24,8 @@ from fnn.errors import (FnnError, ForeignCallError, GateError, MissingRuleError,
                         VJPContractError)
 from fnn import ops
 from fnn.ops import registry
+from fnn.autodiff.overrides import Rule, only
+from fnn.ops import rulebook
 from fnn.transforms import grad, rules, trace, value_and_grad, vjp
 from fnn import nn, train  # noqa: E402  (layers and training build on the gates)
 from fnn.check import check_grads, graph, locate_divergence  # noqa: E402
@@ -29,6 +34,6 @@ from fnn.runtime import tune_cpu  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "MissingRuleError", "NanOriginError",
-           "NestingError", "Trace", "Traced", "VJPContractError", "check_grads", "debug_nans", "defgate",
-           "grad", "graph", "locate_divergence", "nn", "ops", "primitive_gate", "registry", "rules", "trace", "train", "tune_cpu",
+           "NestingError", "Rule", "Trace", "Traced", "VJPContractError", "check_grads", "debug_nans", "defgate",
+           "grad", "graph", "locate_divergence", "nn", "only", "ops", "primitive_gate", "registry", "rulebook", "rules", "trace", "train", "tune_cpu",
            "unbroadcast", "value_and_grad", "vjp"]

@@ -4,20 +4,23 @@
 fnn.autodiff.interpret); `fnn.transforms` does that once with fnn's table, and those are the
 public `fnn.vjp`, `fnn.grad`, `fnn.value_and_grad` and `fnn.trace`.
 
-More rules (for primitives the table lacks, declared with `primitive_gate`) are added for one
-call with `rules=[...]`, or for a block with `with rules(...)`: scoped, restored on exit.
+More rules are added for one call with `rules=`, or for a block with `with rules(...)`
+(scoped, restored on exit): gates for primitives the table lacks (declared with
+`primitive_gate`), and overrides of any gate's backward (fnn.autodiff.overrides).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff import overrides
 from fnn.autodiff.gate import Gate
 from fnn.autodiff.tape import Traced, is_float
 from fnn.autodiff.trace import check_argnums, trace as trace_fn
@@ -27,27 +30,49 @@ _SCOPED: contextvars.ContextVar = contextvars.ContextVar("fnn_rules", default=()
 
 
 @contextlib.contextmanager
-def rules(*gates):
-    """Within this block, fnn.grad & co. also use these primitive gates (each a Gate made by
-    `primitive_gate(p)`), over the built-in table. Nested blocks add up; each restores the
-    previous rules on exit, also when an exception leaves the block."""
-    _as_table(gates, "fnn.rules")
-    token = _SCOPED.set(_SCOPED.get() + tuple(gates))
+def rules(*items, **named):
+    """Within this block, fnn.grad & co. use these rules:
+
+        with fnn.rules(relu=straight_through, affine=fnn.only(fa, "1_dense")): ...
+        with fnn.rules(my_primitive_gate): ...       # a rule for a primitive fnn lacks
+        with fnn.rules({"lax.tanh": rule}): ...
+
+    Keyword arguments and mappings override the backward of the gates they name (see
+    fnn.autodiff.overrides); positional gates made by `primitive_gate(p)` add rules for
+    primitives. Nested blocks add up; each restores what was in effect on exit, also when an
+    exception leaves the block. A function jitted inside the block is traced with these rules.
+    """
+    prims, table = split_rules(items + ((named,) if named else ()), "fnn.rules")
+    token = _SCOPED.set(_SCOPED.get() + tuple(prims.values()))
     try:
-        yield
+        with overrides.overriding(table):
+            yield
     finally:
         _SCOPED.reset(token)
 
 
-def _as_table(gates, fname) -> dict:
-    table = {}
-    for g in gates:
-        prim = getattr(g, "primitive", None)
-        if not isinstance(g, Gate) or prim is None:
-            raise TypeError(f"{fname}: a rule must be a gate declared for a JAX primitive with "
-                            f"fnn.primitive_gate(primitive), got {g!r}")
-        table[prim] = g
-    return table
+def split_rules(items, fname) -> tuple[dict, dict]:
+    """(primitive -> gate, overrides) from `rules=`: primitive gates, and mappings of overrides
+    (a mapping's value may also be a primitive gate)."""
+    if items is None:
+        return {}, {}
+    if isinstance(items, Mapping):
+        items = (items,)
+    prims, table = {}, {}
+    for item in items:
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                if isinstance(value, Gate) and value.primitive is not None:
+                    prims[value.primitive] = value
+                else:
+                    table.update(overrides.as_table({key: value}, fname))
+        elif isinstance(item, Gate) and item.primitive is not None:
+            prims[item.primitive] = item
+        else:
+            raise TypeError(f"{fname}: rules are gates declared for JAX primitives with "
+                            "fnn.primitive_gate(primitive), or a mapping {gate name: rule}; "
+                            f"got {item!r}")
+    return prims, table
 
 
 class Transforms(NamedTuple):
@@ -60,11 +85,13 @@ class Transforms(NamedTuple):
 def make_transforms(base: dict) -> Transforms:
     """The four public functions, bound to `base`, a table primitive -> rule."""
 
-    def table(extra, fname):
-        scoped, extra = _SCOPED.get(), tuple(extra or ())
-        if not scoped and not extra:
-            return base
-        return {**base, **_as_table(scoped, fname), **_as_table(extra, fname)}
+    def traced(f, args, argnums, *, rules, fname, **kw):
+        """trace_fn with the primitive rules and overrides of this call and of the block."""
+        prims, table = split_rules(rules, fname)
+        scoped = {g.primitive: g for g in _SCOPED.get()}
+        full = {**base, **scoped, **prims} if scoped or prims else base
+        with overrides.overriding(table):
+            return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
 
     def trace(f, *args, argnums=0, has_aux: bool = False, rules=None, **kwargs):
         """Record `f(*args, **kwargs)` with fnn: a `Trace` (tape, input and output nodes).
@@ -72,8 +99,8 @@ def make_transforms(base: dict) -> Transforms:
         The float leaves of the arguments named by argnums are differentiated; the rest are
         constants. `tr.backward(tr.seeds())` runs the hand-written backward seeded with ones.
         rules: more primitive gates for this call."""
-        return trace_fn(f, args, argnums, kwargs=kwargs, has_aux=has_aux, fname="fnn.trace",
-                        rules=table(rules, "fnn.trace"))
+        return traced(f, args, argnums, kwargs=kwargs, has_aux=has_aux, fname="fnn.trace",
+                      rules=rules)
 
     def vjp(f, *primals, has_aux: bool = False, rules=None):
         """Like JAX's `vjp`: returns `(out, vjp_fn)` (and `aux` if has_aux), with fnn's gradients.
@@ -82,8 +109,8 @@ def make_transforms(base: dict) -> Transforms:
         primal, each with its primal's structure. Integer and bool leaves get float0 zeros, as
         in JAX.
         """
-        tr = trace_fn(f, primals, tuple(range(len(primals))), has_aux=has_aux, fname="fnn.vjp",
-                      rules=table(rules, "fnn.vjp"))
+        tr = traced(f, primals, tuple(range(len(primals))), has_aux=has_aux, fname="fnn.vjp",
+                    rules=rules)
         pullback = _pullback(tr, "fnn.vjp")
         return (tr.out, pullback, tr.aux) if has_aux else (tr.out, pullback)
 
@@ -107,8 +134,7 @@ def make_transforms(base: dict) -> Transforms:
                             f"{jnp.result_type(leaf)}; gradients are only defined for float "
                             "inputs (integer and bool inputs such as labels carry no gradient: "
                             "leave them out of argnums)")
-            tr = trace_fn(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname,
-                          rules=table(rules, fname))
+            tr = traced(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname, rules=rules)
             out_leaves = jax.tree_util.tree_leaves(tr.out)
             if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
                 shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"

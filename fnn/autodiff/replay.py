@@ -49,7 +49,9 @@ class Template:
         by_id = {id(v): k for k, v in enumerate(invariants)}
         residuals, records = [], []
         for rec in tape.records:
-            leaves, tree = jax.tree_util.tree_flatten(rec.saved)
+            # an overriding rule reads the gate's inputs and output, not only what it saved
+            kept = rec.saved if rec.rule is None else (rec.saved, rec.inputs, rec.outs)
+            leaves, tree = jax.tree_util.tree_flatten(kept)
             slots = []
             for leaf in leaves:
                 if id(leaf) in by_id:
@@ -73,8 +75,13 @@ class Template:
         for shell, tree, slots in self.records:
             leaves = [residuals[s.value] if s.kind == "residual" else
                       invariants[s.value] if s.kind == "invariant" else s.value for s in slots]
-            tape.records.append(dataclasses.replace(
-                shell, saved=jax.tree_util.tree_unflatten(tree, leaves)))
+            kept = jax.tree_util.tree_unflatten(tree, leaves)
+            if shell.rule is None:
+                tape.records.append(dataclasses.replace(shell, saved=kept))
+            else:
+                saved, inputs, outs = kept
+                tape.records.append(dataclasses.replace(shell, saved=saved, inputs=inputs,
+                                                        outs=tuple(outs)))
         return tape
 
 

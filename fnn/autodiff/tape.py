@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff import nans
+from fnn.autodiff import nans, overrides
 from fnn.errors import GateError, NestingError, VJPContractError, describe
 
 _SKIP_DIRS = tuple(
@@ -116,6 +116,7 @@ class Record:
     saved: Any
     site: str
     scope: str = ""  # the layer path (jax.named_scope) the gate was applied in
+    rule: Any = None  # an override of the gate's backward (fnn.autodiff.overrides), or None
 
     @property
     def needs(self) -> tuple:
@@ -139,7 +140,12 @@ class Record:
         gradient (or None) per positional input, each with its input's structure, shapes and
         dtypes. Raises what the VJP raises."""
         needs = self.needs if needs is None else needs
-        grads = self.gate.run_vjp(g, self.saved, needs, self.static)
+        if self.rule is None:
+            grads = self.gate.run_vjp(g, self.saved, needs, self.static)
+        else:
+            out = jax.tree_util.tree_unflatten(self.out_tree, list(self.outs))
+            grads = overrides.call_rule(self.rule, self.gate, g, self.inputs, out, self.saved,
+                                        needs, self.static)
         check_vjp_result(self, grads, needs)
         return grads
 
@@ -277,7 +283,7 @@ def _record(gate, args, static, traced, site, scope):
         nans.check(gate.name, "forward", site, raw, outs, scope=scope)
     out_ids = tuple(tape.new_node() if is_float(o) else None for o in outs)
     tape.records.append(Record(gate, static, raw, tuple(parents), tuple(outs), out_ids, out_tree,
-                               saved, site, scope))
+                               saved, site, scope, overrides.find(gate, scope)))
     box = type(traced[0])
     wrapped = [o if i is None else box(o, tape, i) for o, i in zip(outs, out_ids)]
     return jax.tree_util.tree_unflatten(out_tree, wrapped)

@@ -6,7 +6,8 @@
 from types import MappingProxyType
 
 from fnn.autodiff.gate import collect_gates
-from fnn.ops import activations, conv, elementwise, linalg, losses, normalization, reductions
+from fnn.ops import (activations, conv, elementwise, linalg, losses, normalization, reductions,
+                     rulebook)
 from fnn.ops.activations import elu, gelu, leaky_relu, maxout, relu, sigmoid, silu, softplus, tanh
 from fnn.ops.conv import avg_pool2d, conv2d, max_pool2d
 from fnn.ops.elementwise import (abs, add, astype, divide, exp, log, maximum, minimum, multiply,
@@ -16,6 +17,8 @@ from fnn.ops.linalg import (affine, broadcast_to, concatenate, index, matmul, re
 from fnn.ops.losses import l2_penalty, mse, softmax_cross_entropy, svm_loss
 from fnn.ops.normalization import batch_norm, dropout, layer_norm
 from fnn.ops.reductions import log_softmax, logsumexp, max, mean, softmax, sum
+from fnn.ops.rulebook import quantize, sign, spike
+from fnn.ops.rulebook import round_ as round
 
 FAMILIES = {
     "elementwise": elementwise,
@@ -25,6 +28,7 @@ FAMILIES = {
     "losses": losses,
     "conv": conv,
     "normalization": normalization,
+    "rulebook": rulebook,
 }
 
 registry = MappingProxyType(collect_gates(*FAMILIES.values()))

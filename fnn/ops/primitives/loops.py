@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff import overrides
 from fnn.autodiff.backward import backward
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import Interpreter, site_of
@@ -191,17 +192,18 @@ def _cond_cases(rng, dtype):
 def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None, **params):
     closed = jax.extend.core.ClosedJaxpr(jaxpr, ())
     outs = _interpreter(rules).run_closed(closed, list(args))
-    return tuple(outs), (args, rules)
+    return tuple(outs), (args, rules, overrides.active())
 
 
 @primitive_gate(P.remat_p, forward=_remat_forward)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose intermediate values are not kept.  Local gradient: the
     body's backward, after running its forward again from the saved inputs."""
-    args, rules = saved
+    args, rules, in_effect = saved
     if prevent_cse:  # keep XLA from reusing the forward's values instead of recomputing them
         args = lax.optimization_barrier(tuple(args))
-    body = _Body(_interpreter(rules), jax.extend.core.ClosedJaxpr(jaxpr, ()), list(args))
+    with overrides.overriding(in_effect):  # the rule overrides the forward ran under
+        body = _Body(_interpreter(rules), jax.extend.core.ClosedJaxpr(jaxpr, ()), list(args))
     tape = body.tape
     seeds = {}
     for node, gi in zip(body.out_nodes, g):
