@@ -17,6 +17,7 @@ from jax import lax
 
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
+from fnn.ops._dtypes import inexact
 from fnn.ops._cases import away_from, distinct, normal, unary_cases
 
 
@@ -70,7 +71,8 @@ def relu(x):
 
     Shapes: elementwise. The relu gate routes g to the positive entries only.
     """
-    return jnp.where(x > 0, x, 0.0), x > 0  # written so that JAX's grad also gives 0 at x == 0
+    # written so that JAX's grad also gives 0 at x == 0; the weak 0 keeps x's dtype (int too)
+    return jnp.where(x > 0, x, 0), x > 0
 
 
 @relu.defvjp
@@ -179,6 +181,7 @@ def softplus(x):
 
     Shapes: elementwise. Finite values and gradients for any finite x (e.g. |x| = 1e4, float32).
     """
+    x = inexact(x)
     return jnp.logaddexp(x, 0.0), x
 
 
@@ -199,15 +202,18 @@ _GELU_C = 0.044715
 def gelu(x, *, approximate=False):
     """GELU: x Phi(x), Phi the standard normal CDF.  Shapes: elementwise.
 
-    Exact (default): x * (1 + erf(x / sqrt 2)) / 2, local gradient Phi(x) + x phi(x) with
+    Exact (default): x erfc(-x / sqrt 2) / 2, local gradient Phi(x) + x phi(x) with
     phi(x) = e**(-x**2/2) / sqrt(2 pi).
-    approximate=True: x (1 + tanh(u)) / 2 with u = sqrt(2/pi) (x + 0.044715 x**3), local
-    gradient (1 + t)/2 + x (1 - t**2) sqrt(2/pi) (1 + 3 * 0.044715 x**2) / 2, t = tanh(u).
+    approximate=True: x (1 + tanh(u)) / 2 with u = sqrt(2/pi) (x + 0.044715 x**3), computed as
+    x s with s = sigmoid(2u) (the same value, without the cancellation of 1 + tanh(u) in the left
+    tail); local gradient s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 x**2).
     """
+    x = inexact(x)
     if approximate:
-        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x * x * x))
-        return 0.5 * x * (1.0 + t), (x, t)
-    phi_cdf = 0.5 * (1.0 + lax.erf(x / _SQRT_2))
+        s = jax.nn.sigmoid(2.0 * _SQRT_2_OVER_PI * (x + _GELU_C * x * x * x))
+        return x * s, (x, s)
+    # Phi(x) = erfc(-x / sqrt 2) / 2, accurate in the left tail where 1 + erf(x) cancels
+    phi_cdf = 0.5 * lax.erfc(-x / _SQRT_2)
     return x * phi_cdf, (x, phi_cdf)
 
 
@@ -216,7 +222,7 @@ def gelu_vjp(g, saved, *, approximate=False):
     x, s = saved
     if approximate:
         du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
-        return (g * (0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * du),)
+        return (g * (s + 2.0 * x * s * (1.0 - s) * du),)
     return (g * (s + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
 
 

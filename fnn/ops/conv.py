@@ -82,10 +82,8 @@ def conv2d(x, w, *, stride=1, padding="VALID"):
                         f"{describe(w)} expects {w.shape[2]} (w is (KH, KW, C_in, C_out))")
     strides = _pair(stride, "stride", "conv2d")
     pads = _conv_pads(x, w, strides, padding)
-    for n, k, (lo, hi), side in zip(x.shape[1:3], w.shape[:2], pads, ("height", "width")):
-        if k > n + lo + hi:
-            raise GateError(f"gate 'conv2d': kernel w {describe(w)} is larger than the padded "
-                            f"input x {describe(x)} ({side} {k} > {n} + {lo} + {hi})")
+    # a kernel larger than the padded input (an empty input included) gives an empty output,
+    # as in JAX
     # few channels (RGB): zeros up to a multiple of 4, which XLA's CPU convolutions run faster
     out = lax.conv_general_dilated(_pad_channels(x, 3), _pad_channels(w, 2), strides, pads,
                                    dimension_numbers=_DN)
@@ -105,6 +103,9 @@ def _pad_channels(a, axis):
 def conv2d_vjp(g, saved, *, stride=1, padding="VALID", needs):
     x, w, strides, pads = saved
     (kh, kw), out_hw = w.shape[:2], g.shape[1:3]
+    if g.size == 0:  # an empty output: nothing flows back
+        return (jnp.zeros(x.shape, x.dtype) if needs[0] else None,
+                jnp.zeros(w.shape, w.dtype) if needs[1] else None)
     dx = dw = None
     if (kh, kw) == (1, 1):  # a 1x1 kernel is a matrix product at every (strided) pixel
         return _pointwise_vjp(g, x, w, strides, pads, needs)

@@ -106,8 +106,10 @@ negative.defcases(unary_cases())
 def power(x, y):
     """x ** y.  Local gradients: d/dx = y x**(y-1), d/dy = log(x) x**y.
 
-    As in JAX, d/dx is 0 where y == 0 and d/dy is 0 where x == 0; d/dy needs x > 0, so it is
-    only computed when y is being differentiated (x**2 with x < 0 is fine).
+    d/dx is 0 at x == y == 0 (where y x**(y-1) is 0 times infinity) and d/dy is 0 where x == 0;
+    only those points are special-cased, so the rule's own derivatives are right elsewhere (at
+    y == 0, d/dy of d/dx is 1/x). d/dy needs x > 0, so it is only computed when y is being
+    differentiated (x**2 with x < 0 is fine).
     """
     out = jnp.power(x, y)
     return out, (x, y, out)
@@ -118,7 +120,9 @@ def power_vjp(g, saved, *, needs):
     x, y, out = saved
     dx = dy = None
     if needs[0]:
-        dx = unbroadcast(g * jnp.where(y == 0, 0.0, y * jnp.power(x, y - 1)), x)
+        origin = (x == 0) & (y == 0)
+        dx = unbroadcast(g * jnp.where(origin, 0.0, y * jnp.power(jnp.where(origin, 1.0, x),
+                                                                     y - 1)), x)
     if needs[1]:
         safe_x = jnp.where(x == 0, 1.0, x)
         dy = unbroadcast(g * jnp.where(x == 0, 0.0, jnp.log(safe_x) * out), y)
@@ -179,6 +183,8 @@ def abs(x):  # noqa: A001 - mirrors jnp.abs
 
     The forward is written so that JAX's grad also gives 0 there (jnp.abs would give 1).
     """
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        return jnp.abs(x), x  # integers and bools as JAX has them (no gradient flows)
     return jnp.where(x > 0, x, jnp.where(x < 0, -x, jnp.zeros_like(x))), x
 
 

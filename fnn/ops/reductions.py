@@ -12,6 +12,7 @@ import numpy as np
 
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
+from fnn.ops._dtypes import inexact
 from fnn.ops._cases import distinct, normal
 
 
@@ -20,9 +21,17 @@ def _axes(axis, ndim, gate):
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     for a in axes:
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise GateError(f"gate '{gate}': axis {axis!r} is out of range for an input of {ndim} dims")
-    return tuple(sorted(a % ndim for a in axes)) if ndim else ()
+        if not -ndim <= a < ndim:  # a 0-d input has no axis to name (as in JAX)
+            raise GateError(f"gate '{gate}': axis {axis!r} is out of range for an input of "
+                            f"{ndim} dims" + (" (use axis=None)" if ndim == 0 else ""))
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _shift(x, axes):
+    """The max over `axes` (keepdims), as a stabilizing shift: 0 where it is not finite (an
+    all -inf row, or an empty axis, whose max is -inf)."""
+    m = jnp.max(x, axis=axes, keepdims=True, initial=-jnp.inf)
+    return jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
 
 
 def _expand(g, axes, keepdims):
@@ -57,9 +66,7 @@ sum.defcases(_reduction_cases())
 @defgate
 def mean(x, *, axis=None, keepdims=False):
     """Mean over `axis`.  Local gradient: 1/n for every element (n = count reduced over)."""
-    axes = _axes(axis, jnp.ndim(x), "mean")
-    if any(np.shape(x)[a] == 0 for a in axes):
-        raise GateError(f"gate 'mean': mean over an empty axis of x {describe(x)}")
+    axes = _axes(axis, jnp.ndim(x), "mean")  # over an empty axis: NaN, as jnp.mean
     return jnp.mean(x, axis=axes, keepdims=keepdims), np.shape(x)
 
 
@@ -67,6 +74,8 @@ def mean(x, *, axis=None, keepdims=False):
 def mean_vjp(g, x_shape, *, axis=None, keepdims=False):
     axes = _axes(axis, len(x_shape), "mean")
     n = int(np.prod([x_shape[a] for a in axes]))
+    if n == 0:  # nothing was averaged: an empty gradient
+        return (jnp.zeros(x_shape, g.dtype),)
     return (jnp.broadcast_to(_expand(g, axes, keepdims) / n, x_shape),)
 
 
@@ -117,9 +126,9 @@ def logsumexp(x, *, axis=None, keepdims=False):
 
     Local gradient: softmax(x) over `axis`, i.e. exp(x - out).
     """
+    x = inexact(x)
     axes = _axes(axis, jnp.ndim(x), "logsumexp")
-    m = jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    m = jax.lax.stop_gradient(_shift(x, axes))
     e = jnp.exp(x - m)
     s = jnp.sum(e, axis=axes, keepdims=True)
     out = jnp.log(s) + m
@@ -147,15 +156,17 @@ def softmax(x, *, axis=-1):
 
     Local gradient (no Jacobian): dx = y * (g - sum(g * y, axis)).
     """
-    z = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    axes = _axes(axis, jnp.ndim(x), "softmax")
+    z = x - jax.lax.stop_gradient(_shift(x, axes))
     e = jnp.exp(z)
-    y = e / jnp.sum(e, axis=axis, keepdims=True)
+    y = e / jnp.sum(e, axis=axes, keepdims=True)
     return y, y
 
 
 @softmax.defvjp
 def softmax_vjp(g, y, *, axis=-1):
-    return (y * (g - jnp.sum(g * y, axis=axis, keepdims=True)),)
+    axes = _axes(axis, y.ndim, "softmax")
+    return (y * (g - jnp.sum(g * y, axis=axes, keepdims=True)),)
 
 
 softmax.defcases(_softmax_cases)
@@ -167,16 +178,18 @@ def log_softmax(x, *, axis=-1):
 
     Local gradient: dx = g - softmax(x) * sum(g, axis).
     """
-    z = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    axes = _axes(axis, jnp.ndim(x), "log_softmax")
+    z = x - jax.lax.stop_gradient(_shift(x, axes))
     e = jnp.exp(z)
-    s = jnp.sum(e, axis=axis, keepdims=True)
+    s = jnp.sum(e, axis=axes, keepdims=True)
     return z - jnp.log(s), (e, s)
 
 
 @log_softmax.defvjp
 def log_softmax_vjp(g, saved, *, axis=-1):
     e, s = saved  # softmax(x) = e / s, reusing the forward's exponentials
-    return (g - e * (jnp.sum(g, axis=axis, keepdims=True) / s),)
+    axes = _axes(axis, e.ndim, "log_softmax")
+    return (g - e * (jnp.sum(g, axis=axes, keepdims=True) / s),)
 
 
 log_softmax.defcases(_softmax_cases)

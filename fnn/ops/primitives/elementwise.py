@@ -153,18 +153,19 @@ min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s
 @primitive_gate(P.pow_p, save="both")
 def pow(g, saved, *, needs, **params):  # noqa: A001
     """x ** y (float y).  Local gradients: y x**(y-1) and log(x) x**y (log(x) read as 0 where
-    x = 0, as JAX does)."""
+    x = 0, as JAX does). At x = y = 0, y x**(y-1) is 0 times infinity: the rule gives 0 there
+    (JAX's gives NaN), and elsewhere its own derivatives are JAX's."""
     (x, y), z = saved
     dx = dy = None
     if needs[0]:
-        y_c = lax.convert_element_type(y, jnp.result_type(x))
+        y_c = jnp.broadcast_to(lax.convert_element_type(y, jnp.result_type(x)), z.shape)
+        x_b = jnp.broadcast_to(x, z.shape)
+        origin = lax.bitwise_and(lax.eq(x_b, _c(x, 0)), lax.eq(y_c, _c(y_c, 0)))
         if jnp.issubdtype(jnp.result_type(y), jnp.integer):
-            y_c = jnp.broadcast_to(y_c, z.shape)
-            jac = lax.select(lax.eq(y_c, _c(y_c, 0)), lax.full_like(y_c, 0),
-                             lax.mul(y_c, lax.pow(x, lax.sub(y_c, _c(y_c, 1)))))
-        else:
-            jac = lax.mul(y_c, lax.pow(x, lax.sub(y_c, _c(y_c, 1))))
-        dx = unbroadcast(lax.mul(g, jac), x)
+            origin = lax.eq(y_c, _c(y_c, 0))  # integer y: 0 wherever y == 0, as JAX
+        x_safe = lax.select(origin, lax.full_like(x_b, 1), x_b)
+        jac = lax.mul(y_c, lax.pow(x_safe, lax.sub(y_c, _c(y_c, 1))))
+        dx = unbroadcast(lax.mul(g, lax.select(origin, lax.full_like(jac, 0), jac)), x)
     if needs[1]:
         x_safe = lax.select(lax.eq(x, _c(x, 0)), lax.full_like(x, 1), x)
         dy = unbroadcast(lax.mul(g, lax.mul(lax.log(x_safe), z)), y)
