@@ -184,7 +184,11 @@ def test_out_of_range_labels_raise_with_values(loss):
 def test_wrong_label_shape_raises(loss):
     with pytest.raises(fnn.GateError, match=rf"'{loss.name}'.*shape \(4,\).*f32\[4,3\].*i32\[3\]"):
         loss(jnp.zeros((4, 3)), jnp.zeros(3, jnp.int32))
-    with pytest.raises(fnn.GateError, match=rf"'{loss.name}'.*\(N, C\).*f32\[12\]"):
+    # svm takes (N, C) scores; cross-entropy takes logits (..., C), here one example of 12
+    # classes whose label is a scalar
+    pattern = (r"\(N, C\).*f32\[12\]" if loss is L.svm_loss else
+               r"labels must have shape \(\).*f32\[12\].*i32\[12\]")
+    with pytest.raises(fnn.GateError, match=rf"'{loss.name}'.*{pattern}"):
         loss(jnp.zeros(12), jnp.zeros(12, jnp.int32))
 
 

@@ -89,6 +89,7 @@ class Gate:
         self.cases: Callable | None = None
         self._vjp_takes_needs = False
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
+        self._signature = _signature(forward)
         functools.update_wrapper(self, forward)
 
     # -- declaration -----------------------------------------------------------------
@@ -107,7 +108,23 @@ class Gate:
     def __call__(self, *args, **static):
         from fnn.autodiff import tape  # the tape records gates; gates are declared first
 
+        if static and self._signature is not None:
+            args, static = self._positional(args, static)
         return tape.apply(self, args, static)
+
+    def _positional(self, args, static):
+        """An array input passed by its name (softmax(x, where=mask)) moved to its place among
+        the positional inputs; keyword-only parameters stay static metadata."""
+        sig, positional = self._signature
+        if not any(k in positional for k in static):
+            return args, static
+        try:
+            bound = sig.bind(*args, **static)
+        except TypeError as e:
+            raise GateError(f"gate '{self.name}': {e}") from None
+        bound.apply_defaults()
+        moved = tuple(bound.arguments[k] for k in positional if k in bound.arguments)
+        return moved, {k: v for k, v in static.items() if k not in positional}
 
     def run_forward(self, args, static):
         """Run the forward on raw values -> (output, saved); JAX's shape and dtype errors become
@@ -145,6 +162,19 @@ class Gate:
     def __reduce__(self):
         # by reference, like a function: the module attribute the decorator replaced
         return self.__qualname__
+
+
+def _signature(forward):
+    """(signature, names of its positional-or-keyword parameters), or None when the forward
+    takes *args (its positional inputs have no names)."""
+    try:
+        sig = inspect.signature(forward)
+    except (TypeError, ValueError):
+        return None
+    params = sig.parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sig, tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
 
 
 def _describe_tree(a) -> str:

@@ -14,7 +14,8 @@ from fnn.ops.elementwise import (abs, add, astype, divide, exp, log, maximum, mi
                                  negative, power, sqrt, subtract, where)
 from fnn.ops.linalg import (affine, broadcast_to, concatenate, index, matmul, reshape,
                             stop_gradient, take, transpose)
-from fnn.ops.losses import l2_penalty, mse, softmax_cross_entropy, svm_loss
+from fnn.ops.losses import (binary_cross_entropy_with_logits, l2_penalty, mse,
+                             softmax_cross_entropy, svm_loss)
 from fnn.ops.normalization import batch_norm, dropout, layer_norm
 from fnn.ops.reductions import log_softmax, logsumexp, max, mean, softmax, sum
 from fnn.ops.rulebook import quantize, sign, spike

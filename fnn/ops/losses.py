@@ -50,27 +50,108 @@ def _onehot(labels, c, dtype):
 
 
 # ---- softmax cross-entropy ---------------------------------------------------------------------
-@defgate
-def softmax_cross_entropy(logits, labels):
-    """mean_i -log softmax(logits)[i, labels[i]], via a max-shifted log-softmax (stable).
+REDUCTIONS = ("mean", "sum", "none")
 
-    Shapes: logits (N, C) float, labels (N,) int in [0, C); output a scalar.
-    Local gradient (fused through softmax and log): d/dlogits = (softmax(logits) - onehot) / N;
-    labels get no gradient. Finite for logits of any finite size (e.g. |x| = 1e4 in float32).
+
+def _targets(logits, labels, label_smoothing, ignore_index):
+    """(target distribution over the classes (..., C), weight per example (...) (0 where
+    ignored), integer labels or None) after checking shapes, dtypes and ranges."""
+    name = "softmax_cross_entropy"
+    if jnp.ndim(logits) < 1 or not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
+        raise GateError(f"gate '{name}': logits must be a float array (..., C), got logits "
+                        f"{describe(logits)}")
+    c = logits.shape[-1]
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise GateError(f"gate '{name}': label_smoothing must lie in [0, 1], got "
+                        f"{label_smoothing!r}")
+    if not hasattr(labels, "dtype"):
+        labels = np.asarray(labels)
+    dtype = jnp.result_type(logits)
+    if jnp.issubdtype(labels.dtype, jnp.floating):  # class probabilities
+        if labels.shape != logits.shape:
+            raise GateError(f"gate '{name}': labels must be integer class indices (shape "
+                            f"{logits.shape[:-1]}) or class probabilities shaped like logits "
+                            f"{describe(logits)}; got labels {describe(labels)} (dtype "
+                            f"{labels.dtype})")
+        if ignore_index is not None:
+            raise GateError(f"gate '{name}': ignore_index needs integer labels, got labels "
+                            f"{describe(labels)}")
+        target = labels.astype(dtype)
+        weight = jnp.ones(logits.shape[:-1], dtype)
+        ints = None
+    else:
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise GateError(f"gate '{name}': labels must be integer class indices, got labels "
+                            f"{describe(labels)} (dtype {labels.dtype}) for logits "
+                            f"{describe(logits)}")
+        if labels.shape != logits.shape[:-1]:
+            raise GateError(f"gate '{name}': labels must have shape {logits.shape[:-1]}, one per "
+                            f"row of logits {describe(logits)}, got labels {describe(labels)}")
+        if not isinstance(labels, jax.core.Tracer):
+            concrete = np.asarray(labels)
+            bad = np.flatnonzero(((concrete < 0) | (concrete >= c)) & (concrete != ignore_index))
+            if bad.size:
+                raise GateError(
+                    f"gate '{name}': labels must lie in [0, {c}) for logits {describe(logits)}"
+                    + (f" (or be ignore_index {ignore_index})" if ignore_index is not None else "")
+                    + f"; got values {concrete.reshape(-1)[bad[:8]].tolist()} at "
+                    + ("rows" if concrete.ndim == 1 else "flat positions")
+                    + f" {bad[:8].tolist()}" + (" ..." if bad.size > 8 else ""))
+        kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+        weight = kept.astype(dtype)
+        ints = jnp.where(kept, labels, 0).astype(jnp.int32)
+        target = (ints[..., None] == jnp.arange(c)).astype(dtype)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / c
+    return target, weight, ints
+
+
+@defgate
+def softmax_cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None,
+                          reduction="mean"):
+    """-sum_c target_c log softmax(logits)_c per example, then reduced (stable, max-shifted).
+
+    Shapes: logits (..., C) float; labels (...) integer class indices in [0, C), or class
+    probabilities (..., C) (float). label_smoothing e: the target is (1 - e) onehot + e / C.
+    ignore_index: examples whose label equals it add nothing (padding tokens). reduction:
+    "mean" (over the examples not ignored; the default), "sum", or "none" (the loss of each
+    example, shape (...)).
+    Local gradients (fused through softmax and log): d/dlogits = (softmax(logits) - target)
+    times each example's weight (1/count for the mean, 0 where ignored); for probability labels
+    d/dlabels = -log softmax(logits) times the same weight. Integer labels get no gradient.
     """
-    labels, n, c = _check_classes("softmax_cross_entropy", logits, labels)
-    shifted = logits - jnp.max(logits, axis=1, keepdims=True)
-    logp = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=1, keepdims=True))
-    picked = jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=1)
-    return -jnp.sum(picked) / n, (jnp.exp(logp), labels)
+    if reduction not in REDUCTIONS:
+        raise GateError(f"gate 'softmax_cross_entropy': reduction must be one of "
+                        f"{', '.join(REDUCTIONS)}, got {reduction!r}")
+    target, weight, ints = _targets(logits, labels, label_smoothing, ignore_index)
+    if reduction == "mean" and (logits.size == 0 or logits.shape[-1] == 0):
+        raise GateError(f"gate 'softmax_cross_entropy': empty batch, logits {describe(logits)} "
+                        f"and labels {describe(labels)}; the mean needs examples and classes")
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    logp = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+    if ints is not None and not label_smoothing:  # one log-probability per example
+        per_example = -jnp.take_along_axis(logp, ints[..., None], axis=-1)[..., 0] * weight
+    else:
+        per_example = -jnp.sum(target * logp, axis=-1) * weight
+    if reduction == "none":
+        return per_example, (logp, target, weight, None)
+    total = jnp.sum(per_example)
+    if reduction == "sum":
+        return total, (logp, target, weight, None)
+    count = jnp.sum(weight)
+    return total / count, (logp, target, weight, count)
 
 
 @softmax_cross_entropy.defvjp
-def softmax_cross_entropy_vjp(g, saved):
-    probs, labels = saved
-    n, c = probs.shape
-    dlogits = (probs - _onehot(labels, c, probs.dtype)) * (g / n)
-    return dlogits, None
+def softmax_cross_entropy_vjp(g, saved, *, needs, label_smoothing=0.0, ignore_index=None,
+                              reduction="mean"):
+    logp, target, weight, count = saved
+    scale = weight * (g if reduction == "none" else g / count if reduction == "mean" else g)
+    dlogits = (jnp.exp(logp) * jnp.sum(target, axis=-1, keepdims=True) - target) * scale[..., None]
+    dlabels = None
+    if needs[1]:  # probability labels
+        dlabels = -logp * scale[..., None] * (1.0 - label_smoothing)
+    return dlogits.astype(logp.dtype), dlabels
 
 
 def _labels(rng, n, c):
@@ -79,8 +160,57 @@ def _labels(rng, n, c):
 
 @softmax_cross_entropy.defcases
 def _softmax_cross_entropy_cases(rng, dtype):
-    return [Case((normal(rng, (n, c), dtype, scale), _labels(rng, n, c)), label=f"{n}x{c}*{scale}")
-            for n, c, scale in [(4, 3, 1.0), (8, 10, 1.0), (1, 5, 1.0), (6, 4, 5.0), (3, 1, 1.0)]]
+    cases = [Case((normal(rng, (n, c), dtype, scale), _labels(rng, n, c)), label=f"{n}x{c}*{scale}")
+             for n, c, scale in [(4, 3, 1.0), (8, 10, 1.0), (1, 5, 1.0), (6, 4, 5.0), (3, 1, 1.0)]]
+    tokens = rng.integers(0, 6, (2, 5))
+    tokens[0, 3:] = -1  # padding
+    probs = rng.dirichlet(np.ones(4), size=3).astype(dtype)
+    return cases + [
+        Case((normal(rng, (2, 5, 6), dtype), tokens), {"ignore_index": -1},
+             label="(B, T, V) with padding ignored"),
+        Case((normal(rng, (4, 5), dtype), _labels(rng, 4, 5)), {"label_smoothing": 0.1},
+             label="label smoothing"),
+        Case((normal(rng, (3, 4), dtype), probs), label="class probabilities"),
+        Case((normal(rng, (3, 4), dtype), _labels(rng, 3, 4)), {"reduction": "none"},
+             label="per example"),
+        Case((normal(rng, (3, 4), dtype), _labels(rng, 3, 4)), {"reduction": "sum"},
+             label="sum")]
+
+
+@defgate
+def binary_cross_entropy_with_logits(logits, targets, *, reduction="mean"):
+    """-(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) elementwise, from logits z (stable:
+    max(z, 0) - z t + log(1 + e**-|z|)), then reduced ("mean", "sum" or "none").
+
+    Shapes: logits and targets the same shape; targets in [0, 1] (float).
+    Local gradients: d/dz = sigmoid(z) - t, d/dt = -z, times 1/size for the mean.
+    """
+    if reduction not in REDUCTIONS:
+        raise GateError(f"gate 'binary_cross_entropy_with_logits': reduction must be one of "
+                        f"{', '.join(REDUCTIONS)}, got {reduction!r}")
+    if np.shape(logits) != np.shape(targets) or not jnp.issubdtype(jnp.result_type(targets),
+                                                                      jnp.floating):
+        raise GateError(f"gate 'binary_cross_entropy_with_logits': targets must be floats shaped "
+                        f"like logits {describe(logits)}, got targets {describe(targets)}")
+    targets = targets.astype(jnp.result_type(logits))
+    loss = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    if reduction == "none":
+        return loss, (logits, targets)
+    return (jnp.mean(loss) if reduction == "mean" else jnp.sum(loss)), (logits, targets)
+
+
+@binary_cross_entropy_with_logits.defvjp
+def binary_cross_entropy_with_logits_vjp(g, saved, *, needs, reduction="mean"):
+    z, t = saved
+    scale = g / z.size if reduction == "mean" else g
+    dz = (jax.nn.sigmoid(z) - t) * scale
+    return dz, (-z * scale if needs[1] else None)
+
+
+@binary_cross_entropy_with_logits.defcases
+def _bce_cases(rng, dtype):
+    return [Case((normal(rng, (4, 3), dtype, 3.0), rng.uniform(0, 1, (4, 3)).astype(dtype)),
+                 {"reduction": r}, label=r) for r in REDUCTIONS]
 
 
 # ---- multiclass SVM (hinge) --------------------------------------------------------------------

@@ -121,28 +121,61 @@ max.defcases(_reduction_cases(distinct))
 
 
 @defgate
-def logsumexp(x, *, axis=None, keepdims=False):
-    """log(sum(exp(x))) over `axis`, shifted by the max for stability.
+def logsumexp(x, b=None, where=None, *, axis=None, keepdims=False, return_sign=False):
+    """log(sum(b * exp(x))) over `axis`, max-shifted (stable); as jax.nn.logsumexp.
 
-    Local gradient: softmax(x) over `axis`, i.e. exp(x - out).
+    b: weights broadcast against x (may be negative: with return_sign=True the result is
+    (log|sum|, sign of the sum)); where: a boolean mask, entries outside it left out.
+    Local gradients: d/dx = b exp(x - out) (the softmax for b = 1), d/db = exp(x - out), both
+    times g and the sign of the sum; none through the sign output.
     """
     x = inexact(x)
     axes = _axes(axis, jnp.ndim(x), "logsumexp")
-    m = jax.lax.stop_gradient(_shift(x, axes))
-    e = jnp.exp(x - m)
-    s = jnp.sum(e, axis=axes, keepdims=True)
-    out = jnp.log(s) + m
-    return (out if keepdims else jnp.squeeze(out, axes)), (e, s)
+    keep = None if where is None else jnp.broadcast_to(where, jnp.shape(x))
+    masked = x if keep is None else jnp.where(keep, x, -jnp.inf)
+    m = jax.lax.stop_gradient(_shift(masked, axes))
+    e = jnp.exp(masked - m)
+    eb = e if b is None else e * b
+    s = jnp.sum(eb, axis=axes, keepdims=True)
+    sign = jnp.sign(s)
+    out = jnp.log(jnp.abs(s) if return_sign else s) + m
+    out = out if keepdims else jnp.squeeze(out, axes)
+    saved = (e, s, b, jnp.shape(x), None if b is None else jnp.result_type(b))
+    if return_sign:
+        return (out, sign if keepdims else jnp.squeeze(sign, axes)), saved
+    return out, saved
 
 
 @logsumexp.defvjp
-def logsumexp_vjp(g, saved, *, axis=None, keepdims=False):
-    e, s = saved  # softmax(x) = e / s, reusing the forward's exponentials
-    axes = _axes(axis, e.ndim, "logsumexp")
-    return (e * (_expand(g, axes, keepdims) / s),)
+def logsumexp_vjp(g, saved, *, needs, axis=None, keepdims=False, return_sign=False):
+    e, s, b, x_shape, b_dtype = saved  # exp(x - m) and its weighted sum, from the forward
+    if return_sign:
+        g = g[0]  # the sign carries no gradient
+    axes = _axes(axis, len(x_shape), "logsumexp")
+    ge = e * (_expand(g, axes, keepdims) / s)  # d/db: exp(x - out), signed by s
+    dx = ge if b is None else ge * b
+    db = None
+    if len(needs) > 1 and needs[1] and b is not None:
+        from fnn.autodiff.gate import unbroadcast
+
+        db = unbroadcast(ge.astype(b_dtype), b)
+    grads = [dx.astype(e.dtype), db, None]  # x, b, where (never differentiated)
+    return tuple(grads[:len(needs)])
 
 
-logsumexp.defcases(_reduction_cases())
+def _logsumexp_cases(rng, dtype):
+    cases = _reduction_cases()(rng, dtype)
+    x = normal(rng, (3, 4), dtype)
+    mask = np.ones((3, 4), bool)
+    mask[:, 0] = False
+    return cases + [
+        Case((x, rng.uniform(0.5, 2.0, (3, 4)).astype(dtype)), {"axis": 1}, label="b weights"),
+        Case((x, rng.uniform(-1.0, 2.0, (4,)).astype(dtype) + 0.3), {"axis": 1,
+             "return_sign": True}, label="signed b, return_sign"),
+        Case((x, np.ones((3, 4), dtype), mask), {"axis": 1}, label="where mask")]
+
+
+logsumexp.defcases(_logsumexp_cases)
 
 
 def _softmax_cases(rng, dtype):
@@ -150,46 +183,61 @@ def _softmax_cases(rng, dtype):
             Case((normal(rng, (6,), dtype, scale=3.0),))]
 
 
-@defgate
-def softmax(x, *, axis=-1):
-    """exp(x) / sum(exp(x)) along `axis` (max-shifted).
+def _masked_softmax_cases(rng, dtype):
+    mask = np.ones((3, 5), bool)
+    mask[:, 1] = False  # (log_softmax's masked entries are -inf: tests/test_gates_params.py)
+    return _softmax_cases(rng, dtype) + [Case((normal(rng, (3, 5), dtype), mask),
+                                              label="where mask")]
 
-    Local gradient (no Jacobian): dx = y * (g - sum(g * y, axis)).
+
+@defgate
+def softmax(x, where=None, *, axis=-1):
+    """exp(x) / sum(exp(x)) along `axis` (max-shifted). where: a boolean mask; entries outside
+    it get probability 0 (as jax.nn.softmax(..., where=)).
+
+    Local gradient (no Jacobian): dx = y * (g - sum(g * y, axis)), 0 outside the mask.
     """
     axes = _axes(axis, jnp.ndim(x), "softmax")
-    z = x - jax.lax.stop_gradient(_shift(x, axes))
+    masked = x if where is None else jnp.where(where, x, -jnp.inf)
+    z = masked - jax.lax.stop_gradient(_shift(masked, axes))
     e = jnp.exp(z)
     y = e / jnp.sum(e, axis=axes, keepdims=True)
     return y, y
 
 
 @softmax.defvjp
-def softmax_vjp(g, y, *, axis=-1):
+def softmax_vjp(g, y, *, needs, axis=-1):
     axes = _axes(axis, y.ndim, "softmax")
-    return (y * (g - jnp.sum(g * y, axis=axes, keepdims=True)),)
+    return (y * (g - jnp.sum(g * y, axis=axes, keepdims=True)),) + (None,) * (len(needs) - 1)
 
 
-softmax.defcases(_softmax_cases)
+softmax.defcases(_masked_softmax_cases)
 
 
 @defgate
-def log_softmax(x, *, axis=-1):
-    """x - logsumexp(x) along `axis` (max-shifted).
+def log_softmax(x, where=None, *, axis=-1):
+    """x - logsumexp(x) along `axis` (max-shifted). where: a boolean mask; entries outside it
+    are -inf (as jax.nn.log_softmax(..., where=)).
 
-    Local gradient: dx = g - softmax(x) * sum(g, axis).
+    Local gradient: dx = g - softmax(x) * sum(g, axis), over the entries inside the mask.
     """
     axes = _axes(axis, jnp.ndim(x), "log_softmax")
-    z = x - jax.lax.stop_gradient(_shift(x, axes))
+    masked = x if where is None else jnp.where(where, x, -jnp.inf)
+    z = masked - jax.lax.stop_gradient(_shift(masked, axes))
     e = jnp.exp(z)
     s = jnp.sum(e, axis=axes, keepdims=True)
-    return z - jnp.log(s), (e, s)
+    keep = None if where is None else jnp.broadcast_to(where, jnp.shape(x))
+    return z - jnp.log(s), (e, s, keep)
 
 
 @log_softmax.defvjp
-def log_softmax_vjp(g, saved, *, axis=-1):
-    e, s = saved  # softmax(x) = e / s, reusing the forward's exponentials
+def log_softmax_vjp(g, saved, *, needs, axis=-1):
+    e, s, keep = saved  # softmax(x) = e / s, reusing the forward's exponentials
     axes = _axes(axis, e.ndim, "log_softmax")
-    return (g - e * (jnp.sum(g, axis=axes, keepdims=True) / s),)
+    if keep is not None:
+        g = jnp.where(keep, g, jnp.zeros((), g.dtype))
+    dx = g - e * (jnp.sum(g, axis=axes, keepdims=True) / s)
+    return (dx,) + (None,) * (len(needs) - 1)
 
 
 log_softmax.defcases(_softmax_cases)
