@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import nn, ops
-from fnn.nn.layer import Layer
+from fnn.nn.combinators import Layer
 from fnn.train.step import GRADS  # noqa: F401  (re-exported for the bench)
 
 STEP_CASES = ("mlp", "cnn", "resnet", "digits")
@@ -59,9 +59,9 @@ def in_dtype(model: Layer, dtype) -> Layer:
     The casts of the parameters and the scores are astype gates, so both fnn.grad and jax.grad
     carry gradients through them; the inputs are data (no gradient) and are cast directly.
     """
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, **observe):
         low = jax.tree_util.tree_map(lambda p: ops.astype(p, dtype=dtype), params)
-        y, state = model.apply(low, state, x.astype(dtype), key=key, train=train)
+        y, state = model.apply(low, state, x.astype(dtype), key=key, train=train, **observe)
         return ops.astype(y, dtype=jnp.float32), state
 
     return Layer(f"{model.name}_{jnp.dtype(dtype).name}", model.init, apply, model.children,

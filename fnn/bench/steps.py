@@ -14,7 +14,7 @@ import optax
 from fnn.bench.cases import GRADS, build, describe_spec, in_dtype, model_specs
 from fnn.bench.timing import interleaved, matmul_flops, page_faults, peak_mb, profile, temp_mb
 from fnn.bench.torch_ref import time_torch, torch_step
-from fnn.nn.layer import Layer
+from fnn.nn.combinators import Layer
 
 
 def _init(model: Layer, input_shape, seed: int):

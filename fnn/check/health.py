@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnn.nn.layer import split_key
+from fnn.nn.combinators import split_key
 from fnn.pytrees import path_name
 
 SATURATION = 0.99  # |tanh| above, sigmoid outside [1 - SATURATION, SATURATION]
