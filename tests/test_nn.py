@@ -10,13 +10,7 @@ import pytest
 
 import fnn
 from fnn import nn
-
-
-def rel_error(a, b) -> float:
-    """max|a - b| / (max|a| + max|b|), as fnn.check.rel_error (CS231n style)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = np.max(np.abs(a)) + np.max(np.abs(b)) if a.size else 0.0
-    return float(np.max(np.abs(a - b)) / scale) if scale > 0 else 0.0
+from fnn.check import rel_error
 
 KEY = jax.random.PRNGKey(0)
 

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import json
 import os
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.check.gates import MODEL_RTOL
 from fnn.check.health import METRICS, gradient_health
+from fnn.check.tolerances import tolerance
+from fnn.train.step import make_loss_fn
 
 EVERY = 50  # steps between measurements when none is given (python -m fnn train --diagnostics)
-DRIFT_RTOL = MODEL_RTOL
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
 LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
           "custom_vs_builtin": "custom vs built-in gradient (rel. error)",
@@ -51,7 +50,7 @@ def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy"
     """
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"diagnostics every N steps needs a positive int N, got {every!r}")
-    measure = partial(gradient_health, model, loss=loss, l2=l2)
+    loss_fn = make_loss_fn(model, loss, l2=l2)
 
     def wrapped(params, state, opt_and_count, batch, key):
         opt_state, count = opt_and_count
@@ -60,7 +59,8 @@ def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy"
 
         def on(args):
             p, s, b, k, new = args
-            return measure(p, s, b, key=k, updates=jax.tree_util.tree_map(jnp.subtract, new, p))
+            return gradient_health(loss_fn, model, p, s, b, key=k,
+                                   updates=jax.tree_util.tree_map(jnp.subtract, new, p))
 
         def off(args):
             return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
@@ -163,7 +163,7 @@ def summarize(row: dict, dtype: str = "float32") -> str:
             f"dead relu {_span(row['dead_relu'], '.2f')}  "
             f"saturated {_span(row['saturated'], '.2f')}  "
             f"custom~built-in {_span(row['custom_vs_builtin'], '.1e')}")
-    tol = DRIFT_RTOL.get(dtype, 1e-4)
+    tol = tolerance("model", dtype)
     drift = [k for k, v in row["custom_vs_builtin"].items() if not v <= tol]
     if drift:
         line += (f"\n  WARNING: hand-written and jax.grad gradients differ (> {tol:g}) in "
@@ -196,7 +196,7 @@ def plot_health(all_rows: list[dict], path: str, title: str = "") -> None:
         if metric == "update_ratio" and layers:
             ax.axhline(1e-3, color="gray", ls="--", lw=1, label="1e-3 (rule of thumb)")
         if metric == "custom_vs_builtin" and layers:
-            ax.axhline(DRIFT_RTOL["float32"], color="red", ls="--", lw=1,
+            ax.axhline(tolerance("model", "float32"), color="red", ls="--", lw=1,
                        label="float32 tolerance")
         if metric in ("dead_relu", "saturated"):
             ax.set_ylim(-0.03, 1.03)
