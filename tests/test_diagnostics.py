@@ -15,7 +15,7 @@ from fnn import nn
 from fnn.check import health
 from fnn.cli import main
 from fnn.train import fit, load_dataset, make_loss_fn, make_optimizer
-from fnn.train.diagnostics import HealthLog, summarize
+from fnn.train.health_log import HealthLog, summarize
 
 
 @pytest.fixture(scope="module")
