@@ -282,11 +282,12 @@ def _attempt(name: str, check, raised: dict):
 
 
 def _error(a, b) -> float:
-    """rel_error of two gradients (pytrees); inf when their structures differ."""
-    la, lb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
-    if la.num_leaves != lb.num_leaves:
+    """The largest rel_error over the leaves of two results (pytrees): each input's gradient
+    (each output) judged on its own scale; inf when their structures differ."""
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    if len(la) != len(lb) or any(np.shape(x) != np.shape(y) for x, y in zip(la, lb)):
         return float("inf")
-    return rel_error(a, b)
+    return max((rel_error(x, y) for x, y in zip(la, lb)), default=0.0)
 
 
 def _reason(e: Exception) -> str:
