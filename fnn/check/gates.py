@@ -73,7 +73,7 @@ class GateCheck:
     """A gate's checks: one CaseCheck per case and dtype; the transforms (name -> True: agrees
     with jax.vjp, False: differs or raised, None: not applicable, or not judged because the VJP
     is already wrong); `errors`, where -> 'Type: message' of every exception met (where: a
-    dtype or a transform)."""
+    dtype or a transform), the whole message (the problems show its first line)."""
 
     gate: str
     cases: list
@@ -93,7 +93,8 @@ class GateCheck:
 
     @property
     def problems(self) -> list[str]:
-        found = [f"{where}: {why}" for where, why in self.errors.items()]
+        found = [f"{where}: {(why.splitlines() or [''])[0][:200]}"
+                 for where, why in self.errors.items()]
         if not self.cases and not self.errors:
             found.append("no test cases")
         found += [p for c in self.cases for p in c.problems()]
@@ -291,7 +292,7 @@ def _error(a, b) -> float:
 
 
 def _reason(e: Exception) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    return f"{type(e).__name__}: {e}"
 
 
 def _short(dtype: str) -> str:
