@@ -16,6 +16,9 @@ The table of contents:
   fnn.check_grads / fnn.locate_divergence   custom vs built-in vs numerical; find the wrong gate
   fnn.graph                                 the computational graph with values and gradients
   fnn.tune_cpu                              faster XLA CPU settings; call before the first computation
+
+The layers (autodiff < ops < transforms < nn < check < train < bench < cli) and what each may
+import: ARCHITECTURE.md.
 """
 
 from fnn.autodiff import (Case, Gate, NanOriginError, Trace, Traced, debug_nans, defgate,

@@ -1,4 +1,4 @@
-"""`python -m fnn ...`: the command line (fnn/cli.py)."""
+"""`python -m fnn ...`: the command line (fnn/cli)."""
 
 from fnn.cli import entry
 

@@ -6,16 +6,17 @@ nothing about the values computed by either gradient (fnn's or jax.grad's); it c
 kernels run the convolutions and how the step's scratch memory is allocated:
 
 1. XLA flag `--xla_cpu_experimental_ynn_fusion_type=reduce,individual_dot`: matrix products
-   and reductions stay with YNNPACK, convolutions go to XLA's Eigen kernels. On the 2-core
-   AMD EPYC machine of docs/benchmarks.md this made the small CNN's step 2.2x faster (84 -> 38
-   ms) and the ResNet's 1.8x (201 -> 112 ms), with the MLP step unchanged, for fnn's rules and
-   jax.grad alike (the full runs of docs/benchmarks.md: CNN 85 -> 37 ms, 2.3x). Added to XLA_FLAGS only when jaxlib knows the flag and the user's XLA_FLAGS
-   do not already set it (an unknown flag would abort JAX at start-up).
+   and reductions stay with YNNPACK, convolutions go to XLA's Eigen kernels, which run the
+   convolutions of the CNN and ResNet steps faster on CPU; steps without convolutions (the
+   MLPs) are unchanged, for fnn's rules and jax.grad alike (the measurements are in
+   docs/benchmarks.md). Added to XLA_FLAGS only when jaxlib knows the flag and the user's
+   XLA_FLAGS do not already set it (an unknown flag would abort JAX at start-up).
 2. glibc malloc (Linux): one arena, allocations up to 1 GiB served from the heap and the heap
    never trimmed below 2 GiB. XLA allocates a step's scratch memory (tens to hundreds of MiB)
    at every call; by default glibc serves each such block with a fresh mmap, so every page of
-   it is faulted in again at every step (19 k page faults per CNN step, about a third of its
-   time). With these settings the blocks are reused: 0 page faults per step. The cost is that
+   it is faulted in again at every step (docs/benchmarks.md counts the page faults per step
+   and what they cost). With these settings the blocks are reused, with no page faults per
+   step. The cost is that
    up to 2 GiB of freed memory stays with the process instead of going back to the system.
    Left alone when JAX may run on an accelerator (a CUDA/ROCm/TPU plugin is installed and
    JAX_PLATFORMS does not say cpu), and when glibc refuses the 1 GiB mmap threshold (then

@@ -9,7 +9,7 @@ import numpy as np
 import fnn
 from fnn import ops
 from fnn.check import check_grads
-from fnn.check.report import GradReport
+from fnn.check.grads import GradReport
 
 
 def _params(dtype, seed=0):
@@ -141,3 +141,28 @@ def test_json_round_trip_and_markdown():
     assert md.count("\n|") >= 6 and "| w1 |" in md
     # the same seed gives the same report (bar the device-independent fields, all of it)
     assert check_grads(mlp_loss, params, x, y, seed=7).to_json() == text
+
+
+def test_one_rel_error_for_numpy_jax_pytrees_and_jit():
+    from fnn.check import rel_error
+
+    a, b = np.array([1.0, -2.0, 0.0]), np.array([1.0, -2.5, 0.0])
+    assert rel_error(a, b) == 0.5 / 4.5 and isinstance(rel_error(a, b), float)
+    assert rel_error(jnp.asarray(a), jnp.asarray(b)) == rel_error(a, b)
+    inside = jax.jit(lambda x, y: rel_error({"p": x, "q": 2 * x}, {"p": y, "q": 2 * y}))
+    np.testing.assert_allclose(float(inside(a, b)), 1.0 / 9.0, rtol=1e-6)  # over all leaves
+    assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+    with np.testing.assert_raises(ValueError):
+        rel_error(np.zeros(3), np.zeros(4))
+
+
+def test_one_tolerance_table():
+    from fnn.check.tolerances import TOLERANCES, tolerance
+
+    assert set(TOLERANCES) == {"forward", "gate", "model", "numeric", "transform"}
+    for row in TOLERANCES.values():
+        assert set(row) == {"float64", "float32", "float16", "bfloat16"}
+    assert tolerance("gate", jnp.float32) == tolerance("gate", "float32") == 2e-5
+    assert tolerance("model", "int32") == tolerance("model", "float32")  # unknown: float32's
+    with np.testing.assert_raises(ValueError):
+        tolerance("nope", "float32")

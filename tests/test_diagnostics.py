@@ -14,8 +14,8 @@ import fnn
 from fnn import nn
 from fnn.check import health
 from fnn.cli import main
-from fnn.train import fit, load_dataset, make_optimizer
-from fnn.train.diagnostics import HealthLog, summarize
+from fnn.train import fit, load_dataset, make_loss_fn, make_optimizer
+from fnn.train.health_log import HealthLog, summarize
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,14 @@ def digits():
 
 
 # compiled, as in training (eagerly every gate is its own dispatch)
-gradient_health = jax.jit(health.gradient_health, static_argnums=0,
-                          static_argnames=("loss", "l2"))
+_gradient_health = jax.jit(health.gradient_health, static_argnums=(0, 1))
+
+
+def gradient_health(model, params, state, batch, *, key=None, l2=0.0, updates=None):
+    """fnn.check.gradient_health of the training loss (fnn.train.make_loss_fn)."""
+    return _gradient_health(make_loss_fn(model, l2=l2), model, params, state, batch, key=key,
+                            updates=updates)
+
 layer_activations = jax.jit(health.layer_activations, static_argnums=0,
                             static_argnames=("train",))
 

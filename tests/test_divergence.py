@@ -111,3 +111,25 @@ def test_argnums_and_float64(x64):
     result = locate_divergence(model, params, x.astype(jnp.float64), y, argnums=1)
     assert [d.gate for d in result] == ["wrong_tanh"]
     assert locate_divergence(mlp, params, x.astype(jnp.float64), y, argnums=(0, 1)).ok
+
+
+@fnn.defgate
+def looped_double(x):
+    """2 x, by a while loop JAX cannot reverse.  Local gradient: 2."""
+    y = jax.lax.while_loop(lambda c: c[0] < 1, lambda c: (c[0] + 1, 2.0 * c[1]), (0, x))[1]
+    return y, None
+
+
+@looped_double.defvjp
+def looped_double_vjp(g, saved):
+    return (2.0 * g,)
+
+
+def test_a_forward_jax_cannot_differentiate_is_reported_not_trusted():
+    params, x, y = _data()
+    model = lambda p, x, y: mlp(p, x, y, act=looped_double)
+    result = locate_divergence(model, params, x, y)
+    assert not result.ok and [d.gate for d in result] == ["looped_double"]
+    assert result[0].message.startswith("no reference: jax.vjp of its forward raised")
+    assert np.isnan(result[0].error) and result[0].errors == (None,)
+    assert "no reference" in str(result)

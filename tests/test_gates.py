@@ -1,15 +1,17 @@
-"""Every gate in fnn.registry, checked at its own test cases: hand-written VJP against jax.vjp of
-the same forward (float64 and float32) and against central differences (float64).
+"""Every gate in fnn.registry, checked at its own test cases by the gate checker
+(fnn.check.gates, also behind `python -m fnn gradcheck`): hand-written VJP against jax.vjp of
+the same forward (float64 and float32), against central differences (float64), eagerly and
+under jit, vmap, grad(vmap) and vmap(grad). Each gate is checked once per test run.
 
 Parametrized over the registry itself, so a gate without test cases fails here.
 """
 
-import jax
 import numpy as np
 import pytest
 
 import fnn
-from fnn.check.gates import NUMERIC_TOLERANCE, TOLERANCE, check_gate_case, gate_functions, cast_case
+from fnn.check.gates import CHECKS, check_gate
+from fnn.check.tolerances import tolerance
 
 GATES = sorted(fnn.registry)
 
@@ -37,55 +39,23 @@ def test_gate_is_declared_fully(name):
 
 
 @pytest.mark.parametrize("name", GATES)
-def test_vjp_matches_jax_float64(name, x64):
-    gate = fnn.registry[name]
-    rng = np.random.default_rng(1)
-    for case in gate.cases(np.random.default_rng(0), "float64"):
-        r = check_gate_case(gate, case, "float64", rng)
-        assert r["out"] <= 1e-12, (name, case.label, r)
-        assert r["vs_jax"] <= TOLERANCE["float64"], (name, case.label, r)
-        if r["vs_numeric"] is not None:
-            assert r["vs_numeric"] <= NUMERIC_TOLERANCE, (name, case.label, r)
-
-
-@pytest.mark.parametrize("name", GATES)
-def test_vjp_matches_jax_float32(name):
-    gate = fnn.registry[name]
-    rng = np.random.default_rng(2)
-    for case in gate.cases(np.random.default_rng(0), "float32"):
-        r = check_gate_case(gate, case, "float32", rng, numeric=False)
-        assert r["vs_jax"] <= TOLERANCE["float32"], (name, case.label, r)
-
-
-@pytest.mark.parametrize("name", GATES)
-def test_vjp_under_jit_and_vmap(name, x64):
-    """The recorded VJP of the first case compiles under jit and batches under vmap."""
-    gate = fnn.registry[name]
-    case = gate.cases(np.random.default_rng(0), "float64")[0]
-    args = cast_case(case, "float64")
-    diff, forward, recorded = gate_functions(gate, args, case.kwargs)
-    dargs = [args[i] for i in diff]
-
-    def loss_fnn(*d):
-        return fnn.ops.sum(_first(recorded(*d)) ** 2)
-
-    def loss_ref(*d):
-        return jax.numpy.sum(_first(forward(*d)) ** 2)
-
-    argnums = tuple(range(len(dargs)))
-    eager = fnn.grad(loss_fnn, argnums=argnums)(*dargs)
-    jitted = jax.jit(fnn.grad(loss_fnn, argnums=argnums))(*dargs)
-    ref = jax.grad(loss_ref, argnums=argnums)(*dargs)
-    for a, b, c in zip(eager, jitted, ref):
-        np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(b, c, rtol=1e-9, atol=1e-12)
-    # vmap over a stacked pair of the same inputs (scaled), per-example gradients
-    stacked = [jax.numpy.stack([d, 0.5 * d]) for d in dargs]
-    per_ex = jax.vmap(fnn.grad(loss_fnn, argnums=argnums))(*stacked)
-    per_ref = jax.vmap(jax.grad(loss_ref, argnums=argnums))(*stacked)
-    for a, c in zip(per_ex, per_ref):
-        np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-12)
-
-
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
+def test_vjp_matches_jax_numerics_and_transforms(name):
+    """The gate checker (fnn.check.gates), once per gate: every case in float64 (forward, vs
+    jax.vjp, vs central differences) and float32 (vs jax.vjp); eager, jit, vmap, grad(vmap)
+    and vmap(grad) on the first case."""
+    report = check_gate(name, fnn.registry[name])
+    assert not report.errors, (name, report.errors)
+    f64 = [c for c in report.cases if c.dtype == "float64"]
+    f32 = [c for c in report.cases if c.dtype == "float32"]
+    assert len(f64) == len(fnn.registry[name].cases(np.random.default_rng(0), "float64")) >= 1
+    assert len(f32) == len(fnn.registry[name].cases(np.random.default_rng(0), "float32"))
+    for c in f64:
+        assert c.forward <= 1e-12, (name, c)
+        assert c.vs_jax <= tolerance("gate", "float64") == 1e-10, (name, c)
+        assert c.vs_numeric is None or c.vs_numeric <= tolerance("numeric", "float64") == 1e-6, \
+            (name, c)
+    for c in f32:
+        assert c.vs_jax <= tolerance("gate", "float32") == 2e-5, (name, c)
+    for t in CHECKS:  # eager and under jit, vmap, grad(vmap), vmap(grad): as jax.vjp
+        assert report.transforms[t] is True, (name, t, report.transforms)
+    assert report.ok, report.verdict

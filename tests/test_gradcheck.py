@@ -1,11 +1,15 @@
-"""`python -m fnn gradcheck`: every registered gate in one table, user gates, a model per layer."""
+"""`python -m fnn gradcheck`: the table and its formats, user gates, timing, a model per layer.
+
+Every registered gate is checked once, by tests/test_gates.py; here the command runs on a few.
+"""
 
 import argparse
 import json
 import textwrap
 
 import fnn
-from fnn.check.gradcheck import TRANSFORMS, add_gradcheck_arguments, check_gate, gradcheck_main
+from fnn.check.gates import TRANSFORMS, check_gate
+from fnn.cli.gradcheck import add_arguments, gates_to_check, run, timing_us
 
 BROKEN = '''
 import jax.numpy as jnp
@@ -47,20 +51,26 @@ def _bad_cases(rng, dtype):
 
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    add_gradcheck_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def test_every_registered_gate_passes_and_is_listed(capsys):
-    assert gradcheck_main(_args("--format", "json", "--no-timing")) == 0
+FEW = ("relu", "conv2d", "batch_norm")  # elementwise, NHWC with a static stride, 3 outputs
+
+
+def test_the_gates_asked_for_pass_and_are_listed(capsys):
+    assert gates_to_check() == dict(fnn.registry)  # with no --gate: every registered gate
+    assert run(_args("--format", "json", "--no-timing", "--gate", ",".join(FEW))) == 0
     table = json.loads(capsys.readouterr().out)
     assert table["ok"] is True
     rows = {row["gate"]: row for row in table["gates"]}
-    assert set(rows) == set(fnn.registry)
+    assert set(rows) == set(FEW)
     for name, row in rows.items():
         assert row["verdict"] == "ok", (name, row)
         assert row["cases"] >= 1
         assert all(row["transforms"][t] for t in TRANSFORMS), (name, row["transforms"])
+        assert set(row) == {"gate", "cases", "vs_jax_f64", "vs_jax_f32", "vs_numeric",
+                            "custom_us", "builtin_us", "transforms", "verdict"}
     assert table["meta"]["seed"] == 0 and "device" in table["meta"]
 
 
@@ -68,25 +78,44 @@ def test_user_module_with_a_wrong_vjp_fails(tmp_path, monkeypatch, capsys):
     (tmp_path / "user_gates_broken.py").write_text(textwrap.dedent(BROKEN))
     monkeypatch.syspath_prepend(str(tmp_path))
     argv = ("--module", "user_gates_broken", "--gate", "cube,bad_square")
-    assert gradcheck_main(_args(*argv)) == 1
+    assert run(_args(*argv)) == 1
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
     assert rows["cube"].rstrip().endswith("ok")
     assert "FAIL" in rows["bad_square"] and "vs jax.vjp" in rows["bad_square"]
     assert "FAILED: bad_square" in out
-    assert gradcheck_main(_args(*argv[:2], "--gate", "cube", "--format", "markdown")) == 0
+    assert run(_args(*argv[:2], "--gate", "cube", "--format", "markdown")) == 0
     assert "| cube | 1 |" in capsys.readouterr().out
-    assert gradcheck_main(_args("--gate", "no_such_gate")) == 2
+    assert run(_args("--gate", "no_such_gate")) == 2
+
+
+def test_a_failure_keeps_its_reason():
+    @fnn.defgate
+    def crashing(x):
+        """x.  Local gradient: 1 (the VJP below raises)."""
+        return x, None
+
+    @crashing.defvjp
+    def crashing_vjp(g, saved):
+        raise RuntimeError("the reason, kept")
+
+    @crashing.defcases
+    def _(rng, dtype):
+        return [fnn.Case((rng.standard_normal(3).astype(dtype),), label="three")]
+
+    report = check_gate("crashing", crashing)
+    assert not report.ok and "RuntimeError: the reason, kept" in report.verdict
 
 
 def test_timing_columns_are_microseconds():
-    row = check_gate("relu", fnn.registry["relu"])
-    assert row.ok
-    assert 0 < row.custom_us < 1e5 and 0 < row.builtin_us < 1e5
+    report = check_gate("relu", fnn.registry["relu"])
+    assert report.ok
+    custom_us, builtin_us = timing_us(fnn.registry["relu"], report)
+    assert 0 < custom_us < 1e5 and 0 < builtin_us < 1e5
 
 
 def test_model_check_per_layer(capsys):
-    assert gradcheck_main(_args("--model", "mlp")) == 0
+    assert run(_args("--model", "mlp")) == 0
     out = capsys.readouterr().out
     for leaf in ("1_dense/w", "1_dense/b", "3_dense/w", "5_dense/b"):
         assert leaf in out

@@ -10,8 +10,9 @@ import pytest
 import fnn
 from fnn import ops
 from fnn.check import graph
-from fnn.check.graph import add_graph_arguments, graph_layers, graph_main
-from fnn.check.gradcheck import small_model
+from fnn.check.graph import graph_layers
+from fnn.check.zoo import small_model
+from fnn.cli.graph import add_arguments, run
 
 
 def simple(x, y, z):
@@ -114,18 +115,18 @@ def test_layer_graph_of_a_model():
 
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    add_graph_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_graph_command_lecture_and_model(tmp_path, capsys):
-    assert graph_main(_args("lecture", "--out", str(tmp_path))) == 0
+    assert run(_args("lecture", "--out", str(tmp_path))) == 0
     out = capsys.readouterr().out
     assert "-12" in out and "local gradient -0.53 x upstream 1 = -0.53" in out
     for name in ("simple", "neuron", "sigmoid_gate", "copy_gate"):
         assert (tmp_path / f"{name}.dot").exists()
         if shutil.which("dot"):
             assert (tmp_path / f"{name}.svg").stat().st_size > 0
-    assert graph_main(_args("--model", "mlp", "--out", str(tmp_path))) == 0
+    assert run(_args("--model", "mlp", "--out", str(tmp_path))) == 0
     assert "1_dense" in (tmp_path / "mlp.dot").read_text()
-    assert graph_main(_args()) == 2
+    assert run(_args()) == 2

@@ -10,13 +10,7 @@ import pytest
 
 import fnn
 from fnn import nn
-
-
-def rel_error(a, b) -> float:
-    """max|a - b| / (max|a| + max|b|), as fnn.check.rel_error (CS231n style)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = np.max(np.abs(a)) + np.max(np.abs(b)) if a.size else 0.0
-    return float(np.max(np.abs(a - b)) / scale) if scale > 0 else 0.0
+from fnn.check import rel_error
 
 KEY = jax.random.PRNGKey(0)
 
@@ -213,3 +207,22 @@ def test_every_activation_gate_has_a_layer():
     gates = {"relu", "sigmoid", "tanh", "leaky_relu", "elu", "softplus", "gelu", "silu"}
     assert gates == set(nn.ACTIVATIONS)
     assert "maxout" in fnn.ops.registry and hasattr(nn, "Maxout")
+
+
+def test_combinators_show_every_output_to_observe():
+    model = nn.serial(nn.Dense(4), nn.Relu(), nn.residual(nn.serial(nn.Dense(4), nn.Tanh())),
+                      nn.Dense(2))
+    params, state, _ = model.init(KEY, (3,))
+    x = jnp.ones((5, 3))
+    seen = {}
+    y, _ = model.apply(params, state, x, observe=lambda path, layer, v: seen.update(
+        {"/".join(path): (layer.name, v.shape)}))
+    np.testing.assert_array_equal(y, model.apply(params, state, x)[0])  # observing changes nothing
+    assert list(seen) == ["0_dense", "1_relu", "2_residual/main/0_dense", "2_residual/main/1_tanh",
+                          "2_residual/main", "2_residual", "3_dense"]
+    assert seen["2_residual/main/1_tanh"] == ("tanh", (5, 4)) and seen["3_dense"][1] == (5, 2)
+    assert ["/".join(p) for p, _ in nn.named_layers(model)] == [
+        "0_dense", "1_relu", "2_residual", "2_residual/main", "2_residual/main/0_dense",
+        "2_residual/main/1_tanh", "3_dense"]
+    relu = nn.Relu()
+    assert list(nn.named_layers(relu)) == [((), relu)]  # a lone layer is itself

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.check.gates import NUMERIC_TOLERANCE, TOLERANCE, cast_case, check_gate_case, gate_functions
+from fnn.check.gates import CHECKS, cast_case, check_gate, gate_functions
+from fnn.check.tolerances import tolerance
 from fnn.ops.primitives import GATES, RULES
 
 NAMES = sorted(g.name for g in GATES.values())
@@ -28,29 +29,30 @@ def test_rule_is_declared_fully(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_rule_matches_jax_float64(name, x64):
+def test_rule_matches_jax_numerics_and_transforms(name):
+    """The gate checker, once per rule: every case in float64 (forward, vs jax.vjp, vs central
+    differences) and float32 (vs jax.vjp); eager, jit, vmap, grad(vmap), vmap(grad). A case
+    where JAX has no rule (reference=False) is checked against central differences alone."""
     gate = BY_NAME[name]
-    rng = np.random.default_rng(1)
-    for case in gate.cases(np.random.default_rng(0), "float64"):
-        if not case.reference:
-            assert numeric_only(gate, case) <= NUMERIC_TOLERANCE, (name, case.label)
-            continue
-        r = check_gate_case(gate, case, "float64", rng)
-        assert r["out"] <= 1e-12, (name, case.label, r)
-        assert r["vs_jax"] <= TOLERANCE["float64"], (name, case.label, r)
-        if r["vs_numeric"] is not None:
-            assert r["vs_numeric"] <= NUMERIC_TOLERANCE, (name, case.label, r)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_rule_matches_jax_float32(name):
-    gate = BY_NAME[name]
-    rng = np.random.default_rng(2)
-    for case in gate.cases(np.random.default_rng(0), "float32"):
-        if not case.reference:
-            continue
-        r = check_gate_case(gate, case, "float32", rng, numeric=False)
-        assert r["vs_jax"] <= TOLERANCE["float32"], (name, case.label, r)
+    report = check_gate(name, gate)
+    assert not report.errors, (name, report.errors)
+    with jax.enable_x64(True):  # the float64 cases as the checker made them
+        cases = gate.cases(np.random.default_rng(0), "float64")
+    f64 = [c for c in report.cases if c.dtype == "float64"]
+    assert len(f64) == len(cases) >= 1
+    for c, case in zip(f64, cases):
+        assert c.forward <= 1e-12, (name, c)
+        if case.reference:
+            assert c.vs_jax <= tolerance("gate", "float64") == 1e-10, (name, c)
+        else:
+            assert c.vs_jax is None and c.vs_numeric is not None, (name, c)
+        assert c.vs_numeric is None or c.vs_numeric <= tolerance("numeric", "float64"), (name, c)
+    for c in report.cases:
+        if c.dtype == "float32" and c.vs_jax is not None:
+            assert c.vs_jax <= tolerance("gate", "float32") == 2e-5, (name, c)
+    for t in CHECKS:
+        assert report.transforms[t] is True, (name, t, report.transforms)
+    assert report.ok, report.verdict
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,21 +82,6 @@ def test_rule_second_order(name, x64):
     ref = jax.grad(first(jax.vjp, forward), argnums=tuple(range(len(dargs))))(*dargs)
     for a, b in zip(mine, ref):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
-
-
-def numeric_only(gate, case):
-    """fnn's VJP against central differences, where JAX has no rule to compare with."""
-    from fnn.check.numeric import numerical_vjp, rel_error
-
-    args = cast_case(case, "float64")
-    diff, forward, recorded = gate_functions(gate, args, case.kwargs)
-    dargs = [args[i] for i in diff]
-    out = jax.eval_shape(forward, *dargs)
-    ct = jnp.asarray(np.random.default_rng(4).standard_normal(out.shape), out.dtype)
-    mine = fnn.vjp(recorded, *dargs)[1](ct)
-    num = numerical_vjp(lambda *d: np.asarray(forward(*d)), [np.asarray(a) for a in dargs],
-                        np.asarray(ct))
-    return max(rel_error(a, b) for a, b in zip(mine, num))
 
 
 def test_table_covers_the_primitives_of_common_code():

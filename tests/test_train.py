@@ -189,3 +189,70 @@ def test_custom_and_builtin_losses_agree_over_100_steps(digits):
     print(f"max relative loss difference over 100 steps: {rel.max():.2e}")
     assert rel.max() <= 1e-4, rel.max()
     assert losses["custom"][-10:].mean() < 0.3 * losses["custom"][:10].mean()  # it learned
+
+
+# ---- fit's hooks ---------------------------------------------------------------------------------
+def test_a_hook_sees_every_epoch_in_order(digits):
+    from fnn.train import Hook
+
+    class Seen(Hook):
+        def __init__(self):
+            self.calls = []
+
+        def on_epoch_start(self, ts, n_steps):
+            self.calls.append(("start", ts.epoch + 1, n_steps))
+
+        def after_epoch(self, before, params, losses, key):
+            self.calls.append(("after", before.epoch + 1, len(losses)))
+
+        def on_epoch_end(self, ts, record):
+            self.calls.append(("end", ts.epoch, record["epoch"]))
+
+    seen = Seen()
+    n = len(digits.x_train) // 256
+    ts, history = fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=2,
+                      batch_size=256, hooks=[seen])
+    assert seen.calls == [("start", 1, n), ("after", 1, n), ("end", 1, 1),
+                          ("start", 2, n), ("after", 2, n), ("end", 2, 2)]
+    assert [r["epoch"] for r in history] == [1, 2] and ts.epoch == 2
+
+
+@pytest.mark.parametrize("how", ["handler", "raise"])
+def test_ctrl_c_inside_the_compiled_epoch_is_a_keyboard_interrupt(digits, how):
+    """Ctrl-C while a progress callback runs inside the compiled epoch reaches fit wrapped in
+    JAX's runtime error; fit raises KeyboardInterrupt (decided by a note, not by the text).
+    "handler": the SIGINT handler runs there, as when the signal lands in the callback (a real
+    os.kill is delivered whenever the OS and JAX's threads let it, so it is not used here)."""
+    import signal
+
+    from fnn.train import Hook
+
+    class CtrlC(Hook):
+        progress = True
+
+        def on_progress(self, done):
+            if how == "handler":
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            else:
+                raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=1, batch_size=256,
+            hooks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is before  # fit's handler is gone again
+
+
+def test_an_error_in_a_callback_stays_an_error(digits):
+    from fnn.train import Hook
+
+    class Broken(Hook):
+        progress = True
+
+        def on_progress(self, done):
+            raise RuntimeError("not an interrupt")
+
+    with pytest.raises(Exception, match="not an interrupt") as info:
+        fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=1, batch_size=256,
+            hooks=[Broken()])
+    assert not isinstance(info.value, KeyboardInterrupt)

@@ -27,17 +27,21 @@ scores back to float32 for the loss; the gate micro-benchmarks take bf16 inputs.
 
 The package, one concept a file:
     cases.py      what is measured: the models and their sizes, bf16 compute, gate inputs
-    timing.py     how: interleaved medians, FLOPs of a jaxpr, page faults, profiles, the gemm
+    timing.py     how: interleaved medians, the gate timer (time_gate, also behind the timing
+                  columns of `python -m fnn gradcheck`), FLOPs of a jaxpr, page faults,
+                  profiles, the gemm
     steps.py      the step, epoch and gate benchmarks (hand-written vs built-in)
     torch_ref.py  PyTorch's eager step on the same architectures (optional)
     report.py     issue 5's targets, the table and the Markdown
-    run.py        the whole run and its command line (`python -m fnn bench`)
+    run.py        the whole run; its command line and printing are fnn.cli.bench
+
+Layering: fnn.bench builds on fnn.train, fnn.check and below; only fnn.cli imports it.
 """
 
 from fnn.bench.cases import CASES, GRADS, STEP_CASES, build, gate_inputs, in_dtype, model_specs
 from fnn.bench.report import markdown, targets
-from fnn.bench.run import add_arguments, main, run
-from fnn.bench.timing import interleaved, matmul_flops
+from fnn.bench.run import run
+from fnn.bench.timing import interleaved, matmul_flops, time_gate
 
-__all__ = ["CASES", "GRADS", "STEP_CASES", "add_arguments", "build", "gate_inputs", "in_dtype",
-           "interleaved", "main", "markdown", "matmul_flops", "model_specs", "run", "targets"]
+__all__ = ["CASES", "GRADS", "STEP_CASES", "build", "gate_inputs", "in_dtype", "interleaved",
+           "markdown", "matmul_flops", "model_specs", "run", "targets", "time_gate"]

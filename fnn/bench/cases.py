@@ -7,8 +7,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fnn import nn, ops
-from fnn.nn.layer import Layer
+from fnn.nn import cnn, mlp, resnet
+from fnn.nn.combinators import Layer
+from fnn.ops import astype
 from fnn.train.step import GRADS  # noqa: F401  (re-exported for the bench)
 
 STEP_CASES = ("mlp", "cnn", "resnet", "digits")
@@ -47,10 +48,10 @@ def describe_spec(spec) -> str:
 
 def build(spec) -> Layer:
     if spec["kind"] == "mlp":
-        return nn.mlp(spec["hidden"])
+        return mlp(spec["hidden"])
     if spec["kind"] == "cnn":
-        return nn.cnn(spec["channels"], dense=())
-    return nn.resnet(spec["widths"])
+        return cnn(spec["channels"], dense=())
+    return resnet(spec["widths"])
 
 
 def in_dtype(model: Layer, dtype) -> Layer:
@@ -59,10 +60,10 @@ def in_dtype(model: Layer, dtype) -> Layer:
     The casts of the parameters and the scores are astype gates, so both fnn.grad and jax.grad
     carry gradients through them; the inputs are data (no gradient) and are cast directly.
     """
-    def apply(params, state, x, *, key=None, train=False):
-        low = jax.tree_util.tree_map(lambda p: ops.astype(p, dtype=dtype), params)
-        y, state = model.apply(low, state, x.astype(dtype), key=key, train=train)
-        return ops.astype(y, dtype=jnp.float32), state
+    def apply(params, state, x, *, key=None, train=False, **observe):
+        low = jax.tree_util.tree_map(lambda p: astype(p, dtype=dtype), params)
+        y, state = model.apply(low, state, x.astype(dtype), key=key, train=train, **observe)
+        return astype(y, dtype=jnp.float32), state
 
     return Layer(f"{model.name}_{jnp.dtype(dtype).name}", model.init, apply, model.children,
                  model.kind)

@@ -141,8 +141,3 @@ def markdown(result) -> str:
                                                   f"({t['value']:.3f})" for t in slow) + "."
                         if slow else "."))
     return "\n".join(out) + "\n"
-
-
-def print_tables(result, log=print) -> None:
-    log("")
-    log(markdown(result))

@@ -1,26 +1,27 @@
-"""The whole run (`run`) and its command line (`add_arguments`, `main`): `python -m fnn bench`
-and scripts/bench.py."""
+"""The whole run: every case asked for, its rows and issue 5's targets (`python -m fnn bench`,
+whose command line is fnn.cli.bench)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 
 from fnn.bench.cases import CASES, STEP_CASES, gate_inputs, model_specs
-from fnn.bench.report import fmt_row, markdown, print_tables, targets
+from fnn.bench.report import fmt_row, targets
 from fnn.bench.steps import bench_epoch, bench_gate, bench_step
 from fnn.bench.timing import bench_matmul, gemm, load_average, machine
 
 
 def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-        eager: bool = True, profile_top: int = 0, tuning=None, log=print) -> dict:
+        eager: bool = True, profile_top: int = 0, tuning=None, log=None) -> dict:
     """Run the cases named in `only` (default all; gate names select single gates).
-    `tuning`: what fnn.runtime.tune_cpu did before JAX started (recorded with the results)."""
-    from fnn import registry
+    `tuning`: what fnn.runtime.tune_cpu did before JAX started (recorded with the results).
+    log(line) gets a line per row as it is measured (None: silent)."""
+    from fnn.ops import registry
 
+    log = log or (lambda line: None)
     only = set(only or CASES)
     unknown = only - set(CASES) - set(registry)
     if unknown:
@@ -59,38 +60,4 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
             log(f"gate {name}: no benchmark size declared in fnn.bench.cases.gate_inputs")
     result["load"].append(load_average())
     result["targets"] = targets(rows)
-    return result
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--reps", type=int, default=50, help="timed calls per function (default 50)")
-    p.add_argument("--only", metavar="CASES",
-                   help=f"comma-separated cases: {','.join(CASES)} and/or gate names")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype (parameters stay float32)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few reps: a smoke run")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
-    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
-    p.add_argument("--no-eager", action="store_true", help="skip the un-jitted steps")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="list the N most costly XLA operations of each step (jax.profiler)")
-
-
-def main(args) -> dict:
-    """Run the bench for parsed `args` (see add_arguments); print, and write JSON/Markdown."""
-    if args.reps < 1:
-        raise ValueError(f"--reps must be at least 1, got {args.reps}")
-    reps = min(args.reps, 5) if args.quick else args.reps
-    only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
-    result = run(only=only, reps=reps, dtype=args.dtype, quick=args.quick,
-                 torch=not args.no_torch, eager=not args.no_eager, profile_top=args.profile,
-                 tuning=getattr(args, "tuning", None))
-    print_tables(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(result))
     return result

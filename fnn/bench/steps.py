@@ -12,9 +12,10 @@ import numpy as np
 import optax
 
 from fnn.bench.cases import GRADS, build, describe_spec, in_dtype, model_specs
-from fnn.bench.timing import interleaved, matmul_flops, page_faults, peak_mb, profile, temp_mb
+from fnn.bench.timing import (interleaved, matmul_flops, page_faults, peak_mb, profile,
+                              temp_mb, time_gate)
 from fnn.bench.torch_ref import time_torch, torch_step
-from fnn.nn.layer import Layer
+from fnn.nn.combinators import Layer
 
 
 def _init(model: Layer, input_shape, seed: int):
@@ -150,31 +151,12 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
 
 def bench_gate(name: str, label: str, make, *, reps: int, dtype, seed: int = 0,
                budget_s: float = 1.0) -> dict:
-    from fnn import registry, vjp
-    from fnn.check.gates import gate_functions, random_cotangent
+    """One gate at a realistic size (`make(rng, dtype) -> (args, kwargs)`): time_gate's row."""
+    from fnn.ops import registry
 
-    gate = registry[name]
     rng = np.random.default_rng(seed)
     args, kwargs = make(rng, dtype)
-    diff, forward, recorded = gate_functions(gate, args, kwargs)
-
-    def custom(g, *dargs):  # fnn's recorded gate: under jit only its hand-written VJP remains
-        out, pullback = vjp(recorded, *dargs)
-        return out, pullback(g)
-
-    def builtin(g, *dargs):
-        out, pullback = jax.vjp(forward, *dargs)
-        return out, pullback(g)
-
-    dargs = [args[i] for i in diff]
-    g = random_cotangent(jax.eval_shape(forward, *dargs), rng)
-    fns = {k: jax.jit(f).lower(g, *dargs).compile() for k, f in (("custom", custom),
-                                                                    ("builtin", builtin))}
-    calls = {k: (lambda f=f: f(g, *dargs)) for k, f in fns.items()}
-    # small gates take a fraction of a millisecond: time them about a second, at least `reps`
-    once = sum(interleaved(calls, 1, warmup=1).values())
-    reps = min(max(reps, int(budget_s / once)), 50 * reps)
-    med = interleaved(calls, reps)
+    t = time_gate(registry[name], args, kwargs, rng=rng, reps=reps, budget_s=budget_s)
     return {"kind": "gate", "case": name, "desc": label, "dtype": jnp.dtype(dtype).name,
-            "custom_ms": med["custom"] * 1e3, "builtin_ms": med["builtin"] * 1e3,
-            "ratio": med["custom"] / med["builtin"], "reps": reps}
+            "custom_ms": t["custom"] * 1e3, "builtin_ms": t["builtin"] * 1e3,
+            "ratio": t["custom"] / t["builtin"], "reps": t["reps"]}

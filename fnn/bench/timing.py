@@ -1,5 +1,6 @@
-"""How things are timed and counted: interleaved medians, FLOPs of a jaxpr, scratch memory,
-page faults, XLA profiles, the reference matmul, the machine."""
+"""How things are timed and counted: interleaved medians, one gate's forward + VJP (the gate
+timer of the bench and of `python -m fnn gradcheck`), FLOPs of a jaxpr, scratch memory, page
+faults, XLA profiles, the reference matmul, the machine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from fnn.check.gates import gate_functions, random_cotangent
+from fnn.transforms import vjp as fnn_vjp
 
 
 def _block(tree):
@@ -32,6 +37,35 @@ def interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
             times[k].append(time.perf_counter() - t0)
         order.reverse()
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_gate(gate, args, kwargs, *, rng: np.random.Generator, reps: int,
+              budget_s: float = 0.0) -> dict:
+    """Median seconds of one gate's forward + VJP under jit at (args, kwargs), for gradients of
+    every float input: fnn's recorded gate (under jit only its hand-written VJP remains) vs
+    jax.vjp of the same forward, called interleaved, at a random cotangent drawn from `rng`.
+
+    reps calls each at least; more (up to 50 x reps) to fill `budget_s` seconds, so a gate
+    that takes microseconds is timed over many calls. -> {"custom", "builtin", "reps"}.
+    """
+    diff, forward, recorded = gate_functions(gate, args, kwargs)
+
+    def custom(g, *dargs):
+        out, pullback = fnn_vjp(recorded, *dargs)
+        return out, pullback(g)
+
+    def builtin(g, *dargs):
+        out, pullback = jax.vjp(forward, *dargs)
+        return out, pullback(g)
+
+    dargs = [args[i] for i in diff]
+    g = random_cotangent(jax.eval_shape(forward, *dargs), rng)
+    fns = {k: jax.jit(f).lower(g, *dargs).compile() for k, f in (("custom", custom),
+                                                                    ("builtin", builtin))}
+    calls = {k: (lambda f=f: f(g, *dargs)) for k, f in fns.items()}
+    once = sum(interleaved(calls, 1, warmup=1).values())
+    reps = min(max(reps, int(budget_s / once)), 50 * reps)
+    return {**interleaved(calls, reps), "reps": reps}
 
 
 def matmul_flops(jaxpr) -> int:

@@ -4,12 +4,18 @@
     print(bad)          # the disagreeing gates, first in backward order first
     bad.ok, bad[0].gate, bad[0].site
 
-The function is recorded once by fnn (float leaves of the argnums arguments boxed on a fresh
-tape). The backward pass then replays the tape as `fnn.autodiff.backward` does, seeded with
-ones, but at every record it also runs `jax.vjp` of that gate's forward at the recorded inputs
-with the same upstream gradient `g`, and compares the two gradients of each input. The
-reference (JAX's) gradients are the ones passed on upstream, so one wrong gate does not make
-the gates before it look wrong: each gate is judged on its own.
+The function is recorded once by fnn (`fnn.trace`). The backward pass then replays the tape
+as `fnn.autodiff.backward` does, seeded with ones, but at every record it also runs `jax.vjp`
+of that gate's forward at the recorded inputs with the same upstream gradient `g`, and compares
+the two gradients of each input (tolerance "model" of fnn.check.tolerances, by the input's
+dtype). The reference (JAX's) gradients are the ones passed on upstream, so one wrong gate does
+not make the gates before it look wrong: each gate is judged on its own.
+
+A gate application is reported when its VJP disagrees, when its VJP raises (or breaks its
+contract), and when the reference cannot be computed: JAX differentiates float inputs only,
+so an input that needs a gradient but is not float is reported before any call, and a forward
+that jax.vjp cannot differentiate is reported with JAX's exception. Such a gate is not
+compared; its hand-written gradients are passed on upstream.
 """
 
 from __future__ import annotations
@@ -20,13 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.transforms import trace
-from fnn.check.gates import MODEL_RTOL
+from fnn.autodiff import is_float
+from fnn.check.gates import gate_functions
 from fnn.check.numeric import rel_error
+from fnn.check.tolerances import tolerance
 from fnn.errors import describe
-
-# max relative error of a gate's VJP against jax.vjp inside a model, by the input's dtype
-RTOL = MODEL_RTOL
+from fnn.transforms import trace
 
 
 @dataclasses.dataclass
@@ -37,10 +42,11 @@ class GateDivergence:
     site: str  # file:line of the call
     inputs: tuple  # 'f32[4,8]' per positional input
     outputs: tuple
-    error: float  # the largest relative error over the inputs (inf: the VJP raised)
-    errors: tuple  # per input; None where no gradient was needed
+    error: float  # the largest relative error over the inputs (inf: the VJP raised; nan: not
+    #               compared, the reference could not be computed)
+    errors: tuple  # per input; None where no gradient was needed or nothing was compared
     record: int  # position of the record on the tape (forward order)
-    message: str = ""
+    message: str = ""  # why it was not compared: the VJP raised, or the reference
 
     def __str__(self):
         worst = max((k for k, e in enumerate(self.errors) if e is not None),
@@ -81,7 +87,8 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
 
     f: any function built from fnn gates (its output may be any pytree; every output is seeded
     with ones). argnums: which arguments are differentiated (int or tuple). rtol: tolerance on
-    the CS231n relative error per input (default by dtype, RTOL). Returns `Divergences`.
+    the CS231n relative error per input (default: tolerance("model", the input's dtype)).
+    Returns `Divergences`.
     """
     tr = trace(f, *args, argnums=argnums)
 
@@ -96,19 +103,17 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
             mine = rec.pullback(g, needs)
         except Exception as e:  # a VJP that raises or breaks its contract is a divergence too
             message = f"the VJP raised {type(e).__name__}: {e}"
-        try:
-            ref = _reference(rec, g, needs)
-        except Exception:  # JAX cannot differentiate this forward: trust the hand-written VJP
-            ref = None
-        errors = tuple(
-            None if not need or ref is None or mine is None
-            else _error(mine[k], ref[k], rec.inputs[k], rtol)
-            for k, need in enumerate(needs))
+        ref, no_reference = _reference(rec, g, needs)
+        message = message or no_reference
+        errors = tuple(None if not need or ref is None or mine is None else
+                       _error(mine[k], ref[k], rec.inputs[k], rtol)
+                       for k, need in enumerate(needs))
         if message or any(e[0] > e[1] for e in errors if e is not None):
+            error = (float("inf") if mine is None else float("nan") if ref is None
+                     else max(e[0] for e in errors if e is not None))
             found.append(GateDivergence(
                 rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
-                tuple(describe(o) for o in rec.outs),
-                float("inf") if message else max(e[0] for e in errors if e is not None),
+                tuple(describe(o) for o in rec.outs), error,
                 tuple(None if e is None else e[0] for e in errors), pos, message))
         return ref if ref is not None else mine
 
@@ -117,34 +122,37 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
 
 
 def _reference(rec, g, needs):
-    """jax.vjp of the gate's forward at the recorded inputs, for the inputs that need it."""
+    """(jax.vjp of the gate's forward at the recorded inputs for the inputs that need it, "")
+    or (None, why the reference cannot be computed)."""
     diff = [k for k, n in enumerate(needs) if n]
-
-    def forward(*d):
-        full = list(rec.inputs)
-        for k, v in zip(diff, d):
-            full[k] = v
-        return rec.gate.forward(*full, **rec.static)[0]
-
-    _, pullback = jax.vjp(forward, *[rec.inputs[k] for k in diff])
+    not_float = [k for k in diff
+                 if not all(is_float(x) for x in jax.tree_util.tree_leaves(rec.inputs[k]))]
+    if not_float:
+        return None, (f"no reference: input {not_float[0]} needs a gradient but is not float, "
+                      "and jax.vjp differentiates float inputs only")
+    _, forward, _ = gate_functions(rec.gate, rec.inputs, rec.static, diff)
     if rec.multi:  # integer outputs take float0 cotangents
         leaves = [np.zeros(np.shape(o), jax.dtypes.float0) if i is None else gi
                   for gi, i, o in zip(rec.out_tree.flatten_up_to(g), rec.out_ids, rec.outs)]
         g = jax.tree_util.tree_unflatten(rec.out_tree, leaves)
-    res = iter(pullback(g))
-    return tuple(next(res) if n else None for n in needs)
+    try:
+        res = iter(jax.vjp(forward, *[rec.inputs[k] for k in diff])[1](g))
+    except Exception as e:  # reported as what it is: this forward has no JAX reference
+        first = (str(e).splitlines() or [""])[0]
+        return None, f"no reference: jax.vjp of its forward raised {type(e).__name__}: {first}"
+    return tuple(next(res) if n else None for n in needs), ""
 
 
 def _error(mine, ref, x, rtol):
     """(relative error, tolerance) of one input's gradient (the worst leaf of a pytree input);
     None from the VJP means zeros."""
-    worst = (0.0, rtol if rtol is not None else 1e-4)
+    worst = (0.0, rtol if rtol is not None else tolerance("model", "float32"))
     mine_leaves = (jax.tree_util.tree_leaves(x) if mine is None else
                    jax.tree_util.tree_structure(x).flatten_up_to(mine))
     for m, r, leaf in zip(mine_leaves, jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(x)):
         m = np.zeros(np.shape(leaf)) if mine is None or m is None else np.asarray(m, np.float64)
-        tol = rtol if rtol is not None else RTOL.get(str(jnp.result_type(leaf)), 1e-4)
-        err = rel_error(m, np.asarray(r, np.float64))
+        tol = rtol if rtol is not None else tolerance("model", jnp.result_type(leaf))
+        err = rel_error(m, r)
         err = err if np.isfinite(err) else float("inf")
         if err / tol > worst[0] / worst[1]:
             worst = (err, tol)

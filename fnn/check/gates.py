@@ -1,20 +1,139 @@
-"""Check one gate at one test point: hand-written VJP vs jax.vjp of its forward vs numerics."""
+"""The gate checker: each test case of a gate, its hand-written VJP against jax.vjp of the same
+forward and against central differences, eagerly and under JAX's transforms.
+
+    report = check_gate("relu", fnn.registry["relu"])     # a GateCheck
+    reports = check_gates(fnn.registry)                     # any mapping name -> Gate
+    report.ok, report.problems, [(c.label, c.dtype, c.vs_jax) for c in report.cases]
+
+Per test case, in float64 and in float32 (a CaseCheck each; tolerances from fnn.check.tolerances):
+    forward     fnn's recorded call vs the gate's forward alone                  ("forward")
+    vs_jax      the VJP vs jax.vjp of the forward, at the same random cotangent  ("gate")
+    vs_numeric  the VJP vs central differences (float64, cases with numeric=True) ("numeric")
+Per gate, in float64 on its first case, fnn against jax.vjp under the same transform
+("transform"):
+    eager        fnn.vjp's pullback called outside jit
+    jit          jax.jit of fnn.vjp's pullback
+    vmap         jax.vmap of fnn.vjp's pullback over a batch of inputs and cotangents
+    grad(vmap)   jax.grad of a loss of that batched pullback (JAX differentiates the VJP)
+    vmap(grad)   jax.vmap of fnn.grad of sum(out ** 2): per-example gradients
+
+Each dtype's cases are traced into one jitted program: one compile per gate and dtype, which is
+what keeps the whole registry fast. A gate that cannot be jitted is checked eagerly instead and
+fails the jit transform. Whatever raises is a failure that keeps its reason (the exception's
+type and message), in `GateCheck.errors`.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import is_float
-from fnn.transforms import vjp as fnn_vjp
 from fnn.check.numeric import numerical_vjp, rel_error
+from fnn.check.tolerances import tolerance
+from fnn.ops import sum as ops_sum
+from fnn.transforms import grad as fnn_grad
+from fnn.transforms import vjp as fnn_vjp
 
-# max relative error of a hand-written VJP against jax.vjp, by dtype
-TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "float16": 5e-3, "bfloat16": 2e-2}
-NUMERIC_TOLERANCE = 1e-6  # float64 central differences vs the hand-written VJP
-# custom vs built-in on whole models (or one gate inside a model): looser than TOLERANCE
-MODEL_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+DTYPES = ("float64", "float32")
+TRANSFORMS = ("jit", "vmap", "grad(vmap)", "vmap(grad)")
+CHECKS = ("eager",) + TRANSFORMS  # what runs on the first float64 case
+# the checking programs run once: compile them fast rather than well (nothing here is timed)
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@dataclasses.dataclass
+class CaseCheck:
+    """One test case in one dtype: relative errors (see the module docstring)."""
+
+    label: str
+    dtype: str
+    forward: float
+    vs_jax: float | None  # None: JAX has no rule for this case (checked numerically alone)
+    vs_numeric: float | None
+
+    def problems(self) -> list[str]:
+        found = []
+        for what, value, kind in (("forward", self.forward, "forward"),
+                                  ("vs jax.vjp", self.vs_jax, "gate"),
+                                  ("vs numeric", self.vs_numeric, "numeric")):
+            tol = tolerance(kind, self.dtype)
+            if value is not None and not value <= tol:
+                found.append(f"{what} {_short(self.dtype)} {value:.1e} > {tol:g} at case "
+                             f"{self.label}")
+        return found
+
+
+@dataclasses.dataclass
+class GateCheck:
+    """A gate's checks: one CaseCheck per case and dtype; the transforms (name -> True: agrees
+    with jax.vjp, False: differs or raised, None: not applicable, or not judged because the VJP
+    is already wrong); `errors`, where -> 'Type: message' of every exception met (where: a
+    dtype or a transform), the whole message (the problems show its first line)."""
+
+    gate: str
+    cases: list
+    transforms: dict
+    errors: dict
+
+    def worst(self, what: str, dtype: str) -> float | None:
+        """The largest `what` ('forward', 'vs_jax', 'vs_numeric') over the cases in `dtype`."""
+        values = [getattr(c, what) for c in self.cases if c.dtype == dtype]
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
+
+    @property
+    def vjp_wrong(self) -> bool:
+        worst = self.worst("vs_jax", "float64")
+        return worst is not None and not worst <= tolerance("gate", "float64")
+
+    @property
+    def problems(self) -> list[str]:
+        found = [f"{where}: {(why.splitlines() or [''])[0][:200]}"
+                 for where, why in self.errors.items()]
+        if not self.cases and not self.errors:
+            found.append("no test cases")
+        found += [p for c in self.cases for p in c.problems()]
+        found += [f"{t} differs from jax.vjp" for t in CHECKS
+                  if self.transforms.get(t) is False and t not in self.errors]
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
+
+
+def check_gates(gates: Mapping, *, seed: int = 0) -> list[GateCheck]:
+    """check_gate for every (name, gate) of `gates` (fnn.registry, or any mapping name -> Gate)."""
+    return [check_gate(name, gate, seed=seed) for name, gate in gates.items()]
+
+
+def check_gate(name: str, gate, *, seed: int = 0) -> GateCheck:
+    """Check every test case of `gate` (see the module docstring); never raises for the gate's
+    faults: they become problems of the returned GateCheck."""
+    report = GateCheck(name, [], {t: None for t in CHECKS}, {})
+    if gate.cases is None:
+        report.errors["cases"] = f"none declared (@{name}.defcases)"
+        return report
+    for dtype in DTYPES:
+        try:
+            with jax.enable_x64(dtype == "float64"):
+                cases = gate.cases(np.random.default_rng(seed), dtype)
+                if cases:
+                    _check_dtype(report, gate, cases, dtype, seed)
+        except Exception as e:  # a gate that crashes the checker fails, with the reason shown
+            report.errors[dtype] = _reason(e)
+    if report.vjp_wrong:  # a wrong VJP is wrong under every transform: vs jax.vjp says it once
+        report.transforms = {t: None for t in CHECKS}
+    return report
 
 
 def cast_case(case, dtype):
@@ -22,13 +141,9 @@ def cast_case(case, dtype):
     return tuple(jnp.asarray(a, dtype=dtype) if is_float(a) else a for a in case.args)
 
 
-def _pull(out_and_pullback, ct):
-    out, pullback = out_and_pullback
-    return out, pullback(ct)
-
-
 def random_cotangent(out, rng: np.random.Generator):
-    """A standard-normal cotangent for `out` (arrays or ShapeDtypeStructs); float0 for ints."""
+    """A standard-normal cotangent for `out` (arrays or ShapeDtypeStructs, or a tuple of them);
+    float0 zeros for integer outputs, which take no cotangent."""
     def one(o):
         if not jnp.issubdtype(o.dtype, jnp.inexact):
             return np.zeros(np.shape(o), jax.dtypes.float0)
@@ -36,9 +151,10 @@ def random_cotangent(out, rng: np.random.Generator):
     return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
 
 
-def gate_functions(gate, args, kwargs):
-    """(diff positions, forward-only f, fnn-recorded f), each a function of the float args."""
-    diff = [i for i, a in enumerate(args) if is_float(a)]
+def gate_functions(gate, args, kwargs, diff=None):
+    """(diff, forward, recorded): the gate's forward alone and its fnn-recorded call, each a
+    function of the arguments at positions `diff` (default: the float ones), the others fixed."""
+    diff = [i for i, a in enumerate(args) if is_float(a)] if diff is None else list(diff)
 
     def merge(dargs):
         full = list(args)
@@ -55,35 +171,136 @@ def gate_functions(gate, args, kwargs):
     return diff, forward, recorded
 
 
-def check_gate_case(gate, case, dtype, rng: np.random.Generator, numeric: bool = True) -> dict:
-    """Errors of gate's VJP at `case` in `dtype`: {'vs_jax': .., 'vs_numeric': .. or None}."""
-    args = cast_case(case, dtype)
-    diff, forward, recorded = gate_functions(gate, args, case.kwargs)
-    dargs = [args[i] for i in diff]
-    out = jax.eval_shape(forward, *dargs)
-    ct = random_cotangent(out, rng)
-    # one compiled program each (op-by-op dispatch would compile every primitive separately)
-    out, ref = jax.jit(lambda c, *d: _pull(jax.vjp(forward, *d), c))(ct, *dargs)
-    out_fnn, mine = jax.jit(lambda c, *d: _pull(fnn_vjp(recorded, *d), c))(ct, *dargs)
-    result = {"out": max(_tree_rel(out_fnn, out)),
-              "vs_jax": max(_tree_rel(mine, ref), default=0.0), "vs_numeric": None}
-    if numeric and case.numeric and dtype == "float64":
-        jf = jax.jit(forward)
-        num = numerical_vjp(lambda *d: _np_tree(jf(*d)), [np.asarray(a) for a in dargs], _np_tree(ct))
-        result["vs_numeric"] = max((rel_error(n, m) for n, m in zip(num, mine)), default=0.0)
-    return result
+class _Prepared:
+    """One test case in one dtype: the gate's forward and its fnn-recorded twin as functions of
+    the float inputs `d`, and a random cotangent `ct` (its float parts `cf` are traced)."""
+
+    def __init__(self, gate, case, dtype, rng, label):
+        args = cast_case(case, dtype)
+        _, self.forward, self.recorded = gate_functions(gate, args, case.kwargs)
+        self.label, self.numeric = label, case.numeric
+        # JAX has no rule to compare with (case.reference False): central differences alone
+        self.reference = getattr(case, "reference", True)
+        self.d = [a for a in args if is_float(a)]
+        out = jax.eval_shape(self.forward, *self.d)
+        self.multi = isinstance(out, tuple)
+        ct = random_cotangent(out, rng)
+        self.parts = ct if self.multi else (ct,)
+        self.cf = [c for c in self.parts if c.dtype != jax.dtypes.float0]
+
+    def ct(self, cf):
+        it = iter(cf)
+        full = [c if c.dtype == jax.dtypes.float0 else next(it) for c in self.parts]
+        return tuple(full) if self.multi else full[0]
+
+    def mine(self, cf, *d):
+        return fnn_vjp(self.recorded, *d)[1](self.ct(cf))
+
+    def ref(self, cf, *d):
+        if not self.reference:
+            return None
+        return jax.vjp(self.forward, *d)[1](self.ct(cf))
+
+    def first(self, out):
+        return out[0] if self.multi else out
 
 
-def _np_tree(t):
-    if isinstance(t, tuple):
-        return tuple(None if (hasattr(x, "dtype") and x.dtype == jax.dtypes.float0) else np.asarray(x)
-                     for x in t)
-    return np.asarray(t)
+def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
+    """Add the CaseChecks of `cases` in `dtype`, and in float64 the transforms, to `report`."""
+    rng = np.random.default_rng(seed + 1)
+    preps = [_Prepared(gate, c, dtype, rng, c.label or f"#{i}") for i, c in enumerate(cases)]
+    full = dtype == "float64"
+    first = next((i for i, p in enumerate(preps) if p.reference), 0)  # the transforms' case
+    raised = {}  # transform -> reason, for the transforms that raised
+
+    def run(ds, cfs, jitted):
+        res = []
+        for p, d, cf in zip(preps, ds, cfs):
+            out_mine, pullback = fnn_vjp(p.recorded, *d)
+            num = (numerical_vjp(p.forward, d, p.ct(cf))
+                   if full and (p.numeric or not p.reference) else None)
+            res.append((p.forward(*d), out_mine, p.ref(cf, *d), pullback(p.ct(cf)), num))
+        trans = _transforms(preps[first], ds[first], cfs[first], jitted, raised) if full else {}
+        return res, trans
+
+    args = ([p.d for p in preps], [p.cf for p in preps])
+    options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+    try:
+        res, trans = jax.jit(lambda ds, cfs: run(ds, cfs, True), compiler_options=options)(*args)
+    except Exception:
+        # not jittable as one program: check eagerly. No reason is lost: what fails eagerly
+        # raises to check_gate, and the jit transform, run on its own, keeps its own reason
+        raised.clear()
+        res, trans = run(*args, False)
+    for p, (out_ref, out_mine, ref, mine, num) in zip(preps, res):
+        report.cases.append(CaseCheck(p.label, dtype, _error(out_mine, out_ref),
+                                      None if ref is None else _error(mine, ref),
+                                      None if num is None else _error(num, mine)))
+    if full:
+        p = preps[first]
+        d, cf = p.d, p.cf
+        trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), res[first][2]), raised)
+        for name in CHECKS:
+            pair = trans.get(name)
+            report.transforms[name] = (False if name in raised else None if pair is None
+                                       else _error(*pair) <= tolerance("transform", dtype))
+        report.errors.update(raised)
 
 
-def _tree_rel(a, b):
+def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
+    """name -> (fnn's result, jax.vjp's result) under each transform; None where it raised
+    (the reason added to `raised`) or does not apply (no float input).
+
+    Called while tracing the jitted check (jitted=True: the jit transform is the enclosing jit)
+    or eagerly; a transform that raises while tracing is caught here, on its own."""
+    if not d:
+        return {t: None for t in TRANSFORMS}
+    stack = [jnp.stack([x, 0.5 * x]) for x in d]
+    cfs = [jnp.stack([c, -c]) for c in cf]
+    argnums = tuple(range(len(d)))
+
+    def loss_mine(*d):
+        return ops_sum(p.first(p.recorded(*d)) ** 2)
+
+    def loss_ref(*d):
+        return jnp.sum(p.first(p.forward(*d)) ** 2)
+
+    def grad_of_vmap(fn):
+        def total(*d):
+            return sum(jnp.sum(o ** 2) for o in jax.tree_util.tree_leaves(jax.vmap(fn)(cfs, *d)))
+        return jax.grad(total, argnums=argnums)(*stack)
+
+    checks = {
+        "jit": lambda: ((p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d)),
+        "vmap": lambda: (jax.vmap(p.mine)(cfs, *stack), jax.vmap(p.ref)(cfs, *stack)),
+        "grad(vmap)": lambda: (grad_of_vmap(p.mine), grad_of_vmap(p.ref)),
+        "vmap(grad)": lambda: (jax.vmap(fnn_grad(loss_mine, argnums=argnums))(*stack),
+                               jax.vmap(jax.grad(loss_ref, argnums=argnums))(*stack)),
+    }
+    return {name: _attempt(name, check, raised) for name, check in checks.items()}
+
+
+def _attempt(name: str, check, raised: dict):
+    """check(), or None with the reason in raised[name] when it raises."""
+    try:
+        return check()
+    except Exception as e:  # a transform that breaks is a finding: keep why
+        raised[name] = _reason(e)
+        return None
+
+
+def _error(a, b) -> float:
+    """The largest rel_error over the leaves of two results (pytrees): each input's gradient
+    (each output) judged on its own scale; inf when their structures differ."""
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    if len(la) != len(lb):
-        raise AssertionError(f"different numbers of leaves: {len(la)} vs {len(lb)}")
-    return [rel_error(x, y) for x, y in zip(la, lb)
-            if not (hasattr(y, "dtype") and y.dtype == jax.dtypes.float0)]
+    if len(la) != len(lb) or any(np.shape(x) != np.shape(y) for x, y in zip(la, lb)):
+        return float("inf")
+    return max((rel_error(x, y) for x, y in zip(la, lb)), default=0.0)
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _short(dtype: str) -> str:
+    return {"float64": "f64", "float32": "f32"}.get(dtype, dtype)

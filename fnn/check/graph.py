@@ -11,17 +11,15 @@ tape), its outputs are seeded with ones, and the backward pass is replayed keepi
 engine throws away: the upstream gradient of every gate and what its VJP sent to each input.
 An edge carries the value that flows forward and the gradient that flows back along that edge
 (where a value fans out, its edges' gradients add up to the value's gradient: the copy gate).
-`graph_layers` draws a model of fnn.nn layers at layer granularity.
+`graph_layers` draws a model of fnn.nn layers at layer granularity. How a graph is drawn
+(DOT, text, one gate explained): fnn.check.graph_render.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
 import inspect
-import math
 import os
-import re
 import shutil
 import subprocess
 
@@ -30,21 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import is_float
-from fnn.transforms import trace
+from fnn.check import graph_render
+from fnn.check.graph_render import gate_label, gate_name, input_leaves
 from fnn.errors import describe
+from fnn.ops import softmax_cross_entropy
 from fnn.pytrees import path_name
-
-# JAX's primitives under the names of the lecture's gates (for the drawing and `explain`)
-LECTURE_NAMES = {"lax.add": "add", "lax.add_any": "add", "lax.sub": "subtract",
-                 "lax.mul": "multiply", "lax.div": "divide", "lax.neg": "negative",
-                 "lax.max": "maximum", "lax.min": "minimum", "lax.pow": "power",
-                 "lax.integer_pow": "power", "lax.dot_general": "matmul", "lax.exp": "exp",
-                 "lax.log": "log", "lax.tanh": "tanh", "lax.logistic": "sigmoid",
-                 "lax.reduce_sum": "sum", "lax.reduce_max": "max", "lax.sqrt": "sqrt",
-                 "lax.abs": "abs"}
-SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**",
-           "matmul": "@", "negative": "*-1", "maximum": "max", "minimum": "min", "sigmoid": "σ"}
-COMMUTATIVE = {"add", "multiply", "maximum", "minimum"}
+from fnn.transforms import trace
 
 
 @dataclasses.dataclass
@@ -82,45 +71,12 @@ class Graph:
         self.upstream, self.sent, self.grads = _replay(tr)
         self.nodes, self.edges = _build(self, groups)
 
-    # -- views ------------------------------------------------------------------------------
+    # -- views (fnn.check.graph_render) -----------------------------------------------------
     def to_dot(self) -> str:
-        lines = ["digraph fnn {", '  rankdir=LR; nodesep=0.4; ranksep=0.9;',
-                 '  node [fontname="Helvetica"]; edge [fontname="Helvetica", fontsize=11];']
-        if self.title:
-            lines.append(f'  labelloc="t"; label="{_esc(self.title)}";')
-        for n in self.nodes:
-            style = {"input": 'shape=plaintext, fontsize=14',
-                     "gate": 'shape=circle, style=filled, fillcolor="#eef3fb"',
-                     "layer": 'shape=box, style="rounded,filled", fillcolor="#eef3fb"',
-                     "const": 'shape=box, style=dashed, color=gray50, fontcolor=gray40',
-                     "output": 'shape=plaintext, fontsize=14'}[n.kind]
-            tip = f', tooltip="{_esc(n.where)}"' if n.where else ""
-            lines.append(f'  {n.key} [label="{_esc(n.label)}", {style}{tip}];')
-        for e in self.edges:
-            label = f'<font color="darkgreen">{html.escape(_fmt(e.value))}</font>'
-            if e.grad is not None:
-                label += f'<br/><font color="red">{html.escape(_fmt(e.grad))}</font>'
-            lines.append(f"  {e.src} -> {e.dst} [label=<{label}>];")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        return graph_render.to_dot(self)
 
     def to_text(self) -> str:
-        rows = [("node", "op", "inputs", "value", "gradient", "at")]
-        names = {n.key: n.name for n in self.nodes}
-        incoming: dict = {}
-        for e in self.edges:
-            incoming.setdefault(e.dst, []).append(names[e.src])
-        for n in self.nodes:
-            if n.kind == "const":
-                continue
-            rows.append((n.name, n.op, ", ".join(incoming.get(n.key, [])), _fmt(n.value),
-                         _fmt(n.grad), " ".join(os.path.basename(w) for w in n.where.split())))
-        widths = [min(48, max(len(r[i]) for r in rows)) for i in range(6)]
-        out = [self.title] if self.title else []
-        for r in rows:
-            out.append("  " + "  ".join(c[:w].ljust(w) for c, w in zip(r, widths)).rstrip())
-        out.insert(2 if self.title else 1, "  " + "-" * (sum(widths) + 10))
-        return "\n".join(out)
+        return graph_render.to_text(self)
 
     __str__ = to_text
 
@@ -128,45 +84,7 @@ class Graph:
         """One gate: its upstream gradient, local gradient and their product, per input.
 
         `gate`: a tape position (int) or a gate name (its first application)."""
-        pos = gate if isinstance(gate, int) else next(
-            (i for i, r in enumerate(self.tape.records) if gate in (r.gate.name, gate_name(r))),
-            None)
-        if pos is None or not 0 <= pos < len(self.tape.records):
-            raise ValueError(f"no gate {gate!r} in this graph; gates: "
-                             f"{[gate_name(r) for r in self.tape.records]}")
-        rec, g, sent = self.tape.records[pos], self.upstream[pos], self.sent[pos]
-        lines = [f"gate #{pos} {gate_name(rec)} ({_gate_label(rec)}) at {rec.site}"]
-        rule = _local_rule(rec.gate)
-        if rule:
-            lines.append(f"  rule: {rule}")
-        if g is None:
-            return "\n".join(lines + ["  no gradient reaches this gate's output"])
-        names = self._names()
-        scalar = not rec.multi and all(np.size(x) == 1 for x in rec.inputs + rec.outs)
-        lines.append(f"  upstream gradient  {_fmt(g)}")
-        if scalar:
-            local = rec.pullback(jnp.ones_like(g))
-        for k, j, p, x in _input_leaves(rec):
-            if p is None:
-                continue
-            who = f"input {k} ({names.get(p, '#?')} = {_fmt(x)})"
-            if scalar:
-                lines.append(f"  {who}: local gradient {_fmt(local[k])} x upstream {_fmt(g)} = "
-                             f"{_fmt(sent[k])}")
-            else:
-                lines.append(f"  {who}: VJP sends back {_fmt(rec.leaf_grads(k, sent[k])[j])}")
-        if not scalar:
-            lines.append("  (the local gradient is a Jacobian; the hand-written VJP multiplies "
-                         "the upstream gradient by it without forming it)")
-        return "\n".join(lines)
-
-    def _names(self) -> dict:
-        names = dict(self.inputs)
-        for pos, rec in enumerate(self.tape.records):
-            for i in rec.out_ids:
-                if i is not None:
-                    names[i] = f"#{pos}"
-        return names
+        return graph_render.explain(self, gate)
 
     # -- files ------------------------------------------------------------------------------
     def save(self, directory, name: str, formats=("svg",)) -> list[str]:
@@ -205,8 +123,6 @@ def graph_layers(model, params, state, x, y=None, *, train: bool = True,
                  title: str | None = None) -> Graph:
     """A model of fnn.nn layers (its top-level children, for a serial model) as one node per
     layer, with the loss (softmax cross-entropy against integer labels y) when y is given."""
-    from fnn import ops
-
     children = model.children if model.kind == "serial" else ((model.name, model),)
     labels = [key for key, _ in children] + (["loss"] if y is not None else [])
 
@@ -218,7 +134,7 @@ def graph_layers(model, params, state, x, y=None, *, train: bool = True,
                 h, _ = layer.apply(sub_p, sub_s, h, train=train)
         if y is not None:
             with jax.named_scope("fnn_graph_loss"):
-                h = ops.softmax_cross_entropy(h, y)
+                h = softmax_cross_entropy(h, y)
         return h
 
     tr = trace(f, params, x, argnums=(0, 1))
@@ -275,7 +191,7 @@ def _build(graph: Graph, groups):
         gates = ", ".join(dict.fromkeys(gate_name(r) for r in recs))
         if label is None:  # one gate
             key, name, kind = f"g{positions[0]}", f"#{positions[0]}", "gate"
-            label = _gate_label(recs[0])
+            label = gate_label(recs[0])
             op = gates if label == gates else f"{gates} {label}"
         else:  # one layer
             key, name, kind, op = f"L{gi}", label, "layer", gates
@@ -291,7 +207,7 @@ def _build(graph: Graph, groups):
                     producer[i] = key
     for pos, rec in enumerate(tape.records):
         dst = owner.get(pos)
-        for k, j, p, x in _input_leaves(rec):
+        for k, j, p, x in input_leaves(rec):
             if p is None:
                 if per_gate and np.size(x) > 1:  # scalars are folded into the gate's label
                     ckey = f"c{pos}_{k}"
@@ -313,150 +229,3 @@ def _build(graph: Graph, groups):
         nodes.append(Node(key, name, "output", name, "output", (), v, jnp.ones_like(v)))
         edges[(producer[node], key, node)] = Edge(producer[node], key, v, jnp.ones_like(v))
     return nodes, list(edges.values())
-
-
-def _input_leaves(rec) -> list:
-    """(input position k, leaf index j, parent node or None, leaf value) per input leaf."""
-    return [(k, j, p, x) for k, (ps, arg) in enumerate(zip(rec.parents, rec.inputs))
-            for j, (p, x) in enumerate(zip(ps, jax.tree_util.tree_leaves(arg)))]
-
-
-def gate_name(rec) -> str:
-    """The gate's name as the lecture calls it ('multiply' for JAX's mul primitive)."""
-    return LECTURE_NAMES.get(rec.gate.name, rec.gate.name)
-
-
-def _gate_label(rec) -> str:
-    name = gate_name(rec)
-    if name == "index":
-        return f"[{_index_str(rec.static.get('index'))}]"
-    if rec.gate.name == "lax.integer_pow":
-        return f"**{rec.static['y']}"
-    sym = SYMBOLS.get(name, name)
-    consts = [(k, x) for k, _, p, x in _input_leaves(rec)
-              if p is None and np.size(x) == 1 and len(rec.inputs) == 2]
-    if name in SYMBOLS and len(consts) == 1:
-        k, c = consts[0]
-        c = _fmt(c)
-        if k == 1 or name in COMMUTATIVE:
-            return f"{sym}{c}" if len(sym) <= 2 else f"{sym}(·, {c})"
-        return f"{c}{sym}x"
-    return sym
-
-
-def _index_str(index) -> str:
-    items = index if isinstance(index, tuple) else (index,)
-
-    def one(i):
-        if isinstance(i, slice):
-            return ":".join("" if v is None else str(v) for v in (i.start, i.stop)) + (
-                f":{i.step}" if i.step is not None else "")
-        return "..." if i is Ellipsis else ("None" if i is None else str(i))
-    return ", ".join(one(i) for i in items)
-
-
-def _local_rule(gate) -> str:
-    doc = gate.__doc__ or ""
-    m = re.search(r"Local gradients?\b.*?(?:\n\s*\n|$)", doc, re.S)
-    text = " ".join((m.group(0) if m else doc.split("\n\n")[0]).split())
-    if len(text) > 240:  # whole sentences only
-        text = text[:text.rfind(". ", 0, 240) + 1] or text[:240]
-    return text
-
-
-def _num(x: float) -> str:
-    """2 decimals from 1 up (-12, 1.37), 2 significant digits below (0.73, -0.53, 0.088)."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    if 1 <= abs(x) < 1e4:
-        return f"{x:.2f}".rstrip("0").rstrip(".")
-    return f"{x:.2g}"
-
-
-def _fmt(v) -> str:
-    """Lecture-style numbers: '-12', '0.73'; small arrays listed; larger ones by shape + norm."""
-    if v is None:
-        return ""
-    if isinstance(v, (tuple, list)):  # the outputs of a multi-output gate
-        return "(" + ", ".join(_fmt(x) for x in v) + ")"
-    a = np.asarray(v)
-    if a.dtype == jax.dtypes.float0:
-        return "0"
-    if a.size == 1:
-        return _num(float(a.reshape(())))
-    if a.size <= 4:
-        return "[" + ", ".join(_num(float(x)) for x in a.reshape(-1)) + "]"
-    return f"{describe(a)} norm {_num(float(np.linalg.norm(a.astype(np.float64))))}"
-
-
-def _esc(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-# -- the lecture's examples and the command line ---------------------------------------------------
-def _neuron(w0, x0, w1, x1, w2):
-    from fnn import ops
-    return 1.0 / (1.0 + ops.exp(-(w0 * x0 + w1 * x1 + w2)))
-
-
-def _sigmoid_neuron(w0, x0, w1, x1, w2):
-    from fnn import ops
-    return ops.sigmoid(w0 * x0 + w1 * x1 + w2)
-
-
-# (file name, title, f, args, the gate to explain)
-LECTURE = [
-    ("simple", "f(x, y, z) = (x + y) z", lambda x, y, z: (x + y) * z, (-2.0, 5.0, -4.0),
-     "multiply"),
-    ("neuron", "f(w, x) = 1 / (1 + exp(-(w0 x0 + w1 x1 + w2)))", _neuron,
-     (2.0, -1.0, -3.0, -2.0, -3.0), "divide"),
-    ("sigmoid_gate", "the same neuron with one sigmoid gate: local gradient s (1 - s)",
-     _sigmoid_neuron, (2.0, -1.0, -3.0, -2.0, -3.0), "sigmoid"),
-    ("copy_gate", "a value used twice: f(x) = 3x + 4x (the gradients add)",
-     lambda x: x * 3.0 + x * 4.0, (1.5,), "add"),
-]
-
-
-def add_graph_arguments(parser) -> None:
-    parser.add_argument("what", nargs="?", choices=("lecture",),
-                        help="'lecture': draw the lecture's worked examples")
-    parser.add_argument("--model", choices=("mlp", "cnn", "resnet"),
-                        help="draw a small fnn.nn model at layer granularity")
-    parser.add_argument("--out", default="graphs", metavar="DIR",
-                        help="where the .dot (and .svg with Graphviz) files go (default: graphs)")
-    parser.add_argument("--gate", help="the gate to explain (name or tape position)")
-    parser.add_argument("--render", default="svg", choices=("svg", "png", "pdf"),
-                        help="the format `dot` renders to when it is installed")
-
-
-def graph_main(args) -> int:
-    """Draw the lecture examples or a model; print the text views. 0 on success, 2 on misuse."""
-    if not args.what and not args.model:
-        print("fnn graph: say what to draw: `fnn graph lecture` or `fnn graph --model mlp`")
-        return 2
-    written = []
-    if args.what == "lecture":
-        for name, title, f, fargs, gate in LECTURE:
-            g = graph(f, *fargs, title=title)
-            print(g.to_text())
-            print(g.explain(_gate_arg(args.gate) if args.gate else gate) + "\n")
-            written += g.save(args.out, name, (args.render,))
-    if args.model:
-        from fnn.check.gradcheck import small_model
-
-        model, params, state, x, y = small_model(args.model)
-        g = graph_layers(model, params, state, x, y,
-                         title=f"{args.model}: layers, values and gradients (norms)")
-        print(g.to_text() + "\n")
-        if args.gate:
-            print(g.explain(_gate_arg(args.gate)) + "\n")
-        written += g.save(args.out, args.model, (args.render,))
-    print("wrote " + ", ".join(written))
-    if not shutil.which("dot"):
-        print("(Graphviz `dot` is not installed: only .dot files were written; render them with "
-              "`dot -Tsvg FILE.dot -o FILE.svg` after installing graphviz)")
-    return 0
-
-
-def _gate_arg(gate: str):
-    return int(gate) if gate.lstrip("-").isdigit() else gate

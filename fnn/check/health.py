@@ -1,8 +1,14 @@
 """Gradient health of a model on one batch, per layer: what `python -m fnn train --diagnostics`
 measures every N steps.
 
-    h = fnn.check.gradient_health(model, params, state, (x, y))      # jit-able; arrays out
+    loss_fn = fnn.train.make_loss_fn(model)                          # or any loss of that form
+    h = fnn.check.gradient_health(loss_fn, model, params, state, (x, y))   # jit-able; arrays out
     h["grad_norm"]["1_dense"], h["dead_relu"]["2_relu"], h["custom_vs_builtin"]["1_dense"]
+
+`loss_fn(params, state, x, y, key) -> (loss, aux)` is the training loss (what
+fnn.train.make_loss_fn builds); it is differentiated by fnn.grad and by jax.grad. The
+activations are read from one run of the model in training mode through the combinators'
+`observe` hook (fnn/nn/combinators.py), with the same key.
 
 Metrics (each a dict: layer path -> scalar):
   grad_norm          |g| of the layer's parameters (all its leaves together), g = fnn.grad
@@ -25,8 +31,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnn.nn.layer import split_key
+from fnn.check.numeric import rel_error
+from fnn.nn.combinators import named_layers
 from fnn.pytrees import path_name
+from fnn.transforms import value_and_grad as fnn_value_and_grad
 
 SATURATION = 0.99  # |tanh| above, sigmoid outside [1 - SATURATION, SATURATION]
 DEAD = ("relu",)
@@ -34,47 +42,35 @@ SATURATING = ("sigmoid", "tanh")
 METRICS = ("grad_norm", "update_ratio", "custom_vs_builtin", "dead_relu", "saturated")
 
 
+def _watched(path: tuple, layer) -> str | None:
+    """The activation path of a ReLU, sigmoid or tanh layer at `path` (None for others)."""
+    if layer.children or layer.name not in DEAD + SATURATING:
+        return None
+    return "/".join(path) or layer.name
+
+
 def activation_layers(model) -> dict:
     """{path: layer name} of the ReLU, sigmoid and tanh layers of a model, at any depth."""
-    found = {}
-
-    def visit(layer, path):
-        if layer.kind in ("serial", "parallel"):
-            for k, child in layer.children:
-                visit(child, path + (k,))
-        elif layer.name in DEAD + SATURATING:
-            found["/".join(path) or layer.name] = layer.name
-
-    visit(model, ())
-    return found
+    return {_watched(path, layer): layer.name for path, layer in named_layers(model)
+            if _watched(path, layer)}
 
 
 def layer_activations(model, params, state, x, *, key=None, train=False):
     """(y, {path: output}): the model's output and the output of each layer that
-    activation_layers(model) lists. Jit-able.
-
-    Serial combinators are run child by child, exactly as `serial` does (same PRNG keys), so y
-    is the model's own output. A "parallel" combinator (residual) is run by its own apply; its
-    children are also run on its input, only to read their activations (their keys are split
-    from the combinator's as serial would, so a dropout inside a branch may draw other masks).
-    """
+    activation_layers(model) lists, from one run of the model (its `observe` hook). Jit-able."""
     acts = {}
-    y = _walk(model, params, state, x, key, train, (), acts)
+
+    def observe(path, layer, y):
+        name = _watched(path, layer)
+        if name:
+            acts[name] = y
+
+    if not model.children:  # a lone layer is its own only activation
+        y, _ = model.apply(params, state, x, key=key, train=train)
+        observe((), model, y)
+        return y, acts
+    y, _ = model.apply(params, state, x, key=key, train=train, observe=observe)
     return y, acts
-
-
-def _walk(layer, params, state, x, key, train, path, acts):
-    if layer.kind == "serial":
-        for (k, child), sub in zip(layer.children, split_key(key, len(layer.children))):
-            x = _walk(child, params[k], state[k], x, sub, train, path + (k,), acts)
-        return x
-    if layer.kind == "parallel":
-        for (k, child), sub in zip(layer.children, split_key(key, len(layer.children))):
-            _walk(child, params[k], state[k], x, sub, train, path + (k,), acts)
-    y, _ = layer.apply(params, state, x, key=key, train=train)
-    if layer.kind != "parallel" and layer.name in DEAD + SATURATING:
-        acts["/".join(path) or layer.name] = y
-    return y
 
 
 def dead_fraction(y):
@@ -92,18 +88,6 @@ def saturated_fraction(name: str, y):
     return jnp.mean(flat.astype(jnp.float32))
 
 
-def _maxabs(leaves):
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
-
-
-def rel_error(a, b):
-    """CS231n relative error of two lists of arrays, jit-able: max|a - b| / (max|a| + max|b|)
-    (fnn.check.rel_error's measure, over all leaves of a layer at once)."""
-    diff = _maxabs([u - v for u, v in zip(a, b)])
-    scale = _maxabs(a) + _maxabs(b)
-    return jnp.where(scale > 0, diff / jnp.where(scale > 0, scale, 1.0), diff)
-
-
 def by_layer(tree, name: str = "model") -> dict:
     """{layer path: [leaves]}: the leaves of a params-shaped pytree grouped by their layer (the
     path of the dict holding them); `name` for leaves at the top (a one-layer model)."""
@@ -117,36 +101,30 @@ def _norm(leaves):
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
 
 
-def gradient_health(model, params, state, batch, *, key=None, loss: str = "softmax_cross_entropy",
-                    l2: float = 0.0, updates=None) -> dict:
+def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=None) -> dict:
     """The metrics of the module docstring for `model` at (params, state) on batch = (x, y).
 
-    The loss is the training loss (fnn.train.make_loss_fn: training mode, `key` for dropout,
-    the `l2` penalty). updates: the optimizer's update of params (a pytree like params, e.g.
+    loss_fn(params, state, x, y, key) -> (loss, aux): the loss to differentiate (key: the
+    dropout key). updates: the optimizer's update of params (a pytree like params, e.g.
     new_params - params) for update_ratio; without it update_ratio is {}. Pure and jit-able;
     returns float arrays (jax.device_get them for numbers).
     """
-    from fnn.transforms import value_and_grad as fnn_value_and_grad
-    from fnn.train.step import make_loss_fn
-
     x, y = batch
-    loss_fn = make_loss_fn(model, loss, l2=l2)
     (value, _), g = fnn_value_and_grad(loss_fn, has_aux=True)(params, state, x, y, key)
     g_jax, _ = jax.grad(loss_fn, has_aux=True)(params, state, x, y, key)
     _, acts = layer_activations(model, params, state, x, key=key, train=True)
     kinds = activation_layers(model)
-    grads, ref, ps = by_layer(g, model.name), by_layer(g_jax, model.name), by_layer(params,
-                                                                                   model.name)
+    grads, ref = by_layer(g, model.name), by_layer(g_jax, model.name)
     health = {
         "loss": value,
         "grad_norm": {k: _norm(v) for k, v in grads.items()},
         "update_ratio": {},
-        "custom_vs_builtin": {k: rel_error(v, ref[k]) for k, v in grads.items()},
+        "custom_vs_builtin": {k: jnp.asarray(rel_error(v, ref[k])) for k, v in grads.items()},
         "dead_relu": {k: dead_fraction(a) for k, a in acts.items() if kinds[k] in DEAD},
         "saturated": {k: saturated_fraction(kinds[k], a) for k, a in acts.items()
                       if kinds[k] in SATURATING},
     }
     if updates is not None:
-        us = by_layer(updates, model.name)
+        us, ps = by_layer(updates, model.name), by_layer(params, model.name)
         health["update_ratio"] = {k: _norm(us[k]) / _norm(v) for k, v in ps.items()}
     return health

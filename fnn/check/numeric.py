@@ -1,59 +1,125 @@
-"""Numerical gradients (central differences) and the error measures the checkers report."""
+"""Numerical gradients and the relative error every checker reports: the one place for both.
+
+    rel_error(a, b)                  CS231n relative error of two arrays (or pytrees of them)
+    differences(F, x, index, h)      F stepped up and down along single elements of x
+    numerical_vjp(f, args, ct)       central differences of sum(f(*args) * ct), every element
+
+check_grads (sampled elements, a step chosen from the dtype, kinks), the gate checker (every
+element of every test case) and the tests all take their finite differences through
+`differences`.
+"""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import is_float
 
 
-def rel_error(a, b) -> float:
-    """CS231n-style relative error over whole arrays: max|a - b| / max(|a|) + max(|b|).
+def _leaves(tree) -> list:
+    """The array leaves of a pytree, without float0 ones (they carry no value)."""
+    return [x for x in jax.tree_util.tree_leaves(tree)
+            if getattr(x, "dtype", None) != jax.dtypes.float0]
 
-    Normalising by the arrays' magnitudes (not elementwise) keeps entries that are both ~0
-    from reporting rounding noise as a 100% error. Two all-zero arrays have error 0.
+
+def rel_error(a, b):
+    """CS231n-style relative error over whole arrays: max|a - b| / (max|a| + max|b|).
+
+    a, b: arrays of one shape, or pytrees of such arrays with the same structure (the maxima
+    are then taken over all leaves together). Normalising by the arrays' magnitudes (not
+    elementwise) keeps entries that are both ~0 from reporting rounding noise as a 100% error.
+    Two all-zero arrays have error 0.
+
+    NumPy arrays and concrete JAX arrays give a Python float, computed in float64. JAX tracers
+    (inside jit, vmap, grad, lax.cond) give a JAX scalar, so the measure runs in compiled code.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
-    if a.size == 0:
-        return 0.0
-    scale = np.max(np.abs(a)) + np.max(np.abs(b))
-    diff = np.max(np.abs(a - b))
-    return float(diff / scale) if scale > 0 else float(diff)
+    la, lb = _leaves(a), _leaves(b)
+    if len(la) != len(lb):
+        raise ValueError(f"rel_error: {len(la)} arrays vs {len(lb)}")
+    for x, y in zip(la, lb):
+        if np.shape(x) != np.shape(y):
+            raise ValueError(f"rel_error: shapes differ, {np.shape(x)} vs {np.shape(y)}")
+    pairs = [(x, y) for x, y in zip(la, lb) if np.size(x)]
+    if any(isinstance(v, jax.core.Tracer) for pair in pairs for v in pair):
+        return _relative(jnp, pairs)
+    return float(_relative(np, [(np.asarray(x, np.float64), np.asarray(y, np.float64))
+                                for x, y in pairs]))
+
+
+def _relative(xp, pairs):
+    """rel_error's formula with the array module xp (numpy or jax.numpy)."""
+    if not pairs:
+        return xp.asarray(0.0)
+
+    def largest(arrays):
+        return xp.max(xp.stack([xp.max(xp.abs(v)) for v in arrays]))
+
+    diff = largest([x - y for x, y in pairs])
+    scale = largest([x for x, _ in pairs]) + largest([y for _, y in pairs])
+    return xp.where(scale > 0, diff / xp.where(scale > 0, scale, 1.0), diff)
+
+
+def differences(F, x, index, h, *, vectorize: bool = True):
+    """F stepped up and down along single elements of x: the finite differences of fnn.
+
+    F: a scalar function of an array shaped like x. index: flat indices of the elements to
+    step, h: the step (a scalar, or one per index). Returns (f_plus, f_minus, h_plus,
+    h_minus), one entry per index, where h_plus = (x + h) - x and h_minus = x - (x - h) are the
+    steps actually representable in x's dtype, the ones a difference must be divided by:
+
+        central  (f_plus - f_minus) / (h_plus + h_minus)
+        one-sided  (f_plus - F(x)) / h_plus,  (F(x) - f_minus) / h_minus
+
+    vectorize=True steps every index at once under jax.vmap (F must be traceable; this also
+    runs inside jit); False calls F once per step (for an F that branches on values).
+    """
+    shape = jnp.shape(x)
+    flat = jnp.reshape(jnp.asarray(x), -1)
+    index = jnp.asarray(index, jnp.int32).reshape(-1)
+    xk = flat[index]
+    step = jnp.broadcast_to(jnp.asarray(h, xk.dtype), xk.shape)
+    up, down = xk + step, xk - step
+
+    def at(k, v):
+        return F(flat.at[k].set(v).reshape(shape))
+
+    if vectorize:
+        f_plus, f_minus = jax.vmap(at)(index, up), jax.vmap(at)(index, down)
+    else:
+        f_plus = jnp.stack([at(k, v) for k, v in zip(index, up)]) if index.size else up
+        f_minus = jnp.stack([at(k, v) for k, v in zip(index, down)]) if index.size else down
+    return f_plus, f_minus, up - xk, xk - down
 
 
 def numerical_vjp(f, args, ct, diff=None, h=1e-6):
-    """Central-difference gradient of `sum(f(*args) * ct)` wrt each float arg (float64).
+    """Central differences of `sum(f(*args) * ct)` wrt each float argument, every element.
 
-    `f` takes and returns numpy-compatible arrays (a tuple of outputs is allowed, with `ct` a
-    tuple of the same length). `diff` lists which positions to differentiate (default: all
-    float args). Returns a list with an array per position (None where not differentiated).
+    f: traceable by JAX (jax.numpy, fnn's gates); a tuple of outputs is allowed, with `ct` a
+    tuple of the same length (None or float0 entries are skipped). `diff` lists the positions to
+    differentiate (default: every float argument). All elements of an argument are stepped at
+    once (one vmap), so this also runs inside jit. The checkers take it in float64 (inside
+    `jax.enable_x64`). Returns a list with an array per position (None where not differentiated).
     """
-    args = [np.array(a, dtype=np.float64) if is_float(a) else a for a in args]
+    args = list(args)
     if diff is None:
         diff = [i for i, a in enumerate(args) if is_float(a)]
-    cts = ct if isinstance(ct, (tuple, list)) else (ct,)
+    cts = tuple(ct) if isinstance(ct, (tuple, list)) else (ct,)
 
-    def scalar(a):
+    def scalar(*a):
         out = f(*a)
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return sum(float(np.sum(np.asarray(o, np.float64) * np.asarray(c, np.float64)))
-                   for o, c in zip(outs, cts) if c is not None)
+        return sum(jnp.sum(o * c) for o, c in zip(outs, cts)
+                   if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0)
 
     grads = [None] * len(args)
     for i in diff:
-        x = args[i]
-        g = np.zeros_like(x)
-        flat, gflat = x.reshape(-1), g.reshape(-1)
-        for k in range(flat.size):
-            old = flat[k]
-            flat[k] = old + h
-            up = scalar(args)
-            flat[k] = old - h
-            down = scalar(args)
-            flat[k] = old
-            gflat[k] = (up - down) / (2 * h)
-        grads[i] = g
+        x = jnp.asarray(args[i])
+
+        def along(xi, i=i):
+            return scalar(*[xi if j == i else a for j, a in enumerate(args)])
+
+        f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h)
+        grads[i] = ((f_plus - f_minus) / (h_plus + h_minus)).reshape(x.shape)
     return grads

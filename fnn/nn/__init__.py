@@ -1,10 +1,13 @@
 """Layers as pure (init, apply) pairs over parameter dicts, combinators and ready models.
 
-Conventions (fnn/nn/layer.py): `init(key, input_shape) -> (params, state, output_shape)` with the
-shape of one example (no batch axis); `apply(params, state, x, *, key=None, train=False) ->
-(y, new_state)`. Every apply uses fnn's gates only, so fnn.grad and jax.grad both differentiate it.
+Conventions (fnn/nn/combinators.py): `init(key, input_shape) -> (params, state, output_shape)`
+with the shape of one example (no batch axis); `apply(params, state, x, *, key=None,
+train=False) -> (y, new_state)`. Every apply uses fnn's gates only, so fnn.grad and jax.grad
+both differentiate it. Layering: fnn.nn builds on the gates (fnn.ops) only.
 
-  Layer, serial, residual, ResidualBlock                       what a layer is; combinators
+  Layer, serial, residual, named_layers                        what a layer is; combinators
+                                                               (and their observe hook)
+  ResidualBlock                                                the basic block of a ResNet
   Dense, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Flatten, Dropout, BatchNorm, LayerNorm
   Relu, Sigmoid, Tanh, LeakyRelu, Elu, Maxout, Softplus, Gelu, Silu, Activation(name)
   initializers (glorot/xavier, he/kaiming, lecun, small), get_initializer
@@ -16,17 +19,16 @@ from fnn.nn import initializers
 from fnn.nn.activations import (ACTIVATIONS, Activation, Elu, Gelu, LeakyRelu, Maxout, Relu,
                                 Sigmoid, Silu, Softplus, Tanh)
 from fnn.nn.initializers import INITIALIZERS, get_initializer
-from fnn.nn.layer import Layer, serial, stateless
+from fnn.nn.combinators import Layer, named_layers, residual, serial, stateless
 from fnn.nn.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
                            MaxPool2D)
-from fnn.nn.models import MODELS, build_model, cnn, mlp, resnet
+from fnn.nn.models import MODELS, ResidualBlock, build_model, cnn, mlp, resnet
 from fnn.nn.normalization import BatchNorm, LayerNorm
-from fnn.nn.residual import ResidualBlock, residual
 from fnn.nn.summary import count_params, layer_shapes, summary
 
 __all__ = ["ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout",
            "Elu", "Flatten", "Gelu", "GlobalAvgPool2D", "INITIALIZERS", "Layer", "LayerNorm",
            "LeakyRelu", "MODELS", "MaxPool2D", "Maxout", "Relu", "ResidualBlock", "Sigmoid",
            "Silu", "Softplus", "Tanh", "build_model", "cnn", "count_params", "get_initializer",
-           "initializers", "layer_shapes", "mlp", "residual", "resnet", "serial", "stateless",
+           "initializers", "layer_shapes", "mlp", "named_layers", "residual", "resnet", "serial", "stateless",
            "summary"]

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from fnn import ops
-from fnn.nn.layer import Layer, stateless
+import fnn.ops as ops
+from fnn.nn.combinators import Layer, stateless
 
 
 def Relu() -> Layer:

@@ -1,6 +1,8 @@
-"""The core layers: Dense, Conv2D, pooling, Flatten, Dropout (conventions: fnn/nn/layer.py).
+"""The core layers: Dense, Conv2D, pooling, Flatten, Dropout (conventions:
+fnn/nn/combinators.py).
 
-Images are NHWC; conv kernels HWIO. Each apply is one or two fnn gates.
+Images are NHWC; conv kernels HWIO. Each apply is one or two fnn gates; the window, stride and
+padding arithmetic is the gates' own (fnn.ops.conv), so a layer's output shape is the gate's.
 """
 
 from __future__ import annotations
@@ -8,27 +10,18 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 
-from fnn import ops
+from fnn.nn.combinators import Layer, check_input_shape, stateless
 from fnn.nn.initializers import get_initializer
-from fnn.nn.layer import Layer, check_input_shape, stateless
-
-
-def _pair(v, what: str) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(n, int) and n > 0 for n in pair):
-        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
-    return pair
+from fnn.ops import affine, avg_pool2d, conv2d, dropout, max_pool2d, mean, reshape
+from fnn.ops.conv import _conv_pads, _pair
 
 
 def _features(v, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{what} must be a positive int (the number of outputs), got {v!r}")
     return v
-
-
-def _out_size(n: int, k: int, s: int, padding: str) -> int:
-    return -(-n // s) if padding == "SAME" else (n - k) // s + 1
 
 
 def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
@@ -50,7 +43,7 @@ def Dense(features: int, *, init="he", bias_init="zeros") -> Layer:
         return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, (features,)
 
     def apply(params, state, x, *, key=None, train=False):
-        return ops.affine(x, params["w"], params["b"]), state
+        return affine(x, params["w"], params["b"]), state
 
     return Layer("dense", init_fn, apply)
 
@@ -59,8 +52,8 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
            bias_init="zeros") -> Layer:
     """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b."""
     _features(features, "Conv2D features")
-    kh, kw = _pair(kernel_size, "Conv2D kernel_size")
-    sh, sw = _pair(stride, "Conv2D stride")
+    kh, kw = _pair(kernel_size, "kernel_size", "conv2d")
+    sh, sw = _pair(stride, "stride", "conv2d")
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
@@ -68,7 +61,10 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
 
     def init_fn(key, input_shape):
         h, w, c = _image_shape("Conv2D", input_shape)
-        out = (_out_size(h, kh, sh, padding), _out_size(w, kw, sw, padding), features)
+        pads = _conv_pads(jax.ShapeDtypeStruct((1, h, w, c), jnp.float32),
+                          jax.ShapeDtypeStruct((kh, kw, c, features), jnp.float32), (sh, sw),
+                          padding)  # conv2d's own: "SAME" gives ceil(n / stride)
+        out = ((h + sum(pads[0]) - kh) // sh + 1, (w + sum(pads[1]) - kw) // sw + 1, features)
         if out[0] < 1 or out[1] < 1:
             raise ValueError(f"Conv2D: a {kh}x{kw} kernel does not fit in {h}x{w} images "
                              f"with padding {padding}")
@@ -77,15 +73,15 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
         return params, {}, out
 
     def apply(params, state, x, *, key=None, train=False):
-        y = ops.conv2d(x, params["w"], stride=stride_arg, padding=padding)
+        y = conv2d(x, params["w"], stride=stride_arg, padding=padding)
         return y + params["b"], state
 
     return Layer("conv2d", init_fn, apply)
 
 
-def _pool(name: str, gate_name: str, window, stride) -> Layer:
-    wh, ww = _pair(window, f"{name} window")
-    sh, sw = _pair(window if stride is None else stride, f"{name} stride")
+def _pool(name: str, gate, window, stride) -> Layer:
+    wh, ww = _pair(window, "window", gate.name)
+    sh, sw = _pair(window if stride is None else stride, "stride", gate.name)
 
     def output_shape(input_shape):
         h, w, c = _image_shape(name, input_shape)
@@ -95,31 +91,31 @@ def _pool(name: str, gate_name: str, window, stride) -> Layer:
         return out
 
     def fn(x):
-        return getattr(ops, gate_name)(x, window=window, stride=stride)
+        return gate(x, window=window, stride=stride)
 
     return stateless(name.lower(), fn, output_shape)
 
 
 def MaxPool2D(window=2, stride=None) -> Layer:
     """Max over window x window patches of NHWC images (stride defaults to the window)."""
-    return _pool("MaxPool2D", "max_pool2d", window, stride)
+    return _pool("MaxPool2D", max_pool2d, window, stride)
 
 
 def AvgPool2D(window=2, stride=None) -> Layer:
     """Mean over window x window patches of NHWC images (stride defaults to the window)."""
-    return _pool("AvgPool2D", "avg_pool2d", window, stride)
+    return _pool("AvgPool2D", avg_pool2d, window, stride)
 
 
 def GlobalAvgPool2D() -> Layer:
     """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
-    return stateless("global_avg_pool", lambda x: ops.mean(x, axis=(1, 2)),
+    return stateless("global_avg_pool", lambda x: mean(x, axis=(1, 2)),
                      lambda s: (_image_shape("GlobalAvgPool2D", s)[2],))
 
 
 def Flatten() -> Layer:
     """(N, d1, .., dk) -> (N, d1*..*dk)."""
     def fn(x):
-        return ops.reshape(x, shape=(x.shape[0], math.prod(x.shape[1:])))
+        return reshape(x, shape=(x.shape[0], math.prod(x.shape[1:])))
     return stateless("flatten", fn, lambda s: (math.prod(s),))
 
 
@@ -138,6 +134,6 @@ def Dropout(rate: float) -> Layer:
         if key is None:
             raise ValueError("Dropout in training mode needs a PRNG key: "
                              "apply(params, state, x, key=key, train=True)")
-        return ops.dropout(x, key, rate=rate, train=True), state
+        return dropout(x, key, rate=rate, train=True), state
 
     return Layer("dropout", init, apply)

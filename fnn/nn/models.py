@@ -4,17 +4,17 @@
     mlp(hidden=(100, 100))        its 3-layer net
     cnn()                         [conv - relu - conv - relu - pool] x 2 - dense - relu - dense
     resnet()                      conv-bn-relu, 3 stages of residual blocks, global pool, dense
+    ResidualBlock(channels)       the basic block of a ResNet
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from fnn.nn.activations import Activation
-from fnn.nn.layer import Layer, serial
+from fnn.nn.activations import Activation, Relu
+from fnn.nn.combinators import Layer, residual, serial
 from fnn.nn.layers import Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
 from fnn.nn.normalization import BatchNorm
-from fnn.nn.residual import ResidualBlock
 
 
 def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: str = "relu",
@@ -54,6 +54,21 @@ def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Seq
             layers.append(Dropout(dropout))
     layers.append(Dense(num_classes, init=init))
     return serial(*layers, name="cnn")
+
+
+def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = None,
+                  init="he") -> Layer:
+    """The basic ResNet block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)), 3x3 convs.
+
+    The shortcut is the identity, or a 1x1 strided conv + BatchNorm when the block changes the
+    resolution (stride > 1) or the number of channels (in_channels != channels).
+    """
+    main = serial(Conv2D(channels, 3, stride=stride, init=init), BatchNorm(), Relu(),
+                  Conv2D(channels, 3, init=init), BatchNorm(), name="main")
+    project = stride != 1 or (in_channels is not None and in_channels != channels)
+    shortcut = (serial(Conv2D(channels, 1, stride=stride, init=init), BatchNorm(),
+                       name="projection") if project else None)
+    return serial(residual(main, shortcut), Relu(), name="residual_block")
 
 
 def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,

@@ -1,4 +1,4 @@
-"""BatchNorm and LayerNorm layers (conventions: fnn/nn/layer.py).
+"""BatchNorm and LayerNorm layers (conventions: fnn/nn/combinators.py).
 
 BatchNorm's running mean and variance live in the layer's *state*, not its params: they are
 not trained by gradients but updated by the forward pass in training mode, and used in place of
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from fnn import ops
-from fnn.nn.layer import Layer
+import fnn.ops as ops
+from fnn.nn.combinators import Layer
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fnn.nn.layer import Layer
+from fnn.nn.combinators import Layer
 from fnn.pytrees import key_name
 
 

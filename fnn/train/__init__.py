@@ -1,9 +1,14 @@
 """Training: compiled steps and epochs, optimizers, data, checkpoints, runs.
 
+Layering: fnn.train builds on fnn.nn and fnn.check (the gradient-health monitor measures with
+fnn.check.gradient_health, given train's loss function); nothing in fnn.check imports train.
+fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
+
   make_train_step, make_eval_step, make_loss_fn   one step; grad="custom" (fnn) | "builtin" (jax)
   make_train_epoch, make_evaluate                 a whole epoch as one lax.scan; evaluation
   fit, TrainState, init_train_state               the epoch loop
-  diagnostics (module)                            gradient health every N steps: fit(diagnostics=N)
+  Hook (fnn.train.hooks)                          what fit does besides training, as objects
+  diagnostics, health_log (modules)               gradient health every N steps: fit(diagnostics=N)
   make_optimizer, make_schedule                   optax optimizers and schedules by name
   load_dataset, Dataset, standardize, split       digits (bundled), MNIST, Fashion-MNIST, CIFAR-10
   read_idx, read_cifar10_file, DataError          the raw file formats
@@ -17,6 +22,7 @@ from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_s
                                   read_checkpoint, restore, save_checkpoint, save_train_state)
 from fnn.train.data import DATASETS, Dataset, load_dataset, split, standardize
 from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
+from fnn.train.hooks import Hook
 from fnn.train.loop import fit
 from fnn.train.nancheck import find_nan_origin
 from fnn.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
@@ -29,8 +35,8 @@ from fnn.train.step import (GRADS, LOSSES, accuracy, make_eval_step, make_loss_f
                             make_train_step)
 from fnn.train.validate import check_fit_inputs
 
-__all__ = ["CheckpointError", "DATASETS", "DataError", "DataParallel", "Dataset", "GRADS", "LOSSES",
-           "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainState", "accuracy", "check_fit_inputs",
+__all__ = ["CheckpointError", "DATASETS", "DataError", "DataParallel", "Dataset", "GRADS", "Hook",
+           "LOSSES", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainState", "accuracy", "check_fit_inputs",
            "data_parallel", "find_nan_origin", "fit", "init_train_state", "load_checkpoint",
            "load_dataset", "load_train_state", "make_eval_step", "make_evaluate", "make_loss_fn",
            "make_optimizer", "make_schedule", "make_train_epoch", "make_train_step", "plot_curves",

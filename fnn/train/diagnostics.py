@@ -1,4 +1,5 @@
-"""Gradient health while training: fnn.check.gradient_health every N steps, inside the epoch.
+"""Gradient health while training: fnn.check.gradient_health every N steps, inside the epoch,
+as a fit hook (HealthMonitor).
 
     ts, history = fnn.train.fit(model, opt, data, epochs=5, diagnostics=20)
     history[0]["diagnostics"]      # rows of epoch 1, at steps 0, 20 (and 40, ...)
@@ -15,30 +16,22 @@ A row (one line of RUN_DIR/diagnostics.jsonl):
      "update_ratio": {...}, "custom_vs_builtin": {...}, "dead_relu": {"2_relu": 0.0},
      "saturated": {}}
 `step` counts the optimizer steps done before (0: the initial params); the gradient is that of
-the batch of step `step + 1`, the update that step's. Metrics: see fnn.check.health.
+the batch of step `step + 1`, the update that step's. Metrics: see fnn.check.health. The run
+directory's diagnostics.jsonl and .png: fnn.train.health_log.
 """
 
 from __future__ import annotations
-
-import json
-import os
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.check.gates import MODEL_RTOL
 from fnn.check.health import METRICS, gradient_health
+from fnn.train.hooks import Hook
+from fnn.train.step import make_loss_fn
 
 EVERY = 50  # steps between measurements when none is given (python -m fnn train --diagnostics)
-DRIFT_RTOL = MODEL_RTOL
-FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
-LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
-          "custom_vs_builtin": "custom vs built-in gradient (rel. error)",
-          "dead_relu": "dead ReLU units (fraction)",
-          "saturated": "saturated sigmoid/tanh outputs (fraction)", "loss": "batch loss"}
 
 
 def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy",
@@ -51,7 +44,7 @@ def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy"
     """
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"diagnostics every N steps needs a positive int N, got {every!r}")
-    measure = partial(gradient_health, model, loss=loss, l2=l2)
+    loss_fn = make_loss_fn(model, loss, l2=l2)
 
     def wrapped(params, state, opt_and_count, batch, key):
         opt_state, count = opt_and_count
@@ -60,7 +53,8 @@ def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy"
 
         def on(args):
             p, s, b, k, new = args
-            return measure(p, s, b, key=k, updates=jax.tree_util.tree_map(jnp.subtract, new, p))
+            return gradient_health(loss_fn, model, p, s, b, key=k,
+                                   updates=jax.tree_util.tree_map(jnp.subtract, new, p))
 
         def off(args):
             return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
@@ -86,126 +80,19 @@ def rows(health, epoch: int) -> list[dict]:
     return out
 
 
-class Monitor:
-    """What fit needs: the wrapped step, and the step counter in and out of the epoch."""
+class HealthMonitor(Hook):
+    """The fit hook of diagnostics=N: wraps the step, carries the step counter with the
+    optimizer state through the epoch, and puts the epoch's rows in record["diagnostics"]."""
 
     def __init__(self, model, every: int, *, loss: str = "softmax_cross_entropy", l2: float = 0.0):
         self.model, self.every, self.loss, self.l2 = model, every, loss, l2
 
-    def wrap(self, step):
+    def wrap_step(self, step):
         return monitor_step(step, self.model, every=self.every, loss=self.loss, l2=self.l2)
 
-    def carry_in(self, opt_state, step: int):
-        return opt_state, jnp.asarray(step, jnp.int32)
+    def carry_in(self, opt_state, ts):
+        return opt_state, jnp.asarray(ts.step, jnp.int32)
 
-    def carry_out(self, opt_and_count, metrics, epoch: int):
-        """(opt_state, rows of the epoch)."""
-        return opt_and_count[0], rows(metrics["health"], epoch)
-
-
-# ---- the run directory: diagnostics.jsonl, diagnostics.png, one line per epoch -------------------
-def read_rows(path: str) -> list[dict]:
-    """The rows of a diagnostics.jsonl ([] if there is none); a line cut short by a crash is
-    skipped."""
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-class HealthLog:
-    """RUN_DIR/diagnostics.jsonl, kept in step with the checkpoint: rows of epochs past
-    `upto_epoch` (which no checkpoint holds; a resumed run measures them again) are dropped.
-    log(line) gets a summary line per epoch."""
-
-    def __init__(self, run_dir: str, *, upto_epoch: int | None = None, log=None):
-        self.path, self.png = os.path.join(run_dir, FILE), os.path.join(run_dir, PLOT)
-        self.log = log or (lambda line: None)
-        if upto_epoch is not None and os.path.isfile(self.path):
-            kept = [r for r in read_rows(self.path) if r.get("epoch", 0) <= upto_epoch]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-
-    def write(self, new_rows: list[dict]) -> None:
-        """Append an epoch's rows and log a one-line summary of its last row."""
-        if not new_rows:
-            return
-        with open(self.path, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in new_rows)
-        self.log(summarize(new_rows[-1]))
-
-    def plot(self, title: str = "") -> bool:
-        """diagnostics.png from all rows of the file; False when there are none."""
-        all_rows = read_rows(self.path)
-        if all_rows:
-            plot_health(all_rows, self.png, title)
-        return bool(all_rows)
-
-
-def _span(values: dict, fmt: str) -> str:
-    v = list(values.values())
-    if not v:
-        return "-"
-    lo, hi = min(v), max(v)
-    return format(lo, fmt) if lo == hi else f"{lo:{fmt}}..{hi:{fmt}}"
-
-
-def summarize(row: dict, dtype: str = "float32") -> str:
-    """One line: the range over layers of each metric, and a warning on gradient drift."""
-    line = (f"  health @ step {row['step']}: grad norm {_span(row['grad_norm'], '.3g')}  "
-            f"update/param {_span(row['update_ratio'], '.1e')}  "
-            f"dead relu {_span(row['dead_relu'], '.2f')}  "
-            f"saturated {_span(row['saturated'], '.2f')}  "
-            f"custom~built-in {_span(row['custom_vs_builtin'], '.1e')}")
-    tol = DRIFT_RTOL.get(dtype, 1e-4)
-    drift = [k for k, v in row["custom_vs_builtin"].items() if not v <= tol]
-    if drift:
-        line += (f"\n  WARNING: hand-written and jax.grad gradients differ (> {tol:g}) in "
-                 f"{', '.join(drift)}: see fnn.locate_divergence")
-    return line
-
-
-def plot_health(all_rows: list[dict], path: str, title: str = "") -> None:
-    """One panel per metric (and the batch loss), one line per layer, against the step."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 8))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3).ravel()
-    steps = [r["step"] for r in all_rows]
-    for ax, metric in zip(axes, METRICS + ("loss",)):
-        if metric == "loss":
-            ax.plot(steps, [r["loss"] for r in all_rows], marker=".", color="k")
-        layers = [] if metric == "loss" else list(dict.fromkeys(k for r in all_rows
-                                                                for k in r[metric]))
-        if metric != "loss" and not layers:
-            ax.text(0.5, 0.5, "no such layers", ha="center", va="center",
-                    transform=ax.transAxes, color="gray")
-        for layer in layers:
-            ax.plot(steps, [r[metric].get(layer, np.nan) for r in all_rows], marker=".",
-                    markersize=3, label=layer)
-        if metric in ("grad_norm", "update_ratio", "custom_vs_builtin") and layers:
-            ax.set_yscale("log", nonpositive="clip")
-        if metric == "update_ratio" and layers:
-            ax.axhline(1e-3, color="gray", ls="--", lw=1, label="1e-3 (rule of thumb)")
-        if metric == "custom_vs_builtin" and layers:
-            ax.axhline(DRIFT_RTOL["float32"], color="red", ls="--", lw=1,
-                       label="float32 tolerance")
-        if metric in ("dead_relu", "saturated"):
-            ax.set_ylim(-0.03, 1.03)
-        ax.set_title(LABELS[metric], fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if layers:
-            ax.legend(fontsize=7, ncol=1 + len(layers) // 8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    def carry_out(self, carried, metrics, record):
+        record["diagnostics"] = rows(metrics["health"], record["epoch"])
+        return carried[0]

@@ -1,4 +1,5 @@
-"""fit: the epoch loop, with validation, timing and an optional progress bar per epoch.
+"""fit: the epoch loop. Everything besides training (progress bar, per-epoch log, callback,
+gradient health, NaN replay, checkpoints) is a hook (fnn.train.hooks).
 
     model = fnn.nn.mlp((100,))
     data = fnn.train.load_dataset("digits")
@@ -11,56 +12,70 @@ fnn.train.checkpoint) continues with exactly the batches and dropout masks it wo
 
 from __future__ import annotations
 
-import sys
+import signal
+import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
+from fnn.train.diagnostics import HealthMonitor
 from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
-from fnn.train.nancheck import epoch_is_finite, find_nan_origin
+from fnn.train.hooks import Callback, EpochLog, Hook, ProgressBar
+from fnn.train.nancheck import NanReplay
 from fnn.train.parallel import data_parallel
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import make_train_step
 from fnn.train.validate import check_fit_inputs
 
 
-class _Bar:
-    """A tqdm progress bar per epoch, fed from inside the compiled epoch."""
+class _CtrlC:
+    """Notes a Ctrl-C that comes while the compiled epoch runs.
 
-    def __init__(self, enabled: bool):
-        # only on a terminal: elsewhere (logs, pipes) the per-epoch lines say it all
-        self.enabled, self.bar = enabled and sys.stderr.isatty(), None
+    A KeyboardInterrupt raised inside a host callback (the progress hooks) reaches fit wrapped
+    in JAX's runtime error, with nothing to tell it by but its text, and one raised while the
+    main thread waits inside JAX's runtime may not come out at all. So for the epoch's
+    duration a SIGINT handler (main thread only) notes that one came before raising it as
+    usual, and the progress callback notes one it sees; fit decides by that note.
+    """
 
-    def start(self, total: int, desc: str):
-        if self.enabled:
-            from tqdm.auto import tqdm
+    def __init__(self):
+        self.seen = False
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    def __enter__(self):
+        self.seen, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
 
-    def update(self, done):
-        if self.bar is not None:
-            self.bar.update(int(done) - self.bar.n)
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    def _on_sigint(self, signum, frame):
+        if self.previous == signal.SIG_IGN:
+            return
+        if callable(self.previous):  # Python's own handler raises KeyboardInterrupt
+            try:
+                self.previous(signum, frame)
+            except KeyboardInterrupt:
+                self.seen = True
+                raise
+            return
+        self.seen = True
+        raise KeyboardInterrupt
 
-
-def format_record(r: dict, epochs: int) -> str:
-    """The per-epoch line: train/val loss and accuracy, time and speed."""
-    line = (f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  train loss {r['train_loss']:.4f} "
-            f"acc {r['train_acc']:.4f}")
-    if "val_loss" in r:
-        line += f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}"
-    speed = r["steps_per_s"]
-    line += f"  {r['time_s']:.2f}s ({speed:,.0f} steps/s)" if speed >= 10 else \
-        f"  {r['time_s']:.2f}s ({speed:.2f} steps/s)"
-    if "compile_s" in r:
-        line += f"  compile {r['compile_s']:.2f}s"
-    return line
+    def watch(self, progress: Callable) -> Callable:
+        """`progress` noting a KeyboardInterrupt raised in it."""
+        def watched(done):
+            try:
+                progress(done)
+            except KeyboardInterrupt:
+                self.seen = True
+                raise
+        return watched
 
 
 def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str = "custom",
@@ -68,7 +83,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         start: TrainState | None = None, schedule: Callable | None = None,
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
-        devices=None):
+        devices=None, hooks: Sequence[Hook] = ()):
     """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
 
     data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape).
@@ -83,10 +98,18 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     check_nans: on a non-finite loss, replay the step eagerly under fnn.debug_nans and raise a
     NanOriginError naming the gate (fnn.train.nancheck). devices: data parallel over N devices
     (or a device list or Mesh), the batch split, parameters replicated (fnn.train.parallel).
+    hooks: more fnn.train.hooks.Hook objects, called after the ones these options make
+    (diagnostics, check_nans, progress, log, callback, in that order).
     The data, labels and `start` are checked against the model first (fnn.train.validate).
     """
     check_fit_inputs(model, data, loss=loss, start=start)
     ts = start if start is not None else init_train_state(model, optimizer, data.input_shape, seed)
+    hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2)] if diagnostics else []),
+             *([NanReplay(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
+                          loss=loss, grad=grad, l2=l2)] if check_nans else []),
+             ProgressBar(epochs, progress),
+             *([EpochLog(log, epochs)] if log is not None else []),
+             *([Callback(callback)] if callback is not None else []), *hooks]
     has_val = data.x_val is not None and len(data.x_val) > 0
     dp = data_parallel(devices)
     place = jax.device_put if dp is None else dp.replicate  # make_train_epoch splits each batch
@@ -97,48 +120,50 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         ts = TrainState(*dp.replicate((ts.params, ts.state, ts.opt_state, ts.key)), ts.epoch,
                         ts.step)
     n_steps = steps_per_epoch(len(data.x_train), batch_size)
-    bar = _Bar(progress)
     step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False)
-    monitor = None
-    if diagnostics:  # the step counter rides in the scan with opt_state: (opt_state, count)
-        from fnn.train.diagnostics import Monitor
-
-        monitor = Monitor(model, diagnostics, loss=loss, l2=l2)
-        step = monitor.wrap(step)
-    epoch_fn = make_train_epoch(step, batch_size=batch_size,
-                                progress=bar.update if bar.enabled else None, devices=dp,
-                                donate=not check_nans)  # check_nans keeps the epoch's inputs
+    for h in hooks:
+        step = h.wrap_step(step)
+    ctrl_c = _CtrlC()
+    listeners = [h for h in hooks if h.progress]
+    epoch_fn = make_train_epoch(
+        step, batch_size=batch_size, devices=dp, donate=all(h.donate for h in hooks),
+        progress=ctrl_c.watch(lambda done: [h.on_progress(done) for h in listeners])
+        if listeners else None)
     evaluate = make_evaluate(model, loss=loss, batch_size=eval_batch_size)
     compiled, history = None, []
     for e in range(ts.epoch, epochs):
         key = jax.random.fold_in(ts.key, e)
         record = {"epoch": e + 1}
-        opt_in = monitor.carry_in(ts.opt_state, ts.step) if monitor else ts.opt_state
+        carried = ts.opt_state
+        for h in hooks:
+            carried = h.carry_in(carried, ts)
         if compiled is None:
             t0 = time.perf_counter()
-            compiled = epoch_fn.lower(ts.params, ts.state, opt_in, x, y, key).compile()
+            compiled = epoch_fn.lower(ts.params, ts.state, carried, x, y, key).compile()
             record["compile_s"] = time.perf_counter() - t0
-        bar.start(n_steps, f"epoch {e + 1}/{epochs}")
-        before = (ts.params, ts.state, ts.opt_state) if check_nans else None
+        for h in hooks:
+            h.on_epoch_start(ts, n_steps)
         t0 = time.perf_counter()
         try:
-            params, state, opt_state, metrics = compiled(ts.params, ts.state, opt_in, x, y, key)
-            losses, accs = np.asarray(metrics["loss"]), np.asarray(metrics["accuracy"])
-        except Exception as err:
-            # Ctrl-C while the progress callback runs reaches us wrapped in a JAX runtime error
-            if "KeyboardInterrupt" in str(err):
+            with ctrl_c:
+                params, state, carried, metrics = compiled(ts.params, ts.state, carried, x, y,
+                                                           key)
+                losses, accs = np.asarray(metrics["loss"]), np.asarray(metrics["accuracy"])
+        except Exception:
+            if ctrl_c.seen:  # Ctrl-C in a progress callback, wrapped by JAX: an interrupt
                 raise KeyboardInterrupt from None
             raise
         finally:
-            bar.close()
+            for h in hooks:
+                h.on_epoch_stop()
+        if ctrl_c.seen:  # a Ctrl-C that JAX's runtime let pass: an interrupt all the same
+            raise KeyboardInterrupt
         dt = time.perf_counter() - t0
-        if check_nans and not epoch_is_finite(losses, params):
-            raise find_nan_origin(model, optimizer, before, data.x_train, data.y_train, key,
-                                  batch_size=batch_size, losses=losses, epoch=e + 1,
-                                  step0=ts.step, loss=loss, grad=grad, l2=l2)
-        if monitor:
-            opt_state, record["diagnostics"] = monitor.carry_out(opt_state, metrics, e + 1)
-        ts = TrainState(params, state, opt_state, ts.key, e + 1, ts.step + n_steps)
+        for h in hooks:
+            h.after_epoch(ts, params, losses, key)
+        for h in reversed(hooks):
+            carried = h.carry_out(carried, metrics, record)
+        ts = TrainState(params, state, carried, ts.key, e + 1, ts.step + n_steps)
         record.update(step=ts.step, train_loss=float(losses.mean()), train_acc=float(accs.mean()))
         if has_val:
             val = evaluate(ts.params, ts.state, x_val, y_val)
@@ -152,8 +177,6 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
                                      "fit(..., check_nans=True) or `train --check-nans` names "
                                      "the gate that made it)")
         history.append(record)
-        if log is not None:
-            log(format_record(record, epochs))  # the epoch's bar is closed by now
-        if callback is not None:
-            callback(ts, record)
+        for h in hooks:
+            h.on_epoch_end(ts, record)
     return ts, history

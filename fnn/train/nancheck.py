@@ -7,6 +7,7 @@ the step before it and the offending step eagerly, one gate at a time, under fnn
 with fnn's hand-written VJPs. The first gate whose forward or VJP makes a NaN/inf is named, with
 its call site and input ranges; if every gate stays finite but the optimizer update makes a
 parameter non-finite, the update is named instead. The result is a NanOriginError to raise.
+`NanReplay` is the fit hook that does this after every epoch.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff.nans import NanOriginError, debug_nans
-from fnn.train.epoch import epoch_batches, scan_steps
-from fnn.train.step import make_train_step
 from fnn.pytrees import path_name
+from fnn.train.epoch import epoch_batches, scan_steps
+from fnn.train.hooks import Hook
+from fnn.train.step import make_train_step
 
 
 @jax.jit
@@ -104,3 +106,22 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         f"{head}, but replaying it eagerly gave finite values: the NaN may depend on XLA's "
         "compiled arithmetic (fusion, reduction order) or on grad=builtin's derivatives",
         gate=None, phase="not reproduced", site="?")
+
+
+class NanReplay(Hook):
+    """The fit hook of check_nans=True: after each epoch, a non-finite loss or parameter raises
+    the NanOriginError of find_nan_origin. The epoch's inputs are kept (not donated) for it."""
+
+    donate = False
+
+    def __init__(self, model, optimizer, x, y, *, batch_size: int, loss: str, grad: str,
+                 l2: float):
+        self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
+        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2}
+
+    def after_epoch(self, before, params, losses, key):
+        if not epoch_is_finite(losses, params):
+            raise find_nan_origin(self.model, self.optimizer,
+                                  (before.params, before.state, before.opt_state), self.x,
+                                  self.y, key, losses=losses, epoch=before.epoch + 1,
+                                  step0=before.step, **self.options)

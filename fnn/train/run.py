@@ -7,7 +7,9 @@
     RUN_DIR/curves.png        loss and accuracy curves
     RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints)
     RUN_DIR/diagnostics.jsonl, diagnostics.png   gradient health per layer every N steps
-                              (train_run(..., diagnostics=N); fnn.train.diagnostics)
+                              (train_run(..., diagnostics=N); fnn.train.health_log)
+
+The run directory is written by a fit hook, RunDirectory, after each epoch.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from fnn.nn import build_model, count_params, summary
 from fnn.train.checkpoint import (atomic_write, load_train_state, read_checkpoint, restore,
                                   save_train_state)
 from fnn.train.data import load_dataset
-from fnn.train.diagnostics import HealthLog
 from fnn.train.epoch import make_evaluate, steps_per_epoch
+from fnn.train.health_log import HealthLog
+from fnn.train.hooks import Hook
 from fnn.train.loop import fit
 from fnn.train.optim import make_optimizer, make_schedule
 from fnn.train.parallel import data_parallel
@@ -122,14 +125,41 @@ def setup(config: TrainConfig):
     return data, model, optimizer, schedule
 
 
+class RunDirectory(Hook):
+    """The fit hook of train_run: after each epoch, the gradient-health rows (popped from the
+    record) to diagnostics.jsonl, the record to metrics.jsonl, the checkpoints last and (on a
+    better validation accuracy than `best_acc`) best. Only the primary process writes."""
+
+    def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
+                 health: HealthLog | None, primary: bool):
+        self.out_dir, self.config, self.best_acc = out_dir, config, best_acc
+        self.health, self.primary = health, primary
+        self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
+
+    def on_epoch_end(self, ts: TrainState, record: dict):
+        rows = record.pop("diagnostics", [])
+        if not self.primary:
+            return
+        self.health.write(rows)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if "val_acc" in record and record["val_acc"] > self.best_acc:  # no validation: no best
+            self.best_acc = record["val_acc"]
+            save_train_state(os.path.join(self.out_dir, BEST), ts, self.config.to_dict(),
+                             val_acc=self.best_acc)
+        save_train_state(os.path.join(self.out_dir, LAST), ts, self.config.to_dict())
+
+
 def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
-              log: Callable | None = print, diagnostics: int = 0, check_nans: bool = False,
+              log: Callable | None = None, diagnostics: int = 0, check_nans: bool = False,
               devices: int | None = None) -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
-    diagnostics=N > 0: gradient health every N steps into diagnostics.jsonl and .png.
-    check_nans: name the gate behind a non-finite loss (fit's check_nans). devices=N: data
-    parallel over N devices (fit's devices); not part of the config, a resumed run may change it.
+    log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
+    the results; None: silent). diagnostics=N > 0: gradient health every N steps into
+    diagnostics.jsonl and .png. check_nans: name the gate behind a non-finite loss (fit's
+    check_nans). devices=N: data parallel over N devices (fit's devices); not part of the
+    config, a resumed run may change it.
 
     Several processes (multi-host JAX): every process trains, only process 0 writes the run
     directory and logs; the others return the final test results of their (identical) params.
@@ -167,26 +197,14 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
         f"device {jax.devices()[0].platform}"
         + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device)"
            if devices else ""))
-    best_acc = max((r.get("val_acc", -1.0) for r in history), default=-1.0)
     health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
-
-    def on_epoch(ts: TrainState, record: dict):
-        nonlocal best_acc
-        rows = record.pop("diagnostics", [])
-        if not primary:
-            return
-        health.write(rows)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if "val_acc" in record and record["val_acc"] > best_acc:  # no validation set: no best
-            best_acc = record["val_acc"]
-            save_train_state(os.path.join(out_dir, BEST), ts, config.to_dict(), val_acc=best_acc)
-        save_train_state(os.path.join(out_dir, LAST), ts, config.to_dict())
-
+    run_dir = RunDirectory(out_dir, config, health=health, primary=primary,
+                           best_acc=max((r.get("val_acc", -1.0) for r in history), default=-1.0))
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
                   grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
-                  schedule=schedule, callback=on_epoch, progress=progress and primary, log=log,
-                  diagnostics=diagnostics, check_nans=check_nans, devices=devices)
+                  schedule=schedule, progress=progress and primary, log=log,
+                  diagnostics=diagnostics, check_nans=check_nans, devices=devices,
+                  hooks=[run_dir])
     history += new
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)

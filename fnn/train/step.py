@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn import ops, transforms
+from fnn.ops import l2_penalty, registry
 from fnn.train.parallel import constrain_batch, data_parallel, jit_step
+from fnn.transforms import value_and_grad as fnn_value_and_grad
 
 LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy",
           "cross_entropy": "softmax_cross_entropy", "svm": "svm_loss"}
@@ -26,7 +27,7 @@ GRADS = ("custom", "builtin")
 def get_loss(name: str):
     """The loss gate `loss(scores (N, C), labels (N,)) -> mean over the batch`, by name."""
     try:
-        return getattr(ops, LOSSES[name])
+        return registry[LOSSES[name]]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
 
@@ -44,7 +45,7 @@ def make_loss_fn(model, loss: str = "softmax_cross_entropy", *, l2: float = 0.0)
         if l2:
             for w in jax.tree_util.tree_leaves(params):
                 if w.ndim >= 2:
-                    value = value + ops.l2_penalty(w, scale=l2)
+                    value = value + l2_penalty(w, scale=l2)
         return value, (new_state, scores)
 
     return loss_fn
@@ -53,7 +54,7 @@ def make_loss_fn(model, loss: str = "softmax_cross_entropy", *, l2: float = 0.0)
 def value_and_grad(loss_fn, grad: str = "custom"):
     """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX."""
     if grad == "custom":
-        return transforms.value_and_grad(loss_fn, has_aux=True)
+        return fnn_value_and_grad(loss_fn, has_aux=True)
     if grad == "builtin":
         return jax.value_and_grad(loss_fn, has_aux=True)
     raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")

@@ -41,21 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.check.gates import MODEL_RTOL
+from fnn.check.numeric import differences
+from fnn.check.tolerances import tolerance
 from fnn.pytrees import path_name
 
 VERDICTS = ("ok", "custom wrong", "built-in disagrees", "finite differences unreliable here",
             "custom and built-in disagree", "all three disagree")
-# custom vs built-in (both in the model's dtype), whole models: looser than one gate's TOLERANCE
-RTOL = MODEL_RTOL
-# analytic (model dtype) vs numerical (float64): the analytic gradient's own rounding dominates
-NUMERIC_RTOL = {"float64": 1e-6, "float32": 1e-3, "float16": 3e-2, "bfloat16": 1e-1}
 KINK_SHRINK = 8.0  # the second, smaller step for elements whose one-sided slopes disagree
 FLOOR = 1e-2  # relative errors are measured against at least this fraction of the largest gradient
 
@@ -186,8 +182,9 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
                 numeric_dtype: str | None = "float64", step: float | None = None) -> GradReport:
     """Compare fnn.grad, jax.grad and central differences of scalar `f(*args)`, leaf by leaf.
 
-    argnums: int or tuple, as in fnn.grad. rtol: custom vs built-in tolerance (default by dtype,
-    RTOL); numeric_rtol: analytic vs numerical (NUMERIC_RTOL). max_elements: elements per leaf
+    argnums: int or tuple, as in fnn.grad. rtol: custom vs built-in tolerance (default:
+    tolerance "model" by dtype, fnn.check.tolerances); numeric_rtol: analytic vs numerical
+    (default: tolerance "numeric"). max_elements: elements per leaf
     checked numerically. numeric_dtype: the dtype the differences are computed in ("float64";
     None: the model's own). step: a fixed h instead of the dtype-chosen one (for comparison
     with fixed-step checkers). Returns a GradReport; nothing is raised for wrong gradients.
@@ -213,8 +210,8 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
         raise TypeError(f"check_grads: f must return a float scalar (a loss), got {out}")
     dtypes = sorted({str(l.dtype) for l in leaves})
     model_dtype = "+".join(dtypes)
-    tol = rtol if rtol is not None else max(RTOL.get(d, 1e-4) for d in dtypes)
-    ntol = numeric_rtol if numeric_rtol is not None else max(NUMERIC_RTOL.get(d, 1e-3)
+    tol = rtol if rtol is not None else max(tolerance("model", d) for d in dtypes)
+    ntol = numeric_rtol if numeric_rtol is not None else max(tolerance("numeric", d)
                                                              for d in dtypes)
 
     errors = []
@@ -261,7 +258,8 @@ def _sample(size, k, rng, c, b):
 
 
 class _Numeric:
-    """f of the flat differentiated leaves, jitted once, in `numeric_dtype` (float64 default)."""
+    """f of the flat differentiated leaves, jitted once, in `numeric_dtype` (float64 default),
+    and its slopes along single elements (fnn.check.numeric.differences)."""
 
     def __init__(self, f, args, nums, treedefs, leaves, numeric_dtype, step):
         self.x64 = numeric_dtype == "float64" or bool(jax.config.jax_enable_x64)
@@ -279,38 +277,46 @@ class _Numeric:
                 return f(*full)
 
             self.leaves = [np.array(cast(l)) for l in leaves]
+            self.vectorize = True
             try:
                 self.F = jax.jit(F)
                 f0 = self.F(*self.leaves)
             except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
-                self.F = F  # f branches on values: evaluate eagerly
+                self.F, self.vectorize = F, False  # f branches on values: evaluate eagerly
                 f0 = self.F(*self.leaves)
             self.dtype = str(jnp.result_type(f0))
             self.f0 = float(f0)
         self.eps = float(np.finfo(self.dtype).eps)
         self.base_step = step if step is not None else self.eps ** (1 / 3)
 
-    def at(self, j, k, x):
-        leaves = list(self.leaves)
-        leaf = leaves[j].copy()
-        leaf.reshape(-1)[k] = x
-        leaves[j] = leaf
-        return float(self.F(*leaves))
+    def slopes(self, j, idx, h):
+        """(backward, forward, central, noise) differences of f along the elements `idx` of leaf
+        j with steps `h` (one per element), as float64 arrays. noise: the rounding error of a
+        slope; nan slopes and infinite noise where h is below x's resolution."""
+        if not len(idx):
+            return (np.zeros(0),) * 4
 
-    def slopes(self, j, k, h):
-        """(backward, forward, central) differences of f along element k of leaf j."""
-        x = self.leaves[j].reshape(-1)[k]
-        xp, xm = (x + x.dtype.type(h)), (x - x.dtype.type(h))
-        hp, hm = float(xp) - float(x), float(x) - float(xm)  # the steps actually taken
-        if hp <= 0 or hm <= 0:  # h is below x's resolution: no difference can be taken
-            return math.nan, math.nan, math.nan, math.inf
-        fp, fm = self.at(j, k, xp), self.at(j, k, xm)
-        noise = 4 * self.eps * max(abs(fp), abs(fm), abs(self.f0), 1e-300) / min(hp, hm)
-        return (self.f0 - fm) / hm, (fp - self.f0) / hp, (fp - fm) / (hp + hm), noise
+        def along(x):
+            return self.F(*[x if i == j else leaf for i, leaf in enumerate(self.leaves)])
 
-    def step_at(self, j, k):
-        x = float(self.leaves[j].reshape(-1)[k])
-        return self.base_step if self.fixed_step is not None else self.base_step * max(1.0, abs(x))
+        f_plus, f_minus, h_plus, h_minus = (np.asarray(a, np.float64) for a in differences(
+            along, self.leaves[j], idx, h, vectorize=self.vectorize))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            taken = (h_plus > 0) & (h_minus > 0)
+            top = np.maximum(np.maximum(np.abs(f_plus), np.abs(f_minus)),
+                             max(abs(self.f0), 1e-300))
+            noise = np.where(taken, 4 * self.eps * top / np.minimum(h_plus, h_minus), np.inf)
+            bwd = np.where(taken, (self.f0 - f_minus) / h_minus, np.nan)
+            fwd = np.where(taken, (f_plus - self.f0) / h_plus, np.nan)
+            mid = np.where(taken, (f_plus - f_minus) / (h_plus + h_minus), np.nan)
+        return bwd, fwd, mid, noise
+
+    def steps(self, j, idx):
+        """The step of each element `idx` of leaf j: base_step * max(1, |x|) (or a fixed one)."""
+        x = np.abs(self.leaves[j].reshape(-1)[idx].astype(np.float64))
+        if self.fixed_step is not None:
+            return np.full(len(idx), self.base_step)
+        return self.base_step * np.maximum(1.0, x)
 
 
 def _caster(dtype):
@@ -325,17 +331,20 @@ def _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor) -> LeafRep
     analytic = c if c is not None else b
     scale = max(_maxabs(c), _maxabs(b), floor)
     lo, hi, pad, kinks = [], [], [], []  # per sampled element: accepted interval [lo, hi]
-    for k in idx:
-        h = numeric.step_at(j, k)
-        bwd, fwd, mid, noise = numeric.slopes(j, k, h)
-        gap = abs(fwd - bwd)
-        interval = (mid, mid)
-        if gap > ntol * scale + noise:  # re-measure closer: does the disagreement shrink?
-            bwd2, fwd2, mid2, noise2 = numeric.slopes(j, k, h / KINK_SHRINK)
-            if abs(fwd2 - bwd2) > 0.5 * gap and abs(fwd2 - bwd2) > noise2:  # a kink
-                interval = (min(bwd, fwd, bwd2, fwd2), max(bwd, fwd, bwd2, fwd2))
-                kinks.append({"index": [int(i) for i in np.unravel_index(k, leaf.shape)],
-                              "backward": bwd2, "forward": fwd2,
+    h = numeric.steps(j, idx)
+    bwd, fwd, mid, noise = numeric.slopes(j, idx, h)
+    gap = np.abs(fwd - bwd)
+    with np.errstate(invalid="ignore"):
+        again = np.flatnonzero(gap > ntol * scale + noise)  # re-measure closer: does it shrink?
+    second = dict(zip(again, zip(*numeric.slopes(j, idx[again], h[again] / KINK_SHRINK))))
+    for i, k in enumerate(idx):
+        interval = (mid[i], mid[i])
+        if i in second:
+            bwd2, fwd2, mid2, noise2 = second[i]
+            if abs(fwd2 - bwd2) > 0.5 * gap[i] and abs(fwd2 - bwd2) > noise2:  # a kink
+                interval = (min(bwd[i], fwd[i], bwd2, fwd2), max(bwd[i], fwd[i], bwd2, fwd2))
+                kinks.append({"index": [int(n) for n in np.unravel_index(k, leaf.shape)],
+                              "backward": float(bwd2), "forward": float(fwd2),
                               "custom": _at(c, k), "builtin": _at(b, k)})
             else:  # smooth after all, or a kink between h/8 and h: the closer estimate
                 interval = (mid2, mid2)

@@ -1,4 +1,4 @@
-"""What a layer is, and the serial combinator.
+"""What a layer is, and how layers combine: Layer, stateless, serial, residual.
 
 Naming conventions for the whole of fnn.nn (after stax):
 
@@ -14,6 +14,15 @@ Naming conventions for the whole of fnn.nn (after stax):
 
 `apply` is written with fnn's gates only (fnn.ops and the operators of traced values), so the
 same model is differentiated by `fnn.grad` (hand-written rules) and by `jax.grad`.
+
+Combinators (serial, residual: a Layer with `children`) also take `observe`, a function
+`observe(path, layer, y)` called with the output `y` of every layer inside them, `path` being
+the params keys from the combinator down to that layer ("1_dense", or "3_block", "main",
+"2_relu"). That is how gradient health reads activations, without a second copy of the walk:
+
+    acts = {}
+    y, _ = model.apply(params, state, x, observe=lambda path, layer, y: acts.update(
+        {"/".join(path): y}))
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ class Layer:
 
     Combinators list their sub-layers in `children` as (params key, layer) pairs; `kind` says
     how: "serial" (a chain, each child takes the previous output) or "parallel" (every child
-    takes the same input). `summary` walks them; nothing else depends on them.
+    takes the same input). Their apply takes `observe` (the module docstring).
     """
 
     name: str
@@ -82,7 +91,7 @@ def in_layer(error: Exception, model: str, key: str) -> None:
     error.args = (f"in layer {'/'.join((model,) + path)}: {bare}",)
 
 
-LAYER_ERRORS = (GateError, NanOriginError)  # (with ValueError) get the layer path in front
+LAYER_ERRORS = (ValueError, GateError, NanOriginError)  # get the layer path in front
 
 
 def stateless(name: str, fn: Callable, output_shape: Callable = lambda s: s) -> Layer:
@@ -106,6 +115,15 @@ def layer_scope(model: str):
     return jax.named_scope(model)
 
 
+def layer_scope(model: str):
+    """jax.named_scope(model) for the outermost combinator, nothing inside another: each child
+    then runs in jax.named_scope(its key), so a gate's scope reads as its layer path
+    ('mlp/1_dense'), which rule overrides (fnn.only), NaN reports and graphs name."""
+    if str(source_info_util.current_name_stack()):
+        return contextlib.nullcontext()
+    return jax.named_scope(model)
+
+
 def split_key(key, n: int) -> list:
     """n keys from `key`, or n Nones when there is no key (deterministic apply)."""
     return [None] * n if key is None else list(jax.random.split(key, n))
@@ -117,6 +135,36 @@ def check_keys(model: str, keys, tree, what: str) -> None:
         have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
         raise ValueError(f"{model}: {what} do not fit this model: expected keys "
                          f"{sorted(keys)}, got {have} (were they made by another model's init?)")
+
+
+def _init_child(model: str, k: str, child: Layer, key, shape):
+    """child.init(key, shape), its errors named 'in layer model/k'."""
+    try:
+        return child.init(key, shape)
+    except LAYER_ERRORS as e:
+        in_layer(e, model, k)
+        raise
+
+
+def _apply_child(model: str, k: str, child: Layer, params, state, x, key, train, observe):
+    """child.apply, its errors named 'in layer model/k'; its output (and, for a combinator,
+    every output inside it) shown to `observe` under the path (k, ...)."""
+    try:
+        with jax.named_scope(k):  # the gate records' scope reads as the layer path
+            if observe is not None and child.children:
+                def inner(path, layer, y):
+                    observe((k,) + path, layer, y)
+
+                y, new_state = child.apply(params, state, x, key=key, train=train,
+                                           observe=inner)
+            else:
+                y, new_state = child.apply(params, state, x, key=key, train=train)
+    except LAYER_ERRORS as e:
+        in_layer(e, model, k)
+        raise
+    if observe is not None:
+        observe((k,), child, y)
+    return y, new_state
 
 
 def serial(*layers: Layer, name: str = "serial") -> Layer:
@@ -132,26 +180,62 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     def init(key, input_shape):
         params, state, shape = {}, {}, check_input_shape(name, input_shape)
         for k, layer, sub in zip(keys, layers, jax.random.split(key, len(layers))):
-            try:
-                params[k], state[k], shape = layer.init(sub, shape)
-            except (ValueError, *LAYER_ERRORS) as e:
-                in_layer(e, name, k)
-                raise
+            params[k], state[k], shape = _init_child(name, k, layer, sub, shape)
         return params, state, shape
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, observe=None):
         check_keys(name, keys, params, "params")
         check_keys(name, keys, state, "state")
         new_state = {}
         with layer_scope(name):
             for k, layer, sub in zip(keys, layers, split_key(key, len(layers))):
-                try:
-                    with jax.named_scope(k):
-                        x, new_state[k] = layer.apply(params[k], state[k], x, key=sub, train=train)
-                except (ValueError, *LAYER_ERRORS) as e:
-                    in_layer(e, name, k)
-                    raise
+                x, new_state[k] = _apply_child(name, k, layer, params[k], state[k], x, sub,
+                                               train, observe)
         return x, new_state
 
     return Layer(name, init, apply, tuple(zip(keys, layers)), "serial")
 
+
+def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residual") -> Layer:
+    """main(x) + shortcut(x); the shortcut is the identity when None (shapes must then match).
+
+    Params and state are {"main": .., "shortcut": ..}. The add gate distributes the upstream
+    gradient to both branches, which is what lets gradients skip through deep stacks.
+    """
+    children = (("main", main),) + ((("shortcut", shortcut),) if shortcut is not None else ())
+
+    def init(key, input_shape):
+        params, state = {}, {}
+        out = None
+        for (k, layer), sub in zip(children, split_key(key, 2)):
+            params[k], state[k], shape = _init_child(name, k, layer, sub, tuple(input_shape))
+            if out is not None and shape != out:
+                raise ValueError(f"{name}: main branch gives {out} but shortcut gives {shape}")
+            out = shape
+        if shortcut is None and out != tuple(input_shape):
+            raise ValueError(f"{name}: main branch maps {tuple(input_shape)} to {out}; an identity "
+                             "shortcut needs them equal (pass a projection shortcut)")
+        return params, state, out
+
+    def apply(params, state, x, *, key=None, train=False, observe=None):
+        new_state, outs = {}, []
+        with layer_scope(name):
+            for (k, layer), sub in zip(children, split_key(key, 2)):
+                y, new_state[k] = _apply_child(name, k, layer, params[k], state[k], x, sub,
+                                               train, observe)
+                outs.append(y)
+        return (outs[0] + outs[1] if len(outs) == 2 else outs[0] + x), new_state
+
+    return Layer(name, init, apply, children, "parallel")
+
+
+def named_layers(layer: Layer):
+    """(path, layer) of every layer inside `layer` at any depth, in the order of its children
+    (the paths `observe` receives); a layer without children is itself, at path ()."""
+    if not layer.children:
+        yield (), layer
+        return
+    for k, child in layer.children:
+        yield (k,), child
+        if child.children:
+            yield from (((k,) + path, inner) for path, inner in named_layers(child))

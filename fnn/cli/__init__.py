@@ -1,0 +1,73 @@
+"""The command line: `python -m fnn <command> [options]` (or the `fnn` script).
+
+Argument parsing and printing live here and only here: the libraries below return objects, the
+commands print them. One module per command, each with HELP and DESCRIPTION (its lines in
+--help), `add_arguments(parser)` (its options) and `run(args) -> exit status`:
+
+    train.py      train a model into a run directory (fnn.train.train_run)
+    gradcheck.py  every gate's VJP checked (fnn.check.gates), or a small model's gradients
+    graph.py      the lecture's computational graphs, or a small model's, as .dot/.svg and text
+    demo.py       the lecture's examples, fnn's gradients beside jax.grad's
+    bench.py      the benchmarks (fnn.bench)
+
+`COMMANDS` maps each command's name to its module and `main(argv=None)` dispatches. A
+command's errors (fnn's own, bad values, missing files) print one line, `fnn <command>:
+error: ...`, and exit with status 1; set FNN_DEBUG=1 for a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fnn.cli import bench, demo, gradcheck, graph, train
+from fnn.errors import FnnError
+
+COMMANDS = {"train": train, "gradcheck": gradcheck, "graph": graph, "demo": demo, "bench": bench}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fnn", description="fnn: neural networks with hand-written gradients.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.HELP, description=command.DESCRIPTION)
+        command.add_arguments(sub)
+        sub.add_argument("--no-tune", action="store_true",
+                         help="keep JAX's default CPU settings (see fnn.runtime; FNN_NO_TUNE=1 "
+                              "does the same)")
+        sub.set_defaults(func=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
+    """Run the command line with `argv` (default sys.argv[1:]); return the exit status.
+
+    tune=True (the process's entry points: `python -m fnn`, the `fnn` script, scripts/) first
+    applies fnn.runtime.tune_cpu() unless --no-tune is given; in-process callers keep theirs.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    args.tuning = None  # what fnn.runtime.tune_cpu did, for the commands that report it
+    if tune and not args.no_tune:
+        from fnn.runtime import tune_cpu
+
+        args.tuning = tune_cpu()
+        if os.environ.get("FNN_DEBUG"):
+            print(f"fnn: CPU tuning {args.tuning}", file=sys.stderr)
+    try:
+        return args.func(args)
+    except (FnnError, ValueError, OSError, FloatingPointError) as e:
+        if os.environ.get("FNN_DEBUG"):
+            raise
+        print(f"fnn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def entry() -> int:
+    """The process's entry point (`python -m fnn`, the `fnn` script): main with tune=True."""
+    return main(tune=True)

@@ -1,0 +1,154 @@
+"""`python -m fnn gradcheck`: every gate's hand-written VJP checked at its test cases, one table.
+
+    python -m fnn gradcheck                        # every gate in fnn.registry
+    python -m fnn gradcheck --module mypkg.gates   # plus the Gate objects found in mypkg.gates
+    python -m fnn gradcheck --gate relu,conv2d --format markdown
+    python -m fnn gradcheck --model resnet         # a model's gradients per layer (check_grads)
+
+Per gate: the largest relative error of the VJP vs jax.vjp of the same forward (float64 and
+float32) and vs central differences (float64) over its test cases, and the JAX transforms it
+passed (fnn.check.gates); forward + VJP time under jit, custom vs built-in, on the gate's
+largest float32 test case, in microseconds (fnn.bench.time_gate). The exit status is 1 when
+any gate (or the model) fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+
+import jax
+import numpy as np
+
+from fnn.autodiff import collect_gates
+from fnn.bench.timing import time_gate
+from fnn.check.gates import TRANSFORMS, cast_case, check_gate
+from fnn.check.tolerances import TOLERANCES, tolerance
+from fnn.check.zoo import MODELS, check_model
+from fnn.ops import registry
+
+HEADER = ("gate", "cases", "vs jax f64", "vs jax f32", "vs numeric", "custom us", "built-in us",
+          "transforms", "verdict")
+
+
+HELP = "check every gate's VJP (or a model's gradients) against JAX and numerics"
+DESCRIPTION = ("Check each gate's hand-written VJP at its test cases against jax.vjp and float64 "
+               "central differences, under jit/vmap/grad; exit 1 on any failure.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--module", action="append", default=[], metavar="PKG.MOD",
+                        help="also check the gates (fnn.defgate objects) defined in this module")
+    parser.add_argument("--gate", action="append", default=[], metavar="NAME[,NAME]",
+                        help="check only these gates")
+    parser.add_argument("--model", choices=tuple(MODELS),
+                        help="check a small model's gradients per layer instead of the gates")
+    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-timing", action="store_true", help="skip the jit timings")
+
+
+def gates_to_check(modules=(), names=None) -> dict:
+    """name -> gate: fnn.registry plus the gates of `modules` (import paths), filtered by names."""
+    gates = dict(registry)
+    for modname in modules:
+        for name, gate in collect_gates(importlib.import_module(modname)).items():
+            if gates.get(name) is not gate:
+                gates[name if name not in gates else f"{modname}.{name}"] = gate
+    if names:
+        unknown = [n for n in names if n not in gates]
+        if unknown:
+            raise ValueError(f"unknown gate(s) {unknown}; known: {', '.join(sorted(gates))}")
+        gates = {n: gates[n] for n in names}
+    return gates
+
+
+def timing_us(gate, report, *, seed: int = 0, reps: int = 20):
+    """(custom, built-in) microseconds of forward + VJP under jit on the gate's largest float32
+    case; (None, None) for a gate the checker could not jit or run in float32."""
+    if "jit" in report.errors or "float32" in report.errors or \
+            not any(c.dtype == "float32" for c in report.cases):
+        return None, None
+    case = max(gate.cases(np.random.default_rng(seed), "float32"),
+               key=lambda c: sum(np.size(a) for a in c.args))
+    t = time_gate(gate, cast_case(case, "float32"), case.kwargs,
+                  rng=np.random.default_rng(seed), reps=reps)
+    return t["custom"] * 1e6, t["builtin"] * 1e6
+
+
+def row(report, timing=(None, None)) -> dict:
+    """The table's row of a GateCheck (what --format json lists per gate)."""
+    return {"gate": report.gate, "cases": sum(c.dtype == "float64" for c in report.cases),
+            "vs_jax_f64": report.worst("vs_jax", "float64"),
+            "vs_jax_f32": report.worst("vs_jax", "float32"),
+            "vs_numeric": report.worst("vs_numeric", "float64"),
+            "custom_us": timing[0], "builtin_us": timing[1],
+            "transforms": {t: report.transforms.get(t) for t in TRANSFORMS},
+            "verdict": report.verdict}
+
+
+def _cells(r: dict) -> tuple:
+    def e(v):
+        return "-" if v is None else f"{v:.1e}"
+
+    def us(v):
+        return "-" if v is None else f"{v:.1f}"
+    passed = " ".join(t for t in TRANSFORMS if r["transforms"].get(t)) or "-"
+    return (r["gate"], str(r["cases"]), e(r["vs_jax_f64"]), e(r["vs_jax_f32"]),
+            e(r["vs_numeric"]), us(r["custom_us"]), us(r["builtin_us"]), passed, r["verdict"])
+
+
+def format_rows(rows: list[dict], fmt: str = "text", meta: dict | None = None) -> str:
+    """The table as text, Markdown or JSON, with a summary line."""
+    failed = [r["gate"] for r in rows if r["verdict"] != "ok"]
+    summary = (f"{len(rows)} gates, {len(rows) - len(failed)} ok"
+               + (f", FAILED: {', '.join(failed)}" if failed else ""))
+    if fmt == "json":
+        return json.dumps({"meta": meta or {}, "ok": not failed, "gates": rows}, indent=2)
+    cells = [HEADER] + [_cells(r) for r in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(c) + " |" for c in cells]
+        lines.insert(1, "|" + "---|" * len(HEADER))
+        return "\n".join(lines) + f"\n\n{summary}\n"
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + f"\n{summary}"
+
+
+def _check_model(args) -> int:
+    report, divergences = check_model(args.model, seed=args.seed)
+    if args.format == "json":
+        print(json.dumps({"model": args.model, "report": report.to_dict(),
+                          "divergences": [dataclasses.asdict(d) for d in divergences],
+                          "ok": report.ok and divergences.ok}, indent=2))
+    else:
+        print(f"model {args.model}: parameter gradients, layer by layer")
+        print(report.to_markdown() if args.format == "markdown" else report)
+        print(divergences)
+    return 0 if report.ok and divergences.ok else 1
+
+
+def run(args) -> int:
+    """Print the table; 0 when everything passed, 1 on any failure, 2 on a usage error."""
+    if args.model:
+        return _check_model(args)
+    names = [n.strip() for item in args.gate for n in item.split(",") if n.strip()]
+    try:
+        gates = gates_to_check(args.module, names)
+    except (ImportError, ValueError) as e:
+        print(f"fnn gradcheck: {e}")
+        return 2
+    rows = []
+    for name, gate in gates.items():
+        report = check_gate(name, gate, seed=args.seed)
+        timing = (None, None) if args.no_timing else timing_us(gate, report, seed=args.seed)
+        rows.append(row(report, timing))
+    device = jax.devices()[0]
+    meta = {"seed": args.seed, "device": f"{device.platform}:{device.device_kind}",
+            "jax": jax.__version__, "tolerance": dict(TOLERANCES["gate"]),
+            "numeric_tolerance": tolerance("numeric", "float64"),
+            "transform_tolerance": tolerance("transform", "float64")}
+    print(format_rows(rows, args.format, meta))
+    return 0 if all(r["verdict"] == "ok" for r in rows) else 1

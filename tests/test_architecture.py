@@ -1,0 +1,139 @@
+"""The layering of ARCHITECTURE.md, enforced on every import in fnn/.
+
+The layers and the narrower rules are read from ARCHITECTURE.md's two tables, so the document
+and the code cannot drift apart: every import of an fnn module (top-level or inside a function;
+`import fnn` and `from fnn import x` count as the package root) must go to the importer's own
+layer or a lower one, no two packages may import each other through any chain, and every module
+must have a layer.
+"""
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "fnn"
+
+
+def _table(section: str) -> list[list[str]]:
+    """The rows (cells) of the first table under `## section` in ARCHITECTURE.md."""
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in body.splitlines() if line.startswith("|")]
+    return rows[2:]  # past the header and the |---| line
+
+
+def _names(cell: str) -> list[str]:
+    return re.findall(r"fnn(?:\.[A-Za-z_]+)*", cell)
+
+
+LAYERS = {name: int(row[0]) for row in _table("Layers") for name in _names(row[1])}
+NARROW = {row[0]: set(_names(row[1])) for row in _table("Narrower rules")}
+
+
+def unit(module: str) -> str | None:
+    """The entry of LAYERS that `module` belongs to (the longest dotted prefix)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return ".".join(parts[:n])
+    return None
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(module: str, source: str) -> list[tuple[int, str]]:
+    """(line, imported fnn module) of every import in `source`, at any depth."""
+    package = module if module in _packages() else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the package (and up)
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            found.append((node.lineno, name))  # `from fnn import x`: the root, as documented
+    return [(line, name) for line, name in found if name == "fnn" or name.startswith("fnn.")]
+
+
+def _packages() -> set[str]:
+    return {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+
+
+def violations(module: str, source: str) -> list[str]:
+    """The imports of `module` (its `source`) that go against ARCHITECTURE.md."""
+    src = unit(module)
+    found = []
+    for line, target in imports(module, source):
+        dst = unit(target)
+        if dst is None:
+            found.append(f"{module}:{line} imports {target}, which has no layer")
+        elif src in NARROW and dst not in NARROW[src]:
+            found.append(f"{module}:{line} imports {target}: {src} may import only "
+                         f"{', '.join(sorted(NARROW[src])) or 'nothing from fnn'}")
+        elif LAYERS[dst] > LAYERS[src]:
+            found.append(f"{module}:{line} imports {target}: {src} (layer {LAYERS[src]}) -> "
+                         f"{dst} (layer {LAYERS[dst]}) goes upward")
+    return found
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield module_name(path), path
+
+
+def test_the_tables_are_read():
+    assert LAYERS["fnn.errors"] == 1 and LAYERS["fnn.check"] < LAYERS["fnn.train"]
+    assert LAYERS["fnn"] == max(LAYERS.values()) and NARROW["fnn.autodiff"] == {
+        "fnn.autodiff", "fnn.errors"}
+
+
+@pytest.mark.parametrize("module,path", list(_modules()), ids=[m for m, _ in _modules()])
+def test_imports_go_down_the_layers(module, path):
+    assert unit(module) is not None, f"{path.relative_to(REPO)}: no layer in ARCHITECTURE.md"
+    bad = violations(module, path.read_text())
+    assert not bad, "\n".join(f"{path.relative_to(REPO)}: {b}" for b in bad)
+
+
+def test_no_import_circle_between_packages():
+    edges = {}
+    for module, path in _modules():
+        for _, target in imports(module, path.read_text()):
+            if unit(target) not in (None, unit(module)):
+                edges.setdefault(unit(module), set()).add(unit(target))
+
+    def circle(start, node, seen):
+        for nxt in edges.get(node, ()):
+            if nxt == start:
+                return seen + [nxt]
+            if nxt not in seen:
+                found = circle(start, nxt, seen + [nxt])
+                if found:
+                    return found
+        return None
+
+    for start in edges:
+        found = circle(start, start, [start])
+        assert found is None, "import circle: " + " -> ".join(found)
+
+
+def test_an_upward_import_is_caught():
+    """The checker itself: upward, root and narrow-rule imports, in functions too."""
+    source = "import jax\nfrom fnn.nn import serial\n\ndef f():\n    from fnn.train import fit\n"
+    assert violations("fnn.check.health", source) == [
+        "fnn.check.health:5 imports fnn.train: fnn.check (layer 6) -> fnn.train (layer 7) goes "
+        "upward"]
+    assert violations("fnn.nn.layers", "from fnn import ops\n")[0].endswith(
+        "fnn.nn (layer 5) -> fnn (layer 10) goes upward")
+    assert "may import only" in violations("fnn.autodiff.tape", "import fnn.pytrees\n")[0]
+    assert violations("fnn.cli.train", "import fnn.train.run\nimport fnn\n")[0].endswith(
+        "fnn.cli (layer 9) -> fnn (layer 10) goes upward")
