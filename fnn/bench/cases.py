@@ -129,6 +129,8 @@ def gate_inputs(quick: bool = False) -> dict:
             r.integers(0, E[1], E[0]))), {"axis": 0}),
         "index": one(index=(slice(None), slice(0, E[1] // 2))),
         "softmax_cross_entropy": labels, "svm_loss": labels,
+        "binary_cross_entropy_with_logits": lambda r, d: ((normal(r, LOGITS, d), jnp.asarray(
+            r.uniform(0, 1, LOGITS), d)), {}),
         "l2_penalty": lambda r, d: ((normal(r, (K, M), d),), {"scale": 1e-3}),
         **{g: one(axis=-1) for g in ("sum", "mean", "max", "logsumexp", "softmax",
                                       "log_softmax")},

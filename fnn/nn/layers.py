@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from fnn.nn.combinators import Layer, check_input_shape, stateless
 from fnn.nn.initializers import get_initializer
 from fnn.ops import affine, avg_pool2d, conv2d, dropout, max_pool2d, mean, reshape
-from fnn.ops.conv import _conv_pads, _pair
+from fnn.ops.conv import conv_padding, as_pair
 
 
 def _features(v, what: str) -> int:
@@ -52,8 +52,8 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
            bias_init="zeros") -> Layer:
     """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b."""
     _features(features, "Conv2D features")
-    kh, kw = _pair(kernel_size, "kernel_size", "conv2d")
-    sh, sw = _pair(stride, "stride", "conv2d")
+    kh, kw = as_pair(kernel_size, "kernel_size", "conv2d")
+    sh, sw = as_pair(stride, "stride", "conv2d")
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
@@ -61,7 +61,7 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
 
     def init_fn(key, input_shape):
         h, w, c = _image_shape("Conv2D", input_shape)
-        pads = _conv_pads(jax.ShapeDtypeStruct((1, h, w, c), jnp.float32),
+        pads = conv_padding(jax.ShapeDtypeStruct((1, h, w, c), jnp.float32),
                           jax.ShapeDtypeStruct((kh, kw, c, features), jnp.float32), (sh, sw),
                           padding)  # conv2d's own: "SAME" gives ceil(n / stride)
         out = ((h + sum(pads[0]) - kh) // sh + 1, (w + sum(pads[1]) - kw) // sw + 1, features)
@@ -80,8 +80,8 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
 
 
 def _pool(name: str, gate, window, stride) -> Layer:
-    wh, ww = _pair(window, "window", gate.name)
-    sh, sw = _pair(window if stride is None else stride, "stride", gate.name)
+    wh, ww = as_pair(window, "window", gate.name)
+    sh, sw = as_pair(window if stride is None else stride, "stride", gate.name)
 
     def output_shape(input_shape):
         h, w, c = _image_shape(name, input_shape)

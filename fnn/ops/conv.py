@@ -28,7 +28,7 @@ from fnn.ops._cases import distinct, normal
 _DN = ("NHWC", "HWIO", "NHWC")  # conv2d's layouts; the backward ones are derived from these
 
 
-def _pair(v, what, gate):
+def as_pair(v, what, gate):
     """An int or a pair of ints -> a pair of positive ints (GateError otherwise)."""
     pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(np.atleast_1d(v))
     if len(pair) != 2 or not all(isinstance(p, (int, np.integer)) and p > 0 for p in pair):
@@ -42,7 +42,7 @@ def _check_image(gate, name, x):
         raise GateError(f"gate '{gate}': {name} must be NHWC (rank 4), got {describe(x)}")
 
 
-def _conv_pads(x, w, strides, padding):
+def conv_padding(x, w, strides, padding):
     """((pt, pb), (pl, pr)) for `padding` "VALID" | "SAME" | int | ((pt, pb), (pl, pr))."""
     if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
         if padding.upper() == "VALID":
@@ -80,8 +80,8 @@ def conv2d(x, w, *, stride=1, padding="VALID"):
     if x.shape[3] != w.shape[2]:
         raise GateError(f"gate 'conv2d': x {describe(x)} has {x.shape[3]} channels but w "
                         f"{describe(w)} expects {w.shape[2]} (w is (KH, KW, C_in, C_out))")
-    strides = _pair(stride, "stride", "conv2d")
-    pads = _conv_pads(x, w, strides, padding)
+    strides = as_pair(stride, "stride", "conv2d")
+    pads = conv_padding(x, w, strides, padding)
     # a kernel larger than the padded input (an empty input included) gives an empty output,
     # as in JAX
     # few channels (RGB): zeros up to a multiple of 4, which XLA's CPU convolutions run faster
@@ -209,8 +209,8 @@ def _conv2d_cases(rng, dtype):
 def _pool_geometry(gate, x, window, stride):
     """Validated window (kh, kw) and stride (sh, sw) of a VALID pool over x."""
     _check_image(gate, "x", x)
-    k = _pair(window, "window", gate)
-    s = k if stride is None else _pair(stride, "stride", gate)
+    k = as_pair(window, "window", gate)
+    s = k if stride is None else as_pair(stride, "stride", gate)
     if k[0] > x.shape[1] or k[1] > x.shape[2]:
         raise GateError(f"gate '{gate}': window {k} is larger than the image of x {describe(x)}")
     return k, s

@@ -104,10 +104,10 @@ def affine_vjp(g, saved, *, needs):
 
 
 def _xt_g(xf, g):
-    """xf.T @ g. On CPU xf.T is first copied out: XLA's CPU dot ran the transposed operand
-    3-6% slower at 784-1024 features and 2-3x slower with a 10-column g (a classifier layer)
-    than a copy of it (docs/benchmarks.md); the barrier keeps XLA from folding the copy back
-    into the dot. Other platforms take the transposed operand as it is."""
+    """xf.T @ g. On CPU xf.T is first copied out: XLA's CPU dot runs a copy faster than the
+    transposed operand, much faster for a classifier layer's few columns (measured in
+    docs/benchmarks.md); the barrier keeps XLA from folding the copy back into the dot. Other
+    platforms take the transposed operand as it is."""
     return lax.platform_dependent(
         xf, g, cpu=lambda a, b: lax.optimization_barrier(a.T) @ b, default=lambda a, b: a.T @ b)
 
