@@ -158,3 +158,99 @@ def test_resume_gives_the_same_final_params(tmp_path):
     assert tree_equal(resumed.params, straight.params)
     assert tree_equal(resumed.state, straight.state)
     assert tree_equal(resumed.opt_state, straight.opt_state)
+
+
+# ---- every dtype, and checkpoints from elsewhere (issue 16) -----------------------------------
+DTYPES = ["bfloat16", "float16", "float32", "float8_e4m3fn", "float8_e5m2", "int8", "int16",
+          "int32", "uint8", "uint16", "uint32", "bool", "complex64"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_round_trips(tmp_path, dtype):
+    """A bfloat16 checkpoint used to save but not load ('BF16' unknown to safetensors.numpy)."""
+    values = jnp.asarray(np.linspace(-3, 3, 12).reshape(3, 4)).astype(dtype)
+    tree = {"w": values, "scalar": values[0, 0]}
+    path = str(tmp_path / "ck.safetensors")
+    save_checkpoint(path, {"params": tree}, {"dtype": dtype})
+    out, meta = load_checkpoint(path, {"params": tree})
+    assert tree_equal(out["params"], tree) and out["params"]["w"].dtype == jnp.dtype(dtype)
+    tensors, _ = read_checkpoint(path)  # verified by its sha256, numpy arrays of that dtype
+    assert tensors["params/w"].dtype == np.dtype(values.dtype) and meta["dtype"] == dtype
+
+
+def test_float64_and_int64_round_trip(tmp_path, x64):
+    tree = {"w": jnp.linspace(0, 1, 5, dtype=jnp.float64), "n": jnp.arange(3, dtype=jnp.int64)}
+    path = str(tmp_path / "ck.safetensors")
+    save_checkpoint(path, {"params": tree})
+    out, _ = load_checkpoint(path, {"params": tree})
+    assert tree_equal(out["params"], tree)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_low_precision_train_state_resumes(tmp_path, dtype):
+    model, opt, ts = make_state()
+    low = TrainState(jax.tree_util.tree_map(lambda p: p.astype(dtype), ts.params), ts.state,
+                     ts.opt_state, ts.key, 1, 5)
+    path = str(tmp_path / "last.safetensors")
+    save_train_state(path, low, {"dtype": dtype})
+    loaded, _ = load_train_state(path, low)
+    assert tree_equal(loaded.params, low.params) and loaded.epoch == 1
+    # into a float32 model: refused, the dtypes named, unless asked to cast
+    with pytest.raises(CheckpointError, match=rf"(?s)dtype mismatches.*params/1_dense/w: {dtype} in "
+                                              r"the checkpoint, float32 in the model"):
+        load_train_state(path, ts)
+    cast, _ = load_train_state(path, ts, cast=True)
+    assert cast.params["1_dense"]["w"].dtype == jnp.float32
+
+
+def test_checkpoints_from_elsewhere(tmp_path):
+    """A safetensors file from another tool: float16/int tensors used to load by silent casts,
+    and without epoch metadata a resume restarted at epoch 0 over best.safetensors."""
+    import safetensors.numpy
+
+    from fnn.train.checkpoint import load_params
+
+    _, _, ts = make_state()
+    flat = {f"params/{k}": np.asarray(v) for k, v in
+            {"1_dense/w": ts.params["1_dense"]["w"], "1_dense/b": ts.params["1_dense"]["b"],
+             "4_dense/w": ts.params["4_dense"]["w"], "4_dense/b": ts.params["4_dense"]["b"],
+             "2_batch_norm/gamma": ts.params["2_batch_norm"]["gamma"],
+             "2_batch_norm/beta": ts.params["2_batch_norm"]["beta"]}.items()}
+    half = {k: v.astype(np.float16) for k, v in flat.items()}
+    path = str(tmp_path / "other.safetensors")
+    safetensors.numpy.save_file(half, path, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="not an fnn training checkpoint.*cannot be resumed"
+                                              ".*load_params"):
+        load_train_state(path, ts)
+    notes = []
+    with pytest.raises(CheckpointError, match=r"(?s)dtype mismatches.*params/1_dense/w: float16 "
+                                              r"in the checkpoint, float32"):
+        load_params(path, ts.params, log=notes.append)
+    params = load_params(path, ts.params, cast=True, log=notes.append)
+    assert params["1_dense"]["w"].dtype == jnp.float32 and "no fnn metadata" in notes[-1]
+    np.testing.assert_allclose(params["1_dense"]["w"], ts.params["1_dense"]["w"], rtol=1e-3)
+    bare = str(tmp_path / "bare.safetensors")  # names without "params/"
+    safetensors.numpy.save_file({k[len("params/"):]: v for k, v in flat.items()}, bare)
+    assert tree_equal(load_params(bare, ts.params), ts.params)
+    ints = str(tmp_path / "ints.safetensors")
+    safetensors.numpy.save_file({k: v.astype(np.int32) for k, v in flat.items()}, ints)
+    with pytest.raises(CheckpointError, match="int32 in the checkpoint, float32 in the model"):
+        load_params(ints, ts.params)
+
+
+def test_an_older_fnn_checkpoint_without_digest_still_resumes(tmp_path):
+    """fnn-checkpoint/1 files carry epoch, step and config but no sha256: they load
+    unverified, with exact dtypes."""
+    import safetensors.numpy
+
+    from fnn.train.checkpoint import flatten
+
+    _, _, ts = make_state()
+    tensors = {**flatten(ts.params, "params"), **flatten(ts.state, "state"),
+               **flatten(ts.opt_state, "opt_state"), "key": np.asarray(ts.key)}
+    path = str(tmp_path / "v1.safetensors")
+    safetensors.numpy.save_file(tensors, path, metadata={
+        "format": json.dumps("fnn-checkpoint/1"), "epoch": "3", "step": "42",
+        "config": json.dumps({"model": "mlp"})})
+    loaded, meta = load_train_state(path, ts)
+    assert (loaded.epoch, loaded.step) == (3, 42) and tree_equal(loaded.params, ts.params)

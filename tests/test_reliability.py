@@ -199,11 +199,16 @@ def test_checksum_covers_tensors_and_metadata(tmp_path):
     open(path, "wb").write(edited)
     with pytest.raises(train.CheckpointError, match="is damaged: the sha256"):
         train.read_checkpoint(path)
-    # files written without a digest (older fnn, other tools) still load
+    # files written without fnn's digest and metadata (other tools) are no training state:
+    # refused for a resume, loadable as parameters with a note
     import safetensors.numpy
     plain = str(tmp_path / "plain.safetensors")
     safetensors.numpy.save_file({k: v for k, v in tensors.items()}, plain,
                                 metadata={"epoch": "0", "step": "0"})
-    loaded, _ = train.load_train_state(plain, ts)
-    assert hashlib.sha256(np.asarray(loaded.params["1_dense"]["w"]).tobytes()).hexdigest() == \
+    with pytest.raises(train.CheckpointError, match="not an fnn training checkpoint"):
+        train.load_train_state(plain, ts)
+    notes = []
+    params = fnn.train.checkpoint.load_params(plain, ts.params, log=notes.append)
+    assert "no fnn metadata" in notes[0] and "unverified" in notes[0]
+    assert hashlib.sha256(np.asarray(params["1_dense"]["w"]).tobytes()).hexdigest() == \
         hashlib.sha256(np.asarray(ts.params["1_dense"]["w"]).tobytes()).hexdigest()

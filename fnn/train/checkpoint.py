@@ -6,7 +6,10 @@ A checkpoint maps each leaf of each saved pytree to a tensor named by its path, 
 
 and stores the rest (step, epoch, config, ...) as JSON strings in the safetensors metadata.
 Loading needs templates of the trees (a freshly initialized model and optimizer state): the
-file is matched against them key by key and shape by shape, and every mismatch is reported.
+file is matched against them key by key, shape by shape and dtype by dtype (exactly: a float16
+tensor does not load into a float32 model unless cast=True says so), and every mismatch is
+reported. Every dtype fnn computes in round-trips, bfloat16 and float8 included (ml_dtypes).
+
 Saving writes a temporary file in the same directory, fsyncs it and renames it over the target
 (os.replace), so a crash or a failed save leaves the previous checkpoint intact (a killed save
 may leave a stale `.NAME.*.tmp` beside it, which nothing reads).
@@ -14,18 +17,29 @@ The metadata also holds `sha256`, a digest of every tensor (name, dtype, shape, 
 the other metadata: loading recomputes it, so a truncated, altered or bit-flipped file raises
 CheckpointError instead of loading wrong numbers. A file that says it is fnn-checkpoint/2 must
 carry the digest; older fnn-checkpoint/1 files and safetensors files from other tools have none
-and load unverified.
+and load unverified. A training state (load_train_state, what --resume uses) needs fnn's
+metadata (format, epoch, step): a file without it is refused; load_params takes its tensors as
+parameters.
+
+Reading is bounded: the 8-byte header size and the JSON header are read and checked first,
+every tensor's declared dtype and shape against its byte range and all of them against the
+file's size, and (when templates are given) against the model, before any tensor data is read.
+safetensors' own Python loaders read the whole file first and cannot give bfloat16 as numpy,
+so the header (a JSON object of names, dtypes, shapes, byte offsets) is parsed here; files are
+written by safetensors itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
@@ -34,6 +48,16 @@ from fnn.pytrees import path_name
 from fnn.train.state import TrainState
 
 FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files load unverified
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+PARTIAL = "epoch"  # tensors of a mid-epoch state: epoch/order, epoch/metrics/<name>
+
+DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
+          "U32": np.uint32, "I32": np.int32, "U64": np.uint64, "I64": np.int64,
+          "F16": np.float16, "F32": np.float32, "F64": np.float64, "C64": np.complex64,
+          "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+          "F8_E5M2": ml_dtypes.float8_e5m2, "F8_E4M3FNUZ": ml_dtypes.float8_e4m3fnuz,
+          "F8_E5M2FNUZ": ml_dtypes.float8_e5m2fnuz}
+DTYPES = {code: np.dtype(t) for code, t in DTYPES.items()}
 
 
 class CheckpointError(FnnError, ValueError):
@@ -89,13 +113,19 @@ def atomic_write(path: str, data: bytes) -> None:
         pass
 
 
+def _dtype_tag(dtype: np.dtype) -> str:
+    """The dtype as the digest spells it: numpy's '<f4' for numpy's own types (as fnn always
+    did), the name for ml_dtypes' (whose .str is an opaque '<V2')."""
+    return dtype.name if dtype.isbuiltin == 2 else dtype.str
+
+
 def digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
     """sha256 (hex) of every tensor's name, dtype, shape and bytes, and of the metadata strings
     (all but the digest itself), in sorted order: independent of the file's layout."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
-        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(f"{name}\0{_dtype_tag(a.dtype)}\0{a.shape}\0".encode())
         h.update(a.tobytes())
     h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     return h.hexdigest()
@@ -115,50 +145,120 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None) -> Non
     atomic_write(path, safetensors.numpy.save(tensors, metadata=meta))
 
 
-def _check_length(path: str, raw: bytes) -> None:
-    """CheckpointError if the file is shorter than its safetensors header says it is."""
-    if len(raw) < 8:
-        raise CheckpointError(f"{path} is truncated or empty: {len(raw)} bytes, fewer than the "
-                              "8-byte header size of a safetensors file")
-    n = int.from_bytes(raw[:8], "little")
-    if 8 + n > len(raw):
-        raise CheckpointError(f"{path} is truncated or not a safetensors checkpoint: its first 8 "
-                              f"bytes announce a {n}-byte header but the file holds {len(raw)} "
-                              "bytes")
-    try:
-        header = json.loads(raw[8:8 + n])
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except Exception:
-        return  # a malformed header: safetensors' own error says what is wrong
-    need = 8 + n + max(ends, default=0)
-    if len(raw) < need:
-        raise CheckpointError(f"{path} is truncated: its header describes {need} bytes of "
-                              f"tensors and metadata but the file holds {len(raw)} (cut short "
-                              "while being copied, or a disk filled up?)")
+# ---- reading: the header first, bounded by the file's size -----------------------------------
+class Header:
+    """A checkpoint's parsed header: `entries` {name: (dtype, shape, begin, end)} with byte
+    offsets into the data, `raw_meta` (the metadata strings), `data_start`, `size`."""
+
+    def __init__(self, path, entries, raw_meta, data_start, size):
+        self.path, self.entries, self.raw_meta = path, entries, raw_meta
+        self.data_start, self.size = data_start, size
+
+    def meta(self) -> dict:
+        """The metadata, JSON-decoded where it is JSON."""
+        out = {}
+        for k, v in self.raw_meta.items():
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+        return out
+
+    @property
+    def is_fnn(self) -> bool:
+        """Written by fnn's save_checkpoint (any version)."""
+        fmt = self.meta().get("format")
+        return isinstance(fmt, str) and fmt.startswith("fnn-checkpoint/")
 
 
-def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
-    """All tensors of a checkpoint by name, and its metadata (JSON-decoded)."""
+def _unreadable(path: str, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors checkpoint: {why}")
+
+
+def read_header(path: str) -> Header:
+    """The header of checkpoint `path`, checked against the file's size; no tensor is read."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(8)
+            if len(first) < 8:
+                raise CheckpointError(f"{path} is truncated or empty: {size} bytes, fewer than "
+                                      "the 8-byte header size of a safetensors file")
+            n = int.from_bytes(first, "little")
+            if 8 + n > size or n > MAX_HEADER:
+                raise CheckpointError(
+                    f"{path} is truncated or not a safetensors checkpoint: its first 8 bytes "
+                    f"announce a {n}-byte header but the file holds {size} bytes")
+            text = f.read(n)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
-    _check_length(path, raw)
-    try:  # the format: 8-byte little-endian header size, a JSON header, the tensor bytes
-        n = int.from_bytes(raw[:8], "little")
-        raw_meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
-        if not all(isinstance(v, str) for v in raw_meta.values()):
-            raise ValueError("metadata values must be strings")
-        tensors = safetensors.numpy.load(raw)
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from None
-    except BaseException as e:  # a panic in safetensors' Rust code (pyo3's PanicException)
-        if type(e).__name__ != "PanicException":
-            raise
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    try:
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _unreadable(path, f"its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _unreadable(path, f"its header is a JSON {type(header).__name__}, not an object")
+    raw_meta = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
+        raise _unreadable(path, "its __metadata__ must map names to strings")
+    entries, spans = {}, []
+    for name, e in header.items():
+        try:
+            dtype = DTYPES[e["dtype"]]
+            shape = tuple(e["shape"])
+            begin, end = e["data_offsets"]
+            if not all(isinstance(d, int) and d >= 0 for d in (*shape, begin, end)):
+                raise TypeError
+        except KeyError as err:
+            raise _unreadable(path, f"tensor {name!r}: unknown dtype or missing field "
+                                    f"({err})") from None
+        except (TypeError, ValueError):
+            raise _unreadable(path, f"tensor {name!r}: malformed entry {e!r}") from None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes:
+            raise _unreadable(path, f"tensor {name!r} is declared {dtype.name}{list(shape)} "
+                                    f"({nbytes} bytes) but its data spans {end - begin} bytes")
+        entries[name] = (dtype, shape, begin, end)
+        spans.append((begin, end, name))
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            raise _unreadable(path, f"tensor {name!r} starts at byte {begin} of the data, "
+                                    f"expected {at} (overlapping or missing data)")
+        at = end
+    start = 8 + len(text)
+    if start + at > size:
+        raise CheckpointError(f"{path} is truncated: its header describes {start + at} bytes "
+                              f"of tensors and metadata but the file holds {size} (cut short "
+                              "while being copied, or a disk filled up?)")
+    if start + at < size:
+        raise _unreadable(path, f"{size - start - at} bytes follow its last tensor")
+    return Header(path, entries, raw_meta, start, size)
+
+
+def _read_tensors(header: Header) -> dict[str, np.ndarray]:
+    path, total = header.path, header.size - header.data_start
+    try:
+        data = bytearray(total)
+        with open(path, "rb") as f:
+            f.seek(header.data_start)
+            got = f.readinto(data)
+    except MemoryError:
+        raise CheckpointError(f"{path}: its tensors need {total:,} bytes of memory, more than "
+                              "this process can get") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if got != total:
+        raise CheckpointError(f"{path} is truncated: it shrank to {header.data_start + got} "
+                              "bytes while being read")
+    return {name: np.frombuffer(data, dtype, math.prod(shape), begin).reshape(shape)
+            for name, (dtype, shape, begin, _) in header.entries.items()}
+
+
+def _verify(header: Header, tensors: dict) -> None:
+    path, raw_meta = header.path, header.raw_meta
     stored = raw_meta.get("sha256")
     if stored is None and raw_meta.get("format") == json.dumps(FORMAT):
         raise CheckpointError(f"{path} is damaged: it is an {FORMAT} file but its sha256 digest "
@@ -171,45 +271,51 @@ def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
                 f"{computed.strip(chr(34))[:16]}..., not the {str(stored).strip(chr(34))[:16]}... "
                 "recorded when it was saved. It was altered or corrupted after it was written; "
                 "load another checkpoint (best.safetensors, an older copy) instead")
-    meta = {}
-    for k, v in raw_meta.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return tensors, meta
 
 
-def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "checkpoint"):
-    """Trees shaped like `templates` ({'params': tree, ...}) filled from `tensors`.
+def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    """All tensors of a checkpoint by name, and its metadata (JSON-decoded). The header is
+    checked against the file's size before the tensors are read (their memory: the file's)."""
+    header = read_header(path)
+    tensors = _read_tensors(header)
+    _verify(header, tensors)
+    return tensors, header.meta()
 
-    Raises CheckpointError listing every missing key, unexpected key and shape mismatch.
-    """
-    missing, mismatched, trees = [], [], {}
-    expected = set()
+
+# ---- matching a checkpoint with the trees it is loaded into ----------------------------------
+def _leaf_spec(leaf) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) a leaf is stored as (a typed PRNG key as its uint32 key data)."""
+    if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+        data = jax.eval_shape(jax.random.key_data, leaf)
+        return tuple(data.shape), np.dtype(data.dtype)
+    return tuple(getattr(leaf, "shape", np.shape(leaf))), np.dtype(jnp.result_type(leaf))
+
+
+def _mismatches(specs: dict, templates: dict, source: str, cast: bool) -> None:
+    """CheckpointError listing every missing key, unexpected key, shape and dtype mismatch
+    between `specs` {name: (shape, dtype)} (a checkpoint) and `templates` {prefix: tree}."""
+    missing, shapes, dtypes, expected = [], [], [], set()
     for prefix, template in templates.items():
-        paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-        leaves = []
-        for path, leaf in paths:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
             name = path_name(path, prefix)
             expected.add(name)
-            shape = _shape(leaf)
-            if name not in tensors:
+            shape, dtype = _leaf_spec(leaf)
+            if name not in specs:
                 missing.append(f"{name} {shape}")
-                leaves.append(leaf)
                 continue
-            got = tensors[name]
-            if tuple(got.shape) != shape:
-                mismatched.append(f"{name}: {tuple(got.shape)} in the checkpoint, {shape} "
-                                  "in the model")
-            leaves.append(_like(got, leaf))
-        trees[prefix] = jax.tree_util.tree_unflatten(treedef, leaves)
+            got_shape, got_dtype = specs[name]
+            if tuple(got_shape) != shape:
+                shapes.append(f"{name}: {tuple(got_shape)} in the checkpoint, {shape} in the model")
+            elif got_dtype != dtype and not cast:
+                dtypes.append(f"{name}: {got_dtype.name} in the checkpoint, {dtype.name} in the "
+                              "model")
     order = {prefix: i for i, prefix in enumerate(templates)}  # params first, as given
-    unexpected = sorted((k for k in tensors if k.split("/")[0] in order and k not in expected),
+    unexpected = sorted((k for k in specs if k.split("/")[0] in order and k not in expected),
                         key=lambda k: (order[k.split("/")[0]], k))
-    if missing or mismatched or unexpected:
+    if missing or shapes or dtypes or unexpected:
         lines = [f"the {source} does not fit this model/optimizer:"]
-        for title, items in (("shape mismatches", mismatched),
+        for title, items in (("shape mismatches", shapes),
+                             ("dtype mismatches (cast=True converts them)", dtypes),
                              ("missing from the checkpoint", missing),
                              ("in the checkpoint but not in the model", unexpected)):
             if items:
@@ -218,19 +324,22 @@ def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "c
                 if len(items) > 20:
                     lines.append(f"    ... and {len(items) - 20} more")
         raise CheckpointError("\n".join(lines))
+
+
+def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "checkpoint",
+            cast: bool = False):
+    """Trees shaped like `templates` ({'params': tree, ...}) filled from `tensors`.
+
+    Raises CheckpointError listing every missing key, unexpected key, shape mismatch and (unless
+    cast=True, which converts) dtype mismatch.
+    """
+    _mismatches({k: (v.shape, v.dtype) for k, v in tensors.items()}, templates, source, cast)
+    trees = {}
+    for prefix, template in templates.items():
+        paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+        leaves = [_like(tensors[path_name(path, prefix)], leaf) for path, leaf in paths]
+        trees[prefix] = jax.tree_util.tree_unflatten(treedef, leaves)
     return trees
-
-
-def load_checkpoint(path: str, templates: dict) -> tuple[dict, dict]:
-    """(trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint."""
-    tensors, meta = read_checkpoint(path)
-    return restore(tensors, templates, source=f"checkpoint {path}"), meta
-
-
-def _shape(leaf) -> tuple:
-    if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
-        return tuple(jax.random.key_data(leaf).shape)
-    return tuple(getattr(leaf, "shape", np.shape(leaf)))
 
 
 def _like(array: np.ndarray, template):
@@ -239,21 +348,90 @@ def _like(array: np.ndarray, template):
     return jnp.asarray(array, dtype=jnp.result_type(template))
 
 
+def _load(path: str, templates: dict, cast: bool) -> tuple[dict, dict, Header]:
+    """Header checked against the templates, then the data read, verified and restored."""
+    header = read_header(path)
+    source = f"checkpoint {path}"
+    _mismatches({k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
+                templates, source, cast)
+    tensors = _read_tensors(header)
+    _verify(header, tensors)
+    return restore(tensors, templates, source=source, cast=cast), tensors, header
+
+
+def load_checkpoint(path: str, templates: dict, *, cast: bool = False) -> tuple[dict, dict]:
+    """(trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint.
+    Dtypes must match the templates' exactly unless cast=True."""
+    trees, _, header = _load(path, templates, cast)
+    return trees, header.meta()
+
+
+def load_params(path: str, template, *, prefix: str = "params", cast: bool = False,
+                log=None):
+    """Parameters shaped like `template` from `path`: an fnn checkpoint (its `prefix` tree) or
+    a safetensors file from elsewhere whose tensor names are the template's leaf names
+    ("1_dense/w", with or without "params/" in front). log(note) says when the file has no fnn
+    metadata (loaded unverified, and not resumable as a training state)."""
+    header = read_header(path)
+    if not header.is_fnn:
+        names = set(header.entries)
+        bare = not any(n.startswith(prefix + "/") for n in names)
+        if log is not None:
+            log(f"note: {path} has no fnn metadata (format, epoch, step, sha256): its tensors "
+                "were loaded as parameters unverified; it holds no training state to resume")
+        if bare:  # names without the prefix: match the template's leaf names directly
+            source = f"safetensors file {path}"
+            _mismatches({k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
+                        {"": template}, source, cast)
+            return restore(_read_tensors(header), {"": template}, source=source, cast=cast)[""]
+    return _load(path, {prefix: template}, cast)[0][prefix]
+
+
 def save_train_state(path: str, ts: TrainState, config: dict | None = None,
                      **metadata) -> None:
-    """Save a TrainState (params, state, opt_state, key, epoch, step) with the run's config."""
-    save_checkpoint(path, {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state,
-                           "key": ts.key},
-                    {"epoch": ts.epoch, "step": ts.step, "config": config or {}, **metadata})
+    """Save a TrainState (params, state, opt_state, key, epoch, step; in the middle of an
+    epoch also its position and partial results) with the run's config."""
+    trees = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state, "key": ts.key}
+    meta = {"epoch": ts.epoch, "step": ts.step, "config": config or {}}
+    if ts.position:
+        partial = ts.partial or {}
+        trees[PARTIAL] = {"order": partial["order"], "metrics": partial.get("metrics", {})}
+        meta["position"] = ts.position
+    save_checkpoint(path, trees, {**meta, **metadata})
 
 
-def load_train_state(path: str, template: TrainState) -> tuple[TrainState, dict]:
+def _counter(meta: dict, key: str, path: str) -> int:
+    v = meta.get(key, 0 if key == "position" else None)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise CheckpointError(f"{path}: its metadata '{key}' must be a count >= 0, got {v!r}")
+    return v
+
+
+def load_train_state(path: str, template: TrainState, *, cast: bool = False
+                     ) -> tuple[TrainState, dict]:
     """A TrainState from `path`, shaped like `template` (e.g. init_train_state of the same
-    model and optimizer); and the checkpoint's metadata (config, ...)."""
-    tensors, meta = read_checkpoint(path)
-    trees = restore(tensors, {"params": template.params, "state": template.state,
-                              "opt_state": template.opt_state, "key": template.key},
-                    source=f"checkpoint {path}")
-    ts = TrainState(trees["params"], trees["state"], trees["opt_state"], trees["key"],
-                    int(meta.get("epoch", 0)), int(meta.get("step", 0)))
+    model and optimizer); and the checkpoint's metadata (config, ...). The file must be an fnn
+    checkpoint (format, epoch and step in its metadata); dtypes must match unless cast=True."""
+    header = read_header(path)
+    if not header.is_fnn or "epoch" not in header.raw_meta or "step" not in header.raw_meta:
+        raise CheckpointError(
+            f"{path} is not an fnn training checkpoint: its metadata has no fnn format, epoch "
+            "and step, so where training stopped is unknown and it cannot be resumed. Load "
+            "its tensors as parameters with fnn.train.load_params(path, params) instead")
+    trees, tensors, header = _load(path, {"params": template.params, "state": template.state,
+                                          "opt_state": template.opt_state,
+                                          "key": template.key}, cast)
+    meta = header.meta()
+    epoch, step = _counter(meta, "epoch", path), _counter(meta, "step", path)
+    position, partial = _counter(meta, "position", path), None
+    if position:
+        if f"{PARTIAL}/order" not in tensors:
+            raise CheckpointError(f"{path}: saved at step {position} of an epoch but without "
+                                  f"the epoch's batch order ({PARTIAL}/order)")
+        head = f"{PARTIAL}/metrics/"
+        partial = {"order": tensors[f"{PARTIAL}/order"],
+                   "metrics": {k[len(head):]: v for k, v in tensors.items()
+                               if k.startswith(head)}}
+    ts = TrainState(trees["params"], trees["state"], trees["opt_state"], trees["key"], epoch,
+                    step, position, partial)
     return ts, meta

@@ -43,40 +43,79 @@ CIFAR_TEST = "test_batch.bin"
 CIFAR_RECORD = 1 + 32 * 32 * 3
 
 
-def _read_bytes(path: str, hint: str) -> bytes:
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_GZIP_RATIO = 1032  # deflate's largest expansion: no gzip file holds more than this x its size
+
+
+def _open_error(path: str, e: OSError, hint: str) -> DataError:
+    return DataError(f"cannot read {path}: {e.strerror}. {hint}")
+
+
+def _read_exactly(stream, n: int, path: str, hint: str) -> bytearray:
+    """n bytes of `stream` (fewer if it ends first), into memory sized by n, read in pieces so
+    that a gzip stream is decompressed no further than needed."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}. {hint}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is a damaged gzip file ({e}). {hint}") from None
-    return raw
+        while got < n:
+            k = stream.readinto(view[got:])
+            if not k:
+                break
+            got += k
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is a damaged gzip file ({e}). {hint}") from None
+    del view
+    return buf if got == n else buf[:got]
 
 
 def read_idx(path: str, hint: str = "") -> np.ndarray:
-    """The array stored in IDX file `path` (gzip-compressed or plain), in native byte order."""
-    raw = _read_bytes(path, hint)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file: it should start with bytes 00 00, a type "
-                        f"code (08 for uint8) and the number of dims, found {raw[:4].hex(' ')!r}. "
-                        f"{hint}")
-    ndim = raw[3]
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataError(f"{path}: IDX header announces {ndim} dims but the file ends at byte "
-                        f"{len(raw)}. {hint}")
-    dims = struct.unpack(f">{ndim}I", raw[4:start])
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    need = math.prod(dims) * dtype.itemsize
-    if len(raw) - start != need:
+    """The array stored in IDX file `path` (gzip-compressed or plain), in native byte order.
+
+    Reads are bounded by what the header declares: the header is read first (streamed out of a
+    gzip file), the declared size is checked against the file's size (for gzip, against the
+    most a file of that size can decompress to), and exactly the declared bytes are read, plus
+    one to tell that nothing follows; a gzip file is not decompressed any further.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise _open_error(path, e, hint) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        gz = f.read(2) == GZIP_MAGIC
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+        head = bytes(_read_exactly(stream, 4, path, hint))
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES:
+            raise DataError(f"{path} is not an IDX file: it should start with bytes 00 00, a type "
+                            f"code (08 for uint8) and the number of dims, found "
+                            f"{head.hex(' ')!r}. {hint}")
+        ndim = head[3]
+        raw_dims = bytes(_read_exactly(stream, 4 * ndim, path, hint))
+        start = 4 + len(raw_dims)
+        if len(raw_dims) < 4 * ndim:
+            raise DataError(f"{path}: IDX header announces {ndim} dims but the file ends at "
+                            f"byte {start}. {hint}")
+        dims = struct.unpack(f">{ndim}I", raw_dims)
+        dtype = np.dtype(IDX_DTYPES[head[2]])
+        need = math.prod(dims) * dtype.itemsize
+        if not gz and size - start != need:
+            raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but "
+                            f"the file holds {size - start} bytes after the header: truncated "
+                            f"or corrupt. {hint}")
+        if gz and need > size * MAX_GZIP_RATIO:
+            raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but "
+                            f"a {size}-byte gzip file decompresses to at most "
+                            f"{size * MAX_GZIP_RATIO} bytes: corrupt. {hint}")
+        data = _read_exactly(stream, need, path, hint)
+        extra = len(_read_exactly(stream, 1, path, hint)) if len(data) == need else 0
+    if len(data) != need or extra:
+        got = f"{len(data)}" if not extra else f"more than {need}"
         raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but the "
-                        f"file holds {len(raw) - start} bytes after the header: truncated or "
-                        f"corrupt. {hint}")
-    return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
+                        f"file holds {got} bytes after the header: "
+                        f"{'truncated or corrupt' if not extra else 'corrupt or not IDX'}. {hint}")
+    array = np.frombuffer(data, dtype).reshape(dims)
+    return array if dtype.itemsize == 1 else array.astype(dtype.newbyteorder("="))
 
 
 def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:
@@ -86,8 +125,12 @@ def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:
         if os.path.isfile(path):
             return path
     alternatives = f" (or {name}.gz)" if gz else ""
-    where = (f"directory {data_dir!r} does not exist" if not os.path.isdir(data_dir)
-             else f"not found in {data_dir!r}")
+    if os.path.isdir(data_dir):
+        where = f"not found in {data_dir!r}"
+    elif os.path.exists(data_dir):
+        where = f"but {data_dir!r} is a file, not a directory"
+    else:
+        where = f"directory {data_dir!r} does not exist"
     raise DataError(f"{dataset}: expected file {name}{alternatives}, {where}. "
                     f"Get it from {SOURCES[dataset]} and pass its directory as --data-dir.")
 
@@ -116,13 +159,28 @@ def read_mnist(data_dir: str, dataset: str = "mnist") -> dict[str, np.ndarray]:
 
 
 def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 binary batch file: uint8 images (N, 32, 32, 3) NHWC and labels (N,)."""
+    """One CIFAR-10 binary batch file: uint8 images (N, 32, 32, 3) NHWC and labels (N,).
+    Its size is checked before it is read; it is read as it is (the binary version is not
+    compressed: a gzip file is refused rather than decompressed without a bound)."""
     hint = f"Get CIFAR-10 from {SOURCES['cifar10']}."
-    raw = _read_bytes(path, hint)
-    if not raw or len(raw) % CIFAR_RECORD:
-        raise DataError(f"{path}: a CIFAR-10 binary file holds records of {CIFAR_RECORD} bytes "
-                        f"(1 label + 3072 pixels), but its size {len(raw)} is not a positive "
-                        f"multiple of that: truncated or not the binary version. {hint}")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if f.read(2) == GZIP_MAGIC:
+                raise DataError(f"{path} is gzip-compressed; CIFAR-10's binary files are read "
+                                "as extracted from cifar-10-binary.tar.gz (tar xzf "
+                                f"cifar-10-binary.tar.gz), each a plain file. {hint}")
+            if not size or size % CIFAR_RECORD:
+                raise DataError(f"{path}: a CIFAR-10 binary file holds records of "
+                                f"{CIFAR_RECORD} bytes (1 label + 3072 pixels), but its size "
+                                f"{size} is not a positive multiple of that: truncated or not "
+                                f"the binary version. {hint}")
+            f.seek(0)
+            raw = _read_exactly(f, size, path, hint)
+    except OSError as e:
+        raise _open_error(path, e, hint) from None
+    if len(raw) != size:
+        raise DataError(f"{path}: shrank from {size} to {len(raw)} bytes while being read. {hint}")
     records = np.frombuffer(raw, np.uint8).reshape(-1, CIFAR_RECORD)
     labels = records[:, 0].copy()
     if labels.max() > 9:

@@ -6,12 +6,23 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+MAX_SEED = 2**64 - 1  # a seed fills both 32-bit words of a threefry key
 
 
 @dataclasses.dataclass
 class TrainState:
     """params, model state (BatchNorm statistics), optimizer state, the run's PRNG key (which
-    never changes: epoch e uses fold_in(key, e)), completed epochs and optimizer steps."""
+    never changes: epoch e uses fold_in(key, e)), completed epochs and optimizer steps.
+
+    A state saved in the middle of an epoch (an interrupted run) also has `position`, the
+    steps of epoch `epoch + 1` already done (step = epoch * steps_per_epoch + position), and
+    `partial`: {"order": the epoch's batches (steps, batch) as drawn, "metrics": {name: the
+    per-step metrics of the steps done}}, so that fit finishes the epoch exactly as an
+    uninterrupted run would have.
+    """
 
     params: Any
     state: Any
@@ -19,10 +30,26 @@ class TrainState:
     key: Any
     epoch: int = 0
     step: int = 0
+    position: int = 0
+    partial: Any = None
+
+
+def make_key(seed: int):
+    """The PRNG key (a raw threefry key, uint32[2]) of `seed`: any int in [0, 2**64 - 1], its
+    high 32 bits in the first word and its low 32 bits in the second, so distinct seeds give
+    distinct keys. For seeds below 2**32 it is jax.random.PRNGKey(seed)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer in [0, 2**64-1], got {seed!r} "
+                        f"({type(seed).__name__})")
+    seed = int(seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**64-1], got {seed}: a PRNG key "
+                         "holds 64 bits, so larger or negative seeds would collide with others")
+    return jnp.array([seed >> 32, seed & 0xFFFFFFFF], dtype=jnp.uint32)
 
 
 def init_train_state(model, optimizer, input_shape, seed: int = 0) -> TrainState:
     """Initialize model and optimizer from `seed`: one key for init, one for training."""
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    init_key, train_key = jax.random.split(make_key(seed))
     params, state, _ = model.init(init_key, tuple(input_shape))
     return TrainState(params, state, optimizer.init(params), train_key)
