@@ -12,39 +12,47 @@ import time
 import jax
 
 from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
+from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfig, option_flag,
+                              parse_option)
 from fnn.train.data import DATASETS
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
+from fnn.train.interrupt import TrainingInterrupted
+from fnn.train.loop import CHUNK_SECONDS
 from fnn.train.optim import OPTIMIZERS, SCHEDULES
-from fnn.train.run import TrainConfig, read_config, train_run
+from fnn.train.run import train_run
 from fnn.train.step import GRADS, LOSSES
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+def _option(name: str):
+    """The argparse type of TrainConfig option `name`: parsed and checked by fnn.train.config,
+    the same checks config.json and checkpoints get."""
+    def parse(text: str):
+        try:
+            return parse_option(name, text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = name
+    return parse
 
 
-def _nonneg_float(s: str) -> float:
-    v = float(s)
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
-    return v
-
-
-def _int_tuple(s: str) -> tuple:
+def _chunk_seconds(text: str) -> float:
     try:
-        v = tuple(int(p) for p in s.split(",") if p.strip())
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, e.g. 256,128; "
-                                         f"got {s!r}") from None
-    if any(n < 1 for n in v):
-        raise argparse.ArgumentTypeError(f"widths must be positive, got {s!r}")
+        v = float("nan")
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
     return v
 
 
-RESUME_MAY_CHANGE = ("epochs", "data_dir")
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
 
 
 HELP = "train a model and save its run directory"
@@ -54,34 +62,47 @@ DESCRIPTION = ("Train a model. With no options: an MLP on the bundled digits dat
 
 def add_arguments(p) -> None:
     d = TrainConfig()
-    a = p.add_argument
+
+    def a(flag, **kw):  # an option of TrainConfig: its values checked by fnn.train.config
+        name = flag[2:].replace("-", "_")
+        if "choices" not in kw and name in CHECKS:
+            kw["type"] = _option(name)
+        p.add_argument(flag, **kw)
+
     a("--model", choices=sorted(MODELS), help=f"network (default {d.model})")
     a("--dataset", choices=DATASETS, help=f"dataset (default {d.dataset})")
     a("--data-dir", metavar="D", help="directory holding the mnist/fashion-mnist/cifar10 files")
     a("--grad", choices=GRADS, help="custom: fnn's hand-written gradients; builtin: jax.grad "
       f"(default {d.grad})")
     a("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
-    a("--lr", type=_nonneg_float, help=f"learning rate (default {d.lr})")
+    a("--lr", help=f"learning rate (default {d.lr})")
     a("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default {d.schedule})")
-    a("--epochs", type=_positive_int, help=f"(default {d.epochs})")
-    a("--batch-size", type=_positive_int, help=f"(default {d.batch_size})")
-    a("--seed", type=int, help=f"seed of init, shuffling and dropout (default {d.seed})")
-    a("--weight-decay", type=_nonneg_float, help="weight decay of kernels (default 0)")
-    a("--clip", type=_nonneg_float, help="clip gradients to this global norm (default: off)")
-    a("--l2", type=_nonneg_float, help="the lecture's L2 penalty l2*sum(W**2) in the loss")
+    a("--epochs", help=f"(default {d.epochs})")
+    a("--batch-size", help=f"(default {d.batch_size})")
+    a("--seed", help=f"seed of init, shuffling and dropout, 0 to 2**64-1 (default {d.seed})")
+    a("--weight-decay", help="weight decay of kernels (default 0)")
+    a("--clip", help="clip gradients to this global norm (default: off)")
+    a("--l2", help="the lecture's L2 penalty l2*sum(W**2) in the loss")
     a("--loss", choices=sorted(LOSSES), help=f"(default {d.loss})")
-    a("--val-fraction", type=_nonneg_float, help=f"of the training set (default {d.val_fraction})")
-    a("--hidden", type=_int_tuple, help="MLP hidden widths, e.g. 256,128 (default "
+    a("--val-fraction", help=f"of the training set (default {d.val_fraction})")
+    a("--hidden", help="MLP hidden widths, e.g. 256,128 (default "
       f"{','.join(map(str, d.hidden))})")
-    a("--channels", type=_int_tuple, help="CNN channels / ResNet stage widths, e.g. 32,64")
+    a("--channels", help="CNN channels / ResNet stage widths, e.g. 32,64")
     a("--activation", choices=sorted(ACTIVATIONS), help=f"(default {d.activation})")
     a("--init", choices=sorted(set(INITIALIZERS) - {"zeros", "ones"}),
       help=f"weight initializer (default {d.init})")
-    a("--dropout", type=_nonneg_float, help="dropout rate of MLP/CNN hidden layers (default 0)")
-    a("--limit", type=_positive_int, help="use only the first N train and test examples")
-    a("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<dataset>-<time>)")
-    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint "
-      "(its config is kept; only --epochs and --data-dir may be changed)")
+    a("--dropout", help="dropout rate of MLP/CNN hidden layers (default 0)")
+    a("--limit", help="use only the first N train and test examples")
+    p.add_argument("--out", metavar="RUN_DIR",
+                   help="run directory (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
+                   "last checkpoint, also one saved in the middle of an epoch by Ctrl-C (its "
+                   "config is kept and checked against the checkpoint's; only --epochs and "
+                   "--data-dir may be changed); a run stopped before its first checkpoint "
+                   "starts from the beginning")
+    p.add_argument("--chunk-seconds", type=_chunk_seconds, metavar="S", help="run each epoch "
+                   f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
+                   "one step); Ctrl-C stops between two, saving a checkpoint to resume from")
     a("--no-progress", action="store_true", help="no progress bars")
     a("--check-nans", action="store_true", help="on a NaN/inf loss, replay the step eagerly "
       "under fnn.debug_nans and name the gate (forward or VJP) that made it; exit 1")
@@ -95,39 +116,48 @@ def add_arguments(p) -> None:
 
 
 def _train_config(args):
-    """(config, run directory, resume?) from the parsed options."""
+    """(config or None, overrides, run directory, resume?) from the parsed options."""
     options = [f.name for f in dataclasses.fields(TrainConfig)]  # each has its --option
     given = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out must name a directory, got an empty string")
     if args.resume is None:
         config = TrainConfig(**given)
         out = args.out or os.path.join(
             "runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        return config, out, False
+        return config, {}, out, False
+    if not args.resume.strip():
+        raise ValueError("--resume must name a run directory, got an empty string")
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise ValueError("--resume RUN_DIR continues the run in RUN_DIR; drop --out")
-    fixed = sorted(k for k in given if k not in RESUME_MAY_CHANGE)
-    if fixed:
+    fixed = [k for k in given if k not in RESUME_MAY_CHANGE]
+    if fixed:  # before anything is read: the options alone say it
         raise ValueError(f"--resume keeps the run's config; it cannot change "
-                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)} "
-                         f"(only --epochs and --data-dir)")
-    config = read_config(args.resume)
-    if "epochs" in given and given["epochs"] != config.epochs and config.schedule != "constant":
-        print(f"note: the {config.schedule} learning-rate schedule now spans {given['epochs']} "
-              f"epochs instead of {config.epochs}; the rate continues from its value on the new "
-              "schedule", file=sys.stderr)
-    for k, v in given.items():
-        setattr(config, k, v)
-    return config, args.resume, True
+                         f"{', '.join(option_flag(k) for k in fixed)} (only "
+                         f"{' and '.join(option_flag(k) for k in RESUME_MAY_CHANGE)})")
+    return None, given, args.resume, True
 
 
 def run(args) -> int:
-    config, out, resume = _train_config(args)
+    config, overrides, out, resume = _train_config(args)
     every = args.diagnostics_every or (DIAGNOSTICS_EVERY if args.diagnostics else 0)
+    chunk = CHUNK_SECONDS if args.chunk_seconds is None else args.chunk_seconds
     try:
-        train_run(config, out, resume=resume, progress=not args.no_progress, log=print,
-                  diagnostics=every, check_nans=args.check_nans, devices=args.devices)
+        train_run(config, out, resume=resume, overrides=overrides,
+                  progress=not args.no_progress, log=print, diagnostics=every,
+                  check_nans=args.check_nans, devices=args.devices, chunk_seconds=chunk)
+    except TrainingInterrupted as e:
+        ts = e.state
+        where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
+                 else f"after epoch {ts.epoch}")
+        waited = f" {e.waited_s:.2f} s after Ctrl-C" if e.waited_s is not None else ""
+        print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and saved "
+              f"{os.path.join(out, 'last.safetensors')}; continue with: python -m fnn train "
+              f"--resume {out}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m fnn train --resume {out}", file=sys.stderr)
+        print(f"\ninterrupted; the run's last checkpoint (if any) is unchanged; continue with: "
+              f"python -m fnn train --resume {out}", file=sys.stderr)
         return 130
     if jax.process_index() == 0:  # several processes: only process 0 writes and reports
         print(f"run directory: {out}")

@@ -12,32 +12,43 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   make_optimizer, make_schedule                   optax optimizers and schedules by name
   load_dataset, Dataset, standardize, split       digits (bundled), MNIST, Fashion-MNIST, CIFAR-10
   read_idx, read_cifar10_file, DataError          the raw file formats
-  save_checkpoint, load_checkpoint, save_train_state, load_train_state, CheckpointError
-  TrainConfig, train_run                          a run directory: what `python -m fnn train` does
+  save_checkpoint, load_checkpoint, save_train_state, load_train_state, load_params,
+  CheckpointError                                 safetensors checkpoints, every dtype, bounded reads
+  TrainConfig, ConfigError, train_run             a run directory: what `python -m fnn train` does
+  RunLock, RunDirError                            one process per run directory
+  TrainingInterrupted                             Ctrl-C: fit stops between compiled chunks
+  OutOfMemoryError                                a run that does not fit, with its sizes
   data_parallel, DataParallel                     split batches across devices (fit(devices=N))
   find_nan_origin, check_fit_inputs               NaN origin of a training step; data checks
 """
 
-from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_state,
-                                  read_checkpoint, restore, save_checkpoint, save_train_state)
+from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_params,
+                                  load_train_state, read_checkpoint, restore, save_checkpoint,
+                                  save_train_state)
+from fnn.train.config import ConfigError, TrainConfig
 from fnn.train.data import DATASETS, Dataset, load_dataset, split, standardize
 from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
 from fnn.train.hooks import Hook
+from fnn.train.interrupt import TrainingInterrupted
+from fnn.train.lock import RunDirError, RunLock
 from fnn.train.loop import fit
+from fnn.train.memory import OutOfMemoryError
 from fnn.train.nancheck import find_nan_origin
 from fnn.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from fnn.train.parallel import DataParallel, data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError, read_cifar10, read_cifar10_file, read_idx, read_mnist
-from fnn.train.run import TrainConfig, read_config, train_run
-from fnn.train.state import TrainState, init_train_state
+from fnn.train.run import read_config, train_run
+from fnn.train.state import TrainState, init_train_state, make_key
 from fnn.train.step import (GRADS, LOSSES, accuracy, make_eval_step, make_loss_fn,
                             make_train_step)
 from fnn.train.validate import check_fit_inputs
 
-__all__ = ["CheckpointError", "DATASETS", "DataError", "DataParallel", "Dataset", "GRADS", "Hook",
-           "LOSSES", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainState", "accuracy", "check_fit_inputs",
-           "data_parallel", "find_nan_origin", "fit", "init_train_state", "load_checkpoint",
+__all__ = ["CheckpointError", "ConfigError", "DATASETS", "DataError", "DataParallel", "Dataset",
+           "GRADS", "Hook", "LOSSES", "OPTIMIZERS", "OutOfMemoryError", "RunDirError", "RunLock",
+           "SCHEDULES", "TrainConfig", "TrainState", "TrainingInterrupted", "accuracy",
+           "check_fit_inputs", "data_parallel", "find_nan_origin", "fit", "init_train_state",
+           "load_checkpoint", "load_params", "make_key",
            "load_dataset", "load_train_state", "make_eval_step", "make_evaluate", "make_loss_fn",
            "make_optimizer", "make_schedule", "make_train_epoch", "make_train_step", "plot_curves",
            "read_checkpoint", "read_cifar10", "read_cifar10_file", "read_config", "read_idx",

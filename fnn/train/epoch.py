@@ -82,6 +82,46 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
     return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else ())
 
 
+def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):
+    """run(params, state, opt_state, metrics, x, y, order, keys, start, stop) -> (params,
+    state, opt_state, metrics): steps start, ..., stop - 1 of an epoch, as one compiled loop.
+
+    The epoch's batches are `order` (steps, batch_size) example indices and `keys` (steps,) the
+    step keys, as epoch_batches draws them; step i trains on (x[order[i]], y[order[i]]) with
+    keys[i] and writes its metrics at index i of `metrics`, per-step buffers (steps, ...) made
+    by metrics_buffers. The bounds are arguments, not constants: one compiled program runs any
+    chunk of the epoch, so fit can run an epoch as several chunks, stop between two of them
+    (Ctrl-C) and finish the epoch later from where it stopped, with the same bits as in one
+    go. donate=True donates params, state, opt_state and metrics (always donated) to the
+    result. devices: as in make_train_epoch.
+    """
+    dp = data_parallel(devices)
+    if dp is not None:
+        step = constrain_batch(step, dp)
+
+    def run(params, state, opt_state, metrics, x, y, order, keys, start, stop):
+        def body(i, carry):
+            params, state, opt_state, metrics = carry
+            idx = order[i]
+            batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
+            params, state, opt_state, m = step(params, state, opt_state, batch, keys[i])
+            metrics = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), metrics, m)
+            return params, state, opt_state, metrics
+
+        return lax.fori_loop(start, stop, body, (params, state, opt_state, metrics))
+
+    return jax.jit(run, donate_argnums=(0, 1, 2, 3) if donate else (3,))
+
+
+def metrics_buffers(step: Callable, params, state, opt_state, x, y, n_steps: int,
+                    batch_size: int):
+    """Zeros to hold `n_steps` of the step's metrics: each metric leaf as (n_steps, ...)."""
+    batch = (jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype),
+             jax.ShapeDtypeStruct((batch_size, *y.shape[1:]), y.dtype))
+    out = jax.eval_shape(step, params, state, opt_state, batch, jax.random.PRNGKey(0))[3]
+    return jax.tree_util.tree_map(lambda s: jnp.zeros((n_steps, *s.shape), s.dtype), out)
+
+
 def make_evaluate(model, *, loss: str = "softmax_cross_entropy", batch_size: int = 1000):
     """evaluate(params, state, x, y) -> {"loss", "accuracy"}: means over all of x, in eval mode.
 

@@ -5,13 +5,13 @@ epoch for the log.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from fnn.check.health import METRICS
 from fnn.check.tolerances import tolerance
+from fnn.train import jsonl
 
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
 LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
@@ -20,19 +20,13 @@ LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm
           "saturated": "saturated sigmoid/tanh outputs (fraction)", "loss": "batch loss"}
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a diagnostics.jsonl ([] if there is none); a line cut short by a crash is
-    skipped."""
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+def read_rows(path: str, log=None) -> list[dict]:
+    """The rows of a diagnostics.jsonl ([] if there is none); a last line cut short by a crash
+    is dropped and log(note) says so (a damaged line elsewhere: RunDirError naming it)."""
+    rows, note = jsonl.read(path)
+    if note and log is not None:
+        log(f"note: {note}")
+    return rows
 
 
 class HealthLog:
@@ -44,16 +38,14 @@ class HealthLog:
         self.path, self.png = os.path.join(run_dir, FILE), os.path.join(run_dir, PLOT)
         self.log = log or (lambda line: None)
         if upto_epoch is not None and os.path.isfile(self.path):
-            kept = [r for r in read_rows(self.path) if r.get("epoch", 0) <= upto_epoch]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
+            kept = [r for r in read_rows(self.path, self.log) if r.get("epoch", 0) <= upto_epoch]
+            jsonl.write(self.path, kept)
 
     def write(self, new_rows: list[dict]) -> None:
         """Append an epoch's rows and log a one-line summary of its last row."""
         if not new_rows:
             return
-        with open(self.path, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in new_rows)
+        jsonl.append(self.path, new_rows)
         self.log(summarize(new_rows[-1]))
 
     def plot(self, title: str = "") -> bool:

@@ -7,10 +7,11 @@ fit is an epoch loop; everything else it does is a Hook, an object with some of 
                                       uncompiled train step (what fnn.train.diagnostics wraps)
     carry_in(opt_state, ts)           each epoch, before it runs: what the wrapped step carries
         -> carried                    in place of opt_state (undone by carry_out)
-    on_epoch_start(ts, n_steps)       the epoch (ts.epoch + 1) is about to run
-    on_progress(done)                 from inside the compiled epoch, about 20 times per epoch,
-                                      only for hooks whose `progress` is True
-    on_epoch_stop()                   the compiled epoch returned or raised
+    on_epoch_start(ts, n_steps)       the epoch (ts.epoch + 1) is about to run (from step
+                                      ts.position when ts was saved in the middle of it)
+    on_progress(done)                 after each compiled chunk of the epoch, with the steps of
+                                      the epoch done; only for hooks whose `progress` is True
+    on_epoch_stop()                   the epoch's chunks are done (or one raised)
     after_epoch(before, params,       it ran: `before` is the TrainState it started from (kept
                 losses, key)          when a hook has donate = False), `losses` its per-step
                                       losses; raise here to stop training (the NaN replay)
@@ -18,6 +19,10 @@ fit is an epoch loop; everything else it does is a Hook, an object with some of 
               record) -> carried      opt_state; may add to the epoch's record
     on_epoch_end(ts, record)          the record is complete and in the history: log it, save a
                                       checkpoint (fnn.train.run), ...
+    on_interrupt(ts)                  Ctrl-C stopped training: ts is the state it stopped at,
+                                      in the middle of epoch ts.epoch + 1 when ts.position > 0
+                                      (save it: fnn.train.run); fit then raises
+                                      TrainingInterrupted
 
 Attributes: `donate` (default True): False keeps each epoch's inputs alive for after_epoch
 instead of donating them; `progress` (default False): True to get on_progress.
@@ -63,10 +68,13 @@ class Hook:
     def on_epoch_end(self, ts, record: dict) -> None:
         pass
 
+    def on_interrupt(self, ts) -> None:
+        pass
+
 
 class ProgressBar(Hook):
-    """A tqdm progress bar per epoch, fed from inside the compiled epoch; only on a terminal
-    (elsewhere, in logs and pipes, the per-epoch lines say it all)."""
+    """A tqdm progress bar per epoch, fed between the compiled chunks of the epoch; only on a
+    terminal (elsewhere, in logs and pipes, the per-epoch lines say it all)."""
 
     def __init__(self, epochs: int, enabled: bool = True):
         self.epochs, self.bar = epochs, None

@@ -30,14 +30,16 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def epoch_is_finite(losses, params) -> bool:
-    """Every step's loss and every parameter after the epoch is finite."""
-    return bool(np.all(np.isfinite(np.asarray(losses)))) and bool(_all_finite(params))
+def epoch_is_finite(losses, params, state=None) -> bool:
+    """Every step's loss, every parameter and every leaf of the model state (BatchNorm
+    statistics) after the epoch is finite."""
+    return (bool(np.all(np.isfinite(np.asarray(losses)))) and bool(_all_finite(params))
+            and (state is None or bool(_all_finite(state))))
 
 
-def _nonfinite_leaves(tree) -> list[str]:
+def _nonfinite_leaves(tree, prefix: str = "params") -> list[str]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [path_name(path, "params") for path, leaf in leaves
+    return [path_name(path, prefix) for path, leaf in leaves
             if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
             and not bool(np.all(np.isfinite(np.asarray(leaf))))]
 
@@ -51,33 +53,44 @@ def _run_steps(step, carry, x, y, order, keys):
 
 def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, losses,
                     epoch: int, step0: int, loss: str = "softmax_cross_entropy",
-                    grad: str = "custom", l2: float = 0.0) -> NanOriginError:
+                    grad: str = "custom", l2: float = 0.0, position: int = 0,
+                    state_nonfinite=None) -> NanOriginError:
     """Replay the epoch that began at `start` (params, state, opt_state) with PRNG `key` and
     name the origin of its first non-finite loss (`losses`: the epoch's per-step losses; a
-    non-finite loss at index len(losses) means the parameters after the last step).
+    non-finite loss at index len(losses) means the parameters or model state after the last
+    step).
 
-    epoch: its number (1-based); step0: optimizer steps done before it (for the message).
+    epoch: its number (1-based); step0: optimizer steps done before `start` (for the message);
+    position: the step of the epoch `start` is at (a run resumed in the middle of the epoch:
+    the replay begins there). state_nonfinite: per step, whether the model state (BatchNorm
+    running statistics) after it holds a NaN/inf (its loss may still be finite).
     """
     losses = np.asarray(losses)
-    bad = np.flatnonzero(~np.isfinite(losses))
-    first = int(bad[0]) if bad.size else len(losses)
+    state_bad = (np.zeros(len(losses), bool) if state_nonfinite is None
+                 else np.asarray(state_nonfinite, bool))
+    bad = np.flatnonzero((~np.isfinite(losses) | state_bad)[position:])
+    first = position + int(bad[0]) if bad.size else len(losses)
+    step0 -= position  # optimizer steps before the epoch's step 1
     host = jax.device_get  # replay on the default device, whatever the training placement
     x, y = jnp.asarray(host(x)), jnp.asarray(host(y))
     params, state, opt_state = jax.tree_util.tree_map(jnp.asarray, host(tuple(start)))
     order, keys = epoch_batches(key, x.shape[0], batch_size)
-    lo = max(0, first - 1)
+    lo = max(position, first - 1)
     where = (f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
              if first < len(losses) else f"epoch {epoch}, after its last step")
-    value = f"{losses[first]}" if first < len(losses) else "non-finite parameters"
-    head = f"training produced a non-finite loss ({value}) at {where}"
+    if first < len(losses) and np.isfinite(losses[first]):
+        head = f"the model state (BatchNorm statistics) became non-finite at {where}"
+    else:
+        value = f"{losses[first]}" if first < len(losses) else "non-finite parameters"
+        head = f"training produced a non-finite loss ({value}) at {where}"
     if grad == "builtin":
         head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
     carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False),
-                       (params, state, opt_state), x, y, order[:lo], keys[:lo])
+                       (params, state, opt_state), x, y, order[position:lo], keys[position:lo])
     eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False)
     for i in range(lo, min(first + 1, len(order))):
         if i == lo:
-            bad_params = _nonfinite_leaves(carry[0])
+            bad_params = _nonfinite_leaves(carry[0]) + _nonfinite_leaves(carry[1], "state")
             if bad_params:
                 return NanOriginError(
                     f"{head}. The parameters were already non-finite before step {i + 1} of the "
@@ -90,6 +103,16 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         except NanOriginError as e:
             err = NanOriginError(f"{head}; replayed eagerly, step {i + 1} of the epoch: {e}",
                                  gate=e.gate, phase=e.phase, site=e.site)
+            err.step = step0 + i + 1
+            return err
+        bad_state = _nonfinite_leaves(new_state, "state")
+        if bad_state and not _nonfinite_leaves(new_params):
+            err = NanOriginError(
+                f"{head}; replayed eagerly, step {i + 1} of the epoch: every gate's forward and "
+                f"VJP stayed finite, but the model state (running statistics) became non-finite: "
+                f"{', '.join(bad_state[:6])} (a BatchNorm layer saw inputs too large for its "
+                "dtype: lower --lr, clip with --clip, or normalize the inputs)",
+                gate=None, phase="model state update", site="?")
             err.step = step0 + i + 1
             return err
         bad_params = _nonfinite_leaves(new_params)
@@ -108,9 +131,13 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         gate=None, phase="not reproduced", site="?")
 
 
+STATE_FLAG = "state_nonfinite"  # the per-step metric NanReplay adds
+
+
 class NanReplay(Hook):
-    """The fit hook of check_nans=True: after each epoch, a non-finite loss or parameter raises
-    the NanOriginError of find_nan_origin. The epoch's inputs are kept (not donated) for it."""
+    """The fit hook of check_nans=True: after each epoch, a non-finite loss, parameter or model
+    state (BatchNorm statistics; watched after every step) raises the NanOriginError of
+    find_nan_origin. The epoch's inputs are kept (not donated) for it."""
 
     donate = False
 
@@ -119,9 +146,26 @@ class NanReplay(Hook):
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
         self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2}
 
+    def wrap_step(self, step):
+        def watched(params, state, opt_state, batch, key):  # is the state after it finite?
+            params, new_state, opt_state, metrics = step(params, state, opt_state, batch, key)
+            bad = ~_all_finite(new_state)
+            return params, new_state, opt_state, {**metrics, STATE_FLAG: bad}
+        return watched
+
     def after_epoch(self, before, params, losses, key):
-        if not epoch_is_finite(losses, params):
+        self.pending = (before, params, losses, key)
+
+    def carry_out(self, carried, metrics, record):
+        state_bad = np.asarray(metrics.pop(STATE_FLAG))
+        pending, self.pending = getattr(self, "pending", None), None
+        if pending is None:  # an interrupted epoch: nothing to judge yet
+            return carried
+        before, params, losses, key = pending
+        if not epoch_is_finite(losses, params) or state_bad[before.position:].any():
             raise find_nan_origin(self.model, self.optimizer,
                                   (before.params, before.state, before.opt_state), self.x,
                                   self.y, key, losses=losses, epoch=before.epoch + 1,
-                                  step0=before.step, **self.options)
+                                  step0=before.step, position=before.position,
+                                  state_nonfinite=state_bad, **self.options)
+        return carried

@@ -59,6 +59,12 @@ def make_optimizer(name: str = "adam", lr: float | Callable = 1e-3, *, schedule:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if not callable(lr) and not _finite_nonneg(lr):
         raise ValueError(f"learning rate must be a finite number >= 0 or a schedule, got {lr!r}")
+    for what, v in (("weight_decay", weight_decay), ("momentum", momentum)):
+        if not _finite_nonneg(v) or isinstance(v, bool):
+            raise ValueError(f"{what} must be a finite number >= 0, got {v!r}")
+    if clip is not None and (not _finite_nonneg(clip) or isinstance(clip, bool)):
+        raise ValueError(f"clip must be a finite number > 0 (the largest global gradient norm) "
+                         f"or None/0 for no clipping, got {clip!r}")
     rate = lr if callable(lr) else make_schedule(schedule, lr, total_steps=total_steps)
     if name == "adamw":
         opt = optax.adamw(rate, weight_decay=weight_decay, mask=decay_mask)

@@ -2,19 +2,29 @@
 
     RUN_DIR/config.json       the TrainConfig of the run
     RUN_DIR/metrics.jsonl     one JSON record per epoch (see fnn.train.fit)
-    RUN_DIR/last.safetensors  the TrainState after the latest epoch (what --resume loads)
+    RUN_DIR/last.safetensors  the TrainState after the latest epoch, or where Ctrl-C stopped
+                              it in the middle of one (what --resume loads)
     RUN_DIR/best.safetensors  the TrainState with the best validation accuracy so far
     RUN_DIR/curves.png        loss and accuracy curves
     RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints)
     RUN_DIR/diagnostics.jsonl, diagnostics.png   gradient health per layer every N steps
                               (train_run(..., diagnostics=N); fnn.train.health_log)
+    RUN_DIR/.lock             held by the process that runs it (fnn.train.lock)
 
-The run directory is written by a fit hook, RunDirectory, after each epoch.
+The run directory is written by a fit hook, RunDirectory, after each epoch and on Ctrl-C.
+A run (new or resumed) holds the directory's lock for its whole life, so a second process on
+the same directory is refused at once; the check that a new directory holds no run and the
+writing of its config happen under the lock. Before anything is written, the data (training,
+validation and test sets) is checked against the model. A resumed run validates what it
+reads: config.json as the command line's options are validated, then against the config
+stored in the checkpoint (fnn.train.config.resume_config), the data against the sizes the
+checkpoint was trained on, metrics.jsonl line by line (a damaged last line is dropped, and
+said so).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
 from typing import Callable
@@ -22,91 +32,43 @@ from typing import Callable
 import jax
 
 from fnn.nn import build_model, count_params, summary
-from fnn.train.checkpoint import (atomic_write, load_train_state, read_checkpoint, restore,
-                                  save_train_state)
+from fnn.train import jsonl
+from fnn.train.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
+                                  load_train_state, read_header, save_train_state)
+from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, differences,
+                              option_flag, resume_config)
 from fnn.train.data import load_dataset
 from fnn.train.epoch import make_evaluate, steps_per_epoch
 from fnn.train.health_log import HealthLog
 from fnn.train.hooks import Hook
-from fnn.train.loop import fit
+from fnn.train.lock import LOCK_FILE, RunDirError, RunLock
+from fnn.train.loop import CHUNK_SECONDS, fit
 from fnn.train.optim import make_optimizer, make_schedule
 from fnn.train.parallel import data_parallel
 from fnn.train.plot import plot_curves
+from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
+from fnn.train.validate import check_fit_inputs
 
-LAST, BEST = "last.safetensors", "best.safetensors"
+__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory",
+           "TrainConfig", "final_results", "read_config", "setup", "train_run"]
 
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a run. The defaults train the MLP on digits to >= 97% test
-    accuracy with hand-written gradients in well under a minute on 2 CPU cores."""
-
-    model: str = "mlp"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    grad: str = "custom"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    epochs: int = 30
-    batch_size: int = 32
-    seed: int = 0
-    weight_decay: float = 0.0
-    clip: float = 0.0
-    l2: float = 0.0
-    loss: str = "softmax_cross_entropy"
-    val_fraction: float = 0.1
-    hidden: tuple = (256,)
-    channels: tuple | None = None
-    activation: str = "relu"
-    init: str = "he"
-    dropout: float = 0.0
-    limit: int = 0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**d)
-
-    def model_options(self) -> dict:
-        """Keyword options of the model builder (fnn.nn.build_model)."""
-        if self.model == "mlp":
-            return {"hidden": tuple(self.hidden), "activation": self.activation,
-                    "init": self.init, "dropout": self.dropout}
-        if self.model == "cnn":
-            opts = {"activation": self.activation, "init": self.init, "dropout": self.dropout}
-            return {**opts, "channels": tuple(self.channels)} if self.channels else opts
-        return {"init": self.init, **({"widths": tuple(self.channels)} if self.channels else {})}
+LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
+RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # any of them: the directory holds a run
 
 
 def read_config(run_dir: str) -> TrainConfig:
-    """The TrainConfig saved in a run directory."""
-    path = os.path.join(run_dir, "config.json")
+    """The TrainConfig saved in a run directory, every value validated as on the command line."""
+    path = os.path.join(run_dir, CONFIG)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG}")
     try:
         with open(path) as f:
             d = json.load(f)
-        if not isinstance(d, dict):
-            raise ValueError(f"it holds a JSON {type(d).__name__}, not an object")
-        return TrainConfig.from_dict(d)
-    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{run_dir} is not a usable run directory: {path} is damaged ({e}); "
-                         "start a new run with --out") from None
-
-
-def _read_history(path: str, upto: int) -> list[dict]:
-    """Epoch records of metrics.jsonl up to epoch `upto` (later ones never reached a checkpoint)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r.get("epoch", 0) <= upto]
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{run_dir} is not a usable run directory: {path} is damaged ({e}); "
+                          "restore it, or start a new run with --out") from None
+    return TrainConfig.from_dict(d, source=path)
 
 
 def _write_json(path: str, obj) -> None:
@@ -125,86 +87,209 @@ def setup(config: TrainConfig):
     return data, model, optimizer, schedule
 
 
+def data_sizes(data) -> dict:
+    """What a checkpoint records of the data it was trained on (checked on resume)."""
+    return {"train": len(data.x_train), "val": len(data.x_val), "test": len(data.x_test),
+            "input_shape": list(data.input_shape)}
+
+
 class RunDirectory(Hook):
     """The fit hook of train_run: after each epoch, the gradient-health rows (popped from the
     record) to diagnostics.jsonl, the record to metrics.jsonl, the checkpoints last and (on a
-    better validation accuracy than `best_acc`) best. Only the primary process writes."""
+    better validation accuracy than `best_acc`) best; on Ctrl-C, `last` where training stopped
+    (in the middle of an epoch: with the position and the epoch's batch order). config.json is
+    (re)written with the first checkpoint when `write_config` (a resumed run whose --epochs or
+    --data-dir changed). Only the primary process writes."""
 
     def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
-                 health: HealthLog | None, primary: bool):
+                 health: HealthLog | None, primary: bool, data: dict | None = None,
+                 write_config: bool = False):
         self.out_dir, self.config, self.best_acc = out_dir, config, best_acc
-        self.health, self.primary = health, primary
-        self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        self.health, self.primary, self.data = health, primary, data or {}
+        self.metrics_path = os.path.join(out_dir, METRICS)
+        self.write_config = write_config
+
+    def _save_last(self, ts: TrainState) -> None:
+        save_train_state(os.path.join(self.out_dir, LAST), ts, self.config.to_dict(),
+                         data=self.data)
+        if self.write_config:
+            _write_json(os.path.join(self.out_dir, CONFIG), self.config.to_dict())
+            self.write_config = False
 
     def on_epoch_end(self, ts: TrainState, record: dict):
         rows = record.pop("diagnostics", [])
         if not self.primary:
             return
         self.health.write(rows)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        jsonl.append(self.metrics_path, [record])
         if "val_acc" in record and record["val_acc"] > self.best_acc:  # no validation: no best
             self.best_acc = record["val_acc"]
             save_train_state(os.path.join(self.out_dir, BEST), ts, self.config.to_dict(),
-                             val_acc=self.best_acc)
-        save_train_state(os.path.join(self.out_dir, LAST), ts, self.config.to_dict())
+                             val_acc=self.best_acc, data=self.data)
+        self._save_last(ts)
+
+    def on_interrupt(self, ts: TrainState):
+        if self.primary:
+            self._save_last(ts)
 
 
-def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
-              log: Callable | None = None, diagnostics: int = 0, check_nans: bool = False,
-              devices: int | None = None) -> dict:
+def _holds_run(out_dir: str) -> list[str]:
+    return [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
+
+
+def _check_new(out_dir: str) -> None:
+    """RunDirError unless `out_dir` holds no run (it may exist, empty or with other files)."""
+    found = _holds_run(out_dir)
+    if not found:
+        return
+    if not os.path.exists(os.path.join(out_dir, LAST)) and CONFIG in found:
+        raise RunDirError(f"{out_dir} already holds a run that stopped before its first "
+                          f"checkpoint: start it from the beginning with its own config by "
+                          f"`--resume {out_dir}`, or choose another --out")
+    raise RunDirError(f"{out_dir} already holds a run ({', '.join(found)}): continue it with "
+                      f"--resume {out_dir}, or choose another --out")
+
+
+def _checkpoint_config(path: str) -> TrainConfig:
+    """The config stored in checkpoint `path` (its header only), validated."""
+    header = read_header(path)
+    meta = header.meta()
+    if not header.is_fnn or not isinstance(meta.get("config"), dict) or not meta["config"]:
+        raise CheckpointError(f"{path} is not an fnn training checkpoint with its run's config "
+                              "(a file from elsewhere, or from an older fnn): it cannot be "
+                              "resumed; start a new run (fnn.train.load_params loads its "
+                              "parameters in Python)")
+    return TrainConfig.from_dict(meta["config"], source=f"the config stored in {path}")
+
+
+def _resume_config(out_dir: str, config: TrainConfig | None, overrides: dict | None):
+    """(the config a resumed run continues with (see resume_config), the one in config.json)."""
+    saved = read_config(out_dir)
+    overrides = dict(overrides or {})
+    if config is not None:  # a config given in Python: its differences are the overrides
+        overrides.update({k: getattr(config, k) for k in differences(saved, config)})
+    last = os.path.join(out_dir, LAST)
+    checkpoint = _checkpoint_config(last) if os.path.exists(last) else None
+    merged = resume_config(saved, checkpoint, overrides,
+                           saved_file=os.path.join(out_dir, CONFIG), checkpoint_file=last)
+    return merged, saved
+
+
+def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
+              overrides: dict | None = None, progress: bool = True, log: Callable | None = None,
+              diagnostics: int = 0, check_nans: bool = False, devices: int | None = None,
+              chunk_seconds: float | None = CHUNK_SECONDS) -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
-    log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
-    the results; None: silent). diagnostics=N > 0: gradient health every N steps into
-    diagnostics.jsonl and .png. check_nans: name the gate behind a non-finite loss (fit's
-    check_nans). devices=N: data parallel over N devices (fit's devices); not part of the
-    config, a resumed run may change it.
+    resume=True: the run's config.json, validated and matched against the config in its last
+    checkpoint (a ConfigError names any key that differs); `overrides` ({"epochs": 40},
+    {"data_dir": ...}: only RESUME_MAY_CHANGE keys) or a `config` that differs from it in
+    those keys change them. A directory whose run stopped before its first checkpoint is
+    started from the beginning with its config.
 
-    Several processes (multi-host JAX): every process trains, only process 0 writes the run
-    directory and logs; the others return the final test results of their (identical) params.
+    log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
+    the results, notes; None: silent). diagnostics=N > 0: gradient health every N steps into
+    diagnostics.jsonl and .png. check_nans: name the gate behind a non-finite loss or model
+    state (fit's check_nans). devices=N: data parallel over N devices (fit's devices); not
+    part of the config, a resumed run may change it. chunk_seconds: fit's.
+
+    The directory is locked for the run's life (RunDirError if another process has it). On
+    Ctrl-C the state is saved to last.safetensors and fit's TrainingInterrupted propagates.
+
+    Several processes (multi-host JAX): every process trains, only process 0 locks and writes
+    the run directory and logs; the others return the final test results of their (identical)
+    params.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
     primary = jax.process_index() == 0  # the one process that writes and logs
     log = log if log and primary else (lambda line: None)
+    if not isinstance(out_dir, str) or not out_dir.strip():
+        raise ValueError(f"the run directory (--out) must be a directory name, got {out_dir!r}")
+    if resume and not os.path.isfile(os.path.join(out_dir, CONFIG)):
+        read_config(out_dir)  # the error: not a run directory (nothing is created)
+    if config is None and not resume:
+        raise ValueError("train_run needs a config for a new run")
+    if not primary:
+        return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
+                           diagnostics, check_nans, devices, chunk_seconds)
+    created = not os.path.exists(out_dir)
+    lock = RunLock(out_dir).acquire()
+    try:
+        return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
+                           diagnostics, check_nans, devices, chunk_seconds)
+    except BaseException:
+        if created and os.listdir(out_dir) == [LOCK_FILE]:  # failed before writing anything
+            lock.release(remove=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
+    finally:
+        lock.release()
+
+
+def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diagnostics,
+                check_nans, devices, chunk_seconds) -> dict:
+    rewrite_config, saved = False, None
+    if resume:
+        config, saved = _resume_config(out_dir, config, overrides)
+        rewrite_config = bool(differences(saved, config))
+    elif primary:
+        _check_new(out_dir)
     data, model, optimizer, schedule = setup(config)
-    if devices:  # fail before the run directory is made
+    if not len(data.x_test):
+        raise DataError(f"the test set of {config.dataset} is empty (x_test "
+                        f"{tuple(data.x_test.shape)}): the run could not report its results")
+    # training, validation and test sets against the model, before anything is written
+    check_fit_inputs(model, data, loss=config.loss, batch_size=config.batch_size,
+                     epochs=config.epochs)
+    if devices:
         data_parallel(devices).check_batch_size(config.batch_size, "--batch-size")
     ts = init_train_state(model, optimizer, data.input_shape, config.seed)
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    if resume:
-        if not os.path.isfile(os.path.join(out_dir, LAST)):
-            raise FileNotFoundError(f"{out_dir} has no {LAST}: the run stopped before its first "
-                                    "epoch ended; start it again without --resume")
-        ts, _ = load_train_state(os.path.join(out_dir, LAST), ts)
-        history = _read_history(metrics_path, ts.epoch)
-        log(f"resuming {out_dir} after epoch {ts.epoch} (step {ts.step})")
-    elif primary:
-        os.makedirs(out_dir, exist_ok=True)
-        if os.path.exists(os.path.join(out_dir, "config.json")):
-            raise FileExistsError(f"{out_dir} already holds a run: continue it with --resume "
-                                  f"{out_dir}, or choose another --out")
-        history = []
+    sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
+    metrics_path = os.path.join(out_dir, METRICS)
+    last = os.path.join(out_dir, LAST)
+    history, best_acc = [], -1.0
+    if resume and os.path.isfile(last):
+        ts, meta = load_train_state(last, ts)
+        _check_resumed(last, ts, meta, sizes, n_steps)
+        history, note = jsonl.read(metrics_path)
+        if note:
+            log(f"note: {note}")
+        history = [r for r in history if r.get("epoch", 0) <= ts.epoch]
+        best_acc = _best_acc(os.path.join(out_dir, BEST), history)
+        where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
+                 else f"after epoch {ts.epoch}")
+        log(f"resuming {out_dir} {where} (optimizer step {ts.step})")
+        if saved.epochs != config.epochs and config.schedule != "constant":
+            log(f"note: the {config.schedule} learning-rate schedule now spans "
+                f"{config.epochs} epochs instead of {saved.epochs}; the rate continues from "
+                "its value on the new schedule")
+    elif resume:
+        log(f"{out_dir} has no checkpoint yet (it stopped before its first one): starting the "
+            "run from the beginning with its config")
         log(summary(model, data.input_shape))
+        rewrite_config = True
     else:
-        history = []
+        log(summary(model, data.input_shape))
+        rewrite_config = True
     if primary:
-        with open(metrics_path, "w") as f:  # rewritten: drops epochs past the checkpoint
-            f.writelines(json.dumps(r) + "\n" for r in history)
-        _write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+        jsonl.write(metrics_path, history)  # rewritten: drops epochs past the checkpoint
+        if rewrite_config and not os.path.isfile(last):
+            _write_json(os.path.join(out_dir, CONFIG), config.to_dict())
+            rewrite_config = False
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
         f"device {jax.devices()[0].platform}"
         + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device)"
            if devices else ""))
     health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
-    run_dir = RunDirectory(out_dir, config, health=health, primary=primary,
-                           best_acc=max((r.get("val_acc", -1.0) for r in history), default=-1.0))
+    run_dir = RunDirectory(out_dir, config, health=health, primary=primary, best_acc=best_acc,
+                           data=sizes, write_config=rewrite_config)
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
                   grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
-                  hooks=[run_dir])
+                  hooks=[run_dir], chunk_seconds=chunk_seconds)
     history += new
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)
@@ -222,6 +307,32 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
     return results
 
 
+def _check_resumed(path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: int) -> None:
+    """The checkpoint a run resumes from must be of this data and these epochs."""
+    saved = meta.get("data")
+    if isinstance(saved, dict) and saved and saved != sizes:
+        diff = ", ".join(f"{k} {saved.get(k)!r} then, {sizes[k]!r} now" for k in sizes
+                         if saved.get(k) != sizes[k])
+        raise ConfigError(f"{path} was trained on other data than this run loads ({diff}): "
+                          f"{option_flag('data_dir')} points at other files, or they changed")
+    if ts.step != ts.epoch * n_steps + ts.position:
+        raise ConfigError(f"{path} was saved at optimizer step {ts.step} after {ts.epoch} "
+                          f"epochs (+{ts.position} steps), which does not fit this run's "
+                          f"{n_steps} steps per epoch: the batch size or the data changed")
+
+
+def _best_acc(path: str, history: list[dict]) -> float:
+    """The validation accuracy of best.safetensors (its metadata), else the best in history."""
+    if os.path.isfile(path):
+        try:
+            acc = read_header(path).meta().get("val_acc")
+            if isinstance(acc, (int, float)):
+                return float(acc)
+        except CheckpointError:
+            pass
+    return max((r.get("val_acc", -1.0) for r in history), default=-1.0)
+
+
 def final_results(model, ts: TrainState, data, out_dir: str | None, config: TrainConfig) -> dict:
     """Test loss/accuracy of the final params and of the best checkpoint in `out_dir` (None:
     the final params only)."""
@@ -232,8 +343,7 @@ def final_results(model, ts: TrainState, data, out_dir: str | None, config: Trai
                "test_acc": float(last["accuracy"])}
     best_path = None if out_dir is None else os.path.join(out_dir, BEST)
     if best_path and os.path.isfile(best_path):
-        tensors, meta = read_checkpoint(best_path)
-        best = restore(tensors, {"params": ts.params, "state": ts.state})
+        best, meta = load_checkpoint(best_path, {"params": ts.params, "state": ts.state})
         r = evaluate(best["params"], best["state"], x, y)
         results.update(best_epoch=meta.get("epoch"), best_val_acc=meta.get("val_acc"),
                        best_test_acc=float(r["accuracy"]), best_test_loss=float(r["loss"]))

@@ -83,11 +83,64 @@ def check_start(model, input_shape, start, shapes=None) -> None:
                          f"{tuple(input_shape)}:\n  " + "\n  ".join(problems[:12]) + more)
 
 
-def check_fit_inputs(model, data, *, loss: str, start=None) -> None:
-    """Everything fit can check before compiling: output shape, labels, finiteness, start."""
+def _positive_int(name: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def check_optimizer_state(optimizer, start) -> None:
+    """`start.opt_state` must be a state of `optimizer` for start.params (same structure,
+    shapes and dtypes as optimizer.init(params) would give)."""
+    want = jax.eval_shape(optimizer.init, start.params)
+    have_leaves, have_def = jax.tree_util.tree_flatten_with_path(start.opt_state)
+    want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
+    if have_def != want_def:
+        raise ValueError(f"start: its opt_state is not a state of this optimizer (its structure "
+                         f"{_short(have_def)} differs from this optimizer's {_short(want_def)}): "
+                         "continue with the optimizer the state was made with")
+    problems = [f"{path_name(p, 'opt_state')}: {describe(a)} in start, {describe(b)} for this "
+                "optimizer" for (p, a), (_, b) in zip(have_leaves, want_leaves)
+                if tuple(np.shape(a)) != tuple(b.shape) or jax.numpy.result_type(a) != b.dtype]
+    if problems:
+        raise ValueError("start: its opt_state does not fit this optimizer and model:\n  "
+                         + "\n  ".join(problems[:12]))
+
+
+def _short(treedef) -> str:
+    text = str(treedef)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_position(start, n_steps: int, batch_size: int) -> None:
+    """A `start` saved in the middle of an epoch must fit this epoch: its position inside it and
+    the batch order it drew (steps, batch_size)."""
+    p = start.position
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < n_steps:
+        raise ValueError(f"start: position {p!r} inside the epoch must be in [0, {n_steps}) "
+                         f"(an epoch has {n_steps} steps of {batch_size})")
+    if p:
+        order = None if not start.partial else start.partial.get("order")
+        if order is None or tuple(np.shape(order)) != (n_steps, batch_size):
+            raise ValueError(f"start: saved at step {p} of an epoch with batches "
+                             f"{describe(order) if order is not None else 'missing'}, but this "
+                             f"run's epochs have {n_steps} batches of {batch_size}: the data "
+                             "or the batch size changed since it was saved")
+
+
+def check_fit_inputs(model, data, *, loss: str, start=None, optimizer=None,
+                     batch_size: int | None = None, eval_batch_size: int | None = None,
+                     epochs: int | None = None) -> None:
+    """Everything fit can check before compiling: its counts, the output shape, labels and
+    finiteness of the training, validation and test sets (each checked against the model),
+    and `start` (params, state, the optimizer's state, its position inside an epoch)."""
+    from fnn.train.epoch import steps_per_epoch
     from fnn.train.step import get_loss
 
     get_loss(loss)  # an unknown loss name fails here
+    for name, v in (("epochs", epochs), ("batch_size", batch_size),
+                    ("eval_batch_size", eval_batch_size)):
+        if v is not None:
+            _positive_int(name, v)
     input_shape = tuple(np.shape(data.x_train)[1:])
     shapes = layer_shapes(model, input_shape)  # (params, state, output shape) from shapes alone
     out = shapes[2]
@@ -96,10 +149,17 @@ def check_fit_inputs(model, data, *, loss: str, start=None) -> None:
                          "needs one score per class, (C,): end the model with a Dense layer "
                          "(after a Flatten)")
     check_split(data.x_train, data.y_train, "train", out[0])
-    if data.x_val is not None and len(data.x_val):
-        check_split(data.x_val, data.y_val, "val", out[0])
-        if tuple(np.shape(data.x_val)[1:]) != input_shape:
-            raise DataError(f"x_val examples have shape {tuple(np.shape(data.x_val)[1:])} but "
-                            f"x_train examples {input_shape}")
+    for split in ("val", "test"):
+        x, y = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
+        if x is None or not len(x):
+            continue
+        check_split(x, y, split, out[0])
+        if tuple(np.shape(x)[1:]) != input_shape:
+            raise DataError(f"x_{split} examples have shape {tuple(np.shape(x)[1:])} but "
+                            f"x_train examples {input_shape}: the model takes {input_shape}")
     if start is not None:
         check_start(model, input_shape, start, shapes)
+        if optimizer is not None:
+            check_optimizer_state(optimizer, start)
+        if batch_size is not None:
+            check_position(start, steps_per_epoch(len(data.x_train), batch_size), batch_size)

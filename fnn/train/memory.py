@@ -1,0 +1,193 @@
+"""Memory of a training run: what it needs, what the device has, and a clear error when it
+does not fit, before the first step (`check_fits`) or when XLA runs out (`out_of_memory`).
+
+    Footprint: parameters, optimizer state, model state (BatchNorm statistics), the training
+    data placed on the device, the activations of one batch (every layer's output, from
+    shapes alone, through the combinators' observe hook) and XLA's working memory for the
+    compiled epoch (its memory analysis, where the backend reports one).
+
+The remedies named are the options that shrink each part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+
+import jax
+import numpy as np
+
+from fnn.errors import FnnError
+
+REMEDIES = ("a smaller --batch-size (batch_size=; activations grow with it), a smaller model "
+            "(--hidden, --channels), fewer examples on the device (--limit), or data parallel "
+            "--devices N on a machine with several devices (each holds 1/N of a batch)")
+
+
+class OutOfMemoryError(FnnError, MemoryError):
+    """Training needs more memory than the device has; the message gives the sizes and the
+    options that reduce them."""
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of every array leaf of a pytree (arrays or ShapeDtypeStructs)."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            continue
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            total += 8 * int(np.prod(leaf.shape))
+            continue
+        total += int(np.prod(leaf.shape)) * np.dtype(dtype).itemsize
+    return total
+
+
+def activation_bytes(model, params, state, input_shape, batch_size: int) -> int:
+    """Bytes of every layer's output for one batch in training mode (shapes only: the model is
+    traced with jax.eval_shape on one example, nothing is computed)."""
+    outs = []
+
+    def run(params, state, x):
+        def observe(path, layer, y):
+            if not layer.children:
+                outs.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
+        y, _ = model.apply(params, state, x, key=jax.random.PRNGKey(0), train=True,
+                           observe=observe if model.children else None)
+        return y
+
+    x = jax.ShapeDtypeStruct((1, *input_shape), np.float32)
+    try:
+        y = jax.eval_shape(run, params, state, x)
+    except Exception:  # a model that cannot be traced here says so in fit, not in an estimate
+        return 0
+    if not outs:
+        outs.append(y)
+    return tree_bytes(outs) * batch_size
+
+
+@dataclasses.dataclass
+class Footprint:
+    """Bytes a training run needs, by part (see the module docstring)."""
+
+    params: int
+    opt_state: int
+    state: int
+    data: int
+    activations: int
+    batch_size: int
+    xla_temp: int | None = None
+
+    @property
+    def working(self) -> int:
+        """Memory a training step needs beyond its inputs: XLA's figure for the compiled
+        program, or (a backend that reports none) the activations and their gradients."""
+        return self.xla_temp if self.xla_temp else 2 * self.activations
+
+    @property
+    def total(self) -> int:
+        return self.params + self.opt_state + self.state + self.data + self.working
+
+    def describe(self) -> str:
+        parts = [f"parameters {_size(self.params)}", f"optimizer state {_size(self.opt_state)}",
+                 f"model state {_size(self.state)}", f"training data {_size(self.data)}",
+                 f"activations of one batch of {self.batch_size} {_size(self.activations)} "
+                 "(about twice that with their gradients)"]
+        if self.xla_temp:
+            parts.append(f"XLA's working memory for the compiled steps {_size(self.xla_temp)}")
+        return ", ".join(parts)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def footprint(model, ts, input_shape, batch_size: int, data_bytes: int,
+              compiled=None) -> Footprint:
+    """The Footprint of training `ts` (a TrainState) on batches of `batch_size`."""
+    temp = xla_temp_bytes(compiled) if compiled is not None else None
+    return Footprint(tree_bytes(ts.params), tree_bytes(ts.opt_state), tree_bytes(ts.state),
+                     data_bytes, activation_bytes(model, ts.params, ts.state, input_shape,
+                                                  batch_size), batch_size, temp)
+
+
+def xla_temp_bytes(compiled) -> int | None:
+    """XLA's working memory (temporary buffers) for a compiled program; None when the backend
+    reports none."""
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes) or None
+    except Exception:  # a backend without a memory analysis: the estimate alone
+        return None
+
+
+def available_bytes(device) -> tuple[int | None, str]:
+    """(bytes this process can still allocate on `device`, what that figure is); None when
+    unknown. An accelerator reports its own (memory_stats); on the CPU it is the system's
+    available memory, or less where an address-space limit (ulimit -v) leaves less."""
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without memory statistics
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return free, f"free memory of {device.device_kind}"
+    if device.platform != "cpu":
+        return None, "unknown"
+    free, what = None, "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free, what = int(line.split()[1]) * 1024, "available system memory"
+    except OSError:
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        used = _address_space()
+        if used is not None and (free is None or limit - used < free):
+            free, what = max(0, limit - used), "address space left under ulimit -v"
+    return free, what
+
+
+def _address_space() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(fp: Footprint, device) -> None:
+    """OutOfMemoryError before training when one step's working memory is more than the
+    device has left (the parameters and data are already placed, so they are counted in it)."""
+    free, what = available_bytes(device)
+    if free is not None and fp.working > free:
+        raise OutOfMemoryError(
+            f"this training run does not fit in memory: a step needs about "
+            f"{_size(fp.working)} of working memory but the {what} is {_size(free)} "
+            f"({fp.describe()}). Reduce it with {REMEDIES}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is XLA failing to allocate. JAX raises every runtime failure of XLA as
+    jax.errors.JaxRuntimeError, with XLA's status code only as the first word of its message
+    (jaxlib has no subclass or attribute for it), so that word is read; nothing else is."""
+    if not isinstance(error, jax.errors.JaxRuntimeError):
+        return False
+    return str(error).lstrip().startswith("RESOURCE_EXHAUSTED")
+
+
+def out_of_memory(error: BaseException, fp: Footprint | None, where: str) -> OutOfMemoryError:
+    """The OutOfMemoryError explaining XLA's RESOURCE_EXHAUSTED `error` met in `where`."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else "RESOURCE_EXHAUSTED"
+    sizes = f" The run needs {fp.describe()}." if fp is not None else ""
+    return OutOfMemoryError(f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
+                            f"with {REMEDIES}; the last checkpoint, if any, is unchanged")
