@@ -236,6 +236,25 @@ BAD = [
      r"maps one example \(4, 4, 1\) to \(4, 4, 2\).*needs one score per class"),
     ("start state of another model", fit_tiny(start=tiny_state((16,))), ValueError,
      r"(?s)start: the TrainState does not fit.*params/1_dense/w: \(16, 16\) in start, \(16, 4\)"),
+    # issue 16: API inputs that used to reach raw Python errors
+    ("start state of another optimizer", lambda tmp: train.fit(
+        nn.mlp((4,)), train.make_optimizer("sgd", 0.1), tiny(), epochs=1, batch_size=16,
+        start=train.init_train_state(nn.mlp((4,)), train.make_optimizer("adam"), (4, 4, 1), 0)),
+     ValueError, r"start: its opt_state is not a state of this optimizer \(start holds "
+     r"\(ScaleByAdamState, .*this optimizer makes \(EmptyState"),
+    ("eval_batch_size=0", lambda tmp: train.fit(nn.mlp((4,)), train.make_optimizer(), tiny(),
+                                                epochs=1, batch_size=16, eval_batch_size=0),
+     ValueError, r"eval_batch_size must be a positive integer, got 0"),
+    ("epochs=0", lambda tmp: train.fit(nn.mlp((4,)), train.make_optimizer(), tiny(), epochs=0),
+     ValueError, r"epochs must be a positive integer, got 0"),
+    ("negative clip", lambda tmp: train.make_optimizer("adam", clip=-1), ValueError,
+     r"clip must be a finite number > 0 .*got -1"),
+    ("NaN weight decay", lambda tmp: train.make_optimizer("adamw", weight_decay=float("nan")),
+     ValueError, r"weight_decay must be a finite number >= 0, got nan"),
+    ("seed beyond 64 bits", lambda tmp: train.init_train_state(nn.mlp((4,)),
+                                                               train.make_optimizer(), (4, 4, 1),
+                                                               2**64),
+     ValueError, r"seed must be an integer in \[0, 2\*\*64-1\], got 18446744073709551616"),
     ("more devices than JAX sees", lambda tmp: train.make_train_step(
         nn.mlp((4,)), train.make_optimizer(), devices=jax.device_count() + 1),
      ValueError, r"devices=\d+ but JAX sees \d+ device.*xla_force_host_platform_device_count"),
@@ -346,10 +365,21 @@ CLI = [
     ("more devices than JAX sees", lambda tmp: ["train", "--devices",
                                                 str(jax.device_count() + 1), *TINY],
      r"devices=\d+ but JAX sees"),
+    # issue 16
+    ("--data-dir names a file", lambda tmp: ["train", "--dataset", "mnist", "--data-dir",
+                                             str(write_run(tmp) / "config.json")],
+     r"config.json' is a file, not a directory"),
+    ("--out is empty", lambda tmp: ["train", "--out", "", *TINY],
+     r"--out must name a directory, got an empty string"),
+    ("--resume is empty", lambda tmp: ["train", "--resume", ""],
+     r"--resume must name a run directory, got an empty string"),
 ]
 USAGE = [["train", "--model", "vgg"], ["train", "--optimizer", "adagrad"],
          ["train", "--dataset", "imagenet"], ["train", "--lr", "inf"], ["train", "--lr", "-1"],
-         ["train", "--devices", "0"], ["train", "--epochs", "0"], ["train", "--hidden", "a,b"]]
+         ["train", "--devices", "0"], ["train", "--epochs", "0"], ["train", "--hidden", "a,b"],
+         ["train", "--clip", "-1"], ["train", "--weight-decay", "nan"], ["train", "--limit", "0"],
+         ["train", "--seed", str(2**64)], ["train", "--seed", "-1"], ["train", "--seed", "1.5"],
+         ["train", "--chunk-seconds", "-1"]]
 
 
 @pytest.mark.parametrize("argv, pattern", [c[1:] for c in CLI], ids=[c[0] for c in CLI])

@@ -185,3 +185,40 @@ def test_split_and_standardize():
     assert mean.shape == (2,) and std.shape == (2,)
     with pytest.raises(ValueError):
         split(x, y, 1.0)
+
+
+# ---- every reader error names its file (issue 16) ----------------------------------------------
+def _damage_mnist(directory, how):
+    """Write MNIST files into `directory` and damage one; returns the damaged file's name."""
+    write_mnist(directory, compress=False)
+    images = os.path.join(directory, MNIST_FILES["train_images"])
+    labels = os.path.join(directory, MNIST_FILES["train_labels"])
+    if how == "fewer labels":
+        write_idx(labels, np.zeros(39, np.uint8))
+        return labels
+    if how == "label 12":
+        write_idx(labels, np.full(40, 12, np.uint8))
+        return labels
+    if how == "images of floats":
+        write_idx(images, np.zeros((40, 6, 6), np.float32), type_code=0x0D)
+        return images
+    if how == "damaged gzip":
+        raw = gzip.compress(open(images, "rb").read())
+        os.remove(images)
+        with open(images + ".gz", "wb") as f:
+            f.write(raw[:20] + bytes(len(raw) - 20))
+        return images + ".gz"
+    if how == "not IDX":
+        with open(images, "wb") as f:
+            f.write(b"P5 6 6 255\n" + bytes(36))
+        return images
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["fewer labels", "label 12", "images of floats", "damaged gzip",
+                                 "not IDX"])
+def test_reader_errors_name_the_file(tmp_path, how):
+    path = _damage_mnist(str(tmp_path / "m"), how)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", str(tmp_path / "m"))
+    assert path in str(info.value), str(info.value)

@@ -2,6 +2,7 @@
 the same seed gives bitwise-identical parameters in two separate processes; a save killed
 halfway leaves the previous checkpoint loadable."""
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -85,6 +86,27 @@ def test_check_nans_names_the_optimizer_update(digits):
     assert info.value.phase == "optimizer update" and info.value.gate is None
     assert "the optimizer update made" in str(info.value)
     assert "/1_dense/w" in str(info.value)
+
+
+def test_check_nans_watches_the_batch_norm_statistics(digits):
+    """Inputs so large that a BatchNorm layer's batch variance overflows: the loss and the
+    parameters stay finite (lr 0), only the running variance becomes inf, which used to pass
+    --check-nans silently (and ruin every evaluation). Now it is named, at its step."""
+    x = digits.x_train.copy()
+    x[::7, 3, 3, 0] = 3e19
+    data = dataclasses.replace(digits, x_train=x)
+    model = nn.mlp((8,), batch_norm=True)
+    ts, history = train.fit(model, train.make_optimizer("sgd", 0.0), data, epochs=1,
+                            batch_size=32)
+    assert np.isfinite(history[0]["train_loss"])  # nothing else would tell
+    assert not np.isfinite(np.asarray(ts.state["2_batch_norm"]["var"])).all()
+    with pytest.raises(fnn.NanOriginError) as info:
+        train.fit(model, train.make_optimizer("sgd", 0.0), data, epochs=1, batch_size=32,
+                  check_nans=True)
+    message = str(info.value)
+    assert message.startswith("the model state (BatchNorm statistics) became non-finite at "
+                              "epoch 1, step 1 of the epoch"), message
+    assert "in layer mlp/2_batch_norm" in message and info.value.gate == "batch_norm"
 
 
 def test_without_check_nans_the_divergence_error_points_to_it(digits):

@@ -95,8 +95,8 @@ def check_optimizer_state(optimizer, start) -> None:
     have_leaves, have_def = jax.tree_util.tree_flatten_with_path(start.opt_state)
     want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
     if have_def != want_def:
-        raise ValueError(f"start: its opt_state is not a state of this optimizer (its structure "
-                         f"{_short(have_def)} differs from this optimizer's {_short(want_def)}): "
+        raise ValueError(f"start: its opt_state is not a state of this optimizer (start holds "
+                         f"{_kinds(start.opt_state)}, this optimizer makes {_kinds(want)}): "
                          "continue with the optimizer the state was made with")
     problems = [f"{path_name(p, 'opt_state')}: {describe(a)} in start, {describe(b)} for this "
                 "optimizer" for (p, a), (_, b) in zip(have_leaves, want_leaves)
@@ -106,9 +106,21 @@ def check_optimizer_state(optimizer, start) -> None:
                          + "\n  ".join(problems[:12]))
 
 
-def _short(treedef) -> str:
-    text = str(treedef)
-    return text if len(text) <= 120 else text[:117] + "..."
+def _kinds(tree) -> str:
+    """The optimizer-state types in `tree` (optax's named tuples), in order: what tells one
+    optimizer's state from another's."""
+    names = []
+
+    def walk(node):
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            names.append(type(node).__name__)
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                walk(child)
+
+    walk(tree)
+    text = "(" + ", ".join(names) + ")" if names else type(tree).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def check_position(start, n_steps: int, batch_size: int) -> None:
