@@ -227,6 +227,24 @@ def test_resume_may_change_only_the_keys_it_names(run_dir, capsys):
     assert json.load(open(os.path.join(run_dir, "config.json")))["epochs"] == 3
 
 
+def test_resume_on_other_data_is_refused(tmp_path, capsys):
+    """--data-dir may change (the files moved), the data may not: the checkpoint records the
+    sizes it was trained on."""
+    from test_data import write_mnist
+
+    write_mnist(tmp_path / "a", n_train=40)
+    write_mnist(tmp_path / "b", n_train=48)
+    out = str(tmp_path / "run")
+    args = ["--dataset", "mnist", "--hidden", "4", "--batch-size", "8", "--no-progress"]
+    assert main(["train", "--out", out, "--data-dir", str(tmp_path / "a"), "--epochs", "1",
+                 *args]) == 0
+    assert main(["train", "--resume", out, "--data-dir", str(tmp_path / "b"), "--epochs", "2",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "was trained on other data than this run loads (train 36 then, 43 now" in err, err
+    assert epochs_of(out) == [1]
+
+
 def test_a_checkpoint_from_elsewhere_is_not_resumed(run_dir, capsys):
     """A last.safetensors without fnn's metadata used to restart at epoch 0 and overwrite
     best.safetensors."""
