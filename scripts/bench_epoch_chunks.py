@@ -38,8 +38,8 @@ def cases(only, epochs):
         out["mlp"] = (nn.mlp((256,)), train.load_dataset("digits"), 32, 5 * epochs)
     if only in (None, "cnn"):  # MNIST-sized images: steps of tens of ms on 2 CPU cores
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((4096, 28, 28, 1)).astype(np.float32)
-        y = rng.integers(0, 10, 4096).astype(np.int32)
+        x = rng.standard_normal((2048, 28, 28, 1)).astype(np.float32)
+        y = rng.integers(0, 10, 2048).astype(np.int32)
         data = train.Dataset("synthetic", x, y, x[:256], y[:256], x[:256], y[:256], 10)
         out["cnn"] = (nn.cnn((32, 64)), data, 64, epochs)
     return out
@@ -54,14 +54,21 @@ def epoch_times(model, data, batch, chunk, epochs):
 
 
 def ctrl_c(model, data, batch, chunk):
-    """Seconds from a real SIGINT (halfway into epoch 2, at least 0.3 s into it) to fit
-    stopping, and the step of the epoch it stopped at (0: at the end of an epoch)."""
+    """(seconds from sending a real SIGINT (halfway into epoch 2, at least 0.3 s into it) to fit
+    raising TrainingInterrupted, fit's own waited_s (from when Python ran its handler), the step
+    of the epoch it stopped at (0: at the end of an epoch))."""
     from fnn import train
+
+    sent = []
+
+    def send():
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
 
     class Send(train.Hook):
         def on_epoch_start(self, ts, n_steps):
             if ts.epoch == 1:
-                threading.Timer(max(0.3, self.half), os.kill, (os.getpid(), signal.SIGINT)).start()
+                threading.Timer(max(0.3, self.half), send).start()
 
         def on_epoch_end(self, ts, record):
             self.half = record["time_s"] / 2
@@ -70,7 +77,7 @@ def ctrl_c(model, data, batch, chunk):
         train.fit(model, train.make_optimizer("adam", 1e-3), data, epochs=10**6,
                   batch_size=batch, chunk_seconds=chunk, hooks=[Send()])
     except train.TrainingInterrupted as e:
-        return e.waited_s, e.state.position
+        return time.perf_counter() - sent[0], e.waited_s, e.state.position
     raise AssertionError("not interrupted")
 
 
@@ -91,21 +98,24 @@ def main() -> int:
     for name, (model, data, batch, epochs) in cases(args.only, args.epochs).items():
         steps = len(data.x_train) // batch
         times = {w: [] for w in WAYS}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for way, chunk in WAYS.items():
                 times[way].append(statistics.median(epoch_times(model, data, batch, chunk,
                                                                 epochs)))
+            print(f"  {name} round {r + 1}: " + ", ".join(f"{w} {v[-1] * 1000:.1f} ms"
+                                                         for w, v in times.items()), flush=True)
         base = statistics.median(times["one program"])
         print(f"\n{name}: {steps} steps of {batch} per epoch")
         print(f"  {'way':28s} {'epoch (median)':>15s} {'per step':>10s} {'vs one program':>15s}"
               f" {'Ctrl-C to stop':>15s}")
         for way, chunk in WAYS.items():
             t = statistics.median(times[way])
-            waited, at = ctrl_c(model, data, batch, chunk)
-            stop = f"{waited * 1000:.1f} ms"
+            took, waited, at = ctrl_c(model, data, batch, chunk)
+            stop = f"{took * 1000:.1f} ms"
             print(f"  {way:28s} {t * 1000:12.1f} ms {t / steps * 1000:7.3f} ms "
                   f"{base / t:14.3f}x {stop:>15s}   (rounds: "
-                  f"{', '.join(f'{v * 1000:.1f}' for v in times[way])} ms; stopped at step {at})")
+                  f"{', '.join(f'{v * 1000:.1f}' for v in times[way])} ms; stopped at step {at}; "
+                  f"fit's waited_s {waited * 1000:.1f} ms)")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
