@@ -91,7 +91,8 @@ def _flat(grads, inputs):
 
 def library_cases(seed: int = 0) -> list:
     """(rule, gate, inputs, static) for every rule of fnn.rulebook, at representative inputs."""
-    from fnn import ops, rulebook
+    import fnn.ops as ops
+    from fnn.ops import rulebook
 
     rng = np.random.default_rng(seed)
     x = rng.uniform(-2.0, 2.0, (4, 6))
