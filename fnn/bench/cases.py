@@ -13,7 +13,7 @@ from fnn.ops import astype
 from fnn.train.step import GRADS  # noqa: F401  (re-exported for the bench)
 
 STEP_CASES = ("mlp", "cnn", "resnet", "digits")
-CASES = ("gemm", *STEP_CASES, "epoch", "gates")
+CASES = ("gemm", *STEP_CASES, "epoch", "gates", "jax")  # jax: plain JAX models (jax_models)
 
 
 def model_specs(quick: bool = False) -> dict:
