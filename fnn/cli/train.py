@@ -15,7 +15,7 @@ from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
 from fnn.train.data import DATASETS
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.optim import OPTIMIZERS, SCHEDULES
-from fnn.train.run import TrainConfig, read_config, train_run
+from fnn.train.run import TrainConfig, read_config, train_run, with_defaults
 from fnn.train.step import GRADS, LOSSES
 
 
@@ -55,9 +55,12 @@ DESCRIPTION = ("Train a model. With no options: an MLP on the bundled digits dat
 def add_arguments(p) -> None:
     d = TrainConfig()
     a = p.add_argument
-    a("--model", choices=sorted(MODELS), help=f"network (default {d.model})")
-    a("--dataset", choices=DATASETS, help=f"dataset (default {d.dataset})")
-    a("--data-dir", metavar="D", help="directory holding the mnist/fashion-mnist/cifar10 files")
+    a("--model", choices=sorted(MODELS), help=f"network (default {d.model}; rnn, lstm, gru and "
+      "transformer are language models and train on --dataset text)")
+    a("--dataset", choices=DATASETS, help=f"dataset (default {d.dataset}, or text for a "
+      "language model)")
+    a("--data-dir", metavar="D", help="directory holding the mnist/fashion-mnist/cifar10 files; "
+      "for text, a text file or folder (default: the Python standard library's modules)")
     a("--grad", choices=GRADS, help="custom: fnn's hand-written gradients; builtin: jax.grad "
       f"(default {d.grad})")
     a("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
@@ -71,7 +74,8 @@ def add_arguments(p) -> None:
     a("--l2", type=_nonneg_float, help="the lecture's L2 penalty l2*sum(W**2) in the loss")
     a("--loss", choices=sorted(LOSSES), help=f"(default {d.loss})")
     a("--val-fraction", type=_nonneg_float, help=f"of the training set (default {d.val_fraction})")
-    a("--hidden", type=_int_tuple, help="MLP hidden widths, e.g. 256,128 (default "
+    a("--hidden", type=_int_tuple, help="MLP hidden widths, or RNN/LSTM/GRU layer widths, "
+      "e.g. 256,128 (default "
       f"{','.join(map(str, d.hidden))})")
     a("--channels", type=_int_tuple, help="CNN channels / ResNet stage widths, e.g. 32,64")
     a("--activation", choices=sorted(ACTIVATIONS), help=f"(default {d.activation})")
@@ -79,6 +83,11 @@ def add_arguments(p) -> None:
       help=f"weight initializer (default {d.init})")
     a("--dropout", type=_nonneg_float, help="dropout rate of MLP/CNN hidden layers (default 0)")
     a("--limit", type=_positive_int, help="use only the first N train and test examples")
+    a("--context", type=_positive_int, help=f"text: bytes per training window (default "
+      f"{d.context})")
+    a("--width", type=_positive_int, help=f"transformer width (default {d.width})")
+    a("--depth", type=_positive_int, help=f"transformer blocks (default {d.depth})")
+    a("--heads", type=_positive_int, help=f"transformer attention heads (default {d.heads})")
     a("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<dataset>-<time>)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint "
       "(its config is kept; only --epochs and --data-dir may be changed)")
@@ -99,7 +108,7 @@ def _train_config(args):
     options = [f.name for f in dataclasses.fields(TrainConfig)]  # each has its --option
     given = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
     if args.resume is None:
-        config = TrainConfig(**given)
+        config = TrainConfig(**with_defaults(given))
         out = args.out or os.path.join(
             "runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         return config, out, False

@@ -32,18 +32,28 @@ def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
     return tuple(input_shape)
 
 
-def Dense(features: int, *, init="he", bias_init="zeros") -> Layer:
-    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b."""
+def Dense(features: int, *, init="he", bias_init="zeros", flatten: bool = True) -> Layer:
+    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b.
+
+    flatten=False: the same map on the last axis of (N, ..., D) inputs, giving (N, ...,
+    features): a per-token projection of (batch, time, width) sequences (PyTorch's Linear).
+    """
     _features(features, "Dense features")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
 
     def init_fn(key, input_shape):
-        d = math.prod(check_input_shape("Dense", input_shape))
+        shape = check_input_shape("Dense", input_shape)
+        d = shape[-1] if not flatten else math.prod(shape)
         kw, kb = jax.random.split(key)
-        return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, (features,)
+        out = (*shape[:-1], features) if not flatten else (features,)
+        return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, out
 
     def apply(params, state, x, *, key=None, train=False):
-        return affine(x, params["w"], params["b"]), state
+        if flatten or x.ndim == 2:
+            return affine(x, params["w"], params["b"]), state
+        lead = x.shape[:-1]
+        y = affine(reshape(x, shape=(math.prod(lead), x.shape[-1])), params["w"], params["b"])
+        return reshape(y, shape=(*lead, y.shape[-1])), state
 
     return Layer("dense", init_fn, apply)
 

@@ -114,11 +114,11 @@ def _batch_norm_cases(rng, dtype):
 
 # ---- layer norm ------------------------------------------------------------------------------
 def _dot_last(a, v):
-    """sum(a * v, axis=-1, keepdims=True) for a (..., D) and v (D,), as a matrix-vector product
-    at full precision (no TF32 or bf16 passes on accelerators), accumulated in float32."""
-    out = jnp.matmul(a, v.astype(a.dtype), precision=lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.promote_types(a.dtype, jnp.float32))
-    return out[..., None]
+    """sum(a * v, axis=-1, keepdims=True) for a (..., D) and v (D,), accumulated in float32 at
+    least. A broadcast and a reduction, which XLA fuses with the elementwise work around it (a
+    matrix-vector product would not fuse: 3x slower on (32, 128, 128) on CPU)."""
+    acc = jnp.promote_types(a.dtype, jnp.float32)
+    return jnp.sum(a.astype(acc) * v.astype(acc), axis=-1, keepdims=True)
 
 
 @defgate

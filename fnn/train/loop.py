@@ -79,7 +79,7 @@ class _CtrlC:
 
 
 def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str = "custom",
-        loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0,
+        loss="softmax_cross_entropy", l2: float = 0.0, seed: int = 0,
         start: TrainState | None = None, schedule: Callable | None = None,
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
@@ -92,7 +92,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     callback(ts, record) runs after each epoch (checkpointing, logging); log(line) prints the
     per-epoch line (None: silent). Returns the final TrainState and the list of epoch records
     {epoch, step, train_loss, train_acc, val_loss, val_acc, lr, time_s, steps_per_s,
-    examples_per_s, compile_s (first epoch of this call)}.
+    examples_per_s, compile_s (first epoch of this call)} (the accuracies only when the labels
+    are class indices). loss: a name, a fnn.train.Loss or a function loss(scores, labels) ->
+    scalar (fnn.train.step.get_loss); labels of any shape it accepts (per-token labels).
     diagnostics=N > 0 measures gradient health every N steps inside the compiled epoch and adds
     its rows to the record as "diagnostics" (see fnn.train.diagnostics).
     check_nans: on a non-finite loss, replay the step eagerly under fnn.debug_nans and raise a
@@ -148,7 +150,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
             with ctrl_c:
                 params, state, carried, metrics = compiled(ts.params, ts.state, carried, x, y,
                                                            key)
-                losses, accs = np.asarray(metrics["loss"]), np.asarray(metrics["accuracy"])
+                losses = np.asarray(metrics["loss"])
+                accs = np.asarray(metrics["accuracy"]) if "accuracy" in metrics else None
         except Exception:
             if ctrl_c.seen:  # Ctrl-C in a progress callback, wrapped by JAX: an interrupt
                 raise KeyboardInterrupt from None
@@ -164,10 +167,14 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         for h in reversed(hooks):
             carried = h.carry_out(carried, metrics, record)
         ts = TrainState(params, state, carried, ts.key, e + 1, ts.step + n_steps)
-        record.update(step=ts.step, train_loss=float(losses.mean()), train_acc=float(accs.mean()))
+        record.update(step=ts.step, train_loss=float(losses.mean()))
+        if accs is not None:  # class labels (fnn.train.step.Loss.is_classification)
+            record["train_acc"] = float(accs.mean())
         if has_val:
             val = evaluate(ts.params, ts.state, x_val, y_val)
-            record.update(val_loss=float(val["loss"]), val_acc=float(val["accuracy"]))
+            record["val_loss"] = float(val["loss"])
+            if "accuracy" in val:
+                record["val_acc"] = float(val["accuracy"])
         if schedule is not None:
             record["lr"] = float(schedule(ts.step))
         record.update(time_s=dt, steps_per_s=n_steps / dt, examples_per_s=n_steps * batch_size / dt)

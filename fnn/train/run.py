@@ -5,7 +5,9 @@
     RUN_DIR/last.safetensors  the TrainState after the latest epoch (what --resume loads)
     RUN_DIR/best.safetensors  the TrainState with the best validation accuracy so far
     RUN_DIR/curves.png        loss and accuracy curves
-    RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints)
+    RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints); for text,
+                              also bits per character and perplexity
+    RUN_DIR/vocab.json        text runs: the byte vocabulary (what `python -m fnn sample` reads)
     RUN_DIR/diagnostics.jsonl, diagnostics.png   gradient health per layer every N steps
                               (train_run(..., diagnostics=N); fnn.train.health_log)
 
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Callable
 
 import jax
 
-from fnn.nn import build_model, count_params, summary
+from fnn.nn import SEQUENCE_MODELS, build_model, count_params, summary
 from fnn.train.checkpoint import (atomic_write, load_train_state, read_checkpoint, restore,
                                   save_train_state)
 from fnn.train.data import load_dataset
@@ -33,6 +36,7 @@ from fnn.train.optim import make_optimizer, make_schedule
 from fnn.train.parallel import data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.state import TrainState, init_train_state
+from fnn.train.text import check_vocab
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 
@@ -63,6 +67,10 @@ class TrainConfig:
     init: str = "he"
     dropout: float = 0.0
     limit: int = 0
+    context: int = 128
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,7 +89,38 @@ class TrainConfig:
         if self.model == "cnn":
             opts = {"activation": self.activation, "init": self.init, "dropout": self.dropout}
             return {**opts, "channels": tuple(self.channels)} if self.channels else opts
+        if self.model in ("rnn", "lstm", "gru"):
+            return {"hidden": tuple(self.hidden), "dropout": self.dropout}
+        if self.model == "transformer":
+            return {"width": self.width, "depth": self.depth, "heads": self.heads,
+                    "dropout": self.dropout}
         return {"init": self.init, **({"widths": tuple(self.channels)} if self.channels else {})}
+
+
+TEXT_EPOCHS = 2  # a text epoch of the default corpus is ~1000 steps, ~1.5 min on 2 CPU cores
+
+
+def with_defaults(given: dict) -> dict:
+    """The options of a new run with the defaults that depend on others filled in: a sequence
+    model trains on text and text trains the transformer by default, for TEXT_EPOCHS epochs."""
+    given = dict(given)
+    if given.get("model") in SEQUENCE_MODELS:
+        given.setdefault("dataset", "text")
+    if given.get("dataset") == "text":
+        given.setdefault("model", "transformer")
+        given.setdefault("epochs", TEXT_EPOCHS)
+    return given
+
+
+def check_model_data(config: TrainConfig) -> None:
+    """Sequence models train on text and image models on images: a clear error otherwise."""
+    text_model = config.model in SEQUENCE_MODELS
+    if text_model != (config.dataset == "text"):
+        raise ValueError(
+            f"model {config.model!r} " + (
+                f"reads token sequences; train it with --dataset text, not {config.dataset!r}"
+                if text_model else f"reads images; a text dataset needs a sequence model "
+                f"(--model {'|'.join(SEQUENCE_MODELS)})"))
 
 
 def read_config(run_dir: str) -> TrainConfig:
@@ -115,8 +154,9 @@ def _write_json(path: str, obj) -> None:
 
 def setup(config: TrainConfig):
     """(data, model, optimizer, schedule) of a config."""
+    check_model_data(config)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
-                        limit=config.limit or None)
+                        limit=config.limit or None, context=config.context)
     model = build_model(config.model, data.num_classes, **config.model_options())
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
@@ -128,26 +168,56 @@ def setup(config: TrainConfig):
 class RunDirectory(Hook):
     """The fit hook of train_run: after each epoch, the gradient-health rows (popped from the
     record) to diagnostics.jsonl, the record to metrics.jsonl, the checkpoints last and (on a
-    better validation accuracy than `best_acc`) best. Only the primary process writes."""
+    better validation score than `best_acc`: accuracy, or minus the loss for text and
+    regression) best. Text runs add bits per character and perplexity to the record and log
+    them. Only the primary process writes."""
 
     def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
-                 health: HealthLog | None, primary: bool):
+                 health: HealthLog | None, primary: bool, log: Callable | None = None):
         self.out_dir, self.config, self.best_acc = out_dir, config, best_acc
         self.health, self.primary = health, primary
+        self.log = log or (lambda line: None)
         self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
 
     def on_epoch_end(self, ts: TrainState, record: dict):
         rows = record.pop("diagnostics", [])
+        if self.config.dataset == "text":
+            record.update(text_metrics(record.get("train_loss"), "train"),
+                          **text_metrics(record.get("val_loss"), "val"))
+            if "val_bpc" in record:
+                self.log(f"  val {record['val_bpc']:.3f} bits/char, perplexity "
+                         f"{record['val_ppl']:.2f}")
         if not self.primary:
             return
         self.health.write(rows)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if "val_acc" in record and record["val_acc"] > self.best_acc:  # no validation: no best
-            self.best_acc = record["val_acc"]
+        score = best_score(record)
+        if score is not None and score > self.best_acc:  # no validation: no best
+            self.best_acc = score
+            extra = ({"val_acc": record["val_acc"]} if "val_acc" in record
+                     else {"val_loss": record["val_loss"]})
             save_train_state(os.path.join(self.out_dir, BEST), ts, self.config.to_dict(),
-                             val_acc=self.best_acc)
+                             **extra)
         save_train_state(os.path.join(self.out_dir, LAST), ts, self.config.to_dict())
+
+
+def best_score(record: dict) -> float | None:
+    """What 'best' maximizes: the validation accuracy, or minus the validation loss when there
+    is no accuracy (text, regression); None without validation."""
+    if "val_acc" in record:
+        return record["val_acc"]
+    if "val_loss" in record:
+        return -record["val_loss"]
+    return None
+
+
+def text_metrics(loss_nats, split: str) -> dict:
+    """{split_bpc, split_ppl} of a loss in nats per byte (empty for None)."""
+    if loss_nats is None:
+        return {}
+    return {f"{split}_bpc": loss_nats / math.log(2),
+            f"{split}_ppl": math.exp(min(loss_nats, 700.0))}
 
 
 def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
@@ -179,6 +249,8 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
                                     "epoch ended; start it again without --resume")
         ts, _ = load_train_state(os.path.join(out_dir, LAST), ts)
         history = _read_history(metrics_path, ts.epoch)
+        if data.vocab is not None:
+            check_vocab(out_dir, data.vocab)
         log(f"resuming {out_dir} after epoch {ts.epoch} (step {ts.step})")
     elif primary:
         os.makedirs(out_dir, exist_ok=True)
@@ -186,6 +258,8 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
             raise FileExistsError(f"{out_dir} already holds a run: continue it with --resume "
                                   f"{out_dir}, or choose another --out")
         history = []
+        if data.vocab is not None:
+            data.vocab.save(out_dir)
         log(summary(model, data.input_shape))
     else:
         history = []
@@ -199,7 +273,9 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
            if devices else ""))
     health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
     run_dir = RunDirectory(out_dir, config, health=health, primary=primary,
-                           best_acc=max((r.get("val_acc", -1.0) for r in history), default=-1.0))
+                           best_acc=max((best_score(r) for r in history
+                                         if best_score(r) is not None), default=-math.inf),
+                           log=log)
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
                   grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
@@ -214,8 +290,19 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
     health.plot(f"gradient health: {config.model} on {config.dataset}, grad={config.grad}")
     results = final_results(model, ts, data, out_dir, config)
     _write_json(os.path.join(out_dir, "results.json"), results)
-    line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
-    if "best_epoch" in results:
+    if "test_bpc" in results:
+        line = (f"test loss {results['test_loss']:.4f} nats/char = {results['test_bpc']:.3f} "
+                f"bits/char, perplexity {results['test_ppl']:.2f}, next-char accuracy "
+                f"{results['test_acc']:.4f} (unigram baseline {results['unigram_loss']:.4f} "
+                f"nats = {results['unigram_bpc']:.3f} bits/char)")
+        if "best_epoch" in results:
+            line += (f"; best validation epoch {results['best_epoch']}: test "
+                     f"{results['best_test_bpc']:.3f} bits/char")
+    elif "test_acc" not in results:
+        line = f"test loss {results['test_loss']:.4f}"
+    else:
+        line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
+    if "best_epoch" in results and "test_bpc" not in results and "test_acc" in results:
         line += (f"; best validation epoch {results['best_epoch']}: test accuracy "
                  f"{results['best_test_acc']:.4f}")
     log(line)
@@ -228,13 +315,24 @@ def final_results(model, ts: TrainState, data, out_dir: str | None, config: Trai
     evaluate = make_evaluate(model, loss=config.loss)
     x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
     last = evaluate(ts.params, ts.state, x, y)
-    results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"]),
-               "test_acc": float(last["accuracy"])}
+    results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"])}
+    if "accuracy" in last:
+        results["test_acc"] = float(last["accuracy"])
+    text = getattr(data, "vocab", None) is not None
+    if text:
+        results.update(text_metrics(results["test_loss"], "test"),
+                       unigram_loss=data.unigram_loss,
+                       unigram_bpc=data.unigram_loss / math.log(2))
     best_path = None if out_dir is None else os.path.join(out_dir, BEST)
     if best_path and os.path.isfile(best_path):
         tensors, meta = read_checkpoint(best_path)
         best = restore(tensors, {"params": ts.params, "state": ts.state})
         r = evaluate(best["params"], best["state"], x, y)
-        results.update(best_epoch=meta.get("epoch"), best_val_acc=meta.get("val_acc"),
-                       best_test_acc=float(r["accuracy"]), best_test_loss=float(r["loss"]))
+        results.update(best_epoch=meta.get("epoch"), best_test_loss=float(r["loss"]))
+        if "accuracy" in r:
+            results.update(best_val_acc=meta.get("val_acc"), best_test_acc=float(r["accuracy"]))
+        else:
+            results["best_val_loss"] = meta.get("val_loss")
+        if text:
+            results["best_test_bpc"] = float(r["loss"]) / math.log(2)
     return results
