@@ -341,3 +341,23 @@ def test_cli_mse_on_digits_trains_against_one_hot_targets(tmp_path, capsys):
                  "--out", out]) == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["test_acc"] > 0.5
+
+
+def test_label_smoothing_reaches_the_training_loss(tmp_path):
+    from fnn.train.run import TrainConfig
+    from fnn.train.step import cross_entropy, get_loss
+
+    loss = TrainConfig(label_smoothing=0.1).training_loss()
+    logits, labels = jnp.zeros((2, 4)), jnp.array([0, 3])
+    assert float(loss(logits, labels)) == pytest.approx(np.log(4))  # uniform logits
+    logits = jnp.array([[5.0, 0, 0, 0]])
+    want = -(0.9 + 0.1 / 4) * jax.nn.log_softmax(logits)[0, 0] - 0.1 / 4 * 3 * \
+        jax.nn.log_softmax(logits)[0, 1]
+    assert float(loss(logits, jnp.array([0]))) == pytest.approx(float(want), rel=1e-6)
+    assert get_loss("softmax_cross_entropy") is cross_entropy()
+    with pytest.raises(ValueError, match="label_smoothing applies to the cross-entropy"):
+        TrainConfig(loss="mse", label_smoothing=0.1).training_loss()
+    out = str(tmp_path / "ls")
+    assert main(["train", "--label-smoothing", "0.1", "--epochs", "1", "--limit", "200",
+                 "--no-progress", "--out", out]) == 0
+    assert json.load(open(os.path.join(out, "config.json")))["label_smoothing"] == 0.1

@@ -73,6 +73,8 @@ def add_arguments(p) -> None:
     a("--clip", type=_nonneg_float, help="clip gradients to this global norm (default: off)")
     a("--l2", type=_nonneg_float, help="the lecture's L2 penalty l2*sum(W**2) in the loss")
     a("--loss", choices=sorted(LOSSES), help=f"(default {d.loss})")
+    a("--label-smoothing", type=_nonneg_float, metavar="E", help="cross-entropy against "
+      "(1 - E) one-hot + E / C targets (default 0)")
     a("--val-fraction", type=_nonneg_float, help=f"of the training set (default {d.val_fraction})")
     a("--hidden", type=_int_tuple, help="MLP hidden widths, or RNN/LSTM/GRU layer widths, "
       "e.g. 256,128 (default "

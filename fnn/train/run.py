@@ -36,6 +36,7 @@ from fnn.train.optim import make_optimizer, make_schedule
 from fnn.train.parallel import data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.state import TrainState, init_train_state
+from fnn.train.step import cross_entropy, get_loss
 from fnn.train.text import check_vocab
 
 LAST, BEST = "last.safetensors", "best.safetensors"
@@ -60,6 +61,7 @@ class TrainConfig:
     clip: float = 0.0
     l2: float = 0.0
     loss: str = "softmax_cross_entropy"
+    label_smoothing: float = 0.0
     val_fraction: float = 0.1
     hidden: tuple = (256,)
     channels: tuple | None = None
@@ -80,6 +82,15 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
         return cls(**d)
+
+    def training_loss(self):
+        """The loss fit trains with: `loss` by name, with label_smoothing when it is set."""
+        if not self.label_smoothing:
+            return self.loss
+        if get_loss(self.loss).name != "softmax_cross_entropy":
+            raise ValueError(f"label_smoothing applies to the cross-entropy loss, not to "
+                             f"{self.loss!r}")
+        return cross_entropy(label_smoothing=self.label_smoothing)
 
     def model_options(self) -> dict:
         """Keyword options of the model builder (fnn.nn.build_model)."""
@@ -155,6 +166,7 @@ def _write_json(path: str, obj) -> None:
 def setup(config: TrainConfig):
     """(data, model, optimizer, schedule) of a config."""
     check_model_data(config)
+    config.training_loss()  # a bad loss option fails before anything is loaded
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                         limit=config.limit or None, context=config.context)
     model = build_model(config.model, data.num_classes, **config.model_options())
@@ -277,7 +289,7 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
                                          if best_score(r) is not None), default=-math.inf),
                            log=log)
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
-                  grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
+                  grad=config.grad, loss=config.training_loss(), l2=config.l2, seed=config.seed, start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
                   hooks=[run_dir])

@@ -73,6 +73,24 @@ LOSSES = {"softmax_cross_entropy": Loss("softmax_cross_entropy",
           "mse": Loss("mse", _one_hot_mse)}
 
 
+def cross_entropy(*, label_smoothing: float = 0.0, ignore_index: int | None = None) -> Loss:
+    """softmax cross-entropy with label smoothing and/or an ignored label (padding tokens),
+    the `softmax_cross_entropy` gate's own options (its hand-written rule covers both)."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    if not label_smoothing and ignore_index is None:
+        return LOSSES["softmax_cross_entropy"]
+    gate = registry["softmax_cross_entropy"]
+
+    def fn(scores, labels):
+        return gate(scores, labels, label_smoothing=label_smoothing, ignore_index=ignore_index)
+
+    name = "softmax_cross_entropy" + (f" (label_smoothing {label_smoothing})"
+                                      if label_smoothing else "") + (
+        f" (ignore_index {ignore_index})" if ignore_index is not None else "")
+    return Loss(name, fn, True)
+
+
 def get_loss(loss) -> Loss:
     """A Loss by name (LOSSES), a Loss, or any function loss(scores, labels) -> scalar mean
     (a gate, a jnp expression, an optax loss followed by a mean)."""
