@@ -21,7 +21,12 @@ def test_specs_parse_and_bad_ones_are_named():
     for spec, message in [("relu", "expected GATE=RULE"), ("relu=magic", "unknown rule 'magic'"),
                           ("spike=fast_sigmoid:slope=x", "slope must be a number"),
                           ("spike=fast_sigmoid:speed=2", "options are NAME=NUMBER"),
-                          ("=straight_through", "name a gate")]:
+                          ("=straight_through", "name a gate"),
+                          ("rellu=straight_through", "no gate is called 'rellu'"),
+                          ("lax.tanh=straight_through", None), ("tanh=straight_through", None)]:
+        if message is None:
+            parse_rule(spec)
+            continue
         with pytest.raises(RuleSpecError, match=message):
             parse_rule(spec)
     with pytest.raises(RuleSpecError, match="needs --grad custom"):

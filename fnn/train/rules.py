@@ -20,7 +20,8 @@ from __future__ import annotations
 import jax
 
 from fnn.autodiff.overrides import only
-from fnn.ops import rulebook
+from fnn.ops import registry, rulebook
+from fnn.ops.primitives import GATES as PRIMITIVE_GATES
 
 FEEDBACK_SALT = 0xFA  # the feedback matrices' key: fold_in(PRNGKey(seed), FEEDBACK_SALT)
 RULES = {**rulebook.RULES, "feedback_alignment": None, "clip_backward": None}
@@ -29,6 +30,13 @@ NUMBERS = {"slope", "max_norm", "scale"}  # the options a rule takes, all number
 
 class RuleSpecError(ValueError):
     """A --rule spec that cannot be read or used."""
+
+
+def gate_names() -> set:
+    """The names a spec may give: fnn's gates ('relu') and the JAX primitives' gates, by the
+    gate's name ('lax.tanh') or the primitive's ('tanh')."""
+    return (set(registry) | {g.name for g in PRIMITIVE_GATES.values()}
+            | {p.name for p in PRIMITIVE_GATES})
 
 
 def parse_rule(spec: str) -> tuple[str, tuple, str, dict]:
@@ -40,6 +48,11 @@ def parse_rule(spec: str) -> tuple[str, tuple, str, dict]:
     layers = tuple(p for p in layer_text.split("+") if p) if layer_text else ()
     if not gate or (layer_text and not layers):
         raise RuleSpecError(f"--rule {spec!r}: name a gate before '=' (and layers after '@')")
+    if gate.strip() not in gate_names():
+        close = sorted(n for n in gate_names() if gate.strip() in n or n in gate.strip())[:6]
+        raise RuleSpecError(f"--rule {spec!r}: no gate is called {gate.strip()!r}"
+                            + (f" (did you mean {', '.join(close)}?)" if close else "")
+                            + "; `python -m fnn gradcheck` lists the gates")
     name, _, option_text = rule.strip().partition(":")
     if name not in RULES:
         raise RuleSpecError(f"--rule {spec!r}: unknown rule {name!r}; choose one of "
