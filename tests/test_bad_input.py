@@ -222,7 +222,8 @@ BAD = [
     ("training labels out of range", fit_tiny(y_train=np.arange(64, dtype=np.int32) % 12),
      DataError, r"y_train: labels must lie in \[0, 10\).*10, 11 at examples 10, 11, 22"),
     ("float training labels", fit_tiny(y_train=np.zeros(64, np.float32)), DataError,
-     r"y_train must hold integer class labels, got f32\[64\]"),
+     r"the loss 'softmax_cross_entropy' cannot take the model's scores \(N, 10\) with labels "
+     r"y_train \(N\) \(float32\).*integer class indices"),
     ("x and y lengths differ", fit_tiny(y_train=np.zeros(60, np.int32)), DataError,
      r"x_train holds 64 examples but y_train holds 60 labels.*f32\[64,4,4,1\].*i32\[60\]"),
     ("NaN/inf in the data", fit_tiny(x_train=with_nan()), DataError,

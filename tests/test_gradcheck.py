@@ -59,7 +59,11 @@ FEW = ("relu", "conv2d", "batch_norm")  # elementwise, NHWC with a static stride
 
 
 def test_the_gates_asked_for_pass_and_are_listed(capsys):
-    assert gates_to_check() == dict(fnn.registry)  # with no --gate: every registered gate
+    from fnn.ops.primitives import registry as primitives
+
+    # with no --gate: every registered gate and every primitive's rule
+    assert gates_to_check() == {**fnn.registry, **primitives}
+    assert gates_to_check(primitives=False) == dict(fnn.registry)
     assert run(_args("--format", "json", "--no-timing", "--gate", ",".join(FEW))) == 0
     table = json.loads(capsys.readouterr().out)
     assert table["ok"] is True
@@ -70,7 +74,8 @@ def test_the_gates_asked_for_pass_and_are_listed(capsys):
         assert row["cases"] >= 1
         assert all(row["transforms"][t] for t in TRANSFORMS), (name, row["transforms"])
         assert set(row) == {"gate", "cases", "vs_jax_f64", "vs_jax_f32", "vs_numeric",
-                            "custom_us", "builtin_us", "transforms", "verdict"}
+                            "second_order", "custom_us", "builtin_us", "transforms", "verdict"}
+        assert row["second_order"] is True, (name, row)
     assert table["meta"]["seed"] == 0 and "device" in table["meta"]
 
 
@@ -120,3 +125,18 @@ def test_model_check_per_layer(capsys):
     for leaf in ("1_dense/w", "1_dense/b", "3_dense/w", "5_dense/b"):
         assert leaf in out
     assert "gradient check OK" in out and "agree with jax.vjp" in out
+
+
+def test_second_order_column_and_the_rule_library(capsys):
+    assert run(_args("--no-timing", "--gate", "tanh,lax.mul")) == 0
+    out = capsys.readouterr().out
+    assert "2nd order" in out.splitlines()[0]
+    assert all(line.split()[5] == "ok" for line in out.splitlines()[2:4])
+    # the rule library: every rule follows its declared formula
+    from fnn.check.rules import check_library
+    from fnn.cli.gradcheck import format_rows, rule_row
+
+    rules = [rule_row(c) for c in check_library()]
+    assert rules and all(r["verdict"].startswith("ok") for r in rules), rules
+    text = format_rows([], "text", None, rules)
+    assert "fast_sigmoid(slope=1)" in text and "feedback_alignment" in text

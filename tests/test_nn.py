@@ -200,7 +200,7 @@ def test_layer_errors():
     with pytest.raises(ValueError, match="unknown activation"):
         nn.Activation("swish")
     with pytest.raises(ValueError, match="unknown model"):
-        nn.build_model("transformer")
+        nn.build_model("vgg")
 
 
 def test_every_activation_gate_has_a_layer():

@@ -159,3 +159,30 @@ def test_clipping_and_noise_inside_the_backward(x64):
     again = fnn.grad(f, rules={"tanh": rulebook.noise_backward(key, 0.1)})(X)
     np.testing.assert_array_equal(noisy, again)  # the noise comes from the explicit key
     assert 0 < float(jnp.abs(noisy - exact).max()) < 1.0
+
+
+def test_checks_know_surrogate_from_exact_rules():
+    f = lambda x: jnp.sum(ops.sign(x) * jnp.arange(1.0, 5.0)) + jnp.sum(jnp.tanh(x))
+    report = fnn.check_grads(f, X, rules={"sign": rulebook.straight_through})
+    assert report.ok and report["arg0"].verdict == "surrogate"
+    assert report.surrogates == ["straight_through (sign)"]
+    assert 0 < report["arg0"].custom_vs_builtin.cos < 1  # how far from the exact gradient
+    # an override declared nowhere as a surrogate is held to the exact gradient
+    assert fnn.check_grads(f, X, rules={"sign": lambda g, x: (g,)})["arg0"].verdict == \
+        "custom wrong"
+    # locate_divergence: the surrogate follows its formula and is listed, not failed
+    spike = lambda x: jnp.sum(ops.spike(x) * jnp.arange(1.0, 5.0)) + jnp.sum(jnp.tanh(x))
+    found = fnn.locate_divergence(spike, X, rules={"spike": rulebook.arctan(2.0)})
+    assert found.ok and len(found.surrogates) == 1
+    assert found.surrogates[0].follows and found.surrogates[0].rule == "arctan(slope=2)"
+    assert "surrogate rule arctan(slope=2)" in str(found)
+    # a surrogate that breaks its own formula is caught
+    liar = fnn.Rule(lambda g, x, **k: (3.0 * g,), "liar", reference=lambda x, **k: x,
+                    formula="dx = g")
+    bad = fnn.locate_divergence(spike, X, rules={"spike": liar})
+    assert not bad.ok and "does not follow its declared formula" in str(bad[0])
+    # a wrong exact rule is still caught
+    wrong = fnn.Rule(lambda g, x, **k: (2.0 * g * (1 - jnp.tanh(x) ** 2),), "double",
+                     kind="exact")
+    assert not fnn.locate_divergence(spike, X, rules={"tanh": wrong}).ok
+    assert not fnn.check_grads(spike, X, rules={"tanh": wrong}).ok

@@ -6,8 +6,9 @@ only in some layers, without touching the model.
         ...
     fnn.grad(loss, rules={"affine": fnn.only(fa, "1_dense")}) # one layer
 
-A key names what is overridden: a gate's name ("relu", "lax.tanh"), the Gate itself, or a JAX
-primitive (its gate). A value is the new rule:
+A key names what is overridden: a gate's name ("relu", "lax.tanh"), a JAX primitive's name
+("tanh": then both fnn's tanh gate and jnp.tanh's primitive), the Gate itself, or a JAX
+primitive object. A value is the new rule:
 
     rule(g, *inputs, out, **static) -> one gradient per positional input (None: zero)
 
@@ -161,7 +162,10 @@ def find(gate, scope: str, table: dict | None = None):
     table = active() if table is None else table
     if not table:
         return None
-    for key in (gate, gate.name, getattr(gate, "primitive", None)):
+    primitive = getattr(gate, "primitive", None)
+    # a name matches a gate's name ('relu', 'lax.tanh') and a JAX primitive's ('tanh' is both
+    # fnn's tanh gate and the rule of jnp.tanh's primitive)
+    for key in (gate, gate.name, primitive, getattr(primitive, "name", None)):
         override = table.get(key) if key is not None else None
         if override is not None:
             return override.resolve(scope)

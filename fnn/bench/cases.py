@@ -13,7 +13,7 @@ from fnn.ops import astype
 from fnn.train.step import GRADS  # noqa: F401  (re-exported for the bench)
 
 STEP_CASES = ("mlp", "cnn", "resnet", "digits")
-CASES = ("gemm", *STEP_CASES, "epoch", "gates")
+CASES = ("gemm", *STEP_CASES, "epoch", "gates", "jax")  # jax: plain JAX models (jax_models)
 
 
 def model_specs(quick: bool = False) -> dict:
@@ -149,6 +149,23 @@ def gate_inputs(quick: bool = False) -> dict:
                       (f"{rgb}*{(3, 3, 3, C)} SAME", conv(1, (3, 3, 3, C), rgb)),
                       (f"{IMG}*{w3} stride 2", conv(2, w3)),
                       (f"{IMG}*{(1, 1, C, 2 * C)} stride 2", conv(2, (1, 1, C, 2 * C)))]
+    B, T, D, H = (2, 5, 4, 6) if quick else (64, 64, 128, 256)  # noqa: N806 - sequence sizes
+    V = 11 if quick else 256  # noqa: N806
+
+    def cell(k, extra=0):
+        return lambda r, d: ((normal(r, (B, D), d),) + (normal(r, (B, H), d),) * (1 + extra)
+                             + (normal(r, (D, k * H), d, 0.1), normal(r, (H, k * H), d, 0.1),
+                                normal(r, (k * H,), d, 0.1))
+                             + ((normal(r, (k * H,), d, 0.1),) if k == 3 else ()), {})
+
+    rows["embedding"] = [(f"({V}, {D})[{(B, T)}]", lambda r, d: (
+        (normal(r, (V, D), d), jnp.asarray(r.integers(0, V, (B, T)))), {}))]
+    rows["rnn_cell"] = [(f"N={B} D={D} H={H}", cell(1))]
+    rows["lstm_cell"] = [(f"N={B} D={D} H={H}", cell(4, extra=1))]
+    rows["gru_cell"] = [(f"N={B} D={D} H={H}", cell(3))]
+    heads = (B, 4, T, D // 4)
+    rows["attention"] = [(f"{heads} causal", lambda r, d: (
+        tuple(normal(r, heads, d) for _ in range(3)), {"causal": True}))]
     rows["max_pool2d"] = [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
     rows["avg_pool2d"] = [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
     return rows

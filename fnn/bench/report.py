@@ -32,6 +32,10 @@ def targets(rows) -> list:
                     TARGET_MATMUL_SHARE[c], at_most=False)
         elif r["kind"] == "gate":
             add(f"gate {r['case']} {r['desc']}: hand-written / built-in", r["ratio"], 1.0)
+        elif r["kind"] == "jax_model" and not r.get("skipped"):  # issue 11's targets
+            add(f"{r['case']}: fnn.grad / jax.grad step time", r["ratio"], 1.05)
+            add(f"{r['case']}: fnn.grad / jax.grad trace + compile time",
+                r["trace_compile_ratio"], 1.5)
     return out
 
 
@@ -75,6 +79,10 @@ def fmt_row(r) -> str:
     if r["kind"] == "epoch":
         return (f"{r['case']}: custom {r['custom_ms']:.1f} ms, jax.grad {r['builtin_ms']:.1f} ms "
                 f"per epoch of {r['steps']} steps, ratio {r['ratio']:.3f}")
+    if r["kind"] in ("jax_model", "trace"):
+        from fnn.bench.jax_models import format_row
+
+        return format_row(r)
     return (f"gate {r['case']:22s} {r['desc']:34s} custom {r['custom_ms']:8.3f} ms  jax.vjp "
             f"{r['builtin_ms']:8.3f} ms  ratio {r['ratio']:.3f}")
 
@@ -128,6 +136,19 @@ def markdown(result) -> str:
         out += ["", "| gate | size | custom ms | jax.vjp ms | ratio |", "|---|---|---|---|---|"]
         out += [f"| {r['case']} | {r['desc']} | {r['custom_ms']:.3f} | {r['builtin_ms']:.3f} | "
                 f"{r['ratio']:.3f} |" for r in gates]
+    models = [r for r in rows if r["kind"] == "jax_model" and not r.get("skipped")]
+    if models:
+        out += ["", "| plain JAX model | fnn.grad ms | jax.grad ms | ratio | trace+compile fnn s |"
+                " jax.grad s | ratio |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['case']} | {r['custom_ms']:.2f} | {r['builtin_ms']:.2f} | {r['ratio']:.3f} | "
+                f"{r['custom_trace_s'] + r['custom_compile_s']:.2f} | "
+                f"{r['builtin_trace_s'] + r['builtin_compile_s']:.2f} | "
+                f"{r['trace_compile_ratio']:.2f} |" for r in models]
+    traces = [r for r in rows if r["kind"] == "trace"]
+    if traces:
+        out += ["", "| trace time | steps | fnn s | jax.grad s |", "|---|---|---|---|"]
+        out += [f"| {r['case']} | {r['steps']} | {r['custom_s']:.3f} | {r['builtin_s']:.3f} |"
+                for r in traces]
     if result.get("targets"):
         out += ["", "| target | value | limit | met |", "|---|---|---|---|"]
         out += [f"| {t['what']} | {t['value']:.3f} | {t['limit']} | "

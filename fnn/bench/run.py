@@ -58,6 +58,12 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
             log(fmt_row(rows[-1]))
         if name not in inputs:
             log(f"gate {name}: no benchmark size declared in fnn.bench.cases.gate_inputs")
+    if "jax" in only:  # Flax/Equinox models through the primitive front-end (issue 11)
+        from fnn.bench import jax_models
+
+        for row in jax_models.run(reps=reps, quick=quick):
+            rows.append(row)
+            log(jax_models.format_row(row))
     result["load"].append(load_average())
     result["targets"] = targets(rows)
     return result

@@ -16,6 +16,13 @@ contract), and when the reference cannot be computed: JAX differentiates float i
 so an input that needs a gradient but is not float is reported before any call, and a forward
 that jax.vjp cannot differentiate is reported with JAX's exception. Such a gate is not
 compared; its hand-written gradients are passed on upstream.
+
+A gate whose backward is overridden by a surrogate rule (an `fnn.Rule` of kind "surrogate",
+e.g. from fnn.rulebook) differs from JAX on purpose: it is listed in `Divergences.surrogates`
+with its distance from the exact gradient (cosine similarity, relative error), and it is a
+divergence only when it does not follow its own declared formula (jax.vjp of the rule's
+`reference` function). Its gradients are passed on upstream, as training would use them. Any
+other override (a Rule of kind "exact", or a plain function) must equal JAX, as every gate.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import is_float
+from fnn.autodiff.overrides import Rule
 from fnn.check.gates import gate_functions
 from fnn.check.numeric import rel_error
 from fnn.check.tolerances import tolerance
@@ -57,13 +65,38 @@ class GateDivergence:
                 f"({', '.join(self.outputs)}): {what}")
 
 
-class Divergences(list):
-    """The disagreeing gates (a list of GateDivergence, first in backward order first)."""
+@dataclasses.dataclass
+class SurrogateUse:
+    """A gate applied with a surrogate backward rule: how far it is from the exact gradient."""
 
-    def __init__(self, items=(), *, checked: int = 0, rtol: float | None = None):
+    gate: str
+    rule: str
+    site: str
+    record: int
+    cos: float  # cosine similarity with the exact (jax.vjp) gradient, over all inputs
+    rel: float  # relative error from the exact gradient
+    formula_error: float | None  # against jax.vjp of the rule's reference (None: none declared)
+    follows: bool | None = None  # formula_error within the tolerance (None: nothing to check)
+
+    def __str__(self):
+        formula = ("" if self.follows is None else
+                   f", {'follows' if self.follows else 'does NOT follow'} its formula (error "
+                   f"{self.formula_error:.1e})")
+        cos = "n/a (the exact gradient is 0)" if np.isnan(self.cos) else f"{self.cos:.3f}"
+        return (f"gate '{self.gate}' at {self.site}: surrogate rule {self.rule}; cos {cos}, "
+                f"relative distance {self.rel:.3g} from the exact gradient{formula}")
+
+
+class Divergences(list):
+    """The disagreeing gates (a list of GateDivergence, first in backward order first), and
+    the gates applied with surrogate rules (`surrogates`, which are not failures)."""
+
+    def __init__(self, items=(), *, checked: int = 0, rtol: float | None = None,
+                 surrogates=()):
         super().__init__(items)
         self.checked = checked
         self.rtol = rtol
+        self.surrogates = list(surrogates)
 
     @property
     def ok(self) -> bool:
@@ -71,28 +104,36 @@ class Divergences(list):
 
     def __str__(self):
         tol = "by dtype" if self.rtol is None else f"{self.rtol:g}"
+        n_exact = self.checked - len(self.surrogates)
         if self.ok:
-            return (f"locate_divergence: all {self.checked} gate applications agree with "
-                    f"jax.vjp (rtol {tol})")
-        lines = [f"locate_divergence: {len(self)} of {self.checked} gate applications disagree "
-                 f"with jax.vjp (rtol {tol}), first in backward order first:"]
-        lines += [f"  {i + 1}. {d}" for i, d in enumerate(self)]
+            lines = [f"locate_divergence: all {n_exact} gate applications with exact rules "
+                     f"agree with jax.vjp (rtol {tol})"]
+        else:
+            lines = [f"locate_divergence: {len(self)} of {self.checked} gate applications "
+                     f"disagree (rtol {tol}), first in backward order first:"]
+            lines += [f"  {i + 1}. {d}" for i, d in enumerate(self)]
+        if self.surrogates:
+            lines.append(f"  {len(self.surrogates)} with surrogate rules (deliberately not the "
+                         "exact gradient):")
+            lines += [f"    {s}" for s in self.surrogates]
         return "\n".join(lines)
 
     __repr__ = __str__
 
 
-def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Divergences:
+def locate_divergence(f, *args, argnums=0, rtol: float | None = None,
+                      rules=None) -> Divergences:
     """Replay f's recorded graph and compare every gate's VJP with jax.vjp of its forward.
 
-    f: any function built from fnn gates (its output may be any pytree; every output is seeded
-    with ones). argnums: which arguments are differentiated (int or tuple). rtol: tolerance on
-    the CS231n relative error per input (default: tolerance("model", the input's dtype)).
+    f: any JAX function (its output may be any pytree; every output is seeded with ones).
+    argnums: which arguments are differentiated (int or tuple). rtol: tolerance on the CS231n
+    relative error per input (default: tolerance("model", the input's dtype)). rules: rule
+    overrides, as for fnn.grad (those of an enclosing `fnn.rules` block apply too).
     Returns `Divergences`.
     """
-    tr = trace(f, *args, argnums=argnums)
+    tr = trace(f, *args, argnums=argnums, rules=rules)
 
-    found, checked = [], []
+    found, checked, surrogates = [], [], []
 
     def compare(pos, rec, g, needs, got):
         """The hand-written VJP against jax.vjp of the gate's forward; passes on the reference
@@ -105,6 +146,12 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
             message = f"the VJP raised {type(e).__name__}: {e}"
         ref, no_reference = _reference(rec, g, needs)
         message = message or no_reference
+        if _is_surrogate(rec.rule) and mine is not None:
+            use, wrong = _surrogate_use(rec, pos, g, needs, mine, ref, rtol)
+            surrogates.append(use)
+            if wrong is not None:
+                found.append(wrong)
+            return mine  # the surrogate's gradients flow on, as in training
         errors = tuple(None if not need or ref is None or mine is None else
                        _error(mine[k], ref[k], rec.inputs[k], rtol)
                        for k, need in enumerate(needs))
@@ -118,7 +165,49 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None) -> Diverge
         return ref if ref is not None else mine
 
     tr.backward(tr.seeds(), compare)
-    return Divergences(found, checked=len(checked), rtol=rtol)
+    return Divergences(found, checked=len(checked), rtol=rtol, surrogates=surrogates)
+
+
+def _is_surrogate(rule) -> bool:
+    return isinstance(rule, Rule) and rule.kind == "surrogate"
+
+
+def _surrogate_use(rec, pos, g, needs, mine, exact, rtol):
+    """(SurrogateUse, a GateDivergence if the rule does not follow its declared formula)."""
+    rule = rec.rule
+    flat = lambda grads: np.concatenate([np.ravel(np.asarray(x, np.float64))
+                                         for k, gk in enumerate(grads) if needs[k]
+                                         for x in jax.tree_util.tree_leaves(gk)] or [np.zeros(0)])
+    a = flat([m if m is not None else jax.tree_util.tree_map(jnp.zeros_like, rec.inputs[k])
+              for k, m in enumerate(mine)])
+    b = flat(exact) if exact is not None else np.zeros_like(a)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
+    rel = rel_error(a, b) if a.size else 0.0
+    formula_error, wrong = None, None
+    if rule.reference is not None:
+        static = {k: v for k, v in rec.static.items()}
+        try:
+            ref = jax.vjp(lambda *xs: rule.reference(*xs, **static), *rec.inputs)[1](g)
+        except Exception as e:  # the reference cannot be differentiated: say so
+            wrong = GateDivergence(rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
+                                   tuple(describe(o) for o in rec.outs), float("nan"),
+                                   (None,) * len(needs), pos,
+                                   f"surrogate rule {rule.name}: jax.vjp of its reference raised "
+                                   f"{type(e).__name__}: {e}")
+        else:
+            errs = [_error(mine[k], ref[k], rec.inputs[k], rtol) for k, n in enumerate(needs) if n]
+            formula_error = max((e[0] for e in errs), default=0.0)
+            if any(e[0] > e[1] for e in errs):
+                wrong = GateDivergence(
+                    rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
+                    tuple(describe(o) for o in rec.outs), formula_error,
+                    tuple(e[0] for e in errs), pos,
+                    f"surrogate rule {rule.name} does not follow its declared formula "
+                    f"({rule.formula}): relative error {formula_error:.3g}")
+    follows = None if formula_error is None else wrong is None
+    return (SurrogateUse(rec.gate.name, rule.name, rec.site, pos, cos, rel, formula_error,
+                         follows), wrong)
 
 
 def _reference(rec, g, needs):

@@ -16,6 +16,8 @@ Per gate, in float64 on its first case, fnn against jax.vjp under the same trans
     vmap         jax.vmap of fnn.vjp's pullback over a batch of inputs and cotangents
     grad(vmap)   jax.grad of a loss of that batched pullback (JAX differentiates the VJP)
     vmap(grad)   jax.vmap of fnn.grad of sum(out ** 2): per-example gradients
+    2nd order    jax.grad of sum(sin(fnn.vjp's gradients)): JAX differentiating the hand-written
+                 backward, against the same of jax.vjp (JAX's own second derivative)
 
 Each dtype's cases are traced into one jitted program: one compile per gate and dtype, which is
 what keeps the whole registry fast. A gate that cannot be jitted is checked eagerly instead and
@@ -40,7 +42,8 @@ from fnn.transforms import vjp as fnn_vjp
 
 DTYPES = ("float64", "float32")
 TRANSFORMS = ("jit", "vmap", "grad(vmap)", "vmap(grad)")
-CHECKS = ("eager",) + TRANSFORMS  # what runs on the first float64 case
+SECOND_ORDER = "2nd order"
+CHECKS = ("eager",) + TRANSFORMS + (SECOND_ORDER,)  # what runs on the first float64 case
 # the checking programs run once: compile them fast rather than well (nothing here is timed)
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -253,7 +256,7 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
     Called while tracing the jitted check (jitted=True: the jit transform is the enclosing jit)
     or eagerly; a transform that raises while tracing is caught here, on its own."""
     if not d:
-        return {t: None for t in TRANSFORMS}
+        return {t: None for t in TRANSFORMS + (SECOND_ORDER,)}
     stack = [jnp.stack([x, 0.5 * x]) for x in d]
     cfs = [jnp.stack([c, -c]) for c in cf]
     argnums = tuple(range(len(d)))
@@ -263,6 +266,13 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
 
     def loss_ref(*d):
         return jnp.sum(p.first(p.forward(*d)) ** 2)
+
+    def second_order(pull, f):
+        def total(*dd):
+            grads = pull(f, *dd)[1](p.ct(cf))
+            return sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(grads)
+                       if x.dtype != jax.dtypes.float0)
+        return jax.grad(total, argnums=argnums)(*d)
 
     def grad_of_vmap(fn):
         def total(*d):
@@ -275,6 +285,7 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
         "grad(vmap)": lambda: (grad_of_vmap(p.mine), grad_of_vmap(p.ref)),
         "vmap(grad)": lambda: (jax.vmap(fnn_grad(loss_mine, argnums=argnums))(*stack),
                                jax.vmap(jax.grad(loss_ref, argnums=argnums))(*stack)),
+        SECOND_ORDER: lambda: (second_order(fnn_vjp, p.recorded), second_order(jax.vjp, p.forward)),
     }
     return {name: _attempt(name, check, raised) for name, check in checks.items()}
 

@@ -50,7 +50,7 @@ from fnn.check.numeric import differences
 from fnn.check.tolerances import tolerance
 from fnn.pytrees import path_name
 
-VERDICTS = ("ok", "custom wrong", "built-in disagrees", "finite differences unreliable here",
+VERDICTS = ("ok", "surrogate", "custom wrong", "built-in disagrees", "finite differences unreliable here",
             "custom and built-in disagree", "all three disagree")
 KINK_SHRINK = 8.0  # the second, smaller step for elements whose one-sided slopes disagree
 FLOOR = 1e-2  # relative errors are measured against at least this fraction of the largest gradient
@@ -96,11 +96,15 @@ class GradReport:
     step: float | None  # a fixed step if one was asked for; None: chosen from the dtype
     floor: float  # the smallest denominator of a relative error (FLOOR x largest gradient)
     error: str | None = None  # fnn.grad or jax.grad raised this
+    surrogates: list = dataclasses.field(default_factory=list)  # "rule (gate)" in effect
 
     @property
     def ok(self) -> bool:
-        """True when every leaf's verdict is 'ok' (and neither gradient raised)."""
-        return self.error is None and all(leaf.verdict == "ok" for leaf in self.leaves)
+        """True when every leaf's verdict is 'ok' or 'surrogate' (and neither gradient raised):
+        under surrogate rules (fnn.rulebook) the custom gradient differs from jax.grad on
+        purpose, and its distance is reported, not judged."""
+        return self.error is None and all(leaf.verdict in ("ok", "surrogate")
+                                          for leaf in self.leaves)
 
     def __getitem__(self, name) -> LeafReport:
         for leaf in self.leaves:
@@ -122,13 +126,16 @@ class GradReport:
                  str(len(l.kinks)), l.verdict) for l in self.leaves]
 
     def _summary(self) -> str:
-        bad = [l for l in self.leaves if l.verdict != "ok"]
+        bad = [l for l in self.leaves if l.verdict not in ("ok", "surrogate")]
         kinks = sum(len(l.kinks) for l in self.leaves)
         head = "OK" if self.ok else f"FAILED ({len(bad)} of {len(self.leaves)} leaves)"
         return (f"gradient check {head}: {self.dtype} model on {self.device}, numerical in "
                 f"{self.numeric_dtype} ({'step %g' % self.step if self.step else 'step from dtype'}"
                 f"), seed {self.seed}, rtol {self.rtol:g} (custom~built-in), {self.numeric_rtol:g} "
                 f"(~numeric)" + (f"; {kinks} kink(s) accepted" if kinks else "")
+                + (f"; surrogate rules in effect: {', '.join(self.surrogates)} (custom is "
+                   "deliberately not the exact gradient: cos and custom~built-in say how far)"
+                   if self.surrogates else "")
                 + (f"\nerror: {self.error}" if self.error else ""))
 
     def __str__(self) -> str:
@@ -179,7 +186,8 @@ class GradReport:
 
 def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
                 numeric_rtol: float | None = None, max_elements: int = 20,
-                numeric_dtype: str | None = "float64", step: float | None = None) -> GradReport:
+                numeric_dtype: str | None = "float64", step: float | None = None,
+                rules=None) -> GradReport:
     """Compare fnn.grad, jax.grad and central differences of scalar `f(*args)`, leaf by leaf.
 
     argnums: int or tuple, as in fnn.grad. rtol: custom vs built-in tolerance (default:
@@ -187,9 +195,14 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
     (default: tolerance "numeric"). max_elements: elements per leaf
     checked numerically. numeric_dtype: the dtype the differences are computed in ("float64";
     None: the model's own). step: a fixed h instead of the dtype-chosen one (for comparison
-    with fixed-step checkers). Returns a GradReport; nothing is raised for wrong gradients.
+    with fixed-step checkers). rules: rule overrides for fnn.grad, as in fnn.grad (those of an
+    enclosing `fnn.rules` block apply too); where a surrogate rule (fnn.Rule of kind
+    "surrogate") is in effect, a leaf whose custom gradient differs from jax.grad gets the
+    verdict "surrogate" instead of a failure. Returns a GradReport; nothing is raised for wrong
+    gradients.
     """
     from fnn.transforms import grad as fnn_grad
+    from fnn.transforms import trace as fnn_trace
 
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     paths, leaves, treedefs = [], [], []
@@ -215,7 +228,9 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
                                                              for d in dtypes)
 
     errors = []
-    custom = _flat_grads(lambda: fnn_grad(f, argnums=nums)(*args), "fnn.grad", errors)
+    surrogates = _surrogates(lambda: fnn_trace(f, *args, argnums=nums, rules=rules))
+    custom = _flat_grads(lambda: fnn_grad(f, argnums=nums, rules=rules)(*args), "fnn.grad",
+                         errors)
     builtin = _flat_grads(lambda: jax.grad(f, argnums=nums)(*args), "jax.grad", errors)
 
     floor = FLOOR * max([_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])],
@@ -228,11 +243,28 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
             c = None if custom is None else np.asarray(custom[j], np.float64)
             b = None if builtin is None else np.asarray(builtin[j], np.float64)
             idx = _sample(leaf.size, max_elements, rng, c, b)
-            reports.append(_leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor))
+            report = _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor)
+            if surrogates and report.verdict != "ok" and c is not None and b is not None:
+                report.verdict = "surrogate"
+            reports.append(report)
     device = jax.devices()[0]
     return GradReport(reports, seed, model_dtype, numeric.dtype, f"{device.platform}:"
                       f"{device.device_kind}", jax.__version__, tol, ntol, max_elements, step,
-                      floor, "; ".join(errors) or None)
+                      floor, "; ".join(errors) or None, surrogates)
+
+
+def _surrogates(record) -> list:
+    """'rule (gate)' of each surrogate rule the recorded function applies (none if recording
+    fails: fnn.grad then reports the failure)."""
+    from fnn.autodiff.overrides import Rule
+
+    try:
+        tape = record().tape
+    except Exception:  # the same call is made by fnn.grad next, which reports why it fails
+        return []
+    found = [f"{r.rule.name} ({r.gate.name})" for r in tape.records
+             if isinstance(r.rule, Rule) and r.rule.kind == "surrogate"]
+    return list(dict.fromkeys(found))
 
 
 def _flat_grads(run, what, errors):

@@ -5,6 +5,7 @@ commands print them. One module per command, each with HELP and DESCRIPTION (its
 --help), `add_arguments(parser)` (its options) and `run(args) -> exit status`:
 
     train.py      train a model into a run directory (fnn.train.train_run)
+    sample.py     text from a trained language model (fnn.train.sample)
     gradcheck.py  every gate's VJP checked (fnn.check.gates), or a small model's gradients
     graph.py      the lecture's computational graphs, or a small model's, as .dot/.svg and text
     demo.py       the lecture's examples, fnn's gradients beside jax.grad's
@@ -21,10 +22,10 @@ import argparse
 import os
 import sys
 
-from fnn.cli import bench, demo, gradcheck, graph, train
+from fnn.cli import bench, demo, gradcheck, graph, sample, train
 from fnn.errors import FnnError
 
-COMMANDS = {"train": train, "gradcheck": gradcheck, "graph": graph, "demo": demo, "bench": bench}
+COMMANDS = {"train": train, "sample": sample, "gradcheck": gradcheck, "graph": graph, "demo": demo, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
 from fnn.train.loop import CHUNK_SECONDS
 from fnn.train.optim import OPTIMIZERS, SCHEDULES
-from fnn.train.run import train_run
+from fnn.train.run import train_run, with_defaults
 from fnn.train.step import GRADS, LOSSES
 
 
@@ -69,9 +69,12 @@ def add_arguments(p) -> None:
             kw["type"] = _option(name)
         p.add_argument(flag, **kw)
 
-    a("--model", choices=sorted(MODELS), help=f"network (default {d.model})")
-    a("--dataset", choices=DATASETS, help=f"dataset (default {d.dataset})")
-    a("--data-dir", metavar="D", help="directory holding the mnist/fashion-mnist/cifar10 files")
+    a("--model", choices=sorted(MODELS), help=f"network (default {d.model}; rnn, lstm, gru and "
+      "transformer are language models and train on --dataset text)")
+    a("--dataset", choices=DATASETS, help=f"dataset (default {d.dataset}, or text for a "
+      "language model)")
+    a("--data-dir", metavar="D", help="directory holding the mnist/fashion-mnist/cifar10 files; "
+      "for text, a text file or folder (default: the Python standard library's modules)")
     a("--grad", choices=GRADS, help="custom: fnn's hand-written gradients; builtin: jax.grad "
       f"(default {d.grad})")
     a("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
@@ -84,8 +87,11 @@ def add_arguments(p) -> None:
     a("--clip", help="clip gradients to this global norm (default: off)")
     a("--l2", help="the lecture's L2 penalty l2*sum(W**2) in the loss")
     a("--loss", choices=sorted(LOSSES), help=f"(default {d.loss})")
+    a("--label-smoothing", metavar="E", help="cross-entropy against "
+      "(1 - E) one-hot + E / C targets (default 0)")
     a("--val-fraction", help=f"of the training set (default {d.val_fraction})")
-    a("--hidden", help="MLP hidden widths, e.g. 256,128 (default "
+    a("--hidden", help="MLP hidden widths, or RNN/LSTM/GRU layer widths, "
+      "e.g. 256,128 (default "
       f"{','.join(map(str, d.hidden))})")
     a("--channels", help="CNN channels / ResNet stage widths, e.g. 32,64")
     a("--activation", choices=sorted(ACTIVATIONS), help=f"(default {d.activation})")
@@ -93,6 +99,10 @@ def add_arguments(p) -> None:
       help=f"weight initializer (default {d.init})")
     a("--dropout", help="dropout rate of MLP/CNN hidden layers (default 0)")
     a("--limit", help="use only the first N train and test examples")
+    a("--context", help=f"text: bytes per training window (default {d.context})")
+    a("--width", help=f"transformer width (default {d.width})")
+    a("--depth", help=f"transformer blocks (default {d.depth})")
+    a("--heads", help=f"transformer attention heads (default {d.heads})")
     p.add_argument("--out", metavar="RUN_DIR",
                    help="run directory (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
@@ -103,6 +113,11 @@ def add_arguments(p) -> None:
     p.add_argument("--chunk-seconds", type=_chunk_seconds, metavar="S", help="run each epoch "
                    f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
                    "one step); Ctrl-C stops between two, saving a checkpoint to resume from")
+    p.add_argument("--rule", action="append", metavar="GATE=RULE", dest="rules",
+                   help="train with a backward-rule override, e.g. relu=straight_through, "
+                   "spike=fast_sigmoid:slope=25, affine=feedback_alignment, affine@3_dense="
+                   "clip_backward:max_norm=1 (repeatable; kept by --resume; see "
+                   "fnn/train/rules.py)")
     a("--no-progress", action="store_true", help="no progress bars")
     a("--check-nans", action="store_true", help="on a NaN/inf loss, replay the step eagerly "
       "under fnn.debug_nans and name the gate (forward or VJP) that made it; exit 1")
@@ -119,10 +134,12 @@ def _train_config(args):
     """(config or None, overrides, run directory, resume?) from the parsed options."""
     options = [f.name for f in dataclasses.fields(TrainConfig)]  # each has its --option
     given = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+    if "rules" in given:
+        given["rules"] = tuple(given["rules"])
     if args.out is not None and not args.out.strip():
         raise ValueError("--out must name a directory, got an empty string")
     if args.resume is None:
-        config = TrainConfig(**given)
+        config = TrainConfig(**with_defaults(given))
         out = args.out or os.path.join(
             "runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         return config, {}, out, False

@@ -109,15 +109,6 @@ def stateless(name: str, fn: Callable, output_shape: Callable = lambda s: s) -> 
 def layer_scope(model: str):
     """jax.named_scope(model) for the outermost combinator, nothing inside another: each child
     then runs in jax.named_scope(its key), so a gate's scope reads as its layer path
-    ('mlp/1_dense'), the path errors and NaN reports name."""
-    if str(source_info_util.current_name_stack()):
-        return contextlib.nullcontext()
-    return jax.named_scope(model)
-
-
-def layer_scope(model: str):
-    """jax.named_scope(model) for the outermost combinator, nothing inside another: each child
-    then runs in jax.named_scope(its key), so a gate's scope reads as its layer path
     ('mlp/1_dense'), which rule overrides (fnn.only), NaN reports and graphs name."""
     if str(source_info_util.current_name_stack()):
         return contextlib.nullcontext()

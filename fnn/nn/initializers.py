@@ -7,6 +7,8 @@ fan_in = kh*kw*in, fan_out = kh*kw*out.
     he, kaiming      normal, std = sqrt(2 / fan_in), for ReLU nets         He et al. 2015
     lecun            normal, std = sqrt(1 / fan_in)   (the lecture's "randn / sqrt(fan_in)")
     small            0.01 * randn                     (the lecture's first, small-Gaussian try)
+    orthogonal       a random orthogonal matrix (QR of a Gaussian one, signs fixed so it is
+                     uniform), per square block of a recurrent (H, k*H) kernel  Saxe et al. 2014
     glorot_uniform, he_uniform   uniform with the same variance as their normal versions
     zeros, ones
 """
@@ -57,6 +59,28 @@ def variance_scaling(scale: float, mode: str, distribution: str = "normal") -> C
     return init
 
 
+def orthogonal(scale: float = 1.0) -> Callable:
+    """scale * Q with Q orthogonal and uniformly distributed (Saxe et al. 2014; Mezzadri 2007):
+    Q R = a Gaussian matrix, signs of R's diagonal moved into Q. A (rows, cols) shape gets
+    orthonormal rows or columns (whichever is fewer); (rows, k * rows), a recurrent kernel of k
+    gates, gets one orthogonal (rows, rows) block per gate."""
+    def square(key, n, dtype):
+        q, r = jnp.linalg.qr(jax.random.normal(key, (n, n), jnp.float32))
+        return (q * jnp.sign(jnp.diagonal(r))).astype(dtype)
+
+    def init(key, shape, dtype=jnp.float32):
+        shape = tuple(shape)
+        if len(shape) != 2:
+            raise ValueError(f"orthogonal initializer: needs a 2-d (rows, cols) shape, got {shape}")
+        rows, cols = shape
+        if cols % rows == 0:  # k square blocks side by side: one orthogonal matrix per gate
+            blocks = [square(k, rows, dtype) for k in jax.random.split(key, cols // rows)]
+            return scale * jnp.concatenate(blocks, axis=1)
+        n = max(rows, cols)
+        return scale * square(key, n, dtype)[:rows, :cols]
+    return init
+
+
 def zeros(key, shape, dtype=jnp.float32):
     return jnp.zeros(tuple(shape), dtype)
 
@@ -75,7 +99,8 @@ small_gaussian = normal(0.01)
 INITIALIZERS = {
     "glorot": glorot_normal, "xavier": glorot_normal, "glorot_uniform": glorot_uniform,
     "he": he_normal, "kaiming": he_normal, "he_uniform": he_uniform,
-    "lecun": lecun_normal, "small": small_gaussian, "zeros": zeros, "ones": ones,
+    "lecun": lecun_normal, "small": small_gaussian, "orthogonal": orthogonal(),
+    "zeros": zeros, "ones": ones,
 }
 
 

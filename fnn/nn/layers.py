@@ -32,18 +32,28 @@ def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
     return tuple(input_shape)
 
 
-def Dense(features: int, *, init="he", bias_init="zeros") -> Layer:
-    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b."""
+def Dense(features: int, *, init="he", bias_init="zeros", flatten: bool = True) -> Layer:
+    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b.
+
+    flatten=False: the same map on the last axis of (N, ..., D) inputs, giving (N, ...,
+    features): a per-token projection of (batch, time, width) sequences (PyTorch's Linear).
+    """
     _features(features, "Dense features")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
 
     def init_fn(key, input_shape):
-        d = math.prod(check_input_shape("Dense", input_shape))
+        shape = check_input_shape("Dense", input_shape)
+        d = shape[-1] if not flatten else math.prod(shape)
         kw, kb = jax.random.split(key)
-        return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, (features,)
+        out = (*shape[:-1], features) if not flatten else (features,)
+        return {"w": w_init(kw, (d, features)), "b": b_init(kb, (features,))}, {}, out
 
     def apply(params, state, x, *, key=None, train=False):
-        return affine(x, params["w"], params["b"]), state
+        if flatten or x.ndim == 2:
+            return affine(x, params["w"], params["b"]), state
+        lead = x.shape[:-1]
+        y = affine(reshape(x, shape=(math.prod(lead), x.shape[-1])), params["w"], params["b"])
+        return reshape(y, shape=(*lead, y.shape[-1])), state
 
     return Layer("dense", init_fn, apply)
 
@@ -137,3 +147,226 @@ def Dropout(rate: float) -> Layer:
         return dropout(x, key, rate=rate, train=True), state
 
     return Layer("dropout", init, apply)
+
+
+# ---- general convolutions: any number of spatial axes, dilation, groups, transposed ---------------
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def _tuple(v, n: int, what: str, layer: str, minimum: int = 1) -> tuple:
+    t = (v,) * n if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+    if len(t) != n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum
+                              for i in t):
+        raise ValueError(f"{layer}: {what} must be an int >= {minimum} or {n} of them, got {v!r}")
+    return t
+
+
+def _padding(padding, n: int, layer: str):
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or (lo, hi) per "
+                             f"axis, got {padding!r}")
+        return padding.upper()
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return ((padding, padding),) * n
+    try:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or (lo, hi) per "
+                         f"axis, got {padding!r}") from None
+    if len(pads) != n:
+        raise ValueError(f"{layer}: padding needs {n} (lo, hi) pairs, got {padding!r}")
+    return pads
+
+
+def _spatial_shape(layer: str, input_shape, n: int) -> tuple:
+    shape = check_input_shape(layer, input_shape)
+    if len(shape) != n + 1:
+        raise ValueError(f"{layer} takes inputs ({', '.join(_SPATIAL[n])}, C) per example "
+                         f"(channels last), got input shape {tuple(shape)}")
+    return shape
+
+
+def _output_shape(layer: str, fn, input_shape, *params) -> tuple:
+    """The shape of fn(x of one example, *params), by abstract evaluation (no computation)."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+    specs = [jax.ShapeDtypeStruct(p, jnp.float32) for p in params]
+    out = jax.eval_shape(fn, x, *specs).shape[1:]
+    if any(d < 1 for d in out):
+        raise ValueError(f"{layer}: the output would be empty for inputs {tuple(input_shape)}; "
+                         "use a smaller kernel, stride or dilation, or more padding")
+    return out
+
+
+def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME", dilation=1,
+         groups: int = 1, init="he", bias_init="zeros", name: str | None = None) -> Layer:
+    """N-d convolution (ndim 1, 2 or 3 spatial axes, channels last: NWC, NHWC, NDHWC) with
+    dilation (atrous) and groups (depthwise when groups == input channels), plus a bias.
+
+    Kernel (k..., C / groups, features). Written with jax.lax.conv_general_dilated, so fnn.grad
+    differentiates it with the hand-written rule of that primitive (and jax.grad with JAX's).
+    A 2-D convolution without dilation or groups is the conv2d gate (Conv2D).
+    """
+    layer = name or f"Conv{ndim}D"
+    if ndim not in _SPATIAL:
+        raise ValueError(f"Conv: ndim must be 1, 2 or 3, got {ndim!r}")
+    _features(features, f"{layer} features")
+    ks = _tuple(kernel_size, ndim, "kernel_size", layer)
+    strides = _tuple(stride, ndim, "stride", layer)
+    dilations = _tuple(dilation, ndim, "dilation", layer)
+    pad = _padding(padding, ndim, layer)
+    if not isinstance(groups, int) or groups < 1 or features % groups:
+        raise ValueError(f"{layer}: groups must be a positive int dividing features "
+                         f"{features}, got {groups!r}")
+    spec = _SPATIAL[ndim]
+    dims = (f"N{spec}C", f"{spec}IO", f"N{spec}C")
+    w_init, b_init = get_initializer(init), get_initializer(bias_init)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, pad, rhs_dilation=dilations,
+                                            dimension_numbers=dims, feature_group_count=groups)
+
+    def init_fn(key, input_shape):
+        shape = _spatial_shape(layer, input_shape, ndim)
+        c = shape[-1]
+        if c % groups:
+            raise ValueError(f"{layer}: groups {groups} must divide the input channels {c}")
+        w_shape = ks + (c // groups, features)
+        out = _output_shape(layer, conv, shape, w_shape)
+        k_w, k_b = jax.random.split(key)
+        return {"w": w_init(k_w, w_shape), "b": b_init(k_b, (features,))}, {}, out
+
+    def apply(params, state, x, *, key=None, train=False):
+        return conv(x, params["w"]) + params["b"], state
+
+    return Layer(layer.lower(), init_fn, apply)
+
+
+def Conv1D(features: int, kernel_size=3, **kwargs) -> Layer:
+    """1-D convolution of (N, L, C) sequences (see Conv)."""
+    return Conv(features, kernel_size, ndim=1, **kwargs)
+
+
+def Conv3D(features: int, kernel_size=3, **kwargs) -> Layer:
+    """3-D convolution of (N, D, H, W, C) volumes (see Conv)."""
+    return Conv(features, kernel_size, ndim=3, **kwargs)
+
+
+def DepthwiseConv2D(kernel_size=3, *, multiplier: int = 1, **kwargs) -> Layer:
+    """Each input channel convolved on its own with `multiplier` kernels (groups = channels):
+    (N, H, W, C) -> (N, H', W', C * multiplier)."""
+    def init(key, input_shape):
+        c = _spatial_shape("DepthwiseConv2D", input_shape, 2)[-1]
+        inner = Conv(c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D",
+                     **kwargs)
+        return inner.init(key, input_shape)
+
+    def apply(params, state, x, *, key=None, train=False):
+        c = x.shape[-1]
+        inner = Conv(c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D",
+                     **kwargs)
+        return inner.apply(params, state, x)
+
+    return Layer("depthwise_conv2d", init, apply)
+
+
+def SeparableConv2D(features: int, kernel_size=3, *, multiplier: int = 1, **kwargs) -> Layer:
+    """A depthwise convolution followed by a 1x1 (pointwise) one to `features` channels, as in
+    MobileNet and Xception; params {"depthwise": .., "pointwise": ..}."""
+    from fnn.nn.combinators import serial
+
+    pointwise = {k: v for k, v in kwargs.items() if k in ("init", "bias_init")}
+    return serial(DepthwiseConv2D(kernel_size, multiplier=multiplier, **kwargs),
+                  Conv(features, 1, ndim=2, name="Pointwise", **pointwise),
+                  name="separable_conv2d")
+
+
+def ConvTranspose2D(features: int, kernel_size=3, *, stride=1, padding="SAME", init="he",
+                    bias_init="zeros") -> Layer:
+    """Transposed 2-D convolution (up-sampling by `stride`), NHWC with an HWIO kernel
+    (kh, kw, C, features), plus a bias: jax.lax.conv_transpose."""
+    ks = _tuple(kernel_size, 2, "kernel_size", "ConvTranspose2D")
+    strides = _tuple(stride, 2, "stride", "ConvTranspose2D")
+    pad = _padding(padding, 2, "ConvTranspose2D")
+    _features(features, "ConvTranspose2D features")
+    w_init, b_init = get_initializer(init), get_initializer(bias_init)
+
+    def conv(x, w):
+        return jax.lax.conv_transpose(x, w, strides, pad,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def init_fn(key, input_shape):
+        shape = _spatial_shape("ConvTranspose2D", input_shape, 2)
+        w_shape = ks + (shape[-1], features)
+        out = _output_shape("ConvTranspose2D", conv, shape, w_shape)
+        k_w, k_b = jax.random.split(key)
+        return {"w": w_init(k_w, w_shape), "b": b_init(k_b, (features,))}, {}, out
+
+    def apply(params, state, x, *, key=None, train=False):
+        return conv(x, params["w"]) + params["b"], state
+
+    return Layer("conv_transpose2d", init_fn, apply)
+
+
+# ---- general pooling: padding, dilation, ceil mode, counting the padding ------------------------------
+def Pool(kind: str, window=2, *, ndim: int = 2, stride=None, padding=0, dilation=1,
+         ceil_mode: bool = False, count_include_pad: bool = True) -> Layer:
+    """Max or average pooling over `ndim` spatial axes (channels last), as PyTorch's MaxPool/
+    AvgPool: explicit `padding` (an int or (lo, hi) per axis, or 'SAME'/'VALID'), `dilation` of
+    the window, `ceil_mode` (a last, partial window where the input does not divide evenly) and,
+    for the average, `count_include_pad` (whether padded zeros count in the divisor; the extra
+    padding of ceil_mode never does). Written with jax.lax.reduce_window (fnn's rules for
+    reduce_window_max / reduce_window_sum differentiate it).
+    """
+    if kind not in ("max", "avg"):
+        raise ValueError(f"Pool: kind must be 'max' or 'avg', got {kind!r}")
+    layer = f"{'Max' if kind == 'max' else 'Avg'}Pool{ndim}D"
+    win = _tuple(window, ndim, "window", layer)
+    strides = _tuple(window if stride is None else stride, ndim, "stride", layer)
+    dil = _tuple(dilation, ndim, "dilation", layer)
+    pad = _padding(padding, ndim, layer)
+
+    def pads_for(spatial):
+        if isinstance(pad, str):
+            full = jax.lax.padtype_to_pads(spatial, [(k - 1) * d + 1 for k, d in zip(win, dil)],
+                                           strides, pad)
+            base = [tuple(p) for p in full]
+        else:
+            base = list(pad)
+        extra = []
+        for n, k, s, d, (lo, hi) in zip(spatial, win, strides, dil, base):
+            span = (k - 1) * d + 1
+            total = n + lo + hi
+            out = -(-(total - span) // s) + 1 if ceil_mode else (total - span) // s + 1
+            # PyTorch: the last window must start inside the input or the left padding
+            if ceil_mode and (out - 1) * s >= n + lo:
+                out -= 1
+            extra.append(max(0, (out - 1) * s + span - total))
+        return base, extra
+
+    def pool(x):
+        spatial = x.shape[1:1 + ndim]
+        base, extra = pads_for(spatial)
+        config = [(0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(base, extra)] + [(0, 0)]
+        dims, strd, wdil = (1,) + win + (1,), (1,) + strides + (1,), (1,) + dil + (1,)
+        if kind == "max":
+            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strd, config,
+                                         window_dilation=wdil)
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strd, config,
+                                      window_dilation=wdil)
+        ones = jnp.ones((1,) + tuple(spatial) + (1,), x.dtype)
+        if count_include_pad:  # the explicit padding counts, ceil mode's extra does not
+            ones = jnp.pad(ones, [(0, 0)] + list(base) + [(0, 0)], constant_values=1)
+            config = [(0, 0)] + [(0, e) for e in extra] + [(0, 0)]
+        count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strd, config,
+                                      window_dilation=wdil)
+        return total / count
+
+    def init(key, input_shape):
+        shape = _spatial_shape(layer, input_shape, ndim)
+        return {}, {}, _output_shape(layer, pool, shape)
+
+    def apply(params, state, x, *, key=None, train=False):
+        return pool(x), state
+
+    return Layer(layer.lower(), init, apply)

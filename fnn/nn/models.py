@@ -5,6 +5,11 @@
     cnn()                         [conv - relu - conv - relu - pool] x 2 - dense - relu - dense
     resnet()                      conv-bn-relu, 3 stages of residual blocks, global pool, dense
     ResidualBlock(channels)       the basic block of a ResNet
+    rnn_lm(kind='lstm')           a character language model: embedding - recurrent layer(s) -
+                                  dense per position ('rnn', 'lstm', 'gru')
+    transformer_lm()              a decoder-only transformer LM (GPT-2's pre-norm blocks)
+
+The language models map token ids (batch, T) to next-token logits (batch, T, num_classes).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Callable, Sequence
 from fnn.nn.activations import Activation, Relu
 from fnn.nn.combinators import Layer, residual, serial
 from fnn.nn.layers import Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
-from fnn.nn.normalization import BatchNorm
+from fnn.nn.normalization import BatchNorm, LayerNorm
+from fnn.nn.sequence import Embedding, PositionalEncoding, Recurrent, TransformerBlock
 
 
 def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: str = "relu",
@@ -88,11 +94,56 @@ def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
     return serial(*layers, name="resnet")
 
 
-MODELS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+def rnn_lm(kind: str = "lstm", num_classes: int = 256, *, hidden: Sequence[int] = (256,),
+           embed: int = 64, dropout: float = 0.0) -> Layer:
+    """Embedding(num_classes, embed) - a `kind` recurrent layer per width in `hidden` (each
+    returning every step; dropout between them) - Dense(num_classes) on every position: the
+    next-token logits of a character-level language model (Karpathy's char-rnn)."""
+    layers = [Embedding(num_classes, embed)]
+    for i, width in enumerate(hidden):
+        if i and dropout:
+            layers.append(Dropout(dropout))
+        layers.append(Recurrent(kind, width))
+    layers.append(Dense(num_classes, init="glorot", flatten=False))
+    return serial(*layers, name=f"{kind}_lm")
+
+
+def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, heads: int = 4,
+                   mlp_ratio: int = 4, positional: str = "learned", dropout: float = 0.0,
+                   max_len: int | None = None) -> Layer:
+    """A decoder-only transformer language model (GPT-2's layout): token embedding (N(0, 0.02))
+    plus positions ('learned' or 'sinusoidal'), `depth` pre-norm causal TransformerBlocks of
+    `heads` heads, a final LayerNorm and a Dense to next-token logits on every position.
+    max_len: the longest context (default: the T of the input shape)."""
+    from fnn.nn.initializers import normal
+
+    layers = [Embedding(num_classes, width, init=normal(0.02)),
+              PositionalEncoding(positional, max_len=max_len)]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers += [TransformerBlock(width, heads, mlp_ratio=mlp_ratio, dropout=dropout)
+               for _ in range(depth)]
+    layers += [LayerNorm(), Dense(num_classes, init="glorot", flatten=False)]
+    return serial(*layers, name="transformer_lm")
+
+
+def _recurrent(kind):
+    def build(num_classes: int = 256, **options) -> Layer:
+        return rnn_lm(kind, num_classes, **options)
+    build.__name__ = f"{kind}_lm"
+    build.__doc__ = f"rnn_lm({kind!r}, ...): a character language model with {kind} layers."
+    return build
+
+
+MODELS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet,
+                                           "rnn": _recurrent("rnn"), "lstm": _recurrent("lstm"),
+                                           "gru": _recurrent("gru"), "transformer": transformer_lm}
+SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")  # token ids in, per-position logits out
 
 
 def build_model(name: str, num_classes: int = 10, **options) -> Layer:
-    """A model by name ('mlp', 'cnn', 'resnet') with the builder's keyword options."""
+    """A model by name (MODELS: 'mlp', 'cnn', 'resnet', and the language models 'rnn', 'lstm',
+    'gru', 'transformer') with the builder's keyword options."""
     try:
         builder = MODELS[name]
     except KeyError:

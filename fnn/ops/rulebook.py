@@ -223,8 +223,14 @@ def _fa_rule(b, layer):
         db = jnp.sum(g, axis=0).astype(bias.dtype) if needs[2] else None
         return dx, dw, db
 
-    return Rule(vjp, f"feedback_alignment[{layer}]",
-                reference=lambda x, w, bias, **static: jnp.reshape(x, (x.shape[0], -1)) @ b + bias,
+    def reference(x, w, bias, **static):
+        # the affine's value, written so that its gradient is the rule's: x reaches the
+        # output through B alone, w through x alone (stop_gradient on the other paths)
+        xf = jnp.reshape(x, (x.shape[0], -1))
+        sg = jax.lax.stop_gradient
+        return sg(xf) @ w + (xf @ b - sg(xf @ b)) + bias
+
+    return Rule(vjp, f"feedback_alignment[{layer}]", reference=reference,
                 formula="dx = g B.T (B fixed and random), dw = x.T g, db = sum g",
                 paper="Lillicrap, Cownden, Tweed & Akerman 2016, Random synaptic feedback "
                       "weights support error backpropagation for deep learning")

@@ -5,12 +5,16 @@ fnn.check.gradient_health, given train's loss function); nothing in fnn.check im
 fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
 
   make_train_step, make_eval_step, make_loss_fn   one step; grad="custom" (fnn) | "builtin" (jax)
+  Loss, get_loss, cross_entropy, LOSSES           losses by name, or any loss(scores, labels)
+                                                  function: (N,) labels, per-token (N, T), mse
   make_train_epoch, make_evaluate                 a whole epoch as one lax.scan; evaluation
   fit, TrainState, init_train_state               the epoch loop
   Hook (fnn.train.hooks)                          what fit does besides training, as objects
   diagnostics, health_log (modules)               gradient health every N steps: fit(diagnostics=N)
   make_optimizer, make_schedule                   optax optimizers and schedules by name
   load_dataset, Dataset, standardize, split       digits (bundled), MNIST, Fashion-MNIST, CIFAR-10
+  load_text, Vocab (fnn.train.text)               byte-level text windows (dataset "text")
+  sample_run (fnn.train.sample)                   text from a trained language model
   read_idx, read_cifar10_file, DataError          the raw file formats
   save_checkpoint, load_checkpoint, save_train_state, load_train_state, load_params,
   CheckpointError                                 safetensors checkpoints, every dtype, bounded reads
@@ -40,15 +44,17 @@ from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError, read_cifar10, read_cifar10_file, read_idx, read_mnist
 from fnn.train.run import read_config, train_run
 from fnn.train.state import TrainState, init_train_state, make_key
-from fnn.train.step import (GRADS, LOSSES, accuracy, make_eval_step, make_loss_fn,
-                            make_train_step)
+from fnn.train.step import (GRADS, LOSSES, Loss, accuracy, cross_entropy, get_loss,
+                            make_eval_step, make_loss_fn, make_train_step)
+from fnn.train.text import Vocab, load_text
 from fnn.train.validate import check_fit_inputs
 
 __all__ = ["CheckpointError", "ConfigError", "DATASETS", "DataError", "DataParallel", "Dataset",
-           "GRADS", "Hook", "LOSSES", "OPTIMIZERS", "OutOfMemoryError", "RunDirError", "RunLock",
-           "SCHEDULES", "TrainConfig", "TrainState", "TrainingInterrupted", "accuracy",
-           "check_fit_inputs", "data_parallel", "find_nan_origin", "fit", "init_train_state",
-           "load_checkpoint", "load_params", "make_key",
+           "GRADS", "Hook", "LOSSES", "Loss", "OPTIMIZERS", "OutOfMemoryError", "RunDirError",
+           "RunLock", "SCHEDULES", "TrainConfig", "TrainState", "TrainingInterrupted", "Vocab",
+           "accuracy", "check_fit_inputs", "cross_entropy", "data_parallel", "find_nan_origin",
+           "fit", "get_loss", "init_train_state", "load_checkpoint", "load_params", "load_text",
+           "make_key",
            "load_dataset", "load_train_state", "make_eval_step", "make_evaluate", "make_loss_fn",
            "make_optimizer", "make_schedule", "make_train_epoch", "make_train_step", "plot_curves",
            "read_checkpoint", "read_cifar10", "read_cifar10_file", "read_config", "read_idx",

@@ -22,7 +22,7 @@ from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
 from fnn.train.data import DATASETS
 from fnn.train.optim import OPTIMIZERS, SCHEDULES
 from fnn.train.state import MAX_SEED
-from fnn.train.step import GRADS, LOSSES
+from fnn.train.step import GRADS, LOSSES, cross_entropy, get_loss
 
 RESUME_MAY_CHANGE = ("epochs", "data_dir")  # what `--resume` may change, when given explicitly
 
@@ -50,6 +50,7 @@ class TrainConfig:
     clip: float = 0.0
     l2: float = 0.0
     loss: str = "softmax_cross_entropy"
+    label_smoothing: float = 0.0
     val_fraction: float = 0.1
     hidden: tuple = (256,)
     channels: tuple | None = None
@@ -57,6 +58,11 @@ class TrainConfig:
     init: str = "he"
     dropout: float = 0.0
     limit: int = 0
+    context: int = 128
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    rules: tuple = ()  # backward-rule overrides, "GATE=RULE[:opt=v]" (fnn.train.rules)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -85,6 +91,15 @@ class TrainConfig:
                 raise ConfigError(f"{source}: {e}") from None
         return cls(**values)
 
+    def training_loss(self):
+        """The loss fit trains with: `loss` by name, with label_smoothing when it is set."""
+        if not self.label_smoothing:
+            return self.loss
+        if get_loss(self.loss).name != "softmax_cross_entropy":
+            raise ConfigError(f"label_smoothing applies to the cross-entropy loss, not to "
+                              f"{self.loss!r}")
+        return cross_entropy(label_smoothing=self.label_smoothing)
+
     def model_options(self) -> dict:
         """Keyword options of the model builder (fnn.nn.build_model)."""
         if self.model == "mlp":
@@ -93,6 +108,11 @@ class TrainConfig:
         if self.model == "cnn":
             opts = {"activation": self.activation, "init": self.init, "dropout": self.dropout}
             return {**opts, "channels": tuple(self.channels)} if self.channels else opts
+        if self.model in ("rnn", "lstm", "gru"):
+            return {"hidden": tuple(self.hidden), "dropout": self.dropout}
+        if self.model == "transformer":
+            return {"width": self.width, "depth": self.depth, "heads": self.heads,
+                    "dropout": self.dropout}
         return {"init": self.init, **({"widths": tuple(self.channels)} if self.channels else {})}
 
 
@@ -142,6 +162,13 @@ def _widths(optional: bool) -> Callable:
     return check
 
 
+def _rules(name, v):
+    if isinstance(v, (list, tuple)) and all(isinstance(r, str) and r for r in v):
+        return tuple(v)  # each rule's spelling is checked by fnn.train.rules.check_rules
+    raise ConfigError(f"{name} must be a list of backward-rule specs (strings such as "
+                      f"\"relu=straight_through\"), got {v!r}")
+
+
 def _directory(name, v):
     if v is None:
         return None
@@ -157,10 +184,12 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "schedule": _choice(SCHEDULES), "epochs": _int(1), "batch_size": _int(1),
     "seed": _int(0, MAX_SEED, "an integer between 0 and 2**64-1"),
     "weight_decay": _number(0.0), "clip": _number(0.0), "l2": _number(0.0),
-    "loss": _choice(LOSSES), "val_fraction": _number(0.0, 1.0), "hidden": _widths(False),
+    "loss": _choice(LOSSES), "label_smoothing": _number(0.0, 1.0),
+    "val_fraction": _number(0.0, 1.0), "hidden": _widths(False),
     "channels": _widths(True), "activation": _choice(ACTIVATIONS),
     "init": _choice(set(INITIALIZERS) - {"zeros", "ones"}), "dropout": _number(0.0, 1.0),
     "limit": _int(0, what="an integer >= 0 (0: all examples)"),
+    "context": _int(1), "width": _int(1), "depth": _int(1), "heads": _int(1), "rules": _rules,
 }
 
 
@@ -198,7 +227,7 @@ def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
 
 
 def option_flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--rule" if name == "rules" else "--" + name.replace("_", "-")
 
 
 def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides: dict, *,

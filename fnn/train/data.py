@@ -8,6 +8,9 @@ runs with different seeds are compared on the same validation and test examples.
     mnist           28x28x1, 60000 train + 10000 test, IDX files in data_dir
     fashion-mnist   same format and file names as MNIST
     cifar10         32x32x3, 50000 train + 10000 test, binary version in data_dir
+    text            byte-level windows of a text file or folder (data_dir), by default the
+                    Python standard library's modules (fnn.train.text): x (N, T) token ids,
+                    y (N, T) the next token at every position
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from fnn.train.readers import DataError, read_cifar10, read_mnist
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "text")
+IMAGE_DATASETS = DATASETS[:4]
 
 
 @dataclasses.dataclass
@@ -27,6 +31,9 @@ class Dataset:
 
     x_*: float32 (N, H, W, C); y_*: int32 (N,). `mean`, `std` (C,) are the per-channel
     statistics that were subtracted and divided (apply them to new inputs too).
+    Text (fnn.train.text): x_* and y_* int32 (N, T) token ids; `vocab` maps ids to bytes,
+    `unigram_loss` is the entropy of the training bytes in nats (the loss of a model that
+    ignores the context), `description` names the corpus.
     """
 
     name: str
@@ -39,6 +46,9 @@ class Dataset:
     num_classes: int = 10
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    vocab: object = None
+    unigram_loss: float | None = None
+    description: str = ""
 
     @property
     def input_shape(self) -> tuple:
@@ -46,8 +56,10 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self):
+        what = (f"{self.num_classes} tokens, {self.description}" if self.vocab is not None
+                else f"{self.num_classes} classes")
         return (f"Dataset({self.name!r}: train {len(self.x_train)}, val {len(self.x_val)}, "
-                f"test {len(self.x_test)}, input {self.input_shape}, {self.num_classes} classes)")
+                f"test {len(self.x_test)}, input {self.input_shape}, {what})")
 
 
 def standardize(x_train, *others, eps: float = 1e-6):
@@ -98,11 +110,19 @@ def load_raw(name: str, data_dir: str | None = None, *, split_seed: int = 0) -> 
 
 def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fraction: float = 0.1,
                  split_seed: int = 0, standardize_inputs: bool = True,
-                 limit: int | None = None) -> Dataset:
+                 limit: int | None = None, context: int = 128) -> Dataset:
     """A Dataset with a validation split taken from the training set (val_fraction of it).
 
     `limit` keeps only the first `limit` training and test examples (quick experiments).
+    "text": windows of `context` bytes, split by position (fnn.train.text.load_text).
     """
+    if name == "text":
+        from fnn.train.text import load_text
+
+        t = load_text(data_dir, context=context, val_fraction=val_fraction, limit=limit)
+        return Dataset("text", t["x_train"], t["y_train"], t["x_val"], t["y_val"], t["x_test"],
+                       t["y_test"], len(t["vocab"]), vocab=t["vocab"],
+                       unigram_loss=t["unigram_loss"], description=t["description"])
     raw = load_raw(name, data_dir, split_seed=split_seed)
     x_train, y_train = raw["x_train"], raw["y_train"]
     x_test, y_test = raw["x_test"], raw["y_test"]

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn.train.parallel import constrain_batch, data_parallel
-from fnn.train.step import per_example_loss
+from fnn.train.step import get_loss, per_example_loss
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -122,8 +122,9 @@ def metrics_buffers(step: Callable, params, state, opt_state, x, y, n_steps: int
     return jax.tree_util.tree_map(lambda s: jnp.zeros((n_steps, *s.shape), s.dtype), out)
 
 
-def make_evaluate(model, *, loss: str = "softmax_cross_entropy", batch_size: int = 1000):
-    """evaluate(params, state, x, y) -> {"loss", "accuracy"}: means over all of x, in eval mode.
+def make_evaluate(model, *, loss="softmax_cross_entropy", batch_size: int = 1000):
+    """evaluate(params, state, x, y) -> {"loss", "accuracy"}: means over all of x, in eval mode
+    ("accuracy" only for class labels; per-token labels: the mean over positions).
 
     The data is padded to whole batches and scanned; padded rows are masked out.
     """
@@ -137,17 +138,28 @@ def make_evaluate(model, *, loss: str = "softmax_cross_entropy", batch_size: int
         pad = n_batches * bs - n
         xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
         xs = xs.reshape((n_batches, bs) + x.shape[1:])
-        ys = jnp.pad(y, (0, pad)).reshape(n_batches, bs)
+        ys = jnp.pad(y, ((0, pad),) + ((0, 0),) * (y.ndim - 1))
+        ys = ys.reshape((n_batches, bs) + y.shape[1:])
         mask = (jnp.arange(n_batches * bs) < n).reshape(n_batches, bs)
+        classify = None
 
         def body(_, inputs):
+            nonlocal classify
             xb, yb, mb = inputs
             scores, _ = model.apply(params, state, xb, train=False)
             losses = per_example_loss(loss, scores, yb)
-            correct = jnp.argmax(scores, axis=-1) == yb
-            return None, (jnp.sum(jnp.where(mb, losses, 0)), jnp.sum(correct & mb))
+            classify = get_loss(loss).is_classification(scores.shape, yb)
+            if classify:  # per example: the fraction of its positions right (one for (N,))
+                right = jnp.argmax(scores, axis=-1) == yb
+                correct = jnp.mean(right.reshape(right.shape[0], -1), axis=1)
+            else:
+                correct = jnp.zeros(losses.shape)
+            return None, (jnp.sum(jnp.where(mb, losses, 0)), jnp.sum(jnp.where(mb, correct, 0)))
 
         _, (losses, correct) = lax.scan(body, None, (xs, ys, mask))
-        return {"loss": jnp.sum(losses) / n, "accuracy": jnp.sum(correct) / n}
+        out = {"loss": jnp.sum(losses) / n}
+        if classify:
+            out["accuracy"] = jnp.sum(correct) / n
+        return out
 
     return jax.jit(evaluate)

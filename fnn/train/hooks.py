@@ -99,10 +99,15 @@ class ProgressBar(Hook):
 
 def format_record(r: dict, epochs: int) -> str:
     """The per-epoch line: train/val loss and accuracy, time and speed."""
-    line = (f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  train loss {r['train_loss']:.4f} "
-            f"acc {r['train_acc']:.4f}")
+    line = f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  train loss {r['train_loss']:.4f}"
+    if "train_acc" in r:
+        line += f" acc {r['train_acc']:.4f}"
     if "val_loss" in r:
-        line += f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}"
+        line += f"  val loss {r['val_loss']:.4f}"
+        if "val_acc" in r:
+            line += f" acc {r['val_acc']:.4f}"
+    if "val_bpc" in r:
+        line += f" ({r['val_bpc']:.3f} bits/char)"
     speed = r["steps_per_s"]
     line += f"  {r['time_s']:.2f}s ({speed:,.0f} steps/s)" if speed >= 10 else \
         f"  {r['time_s']:.2f}s ({speed:.2f} steps/s)"

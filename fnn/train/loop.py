@@ -85,11 +85,12 @@ def _fill(buffers, partial: dict | None, position: int):
 
 
 def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str = "custom",
-        loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0,
+        loss="softmax_cross_entropy", l2: float = 0.0, seed: int = 0,
         start: TrainState | None = None, schedule: Callable | None = None,
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
-        devices=None, hooks: Sequence[Hook] = (), chunk_seconds: float | None = CHUNK_SECONDS):
+        devices=None, hooks: Sequence[Hook] = (), rules=None,
+        chunk_seconds: float | None = CHUNK_SECONDS):
     """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
 
     data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape;
@@ -100,7 +101,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     callback(ts, record) runs after each epoch (checkpointing, logging); log(line) prints the
     per-epoch line (None: silent). Returns the final TrainState and the list of epoch records
     {epoch, step, train_loss, train_acc, val_loss, val_acc, lr, time_s, steps_per_s,
-    examples_per_s, compile_s (first epoch of this call)}.
+    examples_per_s, compile_s (first epoch of this call)} (the accuracies only when the labels
+    are class indices). loss: a name, a fnn.train.Loss or a function loss(scores, labels) ->
+    scalar (fnn.train.step.get_loss); labels of any shape it accepts (per-token labels).
     diagnostics=N > 0 measures gradient health every N steps inside the compiled epoch and adds
     its rows to the record as "diagnostics" (see fnn.train.diagnostics).
     check_nans: on a non-finite loss, parameter or model state (BatchNorm statistics), replay
@@ -109,6 +112,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     the batch split, parameters replicated (fnn.train.parallel).
     hooks: more fnn.train.hooks.Hook objects, called after the ones these options make
     (diagnostics, check_nans, progress, log, callback, in that order).
+    rules: backward-rule overrides for grad="custom" ({gate: rule}, fnn.grad's rules=; from
+    text specs: fnn.train.rules.make_rules); the gradient health (diagnostics) then also
+    reports each layer's alignment angle between the gradient they give and the true one.
     chunk_seconds: each epoch runs as compiled chunks of about this many seconds (at least one
     step); Ctrl-C stops between two chunks, hooks get on_interrupt(state) (the state in the
     middle of the epoch) and fit raises fnn.train.TrainingInterrupted (a KeyboardInterrupt)
@@ -124,9 +130,10 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     check_fit_inputs(model, data, loss=loss, start=start, optimizer=optimizer,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, epochs=epochs)
     ts = start if start is not None else init_train_state(model, optimizer, data.input_shape, seed)
-    hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2)] if diagnostics else []),
+    hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2, rules=rules)]
+               if diagnostics else []),
              *([NanReplay(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
-                          loss=loss, grad=grad, l2=l2)] if check_nans else []),
+                          loss=loss, grad=grad, l2=l2, rules=rules)] if check_nans else []),
              ProgressBar(epochs, progress),
              *([EpochLog(log, epochs)] if log is not None else []),
              *([Callback(callback)] if callback is not None else []), *hooks]
@@ -144,7 +151,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
                 dp.check_batch_size(batch_size)
                 ts = TrainState(*dp.replicate((ts.params, ts.state, ts.opt_state, ts.key)),
                                 ts.epoch, ts.step, ts.position, ts.partial)
-            step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False)
+            step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
+                                   rules=rules)
             for h in hooks:
                 step = h.wrap_step(step)
             runner = make_epoch_runner(step, donate=all(h.donate for h in hooks), devices=dp)
@@ -223,11 +231,14 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
         for h in reversed(hooks):
             carried = h.carry_out(carried, metrics, record)
         ts = TrainState(params, state, carried, ts.key, e + 1, ts.step + n_steps - p0)
-        record.update(step=ts.step, train_loss=float(losses.mean()),
-                      train_acc=float(np.asarray(metrics["accuracy"]).mean()))
+        record.update(step=ts.step, train_loss=float(losses.mean()))
+        if "accuracy" in metrics:  # class labels (fnn.train.step.Loss.is_classification)
+            record["train_acc"] = float(np.asarray(metrics["accuracy"]).mean())
         if has_val:
             val = evaluate(ts.params, ts.state, x_val, y_val)
-            record.update(val_loss=float(val["loss"]), val_acc=float(val["accuracy"]))
+            record["val_loss"] = float(val["loss"])
+            if "accuracy" in val:
+                record["val_acc"] = float(val["accuracy"])
         if schedule is not None:
             record["lr"] = float(schedule(ts.step))
         ran = n_steps - p0

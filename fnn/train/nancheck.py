@@ -54,7 +54,7 @@ def _run_steps(step, carry, x, y, order, keys):
 def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, losses,
                     epoch: int, step0: int, loss: str = "softmax_cross_entropy",
                     grad: str = "custom", l2: float = 0.0, position: int = 0,
-                    state_nonfinite=None) -> NanOriginError:
+                    state_nonfinite=None, rules=None) -> NanOriginError:
     """Replay the epoch that began at `start` (params, state, opt_state) with PRNG `key` and
     name the origin of its first non-finite loss (`losses`: the epoch's per-step losses; a
     non-finite loss at index len(losses) means the parameters or model state after the last
@@ -85,9 +85,11 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         head = f"training produced a non-finite loss ({value}) at {where}"
     if grad == "builtin":
         head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
-    carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False),
+    carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
+                                       rules=rules),
                        (params, state, opt_state), x, y, order[position:lo], keys[position:lo])
-    eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False)
+    eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False,
+                            rules=rules)
     for i in range(lo, min(first + 1, len(order))):
         if i == lo:
             bad_params = _nonfinite_leaves(carry[0]) + _nonfinite_leaves(carry[1], "state")
@@ -142,9 +144,10 @@ class NanReplay(Hook):
     donate = False
 
     def __init__(self, model, optimizer, x, y, *, batch_size: int, loss: str, grad: str,
-                 l2: float):
+                 l2: float, rules=None):
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
-        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2}
+        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2,
+                        "rules": rules}
 
     def wrap_step(self, step):
         def watched(params, state, opt_state, batch, key):  # is the state after it finite?

@@ -6,7 +6,9 @@
                               it in the middle of one (what --resume loads)
     RUN_DIR/best.safetensors  the TrainState with the best validation accuracy so far
     RUN_DIR/curves.png        loss and accuracy curves
-    RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints)
+    RUN_DIR/results.json      final test loss and accuracy (last and best checkpoints); for text,
+                              also bits per character and perplexity
+    RUN_DIR/vocab.json        text runs: the byte vocabulary (what `python -m fnn sample` reads)
     RUN_DIR/diagnostics.jsonl, diagnostics.png   gradient health per layer every N steps
                               (train_run(..., diagnostics=N); fnn.train.health_log)
     RUN_DIR/.lock             held by the process that runs it (fnn.train.lock)
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from typing import Callable
 
 import jax
 
-from fnn.nn import build_model, count_params, summary
+from fnn.nn import SEQUENCE_MODELS, build_model, count_params, summary
 from fnn.train import jsonl
 from fnn.train.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
                                   load_train_state, read_header, save_train_state)
@@ -48,6 +51,8 @@ from fnn.train.parallel import data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
+from fnn.train.rules import check_rules, make_rules
+from fnn.train.text import check_vocab
 from fnn.train.validate import check_fit_inputs
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory",
@@ -55,6 +60,32 @@ __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirecto
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # any of them: the directory holds a run
+
+
+TEXT_EPOCHS = 2  # a text epoch of the default corpus is ~1000 steps, ~1.5 min on 2 CPU cores
+
+
+def with_defaults(given: dict) -> dict:
+    """The options of a new run with the defaults that depend on others filled in: a sequence
+    model trains on text and text trains the transformer by default, for TEXT_EPOCHS epochs."""
+    given = dict(given)
+    if given.get("model") in SEQUENCE_MODELS:
+        given.setdefault("dataset", "text")
+    if given.get("dataset") == "text":
+        given.setdefault("model", "transformer")
+        given.setdefault("epochs", TEXT_EPOCHS)
+    return given
+
+
+def check_model_data(config: TrainConfig) -> None:
+    """Sequence models train on text and image models on images: a clear error otherwise."""
+    text_model = config.model in SEQUENCE_MODELS
+    if text_model != (config.dataset == "text"):
+        raise ValueError(
+            f"model {config.model!r} " + (
+                f"reads token sequences; train it with --dataset text, not {config.dataset!r}"
+                if text_model else f"reads images; a text dataset needs a sequence model "
+                f"(--model {'|'.join(SEQUENCE_MODELS)})"))
 
 
 def read_config(run_dir: str) -> TrainConfig:
@@ -77,8 +108,11 @@ def _write_json(path: str, obj) -> None:
 
 def setup(config: TrainConfig):
     """(data, model, optimizer, schedule) of a config."""
+    check_model_data(config)
+    config.training_loss()  # a bad loss option fails before anything is loaded
+    check_rules(config.rules, config.grad)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
-                        limit=config.limit or None)
+                        limit=config.limit or None, context=config.context)
     model = build_model(config.model, data.num_classes, **config.model_options())
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
@@ -96,16 +130,19 @@ def data_sizes(data) -> dict:
 class RunDirectory(Hook):
     """The fit hook of train_run: after each epoch, the gradient-health rows (popped from the
     record) to diagnostics.jsonl, the record to metrics.jsonl, the checkpoints last and (on a
-    better validation accuracy than `best_acc`) best; on Ctrl-C, `last` where training stopped
-    (in the middle of an epoch: with the position and the epoch's batch order). config.json is
-    (re)written with the first checkpoint when `write_config` (a resumed run whose --epochs or
-    --data-dir changed). Only the primary process writes."""
+    better validation score than `best_acc`: accuracy, or minus the loss for text and
+    regression) best; on Ctrl-C, `last` where training stopped (in the middle of an epoch: with
+    the position and the epoch's batch order). config.json is (re)written with the first
+    checkpoint when `write_config` (a resumed run whose --epochs or --data-dir changed). Text
+    runs add bits per character and perplexity to the record and log them. Only the primary
+    process writes."""
 
     def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
                  health: HealthLog | None, primary: bool, data: dict | None = None,
-                 write_config: bool = False):
+                 write_config: bool = False, log: Callable | None = None):
         self.out_dir, self.config, self.best_acc = out_dir, config, best_acc
         self.health, self.primary, self.data = health, primary, data or {}
+        self.log = log or (lambda line: None)
         self.metrics_path = os.path.join(out_dir, METRICS)
         self.write_config = write_config
 
@@ -118,19 +155,46 @@ class RunDirectory(Hook):
 
     def on_epoch_end(self, ts: TrainState, record: dict):
         rows = record.pop("diagnostics", [])
+        if self.config.dataset == "text":
+            record.update(text_metrics(record.get("train_loss"), "train"),
+                          **text_metrics(record.get("val_loss"), "val"))
+            if "val_bpc" in record:
+                self.log(f"  val {record['val_bpc']:.3f} bits/char, perplexity "
+                         f"{record['val_ppl']:.2f}")
         if not self.primary:
             return
         self.health.write(rows)
         jsonl.append(self.metrics_path, [record])
-        if "val_acc" in record and record["val_acc"] > self.best_acc:  # no validation: no best
-            self.best_acc = record["val_acc"]
+        score = best_score(record)
+        if score is not None and score > self.best_acc:  # no validation: no best
+            self.best_acc = score
+            extra = ({"val_acc": record["val_acc"]} if "val_acc" in record
+                     else {"val_loss": record["val_loss"]})
             save_train_state(os.path.join(self.out_dir, BEST), ts, self.config.to_dict(),
-                             val_acc=self.best_acc, data=self.data)
+                             data=self.data, **extra)
         self._save_last(ts)
 
     def on_interrupt(self, ts: TrainState):
         if self.primary:
             self._save_last(ts)
+
+
+def best_score(record: dict) -> float | None:
+    """What 'best' maximizes: the validation accuracy, or minus the validation loss when there
+    is no accuracy (text, regression); None without validation."""
+    if "val_acc" in record:
+        return record["val_acc"]
+    if "val_loss" in record:
+        return -record["val_loss"]
+    return None
+
+
+def text_metrics(loss_nats, split: str) -> dict:
+    """{split_bpc, split_ppl} of a loss in nats per byte (empty for None)."""
+    if loss_nats is None:
+        return {}
+    return {f"{split}_bpc": loss_nats / math.log(2),
+            f"{split}_ppl": math.exp(min(loss_nats, 700.0))}
 
 
 def _holds_run(out_dir: str) -> list[str]:
@@ -241,7 +305,7 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
         raise DataError(f"the test set of {config.dataset} is empty (x_test "
                         f"{tuple(data.x_test.shape)}): the run could not report its results")
     # training, validation and test sets against the model, before anything is written
-    check_fit_inputs(model, data, loss=config.loss, batch_size=config.batch_size,
+    check_fit_inputs(model, data, loss=config.training_loss(), batch_size=config.batch_size,
                      epochs=config.epochs)
     if devices:
         data_parallel(devices).check_batch_size(config.batch_size, "--batch-size")
@@ -249,10 +313,12 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
     metrics_path = os.path.join(out_dir, METRICS)
     last = os.path.join(out_dir, LAST)
-    history, best_acc = [], -1.0
+    history, best_acc = [], -math.inf
     if resume and os.path.isfile(last):
         ts, meta = load_train_state(last, ts)
         _check_resumed(last, ts, meta, sizes, n_steps)
+        if data.vocab is not None:
+            check_vocab(out_dir, data.vocab)
         history, note = jsonl.read(metrics_path)
         if note:
             log(f"note: {note}")
@@ -268,9 +334,13 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     elif resume:
         log(f"{out_dir} has no checkpoint yet (it stopped before its first one): starting the "
             "run from the beginning with its config")
+        if primary and data.vocab is not None:
+            data.vocab.save(out_dir)
         log(summary(model, data.input_shape))
         rewrite_config = True
     else:
+        if primary and data.vocab is not None:
+            data.vocab.save(out_dir)
         log(summary(model, data.input_shape))
         rewrite_config = True
     if primary:
@@ -284,12 +354,16 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
            if devices else ""))
     health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
     run_dir = RunDirectory(out_dir, config, health=health, primary=primary, best_acc=best_acc,
-                           data=sizes, write_config=rewrite_config)
+                           data=sizes, write_config=rewrite_config, log=log)
+    rules = make_rules(config.rules, ts.params, config.seed)
+    if rules:
+        log(f"backward rules: {', '.join(config.rules)}")
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
-                  grad=config.grad, loss=config.loss, l2=config.l2, seed=config.seed, start=ts,
+                  grad=config.grad, loss=config.training_loss(), l2=config.l2, seed=config.seed,
+                  start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
-                  hooks=[run_dir], chunk_seconds=chunk_seconds)
+                  hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds)
     history += new
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)
@@ -299,8 +373,19 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     health.plot(f"gradient health: {config.model} on {config.dataset}, grad={config.grad}")
     results = final_results(model, ts, data, out_dir, config)
     _write_json(os.path.join(out_dir, "results.json"), results)
-    line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
-    if "best_epoch" in results:
+    if "test_bpc" in results:
+        line = (f"test loss {results['test_loss']:.4f} nats/char = {results['test_bpc']:.3f} "
+                f"bits/char, perplexity {results['test_ppl']:.2f}, next-char accuracy "
+                f"{results['test_acc']:.4f} (unigram baseline {results['unigram_loss']:.4f} "
+                f"nats = {results['unigram_bpc']:.3f} bits/char)")
+        if "best_epoch" in results:
+            line += (f"; best validation epoch {results['best_epoch']}: test "
+                     f"{results['best_test_bpc']:.3f} bits/char")
+    elif "test_acc" not in results:
+        line = f"test loss {results['test_loss']:.4f}"
+    else:
+        line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
+    if "best_epoch" in results and "test_bpc" not in results and "test_acc" in results:
         line += (f"; best validation epoch {results['best_epoch']}: test accuracy "
                  f"{results['best_test_acc']:.4f}")
     log(line)
@@ -322,15 +407,18 @@ def _check_resumed(path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: 
 
 
 def _best_acc(path: str, history: list[dict]) -> float:
-    """The validation accuracy of best.safetensors (its metadata), else the best in history."""
+    """The score (best_score) of best.safetensors, from its metadata, else the best in
+    history."""
     if os.path.isfile(path):
         try:
-            acc = read_header(path).meta().get("val_acc")
-            if isinstance(acc, (int, float)):
-                return float(acc)
+            meta = read_header(path).meta()
+            score = best_score({k: meta[k] for k in ("val_acc", "val_loss")
+                                if isinstance(meta.get(k), (int, float))})
+            if score is not None:
+                return float(score)
         except CheckpointError:
             pass
-    return max((r.get("val_acc", -1.0) for r in history), default=-1.0)
+    return max((best_score(r) for r in history if best_score(r) is not None), default=-math.inf)
 
 
 def final_results(model, ts: TrainState, data, out_dir: str | None, config: TrainConfig) -> dict:
@@ -339,12 +427,23 @@ def final_results(model, ts: TrainState, data, out_dir: str | None, config: Trai
     evaluate = make_evaluate(model, loss=config.loss)
     x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
     last = evaluate(ts.params, ts.state, x, y)
-    results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"]),
-               "test_acc": float(last["accuracy"])}
+    results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"])}
+    if "accuracy" in last:
+        results["test_acc"] = float(last["accuracy"])
+    text = getattr(data, "vocab", None) is not None
+    if text:
+        results.update(text_metrics(results["test_loss"], "test"),
+                       unigram_loss=data.unigram_loss,
+                       unigram_bpc=data.unigram_loss / math.log(2))
     best_path = None if out_dir is None else os.path.join(out_dir, BEST)
     if best_path and os.path.isfile(best_path):
         best, meta = load_checkpoint(best_path, {"params": ts.params, "state": ts.state})
         r = evaluate(best["params"], best["state"], x, y)
-        results.update(best_epoch=meta.get("epoch"), best_val_acc=meta.get("val_acc"),
-                       best_test_acc=float(r["accuracy"]), best_test_loss=float(r["loss"]))
+        results.update(best_epoch=meta.get("epoch"), best_test_loss=float(r["loss"]))
+        if "accuracy" in r:
+            results.update(best_val_acc=meta.get("val_acc"), best_test_acc=float(r["accuracy"]))
+        else:
+            results["best_val_loss"] = meta.get("val_loss")
+        if text:
+            results["best_test_bpc"] = float(r["loss"]) / math.log(2)
     return results

@@ -11,6 +11,9 @@ the gradients.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -19,25 +22,98 @@ from fnn.ops import l2_penalty, registry
 from fnn.train.parallel import constrain_batch, data_parallel, jit_step
 from fnn.transforms import value_and_grad as fnn_value_and_grad
 
-LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy",
-          "cross_entropy": "softmax_cross_entropy", "svm": "svm_loss"}
 GRADS = ("custom", "builtin")
 
 
-def get_loss(name: str):
-    """The loss gate `loss(scores (N, C), labels (N,)) -> mean over the batch`, by name."""
-    try:
-        return registry[LOSSES[name]]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A training loss: fn(scores, labels) -> the mean over the batch (a scalar).
+
+    Labels may have any shape the function accepts: (N,) class labels for (N, C) scores,
+    (N, T) per-token labels for (N, T, C) logits, float targets shaped like the scores for
+    regression. `classify`: the labels are class indices (integers shaped like scores[..., 0]),
+    so accuracy (argmax over the last axis) is reported; None decides by the labels' dtype and
+    shape. `per_example(scores, labels) -> (N,)` defaults to fn on one example at a time.
+    """
+
+    name: str
+    fn: Callable
+    classify: bool | None = None
+    per_example_fn: Callable | None = None
+
+    def __call__(self, scores, labels):
+        return self.fn(scores, labels)
+
+    def is_classification(self, scores_shape, labels) -> bool:
+        """Whether accuracy means something for these scores and labels."""
+        if self.classify is not None:
+            return self.classify
+        return (jnp.issubdtype(jnp.result_type(labels), jnp.integer)
+                and tuple(jnp.shape(labels)) == tuple(scores_shape)[:-1])
+
+    def per_example(self, scores, labels):
+        if self.per_example_fn is not None:
+            return self.per_example_fn(scores, labels)
+        return jax.vmap(lambda s, y: self.fn(s[None], y[None]))(scores, labels)
 
 
-def make_loss_fn(model, loss: str = "softmax_cross_entropy", *, l2: float = 0.0):
+def _one_hot_mse(scores, labels):
+    """mse against one-hot targets when the labels are class indices (the lecture's squared
+    error on classes), else against the labels themselves (regression)."""
+    if jnp.issubdtype(jnp.result_type(labels), jnp.integer) and (
+            jnp.ndim(labels) == jnp.ndim(scores) - 1):
+        labels = jax.nn.one_hot(labels, scores.shape[-1], dtype=jnp.result_type(scores))
+    return registry["mse"](scores, labels)
+
+
+LOSSES = {"softmax_cross_entropy": Loss("softmax_cross_entropy",
+                                        registry["softmax_cross_entropy"], True),
+          "cross_entropy": Loss("softmax_cross_entropy", registry["softmax_cross_entropy"], True),
+          "svm": Loss("svm_loss", registry["svm_loss"], True),
+          "mse": Loss("mse", _one_hot_mse)}
+
+
+def cross_entropy(*, label_smoothing: float = 0.0, ignore_index: int | None = None) -> Loss:
+    """softmax cross-entropy with label smoothing and/or an ignored label (padding tokens),
+    the `softmax_cross_entropy` gate's own options (its hand-written rule covers both)."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    if not label_smoothing and ignore_index is None:
+        return LOSSES["softmax_cross_entropy"]
+    gate = registry["softmax_cross_entropy"]
+
+    def fn(scores, labels):
+        return gate(scores, labels, label_smoothing=label_smoothing, ignore_index=ignore_index)
+
+    name = "softmax_cross_entropy" + (f" (label_smoothing {label_smoothing})"
+                                      if label_smoothing else "") + (
+        f" (ignore_index {ignore_index})" if ignore_index is not None else "")
+    return Loss(name, fn, True)
+
+
+def get_loss(loss) -> Loss:
+    """A Loss by name (LOSSES), a Loss, or any function loss(scores, labels) -> scalar mean
+    (a gate, a jnp expression, an optax loss followed by a mean)."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        try:
+            return LOSSES[loss]
+        except KeyError:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or "
+                             "pass a function loss(scores, labels) -> scalar") from None
+    if callable(loss):
+        return Loss(getattr(loss, "__name__", type(loss).__name__), loss)
+    raise ValueError(f"loss must be a name ({', '.join(LOSSES)}), a fnn.train.Loss or a "
+                     f"function loss(scores, labels) -> scalar, got {loss!r}")
+
+
+def make_loss_fn(model, loss="softmax_cross_entropy", *, l2: float = 0.0):
     """loss_fn(params, state, x, y, key) -> (loss, (new_state, scores)), in training mode.
 
     l2 > 0 adds the lecture's l2 * sum(w**2) over every weight matrix and kernel (ndim >= 2).
     """
-    loss_gate = get_loss(loss)
+    loss_gate = get_loss(loss)  # a name, a Loss or a function (get_loss)
 
     def loss_fn(params, state, x, y, key):
         scores, new_state = model.apply(params, state, x, key=key, train=True)
@@ -51,39 +127,54 @@ def make_loss_fn(model, loss: str = "softmax_cross_entropy", *, l2: float = 0.0)
     return loss_fn
 
 
-def value_and_grad(loss_fn, grad: str = "custom"):
-    """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX."""
+def value_and_grad(loss_fn, grad: str = "custom", rules=None):
+    """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX. rules: fnn's
+    rule overrides (fnn.grad's rules=; fnn.train.rules.make_rules), grad="custom" only."""
     if grad == "custom":
-        return fnn_value_and_grad(loss_fn, has_aux=True)
+        return fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)
     if grad == "builtin":
+        if rules:
+            raise ValueError(f"rules replace fnn's hand-written backward: they need "
+                             f"grad='custom', not jax.grad (got rules for "
+                             f"{', '.join(map(str, rules))})")
         return jax.value_and_grad(loss_fn, has_aux=True)
     raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
 
 
 def accuracy(scores, labels):
-    """Fraction of rows whose highest score is the label."""
+    """Fraction of rows (of positions, for per-token labels) whose highest score is the label."""
     return jnp.mean(jnp.argmax(scores, axis=-1) == labels)
 
 
+def batch_metrics(loss, value, scores, labels) -> dict:
+    """{"loss"} and, when the labels are class indices (Loss.is_classification), "accuracy"."""
+    out = {"loss": value}
+    if get_loss(loss).is_classification(jnp.shape(scores), labels):
+        out["accuracy"] = accuracy(scores, labels)
+    return out
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
-                    loss: str = "softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
-                    jit: bool = True, devices=None):
+                    loss="softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
+                    jit: bool = True, devices=None, rules=None):
     """step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
-    batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update. With
+    batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update ("accuracy"
+    only when the labels are class indices; loss: a name, a Loss or a function, get_loss). With
     jit=True the step is compiled and params, state and opt_state are donated: do not use the
     arrays you passed in after the call. jit=False gives the plain function (to scan over).
     devices (a count, devices or a Mesh; fnn.train.parallel): data parallel, the batch split
     across them and everything else replicated (placed on the first call), one jitted program.
+    rules: backward-rule overrides, {gate: rule} as fnn.grad(rules=) takes (grad="custom").
     """
-    vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad)
+    vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad, rules)
 
     def step(params, state, opt_state, batch, key):
         x, y = batch
         (value, (new_state, scores)), grads = vg(params, state, x, y, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, new_state, opt_state, {"loss": value, "accuracy": accuracy(scores, y)}
+        return params, new_state, opt_state, batch_metrics(loss, value, scores, y)
 
     dp = data_parallel(devices)
     if dp is not None:
@@ -91,19 +182,18 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
 
 
-def per_example_loss(loss: str, scores, labels):
-    """The loss of each row on its own, (N,): the loss gate applied to one example at a time."""
-    gate = get_loss(loss)
-    return jax.vmap(lambda s, y: gate(s[None], y[None]))(scores, labels)
+def per_example_loss(loss, scores, labels):
+    """The loss of each example on its own, (N,) (Loss.per_example)."""
+    return get_loss(loss).per_example(scores, labels)
 
 
-def make_eval_step(model, *, loss: str = "softmax_cross_entropy", jit: bool = True):
-    """eval_step(params, state, batch) -> {"loss", "accuracy"}: batch means, evaluation mode."""
+def make_eval_step(model, *, loss="softmax_cross_entropy", jit: bool = True):
+    """eval_step(params, state, batch) -> {"loss", "accuracy"}: batch means, evaluation mode
+    ("accuracy" for class labels only)."""
 
     def eval_step(params, state, batch):
         x, y = batch
         scores, _ = model.apply(params, state, x, train=False)
-        return {"loss": jnp.mean(per_example_loss(loss, scores, y)),
-                "accuracy": accuracy(scores, y)}
+        return batch_metrics(loss, jnp.mean(per_example_loss(loss, scores, y)), scores, y)
 
     return jax.jit(eval_step) if jit else eval_step

@@ -25,22 +25,29 @@ def _examples(idx: np.ndarray) -> str:
 
 
 def check_split(x, y, name: str, num_classes: int | None) -> None:
-    """x (N, ...) finite floats, y (N,) integer labels in [0, num_classes)."""
+    """x (N, ...) finite numbers; y (N, ...): integer labels in [0, num_classes) (one per
+    example, or per position), or finite float targets."""
     if x is None or y is None:
         raise DataError(f"x_{name} and y_{name} must both be arrays, got "
                         f"{describe(x)} and {describe(y)}")
     x, y = np.asarray(x), np.asarray(y)
-    if x.ndim < 1 or y.ndim != 1:
-        raise DataError(f"x_{name} must be (N, ...) and y_{name} (N,) one label per example; got "
-                        f"x_{name} {describe(x)}, y_{name} {describe(y)}")
+    if x.ndim < 1 or y.ndim < 1:
+        raise DataError(f"x_{name} must be (N, ...) and y_{name} (N, ...), labels or targets of "
+                        f"N examples; got x_{name} {describe(x)}, y_{name} {describe(y)}")
     if name == "train" and len(x) == 0:
         raise DataError(f"x_train is empty ({describe(x)}): there is nothing to train on")
     if len(x) != len(y):
         raise DataError(f"x_{name} holds {len(x)} examples but y_{name} holds {len(y)} labels "
                         f"(x_{name} {describe(x)}, y_{name} {describe(y)})")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"y_{name} must hold integer class labels, got {describe(y)} (dtype "
-                        f"{y.dtype}); convert them, e.g. y.astype(np.int32)")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all():
+            idx = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
+            raise DataError(f"y_{name} {describe(y)} holds non-finite targets in examples "
+                            f"{_examples(idx)}")
+        num_classes = None  # targets, not class labels
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"y_{name} must hold integer class labels or float targets, got "
+                        f"{describe(y)} (dtype {y.dtype}); convert them, e.g. y.astype(np.int32)")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise DataError(f"x_{name} must hold numbers, got {describe(x)} (dtype {x.dtype})")
     if np.issubdtype(x.dtype, np.floating):
@@ -53,8 +60,9 @@ def check_split(x, y, name: str, num_classes: int | None) -> None:
     if num_classes is not None and y.size:
         bad = (y < 0) | (y >= num_classes)
         if bad.any():
-            idx = np.flatnonzero(bad)
+            idx = np.flatnonzero(bad.reshape(-1))
             values = ", ".join(str(int(v)) for v in np.unique(y[idx])[:8])
+            idx = np.unique(idx // max(1, int(np.prod(y.shape[1:]))))
             raise DataError(f"y_{name}: labels must lie in [0, {num_classes}) for a model with "
                             f"{num_classes} outputs; got {values} at examples {_examples(idx)}")
 
@@ -139,12 +147,32 @@ def check_position(start, n_steps: int, batch_size: int) -> None:
                              "or the batch size changed since it was saved")
 
 
-def check_fit_inputs(model, data, *, loss: str, start=None, optimizer=None,
+def check_loss_shapes(loss, out: tuple, y, name: str = "loss") -> None:
+    """The loss must take the model's scores (2, *out) with labels (2, *y.shape[1:]): tried on
+    shapes alone (jax.eval_shape), its own error named with the shapes."""
+    from fnn.train.step import get_loss
+
+    fn = get_loss(loss)
+    scores = jax.ShapeDtypeStruct((2, *out), np.float32)
+    labels = jax.ShapeDtypeStruct((2, *np.shape(y)[1:]), np.asarray(y).dtype)
+    try:
+        jax.eval_shape(fn.fn, scores, labels)
+    except Exception as e:  # the loss's own message, with the shapes that caused it
+        def shape(dims):
+            return "(" + ", ".join(["N", *map(str, dims)]) + ")"
+
+        raise DataError(f"the loss {fn.name!r} cannot take the model's scores {shape(out)} with "
+                        f"labels y_{name} {shape(np.shape(y)[1:])} ({np.asarray(y).dtype}): "
+                        f"{str(e).splitlines()[0]}") from None
+
+
+def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, optimizer=None,
                      batch_size: int | None = None, eval_batch_size: int | None = None,
                      epochs: int | None = None) -> None:
     """Everything fit can check before compiling: its counts, the output shape, labels and
-    finiteness of the training, validation and test sets (each checked against the model),
-    and `start` (params, state, the optimizer's state, its position inside an epoch)."""
+    finiteness of the training, validation and test sets (each checked against the model and
+    the loss), and `start` (params, state, the optimizer's state, its position inside an
+    epoch)."""
     from fnn.train.epoch import steps_per_epoch
     from fnn.train.step import get_loss
 
@@ -156,19 +184,25 @@ def check_fit_inputs(model, data, *, loss: str, start=None, optimizer=None,
     input_shape = tuple(np.shape(data.x_train)[1:])
     shapes = layer_shapes(model, input_shape)  # (params, state, output shape) from shapes alone
     out = shapes[2]
-    if len(out) != 1:
+    y = np.asarray(data.y_train) if data.y_train is not None else None
+    if (y is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
+            and len(out) != 1):
         raise ValueError(f"the model maps one example {input_shape} to {out}; the loss {loss!r} "
-                         "needs one score per class, (C,): end the model with a Dense layer "
-                         "(after a Flatten)")
-    check_split(data.x_train, data.y_train, "train", out[0])
+                         "with one label per example needs one score per class, (C,): end the "
+                         "model with a Dense layer (after a Flatten)")
+    check_split(data.x_train, data.y_train, "train", out[-1] if out else None)
+    check_loss_shapes(loss, out, data.y_train, "train")
     for split in ("val", "test"):
         x, y = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
         if x is None or not len(x):
             continue
-        check_split(x, y, split, out[0])
+        check_split(x, y, split, out[-1] if out else None)
         if tuple(np.shape(x)[1:]) != input_shape:
             raise DataError(f"x_{split} examples have shape {tuple(np.shape(x)[1:])} but "
                             f"x_train examples {input_shape}: the model takes {input_shape}")
+        if tuple(np.shape(y)[1:]) != tuple(np.shape(data.y_train)[1:]):
+            raise DataError(f"y_{split} labels have shape {tuple(np.shape(y)[1:])} per example "
+                            f"but y_train {tuple(np.shape(data.y_train)[1:])}")
     if start is not None:
         check_start(model, input_shape, start, shapes)
         if optimizer is not None:

@@ -1,0 +1,241 @@
+"""Sequence layers: token embeddings, recurrent layers through time, attention, positional
+encodings and the pre-norm transformer block (conventions: fnn/nn/combinators.py).
+
+Sequences are (batch, time, features); token ids (batch, time) integers. The shape of ONE
+example has no batch axis: (T,) ids, (T, D) features.
+
+    Embedding(vocab, dim)               ids (T,) -> (T, dim), the `embedding` gate
+    RNN(h), LSTM(h), GRU(h)             (T, D) -> (T, h) (or (h,) with return_sequences=False):
+                                        the fused cell gate run over time by `lax.scan` (one
+                                        compiled loop; fnn differentiates it by
+                                        backpropagation through time, each step by the cell's rule)
+    MultiHeadAttention(heads)           (T, D) -> (T, D): q, k, v projections, the `attention`
+                                        gate per head (causal by default), an output projection
+    PositionalEncoding(kind)            adds learned or sinusoidal (Vaswani et al. 2017) positions
+    TransformerBlock(heads)             pre-norm: x + attn(ln(x)), then x + mlp(ln(x))
+
+Initializers as in the literature: input kernels glorot-uniform, recurrent kernels orthogonal
+per gate (Saxe et al. 2014), biases zero except the LSTM's forget gate at 1 (Jozefowicz et al.
+2015); attention and MLP kernels glorot, learned positions N(0, 0.02**2) (GPT-2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fnn.ops import affine, reshape
+from fnn.nn.activations import Activation
+from fnn.nn.combinators import Layer, check_input_shape, residual, serial
+from fnn.nn.initializers import get_initializer, normal
+from fnn.nn.layers import Dense, Dropout
+from fnn.nn.normalization import LayerNorm
+from fnn.ops.sequence import attention, embedding, gru_cell, lstm_cell, rnn_cell
+
+
+def _positive(v, what: str) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{what} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _sequence_shape(name: str, input_shape) -> tuple[int, int]:
+    shape = check_input_shape(name, input_shape)
+    if len(shape) != 2:
+        raise ValueError(f"{name} takes sequences (T, D) per example ((batch, time, features) "
+                         f"batches), got input shape {shape}")
+    return shape
+
+
+def _check_sequences(name: str, x, dim: int) -> None:
+    if jnp.ndim(x) != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{name}: expects (batch, time, {dim}) inputs, got shape "
+                         f"{tuple(jnp.shape(x))} ({jnp.result_type(x)})")
+
+
+# ---- embedding ------------------------------------------------------------------------------------
+def Embedding(vocab_size: int, dim: int, *, padding_idx: int | None = None,
+              init=normal(1.0)) -> Layer:
+    """Token ids (batch, T) -> vectors (batch, T, dim): row ids of a (vocab_size, dim) table,
+    N(0, 1) entries by default (PyTorch's). padding_idx: that id reads (and trains) nothing."""
+    vocab_size = _positive(vocab_size, "Embedding vocab_size")
+    dim = _positive(dim, "Embedding dim")
+    if padding_idx is not None and not 0 <= padding_idx < vocab_size:
+        raise ValueError(f"Embedding padding_idx must lie in [0, {vocab_size}), got "
+                         f"{padding_idx!r}")
+    table_init = get_initializer(init)
+
+    def init_fn(key, input_shape):
+        shape = check_input_shape("Embedding", input_shape)
+        table = table_init(key, (vocab_size, dim))
+        if padding_idx is not None:
+            table = table.at[padding_idx].set(0)
+        return {"table": table}, {}, (*shape, dim)
+
+    def apply(params, state, x, *, key=None, train=False):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+            raise ValueError(f"Embedding: expects integer token ids, got shape "
+                             f"{tuple(jnp.shape(x))} ({jnp.result_type(x)})")
+        return embedding(params["table"], x, padding_idx=padding_idx), state
+
+    return Layer("embedding", init_fn, apply)
+
+
+# ---- recurrent layers -----------------------------------------------------------------------------
+_CELLS = {"rnn": (rnn_cell, 1), "lstm": (lstm_cell, 4), "gru": (gru_cell, 3)}
+
+
+def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
+              init="glorot_uniform", recurrent_init="orthogonal") -> Layer:
+    """A recurrent layer of `kind` 'rnn' (tanh), 'lstm' or 'gru' with `hidden` units, over
+    (batch, T, D) inputs from a zero state: (batch, T, hidden) every step's hidden state, or
+    (batch, hidden) the last one (return_sequences=False).
+
+    Params: wx (D, k*hidden), wh (hidden, k*hidden), b (k*hidden,) (and the GRU's bh) with k
+    the number of gates; gate order (i, f, o, g) for the LSTM, (r, z, n) for the GRU. The time
+    loop is one `lax.scan`: trace and compile time do not grow with T.
+    """
+    if kind not in _CELLS:
+        raise ValueError(f"Recurrent kind must be one of {', '.join(_CELLS)}, got {kind!r}")
+    hidden = _positive(hidden, f"{kind.upper()} hidden")
+    cell, k = _CELLS[kind]
+    w_init, r_init = get_initializer(init), get_initializer(recurrent_init)
+
+    def init_fn(key, input_shape):
+        t, d = _sequence_shape(kind.upper(), input_shape)
+        kx, kh = jax.random.split(key)
+        b = jnp.zeros((k * hidden,), jnp.float32)
+        if kind == "lstm":  # forget gate bias 1: remember by default (Jozefowicz et al. 2015)
+            b = b.at[hidden:2 * hidden].set(1.0)
+        params = {"wx": w_init(kx, (d, k * hidden)), "wh": r_init(kh, (hidden, k * hidden)),
+                  "b": b}
+        if kind == "gru":
+            params["bh"] = jnp.zeros((k * hidden,), jnp.float32)
+        return params, {}, ((t, hidden) if return_sequences else (hidden,))
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_sequences(kind.upper(), x, params["wx"].shape[0])
+        h0 = jnp.zeros((x.shape[0], hidden), jnp.result_type(x, params["wh"]))
+        extra = (params["bh"],) if kind == "gru" else ()
+
+        def step(carry, xt):
+            if kind == "lstm":
+                h, c = cell(xt, carry[0], carry[1], params["wx"], params["wh"], params["b"])
+                return (h, c), h
+            h = cell(xt, carry, params["wx"], params["wh"], params["b"], *extra)
+            return h, h
+
+        carry0 = (h0, h0) if kind == "lstm" else h0
+        last, hs = lax.scan(step, carry0, jnp.swapaxes(x, 0, 1))
+        if not return_sequences:
+            return (last[0] if kind == "lstm" else last), state
+        return jnp.swapaxes(hs, 0, 1), state
+
+    return Layer(kind, init_fn, apply)
+
+
+def RNN(hidden: int, **options) -> Layer:
+    """A vanilla (tanh) RNN layer over time: h_t = tanh(x_t wx + h_{t-1} wh + b). See Recurrent."""
+    return Recurrent("rnn", hidden, **options)
+
+
+def LSTM(hidden: int, **options) -> Layer:
+    """An LSTM layer over time (forget-gate bias 1, orthogonal recurrent kernels). See Recurrent."""
+    return Recurrent("lstm", hidden, **options)
+
+
+def GRU(hidden: int, **options) -> Layer:
+    """A GRU layer over time (PyTorch's equations). See Recurrent."""
+    return Recurrent("gru", hidden, **options)
+
+
+# ---- attention -------------------------------------------------------------------------------------
+def MultiHeadAttention(heads: int, *, causal: bool = True, init="glorot") -> Layer:
+    """Multi-head self-attention over (batch, T, D): q, k, v = x wqkv + bqkv split into `heads`
+    heads of D / heads features, softmax(q k^T / sqrt(D / heads) (+ causal mask)) v per head
+    (the fused `attention` gate), heads concatenated and projected by wo, bo. causal=True: each
+    position attends to itself and earlier positions only (a language model)."""
+    heads = _positive(heads, "MultiHeadAttention heads")
+    w_init = get_initializer(init)
+
+    def init_fn(key, input_shape):
+        t, d = _sequence_shape("MultiHeadAttention", input_shape)
+        if d % heads:
+            raise ValueError(f"MultiHeadAttention: the width {d} must be divisible by heads "
+                             f"{heads}")
+        k1, k2 = jax.random.split(key)
+        params = {"wqkv": w_init(k1, (d, 3 * d)), "bqkv": jnp.zeros((3 * d,), jnp.float32),
+                  "wo": w_init(k2, (d, d)), "bo": jnp.zeros((d,), jnp.float32)}
+        return params, {}, (t, d)
+
+    def apply(params, state, x, *, key=None, train=False):
+        d = params["wo"].shape[0]
+        _check_sequences("MultiHeadAttention", x, d)
+        b, t = x.shape[:2]
+        qkv = affine(reshape(x, shape=(b * t, d)), params["wqkv"], params["bqkv"])
+        qkv = jnp.transpose(jnp.reshape(qkv, (b, t, 3, heads, d // heads)), (2, 0, 3, 1, 4))
+        y = attention(qkv[0], qkv[1], qkv[2], causal=causal)  # (b, heads, t, d / heads)
+        y = jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (b * t, d))
+        return reshape(affine(y, params["wo"], params["bo"]), shape=(b, t, d)), state
+
+    return Layer("attention", init_fn, apply)
+
+
+def sinusoids(length: int, dim: int) -> np.ndarray:
+    """The (length, dim) sinusoidal encodings of Vaswani et al. 2017: sin(pos / 10000**(2i/dim))
+    at even features 2i, cos at odd features 2i+1."""
+    pos = np.arange(length, dtype=np.float64)[:, None]
+    rate = np.exp(-math.log(10000.0) * np.arange(0, dim, 2, dtype=np.float64) / dim)
+    out = np.zeros((length, dim))
+    out[:, 0::2] = np.sin(pos * rate)
+    out[:, 1::2] = np.cos(pos * rate)[:, :dim // 2]
+    return out.astype(np.float32)
+
+
+def PositionalEncoding(kind: str = "learned", *, max_len: int | None = None) -> Layer:
+    """x + the encoding of each position, (batch, T, D): 'learned' (a (max_len, D) parameter,
+    N(0, 0.02**2), GPT-2) or 'sinusoidal' (fixed, no parameters). max_len defaults to the T of
+    the input shape; longer inputs are refused."""
+    if kind not in ("learned", "sinusoidal"):
+        raise ValueError(f"PositionalEncoding kind must be 'learned' or 'sinusoidal', got {kind!r}")
+
+    def init_fn(key, input_shape):
+        t, d = _sequence_shape("PositionalEncoding", input_shape)
+        n = t if max_len is None else _positive(max_len, "PositionalEncoding max_len")
+        if n < t:
+            raise ValueError(f"PositionalEncoding: max_len {n} is shorter than the input's "
+                             f"{t} positions")
+        params = {"pos": normal(0.02)(key, (n, d))} if kind == "learned" else {}
+        return params, {}, (t, d)
+
+    def apply(params, state, x, *, key=None, train=False):
+        t, d = x.shape[-2:]
+        n = params["pos"].shape[0] if kind == "learned" else (max_len or t)
+        if jnp.ndim(x) != 3 or t > n:
+            raise ValueError(f"PositionalEncoding: expects (batch, T <= {n}, {d}) inputs, got "
+                             f"shape {tuple(jnp.shape(x))}")
+        pos = params["pos"][:t] if kind == "learned" else jnp.asarray(sinusoids(t, d), x.dtype)
+        return x + pos, state
+
+    return Layer(f"{kind}_positions", init_fn, apply)
+
+
+def TransformerBlock(width: int, heads: int, *, mlp_ratio: int = 4, dropout: float = 0.0,
+                     causal: bool = True, activation: str = "gelu") -> Layer:
+    """The pre-norm transformer block (GPT-2) on (batch, T, width): x + attention(LayerNorm(x)),
+    then x + mlp(LayerNorm(x)) with mlp = Dense(mlp_ratio * width) - gelu - Dense(width) on each
+    position; optional dropout at the end of each branch. A serial of two residuals, so layer
+    paths read 'transformer_block/0_attention/main/1_attention'."""
+    width = _positive(width, "TransformerBlock width")
+    mlp_ratio = _positive(mlp_ratio, "TransformerBlock mlp_ratio")
+    drop = (Dropout(dropout),) if dropout else ()
+    attend = serial(LayerNorm(), MultiHeadAttention(heads, causal=causal), *drop, name="attend")
+    mlp = serial(LayerNorm(), Dense(mlp_ratio * width, init="glorot", flatten=False),
+                 Activation(activation), Dense(width, init="glorot", flatten=False), *drop,
+                 name="mlp")
+    return serial(residual(attend, name="attention"), residual(mlp, name="feedforward"),
+                  name="transformer_block")

@@ -1,0 +1,245 @@
+"""Sequence gates: an embedding lookup, the fused cells of recurrent networks (vanilla RNN, LSTM,
+GRU) and scaled dot-product attention, each with its hand-written rule.
+
+    embedding  out = table[ids]: the backward adds each g row into the row of the table it was
+               read from (a scatter-add; a row read twice gets both)
+    rnn_cell   h' = tanh(x wx + h wh + b)
+    lstm_cell  (h', c') from (x, h, c): the four gates of CS231n's lstm_step_forward, one rule
+               for the whole cell (lstm_step_backward)
+    gru_cell   h' = (1 - z) n + z h with PyTorch's reset gate inside the candidate n
+    attention  softmax(q k^T / sqrt(d) + causal mask) v, one fused rule (no softmax Jacobian)
+
+Time loops are `lax.scan` over a cell (fnn.nn.sequence): fnn differentiates the scan by
+backpropagation through time (fnn.ops.primitives.loops) and each step by the cell's own rule.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.autodiff.gate import Case, defgate
+from fnn.errors import GateError, describe
+from fnn.ops._cases import normal
+
+
+# ---- embedding ------------------------------------------------------------------------------------
+@defgate
+def embedding(table, ids, *, padding_idx=None):
+    """table[ids]: a row of the (V, D) table per integer id, out (..., D). With padding_idx,
+    positions holding that id read zeros (a padding token contributes nothing, as PyTorch's
+    zero padding row does).
+
+    Local gradient: each upstream row g[i] is added into table row ids[i] (rows read twice get
+    both); the padding row gets none. ids get no gradient.
+    """
+    if jnp.ndim(table) != 2:
+        raise GateError(f"gate 'embedding': table must be (V, D), got {describe(table)}")
+    if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
+        raise GateError(f"gate 'embedding': ids must be integers, got {describe(ids)}")
+    if not isinstance(ids, jax.core.Tracer):
+        concrete = np.asarray(ids)
+        if concrete.size and (concrete.min() < 0 or concrete.max() >= table.shape[0]):
+            raise GateError(f"gate 'embedding': ids must lie in [0, {table.shape[0]}) for table "
+                            f"{describe(table)}, got values in [{concrete.min()}, "
+                            f"{concrete.max()}]")
+    out = jnp.take(table, ids, axis=0)
+    if padding_idx is not None:
+        out = jnp.where((ids == padding_idx)[..., None], jnp.zeros((), out.dtype), out)
+    return out, (ids, table.shape, jnp.result_type(table))
+
+
+@embedding.defvjp
+def embedding_vjp(g, saved, *, padding_idx=None):
+    ids, shape, dtype = saved
+    rows = g.reshape(-1, shape[1])
+    flat = ids.reshape(-1)
+    if padding_idx is not None:
+        rows = jnp.where((flat == padding_idx)[:, None], jnp.zeros((), rows.dtype), rows)
+    return jnp.zeros(shape, dtype).at[flat].add(rows.astype(dtype)), None
+
+
+@embedding.defcases
+def _embedding_cases(rng, dtype):
+    return [Case((normal(rng, (6, 3), dtype), rng.integers(0, 6, (2, 5))), label="(B, T) ids"),
+            Case((normal(rng, (5, 4), dtype), np.array([1, 1, 0, 4])), {"padding_idx": 0},
+                 label="repeats, padding 0")]
+
+
+# ---- recurrent cells ---------------------------------------------------------------------------------
+def _check_cell(name, x, h, wx, wh, b, k):
+    if jnp.ndim(x) != 2 or jnp.ndim(h) != 2 or x.shape[0] != h.shape[0]:
+        raise GateError(f"gate '{name}': x must be (N, D) and h (N, H), got x {describe(x)}, "
+                        f"h {describe(h)}")
+    hidden = h.shape[1]
+    want = {"wx": (x.shape[1], k * hidden), "wh": (hidden, k * hidden), "b": (k * hidden,)}
+    for arg, got in (("wx", wx), ("wh", wh), ("b", b)):
+        if tuple(np.shape(got)) != want[arg]:
+            raise GateError(f"gate '{name}': {arg} must be {want[arg]} for x {describe(x)} and "
+                            f"h {describe(h)}, got {arg} {describe(got)}")
+
+
+@defgate
+def rnn_cell(x, h, wx, wh, b):
+    """One step of a vanilla RNN: h' = tanh(x wx + h wh + b).  x (N, D), h (N, H), wx (D, H),
+    wh (H, H), b (H,).  Local gradients: with da = g (1 - h'**2): dx = da wx.T, dh = da wh.T,
+    dwx = x.T da, dwh = h.T da, db = sum_N da."""
+    _check_cell("rnn_cell", x, h, wx, wh, b, 1)
+    out = jnp.tanh(x @ wx + h @ wh + b)
+    return out, (x, h, wx, wh, out)
+
+
+@rnn_cell.defvjp
+def rnn_cell_vjp(g, saved, *, needs):
+    x, h, wx, wh, out = saved
+    da = g * (1 - out * out)
+    return (da @ wx.T if needs[0] else None, da @ wh.T if needs[1] else None,
+            x.T @ da if needs[2] else None, h.T @ da if needs[3] else None,
+            jnp.sum(da, axis=0) if needs[4] else None)
+
+
+def _cell_cases(k, outputs=1):
+    def cases(rng, dtype):
+        n, d, hidden = 3, 4, 5
+        args = (normal(rng, (n, d), dtype), normal(rng, (n, hidden), dtype))
+        if outputs == 2:  # the LSTM's cell state
+            args = args + (normal(rng, (n, hidden), dtype),)
+        weights = (normal(rng, (d, k * hidden), dtype, 0.5), normal(rng, (hidden, k * hidden),
+                                                                    dtype, 0.5),
+                   normal(rng, (k * hidden,), dtype, 0.1))
+        return [Case(args + weights, label=f"N={n} D={d} H={hidden}")]
+    return cases
+
+
+rnn_cell.defcases(_cell_cases(1))
+
+
+@defgate
+def lstm_cell(x, h, c, wx, wh, b):
+    """One LSTM step (CS231n's lstm_step_forward): a = x wx + h wh + b split into (i, f, o, g)
+    gates, i = sigmoid, f = sigmoid, o = sigmoid, g = tanh; c' = f c + i g, h' = o tanh(c').
+    x (N, D), h and c (N, H), wx (D, 4H), wh (H, 4H), b (4H,); returns (h', c').
+
+    Local gradients (lstm_step_backward): with dc' = g_c + g_h o (1 - tanh(c')**2):
+    di = dc' g, df = dc' c, dg = dc' i, do = g_h tanh(c'), dc = dc' f, each through its gate's
+    derivative (s (1 - s), 1 - t**2) into da; then dx = da wx.T, dh = da wh.T, dwx = x.T da,
+    dwh = h.T da, db = sum_N da.
+    """
+    _check_cell("lstm_cell", x, h, wx, wh, b, 4)
+    if np.shape(c) != np.shape(h):
+        raise GateError(f"gate 'lstm_cell': c must be shaped like h {describe(h)}, got "
+                        f"{describe(c)}")
+    a = x @ wx + h @ wh + b
+    i, f, o, gg = jnp.split(a, 4, axis=1)
+    i, f, o, gg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(gg)
+    c_next = f * c + i * gg
+    t = jnp.tanh(c_next)
+    return (o * t, c_next), (x, h, c, wx, wh, i, f, o, gg, t)
+
+
+@lstm_cell.defvjp
+def lstm_cell_vjp(g, saved, *, needs):
+    g_h, g_c = g
+    x, h, c, wx, wh, i, f, o, gg, t = saved
+    dc_next = g_c + g_h * o * (1 - t * t)
+    di, df, do, dg = dc_next * gg, dc_next * c, g_h * t, dc_next * i
+    da = jnp.concatenate([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o),
+                          dg * (1 - gg * gg)], axis=1)
+    return (da @ wx.T if needs[0] else None, da @ wh.T if needs[1] else None,
+            dc_next * f if needs[2] else None, x.T @ da if needs[3] else None,
+            h.T @ da if needs[4] else None, jnp.sum(da, axis=0) if needs[5] else None)
+
+
+lstm_cell.defcases(_cell_cases(4, outputs=2))
+
+
+@defgate
+def gru_cell(x, h, wx, wh, b, bh):
+    """One GRU step (PyTorch's): r = sigmoid(x wx_r + h wh_r + b_r + bh_r), z likewise,
+    n = tanh(x wx_n + b_n + r (h wh_n + bh_n)), h' = (1 - z) n + z h.
+    x (N, D), h (N, H), wx (D, 3H), wh (H, 3H), b and bh (3H,) in the order (r, z, n).
+
+    Local gradients: dn = g (1 - z), dz = g (h - n), dh gets g z directly; through n's tanh
+    da_n = dn (1 - n**2), which reaches the hidden side as da_n r and r as da_n (h wh_n + bh_n);
+    through the sigmoids da_r = dr r (1 - r), da_z = dz z (1 - z); then the products as usual.
+    """
+    _check_cell("gru_cell", x, h, wx, wh, b, 3)
+    if np.shape(bh) != np.shape(b):
+        raise GateError(f"gate 'gru_cell': bh must be shaped like b {describe(b)}, got "
+                        f"{describe(bh)}")
+    ax = x @ wx + b
+    ah = h @ wh + bh
+    ax_r, ax_z, ax_n = jnp.split(ax, 3, axis=1)
+    ah_r, ah_z, ah_n = jnp.split(ah, 3, axis=1)
+    r, z = jax.nn.sigmoid(ax_r + ah_r), jax.nn.sigmoid(ax_z + ah_z)
+    n = jnp.tanh(ax_n + r * ah_n)
+    return (1 - z) * n + z * h, (x, h, wx, wh, r, z, n, ah_n)
+
+
+@gru_cell.defvjp
+def gru_cell_vjp(g, saved, *, needs):
+    x, h, wx, wh, r, z, n, ah_n = saved
+    da_n = g * (1 - z) * (1 - n * n)
+    dr = da_n * ah_n
+    da_r = dr * r * (1 - r)
+    da_z = g * (h - n) * z * (1 - z)
+    dax = jnp.concatenate([da_r, da_z, da_n], axis=1)  # x side: (r, z, n) pre-activations
+    dah = jnp.concatenate([da_r, da_z, da_n * r], axis=1)  # h side: n's part is gated by r
+    dh = g * z + dah @ wh.T
+    return (dax @ wx.T if needs[0] else None, dh if needs[1] else None,
+            x.T @ dax if needs[2] else None, h.T @ dah if needs[3] else None,
+            jnp.sum(dax, axis=0) if needs[4] else None, jnp.sum(dah, axis=0) if needs[5] else None)
+
+
+@gru_cell.defcases
+def _gru_cases(rng, dtype):
+    n, d, hidden = 3, 4, 5
+    return [Case((normal(rng, (n, d), dtype), normal(rng, (n, hidden), dtype),
+                  normal(rng, (d, 3 * hidden), dtype, 0.5), normal(rng, (hidden, 3 * hidden), dtype,
+                                                                0.5),
+                  normal(rng, (3 * hidden,), dtype, 0.1), normal(rng, (3 * hidden,), dtype, 0.1)),
+                 label=f"N={n} D={d} H={hidden}")]
+
+
+# ---- attention -------------------------------------------------------------------------------------------
+@defgate
+def attention(q, k, v, *, causal: bool = False, scale=None):
+    """softmax(q k^T * scale (+ causal mask)) v over the last two axes: q (..., T, d),
+    k (..., S, d), v (..., S, dv) -> (..., T, dv); scale defaults to 1/sqrt(d); with causal,
+    position t attends to s <= t only (T == S).
+
+    Local gradients (fused, no softmax Jacobian): with P the attention weights and g upstream,
+    dv = P^T g; dP = g v^T; dS = P (dP - rowsum(dP P)); dq = dS k scale; dk = dS^T q scale.
+    """
+    if jnp.ndim(q) < 2 or np.shape(q)[-1] != np.shape(k)[-1] or np.shape(k)[-2] != np.shape(v)[-2]:
+        raise GateError(f"gate 'attention': q (..., T, d), k (..., S, d) and v (..., S, dv) "
+                        f"must agree, got q {describe(q)}, k {describe(k)}, v {describe(v)}")
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = jnp.einsum("...td,...sd->...ts", q, k) * scale
+    if causal:
+        if q.shape[-2] != k.shape[-2]:
+            raise GateError(f"gate 'attention': causal attention needs T == S, got q "
+                            f"{describe(q)}, k {describe(k)}")
+        t = q.shape[-2]
+        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+    s = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    e = jnp.exp(s)
+    p = e / jnp.sum(e, axis=-1, keepdims=True)
+    return jnp.einsum("...ts,...sd->...td", p, v), (q, k, v, p, scale)
+
+
+@attention.defvjp
+def attention_vjp(g, saved, *, needs, causal=False, scale=None):
+    q, k, v, p, scale = saved
+    dv = jnp.einsum("...ts,...td->...sd", p, g) if needs[2] else None
+    dp = jnp.einsum("...td,...sd->...ts", g, v)
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale
+    dq = jnp.einsum("...ts,...sd->...td", ds, k) if needs[0] else None
+    dk = jnp.einsum("...ts,...td->...sd", ds, q) if needs[1] else None
+    return dq, dk, dv
+
+
+@attention.defcases
+def _attention_cases(rng, dtype):
+    n = lambda *s: normal(rng, s, dtype)
+    return [Case((n(2, 5, 4), n(2, 5, 4), n(2, 5, 3)), {"causal": True}, label="causal"),
+            Case((n(2, 2, 3, 4), n(2, 2, 6, 4), n(2, 2, 6, 4)), label="(B, H, T, d) cross")]

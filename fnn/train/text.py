@@ -1,0 +1,204 @@
+"""Byte-level text data for language models: a corpus from files, a vocabulary, windows.
+
+    text   the bytes of a text file, or of every file in a folder (sorted paths, files with NUL
+           bytes skipped as binary), given with --data-dir; by default the Python standard
+           library's own top-level modules on the running machine (sysconfig's 'stdlib' path,
+           *.py, sorted by name: 168 files, 4.7 MB on CPython 3.11), so no download is needed.
+
+The corpus is split by position: the first (1 - val_fraction) * 95% of the bytes train, the
+next val_fraction * 95% validate, the last 5% test. Each split is cut into windows of `context`
+bytes; x is a window, y the same window shifted by one byte (the next byte at every position).
+The vocabulary is the sorted set of byte values in the corpus (ids 0..V-1); it is saved with a
+run (vocab.json) so a checkpoint can be sampled later (fnn.train.sample).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import sysconfig
+
+import numpy as np
+
+from fnn.train.readers import DataError
+
+TEST_FRACTION = 0.05
+MAX_BYTES = 256 * 2**20  # a corpus is read whole: refuse more than this
+VOCAB_FILE = "vocab.json"
+
+
+def stdlib_files() -> list[str]:
+    """The default corpus: the top-level *.py modules of this Python's standard library."""
+    root = sysconfig.get_paths()["stdlib"]
+    files = sorted(glob.glob(os.path.join(root, "*.py")))
+    if not files:
+        raise DataError(f"the default text corpus is the standard library's *.py files, but "
+                        f"{root} holds none; pass a text file or folder with --data-dir")
+    return files
+
+
+def corpus_files(path: str | None) -> list[str]:
+    """The files of a corpus: `path` itself, every file under the folder `path` (sorted), or
+    the standard library's modules when path is None."""
+    if path is None:
+        return stdlib_files()
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise DataError(f"--data-dir {path!r} does not exist: give a text file or a folder of "
+                        "text files")
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                   if os.path.isfile(f))
+    if not files:
+        raise DataError(f"--data-dir {path!r} is a folder without files: there is no text to "
+                        "train on")
+    return files
+
+
+def read_corpus(path: str | None = None, *, max_bytes: int = MAX_BYTES) -> tuple[bytes, list]:
+    """(the bytes of the corpus, the files read). Files holding NUL bytes are skipped (binary);
+    more than max_bytes in all is refused before it is read."""
+    files = corpus_files(path)
+    total = sum(os.path.getsize(f) for f in files)
+    if total > max_bytes:
+        raise DataError(f"the text corpus {path or 'stdlib'} holds {total:,} bytes in "
+                        f"{len(files)} files, more than the {max_bytes:,} read into memory; "
+                        "name a smaller file or folder")
+    parts, used = [], []
+    for f in files:
+        with open(f, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+        if b"\0" in data:
+            continue
+        parts.append(data)
+        used.append(f)
+    text = b"".join(parts)
+    if not text:
+        raise DataError(f"the text corpus {path!r} is empty (or only binary files): there is "
+                        "no text to train on")
+    return text, used
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """Byte values <-> token ids: `symbols` the sorted byte values present in the corpus."""
+
+    symbols: tuple
+
+    @classmethod
+    def of(cls, text: bytes) -> "Vocab":
+        return cls(tuple(int(b) for b in np.unique(np.frombuffer(text, np.uint8))))
+
+    def __len__(self):
+        return len(self.symbols)
+
+    def encode(self, text: bytes | str) -> np.ndarray:
+        """int32 ids of `text` (a str is UTF-8 encoded); bytes outside the vocabulary raise."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        table = np.full(256, -1, np.int32)
+        table[list(self.symbols)] = np.arange(len(self.symbols), dtype=np.int32)
+        ids = table[np.frombuffer(data, np.uint8)]
+        if (ids < 0).any():
+            missing = sorted({bytes([b]) for b, i in zip(data, ids) if i < 0})
+            raise DataError(f"the text holds {len(missing)} byte(s) the model never saw in "
+                            f"training: {', '.join(map(repr, missing[:10]))}; its vocabulary "
+                            f"has {len(self)} bytes")
+        return ids
+
+    def decode(self, ids) -> bytes:
+        """The bytes of token ids (ids outside [0, V) raise)."""
+        ids = np.asarray(ids)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise DataError(f"token ids must lie in [0, {len(self)}), got values in "
+                            f"[{ids.min()}, {ids.max()}]")
+        return bytes(np.asarray(self.symbols, np.uint8)[ids])
+
+    def save(self, run_dir: str) -> str:
+        path = os.path.join(run_dir, VOCAB_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"kind": "bytes", "symbols": list(self.symbols)}, f)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str) -> "Vocab":
+        path = os.path.join(run_dir, VOCAB_FILE)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            symbols = tuple(int(s) for s in d["symbols"])
+        except FileNotFoundError:
+            raise DataError(f"{run_dir} has no {VOCAB_FILE}: it is not the run of a text "
+                            "model") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path} is damaged ({e}); it should hold the run's byte "
+                            "vocabulary") from None
+        if not symbols or sorted(set(symbols)) != list(symbols) or not all(
+                0 <= s < 256 for s in symbols):
+            raise DataError(f"{path} is damaged: its symbols must be distinct sorted byte "
+                            f"values, got {len(symbols)} values")
+        return cls(symbols)
+
+
+def windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping windows: x (N, context) and y = x shifted by one position, (N, context)."""
+    n = (len(ids) - 1) // context
+    x = ids[:n * context].reshape(n, context)
+    y = ids[1:n * context + 1].reshape(n, context)
+    return x, y
+
+
+def load_text(data_dir: str | None = None, *, context: int = 128, val_fraction: float = 0.1,
+              limit: int | None = None) -> dict:
+    """x/y_train, x/y_val, x/y_test (int32 windows), the Vocab and a description of the corpus.
+
+    Split by position (the module docstring); `limit` keeps the first `limit` train and test
+    windows."""
+    if not isinstance(context, int) or context < 2:
+        raise ValueError(f"text context must be an int >= 2 (bytes per window), got {context!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    text, files = read_corpus(data_dir)
+    vocab = Vocab.of(text)
+    ids = vocab.encode(text)
+    n_test = int(len(ids) * TEST_FRACTION)
+    n_val = int(len(ids) * (1 - TEST_FRACTION) * val_fraction)
+    n_train = len(ids) - n_test - n_val
+    parts = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val],
+             "test": ids[n_train + n_val:]}
+    out = {}
+    for k, part in parts.items():
+        x, y = windows(part, context) if len(part) > context else (
+            np.zeros((0, context), np.int32), np.zeros((0, context), np.int32))
+        if limit:
+            x, y = x[:limit], y[:limit]
+        out[f"x_{k}"], out[f"y_{k}"] = x, y
+    if len(out["x_train"]) == 0:
+        raise DataError(f"the text corpus has {len(ids):,} bytes: too few for one training "
+                        f"window of context {context} (+1); use a shorter --context or more text")
+    counts = np.bincount(ids[:n_train], minlength=len(vocab)).astype(np.float64)
+    p = counts / counts.sum()
+    unigram = float(-np.sum(p[p > 0] * np.log(p[p > 0])))  # nats: entropy of the train bytes
+    source = data_dir or f"the standard library at {os.path.dirname(files[0])}"
+    out.update(vocab=vocab, unigram_loss=unigram,
+               description=f"{source}: {len(files)} files, {len(text):,} bytes, "
+                           f"{len(vocab)} distinct")
+    return out
+
+
+def bits_per_char(loss_nats: float) -> float:
+    """A loss in nats per byte as bits per byte (character)."""
+    return loss_nats / math.log(2)
+
+
+def check_vocab(run_dir: str, vocab: Vocab) -> None:
+    """A resumed text run must read text with the vocabulary it was trained on."""
+    saved = Vocab.load(run_dir)
+    if saved != vocab:
+        raise DataError(f"the text corpus now has a vocabulary of {len(vocab)} bytes, but the run "
+                        f"in {run_dir} was trained on {len(saved)} (its {VOCAB_FILE}): resume "
+                        "it on the same text (--data-dir)")
