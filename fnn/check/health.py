@@ -15,7 +15,11 @@ Metrics (each a dict: layer path -> scalar):
   update_ratio       |update| / |params| of the layer, when `updates` is given (the optimizer's
                      step; the CS231n rule of thumb wants about 1e-3)
   custom_vs_builtin  CS231n relative error max|g - g_jax| / (max|g| + max|g_jax|) of fnn.grad
-                     vs jax.grad of the same loss at the same params and batch (drift monitor)
+                     vs jax.grad of the same loss at the same params and batch (drift monitor;
+                     with rule overrides, how far their gradient is from the true one)
+  alignment          the angle in degrees between the layer's gradient g (with the rules given)
+                     and jax.grad's: 0 for exact rules, the feedback-alignment literature's
+                     angle for feedback alignment and surrogate gradients
   dead_relu          fraction of a ReLU layer's units whose output is 0 for every example of
                      the batch; a unit is a feature (Dense) or a channel, the last axis (Conv:
                      0 at every example and position)
@@ -39,7 +43,8 @@ from fnn.transforms import value_and_grad as fnn_value_and_grad
 SATURATION = 0.99  # |tanh| above, sigmoid outside [1 - SATURATION, SATURATION]
 DEAD = ("relu",)
 SATURATING = ("sigmoid", "tanh")
-METRICS = ("grad_norm", "update_ratio", "custom_vs_builtin", "dead_relu", "saturated")
+METRICS = ("grad_norm", "update_ratio", "custom_vs_builtin", "alignment", "dead_relu",
+           "saturated")
 
 
 def _watched(path: tuple, layer) -> str | None:
@@ -101,16 +106,31 @@ def _norm(leaves):
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
 
 
-def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=None) -> dict:
+def angle_deg(a, b):
+    """The angle between two pytrees as vectors, in degrees (0 when either is zero)."""
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    dot = sum(jnp.vdot(u.astype(jnp.float32), v.astype(jnp.float32)) for u, v in zip(la, lb))
+    na = jnp.sqrt(sum(jnp.vdot(u, u).astype(jnp.float32) for u in la))
+    nb = jnp.sqrt(sum(jnp.vdot(v, v).astype(jnp.float32) for v in lb))
+    cos = jnp.where((na > 0) & (nb > 0), dot / jnp.maximum(na * nb, 1e-30), 1.0)
+    return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+
+
+def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=None,
+                    rules=None) -> dict:
     """The metrics of the module docstring for `model` at (params, state) on batch = (x, y).
 
     loss_fn(params, state, x, y, key) -> (loss, aux): the loss to differentiate (key: the
     dropout key). updates: the optimizer's update of params (a pytree like params, e.g.
     new_params - params) for update_ratio; without it update_ratio is {}. Pure and jit-able;
-    returns float arrays (jax.device_get them for numbers).
+    returns float arrays (jax.device_get them for numbers). rules: backward-rule overrides (as
+    fnn.grad takes them): the gradient measured is theirs, "custom_vs_builtin" its distance
+    from the true one and "alignment" the angle between the two per layer, in degrees (the
+    quantity the feedback-alignment literature plots; 0 for exact rules).
     """
     x, y = batch
-    (value, _), g = fnn_value_and_grad(loss_fn, has_aux=True)(params, state, x, y, key)
+    (value, _), g = fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)(params, state, x, y,
+                                                                           key)
     g_jax, _ = jax.grad(loss_fn, has_aux=True)(params, state, x, y, key)
     _, acts = layer_activations(model, params, state, x, key=key, train=True)
     kinds = activation_layers(model)
@@ -120,6 +140,7 @@ def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=N
         "grad_norm": {k: _norm(v) for k, v in grads.items()},
         "update_ratio": {},
         "custom_vs_builtin": {k: jnp.asarray(rel_error(v, ref[k])) for k, v in grads.items()},
+        "alignment": {k: angle_deg(v, ref[k]) for k, v in grads.items()},
         "dead_relu": {k: dead_fraction(a) for k, a in acts.items() if kinds[k] in DEAD},
         "saturated": {k: saturated_fraction(kinds[k], a) for k, a in acts.items()
                       if kinds[k] in SATURATING},

@@ -93,6 +93,10 @@ def add_arguments(p) -> None:
     a("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<dataset>-<time>)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint "
       "(its config is kept; only --epochs and --data-dir may be changed)")
+    a("--rule", action="append", metavar="GATE=RULE", dest="rules",
+      help="train with a backward-rule override, e.g. relu=straight_through, "
+      "spike=fast_sigmoid:slope=25, affine=feedback_alignment, affine@3_dense=clip_backward:"
+      "max_norm=1 (repeatable; kept by --resume; see fnn/train/rules.py)")
     a("--no-progress", action="store_true", help="no progress bars")
     a("--check-nans", action="store_true", help="on a NaN/inf loss, replay the step eagerly "
       "under fnn.debug_nans and name the gate (forward or VJP) that made it; exit 1")
@@ -109,6 +113,8 @@ def _train_config(args):
     """(config, run directory, resume?) from the parsed options."""
     options = [f.name for f in dataclasses.fields(TrainConfig)]  # each has its --option
     given = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+    if "rules" in given:
+        given["rules"] = tuple(given["rules"])
     if args.resume is None:
         config = TrainConfig(**with_defaults(given))
         out = args.out or os.path.join(

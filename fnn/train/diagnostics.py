@@ -34,13 +34,15 @@ from fnn.train.step import make_loss_fn
 EVERY = 50  # steps between measurements when none is given (python -m fnn train --diagnostics)
 
 
-def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy",
-                 l2: float = 0.0):
+def monitor_step(step, model, *, every: int, loss="softmax_cross_entropy",
+                 l2: float = 0.0, rules=None):
     """step(params, state, (opt_state, count), batch, key) -> (..., (opt_state, count + 1),
     metrics), metrics["health"] = {"on", "step", "values"} (values: zeros when off).
 
     `step` is an uncompiled train step (make_train_step(..., jit=False)), measured every
-    `every` steps (count % every == 0) with the same loss and l2 it trains with.
+    `every` steps (count % every == 0) with the same loss, l2 and rule overrides it trains
+    with (rules: the gradient measured is the one the rules give, and "alignment" its angle
+    to the true gradient per layer).
     """
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"diagnostics every N steps needs a positive int N, got {every!r}")
@@ -53,7 +55,7 @@ def monitor_step(step, model, *, every: int, loss: str = "softmax_cross_entropy"
 
         def on(args):
             p, s, b, k, new = args
-            return gradient_health(loss_fn, model, p, s, b, key=k,
+            return gradient_health(loss_fn, model, p, s, b, key=k, rules=rules,
                                    updates=jax.tree_util.tree_map(jnp.subtract, new, p))
 
         def off(args):
@@ -84,15 +86,22 @@ class HealthMonitor(Hook):
     """The fit hook of diagnostics=N: wraps the step, carries the step counter with the
     optimizer state through the epoch, and puts the epoch's rows in record["diagnostics"]."""
 
-    def __init__(self, model, every: int, *, loss: str = "softmax_cross_entropy", l2: float = 0.0):
-        self.model, self.every, self.loss, self.l2 = model, every, loss, l2
+    def __init__(self, model, every: int, *, loss="softmax_cross_entropy", l2: float = 0.0,
+                 rules=None):
+        self.model, self.every, self.loss, self.l2, self.rules = model, every, loss, l2, rules
 
     def wrap_step(self, step):
-        return monitor_step(step, self.model, every=self.every, loss=self.loss, l2=self.l2)
+        return monitor_step(step, self.model, every=self.every, loss=self.loss, l2=self.l2,
+                            rules=self.rules)
 
     def carry_in(self, opt_state, ts):
         return opt_state, jnp.asarray(ts.step, jnp.int32)
 
     def carry_out(self, carried, metrics, record):
         record["diagnostics"] = rows(metrics["health"], record["epoch"])
+        if self.rules:  # the difference from jax.grad is the rules' doing, not a wrong rule
+            for row in record["diagnostics"]:
+                row["rules"] = [f"{k if isinstance(k, str) else getattr(k, 'name', k)}: "
+                                f"{getattr(v, 'name', None) or v!r}"
+                                for k, v in self.rules.items()]
         return carried[0]

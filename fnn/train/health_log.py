@@ -16,6 +16,7 @@ from fnn.check.tolerances import tolerance
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
 LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
           "custom_vs_builtin": "custom vs built-in gradient (rel. error)",
+          "alignment": "angle to the true gradient (degrees)",
           "dead_relu": "dead ReLU units (fraction)",
           "saturated": "saturated sigmoid/tanh outputs (fraction)", "loss": "batch loss"}
 
@@ -79,6 +80,10 @@ def summarize(row: dict, dtype: str = "float32") -> str:
             f"dead relu {_span(row['dead_relu'], '.2f')}  "
             f"saturated {_span(row['saturated'], '.2f')}  "
             f"custom~built-in {_span(row['custom_vs_builtin'], '.1e')}")
+    if row.get("rules"):  # surrogate rules: a deliberate difference, measured as an angle
+        line += (f"  alignment {_span(row.get('alignment', {}), '.1f')} deg (rules: "
+                 f"{', '.join(row['rules'])})")
+        return line
     tol = tolerance("model", dtype)
     drift = [k for k, v in row["custom_vs_builtin"].items() if not v <= tol]
     if drift:
@@ -92,20 +97,21 @@ def plot_health(all_rows: list[dict], path: str, title: str = "") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 8))
+    fig = Figure(figsize=(20, 8))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3).ravel()
+    axes = fig.subplots(2, 4).ravel()
+    axes[-1].set_visible(False)
     steps = [r["step"] for r in all_rows]
     for ax, metric in zip(axes, METRICS + ("loss",)):
         if metric == "loss":
             ax.plot(steps, [r["loss"] for r in all_rows], marker=".", color="k")
         layers = [] if metric == "loss" else list(dict.fromkeys(k for r in all_rows
-                                                                for k in r[metric]))
+                                                                for k in r.get(metric, {})))
         if metric != "loss" and not layers:
             ax.text(0.5, 0.5, "no such layers", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
         for layer in layers:
-            ax.plot(steps, [r[metric].get(layer, np.nan) for r in all_rows], marker=".",
+            ax.plot(steps, [r.get(metric, {}).get(layer, np.nan) for r in all_rows], marker=".",
                     markersize=3, label=layer)
         if metric in ("grad_norm", "update_ratio", "custom_vs_builtin") and layers:
             ax.set_yscale("log", nonpositive="clip")

@@ -83,7 +83,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         start: TrainState | None = None, schedule: Callable | None = None,
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
-        devices=None, hooks: Sequence[Hook] = ()):
+        devices=None, hooks: Sequence[Hook] = (), rules=None):
     """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
 
     data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape).
@@ -102,13 +102,17 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     (or a device list or Mesh), the batch split, parameters replicated (fnn.train.parallel).
     hooks: more fnn.train.hooks.Hook objects, called after the ones these options make
     (diagnostics, check_nans, progress, log, callback, in that order).
+    rules: backward-rule overrides for grad="custom" ({gate: rule}, fnn.grad's rules=; from
+    text specs: fnn.train.rules.make_rules); the gradient health (diagnostics) then also
+    reports each layer's alignment angle between the gradient they give and the true one.
     The data, labels and `start` are checked against the model first (fnn.train.validate).
     """
     check_fit_inputs(model, data, loss=loss, start=start)
     ts = start if start is not None else init_train_state(model, optimizer, data.input_shape, seed)
-    hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2)] if diagnostics else []),
+    hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2, rules=rules)]
+               if diagnostics else []),
              *([NanReplay(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
-                          loss=loss, grad=grad, l2=l2)] if check_nans else []),
+                          loss=loss, grad=grad, l2=l2, rules=rules)] if check_nans else []),
              ProgressBar(epochs, progress),
              *([EpochLog(log, epochs)] if log is not None else []),
              *([Callback(callback)] if callback is not None else []), *hooks]
@@ -122,7 +126,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         ts = TrainState(*dp.replicate((ts.params, ts.state, ts.opt_state, ts.key)), ts.epoch,
                         ts.step)
     n_steps = steps_per_epoch(len(data.x_train), batch_size)
-    step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False)
+    step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False, rules=rules)
     for h in hooks:
         step = h.wrap_step(step)
     ctrl_c = _CtrlC()

@@ -51,7 +51,7 @@ def _run_steps(step, carry, x, y, order, keys):
 
 def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, losses,
                     epoch: int, step0: int, loss: str = "softmax_cross_entropy",
-                    grad: str = "custom", l2: float = 0.0) -> NanOriginError:
+                    grad: str = "custom", l2: float = 0.0, rules=None) -> NanOriginError:
     """Replay the epoch that began at `start` (params, state, opt_state) with PRNG `key` and
     name the origin of its first non-finite loss (`losses`: the epoch's per-step losses; a
     non-finite loss at index len(losses) means the parameters after the last step).
@@ -72,9 +72,11 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
     head = f"training produced a non-finite loss ({value}) at {where}"
     if grad == "builtin":
         head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
-    carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False),
+    carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
+                                       rules=rules),
                        (params, state, opt_state), x, y, order[:lo], keys[:lo])
-    eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False)
+    eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False,
+                            rules=rules)
     for i in range(lo, min(first + 1, len(order))):
         if i == lo:
             bad_params = _nonfinite_leaves(carry[0])
@@ -115,9 +117,10 @@ class NanReplay(Hook):
     donate = False
 
     def __init__(self, model, optimizer, x, y, *, batch_size: int, loss: str, grad: str,
-                 l2: float):
+                 l2: float, rules=None):
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
-        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2}
+        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2,
+                        "rules": rules}
 
     def after_epoch(self, before, params, losses, key):
         if not epoch_is_finite(losses, params):

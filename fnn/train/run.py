@@ -37,6 +37,7 @@ from fnn.train.parallel import data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import cross_entropy, get_loss
+from fnn.train.rules import check_rules, make_rules
 from fnn.train.text import check_vocab
 
 LAST, BEST = "last.safetensors", "best.safetensors"
@@ -73,6 +74,7 @@ class TrainConfig:
     width: int = 128
     depth: int = 2
     heads: int = 4
+    rules: tuple = ()  # backward-rule overrides, "GATE=RULE[:opt=v]" (fnn.train.rules)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +169,7 @@ def setup(config: TrainConfig):
     """(data, model, optimizer, schedule) of a config."""
     check_model_data(config)
     config.training_loss()  # a bad loss option fails before anything is loaded
+    check_rules(config.rules, config.grad)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                         limit=config.limit or None, context=config.context)
     model = build_model(config.model, data.num_classes, **config.model_options())
@@ -288,11 +291,14 @@ def train_run(config: TrainConfig, out_dir: str, *, resume: bool = False, progre
                            best_acc=max((best_score(r) for r in history
                                          if best_score(r) is not None), default=-math.inf),
                            log=log)
+    rules = make_rules(config.rules, ts.params, config.seed)
+    if rules:
+        log(f"backward rules: {', '.join(config.rules)}")
     ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
                   grad=config.grad, loss=config.training_loss(), l2=config.l2, seed=config.seed, start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
-                  hooks=[run_dir])
+                  hooks=[run_dir], rules=rules)
     history += new
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)

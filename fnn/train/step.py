@@ -127,11 +127,16 @@ def make_loss_fn(model, loss="softmax_cross_entropy", *, l2: float = 0.0):
     return loss_fn
 
 
-def value_and_grad(loss_fn, grad: str = "custom"):
-    """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX."""
+def value_and_grad(loss_fn, grad: str = "custom", rules=None):
+    """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX. rules: fnn's
+    rule overrides (fnn.grad's rules=; fnn.train.rules.make_rules), grad="custom" only."""
     if grad == "custom":
-        return fnn_value_and_grad(loss_fn, has_aux=True)
+        return fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)
     if grad == "builtin":
+        if rules:
+            raise ValueError(f"rules replace fnn's hand-written backward: they need "
+                             f"grad='custom', not jax.grad (got rules for "
+                             f"{', '.join(map(str, rules))})")
         return jax.value_and_grad(loss_fn, has_aux=True)
     raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
 
@@ -151,7 +156,7 @@ def batch_metrics(loss, value, scores, labels) -> dict:
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     loss="softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
-                    jit: bool = True, devices=None):
+                    jit: bool = True, devices=None, rules=None):
     """step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
     batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update ("accuracy"
@@ -160,8 +165,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     arrays you passed in after the call. jit=False gives the plain function (to scan over).
     devices (a count, devices or a Mesh; fnn.train.parallel): data parallel, the batch split
     across them and everything else replicated (placed on the first call), one jitted program.
+    rules: backward-rule overrides, {gate: rule} as fnn.grad(rules=) takes (grad="custom").
     """
-    vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad)
+    vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad, rules)
 
     def step(params, state, opt_state, batch, key):
         x, y = batch
