@@ -361,3 +361,33 @@ def test_label_smoothing_reaches_the_training_loss(tmp_path):
     assert main(["train", "--label-smoothing", "0.1", "--epochs", "1", "--limit", "200",
                  "--no-progress", "--out", out]) == 0
     assert json.load(open(os.path.join(out, "config.json")))["label_smoothing"] == 0.1
+
+
+def test_a_layer_limited_override_reaches_the_cell_inside_the_scan():
+    model = nn.build_model("lstm", V, hidden=(4,))
+    params, state, _ = model.init(jax.random.PRNGKey(0), (T,))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, V, (2, T)))
+
+    def loss(p):
+        return softmax_cross_entropy(model.apply(p, state, ids)[0], ids)
+
+    def no_input_grad(g, *inputs, original, **static):  # the cell's rule, dx zeroed
+        d = list(original(g))
+        d[0] = jnp.zeros_like(inputs[0])
+        return tuple(d)
+
+    exact = fnn.grad(loss)(params)
+    elsewhere = fnn.grad(loss, rules={"lstm_cell": fnn.only(no_input_grad, "9_lstm")})(params)
+    here = fnn.grad(loss, rules={"lstm_cell": fnn.only(no_input_grad, "1_lstm")})(params)
+    _close(elsewhere, exact, rtol=0, atol=0)
+    assert not np.any(np.asarray(here["0_embedding"]["table"]))  # nothing reaches the table
+    _close(here["2_dense"], exact["2_dense"], rtol=1e-6, atol=1e-7)
+
+
+def test_graph_of_a_recurrent_model_names_its_layers():
+    from fnn.check.graph import graph_layers
+    from fnn.check.zoo import small_model
+
+    model, params, state, x, y = small_model("gru")
+    text = graph_layers(model, params, state, x, y).to_text()
+    assert "1_gru" in text and "lax.scan" in text and "2_dense" in text

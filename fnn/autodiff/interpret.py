@@ -67,13 +67,16 @@ def scope_of(eqn) -> str:
 class Interpreter:
     """Evaluates jaxprs with `rules` (primitive -> rule), recording gates on the tape."""
 
-    def __init__(self, rules: Mapping[Any, Rule], *, fname: str = "fnn.grad"):
+    def __init__(self, rules: Mapping[Any, Rule], *, fname: str = "fnn.grad", scope: str = ""):
         self.rules = rules
         self.fname = fname
+        self.scope = scope  # the layer path a loop body or branch runs in ('' at the top)
 
     # -- running ---------------------------------------------------------------------------
-    def run(self, jaxpr, consts, args, *, scope: str = "") -> list:
-        """Evaluate `jaxpr` (a Jaxpr) on `consts` and `args` (raw values or Traced)."""
+    def run(self, jaxpr, consts, args, *, scope: str | None = None) -> list:
+        """Evaluate `jaxpr` (a Jaxpr) on `consts` and `args` (raw values or Traced); its gates
+        are recorded in `scope` (default: the interpreter's own) joined with their own."""
+        scope = self.scope if scope is None else scope
         env: dict = {}
         for v, x in zip(jaxpr.constvars, consts):
             env[v] = x
@@ -91,7 +94,7 @@ class Interpreter:
                     env[v] = o
         return [read(v) for v in jaxpr.outvars]
 
-    def run_closed(self, closed, args, *, scope: str = "") -> list:
+    def run_closed(self, closed, args, *, scope: str | None = None) -> list:
         return self.run(closed.jaxpr, closed.consts, args, scope=scope)
 
     def eqn(self, eqn, invals, scope: str = "") -> list:
@@ -163,8 +166,12 @@ def _is_complex(aval) -> bool:
     return dtype is not None and np.issubdtype(dtype, np.complexfloating)
 
 
-def _join(outer: str, inner: str) -> str:
+def join_scope(outer: str, inner: str) -> str:
+    """Two layer paths as one: 'mlp' and '1_lstm' -> 'mlp/1_lstm' (either may be '')."""
     return f"{outer}/{inner}" if outer and inner else outer or inner
+
+
+_join = join_scope
 
 
 def _short(v) -> str:

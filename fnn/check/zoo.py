@@ -12,12 +12,16 @@ import jax.numpy as jnp
 
 from fnn.check.divergence import locate_divergence
 from fnn.check.grads import check_grads
-from fnn.nn import cnn, mlp, resnet
+from fnn.nn import cnn, mlp, resnet, rnn_lm, transformer_lm
 from fnn.ops import softmax_cross_entropy
 
 MODELS = {"mlp": (lambda: mlp(hidden=(16, 16), num_classes=5), (12,), 8),
           "cnn": (lambda: cnn(channels=(4, 8), dense=(16,), num_classes=5), (8, 8, 3), 4),
-          "resnet": (lambda: resnet(widths=(4, 8), num_classes=5), (8, 8, 3), 4)}
+          "resnet": (lambda: resnet(widths=(4, 8), num_classes=5), (8, 8, 3), 4),
+          "lstm": (lambda: rnn_lm("lstm", 5, hidden=(8,), embed=4), (6,), 3),
+          "gru": (lambda: rnn_lm("gru", 5, hidden=(8,), embed=4), (6,), 3),
+          "transformer": (lambda: transformer_lm(5, width=8, depth=1, heads=2), (6,), 3)}
+TOKENS = ("lstm", "gru", "transformer")  # token ids in, per-position logits out
 
 
 def small_model(name: str, seed: int = 0):
@@ -28,6 +32,9 @@ def small_model(name: str, seed: int = 0):
     model = build()
     kp, kx, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
     params, state, _ = model.init(kp, shape)
+    if name in TOKENS:  # ids in, the next id at every position out
+        ids = jax.random.randint(kx, (batch, shape[0] + 1), 0, 5)
+        return model, params, state, ids[:, :-1], ids[:, 1:]
     x = jax.random.normal(kx, (batch,) + shape, jnp.float32)
     y = jax.random.randint(ky, (batch,), 0, 5)
     return model, params, state, x, y

@@ -25,19 +25,21 @@ from jax.extend.core import primitives as P
 from fnn.autodiff import overrides
 from fnn.autodiff.backward import backward
 from fnn.autodiff.gate import primitive_gate
-from fnn.autodiff.interpret import Interpreter, site_of
+from fnn.autodiff.interpret import Interpreter, join_scope, scope_of, site_of
 from fnn.autodiff.replay import Template
 from fnn.autodiff.tape import Tape, Traced, apply, is_float
 from fnn.ops._cases import normal
 from fnn.ops.primitives._define import case
 
 
-def _interpreter(rules):
+def _interpreter(rules, scope: str = ""):
+    """An interpreter of loop bodies and branches with the rules in use, recording their gates
+    in the layer path (`scope`) of the loop, so overrides limited to a layer reach them."""
     if rules is None:
         from fnn.ops.primitives import RULES  # the table this module is part of
 
         rules = RULES
-    return Interpreter(rules)
+    return Interpreter(rules, scope=scope)
 
 
 class _Body:
@@ -76,8 +78,8 @@ def _zeros_for(specs):
 
 # ---- scan ---------------------------------------------------------------------------------------
 def _scan_forward(*args, jaxpr, num_consts, num_carry, length, reverse, unroll, rules=None,
-                  **params):
-    interp = _interpreter(rules)
+                  scope="", **params):
+    interp = _interpreter(rules, scope)
     consts, init, xs = args[:num_consts], args[num_consts:num_consts + num_carry], \
         args[num_consts + num_carry:]
     found = {}
@@ -139,8 +141,8 @@ scan.defcases(_scan_cases)
 
 
 # ---- cond / switch -------------------------------------------------------------------------------
-def _cond_forward(index, *ops, branches, rules=None, **params):
-    interp = _interpreter(rules)
+def _cond_forward(index, *ops, branches, rules=None, scope="", **params):
+    interp = _interpreter(rules, scope)
     # each branch's residuals, found by tracing it once; then every branch returns all of them
     bodies = [jax.eval_shape(lambda *o, b=b: _Body(interp, b, list(o)).residuals, *ops)
               for b in branches]
@@ -189,21 +191,23 @@ def _cond_cases(rng, dtype):
 
 
 # ---- checkpoint (remat) --------------------------------------------------------------------------
-def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None, **params):
+def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None, scope="",
+                   **params):
     closed = jax.extend.core.ClosedJaxpr(jaxpr, ())
-    outs = _interpreter(rules).run_closed(closed, list(args))
-    return tuple(outs), (args, rules, overrides.active())
+    outs = _interpreter(rules, scope).run_closed(closed, list(args))
+    return tuple(outs), (args, rules, overrides.active(), scope)
 
 
 @primitive_gate(P.remat_p, forward=_remat_forward)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose intermediate values are not kept.  Local gradient: the
     body's backward, after running its forward again from the saved inputs."""
-    args, rules, in_effect = saved
+    args, rules, in_effect, scope = saved
     if prevent_cse:  # keep XLA from reusing the forward's values instead of recomputing them
         args = lax.optimization_barrier(tuple(args))
     with overrides.overriding(in_effect):  # the rule overrides the forward ran under
-        body = _Body(_interpreter(rules), jax.extend.core.ClosedJaxpr(jaxpr, ()), list(args))
+        body = _Body(_interpreter(rules, scope), jax.extend.core.ClosedJaxpr(jaxpr, ()),
+                     list(args))
     tape = body.tape
     seeds = {}
     for node, gi in zip(body.out_nodes, g):
@@ -226,8 +230,9 @@ def control_rule(gate):
     in use (so a user's extra rules apply inside loop bodies and branches too)."""
     def rule(interp, eqn, invals, scope):
         params = dict(eqn.primitive.get_bind_params(eqn.params))
-        out = apply(gate, tuple(invals), {**params, "rules": interp.rules}, site=site_of(eqn),
-                    scope=scope)
+        inner = join_scope(scope, scope_of(eqn))  # the loop's layer path: its body's gates run in it
+        out = apply(gate, tuple(invals), {**params, "rules": interp.rules, "scope": inner},
+                    site=site_of(eqn), scope=inner)
         return list(out)
     rule.__name__ = f"{gate.name}_rule"
     return rule
