@@ -69,6 +69,34 @@ def test_quick_bench_bfloat16_keeps_dtypes_straight():
     assert {r["case"] for r in _rows(result, "gate")} == {"conv2d", "batch_norm", "max_pool2d"}
 
 
+def test_quick_bench_sequence_models():
+    """Issue 13's language-model rows: token ids in, per-token labels, both gradients."""
+    result = bench.run(only=["lstm", "transformer"], reps=1, quick=True, torch=False,
+                       eager=False, log=lambda s: None)
+    steps = {r["case"]: r for r in _rows(result, "step")}
+    assert list(steps) == ["lstm", "transformer"]
+    for case, r in steps.items():
+        assert r["custom_ms"] > 0 and r["builtin_ms"] > 0 and r["custom_compile_s"] > 0
+        assert r["gflop"] > 0 and r["torch_ms"] is None
+        assert f"{case}: hand-written / built-in step time" in {t["what"]
+                                                                for t in result["targets"]}
+    assert "LSTM(8)" in steps["lstm"]["desc"] and "transformer LM" in steps["transformer"]["desc"]
+
+
+def test_torch_language_models_match_fnn_parameter_counts():
+    """The PyTorch references have fnn's architecture (its LSTM has a second bias vector)."""
+    torch = pytest.importorskip("torch")
+    from fnn.bench.torch_ref import _sequence_model
+
+    specs = bench.model_specs(quick=True)
+    for case in ("lstm", "transformer"):
+        spec = specs[case]
+        params = bench.build(spec).init(jax.random.PRNGKey(0), spec["input"])[0]
+        mine = sum(p.size for p in jax.tree_util.tree_leaves(params))
+        theirs = sum(p.numel() for p in _sequence_model(spec, torch, torch.nn).parameters())
+        assert theirs - mine == (4 * sum(spec["hidden"]) if case == "lstm" else 0)
+
+
 def test_bfloat16_model_has_float32_gradients():
     import fnn
     from fnn import nn

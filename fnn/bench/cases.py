@@ -7,17 +7,24 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fnn.nn import cnn, mlp, resnet
+from fnn.nn import cnn, mlp, resnet, rnn_lm, transformer_lm
 from fnn.nn.combinators import Layer
 from fnn.ops import astype
 from fnn.train.step import GRADS  # noqa: F401  (re-exported for the bench)
 
-STEP_CASES = ("mlp", "cnn", "resnet", "digits")
+STEP_CASES = ("mlp", "cnn", "resnet", "digits", "lstm", "transformer")
+SEQUENCE_KINDS = ("lstm", "transformer")  # token ids (batch, T) in, per-token labels
+TEXT_VOCAB = 162  # byte values in the default text corpus (fnn.train.text, the stdlib's source)
 CASES = ("gemm", *STEP_CASES, "epoch", "gates", "jax")  # jax: plain JAX models (jax_models)
 
 
 def model_specs(quick: bool = False) -> dict:
-    """case -> spec: kind ('mlp' | 'cnn' | 'resnet'), sizes, input shape (one example), batch."""
+    """case -> spec: kind ('mlp' | 'cnn' | 'resnet' | 'lstm' | 'transformer'), sizes, input
+    shape (one example: (T,) token ids for the language models, with their vocabulary), batch.
+
+    The language models are issue 13's: an LSTM (hidden 256, 64 steps, batch 64) and the
+    transformer LM (4 layers, width 256, context 128, batch 32), over the default text corpus's
+    vocabulary of 162 bytes."""
     from fnn.train.run import TrainConfig
 
     d = TrainConfig()  # the default training run: digits, its MLP, its batch size
@@ -26,16 +33,34 @@ def model_specs(quick: bool = False) -> dict:
         return {"mlp": {"kind": "mlp", "hidden": (32, 32), "input": (64,), "batch": 8},
                 "cnn": {"kind": "cnn", "channels": (4, 8), "input": (8, 8, 3), "batch": 4},
                 "resnet": {"kind": "resnet", "widths": (4, 8, 8), "input": (8, 8, 3), "batch": 4},
-                "digits": digits}
+                "digits": digits,
+                "lstm": {"kind": "lstm", "vocab": 11, "embed": 4, "hidden": (8,),
+                         "input": (5,), "batch": 4},
+                "transformer": {"kind": "transformer", "vocab": 11, "width": 8, "depth": 1,
+                                "heads": 2, "input": (6,), "batch": 2}}
     return {"mlp": {"kind": "mlp", "hidden": (1024, 1024), "input": (784,), "batch": 256},
             "cnn": {"kind": "cnn", "channels": (32, 64), "input": (32, 32, 3), "batch": 128},
             "resnet": {"kind": "resnet", "widths": (16, 32, 64), "input": (32, 32, 3),
                        "batch": 128},
-            "digits": digits}
+            "digits": digits,
+            "lstm": {"kind": "lstm", "vocab": TEXT_VOCAB, "embed": 64, "hidden": (256,),
+                     "input": (64,), "batch": 64},
+            "transformer": {"kind": "transformer", "vocab": TEXT_VOCAB, "width": 256, "depth": 4,
+                            "heads": 4, "input": (128,), "batch": 32}}
 
 
 def describe_spec(spec) -> str:
     shape = "x".join(map(str, spec["input"]))
+    if spec["kind"] == "lstm":
+        layers = "-".join(f"LSTM({h})" for h in spec["hidden"])
+        return (f"Embedding({spec['vocab']}, {spec['embed']})-{layers}-Dense({spec['vocab']}) "
+                f"per position, {spec['input'][0]} steps, batch {spec['batch']}")
+    if spec["kind"] == "transformer":
+        w, blocks = spec["width"], "blocks" if spec["depth"] > 1 else "block"
+        return (f"transformer LM: Embedding({spec['vocab']}, {w}) + learned positions, "
+                f"{spec['depth']} pre-norm {blocks} ({spec['heads']} heads, MLP {4 * w}, gelu), "
+                f"LayerNorm, Dense({spec['vocab']}); context {spec['input'][0]}, "
+                f"batch {spec['batch']}")
     if spec["kind"] == "mlp":
         sizes = "-".join(map(str, (math.prod(spec["input"]), *spec["hidden"], 10)))
         return f"MLP {sizes}, {shape} in, batch {spec['batch']}"
@@ -51,18 +76,39 @@ def build(spec) -> Layer:
         return mlp(spec["hidden"])
     if spec["kind"] == "cnn":
         return cnn(spec["channels"], dense=())
+    if spec["kind"] == "lstm":
+        return rnn_lm("lstm", spec["vocab"], hidden=spec["hidden"], embed=spec["embed"])
+    if spec["kind"] == "transformer":
+        return transformer_lm(spec["vocab"], width=spec["width"], depth=spec["depth"],
+                              heads=spec["heads"])
     return resnet(spec["widths"])
+
+
+def batch_of(spec, rng):
+    """(x, y) of numpy arrays: a batch of the spec's inputs and labels (random token ids and
+    next-token labels for the language models; images or vectors and 10 classes otherwise)."""
+    import numpy as np
+
+    if spec["kind"] in SEQUENCE_KINDS:
+        shape = (spec["batch"], *spec["input"])
+        return (rng.integers(0, spec["vocab"], shape).astype(np.int32),
+                rng.integers(0, spec["vocab"], shape).astype(np.int32))
+    return (rng.standard_normal((spec["batch"], *spec["input"])).astype(np.float32),
+            rng.integers(0, 10, spec["batch"]).astype(np.int32))
 
 
 def in_dtype(model: Layer, dtype) -> Layer:
     """`model` computing in `dtype` with float32 parameters and float32 scores (mixed precision).
 
     The casts of the parameters and the scores are astype gates, so both fnn.grad and jax.grad
-    carry gradients through them; the inputs are data (no gradient) and are cast directly.
+    carry gradients through them; the inputs are data (no gradient) and are cast directly
+    (float inputs only: token ids stay integers).
     """
     def apply(params, state, x, *, key=None, train=False, **observe):
         low = jax.tree_util.tree_map(lambda p: astype(p, dtype=dtype), params)
-        y, state = model.apply(low, state, x.astype(dtype), key=key, train=train, **observe)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(dtype)
+        y, state = model.apply(low, state, x, key=key, train=train, **observe)
         return astype(y, dtype=jnp.float32), state
 
     return Layer(f"{model.name}_{jnp.dtype(dtype).name}", model.init, apply, model.children,

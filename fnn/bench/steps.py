@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn.bench.cases import GRADS, build, describe_spec, in_dtype, model_specs
+from fnn.bench.cases import GRADS, batch_of, build, describe_spec, in_dtype, model_specs
 from fnn.bench.timing import (interleaved, matmul_flops, page_faults, peak_mb, profile,
                               temp_mb, time_gate)
 from fnn.bench.torch_ref import time_torch, torch_step
@@ -53,8 +53,7 @@ def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_rep
         model = in_dtype(model, dtype)
     params, state = _init(model, spec["input"], seed)
     rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal((spec["batch"], *spec["input"])), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 10, spec["batch"]), jnp.int32)
+    x, y = map(jnp.asarray, batch_of(spec, rng))
     key = jax.random.PRNGKey(seed)
     opt = optax.adam(1e-3)
     args = (params, state, jax.jit(opt.init)(params), (x, y), key)

@@ -41,20 +41,27 @@ def torch_step(spec: dict, dtype, seed: int = 0) -> dict | None:
     from torch import nn as tnn
 
     torch.manual_seed(seed)
-    model = _torch_model(spec, tnn)
-    if len(spec["input"]) == 3:  # PyTorch's native layout NCHW
+    sequence = spec["kind"] in ("lstm", "transformer")
+    model = _sequence_model(spec, torch, tnn) if sequence else _torch_model(spec, tnn)
+    if sequence:  # token ids and next-token labels, (batch, T)
+        x = torch.randint(0, spec["vocab"], (spec["batch"], *spec["input"]))
+        y = torch.randint(0, spec["vocab"], (spec["batch"], *spec["input"]))
+    elif len(spec["input"]) == 3:  # PyTorch's native layout NCHW
         h, w, c = spec["input"]
         x = torch.randn(spec["batch"], c, h, w)
+        y = torch.randint(0, 10, (spec["batch"],))
     else:
         x = torch.randn(spec["batch"], *spec["input"])
-    y = torch.randint(0, 10, (spec["batch"],))
+        y = torch.randint(0, 10, (spec["batch"],))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     low = jnp.dtype(dtype) != jnp.float32
 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            scores = model(x).float()
+            loss = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]),
+                                                     y.reshape(-1))
         loss.backward()
         opt.step()
         return jnp.zeros(())  # nothing to wait for: the CPU step is synchronous
@@ -97,3 +104,53 @@ def _torch_model(spec, tnn):
         layers.append(Block(widths[max(i - 1, 0)], ch, 2 if i else 1))
     return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
                           tnn.Linear(widths[-1], 10))
+
+
+def _sequence_model(spec, torch, tnn):
+    """The language models of fnn.bench.cases from torch.nn parts: Embedding - LSTM
+    (batch_first) - Linear per position; or Embedding + a learned (T, width) position Parameter,
+    pre-norm TransformerEncoderLayers (norm_first, exact gelu, no dropout, a causal mask), a
+    final LayerNorm and a Linear (fnn.nn.transformer_lm's layout). PyTorch's LSTM has two bias
+    vectors (b_ih, b_hh) where fnn's has one: 4 * hidden more parameters, the same FLOPs."""
+    v = spec["vocab"]
+    if spec["kind"] == "lstm":
+        class LSTMLM(tnn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = tnn.Embedding(v, spec["embed"])
+                sizes = (spec["embed"], *spec["hidden"])
+                self.rnns = tnn.ModuleList(tnn.LSTM(m, n, batch_first=True)
+                                           for m, n in zip(sizes[:-1], sizes[1:]))
+                self.out = tnn.Linear(sizes[-1], v)
+
+            def forward(self, x):
+                h = self.embed(x)
+                for rnn in self.rnns:
+                    h = rnn(h)[0]
+                return self.out(h)
+
+        return LSTMLM()
+
+    t, w = spec["input"][0], spec["width"]
+
+    class TransformerLM(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = tnn.Embedding(v, w)
+            self.pos = tnn.Parameter(0.02 * torch.randn(t, w))
+            self.blocks = tnn.ModuleList(
+                tnn.TransformerEncoderLayer(w, spec["heads"], dim_feedforward=4 * w, dropout=0.0,
+                                            activation="gelu", batch_first=True, norm_first=True)
+                for _ in range(spec["depth"]))
+            self.norm = tnn.LayerNorm(w)
+            self.out = tnn.Linear(w, v)
+            self.register_buffer("mask", tnn.Transformer.generate_square_subsequent_mask(t))
+
+        def forward(self, x):
+            h = self.embed(x) + self.pos[:x.shape[1]]
+            for block in self.blocks:
+                h = block(h, src_mask=self.mask, is_causal=True)
+            return self.out(self.norm(h))
+
+    return TransformerLM()
+

@@ -11,8 +11,9 @@ from fnn.bench.run import run as run_bench
 
 
 HELP = "time hand-written gradients against jax.grad (and PyTorch if installed)"
-DESCRIPTION = ("Benchmark training steps (MLP, CNN, ResNet, digits MLP), a digits epoch and every "
-               "gate: fnn's hand-written VJPs vs jax.grad under jit, on JAX's device.")
+DESCRIPTION = ("Benchmark training steps (MLP, CNN, ResNet, digits MLP, LSTM and transformer "
+               "language models), a digits epoch and every gate: fnn's hand-written VJPs vs "
+               "jax.grad under jit, on JAX's device.")
 
 
 def add_arguments(p) -> None:

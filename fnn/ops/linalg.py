@@ -104,12 +104,19 @@ def affine_vjp(g, saved, *, needs):
 
 
 def _xt_g(xf, g):
-    """xf.T @ g. On CPU xf.T is first copied out: XLA's CPU dot runs a copy faster than the
-    transposed operand, much faster for a classifier layer's few columns (measured in
-    docs/benchmarks.md); the barrier keeps XLA from folding the copy back into the dot. Other
-    platforms take the transposed operand as it is."""
+    """xf.T @ g. For a g of few columns (a classifier layer's) on CPU, xf.T is first copied out:
+    XLA's CPU dot runs the transposed operand 2-3x slower there (measured in
+    docs/benchmarks.md); the barrier keeps XLA from folding the copy back into the dot. Wider g
+    and other platforms take the transposed operand as it is, as jax.grad's dot does: XLA fuses
+    xf's producer into such a copy (a transformer MLP's whole exact GELU was computed again
+    there, in transposed order: 1.75x jax.grad's step), and for wide g the copy saves little."""
+    if g.shape[-1] > COPY_XT_COLUMNS:
+        return xf.T @ g
     return lax.platform_dependent(
         xf, g, cpu=lambda a, b: lax.optimization_barrier(a.T) @ b, default=lambda a, b: a.T @ b)
+
+
+COPY_XT_COLUMNS = 128  # _xt_g copies xf.T out on CPU for a g of at most this many columns
 
 
 @affine.defcases
