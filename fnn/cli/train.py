@@ -11,6 +11,7 @@ import time
 
 import jax
 
+from fnn.cli._args import number
 from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
 from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfig, option_flag,
                               parse_option)
@@ -35,24 +36,8 @@ def _option(name: str):
     return parse
 
 
-def _chunk_seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
+_chunk_seconds = number(float, low=0, what="a finite number of seconds >= 0")
+_positive_int = number(int, low=1, what="a positive integer")
 
 
 HELP = "train a model and save its run directory"

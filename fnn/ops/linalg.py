@@ -107,9 +107,9 @@ def _xt_g(xf, g):
     """xf.T @ g. For a g of few columns (a classifier layer's) on CPU, xf.T is first copied out:
     XLA's CPU dot runs the transposed operand 2-3x slower there (measured in
     docs/benchmarks.md); the barrier keeps XLA from folding the copy back into the dot. Wider g
-    and other platforms take the transposed operand as it is, as jax.grad's dot does: XLA fuses
-    xf's producer into such a copy (a transformer MLP's whole exact GELU was computed again
-    there, in transposed order: 1.75x jax.grad's step), and for wide g the copy saves little."""
+    and other platforms take the transposed operand as it is (one dot_general): XLA fuses xf's
+    producer into such a copy (a transformer MLP's whole exact GELU was computed again there,
+    in transposed order: 1.75x the built-in step), and for wide g the copy saves little."""
     if g.shape[-1] > COPY_XT_COLUMNS:
         return xf.T @ g
     return lax.platform_dependent(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import math
 import os
 import sysconfig
 
@@ -188,11 +187,6 @@ def load_text(data_dir: str | None = None, *, context: int = 128, val_fraction: 
                description=f"{source}: {len(files)} files, {len(text):,} bytes, "
                            f"{len(vocab)} distinct")
     return out
-
-
-def bits_per_char(loss_nats: float) -> float:
-    """A loss in nats per byte as bits per byte (character)."""
-    return loss_nats / math.log(2)
 
 
 def check_vocab(run_dir: str, vocab: Vocab) -> None:
