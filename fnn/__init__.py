@@ -15,11 +15,16 @@ The table of contents:
   fnn.debug_nans                            name the first gate that makes a NaN or inf
   fnn.check_grads / fnn.locate_divergence   custom vs built-in vs numerical; find the wrong gate
   fnn.graph                                 the computational graph with values and gradients
-  fnn.tune_cpu                              faster XLA CPU settings; call before the first computation
+  fnn.tune_cpu                              faster XLA CPU settings, applied by `import fnn` itself
+                                            (FNN_NO_TUNE=1 keeps JAX's defaults; fnn.runtime)
 
 The layers (autodiff < ops < transforms < nn < check < train < bench < cli) and what each may
 import: ARCHITECTURE.md.
 """
+
+from fnn.runtime import tune_on_import
+
+tune_on_import()  # first: XLA's flags and malloc are read when JAX's backend starts (fnn.runtime)
 
 from fnn.autodiff import (Case, Gate, NanOriginError, Trace, Traced, debug_nans, defgate,
                           primitive_gate, unbroadcast)

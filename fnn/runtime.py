@@ -22,10 +22,20 @@ kernels run the convolutions and how the step's scratch memory is allocated:
    JAX_PLATFORMS does not say cpu), and when glibc refuses the 1 GiB mmap threshold (then
    nothing is changed: older glibc caps it at 32 MiB).
 
+Neither changes what is computed: the same operations run, in other kernels (the convolutions'
+float32 sums may then be added in another order: gradients of a CNN differ by at most a few
+float32 ulps, 5e-7 absolute, as between any two XLA kernels), and memory is allocated otherwise.
+
 Both must happen before the backend starts (the first computation, jax.devices(), ...): after
 that XLA has read its flags and its threads have their malloc arenas, so `tune_cpu` then changes
 nothing and says so. Set FNN_NO_TUNE=1 (or pass --no-tune to the command line) to keep JAX's
 defaults, e.g. to compare.
+
+`import fnn` applies them itself (`tune_on_import`, the first thing fnn/__init__.py does), so a
+script that imports fnn gets the fast path without a call, as `python -m fnn` does. When JAX's
+CPU backend had already started before `import fnn`, it warns once (FnnTuningWarning) with
+what to do; FNN_NO_TUNE=1 opts out of both. What the import did is kept in `AT_IMPORT` (written
+once, read by the command line and the benchmarks to report the settings).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import mmap
 import os
 import pkgutil
 import sys
+import warnings
 from pathlib import Path
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -151,3 +162,56 @@ def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
         if why:
             done["notes"].append(why)
     return done
+
+
+class FnnTuningWarning(UserWarning):
+    """fnn's CPU settings could not be applied at import (JAX's backend had already started)."""
+
+
+AT_IMPORT: dict | None = None  # what tune_on_import did (None: not run); written once, at import
+
+
+def _opted_out_on_command_line(argv=None) -> bool:
+    """`python -m fnn ... --no-tune` or `fnn ... --no-tune`: the package is imported before the
+    command line is parsed, so its --no-tune is looked for here (and only for fnn's own entry
+    points: while `python -m fnn` locates its module, sys.argv[0] is "-m")."""
+    argv = sys.argv if argv is None else argv
+    if not argv or "--no-tune" not in argv[1:]:
+        return False
+    return argv[0] == "-m" or os.path.basename(argv[0]) in ("fnn", "__main__.py")
+
+
+def tune_on_import(environ=None, argv=None) -> dict:
+    """What `import fnn` does first: tune_cpu() while JAX's backend has not started (a plain
+    `import fnn` script then runs as fast as `python -m fnn`); when it has, nothing is changed and
+    a FnnTuningWarning says what to do, once, and only when the backend is the CPU (the settings
+    concern the CPU alone). FNN_NO_TUNE=1 or the command line's --no-tune: nothing at all."""
+    global AT_IMPORT
+    environ = os.environ if environ is None else environ
+    if AT_IMPORT is not None:  # once per process
+        return AT_IMPORT
+    if environ.get("FNN_NO_TUNE", "").strip().lower() not in OFF or \
+            _opted_out_on_command_line(argv):
+        done = {"xla_flags": None, "malloc": False, "notes": ["opted out: JAX's defaults kept"]}
+    elif backend_started():
+        done = {"xla_flags": None, "malloc": False,
+                "notes": ["JAX's backend started before `import fnn`: settings unchanged"]}
+        if _default_backend_is_cpu():
+            warnings.warn(
+                "JAX's backend started before `import fnn`, so fnn's faster CPU settings (XLA's "
+                "Eigen convolutions, malloc that keeps XLA's scratch memory; see fnn.runtime) "
+                "were not applied and CNN steps may run ~2x slower. Import fnn before the first "
+                "JAX computation (jax.devices(), any array), or set FNN_NO_TUNE=1 to keep JAX's "
+                "defaults and silence this.", FnnTuningWarning, stacklevel=2)
+    else:
+        done = tune_cpu(environ=environ)
+    AT_IMPORT = done
+    return done
+
+
+def _default_backend_is_cpu() -> bool:
+    try:
+        import jax
+        return jax.default_backend() == "cpu"
+    except Exception:  # noqa: BLE001  (a broken backend: nothing to tune either way)
+        return False

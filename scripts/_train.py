@@ -10,11 +10,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def run(defaults: list[str]) -> int:
     """`python -m fnn train` with `defaults`, then the script's own arguments (which win)."""
-    from fnn.cli import main
-    from fnn.runtime import tune_cpu
-
-    if "--no-tune" not in sys.argv[1:]:
-        tune_cpu()  # before jax.devices() below starts the backend
+    if "--no-tune" in sys.argv[1:]:
+        os.environ["FNN_NO_TUNE"] = "1"  # `import fnn` below then keeps JAX's defaults
+    from fnn.cli import main  # importing fnn applies its CPU settings (fnn.runtime)
     import jax
 
     devices = jax.devices()

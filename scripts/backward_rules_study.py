@@ -170,9 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="study", help="where the PNGs and results go")
     args = parser.parse_args(argv)
 
-    from fnn.runtime import tune_cpu
-
-    tune_cpu()
+    import fnn  # noqa: F401  (importing fnn applies its CPU settings before JAX starts)
     from fnn import train
 
     data = train.load_dataset(args.dataset, args.data_dir)

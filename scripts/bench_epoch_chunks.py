@@ -87,9 +87,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4, help="per round and way (the MLP: 5x)")
     p.add_argument("--only", choices=["mlp", "cnn"])
     args = p.parse_args()
-    from fnn.runtime import tune_cpu
-
-    tune_cpu()
+    import fnn  # noqa: F401  (importing fnn applies its CPU settings before JAX starts)
     import jax
 
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "

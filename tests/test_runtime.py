@@ -11,8 +11,12 @@ import numpy as np
 from fnn import runtime
 
 CHILD = r"""
-import json, os, sys
-from fnn.runtime import tune_cpu
+import importlib.util, json, os, sys
+# fnn/runtime.py alone (importing the fnn package would already tune, see tune_on_import)
+spec = importlib.util.spec_from_file_location("fnn_runtime_alone", sys.argv[1])
+alone = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(alone)
+tune_cpu = alone.tune_cpu
 done = tune_cpu()
 import jax, jax.numpy as jnp
 import fnn
@@ -37,8 +41,8 @@ print(json.dumps({"done": done, "again": again, "xla_flags": os.environ.get("XLA
 def child(env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
     env.update(env_extra, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", CHILD, runtime.__file__], capture_output=True,
+                       text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -122,3 +126,66 @@ def test_opt_out_values_and_cpu_only_platforms():
     for value in ("0", "false", "off", ""):  # not an opt-out: gets as far as the backend check
         assert "already started" in runtime.tune_cpu(environ={"FNN_NO_TUNE": value})["notes"][0]
     assert runtime.accelerator_plugin({"JAX_PLATFORMS": "cpu"}) is None
+
+
+IMPORT_CHILD = r"""
+import json, os, sys, warnings
+first = sys.argv[1]
+if first == "backend":
+    import jax
+    jax.devices()  # the backend starts before fnn is imported
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fnn
+    import fnn  # a second import does nothing more
+from fnn import runtime
+print(json.dumps({"at_import": runtime.AT_IMPORT, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                  "started": runtime.backend_started(),
+                  "warnings": [(w.category.__name__, str(w.message)) for w in caught]}))
+"""
+
+
+def import_child(first="", **env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
+    env.update(env_extra, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", IMPORT_CHILD, first], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_import_fnn_tunes_before_the_backend_starts():
+    out = import_child()
+    assert out["started"] is False  # importing fnn starts no backend: the settings still count
+    assert out["warnings"] == []
+    if runtime.jaxlib_knows_ynn_flag():
+        assert out["at_import"]["xla_flags"] == f"{runtime.YNN_FLAG}={runtime.YNN_VALUE}"
+        assert out["xla_flags"].strip() == out["at_import"]["xla_flags"]
+    if sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith(
+            "glibc"):
+        assert out["at_import"]["malloc"] is True
+
+
+def test_import_fnn_opt_out_and_late_import_warning():
+    out = import_child(FNN_NO_TUNE="1")
+    assert out["xla_flags"] == "" and out["at_import"]["malloc"] is False
+    assert out["warnings"] == [] and "opted out" in out["at_import"]["notes"][0]
+    late = import_child("backend")
+    assert late["xla_flags"] == "" and late["at_import"]["malloc"] is False
+    assert [w[0] for w in late["warnings"]] == ["FnnTuningWarning"], late  # once
+    assert "before `import fnn`" in late["warnings"][0][1]
+    assert "FNN_NO_TUNE=1" in late["warnings"][0][1]
+    # opted out and late: no warning
+    assert import_child("backend", FNN_NO_TUNE="1")["warnings"] == []
+
+
+def test_command_line_no_tune_is_seen_at_import():
+    seen = runtime._opted_out_on_command_line
+    assert seen(["-m", "train", "--no-tune"]) and seen(["/usr/local/bin/fnn", "demo", "--no-tune"])
+    assert not seen(["-m", "train"]) and not seen(["my_script.py", "--no-tune"])
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
+    env.update(FNN_DEBUG="1", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "fnn", "demo", "--no-tune"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--no-tune, JAX's defaults (at import: {'xla_flags': None, 'malloc': False" in r.stderr

@@ -5,7 +5,7 @@ what `python -m fnn demo` prints beside jax.grad and what `python -m fnn graph l
     for ex in GRAPHS: graph(ex.f, *ex.args, title=ex.title).explain(ex.explain)
 
 Nothing here computes at import (arrays are made when `demo()` is called), so the command line
-can import it before fnn.tune_cpu() has set up JAX.
+can import it before the backend starts (fnn.runtime tunes it at `import fnn`).
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
     """Run the command line with `argv` (default sys.argv[1:]); return the exit status.
 
-    tune=True (the process's entry points: `python -m fnn`, the `fnn` script, scripts/) first
-    applies fnn.runtime.tune_cpu() unless --no-tune is given; in-process callers keep theirs.
+    tune=True (the process's entry points: `python -m fnn`, the `fnn` script, scripts/) reports
+    what `import fnn` did (fnn.runtime.tune_on_import, which honours this --no-tune) in
+    args.tuning, or tunes now if that did not run; in-process callers keep theirs.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,11 +56,16 @@ def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
         return 2
     args.tuning = None  # what fnn.runtime.tune_cpu did, for the commands that report it
     if tune and not args.no_tune:
-        from fnn.runtime import tune_cpu
+        from fnn import runtime
 
-        args.tuning = tune_cpu()
+        # `import fnn` has tuned already (it looks for --no-tune itself); else tune now
+        args.tuning = runtime.AT_IMPORT if runtime.AT_IMPORT is not None else runtime.tune_cpu()
         if os.environ.get("FNN_DEBUG"):
             print(f"fnn: CPU tuning {args.tuning}", file=sys.stderr)
+    elif tune and os.environ.get("FNN_DEBUG"):
+        from fnn import runtime
+
+        print(f"fnn: --no-tune, JAX's defaults (at import: {runtime.AT_IMPORT})", file=sys.stderr)
     try:
         return args.func(args)
     except (FnnError, ValueError, OSError, FloatingPointError) as e:
