@@ -56,16 +56,16 @@ def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
         return 2
     args.tuning = None  # what fnn.runtime.tune_cpu did, for the commands that report it
     if tune and not args.no_tune:
-        from fnn import runtime
+        from fnn.runtime import AT_IMPORT, tune_cpu
 
         # `import fnn` has tuned already (it looks for --no-tune itself); else tune now
-        args.tuning = runtime.AT_IMPORT if runtime.AT_IMPORT is not None else runtime.tune_cpu()
+        args.tuning = AT_IMPORT if AT_IMPORT is not None else tune_cpu()
         if os.environ.get("FNN_DEBUG"):
             print(f"fnn: CPU tuning {args.tuning}", file=sys.stderr)
     elif tune and os.environ.get("FNN_DEBUG"):
-        from fnn import runtime
+        from fnn.runtime import AT_IMPORT
 
-        print(f"fnn: --no-tune, JAX's defaults (at import: {runtime.AT_IMPORT})", file=sys.stderr)
+        print(f"fnn: --no-tune, JAX's defaults (at import: {AT_IMPORT})", file=sys.stderr)
     try:
         return args.func(args)
     except (FnnError, ValueError, OSError, FloatingPointError) as e:
