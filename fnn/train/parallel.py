@@ -17,20 +17,23 @@ MIN_SHARD_SIZE elements is also split along one of its dimensions (the largest o
 by the number of devices; ties: the leading one); smaller leaves (biases, BatchNorm scales)
 and leaves with no such dimension stay replicated. The optimizer state gets the same rule by
 shape, so Adam's mu and nu are split like their parameters and its step count is replicated;
-model state (BatchNorm statistics) and the PRNG key are replicated. The step is jitted with
-the parameters and optimizer state constrained to those shardings at its output
-(`lax.with_sharding_constraint`, also inside the epoch's loop, so they stay split from step to
-step); XLA's SPMD partitioner inserts the all-gathers of the weights where the forward and
-backward use them and reduce-scatters the gradients, so each device holds and updates only its
-slice. XLA decides how long a gathered weight lives: here it is gathered whole for the step,
-so the saving is the resident parameters, gradients and optimizer state (about 1/N of them
-per device), not the peak of one layer's weights. A Mesh with an "fsdp" axis and other axes
-(say ("data", "fsdp"), hybrid sharding) splits the parameters over "fsdp" only, the batch over
-all axes.
+model state (BatchNorm statistics) and the PRNG key are replicated. The step constrains the
+parameters and optimizer state it returns to those shardings (`lax.with_sharding_constraint`,
+also inside the epoch's compiled loop, so they stay split from step to step) and XLA's SPMD
+partitioner places the collectives, by its cost model: for small batches it gathers the
+activations and runs a layer split along the weight's dimension; for large batches it gathers
+the weight where the forward and backward use it and sums the gradient, and each device
+updates only its slice (on the CPU as an all-reduce; docs/benchmarks.md lists what it chose).
+XLA decides how long a gathered weight lives: it may be whole for the step, so the saving is
+the resident parameters and optimizer state (about 1/N of them per device) and the update's
+work, not the peak of one layer's weights. A Mesh with an "fsdp" axis and other axes (say
+("data", "fsdp"): hybrid sharding) splits the parameters over "fsdp" only, the batch over all
+axes.
 
-How it works: the training set and the TrainState are replicated on every device; inside the
-compiled epoch (one `lax.scan`) each step gathers its batch and constrains it to `dp.batch`
-(`lax.with_sharding_constraint`), so the SPMD partitioner runs the forward and the hand-written
+How it works: the training set and the TrainState are replicated on every device (sharded:
+the TrainState as place_train_state places it); inside the compiled epoch each step gathers its
+batch and constrains it to `dp.batch` (`lax.with_sharding_constraint`), so the SPMD
+partitioner runs the forward and the hand-written
 (or JAX's) backward on each device's slice and sums the parameter gradients across devices
 before the optimizer update. Batch means (the loss, BatchNorm statistics) are over the whole
 global batch, so N devices compute what one device computes, up to the order of float sums.
@@ -39,7 +42,9 @@ Dropout masks are the same too (JAX's threefry PRNG is partitionable).
 Multi-host: call `jax.distributed.initialize()` in every process first; `jax.devices()` then
 lists the devices of all hosts and `data_parallel(jax.device_count())` spans them. Arrays are
 placed with `jax.make_array_from_callback`, which only touches each process's own devices, so
-every process must load the same dataset (the same files and split seed).
+every process must load the same dataset (the same files and split seed). Sharded parameters
+span processes: `gather` collects them whole into every process (a collective) before one
+process writes a checkpoint (fnn.train.run does).
 """
 
 from __future__ import annotations
@@ -158,6 +163,21 @@ def _place(a, sharding: NamedSharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def gather(tree):
+    """`tree` with every array leaf that spans devices of other processes (sharded parameters
+    on several hosts) gathered whole into each process (multihost_utils.process_allgather, a
+    collective: every process must call it). Other leaves are returned as they are, so with one
+    process it changes nothing; np.asarray (a checkpoint) can then read every leaf."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable \
+                and not a.sharding.is_fully_replicated:
+            from jax.experimental import multihost_utils
+            return multihost_utils.process_allgather(a, tiled=True)
+        return a
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def data_parallel(devices: int | Sequence | Mesh | DataParallel | None = None,
                   shard: str | None = None, *, min_shard_size: int = MIN_SHARD_SIZE,
                   ) -> DataParallel | None:
@@ -224,10 +244,12 @@ def _sharded(mesh: Mesh, shard: str, min_shard_size: int) -> DataParallel:
                              f"{FSDP_AXIS!r}, but this mesh has axes {tuple(mesh.axis_names)}: "
                              f"name one axis {FSDP_AXIS!r}, or pass a device count")
         if mesh.shape[FSDP_AXIS] < 2:
+            seen = jax.device_count()
+            hint = (f"; use devices=N (--devices N) with N from 2 to {seen}" if seen > 1
+                    else _more_devices_hint(8))
             raise ValueError(f"shard='params' splits parameters across several devices, but "
                              f"the mesh's {FSDP_AXIS!r} axis has {mesh.shape[FSDP_AXIS]} "
-                             f"(JAX sees {jax.device_count()} {jax.devices()[0].platform} "
-                             f"device(s)){_more_devices_hint(8)}")
+                             f"(JAX sees {seen} {jax.devices()[0].platform} device(s)){hint}")
     if isinstance(min_shard_size, bool) or not isinstance(min_shard_size, (int, np.integer)) \
             or min_shard_size < 1:
         raise ValueError(f"min_shard_size must be a positive number of elements, "
@@ -253,7 +275,8 @@ def jit_step(step, dp: DataParallel, *, donate: bool = True):
     """step(params, state, opt_state, batch, key), jitted with the batch split across dp's
     devices and everything else replicated (sharded parameters: params and opt_state split per
     dp.param_sharding, in and out). Arguments are placed before each call (a no-op when they
-    already are), so the first call may take plain single-device arrays."""
+    already are), so the first call may take plain single-device arrays. `.lower(*args)`
+    lowers it for those arguments (.compile().memory_analysis(): per-device bytes)."""
     rep, bat = dp.replicated, dp.batch
     if dp.shard_params:  # in: as placed below; out: as constrain_batch constrains them
         compiled = jax.jit(constrain_batch(step, dp), donate_argnums=(0, 1, 2) if donate else ())
@@ -261,10 +284,14 @@ def jit_step(step, dp: DataParallel, *, donate: bool = True):
         compiled = jax.jit(constrain_batch(step, dp), in_shardings=(rep, rep, rep, bat, rep),
                            out_shardings=rep, donate_argnums=(0, 1, 2) if donate else ())
 
-    def call(params, state, opt_state, batch, key):
+    def place(params, state, opt_state, batch, key):
         dp.check_batch_size(len(jax.tree_util.tree_leaves(batch)[0]))
         params, opt_state = dp.place_params((params, opt_state))
         state, key = dp.replicate((state, key))
-        return compiled(params, state, opt_state, dp.shard(batch), key)
+        return params, state, opt_state, dp.shard(batch), key
 
+    def call(params, state, opt_state, batch, key):
+        return compiled(*place(params, state, opt_state, batch, key))
+
+    call.lower = lambda *args: compiled.lower(*place(*args))  # for memory_analysis, HLO
     return call

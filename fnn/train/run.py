@@ -27,6 +27,7 @@ said so).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from fnn.train.hooks import Hook
 from fnn.train.lock import LOCK_FILE, RunDirError, RunLock
 from fnn.train.loop import CHUNK_SECONDS, fit
 from fnn.train.optim import make_optimizer, make_schedule
-from fnn.train.parallel import check_shard, data_parallel
+from fnn.train.parallel import check_shard, data_parallel, gather
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
@@ -154,6 +155,7 @@ class RunDirectory(Hook):
             self.write_config = False
 
     def on_epoch_end(self, ts: TrainState, record: dict):
+        ts = _gathered(ts)  # every process, before only the primary one writes
         rows = record.pop("diagnostics", [])
         if self.config.dataset == "text":
             record.update(text_metrics(record.get("train_loss"), "train"),
@@ -175,8 +177,17 @@ class RunDirectory(Hook):
         self._save_last(ts)
 
     def on_interrupt(self, ts: TrainState):
+        ts = _gathered(ts)
         if self.primary:
             self._save_last(ts)
+
+
+def _gathered(ts: TrainState) -> TrainState:
+    """ts with params and optimizer state that several processes hold slices of (shard="params"
+    on several hosts) gathered whole, so that process 0 can write them; else ts itself."""
+    if jax.process_count() == 1:
+        return ts
+    return dataclasses.replace(ts, params=gather(ts.params), opt_state=gather(ts.opt_state))
 
 
 def best_score(record: dict) -> float | None:
@@ -264,7 +275,8 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
 
     Several processes (multi-host JAX): every process trains, only process 0 locks and writes
     the run directory and logs; the others return the final test results of their (identical)
-    params.
+    params. With shard="params" the processes gather the parameters and optimizer state after
+    each epoch (a collective), so that process 0 can write them whole.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
@@ -369,6 +381,7 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
                   hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds, shard=shard)
     history += new
+    ts = _gathered(ts)  # several processes, sharded parameters: evaluated whole in each
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)
     if history:
