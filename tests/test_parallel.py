@@ -53,6 +53,8 @@ CHILD = textwrap.dedent(r"""
                 assert ts.step == 20
                 kind = "fsdp" if devices is fsdp else devices
                 params[kind], losses[kind] = ts.params, [r["train_loss"] for r in hist]
+                if devices is fsdp:
+                    sharded = ts
             leaf = jax.tree_util.tree_leaves(params[8])[0]
             assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
             out["rel"][f"fit {name} {grad}"] = rel(params[None], params[8])
@@ -60,12 +62,12 @@ CHILD = textwrap.dedent(r"""
             out["rel"][f"fit shard=params {name} {grad} losses"] = max(
                 abs(a - b) / abs(a) for a, b in zip(losses[None], losses["fsdp"]))
             # each weight split along one dimension; Adam's mu and nu split like it
-            for (path, w), m in zip(jax.tree_util.tree_leaves_with_path(ts.params),
-                                    jax.tree_util.tree_leaves(ts.opt_state[0].mu)):
+            for (path, w), m in zip(jax.tree_util.tree_leaves_with_path(sharded.params),
+                                    jax.tree_util.tree_leaves(sharded.opt_state[0].mu)):
                 assert w.sharding == fsdp.param_sharding(w) == m.sharding, (path, w.sharding)
                 assert ("fsdp" in w.sharding.spec) == (w.size >= 256), (path, w.sharding)
-            out["fraction"][f"{name} {grad} params"] = per_device(ts.params)
-            out["fraction"][f"{name} {grad} opt_state"] = per_device(ts.opt_state)
+            out["fraction"][f"{name} {grad} params"] = per_device(sharded.params)
+            out["fraction"][f"{name} {grad} opt_state"] = per_device(sharded.opt_state)
 
     # the rule at its default threshold: the largest dimension divisible by 8 (ties: the first)
     rule = data_parallel(8, shard="params")
@@ -98,7 +100,7 @@ CHILD = textwrap.dedent(r"""
     args = dp.replicate((ts.params, ts.state, ts.opt_state, x, y))
     hlo = epoch.lower(*args, jax.random.PRNGKey(0)).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
-    # sharded: the weights are gathered where they are used
+    # sharded: XLA gathers across the devices (weights, or activations for small batches)
     epoch = train.make_train_epoch(step, batch_size=32, devices=fsdp, donate=False)
     args = (*fsdp.place_params((ts.params,)), *dp.replicate((ts.state,)),
             *fsdp.place_params((ts.opt_state,)), *dp.replicate((x, y)))
