@@ -261,6 +261,16 @@ BAD = [
      ValueError, r"devices=\d+ but JAX sees \d+ device.*xla_force_host_platform_device_count"),
     ("batch not divisible by devices", lambda tmp: _not_divisible(), ValueError,
      r"batch size 30 is not divisible by the 4 devices.*multiple of 4 \(e.g. 28\)"),
+    ("unknown shard", lambda tmp: train.make_train_step(
+        nn.mlp((4,)), train.make_optimizer(), devices=1, shard="weights"),
+     ValueError, r"shard must be one of 'none', 'params' \(or None\), got 'weights'"),
+    ("shard params on one device", lambda tmp: fnn.train.parallel.data_parallel(1, "params"),
+     ValueError, r"shard='params' splits parameters across several devices, but the mesh's "
+     r"'fsdp' axis has 1"),
+    ("shard params, mesh without fsdp", lambda tmp: fnn.train.parallel.data_parallel(
+        jax.sharding.Mesh(np.array(jax.devices()[:1] * 4), ("data",)), "params"),
+     ValueError, r"splits parameters along the mesh axis 'fsdp', but this mesh has axes "
+     r"\('data',\)"),
     # data files
     ("unknown dataset", lambda tmp: train.load_dataset("imagenet"), ValueError,
      r"unknown dataset 'imagenet'; choose one of digits, mnist"),

@@ -20,6 +20,7 @@ from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
 from fnn.train.loop import CHUNK_SECONDS
 from fnn.train.optim import OPTIMIZERS, SCHEDULES
+from fnn.train.parallel import SHARD
 from fnn.train.run import train_run, with_defaults
 from fnn.train.step import GRADS, LOSSES
 
@@ -108,6 +109,9 @@ def add_arguments(p) -> None:
       "under fnn.debug_nans and name the gate (forward or VJP) that made it; exit 1")
     a("--devices", type=_positive_int, metavar="N", help="data parallel: split each batch "
       "across N devices (the batch size must be divisible by N), parameters replicated")
+    a("--shard", choices=SHARD, help="params: split the large parameters and their optimizer "
+      "state across the devices too (FSDP), for models whose parameters and optimizer state "
+      "do not fit on one device; without --devices: all devices (default none: replicated)")
     a("--diagnostics", action="store_true", help="gradient health per layer: gradient norm, "
       "update/parameter ratio, dead ReLUs, saturated sigmoid/tanh, custom vs built-in gradient; "
       "to RUN_DIR/diagnostics.jsonl and diagnostics.png")
@@ -147,7 +151,8 @@ def run(args) -> int:
     try:
         train_run(config, out, resume=resume, overrides=overrides,
                   progress=not args.no_progress, log=print, diagnostics=every,
-                  check_nans=args.check_nans, devices=args.devices, chunk_seconds=chunk)
+                  check_nans=args.check_nans, devices=args.devices, chunk_seconds=chunk,
+                  shard=args.shard)
     except TrainingInterrupted as e:
         ts = e.state
         where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position

@@ -22,7 +22,8 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   RunLock, RunDirError                            one process per run directory
   TrainingInterrupted                             Ctrl-C: fit stops between compiled chunks
   OutOfMemoryError                                a run that does not fit, with its sizes
-  data_parallel, DataParallel                     split batches across devices (fit(devices=N))
+  data_parallel, DataParallel                     split batches across devices (fit(devices=N)),
+                                                  and parameters too (shard="params")
   find_nan_origin, check_fit_inputs               NaN origin of a training step; data checks
 """
 

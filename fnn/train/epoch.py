@@ -66,7 +66,9 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
     opt_state passed in are donated to the result.
     devices (a count, devices, a Mesh; see fnn.train.parallel): split each step's batch across
     them (the batch size must be divisible by their number); pass the other arguments
-    replicated on them (parallel.data_parallel(devices).replicate). Still one scan.
+    replicated on them (parallel.data_parallel(devices).replicate). Still one scan. A
+    DataParallel with sharded parameters (data_parallel(n, shard="params")) keeps params and
+    opt_state split per its param_sharding (place them with its place_params).
     """
     dp = data_parallel(devices)
     if dp is not None:
@@ -77,6 +79,8 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
         order, keys = epoch_batches(key, x.shape[0], batch_size)
         carry, metrics = scan_steps(step, (params, state, opt_state), x, y, order, keys,
                                     progress)
+        if dp is not None:  # sharded parameters: out as they came in
+            carry = dp.constrain_carry(*carry)
         return (*carry, metrics)
 
     return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else ())
@@ -108,7 +112,11 @@ def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):
             metrics = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), metrics, m)
             return params, state, opt_state, metrics
 
-        return lax.fori_loop(start, stop, body, (params, state, opt_state, metrics))
+        params, state, opt_state, metrics = lax.fori_loop(start, stop, body,
+                                                          (params, state, opt_state, metrics))
+        if dp is not None:  # sharded parameters: out as they came in (the next chunk's input)
+            params, state, opt_state = dp.constrain_carry(params, state, opt_state)
+        return params, state, opt_state, metrics
 
     return jax.jit(run, donate_argnums=(0, 1, 2, 3) if donate else (3,))
 

@@ -90,7 +90,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
         devices=None, hooks: Sequence[Hook] = (), rules=None,
-        chunk_seconds: float | None = CHUNK_SECONDS):
+        chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None):
     """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
 
     data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape;
@@ -122,6 +122,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     The data, labels, counts and `start` are checked against the model and optimizer first
     (fnn.train.validate); a run whose step cannot fit in the device's memory is refused, and
     XLA running out of memory raises fnn.train.OutOfMemoryError with the run's sizes.
+    shard="params": the large parameters and their optimizer state split across the devices
+    too, not replicated (FSDP; fnn.train.parallel); devices=None then means all of them. The
+    returned TrainState keeps them split (np.asarray or a checkpoint gathers them).
     """
     if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))
                                           and 0 <= chunk_seconds < float("inf")):
@@ -140,7 +143,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     has_val = data.x_val is not None and len(data.x_val) > 0
     n = len(data.x_train)
     n_steps = steps_per_epoch(n, batch_size)
-    dp = data_parallel(devices)
+    dp = data_parallel(devices, shard)
     place = jax.device_put if dp is None else dp.replicate  # the runner splits each batch
     fp = None
     with StopRequest() as stop:
@@ -149,8 +152,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
             x_val, y_val = place((data.x_val, data.y_val)) if has_val else (None, None)
             if dp is not None:
                 dp.check_batch_size(batch_size)
-                ts = TrainState(*dp.replicate((ts.params, ts.state, ts.opt_state, ts.key)),
-                                ts.epoch, ts.step, ts.position, ts.partial)
+                ts = dp.place_train_state(ts)  # params, opt_state: per dp.param_sharding
             step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
                                    rules=rules)
             for h in hooks:

@@ -22,7 +22,9 @@ from fnn.errors import FnnError
 
 REMEDIES = ("a smaller --batch-size (batch_size=; activations grow with it), a smaller model "
             "(--hidden, --channels), fewer examples on the device (--limit), or data parallel "
-            "--devices N on a machine with several devices (each holds 1/N of a batch)")
+            "--devices N on a machine with several devices (each holds 1/N of a batch), with "
+            "--shard params when the parameters and optimizer state are what does not fit "
+            "(each device then holds about 1/N of them)")
 
 
 class OutOfMemoryError(FnnError, MemoryError):

@@ -27,6 +27,7 @@ said so).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from fnn.train.hooks import Hook
 from fnn.train.lock import LOCK_FILE, RunDirError, RunLock
 from fnn.train.loop import CHUNK_SECONDS, fit
 from fnn.train.optim import make_optimizer, make_schedule
-from fnn.train.parallel import data_parallel
+from fnn.train.parallel import check_shard, data_parallel, gather
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
@@ -154,6 +155,7 @@ class RunDirectory(Hook):
             self.write_config = False
 
     def on_epoch_end(self, ts: TrainState, record: dict):
+        ts = _gathered(ts)  # every process, before only the primary one writes
         rows = record.pop("diagnostics", [])
         if self.config.dataset == "text":
             record.update(text_metrics(record.get("train_loss"), "train"),
@@ -175,8 +177,17 @@ class RunDirectory(Hook):
         self._save_last(ts)
 
     def on_interrupt(self, ts: TrainState):
+        ts = _gathered(ts)
         if self.primary:
             self._save_last(ts)
+
+
+def _gathered(ts: TrainState) -> TrainState:
+    """ts with params and optimizer state that several processes hold slices of (shard="params"
+    on several hosts) gathered whole, so that process 0 can write them; else ts itself."""
+    if jax.process_count() == 1:
+        return ts
+    return dataclasses.replace(ts, params=gather(ts.params), opt_state=gather(ts.opt_state))
 
 
 def best_score(record: dict) -> float | None:
@@ -242,7 +253,7 @@ def _resume_config(out_dir: str, config: TrainConfig | None, overrides: dict | N
 def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
               overrides: dict | None = None, progress: bool = True, log: Callable | None = None,
               diagnostics: int = 0, check_nans: bool = False, devices: int | None = None,
-              chunk_seconds: float | None = CHUNK_SECONDS) -> dict:
+              chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None) -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
     resume=True: the run's config.json, validated and matched against the config in its last
@@ -255,14 +266,17 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     the results, notes; None: silent). diagnostics=N > 0: gradient health every N steps into
     diagnostics.jsonl and .png. check_nans: name the gate behind a non-finite loss or model
     state (fit's check_nans). devices=N: data parallel over N devices (fit's devices); not
-    part of the config, a resumed run may change it. chunk_seconds: fit's.
+    part of the config, a resumed run may change it. chunk_seconds: fit's. shard="params":
+    parameters and optimizer state split across the devices as well (fit's shard; devices
+    None: all of them); not part of the config either (it does not change the math).
 
     The directory is locked for the run's life (RunDirError if another process has it). On
     Ctrl-C the state is saved to last.safetensors and fit's TrainingInterrupted propagates.
 
     Several processes (multi-host JAX): every process trains, only process 0 locks and writes
     the run directory and logs; the others return the final test results of their (identical)
-    params.
+    params. With shard="params" the processes gather the parameters and optimizer state after
+    each epoch (a collective), so that process 0 can write them whole.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
@@ -276,12 +290,12 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
         raise ValueError("train_run needs a config for a new run")
     if not primary:
         return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                           diagnostics, check_nans, devices, chunk_seconds)
+                           diagnostics, check_nans, devices, chunk_seconds, shard)
     created = not os.path.exists(out_dir)
     lock = RunLock(out_dir).acquire()
     try:
         return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                           diagnostics, check_nans, devices, chunk_seconds)
+                           diagnostics, check_nans, devices, chunk_seconds, shard)
     except BaseException:
         if created and os.listdir(out_dir) == [LOCK_FILE]:  # failed before writing anything
             lock.release(remove=True)
@@ -293,7 +307,7 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
 
 
 def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diagnostics,
-                check_nans, devices, chunk_seconds) -> dict:
+                check_nans, devices, chunk_seconds, shard=None) -> dict:
     rewrite_config, saved = False, None
     if resume:
         config, saved = _resume_config(out_dir, config, overrides)
@@ -307,8 +321,10 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     # training, validation and test sets against the model, before anything is written
     check_fit_inputs(model, data, loss=config.training_loss(), batch_size=config.batch_size,
                      epochs=config.epochs)
-    if devices:
-        data_parallel(devices).check_batch_size(config.batch_size, "--batch-size")
+    if devices or check_shard(shard) == "params":
+        dp = data_parallel(devices, shard)
+        dp.check_batch_size(config.batch_size, "--batch-size")
+        devices = dp.size
     ts = init_train_state(model, optimizer, data.input_shape, config.seed)
     sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
     metrics_path = os.path.join(out_dir, METRICS)
@@ -350,8 +366,8 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
             rewrite_config = False
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
         f"device {jax.devices()[0].platform}"
-        + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device)"
-           if devices else ""))
+        + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
+           + (", parameters sharded" if shard == "params" else "") + ")" if devices else ""))
     health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
     run_dir = RunDirectory(out_dir, config, health=health, primary=primary, best_acc=best_acc,
                            data=sizes, write_config=rewrite_config, log=log)
@@ -363,8 +379,9 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
                   start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
-                  hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds)
+                  hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds, shard=shard)
     history += new
+    ts = _gathered(ts)  # several processes, sharded parameters: evaluated whole in each
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)
     if history:

@@ -156,7 +156,7 @@ def batch_metrics(loss, value, scores, labels) -> dict:
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     loss="softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
-                    jit: bool = True, devices=None, rules=None):
+                    jit: bool = True, devices=None, rules=None, shard: str | None = None):
     """step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
     batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update ("accuracy"
@@ -166,6 +166,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     devices (a count, devices or a Mesh; fnn.train.parallel): data parallel, the batch split
     across them and everything else replicated (placed on the first call), one jitted program.
     rules: backward-rule overrides, {gate: rule} as fnn.grad(rules=) takes (grad="custom").
+    shard="params": the large parameters and their optimizer state split across the devices
+    as well (fnn.train.parallel; devices=None then means all of them).
     """
     vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad, rules)
 
@@ -176,7 +178,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
         params = optax.apply_updates(params, updates)
         return params, new_state, opt_state, batch_metrics(loss, value, scores, y)
 
-    dp = data_parallel(devices)
+    dp = data_parallel(devices, shard)
     if dp is not None:
         return jit_step(step, dp) if jit else constrain_batch(step, dp)
     return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
