@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# fnn on a GPU, in one go: the devices, the bench (training steps and gates, float32 and
+# bfloat16), the custom-vs-builtin parity tests and figures, a short default training run
+# (hand-written gradients, then jax.grad); the figures are written to docs/gpu.md.
+#
+#   pip install -e ".[cuda,dev]" && bash scripts/gpu_check.sh      # CUDA 13: ".[cuda13,dev]"
+#
+# FNN_GPU_REPS (default 20): timed calls per benchmark; FNN_GPU_DOC (default docs/gpu.md):
+# where the report goes. Without a GPU it stops at once with a message, docs/gpu.md untouched.
+# A failing step is recorded in the report as FAILED and the script exits 1 at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+doc="${FNN_GPU_DOC:-docs/gpu.md}"
+reps="${FNN_GPU_REPS:-20}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+failed=()
+
+echo "== devices"
+if ! python - "$work" <<'EOF'
+import datetime, os, sys
+
+work = sys.argv[1]
+try:
+    import jax
+    devices = jax.devices()
+    backend = jax.default_backend()
+except Exception as e:  # e.g. JAX_PLATFORMS=cuda and no usable GPU
+    why = (str(e).strip().splitlines() or ["(no message)"])[0]
+    print(f"gpu_check: JAX could not start (JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r}):"
+          f" {type(e).__name__}: {why}", file=sys.stderr)
+    devices, backend = [], "none"
+if backend != "gpu":
+    print(f"gpu_check: no GPU: JAX runs on {backend} ({', '.join(map(str, devices)) or 'no devices'}).\n"
+          "  Needs an NVIDIA GPU with its driver and JAX's CUDA wheels:\n"
+          '    pip install -e ".[cuda,dev]"      (CUDA 13: ".[cuda13,dev]")\n'
+          "  then run bash scripts/gpu_check.sh again. docs/gpu.md is left as it is.",
+          file=sys.stderr)
+    sys.exit(2)
+import jax.extend.backend
+
+version = jax.extend.backend.get_backend().platform_version
+platform = "rocm" if "rocm" in version.lower() else "cuda"
+import jaxlib
+lines = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+         f"- jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {backend} ({platform}: "
+         f"{version.strip()})",
+         *[f"- device {d.id}: {getattr(d, 'device_kind', d)}" for d in devices],
+         f"- host: {os.cpu_count()} CPU cores"]
+print("\n".join(lines))
+with open(os.path.join(work, "devices.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+with open(os.path.join(work, "platform"), "w") as f:
+    f.write(platform)
+EOF
+then
+  exit 2
+fi
+
+for dtype in float32 bfloat16; do
+  echo "== bench, $dtype compute"
+  if ! python -m fnn bench --only mlp,cnn,resnet,digits,lstm,transformer,gates --dtype "$dtype" \
+      --reps "$reps" --no-torch --no-eager --markdown "$work/bench-$dtype.md"; then
+    failed+=("bench $dtype"); echo "FAILED (see the output above)" > "$work/bench-$dtype.md"
+  fi
+done
+
+echo "== parity: hand-written gradients vs jax.grad over 100 training steps, on the GPU"
+if FNN_TEST_PLATFORM="$(cat "$work/platform")" python -m pytest -p no:cacheprovider -q \
+    tests/test_train.py tests/test_sequence.py -k custom_and_builtin_losses_agree \
+    2>&1 | tee "$work/parity-tests.txt"; then :; else failed+=("parity tests"); fi
+if ! python - <<'EOF' | tee "$work/parity.md"
+# the same 100 steps with each gradient: the largest relative difference of the losses
+import jax, jax.numpy as jnp, numpy as np, optax
+from fnn import nn, train
+
+data = train.load_dataset("digits")
+rng = np.random.default_rng(0)
+tokens = rng.integers(0, 32, (64, 33))
+cases = {"mlp (digits, 256 hidden)": (nn.mlp((256,)), data.x_train[:256], data.y_train[:256]),
+         "lstm (64 hidden, 32 steps)": (nn.rnn_lm("lstm", 32, hidden=(64,), embed=16),
+                                        tokens[:, :-1], tokens[:, 1:]),
+         "transformer (width 64, 2 blocks, 32 steps)": (
+             nn.transformer_lm(32, width=64, depth=2, heads=4), tokens[:, :-1], tokens[:, 1:])}
+print("| model | loss at step 1 | loss at step 100 | max relative difference |")
+print("|---|---|---|---|")
+for name, (model, x, y) in cases.items():
+    x, y, opt, losses = jnp.asarray(x), jnp.asarray(y), optax.adam(3e-3), {}
+    for grad in ("custom", "builtin"):
+        ts = train.init_train_state(model, opt, x.shape[1:], 0)
+        step = train.make_train_step(model, opt, grad=grad, jit=False)
+
+        def run(carry, i):
+            idx = (jnp.arange(32) + 32 * i) % x.shape[0]
+            p, s, o, m = step(*carry, (x[idx], y[idx]), jax.random.PRNGKey(0))
+            return (p, s, o), m["loss"]
+
+        _, losses[grad] = jax.jit(lambda c: jax.lax.scan(run, c, jnp.arange(100)))(
+            (ts.params, ts.state, ts.opt_state))
+    a, b = np.asarray(losses["custom"]), np.asarray(losses["builtin"])
+    print(f"| {name} | {a[0]:.4f} | {a[-1]:.4f} | {np.max(np.abs(a - b) / np.abs(b)):.1e} |")
+EOF
+then failed+=("parity figures"); fi
+
+for grad in custom builtin; do
+  echo "== training: the default run (digits MLP), 5 epochs, grad=$grad"
+  if ! python -m fnn train --epochs 5 --grad "$grad" --no-progress --out "$work/run-$grad" \
+      2>&1 | tee "$work/train-$grad.txt"; then failed+=("train $grad"); fi
+done
+
+{
+  echo "# fnn on a GPU"
+  echo
+  echo "Written by \`bash scripts/gpu_check.sh\` (after \`pip install -e \".[cuda,dev]\"\`)."
+  [ ${#failed[@]} -eq 0 ] || echo "**FAILED: ${failed[*]}** (the outputs are below)."
+  echo
+  cat "$work/devices.md"
+  for dtype in float32 bfloat16; do
+    echo
+    echo "## Bench, $dtype compute (\`python -m fnn bench --only mlp,cnn,resnet,digits,lstm,transformer,gates --dtype $dtype --reps $reps --no-torch --no-eager\`)"
+    echo
+    cat "$work/bench-$dtype.md"
+  done
+  echo
+  echo "## Parity: hand-written gradients vs jax.grad, 100 training steps on the GPU"
+  echo
+  echo "\`FNN_TEST_PLATFORM=$(cat "$work/platform") python -m pytest tests/test_train.py tests/test_sequence.py -k custom_and_builtin_losses_agree\` (losses within rtol 1e-4):"
+  echo
+  echo '```'
+  tail -n 3 "$work/parity-tests.txt"
+  echo '```'
+  echo
+  cat "$work/parity.md"
+  for grad in custom builtin; do
+    echo
+    echo "## Training: \`python -m fnn train --epochs 5 --grad $grad\`"
+    echo
+    echo '```'
+    grep -E "^(Dataset|epoch|test accuracy)" "$work/train-$grad.txt" || cat "$work/train-$grad.txt"
+    echo '```'
+  done
+} > "$doc"
+echo "== wrote $doc"
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "gpu_check: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
