@@ -67,39 +67,52 @@ for dtype in float32 bfloat16; do
 done
 
 echo "== parity: hand-written gradients vs jax.grad over 100 training steps, on the GPU"
-if FNN_TEST_PLATFORM="$(cat "$work/platform")" python -m pytest -p no:cacheprovider -q \
-    tests/test_train.py tests/test_sequence.py -k custom_and_builtin_losses_agree \
-    2>&1 | tee "$work/parity-tests.txt"; then :; else failed+=("parity tests"); fi
+# float32 matmuls at full precision: NVIDIA GPUs may otherwise round them to TF32, and the two
+# gradients, computed in different orders, then differ by that rounding, not by their maths
+if JAX_DEFAULT_MATMUL_PRECISION=highest FNN_TEST_PLATFORM="$(cat "$work/platform")" \
+    python -m pytest -p no:cacheprovider -q tests/test_train.py tests/test_sequence.py \
+    -k custom_and_builtin_losses_agree 2>&1 | tee "$work/parity-tests.txt"; then :
+else failed+=("parity tests"); fi
 if ! python - <<'EOF' | tee "$work/parity.md"
-# the same 100 steps with each gradient: the largest relative difference of the losses
+# the same 100 steps with each gradient: the largest relative difference of the losses, with
+# float32 matmuls at JAX's default precision on this GPU and at full ("highest") precision
 import jax, jax.numpy as jnp, numpy as np, optax
 from fnn import nn, train
 
 data = train.load_dataset("digits")
-rng = np.random.default_rng(0)
-tokens = rng.integers(0, 32, (64, 33))
+tokens = np.random.default_rng(0).integers(0, 32, (64, 33))
 cases = {"mlp (digits, 256 hidden)": (nn.mlp((256,)), data.x_train[:256], data.y_train[:256]),
          "lstm (64 hidden, 32 steps)": (nn.rnn_lm("lstm", 32, hidden=(64,), embed=16),
                                         tokens[:, :-1], tokens[:, 1:]),
          "transformer (width 64, 2 blocks, 32 steps)": (
              nn.transformer_lm(32, width=64, depth=2, heads=4), tokens[:, :-1], tokens[:, 1:])}
-print("| model | loss at step 1 | loss at step 100 | max relative difference |")
-print("|---|---|---|---|")
+
+
+def losses(model, x, y, grad):
+    opt = optax.adam(3e-3)
+    ts = train.init_train_state(model, opt, x.shape[1:], 0)
+    step = train.make_train_step(model, opt, grad=grad, jit=False)
+
+    def run(carry, i):
+        idx = (jnp.arange(32) + 32 * i) % x.shape[0]
+        p, s, o, m = step(*carry, (x[idx], y[idx]), jax.random.PRNGKey(0))
+        return (p, s, o), m["loss"]
+
+    _, out = jax.jit(lambda c: jax.lax.scan(run, c, jnp.arange(100)))(
+        (ts.params, ts.state, ts.opt_state))
+    return np.asarray(out)
+
+
+print("| model | loss at step 1 | loss at step 100 | max relative difference, default "
+      "precision | max relative difference, highest precision |")
+print("|---|---|---|---|---|")
 for name, (model, x, y) in cases.items():
-    x, y, opt, losses = jnp.asarray(x), jnp.asarray(y), optax.adam(3e-3), {}
-    for grad in ("custom", "builtin"):
-        ts = train.init_train_state(model, opt, x.shape[1:], 0)
-        step = train.make_train_step(model, opt, grad=grad, jit=False)
-
-        def run(carry, i):
-            idx = (jnp.arange(32) + 32 * i) % x.shape[0]
-            p, s, o, m = step(*carry, (x[idx], y[idx]), jax.random.PRNGKey(0))
-            return (p, s, o), m["loss"]
-
-        _, losses[grad] = jax.jit(lambda c: jax.lax.scan(run, c, jnp.arange(100)))(
-            (ts.params, ts.state, ts.opt_state))
-    a, b = np.asarray(losses["custom"]), np.asarray(losses["builtin"])
-    print(f"| {name} | {a[0]:.4f} | {a[-1]:.4f} | {np.max(np.abs(a - b) / np.abs(b)):.1e} |")
+    x, y, diffs = jnp.asarray(x), jnp.asarray(y), []
+    for precision in ("default", "highest"):
+        with jax.default_matmul_precision(None if precision == "default" else precision):
+            a, b = losses(model, x, y, "custom"), losses(model, x, y, "builtin")
+        diffs.append(np.max(np.abs(a - b) / np.abs(b)))
+    print(f"| {name} | {a[0]:.4f} | {a[-1]:.4f} | {diffs[0]:.1e} | {diffs[1]:.1e} |")
 EOF
 then failed+=("parity figures"); fi
 
@@ -125,7 +138,7 @@ done
   echo
   echo "## Parity: hand-written gradients vs jax.grad, 100 training steps on the GPU"
   echo
-  echo "\`FNN_TEST_PLATFORM=$(cat "$work/platform") python -m pytest tests/test_train.py tests/test_sequence.py -k custom_and_builtin_losses_agree\` (losses within rtol 1e-4):"
+  echo "\`JAX_DEFAULT_MATMUL_PRECISION=highest FNN_TEST_PLATFORM=$(cat "$work/platform") python -m pytest tests/test_train.py tests/test_sequence.py -k custom_and_builtin_losses_agree\` (losses within rtol 1e-4):"
   echo
   echo '```'
   tail -n 3 "$work/parity-tests.txt"
