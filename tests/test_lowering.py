@@ -158,16 +158,25 @@ def gate_program(gate):
 
 def child_main():
     """Export every row (one program per variant, one for the gates); print one JSON line per
-    row: its name and report."""
+    row: its name and report (a row whose program cannot even be built reports why)."""
     assert jax.device_count() == DEVICES, jax.devices()
     t0 = time.perf_counter()
-    groups = {variant: {} for variant in VARIANTS}
+    groups, broken, makers = {**{variant: {} for variant in VARIANTS}, "gates": {}}, {}, []
     for row in step_rows():
         program, model, grad, dtype, variant = row.split(" ", 4)
-        groups[variant][row] = build_program(program, model, grad, dtype, **VARIANTS[variant])
-    groups["gates"] = {f"gate {table} {name}": gate_program(gate)
-                       for (table, name), gate in gate_tables().items()}
+        makers.append((row, variant, functools.partial(build_program, program, model, grad,
+                                                       dtype, **VARIANTS[variant])))
+    makers += [(f"gate {table} {name}", "gates", functools.partial(gate_program, gate))
+               for (table, name), gate in gate_tables().items()]
+    for row, group, make in makers:
+        try:
+            groups[group][row] = make()
+        except Exception as e:  # building (tracing the shapes) is part of what is checked
+            broken[row] = {"platforms": list(ACCELERATORS), "targets": [], "devices": None,
+                           "problems": [f"cannot build: {type(e).__name__}: {e}"]}
     print(f"built {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for row, report in broken.items():
+        print("ROW " + json.dumps({"row": row, **report}), flush=True)
     for group, programs in groups.items():
         t0 = time.perf_counter()
         for row, report in check_lowerings(programs).items():
@@ -213,7 +222,7 @@ def test_lowers_for_accelerators(reports, row):
     """The row's program lowers for CUDA, ROCm and TPU, and calls nothing CPU-only."""
     report = reports[row]
     assert report["platforms"] == list(ACCELERATORS)
-    assert not report["problems"], (row, report["problems"], report["error"])
+    assert not report["problems"], (row, report["problems"], report.get("error"))
     variant = row.split(" ", 4)[4] if not row.startswith("gate ") else None
     devices = VARIANTS[variant].get("devices") if variant else None
     assert report["devices"] == (devices or 1), (row, report["devices"])  # really split
