@@ -18,8 +18,9 @@ A function fails the check when
 
 `check_lowerings` exports many functions as one program (each a nested jit: one lowering for
 all, a fraction of the time of one export each) and exports them one at a time only when that
-program fails, to name which of them do. `target_problems` is the same judgement on a list of custom call targets alone, and
-`custom_call_targets` reads them from a module's text (`jax.export.Exported.mlir_module()`).
+program fails, to name which of them do. `target_problems` is the same judgement on a list of
+custom call targets alone, and `custom_call_targets` reads them from a module's text
+(`jax.export.Exported.mlir_module()`).
 """
 
 from __future__ import annotations
