@@ -1,8 +1,11 @@
+import os
+
 import jax
 import numpy as np
 import pytest
 
-jax.config.update("jax_platforms", "cpu")
+# CPU unless FNN_TEST_PLATFORM names another (scripts/gpu_check.sh runs tests on the GPU: cuda)
+jax.config.update("jax_platforms", os.environ.get("FNN_TEST_PLATFORM", "cpu"))
 
 
 @pytest.fixture

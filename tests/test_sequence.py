@@ -391,3 +391,16 @@ def test_graph_of_a_recurrent_model_names_its_layers():
     model, params, state, x, y = small_model("gru")
     text = graph_layers(model, params, state, x, y).to_text()
     assert "1_gru" in text and "lax.scan" in text and "2_dense" in text
+
+
+def test_attention_in_bfloat16_stays_bfloat16():
+    """The default scale is weakly typed: bfloat16 q, k, v give bfloat16 scores, output and
+    gradients (a float64 scale promoted them to float32, and fnn.grad refused the VJP's
+    float32 gradient of a bfloat16 input: the transformer's bfloat16 step did not trace)."""
+    q, k, v = (jnp.asarray(np.random.default_rng(i).standard_normal((2, 3, 4)), jnp.bfloat16)
+               for i in range(3))
+    out = fnn.registry["attention"](q, k, v, causal=True)
+    assert out.dtype == jnp.bfloat16
+    grads = fnn.grad(lambda q, k, v: jnp.sum(fnn.registry["attention"](q, k, v, causal=True)
+                                             .astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+    assert [g.dtype for g in grads] == [jnp.bfloat16] * 3

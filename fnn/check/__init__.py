@@ -11,10 +11,12 @@ return objects; the command line (fnn.cli) prints them. See ARCHITECTURE.md.
   gradient_health(loss_fn, model, ...)   per layer: gradient norm, update ratio, dead ReLUs,
                                  saturation, custom vs built-in drift (`train --diagnostics`)
   numerical_vjp, rel_error       the numerical building blocks (fnn.check.numeric)
+  check_lowering(f, *args)       f exported for CUDA, ROCm and TPU (jax.export, no device needed):
+                                 lowering errors, host callbacks, CPU-only custom calls
   tolerance                      the one tolerance table (fnn.check.tolerances)
 
 Modules: grads (check_grads), divergence, gates (the gate checker), graph and graph_render,
-health, numeric, tolerances, lecture (the lecture's examples), zoo (small models).
+health, numeric, tolerances, lowering, lecture (the lecture's examples), zoo (small models).
 """
 
 from fnn.check.divergence import locate_divergence
@@ -22,8 +24,10 @@ from fnn.check.gates import check_gate, check_gates
 from fnn.check.grads import check_grads
 from fnn.check.graph import graph
 from fnn.check.health import gradient_health
+from fnn.check.lowering import check_lowering, check_lowerings
 from fnn.check.numeric import numerical_vjp, rel_error
 from fnn.check.tolerances import tolerance
 
-__all__ = ["check_gate", "check_gates", "check_grads", "gradient_health", "graph",
-           "locate_divergence", "numerical_vjp", "rel_error", "tolerance"]
+__all__ = ["check_gate", "check_gates", "check_grads", "check_lowering", "check_lowerings",
+           "gradient_health", "graph", "locate_divergence", "numerical_vjp", "rel_error",
+           "tolerance"]

@@ -213,7 +213,9 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     if jnp.ndim(q) < 2 or np.shape(q)[-1] != np.shape(k)[-1] or np.shape(k)[-2] != np.shape(v)[-2]:
         raise GateError(f"gate 'attention': q (..., T, d), k (..., S, d) and v (..., S, dv) "
                         f"must agree, got q {describe(q)}, k {describe(k)}, v {describe(v)}")
-    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    # a Python float: weakly typed, so bfloat16 inputs stay bfloat16 (np.sqrt's float64 would
+    # promote the scores, the output and the gradients to float32)
+    scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else scale
     s = jnp.einsum("...td,...sd->...ts", q, k) * scale
     if causal:
         if q.shape[-2] != k.shape[-2]:
