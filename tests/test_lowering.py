@@ -37,7 +37,9 @@ from fnn.check.lowering import (ACCELERATORS, check_lowering, check_lowerings,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8
 # name -> keyword options of make_train_step / make_epoch_runner (see the module docstring)
-VARIANTS = {"1 device": {}, f"{DEVICES} devices": dict(devices=DEVICES)}
+# (sharded: the tiny models' leaves are far below MIN_SHARD_SIZE, so shard from 16 elements)
+VARIANTS = {"1 device": {}, f"{DEVICES} devices": dict(devices=DEVICES),
+            f"{DEVICES} devices sharded": dict(devices=DEVICES, shard="params", min_shard_size=16)}
 GRADS = ("custom", "builtin")
 DTYPES = ("float32", "bfloat16")
 PROGRAMS = ("step", "epoch")
@@ -74,6 +76,13 @@ def _spec(tree, sharding=None):
         lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=sharding), tree)
 
 
+def _sharded_spec(tree, dp):
+    """ShapeDtypeStructs of a tree placed per dp.param_sharding (shard="params")."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a),
+                                       sharding=dp.param_sharding(a)), tree)
+
+
 @functools.lru_cache(maxsize=None)
 def model_setup(model_name):
     """(model, optimizer, (params, state, opt_state, key), metrics, x, y) of a MODELS row, the
@@ -103,9 +112,15 @@ def build_program(program, model_name, grad, dtype, **variant):
     model, opt, (params, state, opt_state, key), metrics, x, y = model_setup(model_name)
     if dtype != "float32":
         model = in_dtype(model, dtype)  # float32 parameters, `dtype` compute
-    dp = data_parallel(variant.get("devices"))
+    dp = data_parallel(variant.get("devices"), variant.pop("shard", None),
+                       **({"min_shard_size": variant.pop("min_shard_size")}
+                          if "min_shard_size" in variant else {}))
     everywhere, split = (dp.replicated, dp.batch) if dp is not None else (None, None)
+    if dp is not None:
+        variant["devices"] = dp  # the mesh, and how parameters are placed on it
     carry = _spec((params, state, opt_state), everywhere)
+    if dp is not None and dp.shard_params:  # as fit places them (dp.place_train_state)
+        carry = (_sharded_spec(params, dp), carry[1], _sharded_spec(opt_state, dp))
     key = _spec(key, everywhere)
     if program == "step":
         step = train.make_train_step(model, opt, grad=grad, jit=False, **variant)
