@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.pytrees import path_name
+from fnn.runtime import remat_compiler_options
 from fnn.train.diagnostics import HealthMonitor
 from fnn.train.epoch import (epoch_batches, make_epoch_runner, make_evaluate, metrics_buffers,
                              steps_per_epoch)
@@ -90,7 +91,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
         devices=None, hooks: Sequence[Hook] = (), rules=None,
-        chunk_seconds: float | None = CHUNK_SECONDS):
+        chunk_seconds: float | None = CHUNK_SECONDS, remat=False):
     """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
 
     data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape;
@@ -122,6 +123,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     The data, labels, counts and `start` are checked against the model and optimizer first
     (fnn.train.validate); a run whose step cannot fit in the device's memory is refused, and
     XLA running out of memory raises fnn.train.OutOfMemoryError with the run's sizes.
+    remat: recompute the activations in the backward instead of keeping them (less memory,
+    about one more forward per step; make_train_step's remat, fnn.train.step.remat_model).
     """
     if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))
                                           and 0 <= chunk_seconds < float("inf")):
@@ -152,7 +155,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
                 ts = TrainState(*dp.replicate((ts.params, ts.state, ts.opt_state, ts.key)),
                                 ts.epoch, ts.step, ts.position, ts.partial)
             step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
-                                   rules=rules)
+                                   rules=rules, remat=remat)
             for h in hooks:
                 step = h.wrap_step(step)
             runner = make_epoch_runner(step, donate=all(h.donate for h in hooks), devices=dp)
@@ -161,7 +164,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
             fp = footprint(model, ts, data.input_shape, batch_size,
                            tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)))
             return _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step,
-                           runner, draw, evaluate, place, schedule, stop, chunk_seconds, fp)
+                           runner, draw, evaluate, place, schedule, stop, chunk_seconds, fp,
+                           remat_compiler_options() if remat else None)
         except jax.errors.JaxRuntimeError as e:
             if is_out_of_memory(e):
                 raise out_of_memory(e, fp, "while training") from None
@@ -169,8 +173,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
 
 
 def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, runner, draw,
-            evaluate, place, schedule, stop, chunk_seconds, fp):
-    """fit's loop over the epochs (fit has made everything it needs)."""
+            evaluate, place, schedule, stop, chunk_seconds, fp, compiler_options=None):
+    """fit's loop over the epochs (fit has made everything it needs; compiler_options: XLA's
+    options for the epoch's program, those remat needs)."""
     has_val = x_val is not None
     chunks = _Chunks(chunk_seconds)
     listeners = [h for h in hooks if h.progress]
@@ -195,7 +200,7 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
         if compiled is None:
             t0 = time.perf_counter()
             compiled = runner.lower(ts.params, ts.state, carried, buffers, x, y, order, keys,
-                                    zero, zero).compile()
+                                    zero, zero).compile(compiler_options=compiler_options)
             record["compile_s"] = time.perf_counter() - t0
             fp.xla_temp = xla_temp_bytes(compiled)
             check_fits(fp, min(x.devices(), key=lambda d: d.id))
