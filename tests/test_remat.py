@@ -225,6 +225,9 @@ def _temp(step, model, opt, x, y):
 def test_remat_makes_the_compiled_step_of_a_deep_mlp_smaller():
     """XLA's temp memory (a compile-time figure) of the train step of a 10-layer MLP (width 64,
     batch 256): the activations of runs of layers are recomputed instead of kept."""
+    from fnn.runtime import REMAT_CPU_OPTIONS, remat_compiler_options
+
+    assert remat_compiler_options("cpu") == REMAT_CPU_OPTIONS and remat_compiler_options("gpu") == {}
     model, opt = nn.mlp((64,) * 10, 10), optax.sgd(0.1)
     x, y = jnp.ones((256, 64)), jnp.zeros((256,), jnp.int32)
     for grad in ("custom", "builtin"):
