@@ -3,6 +3,8 @@
 The table of contents:
   fnn.vjp / fnn.grad / fnn.value_and_grad   reverse mode with hand-written VJPs (JAX's semantics)
   fnn.trace                                 the recorded graph of one call (tape, nodes)
+  fnn.checkpoint                            rematerialization (jax.checkpoint): recompute a part's
+                                            activations in the backward, under fnn.grad or jax.grad
   fnn.defgate, fnn.Case, fnn.unbroadcast    declare your own gate exactly as fnn's gates are
   fnn.primitive_gate, fnn.rules, fnn.only   a rule for a JAX primitive; override any gate's
                                             backward for a call, a block or some layers
@@ -34,7 +36,7 @@ from fnn import ops
 from fnn.ops import registry
 from fnn.autodiff.overrides import Rule, only
 from fnn.ops import rulebook
-from fnn.transforms import grad, rules, trace, value_and_grad, vjp
+from fnn.transforms import checkpoint, grad, rules, trace, value_and_grad, vjp
 from fnn import nn, train  # noqa: E402  (layers and training build on the gates)
 from fnn.check import check_grads, graph, locate_divergence  # noqa: E402
 from fnn.runtime import tune_cpu  # noqa: E402
@@ -42,6 +44,6 @@ from fnn.runtime import tune_cpu  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "MissingRuleError", "NanOriginError",
-           "NestingError", "Rule", "Trace", "Traced", "VJPContractError", "check_grads", "debug_nans", "defgate",
+           "NestingError", "Rule", "Trace", "Traced", "VJPContractError", "check_grads", "checkpoint", "debug_nans", "defgate",
            "grad", "graph", "locate_divergence", "nn", "only", "ops", "primitive_gate", "registry", "rulebook", "rules", "trace", "train", "tune_cpu",
            "unbroadcast", "value_and_grad", "vjp"]

@@ -215,3 +215,24 @@ def _default_backend_is_cpu() -> bool:
         return jax.default_backend() == "cpu"
     except Exception:  # noqa: BLE001  (a broken backend: nothing to tune either way)
         return False
+
+
+# ---- rematerialization (fnn.checkpoint) on XLA CPU -----------------------------------------------
+# XLA's CPU pipeline removes optimization barriers early ("cse_barrier_expander"), before CSE and
+# scheduling; the recomputation a checkpoint asks for is then merged back into the forward (CSE)
+# or scheduled at the start of the program, and no memory is saved (docs/benchmarks.md measures
+# it). Keeping the barriers makes the recomputation wait for the backward, as on GPU and TPU.
+REMAT_CPU_OPTIONS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
+
+def remat_compiler_options(backend: str | None = None) -> dict:
+    """The per-program XLA options a program using fnn.checkpoint / jax.checkpoint needs for its
+    rematerialization to save memory: REMAT_CPU_OPTIONS on the CPU backend, {} elsewhere (other
+    backends keep the barriers already). Pass them to `jax.jit(f, compiler_options=...)` or
+    `.lower(...).compile(compiler_options=...)`; they change no value, only what XLA may move.
+    backend: 'cpu', 'gpu', ... (default: JAX's default backend, which this starts)."""
+    if backend is None:
+        import jax  # the backend starts here, at the first program, as it would anyway
+
+        backend = jax.default_backend()
+    return dict(REMAT_CPU_OPTIONS) if backend == "cpu" else {}

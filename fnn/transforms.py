@@ -1,9 +1,54 @@
 """fnn's public reverse mode: `vjp`, `grad`, `value_and_grad` and `trace`, bound once to the table
-of primitive rules (fnn.ops.primitives.RULES), over the core's `make_transforms`."""
+of primitive rules (fnn.ops.primitives.RULES), over the core's `make_transforms`; and
+`checkpoint` (rematerialization), which both fnn.grad and jax.grad differentiate."""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import jax
 
 from fnn.autodiff.api import make_transforms, rules
 from fnn.ops.primitives import RULES
 
 trace, vjp, value_and_grad, grad = make_transforms(RULES)
 
-__all__ = ["grad", "rules", "trace", "value_and_grad", "vjp"]
+
+def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),
+               policy: Callable | None = None) -> Callable:
+    """`fun` whose intermediate values are recomputed in the backward instead of kept: jax.checkpoint
+    (jax.remat) itself, with the same arguments, checked.
+
+    Under jax.grad it is JAX's rematerialization (any `policy`). Under fnn.grad the checkpoint is
+    one gate (fnn.ops.primitives.loops.remat): its forward runs the body, keeping only its inputs;
+    its backward runs the body's forward again under fnn's interpreter (so fnn's hand-written
+    rules, and any rule overrides in effect, apply there too) and then the body's backward.
+    fnn's gate knows two policies: None / jax.checkpoint_policies.nothing_saveable (recompute
+    everything) and everything_saveable (recompute nothing); any other policy is refused under
+    fnn.grad with an error naming it (use jax.grad for those).
+
+    prevent_cse (default True) keeps XLA from merging the recomputation back into the forward.
+    XLA's CPU backend drops that barrier unless the program is compiled with
+    fnn.runtime.remat_compiler_options() (`jax.jit(f, compiler_options=...)`); make_train_step
+    (remat=True) and fit do so. The cost: about one more forward of the checkpointed part per
+    step; the saving: its intermediate values (activations) between the forward and backward.
+    """
+    if not callable(fun):
+        raise TypeError(f"fnn.checkpoint: fun must be a function, got {type(fun).__name__} "
+                        f"{fun!r}")
+    if not isinstance(prevent_cse, bool):
+        raise TypeError(f"fnn.checkpoint: prevent_cse must be True or False, got {prevent_cse!r}")
+    nums = (static_argnums,) if not isinstance(static_argnums, (tuple, list)) else static_argnums
+    try:
+        nums = tuple(operator.index(i) for i in nums)
+    except TypeError:
+        raise TypeError(f"fnn.checkpoint: static_argnums must be an int or a tuple of ints, got "
+                        f"{static_argnums!r}") from None
+    if policy is not None and not callable(policy):
+        raise TypeError(f"fnn.checkpoint: policy must be None or a checkpoint policy (a function "
+                        f"of jax.checkpoint_policies), got {policy!r}")
+    return jax.checkpoint(fun, prevent_cse=prevent_cse, static_argnums=nums, policy=policy)
+
+
+__all__ = ["checkpoint", "grad", "rules", "trace", "value_and_grad", "vjp"]

@@ -39,7 +39,8 @@ DEVICES = 8
 # name -> keyword options of make_train_step / make_epoch_runner (see the module docstring)
 # (sharded: the tiny models' leaves are far below MIN_SHARD_SIZE, so shard from 16 elements)
 VARIANTS = {"1 device": {}, f"{DEVICES} devices": dict(devices=DEVICES),
-            f"{DEVICES} devices sharded": dict(devices=DEVICES, shard="params", min_shard_size=16)}
+            f"{DEVICES} devices sharded": dict(devices=DEVICES, shard="params", min_shard_size=16),
+            "1 device remat": dict(remat=True)}
 GRADS = ("custom", "builtin")
 DTYPES = ("float32", "bfloat16")
 PROGRAMS = ("step", "epoch")

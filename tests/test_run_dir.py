@@ -219,7 +219,7 @@ def test_resume_refuses_an_edited_config(run_dir, change, pattern, capsys):
 
 def test_resume_may_change_only_the_keys_it_names(run_dir, capsys):
     assert main(["train", "--resume", run_dir, "--lr", "0.1"]) == 1
-    assert "cannot change --lr (only --epochs and --data-dir)" in capsys.readouterr().err
+    assert "cannot change --lr (only --epochs, --data-dir and --remat)" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="cannot change --batch-size"):
         train.train_run(None, run_dir, resume=True, overrides={"batch_size": 64})
     assert main(["train", "--resume", run_dir, "--epochs", "3", "--no-progress"]) == 0

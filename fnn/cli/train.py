@@ -14,7 +14,7 @@ import jax
 from fnn.cli._args import number
 from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
 from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfig, option_flag,
-                              parse_option)
+                              parse_option, resume_flags)
 from fnn.train.data import DATASETS
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
@@ -93,8 +93,9 @@ def add_arguments(p) -> None:
                    help="run directory (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
                    "last checkpoint, also one saved in the middle of an epoch by Ctrl-C (its "
-                   "config is kept and checked against the checkpoint's; only --epochs and "
-                   "--data-dir may be changed); a run stopped before its first checkpoint "
+                   "config is kept and checked against the checkpoint's; only --epochs, "
+                   "--data-dir and --remat/--no-remat may be changed); a run stopped before its "
+                   "first checkpoint "
                    "starts from the beginning")
     p.add_argument("--chunk-seconds", type=_chunk_seconds, metavar="S", help="run each epoch "
                    f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
@@ -104,6 +105,10 @@ def add_arguments(p) -> None:
                    "spike=fast_sigmoid:slope=25, affine=feedback_alignment, affine@3_dense="
                    "clip_backward:max_norm=1 (repeatable; kept by --resume; see "
                    "fnn/train/rules.py)")
+    p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute each block's activations in the backward instead of keeping "
+                   "them: less memory (a bigger model or batch fits), about one more forward "
+                   "per step; the same values (default off; --no-remat turns it off on --resume)")
     a("--no-progress", action="store_true", help="no progress bars")
     a("--check-nans", action="store_true", help="on a NaN/inf loss, replay the step eagerly "
       "under fnn.debug_nans and name the gate (forward or VJP) that made it; exit 1")
@@ -140,7 +145,7 @@ def _train_config(args):
     if fixed:  # before anything is read: the options alone say it
         raise ValueError(f"--resume keeps the run's config; it cannot change "
                          f"{', '.join(option_flag(k) for k in fixed)} (only "
-                         f"{' and '.join(option_flag(k) for k in RESUME_MAY_CHANGE)})")
+                         f"{resume_flags()})")
     return None, given, args.resume, True
 
 

@@ -7,6 +7,8 @@ both differentiate it. Layering: fnn.nn builds on the gates (fnn.ops) only.
 
   Layer, serial, residual, named_layers                        what a layer is; combinators
                                                                (and their observe hook)
+  remat                                                        a layer (or runs of a serial's
+                                                               layers) recomputed in the backward
   ResidualBlock                                                the basic block of a ResNet
   Dense, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Flatten, Dropout, BatchNorm, LayerNorm
   Conv (1-3-d, dilation, groups), Conv1D, Conv3D, DepthwiseConv2D, SeparableConv2D,
@@ -23,7 +25,7 @@ from fnn.nn import initializers
 from fnn.nn.activations import (ACTIVATIONS, Activation, Elu, Gelu, LeakyRelu, Maxout, Relu,
                                 Sigmoid, Silu, Softplus, Tanh)
 from fnn.nn.initializers import INITIALIZERS, get_initializer
-from fnn.nn.combinators import Layer, named_layers, residual, serial, stateless
+from fnn.nn.combinators import Layer, named_layers, remat, residual, serial, stateless
 from fnn.nn.layers import (AvgPool2D, Conv, Conv1D, Conv2D, Conv3D, ConvTranspose2D, Dense,
                            DepthwiseConv2D, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, Pool,
                            SeparableConv2D)
@@ -40,7 +42,7 @@ __all__ = ["ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv", "Conv1
            "Elu", "Flatten", "Gelu", "GlobalAvgPool2D", "INITIALIZERS", "Layer", "LayerNorm",
            "LeakyRelu", "MODELS", "MaxPool2D", "Maxout", "Relu", "ResidualBlock", "Sigmoid",
            "Silu", "Softplus", "Tanh", "build_model", "cnn", "count_params", "get_initializer",
-           "initializers", "layer_shapes", "mlp", "named_layers", "residual", "resnet", "serial", "stateless",
+           "initializers", "layer_shapes", "mlp", "named_layers", "remat", "residual", "resnet", "serial", "stateless",
            "summary", "Embedding", "RNN", "LSTM", "GRU", "Recurrent", "MultiHeadAttention",
            "PositionalEncoding", "TransformerBlock", "sinusoids", "SEQUENCE_MODELS", "rnn_lm",
            "transformer_lm"]

@@ -1,4 +1,4 @@
-"""What a layer is, and how layers combine: Layer, stateless, serial, residual.
+"""What a layer is, and how layers combine: Layer, stateless, serial, residual; remat.
 
 Naming conventions for the whole of fnn.nn (after stax):
 
@@ -28,7 +28,9 @@ the params keys from the combinator down to that layer ("1_dense", or "3_block",
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Callable
 
@@ -46,7 +48,8 @@ class Layer:
 
     Combinators list their sub-layers in `children` as (params key, layer) pairs; `kind` says
     how: "serial" (a chain, each child takes the previous output) or "parallel" (every child
-    takes the same input). Their apply takes `observe` (the module docstring).
+    takes the same input). Their apply takes `observe` (the module docstring). `remat`: its
+    apply recomputes its activations in the backward (fnn.nn.remat).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Layer:
     apply: Callable
     children: tuple = ()
     kind: str = "leaf"
+    remat: bool = False
 
     def __iter__(self):  # `init, apply = layer`, as with stax
         return iter((self.init, self.apply))
@@ -110,9 +114,15 @@ def layer_scope(model: str):
     """jax.named_scope(model) for the outermost combinator, nothing inside another: each child
     then runs in jax.named_scope(its key), so a gate's scope reads as its layer path
     ('mlp/1_dense'), which rule overrides (fnn.only), NaN reports and graphs name."""
-    if str(source_info_util.current_name_stack()):
+    if str(source_info_util.current_name_stack()) or _REMAT_OUTER.get():
         return contextlib.nullcontext()
     return jax.named_scope(model)
+
+
+# the layer path around the remat layer being traced: JAX traces a checkpoint's body with an
+# empty name stack (its equations' paths are relative to the checkpoint's), so a combinator
+# inside must not take itself for the outermost one (layer_scope)
+_REMAT_OUTER: contextvars.ContextVar[str] = contextvars.ContextVar("fnn_remat_outer", default="")
 
 
 def split_key(key, n: int) -> list:
@@ -230,3 +240,113 @@ def named_layers(layer: Layer):
         yield (k,), child
         if child.children:
             yield from (((k,) + path, inner) for path, inner in named_layers(child))
+
+
+def _checkpointed(fn, params, state, x, key, observe, prevent_cse):
+    """fn(params, state, x, key, observe) -> (y, new_state), run under fnn.checkpoint. What fn
+    shows `observe` leaves the checkpoint as extra outputs and is shown to it afterwards (a
+    value inside the checkpoint cannot be handed out any other way)."""
+    from fnn.transforms import checkpoint  # layer 4, below fnn.nn
+
+    shown_at = []
+    outer = str(source_info_util.current_name_stack()) or _REMAT_OUTER.get()
+
+    def body(params, state, x, key):
+        shown = []
+        inner = None if observe is None else (lambda path, layer, y: shown.append((path, layer, y)))
+        token = _REMAT_OUTER.set(outer)
+        try:
+            y, new_state = fn(params, state, x, key, inner)
+        finally:
+            _REMAT_OUTER.reset(token)
+        shown_at[:] = [(path, layer) for path, layer, _ in shown]
+        return y, new_state, [y for _, _, y in shown]
+
+    y, new_state, ys = checkpoint(body, prevent_cse=prevent_cse)(params, state, x, key)
+    for (path, layer), v in zip(shown_at, ys):
+        observe(path, layer, v)
+    return y, new_state
+
+
+def _segment_sizes(name: str, segments, n: int) -> list:
+    """The lengths of the runs of consecutive children that remat checkpoints one by one."""
+    if segments == "sqrt":
+        size = max(1, round(math.sqrt(n)))
+        return [min(size, n - i) for i in range(0, n, size)]
+    if isinstance(segments, (int, np.integer)) and not isinstance(segments, bool):
+        if segments < 1:
+            raise ValueError(f"remat({name}): segments must be at least 1, got {segments}")
+        return [min(int(segments), n - i) for i in range(0, n, int(segments))]
+    try:
+        sizes = [int(k) for k in segments]
+        ok = all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0
+                 for k in segments) and sum(sizes) == n
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"remat({name}): segments must be None, 'sqrt', a positive int or a "
+                         f"sequence of positive ints adding up to its {n} layers, got "
+                         f"{segments!r}")
+    return sizes
+
+
+def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
+    """`layer` whose activations are recomputed in the backward instead of kept (rematerialization,
+    fnn.checkpoint): the same name, init, params, state and children, so a model's checkpoints
+    load either way; key and train are passed as before (train static).
+
+    segments=None checkpoints the whole layer: in the backward it keeps only the layer's input
+    and recomputes the rest. For a serial layer, segments cuts its children into runs that are
+    checkpointed one by one (only each run's input is kept, the activations of one run at a
+    time are recomputed): an int k (runs of k layers), 'sqrt' (runs of about sqrt(n) of its n
+    layers, Chen et al. 2016's O(sqrt(n)) memory), or the run lengths (adding up to n).
+    Checkpointing a single cheap layer (a Dense alone, a Relu alone) saves nothing: its input is
+    what its backward needs anyway; a run of several layers is what saves memory.
+    Cost: about one more forward of the checkpointed layers per training step.
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"remat(): layer must be a fnn.nn Layer, got {type(layer).__name__} "
+                        f"{layer!r}")
+    if not isinstance(prevent_cse, bool):
+        raise TypeError(f"remat({layer.name}): prevent_cse must be True or False, got "
+                        f"{prevent_cse!r}")
+    if segments is None:
+        def apply(params, state, x, *, key=None, train=False, observe=None):
+            def fn(params, state, x, key, observe):
+                extra = {"observe": observe} if observe is not None and layer.children else {}
+                return layer.apply(params, state, x, key=key, train=train, **extra)
+            return _checkpointed(fn, params, state, x, key, observe, prevent_cse)
+
+        return dataclasses.replace(layer, apply=apply, remat=True)
+    if layer.kind != "serial":
+        raise ValueError(f"remat({layer.name}): segments are runs of a serial layer's children; "
+                         f"{layer.name} is a {layer.kind} layer (checkpoint it whole: "
+                         "segments=None)")
+    name, children = layer.name, layer.children
+    keys = tuple(k for k, _ in children)
+    sizes = _segment_sizes(name, segments, len(children))
+    runs, i = [], 0
+    for size in sizes:
+        runs.append(children[i:i + size])
+        i += size
+
+    def apply(params, state, x, *, key=None, train=False, observe=None):
+        check_keys(name, keys, params, "params")
+        check_keys(name, keys, state, "state")
+        subkeys = dict(zip(keys, split_key(key, len(keys))))  # serial's keys: the same masks
+        new_state = {}
+        with layer_scope(name):
+            for run in runs:
+                def fn(params, state, x, run_keys, observe, run=run):
+                    out = {}
+                    for (k, child), sub in zip(run, run_keys):
+                        x, out[k] = _apply_child(name, k, child, params[k], state[k], x, sub,
+                                                 train, observe)
+                    return x, out
+                x, out = _checkpointed(fn, {k: params[k] for k, _ in run},
+                                       {k: state[k] for k, _ in run}, x,
+                                       [subkeys[k] for k, _ in run], observe, prevent_cse)
+                new_state.update(out)
+        return x, {k: new_state[k] for k in keys}
+
+    return dataclasses.replace(layer, apply=apply, remat=True)

@@ -10,6 +10,11 @@
     transformer_lm()              a decoder-only transformer LM (GPT-2's pre-norm blocks)
 
 The language models map token ids (batch, T) to next-token logits (batch, T, num_classes).
+
+remat=True (every model): each block (an MLP's Dense-(BN)-act-(Dropout), a CNN's conv stage, a
+ResNet's residual block, an LM's recurrent layer or transformer block, the stem and the head)
+is recomputed in the backward instead of kept (fnn.nn.remat with the block lengths as segments);
+the params are the same as without, so either loads the other's checkpoints.
 """
 
 from __future__ import annotations
@@ -17,17 +22,25 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from fnn.nn.activations import Activation, Relu
-from fnn.nn.combinators import Layer, residual, serial
+from fnn.nn.combinators import Layer, remat as remat_layer, residual, serial
 from fnn.nn.layers import Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
 from fnn.nn.normalization import BatchNorm, LayerNorm
 from fnn.nn.sequence import Embedding, PositionalEncoding, Recurrent, TransformerBlock
 
 
+def _blocks(model: Layer, sizes: Sequence[int], remat: bool) -> Layer:
+    """`model` (a serial), each run of `sizes` layers checkpointed when remat (fnn.nn.remat)."""
+    if not isinstance(remat, bool):
+        raise TypeError(f"{model.name}: remat must be True or False, got {remat!r}")
+    return remat_layer(model, tuple(sizes)) if remat else model
+
+
 def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: str = "relu",
-        init="he", batch_norm: bool = False, dropout: float = 0.0) -> Layer:
+        init="he", batch_norm: bool = False, dropout: float = 0.0, remat: bool = False) -> Layer:
     """Flatten, then [Dense - (BatchNorm) - activation - (Dropout)] per hidden width, then Dense.
 
-    The output is the class scores (logits), (N, num_classes).
+    The output is the class scores (logits), (N, num_classes). remat: each such block
+    recomputed in the backward (the module docstring).
     """
     layers = [Flatten()]
     for width in hidden:
@@ -38,13 +51,15 @@ def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: st
         if dropout:
             layers.append(Dropout(dropout))
     layers.append(Dense(num_classes, init=init))
-    return serial(*layers, name="mlp")
+    block = 2 + bool(batch_norm) + bool(dropout)
+    return _blocks(serial(*layers, name="mlp"), [1] + [block] * len(hidden) + [1], remat)
 
 
 def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Sequence[int] = (128,),
         convs_per_block: int = 1, activation: str = "relu", init="he", batch_norm: bool = False,
-        dropout: float = 0.0) -> Layer:
-    """[(conv3x3 - (bn) - act) x convs_per_block - maxpool2] per channel count, then an MLP head."""
+        dropout: float = 0.0, remat: bool = False) -> Layer:
+    """[(conv3x3 - (bn) - act) x convs_per_block - maxpool2] per channel count, then an MLP head.
+    remat: each conv stage and dense block recomputed in the backward (the module docstring)."""
     layers = []
     for c in channels:
         for _ in range(convs_per_block):
@@ -59,7 +74,9 @@ def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Seq
         if dropout:
             layers.append(Dropout(dropout))
     layers.append(Dense(num_classes, init=init))
-    return serial(*layers, name="cnn")
+    stage = convs_per_block * (2 + bool(batch_norm)) + 1
+    sizes = [stage] * len(channels) + [1] + [2 + bool(dropout)] * len(dense) + [1]
+    return _blocks(serial(*layers, name="cnn"), sizes, remat)
 
 
 def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = None,
@@ -78,10 +95,11 @@ def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = N
 
 
 def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
-           blocks_per_stage: int = 1, init="he") -> Layer:
+           blocks_per_stage: int = 1, init="he", remat: bool = False) -> Layer:
     """A small ResNet for 32x32x3 images (any HxW works): conv3x3-bn-relu, then per width a
     stage of residual blocks (the first of each later stage halves the resolution), global
     average pooling and a dense classifier. widths=(16, 32, 64), 3 blocks/stage is ResNet-20.
+    remat: the stem, each residual block and the head recomputed in the backward.
     """
     layers = [Conv2D(widths[0], 3, init=init), BatchNorm(), Activation("relu")]
     c_in = widths[0]
@@ -91,30 +109,34 @@ def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
             layers.append(ResidualBlock(c, stride=stride, in_channels=c_in, init=init))
             c_in = c
     layers += [GlobalAvgPool2D(), Dense(num_classes, init="glorot")]
-    return serial(*layers, name="resnet")
+    n_blocks = len(layers) - 5
+    return _blocks(serial(*layers, name="resnet"), [3] + [1] * n_blocks + [2], remat)
 
 
 def rnn_lm(kind: str = "lstm", num_classes: int = 256, *, hidden: Sequence[int] = (256,),
-           embed: int = 64, dropout: float = 0.0) -> Layer:
+           embed: int = 64, dropout: float = 0.0, remat: bool = False) -> Layer:
     """Embedding(num_classes, embed) - a `kind` recurrent layer per width in `hidden` (each
     returning every step; dropout between them) - Dense(num_classes) on every position: the
-    next-token logits of a character-level language model (Karpathy's char-rnn)."""
-    layers = [Embedding(num_classes, embed)]
+    next-token logits of a character-level language model (Karpathy's char-rnn). remat: each
+    recurrent layer (with the dropout before it) recomputed in the backward."""
+    layers, sizes = [Embedding(num_classes, embed)], [1]
     for i, width in enumerate(hidden):
         if i and dropout:
             layers.append(Dropout(dropout))
         layers.append(Recurrent(kind, width))
+        sizes.append(2 if i and dropout else 1)
     layers.append(Dense(num_classes, init="glorot", flatten=False))
-    return serial(*layers, name=f"{kind}_lm")
+    return _blocks(serial(*layers, name=f"{kind}_lm"), sizes + [1], remat)
 
 
 def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, heads: int = 4,
                    mlp_ratio: int = 4, positional: str = "learned", dropout: float = 0.0,
-                   max_len: int | None = None) -> Layer:
+                   max_len: int | None = None, remat: bool = False) -> Layer:
     """A decoder-only transformer language model (GPT-2's layout): token embedding (N(0, 0.02))
     plus positions ('learned' or 'sinusoidal'), `depth` pre-norm causal TransformerBlocks of
     `heads` heads, a final LayerNorm and a Dense to next-token logits on every position.
-    max_len: the longest context (default: the T of the input shape)."""
+    max_len: the longest context (default: the T of the input shape). remat: the embedding, each
+    block and the head recomputed in the backward."""
     from fnn.nn.initializers import normal
 
     layers = [Embedding(num_classes, width, init=normal(0.02)),
@@ -124,7 +146,8 @@ def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, 
     layers += [TransformerBlock(width, heads, mlp_ratio=mlp_ratio, dropout=dropout)
                for _ in range(depth)]
     layers += [LayerNorm(), Dense(num_classes, init="glorot", flatten=False)]
-    return serial(*layers, name="transformer_lm")
+    sizes = [2 + bool(dropout)] + [1] * depth + [2]
+    return _blocks(serial(*layers, name="transformer_lm"), sizes, remat)
 
 
 def _recurrent(kind):

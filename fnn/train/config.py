@@ -8,7 +8,8 @@ so a value the command line refuses is refused everywhere, with the key named:
 
 `resume_config` decides what a resumed run may change: config.json and the checkpoint's own
 copy of the config must agree on every key, except those in RESUME_MAY_CHANGE that the user
-sets explicitly (`--epochs`, `--data-dir`).
+sets explicitly (`--epochs`, `--data-dir`, `--remat`/`--no-remat`: recomputing activations in
+the backward changes the memory and time of a step, not its values).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from fnn.train.optim import OPTIMIZERS, SCHEDULES
 from fnn.train.state import MAX_SEED
 from fnn.train.step import GRADS, LOSSES, cross_entropy, get_loss
 
-RESUME_MAY_CHANGE = ("epochs", "data_dir")  # what `--resume` may change, when given explicitly
+RESUME_MAY_CHANGE = ("epochs", "data_dir",  # what `--resume` may change, when given explicitly
+                     "remat")
 
 
 class ConfigError(FnnError, ValueError):
@@ -63,6 +65,7 @@ class TrainConfig:
     depth: int = 2
     heads: int = 4
     rules: tuple = ()  # backward-rule overrides, "GATE=RULE[:opt=v]" (fnn.train.rules)
+    remat: bool = False  # recompute activations in the backward (the model's blocks; fit(remat=))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -169,6 +172,12 @@ def _rules(name, v):
                       f"\"relu=straight_through\"), got {v!r}")
 
 
+def _flag(name, v):
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false, got {v!r}")
+    return v
+
+
 def _directory(name, v):
     if v is None:
         return None
@@ -190,6 +199,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "init": _choice(set(INITIALIZERS) - {"zeros", "ones"}), "dropout": _number(0.0, 1.0),
     "limit": _int(0, what="an integer >= 0 (0: all examples)"),
     "context": _int(1), "width": _int(1), "depth": _int(1), "heads": _int(1), "rules": _rules,
+    "remat": _flag,
 }
 
 
@@ -230,6 +240,12 @@ def option_flag(name: str) -> str:
     return "--rule" if name == "rules" else "--" + name.replace("_", "-")
 
 
+def resume_flags() -> str:
+    """The options --resume may change, as the user types them: '--epochs, --data-dir and ...'."""
+    flags = [option_flag(k) for k in RESUME_MAY_CHANGE]
+    return ", ".join(flags[:-1]) + " and " + flags[-1]
+
+
 def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides: dict, *,
                   saved_file: str = "config.json",
                   checkpoint_file: str = "last.safetensors") -> TrainConfig:
@@ -243,7 +259,7 @@ def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides:
     if fixed:
         raise ConfigError(f"--resume keeps the run's config; it cannot change "
                           f"{', '.join(option_flag(k) for k in fixed)} (only "
-                          f"{' and '.join(option_flag(k) for k in RESUME_MAY_CHANGE)})")
+                          f"{resume_flags()})")
     overrides = {k: check_value(k, v) for k, v in overrides.items()}
     if checkpoint is not None:
         clash = [k for k in differences(saved, checkpoint) if k not in overrides]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.pytrees import path_name
+from fnn.runtime import remat_compiler_options
 from fnn.train.diagnostics import HealthMonitor
 from fnn.train.epoch import (epoch_batches, make_epoch_runner, make_evaluate, metrics_buffers,
                              steps_per_epoch)
@@ -39,7 +40,7 @@ from fnn.train.memory import (check_fits, footprint, is_out_of_memory, out_of_me
 from fnn.train.nancheck import NanReplay
 from fnn.train.parallel import data_parallel
 from fnn.train.state import TrainState, init_train_state
-from fnn.train.step import make_train_step
+from fnn.train.step import make_train_step, uses_remat
 from fnn.train.validate import check_fit_inputs
 
 CHUNK_SECONDS = 0.05  # target length of one compiled chunk of an epoch (see docs/benchmarks.md)
@@ -90,7 +91,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
         callback: Callable | None = None, progress: bool = False, log: Callable | None = None,
         eval_batch_size: int = 1000, diagnostics: int = 0, check_nans: bool = False,
         devices=None, hooks: Sequence[Hook] = (), rules=None,
-        chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None):
+        chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None,
+        remat=False):
     """Train `model` on data.x_train for `epochs` epochs (in total, counting those of `start`).
 
     data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape;
@@ -125,6 +127,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     shard="params": the large parameters and their optimizer state split across the devices
     too, not replicated (FSDP; fnn.train.parallel); devices=None then means all of them. The
     returned TrainState keeps them split (np.asarray or a checkpoint gathers them).
+    remat: recompute the activations in the backward instead of keeping them (less memory,
+    about one more forward per step; make_train_step's remat, fnn.train.step.remat_model).
     """
     if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))
                                           and 0 <= chunk_seconds < float("inf")):
@@ -154,7 +158,7 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
                 dp.check_batch_size(batch_size)
                 ts = dp.place_train_state(ts)  # params, opt_state: per dp.param_sharding
             step = make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
-                                   rules=rules)
+                                   rules=rules, remat=remat)
             for h in hooks:
                 step = h.wrap_step(step)
             runner = make_epoch_runner(step, donate=all(h.donate for h in hooks), devices=dp)
@@ -163,7 +167,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
             fp = footprint(model, ts, data.input_shape, batch_size,
                            tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)))
             return _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step,
-                           runner, draw, evaluate, place, schedule, stop, chunk_seconds, fp)
+                           runner, draw, evaluate, place, schedule, stop, chunk_seconds, fp,
+                           remat_compiler_options() if remat or uses_remat(model) else None)
         except jax.errors.JaxRuntimeError as e:
             if is_out_of_memory(e):
                 raise out_of_memory(e, fp, "while training") from None
@@ -171,8 +176,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
 
 
 def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, runner, draw,
-            evaluate, place, schedule, stop, chunk_seconds, fp):
-    """fit's loop over the epochs (fit has made everything it needs)."""
+            evaluate, place, schedule, stop, chunk_seconds, fp, compiler_options=None):
+    """fit's loop over the epochs (fit has made everything it needs; compiler_options: XLA's
+    options for the epoch's program, those remat needs)."""
     has_val = x_val is not None
     chunks = _Chunks(chunk_seconds)
     listeners = [h for h in hooks if h.progress]
@@ -197,7 +203,7 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
         if compiled is None:
             t0 = time.perf_counter()
             compiled = runner.lower(ts.params, ts.state, carried, buffers, x, y, order, keys,
-                                    zero, zero).compile()
+                                    zero, zero).compile(compiler_options=compiler_options)
             record["compile_s"] = time.perf_counter() - t0
             fp.xla_temp = xla_temp_bytes(compiled)
             check_fits(fp, min(x.devices(), key=lambda d: d.id))

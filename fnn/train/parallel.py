@@ -271,18 +271,22 @@ def constrain_batch(step, dp: DataParallel):
     return sharded_step
 
 
-def jit_step(step, dp: DataParallel, *, donate: bool = True):
+def jit_step(step, dp: DataParallel, *, donate: bool = True, compiler_options=None):
     """step(params, state, opt_state, batch, key), jitted with the batch split across dp's
     devices and everything else replicated (sharded parameters: params and opt_state split per
     dp.param_sharding, in and out). Arguments are placed before each call (a no-op when they
     already are), so the first call may take plain single-device arrays. `.lower(*args)`
-    lowers it for those arguments (.compile().memory_analysis(): per-device bytes)."""
+    lowers it for those arguments (.compile().memory_analysis(): per-device bytes).
+    compiler_options: XLA's per-program options (remat: fnn.runtime.remat_compiler_options)."""
     rep, bat = dp.replicated, dp.batch
+    donate_argnums = (0, 1, 2) if donate else ()
     if dp.shard_params:  # in: as placed below; out: as constrain_batch constrains them
-        compiled = jax.jit(constrain_batch(step, dp), donate_argnums=(0, 1, 2) if donate else ())
+        compiled = jax.jit(constrain_batch(step, dp), donate_argnums=donate_argnums,
+                           compiler_options=compiler_options)
     else:
         compiled = jax.jit(constrain_batch(step, dp), in_shardings=(rep, rep, rep, bat, rep),
-                           out_shardings=rep, donate_argnums=(0, 1, 2) if donate else ())
+                           out_shardings=rep, donate_argnums=donate_argnums,
+                           compiler_options=compiler_options)
 
     def place(params, state, opt_state, batch, key):
         dp.check_batch_size(len(jax.tree_util.tree_leaves(batch)[0]))

@@ -114,7 +114,8 @@ def setup(config: TrainConfig):
     check_rules(config.rules, config.grad)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                         limit=config.limit or None, context=config.context)
-    model = build_model(config.model, data.num_classes, **config.model_options())
+    model = build_model(config.model, data.num_classes, **config.model_options(),
+                        **({"remat": True} if config.remat else {}))  # each block checkpointed
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,
@@ -379,7 +380,8 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
                   start=ts,
                   schedule=schedule, progress=progress and primary, log=log,
                   diagnostics=diagnostics, check_nans=check_nans, devices=devices,
-                  hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds, shard=shard)
+                  hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds, shard=shard,
+                  remat=config.remat)
     history += new
     ts = _gathered(ts)  # several processes, sharded parameters: evaluated whole in each
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fnn.nn import remat as remat_layer
 from fnn.ops import l2_penalty, registry
+from fnn.runtime import remat_compiler_options
 from fnn.train.parallel import constrain_batch, data_parallel, jit_step
 from fnn.transforms import value_and_grad as fnn_value_and_grad
 
@@ -154,9 +156,39 @@ def batch_metrics(loss, value, scores, labels) -> dict:
     return out
 
 
+def remat_model(model, remat=True):
+    """`model` with its activations recomputed in the backward (rematerialization) for a train step:
+
+      a model built with remat=True (Layer.remat)  as it is: its own blocks are checkpointed;
+      a serial model                               its top-level layers in runs of about
+                                                   sqrt(n) (fnn.nn.remat(model, 'sqrt'));
+      any other layer                              checkpointed whole: it then keeps only its
+                                                   input, but its backward recomputes all of it
+                                                   at once, so the peak memory hardly drops.
+
+    remat: True (the above), False (model unchanged), or an int k: runs of k top-level layers.
+    """
+    if remat is False or getattr(model, "remat", False):
+        return model
+    if remat is not True and (not isinstance(remat, int) or isinstance(remat, bool) or remat < 1):
+        raise ValueError(f"remat must be True, False or a positive int (layers per checkpointed "
+                         f"run), got {remat!r}")
+    if getattr(model, "kind", None) != "serial":
+        return remat_layer(model)
+    return remat_layer(model, "sqrt" if remat is True else remat)
+
+
+def uses_remat(model) -> bool:
+    """Whether any layer of `model` (itself or a child, at any depth) is checkpointed
+    (fnn.nn.remat, a model's remat=True): its compiled step then needs XLA's remat options."""
+    return bool(getattr(model, "remat", False)) or any(
+        uses_remat(child) for _, child in getattr(model, "children", ()))
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     loss="softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
-                    jit: bool = True, devices=None, rules=None, shard: str | None = None):
+                    jit: bool = True, devices=None, rules=None, shard: str | None = None,
+                    remat=False):
     """step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
     batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update ("accuracy"
@@ -168,7 +200,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     rules: backward-rule overrides, {gate: rule} as fnn.grad(rules=) takes (grad="custom").
     shard="params": the large parameters and their optimizer state split across the devices
     as well (fnn.train.parallel; devices=None then means all of them).
+    remat: recompute the model's activations in the backward instead of keeping them, to fit a
+    bigger model or batch in memory for about one more forward per step (remat_model: True,
+    or an int k, runs of k top-level layers); the compiled step gets XLA's options for it
+    (fnn.runtime.remat_compiler_options); either grad. The values are those without it.
     """
+    model = remat_model(model, remat)
     vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad, rules)
 
     def step(params, state, opt_state, batch, key):
@@ -178,10 +215,11 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
         params = optax.apply_updates(params, updates)
         return params, new_state, opt_state, batch_metrics(loss, value, scores, y)
 
+    options = remat_compiler_options() if uses_remat(model) else None  # (after remat_model)
     dp = data_parallel(devices, shard)
     if dp is not None:
-        return jit_step(step, dp) if jit else constrain_batch(step, dp)
-    return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
+        return jit_step(step, dp, compiler_options=options) if jit else constrain_batch(step, dp)
+    return jax.jit(step, donate_argnums=(0, 1, 2), compiler_options=options) if jit else step
 
 
 def per_example_loss(loss, scores, labels):

@@ -28,6 +28,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import Interpreter, join_scope, scope_of, site_of
 from fnn.autodiff.replay import Template
 from fnn.autodiff.tape import Tape, Traced, apply, is_float
+from fnn.errors import GateError
 from fnn.ops._cases import normal
 from fnn.ops.primitives._define import case
 
@@ -191,20 +192,59 @@ def _cond_cases(rng, dtype):
 
 
 # ---- checkpoint (remat) --------------------------------------------------------------------------
+def policy_name(policy) -> str:
+    """How a checkpoint policy is named in messages: its function name or its repr."""
+    return getattr(policy, "__name__", None) or repr(policy)
+
+
+def _saves_everything(policy, site: str) -> bool:
+    """Whether a checkpoint's `policy` keeps every value of its body (no recomputation), or
+    nothing (recompute it all in the backward); any other policy is refused: fnn's gate has no
+    per-value choice, and ignoring the policy would silently change the memory it was asked
+    to save. A GateCall (an fnn gate's own call, interpreted because it was transformed) keeps
+    its old meaning: recomputed."""
+    from fnn.autodiff.tape import GateCall
+
+    if policy is None or policy is jax.checkpoint_policies.nothing_saveable or isinstance(
+            policy, GateCall):
+        return False
+    if policy is jax.checkpoint_policies.everything_saveable:
+        return True
+    raise GateError(
+        f"fnn.grad: the checkpoint (jax.checkpoint / fnn.checkpoint) at {site} has policy "
+        f"{policy_name(policy)}; fnn's remat gate recomputes either everything (policy=None or "
+        "jax.checkpoint_policies.nothing_saveable) or nothing "
+        "(jax.checkpoint_policies.everything_saveable), it cannot keep only some values. Use "
+        "one of those, or differentiate with jax.grad (grad='builtin'), which honours any policy.")
+
+
 def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None, scope="",
-                   **params):
+                   site="", **params):
     closed = jax.extend.core.ClosedJaxpr(jaxpr, ())
-    outs = _interpreter(rules, scope).run_closed(closed, list(args))
-    return tuple(outs), (args, rules, overrides.active(), scope)
+    interp = _interpreter(rules, scope)
+    if _saves_everything(policy, site):  # keep the body's saved values: a plain call
+        body = _Body(interp, closed, list(args))
+        return tuple(body.outs), ("kept", body.template, body.in_nodes, body.out_nodes,
+                                  body.residuals, [_spec(a) for a in args])
+    outs = interp.run_closed(closed, list(args))
+    return tuple(outs), ("recompute", args, rules, overrides.active(), scope)
 
 
 @primitive_gate(P.remat_p, forward=_remat_forward)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose intermediate values are not kept.  Local gradient: the
-    body's backward, after running its forward again from the saved inputs."""
-    args, rules, in_effect, scope = saved
-    if prevent_cse:  # keep XLA from reusing the forward's values instead of recomputing them
-        args = lax.optimization_barrier(tuple(args))
+    body's backward, after running its forward again from the saved inputs (policy
+    everything_saveable: from the values the forward kept)."""
+    if saved[0] == "kept":
+        _, template, in_nodes, out_nodes, residuals, specs = saved
+        cts = _pullback(template, in_nodes, out_nodes, residuals, (), list(g), specs)
+        return tuple(d if need else None for d, need in zip(cts, needs))
+    _, args, rules, in_effect, scope = saved
+    if prevent_cse:  # keep XLA from reusing the forward's values instead of recomputing them,
+        # and from recomputing before the backward reaches here: the barrier ties the inputs
+        # to the incoming cotangent (XLA CPU keeps it only when compiled with
+        # fnn.runtime.remat_compiler_options())
+        args, g = lax.optimization_barrier((tuple(args), tuple(g)))
     with overrides.overriding(in_effect):  # the rule overrides the forward ran under
         body = _Body(_interpreter(rules, scope), jax.extend.core.ClosedJaxpr(jaxpr, ()),
                      list(args))
@@ -231,8 +271,10 @@ def control_rule(gate):
     def rule(interp, eqn, invals, scope):
         params = dict(eqn.primitive.get_bind_params(eqn.params))
         inner = join_scope(scope, scope_of(eqn))  # the loop's layer path: its body's gates run in it
-        out = apply(gate, tuple(invals), {**params, "rules": interp.rules, "scope": inner},
-                    site=site_of(eqn), scope=inner)
+        extra = {"rules": interp.rules, "scope": inner}
+        if gate is remat:  # its policy's error names the user's line
+            extra["site"] = site_of(eqn)
+        out = apply(gate, tuple(invals), {**params, **extra}, site=site_of(eqn), scope=inner)
         return list(out)
     rule.__name__ = f"{gate.name}_rule"
     return rule
