@@ -19,5 +19,6 @@ def run(defaults: list[str]) -> int:
     kind = devices[0].platform
     print(f"JAX {jax.__version__} on {kind}: {', '.join(str(d) for d in devices)}")
     if kind == "cpu":
-        print("(no GPU visible to JAX; on a CUDA machine install jax[cuda12] to use it)")
+        print('(no GPU visible to JAX; on a CUDA machine: pip install -e ".[cuda]", '
+              'see the README, "On a GPU")')
     return main(["train", *defaults, *sys.argv[1:]])
