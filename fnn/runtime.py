@@ -22,9 +22,12 @@ kernels run the convolutions and how the step's scratch memory is allocated:
    JAX_PLATFORMS does not say cpu), and when glibc refuses the 1 GiB mmap threshold (then
    nothing is changed: older glibc caps it at 32 MiB).
 
-Neither changes what is computed: the same operations run, in other kernels (the convolutions'
-float32 sums may then be added in another order: gradients of a CNN differ by at most a few
-float32 ulps, 5e-7 absolute, as between any two XLA kernels), and memory is allocated otherwise.
+Neither changes the mathematics: no precision, fast-math or algorithm setting is touched, the
+same operations run, only in other convolution kernels and with memory allocated otherwise. The
+one visible effect on values: a convolution kernel may add its float32 products in another order,
+so some results differ in their last bits (a CNN's gradients: most leaves bit-identical, the
+others within 5e-7 absolute), as between any two XLA kernels or versions. The malloc settings
+change no bit.
 
 Both must happen before the backend starts (the first computation, jax.devices(), ...): after
 that XLA has read its flags and its threads have their malloc arenas, so `tune_cpu` then changes
@@ -202,7 +205,7 @@ def tune_on_import(environ=None, argv=None) -> dict:
                 "Eigen convolutions, malloc that keeps XLA's scratch memory; see fnn.runtime) "
                 "were not applied and CNN steps may run ~2x slower. Import fnn before the first "
                 "JAX computation (jax.devices(), any array), or set FNN_NO_TUNE=1 to keep JAX's "
-                "defaults and silence this.", FnnTuningWarning, stacklevel=2)
+                "defaults and silence this.", FnnTuningWarning, stacklevel=3)
     else:
         done = tune_cpu(environ=environ)
     AT_IMPORT = done

@@ -14,6 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == "__main__":
+    if "--no-tune" in sys.argv[1:]:
+        os.environ["FNN_NO_TUNE"] = "1"  # `import fnn` below then keeps JAX's defaults
     from fnn.cli import main
 
     raise SystemExit(main(["bench", *sys.argv[1:]], tune=True))

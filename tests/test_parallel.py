@@ -48,8 +48,17 @@ CHILD = textwrap.dedent(r"""
         for grad in ("custom", "builtin"):
             params, losses = {}, {}
             for devices in (None, 8, fsdp):
+                before, whole = {id(a) for a in jax.live_arrays()}, []
+
+                def look(ts, record):  # arrays made whole on one device during the sharded fit
+                    big = {l.shape for l in jax.tree_util.tree_leaves(ts.params) if l.size >= 256}
+                    whole.extend(a.shape for a in jax.live_arrays() if id(a) not in before
+                                 and len(a.devices()) == 1 and a.shape in big)
+
                 ts, hist = train.fit(build(), train.make_optimizer("adam", 3e-3), data, epochs=2,
-                                     batch_size=32, grad=grad, seed=1, devices=devices)
+                                     batch_size=32, grad=grad, seed=1, devices=devices,
+                                     callback=look if devices is fsdp else None)
+                assert not whole, (name, grad, whole)  # sharded params never whole on device 0
                 assert ts.step == 20
                 kind = "fsdp" if devices is fsdp else devices
                 params[kind], losses[kind] = ts.params, [r["train_loss"] for r in hist]
@@ -148,6 +157,7 @@ def test_eight_devices_match_one(tmp_path):
     assert "--batch-size 30 is not divisible by the 8 devices" in r.stderr
     assert not os.path.exists(tmp_path / "bad")  # failed before making the run directory
     assert out["cli_resume"] == 0 and out["cli_resumed_epoch"] == 2
-    assert "x 8 (data parallel, batch 2 per device, parameters sharded)" in r.stdout
+    assert "x 8 (data parallel, batch 2 per device, parameters sharded: 1 of 4 leaves split" \
+        in r.stdout
     assert out["cli_shard_bad"] == 1
     assert "shard='params' splits parameters across several devices" in r.stderr

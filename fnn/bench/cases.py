@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import jax
@@ -111,8 +113,9 @@ def in_dtype(model: Layer, dtype) -> Layer:
         y, state = model.apply(low, state, x, key=key, train=train, **observe)
         return astype(y, dtype=jnp.float32), state
 
-    return Layer(f"{model.name}_{jnp.dtype(dtype).name}", model.init, apply, model.children,
-                 model.kind)
+    # the model's children, kind and remat kept (summaries, diagnostics, remat options); its
+    # apply is not serial's chain, so remat checkpoints it whole (fnn.nn.is_plain_serial)
+    return dataclasses.replace(model, name=f"{model.name}_{jnp.dtype(dtype).name}", apply=apply)
 
 
 # ---- gate micro-benchmarks: inputs at a realistic size ------------------------------------------

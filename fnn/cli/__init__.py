@@ -62,10 +62,15 @@ def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
         args.tuning = AT_IMPORT if AT_IMPORT is not None else tune_cpu()
         if os.environ.get("FNN_DEBUG"):
             print(f"fnn: CPU tuning {args.tuning}", file=sys.stderr)
-    elif tune and os.environ.get("FNN_DEBUG"):
+    elif tune:
         from fnn.runtime import AT_IMPORT
 
-        print(f"fnn: --no-tune, JAX's defaults (at import: {AT_IMPORT})", file=sys.stderr)
+        if AT_IMPORT and (AT_IMPORT["xla_flags"] or AT_IMPORT["malloc"]):
+            args.tuning = AT_IMPORT  # what is in effect, reported as it is
+            print("fnn: --no-tune came too late: `import fnn` had applied fnn's CPU settings "
+                  "already (set FNN_NO_TUNE=1 in the environment instead)", file=sys.stderr)
+        if os.environ.get("FNN_DEBUG"):
+            print(f"fnn: --no-tune, JAX's defaults (at import: {AT_IMPORT})", file=sys.stderr)
     try:
         return args.func(args)
     except (FnnError, ValueError, OSError, FloatingPointError) as e:

@@ -25,7 +25,8 @@ from fnn.nn import initializers
 from fnn.nn.activations import (ACTIVATIONS, Activation, Elu, Gelu, LeakyRelu, Maxout, Relu,
                                 Sigmoid, Silu, Softplus, Tanh)
 from fnn.nn.initializers import INITIALIZERS, get_initializer
-from fnn.nn.combinators import Layer, named_layers, remat, residual, serial, stateless
+from fnn.nn.combinators import (Layer, is_plain_serial, named_layers, remat, residual, serial,
+                                stateless)
 from fnn.nn.layers import (AvgPool2D, Conv, Conv1D, Conv2D, Conv3D, ConvTranspose2D, Dense,
                            DepthwiseConv2D, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, Pool,
                            SeparableConv2D)
@@ -42,7 +43,7 @@ __all__ = ["ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv", "Conv1
            "Elu", "Flatten", "Gelu", "GlobalAvgPool2D", "INITIALIZERS", "Layer", "LayerNorm",
            "LeakyRelu", "MODELS", "MaxPool2D", "Maxout", "Relu", "ResidualBlock", "Sigmoid",
            "Silu", "Softplus", "Tanh", "build_model", "cnn", "count_params", "get_initializer",
-           "initializers", "layer_shapes", "mlp", "named_layers", "remat", "residual", "resnet", "serial", "stateless",
+           "initializers", "is_plain_serial", "layer_shapes", "mlp", "named_layers", "remat", "residual", "resnet", "serial", "stateless",
            "summary", "Embedding", "RNN", "LSTM", "GRU", "Recurrent", "MultiHeadAttention",
            "PositionalEncoding", "TransformerBlock", "sinusoids", "SEQUENCE_MODELS", "rnn_lm",
            "transformer_lm"]

@@ -194,7 +194,15 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
                                                train, observe)
         return x, new_state
 
+    apply.chains_children = True  # remat(layer, segments) may rebuild it from its children
     return Layer(name, init, apply, tuple(zip(keys, layers)), "serial")
+
+
+def is_plain_serial(layer: Layer) -> bool:
+    """Whether `layer`'s apply is exactly serial's chain of its children (not a wrapper that
+    keeps a serial's children and kind but does more, e.g. casts: rebuilding it from its
+    children would drop what it adds)."""
+    return layer.kind == "serial" and getattr(layer.apply, "chains_children", False)
 
 
 def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residual") -> Layer:
@@ -270,6 +278,10 @@ def _checkpointed(fn, params, state, x, key, observe, prevent_cse):
 
 def _segment_sizes(name: str, segments, n: int) -> list:
     """The lengths of the runs of consecutive children that remat checkpoints one by one."""
+    if isinstance(segments, str) and segments != "sqrt":
+        raise ValueError(f"remat({name}): segments must be None, 'sqrt', a positive int or a "
+                         f"sequence of positive ints adding up to its {n} layers, got "
+                         f"{segments!r}")
     if segments == "sqrt":
         size = max(1, round(math.sqrt(n)))
         return [min(size, n - i) for i in range(0, n, size)]
@@ -318,10 +330,14 @@ def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
             return _checkpointed(fn, params, state, x, key, observe, prevent_cse)
 
         return dataclasses.replace(layer, apply=apply, remat=True)
-    if layer.kind != "serial":
+    if layer.remat:
+        raise ValueError(f"remat({layer.name}): it is checkpointed already (built with "
+                         "remat=True or by remat()); segments would drop those checkpoints")
+    if not is_plain_serial(layer):
+        what = (f"a {layer.kind} layer" if layer.kind != "serial" else
+                "a serial whose apply does more than chain its children (a wrapper)")
         raise ValueError(f"remat({layer.name}): segments are runs of a serial layer's children; "
-                         f"{layer.name} is a {layer.kind} layer (checkpoint it whole: "
-                         "segments=None)")
+                         f"{layer.name} is {what} (checkpoint it whole: segments=None)")
     name, children = layer.name, layer.children
     keys = tuple(k for k, _ in children)
     sizes = _segment_sizes(name, segments, len(children))

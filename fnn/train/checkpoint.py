@@ -345,6 +345,12 @@ def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "c
 def _like(array: np.ndarray, template):
     if jnp.issubdtype(jnp.result_type(template), jax.dtypes.prng_key):
         return jax.random.wrap_key_data(jnp.asarray(array), impl=jax.random.key_impl(template))
+    sharding = getattr(template, "sharding", None)
+    if isinstance(template, jax.Array) and len(sharding.device_set) > 1:
+        # split across devices like the template (shard="params"): each device gets its slice
+        # from the host, the whole array is never on one device
+        host = np.asarray(array, dtype=jnp.result_type(template))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
     return jnp.asarray(array, dtype=jnp.result_type(template))
 
 

@@ -56,7 +56,7 @@ def scan_steps(step: Callable, carry, x, y, order, keys, progress: Callable | No
 
 
 def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | None = None,
-                     donate: bool = True, devices=None):
+                     donate: bool = True, devices=None, compiler_options=None):
     """epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
 
     `step` is an uncompiled train step (make_train_step(..., jit=False)); x, y the whole
@@ -69,6 +69,10 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
     replicated on them (parallel.data_parallel(devices).replicate). Still one scan. A
     DataParallel with sharded parameters (data_parallel(n, shard="params")) keeps params and
     opt_state split per its param_sharding (place them with its place_params).
+    compiler_options: XLA's options for the compiled epoch; a step made with remat=True (or a
+    model with checkpointed layers) needs fnn.runtime.remat_compiler_options() here for its
+    rematerialization to save memory on the CPU (make_train_step(jit=True) and fit add them
+    themselves).
     """
     dp = data_parallel(devices)
     if dp is not None:
@@ -83,7 +87,8 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
             carry = dp.constrain_carry(*carry)
         return (*carry, metrics)
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else ())
+    return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else (),
+                   compiler_options=compiler_options)
 
 
 def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):

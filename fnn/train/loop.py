@@ -136,7 +136,9 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
                          f"got {chunk_seconds!r}")
     check_fit_inputs(model, data, loss=loss, start=start, optimizer=optimizer,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, epochs=epochs)
-    ts = start if start is not None else init_train_state(model, optimizer, data.input_shape, seed)
+    dp = data_parallel(devices, shard)
+    ts = start if start is not None else init_train_state(model, optimizer, data.input_shape,
+                                                          seed, place=dp)
     hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2, rules=rules)]
                if diagnostics else []),
              *([NanReplay(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
@@ -147,7 +149,6 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     has_val = data.x_val is not None and len(data.x_val) > 0
     n = len(data.x_train)
     n_steps = steps_per_epoch(n, batch_size)
-    dp = data_parallel(devices, shard)
     place = jax.device_put if dp is None else dp.replicate  # the runner splits each batch
     fp = None
     with StopRequest() as stop:

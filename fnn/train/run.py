@@ -183,6 +183,19 @@ class RunDirectory(Hook):
             self._save_last(ts)
 
 
+def _sharded_note(dp, params) -> str:
+    """', parameters sharded: k of n leaves split, x of y MiB per device' for the log line."""
+    leaves = jax.tree_util.tree_leaves(params)
+    split = [leaf for leaf in leaves if not dp.param_sharding(leaf).is_fully_replicated]
+    whole = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+    mine = whole - sum(leaf.size * leaf.dtype.itemsize for leaf in split) * (1 - 1 / dp.size)
+    if not split:
+        return (", parameters sharded: none split, every leaf is under "
+                f"{dp.min_shard_size:,} elements or has no dimension divisible by {dp.size}")
+    return (f", parameters sharded: {len(split)} of {len(leaves)} leaves split, "
+            f"{mine / 2**20:.2f} of {whole / 2**20:.2f} MiB per device")
+
+
 def _gathered(ts: TrainState) -> TrainState:
     """ts with params and optimizer state that several processes hold slices of (shard="params"
     on several hosts) gathered whole, so that process 0 can write them; else ts itself."""
@@ -322,17 +335,21 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     # training, validation and test sets against the model, before anything is written
     check_fit_inputs(model, data, loss=config.training_loss(), batch_size=config.batch_size,
                      epochs=config.epochs)
+    dp = None
     if devices or check_shard(shard) == "params":
         dp = data_parallel(devices, shard)
         dp.check_batch_size(config.batch_size, "--batch-size")
         devices = dp.size
-    ts = init_train_state(model, optimizer, data.input_shape, config.seed)
+    # sharded parameters: made split on the mesh, never whole on one device
+    ts = init_train_state(model, optimizer, data.input_shape, config.seed, place=dp)
     sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
     metrics_path = os.path.join(out_dir, METRICS)
     last = os.path.join(out_dir, LAST)
     history, best_acc = [], -math.inf
     if resume and os.path.isfile(last):
         ts, meta = load_train_state(last, ts)
+        if dp is not None and dp.shard_params:  # split at once; the whole copy is let go
+            ts = dp.place_train_state(ts)
         _check_resumed(last, ts, meta, sizes, n_steps)
         if data.vocab is not None:
             check_vocab(out_dir, data.vocab)
@@ -368,7 +385,8 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
         f"device {jax.devices()[0].platform}"
         + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
-           + (", parameters sharded" if shard == "params" else "") + ")" if devices else ""))
+           + (_sharded_note(dp, ts.params) if dp is not None and dp.shard_params else "")
+           + ")" if devices else ""))
     health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
     run_dir = RunDirectory(out_dir, config, health=health, primary=primary, best_acc=best_acc,
                            data=sizes, write_config=rewrite_config, log=log)

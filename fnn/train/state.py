@@ -48,8 +48,23 @@ def make_key(seed: int):
     return jnp.array([seed >> 32, seed & 0xFFFFFFFF], dtype=jnp.uint32)
 
 
-def init_train_state(model, optimizer, input_shape, seed: int = 0) -> TrainState:
-    """Initialize model and optimizer from `seed`: one key for init, one for training."""
-    init_key, train_key = jax.random.split(make_key(seed))
-    params, state, _ = model.init(init_key, tuple(input_shape))
-    return TrainState(params, state, optimizer.init(params), train_key)
+def init_train_state(model, optimizer, input_shape, seed: int = 0, *,
+                     place=None) -> TrainState:
+    """Initialize model and optimizer from `seed`: one key for init, one for training.
+
+    place: a DataParallel with sharded parameters (fnn.train.parallel, shard="params"): the
+    state is made on its mesh by one jitted program whose outputs are already split per
+    place.param_sharding, so the parameters and optimizer state are never whole on one device
+    (a model larger than one device can start). The same values as without it."""
+    def make():
+        init_key, train_key = jax.random.split(make_key(seed))
+        params, state, _ = model.init(init_key, tuple(input_shape))
+        return params, state, optimizer.init(params), train_key
+
+    if place is None or not getattr(place, "shard_params", False):
+        return TrainState(*make())
+    params, state, opt_state, key = jax.eval_shape(make)
+    replicated = jax.tree_util.tree_map(lambda _: place.replicated, (state, key))
+    shardings = (place.param_shardings(params), replicated[0],
+                 place.param_shardings(opt_state), replicated[1])
+    return TrainState(*jax.jit(make, out_shardings=shardings)())

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from fnn.nn import remat as remat_layer
+from fnn.nn.combinators import is_plain_serial
 from fnn.ops import l2_penalty, registry
 from fnn.runtime import remat_compiler_options
 from fnn.train.parallel import constrain_batch, data_parallel, jit_step
@@ -173,7 +174,7 @@ def remat_model(model, remat=True):
     if remat is not True and (not isinstance(remat, int) or isinstance(remat, bool) or remat < 1):
         raise ValueError(f"remat must be True, False or a positive int (layers per checkpointed "
                          f"run), got {remat!r}")
-    if getattr(model, "kind", None) != "serial":
+    if not is_plain_serial(model):  # a leaf, a residual, a wrapper (in_dtype): whole
         return remat_layer(model)
     return remat_layer(model, "sqrt" if remat is True else remat)
 
