@@ -72,16 +72,11 @@ def gate_tables():
 
 # ---- the child: every export, in one process with 8 host devices ---------------------------
 def _spec(tree, sharding=None):
-    """ShapeDtypeStructs of a tree of arrays (placed with `sharding`, if given)."""
+    """ShapeDtypeStructs of a tree of arrays, placed with `sharding`: one for every leaf, or a
+    function of the leaf (dp.param_sharding), or None."""
+    place = sharding if callable(sharding) else (lambda a: sharding)
     return jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=sharding), tree)
-
-
-def _sharded_spec(tree, dp):
-    """ShapeDtypeStructs of a tree placed per dp.param_sharding (shard="params")."""
-    return jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a),
-                                       sharding=dp.param_sharding(a)), tree)
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=place(a)), tree)
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,7 +116,8 @@ def build_program(program, model_name, grad, dtype, **variant):
         variant["devices"] = dp  # the mesh, and how parameters are placed on it
     carry = _spec((params, state, opt_state), everywhere)
     if dp is not None and dp.shard_params:  # as fit places them (dp.place_train_state)
-        carry = (_sharded_spec(params, dp), carry[1], _sharded_spec(opt_state, dp))
+        carry = (_spec(params, dp.param_sharding), carry[1],
+                 _spec(opt_state, dp.param_sharding))
     key = _spec(key, everywhere)
     if program == "step":
         step = train.make_train_step(model, opt, grad=grad, jit=False, **variant)

@@ -54,7 +54,7 @@ class Rule:
     `needs` and `original`, see the module docstring). kind: "exact" (it must equal the gate's
     true gradient, and a difference is an error) or "surrogate" (it differs on purpose).
     reference: for a surrogate, a smooth function of the gate's inputs whose derivative the
-    rule is (its `jax.vjp` is what the rule must equal: it follows its own declared formula).
+    rule is (its derivative is what the rule must equal: it follows its own declared formula).
     formula and paper: for the reports and the docs.
     """
 

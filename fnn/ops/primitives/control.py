@@ -40,7 +40,7 @@ def _jax_nn_function(eqn):
 
 
 def custom_jvp_call(interp, eqn, invals, scope):
-    """jax.custom_jvp functions (jax.nn.relu, softplus, logsumexp helpers): their primal
+    """Functions with a JAX custom JVP (jax.nn.relu, softplus, logsumexp helpers): their primal
     function differentiated by fnn's rules; jax.nn.relu is fnn's relu gate (relu'(0) = 0, the
     value of its custom rule)."""
     gate = FUSED_CUSTOM_JVP.get(_jax_nn_function(eqn))
@@ -52,7 +52,7 @@ def custom_jvp_call(interp, eqn, invals, scope):
 
 
 def custom_vjp_call(interp, eqn, invals, scope):
-    """jax.custom_vjp functions: their primal function differentiated by fnn's rules."""
+    """Functions with a JAX custom VJP: their primal function differentiated by fnn's rules."""
     return interp.run_closed(eqn.params["call_jaxpr"], invals, scope=scope)
 
 

@@ -215,7 +215,7 @@ def _saves_everything(policy, site: str) -> bool:
         f"{policy_name(policy)}; fnn's remat gate recomputes either everything (policy=None or "
         "jax.checkpoint_policies.nothing_saveable) or nothing "
         "(jax.checkpoint_policies.everything_saveable), it cannot keep only some values. Use "
-        "one of those, or differentiate with jax.grad (grad='builtin'), which honours any policy.")
+        "one of those, or use JAX's own autodiff (grad='builtin'), which honours any policy.")
 
 
 def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None, scope="",
