@@ -25,16 +25,19 @@ def assert_same(mine, ref, rtol=1e-10):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
 
 
-def check(loss, *args, vmap_args=None):
-    """fnn.grad == jax.grad eagerly and under jit; under vmap over `vmap_args`' leading axis."""
-    ref = jax.grad(loss)(*args)
-    assert_same(fnn.grad(loss)(*args), ref)
+def check(loss, *args, vmap_args=None, eager=True):
+    """fnn.grad == jax.grad eagerly (unless eager=False) and under jit; under vmap over
+    `vmap_args`' leading axis (jitted, as the reference: compiled once instead of run op by
+    op)."""
+    ref = jax.jit(jax.grad(loss))(*args)
+    if eager:
+        assert_same(fnn.grad(loss)(*args), ref)
     assert_same(jax.jit(fnn.grad(loss))(*args), ref)
     if vmap_args is not None:
         axes = tuple(None if a is None else 0 for a in vmap_args)
         full = tuple(a if v is None else v for a, v in zip(args, vmap_args))
-        assert_same(jax.vmap(fnn.grad(loss), in_axes=axes)(*full),
-                    jax.vmap(jax.grad(loss), in_axes=axes)(*full))
+        assert_same(jax.jit(jax.vmap(fnn.grad(loss), in_axes=axes))(*full),
+                    jax.jit(jax.vmap(jax.grad(loss), in_axes=axes))(*full))
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ def test_flax_cnn_with_batchnorm_dropout_and_an_optax_loss(keys):
                                 train=True, mutable=["batch_stats"], rngs={"dropout": keys[3]})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    check(loss, v["params"])
+    check(loss, v["params"], eager=False)  # (eager: the Equinox models, the lecture's nets)
 
 
 class EncoderBlock(linen.Module):
@@ -121,7 +124,8 @@ def test_flax_transformer_encoder_block(keys):
     block = EncoderBlock()
     xs = jax.random.normal(keys[1], (2, 6, 16), dtype=jnp.float64)
     v = block.init(keys[0], xs)
-    check(lambda p, xs: jnp.sum(block.apply({"params": p}, xs) ** 2), v["params"], xs)
+    check(lambda p, xs: jnp.sum(block.apply({"params": p}, xs) ** 2), v["params"], xs,
+          eager=False)
 
 
 # ---- the lecture's nets in plain jax.numpy ---------------------------------------------------------

@@ -20,10 +20,11 @@ CHILD = textwrap.dedent(r"""
     from fnn import nn, train
     from fnn.cli import main
     from fnn.train.checkpoint import read_header
+    from fnn.train.memory import footprint
     from fnn.train.parallel import data_parallel
 
     assert jax.device_count() == 8, jax.devices()
-    out = {"rel": {}, "fraction": {}}
+    out = {"rel": {}, "fraction": {}, "footprint": {}}
     # sharded parameters: with the default threshold (2**14 elements) these small models would
     # keep every leaf replicated, so split every leaf of >= 256 elements here
     fsdp = data_parallel(8, shard="params", min_shard_size=256)
@@ -62,6 +63,8 @@ CHILD = textwrap.dedent(r"""
                 assert ts.step == 20
                 kind = "fsdp" if devices is fsdp else devices
                 params[kind], losses[kind] = ts.params, [r["train_loss"] for r in hist]
+                if devices is None:
+                    alone = ts
                 if devices is fsdp:
                     sharded = ts
             leaf = jax.tree_util.tree_leaves(params[8])[0]
@@ -77,6 +80,12 @@ CHILD = textwrap.dedent(r"""
                 assert ("fsdp" in w.sharding.spec) == (w.size >= 256), (path, w.sharding)
             out["fraction"][f"{name} {grad} params"] = per_device(sharded.params)
             out["fraction"][f"{name} {grad} opt_state"] = per_device(sharded.opt_state)
+            if grad == "custom":  # the sizes an out-of-memory error gives: one device's
+                one = footprint(build(), alone, data.input_shape, 32, 0)
+                each = footprint(build(), sharded, data.input_shape, 32, 0, devices=8)
+                out["footprint"][name] = [each.params / one.params,
+                                          each.opt_state / one.opt_state,
+                                          each.activations / one.activations, each.describe()]
 
     # the rule at its default threshold: the largest dimension divisible by 8 (ties: the first)
     rule = data_parallel(8, shard="params")
@@ -150,6 +159,13 @@ def test_eight_devices_match_one(tmp_path):
         # about 1/8: the replicated biases (and the cnn's small conv and 16x10 head) add to it
         assert fraction < (0.3 if what.startswith("cnn") else 0.2), (what, fraction)
     assert len(out["rel"]) == 14 and len(out["fraction"]) == 9
+    for name, (params, opt_state, activations, text) in out["footprint"].items():
+        print(f"footprint per device, {name}: {text}")
+        assert abs(params - out["fraction"][f"{name} custom params"]) < 1e-9, (name, params)
+        assert abs(opt_state - out["fraction"][f"{name} custom opt_state"]) < 0.02, opt_state
+        assert activations == 1 / 8 and text.startswith("per device, of 8: parameters ")
+        assert "one batch of 32 (its 4 examples)" in text
+    assert sorted(out["footprint"]) == ["cnn", "mlp"]
     assert out["all_reduce"] and out["all_gather"]
     assert out["cli"] == 0 and "x 8 (data parallel, batch 2 per device)" in r.stdout
     assert os.path.isfile(tmp_path / "run" / "last.safetensors")

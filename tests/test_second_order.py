@@ -38,8 +38,11 @@ def test_second_order_at_every_case(name, x64):
             lambda o: jnp.asarray(rng.standard_normal(o.shape), o.dtype)
             if jnp.issubdtype(o.dtype, jnp.inexact) else np.zeros(o.shape, jax.dtypes.float0), out)
         argnums = tuple(range(len(dargs)))
-        mine = jax.grad(_sin_of_vjp(fnn.vjp, recorded, cts), argnums=argnums)(*dargs)
-        ref = jax.grad(_sin_of_vjp(jax.vjp, forward, cts), argnums=argnums)(*dargs)
+
+        def both(*d):  # one compiled program for fnn's and JAX's (eagerly: 4-15x slower)
+            return (jax.grad(_sin_of_vjp(fnn.vjp, recorded, cts), argnums=argnums)(*d),
+                    jax.grad(_sin_of_vjp(jax.vjp, forward, cts), argnums=argnums)(*d))
+        mine, ref = jax.jit(both)(*dargs)
         for a, b in zip(mine, ref):
             scale = max(1.0, float(jnp.max(jnp.abs(b)))) if b.size else 1.0
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10 * scale,

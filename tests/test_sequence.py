@@ -64,12 +64,14 @@ def test_layer_gradients_match_jax_eager_jit_and_vmap(name):
             assert y.shape == (x.shape[0], *out)
             return jnp.sum(jnp.sin(y) * w[:x.shape[0]])
 
-        want = jax.grad(loss)(params, x)
+        # fnn.grad eagerly and under jit; per-example gradients (vmap) under jit: the
+        # references and the vmaps compiled, not run op by op (4-5x faster, same values)
+        want = jax.jit(jax.grad(loss))(params, x)
         _close(fnn.grad(loss)(params, x), want)
         _close(jax.jit(fnn.grad(loss))(params, x), want)
-        per_example = jax.vmap(fnn.grad(lambda p, x: loss(p, x[None])), (None, 0))(params, x)
-        _close(per_example, jax.vmap(jax.grad(lambda p, x: loss(p, x[None])), (None, 0))(
-            params, x))
+        per_example = jax.jit(jax.vmap(fnn.grad(lambda p, x: loss(p, x[None])), (None, 0)))
+        _close(per_example(params, x), jax.jit(jax.vmap(
+            jax.grad(lambda p, x: loss(p, x[None])), (None, 0)))(params, x))
     finally:
         jax.config.update("jax_enable_x64", False)
 

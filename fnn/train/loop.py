@@ -166,7 +166,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
             draw = jax.jit(lambda key: epoch_batches(key, n, batch_size))
             evaluate = make_evaluate(model, loss=loss, batch_size=eval_batch_size)
             fp = footprint(model, ts, data.input_shape, batch_size,
-                           tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)))
+                           tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)),
+                           devices=1 if dp is None else dp.size)
             return _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step,
                            runner, draw, evaluate, place, schedule, stop, chunk_seconds, fp,
                            remat_compiler_options() if remat or uses_remat(model) else None)

@@ -4,7 +4,9 @@ does not fit, before the first step (`check_fits`) or when XLA runs out (`out_of
     Footprint: parameters, optimizer state, model state (BatchNorm statistics), the training
     data placed on the device, the activations of one batch (every layer's output, from
     shapes alone, through the combinators' observe hook) and XLA's working memory for the
-    compiled epoch (its memory analysis, where the backend reports one).
+    compiled epoch (its memory analysis, where the backend reports one). With data
+    parallelism every figure is what one device holds: its slice of the split parameters and
+    optimizer state (shard="params"), its share of each batch, the replicated rest whole.
 
 The remedies named are the options that shrink each part.
 """
@@ -32,17 +34,23 @@ class OutOfMemoryError(FnnError, MemoryError):
     options that reduce them."""
 
 
-def tree_bytes(tree) -> int:
-    """Bytes of every array leaf of a pytree (arrays or ShapeDtypeStructs)."""
+def tree_bytes(tree, per_device: bool = False) -> int:
+    """Bytes of every array leaf of a pytree (arrays or ShapeDtypeStructs). per_device: the
+    bytes one device holds, a leaf split by its sharding counted by its shard's shape (a
+    replicated or unsharded leaf whole)."""
     total = 0
     for leaf in jax.tree_util.tree_leaves(tree):
         dtype = getattr(leaf, "dtype", None)
         if dtype is None:
             continue
+        shape = tuple(leaf.shape)
+        sharding = getattr(leaf, "sharding", None) if per_device else None
+        if sharding is not None:
+            shape = tuple(sharding.shard_shape(shape))
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            total += 8 * int(np.prod(leaf.shape))
+            total += 8 * int(np.prod(shape))
             continue
-        total += int(np.prod(leaf.shape)) * np.dtype(dtype).itemsize
+        total += int(np.prod(shape)) * np.dtype(dtype).itemsize
     return total
 
 
@@ -80,6 +88,7 @@ class Footprint:
     activations: int
     batch_size: int
     xla_temp: int | None = None
+    devices: int = 1  # >1: every figure is one device's (data parallel over this many)
 
     @property
     def working(self) -> int:
@@ -92,13 +101,15 @@ class Footprint:
         return self.params + self.opt_state + self.state + self.data + self.working
 
     def describe(self) -> str:
+        share = "" if self.devices == 1 else f" (its {self.batch_size // self.devices} examples)"
         parts = [f"parameters {_size(self.params)}", f"optimizer state {_size(self.opt_state)}",
                  f"model state {_size(self.state)}", f"training data {_size(self.data)}",
-                 f"activations of one batch of {self.batch_size} {_size(self.activations)} "
-                 "(about twice that with their gradients)"]
+                 f"activations of one batch of {self.batch_size}{share} "
+                 f"{_size(self.activations)} (about twice that with their gradients)"]
         if self.xla_temp:
             parts.append(f"XLA's working memory for the compiled steps {_size(self.xla_temp)}")
-        return ", ".join(parts)
+        text = ", ".join(parts)
+        return text if self.devices == 1 else f"per device, of {self.devices}: {text}"
 
 
 def _size(n: int) -> str:
@@ -109,12 +120,16 @@ def _size(n: int) -> str:
 
 
 def footprint(model, ts, input_shape, batch_size: int, data_bytes: int,
-              compiled=None) -> Footprint:
-    """The Footprint of training `ts` (a TrainState) on batches of `batch_size`."""
+              compiled=None, devices: int = 1) -> Footprint:
+    """The Footprint of training `ts` (a TrainState) on batches of `batch_size`; devices > 1:
+    data parallel over that many devices, each figure one device's (ts placed as it trains:
+    split leaves counted by their slice; data_bytes is what each device holds)."""
     temp = xla_temp_bytes(compiled) if compiled is not None else None
-    return Footprint(tree_bytes(ts.params), tree_bytes(ts.opt_state), tree_bytes(ts.state),
-                     data_bytes, activation_bytes(model, ts.params, ts.state, input_shape,
-                                                  batch_size), batch_size, temp)
+    one = devices > 1
+    return Footprint(tree_bytes(ts.params, one), tree_bytes(ts.opt_state, one),
+                     tree_bytes(ts.state, one), data_bytes,
+                     activation_bytes(model, ts.params, ts.state, input_shape,
+                                      max(1, batch_size // devices)), batch_size, temp, devices)
 
 
 def xla_temp_bytes(compiled) -> int | None:
