@@ -70,7 +70,7 @@ echo "== parity: hand-written gradients vs jax.grad over 100 training steps, on 
 # float32 matmuls at full precision: NVIDIA GPUs may otherwise round them to TF32, and the two
 # gradients, computed in different orders, then differ by that rounding, not by their maths
 if JAX_DEFAULT_MATMUL_PRECISION=highest FNN_TEST_PLATFORM="$(cat "$work/platform")" \
-    python -m pytest -p no:cacheprovider -q tests/test_train.py tests/test_sequence.py \
+    python -m pytest -p no:cacheprovider -n 0 -q tests/test_train.py tests/test_sequence.py \
     -k custom_and_builtin_losses_agree 2>&1 | tee "$work/parity-tests.txt"; then :
 else failed+=("parity tests"); fi
 if ! python - <<'EOF' | tee "$work/parity.md"

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 # CPU unless FNN_TEST_PLATFORM names another (scripts/gpu_check.sh runs tests on the GPU: cuda)
-jax.config.update("jax_platforms", os.environ.get("FNN_TEST_PLATFORM", "cpu"))
+PLATFORM = os.environ.get("FNN_TEST_PLATFORM", "cpu")
+if PLATFORM != "cpu":  # pytest-xdist's workers share the accelerator: none takes 75% up front
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+jax.config.update("jax_platforms", PLATFORM)
 
 
 @pytest.fixture
