@@ -37,12 +37,26 @@ SLOWEST_FILES = (
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config):
-    """-n auto: the cores this process may run on (its CPU affinity), at most 4. (xdist's own
-    count asks psutil for physical cores, which gives 1 on a VM with 2 hyperthreads.)"""
+    """-n auto: the cores this process may run on (its CPU affinity, and a container's CPU
+    quota), at most 4. (xdist's own count asks psutil for physical cores, which gives 1 on a
+    VM with 2 hyperthreads, and the host's count in a container limited to fewer.)"""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),  # cgroup v2
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), None])):
+        try:
+            with open(path) as f:
+                quota, period = parse(f.read())
+            if period is None:
+                with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                    period = f.read().strip()
+            if quota not in ("max", "-1"):
+                cores = min(cores, max(1, -(-int(quota) // int(period))))
+            break
+        except (OSError, ValueError):
+            continue
     return max(1, min(cores, 4))
 
 
