@@ -1,7 +1,8 @@
 """Every JAX-primitive rule in fnn.ops.primitives, checked at its own test cases exactly as the
 gates are: hand-written VJP vs jax.vjp of the same primitive (float64 and float32), vs central
 differences (float64), and second order (JAX differentiating the hand-written backward vs JAX's
-own second derivative: the checker's "2nd order" transform, first case in float64).
+own second derivative: the checker's "2nd order" transform, and elementwise in
+tests/test_second_order.py).
 Parametrized over the table itself, so a rule without cases fails."""
 
 import jax
