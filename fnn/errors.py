@@ -34,7 +34,11 @@ def describe(x) -> str:
         return type(x).__name__
     import numpy as np  # noqa: PLC0415  (numpy only when describing)
 
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:  # an extended dtype (a typed PRNG key: key<fry>)
+        name = str(dtype)
     short = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
              "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8",
-             "uint32": "u32", "bool": "bool"}.get(np.dtype(dtype).name, np.dtype(dtype).name)
+             "uint32": "u32", "bool": "bool"}.get(name, name)
     return f"{short}[{','.join(str(d) for d in shape)}]"

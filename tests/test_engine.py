@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -394,3 +395,36 @@ def test_mixed_dtypes_give_each_input_its_own_dtype():
     assert (da.dtype, dc.dtype) == (jnp.bfloat16, jnp.float32)
     da, dc = fnn.grad(lambda a, c: a @ c, argnums=(0, 1))(jnp.ones(2, jnp.bfloat16), jnp.ones(2))
     assert (da.dtype, dc.dtype) == (jnp.bfloat16, jnp.float32)
+
+
+def test_a_users_primitive_rule_reaches_loops_branches_checkpoints_and_nested_jit(x64):
+    from jax.extend.core import Primitive
+    from jax.interpreters import mlir
+
+    cube_p = Primitive("my_cube")
+    cube_p.def_impl(lambda x: x * x * x)
+    cube_p.def_abstract_eval(lambda x: x)
+    mlir.register_lowering(cube_p, mlir.lower_fun(lambda x: x * x * x, multiple_results=False))
+
+    @fnn.primitive_gate(cube_p)
+    def my_cube(g, inputs):
+        """x**3.  Local gradient: 3x**2."""
+        return (3.0 * inputs[0] ** 2 * g,)
+
+    def programs(cube):
+        return {
+            "scan": lambda x: jnp.sum(lax.scan(lambda c, _: (cube(c) * 0.5, None), x, None, 3)[0]),
+            "cond": lambda x: lax.cond(x[0] > 0, lambda a: jnp.sum(cube(a)), jnp.sum, x),
+            "checkpoint": lambda x: jnp.sum(jax.checkpoint(lambda a: cube(jnp.sin(a)))(x)),
+            "nested jit": lambda x: jnp.sum(jax.jit(lambda a: cube(a) * a)(x)),
+            "jnp.diag (a platform cond)": lambda x: jnp.sum(jnp.diag(cube(x))),
+        }
+
+    x = jnp.asarray([0.5, -1.0, 2.0])
+    written_out = programs(lambda a: a ** 3)  # the reference: x**3 differentiated by JAX
+    for name, f in programs(cube_p.bind).items():
+        ref = jax.grad(written_out[name])(x)
+        np.testing.assert_allclose(fnn.grad(f, rules=[my_cube])(x), ref, rtol=1e-12, err_msg=name)
+        with fnn.rules(my_cube):
+            np.testing.assert_allclose(fnn.grad(f)(x), ref, rtol=1e-12, err_msg=name)
+            np.testing.assert_allclose(jax.jit(fnn.grad(f))(x), ref, rtol=1e-12, err_msg=name)

@@ -22,6 +22,7 @@ the shapes and the user's source line.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import jax
@@ -68,7 +69,9 @@ class Interpreter:
     """Evaluates jaxprs with `rules` (primitive -> rule), recording gates on the tape."""
 
     def __init__(self, rules: Mapping[Any, Rule], *, fname: str = "fnn.grad", scope: str = ""):
-        self.rules = rules
+        # read-only and opaque to pytrees: the table travels as static metadata of the loop,
+        # branch and checkpoint gates (a dict would be flattened, its primitive keys sorted)
+        self.rules = rules if isinstance(rules, MappingProxyType) else MappingProxyType(dict(rules))
         self.fname = fname
         self.scope = scope  # the layer path a loop body or branch runs in ('' at the top)
 
