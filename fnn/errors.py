@@ -22,7 +22,12 @@ class ForeignCallError(FnnError, TypeError):
 
 
 class MissingRuleError(ForeignCallError):
-    """fnn.grad met a JAX primitive for which no hand-written rule is declared."""
+    """fnn.grad met a JAX primitive for which no hand-written rule is declared; `.primitive` is
+    that primitive (None when not known)."""
+
+    def __init__(self, message: str = "", primitive=None):
+        super().__init__(message)
+        self.primitive = primitive
 
 
 def describe(x) -> str:

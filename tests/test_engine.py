@@ -287,7 +287,9 @@ def test_jax_code_is_differentiated_by_hand_written_rules(x64):
     x = jnp.asarray(rng.standard_normal((5, 3)))
     assert_tree_close(fnn.grad(model)(w, x), jax.grad(model)(w, x), rtol=1e-10)
     names = {r.gate.name for r in fnn.trace(model, w, x).tape.records}
-    assert {"lax.dot_general", "lax.tanh", "lax.reduce_max", "lax.erfc"} <= names
+    assert {"lax.dot_general", "lax.tanh", "lax.log", "lax.erfc"} <= names
+    # logsumexp's max only feeds a stop_gradient: JAX evaluates it, no gate is recorded for it
+    assert "lax.reduce_max" not in names
 
 
 def test_a_primitive_without_a_rule_names_it_and_how_to_add_one():

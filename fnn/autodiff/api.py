@@ -82,45 +82,55 @@ class Transforms(NamedTuple):
     grad: Callable
 
 
-def make_transforms(base: dict) -> Transforms:
-    """The four public functions, bound to `base`, a table primitive -> rule."""
+def make_transforms(base: dict, custom_rules: Mapping | None = None) -> Transforms:
+    """The four public functions, bound to `base`, a table primitive -> rule.
 
-    def traced(f, args, argnums, *, rules, fname, **kw):
+    custom_rules: the choices of the public `custom_rules=` keyword, name -> rules that replace
+    base's for that choice (the first is the default), e.g. {"use": {}, "primal": {...}}."""
+    choices = dict(custom_rules or {"use": {}})
+    default = next(iter(choices))
+
+    def traced(f, args, argnums, *, rules, fname, custom_rules=default, **kw):
         """trace_fn with the primitive rules and overrides of this call and of the block."""
+        if not isinstance(custom_rules, str) or custom_rules not in choices:
+            raise ValueError(f"{fname}: custom_rules must be one of "
+                             f"{', '.join(repr(c) for c in choices)}, got {custom_rules!r}")
         prims, table = split_rules(rules, fname)
         scoped = {g.primitive: g for g in _SCOPED.get()}
-        full = {**base, **scoped, **prims} if scoped or prims else base
+        chosen = choices[custom_rules]
+        full = {**base, **chosen, **scoped, **prims} if scoped or prims or chosen else base
         with overrides.overriding(table):
             return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
 
-    def trace(f, *args, argnums=0, has_aux: bool = False, rules=None, **kwargs):
+    def trace(f, *args, argnums=0, has_aux: bool = False, rules=None, custom_rules=default,
+              **kwargs):
         """Record `f(*args, **kwargs)` with fnn: a `Trace` (tape, input and output nodes).
 
         The float leaves of the arguments named by argnums are differentiated; the rest are
         constants. `tr.backward(tr.seeds())` runs the hand-written backward seeded with ones.
-        rules: more primitive gates for this call."""
+        rules: more primitive gates for this call. custom_rules: as for `grad`."""
         return traced(f, args, argnums, kwargs=kwargs, has_aux=has_aux, fname="fnn.trace",
-                      rules=rules)
+                      rules=rules, custom_rules=custom_rules)
 
-    def vjp(f, *primals, has_aux: bool = False, rules=None):
+    def vjp(f, *primals, has_aux: bool = False, rules=None, custom_rules=default):
         """Like JAX's `vjp`: returns `(out, vjp_fn)` (and `aux` if has_aux), with fnn's gradients.
 
         `vjp_fn(ct)` takes a cotangent with the structure of `out` and returns one cotangent per
         primal, each with its primal's structure. Integer and bool leaves get float0 zeros, as
-        in JAX.
+        in JAX. custom_rules: as for `grad`.
         """
         tr = traced(f, primals, tuple(range(len(primals))), has_aux=has_aux, fname="fnn.vjp",
-                    rules=rules)
+                    rules=rules, custom_rules=custom_rules)
         pullback = _pullback(tr, "fnn.vjp")
         return (tr.out, pullback, tr.aux) if has_aux else (tr.out, pullback)
 
     def value_and_grad(f, argnums=0, has_aux: bool = False, *, rules=None,
-                       _name: str = "fnn.value_and_grad"):
+                       custom_rules=default, _name: str = "fnn.value_and_grad"):
         """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
         Returns a function giving `(value, grad)` or, with has_aux, `((value, aux), grad)`.
         `grad` has the structure of the argument(s) named by `argnums` (a tuple of them for a
-        tuple).
+        tuple). custom_rules: as for `grad`.
         """
         fname = f"{_name}({getattr(f, '__name__', 'f')})"
 
@@ -134,7 +144,8 @@ def make_transforms(base: dict) -> Transforms:
                             f"{jnp.result_type(leaf)}; gradients are only defined for float "
                             "inputs (integer and bool inputs such as labels carry no gradient: "
                             "leave them out of argnums)")
-            tr = traced(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname, rules=rules)
+            tr = traced(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname, rules=rules,
+                        custom_rules=custom_rules)
             out_leaves = jax.tree_util.tree_leaves(tr.out)
             if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
                 shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
@@ -151,9 +162,16 @@ def make_transforms(base: dict) -> Transforms:
         vg.__doc__ = f.__doc__
         return vg
 
-    def grad(f, argnums=0, has_aux: bool = False, *, rules=None):
-        """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs."""
-        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, rules=rules, _name="fnn.grad")
+    def grad(f, argnums=0, has_aux: bool = False, *, rules=None, custom_rules=default):
+        """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs.
+
+        rules: more primitive gates, or overrides of gates' backward rules, for this call.
+        custom_rules: how functions with a custom derivative (jax.custom_vjp/custom_jvp, e.g.
+        jax.nn.relu, optax's and Flax's stabilised functions) are differentiated: "use" (the
+        default) runs their own rules, as jax.grad does; "primal" differentiates their primal
+        function with fnn's rules instead (to see what the custom rule changes)."""
+        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, rules=rules,
+                            custom_rules=custom_rules, _name="fnn.grad")
 
         def g(*args, **kwargs):
             (_, aux), dx = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])

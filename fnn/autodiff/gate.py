@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.errors import GateError, describe
+from fnn.errors import FnnError, GateError, describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ class Gate:
         a GateError naming the gate and its inputs."""
         try:
             result = self.forward(*args, **static)
-        except GateError:
+        except FnnError:  # fnn's own, from inside (a loop body's missing rule): as it is
             raise
         except (TypeError, ValueError) as e:
             if isinstance(e, _PASS_THROUGH):

@@ -22,10 +22,16 @@ the shapes and the user's source line.
 
 from __future__ import annotations
 
+import contextvars
+import os
+import re
+import sys
+import sysconfig
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 from jax.extend import source_info_util
@@ -51,13 +57,37 @@ def raw(x):
     return x.value if isinstance(x, Traced) else x
 
 
+# code that is not the user's: JAX, fnn, and the libraries installed beside them (Flax,
+# Equinox, optax, diffrax, ...); a site names the first frame outside them
+_JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__)) + os.sep
+_FNN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_LIBRARY_DIRS = tuple({_JAX_DIR, _FNN_DIR, *(os.path.join(p, "") for p in (
+    sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib")) if p)})
+# the site of the equation whose rule is running (a loop, a nested jit, a custom rule): where an
+# equation inside it that JAX traced in library code alone (jnp.linalg's jitted helpers) is
+_ENCLOSING: contextvars.ContextVar = contextvars.ContextVar("fnn_enclosing_site", default=None)
+
+
 def site_of(eqn) -> str:
-    """'file:line' of the user's code that made this equation (as call_site gives for gates)."""
+    """'file:line' of the user's code that made this equation (as call_site gives for gates):
+    the innermost frame outside JAX, fnn and installed libraries; else the site of the
+    equation it lies in (a function JAX traced once, in its own files); else the innermost
+    frame outside JAX and fnn (a library's); else JAX's summary of it."""
+    frames = list(getattr(eqn.source_info.traceback, "frames", None) or ())
+    for skip in (_LIBRARY_DIRS, None, (_JAX_DIR, _FNN_DIR)):
+        if skip is None:
+            if _ENCLOSING.get() is not None:
+                return _ENCLOSING.get()
+            continue
+        for fr in frames:
+            name = fr.file_name
+            if not name.startswith(skip) and not name.startswith("<frozen"):
+                return f"{name}:{fr.line_num}"
     where = source_info_util.summarize(eqn.source_info).split(" (")[0]
     parts = where.rsplit(":", 2)
     if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
         return f"{parts[0]}:{parts[1]}"
-    return where
+    return where or "?"
 
 
 def scope_of(eqn) -> str:
@@ -89,9 +119,13 @@ class Interpreter:
         def read(v):
             return v.val if isinstance(v, jcore.Literal) else env[v]
 
-        for eqn in jaxpr.eqns:
+        for eqn, live in zip(jaxpr.eqns, self.live(jaxpr)):
             invals = [read(v) for v in eqn.invars]
-            outs = self.eqn(eqn, invals, scope)
+            if not any(live):  # nothing differentiated needs it (an effect, a stop_gradient's
+                # input, an unused value): JAX's own evaluation, no rule needed
+                outs = self.evaluate(eqn, [raw(x) for x in invals])
+            else:
+                outs = self.eqn(eqn, invals, scope, live=live)
             for v, o in zip(eqn.outvars, outs):
                 if not isinstance(v, jcore.DropVar):
                     env[v] = o
@@ -100,8 +134,31 @@ class Interpreter:
     def run_closed(self, closed, args, *, scope: str | None = None) -> list:
         return self.run(closed.jaxpr, closed.consts, args, scope=scope)
 
-    def eqn(self, eqn, invals, scope: str = "") -> list:
-        """The outputs of one equation (a list, one value per outvar)."""
+    def live(self, jaxpr) -> list:
+        """Per equation, per output: whether a gradient can flow from it to the jaxpr's
+        outputs (a float value used by a live equation that passes gradients, or an output).
+        stop_gradient and the rules marked NO_GRADIENT pass none to their inputs."""
+        live = {v for v in jaxpr.outvars if isinstance(v, jcore.Var)}
+        flags = []
+        for eqn in reversed(jaxpr.eqns):
+            mine = tuple(v in live for v in eqn.outvars)
+            flags.append(mine)
+            if any(mine) and eqn.primitive is not _STOP_GRADIENT and \
+                    self.rules.get(eqn.primitive) is not NO_GRADIENT:
+                live.update(v for v in eqn.invars
+                            if isinstance(v, jcore.Var) and _is_inexact(v.aval))
+        return flags[::-1]
+
+    def eqn(self, eqn, invals, scope: str = "", live=None) -> list:
+        """The outputs of one equation (a list, one value per outvar). live: which outputs a
+        gradient can flow from (default all); rules that declare `takes_live` get it."""
+        token = _ENCLOSING.set(site_of(eqn))
+        try:
+            return self._eqn(eqn, invals, scope, live)
+        finally:
+            _ENCLOSING.reset(token)
+
+    def _eqn(self, eqn, invals, scope, live) -> list:
         prim = eqn.primitive
         call = eqn.params.get("policy") if prim.name == "remat2" else None
         if isinstance(call, GateCall) and call.fits(eqn):
@@ -110,7 +167,7 @@ class Interpreter:
             return self.evaluate(eqn, invals)
         rule = self.rules.get(prim)
         if rule is None:
-            raise MissingRuleError(self.missing(eqn, invals))
+            raise MissingRuleError(self.missing(eqn, invals), primitive=prim)
         if rule is NO_GRADIENT:
             return self.evaluate(eqn, [raw(x) for x in invals])
         if isinstance(rule, Gate):
@@ -123,6 +180,9 @@ class Interpreter:
             out = apply(rule, tuple(invals), dict(prim.get_bind_params(eqn.params)),
                         site=site_of(eqn), scope=_join(scope, scope_of(eqn)))
             return list(out) if prim.multiple_results else [out]
+        if getattr(rule, "takes_live", False):
+            return list(rule(self, eqn, invals, scope,
+                             live=tuple(live) if live is not None else (True,) * len(eqn.outvars)))
         return list(rule(self, eqn, invals, scope))
 
     @staticmethod
@@ -153,15 +213,63 @@ class Interpreter:
         prim = eqn.primitive
         params = ", ".join(f"{k}={_short(v)}" for k, v in eqn.params.items())
         shapes = ", ".join(describe(raw(x)) for x in invals)
-        return (
-            f"{self.fname}: no hand-written rule for the JAX primitive '{prim.name}' "
-            f"({params}) applied to ({shapes}) at {site_of(eqn)}. Declare one with the API "
-            f"fnn's own rules use, e.g.\n"
-            f"    rule = fnn.primitive_gate(<module>.{prim.name}_p)\n"
-            f"    @rule.defvjp\n"
-            f"    def rule_vjp(g, saved, **params): ...   # one gradient per input\n"
-            f"and pass it: {self.fname.split('(')[0]}(f, rules=[rule]), or for a block "
-            f"`with fnn.rules(rule): ...`.")
+        return (f"{self.fname}: no hand-written rule for the JAX primitive '{prim.name}' "
+                f"({params}) applied to ({shapes}) at {site_of(eqn)}. Declare one with the API "
+                f"fnn's own rules use (this runs as it is; then write the rule's body):\n\n"
+                f"{rule_template(prim, self.fname)}")
+
+
+def find_primitive(prim) -> tuple[str, str] | None:
+    """(module, attribute) through which `prim` can be imported: jax.extend's table first, then
+    public modules, then any loaded module (JAX's private ones, a library's); None if none."""
+    from jax.extend.core import primitives as public
+
+    for name, value in vars(public).items():
+        if value is prim:
+            return public.__name__, name
+    found = []
+    for mod_name, mod in list(sys.modules.items()):
+        try:
+            items = list(vars(mod).items())
+        except TypeError:
+            continue
+        for name, value in items:
+            if value is prim and not name.startswith("__"):
+                private = any(part.startswith("_") for part in mod_name.split("."))
+                found.append((private, mod_name.count("."), mod_name, name))
+    return min(found)[2:] if found else None
+
+
+def rule_template(prim, fname: str = "fnn.grad") -> str:
+    """Python that declares a rule for `prim` and runs as pasted (its body raises until the
+    local gradient is written)."""
+    place = find_primitive(prim)
+    ident = re.sub(r"\W", "_", prim.name)
+    if place is None:
+        module, attr = "<the module defining it>", f"{ident}_p"
+    else:
+        module, attr = place
+    call = fname.split("(")[0]
+    return (f"import fnn\n"
+            f"from {module} import {attr}\n\n"
+            f"@fnn.primitive_gate({attr})\n"
+            f"def {ident}_rule(g, inputs, **params):\n"
+            f"    \"\"\"{prim.name}: the upstream gradient g times the local gradient, one per "
+            f"input.\"\"\"\n"
+            f"    raise NotImplementedError(\"write {prim.name}'s local gradient here\")\n\n"
+            f"# then: {call}(f, rules=[{ident}_rule]), or for a block: "
+            f"with fnn.rules({ident}_rule): ...")
+
+
+def _is_inexact(aval) -> bool:
+    dtype = getattr(aval, "dtype", None)
+    try:
+        return dtype is not None and bool(jnp.issubdtype(dtype, jnp.inexact))
+    except TypeError:  # an extended dtype (a PRNG key)
+        return False
+
+
+_STOP_GRADIENT = jcore.primitives.stop_gradient_p
 
 
 def _is_complex(aval) -> bool:

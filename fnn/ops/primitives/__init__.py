@@ -10,8 +10,8 @@ the interpreter reads (fnn.autodiff.interpret).
 from types import MappingProxyType
 
 from fnn.autodiff.gate import Gate
-from fnn.ops.primitives import (control, conv, elementwise, indexing, linalg, loops, reductions,
-                                shapes)
+from fnn.ops.primitives import (control, conv, custom, elementwise, indexing, linalg, loops,
+                                reductions, shapes)
 
 FAMILIES = {"elementwise": elementwise, "reductions": reductions, "shapes": shapes,
             "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops}
@@ -31,6 +31,9 @@ def _collect(*modules) -> dict:
 
 GATES = MappingProxyType(_collect(*FAMILIES.values()))
 registry = MappingProxyType({gate.name: gate for gate in GATES.values()})
-RULES = MappingProxyType({**GATES, **control.STRUCTURAL, **loops.STRUCTURAL})
+RULES = MappingProxyType({**GATES, **control.STRUCTURAL, **loops.STRUCTURAL,
+                          **custom.STRUCTURAL})
+# custom_rules="primal": custom_jvp/custom_vjp functions differentiated through their primal
+CUSTOM_RULES = {"use": {}, "primal": MappingProxyType(custom.PRIMAL)}
 
-__all__ = ["FAMILIES", "GATES", "RULES", "registry"]
+__all__ = ["CUSTOM_RULES", "FAMILIES", "GATES", "RULES", "registry"]

@@ -1,23 +1,21 @@
-"""Rules for the structural primitives: nested jit, custom_jvp/custom_vjp calls, while loops,
-and the primitives whose outputs carry no gradient.
+"""Rules for the structural primitives: nested jit, while loops, and the primitives whose
+outputs carry no gradient (custom_jvp/custom_vjp calls: fnn.ops.primitives.custom).
 
 A nested `jit` (pjit) is interpreted in place: its equations join the tape like the caller's.
-`custom_jvp_call` and `custom_vjp_call` are differentiated through their primal function with
-fnn's rules (the custom rule JAX would use is not consulted), except that `jax.nn.relu`, whose
-custom rule fixes relu'(0) = 0, is fnn's relu gate. A `while_loop` whose carry depends on the
-differentiated inputs has no reverse-mode gradient (JAX refuses it too): a clear error says so.
+A `while_loop` is differentiated as JAX does in reverse mode: carried loop invariants pass their
+gradient through; a carry that changes from step to step and depends on the differentiated
+inputs has none (JAX refuses it too), and a clear error says so where a gradient would flow.
 """
 
 from __future__ import annotations
 
-import os
-
+import jax.numpy as jnp
+from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
-from fnn.autodiff.interpret import NO_GRADIENT, site_of
+from fnn.autodiff.interpret import NO_GRADIENT, raw, site_of
 from fnn.autodiff.tape import Traced
 from fnn.errors import GateError
-from fnn.ops import activations
 
 
 def jit(interp, eqn, invals, scope):
@@ -25,46 +23,57 @@ def jit(interp, eqn, invals, scope):
     return interp.run_closed(eqn.params["jaxpr"], invals, scope=scope)
 
 
-# jax.nn's custom_jvp functions whose custom rule an fnn gate reproduces: name -> gate
-FUSED_CUSTOM_JVP = {"relu": activations.relu}
-_JAX_NN = os.path.join("jax", "_src", "nn", "functions.py")
+def _depends(jaxpr, deps, rules) -> list:
+    """Per output of `jaxpr`: whether it depends, through float values and primitives that pass
+    gradients, on the inputs marked in `deps`."""
+    dep = {v for v, d in zip(jaxpr.invars, deps) if d}
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is P.stop_gradient_p or rules.get(eqn.primitive) is NO_GRADIENT:
+            continue
+        if any(isinstance(v, jcore.Var) and v in dep for v in eqn.invars):
+            dep.update(v for v in eqn.outvars if _is_inexact(v.aval))
+    return [isinstance(v, jcore.Var) and v in dep and _is_inexact(v.aval) for v in jaxpr.outvars]
 
 
-def _jax_nn_function(eqn):
-    """The name of the jax.nn function a custom_jvp_call is, or None ('relu at .../jax/_src/
-    nn/functions.py:71' in its jaxpr's debug info)."""
-    info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
-    where = getattr(info, "func_src_info", None) or ""
-    name, _, path = where.partition(" at ")
-    return name if _JAX_NN in path else None
+def _is_inexact(aval) -> bool:
+    try:
+        return bool(jnp.issubdtype(aval.dtype, jnp.inexact))
+    except TypeError:
+        return False
 
 
-def custom_jvp_call(interp, eqn, invals, scope):
-    """Functions with a JAX custom JVP (jax.nn.relu, softplus, logsumexp helpers): their primal
-    function differentiated by fnn's rules; jax.nn.relu is fnn's relu gate (relu'(0) = 0, the
-    value of its custom rule)."""
-    gate = FUSED_CUSTOM_JVP.get(_jax_nn_function(eqn))
-    if gate is not None and len(invals) == 1 and len(eqn.outvars) == 1:
-        from fnn.autodiff.tape import apply
+def while_loop(interp, eqn, invals, scope, live):
+    """lax.while_loop (and fori_loop with bounds known only at run time), as JAX differentiates
+    it in reverse mode: a carry that the body passes on unchanged (a loop invariant) leaves the
+    loop as it came in, so its gradient is the identity; a carry that depends on the
+    differentiated inputs and changes from step to step has no reverse-mode gradient (the number
+    of steps is known only at run time), and is refused when a gradient would flow from it."""
+    cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    body = eqn.params["body_jaxpr"].jaxpr
+    init = invals[cn + bn:]
+    traced_consts = [isinstance(x, Traced) for x in invals[cn:cn + bn]]
+    dep = [isinstance(x, Traced) for x in init]
+    while True:  # a carry depends if its start does or the body makes it from one that does
+        more = [a or b for a, b in zip(dep, _depends(body, traced_consts + dep, interp.rules))]
+        if more == dep:
+            break
+        dep = more
+    forwarded = [out is inv for out, inv in zip(body.outvars, body.invars[bn:])]
+    changing = [k for k, (d, f, lv) in enumerate(zip(dep, forwarded, live)) if d and lv and not f]
+    if changing:
+        raise GateError(
+            f"{interp.fname}: the lax.while_loop at {site_of(eqn)} changes, from step to step, "
+            f"carried values that depend on the differentiated inputs "
+            f"({', '.join(body.outvars[k].aval.str_short() for k in changing)}), and the "
+            "result depends on them. Reverse-mode gradients of such a loop are not defined, "
+            "the number of steps being known only at run time (jax.grad refuses it too): use "
+            "lax.scan, or lax.fori_loop with bounds known when tracing (which is a scan).")
+    outs = interp.evaluate(eqn, [raw(x) for x in invals])
+    # a loop invariant leaves the loop as it came in: the same (traced) value
+    return [init[k] if dep[k] and forwarded[k] else o for k, o in enumerate(outs)]
 
-        return [apply(gate, (invals[0],), {}, site=site_of(eqn))]
-    return interp.run_closed(eqn.params["call_jaxpr"], invals, scope=scope)
 
-
-def custom_vjp_call(interp, eqn, invals, scope):
-    """Functions with a JAX custom VJP: their primal function differentiated by fnn's rules."""
-    return interp.run_closed(eqn.params["call_jaxpr"], invals, scope=scope)
-
-
-def while_loop(interp, eqn, invals, scope):
-    """lax.while_loop (and fori_loop with bounds known only at run time): forward only."""
-    body_consts = eqn.params["body_nconsts"] + eqn.params["cond_nconsts"]
-    carried = [k for k, x in enumerate(invals) if isinstance(x, Traced) and k >= body_consts]
-    raise GateError(
-        f"{interp.fname}: lax.while_loop at {site_of(eqn)} carries values that depend on the "
-        f"differentiated inputs (carry positions {[k - body_consts for k in carried] or 'via its constants'}). "
-        "Reverse-mode gradients of a while_loop are not defined (JAX refuses them too): use "
-        "lax.scan, or lax.fori_loop with bounds known when tracing (which is a scan).")
+while_loop.takes_live = True
 
 
 NO_GRADIENT_PRIMITIVES = [
@@ -78,8 +87,6 @@ NO_GRADIENT_PRIMITIVES = [
 
 STRUCTURAL = {
     P.jit_p: jit,
-    P.custom_jvp_call_p: custom_jvp_call,
-    P.custom_vjp_call_p: custom_vjp_call,
     P.while_p: while_loop,
     **{p: NO_GRADIENT for p in NO_GRADIENT_PRIMITIVES},
 }
