@@ -21,6 +21,10 @@ class ForeignCallError(FnnError, TypeError):
     """A JAX/NumPy function was called on a value traced by fnn, which would lose its gradient."""
 
 
+class OverrideError(FnnError, TypeError):
+    """A rule override that cannot be used: a key naming nothing, a rule that is not callable."""
+
+
 class MissingRuleError(ForeignCallError):
     """fnn.grad met a JAX primitive for which no hand-written rule is declared; `.primitive` is
     that primitive (None when not known)."""

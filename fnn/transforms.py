@@ -10,9 +10,10 @@ from typing import Callable
 import jax
 
 from fnn.autodiff.api import make_transforms, rules
+from fnn.ops import registry
 from fnn.ops.primitives import CUSTOM_RULES, RULES
 
-trace, vjp, value_and_grad, grad = make_transforms(RULES, CUSTOM_RULES)
+trace, vjp, value_and_grad, grad = make_transforms(RULES, CUSTOM_RULES, gate_names=registry)
 
 
 def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),

@@ -108,3 +108,111 @@ def test_debug_nans_names_a_primitive_and_the_users_line():
         with pytest.raises(fnn.NanOriginError) as info:
             fnn.grad(lambda x: jnp.sum(jnp.log(x)))(jnp.array([1.0, -1.0]))
     assert info.value.gate == "lax.log" and "test_jax_code.py" in info.value.site
+
+
+def _no_rule_primitive(name):
+    from jax.extend.core import Primitive
+    from jax.interpreters import mlir
+
+    p = Primitive(name)
+    p.def_impl(lambda *xs: xs[-1] * 2.0)
+    p.def_abstract_eval(lambda *xs: xs[-1])
+    mlir.register_lowering(p, mlir.lower_fun(lambda *xs: xs[-1] * 2.0, multiple_results=False))
+    return p
+
+
+DOUBLE_P = _no_rule_primitive("double_for_test")
+
+
+def test_a_missing_rule_inside_loops_branches_and_jits_is_itself_with_the_users_line():
+    double = DOUBLE_P.bind
+    x = jnp.ones(3)
+    where = {
+        "scan": lambda x: jnp.sum(lax.scan(lambda c, _: (double(c), None), x, None, 2)[0]),
+        "cond": lambda x: lax.cond(x[0] > 0, lambda a: jnp.sum(double(a)), jnp.sum, x),
+        "checkpoint": lambda x: jnp.sum(jax.checkpoint(lambda a: double(jnp.sin(a)))(x)),
+        "nested jit": lambda x: jnp.sum(jax.jit(lambda a: double(a) * a)(x)),
+        "custom_jvp rule": lambda x: jnp.sum(_custom_double(x)),
+        # a primitive inside a jnp function JAX traced in its own files (sin inside jnp.sinc),
+        # with the sin rule left out of the table
+        "inside jnp": lambda x: jnp.sum(jnp.sinc(x)),
+    }
+    _, _, _, grad_without_sin = fnn.autodiff.make_transforms(
+        {p: r for p, r in fnn.ops.primitives.RULES.items() if p.name != "sin"})
+    for name, f in where.items():
+        with pytest.raises(fnn.MissingRuleError) as info:
+            (grad_without_sin if name == "inside jnp" else fnn.grad)(f)(x)
+        text = str(info.value)
+        assert f"test_jax_code.py:" in text and " at ." not in text, (name, text)
+        assert len(text.splitlines()) <= 20 and "lambda ;" not in text, (name, text)  # no jaxprs
+        assert info.value.primitive is not None, name
+
+
+def test_the_missing_rule_template_runs_as_pasted():
+    f = lambda x: jnp.sum(DOUBLE_P.bind(x) * x)
+    with pytest.raises(fnn.MissingRuleError) as info:
+        fnn.grad(f)(jnp.ones(2))
+    assert info.value.primitive is DOUBLE_P
+    text = str(info.value)
+    template = text[text.index("import fnn"):]
+    assert f"from {__name__} import DOUBLE_P" in template  # where the primitive lives
+    scope = {}
+    exec(template, scope)  # noqa: S102  (what a user pastes)
+    rule = scope["double_for_test_rule"]
+    assert rule.primitive is DOUBLE_P
+    with pytest.raises(NotImplementedError, match="write double_for_test's local gradient here"):
+        fnn.grad(f, rules=[rule])(jnp.ones(2))
+    # a primitive jax.extend exports is imported from there
+    from jax.extend.core import primitives as P
+
+    from fnn.autodiff.interpret import rule_template
+
+    assert "from jax.extend.core.primitives import lu_p\n" in rule_template(P.lu_p)
+    assert "scatter_max_rule(g, inputs" in rule_template(P.scatter_max_p)
+
+
+@jax.custom_jvp
+def _custom_double(x):
+    return x * 2.0
+
+
+_custom_double.defjvp(lambda p, t: (p[0] * 2.0, DOUBLE_P.bind(t[0])))  # transposing it needs
+# DOUBLE_P's rule
+
+
+def test_a_missing_rule_with_a_prng_key_input_is_described():
+    keyed = _no_rule_primitive("keyed_for_test")
+    with pytest.raises(fnn.MissingRuleError, match=r"applied to \(key<fry>\[\], f32\[3\]\)"):
+        fnn.grad(lambda x: jnp.sum(keyed.bind(jax.random.key(0), x)))(jnp.ones(3))
+
+
+def test_effects_and_values_no_gradient_flows_from_need_no_rule(x64, capsys):
+    x = jnp.asarray([1.0, 2.0, 3.0])
+
+    def f(x):
+        jax.debug.print("x = {}", x)
+        jax.debug.callback(lambda v: None, x)
+        top = lax.stop_gradient(jax.ops.segment_max(x, jnp.asarray([0, 0, 1]), 2))  # scatter-max
+        unused = DOUBLE_P.bind(x) if no_rule else x  # no rule, but no gradient flows from it
+        del unused
+        return jnp.sum(top * x[:2]) + jnp.sum(x ** 2)
+
+    no_rule = True
+    mine = fnn.grad(f)(x)
+    no_rule = False  # jax.grad needs a JVP rule even for an unused primitive
+    np.testing.assert_allclose(mine, jax.grad(f)(x), rtol=1e-12)
+    assert "x = [1. 2. 3.]" in capsys.readouterr().out
+
+
+def test_while_loops_as_jax_differentiates_them(x64):
+    # loop invariants carried through a while_loop pass their gradient (jax.grad too)
+    f = lambda x: lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1], c[2] * c[1]),
+                                 (0, x, 1.0))[1] * 3.0
+    same(f, 2.0)
+    same(lambda x: lax.fori_loop(x, x + 2.0, lambda i, c: c, x), 1.0)
+    # a changing carry that the result depends on: refused, truthfully (jax.grad refuses too)
+    g = lambda x: lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] * 2.0), (0, x))[1]
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+        jax.grad(g)(1.0)
+    with pytest.raises(fnn.GateError, match=r"while_loop at .*test_jax_code.py.*jax.grad refuses"):
+        fnn.grad(g)(1.0)

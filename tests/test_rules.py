@@ -186,3 +186,18 @@ def test_checks_know_surrogate_from_exact_rules():
                      kind="exact")
     assert not fnn.locate_divergence(spike, X, rules={"tanh": wrong}).ok
     assert not fnn.check_grads(spike, X, rules={"tanh": wrong}).ok
+
+
+def test_a_misspelled_override_key_is_an_error_naming_the_closest(x64):
+    f = lambda x: jnp.sum(jnp.tanh(x))
+    rule = rulebook.clip_backward(1.0)
+    with pytest.raises(fnn.OverrideError, match=r"'tanhh' \(did you mean 'tanh'"):
+        fnn.grad(f, rules={"tanhh": rule})(X)
+    with fnn.rules(Tanh=rule):
+        with pytest.raises(fnn.OverrideError, match=r"'Tanh' \(did you mean 'tanh'"):
+            fnn.grad(f)(X)
+    # a user's own gate is known by the function that applies it
+    spike = fnn.defgate(lambda x: (jnp.sign(x), x), name="my_spike")
+    spike.defvjp(lambda g, x: (g,))
+    np.testing.assert_allclose(fnn.grad(lambda x: jnp.sum(spike(x)),
+                                        rules={"my_spike": lambda g, x, out: (2.0 * g,)})(X), 2.0)

@@ -82,13 +82,17 @@ class Transforms(NamedTuple):
     grad: Callable
 
 
-def make_transforms(base: dict, custom_rules: Mapping | None = None) -> Transforms:
+def make_transforms(base: dict, custom_rules: Mapping | None = None,
+                    gate_names=()) -> Transforms:
     """The four public functions, bound to `base`, a table primitive -> rule.
 
     custom_rules: the choices of the public `custom_rules=` keyword, name -> rules that replace
-    base's for that choice (the first is the default), e.g. {"use": {}, "primal": {...}}."""
+    base's for that choice (the first is the default), e.g. {"use": {}, "primal": {...}}.
+    gate_names: the names of the gates an override may name besides the rules' own (fnn's
+    named gates); a key naming none of them, nor a gate the function applies, is an error."""
     choices = dict(custom_rules or {"use": {}})
     default = next(iter(choices))
+    known = frozenset(gate_names) | _rule_names(base)
 
     def traced(f, args, argnums, *, rules, fname, custom_rules=default, **kw):
         """trace_fn with the primitive rules and overrides of this call and of the block."""
@@ -100,7 +104,10 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None) -> Transfor
         chosen = choices[custom_rules]
         full = {**base, **chosen, **scoped, **prims} if scoped or prims or chosen else base
         with overrides.overriding(table):
-            return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
+            if not overrides.active():
+                return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
+            with overrides.noticing(known | _rule_names(scoped) | _rule_names(prims), fname):
+                return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
 
     def trace(f, *args, argnums=0, has_aux: bool = False, rules=None, custom_rules=default,
               **kwargs):
@@ -182,6 +189,13 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None) -> Transfor
         return g
 
     return Transforms(trace, vjp, value_and_grad, grad)
+
+
+def _rule_names(table) -> frozenset:
+    """The names an override may use for the rules of `table`: each primitive's, each gate's."""
+    names = {getattr(p, "name", None) for p in table}
+    names |= {r.name for r in table.values() if isinstance(r, Gate)}
+    return frozenset(n for n in names if isinstance(n, str))
 
 
 def _pullback(tr, fname):

@@ -287,6 +287,8 @@ _join = join_scope
 
 def _short(v) -> str:
     text = repr(v)
+    if "\n" in text or "lambda ;" in text:  # a jaxpr, or a structure of them: named, not dumped
+        return f"<{type(v).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -35,15 +35,13 @@ from typing import Callable
 
 import jax
 
-from fnn.errors import FnnError
+from fnn.errors import OverrideError
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("fnn_overrides", default=None)
+# the names of the gates looked up while one function is traced (see `noticing`), or None
+_SEEN: contextvars.ContextVar = contextvars.ContextVar("fnn_override_lookups", default=None)
 # makes jax.jit's caches see which overrides were in effect (None where JAX lacks the API)
 _JIT_KEY = jax.make_user_context(None) if hasattr(jax, "make_user_context") else None
-
-
-class OverrideError(FnnError, TypeError):
-    """An override that cannot be used: unknown key type, a rule that is not callable."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +160,9 @@ def find(gate, scope: str, table: dict | None = None):
     table = active() if table is None else table
     if not table:
         return None
+    seen = _SEEN.get()
+    if seen is not None:
+        seen.add(gate.name)
     primitive = getattr(gate, "primitive", None)
     # a name matches a gate's name ('relu', 'lax.tanh') and a JAX primitive's ('tanh' is both
     # fnn's tanh gate and the rule of jnp.tanh's primitive)
@@ -170,6 +171,36 @@ def find(gate, scope: str, table: dict | None = None):
         if override is not None:
             return override.resolve(scope)
     return None
+
+
+@contextlib.contextmanager
+def noticing(known, fname: str):
+    """Within this block (one traced function), note the gates applied; on leaving it, an
+    override keyed by a name that is neither in `known` (fnn's gates and the primitives with a
+    rule) nor the name of a gate applied in the block is an OverrideError naming the closest
+    names: a misspelled key would otherwise leave the gate's own rule silently in effect."""
+    seen: set = set()
+    token = _SEEN.set(seen)
+    try:
+        yield
+    finally:
+        _SEEN.reset(token)
+    names = set(known) | seen
+    unknown = [k for k in active() if isinstance(k, str) and k not in names]
+    if unknown:
+        import difflib  # noqa: PLC0415  (only for the message)
+
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6) or \
+                difflib.get_close_matches(key.lower(), sorted(names), n=3, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)"
+                                       if close else ""))
+        raise OverrideError(
+            f"{fname}: the rule override(s) for {'; '.join(hints)} match no gate of fnn, no JAX "
+            "primitive with a rule, and no gate applied in this function, so they would change "
+            "nothing. Name a gate ('relu', 'lax.tanh'), a primitive ('tanh'), or pass the Gate "
+            "or primitive object itself.")
 
 
 def call_rule(rule, gate, g, inputs, out, saved, needs, static):
@@ -204,4 +235,4 @@ def _takes_kwargs(rule) -> bool:
 
 
 __all__ = ["Override", "OverrideError", "Rule", "active", "as_table", "call_rule", "find", "in_layer",
-           "only", "overriding"]
+           "noticing", "only", "overriding"]
