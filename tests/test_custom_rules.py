@@ -265,3 +265,23 @@ def test_diffrax_with_its_default_adjoint(x64):
 
     args = (jnp.asarray(0.5), jnp.asarray([1.0, -2.0]))
     assert_same(fnn.grad(loss, argnums=(0, 1))(*args), jax.grad(loss, argnums=(0, 1))(*args))
+
+
+def test_check_custom_rules_says_what_each_librarys_rule_changes(x64):
+    x = jnp.asarray([[0.0, 0.0, 0.0], [3.0, 4.0, 1.0]])
+
+    def f(x):
+        return (jnp.sum(reverse_gradient(x, 0.5) ** 2) + jnp.sum(safe_norm(x))
+                + jnp.sum(jax.nn.softplus(x)) + jnp.sum(jax.nn.relu6(x + 0.5)))
+
+    checks = {c.name: c for c in fnn.check.check_custom_rules(f, x)}
+    assert set(checks) == {"reverse_gradient", "safe_norm", "logaddexp", "relu6"}
+    assert checks["reverse_gradient"].kind == "custom_vjp"
+    assert checks["reverse_gradient"].verdict == "differs on purpose?"  # a surrogate, honestly
+    assert checks["reverse_gradient"].vs_primal > 0.5
+    assert checks["safe_norm"].verdict == "finite where primal is not"
+    assert checks["logaddexp"].verdict == "agrees"  # inside jax.nn.softplus: a nested jit
+    assert checks["relu6"].verdict == "agrees"  # away from its kinks
+    for c in checks.values():  # every site is this file's line, nested functions included
+        assert "test_custom_rules.py" in c.site, c
+    assert fnn.check.check_custom_rules(lambda x: jnp.sum(x ** 2), x) == []

@@ -68,16 +68,18 @@ _LIBRARY_DIRS = tuple({_JAX_DIR, _FNN_DIR, *(os.path.join(p, "") for p in (
 _ENCLOSING: contextvars.ContextVar = contextvars.ContextVar("fnn_enclosing_site", default=None)
 
 
-def site_of(eqn) -> str:
+def site_of(eqn, enclosing: str | None = None) -> str:
     """'file:line' of the user's code that made this equation (as call_site gives for gates):
     the innermost frame outside JAX, fnn and installed libraries; else the site of the
     equation it lies in (a function JAX traced once, in its own files); else the innermost
-    frame outside JAX and fnn (a library's); else JAX's summary of it."""
+    frame outside JAX and fnn (a library's); else JAX's summary of it. enclosing: the site of
+    the equation it lies in, when the caller knows it (else the one whose rule is running)."""
     frames = list(getattr(eqn.source_info.traceback, "frames", None) or ())
     for skip in (_LIBRARY_DIRS, None, (_JAX_DIR, _FNN_DIR)):
         if skip is None:
-            if _ENCLOSING.get() is not None:
-                return _ENCLOSING.get()
+            enclosing = enclosing or _ENCLOSING.get()
+            if enclosing is not None:
+                return enclosing
             continue
         for fr in frames:
             name = fr.file_name

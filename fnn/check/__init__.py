@@ -11,14 +11,17 @@ return objects; the command line (fnn.cli) prints them. See ARCHITECTURE.md.
   gradient_health(loss_fn, model, ...)   per layer: gradient norm, update ratio, dead ReLUs,
                                  saturation, custom vs built-in drift (`train --diagnostics`)
   numerical_vjp, rel_error       the numerical building blocks (fnn.check.numeric)
+  check_custom_rules(f, *args)   each custom_jvp/custom_vjp function f calls: its rule vs the
+                                 derivative of its primal function vs central differences
   check_lowering(f, *args)       f exported for CUDA, ROCm and TPU (jax.export, no device needed):
                                  lowering errors, host callbacks, CPU-only custom calls
   tolerance                      the one tolerance table (fnn.check.tolerances)
 
-Modules: grads (check_grads), divergence, gates (the gate checker), graph and graph_render,
+Modules: grads (check_grads), custom (check_custom_rules), divergence, gates (the gate checker), graph and graph_render,
 health, numeric, tolerances, lowering, lecture (the lecture's examples), zoo (small models).
 """
 
+from fnn.check.custom import check_custom_rules
 from fnn.check.divergence import locate_divergence
 from fnn.check.gates import check_gate, check_gates
 from fnn.check.grads import check_grads
@@ -28,6 +31,6 @@ from fnn.check.lowering import check_lowering, check_lowerings
 from fnn.check.numeric import numerical_vjp, rel_error
 from fnn.check.tolerances import tolerance
 
-__all__ = ["check_gate", "check_gates", "check_grads", "check_lowering", "check_lowerings",
+__all__ = ["check_custom_rules", "check_gate", "check_gates", "check_grads", "check_lowering", "check_lowerings",
            "gradient_health", "graph", "locate_divergence", "numerical_vjp", "rel_error",
            "tolerance"]
