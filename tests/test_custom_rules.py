@@ -285,3 +285,16 @@ def test_check_custom_rules_says_what_each_librarys_rule_changes(x64):
     for c in checks.values():  # every site is this file's line, nested functions included
         assert "test_custom_rules.py" in c.site, c
     assert fnn.check.check_custom_rules(lambda x: jnp.sum(x ** 2), x) == []
+
+
+def test_locate_divergence_and_check_grads_judge_custom_rules_against_jax(x64):
+    x = jnp.asarray([[0.5, -1.0, 2.0]])
+    f = lambda x: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x)) + jnp.sum(reverse_gradient(x, 0.5)
+                                                                          ** 2)
+    found = fnn.locate_divergence(f, x)
+    assert found.ok and found.checked >= 10, found
+    assert fnn.check_grads(lambda x: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x)), x).ok
+    # a rule that differs from the function's derivative on purpose: fnn equals jax.grad, and
+    # both differ from central differences
+    (leaf,) = fnn.check_grads(f, x).leaves
+    assert leaf.custom_vs_builtin.rel == 0.0 and leaf.custom_vs_numeric.rel > 0.1

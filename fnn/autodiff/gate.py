@@ -89,6 +89,11 @@ class Gate:
         self.cases: Callable | None = None
         self._vjp_takes_needs = False
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
+        # what the checkers differentiate with JAX as this gate's reference: None, its forward;
+        # a function `reference(*args, **static) -> output` (a gate whose forward is not what
+        # JAX differentiates: a custom_vjp function's fwd); False, none of its own (a part of a
+        # larger rule, whose VJP is that rule's definition: passed on, never compared)
+        self.reference = None
         self._signature = _signature(forward)
         functools.update_wrapper(self, forward)
 

@@ -17,6 +17,11 @@ so an input that needs a gradient but is not float is reported before any call, 
 that jax.vjp cannot differentiate is reported with JAX's exception. Such a gate is not
 compared; its hand-written gradients are passed on upstream.
 
+A gate with no JAX reference of its own (`Gate.reference is False`: the tangent and output
+gates through which fnn transposes a custom JVP rule) passes its gradients on uncompared; the
+rule's tangent computations between them are ordinary gates, compared as every gate. A
+custom_vjp function's gate is compared with JAX's use of the same custom rule.
+
 A gate whose backward is overridden by a surrogate rule (an `fnn.Rule` of kind "surrogate",
 e.g. from fnn.rulebook) differs from JAX on purpose: it is listed in `Divergences.surrogates`
 with its distance from the exact gradient (cosine similarity, relative error), and it is a
@@ -213,6 +218,8 @@ def _surrogate_use(rec, pos, g, needs, mine, exact, rtol):
 def _reference(rec, g, needs):
     """(jax.vjp of the gate's forward at the recorded inputs for the inputs that need it, "")
     or (None, why the reference cannot be computed)."""
+    if rec.gate.reference is False:  # part of a larger rule (a custom JVP's tangent): trusted
+        return None, ""
     diff = [k for k, n in enumerate(needs) if n]
     not_float = [k for k in diff
                  if not all(is_float(x) for x in jax.tree_util.tree_leaves(rec.inputs[k]))]

@@ -84,8 +84,10 @@ def _cotangent(g, out):
 
 
 # ---- custom_vjp ----------------------------------------------------------------------------
-def _vjp_forward(*args, fwd_jaxpr_thunk, num_consts, out_trees, perturbed, **params):
+def _vjp_forward(*args, fwd_jaxpr_thunk, num_consts, out_trees, perturbed=None, **params):
     """Run the function's fwd: (its outputs, (residuals, the outputs' shapes))."""
+    if perturbed is None:  # called outside the interpreter: every float argument
+        perturbed = tuple(bool(jnp.issubdtype(jnp.result_type(a), jnp.inexact)) for a in args)
     fwd_jaxpr, fwd_consts = fwd_jaxpr_thunk.call_wrapped(*perturbed[num_consts:])
     outs = jcore.jaxpr_as_fun(jcore.ClosedJaxpr(fwd_jaxpr, fwd_consts))(*args[num_consts:])
     _, res_tree, input_fwds = out_trees()  # after the thunk: it is what records them
@@ -107,13 +109,22 @@ def custom_vjp(g, saved, *, bwd, num_consts, **params):
     return (None,) * num_consts + tuple(None if _is_symbolic_zero(c) else c for c in cts)
 
 
+def _vjp_reference(*args, perturbed=None, **params):
+    """What JAX differentiates for this gate: the custom_vjp function itself (its rule)."""
+    bind = P.custom_vjp_call_p.get_bind_params(params)
+    return tuple(P.custom_vjp_call_p.bind(*args, **bind))
+
+
+custom_vjp.reference = _vjp_reference
+
+
 def custom_vjp_call(interp, eqn, invals, scope):
     """The rule for custom_vjp_call: the custom_vjp gate, told which arguments are
     differentiated (a fwd may save less for the others: JAX tells it the same)."""
     n = eqn.params["num_consts"]
     _refuse_closure(interp, eqn, invals[:n], "custom_vjp")
-    static = {k: eqn.params[k] for k in ("fwd_jaxpr_thunk", "num_consts", "bwd", "out_trees",
-                                         "symbolic_zeros")}
+    static = {k: eqn.params[k] for k in ("call_jaxpr", "fwd_jaxpr_thunk", "num_consts", "bwd",
+                                         "out_trees", "symbolic_zeros")}
     static["perturbed"] = tuple(isinstance(x, Traced) for x in invals)
     out = apply(custom_vjp, tuple(invals), static, site=site_of(eqn),
                 scope=join_scope(scope, scope_of(eqn)))
@@ -134,6 +145,9 @@ def _jvp_tangent_vjp(g, saved):
     return (g,)
 
 
+jvp_tangent.reference = False  # part of the custom JVP rule's transpose, not a function of x
+
+
 @defgate(name="custom_jvp.output")
 def jvp_output(tangent, primal):
     """A custom_jvp function's output: the rule's primal output, standing on the tape for the
@@ -145,6 +159,9 @@ def jvp_output(tangent, primal):
 @jvp_output.defvjp
 def _jvp_output_vjp(g, saved):
     return g, None
+
+
+jvp_output.reference = False
 
 
 def custom_jvp_call(interp, eqn, invals, scope):
