@@ -142,7 +142,7 @@ class Gate:
             if isinstance(e, _PASS_THROUGH):
                 raise
             shapes = ", ".join(_describe_tree(a) for a in args)
-            meta = "".join(f", {k}={v!r}" for k, v in static.items())
+            meta = "".join(f", {k}={_short_repr(v)}" for k, v in static.items())
             raise GateError(f"gate '{self.name}' cannot take inputs ({shapes}{meta}): {e}") from e
         if not (isinstance(result, tuple) and len(result) == 2):
             raise GateError(f"gate '{self.name}': its forward must return a pair (output, saved), "
@@ -180,6 +180,15 @@ def _signature(forward):
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return None
     return sig, tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
+def _short_repr(v) -> str:
+    """A parameter in a message: its repr, or its type where that would dump a jaxpr (a loop's
+    body) or run long."""
+    text = repr(v)
+    if "\n" in text or "lambda ;" in text:
+        return f"<{type(v).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe_tree(a) -> str:
