@@ -39,12 +39,19 @@ def _jax_nn_function(eqn):
     return name if _JAX_NN in path else None
 
 
+def fused_gate(eqn):
+    """The fnn gate that stands for this custom_jvp_call as a whole (jax.nn.relu's), or None:
+    then its primal function is interpreted in place."""
+    gate = FUSED_CUSTOM_JVP.get(_jax_nn_function(eqn))
+    return gate if gate is not None and len(eqn.invars) == 1 and len(eqn.outvars) == 1 else None
+
+
 def custom_jvp_call(interp, eqn, invals, scope):
     """Functions with a JAX custom JVP (jax.nn.relu, softplus, logsumexp helpers): their primal
     function differentiated by fnn's rules; jax.nn.relu is fnn's relu gate (relu'(0) = 0, the
     value of its custom rule)."""
-    gate = FUSED_CUSTOM_JVP.get(_jax_nn_function(eqn))
-    if gate is not None and len(invals) == 1 and len(eqn.outvars) == 1:
+    gate = fused_gate(eqn)
+    if gate is not None:
         from fnn.autodiff.tape import apply
 
         return [apply(gate, (invals[0],), {}, site=site_of(eqn))]
