@@ -164,6 +164,7 @@ class PolicyInterpreter(Interpreter):
         self.replaying = kept is not None
         self.plan = Plan() if plan is None else plan
         self.kept = [] if kept is None else list(kept)
+        self.stashed = {}  # id -> (value, position in kept), in the forward
         self.position = 0  # in the plan, while replaying
         self.inside = False  # running a kept equation: what it runs in place follows it
 
@@ -231,8 +232,11 @@ class PolicyInterpreter(Interpreter):
         return ("fixed", leaf)
 
     def _stash(self, x, how) -> int:
-        self.kept.append(_move(x, how.dst) if isinstance(how, Offloadable) else x)
-        return len(self.kept) - 1
+        """x's position among the kept values (a value kept twice is kept once)."""
+        if id(x) not in self.stashed:
+            self.kept.append(_move(x, how.dst) if isinstance(how, Offloadable) else x)
+            self.stashed[id(x)] = (x, len(self.kept) - 1)
+        return self.stashed[id(x)][1]
 
     # -- backward's re-run: reuse -------------------------------------------------------------
     def _reuse(self, entry, eqn, invals, scope):
