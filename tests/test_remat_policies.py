@@ -198,6 +198,53 @@ def test_nested_checkpoints_and_bodies_holding_bodies(args):
         assert _max_diff(got, want) < 1e-10, k
 
 
+def test_named_values_kept_as_jax_keeps_them(x64):
+    """JAX's own allow/deny-list cases (tests/api_test.py, test_name_allowlist/denylist): the
+    named values the gate keeps (here constants, kept all the same) are those JAX saves."""
+    def f(x):
+        y, z, w = (checkpoint_name(jnp.multiply(2.0, 2.0), n) for n in "yzw")
+        return (((x * y) * z) * w) * jnp.multiply(2.0, 2.0)
+
+    for names, n in [("yzw", 0), ("zw", 1), ("w", 2), ("", 3)]:
+        assert len(_kept(fnn.checkpoint(f, policy=CP.save_any_names_but_these(*names)),
+                         1.0)) == n, names
+        assert len(_kept(fnn.checkpoint(f, policy=CP.save_only_these_names(*names)),
+                         1.0)) == 3 - n, names
+
+
+def test_custom_rules_and_jax_grad_inside_a_policy_body(x64):
+    """A custom_jvp and a custom_vjp function, a named_call and a jax.grad inside the body
+    (cases of JAX's RematTest), alone and in a scan."""
+    @jax.custom_jvp
+    def csin(x):
+        return jnp.sin(x)
+
+    csin.defjvp(lambda p, t: (csin(p[0]), jnp.cos(p[0]) * t[0]))
+
+    @jax.custom_vjp
+    def vsin(x):
+        return jnp.sin(x)
+
+    vsin.defvjp(lambda x: (vsin(x), x), lambda x, g: (jnp.cos(x) * g,))
+
+    def body(x):
+        dot2 = jax.named_call(lambda y, z: jnp.dot(x, jnp.dot(y, z)), name="dot")
+        for sin in (csin, vsin):
+            x = sin(dot2(x, x) * 1e-1)
+        return jax.grad(lambda x: jnp.sum((x, x)[0] * jnp.sin(x)))(x)
+
+    ck = fnn.checkpoint(body, policy=CP.checkpoint_dots)
+    fs = [lambda x: jnp.sum(ck(x)),
+          lambda x: jnp.sum(lax.scan(lambda c, _: (ck(c), None), x, None, length=2)[0])]
+
+    @jax.jit
+    def all_of(x):
+        return [[grad(f)(x) for grad in (fnn.grad, jax.grad)] for f in fs]
+
+    for got, want in all_of(jnp.linspace(0.5, 1.5, 3)):
+        assert _max_diff(got, want) < 1e-10
+
+
 def test_second_order_through_a_policy(args):
     """JAX differentiating fnn's backward of a checkpoint with a policy, against JAX's own
     second derivative. (Not the offloading policies: JAX differentiates neither its own
