@@ -21,13 +21,19 @@ def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),
     """`fun` whose intermediate values are recomputed in the backward instead of kept: jax.checkpoint
     (jax.remat) itself, with the same arguments, checked.
 
-    Under jax.grad it is JAX's rematerialization (any `policy`). Under fnn.grad the checkpoint is
-    one gate (fnn.ops.primitives.loops.remat): its forward runs the body, keeping only its inputs;
-    its backward runs the body's forward again under fnn's interpreter (so fnn's hand-written
-    rules, and any rule overrides in effect, apply there too) and then the body's backward.
-    fnn's gate knows two policies: None / jax.checkpoint_policies.nothing_saveable (recompute
-    everything) and everything_saveable (recompute nothing); any other policy is refused under
-    fnn.grad with an error naming it (use jax.grad for those).
+    Under jax.grad it is JAX's rematerialization. Under fnn.grad the checkpoint is one gate
+    (fnn.ops.primitives.remat.remat), and every policy is honoured as JAX honours it: any of
+    jax.checkpoint_policies (checkpoint_dots, dots_with_no_batch_dims_saveable,
+    save_only_these_names with jax.ad_checkpoint.checkpoint_name, save_any_names_but_these,
+    save_from_both_policies, the offloading ones, ...) or a function
+    `policy(primitive, *avals, **params) -> bool` (or Saveable / Recompute / Offloadable), asked
+    about each equation of the body. Its forward runs the body, keeping its inputs and the
+    values the policy saves (None / nothing_saveable: none; offloaded ones in host memory); its
+    backward runs the body's forward again under fnn's interpreter (so fnn's hand-written rules,
+    and any rule overrides in effect, apply there too), taking the kept values instead of
+    recomputing them, then the body's backward: on a body of JAX primitives it recomputes the
+    equations JAX's own backward recomputes. A scan, cond, nested checkpoint or fnn gate inside
+    the body is kept or recomputed whole (kept when the policy saves anything inside it).
 
     prevent_cse (default True) keeps XLA from merging the recomputation back into the forward.
     XLA's CPU backend drops that barrier unless the program is compiled with

@@ -33,6 +33,10 @@ _IN_FORWARD: contextvars.ContextVar = contextvars.ContextVar("fnn_gate_forward",
 # set while fnn traces a function to a jaxpr: gates applied to JAX tracers then stand in the
 # jaxpr as one GateCall equation each (their identity kept for the interpreter)
 _GATE_CALLS: contextvars.ContextVar = contextvars.ContextVar("fnn_gate_calls", default=False)
+# set while a checkpoint's backward re-records the gates its policy kept: a gate recorded then
+# takes its output and saved values from `supply(gate, raw_inputs, static) -> (out, saved)`
+# instead of running its forward again
+_SUPPLY: contextvars.ContextVar = contextvars.ContextVar("fnn_supply", default=None)
 
 
 @contextlib.contextmanager
@@ -43,6 +47,17 @@ def tracing_for_fnn(gate_calls: bool = True):
         yield
     finally:
         _GATE_CALLS.reset(token)
+
+
+@contextlib.contextmanager
+def supplying(supply):
+    """Within this block, gates recorded on a tape get their (output, saved) from `supply`
+    rather than from their forward (a value kept by a checkpoint's policy, not recomputed)."""
+    token = _SUPPLY.set(supply)
+    try:
+        yield
+    finally:
+        _SUPPLY.reset(token)
 
 
 def call_site() -> str:
@@ -275,7 +290,9 @@ def _record(gate, args, static, traced, site, scope):
         raw.append(jax.tree_util.tree_unflatten(
             tree, [x.value if isinstance(x, Traced) else x for x in leaves]))
     raw = tuple(raw)
-    out, saved = _run_forward(gate, raw, static, tape)
+    supply = _SUPPLY.get()
+    out, saved = _run_forward(gate, raw, static, tape) if supply is None else supply(gate, raw,
+                                                                                        static)
     outs, out_tree = jax.tree_util.tree_flatten(out)
     site = site or call_site()
     scope = current_scope() if scope is None else scope

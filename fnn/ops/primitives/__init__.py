@@ -1,7 +1,7 @@
 """Rules for JAX's primitives, so `fnn.grad` differentiates ordinary JAX code.
 
 One gate per primitive, by family (elementwise, reductions, shapes, indexing, linalg, conv,
-control flow), each with its hand-written VJP and test cases, declared with the public
+control flow, checkpoints), each with its hand-written VJP and test cases, declared with the public
 `fnn.primitive_gate`; plus the structural rules (nested jit, custom_jvp/vjp calls interpreted in
 place, primitives without gradient). `GATES` maps each primitive to its gate, `RULES` is what
 the interpreter reads (fnn.autodiff.interpret).
@@ -11,10 +11,11 @@ from types import MappingProxyType
 
 from fnn.autodiff.gate import Gate
 from fnn.ops.primitives import (control, conv, custom, elementwise, indexing, linalg, loops,
-                                reductions, shapes)
+                                reductions, remat, shapes)
 
 FAMILIES = {"elementwise": elementwise, "reductions": reductions, "shapes": shapes,
-            "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops}
+            "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops,
+            "remat": remat}
 
 
 def _collect(*modules) -> dict:
@@ -32,7 +33,7 @@ def _collect(*modules) -> dict:
 GATES = MappingProxyType(_collect(*FAMILIES.values()))
 registry = MappingProxyType({gate.name: gate for gate in GATES.values()})
 RULES = MappingProxyType({**GATES, **control.STRUCTURAL, **loops.STRUCTURAL,
-                          **custom.STRUCTURAL})
+                          **remat.STRUCTURAL, **custom.STRUCTURAL})
 # custom_rules="primal": custom_jvp/custom_vjp functions differentiated through their primal
 CUSTOM_RULES = {"use": {}, "primal": MappingProxyType(custom.PRIMAL)}
 
