@@ -66,6 +66,8 @@ _LIBRARY_DIRS = tuple({_JAX_DIR, _FNN_DIR, *(os.path.join(p, "") for p in (
 # the site of the equation whose rule is running (a loop, a nested jit, a custom rule): where an
 # equation inside it that JAX traced in library code alone (jnp.linalg's jitted helpers) is
 _ENCLOSING: contextvars.ContextVar = contextvars.ContextVar("fnn_enclosing_site", default=None)
+# the name of the call being traced ('fnn.grad(loss)'), for the interpreters of loop bodies
+_FNAME: contextvars.ContextVar = contextvars.ContextVar("fnn_call_name", default="fnn.grad")
 
 
 def site_of(eqn, enclosing: str | None = None) -> str:
@@ -100,11 +102,11 @@ def scope_of(eqn) -> str:
 class Interpreter:
     """Evaluates jaxprs with `rules` (primitive -> rule), recording gates on the tape."""
 
-    def __init__(self, rules: Mapping[Any, Rule], *, fname: str = "fnn.grad", scope: str = ""):
+    def __init__(self, rules: Mapping[Any, Rule], *, fname: str | None = None, scope: str = ""):
         # read-only and opaque to pytrees: the table travels as static metadata of the loop,
         # branch and checkpoint gates (a dict would be flattened, its primitive keys sorted)
         self.rules = rules if isinstance(rules, MappingProxyType) else MappingProxyType(dict(rules))
-        self.fname = fname
+        self.fname = fname or _FNAME.get()  # a loop body's: the call's it runs in
         self.scope = scope  # the layer path a loop body or branch runs in ('' at the top)
 
     # -- running ---------------------------------------------------------------------------
@@ -154,11 +156,12 @@ class Interpreter:
     def eqn(self, eqn, invals, scope: str = "", live=None) -> list:
         """The outputs of one equation (a list, one value per outvar). live: which outputs a
         gradient can flow from (default all); rules that declare `takes_live` get it."""
-        token = _ENCLOSING.set(site_of(eqn))
+        token, name = _ENCLOSING.set(site_of(eqn)), _FNAME.set(self.fname)
         try:
             return self._eqn(eqn, invals, scope, live)
         finally:
             _ENCLOSING.reset(token)
+            _FNAME.reset(name)
 
     def _eqn(self, eqn, invals, scope, live) -> list:
         prim = eqn.primitive
