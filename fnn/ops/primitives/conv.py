@@ -114,7 +114,11 @@ def _conv_dw(g, x, w_shape, w_dtype, *, window_strides, padding, lhs_dilation, r
     return dw.astype(w_dtype)
 
 
-@primitive_gate(P.conv_general_dilated_p)
+@primitive_gate(P.conv_general_dilated_p,
+                params=("window_strides", "padding", "lhs_dilation", "rhs_dilation",
+                        "dimension_numbers", "feature_group_count", "batch_group_count",
+                        "precision", "preferred_element_type"),
+                only={"out_sharding": (None,)})
 def conv_general_dilated(g, inputs, *, needs, window_strides, padding, lhs_dilation,
                          rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
                          precision=None, preferred_element_type=None, **params):
@@ -156,6 +160,9 @@ def _conv_cases(rng, dtype):
 
 
 # ---- windowed reductions ---------------------------------------------------------------------
+_WINDOW_PARAMS = ("window_dimensions", "window_strides", "padding", "base_dilation",
+                  "window_dilation")
+
 def _unpad(g, padding_config):
     """The transpose of lax.pad: the positions of the unpadded operand read out of g."""
     lo, hi, interior = zip(*padding_config)
@@ -163,7 +170,7 @@ def _unpad(g, padding_config):
     return lax.slice(unpadded, (0,) * len(lo), unpadded.shape, tuple(i + 1 for i in interior))
 
 
-@primitive_gate(P.reduce_window_sum_p, save="shapes")
+@primitive_gate(P.reduce_window_sum_p, save="shapes", params=_WINDOW_PARAMS)
 def reduce_window_sum(g, shapes, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """sums over sliding windows (sum/average pooling).  Local gradient: 1 for every element
@@ -229,7 +236,7 @@ def _window_chooser(g, saved, window_dimensions, window_strides, padding, base_d
     return (_unpad(grad_xp, config),)
 
 
-@primitive_gate(P.reduce_window_max_p, save="both")
+@primitive_gate(P.reduce_window_max_p, save="both", params=_WINDOW_PARAMS)
 def reduce_window_max(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """maxima over sliding windows (max pooling).  Local gradient: 1 at each window's maximum
@@ -242,7 +249,7 @@ reduce_window_max.defcases(_window_cases(P.reduce_window_max_p, -np.inf, lax.max
                                          dilated_reference=False))
 
 
-@primitive_gate(P.reduce_window_min_p, save="both")
+@primitive_gate(P.reduce_window_min_p, save="both", params=_WINDOW_PARAMS)
 def reduce_window_min(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """minima over sliding windows.  Local gradient: 1 at each window's minimum (the first,

@@ -52,7 +52,7 @@ def _unit(rng, shape, dtype):
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
-@primitive_gate(P.add_p, save="shapes")
+@primitive_gate(P.add_p, save="shapes", params=())
 def add(g, shapes, **params):
     """x + y.  Local gradients: 1 and 1 (the add gate distributes)."""
     x, y = shapes
@@ -62,7 +62,7 @@ def add(g, shapes, **params):
 add.defcases(binary_cases(P.add_p, lax.add))
 
 
-@primitive_gate(P.add_jaxvals_p, save="shapes")
+@primitive_gate(P.add_jaxvals_p, save="shapes", params=())
 def add_any(g, shapes, **params):
     """x + y of JAX's own gradient programs.  Local gradients: 1 and 1."""
     x, y = shapes
@@ -73,7 +73,7 @@ add_any.defcases(lambda rng, dtype: [case(P.add_jaxvals_p, lambda x, y: P.add_ja
                                           normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype))])
 
 
-@primitive_gate(P.sub_p, save="shapes")
+@primitive_gate(P.sub_p, save="shapes", params=())
 def sub(g, shapes, **params):
     """x - y.  Local gradients: 1 and -1."""
     x, y = shapes
@@ -83,18 +83,26 @@ def sub(g, shapes, **params):
 sub.defcases(binary_cases(P.sub_p, lax.sub))
 
 
-@primitive_gate(P.mul_p)
-def mul(g, inputs, *, needs, **params):
-    """x * y.  Local gradients: y and x (the mul gate swaps)."""
+@primitive_gate(P.mul_p, params=("out_dtype",))
+def mul(g, inputs, *, needs, out_dtype=None, **params):
+    """x * y.  Local gradients: y and x (the mul gate swaps). With an `out_dtype` (the
+    product computed in another dtype) each gradient is computed in its input's dtype, as
+    JAX's rule does."""
     x, y = inputs
-    return (unbroadcast(lax.mul(g, y), x) if needs[0] else None,
-            unbroadcast(lax.mul(g, x), y) if needs[1] else None)
+
+    def times(a, b, like):
+        if out_dtype is None:
+            return lax.mul(a, b)
+        return P.mul_p.bind(a, b, out_dtype=jnp.result_type(like))
+
+    return (unbroadcast(times(g, y, x), x) if needs[0] else None,
+            unbroadcast(times(g, x, y), y) if needs[1] else None)
 
 
 mul.defcases(binary_cases(P.mul_p, lax.mul))
 
 
-@primitive_gate(P.div_p)
+@primitive_gate(P.div_p, params=())
 def div(g, inputs, *, needs, **params):
     """x / y.  Local gradients: 1/y and -x/y**2."""
     x, y = inputs
@@ -106,7 +114,7 @@ def div(g, inputs, *, needs, **params):
 div.defcases(binary_cases(P.div_p, lax.div, make_y=lambda r, s, d: away_from(r, s, d, gap=0.5)))
 
 
-@primitive_gate(P.neg_p, save="none")
+@primitive_gate(P.neg_p, save="none", params=())
 def neg(g, saved, **params):
     """-x.  Local gradient: -1."""
     return (lax.neg(g),)
@@ -129,7 +137,7 @@ def _chooser(g, saved, needs):
             unbroadcast(lax.mul(g, _balanced(y_b, z, x_b)), y) if needs[1] else None)
 
 
-@primitive_gate(P.max_p, save="both")
+@primitive_gate(P.max_p, save="both", params=())
 def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
     """max(x, y).  Local gradients: 1 to the larger input (the max gate routes); a tie splits
     g evenly, as JAX's rule does."""
@@ -140,7 +148,7 @@ max.defcases(binary_cases(P.max_p, lax.max, make_x=lambda r, s, d: distinct(r, s
                           normal(r, s, d)))
 
 
-@primitive_gate(P.min_p, save="both")
+@primitive_gate(P.min_p, save="both", params=())
 def min(g, saved, *, needs, **params):  # noqa: A001
     """min(x, y).  Local gradients: 1 to the smaller input; a tie splits g evenly."""
     return _chooser(g, saved, needs)
@@ -150,22 +158,25 @@ min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s
                           normal(r, s, d)))
 
 
-@primitive_gate(P.pow_p, save="both")
+@primitive_gate(P.pow_p, save="both", params=())
 def pow(g, saved, *, needs, **params):  # noqa: A001
-    """x ** y (float y).  Local gradients: y x**(y-1) and log(x) x**y (log(x) read as 0 where
-    x = 0, as JAX does). At x = y = 0, y x**(y-1) is 0 times infinity: the rule gives 0 there
-    (JAX's gives NaN), and elsewhere its own derivatives are JAX's."""
+    """x ** y.  Local gradients: y x**(y-1) and log(x) x**y, as JAX's rule writes them: for a
+    float y, y x**(y-1) everywhere (NaN at x = y = 0, where it is 0 times infinity); for an
+    integer y, 0 where y = 0; log(x) is read as 0 where x = 0 (so d/dy is NaN there for y < 0,
+    0 times infinity)."""
     (x, y), z = saved
     dx = dy = None
     if needs[0]:
         y_c = jnp.broadcast_to(lax.convert_element_type(y, jnp.result_type(x)), z.shape)
         x_b = jnp.broadcast_to(x, z.shape)
-        origin = lax.bitwise_and(lax.eq(x_b, _c(x, 0)), lax.eq(y_c, _c(y_c, 0)))
-        if jnp.issubdtype(jnp.result_type(y), jnp.integer):
-            origin = lax.eq(y_c, _c(y_c, 0))  # integer y: 0 wherever y == 0, as JAX
-        x_safe = lax.select(origin, lax.full_like(x_b, 1), x_b)
-        jac = lax.mul(y_c, lax.pow(x_safe, lax.sub(y_c, _c(y_c, 1))))
-        dx = unbroadcast(lax.mul(g, lax.select(origin, lax.full_like(jac, 0), jac)), x)
+        if jnp.issubdtype(jnp.result_type(y), jnp.integer):  # 0 wherever y == 0, as JAX
+            at_zero = lax.eq(y_c, _c(y_c, 0))
+            y_safe = lax.select(at_zero, lax.full_like(y_c, 1), y_c)
+            jac = lax.select(at_zero, lax.full_like(y_c, 0),
+                             lax.mul(y_safe, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1)))))
+        else:
+            jac = lax.mul(y_c, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1))))
+        dx = unbroadcast(lax.mul(g, jac), x)
     if needs[1]:
         x_safe = lax.select(lax.eq(x, _c(x, 0)), lax.full_like(x, 1), x)
         dy = unbroadcast(lax.mul(g, lax.mul(lax.log(x_safe), z)), y)
@@ -175,7 +186,7 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
 pow.defcases(binary_cases(P.pow_p, lax.pow, make_x=_positive))
 
 
-@primitive_gate(P.integer_pow_p)
+@primitive_gate(P.integer_pow_p, params=("y",))
 def integer_pow(g, inputs, *, y, **params):
     """x ** n for a static integer n.  Local gradient: n x**(n-1) (0 for n = 0)."""
     (x,) = inputs
@@ -190,7 +201,7 @@ integer_pow.defcases(lambda rng, dtype: [
     case(P.integer_pow_p, lambda x: lax.integer_pow(x, 3), normal(rng, (), dtype), label="0-d")])
 
 
-@primitive_gate(P.square_p)
+@primitive_gate(P.square_p, params=())
 def square(g, inputs, **params):
     """x**2.  Local gradient: 2x."""
     (x,) = inputs
@@ -200,7 +211,7 @@ def square(g, inputs, **params):
 square.defcases(unary_cases(P.square_p, lax.square))
 
 
-@primitive_gate(P.rem_p)
+@primitive_gate(P.rem_p, params=())
 def rem(g, inputs, *, needs, **params):
     """x - trunc(x / y) y (C fmod).  Local gradients: 1 and -trunc(x / y)."""
     x, y = inputs
@@ -214,7 +225,7 @@ def rem(g, inputs, *, needs, **params):
 rem.defcases(binary_cases(P.rem_p, lax.rem, make_y=lambda r, s, d: uniform(r, s, d, 0.7, 1.3)))
 
 
-@primitive_gate(P.atan2_p)
+@primitive_gate(P.atan2_p, params=())
 def atan2(g, inputs, *, needs, **params):
     """atan2(x, y).  Local gradients: y / (x**2 + y**2) and -x / (x**2 + y**2)."""
     x, y = inputs
@@ -227,7 +238,7 @@ atan2.defcases(binary_cases(P.atan2_p, lax.atan2, make_y=lambda r, s, d: away_fr
 
 
 # ---- exponentials and logarithms -------------------------------------------------------------------
-@primitive_gate(P.exp_p, save="out")
+@primitive_gate(P.exp_p, save="out", params=("accuracy",))
 def exp(g, y, **params):
     """exp(x).  Local gradient: exp(x), the output."""
     return (lax.mul(g, y),)
@@ -236,7 +247,7 @@ def exp(g, y, **params):
 exp.defcases(unary_cases(P.exp_p, lax.exp))
 
 
-@primitive_gate(P.exp2_p, save="out")
+@primitive_gate(P.exp2_p, save="out", params=("accuracy",))
 def exp2(g, y, **params):
     """2**x.  Local gradient: log(2) 2**x."""
     return (lax.mul(g, lax.mul(_c(y, np.log(2)), y)),)
@@ -245,7 +256,7 @@ def exp2(g, y, **params):
 exp2.defcases(unary_cases(P.exp2_p, lax.exp2))
 
 
-@primitive_gate(P.log_p)
+@primitive_gate(P.log_p, params=("accuracy",))
 def log(g, inputs, **params):
     """log(x).  Local gradient: 1/x."""
     return (lax.div(g, inputs[0]),)
@@ -254,7 +265,7 @@ def log(g, inputs, **params):
 log.defcases(unary_cases(P.log_p, lax.log, _positive))
 
 
-@primitive_gate(P.log1p_p)
+@primitive_gate(P.log1p_p, params=("accuracy",))
 def log1p(g, inputs, **params):
     """log(1 + x).  Local gradient: 1 / (1 + x)."""
     (x,) = inputs
@@ -264,7 +275,7 @@ def log1p(g, inputs, **params):
 log1p.defcases(unary_cases(P.log1p_p, lax.log1p, _unit))
 
 
-@primitive_gate(P.expm1_p, save="out")
+@primitive_gate(P.expm1_p, save="out", params=("accuracy",))
 def expm1(g, y, **params):
     """exp(x) - 1.  Local gradient: exp(x) = y + 1."""
     return (lax.mul(g, lax.add(y, _c(y, 1))),)
@@ -273,7 +284,7 @@ def expm1(g, y, **params):
 expm1.defcases(unary_cases(P.expm1_p, lax.expm1))
 
 
-@primitive_gate(P.logistic_p, save="out")
+@primitive_gate(P.logistic_p, save="out", params=("accuracy",))
 def logistic(g, y, **params):
     """1 / (1 + exp(-x)), the sigmoid.  Local gradient: s (1 - s)."""
     return (lax.mul(g, lax.mul(y, lax.sub(_c(y, 1), y))),)
@@ -283,7 +294,7 @@ logistic.defcases(unary_cases(P.logistic_p, lax.logistic))
 
 
 # ---- roots ---------------------------------------------------------------------------------------------
-@primitive_gate(P.sqrt_p, save="out")
+@primitive_gate(P.sqrt_p, save="out", params=("accuracy",))
 def sqrt(g, y, **params):
     """sqrt(x).  Local gradient: 0.5 / sqrt(x)."""
     return (lax.mul(g, lax.div(_c(y, 0.5), y)),)
@@ -292,7 +303,7 @@ def sqrt(g, y, **params):
 sqrt.defcases(unary_cases(P.sqrt_p, lax.sqrt, _positive))
 
 
-@primitive_gate(P.rsqrt_p, save="both")
+@primitive_gate(P.rsqrt_p, save="both", params=("accuracy",))
 def rsqrt(g, saved, **params):
     """1 / sqrt(x).  Local gradient: -0.5 y / x."""
     (x,), y = saved
@@ -302,7 +313,7 @@ def rsqrt(g, saved, **params):
 rsqrt.defcases(unary_cases(P.rsqrt_p, lax.rsqrt, _positive))
 
 
-@primitive_gate(P.cbrt_p, save="out")
+@primitive_gate(P.cbrt_p, save="out", params=("accuracy",))
 def cbrt(g, y, **params):
     """x**(1/3).  Local gradient: 1 / (3 y**2)."""
     return (lax.mul(g, lax.mul(_c(y, 1 / 3), lax.integer_pow(y, -2))),)
@@ -312,7 +323,7 @@ cbrt.defcases(unary_cases(P.cbrt_p, lax.cbrt, lambda r, s, d: away_from(r, s, d,
 
 
 # ---- trigonometric and hyperbolic -----------------------------------------------------------------
-@primitive_gate(P.sin_p)
+@primitive_gate(P.sin_p, params=("accuracy",))
 def sin(g, inputs, **params):
     """sin(x).  Local gradient: cos(x)."""
     return (lax.mul(g, lax.cos(inputs[0])),)
@@ -321,7 +332,7 @@ def sin(g, inputs, **params):
 sin.defcases(unary_cases(P.sin_p, lax.sin))
 
 
-@primitive_gate(P.cos_p)
+@primitive_gate(P.cos_p, params=("accuracy",))
 def cos(g, inputs, **params):
     """cos(x).  Local gradient: -sin(x)."""
     return (lax.neg(lax.mul(g, lax.sin(inputs[0]))),)
@@ -330,7 +341,7 @@ def cos(g, inputs, **params):
 cos.defcases(unary_cases(P.cos_p, lax.cos))
 
 
-@primitive_gate(P.tan_p, save="out")
+@primitive_gate(P.tan_p, save="out", params=("accuracy",))
 def tan(g, y, **params):
     """tan(x).  Local gradient: 1 + tan(x)**2."""
     return (lax.mul(g, lax.add(_c(y, 1), lax.square(y))),)
@@ -339,7 +350,7 @@ def tan(g, y, **params):
 tan.defcases(unary_cases(P.tan_p, lax.tan, _unit))
 
 
-@primitive_gate(P.asin_p)
+@primitive_gate(P.asin_p, params=())
 def asin(g, inputs, **params):
     """arcsin(x).  Local gradient: 1 / sqrt(1 - x**2)."""
     (x,) = inputs
@@ -349,7 +360,7 @@ def asin(g, inputs, **params):
 asin.defcases(unary_cases(P.asin_p, lax.asin, _unit))
 
 
-@primitive_gate(P.acos_p)
+@primitive_gate(P.acos_p, params=())
 def acos(g, inputs, **params):
     """arccos(x).  Local gradient: -1 / sqrt(1 - x**2)."""
     (x,) = inputs
@@ -359,7 +370,7 @@ def acos(g, inputs, **params):
 acos.defcases(unary_cases(P.acos_p, lax.acos, _unit))
 
 
-@primitive_gate(P.atan_p)
+@primitive_gate(P.atan_p, params=())
 def atan(g, inputs, **params):
     """arctan(x).  Local gradient: 1 / (1 + x**2)."""
     (x,) = inputs
@@ -369,7 +380,7 @@ def atan(g, inputs, **params):
 atan.defcases(unary_cases(P.atan_p, lax.atan))
 
 
-@primitive_gate(P.tanh_p, save="out")
+@primitive_gate(P.tanh_p, save="out", params=("accuracy",))
 def tanh(g, y, **params):
     """tanh(x).  Local gradient: 1 - tanh(x)**2."""
     return (lax.mul(g, lax.sub(_c(y, 1), lax.square(y))),)
@@ -378,7 +389,7 @@ def tanh(g, y, **params):
 tanh.defcases(unary_cases(P.tanh_p, lax.tanh))
 
 
-@primitive_gate(P.sinh_p)
+@primitive_gate(P.sinh_p, params=())
 def sinh(g, inputs, **params):
     """sinh(x).  Local gradient: cosh(x)."""
     return (lax.mul(g, lax.cosh(inputs[0])),)
@@ -387,7 +398,7 @@ def sinh(g, inputs, **params):
 sinh.defcases(unary_cases(P.sinh_p, lax.sinh))
 
 
-@primitive_gate(P.cosh_p)
+@primitive_gate(P.cosh_p, params=())
 def cosh(g, inputs, **params):
     """cosh(x).  Local gradient: sinh(x)."""
     return (lax.mul(g, lax.sinh(inputs[0])),)
@@ -396,7 +407,7 @@ def cosh(g, inputs, **params):
 cosh.defcases(unary_cases(P.cosh_p, lax.cosh))
 
 
-@primitive_gate(P.asinh_p)
+@primitive_gate(P.asinh_p, params=())
 def asinh(g, inputs, **params):
     """arcsinh(x).  Local gradient: 1 / sqrt(x**2 + 1)."""
     (x,) = inputs
@@ -406,7 +417,7 @@ def asinh(g, inputs, **params):
 asinh.defcases(unary_cases(P.asinh_p, lax.asinh))
 
 
-@primitive_gate(P.acosh_p)
+@primitive_gate(P.acosh_p, params=())
 def acosh(g, inputs, **params):
     """arccosh(x), x > 1.  Local gradient: 1 / sqrt(x**2 - 1)."""
     (x,) = inputs
@@ -416,7 +427,7 @@ def acosh(g, inputs, **params):
 acosh.defcases(unary_cases(P.acosh_p, lax.acosh, lambda r, s, d: uniform(r, s, d, 1.5, 3.0)))
 
 
-@primitive_gate(P.atanh_p)
+@primitive_gate(P.atanh_p, params=())
 def atanh(g, inputs, **params):
     """arctanh(x), |x| < 1.  Local gradient: 1 / (1 - x**2)."""
     (x,) = inputs
@@ -427,7 +438,7 @@ atanh.defcases(unary_cases(P.atanh_p, lax.atanh, _unit))
 
 
 # ---- special functions --------------------------------------------------------------------------------
-@primitive_gate(P.erf_p)
+@primitive_gate(P.erf_p, params=())
 def erf(g, inputs, **params):
     """erf(x).  Local gradient: 2 / sqrt(pi) exp(-x**2)."""
     (x,) = inputs
@@ -437,7 +448,7 @@ def erf(g, inputs, **params):
 erf.defcases(unary_cases(P.erf_p, lax.erf))
 
 
-@primitive_gate(P.erfc_p)
+@primitive_gate(P.erfc_p, params=())
 def erfc(g, inputs, **params):
     """1 - erf(x).  Local gradient: -2 / sqrt(pi) exp(-x**2)."""
     (x,) = inputs
@@ -447,7 +458,7 @@ def erfc(g, inputs, **params):
 erfc.defcases(unary_cases(P.erfc_p, lax.erfc))
 
 
-@primitive_gate(P.erf_inv_p, save="out")
+@primitive_gate(P.erf_inv_p, save="out", params=())
 def erf_inv(g, y, **params):
     """erf^-1(x), |x| < 1.  Local gradient: sqrt(pi) / 2 exp(y**2)."""
     return (lax.mul(_c(y, np.sqrt(np.pi) / 2), lax.mul(g, lax.exp(lax.square(y)))),)
@@ -456,7 +467,7 @@ def erf_inv(g, y, **params):
 erf_inv.defcases(unary_cases(P.erf_inv_p, lax.erf_inv, _unit))
 
 
-@primitive_gate(P.lgamma_p)
+@primitive_gate(P.lgamma_p, params=())
 def lgamma(g, inputs, **params):
     """log|Gamma(x)|.  Local gradient: digamma(x)."""
     return (lax.mul(g, lax.digamma(inputs[0])),)
@@ -465,7 +476,7 @@ def lgamma(g, inputs, **params):
 lgamma.defcases(unary_cases(P.lgamma_p, lax.lgamma, _positive))
 
 
-@primitive_gate(P.digamma_p)
+@primitive_gate(P.digamma_p, params=())
 def digamma(g, inputs, **params):
     """digamma(x) = d/dx log Gamma(x).  Local gradient: polygamma(1, x)."""
     (x,) = inputs
@@ -476,10 +487,12 @@ digamma.defcases(unary_cases(P.digamma_p, lax.digamma, _positive))
 
 
 # ---- piecewise ----------------------------------------------------------------------------------------
-@primitive_gate(P.abs_p)
+@primitive_gate(P.abs_p, params=())
 def abs(g, inputs, **params):  # noqa: A001
-    """|x|.  Local gradient: sign(x) (0 at 0, as JAX's rule)."""
-    return (lax.mul(lax.sign(inputs[0]), g),)
+    """|x|.  Local gradient: 1 where x >= 0, else -1 (so 1 at 0, and -1 at NaN: JAX's rule,
+    select(x >= 0, g, -g))."""
+    (x,) = inputs
+    return (lax.select(lax.ge(x, _c(x, 0)), g, lax.neg(g)),)
 
 
 abs.defcases(unary_cases(P.abs_p, lax.abs, lambda r, s, d: away_from(r, s, d)))
@@ -492,10 +505,10 @@ def _zero_rule(doc):
     return rule
 
 
-def _zero_gate(primitive, name, doc, fn):
+def _zero_gate(primitive, name, doc, fn, params=()):
     rule = _zero_rule(doc)
     rule.__name__ = rule.__qualname__ = name
-    gate = primitive_gate(primitive, save="shapes")(rule)
+    gate = primitive_gate(primitive, save="shapes", params=params)(rule)
     gate.defcases(unary_cases(primitive, fn, lambda r, s, d: distinct(r, s, d, gap=0.3) + 0.1))
     return gate
 
@@ -504,11 +517,11 @@ sign = _zero_gate(P.sign_p, "sign", "sign(x).  Local gradient: 0 (piecewise cons
 floor = _zero_gate(P.floor_p, "floor", "floor(x).  Local gradient: 0 (piecewise constant).",
                    lax.floor)
 ceil = _zero_gate(P.ceil_p, "ceil", "ceil(x).  Local gradient: 0 (piecewise constant).", lax.ceil)
-round = _zero_gate(P.round_p, "round", "round(x).  Local gradient: 0 (piecewise constant).",  # noqa: A001
-                   lax.round)
+round = _zero_gate(P.round_p, "round", "round(x).  Local gradient: 0 (piecewise constant, "  # noqa: A001
+                   "whichever rounding_method).", lax.round, params=("rounding_method",))
 
 
-@primitive_gate(P.clamp_p)
+@primitive_gate(P.clamp_p, params=())
 def clamp(g, inputs, *, needs, **params):
     """min(max(x, lo), hi).  Local gradients: 1 to x strictly inside (lo, hi), to lo where x <
     lo < hi, to hi where x > hi (JAX's rule)."""
@@ -531,7 +544,7 @@ def _clamp_cases(rng, dtype):
                  label="array bounds")]
 
 
-@primitive_gate(P.select_n_p, save="inputs")
+@primitive_gate(P.select_n_p, save="inputs", params=())
 def select_n(g, inputs, **params):
     """cases[which] elementwise (jnp.where).  Local gradients: g to the chosen case, 0 to the
     others; none for the integer or bool selector."""
@@ -552,7 +565,8 @@ def _select_n_cases(rng, dtype):
                  label="int32 of 3")]
 
 
-@primitive_gate(P.convert_element_type_p, save="shapes")
+@primitive_gate(P.convert_element_type_p, save="shapes", params=("new_dtype", "weak_type"),
+                only={"sharding": (None,)})
 def convert_element_type(g, shapes, **params):
     """x cast to another dtype.  Local gradient: 1, cast back to x's dtype (none from an
     integer output)."""
@@ -573,7 +587,7 @@ def _convert_cases(rng, dtype):
                  x.astype(other), label="up")]
 
 
-@primitive_gate(P.reduce_precision_p, save="none")
+@primitive_gate(P.reduce_precision_p, save="none", params=("exponent_bits", "mantissa_bits"))
 def reduce_precision(g, saved, **params):
     """x rounded to fewer exponent/mantissa bits.  Local gradient: 1, the gradient rounded
     the same way (JAX's rule)."""
@@ -585,7 +599,7 @@ reduce_precision.defcases(lambda rng, dtype: [case(
     normal(rng, (2, 3), dtype), numeric=False)])  # the rounding is not differentiable
 
 
-@primitive_gate(P.copy_p, save="none")
+@primitive_gate(P.copy_p, save="none", params=())
 def copy(g, saved, **params):
     """A copy of x.  Local gradient: 1."""
     return (g,)

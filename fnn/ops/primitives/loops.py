@@ -77,6 +77,12 @@ def _zeros_for(specs):
     return [jnp.zeros(s.shape, s.dtype) for s in specs]
 
 
+# what fnn passes its control-flow gates besides the primitive's parameters (control_rule)
+_FNN_PARAMS = ("rules", "scope")
+_SCAN_PARAMS = ("jaxpr", "num_consts", "num_carry", "length", "reverse", "unroll", "linear",
+                "_split_transpose")
+
+
 # ---- scan ---------------------------------------------------------------------------------------
 def _scan_forward(*args, jaxpr, num_consts, num_carry, length, reverse, unroll, rules=None,
                   scope="", **params):
@@ -109,7 +115,7 @@ def _scan_cases(rng, dtype):
                  label="fori_loop with static bounds")]
 
 
-@primitive_gate(P.scan_p, forward=_scan_forward)
+@primitive_gate(P.scan_p, forward=_scan_forward, params=_SCAN_PARAMS + _FNN_PARAMS)
 def scan(g, saved, *, num_consts, num_carry, length, reverse, unroll, needs, **params):
     """lax.scan of a body over steps.  Local gradient: backpropagation through time, a reverse
     scan of the body's own backward (the carry's cotangent passed from step to step, the
@@ -164,7 +170,7 @@ def _cond_forward(index, *ops, branches, rules=None, scope="", **params):
     return tuple(outs), (index, per_branch, residuals, [_spec(o) for o in ops])
 
 
-@primitive_gate(P.cond_p, forward=_cond_forward)
+@primitive_gate(P.cond_p, forward=_cond_forward, params=("branches",) + _FNN_PARAMS)
 def cond(g, saved, *, needs, **params):
     """lax.cond / lax.switch: the branch that `index` picks.  Local gradient: the backward of
     that branch (the index itself carries none)."""
@@ -230,7 +236,8 @@ def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None
     return tuple(outs), ("recompute", args, rules, overrides.active(), scope)
 
 
-@primitive_gate(P.remat_p, forward=_remat_forward)
+@primitive_gate(P.remat_p, forward=_remat_forward,
+                params=("jaxpr", "prevent_cse", "differentiated", "policy", "site") + _FNN_PARAMS)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose intermediate values are not kept.  Local gradient: the
     body's backward, after running its forward again from the saved inputs (policy

@@ -32,7 +32,7 @@ def _reduce_cases(primitive, fn, make=normal):
     return cases
 
 
-@primitive_gate(P.reduce_sum_p, save="shapes")
+@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)})
 def reduce_sum(g, shapes, *, axes, **params):
     """sum of x over `axes`.  Local gradient: 1 for every summed element (g broadcast back)."""
     (x,) = shapes
@@ -49,7 +49,7 @@ def _chooser(g, saved, axes):
     return (lax.mul(at, _expand(lax.div(g, counts), x.shape, axes)),)
 
 
-@primitive_gate(P.reduce_max_p, save="both")
+@primitive_gate(P.reduce_max_p, save="both", params=("axes",), only={"out_sharding": (None,)})
 def reduce_max(g, saved, *, axes, **params):
     """max of x over `axes`.  Local gradient: 1 at the maximum (the max gate routes); tied
     maxima share g evenly, as JAX's rule does."""
@@ -59,7 +59,7 @@ def reduce_max(g, saved, *, axes, **params):
 reduce_max.defcases(_reduce_cases(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a), distinct))
 
 
-@primitive_gate(P.reduce_min_p, save="both")
+@primitive_gate(P.reduce_min_p, save="both", params=("axes",), only={"out_sharding": (None,)})
 def reduce_min(g, saved, *, axes, **params):
     """min of x over `axes`.  Local gradient: 1 at the minimum; ties share g evenly."""
     return _chooser(g, saved, axes)
@@ -80,7 +80,7 @@ def _exclusive_products(x, axis):
     return lax.mul(before, after)
 
 
-@primitive_gate(P.reduce_prod_p)
+@primitive_gate(P.reduce_prod_p, params=("axes",), only={"out_sharding": (None,)})
 def reduce_prod(g, inputs, *, axes, **params):
     """product of x over `axes`.  Local gradient: the product of the other factors (exact at
     zeros: prefix products times suffix products, no division)."""
@@ -115,7 +115,7 @@ def _cum_cases(primitive, fn, make=normal):
     return cases
 
 
-@primitive_gate(P.cumsum_p, save="none")
+@primitive_gate(P.cumsum_p, save="none", params=("axis", "reverse"))
 def cumsum(g, saved, *, axis, reverse, **params):
     """running sum along `axis`.  Local gradient: each element reaches every later sum, so
     dx is the running sum of g in the other direction."""
@@ -147,7 +147,7 @@ def _shift(x, axis, reverse, fill):
     return lax.concatenate([pad, lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
 
 
-@primitive_gate(P.cumprod_p, save="both")
+@primitive_gate(P.cumprod_p, save="both", params=("axis", "reverse"))
 def cumprod(g, saved, *, axis, reverse, **params):
     """running product y_i = y_(i-1) x_i along `axis`.  Local gradient: backpropagation through
     that recurrence, a_i = g_i + x_(i+1) a_(i+1) and dx_i = a_i y_(i-1) (exact at zeros)."""
@@ -162,7 +162,7 @@ cumprod.defcases(_cum_cases(P.cumprod_p, lambda x, a, r: lax.cumprod(x, axis=a, 
                             lambda r, s, d: uniform(r, s, d, 0.5, 1.5)))
 
 
-@primitive_gate(P.cumlogsumexp_p, save="both")
+@primitive_gate(P.cumlogsumexp_p, save="both", params=("axis", "reverse"))
 def cumlogsumexp(g, saved, *, axis, reverse, **params):
     """running log(sum(exp(x))) along `axis`.  Local gradient: dx_k = sum over the later sums i
     of g_i exp(x_k - y_i), computed as exp(x_k - y_k) a_k with a_k = g_k + exp(y_k - y_(k+1))
@@ -179,37 +179,38 @@ cumlogsumexp.defcases(_cum_cases(P.cumlogsumexp_p,
                                  lambda x, a, r: lax.cumlogsumexp(x, axis=a, reverse=r)))
 
 
-def _cum_chooser(g, saved, axis, reverse):
-    """The running max/min's gradient: g_i goes to the element that holds the running extreme
-    at i (the latest position where the extreme changed); ties go to the first."""
-    (x,), y = saved
-    n = x.shape[axis]
-    idx = lax.broadcasted_iota(np.int32, x.shape, axis)
-    new = lax.eq(x, y)  # where the running extreme is attained
-    if reverse:
-        holder = lax.cummin(lax.select(new, idx, lax.full_like(idx, n)), axis=axis, reverse=True)
-    else:
-        holder = lax.cummax(lax.select(new, idx, lax.full_like(idx, -1)), axis=axis)
-    grids = [lax.broadcasted_iota(np.int32, x.shape, d) for d in range(x.ndim)]
-    grids[axis] = holder
-    return (jnp.zeros_like(g).at[tuple(grids)].add(g),)
+def _through_scan(g, x, combine, axis, reverse):
+    """The gradient of lax.associative_scan(combine, x) along `axis`, by fnn's own rules for
+    the scan's equations (slices, `combine`, concatenations, pads).
+
+    JAX differentiates cummax, cummin (and the other cumulative reductions) as that parallel
+    prefix scan (jax/_src/lax/control_flow/loops.py, _cumulative_jvp_rule), so how tied
+    values share g is decided by the scan's tree of max/min gates, each of which splits a tie
+    evenly: running the same tree backward gives JAX's gradient exactly, ties included."""
+    from fnn.autodiff.api import make_transforms
+    from fnn.ops.primitives import RULES  # the table this module is part of
+
+    scan = lambda x: lax.associative_scan(combine, x, reverse=reverse, axis=axis)
+    return make_transforms(RULES).vjp(scan, x)[1](g)
 
 
-@primitive_gate(P.cummax_p, save="both")
-def cummax(g, saved, *, axis, reverse, **params):
+@primitive_gate(P.cummax_p, save="inputs", params=("axis", "reverse"))
+def cummax(g, inputs, *, axis, reverse, **params):
     """running maximum along `axis`.  Local gradient: each g_i routed to the element holding
-    the maximum so far (the max gate, at every step)."""
-    return _cum_chooser(g, saved, axis, reverse)
+    the maximum so far (the max gate, at every step). Ties are split as JAX splits them: by
+    the max gates of the parallel prefix scan JAX differentiates (at [1, 1, 0, 2], g_2 goes
+    half to each 1)."""
+    return _through_scan(g, inputs[0], lax.max, axis, reverse)
 
 
 cummax.defcases(_cum_cases(P.cummax_p, lambda x, a, r: lax.cummax(x, axis=a, reverse=r), distinct))
 
 
-@primitive_gate(P.cummin_p, save="both")
-def cummin(g, saved, *, axis, reverse, **params):
+@primitive_gate(P.cummin_p, save="inputs", params=("axis", "reverse"))
+def cummin(g, inputs, *, axis, reverse, **params):
     """running minimum along `axis`.  Local gradient: each g_i routed to the element holding
-    the minimum so far."""
-    return _cum_chooser(g, saved, axis, reverse)
+    the minimum so far; ties split as JAX's prefix scan of min gates splits them."""
+    return _through_scan(g, inputs[0], lax.min, axis, reverse)
 
 
 cummin.defcases(_cum_cases(P.cummin_p, lambda x, a, r: lax.cummin(x, axis=a, reverse=r), distinct))

@@ -16,19 +16,28 @@ from fnn.ops._cases import normal
 from fnn.ops.primitives._define import case, find
 
 
-@primitive_gate(P.reshape_p, save="shapes")
-def reshape(g, shapes, **params):
-    """x with a new shape.  Local gradient: g reshaped back to x's shape."""
-    return (lax.reshape(g, shapes[0].shape),)
+@primitive_gate(P.reshape_p, save="shapes", params=("new_sizes", "dimensions"),
+                only={"sharding": (None,)})
+def reshape(g, shapes, *, dimensions=None, **params):
+    """x with a new shape, its axes first permuted by `dimensions` when given (the reshape
+    reads transpose(x, dimensions) in row-major order).  Local gradient: g reshaped back to
+    the permuted shape, then permuted back."""
+    (x,) = shapes
+    if dimensions is None:
+        return (lax.reshape(g, x.shape),)
+    permuted = lax.reshape(g, tuple(x.shape[d] for d in dimensions))
+    return (lax.transpose(permuted, tuple(int(i) for i in np.argsort(dimensions))),)
 
 
 reshape.defcases(lambda rng, dtype: [
     case(P.reshape_p, lambda x: x.reshape(2, 6), normal(rng, (3, 4), dtype)),
     case(P.reshape_p, lambda x: x.reshape(-1), normal(rng, (2, 3, 2), dtype)),
-    case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype))])
+    case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype)),
+    case(P.reshape_p, lambda x: lax.reshape(x, (3, 8), dimensions=(2, 1, 0)),
+         normal(rng, (3, 2, 4), dtype), label="dimensions (2, 1, 0)")])
 
 
-@primitive_gate(P.squeeze_p, save="shapes")
+@primitive_gate(P.squeeze_p, save="shapes", params=("dimensions",))
 def squeeze(g, shapes, **params):
     """x without some size-1 axes.  Local gradient: g reshaped back."""
     return (lax.reshape(g, shapes[0].shape),)
@@ -38,7 +47,8 @@ squeeze.defcases(lambda rng, dtype: [
     case(P.squeeze_p, lambda x: lax.squeeze(x, (0, 2)), normal(rng, (1, 3, 1), dtype))])
 
 
-@primitive_gate(P.broadcast_in_dim_p, save="shapes")
+@primitive_gate(P.broadcast_in_dim_p, save="shapes", params=("shape", "broadcast_dimensions"),
+                only={"sharding": (None,)})
 def broadcast_in_dim(g, shapes, *, shape, broadcast_dimensions, **params):
     """x placed at `broadcast_dimensions` of a larger `shape`, copied along the others.
     Local gradient: g summed over the new axes and over x's size-1 axes that were stretched."""
@@ -59,7 +69,7 @@ broadcast_in_dim.defcases(lambda rng, dtype: [
          normal(rng, (4, 1), dtype), label="new last")])
 
 
-@primitive_gate(P.transpose_p, save="none")
+@primitive_gate(P.transpose_p, save="none", params=("permutation",))
 def transpose(g, saved, *, permutation, **params):
     """x with permuted axes.  Local gradient: the inverse permutation of g."""
     return (lax.transpose(g, tuple(int(i) for i in np.argsort(permutation))),)
@@ -70,7 +80,7 @@ transpose.defcases(lambda rng, dtype: [
     case(P.transpose_p, lambda x: x.T, normal(rng, (3, 2), dtype))])
 
 
-@primitive_gate(P.rev_p, save="none")
+@primitive_gate(P.rev_p, save="none", params=("dimensions",))
 def rev(g, saved, *, dimensions, **params):
     """x reversed along `dimensions`.  Local gradient: g reversed the same way."""
     return (lax.rev(g, dimensions),)
@@ -80,7 +90,7 @@ rev.defcases(lambda rng, dtype: [
     case(P.rev_p, lambda x: lax.rev(x, (0, 2)), normal(rng, (2, 3, 4), dtype))])
 
 
-@primitive_gate(P.slice_p, save="shapes")
+@primitive_gate(P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"))
 def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  # noqa: A001
     """x[start:limit:stride] per axis.  Local gradient: g padded back into place with zeros
     (interior padding for strides)."""
@@ -100,7 +110,7 @@ slice.defcases(lambda rng, dtype: [
     case(P.slice_p, lambda x: lax.slice(x, (1,), (2,)), normal(rng, (3,), dtype), label="one")])
 
 
-@primitive_gate(P.pad_p, save="shapes")
+@primitive_gate(P.pad_p, save="shapes", params=("padding_config",))
 def pad(g, shapes, *, padding_config, **params):
     """x padded with a value (lo, hi, interior per axis; negative lo/hi crop).  Local
     gradients: x's positions read back out of g; the padding value gets the sum of the rest."""
@@ -122,7 +132,7 @@ def _pad_cases(rng, dtype):
                  label="negative lo")]
 
 
-@primitive_gate(P.concatenate_p, save="shapes")
+@primitive_gate(P.concatenate_p, save="shapes", params=("dimension",))
 def concatenate(g, shapes, *, dimension, **params):
     """arrays joined along `dimension`.  Local gradient: g split back into the pieces."""
     out, start = [], 0
@@ -141,7 +151,7 @@ concatenate.defcases(lambda rng, dtype: [
 split_p = find("split", lambda x: lax.split(x, (1, 2), axis=0), np.ones(3, np.float32))
 
 
-@primitive_gate(split_p, save="none")
+@primitive_gate(split_p, save="none", params=("sizes", "axis"))
 def split(g, saved, *, axis, **params):
     """x cut into pieces along `axis`.  Local gradient: the pieces' gradients joined again."""
     return (lax.concatenate(list(g), axis),)
@@ -154,7 +164,7 @@ split.defcases(lambda rng, dtype: [
 stack_p = find("stack", lambda x: __import__("jax").numpy.stack([x, x]), np.ones(3, np.float32))
 
 
-@primitive_gate(stack_p, save="none")
+@primitive_gate(stack_p, save="none", params=("axis",))
 def stack(g, saved, *, axis, **params):
     """arrays stacked along a new `axis`.  Local gradient: g cut along it, one slice each."""
     n = g.shape[axis]
@@ -167,7 +177,7 @@ stack.defcases(lambda rng, dtype: [
 
 
 # ---- identities: values passed through unchanged ------------------------------------------------
-@primitive_gate(P.stop_gradient_p, save="none")
+@primitive_gate(P.stop_gradient_p, save="none", params=())
 def stop_gradient(g, saved, **params):
     """x, with no gradient flowing back.  Local gradient: 0 (by definition, not the derivative
     of the value)."""
@@ -182,7 +192,7 @@ optimization_barrier_p = find("optimization_barrier", lambda x: lax.optimization
                               np.ones(2, np.float32))
 
 
-@primitive_gate(optimization_barrier_p, save="none")
+@primitive_gate(optimization_barrier_p, save="none", params=())
 def optimization_barrier(g, saved, **params):
     """its operands, unchanged (XLA may not move computation across it).  Local gradient: 1,
     the gradients behind a barrier of their own."""
@@ -194,7 +204,8 @@ optimization_barrier.defcases(lambda rng, dtype: [
          normal(rng, (2, 3), dtype), normal(rng, (3,), dtype))])
 
 
-@primitive_gate(P.sharding_constraint_p, save="none")
+@primitive_gate(P.sharding_constraint_p, save="none",
+                params=("sharding", "layout", "context_mesh", "unconstrained_dims"))
 def sharding_constraint(g, saved, **params):
     """x with a sharding asked of XLA.  Local gradient: 1, g constrained the same way."""
     return (P.sharding_constraint_p.bind(g, **params),)
@@ -210,7 +221,7 @@ def _sharding_constraint_cases(rng, dtype):
                  normal(rng, (2, 3), dtype))]
 
 
-@primitive_gate(P.device_put_p, save="none")
+@primitive_gate(P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"))
 def device_put(g, saved, **params):
     """its operands placed on devices.  Local gradient: 1."""
     return tuple(g)
