@@ -14,7 +14,8 @@ from fnn.ops.primitives import (control, conv, elementwise, indexing, linalg, lo
                                 shapes)
 
 FAMILIES = {"elementwise": elementwise, "reductions": reductions, "shapes": shapes,
-            "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops}
+            "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops,
+            "control": control}
 
 
 def _collect(*modules) -> dict:

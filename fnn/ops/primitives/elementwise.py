@@ -14,8 +14,8 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate, unbroadcast
-from fnn.ops._cases import away_from, distinct, normal, uniform
-from fnn.ops.primitives._define import case
+from fnn.ops._cases import SPECIAL, away_from, distinct, normal, uniform
+from fnn.ops.primitives._define import case, special_binary, special_unary
 
 SHAPES = ((), (3,), (2, 3))
 
@@ -60,6 +60,7 @@ def add(g, shapes, **params):
 
 
 add.defcases(binary_cases(P.add_p, lax.add))
+add.defkinks(special_binary(P.add_p, lax.add))
 
 
 @primitive_gate(P.add_jaxvals_p, save="shapes", params=())
@@ -71,6 +72,7 @@ def add_any(g, shapes, **params):
 
 add_any.defcases(lambda rng, dtype: [case(P.add_jaxvals_p, lambda x, y: P.add_jaxvals_p.bind(x, y),
                                           normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype))])
+add_any.defkinks(smooth=True)
 
 
 @primitive_gate(P.sub_p, save="shapes", params=())
@@ -81,6 +83,7 @@ def sub(g, shapes, **params):
 
 
 sub.defcases(binary_cases(P.sub_p, lax.sub))
+sub.defkinks(special_binary(P.sub_p, lax.sub))
 
 
 @primitive_gate(P.mul_p, params=("out_dtype",))
@@ -100,6 +103,7 @@ def mul(g, inputs, *, needs, out_dtype=None, **params):
 
 
 mul.defcases(binary_cases(P.mul_p, lax.mul))
+mul.defkinks(special_binary(P.mul_p, lax.mul))
 
 
 @primitive_gate(P.div_p, params=())
@@ -112,6 +116,7 @@ def div(g, inputs, *, needs, **params):
 
 
 div.defcases(binary_cases(P.div_p, lax.div, make_y=lambda r, s, d: away_from(r, s, d, gap=0.5)))
+div.defkinks(special_binary(P.div_p, lax.div))
 
 
 @primitive_gate(P.neg_p, save="none", params=())
@@ -121,6 +126,7 @@ def neg(g, saved, **params):
 
 
 neg.defcases(unary_cases(P.neg_p, lax.neg))
+neg.defkinks(special_unary(P.neg_p, lax.neg))
 
 
 def _balanced(x, z, y):
@@ -146,6 +152,7 @@ def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
 
 max.defcases(binary_cases(P.max_p, lax.max, make_x=lambda r, s, d: distinct(r, s, d) if s else
                           normal(r, s, d)))
+max.defkinks(special_binary(P.max_p, lax.max))
 
 
 @primitive_gate(P.min_p, save="both", params=())
@@ -156,6 +163,7 @@ def min(g, saved, *, needs, **params):  # noqa: A001
 
 min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s, d) if s else
                           normal(r, s, d)))
+min.defkinks(special_binary(P.min_p, lax.min))
 
 
 @primitive_gate(P.pow_p, save="both", params=())
@@ -184,6 +192,7 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
 
 
 pow.defcases(binary_cases(P.pow_p, lax.pow, make_x=_positive))
+pow.defkinks(special_binary(P.pow_p, lax.pow))
 
 
 @primitive_gate(P.integer_pow_p, params=("y",))
@@ -201,6 +210,11 @@ integer_pow.defcases(lambda rng, dtype: [
     case(P.integer_pow_p, lambda x: lax.integer_pow(x, 3), normal(rng, (), dtype), label="0-d")])
 
 
+integer_pow.defkinks(lambda dtype: [
+    case(P.integer_pow_p, lambda x, n=n: lax.integer_pow(x, n), np.asarray(SPECIAL, dtype),
+         label=f"n={n} at special points") for n in (2, 3, -2, -1, 1, 0)])
+
+
 @primitive_gate(P.square_p, params=())
 def square(g, inputs, **params):
     """x**2.  Local gradient: 2x."""
@@ -209,6 +223,7 @@ def square(g, inputs, **params):
 
 
 square.defcases(unary_cases(P.square_p, lax.square))
+square.defkinks(special_unary(P.square_p, lax.square))
 
 
 @primitive_gate(P.rem_p, params=())
@@ -223,6 +238,7 @@ def rem(g, inputs, *, needs, **params):
 
 
 rem.defcases(binary_cases(P.rem_p, lax.rem, make_y=lambda r, s, d: uniform(r, s, d, 0.7, 1.3)))
+rem.defkinks(special_binary(P.rem_p, lax.rem))
 
 
 @primitive_gate(P.atan2_p, params=())
@@ -235,6 +251,7 @@ def atan2(g, inputs, *, needs, **params):
 
 
 atan2.defcases(binary_cases(P.atan2_p, lax.atan2, make_y=lambda r, s, d: away_from(r, s, d, gap=0.3)))
+atan2.defkinks(special_binary(P.atan2_p, lax.atan2))
 
 
 # ---- exponentials and logarithms -------------------------------------------------------------------
@@ -245,6 +262,7 @@ def exp(g, y, **params):
 
 
 exp.defcases(unary_cases(P.exp_p, lax.exp))
+exp.defkinks(special_unary(P.exp_p, lax.exp))
 
 
 @primitive_gate(P.exp2_p, save="out", params=("accuracy",))
@@ -254,6 +272,7 @@ def exp2(g, y, **params):
 
 
 exp2.defcases(unary_cases(P.exp2_p, lax.exp2))
+exp2.defkinks(special_unary(P.exp2_p, lax.exp2))
 
 
 @primitive_gate(P.log_p, params=("accuracy",))
@@ -263,6 +282,7 @@ def log(g, inputs, **params):
 
 
 log.defcases(unary_cases(P.log_p, lax.log, _positive))
+log.defkinks(special_unary(P.log_p, lax.log))
 
 
 @primitive_gate(P.log1p_p, params=("accuracy",))
@@ -273,6 +293,7 @@ def log1p(g, inputs, **params):
 
 
 log1p.defcases(unary_cases(P.log1p_p, lax.log1p, _unit))
+log1p.defkinks(special_unary(P.log1p_p, lax.log1p))
 
 
 @primitive_gate(P.expm1_p, save="out", params=("accuracy",))
@@ -282,6 +303,7 @@ def expm1(g, y, **params):
 
 
 expm1.defcases(unary_cases(P.expm1_p, lax.expm1))
+expm1.defkinks(special_unary(P.expm1_p, lax.expm1))
 
 
 @primitive_gate(P.logistic_p, save="out", params=("accuracy",))
@@ -291,6 +313,7 @@ def logistic(g, y, **params):
 
 
 logistic.defcases(unary_cases(P.logistic_p, lax.logistic))
+logistic.defkinks(special_unary(P.logistic_p, lax.logistic))
 
 
 # ---- roots ---------------------------------------------------------------------------------------------
@@ -301,6 +324,7 @@ def sqrt(g, y, **params):
 
 
 sqrt.defcases(unary_cases(P.sqrt_p, lax.sqrt, _positive))
+sqrt.defkinks(special_unary(P.sqrt_p, lax.sqrt))
 
 
 @primitive_gate(P.rsqrt_p, save="both", params=("accuracy",))
@@ -311,6 +335,7 @@ def rsqrt(g, saved, **params):
 
 
 rsqrt.defcases(unary_cases(P.rsqrt_p, lax.rsqrt, _positive))
+rsqrt.defkinks(special_unary(P.rsqrt_p, lax.rsqrt))
 
 
 @primitive_gate(P.cbrt_p, save="out", params=("accuracy",))
@@ -320,6 +345,7 @@ def cbrt(g, y, **params):
 
 
 cbrt.defcases(unary_cases(P.cbrt_p, lax.cbrt, lambda r, s, d: away_from(r, s, d, gap=0.3)))
+cbrt.defkinks(special_unary(P.cbrt_p, lax.cbrt))
 
 
 # ---- trigonometric and hyperbolic -----------------------------------------------------------------
@@ -330,6 +356,7 @@ def sin(g, inputs, **params):
 
 
 sin.defcases(unary_cases(P.sin_p, lax.sin))
+sin.defkinks(special_unary(P.sin_p, lax.sin))
 
 
 @primitive_gate(P.cos_p, params=("accuracy",))
@@ -339,6 +366,7 @@ def cos(g, inputs, **params):
 
 
 cos.defcases(unary_cases(P.cos_p, lax.cos))
+cos.defkinks(special_unary(P.cos_p, lax.cos))
 
 
 @primitive_gate(P.tan_p, save="out", params=("accuracy",))
@@ -348,6 +376,7 @@ def tan(g, y, **params):
 
 
 tan.defcases(unary_cases(P.tan_p, lax.tan, _unit))
+tan.defkinks(special_unary(P.tan_p, lax.tan))
 
 
 @primitive_gate(P.asin_p, params=())
@@ -358,6 +387,7 @@ def asin(g, inputs, **params):
 
 
 asin.defcases(unary_cases(P.asin_p, lax.asin, _unit))
+asin.defkinks(special_unary(P.asin_p, lax.asin))
 
 
 @primitive_gate(P.acos_p, params=())
@@ -368,6 +398,7 @@ def acos(g, inputs, **params):
 
 
 acos.defcases(unary_cases(P.acos_p, lax.acos, _unit))
+acos.defkinks(special_unary(P.acos_p, lax.acos))
 
 
 @primitive_gate(P.atan_p, params=())
@@ -378,6 +409,7 @@ def atan(g, inputs, **params):
 
 
 atan.defcases(unary_cases(P.atan_p, lax.atan))
+atan.defkinks(special_unary(P.atan_p, lax.atan))
 
 
 @primitive_gate(P.tanh_p, save="out", params=("accuracy",))
@@ -387,6 +419,7 @@ def tanh(g, y, **params):
 
 
 tanh.defcases(unary_cases(P.tanh_p, lax.tanh))
+tanh.defkinks(special_unary(P.tanh_p, lax.tanh))
 
 
 @primitive_gate(P.sinh_p, params=())
@@ -396,6 +429,7 @@ def sinh(g, inputs, **params):
 
 
 sinh.defcases(unary_cases(P.sinh_p, lax.sinh))
+sinh.defkinks(special_unary(P.sinh_p, lax.sinh))
 
 
 @primitive_gate(P.cosh_p, params=())
@@ -405,6 +439,7 @@ def cosh(g, inputs, **params):
 
 
 cosh.defcases(unary_cases(P.cosh_p, lax.cosh))
+cosh.defkinks(special_unary(P.cosh_p, lax.cosh))
 
 
 @primitive_gate(P.asinh_p, params=())
@@ -415,6 +450,7 @@ def asinh(g, inputs, **params):
 
 
 asinh.defcases(unary_cases(P.asinh_p, lax.asinh))
+asinh.defkinks(special_unary(P.asinh_p, lax.asinh))
 
 
 @primitive_gate(P.acosh_p, params=())
@@ -425,6 +461,7 @@ def acosh(g, inputs, **params):
 
 
 acosh.defcases(unary_cases(P.acosh_p, lax.acosh, lambda r, s, d: uniform(r, s, d, 1.5, 3.0)))
+acosh.defkinks(special_unary(P.acosh_p, lax.acosh))
 
 
 @primitive_gate(P.atanh_p, params=())
@@ -435,6 +472,7 @@ def atanh(g, inputs, **params):
 
 
 atanh.defcases(unary_cases(P.atanh_p, lax.atanh, _unit))
+atanh.defkinks(special_unary(P.atanh_p, lax.atanh))
 
 
 # ---- special functions --------------------------------------------------------------------------------
@@ -446,6 +484,7 @@ def erf(g, inputs, **params):
 
 
 erf.defcases(unary_cases(P.erf_p, lax.erf))
+erf.defkinks(special_unary(P.erf_p, lax.erf))
 
 
 @primitive_gate(P.erfc_p, params=())
@@ -456,6 +495,7 @@ def erfc(g, inputs, **params):
 
 
 erfc.defcases(unary_cases(P.erfc_p, lax.erfc))
+erfc.defkinks(special_unary(P.erfc_p, lax.erfc))
 
 
 @primitive_gate(P.erf_inv_p, save="out", params=())
@@ -465,6 +505,7 @@ def erf_inv(g, y, **params):
 
 
 erf_inv.defcases(unary_cases(P.erf_inv_p, lax.erf_inv, _unit))
+erf_inv.defkinks(special_unary(P.erf_inv_p, lax.erf_inv))
 
 
 @primitive_gate(P.lgamma_p, params=())
@@ -474,6 +515,7 @@ def lgamma(g, inputs, **params):
 
 
 lgamma.defcases(unary_cases(P.lgamma_p, lax.lgamma, _positive))
+lgamma.defkinks(special_unary(P.lgamma_p, lax.lgamma))
 
 
 @primitive_gate(P.digamma_p, params=())
@@ -484,6 +526,7 @@ def digamma(g, inputs, **params):
 
 
 digamma.defcases(unary_cases(P.digamma_p, lax.digamma, _positive))
+digamma.defkinks(special_unary(P.digamma_p, lax.digamma))
 
 
 # ---- piecewise ----------------------------------------------------------------------------------------
@@ -496,6 +539,7 @@ def abs(g, inputs, **params):  # noqa: A001
 
 
 abs.defcases(unary_cases(P.abs_p, lax.abs, lambda r, s, d: away_from(r, s, d)))
+abs.defkinks(special_unary(P.abs_p, lax.abs))
 
 
 def _zero_rule(doc):
@@ -510,6 +554,7 @@ def _zero_gate(primitive, name, doc, fn, params=()):
     rule.__name__ = rule.__qualname__ = name
     gate = primitive_gate(primitive, save="shapes", params=params)(rule)
     gate.defcases(unary_cases(primitive, fn, lambda r, s, d: distinct(r, s, d, gap=0.3) + 0.1))
+    gate.defkinks(special_unary(primitive, fn, SPECIAL + (1.5, 2.5, -0.5, -1.5)))  # steps too
     return gate
 
 
@@ -544,6 +589,16 @@ def _clamp_cases(rng, dtype):
                  label="array bounds")]
 
 
+@clamp.defkinks
+def _clamp_kinks(dtype):
+    # x at each bound, bounds equal (lo == x == hi), x beyond them, NaN in each place
+    nan = np.nan
+    lo = np.asarray([0, 0, 0, 1, 1, 0, nan, 0, 0, 2], dtype)
+    x = np.asarray([0, 1, 2, 1, 0, nan, 0, 1, 1, 1], dtype)
+    hi = np.asarray([1, 1, 1, 1, 1, 1, 1, nan, 0, 1], dtype)
+    return [case(P.clamp_p, lax.clamp, lo, x, hi, label="ties, NaN, lo > hi")]
+
+
 @primitive_gate(P.select_n_p, save="inputs", params=())
 def select_n(g, inputs, **params):
     """cases[which] elementwise (jnp.where).  Local gradients: g to the chosen case, 0 to the
@@ -563,6 +618,17 @@ def _select_n_cases(rng, dtype):
     return [case(P.select_n_p, lax.select_n, x > 0, x, y, label="bool"),
             case(P.select_n_p, lax.select_n, rng.integers(0, 3, (3, 4)).astype(np.int32), x, y, z,
                  label="int32 of 3")]
+
+
+@select_n.defkinks
+def _select_n_kinks(dtype):
+    # NaN and infinity in the case not taken: it gets 0, the taken one g
+    x = np.asarray([np.nan, 1.0, np.inf, 2.0], dtype)
+    y = np.asarray([1.0, np.nan, 3.0, -np.inf], dtype)
+    return [case(P.select_n_p, lax.select_n, np.asarray([True, False, True, False]), x, y,
+                 label="NaN and inf not taken"),
+            case(P.select_n_p, lax.select_n, np.asarray([False, True, False, True]), x, y,
+                 label="NaN and inf taken")]
 
 
 @primitive_gate(P.convert_element_type_p, save="shapes", params=("new_dtype", "weak_type"),
@@ -594,9 +660,13 @@ def reduce_precision(g, saved, **params):
     return (P.reduce_precision_p.bind(g, **params),)
 
 
+convert_element_type.defkinks(smooth=True)
+
+
 reduce_precision.defcases(lambda rng, dtype: [case(
     P.reduce_precision_p, lambda x: lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10),
     normal(rng, (2, 3), dtype), numeric=False)])  # the rounding is not differentiable
+reduce_precision.defkinks(smooth=True)
 
 
 @primitive_gate(P.copy_p, save="none", params=())
@@ -606,3 +676,5 @@ def copy(g, saved, **params):
 
 
 copy.defcases(unary_cases(P.copy_p, lambda x: P.copy_p.bind(x)))
+copy.defkinks(smooth=True)
+copy.defkinks(special_unary(P.copy_p, lambda x: P.copy_p.bind(x)))

@@ -35,6 +35,7 @@ dynamic_slice.defcases(lambda rng, dtype: [
          normal(rng, (4,), dtype), np.int32(3), label="clamped start"),
     case(P.dynamic_slice_p, lambda x, i: P.dynamic_slice_p.bind(x, i, slice_sizes=(2,)),
          normal(rng, (4,), dtype), np.int32(-1), label="negative start (clamped to 0)")])
+dynamic_slice.defkinks(smooth=True)
 
 
 @primitive_gate(P.dynamic_update_slice_p, params=())
@@ -52,6 +53,7 @@ def dynamic_update_slice(g, inputs, *, needs, **params):
 dynamic_update_slice.defcases(lambda rng, dtype: [
     case(P.dynamic_update_slice_p, lambda x, u, i: lax.dynamic_update_slice(x, u, (i, np.int32(0))),
          normal(rng, (4, 3), dtype), normal(rng, (2, 3), dtype), np.int32(1))])
+dynamic_update_slice.defkinks(smooth=True)
 
 
 def _gather_dnums_of(dnums):
@@ -151,6 +153,7 @@ def scatter_add(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
 
 
 scatter_add.defcases(_scatter_cases(P.scatter_add_p, "add"))
+scatter_add.defkinks(smooth=True)
 
 
 @primitive_gate(P.scatter_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS[:-2],
@@ -194,6 +197,26 @@ def scatter(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, 
 scatter.defcases(_scatter_cases(P.scatter_p, "set"))
 
 
+def _gather_kinks(dtype):
+    # x[argmax(x)]: argmax picks the first of tied maxima, the gather reads that one
+    x = np.asarray([1.0, 3.0, 3.0, 0.0], dtype)
+    return [case(P.gather_p, lambda x: x[jnp.argmax(x)[None]], x, label="at argmax, tied"),
+            case(P.gather_p, lambda x: x[jnp.argsort(x)], np.asarray([1.0, 0.0, 1.0, 1.0], dtype),
+                 label="by argsort, tied")]
+
+
+gather.defkinks(_gather_kinks)
+def _scatter_kinks(dtype):
+    # several updates written to one place (one of them stays, as in the forward), NaNs
+    x = np.asarray([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]], dtype)
+    u = np.asarray([[4.0, 5.0], [6.0, np.nan], [7.0, 8.0]], dtype)
+    return [case(P.scatter_p, lambda x, i, u: x.at[i].set(u), x, np.asarray([1, 1, 0]), u,
+                 label="repeated rows"),
+            case(P.scatter_p, lambda x, i, u: x.at[i].set(u, mode="clip"), x,
+                 np.asarray([5, 2, 2]), u, label="clipped, repeated")]
+
+
+scatter.defkinks(_scatter_kinks)
 # ---- permutations ------------------------------------------------------------------------------
 def _sort_forward(*operands, dimension, is_stable, num_keys):
     """sort with the permutation: the operands sorted together with an iota, so the VJP knows
@@ -226,6 +249,14 @@ def _sort_cases(rng, dtype):
                  distinct(rng, (4, 2), dtype), normal(rng, (4, 2), dtype), label="key and value")]
 
 
+def _sort_kinks(dtype):
+    x = np.asarray([[1.0, 1.0, 0.0, 1.0], [np.nan, 0.0, -0.0, np.inf]], dtype)
+    return [case(P.sort_p, lambda x: lax.sort(x, dimension=1), x, label="ties, NaN, zeros"),
+            case(P.sort_p, lambda k, v: lax.sort((k, v), dimension=1, num_keys=1), x,
+                 np.arange(8.0).reshape(2, 4).astype(dtype), label="tied keys and values")]
+
+
+sort.defkinks(_sort_kinks)
 @primitive_gate(P.top_k_p, save=lambda args, out: (jax.ShapeDtypeStruct(np.shape(args[0]),
                                                                          jnp.result_type(args[0])),
                                                     out[1]),
@@ -244,3 +275,11 @@ def top_k(g, saved, *, k, axis=-1, **params):
 top_k.defcases(lambda rng, dtype: [
     case(P.top_k_p, lambda x: lax.top_k(x, 2), distinct(rng, (3, 5), dtype)),
     case(P.top_k_p, lambda x: lax.top_k(x, 3), distinct(rng, (6,), dtype), label="1-d")])
+
+
+def _top_k_kinks(dtype):
+    x = np.asarray([[1.0, 1.0, 0.0, 1.0], [np.nan, 0.0, -0.0, np.inf]], dtype)
+    return [case(P.top_k_p, lambda x: lax.top_k(x, 2), x, label="ties, NaN, zeros")]
+
+
+top_k.defkinks(_top_k_kinks)

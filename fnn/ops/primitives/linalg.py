@@ -79,3 +79,4 @@ def _dot_general_cases(rng, dtype):
                  label="two contractions, batch in the middle"),
             case(P.dot_general_p, lambda a, b: jnp.tensordot(a, b, axes=0), n(2), n(3),
                  label="outer")]
+dot_general.defkinks(smooth=True)

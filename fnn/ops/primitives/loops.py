@@ -145,6 +145,7 @@ def scan(g, saved, *, num_consts, num_carry, length, reverse, unroll, needs, **p
 
 
 scan.defcases(_scan_cases)
+scan.defkinks(smooth=True)
 
 
 # ---- cond / switch -------------------------------------------------------------------------------
@@ -195,6 +196,7 @@ def _cond_cases(rng, dtype):
     return [case(P.cond_p, two, np.asarray(True), n(3), n(3), label="true"),
             case(P.cond_p, two, np.asarray(False), n(3), n(3), label="false"),
             case(P.cond_p, three, np.int32(1), n(2, 2), label="switch of 3")]
+cond.defkinks(smooth=True)
 
 
 # ---- checkpoint (remat) --------------------------------------------------------------------------
@@ -270,6 +272,7 @@ def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
 def _remat_cases(rng, dtype):
     f = jax.checkpoint(lambda x, w: jnp.sum(jnp.tanh(x @ w) ** 2, axis=0))
     return [case(P.remat_p, f, normal(rng, (3, 4), dtype), normal(rng, (4, 2), dtype))]
+remat.defkinks(smooth=True)
 
 
 def control_rule(gate):

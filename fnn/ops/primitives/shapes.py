@@ -35,6 +35,7 @@ reshape.defcases(lambda rng, dtype: [
     case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype)),
     case(P.reshape_p, lambda x: lax.reshape(x, (3, 8), dimensions=(2, 1, 0)),
          normal(rng, (3, 2, 4), dtype), label="dimensions (2, 1, 0)")])
+reshape.defkinks(smooth=True)
 
 
 @primitive_gate(P.squeeze_p, save="shapes", params=("dimensions",))
@@ -45,6 +46,7 @@ def squeeze(g, shapes, **params):
 
 squeeze.defcases(lambda rng, dtype: [
     case(P.squeeze_p, lambda x: lax.squeeze(x, (0, 2)), normal(rng, (1, 3, 1), dtype))])
+squeeze.defkinks(smooth=True)
 
 
 @primitive_gate(P.broadcast_in_dim_p, save="shapes", params=("shape", "broadcast_dimensions"),
@@ -67,6 +69,7 @@ broadcast_in_dim.defcases(lambda rng, dtype: [
          normal(rng, (), dtype), label="scalar"),
     case(P.broadcast_in_dim_p, lambda x: lax.broadcast_in_dim(x, (4, 1, 2), (0, 1)),
          normal(rng, (4, 1), dtype), label="new last")])
+broadcast_in_dim.defkinks(smooth=True)
 
 
 @primitive_gate(P.transpose_p, save="none", params=("permutation",))
@@ -78,6 +81,7 @@ def transpose(g, saved, *, permutation, **params):
 transpose.defcases(lambda rng, dtype: [
     case(P.transpose_p, lambda x: lax.transpose(x, (1, 2, 0)), normal(rng, (2, 3, 4), dtype)),
     case(P.transpose_p, lambda x: x.T, normal(rng, (3, 2), dtype))])
+transpose.defkinks(smooth=True)
 
 
 @primitive_gate(P.rev_p, save="none", params=("dimensions",))
@@ -88,6 +92,7 @@ def rev(g, saved, *, dimensions, **params):
 
 rev.defcases(lambda rng, dtype: [
     case(P.rev_p, lambda x: lax.rev(x, (0, 2)), normal(rng, (2, 3, 4), dtype))])
+rev.defkinks(smooth=True)
 
 
 @primitive_gate(P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"))
@@ -108,6 +113,7 @@ def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  
 slice.defcases(lambda rng, dtype: [
     case(P.slice_p, lambda x: x[1:3, ::2], normal(rng, (4, 6), dtype), label="strided"),
     case(P.slice_p, lambda x: lax.slice(x, (1,), (2,)), normal(rng, (3,), dtype), label="one")])
+slice.defkinks(smooth=True)
 
 
 @primitive_gate(P.pad_p, save="shapes", params=("padding_config",))
@@ -130,6 +136,7 @@ def _pad_cases(rng, dtype):
                  normal(rng, (3, 4), dtype), v, label="lo hi interior"),
             case(P.pad_p, lambda x, v: lax.pad(x, v, [(-1, 2, 0)]), normal(rng, (5,), dtype), v,
                  label="negative lo")]
+pad.defkinks(smooth=True)
 
 
 @primitive_gate(P.concatenate_p, save="shapes", params=("dimension",))
@@ -146,6 +153,7 @@ def concatenate(g, shapes, *, dimension, **params):
 concatenate.defcases(lambda rng, dtype: [
     case(P.concatenate_p, lambda a, b, c: lax.concatenate([a, b, c], 1),
          normal(rng, (2, 3), dtype), normal(rng, (2, 1), dtype), normal(rng, (2, 2), dtype))])
+concatenate.defkinks(smooth=True)
 
 
 split_p = find("split", lambda x: lax.split(x, (1, 2), axis=0), np.ones(3, np.float32))
@@ -159,6 +167,7 @@ def split(g, saved, *, axis, **params):
 
 split.defcases(lambda rng, dtype: [
     case(split_p, lambda x: lax.split(x, (1, 3), axis=1), normal(rng, (2, 4), dtype))])
+split.defkinks(smooth=True)
 
 
 stack_p = find("stack", lambda x: __import__("jax").numpy.stack([x, x]), np.ones(3, np.float32))
@@ -174,6 +183,7 @@ def stack(g, saved, *, axis, **params):
 stack.defcases(lambda rng, dtype: [
     case(stack_p, lambda a, b: __import__("jax").numpy.stack([a, b], axis=1),
          normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype))])
+stack.defkinks(smooth=True)
 
 
 # ---- identities: values passed through unchanged ------------------------------------------------
@@ -186,6 +196,7 @@ def stop_gradient(g, saved, **params):
 
 stop_gradient.defcases(lambda rng, dtype: [
     case(P.stop_gradient_p, lax.stop_gradient, normal(rng, (2, 3), dtype), numeric=False)])
+stop_gradient.defkinks(smooth=True)
 
 
 optimization_barrier_p = find("optimization_barrier", lambda x: lax.optimization_barrier(x),
@@ -202,6 +213,7 @@ def optimization_barrier(g, saved, **params):
 optimization_barrier.defcases(lambda rng, dtype: [
     case(optimization_barrier_p, lambda a, b: lax.optimization_barrier((a, b)),
          normal(rng, (2, 3), dtype), normal(rng, (3,), dtype))])
+optimization_barrier.defkinks(smooth=True)
 
 
 @primitive_gate(P.sharding_constraint_p, save="none",
@@ -219,6 +231,7 @@ def _sharding_constraint_cases(rng, dtype):
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return [case(P.sharding_constraint_p, lambda x: lax.with_sharding_constraint(x, sharding),
                  normal(rng, (2, 3), dtype))]
+sharding_constraint.defkinks(smooth=True)
 
 
 @primitive_gate(P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"))
@@ -233,3 +246,4 @@ def _device_put_cases(rng, dtype):
 
     return [case(P.device_put_p, lambda x: jax.device_put(x, jax.devices()[0]),
                  normal(rng, (2, 3), dtype))]
+device_put.defkinks(smooth=True)
