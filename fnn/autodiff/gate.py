@@ -308,10 +308,10 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
                                 "a rule with fnn.primitive_gate.")
             if not any(_same(value, ok) for ok in allowed[key]):
                 raise GateError(f"rule '{gate_name}' does not handle {key}={_short(value)} of "
-                                f"{primitive.name}, only {key} in "
-                                f"{tuple(allowed[key])!r}; its gradient would differ from "
-                                "JAX's. Use jax.grad for this program, or declare a rule with "
-                                "fnn.primitive_gate.")
+                                f"{primitive.name} (it handles {key} in "
+                                f"{tuple(allowed[key])!r} only): rather than compute another "
+                                "gradient, fnn stops here. Use jax.grad for this program, or "
+                                "declare a rule with fnn.primitive_gate.")
         return run(*args, **params)
 
     def declare(vjp: Callable) -> Gate:

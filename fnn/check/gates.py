@@ -9,8 +9,13 @@ Per test case, in float64 and in float32 (a CaseCheck each; tolerances from fnn.
     forward     fnn's recorded call vs the gate's forward alone                  ("forward")
     vs_jax      the VJP vs jax.vjp of the forward, at the same random cotangent  ("gate")
     vs_numeric  the VJP vs central differences (float64, cases with numeric=True) ("numeric")
-Per gate, in float64 on its first case, fnn against jax.vjp under the same transform
-("transform"):
+and per kink case (Gate.defkinks, float64, labelled 'kink: ...') forward and vs_jax alone, NaNs
+and infinities required in the same places (rel_error(special=True)): at a kink fnn must give
+JAX's value. A case whose inputs have a structure (Case.structure: symmetric, positive
+definite, orthogonal, sorted) is perturbed within it, and both gradients are compared projected
+onto it (fnn.check.numeric.project).
+Per gate, in float64 on its first plain case (JAX has a rule, not a kink, no structure), fnn
+against jax.vjp under the same transform ("transform"; none judged without such a case):
     eager        fnn.vjp's pullback called outside jit
     jit          jax.jit of fnn.vjp's pullback
     vmap         jax.vmap of fnn.vjp's pullback over a batch of inputs and cotangents
