@@ -209,7 +209,11 @@ def _maxout_cases(rng, dtype):
     return [Case((distinct(rng, shape, dtype),), {"pieces": p, "axis": a}, label=f"{shape},{p},{a}")
             for shape, p, a in [((6,), 2, -1), ((3, 8), 4, -1), ((4, 6, 2), 3, 1),
                                 ((6, 5), 3, 0), ((2, 3), 1, -1), ((2, 3), 3, 1)]]
-maxout.defkinks(lambda dtype: [Case((np.asarray([[1.0, 1.0, 0.0, 2.0, 3.0, 3.0], [np.nan, 1.0, -np.inf, -np.inf, 2.0, np.inf]], dtype),), {"pieces": p}, label=f"ties, NaN, inf, pieces={p}") for p in (2, 3)])
+@maxout.defkinks
+def _maxout_kinks(dtype):
+    x = np.asarray([[1.0, 1.0, 0.0, 2.0, 3.0, 3.0], [np.nan, 1.0, -np.inf, -np.inf, 2.0, np.inf]],
+                   dtype)
+    return [Case((x,), {"pieces": p}, label=f"ties, NaN, inf, pieces={p}") for p in (2, 3)]
 
 
 # ---- smooth rectifiers -----------------------------------------------------------------------

@@ -302,7 +302,9 @@ def _max_pool2d_cases(rng, dtype):
              ((2, 5, 5, 3), 3, 2), ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 5, 6, 2), (3, 2), 1)]
     return [Case((distinct(rng, xs, dtype),), {"window": k, "stride": s},
                  label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
-max_pool2d.defkinks(lambda dtype: [Case((_TIED.astype(dtype),), {"window": w, "stride": s}, label=f"ties, window={w} stride={s}") for w, s in ((2, None), (2, 1), ((3, 2), 1))])
+max_pool2d.defkinks(lambda dtype: [
+    Case((_TIED.astype(dtype),), {"window": w, "stride": s}, label=f"ties, window={w} stride={s}")
+    for w, s in ((2, None), (2, 1), ((3, 2), 1))])
 
 
 @defgate

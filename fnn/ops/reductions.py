@@ -115,7 +115,8 @@ _TIES = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [np.nan, 1.0, 1.0,
                   [np.inf, np.inf, -np.inf, 0.0]])
 # -inf entries, a row of -inf, a +inf entry
 _INFS = np.array([[0.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [np.inf, 0.0, 1.0]])
-max.defkinks(lambda dtype: [Case((_TIES.astype(dtype),), kw, label=f"ties, NaN, inf{kw}") for kw in ({"axis": 1}, {"axis": 0, "keepdims": True}, {})])
+max.defkinks(lambda dtype: [Case((_TIES.astype(dtype),), kw, label=f"ties, NaN, inf{kw}")
+                             for kw in ({"axis": 1}, {"axis": 0, "keepdims": True}, {})])
 
 
 @defgate
@@ -174,7 +175,8 @@ def _logsumexp_cases(rng, dtype):
 
 
 logsumexp.defcases(_logsumexp_cases)
-logsumexp.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), {"axis": 1}, label="-inf entries, rows of -inf")])
+logsumexp.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), {"axis": 1},
+                                        label="-inf entries, rows of -inf")])
 
 
 def _softmax_cases(rng, dtype):
