@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff.gate import Case, defgate, unbroadcast
-from fnn.ops._cases import (BROADCAST_PAIRS, away_from, normal, special_pairs, special_points,
-                            unary_cases, uniform)
+from fnn.ops._cases import (BROADCAST_PAIRS, SPECIAL, away_from, normal, special_pairs,
+                            special_points, unary_cases, uniform)
 
 
 def _binary_cases(make_x=normal, make_y=normal):
@@ -141,7 +141,9 @@ def power_vjp(g, saved, *, needs):
 
 
 power.defcases(_binary_cases(_positive, normal))
-power.defkinks(special_pairs())
+power.defkinks(lambda dtype: special_pairs(SPECIAL + (2.0, -0.5, 3.0))(dtype) + [  # x = 0 ...
+    Case((np.zeros(6, dtype), np.asarray([0, 1, 2, 3, -1, -2], np.int32)),
+         label="x = 0, integer exponents")])
 
 
 # ---- unary functions ---------------------------------------------------------------------------

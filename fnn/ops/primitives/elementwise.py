@@ -192,7 +192,18 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
 
 
 pow.defcases(binary_cases(P.pow_p, lax.pow, make_x=_positive))
-pow.defkinks(special_binary(P.pow_p, lax.pow))
+_POW_POINTS = SPECIAL + (2.0, -0.5, 3.0)  # every x = 0 against y = 0, 1, 2, 0.5, negative, ...
+
+
+@pow.defkinks
+def _pow_kinks(dtype):
+    x, y = np.meshgrid(np.asarray(_POW_POINTS, dtype), np.asarray(_POW_POINTS, dtype))
+    n = np.asarray([0, 1, 2, 3, -1, -2, 0, 1, 2, -1], np.int32)  # an integer exponent array
+    xs = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, -1.0, np.inf, np.nan], dtype)
+    return special_binary(P.pow_p, lax.pow, _POW_POINTS)(dtype) + [
+        case(P.pow_p, lax.pow, xs, n, label="integer exponents, x = 0")]
+
+
 
 
 @primitive_gate(P.integer_pow_p, params=("y",))

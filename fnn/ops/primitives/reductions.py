@@ -3,7 +3,10 @@ axis (cumsum, cumprod, cummax, cummin, cumlogsumexp).
 
 The lecture's patterns again: a sum distributes g back over what it summed; a max routes it to
 the maximum (ties share it evenly, as JAX's rule does); a product sends each factor the product
-of the others (computed without dividing, so zeros are handled).
+of the others (computed without dividing, so zeros are handled). JAX differentiates the
+cumulative max, min, product and logsumexp as a parallel prefix scan of max, min, mul and
+logaddexp, whose tree decides how ties share g: their rules run fnn's own rules over the same
+scan, so they give JAX's values exactly, ties, zeros, NaNs and infinities included.
 """
 
 import jax.numpy as jnp
