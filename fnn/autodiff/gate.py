@@ -52,8 +52,8 @@ class Case:
     STRUCTURES for the first float input, or a tuple with one entry (None or a name) per float
     input. Central differences then perturb such an input only within its structure ("symmetric":
     by the symmetric direction (E + E^T) / 2; "positive definite": the same, and steps small
-    enough to stay positive definite; "orthogonal": along the tangent direction Q (E - E^T) / 2;
-    "sorted": by a step that keeps the order). The comparison with jax.vjp is then made in the
+    enough to stay positive definite; "orthogonal": by a rotation, Q expm(t K) with
+    K = skew(Q^T E); "sorted": by a step that keeps the order). The comparison with jax.vjp is then made in the
     same directions (both gradients projected onto them). Inputs are square matrices (the last
     two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted along the last
     axis.
