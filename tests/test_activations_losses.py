@@ -1,5 +1,5 @@
 """Activation and loss gates beyond the generic registry suite (tests/test_gates.py): the value
-of the gradient at kinks, maxout ties, stability at |x| = 1e4 in float32, the fused loss
+of the gradient at kinks (JAX's), maxout ties, stability at |x| = 1e4 in float32, the fused loss
 gradients against their closed forms, and the errors for bad labels and shapes.
 """
 
@@ -22,11 +22,12 @@ def vjp_ones(gate, x, **static):
 # ---- kinks ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("gate, static, slope_at_0", [
     (A.relu, {}, 0.0),
-    (A.leaky_relu, {}, 0.01),
-    (A.leaky_relu, {"alpha": 0.2}, 0.2),
+    (A.leaky_relu, {}, 1.0),  # jax.nn.leaky_relu's x >= 0 branch
+    (A.leaky_relu, {"alpha": 0.2}, 1.0),
     (A.elu, {"alpha": 0.5}, 0.5),
+    (A.relu6, {}, 0.0),
 ])
-def test_gradient_at_exactly_zero_is_left_slope(gate, static, slope_at_0):
+def test_gradient_at_exactly_zero_is_jax_value(gate, static, slope_at_0):
     x = jnp.array([-1.0, 0.0, 2.0], jnp.float32)
     out, dx = vjp_ones(gate, x, **static)
     assert out[1] == 0.0
@@ -48,13 +49,13 @@ def test_maxout_groups_consecutive_entries():
     np.testing.assert_array_equal(out0, out.T)
 
 
-def test_maxout_tie_routes_to_first_max_and_preserves_gradient():
+def test_maxout_tie_splits_evenly_and_preserves_gradient():
     x = jnp.array([[1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 2.0]], jnp.float32)
     g = jnp.array([[5.0, 7.0]], jnp.float32)
     out, pullback = fnn.vjp(lambda v: A.maxout(v, pieces=4), x)
     (dx,) = pullback(g)
     np.testing.assert_array_equal(out, [[3.0, 2.0]])
-    np.testing.assert_array_equal(dx, [[0, 5, 0, 0, 7, 0, 0, 0]])
+    np.testing.assert_array_equal(dx, [[0, 2.5, 2.5, 0, 1.75, 1.75, 1.75, 1.75]])  # as jnp.max
     np.testing.assert_array_equal(dx.reshape(1, 2, 4).sum(-1), g)  # total gradient preserved
 
 

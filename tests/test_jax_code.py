@@ -216,3 +216,31 @@ def test_while_loops_as_jax_differentiates_them(x64):
         jax.grad(g)(1.0)
     with pytest.raises(fnn.GateError, match=r"while_loop at .*test_jax_code.py.*jax.grad refuses"):
         fnn.grad(g)(1.0)
+
+
+def test_custom_jvp_rules_are_transposed_as_jax_does(x64):
+    """A jax.custom_jvp function's gradient is the transpose of its rule, even where the rule is
+    not the primal's derivative; integer arguments, several outputs, symbolic zeros."""
+    @jax.custom_jvp
+    def clipped(x, n):
+        return jnp.clip(x * n, -1.0, 1.0), jnp.sin(x)
+
+    @clipped.defjvp
+    def clipped_jvp(primals, tangents):  # a surrogate: not the derivative of the clip
+        (x, n), (dx, _) = primals, tangents
+        return clipped(x, n), (2.0 * n * dx, jnp.cos(x) * dx)
+
+    @jax.custom_jvp
+    def scaled(x, y):
+        return x * y
+
+    scaled.defjvp(lambda p, t: (scaled(*p), 3.0 * t[0] * p[1] + (
+        0.0 if type(t[1]) is jax.custom_derivatives.SymbolicZero else t[1] * p[0])),
+        symbolic_zeros=True)
+
+    x = jnp.asarray([-2.0, 0.1, 0.7, 3.0])
+    same(lambda x: jnp.sum(clipped(x, 2)[0] * jnp.arange(4.0)) + jnp.sum(clipped(x, 3)[1]), x)
+    same(lambda x, y: jnp.sum(scaled(x, y) ** 2), x, x[::-1], argnums=(0, 1))
+    same(lambda x: jnp.sum(scaled(x, 2.0)), x)  # y not differentiated: a symbolic zero
+    # the primal's derivative would be 0 outside [-1, 1]: the rule's 2 n is what JAX gives
+    np.testing.assert_array_equal(fnn.grad(lambda x: clipped(x, 2)[0])(3.0), 4.0)

@@ -44,7 +44,19 @@ class Case:
     Float inputs are differentiated; integer/bool/key inputs are held fixed. `numeric=False`
     marks a case where central differences are meaningless (a kink lies within reach);
     `reference=False` one where JAX itself has no rule to compare with (fnn's is then checked
-    against central differences alone).
+    against central differences alone). `kink=True` marks a point where the derivative is a
+    convention (a kink, a tie, 0 of sqrt, a NaN in a select; see `Gate.defkinks`): there the
+    checkers skip central differences and require JAX's value, NaNs included.
+
+    `structure` says which inputs the gate's rule assumes a structure of: None, one of
+    STRUCTURES for the first float input, or a tuple with one entry (None or a name) per float
+    input. Central differences then perturb such an input only within its structure ("symmetric":
+    by the symmetric direction (E + E^T) / 2; "positive definite": the same, and steps small
+    enough to stay positive definite; "orthogonal": by a rotation, Q expm(t K) with
+    K = skew(Q^T E); "sorted": by a step that keeps the order). The comparison with jax.vjp is then made in the
+    same directions (both gradients projected onto them). Inputs are square matrices (the last
+    two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted along the last
+    axis.
     """
 
     args: tuple
@@ -52,6 +64,18 @@ class Case:
     label: str = ""
     numeric: bool = True
     reference: bool = True
+    kink: bool = False
+    structure: str | tuple | None = None
+
+    def __post_init__(self):
+        names = self.structure if isinstance(self.structure, tuple) else (self.structure,)
+        for name in names:
+            if name is not None and name not in STRUCTURES:
+                raise GateError(f"Case {self.label!r}: structure {name!r} is not one of "
+                                f"{', '.join(STRUCTURES)}")
+
+
+STRUCTURES = ("symmetric", "positive definite", "orthogonal", "sorted")
 
 
 def unbroadcast(g, target):
@@ -87,6 +111,7 @@ class Gate:
         self.name = name or forward.__name__
         self.vjp: Callable | None = None
         self.cases: Callable | None = None
+        self.kinks: Callable | str | None = None  # see defkinks
         self._vjp_takes_needs = False
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
         # what the checkers differentiate with JAX as this gate's reference: None, its forward;
@@ -94,6 +119,7 @@ class Gate:
         # JAX differentiates: a custom_vjp function's fwd); False, none of its own (a part of a
         # larger rule, whose VJP is that rule's definition: passed on, never compared)
         self.reference = None
+        self.params = None  # (handled names, {name: allowed values}) of a primitive gate
         self._signature = _signature(forward)
         functools.update_wrapper(self, forward)
 
@@ -108,6 +134,25 @@ class Gate:
         """Attach `cases(rng: np.random.Generator, dtype) -> list[Case]` for the checkers."""
         self.cases = cases
         return cases
+
+    def defkinks(self, kinks: Callable | None = None, *, smooth: bool = False):
+        """Attach `kinks(dtype) -> list[Case]`, the points where this gate's derivative is a
+        convention: kinks (relu at 0), ties (max), edges of the domain (sqrt at 0), NaN and
+        infinite inputs where the rule has a select. There the hand-written VJP must give
+        exactly what jax.grad gives (tests/test_kinks.py, and the gate checker). Or
+        `defkinks(smooth=True)`: the gate has no such point (its rule is one formula
+        everywhere). A built-in gate must say one or the other."""
+        if smooth == (kinks is not None):
+            raise GateError(f"gate '{self.name}': defkinks takes a function of the dtype giving "
+                            "the kink cases, or smooth=True, one of the two")
+        self.kinks = "smooth" if smooth else kinks
+        return kinks
+
+    def kink_cases(self, dtype) -> list:
+        """The declared kink cases in `dtype`, each marked kink=True ([] for a smooth gate)."""
+        if not callable(self.kinks):
+            return []
+        return [dataclasses.replace(c, kink=True, numeric=False) for c in self.kinks(dtype)]
 
     # -- use ---------------------------------------------------------------------------
     def __call__(self, *args, **static):
@@ -226,7 +271,8 @@ _SAVES = {
 
 
 def primitive_gate(primitive, *, save="inputs", name: str | None = None,
-                   forward: Callable | None = None):
+                   forward: Callable | None = None, params: tuple | None = None,
+                   only: dict | None = None):
     """Declare the gate of a JAX primitive from its hand-written VJP (a decorator).
 
         @primitive_gate(lax.exp_p, save="out")
@@ -243,8 +289,18 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
     otherwise; `gate.primitive` is the primitive it stands for. `forward(*args, **params) ->
     (out, saved)` replaces the default forward where the VJP needs more than the primitive's
     inputs and output (sort's permutation, say); it must compute the same output.
+
+    `params` names the primitive's parameters the rule handles in every value, `only` maps
+    the others to the values it handles (a tuple of them: `only={"sharding": (None,)}`). When
+    either is given, an equation with a parameter the rule does not name, or with a value
+    outside `only`, raises a GateError naming the rule, the parameter and the value, instead
+    of computing some other gradient. (Neither given: every parameter is passed on unchecked;
+    fnn's own rules all declare theirs.)
     """
     saver = _SAVES[save] if isinstance(save, str) else save
+    gate_name = name or f"lax.{primitive.name}"
+    declared = params is not None or only is not None
+    handles, allowed = tuple(params or ()), dict(only or {})
 
     def bind(*args, **params):
         out = primitive.bind(*args, **params)
@@ -252,15 +308,50 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
             out = tuple(out)
         return out, saver(args, out)
 
+    run = forward or bind
+
+    def checked(*args, **params):
+        for key, value in params.items():
+            if key in handles:
+                continue
+            if key not in allowed:
+                raise GateError(f"rule '{gate_name}' does not handle the parameter {key}="
+                                f"{_short(value)} of {primitive.name}: it knows "
+                                f"{', '.join(handles + tuple(allowed)) or 'no parameters'} "
+                                "(a newer JAX?). Use jax.grad for this program, or declare "
+                                "a rule with fnn.primitive_gate.")
+            if not any(_same(value, ok) for ok in allowed[key]):
+                raise GateError(f"rule '{gate_name}' does not handle {key}={_short(value)} of "
+                                f"{primitive.name} (it handles {key} in "
+                                f"{tuple(allowed[key])!r} only): rather than compute another "
+                                "gradient, fnn stops here. Use jax.grad for this program, or "
+                                "declare a rule with fnn.primitive_gate.")
+        return run(*args, **params)
+
     def declare(vjp: Callable) -> Gate:
-        gate = Gate(forward or bind, name=name or f"lax.{primitive.name}")
+        gate = Gate(checked if declared else run, name=gate_name)
         for attr in ("__module__", "__qualname__", "__doc__", "__name__"):
             setattr(gate, attr, getattr(vjp, attr))
         gate.primitive = primitive
+        gate.params = (handles, allowed) if declared else None
         gate.defvjp(vjp)
         return gate
 
     return declare
+
+
+def _same(value, allowed) -> bool:
+    if value is None or allowed is None:
+        return value is allowed
+    try:
+        return bool(value == allowed)
+    except Exception:  # an array-valued parameter compared with a scalar
+        return False
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def collect_gates(*modules) -> dict[str, Gate]:

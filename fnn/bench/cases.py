@@ -155,9 +155,9 @@ def gate_inputs(quick: bool = False) -> dict:
 
     other = {"float32": "bfloat16"}
     specs = {
-        **{g: one() for g in ("exp", "negative", "abs", "relu", "leaky_relu", "elu", "gelu",
-                               "silu", "softplus", "sigmoid", "tanh", "stop_gradient", "sign",
-                               "round", "spike")},
+        **{g: one() for g in ("exp", "negative", "abs", "relu", "relu6", "leaky_relu", "elu",
+                               "gelu", "silu", "softplus", "sigmoid", "tanh", "stop_gradient",
+                               "sign", "round", "spike")},
         "quantize": one(bits=2),
         "log": one(make=positive), "sqrt": one(make=positive),
         **{g: two() for g in ("add", "subtract", "multiply", "maximum", "minimum", "mse")},

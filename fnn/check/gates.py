@@ -9,8 +9,13 @@ Per test case, in float64 and in float32 (a CaseCheck each; tolerances from fnn.
     forward     fnn's recorded call vs the gate's forward alone                  ("forward")
     vs_jax      the VJP vs jax.vjp of the forward, at the same random cotangent  ("gate")
     vs_numeric  the VJP vs central differences (float64, cases with numeric=True) ("numeric")
-Per gate, in float64 on its first case, fnn against jax.vjp under the same transform
-("transform"):
+and per kink case (Gate.defkinks, float64, labelled 'kink: ...') forward and vs_jax alone, NaNs
+and infinities required in the same places (rel_error(special=True)): at a kink fnn must give
+JAX's value. A case whose inputs have a structure (Case.structure: symmetric, positive
+definite, orthogonal, sorted) is perturbed within it, and both gradients are compared projected
+onto it (fnn.check.numeric.project).
+Per gate, in float64 on its first plain case (JAX has a rule, not a kink, no structure), fnn
+against jax.vjp under the same transform ("transform"; none judged without such a case):
     eager        fnn.vjp's pullback called outside jit
     jit          jax.jit of fnn.vjp's pullback
     vmap         jax.vmap of fnn.vjp's pullback over a batch of inputs and cotangents
@@ -35,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import is_float
-from fnn.check.numeric import numerical_vjp, rel_error
+from fnn.check.numeric import numerical_vjp, project, rel_error
 from fnn.check.tolerances import tolerance
 from fnn.transforms import grad as fnn_grad
 from fnn.transforms import vjp as fnn_vjp
@@ -113,14 +118,15 @@ class GateCheck:
         return "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
 
 
-def check_gates(gates: Mapping, *, seed: int = 0) -> list[GateCheck]:
+def check_gates(gates: Mapping, *, seed: int = 0, kinks: bool = True) -> list[GateCheck]:
     """check_gate for every (name, gate) of `gates` (fnn.registry, or any mapping name -> Gate)."""
-    return [check_gate(name, gate, seed=seed) for name, gate in gates.items()]
+    return [check_gate(name, gate, seed=seed, kinks=kinks) for name, gate in gates.items()]
 
 
-def check_gate(name: str, gate, *, seed: int = 0) -> GateCheck:
+def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True) -> GateCheck:
     """Check every test case of `gate` (see the module docstring); never raises for the gate's
-    faults: they become problems of the returned GateCheck."""
+    faults: they become problems of the returned GateCheck. kinks=True also checks the gate's
+    kink cases (Gate.defkinks) in float64, against jax.vjp alone (labels 'kink: ...')."""
     report = GateCheck(name, [], {t: None for t in CHECKS}, {})
     if gate.cases is None:
         report.errors["cases"] = f"none declared (@{name}.defcases)"
@@ -129,6 +135,8 @@ def check_gate(name: str, gate, *, seed: int = 0) -> GateCheck:
         try:
             with jax.enable_x64(dtype == "float64"):
                 cases = gate.cases(np.random.default_rng(seed), dtype)
+                if kinks and dtype == "float64" and callable(getattr(gate, "kinks", None)):
+                    cases = list(cases) + gate.kink_cases(dtype)
                 if cases:
                     _check_dtype(report, gate, cases, dtype, seed)
         except Exception as e:  # a gate that crashes the checker fails, with the reason shown
@@ -182,10 +190,15 @@ class _Prepared:
     def __init__(self, gate, case, dtype, rng, label):
         args = cast_case(case, dtype)
         _, self.forward, self.recorded = gate_functions(gate, args, case.kwargs)
-        self.label, self.numeric = label, case.numeric
+        self.kink = getattr(case, "kink", False)  # compared with JAX alone, NaNs included
+        self.label = f"kink: {label}" if self.kink else label
+        self.numeric = case.numeric and not self.kink
         # JAX has no rule to compare with (case.reference False): central differences alone
         self.reference = getattr(case, "reference", True)
         self.d = [a for a in args if is_float(a)]
+        given = getattr(case, "structure", None)  # one entry per float input
+        given = given if isinstance(given, tuple) else (given,)
+        self.structure = tuple(given) + (None,) * (len(self.d) - len(given))
         out = jax.eval_shape(self.forward, *self.d)
         self.multi = isinstance(out, tuple)
         ct = random_cotangent(out, rng)
@@ -208,23 +221,37 @@ class _Prepared:
     def first(self, out):
         return out[0] if self.multi else out
 
+    def project(self, grads, d):
+        """Input gradients projected onto the inputs' structures (unchanged without any)."""
+        if grads is None or not any(self.structure):
+            return grads
+        return [project(gr, x, kind) for gr, x, kind in zip(grads, d, self.structure)]
+
+    @property
+    def plain(self) -> bool:
+        """Whether the transforms may be checked on this case: JAX has a rule for it, and it
+        is neither a kink nor a structured input (whose gradients agree only projected)."""
+        return self.reference and not self.kink and not any(self.structure)
+
 
 def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
     """Add the CaseChecks of `cases` in `dtype`, and in float64 the transforms, to `report`."""
     rng = np.random.default_rng(seed + 1)
     preps = [_Prepared(gate, c, dtype, rng, c.label or f"#{i}") for i, c in enumerate(cases)]
     full = dtype == "float64"
-    first = next((i for i, p in enumerate(preps) if p.reference), 0)  # the transforms' case
+    first = next((i for i, p in enumerate(preps) if p.plain), None)  # the transforms' case
     raised = {}  # transform -> reason, for the transforms that raised
 
     def run(ds, cfs, jitted):
         res = []
         for p, d, cf in zip(preps, ds, cfs):
             out_mine, pullback = fnn_vjp(p.recorded, *d)
-            num = (numerical_vjp(p.forward, d, p.ct(cf))
+            num = (numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
                    if full and (p.numeric or not p.reference) else None)
-            res.append((p.forward(*d), out_mine, p.ref(cf, *d), pullback(p.ct(cf)), num))
-        trans = _transforms(preps[first], ds[first], cfs[first], jitted, raised) if full else {}
+            res.append((p.forward(*d), out_mine, p.project(p.ref(cf, *d), d),
+                        p.project(pullback(p.ct(cf)), d), num))
+        trans = (_transforms(preps[first], ds[first], cfs[first], jitted, raised)
+                 if full and first is not None else {})
         return res, trans
 
     args = ([p.d for p in preps], [p.cf for p in preps])
@@ -237,10 +264,10 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
         raised.clear()
         res, trans = run(*args, False)
     for p, (out_ref, out_mine, ref, mine, num) in zip(preps, res):
-        report.cases.append(CaseCheck(p.label, dtype, _error(out_mine, out_ref),
-                                      None if ref is None else _error(mine, ref),
+        report.cases.append(CaseCheck(p.label, dtype, _error(out_mine, out_ref, p.kink),
+                                      None if ref is None else _error(mine, ref, p.kink),
                                       None if num is None else _error(num, mine)))
-    if full:
+    if full and first is not None:
         p = preps[first]
         d, cf = p.d, p.cf
         trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), res[first][2]), raised)
@@ -249,6 +276,27 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
             report.transforms[name] = (False if name in raised else None if pair is None
                                        else _error(*pair) <= tolerance("transform", dtype))
         report.errors.update(raised)
+
+
+def kink_results(gate, *, dtype: str = "float64", seed: int = 0) -> list:
+    """The gate at its kink cases (Gate.defkinks), fnn against JAX: a list of (label, fnn's
+    output, the forward's output, fnn's input gradients, jax.vjp's input gradients), NumPy
+    arrays, at one random cotangent per case; all cases computed in one jitted program."""
+    with jax.enable_x64(dtype == "float64"):
+        cases = gate.kink_cases(dtype)
+        rng = np.random.default_rng(seed + 1)
+        preps = [_Prepared(gate, c, dtype, rng, c.label or f"#{i}") for i, c in enumerate(cases)]
+
+        def run(ds, cfs):
+            out = []
+            for p, d, cf in zip(preps, ds, cfs):
+                mine_out, pullback = fnn_vjp(p.recorded, *d)
+                out.append((mine_out, p.forward(*d), pullback(p.ct(cf)), p.ref(cf, *d)))
+            return out
+
+        options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+        res = jax.jit(run, compiler_options=options)([p.d for p in preps], [p.cf for p in preps])
+        return [(p.label, *jax.tree_util.tree_map(np.asarray, r)) for p, r in zip(preps, res)]
 
 
 def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
@@ -301,13 +349,14 @@ def _attempt(name: str, check, raised: dict):
         return None
 
 
-def _error(a, b) -> float:
+def _error(a, b, special: bool = False) -> float:
     """The largest rel_error over the leaves of two results (pytrees): each input's gradient
-    (each output) judged on its own scale; inf when their structures differ."""
+    (each output) judged on its own scale; inf when their structures differ. special: NaNs
+    and infinities must match (at kinks, see rel_error)."""
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     if len(la) != len(lb) or any(np.shape(x) != np.shape(y) for x, y in zip(la, lb)):
         return float("inf")
-    return max((rel_error(x, y) for x, y in zip(la, lb)), default=0.0)
+    return max((rel_error(x, y, special=special) for x, y in zip(la, lb)), default=0.0)
 
 
 def _reason(e: Exception) -> str:

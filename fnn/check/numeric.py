@@ -24,13 +24,18 @@ def _leaves(tree) -> list:
             if getattr(x, "dtype", None) != jax.dtypes.float0]
 
 
-def rel_error(a, b):
+def rel_error(a, b, *, special: bool = False):
     """CS231n-style relative error over whole arrays: max|a - b| / (max|a| + max|b|).
 
     a, b: arrays of one shape, or pytrees of such arrays with the same structure (the maxima
     are then taken over all leaves together). Normalising by the arrays' magnitudes (not
     elementwise) keeps entries that are both ~0 from reporting rounding noise as a 100% error.
     Two all-zero arrays have error 0.
+
+    special=True (at kinks and special points, where JAX's own value may be NaN or infinite):
+    NaNs in the same places and equal infinities count as equal (and are left out of the
+    maxima); a NaN or an infinity facing anything else is an infinite error. Otherwise a NaN
+    anywhere gives NaN, which passes no tolerance.
 
     NumPy arrays and concrete JAX arrays give a Python float, computed in float64. JAX tracers
     (inside jit, vmap, grad, lax.cond) give a JAX scalar, so the measure runs in compiled code.
@@ -43,15 +48,24 @@ def rel_error(a, b):
             raise ValueError(f"rel_error: shapes differ, {np.shape(x)} vs {np.shape(y)}")
     pairs = [(x, y) for x, y in zip(la, lb) if np.size(x)]
     if any(isinstance(v, jax.core.Tracer) for pair in pairs for v in pair):
-        return _relative(jnp, pairs)
+        return _relative(jnp, pairs, special)
     return float(_relative(np, [(np.asarray(x, np.float64), np.asarray(y, np.float64))
-                                for x, y in pairs]))
+                                for x, y in pairs], special))
 
 
-def _relative(xp, pairs):
+def _relative(xp, pairs, special=False):
     """rel_error's formula with the array module xp (numpy or jax.numpy)."""
     if not pairs:
         return xp.asarray(0.0)
+    if special:
+        mismatch, finite = [], []
+        for x, y in pairs:
+            same = (xp.isnan(x) & xp.isnan(y)) | ((x == y) & xp.isinf(x))
+            odd = (~xp.isfinite(x) | ~xp.isfinite(y)) & ~same
+            mismatch.append(xp.any(odd))
+            finite.append((xp.where(same | odd, 0.0, x), xp.where(same | odd, 0.0, y)))
+        err = _relative(xp, finite)
+        return xp.where(xp.any(xp.stack(mismatch)), xp.inf, err)
 
     def largest(arrays):
         return xp.max(xp.stack([xp.max(xp.abs(v)) for v in arrays]))
@@ -61,7 +75,7 @@ def _relative(xp, pairs):
     return xp.where(scale > 0, diff / xp.where(scale > 0, scale, 1.0), diff)
 
 
-def differences(F, x, index, h, *, vectorize: bool = True):
+def differences(F, x, index, h, *, vectorize: bool = True, structure: str | None = None):
     """F stepped up and down along single elements of x: the finite differences of fnn.
 
     F: a scalar function of an array shaped like x. index: flat indices of the elements to
@@ -72,6 +86,12 @@ def differences(F, x, index, h, *, vectorize: bool = True):
         central  (f_plus - f_minus) / (h_plus + h_minus)
         one-sided  (f_plus - F(x)) / h_plus,  (F(x) - f_minus) / h_minus
 
+    structure (a name of fnn.autodiff.gate.STRUCTURES, for an x that has it): element k is
+    stepped along its direction within the structure instead (`direction`), so F is only
+    evaluated at inputs that keep it; the central difference then measures the gradient
+    projected onto the structure (`project`). Steps are exact there (h_plus = h_minus = h),
+    and made small enough to keep x positive definite, or sorted.
+
     vectorize=True steps every index at once under jax.vmap (F must be traceable; this also
     runs inside jit); False calls F once per step (for an F that branches on values).
     """
@@ -80,6 +100,18 @@ def differences(F, x, index, h, *, vectorize: bool = True):
     index = jnp.asarray(index, jnp.int32).reshape(-1)
     xk = flat[index]
     step = jnp.broadcast_to(jnp.asarray(h, xk.dtype), xk.shape)
+    if structure is not None:
+        x = jnp.asarray(x)
+        step = jnp.minimum(step, _room(x, structure).reshape(-1)[index])
+
+        def at(k, t):
+            return F(_move(x, direction(x, k, structure), t, structure))
+
+        if vectorize:
+            return jax.vmap(at)(index, step), jax.vmap(at)(index, -step), step, step
+        f_plus = jnp.stack([at(k, t) for k, t in zip(index, step)]) if index.size else step
+        f_minus = jnp.stack([at(k, -t) for k, t in zip(index, step)]) if index.size else step
+        return f_plus, f_minus, step, step
     up, down = xk + step, xk - step
 
     def at(k, v):
@@ -93,18 +125,76 @@ def differences(F, x, index, h, *, vectorize: bool = True):
     return f_plus, f_minus, up - xk, xk - down
 
 
-def numerical_vjp(f, args, ct, diff=None, h=1e-6):
+# ---- input structure: the directions a structured input is perturbed along --------------------
+def _swap(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
+def _skew(a):
+    return (a - _swap(a)) / 2
+
+
+def direction(x, k, structure: str):
+    """The direction element k (flat index) of x is stepped along within `structure`:
+    symmetric / positive definite: (E + E^T) / 2 with E the unit matrix of element k;
+    orthogonal: the generator K = skew(x^T E) of the step x -> x expm(t K) (x times a rotation
+    stays orthogonal); sorted: E itself."""
+    e = jnp.zeros(jnp.size(x), x.dtype).at[k].set(1).reshape(jnp.shape(x))
+    if structure in ("symmetric", "positive definite"):
+        return (e + _swap(e)) / 2
+    if structure == "orthogonal":
+        return _skew(_swap(x) @ e)
+    if structure == "sorted":
+        return e
+    raise ValueError(f"unknown input structure {structure!r}")
+
+
+def _move(x, d, t, structure):
+    if structure == "orthogonal":
+        return x @ jax.scipy.linalg.expm(t * d)
+    return x + t * d
+
+
+def _room(x, structure):
+    """The largest step each element may take and keep x's structure (inf: any)."""
+    if structure == "positive definite":  # |t (E + E^T) / 2| <= |t|: keep t below the least
+        least = jnp.linalg.eigvalsh(x)[..., :1, None]  # eigenvalue (a quarter of it)
+        return jnp.broadcast_to(least / 4, jnp.shape(x))
+    if structure == "sorted":  # a quarter of the gap to either neighbour along the last axis
+        gaps = jnp.diff(x, axis=-1)
+        inf = jnp.full(jnp.shape(x)[:-1] + (1,), jnp.inf, x.dtype)
+        return jnp.minimum(jnp.concatenate([inf, gaps], -1),
+                           jnp.concatenate([gaps, inf], -1)) / 4
+    return jnp.full(jnp.shape(x), jnp.inf, x.dtype)
+
+
+def project(g, x, structure: str | None):
+    """The gradient g of a function of x, projected onto the directions `structure` allows at
+    x (what central differences within the structure measure): sym(g) for symmetric and
+    positive definite x, x skew(x^T g) for orthogonal x, g itself for sorted x or None."""
+    if structure in ("symmetric", "positive definite"):
+        return (g + _swap(g)) / 2
+    if structure == "orthogonal":
+        return x @ _skew(_swap(x) @ g)
+    return g
+
+
+def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     """Central differences of `sum(f(*args) * ct)` wrt each float argument, every element.
 
     f: traceable by JAX (jax.numpy, fnn's gates); a tuple of outputs is allowed, with `ct` a
     tuple of the same length (None or float0 entries are skipped). `diff` lists the positions to
     differentiate (default: every float argument). All elements of an argument are stepped at
     once (one vmap), so this also runs inside jit. The checkers take it in float64 (inside
-    `jax.enable_x64`). Returns a list with an array per position (None where not differentiated).
+    `jax.enable_x64`). structure: one entry (None or a structure's name) per position of
+    `diff`; such an argument is stepped within its structure, and its entry of the result is
+    the projected gradient (see `differences`, `project`). Returns a list with an array per
+    position (None where not differentiated).
     """
     args = list(args)
     if diff is None:
         diff = [i for i, a in enumerate(args) if is_float(a)]
+    structure = tuple(structure) if structure is not None else (None,) * len(diff)
     cts = tuple(ct) if isinstance(ct, (tuple, list)) else (ct,)
 
     def scalar(*a):
@@ -114,12 +204,13 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6):
                    if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0)
 
     grads = [None] * len(args)
-    for i in diff:
+    for i, kind in zip(diff, structure):
         x = jnp.asarray(args[i])
 
         def along(xi, i=i):
             return scalar(*[xi if j == i else a for j, a in enumerate(args)])
 
-        f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h)
+        f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h,
+                                                       structure=kind)
         grads[i] = ((f_plus - f_minus) / (h_plus + h_minus)).reshape(x.shape)
     return grads

@@ -8,7 +8,8 @@
 
 Per gate (fnn.registry, then the rules of JAX's primitives, fnn.ops.primitives, named 'lax.*'):
 the largest relative error of the VJP vs jax.vjp of the same forward (float64 and float32) and
-vs central differences (float64) over its test cases, the JAX transforms it passed, and its
+vs central differences (float64) over its test cases, and vs jax.vjp at its kink cases
+(Gate.defkinks: a disagreement with JAX at a kink fails), the JAX transforms it passed, and its
 second order: JAX differentiating the hand-written backward against JAX's own second derivative
 (fnn.check.gates); forward + VJP time under jit, custom vs built-in, on the gate's largest
 float32 test case, in microseconds (fnn.bench.time_gate). Then the rule library: each

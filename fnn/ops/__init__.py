@@ -8,7 +8,8 @@ from types import MappingProxyType
 from fnn.autodiff.gate import collect_gates
 from fnn.ops import (activations, conv, elementwise, linalg, losses, normalization, reductions,
                      rulebook, sequence)
-from fnn.ops.activations import elu, gelu, leaky_relu, maxout, relu, sigmoid, silu, softplus, tanh
+from fnn.ops.activations import (elu, gelu, leaky_relu, maxout, relu, relu6, sigmoid, silu,
+                                 softplus, tanh)
 from fnn.ops.conv import avg_pool2d, conv2d, max_pool2d
 from fnn.ops.elementwise import (abs, add, astype, divide, exp, log, maximum, minimum, multiply,
                                  negative, power, sqrt, subtract, where)

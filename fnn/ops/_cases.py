@@ -41,3 +41,24 @@ def unary_cases(make=normal, shapes=SHAPES, kwargs=({},)):
         return [Case((make(rng, s, dtype),), dict(kw), label=f"{s}{kw or ''}")
                 for kw in kwargs for s in shapes]
     return cases
+
+
+# ---- kink cases (Gate.defkinks): points where a derivative is a convention ----------------------
+SPECIAL = (0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 6.0, np.inf, -np.inf, np.nan)
+
+
+def special_points(points=SPECIAL, kwargs=({},)):
+    """Kink cases of a one-input elementwise gate: each special point (0 of both signs, +-1,
+    6, infinities, NaN), for each kwargs."""
+    return lambda dtype: [Case((np.asarray(points, dtype),), dict(kw),
+                               label=f"special points{kw or ''}") for kw in kwargs]
+
+
+def special_pairs(points=SPECIAL):
+    """Kink cases of a two-input elementwise gate: every pair of special points (ties among
+    them), and an array against a scalar 0."""
+    def kinks(dtype):
+        x, y = np.meshgrid(np.asarray(points, dtype), np.asarray(points, dtype))
+        return [Case((x.reshape(-1), y.reshape(-1)), label="pairs of special points"),
+                Case((np.asarray(points, dtype), np.asarray(0.0, dtype)), label="against 0")]
+    return kinks

@@ -5,20 +5,22 @@
 
 Conventions: `g` is the upstream gradient (shape of the output), `saved` what the forward kept;
 each gradient has its input's shape and dtype. Constants are Python floats, so float32 stays
-float32 even with jax_enable_x64. Kinks: at exactly x == 0, relu, leaky_relu and elu take the
-slope of their left side (0, alpha and alpha); maxout routes a tie to the first maximum.
+float32 even with jax_enable_x64. Kinks follow JAX (each forward is the jax.nn function, and
+its VJP gives what jax.grad gives): at exactly x == 0, relu's gradient is 0, leaky_relu's 1,
+elu's alpha; relu6's 0 at 0 and 6; maxout splits a tie evenly among its group's maxima.
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._dtypes import inexact
-from fnn.ops._cases import away_from, distinct, normal, unary_cases
+from fnn.ops._cases import away_from, distinct, normal, special_points, unary_cases
 
 
 def _wide(rng, shape, dtype):
@@ -47,6 +49,7 @@ def sigmoid_vjp(g, s):
 
 
 sigmoid.defcases(unary_cases(_wide))
+sigmoid.defkinks(special_points())
 
 
 @defgate
@@ -62,17 +65,18 @@ def tanh_vjp(g, t):
 
 
 tanh.defcases(unary_cases(_wide))
+tanh.defkinks(special_points())
 
 
 # ---- rectifiers: route g by the sign of x ----------------------------------------------------
 @defgate
 def relu(x):
-    """max(x, 0).  Local gradient: 1 where x > 0, else 0 (also 0 at exactly x == 0).
+    """max(x, 0) (jax.nn.relu).  Local gradient: 1 where x > 0, else 0 (also 0 at exactly x ==
+    0, the value of jax.nn.relu's own rule). relu(NaN) is NaN, its gradient 0.
 
     Shapes: elementwise. The relu gate routes g to the positive entries only.
     """
-    # written so that JAX's grad also gives 0 at x == 0; the weak 0 keeps x's dtype (int too)
-    return jnp.where(x > 0, x, 0), x > 0
+    return jax.nn.relu(x), x > 0
 
 
 @relu.defvjp
@@ -81,36 +85,67 @@ def relu_vjp(g, positive):
 
 
 relu.defcases(unary_cases(_off_kink))
+relu.defkinks(special_points())
+
+
+@defgate
+def relu6(x):
+    """min(max(x, 0), 6) (jax.nn.relu6).  Local gradient: 1 where 0 < x < 6, else 0 (also 0 at
+    exactly 0 and 6, the value of jax.nn.relu6's own rule). Shapes: elementwise.
+
+    jax.nn.relu6 (and hard_sigmoid, hard_silu) in a function differentiated by fnn.grad give
+    the same values through jax.nn.relu6's own custom rule (fnn.ops.primitives.custom).
+    """
+    return jax.nn.relu6(x), (x > 0) & (x < 6)
+
+
+@relu6.defvjp
+def relu6_vjp(g, inside):
+    return (jnp.where(inside, g, 0.0),)
+
+
+def _off_relu6_kinks(rng, shape, dtype):
+    """Normal samples around 3 (scale 4), at least 0.1 away from the kinks at 0 and 6."""
+    x = 3.0 + normal(rng, shape, "float64", scale=4.0)
+    for p in (0.0, 6.0):
+        x = np.where(np.abs(x - p) < 0.1, p + 0.1 * np.sign(x - p + 1e-12), x)
+    return np.asarray(x).astype(dtype)
+
+
+relu6.defcases(unary_cases(_off_relu6_kinks))
+relu6.defkinks(special_points())
 
 
 @defgate
 def leaky_relu(x, *, alpha=0.01):
-    """x where x > 0, else alpha * x.  Local gradient: 1 where x > 0, else alpha.
+    """x where x >= 0, else alpha * x (jax.nn.leaky_relu with negative_slope=alpha).  Local
+    gradient: 1 where x >= 0, else alpha.
 
-    At exactly x == 0 the gradient is alpha (the left slope, as relu's is 0 there).
+    At exactly x == 0 the gradient is 1, as jax.grad of jax.nn.leaky_relu gives.
     Shapes: elementwise; `alpha` is a Python float.
     """
-    positive = x > 0
-    return jnp.where(positive, x, alpha * x), positive
+    return jax.nn.leaky_relu(x, negative_slope=alpha), x >= 0
 
 
 @leaky_relu.defvjp
-def leaky_relu_vjp(g, positive, *, alpha=0.01):
-    return (jnp.where(positive, g, alpha * g),)
+def leaky_relu_vjp(g, right, *, alpha=0.01):
+    return (jnp.where(right, g, alpha * g),)
 
 
 leaky_relu.defcases(unary_cases(_off_kink, kwargs=({}, {"alpha": 0.2})))
+leaky_relu.defkinks(special_points(kwargs=({}, {"alpha": 0.2})))
 
 
 @defgate
 def elu(x, *, alpha=1.0):
-    """x where x > 0, else alpha (e**x - 1).  Local gradient: 1 where x > 0, else alpha e**x.
+    """x where x > 0, else alpha (e**x - 1) (jax.nn.elu).  Local gradient: 1 where x > 0,
+    else alpha e**x.
 
-    At exactly x == 0 the gradient is alpha (the left limit; continuous when alpha == 1).
-    e**x is taken of min(x, 0), so large positive x never overflows. Shapes: elementwise.
+    At exactly x == 0 the gradient is alpha (the left limit; continuous when alpha == 1), as
+    jax.grad of jax.nn.elu gives. e**x is taken of min(x, 0), so large positive x never
+    overflows. Shapes: elementwise.
     """
-    neg = jnp.where(x > 0, 0.0, x)  # (not jnp.minimum: JAX would split its gradient at 0)
-    out = jnp.where(x > 0, x, alpha * jnp.expm1(neg))
+    out = jax.nn.elu(x, alpha=alpha)
     return out, (x, out)
 
 
@@ -121,6 +156,7 @@ def elu_vjp(g, saved, *, alpha=1.0):
 
 
 elu.defcases(unary_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))
+elu.defkinks(special_points(kwargs=({}, {"alpha": 0.5})))
 
 
 # ---- maxout: the max gate over groups --------------------------------------------------------
@@ -148,22 +184,23 @@ def maxout(x, *, pieces, axis=-1):
     """Maxout (Goodfellow et al.): the max over groups of `pieces` consecutive entries of `axis`.
 
     Shapes: x has size k*pieces along `axis`; the output has size k there (other axes kept):
-    out[..., i, ...] = max(x[..., i*pieces : (i+1)*pieces, ...]). The local gradient is 1 for
-    the entry that is its group's max and 0 for the others: the max gate routes g. A tie routes
-    all of g to ONE input, the first maximum in the group (lowest index), so the total gradient
-    is preserved.
+    out[..., i, ...] = max(x[..., i*pieces : (i+1)*pieces, ...]) (jnp.max over the group). The
+    local gradient is 1 for the entry that is its group's max and 0 for the others: the max
+    gate routes g. At a tie the gradient is split evenly among the group's maxima, as JAX
+    does for jnp.max.
     """
     ax = _maxout_axis(x, pieces, axis)
     xg = _grouped(x, pieces, ax)
-    return jnp.max(xg, axis=ax + 1), xg
+    out = jnp.max(xg, axis=ax + 1)
+    return out, (xg, out)
 
 
 @maxout.defvjp
-def maxout_vjp(g, xg, *, pieces, axis=-1):
+def maxout_vjp(g, saved, *, pieces, axis=-1):
+    xg, out = saved
     ax = axis % (xg.ndim - 1)
-    first = jnp.argmax(xg, axis=ax + 1)  # index of the first max of each group
-    span = lax.broadcasted_iota(first.dtype, xg.shape, ax + 1)
-    dx = jnp.where(span == jnp.expand_dims(first, ax + 1), jnp.expand_dims(g, ax + 1), 0.0)
+    is_max = (xg == jnp.expand_dims(out, ax + 1)).astype(g.dtype)
+    dx = is_max * jnp.expand_dims(g / jnp.sum(is_max, axis=ax + 1), ax + 1)
     return (dx.reshape(xg.shape[:ax] + (-1,) + xg.shape[ax + 2:]),)
 
 
@@ -172,6 +209,11 @@ def _maxout_cases(rng, dtype):
     return [Case((distinct(rng, shape, dtype),), {"pieces": p, "axis": a}, label=f"{shape},{p},{a}")
             for shape, p, a in [((6,), 2, -1), ((3, 8), 4, -1), ((4, 6, 2), 3, 1),
                                 ((6, 5), 3, 0), ((2, 3), 1, -1), ((2, 3), 3, 1)]]
+@maxout.defkinks
+def _maxout_kinks(dtype):
+    x = np.asarray([[1.0, 1.0, 0.0, 2.0, 3.0, 3.0], [np.nan, 1.0, -np.inf, -np.inf, 2.0, np.inf]],
+                   dtype)
+    return [Case((x,), {"pieces": p}, label=f"ties, NaN, inf, pieces={p}") for p in (2, 3)]
 
 
 # ---- smooth rectifiers -----------------------------------------------------------------------
@@ -191,6 +233,7 @@ def softplus_vjp(g, x):
 
 
 softplus.defcases(unary_cases(_wide))
+softplus.defkinks(special_points())
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -227,6 +270,7 @@ def gelu_vjp(g, saved, *, approximate=False):
 
 
 gelu.defcases(unary_cases(_wide, kwargs=({}, {"approximate": True})))
+gelu.defkinks(special_points(kwargs=({}, {"approximate": True})))
 
 
 @defgate
@@ -246,3 +290,4 @@ def silu_vjp(g, saved):
 
 
 silu.defcases(unary_cases(_wide))
+silu.defkinks(special_points())

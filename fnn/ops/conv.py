@@ -3,7 +3,7 @@
     conv2d      out[n,i,j,o] = sum_{a,b,c} xp[n, i*sh+a, j*sw+b, c] * w[a,b,c,o]   (xp: padded x)
                 dx is a transposed convolution of g with the flipped kernel; dw correlates x with g.
     max_pool2d  routes g to the max of each window (one input per window, the first in row-major
-                order on ties); avg_pool2d spreads g / (kh*kw) evenly over each window.
+                order on ties, as JAX); avg_pool2d spreads g / (kh*kw) evenly over each window.
 
 Pools use VALID padding. When window == stride they take a reshape path: the windows become two
 axes of a reshaped array, so the backward is a broadcast and a mask, not a select-and-scatter.
@@ -203,6 +203,7 @@ def _conv2d_cases(rng, dtype):
     return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype, scale=0.5)),
                  {"stride": s, "padding": p}, label=f"{xs}*{ws} stride={s} padding={p}")
             for xs, ws, s, p in specs]
+conv2d.defkinks(smooth=True)
 
 
 # ---- pooling ---------------------------------------------------------------------------------
@@ -246,7 +247,9 @@ def max_pool2d(x, *, window, stride=None):
 
     x: (N, H, W, C) -> out: (N, H', W', C), H' = (H - kh) // sh + 1. Local gradient: 1 for the
     max of each window, 0 for the rest (the max gate routes g). On ties g goes to ONE input, the
-    first max of the window in row-major order (as JAX does); overlapping windows add up.
+    first max of the window in row-major order, as JAX does (its rule is XLA's
+    select-and-scatter, which also passes over a NaN to the element after it); overlapping
+    windows add up.
     """
     k, s = _pool_geometry("max_pool2d", x, window, stride)
     init = np.array(-np.inf, x.dtype)  # a concrete scalar, so JAX sees a max-pool (jit too)
@@ -258,30 +261,39 @@ def max_pool2d(x, *, window, stride=None):
 def max_pool2d_vjp(g, saved, *, window, stride=None):
     x, out, k, s = saved
     out_hw = out.shape[1:3]
-    if k == s:  # reshape and mask: a one-hot of each window's first max
+    if k == s:  # reshape and mask: a one-hot of each window's selected element
         t = _tiles(x, k, out_hw)
-        is_max = t == out[:, :, None, :, None, :]
+        chosen = _select_in_window([t[:, :, a, :, b, :] for a in range(k[0]) for b in range(k[1])])
         pos = (lax.broadcasted_iota(jnp.int32, t.shape, 2) * k[1]
                + lax.broadcasted_iota(jnp.int32, t.shape, 4))  # row-major place in the window
-        if k[0] * k[1] <= 16:  # elementwise: is there a max at an earlier place of the window?
-            earlier = np.zeros((), bool)
-            for q in range(k[0] * k[1] - 1):
-                a, b = divmod(q, k[1])
-                earlier = earlier | ((pos > q) & is_max[:, :, a:a + 1, :, b:b + 1])
-            first = is_max & ~earlier
-        else:  # large windows: the smallest place holding a max
-            first = pos == jnp.min(jnp.where(is_max, pos, k[0] * k[1]), axis=(2, 4),
-                                   keepdims=True)
-        dt = jnp.where(first, g[:, :, None, :, None, :], np.zeros((), g.dtype))
+        dt = jnp.where(pos == chosen[:, :, None, :, None, :], g[:, :, None, :, None, :],
+                       np.zeros((), g.dtype))
         return (_untile(dt, x.shape),)
+    offsets = list(_offsets(x.shape, k, s, out_hw))
+    chosen = _select_in_window([lax.slice(x, start, end, step)
+                                for start, end, step, _ in offsets])
     dx = jnp.zeros(x.shape, g.dtype)
-    taken = jnp.zeros(out.shape, bool)  # the window's max already got its gradient
     zero = np.zeros((), g.dtype)
-    for start, end, step, pads in _offsets(x.shape, k, s, out_hw):
-        hit = (lax.slice(x, start, end, step) == out) & ~taken
-        taken = taken | hit
-        dx = dx + lax.pad(jnp.where(hit, g, zero), zero, pads)
+    for q, (_, _, _, pads) in enumerate(offsets):
+        dx = dx + lax.pad(jnp.where(chosen == q, g, zero), zero, pads)
     return (dx,)
+
+
+def _select_in_window(values):
+    """Which of a window's values (listed in row-major order) gets its gradient: as XLA's
+    select-and-scatter, which JAX's rule uses, selects it. The first value is selected, then
+    replaced by each next one unless selected >= next: a tie keeps the first maximum, and a
+    NaN is replaced by the value after it."""
+    best, chosen = values[0], jnp.zeros(values[0].shape, jnp.int32)
+    for q, v in enumerate(values[1:], 1):
+        take = ~(best >= v)
+        best, chosen = jnp.where(take, v, best), jnp.where(take, q, chosen)
+    return chosen
+
+
+# ties within and across windows, every value repeated, a NaN, infinities (4x4, 1 channel)
+_TIED = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 2.0],
+                  [np.nan, 1.0, np.inf, -np.inf]])[None, :, :, None]
 
 
 @max_pool2d.defcases
@@ -290,6 +302,9 @@ def _max_pool2d_cases(rng, dtype):
              ((2, 5, 5, 3), 3, 2), ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 5, 6, 2), (3, 2), 1)]
     return [Case((distinct(rng, xs, dtype),), {"window": k, "stride": s},
                  label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
+max_pool2d.defkinks(lambda dtype: [
+    Case((_TIED.astype(dtype),), {"window": w, "stride": s}, label=f"ties, window={w} stride={s}")
+    for w, s in ((2, None), (2, 1), ((3, 2), 1))])
 
 
 @defgate
@@ -328,3 +343,4 @@ def _avg_pool2d_cases(rng, dtype):
              ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 6, 6, 2), 6, None)]
     return [Case((normal(rng, xs, dtype),), {"window": k, "stride": s},
                  label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
+avg_pool2d.defkinks(smooth=True)

@@ -1,16 +1,19 @@
 """Elementwise gates, broadcasting like numpy. The lecture's patterns:
 
     add distributes (both inputs get g),  mul swaps (dx = g*y, dy = g*x),
-    max routes (g goes to the larger input),  a value used twice adds its gradients (engine).
+    max routes (g goes to the larger input; a tie splits it evenly, as JAX does),
+    a value used twice adds its gradients (engine).
 
 Conventions: `g` is the upstream gradient, `saved` what the forward kept; every gradient is
 passed through `unbroadcast`, which sums it back to its input's shape and dtype.
 """
 
 import jax.numpy as jnp
+import numpy as np
 
 from fnn.autodiff.gate import Case, defgate, unbroadcast
-from fnn.ops._cases import BROADCAST_PAIRS, away_from, normal, unary_cases, uniform
+from fnn.ops._cases import (BROADCAST_PAIRS, SPECIAL, away_from, normal, special_pairs,
+                            special_points, unary_cases, uniform)
 
 
 def _binary_cases(make_x=normal, make_y=normal):
@@ -38,6 +41,7 @@ def add_vjp(g, saved):
 
 
 add.defcases(_binary_cases())
+add.defkinks(special_pairs())
 
 
 @defgate
@@ -53,6 +57,7 @@ def subtract_vjp(g, saved, *, needs):
 
 
 subtract.defcases(_binary_cases())
+subtract.defkinks(special_pairs())
 
 
 # ---- multiply: swaps -------------------------------------------------------------------------
@@ -70,6 +75,7 @@ def multiply_vjp(g, saved, *, needs):
 
 
 multiply.defcases(_binary_cases())
+multiply.defkinks(special_pairs())
 
 
 @defgate
@@ -86,6 +92,7 @@ def divide_vjp(g, saved, *, needs):
 
 
 divide.defcases(_binary_cases(normal, lambda rng, s, d: away_from(rng, s, d, gap=0.5)))
+divide.defkinks(special_pairs())
 
 
 @defgate
@@ -100,16 +107,18 @@ def negative_vjp(g, saved):
 
 
 negative.defcases(unary_cases())
+negative.defkinks(special_points())
 
 
 @defgate
 def power(x, y):
-    """x ** y.  Local gradients: d/dx = y x**(y-1), d/dy = log(x) x**y.
+    """x ** y (jnp.power).  Local gradients: d/dx = y x**(y-1), d/dy = log(x) x**y.
 
-    d/dx is 0 at x == y == 0 (where y x**(y-1) is 0 times infinity) and d/dy is 0 where x == 0;
-    only those points are special-cased, so the rule's own derivatives are right elsewhere (at
-    y == 0, d/dy of d/dx is 1/x). d/dy needs x > 0, so it is only computed when y is being
-    differentiated (x**2 with x < 0 is fine).
+    At the special points these are JAX's values (lax.pow's rule): d/dx is y x**(y-1) as
+    computed, so NaN at x == y == 0 for a float y (0 times infinity), and 0 wherever an integer
+    y is 0; d/dy reads log(x) as 0 where x == 0 (so it is 0 there for y >= 0, NaN for y < 0).
+    d/dy needs x > 0 elsewhere, so it is only computed when y is being differentiated (x**2
+    with x < 0 is fine).
     """
     out = jnp.power(x, y)
     return out, (x, y, out)
@@ -120,16 +129,21 @@ def power_vjp(g, saved, *, needs):
     x, y, out = saved
     dx = dy = None
     if needs[0]:
-        origin = (x == 0) & (y == 0)
-        dx = unbroadcast(g * jnp.where(origin, 0.0, y * jnp.power(jnp.where(origin, 1.0, x),
-                                                                     y - 1)), x)
+        if jnp.issubdtype(jnp.result_type(y), jnp.integer):
+            y_f = jnp.asarray(y).astype(jnp.result_type(out))
+            jac = jnp.where(y == 0, 0.0, jnp.where(y == 0, 1.0, y_f) * jnp.power(x, y_f - 1))
+        else:
+            jac = y * jnp.power(x, y - 1)
+        dx = unbroadcast(g * jac, x)
     if needs[1]:
-        safe_x = jnp.where(x == 0, 1.0, x)
-        dy = unbroadcast(g * jnp.where(x == 0, 0.0, jnp.log(safe_x) * out), y)
+        dy = unbroadcast(g * (jnp.log(jnp.where(x == 0, 1.0, x)) * out), y)
     return dx, dy
 
 
 power.defcases(_binary_cases(_positive, normal))
+power.defkinks(lambda dtype: special_pairs(SPECIAL + (2.0, -0.5, 3.0))(dtype) + [  # x = 0 ...
+    Case((np.zeros(6, dtype), np.asarray([0, 1, 2, 3, -1, -2], np.int32)),
+         label="x = 0, integer exponents")])
 
 
 # ---- unary functions ---------------------------------------------------------------------------
@@ -146,6 +160,7 @@ def exp_vjp(g, out):
 
 
 exp.defcases(unary_cases())
+exp.defkinks(special_points())
 
 
 @defgate
@@ -160,6 +175,7 @@ def log_vjp(g, x):
 
 
 log.defcases(unary_cases(_positive))
+log.defkinks(special_points())
 
 
 @defgate
@@ -175,65 +191,75 @@ def sqrt_vjp(g, out):
 
 
 sqrt.defcases(unary_cases(_positive))
+sqrt.defkinks(special_points())
 
 
 @defgate
 def abs(x):  # noqa: A001 - mirrors jnp.abs
-    """|x|.  Local gradient: sign(x), taken as 0 at x == 0.
+    """|x| (jnp.abs).  Local gradient: 1 where x >= 0, else -1.
 
-    The forward is written so that JAX's grad also gives 0 there (jnp.abs would give 1).
+    At x == 0 the gradient is 1 (the right slope) and at NaN it is -1, as jax.grad of jnp.abs
+    gives (JAX's rule is select(x >= 0, g, -g)).
     """
-    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-        return jnp.abs(x), x  # integers and bools as JAX has them (no gradient flows)
-    return jnp.where(x > 0, x, jnp.where(x < 0, -x, jnp.zeros_like(x))), x
+    return jnp.abs(x), x
 
 
 @abs.defvjp
 def abs_vjp(g, x):
-    return (g * jnp.sign(x),)
+    return (jnp.where(x >= 0, g, -g),)
 
 
 abs.defcases(unary_cases(away_from))
+abs.defkinks(special_points())
 
 
 # ---- max gate: routes --------------------------------------------------------------------------
+def _balanced(g, x, y, z, needs):
+    """The max/min gate: g to the input equal to the output z, split evenly where x == y
+    (JAX's rule for lax.max and lax.min; neither input gets any where z is NaN from the other).
+    """
+    def share(a, b):
+        return jnp.where(a == z, 1.0, 0.0) / jnp.where(b == z, 2.0, 1.0)
+    return (unbroadcast(g * share(x, y), x) if needs[0] else None,
+            unbroadcast(g * share(y, x), y) if needs[1] else None)
+
+
 @defgate
 def maximum(x, y):
-    """max(x, y) elementwise.  Local gradients: 1 for the larger input, 0 for the other.
+    """max(x, y) elementwise (jnp.maximum).  Local gradients: 1 for the larger input, 0 for the
+    other: the max gate routes g to the input that won.
 
-    The max gate routes g to the input that won. Ties (x == y) route all of g to x.
+    At a tie (x == y) the gradient is split evenly, g/2 to each, as JAX does. A NaN input
+    makes the output NaN and neither input gets a gradient there.
     """
-    pick_x = x >= y
-    return jnp.where(pick_x, x, y), (pick_x, x, y)  # jnp.maximum: JAX would split g at ties
-
-
-def _route(g, pick_x, x, y, needs):
-    """g to x where pick_x, to y elsewhere (the max gate, min gate and where all route)."""
-    return (unbroadcast(jnp.where(pick_x, g, 0.0), x) if needs[0] else None,
-            unbroadcast(jnp.where(pick_x, 0.0, g), y) if needs[1] else None)
+    z = jnp.maximum(x, y)
+    return z, (x, y, z)
 
 
 @maximum.defvjp
 def maximum_vjp(g, saved, *, needs):
-    return _route(g, *saved, needs)
+    return _balanced(g, *saved, needs)
 
 
 maximum.defcases(_binary_cases(lambda rng, s, d: away_from(rng, s, d, gap=0.2), normal))
+maximum.defkinks(special_pairs())
 
 
 @defgate
 def minimum(x, y):
-    """min(x, y) elementwise.  Local gradients: 1 for the smaller input; ties route g to x."""
-    pick_x = x <= y
-    return jnp.where(pick_x, x, y), (pick_x, x, y)
+    """min(x, y) elementwise (jnp.minimum).  Local gradients: 1 for the smaller input, 0 for the
+    other; at a tie the gradient is split evenly, as JAX does."""
+    z = jnp.minimum(x, y)
+    return z, (x, y, z)
 
 
 @minimum.defvjp
 def minimum_vjp(g, saved, *, needs):
-    return _route(g, *saved, needs)
+    return _balanced(g, *saved, needs)
 
 
 minimum.defcases(_binary_cases(lambda rng, s, d: away_from(rng, s, d, gap=0.2), normal))
+minimum.defkinks(special_pairs())
 
 
 @defgate
@@ -247,7 +273,9 @@ def where(condition, x, y):
 
 @where.defvjp
 def where_vjp(g, saved, *, needs):
-    return (None, *_route(g, *saved, needs[1:]))
+    condition, x, y = saved
+    return (None, unbroadcast(jnp.where(condition, g, 0.0), x) if needs[1] else None,
+            unbroadcast(jnp.where(condition, 0.0, g), y) if needs[2] else None)
 
 
 @where.defcases
@@ -255,6 +283,14 @@ def _where_cases(rng, dtype):
     return [Case((rng.standard_normal(sc) > 0, normal(rng, sx, dtype), normal(rng, sy, dtype)),
                  label=f"{sc},{sx},{sy}")
             for sc, sx, sy in [((3, 4), (3, 4), (3, 4)), ((3, 4), (4,), ()), ((2, 1), (1, 3), (2, 3))]]
+
+
+@where.defkinks
+def _where_kinks(dtype):
+    # NaN and infinities in the branch not taken get 0, in the one taken g
+    x = np.asarray([np.nan, 1.0, np.inf, 0.0], dtype)
+    y = np.asarray([2.0, np.nan, -np.inf, 0.0], dtype)
+    return [Case((np.asarray([True, False, False, True]), x, y), label="NaN, inf, zeros")]
 
 
 @defgate
@@ -273,3 +309,4 @@ def _astype_cases(rng, dtype):
     other = "float32" if dtype == "float64" else "bfloat16"
     return [Case((normal(rng, (3, 4), dtype),), {"dtype": dtype}),
             Case((normal(rng, (5,), dtype),), {"dtype": other}, numeric=False)]
+astype.defkinks(smooth=True)

@@ -73,6 +73,7 @@ def _matmul_cases(rng, dtype):
     pairs = [((3, 4), (4, 5)), ((4,), (4, 2)), ((3, 4), (4,)), ((5,), (5,)),
              ((2, 3, 4), (4, 2)), ((2, 3, 4), (2, 4, 5)), ((1, 3, 4), (2, 4, 2))]
     return [Case((normal(rng, a, dtype), normal(rng, b, dtype)), label=f"{a}@{b}") for a, b in pairs]
+matmul.defkinks(smooth=True)
 
 
 # ---- affine -------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ def _affine_cases(rng, dtype):
     shapes = [((4, 3), (3, 5)), ((2, 3, 2), (6, 4)), ((1, 2, 2, 2), (8, 3))]
     return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype), normal(rng, ws[1:], dtype)),
                  label=f"{xs}") for xs, ws in shapes]
+affine.defkinks(smooth=True)
 
 
 # ---- shape gates ------------------------------------------------------------------------------
@@ -145,6 +147,7 @@ def transpose_vjp(g, saved, *, axes=None):
 def _transpose_cases(rng, dtype):
     return [Case((normal(rng, (3, 4), dtype),)), Case((normal(rng, (2, 3, 4), dtype),), {"axes": (1, 2, 0)}),
             Case((normal(rng, (5,), dtype),))]
+transpose.defkinks(smooth=True)
 
 
 @defgate
@@ -166,6 +169,7 @@ def _reshape_cases(rng, dtype):
     return [Case((normal(rng, (3, 4), dtype),), {"shape": (2, 6)}),
             Case((normal(rng, (2, 3, 2), dtype),), {"shape": (-1,)}),
             Case((normal(rng, (), dtype),), {"shape": (1, 1)})]
+reshape.defkinks(smooth=True)
 
 
 @defgate
@@ -187,6 +191,7 @@ def _broadcast_to_cases(rng, dtype):
     return [Case((normal(rng, (3, 1), dtype),), {"shape": (2, 3, 4)}),
             Case((normal(rng, (), dtype),), {"shape": (3,)}),
             Case((normal(rng, (4,), dtype),), {"shape": (2, 4)})]
+broadcast_to.defkinks(smooth=True)
 
 
 @defgate
@@ -216,6 +221,7 @@ def _concatenate_cases(rng, dtype):
     return [Case((normal(rng, (2, 3), dtype), normal(rng, (2, 1), dtype), normal(rng, (2, 2), dtype)),
                  {"axis": 1}),
             Case((normal(rng, (3,), dtype), normal(rng, (2,), dtype)))]
+concatenate.defkinks(smooth=True)
 
 
 # ---- indexing -----------------------------------------------------------------------------------
@@ -244,6 +250,7 @@ def _take_cases(rng, dtype):
     return [Case((normal(rng, (5, 3), dtype), np.array([0, 2, 2, 4])), {"axis": 0}),
             Case((normal(rng, (2, 4), dtype), np.array([[1, 3], [3, 0]])), {"axis": 1}),
             Case((normal(rng, (3, 2), dtype), np.array([5, 0, 5])))]
+take.defkinks(smooth=True)
 
 
 @defgate
@@ -325,6 +332,7 @@ def _index_cases(rng, dtype):
             Case((normal(rng, (4, 3), dtype),), {"index": (slice(1, 3), slice(None, None, -1))}),
             Case((normal(rng, (4, 3), dtype),), {"index": (np.array([0, 2, 0]), 1)}),
             Case((normal(rng, (2, 3), dtype),), {"index": (Ellipsis, None, 0)})]
+index.defkinks(smooth=True)
 
 
 @defgate
@@ -341,3 +349,4 @@ def stop_gradient_vjp(g, saved):
 @stop_gradient.defcases
 def _stop_gradient_cases(rng, dtype):
     return [Case((normal(rng, (3, 2), dtype),), numeric=False)]  # not the derivative of its value
+stop_gradient.defkinks(smooth=True)

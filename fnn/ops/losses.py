@@ -175,12 +175,15 @@ def _softmax_cross_entropy_cases(rng, dtype):
              label="per example"),
         Case((normal(rng, (3, 4), dtype), _labels(rng, 3, 4)), {"reduction": "sum"},
              label="sum")]
+softmax_cross_entropy.defkinks(lambda dtype: [
+    Case((np.asarray([[0.0, -np.inf, 1.0], [2.0, 2.0, -np.inf]], dtype), np.asarray([0, 1])),
+         label="-inf logits, ties")])
 
 
 @defgate
 def binary_cross_entropy_with_logits(logits, targets, *, reduction="mean"):
     """-(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) elementwise, from logits z (stable:
-    max(z, 0) - z t + log(1 + e**-|z|)), then reduced ("mean", "sum" or "none").
+    softplus(z) - z t, softplus by jnp.logaddexp(z, 0)), then reduced ("mean", "sum" or "none").
 
     Shapes: logits and targets the same shape; targets in [0, 1] (float).
     Local gradients: d/dz = sigmoid(z) - t, d/dt = -z, times 1/size for the mean.
@@ -193,17 +196,24 @@ def binary_cross_entropy_with_logits(logits, targets, *, reduction="mean"):
         raise GateError(f"gate 'binary_cross_entropy_with_logits': targets must be floats shaped "
                         f"like logits {describe(logits)}, got targets {describe(targets)}")
     targets = targets.astype(jnp.result_type(logits))
-    loss = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    softplus = jnp.logaddexp(logits, 0.0)  # log(1 + e**z) = max(z, 0) + log(1 + e**-|z|)
+    loss = softplus - logits * targets
+    saved = (logits, targets, softplus)
     if reduction == "none":
-        return loss, (logits, targets)
-    return (jnp.mean(loss) if reduction == "mean" else jnp.sum(loss)), (logits, targets)
+        return loss, saved
+    return (jnp.mean(loss) if reduction == "mean" else jnp.sum(loss)), saved
+
+
+def _finite(x):
+    return jnp.where(jnp.isinf(x), jnp.zeros((), x.dtype), x)
 
 
 @binary_cross_entropy_with_logits.defvjp
 def binary_cross_entropy_with_logits_vjp(g, saved, *, needs, reduction="mean"):
-    z, t = saved
+    z, t, softplus = saved
     scale = g / z.size if reduction == "mean" else g
-    dz = (jax.nn.sigmoid(z) - t) * scale
+    # sigmoid(z) as jnp.logaddexp's rule writes it, exp(z - softplus(z)) (infinities read as 0)
+    dz = scale * jnp.exp(_finite(z) - _finite(softplus)) - scale * t
     return dz, (-z * scale if needs[1] else None)
 
 
@@ -211,6 +221,10 @@ def binary_cross_entropy_with_logits_vjp(g, saved, *, needs, reduction="mean"):
 def _bce_cases(rng, dtype):
     return [Case((normal(rng, (4, 3), dtype, 3.0), rng.uniform(0, 1, (4, 3)).astype(dtype)),
                  {"reduction": r}, label=r) for r in REDUCTIONS]
+binary_cross_entropy_with_logits.defkinks(lambda dtype: [
+    Case((np.asarray([0.0, -0.0, 1.0, -2.0, 30.0, -30.0], dtype),
+          np.asarray([0.0, 1.0, 0.5, 0.0, 1.0, 0.25], dtype)), {"reduction": r},
+         label=f"z = 0, +-30, {r}") for r in ("sum", "none")])
 
 
 # ---- multiclass SVM (hinge) --------------------------------------------------------------------
@@ -254,6 +268,9 @@ def _svm_loss_cases(rng, dtype):
         cases.append(Case((scores.astype(dtype), labels), {"delta": delta},
                           label=f"{n}x{c},delta={delta}"))
     return cases
+svm_loss.defkinks(lambda dtype: [  # margins exactly 0: inactive, as the forward's where says
+    Case((np.asarray([[1.0, 0.0, -5.0], [2.0, 2.0, 1.0], [0.5, 1.5, 0.5]], dtype),
+          np.asarray([0, 1, 2])), label="margins exactly 0")])
 
 
 # ---- regression and regularization -------------------------------------------------------------
@@ -286,6 +303,7 @@ def mse_vjp(g, saved, *, needs):
 def _mse_cases(rng, dtype):
     return [Case((normal(rng, s, dtype), normal(rng, s, dtype)), label=str(s))
             for s in [(), (5,), (3, 4), (2, 3, 4)]]
+mse.defkinks(smooth=True)
 
 
 @defgate
@@ -306,3 +324,4 @@ def l2_penalty_vjp(g, w, *, scale=1.0):
 def _l2_penalty_cases(rng, dtype):
     return [Case((normal(rng, s, dtype),), {"scale": scale}, label=f"{s},scale={scale}")
             for s, scale in [((), 1.0), ((5,), 1.0), ((3, 4), 0.5), ((2, 3, 4), 1e-3)]]
+l2_penalty.defkinks(smooth=True)

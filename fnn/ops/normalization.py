@@ -110,6 +110,7 @@ def _batch_norm_cases(rng, dtype):
             cases.append(Case(args, {"train": train, "momentum": 0.8}, numeric=False,
                               label=f"{shape} train={train}"))
     return cases
+batch_norm.defkinks(smooth=True)
 
 
 # ---- layer norm ------------------------------------------------------------------------------
@@ -163,6 +164,7 @@ def _layer_norm_cases(rng, dtype):
     return [Case((normal(rng, s, dtype, scale=2.0) + 0.5, 1 + normal(rng, s[-1:], dtype, 0.3),
                   normal(rng, s[-1:], dtype)), label=str(s))
             for s in [(5,), (4, 6), (2, 3, 3, 4)]]
+layer_norm.defkinks(smooth=True)
 
 
 # ---- dropout ---------------------------------------------------------------------------------
@@ -201,3 +203,4 @@ def _dropout_cases(rng, dtype):
             Case((normal(rng, (4, 3), dtype), key()), {"rate": 0.5, "train": False},
                  label="eval: identity"),
             Case((normal(rng, (4, 3), dtype), key()), {"rate": 0.0}, label="rate=0: identity")]
+dropout.defkinks(smooth=True)

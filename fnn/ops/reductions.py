@@ -61,6 +61,7 @@ def sum_vjp(g, x_shape, *, axis=None, keepdims=False):
 
 
 sum.defcases(_reduction_cases())
+sum.defkinks(smooth=True)
 
 
 @defgate
@@ -80,14 +81,17 @@ def mean_vjp(g, x_shape, *, axis=None, keepdims=False):
 
 
 mean.defcases(_reduction_cases())
+mean.defkinks(smooth=True)
 
 
 @defgate
 def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
-    """Max over `axis`.  Local gradient: 1 for the maximal element, 0 elsewhere (max routes).
+    """Max over `axis` (jnp.max).  Local gradient: 1 for the maximal element, 0 elsewhere (max
+    routes).
 
-    Ties route all of g to ONE input: the first maximal element in row-major order over the
-    reduced axes (JAX instead splits g evenly among ties).
+    At a tie the gradient is split evenly among the maximal elements of a group, as JAX does
+    (each of k tied maxima gets g / k). A group holding a NaN has max NaN, and every element
+    of it a NaN gradient (0 maxima share g), as with JAX.
     """
     axes = _axes(axis, jnp.ndim(x), "max")
     if any(np.shape(x)[a] == 0 for a in axes):
@@ -96,28 +100,23 @@ def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
     return (out if keepdims else jnp.squeeze(out, axes)), (x, out)
 
 
-def _first(is_max, axes):
-    """One-hot of the first True of each group of the reduced `axes` (row-major order)."""
-    pos, n = np.zeros((), np.int32), 1
-    for a in reversed(axes):
-        pos = pos + jax.lax.broadcasted_iota(jnp.int32, is_max.shape, a) * n
-        n *= is_max.shape[a]
-    return pos == jnp.min(jnp.where(is_max, pos, n), axis=axes, keepdims=True)
-
-
 @max.defvjp
 def max_vjp(g, saved, *, axis=None, keepdims=False):
     x, out = saved  # out keeps the reduced dims
     axes = _axes(axis, x.ndim, "max")
-    is_max = x == out
-    # ties are rare: only when some group has two maxima, keep the first (no argmax, which XLA
-    # runs slowly, and no transpose)
-    tied = jnp.any(jnp.sum(is_max.astype(g.dtype), axis=axes) > 1)
-    route = jax.lax.cond(tied, lambda m: _first(m, axes), lambda m: m, is_max)
-    return (jnp.where(route, _expand(g, axes, keepdims), np.zeros((), g.dtype)),)
+    is_max = (x == out).astype(g.dtype)
+    count = jnp.sum(is_max, axis=axes, keepdims=True)
+    return (is_max * (_expand(g, axes, keepdims) / count),)
 
 
 max.defcases(_reduction_cases(distinct))
+# ties, a NaN, infinities
+_TIES = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [np.nan, 1.0, 1.0, 0.0],
+                  [np.inf, np.inf, -np.inf, 0.0]])
+# -inf entries, a row of -inf, a +inf entry
+_INFS = np.array([[0.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [np.inf, 0.0, 1.0]])
+max.defkinks(lambda dtype: [Case((_TIES.astype(dtype),), kw, label=f"ties, NaN, inf{kw}")
+                             for kw in ({"axis": 1}, {"axis": 0, "keepdims": True}, {})])
 
 
 @defgate
@@ -176,6 +175,8 @@ def _logsumexp_cases(rng, dtype):
 
 
 logsumexp.defcases(_logsumexp_cases)
+logsumexp.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), {"axis": 1},
+                                        label="-inf entries, rows of -inf")])
 
 
 def _softmax_cases(rng, dtype):
@@ -212,6 +213,7 @@ def softmax_vjp(g, y, *, needs, axis=-1):
 
 
 softmax.defcases(_masked_softmax_cases)
+softmax.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), label="-inf entries, rows of -inf")])
 
 
 @defgate
@@ -241,3 +243,4 @@ def log_softmax_vjp(g, saved, *, needs, axis=-1):
 
 
 log_softmax.defcases(_softmax_cases)
+log_softmax.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), label="-inf entries, rows of -inf")])

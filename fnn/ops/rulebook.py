@@ -28,7 +28,7 @@ import numpy as np
 
 from fnn.autodiff.gate import Case, defgate
 from fnn.autodiff.overrides import Override, OverrideError, Rule, in_layer
-from fnn.ops._cases import away_from, normal
+from fnn.ops._cases import SPECIAL, away_from, normal, special_points
 
 # ---- gates with a zero gradient almost everywhere --------------------------------------------------
 
@@ -55,6 +55,7 @@ def sign(x):
 sign.defvjp(_zero_vjp)
 sign.defcases(lambda rng, dtype: [Case((away_from(rng, s, dtype),), label=str(s))
                                   for s in ((5,), (2, 3))])
+sign.defkinks(special_points())
 
 
 @defgate(name="round")
@@ -66,6 +67,7 @@ def round_(x):
 round_.defvjp(_zero_vjp)
 round_.defcases(lambda rng, dtype: [Case((_kink_free(rng, (2, 4), dtype, points=(-1.5, -0.5, 0.5,
                                                                               1.5)),))])
+round_.defkinks(special_points(SPECIAL + (1.5, 2.5, -0.5, -1.5)))
 
 
 @defgate
@@ -88,6 +90,9 @@ def _quantize_cases(rng, dtype):
     # steps of a 2-bit quantizer on [-1, 1] at -2/3, 0, 2/3; keep samples away from them
     x = _kink_free(rng, (3, 4), dtype, points=(-2 / 3, 0.0, 2 / 3), gap=0.08)
     return [Case((x,), {"bits": 2}, label="2 bits")]
+quantize.defkinks(lambda dtype: [  # the bounds, the steps of 2 bits on [-1, 1], beyond, NaN
+    Case((np.asarray([-1.0, 1.0, -2 / 3, 0.0, 2 / 3, 2.0, -2.0, np.nan], dtype),), {"bits": 2},
+         label="steps, bounds, NaN")])
 
 
 @defgate
@@ -101,6 +106,8 @@ spike.defvjp(_zero_vjp)
 spike.defcases(lambda rng, dtype: [Case((away_from(rng, (2, 3), dtype),)),
                                    Case((away_from(rng, (4,), dtype, point=0.5),),
                                         {"threshold": 0.5}, label="threshold 0.5")])
+spike.defkinks(lambda dtype: [Case((np.asarray([0.0, -0.0, 0.5, np.nan, np.inf], dtype),), kw,
+                                    label=f"threshold{kw}") for kw in ({}, {"threshold": 0.5})])
 
 
 # ---- straight-through estimators ------------------------------------------------------------------

@@ -63,6 +63,7 @@ def _embedding_cases(rng, dtype):
     return [Case((normal(rng, (6, 3), dtype), rng.integers(0, 6, (2, 5))), label="(B, T) ids"),
             Case((normal(rng, (5, 4), dtype), np.array([1, 1, 0, 4])), {"padding_idx": 0},
                  label="repeats, padding 0")]
+embedding.defkinks(smooth=True)
 
 
 # ---- recurrent cells ---------------------------------------------------------------------------------
@@ -111,6 +112,7 @@ def _cell_cases(k, outputs=1):
 
 
 rnn_cell.defcases(_cell_cases(1))
+rnn_cell.defkinks(smooth=True)
 
 
 @defgate
@@ -150,6 +152,7 @@ def lstm_cell_vjp(g, saved, *, needs):
 
 
 lstm_cell.defcases(_cell_cases(4, outputs=2))
+lstm_cell.defkinks(smooth=True)
 
 
 @defgate
@@ -198,6 +201,7 @@ def _gru_cases(rng, dtype):
                                                                 0.5),
                   normal(rng, (3 * hidden,), dtype, 0.1), normal(rng, (3 * hidden,), dtype, 0.1)),
                  label=f"N={n} D={d} H={hidden}")]
+gru_cell.defkinks(smooth=True)
 
 
 # ---- attention -------------------------------------------------------------------------------------------
@@ -245,3 +249,4 @@ def _attention_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
     return [Case((n(2, 5, 4), n(2, 5, 4), n(2, 5, 3)), {"causal": True}, label="causal"),
             Case((n(2, 2, 3, 4), n(2, 2, 6, 4), n(2, 2, 6, 4)), label="(B, H, T, d) cross")]
+attention.defkinks(smooth=True)

@@ -14,6 +14,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from fnn.autodiff.gate import Case
+from fnn.ops._cases import SPECIAL
 
 
 def find(name: str, fn, *args):
@@ -47,18 +48,41 @@ def _find(jaxpr, consts, args, primitive):
 
 
 def case(primitive, fn, *args, label: str = "", numeric: bool = True,
-         reference: bool = True) -> Case:
+         reference: bool = True, params: str = "bind") -> Case:
     """The Case of `primitive`'s first equation in make_jaxpr(fn)(*args): its input values
-    (computed by running fn's equations before it) and its parameters."""
+    (computed by running fn's equations before it) and its parameters (as they are bound;
+    params="eqn": as the equation holds them, for a rule the interpreter passes those)."""
     closed = jax.make_jaxpr(fn)(*args)
     found = _find(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), primitive)
     if found is None:
         raise LookupError(f"case(): {fn} binds no {primitive.name}")
     eqn, inputs = found
-    params = dict(primitive.get_bind_params(eqn.params))
+    params = dict(primitive.get_bind_params(eqn.params) if params == "bind" else eqn.params)
     inputs = [np.asarray(x) if not isinstance(x, np.ndarray) else x for x in inputs]
     return Case(tuple(inputs), params, label=label or _label(inputs), numeric=numeric,
                 reference=reference)
+
+
 def _label(inputs) -> str:
     return " ".join(f"{np.dtype(getattr(x, 'dtype', np.float64)).name[0]}{list(np.shape(x))}"
                     for x in inputs)
+
+
+# ---- kink cases: the special points of an elementwise rule -----------------------------------
+
+
+def special_unary(primitive, fn, points=SPECIAL):
+    """Kink cases (Gate.defkinks) of a one-input elementwise primitive: fn at each special
+    point (0 of both signs, +-1, infinities, NaN, ...)."""
+    return lambda dtype: [case(primitive, fn, np.asarray(points, dtype), label="special points")]
+
+
+def special_binary(primitive, fn, points=SPECIAL):
+    """Kink cases of a two-input elementwise primitive: fn at every pair of special points
+    (ties among them), and with a scalar second operand as jnp writes literals."""
+    def kinks(dtype):
+        x, y = np.meshgrid(np.asarray(points, dtype), np.asarray(points, dtype))
+        return [case(primitive, fn, x.reshape(-1), y.reshape(-1), label="pairs of special points"),
+                case(primitive, lambda x: fn(x, np.asarray(0.0, dtype)), np.asarray(points, dtype),
+                     label="against a literal 0")]
+    return kinks

@@ -114,7 +114,11 @@ def _conv_dw(g, x, w_shape, w_dtype, *, window_strides, padding, lhs_dilation, r
     return dw.astype(w_dtype)
 
 
-@primitive_gate(P.conv_general_dilated_p)
+@primitive_gate(P.conv_general_dilated_p,
+                params=("window_strides", "padding", "lhs_dilation", "rhs_dilation",
+                        "dimension_numbers", "feature_group_count", "batch_group_count",
+                        "precision", "preferred_element_type"),
+                only={"out_sharding": (None,)})
 def conv_general_dilated(g, inputs, *, needs, window_strides, padding, lhs_dilation,
                          rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
                          precision=None, preferred_element_type=None, **params):
@@ -153,9 +157,13 @@ def _conv_cases(rng, dtype):
                                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC")),
              n(1, 3, 3, 4, 2), n(2, 2, 2, 2, 3), label="3-d"),
     ]
+conv_general_dilated.defkinks(smooth=True)
 
 
 # ---- windowed reductions ---------------------------------------------------------------------
+_WINDOW_PARAMS = ("window_dimensions", "window_strides", "padding", "base_dilation",
+                  "window_dilation")
+
 def _unpad(g, padding_config):
     """The transpose of lax.pad: the positions of the unpadded operand read out of g."""
     lo, hi, interior = zip(*padding_config)
@@ -163,7 +171,7 @@ def _unpad(g, padding_config):
     return lax.slice(unpadded, (0,) * len(lo), unpadded.shape, tuple(i + 1 for i in interior))
 
 
-@primitive_gate(P.reduce_window_sum_p, save="shapes")
+@primitive_gate(P.reduce_window_sum_p, save="shapes", params=_WINDOW_PARAMS)
 def reduce_window_sum(g, shapes, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """sums over sliding windows (sum/average pooling).  Local gradient: 1 for every element
@@ -201,55 +209,84 @@ def _window_cases(primitive, init, op, make=normal, dilated_reference=True):
     return cases
 
 
+def _window_kinks(primitive, init, op):
+    """Ties within and across windows (overlapping and not), a NaN, infinities."""
+    def kinks(dtype):
+        x = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 2.0],
+                      [np.nan, 1.0, np.inf, -np.inf]], dtype)[None, :, :, None]
+        rw = lambda **kw: (lambda x: lax.reduce_window(x, np.asarray(init, dtype), op, **kw))
+        return [case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1),
+                                   padding="VALID"), x, label="2x2 windows, ties"),
+                case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 1, 1, 1),
+                                   padding="SAME"), x, label="overlapping windows, ties")]
+    return kinks
+
+
 reduce_window_sum.defcases(_window_cases(P.reduce_window_sum_p, 0.0, lax.add))
+reduce_window_sum.defkinks(smooth=True)
 
 
 def _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
-                    window_dilation, fill):
-    """g of each window routed to the window's chosen element (the first one, in window order,
-    that equals the output), by one strided slice of the padded input per window position."""
+                    window_dilation, fill, keeps):
+    """g of each window routed to the element XLA's select-and-scatter selects, as JAX's rule
+    does: the window's elements (padding left out) are read in window order, and the selected
+    one is replaced by the next unless keeps(selected, next) (>= for max, <= for min). So a tie
+    goes to the first maximum, and a NaN is passed over by the next element. One strided slice
+    of the padded input per window position, twice (select, then route)."""
     (x,), y = saved
+    if any(n == 0 for n in y.shape):
+        return (lax.full(x.shape, 0, g.dtype),)
     config = [(lo, hi, d - 1) for (lo, hi), d in zip(padding, base_dilation)]
     xp = lax.pad(x, np.asarray(fill, x.dtype), config)
-    taken = lax.full(y.shape, False, np.bool_)
-    grad_xp = lax.full(xp.shape, 0, g.dtype)
+    inside = lax.pad(lax.full(x.shape, True, np.bool_), np.asarray(False), config)
+    windows = []
     for offset in np.ndindex(*window_dimensions):
         start = [k * d for k, d in zip(offset, window_dilation)]
-        limit = [s + (n - 1) * st + 1 if n else s for s, n, st in zip(start, y.shape,
-                                                                       window_strides)]
-        if any(n == 0 for n in y.shape):
-            break
-        window_x = lax.slice(xp, start, limit, window_strides)
-        hit = lax.bitwise_and(lax.eq(window_x, y), lax.bitwise_not(taken))
-        taken = lax.bitwise_or(taken, hit)
-        routed = lax.select(hit, g, lax.full_like(g, 0))
-        back = [(s, xp_n - lim, st - 1) for s, lim, st, xp_n in zip(start, limit, window_strides,
-                                                                      xp.shape)]
+        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, y.shape, window_strides)]
+        windows.append((start, limit))
+    chosen = lax.full(y.shape, -1, np.int32)  # the selected window position (-1: none yet)
+    best = None
+    for k, (start, limit) in enumerate(windows):
+        value = lax.slice(xp, start, limit, window_strides)
+        valid = lax.slice(inside, start, limit, window_strides)
+        first = lax.eq(chosen, np.int32(-1))
+        take = valid if best is None else lax.bitwise_and(
+            valid, lax.bitwise_or(first, lax.bitwise_not(keeps(best, value))))
+        best = value if best is None else lax.select(take, value, best)
+        chosen = lax.select(take, lax.full_like(chosen, k), chosen)
+    grad_xp = lax.full(xp.shape, 0, g.dtype)
+    for k, (start, limit) in enumerate(windows):
+        routed = lax.select(lax.eq(chosen, np.int32(k)), g, lax.full_like(g, 0))
+        back = [(s, n - lim, st - 1) for s, lim, st, n in zip(start, limit, window_strides,
+                                                             xp.shape)]
         grad_xp = lax.add(grad_xp, lax.pad(routed, np.zeros((), g.dtype), back))
     return (_unpad(grad_xp, config),)
 
 
-@primitive_gate(P.reduce_window_max_p, save="both")
+@primitive_gate(P.reduce_window_max_p, save="both", params=_WINDOW_PARAMS)
 def reduce_window_max(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """maxima over sliding windows (max pooling).  Local gradient: 1 at each window's maximum
-    (the max gate routes); a tie within a window goes to the first, in window order."""
+    (the max gate routes); a tie within a window goes to the first, in window order, as JAX's
+    select-and-scatter does (which also passes over a NaN to the element after it)."""
     return _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
-                           window_dilation, -np.inf)
+                           window_dilation, -np.inf, lax.ge)
 
 
 reduce_window_max.defcases(_window_cases(P.reduce_window_max_p, -np.inf, lax.max, distinct,
                                          dilated_reference=False))
+reduce_window_max.defkinks(_window_kinks(P.reduce_window_max_p, -np.inf, lax.max))
 
 
-@primitive_gate(P.reduce_window_min_p, save="both")
+@primitive_gate(P.reduce_window_min_p, save="both", params=_WINDOW_PARAMS)
 def reduce_window_min(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """minima over sliding windows.  Local gradient: 1 at each window's minimum (the first,
-    in window order, on a tie)."""
+    in window order, on a tie, as JAX's select-and-scatter does)."""
     return _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
-                           window_dilation, np.inf)
+                           window_dilation, np.inf, lax.le)
 
 
 reduce_window_min.defcases(_window_cases(P.reduce_window_min_p, np.inf, lax.min, distinct,
                                          dilated_reference=False))
+reduce_window_min.defkinks(_window_kinks(P.reduce_window_min_p, np.inf, lax.min))

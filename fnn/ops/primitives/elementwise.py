@@ -14,8 +14,8 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate, unbroadcast
-from fnn.ops._cases import away_from, distinct, normal, uniform
-from fnn.ops.primitives._define import case
+from fnn.ops._cases import SPECIAL, away_from, distinct, normal, uniform
+from fnn.ops.primitives._define import case, special_binary, special_unary
 
 SHAPES = ((), (3,), (2, 3))
 
@@ -52,7 +52,7 @@ def _unit(rng, shape, dtype):
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
-@primitive_gate(P.add_p, save="shapes")
+@primitive_gate(P.add_p, save="shapes", params=())
 def add(g, shapes, **params):
     """x + y.  Local gradients: 1 and 1 (the add gate distributes)."""
     x, y = shapes
@@ -60,9 +60,10 @@ def add(g, shapes, **params):
 
 
 add.defcases(binary_cases(P.add_p, lax.add))
+add.defkinks(special_binary(P.add_p, lax.add))
 
 
-@primitive_gate(P.add_jaxvals_p, save="shapes")
+@primitive_gate(P.add_jaxvals_p, save="shapes", params=())
 def add_any(g, shapes, **params):
     """x + y of JAX's own gradient programs.  Local gradients: 1 and 1."""
     x, y = shapes
@@ -71,9 +72,10 @@ def add_any(g, shapes, **params):
 
 add_any.defcases(lambda rng, dtype: [case(P.add_jaxvals_p, lambda x, y: P.add_jaxvals_p.bind(x, y),
                                           normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype))])
+add_any.defkinks(smooth=True)
 
 
-@primitive_gate(P.sub_p, save="shapes")
+@primitive_gate(P.sub_p, save="shapes", params=())
 def sub(g, shapes, **params):
     """x - y.  Local gradients: 1 and -1."""
     x, y = shapes
@@ -81,20 +83,30 @@ def sub(g, shapes, **params):
 
 
 sub.defcases(binary_cases(P.sub_p, lax.sub))
+sub.defkinks(special_binary(P.sub_p, lax.sub))
 
 
-@primitive_gate(P.mul_p)
-def mul(g, inputs, *, needs, **params):
-    """x * y.  Local gradients: y and x (the mul gate swaps)."""
+@primitive_gate(P.mul_p, params=("out_dtype",))
+def mul(g, inputs, *, needs, out_dtype=None, **params):
+    """x * y.  Local gradients: y and x (the mul gate swaps). With an `out_dtype` (the
+    product computed in another dtype) each gradient is computed in its input's dtype, as
+    JAX's rule does."""
     x, y = inputs
-    return (unbroadcast(lax.mul(g, y), x) if needs[0] else None,
-            unbroadcast(lax.mul(g, x), y) if needs[1] else None)
+
+    def times(a, b, like):
+        if out_dtype is None:
+            return lax.mul(a, b)
+        return P.mul_p.bind(a, b, out_dtype=jnp.result_type(like))
+
+    return (unbroadcast(times(g, y, x), x) if needs[0] else None,
+            unbroadcast(times(g, x, y), y) if needs[1] else None)
 
 
 mul.defcases(binary_cases(P.mul_p, lax.mul))
+mul.defkinks(special_binary(P.mul_p, lax.mul))
 
 
-@primitive_gate(P.div_p)
+@primitive_gate(P.div_p, params=())
 def div(g, inputs, *, needs, **params):
     """x / y.  Local gradients: 1/y and -x/y**2."""
     x, y = inputs
@@ -104,15 +116,17 @@ def div(g, inputs, *, needs, **params):
 
 
 div.defcases(binary_cases(P.div_p, lax.div, make_y=lambda r, s, d: away_from(r, s, d, gap=0.5)))
+div.defkinks(special_binary(P.div_p, lax.div))
 
 
-@primitive_gate(P.neg_p, save="none")
+@primitive_gate(P.neg_p, save="none", params=())
 def neg(g, saved, **params):
     """-x.  Local gradient: -1."""
     return (lax.neg(g),)
 
 
 neg.defcases(unary_cases(P.neg_p, lax.neg))
+neg.defkinks(special_unary(P.neg_p, lax.neg))
 
 
 def _balanced(x, z, y):
@@ -129,7 +143,7 @@ def _chooser(g, saved, needs):
             unbroadcast(lax.mul(g, _balanced(y_b, z, x_b)), y) if needs[1] else None)
 
 
-@primitive_gate(P.max_p, save="both")
+@primitive_gate(P.max_p, save="both", params=())
 def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
     """max(x, y).  Local gradients: 1 to the larger input (the max gate routes); a tie splits
     g evenly, as JAX's rule does."""
@@ -138,9 +152,10 @@ def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
 
 max.defcases(binary_cases(P.max_p, lax.max, make_x=lambda r, s, d: distinct(r, s, d) if s else
                           normal(r, s, d)))
+max.defkinks(special_binary(P.max_p, lax.max))
 
 
-@primitive_gate(P.min_p, save="both")
+@primitive_gate(P.min_p, save="both", params=())
 def min(g, saved, *, needs, **params):  # noqa: A001
     """min(x, y).  Local gradients: 1 to the smaller input; a tie splits g evenly."""
     return _chooser(g, saved, needs)
@@ -148,24 +163,28 @@ def min(g, saved, *, needs, **params):  # noqa: A001
 
 min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s, d) if s else
                           normal(r, s, d)))
+min.defkinks(special_binary(P.min_p, lax.min))
 
 
-@primitive_gate(P.pow_p, save="both")
+@primitive_gate(P.pow_p, save="both", params=())
 def pow(g, saved, *, needs, **params):  # noqa: A001
-    """x ** y (float y).  Local gradients: y x**(y-1) and log(x) x**y (log(x) read as 0 where
-    x = 0, as JAX does). At x = y = 0, y x**(y-1) is 0 times infinity: the rule gives 0 there
-    (JAX's gives NaN), and elsewhere its own derivatives are JAX's."""
+    """x ** y.  Local gradients: y x**(y-1) and log(x) x**y, as JAX's rule writes them: for a
+    float y, y x**(y-1) everywhere (NaN at x = y = 0, where it is 0 times infinity); for an
+    integer y, 0 where y = 0; log(x) is read as 0 where x = 0 (so d/dy is NaN there for y < 0,
+    0 times infinity)."""
     (x, y), z = saved
     dx = dy = None
     if needs[0]:
         y_c = jnp.broadcast_to(lax.convert_element_type(y, jnp.result_type(x)), z.shape)
         x_b = jnp.broadcast_to(x, z.shape)
-        origin = lax.bitwise_and(lax.eq(x_b, _c(x, 0)), lax.eq(y_c, _c(y_c, 0)))
-        if jnp.issubdtype(jnp.result_type(y), jnp.integer):
-            origin = lax.eq(y_c, _c(y_c, 0))  # integer y: 0 wherever y == 0, as JAX
-        x_safe = lax.select(origin, lax.full_like(x_b, 1), x_b)
-        jac = lax.mul(y_c, lax.pow(x_safe, lax.sub(y_c, _c(y_c, 1))))
-        dx = unbroadcast(lax.mul(g, lax.select(origin, lax.full_like(jac, 0), jac)), x)
+        if jnp.issubdtype(jnp.result_type(y), jnp.integer):  # 0 wherever y == 0, as JAX
+            at_zero = lax.eq(y_c, _c(y_c, 0))
+            y_safe = lax.select(at_zero, lax.full_like(y_c, 1), y_c)
+            jac = lax.select(at_zero, lax.full_like(y_c, 0),
+                             lax.mul(y_safe, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1)))))
+        else:
+            jac = lax.mul(y_c, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1))))
+        dx = unbroadcast(lax.mul(g, jac), x)
     if needs[1]:
         x_safe = lax.select(lax.eq(x, _c(x, 0)), lax.full_like(x, 1), x)
         dy = unbroadcast(lax.mul(g, lax.mul(lax.log(x_safe), z)), y)
@@ -173,9 +192,21 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
 
 
 pow.defcases(binary_cases(P.pow_p, lax.pow, make_x=_positive))
+_POW_POINTS = SPECIAL + (2.0, -0.5, 3.0)  # every x = 0 against y = 0, 1, 2, 0.5, negative, ...
 
 
-@primitive_gate(P.integer_pow_p)
+@pow.defkinks
+def _pow_kinks(dtype):
+    x, y = np.meshgrid(np.asarray(_POW_POINTS, dtype), np.asarray(_POW_POINTS, dtype))
+    n = np.asarray([0, 1, 2, 3, -1, -2, 0, 1, 2, -1], np.int32)  # an integer exponent array
+    xs = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, -1.0, np.inf, np.nan], dtype)
+    return special_binary(P.pow_p, lax.pow, _POW_POINTS)(dtype) + [
+        case(P.pow_p, lax.pow, xs, n, label="integer exponents, x = 0")]
+
+
+
+
+@primitive_gate(P.integer_pow_p, params=("y",))
 def integer_pow(g, inputs, *, y, **params):
     """x ** n for a static integer n.  Local gradient: n x**(n-1) (0 for n = 0)."""
     (x,) = inputs
@@ -190,7 +221,12 @@ integer_pow.defcases(lambda rng, dtype: [
     case(P.integer_pow_p, lambda x: lax.integer_pow(x, 3), normal(rng, (), dtype), label="0-d")])
 
 
-@primitive_gate(P.square_p)
+integer_pow.defkinks(lambda dtype: [
+    case(P.integer_pow_p, lambda x, n=n: lax.integer_pow(x, n), np.asarray(SPECIAL, dtype),
+         label=f"n={n} at special points") for n in (2, 3, -2, -1, 1, 0)])
+
+
+@primitive_gate(P.square_p, params=())
 def square(g, inputs, **params):
     """x**2.  Local gradient: 2x."""
     (x,) = inputs
@@ -198,9 +234,10 @@ def square(g, inputs, **params):
 
 
 square.defcases(unary_cases(P.square_p, lax.square))
+square.defkinks(special_unary(P.square_p, lax.square))
 
 
-@primitive_gate(P.rem_p)
+@primitive_gate(P.rem_p, params=())
 def rem(g, inputs, *, needs, **params):
     """x - trunc(x / y) y (C fmod).  Local gradients: 1 and -trunc(x / y)."""
     x, y = inputs
@@ -212,9 +249,10 @@ def rem(g, inputs, *, needs, **params):
 
 
 rem.defcases(binary_cases(P.rem_p, lax.rem, make_y=lambda r, s, d: uniform(r, s, d, 0.7, 1.3)))
+rem.defkinks(special_binary(P.rem_p, lax.rem))
 
 
-@primitive_gate(P.atan2_p)
+@primitive_gate(P.atan2_p, params=())
 def atan2(g, inputs, *, needs, **params):
     """atan2(x, y).  Local gradients: y / (x**2 + y**2) and -x / (x**2 + y**2)."""
     x, y = inputs
@@ -224,37 +262,41 @@ def atan2(g, inputs, *, needs, **params):
 
 
 atan2.defcases(binary_cases(P.atan2_p, lax.atan2, make_y=lambda r, s, d: away_from(r, s, d, gap=0.3)))
+atan2.defkinks(special_binary(P.atan2_p, lax.atan2))
 
 
 # ---- exponentials and logarithms -------------------------------------------------------------------
-@primitive_gate(P.exp_p, save="out")
+@primitive_gate(P.exp_p, save="out", params=("accuracy",))
 def exp(g, y, **params):
     """exp(x).  Local gradient: exp(x), the output."""
     return (lax.mul(g, y),)
 
 
 exp.defcases(unary_cases(P.exp_p, lax.exp))
+exp.defkinks(special_unary(P.exp_p, lax.exp))
 
 
-@primitive_gate(P.exp2_p, save="out")
+@primitive_gate(P.exp2_p, save="out", params=("accuracy",))
 def exp2(g, y, **params):
     """2**x.  Local gradient: log(2) 2**x."""
     return (lax.mul(g, lax.mul(_c(y, np.log(2)), y)),)
 
 
 exp2.defcases(unary_cases(P.exp2_p, lax.exp2))
+exp2.defkinks(special_unary(P.exp2_p, lax.exp2))
 
 
-@primitive_gate(P.log_p)
+@primitive_gate(P.log_p, params=("accuracy",))
 def log(g, inputs, **params):
     """log(x).  Local gradient: 1/x."""
     return (lax.div(g, inputs[0]),)
 
 
 log.defcases(unary_cases(P.log_p, lax.log, _positive))
+log.defkinks(special_unary(P.log_p, lax.log))
 
 
-@primitive_gate(P.log1p_p)
+@primitive_gate(P.log1p_p, params=("accuracy",))
 def log1p(g, inputs, **params):
     """log(1 + x).  Local gradient: 1 / (1 + x)."""
     (x,) = inputs
@@ -262,37 +304,41 @@ def log1p(g, inputs, **params):
 
 
 log1p.defcases(unary_cases(P.log1p_p, lax.log1p, _unit))
+log1p.defkinks(special_unary(P.log1p_p, lax.log1p))
 
 
-@primitive_gate(P.expm1_p, save="out")
+@primitive_gate(P.expm1_p, save="out", params=("accuracy",))
 def expm1(g, y, **params):
     """exp(x) - 1.  Local gradient: exp(x) = y + 1."""
     return (lax.mul(g, lax.add(y, _c(y, 1))),)
 
 
 expm1.defcases(unary_cases(P.expm1_p, lax.expm1))
+expm1.defkinks(special_unary(P.expm1_p, lax.expm1))
 
 
-@primitive_gate(P.logistic_p, save="out")
+@primitive_gate(P.logistic_p, save="out", params=("accuracy",))
 def logistic(g, y, **params):
     """1 / (1 + exp(-x)), the sigmoid.  Local gradient: s (1 - s)."""
     return (lax.mul(g, lax.mul(y, lax.sub(_c(y, 1), y))),)
 
 
 logistic.defcases(unary_cases(P.logistic_p, lax.logistic))
+logistic.defkinks(special_unary(P.logistic_p, lax.logistic))
 
 
 # ---- roots ---------------------------------------------------------------------------------------------
-@primitive_gate(P.sqrt_p, save="out")
+@primitive_gate(P.sqrt_p, save="out", params=("accuracy",))
 def sqrt(g, y, **params):
     """sqrt(x).  Local gradient: 0.5 / sqrt(x)."""
     return (lax.mul(g, lax.div(_c(y, 0.5), y)),)
 
 
 sqrt.defcases(unary_cases(P.sqrt_p, lax.sqrt, _positive))
+sqrt.defkinks(special_unary(P.sqrt_p, lax.sqrt))
 
 
-@primitive_gate(P.rsqrt_p, save="both")
+@primitive_gate(P.rsqrt_p, save="both", params=("accuracy",))
 def rsqrt(g, saved, **params):
     """1 / sqrt(x).  Local gradient: -0.5 y / x."""
     (x,), y = saved
@@ -300,46 +346,51 @@ def rsqrt(g, saved, **params):
 
 
 rsqrt.defcases(unary_cases(P.rsqrt_p, lax.rsqrt, _positive))
+rsqrt.defkinks(special_unary(P.rsqrt_p, lax.rsqrt))
 
 
-@primitive_gate(P.cbrt_p, save="out")
+@primitive_gate(P.cbrt_p, save="out", params=("accuracy",))
 def cbrt(g, y, **params):
     """x**(1/3).  Local gradient: 1 / (3 y**2)."""
     return (lax.mul(g, lax.mul(_c(y, 1 / 3), lax.integer_pow(y, -2))),)
 
 
 cbrt.defcases(unary_cases(P.cbrt_p, lax.cbrt, lambda r, s, d: away_from(r, s, d, gap=0.3)))
+cbrt.defkinks(special_unary(P.cbrt_p, lax.cbrt))
 
 
 # ---- trigonometric and hyperbolic -----------------------------------------------------------------
-@primitive_gate(P.sin_p)
+@primitive_gate(P.sin_p, params=("accuracy",))
 def sin(g, inputs, **params):
     """sin(x).  Local gradient: cos(x)."""
     return (lax.mul(g, lax.cos(inputs[0])),)
 
 
 sin.defcases(unary_cases(P.sin_p, lax.sin))
+sin.defkinks(special_unary(P.sin_p, lax.sin))
 
 
-@primitive_gate(P.cos_p)
+@primitive_gate(P.cos_p, params=("accuracy",))
 def cos(g, inputs, **params):
     """cos(x).  Local gradient: -sin(x)."""
     return (lax.neg(lax.mul(g, lax.sin(inputs[0]))),)
 
 
 cos.defcases(unary_cases(P.cos_p, lax.cos))
+cos.defkinks(special_unary(P.cos_p, lax.cos))
 
 
-@primitive_gate(P.tan_p, save="out")
+@primitive_gate(P.tan_p, save="out", params=("accuracy",))
 def tan(g, y, **params):
     """tan(x).  Local gradient: 1 + tan(x)**2."""
     return (lax.mul(g, lax.add(_c(y, 1), lax.square(y))),)
 
 
 tan.defcases(unary_cases(P.tan_p, lax.tan, _unit))
+tan.defkinks(special_unary(P.tan_p, lax.tan))
 
 
-@primitive_gate(P.asin_p)
+@primitive_gate(P.asin_p, params=())
 def asin(g, inputs, **params):
     """arcsin(x).  Local gradient: 1 / sqrt(1 - x**2)."""
     (x,) = inputs
@@ -347,9 +398,10 @@ def asin(g, inputs, **params):
 
 
 asin.defcases(unary_cases(P.asin_p, lax.asin, _unit))
+asin.defkinks(special_unary(P.asin_p, lax.asin))
 
 
-@primitive_gate(P.acos_p)
+@primitive_gate(P.acos_p, params=())
 def acos(g, inputs, **params):
     """arccos(x).  Local gradient: -1 / sqrt(1 - x**2)."""
     (x,) = inputs
@@ -357,9 +409,10 @@ def acos(g, inputs, **params):
 
 
 acos.defcases(unary_cases(P.acos_p, lax.acos, _unit))
+acos.defkinks(special_unary(P.acos_p, lax.acos))
 
 
-@primitive_gate(P.atan_p)
+@primitive_gate(P.atan_p, params=())
 def atan(g, inputs, **params):
     """arctan(x).  Local gradient: 1 / (1 + x**2)."""
     (x,) = inputs
@@ -367,36 +420,40 @@ def atan(g, inputs, **params):
 
 
 atan.defcases(unary_cases(P.atan_p, lax.atan))
+atan.defkinks(special_unary(P.atan_p, lax.atan))
 
 
-@primitive_gate(P.tanh_p, save="out")
+@primitive_gate(P.tanh_p, save="out", params=("accuracy",))
 def tanh(g, y, **params):
     """tanh(x).  Local gradient: 1 - tanh(x)**2."""
     return (lax.mul(g, lax.sub(_c(y, 1), lax.square(y))),)
 
 
 tanh.defcases(unary_cases(P.tanh_p, lax.tanh))
+tanh.defkinks(special_unary(P.tanh_p, lax.tanh))
 
 
-@primitive_gate(P.sinh_p)
+@primitive_gate(P.sinh_p, params=())
 def sinh(g, inputs, **params):
     """sinh(x).  Local gradient: cosh(x)."""
     return (lax.mul(g, lax.cosh(inputs[0])),)
 
 
 sinh.defcases(unary_cases(P.sinh_p, lax.sinh))
+sinh.defkinks(special_unary(P.sinh_p, lax.sinh))
 
 
-@primitive_gate(P.cosh_p)
+@primitive_gate(P.cosh_p, params=())
 def cosh(g, inputs, **params):
     """cosh(x).  Local gradient: sinh(x)."""
     return (lax.mul(g, lax.sinh(inputs[0])),)
 
 
 cosh.defcases(unary_cases(P.cosh_p, lax.cosh))
+cosh.defkinks(special_unary(P.cosh_p, lax.cosh))
 
 
-@primitive_gate(P.asinh_p)
+@primitive_gate(P.asinh_p, params=())
 def asinh(g, inputs, **params):
     """arcsinh(x).  Local gradient: 1 / sqrt(x**2 + 1)."""
     (x,) = inputs
@@ -404,9 +461,10 @@ def asinh(g, inputs, **params):
 
 
 asinh.defcases(unary_cases(P.asinh_p, lax.asinh))
+asinh.defkinks(special_unary(P.asinh_p, lax.asinh))
 
 
-@primitive_gate(P.acosh_p)
+@primitive_gate(P.acosh_p, params=())
 def acosh(g, inputs, **params):
     """arccosh(x), x > 1.  Local gradient: 1 / sqrt(x**2 - 1)."""
     (x,) = inputs
@@ -414,9 +472,10 @@ def acosh(g, inputs, **params):
 
 
 acosh.defcases(unary_cases(P.acosh_p, lax.acosh, lambda r, s, d: uniform(r, s, d, 1.5, 3.0)))
+acosh.defkinks(special_unary(P.acosh_p, lax.acosh))
 
 
-@primitive_gate(P.atanh_p)
+@primitive_gate(P.atanh_p, params=())
 def atanh(g, inputs, **params):
     """arctanh(x), |x| < 1.  Local gradient: 1 / (1 - x**2)."""
     (x,) = inputs
@@ -424,10 +483,11 @@ def atanh(g, inputs, **params):
 
 
 atanh.defcases(unary_cases(P.atanh_p, lax.atanh, _unit))
+atanh.defkinks(special_unary(P.atanh_p, lax.atanh))
 
 
 # ---- special functions --------------------------------------------------------------------------------
-@primitive_gate(P.erf_p)
+@primitive_gate(P.erf_p, params=())
 def erf(g, inputs, **params):
     """erf(x).  Local gradient: 2 / sqrt(pi) exp(-x**2)."""
     (x,) = inputs
@@ -435,9 +495,10 @@ def erf(g, inputs, **params):
 
 
 erf.defcases(unary_cases(P.erf_p, lax.erf))
+erf.defkinks(special_unary(P.erf_p, lax.erf))
 
 
-@primitive_gate(P.erfc_p)
+@primitive_gate(P.erfc_p, params=())
 def erfc(g, inputs, **params):
     """1 - erf(x).  Local gradient: -2 / sqrt(pi) exp(-x**2)."""
     (x,) = inputs
@@ -445,27 +506,30 @@ def erfc(g, inputs, **params):
 
 
 erfc.defcases(unary_cases(P.erfc_p, lax.erfc))
+erfc.defkinks(special_unary(P.erfc_p, lax.erfc))
 
 
-@primitive_gate(P.erf_inv_p, save="out")
+@primitive_gate(P.erf_inv_p, save="out", params=())
 def erf_inv(g, y, **params):
     """erf^-1(x), |x| < 1.  Local gradient: sqrt(pi) / 2 exp(y**2)."""
     return (lax.mul(_c(y, np.sqrt(np.pi) / 2), lax.mul(g, lax.exp(lax.square(y)))),)
 
 
 erf_inv.defcases(unary_cases(P.erf_inv_p, lax.erf_inv, _unit))
+erf_inv.defkinks(special_unary(P.erf_inv_p, lax.erf_inv))
 
 
-@primitive_gate(P.lgamma_p)
+@primitive_gate(P.lgamma_p, params=())
 def lgamma(g, inputs, **params):
     """log|Gamma(x)|.  Local gradient: digamma(x)."""
     return (lax.mul(g, lax.digamma(inputs[0])),)
 
 
 lgamma.defcases(unary_cases(P.lgamma_p, lax.lgamma, _positive))
+lgamma.defkinks(special_unary(P.lgamma_p, lax.lgamma))
 
 
-@primitive_gate(P.digamma_p)
+@primitive_gate(P.digamma_p, params=())
 def digamma(g, inputs, **params):
     """digamma(x) = d/dx log Gamma(x).  Local gradient: polygamma(1, x)."""
     (x,) = inputs
@@ -473,16 +537,20 @@ def digamma(g, inputs, **params):
 
 
 digamma.defcases(unary_cases(P.digamma_p, lax.digamma, _positive))
+digamma.defkinks(special_unary(P.digamma_p, lax.digamma))
 
 
 # ---- piecewise ----------------------------------------------------------------------------------------
-@primitive_gate(P.abs_p)
+@primitive_gate(P.abs_p, params=())
 def abs(g, inputs, **params):  # noqa: A001
-    """|x|.  Local gradient: sign(x) (0 at 0, as JAX's rule)."""
-    return (lax.mul(lax.sign(inputs[0]), g),)
+    """|x|.  Local gradient: 1 where x >= 0, else -1 (so 1 at 0, and -1 at NaN: JAX's rule,
+    select(x >= 0, g, -g))."""
+    (x,) = inputs
+    return (lax.select(lax.ge(x, _c(x, 0)), g, lax.neg(g)),)
 
 
 abs.defcases(unary_cases(P.abs_p, lax.abs, lambda r, s, d: away_from(r, s, d)))
+abs.defkinks(special_unary(P.abs_p, lax.abs))
 
 
 def _zero_rule(doc):
@@ -492,11 +560,12 @@ def _zero_rule(doc):
     return rule
 
 
-def _zero_gate(primitive, name, doc, fn):
+def _zero_gate(primitive, name, doc, fn, params=()):
     rule = _zero_rule(doc)
     rule.__name__ = rule.__qualname__ = name
-    gate = primitive_gate(primitive, save="shapes")(rule)
+    gate = primitive_gate(primitive, save="shapes", params=params)(rule)
     gate.defcases(unary_cases(primitive, fn, lambda r, s, d: distinct(r, s, d, gap=0.3) + 0.1))
+    gate.defkinks(special_unary(primitive, fn, SPECIAL + (1.5, 2.5, -0.5, -1.5)))  # steps too
     return gate
 
 
@@ -504,11 +573,11 @@ sign = _zero_gate(P.sign_p, "sign", "sign(x).  Local gradient: 0 (piecewise cons
 floor = _zero_gate(P.floor_p, "floor", "floor(x).  Local gradient: 0 (piecewise constant).",
                    lax.floor)
 ceil = _zero_gate(P.ceil_p, "ceil", "ceil(x).  Local gradient: 0 (piecewise constant).", lax.ceil)
-round = _zero_gate(P.round_p, "round", "round(x).  Local gradient: 0 (piecewise constant).",  # noqa: A001
-                   lax.round)
+round = _zero_gate(P.round_p, "round", "round(x).  Local gradient: 0 (piecewise constant, "  # noqa: A001
+                   "whichever rounding_method).", lax.round, params=("rounding_method",))
 
 
-@primitive_gate(P.clamp_p)
+@primitive_gate(P.clamp_p, params=())
 def clamp(g, inputs, *, needs, **params):
     """min(max(x, lo), hi).  Local gradients: 1 to x strictly inside (lo, hi), to lo where x <
     lo < hi, to hi where x > hi (JAX's rule)."""
@@ -531,7 +600,17 @@ def _clamp_cases(rng, dtype):
                  label="array bounds")]
 
 
-@primitive_gate(P.select_n_p, save="inputs")
+@clamp.defkinks
+def _clamp_kinks(dtype):
+    # x at each bound, bounds equal (lo == x == hi), x beyond them, NaN in each place
+    nan = np.nan
+    lo = np.asarray([0, 0, 0, 1, 1, 0, nan, 0, 0, 2], dtype)
+    x = np.asarray([0, 1, 2, 1, 0, nan, 0, 1, 1, 1], dtype)
+    hi = np.asarray([1, 1, 1, 1, 1, 1, 1, nan, 0, 1], dtype)
+    return [case(P.clamp_p, lax.clamp, lo, x, hi, label="ties, NaN, lo > hi")]
+
+
+@primitive_gate(P.select_n_p, save="inputs", params=())
 def select_n(g, inputs, **params):
     """cases[which] elementwise (jnp.where).  Local gradients: g to the chosen case, 0 to the
     others; none for the integer or bool selector."""
@@ -552,7 +631,19 @@ def _select_n_cases(rng, dtype):
                  label="int32 of 3")]
 
 
-@primitive_gate(P.convert_element_type_p, save="shapes")
+@select_n.defkinks
+def _select_n_kinks(dtype):
+    # NaN and infinity in the case not taken: it gets 0, the taken one g
+    x = np.asarray([np.nan, 1.0, np.inf, 2.0], dtype)
+    y = np.asarray([1.0, np.nan, 3.0, -np.inf], dtype)
+    return [case(P.select_n_p, lax.select_n, np.asarray([True, False, True, False]), x, y,
+                 label="NaN and inf not taken"),
+            case(P.select_n_p, lax.select_n, np.asarray([False, True, False, True]), x, y,
+                 label="NaN and inf taken")]
+
+
+@primitive_gate(P.convert_element_type_p, save="shapes", params=("new_dtype", "weak_type"),
+                only={"sharding": (None,)})
 def convert_element_type(g, shapes, **params):
     """x cast to another dtype.  Local gradient: 1, cast back to x's dtype (none from an
     integer output)."""
@@ -573,22 +664,28 @@ def _convert_cases(rng, dtype):
                  x.astype(other), label="up")]
 
 
-@primitive_gate(P.reduce_precision_p, save="none")
+@primitive_gate(P.reduce_precision_p, save="none", params=("exponent_bits", "mantissa_bits"))
 def reduce_precision(g, saved, **params):
     """x rounded to fewer exponent/mantissa bits.  Local gradient: 1, the gradient rounded
     the same way (JAX's rule)."""
     return (P.reduce_precision_p.bind(g, **params),)
 
 
+convert_element_type.defkinks(smooth=True)
+
+
 reduce_precision.defcases(lambda rng, dtype: [case(
     P.reduce_precision_p, lambda x: lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10),
     normal(rng, (2, 3), dtype), numeric=False)])  # the rounding is not differentiable
+reduce_precision.defkinks(smooth=True)
 
 
-@primitive_gate(P.copy_p, save="none")
+@primitive_gate(P.copy_p, save="none", params=())
 def copy(g, saved, **params):
     """A copy of x.  Local gradient: 1."""
     return (g,)
 
 
 copy.defcases(unary_cases(P.copy_p, lambda x: P.copy_p.bind(x)))
+copy.defkinks(smooth=True)
+copy.defkinks(special_unary(P.copy_p, lambda x: P.copy_p.bind(x)))

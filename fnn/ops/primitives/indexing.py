@@ -18,7 +18,7 @@ from fnn.ops._cases import distinct, normal
 from fnn.ops.primitives._define import case
 
 
-@primitive_gate(P.dynamic_slice_p)
+@primitive_gate(P.dynamic_slice_p, params=("slice_sizes",))
 def dynamic_slice(g, inputs, *, slice_sizes, **params):
     """x[start : start + size] per axis, start given at run time (clamped into range).
     Local gradient: g written back at the same (clamped) place in zeros."""
@@ -35,9 +35,10 @@ dynamic_slice.defcases(lambda rng, dtype: [
          normal(rng, (4,), dtype), np.int32(3), label="clamped start"),
     case(P.dynamic_slice_p, lambda x, i: P.dynamic_slice_p.bind(x, i, slice_sizes=(2,)),
          normal(rng, (4,), dtype), np.int32(-1), label="negative start (clamped to 0)")])
+dynamic_slice.defkinks(smooth=True)
 
 
-@primitive_gate(P.dynamic_update_slice_p)
+@primitive_gate(P.dynamic_update_slice_p, params=())
 def dynamic_update_slice(g, inputs, *, needs, **params):
     """x with `update` written at `start` (clamped).  Local gradients: g with the written
     block zeroed for x; the written block of g for the update."""
@@ -52,6 +53,7 @@ def dynamic_update_slice(g, inputs, *, needs, **params):
 dynamic_update_slice.defcases(lambda rng, dtype: [
     case(P.dynamic_update_slice_p, lambda x, u, i: lax.dynamic_update_slice(x, u, (i, np.int32(0))),
          normal(rng, (4, 3), dtype), normal(rng, (2, 3), dtype), np.int32(1))])
+dynamic_update_slice.defkinks(smooth=True)
 
 
 def _gather_dnums_of(dnums):
@@ -88,7 +90,9 @@ def _operand_shape_and_indices(args, out):
     return (spec(args[0]), args[1]) + tuple(spec(a) for a in args[2:])
 
 
-@primitive_gate(P.gather_p, save=_operand_shape_and_indices)
+@primitive_gate(P.gather_p, save=_operand_shape_and_indices,
+                params=("dimension_numbers", "slice_sizes", "unique_indices", "indices_are_sorted",
+                        "mode", "fill_value"))
 def gather(g, saved, *, dimension_numbers, slice_sizes, unique_indices, indices_are_sorted,
            mode, fill_value, **params):
     """slices of x at run-time positions (fancy indexing, take).  Local gradient: g added
@@ -117,6 +121,11 @@ def _gather_cases(rng, dtype):
                  np.array([1, 7]), label="fill out of range")]
 
 
+# scatter-add's update_jaxpr is the addition (its consts none): the rule is for scatter-add
+_SCATTER_PARAMS = ("dimension_numbers", "indices_are_sorted", "unique_indices", "mode",
+                   "update_jaxpr", "update_consts")
+
+
 def _scatter_cases(primitive, method):
     def cases(rng, dtype):
         x = normal(rng, (5, 3), dtype)
@@ -131,7 +140,7 @@ def _scatter_cases(primitive, method):
     return cases
 
 
-@primitive_gate(P.scatter_add_p, save=_operand_shape_and_indices)
+@primitive_gate(P.scatter_add_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS)
 def scatter_add(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
                 needs, **params):
     """x with updates added at run-time positions (.at[].add).  Local gradients: 1 for x;
@@ -144,9 +153,11 @@ def scatter_add(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
 
 
 scatter_add.defcases(_scatter_cases(P.scatter_add_p, "add"))
+scatter_add.defkinks(smooth=True)
 
 
-@primitive_gate(P.scatter_p, save=lambda args, out: _operand_shape_and_indices(args, out))
+@primitive_gate(P.scatter_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS[:-2],
+                only={"update_jaxpr": (None,), "update_consts": ((),)})
 def scatter(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode, needs,
             **params):
     """x with updates written at run-time positions (.at[].set).  Local gradients: g where x
@@ -175,7 +186,9 @@ def scatter(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, 
     if needs[0]:
         dx = lax.select(lax.eq(written, np.zeros((), id_dtype)), g, lax.full_like(g, 0))
     if needs[2]:
-        stayed = lax.eq(ids, _read_back(written, indices, updates.shape, dn, mode))
+        # (read back as JAX's rule does, dropping out-of-range positions whatever the mode)
+        stayed = lax.eq(ids, _read_back(written, indices, updates.shape, dn,
+                                        lax.GatherScatterMode.FILL_OR_DROP))
         read = _read_back(g, indices, updates.shape, dn, mode)
         du = lax.select(stayed, read, lax.full_like(read, 0)).astype(updates.dtype)
     return dx, None, du
@@ -184,6 +197,26 @@ def scatter(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, 
 scatter.defcases(_scatter_cases(P.scatter_p, "set"))
 
 
+def _gather_kinks(dtype):
+    # x[argmax(x)]: argmax picks the first of tied maxima, the gather reads that one
+    x = np.asarray([1.0, 3.0, 3.0, 0.0], dtype)
+    return [case(P.gather_p, lambda x: x[jnp.argmax(x)[None]], x, label="at argmax, tied"),
+            case(P.gather_p, lambda x: x[jnp.argsort(x)], np.asarray([1.0, 0.0, 1.0, 1.0], dtype),
+                 label="by argsort, tied")]
+
+
+gather.defkinks(_gather_kinks)
+def _scatter_kinks(dtype):
+    # several updates written to one place (one of them stays, as in the forward), NaNs
+    x = np.asarray([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]], dtype)
+    u = np.asarray([[4.0, 5.0], [6.0, np.nan], [7.0, 8.0]], dtype)
+    return [case(P.scatter_p, lambda x, i, u: x.at[i].set(u), x, np.asarray([1, 1, 0]), u,
+                 label="repeated rows"),
+            case(P.scatter_p, lambda x, i, u: x.at[i].set(u, mode="clip"), x,
+                 np.asarray([5, 2, 2]), u, label="clipped, repeated")]
+
+
+scatter.defkinks(_scatter_kinks)
 # ---- permutations ------------------------------------------------------------------------------
 def _sort_forward(*operands, dimension, is_stable, num_keys):
     """sort with the permutation: the operands sorted together with an iota, so the VJP knows
@@ -201,7 +234,7 @@ def _unpermute(g, perm, dimension):
     return jnp.zeros_like(g).at[tuple(grids)].set(g, unique_indices=True)
 
 
-@primitive_gate(P.sort_p, forward=_sort_forward)
+@primitive_gate(P.sort_p, forward=_sort_forward, params=("dimension", "is_stable", "num_keys"))
 def sort(g, perm, *, dimension, needs, **params):
     """operands sorted along `dimension` by their first `num_keys`.  Local gradient: a
     permutation, so each element's g goes back to where the element came from."""
@@ -216,9 +249,18 @@ def _sort_cases(rng, dtype):
                  distinct(rng, (4, 2), dtype), normal(rng, (4, 2), dtype), label="key and value")]
 
 
+def _sort_kinks(dtype):
+    x = np.asarray([[1.0, 1.0, 0.0, 1.0], [np.nan, 0.0, -0.0, np.inf]], dtype)
+    return [case(P.sort_p, lambda x: lax.sort(x, dimension=1), x, label="ties, NaN, zeros"),
+            case(P.sort_p, lambda k, v: lax.sort((k, v), dimension=1, num_keys=1), x,
+                 np.arange(8.0).reshape(2, 4).astype(dtype), label="tied keys and values")]
+
+
+sort.defkinks(_sort_kinks)
 @primitive_gate(P.top_k_p, save=lambda args, out: (jax.ShapeDtypeStruct(np.shape(args[0]),
                                                                          jnp.result_type(args[0])),
-                                                    out[1]))
+                                                    out[1]),
+                params=("k", "axis"))
 def top_k(g, saved, *, k, axis=-1, **params):
     """the k largest entries along `axis` (the last by default) and their indices.  Local
     gradient: each value's g goes back to the position it was taken from."""
@@ -233,3 +275,11 @@ def top_k(g, saved, *, k, axis=-1, **params):
 top_k.defcases(lambda rng, dtype: [
     case(P.top_k_p, lambda x: lax.top_k(x, 2), distinct(rng, (3, 5), dtype)),
     case(P.top_k_p, lambda x: lax.top_k(x, 3), distinct(rng, (6,), dtype), label="1-d")])
+
+
+def _top_k_kinks(dtype):
+    x = np.asarray([[1.0, 1.0, 0.0, 1.0], [np.nan, 0.0, -0.0, np.inf]], dtype)
+    return [case(P.top_k_p, lambda x: lax.top_k(x, 2), x, label="ties, NaN, zeros")]
+
+
+top_k.defkinks(_top_k_kinks)

@@ -42,7 +42,9 @@ def _dx(g, x_shape, x_dtype, y, dimension_numbers, precision, preferred_element_
     return dx.astype(x_dtype)
 
 
-@primitive_gate(P.dot_general_p)
+@primitive_gate(P.dot_general_p,
+                params=("dimension_numbers", "precision", "preferred_element_type"),
+                only={"out_sharding": (None,)})
 def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_element_type=None,
                 needs, **params):
     """sum over contracted axes of x * y, batch axes paired.  Local gradients (2-D x @ y):
@@ -77,3 +79,4 @@ def _dot_general_cases(rng, dtype):
                  label="two contractions, batch in the middle"),
             case(P.dot_general_p, lambda a, b: jnp.tensordot(a, b, axes=0), n(2), n(3),
                  label="outer")]
+dot_general.defkinks(smooth=True)

@@ -74,6 +74,12 @@ def _zeros_for(specs):
     return [jnp.zeros(s.shape, s.dtype) for s in specs]
 
 
+# what fnn passes its control-flow gates besides the primitive's parameters (control_rule)
+FNN_PARAMS = ("rules", "scope")
+_SCAN_PARAMS = ("jaxpr", "num_consts", "num_carry", "length", "reverse", "unroll", "linear",
+                "_split_transpose")
+
+
 # ---- scan ---------------------------------------------------------------------------------------
 def _scan_forward(*args, jaxpr, num_consts, num_carry, length, reverse, unroll, rules=None,
                   scope="", **params):
@@ -106,7 +112,7 @@ def _scan_cases(rng, dtype):
                  label="fori_loop with static bounds")]
 
 
-@primitive_gate(P.scan_p, forward=_scan_forward)
+@primitive_gate(P.scan_p, forward=_scan_forward, params=_SCAN_PARAMS + FNN_PARAMS)
 def scan(g, saved, *, num_consts, num_carry, length, reverse, unroll, needs, **params):
     """lax.scan of a body over steps.  Local gradient: backpropagation through time, a reverse
     scan of the body's own backward (the carry's cotangent passed from step to step, the
@@ -136,6 +142,7 @@ def scan(g, saved, *, num_consts, num_carry, length, reverse, unroll, needs, **p
 
 
 scan.defcases(_scan_cases)
+scan.defkinks(smooth=True)
 
 
 # ---- cond / switch -------------------------------------------------------------------------------
@@ -161,7 +168,7 @@ def _cond_forward(index, *ops, branches, rules=None, scope="", **params):
     return tuple(outs), (index, per_branch, residuals, [spec(o) for o in ops])
 
 
-@primitive_gate(P.cond_p, forward=_cond_forward)
+@primitive_gate(P.cond_p, forward=_cond_forward, params=("branches",) + FNN_PARAMS)
 def cond(g, saved, *, needs, **params):
     """lax.cond / lax.switch: the branch that `index` picks.  Local gradient: the backward of
     that branch (the index itself carries none)."""
@@ -186,6 +193,7 @@ def _cond_cases(rng, dtype):
     return [case(P.cond_p, two, np.asarray(True), n(3), n(3), label="true"),
             case(P.cond_p, two, np.asarray(False), n(3), n(3), label="false"),
             case(P.cond_p, three, np.int32(1), n(2, 2), label="switch of 3")]
+cond.defkinks(smooth=True)
 
 
 def control_rule(gate, *, with_site: bool = False):

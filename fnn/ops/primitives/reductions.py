@@ -3,7 +3,10 @@ axis (cumsum, cumprod, cummax, cummin, cumlogsumexp).
 
 The lecture's patterns again: a sum distributes g back over what it summed; a max routes it to
 the maximum (ties share it evenly, as JAX's rule does); a product sends each factor the product
-of the others (computed without dividing, so zeros are handled).
+of the others (computed without dividing, so zeros are handled). JAX differentiates the
+cumulative max, min, product and logsumexp as a parallel prefix scan of max, min, mul and
+logaddexp, whose tree decides how ties share g: their rules run fnn's own rules over the same
+scan, so they give JAX's values exactly, ties, zeros, NaNs and infinities included.
 """
 
 import jax.numpy as jnp
@@ -32,7 +35,30 @@ def _reduce_cases(primitive, fn, make=normal):
     return cases
 
 
-@primitive_gate(P.reduce_sum_p, save="shapes")
+# ties, a NaN, infinities and zeros: where max, min and prod's rules choose
+_SPECIAL_ROWS = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [np.nan, 1.0, 1.0, 0.0],
+                          [np.inf, np.inf, -np.inf, 0.0], [0.0, 2.0, 0.0, -1.0]])
+
+
+def _reduce_kinks(primitive, fn):
+    def kinks(dtype):
+        x = _SPECIAL_ROWS.astype(dtype)
+        return [case(primitive, lambda x: fn(x, (1,)), x, label="rows: ties, NaN, inf, zeros"),
+                case(primitive, lambda x: fn(x, (0, 1)), x, label="all")]
+    return kinks
+
+
+def _cum_kinks(primitive, fn):
+    def kinks(dtype):
+        x = _SPECIAL_ROWS.astype(dtype)
+        return [case(primitive, lambda x: fn(x, axis=1), x, label="rows: ties, NaN, inf, zeros"),
+                case(primitive, lambda x: fn(x, axis=1, reverse=True), x, label="reverse"),
+                case(primitive, lambda x: fn(x, axis=0), np.asarray([1.0, 1.0, 0.0, 2.0], dtype),
+                     label="[1, 1, 0, 2]")]
+    return kinks
+
+
+@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)})
 def reduce_sum(g, shapes, *, axes, **params):
     """sum of x over `axes`.  Local gradient: 1 for every summed element (g broadcast back)."""
     (x,) = shapes
@@ -40,6 +66,7 @@ def reduce_sum(g, shapes, *, axes, **params):
 
 
 reduce_sum.defcases(_reduce_cases(P.reduce_sum_p, lambda x, a: jnp.sum(x, axis=a)))
+reduce_sum.defkinks(smooth=True)
 
 
 def _chooser(g, saved, axes):
@@ -49,7 +76,7 @@ def _chooser(g, saved, axes):
     return (lax.mul(at, _expand(lax.div(g, counts), x.shape, axes)),)
 
 
-@primitive_gate(P.reduce_max_p, save="both")
+@primitive_gate(P.reduce_max_p, save="both", params=("axes",), only={"out_sharding": (None,)})
 def reduce_max(g, saved, *, axes, **params):
     """max of x over `axes`.  Local gradient: 1 at the maximum (the max gate routes); tied
     maxima share g evenly, as JAX's rule does."""
@@ -57,15 +84,17 @@ def reduce_max(g, saved, *, axes, **params):
 
 
 reduce_max.defcases(_reduce_cases(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a), distinct))
+reduce_max.defkinks(_reduce_kinks(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a)))
 
 
-@primitive_gate(P.reduce_min_p, save="both")
+@primitive_gate(P.reduce_min_p, save="both", params=("axes",), only={"out_sharding": (None,)})
 def reduce_min(g, saved, *, axes, **params):
     """min of x over `axes`.  Local gradient: 1 at the minimum; ties share g evenly."""
     return _chooser(g, saved, axes)
 
 
 reduce_min.defcases(_reduce_cases(P.reduce_min_p, lambda x, a: jnp.min(x, axis=a), distinct))
+reduce_min.defkinks(_reduce_kinks(P.reduce_min_p, lambda x, a: jnp.min(x, axis=a)))
 
 
 def _exclusive_products(x, axis):
@@ -80,7 +109,7 @@ def _exclusive_products(x, axis):
     return lax.mul(before, after)
 
 
-@primitive_gate(P.reduce_prod_p)
+@primitive_gate(P.reduce_prod_p, params=("axes",), only={"out_sharding": (None,)})
 def reduce_prod(g, inputs, *, axes, **params):
     """product of x over `axes`.  Local gradient: the product of the other factors (exact at
     zeros: prefix products times suffix products, no division)."""
@@ -103,6 +132,7 @@ def _reduce_prod_cases(rng, dtype):
     x = uniform(rng, (3, 4), dtype, 0.5, 1.5)
     x[1, 2] = 0
     return cases + [case(P.reduce_prod_p, lambda x: jnp.prod(x, axis=1), x, label="a zero")]
+reduce_prod.defkinks(_reduce_kinks(P.reduce_prod_p, lambda x, a: jnp.prod(x, axis=a)))
 
 
 # ---- cumulative reductions ----------------------------------------------------------------------
@@ -115,7 +145,7 @@ def _cum_cases(primitive, fn, make=normal):
     return cases
 
 
-@primitive_gate(P.cumsum_p, save="none")
+@primitive_gate(P.cumsum_p, save="none", params=("axis", "reverse"))
 def cumsum(g, saved, *, axis, reverse, **params):
     """running sum along `axis`.  Local gradient: each element reaches every later sum, so
     dx is the running sum of g in the other direction."""
@@ -123,93 +153,74 @@ def cumsum(g, saved, *, axis, reverse, **params):
 
 
 cumsum.defcases(_cum_cases(P.cumsum_p, lambda x, a, r: lax.cumsum(x, axis=a, reverse=r)))
+cumsum.defkinks(smooth=True)
 
 
-def _affine_suffix(m, c, axis, reverse):
-    """a with a_i = c_i + m_i a_(i+1) along `axis` (a_(n+1) = 0), or with a_(i-1) when
-    `reverse`: the backward recurrence of a running product, by an associative scan."""
-    def combine(first, second):  # compose t -> c1 + m1 t after t -> c2 + m2 t
-        m1, c1 = first
-        m2, c2 = second
-        return lax.mul(m1, m2), lax.add(c1, lax.mul(m1, c2))
-
-    if not reverse:  # a_i depends on later elements: scan from the end
-        return lax.associative_scan(lambda a, b: combine(b, a), (m, c), reverse=True, axis=axis)[1]
-    return lax.associative_scan(lambda a, b: combine(b, a), (m, c), axis=axis)[1]
-
-
-def _shift(x, axis, reverse, fill):
-    """x moved one step along `axis` (towards the end, or the start when reverse), `fill` in."""
-    n = x.shape[axis]
-    pad = lax.full_like(lax.slice_in_dim(x, 0, 1, axis=axis), fill)
-    if reverse:
-        return lax.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), pad], axis)
-    return lax.concatenate([pad, lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
-
-
-@primitive_gate(P.cumprod_p, save="both")
-def cumprod(g, saved, *, axis, reverse, **params):
-    """running product y_i = y_(i-1) x_i along `axis`.  Local gradient: backpropagation through
-    that recurrence, a_i = g_i + x_(i+1) a_(i+1) and dx_i = a_i y_(i-1) (exact at zeros)."""
-    (x,), y = saved
-    if x.shape[axis] == 0:
-        return (g,)
-    a = _affine_suffix(_shift(x, axis, not reverse, 0), g, axis, reverse)
-    return (lax.mul(a, _shift(y, axis, reverse, 1)),)
+@primitive_gate(P.cumprod_p, save="inputs", params=("axis", "reverse"))
+def cumprod(g, inputs, *, axis, reverse, **params):
+    """running product y_i = y_(i-1) x_i along `axis`.  Local gradient: dx_k = sum over the
+    later products i of g_i y_i / x_k, the product of the other factors (exact at zeros),
+    computed as JAX computes it: backward through the parallel prefix scan of multiplies JAX
+    differentiates (so also NaNs and infinities land where JAX's do)."""
+    return _through_scan(g, inputs[0], lax.mul, axis, reverse)
 
 
 cumprod.defcases(_cum_cases(P.cumprod_p, lambda x, a, r: lax.cumprod(x, axis=a, reverse=r),
                             lambda r, s, d: uniform(r, s, d, 0.5, 1.5)))
+cumprod.defkinks(_cum_kinks(P.cumprod_p, lax.cumprod))
 
 
-@primitive_gate(P.cumlogsumexp_p, save="both")
-def cumlogsumexp(g, saved, *, axis, reverse, **params):
+@primitive_gate(P.cumlogsumexp_p, save="inputs", params=("axis", "reverse"))
+def cumlogsumexp(g, inputs, *, axis, reverse, **params):
     """running log(sum(exp(x))) along `axis`.  Local gradient: dx_k = sum over the later sums i
-    of g_i exp(x_k - y_i), computed as exp(x_k - y_k) a_k with a_k = g_k + exp(y_k - y_(k+1))
-    a_(k+1) (every factor at most 1, so nothing overflows)."""
-    (x,), y = saved
-    if x.shape[axis] == 0:
-        return (g,)
-    step = lax.exp(lax.sub(y, _shift(y, axis, not reverse, np.inf)))  # exp(y_k - y_(k+1))
-    a = _affine_suffix(step, g, axis, reverse)
-    return (lax.mul(lax.exp(lax.sub(x, y)), a),)
+    of g_i exp(x_k - y_i), computed as JAX computes it: backward through the parallel prefix
+    scan of logaddexp JAX differentiates (logaddexp's own rule, exp(x - out), at each step)."""
+    return _through_scan(g, inputs[0], _logaddexp, axis, reverse)
 
 
 cumlogsumexp.defcases(_cum_cases(P.cumlogsumexp_p,
                                  lambda x, a, r: lax.cumlogsumexp(x, axis=a, reverse=r)))
+cumlogsumexp.defkinks(_cum_kinks(P.cumlogsumexp_p, lax.cumlogsumexp))
 
 
-def _cum_chooser(g, saved, axis, reverse):
-    """The running max/min's gradient: g_i goes to the element that holds the running extreme
-    at i (the latest position where the extreme changed); ties go to the first."""
-    (x,), y = saved
-    n = x.shape[axis]
-    idx = lax.broadcasted_iota(np.int32, x.shape, axis)
-    new = lax.eq(x, y)  # where the running extreme is attained
-    if reverse:
-        holder = lax.cummin(lax.select(new, idx, lax.full_like(idx, n)), axis=axis, reverse=True)
-    else:
-        holder = lax.cummax(lax.select(new, idx, lax.full_like(idx, -1)), axis=axis)
-    grids = [lax.broadcasted_iota(np.int32, x.shape, d) for d in range(x.ndim)]
-    grids[axis] = holder
-    return (jnp.zeros_like(g).at[tuple(grids)].add(g),)
+def _logaddexp(a, b):
+    return jnp.logaddexp(a, b)  # (JAX's cumlogsumexp scan combines with this function)
 
 
-@primitive_gate(P.cummax_p, save="both")
-def cummax(g, saved, *, axis, reverse, **params):
+def _through_scan(g, x, combine, axis, reverse):
+    """The gradient of lax.associative_scan(combine, x) along `axis`, by fnn's own rules for
+    the scan's equations (slices, `combine`, concatenations, pads).
+
+    JAX differentiates cummax, cummin (and the other cumulative reductions) as that parallel
+    prefix scan (jax/_src/lax/control_flow/loops.py, _cumulative_jvp_rule), so how tied
+    values share g is decided by the scan's tree of max/min gates, each of which splits a tie
+    evenly: running the same tree backward gives JAX's gradient exactly, ties included."""
+    from fnn.autodiff.api import make_transforms
+    from fnn.ops.primitives import RULES  # the table this module is part of
+
+    scan = lambda x: lax.associative_scan(combine, x, reverse=reverse, axis=axis)
+    return make_transforms(RULES).vjp(scan, x)[1](g)
+
+
+@primitive_gate(P.cummax_p, save="inputs", params=("axis", "reverse"))
+def cummax(g, inputs, *, axis, reverse, **params):
     """running maximum along `axis`.  Local gradient: each g_i routed to the element holding
-    the maximum so far (the max gate, at every step)."""
-    return _cum_chooser(g, saved, axis, reverse)
+    the maximum so far (the max gate, at every step). Ties are split as JAX splits them: by
+    the max gates of the parallel prefix scan JAX differentiates (at [1, 1, 0, 2], g_2 goes
+    half to each 1)."""
+    return _through_scan(g, inputs[0], lax.max, axis, reverse)
 
 
 cummax.defcases(_cum_cases(P.cummax_p, lambda x, a, r: lax.cummax(x, axis=a, reverse=r), distinct))
+cummax.defkinks(_cum_kinks(P.cummax_p, lax.cummax))
 
 
-@primitive_gate(P.cummin_p, save="both")
-def cummin(g, saved, *, axis, reverse, **params):
+@primitive_gate(P.cummin_p, save="inputs", params=("axis", "reverse"))
+def cummin(g, inputs, *, axis, reverse, **params):
     """running minimum along `axis`.  Local gradient: each g_i routed to the element holding
-    the minimum so far."""
-    return _cum_chooser(g, saved, axis, reverse)
+    the minimum so far; ties split as JAX's prefix scan of min gates splits them."""
+    return _through_scan(g, inputs[0], lax.min, axis, reverse)
 
 
 cummin.defcases(_cum_cases(P.cummin_p, lambda x, a, r: lax.cummin(x, axis=a, reverse=r), distinct))
+cummin.defkinks(_cum_kinks(P.cummin_p, lax.cummin))

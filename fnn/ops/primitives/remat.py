@@ -47,7 +47,8 @@ from fnn.errors import GateError, describe
 from fnn.ops._cases import normal
 from fnn.ops.primitives import control, custom
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives.loops import Body, body_interpreter, control_rule, pullback, spec
+from fnn.ops.primitives.loops import (FNN_PARAMS, Body, body_interpreter, control_rule, pullback,
+                                      spec)
 
 KEEP, RECOMPUTE = "keep", "recompute"  # what a policy says of an equation (or an Offloadable)
 
@@ -317,7 +318,8 @@ def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None
             ("rerun", args, interp.kept, interp.plan, rules, overrides.active(), scope))
 
 
-@primitive_gate(P.remat_p, forward=_remat_forward)
+@primitive_gate(P.remat_p, forward=_remat_forward,
+                params=("jaxpr", "prevent_cse", "differentiated", "policy", "site") + FNN_PARAMS)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose values its policy does not keep are recomputed.  Local
     gradient: the body's backward, after running its forward again from the saved inputs and
@@ -367,6 +369,9 @@ def _remat_cases(rng, dtype):
     return [case(P.remat_p, f, x, w),
             case(P.remat_p, dots, x, w, label="checkpoint_dots"),
             case(P.remat_p, named, x, w, label="save_only_these_names")]
+
+
+remat.defkinks(smooth=True)
 
 
 def name(interp, eqn, invals, scope):

@@ -16,19 +16,29 @@ from fnn.ops._cases import normal
 from fnn.ops.primitives._define import case, find
 
 
-@primitive_gate(P.reshape_p, save="shapes")
-def reshape(g, shapes, **params):
-    """x with a new shape.  Local gradient: g reshaped back to x's shape."""
-    return (lax.reshape(g, shapes[0].shape),)
+@primitive_gate(P.reshape_p, save="shapes", params=("new_sizes", "dimensions"),
+                only={"sharding": (None,)})
+def reshape(g, shapes, *, dimensions=None, **params):
+    """x with a new shape, its axes first permuted by `dimensions` when given (the reshape
+    reads transpose(x, dimensions) in row-major order).  Local gradient: g reshaped back to
+    the permuted shape, then permuted back."""
+    (x,) = shapes
+    if dimensions is None:
+        return (lax.reshape(g, x.shape),)
+    permuted = lax.reshape(g, tuple(x.shape[d] for d in dimensions))
+    return (lax.transpose(permuted, tuple(int(i) for i in np.argsort(dimensions))),)
 
 
 reshape.defcases(lambda rng, dtype: [
     case(P.reshape_p, lambda x: x.reshape(2, 6), normal(rng, (3, 4), dtype)),
     case(P.reshape_p, lambda x: x.reshape(-1), normal(rng, (2, 3, 2), dtype)),
-    case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype))])
+    case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype)),
+    case(P.reshape_p, lambda x: lax.reshape(x, (3, 8), dimensions=(2, 1, 0)),
+         normal(rng, (3, 2, 4), dtype), label="dimensions (2, 1, 0)")])
+reshape.defkinks(smooth=True)
 
 
-@primitive_gate(P.squeeze_p, save="shapes")
+@primitive_gate(P.squeeze_p, save="shapes", params=("dimensions",))
 def squeeze(g, shapes, **params):
     """x without some size-1 axes.  Local gradient: g reshaped back."""
     return (lax.reshape(g, shapes[0].shape),)
@@ -36,9 +46,11 @@ def squeeze(g, shapes, **params):
 
 squeeze.defcases(lambda rng, dtype: [
     case(P.squeeze_p, lambda x: lax.squeeze(x, (0, 2)), normal(rng, (1, 3, 1), dtype))])
+squeeze.defkinks(smooth=True)
 
 
-@primitive_gate(P.broadcast_in_dim_p, save="shapes")
+@primitive_gate(P.broadcast_in_dim_p, save="shapes", params=("shape", "broadcast_dimensions"),
+                only={"sharding": (None,)})
 def broadcast_in_dim(g, shapes, *, shape, broadcast_dimensions, **params):
     """x placed at `broadcast_dimensions` of a larger `shape`, copied along the others.
     Local gradient: g summed over the new axes and over x's size-1 axes that were stretched."""
@@ -57,9 +69,10 @@ broadcast_in_dim.defcases(lambda rng, dtype: [
          normal(rng, (), dtype), label="scalar"),
     case(P.broadcast_in_dim_p, lambda x: lax.broadcast_in_dim(x, (4, 1, 2), (0, 1)),
          normal(rng, (4, 1), dtype), label="new last")])
+broadcast_in_dim.defkinks(smooth=True)
 
 
-@primitive_gate(P.transpose_p, save="none")
+@primitive_gate(P.transpose_p, save="none", params=("permutation",))
 def transpose(g, saved, *, permutation, **params):
     """x with permuted axes.  Local gradient: the inverse permutation of g."""
     return (lax.transpose(g, tuple(int(i) for i in np.argsort(permutation))),)
@@ -68,9 +81,10 @@ def transpose(g, saved, *, permutation, **params):
 transpose.defcases(lambda rng, dtype: [
     case(P.transpose_p, lambda x: lax.transpose(x, (1, 2, 0)), normal(rng, (2, 3, 4), dtype)),
     case(P.transpose_p, lambda x: x.T, normal(rng, (3, 2), dtype))])
+transpose.defkinks(smooth=True)
 
 
-@primitive_gate(P.rev_p, save="none")
+@primitive_gate(P.rev_p, save="none", params=("dimensions",))
 def rev(g, saved, *, dimensions, **params):
     """x reversed along `dimensions`.  Local gradient: g reversed the same way."""
     return (lax.rev(g, dimensions),)
@@ -78,9 +92,10 @@ def rev(g, saved, *, dimensions, **params):
 
 rev.defcases(lambda rng, dtype: [
     case(P.rev_p, lambda x: lax.rev(x, (0, 2)), normal(rng, (2, 3, 4), dtype))])
+rev.defkinks(smooth=True)
 
 
-@primitive_gate(P.slice_p, save="shapes")
+@primitive_gate(P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"))
 def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  # noqa: A001
     """x[start:limit:stride] per axis.  Local gradient: g padded back into place with zeros
     (interior padding for strides)."""
@@ -98,9 +113,10 @@ def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  
 slice.defcases(lambda rng, dtype: [
     case(P.slice_p, lambda x: x[1:3, ::2], normal(rng, (4, 6), dtype), label="strided"),
     case(P.slice_p, lambda x: lax.slice(x, (1,), (2,)), normal(rng, (3,), dtype), label="one")])
+slice.defkinks(smooth=True)
 
 
-@primitive_gate(P.pad_p, save="shapes")
+@primitive_gate(P.pad_p, save="shapes", params=("padding_config",))
 def pad(g, shapes, *, padding_config, **params):
     """x padded with a value (lo, hi, interior per axis; negative lo/hi crop).  Local
     gradients: x's positions read back out of g; the padding value gets the sum of the rest."""
@@ -120,9 +136,10 @@ def _pad_cases(rng, dtype):
                  normal(rng, (3, 4), dtype), v, label="lo hi interior"),
             case(P.pad_p, lambda x, v: lax.pad(x, v, [(-1, 2, 0)]), normal(rng, (5,), dtype), v,
                  label="negative lo")]
+pad.defkinks(smooth=True)
 
 
-@primitive_gate(P.concatenate_p, save="shapes")
+@primitive_gate(P.concatenate_p, save="shapes", params=("dimension",))
 def concatenate(g, shapes, *, dimension, **params):
     """arrays joined along `dimension`.  Local gradient: g split back into the pieces."""
     out, start = [], 0
@@ -136,12 +153,13 @@ def concatenate(g, shapes, *, dimension, **params):
 concatenate.defcases(lambda rng, dtype: [
     case(P.concatenate_p, lambda a, b, c: lax.concatenate([a, b, c], 1),
          normal(rng, (2, 3), dtype), normal(rng, (2, 1), dtype), normal(rng, (2, 2), dtype))])
+concatenate.defkinks(smooth=True)
 
 
 split_p = find("split", lambda x: lax.split(x, (1, 2), axis=0), np.ones(3, np.float32))
 
 
-@primitive_gate(split_p, save="none")
+@primitive_gate(split_p, save="none", params=("sizes", "axis"))
 def split(g, saved, *, axis, **params):
     """x cut into pieces along `axis`.  Local gradient: the pieces' gradients joined again."""
     return (lax.concatenate(list(g), axis),)
@@ -149,12 +167,13 @@ def split(g, saved, *, axis, **params):
 
 split.defcases(lambda rng, dtype: [
     case(split_p, lambda x: lax.split(x, (1, 3), axis=1), normal(rng, (2, 4), dtype))])
+split.defkinks(smooth=True)
 
 
 stack_p = find("stack", lambda x: __import__("jax").numpy.stack([x, x]), np.ones(3, np.float32))
 
 
-@primitive_gate(stack_p, save="none")
+@primitive_gate(stack_p, save="none", params=("axis",))
 def stack(g, saved, *, axis, **params):
     """arrays stacked along a new `axis`.  Local gradient: g cut along it, one slice each."""
     n = g.shape[axis]
@@ -164,10 +183,11 @@ def stack(g, saved, *, axis, **params):
 stack.defcases(lambda rng, dtype: [
     case(stack_p, lambda a, b: __import__("jax").numpy.stack([a, b], axis=1),
          normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype))])
+stack.defkinks(smooth=True)
 
 
 # ---- identities: values passed through unchanged ------------------------------------------------
-@primitive_gate(P.stop_gradient_p, save="none")
+@primitive_gate(P.stop_gradient_p, save="none", params=())
 def stop_gradient(g, saved, **params):
     """x, with no gradient flowing back.  Local gradient: 0 (by definition, not the derivative
     of the value)."""
@@ -176,13 +196,14 @@ def stop_gradient(g, saved, **params):
 
 stop_gradient.defcases(lambda rng, dtype: [
     case(P.stop_gradient_p, lax.stop_gradient, normal(rng, (2, 3), dtype), numeric=False)])
+stop_gradient.defkinks(smooth=True)
 
 
 optimization_barrier_p = find("optimization_barrier", lambda x: lax.optimization_barrier(x),
                               np.ones(2, np.float32))
 
 
-@primitive_gate(optimization_barrier_p, save="none")
+@primitive_gate(optimization_barrier_p, save="none", params=())
 def optimization_barrier(g, saved, **params):
     """its operands, unchanged (XLA may not move computation across it).  Local gradient: 1,
     the gradients behind a barrier of their own."""
@@ -192,9 +213,11 @@ def optimization_barrier(g, saved, **params):
 optimization_barrier.defcases(lambda rng, dtype: [
     case(optimization_barrier_p, lambda a, b: lax.optimization_barrier((a, b)),
          normal(rng, (2, 3), dtype), normal(rng, (3,), dtype))])
+optimization_barrier.defkinks(smooth=True)
 
 
-@primitive_gate(P.sharding_constraint_p, save="none")
+@primitive_gate(P.sharding_constraint_p, save="none",
+                params=("sharding", "layout", "context_mesh", "unconstrained_dims"))
 def sharding_constraint(g, saved, **params):
     """x with a sharding asked of XLA.  Local gradient: 1, g constrained the same way."""
     return (P.sharding_constraint_p.bind(g, **params),)
@@ -208,9 +231,10 @@ def _sharding_constraint_cases(rng, dtype):
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return [case(P.sharding_constraint_p, lambda x: lax.with_sharding_constraint(x, sharding),
                  normal(rng, (2, 3), dtype))]
+sharding_constraint.defkinks(smooth=True)
 
 
-@primitive_gate(P.device_put_p, save="none")
+@primitive_gate(P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"))
 def device_put(g, saved, **params):
     """its operands placed on devices.  Local gradient: 1."""
     return tuple(g)
@@ -222,3 +246,4 @@ def _device_put_cases(rng, dtype):
 
     return [case(P.device_put_p, lambda x: jax.device_put(x, jax.devices()[0]),
                  normal(rng, (2, 3), dtype))]
+device_put.defkinks(smooth=True)
