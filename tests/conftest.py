@@ -23,6 +23,9 @@ SLOWEST_FILES = (
     "test_primitive_properties.py",  # 67
     "test_parallel.py",             # 61 (one subprocess with 8 devices)
     "test_nn.py",                   # 60
+    "test_custom_rules.py",         # 50
+    "test_kinks.py",                # 40
+    "test_remat_policies.py",       # 32
     "test_remat.py",                # 57
     "test_interrupts.py",           # 56
     "test_lowering.py",             # 56 (one subprocess with 8 devices)
