@@ -16,7 +16,10 @@ the output: an array, or a tuple or dict of them), what the forward saved, and t
 keyword-only metadata. It returns one gradient per positional input, `None` meaning zero. A
 positional input may be any pytree (a dict of parameters, say); its gradient then has the same
 structure. A VJP that declares a keyword `needs` gets a tuple of booleans saying which inputs
-need a gradient, so it can skip work for the others.
+need a gradient, so it can skip work for the others; one that declares `got` gets a tuple of
+booleans, one per output leaf, saying which outputs a cotangent reached (the others come as
+zeros): a rule whose formula is not finite everywhere (an eigenvector's 1 / (w_j - w_i)) leaves
+out what no cotangent reached, as JAX leaves out a symbolic zero.
 
 Declaring a gate has no side effect: `fnn.registry` is built once from the gates in `fnn.ops`,
 and user gates are plain objects that work everywhere the built-in ones do. A gate pickles by
@@ -113,6 +116,7 @@ class Gate:
         self.cases: Callable | None = None
         self.kinks: Callable | str | None = None  # see defkinks
         self._vjp_takes_needs = False
+        self._vjp_takes_got = False
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
         # what the checkers differentiate with JAX as this gate's reference: None, its forward;
         # a function `reference(*args, **static) -> output` (a gate whose forward is not what
@@ -127,7 +131,9 @@ class Gate:
     def defvjp(self, vjp: Callable) -> Callable:
         """Attach the hand-written VJP `vjp(g, saved, **static) -> tuple of gradients`."""
         self.vjp = vjp
-        self._vjp_takes_needs = "needs" in inspect.signature(vjp).parameters
+        params = inspect.signature(vjp).parameters
+        self._vjp_takes_needs = "needs" in params
+        self._vjp_takes_got = "got" in params
         return vjp
 
     def defcases(self, cases: Callable) -> Callable:
@@ -197,14 +203,17 @@ class Gate:
                             "(or a dict), not a list")
         return result
 
-    def run_vjp(self, g, saved, needs, static):
+    def run_vjp(self, g, saved, needs, static, got=None):
         """The hand-written VJP as declared: upstream `g`, what the forward saved, and `needs`
-        when the VJP takes it. Unchecked; `Record.pullback` checks its result."""
+        and `got` (per output leaf: whether a cotangent reached it; None: all did) when the VJP
+        takes them. Unchecked; `Record.pullback` checks its result."""
         if self.vjp is None:
             raise GateError(f"gate '{self.name}' has no VJP: declare one with @{self.name}.defvjp")
-        if self._vjp_takes_needs:
-            return self.vjp(g, saved, needs=needs, **static)
-        return self.vjp(g, saved, **static)
+        extra = {"needs": needs} if self._vjp_takes_needs else {}
+        if self._vjp_takes_got:
+            extra["got"] = (tuple(got) if got is not None else
+                            (True,) * len(jax.tree_util.tree_leaves(g)))
+        return self.vjp(g, saved, **extra, **static)
 
     def __repr__(self):
         return f"<fnn gate '{self.name}'>"
