@@ -11,12 +11,12 @@ calls by their own rules (fnn.ops.primitives.custom), while loops, primitives wi
 from types import MappingProxyType
 
 from fnn.autodiff.gate import Gate
-from fnn.ops.primitives import (control, conv, custom, elementwise, indexing, linalg, loops,
-                                reductions, remat, shapes)
+from fnn.ops.primitives import (control, conv, custom, elementwise, factorizations, indexing,
+                                linalg, loops, reductions, remat, shapes, solves)
 
 FAMILIES = {"elementwise": elementwise, "reductions": reductions, "shapes": shapes,
             "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops,
-            "remat": remat}
+            "remat": remat, "factorizations": factorizations, "solves": solves}
 
 
 def _collect(*modules) -> dict:
