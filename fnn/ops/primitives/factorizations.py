@@ -130,3 +130,112 @@ def _lu_kinks(dtype):
     a = np.random.default_rng(7).standard_normal((3, 3)).astype(dtype)
     a[:, 1] = 0.0  # singular: U has an exact zero on its diagonal
     return [case(P.lu_p, lambda a: lax.linalg.lu(a)[0], a, label="singular (a zero column)")]
+
+
+# ---- qr -------------------------------------------------------------------------------------------
+_QR_PARAMS = ("pivoting", "full_matrices", "use_magma")
+
+
+def _qr_forward(x, *, pivoting, full_matrices, **params):
+    real_only("lax.qr", x)
+    m, n = x.shape[-2:]
+    if pivoting and m < n:
+        raise GateError(
+            f"rule 'lax.qr' does not handle pivoting=True for a wide matrix ({describe(x)}): "
+            "JAX's rule builds R's right block from x's columns in their original order, not "
+            "the pivoted one, so its gradient there is not the derivative (and fnn gives JAX's "
+            "gradients or none). Pivot a tall or square matrix, or use pivoting=False.")
+    outs = tuple(P.qr_p.bind(x, pivoting=pivoting, full_matrices=full_matrices, **params))
+    return outs, (x, outs)
+
+
+def _thin_qr_pullback(q, r, dq, dr):
+    """The transpose of JAX's _thin_qr_jvp (Townsend, "Differentiating the QR decomposition",
+    2018; Walter and Lehmann 2018), for X = Q R with m >= n: with Y = Q^T dX R^{-1},
+    dQ = Q (skew(Y) - Y) + dX R^{-1} and dR = (Y - skew(Y)) R, skew(Y) = tril(Y, -1) -
+    tril(Y, -1)^T, so
+
+        C = Q^T Qbar - Rbar R^T,    dX = (Qbar + Q (tril(C - C^T, -1) - C)) R^{-T}"""
+    c = mm(T(q), dq) - mm(dr, T(r))
+    dx = dq + mm(q, tril(c - T(c), -1) - c)
+    return tri_solve(r, dx, left_side=False, lower=False, transpose_a=True)
+
+
+def _qr_pullback(x, q, r, p, dq, dr, *, full_matrices):
+    """One matrix's gradient (see qr's docstring)."""
+    m, n = x.shape
+    if m < n:  # X = [X1 X2] = Q [R1 R2]: X1 = Q R1 is square, R2 = Q^T X2
+        x2, dr1, dr2 = x[:, m:], dr[:, :m], dr[:, m:]
+        dx1 = _thin_qr_pullback(q, r[:, :m], dq + mm(x2, T(dr2)), dr1)
+        dx = jnp.concatenate([dx1, mm(q, dr2)], axis=1)
+    elif not full_matrices or m == n:
+        dx = _thin_qr_pullback(q, r, dq, dr)
+    else:  # Q's last m - n columns too (Roberts and Roberts 2024, arXiv:2409.13374, eq. 32-33)
+        q_mn, q_mp, q_nn, q_pn = q[:, :n], q[:, n:], q[:n, :n], q[n:, :n]
+        # Z = Q_pn (Q_nn - I)^{-1}, from the transposed system as JAX solves it (by LU)
+        lu_, _, perm = lax.linalg.lu(T(q_nn - jnp.eye(n, dtype=q.dtype)))
+        zt = _lu_solve(lu_, perm, T(q_pn))
+        z = T(zt)
+        b = q_mn + mm(q_mp, z)
+        g = dq[:, n:]  # dQ_mp = dQ_mn Z^T - B (dQ_pn - Z dQ_nn)^T, transposed:
+        dd = -mm(T(g), b)  # the cotangent of D = dQ_pn - Z dQ_nn
+        dq_mn = dq[:, :n] + mm(g, z) + jnp.concatenate([-mm(T(z), dd), dd], axis=0)
+        dx = _thin_qr_pullback(q_mn, r[:n, :], dq_mn, dr[:n, :])
+    if p is not None:  # X[:, p] = Q R: the columns back in x's order
+        dx = jnp.zeros_like(dx).at[:, p].add(dx)
+    return dx
+
+
+def _lu_solve(lu_, perm, b):
+    """A^{-1} b from A[perm] = L U."""
+    y = tri_solve(lu_, b[perm], left_side=True, lower=True, unit_diagonal=True)
+    return tri_solve(lu_, y, left_side=True, lower=False)
+
+
+@primitive_gate(P.qr_p, forward=_qr_forward, params=_QR_PARAMS)
+def qr(g, saved, *, pivoting, full_matrices, **params):
+    """(Q, R[, P]) with X[..., P] = Q R, X (..., m, n), Q with orthonormal columns (m x k),
+    R upper triangular (k x n); k = min(m, n), or m with full_matrices. Local gradient, the
+    transpose of JAX's rule (Giles 2008 sec. 3.3 gives dR; Townsend 2018 the thin case):
+
+        C = Q^T Qbar - Rbar R^T,   dX = (Qbar + Q (tril(C - C^T, -1) - C)) R^{-T}
+
+    for m >= n; a wide X = [X1 X2] adds Q Rbar2 for X2 and X2 Rbar2^T to X1's Qbar (R2 = Q^T
+    X2); full_matrices with m > n adds the transpose of the last m - n columns' tangent
+    (Roberts and Roberts 2024, eq. 32-33). The pivots P are integers: no gradient (their
+    columns are put back in place). A rank-deficient X (a zero on R's diagonal) gives JAX's
+    infinities and NaNs."""
+    x, outs = saved
+    q, r = outs[0], outs[1]
+    p = outs[2] if pivoting else None
+    pull = lambda x, q, r, p, dq, dr: _qr_pullback(x, q, r, p, dq, dr,
+                                                    full_matrices=full_matrices)
+    for _ in range(x.ndim - 2):
+        pull = jax.vmap(pull, in_axes=(0, 0, 0, 0 if pivoting else None, 0, 0))
+    return (pull(x, q, r, p, g[0], g[1]),)
+
+
+@qr.defcases
+def _qr_cases(rng, dtype):
+    import jax.scipy.linalg as jsl
+
+    n = lambda *s: normal(rng, s, dtype)
+    return [case(P.qr_p, jnp.linalg.qr, n(5, 3), label="tall, reduced"),
+            case(P.qr_p, jnp.linalg.qr, n(3, 3), label="square"),
+            case(P.qr_p, jnp.linalg.qr, n(3, 5), label="wide"),
+            case(P.qr_p, lambda x: jnp.linalg.qr(x, mode="complete"), n(5, 3),
+                 label="tall, complete"),
+            case(P.qr_p, lambda x: jsl.qr(x, pivoting=True, mode="economic"), n(5, 4),
+                 label="pivoting"),
+            case(P.qr_p, jnp.linalg.qr, n(2, 4, 3), label="batched"),
+            # JAX's rule fails here (it indexes the tangent's columns with batched pivots):
+            # fnn's gradient is checked against central differences alone
+            case(P.qr_p, lambda x: jsl.qr(x, pivoting=True, mode="economic"), n(2, 3, 3),
+                 reference=False, label="batched, pivoting (no JAX rule)")]
+
+
+@qr.defkinks
+def _qr_kinks(dtype):
+    x = np.random.default_rng(8).standard_normal((4, 3)).astype(dtype)
+    x[:, 1] = 0.0  # rank-deficient: R has a zero on its diagonal
+    return [case(P.qr_p, jnp.linalg.qr, x, label="rank-deficient (a zero column)")]
