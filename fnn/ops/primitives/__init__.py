@@ -12,11 +12,12 @@ from types import MappingProxyType
 
 from fnn.autodiff.gate import Gate
 from fnn.ops.primitives import (control, conv, custom, elementwise, factorizations, indexing,
-                                linalg, loops, reductions, remat, shapes, solves)
+                                linalg, loops, reductions, remat, shapes, solves, spectral)
 
 FAMILIES = {"elementwise": elementwise, "reductions": reductions, "shapes": shapes,
             "indexing": indexing, "linalg": linalg, "conv": conv, "loops": loops,
-            "remat": remat, "factorizations": factorizations, "solves": solves}
+            "remat": remat, "factorizations": factorizations, "spectral": spectral,
+            "solves": solves}
 
 
 def _collect(*modules) -> dict:
