@@ -35,7 +35,7 @@ def _collect(*modules) -> dict:
 GATES = MappingProxyType(_collect(*FAMILIES.values()))
 registry = MappingProxyType({gate.name: gate for gate in GATES.values()})
 RULES = MappingProxyType({**GATES, **control.STRUCTURAL, **loops.STRUCTURAL,
-                          **remat.STRUCTURAL, **custom.STRUCTURAL})
+                          **remat.STRUCTURAL, **custom.STRUCTURAL, **solves.STRUCTURAL})
 # custom_rules="primal": custom_jvp/custom_vjp functions differentiated through their primal
 CUSTOM_RULES = {"use": {}, "primal": MappingProxyType(custom.PRIMAL)}
 

@@ -110,3 +110,136 @@ def _triangular_solve_kinks(dtype):
             case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True,
                                                         unit_diagonal=True), a, b,
                  label="a zero on the ignored diagonal")]
+
+
+# ---- tridiagonal_solve ----------------------------------------------------------------------------
+def _tridiag_forward(dl, d, du, b, *, perturb_singular):
+    real_only("lax.tridiagonal_solve", dl, d, du, b)
+    out = P.tridiagonal_solve_p.bind(dl, d, du, b, perturb_singular=perturb_singular)
+    return out, (dl, d, du, out)
+
+
+@primitive_gate(P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",))
+def tridiagonal_solve(g, saved, *, perturb_singular, needs):
+    """Y = A^{-1} B for the tridiagonal A with sub-, main and super-diagonals dl, d, du
+    (..., m) (dl[0] and du[-1] unused), B (..., m, n).  Local gradients (Giles 2008, 2.2.3),
+    with Z = A^{-T} g (the tridiagonal solve with dl and du swapped and shifted, as JAX's
+    transpose rule solves it) and dA = -Z Y^T read on the three diagonals:
+
+        dB = Z,  dd_i = -sum_k Z_ik Y_ik,  ddl_i = -sum_k Z_ik Y_(i-1)k,
+        ddu_i = -sum_k Z_ik Y_(i+1)k   (ddl_0 = ddu_(m-1) = 0)"""
+    dl, d, du, y = saved
+    zero = jnp.zeros_like(dl[..., :1])
+    dl_t = jnp.concatenate([zero, du[..., :-1]], axis=-1)
+    du_t = jnp.concatenate([dl[..., 1:], zero], axis=-1)
+    z = lax.linalg.tridiagonal_solve(dl_t, d, du_t, g, perturb_singular=perturb_singular)
+    c = -z
+    ddl = jnp.concatenate([zero, jnp.sum(c[..., 1:, :] * y[..., :-1, :], axis=-1)], axis=-1)
+    dd = jnp.sum(c * y, axis=-1)
+    ddu = jnp.concatenate([jnp.sum(c[..., :-1, :] * y[..., 1:, :], axis=-1), zero], axis=-1)
+    return tuple(x if need else None for x, need in zip((ddl, dd, ddu, z), needs))
+
+
+def _tridiagonal(rng, m, dtype, batch=()):
+    """Diagonals of a diagonally dominant tridiagonal matrix."""
+    dl, du = (0.5 * rng.standard_normal(batch + (m,)) for _ in range(2))
+    d = 2.0 + rng.uniform(size=batch + (m,))
+    return [x.astype(dtype) for x in (dl, d, du)]
+
+
+@tridiagonal_solve.defcases
+def _tridiagonal_solve_cases(rng, dtype):
+    solve = lambda dl, d, du, b: lax.linalg.tridiagonal_solve(dl, d, du, b)
+    return [case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 4, dtype),
+                 normal(rng, (4, 2), dtype), label="4x4, two right-hand sides"),
+            case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 3, dtype, batch=(2,)),
+                 normal(rng, (2, 3, 1), dtype), label="batched")]
+
+
+@tridiagonal_solve.defkinks
+def _tridiagonal_solve_kinks(dtype):
+    dl, d, du = _tridiagonal(np.random.default_rng(11), 3, dtype)
+    dl[1] = d[1] = du[1] = 0.0  # a zero row: singular, LAPACK's solution is NaN
+    b = np.ones((3, 2), dtype)
+    return [case(P.tridiagonal_solve_p, lambda *a: lax.linalg.tridiagonal_solve(*a),
+                 dl, d, du, b, label="singular (a zero row)")]
+
+
+# ---- custom_linear_solve --------------------------------------------------------------------------
+def _split(args, const_lengths):
+    """(matvec consts, vecmat consts, solve consts, transpose_solve consts, b)."""
+    out, start = [], 0
+    for n in const_lengths:
+        out.append(list(args[start:start + n]))
+        start += n
+    return out + [list(args[start:])]
+
+
+def _linear_solve_forward(*args, const_lengths, jaxprs, rules=None, scope=""):
+    real_only("lax.custom_linear_solve", *args)
+    x = P.linear_solve_p.bind(*args, const_lengths=const_lengths, jaxprs=jaxprs)
+    return tuple(x), (list(args), tuple(x))
+
+
+@primitive_gate(P.linear_solve_p, forward=_linear_solve_forward,
+                params=("const_lengths", "jaxprs") + FNN_PARAMS)
+def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope="", needs):
+    """x = solve(matvec, b), the solution of A x = b for the linear map A = matvec (whose
+    constants may be differentiated), by the user's `solve`; its aux outputs carry no gradient.
+    Local gradients (implicit differentiation of A x = b, as JAX's rule: dx = A^{-1} (db - dA x)),
+    with z = A^{-T} xbar computed by `transpose_solve` applied to vecmat (matvec's transpose),
+    JAX's transpose rule:
+
+        db = z,   d(matvec's constants) = the VJP of c -> matvec_c(x) at -z
+
+    the latter by fnn's backward over matvec's jaxpr, interpreted with the rules in use. The
+    constants of vecmat, solve and transpose_solve get none (their solver is assumed exact)."""
+    args, x = saved
+    consts = _split(args, const_lengths)
+    mv, b = consts[0], consts[4]
+    nb = len(b)
+    if jaxprs.transpose_solve is None:
+        raise GateError(
+            "rule 'lax.custom_linear_solve': the solve has no transpose_solve, and reverse-mode "
+            "gradients need one (jax.grad refuses this too): pass transpose_solve= to "
+            "lax.custom_linear_solve, or symmetric=True if matvec is symmetric.")
+    transposed = [c for group in (consts[1], consts[0], consts[3], consts[2]) for c in group]
+    z = P.linear_solve_p.bind(*transposed, *g[:nb], const_lengths=const_lengths.transpose(),
+                              jaxprs=jaxprs.transpose())[:nb]
+    grads = [None] * len(args)
+    grads[len(args) - nb:] = [zi if need else None for zi, need in zip(z, needs[len(args) - nb:])]
+    if any(needs[:len(mv)]):
+        body = Body(body_interpreter(rules, scope), jaxprs.matvec, mv + list(x[:nb]))
+        seeds = {}
+        for node, zi in zip(body.out_nodes, z):
+            if node is not None:
+                seeds[node] = seeds[node] - zi if node in seeds else -zi
+        cts = backward(body.tape, seeds)
+        for k, (node, need, c) in enumerate(zip(body.in_nodes[:len(mv)], needs, mv)):
+            if need:
+                grads[k] = cts[node] if node in cts else jnp.zeros_like(c)
+    return tuple(grads)
+
+
+@custom_linear_solve.defcases
+def _custom_linear_solve_cases(rng, dtype):
+    import jax.scipy.sparse.linalg as jssl
+
+    a = spd(rng, 3, dtype)
+    solve, cg = jnp.linalg.solve, lambda a, b: jssl.cg(lambda v: a @ v, b, tol=1e-12)[0]
+    # numeric=False: the derivative is implicit (matvec's constants alone move x, through A x =
+    # b), while stepping one group of constants (matvec's A, or solve's LU factors) alone moves
+    # x otherwise; whole programs are compared with central differences in
+    # tests/test_linalg_programs.py
+    return [case(P.linear_solve_p, solve, normal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+                 normal(rng, (3,), dtype), numeric=False, label="jnp.linalg.solve"),
+            case(P.linear_solve_p, cg, a, normal(rng, (3,), dtype), numeric=False,
+                 label="cg: symmetric, a while loop as the solver"),
+            case(P.linear_solve_p, jnp.linalg.solve,
+                 normal(rng, (2, 3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+                 normal(rng, (2, 3, 2), dtype), numeric=False, label="batched, matrix b")]
+
+
+custom_linear_solve.defkinks(smooth=True)  # one formula; a singular A is the user's solve's NaN
+
+STRUCTURAL = {P.linear_solve_p: control_rule(custom_linear_solve)}
