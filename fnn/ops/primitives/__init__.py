@@ -2,8 +2,9 @@
 
 One gate per primitive, by family (elementwise, reductions, shapes, indexing, linalg (the
 matrix product), factorizations (cholesky, lu, qr), spectral (svd, eigh), solves (triangular,
-tridiagonal, custom_linear_solve), conv, control flow, checkpoints), each with its hand-written VJP, test cases and kink cases (or a
-declaration that it has none), and the parameters it handles, declared with the public
+tridiagonal, custom_linear_solve), conv, control flow, checkpoints), each with its hand-written
+VJP, test cases and kink cases (or a declaration that it has none), and the parameters it
+handles, declared with the public
 `fnn.primitive_gate`; plus the structural rules (nested jit interpreted in place, custom_jvp/vjp
 calls by their own rules (fnn.ops.primitives.custom), while loops, primitives without gradient).
 `GATES` maps each primitive to its gate, `RULES` is what the interpreter reads (fnn.autodiff.interpret).
