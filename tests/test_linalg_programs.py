@@ -2,7 +2,7 @@
 Glow-style flow with an invertible 1x1 mixing matrix, spectral and nuclear norm regularisers,
 pinv and lstsq, an orthogonal parametrisation by QR, an eigvalsh loss, expm,
 multivariate_normal.logpdf, conjugate gradients, det, eigenvectors and a tridiagonal solve:
-fnn.grad equals jax.grad to 1e-10 in float64, eagerly and under jit. Also: what jax.grad gives
+fnn.grad equals jax.grad to 1e-10 in float64, eagerly and under jit, and to second order. Also: what jax.grad gives
 at a degenerate spectrum where only eigenvalues are used (finite), and what fnn refuses."""
 
 import jax
@@ -150,6 +150,20 @@ def test_program_gradient_is_jax(name, x64):
     _assert_same(jax.jit(fnn.grad(f, argnums=argnums))(*args), ref, f"{name}, jit")
     _assert_same(fnn.grad(f, argnums=argnums)(*args), ref, f"{name}, eager")
 
+
+
+@pytest.mark.parametrize("name", ["gp marginal likelihood", "cg and solve", "orthogonal by qr",
+                                  "det and svd", "eigenvectors"])
+def test_second_order_through_fnn_backward(name, x64):
+    """fnn.grad of a function of fnn.grad (fnn differentiating its own linear-algebra
+    backward: triangular and LU solves, transposed custom_linear_solve) == the same with
+    jax.grad, under jit."""
+    f, args = _programs()[name]
+    total = lambda grad: (lambda a: sum(jnp.sum(jnp.sin(g)) for g in
+                                        jax.tree_util.tree_leaves(grad(f)(a, *args[1:]))))
+    mine = jax.jit(fnn.grad(total(fnn.grad)))(args[0])
+    ref = jax.jit(jax.grad(total(jax.grad)))(args[0])
+    _assert_same(mine, ref, f"{name}, second order")
 
 # ---- degenerate spectra: jax.grad's values ---------------------------------------------------------
 def test_repeated_eigenvalues_values_alone_are_finite_as_in_jax(x64):
