@@ -23,7 +23,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
 from fnn.ops._cases import normal
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives._matrices import T, mm, real_only, spd, spread, tril, triu
+from fnn.ops.primitives._matrices import T, mm, real_only, spd, tril, triu
 
 tri_solve = lax.linalg.triangular_solve
 

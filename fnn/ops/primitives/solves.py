@@ -22,8 +22,7 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff.backward import backward
 from fnn.autodiff.gate import primitive_gate
-from fnn.autodiff.tape import Traced
-from fnn.errors import GateError, describe
+from fnn.errors import GateError
 from fnn.ops._cases import normal
 from fnn.ops.primitives._define import case
 from fnn.ops.primitives._matrices import T, mm, real_only, spd, tril, triu
