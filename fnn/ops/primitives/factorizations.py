@@ -39,7 +39,7 @@ def _cholesky_forward(a):
 def cholesky(g, l):
     """L with L L^T = A, A (..., n, n) symmetric positive definite (its lower triangle read).
     The output is lower triangular (JAX's rule zeroes what LAPACK leaves above the diagonal).
-    Local gradient (Murray 2016, "Differentiation of the Cholesky decomposition", eq. 10, as the
+    Local gradient (Murray 2016, "Differentiation of the Cholesky decomposition", as the
     transpose of JAX's forward rule dL = L Phi(L^{-1} dA L^{-T})):
 
         dA = L^{-T} Phi(L^T g) L^{-1},   Phi(X) = the lower triangle of X, its diagonal halved
@@ -102,7 +102,7 @@ def _lu_pullback(lu, perm, g):
 def lu(g, saved):
     """(LU, pivots, permutation) with A[permutation] = L U, A (..., m, n), L unit lower
     triangular (m x min(m, n)) and U upper (min(m, n) x n) packed in one matrix.  Local gradient
-    (Giles 2008 sec. 3.1 / De Hoog et al. 2011, the transpose of JAX's rule), with G the
+    (Giles 2008; De Hoog et al. 2011; the transpose of JAX's rule), with G the
     upstream gradient of the packed LU and L, U padded to square:
 
         dA = P^T L^{-T} (tril(L^T G, -1) + triu(G U^T)) U^{-T}
@@ -150,8 +150,8 @@ def _qr_forward(x, *, pivoting, full_matrices, **params):
 
 
 def _thin_qr_pullback(q, r, dq, dr):
-    """The transpose of JAX's _thin_qr_jvp (Townsend, "Differentiating the QR decomposition",
-    2018; Walter and Lehmann 2018), for X = Q R with m >= n: with Y = Q^T dX R^{-1},
+    """The transpose of JAX's _thin_qr_jvp (J. Townsend's note on the QR derivative,
+    j-towns.github.io/papers/qr-derivative.pdf), for X = Q R with m >= n: with Y = Q^T dX R^{-1},
     dQ = Q (skew(Y) - Y) + dX R^{-1} and dR = (Y - skew(Y)) R, skew(Y) = tril(Y, -1) -
     tril(Y, -1)^T, so
 
@@ -170,7 +170,7 @@ def _qr_pullback(x, q, r, p, dq, dr, *, full_matrices):
         dx = jnp.concatenate([dx1, mm(q, dr2)], axis=1)
     elif not full_matrices or m == n:
         dx = _thin_qr_pullback(q, r, dq, dr)
-    else:  # Q's last m - n columns too (Roberts and Roberts 2024, arXiv:2409.13374, eq. 32-33)
+    else:  # Q's last m - n columns too (arXiv:2409.13374, eq. 32-33, as JAX's rule)
         q_mn, q_mp, q_nn, q_pn = q[:, :n], q[:, n:], q[:n, :n], q[n:, :n]
         # Z = Q_pn (Q_nn - I)^{-1}, from the transposed system as JAX solves it (by LU)
         lu_, _, perm = lax.linalg.lu(T(q_nn - jnp.eye(n, dtype=q.dtype)))
@@ -196,13 +196,13 @@ def _lu_solve(lu_, perm, b):
 def qr(g, saved, *, pivoting, full_matrices, **params):
     """(Q, R[, P]) with X[..., P] = Q R, X (..., m, n), Q with orthonormal columns (m x k),
     R upper triangular (k x n); k = min(m, n), or m with full_matrices. Local gradient, the
-    transpose of JAX's rule (Giles 2008 sec. 3.3 gives dR; Townsend 2018 the thin case):
+    transpose of JAX's rule (Giles 2008; Townsend's note for the thin case):
 
         C = Q^T Qbar - Rbar R^T,   dX = (Qbar + Q (tril(C - C^T, -1) - C)) R^{-T}
 
     for m >= n; a wide X = [X1 X2] adds Q Rbar2 for X2 and X2 Rbar2^T to X1's Qbar (R2 = Q^T
     X2); full_matrices with m > n adds the transpose of the last m - n columns' tangent
-    (Roberts and Roberts 2024, eq. 32-33). The pivots P are integers: no gradient (their
+    (arXiv:2409.13374, eq. 32-33). The pivots P are integers: no gradient (their
     columns are put back in place). A rank-deficient X (a zero on R's diagonal) gives JAX's
     infinities and NaNs."""
     x, outs = saved

@@ -6,7 +6,7 @@ A solve Y = A^{-1} B is linear in B and, through the inverse, smooth in A: with 
 
     Bbar = Z,        Abar = -Z Y^T
 
-(Giles 2008, "An extended collection of matrix derivative results", sec. 2.2.3: C = A^{-1} B
+(Giles 2008, "An extended collection of matrix derivative results": C = A^{-1} B
 gives Bbar = A^{-T} Cbar, Abar = -Bbar C^T). A triangular A keeps only its triangle's gradient;
 a tridiagonal one its three diagonals'. custom_linear_solve's matrix is a function (matvec)
 whose constants may be differentiated values: its gradient is matvec's own backward at the
@@ -43,7 +43,7 @@ def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, un
                      needs):
     """Y = op(A)^{-1} B (left_side) or B op(A)^{-1}, A (..., m, m) triangular (only its
     `lower` or upper triangle is read, its diagonal taken as ones with unit_diagonal), op(A) =
-    A^T with transpose_a.  Local gradients (Giles 2008, 2.2.3), with Z the solve of the upstream
+    A^T with transpose_a.  Local gradients (Giles 2008), with Z the solve of the upstream
     g with op(A)^T:  dB = Z;  d op(A) = -Z Y^T (left) or -Y^T Z (right), kept on A's triangle
     (off the diagonal with unit_diagonal). The products are grouped as JAX's rule groups them
     (the cheaper way for the shapes), so a singular A gives JAX's infinities and NaNs."""
@@ -121,7 +121,7 @@ def _tridiag_forward(dl, d, du, b, *, perturb_singular):
 @primitive_gate(P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",))
 def tridiagonal_solve(g, saved, *, perturb_singular, needs):
     """Y = A^{-1} B for the tridiagonal A with sub-, main and super-diagonals dl, d, du
-    (..., m) (dl[0] and du[-1] unused), B (..., m, n).  Local gradients (Giles 2008, 2.2.3),
+    (..., m) (dl[0] and du[-1] unused), B (..., m, n).  Local gradients (Giles 2008),
     with Z = A^{-T} g (the tridiagonal solve with dl and du swapped and shifted, as JAX's
     transpose rule solves it) and dA = -Z Y^T read on the three diagonals:
 
