@@ -52,10 +52,11 @@ def _check(name, x, h0, wx, wh, b, k, extra=()):
                             f"x {describe(x)} and {arg} {describe(got)}")
 
 
-def _project(x, wx, b):
-    """The input part of every step, one matmul: (T, N, D) @ (D, kH) + b -> (T, N, kH)."""
+def _project(x, wx):
+    """The input part of every step, one matmul: (T, N, D) @ (D, kH) -> (T, N, kH) (the bias
+    is added inside the loop, where the step's elementwise work reads this anyway)."""
     t, n, d = x.shape
-    return (jnp.reshape(x, (t * n, d)) @ wx + b).reshape(t, n, -1)
+    return (jnp.reshape(x, (t * n, d)) @ wx).reshape(t, n, -1)
 
 
 def _times_wh_t(da, wh):
@@ -112,10 +113,10 @@ def rnn_sequence(x, h0, wx, wh, b):
     _check("rnn_sequence", x, h0, wx, wh, b, 1)
 
     def step(h, xa_t):
-        h = jnp.tanh(xa_t + h @ wh)
+        h = jnp.tanh(xa_t + b + h @ wh)
         return h, h
 
-    h_t, hs = lax.scan(step, h0, _project(x, wx, b))
+    h_t, hs = lax.scan(step, h0, _project(x, wx))
     return (hs, h_t), (x, h0, wx, wh, hs)
 
 
@@ -147,47 +148,46 @@ def lstm_sequence(x, h0, c0, wx, wh, b):
     returns (hs (T, N, H), h_T, c_T).
 
     Local gradients (lstm_step_backward at each step of a reverse scan carrying dh, dc): with
-    dh += g_t and dc += dh o (1 - tanh(c_t)**2): di = dc g, df = dc c_{t-1}, do = dh tanh(c_t),
-    dg = dc i, each through its gate's derivative into da_t; dh = da_t wh^T, dc = dc f (dh0, dc0
-    at the end); then for all steps at once dx = dA wx^T, dwx = X^T dA, dwh = H_prev^T dA,
-    db = sum dA.
+    dh += g_t and dc += dh o (1 - tanh(c_t)**2), the pre-activation gradient is
+    da_t = (dc, dc, dh, dc) * (g i (1 - i), c_{t-1} f (1 - f), tanh(c_t) o (1 - o), i (1 - g**2))
+    (the second factor is computed by the forward, where its parts are at hand, and saved);
+    dh = da_t wh^T, dc = dc f (dh0, dc0 at the end); then for all steps at once dx = dA wx^T,
+    dwx = X^T dA, dwh = H_prev^T dA, db = sum dA.
     """
     _check("lstm_sequence", x, h0, wx, wh, b, 4, [("c0", c0, tuple(np.shape(h0)))])
     hidden = h0.shape[1]
 
     def step(carry, xa_t):
-        h, c = carry
-        a = xa_t + h @ wh
+        h, c_prev = carry
+        a = xa_t + b + h @ wh
         s, gg = jax.nn.sigmoid(a[:, :3 * hidden]), jnp.tanh(a[:, 3 * hidden:])
         i, f, o = s[:, :hidden], s[:, hidden:2 * hidden], s[:, 2 * hidden:]
-        c = f * c + i * gg
+        c = f * c_prev + i * gg
         t = jnp.tanh(c)
         h = o * t
-        return (h, c), (h, c, t, jnp.concatenate([s, gg], axis=1))
+        # the local derivatives the backward multiplies by: d a / d(dc, dc, dh, dc), d c / d h
+        local = jnp.concatenate([gg * i * (1 - i), c_prev * f * (1 - f), t * o * (1 - o),
+                                 i * (1 - gg * gg)], axis=1)
+        return (h, c), (h, local, o * (1 - t * t), f)
 
-    (h_t, c_t), (hs, cs, ts, acts) = lax.scan(step, (h0, c0), _project(x, wx, b))
-    return (hs, h_t, c_t), (x, h0, c0, wx, wh, hs, cs, ts, acts)
+    (h_t, c_t), (hs, local, dc_dh, fs) = lax.scan(step, (h0, c0), _project(x, wx))
+    return (hs, h_t, c_t), (x, h0, wx, wh, hs, local, dc_dh, fs)
 
 
 @lstm_sequence.defvjp
 def lstm_sequence_vjp(g, saved, *, needs):
     g_hs, g_ht, g_ct = g
-    x, h0, c0, wx, wh, hs, cs, ts, acts = saved
-    hidden = h0.shape[1]
+    x, h0, wx, wh, hs, local, dc_dh, fs = saved
 
     def step(carry, inputs):
         dh, dc = carry
-        g_t, c_prev, t, act = inputs
-        i, f = act[:, :hidden], act[:, hidden:2 * hidden]
-        o, gg = act[:, 2 * hidden:3 * hidden], act[:, 3 * hidden:]
+        g_t, local_t, dc_dh_t, f = inputs
         dh = dh + g_t
-        dc = dc + dh * o * (1 - t * t)
-        da = jnp.concatenate([dc * gg * i * (1 - i), dc * c_prev * f * (1 - f),
-                              dh * t * o * (1 - o), dc * i * (1 - gg * gg)], axis=1)
+        dc = dc + dh * dc_dh_t
+        da = jnp.concatenate([dc, dc, dh, dc], axis=1) * local_t
         return (_times_wh_t(da, wh), dc * f), da
 
-    (dh0, dc0), da = lax.scan(step, (g_ht, g_ct), (g_hs, _previous(c0, cs), ts, acts),
-                              reverse=True)
+    (dh0, dc0), da = lax.scan(step, (g_ht, g_ct), (g_hs, local, dc_dh, fs), reverse=True)
     dx, dwx, dwh, db, _ = _weight_grads(dict(x=needs[0], wx=needs[3], wh=needs[4]), x, wx,
                                         _previous(h0, hs), wh, da)
     return dx, dh0, dc0, dwx, dwh, db if needs[5] else None
@@ -206,48 +206,48 @@ def gru_sequence(x, h0, wx, wh, b, bh):
     (hs (T, N, H), h_T).
 
     Local gradients (a reverse scan carrying dh): dh += g_t; da_n = dh (1 - z) (1 - n**2),
-    da_r = da_n ah_n r (1 - r), da_z = dh (h_{t-1} - n) z (1 - z); the x side takes
-    dA_x = (da_r, da_z, da_n), the h side dA_h = (da_r, da_z, da_n r), and dh = dh z + dA_h wh^T
-    (dh0 at the end); then for all steps at once dx = dA_x wx^T, dwx = X^T dA_x, db = sum dA_x,
+    da_r = da_n ah_n r (1 - r), da_z = dh (h_{t-1} - n) z (1 - z), i.e. the x side's
+    dA_x = (da_r, da_z, da_n) = dh * (the local derivatives, computed by the forward and saved);
+    the h side takes dA_h = (da_r, da_z, da_n r), and dh = dh z + dA_h wh^T (dh0 at the end);
+    then for all steps at once dx = dA_x wx^T, dwx = X^T dA_x, db = sum dA_x,
     dwh = H_prev^T dA_h, dbh = sum dA_h.
     """
     _check("gru_sequence", x, h0, wx, wh, b, 3, [("bh", bh, tuple(np.shape(b)))])
     hidden = h0.shape[1]
 
-    def step(h, xa_t):
-        ah = h @ wh + bh
+    def step(h_prev, xa_t):
+        xa_t = xa_t + b
+        ah = h_prev @ wh + bh
         rz = jax.nn.sigmoid(xa_t[:, :2 * hidden] + ah[:, :2 * hidden])
         r, z = rz[:, :hidden], rz[:, hidden:]
         ah_n = ah[:, 2 * hidden:]
         n = jnp.tanh(xa_t[:, 2 * hidden:] + r * ah_n)
-        h = (1 - z) * n + z * h
-        return h, (h, rz, n, ah_n)
+        h = (1 - z) * n + z * h_prev
+        dn = (1 - z) * (1 - n * n)  # d a_n / d h_t, then those of a_r and a_z
+        local = jnp.concatenate([dn * ah_n * r * (1 - r), (h_prev - n) * z * (1 - z), dn],
+                                axis=1)
+        return h, (h, local, r, z)
 
-    h_t, (hs, rzs, ns, ah_ns) = lax.scan(step, h0, _project(x, wx, b))
-    return (hs, h_t), (x, h0, wx, wh, hs, rzs, ns, ah_ns)
+    h_t, (hs, local, rs, zs) = lax.scan(step, h0, _project(x, wx))
+    return (hs, h_t), (x, h0, wx, wh, hs, local, rs, zs)
 
 
 @gru_sequence.defvjp
 def gru_sequence_vjp(g, saved, *, needs):
     g_hs, g_ht = g
-    x, h0, wx, wh, hs, rzs, ns, ah_ns = saved
+    x, h0, wx, wh, hs, local, rs, zs = saved
     hidden = h0.shape[1]
-    h_prev = _previous(h0, hs)
 
     def step(dh, inputs):
-        g_t, h_p, rz, n, ah_n = inputs
-        r, z = rz[:, :hidden], rz[:, hidden:]
+        g_t, local_t, r, z = inputs
         dh = dh + g_t
-        da_n = dh * (1 - z) * (1 - n * n)
-        da_r = da_n * ah_n * r * (1 - r)
-        da_z = dh * (h_p - n) * z * (1 - z)
-        dax = jnp.concatenate([da_r, da_z, da_n], axis=1)
-        dah = jnp.concatenate([da_r, da_z, da_n * r], axis=1)
+        dax = jnp.concatenate([dh, dh, dh], axis=1) * local_t
+        dah = jnp.concatenate([dax[:, :2 * hidden], dax[:, 2 * hidden:] * r], axis=1)
         return dh * z + _times_wh_t(dah, wh), (dax, dah)
 
-    dh0, (dax, dah) = lax.scan(step, g_ht, (g_hs, h_prev, rzs, ns, ah_ns), reverse=True)
+    dh0, (dax, dah) = lax.scan(step, g_ht, (g_hs, local, rs, zs), reverse=True)
     dx, dwx, dwh, db, dbh = _weight_grads(dict(x=needs[0], wx=needs[2], wh=needs[3]), x, wx,
-                                          h_prev, wh, dax, dah)
+                                          _previous(h0, hs), wh, dax, dah)
     return dx, dh0, dwx, dwh, db if needs[4] else None, dbh if needs[5] else None
 
 
