@@ -138,7 +138,8 @@ def test_pytorch_runs_in_its_own_process_with_only_its_path_added(tmp_path):
     fake = tmp_path / "torch"
     fake.mkdir()
     (fake / "__init__.py").write_text(
-        "import sys\nraise ImportError(f'stand-in torch; jax imported: {\"jax\" in sys.modules}')\n")
+        "import sys\n"
+        "raise ImportError(f'stand-in torch; jax imported: {\"jax\" in sys.modules}')\n")
     spec = bench.model_specs(quick=True)["mlp"]
     out = torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=True,
                         torch_path=str(tmp_path), load_tolerance=0.5, attempts=1)

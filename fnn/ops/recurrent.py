@@ -7,11 +7,11 @@ with its hand-written rule (backpropagation through time written out).
 
 Sequences are time-major: x (T, N, D), hs (T, N, H) (the layers of fnn.nn.sequence swap their
 batch-major (N, T, D) in and out). The forward makes the input projection of every step ONE
-matmul, A_x = X wx + b over (T*N, D), before a `lax.scan` that computes only the recurrent part
-h_{t-1} wh and the gates' elementwise work, saving the gates' activations per step. The VJP is
-a reverse `lax.scan` of the recurrent chain alone (through h and c), producing the stacked
-pre-activation gradients dA (T, N, kH), then the weight gradients of all steps as one large
-matmul each:
+matmul, X wx over (T*N, D), before a `lax.scan` that computes only the recurrent part h_{t-1} wh
+and the gates' elementwise work (the bias added there), saving each step's local derivatives
+(what the backward multiplies the step's dh and dc by). The VJP is a reverse `lax.scan` of the
+recurrent chain alone (through h and c), producing the stacked pre-activation gradients
+dA (T, N, kH), then the weight gradients of all steps as one large matmul each:
 
     dwx = X^T dA    dwh = H_prev^T dA    db = sum dA    dx = dA wx^T
 
@@ -78,7 +78,8 @@ def _weight_grads(needs, x, wx, h_prev, wh, dax, dah=None):
     ah = jnp.reshape(dah, (t * n, -1))
     contract_rows = (((0,), (0,)), ((), ()))
     dx = (ax @ wx.T).reshape(x.shape) if needs["x"] else None
-    dwx = lax.dot_general(jnp.reshape(x, (t * n, d)), ax, contract_rows) if needs["wx"] else None
+    dwx = lax.dot_general(jnp.reshape(x, (t * n, d)), ax, contract_rows) \
+        if needs["wx"] else None
     dwh = lax.dot_general(jnp.reshape(h_prev, (t * n, -1)), ah, contract_rows) \
         if needs["wh"] else None
     return dx, dwx, dwh, jnp.sum(ax, axis=0), jnp.sum(ah, axis=0)
