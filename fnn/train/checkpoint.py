@@ -148,9 +148,10 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
                     folder=None, verify: bool = False) -> None:
     """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path` (a
     name in `folder`, a fnn.train.files.Folder, or any path), through
-    fnn.train.files.write_file. verify=True reads the file back and checks its digest, so a
-    checkpoint damaged as it is written (a failing disk) is found at once. Running out of
-    memory raises fnn.train.OutOfMemoryError and leaves the previous file as it was."""
+    fnn.train.files.write_file. verify=True reads the new file back and checks its digest
+    before it replaces the previous one, so a checkpoint damaged as it is written (a failing
+    disk) is found at once and never replaces a good one. Running out of memory raises
+    fnn.train.OutOfMemoryError and leaves the previous file as it was."""
     try:
         tensors = {}
         for prefix, tree in trees.items():
@@ -162,23 +163,28 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
                                       "digest")
             meta[k] = json.dumps(v)
         meta["sha256"] = json.dumps(digest(tensors, meta))
-        write_file(path, safetensors_chunks(tensors, meta), folder=folder)
+        shown = path if folder is None else folder.join(os.path.basename(path))
+
+        def read_back(tmp: str, where) -> None:
+            try:
+                header = read_header(tmp, folder=where)
+                _read_tensors(header, keep=())
+            except CheckpointError as e:
+                raise CheckpointError(f"{shown} was damaged as it was written (read back: {e}); "
+                                      f"the previous {os.path.basename(path)} is unchanged; the "
+                                      "disk or file system may be failing") from None
+            if header.raw_meta.get("sha256") != meta["sha256"]:
+                raise CheckpointError(f"{shown} was damaged as it was written: read back, it "
+                                      "holds another digest than the one saved")
+
+        write_file(path, safetensors_chunks(tensors, meta), folder=folder,
+                   check=read_back if verify else None)
     except MemoryError:
         raise OutOfMemoryError(
             f"out of memory while saving {path}: the host could not hold a copy of the "
             f"training state ({_state_size(trees)}); the previous {os.path.basename(path)} "
             "is unchanged. Free memory (other processes), or train a smaller model "
             "(--hidden, --channels)") from None
-    if verify:
-        try:
-            header = read_header(path, folder=folder)
-            _read_tensors(header, keep=())
-        except CheckpointError as e:
-            raise CheckpointError(f"{path} was damaged as it was written (read back: {e}); "
-                                  "the disk or file system may be failing") from None
-        if header.raw_meta.get("sha256") != meta["sha256"]:
-            raise CheckpointError(f"{path} was damaged as it was written: read back, it holds "
-                                  "another digest than the one saved")
 
 
 def _state_size(trees) -> str:
@@ -323,7 +329,7 @@ def _read_tensors(header: Header, keep=None) -> dict[str, np.ndarray]:
                     continue
                 left = end - begin
                 while left:
-                    chunk = f.read(min(left, 1 << 24))
+                    chunk = f.read(min(left, 1 << 20))
                     if not chunk:
                         raise CheckpointError(f"{path} is truncated: it shrank while being read")
                     h.update(chunk)

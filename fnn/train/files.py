@@ -175,11 +175,14 @@ def _write_all(fd: int, data, path: str) -> int:
     return done
 
 
-def write_file(path: str, data, *, folder: Folder | None = None, append: bool = False) -> None:
+def write_file(path: str, data, *, folder: Folder | None = None, append: bool = False,
+               check=None) -> None:
     """Write `data` (bytes, or an iterable of bytes-like chunks) to `path`: a name in `folder`
     (checked to be still at its path first), or any path (its folder opened for the write).
     Atomic (a temporary file renamed over it) or, append=True, one all-or-nothing append. A
-    symbolic link or non-regular file at `path` is refused (RunDirError)."""
+    symbolic link or non-regular file at `path` is refused (RunDirError). check(name, folder):
+    called on the temporary file once written and fsynced, before the rename; what it raises
+    aborts the write, the file at `path` unchanged (a checkpoint read back and verified)."""
     own = folder is None
     if own:
         folder = Folder(os.path.dirname(path) or ".")
@@ -201,6 +204,8 @@ def write_file(path: str, data, *, folder: Folder | None = None, append: bool = 
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if check is not None:
+                check(tmp, folder)
             folder.check()
             os.replace(tmp, name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
         except BaseException:

@@ -218,10 +218,13 @@ def init_out_of_memory(error: BaseException, model, optimizer, input_shape, wher
     from fnn.train.state import init_train_state
 
     try:
-        ts = jax.eval_shape(lambda: init_train_state(model, optimizer, tuple(input_shape), 0))
-        sizes = (f" The run needs parameters {_size(tree_bytes(ts.params))}, optimizer state "
-                 f"{_size(tree_bytes(ts.opt_state))} and model state "
-                 f"{_size(tree_bytes(ts.state))}.")
+        def make():
+            ts = init_train_state(model, optimizer, tuple(input_shape), 0)
+            return ts.params, ts.opt_state, ts.state
+
+        params, opt_state, state = jax.eval_shape(make)
+        sizes = (f" The run needs parameters {_size(tree_bytes(params))}, optimizer state "
+                 f"{_size(tree_bytes(opt_state))} and model state {_size(tree_bytes(state))}.")
     except Exception:  # no sizes: the message without them
         sizes = ""
     first = str(error).strip().splitlines()[0] if str(error).strip() else "RESOURCE_EXHAUSTED"
