@@ -515,12 +515,12 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
         history = [r for r in check_history(history, folder.join(METRICS))
                    if r["epoch"] <= ts.epoch]
         record = meta.get("record") if isinstance(meta.get("record"), dict) else None
+        best_acc = _best_acc(folder, history)  # (before the record: best may lack it too)
         if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
                 not history or history[-1]["epoch"] == ts.epoch - 1):
             history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
             log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped while "
                 f"saving it): restored from {path}")
-        best_acc = _best_acc(folder, history)
         if (primary and record is not None and record.get("epoch") == ts.epoch
                 and ts.position == 0 and start == LAST):
             score = best_score(record)
