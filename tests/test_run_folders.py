@@ -526,3 +526,29 @@ def test_float_validation_labels_are_refused_before_training():
                                         r"integer class labels \(int32\)"):
         train.fit(nn.mlp((8,)), train.make_optimizer(), wrong, epochs=1,
                   callback=lambda ts, r: pytest.fail("trained"))
+
+
+def test_sample_draws_with_the_whole_seed(tmp_path, capsys):
+    """sample --seed used PRNGKey(seed): seed 0 sampled what seed 2**32 did, and seeds >= 2**63
+    raised a raw OverflowError. (A text run made by hand: its config, vocabulary and an
+    untrained checkpoint, which is all sample reads.)"""
+    out = str(tmp_path / "lm")
+    config = train.TrainConfig(model="rnn", dataset="text", hidden=(8,), context=8)
+    os.mkdir(out)
+    files.write_file(os.path.join(out, "config.json"), json.dumps(config.to_dict()).encode())
+    vocab = Vocab(tuple(range(97, 123)))
+    vocab.save(out)
+    model = nn.build_model("rnn", len(vocab), **config.model_options())
+    params, state, _ = model.init(jax.random.PRNGKey(0), (8,))
+    train.save_checkpoint(os.path.join(out, "best.safetensors"),
+                          {"params": params, "state": state})
+    kw = dict(length=24, temperature=1.0)
+    texts = {s: train.sample.sample_run(out, "ab", seed=s, **kw) for s in (0, 2**32)}
+    assert main(["sample", out, "--prompt", "ab", "--length", "24", "--temperature", "1",
+                 "--seed", str(2**63)]) == 0
+    printed = capsys.readouterr().out.encode()
+    assert printed.startswith(b"ab") and printed.endswith(b"\n")
+    texts[2**63] = printed[2:-1]
+    assert len(set(texts.values())) == 3 and all(len(t) == 24 for t in texts.values())
+    assert main(["sample", out, "--top-k", "27"]) == 1
+    assert "top_k must be at most the vocabulary's 26 bytes, got 27" in capsys.readouterr().err
