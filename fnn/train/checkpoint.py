@@ -50,7 +50,7 @@ import numpy as np
 from fnn.errors import FnnError
 from fnn.pytrees import path_name
 from fnn.train.files import open_file, write_file
-from fnn.train.memory import OutOfMemoryError
+from fnn.train.memory import OutOfMemoryError, is_out_of_memory
 from fnn.train.state import TrainState
 
 FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files load unverified
@@ -179,7 +179,9 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
 
         write_file(path, safetensors_chunks(tensors, meta), folder=folder,
                    check=read_back if verify else None)
-    except MemoryError:
+    except (MemoryError, jax.errors.JaxRuntimeError) as e:
+        if not isinstance(e, MemoryError) and not is_out_of_memory(e):
+            raise
         raise OutOfMemoryError(
             f"out of memory while saving {path}: the host could not hold a copy of the "
             f"training state ({_state_size(trees)}); the previous {os.path.basename(path)} "

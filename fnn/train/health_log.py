@@ -12,7 +12,7 @@ import numpy as np
 from fnn.check.health import METRICS
 from fnn.check.tolerances import tolerance
 from fnn.train import jsonl
-from fnn.train.files import write_file
+from fnn.train.files import RunDirError, write_file
 from fnn.train.plot import png_bytes
 
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
@@ -29,7 +29,33 @@ def read_rows(path: str, log=None, *, folder=None) -> list[dict]:
     rows, note = jsonl.read(path, folder=folder)
     if note and log is not None:
         log(f"note: {note}")
-    return rows
+    shown = folder.join(FILE) if folder is not None else path
+    return [check_row(row, i, shown) for i, row in enumerate(rows, 1)]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_row(row: dict, i: int, path: str) -> dict:
+    """`row` (record i of diagnostics.jsonl at `path`) if its fields have their types: step
+    and epoch integers >= 0, loss a number, each metric a map of layer names to numbers;
+    RunDirError naming the record and the field otherwise."""
+    def bad(field, want):
+        return RunDirError(f"{path}: record {i}: field {field!r} must be {want}, got "
+                           f"{str(row.get(field))[:60]}; fix or delete that line")
+    for field in ("step", "epoch"):
+        v = row.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(field, "an integer >= 0")
+    if not _number(row.get("loss")):
+        raise bad("loss", "a number")
+    for metric in METRICS:
+        v = row.get(metric, {})
+        if not isinstance(v, dict) or not all(isinstance(k, str) and _number(x)
+                                              for k, x in v.items()):
+            raise bad(metric, "a map of layer names to numbers")
+    return row
 
 
 def _epoch(row) -> int:

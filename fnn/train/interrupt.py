@@ -16,7 +16,8 @@ signal it was. The previous handlers are restored on exit, also on an exception.
 XLA compiling the epoch's program can take seconds: fit waits for it with `interruptible`, the
 compilation running in a worker thread while the main thread looks for a stop request every
 50 ms, so a Ctrl-C during the first compilation stops within a second (the worker is left to
-finish on its own; its result is not used).
+finish on its own; its result is not used, and the command line ends the process without
+finalizing Python while it runs: `abandoned`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ class StopRequest:
         return None if self.at is None else time.perf_counter() - self.at
 
 
+_ABANDONED: list = []  # worker threads interruptible stopped waiting for
+
+
+def abandoned() -> list:
+    """The worker threads `interruptible` stopped waiting for that still run (an XLA
+    compilation). A process must not finalize Python while one runs (XLA would abort it):
+    the command line ends such a process with os._exit once its output is flushed."""
+    _ABANDONED[:] = [t for t in _ABANDONED if t.is_alive()]
+    return list(_ABANDONED)
+
+
 def interruptible(fn, stop: StopRequest, poll: float = 0.05):
     """(True, fn()) with fn run in a worker thread (in a copy of this thread's context, so
     contextvars such as fnn.rules scopes carry over) while this thread waits, or (False, None)
@@ -100,6 +112,7 @@ def interruptible(fn, stop: StopRequest, poll: float = 0.05):
     while worker.is_alive():
         worker.join(poll)
         if stop.requested:
+            _ABANDONED.append(worker)
             return False, None
     if "error" in result:
         raise result["error"]

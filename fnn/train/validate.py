@@ -91,15 +91,18 @@ def check_start(model, input_shape, start, shapes=None) -> None:
                          f"{tuple(input_shape)}:\n  " + "\n  ".join(problems[:12]) + more)
 
 
+@jax.jit
+def _count_non_finite(leaves):
+    return [(jax.numpy.isnan(a).sum(), jax.numpy.isinf(a).sum()) for a in leaves]
+
+
 def non_finite_leaves(tree, prefix: str) -> list[str]:
     """'name (k NaN, j inf of n)' for each float leaf of `tree` holding NaN or inf."""
     paths = [(path_name(p, prefix), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
              if hasattr(leaf, "dtype") and np.issubdtype(np.dtype(leaf.dtype), np.inexact)]
     if not paths:
         return []
-    counts = jax.device_get(jax.jit(lambda leaves: [
-        (jax.numpy.isnan(a).sum(), jax.numpy.isinf(a).sum()) for a in leaves])(
-            [leaf for _, leaf in paths]))
+    counts = jax.device_get(_count_non_finite([leaf for _, leaf in paths]))
     return [f"{name} ({int(nan)} NaN, {int(inf)} inf of {int(np.size(leaf))})"
             for (name, leaf), (nan, inf) in zip(paths, counts) if nan or inf]
 
