@@ -35,6 +35,8 @@ SLOWEST_FILES = (
     "test_runtime.py",              # 46
     "test_hypothesis_models.py",    # 47
     "test_reliability.py",          # 47
+    "test_run_folders.py",          # 45 (under load; ~25 alone)
+    "test_kill_runs.py",            # 40 (under load; forks ~10 runs from one process)
 )
 
 

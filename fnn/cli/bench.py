@@ -9,6 +9,7 @@ from fnn.bench.cases import CASES
 from fnn.bench.report import markdown
 from fnn.bench.run import run as run_bench
 from fnn.bench.timing import ATTEMPTS, LOAD_TOLERANCE
+from fnn.train.files import write_file
 
 
 HELP = "time hand-written gradients against jax.grad (and PyTorch if installed)"
@@ -57,9 +58,7 @@ def run(args) -> int:
     print("")
     print(markdown(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_file(args.json, json.dumps(result, indent=1).encode())
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(result))
+        write_file(args.markdown, markdown(result).encode())
     return 0
