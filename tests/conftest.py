@@ -25,6 +25,7 @@ SLOWEST_FILES = (
     "test_nn.py",                   # 60
     "test_custom_rules.py",         # 50
     "test_kinks.py",                # 40
+    "test_nan_propagation.py",      # 40
     "test_remat_policies.py",       # 32
     "test_remat.py",                # 57
     "test_interrupts.py",           # 56
