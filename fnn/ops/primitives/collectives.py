@@ -1,5 +1,5 @@
 """Gates of JAX's collectives: psum, pmax, pmin, all_gather, psum_scatter, ppermute,
-all_to_all, pbroadcast, and shard_map's casts between device-varying and device-invariant
+all_to_all, all_gather to an invariant value, and shard_map's casts between device-varying and device-invariant
 values (pvary, psum_invariant).
 
 Each rule is the transpose JAX itself uses (jax/_src/lax/parallel.py), so a function using them
@@ -14,7 +14,6 @@ inside `vmap(axis_name=)`, `pmap` or `shard_map` gets jax.grad's gradients:
   ppermute      ppermute of g by the inverse permutation
   all_to_all    all_to_all of g with the split and concatenated axes swapped (also where
                 JAX's rule fails: untiled, split and concat axes different)
-  pbroadcast    the sum of g over the devices, sent back to the source
   pvary         psum of g (an invariant value used on every device), psum_invariant (shard_map's
                 psum under check_vma) pvary of g, all_gather to an invariant value: the
                 device's own slice of g
@@ -54,7 +53,6 @@ _X = np.ones(2, np.float32)
 reduce_scatter_p = find("reduce_scatter", _in_shard_map(lambda x: lax.psum_scatter(x, "i", tiled=True)), _X)
 psum_invariant_p = find("psum_invariant", _in_shard_map(lambda x: lax.psum(x, "i") + x), _X)
 pvary_p = find("pvary", _in_shard_map(lambda x: lax.psum(x, "i")), _X)
-pbroadcast_p = find("pbroadcast", _in_shard_map(lambda x: lax.pbroadcast(x, "i", 0)), _X)
 all_gather_invariant_p = find("all_gather_invariant", _in_shard_map(
     lambda x: lax.all_gather(x, "i", to="invarying", tiled=True) + x), _X)
 
@@ -222,14 +220,6 @@ def all_to_all(g, vma, *, axis_name, split_axis, concat_axis, axis_index_groups,
                                 tiled=tiled),)
 
 
-@primitive_gate(pbroadcast_p, save="none", params=("axis_name", "source"))
-def pbroadcast(g, _, *, axis_name, source):
-    """The source device's x on every device.  Local gradient: g summed over the devices, at
-    the source (zero elsewhere)."""
-    total = lax.psum(g, axis_name)
-    return (jnp.where(lax.axis_index(axis_name) == source, total, jnp.zeros_like(g)),)
-
-
 @primitive_gate(pvary_p, save="none", params=("axes",))
 def pvary(g, _, *, axes):
     """shard_map's cast of a device-invariant value to a varying one (its use on each
@@ -257,7 +247,7 @@ def all_gather_invariant(g, _, *, all_gather_dimension, axis_name, axis_size, ti
 
 # the gates that exist only with named axes: not in the registry (no named axis there)
 NAMED = {gate.primitive: gate for gate in (all_gather, psum_scatter, ppermute, all_to_all,
-                                           pbroadcast, pvary, psum_invariant,
+                                           pvary, psum_invariant,
                                            all_gather_invariant)}
 # the rules of this module checked under named axes by tests/test_collectives.py: all of them
 ALL = {gate.primitive: gate for gate in (psum, pmax, pmin, *NAMED.values())}
