@@ -35,6 +35,7 @@ SLOWEST_FILES = (
     "test_runtime.py",              # 46
     "test_hypothesis_models.py",    # 47
     "test_reliability.py",          # 47
+    "test_collectives.py",          # 45 (one subprocess with 8 devices)
 )
 
 

@@ -1,6 +1,6 @@
 """Collectives under fnn.grad: every rule of fnn.ops.primitives.collectives, and shard_map's
-(pmap's) structural rule, give jax.grad's gradients within 1e-10 in float64, eagerly and under
-jit, on 4 and 8 host CPU devices.
+(pmap's) structural rule, give jax.grad's gradients within 1e-10 in float64 on 4 and 8 host CPU
+devices.
 
 Each row is a body (one device's computation, a function of its slice `v`) using one collective
 over the axis 'b' of 4 devices, differentiated in a context:
@@ -12,18 +12,20 @@ over the axis 'b' of 4 devices, differentiated in a context:
   fnn.grad(pmap)     pmap is a jit of a shard_map with check_vma=False: the gate, untyped
   pmap(fnn.grad)     fnn.grad inside pmap
 
-under jit and, for the rows of EAGER, eagerly, and compared with jax.grad of the same program (pmax and pmin: of the same program with
-jnp.max/min of an all_gather, JAX having no rule for them; lax.all_to_all untiled with split and
-concat axes different: of an all_gather indexed at the device's index, where jax.grad fails).
+under jit (and, for the rows of EAGER, eagerly too), and compared with jax.grad of the same
+program (pmax and pmin: of the same program with jnp.max/min of an all_gather, JAX having no
+rule for them; lax.all_to_all untiled with split and concat axes different: of an all_gather
+indexed at the device's index, where jax.grad fails).
 Besides, Flax's nn.BatchNorm(axis_name=) under vmap and pmap, Equinox's eqx.nn.BatchNorm under
 vmap, and a data-parallel step on 8 devices (shard_map with check_vma=False, a replicated loss
 and pmean of the gradients; and the same with check_vma=True).
 
 Everything runs in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8 must be set
 before JAX starts, and x64 enabled): under jit, the rows on 4 devices as one program for fnn and
-one for JAX, the models' on 8 likewise; eagerly, row by row (JAX's values: its jitted ones). Every rule of collectives.ALL must be the subject of rows in a named-axis
-context and, where it exists there, in a shard_map (test_every_rule_has_rows), and each row's
-program must really bind its rule's primitive.
+one for JAX, the models' on 8 likewise; eagerly, row by row (against JAX's jitted values).
+Every rule of collectives.ALL must be the subject of rows in a shard_map and in vmap or pmap,
+where its primitive exists (test_every_rule_has_rows), and each row's program must really bind
+its rule's primitive.
 """
 
 import functools
@@ -152,7 +154,8 @@ def child_main():
         if context == PMAP_IN:
             return lambda: jax.pmap(grad(loss), axis_name="b")(x, w)
         assert context == SHARD_IN, context
-        return lambda: smap(lambda a, wa: grad(lambda a: loss(a[0], wa[0]))(a), (P("b"), P("b")))(x, w)
+        per_shard = lambda a, wa: grad(lambda a: loss(a[0], wa[0]))(a)
+        return lambda: smap(per_shard, (P("b"), P("b")))(x, w)
 
     def binds(body, context):
         """The collective primitives the row's forward binds (at any depth)."""

@@ -1,10 +1,12 @@
 """Rules for JAX's primitives, so `fnn.grad` differentiates ordinary JAX code.
 
 One gate per primitive, by family (elementwise, reductions, shapes, indexing, linalg, conv,
-control flow, checkpoints, collectives, shard_map/pmap), each with its hand-written VJP, test cases and kink cases (or a
-declaration that it has none), and the parameters it handles, declared with the public
-`fnn.primitive_gate`; plus the structural rules (nested jit interpreted in place, custom_jvp/vjp
-calls by their own rules (fnn.ops.primitives.custom), while loops, primitives without gradient).
+control flow, checkpoints, collectives, shard_map and pmap), each with its hand-written VJP,
+test cases and kink cases (or a declaration that it has none), and the parameters it handles,
+declared with the public `fnn.primitive_gate`; plus the structural rules (nested jit
+interpreted in place, custom_jvp/vjp calls by their own rules (fnn.ops.primitives.custom),
+while loops, primitives without gradient) and the collectives that exist only with named axes
+(fnn.ops.primitives.collectives.NAMED: rules, checked by tests/test_collectives.py).
 `GATES` maps each primitive to its gate, `RULES` is what the interpreter reads (fnn.autodiff.interpret).
 """
 

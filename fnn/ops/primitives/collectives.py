@@ -1,32 +1,34 @@
-"""Gates of JAX's collectives: psum, pmax, pmin, all_gather, psum_scatter, ppermute,
-all_to_all, all_gather to an invariant value, and shard_map's casts between device-varying and device-invariant
-values (pvary, psum_invariant).
+"""Gates of JAX's collectives: psum, pmax, pmin, all_gather (to a varying or an invariant
+value), psum_scatter, ppermute, all_to_all, and shard_map's casts pvary and psum_invariant.
 
 Each rule is the transpose JAX itself uses (jax/_src/lax/parallel.py), so a function using them
 inside `vmap(axis_name=)`, `pmap` or `shard_map` gets jax.grad's gradients:
 
-  psum          over positional axes (what vmap(axis_name=) makes of a psum): g broadcast back
-                over them; over named axes: psum of g (a psum is psum + broadcast to every
-                device, and the broadcast's transpose sums)
-  pmax, pmin    g routed to the devices (and positions) holding the maximum, ties sharing it
-                evenly, as jnp.max's rule does; JAX has no rule for them
-  all_gather    psum_scatter of g, and psum_scatter's is all_gather of g
-  ppermute      ppermute of g by the inverse permutation
-  all_to_all    all_to_all of g with the split and concatenated axes swapped (also where
-                JAX's rule fails: untiled, split and concat axes different)
-  pvary         psum of g (an invariant value used on every device), psum_invariant (shard_map's
-                psum under check_vma) pvary of g, all_gather to an invariant value: the
-                device's own slice of g
+  psum            over positional axes (what vmap(axis_name=) makes of a named one): g broadcast
+                  back over them; over named axes: psum of g (each device's output is a copy of
+                  the sum, and the copies' cotangents add up)
+  pmax, pmin      g routed to the devices (and positions) holding the maximum, ties sharing it
+                  evenly, as jnp.max's rule does (JAX has no rule for them)
+  all_gather      psum_scatter of g; psum_scatter's: all_gather of g
+  ppermute        ppermute of g by the inverse permutation
+  all_to_all      all_to_all of g with the split and concat axes swapped (also untiled with
+                  different axes, where JAX's rule fails)
+  pvary           psum of g (shard_map's use of one invariant value on every device)
+  psum_invariant  pvary of g (shard_map's psum with check_vma: varying summands, one invariant
+                  sum); all_gather to an invariant value: the device's own slice of g
 
-Inside shard_map with check_vma=True, the axes a value varies over are part of its type
+Inside shard_map with check_vma=True the axes a value varies over are part of its type
 (`jax.typeof(x).mat.varying`): pmax and pmin read it to know whether their output is one value
-for all devices (g is then that value's cotangent) or one per device (pmap, vmap, check_vma=False:
-g's sum over the devices is). The rules use the named axes as JAX binds them; gates whose
-primitive only exists with named axes (`NAMED`) cannot be checked by the registry's gate checker,
-which runs without named axes: tests/test_collectives.py checks every rule of this module under
-vmap(axis_name=), pmap and shard_map on 8 devices. psum, pmax and pmin are in the registry with
-their positional cases (what vmap makes of them). shard_map's own rule (also pmap's: pmap is a
-jit of a shard_map) is in fnn.ops.primitives.shard_map.
+for all devices (g is that value's cotangent) or one per device (pmap, vmap, check_vma=False:
+the cotangent is g summed over the devices), as JAX's transposes of psum and psum_invariant
+differ. The gates whose primitive exists only with named axes (`NAMED`) have no case the
+registry's gate checker can run (it has no named axis): they are rules, not registry gates, and
+tests/test_collectives.py checks every rule here (`ALL`) under vmap(axis_name=), pmap and
+shard_map on 4 and 8 devices. psum, pmax and pmin are in the registry too, with the positional
+cases vmap makes of them. shard_map's own rule (pmap's too: JAX stages a pmap as a jit of a
+shard_map) is in fnn.ops.primitives.shard_map. Not here: pbroadcast (no CPU lowering, and JAX's
+vmap rule for it fails: it cannot be checked on CPU), ragged_all_to_all, the asynchronous
+*_start/*_done collectives, and the unreduced/reduced casts of explicit sharding.
 """
 
 import jax
@@ -42,15 +44,16 @@ from fnn.ops._cases import distinct, normal
 from fnn.ops.primitives._define import case, find
 
 
-def _in_shard_map(fn, *, check_vma=True):
+def _in_shard_map(fn):
     """fn under a one-device shard_map on an abstract mesh (axis 'i'): only to find primitives
     that exist inside shard_map (tracing it starts no backend)."""
     return jax.shard_map(fn, mesh=AbstractMesh((1,), ("i",)), in_specs=Spec("i"),
-                         out_specs=Spec("i"), check_vma=check_vma)
+                         out_specs=Spec("i"))
 
 
 _X = np.ones(2, np.float32)
-reduce_scatter_p = find("reduce_scatter", _in_shard_map(lambda x: lax.psum_scatter(x, "i", tiled=True)), _X)
+reduce_scatter_p = find("reduce_scatter",
+                        _in_shard_map(lambda x: lax.psum_scatter(x, "i", tiled=True)), _X)
 psum_invariant_p = find("psum_invariant", _in_shard_map(lambda x: lax.psum(x, "i") + x), _X)
 pvary_p = find("pvary", _in_shard_map(lambda x: lax.psum(x, "i")), _X)
 all_gather_invariant_p = find("all_gather_invariant", _in_shard_map(
@@ -94,8 +97,8 @@ def _positional_cases(primitive, fn, make=normal):
     def cases(rng, dtype):
         return [case(primitive, jax.vmap(one, axis_name="b"), make(rng, (4, 3), dtype),
                      label="vmap axis 0"),
-                case(primitive, jax.vmap(one, axis_name="b", in_axes=1), make(rng, (2, 5, 3), dtype),
-                     label="vmap in_axes=1"),
+                case(primitive, jax.vmap(one, axis_name="b", in_axes=1),
+                     make(rng, (2, 5, 3), dtype), label="vmap in_axes=1"),
                 case(primitive, jax.vmap(jax.vmap(two, axis_name="b"), axis_name="a"),
                      make(rng, (2, 3, 2), dtype), label="two axes")]
     return cases

@@ -149,7 +149,8 @@ def _shard_map_cases(rng, dtype):
 
     def typed(x, w):
         body = lambda a, b: jnp.tanh(a * b) * jnp.sin(jnp.sum(a)) + lax.psum(a, "i")
-        return jax.shard_map(body, mesh=mesh, in_specs=(Spec("i"), Spec()), out_specs=Spec("i"))(x, w)
+        return jax.shard_map(body, mesh=mesh, in_specs=(Spec("i"), Spec()),
+                             out_specs=Spec("i"))(x, w)
 
     def untyped(x, w):
         body = lambda a, b: (lax.pmean(jnp.sum(a * b, axis=0), "i"), jnp.exp(a))
