@@ -17,12 +17,13 @@ program (pmax and pmin: of the same program with jnp.max/min of an all_gather, J
 rule for them; lax.all_to_all untiled with split and concat axes different: of an all_gather
 indexed at the device's index, where jax.grad fails).
 Besides, Flax's nn.BatchNorm(axis_name=) under vmap and pmap, Equinox's eqx.nn.BatchNorm under
-vmap, and a data-parallel step on 8 devices (shard_map with check_vma=False, a replicated loss
-and pmean of the gradients; and the same with check_vma=True).
+vmap, a data-parallel step on 8 devices (shard_map with check_vma=False, a replicated loss
+and pmean of the gradients; and the same with check_vma=True), and a 2 x 4 mesh (collectives
+over one axis and over both, a shard_map over one axis alone).
 
 Everything runs in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8 must be set
 before JAX starts, and x64 enabled): under jit, the rows on 4 devices as one program for fnn and
-one for JAX, the models' on 8 likewise; eagerly, row by row (against JAX's jitted values).
+one for JAX, the models' on 8 likewise (the 2-d mesh's apart); eagerly, row by row (against JAX's jitted values).
 Every rule of collectives.ALL must be the subject of rows in a shard_map and in vmap or pmap,
 where its primitive exists (test_every_rule_has_rows), and each row's program must really bind
 its rule's primitive.
@@ -72,7 +73,8 @@ EAGER = [r for r in ROWS if r.split(" | ")[1] in (VMAP, GRAD_VMAP, PMAP_IN)] + [
     "flax BatchNorm | pmap(fnn.grad)", "equinox BatchNorm | fnn.grad(vmap)"]
 MODELS = ["flax BatchNorm | fnn.grad(vmap)", "flax BatchNorm | fnn.grad(pmap)",
           "flax BatchNorm | pmap(fnn.grad)", "equinox BatchNorm | fnn.grad(vmap)",
-          "data-parallel step | check_vma=False", "data-parallel step | check_vma=True"]
+          "data-parallel step | check_vma=False", "data-parallel step | check_vma=True",
+          "2-d mesh | fnn.grad(shard_map)"]
 
 
 # ---- the child: 8 host devices, float64 --------------------------------------------------------
@@ -196,7 +198,8 @@ def child_main():
     fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     t0 = time.perf_counter()
     mine_jit, refs = {}, {}
-    for rows in (ROWS, MODELS):  # one program each (the models' run on 8 devices, not 4)
+    # one program each: the rows (on 4 devices), the models (8), the 2-d mesh (8 on other axes)
+    for rows in (ROWS, MODELS[:-1], MODELS[-1:]):
         for k, out in ((0, mine_jit), (1, refs)):
             out.update(jax.jit(lambda rows=rows, k=k: {r: programs[r][k]() for r in rows},
                                compiler_options=fast)())
@@ -276,6 +279,28 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
                                        mesh=mesh8, in_specs=(P(), P("data"), P("data")),
                                        out_specs=P(), check_vma=check_vma)(p, xd, yd)
 
+    # a 2 x 4 mesh: collectives over one axis and both, a shard_map over 'b' alone
+    mesh2 = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
+    x2, w2, c2 = (jnp.asarray(rng.standard_normal(s)) for s in ((4, 8), (4, 8), (8,)))
+
+    def body2(a, c):  # a: f64[2, 2], c: f64[2]
+        h = jnp.tanh(a * c)
+        shifted = lax.ppermute(h, "b", [(i, (i + 1) % 4) for i in range(4)])
+        return (lax.psum(jnp.sum(h * h, axis=0), "a") * lax.pmean(h, ("a", "b"))
+                + shifted * jnp.sin(jnp.sum(c)))
+
+    def mesh2_loss(check_vma):
+        def both_axes(x, c):
+            return jnp.sum(w2 * jax.shard_map(body2, mesh=mesh2, in_specs=(P("a", "b"), P("b")),
+                                              out_specs=P("a", "b"), check_vma=check_vma)(x, c))
+
+        def b_alone(x, c):
+            y = jax.shard_map(lambda a, c: lax.psum(jnp.sin(a * c), "b") * a, mesh=mesh2,
+                              in_specs=(P(None, "b"), P("b")), out_specs=P(None, "b"),
+                              axis_names={"b"}, check_vma=check_vma)(x, c)
+            return jnp.sum(y * w2)
+        return lambda x, c: both_axes(x, c) + b_alone(x, c)
+
     both = lambda make: (make(fnn.grad), make(jax.grad))
     return {
         MODELS[0]: both(lambda g: lambda: g(flax_vmap)(params)),
@@ -287,6 +312,8 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
                                            g(dp_loss(False))(mlp))),
         MODELS[5]: both(lambda g: lambda: (dp_step(g, True)(mlp, xd, yd),
                                            g(dp_loss(True))(mlp))),
+        MODELS[6]: both(lambda g: lambda: [g(mesh2_loss(v), argnums=(0, 1))(x2, c2)
+                                           for v in (True, False)]),
     }
 
 
