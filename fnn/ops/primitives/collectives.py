@@ -32,7 +32,6 @@ vmap rule for it fails: it cannot be checked on CPU), ragged_all_to_all, the asy
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P

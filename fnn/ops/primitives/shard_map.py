@@ -7,7 +7,8 @@ besides the outputs, what that tape's gates saved: the residuals. A residual lea
 shard_map split along its first axis over the mesh axes it varies over (check_vma=True: its
 type says which; check_vma=False: all of the shard_map's axes), as JAX's own partial
 evaluation of shard_map does, so each shard gets its own back; a scalar is given a first axis
-of size 1. The backward is a shard_map whose body rebuilds the shard's tape from its residuals
+of size 1; a saved value that is one of the shard's inputs is not an output (the backward gets
+the inputs, split as they came). The backward is a shard_map whose body rebuilds the shard's tape from its residuals
 (fnn.autodiff.replay.Template) and runs its backward on the outputs' cotangents, split as the
 outputs were; the inputs' cotangents come back split as the inputs were.
 
