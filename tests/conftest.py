@@ -38,6 +38,7 @@ SLOWEST_FILES = (
     "test_reliability.py",          # 47
     "test_run_folders.py",          # 45 (under load; ~25 alone)
     "test_kill_runs.py",            # 40 (under load; forks ~10 runs from one process)
+    "test_collectives.py",          # 45 (one subprocess with 8 devices)
 )
 
 
