@@ -26,6 +26,7 @@ SLOWEST_FILES = (
     "test_custom_rules.py",         # 50
     "test_kinks.py",                # 40
     "test_linalg_programs.py",      # 40 (alone, under load)
+    "test_nan_propagation.py",      # 40
     "test_remat_policies.py",       # 32
     "test_remat.py",                # 57
     "test_interrupts.py",           # 56
@@ -36,6 +37,9 @@ SLOWEST_FILES = (
     "test_runtime.py",              # 46
     "test_hypothesis_models.py",    # 47
     "test_reliability.py",          # 47
+    "test_run_folders.py",          # 45 (under load; ~25 alone)
+    "test_kill_runs.py",            # 40 (under load; forks ~10 runs from one process)
+    "test_collectives.py",          # 45 (one subprocess with 8 devices)
 )
 
 

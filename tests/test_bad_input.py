@@ -177,6 +177,21 @@ BAD = [
     ("empty batch", lambda tmp: ops.softmax_cross_entropy(jnp.ones((0, 4)),
                                                           jnp.zeros(0, jnp.int32)),
      fnn.GateError, r"empty batch.*f32\[0,4\]"),
+    ("sequence gate, batch-major x",
+     lambda tmp: ops.lstm_sequence(jnp.ones((2, 6, 3)), *[jnp.ones((2, 4))] * 2,
+                                   jnp.ones((3, 16)), jnp.ones((4, 16)), jnp.ones(16)),
+     fnn.GateError, r"gate 'lstm_sequence': x must be \(T, N, D\) \(time-major\) and h0 "
+     r"\(N, H\), got x f32\[2,6,3\], h0 f32\[2,4\]"),
+    ("sequence gate, bias shape",
+     lambda tmp: ops.gru_sequence(jnp.ones((6, 2, 3)), jnp.ones((2, 4)), jnp.ones((3, 12)),
+                                  jnp.ones((4, 12)), jnp.ones(12), jnp.ones(4)),
+     fnn.GateError, r"gate 'gru_sequence': bh must be \(12,\) for x f32\[6,2,3\] and h0 "
+     r"f32\[2,4\], got bh f32\[4\]"),
+    ("sequence gate, mixed dtypes",
+     lambda tmp: ops.rnn_sequence(jnp.ones((6, 2, 3)), jnp.ones((2, 4), jnp.bfloat16),
+                                  jnp.ones((3, 4)), jnp.ones((4, 4)), jnp.ones(4)),
+     fnn.GateError, r"gate 'rnn_sequence': every input must be a float array of one dtype, "
+     r"got x f32\[6,2,3\] and h0 bf16\[2,4\]"),
     ("NaN input (debug_nans)", lambda tmp: _debug(ops.log, jnp.array([1.0, -1.0])),
      fnn.NanOriginError, r"gate 'log' forward.*nan.*input 0: f32\[2\] in \[-1, 1\]"),
     # engine

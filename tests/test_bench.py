@@ -125,3 +125,67 @@ def test_bfloat16_model_has_float32_gradients():
 def test_unknown_case_is_an_error():
     with pytest.raises(ValueError, match="unknown bench case"):
         bench.run(only=["nope"], quick=True)
+
+
+def test_pytorch_runs_in_its_own_process_with_only_its_path_added(tmp_path):
+    """The reference process gets --torch-path on its path (here a stand-in torch package that
+    reports what it sees and refuses to load), imports no JAX, and its failure is a row's
+    torch_error, not an exception; this process never imports torch."""
+    import sys
+
+    from fnn.bench.steps import torch_columns
+
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import sys\n"
+        "raise ImportError(f'stand-in torch; jax imported: {\"jax\" in sys.modules}')\n")
+    spec = bench.model_specs(quick=True)["mlp"]
+    out = torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=True,
+                        torch_path=str(tmp_path), load_tolerance=0.5, attempts=1)
+    assert "stand-in torch; jax imported: False" in out["torch_error"], out
+    assert out["torch_ms"] is None and out["torch_ratio"] is None
+    assert "torch" not in sys.modules or sys.modules["torch"].__file__ != str(fake)
+    skipped = torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=False,
+                            torch_path=None, load_tolerance=0.5, attempts=1)
+    assert skipped["torch_error"] is None and skipped["torch_ms"] is None
+
+
+def test_a_side_is_timed_again_while_the_load_moves(monkeypatch):
+    from fnn.bench import timing
+
+    def loads(values):
+        it = iter(values)
+        monkeypatch.setattr(timing, "load_average", lambda: next(it))
+
+    calls = []
+    loads([1.0, 2.0, 2.0, 2.2])  # moved 1.0 (> 0.5): again; then 0.2
+    result, info = timing.steady(lambda: calls.append(1) or len(calls), tolerance=0.5,
+                                 attempts=3)
+    assert (result, info) == (2, {"load": [[1.0, 2.0], [2.0, 2.2]], "chosen": 1,
+                                  "steady": True})
+    loads([1.0, 2.0, 2.0, 2.9, 3.0, 4.5])  # never steady: the least moved kept, flagged
+    result, info = timing.steady(lambda: calls.append(1) or len(calls), tolerance=0.5,
+                                 attempts=3)
+    assert result == 4 and info["chosen"] == 1 and not info["steady"]
+    assert len(info["load"]) == 3
+
+
+def test_spread_and_the_pytorch_targets():
+    from fnn.bench.timing import summary
+
+    s = summary([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 1.0,
+                                                                             5.0, 5)
+    assert summary([7.0])["q1"] == summary([7.0])["q3"] == 7.0
+    row = {"kind": "step", "case": "lstm", "ratio": 0.9, "compile_ratio": 1.0,
+           "torch_ratio": 1.6, "torch_speedup": 1 / 1.6, "matmul_share": 0.4,
+           "torch_matmul_share": 0.8}
+    got = {t["what"]: (t["value"], t["limit"], t["met"]) for t in bench.targets([row])}
+    assert got["lstm: fnn / PyTorch step time"] == (1.6, 1.0, False)
+    assert got["lstm: step GFLOP/s / matmul GFLOP/s"] == (0.4, None, None)
+    assert got["lstm: PyTorch step GFLOP/s / matmul GFLOP/s"] == (0.8, None, None)
+    md = bench.markdown({"device": "d", "dtype": "float32", "reps": 1, "load": [1, 1],
+                         "rows": [], "targets": bench.targets([row])})
+    assert "| lstm: fnn / PyTorch step time | 1.600 | 1.0 | **no** |" in md
+    assert "| lstm: step GFLOP/s / matmul GFLOP/s | 0.400 | n/a | reported |" in md

@@ -168,10 +168,10 @@ KILLED_SAVE = textwrap.dedent(r"""
     train.save_train_state(path, ts, {"version": 1})
     real = getattr(os, stage)
 
-    def stall(*args):
+    def stall(*args, **kwargs):
         print("stalled in", stage, flush=True)  # the new file is written, not yet renamed
         time.sleep(600)
-        return real(*args)
+        return real(*args, **kwargs)
 
     setattr(os, stage, stall)
     bigger = train.TrainState(jax.tree_util.tree_map(lambda p: p + 1, ts.params), ts.state,

@@ -117,7 +117,7 @@ import os, sys, time
 from fnn.train.lock import RunLock
 RunLock(sys.argv[1]).acquire()
 child = os.fork()
-if child == 0:  # inherits the locked file; outlives the process that took the lock
+if child == 0:  # inherits the locked folder; outlives the process that took the lock
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # not the parent's pipes: the test reads them to their end
         os.dup2(null, fd)
@@ -130,8 +130,8 @@ os._exit(0)
 
 def test_a_stale_lock_is_reported_with_how_to_clear_it(tmp_path):
     """A lock still held although the process that took it is gone (here: a child it forked
-    keeps the file open) is reported as stale, with the command that clears it. A lock file
-    left by a dead process but no longer held is simply taken over."""
+    keeps the folder open) is reported as stale, with the command that finds who holds it. A
+    lock file left by a dead process but no longer held is simply taken over."""
     out = str(tmp_path / "run")
     r = subprocess.run([sys.executable, "-c", STALE, out], env=env(), capture_output=True,
                        text=True, timeout=120)
@@ -140,7 +140,7 @@ def test_a_stale_lock_is_reported_with_how_to_clear_it(tmp_path):
     try:
         with pytest.raises(RunDirError, match=r"(?s)is locked, but its recorded owner \(process "
                                               r"\d+ .*is no longer running: the lock is stale.*"
-                                              r"rm .*\.lock"):
+                                              r"fuser -v .*run` lists the processes"):
             RunLock(out).acquire()
     finally:
         os.kill(child, signal.SIGKILL)  # (not our child: init reaps it)

@@ -40,6 +40,8 @@ LAYERS = {  # name -> (layer, one example's input shape, integer ids?)
     "lstm": (nn.LSTM(5), (T, 3), False),
     "gru": (nn.GRU(5), (T, 3), False),
     "lstm_last": (nn.LSTM(5, return_sequences=False), (T, 3), False),
+    "gru_last": (nn.GRU(5, return_sequences=False), (T, 3), False),
+    "lstm_per_step": (nn.LSTM(5, per_step=True), (T, 3), False),
     "attention": (nn.MultiHeadAttention(2), (T, 4), False),
     "learned_positions": (nn.PositionalEncoding("learned"), (T, 4), False),
     "sinusoidal_positions": (nn.PositionalEncoding("sinusoidal"), (T, 4), False),
@@ -86,60 +88,85 @@ def _gate_names(records) -> set:
     return names
 
 
-def test_the_fused_cell_and_attention_rules_are_used_inside_the_trace():
-    for name, gate in (("lstm", "lstm_cell"), ("rnn", "rnn_cell"), ("gru", "gru_cell"),
-                       ("transformer", "attention")):
-        model = nn.build_model(name, V, **({"width": 8, "depth": 1, "heads": 2}
-                                           if name == "transformer" else {"hidden": (4,)}))
-        params, state, _ = model.init(jax.random.PRNGKey(0), (T,))
-        ids = jnp.zeros((2, T), jnp.int32)
-        tr = fnn.trace(lambda p: softmax_cross_entropy(model.apply(p, state, ids)[0], ids),
-                       params)
-        names = _gate_names(tr.tape.records)
+def _lm_names(name, **options):
+    """The gate names of the tape of a small language model's loss (`options` for the layer)."""
+    model = nn.build_model(name, V, **({"width": 8, "depth": 1, "heads": 2}
+                                       if name == "transformer" else {"hidden": (4,)}))
+    params, state, _ = model.init(jax.random.PRNGKey(0), (T,))
+    ids = jnp.zeros((2, T), jnp.int32)
+    tr = fnn.trace(lambda p: softmax_cross_entropy(model.apply(p, state, ids)[0], ids), params)
+    return _gate_names(tr.tape.records)
+
+
+def test_the_sequence_gates_and_attention_rules_are_used_inside_the_trace():
+    for name, gate in (("lstm", "lstm_sequence"), ("rnn", "rnn_sequence"),
+                       ("gru", "gru_sequence"), ("transformer", "attention")):
+        names = _lm_names(name)
         assert {"embedding", gate} <= names, names
         assert "lax.logistic" not in names and "lax.tanh" not in names  # no cell internals
+        assert "lax.scan" not in names and not any(n.endswith("_cell") for n in names), names
 
 
-def test_scan_compiles_once_whatever_the_length():
-    model = nn.build_model("gru", V, hidden=(4,))
-    sizes = []
-    for t in (8, 256):
-        params, state, _ = model.init(jax.random.PRNGKey(0), (t,))
-        ids = jnp.zeros((2, t), jnp.int32)
-        jaxpr = jax.make_jaxpr(fnn.grad(lambda p: softmax_cross_entropy(
-            model.apply(p, state, ids)[0], ids)))(params)
-        sizes.append(_n_eqns(jaxpr.jaxpr))
-    assert sizes[0] == sizes[1], sizes  # one loop body, not one per step
+def test_a_cell_override_runs_the_cells_where_it_applies():
+    """An override of a cell gate acts: the layer runs its cells (in a scan) in the layers the
+    override applies to, and the sequence gate elsewhere."""
+    def rule(g, *inputs, original):
+        return original(g)
+
+    with fnn.rules(lstm_cell=rule):
+        names = _lm_names("lstm")
+    assert {"lax.scan", "lstm_cell"} <= names and "lstm_sequence" not in names, names
+    with fnn.rules(lstm_cell=fnn.only(rule, "9_lstm")):
+        names = _lm_names("lstm")
+    assert "lstm_sequence" in names and "lstm_cell" not in names, names
+    with fnn.rules(gru_cell=rule):  # another kind's cell changes nothing here
+        assert "lstm_sequence" in _lm_names("lstm")
 
 
-def _n_eqns(jaxpr) -> int:
-    """Equations of a jaxpr, counting those of the jaxprs inside (loop bodies)."""
-    n = 0
-    for eqn in jaxpr.eqns:
-        n += 1
-        for v in eqn.params.values():
-            inner = getattr(v, "jaxpr", v)
-            if hasattr(inner, "eqns"):
-                n += _n_eqns(inner)
-    return n
+@pytest.mark.parametrize("kind, last", [("rnn", False), ("lstm", False), ("lstm", True),
+                                        ("gru", True)])
+def test_sequence_gate_and_per_step_cells_agree(kind, last, x64):
+    """The layer's two paths, float64: the same outputs, and gradients (params and inputs) by
+    fnn.grad and jax.grad, also per example under vmap."""
+    r = np.random.default_rng(2)
+    x = jnp.asarray(r.standard_normal((B, 9, 3)))
+    fused, cells = (nn.Recurrent(kind, 4, return_sequences=not last, per_step=p)
+                    for p in (False, True))
+    params, state, out = fused.init(jax.random.PRNGKey(4), (9, 3))
+    params = _f64(params)
+    w = jnp.asarray(r.standard_normal((B, *out)))
+
+    def loss(layer):
+        return lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, state, x)[0]) * w[:x.shape[0]])
+
+    def all_of(p, x):  # one compiled program: op by op is several times slower
+        grads = [g(loss(layer), argnums=(0, 1))(p, x) for g in (fnn.grad, jax.grad)
+                 for layer in (fused, cells)]
+        per_example = [jax.vmap(fnn.grad(lambda p, x: loss(layer)(p, x[None])),
+                                (None, 0))(p, x) for layer in (fused, cells)]
+        return [layer.apply(p, state, x)[0] for layer in (fused, cells)], grads, per_example
+
+    outs, grads, per_example = jax.jit(all_of)(params, x)
+    _close(outs[0], outs[1], 1e-12, 1e-14)
+    for got in grads[:3]:  # fnn: sequence gate, cells; jax.grad: sequence gate
+        _close(got, grads[3], 1e-10, 1e-12)
+    _close(per_example[0], per_example[1], 1e-10, 1e-12)
 
 
-def test_backprop_through_512_steps_matches_jax_without_nan():
-    jax.config.update("jax_enable_x64", True)
-    try:
-        layer = nn.LSTM(8, return_sequences=False)
-        params, state, _ = layer.init(jax.random.PRNGKey(3), (512, 2))
-        params = _f64(params)
-        x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 512, 2)))
+@pytest.mark.parametrize("kind, per_step", [("lstm", False), ("gru", False), ("lstm", True)])
+def test_backprop_through_512_steps_matches_jax_without_nan(kind, per_step, x64):
+    layer = nn.Recurrent(kind, 8, return_sequences=False, per_step=per_step)
+    params, state, _ = layer.init(jax.random.PRNGKey(3), (512, 2))
+    params = _f64(params)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 512, 2)))
 
-        def loss(p):
-            return jnp.sum(layer.apply(p, state, x)[0] ** 2)
+    def loss(p, x):
+        return jnp.sum(layer.apply(p, state, x)[0] ** 2)
 
-        got, want = jax.jit(fnn.grad(loss))(params), jax.grad(loss)(params)
-        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(got))
-        _close(got, want, rtol=1e-8, atol=1e-12)
-    finally:
-        jax.config.update("jax_enable_x64", False)
+    got = jax.jit(fnn.grad(loss, argnums=(0, 1)))(params, x)
+    want = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(got))
+    _close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_initializers_follow_the_literature():
@@ -392,7 +419,7 @@ def test_graph_of_a_recurrent_model_names_its_layers():
 
     model, params, state, x, y = small_model("gru")
     text = graph_layers(model, params, state, x, y).to_text()
-    assert "1_gru" in text and "lax.scan" in text and "2_dense" in text
+    assert "1_gru" in text and "gru_sequence" in text and "2_dense" in text
 
 
 def test_attention_in_bfloat16_stays_bfloat16():

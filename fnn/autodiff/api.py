@@ -41,6 +41,9 @@ def rules(*items, **named):
     fnn.autodiff.overrides); positional gates made by `primitive_gate(p)` add rules for
     primitives. Nested blocks add up; each restores what was in effect on exit, also when an
     exception leaves the block. A function jitted inside the block is traced with these rules.
+    The block holds for the thread (or asyncio task) that entered it (a contextvars variable):
+    a worker thread starts without it; run the work there in a copy of this context,
+    `pool.submit(contextvars.copy_context().run, fnn.grad(f), x)`, or pass `rules=`.
     """
     prims, table = split_rules(items + ((named,) if named else ()), "fnn.rules")
     token = _SCOPED.set(_SCOPED.get() + tuple(prims.values()))

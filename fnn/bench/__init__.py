@@ -6,18 +6,27 @@
 
 Protocol: each function is compiled first (trace + compile, timed), warmed up, then the
 functions compared are called alternately in one process (drift in the machine's speed hits
-them alike) and the median of --reps calls is reported. Benchmarks are never timed tests.
+them alike) and the median of --reps calls is reported, with its quartiles and extremes. A
+reference in another library (PyTorch) runs in a process of its own, after fnn's timing of the
+same case, with nothing of fnn's process running beside it. The 1-min load average is recorded
+before and after each side; a side is timed again (--attempts, 3) while it moves by more than
+--load-tolerance (0.5) across it, and the row keeps the steadiest attempt and every attempt's
+loads. Benchmarks are never timed tests.
 
-Rows (the JSON holds {"device", "dtype", "reps", "quick", "load", "rows", "targets"}), by kind:
+Rows (the JSON holds {"device", "dtype", "reps", "quick", "load", "load_tolerance", "attempts",
+"rows", "targets"}), by kind:
     gemm    an (n, n) @ (n, n) matmul: the device's reference FLOP/s
     step    one training step of a model (loss, gradient, optax Adam update: the step that
             `python -m fnn train` runs), grad="custom" (hand-written VJPs) vs grad="builtin"
-            (jax.grad of the same forward): jitted time, compile time, eager (un-jitted) time,
-            GFLOP/s of its matmuls and convolutions and their share of the gemm's (timed
-            interleaved with the steps), XLA's scratch memory and page faults per step, the
-            device's peak memory where the backend reports it, and PyTorch's eager step on the
-            same architecture when torch is installed. Cases mlp, cnn, resnet, digits, and issue
-            13's language models lstm and transformer (token ids in, per-token cross-entropy)
+            (jax.grad of the same forward): jitted time (median, <g>_spread: q1, q3, min, max
+            in ms), compile time, eager (un-jitted) time, GFLOP/s of its matmuls and
+            convolutions and their share of the gemm's (timed interleaved with the steps),
+            XLA's scratch memory and page faults per step, the device's peak memory where the
+            backend reports it, load_fnn; and PyTorch's eager step on the same architecture
+            where torch can be imported (torch_ms, torch_spread, torch_ratio = fnn / PyTorch,
+            torch_matmul_share, load_torch; torch_error says why not). Cases mlp, cnn, resnet,
+            digits, and issue 13's language models lstm and transformer (token ids in,
+            per-token cross-entropy)
     epoch   a whole epoch of the digits MLP as one compiled lax.scan (fnn.train.make_train_epoch)
     gate    one gate at a realistic size under jit: forward + hand-written VJP vs forward +
             jax.vjp of the same forward (gradients for every float input)
@@ -32,8 +41,9 @@ The package, one concept a file:
                   columns of `python -m fnn gradcheck`), FLOPs of a jaxpr, page faults,
                   profiles, the gemm
     steps.py      the step, epoch and gate benchmarks (hand-written vs built-in)
-    torch_ref.py  PyTorch's eager step on the same architectures (optional)
-    report.py     issue 5's targets, the table and the Markdown
+    torch_ref.py  PyTorch's eager step on the same architectures (optional), a script run in a
+                  process of its own (it imports neither fnn nor JAX)
+    report.py     the targets (issues 5, 13, 25), the table and the Markdown
     run.py        the whole run; its command line and printing are fnn.cli.bench
 
 Layering: fnn.bench builds on fnn.train, fnn.check and below; only fnn.cli imports it.

@@ -212,6 +212,16 @@ def gate_inputs(quick: bool = False) -> dict:
     rows["rnn_cell"] = [(f"N={B} D={D} H={H}", cell(1))]
     rows["lstm_cell"] = [(f"N={B} D={D} H={H}", cell(4, extra=1))]
     rows["gru_cell"] = [(f"N={B} D={D} H={H}", cell(3))]
+
+    def sequence(k, states=1, biases=1):  # time-major x (T, N, D), as fnn.ops.recurrent takes
+        return lambda r, d: ((normal(r, (T, B, D), d),)
+                             + tuple(normal(r, (B, H), d) for _ in range(states))
+                             + (normal(r, (D, k * H), d, 0.1), normal(r, (H, k * H), d, 0.1))
+                             + tuple(normal(r, (k * H,), d, 0.1) for _ in range(biases)), {})
+
+    rows["rnn_sequence"] = [(f"T={T} N={B} D={D} H={H}", sequence(1))]
+    rows["lstm_sequence"] = [(f"T={T} N={B} D={D} H={H}", sequence(4, states=2))]
+    rows["gru_sequence"] = [(f"T={T} N={B} D={D} H={H}", sequence(3, biases=2))]
     heads = (B, 4, T, D // 4)
     rows["attention"] = [(f"{heads} causal", lambda r, d: (
         tuple(normal(r, heads, d) for _ in range(3)), {"causal": True}))]

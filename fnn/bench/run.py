@@ -11,12 +11,19 @@ import jax.numpy as jnp
 from fnn.bench.cases import CASES, STEP_CASES, gate_inputs, model_specs
 from fnn.bench.report import fmt_row, targets
 from fnn.bench.steps import bench_epoch, bench_gate, bench_step
-from fnn.bench.timing import bench_matmul, gemm, load_average, machine
+from fnn.bench.timing import (ATTEMPTS, LOAD_TOLERANCE, bench_matmul, gemm, load_average,
+                              machine)
 
 
 def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-        eager: bool = True, profile_top: int = 0, tuning=None, log=None) -> dict:
+        torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
+        attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0, tuning=None,
+        log=None) -> dict:
     """Run the cases named in `only` (default all; gate names select single gates).
+    torch: time PyTorch's step of each step case too, in a process of its own after fnn's
+    (torch_path: a folder holding torch, put on that process's path only). Each side of a step
+    row is timed again while the 1-min load average moves by more than `load_tolerance` across
+    it, `attempts` times at most (fnn.bench.timing.steady).
     `tuning`: what fnn.runtime.tune_cpu did before JAX started (recorded with the results).
     log(line) gets a line per row as it is measured (None: silent)."""
     from fnn.ops import registry
@@ -31,7 +38,8 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
     dtype = jnp.dtype(dtype)
     result = {"device": machine(), "dtype": dtype.name, "reps": reps, "quick": quick,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "tuning": tuning,
-              "load": [load_average()], "rows": []}
+              "load": [load_average()], "load_tolerance": load_tolerance, "attempts": attempts,
+              "rows": []}
     rows = result["rows"]
     steps = [c for c in STEP_CASES if c in only]
     n = 256 if quick else 2048 if jax.default_backend() == "cpu" else 8192  # the gemm's size
@@ -45,7 +53,9 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
         rows.append(bench_step(case, specs[case], reps=reps, dtype=dtype,
                                eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
                                compile_reps=1 if quick else 3, reference=reference,
-                               torch=torch, profile_top=profile_top))
+                               torch=torch, torch_path=torch_path,
+                               load_tolerance=load_tolerance, attempts=attempts,
+                               profile_top=profile_top))
         log(fmt_row(rows[-1]))
     if "epoch" in only:
         rows.append(bench_epoch(reps=max(3, reps // 5), limit=200 if quick else None))

@@ -12,9 +12,9 @@ import numpy as np
 import optax
 
 from fnn.bench.cases import GRADS, batch_of, build, describe_spec, in_dtype, model_specs
-from fnn.bench.timing import (interleaved, matmul_flops, page_faults, peak_mb, profile,
+from fnn.bench.timing import (ATTEMPTS, LOAD_TOLERANCE, interleaved, interleaved_times,
+                              matmul_flops, page_faults, peak_mb, profile, steady, summary,
                               temp_mb, time_gate)
-from fnn.bench.torch_ref import time_torch, torch_step
 from fnn.nn.combinators import Layer
 
 
@@ -40,11 +40,17 @@ def _chained(compiled, carry: list, *rest):
 
 
 def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_reps: int,
-               dtype, reference=None, torch: bool, seed: int = 0, profile_top: int = 0) -> dict:
-    """Custom vs builtin jitted training step of one model (see the module docstring).
+               dtype, reference=None, torch: bool, torch_path: str | None = None,
+               load_tolerance: float = LOAD_TOLERANCE, attempts: int = ATTEMPTS, seed: int = 0,
+               profile_top: int = 0) -> dict:
+    """Custom vs builtin jitted training step of one model (see the module docstring), then
+    PyTorch's step in a process of its own (`torch`; `torch_path`: a folder holding torch, put
+    on that process's path only).
 
     `reference` (a gemm(), or None) is timed interleaved with the custom step, so that the
-    share of its FLOP/s that the step reaches compares the two under the same conditions.
+    share of its FLOP/s that the step reaches compares the two under the same conditions. Each
+    side's timing is repeated while the 1-min load average moves by more than `load_tolerance`
+    across it (`attempts` at most, fnn.bench.timing.steady); the row keeps the loads.
     """
     from fnn.train.step import make_train_step
 
@@ -74,41 +80,97 @@ def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_rep
     def chained(g):
         return _chained(compiled[g], carry[g], (x, y), key)
 
-    med = interleaved({g: chained(g) for g in GRADS}, reps)
-    if reference is not None:  # on its own: a big matmul between the steps would evict caches
-        share = interleaved({"step": chained("custom"), "gemm": reference[0]}, max(3, reps // 2))
-    faults = {g: page_faults(chained(g), 3 if reps < 10 else 10) for g in GRADS}
-    tinfo = torch_step(spec, dtype, seed) if torch else None
-    if tinfo is not None:
-        med["torch"], tinfo["threads"], tinfo["ms_by_threads"] = time_torch(tinfo.pop("step"),
-                                                                            reps)
+    def fnn_side():
+        times = interleaved_times({g: chained(g) for g in GRADS}, reps)
+        if reference is None:
+            return times, None
+        # on its own: a big matmul between the steps would evict caches
+        return times, interleaved({"step": chained("custom"), "gemm": reference[0]},
+                                  max(3, reps // 2))
 
+    (times, share), fnn_load = steady(fnn_side, tolerance=load_tolerance, attempts=attempts)
+    faults = {g: page_faults(chained(g), 3 if reps < 10 else 10) for g in GRADS}
     eager = {g: make_train_step(model, opt, grad=g, jit=False) for g in GRADS}
     eager_med = interleaved({g: (lambda f=f: f(*args)) for g, f in eager.items()}, eager_reps,
                             warmup=1) if eager_reps else {}
 
     row = {"kind": "step", "case": case, "desc": describe_spec(spec), "batch": spec["batch"],
-           "dtype": jnp.dtype(dtype).name, "gflop": flops / 1e9}
+           "dtype": jnp.dtype(dtype).name, "gflop": flops / 1e9, "load_fnn": fnn_load}
     for g in GRADS:
-        row[f"{g}_ms"] = med[g] * 1e3
+        stats = summary([t * 1e3 for t in times[g]])
+        row[f"{g}_ms"] = stats.pop("median")
+        row[f"{g}_spread"] = stats
         row[f"{g}_compile_s"] = statistics.median(compile_s[g])
         row[f"{g}_eager_ms"] = eager_med[g] * 1e3 if g in eager_med else None
-        row[f"{g}_gflops"] = flops / med[g] / 1e9
+        row[f"{g}_gflops"] = flops / row[f"{g}_ms"] / 1e6
         row[f"{g}_temp_mb"] = temp[g]
         row[f"{g}_faults"] = faults[g]
-    row["ratio"] = med["custom"] / med["builtin"]
+    row["ratio"] = row["custom_ms"] / row["builtin_ms"]
     row["compile_ratio"] = row["custom_compile_s"] / row["builtin_compile_s"]
     row["gemm_gflops"] = reference[1] / share["gemm"] / 1e9 if reference is not None else None
     row["matmul_share"] = (flops / share["step"] / 1e9 / row["gemm_gflops"]
                            if reference is not None else None)
     row["peak_mb"] = peak_mb()
-    row["torch_ms"] = med["torch"] * 1e3 if "torch" in med else None
-    row["torch_speedup"] = med["torch"] / med["custom"] if "torch" in med else None
-    row["torch"] = tinfo
     if profile_top:
         row["profile"] = {g: profile(chained(g), compiled[g].as_text(), top=profile_top)
                           for g in GRADS}
+    # PyTorch last, in its own process: nothing of this one (XLA's threads, its buffers) runs
+    # beside it
+    row.update(torch_columns(spec, dtype, seed, reps, flops, row["gemm_gflops"],
+                             row["custom_ms"], torch=torch, torch_path=torch_path,
+                             load_tolerance=load_tolerance, attempts=attempts))
     return row
+
+
+def torch_columns(spec, dtype, seed, reps, flops, gemm_gflops, custom_ms, *, torch: bool,
+                  torch_path, load_tolerance, attempts) -> dict:
+    """The PyTorch columns of a step row: its step timed in a process of its own
+    (fnn.bench.torch_ref), repeated while the load moves (`steady`); None where torch is
+    skipped or cannot run (then `torch_error` says why)."""
+    out = {"torch_ms": None, "torch_spread": None, "torch_ratio": None, "torch_speedup": None,
+           "torch_matmul_share": None, "torch": None, "load_torch": None, "torch_error": None}
+    if not torch:
+        return out
+    request = {"spec": spec, "dtype": jnp.dtype(dtype).name, "reps": reps, "seed": seed}
+    answer, load = steady(lambda: run_reference(request, torch_path=torch_path),
+                          tolerance=load_tolerance, attempts=attempts)
+    if "error" in answer:
+        out["torch_error"] = answer["error"]
+        return out
+    stats = summary(answer.pop("times_ms"))
+    out.update(torch_ms=stats.pop("median"), torch_spread=stats, torch=answer, load_torch=load)
+    out["torch_ratio"] = custom_ms / out["torch_ms"]
+    out["torch_speedup"] = out["torch_ms"] / custom_ms
+    if gemm_gflops:
+        out["torch_matmul_share"] = flops / out["torch_ms"] / 1e6 / gemm_gflops
+    return out
+
+
+def run_reference(request: dict, *, torch_path: str | None = None, timeout_s: float = 3600) -> dict:
+    """fnn/bench/torch_ref.py's answer to `request`, from a fresh interpreter: this Python,
+    its own sys.path (not the current directory) plus `torch_path` and $PYTHONPATH's folders
+    first. -> the answer, or {"error"} when the process fails."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fnn.bench import torch_ref
+
+    extra = [p for p in [torch_path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)] if p]
+    code = ("import runpy, sys; sys.path = [p for p in sys.path if p]; "
+            f"sys.path[:0] = {extra!r}; runpy.run_path({torch_ref.__file__!r}, "
+            "run_name='__main__')")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(request)],
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"the PyTorch process took more than {timeout_s:.0f} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the PyTorch process failed (exit {done.returncode}): {tail}"}
+    return json.loads(lines[-1])
 
 
 def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:

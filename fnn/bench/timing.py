@@ -25,6 +25,12 @@ def _block(tree):
 def interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
     """Median seconds per call of each zero-argument function, called alternately (in forward
     then reverse order, so that neither always runs first)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, reps, warmup).items()}
+
+
+def interleaved_times(fns: dict, reps: int, warmup: int = 3) -> dict:
+    """The seconds of each of `reps` calls of each zero-argument function, called alternately
+    as `interleaved` calls them: {name: [seconds, ...]}."""
     for _ in range(warmup):
         for f in fns.values():
             _block(f())
@@ -36,7 +42,53 @@ def interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
             _block(fns[k]())
             times[k].append(time.perf_counter() - t0)
         order.reverse()
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def summary(times) -> dict:
+    """{'median', 'q1', 'q3', 'min', 'max', 'n'} of a list of seconds (quartiles by
+    statistics.quantiles, inclusive; all equal to the one value for a single call)."""
+    times = sorted(times)
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else \
+        (times[0],) * 3
+    return {"median": statistics.median(times), "q1": q1, "q3": q3, "min": times[0],
+            "max": times[-1], "n": len(times)}
+
+
+def spread(fns: dict, reps: int, warmup: int = 3) -> dict:
+    """{name: summary} of each function's calls, timed by `interleaved_times`."""
+    return {k: summary(v) for k, v in interleaved_times(fns, reps, warmup).items()}
+
+
+LOAD_TOLERANCE = 0.5  # how far the 1-min load average may move across one side's timing
+ATTEMPTS = 3  # how often a side is timed at most when it moves further
+
+
+def steady(measure, *, tolerance: float = LOAD_TOLERANCE, attempts: int = ATTEMPTS):
+    """Call `measure()` until the 1-minute load average moves by at most `tolerance` across one
+    call, `attempts` calls at most. -> (the result of the call across which it moved least,
+    {"load": [[before, after] per call], "chosen": that call's index, "steady": whether it
+    moved by at most `tolerance` there}). Where the load average is unknown, one call.
+
+    The timed process adds to the load itself (a bench keeping two cores busy for 10 s raises
+    the 1-min average by about 2 (1 - exp(-10/60)) = 0.3), so a long side on a busy machine may
+    stay unsteady: the row says so rather than hiding it.
+    """
+    tries = []
+    for _ in range(max(1, attempts)):
+        before = load_average()
+        result = measure()
+        after = load_average()
+        tries.append((result, [before, after]))
+        if _moved([before, after]) <= tolerance:
+            break
+    chosen = min(range(len(tries)), key=lambda i: _moved(tries[i][1]))
+    return tries[chosen][0], {"load": [load for _, load in tries], "chosen": chosen,
+                              "steady": _moved(tries[chosen][1]) <= tolerance}
+
+
+def _moved(load) -> float:
+    return 0.0 if None in load else abs(load[1] - load[0])
 
 
 def time_gate(gate, args, kwargs, *, rng: np.random.Generator, reps: int,

@@ -1,22 +1,32 @@
-"""PyTorch's eager CPU training step on the same architectures, when torch is installed (an
-optional extra, never a dependency of fnn)."""
+"""PyTorch's eager CPU training step on the same architectures (torch: an optional extra, never
+a dependency of fnn), timed in a process of its own.
+
+`python fnn/bench/torch_ref.py REQUEST` (what fnn.bench runs, after fnn's own timing of the
+same case, in a fresh interpreter) reads a JSON request {"spec", "dtype", "reps", "seed"} and
+prints one JSON line: the step's times at each thread count tried, the median and quartiles of
+the faster, torch's version, and the 1-minute load average before and after; or {"error"} when
+torch cannot be imported. This file imports nothing of fnn, nor JAX: the reference process holds
+no XLA thread pool and no JAX buffers beside PyTorch's.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import statistics
+import sys
 import time
 
-import jax.numpy as jnp
+REQUEST_KEYS = ("spec", "dtype", "reps", "seed")
 
-from fnn.bench.timing import interleaved
 
-def time_torch(step, reps: int):
-    """(median seconds, threads, {threads: ms}) of PyTorch's step at its faster thread count
-    (all cores or one), and the times at each.
+def time_torch(step, reps: int, warmup: int = 3) -> dict:
+    """PyTorch's step at its faster thread count (all cores or one) and the times at each:
+    {"threads", "times_ms" (every call at that count), "ms_by_threads" (median at each)}.
 
-    Timed on its own, not interleaved with JAX: PyTorch's OpenMP threads spin a while after each
-    step and would slow the next call. On a loaded machine its multi-threaded step can be far
-    slower than its single-threaded one, so both are tried and the faster one is reported.
+    On a loaded machine its multi-threaded step can be far slower than its single-threaded
+    one, so both are tried and the faster one is reported.
     """
     import torch
 
@@ -24,16 +34,23 @@ def time_torch(step, reps: int):
     times = {}
     for threads in sorted({default, 1}, reverse=True):
         torch.set_num_threads(threads)
-        times[threads] = interleaved({"torch": step}, reps)["torch"]
+        for _ in range(warmup):
+            step()
+        calls = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            calls.append((time.perf_counter() - t0) * 1e3)
+        times[threads] = calls
     torch.set_num_threads(default)
-    time.sleep(0.5)  # let the spinning threads go idle before JAX runs again
-    best = min(times, key=times.get)
-    return times[best], best, {str(k): v * 1e3 for k, v in times.items()}
+    best = min(times, key=lambda t: statistics.median(times[t]))
+    return {"threads": best, "times_ms": times[best],
+            "ms_by_threads": {str(t): statistics.median(v) for t, v in times.items()}}
 
 
-def torch_step(spec: dict, dtype, seed: int = 0) -> dict | None:
-    """{'step': zero-argument eager CPU training step, 'version', 'threads'}, or None without
-    torch. Same architecture, batch and optimizer (Adam); bf16 via torch.autocast."""
+def torch_step(spec: dict, dtype: str = "float32", seed: int = 0) -> dict | None:
+    """{'step': zero-argument eager CPU training step, 'version'}, or None without torch. Same
+    architecture, batch and optimizer (Adam); bf16 via torch.autocast."""
     try:
         import torch
     except ImportError:
@@ -54,7 +71,7 @@ def torch_step(spec: dict, dtype, seed: int = 0) -> dict | None:
         x = torch.randn(spec["batch"], *spec["input"])
         y = torch.randint(0, 10, (spec["batch"],))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    low = jnp.dtype(dtype) != jnp.float32
+    low = str(dtype) != "float32"
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -63,10 +80,35 @@ def torch_step(spec: dict, dtype, seed: int = 0) -> dict | None:
             loss = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]),
                                                      y.reshape(-1))
         loss.backward()
-        opt.step()
-        return jnp.zeros(())  # nothing to wait for: the CPU step is synchronous
+        opt.step()  # synchronous on the CPU: nothing to wait for
 
     return {"step": step, "version": torch.__version__}
+
+
+def measure(request: dict) -> dict:
+    """The reference process's answer to a request (see the module docstring)."""
+    missing = [k for k in REQUEST_KEYS if k not in request]
+    if missing:
+        return {"error": f"the request lacks {', '.join(missing)}"}
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return {"error": f"torch is not importable ({type(e).__name__}: {e}); pip install "
+                         "'fnn[torch]', or name the folder holding it with --torch-path"}
+    try:
+        made = torch_step(request["spec"], request["dtype"], request["seed"])
+    except Exception as e:  # noqa: BLE001 - a reference that fails is reported, not fatal
+        return {"error": f"PyTorch's step failed: {type(e).__name__}: {e}"}
+    before = _load()
+    timed = time_torch(made["step"], request["reps"])
+    return {"version": made["version"], "load": [before, _load()], **timed}
+
+
+def _load():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _torch_model(spec, tnn):
@@ -154,3 +196,7 @@ def _sequence_model(spec, torch, tnn):
 
     return TransformerLM()
 
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

@@ -283,7 +283,12 @@ def kink_results(gate, *, dtype: str = "float64", seed: int = 0) -> list:
     output, the forward's output, fnn's input gradients, jax.vjp's input gradients), NumPy
     arrays, at one random cotangent per case; all cases computed in one jitted program."""
     with jax.enable_x64(dtype == "float64"):
-        cases = gate.kink_cases(dtype)
+        return case_results(gate, gate.kink_cases(dtype), dtype=dtype, seed=seed)
+
+
+def case_results(gate, cases, *, dtype: str = "float64", seed: int = 0) -> list:
+    """As kink_results, at any `cases` of the gate (made in `dtype`)."""
+    with jax.enable_x64(dtype == "float64"):
         rng = np.random.default_rng(seed + 1)
         preps = [_Prepared(gate, c, dtype, rng, c.label or f"#{i}") for i, c in enumerate(cases)]
 

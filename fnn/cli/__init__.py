@@ -81,5 +81,15 @@ def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
 
 
 def entry() -> int:
-    """The process's entry point (`python -m fnn`, the `fnn` script): main with tune=True."""
-    return main(tune=True)
+    """The process's entry point (`python -m fnn`, the `fnn` script): main with tune=True.
+    A Ctrl-C during an XLA compilation leaves it running in a worker thread
+    (fnn.train.interrupt.abandoned); the process then ends at once with os._exit, its output
+    flushed, since finalizing Python under a running compilation aborts the process."""
+    code = main(tune=True)
+    from fnn.train.interrupt import abandoned
+
+    if abandoned():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -6,15 +6,15 @@ import argparse
 import math
 
 
-def number(kind, *, low: float, what: str):
-    """An argparse type: text parsed by `kind` (int or float), finite and >= low, else an
-    ArgumentTypeError saying `what` it must be and the text given."""
+def number(kind, *, low: float, what: str, high: float | None = None):
+    """An argparse type: text parsed by `kind` (int or float), finite and in [low, high], else
+    an ArgumentTypeError saying `what` it must be and the text given."""
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
             v = None
-        if v is None or not (math.isfinite(v) and v >= low):
+        if v is None or not (math.isfinite(v) and v >= low and (high is None or v <= high)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return v
     parse.__name__ = kind.__name__

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import time
 
@@ -13,8 +14,8 @@ import jax
 
 from fnn.cli._args import number
 from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
-from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfig, option_flag,
-                              parse_option, resume_flags)
+from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfig,
+                              check_applies, option_flag, parse_option, resume_flags)
 from fnn.train.data import DATASETS
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
@@ -97,6 +98,14 @@ def add_arguments(p) -> None:
                    "--data-dir and --remat/--no-remat may be changed); a run stopped before its "
                    "first checkpoint "
                    "starts from the beginning")
+    p.add_argument("--resume-from", choices=("last", "best"), default=None,
+                   help="with --resume: the checkpoint to continue from (default last; best "
+                   "continues from best.safetensors, cutting the history back to its epoch: "
+                   "for a run whose last.safetensors is lost)")
+    p.add_argument("--overwrite", action="store_true", help="a new run in a folder that "
+                   "already holds files a run writes (config.json, metrics.jsonl, checkpoints, "
+                   "results.json, plots, vocab.json, ...) removes them first; without it such a "
+                   "folder is refused")
     p.add_argument("--chunk-seconds", type=_chunk_seconds, metavar="S", help="run each epoch "
                    f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
                    "one step); Ctrl-C stops between two, saving a checkpoint to resume from")
@@ -133,12 +142,18 @@ def _train_config(args):
     if args.out is not None and not args.out.strip():
         raise ValueError("--out must name a directory, got an empty string")
     if args.resume is None:
+        if args.resume_from is not None:
+            raise ValueError("--resume-from needs --resume RUN_DIR")
         config = TrainConfig(**with_defaults(given))
+        check_applies(config, given)
         out = args.out or os.path.join(
             "runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         return config, {}, out, False
     if not args.resume.strip():
         raise ValueError("--resume must name a run directory, got an empty string")
+    if args.overwrite:
+        raise ValueError("--overwrite replaces the files of a new run; --resume continues the "
+                         "run there: give one of them")
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise ValueError("--resume RUN_DIR continues the run in RUN_DIR; drop --out")
     fixed = [k for k in given if k not in RESUME_MAY_CHANGE]
@@ -157,16 +172,18 @@ def run(args) -> int:
         train_run(config, out, resume=resume, overrides=overrides,
                   progress=not args.no_progress, log=print, diagnostics=every,
                   check_nans=args.check_nans, devices=args.devices, chunk_seconds=chunk,
-                  shard=args.shard)
+                  shard=args.shard, overwrite=args.overwrite,
+                  resume_from=args.resume_from or "last")
     except TrainingInterrupted as e:
         ts = e.state
         where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
                  else f"after epoch {ts.epoch}")
-        waited = f" {e.waited_s:.2f} s after Ctrl-C" if e.waited_s is not None else ""
+        by = "SIGTERM" if e.signum == signal.SIGTERM else "Ctrl-C"
+        waited = f" {e.waited_s:.2f} s after {by}" if e.waited_s is not None else ""
         print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and saved "
               f"{os.path.join(out, 'last.safetensors')}; continue with: python -m fnn train "
               f"--resume {out}", file=sys.stderr)
-        return 130
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"\ninterrupted; the run's last checkpoint (if any) is unchanged; continue with: "
               f"python -m fnn train --resume {out}", file=sys.stderr)

@@ -6,9 +6,10 @@ example has no batch axis: (T,) ids, (T, D) features.
 
     Embedding(vocab, dim)               ids (T,) -> (T, dim), the `embedding` gate
     RNN(h), LSTM(h), GRU(h)             (T, D) -> (T, h) (or (h,) with return_sequences=False):
-                                        the fused cell gate run over time by `lax.scan` (one
-                                        compiled loop; fnn differentiates it by
-                                        backpropagation through time, each step by the cell's rule)
+                                        one gate over the whole sequence (fnn.ops.recurrent: one
+                                        input matmul, a `lax.scan` of the recurrent part, weight
+                                        gradients as one matmul each), or with per_step=True the
+                                        fused cell gate run over time by `lax.scan`
     MultiHeadAttention(heads)           (T, D) -> (T, D): q, k, v projections, the `attention`
                                         gate per head (causal by default), an output projection
     PositionalEncoding(kind)            adds learned or sinusoidal (Vaswani et al. 2017) positions
@@ -28,12 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.autodiff import overrides
+from fnn.autodiff.tape import current_scope
 from fnn.ops import affine, reshape
 from fnn.nn.activations import Activation
 from fnn.nn.combinators import Layer, check_input_shape, residual, serial
 from fnn.nn.initializers import get_initializer, normal
 from fnn.nn.layers import Dense, Dropout
 from fnn.nn.normalization import LayerNorm
+from fnn.ops.recurrent import gru_sequence, lstm_sequence, rnn_sequence
 from fnn.ops.sequence import attention, embedding, gru_cell, lstm_cell, rnn_cell
 
 
@@ -87,17 +91,28 @@ def Embedding(vocab_size: int, dim: int, *, padding_idx: int | None = None,
 
 # ---- recurrent layers -----------------------------------------------------------------------------
 _CELLS = {"rnn": (rnn_cell, 1), "lstm": (lstm_cell, 4), "gru": (gru_cell, 3)}
+_SEQUENCES = {"rnn": rnn_sequence, "lstm": lstm_sequence, "gru": gru_sequence}
 
 
 def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
-              init="glorot_uniform", recurrent_init="orthogonal") -> Layer:
+              init="glorot_uniform", recurrent_init="orthogonal", per_step: bool = False) -> Layer:
     """A recurrent layer of `kind` 'rnn' (tanh), 'lstm' or 'gru' with `hidden` units, over
     (batch, T, D) inputs from a zero state: (batch, T, hidden) every step's hidden state, or
     (batch, hidden) the last one (return_sequences=False).
 
     Params: wx (D, k*hidden), wh (hidden, k*hidden), b (k*hidden,) (and the GRU's bh) with k
-    the number of gates; gate order (i, f, o, g) for the LSTM, (r, z, n) for the GRU. The time
-    loop is one `lax.scan`: trace and compile time do not grow with T.
+    the number of gates; gate order (i, f, o, g) for the LSTM, (r, z, n) for the GRU.
+
+    The layer is one gate over the whole sequence (`rnn_sequence`, `lstm_sequence`,
+    `gru_sequence`, fnn.ops.recurrent): the input projection of all steps as one matmul, a
+    `lax.scan` of the recurrent part, and a hand-written backward whose weight gradients are one
+    matmul each. per_step=True runs the per-step cell gate (`rnn_cell`, `lstm_cell`,
+    `gru_cell`) in a `lax.scan` instead, differentiated by fnn's backpropagation through time
+    step by step: the lecture's picture. The layer does so by itself where a rule override
+    of its cell gate is in effect for its layer (`fnn.rules(lstm_cell=...)`,
+    `fnn.grad(..., rules={"lstm_cell": fnn.only(rule, "1_lstm")})`), so that the override
+    acts. Both give the same values and gradients up to rounding; trace and compile time do
+    not grow with T.
     """
     if kind not in _CELLS:
         raise ValueError(f"Recurrent kind must be one of {', '.join(_CELLS)}, got {kind!r}")
@@ -119,23 +134,31 @@ def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
 
     def apply(params, state, x, *, key=None, train=False):
         _check_sequences(kind.upper(), x, params["wx"].shape[0])
-        h0 = jnp.zeros((x.shape[0], hidden), jnp.result_type(x, params["wh"]))
+        dtype = jnp.result_type(x, params["wh"])
+        h0 = jnp.zeros((x.shape[0], hidden), dtype)
         extra = (params["bh"],) if kind == "gru" else ()
-
-        def step(carry, xt):
-            if kind == "lstm":
-                h, c = cell(xt, carry[0], carry[1], params["wx"], params["wh"], params["b"])
-                return (h, c), h
-            h = cell(xt, carry, params["wx"], params["wh"], params["b"], *extra)
-            return h, h
-
-        carry0 = (h0, h0) if kind == "lstm" else h0
-        last, hs = lax.scan(step, carry0, jnp.swapaxes(x, 0, 1))
-        if not return_sequences:
-            return (last[0] if kind == "lstm" else last), state
-        return jnp.swapaxes(hs, 0, 1), state
+        if per_step or overrides.find(cell, current_scope()) is not None:
+            hs, last = _over_cells(cell, kind, params, extra, x, h0)
+        else:
+            states = (h0, h0) if kind == "lstm" else (h0,)
+            hs, last, *_ = _SEQUENCES[kind](jnp.swapaxes(x.astype(dtype), 0, 1), *states,
+                                             params["wx"], params["wh"], params["b"], *extra)
+        return (jnp.swapaxes(hs, 0, 1) if return_sequences else last), state
 
     return Layer(kind, init_fn, apply)
+
+
+def _over_cells(cell, kind, params, extra, x, h0):
+    """(hs time-major, h_T): the cell gate applied at each step of a lax.scan."""
+    def step(carry, xt):
+        if kind == "lstm":
+            h, c = cell(xt, carry[0], carry[1], params["wx"], params["wh"], params["b"])
+            return (h, c), h
+        h = cell(xt, carry, params["wx"], params["wh"], params["b"], *extra)
+        return h, h
+
+    last, hs = lax.scan(step, (h0, h0) if kind == "lstm" else h0, jnp.swapaxes(x, 0, 1))
+    return hs, (last[0] if kind == "lstm" else last)
 
 
 def RNN(hidden: int, **options) -> Layer:

@@ -6,8 +6,8 @@
 from types import MappingProxyType
 
 from fnn.autodiff.gate import collect_gates
-from fnn.ops import (activations, conv, elementwise, linalg, losses, normalization, reductions,
-                     rulebook, sequence)
+from fnn.ops import (activations, conv, elementwise, linalg, losses, normalization, recurrent,
+                     reductions, rulebook, sequence)
 from fnn.ops.activations import (elu, gelu, leaky_relu, maxout, relu, relu6, sigmoid, silu,
                                  softplus, tanh)
 from fnn.ops.conv import avg_pool2d, conv2d, max_pool2d
@@ -19,6 +19,7 @@ from fnn.ops.losses import (binary_cross_entropy_with_logits, l2_penalty, mse,
                              softmax_cross_entropy, svm_loss)
 from fnn.ops.normalization import batch_norm, dropout, layer_norm
 from fnn.ops.reductions import log_softmax, logsumexp, max, mean, softmax, sum
+from fnn.ops.recurrent import gru_sequence, lstm_sequence, rnn_sequence
 from fnn.ops.rulebook import quantize, sign, spike
 from fnn.ops.sequence import attention, embedding, gru_cell, lstm_cell, rnn_cell
 from fnn.ops.rulebook import round_ as round
@@ -33,6 +34,7 @@ FAMILIES = {
     "normalization": normalization,
     "rulebook": rulebook,
     "sequence": sequence,
+    "recurrent": recurrent,
 }
 
 registry = MappingProxyType(collect_gates(*FAMILIES.values()))

@@ -250,7 +250,7 @@ def svm_loss_vjp(g, saved, *, delta=1.0):
     scores, correct, labels = saved  # the masks are recomputed, fused into the one pass over g
     n, c = scores.shape
     is_label = labels[:, None] == jnp.arange(c)[None, :]
-    active = ~is_label & (scores - correct + delta > 0)
+    active = ~is_label & ~(scores - correct + delta <= 0)  # as the forward's where: NaN active
     dscores = jnp.where(active, g / n, np.zeros((), g.dtype))
     # the label's column gets minus the row's sum: n values written in place
     return dscores.at[jnp.arange(n), labels].set(-jnp.sum(dscores, axis=1)), None

@@ -19,8 +19,12 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   save_checkpoint, load_checkpoint, save_train_state, load_train_state, load_params,
   CheckpointError                                 safetensors checkpoints, every dtype, bounded reads
   TrainConfig, ConfigError, train_run             a run directory: what `python -m fnn train` does
-  RunLock, RunDirError                            one process per run directory
-  TrainingInterrupted                             Ctrl-C: fit stops between compiled chunks
+  RunLock, RunDirError                            one process per run directory (a lock on the folder)
+  files (module): write_file, read_file, Folder   every file written one way: a temporary file
+                                                  renamed over it, never through a link, in a
+                                                  folder held by identity; bounded reads
+  TrainingInterrupted                             Ctrl-C or SIGTERM: fit stops between compiled
+                                                  chunks (or while XLA compiles)
   OutOfMemoryError                                a run that does not fit, with its sizes
   data_parallel, DataParallel                     split batches across devices (fit(devices=N)),
                                                   and parameters too (shard="params")

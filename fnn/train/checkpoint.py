@@ -10,9 +10,14 @@ file is matched against them key by key, shape by shape and dtype by dtype (exac
 tensor does not load into a float32 model unless cast=True says so), and every mismatch is
 reported. Every dtype fnn computes in round-trips, bfloat16 and float8 included (ml_dtypes).
 
-Saving writes a temporary file in the same directory, fsyncs it and renames it over the target
-(os.replace), so a crash or a failed save leaves the previous checkpoint intact (a killed save
-may leave a stale `.NAME.*.tmp` beside it, which nothing reads).
+Saving goes through fnn.train.files.write_file: a temporary file in the same directory, fsynced
+and renamed over the target, so a crash or a failed save leaves the previous checkpoint intact
+(a killed save may leave a stale `.NAME.*.tmp` beside it, which nothing reads and the next run
+in that folder removes). The file is streamed, tensor by tensor, in safetensors' layout
+(`safetensors_chunks`), never assembled whole in memory; running out of memory while saving is
+fnn.train.OutOfMemoryError. save_train_state(verify=True) reads the file back and checks its
+digest (the run directory's best.safetensors), so a checkpoint damaged as it is written is
+found at once, not when the run ends.
 The metadata also holds `sha256`, a digest of every tensor (name, dtype, shape, bytes) and of
 the other metadata: loading recomputes it, so a truncated, altered or bit-flipped file raises
 CheckpointError instead of loading wrong numbers. A file that says it is fnn-checkpoint/2 must
@@ -23,10 +28,12 @@ parameters.
 
 Reading is bounded: the 8-byte header size and the JSON header are read and checked first,
 every tensor's declared dtype and shape against its byte range and all of them against the
-file's size, and (when templates are given) against the model, before any tensor data is read.
-safetensors' own Python loaders read the whole file first and cannot give bfloat16 as numpy,
-so the header (a JSON object of names, dtypes, shapes, byte offsets) is parsed here; files are
-written by safetensors itself.
+file's size, and (when templates are given) against the model, before any tensor data is read;
+the data is then read tensor by tensor while the digest is computed, keeping only the tensors
+asked for. safetensors' own Python loaders read the whole file first and cannot give bfloat16
+as numpy, so the header (a JSON object of names, dtypes, shapes, byte offsets) is parsed here.
+In a run directory (folder=, a fnn.train.files.Folder) a checkpoint that is a symbolic link is
+refused.
 """
 
 from __future__ import annotations
@@ -35,16 +42,15 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-import safetensors.numpy
-
 from fnn.errors import FnnError
 from fnn.pytrees import path_name
+from fnn.train.files import open_file, write_file
+from fnn.train.memory import OutOfMemoryError, is_out_of_memory
 from fnn.train.state import TrainState
 
 FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files load unverified
@@ -82,41 +88,23 @@ def flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def _dtype_tag(dtype: np.dtype) -> str:
     """The dtype as the digest spells it: numpy's '<f4' for numpy's own types (as fnn always
     did), the name for ml_dtypes' (whose .str is an opaque '<V2')."""
     return dtype.name if dtype.isbuiltin == 2 else dtype.str
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy (any dtype, 0-d included)."""
+    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+
+def _tensor_tag(name: str, dtype: np.dtype, shape: tuple) -> bytes:
+    return f"{name}\0{_dtype_tag(dtype)}\0{tuple(shape)}\0".encode()
+
+
+def _meta_tag(meta: dict[str, str]) -> bytes:
+    return json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode()
 
 
 def digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
@@ -124,25 +112,90 @@ def digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
     (all but the digest itself), in sorted order: independent of the file's layout."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        h.update(f"{name}\0{_dtype_tag(a.dtype)}\0{a.shape}\0".encode())
-        h.update(a.tobytes())
-    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+        a = np.asarray(tensors[name])
+        h.update(_tensor_tag(name, a.dtype, a.shape))
+        h.update(_bytes(a))
+    h.update(_meta_tag(meta))
     return h.hexdigest()
 
 
-def save_checkpoint(path: str, trees: dict, metadata: dict | None = None) -> None:
-    """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path`."""
-    tensors = {}
-    for prefix, tree in trees.items():
-        tensors.update(flatten(tree, prefix))
-    meta = {"format": json.dumps(FORMAT)}
-    for k, v in (metadata or {}).items():
-        if k == "sha256":
-            raise CheckpointError("metadata key 'sha256' is reserved for the checkpoint's digest")
-        meta[k] = json.dumps(v)
-    meta["sha256"] = json.dumps(digest(tensors, meta))
-    atomic_write(path, safetensors.numpy.save(tensors, metadata=meta))
+CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+
+def safetensors_chunks(tensors: dict[str, np.ndarray], meta: dict[str, str]):
+    """The bytes of a safetensors file of `tensors` (in name order) and `meta`, as chunks: the
+    header, then each tensor's own buffer, so a file is written without assembling it in
+    memory (safetensors' own writer builds the whole file first, and aborts the process when
+    that allocation fails). The layout is safetensors' (its loaders read it)."""
+    header, at = {}, 0
+    for name in sorted(tensors):
+        a = tensors[name]
+        if a.dtype not in CODES:
+            raise CheckpointError(f"tensor {name!r}: dtype {a.dtype} cannot be saved")
+        n = a.size * a.dtype.itemsize
+        header[name] = {"dtype": CODES[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [at, at + n]}
+        at += n
+    header["__metadata__"] = meta
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    yield len(text).to_bytes(8, "little") + text
+    for name in sorted(tensors):
+        yield _bytes(tensors[name])
+
+
+def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
+                    folder=None, verify: bool = False) -> None:
+    """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path` (a
+    name in `folder`, a fnn.train.files.Folder, or any path), through
+    fnn.train.files.write_file. verify=True reads the new file back and checks its digest
+    before it replaces the previous one, so a checkpoint damaged as it is written (a failing
+    disk) is found at once and never replaces a good one. Running out of memory raises
+    fnn.train.OutOfMemoryError and leaves the previous file as it was."""
+    try:
+        tensors = {}
+        for prefix, tree in trees.items():
+            tensors.update(flatten(tree, prefix))
+        meta = {"format": json.dumps(FORMAT)}
+        for k, v in (metadata or {}).items():
+            if k == "sha256":
+                raise CheckpointError("metadata key 'sha256' is reserved for the checkpoint's "
+                                      "digest")
+            meta[k] = json.dumps(v)
+        meta["sha256"] = json.dumps(digest(tensors, meta))
+        shown = path if folder is None else folder.join(os.path.basename(path))
+
+        def read_back(tmp: str, where) -> None:
+            try:
+                header = read_header(tmp, folder=where)
+                _read_tensors(header, keep=())
+            except CheckpointError as e:
+                raise CheckpointError(f"{shown} was damaged as it was written (read back: {e}); "
+                                      f"the previous {os.path.basename(path)} is unchanged; the "
+                                      "disk or file system may be failing") from None
+            if header.raw_meta.get("sha256") != meta["sha256"]:
+                raise CheckpointError(f"{shown} was damaged as it was written: read back, it "
+                                      "holds another digest than the one saved")
+
+        write_file(path, safetensors_chunks(tensors, meta), folder=folder,
+                   check=read_back if verify else None)
+    except (MemoryError, jax.errors.JaxRuntimeError) as e:
+        if not isinstance(e, MemoryError) and not is_out_of_memory(e):
+            raise
+        raise OutOfMemoryError(
+            f"out of memory while saving {path}: the host could not hold a copy of the "
+            f"training state ({_state_size(trees)}); the previous {os.path.basename(path)} "
+            "is unchanged. Free memory (other processes), or train a smaller model "
+            "(--hidden, --channels)") from None
+
+
+def _state_size(trees) -> str:
+    try:
+        n = sum(int(np.prod(np.shape(leaf))) * np.dtype(jnp.result_type(leaf)).itemsize
+                for leaf in jax.tree_util.tree_leaves(trees))
+    except Exception:  # a leaf of an odd kind: no figure
+        return "size unknown"
+    return f"{n / 2**20:.1f} MiB"
 
 
 # ---- reading: the header first, bounded by the file's size -----------------------------------
@@ -150,9 +203,9 @@ class Header:
     """A checkpoint's parsed header: `entries` {name: (dtype, shape, begin, end)} with byte
     offsets into the data, `raw_meta` (the metadata strings), `data_start`, `size`."""
 
-    def __init__(self, path, entries, raw_meta, data_start, size):
+    def __init__(self, path, entries, raw_meta, data_start, size, folder=None):
         self.path, self.entries, self.raw_meta = path, entries, raw_meta
-        self.data_start, self.size = data_start, size
+        self.data_start, self.size, self.folder = data_start, size, folder
 
     def meta(self) -> dict:
         """The metadata, JSON-decoded where it is JSON."""
@@ -175,12 +228,23 @@ def _unreadable(path: str, why: str) -> CheckpointError:
     return CheckpointError(f"{path} is not a readable safetensors checkpoint: {why}")
 
 
-def read_header(path: str) -> Header:
-    """The header of checkpoint `path`, checked against the file's size; no tensor is read."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
+def _open(path: str, folder):
+    """A binary file object of checkpoint `path`: a name in `folder` (a Folder: a link there
+    is refused, fnn.train.files.open_file), or any path."""
+    if folder is None:
+        return open(path, "rb")
+    return os.fdopen(open_file(path, folder=folder), "rb")
+
+
+def read_header(path: str, *, folder=None) -> Header:
+    """The header of checkpoint `path` (a name in `folder`, or any path), checked against the
+    file's size; no tensor is read."""
+    shown = path if folder is None else folder.join(os.path.basename(path))
+    if not (os.path.isfile(path) if folder is None else folder.exists(os.path.basename(path))):
+        raise CheckpointError(f"no checkpoint at {shown}")
+    path = shown
     try:
-        with open(path, "rb") as f:
+        with _open(os.path.basename(path) if folder is not None else path, folder) as f:
             size = os.fstat(f.fileno()).st_size
             first = f.read(8)
             if len(first) < 8:
@@ -235,42 +299,68 @@ def read_header(path: str) -> Header:
                               "while being copied, or a disk filled up?)")
     if start + at < size:
         raise _unreadable(path, f"{size - start - at} bytes follow its last tensor")
-    return Header(path, entries, raw_meta, start, size)
+    return Header(path, entries, raw_meta, start, size, folder)
 
 
-def _read_tensors(header: Header) -> dict[str, np.ndarray]:
-    path, total = header.path, header.size - header.data_start
+def _read_tensors(header: Header, keep=None) -> dict[str, np.ndarray]:
+    """The tensors of `header`'s file whose first name part is in `keep` (None: all), read
+    tensor by tensor in name order while the digest of all of them is computed and checked:
+    the memory used is that of the tensors kept, whatever else the file holds."""
+    path = header.path
+    stored = header.raw_meta.get("sha256")
+    if stored is None and header.raw_meta.get("format") == json.dumps(FORMAT):
+        raise CheckpointError(f"{path} is damaged: it is an {FORMAT} file but its sha256 digest "
+                              "is missing from its metadata")
+    h = hashlib.sha256()
+    out = {}
+    name_in = os.path.basename(path) if header.folder is not None else path
     try:
-        data = bytearray(total)
-        with open(path, "rb") as f:
-            f.seek(header.data_start)
-            got = f.readinto(data)
+        with _open(name_in, header.folder) as f:
+            for name in sorted(header.entries):
+                dtype, shape, begin, end = header.entries[name]
+                h.update(_tensor_tag(name, dtype, shape))
+                f.seek(header.data_start + begin)
+                wanted = keep is None or name.split("/")[0] in keep
+                if wanted:
+                    data = bytearray(end - begin)
+                    got = f.readinto(data)
+                    if got != end - begin:
+                        raise CheckpointError(f"{path} is truncated: it shrank while being read")
+                    h.update(data)
+                    out[name] = np.frombuffer(data, dtype).reshape(shape)
+                    continue
+                left = end - begin
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise CheckpointError(f"{path} is truncated: it shrank while being read")
+                    h.update(chunk)
+                    left -= len(chunk)
     except MemoryError:
+        total = sum(e[3] - e[2] for n, e in header.entries.items()
+                    if keep is None or n.split("/")[0] in keep)
         raise CheckpointError(f"{path}: its tensors need {total:,} bytes of memory, more than "
                               "this process can get") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
-    if got != total:
-        raise CheckpointError(f"{path} is truncated: it shrank to {header.data_start + got} "
-                              "bytes while being read")
-    return {name: np.frombuffer(data, dtype, math.prod(shape), begin).reshape(shape)
-            for name, (dtype, shape, begin, _) in header.entries.items()}
-
-
-def _verify(header: Header, tensors: dict) -> None:
-    path, raw_meta = header.path, header.raw_meta
-    stored = raw_meta.get("sha256")
-    if stored is None and raw_meta.get("format") == json.dumps(FORMAT):
-        raise CheckpointError(f"{path} is damaged: it is an {FORMAT} file but its sha256 digest "
-                              "is missing from its metadata")
     if stored is not None:
-        computed = json.dumps(digest(tensors, raw_meta))
+        h.update(_meta_tag(header.raw_meta))
+        computed = json.dumps(h.hexdigest())
         if computed != stored:
             raise CheckpointError(
                 f"{path} is damaged: the sha256 of its tensors and metadata is "
                 f"{computed.strip(chr(34))[:16]}..., not the {str(stored).strip(chr(34))[:16]}... "
                 "recorded when it was saved. It was altered or corrupted after it was written; "
                 "load another checkpoint (best.safetensors, an older copy) instead")
+    return out
+
+
+def verify_checkpoint(path: str, *, folder=None) -> Header:
+    """The header of checkpoint `path` after its digest was checked (all its data read once,
+    none of it kept): CheckpointError when it is damaged."""
+    header = read_header(path, folder=folder)
+    _read_tensors(header, keep=())
+    return header
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -278,7 +368,6 @@ def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
     checked against the file's size before the tensors are read (their memory: the file's)."""
     header = read_header(path)
     tensors = _read_tensors(header)
-    _verify(header, tensors)
     return tensors, header.meta()
 
 
@@ -354,21 +443,25 @@ def _like(array: np.ndarray, template):
     return jnp.asarray(array, dtype=jnp.result_type(template))
 
 
-def _load(path: str, templates: dict, cast: bool) -> tuple[dict, dict, Header]:
-    """Header checked against the templates, then the data read, verified and restored."""
-    header = read_header(path)
-    source = f"checkpoint {path}"
+def _load(path: str, templates: dict, cast: bool, folder=None, also=()
+           ) -> tuple[dict, dict, Header]:
+    """Header checked against the templates, then the data read (the templates' tensors and
+    those under the prefixes `also`), verified and restored."""
+    header = read_header(path, folder=folder)
+    source = f"checkpoint {header.path}"
     _mismatches({k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
                 templates, source, cast)
-    tensors = _read_tensors(header)
-    _verify(header, tensors)
+    tensors = _read_tensors(header, keep={*templates, *also})
     return restore(tensors, templates, source=source, cast=cast), tensors, header
 
 
-def load_checkpoint(path: str, templates: dict, *, cast: bool = False) -> tuple[dict, dict]:
-    """(trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint.
+def load_checkpoint(path: str, templates: dict, *, cast: bool = False,
+                    folder=None) -> tuple[dict, dict]:
+    """(trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint
+    (a name in `folder`, or any path). Its header is checked against the templates before
+    any data is read, and only their tensors are kept (the digest covers all of them).
     Dtypes must match the templates' exactly unless cast=True."""
-    trees, _, header = _load(path, templates, cast)
+    trees, _, header = _load(path, templates, cast, folder)
     return trees, header.meta()
 
 
@@ -393,17 +486,18 @@ def load_params(path: str, template, *, prefix: str = "params", cast: bool = Fal
     return _load(path, {prefix: template}, cast)[0][prefix]
 
 
-def save_train_state(path: str, ts: TrainState, config: dict | None = None,
-                     **metadata) -> None:
+def save_train_state(path: str, ts: TrainState, config: dict | None = None, *, folder=None,
+                     verify: bool = False, **metadata) -> None:
     """Save a TrainState (params, state, opt_state, key, epoch, step; in the middle of an
-    epoch also its position and partial results) with the run's config."""
+    epoch also its position and partial results) with the run's config (folder, verify:
+    save_checkpoint's)."""
     trees = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state, "key": ts.key}
     meta = {"epoch": ts.epoch, "step": ts.step, "config": config or {}}
     if ts.position:
         partial = ts.partial or {}
         trees[PARTIAL] = {"order": partial["order"], "metrics": partial.get("metrics", {})}
         meta["position"] = ts.position
-    save_checkpoint(path, trees, {**meta, **metadata})
+    save_checkpoint(path, trees, {**meta, **metadata}, folder=folder, verify=verify)
 
 
 def _counter(meta: dict, key: str, path: str) -> int:
@@ -413,12 +507,14 @@ def _counter(meta: dict, key: str, path: str) -> int:
     return v
 
 
-def load_train_state(path: str, template: TrainState, *, cast: bool = False
+def load_train_state(path: str, template: TrainState, *, cast: bool = False, folder=None
                      ) -> tuple[TrainState, dict]:
     """A TrainState from `path`, shaped like `template` (e.g. init_train_state of the same
     model and optimizer); and the checkpoint's metadata (config, ...). The file must be an fnn
-    checkpoint (format, epoch and step in its metadata); dtypes must match unless cast=True."""
-    header = read_header(path)
+    checkpoint (format, epoch and step in its metadata); dtypes must match unless cast=True.
+    folder: a fnn.train.files.Folder `path` is a name in (a run directory)."""
+    header = read_header(path, folder=folder)
+    path = header.path
     if not header.is_fnn or "epoch" not in header.raw_meta or "step" not in header.raw_meta:
         raise CheckpointError(
             f"{path} is not an fnn training checkpoint: its metadata has no fnn format, epoch "
@@ -426,7 +522,7 @@ def load_train_state(path: str, template: TrainState, *, cast: bool = False
             "its tensors as parameters with fnn.train.load_params(path, params) instead")
     trees, tensors, header = _load(path, {"params": template.params, "state": template.state,
                                           "opt_state": template.opt_state,
-                                          "key": template.key}, cast)
+                                          "key": template.key}, cast, folder, also=(PARTIAL,))
     meta = header.meta()
     epoch, step = _counter(meta, "epoch", path), _counter(meta, "step", path)
     position, partial = _counter(meta, "position", path), None

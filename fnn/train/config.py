@@ -165,6 +165,14 @@ def _widths(optional: bool) -> Callable:
     return check
 
 
+def _hidden(name, v):
+    v = _widths(False)(name, v)
+    if not v:
+        raise ConfigError(f"{name} must list one or more widths (e.g. 256 or 256,128), got "
+                          f"{v!r}: an empty list would make a model without hidden layers")
+    return v
+
+
 def _rules(name, v):
     if isinstance(v, (list, tuple)) and all(isinstance(r, str) and r for r in v):
         return tuple(v)  # each rule's spelling is checked by fnn.train.rules.check_rules
@@ -194,7 +202,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seed": _int(0, MAX_SEED, "an integer between 0 and 2**64-1"),
     "weight_decay": _number(0.0), "clip": _number(0.0), "l2": _number(0.0),
     "loss": _choice(LOSSES), "label_smoothing": _number(0.0, 1.0),
-    "val_fraction": _number(0.0, 1.0), "hidden": _widths(False),
+    "val_fraction": _number(0.0, 1.0), "hidden": _hidden,
     "channels": _widths(True), "activation": _choice(ACTIVATIONS),
     "init": _choice(set(INITIALIZERS) - {"zeros", "ones"}), "dropout": _number(0.0, 1.0),
     "limit": _int(0, what="an integer >= 0 (0: all examples)"),
@@ -228,6 +236,35 @@ def parse_option(name: str, text: str):
     if name == "limit" and value == 0:  # on the command line, --limit N keeps N examples
         raise ConfigError("limit must be a positive integer, got 0")
     return check_value(name, value)
+
+
+# options that only some models or datasets read: given for another one, they are refused
+APPLIES = {
+    "hidden": ("model", ("mlp", "rnn", "lstm", "gru")),
+    "channels": ("model", ("cnn", "resnet")),
+    "activation": ("model", ("mlp", "cnn")),
+    "init": ("model", ("mlp", "cnn", "resnet")),
+    "dropout": ("model", ("mlp", "cnn", "rnn", "lstm", "gru", "transformer")),
+    "width": ("model", ("transformer",)),
+    "depth": ("model", ("transformer",)),
+    "heads": ("model", ("transformer",)),
+    "context": ("dataset", ("text",)),
+    "data_dir": ("dataset", ("mnist", "fashion-mnist", "cifar10", "text")),
+}
+
+
+def check_applies(config: "TrainConfig", given) -> None:
+    """ConfigError naming each option of `given` (the names set explicitly) that the
+    config's model or dataset does not read: it would be ignored without a word."""
+    for name in given:
+        if name not in APPLIES:
+            continue
+        by, which = APPLIES[name]
+        chosen = getattr(config, by)
+        if chosen not in which:
+            raise ConfigError(f"{option_flag(name)} does not apply to --{by} {chosen} (it is "
+                              f"read by --{by} {', '.join(which)} only): drop it, or choose "
+                              f"another --{by}")
 
 
 def differences(a: TrainConfig, b: TrainConfig) -> list[str]:

@@ -16,6 +16,7 @@ runs with different seeds are compared on the same validation and test examples.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -33,7 +34,9 @@ class Dataset:
     statistics that were subtracted and divided (apply them to new inputs too).
     Text (fnn.train.text): x_* and y_* int32 (N, T) token ids; `vocab` maps ids to bytes,
     `unigram_loss` is the entropy of the training bytes in nats (the loss of a model that
-    ignores the context), `description` names the corpus.
+    ignores the context), `description` names the corpus. `sha256`: a fingerprint of the data
+    read (the text's bytes; the images and labels as read from their files, before --limit,
+    the splits and standardization), which a resumed run compares with its checkpoint's.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Dataset:
     vocab: object = None
     unigram_loss: float | None = None
     description: str = ""
+    sha256: str | None = None  # of the data read (files' bytes, as decoded); None: not known
 
     @property
     def input_shape(self) -> tuple:
@@ -84,6 +88,16 @@ def split(x, y, fraction: float, seed: int = 0):
     return x[rest], y[rest], x[part], y[part]
 
 
+def fingerprint(arrays: dict) -> str:
+    """sha256 (hex) of x/y_train and x/y_test: their dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for k in ("x_train", "y_train", "x_test", "y_test"):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
 def load_raw(name: str, data_dir: str | None = None, *, split_seed: int = 0) -> dict:
     """Unscaled float32 images (N, H, W, C) in [0, 1] and int32 labels: x/y_train, x/y_test."""
     if name == "digits":
@@ -93,11 +107,13 @@ def load_raw(name: str, data_dir: str | None = None, *, split_seed: int = 0) -> 
         x = (d.images[..., None] / 16.0).astype(np.float32)
         x_train, y_train, x_test, y_test = split(x, d.target, 0.2, split_seed)
         raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        raw["sha256"] = fingerprint(raw)
     elif name in ("mnist", "fashion-mnist", "cifar10"):
         if not data_dir:
             raise DataError(f"dataset {name!r} is read from local files: pass their directory "
                             "with --data-dir (data_dir=...)")
         raw = read_cifar10(data_dir) if name == "cifar10" else read_mnist(data_dir, name)
+        raw["sha256"] = fingerprint(raw)
         for k in ("x_train", "x_test"):
             x = raw[k].astype(np.float32) / 255.0
             raw[k] = x if x.ndim == 4 else x[..., None]
@@ -122,7 +138,8 @@ def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fract
         t = load_text(data_dir, context=context, val_fraction=val_fraction, limit=limit)
         return Dataset("text", t["x_train"], t["y_train"], t["x_val"], t["y_val"], t["x_test"],
                        t["y_test"], len(t["vocab"]), vocab=t["vocab"],
-                       unigram_loss=t["unigram_loss"], description=t["description"])
+                       unigram_loss=t["unigram_loss"], description=t["description"],
+                       sha256=t["sha256"])
     raw = load_raw(name, data_dir, split_seed=split_seed)
     x_train, y_train = raw["x_train"], raw["y_train"]
     x_test, y_test = raw["x_test"], raw["y_test"]
@@ -133,4 +150,5 @@ def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fract
     mean = std = None
     if standardize_inputs:
         x_train, x_val, x_test, mean, std = standardize(x_train, x_val, x_test)
-    return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, 10, mean, std)
+    return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, 10, mean, std,
+                   sha256=raw["sha256"])

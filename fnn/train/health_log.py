@@ -12,6 +12,8 @@ import numpy as np
 from fnn.check.health import METRICS
 from fnn.check.tolerances import tolerance
 from fnn.train import jsonl
+from fnn.train.files import RunDirError, write_file
+from fnn.train.plot import png_bytes
 
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
 LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
@@ -21,39 +23,75 @@ LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm
           "saturated": "saturated sigmoid/tanh outputs (fraction)", "loss": "batch loss"}
 
 
-def read_rows(path: str, log=None) -> list[dict]:
+def read_rows(path: str, log=None, *, folder=None) -> list[dict]:
     """The rows of a diagnostics.jsonl ([] if there is none); a last line cut short by a crash
     is dropped and log(note) says so (a damaged line elsewhere: RunDirError naming it)."""
-    rows, note = jsonl.read(path)
+    rows, note = jsonl.read(path, folder=folder)
     if note and log is not None:
         log(f"note: {note}")
-    return rows
+    shown = folder.join(FILE) if folder is not None else path
+    return [check_row(row, i, shown) for i, row in enumerate(rows, 1)]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_row(row: dict, i: int, path: str) -> dict:
+    """`row` (record i of diagnostics.jsonl at `path`) if its fields have their types: step
+    and epoch integers >= 0, loss a number, each metric a map of layer names to numbers;
+    RunDirError naming the record and the field otherwise."""
+    def bad(field, want):
+        return RunDirError(f"{path}: record {i}: field {field!r} must be {want}, got "
+                           f"{str(row.get(field))[:60]}; fix or delete that line")
+    for field in ("step", "epoch"):
+        v = row.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(field, "an integer >= 0")
+    if not _number(row.get("loss")):
+        raise bad("loss", "a number")
+    for metric in METRICS:
+        v = row.get(metric, {})
+        if not isinstance(v, dict) or not all(isinstance(k, str) and _number(x)
+                                              for k, x in v.items()):
+            raise bad(metric, "a map of layer names to numbers")
+    return row
+
+
+def _epoch(row) -> int:
+    e = row.get("epoch", 0)
+    return e if isinstance(e, int) and not isinstance(e, bool) else 0
 
 
 class HealthLog:
     """RUN_DIR/diagnostics.jsonl, kept in step with the checkpoint: rows of epochs past
     `upto_epoch` (which no checkpoint holds; a resumed run measures them again) are dropped.
-    log(line) gets a summary line per epoch."""
+    log(line) gets a summary line per epoch. folder: the run directory's
+    fnn.train.files.Folder (every write goes through it)."""
 
-    def __init__(self, run_dir: str, *, upto_epoch: int | None = None, log=None):
+    def __init__(self, run_dir: str, *, upto_epoch: int | None = None, log=None, folder=None):
         self.path, self.png = os.path.join(run_dir, FILE), os.path.join(run_dir, PLOT)
+        self.folder = folder
         self.log = log or (lambda line: None)
-        if upto_epoch is not None and os.path.isfile(self.path):
-            kept = [r for r in read_rows(self.path, self.log) if r.get("epoch", 0) <= upto_epoch]
-            jsonl.write(self.path, kept)
+        there = folder.exists(FILE) if folder is not None else os.path.lexists(self.path)
+        if upto_epoch is not None and there:
+            rows = read_rows(self.path, self.log, folder=folder)
+            kept = [r for r in rows if _epoch(r) <= upto_epoch]
+            if kept != rows:
+                jsonl.write(self.path, kept, folder=folder)
 
     def write(self, new_rows: list[dict]) -> None:
         """Append an epoch's rows and log a one-line summary of its last row."""
         if not new_rows:
             return
-        jsonl.append(self.path, new_rows)
+        jsonl.append(self.path, new_rows, folder=self.folder)
         self.log(summarize(new_rows[-1]))
 
     def plot(self, title: str = "") -> bool:
         """diagnostics.png from all rows of the file; False when there are none."""
-        all_rows = read_rows(self.path)
+        all_rows = read_rows(self.path, folder=self.folder)
         if all_rows:
-            plot_health(all_rows, self.png, title)
+            plot_health(all_rows, self.png, title, folder=self.folder)
         return bool(all_rows)
 
 
@@ -84,7 +122,7 @@ def summarize(row: dict, dtype: str = "float32") -> str:
     return line
 
 
-def plot_health(all_rows: list[dict], path: str, title: str = "") -> None:
+def plot_health(all_rows: list[dict], path: str, title: str = "", *, folder=None) -> None:
     """One panel per metric (and the batch loss), one line per layer, against the step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -122,4 +160,4 @@ def plot_health(all_rows: list[dict], path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_file(path, png_bytes(fig), folder=folder)

@@ -1,56 +1,55 @@
 """JSON-lines files of a run directory (metrics.jsonl, diagnostics.jsonl), written whole lines
 at a time and read back with damage reported, never silently skipped.
 
-`append` writes a batch of records with one write() on a file opened for appending; if the
-write fails or comes up short (a full disk), the file is cut back to its length before the
-call, so it never ends in half a line. A line cut short by something else (a crash mid-write,
-a copy) is found by `read`: a damaged *last* line is returned as a note (the caller drops it
-and says so), a damaged line anywhere else is an error naming the file and the line.
+Both writes go through fnn.train.files.write_file: `append` adds a batch of records with one
+write() (cut back to the old length if it fails or comes up short, e.g. a full disk), so the
+file never ends in half a line; `write` replaces the file atomically. A line cut short by
+something else (a crash mid-write, a copy) is found by `read`: a damaged *last* line is
+returned as a note (the caller drops it and says so), a damaged line anywhere else is an error
+naming the file and the line. `read` refuses a file larger than its bound (MAX_BYTES) before
+reading it, and a symbolic link.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 
-from fnn.train.checkpoint import atomic_write
-from fnn.train.lock import RunDirError
+from fnn.train.files import Folder, RunDirError, read_file, write_file
+
+MAX_BYTES = 256 * 2**20  # a metrics or diagnostics file is far smaller: refuse more
 
 
-def append(path: str, records: list[dict]) -> None:
-    """Append `records` to `path`, one JSON object a line, all or nothing."""
-    if not records:
-        return
-    data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(errno.ENOSPC, f"{path}: short write, {written} of {len(data)} "
-                                            "bytes (is the disk full?)")
-        except OSError:
-            os.ftruncate(fd, size)  # no half line left behind
-            raise
-    finally:
-        os.close(fd)
+def _encode(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-def write(path: str, records: list[dict]) -> None:
+def append(path: str, records: list[dict], *, folder: Folder | None = None) -> None:
+    """Append `records` to `path` (a name in `folder`, or any path), one JSON object a line,
+    all or nothing."""
+    if records:
+        write_file(path, _encode(records), folder=folder, append=True)
+
+
+def write(path: str, records: list[dict], *, folder: Folder | None = None) -> None:
     """Replace `path` by `records`, atomically."""
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    write_file(path, _encode(records), folder=folder)
 
 
-def read(path: str) -> tuple[list[dict], str | None]:
+def read(path: str, *, folder: Folder | None = None,
+         max_bytes: int = MAX_BYTES) -> tuple[list[dict], str | None]:
     """(records, note): the JSON objects of `path`, one a line ([] if there is no file), and
     a note when its last line is damaged (dropped from the records), else None. A damaged
     line before the last raises RunDirError naming the file and the line."""
-    if not os.path.isfile(path):
+    if folder is not None:
+        if not folder.exists(os.path.basename(path)):
+            return [], None
+        path = folder.join(os.path.basename(path))
+    elif not os.path.lexists(path):
         return [], None
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+    data = read_file(os.path.basename(path) if folder is not None else path, folder=folder,
+                     limit=max_bytes, what="JSON-lines file of a run")
+    lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the file ends with a newline, as it should
     records, note = [], None

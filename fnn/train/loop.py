@@ -34,14 +34,14 @@ from fnn.train.diagnostics import HealthMonitor
 from fnn.train.epoch import (epoch_batches, make_epoch_runner, make_evaluate, metrics_buffers,
                              steps_per_epoch)
 from fnn.train.hooks import Callback, EpochLog, Hook, ProgressBar
-from fnn.train.interrupt import StopRequest, TrainingInterrupted
-from fnn.train.memory import (check_fits, footprint, is_out_of_memory, out_of_memory,
-                               tree_bytes, xla_temp_bytes)
+from fnn.train.interrupt import StopRequest, TrainingInterrupted, interruptible
+from fnn.train.memory import (check_fits, footprint, init_out_of_memory, is_out_of_memory,
+                               out_of_memory, tree_bytes, xla_temp_bytes)
 from fnn.train.nancheck import NanReplay
 from fnn.train.parallel import data_parallel
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import make_train_step, uses_remat
-from fnn.train.validate import check_fit_inputs
+from fnn.train.validate import check_finite_state, check_fit_inputs
 
 CHUNK_SECONDS = 0.05  # target length of one compiled chunk of an epoch (see docs/benchmarks.md)
 
@@ -137,8 +137,15 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     check_fit_inputs(model, data, loss=loss, start=start, optimizer=optimizer,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, epochs=epochs)
     dp = data_parallel(devices, shard)
-    ts = start if start is not None else init_train_state(model, optimizer, data.input_shape,
-                                                          seed, place=dp)
+    try:
+        ts = start if start is not None else init_train_state(
+            model, optimizer, data.input_shape, seed, place=dp)
+    except jax.errors.JaxRuntimeError as e:
+        if is_out_of_memory(e):
+            raise init_out_of_memory(e, model, optimizer, data.input_shape,
+                                     "while initializing the parameters") from None
+        raise
+    check_finite_state(ts, "start" if start is not None else "the initial parameters")
     hooks = [*([HealthMonitor(model, diagnostics, loss=loss, l2=l2, rules=rules)]
                if diagnostics else []),
              *([NanReplay(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
@@ -204,8 +211,13 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
         zero = jnp.int32(0)
         if compiled is None:
             t0 = time.perf_counter()
-            compiled = runner.lower(ts.params, ts.state, carried, buffers, x, y, order, keys,
-                                    zero, zero).compile(compiler_options=compiler_options)
+            lowered = runner.lower(ts.params, ts.state, carried, buffers, x, y, order, keys,
+                                   zero, zero)
+            ready, compiled = interruptible(
+                lambda: lowered.compile(compiler_options=compiler_options), stop)
+            if not ready:  # Ctrl-C while XLA compiles: stop now, where the epoch stands
+                _interrupted(hooks, ts, e, p0, p0, ts.params, ts.state, carried, buffers,
+                             order, stop)
             record["compile_s"] = time.perf_counter() - t0
             fp.xla_temp = xla_temp_bytes(compiled)
             check_fits(fp, min(x.devices(), key=lambda d: d.id))
@@ -288,4 +300,4 @@ def _interrupted(hooks, ts, epoch, p0, done, params, state, carried, buffers, or
     where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
              else f"after epoch {ts.epoch}")
     raise TrainingInterrupted(f"training interrupted {where} (optimizer step {ts.step})", ts,
-                              stop.waited())
+                              stop.waited(), stop.signum)

@@ -208,3 +208,25 @@ def out_of_memory(error: BaseException, fp: Footprint | None, where: str) -> Out
     sizes = f" The run needs {fp.describe()}." if fp is not None else ""
     return OutOfMemoryError(f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
                             f"with {REMEDIES}; the last checkpoint, if any, is unchanged")
+
+
+def init_out_of_memory(error: BaseException, model, optimizer, input_shape, where: str
+                       ) -> OutOfMemoryError:
+    """The OutOfMemoryError of XLA's RESOURCE_EXHAUSTED `error` while the training state of
+    `model` and `optimizer` was made (`where`): with the sizes of its parameters and optimizer
+    state (from shapes alone)."""
+    from fnn.train.state import init_train_state
+
+    try:
+        def make():
+            ts = init_train_state(model, optimizer, tuple(input_shape), 0)
+            return ts.params, ts.opt_state, ts.state
+
+        params, opt_state, state = jax.eval_shape(make)
+        sizes = (f" The run needs parameters {_size(tree_bytes(params))}, optimizer state "
+                 f"{_size(tree_bytes(opt_state))} and model state {_size(tree_bytes(state))}.")
+    except Exception:  # no sizes: the message without them
+        sizes = ""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else "RESOURCE_EXHAUSTED"
+    return OutOfMemoryError(f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
+                            f"with {REMEDIES}; the last checkpoint, if any, is unchanged")

@@ -1,10 +1,23 @@
-"""Loss and accuracy curves of a run as a PNG (matplotlib's Agg canvas: no display needed)."""
+"""Loss and accuracy curves of a run as a PNG (matplotlib's Agg canvas: no display needed).
+A figure is rendered to bytes (`png_bytes`) and written by fnn.train.files.write_file."""
 
 from __future__ import annotations
 
+import io
 
-def plot_curves(history: list[dict], path: str, title: str = "") -> None:
-    """Two panels, loss and accuracy per epoch, train and validation, saved to `path`."""
+from fnn.train.files import write_file
+
+
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def plot_curves(history: list[dict], path: str, title: str = "", *, folder=None) -> None:
+    """Two panels, loss and accuracy per epoch, train and validation, saved to `path` (a name
+    in `folder`, a fnn.train.files.Folder, or any path)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -23,4 +36,4 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_file(path, png_bytes(fig), folder=folder)

@@ -11,7 +11,7 @@
 GATE is a gate's name (`python -m fnn gradcheck` lists them, primitives as 'lax.tanh'); RULE one
 of RULES below (fnn.ops.rulebook). The specs are part of the run's config, so --resume trains
 with the same rules. Feedback alignment's fixed random matrices come from the run's seed
-(fold_in(PRNGKey(seed), FEEDBACK_SALT)), one per Dense layer: a resumed run draws the very same
+(fold_in(make_key(seed), FEEDBACK_SALT): every seed in [0, 2**64-1] its own), one per Dense layer: a resumed run draws the very same
 matrices again, so they need no room in the checkpoint, and they are never parameters.
 """
 
@@ -22,8 +22,9 @@ import jax
 from fnn.autodiff.overrides import only
 from fnn.ops import registry, rulebook
 from fnn.ops.primitives import GATES as PRIMITIVE_GATES
+from fnn.train.state import make_key
 
-FEEDBACK_SALT = 0xFA  # the feedback matrices' key: fold_in(PRNGKey(seed), FEEDBACK_SALT)
+FEEDBACK_SALT = 0xFA  # the feedback matrices' key: fold_in(make_key(seed), FEEDBACK_SALT)
 RULES = {**rulebook.RULES, "feedback_alignment": None, "clip_backward": None}
 NUMBERS = {"slope", "max_norm", "scale"}  # the options a rule takes, all numbers
 
@@ -81,7 +82,7 @@ def make_rules(specs, params, seed: int = 0) -> dict | None:
             if gate != "affine" or options:
                 raise RuleSpecError(f"--rule {spec!r}: feedback_alignment is a rule of the "
                                     "affine gate (nn.Dense) and takes no options")
-            key = jax.random.fold_in(jax.random.PRNGKey(seed), FEEDBACK_SALT)
+            key = jax.random.fold_in(make_key(seed), FEEDBACK_SALT)
             feedback = rulebook.feedback_matrices(key, params, layers=layers or None)
             if not feedback:
                 raise RuleSpecError(f"--rule {spec!r}: the model has no Dense layer"

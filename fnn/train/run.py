@@ -11,17 +11,33 @@
     RUN_DIR/vocab.json        text runs: the byte vocabulary (what `python -m fnn sample` reads)
     RUN_DIR/diagnostics.jsonl, diagnostics.png   gradient health per layer every N steps
                               (train_run(..., diagnostics=N); fnn.train.health_log)
-    RUN_DIR/.lock             held by the process that runs it (fnn.train.lock)
+    RUN_DIR/.lock             who holds the run (the lock is on the folder: fnn.train.lock)
 
-The run directory is written by a fit hook, RunDirectory, after each epoch and on Ctrl-C.
+A run directory is fnn's or refused. A new run refuses a folder holding any of these files
+(naming them) unless overwrite=True (`--overwrite`) removes them first; a resume refuses a
+folder whose history (metrics.jsonl records, best.safetensors, results.json) has lost its
+last.safetensors, naming it, and continues from best.safetensors when asked to
+(resume_from="best", `--resume-from best`). Every file is written through
+fnn.train.files.write_file, in the folder the lock holds by identity (a renamed folder stops
+the run), never through a symbolic link, and read back with a size bound and every field
+checked.
+
+The writes are ordered so that a crash anywhere leaves a folder that resumes or restarts:
+a new run writes config.json first (a folder holding config.json and no checkpoint is started
+from the beginning by --resume), then vocab.json and metrics.jsonl. After each epoch: the
+gradient-health rows, last.safetensors (holding the epoch's record), best.safetensors (read
+back and verified; never parameters holding NaN/inf), the record to metrics.jsonl. A resume
+puts back what a crash between them lost: the record from the checkpoint when metrics.jsonl
+lacks it, best.safetensors from last when the checkpoint's epoch beat it.
+
 A run (new or resumed) holds the directory's lock for its whole life, so a second process on
 the same directory is refused at once; the check that a new directory holds no run and the
 writing of its config happen under the lock. Before anything is written, the data (training,
 validation and test sets) is checked against the model. A resumed run validates what it
 reads: config.json as the command line's options are validated, then against the config
-stored in the checkpoint (fnn.train.config.resume_config), the data against the sizes the
-checkpoint was trained on, metrics.jsonl line by line (a damaged last line is dropped, and
-said so).
+stored in the checkpoint (fnn.train.config.resume_config), the data against the sizes and the
+fingerprint (sha256) of the data the checkpoint was trained on, metrics.jsonl record by record
+(a damaged last line is dropped, and said so), a best.safetensors by its digest.
 """
 
 from __future__ import annotations
@@ -37,15 +53,16 @@ import jax
 
 from fnn.nn import SEQUENCE_MODELS, build_model, count_params, summary
 from fnn.train import jsonl
-from fnn.train.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
-                                  load_train_state, read_header, save_train_state)
+from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_state,
+                                  read_header, save_train_state, verify_checkpoint)
 from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, differences,
                               option_flag, resume_config)
 from fnn.train.data import load_dataset
 from fnn.train.epoch import make_evaluate, steps_per_epoch
-from fnn.train.health_log import HealthLog
+from fnn.train.health_log import FILE as HEALTH_FILE, PLOT as HEALTH_PLOT, HealthLog
 from fnn.train.hooks import Hook
-from fnn.train.lock import LOCK_FILE, RunDirError, RunLock
+from fnn.train.files import Folder, RunDirError, read_file, write_file
+from fnn.train.lock import LOCK_FILE, RunLock, is_lock_file
 from fnn.train.loop import CHUNK_SECONDS, fit
 from fnn.train.optim import make_optimizer, make_schedule
 from fnn.train.parallel import check_shard, data_parallel, gather
@@ -53,14 +70,19 @@ from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.rules import check_rules, make_rules
-from fnn.train.text import check_vocab
-from fnn.train.validate import check_fit_inputs
+from fnn.train.text import VOCAB_FILE, check_vocab
+from fnn.train.validate import check_finite_state, check_fit_inputs, non_finite_leaves
+from fnn.train.memory import init_out_of_memory, is_out_of_memory
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory",
            "TrainConfig", "final_results", "read_config", "setup", "train_run"]
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
+RESULTS, CURVES = "results.json", "curves.png"
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # any of them: the directory holds a run
+FILES = (CONFIG, VOCAB_FILE, METRICS, LAST, BEST, RESULTS, CURVES, HEALTH_FILE, HEALTH_PLOT)
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 600 bytes
+RESUME_FROM = ("last", "best")
 
 
 TEXT_EPOCHS = 2  # a text epoch of the default corpus is ~1000 steps, ~1.5 min on 2 CPU cores
@@ -89,22 +111,27 @@ def check_model_data(config: TrainConfig) -> None:
                 f"(--model {'|'.join(SEQUENCE_MODELS)})"))
 
 
-def read_config(run_dir: str) -> TrainConfig:
-    """The TrainConfig saved in a run directory, every value validated as on the command line."""
+def read_config(run_dir: str, *, folder: Folder | None = None) -> TrainConfig:
+    """The TrainConfig saved in a run directory (read with a size bound, never through a
+    link), every value validated as on the command line."""
     path = os.path.join(run_dir, CONFIG)
-    if not os.path.isfile(path):
+    there = folder.exists(CONFIG) if folder is not None else os.path.lexists(path)
+    if not there:
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG}")
     try:
-        with open(path) as f:
-            d = json.load(f)
+        text = read_file(CONFIG if folder is not None else path, folder=folder,
+                         limit=MAX_CONFIG_BYTES, what="config.json")
+        d = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        if isinstance(e, RunDirError):
+            raise
         raise ConfigError(f"{run_dir} is not a usable run directory: {path} is damaged ({e}); "
                           "restore it, or start a new run with --out") from None
     return TrainConfig.from_dict(d, source=path)
 
 
-def _write_json(path: str, obj) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+def _write_json(name: str, obj, folder: Folder | None) -> None:
+    write_file(name, (json.dumps(obj, indent=2) + "\n").encode(), folder=folder)
 
 
 def setup(config: TrainConfig):
@@ -124,35 +151,44 @@ def setup(config: TrainConfig):
 
 
 def data_sizes(data) -> dict:
-    """What a checkpoint records of the data it was trained on (checked on resume)."""
-    return {"train": len(data.x_train), "val": len(data.x_val), "test": len(data.x_test),
-            "input_shape": list(data.input_shape)}
+    """What a checkpoint records of the data it was trained on (checked on resume): the sizes
+    of the splits, the input shape and the data's fingerprint (its sha256, when known)."""
+    out = {"train": len(data.x_train), "val": len(data.x_val), "test": len(data.x_test),
+           "input_shape": list(data.input_shape)}
+    if getattr(data, "sha256", None):
+        out["sha256"] = data.sha256
+    return out
 
 
 class RunDirectory(Hook):
-    """The fit hook of train_run: after each epoch, the gradient-health rows (popped from the
-    record) to diagnostics.jsonl, the record to metrics.jsonl, the checkpoints last and (on a
-    better validation score than `best_acc`: accuracy, or minus the loss for text and
-    regression) best; on Ctrl-C, `last` where training stopped (in the middle of an epoch: with
-    the position and the epoch's batch order). config.json is (re)written with the first
-    checkpoint when `write_config` (a resumed run whose --epochs or --data-dir changed). Text
-    runs add bits per character and perplexity to the record and log them. Only the primary
-    process writes."""
+    """The fit hook of train_run: after each epoch, in this order (see the module docstring),
+    the gradient-health rows (popped from the record) to diagnostics.jsonl, the checkpoint
+    `last` (with the epoch's record in its metadata), `best` on a better validation score
+    than `best_acc` (accuracy, or minus the loss for text and regression; verified once
+    written; never parameters holding NaN/inf, log says so), the record to metrics.jsonl; on
+    Ctrl-C, `last` where training stopped (in the middle of an epoch: with the position and
+    the epoch's batch order). config.json is (re)written with the first checkpoint when
+    `write_config` (a resumed run whose --epochs or --data-dir changed). Text runs add bits
+    per character and perplexity to the record and log them. Only the primary process
+    writes; every write goes through `folder` (the run directory's Folder)."""
 
     def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
                  health: HealthLog | None, primary: bool, data: dict | None = None,
-                 write_config: bool = False, log: Callable | None = None):
+                 write_config: bool = False, log: Callable | None = None,
+                 folder: Folder | None = None, record: dict | None = None):
         self.out_dir, self.config, self.best_acc = out_dir, config, best_acc
         self.health, self.primary, self.data = health, primary, data or {}
         self.log = log or (lambda line: None)
-        self.metrics_path = os.path.join(out_dir, METRICS)
+        self.folder = folder
         self.write_config = write_config
+        self.record = record  # the latest complete epoch's record (kept in `last`)
 
     def _save_last(self, ts: TrainState) -> None:
-        save_train_state(os.path.join(self.out_dir, LAST), ts, self.config.to_dict(),
-                         data=self.data)
+        extra = {"record": self.record} if self.record is not None else {}
+        save_train_state(LAST, ts, self.config.to_dict(), folder=self.folder, data=self.data,
+                         **extra)
         if self.write_config:
-            _write_json(os.path.join(self.out_dir, CONFIG), self.config.to_dict())
+            _write_json(CONFIG, self.config.to_dict(), self.folder)
             self.write_config = False
 
     def on_epoch_end(self, ts: TrainState, record: dict):
@@ -167,20 +203,33 @@ class RunDirectory(Hook):
         if not self.primary:
             return
         self.health.write(rows)
-        jsonl.append(self.metrics_path, [record])
+        self.record = dict(record)
+        self._save_last(ts)
         score = best_score(record)
         if score is not None and score > self.best_acc:  # no validation: no best
-            self.best_acc = score
-            extra = ({"val_acc": record["val_acc"]} if "val_acc" in record
-                     else {"val_loss": record["val_loss"]})
-            save_train_state(os.path.join(self.out_dir, BEST), ts, self.config.to_dict(),
-                             data=self.data, **extra)
-        self._save_last(ts)
+            bad = [*non_finite_leaves(ts.params, "params"), *non_finite_leaves(ts.state, "state")]
+            if bad:
+                self.log(f"note: epoch {record['epoch']} has the best validation score so far, "
+                         f"but its parameters hold NaN/inf ({', '.join(bad[:4])}): it is not "
+                         f"saved as {BEST}")
+            else:
+                self.best_acc = score
+                save_best(self.folder, ts, self.config, self.data, record)
+        jsonl.append(METRICS, [record], folder=self.folder)
 
     def on_interrupt(self, ts: TrainState):
         ts = _gathered(ts)
         if self.primary:
             self._save_last(ts)
+
+
+def save_best(folder: Folder, ts: TrainState, config: TrainConfig, data: dict,
+              record: dict) -> None:
+    """best.safetensors of `ts`, the state after the epoch of `record`; read back and verified."""
+    extra = ({"val_acc": record["val_acc"]} if "val_acc" in record
+             else {"val_loss": record["val_loss"]})
+    save_train_state(BEST, ts, config.to_dict(), folder=folder, verify=True, data=data,
+                     **extra)
 
 
 def _sharded_note(dp, params) -> str:
@@ -222,59 +271,134 @@ def text_metrics(loss_nats, split: str) -> dict:
             f"{split}_ppl": math.exp(min(loss_nats, 700.0))}
 
 
-def _holds_run(out_dir: str) -> list[str]:
-    return [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
-
-
-def _check_new(out_dir: str) -> None:
-    """RunDirError unless `out_dir` holds no run (it may exist, empty or with other files)."""
-    found = _holds_run(out_dir)
-    if not found:
-        return
-    if not os.path.exists(os.path.join(out_dir, LAST)) and CONFIG in found:
-        raise RunDirError(f"{out_dir} already holds a run that stopped before its first "
+def _check_new(folder: Folder, overwrite: bool) -> list[str]:
+    """The files of FILES (and a .lock that is not fnn's) that `folder` holds; RunDirError
+    naming them unless `overwrite`."""
+    found = [n for n in FILES if folder.exists(n)]
+    if not is_lock_file(folder):
+        found.append(LOCK_FILE)
+    if not found or overwrite:
+        return found
+    out = folder.path
+    if (CONFIG in found and not set(found) & {LAST, BEST, RESULTS}
+            and not (METRICS in found and _history(folder))):
+        raise RunDirError(f"{out} already holds a run that stopped before its first "
                           f"checkpoint: start it from the beginning with its own config by "
-                          f"`--resume {out_dir}`, or choose another --out")
-    raise RunDirError(f"{out_dir} already holds a run ({', '.join(found)}): continue it with "
-                      f"--resume {out_dir}, or choose another --out")
+                          f"`--resume {out}`, choose another --out, or replace it with "
+                          f"--overwrite")
+    what = "a run" if set(found) & set(RUN_FILES) else "files a run writes"
+    raise RunDirError(f"{out} already holds {what} ({', '.join(found)}): a new run would "
+                      f"overwrite them. Continue it with --resume {out}, choose another --out, "
+                      f"or pass --overwrite to replace them")
 
 
-def _checkpoint_config(path: str) -> TrainConfig:
+def _history(folder: Folder) -> list[dict]:
+    """The records of metrics.jsonl, each checked (epoch an integer >= 1, in order; the
+    scores numbers): RunDirError naming the file, the record and the field otherwise."""
+    records, _ = jsonl.read(METRICS, folder=folder)
+    return check_history(records, folder.join(METRICS))
+
+
+NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def check_history(records: list[dict], path: str) -> list[dict]:
+    """`records` (of metrics.jsonl at `path`) if every one holds an integer epoch >= 1, in
+    increasing order, and numbers for the scores; RunDirError naming the record and field."""
+    last = 0
+    for i, r in enumerate(records, 1):
+        e = r.get("epoch")
+        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+            raise RunDirError(f"{path}: record {i}: field 'epoch' must be an integer >= 1, got "
+                              f"{e!r}; fix or delete that line")
+        if e <= last:
+            raise RunDirError(f"{path}: record {i}: epoch {e} follows epoch {last}; the epochs "
+                              "must increase (was the file edited?)")
+        last = e
+        for k in NUMBERS:
+            v = r.get(k)
+            if k in r and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise RunDirError(f"{path}: record {i} (epoch {e}): field {k!r} must be a "
+                                  f"number, got {v!r}")
+    return records
+
+
+def _checkpoint_config(path: str, folder: Folder | None) -> TrainConfig:
     """The config stored in checkpoint `path` (its header only), validated."""
-    header = read_header(path)
+    header = read_header(path, folder=folder)
     meta = header.meta()
     if not header.is_fnn or not isinstance(meta.get("config"), dict) or not meta["config"]:
-        raise CheckpointError(f"{path} is not an fnn training checkpoint with its run's config "
-                              "(a file from elsewhere, or from an older fnn): it cannot be "
-                              "resumed; start a new run (fnn.train.load_params loads its "
+        raise CheckpointError(f"{header.path} is not an fnn training checkpoint with its run's "
+                              "config (a file from elsewhere, or from an older fnn): it cannot "
+                              "be resumed; start a new run (fnn.train.load_params loads its "
                               "parameters in Python)")
-    return TrainConfig.from_dict(meta["config"], source=f"the config stored in {path}")
+    return TrainConfig.from_dict(meta["config"], source=f"the config stored in {header.path}")
 
 
-def _resume_config(out_dir: str, config: TrainConfig | None, overrides: dict | None):
+def _start_from(folder: Folder, resume_from: str) -> str | None:
+    """The checkpoint a resumed run continues from (LAST, or BEST for resume_from="best"), or
+    None: the run stopped before its first checkpoint and starts from the beginning. Refused
+    (RunDirError naming the file) when the checkpoint is missing while the run has a history
+    that starting again would replace, or when it is a link."""
+    out = folder.path
+    if resume_from not in RESUME_FROM:
+        raise ValueError(f"resume_from must be one of {', '.join(RESUME_FROM)}, got "
+                         f"{resume_from!r}")
+    wanted = BEST if resume_from == "best" else LAST
+    folder.refuse_non_file(wanted)
+    if folder.exists(wanted):
+        return wanted
+    if resume_from == "best":
+        raise RunDirError(f"--resume-from best: {folder.join(BEST)} does not exist (the run "
+                          "never had a validation score, or it was deleted)")
+    history = _history(folder)
+    kept = [n for n in (BEST, RESULTS) if folder.exists(n)]
+    if not history and not kept:
+        return None
+    had = ([f"{METRICS} (epochs {history[0]['epoch']}..{history[-1]['epoch']})"]
+           if history else []) + kept
+    hint = ""
+    if folder.exists(BEST):
+        try:
+            meta = verify_checkpoint(BEST, folder=folder).meta()
+            hint = (f"; continue from its best checkpoint (epoch {meta.get('epoch')}) with "
+                    f"`--resume {out} --resume-from best`")
+        except CheckpointError as e:
+            hint = f"; its {BEST} cannot stand in for it ({e})"
+    raise RunDirError(f"{folder.join(LAST)} is missing, but the run in {out} has a history "
+                      f"({', '.join(had)}) that starting again would replace{hint}. Restore "
+                      f"{LAST}, or start a new run with another --out (--overwrite replaces "
+                      "this one)")
+
+
+def _resume_config(folder: Folder, config: TrainConfig | None, overrides: dict | None,
+                   start: str | None):
     """(the config a resumed run continues with (see resume_config), the one in config.json)."""
-    saved = read_config(out_dir)
+    saved = read_config(folder.path, folder=folder)
     overrides = dict(overrides or {})
     if config is not None:  # a config given in Python: its differences are the overrides
         overrides.update({k: getattr(config, k) for k in differences(saved, config)})
-    last = os.path.join(out_dir, LAST)
-    checkpoint = _checkpoint_config(last) if os.path.exists(last) else None
-    merged = resume_config(saved, checkpoint, overrides,
-                           saved_file=os.path.join(out_dir, CONFIG), checkpoint_file=last)
+    checkpoint = _checkpoint_config(start, folder) if start else None
+    merged = resume_config(saved, checkpoint, overrides, saved_file=folder.join(CONFIG),
+                           checkpoint_file=folder.join(start or LAST))
     return merged, saved
 
 
 def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
               overrides: dict | None = None, progress: bool = True, log: Callable | None = None,
               diagnostics: int = 0, check_nans: bool = False, devices: int | None = None,
-              chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None) -> dict:
+              chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None,
+              overwrite: bool = False, resume_from: str = "last") -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
-    resume=True: the run's config.json, validated and matched against the config in its last
-    checkpoint (a ConfigError names any key that differs); `overrides` ({"epochs": 40},
-    {"data_dir": ...}: only RESUME_MAY_CHANGE keys) or a `config` that differs from it in
-    those keys change them. A directory whose run stopped before its first checkpoint is
-    started from the beginning with its config.
+    A new run refuses a folder holding files a run writes (RunDirError naming them) unless
+    overwrite=True, which removes them first. resume=True: the run's config.json, validated
+    and matched against the config in its last checkpoint (a ConfigError names any key that
+    differs); `overrides` ({"epochs": 40}, {"data_dir": ...}: only RESUME_MAY_CHANGE keys) or
+    a `config` that differs from it in those keys change them. A directory whose run stopped
+    before its first checkpoint is started from the beginning with its config; one whose
+    last.safetensors is gone while it has a history is refused, and resume_from="best"
+    continues it from best.safetensors (its history cut back to that epoch).
 
     log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
     the results, notes; None: silent). diagnostics=N > 0: gradient health every N steps into
@@ -284,8 +408,9 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     parameters and optimizer state split across the devices as well (fit's shard; devices
     None: all of them); not part of the config either (it does not change the math).
 
-    The directory is locked for the run's life (RunDirError if another process has it). On
-    Ctrl-C the state is saved to last.safetensors and fit's TrainingInterrupted propagates.
+    The directory is locked for the run's life (RunDirError if another process has it, or if
+    it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
+    is saved to last.safetensors and fit's TrainingInterrupted propagates.
 
     Several processes (multi-host JAX): every process trains, only process 0 locks and writes
     the run directory and logs; the others return the final test results of their (identical)
@@ -298,21 +423,39 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     log = log if log and primary else (lambda line: None)
     if not isinstance(out_dir, str) or not out_dir.strip():
         raise ValueError(f"the run directory (--out) must be a directory name, got {out_dir!r}")
-    if resume and not os.path.isfile(os.path.join(out_dir, CONFIG)):
+    if resume_from not in RESUME_FROM:
+        raise ValueError(f"resume_from must be one of {', '.join(RESUME_FROM)}, got "
+                         f"{resume_from!r}")
+    if resume and overwrite:
+        raise ValueError("--overwrite replaces the files of a new run; --resume continues the "
+                         "run there: give one of them")
+    if resume_from != "last" and not resume:
+        raise ValueError("--resume-from needs --resume RUN_DIR")
+    if resume and not os.path.isdir(out_dir):
         read_config(out_dir)  # the error: not a run directory (nothing is created)
+    if resume and not os.path.lexists(os.path.join(out_dir, CONFIG)):
+        read_config(out_dir)
     if config is None and not resume:
         raise ValueError("train_run needs a config for a new run")
     if not primary:
-        return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                           diagnostics, check_nans, devices, chunk_seconds, shard)
+        folder = Folder(out_dir) if resume else None
+        try:
+            return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
+                               diagnostics, check_nans, devices, chunk_seconds, shard, folder,
+                               overwrite, resume_from)
+        finally:
+            if folder is not None:
+                folder.close()
     created = not os.path.exists(out_dir)
-    lock = RunLock(out_dir).acquire()
+    lock = RunLock(out_dir, overwrite=overwrite).acquire()
     try:
+        lock.folder.remove_stale_temporaries((*FILES, LOCK_FILE))
         return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                           diagnostics, check_nans, devices, chunk_seconds, shard)
+                           diagnostics, check_nans, devices, chunk_seconds, shard, lock.folder,
+                           overwrite, resume_from)
     except BaseException:
-        if created and os.listdir(out_dir) == [LOCK_FILE]:  # failed before writing anything
-            lock.release(remove=True)
+        if created and lock.folder.moved() is None and os.listdir(out_dir) == [LOCK_FILE]:
+            lock.release(remove=True)  # failed before writing anything
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)
         raise
@@ -320,14 +463,27 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
         lock.release()
 
 
+def _init_state(model, optimizer, data, seed, dp) -> TrainState:
+    """init_train_state, XLA running out of memory explained (fnn.train.OutOfMemoryError)."""
+    try:
+        return init_train_state(model, optimizer, data.input_shape, seed, place=dp)
+    except jax.errors.JaxRuntimeError as e:
+        if is_out_of_memory(e):
+            raise init_out_of_memory(e, model, optimizer, data.input_shape,
+                                     "while initializing the parameters") from None
+        raise
+
+
 def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diagnostics,
-                check_nans, devices, chunk_seconds, shard=None) -> dict:
-    rewrite_config, saved = False, None
+                check_nans, devices, chunk_seconds, shard, folder, overwrite=False,
+                resume_from="last") -> dict:
+    rewrite_config, saved, start, found = False, None, None, []
     if resume:
-        config, saved = _resume_config(out_dir, config, overrides)
+        start = _start_from(folder, resume_from)
+        config, saved = _resume_config(folder, config, overrides, start)
         rewrite_config = bool(differences(saved, config))
     elif primary:
-        _check_new(out_dir)
+        found = _check_new(folder, overwrite)
     data, model, optimizer, schedule = setup(config)
     if not len(data.x_test):
         raise DataError(f"the test set of {config.dataset} is empty (x_test "
@@ -341,55 +497,77 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
         dp.check_batch_size(config.batch_size, "--batch-size")
         devices = dp.size
     # sharded parameters: made split on the mesh, never whole on one device
-    ts = init_train_state(model, optimizer, data.input_shape, config.seed, place=dp)
+    ts = _init_state(model, optimizer, data, config.seed, dp)
     sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
-    metrics_path = os.path.join(out_dir, METRICS)
-    last = os.path.join(out_dir, LAST)
-    history, best_acc = [], -math.inf
-    if resume and os.path.isfile(last):
-        ts, meta = load_train_state(last, ts)
+    history, best_acc, record = [], -math.inf, None
+    if start:
+        path = folder.join(start)
+        ts, meta = load_train_state(start, ts, folder=folder)
         if dp is not None and dp.shard_params:  # split at once; the whole copy is let go
             ts = dp.place_train_state(ts)
-        _check_resumed(last, ts, meta, sizes, n_steps)
+        _check_resumed(path, ts, meta, sizes, n_steps, log)
+        check_finite_state(ts, path)
         if data.vocab is not None:
-            check_vocab(out_dir, data.vocab)
-        history, note = jsonl.read(metrics_path)
+            check_vocab(out_dir, data.vocab, folder=folder)
+        history, note = jsonl.read(METRICS, folder=folder)
         if note:
             log(f"note: {note}")
-        history = [r for r in history if r.get("epoch", 0) <= ts.epoch]
-        best_acc = _best_acc(os.path.join(out_dir, BEST), history)
+        history = [r for r in check_history(history, folder.join(METRICS))
+                   if r["epoch"] <= ts.epoch]
+        record = meta.get("record") if isinstance(meta.get("record"), dict) else None
+        best_acc = _best_acc(folder, history)  # (before the record: best may lack it too)
+        if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
+                not history or history[-1]["epoch"] == ts.epoch - 1):
+            history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
+            log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped while "
+                f"saving it): restored from {path}")
+        if (primary and record is not None and record.get("epoch") == ts.epoch
+                and ts.position == 0 and start == LAST):
+            score = best_score(record)
+            if score is not None and score > best_acc and not non_finite_leaves(ts.params, ""):
+                save_best(folder, ts, config, sizes, record)  # lost by a crash: put back
+                best_acc = score
+                log(f"note: {folder.join(BEST)} was not saved for epoch {ts.epoch} (the run "
+                    f"stopped while saving it): saved from {path}")
         where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
                  else f"after epoch {ts.epoch}")
-        log(f"resuming {out_dir} {where} (optimizer step {ts.step})")
+        log(f"resuming {out_dir} {where} (optimizer step {ts.step})"
+            + (f" from {BEST}" if start == BEST else ""))
         if saved.epochs != config.epochs and config.schedule != "constant":
             log(f"note: the {config.schedule} learning-rate schedule now spans "
                 f"{config.epochs} epochs instead of {saved.epochs}; the rate continues from "
                 "its value on the new schedule")
-    elif resume:
-        log(f"{out_dir} has no checkpoint yet (it stopped before its first one): starting the "
-            "run from the beginning with its config")
-        if primary and data.vocab is not None:
-            data.vocab.save(out_dir)
-        log(summary(model, data.input_shape))
-        rewrite_config = True
     else:
-        if primary and data.vocab is not None:
-            data.vocab.save(out_dir)
+        if resume:
+            log(f"{out_dir} has no checkpoint yet (it stopped before its first one): starting "
+                "the run from the beginning with its config")
         log(summary(model, data.input_shape))
         rewrite_config = True
     if primary:
-        jsonl.write(metrics_path, history)  # rewritten: drops epochs past the checkpoint
-        if rewrite_config and not os.path.isfile(last):
-            _write_json(os.path.join(out_dir, CONFIG), config.to_dict())
+        if overwrite and found:
+            for name in (RESULTS, CURVES, HEALTH_PLOT, HEALTH_FILE, BEST, LAST, METRICS,
+                         VOCAB_FILE, CONFIG):
+                if name in found:
+                    folder.remove(name)
+            log(f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of the "
+                f"run that was in {out_dir}")
+        if rewrite_config and not start:  # first: a folder with config.json resumes
+            _write_json(CONFIG, config.to_dict(), folder)
             rewrite_config = False
+        if data.vocab is not None and not start:
+            data.vocab.save(out_dir, folder=folder)
+        # rewritten: drops epochs past the checkpoint (and a damaged last line)
+        jsonl.write(METRICS, history, folder=folder)
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
         f"device {jax.devices()[0].platform}"
         + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
            + (_sharded_note(dp, ts.params) if dp is not None and dp.shard_params else "")
            + ")" if devices else ""))
-    health = HealthLog(out_dir, upto_epoch=ts.epoch, log=log) if primary else None
+    health = (HealthLog(out_dir, upto_epoch=ts.epoch, log=log, folder=folder) if primary
+              else None)
     run_dir = RunDirectory(out_dir, config, health=health, primary=primary, best_acc=best_acc,
-                           data=sizes, write_config=rewrite_config, log=log)
+                           data=sizes, write_config=rewrite_config, log=log, folder=folder,
+                           record=history[-1] if history else None)
     rules = make_rules(config.rules, ts.params, config.seed)
     if rules:
         log(f"backward rules: {', '.join(config.rules)}")
@@ -404,12 +582,14 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     ts = _gathered(ts)  # several processes, sharded parameters: evaluated whole in each
     if not primary:  # process 0 writes the best checkpoint; no waiting for it here
         return final_results(model, ts, data, None, config)
+    if start == BEST and not new:  # nothing trained: last is still the one that was lost
+        run_dir._save_last(ts)
     if history:
-        plot_curves(history, os.path.join(out_dir, "curves.png"),
-                    f"{config.model} on {config.dataset}, grad={config.grad}")
+        plot_curves(history, CURVES, f"{config.model} on {config.dataset}, grad={config.grad}",
+                    folder=folder)
     health.plot(f"gradient health: {config.model} on {config.dataset}, grad={config.grad}")
-    results = final_results(model, ts, data, out_dir, config)
-    _write_json(os.path.join(out_dir, "results.json"), results)
+    results = final_results(model, ts, data, out_dir, config, folder=folder)
+    _write_json(RESULTS, results, folder)
     if "test_bpc" in results:
         line = (f"test loss {results['test_loss']:.4f} nats/char = {results['test_bpc']:.3f} "
                 f"bits/char, perplexity {results['test_ppl']:.2f}, next-char accuracy "
@@ -429,38 +609,57 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
     return results
 
 
-def _check_resumed(path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: int) -> None:
-    """The checkpoint a run resumes from must be of this data and these epochs."""
+def _check_resumed(path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: int,
+                   log: Callable) -> None:
+    """The checkpoint a run resumes from must be of this data (its sizes and fingerprint) and
+    these epochs; a checkpoint from an older fnn that records no fingerprint, or no digest,
+    is resumed with a note saying what could not be checked."""
     saved = meta.get("data")
-    if isinstance(saved, dict) and saved and saved != sizes:
-        diff = ", ".join(f"{k} {saved.get(k)!r} then, {sizes[k]!r} now" for k in sizes
-                         if saved.get(k) != sizes[k])
+    if not isinstance(saved, dict) or not saved:
+        log(f"note: {path} records nothing of the data it was trained on (an older fnn): the "
+            "data could not be checked against it")
+        saved = {}
+    diff = ", ".join(f"{k} {saved.get(k)!r} then, {sizes[k]!r} now" for k in sizes
+                     if k != "sha256" and k in saved and saved.get(k) != sizes[k])
+    if not diff and "sha256" in saved and "sha256" in sizes and saved["sha256"] != sizes["sha256"]:
+        diff = (f"the same sizes but other contents: sha256 {str(saved['sha256'])[:12]}... "
+                f"then, {sizes['sha256'][:12]}... now")
+    if diff:
         raise ConfigError(f"{path} was trained on other data than this run loads ({diff}): "
                           f"{option_flag('data_dir')} points at other files, or they changed")
+    if saved and "sha256" not in saved:
+        log(f"note: {path} records no fingerprint of its data (an older fnn): only the sizes "
+            "of the data were checked, not its contents")
+    if "sha256" not in meta:
+        log(f"note: {path} carries no digest (an older fnn-checkpoint/1 file): it was loaded "
+            "unverified")
     if ts.step != ts.epoch * n_steps + ts.position:
         raise ConfigError(f"{path} was saved at optimizer step {ts.step} after {ts.epoch} "
                           f"epochs (+{ts.position} steps), which does not fit this run's "
                           f"{n_steps} steps per epoch: the batch size or the data changed")
 
 
-def _best_acc(path: str, history: list[dict]) -> float:
-    """The score (best_score) of best.safetensors, from its metadata, else the best in
-    history."""
-    if os.path.isfile(path):
+def _best_acc(folder: Folder, history: list[dict]) -> float:
+    """The score (best_score) of best.safetensors, from its metadata once its digest is
+    checked (a damaged one is refused: CheckpointError naming it), else the best in history."""
+    if folder.exists(BEST):
         try:
-            meta = read_header(path).meta()
-            score = best_score({k: meta[k] for k in ("val_acc", "val_loss")
-                                if isinstance(meta.get(k), (int, float))})
-            if score is not None:
-                return float(score)
-        except CheckpointError:
-            pass
+            meta = verify_checkpoint(BEST, folder=folder).meta()
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. The run's best checkpoint is damaged: remove "
+                                  f"{folder.join(BEST)} to resume (the best of the epochs to "
+                                  "come is then saved), or restore it from a copy") from None
+        score = best_score({k: meta[k] for k in ("val_acc", "val_loss")
+                            if isinstance(meta.get(k), (int, float))})
+        if score is not None:
+            return float(score)
     return max((best_score(r) for r in history if best_score(r) is not None), default=-math.inf)
 
 
-def final_results(model, ts: TrainState, data, out_dir: str | None, config: TrainConfig) -> dict:
+def final_results(model, ts: TrainState, data, out_dir: str | None, config: TrainConfig, *,
+                  folder: Folder | None = None) -> dict:
     """Test loss/accuracy of the final params and of the best checkpoint in `out_dir` (None:
-    the final params only)."""
+    the final params only; folder: its Folder)."""
     evaluate = make_evaluate(model, loss=config.loss)
     x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
     last = evaluate(ts.params, ts.state, x, y)
@@ -473,8 +672,11 @@ def final_results(model, ts: TrainState, data, out_dir: str | None, config: Trai
                        unigram_loss=data.unigram_loss,
                        unigram_bpc=data.unigram_loss / math.log(2))
     best_path = None if out_dir is None else os.path.join(out_dir, BEST)
-    if best_path and os.path.isfile(best_path):
-        best, meta = load_checkpoint(best_path, {"params": ts.params, "state": ts.state})
+    there = best_path and (folder.exists(BEST) if folder is not None
+                           else os.path.isfile(best_path))
+    if there:
+        best, meta = load_checkpoint(BEST if folder is not None else best_path,
+                                     {"params": ts.params, "state": ts.state}, folder=folder)
         r = evaluate(best["params"], best["state"], x, y)
         results.update(best_epoch=meta.get("epoch"), best_test_loss=float(r["loss"]))
         if "accuracy" in r:

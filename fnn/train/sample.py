@@ -19,8 +19,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn.nn import SEQUENCE_MODELS, build_model
-from fnn.train.checkpoint import read_checkpoint, restore
+from fnn.train.checkpoint import load_checkpoint
+from fnn.train.files import Folder
+from fnn.train.memory import OutOfMemoryError, is_out_of_memory
 from fnn.train.run import BEST, LAST, read_config
+from fnn.train.state import make_key
 from fnn.train.text import Vocab
 
 
@@ -31,10 +34,13 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
     window holds the prompt's ids in its first n places (1 <= n <= context). temperature 0 is
     greedy (the most likely byte each time); top_k keeps only the k most likely bytes.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if length < 0:
-        raise ValueError(f"length must be >= 0, got {length!r}")
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be an integer >= 1 (bytes to generate), got {length!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
 
     def sample(params, state, window, n, key):
         def body(i, carry):
@@ -62,38 +68,59 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
 
 def load_run(run_dir: str, checkpoint: str = "best"):
     """(model, params, state, vocab, config) of a text run: `checkpoint` 'best' (falls back to
-    'last' when the run has no best) or 'last'."""
+    'last' when the run has no best) or 'last'. Every file is read with a size bound and
+    checked (fnn.train.run.read_config, Vocab.load); the checkpoint's header is checked
+    against the model before any of its data is read, and only the parameters and model state
+    are kept."""
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    config = read_config(run_dir)
-    if config.model not in SEQUENCE_MODELS:
-        raise ValueError(f"{run_dir} holds a {config.model!r} run; sampling needs a language "
-                         f"model ({', '.join(SEQUENCE_MODELS)}) trained on --dataset text")
-    vocab = Vocab.load(run_dir)
-    model = build_model(config.model, len(vocab), **config.model_options())
-    path = os.path.join(run_dir, BEST if checkpoint == "best" else LAST)
-    if checkpoint == "best" and not os.path.isfile(path):
-        path = os.path.join(run_dir, LAST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir} has no checkpoint ({BEST} or {LAST}): the run "
-                                "stopped before its first epoch ended")
-    template = jax.eval_shape(lambda k: model.init(k, (config.context,))[:2],
-                              jax.random.PRNGKey(0))
-    tensors, _ = read_checkpoint(path)
-    trees = restore(tensors, {"params": template[0], "state": template[1]})
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no such folder")
+    with Folder(run_dir) as folder:
+        config = read_config(run_dir, folder=folder)
+        if config.model not in SEQUENCE_MODELS:
+            raise ValueError(f"{run_dir} holds a {config.model!r} run; sampling needs a "
+                             f"language model ({', '.join(SEQUENCE_MODELS)}) trained on "
+                             "--dataset text")
+        vocab = Vocab.load(run_dir, folder=folder)
+        model = build_model(config.model, len(vocab), **config.model_options())
+        name = BEST if checkpoint == "best" else LAST
+        if checkpoint == "best" and not folder.exists(name):
+            name = LAST
+        if not folder.exists(name):
+            raise FileNotFoundError(f"{run_dir} has no checkpoint ({BEST} or {LAST}): the run "
+                                    "stopped before its first epoch ended")
+        template = jax.eval_shape(lambda k: model.init(k, (config.context,))[:2],
+                                  make_key(0))
+        trees, _ = load_checkpoint(name, {"params": template[0], "state": template[1]},
+                                   folder=folder)
     return model, trees["params"], trees["state"], vocab, config
 
 
 def sample_run(run_dir: str, prompt: str | bytes = "\n", *, length: int = 300,
                temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
                checkpoint: str = "best") -> bytes:
-    """`length` bytes generated after `prompt` by the run's model (the prompt not included)."""
+    """`length` bytes generated after `prompt` by the run's model (the prompt not included).
+    seed: any integer in [0, 2**64-1] (fnn.train.make_key), as for training."""
+    key = make_key(seed)  # a bad seed fails before anything is read
+    make_sampler(None, 1, length, temperature=temperature, top_k=top_k)  # checks the options
     model, params, state, vocab, config = load_run(run_dir, checkpoint)
+    if top_k is not None and top_k > len(vocab):
+        raise ValueError(f"top_k must be at most the vocabulary's {len(vocab)} bytes, got "
+                         f"{top_k}")
     ids = vocab.encode(prompt)
     if ids.size == 0:
         raise ValueError("the prompt is empty: give at least one character to start from")
     ids = ids[-config.context:]
     window = jnp.zeros((config.context,), jnp.int32).at[:ids.size].set(jnp.asarray(ids))
     sampler = make_sampler(model, config.context, length, temperature=temperature, top_k=top_k)
-    out = sampler(params, state, window, jnp.int32(ids.size), jax.random.PRNGKey(seed))
-    return vocab.decode(jax.device_get(out))
+    try:
+        out = jax.device_get(sampler(params, state, window, jnp.int32(ids.size), key))
+    except jax.errors.JaxRuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemoryError(f"out of memory while sampling from {run_dir} (XLA: "
+                               f"{str(e).strip().splitlines()[0][:200]}): the model's "
+                               f"parameters and one window of {config.context} bytes do not "
+                               f"fit; sample on a device with more memory") from None
+    return vocab.decode(out)

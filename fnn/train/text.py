@@ -17,16 +17,20 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import hashlib
 import os
+import stat
 import sysconfig
 
 import numpy as np
 
+from fnn.train.files import RunDirError, read_file, write_file
 from fnn.train.readers import DataError
 
 TEST_FRACTION = 0.05
 MAX_BYTES = 256 * 2**20  # a corpus is read whole: refuse more than this
 VOCAB_FILE = "vocab.json"
+MAX_VOCAB_BYTES = 1 << 16  # 256 byte values as JSON: about 1 KB
 
 
 def stdlib_files() -> list[str]:
@@ -40,8 +44,11 @@ def stdlib_files() -> list[str]:
 
 
 def corpus_files(path: str | None) -> list[str]:
-    """The files of a corpus: `path` itself, every file under the folder `path` (sorted), or
-    the standard library's modules when path is None."""
+    """The files of a corpus: `path` itself, every regular file under the folder `path`
+    (sorted by path; names starting with '.' skipped), or the standard library's modules when
+    path is None. The folder is walked without following links to folders (a link loop cannot
+    make it read anything twice, or forever), and a file reached by two names (a link to a
+    file) is listed once."""
     if path is None:
         return stdlib_files()
     if os.path.isfile(path):
@@ -49,8 +56,20 @@ def corpus_files(path: str | None) -> list[str]:
     if not os.path.isdir(path):
         raise DataError(f"--data-dir {path!r} does not exist: give a text file or a folder of "
                         "text files")
-    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                   if os.path.isfile(f))
+    found = []
+    for root, dirs, names in os.walk(path, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(root, n) for n in names if not n.startswith(".")]
+    files, seen = [], set()
+    for f in sorted(found):
+        try:
+            st = os.stat(f)  # a link to a file: the file
+        except OSError:
+            continue  # a dangling link
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        files.append(f)
     if not files:
         raise DataError(f"--data-dir {path!r} is a folder without files: there is no text to "
                         "train on")
@@ -58,18 +77,24 @@ def corpus_files(path: str | None) -> list[str]:
 
 
 def read_corpus(path: str | None = None, *, max_bytes: int = MAX_BYTES) -> tuple[bytes, list]:
-    """(the bytes of the corpus, the files read). Files holding NUL bytes are skipped (binary);
-    more than max_bytes in all is refused before it is read."""
+    """(the bytes of the corpus, the files read). Each file is read once; files holding NUL
+    bytes are skipped (binary); more than max_bytes in all is refused before it is read, and
+    no read goes past what is left of that bound."""
     files = corpus_files(path)
-    total = sum(os.path.getsize(f) for f in files)
+    sizes = [os.path.getsize(f) for f in files]
+    total = sum(sizes)
     if total > max_bytes:
         raise DataError(f"the text corpus {path or 'stdlib'} holds {total:,} bytes in "
                         f"{len(files)} files, more than the {max_bytes:,} read into memory; "
                         "name a smaller file or folder")
-    parts, used = [], []
-    for f in files:
+    parts, used, left = [], [], max_bytes
+    for f, size in zip(files, sizes):
         with open(f, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(left + 1)
+        if len(data) > left:
+            raise DataError(f"{f} grew while the corpus was read: the text corpus now holds "
+                            f"more than {max_bytes:,} bytes")
+        left -= len(data)
         if b"\0" in data:
             continue
         parts.append(data)
@@ -115,32 +140,49 @@ class Vocab:
                             f"[{ids.min()}, {ids.max()}]")
         return bytes(np.asarray(self.symbols, np.uint8)[ids])
 
-    def save(self, run_dir: str) -> str:
+    def save(self, run_dir: str, *, folder=None) -> str:
+        """Write RUN_DIR/vocab.json (through fnn.train.files.write_file; folder: the run
+        directory's Folder)."""
         path = os.path.join(run_dir, VOCAB_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"kind": "bytes", "symbols": list(self.symbols)}, f)
-        os.replace(tmp, path)
+        data = json.dumps({"kind": "bytes", "symbols": list(self.symbols)}).encode()
+        write_file(VOCAB_FILE if folder is not None else path, data, folder=folder)
         return path
 
     @classmethod
-    def load(cls, run_dir: str) -> "Vocab":
+    def load(cls, run_dir: str, *, folder=None) -> "Vocab":
+        """RUN_DIR/vocab.json, read with a size bound, every field checked (DataError naming
+        the file and the field)."""
         path = os.path.join(run_dir, VOCAB_FILE)
         try:
-            with open(path) as f:
-                d = json.load(f)
-            symbols = tuple(int(s) for s in d["symbols"])
+            if folder is not None:
+                text = read_file(VOCAB_FILE, folder=folder, limit=MAX_VOCAB_BYTES,
+                                 what="vocabulary")
+            else:
+                text = read_file(path, limit=MAX_VOCAB_BYTES, what="vocabulary")
+            d = json.loads(text)
         except FileNotFoundError:
             raise DataError(f"{run_dir} has no {VOCAB_FILE}: it is not the run of a text "
                             "model") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path} is damaged ({e}); it should hold the run's byte "
-                            "vocabulary") from None
+        except RunDirError as e:
+            raise DataError(str(e)) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{path} is damaged: it is not JSON ({e}); it should hold the "
+                            "run's byte vocabulary") from None
+        if not isinstance(d, dict):
+            raise DataError(f"{path} is damaged: it must be a JSON object, got a "
+                            f"{type(d).__name__}")
+        if d.get("kind", "bytes") != "bytes":
+            raise DataError(f"{path}: field 'kind' must be \"bytes\", got {d.get('kind')!r}")
+        symbols = d.get("symbols")
+        if not isinstance(symbols, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in symbols):
+            raise DataError(f"{path}: field 'symbols' must be a list of byte values (integers "
+                            f"0..255), got {str(symbols)[:60]}")
         if not symbols or sorted(set(symbols)) != list(symbols) or not all(
                 0 <= s < 256 for s in symbols):
-            raise DataError(f"{path} is damaged: its symbols must be distinct sorted byte "
-                            f"values, got {len(symbols)} values")
-        return cls(symbols)
+            raise DataError(f"{path}: field 'symbols' must hold distinct sorted byte values "
+                            f"0..255, got {len(symbols)} values")
+        return cls(tuple(symbols))
 
 
 def windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,15 +225,15 @@ def load_text(data_dir: str | None = None, *, context: int = 128, val_fraction: 
     p = counts / counts.sum()
     unigram = float(-np.sum(p[p > 0] * np.log(p[p > 0])))  # nats: entropy of the train bytes
     source = data_dir or f"the standard library at {os.path.dirname(files[0])}"
-    out.update(vocab=vocab, unigram_loss=unigram,
+    out.update(vocab=vocab, unigram_loss=unigram, sha256=hashlib.sha256(text).hexdigest(),
                description=f"{source}: {len(files)} files, {len(text):,} bytes, "
                            f"{len(vocab)} distinct")
     return out
 
 
-def check_vocab(run_dir: str, vocab: Vocab) -> None:
+def check_vocab(run_dir: str, vocab: Vocab, *, folder=None) -> None:
     """A resumed text run must read text with the vocabulary it was trained on."""
-    saved = Vocab.load(run_dir)
+    saved = Vocab.load(run_dir, folder=folder)
     if saved != vocab:
         raise DataError(f"the text corpus now has a vocabulary of {len(vocab)} bytes, but the run "
                         f"in {run_dir} was trained on {len(saved)} (its {VOCAB_FILE}): resume "

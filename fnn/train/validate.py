@@ -91,6 +91,34 @@ def check_start(model, input_shape, start, shapes=None) -> None:
                          f"{tuple(input_shape)}:\n  " + "\n  ".join(problems[:12]) + more)
 
 
+@jax.jit
+def _count_non_finite(leaves):
+    return [(jax.numpy.isnan(a).sum(), jax.numpy.isinf(a).sum()) for a in leaves]
+
+
+def non_finite_leaves(tree, prefix: str) -> list[str]:
+    """'name (k NaN, j inf of n)' for each float leaf of `tree` holding NaN or inf."""
+    paths = [(path_name(p, prefix), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+             if hasattr(leaf, "dtype") and np.issubdtype(np.dtype(leaf.dtype), np.inexact)]
+    if not paths:
+        return []
+    counts = jax.device_get(_count_non_finite([leaf for _, leaf in paths]))
+    return [f"{name} ({int(nan)} NaN, {int(inf)} inf of {int(np.size(leaf))})"
+            for (name, leaf), (nan, inf) in zip(paths, counts) if nan or inf]
+
+
+def check_finite_state(ts, source: str = "start") -> None:
+    """DataError naming every leaf of the parameters, model state and optimizer state of `ts`
+    (a TrainState) that holds NaN or inf: training from them could only give NaN."""
+    bad = [*non_finite_leaves(ts.params, "params"), *non_finite_leaves(ts.state, "state"),
+           *non_finite_leaves(ts.opt_state, "opt_state")]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" ... ({len(bad)} leaves in all)" if len(bad) > 8 else "")
+        raise DataError(f"{source}: the training state holds NaN/inf values in {shown}; "
+                        "training cannot start from it (every step would give NaN). Start "
+                        "from an earlier checkpoint, or from fresh parameters")
+
+
 def _positive_int(name: str, v) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -203,6 +231,13 @@ def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, o
         if tuple(np.shape(y)[1:]) != tuple(np.shape(data.y_train)[1:]):
             raise DataError(f"y_{split} labels have shape {tuple(np.shape(y)[1:])} per example "
                             f"but y_train {tuple(np.shape(data.y_train)[1:])}")
+        kinds = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in (data.y_train, y)]
+        if kinds[0] != kinds[1]:
+            what = {True: "float targets", False: "integer class labels"}
+            raise DataError(f"y_{split} holds {what[kinds[1]]} ({np.asarray(y).dtype}) but "
+                            f"y_train {what[kinds[0]]} ({np.asarray(data.y_train).dtype}): "
+                            f"the loss and the accuracy would not be the same on both; convert "
+                            f"y_{split} to {np.asarray(data.y_train).dtype}")
     if start is not None:
         check_start(model, input_shape, start, shapes)
         if optimizer is not None:

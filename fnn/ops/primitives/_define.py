@@ -3,8 +3,8 @@
 `case(fn, *args)` traces `fn(*args)` to a jaxpr and returns the `Case` of its first equation
 of the gate's primitive: that equation's inputs and parameters, exactly as JAX produces them
 (so the cases follow the JAX version in use, and every parameter is one JAX really emits).
-`find(name, fn, *args)` returns the primitive called `name` that `fn(*args)` binds, for
-primitives jax.extend does not export.
+`find(name, fn, *args)` returns the primitive called `name` that `fn(*args)` binds (at any
+depth of its nested jaxprs), for primitives jax.extend does not export.
 """
 
 from __future__ import annotations
@@ -18,11 +18,23 @@ from fnn.ops._cases import SPECIAL
 
 
 def find(name: str, fn, *args):
-    """The primitive named `name` among the equations of make_jaxpr(fn)(*args)."""
-    for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
+    """The primitive named `name` among the equations of make_jaxpr(fn)(*args), or of the
+    jaxprs nested in them (a jit's, a shard_map's body)."""
+    found = _named(jax.make_jaxpr(fn)(*args).jaxpr, name)
+    if found is None:
+        raise LookupError(f"{fn} binds no primitive named {name!r}")
+    return found
+
+
+def _named(jaxpr, name: str):
+    for eqn in jaxpr.eqns:
         if eqn.primitive.name == name:
             return eqn.primitive
-    raise LookupError(f"{fn} binds no primitive named {name!r}")
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            found = _named(sub, name)
+            if found is not None:
+                return found
+    return None
 
 
 def _find(jaxpr, consts, args, primitive):
