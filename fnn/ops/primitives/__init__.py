@@ -12,11 +12,11 @@ from types import MappingProxyType
 
 from fnn.autodiff.gate import Gate
 from fnn.ops.primitives import (control, conv, custom, elementwise, indexing, linalg, loops,
-                                reductions, remat, shapes, special)
+                                reductions, remat, segments, shapes, special, windows)
 
 FAMILIES = {"elementwise": elementwise, "special": special, "reductions": reductions,
-            "shapes": shapes, "indexing": indexing, "linalg": linalg, "conv": conv,
-            "loops": loops, "remat": remat}
+            "shapes": shapes, "indexing": indexing, "segments": segments, "linalg": linalg,
+            "conv": conv, "windows": windows, "loops": loops, "remat": remat}
 
 
 def _collect(*modules) -> dict:
