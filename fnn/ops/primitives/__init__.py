@@ -1,8 +1,9 @@
 """Rules for JAX's primitives, so `fnn.grad` differentiates ordinary JAX code.
 
-One gate per primitive, by family (elementwise, reductions, shapes, indexing, linalg, conv,
-control flow, checkpoints), each with its hand-written VJP, test cases and kink cases (or a
-declaration that it has none), and the parameters it handles, declared with the public
+One gate per primitive, by family (elementwise, special functions, reductions, shapes,
+indexing, segments (the combining scatters), linalg, conv, windows (JAX's derivative of
+pooling), control flow, checkpoints), each with its hand-written VJP, test cases and kink
+cases (or a declaration that it has none), and the parameters it handles, declared with the public
 `fnn.primitive_gate`; plus the structural rules (nested jit interpreted in place, custom_jvp/vjp
 calls by their own rules (fnn.ops.primitives.custom), while loops, primitives without gradient).
 `GATES` maps each primitive to its gate, `RULES` is what the interpreter reads (fnn.autodiff.interpret).
