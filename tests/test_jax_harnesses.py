@@ -133,7 +133,8 @@ def _compare(h, args, positions, label):
         err = rel_error(a, b, special=True)
         worst.append(err)
         if not err <= tol:
-            return "wrong", f"{label}: input {x.dtype}{list(x.shape)}: rel_error {err:.2e} > {tol:g}"
+            return "wrong", (f"{label}: input {x.dtype}{list(x.shape)}: rel_error {err:.2e} > "
+                             f"{tol:g}")
     return "agree", f"{label}: {max(worst, default=0.0):.1e}"
 
 

@@ -312,8 +312,8 @@ def _variadic_reduce_cases(rng, dtype):
                  label="max with its index"),
             case(P.reduce_p, lambda x: _product(x, (0,)), uniform(rng, (5, 2), dtype, 0.5, 1.5),
                  fixed=(1,), label="a product, odd length"),
-            case(P.reduce_p, lambda x: _product(x, (0, 2)), uniform(rng, (2, 3, 2), dtype, 0.5, 1.5),
-                 fixed=(1,), label="two axes")]
+            case(P.reduce_p, lambda x: _product(x, (0, 2)),
+                 uniform(rng, (2, 3, 2), dtype, 0.5, 1.5), fixed=(1,), label="two axes")]
 
 
 reduce.defkinks(lambda dtype: [

@@ -45,8 +45,9 @@ def bessel_i0e(g, saved, **params):
     return (lax.mul(g, lax.sub(lax.bessel_i1e(x), lax.mul(lax.sign(x), y))),)
 
 
-bessel_i0e.defcases(lambda rng, dtype: [
-    case(P.bessel_i0e_p, lax.bessel_i0e, normal(rng, s, dtype, scale=3.0)) for s in ((), (3,), (2, 3))])
+bessel_i0e.defcases(lambda rng, dtype: [case(P.bessel_i0e_p, lax.bessel_i0e,
+                                             normal(rng, s, dtype, scale=3.0))
+                                        for s in ((), (3,), (2, 3))])
 bessel_i0e.defkinks(special_unary(P.bessel_i0e_p, lax.bessel_i0e))
 
 
@@ -64,9 +65,12 @@ def bessel_i1e(g, saved, **params):
     return (lax.mul(g, dy_dx),)
 
 
-bessel_i1e.defcases(lambda rng, dtype: [
-    case(P.bessel_i1e_p, lax.bessel_i1e, normal(rng, s, dtype, scale=3.0)) for s in ((), (3,), (2, 3))])
-bessel_i1e.defkinks(special_unary(P.bessel_i1e_p, lax.bessel_i1e, SPECIAL + (1e-300, -1e-300, 1e-7)))
+bessel_i1e.defcases(lambda rng, dtype: [case(P.bessel_i1e_p, lax.bessel_i1e,
+                                             normal(rng, s, dtype, scale=3.0))
+                                        for s in ((), (3,), (2, 3))])
+# about eps, where JAX's rule switches to its limit 1/2
+bessel_i1e.defkinks(special_unary(P.bessel_i1e_p, lax.bessel_i1e,
+                                  SPECIAL + (1e-300, -1e-300, 1e-7, 2.2e-16)))
 
 
 # ---- incomplete gamma ---------------------------------------------------------------------------
@@ -137,8 +141,8 @@ def polygamma(g, inputs, *, needs, **params):
 polygamma.defcases(lambda rng, dtype: [
     case(P.polygamma_p, lax.polygamma, np.asarray([1.0, 2.0, 3.0], dtype),
          uniform(rng, (3,), dtype, 0.5, 3.0), fixed=(0,)),
-    case(P.polygamma_p, lambda x: lax.polygamma(_c(x, 0.0), x), uniform(rng, (2, 3), dtype, 0.5, 3.0),
-         fixed=(0,), label="m = 0 (digamma)")])
+    case(P.polygamma_p, lambda x: lax.polygamma(_c(x, 0.0), x),
+         uniform(rng, (2, 3), dtype, 0.5, 3.0), fixed=(0,), label="m = 0 (digamma)")])
 polygamma.defkinks(lambda dtype: [
     case(P.polygamma_p, lambda x: lax.polygamma(_c(x, 1.0), x), np.asarray(SPECIAL, dtype),
          fixed=(0,), label="m = 1 at special points")])
