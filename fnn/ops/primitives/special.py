@@ -212,8 +212,7 @@ def _random_gamma_cases(rng, dtype):
     # differences, JAX's values alone
     a = lambda s: uniform(rng, s, dtype, 0.3, 4.0)
     return [_gamma_case(_gamma, a((3,))),
-            _gamma_case(_gamma, a((2, 3)), label="f[2, 3]"),
-            _gamma_case(_loggamma, a((4,)), label="log space"),
+            _gamma_case(_loggamma, a((3,)), label="log space"),
             _gamma_case(lambda a: _gamma(a, (2, 3)), a((3,)),
                         label="a broadcast to the shape")]
 
