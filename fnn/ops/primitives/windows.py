@@ -42,12 +42,14 @@ def select_and_scatter_add(g, inputs, *, select_prim, window_dimensions, window_
                 params=("window_dimensions", "window_strides", "padding", "base_dilation",
                         "window_dilation"), only=_SELECT)
 def select_and_gather_add(g, inputs, *, select_prim, window_dimensions, window_strides,
-                          padding, base_dilation, window_dilation, **params):
+                          padding, base_dilation, window_dilation, needs, **params):
     """per window, the value of `tangents` at the element of `operand` the window selects
     (the tangent of max pooling).  Local gradients: for the tangents, each window's g added
     at its selected element (select_and_scatter_add, on the operand padded where it was
     base-dilated); none for the operand. JAX has none with window dilation: refused."""
     tangents, operand = inputs
+    if not needs[0]:
+        return None, None
     if any(d != 1 for d in window_dilation):
         raise GateError(
             f"rule 'lax.select_and_gather_add': no gradient with window_dilation="
@@ -98,6 +100,7 @@ def _scatter_cases(rng, dtype):
 @select_and_gather_add.defcases
 def _gather_cases(rng, dtype):
     x = distinct(rng, (2, 4, 4, 3), dtype)
+    dilated = _gather(P.ge_p, (2, 2), (1, 1), ((0, 0), (0, 0)), dilation=(2, 1))
     return [case(P.select_and_gather_add_p, _gather(P.ge_p, *NHWC), normal(rng, x.shape, dtype),
                  x, fixed=(1,), label="2x2 max pool"),
             case(P.select_and_gather_add_p, _gather(P.le_p, (3,), (1,), ((1, 1),)),
@@ -109,7 +112,10 @@ def _gather_cases(rng, dtype):
                  label="base dilation"),
             case(P.select_and_gather_add_p, _gather(P.ge_p, (2,), (1,), ((0, 0),)),
                  normal(rng, (4,), dtype), distinct(rng, (4,), dtype),
-                 label="the operand differentiated too (no gradient)")]
+                 label="the operand differentiated too (no gradient)"),
+            case(P.select_and_gather_add_p, dilated, normal(rng, (4, 3), dtype),
+                 distinct(rng, (4, 3), dtype), fixed=(0,),
+                 label="window dilation, the operand alone (no gradient)")]
 
 
 def _ties(dtype):
