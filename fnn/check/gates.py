@@ -196,13 +196,14 @@ class _Prepared:
     def __init__(self, gate, case, dtype, rng, label):
         args = cast_case(case, dtype)
         diff, self.forward, self.recorded = gate_functions(gate, args, case.kwargs,
-                                                           fixed=case.fixed)
+                                                           fixed=getattr(case, "fixed", ()))
         self.kink = getattr(case, "kink", False)  # compared with JAX alone, NaNs included
         self.label = f"kink: {label}" if self.kink else label
         self.numeric = case.numeric and not self.kink
         # JAX has no rule to compare with (case.reference False): central differences alone
         self.reference = getattr(case, "reference", True)
-        self.second_order = case.second_order  # whether JAX can differentiate the VJP
+        # whether JAX can differentiate the VJP (Case.second_order)
+        self.second_order = getattr(case, "second_order", True)
         self.d = [args[i] for i in diff]
         given = getattr(case, "structure", None)  # one entry per float input
         given = given if isinstance(given, tuple) else (given,)

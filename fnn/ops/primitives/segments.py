@@ -25,7 +25,7 @@ from fnn.ops.primitives.indexing import (_SCATTER_PARAMS, _gather_dnums_of, _rea
                                          _slice_sizes)
 
 
-def _extremal(g, saved, dimension_numbers, indices_are_sorted, unique_indices, mode, needs):
+def _extremal(g, saved, dimension_numbers, mode, needs):
     """The transpose of JAX's JVP of scatter-max/min: JAX's coefficients, computed from the
     primal values exactly as there, applied to g in reverse."""
     (x, indices, u), out = saved
@@ -58,7 +58,7 @@ def scatter_max(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
     """x with max(x, update) written at run-time positions (.at[].max, segment_max).
     Local gradients: 1 to whichever of the operand and the updates written to a place holds
     the maximum there; n tied maxima get 1/n each (JAX's rule)."""
-    return _extremal(g, saved, dimension_numbers, indices_are_sorted, unique_indices, mode, needs)
+    return _extremal(g, saved, dimension_numbers, mode, needs)
 
 
 @primitive_gate(P.scatter_min_p, save="both", params=_SCATTER_PARAMS)
@@ -66,7 +66,7 @@ def scatter_min(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
                 needs, **params):
     """x with min(x, update) written at run-time positions (.at[].min, segment_min).
     Local gradients: 1 to the minimum at each place; n tied minima get 1/n each."""
-    return _extremal(g, saved, dimension_numbers, indices_are_sorted, unique_indices, mode, needs)
+    return _extremal(g, saved, dimension_numbers, mode, needs)
 
 
 @primitive_gate(P.scatter_mul_p, params=_SCATTER_PARAMS)
