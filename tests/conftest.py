@@ -28,6 +28,7 @@ SLOWEST_FILES = (
     "test_linalg_programs.py",      # 40 (alone, under load)
     "test_nan_propagation.py",      # 40
     "test_remat_policies.py",       # 32
+    "test_jax_harnesses.py",        # 30 (JAX's primitive use cases, a sample)
     "test_remat.py",                # 57
     "test_interrupts.py",           # 56
     "test_lowering.py",             # 56 (one subprocess with 8 devices)

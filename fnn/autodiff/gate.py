@@ -60,6 +60,12 @@ class Case:
     same directions (both gradients projected onto them). Inputs are square matrices (the last
     two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted along the last
     axis.
+
+    `fixed` lists the positions of float inputs held fixed like integer ones: inputs that JAX
+    gives no gradient (betainc's a and b, polygamma's m), whose rule refuses one.
+    `second_order=False` marks a case whose VJP JAX cannot differentiate (random_gamma's
+    derivative is a while loop; igamma's derivative in a, igamma_grad_a, has no rule): the
+    transforms that differentiate a VJP (grad(vmap), 2nd order) are not judged on it.
     """
 
     args: tuple
@@ -69,6 +75,8 @@ class Case:
     reference: bool = True
     kink: bool = False
     structure: str | tuple | None = None
+    fixed: tuple = ()
+    second_order: bool = True
 
     def __post_init__(self):
         names = self.structure if isinstance(self.structure, tuple) else (self.structure,)

@@ -88,7 +88,7 @@ def timing_us(gate, report, *, seed: int = 0, reps: int = 20):
     case = max(gate.cases(np.random.default_rng(seed), "float32"),
                key=lambda c: sum(np.size(a) for a in c.args))
     t = time_gate(gate, cast_case(case, "float32"), case.kwargs,
-                  rng=np.random.default_rng(seed), reps=reps)
+                  rng=np.random.default_rng(seed), reps=reps, fixed=case.fixed)
     return t["custom"] * 1e6, t["builtin"] * 1e6
 
 

@@ -60,19 +60,26 @@ def _find(jaxpr, consts, args, primitive):
 
 
 def case(primitive, fn, *args, label: str = "", numeric: bool = True,
-         reference: bool = True, params: str = "bind") -> Case:
+         reference: bool = True, params: str = "bind", fixed: tuple = (),
+         second_order: bool = True) -> Case:
     """The Case of `primitive`'s first equation in make_jaxpr(fn)(*args): its input values
     (computed by running fn's equations before it) and its parameters (as they are bound;
-    params="eqn": as the equation holds them, for a rule the interpreter passes those)."""
+    params="eqn": as the equation holds them, for a rule the interpreter passes those).
+    fixed, second_order: as Case's (positions among the equation's inputs)."""
     closed = jax.make_jaxpr(fn)(*args)
     found = _find(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), primitive)
     if found is None:
         raise LookupError(f"case(): {fn} binds no {primitive.name}")
     eqn, inputs = found
     params = dict(primitive.get_bind_params(eqn.params) if params == "bind" else eqn.params)
-    inputs = [np.asarray(x) if not isinstance(x, np.ndarray) else x for x in inputs]
+    inputs = [x if isinstance(x, np.ndarray) or _is_key(x) else np.asarray(x) for x in inputs]
     return Case(tuple(inputs), params, label=label or _label(inputs), numeric=numeric,
-                reference=reference)
+                reference=reference, fixed=tuple(fixed), second_order=second_order)
+
+
+def _is_key(x) -> bool:
+    """Whether x is an array of PRNG keys (kept as it is: NumPy has no such dtype)."""
+    return jax.dtypes.issubdtype(getattr(x, "dtype", np.float64), jax.dtypes.prng_key)
 
 
 def bare(primitive):
@@ -88,8 +95,8 @@ def bare(primitive):
 
 
 def _label(inputs) -> str:
-    return " ".join(f"{np.dtype(getattr(x, 'dtype', np.float64)).name[0]}{list(np.shape(x))}"
-                    for x in inputs)
+    return " ".join(("key" if _is_key(x) else np.dtype(getattr(x, "dtype", np.float64)).name[0])
+                    + str(list(np.shape(x))) for x in inputs)
 
 
 # ---- kink cases: the special points of an elementwise rule -----------------------------------

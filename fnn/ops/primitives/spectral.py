@@ -42,7 +42,7 @@ def _whole(rule, subset, k, x):
 
 
 # ---- svd ------------------------------------------------------------------------------------------
-def _svd_forward(a, *, full_matrices, compute_uv, subset_by_index, algorithm):
+def _svd_forward(a, *, full_matrices, compute_uv, subset_by_index, algorithm=None):
     real_only("lax.svd", a)
     m, n = a.shape[-2:]
     _whole("lax.svd", subset_by_index, min(m, n), a)
