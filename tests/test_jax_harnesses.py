@@ -11,10 +11,12 @@ indices: JAX differentiates the operand, not the updates). A missing rule, a wro
 another error from fnn fails; a harness JAX itself cannot differentiate, or with nothing to
 differentiate, is skipped with its reason.
 
-Complex numbers and FFT (and `eig`, whose eigenvalues are complex) have no rules yet: their
-groups and any harness with a complex value are skipped as out of scope, named and counted in a
-warning (with the few JAX itself marks unimplemented on CPU). CI runs a fixed sample, one
-harness of each of SAMPLE groups chosen by a stable hash (about half a minute);
+Complex inputs and outputs are differentiated too (complex64 and complex128, cast up to
+complex128 under x64), with complex random cotangents: fnn's gradients must be JAX's under its
+convention (fnn.primitive_gate's `complex`). The groups in OUT_OF_SCOPE are skipped, named and
+counted in a warning (with the few JAX itself marks unimplemented on CPU). CI runs a fixed
+sample, one harness of each of SAMPLE groups chosen by a stable hash, and one of each of the
+COMPLEX groups (about half a minute);
 FNN_ALL_HARNESSES=1 runs the whole table (about twenty minutes on 2 cores), and
 FNN_HARNESS_GROUPS=cholesky,lu the whole of some groups:
 
@@ -38,28 +40,21 @@ from fnn.check.tolerances import tolerance
 from jax._src.internal_test_util import test_harnesses as th  # noqa: E402  (after fnn)
 
 SAMPLE = 40
-OUT_OF_SCOPE = {  # group -> why (no rules yet)
-    **dict.fromkeys(("fft", "complex", "conj", "real", "imag", "eig"),
-                    "complex numbers and FFT"),
-}
+OUT_OF_SCOPE = {}  # group -> why (no rules yet)
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+INEXACT = FLOATS + (np.dtype(np.complex64), np.dtype(np.complex128))
+PRECISE = (np.dtype(np.float64), np.dtype(np.complex128))
+# the groups of complex numbers and FFT: one harness of each joins the sample
+COMPLEX = ("fft", "complex", "conj", "real", "imag", "eig")
 
 
 def _key(h) -> str:
     return hashlib.sha256(h.fullname.encode()).hexdigest()
 
 
-def _complex(h) -> bool:
-    return np.dtype(h.dtype).kind == "c" or "complex" in h.fullname
-
-
 def _scope(h) -> str | None:
     """Why a harness is out of scope, or None."""
-    if h.group_name in OUT_OF_SCOPE:
-        return OUT_OF_SCOPE[h.group_name]
-    if _complex(h):
-        return "complex numbers and FFT"
-    return None
+    return OUT_OF_SCOPE.get(h.group_name)
 
 
 IN_SCOPE = [h for h in th.all_harnesses if _scope(h) is None and h.filter("cpu")]
@@ -67,13 +62,15 @@ IN_SCOPE = [h for h in th.all_harnesses if _scope(h) is None and h.filter("cpu")
 
 def _sample():
     """One float32/float64 harness (the smallest hash) of each of SAMPLE groups (the smallest
-    hashes of their first harness): deterministic, spread over primitives, the same on every
-    machine."""
-    first = {}
+    hashes of their first harness), and one harness of each COMPLEX group: deterministic,
+    spread over primitives, the same on every machine."""
+    first, complex_first = {}, {}
     for h in sorted(IN_SCOPE, key=_key):
-        if np.dtype(h.dtype) in FLOATS:
+        if np.dtype(h.dtype) in FLOATS and h.group_name not in COMPLEX:
             first.setdefault(h.group_name, h)
-    return sorted(first.values(), key=_key)[:SAMPLE]
+        if h.group_name in COMPLEX:
+            complex_first.setdefault(h.group_name, h)
+    return sorted(first.values(), key=_key)[:SAMPLE] + sorted(complex_first.values(), key=_key)
 
 
 _GROUPS = [g for g in os.environ.get("FNN_HARNESS_GROUPS", "").split(",") if g]
@@ -87,24 +84,24 @@ def _args(h):
 
 def _float_positions(args):
     return [i for i, a in enumerate(args)
-            if isinstance(a, (np.ndarray, jax.Array)) and np.dtype(a.dtype) in FLOATS]
+            if isinstance(a, (np.ndarray, jax.Array)) and np.dtype(a.dtype) in INEXACT]
 
 
 def _function(h, args, positions):
-    """The harness as a function of its float inputs at `positions`, returning its float
-    outputs (a list)."""
+    """The harness as a function of its float (and complex) inputs at `positions`, returning
+    its float and complex outputs (a list)."""
     def f(*d):
         full = list(args)
         for i, x in zip(positions, d):
             full[i] = x
         out = jax.tree_util.tree_leaves(h.dyn_fun(*full))
-        return [o for o in out if jnp.issubdtype(jnp.result_type(o), jnp.floating)]
+        return [o for o in out if jnp.issubdtype(jnp.result_type(o), jnp.inexact)]
     return f
 
 
 def _compare(h, args, positions, label):
     """(verdict, detail) of fnn.vjp vs jax.vjp of the harness in its float inputs `positions`:
-    'agree', 'wrong', 'missing', 'fnn error', 'jax fails', 'no float output', 'complex'.
+    'agree', 'wrong', 'missing', 'fnn error', 'jax fails', 'no float output'.
     Each side is traced alone first (so a failure is attributed), then both run in one
     compiled program (one compile, rather than op by op)."""
     f = _function(h, args, positions)
@@ -113,10 +110,8 @@ def _compare(h, args, positions, label):
         out = jax.eval_shape(f, *d)
         if not out:
             return "no float output", label
-        if any(jnp.issubdtype(o.dtype, jnp.complexfloating) for o in out):
-            return "complex", label
         rng = np.random.default_rng(int(_key(h)[8:16], 16))
-        ct = [jnp.asarray(rng.standard_normal(o.shape), o.dtype) for o in out]
+        ct = [jnp.asarray(_normal(rng, o.shape, o.dtype), o.dtype) for o in out]
         jax.eval_shape(lambda ct, *d: jax.vjp(f, *d)[1](ct), ct, *d)
     except Exception as e:  # noqa: BLE001  (whatever JAX raises: it has no gradient here)
         return "jax fails", f"{label}: {type(e).__name__}: {str(e)[:200]}"
@@ -131,7 +126,7 @@ def _compare(h, args, positions, label):
     mine, ref = both(ct, *d)
     worst = []
     for x, a, b in zip(d, mine, ref):
-        precise = all(np.dtype(v.dtype) == FLOATS[1] for v in [x, *out])
+        precise = all(np.dtype(v.dtype) in PRECISE for v in [x, *out])
         tol = tolerance("harness", "float64" if precise else "float32")
         err = rel_error(a, b, special=True)
         worst.append(err)
@@ -139,6 +134,13 @@ def _compare(h, args, positions, label):
             return "wrong", (f"{label}: input {x.dtype}{list(x.shape)}: rel_error {err:.2e} > "
                              f"{tol:g}")
     return "agree", f"{label}: {max(worst, default=0.0):.1e}"
+
+
+def _normal(rng, shape, dtype):
+    """Standard normal values (complex: real and imaginary parts each) of `shape`."""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return rng.standard_normal(shape)
 
 
 def _check(h, args, label):
@@ -154,8 +156,11 @@ def _check(h, args, label):
     return alone if any(v != "jax fails" for v, _ in alone) else [together]
 
 
+_UP = {np.dtype(np.float32): np.float64, np.dtype(np.complex64): np.complex128}
+
+
 def _upcast(args):
-    return [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
+    return [a.astype(_UP[a.dtype]) if isinstance(a, np.ndarray) and a.dtype in _UP else a
             for a in args]
 
 
@@ -163,7 +168,7 @@ def check_harness(h):
     """[(verdict, detail)]: the harness as written, then in float64."""
     args = _args(h)
     found = _check(h, args, "as written")
-    if any(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in args):
+    if any(isinstance(a, np.ndarray) and a.dtype in _UP for a in args):
         with jax.enable_x64(True):
             try:
                 jax.eval_shape(lambda *a: h.dyn_fun(*a), *_upcast(args))
@@ -175,8 +180,8 @@ def check_harness(h):
 
 FAILING = ("wrong", "missing", "fnn error")
 SKIPPING = {"jax fails": "JAX itself cannot differentiate it",
-            "no float input": "no float32/float64 input", "no float output": "no float output",
-            "complex": "out of scope: a complex value (complex numbers and FFT)"}
+            "no float input": "no float or complex input",
+            "no float output": "no float or complex output"}
 
 
 @pytest.mark.parametrize("h", HARNESSES, ids=[h.fullname for h in HARNESSES])
@@ -192,26 +197,24 @@ def test_harness_gradient_is_jax(h):
 def test_out_of_scope_groups_are_named_and_counted():
     """The skipped groups exist in JAX's table (the list is not stale) and are reported."""
     groups = collections.Counter(h.group_name for h in th.all_harnesses)
-    stale = [g for g in OUT_OF_SCOPE if g not in groups]
-    assert not stale, f"no harness group {stale} in JAX's table: update OUT_OF_SCOPE"
+    stale = [g for g in (*OUT_OF_SCOPE, *COMPLEX) if g not in groups]
+    assert not stale, f"no harness group {stale} in JAX's table: update OUT_OF_SCOPE, COMPLEX"
     skipped = collections.Counter(h.group_name for h in th.all_harnesses if _scope(h))
-    assert sum(skipped.values()) == len(th.all_harnesses) - sum(
-        _scope(h) is None for h in th.all_harnesses)
     by_reason = collections.defaultdict(list)
     for group, n in sorted(skipped.items()):
-        reason = OUT_OF_SCOPE.get(group, "complex numbers and FFT")
-        by_reason[reason].append(f"{group} ({n})")
+        by_reason[OUT_OF_SCOPE[group]].append(f"{group} ({n})")
     unimplemented = collections.Counter(h.group_name for h in th.all_harnesses
                                         if _scope(h) is None and not h.filter("cpu"))
     by_reason["JAX marks it unimplemented on CPU"] = [f"{g} ({n})" for g, n in
                                                       sorted(unimplemented.items())]
-    warnings.warn("JAX harnesses skipped as out of scope: " + "; ".join(
+    warnings.warn("JAX harnesses skipped: " + "; ".join(
         f"{reason}: {', '.join(items)}" for reason, items in sorted(by_reason.items())),
         stacklevel=1)
 
 
 def test_the_sample_is_fixed_and_spread_over_primitives():
     sample = _sample()
-    assert len(sample) == SAMPLE == len({h.group_name for h in sample})
+    assert len(sample) == SAMPLE + len(COMPLEX) - sum(g in OUT_OF_SCOPE for g in COMPLEX)
+    assert len({h.group_name for h in sample}) == len(sample)
     assert [h.fullname for h in sample] == [h.fullname for h in _sample()]
     assert not any(_scope(h) for h in sample)

@@ -13,9 +13,11 @@ from fnn.autodiff.api import Transforms, make_transforms
 from fnn.autodiff.backward import backward, engine_rule
 from fnn.autodiff.gate import Case, Gate, collect_gates, defgate, primitive_gate, unbroadcast
 from fnn.autodiff.nans import NanOriginError, debug_nans
-from fnn.autodiff.tape import Record, Tape, Traced, check_vjp_result, is_float, is_traced
+from fnn.autodiff.tape import (Record, Tape, Traced, check_vjp_result, is_complex, is_float,
+                               is_traced)
 from fnn.autodiff.trace import Trace, check_argnums
 
 __all__ = ["Case", "Gate", "NanOriginError", "Record", "Tape", "Trace", "Traced", "Transforms",
            "backward", "check_argnums", "check_vjp_result", "collect_gates", "debug_nans",
-           "defgate", "engine_rule", "primitive_gate", "is_float", "is_traced", "make_transforms", "unbroadcast"]
+           "defgate", "engine_rule", "primitive_gate", "is_complex", "is_float", "is_traced",
+           "make_transforms", "unbroadcast"]

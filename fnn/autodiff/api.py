@@ -22,7 +22,7 @@ import numpy as np
 
 from fnn.autodiff import overrides
 from fnn.autodiff.gate import Gate
-from fnn.autodiff.tape import Traced, is_float
+from fnn.autodiff.tape import Traced, is_complex, is_float
 from fnn.autodiff.trace import check_argnums, trace as trace_fn
 from fnn.errors import describe
 
@@ -134,13 +134,16 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
         pullback = _pullback(tr, "fnn.vjp")
         return (tr.out, pullback, tr.aux) if has_aux else (tr.out, pullback)
 
-    def value_and_grad(f, argnums=0, has_aux: bool = False, *, rules=None,
-                       custom_rules=default, _name: str = "fnn.value_and_grad"):
+    def value_and_grad(f, argnums=0, has_aux: bool = False, holomorphic: bool = False, *,
+                       rules=None, custom_rules=default, _name: str = "fnn.value_and_grad"):
         """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
         Returns a function giving `(value, grad)` or, with has_aux, `((value, aux), grad)`.
         `grad` has the structure of the argument(s) named by `argnums` (a tuple of them for a
-        tuple). custom_rules: as for `grad`.
+        tuple). holomorphic: as JAX's, f is complex in and complex out and the result is
+        f'(z) (the output seeded with 1); without it the output must be real, and the gradient
+        of a complex input is JAX's, the conjugate of df/dx + i df/dy (README, "Complex
+        numbers"). custom_rules: as for `grad`.
         """
         fname = f"{_name}({getattr(f, '__name__', 'f')})"
 
@@ -154,6 +157,10 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
                             f"{jnp.result_type(leaf)}; gradients are only defined for float "
                             "inputs (integer and bool inputs such as labels carry no gradient: "
                             "leave them out of argnums)")
+                    if holomorphic and not is_complex(leaf):
+                        raise TypeError(f"{fname} with holomorphic=True requires inputs with "
+                                        f"complex dtype, but got {jnp.result_type(leaf).name} "
+                                        f"(argument {a}).")
             tr = traced(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname, rules=rules,
                         custom_rules=custom_rules)
             out_leaves = jax.tree_util.tree_leaves(tr.out)
@@ -161,9 +168,7 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
                 shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
                 raise TypeError(f"{fname}: gradients are only defined for functions with one "
                                 f"scalar output, got {shapes}")
-            if not is_float(out_leaves[0]):
-                raise TypeError(f"{fname}: the output must be a float scalar, got "
-                                f"{describe(out_leaves[0])}")
+            _check_output(fname, out_leaves[0], holomorphic)
             grads = tr.gradients(tr.backward(tr.seeds()))
             g = grads[nums[0]] if isinstance(argnums, int) else tuple(grads[a] for a in nums)
             return ((tr.out, tr.aux), g) if has_aux else (tr.out, g)
@@ -172,16 +177,18 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
         vg.__doc__ = f.__doc__
         return vg
 
-    def grad(f, argnums=0, has_aux: bool = False, *, rules=None, custom_rules=default):
+    def grad(f, argnums=0, has_aux: bool = False, holomorphic: bool = False, *, rules=None,
+             custom_rules=default):
         """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs.
 
         rules: more primitive gates, or overrides of gates' backward rules, for this call.
         custom_rules: how functions with a custom derivative (jax.custom_vjp/custom_jvp, e.g.
         jax.nn.relu, optax's and Flax's stabilised functions) are differentiated: "use" (the
         default) runs their own rules, as jax.grad does; "primal" differentiates their primal
-        function with fnn's rules instead (to see what the custom rule changes)."""
-        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, rules=rules,
-                            custom_rules=custom_rules, _name="fnn.grad")
+        function with fnn's rules instead (to see what the custom rule changes).
+        holomorphic: as JAX's (see value_and_grad)."""
+        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic,
+                            rules=rules, custom_rules=custom_rules, _name="fnn.grad")
 
         def g(*args, **kwargs):
             (_, aux), dx = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])
@@ -192,6 +199,23 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
         return g
 
     return Transforms(trace, vjp, value_and_grad, grad)
+
+
+def _check_output(fname, out, holomorphic: bool) -> None:
+    """JAX's checks of a differentiated output's dtype (jax.grad's messages)."""
+    dtype = jnp.result_type(out)
+    if holomorphic:
+        if not jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(f"{fname} with holomorphic=True requires outputs with complex "
+                            f"dtype, but got {dtype.name}.")
+    elif jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{fname} requires real-valued outputs (output dtype that is a sub-dtype "
+                        f"of np.floating), but got {dtype.name}. For holomorphic "
+                        "differentiation, pass holomorphic=True. For differentiation of "
+                        "non-holomorphic functions involving complex outputs, use fnn.vjp "
+                        "directly.")
+    elif not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fname}: the output must be a float scalar, got {describe(out)}")
 
 
 def _rule_names(table) -> frozenset:
@@ -208,9 +232,11 @@ def _pullback(tr, fname):
             raise TypeError(f"{fname}: cotangent structure {ct_tree} does not match the output "
                             f"structure {tr.out_tree}")
         for c, o in zip(ct_leaves, jax.tree_util.tree_leaves(tr.out)):
-            if np.shape(c) != np.shape(o):
+            if np.shape(c) != np.shape(o) or is_complex(c) != is_complex(o):
                 raise ValueError(f"{fname}: cotangent {describe(c)} does not match output "
-                                 f"{describe(o)}")
+                                 f"{describe(o)}" + (" (a complex output takes a complex "
+                                 "cotangent, a real one a real cotangent, as in jax.vjp)"
+                                 if is_complex(c) != is_complex(o) else ""))
         return tr.gradients(tr.backward(tr.seeds(ct)))
 
     return vjp_fn

@@ -132,6 +132,9 @@ class Gate:
         # larger rule, whose VJP is that rule's definition: passed on, never compared)
         self.reference = None
         self.params = None  # (handled names, {name: allowed values}) of a primitive gate
+        # whether its VJP follows JAX's convention for complex values (see `primitive_gate`);
+        # a gate that does not is refused, by name, where a complex value reaches it
+        self.complex = False
         self._signature = _signature(forward)
         functools.update_wrapper(self, forward)
 
@@ -267,14 +270,19 @@ _PASS_THROUGH = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConve
                  jax.errors.UnexpectedTracerError)
 
 
-def defgate(forward: Callable | None = None, *, name: str | None = None):
+def defgate(forward: Callable | None = None, *, name: str | None = None,
+            complex: bool = False):  # noqa: A002
     """Declare a gate from its forward `forward(*arrays, **static) -> (out, saved)`.
 
     Use as `@defgate` or `@defgate(name="...")`; then `@gate.defvjp` and `@gate.defcases`.
+    complex=True: its VJP takes complex values too, by JAX's convention (see primitive_gate).
     """
-    if forward is None:
-        return lambda f: Gate(f, name=name)
-    return Gate(forward, name=name)
+    def make(f):
+        gate = Gate(f, name=name)
+        gate.complex = bool(complex)
+        return gate
+
+    return make if forward is None else make(forward)
 
 
 _SAVES = {
@@ -289,7 +297,7 @@ _SAVES = {
 
 def primitive_gate(primitive, *, save="inputs", name: str | None = None,
                    forward: Callable | None = None, params: tuple | None = None,
-                   only: dict | None = None):
+                   only: dict | None = None, complex: bool = False):  # noqa: A002
     """Declare the gate of a JAX primitive from its hand-written VJP (a decorator).
 
         @primitive_gate(lax.exp_p, save="out")
@@ -313,6 +321,14 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
     outside `only`, raises a GateError naming the rule, the parameter and the value, instead
     of computing some other gradient. (Neither given: every parameter is passed on unchecked;
     fnn's own rules all declare theirs.)
+
+    `complex=True` declares that the VJP also takes complex inputs, outputs and cotangents, and
+    follows JAX's convention for them: it is the transpose of the derivative, a real-linear map,
+    under the pairing <a, b> = Re(sum(a * b)) (no conjugation), so that of a holomorphic f it is
+    g * f'(z), of conj it is conj(g), of real(z) complex(g, 0), and a real input's gradient is the
+    real part of what reaches it. Without it, fnn refuses to differentiate the gate where a
+    complex value reaches it (a GateError naming the rule), rather than compute another
+    gradient.
     """
     saver = _SAVES[save] if isinstance(save, str) else save
     gate_name = name or f"lax.{primitive.name}"
@@ -351,6 +367,7 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
             setattr(gate, attr, getattr(vjp, attr))
         gate.primitive = primitive
         gate.params = (handles, allowed) if declared else None
+        gate.complex = bool(complex)
         gate.defvjp(vjp)
         return gate
 

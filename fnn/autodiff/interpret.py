@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend import core as jcore
 from jax.extend import source_info_util
 
@@ -176,12 +175,6 @@ class Interpreter:
         if rule is NO_GRADIENT:
             return self.evaluate(eqn, [raw(x) for x in invals])
         if isinstance(rule, Gate):
-            if any(_is_complex(v.aval) for v in eqn.outvars):
-                raise TypeError(
-                    f"{self.fname}: the JAX primitive '{prim.name}' at {site_of(eqn)} makes a "
-                    f"complex value ({', '.join(str(v.aval) for v in eqn.outvars)}) from the "
-                    "differentiated inputs; fnn's rules are written for real values and do not "
-                    "differentiate complex ones.")
             out = apply(rule, tuple(invals), dict(prim.get_bind_params(eqn.params)),
                         site=site_of(eqn), scope=_join(scope, scope_of(eqn)))
             return list(out) if prim.multiple_results else [out]
@@ -275,11 +268,6 @@ def _is_inexact(aval) -> bool:
 
 
 _STOP_GRADIENT = jcore.primitives.stop_gradient_p
-
-
-def _is_complex(aval) -> bool:
-    dtype = getattr(aval, "dtype", None)
-    return dtype is not None and np.issubdtype(dtype, np.complexfloating)
 
 
 def join_scope(outer: str, inner: str) -> str:

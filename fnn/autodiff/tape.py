@@ -291,11 +291,15 @@ def _record(gate, args, static, traced, site, scope):
         raw.append(jax.tree_util.tree_unflatten(
             tree, [x.value if isinstance(x, Traced) else x for x in leaves]))
     raw = tuple(raw)
+    if not gate.complex:
+        _refuse_complex(gate, "input", raw)
     supply = _SUPPLY.get()
     out, saved = _run_forward(gate, raw, static, tape) if supply is None else supply(gate, raw,
                                                                                         static)
     outs, out_tree = jax.tree_util.tree_flatten(out)
     site = site or call_site()
+    if not gate.complex:
+        _refuse_complex(gate, "output", outs, site)
     scope = current_scope() if scope is None else scope
     if nans.active():
         nans.check(gate.name, "forward", site, raw, outs, scope=scope)
@@ -305,6 +309,30 @@ def _record(gate, args, static, traced, site, scope):
     box = type(traced[0])
     wrapped = [o if i is None else box(o, tape, i) for o, i in zip(outs, out_ids)]
     return jax.tree_util.tree_unflatten(out_tree, wrapped)
+
+
+def is_complex(x) -> bool:
+    """Whether x (an array, scalar, ShapeDtypeStruct or Traced) has a complex dtype."""
+    dtype = getattr(x.value if isinstance(x, Traced) else x, "dtype", None)
+    try:
+        return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
+    except TypeError:  # an extended dtype (a PRNG key)
+        return False
+
+
+def _refuse_complex(gate, what: str, values, site: str | None = None) -> None:
+    """A GateError naming the gate and the complex value, for a gate whose VJP is written for
+    real values alone (Gate.complex False)."""
+    for k, v in enumerate(values):
+        bad = [x for x in jax.tree_util.tree_leaves(v) if is_complex(x)]
+        if bad:
+            where = f" (called at {site or call_site()})"
+            raise GateError(
+                f"rule '{gate.name}' does not differentiate complex values: its {what} {k} is "
+                f"{describe(bad[0])}{where}. Its VJP is written for real values; rather than "
+                "compute another gradient, fnn stops here. Use jax.grad for this program, or "
+                "declare a rule that follows JAX's convention for complex values "
+                "(fnn.primitive_gate(..., complex=True)).")
 
 
 def _any_tracer(args) -> bool:

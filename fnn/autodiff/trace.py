@@ -22,7 +22,6 @@ import numpy as np
 from fnn.autodiff.backward import backward
 from fnn.autodiff.interpret import Interpreter, make_jaxpr, raw
 from fnn.autodiff.tape import Tape, Traced, is_float
-from fnn.errors import describe
 
 
 @dataclasses.dataclass
@@ -116,10 +115,6 @@ def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: boo
     flat = {a: jax.tree_util.tree_flatten(args[a]) for a in nums}
     where = [(a, j) for a in nums for j, x in enumerate(flat[a][0]) if is_float(x)]
     inputs = [flat[a][0][j] for a, j in where]
-    for x in inputs:
-        if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
-            raise TypeError(f"{fname}: complex inputs are not supported ({describe(x)}); fnn's "
-                            "rules are written for real floating-point values")
 
     def rebuild(values):
         leaves = {a: list(flat[a][0]) for a in nums}

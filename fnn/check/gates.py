@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff import is_float
+from fnn.autodiff import is_complex, is_float
 from fnn.check.numeric import numerical_vjp, project, rel_error
 from fnn.check.tolerances import tolerance
 from fnn.transforms import grad as fnn_grad
@@ -149,19 +149,33 @@ def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True) -> GateChe
     return report
 
 
+COMPLEX_OF = {"float64": "complex128", "float32": "complex64"}
+
+
 def cast_case(case, dtype):
-    """The case's positional args with float arrays cast to `dtype` (others untouched)."""
-    return tuple(jnp.asarray(a, dtype=dtype) if is_float(a) else a for a in case.args)
+    """The case's positional args with float arrays cast to `dtype` and complex ones to its
+    complex counterpart (float64: complex128; others untouched)."""
+    return tuple(jnp.asarray(a, dtype=COMPLEX_OF.get(dtype, dtype) if is_complex(a) else dtype)
+                 if is_float(a) else a for a in case.args)
 
 
 def random_cotangent(out, rng: np.random.Generator):
-    """A standard-normal cotangent for `out` (arrays or ShapeDtypeStructs, or a tuple of them);
-    float0 zeros for integer outputs, which take no cotangent."""
+    """A standard-normal cotangent for `out` (arrays or ShapeDtypeStructs, or a tuple of them;
+    a complex output's has standard-normal real and imaginary parts); float0 zeros for integer
+    outputs, which take no cotangent."""
     def one(o):
         if not jnp.issubdtype(o.dtype, jnp.inexact):
             return np.zeros(np.shape(o), jax.dtypes.float0)
-        return jnp.asarray(rng.standard_normal(np.shape(o)), dtype=o.dtype)
+        value = rng.standard_normal(np.shape(o))
+        if jnp.issubdtype(o.dtype, jnp.complexfloating):
+            value = value + 1j * rng.standard_normal(np.shape(o))
+        return jnp.asarray(value, dtype=o.dtype)
     return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
+
+
+def real_sum(x):
+    """sum(x), of its real part where x is complex: a real scalar JAX can differentiate."""
+    return jnp.sum(jnp.real(x) if jnp.iscomplexobj(x) else x)
 
 
 def gate_functions(gate, args, kwargs, diff=None, fixed=()):
@@ -326,21 +340,21 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
     argnums = tuple(range(len(d)))
 
     def loss_mine(*d):
-        return jnp.sum(p.first(p.recorded(*d)) ** 2)
+        return real_sum(p.first(p.recorded(*d)) ** 2)
 
     def loss_ref(*d):
-        return jnp.sum(p.first(p.forward(*d)) ** 2)
+        return real_sum(p.first(p.forward(*d)) ** 2)
 
     def second_order(pull, f):
         def total(*dd):
             grads = pull(f, *dd)[1](p.ct(cf))
-            return sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(grads)
+            return sum(real_sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(grads)
                        if x.dtype != jax.dtypes.float0)
         return jax.grad(total, argnums=argnums)(*d)
 
     def grad_of_vmap(fn):
         def total(*d):
-            return sum(jnp.sum(o ** 2) for o in jax.tree_util.tree_leaves(jax.vmap(fn)(cfs, *d)))
+            return sum(real_sum(o ** 2) for o in jax.tree_util.tree_leaves(jax.vmap(fn)(cfs, *d)))
         return jax.grad(total, argnums=argnums)(*stack)
 
     checks = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from fnn.autodiff import is_float
 
@@ -49,8 +50,12 @@ def rel_error(a, b, *, special: bool = False):
     pairs = [(x, y) for x, y in zip(la, lb) if np.size(x)]
     if any(isinstance(v, jax.core.Tracer) for pair in pairs for v in pair):
         return _relative(jnp, pairs, special)
-    return float(_relative(np, [(np.asarray(x, np.float64), np.asarray(y, np.float64))
-                                for x, y in pairs], special))
+    return float(_relative(np, [(_wide(x), _wide(y)) for x, y in pairs], special))
+
+
+def _wide(x):
+    """x in float64, or complex128 where it is complex (keeping its imaginary part)."""
+    return np.asarray(x, np.complex128 if np.iscomplexobj(x) else np.float64)
 
 
 def _relative(xp, pairs, special=False):
@@ -182,6 +187,10 @@ def project(g, x, structure: str | None):
 def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     """Central differences of `sum(f(*args) * ct)` wrt each float argument, every element.
 
+    Complex values follow JAX's convention: the scalar is Re(sum(f(*args) * ct)), and a complex
+    argument z = x + iy gets dS/dx - i dS/dy (its real and imaginary parts stepped in turn),
+    which is what jax.vjp returns.
+
     f: traceable by JAX (jax.numpy, fnn's gates); a tuple of outputs is allowed, with `ct` a
     tuple of the same length (None or float0 entries are skipped). `diff` lists the positions to
     differentiate (default: every float argument). All elements of an argument are stepped at
@@ -200,8 +209,13 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     def scalar(*a):
         out = f(*a)
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return sum(jnp.sum(o * c) for o, c in zip(outs, cts)
+        return sum(jnp.real(jnp.sum(o * c)) for o, c in zip(outs, cts)
                    if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0)
+
+    def central(along, x, kind):
+        f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h,
+                                                       structure=kind)
+        return ((f_plus - f_minus) / (h_plus + h_minus)).reshape(x.shape)
 
     grads = [None] * len(args)
     for i, kind in zip(diff, structure):
@@ -210,7 +224,13 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
         def along(xi, i=i):
             return scalar(*[xi if j == i else a for j, a in enumerate(args)])
 
-        f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h,
-                                                       structure=kind)
-        grads[i] = ((f_plus - f_minus) / (h_plus + h_minus)).reshape(x.shape)
+        if jnp.iscomplexobj(x):
+            if kind is not None:
+                raise ValueError(f"numerical_vjp: a structure ({kind!r}) of a complex "
+                                 "argument is not supported")
+            re, im = jnp.real(x), jnp.imag(x)
+            grads[i] = lax.complex(central(lambda r: along(lax.complex(r, im)), re, None),
+                                   -central(lambda m: along(lax.complex(re, m)), im, None))
+        else:
+            grads[i] = central(along, x, kind)
     return grads

@@ -14,7 +14,8 @@ CS231n relative error max|a - b| / (max|a| + max|b|) of fnn.check.numeric.rel_er
     harness    fnn.vjp vs jax.vjp of one of JAX's own primitive use cases (its test-harness
                table, tests/test_jax_harnesses.py): a few primitives, JAX's arguments
 
-A dtype not in a row (an integer dtype, say) gets the row's float32 value.
+A complex dtype gets the value of its real part's dtype (complex128: float64's); a dtype not in
+a row (an integer dtype, say) gets the row's float32 value.
 """
 
 from __future__ import annotations
@@ -38,4 +39,5 @@ def tolerance(kind: str, dtype) -> float:
     except KeyError:
         raise ValueError(f"unknown tolerance {kind!r}; kinds: {', '.join(TOLERANCES)}") from None
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    name = {"complex128": "float64", "complex64": "float32"}.get(name, name)
     return row.get(name, row["float32"])

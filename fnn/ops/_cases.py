@@ -11,6 +11,21 @@ def normal(rng: np.random.Generator, shape, dtype, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(dtype)
 
 
+def complex_dtype(dtype):
+    """The complex dtype of a float dtype's precision: float64 -> complex128, float32 (and
+    narrower) -> complex64; a complex dtype unchanged."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return dtype
+    return np.dtype(np.complex128 if dtype == np.float64 else np.complex64)
+
+
+def cnormal(rng: np.random.Generator, shape, dtype, scale=1.0):
+    """Complex samples of `dtype`'s precision, standard-normal real and imaginary parts."""
+    z = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return np.asarray(scale * z).astype(complex_dtype(dtype))
+
+
 def uniform(rng: np.random.Generator, shape, dtype, lo, hi):
     return rng.uniform(lo, hi, shape).astype(dtype)
 

@@ -1,29 +1,32 @@
 """Rules for JAX's primitives, so `fnn.grad` differentiates ordinary JAX code.
 
-One gate per primitive, by family (elementwise, special functions, reductions, shapes,
-indexing, segments (the combining scatters), linalg (the matrix product), factorizations
-(cholesky, lu, qr), spectral (svd, eigh), solves (triangular, tridiagonal,
-custom_linear_solve), conv, windows (JAX's derivative of pooling), control flow, checkpoints,
-collectives, shard_map and pmap), each with its hand-written VJP, test cases and kink cases (or
-a declaration that it has none), and the parameters it handles, declared with the public
-`fnn.primitive_gate`; plus the structural rules (nested jit interpreted in place, custom_jvp/vjp
-calls by their own rules (fnn.ops.primitives.custom), while loops, primitives without gradient)
-and the collectives that exist only with named axes (fnn.ops.primitives.collectives.NAMED:
-rules, checked by tests/test_collectives.py).
+One gate per primitive, by family (elementwise, complex numbers (real, imag, complex, conj, and
+JAX's convention for complex values: fnn.ops.primitives.complex_parts), special functions,
+reductions, shapes, indexing, segments (the combining scatters), linalg (the matrix product),
+factorizations (cholesky, lu, qr), spectral (svd, eigh), solves (triangular, tridiagonal,
+custom_linear_solve), fourier (fft), conv, windows (JAX's derivative of pooling), control flow,
+checkpoints, collectives, shard_map and pmap), each with its hand-written VJP, test cases and
+kink cases (or a declaration that it has none), and the parameters it handles, declared with the
+public `fnn.primitive_gate`; plus the structural rules (nested jit interpreted in place,
+custom_jvp/vjp calls by their own rules (fnn.ops.primitives.custom), while loops, primitives
+without gradient) and the collectives that exist only with named axes
+(fnn.ops.primitives.collectives.NAMED: rules, checked by tests/test_collectives.py).
 `GATES` maps each primitive to its gate, `RULES` is what the interpreter reads (fnn.autodiff.interpret).
 """
 
 from types import MappingProxyType
 
 from fnn.autodiff.gate import Gate
-from fnn.ops.primitives import (collectives, control, conv, custom, elementwise, factorizations,
-                                indexing, linalg, loops, reductions, remat, segments, shapes,
-                                shard_map, solves, special, spectral, windows)
+from fnn.ops.primitives import (collectives, complex_parts, control, conv, custom, elementwise,
+                                factorizations, fourier, indexing, linalg, loops, reductions,
+                                remat, segments, shapes, shard_map, solves, special, spectral,
+                                windows)
 
-FAMILIES = {"elementwise": elementwise, "special": special, "reductions": reductions,
+FAMILIES = {"elementwise": elementwise, "complex": complex_parts, "special": special,
+            "reductions": reductions,
             "shapes": shapes, "indexing": indexing, "segments": segments, "linalg": linalg,
             "factorizations": factorizations, "spectral": spectral, "solves": solves,
-            "conv": conv, "windows": windows, "loops": loops, "remat": remat,
+            "fourier": fourier, "conv": conv, "windows": windows, "loops": loops, "remat": remat,
             "collectives": collectives, "shard_map": shard_map}
 
 
