@@ -13,7 +13,7 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import distinct, normal
+from fnn.ops._cases import cnormal, distinct, normal
 from fnn.ops.primitives._define import case
 
 
@@ -118,7 +118,7 @@ def _conv_dw(g, x, w_shape, w_dtype, *, window_strides, padding, lhs_dilation, r
                 params=("window_strides", "padding", "lhs_dilation", "rhs_dilation",
                         "dimension_numbers", "feature_group_count", "batch_group_count",
                         "precision", "preferred_element_type"),
-                only={"out_sharding": (None,)})
+                only={"out_sharding": (None,)}, complex=True)
 def conv_general_dilated(g, inputs, *, needs, window_strides, padding, lhs_dilation,
                          rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
                          precision=None, preferred_element_type=None, **params):
@@ -136,6 +136,7 @@ def conv_general_dilated(g, inputs, *, needs, window_strides, padding, lhs_dilat
 @conv_general_dilated.defcases
 def _conv_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
+    c = lambda *s: cnormal(rng, s, dtype)
     conv = lambda **kw: (lambda x, w: lax.conv_general_dilated(x, w, **kw))
     nhwc = ("NHWC", "HWIO", "NHWC")
     return [
@@ -156,6 +157,9 @@ def _conv_cases(rng, dtype):
         case(P.conv_general_dilated_p, conv(window_strides=(1, 1, 2), padding="SAME",
                                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC")),
              n(1, 3, 3, 4, 2), n(2, 2, 2, 2, 3), label="3-d"),
+        case(P.conv_general_dilated_p, conv(window_strides=(2, 1), padding=((1, 0), (2, 1)),
+                                            feature_group_count=2),
+             c(2, 4, 5, 4), c(4, 2, 3, 2), label="complex, strided, 2 groups"),
     ]
 conv_general_dilated.defkinks(smooth=True)
 

@@ -100,7 +100,7 @@ def _vjp_forward(*args, fwd_jaxpr_thunk, num_consts, out_trees, perturbed=None, 
     return tuple(primal_outs), (residuals, tuple(primal_outs))
 
 
-@primitive_gate(P.custom_vjp_call_p, forward=_vjp_forward, name="custom_vjp")
+@primitive_gate(P.custom_vjp_call_p, forward=_vjp_forward, name="custom_vjp", complex=True)
 def custom_vjp(g, saved, *, bwd, num_consts, **params):
     """A jax.custom_vjp function.  Local gradient: its own backward, `bwd(residuals, g)`,
     one cotangent per argument (None: zero)."""
@@ -132,7 +132,7 @@ def custom_vjp_call(interp, eqn, invals, scope):
 
 
 # ---- custom_jvp ----------------------------------------------------------------------------
-@defgate(name="custom_jvp.tangent")
+@defgate(name="custom_jvp.tangent", complex=True)
 def jvp_tangent(x):
     """The tangent of a custom_jvp function's argument, as its rule's jaxpr reads it: zeros in
     the forward (the value never matters: the rule is linear in it).  Local gradient: 1, the
@@ -148,7 +148,7 @@ def _jvp_tangent_vjp(g, saved):
 jvp_tangent.reference = False  # part of the custom JVP rule's transpose, not a function of x
 
 
-@defgate(name="custom_jvp.output")
+@defgate(name="custom_jvp.output", complex=True)
 def jvp_output(tangent, primal):
     """A custom_jvp function's output: the rule's primal output, standing on the tape for the
     rule's output tangent.  Local gradient: 1 to the tangent (the rule's tangent computations,

@@ -15,11 +15,11 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import distinct, normal
+from fnn.ops._cases import cnormal, distinct, normal
 from fnn.ops.primitives._define import case
 
 
-@primitive_gate(P.dynamic_slice_p, params=("slice_sizes",))
+@primitive_gate(P.dynamic_slice_p, params=("slice_sizes",), complex=True)
 def dynamic_slice(g, inputs, *, slice_sizes, **params):
     """x[start : start + size] per axis, start given at run time (clamped into range).
     Local gradient: g written back at the same (clamped) place in zeros."""
@@ -35,11 +35,13 @@ dynamic_slice.defcases(lambda rng, dtype: [
     case(P.dynamic_slice_p, lambda x, i: lax.dynamic_slice(x, (i,), (3,)),
          normal(rng, (4,), dtype), np.int32(3), label="clamped start"),
     case(P.dynamic_slice_p, lambda x, i: P.dynamic_slice_p.bind(x, i, slice_sizes=(2,)),
-         normal(rng, (4,), dtype), np.int32(-1), label="negative start (clamped to 0)")])
+         normal(rng, (4,), dtype), np.int32(-1), label="negative start (clamped to 0)"),
+    case(P.dynamic_slice_p, lambda x, i: lax.dynamic_slice(x, (i,), (2,)),
+         cnormal(rng, (4,), dtype), np.int32(1), label="complex")])
 dynamic_slice.defkinks(smooth=True)
 
 
-@primitive_gate(P.dynamic_update_slice_p, params=())
+@primitive_gate(P.dynamic_update_slice_p, params=(), complex=True)
 def dynamic_update_slice(g, inputs, *, needs, **params):
     """x with `update` written at `start` (clamped).  Local gradients: g with the written
     block zeroed for x; the written block of g for the update."""
@@ -53,7 +55,9 @@ def dynamic_update_slice(g, inputs, *, needs, **params):
 
 dynamic_update_slice.defcases(lambda rng, dtype: [
     case(P.dynamic_update_slice_p, lambda x, u, i: lax.dynamic_update_slice(x, u, (i, np.int32(0))),
-         normal(rng, (4, 3), dtype), normal(rng, (2, 3), dtype), np.int32(1))])
+         normal(rng, (4, 3), dtype), normal(rng, (2, 3), dtype), np.int32(1)),
+    case(P.dynamic_update_slice_p, lambda x, u, i: lax.dynamic_update_slice(x, u, (i,)),
+         cnormal(rng, (4,), dtype), cnormal(rng, (2,), dtype), np.int32(1), label="complex")])
 dynamic_update_slice.defkinks(smooth=True)
 
 
@@ -93,7 +97,7 @@ def _operand_shape_and_indices(args, out):
 
 @primitive_gate(P.gather_p, save=_operand_shape_and_indices,
                 params=("dimension_numbers", "slice_sizes", "unique_indices", "indices_are_sorted",
-                        "mode", "fill_value"))
+                        "mode", "fill_value"), complex=True)
 def gather(g, saved, *, dimension_numbers, slice_sizes, unique_indices, indices_are_sorted,
            mode, fill_value, **params):
     """slices of x at run-time positions (fancy indexing, take).  Local gradient: g added
@@ -119,7 +123,9 @@ def _gather_cases(rng, dtype):
                  rng.integers(0, 3, (5, 2)), label="take_along_axis"),
             case(P.gather_p, lambda x, i: x[:, i], x, np.array([[1, 0], [2, 2]]), label="columns"),
             case(P.gather_p, lambda x, i: x.at[i].get(mode="fill", fill_value=0), x,
-                 np.array([1, 7]), label="fill out of range")]
+                 np.array([1, 7]), label="fill out of range"),
+            case(P.gather_p, lambda x, i: x[i], cnormal(rng, (5, 3), dtype),
+                 np.array([0, 2, 2, 4]), label="complex")]
 
 
 # scatter-add's update_jaxpr is the addition (its consts none): the rule is for scatter-add
@@ -127,7 +133,7 @@ _SCATTER_PARAMS = ("dimension_numbers", "indices_are_sorted", "unique_indices", 
                    "update_jaxpr", "update_consts")
 
 
-def _scatter_cases(primitive, method):
+def _scatter_cases(primitive, method, complex=False):  # noqa: A002
     def cases(rng, dtype):
         x = normal(rng, (5, 3), dtype)
         fn = lambda x, i, u: getattr(x.at[i], method)(u)
@@ -137,11 +143,13 @@ def _scatter_cases(primitive, method):
                 case(primitive, unique, x, np.array([4, 1]), normal(rng, (2, 3), dtype),
                      label="rows, unique"),
                 case(primitive, fn, x, (np.array([1, 3]), np.array([0, 2])),
-                     normal(rng, (2,), dtype), label="elements")]
+                     normal(rng, (2,), dtype), label="elements")] + ([
+                case(primitive, fn, cnormal(rng, (5, 3), dtype), np.array([0, 2, 2]),
+                     cnormal(rng, (3, 3), dtype), label="complex, a repeat")] if complex else [])
     return cases
 
 
-@primitive_gate(P.scatter_add_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS)
+@primitive_gate(P.scatter_add_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS, complex=True)
 def scatter_add(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
                 needs, **params):
     """x with updates added at run-time positions (.at[].add).  Local gradients: 1 for x;
@@ -153,12 +161,12 @@ def scatter_add(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
     return (g if needs[0] else None), None, du
 
 
-scatter_add.defcases(_scatter_cases(P.scatter_add_p, "add"))
+scatter_add.defcases(_scatter_cases(P.scatter_add_p, "add", complex=True))
 scatter_add.defkinks(smooth=True)
 
 
 @primitive_gate(P.scatter_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS[:-2],
-                only={"update_jaxpr": (None,), "update_consts": ((),)})
+                only={"update_jaxpr": (None,), "update_consts": ((),)}, complex=True)
 def scatter(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode, needs,
             **params):
     """x with updates written at run-time positions (.at[].set).  Local gradients: g where x
@@ -195,7 +203,7 @@ def scatter(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, 
     return dx, None, du
 
 
-scatter.defcases(_scatter_cases(P.scatter_p, "set"))
+scatter.defcases(_scatter_cases(P.scatter_p, "set", complex=True))
 
 
 def _gather_kinks(dtype):
@@ -235,7 +243,7 @@ def _unpermute(g, perm, dimension):
     return jnp.zeros_like(g).at[tuple(grids)].set(g, unique_indices=True)
 
 
-@primitive_gate(P.sort_p, forward=_sort_forward, params=("dimension", "is_stable", "num_keys"))
+@primitive_gate(P.sort_p, forward=_sort_forward, params=("dimension", "is_stable", "num_keys"), complex=True)
 def sort(g, perm, *, dimension, needs, **params):
     """operands sorted along `dimension` by their first `num_keys`.  Local gradient: a
     permutation, so each element's g goes back to where the element came from."""
@@ -247,7 +255,12 @@ def _sort_cases(rng, dtype):
     x = distinct(rng, (3, 5), dtype)
     return [case(P.sort_p, lambda x: lax.sort(x, dimension=1), x, label="one operand"),
             case(P.sort_p, lambda k, v: lax.sort((k, v), dimension=0, num_keys=1),
-                 distinct(rng, (4, 2), dtype), normal(rng, (4, 2), dtype), label="key and value")]
+                 distinct(rng, (4, 2), dtype), normal(rng, (4, 2), dtype), label="key and value"),
+            case(P.sort_p, lambda k, v: lax.sort((k, v), dimension=0, num_keys=1),
+                 distinct(rng, (4, 2), dtype), cnormal(rng, (4, 2), dtype),
+                 label="complex values"),
+            case(P.sort_p, lambda z: lax.sort(z, dimension=0), cnormal(rng, (5,), dtype),
+                 label="complex keys (lexicographic)")]
 
 
 def _sort_kinks(dtype):

@@ -11,7 +11,7 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import normal
+from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
 
 
@@ -44,7 +44,7 @@ def _dx(g, x_shape, x_dtype, y, dimension_numbers, precision, preferred_element_
 
 @primitive_gate(P.dot_general_p,
                 params=("dimension_numbers", "precision", "preferred_element_type"),
-                only={"out_sharding": (None,)})
+                only={"out_sharding": (None,)}, complex=True)
 def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_element_type=None,
                 needs, **params):
     """sum over contracted axes of x * y, batch axes paired.  Local gradients (2-D x @ y):
@@ -65,6 +65,7 @@ def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_eleme
 @dot_general.defcases
 def _dot_general_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
+    c = lambda *s: cnormal(rng, s, dtype)
     dg = lambda dims: (lambda a, b: lax.dot_general(a, b, dims))
     import jax.numpy as jnp
 
@@ -78,5 +79,7 @@ def _dot_general_cases(rng, dtype):
             case(P.dot_general_p, dg((((0, 2), (2, 0)), ((1,), (1,)))), n(3, 2, 4), n(4, 2, 3),
                  label="two contractions, batch in the middle"),
             case(P.dot_general_p, lambda a, b: jnp.tensordot(a, b, axes=0), n(2), n(3),
-                 label="outer")]
+                 label="outer"),
+            case(P.dot_general_p, lambda a, b: jnp.einsum("bij,bjk->bik", a, b), c(2, 3, 4),
+                 c(2, 4, 2), label="complex, batched")]
 dot_general.defkinks(smooth=True)

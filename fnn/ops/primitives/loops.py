@@ -26,7 +26,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import Interpreter, join_scope, scope_of, site_of
 from fnn.autodiff.replay import Template
 from fnn.autodiff.tape import Tape, Traced, apply, is_float
-from fnn.ops._cases import normal
+from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
 
 
@@ -109,10 +109,12 @@ def _scan_cases(rng, dtype):
     return [case(P.scan_p, rnn, 0.5 * n(3, 3), n(3), n(5, 3), label="rnn: const, carry, xs"),
             case(P.scan_p, cum, n(2), n(4, 2), label="reverse, per-step outputs"),
             case(P.scan_p, lambda x: lax.fori_loop(0, 3, lambda i, c: c * jnp.cos(c), x), n(3),
-                 label="fori_loop with static bounds")]
+                 label="fori_loop with static bounds"),
+            case(P.scan_p, rnn, 0.5 * cnormal(rng, (3, 3), dtype), cnormal(rng, (3,), dtype),
+                 n(5, 3), label="complex rnn, real xs")]
 
 
-@primitive_gate(P.scan_p, forward=_scan_forward, params=_SCAN_PARAMS + FNN_PARAMS)
+@primitive_gate(P.scan_p, forward=_scan_forward, params=_SCAN_PARAMS + FNN_PARAMS, complex=True)
 def scan(g, saved, *, num_consts, num_carry, length, reverse, unroll, needs, **params):
     """lax.scan of a body over steps.  Local gradient: backpropagation through time, a reverse
     scan of the body's own backward (the carry's cotangent passed from step to step, the
@@ -188,7 +190,7 @@ def _cond_forward(index, *ops, branches, rules=None, scope="", branches_platform
 
 
 @primitive_gate(P.cond_p, forward=_cond_forward,
-                params=("branches", "branches_platforms") + FNN_PARAMS)
+                params=("branches", "branches_platforms") + FNN_PARAMS, complex=True)
 def cond(g, saved, *, needs, branches_platforms=None, **params):
     """lax.cond / lax.switch: the branch that `index` picks (for a platform-dependent cond,
     the branch of the platform it runs on).  Local gradient: the backward of that branch (the
@@ -215,7 +217,9 @@ def _cond_cases(rng, dtype):
     return [case(P.cond_p, two, np.asarray(True), n(3), n(3), label="true"),
             case(P.cond_p, two, np.asarray(False), n(3), n(3), label="false"),
             case(P.cond_p, three, np.int32(1), n(2, 2), label="switch of 3"),
-            case(P.cond_p, jnp.diagonal, n(3, 3), label="platform-dependent (jnp.diagonal)")]
+            case(P.cond_p, jnp.diagonal, n(3, 3), label="platform-dependent (jnp.diagonal)"),
+            case(P.cond_p, two, np.asarray(True), cnormal(rng, (3,), dtype),
+                 cnormal(rng, (3,), dtype), label="complex")]
 cond.defkinks(smooth=True)
 
 

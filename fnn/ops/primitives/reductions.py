@@ -22,7 +22,7 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import distinct, normal, uniform
+from fnn.ops._cases import cnormal, distinct, normal, uniform
 from fnn.ops.primitives._define import case
 
 
@@ -32,13 +32,19 @@ def _expand(g, shape, axes):
     return lax.broadcast_in_dim(g, shape, kept)
 
 
-def _reduce_cases(primitive, fn, make=normal):
+def _reduce_cases(primitive, fn, make=normal, complex_make=None):
+    """Cases over several axes; with complex_make (a rule that takes complex values), one
+    complex case more."""
     def cases(rng, dtype):
-        return [case(primitive, lambda x: fn(x, (1,)), make(rng, (3, 4), dtype), label="axis 1"),
-                case(primitive, lambda x: fn(x, (0, 2)), make(rng, (2, 3, 4), dtype),
-                     label="axes 0,2"),
-                case(primitive, lambda x: fn(x, (0,)), make(rng, (5,), dtype), label="to 0-d"),
-                case(primitive, lambda x: fn(x, ()), make(rng, (2, 2), dtype), label="no axes")]
+        out = [case(primitive, lambda x: fn(x, (1,)), make(rng, (3, 4), dtype), label="axis 1"),
+               case(primitive, lambda x: fn(x, (0, 2)), make(rng, (2, 3, 4), dtype),
+                    label="axes 0,2"),
+               case(primitive, lambda x: fn(x, (0,)), make(rng, (5,), dtype), label="to 0-d"),
+               case(primitive, lambda x: fn(x, ()), make(rng, (2, 2), dtype), label="no axes")]
+        if complex_make is not None:
+            out.append(case(primitive, lambda x: fn(x, (1,)), complex_make(rng, (3, 4), dtype),
+                            label="complex"))
+        return out
     return cases
 
 
@@ -65,14 +71,15 @@ def _cum_kinks(primitive, fn):
     return kinks
 
 
-@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)})
+@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)}, complex=True)
 def reduce_sum(g, shapes, *, axes, **params):
     """sum of x over `axes`.  Local gradient: 1 for every summed element (g broadcast back)."""
     (x,) = shapes
     return (_expand(g, x.shape, axes),)
 
 
-reduce_sum.defcases(_reduce_cases(P.reduce_sum_p, lambda x, a: jnp.sum(x, axis=a)))
+reduce_sum.defcases(_reduce_cases(P.reduce_sum_p, lambda x, a: jnp.sum(x, axis=a),
+                                  complex_make=cnormal))
 reduce_sum.defkinks(smooth=True)
 
 
@@ -116,7 +123,7 @@ def _exclusive_products(x, axis):
     return lax.mul(before, after)
 
 
-@primitive_gate(P.reduce_prod_p, params=("axes",), only={"out_sharding": (None,)})
+@primitive_gate(P.reduce_prod_p, params=("axes",), only={"out_sharding": (None,)}, complex=True)
 def reduce_prod(g, inputs, *, axes, **params):
     """product of x over `axes`.  Local gradient: the product of the other factors (exact at
     zeros: prefix products times suffix products, no division)."""
@@ -138,32 +145,42 @@ def _reduce_prod_cases(rng, dtype):
                           lambda r, s, d: uniform(r, s, d, 0.5, 1.5))(rng, dtype)
     x = uniform(rng, (3, 4), dtype, 0.5, 1.5)
     x[1, 2] = 0
-    return cases + [case(P.reduce_prod_p, lambda x: jnp.prod(x, axis=1), x, label="a zero")]
+    z = cnormal(rng, (3, 4), dtype)
+    z[1, 2] = 0
+    return cases + [case(P.reduce_prod_p, lambda x: jnp.prod(x, axis=1), x, label="a zero"),
+                    case(P.reduce_prod_p, lambda x: jnp.prod(x, axis=1), z,
+                         label="complex, a zero")]
 reduce_prod.defkinks(_reduce_kinks(P.reduce_prod_p, lambda x, a: jnp.prod(x, axis=a)))
 
 
 # ---- cumulative reductions ----------------------------------------------------------------------
-def _cum_cases(primitive, fn, make=normal):
+def _cum_cases(primitive, fn, make=normal, complex_make=None):
+    """As _reduce_cases, along one axis."""
     def cases(rng, dtype):
-        return [case(primitive, lambda x: fn(x, 1, False), make(rng, (3, 5), dtype), label="axis 1"),
-                case(primitive, lambda x: fn(x, 0, True), make(rng, (4, 2), dtype),
-                     label="axis 0 reverse"),
-                case(primitive, lambda x: fn(x, 0, False), make(rng, (6,), dtype), label="1-d")]
+        out = [case(primitive, lambda x: fn(x, 1, False), make(rng, (3, 5), dtype), label="axis 1"),
+               case(primitive, lambda x: fn(x, 0, True), make(rng, (4, 2), dtype),
+                    label="axis 0 reverse"),
+               case(primitive, lambda x: fn(x, 0, False), make(rng, (6,), dtype), label="1-d")]
+        if complex_make is not None:
+            out.append(case(primitive, lambda x: fn(x, 1, True), complex_make(rng, (3, 5), dtype),
+                            label="complex"))
+        return out
     return cases
 
 
-@primitive_gate(P.cumsum_p, save="none", params=("axis", "reverse"))
+@primitive_gate(P.cumsum_p, save="none", params=("axis", "reverse"), complex=True)
 def cumsum(g, saved, *, axis, reverse, **params):
     """running sum along `axis`.  Local gradient: each element reaches every later sum, so
     dx is the running sum of g in the other direction."""
     return (lax.cumsum(g, axis=axis, reverse=not reverse),)
 
 
-cumsum.defcases(_cum_cases(P.cumsum_p, lambda x, a, r: lax.cumsum(x, axis=a, reverse=r)))
+cumsum.defcases(_cum_cases(P.cumsum_p, lambda x, a, r: lax.cumsum(x, axis=a, reverse=r),
+                           complex_make=cnormal))
 cumsum.defkinks(smooth=True)
 
 
-@primitive_gate(P.cumprod_p, save="inputs", params=("axis", "reverse"))
+@primitive_gate(P.cumprod_p, save="inputs", params=("axis", "reverse"), complex=True)
 def cumprod(g, inputs, *, axis, reverse, **params):
     """running product y_i = y_(i-1) x_i along `axis`.  Local gradient: dx_k = sum over the
     later products i of g_i y_i / x_k, the product of the other factors (exact at zeros),
@@ -173,7 +190,7 @@ def cumprod(g, inputs, *, axis, reverse, **params):
 
 
 cumprod.defcases(_cum_cases(P.cumprod_p, lambda x, a, r: lax.cumprod(x, axis=a, reverse=r),
-                            lambda r, s, d: uniform(r, s, d, 0.5, 1.5)))
+                            lambda r, s, d: uniform(r, s, d, 0.5, 1.5), complex_make=cnormal))
 cumprod.defkinks(_cum_kinks(P.cumprod_p, lax.cumprod))
 
 

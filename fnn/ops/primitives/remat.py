@@ -44,7 +44,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import Interpreter
 from fnn.autodiff.tape import GateCall, Tape, Traced, is_float, supplying
 from fnn.errors import GateError, describe
-from fnn.ops._cases import normal
+from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives import control, custom
 from fnn.ops.primitives._define import case
 from fnn.ops.primitives.loops import (FNN_PARAMS, Body, body_interpreter, control_rule, pullback,
@@ -319,7 +319,8 @@ def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None
 
 
 @primitive_gate(P.remat_p, forward=_remat_forward,
-                params=("jaxpr", "prevent_cse", "differentiated", "policy", "site") + FNN_PARAMS)
+                params=("jaxpr", "prevent_cse", "differentiated", "policy", "site") + FNN_PARAMS,
+                complex=True)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose values its policy does not keep are recomputed.  Local
     gradient: the body's backward, after running its forward again from the saved inputs and
@@ -368,7 +369,9 @@ def _remat_cases(rng, dtype):
     x, w = normal(rng, (3, 4), dtype), normal(rng, (4, 2), dtype)
     return [case(P.remat_p, f, x, w),
             case(P.remat_p, dots, x, w, label="checkpoint_dots"),
-            case(P.remat_p, named, x, w, label="save_only_these_names")]
+            case(P.remat_p, named, x, w, label="save_only_these_names"),
+            case(P.remat_p, dots, cnormal(rng, (3, 4), dtype), cnormal(rng, (4, 2), dtype),
+                 label="complex, checkpoint_dots")]
 
 
 remat.defkinks(smooth=True)
