@@ -313,7 +313,10 @@ def _record(gate, args, static, traced, site, scope):
 
 def is_complex(x) -> bool:
     """Whether x (an array, scalar, ShapeDtypeStruct or Traced) has a complex dtype."""
-    dtype = getattr(x.value if isinstance(x, Traced) else x, "dtype", None)
+    value = x.value if isinstance(x, Traced) else x
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:  # a Python scalar
+        return isinstance(value, complex)
     try:
         return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
     except TypeError:  # an extended dtype (a PRNG key)

@@ -11,6 +11,10 @@ hand-written (fnn.grad) vs built-in (jax.grad) timed interleaved, plus trace and
     gp_marginal_likelihood  a Gaussian process's negative log marginal likelihood (RBF kernel
                       on n = 512 points in 3-d, Cholesky, two triangular solves, log det),
                       its kernel's three hyperparameters learned (fnn's linear-algebra rules)
+    fno               a 1-d Fourier neural operator: 4 spectral layers (rfft over 256 points,
+                      the 16 lowest modes times complex weights stored as two real arrays,
+                      irfft) with pointwise linear skips and GELU, width 32, batch 32 (fnn's
+                      FFT and complex-number rules)
 and `trace` rows: the time to trace and interpret a function whose jaxpr grows with N, a Python
 loop of N tanh(h @ w) steps (N equations each) and a lax.scan of N such steps (one body).
 Needs Equinox and Flax (the `dev` extra); a model whose library is missing is skipped.
@@ -28,7 +32,7 @@ import optax
 from fnn.bench.timing import interleaved
 from fnn.transforms import value_and_grad as fnn_value_and_grad
 
-MODELS = ("flax_cnn", "lstm_scan", "transformer", "gp_marginal_likelihood")
+MODELS = ("flax_cnn", "lstm_scan", "transformer", "gp_marginal_likelihood", "fno")
 
 
 def _flax_cnn(quick: bool):
@@ -119,8 +123,54 @@ def _gp_marginal_likelihood(quick: bool):
     return loss, params, (x, y)
 
 
+def spectral_conv(u, w_re, w_im):
+    """A Fourier layer's convolution (FNO, Li et al. 2021): u (batch, n, c_in) to (batch, n,
+    c_out) through its spectrum along axis 1, whose `modes` lowest frequencies are multiplied
+    by the complex weights w_re + i w_im (modes, c_in, c_out), the rest dropped."""
+    n, modes = u.shape[1], w_re.shape[0]
+    low = jnp.fft.rfft(u, axis=1)[:, :modes]
+    out = jnp.einsum("bmi,mio->bmo", low, jax.lax.complex(w_re, w_im))
+    out = jnp.pad(out, ((0, 0), (0, n // 2 + 1 - modes), (0, 0)))
+    return jnp.fft.irfft(out, n=n, axis=1)
+
+
+def fno_params(key, width: int, modes: int, layers: int, c_in: int = 1) -> dict:
+    """Lift, `layers` Fourier layers (spectral weights and a pointwise skip), projection."""
+    keys = iter(jax.random.split(key, 3 * layers + 2))
+    scale = 1.0 / width
+    return {"lift": jax.random.normal(next(keys), (c_in + 1, width)) / np.sqrt(c_in + 1),
+            "layers": [{"w_re": scale * jax.random.normal(next(keys), (modes, width, width)),
+                        "w_im": scale * jax.random.normal(next(keys), (modes, width, width)),
+                        "skip": jax.random.normal(next(keys), (width, width)) / np.sqrt(width)}
+                       for _ in range(layers)],
+            "proj": jax.random.normal(next(keys), (width, 1)) / np.sqrt(width)}
+
+
+def fno_apply(p, u):
+    """u (batch, n, c_in) -> (batch, n, 1); the grid position is appended as a channel."""
+    grid = jnp.broadcast_to(jnp.linspace(0.0, 1.0, u.shape[1])[None, :, None],
+                            u.shape[:2] + (1,))
+    h = jnp.concatenate([u, grid.astype(u.dtype)], axis=-1) @ p["lift"]
+    for layer in p["layers"]:
+        h = jax.nn.gelu(spectral_conv(h, layer["w_re"], layer["w_im"]) + h @ layer["skip"])
+    return h @ p["proj"]
+
+
+def _fno(quick: bool):
+    batch, n, width, modes, layers = (4, 32, 8, 4, 2) if quick else (32, 256, 32, 16, 4)
+    x = jnp.linspace(0.0, 1.0, n)
+    phase = jax.random.uniform(jax.random.PRNGKey(1), (batch, 1))
+    u = jnp.sin(2 * jnp.pi * (x[None, :] + phase))[..., None]
+    target = jnp.cumsum(u, axis=1) / n  # learn an antiderivative operator
+    params = fno_params(jax.random.PRNGKey(0), width, modes, layers)
+
+    def loss(p, u, target):
+        return jnp.mean((fno_apply(p, u) - target) ** 2)
+    return loss, params, (u, target)
+
+
 BUILDERS = {"flax_cnn": _flax_cnn, "lstm_scan": _lstm_scan, "transformer": _transformer,
-            "gp_marginal_likelihood": _gp_marginal_likelihood}
+            "gp_marginal_likelihood": _gp_marginal_likelihood, "fno": _fno}
 
 
 def _step(loss, optimizer, grad: str):
