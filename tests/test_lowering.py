@@ -137,9 +137,9 @@ def build_program(program, model_name, grad, dtype, **variant):
 
 
 def gate_program(gate):
-    """(jitted function, arguments) for a gate: fnn.grad of the sum of its float outputs, at
-    every float32 test case, in one function (the forward alone where nothing is
-    differentiable)."""
+    """(jitted function, arguments) for a gate: fnn.grad of the sum of its float outputs (their
+    real parts), at every float32 test case, in one function (the forward alone where nothing
+    is differentiable)."""
     import fnn
     from fnn.check.gates import cast_case, gate_functions
 
@@ -154,7 +154,7 @@ def gate_program(gate):
                   if jnp.issubdtype(o.dtype, jnp.inexact)]
         if d and floats:
             def total(*d, recorded=recorded):
-                return sum(jnp.sum(o.astype(jnp.float32))
+                return sum(jnp.sum(jnp.real(o).astype(jnp.float32))
                            for o in jax.tree_util.tree_leaves(recorded(*d))
                            if jnp.issubdtype(o.dtype, jnp.inexact))
             fns.append(fnn.grad(total, argnums=tuple(range(len(d)))))

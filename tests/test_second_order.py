@@ -12,7 +12,7 @@ import pytest
 
 import fnn
 from fnn import ops
-from fnn.check.gates import cast_case, gate_functions, random_cotangent
+from fnn.check.gates import cast_case, gate_functions, random_cotangent, real_sum
 from fnn.ops.primitives import GATES
 
 PRIMITIVE_GATES = {g.name: g for g in GATES.values()}
@@ -20,10 +20,11 @@ PRIMITIVE_NAMES = sorted(PRIMITIVE_GATES)
 
 
 def _sin_of_vjp(pull, f, cts):
-    """d -> sum(sin(vjp(f, d)(cts))): a scalar whose gradient is a second derivative of f."""
+    """d -> sum(sin(vjp(f, d)(cts))) (of its real part where complex): a scalar whose gradient
+    is a second derivative of f."""
     def g(*d):
         grads = pull(f, *d)[1](cts)
-        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(grads)
+        return sum(real_sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(grads)
                    if x.dtype != jax.dtypes.float0)
     return g
 
