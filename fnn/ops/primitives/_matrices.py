@@ -1,6 +1,7 @@
 """Helpers the linear-algebra rules share: matrix transposes and products over leading batch
 axes, triangles kept by a select (as JAX's rules keep them, so a NaN outside the triangle is
-dropped, not multiplied by 0), test matrices, and the refusal of complex values.
+dropped, not multiplied by 0), conjugates, test matrices, and the refusal of complex values
+(by the rules not yet written for complex matrices).
 
 Products are taken at HIGHEST precision, as JAX's rules take them (on a GPU the default may
 round float32 operands to TF32)."""
@@ -14,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from fnn.errors import GateError, describe
+from fnn.ops._cases import complex_dtype
 
 mm = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
 
@@ -21,6 +23,16 @@ mm = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
 def T(x):
     """The transpose of the last two axes."""
     return jnp.swapaxes(x, -1, -2)
+
+
+def H(x):
+    """The conjugate transpose of the last two axes (the transpose of a real matrix)."""
+    return jnp.conj(T(x)) if jnp.iscomplexobj(x) else T(x)
+
+
+def conj(x):
+    """The complex conjugate (a real array as it is)."""
+    return jnp.conj(x) if jnp.iscomplexobj(x) else x
 
 
 def tril(x, k: int = 0):
@@ -54,6 +66,22 @@ def spd(rng, n, dtype, batch=()):
     """Symmetric positive definite matrices, well conditioned."""
     m = rng.standard_normal(batch + (n, n))
     return (m @ np.swapaxes(m, -1, -2) / n + np.eye(n)).astype(dtype)
+
+
+def hpd(rng, n, dtype, batch=()):
+    """Hermitian positive definite complex matrices (of `dtype`'s precision), well
+    conditioned."""
+    m = rng.standard_normal(batch + (n, n)) + 1j * rng.standard_normal(batch + (n, n))
+    return (m @ np.conj(np.swapaxes(m, -1, -2)) / n + np.eye(n)).astype(complex_dtype(dtype))
+
+
+def hermitian(rng, n, dtype, batch=(), gap=0.3):
+    """Hermitian complex matrices whose eigenvalues are at least `gap` apart."""
+    z = rng.standard_normal(batch + (n, n)) + 1j * rng.standard_normal(batch + (n, n))
+    q, _ = np.linalg.qr(z)
+    w = np.sort(rng.standard_normal(batch + (n,)), axis=-1) + gap * np.arange(n)
+    a = (q * w[..., None, :]) @ np.conj(np.swapaxes(q, -1, -2))
+    return ((a + np.conj(np.swapaxes(a, -1, -2))) / 2).astype(complex_dtype(dtype))
 
 
 def symmetric(rng, n, dtype, batch=(), gap=0.3):

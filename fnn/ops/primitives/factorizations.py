@@ -5,8 +5,9 @@ LU of jax.scipy.linalg.solve and expm, jnp.linalg.qr).
 Each rule is the transpose of JAX's forward-mode rule for the factorization, written out: the
 factor's tangent is a triangular solve or two of the input's tangent, masked to a triangle; its
 transpose is the same solves with the transposed triangle, applied to the masked cotangent.
-Integer outputs (pivots, permutations) carry no gradient. Real matrices only; leading axes are
-batch axes.
+Integer outputs (pivots, permutations) carry no gradient. cholesky and lu take complex
+matrices too (JAX's convention: fnn.ops.primitives.complex_parts), qr real ones only; leading
+axes are batch axes.
 """
 
 from __future__ import annotations
@@ -21,35 +22,36 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import normal
+from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives._matrices import T, mm, real_only, spd, tril, triu
+from fnn.ops.primitives._matrices import T, hpd, mm, real_only, spd, tril, triu
 
 tri_solve = lax.linalg.triangular_solve
 
 
 # ---- cholesky -----------------------------------------------------------------------------------
 def _cholesky_forward(a):
-    real_only("lax.cholesky", a)
     l = tril(P.cholesky_p.bind(a))  # LAPACK leaves a's upper triangle above L: JAX's rule drops it
     return l, l
 
 
-@primitive_gate(P.cholesky_p, forward=_cholesky_forward, params=())
+@primitive_gate(P.cholesky_p, forward=_cholesky_forward, params=(), complex=True)
 def cholesky(g, l):
-    """L with L L^T = A, A (..., n, n) symmetric positive definite (its lower triangle read).
-    The output is lower triangular (JAX's rule zeroes what LAPACK leaves above the diagonal).
-    Local gradient (Murray 2016, "Differentiation of the Cholesky decomposition", as the
-    transpose of JAX's forward rule dL = L Phi(L^{-1} dA L^{-T})):
+    """L with L L^H = A, A (..., n, n) symmetric (Hermitian) positive definite (its lower
+    triangle read). The output is lower triangular (JAX's rule zeroes what LAPACK leaves above
+    the diagonal). Local gradient (Murray 2016, "Differentiation of the Cholesky
+    decomposition", as the transpose of JAX's forward rule dL = L Phi(L^{-1} dA L^{-H})):
 
-        dA = L^{-T} Phi(L^T g) L^{-1},   Phi(X) = the lower triangle of X, its diagonal halved
+        dA = L^{-T} Phi(L^T g) conj(L)^{-1},   Phi(X) = the lower triangle of X, its diagonal
+                                               halved
 
-    not symmetrized (JAX's rule takes any dA; for a symmetric perturbation only the symmetric
-    part counts)."""
+    (for a real A, L^{-T} Phi(L^T g) L^{-1}), not symmetrized (JAX's rule takes any dA; for a
+    symmetric perturbation only the symmetric part counts)."""
     n = l.shape[-1]
     p = tril(mm(T(l), g) / (1.0 + jnp.eye(n, dtype=l.dtype)))
     p = tri_solve(l, p, left_side=True, lower=True, transpose_a=True)
-    return (tri_solve(l, p, left_side=False, lower=True, transpose_a=False),)
+    return (tri_solve(l, p, left_side=False, lower=True, transpose_a=False,
+                      conjugate_a=jnp.iscomplexobj(l)),)
 
 
 @cholesky.defcases
@@ -63,7 +65,9 @@ def _cholesky_cases(rng, dtype):
                                 structure="positive definite",
                                 label="3x3, stepped as a positive definite matrix"),
             case(P.cholesky_p, lambda a: jsl.cho_factor(a, lower=True)[0],
-                 spd(rng, 3, dtype, batch=(2,)), numeric=False, label="batched, cho_factor")]
+                 spd(rng, 3, dtype, batch=(2,)), numeric=False, label="batched, cho_factor"),
+            case(P.cholesky_p, chol, hpd(rng, 3, dtype, batch=(2,)), numeric=False,
+                 label="complex Hermitian, batched")]
 
 
 @cholesky.defkinks
@@ -77,7 +81,6 @@ def _cholesky_kinks(dtype):
 
 # ---- lu -------------------------------------------------------------------------------------------
 def _lu_forward(a):
-    real_only("lax.lu", a)
     lu, pivots, perm = P.lu_p.bind(a)
     return (lu, pivots, perm), (lu, perm)
 
@@ -98,7 +101,7 @@ def _lu_pullback(lu, perm, g):
     return jnp.zeros_like(dpa).at[perm].add(dpa)  # P^T: the rows back in a's order
 
 
-@primitive_gate(P.lu_p, forward=_lu_forward, params=())
+@primitive_gate(P.lu_p, forward=_lu_forward, params=(), complex=True)
 def lu(g, saved):
     """(LU, pivots, permutation) with A[permutation] = L U, A (..., m, n), L unit lower
     triangular (m x min(m, n)) and U upper (min(m, n) x n) packed in one matrix.  Local gradient
@@ -107,7 +110,8 @@ def lu(g, saved):
 
         dA = P^T L^{-T} (tril(L^T G, -1) + triu(G U^T)) U^{-T}
 
-    pivots and permutation are integers: no gradient."""
+    pivots and permutation are integers: no gradient. JAX's rule has no conjugate in it, so
+    for a complex A this is the same formula (plain transposes)."""
     lu_, perm = saved
     pull = _lu_pullback
     for _ in range(lu_.ndim - 2):
@@ -122,7 +126,8 @@ def _lu_cases(rng, dtype):
     return [case(P.lu_p, lu_, n(4, 4), label="square"),
             case(P.lu_p, lu_, n(5, 3), label="tall"),
             case(P.lu_p, lu_, n(3, 5), label="wide"),
-            case(P.lu_p, lu_, n(2, 3, 3), label="batched")]
+            case(P.lu_p, lu_, n(2, 3, 3), label="batched"),
+            case(P.lu_p, lu_, cnormal(rng, (3, 4), dtype), label="complex, wide")]
 
 
 @lu.defkinks

@@ -23,7 +23,7 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.backward import backward
 from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError
-from fnn.ops._cases import normal
+from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
 from fnn.ops.primitives._matrices import T, mm, real_only, spd, tril, triu
 from fnn.ops.primitives.loops import FNN_PARAMS, Body, body_interpreter, control_rule
@@ -33,18 +33,18 @@ _TRI_PARAMS = ("left_side", "lower", "transpose_a", "conjugate_a", "unit_diagona
 
 
 def _tri_forward(a, b, **params):
-    real_only("lax.triangular_solve", a, b)
     out = P.triangular_solve_p.bind(a, b, **params)
     return out, (a, out)
 
 
-@primitive_gate(P.triangular_solve_p, forward=_tri_forward, params=_TRI_PARAMS)
+@primitive_gate(P.triangular_solve_p, forward=_tri_forward, params=_TRI_PARAMS, complex=True)
 def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal,
                      needs):
     """Y = op(A)^{-1} B (left_side) or B op(A)^{-1}, A (..., m, m) triangular (only its
     `lower` or upper triangle is read, its diagonal taken as ones with unit_diagonal), op(A) =
-    A^T with transpose_a.  Local gradients (Giles 2008), with Z the solve of the upstream
-    g with op(A)^T:  dB = Z;  d op(A) = -Z Y^T (left) or -Y^T Z (right), kept on A's triangle
+    A^T with transpose_a, conj(A) with conjugate_a.  Local gradients (Giles 2008), with Z the
+    solve of the upstream g with op(A)^T:  dB = Z;  d op(A) = -Z Y^T (left) or -Y^T Z (right),
+    taken back through op (conjugated with conjugate_a: JAX's convention), kept on A's triangle
     (off the diagonal with unit_diagonal). The products are grouped as JAX's rule groups them
     (the cheaper way for the shapes), so a singular A gives JAX's infinities and NaNs."""
     a, y = saved
@@ -60,6 +60,7 @@ def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, un
         else:  # dY = -Y op(dA) op(A)^{-1}
             d_op = mm(T(y), z if z is not None else solve_t(g)) if m < n else solve_t(mm(T(y), g))
         d_op = -(T(d_op) if transpose_a else d_op)
+        d_op = jnp.conj(d_op) if conjugate_a and jnp.iscomplexobj(d_op) else d_op
         k = 1 if unit_diagonal else 0
         da = tril(d_op, -k) if lower else triu(d_op, k)
     return da, z
@@ -93,6 +94,13 @@ def _triangular_solve_cases(rng, dtype):
         case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True,
                                                     transpose_a=True),
              _triangle(rng, 3, dtype, batch=(2,)), n(2, 3, 2), label="batched"),
+        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, trans=2),
+             _triangle(rng, 3, dtype) + 0.4j * n(3, 3), cnormal(rng, (3, 2), dtype),
+             label="complex, conjugate transposed"),
+        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=False, lower=True,
+                                                    conjugate_a=True),
+             _triangle(rng, 3, dtype) + 0.4j * n(3, 3), cnormal(rng, (4, 3), dtype),
+             label="complex, right, conjugated"),
     ]
 
 

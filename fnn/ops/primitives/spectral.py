@@ -10,8 +10,9 @@ out the terms of outputs no cotangent reached (`got`), as JAX leaves out a symbo
 eigvalsh and svdvals losses stay finite at repeated eigenvalues, as under jax.grad.
 
 The forward computes what JAX's rule computes under differentiation: eigh of (A + A^T) / 2,
-the thin SVD with its vectors (also for compute_uv=False). Real matrices only; leading axes are
-batch axes.
+the thin SVD with its vectors (also for compute_uv=False). eigh takes complex Hermitian
+matrices too (JAX's convention: fnn.ops.primitives.complex_parts), svd real ones only; leading
+axes are batch axes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
 from fnn.ops.primitives._define import bare, case
-from fnn.ops.primitives._matrices import T, diag, mm, real_only, spread, symmetric
+from fnn.ops.primitives._matrices import (H, T, conj, diag, hermitian, mm, real_only, spread,
+                                         symmetric)
 
 _SVD_PARAMS = ("full_matrices", "compute_uv", "subset_by_index", "algorithm")
 _EIGH_PARAMS = ("lower", "sort_eigenvalues", "subset_by_index", "algorithm")
@@ -131,22 +133,22 @@ def _svd_kinks(dtype):
 
 # ---- eigh -----------------------------------------------------------------------------------------
 def _eigh_forward(a, *, subset_by_index, **params):
-    real_only("lax.eigh", a)
     _whole("lax.eigh", subset_by_index, a.shape[-1], a)
-    # JAX's rule decomposes the symmetric part: the same matrix for the symmetric input
-    # jnp.linalg.eigh passes (it symmetrizes first), and what JAX computes under jax.grad
-    v, w = P.eigh_p.bind((a + T(a)) / 2, subset_by_index=subset_by_index, **params)
+    # JAX's rule decomposes the symmetric (Hermitian) part: the same matrix for the symmetric
+    # input jnp.linalg.eigh passes (it symmetrizes first), and what JAX computes under jax.grad
+    v, w = P.eigh_p.bind((a + H(a)) / 2, subset_by_index=subset_by_index, **params)
     return (v, w), (v, w)
 
 
-@primitive_gate(P.eigh_p, forward=_eigh_forward, params=_EIGH_PARAMS)
+@primitive_gate(P.eigh_p, forward=_eigh_forward, params=_EIGH_PARAMS, complex=True)
 def eigh(g, saved, *, got, **params):
-    """(V, w) with A = V diag(w) V^T, A (..., n, n) symmetric (the eigendecomposition of
-    (A + A^T) / 2, as JAX's rule takes it), w in increasing order.  Local gradient (Giles 2008
-    sec. 3.1; Seeger et al. 2017), the transpose of JAX's rule:
+    """(V, w) with A = V diag(w) V^H, A (..., n, n) symmetric or Hermitian (the
+    eigendecomposition of (A + A^H) / 2, as JAX's rule takes it), w real, in increasing order.
+    Local gradient (Giles 2008 sec. 3.1; Seeger et al. 2017), the transpose of JAX's rule
+    dV = V (F o V^H dA V), dw = Re diag(V^H dA V):
 
         F_ij = 1 / (w_j - w_i) (0 on the diagonal)
-        dA = V (diag(wbar) + F o (V^T Vbar)) V^T
+        dA = conj(V) (diag(wbar) + F o (V^T Vbar)) V^T   (V (...) V^T for a real A)
 
     not symmetrized (JAX's rule takes any dA; a symmetric perturbation sees its symmetric part).
     Repeated eigenvalues make F infinite: JAX's infinities and NaNs where a cotangent reaches V;
@@ -158,7 +160,7 @@ def eigh(g, saved, *, got, **params):
         eye = jnp.eye(n, dtype=w.dtype)
         f = lax.integer_pow(eye + w[..., None, :] - w[..., :, None], -1) - eye
         inner = inner + f * mm(T(v), g[0])
-    return (mm(v, mm(inner, T(v))),)
+    return (mm(conj(v), mm(inner, T(v))),)
 
 
 eigh.reference = bare(P.eigh_p)  # JAX's rule for eigh as bound (it symmetrizes inside)
@@ -175,7 +177,11 @@ def _eigh_cases(rng, dtype):
                                 structure="symmetric", label="eigenvalues alone"),
             dataclasses.replace(case(P.eigh_p, lambda a: eigh_(a, UPLO="U"),
                                      symmetric(rng, 3, dtype, batch=(2,))),
-                                structure="symmetric", label="batched, upper")]
+                                structure="symmetric", label="batched, upper"),
+            case(P.eigh_p, eigh_, hermitian(rng, 3, dtype, batch=(2,)), numeric=False,
+                 label="complex Hermitian, batched"),
+            case(P.eigh_p, jnp.linalg.eigvalsh, hermitian(rng, 3, dtype), numeric=False,
+                 label="complex Hermitian, eigenvalues alone")]
 
 
 @eigh.defkinks
