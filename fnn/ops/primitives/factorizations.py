@@ -5,9 +5,8 @@ LU of jax.scipy.linalg.solve and expm, jnp.linalg.qr).
 Each rule is the transpose of JAX's forward-mode rule for the factorization, written out: the
 factor's tangent is a triangular solve or two of the input's tangent, masked to a triangle; its
 transpose is the same solves with the transposed triangle, applied to the masked cotangent.
-Integer outputs (pivots, permutations) carry no gradient. cholesky and lu take complex
-matrices too (JAX's convention: fnn.ops.primitives.complex_parts), qr real ones only; leading
-axes are batch axes.
+Integer outputs (pivots, permutations) carry no gradient. Complex matrices too (JAX's
+convention: fnn.ops.primitives.complex_parts); leading axes are batch axes.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
 from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives._matrices import T, hpd, mm, real_only, spd, tril, triu
+from fnn.ops.primitives._matrices import H, T, conj, diag, hpd, mm, spd, tril, triu
 
 tri_solve = lax.linalg.triangular_solve
 
@@ -142,7 +141,6 @@ _QR_PARAMS = ("pivoting", "full_matrices", "use_magma")
 
 
 def _qr_forward(x, *, pivoting, full_matrices, **params):
-    real_only("lax.qr", x)
     m, n = x.shape[-2:]
     if pivoting and m < n:
         raise GateError(
@@ -156,23 +154,27 @@ def _qr_forward(x, *, pivoting, full_matrices, **params):
 
 def _thin_qr_pullback(q, r, dq, dr):
     """The transpose of JAX's _thin_qr_jvp (J. Townsend's note on the QR derivative,
-    j-towns.github.io/papers/qr-derivative.pdf), for X = Q R with m >= n: with Y = Q^T dX R^{-1},
+    j-towns.github.io/papers/qr-derivative.pdf), for X = Q R with m >= n: with Y = Q^H dX R^{-1},
     dQ = Q (skew(Y) - Y) + dX R^{-1} and dR = (Y - skew(Y)) R, skew(Y) = tril(Y, -1) -
-    tril(Y, -1)^T, so
+    tril(Y, -1)^H + i Im(diag(Y)) (the last term for complex X), so
 
-        C = Q^T Qbar - Rbar R^T,    dX = (Qbar + Q (tril(C - C^T, -1) - C)) R^{-T}"""
+        C = Q^T Qbar - Rbar R^T,
+        dX = (Qbar + conj(Q) (tril(C - C^H, -1) - C + i Im(diag(C)))) R^{-T}"""
     c = mm(T(q), dq) - mm(dr, T(r))
-    dx = dq + mm(q, tril(c - T(c), -1) - c)
+    ybar = tril(c - H(c), -1) - c
+    if jnp.iscomplexobj(c):  # the transpose of skew's i Im(diag(Y))
+        ybar = ybar + diag(1j * jnp.imag(jnp.diagonal(c, axis1=-2, axis2=-1)))
+    dx = dq + mm(conj(q), ybar)
     return tri_solve(r, dx, left_side=False, lower=False, transpose_a=True)
 
 
 def _qr_pullback(x, q, r, p, dq, dr, *, full_matrices):
     """One matrix's gradient (see qr's docstring)."""
     m, n = x.shape
-    if m < n:  # X = [X1 X2] = Q [R1 R2]: X1 = Q R1 is square, R2 = Q^T X2
+    if m < n:  # X = [X1 X2] = Q [R1 R2]: X1 = Q R1 is square, R2 = Q^H X2
         x2, dr1, dr2 = x[:, m:], dr[:, :m], dr[:, m:]
-        dx1 = _thin_qr_pullback(q, r[:, :m], dq + mm(x2, T(dr2)), dr1)
-        dx = jnp.concatenate([dx1, mm(q, dr2)], axis=1)
+        dx1 = _thin_qr_pullback(q, r[:, :m], dq + H(mm(dr2, T(x2))), dr1)
+        dx = jnp.concatenate([dx1, mm(conj(q), dr2)], axis=1)
     elif not full_matrices or m == n:
         dx = _thin_qr_pullback(q, r, dq, dr)
     else:  # Q's last m - n columns too (arXiv:2409.13374, eq. 32-33, as JAX's rule)
@@ -182,9 +184,9 @@ def _qr_pullback(x, q, r, p, dq, dr, *, full_matrices):
         zt = _lu_solve(lu_, perm, T(q_pn))
         z = T(zt)
         b = q_mn + mm(q_mp, z)
-        g = dq[:, n:]  # dQ_mp = dQ_mn Z^T - B (dQ_pn - Z dQ_nn)^T, transposed:
-        dd = -mm(T(g), b)  # the cotangent of D = dQ_pn - Z dQ_nn
-        dq_mn = dq[:, :n] + mm(g, z) + jnp.concatenate([-mm(T(z), dd), dd], axis=0)
+        g = dq[:, n:]  # dQ_mp = dQ_mn Z^H - B (dQ_pn - Z dQ_nn)^H, transposed:
+        dd = H(-mm(T(b), g))  # the cotangent of D = dQ_pn - Z dQ_nn
+        dq_mn = dq[:, :n] + mm(g, conj(z)) + jnp.concatenate([-mm(T(z), dd), dd], axis=0)
         dx = _thin_qr_pullback(q_mn, r[:n, :], dq_mn, dr[:n, :])
     if p is not None:  # X[:, p] = Q R: the columns back in x's order
         dx = jnp.zeros_like(dx).at[:, p].add(dx)
@@ -197,7 +199,7 @@ def _lu_solve(lu_, perm, b):
     return tri_solve(lu_, y, left_side=True, lower=False)
 
 
-@primitive_gate(P.qr_p, forward=_qr_forward, params=_QR_PARAMS)
+@primitive_gate(P.qr_p, forward=_qr_forward, params=_QR_PARAMS, complex=True)
 def qr(g, saved, *, pivoting, full_matrices, **params):
     """(Q, R[, P]) with X[..., P] = Q R, X (..., m, n), Q with orthonormal columns (m x k),
     R upper triangular (k x n); k = min(m, n), or m with full_matrices. Local gradient, the
@@ -205,7 +207,8 @@ def qr(g, saved, *, pivoting, full_matrices, **params):
 
         C = Q^T Qbar - Rbar R^T,   dX = (Qbar + Q (tril(C - C^T, -1) - C)) R^{-T}
 
-    for m >= n; a wide X = [X1 X2] adds Q Rbar2 for X2 and X2 Rbar2^T to X1's Qbar (R2 = Q^T
+    for a real X with m >= n (a complex X: conj(Q), C^H, and the transpose of the imaginary
+    diagonal JAX's rule adds, see _thin_qr_pullback); a wide X = [X1 X2] adds Q Rbar2 for X2 and X2 Rbar2^T to X1's Qbar (R2 = Q^T
     X2); full_matrices with m > n adds the transpose of the last m - n columns' tangent
     (arXiv:2409.13374, eq. 32-33). The pivots P are integers: no gradient (their
     columns are put back in place). A rank-deficient X (a zero on R's diagonal) gives JAX's
@@ -236,7 +239,13 @@ def _qr_cases(rng, dtype):
             # JAX's rule fails here (it indexes the tangent's columns with batched pivots):
             # fnn's gradient is checked against central differences alone
             case(P.qr_p, lambda x: jsl.qr(x, pivoting=True, mode="economic"), n(2, 3, 3),
-                 reference=False, label="batched, pivoting (no JAX rule)")]
+                 reference=False, label="batched, pivoting (no JAX rule)"),
+            case(P.qr_p, jnp.linalg.qr, cnormal(rng, (2, 4, 3), dtype),
+                 label="complex, batched"),
+            case(P.qr_p, lambda x: jnp.linalg.qr(x, mode="complete"),
+                 cnormal(rng, (4, 2), dtype), label="complex, complete"),
+            case(P.qr_p, jnp.linalg.qr, cnormal(rng, (2, 4), dtype),
+                 label="complex, wide")]
 
 
 @qr.defkinks

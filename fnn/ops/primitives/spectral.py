@@ -10,9 +10,8 @@ out the terms of outputs no cotangent reached (`got`), as JAX leaves out a symbo
 eigvalsh and svdvals losses stay finite at repeated eigenvalues, as under jax.grad.
 
 The forward computes what JAX's rule computes under differentiation: eigh of (A + A^T) / 2,
-the thin SVD with its vectors (also for compute_uv=False). eigh takes complex Hermitian
-matrices too (JAX's convention: fnn.ops.primitives.complex_parts), svd real ones only; leading
-axes are batch axes.
+the thin SVD with its vectors (also for compute_uv=False). Complex matrices too (eigh's
+Hermitian; JAX's convention: fnn.ops.primitives.complex_parts); leading axes are batch axes.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
 from fnn.ops.primitives._define import bare, case
-from fnn.ops.primitives._matrices import (H, T, conj, diag, hermitian, mm, real_only, spread,
-                                         symmetric)
+from fnn.ops._cases import cnormal
+from fnn.ops.primitives._matrices import (H, T, conj, diag, hermitian, mm, spread, symmetric)
 
 _SVD_PARAMS = ("full_matrices", "compute_uv", "subset_by_index", "algorithm")
 _EIGH_PARAMS = ("lower", "sort_eigenvalues", "subset_by_index", "algorithm")
@@ -45,7 +44,6 @@ def _whole(rule, subset, k, x):
 
 # ---- svd ------------------------------------------------------------------------------------------
 def _svd_forward(a, *, full_matrices, compute_uv, subset_by_index, algorithm=None):
-    real_only("lax.svd", a)
     m, n = a.shape[-2:]
     _whole("lax.svd", subset_by_index, min(m, n), a)
     if compute_uv and full_matrices and m != n:
@@ -59,7 +57,7 @@ def _svd_forward(a, *, full_matrices, compute_uv, subset_by_index, algorithm=Non
     return ((s, u, vt) if compute_uv else (s,)), (s, u, vt)
 
 
-@primitive_gate(P.svd_p, forward=_svd_forward, params=_SVD_PARAMS)
+@primitive_gate(P.svd_p, forward=_svd_forward, params=_SVD_PARAMS, complex=True)
 def svd(g, saved, *, compute_uv, got, **params):
     """(s, U, V^T) with A = U diag(s) V^T, A (..., m, n), k = min(m, n) singular values in
     decreasing order (just s with compute_uv=False).  Local gradient (Townsend 2016,
@@ -72,30 +70,39 @@ def svd(g, saved, *, compute_uv, got, **params):
                       [+ U diag(1/s) Vbar^T (I - V V^T)  if n > m]
 
     Repeated singular values make F infinite (JAX's NaNs, where a cotangent reaches U or V);
-    a zero one the last terms' 1/s."""
+    a zero one the last terms' 1/s. A complex A (A = U diag(s) V^H, JAX's rule transposed
+    under its convention): U^T Ubar as it is, V^T Vbar as conj(Vt Vbar^T), the transposes in
+    F o X + (F o X)^T conjugate ones, dA = conj(U) J conj(V^T), and J gets the transpose of
+    the imaginary diagonal JAX's rule gives U's tangent, i Im(diag(U^T Ubar)) / s."""
     s, u, vt = saved
     sbar = g[0]
     got_u, got_v = compute_uv and got[1], compute_uv and got[2]
     s_row = s[..., None, :]  # s_j along each row
     s_col = T(s_row)
-    j = diag(sbar) if got[0] else jnp.zeros(s.shape + s.shape[-1:], s.dtype)
+    j = (diag(sbar) if got[0] else jnp.zeros(s.shape + s.shape[-1:], s.dtype)).astype(u.dtype)
     if got_u or got_v:
         eye = jnp.eye(s.shape[-1], dtype=s.dtype)
         f = 1 / ((s_row + s_col) * (s_row - s_col) + eye) - eye
     if got_u:
-        gu = f * mm(T(u), g[1])
-        j = j + s_row * (gu + T(gu))
+        ubar = mm(T(u), g[1])
+        gu = f * ubar
+        j = j + s_row * (gu + H(gu))
+        if jnp.iscomplexobj(u):  # U's tangent's imaginary diagonal, (dS - dS^H) / 2s
+            zero = s == 0
+            s_inv = jnp.where(zero, 0, 1 / jnp.where(zero, 1, s))
+            j = j + diag(1j * jnp.imag(jnp.diagonal(ubar, axis1=-2, axis2=-1)) * s_inv)
     if got_v:
-        gv = f * mm(vt, T(g[2]))
-        j = j + s_col * (gv + T(gv))
-    da = mm(u, mm(j, vt))
+        gv = f * conj(mm(vt, T(g[2])))
+        j = j + s_col * (gv + H(gv))
+    cu, cvt = conj(u), conj(vt)
+    da = mm(cu, mm(j, cvt))
     m, n = u.shape[-2], vt.shape[-1]
     if got_u and m > n:
         h = g[1] / s_row
-        da = da + mm(h + mm(u, mm(T(u), -h)), vt)
+        da = da + mm(h + mm(cu, mm(T(u), -h)), cvt)
     if got_v and n > m:
-        h = T(g[2]) / s_row
-        da = da + mm(u, T(h + mm(T(vt), mm(vt, -h))))
+        h = H(g[2]) / s_row
+        da = da + mm(cu, H(h + mm(T(vt), mm(cvt, -h))))
     return (da,)
 
 
@@ -112,7 +119,13 @@ def _svd_cases(rng, dtype):
                  label="square, full_matrices"),
             case(P.svd_p, jnp.linalg.svdvals, spread(rng, (4, 3), dtype),
                  label="singular values alone"),
-            case(P.svd_p, thin, spread(rng, (2, 3, 4), dtype), label="batched")]
+            case(P.svd_p, thin, spread(rng, (2, 3, 4), dtype), label="batched"),
+            case(P.svd_p, jnp.linalg.svdvals, cnormal(rng, (3, 4), dtype),
+                 label="complex, values alone"),
+            case(P.svd_p, lambda a: jnp.linalg.svd(a, full_matrices=False)[0],
+                 cnormal(rng, (2, 4, 3), dtype), numeric=False, label="complex, tall, U"),
+            case(P.svd_p, lambda a: jnp.linalg.svd(a, full_matrices=False)[2],
+                 cnormal(rng, (3, 4), dtype), numeric=False, label="complex, wide, V^H")]
 
 
 @svd.defkinks
