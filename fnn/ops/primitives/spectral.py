@@ -206,3 +206,109 @@ def _eigh_kinks(dtype):
             case(P.eigh_p, jnp.linalg.eigh, rotated.astype(dtype),
                  label="a repeated eigenvalue, rotated"),
             case(P.eigh_p, jnp.linalg.eigh, np.eye(3, dtype=dtype), label="identity")]
+
+
+# ---- eig ------------------------------------------------------------------------------------------
+_EIG_PARAMS = ("compute_left_eigenvectors", "compute_right_eigenvectors", "enable_eigvec_derivs",
+               "implementation")
+
+
+def _eig_forward(a, *, compute_left_eigenvectors, compute_right_eigenvectors,
+                 enable_eigvec_derivs, implementation=None):
+    if (compute_left_eigenvectors or compute_right_eigenvectors) and not enable_eigvec_derivs:
+        raise GateError(
+            f"rule 'lax.eig' does not differentiate the eigenvectors of {describe(a)} without "
+            "enable_eigvec_derivs=True: derivatives of non-symmetric eigenvectors are only valid "
+            "under assumptions on the input that cannot be checked, and JAX refuses them too. "
+            "Use jnp.linalg.eigvals for the eigenvalues alone, or pass enable_eigvec_derivs=True "
+            "to jax.lax.linalg.eig (https://github.com/jax-ml/jax/issues/2748).")
+    # the right eigenvectors always, as JAX's rule computes them
+    outs = P.eig_p.bind(a, compute_left_eigenvectors=compute_left_eigenvectors,
+                        compute_right_eigenvectors=True, enable_eigvec_derivs=enable_eigvec_derivs,
+                        implementation=implementation)
+    w, vr = outs[0], outs[-1]
+    vl = outs[1] if compute_left_eigenvectors else None
+    kept = (w,) + ((vl,) if compute_left_eigenvectors else ()) + (
+        (vr,) if compute_right_eigenvectors else ())
+    return kept, (a, w, vl, vr)
+
+
+def _inv_t(v, x):
+    """V^{-T} x, by a solve with V^T."""
+    return jnp.linalg.solve(T(v), x)
+
+
+def _eig_vec_pullback(w, v, wbar, vbar):
+    """The transpose of JAX's _eig_vec_jvp (nondegenerate perturbation theory, Giles 2008 sec.
+    3.1, and LAPACK's normalisation of each eigenvector: unit 2-norm, its largest component
+    real): the cotangent of dA from those of w and V, under JAX's convention.
+
+        forward:  P = V^{-1} dA V,  dw = diag(P),  U = V (F o P),  F_ij = 1 / (w_j - w_i),
+                  c_j = -Re(v_j^H u_j) - i Im(u_kj) / Re(v_kj) (k: the largest |v_ij|),
+                  dV = U + V diag(c)
+        backward: cbar = sum_i Vbar_ij V_ij,  Ubar = Vbar - Re(cbar) conj(V) - i Im(cbar) M / r
+                  (M: the mask of the largest components, r = Re(v_kj)),
+                  Pbar = diag(wbar) + F o (V^T Ubar),  dA = V^{-T} Pbar V^T"""
+    n = w.shape[-1]
+    eye = jnp.eye(n, dtype=w.dtype)
+    f = 1 / (eye + w[..., None, :] - w[..., :, None]) - eye
+    pbar = diag(wbar) if wbar is not None else jnp.zeros(v.shape, v.dtype)
+    if vbar is not None:
+        k = jnp.argmax(jnp.abs(v), axis=-2)
+        mask = (jnp.arange(n)[:, None] == k[..., None, :]).astype(v.dtype)
+        r = jnp.real(jnp.sum(mask * v, axis=-2))
+        cbar = jnp.sum(vbar * v, axis=-2)[..., None, :]
+        ubar = (vbar - jnp.real(cbar) * jnp.conj(v)
+                - 1j * (jnp.imag(cbar) / r[..., None, :]) * mask)
+        pbar = pbar + f * mm(T(v), ubar)
+    return _inv_t(v, mm(pbar, T(v)))
+
+
+@primitive_gate(P.eig_p, forward=_eig_forward, params=_EIG_PARAMS, complex=True)
+def eig(g, saved, *, compute_left_eigenvectors, compute_right_eigenvectors, got, **params):
+    """(w[, VL][, VR]) with A VR = VR diag(w) and VL^H A = diag(w) VL^H, A (..., n, n) real or
+    complex, w complex (jnp.linalg.eigvals, and jnp.linalg.eig with JAX's
+    enable_eigvec_derivs=True).  Local gradient, the transpose of JAX's rule under its
+    convention: of the eigenvalues (Giles 2008 sec. 3.1)
+
+        dA = V^{-T} diag(wbar) V^T     (its real part for a real A)
+
+    and of the eigenvectors, as LAPACK normalizes them (each of unit 2-norm, its largest
+    component real), the transpose of nondegenerate perturbation theory (_eig_vec_pullback);
+    the left eigenvectors are the right ones of A^H (eigenvalues conj(w)). Repeated
+    eigenvalues make F infinite, as in JAX's rule."""
+    a, w, vl, vr = saved
+    g = list(g)
+    wbar = g[0] if got[0] else None
+    vlbar = g[1] if compute_left_eigenvectors and got[1] else None
+    vrbar = g[-1] if compute_right_eigenvectors and got[-1] else None
+    if vrbar is None and vlbar is None:  # eigenvalues alone: JAX's rule for eigvals
+        da = _inv_t(vr, wbar[..., :, None] * T(vr)) if wbar is not None else jnp.zeros_like(vr)
+    else:
+        da = _eig_vec_pullback(w, vr, wbar, vrbar)
+        if vlbar is not None:  # dVL is the eigenvectors' tangent of A^H with conj(w)
+            da = da + H(_eig_vec_pullback(jnp.conj(w), vl, None, vlbar))
+    return (da if jnp.iscomplexobj(a) else jnp.real(da).astype(a.dtype),)
+
+
+eig.reference = bare(P.eig_p)  # JAX's rule for eig as bound (the forward adds VR)
+
+
+@eig.defcases
+def _eig_cases(rng, dtype):
+    eig_ = lambda left, right: (lambda a: lax.linalg.eig(
+        a, compute_left_eigenvectors=left, compute_right_eigenvectors=right,
+        enable_eigvec_derivs=True))
+    real = (rng.standard_normal((3, 3)) + 2.0 * np.diag([1.0, 2.0, 3.0])).astype(dtype)
+    # JAX's rule for the eigenvalues alone computes the eigenvectors without
+    # enable_eigvec_derivs: it has no second derivative there (second_order=False)
+    return [case(P.eig_p, eig_(False, True), cnormal(rng, (3, 3), dtype),
+                 label="right eigenvectors, complex"),
+            case(P.eig_p, eig_(True, True), real, label="left and right eigenvectors, real"),
+            case(P.eig_p, jnp.linalg.eigvals, real, second_order=False,
+                 label="eigenvalues of a real matrix"),
+            case(P.eig_p, jnp.linalg.eigvals, cnormal(rng, (2, 3, 3), dtype),
+                 second_order=False, label="eigenvalues, complex, batched")]
+
+
+eig.defkinks(smooth=True)
