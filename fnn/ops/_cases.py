@@ -26,6 +26,13 @@ def cnormal(rng: np.random.Generator, shape, dtype, scale=1.0):
     return np.asarray(scale * z).astype(complex_dtype(dtype))
 
 
+def cdistinct(rng: np.random.Generator, shape, dtype, gap=0.05):
+    """Complex values whose real parts are pairwise `gap` apart (no ties in JAX's
+    lexicographic order of complex numbers: max, sort), standard-normal imaginary parts."""
+    z = distinct(rng, shape, np.float64, gap) + 1j * rng.standard_normal(shape)
+    return np.asarray(z).astype(complex_dtype(dtype))
+
+
 def uniform(rng: np.random.Generator, shape, dtype, lo, hi):
     return rng.uniform(lo, hi, shape).astype(dtype)
 

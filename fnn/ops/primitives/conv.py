@@ -6,6 +6,8 @@ The convolution's backward is two convolutions (after JAX's transpose rules): dx
 with the spatially flipped kernel, in- and out-features swapped, strides turned into input
 dilation; dw correlates the input with g. A window sum sends g to every element of its window;
 a window max routes it to the window's maximum (the first one, in window order, on a tie).
+The convolution and the window sum take complex values as JAX does; a window max or min of
+complex values JAX cannot differentiate (its rule compares them with ge/le), nor can fnn.
 """
 
 import numpy as np
@@ -175,7 +177,7 @@ def _unpad(g, padding_config):
     return lax.slice(unpadded, (0,) * len(lo), unpadded.shape, tuple(i + 1 for i in interior))
 
 
-@primitive_gate(P.reduce_window_sum_p, save="shapes", params=_WINDOW_PARAMS)
+@primitive_gate(P.reduce_window_sum_p, save="shapes", params=_WINDOW_PARAMS, complex=True)
 def reduce_window_sum(g, shapes, *, window_dimensions, window_strides, padding, base_dilation,
                       window_dilation, **params):
     """sums over sliding windows (sum/average pooling).  Local gradient: 1 for every element
@@ -193,10 +195,16 @@ def reduce_window_sum(g, shapes, *, window_dimensions, window_strides, padding, 
     return (out,)
 
 
-def _window_cases(primitive, init, op, make=normal, dilated_reference=True):
-    """Pooling cases; JAX has no VJP of a window max/min with dilation (dilated_reference)."""
+def _window_cases(primitive, init, op, make=normal, dilated_reference=True,
+                  complex_make=None):
+    """Pooling cases; JAX has no VJP of a window max/min with dilation (dilated_reference);
+    with complex_make (a rule that takes complex values) one complex case more."""
     def cases(rng, dtype):
-        rw = lambda **kw: (lambda x: lax.reduce_window(x, np.asarray(init, dtype), op, **kw))
+        rw = lambda **kw: (lambda x: lax.reduce_window(x, np.asarray(init, x.dtype), op, **kw))
+        more = [] if complex_make is None else [
+            case(primitive, rw(window_dimensions=(2, 2), window_strides=(1, 2),
+                               padding=((1, 0), (0, 1))), complex_make(rng, (4, 5), dtype),
+                 label="complex, strided, padded")]
         return [
             case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1),
                                padding="VALID"), make(rng, (2, 4, 4, 3), dtype), label="2x2 pool"),
@@ -209,7 +217,7 @@ def _window_cases(primitive, init, op, make=normal, dilated_reference=True):
             case(primitive, rw(window_dimensions=(2, 2), window_strides=(1, 1), padding="VALID",
                                base_dilation=(2, 1)), make(rng, (3, 3), dtype),
                  label="base dilation", reference=dilated_reference),
-        ]
+        ] + more
     return cases
 
 
@@ -226,7 +234,8 @@ def _window_kinks(primitive, init, op):
     return kinks
 
 
-reduce_window_sum.defcases(_window_cases(P.reduce_window_sum_p, 0.0, lax.add))
+reduce_window_sum.defcases(_window_cases(P.reduce_window_sum_p, 0.0, lax.add,
+                                          complex_make=cnormal))
 reduce_window_sum.defkinks(smooth=True)
 
 

@@ -14,8 +14,8 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate, unbroadcast
-from fnn.ops._cases import (SPECIAL, away_from, cnormal, complex_dtype, distinct, normal,
-                            uniform)
+from fnn.ops._cases import (SPECIAL, away_from, cdistinct, cnormal, complex_dtype, distinct,
+                            normal, uniform)
 from fnn.ops.primitives._define import case, special_binary, special_unary
 
 SHAPES = ((), (3,), (2, 3))
@@ -174,26 +174,27 @@ def _chooser(g, saved, needs):
             unbroadcast(lax.mul(g, _balanced(y_b, z, x_b)), y) if needs[1] else None)
 
 
-@primitive_gate(P.max_p, save="both", params=())
+@primitive_gate(P.max_p, save="both", params=(), complex=True)
 def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
     """max(x, y).  Local gradients: 1 to the larger input (the max gate routes); a tie splits
-    g evenly, as JAX's rule does."""
+    g evenly, as JAX's rule does. Complex values are ordered as JAX orders them
+    (lexicographically: real part, then imaginary part)."""
     return _chooser(g, saved, needs)
 
 
 max.defcases(binary_cases(P.max_p, lax.max, make_x=lambda r, s, d: distinct(r, s, d) if s else
-                          normal(r, s, d)))
+                          normal(r, s, d), complex_make=_cpair(cdistinct, cdistinct)))
 max.defkinks(special_binary(P.max_p, lax.max))
 
 
-@primitive_gate(P.min_p, save="both", params=())
+@primitive_gate(P.min_p, save="both", params=(), complex=True)
 def min(g, saved, *, needs, **params):  # noqa: A001
     """min(x, y).  Local gradients: 1 to the smaller input; a tie splits g evenly."""
     return _chooser(g, saved, needs)
 
 
 min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s, d) if s else
-                          normal(r, s, d)))
+                          normal(r, s, d), complex_make=_cpair(cdistinct, cdistinct)))
 min.defkinks(special_binary(P.min_p, lax.min))
 
 

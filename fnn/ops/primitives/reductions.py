@@ -9,6 +9,8 @@ cumulative max, min, product and logsumexp as a parallel prefix scan of max, min
 logaddexp, whose tree decides how ties share g: their rules run fnn's own rules over the same
 scan, so they give JAX's values exactly, ties, zeros, NaNs and infinities included. A general
 lax.reduce is differentiated the same way, as the tree of its computation JAX differentiates.
+All take complex values as JAX does (max and min of complex numbers
+in JAX's lexicographic order: real part, then imaginary part).
 """
 
 import functools
@@ -22,7 +24,7 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import cnormal, distinct, normal, uniform
+from fnn.ops._cases import cdistinct, cnormal, distinct, normal, uniform
 from fnn.ops.primitives._define import case
 
 
@@ -71,7 +73,8 @@ def _cum_kinks(primitive, fn):
     return kinks
 
 
-@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)}, complex=True)
+@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)},
+                complex=True)
 def reduce_sum(g, shapes, *, axes, **params):
     """sum of x over `axes`.  Local gradient: 1 for every summed element (g broadcast back)."""
     (x,) = shapes
@@ -90,24 +93,28 @@ def _chooser(g, saved, axes):
     return (lax.mul(at, _expand(lax.div(g, counts), x.shape, axes)),)
 
 
-@primitive_gate(P.reduce_max_p, save="both", params=("axes",), only={"out_sharding": (None,)})
+@primitive_gate(P.reduce_max_p, save="both", params=("axes",), only={"out_sharding": (None,)},
+                complex=True)
 def reduce_max(g, saved, *, axes, **params):
     """max of x over `axes`.  Local gradient: 1 at the maximum (the max gate routes); tied
     maxima share g evenly, as JAX's rule does."""
     return _chooser(g, saved, axes)
 
 
-reduce_max.defcases(_reduce_cases(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a), distinct))
+reduce_max.defcases(_reduce_cases(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a), distinct,
+                                  complex_make=cdistinct))
 reduce_max.defkinks(_reduce_kinks(P.reduce_max_p, lambda x, a: jnp.max(x, axis=a)))
 
 
-@primitive_gate(P.reduce_min_p, save="both", params=("axes",), only={"out_sharding": (None,)})
+@primitive_gate(P.reduce_min_p, save="both", params=("axes",), only={"out_sharding": (None,)},
+                complex=True)
 def reduce_min(g, saved, *, axes, **params):
     """min of x over `axes`.  Local gradient: 1 at the minimum; ties share g evenly."""
     return _chooser(g, saved, axes)
 
 
-reduce_min.defcases(_reduce_cases(P.reduce_min_p, lambda x, a: jnp.min(x, axis=a), distinct))
+reduce_min.defcases(_reduce_cases(P.reduce_min_p, lambda x, a: jnp.min(x, axis=a), distinct,
+                                  complex_make=cdistinct))
 reduce_min.defkinks(_reduce_kinks(P.reduce_min_p, lambda x, a: jnp.min(x, axis=a)))
 
 
@@ -194,7 +201,7 @@ cumprod.defcases(_cum_cases(P.cumprod_p, lambda x, a, r: lax.cumprod(x, axis=a, 
 cumprod.defkinks(_cum_kinks(P.cumprod_p, lax.cumprod))
 
 
-@primitive_gate(P.cumlogsumexp_p, save="inputs", params=("axis", "reverse"))
+@primitive_gate(P.cumlogsumexp_p, save="inputs", params=("axis", "reverse"), complex=True)
 def cumlogsumexp(g, inputs, *, axis, reverse, **params):
     """running log(sum(exp(x))) along `axis`.  Local gradient: dx_k = sum over the later sums i
     of g_i exp(x_k - y_i), computed as JAX computes it: backward through the parallel prefix
@@ -203,7 +210,9 @@ def cumlogsumexp(g, inputs, *, axis, reverse, **params):
 
 
 cumlogsumexp.defcases(_cum_cases(P.cumlogsumexp_p,
-                                 lambda x, a, r: lax.cumlogsumexp(x, axis=a, reverse=r)))
+                                 lambda x, a, r: lax.cumlogsumexp(x, axis=a, reverse=r),
+                                 # (small imaginary parts: the sums stay off log's branch cut)
+                                 complex_make=lambda r, s, d: cnormal(r, s, d, 0.3)))
 cumlogsumexp.defkinks(_cum_kinks(P.cumlogsumexp_p, lax.cumlogsumexp))
 
 
@@ -226,7 +235,7 @@ def _through_scan(g, x, combine, axis, reverse):
     return make_transforms(RULES).vjp(scan, x)[1](g)
 
 
-@primitive_gate(P.cummax_p, save="inputs", params=("axis", "reverse"))
+@primitive_gate(P.cummax_p, save="inputs", params=("axis", "reverse"), complex=True)
 def cummax(g, inputs, *, axis, reverse, **params):
     """running maximum along `axis`.  Local gradient: each g_i routed to the element holding
     the maximum so far (the max gate, at every step). Ties are split as JAX splits them: by
@@ -235,18 +244,20 @@ def cummax(g, inputs, *, axis, reverse, **params):
     return _through_scan(g, inputs[0], lax.max, axis, reverse)
 
 
-cummax.defcases(_cum_cases(P.cummax_p, lambda x, a, r: lax.cummax(x, axis=a, reverse=r), distinct))
+cummax.defcases(_cum_cases(P.cummax_p, lambda x, a, r: lax.cummax(x, axis=a, reverse=r), distinct,
+                           complex_make=cdistinct))
 cummax.defkinks(_cum_kinks(P.cummax_p, lax.cummax))
 
 
-@primitive_gate(P.cummin_p, save="inputs", params=("axis", "reverse"))
+@primitive_gate(P.cummin_p, save="inputs", params=("axis", "reverse"), complex=True)
 def cummin(g, inputs, *, axis, reverse, **params):
     """running minimum along `axis`.  Local gradient: each g_i routed to the element holding
     the minimum so far; ties split as JAX's prefix scan of min gates splits them."""
     return _through_scan(g, inputs[0], lax.min, axis, reverse)
 
 
-cummin.defcases(_cum_cases(P.cummin_p, lambda x, a, r: lax.cummin(x, axis=a, reverse=r), distinct))
+cummin.defcases(_cum_cases(P.cummin_p, lambda x, a, r: lax.cummin(x, axis=a, reverse=r), distinct,
+                           complex_make=cdistinct))
 cummin.defkinks(_cum_kinks(P.cummin_p, lax.cummin))
 
 
@@ -277,13 +288,15 @@ def _reduce_tree(reducer, inits, axes, *xs):
     return tuple(lax.squeeze(x, (0,)) for x in xs)
 
 
-@primitive_gate(P.reduce_p, save="inputs", params=("computation", "jaxpr", "dimensions"))
+@primitive_gate(P.reduce_p, save="inputs", params=("computation", "jaxpr", "dimensions"),
+                complex=True)
 def reduce(g, inputs, *, jaxpr, dimensions, needs, **params):  # noqa: A001 (the primitive's name)
     """lax.reduce with any computation, of one or several operands together (argmax with its
     value, a max with its index).  Local gradient: that of the reduction as a tree of the
     computation's applications (JAX's rule), by fnn's own rules for the computation's
     primitives (a max gate's tie splits g, a select routes it). None for the initial values:
-    JAX refuses to differentiate them, and so does fnn."""
+    JAX refuses to differentiate them, and so does fnn. Complex operands as far as the
+    computation's own rules take them."""
     from fnn.autodiff.api import make_transforms
     from fnn.ops.primitives import RULES  # the table this module is part of
 
@@ -330,7 +343,9 @@ def _variadic_reduce_cases(rng, dtype):
             case(P.reduce_p, lambda x: _product(x, (0,)), uniform(rng, (5, 2), dtype, 0.5, 1.5),
                  fixed=(1,), label="a product, odd length"),
             case(P.reduce_p, lambda x: _product(x, (0, 2)),
-                 uniform(rng, (2, 3, 2), dtype, 0.5, 1.5), fixed=(1,), label="two axes")]
+                 uniform(rng, (2, 3, 2), dtype, 0.5, 1.5), fixed=(1,), label="two axes"),
+            case(P.reduce_p, lambda x: _product(x, (0,)), cnormal(rng, (5, 2), dtype),
+                 fixed=(1,), label="complex, a product")]
 
 
 reduce.defkinks(lambda dtype: [

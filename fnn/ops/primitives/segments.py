@@ -9,7 +9,8 @@ operand, equal to the result) share g evenly. scatter-mul sends the operand g ti
 product of its updates and, for unique indices, each update g times the operand (JAX's rule).
 With repeated indices (segment_prod) JAX has no gradient for the updates; fnn gives the exact
 one, g times the product of the other factors at that place, computed without dividing by a
-zero, and checks it against central differences.
+zero, and checks it against central differences. All three take complex values as JAX does
+(max and min in JAX's lexicographic order of complex numbers: real part, then imaginary).
 """
 
 import jax
@@ -19,7 +20,7 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import normal, uniform
+from fnn.ops._cases import cdistinct, cnormal, normal, uniform
 from fnn.ops.primitives._define import case
 from fnn.ops.primitives.indexing import (_SCATTER_PARAMS, _gather_dnums_of, _read_back,
                                          _slice_sizes)
@@ -52,7 +53,7 @@ def _extremal(g, saved, dimension_numbers, mode, needs):
     return dx, None, du
 
 
-@primitive_gate(P.scatter_max_p, save="both", params=_SCATTER_PARAMS)
+@primitive_gate(P.scatter_max_p, save="both", params=_SCATTER_PARAMS, complex=True)
 def scatter_max(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
                 needs, **params):
     """x with max(x, update) written at run-time positions (.at[].max, segment_max).
@@ -61,7 +62,7 @@ def scatter_max(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
     return _extremal(g, saved, dimension_numbers, mode, needs)
 
 
-@primitive_gate(P.scatter_min_p, save="both", params=_SCATTER_PARAMS)
+@primitive_gate(P.scatter_min_p, save="both", params=_SCATTER_PARAMS, complex=True)
 def scatter_min(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
                 needs, **params):
     """x with min(x, update) written at run-time positions (.at[].min, segment_min).
@@ -69,7 +70,7 @@ def scatter_min(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
     return _extremal(g, saved, dimension_numbers, mode, needs)
 
 
-@primitive_gate(P.scatter_mul_p, params=_SCATTER_PARAMS)
+@primitive_gate(P.scatter_mul_p, params=_SCATTER_PARAMS, complex=True)
 def scatter_mul(g, inputs, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
                 needs, **params):
     """x times the updates written at run-time positions (.at[].multiply, segment_prod).
@@ -115,7 +116,9 @@ def _extremal_cases(primitive, method, segment):
                      normal(rng, (3,), dtype), label="elements"),
                 case(primitive, lambda d: segment(d, ids, num_segments=4),
                      normal(rng, (6, 2), dtype), fixed=(0,),
-                     label="segments (the operand, +-inf, held fixed)")]
+                     label="segments (the operand, +-inf, held fixed)"),
+                case(primitive, fn, cdistinct(rng, (5, 3), dtype), np.array([0, 2, 2]),
+                     cdistinct(rng, (3, 3), dtype), label="complex, a repeat")]
     return cases
 
 
@@ -156,7 +159,11 @@ def _scatter_mul_cases(rng, dtype):
             case(P.scatter_mul_p, lambda d: jax.ops.segment_prod(d, ids, num_segments=4),
                  with_zeros, fixed=(0,), reference=False, label="segment_prod with zeros"),
             case(P.scatter_mul_p, lambda x: x.at[np.array([0, 2, 2])].multiply(_c(x, 2.0)),
-                 x, fixed=(2,), label="x only, repeated")]
+                 x, fixed=(2,), label="x only, repeated"),
+            case(P.scatter_mul_p, unique, cnormal(rng, (5, 3), dtype), np.array([4, 1]),
+                 cnormal(rng, (2, 3), dtype), label="complex, rows, unique"),
+            case(P.scatter_mul_p, mul, cnormal(rng, (5, 3), dtype), np.array([0, 2, 2]),
+                 cnormal(rng, (3, 3), dtype), reference=False, label="complex, a repeat")]
 
 
 @scatter_mul.defkinks
