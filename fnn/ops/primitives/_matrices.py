@@ -1,7 +1,6 @@
 """Helpers the linear-algebra rules share: matrix transposes and products over leading batch
 axes, triangles kept by a select (as JAX's rules keep them, so a NaN outside the triangle is
-dropped, not multiplied by 0), conjugates, test matrices, and the refusal of complex values
-(by the rules not yet written for complex matrices).
+dropped, not multiplied by 0), conjugates and test matrices.
 
 Products are taken at HIGHEST precision, as JAX's rules take them (on a GPU the default may
 round float32 operands to TF32)."""
@@ -14,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.errors import GateError, describe
 from fnn.ops._cases import complex_dtype
 
 mm = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
@@ -51,14 +49,6 @@ def diag(v):
     """The diagonal matrices of the vectors v (..., k) -> (..., k, k)."""
     k = v.shape[-1]
     return jnp.where(jnp.eye(k, dtype=bool), v[..., None, :], jnp.zeros((), v.dtype))
-
-
-def real_only(rule: str, *arrays):
-    """Refuse complex arrays, naming the rule: these rules are written for real matrices."""
-    for a in arrays:
-        if a is not None and jnp.issubdtype(jnp.result_type(a), jnp.complexfloating):
-            raise GateError(f"rule '{rule}' is written for real matrices; got {describe(a)} "
-                            "(complex linear algebra has no hand-written rule yet: use jax.grad)")
 
 
 # ---- test matrices ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError
 from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives._matrices import T, mm, real_only, spd, tril, triu
+from fnn.ops.primitives._matrices import T, mm, spd, tril, triu
 from fnn.ops.primitives.loops import FNN_PARAMS, Body, body_interpreter, control_rule
 
 # ---- triangular_solve ---------------------------------------------------------------------------
@@ -121,12 +121,12 @@ def _triangular_solve_kinks(dtype):
 
 # ---- tridiagonal_solve ----------------------------------------------------------------------------
 def _tridiag_forward(dl, d, du, b, *, perturb_singular):
-    real_only("lax.tridiagonal_solve", dl, d, du, b)
     out = P.tridiagonal_solve_p.bind(dl, d, du, b, perturb_singular=perturb_singular)
     return out, (dl, d, du, out)
 
 
-@primitive_gate(P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",))
+@primitive_gate(P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",),
+                complex=True)
 def tridiagonal_solve(g, saved, *, perturb_singular, needs):
     """Y = A^{-1} B for the tridiagonal A with sub-, main and super-diagonals dl, d, du
     (..., m) (dl[0] and du[-1] unused), B (..., m, n).  Local gradients (Giles 2008),
@@ -134,7 +134,10 @@ def tridiagonal_solve(g, saved, *, perturb_singular, needs):
     transpose rule solves it) and dA = -Z Y^T read on the three diagonals:
 
         dB = Z,  dd_i = -sum_k Z_ik Y_ik,  ddl_i = -sum_k Z_ik Y_(i-1)k,
-        ddu_i = -sum_k Z_ik Y_(i+1)k   (ddl_0 = ddu_(m-1) = 0)"""
+        ddu_i = -sum_k Z_ik Y_(i+1)k   (ddl_0 = ddu_(m-1) = 0)
+
+    Complex diagonals as JAX takes them: the transpose, not the conjugate transpose (JAX's
+    convention)."""
     dl, d, du, y = saved
     zero = jnp.zeros_like(dl[..., :1])
     dl_t = jnp.concatenate([zero, du[..., :-1]], axis=-1)
@@ -160,7 +163,10 @@ def _tridiagonal_solve_cases(rng, dtype):
     return [case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 4, dtype),
                  normal(rng, (4, 2), dtype), label="4x4, two right-hand sides"),
             case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 3, dtype, batch=(2,)),
-                 normal(rng, (2, 3, 1), dtype), label="batched")]
+                 normal(rng, (2, 3, 1), dtype), label="batched"),
+            case(P.tridiagonal_solve_p, solve,
+                 *[x + 0.3j * normal(rng, x.shape, dtype) for x in _tridiagonal(rng, 4, dtype)],
+                 cnormal(rng, (4, 2), dtype), label="complex")]
 
 
 @tridiagonal_solve.defkinks
@@ -183,13 +189,12 @@ def _split(args, const_lengths):
 
 
 def _linear_solve_forward(*args, const_lengths, jaxprs, rules=None, scope=""):
-    real_only("lax.custom_linear_solve", *args)
     x = P.linear_solve_p.bind(*args, const_lengths=const_lengths, jaxprs=jaxprs)
     return tuple(x), (list(args), tuple(x))
 
 
 @primitive_gate(P.linear_solve_p, forward=_linear_solve_forward,
-                params=("const_lengths", "jaxprs") + FNN_PARAMS)
+                params=("const_lengths", "jaxprs") + FNN_PARAMS, complex=True)
 def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope="", needs):
     """x = solve(matvec, b), the solution of A x = b for the linear map A = matvec (whose
     constants may be differentiated), by the user's `solve`; its aux outputs carry no gradient.
@@ -200,7 +205,8 @@ def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope=""
         db = z,   d(matvec's constants) = the VJP of c -> matvec_c(x) at -z
 
     the latter by fnn's backward over matvec's jaxpr, interpreted with the rules in use. The
-    constants of vecmat, solve and transpose_solve get none (their solver is assumed exact)."""
+    constants of vecmat, solve and transpose_solve get none (their solver is assumed exact).
+    Complex values as JAX takes them (A^{-T}, no conjugation; matvec's own rules decide)."""
     args, x = saved
     consts = _split(args, const_lengths)
     mv, b = consts[0], consts[4]
@@ -244,7 +250,10 @@ def _custom_linear_solve_cases(rng, dtype):
                  label="cg: symmetric, a while loop as the solver"),
             case(P.linear_solve_p, jnp.linalg.solve,
                  normal(rng, (2, 3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
-                 normal(rng, (2, 3, 2), dtype), numeric=False, label="batched, matrix b")]
+                 normal(rng, (2, 3, 2), dtype), numeric=False, label="batched, matrix b"),
+            case(P.linear_solve_p, solve,
+                 cnormal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+                 cnormal(rng, (3,), dtype), numeric=False, label="complex")]
 
 
 custom_linear_solve.defkinks(smooth=True)  # one formula; a singular A is the user's solve's NaN
