@@ -102,8 +102,8 @@ def _function(h, args, positions):
 def _compare(h, args, positions, label):
     """(verdict, detail) of fnn.vjp vs jax.vjp of the harness in its float inputs `positions`:
     'agree', 'wrong', 'missing', 'fnn error', 'jax fails', 'no float output'.
-    Each side is traced alone first (so a failure is attributed), then both run in one
-    compiled program (one compile, rather than op by op)."""
+    Each side is traced alone first (so a failure is attributed), then run compiled (rather
+    than op by op)."""
     f = _function(h, args, positions)
     d = [jnp.asarray(args[i]) for i in positions]
     try:
@@ -117,13 +117,20 @@ def _compare(h, args, positions, label):
         return "jax fails", f"{label}: {type(e).__name__}: {str(e)[:200]}"
     try:
         jax.eval_shape(lambda ct, *d: fnn.vjp(f, *d)[1](ct), ct, *d)
-    except fnn.MissingRuleError as e:
-        return "missing", f"{label}: no rule for {e.primitive.name}"
     except Exception as e:  # noqa: BLE001
+        try:  # JAX traced its side, but can it compute it? (complex max pooling: no)
+            jax.jit(lambda ct, *d: jax.vjp(f, *d)[1](ct), compiler_options=FAST_COMPILE)(ct, *d)
+        except Exception as jax_e:  # noqa: BLE001
+            return "jax fails", f"{label}: {type(jax_e).__name__}: {str(jax_e)[:200]}"
+        if isinstance(e, fnn.MissingRuleError):
+            return "missing", f"{label}: no rule for {e.primitive.name}"
         return "fnn error", f"{label}: {type(e).__name__}: {str(e)[:300]}"
-    both = jax.jit(lambda ct, *d: (fnn.vjp(f, *d)[1](ct), jax.vjp(f, *d)[1](ct)),
-                   compiler_options=FAST_COMPILE)
-    mine, ref = both(ct, *d)
+    # each side its own compiled program: XLA's CPU runtime (jax 0.10.2) can hang for good
+    # running one program holding both (complex64 QR, mode="complete", of 2x200x100: every
+    # thread waiting; each side alone takes seconds)
+    mine = jax.jit(lambda ct, *d: fnn.vjp(f, *d)[1](ct), compiler_options=FAST_COMPILE)(ct, *d)
+    jax.block_until_ready(mine)  # (and not beside JAX's, dispatched asynchronously)
+    ref = jax.jit(lambda ct, *d: jax.vjp(f, *d)[1](ct), compiler_options=FAST_COMPILE)(ct, *d)
     worst = []
     for x, a, b in zip(d, mine, ref):
         precise = all(np.dtype(v.dtype) in PRECISE for v in [x, *out])
