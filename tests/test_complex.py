@@ -3,8 +3,8 @@ of complex programs equal jax.grad and jax.vjp (float64 and complex128, 1e-10), 
 under jit, with JAX's errors where JAX refuses; a rule that is written for real values alone
 refuses complex ones by name. The programs: a Fourier neural operator (rfft, complex weights
 stored as two real arrays, irfft) trained a few steps, an FFT convolution, a spectral loss
-|fft(x)|^2, a complex-weighted linear layer, and custom rules with complex values. Each family
-is compiled once (fnn's and JAX's gradients in one program)."""
+|fft(x)|^2, a complex-weighted linear layer, extrema, segments and solves, and custom rules with
+complex values. Each family is compiled once (fnn's and JAX's gradients in one program)."""
 
 import jax
 import jax.numpy as jnp
@@ -95,12 +95,12 @@ def test_jaxs_errors_where_jax_refuses(x64):
 
 def test_a_rule_for_real_values_refuses_complex_ones_by_name(x64):
     z = jnp.asarray([1.0 + 2.0j, 3.0 - 1.0j])
-    # lax.cummax's rule is written for real values: refused, naming it and the value
-    with pytest.raises(fnn.GateError, match=r"rule 'lax.cummax' does not differentiate "
+    # lax.psum's rule is written for real values: refused, naming it and the value
+    psum = lambda z: jnp.sum(jnp.abs(jax.vmap(lambda v: lax.psum(v, "i"), axis_name="i")(z)))
+    assert jnp.isfinite(jax.grad(psum)(z)).all()  # (JAX differentiates it)
+    with pytest.raises(fnn.GateError, match=r"rule 'lax.psum' does not differentiate "
                                             r"complex values: its input 0 is complex128\[2\]"):
-        fnn.grad(lambda z: jnp.sum(jnp.abs(lax.cummax(z, axis=0))))(z)
-    with pytest.raises(fnn.GateError, match="rule 'lax.reduce_max' does not differentiate"):
-        fnn.grad(lambda z: jnp.abs(jnp.max(z)))(z)
+        fnn.grad(psum)(z)
     # a user's primitive gate is refused unless it declares complex=True
     from jax.extend.core.primitives import sin_p
 
@@ -172,6 +172,29 @@ def test_fft_convolution_spectral_loss_and_complex_linear_layer(x64):
     mine, ref = _both(spectral)(img)
     assert rel_error(mine, ref) < TOL
     mine, ref = _both(complex_linear, (0, 1, 2))(w, b, zin)
+    assert rel_error(mine, ref) < TOL and mine[0].dtype == jnp.complex128
+
+
+def test_extrema_segments_and_solves_of_complex_values(x64):
+    """max and min (JAX's lexicographic order), their reductions and running forms, segment
+    pooling, a tridiagonal solve, jnp.linalg.solve and a running logsumexp of complex values."""
+    rng = np.random.default_rng(3)
+    z = _cnormal(rng, 6, 3)
+    ids = jnp.asarray([0, 2, 2, 1, 0, 3])
+    dl, du = _cnormal(rng, 6) * 0.3, _cnormal(rng, 6) * 0.3
+    a = _cnormal(rng, 6, 6) + 4 * jnp.eye(6)
+
+    def loss(z, d):
+        ext = jnp.max(z, axis=1) + jnp.min(z, axis=0).sum() + jnp.maximum(z[:, 0], z[:, 1])
+        run = lax.cummax(z, axis=0)[-1] - lax.cummin(z, axis=1)[:, -1].sum()
+        seg = jax.ops.segment_max(z, ids, num_segments=4) + jax.ops.segment_min(z, ids, 4)
+        y = lax.linalg.tridiagonal_solve(dl, d, du, z) + jnp.linalg.solve(a, z)
+        lse = lax.cumlogsumexp(0.3 * z, axis=0)
+        return (jnp.sum(jnp.abs(ext) ** 2) + jnp.sum(jnp.abs(run) ** 2) + jnp.sum(jnp.abs(seg))
+                + jnp.sum(jnp.abs(y) ** 2) + jnp.sum(jnp.real(lse) * jnp.imag(lse)))
+
+    d = 3.0 + _cnormal(rng, 6) * 0.3
+    mine, ref = _both(loss, (0, 1))(z, d)
     assert rel_error(mine, ref) < TOL and mine[0].dtype == jnp.complex128
 
 
