@@ -42,7 +42,8 @@ CLI = ["--limit", "360", "--batch-size", "32", "--hidden", "256", "--schedule", 
        "--no-progress", "--shard", "params"]  # 10 steps an epoch; the 64x256 weight split
 
 DRIVER = textwrap.dedent(r"""
-    import dataclasses, json, os, signal, sys
+    import dataclasses, json, os, signal, sys, time
+    t0 = time.perf_counter()
     from fnn.train import distributed
     distributed.initialize()  # from the launcher's environment; one process: nothing
     import jax, numpy as np
@@ -68,11 +69,13 @@ DRIVER = textwrap.dedent(r"""
                     assert not jax.tree_util.tree_leaves(ts.params)[1].is_fully_addressable
                 flat = {"/".join(map(str, p)): np.asarray(v) for p, v in
                         jax.tree_util.tree_leaves_with_path(gather(ts.params))}
+                print(f"{time.perf_counter() - t0:.1f} s: fit {shard} {grad}", flush=True)
                 if jax.process_index() == 0:
                     np.savez(os.path.join(base, f"fit-{mode}-{shard}-{grad}.npz"), **flat,
                              losses=np.array([r["train_loss"] for r in hist]))
     if mode == "two":
         assert run("--out", os.path.join(base, "straight"), "--epochs", "2") == 0
+        print(f"{time.perf_counter() - t0:.1f} s: train", flush=True)
         if jax.process_index() == 0:  # killed inside the write of the 2nd last.safetensors
             import fnn.train.checkpoint as checkpoint
             real, calls = checkpoint.write_file, []
@@ -217,20 +220,45 @@ def _alive(pid):
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-def test_launcher_stops_every_process_when_one_dies(tmp_path, env):
-    p = launch(2, 2, ["train", "--limit", "360", "--batch-size", "8", "--epochs", "200",
-                      "--no-progress", "--out", str(tmp_path / "run")], env, "--grace", "2")
-    pids, lines = {}, []
-    for line in p.stderr:  # the launcher says the pids first, then process 0 logs epochs
-        lines.append(line)
+def _pids(p):
+    """{process: pid} from the launcher's first line (read from its stderr)."""
+    for line in p.stderr:
         if line.startswith("fnn launch: 2 processes"):
-            pids = {int(i): int(pid) for i, pid in re.findall(r"process (\d) pid (\d+)", line)}
-            break
-    assert sorted(pids) == [0, 1], lines
+            return {int(i): int(pid) for i, pid in re.findall(r"process (\d) pid (\d+)", line)}
+    raise AssertionError("the launcher did not name its processes")
+
+
+def _until(p, prefix):
     for line in p.stdout:
-        if line.startswith("[0] epoch   1/200"):
-            break
-    os.kill(pids[1], signal.SIGKILL)  # in the middle of epoch 2 or so
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no line {prefix!r}")
+
+
+def test_launcher_interrupted_then_one_process_dies(tmp_path, env):
+    run = str(tmp_path / "run")
+    args = ["--limit", "360", "--batch-size", "8", "--no-progress", "--shard", "params"]
+    # Ctrl-C to the launcher: both processes stop at the same step, process 0 saves it
+    p = launch(2, 2, ["train", *args, "--epochs", "200", "--out", run], env, "--grace", "2")
+    _pids(p)
+    _until(p, "[0] epoch   1/200")
+    time.sleep(0.3)  # into epoch 2, most likely
+    p.send_signal(signal.SIGINT)
+    code, out, err = finish(p, timeout=120)
+    assert code == 130, err[-3000:]
+    stops = re.findall(r"\[(\d)\] interrupted (at step \d+ of epoch \d+|after epoch \d+) ", err)
+    assert len(stops) == 2 and stops[0][1] == stops[1][1], err[-3000:]
+    assert "stopped by SIGINT: process 0 exited with status 130, process 1 exited with status " \
+        "130" in err
+    where = stops[0][1]
+    epoch = int(where.split()[-1]) + where.startswith("after")  # the epoch it resumes in
+    # resumed by two new processes; then process 1 is killed in the middle of an epoch
+    p = launch(2, 2, ["train", "--resume", run, *args[-3:]], env, "--grace", "2")
+    pids = _pids(p)
+    resumed = _until(p, "[0] resuming")
+    assert f" {where} " in resumed, resumed
+    _until(p, f"[0] epoch {epoch:3d}/200")
+    os.kill(pids[1], signal.SIGKILL)
     t0 = time.perf_counter()
     code, out, err = finish(p, timeout=120)
     waited = time.perf_counter() - t0
@@ -240,7 +268,6 @@ def test_launcher_stops_every_process_when_one_dies(tmp_path, env):
     assert "failed: process 1 was killed by SIGKILL (process 0 " in err
     assert waited < 30
     assert not any(_alive(pid) for pid in pids.values())
-    assert os.path.isfile(tmp_path / "run" / "last.safetensors")  # epoch 1's, at least
 
 
 def test_joining_fails_clearly(tmp_path, env):

@@ -78,8 +78,12 @@ def _argv(command: list[str]) -> list[str]:
                      f"(.py), got {command[0]!r}")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the launcher dies (Linux's PR_SET_PDEATHSIG)."""
+def _child_setup() -> None:
+    """In the child, before exec: Ctrl-C and SIGTERM handled as by default (a launcher started
+    in the background ignores SIGINT, and its children would inherit that: the signal it passes
+    on would do nothing), and SIGKILL when the launcher dies (Linux's PR_SET_PDEATHSIG)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the launcher's own handlers must do
@@ -129,7 +133,7 @@ class Launch:
             env = process_env(self.coordinator, nproc, i, devices_per_process)
             self.procs.append(subprocess.Popen(
                 argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=_die_with_parent))
+                start_new_session=True, preexec_fn=_child_setup))
         for i, p in enumerate(self.procs):
             for stream, out in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
                 t = threading.Thread(target=_forward, args=(stream, out, f"[{i}] ".encode(),

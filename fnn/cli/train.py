@@ -202,7 +202,8 @@ def run(args) -> int:
                  else f"after epoch {ts.epoch}")
         by = "SIGTERM" if e.signum == signal.SIGTERM else "Ctrl-C"
         waited = f" {e.waited_s:.2f} s after {by}" if e.waited_s is not None else ""
-        print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and saved "
+        saved = ("saved" if jax.process_index() == 0 else "process 0 saved")  # several processes
+        print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and {saved} "
               f"{os.path.join(out, 'last.safetensors')}; continue with: python -m fnn train "
               f"--resume {out}", file=sys.stderr)
         return 128 + e.signum
