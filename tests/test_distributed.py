@@ -9,11 +9,12 @@ CPU collectives over gloo, started by `python -m fnn launch` or by hand with --c
   bits of an uninterrupted two-process run (tensors of last, metrics, results); the same run
   resumed by one process of 8 devices, and a one-process run resumed by two processes, end
   within 1e-6 of it;
-- the launcher: one process killed mid-epoch stops the other within a bounded time, the
-  launcher's status is non-zero and names the process, and no process is left;
-- joining: a coordinator that does not answer, a process that never comes, the SLURM
-  environment read as JAX reads it, a run directory locked by another run: each a one-line
-  error from every process, within the timeout;
+- the launcher: a Ctrl-C stops both processes at the same step (process 0 saves it) and two
+  new processes resume there; one process killed mid-epoch stops the other within a bounded
+  time, the launcher's status is non-zero and names the process, and no process is left;
+- joining: a process that never comes, the SLURM environment read as JAX reads it (and its
+  coordinator not answering), a run directory locked by another run: each a one-line error
+  from every process, within the timeout;
 - bad options of train and launch, refused naming them.
 
 One JAX persistent compilation cache (a temporary folder) serves every process, so a program
@@ -270,46 +271,46 @@ def test_launcher_interrupted_then_one_process_dies(tmp_path, env):
     assert not any(_alive(pid) for pid in pids.values())
 
 
-def test_joining_fails_clearly(tmp_path, env):
-    port, dead = free_port(), free_port()
+def test_joining_fails_clearly_and_a_locked_folder_stops_every_process(tmp_path, env):
+    port, dead, free = free_port(), free_port(), free_port()
     slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
              "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "JAX_COORDINATOR_PORT": str(dead)}
     args = ["train", "--limit", "100", "--epochs", "1", "--no-progress", "--join-timeout", "3"]
-    t0 = time.perf_counter()
-    alone = start([*args, "--out", str(tmp_path / "a"), "--coordinator", f"127.0.0.1:{port}",
-                   "--num-processes", "2", "--process-id", "0"], env)
-    from_slurm = start([*args, "--out", str(tmp_path / "b")], env, **slurm)
-    code, out, err = finish(alone, timeout=120)
+    out = tmp_path / "run"
+    lock = RunLock(str(out)).acquire()  # another run holds this folder
+    try:
+        t0 = time.perf_counter()
+        alone = start([*args, "--out", str(tmp_path / "a"), "--coordinator",
+                       f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0"], env)
+        from_slurm = start([*args, "--out", str(tmp_path / "b")], env, **slurm)
+        locked = [start(["train", "--limit", "100", "--epochs", "1", "--out", str(out),
+                         "--coordinator", f"127.0.0.1:{free}", "--num-processes", "2",
+                         "--process-id", str(i), "--join-timeout", "60"], one_process(env, 1))
+                  for i in range(2)]
+        results = [finish(p, timeout=120) for p in (alone, from_slurm, *locked)]
+        print(f"all four refused in {time.perf_counter() - t0:.1f} s")
+    finally:
+        lock.release()
+    # a process that never comes: process 0 waits the timeout, then says so
+    code, _, err = results[0]
     assert code == 1, err[-2000:]
     assert (f"fnn: error: could not join the run: process 0 started the coordinator at "
             f"127.0.0.1:{port}, but not every one of the 2 processes joined within 3 s") in err
-    code, out, err = finish(from_slurm, timeout=120)
+    # SLURM's environment read as JAX reads it (count, id, host; the port JAX_COORDINATOR_PORT)
+    code, _, err = results[1]
     assert code == 1, err[-2000:]
     assert (f"could not join the run: process 1 of 2 found no coordinator at localhost:{dead} "
             "within 3 s") in err, err[-2000:]
-    print(f"both refused in {time.perf_counter() - t0:.1f} s")
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
-
-
-def test_locked_run_directory_stops_every_process(tmp_path, env):
-    out = tmp_path / "run"
-    lock = RunLock(str(out)).acquire()  # another run holds it
-    try:
-        port = free_port()
-        procs = [start(["train", "--limit", "100", "--epochs", "1", "--out", str(out),
-                        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                        "--process-id", str(i), "--join-timeout", "60"],
-                       one_process(env, 1)) for i in range(2)]
-        (c0, _, e0), (c1, _, e1) = [finish(p, timeout=120) for p in procs]
-    finally:
-        lock.release()
+    # the folder is locked by another run: process 0 says so, process 1 says process 0 failed
+    (c0, _, e0), (c1, _, e1) = results[2:]
     assert c0 == 1 and f"is in use by process {os.getpid()}" in e0, e0[-2000:]
     assert c1 == 1, e1[-2000:]
     assert ("fnn train: error: process 0 of 2 failed opening the run directory: RunDirError: "
             f"run directory {out} is in use by process {os.getpid()}") in e1, e1[-2000:]
 
 
-def test_bad_options(capsys, tmp_path):
+def test_bad_options(capsys, tmp_path, monkeypatch):
     for argv, said in [
             (["train", "--coordinator", "nohost"], "argument --coordinator: coordinator must "
                                                    "be HOST:PORT"),
@@ -334,3 +335,7 @@ def test_bad_options(capsys, tmp_path):
             (["launch", "--nproc", "2"], "give the command each process runs after --")]:
         assert main([*argv]) == 1, argv
         assert said in capsys.readouterr().err, argv
+    monkeypatch.setenv("FNN_NUM_PROCESSES", "two")
+    assert main(["train", "--coordinator", "127.0.0.1:1", "--process-id", "0"]) == 1
+    assert "the environment variable FNN_NUM_PROCESSES='two' must be an integer >= 1" in \
+        capsys.readouterr().err

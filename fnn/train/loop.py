@@ -130,6 +130,11 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     returned TrainState keeps them split (np.asarray or a checkpoint gathers them).
     remat: recompute the activations in the backward instead of keeping them (less memory,
     about one more forward per step; make_train_step's remat, fnn.train.step.remat_model).
+    Several processes (fnn.train.distributed.initialize first, every process calling fit
+    alike): devices=None means every device of every process, each process places its own
+    devices' share of the data, and between two chunks the processes agree on whether to stop
+    (any Ctrl-C) and on the chunk's length, so that they all run the same steps and stop at the
+    same one (a Ctrl-C during the first compilation waits for it).
     """
     if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))
                                           and 0 <= chunk_seconds < float("inf")):

@@ -418,10 +418,15 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
     is saved to last.safetensors and fit's TrainingInterrupted propagates.
 
-    Several processes (multi-host JAX): every process trains, only process 0 locks and writes
-    the run directory and logs; the others return the final test results of their (identical)
-    params. With shard="params" the processes gather the parameters and optimizer state after
-    each epoch (a collective), so that process 0 can write them whole.
+    Several processes (fnn.train.distributed): every process trains, only process 0 locks and
+    writes the run directory and logs; the others read it when resuming (it must be on a file
+    system they share) and return the final test results of their (identical) params. An
+    error of one process while the run starts or saves is an error in all (distributed.together:
+    the others raise DistributedError naming it), and the options, the data's fingerprint and
+    the checkpoint resumed from must be the same in every process (distributed.same). With
+    several processes devices=None means all of their devices. With shard="params" the
+    processes gather the parameters and optimizer state after each epoch (a collective), so
+    that process 0 can write them whole.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
