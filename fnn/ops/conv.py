@@ -13,8 +13,10 @@ slice of x, a mask, a strided pad back), avg-pool sums windows of g dilated by t
 Faster paths of conv2d's rules (same values; measured with `python -m fnn bench`): a 1x1 kernel
 is a matrix product (dx and dw); a strided dx is sh*sw stride-1 correlations of g with
 sub-kernels, interleaved, instead of one correlation of g dilated with zeros; with few input
-channels dw is one matrix product of x's patches with g. The forward pads 3 to 15 input channels
-with zeros up to a multiple of 4, which XLA's CPU convolution runs much faster.
+channels dw is one matrix product of x's patches with g; otherwise dw is one convolution of x
+with its width and channels folded into one axis (`_folded_dw`), so that x is transposed as a
+2-D matrix rather than to (C, H, W, N). The forward pads 3 to 15 input channels with zeros up to
+a multiple of 4, which XLA's CPU convolution runs much faster.
 """
 
 import jax.numpy as jnp
@@ -121,13 +123,27 @@ def conv2d_vjp(g, saved, *, stride=1, padding="VALID", needs):
     if needs[1] and kh * kw * w.shape[2] <= 36 and w.shape[3] >= 32:
         dw = _patches_dw(x, g, w.shape, strides, pads).astype(w.dtype)
     elif needs[1]:
-        # x correlated with g: batch N becomes the contracted feature axis, C the batch axis
+        # x correlated with g: batch N becomes the contracted feature axis
         wpads = [(lo, (m - 1) * s + k - n - lo)
                  for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
-        dw = lax.conv_general_dilated(x, g, (1, 1), wpads, rhs_dilation=strides,
-                                      dimension_numbers=("CHWN", "IHWO", "HWNC"))
-        dw = dw.astype(w.dtype)
+        dw = _folded_dw(x, g, w.shape, strides, wpads).astype(w.dtype)
     return dx, dw
+
+
+def _folded_dw(x, g, w_shape, strides, wpads):
+    """dw as one convolution of x, its width and channels folded into one axis, with g as the
+    kernel: out[0, a, b*C + c, o] = sum_{n,i,j} X[i*sh + a, (j*sw + b)*C + c, n] g[i, j, n, o]
+    with X[h, w*C + c, n] = xp[n, h, w, c]. X is x transposed as the 2-D matrix (N, H*W*C), a
+    copy that reads x in runs of H*W*C (XLA fuses x's producers into it); the usual (C, H, W, N)
+    operand is a 4-D transpose that reads x a channel at a time."""
+    n, h, wd, c = x.shape
+    (kh, kw, _, o), (sh, sw) = w_shape, strides
+    (lo_h, hi_h), (lo_w, hi_w) = wpads
+    lhs = x.reshape(n, h * wd * c).T.reshape(1, h, wd * c, n)
+    dw = lax.conv_general_dilated(lhs, jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
+                                  [(lo_h, hi_h), (lo_w * c, hi_w * c)], rhs_dilation=(sh, sw * c),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return dw.reshape(kh, kw, c, o)
 
 
 def _strided_dx(g, w, x_shape, strides, pads):
