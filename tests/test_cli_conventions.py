@@ -198,3 +198,30 @@ def test_bench_prints_each_row_as_it_is_measured_and_stops_on_ctrl_c():
     assert re.search(r"interrupted by SIGINT after \d+ of \d+ steps", err), err
     # the tables of the rows measured so far: at least the gemm's
     assert "Reference: matmul 256x256x256 float32" in out and "Traceback" not in err, out
+
+
+# ---- sample: in pieces, the same bytes ----------------------------------------------------------
+def test_sample_runs_in_pieces_with_the_same_bytes(tmp_path, capsys):
+    from fnn.train.sample import Sampling, sample_run
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("".join(f"def f{i}(x):\n    return x * {i % 7}\n"
+                                         for i in range(150)))
+    out = str(tmp_path / "run")
+    assert main(["train", "--model", "gru", "--data-dir", str(corpus), "--context", "16",
+                 "--hidden", "8", "--epochs", "1", "--no-progress", "--out", out]) == 0
+    whole = sample_run(out, "def ", length=120, seed=5)
+    sampling = Sampling(out, "def ", length=120, seed=5, seconds=0.0)  # a byte a piece
+    pieces = [sampling.step() for _ in range(3)]
+    # 16 bytes until a piece that did not compile has been timed, then ~0 s worth: 1
+    assert [len(p) for p in pieces] == [16, 16, 1]
+    while sampling.done < sampling.length:
+        pieces.append(sampling.step(7))
+    assert b"".join(pieces) == sampling.text == whole and len(whole) == 120
+    capsys.readouterr()
+    assert main(["sample", out, "--prompt", "def ", "--length", "120", "--seed", "5"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.encode() == b"def " + whole + b"\n"  # the text alone on stdout
+    assert re.search(r"^sample 16/120 bytes \d+\.\d s$", captured.err, re.M), captured.err
+    assert re.search(r"^sample 120/120 bytes", captured.err, re.M) and "\r" not in captured.err

@@ -79,9 +79,10 @@ class Progress:
         self.stop.__exit__(*exc)
         return False
 
-    def run(self, label: str, fn):
+    def run(self, label: str, fn, steps: int = 1):
         """fn() in a worker thread, this thread waiting; Stopped as soon as a Ctrl-C (or
-        SIGTERM) comes, before or while it runs. The step counts as done when it returns."""
+        SIGTERM) comes, before or while it runs. When it returns, `steps` of the total are
+        done."""
         if self.stop.requested:
             raise Stopped(self.stop.signum)
         if self.bar is not None:
@@ -93,9 +94,9 @@ class Progress:
             raise Stopped(signal.SIGINT) from None
         if not ready:
             raise Stopped(self.stop.signum)
-        self.done += 1
+        self.done += steps
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(steps)
         elif self.lines:
             print(f"{self.desc} {self.done}/{self.total} {label} {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr, flush=True)
