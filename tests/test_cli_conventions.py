@@ -225,3 +225,41 @@ def test_sample_runs_in_pieces_with_the_same_bytes(tmp_path, capsys):
     assert captured.out.encode() == b"def " + whole + b"\n"  # the text alone on stdout
     assert re.search(r"^sample 16/120 bytes \d+\.\d s$", captured.err, re.M), captured.err
     assert re.search(r"^sample 120/120 bytes", captured.err, re.M) and "\r" not in captured.err
+
+
+# ---- train: the compile on a terminal -----------------------------------------------------------
+def test_train_shows_the_compile_on_a_terminal(monkeypatch):
+    """While XLA compiles the epoch's program (seconds for a large model), a terminal shows a
+    line counting them (fnn.train.hooks.ProgressBar.on_compiling, fed by interruptible's
+    ticks); elsewhere the first epoch's line says the compile time."""
+    import fnn.train.loop as loop
+    from fnn import nn
+    from fnn.train import fit, load_dataset, make_optimizer
+    from fnn.train.hooks import Hook
+    from fnn.train.interrupt import StopRequest, interruptible
+
+    ticks = []
+    with StopRequest() as stop:
+        assert interruptible(lambda: time.sleep(0.3) or 7, stop, tick=ticks.append) == (True, 7)
+    assert len(ticks) >= 3 and ticks == sorted(ticks) and ticks[-1] < 0.4
+
+    def slow(fn, stop, tick=None, **kw):  # a compile that takes a while
+        for s in (0.05, 0.1):
+            tick(s)
+        return interruptible(fn, stop, tick=tick, **kw)
+
+    class Seen(Hook):
+        progress, calls = True, []
+
+        def on_compiling(self, seconds):
+            self.calls.append(seconds)
+
+    monkeypatch.setattr(loop, "interruptible", slow)
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    data = load_dataset("digits", limit=200)
+    fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), data, epochs=1, batch_size=50,
+        progress=True, hooks=[Seen()])
+    assert Seen.calls[:2] == [0.05, 0.1]
+    assert "\rcompiling the epoch's program (XLA): 0.1 s" in err.getvalue()
+    assert "epoch 1/1" in err.getvalue()

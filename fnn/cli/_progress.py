@@ -89,7 +89,7 @@ class Progress:
             self.bar.set_postfix_str(label, refresh=True)
         t0 = time.perf_counter()
         try:
-            ready, value = interruptible(fn, self.stop)
+            ready, value = interruptible(fn, self.stop, tick=self._tick)
         except KeyboardInterrupt:  # no handler of ours (not the main thread): Python's own
             raise Stopped(signal.SIGINT) from None
         if not ready:
@@ -101,6 +101,10 @@ class Progress:
             print(f"{self.desc} {self.done}/{self.total} {label} {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr, flush=True)
         return value
+
+    def _tick(self, seconds: float) -> None:
+        if self.bar is not None and seconds >= 0.5:  # the elapsed time moves on a long step
+            self.bar.refresh()
 
     def write(self, text: str, file=None) -> None:
         """Print `text` now (default to stdout), above the bar on a terminal."""

@@ -214,7 +214,8 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
             lowered = runner.lower(ts.params, ts.state, carried, buffers, x, y, order, keys,
                                    zero, zero)
             ready, compiled = interruptible(
-                lambda: lowered.compile(compiler_options=compiler_options), stop)
+                lambda: lowered.compile(compiler_options=compiler_options), stop,
+                tick=lambda s: [h.on_compiling(s) for h in listeners])
             if not ready:  # Ctrl-C while XLA compiles: stop now, where the epoch stands
                 _interrupted(hooks, ts, e, p0, p0, ts.params, ts.state, carried, buffers,
                              order, stop)
