@@ -139,8 +139,9 @@ def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True, dtypes=DTY
     A part of it (what `python -m fnn gradcheck` runs without --all, QUICK): `dtypes`, those of
     DTYPES to check in; `cases`, how many of the gate's test cases (the first ones, and the
     first checked numerically and the first plain one, the transforms' case, where those hold
-    none; None: all; the kink cases are never left out); `checks`, those of CHECKS to run (the others stay None,
-    not judged). GateCheck.declared counts the cases declared, checked or not."""
+    none; None: all; the kink cases are never left out); `checks`, those of CHECKS to run (the
+    others stay None, not judged). GateCheck.declared counts the cases declared, checked or
+    not."""
     unknown = [t for t in checks if t not in CHECKS] + [d for d in dtypes if d not in DTYPES]
     if unknown or (cases is not None and cases < 1):
         raise ValueError(f"check_gate: checks must be among {CHECKS}, dtypes among {DTYPES} and "

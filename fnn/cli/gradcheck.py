@@ -101,7 +101,8 @@ def timing_us(gate, report, *, seed: int = 0, reps: int = 20):
     """(custom, built-in) microseconds of forward + VJP under jit on the gate's largest float32
     case; (None, None) for a gate the checker could not jit, that has no float32 case, or whose
     float32 run raises (what --all reports as a failure)."""
-    if "jit" in report.errors or "float32" in report.errors or report.transforms.get("jit") is False:
+    if "jit" in report.errors or "float32" in report.errors or \
+            report.transforms.get("jit") is False:
         return None, None
     try:
         cases = gate.cases(np.random.default_rng(seed), "float32")

@@ -5,9 +5,9 @@
 The whole generation is one compiled loop (jax.jit of a lax.fori_loop over bytes start..stop,
 the bounds being arguments) with an explicit PRNG key; `Sampling` runs it in pieces of about a
 quarter of a second, for a progress bar and a Ctrl-C between two (`python -m fnn sample`), with
-the same bytes as one call. The model reads a window of its training context: the prompt (its last `context` bytes)
-sits at the start of the window and each new byte is written after it, the window sliding by
-one once it is full. Causal models (the transformer's masked attention, the recurrent layers)
+the same bytes as one call. The model reads a window of its training context: the prompt (its
+last `context` bytes) sits at the start of the window and each new byte is written after it,
+the window sliding by one once it is full. Causal models (the transformer's masked attention, the recurrent layers)
 give the logits at position n - 1 from the first n bytes only, so the unused end of the window
 changes nothing.
 """
