@@ -25,8 +25,10 @@ SLOWEST_FILES = (
     "test_nn.py",                   # 60
     "test_custom_rules.py",         # 50
     "test_kinks.py",                # 40
+    "test_linalg_programs.py",      # 40 (alone, under load)
     "test_nan_propagation.py",      # 40
     "test_remat_policies.py",       # 32
+    "test_jax_harnesses.py",        # 30 (JAX's primitive use cases, a sample)
     "test_remat.py",                # 57
     "test_interrupts.py",           # 56
     "test_lowering.py",             # 56 (one subprocess with 8 devices)
@@ -38,6 +40,7 @@ SLOWEST_FILES = (
     "test_reliability.py",          # 47
     "test_run_folders.py",          # 45 (under load; ~25 alone)
     "test_kill_runs.py",            # 40 (under load; forks ~10 runs from one process)
+    "test_collectives.py",          # 45 (one subprocess with 8 devices)
 )
 
 

@@ -210,10 +210,21 @@ BAD = [
      TypeError, r"argument 1 has a leaf of dtype int32.*float inputs"),
     ("non-scalar output", lambda tmp: fnn.grad(lambda a: a * 2.0)(X), TypeError,
      r"one scalar output, got f32\[3,4\]"),
-    ("a primitive without a rule",
-     lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.bessel_i0e(a)))(X),
-     fnn.MissingRuleError, r"(?s)no hand-written rule for the JAX primitive 'bessel_i0e'.*"
+    ("a primitive without a rule",  # (JAX has no derivative of igamma's derivative either)
+     lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.igamma_grad_a(a, a)))(X),
+     fnn.MissingRuleError, r"(?s)no hand-written rule for the JAX primitive 'igamma_grad_a'.*"
      r"f32\[3,4\].*test_bad_input.py.*fnn.primitive_gate"),
+    ("betainc in a", lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.betainc(a, a, X * 0 + 0.5)))(X),
+     fnn.GateError, r"'lax.regularized_incomplete_beta': no gradient with respect to a "
+     r"\(f32\[3,4\]\).*jax.grad refuses it too.*Hold a fixed"),
+    ("select_and_gather_add with window dilation", lambda tmp: fnn.grad(
+        lambda t: jnp.sum(jax.extend.core.primitives.select_and_gather_add_p.bind(
+            t, X, select_prim=jax.lax.ge_p, window_dimensions=(2, 2), window_strides=(1, 1),
+            padding=((0, 0), (0, 0)), base_dilation=(1, 1), window_dilation=(2, 1))))(X),
+     fnn.GateError, r"'lax.select_and_gather_add': no gradient with window_dilation=\(2, 1\) "
+     r"\(tangents float32\[3, 4\]\).*jax.grad refuses it too"),
+    ("polygamma in m", lambda tmp: fnn.grad(lambda m: jnp.sum(jax.lax.polygamma(m, X)))(X),
+     fnn.GateError, r"'lax.polygamma': no gradient with respect to m \(f32\[3,4\]\)"),
     # layers and models
     ("Dense(0)", lambda tmp: nn.Dense(0), ValueError, r"Dense features must be a positive int.*0"),
     ("input shape with a batch axis", lambda tmp: nn.mlp((8,)).init(KEY, (None, 64)),

@@ -159,7 +159,7 @@ def test_one_rel_error_for_numpy_jax_pytrees_and_jit():
 def test_one_tolerance_table():
     from fnn.check.tolerances import TOLERANCES, tolerance
 
-    assert set(TOLERANCES) == {"forward", "gate", "model", "numeric", "transform"}
+    assert set(TOLERANCES) == {"forward", "gate", "model", "numeric", "transform", "harness"}
     for row in TOLERANCES.values():
         assert set(row) == {"float64", "float32", "float16", "bfloat16"}
     assert tolerance("gate", jnp.float32) == tolerance("gate", "float32") == 2e-5

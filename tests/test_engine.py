@@ -209,6 +209,28 @@ def test_no_vjp_work_for_inputs_that_need_no_gradient():
     assert seen == []
 
 
+
+def test_a_vjp_learns_which_outputs_a_cotangent_reached():
+    """`got`: per output, whether a cotangent reached it (the others come as zeros), so a rule
+    can leave out terms that would be 0 * inf, as JAX leaves out a symbolic zero."""
+    seen = []
+
+    @fnn.defgate
+    def split(x):
+        """(2x, x^2).  Local gradient: 2 g0 + 2x g1."""
+        return (2 * x, x * x), x
+
+    @split.defvjp
+    def split_vjp(g, x, *, got):
+        seen.append(got)
+        return (2 * g[0] + (2 * x * g[1] if got[1] else 0.0),)
+
+    x = jnp.arange(3.0)
+    np.testing.assert_allclose(fnn.grad(lambda x: ops.sum(split(x)[0]))(x), [2, 2, 2])
+    np.testing.assert_allclose(fnn.grad(lambda x: ops.sum(split(x)[1]))(x), [0, 2, 4])
+    np.testing.assert_allclose(fnn.vjp(split, x)[1]((x, x))[0], 2 * x + 2 * x * x)
+    assert seen == [(True, False), (False, True), (True, True)]
+
 # ---- transforms ---------------------------------------------------------------------------------
 def mlp_loss(params, x, y):
     h = ops.relu(ops.affine(x, params["w1"], params["b1"]))

@@ -147,7 +147,7 @@ def gate_program(gate):
     fns, inputs = [], []
     for case in cases:
         args = cast_case(case, "float32")
-        diff, _, recorded = gate_functions(gate, args, case.kwargs)
+        diff, _, recorded = gate_functions(gate, args, case.kwargs, fixed=case.fixed)
         d = [args[i] for i in diff]
         out = jax.eval_shape(recorded, *d)
         floats = [o for o in jax.tree_util.tree_leaves(out)

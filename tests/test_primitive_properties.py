@@ -364,3 +364,33 @@ def test_elementwise_parameters(rounding, dtype, out_dtype):
                    rtol=1e-3 if dtype == np.float16 else 1e-6)
     a = x.astype(np.float32)
     same_gradients(lambda a, b: lax.mul(a, b, out_dtype=out_dtype), a, a * 2.0, rtol=1e-6)
+
+
+@FEW
+@given(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.integers(1, 4),
+       st.integers(1, 4), st.sampled_from([(), (2,)]), st.integers(0, 99))
+@in_x64
+def test_triangular_solve_flags(left, lower, transpose, unit, m, k, batch, seed):
+    """triangular_solve's left_side, lower, transpose_a, unit_diagonal, with b tall or wide and
+    leading batch axes (the rule groups its products by the shapes, as JAX's)."""
+    (a,) = arrays(seed, batch + (m, m))
+    a = a * 0.3 + 2.0 * jnp.eye(m)
+    (b,) = arrays(seed + 1, batch + ((m, k) if left else (k, m)))
+    same_gradients(lambda a, b: lax.linalg.triangular_solve(
+        a, b, left_side=left, lower=lower, transpose_a=transpose, unit_diagonal=unit), a, b)
+
+
+@FEW
+@given(st.integers(1, 4), st.integers(1, 4), st.sampled_from(["qr", "qr complete", "svd",
+                                                              "svdvals", "lu"]),
+       st.integers(0, 99))
+@in_x64
+def test_factorizations_of_any_shape(m, n, kind, seed):
+    """qr (reduced, complete), svd, svdvals and lu of tall, square and wide matrices."""
+    (x,) = arrays(seed, (m, n))
+    f = {"qr": lambda x: jnp.linalg.qr(x),
+         "qr complete": lambda x: jnp.linalg.qr(x, mode="complete"),
+         "svd": lambda x: jnp.linalg.svd(x, full_matrices=False),
+         "svdvals": jnp.linalg.svdvals,
+         "lu": lambda x: lax.linalg.lu(x)[0]}[kind]
+    same_gradients(f, x, rtol=1e-8)

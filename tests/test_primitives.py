@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.check.gates import CHECKS, check_gate
+from fnn.check.gates import CHECKS, DIFFERENTIATE_THE_VJP, check_gate
 from fnn.check.tolerances import tolerance
 from fnn.ops.primitives import GATES, RULES
 
@@ -51,8 +51,14 @@ def test_rule_matches_jax_numerics_and_transforms(name):
     for c in report.cases:
         if c.dtype == "float32" and c.vs_jax is not None:
             assert c.vs_jax <= tolerance("gate", "float32") == 2e-5, (name, c)
+    # the transforms run on the first plain case; where JAX cannot differentiate its VJP
+    # (Case.second_order=False) those that would are not judged
+    first = next(c for c in cases if c.reference and not any(
+        c.structure if isinstance(c.structure, tuple) else (c.structure,)))
+    unjudged = () if first.second_order else DIFFERENTIATE_THE_VJP
     for t in CHECKS:
-        assert report.transforms[t] is True, (name, t, report.transforms)
+        assert report.transforms[t] is (None if t in unjudged else True), (
+            name, t, report.transforms)
     assert report.ok, report.verdict
 
 

@@ -33,7 +33,7 @@ def second_derivatives(gate, case, rng):
     drawn from `rng`, in one compiled program (op by op: 4-15x slower); None when the case
     has no float input."""
     args = cast_case(case, "float64")
-    diff, forward, recorded = gate_functions(gate, args, case.kwargs)
+    diff, forward, recorded = gate_functions(gate, args, case.kwargs, fixed=case.fixed)
     dargs = [args[i] for i in diff]
     if not dargs:
         return None
@@ -51,7 +51,7 @@ def test_second_order_at_every_case(name, x64):
     gate = fnn.registry[name]
     rng = np.random.default_rng(3)
     for case in gate.cases(np.random.default_rng(0), "float64"):
-        pair = second_derivatives(gate, case, rng)
+        pair = second_derivatives(gate, case, rng) if case.second_order else None
         if pair is None:
             continue
         for a, b in zip(*pair):
@@ -65,8 +65,10 @@ def test_second_order_of_primitive_rules(name, x64):
     """The JAX-primitive rules (fnn.ops.primitives) at their first case, elementwise (the gate
     checker's "2nd order" transform judges the same derivatives by rel_error)."""
     gate = PRIMITIVE_GATES[name]
-    pair = second_derivatives(gate, gate.cases(np.random.default_rng(0), "float64")[0],
-                              np.random.default_rng(3))
+    case = gate.cases(np.random.default_rng(0), "float64")[0]
+    if not case.second_order:
+        pytest.skip(f"JAX has no second derivative to compare with: {case.label}")
+    pair = second_derivatives(gate, case, np.random.default_rng(3))
     if pair is None:
         pytest.skip("no float input")
     for a, b in zip(*pair):

@@ -49,7 +49,7 @@ def engine_rule(pos: int, rec: Record, g, needs, got=None):
     """`Record.pullback` as the engine runs it: a crash names the gate and its call site, and
     NaNs are watched under fnn.debug_nans."""
     try:
-        grads = rec.pullback(g, needs)
+        grads = rec.pullback(g, needs, got)
     except (TypeError, ValueError) as e:
         if isinstance(e, FnnError):
             raise

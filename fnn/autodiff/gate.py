@@ -16,7 +16,10 @@ the output: an array, or a tuple or dict of them), what the forward saved, and t
 keyword-only metadata. It returns one gradient per positional input, `None` meaning zero. A
 positional input may be any pytree (a dict of parameters, say); its gradient then has the same
 structure. A VJP that declares a keyword `needs` gets a tuple of booleans saying which inputs
-need a gradient, so it can skip work for the others.
+need a gradient, so it can skip work for the others; one that declares `got` gets a tuple of
+booleans, one per output leaf, saying which outputs a cotangent reached (the others come as
+zeros): a rule whose formula is not finite everywhere (an eigenvector's 1 / (w_j - w_i)) leaves
+out what no cotangent reached, as JAX leaves out a symbolic zero.
 
 Declaring a gate has no side effect: `fnn.registry` is built once from the gates in `fnn.ops`,
 and user gates are plain objects that work everywhere the built-in ones do. A gate pickles by
@@ -57,6 +60,12 @@ class Case:
     same directions (both gradients projected onto them). Inputs are square matrices (the last
     two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted along the last
     axis.
+
+    `fixed` lists the positions of float inputs held fixed like integer ones: inputs that JAX
+    gives no gradient (betainc's a and b, polygamma's m), whose rule refuses one.
+    `second_order=False` marks a case whose VJP JAX cannot differentiate (random_gamma's
+    derivative is a while loop; igamma's derivative in a, igamma_grad_a, has no rule): the
+    transforms that differentiate a VJP (grad(vmap), 2nd order) are not judged on it.
     """
 
     args: tuple
@@ -66,6 +75,8 @@ class Case:
     reference: bool = True
     kink: bool = False
     structure: str | tuple | None = None
+    fixed: tuple = ()
+    second_order: bool = True
 
     def __post_init__(self):
         names = self.structure if isinstance(self.structure, tuple) else (self.structure,)
@@ -113,6 +124,7 @@ class Gate:
         self.cases: Callable | None = None
         self.kinks: Callable | str | None = None  # see defkinks
         self._vjp_takes_needs = False
+        self._vjp_takes_got = False
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
         # what the checkers differentiate with JAX as this gate's reference: None, its forward;
         # a function `reference(*args, **static) -> output` (a gate whose forward is not what
@@ -127,7 +139,9 @@ class Gate:
     def defvjp(self, vjp: Callable) -> Callable:
         """Attach the hand-written VJP `vjp(g, saved, **static) -> tuple of gradients`."""
         self.vjp = vjp
-        self._vjp_takes_needs = "needs" in inspect.signature(vjp).parameters
+        params = inspect.signature(vjp).parameters
+        self._vjp_takes_needs = "needs" in params
+        self._vjp_takes_got = "got" in params
         return vjp
 
     def defcases(self, cases: Callable) -> Callable:
@@ -197,14 +211,17 @@ class Gate:
                             "(or a dict), not a list")
         return result
 
-    def run_vjp(self, g, saved, needs, static):
+    def run_vjp(self, g, saved, needs, static, got=None):
         """The hand-written VJP as declared: upstream `g`, what the forward saved, and `needs`
-        when the VJP takes it. Unchecked; `Record.pullback` checks its result."""
+        and `got` (per output leaf: whether a cotangent reached it; None: all did) when the VJP
+        takes them. Unchecked; `Record.pullback` checks its result."""
         if self.vjp is None:
             raise GateError(f"gate '{self.name}' has no VJP: declare one with @{self.name}.defvjp")
-        if self._vjp_takes_needs:
-            return self.vjp(g, saved, needs=needs, **static)
-        return self.vjp(g, saved, **static)
+        extra = {"needs": needs} if self._vjp_takes_needs else {}
+        if self._vjp_takes_got:
+            extra["got"] = (tuple(got) if got is not None else
+                            (True,) * len(jax.tree_util.tree_leaves(g)))
+        return self.vjp(g, saved, **extra, **static)
 
     def __repr__(self):
         return f"<fnn gate '{self.name}'>"

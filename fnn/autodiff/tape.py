@@ -150,13 +150,14 @@ class Record:
                 for g, o in zip(gs, self.outs)]
         return jax.tree_util.tree_unflatten(self.out_tree, full)
 
-    def pullback(self, g, needs=None) -> tuple:
+    def pullback(self, g, needs=None, got=None) -> tuple:
         """The gate's hand-written VJP on upstream `g`, its result's contract checked: one
         gradient (or None) per positional input, each with its input's structure, shapes and
-        dtypes. Raises what the VJP raises."""
+        dtypes. got: per output leaf, whether a cotangent reached it (None: all). Raises what
+        the VJP raises."""
         needs = self.needs if needs is None else needs
         if self.rule is None:
-            grads = self.gate.run_vjp(g, self.saved, needs, self.static)
+            grads = self.gate.run_vjp(g, self.saved, needs, self.static, got)
         else:
             out = jax.tree_util.tree_unflatten(self.out_tree, list(self.outs))
             grads = overrides.call_rule(self.rule, self.gate, g, self.inputs, out, self.saved,

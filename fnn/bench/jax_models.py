@@ -8,6 +8,9 @@ hand-written (fnn.grad) vs built-in (jax.grad) timed interleaved, plus trace and
                       through time by fnn's scan rule), hidden 128, batch 32
     transformer       a Flax pre-norm Transformer encoder block (width 128, 4 heads, causal
                       mask, sequence 64, batch 16)
+    gp_marginal_likelihood  a Gaussian process's negative log marginal likelihood (RBF kernel
+                      on n = 512 points in 3-d, Cholesky, two triangular solves, log det),
+                      its kernel's three hyperparameters learned (fnn's linear-algebra rules)
 and `trace` rows: the time to trace and interpret a function whose jaxpr grows with N, a Python
 loop of N tanh(h @ w) steps (N equations each) and a lax.scan of N such steps (one body).
 Needs Equinox and Flax (the `dev` extra); a model whose library is missing is skipped.
@@ -25,7 +28,7 @@ import optax
 from fnn.bench.timing import interleaved
 from fnn.transforms import value_and_grad as fnn_value_and_grad
 
-MODELS = ("flax_cnn", "lstm_scan", "transformer")
+MODELS = ("flax_cnn", "lstm_scan", "transformer", "gp_marginal_likelihood")
 
 
 def _flax_cnn(quick: bool):
@@ -97,7 +100,27 @@ def _transformer(quick: bool):
     return loss, params, (x, target)
 
 
-BUILDERS = {"flax_cnn": _flax_cnn, "lstm_scan": _lstm_scan, "transformer": _transformer}
+def _gp_marginal_likelihood(quick: bool):
+    import jax.scipy.linalg as jsl
+
+    n = 32 if quick else 512
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, 3))
+    y = jnp.sin(2.0 * x[:, 0]) + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (n,))
+    params = {"log_lengthscale": jnp.zeros(()), "log_signal": jnp.zeros(()),
+              "log_noise": jnp.asarray(-1.0)}
+
+    def loss(p, x, y):
+        d2 = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+        k = jnp.exp(2 * p["log_signal"] - 0.5 * d2 * jnp.exp(-2 * p["log_lengthscale"]))
+        k = k + jnp.exp(2 * p["log_noise"]) * jnp.eye(n)
+        chol = jnp.linalg.cholesky(k)
+        alpha = jsl.cho_solve((chol, True), y)
+        return (0.5 * y @ alpha + jnp.sum(jnp.log(jnp.diagonal(chol)))) / n
+    return loss, params, (x, y)
+
+
+BUILDERS = {"flax_cnn": _flax_cnn, "lstm_scan": _lstm_scan, "transformer": _transformer,
+            "gp_marginal_likelihood": _gp_marginal_likelihood}
 
 
 def _step(loss, optimizer, grad: str):

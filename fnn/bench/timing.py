@@ -92,15 +92,16 @@ def _moved(load) -> float:
 
 
 def time_gate(gate, args, kwargs, *, rng: np.random.Generator, reps: int,
-              budget_s: float = 0.0) -> dict:
+              budget_s: float = 0.0, fixed: tuple = ()) -> dict:
     """Median seconds of one gate's forward + VJP under jit at (args, kwargs), for gradients of
     every float input: fnn's recorded gate (under jit only its hand-written VJP remains) vs
     jax.vjp of the same forward, called interleaved, at a random cotangent drawn from `rng`.
 
     reps calls each at least; more (up to 50 x reps) to fill `budget_s` seconds, so a gate
-    that takes microseconds is timed over many calls. -> {"custom", "builtin", "reps"}.
+    that takes microseconds is timed over many calls. fixed: float inputs held fixed (a
+    Case's). -> {"custom", "builtin", "reps"}.
     """
-    diff, forward, recorded = gate_functions(gate, args, kwargs)
+    diff, forward, recorded = gate_functions(gate, args, kwargs, fixed=fixed)
 
     def custom(g, *dargs):
         out, pullback = fnn_vjp(recorded, *dargs)

@@ -23,6 +23,8 @@ against jax.vjp under the same transform ("transform"; none judged without such 
     vmap(grad)   jax.vmap of fnn.grad of sum(out ** 2): per-example gradients
     2nd order    jax.grad of sum(sin(fnn.vjp's gradients)): JAX differentiating the hand-written
                  backward, against the same of jax.vjp (JAX's own second derivative)
+(grad(vmap) and 2nd order differentiate the VJP: None, not judged, on a case that says JAX
+cannot, Case.second_order=False.) Inputs a case holds fixed (Case.fixed) are not differentiated.
 
 Each dtype's cases are traced into one jitted program: one compile per gate and dtype, which is
 what keeps the whole registry fast. A gate that cannot be jitted is checked eagerly instead and
@@ -54,6 +56,7 @@ CHECKS = ("eager",) + TRANSFORMS + (SECOND_ORDER,)  # what runs on the first flo
 # differences), under jit: the pullback called eagerly costs as much again, and float32,
 # vmap, grad(vmap), vmap(grad) and the 2nd order several times that
 QUICK = {"dtypes": ("float64",), "cases": 1, "checks": ("jit",)}
+DIFFERENTIATE_THE_VJP = ("grad(vmap)", SECOND_ORDER)  # not judged where Case.second_order=False
 # the checking programs run once: compile them fast rather than well (nothing here is timed)
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -200,10 +203,13 @@ def random_cotangent(out, rng: np.random.Generator):
     return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
 
 
-def gate_functions(gate, args, kwargs, diff=None):
+def gate_functions(gate, args, kwargs, diff=None, fixed=()):
     """(diff, forward, recorded): the gate's forward alone and its fnn-recorded call, each a
-    function of the arguments at positions `diff` (default: the float ones), the others fixed."""
-    diff = [i for i, a in enumerate(args) if is_float(a)] if diff is None else list(diff)
+    function of the arguments at positions `diff` (default: the float ones not in `fixed`,
+    a Case's fixed inputs), the others fixed."""
+    if diff is None:
+        diff = [i for i, a in enumerate(args) if is_float(a) and i not in fixed]
+    diff = list(diff)
 
     def merge(dargs):
         full = list(args)
@@ -228,13 +234,16 @@ class _Prepared:
 
     def __init__(self, gate, case, dtype, rng, label):
         args = cast_case(case, dtype)
-        _, self.forward, self.recorded = gate_functions(gate, args, case.kwargs)
+        diff, self.forward, self.recorded = gate_functions(gate, args, case.kwargs,
+                                                           fixed=getattr(case, "fixed", ()))
         self.kink = getattr(case, "kink", False)  # compared with JAX alone, NaNs included
         self.label = f"kink: {label}" if self.kink else label
         self.numeric = case.numeric and not self.kink
         # JAX has no rule to compare with (case.reference False): central differences alone
         self.reference = getattr(case, "reference", True)
-        self.d = [a for a in args if is_float(a)]
+        # whether JAX can differentiate the VJP (Case.second_order)
+        self.second_order = getattr(case, "second_order", True)
+        self.d = [args[i] for i in diff]
         given = getattr(case, "structure", None)  # one entry per float input
         given = given if isinstance(given, tuple) else (given,)
         self.structure = tuple(given) + (None,) * (len(self.d) - len(given))
@@ -385,8 +394,11 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS) 
                                jax.vmap(jax.grad(loss_ref, argnums=argnums))(*stack)),
         SECOND_ORDER: lambda: (second_order(fnn_vjp, p.recorded), second_order(jax.vjp, p.forward)),
     }
-    return {name: _attempt(name, check, raised) for name, check in tests.items()
-            if name in checks}
+    if not p.second_order:  # JAX cannot differentiate this VJP (Case.second_order): not judged
+        tests = {k: v for k, v in tests.items() if k not in DIFFERENTIATE_THE_VJP}
+    found = {name: _attempt(name, check, raised) for name, check in tests.items()
+             if name in checks}
+    return {name: found.get(name) for name in TRANSFORMS + (SECOND_ORDER,)}
 
 
 def _attempt(name: str, check, raised: dict):

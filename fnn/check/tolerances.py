@@ -11,6 +11,8 @@ CS231n relative error max|a - b| / (max|a| + max|b|) of fnn.check.numeric.rel_er
                cases, or check_grads' sampled elements): the analytic gradient's own rounding
     transform  fnn under a JAX transform (jit, vmap, grad of vmap, vmap of grad) vs jax.vjp
                under the same transform (the gate checker runs these in float64)
+    harness    fnn.vjp vs jax.vjp of one of JAX's own primitive use cases (its test-harness
+               table, tests/test_jax_harnesses.py): a few primitives, JAX's arguments
 
 A dtype not in a row (an integer dtype, say) gets the row's float32 value.
 """
@@ -25,6 +27,7 @@ TOLERANCES = {
     "model": {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2},
     "numeric": {"float64": 1e-6, "float32": 1e-3, "float16": 3e-2, "bfloat16": 1e-1},
     "transform": {"float64": 1e-8, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2},
+    "harness": {"float64": 1e-10, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2},
 }
 
 

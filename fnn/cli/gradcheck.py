@@ -110,7 +110,7 @@ def timing_us(gate, report, *, seed: int = 0, reps: int = 20):
             return None, None
         case = max(cases, key=lambda c: sum(np.size(a) for a in c.args))
         t = time_gate(gate, cast_case(case, "float32"), case.kwargs,
-                      rng=np.random.default_rng(seed), reps=reps)
+                      rng=np.random.default_rng(seed), reps=reps, fixed=case.fixed)
     except Exception:  # not a check: --all checks float32 and says why
         return None, None
     return t["custom"] * 1e6, t["builtin"] * 1e6

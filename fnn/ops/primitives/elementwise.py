@@ -593,11 +593,14 @@ def clamp(g, inputs, *, needs, **params):
 
 @clamp.defcases
 def _clamp_cases(rng, dtype):
-    # (JAX's own rule fails for differentiated scalar bounds, so the reference cases use arrays)
+    # (JAX's own rule fails for differentiated scalar bounds: central differences judge fnn's)
     x = (np.linspace(-2, 2, 12).reshape(3, 4) + 0.05).astype(dtype)
     lo = np.full(x.shape, -1.0, dtype)
+    scalar = lambda x: lax.clamp(_c(x, -1.0), x, _c(x, 1.5))
     return [case(P.clamp_p, lax.clamp, lo, x, (normal(rng, x.shape, dtype) + 2).astype(dtype),
-                 label="array bounds")]
+                 label="array bounds"),
+            case(P.clamp_p, scalar, x, fixed=(0, 2), label="scalar bounds"),
+            case(P.clamp_p, scalar, x, reference=False, label="scalar bounds differentiated")]
 
 
 @clamp.defkinks

@@ -1,5 +1,6 @@
 """Gates of JAX's indexing primitives: dynamic_slice, dynamic_update_slice, gather, scatter-add,
-scatter, and the permutations sort and top_k.
+scatter, and the permutations sort, top_k and approx_top_k (scatter-max/min/mul:
+fnn.ops.primitives.segments).
 
 A read (slice, gather) sends g back to the positions it read, adding where one position was
 read twice; a write (update, scatter) sends the written positions' g to the updates and the
@@ -277,9 +278,42 @@ top_k.defcases(lambda rng, dtype: [
     case(P.top_k_p, lambda x: lax.top_k(x, 3), distinct(rng, (6,), dtype), label="1-d")])
 
 
+def _top_k_ties(dtype):
+    return np.asarray([[1.0, 1.0, 0.0, 1.0], [np.nan, 0.0, -0.0, np.inf]], dtype)
+
+
 def _top_k_kinks(dtype):
-    x = np.asarray([[1.0, 1.0, 0.0, 1.0], [np.nan, 0.0, -0.0, np.inf]], dtype)
-    return [case(P.top_k_p, lambda x: lax.top_k(x, 2), x, label="ties, NaN, zeros")]
+    return [case(P.top_k_p, lambda x: lax.top_k(x, 2), _top_k_ties(dtype),
+                 label="ties, NaN, zeros")]
 
 
 top_k.defkinks(_top_k_kinks)
+
+
+@primitive_gate(P.approx_top_k_p, save=lambda args, out: (jax.ShapeDtypeStruct(
+                    np.shape(args[0]), jnp.result_type(args[0])), out[1]),
+                params=("k", "reduction_dimension", "recall_target", "is_max_k",
+                        "reduction_input_size_override", "aggregate_to_topk"))
+def approx_top_k(g, saved, *, reduction_dimension, **params):
+    """the (approximately) k largest or smallest entries along `reduction_dimension` and their
+    indices (lax.approx_max_k, approx_min_k).  Local gradient: each value's g goes back to the
+    position it was taken from (JAX's rule: the tangent read at the indices)."""
+    x, indices = saved
+    g_values = g[0]
+    axis = reduction_dimension % len(x.shape)
+    grids = [lax.broadcasted_iota(np.int32, g_values.shape, d) for d in range(g_values.ndim)]
+    grids[axis] = indices.astype(np.int32)
+    return (jnp.zeros(x.shape, x.dtype).at[tuple(grids)].add(g_values),)
+
+
+approx_top_k.defcases(lambda rng, dtype: [
+    case(P.approx_top_k_p, lambda x: lax.approx_max_k(x, 2), distinct(rng, (3, 5), dtype)),
+    case(P.approx_top_k_p, lambda x: lax.approx_min_k(x, 3, reduction_dimension=0),
+         distinct(rng, (6, 2), dtype), label="min, axis 0"),
+    case(P.approx_top_k_p, lambda x: lax.approx_max_k(x, 2, aggregate_to_topk=False),
+         distinct(rng, (8,), dtype), label="not aggregated")])
+approx_top_k.defkinks(lambda dtype: [
+    case(P.approx_top_k_p, lambda x: lax.approx_max_k(x, 2), _top_k_ties(dtype),
+         label="ties, NaN, zeros"),
+    case(P.approx_top_k_p, lambda x: lax.approx_min_k(x, 2), _top_k_ties(dtype),
+         label="min: ties, NaN, zeros")])

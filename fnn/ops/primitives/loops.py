@@ -146,7 +146,24 @@ scan.defkinks(smooth=True)
 
 
 # ---- cond / switch -------------------------------------------------------------------------------
-def _cond_forward(index, *ops, branches, rules=None, scope="", **params):
+def _switch(index, fns, *args, platforms=None):
+    """lax.switch(index, fns, *args); for a platform-dependent cond (branches_platforms: per
+    branch, the platforms it is for, None the default; its index is a platform_index) the
+    same choice made by lax.platform_dependent, so that each platform compiles only its own
+    branch (jnp.diagonal's TPU branch does not lower on a CPU)."""
+    if platforms is None:
+        return lax.switch(index, fns, *args)
+    per_platform, default = {}, None
+    for fn, names in zip(fns, platforms):
+        if names is None:
+            default = fn
+        else:
+            per_platform.update({name: fn for name in names})
+    return lax.platform_dependent(*args, default=default, **per_platform)
+
+
+def _cond_forward(index, *ops, branches, rules=None, scope="", branches_platforms=None,
+                  **params):
     interp = body_interpreter(rules, scope)
     # each branch's residuals, found by tracing it once; then every branch returns all of them
     bodies = [jax.eval_shape(lambda *o, b=b: Body(interp, b, list(o)).residuals, *ops)
@@ -162,16 +179,20 @@ def _cond_forward(index, *ops, branches, rules=None, scope="", **params):
             return body.outs, res
         return branch
 
-    outs, residuals = lax.switch(index, [run(k) for k in range(len(branches))], *ops)
-    per_branch = [(found[k].template, found[k].in_nodes, found[k].out_nodes)
-                  for k in range(len(branches))]
+    outs, residuals = _switch(index, [run(k) for k in range(len(branches))], *ops,
+                              platforms=branches_platforms)
+    # a branch never traced (a platform-dependent cond runs only its platform's, also backward)
+    per_branch = [(found[k].template, found[k].in_nodes, found[k].out_nodes) if k in found
+                  else None for k in range(len(branches))]
     return tuple(outs), (index, per_branch, residuals, [spec(o) for o in ops])
 
 
-@primitive_gate(P.cond_p, forward=_cond_forward, params=("branches",) + FNN_PARAMS)
-def cond(g, saved, *, needs, **params):
-    """lax.cond / lax.switch: the branch that `index` picks.  Local gradient: the backward of
-    that branch (the index itself carries none)."""
+@primitive_gate(P.cond_p, forward=_cond_forward,
+                params=("branches", "branches_platforms") + FNN_PARAMS)
+def cond(g, saved, *, needs, branches_platforms=None, **params):
+    """lax.cond / lax.switch: the branch that `index` picks (for a platform-dependent cond,
+    the branch of the platform it runs on).  Local gradient: the backward of that branch (the
+    index itself carries none)."""
     index, per_branch, residuals, specs = saved
     g = list(g)
 
@@ -181,7 +202,8 @@ def cond(g, saved, *, needs, **params):
             return pullback(template, in_nodes, out_nodes, residuals[k], (), g, specs)
         return branch
 
-    grads = lax.switch(index, [run(k) for k in range(len(per_branch))], g, residuals)
+    grads = _switch(index, [run(k) for k in range(len(per_branch))], g, residuals,
+                    platforms=branches_platforms)
     return (None,) + tuple(d if need else None for d, need in zip(grads, needs[1:]))
 
 
@@ -192,7 +214,8 @@ def _cond_cases(rng, dtype):
     three = lambda i, x: lax.switch(i, [jnp.tanh, lambda a: a * a, lambda a: -a], x)
     return [case(P.cond_p, two, np.asarray(True), n(3), n(3), label="true"),
             case(P.cond_p, two, np.asarray(False), n(3), n(3), label="false"),
-            case(P.cond_p, three, np.int32(1), n(2, 2), label="switch of 3")]
+            case(P.cond_p, three, np.int32(1), n(2, 2), label="switch of 3"),
+            case(P.cond_p, jnp.diagonal, n(3, 3), label="platform-dependent (jnp.diagonal)")]
 cond.defkinks(smooth=True)
 
 

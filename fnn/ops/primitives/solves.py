@@ -1,0 +1,244 @@
+"""Gates of JAX's linear solves: triangular_solve, tridiagonal_solve, and custom_linear_solve
+(behind jnp.linalg.solve/inv/slogdet, jax.scipy.linalg.solve, jax.scipy.sparse.linalg.cg).
+
+A solve Y = A^{-1} B is linear in B and, through the inverse, smooth in A: with Z = A^{-T} Ybar
+(one solve with the transposed matrix),
+
+    Bbar = Z,        Abar = -Z Y^T
+
+(Giles 2008, "An extended collection of matrix derivative results": C = A^{-1} B
+gives Bbar = A^{-T} Cbar, Abar = -Bbar C^T). A triangular A keeps only its triangle's gradient;
+a tridiagonal one its three diagonals'. custom_linear_solve's matrix is a function (matvec)
+whose constants may be differentiated values: its gradient is matvec's own backward at the
+solution, seeded with -Z (fnn's interpreter runs matvec's jaxpr on a tape of its own).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.core import primitives as P
+
+from fnn.autodiff.backward import backward
+from fnn.autodiff.gate import primitive_gate
+from fnn.errors import GateError
+from fnn.ops._cases import normal
+from fnn.ops.primitives._define import case
+from fnn.ops.primitives._matrices import T, mm, real_only, spd, tril, triu
+from fnn.ops.primitives.loops import FNN_PARAMS, Body, body_interpreter, control_rule
+
+# ---- triangular_solve ---------------------------------------------------------------------------
+_TRI_PARAMS = ("left_side", "lower", "transpose_a", "conjugate_a", "unit_diagonal")
+
+
+def _tri_forward(a, b, **params):
+    real_only("lax.triangular_solve", a, b)
+    out = P.triangular_solve_p.bind(a, b, **params)
+    return out, (a, out)
+
+
+@primitive_gate(P.triangular_solve_p, forward=_tri_forward, params=_TRI_PARAMS)
+def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal,
+                     needs):
+    """Y = op(A)^{-1} B (left_side) or B op(A)^{-1}, A (..., m, m) triangular (only its
+    `lower` or upper triangle is read, its diagonal taken as ones with unit_diagonal), op(A) =
+    A^T with transpose_a.  Local gradients (Giles 2008), with Z the solve of the upstream
+    g with op(A)^T:  dB = Z;  d op(A) = -Z Y^T (left) or -Y^T Z (right), kept on A's triangle
+    (off the diagonal with unit_diagonal). The products are grouped as JAX's rule groups them
+    (the cheaper way for the shapes), so a singular A gives JAX's infinities and NaNs."""
+    a, y = saved
+    flags = dict(left_side=left_side, lower=lower, conjugate_a=conjugate_a,
+                 unit_diagonal=unit_diagonal)
+    solve_t = lambda x: lax.linalg.triangular_solve(a, x, transpose_a=not transpose_a, **flags)
+    z = solve_t(g) if needs[1] else None
+    da = None
+    if needs[0]:
+        m, n = y.shape[-2:]
+        if left_side:  # dY = -op(A)^{-1} op(dA) Y
+            d_op = mm(z if z is not None else solve_t(g), T(y)) if m > n else solve_t(mm(g, T(y)))
+        else:  # dY = -Y op(dA) op(A)^{-1}
+            d_op = mm(T(y), z if z is not None else solve_t(g)) if m < n else solve_t(mm(T(y), g))
+        d_op = -(T(d_op) if transpose_a else d_op)
+        k = 1 if unit_diagonal else 0
+        da = tril(d_op, -k) if lower else triu(d_op, k)
+    return da, z
+
+
+def _triangle(rng, n, dtype, lower=True, batch=()):
+    """A well-conditioned triangular matrix (the other triangle random too: never read)."""
+    x = 0.4 * rng.standard_normal(batch + (n, n)) + 2.0 * np.eye(n)
+    return x.astype(dtype)
+
+
+@triangular_solve.defcases
+def _triangular_solve_cases(rng, dtype):
+    import jax.scipy.linalg as jsl
+
+    n = lambda *s: normal(rng, s, dtype)
+    tri = lambda *a, **k: lax.linalg.triangular_solve(*a, **k)
+    return [
+        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, lower=True),
+             _triangle(rng, 3, dtype), n(3, 2), label="lower, left, tall b"),
+        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, trans=1),
+             _triangle(rng, 3, dtype), n(3, 5), label="upper, transposed, wide b"),
+        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, lower=True,
+                                                                     unit_diagonal=True),
+             _triangle(rng, 4, dtype), n(4), label="unit diagonal, vector b"),
+        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=False, lower=True),
+             _triangle(rng, 3, dtype), n(5, 3), label="right side, tall b"),
+        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=False, transpose_a=True,
+                                                    unit_diagonal=True),
+             _triangle(rng, 3, dtype), n(2, 3), label="right, upper, transposed, unit, wide b"),
+        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True,
+                                                    transpose_a=True),
+             _triangle(rng, 3, dtype, batch=(2,)), n(2, 3, 2), label="batched"),
+    ]
+
+
+@triangular_solve.defkinks
+def _triangular_solve_kinks(dtype):
+    a = _triangle(np.random.default_rng(5), 3, dtype)
+    a[1, 1] = 0.0  # singular: the solve divides by 0
+    b = np.random.default_rng(6).standard_normal((3, 2)).astype(dtype)
+    tri = lambda *x, **k: lax.linalg.triangular_solve(*x, **k)
+    return [case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True), a, b,
+                 label="a zero on the diagonal, left"),
+            case(P.triangular_solve_p, lambda a, b: tri(a, b.T, left_side=False), a, b,
+                 label="a zero on the diagonal, right"),
+            case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True,
+                                                        unit_diagonal=True), a, b,
+                 label="a zero on the ignored diagonal")]
+
+
+# ---- tridiagonal_solve ----------------------------------------------------------------------------
+def _tridiag_forward(dl, d, du, b, *, perturb_singular):
+    real_only("lax.tridiagonal_solve", dl, d, du, b)
+    out = P.tridiagonal_solve_p.bind(dl, d, du, b, perturb_singular=perturb_singular)
+    return out, (dl, d, du, out)
+
+
+@primitive_gate(P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",))
+def tridiagonal_solve(g, saved, *, perturb_singular, needs):
+    """Y = A^{-1} B for the tridiagonal A with sub-, main and super-diagonals dl, d, du
+    (..., m) (dl[0] and du[-1] unused), B (..., m, n).  Local gradients (Giles 2008),
+    with Z = A^{-T} g (the tridiagonal solve with dl and du swapped and shifted, as JAX's
+    transpose rule solves it) and dA = -Z Y^T read on the three diagonals:
+
+        dB = Z,  dd_i = -sum_k Z_ik Y_ik,  ddl_i = -sum_k Z_ik Y_(i-1)k,
+        ddu_i = -sum_k Z_ik Y_(i+1)k   (ddl_0 = ddu_(m-1) = 0)"""
+    dl, d, du, y = saved
+    zero = jnp.zeros_like(dl[..., :1])
+    dl_t = jnp.concatenate([zero, du[..., :-1]], axis=-1)
+    du_t = jnp.concatenate([dl[..., 1:], zero], axis=-1)
+    z = lax.linalg.tridiagonal_solve(dl_t, d, du_t, g, perturb_singular=perturb_singular)
+    c = -z
+    ddl = jnp.concatenate([zero, jnp.sum(c[..., 1:, :] * y[..., :-1, :], axis=-1)], axis=-1)
+    dd = jnp.sum(c * y, axis=-1)
+    ddu = jnp.concatenate([jnp.sum(c[..., :-1, :] * y[..., 1:, :], axis=-1), zero], axis=-1)
+    return tuple(x if need else None for x, need in zip((ddl, dd, ddu, z), needs))
+
+
+def _tridiagonal(rng, m, dtype, batch=()):
+    """Diagonals of a diagonally dominant tridiagonal matrix."""
+    dl, du = (0.5 * rng.standard_normal(batch + (m,)) for _ in range(2))
+    d = 2.0 + rng.uniform(size=batch + (m,))
+    return [x.astype(dtype) for x in (dl, d, du)]
+
+
+@tridiagonal_solve.defcases
+def _tridiagonal_solve_cases(rng, dtype):
+    solve = lambda dl, d, du, b: lax.linalg.tridiagonal_solve(dl, d, du, b)
+    return [case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 4, dtype),
+                 normal(rng, (4, 2), dtype), label="4x4, two right-hand sides"),
+            case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 3, dtype, batch=(2,)),
+                 normal(rng, (2, 3, 1), dtype), label="batched")]
+
+
+@tridiagonal_solve.defkinks
+def _tridiagonal_solve_kinks(dtype):
+    dl, d, du = _tridiagonal(np.random.default_rng(11), 3, dtype)
+    dl[1] = d[1] = du[1] = 0.0  # a zero row: singular, LAPACK's solution is NaN
+    b = np.ones((3, 2), dtype)
+    return [case(P.tridiagonal_solve_p, lambda *a: lax.linalg.tridiagonal_solve(*a),
+                 dl, d, du, b, label="singular (a zero row)")]
+
+
+# ---- custom_linear_solve --------------------------------------------------------------------------
+def _split(args, const_lengths):
+    """(matvec consts, vecmat consts, solve consts, transpose_solve consts, b)."""
+    out, start = [], 0
+    for n in const_lengths:
+        out.append(list(args[start:start + n]))
+        start += n
+    return out + [list(args[start:])]
+
+
+def _linear_solve_forward(*args, const_lengths, jaxprs, rules=None, scope=""):
+    real_only("lax.custom_linear_solve", *args)
+    x = P.linear_solve_p.bind(*args, const_lengths=const_lengths, jaxprs=jaxprs)
+    return tuple(x), (list(args), tuple(x))
+
+
+@primitive_gate(P.linear_solve_p, forward=_linear_solve_forward,
+                params=("const_lengths", "jaxprs") + FNN_PARAMS)
+def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope="", needs):
+    """x = solve(matvec, b), the solution of A x = b for the linear map A = matvec (whose
+    constants may be differentiated), by the user's `solve`; its aux outputs carry no gradient.
+    Local gradients (implicit differentiation of A x = b, as JAX's rule: dx = A^{-1} (db - dA x)),
+    with z = A^{-T} xbar computed by `transpose_solve` applied to vecmat (matvec's transpose),
+    JAX's transpose rule:
+
+        db = z,   d(matvec's constants) = the VJP of c -> matvec_c(x) at -z
+
+    the latter by fnn's backward over matvec's jaxpr, interpreted with the rules in use. The
+    constants of vecmat, solve and transpose_solve get none (their solver is assumed exact)."""
+    args, x = saved
+    consts = _split(args, const_lengths)
+    mv, b = consts[0], consts[4]
+    nb = len(b)
+    if jaxprs.transpose_solve is None:
+        raise GateError(
+            "rule 'lax.custom_linear_solve': the solve has no transpose_solve, and reverse-mode "
+            "gradients need one (jax.grad refuses this too): pass transpose_solve= to "
+            "lax.custom_linear_solve, or symmetric=True if matvec is symmetric.")
+    transposed = [c for group in (consts[1], consts[0], consts[3], consts[2]) for c in group]
+    z = P.linear_solve_p.bind(*transposed, *g[:nb], const_lengths=const_lengths.transpose(),
+                              jaxprs=jaxprs.transpose())[:nb]
+    grads = [None] * len(args)
+    grads[len(args) - nb:] = [zi if need else None for zi, need in zip(z, needs[len(args) - nb:])]
+    if any(needs[:len(mv)]):
+        body = Body(body_interpreter(rules, scope), jaxprs.matvec, mv + list(x[:nb]))
+        seeds = {}
+        for node, zi in zip(body.out_nodes, z):
+            if node is not None:
+                seeds[node] = seeds[node] - zi if node in seeds else -zi
+        cts = backward(body.tape, seeds)
+        for k, (node, need, c) in enumerate(zip(body.in_nodes[:len(mv)], needs, mv)):
+            if need:
+                grads[k] = cts[node] if node in cts else jnp.zeros_like(c)
+    return tuple(grads)
+
+
+@custom_linear_solve.defcases
+def _custom_linear_solve_cases(rng, dtype):
+    import jax.scipy.sparse.linalg as jssl
+
+    a = spd(rng, 3, dtype)
+    solve, cg = jnp.linalg.solve, lambda a, b: jssl.cg(lambda v: a @ v, b, tol=1e-12)[0]
+    # numeric=False: the derivative is implicit (matvec's constants alone move x, through A x =
+    # b), while stepping one group of constants (matvec's A, or solve's LU factors) alone moves
+    # x otherwise; whole programs are compared with central differences in
+    # tests/test_linalg_programs.py
+    return [case(P.linear_solve_p, solve, normal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+                 normal(rng, (3,), dtype), numeric=False, label="jnp.linalg.solve"),
+            case(P.linear_solve_p, cg, a, normal(rng, (3,), dtype), numeric=False,
+                 label="cg: symmetric, a while loop as the solver"),
+            case(P.linear_solve_p, jnp.linalg.solve,
+                 normal(rng, (2, 3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+                 normal(rng, (2, 3, 2), dtype), numeric=False, label="batched, matrix b")]
+
+
+custom_linear_solve.defkinks(smooth=True)  # one formula; a singular A is the user's solve's NaN
+
+STRUCTURAL = {P.linear_solve_p: control_rule(custom_linear_solve)}
