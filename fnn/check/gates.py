@@ -299,9 +299,17 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
             out_mine, pullback = fnn_vjp(p.recorded, *d)
             num = (numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
                    if full and (p.numeric or not p.reference) else None)
-            res.append((p.forward(*d), out_mine, p.project(p.ref(cf, *d), d),
-                        p.project(pullback(p.ct(cf)), d), num))
-        trans = (_transforms(preps[first], ds[first], cfs[first], jitted, raised, checks)
+            if p.reference:  # the forward's output and jax.vjp's gradients: one forward
+                out_ref, pull_ref = jax.vjp(p.forward, *d)
+                ref = pull_ref(p.ct(cf))
+            else:
+                out_ref, ref = p.forward(*d), None
+            res.append((out_ref, out_mine, p.project(ref, d), p.project(pullback(p.ct(cf)), d),
+                        num))
+        # under the enclosing jit, the jit transform is the first plain case's own check
+        same = (res[first][3], res[first][2]) if jitted and first is not None else None
+        trans = (_transforms(preps[first], ds[first], cfs[first], jitted, raised, checks,
+                             same)
                  if full and first is not None else {})
         return res, trans
 
@@ -356,7 +364,8 @@ def case_results(gate, cases, *, dtype: str = "float64", seed: int = 0) -> list:
         return [(p.label, *jax.tree_util.tree_map(np.asarray, r)) for p, r in zip(preps, res)]
 
 
-def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS) -> dict:
+def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS,
+                same=None) -> dict:
     """name -> (fnn's result, jax.vjp's result) under each transform of `checks`; None where it
     raised (the reason added to `raised`) or does not apply (no float input).
 
@@ -387,7 +396,8 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS) 
         return jax.grad(total, argnums=argnums)(*stack)
 
     tests = {
-        "jit": lambda: ((p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d)),
+        "jit": lambda: same if same is not None else (
+            (p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d)),
         "vmap": lambda: (jax.vmap(p.mine)(cfs, *stack), jax.vmap(p.ref)(cfs, *stack)),
         "grad(vmap)": lambda: (grad_of_vmap(p.mine), grad_of_vmap(p.ref)),
         "vmap(grad)": lambda: (jax.vmap(fnn_grad(loss_mine, argnums=argnums))(*stack),
