@@ -19,6 +19,7 @@ SLOWEST_FILES = (
     "test_gates.py",                # 150
     "test_primitives.py",           # 130
     "test_interop.py",              # 110
+    "test_distributed.py",          # 95 (at load 5; real processes: launches of 2 x 4 devices)
     "test_second_order.py",         # 90
     "test_primitive_properties.py",  # 67
     "test_parallel.py",             # 61 (one subprocess with 8 devices)

@@ -10,6 +10,7 @@ commands print them. One module per command, each with HELP and DESCRIPTION (its
     graph.py      the lecture's computational graphs, or a small model's, as .dot/.svg and text
     demo.py       the lecture's examples, fnn's gradients beside jax.grad's
     bench.py      the benchmarks (fnn.bench)
+    launch.py     N processes of one run on this machine (fnn.train.distributed), like torchrun
 
 `COMMANDS` maps each command's name to its module and `main(argv=None)` dispatches. A
 command's errors print one line, `fnn <command>: error: ...`: a UsageError (an option's value
@@ -27,13 +28,13 @@ import argparse
 import os
 import sys
 
-from fnn.cli import bench, demo, gradcheck, graph, sample, train
+from fnn.cli import bench, demo, gradcheck, graph, launch, sample, train
 from fnn.cli._args import HelpFormatter, UsageError
 from fnn.cli._exit import EPILOG, FAILED, USAGE
 from fnn.errors import FnnError
 
 COMMANDS = {"train": train, "sample": sample, "gradcheck": gradcheck, "graph": graph, "demo": demo,
-            "bench": bench}
+            "bench": bench, "launch": launch}
 
 
 def version_text() -> str:

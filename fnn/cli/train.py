@@ -19,6 +19,7 @@ from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfi
                               check_applies, option_flag, option_group, parse_option,
                               resume_flags)
 from fnn.train.data import DATASETS
+from fnn.train.distributed import JOIN_TIMEOUT, initialize, parse_address
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
 from fnn.train.loop import CHUNK_SECONDS
@@ -42,6 +43,15 @@ def _option(name: str):
 
 _chunk_seconds = number(float, low=0, what="a finite number of seconds >= 0")
 _positive_int = number(int, low=1, what="a positive integer")
+_process_id = number(int, low=0, what="an integer >= 0")
+_seconds = number(float, low=1e-3, what="a positive number of seconds")
+
+
+def _address(text: str) -> str:
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 HELP = "train a model and save its run directory"
@@ -141,11 +151,24 @@ def add_arguments(p) -> None:
       "optimizer state across the devices too (FSDP), for models whose parameters and "
       "optimizer state do not fit on one device; without --devices: all devices (default "
       "none: replicated)")
+    a("--coordinator", "devices", type=_address, metavar="HOST:PORT", help="several "
+      "processes, one run: process 0's host and a free port, where it starts JAX's "
+      "coordinator; with --num-processes and --process-id. Without them: from the environment "
+      "(python -m fnn launch; SLURM, Open MPI, Kubernetes, Cloud TPU as JAX detects them), "
+      "else one process")
+    a("--num-processes", "devices", type=_positive_int, metavar="N", help="how many processes "
+      "the run has (each runs this same command)")
+    a("--process-id", "devices", type=_process_id, metavar="I", help="this process's number, "
+      "0 to N-1 (process 0 writes the run directory)")
+    a("--join-timeout", "devices", type=_seconds, metavar="S", help="seconds to wait for every "
+      f"process to join (default {JOIN_TIMEOUT:g}); then each says why it could not, and "
+      "exits 1")
     a("--diagnostics", "gradients and rules", action="store_true", help="gradient health per "
       "layer: gradient norm, update/parameter ratio, dead ReLUs, saturated sigmoid/tanh, custom "
       "vs built-in gradient; to RUN_DIR/diagnostics.jsonl and diagnostics.png")
     a("--diagnostics-every", "gradients and rules", type=_positive_int, metavar="N",
       help=f"measure every N steps (default {DIAGNOSTICS_EVERY}; implies --diagnostics)")
+
 
 def _train_config(args):
     """(config or None, overrides, run directory, resume?) from the parsed options."""
@@ -186,6 +209,8 @@ def run(args) -> int:
         config, overrides, out, resume = _train_config(args)
     except ValueError as e:  # the options alone say it (ConfigError included): bad usage
         raise UsageError(str(e)) from None
+    initialize(args.coordinator, args.num_processes, args.process_id,  # several processes
+               timeout=args.join_timeout or JOIN_TIMEOUT)
     every = args.diagnostics_every or (DIAGNOSTICS_EVERY if args.diagnostics else 0)
     chunk = CHUNK_SECONDS if args.chunk_seconds is None else args.chunk_seconds
     try:
@@ -200,7 +225,8 @@ def run(args) -> int:
                  else f"after epoch {ts.epoch}")
         by = "SIGTERM" if e.signum == signal.SIGTERM else "Ctrl-C"
         waited = f" {e.waited_s:.2f} s after {by}" if e.waited_s is not None else ""
-        print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and saved "
+        saved = ("saved" if jax.process_index() == 0 else "process 0 saved")  # several processes
+        print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and {saved} "
               f"{os.path.join(out, 'last.safetensors')}; continue with: python -m fnn train "
               f"--resume {out}", file=sys.stderr)
         return TERMINATED if e.signum == signal.SIGTERM else SAVED
