@@ -12,7 +12,8 @@ When one process fails (a non-zero status, a signal), the others cannot go on (t
 collective would wait for it): they get SIGTERM, and SIGKILL after --grace seconds, and the
 launcher exits with the failed process's status, naming it. A Ctrl-C or SIGTERM of the
 launcher is passed to every process once (they stop together at the same chunk and process 0
-saves where the run stopped, as one process does); a second one kills them. The processes run
+saves where the run stopped, as one process does; exit status 3 when Ctrl-C stopped them all
+so, as train's); a second one kills them. The processes run
 in sessions of their own (a terminal's Ctrl-C reaches them only through the launcher), and on
 Linux they are killed if the launcher itself dies, so none is left behind.
 """
@@ -28,6 +29,7 @@ import threading
 import time
 
 from fnn.cli._args import number
+from fnn.cli._exit import SAVED
 from fnn.train.distributed import free_port, process_env
 
 HELP = "start N processes of one run on this machine (like torchrun)"
@@ -170,8 +172,11 @@ class Launch:
                     self.send(self.signals[0])
                 else:
                     stop_at = time.monotonic()
-            # a status other than 0 (or, interrupted, the signal's 128 + n) is a failure
+            # a status other than 0 (or, interrupted, the signal's 128 + n, or SAVED: train
+            # stopped by Ctrl-C where it was and saved it) is a failure
             ok = {0, *(128 + s for s in self.signals[:1])}
+            if self.signals[:1] == [signal.SIGINT]:
+                ok.add(SAVED)
             if failed is None:
                 failed = next((i for i, p in enumerate(self.procs)
                                if p.poll() is not None and p.returncode not in ok), None)
@@ -194,6 +199,8 @@ class Launch:
             return codes[failed] if codes[failed] > 0 else 128 - codes[failed]
         if self.signals:
             self.say(f"stopped by {signal.Signals(self.signals[0]).name}: {statuses}")
+            if self.signals[0] == signal.SIGINT and all(c == SAVED for c in codes):
+                return SAVED  # as train's own: stopped and saved where it was
             return 128 + self.signals[0]
         return 0
 

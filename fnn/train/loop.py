@@ -223,7 +223,8 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
                                    zero, zero)
             if jax.process_count() == 1:
                 ready, compiled = interruptible(
-                    lambda: lowered.compile(compiler_options=compiler_options), stop)
+                    lambda: lowered.compile(compiler_options=compiler_options), stop,
+                    tick=lambda s: [h.on_compiling(s) for h in listeners])
             else:  # every process compiles; a stop request waits for the first chunk's start
                 ready, compiled = True, lowered.compile(compiler_options=compiler_options)
             if not ready:  # Ctrl-C while XLA compiles: stop now, where the epoch stands
