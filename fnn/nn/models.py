@@ -161,7 +161,10 @@ def _recurrent(kind):
 MODELS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet,
                                            "rnn": _recurrent("rnn"), "lstm": _recurrent("lstm"),
                                            "gru": _recurrent("gru"), "transformer": transformer_lm}
-SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")  # token ids in, per-position logits out
+"""The ready-made models by name (what `--model` accepts): name -> a function of the model's
+options returning a Layer."""
+SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
+"""The language models among MODELS: token ids in, per-position logits out (`--dataset text`)."""
 
 
 def build_model(name: str, num_classes: int = 10, **options) -> Layer:
