@@ -54,9 +54,10 @@ def rules(*items, **named):
         A context manager; the rules hold inside its `with` block.
 
     Raises:
-        TypeError: an item is neither a primitive gate nor a mapping.
-        OverrideError: an override is not a rule (not callable), or a key names no gate (when a
-            function is differentiated inside the block).
+        TypeError: (on entering the block) an item is neither a primitive gate nor a mapping.
+        OverrideError: (on entering the block) an override is not a rule (not callable) or its
+            key is neither a name, a Gate nor a primitive; (when a function is differentiated
+            inside the block) a key names no gate.
     """
     prims, table = split_rules(items + ((named,) if named else ()), "fnn.rules")
     token = _SCOPED.set(_SCOPED.get() + tuple(prims.values()))
