@@ -406,10 +406,11 @@ CLI = [
     ("--data-dir names a file", lambda tmp: ["train", "--dataset", "mnist", "--data-dir",
                                              str(write_run(tmp) / "config.json")],
      r"config.json' is a file, not a directory"),
+    # refused by the command from the options alone: bad usage, exit status 2
     ("--out is empty", lambda tmp: ["train", "--out", "", *TINY],
-     r"--out must name a directory, got an empty string"),
+     r"--out must name a directory, got an empty string", 2),
     ("--resume is empty", lambda tmp: ["train", "--resume", ""],
-     r"--resume must name a run directory, got an empty string"),
+     r"--resume must name a run directory, got an empty string", 2),
 ]
 USAGE = [["train", "--model", "vgg"], ["train", "--optimizer", "adagrad"],
          ["train", "--dataset", "imagenet"], ["train", "--lr", "inf"], ["train", "--lr", "-1"],
@@ -419,9 +420,11 @@ USAGE = [["train", "--model", "vgg"], ["train", "--optimizer", "adagrad"],
          ["train", "--chunk-seconds", "-1"]]
 
 
-@pytest.mark.parametrize("argv, pattern", [c[1:] for c in CLI], ids=[c[0] for c in CLI])
-def test_cli_prints_the_message_and_exits_1(argv, pattern, tmp_path, capsys):
-    assert main(argv(tmp_path)) == 1
+@pytest.mark.parametrize("argv, pattern, status", [(*c[1:3], c[3] if len(c) > 3 else 1)
+                                                   for c in CLI], ids=[c[0] for c in CLI])
+def test_cli_prints_the_message_and_exits_1(argv, pattern, status, tmp_path, capsys):
+    """Exit status 1: what the command found running; 2: options it refuses (bad usage)."""
+    assert main(argv(tmp_path)) == status
     captured = capsys.readouterr()
     assert captured.err.startswith("fnn train: error: ")
     assert "Traceback" not in captured.err and "Traceback" not in captured.out

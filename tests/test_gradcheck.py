@@ -1,4 +1,5 @@
-"""`python -m fnn gradcheck`: the table and its formats, user gates, timing, a model per layer.
+"""`python -m fnn gradcheck`: the table and its formats, user gates, timing, a model per layer,
+the default part (QUICK) against --all, rows printed as they come and Ctrl-C.
 
 Every registered gate is checked once, by tests/test_gates.py; here the command runs on a few.
 """
@@ -8,7 +9,11 @@ import json
 import textwrap
 
 import fnn
-from fnn.check.gates import TRANSFORMS, check_gate
+import pytest
+
+from fnn.check.gates import CHECKS, QUICK, SECOND_ORDER, TRANSFORMS, check_gate
+from fnn.cli import main
+from fnn.cli._args import UsageError
 from fnn.cli.gradcheck import add_arguments, gates_to_check, run, timing_us
 
 BROKEN = '''
@@ -64,19 +69,59 @@ def test_the_gates_asked_for_pass_and_are_listed(capsys):
     # with no --gate: every registered gate and every primitive's rule
     assert gates_to_check() == {**fnn.registry, **primitives}
     assert gates_to_check(primitives=False) == dict(fnn.registry)
-    assert run(_args("--format", "json", "--no-timing", "--gate", ",".join(FEW))) == 0
-    table = json.loads(capsys.readouterr().out)
+    assert run(_args("--format", "json", "--gate", ",".join(FEW))) == 0
+    captured = capsys.readouterr()
+    table = json.loads(captured.out)
     assert table["ok"] is True
     rows = {row["gate"]: row for row in table["gates"]}
     assert set(rows) == set(FEW)
     for name, row in rows.items():
         assert row["verdict"] == "ok", (name, row)
-        assert row["cases"] >= 1
-        assert all(row["transforms"][t] for t in TRANSFORMS), (name, row["transforms"])
-        assert set(row) == {"gate", "cases", "vs_jax_f64", "vs_jax_f32", "vs_numeric",
-                            "second_order", "custom_us", "builtin_us", "transforms", "verdict"}
-        assert row["second_order"] is True, (name, row)
-    assert table["meta"]["seed"] == 0 and "device" in table["meta"]
+        # the default part: float64 only, the first case(s) and the kinks, under jit alone
+        assert 1 <= row["cases"] < row["declared"], (name, row)
+        assert row["vs_jax_f64"] is not None
+        assert (row["vs_numeric"] is None) == (name == "batch_norm")  # it has no numeric case
+        assert row["vs_jax_f32"] is None and row["second_order"] is None
+        assert row["transforms"] == {t: (t == "jit") or None for t in CHECKS
+                                     if t != SECOND_ORDER}, (name, row["transforms"])
+        assert set(row) == {"gate", "cases", "declared", "vs_jax_f64", "vs_jax_f32",
+                            "vs_numeric", "second_order", "custom_us", "builtin_us",
+                            "transforms", "verdict"}
+    meta = table["meta"]
+    assert meta["seed"] == 0 and "device" in meta and meta["all"] is False
+    assert meta["scope"] == {"dtypes": ["float64"], "cases": 1, "checks": ["jit"]}
+    assert all(name in captured.err for name in FEW)  # the rows, on stderr as they came
+    # --all: every case, both dtypes, every transform and the 2nd order
+    assert run(_args("--format", "json", "--all", "--gate", "relu")) == 0
+    row = json.loads(capsys.readouterr().out)["gates"][0]
+    assert row["cases"] == row["declared"] and row["vs_jax_f32"] is not None
+    assert all(row["transforms"][t] for t in ("eager",) + TRANSFORMS), row["transforms"]
+    assert row["second_order"] is True, row
+
+
+def test_the_default_part_checks_every_gate_meaningfully():
+    """QUICK leaves out cases, dtypes and transforms, never a gate: each keeps its first case
+    in float64 against jax.vjp and central differences (a numerically checked case is added
+    where the first is not one), all its kink cases, and the jit transform."""
+    from fnn.ops.primitives import registry as primitives
+
+    name = "lax.convert_element_type"  # its first case is not checked numerically
+    quick, full = check_gate(name, primitives[name], **QUICK), check_gate(name, primitives[name])
+    assert quick.ok and full.ok
+    assert {c.dtype for c in quick.cases} == {"float64"}
+    assert quick.declared == full.declared == sum(c.dtype == "float64" for c in full.cases)
+    assert quick.worst("vs_numeric", "float64") is not None
+    assert len(quick.cases) == 2
+    relu = check_gate("relu", fnn.registry["relu"], **QUICK)
+    kinks = [c.label for c in relu.cases if c.label.startswith("kink: ")]
+    assert kinks and kinks == [c.label for c in check_gate("relu", fnn.registry["relu"]).cases
+                               if c.label.startswith("kink: ")]
+    assert relu.transforms["jit"] is True and relu.transforms["vmap"] is None
+    # the forward is checked against itself called alone, not jax.vjp's primal output: at
+    # lax.reduce's kink (ties, NaN, inf) the two differ by 3e-2
+    assert check_gate("lax.reduce", primitives["lax.reduce"], **QUICK).ok
+    with pytest.raises(ValueError, match="checks must be among"):
+        check_gate("relu", fnn.registry["relu"], checks=("pmap",))
 
 
 def test_user_module_with_a_wrong_vjp_fails(tmp_path, monkeypatch, capsys):
@@ -91,7 +136,10 @@ def test_user_module_with_a_wrong_vjp_fails(tmp_path, monkeypatch, capsys):
     assert "FAILED: bad_square" in out
     assert run(_args(*argv[:2], "--gate", "cube", "--format", "markdown")) == 0
     assert "| cube | 1 |" in capsys.readouterr().out
-    assert run(_args("--gate", "no_such_gate")) == 2
+    with pytest.raises(UsageError, match="unknown gate"):
+        run(_args("--gate", "no_such_gate"))
+    assert main(["gradcheck", "--gate", "no_such_gate"]) == 2
+    assert "fnn gradcheck: error: unknown gate(s) ['no_such_gate']" in capsys.readouterr().err
 
 
 def test_a_failure_keeps_its_reason():
@@ -128,7 +176,7 @@ def test_model_check_per_layer(capsys):
 
 
 def test_second_order_column_and_the_rule_library(capsys):
-    assert run(_args("--no-timing", "--gate", "tanh,lax.mul")) == 0
+    assert run(_args("--all", "--gate", "tanh,lax.mul")) == 0
     out = capsys.readouterr().out
     assert "2nd order" in out.splitlines()[0]
     assert all(line.split()[5] == "ok" for line in out.splitlines()[2:4])

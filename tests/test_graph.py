@@ -12,6 +12,7 @@ from fnn import ops
 from fnn.check import graph
 from fnn.check.graph import graph_layers
 from fnn.check.zoo import small_model
+from fnn.cli._args import UsageError
 from fnn.cli.graph import add_arguments, run
 
 
@@ -129,4 +130,8 @@ def test_graph_command_lecture_and_model(tmp_path, capsys):
             assert (tmp_path / f"{name}.svg").stat().st_size > 0
     assert run(_args("--model", "mlp", "--out", str(tmp_path))) == 0
     assert "1_dense" in (tmp_path / "mlp.dot").read_text()
-    assert run(_args()) == 2
+    with pytest.raises(UsageError, match="say what to draw"):
+        run(_args())
+    from fnn.cli import main
+
+    assert main(["graph"]) == 2  # bad usage

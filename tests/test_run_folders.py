@@ -96,7 +96,7 @@ def test_resume_from_best_continues_from_it(run_dir, capsys):
         capsys.readouterr().out
     assert epochs_of(run_dir) == [1, 2]
     assert train.read_checkpoint(os.path.join(run_dir, "last.safetensors"))[1]["epoch"] == 2
-    assert main(["train", "--out", run_dir, "--resume-from", "best"]) == 1
+    assert main(["train", "--out", run_dir, "--resume-from", "best"]) == 2  # bad usage
     assert "--resume-from needs --resume" in error_of(capsys)
 
 
@@ -127,7 +127,7 @@ def test_a_new_run_refuses_every_file_it_would_write(tmp_path, capsys):
     assert main(["train", "--out", str(out), "--epochs", "1", "--overwrite", *TINY]) == 0
     assert "--overwrite: removed diagnostics.jsonl" in capsys.readouterr().out
     assert not (out / "diagnostics.jsonl").exists() and epochs_of(str(out)) == [1]
-    assert main(["train", "--resume", str(out), "--overwrite"]) == 1
+    assert main(["train", "--resume", str(out), "--overwrite"]) == 2  # bad usage
     assert "give one of them" in error_of(capsys)
 
 
@@ -459,12 +459,12 @@ def test_ctrl_c_while_xla_compiles_stops_within_a_second(monkeypatch):
     """It used to wait for the compilation (4.4 s seen)."""
     real, release = fnn.train.loop.interruptible, threading.Event()
 
-    def slow(fn, stop, poll=0.05):
+    def slow(fn, stop, poll=0.05, tick=None):
         def compile_slowly():
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while XLA compiles (10 s here)
             release.wait(10)
             return fn()
-        return real(compile_slowly, stop, poll)
+        return real(compile_slowly, stop, poll, tick)
 
     monkeypatch.setattr(fnn.train.loop, "interruptible", slow)
     data = train.load_dataset("digits", limit=100)

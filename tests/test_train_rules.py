@@ -73,7 +73,7 @@ def test_train_with_feedback_alignment_logs_alignment_and_resumes(tmp_path, caps
     assert angles["5_dense"] == pytest.approx(0.0, abs=0.1)
     assert main(["train", "--resume", out, "--epochs", "2", "--no-progress"]) == 0
     assert "backward rules: affine@3_dense=feedback_alignment" in capsys.readouterr().out
-    assert main(["train", "--resume", out, "--rule", "relu=straight_through"]) == 1
+    assert main(["train", "--resume", out, "--rule", "relu=straight_through"]) == 2
 
 
 def test_rules_with_builtin_gradients_are_refused(tmp_path, capsys):

@@ -245,13 +245,18 @@ def bench_trace(lengths=(250, 500, 1000)) -> list[dict]:
     return rows
 
 
+def model_row(name: str, *, reps: int = 30, quick: bool = False) -> dict:
+    """bench_model's row, or a row saying why it was skipped (Equinox or Flax not installed)."""
+    try:
+        return bench_model(name, reps=reps, quick=quick)
+    except ImportError as e:  # Equinox or Flax not installed: say so, go on
+        return {"kind": "jax_model", "case": name, "skipped": str(e)}
+
+
 def run(*, reps: int = 30, quick: bool = False, only=MODELS, log=None) -> list[dict]:
     rows = []
     for name in only:
-        try:
-            rows.append(bench_model(name, reps=reps, quick=quick))
-        except ImportError as e:  # Equinox or Flax not installed: say so, go on
-            rows.append({"kind": "jax_model", "case": name, "skipped": str(e)})
+        rows.append(model_row(name, reps=reps, quick=quick))
         if log is not None:
             log(format_row(rows[-1]))
     rows += bench_trace((50, 100) if quick else (250, 500, 1000))

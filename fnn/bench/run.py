@@ -15,20 +15,18 @@ from fnn.bench.timing import (ATTEMPTS, LOAD_TOLERANCE, bench_matmul, gemm, load
                               machine)
 
 
-def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-        torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
-        attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0, tuning=None,
-        log=None) -> dict:
-    """Run the cases named in `only` (default all; gate names select single gates).
-    torch: time PyTorch's step of each step case too, in a process of its own after fnn's
-    (torch_path: a folder holding torch, put on that process's path only). Each side of a step
-    row is timed again while the 1-min load average moves by more than `load_tolerance` across
-    it, `attempts` times at most (fnn.bench.timing.steady).
-    `tuning`: what fnn.runtime.tune_cpu did before JAX started (recorded with the results).
-    log(line) gets a line per row as it is measured (None: silent)."""
+def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
+         torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
+         attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0,
+         tuning=None) -> tuple[dict, list]:
+    """(result, steps): what `run` does, not yet done. `result` is the run's record without its
+    rows (result["rows"] is empty; result["missing"] lists the gates asked for that declare no
+    benchmark size); `steps` is a list of (label, measure), measure() returning the rows of
+    that step (a list of dicts), to be added to result["rows"] in order, then `finish(result)`.
+    A caller that runs them one by one can show progress, print each row as it comes and stop
+    between two (fnn.cli.bench)."""
     from fnn.ops import registry
 
-    log = log or (lambda line: None)
     only = set(only or CASES)
     unknown = only - set(CASES) - set(registry)
     if unknown:
@@ -40,40 +38,75 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "tuning": tuning,
               "load": [load_average()], "load_tolerance": load_tolerance, "attempts": attempts,
               "rows": []}
-    rows = result["rows"]
-    steps = [c for c in STEP_CASES if c in only]
+    steps = []
+    cases = [c for c in STEP_CASES if c in only]
     n = 256 if quick else 2048 if jax.default_backend() == "cpu" else 8192  # the gemm's size
     for d in sorted({jnp.dtype(jnp.float32), dtype}, key=str):
-        if steps or "gemm" in only:
-            rows.append(bench_matmul(n, max(3, reps // 3), d))
-            log(fmt_row(rows[-1]))
+        if cases or "gemm" in only:
+            steps.append((f"gemm {d.name}", lambda d=d: [bench_matmul(n, max(3, reps // 3), d)]))
+    made = {}
+
+    def reference():  # built once, timed beside every step case
+        if "gemm" not in made:
+            made["gemm"] = gemm(n, dtype)
+        return made["gemm"]
+
     specs = model_specs(quick)
-    reference = gemm(n, dtype) if steps else None  # built once, timed beside every step case
-    for case in steps:
-        rows.append(bench_step(case, specs[case], reps=reps, dtype=dtype,
-                               eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
-                               compile_reps=1 if quick else 3, reference=reference,
-                               torch=torch, torch_path=torch_path,
-                               load_tolerance=load_tolerance, attempts=attempts,
-                               profile_top=profile_top))
-        log(fmt_row(rows[-1]))
+    for case in cases:
+        steps.append((case, lambda case=case: [bench_step(
+            case, specs[case], reps=reps, dtype=dtype,
+            eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
+            compile_reps=1 if quick else 3, reference=reference(), torch=torch,
+            torch_path=torch_path, load_tolerance=load_tolerance, attempts=attempts,
+            profile_top=profile_top)]))
     if "epoch" in only:
-        rows.append(bench_epoch(reps=max(3, reps // 5), limit=200 if quick else None))
-        log(fmt_row(rows[-1]))
+        steps.append(("epoch", lambda: [bench_epoch(reps=max(3, reps // 5),
+                                                    limit=200 if quick else None)]))
     inputs = gate_inputs(quick)
     for name in gates:
         for label, make in inputs.get(name, ()):
-            rows.append(bench_gate(name, label, make, reps=reps, dtype=dtype,
-                                   budget_s=0.05 if quick else 1.0))
-            log(fmt_row(rows[-1]))
-        if name not in inputs:
-            log(f"gate {name}: no benchmark size declared in fnn.bench.cases.gate_inputs")
+            steps.append((f"{name} {label}", lambda name=name, label=label, make=make: [
+                bench_gate(name, label, make, reps=reps, dtype=dtype,
+                           budget_s=0.05 if quick else 1.0)]))
+    result["missing"] = [name for name in gates if name not in inputs]
     if "jax" in only:  # Flax/Equinox models through the primitive front-end (issue 11)
         from fnn.bench import jax_models
 
-        for row in jax_models.run(reps=reps, quick=quick):
-            rows.append(row)
-            log(jax_models.format_row(row))
+        for name in jax_models.MODELS:
+            steps.append((name, lambda name=name: [jax_models.model_row(name, reps=reps,
+                                                                        quick=quick)]))
+        steps.append(("trace", lambda: jax_models.bench_trace((50, 100) if quick
+                                                              else (250, 500, 1000))))
+    return result, steps
+
+
+def finish(result: dict) -> dict:
+    """The result of a planned run whose rows are in: the load after it, issue 5's targets."""
     result["load"].append(load_average())
-    result["targets"] = targets(rows)
+    result["targets"] = targets(result["rows"])
     return result
+
+
+def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
+        torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
+        attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0, tuning=None,
+        log=None) -> dict:
+    """Run the cases named in `only` (default all; gate names select single gates).
+    torch: time PyTorch's step of each step case too, in a process of its own after fnn's
+    (torch_path: a folder holding torch, put on that process's path only). Each side of a step
+    row is timed again while the 1-min load average moves by more than `load_tolerance` across
+    it, `attempts` times at most (fnn.bench.timing.steady).
+    `tuning`: what fnn.runtime.tune_cpu did before JAX started (recorded with the results).
+    log(line) gets a line per row as it is measured (None: silent). The same as `plan`, every
+    step measured in turn, and `finish`."""
+    log = log or (lambda line: None)
+    result, steps = plan(only=only, reps=reps, dtype=dtype, quick=quick, torch=torch,
+                         torch_path=torch_path, load_tolerance=load_tolerance,
+                         attempts=attempts, eager=eager, profile_top=profile_top, tuning=tuning)
+    for name in result["missing"]:
+        log(f"gate {name}: no benchmark size declared in fnn.bench.cases.gate_inputs")
+    for _, measure in steps:
+        for row in measure():
+            result["rows"].append(row)
+            log(fmt_row(row))
+    return finish(result)

@@ -51,6 +51,11 @@ DTYPES = ("float64", "float32")
 TRANSFORMS = ("jit", "vmap", "grad(vmap)", "vmap(grad)")
 SECOND_ORDER = "2nd order"
 CHECKS = ("eager",) + TRANSFORMS + (SECOND_ORDER,)  # what runs on the first float64 case
+# a part that keeps every gate checked, a few times faster (`python -m fnn gradcheck` without
+# --all): the first cases (_pick) and the kink cases, float64 (vs jax.vjp and central
+# differences), under jit: the pullback called eagerly costs as much again, and float32,
+# vmap, grad(vmap), vmap(grad) and the 2nd order several times that
+QUICK = {"dtypes": ("float64",), "cases": 1, "checks": ("jit",)}
 DIFFERENTIATE_THE_VJP = ("grad(vmap)", SECOND_ORDER)  # not judged where Case.second_order=False
 # the checking programs run once: compile them fast rather than well (nothing here is timed)
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -89,6 +94,7 @@ class GateCheck:
     cases: list
     transforms: dict
     errors: dict
+    declared: int = 0  # the float64 cases the gate declares (kinks included), checked or not
 
     def worst(self, what: str, dtype: str) -> float | None:
         """The largest `what` ('forward', 'vs_jax', 'vs_numeric') over the cases in `dtype`."""
@@ -121,27 +127,73 @@ class GateCheck:
         return "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
 
 
-def check_gates(gates: Mapping, *, seed: int = 0, kinks: bool = True) -> list[GateCheck]:
-    """check_gate for every (name, gate) of `gates` (fnn.registry, or any mapping name -> Gate)."""
-    return [check_gate(name, gate, seed=seed, kinks=kinks) for name, gate in gates.items()]
+def check_gates(gates: Mapping, *, seed: int = 0, kinks: bool = True, **scope) -> list[GateCheck]:
+    """check_gate for every (name, gate) of `gates`.
+
+    Args:
+        gates: fnn.registry, or any mapping name -> Gate.
+        seed: as for check_gate.
+        kinks: as for check_gate.
+        **scope: check_gate's dtypes=, cases=, checks=.
+
+    Returns:
+        A GateCheck per gate, in the mapping's order.
+
+    Raises:
+        ValueError: as for check_gate.
+    """
+    return [check_gate(name, gate, seed=seed, kinks=kinks, **scope) for name, gate in gates.items()]
 
 
-def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True) -> GateCheck:
-    """Check every test case of `gate` (see the module docstring); never raises for the gate's
-    faults: they become problems of the returned GateCheck. kinks=True also checks the gate's
-    kink cases (Gate.defkinks) in float64, against jax.vjp alone (labels 'kink: ...')."""
+def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True, dtypes=DTYPES,
+               cases: int | None = None, checks=CHECKS) -> GateCheck:
+    """Check every test case of `gate` (see fnn.check.gates): its VJP vs jax.vjp and numerics.
+
+    Never raises for the gate's faults: they become problems of the returned GateCheck.
+
+    A part of it (what `python -m fnn gradcheck` runs without --all, QUICK) is chosen with
+    `dtypes`, `cases` and `checks`. GateCheck.declared counts the cases declared, checked or not.
+
+    Args:
+        name: the gate's name, for the report.
+        gate: the Gate (with its cases declared by `@gate.defcases`).
+        seed: the seed of the cases and cotangents.
+        kinks: also check the gate's kink cases (Gate.defkinks) in float64, against jax.vjp
+            alone (labels 'kink: ...').
+        dtypes: those of DTYPES ("float64", "float32") to check in.
+        cases: how many of the gate's test cases (the first ones, and the first checked
+            numerically and the first plain one, the transforms' case, where those hold none);
+            None: all; the kink cases are never left out.
+        checks: those of CHECKS to run ("eager", "jit", "vmap", "grad(vmap)", "vmap(grad)",
+            "2nd order"); the others stay None, not judged.
+
+    Returns:
+        The GateCheck of the gate.
+
+    Raises:
+        ValueError: a check or dtype is not one of CHECKS or DTYPES, or cases is below 1.
+    """
+    unknown = [t for t in checks if t not in CHECKS] + [d for d in dtypes if d not in DTYPES]
+    if unknown or (cases is not None and cases < 1):
+        raise ValueError(f"check_gate: checks must be among {CHECKS}, dtypes among {DTYPES} and "
+                         f"cases None or >= 1; got {unknown or cases!r}")
     report = GateCheck(name, [], {t: None for t in CHECKS}, {})
     if gate.cases is None:
         report.errors["cases"] = f"none declared (@{name}.defcases)"
         return report
-    for dtype in DTYPES:
+    for dtype in dtypes:
         try:
             with jax.enable_x64(dtype == "float64"):
-                cases = gate.cases(np.random.default_rng(seed), dtype)
+                made = list(gate.cases(np.random.default_rng(seed), dtype))
+                if dtype == "float64":
+                    report.declared = len(made)
+                made = _pick(made, cases)
                 if kinks and dtype == "float64" and callable(getattr(gate, "kinks", None)):
-                    cases = list(cases) + gate.kink_cases(dtype)
-                if cases:
-                    _check_dtype(report, gate, cases, dtype, seed)
+                    kink_cases = gate.kink_cases(dtype)
+                    made += kink_cases
+                    report.declared += len(kink_cases)
+                if made:
+                    _check_dtype(report, gate, made, dtype, seed, checks)
         except Exception as e:  # a gate that crashes the checker fails, with the reason shown
             report.errors[dtype] = _reason(e)
     if report.vjp_wrong:  # a wrong VJP is wrong under every transform: vs jax.vjp says it once
@@ -150,6 +202,21 @@ def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True) -> GateChe
 
 
 COMPLEX_OF = {"float64": "complex128", "float32": "complex64"}
+
+
+def _pick(cases: list, n: int | None) -> list:
+    """The first n of `cases` (None: all), and the first case checked numerically and the
+    first the transforms are checked on (`_Prepared.plain`) when those n hold none."""
+    if n is None or n >= len(cases):
+        return list(cases)
+    chosen = list(range(n))
+    for wanted in (lambda c: c.numeric or not getattr(c, "reference", True),
+                   lambda c: getattr(c, "reference", True) and not any(
+                       s for s in (c.structure if isinstance(c.structure, tuple)
+                                   else (c.structure,)))):
+        if not any(wanted(cases[i]) for i in chosen):
+            chosen += [i for i, c in enumerate(cases) if wanted(c)][:1]
+    return [cases[i] for i in sorted(chosen)]
 
 
 def cast_case(case, dtype):
@@ -257,12 +324,15 @@ class _Prepared:
         return self.reference and not self.kink and not any(self.structure)
 
 
-def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
-    """Add the CaseChecks of `cases` in `dtype`, and in float64 the transforms, to `report`."""
+def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=CHECKS) -> None:
+    """Add the CaseChecks of `cases` in `dtype`, and in float64 the transforms among `checks`,
+    to `report`."""
     rng = np.random.default_rng(seed + 1)
     preps = [_Prepared(gate, c, dtype, rng, c.label or f"#{i}") for i, c in enumerate(cases)]
     full = dtype == "float64"
     first = next((i for i, p in enumerate(preps) if p.plain), None)  # the transforms' case
+    if not checks:
+        first = None
     raised = {}  # transform -> reason, for the transforms that raised
 
     def run(ds, cfs, jitted):
@@ -271,9 +341,14 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
             out_mine, pullback = fnn_vjp(p.recorded, *d)
             num = (numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
                    if full and (p.numeric or not p.reference) else None)
+            # the forward called on its own (jax.vjp's primal output can differ from it: at
+            # lax.reduce's kinks it does)
             res.append((p.forward(*d), out_mine, p.project(p.ref(cf, *d), d),
                         p.project(pullback(p.ct(cf)), d), num))
-        trans = (_transforms(preps[first], ds[first], cfs[first], jitted, raised)
+        # under the enclosing jit, the jit transform is the first plain case's own check
+        same = (res[first][3], res[first][2]) if jitted and first is not None else None
+        trans = (_transforms(preps[first], ds[first], cfs[first], jitted, raised, checks,
+                             same)
                  if full and first is not None else {})
         return res, trans
 
@@ -293,8 +368,9 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int) -> None:
     if full and first is not None:
         p = preps[first]
         d, cf = p.d, p.cf
-        trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), res[first][2]), raised)
-        for name in CHECKS:
+        if "eager" in checks:
+            trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), res[first][2]), raised)
+        for name in checks:
             pair = trans.get(name)
             report.transforms[name] = (False if name in raised else None if pair is None
                                        else _error(*pair) <= tolerance("transform", dtype))
@@ -327,9 +403,10 @@ def case_results(gate, cases, *, dtype: str = "float64", seed: int = 0) -> list:
         return [(p.label, *jax.tree_util.tree_map(np.asarray, r)) for p, r in zip(preps, res)]
 
 
-def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
-    """name -> (fnn's result, jax.vjp's result) under each transform; None where it raised
-    (the reason added to `raised`) or does not apply (no float input).
+def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS,
+                same=None) -> dict:
+    """name -> (fnn's result, jax.vjp's result) under each transform of `checks`; None where it
+    raised (the reason added to `raised`) or does not apply (no float input).
 
     Called while tracing the jitted check (jitted=True: the jit transform is the enclosing jit)
     or eagerly; a transform that raises while tracing is caught here, on its own."""
@@ -357,8 +434,9 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
             return sum(real_sum(o ** 2) for o in jax.tree_util.tree_leaves(jax.vmap(fn)(cfs, *d)))
         return jax.grad(total, argnums=argnums)(*stack)
 
-    checks = {
-        "jit": lambda: ((p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d)),
+    tests = {
+        "jit": lambda: same if same is not None else (
+            (p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d)),
         "vmap": lambda: (jax.vmap(p.mine)(cfs, *stack), jax.vmap(p.ref)(cfs, *stack)),
         "grad(vmap)": lambda: (grad_of_vmap(p.mine), grad_of_vmap(p.ref)),
         "vmap(grad)": lambda: (jax.vmap(fnn_grad(loss_mine, argnums=argnums))(*stack),
@@ -366,8 +444,9 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict) -> dict:
         SECOND_ORDER: lambda: (second_order(fnn_vjp, p.recorded), second_order(jax.vjp, p.forward)),
     }
     if not p.second_order:  # JAX cannot differentiate this VJP (Case.second_order): not judged
-        checks = {k: v for k, v in checks.items() if k not in DIFFERENTIATE_THE_VJP}
-    found = {name: _attempt(name, check, raised) for name, check in checks.items()}
+        tests = {k: v for k, v in tests.items() if k not in DIFFERENTIATE_THE_VJP}
+    found = {name: _attempt(name, check, raised) for name, check in tests.items()
+             if name in checks}
     return {name: found.get(name) for name in TRANSFORMS + (SECOND_ORDER,)}
 
 

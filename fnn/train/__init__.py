@@ -28,6 +28,9 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   OutOfMemoryError                                a run that does not fit, with its sizes
   data_parallel, DataParallel                     split batches across devices (fit(devices=N)),
                                                   and parameters too (shard="params")
+  distributed (module): initialize,               several processes, one run: join it first
+  DistributedError                                (jax.distributed, gloo on CPU); errors and
+                                                  decisions (stop, options) shared by all
   find_nan_origin, check_fit_inputs               NaN origin of a training step; data checks
 """
 
@@ -36,6 +39,7 @@ from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_params,
                                   save_train_state)
 from fnn.train.config import ConfigError, TrainConfig
 from fnn.train.data import DATASETS, Dataset, load_dataset, split, standardize
+from fnn.train.distributed import DistributedError
 from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
 from fnn.train.hooks import Hook
 from fnn.train.interrupt import TrainingInterrupted
@@ -55,6 +59,7 @@ from fnn.train.text import Vocab, load_text
 from fnn.train.validate import check_fit_inputs
 
 __all__ = ["CheckpointError", "ConfigError", "DATASETS", "DataError", "DataParallel", "Dataset",
+           "DistributedError",
            "GRADS", "Hook", "LOSSES", "Loss", "OPTIMIZERS", "OutOfMemoryError", "RunDirError",
            "RunLock", "SCHEDULES", "TrainConfig", "TrainState", "TrainingInterrupted", "Vocab",
            "accuracy", "check_fit_inputs", "cross_entropy", "data_parallel", "find_nan_origin",

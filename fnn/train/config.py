@@ -33,39 +33,54 @@ class ConfigError(FnnError, ValueError):
     """A run's configuration (options, config.json, a checkpoint's config) holds a bad value."""
 
 
+def option(default, group: str):
+    """A TrainConfig field: its default, and the topic it is listed under in `python -m fnn
+    train --help` (model, data, optimisation, gradients and rules; fnn.cli.train's GROUPS)."""
+    return dataclasses.field(default=default, metadata={"group": group})
+
+
+def option_group(name: str) -> str:
+    """The help topic of TrainConfig field `name` (declared with `option`)."""
+    return {f.name: f.metadata["group"] for f in dataclasses.fields(TrainConfig)}[name]
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that defines a run. The defaults train the MLP on digits to >= 97% test
-    accuracy with hand-written gradients in well under a minute on 2 CPU cores."""
+    accuracy with hand-written gradients in well under a minute on 2 CPU cores. Each field is
+    an option of `python -m fnn train` (--batch-size for batch_size), listed in --help under
+    the topic its declaration gives (`option(default, group)`)."""
 
-    model: str = "mlp"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    grad: str = "custom"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    epochs: int = 30
-    batch_size: int = 32
-    seed: int = 0
-    weight_decay: float = 0.0
-    clip: float = 0.0
-    l2: float = 0.0
-    loss: str = "softmax_cross_entropy"
-    label_smoothing: float = 0.0
-    val_fraction: float = 0.1
-    hidden: tuple = (256,)
-    channels: tuple | None = None
-    activation: str = "relu"
-    init: str = "he"
-    dropout: float = 0.0
-    limit: int = 0
-    context: int = 128
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    rules: tuple = ()  # backward-rule overrides, "GATE=RULE[:opt=v]" (fnn.train.rules)
-    remat: bool = False  # recompute activations in the backward (the model's blocks; fit(remat=))
+    model: str = option("mlp", "model")
+    dataset: str = option("digits", "data")
+    data_dir: str | None = option(None, "data")
+    grad: str = option("custom", "gradients and rules")
+    optimizer: str = option("adam", "optimisation")
+    lr: float = option(1e-3, "optimisation")
+    schedule: str = option("cosine", "optimisation")
+    epochs: int = option(30, "optimisation")
+    batch_size: int = option(32, "optimisation")
+    seed: int = option(0, "optimisation")
+    weight_decay: float = option(0.0, "optimisation")
+    clip: float = option(0.0, "optimisation")
+    l2: float = option(0.0, "optimisation")
+    loss: str = option("softmax_cross_entropy", "optimisation")
+    label_smoothing: float = option(0.0, "optimisation")
+    val_fraction: float = option(0.1, "data")
+    hidden: tuple = option((256,), "model")
+    channels: tuple | None = option(None, "model")
+    activation: str = option("relu", "model")
+    init: str = option("he", "model")
+    dropout: float = option(0.0, "model")
+    limit: int = option(0, "data")
+    context: int = option(128, "data")
+    width: int = option(128, "model")
+    depth: int = option(2, "model")
+    heads: int = option(4, "model")
+    # backward-rule overrides, "GATE=RULE[:opt=v]" (fnn.train.rules)
+    rules: tuple = option((), "gradients and rules")
+    # recompute activations in the backward (the model's blocks; fit(remat=))
+    remat: bool = option(False, "gradients and rules")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -7,6 +7,9 @@ fit is an epoch loop; everything else it does is a Hook, an object with some of 
                                       uncompiled train step (what fnn.train.diagnostics wraps)
     carry_in(opt_state, ts)           each epoch, before it runs: what the wrapped step carries
         -> carried                    in place of opt_state (undone by carry_out)
+    on_compiling(seconds)             XLA has been compiling the epoch's program for `seconds`
+                                      (called every 50 ms while it does, for hooks whose
+                                      `progress` is True)
     on_epoch_start(ts, n_steps)       the epoch (ts.epoch + 1) is about to run (from step
                                       ts.position when ts was saved in the middle of it)
     on_progress(done)                 after each compiled chunk of the epoch, with the steps of
@@ -50,6 +53,9 @@ class Hook:
     def carry_in(self, opt_state, ts):
         return opt_state
 
+    def on_compiling(self, seconds: float) -> None:
+        pass
+
     def on_epoch_start(self, ts, n_steps: int) -> None:
         pass
 
@@ -73,14 +79,24 @@ class Hook:
 
 
 class ProgressBar(Hook):
-    """A tqdm progress bar per epoch, fed between the compiled chunks of the epoch; only on a
-    terminal (elsewhere, in logs and pipes, the per-epoch lines say it all)."""
+    """A tqdm progress bar per epoch, fed between the compiled chunks of the epoch, and one
+    counting the seconds while XLA compiles the epoch's program; only on a terminal
+    (elsewhere, in logs and pipes, the per-epoch lines say it all, the first with its compile
+    time)."""
 
     def __init__(self, epochs: int, enabled: bool = True):
         self.epochs, self.bar = epochs, None
         self.progress = enabled and sys.stderr.isatty()
 
+    def on_compiling(self, seconds):
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(leave=False, bar_format="{desc}", dynamic_ncols=True)
+        self.bar.set_description_str(f"compiling the epoch's program (XLA): {seconds:.1f} s")
+
     def on_epoch_start(self, ts, n_steps):
+        self.on_epoch_stop()  # the compile's bar
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -95,6 +111,9 @@ class ProgressBar(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_interrupt(self, ts):  # also a Ctrl-C while compiling
+        self.on_epoch_stop()
 
 
 def format_record(r: dict, epochs: int) -> str:

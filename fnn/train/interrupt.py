@@ -91,11 +91,12 @@ def abandoned() -> list:
     return list(_ABANDONED)
 
 
-def interruptible(fn, stop: StopRequest, poll: float = 0.05):
+def interruptible(fn, stop: StopRequest, poll: float = 0.05, tick=None):
     """(True, fn()) with fn run in a worker thread (in a copy of this thread's context, so
     contextvars such as fnn.rules scopes carry over) while this thread waits, or (False, None)
     as soon as `stop` is requested (fn is left to finish on its own). Without a signal handler
-    of `stop` installed, fn simply runs here."""
+    of `stop` installed, fn simply runs here. tick(seconds waited), if given, is called every
+    `poll` seconds while it waits (a progress display)."""
     if not stop.handling:
         return True, fn()
     result = {}
@@ -109,8 +110,11 @@ def interruptible(fn, stop: StopRequest, poll: float = 0.05):
 
     worker = threading.Thread(target=work, name="fnn-compile", daemon=True)
     worker.start()
+    t0 = time.perf_counter()
     while worker.is_alive():
         worker.join(poll)
+        if tick is not None and worker.is_alive():
+            tick(time.perf_counter() - t0)
         if stop.requested:
             _ABANDONED.append(worker)
             return False, None

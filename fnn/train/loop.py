@@ -31,6 +31,7 @@ import numpy as np
 from fnn.pytrees import path_name
 from fnn.runtime import remat_compiler_options
 from fnn.train.diagnostics import HealthMonitor
+from fnn.train.distributed import agree_stop
 from fnn.train.epoch import (epoch_batches, make_epoch_runner, make_evaluate, metrics_buffers,
                              steps_per_epoch)
 from fnn.train.hooks import Callback, EpochLog, Hook, ProgressBar
@@ -129,6 +130,11 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
     returned TrainState keeps them split (np.asarray or a checkpoint gathers them).
     remat: recompute the activations in the backward instead of keeping them (less memory,
     about one more forward per step; make_train_step's remat, fnn.train.step.remat_model).
+    Several processes (fnn.train.distributed.initialize first, every process calling fit
+    alike): devices=None means every device of every process, each process places its own
+    devices' share of the data, and between two chunks the processes agree on whether to stop
+    (any Ctrl-C) and on the chunk's length, so that they all run the same steps and stop at the
+    same one (a Ctrl-C during the first compilation waits for it).
     """
     if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))
                                           and 0 <= chunk_seconds < float("inf")):
@@ -136,6 +142,8 @@ def fit(model, optimizer, data, *, epochs: int, batch_size: int = 64, grad: str 
                          f"got {chunk_seconds!r}")
     check_fit_inputs(model, data, loss=loss, start=start, optimizer=optimizer,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, epochs=epochs)
+    if devices is None and jax.process_count() > 1:
+        devices = jax.device_count()  # several processes: every device of every process
     dp = data_parallel(devices, shard)
     try:
         ts = start if start is not None else init_train_state(
@@ -213,14 +221,18 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
             t0 = time.perf_counter()
             lowered = runner.lower(ts.params, ts.state, carried, buffers, x, y, order, keys,
                                    zero, zero)
-            ready, compiled = interruptible(
-                lambda: lowered.compile(compiler_options=compiler_options), stop)
+            if jax.process_count() == 1:
+                ready, compiled = interruptible(
+                    lambda: lowered.compile(compiler_options=compiler_options), stop,
+                    tick=lambda s: [h.on_compiling(s) for h in listeners])
+            else:  # every process compiles; a stop request waits for the first chunk's start
+                ready, compiled = True, lowered.compile(compiler_options=compiler_options)
             if not ready:  # Ctrl-C while XLA compiles: stop now, where the epoch stands
                 _interrupted(hooks, ts, e, p0, p0, ts.params, ts.state, carried, buffers,
                              order, stop)
             record["compile_s"] = time.perf_counter() - t0
             fp.xla_temp = xla_temp_bytes(compiled)
-            check_fits(fp, min(x.devices(), key=lambda d: d.id))
+            check_fits(fp, min({s.device for s in x.addressable_shards}, key=lambda d: d.id))
         for h in hooks:
             h.on_epoch_start(ts, n_steps)
         if p0:
@@ -228,8 +240,12 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
                 h.on_progress(p0)
         params, state, done, run_s = ts.params, ts.state, p0, 0.0
         try:
-            while done < n_steps and not stop.requested:
-                k = chunks.size(n_steps - done)
+            while done < n_steps:
+                # several processes: all stop at the same chunk, all run the same steps
+                stopping, k = agree_stop(stop.requested, chunks.size(n_steps - done))
+                if stopping:
+                    stop.request()
+                    break
                 t0 = time.perf_counter()
                 params, state, carried, buffers = compiled(
                     params, state, carried, buffers, x, y, order, keys, jnp.int32(done),
@@ -274,7 +290,8 @@ def _epochs(hooks, ts, epochs, n_steps, batch_size, x, y, x_val, y_val, step, ru
         history.append(record)
         for h in hooks:
             h.on_epoch_end(ts, record)
-        if stop.requested and e + 1 < epochs:  # the Ctrl-C came at the epoch's end
+        if e + 1 < epochs and agree_stop(stop.requested)[0]:  # a Ctrl-C at the epoch's end
+            stop.request()
             _interrupted(hooks, ts, e + 1, 0, 0, ts.params, ts.state, ts.opt_state, None, None,
                          stop, carried_out=True)
     return ts, history

@@ -208,6 +208,11 @@ def data_parallel(devices: int | Sequence | Mesh | DataParallel | None = None,
         if n > len(available):
             raise ValueError(f"devices={n} but JAX sees {len(available)} device(s) "
                              f"({available[0].platform}){_more_devices_hint(n)}")
+        if jax.process_count() > 1 and n != len(available):
+            raise ValueError(f"devices={n}, but a run of {jax.process_count()} processes "
+                             f"trains on every device of every process: "
+                             f"{len(available)} ({jax.local_device_count()} in this one); "
+                             f"leave devices out (--devices) or give {len(available)}")
         chosen = available[:n]
     else:
         chosen = list(devices)

@@ -50,6 +50,7 @@ import os
 from typing import Callable
 
 import jax
+import numpy as np
 
 from fnn.nn import SEQUENCE_MODELS, build_model, count_params, summary
 from fnn.train import jsonl
@@ -58,6 +59,7 @@ from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_s
 from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, differences,
                               option_flag, resume_config)
 from fnn.train.data import load_dataset
+from fnn.train.distributed import same, together
 from fnn.train.epoch import make_evaluate, steps_per_epoch
 from fnn.train.health_log import FILE as HEALTH_FILE, PLOT as HEALTH_PLOT, HealthLog
 from fnn.train.hooks import Hook
@@ -200,8 +202,11 @@ class RunDirectory(Hook):
             if "val_bpc" in record:
                 self.log(f"  val {record['val_bpc']:.3f} bits/char, perplexity "
                          f"{record['val_ppl']:.2f}")
-        if not self.primary:
-            return
+        with together(f"saving epoch {record['epoch']}"):  # a failed write stops every process
+            if self.primary:
+                self._save_epoch(ts, record, rows)
+
+    def _save_epoch(self, ts: TrainState, record: dict, rows: list) -> None:
         self.health.write(rows)
         self.record = dict(record)
         self._save_last(ts)
@@ -219,8 +224,9 @@ class RunDirectory(Hook):
 
     def on_interrupt(self, ts: TrainState):
         ts = _gathered(ts)
-        if self.primary:
-            self._save_last(ts)
+        with together("saving where training stopped"):
+            if self.primary:
+                self._save_last(ts)
 
 
 def save_best(folder: Folder, ts: TrainState, config: TrainConfig, data: dict,
@@ -412,10 +418,15 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
     is saved to last.safetensors and fit's TrainingInterrupted propagates.
 
-    Several processes (multi-host JAX): every process trains, only process 0 locks and writes
-    the run directory and logs; the others return the final test results of their (identical)
-    params. With shard="params" the processes gather the parameters and optimizer state after
-    each epoch (a collective), so that process 0 can write them whole.
+    Several processes (fnn.train.distributed): every process trains, only process 0 locks and
+    writes the run directory and logs; the others read it when resuming (it must be on a file
+    system they share) and return the final test results of their (identical) params. An
+    error of one process while the run starts or saves is an error in all (distributed.together:
+    the others raise DistributedError naming it), and the options, the data's fingerprint and
+    the checkpoint resumed from must be the same in every process (distributed.same). With
+    several processes devices=None means all of their devices. With shard="params" the
+    processes gather the parameters and optimizer state after each epoch (a collective), so
+    that process 0 can write them whole.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
@@ -431,36 +442,40 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
                          "run there: give one of them")
     if resume_from != "last" and not resume:
         raise ValueError("--resume-from needs --resume RUN_DIR")
-    if resume and not os.path.isdir(out_dir):
-        read_config(out_dir)  # the error: not a run directory (nothing is created)
-    if resume and not os.path.lexists(os.path.join(out_dir, CONFIG)):
-        read_config(out_dir)
     if config is None and not resume:
         raise ValueError("train_run needs a config for a new run")
-    if not primary:
-        folder = Folder(out_dir) if resume else None
-        try:
-            return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                               diagnostics, check_nans, devices, chunk_seconds, shard, folder,
-                               overwrite, resume_from)
-        finally:
-            if folder is not None:
-                folder.close()
-    created = not os.path.exists(out_dir)
-    lock = RunLock(out_dir, overwrite=overwrite).acquire()
+    lock = folder = None
+    created = False
     try:
-        lock.folder.remove_stale_temporaries((*FILES, LOCK_FILE))
+        # several processes: process 0 takes the lock, the others open the folder to resume
+        # from it; an error in any of them (the folder in use by another run, not there on
+        # that host) is an error in all
+        with together("opening the run directory"):
+            if resume and (not os.path.isdir(out_dir)
+                           or not os.path.lexists(os.path.join(out_dir, CONFIG))):
+                read_config(out_dir)  # the error: not a run directory (nothing is created)
+            if primary:
+                created = not os.path.exists(out_dir)
+                lock = RunLock(out_dir, overwrite=overwrite).acquire()
+                folder = lock.folder
+                folder.remove_stale_temporaries((*FILES, LOCK_FILE))
+            elif resume:
+                folder = Folder(out_dir)
         return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                           diagnostics, check_nans, devices, chunk_seconds, shard, lock.folder,
+                           diagnostics, check_nans, devices, chunk_seconds, shard, folder,
                            overwrite, resume_from)
     except BaseException:
-        if created and lock.folder.moved() is None and os.listdir(out_dir) == [LOCK_FILE]:
+        if (lock is not None and created and lock.folder.moved() is None
+                and os.listdir(out_dir) == [LOCK_FILE]):
             lock.release(remove=True)  # failed before writing anything
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)
         raise
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        elif folder is not None:
+            folder.close()
 
 
 def _init_state(model, optimizer, data, seed, dp) -> TrainState:
@@ -478,89 +493,105 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
                 check_nans, devices, chunk_seconds, shard, folder, overwrite=False,
                 resume_from="last") -> dict:
     rewrite_config, saved, start, found = False, None, None, []
-    if resume:
-        start = _start_from(folder, resume_from)
-        config, saved = _resume_config(folder, config, overrides, start)
-        rewrite_config = bool(differences(saved, config))
-    elif primary:
-        found = _check_new(folder, overwrite)
-    data, model, optimizer, schedule = setup(config)
-    if not len(data.x_test):
-        raise DataError(f"the test set of {config.dataset} is empty (x_test "
-                        f"{tuple(data.x_test.shape)}): the run could not report its results")
-    # training, validation and test sets against the model, before anything is written
-    check_fit_inputs(model, data, loss=config.training_loss(), batch_size=config.batch_size,
-                     epochs=config.epochs)
-    dp = None
-    if devices or check_shard(shard) == "params":
-        dp = data_parallel(devices, shard)
-        dp.check_batch_size(config.batch_size, "--batch-size")
-        devices = dp.size
+    processes = jax.process_count()
+    with together("reading the run's config and data"):
+        if resume:
+            start = _start_from(folder, resume_from)
+            config, saved = _resume_config(folder, config, overrides, start)
+            rewrite_config = bool(differences(saved, config))
+        elif primary:
+            found = _check_new(folder, overwrite)
+        data, model, optimizer, schedule = setup(config)
+        if not len(data.x_test):
+            raise DataError(f"the test set of {config.dataset} is empty (x_test "
+                            f"{tuple(data.x_test.shape)}): the run could not report its "
+                            "results")
+        # training, validation and test sets against the model, before anything is written
+        check_fit_inputs(model, data, loss=config.training_loss(),
+                         batch_size=config.batch_size, epochs=config.epochs)
+        dp = None
+        if devices or check_shard(shard) == "params" or processes > 1:
+            # several processes: every device of every process, unless --devices says
+            dp = data_parallel(devices or (jax.device_count() if processes > 1 else None),
+                               shard)
+            dp.check_batch_size(config.batch_size, "--batch-size")
+            devices = dp.size
+    same("the run's options and data", {
+        "config": config.to_dict(), "devices": devices, "shard": check_shard(shard),
+        "resume": resume, "resume_from": resume_from, "diagnostics": diagnostics,
+        "check_nans": check_nans, "data": data_sizes(data)})
     # sharded parameters: made split on the mesh, never whole on one device
     ts = _init_state(model, optimizer, data, config.seed, dp)
     sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
     history, best_acc, record = [], -math.inf, None
     if start:
-        path = folder.join(start)
-        ts, meta = load_train_state(start, ts, folder=folder)
-        if dp is not None and dp.shard_params:  # split at once; the whole copy is let go
-            ts = dp.place_train_state(ts)
-        _check_resumed(path, ts, meta, sizes, n_steps, log)
-        check_finite_state(ts, path)
-        if data.vocab is not None:
-            check_vocab(out_dir, data.vocab, folder=folder)
-        history, note = jsonl.read(METRICS, folder=folder)
-        if note:
-            log(f"note: {note}")
-        history = [r for r in check_history(history, folder.join(METRICS))
-                   if r["epoch"] <= ts.epoch]
-        record = meta.get("record") if isinstance(meta.get("record"), dict) else None
-        best_acc = _best_acc(folder, history)  # (before the record: best may lack it too)
-        if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
-                not history or history[-1]["epoch"] == ts.epoch - 1):
-            history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
-            log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped while "
-                f"saving it): restored from {path}")
-        if (primary and record is not None and record.get("epoch") == ts.epoch
-                and ts.position == 0 and start == LAST):
-            score = best_score(record)
-            if score is not None and score > best_acc and not non_finite_leaves(ts.params, ""):
-                save_best(folder, ts, config, sizes, record)  # lost by a crash: put back
-                best_acc = score
-                log(f"note: {folder.join(BEST)} was not saved for epoch {ts.epoch} (the run "
-                    f"stopped while saving it): saved from {path}")
-        where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
-                 else f"after epoch {ts.epoch}")
-        log(f"resuming {out_dir} {where} (optimizer step {ts.step})"
-            + (f" from {BEST}" if start == BEST else ""))
-        if saved.epochs != config.epochs and config.schedule != "constant":
-            log(f"note: the {config.schedule} learning-rate schedule now spans "
-                f"{config.epochs} epochs instead of {saved.epochs}; the rate continues from "
-                "its value on the new schedule")
+        with together(f"reading {start} to resume from it"):
+            path = folder.join(start)
+            ts, meta = load_train_state(start, ts, folder=folder)
+            if dp is not None and dp.shard_params:  # split at once; the whole copy is let go
+                ts = dp.place_train_state(ts)
+            _check_resumed(path, ts, meta, sizes, n_steps, log)
+            check_finite_state(ts, path)
+            if data.vocab is not None:
+                check_vocab(out_dir, data.vocab, folder=folder)
+            history, note = jsonl.read(METRICS, folder=folder)
+            if note:
+                log(f"note: {note}")
+            history = [r for r in check_history(history, folder.join(METRICS))
+                       if r["epoch"] <= ts.epoch]
+            record = meta.get("record") if isinstance(meta.get("record"), dict) else None
+            best_acc = _best_acc(folder, history)  # (before the record: best may lack it)
+            if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
+                    not history or history[-1]["epoch"] == ts.epoch - 1):
+                history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
+                log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped "
+                    f"while saving it): restored from {path}")
+            if (primary and record is not None and record.get("epoch") == ts.epoch
+                    and ts.position == 0 and start == LAST):
+                score = best_score(record)
+                if (score is not None and score > best_acc
+                        and not non_finite_leaves(ts.params, "")):
+                    save_best(folder, ts, config, sizes, record)  # lost by a crash: put back
+                    best_acc = score
+                    log(f"note: {folder.join(BEST)} was not saved for epoch {ts.epoch} (the "
+                        f"run stopped while saving it): saved from {path}")
+            where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
+                     else f"after epoch {ts.epoch}")
+            log(f"resuming {out_dir} {where} (optimizer step {ts.step})"
+                + (f" from {BEST}" if start == BEST else ""))
+            if saved.epochs != config.epochs and config.schedule != "constant":
+                log(f"note: the {config.schedule} learning-rate schedule now spans "
+                    f"{config.epochs} epochs instead of {saved.epochs}; the rate continues "
+                    "from its value on the new schedule")
+        same("the checkpoint it resumes from", {
+            "file": start, "epoch": ts.epoch, "step": ts.step, "position": ts.position,
+            "sha256": meta.get("sha256")})
     else:
         if resume:
             log(f"{out_dir} has no checkpoint yet (it stopped before its first one): starting "
                 "the run from the beginning with its config")
         log(summary(model, data.input_shape))
         rewrite_config = True
-    if primary:
-        if overwrite and found:
-            for name in (RESULTS, CURVES, HEALTH_PLOT, HEALTH_FILE, BEST, LAST, METRICS,
-                         VOCAB_FILE, CONFIG):
-                if name in found:
-                    folder.remove(name)
-            log(f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of the "
-                f"run that was in {out_dir}")
-        if rewrite_config and not start:  # first: a folder with config.json resumes
-            _write_json(CONFIG, config.to_dict(), folder)
-            rewrite_config = False
-        if data.vocab is not None and not start:
-            data.vocab.save(out_dir, folder=folder)
-        # rewritten: drops epochs past the checkpoint (and a damaged last line)
-        jsonl.write(METRICS, history, folder=folder)
+    with together("writing the run directory"):
+        if primary:
+            if overwrite and found:
+                for name in (RESULTS, CURVES, HEALTH_PLOT, HEALTH_FILE, BEST, LAST, METRICS,
+                             VOCAB_FILE, CONFIG):
+                    if name in found:
+                        folder.remove(name)
+                log(f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of "
+                    f"the run that was in {out_dir}")
+            if rewrite_config and not start:  # first: a folder with config.json resumes
+                _write_json(CONFIG, config.to_dict(), folder)
+                rewrite_config = False
+            if data.vocab is not None and not start:
+                data.vocab.save(out_dir, folder=folder)
+            # rewritten: drops epochs past the checkpoint (and a damaged last line)
+            jsonl.write(METRICS, history, folder=folder)
     log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
         f"device {jax.devices()[0].platform}"
         + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
+           + (f", {processes} processes" if processes > 1 else "")
            + (_sharded_note(dp, ts.params) if dp is not None and dp.shard_params else "")
            + ")" if devices else ""))
     health = (HealthLog(out_dir, upto_epoch=ts.epoch, log=log, folder=folder) if primary
@@ -661,6 +692,9 @@ def final_results(model, ts: TrainState, data, out_dir: str | None, config: Trai
     """Test loss/accuracy of the final params and of the best checkpoint in `out_dir` (None:
     the final params only; folder: its Folder)."""
     evaluate = make_evaluate(model, loss=config.loss)
+    if jax.process_count() > 1:  # each process evaluates alone, on one device of its own
+        ts = dataclasses.replace(ts, params=jax.tree_util.tree_map(np.asarray, ts.params),
+                                 state=jax.tree_util.tree_map(np.asarray, ts.state))
     x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
     last = evaluate(ts.params, ts.state, x, y)
     results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"])}

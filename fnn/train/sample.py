@@ -2,10 +2,12 @@
 
     text = sample_run("runs/transformer-text-...", prompt="def ", length=300, temperature=0.8)
 
-The whole generation is one compiled loop (jax.jit of a lax.fori_loop) with an explicit PRNG
-key. The model reads a window of its training context: the prompt (its last `context` bytes)
-sits at the start of the window and each new byte is written after it, the window sliding by
-one once it is full. Causal models (the transformer's masked attention, the recurrent layers)
+The whole generation is one compiled loop (jax.jit of a lax.fori_loop over bytes start..stop,
+the bounds being arguments) with an explicit PRNG key; `Sampling` runs it in pieces of about a
+quarter of a second, for a progress bar and a Ctrl-C between two (`python -m fnn sample`), with
+the same bytes as one call. The model reads a window of its training context: the prompt (its
+last `context` bytes) sits at the start of the window and each new byte is written after it,
+the window sliding by one once it is full. Causal models (the transformer's masked attention, the recurrent layers)
 give the logits at position n - 1 from the first n bytes only, so the unused end of the window
 changes nothing.
 """
@@ -13,6 +15,7 @@ changes nothing.
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +36,10 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
 
     window holds the prompt's ids in its first n places (1 <= n <= context). temperature 0 is
     greedy (the most likely byte each time); top_k keeps only the k most likely bytes.
+    `sample.chunk(params, state, (window, n, out), key, start, stop) -> (window, n, out)` runs
+    the bytes start..stop only (out: the (length,) ids so far); its bounds are arguments, so
+    every piece is the same compiled program, and byte i is drawn with fold_in(key, i) whatever
+    the pieces: the same ids as one call (what `Sampling` runs piece by piece).
     """
     if not temperature >= 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
@@ -42,7 +49,8 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
                               or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
 
-    def sample(params, state, window, n, key):
+    @jax.jit
+    def chunk(params, state, carry, key, start, stop):
         def body(i, carry):
             window, n, out = carry
             logits, _ = model.apply(params, state, window[None], train=False)
@@ -60,10 +68,14 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
                                window.at[jnp.minimum(n, context - 1)].set(token))
             return window, jnp.minimum(n + 1, context), out.at[i].set(token)
 
-        out = jnp.zeros((length,), jnp.int32)
-        return lax.fori_loop(0, length, body, (window, n, out))[2]
+        return lax.fori_loop(start, stop, body, carry)
 
-    return jax.jit(sample)
+    def sample(params, state, window, n, key):
+        out = jnp.zeros((length,), jnp.int32)
+        return chunk(params, state, (window, n, out), key, jnp.int32(0), jnp.int32(length))[2]
+
+    sample.chunk = chunk
+    return sample
 
 
 def load_run(run_dir: str, checkpoint: str = "best"):
@@ -97,30 +109,80 @@ def load_run(run_dir: str, checkpoint: str = "best"):
     return model, trees["params"], trees["state"], vocab, config
 
 
+class Sampling:
+    """`length` bytes generated after `prompt` by the run's model, in pieces: what sample_run
+    does, for a caller that shows progress or stops between two pieces (`python -m fnn sample`).
+
+        sampling = Sampling("runs/transformer-text-...", "def ", length=100_000)
+        while sampling.done < sampling.length:
+            sampling.step()            # the next piece: about `seconds` long (at least a byte)
+        sampling.text                  # the bytes so far (the prompt not included)
+
+    Every piece is the same compiled program (make_sampler's chunk), and the bytes do not
+    depend on how they are cut. seed: any integer in [0, 2**64-1] (fnn.train.make_key)."""
+
+    def __init__(self, run_dir: str, prompt: str | bytes = "\n", *, length: int = 300,
+                 temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
+                 checkpoint: str = "best", seconds: float = 0.25):
+        self.key = make_key(seed)  # a bad seed fails before anything is read
+        make_sampler(None, 1, length, temperature=temperature, top_k=top_k)  # the options
+        model, self.params, self.state, self.vocab, config = load_run(run_dir, checkpoint)
+        if top_k is not None and top_k > len(self.vocab):
+            raise ValueError(f"top_k must be at most the vocabulary's {len(self.vocab)} bytes, "
+                             f"got {top_k}")
+        ids = self.vocab.encode(prompt)
+        if ids.size == 0:
+            raise ValueError("the prompt is empty: give at least one character to start from")
+        ids = ids[-config.context:]
+        window = jnp.zeros((config.context,), jnp.int32).at[:ids.size].set(jnp.asarray(ids))
+        self.sampler = make_sampler(model, config.context, length, temperature=temperature,
+                                    top_k=top_k)
+        self.carry = (window, jnp.int32(ids.size), jnp.zeros((length,), jnp.int32))
+        self.run_dir, self.context, self.length, self.seconds = run_dir, config.context, \
+            length, seconds
+        self.done, self.per_byte = 0, None
+
+    @property
+    def next_size(self) -> int:
+        """Bytes the next step generates: 16 until a piece that did not compile has been
+        timed, then about `seconds` worth at the speed measured (at least one)."""
+        left = self.length - self.done
+        if self.per_byte is None:
+            return min(left, 16)
+        return max(1, min(left, int(self.seconds / max(self.per_byte, 1e-9))))
+
+    def step(self, n: int | None = None) -> bytes:
+        """Generate the next n bytes (default next_size; at most what is left); return them."""
+        n = min(self.next_size if n is None else n, self.length - self.done)
+        t0 = time.perf_counter()
+        try:
+            carry = self.sampler.chunk(self.params, self.state, self.carry, self.key,
+                                       jnp.int32(self.done), jnp.int32(self.done + n))
+            ids = jax.device_get(carry[2][self.done:self.done + n])
+        except jax.errors.JaxRuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise OutOfMemoryError(f"out of memory while sampling from {self.run_dir} (XLA: "
+                                   f"{str(e).strip().splitlines()[0][:200]}): the model's "
+                                   f"parameters and one window of {self.context} bytes do not "
+                                   f"fit; sample on a device with more memory") from None
+        if self.done:  # the first piece also compiled
+            self.per_byte = (time.perf_counter() - t0) / n
+        self.carry, self.done = carry, self.done + n
+        return self.vocab.decode(ids)
+
+    @property
+    def text(self) -> bytes:
+        """The bytes generated so far."""
+        return self.vocab.decode(jax.device_get(self.carry[2][:self.done]))
+
+
 def sample_run(run_dir: str, prompt: str | bytes = "\n", *, length: int = 300,
                temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
                checkpoint: str = "best") -> bytes:
-    """`length` bytes generated after `prompt` by the run's model (the prompt not included).
+    """`length` bytes generated after `prompt` by the run's model (the prompt not included),
+    in one call of the compiled loop (Sampling, in one piece).
     seed: any integer in [0, 2**64-1] (fnn.train.make_key), as for training."""
-    key = make_key(seed)  # a bad seed fails before anything is read
-    make_sampler(None, 1, length, temperature=temperature, top_k=top_k)  # checks the options
-    model, params, state, vocab, config = load_run(run_dir, checkpoint)
-    if top_k is not None and top_k > len(vocab):
-        raise ValueError(f"top_k must be at most the vocabulary's {len(vocab)} bytes, got "
-                         f"{top_k}")
-    ids = vocab.encode(prompt)
-    if ids.size == 0:
-        raise ValueError("the prompt is empty: give at least one character to start from")
-    ids = ids[-config.context:]
-    window = jnp.zeros((config.context,), jnp.int32).at[:ids.size].set(jnp.asarray(ids))
-    sampler = make_sampler(model, config.context, length, temperature=temperature, top_k=top_k)
-    try:
-        out = jax.device_get(sampler(params, state, window, jnp.int32(ids.size), key))
-    except jax.errors.JaxRuntimeError as e:
-        if not is_out_of_memory(e):
-            raise
-        raise OutOfMemoryError(f"out of memory while sampling from {run_dir} (XLA: "
-                               f"{str(e).strip().splitlines()[0][:200]}): the model's "
-                               f"parameters and one window of {config.context} bytes do not "
-                               f"fit; sample on a device with more memory") from None
-    return vocab.decode(out)
+    sampling = Sampling(run_dir, prompt, length=length, temperature=temperature, top_k=top_k,
+                        seed=seed, checkpoint=checkpoint)
+    return sampling.step(length)
