@@ -125,6 +125,18 @@ def test_bfloat16_model_has_float32_gradients():
 def test_unknown_case_is_an_error():
     with pytest.raises(ValueError, match="unknown bench case"):
         bench.run(only=["nope"], quick=True)
+    with pytest.raises(ValueError, match="unknown bench case.s. jax:nope"):
+        bench.run(only=["jax:fno", "jax:nope"], quick=True)
+
+
+def test_one_plain_jax_model_is_a_case():
+    """`--only jax:fno` runs the Fourier neural operator's row alone (no trace rows)."""
+    from fnn.bench.run import plan
+
+    _, steps = plan(only=["jax:fno"], quick=True, torch=False)
+    assert [label for label, _ in steps] == ["fno"]
+    (row,) = steps[0][1]()
+    assert row["case"] == "fno" and row["custom_ms"] > 0 and row["builtin_ms"] > 0
 
 
 def test_pytorch_runs_in_its_own_process_with_only_its_path_added(tmp_path):

@@ -28,10 +28,15 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
     from fnn.ops import registry
 
     only = set(only or CASES)
-    unknown = only - set(CASES) - set(registry)
+    models = {c for c in only if c.startswith("jax:")}  # one plain JAX model: jax:fno
+    unknown = only - set(CASES) - set(registry) - models
+    if models:
+        from fnn.bench import jax_models
+
+        unknown |= models - {f"jax:{m}" for m in jax_models.MODELS}
     if unknown:
         raise ValueError(f"unknown bench case(s) {', '.join(sorted(unknown))}; choose from "
-                         f"{', '.join(CASES)} or gate names")
+                         f"{', '.join(CASES)}, gate names or jax:MODEL (a model of 'jax')")
     gates = sorted(registry) if "gates" in only else sorted(only & set(registry))
     dtype = jnp.dtype(dtype)
     result = {"device": machine(), "dtype": dtype.name, "reps": reps, "quick": quick,
@@ -69,14 +74,18 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
                 bench_gate(name, label, make, reps=reps, dtype=dtype,
                            budget_s=0.05 if quick else 1.0)]))
     result["missing"] = [name for name in gates if name not in inputs]
-    if "jax" in only:  # Flax/Equinox models through the primitive front-end (issue 11)
+    if "jax" in only or any(c.startswith("jax:") for c in only):
+        # Flax/Equinox models through the primitive front-end (issue 11): all with "jax" (and
+        # the trace rows), or those named "jax:<model>"
         from fnn.bench import jax_models
 
         for name in jax_models.MODELS:
-            steps.append((name, lambda name=name: [jax_models.model_row(name, reps=reps,
-                                                                        quick=quick)]))
-        steps.append(("trace", lambda: jax_models.bench_trace((50, 100) if quick
-                                                              else (250, 500, 1000))))
+            if "jax" in only or f"jax:{name}" in only:
+                steps.append((name, lambda name=name: [jax_models.model_row(name, reps=reps,
+                                                                            quick=quick)]))
+        if "jax" in only:
+            steps.append(("trace", lambda: jax_models.bench_trace((50, 100) if quick
+                                                                  else (250, 500, 1000))))
     return result, steps
 
 

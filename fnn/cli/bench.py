@@ -34,7 +34,8 @@ def add_arguments(p) -> None:
     p.add_argument("--reps", type=_at_least_1, default=50,
                    help="timed calls per function (default 50)")
     p.add_argument("--only", metavar="CASES",
-                   help=f"comma-separated cases: {','.join(CASES)} and/or gate names")
+                   help=f"comma-separated cases: {','.join(CASES)}, gate names and/or "
+                        "jax:MODEL for one plain JAX model of 'jax' (jax:fno)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (parameters stay float32)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few reps: a smoke run")
