@@ -289,16 +289,19 @@ rem.defcases(binary_cases(P.rem_p, lax.rem, make_y=lambda r, s, d: uniform(r, s,
 rem.defkinks(special_binary(P.rem_p, lax.rem))
 
 
-@primitive_gate(P.atan2_p, params=())
+@primitive_gate(P.atan2_p, params=(), complex=True)
 def atan2(g, inputs, *, needs, **params):
-    """atan2(x, y).  Local gradients: y / (x**2 + y**2) and -x / (x**2 + y**2)."""
+    """atan2(x, y).  Local gradients: y / (x**2 + y**2) and -x / (x**2 + y**2), for complex
+    values too (JAX's rule, which XLA's complex atan2 agrees with)."""
     x, y = inputs
     r2 = lax.add(lax.square(x), lax.square(y))
     return (unbroadcast(lax.mul(g, lax.div(y, r2)), x) if needs[0] else None,
             unbroadcast(lax.mul(g, lax.div(lax.neg(x), r2)), y) if needs[1] else None)
 
 
-atan2.defcases(binary_cases(P.atan2_p, lax.atan2, make_y=lambda r, s, d: away_from(r, s, d, gap=0.3)))
+atan2.defcases(binary_cases(P.atan2_p, lax.atan2,
+                            make_y=lambda r, s, d: away_from(r, s, d, gap=0.3),
+                            complex_make=_cpair(_cright, _cright)))
 atan2.defkinks(special_binary(P.atan2_p, lax.atan2))
 
 
