@@ -18,8 +18,10 @@ rule for them; lax.all_to_all untiled with split and concat axes different: of a
 indexed at the device's index, where jax.grad fails).
 Besides, Flax's nn.BatchNorm(axis_name=) under vmap and pmap, Equinox's eqx.nn.BatchNorm under
 vmap, a data-parallel step on 8 devices (shard_map with check_vma=False, a replicated loss
-and pmean of the gradients; and the same with check_vma=True), and a 2 x 4 mesh (collectives
-over one axis and over both, a shard_map over one axis alone).
+and pmean of the gradients; and the same with check_vma=True), complex values through psum,
+all_gather, psum_scatter, ppermute and all_to_all on 8 devices (under vmap, shard_map and
+pmap), and a 2 x 4 mesh (collectives over one axis and over both, a shard_map over one axis
+alone).
 
 Everything runs in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8 must be set
 before JAX starts, and x64 enabled): under jit, the rows on 4 devices as one program for fnn and
@@ -74,7 +76,9 @@ EAGER = [r for r in ROWS if r.split(" | ")[1] in (VMAP, GRAD_VMAP, PMAP_IN)] + [
 MODELS = ["flax BatchNorm | fnn.grad(vmap)", "flax BatchNorm | fnn.grad(pmap)",
           "flax BatchNorm | pmap(fnn.grad)", "equinox BatchNorm | fnn.grad(vmap)",
           "data-parallel step | check_vma=False", "data-parallel step | check_vma=True",
-          "2-d mesh | fnn.grad(shard_map)"]
+          "complex values | fnn.grad(vmap)", "complex values | fnn.grad(shard_map)",
+          "complex values | fnn.grad(pmap)",
+          "2-d mesh | fnn.grad(shard_map)"]  # (the 2-d mesh last: a program of its own)
 
 
 # ---- the child: 8 host devices, float64 --------------------------------------------------------
@@ -301,6 +305,26 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
             return jnp.sum(y * w2)
         return lambda x, c: both_axes(x, c) + b_alone(x, c)
 
+    # complex values through the linear collectives on 8 devices: one device's c128[8], a real
+    # loss of complex outputs (the gradient of each complex input JAX's conjugate convention)
+    xc = jnp.asarray(rng.standard_normal((8, 8)) + 1j * rng.standard_normal((8, 8)))
+    wc, k8 = jnp.asarray(rng.standard_normal((8, 8))), jnp.arange(1.0, 9.0)[:, None]
+    ring = [(i, (i + 1) % 8) for i in range(8)]
+
+    def cbody(v):
+        s = jnp.sin(v)
+        mixed = (lax.psum(s, "data") + jnp.sum(lax.all_gather(s, "data") * k8, 0)
+                 + jnp.repeat(lax.psum_scatter(s, "data", tiled=True), 8)
+                 + lax.ppermute(s, "data", ring)
+                 + lax.all_to_all(s.reshape(8, 1), "data", 0, 0, tiled=True).reshape(-1))
+        return mixed * v
+
+    closs = lambda y: jnp.sum(jnp.abs(y) ** 2 * wc)
+    c_vmap = lambda x: closs(jax.vmap(cbody, axis_name="data")(x))
+    c_shard = lambda x: closs(jax.shard_map(lambda a: cbody(a[0])[None], mesh=mesh8,
+                                            in_specs=P("data"), out_specs=P("data"))(x))
+    c_pmap = lambda x: closs(jax.pmap(cbody, axis_name="data")(x))
+
     both = lambda make: (make(fnn.grad), make(jax.grad))
     return {
         MODELS[0]: both(lambda g: lambda: g(flax_vmap)(params)),
@@ -312,7 +336,10 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
                                            g(dp_loss(False))(mlp))),
         MODELS[5]: both(lambda g: lambda: (dp_step(g, True)(mlp, xd, yd),
                                            g(dp_loss(True))(mlp))),
-        MODELS[6]: both(lambda g: lambda: [g(mesh2_loss(v), argnums=(0, 1))(x2, c2)
+        MODELS[6]: both(lambda g: lambda: g(c_vmap)(xc)),
+        MODELS[7]: both(lambda g: lambda: g(c_shard)(xc)),
+        MODELS[8]: both(lambda g: lambda: g(c_pmap)(xc)),
+        MODELS[9]: both(lambda g: lambda: [g(mesh2_loss(v), argnums=(0, 1))(x2, c2)
                                            for v in (True, False)]),
     }
 

@@ -29,6 +29,9 @@ cases vmap makes of them. shard_map's own rule (pmap's too: JAX stages a pmap as
 shard_map) is in fnn.ops.primitives.shard_map. Not here: pbroadcast (no CPU lowering, and JAX's
 vmap rule for it fails: it cannot be checked on CPU), ragged_all_to_all, the asynchronous
 *_start/*_done collectives, and the unreduced/reduced casts of explicit sharding.
+
+All but pmax and pmin take complex values as JAX does (they are linear: their transposes need
+no conjugation); pmax and pmin, which JAX does not differentiate at all, refuse them.
 """
 
 import jax
@@ -39,7 +42,7 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as Spec
 
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import distinct, normal
+from fnn.ops._cases import cnormal, distinct, normal
 from fnn.ops.primitives._define import case, find
 
 
@@ -88,8 +91,9 @@ def _save_varying(args, out):
     return varying(args[0])
 
 
-def _positional_cases(primitive, fn, make=normal):
-    """Cases of a reduction collective as vmap(axis_name=) binds it: positional axes."""
+def _positional_cases(primitive, fn, make=normal, complex_make=None):
+    """Cases of a reduction collective as vmap(axis_name=) binds it: positional axes (with
+    complex_make, one complex case more)."""
     one = lambda v: fn(v, "b")
     two = lambda v: fn(v, ("a", "b"))
 
@@ -99,12 +103,15 @@ def _positional_cases(primitive, fn, make=normal):
                 case(primitive, jax.vmap(one, axis_name="b", in_axes=1),
                      make(rng, (2, 5, 3), dtype), label="vmap in_axes=1"),
                 case(primitive, jax.vmap(jax.vmap(two, axis_name="b"), axis_name="a"),
-                     make(rng, (2, 3, 2), dtype), label="two axes")]
+                     make(rng, (2, 3, 2), dtype), label="two axes")] + (
+            [] if complex_make is None else
+            [case(primitive, jax.vmap(one, axis_name="b"), complex_make(rng, (4, 3), dtype),
+                  label="complex")])
     return cases
 
 
 # ---- reductions over devices ---------------------------------------------------------------
-@primitive_gate(P.psum_p, save="shapes", params=("axes", "axis_index_groups"))
+@primitive_gate(P.psum_p, save="shapes", params=("axes", "axis_index_groups"), complex=True)
 def psum(g, shapes, *, axes, axis_index_groups):
     """Sum over devices (named axes) and positions (positional axes).  Local gradient: 1 for
     every summand: g broadcast back over the positional axes, then summed over the named ones
@@ -117,7 +124,7 @@ def psum(g, shapes, *, axes, axis_index_groups):
     return (dx,)
 
 
-psum.defcases(_positional_cases(P.psum_p, lax.psum))
+psum.defcases(_positional_cases(P.psum_p, lax.psum, complex_make=cnormal))
 psum.defkinks(smooth=True)
 
 
@@ -181,7 +188,7 @@ pmin.defkinks(_chooser_kinks(P.pmin_p, lax.pmin))
 # ---- collectives over named axes only (checked by tests/test_collectives.py) -----------------
 @primitive_gate(P.all_gather_p, save="none",
                 params=("all_gather_dimension", "axis_name", "axis_index_groups", "axis_size",
-                        "tiled"))
+                        "tiled"), complex=True)
 def all_gather(g, _, *, all_gather_dimension, axis_name, axis_index_groups, axis_size, tiled):
     """Every device's x, stacked (or concatenated, tiled) along all_gather_dimension.  Local
     gradient: each device's slice of g, summed over the devices (psum_scatter of g)."""
@@ -191,7 +198,7 @@ def all_gather(g, _, *, all_gather_dimension, axis_name, axis_index_groups, axis
 
 @primitive_gate(reduce_scatter_p, save="none",
                 params=("scatter_dimension", "axis_name", "axis_index_groups", "axis_size",
-                        "tiled"))
+                        "tiled"), complex=True)
 def psum_scatter(g, _, *, scatter_dimension, axis_name, axis_index_groups, axis_size, tiled):
     """lax.psum_scatter: the sum over devices, device i keeping slice i of scatter_dimension.
     Local gradient: 1 for every summand of its slice: all_gather of g."""
@@ -199,7 +206,7 @@ def psum_scatter(g, _, *, scatter_dimension, axis_name, axis_index_groups, axis_
                            axis_index_groups=axis_index_groups, tiled=tiled),)
 
 
-@primitive_gate(P.ppermute_p, save="none", params=("axis_name", "perm"))
+@primitive_gate(P.ppermute_p, save="none", params=("axis_name", "perm"), complex=True)
 def ppermute(g, _, *, axis_name, perm):
     """x sent from device src to device dst for each (src, dst) of perm (zeros where none
     arrives).  Local gradient: g sent back, by the inverse permutation."""
@@ -207,7 +214,8 @@ def ppermute(g, _, *, axis_name, perm):
 
 
 @primitive_gate(P.all_to_all_p, save=_save_varying,
-                params=("axis_name", "split_axis", "concat_axis", "axis_index_groups", "tiled"))
+                params=("axis_name", "split_axis", "concat_axis", "axis_index_groups", "tiled"),
+                complex=True)
 def all_to_all(g, vma, *, axis_name, split_axis, concat_axis, axis_index_groups, tiled):
     """x split along split_axis, chunk i sent to device i, the received chunks concatenated
     along concat_axis.  Local gradient: the reverse exchange (the two axes swapped).
@@ -222,14 +230,14 @@ def all_to_all(g, vma, *, axis_name, split_axis, concat_axis, axis_index_groups,
                                 tiled=tiled),)
 
 
-@primitive_gate(pvary_p, save="none", params=("axes",))
+@primitive_gate(pvary_p, save="none", params=("axes",), complex=True)
 def pvary(g, _, *, axes):
     """shard_map's cast of a device-invariant value to a varying one (its use on each
     device).  Local gradient: 1 per device's use: g summed over the devices."""
     return (lax.psum(g, axes),)
 
 
-@primitive_gate(psum_invariant_p, save="none", params=("axes",))
+@primitive_gate(psum_invariant_p, save="none", params=("axes",), complex=True)
 def psum_invariant(g, _, *, axes):
     """shard_map's psum under check_vma: varying summands, one invariant sum.  Local gradient:
     1 for every summand: g, the sum's cotangent, on every device (pvary of g)."""
@@ -237,7 +245,7 @@ def psum_invariant(g, _, *, axes):
 
 
 @primitive_gate(all_gather_invariant_p, save="none",
-                params=("all_gather_dimension", "axis_name", "axis_size", "tiled"))
+                params=("all_gather_dimension", "axis_name", "axis_size", "tiled"), complex=True)
 def all_gather_invariant(g, _, *, all_gather_dimension, axis_name, axis_size, tiled):
     """all_gather(to='invarying'): every device's x, one invariant result.  Local gradient:
     the device's own slice of g."""

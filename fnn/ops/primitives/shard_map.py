@@ -16,7 +16,7 @@ Without check_vma, JAX's transpose of shard_map (jax/_src/shard_map.py) takes a 
 output's cotangent as shared among the copies (divided by the number of devices it is
 replicated over) and sums a replicated input's cotangent over those devices; so does this rule.
 The residual specs are found by tracing the forward body once abstractly (as cond finds its
-branches' residuals).
+branches' residuals). Complex values pass through as the body's own rules take them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import join_scope, scope_of, site_of
 from fnn.autodiff.tape import apply
 from fnn.errors import GateError
-from fnn.ops._cases import normal
+from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case, find
 from fnn.ops.primitives.collectives import varying
 from fnn.ops.primitives.loops import FNN_PARAMS, Body, body_interpreter, pullback, spec
@@ -102,7 +102,8 @@ def _shard_map_forward(*args, jaxpr, mesh, in_specs, out_specs, check_vma, newly
     return tuple(outs), saved
 
 
-@primitive_gate(shard_map_p, forward=_shard_map_forward, params=_PARAMS + FNN_PARAMS)
+@primitive_gate(shard_map_p, forward=_shard_map_forward, params=_PARAMS + FNN_PARAMS,
+                complex=True)
 def shard_map(g, saved, *, mesh, in_specs, out_specs, check_vma, newly_manual_axes, needs,
               **params):
     """jax.shard_map (and jax.pmap) of a body over a mesh.  Local gradient: the body's own
@@ -158,7 +159,9 @@ def _shard_map_cases(rng, dtype):
         return jax.shard_map(body, mesh=mesh, in_specs=(Spec("i"), Spec()),
                              out_specs=(Spec(), Spec("i")), check_vma=False)(x, w)
 
+    c = lambda *s: cnormal(rng, s, dtype)
     return [case(shard_map_p, typed, n(4, 3), n(3), params="eqn", label="check_vma"),
+            case(shard_map_p, typed, c(4, 3), n(3), params="eqn", label="complex, check_vma"),
             case(shard_map_p, untyped, n(4, 3), n(3), params="eqn",
                  label="check_vma=False, a replicated output"),
             case(shard_map_p, jax.pmap(lambda a: a * lax.psum(a, "i"), axis_name="i"), n(1, 3),
