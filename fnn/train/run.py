@@ -52,12 +52,12 @@ from typing import Callable
 import jax
 import numpy as np
 
-from fnn.nn import SEQUENCE_MODELS, build_model, count_params, summary
+from fnn.nn import build_model, count_params, summary
 from fnn.train import jsonl
 from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_state,
                                   read_header, save_train_state, verify_checkpoint)
-from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, differences,
-                              option_flag, resume_config)
+from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, check_model_data,
+                              differences, option_flag, resume_config)
 from fnn.train.data import load_dataset
 from fnn.train.distributed import same, together
 from fnn.train.epoch import make_evaluate, steps_per_epoch
@@ -85,32 +85,6 @@ RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # any of them: the directory holds a 
 FILES = (CONFIG, VOCAB_FILE, METRICS, LAST, BEST, RESULTS, CURVES, HEALTH_FILE, HEALTH_PLOT)
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 600 bytes
 RESUME_FROM = ("last", "best")
-
-
-TEXT_EPOCHS = 2  # a text epoch of the default corpus is ~1000 steps, ~1.5 min on 2 CPU cores
-
-
-def with_defaults(given: dict) -> dict:
-    """The options of a new run with the defaults that depend on others filled in: a sequence
-    model trains on text and text trains the transformer by default, for TEXT_EPOCHS epochs."""
-    given = dict(given)
-    if given.get("model") in SEQUENCE_MODELS:
-        given.setdefault("dataset", "text")
-    if given.get("dataset") == "text":
-        given.setdefault("model", "transformer")
-        given.setdefault("epochs", TEXT_EPOCHS)
-    return given
-
-
-def check_model_data(config: TrainConfig) -> None:
-    """Sequence models train on text and image models on images: a clear error otherwise."""
-    text_model = config.model in SEQUENCE_MODELS
-    if text_model != (config.dataset == "text"):
-        raise ValueError(
-            f"model {config.model!r} " + (
-                f"reads token sequences; train it with --dataset text, not {config.dataset!r}"
-                if text_model else f"reads images; a text dataset needs a sequence model "
-                f"(--model {'|'.join(SEQUENCE_MODELS)})"))
 
 
 def read_config(run_dir: str, *, folder: Folder | None = None) -> TrainConfig:
