@@ -138,37 +138,30 @@ STATE_FLAG = "state_nonfinite"  # the per-step metric NanReplay adds
 
 class NanReplay(Hook):
     """The fit hook of check_nans=True: after each epoch, a non-finite loss, parameter or model
-    state (BatchNorm statistics; watched after every step) raises the NanOriginError of
-    find_nan_origin. The epoch's inputs are kept (not donated) for it."""
+    state (BatchNorm statistics; watched after every step, inside the compiled loop) raises
+    the NanOriginError of find_nan_origin. The epoch's inputs are kept (not donated) for it.
+    The model, optimizer, data and training options are the spec's (on_fit_start)."""
 
     donate = False
 
-    def __init__(self, model, optimizer, x, y, *, batch_size: int, loss: str, grad: str,
-                 l2: float, rules=None):
-        self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
-        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2,
-                        "rules": rules}
+    def on_fit_start(self, spec, ts):
+        self.spec, self.pending = spec, None
 
-    def wrap_step(self, step):
-        def watched(params, state, opt_state, batch, key):  # is the state after it finite?
-            params, new_state, opt_state, metrics = step(params, state, opt_state, batch, key)
-            bad = ~_all_finite(new_state)
-            return params, new_state, opt_state, {**metrics, STATE_FLAG: bad}
-        return watched
+    def in_step(self, value, before, after, batch, key):  # is the state after it finite?
+        return value, {STATE_FLAG: ~_all_finite(after[1])}
 
     def after_epoch(self, before, params, losses, key):
         self.pending = (before, params, losses, key)
 
-    def carry_out(self, carried, metrics, record):
-        state_bad = np.asarray(metrics.pop(STATE_FLAG))
-        pending, self.pending = getattr(self, "pending", None), None
-        if pending is None:  # an interrupted epoch: nothing to judge yet
-            return carried
-        before, params, losses, key = pending
+    def on_metrics(self, metrics, record):
+        state_bad = np.asarray(metrics[STATE_FLAG])
+        (before, params, losses, key), self.pending = self.pending, None
         if not epoch_is_finite(losses, params) or state_bad[before.position:].any():
-            raise find_nan_origin(self.model, self.optimizer,
-                                  (before.params, before.state, before.opt_state), self.x,
-                                  self.y, key, losses=losses, epoch=before.epoch + 1,
-                                  step0=before.step, position=before.position,
-                                  state_nonfinite=state_bad, **self.options)
-        return carried
+            spec = self.spec
+            raise find_nan_origin(spec.model, spec.optimizer,
+                                  (before.params, before.state, before.opt_state),
+                                  spec.data.x_train, spec.data.y_train, key, losses=losses,
+                                  epoch=before.epoch + 1, step0=before.step,
+                                  position=before.position, state_nonfinite=state_bad,
+                                  batch_size=spec.batch_size, loss=spec.loss, grad=spec.grad,
+                                  l2=spec.l2, rules=spec.rules)
