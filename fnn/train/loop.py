@@ -296,7 +296,9 @@ class _Loop:
         here, where the epoch stands."""
         spec, t0 = self.spec, time.perf_counter()
         donate = all(h.donate for h in self.hooks)
-        runner = make_chunk_runner(self.step, donate=donate)
+        dp = spec.dp  # sharded parameters: out of the program as they came in
+        finish = (lambda c: (*dp.constrain_carry(*c[:3]), c[3])) if dp is not None else None
+        runner = make_chunk_runner(self.step, donate=donate, finish=finish)
         zero = jnp.int32(0)
         lowered = runner.lower(carry, buffers, self.x, self.y, order, keys, zero, zero)
         options = remat_compiler_options() if spec.remat or uses_remat(spec.model) else None
