@@ -298,19 +298,25 @@ class TrainConfig:
         return model_options(self.model, self.to_dict())
 
 
-def _declared() -> dict[str, Option]:
-    """The declaration of every option, by name, in field order; applies="model" resolved from
-    the models' facts to ("model", the models that read it)."""
+def declared(cls=None) -> dict[str, Option]:
+    """The declaration of every option of `cls` (TrainConfig), by name, in field order;
+    applies="model" resolved from the models' facts to ("model", the models that read it). A
+    field declared without `option` is refused (TypeError naming it): it would have no flag,
+    no check and no resume rule."""
     out = {}
-    for f in dataclasses.fields(TrainConfig):
-        o = f.metadata["option"]
+    for f in dataclasses.fields(cls or TrainConfig):
+        o = f.metadata.get("option")
+        if not isinstance(o, Option):
+            raise TypeError(f"TrainConfig.{f.name} is not declared with option(default, group, "
+                            "check, help): every field of the config is an option of `python "
+                            "-m fnn train`, with its flag, check and resume rule")
         if o.applies == "model":
             o = dataclasses.replace(o, applies=("model", models_reading(f.name)))
         out[f.name] = o
     return out
 
 
-OPTIONS: dict[str, Option] = _declared()
+OPTIONS: dict[str, Option] = declared()
 CHECKS: dict[str, Callable[[str, Any], Any]] = {k: o.check for k, o in OPTIONS.items()}
 RESUME_MAY_CHANGE = tuple(k for k, o in OPTIONS.items() if o.resume)  # what `--resume` may
 # change, when given explicitly

@@ -408,7 +408,9 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     a `config` that differs from it in those keys change them. A directory whose run stopped
     before its first checkpoint is started from the beginning with its config; one whose
     last.safetensors is gone while it has a history is refused, and resume_from="best"
-    continues it from best.safetensors (its history cut back to that epoch).
+    continues it from best.safetensors (its history cut back to that epoch). A run that early
+    stopping ended (config.early_stop; its last record's "stopped") is finished, as one that
+    trained all its epochs: resuming it trains nothing more and writes its results again.
 
     log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
     the results, notes; None: silent). diagnostics=N > 0: gradient health every N steps into
@@ -542,9 +544,24 @@ def _run_locked(job: _Job, config: TrainConfig | None, overrides: dict | None) -
                            data=data_sizes(spec.data), write_config=past.write_config,
                            log=job.log, folder=job.folder,
                            record=past.history[-1] if past.history else None)
-    ts, new = fit(spec, epochs=config.epochs, start=past.ts, chunk_seconds=job.chunk_seconds,
-                  hooks=_hooks(job, config, spec, past, run_dir))
+    stopped = _stopped(past)
+    if stopped:  # finished, as a run that trained all its epochs: its results, again
+        job.log(f"the run ended after epoch {past.ts.epoch} ({stopped}): nothing more to train")
+        ts, new = past.ts, []
+    else:
+        ts, new = fit(spec, epochs=config.epochs, start=past.ts,
+                      chunk_seconds=job.chunk_seconds,
+                      hooks=_hooks(job, config, spec, past, run_dir))
     return _results(job, config, spec, past, run_dir, ts, new)
+
+
+def _stopped(past: _Past) -> str | None:
+    """Why a hook ended the run (early stopping: its last record's "stopped") when it resumes
+    from the end of that epoch; else None."""
+    last = past.history[-1] if past.history else {}
+    if last.get("stopped") and last["epoch"] == past.ts.epoch and not past.ts.position:
+        return str(last["stopped"])
+    return None
 
 
 def _which_config(job: _Job, config: TrainConfig | None, overrides: dict | None):
