@@ -76,15 +76,7 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
     params, state, opt_state = jax.tree_util.tree_map(jnp.asarray, host(tuple(start)))
     order, keys = epoch_batches(key, x.shape[0], batch_size)
     lo = max(position, first - 1)
-    where = (f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
-             if first < len(losses) else f"epoch {epoch}, after its last step")
-    if first < len(losses) and np.isfinite(losses[first]):
-        head = f"the model state (BatchNorm statistics) became non-finite at {where}"
-    else:
-        value = f"{losses[first]}" if first < len(losses) else "non-finite parameters"
-        head = f"training produced a non-finite loss ({value}) at {where}"
-    if grad == "builtin":
-        head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
+    head = _what(losses, first, epoch, step0, grad)
     carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
                                        rules=rules),
                        (params, state, opt_state), x, y, order[position:lo], keys[position:lo])
@@ -107,23 +99,9 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
                                  gate=e.gate, phase=e.phase, site=e.site)
             err.step = step0 + i + 1
             return err
-        bad_state = _nonfinite_leaves(new_state, "state")
-        if bad_state and not _nonfinite_leaves(new_params):
-            err = NanOriginError(
-                f"{head}; replayed eagerly, step {i + 1} of the epoch: every gate's forward and "
-                f"VJP stayed finite, but the model state (running statistics) became non-finite: "
-                f"{', '.join(bad_state[:6])} (a BatchNorm layer saw inputs too large for its "
-                "dtype: lower --lr, clip with --clip, or normalize the inputs)",
-                gate=None, phase="model state update", site="?")
-            err.step = step0 + i + 1
-            return err
-        bad_params = _nonfinite_leaves(new_params)
-        if bad_params:
-            err = NanOriginError(
-                f"{head}; replayed eagerly, step {i + 1} of the epoch: every gate's forward and "
-                f"VJP stayed finite, but the optimizer update made {', '.join(bad_params[:6])} "
-                "non-finite (the learning rate is too large or the gradients overflow: lower "
-                "--lr, or clip them with --clip)", gate=None, phase="optimizer update", site="?")
+        err = _after_gates(f"{head}; replayed eagerly, step {i + 1} of the epoch", new_params,
+                           new_state)
+        if err is not None:
             err.step = step0 + i + 1
             return err
         carry = (new_params, new_state, new_opt)
@@ -131,6 +109,41 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         f"{head}, but replaying it eagerly gave finite values: the NaN may depend on XLA's "
         "compiled arithmetic (fusion, reduction order) or on grad=builtin's derivatives",
         gate=None, phase="not reproduced", site="?")
+
+
+def _what(losses, first: int, epoch: int, step0: int, grad: str) -> str:
+    """What went non-finite, and where: the head of find_nan_origin's message (step `first`
+    of the epoch, len(losses): after its last step; step0: optimizer steps before its step 1)."""
+    where = (f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
+             if first < len(losses) else f"epoch {epoch}, after its last step")
+    if first < len(losses) and np.isfinite(losses[first]):
+        head = f"the model state (BatchNorm statistics) became non-finite at {where}"
+    else:
+        value = f"{losses[first]}" if first < len(losses) else "non-finite parameters"
+        head = f"training produced a non-finite loss ({value}) at {where}"
+    if grad == "builtin":
+        head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
+    return head
+
+
+def _after_gates(head: str, new_params, new_state) -> NanOriginError | None:
+    """A step replayed eagerly whose gates all stayed finite: the update of the model state
+    (running statistics) or of the parameters (the optimizer's) that made a NaN/inf, or None."""
+    bad_state = _nonfinite_leaves(new_state, "state")
+    if bad_state and not _nonfinite_leaves(new_params):
+        return NanOriginError(
+            f"{head}: every gate's forward and VJP stayed finite, but the model state (running "
+            f"statistics) became non-finite: {', '.join(bad_state[:6])} (a BatchNorm layer saw "
+            "inputs too large for its dtype: lower --lr, clip with --clip, or normalize the "
+            "inputs)", gate=None, phase="model state update", site="?")
+    bad_params = _nonfinite_leaves(new_params)
+    if bad_params:
+        return NanOriginError(
+            f"{head}: every gate's forward and VJP stayed finite, but the optimizer update made "
+            f"{', '.join(bad_params[:6])} non-finite (the learning rate is too large or the "
+            "gradients overflow: lower --lr, or clip them with --clip)", gate=None,
+            phase="optimizer update", site="?")
+    return None
 
 
 STATE_FLAG = "state_nonfinite"  # the per-step metric NanReplay adds

@@ -38,6 +38,15 @@ reads: config.json as the command line's options are validated, then against the
 stored in the checkpoint (fnn.train.config.resume_config), the data against the sizes and the
 fingerprint (sha256) of the data the checkpoint was trained on, metrics.jsonl record by record
 (a damaged last line is dropped, and said so), a best.safetensors by its digest.
+
+Several processes (fnn.train.distributed): every process trains, only process 0 locks and
+writes the run directory and logs; the others read it when resuming (it must be on a file
+system they share) and return the final test results of their (identical) params. An error of
+one process while the run starts or saves is an error in all (distributed.together: the others
+raise DistributedError naming it), and the options, the data's fingerprint and the checkpoint
+resumed from must be the same in every process (distributed.same). With shard="params" the
+processes gather the parameters and optimizer state after each epoch (a collective), so that
+process 0 can write them whole.
 """
 
 from __future__ import annotations
@@ -424,15 +433,7 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
     is saved to last.safetensors and fit's TrainingInterrupted propagates.
 
-    Several processes (fnn.train.distributed): every process trains, only process 0 locks and
-    writes the run directory and logs; the others read it when resuming (it must be on a file
-    system they share) and return the final test results of their (identical) params. An
-    error of one process while the run starts or saves is an error in all (distributed.together:
-    the others raise DistributedError naming it), and the options, the data's fingerprint and
-    the checkpoint resumed from must be the same in every process (distributed.same). With
-    several processes devices=None means all of their devices. With shard="params" the
-    processes gather the parameters and optimizer state after each epoch (a collective), so
-    that process 0 can write them whole.
+    Several processes: see the module docstring; devices=None means all of their devices.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
@@ -441,24 +442,32 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
                log if log and primary else (lambda line: None), progress, diagnostics,
                check_nans, devices, shard, chunk_seconds)
     _check_call(job, config)
-    lock = None
-    created = False
+    with _locked(job):
+        return _run_locked(job, config, overrides)
+
+
+@contextlib.contextmanager
+def _locked(job: "_Job"):
+    """The run directory opened for the run's life (job.folder): locked by the primary
+    process (a folder it made for a run that failed before writing anything removed again),
+    opened by the others to resume from it."""
+    out_dir, lock, created = job.out_dir, None, False
     try:
         # several processes: process 0 takes the lock, the others open the folder to resume
         # from it; an error in any of them (the folder in use by another run, not there on
         # that host) is an error in all
         with together("opening the run directory"):
-            if resume and (not os.path.isdir(out_dir)
-                           or not os.path.lexists(os.path.join(out_dir, CONFIG))):
+            if job.resume and (not os.path.isdir(out_dir)
+                               or not os.path.lexists(os.path.join(out_dir, CONFIG))):
                 read_config(out_dir)  # the error: not a run directory (nothing is created)
-            if primary:
+            if job.primary:
                 created = not os.path.exists(out_dir)
-                lock = RunLock(out_dir, overwrite=overwrite).acquire()
+                lock = RunLock(out_dir, overwrite=job.overwrite).acquire()
                 job.folder = lock.folder
                 job.folder.remove_stale_temporaries((*FILES, LOCK_FILE))
-            elif resume:
+            elif job.resume:
                 job.folder = Folder(out_dir)
-        return _run_locked(job, config, overrides)
+        yield job.folder
     except BaseException:
         if (lock is not None and created and lock.folder.moved() is None
                 and os.listdir(out_dir) == [LOCK_FILE]):
