@@ -6,7 +6,9 @@
 #   pip install -e ".[cuda,dev]" && bash scripts/gpu_check.sh      # CUDA 13: ".[cuda13,dev]"
 #
 # FNN_GPU_REPS (default 20): timed calls per benchmark; FNN_GPU_DOC (default docs/gpu.md):
-# where the report goes. Without a GPU it stops at once with a message, docs/gpu.md untouched.
+# where the report goes; FNN_TORCH_PATH: a folder holding a CUDA build of torch (pip install
+# --target DIR torch), for the PyTorch CUDA column of the bench (or torch installed: pip
+# install -e ".[cuda,dev,torch]"). Without a GPU it stops at once with a message, docs/gpu.md untouched.
 # A failing step is recorded in the report as FAILED and the script exits 1 at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +62,11 @@ fi
 
 for dtype in float32 bfloat16; do
   echo "== bench, $dtype compute"
+  # PyTorch's step on the same GPU, in its own process, where torch (a CUDA build) is
+  # importable: installed, or in the folder FNN_TORCH_PATH names; else the table says why not
   if ! python -m fnn bench --only mlp,cnn,resnet,digits,lstm,transformer,gates --dtype "$dtype" \
-      --reps "$reps" --no-torch --no-eager --markdown "$work/bench-$dtype.md"; then
+      --reps "$reps" --no-eager ${FNN_TORCH_PATH:+--torch-path "$FNN_TORCH_PATH"} \
+      --markdown "$work/bench-$dtype.md"; then
     failed+=("bench $dtype"); echo "FAILED (see the output above)" > "$work/bench-$dtype.md"
   fi
 done

@@ -16,6 +16,7 @@ jax.config.update("jax_platforms", PLATFORM)
 # Seconds each took alone on a 2-vCPU VM (2026-12-01); files not named follow in their order.
 SLOWEST_FILES = (
     "test_sequence.py",             # 190
+    "test_docs_examples.py",        # 150 (one process per page, under load)
     "test_gates.py",                # 150
     "test_primitives.py",           # 130
     "test_interop.py",              # 110

@@ -151,6 +151,41 @@ def test_pytorch_runs_in_its_own_process_with_only_its_path_added(tmp_path):
     assert skipped["torch_error"] is None and skipped["torch_ms"] is None
 
 
+def test_pytorch_on_the_gpu_jax_runs_on(tmp_path, monkeypatch):
+    """On JAX's CPU the reference is PyTorch's CPU step; on an NVIDIA GPU it is asked for
+    "cuda" (the stand-in torch below records the request's device and sees no GPU: the row
+    says so, naming torch's version); a device torch_ref does not know is refused by name."""
+    import json
+    import subprocess
+    import sys
+
+    from fnn.bench import steps, torch_ref
+
+    assert steps.torch_device() == "cpu"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    from jax.extend import backend
+
+    monkeypatch.setattr(backend, "get_backend",
+                        lambda: type("B", (), {"platform_version": "cuda 13.0"})())
+    assert steps.torch_device() == "cuda"
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "__version__ = '0.0-stand-in'\n"
+        "def manual_seed(s): pass\n"
+        "class cuda:\n    is_available = staticmethod(lambda: False)\n")
+    (fake / "nn.py").write_text("")
+    spec = bench.model_specs(quick=True)["mlp"]
+    out = steps.torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=True,
+                              torch_path=str(tmp_path), load_tolerance=0.5, attempts=1)
+    assert "device 'cuda' asked for" in out["torch_error"], out
+    assert "0.0-stand-in" in out["torch_error"] and out["torch_ms"] is None
+    request = {"spec": spec, "dtype": "float32", "reps": 1, "seed": 0, "device": "tpu"}
+    r = subprocess.run([sys.executable, torch_ref.__file__, json.dumps(request)],
+                       capture_output=True, text=True, check=True)
+    assert "device must be one of ('cpu', 'cuda'), got 'tpu'" in json.loads(r.stdout)["error"]
+
+
 def test_a_side_is_timed_again_while_the_load_moves(monkeypatch):
     from fnn.bench import timing
 

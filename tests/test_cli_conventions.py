@@ -1,5 +1,5 @@
 """The command line as users expect it (issue 28): --version, `train --help` by topic, the exit
-statuses (one table: --help, the README, what main returns), colour and progress bars only on a
+statuses (one table: --help, docs/training.md, what main returns), colour and progress bars only on a
 terminal, rows printed as they are measured, and Ctrl-C stopping gradcheck and bench within a
 second with the rows done so far.
 
@@ -89,9 +89,9 @@ def test_train_help_is_grouped_by_topic(capsys):
 
 
 # ---- exit statuses ----------------------------------------------------------------------------
-def test_the_exit_statuses_are_one_table_in_help_and_readme(capsys):
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    assert EPILOG in readme  # the README shows the table --help prints, as it is
+def test_the_exit_statuses_are_one_table_in_help_and_the_docs(capsys):
+    page = open(os.path.join(ROOT, "docs", "training.md")).read()
+    assert EPILOG in page  # the training page shows the table --help prints, as it is
     for argv in ([], ["gradcheck"], ["bench"], ["train"]):
         with pytest.raises(SystemExit):
             main([*argv, "--help"])

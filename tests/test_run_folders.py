@@ -459,12 +459,12 @@ def test_ctrl_c_while_xla_compiles_stops_within_a_second(monkeypatch):
     """It used to wait for the compilation (4.4 s seen)."""
     real, release = fnn.train.loop.interruptible, threading.Event()
 
-    def slow(fn, stop, poll=0.05):
+    def slow(fn, stop, poll=0.05, tick=None):
         def compile_slowly():
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while XLA compiles (10 s here)
             release.wait(10)
             return fn()
-        return real(compile_slowly, stop, poll)
+        return real(compile_slowly, stop, poll, tick)
 
     monkeypatch.setattr(fnn.train.loop, "interruptible", slow)
     data = train.load_dataset("digits", limit=100)

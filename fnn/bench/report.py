@@ -145,7 +145,8 @@ def markdown(result) -> str:
         out += [""] + [f"- {r['case']}: {r['desc']}" for r in steps]
         tv = next((r["torch"] for r in steps if r.get("torch")), None)
         if tv:
-            out.append(f"- PyTorch {tv['version']}, eager CPU step, Adam, in a process of its "
+            where = "CUDA GPU" if tv.get("device") == "cuda" else "CPU"
+            out.append(f"- PyTorch {tv['version']}, eager {where} step, Adam, in a process of its "
                        "own after fnn's timing of the same case, at its faster thread count (ms "
                        "at each): " + "; ".join(
                            f"{r['case']} " + ", ".join(f"{t} thread(s) {ms:.2f}" for t, ms in

@@ -131,7 +131,8 @@ def torch_columns(spec, dtype, seed, reps, flops, gemm_gflops, custom_ms, *, tor
            "torch_matmul_share": None, "torch": None, "load_torch": None, "torch_error": None}
     if not torch:
         return out
-    request = {"spec": spec, "dtype": jnp.dtype(dtype).name, "reps": reps, "seed": seed}
+    request = {"spec": spec, "dtype": jnp.dtype(dtype).name, "reps": reps, "seed": seed,
+               "device": torch_device()}
     answer, load = steady(lambda: run_reference(request, torch_path=torch_path),
                           tolerance=load_tolerance, attempts=attempts)
     if "error" in answer:
@@ -144,6 +145,18 @@ def torch_columns(spec, dtype, seed, reps, flops, gemm_gflops, custom_ms, *, tor
     if gemm_gflops:
         out["torch_matmul_share"] = flops / out["torch_ms"] / 1e6 / gemm_gflops
     return out
+
+
+def torch_device() -> str:
+    """The device PyTorch's step runs on: "cuda" where JAX runs on an NVIDIA GPU (so the two
+    compare on the same card), else "cpu" (a ROCm or TPU JAX is compared with PyTorch's CPU
+    step, and the row says so through the answer's "device")."""
+    if jax.default_backend() != "gpu":
+        return "cpu"
+    from jax.extend import backend
+
+    version = backend.get_backend().platform_version.lower()
+    return "cpu" if "rocm" in version else "cuda"
 
 
 def run_reference(request: dict, *, torch_path: str | None = None, timeout_s: float = 3600) -> dict:

@@ -1,9 +1,11 @@
-"""PyTorch's eager CPU training step on the same architectures (torch: an optional extra, never
-a dependency of fnn), timed in a process of its own.
+"""PyTorch's eager training step on the same architectures (torch: an optional extra, never
+a dependency of fnn), timed in a process of its own, on the CPU or on a CUDA GPU.
 
 `python fnn/bench/torch_ref.py REQUEST` (what fnn.bench runs, after fnn's own timing of the
-same case, in a fresh interpreter) reads a JSON request {"spec", "dtype", "reps", "seed"} and
-prints one JSON line: the step's times at each thread count tried, the median and quartiles of
+same case, in a fresh interpreter) reads a JSON request {"spec", "dtype", "reps", "seed"} and an
+optional "device" ("cpu", the default, or "cuda": what fnn.bench asks for when JAX runs on an
+NVIDIA GPU; each call is then followed by torch.cuda.synchronize(), as fnn's by
+block_until_ready) and prints one JSON line: the step's times at each thread count tried, the median and quartiles of
 the faster, torch's version, and the 1-minute load average before and after; or {"error"} when
 torch cannot be imported. This file imports nothing of fnn, nor JAX: the reference process holds
 no XLA thread pool and no JAX buffers beside PyTorch's.
@@ -19,20 +21,22 @@ import sys
 import time
 
 REQUEST_KEYS = ("spec", "dtype", "reps", "seed")
+DEVICES = ("cpu", "cuda")
 
 
-def time_torch(step, reps: int, warmup: int = 3) -> dict:
+def time_torch(step, reps: int, warmup: int = 3, device: str = "cpu") -> dict:
     """PyTorch's step at its faster thread count (all cores or one) and the times at each:
     {"threads", "times_ms" (every call at that count), "ms_by_threads" (median at each)}.
 
     On a loaded machine its multi-threaded step can be far slower than its single-threaded
-    one, so both are tried and the faster one is reported.
+    one, so both are tried and the faster one is reported. On a GPU (`device` "cuda") only
+    PyTorch's default thread count is timed (the host threads only launch kernels).
     """
     import torch
 
     default = torch.get_num_threads()
     times = {}
-    for threads in sorted({default, 1}, reverse=True):
+    for threads in sorted({default, 1} if device == "cpu" else {default}, reverse=True):
         torch.set_num_threads(threads)
         for _ in range(warmup):
             step()
@@ -48,15 +52,23 @@ def time_torch(step, reps: int, warmup: int = 3) -> dict:
             "ms_by_threads": {str(t): statistics.median(v) for t, v in times.items()}}
 
 
-def torch_step(spec: dict, dtype: str = "float32", seed: int = 0) -> dict | None:
-    """{'step': zero-argument eager CPU training step, 'version'}, or None without torch. Same
-    architecture, batch and optimizer (Adam); bf16 via torch.autocast."""
+def torch_step(spec: dict, dtype: str = "float32", seed: int = 0, device: str = "cpu"
+               ) -> dict | None:
+    """{'step': zero-argument eager training step on `device` ("cpu" or "cuda"), 'version'},
+    or None without torch. Same architecture, batch and optimizer (Adam); bf16 via
+    torch.autocast. On "cuda" the step returns after torch.cuda.synchronize()."""
     try:
         import torch
     except ImportError:
         return None
     from torch import nn as tnn
 
+    if device not in DEVICES:
+        raise ValueError(f"torch_step: device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"torch_step: device 'cuda' asked for, but this torch "
+                           f"({torch.__version__}) sees no CUDA GPU (a CPU-only build, or no "
+                           "driver)")
     torch.manual_seed(seed)
     sequence = spec["kind"] in ("lstm", "transformer")
     model = _sequence_model(spec, torch, tnn) if sequence else _torch_model(spec, tnn)
@@ -70,17 +82,20 @@ def torch_step(spec: dict, dtype: str = "float32", seed: int = 0) -> dict | None
     else:
         x = torch.randn(spec["batch"], *spec["input"])
         y = torch.randint(0, 10, (spec["batch"],))
+    model, x, y = model.to(device), x.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     low = str(dtype) != "float32"
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=low):
             scores = model(x).float()
             loss = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]),
                                                      y.reshape(-1))
         loss.backward()
-        opt.step()  # synchronous on the CPU: nothing to wait for
+        opt.step()  # synchronous on the CPU; on a GPU, wait for the step's kernels
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return {"step": step, "version": torch.__version__}
 
@@ -90,18 +105,21 @@ def measure(request: dict) -> dict:
     missing = [k for k in REQUEST_KEYS if k not in request]
     if missing:
         return {"error": f"the request lacks {', '.join(missing)}"}
+    device = request.get("device", "cpu")
+    if device not in DEVICES:
+        return {"error": f"the request's device must be one of {DEVICES}, got {device!r}"}
     try:
         import torch  # noqa: F401
     except ImportError as e:
         return {"error": f"torch is not importable ({type(e).__name__}: {e}); pip install "
                          "'fnn[torch]', or name the folder holding it with --torch-path"}
     try:
-        made = torch_step(request["spec"], request["dtype"], request["seed"])
+        made = torch_step(request["spec"], request["dtype"], request["seed"], device)
     except Exception as e:  # noqa: BLE001 - a reference that fails is reported, not fatal
         return {"error": f"PyTorch's step failed: {type(e).__name__}: {e}"}
     before = _load()
-    timed = time_torch(made["step"], request["reps"])
-    return {"version": made["version"], "load": [before, _load()], **timed}
+    timed = time_torch(made["step"], request["reps"], device=device)
+    return {"version": made["version"], "device": device, "load": [before, _load()], **timed}
 
 
 def _load():

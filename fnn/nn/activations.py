@@ -71,6 +71,7 @@ def Maxout(pieces: int) -> Layer:
 
 ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "softplus": Softplus,
                "silu": Silu, "leaky_relu": LeakyRelu, "elu": Elu, "gelu": Gelu}
+"""The activation layers by name (what `activation=` and `--activation` accept)."""
 
 
 def Activation(name: str, **options) -> Layer:

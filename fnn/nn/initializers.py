@@ -102,6 +102,8 @@ INITIALIZERS = {
     "lecun": lecun_normal, "small": small_gaussian, "orthogonal": orthogonal(),
     "zeros": zeros, "ones": ones,
 }
+"""The weight initializers by name (what `init=` and `--init` accept): name ->
+`init(key, shape, dtype) -> array`."""
 
 
 def get_initializer(init: str | Callable) -> Callable:

@@ -183,9 +183,12 @@ FACTS: dict[str, ModelFacts] = {
     "transformer": ModelFacts(transformer_lm, "text", {"width": "width", "depth": "depth",
                                                        "heads": "heads", "dropout": "dropout"}),
 }
+"""The ready-made models by name, each with what training needs to know of it (ModelFacts)."""
 MODELS: dict[str, Callable[..., Layer]] = {name: f.build for name, f in FACTS.items()}
-SEQUENCE_MODELS = tuple(n for n, f in FACTS.items() if f.data == "text")  # token ids in,
-# per-position logits out
+"""The ready-made models by name (what `--model` accepts): name -> a function of the model's
+options returning a Layer."""
+SEQUENCE_MODELS = tuple(n for n, f in FACTS.items() if f.data == "text")
+"""The language models among MODELS: token ids in, per-position logits out (`--dataset text`)."""
 
 
 def models_reading(option: str) -> tuple:

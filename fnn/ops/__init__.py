@@ -36,7 +36,10 @@ FAMILIES = {
     "sequence": sequence,
     "recurrent": recurrent,
 }
+"""The gate families, one module each: family name -> module (fnn.ops.elementwise, ...)."""
 
 registry = MappingProxyType(collect_gates(*FAMILIES.values()))
+"""Every built-in gate by its name (read-only): `registry["relu"] is fnn.ops.relu`; what
+`python -m fnn gradcheck` and the tests check."""
 
 __all__ = sorted(registry) + ["FAMILIES", "registry"]

@@ -23,6 +23,7 @@ import numpy as np
 from fnn.train.readers import DataError, read_cifar10, read_mnist
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "text")
+"""The datasets load_dataset (and `--dataset`) reads, by name."""
 IMAGE_DATASETS = DATASETS[:4]
 
 

@@ -16,7 +16,9 @@ import jax
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+"""The optimizers make_optimizer (and `--optimizer`) accepts, by name."""
 SCHEDULES = ("constant", "cosine", "step")
+"""The learning-rate schedules (`schedule=`, `--schedule`)."""
 
 
 def make_schedule(name: str = "constant", lr: float = 1e-3, *, total_steps: int | None = None,

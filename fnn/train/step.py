@@ -26,6 +26,7 @@ from fnn.train.parallel import constrain_batch, data_parallel, jit_step
 from fnn.transforms import value_and_grad as fnn_value_and_grad
 
 GRADS = ("custom", "builtin")
+"""The gradient modes: custom (fnn.grad, hand-written rules) and builtin (jax.grad)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,7 @@ LOSSES = {"softmax_cross_entropy": Loss("softmax_cross_entropy",
           "cross_entropy": Loss("softmax_cross_entropy", registry["softmax_cross_entropy"], True),
           "svm": Loss("svm_loss", registry["svm_loss"], True),
           "mse": Loss("mse", _one_hot_mse)}
+"""The losses by name (what `loss=` and `--loss` accept): name -> Loss."""
 
 
 def cross_entropy(*, label_smoothing: float = 0.0, ignore_index: int | None = None) -> Loss:
