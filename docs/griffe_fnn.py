@@ -24,7 +24,8 @@ _KINDS = {inspect.Parameter.POSITIONAL_ONLY: griffe.ParameterKind.positional_onl
           inspect.Parameter.VAR_KEYWORD: griffe.ParameterKind.var_keyword}
 
 
-def _function(path: str) -> griffe.Function:
+def _function(path: str, like: griffe.Docstring | None = None) -> griffe.Function:
+    """The function at `path`, its docstring parsed as `like` is (the style mkdocs.yml sets)."""
     module, name = path.rsplit(".", 1)
     obj = getattr(importlib.import_module(module), name)
     params = griffe.Parameters(*(
@@ -32,7 +33,9 @@ def _function(path: str) -> griffe.Function:
                          default=None if p.default is p.empty else repr(p.default))
         for p in inspect.signature(obj).parameters.values()))
     function = griffe.Function(name, parameters=params)
-    function.docstring = griffe.Docstring(inspect.getdoc(obj) or "", parent=function)
+    function.docstring = griffe.Docstring(
+        inspect.getdoc(obj) or "", parent=function, parser=like.parser if like else None,
+        parser_options=like.parser_options if like else None)
     return function
 
 
@@ -46,6 +49,6 @@ class RuntimeTransforms(griffe.Extension):
         for path in DYNAMIC:
             module, name = path.rsplit(".", 1)
             parent = pkg.get_member(module.split(".", 1)[1])
-            function = _function(path)
+            function = _function(path, like=pkg.docstring)
             function.lineno = parent.members[name].lineno if name in parent.members else None
             parent.set_member(name, function)

@@ -2,32 +2,62 @@
 
 
 class FnnError(Exception):
-    """Base class of fnn's own errors."""
+    """Base class of fnn's own errors.
+
+    Catching `FnnError` catches every error fnn raises on purpose (a gate that cannot take its
+    inputs, a VJP that breaks its contract, a missing rule, a bad override, a NaN found by
+    `fnn.debug_nans`); each subclass is also the builtin error it resembles (`ValueError`,
+    `TypeError`, `FloatingPointError`), so code catching those catches fnn's too.
+    """
 
 
 class GateError(FnnError, ValueError):
-    """A gate was called with inputs it cannot take (shapes, ranks, dtypes, values)."""
+    """A gate was called with inputs it cannot take (shapes, ranks, dtypes, values).
+
+    Also a `ValueError`. Raised too when a gate is declared wrongly (a forward that does not return
+    `(out, saved)`, no VJP) and when a primitive gate meets a parameter it does not handle.
+    """
 
 
 class VJPContractError(FnnError, TypeError):
-    """A gate's hand-written VJP returned the wrong number, shapes or dtypes of gradients."""
+    """A gate's hand-written VJP returned the wrong number, shapes or dtypes of gradients.
+
+    Also a `TypeError`. The message names the gate, the input and the call site.
+    """
 
 
 class NestingError(FnnError, TypeError):
-    """fnn's reverse mode was nested inside itself (fnn.grad of fnn.grad)."""
+    """fnn's reverse mode was nested inside itself (fnn.grad of fnn.grad).
+
+    Also a `TypeError`.
+    """
 
 
 class ForeignCallError(FnnError, TypeError):
-    """A JAX/NumPy function was called on a value traced by fnn, which would lose its gradient."""
+    """A JAX/NumPy function was called on a value traced by fnn, which would lose its gradient.
+
+    Also a `TypeError`.
+    """
 
 
 class OverrideError(FnnError, TypeError):
-    """A rule override that cannot be used: a key naming nothing, a rule that is not callable."""
+    """A rule override that cannot be used: a key naming nothing, a rule that is not callable.
+
+    Also a `TypeError`.
+    """
 
 
 class MissingRuleError(ForeignCallError):
-    """fnn.grad met a JAX primitive for which no hand-written rule is declared; `.primitive` is
-    that primitive (None when not known)."""
+    """fnn.grad met a JAX primitive for which no hand-written rule is declared.
+
+    A `ForeignCallError` (so also a `TypeError`). The message says how to add the rule
+    (`fnn.primitive_gate`) or to use jax.grad for the program.
+
+    Args:
+        message: the error message.
+        primitive: the JAX primitive that has no rule (None when not known), kept as
+            `.primitive`.
+    """
 
     def __init__(self, message: str = "", primitive=None):
         super().__init__(message)

@@ -132,10 +132,22 @@ def _tune_malloc() -> str | None:
 
 
 def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
-    """Apply the settings of this module's docstring; return what was done.
+    """Apply fnn's faster XLA CPU settings (fnn.runtime's docstring); return what was done.
 
-    -> {"xla_flags": the XLA flag added or None, "malloc": bool, "notes": [why not, ...]}.
-    `environ` (default os.environ) is where XLA_FLAGS is read and written.
+    The XLA flag that sends convolutions to XLA's Eigen kernels and glibc malloc settings that
+    reuse a step's scratch memory. Neither changes the mathematics. Both must happen before JAX's
+    backend starts; after that nothing is changed and the notes say so. `import fnn` already calls
+    it (FNN_NO_TUNE=1 keeps JAX's defaults).
+
+    Args:
+        xla: add the XLA flag to XLA_FLAGS (when jaxlib knows it and XLA_FLAGS does not set it).
+        malloc: apply the malloc settings (Linux glibc; left alone when JAX may run on an
+            accelerator).
+        environ: where XLA_FLAGS and FNN_NO_TUNE are read and written (default os.environ).
+
+    Returns:
+        `{"xla_flags": the XLA flag added or None, "malloc": whether the malloc settings were
+        applied, "notes": [why something was not done, ...]}`.
     """
     environ = os.environ if environ is None else environ
     done = {"xla_flags": None, "malloc": False, "notes": []}

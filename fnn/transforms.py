@@ -18,8 +18,9 @@ trace, vjp, value_and_grad, grad = make_transforms(RULES, CUSTOM_RULES, gate_nam
 
 def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),
                policy: Callable | None = None) -> Callable:
-    """`fun` whose intermediate values are recomputed in the backward instead of kept: jax.checkpoint
-    (jax.remat) itself, with the same arguments, checked.
+    """`fun` whose intermediate values are recomputed in the backward instead of kept.
+
+    jax.checkpoint (jax.remat) itself, with the same arguments, checked.
 
     Under jax.grad it is JAX's rematerialization. Under fnn.grad the checkpoint is one gate
     (fnn.ops.primitives.remat.remat), and every policy is honoured as JAX honours it: any of
@@ -35,11 +36,25 @@ def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),
     equations JAX's own backward recomputes. A scan, cond, nested checkpoint or fnn gate inside
     the body is kept or recomputed whole (kept when the policy saves anything inside it).
 
-    prevent_cse (default True) keeps XLA from merging the recomputation back into the forward.
-    XLA's CPU backend drops that barrier unless the program is compiled with
-    fnn.runtime.remat_compiler_options() (`jax.jit(f, compiler_options=...)`); make_train_step
-    (remat=True) and fit do so. The cost: about one more forward of the checkpointed part per
-    step; the saving: its intermediate values (activations) between the forward and backward.
+    The cost: about one more forward of the checkpointed part per step; the saving: its
+    intermediate values (activations) between the forward and backward.
+
+    Args:
+        fun: the function to checkpoint.
+        prevent_cse: keep XLA from merging the recomputation back into the forward (default
+            True). XLA's CPU backend drops that barrier unless the program is compiled with
+            fnn.runtime.remat_compiler_options() (`jax.jit(f, compiler_options=...)`);
+            make_train_step (remat=True) and fit do so.
+        static_argnums: the position(s) of `fun`'s arguments that are static (an int or a tuple
+            of ints), as for jax.checkpoint.
+        policy: which values to keep rather than recompute (None: none), as above.
+
+    Returns:
+        The checkpointed function, `jax.checkpoint(fun, ...)`.
+
+    Raises:
+        TypeError: `fun` or a non-None `policy` is not callable; `prevent_cse` is not a bool;
+            `static_argnums` is not an int or a tuple of ints.
     """
     if not callable(fun):
         raise TypeError(f"fnn.checkpoint: fun must be a function, got {type(fun).__name__} "

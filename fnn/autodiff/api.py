@@ -31,7 +31,7 @@ _SCOPED: contextvars.ContextVar = contextvars.ContextVar("fnn_rules", default=()
 
 @contextlib.contextmanager
 def rules(*items, **named):
-    """Within this block, fnn.grad & co. use these rules:
+    """Within this block, fnn.grad & co. use these rules.
 
         with fnn.rules(relu=straight_through, affine=fnn.only(fa, "1_dense")): ...
         with fnn.rules(my_primitive_gate): ...       # a rule for a primitive fnn lacks
@@ -44,6 +44,20 @@ def rules(*items, **named):
     The block holds for the thread (or asyncio task) that entered it (a contextvars variable):
     a worker thread starts without it; run the work there in a copy of this context,
     `pool.submit(contextvars.copy_context().run, fnn.grad(f), x)`, or pass `rules=`.
+
+    Args:
+        *items: gates made by `fnn.primitive_gate` (rules for primitives), or mappings
+            `{gate name: rule}` (overrides; a value may also be a primitive gate).
+        **named: overrides by gate name, `relu=rule` (a `Rule`, a function or `fnn.only(...)`).
+
+    Returns:
+        A context manager; the rules hold inside its `with` block.
+
+    Raises:
+        TypeError: (on entering the block) an item is neither a primitive gate nor a mapping.
+        OverrideError: (on entering the block) an override is not a rule (not callable) or its
+            key is neither a name, a Gate nor a primitive; (when a function is differentiated
+            inside the block) a key names no gate.
     """
     prims, table = split_rules(items + ((named,) if named else ()), "fnn.rules")
     token = _SCOPED.set(_SCOPED.get() + tuple(prims.values()))
@@ -118,7 +132,30 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
 
         The float leaves of the arguments named by argnums are differentiated; the rest are
         constants. `tr.backward(tr.seeds())` runs the hand-written backward seeded with ones.
-        rules: more primitive gates for this call. custom_rules: as for `grad`."""
+
+        Args:
+            f: the function to record.
+            *args: its positional arguments.
+            argnums: the position(s) of the differentiated arguments (an int or a tuple of ints).
+            has_aux: `f` returns a pair `(output, aux)`; aux is kept as `tr.aux`, not
+                differentiated.
+            rules: more primitive gates, or overrides of gates' backward rules, for this call (as
+                for `grad`).
+            custom_rules: as for `grad`.
+            **kwargs: its keyword arguments (constants).
+
+        Returns:
+            The `Trace` of the call.
+
+        Raises:
+            TypeError: argnums is not an int or a non-empty tuple of ints; a differentiated input is
+                complex; with has_aux, `f` does not return a pair.
+            ValueError: argnums names an argument `f` was not given; custom_rules is not one of the
+                choices.
+            MissingRuleError: `f` uses a JAX primitive for which fnn has no rule.
+            GateError: a gate cannot take its inputs.
+            OverrideError: an override in `rules` names no gate or is not a rule.
+        """
         return traced(f, args, argnums, kwargs=kwargs, has_aux=has_aux, fname="fnn.trace",
                       rules=rules, custom_rules=custom_rules)
 
@@ -127,7 +164,26 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
 
         `vjp_fn(ct)` takes a cotangent with the structure of `out` and returns one cotangent per
         primal, each with its primal's structure. Integer and bool leaves get float0 zeros, as
-        in JAX. custom_rules: as for `grad`.
+        in JAX.
+
+        Args:
+            f: the function to differentiate.
+            *primals: its positional arguments, all differentiated.
+            has_aux: `f` returns a pair `(output, aux)`.
+            rules: more primitive gates, or overrides of gates' backward rules, for this call (as
+                for `grad`).
+            custom_rules: as for `grad`.
+
+        Returns:
+            `(out, vjp_fn)`, or `(out, vjp_fn, aux)` with has_aux. `vjp_fn` raises TypeError for a
+            cotangent of another structure than `out`, ValueError for one of another shape.
+
+        Raises:
+            TypeError: a primal is complex; with has_aux, `f` does not return a pair.
+            ValueError: custom_rules is not one of the choices.
+            MissingRuleError: `f` uses a JAX primitive for which fnn has no rule.
+            GateError: a gate cannot take its inputs.
+            OverrideError: an override in `rules` names no gate or is not a rule.
         """
         tr = traced(f, primals, tuple(range(len(primals))), has_aux=has_aux, fname="fnn.vjp",
                     rules=rules, custom_rules=custom_rules)
@@ -138,9 +194,32 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
                        custom_rules=default, _name: str = "fnn.value_and_grad"):
         """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
-        Returns a function giving `(value, grad)` or, with has_aux, `((value, aux), grad)`.
-        `grad` has the structure of the argument(s) named by `argnums` (a tuple of them for a
-        tuple). custom_rules: as for `grad`.
+        The errors below are raised when the returned function is called.
+
+        Args:
+            f: the function to differentiate; it must return one float scalar (and aux with
+                has_aux).
+            argnums: the position(s) of the differentiated arguments (an int or a tuple of ints,
+                negative allowed).
+            has_aux: `f` returns a pair `(value, aux)`.
+            rules: more primitive gates, or overrides of gates' backward rules, for this call (as
+                for `grad`).
+            custom_rules: as for `grad`.
+
+        Returns:
+            A function of `f`'s arguments giving `(value, grad)` or, with has_aux,
+            `((value, aux), grad)`. `grad` has the structure of the argument(s) named by `argnums`
+            (a tuple of them for a tuple).
+
+        Raises:
+            TypeError: argnums is not an int or a non-empty tuple of ints; a differentiated argument
+                has an integer or bool leaf, or a complex one; `f`'s output is not one float scalar;
+                with has_aux, `f` does not return a pair.
+            ValueError: argnums names an argument `f` was not given; custom_rules is not one of the
+                choices.
+            MissingRuleError: `f` uses a JAX primitive for which fnn has no rule.
+            GateError: a gate cannot take its inputs.
+            OverrideError: an override in `rules` names no gate or is not a rule.
         """
         fname = f"{_name}({getattr(f, '__name__', 'f')})"
 
@@ -175,11 +254,39 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
     def grad(f, argnums=0, has_aux: bool = False, *, rules=None, custom_rules=default):
         """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs.
 
-        rules: more primitive gates, or overrides of gates' backward rules, for this call.
-        custom_rules: how functions with a custom derivative (jax.custom_vjp/custom_jvp, e.g.
-        jax.nn.relu, optax's and Flax's stabilised functions) are differentiated: "use" (the
-        default) runs their own rules, as jax.grad does; "primal" differentiates their primal
-        function with fnn's rules instead (to see what the custom rule changes)."""
+            dparams = fnn.grad(loss)(params, x, y)
+
+        The errors below are raised when the returned function is called.
+
+        Args:
+            f: the function to differentiate; it must return one float scalar (and aux with
+                has_aux).
+            argnums: the position(s) of the differentiated arguments (an int or a tuple of ints,
+                negative allowed).
+            has_aux: `f` returns a pair `(value, aux)`; aux is returned, not differentiated.
+            rules: more primitive gates, or overrides of gates' backward rules, for this call:
+                a gate made by `fnn.primitive_gate`, a mapping `{gate name: rule}`, or a tuple
+                of them.
+            custom_rules: how functions with a custom derivative (jax.custom_vjp/custom_jvp,
+                e.g. jax.nn.relu, optax's and Flax's stabilised functions) are differentiated:
+                "use" (the default) runs their own rules, as jax.grad does; "primal"
+                differentiates their primal function with fnn's rules instead (to see what the
+                custom rule changes).
+
+        Returns:
+            A function of `f`'s arguments giving the gradient (the structure of the argument(s)
+            named by `argnums`, a tuple of them for a tuple), or `(gradient, aux)` with has_aux.
+
+        Raises:
+            TypeError: argnums is not an int or a non-empty tuple of ints; a differentiated argument
+                has an integer or bool leaf, or a complex one; `f`'s output is not one float scalar;
+                with has_aux, `f` does not return a pair.
+            ValueError: argnums names an argument `f` was not given; custom_rules is not one of the
+                choices.
+            MissingRuleError: `f` uses a JAX primitive for which fnn has no rule.
+            GateError: a gate cannot take its inputs.
+            OverrideError: an override in `rules` names no gate or is not a rule.
+        """
         vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, rules=rules,
                             custom_rules=custom_rules, _name="fnn.grad")
 

@@ -56,16 +56,30 @@ class Case:
     input. Central differences then perturb such an input only within its structure ("symmetric":
     by the symmetric direction (E + E^T) / 2; "positive definite": the same, and steps small
     enough to stay positive definite; "orthogonal": by a rotation, Q expm(t K) with
-    K = skew(Q^T E); "sorted": by a step that keeps the order). The comparison with jax.vjp is then made in the
-    same directions (both gradients projected onto them). Inputs are square matrices (the last
-    two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted along the last
-    axis.
+    K = skew(Q^T E); "sorted": by a step that keeps the order). The comparison with jax.vjp is
+    then made in the same directions (both gradients projected onto them). Inputs are square
+    matrices (the last two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted
+    along the last axis.
 
     `fixed` lists the positions of float inputs held fixed like integer ones: inputs that JAX
     gives no gradient (betainc's a and b, polygamma's m), whose rule refuses one.
     `second_order=False` marks a case whose VJP JAX cannot differentiate (random_gamma's
     derivative is a while loop; igamma's derivative in a, igamma_grad_a, has no rule): the
     transforms that differentiate a VJP (grad(vmap), 2nd order) are not judged on it.
+
+    Attributes:
+        args: the gate's positional inputs.
+        kwargs: its keyword-only metadata (axis, stride, ...).
+        label: a name for the case in reports.
+        numeric: whether central differences are meaningful here.
+        reference: whether JAX has a rule to compare with.
+        kink: whether the derivative is a convention at this point.
+        structure: the structure the rule assumes of the float inputs (see above).
+        fixed: the positions of float inputs held fixed.
+        second_order: whether JAX can differentiate the VJP here.
+
+    Raises:
+        GateError: `structure` names something that is not one of STRUCTURES.
     """
 
     args: tuple
@@ -92,9 +106,19 @@ STRUCTURES = ("symmetric", "positive definite", "orthogonal", "sorted")
 def unbroadcast(g, target):
     """Sum `g` down to `target`'s shape: the gradient of broadcasting `target` up to g.shape.
 
-    `target` is an array (or a shape tuple). Leading axes that broadcasting added are summed
-    away; axes where target had size 1 are summed with keepdims. When `target` is an array, the
-    result also takes its dtype (type promotion in the forward is undone too).
+    Leading axes that broadcasting added are summed away; axes where target had size 1 are
+    summed with keepdims. When `target` is an array, the result also takes its dtype (type
+    promotion in the forward is undone too).
+
+    Args:
+        g: the gradient, of the broadcast shape.
+        target: the array that was broadcast (or its shape, a tuple).
+
+    Returns:
+        `g` summed to `target`'s shape (and cast to its dtype when `target` is an array).
+
+    Raises:
+        GateError: `g` has fewer dimensions than `target`.
     """
     shape = tuple(target) if isinstance(target, tuple) else tuple(np.shape(target))
     if g.shape != shape:
@@ -114,7 +138,13 @@ class Gate:
     """A differentiable op: forward + hand-written VJP. Call it like the function it wraps.
 
     Called on plain arrays (or under JAX's own grad) it only runs the forward; called on values
-    traced by fnn it also records itself on their tape, so `fnn.grad` can run its VJP.
+    traced by fnn it also records itself on their tape, so `fnn.grad` can run its VJP. Made by
+    `fnn.defgate` (or `fnn.primitive_gate`); its VJP is attached with `@gate.defvjp`, its test
+    cases with `@gate.defcases`.
+
+    Args:
+        forward: `forward(*arrays, **static) -> (out, saved)`.
+        name: the gate's name (default: the forward's `__name__`).
     """
 
     def __init__(self, forward: Callable, *, name: str | None = None):
@@ -271,6 +301,13 @@ def defgate(forward: Callable | None = None, *, name: str | None = None):
     """Declare a gate from its forward `forward(*arrays, **static) -> (out, saved)`.
 
     Use as `@defgate` or `@defgate(name="...")`; then `@gate.defvjp` and `@gate.defcases`.
+
+    Args:
+        forward: the forward function; None when used as `@defgate(name=...)`.
+        name: the gate's name (default: the forward's `__name__`).
+
+    Returns:
+        The `Gate`, or (with `forward` None) a decorator that makes it.
     """
     if forward is None:
         return lambda f: Gate(f, name=name)
@@ -298,21 +335,36 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
             return (g * y,)
 
     The forward binds the primitive with the equation's parameters (so it computes exactly
-    what the traced program computes) and saves, for the VJP: "inputs" (a tuple), "out", "both"
-    ((inputs, out)), "shapes" (a ShapeDtypeStruct per input), "none", or a function
-    `save(args, out) -> saved`. The VJP gets the upstream gradient, the saved value and the
-    primitive's parameters as keywords (and `needs`, if it declares it); it returns one
-    gradient per positional input. The gate is named 'lax.<primitive name>' unless `name` says
-    otherwise; `gate.primitive` is the primitive it stands for. `forward(*args, **params) ->
-    (out, saved)` replaces the default forward where the VJP needs more than the primitive's
-    inputs and output (sort's permutation, say); it must compute the same output.
+    what the traced program computes) and saves a value for the VJP. The VJP gets the upstream
+    gradient, the saved value and the primitive's parameters as keywords (and `needs`, if it
+    declares it); it returns one gradient per positional input. `gate.primitive` is the primitive
+    it stands for. Pass the gate to `fnn.rules(...)` or `rules=` to use it.
 
-    `params` names the primitive's parameters the rule handles in every value, `only` maps
-    the others to the values it handles (a tuple of them: `only={"sharding": (None,)}`). When
-    either is given, an equation with a parameter the rule does not name, or with a value
-    outside `only`, raises a GateError naming the rule, the parameter and the value, instead
-    of computing some other gradient. (Neither given: every parameter is passed on unchecked;
-    fnn's own rules all declare theirs.)
+    When `params` or `only` is given, an equation with a parameter the rule does not name, or
+    with a value outside `only`, raises a GateError naming the rule, the parameter and the value,
+    instead of computing some other gradient. (Neither given: every parameter is passed on
+    unchecked; fnn's own rules all declare theirs.)
+
+    Args:
+        primitive: the JAX primitive (`lax.exp_p`).
+        save: what the forward saves for the VJP: "inputs" (a tuple), "out", "both"
+            ((inputs, out)), "shapes" (a ShapeDtypeStruct per input), "none", or a function
+            `save(args, out) -> saved`.
+        name: the gate's name (default 'lax.<primitive name>').
+        forward: `forward(*args, **params) -> (out, saved)`, replacing the default forward where
+            the VJP needs more than the primitive's inputs and output (sort's permutation, say);
+            it must compute the same output.
+        params: the names of the primitive's parameters the rule handles in every value.
+        only: the others, mapped to the values it handles (a tuple of them:
+            `only={"sharding": (None,)}`).
+
+    Returns:
+        A decorator taking the VJP `vjp(g, saved, **params) -> tuple of gradients` and returning
+        the `Gate`.
+
+    Raises:
+        KeyError: `save` is a string that is not one of the five above.
+        GateError: (when the gate runs) a parameter or value the rule does not handle.
     """
     saver = _SAVES[save] if isinstance(save, str) else save
     gate_name = name or f"lax.{primitive.name}"

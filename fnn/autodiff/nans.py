@@ -21,7 +21,17 @@ _ACTIVE = contextvars.ContextVar("fnn_debug_nans", default=False)
 
 
 class NanOriginError(FnnError, FloatingPointError):
-    """A gate produced a NaN or inf while fnn.debug_nans() was active."""
+    """A gate produced a NaN or inf while fnn.debug_nans() was active.
+
+    An `FnnError` and a `FloatingPointError`. The message names the gate, the phase, the call
+    site and the ranges of the gate's inputs and bad outputs.
+
+    Args:
+        message: the error message.
+        gate: the name of the gate, kept as `.gate`.
+        phase: "forward" or "backward (VJP)", kept as `.phase`.
+        site: where the gate was called (file:line), kept as `.site`.
+    """
 
     def __init__(self, message, *, gate, phase, site):
         super().__init__(message)
@@ -30,7 +40,21 @@ class NanOriginError(FnnError, FloatingPointError):
 
 @contextlib.contextmanager
 def debug_nans():
-    """Within this block, raise NanOriginError at the first gate that makes a NaN or inf."""
+    """Within this block, raise NanOriginError at the first gate that makes a NaN or inf.
+
+        with fnn.debug_nans():
+            fnn.grad(loss)(params, batch)
+
+    The checks look at concrete values, so they run eagerly (outside `jax.jit`); inside a jitted
+    function they are skipped. The block holds for the thread (or asyncio task) that entered it.
+
+    Returns:
+        A context manager; inside its `with` block every gate's forward and backward outputs are
+        checked.
+
+    Raises:
+        NanOriginError: (inside the block) a gate's forward or backward produced a NaN or inf.
+    """
     token = _ACTIVE.set(True)
     try:
         yield

@@ -48,12 +48,22 @@ _JIT_KEY = jax.make_user_context(None) if hasattr(jax, "make_user_context") else
 class Rule:
     """A named backward rule, with what the checkers need to judge it.
 
-    vjp: the rule itself, `vjp(g, *inputs, out, **static) -> gradients` (it may declare
-    `needs` and `original`, see the module docstring). kind: "exact" (it must equal the gate's
-    true gradient, and a difference is an error) or "surrogate" (it differs on purpose).
-    reference: for a surrogate, a smooth function of the gate's inputs whose derivative the
-    rule is (its derivative is what the rule must equal: it follows its own declared formula).
-    formula and paper: for the reports and the docs.
+    Call it as the rule itself: `rule(g, *inputs, **kwargs)` calls `vjp`.
+
+    Attributes:
+        vjp: the rule itself, `vjp(g, *inputs, out, **static) -> gradients` (it may declare
+            `needs` and `original`, see fnn.autodiff.overrides).
+        name: its name, in reports.
+        kind: "exact" (it must equal the gate's true gradient, and a difference is an error) or
+            "surrogate" (it differs on purpose).
+        reference: for a surrogate, a smooth function of the gate's inputs whose derivative the
+            rule is (its derivative is what the rule must equal: it follows its own declared
+            formula).
+        formula: the formula, for the reports and the docs.
+        paper: where it comes from, for the reports and the docs.
+
+    Raises:
+        OverrideError: `kind` is neither "exact" nor "surrogate".
     """
 
     vjp: Callable
@@ -102,7 +112,21 @@ class _Only(Override):
 
 
 def only(rule: Callable, *layers: str) -> Override:
-    """`rule` applied only in these layers (paths such as '1_dense', '3_block/0_conv2d')."""
+    """`rule` applied only in these layers (paths such as '1_dense', '3_block/0_conv2d').
+
+        fnn.grad(loss, rules={"affine": fnn.only(feedback_alignment, "1_dense")})
+
+    Args:
+        rule: the backward rule (a `Rule` or a function `rule(g, *inputs, out, **static)`).
+        *layers: the layer paths (as `fnn.nn.named_layers` names them) where it applies; the gate
+            keeps its own rule elsewhere.
+
+    Returns:
+        An override, to use as a value of `rules=` or `fnn.rules(...)`.
+
+    Raises:
+        OverrideError: no layer is named, or a layer is not a non-empty string.
+    """
     if not layers or not all(isinstance(layer, str) and layer for layer in layers):
         raise OverrideError(f"fnn.only: name the layers as path strings, got {layers!r}")
     return _Only(rule, layers)

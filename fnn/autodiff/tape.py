@@ -84,6 +84,11 @@ class Traced:
     It has the array's metadata (shape, dtype, ...) and nothing else: user code never sees it
     (fnn.grad traces the user's function to a jaxpr, whose interpreter boxes the values), so
     it needs no array operators.
+
+    Args:
+        value: the raw array.
+        tape: the tape it is recorded on.
+        node: its node id on that tape.
     """
 
     __slots__ = ("value", "tape", "node")

@@ -27,13 +27,23 @@ from fnn.errors import describe
 
 @dataclasses.dataclass
 class Trace:
-    """One recorded forward pass of f.
+    """One recorded forward pass of f, as `fnn.trace` returns it.
 
-    tape: the records. args: f's positional arguments (raw values). argnums: the differentiated
-    ones. in_nodes: per argument, a pytree like it with the node id of each boxed leaf (-1 for a
-    leaf that is not differentiated), or None for an argument outside argnums. out: f's output
-    (raw values; without aux). out_nodes: the node of each output leaf (None: it does not
-    depend on the differentiated inputs). aux: f's auxiliary output (has_aux).
+    `tr.backward(tr.seeds())` runs the hand-written backward seeded with ones (node -> cotangent);
+    `tr.gradients(cts)` turns that into one gradient per argument; `tr.inputs()` lists the
+    differentiated leaves.
+
+    Attributes:
+        tape: the records (every gate application, in order).
+        args: f's positional arguments (raw values).
+        argnums: the differentiated ones.
+        in_nodes: per argument, a pytree like it with the node id of each boxed leaf (-1 for a
+            leaf that is not differentiated), or None for an argument outside argnums.
+        out: f's output (raw values; without aux).
+        out_nodes: the node of each output leaf (None: it does not depend on the differentiated
+            inputs).
+        out_tree: the pytree structure of `out`.
+        aux: f's auxiliary output (has_aux).
     """
 
     tape: Tape

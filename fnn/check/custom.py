@@ -82,8 +82,22 @@ class CustomRuleCheck:
 
 
 def check_custom_rules(f, *args, seed: int = 0) -> list[CustomRuleCheck]:
-    """A CustomRuleCheck per call of a custom_jvp/custom_vjp function in f(*args) (see the
-    module docstring); [] when f calls none."""
+    """Check each custom_jvp/custom_vjp function that `f(*args)` calls, where it calls it.
+
+    At one random cotangent, its custom rule's VJP is compared with the VJP of its primal
+    function by fnn's rules (`custom_rules="primal"`) and with central differences, at the
+    arguments it really gets (fnn.check.custom describes the verdicts). Calls inside a loop body
+    or a branch are checked where they can be reached with concrete values.
+
+    Args:
+        f: the function (any JAX function).
+        *args: its arguments.
+        seed: the seed of the random cotangents.
+
+    Returns:
+        A CustomRuleCheck per call (name, kind, site, vs_primal, vs_numeric, verdict); [] when `f`
+        calls none.
+    """
     closed = jax.make_jaxpr(f)(*args)
     calls: list = []
     _collect(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), calls, None)

@@ -130,11 +130,27 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None,
                       rules=None) -> Divergences:
     """Replay f's recorded graph and compare every gate's VJP with jax.vjp of its forward.
 
-    f: any JAX function (its output may be any pytree; every output is seeded with ones).
-    argnums: which arguments are differentiated (int or tuple). rtol: tolerance on the CS231n
-    relative error per input (default: tolerance("model", the input's dtype)). rules: rule
-    overrides, as for fnn.grad (those of an enclosing `fnn.rules` block apply too).
-    Returns `Divergences`.
+    Every output is seeded with ones. A VJP that raises or breaks its contract is reported as a
+    divergence, not raised.
+
+    Args:
+        f: any JAX function (its output may be any pytree).
+        *args: its positional arguments.
+        argnums: which arguments are differentiated (int or tuple).
+        rtol: tolerance on the CS231n relative error per input (default: tolerance("model", the
+            input's dtype)).
+        rules: rule overrides, as for fnn.grad (those of an enclosing `fnn.rules` block apply
+            too).
+
+    Returns:
+        The `Divergences`: a list of the gates whose VJP disagrees (GateDivergence, first in
+        backward order first), empty when every gate agrees; `.surrogates` lists the gates
+        applied with surrogate rules (not failures).
+
+    Raises:
+        TypeError: argnums is not an int or a non-empty tuple of ints, or an input is complex.
+        ValueError: argnums names an argument `f` was not given.
+        MissingRuleError: `f` uses a JAX primitive for which fnn has no rule.
     """
     tr = trace(f, *args, argnums=argnums, rules=rules)
 

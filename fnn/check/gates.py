@@ -128,23 +128,51 @@ class GateCheck:
 
 
 def check_gates(gates: Mapping, *, seed: int = 0, kinks: bool = True, **scope) -> list[GateCheck]:
-    """check_gate for every (name, gate) of `gates` (fnn.registry, or any mapping name -> Gate);
-    `scope`: check_gate's dtypes=, cases=, checks=."""
+    """check_gate for every (name, gate) of `gates`.
+
+    Args:
+        gates: fnn.registry, or any mapping name -> Gate.
+        seed: as for check_gate.
+        kinks: as for check_gate.
+        **scope: check_gate's dtypes=, cases=, checks=.
+
+    Returns:
+        A GateCheck per gate, in the mapping's order.
+
+    Raises:
+        ValueError: as for check_gate.
+    """
     return [check_gate(name, gate, seed=seed, kinks=kinks, **scope) for name, gate in gates.items()]
 
 
 def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True, dtypes=DTYPES,
                cases: int | None = None, checks=CHECKS) -> GateCheck:
-    """Check every test case of `gate` (see the module docstring); never raises for the gate's
-    faults: they become problems of the returned GateCheck. kinks=True also checks the gate's
-    kink cases (Gate.defkinks) in float64, against jax.vjp alone (labels 'kink: ...').
+    """Check every test case of `gate` (see fnn.check.gates): its VJP vs jax.vjp and numerics.
 
-    A part of it (what `python -m fnn gradcheck` runs without --all, QUICK): `dtypes`, those of
-    DTYPES to check in; `cases`, how many of the gate's test cases (the first ones, and the
-    first checked numerically and the first plain one, the transforms' case, where those hold
-    none; None: all; the kink cases are never left out); `checks`, those of CHECKS to run (the
-    others stay None, not judged). GateCheck.declared counts the cases declared, checked or
-    not."""
+    Never raises for the gate's faults: they become problems of the returned GateCheck.
+
+    A part of it (what `python -m fnn gradcheck` runs without --all, QUICK) is chosen with
+    `dtypes`, `cases` and `checks`. GateCheck.declared counts the cases declared, checked or not.
+
+    Args:
+        name: the gate's name, for the report.
+        gate: the Gate (with its cases declared by `@gate.defcases`).
+        seed: the seed of the cases and cotangents.
+        kinks: also check the gate's kink cases (Gate.defkinks) in float64, against jax.vjp
+            alone (labels 'kink: ...').
+        dtypes: those of DTYPES ("float64", "float32") to check in.
+        cases: how many of the gate's test cases (the first ones, and the first checked
+            numerically and the first plain one, the transforms' case, where those hold none);
+            None: all; the kink cases are never left out.
+        checks: those of CHECKS to run ("eager", "jit", "vmap", "grad(vmap)", "vmap(grad)",
+            "2nd order"); the others stay None, not judged.
+
+    Returns:
+        The GateCheck of the gate.
+
+    Raises:
+        ValueError: a check or dtype is not one of CHECKS or DTYPES, or cases is below 1.
+    """
     unknown = [t for t in checks if t not in CHECKS] + [d for d in dtypes if d not in DTYPES]
     if unknown or (cases is not None and cases < 1):
         raise ValueError(f"check_gate: checks must be among {CHECKS}, dtypes among {DTYPES} and "

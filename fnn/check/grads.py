@@ -194,16 +194,32 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
                 rules=None) -> GradReport:
     """Compare fnn.grad, jax.grad and central differences of scalar `f(*args)`, leaf by leaf.
 
-    argnums: int or tuple, as in fnn.grad. rtol: custom vs built-in tolerance (default:
-    tolerance "model" by dtype, fnn.check.tolerances); numeric_rtol: analytic vs numerical
-    (default: tolerance "numeric"). max_elements: elements per leaf
-    checked numerically. numeric_dtype: the dtype the differences are computed in ("float64";
-    None: the model's own). step: a fixed h instead of the dtype-chosen one (for comparison
-    with fixed-step checkers). rules: rule overrides for fnn.grad, as in fnn.grad (those of an
-    enclosing `fnn.rules` block apply too); where a surrogate rule (fnn.Rule of kind
-    "surrogate") is in effect, a leaf whose custom gradient differs from jax.grad gets the
-    verdict "surrogate" instead of a failure. Returns a GradReport; nothing is raised for wrong
-    gradients.
+    Where a surrogate rule (fnn.Rule of kind "surrogate") is in effect, a leaf whose custom
+    gradient differs from jax.grad gets the verdict "surrogate" instead of a failure. Nothing is
+    raised for wrong gradients: they are the report's findings.
+
+    Args:
+        f: the function, returning a float scalar (a loss).
+        *args: its positional arguments.
+        argnums: the differentiated argument(s), an int or a tuple, as in fnn.grad.
+        seed: the seed choosing the elements checked numerically.
+        rtol: custom vs built-in tolerance (default: tolerance "model" by dtype,
+            fnn.check.tolerances).
+        numeric_rtol: analytic vs numerical tolerance (default: tolerance "numeric").
+        max_elements: the elements per leaf checked numerically.
+        numeric_dtype: the dtype the differences are computed in ("float64"; None: the model's
+            own).
+        step: a fixed h instead of the dtype-chosen one (for comparison with fixed-step
+            checkers).
+        rules: rule overrides for fnn.grad, as in fnn.grad (those of an enclosing `fnn.rules`
+            block apply too).
+
+    Returns:
+        A GradReport: per leaf, the three gradients compared and a verdict.
+
+    Raises:
+        TypeError: an argument named by argnums has a non-float leaf, or `f` does not return a
+            float scalar.
     """
     from fnn.transforms import grad as fnn_grad
     from fnn.transforms import trace as fnn_trace

@@ -109,8 +109,22 @@ class Graph:
 def graph(f, *args, argnums=None, title: str | None = None) -> Graph:
     """Record `f(*args)` with fnn and return its Graph (values and gradients on every edge).
 
-    argnums: the arguments to differentiate (default: every argument with a float leaf); the
-    others are constants of the graph. Inputs are named after f's parameters.
+    Inputs are named after f's parameters. `python -m fnn graph` draws such graphs.
+
+    Args:
+        f: the function to record.
+        *args: its positional arguments.
+        argnums: the arguments to differentiate (default: every argument with a float leaf); the
+            others are constants of the graph.
+        title: a title for the drawing.
+
+    Returns:
+        The `Graph`: its `nodes` and `edges` (values and gradients on every edge), and the raw
+        tape with upstream gradients and VJPs.
+
+    Raises:
+        TypeError: argnums is not an int or a non-empty tuple of ints, or an input is complex.
+        MissingRuleError: `f` uses a JAX primitive for which fnn has no rule.
     """
     names = _param_names(f, len(args))
     if argnums is None:

@@ -118,15 +118,29 @@ def angle_deg(a, b):
 
 def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=None,
                     rules=None) -> dict:
-    """The metrics of the module docstring for `model` at (params, state) on batch = (x, y).
+    """The gradient-health metrics for `model` at (params, state) on batch = (x, y).
 
-    loss_fn(params, state, x, y, key) -> (loss, aux): the loss to differentiate (key: the
-    dropout key). updates: the optimizer's update of params (a pytree like params, e.g.
-    new_params - params) for update_ratio; without it update_ratio is {}. Pure and jit-able;
-    returns float arrays (jax.device_get them for numbers). rules: backward-rule overrides (as
-    fnn.grad takes them): the gradient measured is theirs, "custom_vs_builtin" its distance
-    from the true one and "alignment" the angle between the two per layer, in degrees (the
-    quantity the feedback-alignment literature plots; 0 for exact rules).
+    Per layer (layer path -> scalar): grad_norm, update_ratio, custom_vs_builtin, alignment,
+    dead_relu and saturated, and "loss" (fnn.check.health defines each). Pure and jit-able;
+    returns float arrays (jax.device_get them for numbers).
+
+    Args:
+        loss_fn: `loss_fn(params, state, x, y, key) -> (loss, aux)`, the loss to differentiate
+            (what fnn.train.make_loss_fn builds).
+        model: the model (a `fnn.nn.Layer`).
+        params: its parameters.
+        state: its state (batch-norm statistics).
+        batch: `(x, y)`.
+        key: the dropout key passed to `loss_fn`.
+        updates: the optimizer's update of params (a pytree like params, e.g.
+            new_params - params) for update_ratio; without it update_ratio is {}.
+        rules: backward-rule overrides (as fnn.grad takes them): the gradient measured is
+            theirs, "custom_vs_builtin" its distance from the true one and "alignment" the angle
+            between the two per layer, in degrees (the quantity the feedback-alignment literature
+            plots; 0 for exact rules).
+
+    Returns:
+        A dict: metric name -> {layer path: float array}, and "loss" -> the batch loss.
     """
     x, y = batch
     (value, _), g = fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)(params, state, x, y,

@@ -102,10 +102,24 @@ def target_problems(targets: Sequence[str], platforms: Sequence[str] = ACCELERAT
 
 def check_lowering(fn, *args, platforms: Sequence[str] = ACCELERATORS, **kwargs
                    ) -> LoweringCheck:
-    """Export `fn` (jitted here if it is not already) at `args` (arrays or
-    jax.ShapeDtypeStructs, shardings included) for all `platforms` in one jax.export, and judge
-    its module (see the module docstring). Never raises for the function's faults: a lowering
-    error becomes the report's `error` and a problem."""
+    """Export `fn` for `platforms` in one jax.export and judge its module (fnn.check.lowering).
+
+    No device of those platforms is needed. Never raises for the function's faults: a lowering
+    error becomes the report's `error` and a problem.
+
+    Args:
+        fn: the function (jitted here if it is not already).
+        *args: its arguments: arrays or jax.ShapeDtypeStructs, shardings included.
+        platforms: the platforms to export for (default ("cuda", "rocm", "tpu")).
+        **kwargs: its keyword arguments.
+
+    Returns:
+        The LoweringCheck: custom call targets, problems (host callbacks, CPU-only custom calls,
+        a lowering error), the error, the seconds the export took.
+
+    Raises:
+        ValueError: `platforms` is empty.
+    """
     platforms = tuple(platforms)
     if not platforms:
         raise ValueError("check_lowering: platforms must name at least one platform")
@@ -153,12 +167,24 @@ def host_callbacks(jaxpr) -> list[str]:
 
 def check_lowerings(programs: Mapping, *, platforms: Sequence[str] = ACCELERATORS
                     ) -> dict:
-    """name -> LoweringCheck for `programs`, name -> (fn, args): all of them exported as one
-    program (each fn called as a nested jit, on its own arguments); when that program does
-    not pass, each is exported alone, so the reports name the ones at fault. When it passes
-    (or only the whole fails), every report is the shared one (its targets: those of the whole
-    program). The functions
-    must agree on the devices they run on (one mesh, or none)."""
+    """Export several programs as one and judge them (check_lowering), each alone when that fails.
+
+    All of them are exported as one program (each fn called as a nested jit, on its own
+    arguments); when that program does not pass, each is exported alone, so the reports name
+    the ones at fault. When it passes (or only the whole fails), every report is the shared one
+    (its targets: those of the whole program). The functions must agree on the devices they run
+    on (one mesh, or none).
+
+    Args:
+        programs: name -> (fn, args).
+        platforms: as for check_lowering.
+
+    Returns:
+        name -> LoweringCheck ({} for no programs).
+
+    Raises:
+        ValueError: `platforms` is empty.
+    """
     names = list(programs)
     if not names:
         return {}

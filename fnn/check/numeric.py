@@ -27,18 +27,24 @@ def _leaves(tree) -> list:
 def rel_error(a, b, *, special: bool = False):
     """CS231n-style relative error over whole arrays: max|a - b| / (max|a| + max|b|).
 
-    a, b: arrays of one shape, or pytrees of such arrays with the same structure (the maxima
-    are then taken over all leaves together). Normalising by the arrays' magnitudes (not
-    elementwise) keeps entries that are both ~0 from reporting rounding noise as a 100% error.
-    Two all-zero arrays have error 0.
+    Normalising by the arrays' magnitudes (not elementwise) keeps entries that are both ~0 from
+    reporting rounding noise as a 100% error. Two all-zero arrays have error 0. Without
+    `special`, a NaN anywhere gives NaN, which passes no tolerance.
 
-    special=True (at kinks and special points, where JAX's own value may be NaN or infinite):
-    NaNs in the same places and equal infinities count as equal (and are left out of the
-    maxima); a NaN or an infinity facing anything else is an infinite error. Otherwise a NaN
-    anywhere gives NaN, which passes no tolerance.
+    Args:
+        a: an array, or a pytree of arrays (the maxima are then taken over all leaves together).
+        b: the same, of the same shapes and structure.
+        special: at kinks and special points, where JAX's own value may be NaN or infinite: NaNs
+            in the same places and equal infinities count as equal (and are left out of the
+            maxima); a NaN or an infinity facing anything else is an infinite error.
 
-    NumPy arrays and concrete JAX arrays give a Python float, computed in float64. JAX tracers
-    (inside jit, vmap, grad, lax.cond) give a JAX scalar, so the measure runs in compiled code.
+    Returns:
+        The error. NumPy arrays and concrete JAX arrays give a Python float, computed in float64.
+        JAX tracers (inside jit, vmap, grad, lax.cond) give a JAX scalar, so the measure runs in
+        compiled code.
+
+    Raises:
+        ValueError: `a` and `b` have different numbers of leaves, or leaves of different shapes.
     """
     la, lb = _leaves(a), _leaves(b)
     if len(la) != len(lb):
@@ -182,14 +188,25 @@ def project(g, x, structure: str | None):
 def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     """Central differences of `sum(f(*args) * ct)` wrt each float argument, every element.
 
-    f: traceable by JAX (jax.numpy, fnn's gates); a tuple of outputs is allowed, with `ct` a
-    tuple of the same length (None or float0 entries are skipped). `diff` lists the positions to
-    differentiate (default: every float argument). All elements of an argument are stepped at
-    once (one vmap), so this also runs inside jit. The checkers take it in float64 (inside
-    `jax.enable_x64`). structure: one entry (None or a structure's name) per position of
-    `diff`; such an argument is stepped within its structure, and its entry of the result is
-    the projected gradient (see `differences`, `project`). Returns a list with an array per
-    position (None where not differentiated).
+    All elements of an argument are stepped at once (one vmap), so this also runs inside jit.
+    The checkers take it in float64 (inside `jax.enable_x64`).
+
+    Args:
+        f: traceable by JAX (jax.numpy, fnn's gates); a tuple of outputs is allowed.
+        args: f's positional arguments (a sequence).
+        ct: the cotangent, like f's output; for a tuple of outputs a tuple of the same length
+            (None or float0 entries are skipped).
+        diff: the positions to differentiate (default: every float argument).
+        h: the step.
+        structure: one entry (None or a structure's name: "symmetric", "positive definite",
+            "orthogonal", "sorted") per position of `diff`; such an argument is stepped within
+            its structure, and its entry of the result is the projected gradient.
+
+    Returns:
+        A list with an array per position (None where not differentiated).
+
+    Raises:
+        ValueError: a structure's name is unknown.
     """
     args = list(args)
     if diff is None:

@@ -32,7 +32,18 @@ TOLERANCES = {
 
 
 def tolerance(kind: str, dtype) -> float:
-    """The tolerance of `kind` (a row of TOLERANCES) for `dtype` (a name or a numpy dtype)."""
+    """The tolerance of `kind` (a row of TOLERANCES) for `dtype`.
+
+    Args:
+        kind: "forward", "gate", "model", "numeric", "transform" or "harness".
+        dtype: a dtype's name or a numpy dtype; one without a row entry gets float32's.
+
+    Returns:
+        The relative tolerance.
+
+    Raises:
+        ValueError: `kind` is not a row of TOLERANCES.
+    """
     try:
         row = TOLERANCES[kind]
     except KeyError:

@@ -44,12 +44,24 @@ from fnn.errors import GateError
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """A layer: a pure (init, apply) pair (see the module docstring) and a name.
+    """A layer: a pure (init, apply) pair (fnn.nn's conventions) and a name.
 
-    Combinators list their sub-layers in `children` as (params key, layer) pairs; `kind` says
-    how: "serial" (a chain, each child takes the previous output) or "parallel" (every child
-    takes the same input). Their apply takes `observe` (the module docstring). `remat`: its
-    apply recomputes its activations in the backward (fnn.nn.remat).
+        init(key, input_shape) -> (params, state, output_shape)     # shapes of ONE example
+        apply(params, state, x, *, key=None, train=False) -> (y, new_state)
+
+    `init, apply = layer` unpacks it, as with stax. Combinators list their sub-layers in
+    `children` as (params key, layer) pairs; `kind` says how: "serial" (a chain, each child takes
+    the previous output) or "parallel" (every child takes the same input). Their apply takes
+    `observe`, a function `observe(path, layer, y)` called with the output of every layer inside
+    them.
+
+    Attributes:
+        name: the layer's name (params keys read '<i>_<name>' in a serial).
+        init: `init(key, input_shape) -> (params, state, output_shape)`.
+        apply: `apply(params, state, x, *, key=None, train=False) -> (y, new_state)`.
+        children: a combinator's (params key, layer) pairs; () for a leaf.
+        kind: "leaf", "serial" or "parallel".
+        remat: its apply recomputes its activations in the backward (fnn.nn.remat).
     """
 
     name: str
@@ -99,7 +111,17 @@ LAYER_ERRORS = (ValueError, GateError, NanOriginError)  # get the layer path in 
 
 
 def stateless(name: str, fn: Callable, output_shape: Callable = lambda s: s) -> Layer:
-    """A layer without parameters: y = fn(x); `output_shape(input_shape)` gives y's shape."""
+    """A layer without parameters or state: y = fn(x).
+
+    Args:
+        name: the layer's name.
+        fn: `fn(x) -> y`, on a batch, written with fnn's gates.
+        output_shape: `output_shape(input_shape) -> the shape of y` (of one example; default:
+            the input's).
+
+    Returns:
+        The Layer.
+    """
 
     def init(key, input_shape):
         return {}, {}, tuple(output_shape(tuple(input_shape)))
@@ -169,7 +191,23 @@ def _apply_child(model: str, k: str, child: Layer, params, state, x, key, train,
 
 
 def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Layers applied one after the other. Params and state are dicts keyed '<i>_<name>'."""
+    """Layers applied one after the other.
+
+    Params and state are dicts keyed '<i>_<name>' (the i-th layer's name). Errors from a layer's
+    init or apply are prefixed with its path ('in layer mlp/1_dense: ...').
+
+    Args:
+        *layers: the layers, in order.
+        name: the combinator's name.
+
+    Returns:
+        The Layer (kind "serial").
+
+    Raises:
+        ValueError: no layer is given; (from init) the input shape is not a tuple of positive
+            ints; (from apply) params or state do not have this model's keys.
+        TypeError: an argument is not a Layer (`nn.Relu` instead of `nn.Relu()`).
+    """
     if not layers:
         raise ValueError("serial() needs at least one layer")
     for i, layer in enumerate(layers):
@@ -199,9 +237,17 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
 
 def is_plain_serial(layer: Layer) -> bool:
-    """Whether `layer`'s apply is exactly serial's chain of its children (not a wrapper that
-    keeps a serial's children and kind but does more, e.g. casts: rebuilding it from its
-    children would drop what it adds)."""
+    """Whether `layer`'s apply is exactly serial's chain of its children.
+
+    Not a wrapper that keeps a serial's children and kind but does more, e.g. casts: rebuilding
+    it from its children would drop what it adds.
+
+    Args:
+        layer: the layer.
+
+    Returns:
+        True for a layer made by `serial` (and not wrapped since).
+    """
     return layer.kind == "serial" and getattr(layer.apply, "chains_children", False)
 
 
@@ -210,6 +256,18 @@ def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residua
 
     Params and state are {"main": .., "shortcut": ..}. The add gate distributes the upstream
     gradient to both branches, which is what lets gradients skip through deep stacks.
+
+    Args:
+        main: the main branch.
+        shortcut: the shortcut branch (None: the identity).
+        name: the combinator's name.
+
+    Returns:
+        The Layer (kind "parallel").
+
+    Raises:
+        ValueError: (from init) the branches give different shapes, or an identity shortcut's
+            main branch changes the shape.
     """
     children = (("main", main),) + ((("shortcut", shortcut),) if shortcut is not None else ())
 
@@ -239,8 +297,17 @@ def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residua
 
 
 def named_layers(layer: Layer):
-    """(path, layer) of every layer inside `layer` at any depth, in the order of its children
-    (the paths `observe` receives); a layer without children is itself, at path ()."""
+    """Every layer inside `layer` at any depth, with its path, in the order of its children.
+
+    The paths are those `observe` receives and rule overrides (`fnn.only`) name.
+
+    Args:
+        layer: the layer (a model).
+
+    Yields:
+        `(path, layer)`, path a tuple of params keys ("3_block", "main", "2_relu"); a layer
+        without children is itself, at path ().
+    """
     if not layer.children:
         yield (), layer
         return
@@ -303,18 +370,32 @@ def _segment_sizes(name: str, segments, n: int) -> list:
 
 
 def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
-    """`layer` whose activations are recomputed in the backward instead of kept (rematerialization,
-    fnn.checkpoint): the same name, init, params, state and children, so a model's checkpoints
+    """`layer` whose activations are recomputed in the backward instead of kept (fnn.checkpoint).
+
+    Rematerialization: the same name, init, params, state and children, so a model's checkpoints
     load either way; key and train are passed as before (train static).
 
-    segments=None checkpoints the whole layer: in the backward it keeps only the layer's input
-    and recomputes the rest. For a serial layer, segments cuts its children into runs that are
-    checkpointed one by one (only each run's input is kept, the activations of one run at a
-    time are recomputed): an int k (runs of k layers), 'sqrt' (runs of about sqrt(n) of its n
-    layers, Chen et al. 2016's O(sqrt(n)) memory), or the run lengths (adding up to n).
     Checkpointing a single cheap layer (a Dense alone, a Relu alone) saves nothing: its input is
     what its backward needs anyway; a run of several layers is what saves memory.
     Cost: about one more forward of the checkpointed layers per training step.
+
+    Args:
+        layer: the layer.
+        segments: None checkpoints the whole layer: in the backward it keeps only the layer's
+            input and recomputes the rest. For a serial layer, segments cuts its children into
+            runs that are checkpointed one by one (only each run's input is kept, the activations
+            of one run at a time are recomputed): an int k (runs of k layers), 'sqrt' (runs of
+            about sqrt(n) of its n layers, Chen et al. 2016's O(sqrt(n)) memory), or the run
+            lengths (adding up to n).
+        prevent_cse: as for fnn.checkpoint.
+
+    Returns:
+        The checkpointed Layer (`remat=True`).
+
+    Raises:
+        TypeError: `layer` is not a Layer, or `prevent_cse` is not a bool.
+        ValueError: `segments` is not valid, or is given for a layer that is checkpointed already
+            or is not a plain serial.
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"remat(): layer must be a fnn.nn Layer, got {type(layer).__name__} "

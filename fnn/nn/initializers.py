@@ -107,7 +107,17 @@ INITIALIZERS = {
 
 
 def get_initializer(init: str | Callable) -> Callable:
-    """An initializer by name (see INITIALIZERS) or a callable `init(key, shape, dtype)`."""
+    """An initializer by name (see INITIALIZERS) or a callable `init(key, shape, dtype)`.
+
+    Args:
+        init: a name in INITIALIZERS, or an initializer (returned as it is).
+
+    Returns:
+        The initializer, `init(key, shape, dtype=jnp.float32) -> array`.
+
+    Raises:
+        ValueError: `init` is neither callable nor a name in INITIALIZERS.
+    """
     if callable(init):
         return init
     try:

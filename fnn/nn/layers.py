@@ -33,10 +33,22 @@ def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
 
 
 def Dense(features: int, *, init="he", bias_init="zeros", flatten: bool = True) -> Layer:
-    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D).  w (D, features), b.
+    """y = x @ w + b; x (N, D), or (N, d1, .., dk) flattened to (N, D); w (D, features), b.
 
-    flatten=False: the same map on the last axis of (N, ..., D) inputs, giving (N, ...,
-    features): a per-token projection of (batch, time, width) sequences (PyTorch's Linear).
+    Args:
+        features: the number of outputs.
+        init: the initializer of w, a name (fnn.nn.INITIALIZERS) or `init(key, shape, dtype)`.
+        bias_init: the initializer of b, likewise.
+        flatten: flatten each example to one vector first. flatten=False: the same map on the
+            last axis of (N, ..., D) inputs, giving (N, ..., features): a per-token projection of
+            (batch, time, width) sequences (PyTorch's Linear).
+
+    Returns:
+        The Layer ("dense"); params {"w", "b"}.
+
+    Raises:
+        ValueError: `features` is not a positive int; `init` or `bias_init` names no
+            initializer; (from init) the input shape is not a tuple of positive ints.
     """
     _features(features, "Dense features")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
@@ -60,7 +72,25 @@ def Dense(features: int, *, init="he", bias_init="zeros", flatten: bool = True) 
 
 def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", init="he",
            bias_init="zeros") -> Layer:
-    """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b."""
+    """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b.
+
+    Args:
+        features: the number of output channels.
+        kernel_size: an int or a pair (kh, kw).
+        stride: an int or a pair.
+        padding: "SAME" or "VALID".
+        init: the initializer of w, a name (fnn.nn.INITIALIZERS) or `init(key, shape, dtype)`.
+        bias_init: the initializer of b, likewise.
+
+    Returns:
+        The Layer ("conv2d"); params {"w", "b"}.
+
+    Raises:
+        ValueError: `features` is not a positive int, `padding` is neither "SAME" nor "VALID", an
+            initializer is unknown; (from init) the input shape is not (H, W, C), or the kernel
+            does not fit in the images.
+        GateError: `kernel_size` or `stride` is not a positive int or a pair of them.
+    """
     _features(features, "Conv2D features")
     kh, kw = as_pair(kernel_size, "kernel_size", "conv2d")
     sh, sw = as_pair(stride, "stride", "conv2d")
@@ -107,31 +137,80 @@ def _pool(name: str, gate, window, stride) -> Layer:
 
 
 def MaxPool2D(window=2, stride=None) -> Layer:
-    """Max over window x window patches of NHWC images (stride defaults to the window)."""
+    """Max over window x window patches of NHWC images.
+
+    Args:
+        window: an int or a pair.
+        stride: an int or a pair (default: the window).
+
+    Returns:
+        The Layer ("maxpool2d").
+
+    Raises:
+        GateError: `window` or `stride` is not a positive int or a pair of them.
+        ValueError: (from init) the input shape is not (H, W, C), or the window does not fit in
+            the images.
+    """
     return _pool("MaxPool2D", max_pool2d, window, stride)
 
 
 def AvgPool2D(window=2, stride=None) -> Layer:
-    """Mean over window x window patches of NHWC images (stride defaults to the window)."""
+    """Mean over window x window patches of NHWC images.
+
+    Args:
+        window: an int or a pair.
+        stride: an int or a pair (default: the window).
+
+    Returns:
+        The Layer ("avgpool2d").
+
+    Raises:
+        GateError: `window` or `stride` is not a positive int or a pair of them.
+        ValueError: (from init) the input shape is not (H, W, C), or the window does not fit in
+            the images.
+    """
     return _pool("AvgPool2D", avg_pool2d, window, stride)
 
 
 def GlobalAvgPool2D() -> Layer:
-    """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+    """Mean over the spatial axes: (N, H, W, C) -> (N, C).
+
+    Returns:
+        The Layer ("global_avg_pool").
+
+    Raises:
+        ValueError: (from init) the input shape is not (H, W, C).
+    """
     return stateless("global_avg_pool", lambda x: mean(x, axis=(1, 2)),
                      lambda s: (_image_shape("GlobalAvgPool2D", s)[2],))
 
 
 def Flatten() -> Layer:
-    """(N, d1, .., dk) -> (N, d1*..*dk)."""
+    """(N, d1, .., dk) -> (N, d1*..*dk).
+
+    Returns:
+        The Layer ("flatten").
+    """
     def fn(x):
         return reshape(x, shape=(x.shape[0], math.prod(x.shape[1:])))
     return stateless("flatten", fn, lambda s: (math.prod(s),))
 
 
 def Dropout(rate: float) -> Layer:
-    """Inverted dropout: in training, zero each unit with probability `rate` and scale the rest
-    by 1/(1-rate); the identity in evaluation. Needs `key` in apply when train=True."""
+    """Inverted dropout: zero each unit with probability `rate` in training, scale the rest.
+
+    In training the kept units are scaled by 1/(1-rate); in evaluation it is the identity. Needs
+    `key` in apply when train=True.
+
+    Args:
+        rate: the probability of zeroing a unit, in [0, 1).
+
+    Returns:
+        The Layer ("dropout").
+
+    Raises:
+        ValueError: `rate` is outside [0, 1); (from apply) train=True without a key.
+    """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}")
 
@@ -200,12 +279,35 @@ def _output_shape(layer: str, fn, input_shape, *params) -> tuple:
 
 def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME", dilation=1,
          groups: int = 1, init="he", bias_init="zeros", name: str | None = None) -> Layer:
-    """N-d convolution (ndim 1, 2 or 3 spatial axes, channels last: NWC, NHWC, NDHWC) with
-    dilation (atrous) and groups (depthwise when groups == input channels), plus a bias.
+    """N-d convolution with dilation (atrous) and groups, plus a bias.
 
-    Kernel (k..., C / groups, features). Written with jax.lax.conv_general_dilated, so fnn.grad
-    differentiates it with the hand-written rule of that primitive (and jax.grad with JAX's).
-    A 2-D convolution without dilation or groups is the conv2d gate (Conv2D).
+    ndim 1, 2 or 3 spatial axes, channels last: NWC, NHWC, NDHWC; depthwise when groups == input
+    channels. Kernel (k..., C / groups, features). Written with jax.lax.conv_general_dilated, so
+    fnn.grad differentiates it with the hand-written rule of that primitive (and jax.grad with
+    JAX's). A 2-D convolution without dilation or groups is the conv2d gate (Conv2D).
+
+    Args:
+        features: the number of output channels.
+        kernel_size: an int or `ndim` of them.
+        ndim: the number of spatial axes, 1, 2 or 3.
+        stride: an int or `ndim` of them.
+        padding: "SAME", "VALID", an int or a (lo, hi) pair per spatial axis.
+        dilation: the kernel's dilation, an int or `ndim` of them.
+        groups: the number of groups (it must divide `features` and the input channels).
+        init: the initializer of the kernel, a name (fnn.nn.INITIALIZERS) or
+            `init(key, shape, dtype)`.
+        bias_init: the initializer of the bias, likewise.
+        name: the name in error messages (default f"Conv{ndim}D"); the layer's name is its lower
+            case.
+
+    Returns:
+        The Layer; params {"w", "b"}.
+
+    Raises:
+        ValueError: `ndim` is not 1, 2 or 3; `features`, `kernel_size`, `stride`, `dilation`,
+            `padding` or `groups` is not valid; an initializer is unknown; (from init) the input
+            shape has another rank, `groups` does not divide its channels, or the output would be
+            empty.
     """
     layer = name or f"Conv{ndim}D"
     if ndim not in _SPATIAL:
@@ -243,18 +345,58 @@ def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME
 
 
 def Conv1D(features: int, kernel_size=3, **kwargs) -> Layer:
-    """1-D convolution of (N, L, C) sequences (see Conv)."""
+    """1-D convolution of (N, L, C) sequences: `Conv(features, kernel_size, ndim=1, ...)`.
+
+    Args:
+        features: the number of output channels.
+        kernel_size: an int or a 1-tuple.
+        **kwargs: Conv's keyword options (stride, padding, dilation, groups, init, bias_init,
+            name).
+
+    Returns:
+        The Layer ("conv1d").
+
+    Raises:
+        ValueError: as for Conv.
+    """
     return Conv(features, kernel_size, ndim=1, **kwargs)
 
 
 def Conv3D(features: int, kernel_size=3, **kwargs) -> Layer:
-    """3-D convolution of (N, D, H, W, C) volumes (see Conv)."""
+    """3-D convolution of (N, D, H, W, C) volumes: `Conv(features, kernel_size, ndim=3, ...)`.
+
+    Args:
+        features: the number of output channels.
+        kernel_size: an int or three of them.
+        **kwargs: Conv's keyword options (stride, padding, dilation, groups, init, bias_init,
+            name).
+
+    Returns:
+        The Layer ("conv3d").
+
+    Raises:
+        ValueError: as for Conv.
+    """
     return Conv(features, kernel_size, ndim=3, **kwargs)
 
 
 def DepthwiseConv2D(kernel_size=3, *, multiplier: int = 1, **kwargs) -> Layer:
-    """Each input channel convolved on its own with `multiplier` kernels (groups = channels):
-    (N, H, W, C) -> (N, H', W', C * multiplier)."""
+    """Each input channel convolved on its own with `multiplier` kernels (groups = channels).
+
+    (N, H, W, C) -> (N, H', W', C * multiplier). The convolution (Conv) is built when the input's
+    channels are known, so its errors come from init.
+
+    Args:
+        kernel_size: an int or a pair.
+        multiplier: the kernels per input channel.
+        **kwargs: Conv's keyword options (stride, padding, dilation, init, bias_init).
+
+    Returns:
+        The Layer ("depthwise_conv2d").
+
+    Raises:
+        ValueError: (from init) as for Conv.
+    """
     def init(key, input_shape):
         c = _spatial_shape("DepthwiseConv2D", input_shape, 2)[-1]
         inner = Conv(c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D",
@@ -271,8 +413,23 @@ def DepthwiseConv2D(kernel_size=3, *, multiplier: int = 1, **kwargs) -> Layer:
 
 
 def SeparableConv2D(features: int, kernel_size=3, *, multiplier: int = 1, **kwargs) -> Layer:
-    """A depthwise convolution followed by a 1x1 (pointwise) one to `features` channels, as in
-    MobileNet and Xception; params {"depthwise": .., "pointwise": ..}."""
+    """A depthwise convolution followed by a 1x1 (pointwise) one to `features` channels.
+
+    As in MobileNet and Xception; params {"0_depthwise_conv2d": .., "1_pointwise": ..}.
+
+    Args:
+        features: the output channels of the pointwise convolution.
+        kernel_size: the depthwise kernel, an int or a pair.
+        multiplier: the depthwise kernels per input channel.
+        **kwargs: the depthwise convolution's keyword options (Conv's); its init and bias_init
+            also go to the pointwise one.
+
+    Returns:
+        The Layer (a serial, "separable_conv2d").
+
+    Raises:
+        ValueError: as for Conv (the depthwise part's from init).
+    """
     from fnn.nn.combinators import serial
 
     pointwise = {k: v for k, v in kwargs.items() if k in ("init", "bias_init")}
@@ -283,8 +440,27 @@ def SeparableConv2D(features: int, kernel_size=3, *, multiplier: int = 1, **kwar
 
 def ConvTranspose2D(features: int, kernel_size=3, *, stride=1, padding="SAME", init="he",
                     bias_init="zeros") -> Layer:
-    """Transposed 2-D convolution (up-sampling by `stride`), NHWC with an HWIO kernel
-    (kh, kw, C, features), plus a bias: jax.lax.conv_transpose."""
+    """Transposed 2-D convolution (up-sampling by `stride`): jax.lax.conv_transpose.
+
+    NHWC with an HWIO kernel (kh, kw, C, features), plus a bias.
+
+    Args:
+        features: the number of output channels.
+        kernel_size: an int or a pair.
+        stride: an int or a pair (the up-sampling factor).
+        padding: "SAME", "VALID", an int or a (lo, hi) pair per spatial axis.
+        init: the initializer of the kernel, a name (fnn.nn.INITIALIZERS) or
+            `init(key, shape, dtype)`.
+        bias_init: the initializer of the bias, likewise.
+
+    Returns:
+        The Layer ("conv_transpose2d"); params {"w", "b"}.
+
+    Raises:
+        ValueError: `features`, `kernel_size`, `stride` or `padding` is not valid, an initializer
+            is unknown; (from init) the input shape is not (H, W, C), or the output would be
+            empty.
+    """
     ks = _tuple(kernel_size, 2, "kernel_size", "ConvTranspose2D")
     strides = _tuple(stride, 2, "stride", "ConvTranspose2D")
     pad = _padding(padding, 2, "ConvTranspose2D")
@@ -311,12 +487,29 @@ def ConvTranspose2D(features: int, kernel_size=3, *, stride=1, padding="SAME", i
 # ---- general pooling: padding, dilation, ceil mode, counting the padding ------------------------------
 def Pool(kind: str, window=2, *, ndim: int = 2, stride=None, padding=0, dilation=1,
          ceil_mode: bool = False, count_include_pad: bool = True) -> Layer:
-    """Max or average pooling over `ndim` spatial axes (channels last), as PyTorch's MaxPool/
-    AvgPool: explicit `padding` (an int or (lo, hi) per axis, or 'SAME'/'VALID'), `dilation` of
-    the window, `ceil_mode` (a last, partial window where the input does not divide evenly) and,
-    for the average, `count_include_pad` (whether padded zeros count in the divisor; the extra
-    padding of ceil_mode never does). Written with jax.lax.reduce_window (fnn's rules for
+    """Max or average pooling over `ndim` spatial axes (channels last).
+
+    As PyTorch's MaxPool/AvgPool. Written with jax.lax.reduce_window (fnn's rules for
     reduce_window_max / reduce_window_sum differentiate it).
+
+    Args:
+        kind: "max" or "avg".
+        window: an int or `ndim` of them.
+        ndim: the number of spatial axes.
+        stride: an int or `ndim` of them (default: the window).
+        padding: explicit padding, an int or (lo, hi) per axis, or 'SAME'/'VALID'.
+        dilation: the dilation of the window.
+        ceil_mode: a last, partial window where the input does not divide evenly.
+        count_include_pad: for the average, whether padded zeros count in the divisor (the extra
+            padding of ceil_mode never does).
+
+    Returns:
+        The Layer (e.g. "maxpool2d").
+
+    Raises:
+        ValueError: `kind` is neither "max" nor "avg", or `window`, `stride`, `dilation` or
+            `padding` is not valid; (from init) the input shape has another rank, or the output
+            would be empty.
     """
     if kind not in ("max", "avg"):
         raise ValueError(f"Pool: kind must be 'max' or 'avg', got {kind!r}")

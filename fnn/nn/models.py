@@ -42,8 +42,25 @@ def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: st
         init="he", batch_norm: bool = False, dropout: float = 0.0, remat: bool = False) -> Layer:
     """Flatten, then [Dense - (BatchNorm) - activation - (Dropout)] per hidden width, then Dense.
 
-    The output is the class scores (logits), (N, num_classes). remat: each such block
-    recomputed in the backward (the module docstring).
+    mlp(hidden=(100,)) is the lecture's 2-layer net (affine - relu - affine), mlp(hidden=(100,
+    100)) its 3-layer net.
+
+    Args:
+        hidden: the width of each hidden layer.
+        num_classes: the number of outputs.
+        activation: the activation's name (fnn.nn.ACTIVATIONS).
+        init: the Dense layers' initializer (fnn.nn.INITIALIZERS, or a function).
+        batch_norm: a BatchNorm after each hidden Dense.
+        dropout: the dropout rate after each activation (0: none).
+        remat: each block recomputed in the backward (fnn.nn.remat with the block lengths as
+            segments); the params are the same as without.
+
+    Returns:
+        The model (a serial named "mlp"): the class scores (logits), (N, num_classes).
+
+    Raises:
+        ValueError: a width, the activation, the initializer or the dropout rate is not valid.
+        TypeError: `remat` is not a bool.
     """
     layers = [Flatten()]
     for width in hidden:
@@ -62,7 +79,28 @@ def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Seq
         convs_per_block: int = 1, activation: str = "relu", init="he", batch_norm: bool = False,
         dropout: float = 0.0, remat: bool = False) -> Layer:
     """[(conv3x3 - (bn) - act) x convs_per_block - maxpool2] per channel count, then an MLP head.
-    remat: each conv stage and dense block recomputed in the backward (the module docstring)."""
+
+    The head: Flatten - [Dense - act - (Dropout)] per width of `dense` - Dense(num_classes).
+
+    Args:
+        channels: the output channels of each conv stage.
+        num_classes: the number of outputs.
+        dense: the widths of the head's hidden layers.
+        convs_per_block: the convolutions per stage.
+        activation: the activation's name (fnn.nn.ACTIVATIONS).
+        init: the initializer of the convolutions and Dense layers.
+        batch_norm: a BatchNorm after each convolution.
+        dropout: the dropout rate in the head (0: none).
+        remat: each conv stage and dense block recomputed in the backward; the params are the
+            same as without.
+
+    Returns:
+        The model (a serial named "cnn"), NHWC images to logits (N, num_classes).
+
+    Raises:
+        ValueError: a width, the activation, the initializer or the dropout rate is not valid.
+        TypeError: `remat` is not a bool.
+    """
     layers = []
     for c in channels:
         for _ in range(convs_per_block):
@@ -88,6 +126,18 @@ def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = N
 
     The shortcut is the identity, or a 1x1 strided conv + BatchNorm when the block changes the
     resolution (stride > 1) or the number of channels (in_channels != channels).
+
+    Args:
+        channels: the output channels.
+        stride: the first convolution's stride (2 halves the resolution).
+        in_channels: the input channels (None: the same as `channels`).
+        init: the convolutions' initializer.
+
+    Returns:
+        The block (a serial named "residual_block").
+
+    Raises:
+        ValueError: `channels` is not a positive int, or the initializer is unknown.
     """
     main = serial(Conv2D(channels, 3, stride=stride, init=init), BatchNorm(), Relu(),
                   Conv2D(channels, 3, init=init), BatchNorm(), name="main")
@@ -99,10 +149,26 @@ def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = N
 
 def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
            blocks_per_stage: int = 1, init="he", remat: bool = False) -> Layer:
-    """A small ResNet for 32x32x3 images (any HxW works): conv3x3-bn-relu, then per width a
-    stage of residual blocks (the first of each later stage halves the resolution), global
-    average pooling and a dense classifier. widths=(16, 32, 64), 3 blocks/stage is ResNet-20.
-    remat: the stem, each residual block and the head recomputed in the backward.
+    """A small ResNet for 32x32x3 images (any HxW works).
+
+    conv3x3-bn-relu, then per width a stage of residual blocks (the first of each later stage
+    halves the resolution), global average pooling and a dense classifier. widths=(16, 32, 64),
+    3 blocks/stage is ResNet-20.
+
+    Args:
+        widths: the channels of each stage.
+        num_classes: the number of outputs.
+        blocks_per_stage: the residual blocks per stage.
+        init: the convolutions' initializer.
+        remat: the stem, each residual block and the head recomputed in the backward; the params
+            are the same as without.
+
+    Returns:
+        The model (a serial named "resnet").
+
+    Raises:
+        ValueError: a width or the initializer is not valid.
+        TypeError: `remat` is not a bool.
     """
     layers = [Conv2D(widths[0], 3, init=init), BatchNorm(), Activation("relu")]
     c_in = widths[0]
@@ -118,10 +184,27 @@ def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
 
 def rnn_lm(kind: str = "lstm", num_classes: int = 256, *, hidden: Sequence[int] = (256,),
            embed: int = 64, dropout: float = 0.0, remat: bool = False) -> Layer:
-    """Embedding(num_classes, embed) - a `kind` recurrent layer per width in `hidden` (each
-    returning every step; dropout between them) - Dense(num_classes) on every position: the
-    next-token logits of a character-level language model (Karpathy's char-rnn). remat: each
-    recurrent layer (with the dropout before it) recomputed in the backward."""
+    """A character-level language model (Karpathy's char-rnn) with recurrent layers.
+
+    Embedding(num_classes, embed) - a `kind` recurrent layer per width in `hidden` (each
+    returning every step; dropout between them) - Dense(num_classes) on every position: token
+    ids (batch, T) to next-token logits (batch, T, num_classes).
+
+    Args:
+        kind: "rnn", "lstm" or "gru".
+        num_classes: the vocabulary size.
+        hidden: the width of each recurrent layer.
+        embed: the embedding's width.
+        dropout: the dropout rate between recurrent layers (0: none).
+        remat: each recurrent layer (with the dropout before it) recomputed in the backward.
+
+    Returns:
+        The model (a serial named f"{kind}_lm").
+
+    Raises:
+        ValueError: `kind`, a width or the dropout rate is not valid.
+        TypeError: `remat` is not a bool.
+    """
     layers, sizes = [Embedding(num_classes, embed)], [1]
     for i, width in enumerate(hidden):
         if i and dropout:
@@ -135,11 +218,31 @@ def rnn_lm(kind: str = "lstm", num_classes: int = 256, *, hidden: Sequence[int] 
 def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, heads: int = 4,
                    mlp_ratio: int = 4, positional: str = "learned", dropout: float = 0.0,
                    max_len: int | None = None, remat: bool = False) -> Layer:
-    """A decoder-only transformer language model (GPT-2's layout): token embedding (N(0, 0.02))
-    plus positions ('learned' or 'sinusoidal'), `depth` pre-norm causal TransformerBlocks of
-    `heads` heads, a final LayerNorm and a Dense to next-token logits on every position.
-    max_len: the longest context (default: the T of the input shape). remat: the embedding, each
-    block and the head recomputed in the backward."""
+    """A decoder-only transformer language model (GPT-2's layout).
+
+    Token embedding (N(0, 0.02)) plus positions, `depth` pre-norm causal TransformerBlocks of
+    `heads` heads, a final LayerNorm and a Dense to next-token logits on every position: token
+    ids (batch, T) to logits (batch, T, num_classes).
+
+    Args:
+        num_classes: the vocabulary size.
+        width: the model's width.
+        depth: the number of transformer blocks.
+        heads: the attention heads per block.
+        mlp_ratio: the blocks' MLP width, as a multiple of `width`.
+        positional: 'learned' or 'sinusoidal' positions.
+        dropout: the dropout rate (0: none).
+        max_len: the longest context (default: the T of the input shape).
+        remat: the embedding, each block and the head recomputed in the backward.
+
+    Returns:
+        The model (a serial named "transformer_lm").
+
+    Raises:
+        ValueError: `positional`, a size or the dropout rate is not valid; (from init) `width`
+            is not divisible by `heads`, or the input is longer than `max_len`.
+        TypeError: `remat` is not a bool.
+    """
     from fnn.nn.initializers import normal
 
     layers = [Embedding(num_classes, width, init=normal(0.02)),
@@ -204,8 +307,21 @@ def model_options(name: str, values: dict) -> dict:
 
 
 def build_model(name: str, num_classes: int = 10, **options) -> Layer:
-    """A model by name (MODELS: 'mlp', 'cnn', 'resnet', and the language models 'rnn', 'lstm',
-    'gru', 'transformer') with the builder's keyword options."""
+    """A model by name with the builder's keyword options.
+
+    Args:
+        name: one of MODELS: 'mlp', 'cnn', 'resnet', and the language models 'rnn', 'lstm',
+            'gru', 'transformer'.
+        num_classes: the number of outputs (the vocabulary size of a language model).
+        **options: the builder's keyword options (mlp's hidden=, ...).
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: `name` is not one of MODELS, or the builder refuses an option's value.
+        TypeError: an option the builder does not take.
+    """
     try:
         builder = MODELS[name]
     except KeyError:

@@ -16,8 +16,16 @@ from fnn.nn.combinators import Layer
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     """Normalize each feature (the last axis: units of (N, D), channels of NHWC) over the batch.
 
-    params: gamma, beta (C,).  state: mean, var (C,), updated in training as
-    running = momentum * running + (1 - momentum) * batch statistic.
+    params: gamma, beta (C,). state: mean, var (C,), updated in training as
+    running = momentum * running + (1 - momentum) * batch statistic, and used in place of the
+    batch statistics in evaluation (train=False).
+
+    Args:
+        momentum: the running statistics' momentum.
+        eps: added to the variance.
+
+    Returns:
+        The Layer ("batch_norm").
     """
 
     def init(key, input_shape):
@@ -35,7 +43,14 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
 
 def LayerNorm(*, eps: float = 1e-5) -> Layer:
-    """Normalize each example over its last axis, then scale by gamma and shift by beta (D,)."""
+    """Normalize each example over its last axis, then scale by gamma and shift by beta (D,).
+
+    Args:
+        eps: added to the variance.
+
+    Returns:
+        The Layer ("layer_norm").
+    """
 
     def init(key, input_shape):
         d = input_shape[-1]

@@ -64,8 +64,21 @@ def _check_sequences(name: str, x, dim: int) -> None:
 # ---- embedding ------------------------------------------------------------------------------------
 def Embedding(vocab_size: int, dim: int, *, padding_idx: int | None = None,
               init=normal(1.0)) -> Layer:
-    """Token ids (batch, T) -> vectors (batch, T, dim): row ids of a (vocab_size, dim) table,
-    N(0, 1) entries by default (PyTorch's). padding_idx: that id reads (and trains) nothing."""
+    """Token ids (batch, T) -> vectors (batch, T, dim): rows of a (vocab_size, dim) table.
+
+    Args:
+        vocab_size: the number of rows.
+        dim: the width of each vector.
+        padding_idx: that id reads (and trains) nothing: its row is zero.
+        init: the table's initializer (default: N(0, 1) entries, PyTorch's).
+
+    Returns:
+        The Layer ("embedding"); params {"table"}.
+
+    Raises:
+        ValueError: `vocab_size` or `dim` is not a positive int, `padding_idx` is outside
+            [0, vocab_size), the initializer is unknown; (from apply) the ids are not integers.
+    """
     vocab_size = _positive(vocab_size, "Embedding vocab_size")
     dim = _positive(dim, "Embedding dim")
     if padding_idx is not None and not 0 <= padding_idx < vocab_size:
@@ -96,9 +109,10 @@ _SEQUENCES = {"rnn": rnn_sequence, "lstm": lstm_sequence, "gru": gru_sequence}
 
 def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
               init="glorot_uniform", recurrent_init="orthogonal", per_step: bool = False) -> Layer:
-    """A recurrent layer of `kind` 'rnn' (tanh), 'lstm' or 'gru' with `hidden` units, over
-    (batch, T, D) inputs from a zero state: (batch, T, hidden) every step's hidden state, or
-    (batch, hidden) the last one (return_sequences=False).
+    """A recurrent layer of `kind` 'rnn' (tanh), 'lstm' or 'gru', over (batch, T, D) inputs.
+
+    From a zero state: (batch, T, hidden) every step's hidden state, or (batch, hidden) the last
+    one (return_sequences=False).
 
     Params: wx (D, k*hidden), wh (hidden, k*hidden), b (k*hidden,) (and the GRU's bh) with k
     the number of gates; gate order (i, f, o, g) for the LSTM, (r, z, n) for the GRU.
@@ -113,6 +127,22 @@ def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
     `fnn.grad(..., rules={"lstm_cell": fnn.only(rule, "1_lstm")})`), so that the override
     acts. Both give the same values and gradients up to rounding; trace and compile time do
     not grow with T.
+
+    Args:
+        kind: 'rnn', 'lstm' or 'gru'.
+        hidden: the number of hidden units.
+        return_sequences: every step's hidden state (True) or the last one.
+        init: the initializer of wx.
+        recurrent_init: the initializer of wh.
+        per_step: run the per-step cell gate in a `lax.scan` (see above).
+
+    Returns:
+        The Layer (named after `kind`).
+
+    Raises:
+        ValueError: `kind` is not one of the three, `hidden` is not a positive int, an
+            initializer is unknown; (from init or apply) the inputs are not (batch, T, D)
+            sequences.
     """
     if kind not in _CELLS:
         raise ValueError(f"Recurrent kind must be one of {', '.join(_CELLS)}, got {kind!r}")
@@ -162,26 +192,83 @@ def _over_cells(cell, kind, params, extra, x, h0):
 
 
 def RNN(hidden: int, **options) -> Layer:
-    """A vanilla (tanh) RNN layer over time: h_t = tanh(x_t wx + h_{t-1} wh + b). See Recurrent."""
+    """A vanilla (tanh) RNN layer over time: h_t = tanh(x_t wx + h_{t-1} wh + b).
+
+    `Recurrent("rnn", hidden, **options)`.
+
+    Args:
+        hidden: the number of hidden units.
+        **options: Recurrent's keyword options (return_sequences, init, recurrent_init,
+            per_step).
+
+    Returns:
+        The Layer.
+
+    Raises:
+        ValueError: as for Recurrent.
+    """
     return Recurrent("rnn", hidden, **options)
 
 
 def LSTM(hidden: int, **options) -> Layer:
-    """An LSTM layer over time (forget-gate bias 1, orthogonal recurrent kernels). See Recurrent."""
+    """An LSTM layer over time (forget-gate bias 1, orthogonal recurrent kernels).
+
+    `Recurrent("lstm", hidden, **options)`.
+
+    Args:
+        hidden: the number of hidden units.
+        **options: Recurrent's keyword options (return_sequences, init, recurrent_init,
+            per_step).
+
+    Returns:
+        The Layer.
+
+    Raises:
+        ValueError: as for Recurrent.
+    """
     return Recurrent("lstm", hidden, **options)
 
 
 def GRU(hidden: int, **options) -> Layer:
-    """A GRU layer over time (PyTorch's equations). See Recurrent."""
+    """A GRU layer over time (PyTorch's equations).
+
+    `Recurrent("gru", hidden, **options)`.
+
+    Args:
+        hidden: the number of hidden units.
+        **options: Recurrent's keyword options (return_sequences, init, recurrent_init,
+            per_step).
+
+    Returns:
+        The Layer.
+
+    Raises:
+        ValueError: as for Recurrent.
+    """
     return Recurrent("gru", hidden, **options)
 
 
 # ---- attention -------------------------------------------------------------------------------------
 def MultiHeadAttention(heads: int, *, causal: bool = True, init="glorot") -> Layer:
-    """Multi-head self-attention over (batch, T, D): q, k, v = x wqkv + bqkv split into `heads`
-    heads of D / heads features, softmax(q k^T / sqrt(D / heads) (+ causal mask)) v per head
-    (the fused `attention` gate), heads concatenated and projected by wo, bo. causal=True: each
-    position attends to itself and earlier positions only (a language model)."""
+    """Multi-head self-attention over (batch, T, D).
+
+    q, k, v = x wqkv + bqkv split into `heads` heads of D / heads features,
+    softmax(q k^T / sqrt(D / heads) (+ causal mask)) v per head (the fused `attention` gate),
+    heads concatenated and projected by wo, bo.
+
+    Args:
+        heads: the number of heads (it must divide D).
+        causal: each position attends to itself and earlier positions only (a language model).
+        init: the initializer of wqkv and wo.
+
+    Returns:
+        The Layer ("attention"); params {"wqkv", "bqkv", "wo", "bo"}.
+
+    Raises:
+        ValueError: `heads` is not a positive int, the initializer is unknown; (from init) the
+            input is not (T, D) per example or D is not divisible by `heads`; (from apply) the
+            inputs are not (batch, T, D).
+    """
     heads = _positive(heads, "MultiHeadAttention heads")
     w_init = get_initializer(init)
 
@@ -209,8 +296,17 @@ def MultiHeadAttention(heads: int, *, causal: bool = True, init="glorot") -> Lay
 
 
 def sinusoids(length: int, dim: int) -> np.ndarray:
-    """The (length, dim) sinusoidal encodings of Vaswani et al. 2017: sin(pos / 10000**(2i/dim))
-    at even features 2i, cos at odd features 2i+1."""
+    """The (length, dim) sinusoidal encodings of Vaswani et al. 2017.
+
+    sin(pos / 10000**(2i/dim)) at even features 2i, cos at odd features 2i+1.
+
+    Args:
+        length: the number of positions.
+        dim: the width.
+
+    Returns:
+        A float32 NumPy array (length, dim).
+    """
     pos = np.arange(length, dtype=np.float64)[:, None]
     rate = np.exp(-math.log(10000.0) * np.arange(0, dim, 2, dtype=np.float64) / dim)
     out = np.zeros((length, dim))
@@ -220,9 +316,22 @@ def sinusoids(length: int, dim: int) -> np.ndarray:
 
 
 def PositionalEncoding(kind: str = "learned", *, max_len: int | None = None) -> Layer:
-    """x + the encoding of each position, (batch, T, D): 'learned' (a (max_len, D) parameter,
-    N(0, 0.02**2), GPT-2) or 'sinusoidal' (fixed, no parameters). max_len defaults to the T of
-    the input shape; longer inputs are refused."""
+    """x + the encoding of each position, on (batch, T, D) inputs.
+
+    Args:
+        kind: 'learned' (a (max_len, D) parameter, N(0, 0.02**2), GPT-2) or 'sinusoidal' (fixed,
+            no parameters).
+        max_len: the longest input (default: the T of the input shape); longer inputs are
+            refused.
+
+    Returns:
+        The Layer (f"{kind}_positions").
+
+    Raises:
+        ValueError: `kind` is not valid; (from init) `max_len` is not a positive int or is
+            shorter than the input; (from apply) the input is longer than `max_len` or not
+            (batch, T, D).
+    """
     if kind not in ("learned", "sinusoidal"):
         raise ValueError(f"PositionalEncoding kind must be 'learned' or 'sinusoidal', got {kind!r}")
 
@@ -249,10 +358,28 @@ def PositionalEncoding(kind: str = "learned", *, max_len: int | None = None) -> 
 
 def TransformerBlock(width: int, heads: int, *, mlp_ratio: int = 4, dropout: float = 0.0,
                      causal: bool = True, activation: str = "gelu") -> Layer:
-    """The pre-norm transformer block (GPT-2) on (batch, T, width): x + attention(LayerNorm(x)),
-    then x + mlp(LayerNorm(x)) with mlp = Dense(mlp_ratio * width) - gelu - Dense(width) on each
-    position; optional dropout at the end of each branch. A serial of two residuals, so layer
-    paths read 'transformer_block/0_attention/main/1_attention'."""
+    """The pre-norm transformer block (GPT-2) on (batch, T, width).
+
+    x + attention(LayerNorm(x)), then x + mlp(LayerNorm(x)) with
+    mlp = Dense(mlp_ratio * width) - gelu - Dense(width) on each position; optional dropout at
+    the end of each branch. A serial of two residuals, so layer paths read
+    'transformer_block/0_attention/main/1_attention'.
+
+    Args:
+        width: the model's width.
+        heads: the attention heads.
+        mlp_ratio: the MLP's hidden width, as a multiple of `width`.
+        dropout: the dropout rate at the end of each branch (0: none).
+        causal: causal attention (a language model).
+        activation: the MLP's activation (fnn.nn.ACTIVATIONS).
+
+    Returns:
+        The Layer (a serial named "transformer_block").
+
+    Raises:
+        ValueError: `width`, `heads` or `mlp_ratio` is not a positive int, the activation or the
+            dropout rate is not valid; (from init) `width` is not divisible by `heads`.
+    """
     width = _positive(width, "TransformerBlock width")
     mlp_ratio = _positive(mlp_ratio, "TransformerBlock mlp_ratio")
     drop = (Dropout(dropout),) if dropout else ()

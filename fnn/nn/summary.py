@@ -14,12 +14,30 @@ from fnn.pytrees import key_name
 
 
 def count_params(tree) -> int:
-    """Number of scalars in a pytree of arrays (params, state, or their shapes)."""
+    """Number of scalars in a pytree of arrays (params, state, or their shapes).
+
+    Args:
+        tree: a pytree of arrays or jax.ShapeDtypeStructs.
+
+    Returns:
+        The number of scalars.
+    """
     return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def layer_shapes(layer: Layer, input_shape) -> tuple:
-    """(params, state, output_shape) of `layer`, leaves jax.ShapeDtypeStruct (never allocated)."""
+    """(params, state, output_shape) of `layer`, leaves jax.ShapeDtypeStruct (never allocated).
+
+    Args:
+        layer: the layer.
+        input_shape: the shape of one example.
+
+    Returns:
+        `(params, state, output_shape)`, as `layer.init` gives them, by abstract evaluation.
+
+    Raises:
+        ValueError: what `layer.init` raises for this input shape.
+    """
     out = {}
 
     def init(key):
@@ -61,7 +79,18 @@ def _state_note(state) -> str:
 
 
 def summary(model: Layer, input_shape) -> str:
-    """A table of every layer: name, output shape (per example), parameter shapes and counts."""
+    """A table of every layer: name, output shape (per example), parameter shapes and counts.
+
+    Args:
+        model: the model.
+        input_shape: the shape of one example.
+
+    Returns:
+        The table, as text (its first line: the model, its input and output shapes).
+
+    Raises:
+        ValueError: what `model.init` raises for this input shape.
+    """
     rows, out = _rows(model, input_shape, model.name, -1)
     params, state, _ = layer_shapes(model, input_shape)
     header = ("layer", "output shape", "parameters", "count")

@@ -256,8 +256,7 @@ def gelu(x, *, approximate=False):
         s = jax.nn.sigmoid(2.0 * _SQRT_2_OVER_PI * (x + _GELU_C * x * x * x))
         return x * s, (x, s)
     # Phi(x) = erfc(-x / sqrt 2) / 2, accurate in the left tail where 1 + erf(x) cancels
-    phi_cdf = 0.5 * lax.erfc(-x / _SQRT_2)
-    return x * phi_cdf, (x, phi_cdf)
+    return x * (0.5 * lax.erfc(-x / _SQRT_2)), (x, None)
 
 
 @gelu.defvjp
@@ -266,6 +265,11 @@ def gelu_vjp(g, saved, *, approximate=False):
     if approximate:
         du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
         return (g * (s + 2.0 * x * s * (1.0 - s) * du),)
+    # Phi again, from x (the forward keeps only x): its argument is rounded otherwise than the
+    # forward's (x times -1/sqrt 2, not -x over sqrt 2), so XLA does not merge the two erfc:
+    # merged, it keeps the pieces of erfc that both use (three arrays of x's size) in memory
+    # between the forward and the backward instead of computing erfc once in each
+    s = 0.5 * lax.erfc(x * (-1.0 / _SQRT_2))
     return (g * (s + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
 
 

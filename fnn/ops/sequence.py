@@ -213,6 +213,7 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
 
     Local gradients (fused, no softmax Jacobian): with P the attention weights and g upstream,
     dv = P^T g; dP = g v^T; dS = P (dP - rowsum(dP P)); dq = dS k scale; dk = dS^T q scale.
+    (The scores are computed as (q scale) k^T: the scale multiplies q, not the scores.)
     """
     if jnp.ndim(q) < 2 or np.shape(q)[-1] != np.shape(k)[-1] or np.shape(k)[-2] != np.shape(v)[-2]:
         raise GateError(f"gate 'attention': q (..., T, d), k (..., S, d) and v (..., S, dv) "
@@ -220,7 +221,10 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     # a Python float: weakly typed, so bfloat16 inputs stay bfloat16 (np.sqrt's float64 would
     # promote the scores, the output and the gradients to float32)
     scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else scale
-    s = jnp.einsum("...td,...sd->...ts", q, k) * scale
+    # q scaled before the product (q is the smaller array; its scaling fuses into whatever
+    # wrote q, where a scale of the scores would be one more pass over (..., T, S))
+    qs = q * scale
+    s = jnp.einsum("...td,...sd->...ts", qs, k)
     if causal:
         if q.shape[-2] != k.shape[-2]:
             raise GateError(f"gate 'attention': causal attention needs T == S, got q "
@@ -230,17 +234,18 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     s = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
     e = jnp.exp(s)
     p = e / jnp.sum(e, axis=-1, keepdims=True)
-    return jnp.einsum("...ts,...sd->...td", p, v), (q, k, v, p, scale)
+    return jnp.einsum("...ts,...sd->...td", p, v), (qs, k, v, p, scale)
 
 
 @attention.defvjp
 def attention_vjp(g, saved, *, needs, causal=False, scale=None):
-    q, k, v, p, scale = saved
+    qs, k, v, p, scale = saved
     dv = jnp.einsum("...ts,...td->...sd", p, g) if needs[2] else None
     dp = jnp.einsum("...td,...sd->...ts", g, v)
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale
-    dq = jnp.einsum("...ts,...sd->...td", ds, k) if needs[0] else None
-    dk = jnp.einsum("...ts,...td->...sd", ds, q) if needs[1] else None
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # dS of the unscaled scores
+    # the scale goes on the (..., T, d) arrays, not on dS: dq = dS k scale, dk = dS^T (q scale)
+    dq = jnp.einsum("...ts,...sd->...td", ds, k) * scale if needs[0] else None
+    dk = jnp.einsum("...ts,...td->...sd", ds, qs) if needs[1] else None
     return dq, dk, dv
 
 
