@@ -7,8 +7,9 @@ as a fit hook (HealthMonitor).
 How it runs: the whole epoch stays one compiled loop. After each step, inside it, the hook
 (`HealthMonitor.in_step`) measures under `lax.cond(count % every == 0, ...)`, so the measuring
 (two backward passes, fnn's and JAX's, and a forward that keeps the activations) costs only on
-those steps. The step counter is the hook's carry slot ("diagnostics") in the compiled loop. The measurement uses the step's own batch, dropout key and params before the update;
-the update is new params - params. Training itself is unchanged: same batches, same updates.
+those steps. The step counter is the hook's carry slot ("diagnostics") in the compiled loop.
+The measurement uses the step's own batch, dropout key and params before the update; the update
+is new params - params. Training itself is unchanged: same batches, same updates.
 
 A row (one line of RUN_DIR/diagnostics.jsonl):
     {"step": 40, "epoch": 2, "loss": 0.31, "grad_norm": {"1_dense": 0.52, "3_dense": 0.27},

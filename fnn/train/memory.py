@@ -14,7 +14,6 @@ The remedies named are the options that shrink each part.
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
 from typing import Callable
 
