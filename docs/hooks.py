@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import logging
 import re
 import types

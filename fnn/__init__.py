@@ -43,7 +43,8 @@ from fnn.runtime import tune_cpu  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "MissingRuleError", "NanOriginError",
-           "NestingError", "OverrideError", "Rule", "Trace", "Traced", "VJPContractError", "check_grads", "checkpoint", "debug_nans", "defgate",
-           "grad", "graph", "locate_divergence", "nn", "only", "ops", "primitive_gate", "registry", "rulebook", "rules", "trace", "train", "tune_cpu",
-           "unbroadcast", "value_and_grad", "vjp"]
+__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "MissingRuleError",
+           "NanOriginError", "NestingError", "OverrideError", "Rule", "Trace", "Traced",
+           "VJPContractError", "check_grads", "checkpoint", "debug_nans", "defgate", "grad",
+           "graph", "locate_divergence", "nn", "only", "ops", "primitive_gate", "registry",
+           "rulebook", "rules", "trace", "train", "tune_cpu", "unbroadcast", "value_and_grad", "vjp"]

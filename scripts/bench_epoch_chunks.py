@@ -6,9 +6,10 @@ against the whole epoch as one compiled program, and how long a Ctrl-C takes to 
 
 For each model, the three ways of running an epoch (chunk_seconds None: one program;
 0.05: fit's default; 0: one step a chunk) are timed in interleaved rounds (so that a busy machine
-slows them alike): each round trains `--epochs` epochs per way (the MLP's tiny epochs: 5x as many) and keeps the median epoch time
-(fit's record time_s, compile excluded). Then a real SIGINT is sent to this process in the
-middle of epoch 2 and the time until fit stops (TrainingInterrupted.waited_s) is printed.
+slows them alike): each round trains `--epochs` epochs per way (the MLP's tiny epochs: 5x as
+many) and keeps the median epoch time (fit's record time_s, compile excluded). Then a real
+SIGINT is sent to this process in the middle of epoch 2 and the time until fit stops
+(TrainingInterrupted.waited_s) is printed.
 Results are in docs/benchmarks.md ("Epochs as compiled chunks").
 """
 

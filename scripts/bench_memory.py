@@ -96,7 +96,7 @@ def measure(name: str, shard: str, n: int, grad: str, reps: int) -> dict:
     if reps:
         p, s, o = ts.params, ts.state, ts.opt_state
         times = []
-        for i in range(reps + 1):
+        for _ in range(reps + 1):
             t0 = time.perf_counter()
             p, s, o, m = step(p, s, o, xb, key)
             jax.block_until_ready((p, m))

@@ -40,7 +40,6 @@ def cases(quick: bool):
 
 def measure(build, input_shape, batch, *, reps: int):
     import jax
-    import jax.numpy as jnp
     import optax
 
     from fnn.bench.timing import interleaved, temp_mb

@@ -53,10 +53,10 @@ def main(argv=None) -> int:
                                     args=["--no-sandbox"] if args.chromium else [])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         for path in pages:
-            errors = []
-            on_console = lambda m: m.type == "error" and errors.append(f"console: {m.text}")
-            on_error = lambda e: errors.append(f"page error: {e}")
-            on_failed = lambda r: errors.append(f"request failed: {r.url} {r.failure}")
+            errors = []  # the handlers below are called while this page loads, in this iteration
+            on_console = lambda m: m.type == "error" and errors.append(f"console: {m.text}")  # noqa: B023
+            on_error = lambda e: errors.append(f"page error: {e}")  # noqa: B023
+            on_failed = lambda r: errors.append(f"request failed: {r.url} {r.failure}")  # noqa: B023
             page.on("console", on_console)
             page.on("pageerror", on_error)
             page.on("requestfailed", on_failed)

@@ -114,7 +114,7 @@ def test_failed_save_keeps_last_good(tmp_path, monkeypatch):
     loaded, meta = load_train_state(path, ts)
     assert meta["config"] == {"version": 1} and loaded.epoch == 3
     # an unserializable leaf fails before anything is written, too
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         save_checkpoint(path, {"params": {"w": "not an array"}})
     assert open(path, "rb").read() == good
 

@@ -188,7 +188,7 @@ if __name__ != "__main__":
     def test_every_page_has_examples_checked():
         """No page's examples are all skipped silently: each skip gives its reason."""
         for page in PAGES:
-            for kind, code, line, reason in blocks(page.read_text()):
+            for _kind, _code, line, reason in blocks(page.read_text()):
                 assert reason is None or reason.strip(), f"{page_id(page)}:{line}"
 
 

@@ -2,8 +2,15 @@
 has a docstring: the API reference (docs/api/, mkdocstrings) is made of them. `mkdocs build
 --strict` fails on the same check (docs/hooks.py), which this test runs without MkDocs."""
 
+import ast
+import builtins
 import importlib.util
+import inspect
+import textwrap
+import types
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,13 +45,6 @@ def test_the_train_options_page_is_generated_from_the_parser():
 # when it returns a value, and `Raises:` entries that name exception classes.
 # fnn.train, fnn.ops and fnn.cli are not yet held to this.
 
-import ast
-import builtins
-import inspect
-import textwrap
-import types
-
-import pytest
 
 GOOGLE_NAMESPACES = ("fnn", "fnn.check", "fnn.nn")
 

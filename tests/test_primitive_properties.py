@@ -215,7 +215,7 @@ def test_every_rule_declares_the_parameters_it_handles(name):
     assert set(case.kwargs) <= set(handles) | set(only), (name, set(case.kwargs))
     with pytest.raises(fnn.GateError, match=rf"rule '{re.escape(name)}'.*not_a_parameter=3"):
         gate.forward(*case.args, **case.kwargs, not_a_parameter=3)
-    for key, values in only.items():
+    for key in only:
         with pytest.raises(fnn.GateError, match=rf"rule '{re.escape(name)}'.*{key}='odd'"):
             gate.forward(*case.args, **{**case.kwargs, key: "odd"})
 

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-import fnn
 from fnn.check.gates import CHECKS, DIFFERENTIATE_THE_VJP, check_gate
 from fnn.check.tolerances import tolerance
 from fnn.ops.primitives import GATES, RULES

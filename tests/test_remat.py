@@ -204,7 +204,7 @@ def test_observe_sees_the_same_layers_and_values_through_remat():
     seen = {}
     for model in (plain, remat):
         acts = seen[model.remat] = {}
-        model.apply(params, state, x, train=True, observe=lambda path, layer, y: acts.update(
+        model.apply(params, state, x, train=True, observe=lambda path, layer, y: acts.update(  # noqa: B023 (called in this iteration)
             {"/".join(path): y}))
     assert list(seen[True]) == list(seen[False]) and len(seen[True]) == 8
     assert _max_diff(seen[True], seen[False]) == 0
@@ -281,7 +281,7 @@ def test_train_steps_and_fit_give_the_same_losses_with_remat(digits):
 
         @jax.jit  # both steps in one program (make_train_step's jit=True: the memory test)
         def both(states, key):
-            return [step(*ts, (x, y), key) for step, ts in zip(steps, states)]
+            return [step(*ts, (x, y), key) for step, ts in zip(steps, states)]  # noqa: B023 (called in this iteration)
 
         states, losses = [(params, state, opt.init(params))] * 2, []
         for i in range(3):

@@ -257,7 +257,7 @@ def test_second_order_through_a_policy(args):
 
     @jax.jit
     def all_of(w1):
-        return [[jax.grad(lambda w: jnp.sum(grad(f)(w, w2, x) ** 2))(w1)
+        return [[jax.grad(lambda w: jnp.sum(grad(f)(w, w2, x) ** 2))(w1)  # noqa: B023 (called in this iteration)
                  for grad in (fnn.grad, jax.grad)] for f in fs]
 
     for k, (got, want) in enumerate(all_of(w1)):
@@ -274,12 +274,14 @@ def test_a_policy_fnn_cannot_honour_is_refused_by_name(args, monkeypatch):
         return "sometimes"
 
     bad = _mlp(fnn.checkpoint(block, policy=maybe))
-    with pytest.raises(GateError, match=r"test_remat_policies.py:\d+ has policy test_a_policy_fnn_cannot_honour_is_refused_by_name.<locals>.maybe, which "
+    with pytest.raises(GateError, match=r"test_remat_policies.py:\d+ has policy "
+                       r"test_a_policy_fnn_cannot_honour_is_refused_by_name.<locals>.maybe, which "
                        r"returned 'sometimes' for the primitive 'dot_general' applied to "
                        r"\(float64\[3,4\], float64\[4,5\]\).*Offloadable"):
         fnn.grad(bad)(w1, w2, x)
     monkeypatch.setattr(remat, "memory_kinds", lambda: ["device"])
     offload = _mlp(fnn.checkpoint(block, policy=POLICIES["save_and_offload_only_these_names"]))
-    with pytest.raises(GateError, match=r"test_remat_policies.py:\d+ has policy save_and_offload_only_these_names.<locals>.policy, which "
+    with pytest.raises(GateError, match=r"test_remat_policies.py:\d+ has policy "
+                       r"save_and_offload_only_these_names.<locals>.policy, which "
                        r"offloads values to memory 'pinned_host' .*only the memories \['device'\]"):
         fnn.grad(offload)(w1, w2, x)

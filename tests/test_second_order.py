@@ -121,6 +121,6 @@ def test_grad_of_grad_of_gates_equals_jax(x64):
     for f in (lambda x: jnp.sum(ops.tanh(x) ** 2), lambda x: jnp.sum(ops.softplus(x) * x),
               lambda x: ops.logsumexp(x * x), lambda x: jnp.sum(ops.gelu(x)),
               lambda x: jnp.sum(ops.sqrt(x) * ops.log(x))):
-        mine = fnn.grad(lambda x: jnp.sum(fnn.grad(f)(x) ** 2))(x)
-        ref = jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(x)
+        mine = fnn.grad(lambda x: jnp.sum(fnn.grad(f)(x) ** 2))(x)  # noqa: B023 (called in this iteration)
+        ref = jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(x)  # noqa: B023 (called in this iteration)
         np.testing.assert_allclose(mine, ref, rtol=1e-10)

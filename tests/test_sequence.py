@@ -142,7 +142,7 @@ def test_sequence_gate_and_per_step_cells_agree(kind, last, x64):
     def all_of(p, x):  # one compiled program: op by op is several times slower
         grads = [g(loss(layer), argnums=(0, 1))(p, x) for g in (fnn.grad, jax.grad)
                  for layer in (fused, cells)]
-        per_example = [jax.vmap(fnn.grad(lambda p, x: loss(layer)(p, x[None])),
+        per_example = [jax.vmap(fnn.grad(lambda p, x: loss(layer)(p, x[None])),  # noqa: B023 (called in this iteration)
                                 (None, 0))(p, x) for layer in (fused, cells)]
         return [layer.apply(p, state, x)[0] for layer in (fused, cells)], grads, per_example
 
@@ -309,7 +309,7 @@ def test_custom_and_builtin_losses_agree_over_100_steps(name):
         def run(carry, i):
             p, s, o = carry
             idx = (jnp.arange(8) + 8 * i) % 40
-            p, s, o, m = step(p, s, o, (x[idx], y[idx]), jax.random.PRNGKey(0))
+            p, s, o, m = step(p, s, o, (x[idx], y[idx]), jax.random.PRNGKey(0))  # noqa: B023 (called in this iteration)
             return (p, s, o), m["loss"]
 
         _, losses[grad] = jax.jit(lambda c: jax.lax.scan(run, c, jnp.arange(100)))(

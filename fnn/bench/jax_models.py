@@ -238,7 +238,7 @@ def bench_trace(lengths=(250, 500, 1000)) -> list[dict]:
                 best = np.inf
                 for _ in range(2):  # a fresh function each time: nothing cached
                     t0 = time.perf_counter()
-                    jax.jit(lambda w, g=g: g(w, n)).lower(w)
+                    jax.jit(lambda w, g=g, n=n: g(w, n)).lower(w)
                     best = min(best, time.perf_counter() - t0)
                 row[f"{grad}_s"] = best
             rows.append(row)

@@ -26,6 +26,7 @@ bad --gate or --module, 130 (143) stopped by Ctrl-C (SIGTERM).
 
 from __future__ import annotations
 
+import functools
 import dataclasses
 import importlib
 import io
@@ -310,7 +311,7 @@ def run(args) -> int:
                 progress.write(line, stream)
             for name, gate in gates.items():
                 report, timing = progress.run(
-                    name, lambda: _check(name, gate, scope, args.timing, args.seed))
+                    name, lambda name=name, gate=gate: _check(name, gate, scope, args.timing, args.seed))
                 rows.append(row(report, timing))
                 progress.write(_line(_cells(rows[-1], header), widths, stream), stream)
             if library:
@@ -318,8 +319,8 @@ def run(args) -> int:
                 for line in _header_lines(RULE_HEADER, rule_widths):
                     progress.write(line, stream)
             for rule, gate, inputs, static in library:
-                check = progress.run(rule.name, lambda: check_rule(rule, gate, inputs, static,
-                                                                   seed=args.seed))
+                check = progress.run(rule.name, functools.partial(check_rule, rule, gate, inputs, static,
+                                                                  seed=args.seed))
                 rules.append(rule_row(check))
                 progress.write(_line(_rule_cells(rules[-1]), rule_widths, stream), stream)
         except Stopped as e:

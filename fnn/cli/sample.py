@@ -48,7 +48,7 @@ def run(args) -> int:
         try:
             while sampling.done < sampling.length:
                 n = sampling.next_size
-                progress.run("bytes", lambda: sampling.step(n), steps=n)
+                progress.run("bytes", lambda n=n: sampling.step(n), steps=n)
         except Stopped as e:
             stopped = e
     text = args.prompt.encode() + sampling.text

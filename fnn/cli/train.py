@@ -4,7 +4,6 @@ its progress; the options are TrainConfig's fields."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -14,19 +13,15 @@ import jax
 
 from fnn.cli._args import UsageError, number
 from fnn.cli._exit import INTERRUPTED, OK, SAVED, TERMINATED
-from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
-from fnn.train.config import (CHECKS, RESUME_MAY_CHANGE, ConfigError, TrainConfig,
-                              check_applies, option_flag, option_group, parse_option,
-                              resume_flags)
-from fnn.train.data import DATASETS
+from fnn.train.config import (OPTIONS, ConfigError, TrainConfig, check_applies,
+                              check_resume_overrides, option_flag, option_help, parse_option,
+                              resume_flags, with_defaults)
 from fnn.train.distributed import JOIN_TIMEOUT, initialize, parse_address
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
 from fnn.train.loop import CHUNK_SECONDS
-from fnn.train.optim import OPTIMIZERS, SCHEDULES
 from fnn.train.parallel import SHARD
-from fnn.train.run import train_run, with_defaults
-from fnn.train.step import GRADS, LOSSES
+from fnn.train.run import train_run
 
 
 def _option(name: str):
@@ -61,66 +56,45 @@ DESCRIPTION = ("Train a model. With no options: an MLP on the bundled digits dat
 
 
 # the topics of --help, in order: a TrainConfig field's is in its declaration
-# (fnn.train.config.option), the others' where they are added below
+# (fnn.train.config.option), the command's own options' where they are added below
 GROUPS = ("model", "data", "optimisation", "gradients and rules", "run folder", "devices")
 
 
+def _add_option(group, name: str) -> None:
+    """The flag of TrainConfig option `name`, all from its declaration (fnn.train.config.option):
+    help, metavar, choices (a choice's check), a --x/--no-x pair (a flag whose default is a
+    bool), repeatable (repeat=True), else text parsed and checked by fnn.train.config (the
+    checks config.json and checkpoints get). Its default is None: given or not."""
+    o, default = OPTIONS[name], TrainConfig.__dataclass_fields__[name].default
+    kw = {"help": option_help(name), "default": None}
+    if o.metavar:
+        kw["metavar"] = o.metavar
+    if isinstance(default, bool):
+        kw["action"] = argparse.BooleanOptionalAction
+    elif o.repeat:
+        kw["action"] = "append"
+    elif hasattr(o.check, "choices"):
+        kw["choices"] = o.check.choices
+    else:
+        kw["type"] = _option(name)
+    group.add_argument(option_flag(name), dest=name, **kw)
+
+
 def add_arguments(p) -> None:
-    d = TrainConfig()
     groups = {title: p.add_argument_group(title) for title in GROUPS}
+    for name in OPTIONS:  # TrainConfig's, each under the topic its declaration names
+        _add_option(groups[OPTIONS[name].group], name)
 
-    def a(flag, group=None, dest=None, **kw):
-        """An option: one of TrainConfig (its values checked by fnn.train.config, its topic
-        the field's), or of the command alone (its topic given here)."""
-        name = dest or flag[2:].replace("-", "_")
-        if name in CHECKS:
-            group = option_group(name)
-            if "choices" not in kw and "action" not in kw and "type" not in kw:
-                kw["type"] = _option(name)
-        groups[group].add_argument(flag, **({"dest": dest} if dest else {}), **kw)
+    def a(flag, group, **kw):
+        """An option of the command alone (not of the run's config), under topic `group`."""
+        groups[group].add_argument(flag, **kw)
 
-    a("--model", choices=sorted(MODELS), help=f"network (default {d.model}; rnn, lstm, gru and "
-      "transformer are language models and train on --dataset text)")
-    a("--dataset", choices=DATASETS, help=f"dataset (default {d.dataset}, or text for a "
-      "language model)")
-    a("--data-dir", metavar="D", help="directory holding the mnist/fashion-mnist/cifar10 files; "
-      "for text, a text file or folder (default: the Python standard library's modules)")
-    a("--grad", choices=GRADS, help="custom: fnn's hand-written gradients; builtin: jax.grad "
-      f"(default {d.grad})")
-    a("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
-    a("--lr", help=f"learning rate (default {d.lr})")
-    a("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default {d.schedule})")
-    a("--epochs", help=f"(default {d.epochs})")
-    a("--batch-size", help=f"(default {d.batch_size})")
-    a("--seed", help=f"seed of init, shuffling and dropout, 0 to 2**64-1 (default {d.seed})")
-    a("--weight-decay", help="weight decay of kernels (default 0)")
-    a("--clip", help="clip gradients to this global norm (default: off)")
-    a("--l2", help="the lecture's L2 penalty l2*sum(W**2) in the loss")
-    a("--loss", choices=sorted(LOSSES), help=f"(default {d.loss})")
-    a("--label-smoothing", metavar="E", help="cross-entropy against "
-      "(1 - E) one-hot + E / C targets (default 0)")
-    a("--val-fraction", help=f"of the training set (default {d.val_fraction})")
-    a("--hidden", help="MLP hidden widths, or RNN/LSTM/GRU layer widths, "
-      "e.g. 256,128 (default "
-      f"{','.join(map(str, d.hidden))})")
-    a("--channels", help="CNN channels / ResNet stage widths, e.g. 32,64")
-    a("--activation", choices=sorted(ACTIVATIONS), help=f"(default {d.activation})")
-    a("--init", choices=sorted(set(INITIALIZERS) - {"zeros", "ones"}),
-      help=f"weight initializer (default {d.init})")
-    a("--dropout", help="dropout rate of MLP/CNN hidden layers (default 0)")
-    a("--limit", help="use only the first N train and test examples")
-    a("--context", help=f"text: bytes per training window (default {d.context})")
-    a("--width", help=f"transformer width (default {d.width})")
-    a("--depth", help=f"transformer blocks (default {d.depth})")
-    a("--heads", help=f"transformer attention heads (default {d.heads})")
     a("--out", "run folder", metavar="RUN_DIR",
       help="run directory (default runs/<model>-<dataset>-<time>)")
     a("--resume", "run folder", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
       "last checkpoint, also one saved in the middle of an epoch by Ctrl-C (its "
-      "config is kept and checked against the checkpoint's; only --epochs, "
-      "--data-dir and --remat/--no-remat may be changed); a run stopped before its "
-      "first checkpoint "
-      "starts from the beginning")
+      f"config is kept and checked against the checkpoint's; only {resume_flags()} may be "
+      "changed); a run stopped before its first checkpoint starts from the beginning")
     a("--resume-from", "run folder", choices=("last", "best"), default=None,
       help="with --resume: the checkpoint to continue from (default last; best "
       "continues from best.safetensors, cutting the history back to its epoch: "
@@ -132,15 +106,6 @@ def add_arguments(p) -> None:
     a("--chunk-seconds", "run folder", type=_chunk_seconds, metavar="S", help="run each epoch "
       f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
       "one step); Ctrl-C stops between two, saving a checkpoint to resume from")
-    a("--rule", action="append", metavar="GATE=RULE", dest="rules",
-      help="train with a backward-rule override, e.g. relu=straight_through, "
-      "spike=fast_sigmoid:slope=25, affine=feedback_alignment, affine@3_dense="
-      "clip_backward:max_norm=1 (repeatable; kept by --resume; see "
-      "fnn/train/rules.py)")
-    a("--remat", action=argparse.BooleanOptionalAction, default=None,
-      help="recompute each block's activations in the backward instead of keeping "
-      "them: less memory (a bigger model or batch fits), about one more forward "
-      "per step; the same values (default off; --no-remat turns it off on --resume)")
     a("--no-progress", "run folder", action="store_true", help="no progress bars")
     a("--check-nans", "gradients and rules", action="store_true", help="on a NaN/inf loss, "
       "replay the step eagerly under fnn.debug_nans and name the gate (forward or VJP) that "
@@ -172,10 +137,8 @@ def add_arguments(p) -> None:
 
 def _train_config(args):
     """(config or None, overrides, run directory, resume?) from the parsed options."""
-    options = [f.name for f in dataclasses.fields(TrainConfig)]  # each has its --option
-    given = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
-    if "rules" in given:
-        given["rules"] = tuple(given["rules"])
+    given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}  # repeat=True
     if args.out is not None and not args.out.strip():
         raise ValueError("--out must name a directory, got an empty string")
     if args.resume is None:
@@ -193,11 +156,7 @@ def _train_config(args):
                          "run there: give one of them")
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise ValueError("--resume RUN_DIR continues the run in RUN_DIR; drop --out")
-    fixed = [k for k in given if k not in RESUME_MAY_CHANGE]
-    if fixed:  # before anything is read: the options alone say it
-        raise ValueError(f"--resume keeps the run's config; it cannot change "
-                         f"{', '.join(option_flag(k) for k in fixed)} (only "
-                         f"{resume_flags()})")
+    check_resume_overrides(given)  # before anything is read: the options alone say it
     return None, given, args.resume, True
 
 

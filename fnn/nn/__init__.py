@@ -39,11 +39,11 @@ from fnn.nn.summary import count_params, layer_shapes, summary
 
 __all__ = ["ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv", "Conv1D", "Conv2D",
            "Conv3D", "ConvTranspose2D", "Dense", "DepthwiseConv2D", "Dropout", "Pool",
-           "SeparableConv2D",
-           "Elu", "Flatten", "Gelu", "GlobalAvgPool2D", "INITIALIZERS", "Layer", "LayerNorm",
-           "LeakyRelu", "MODELS", "MaxPool2D", "Maxout", "Relu", "ResidualBlock", "Sigmoid",
-           "Silu", "Softplus", "Tanh", "build_model", "cnn", "count_params", "get_initializer",
-           "initializers", "is_plain_serial", "layer_shapes", "mlp", "named_layers", "remat", "residual", "resnet", "serial", "stateless",
-           "summary", "Embedding", "RNN", "LSTM", "GRU", "Recurrent", "MultiHeadAttention",
+           "SeparableConv2D", "Elu", "Flatten", "Gelu", "GlobalAvgPool2D", "INITIALIZERS", "Layer",
+           "LayerNorm", "LeakyRelu", "MODELS", "MaxPool2D", "Maxout", "Relu", "ResidualBlock",
+           "Sigmoid", "Silu", "Softplus", "Tanh", "build_model", "cnn", "count_params",
+           "get_initializer", "initializers", "is_plain_serial", "layer_shapes", "mlp",
+           "named_layers", "remat", "residual", "resnet", "serial", "stateless", "summary",
+           "Embedding", "RNN", "LSTM", "GRU", "Recurrent", "MultiHeadAttention",
            "PositionalEncoding", "TransformerBlock", "sinusoids", "SEQUENCE_MODELS", "rnn_lm",
            "transformer_lm"]

@@ -8,6 +8,8 @@
     rnn_lm(kind='lstm')           a character language model: embedding - recurrent layer(s) -
                                   dense per position ('rnn', 'lstm', 'gru')
     transformer_lm()              a decoder-only transformer LM (GPT-2's pre-norm blocks)
+    FACTS, build_model            the models by name, each with the data it reads and the
+                                  training options it takes (fnn.train.config derives from them)
 
 The language models map token ids (batch, T) to next-token logits (batch, T, num_classes).
 
@@ -19,6 +21,7 @@ the params are the same as without, so either loads the other's checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 from fnn.nn.activations import Activation, Relu
@@ -261,13 +264,46 @@ def _recurrent(kind):
     return build
 
 
-MODELS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet,
-                                           "rnn": _recurrent("rnn"), "lstm": _recurrent("lstm"),
-                                           "gru": _recurrent("gru"), "transformer": transformer_lm}
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What training needs to know of a ready model: its builder, the kind of data it reads
+    ("images": NHWC arrays; "text": token ids (N, T)) and the training options it reads, each
+    mapped to the builder's keyword (fnn.train.config derives from these which options apply to
+    which model, and the builder's keywords of a config)."""
+
+    build: Callable[..., Layer]
+    data: str
+    options: dict
+
+
+_IMAGE = {"activation": "activation", "init": "init", "dropout": "dropout"}
+FACTS: dict[str, ModelFacts] = {
+    "mlp": ModelFacts(mlp, "images", {"hidden": "hidden", **_IMAGE}),
+    "cnn": ModelFacts(cnn, "images", {"channels": "channels", **_IMAGE}),
+    "resnet": ModelFacts(resnet, "images", {"channels": "widths", "init": "init"}),
+    **{kind: ModelFacts(_recurrent(kind), "text", {"hidden": "hidden", "dropout": "dropout"})
+       for kind in ("rnn", "lstm", "gru")},
+    "transformer": ModelFacts(transformer_lm, "text", {"width": "width", "depth": "depth",
+                                                       "heads": "heads", "dropout": "dropout"}),
+}
+"""The ready-made models by name, each with what training needs to know of it (ModelFacts)."""
+MODELS: dict[str, Callable[..., Layer]] = {name: f.build for name, f in FACTS.items()}
 """The ready-made models by name (what `--model` accepts): name -> a function of the model's
 options returning a Layer."""
-SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
+SEQUENCE_MODELS = tuple(n for n, f in FACTS.items() if f.data == "text")
 """The language models among MODELS: token ids in, per-position logits out (`--dataset text`)."""
+
+
+def models_reading(option: str) -> tuple:
+    """The models (names, in FACTS order) that read training option `option`."""
+    return tuple(name for name, f in FACTS.items() if option in f.options)
+
+
+def model_options(name: str, values: dict) -> dict:
+    """The builder's keywords of model `name` from training options `values` (an option left
+    unset, None or empty, is left to the builder's default)."""
+    return {kw: values[opt] for opt, kw in FACTS[name].options.items()
+            if values.get(opt) not in (None, ())}
 
 
 def build_model(name: str, num_classes: int = 10, **options) -> Layer:

@@ -4,7 +4,6 @@
 re-expands g to the kept-dims shape (`_expand`), then broadcasts it against the input.
 """
 
-import builtins
 
 import jax
 import jax.numpy as jnp

@@ -8,8 +8,9 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   Loss, get_loss, cross_entropy, LOSSES           losses by name, or any loss(scores, labels)
                                                   function: (N,) labels, per-token (N, T), mse
   make_train_epoch, make_evaluate                 a whole epoch as one lax.scan; evaluation
-  fit, TrainState, init_train_state               the epoch loop
-  Hook (fnn.train.hooks)                          what fit does besides training, as objects
+  TrainSpec (fnn.train.spec)                      what a run computes, made and checked once
+  fit, TrainState, init_train_state               the epoch loop: fit(spec, epochs=, hooks=)
+  Hook, EarlyStopping (fnn.train.hooks)           what fit does besides training, as objects
   diagnostics, health_log (modules)               gradient health every N steps: fit(diagnostics=N)
   make_optimizer, make_schedule                   optax optimizers and schedules by name
   load_dataset, Dataset, standardize, split       digits (bundled), MNIST, Fashion-MNIST, CIFAR-10
@@ -41,7 +42,7 @@ from fnn.train.config import ConfigError, TrainConfig
 from fnn.train.data import DATASETS, Dataset, load_dataset, split, standardize
 from fnn.train.distributed import DistributedError
 from fnn.train.epoch import make_evaluate, make_train_epoch, steps_per_epoch
-from fnn.train.hooks import Hook
+from fnn.train.hooks import EarlyStopping, Hook
 from fnn.train.interrupt import TrainingInterrupted
 from fnn.train.lock import RunDirError, RunLock
 from fnn.train.loop import fit
@@ -52,6 +53,7 @@ from fnn.train.parallel import DataParallel, data_parallel
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError, read_cifar10, read_cifar10_file, read_idx, read_mnist
 from fnn.train.run import read_config, train_run
+from fnn.train.spec import TrainSpec
 from fnn.train.state import TrainState, init_train_state, make_key
 from fnn.train.step import (GRADS, LOSSES, Loss, accuracy, cross_entropy, get_loss,
                             make_eval_step, make_loss_fn, make_train_step)
@@ -59,9 +61,9 @@ from fnn.train.text import Vocab, load_text
 from fnn.train.validate import check_fit_inputs
 
 __all__ = ["CheckpointError", "ConfigError", "DATASETS", "DataError", "DataParallel", "Dataset",
-           "DistributedError",
+           "DistributedError", "EarlyStopping",
            "GRADS", "Hook", "LOSSES", "Loss", "OPTIMIZERS", "OutOfMemoryError", "RunDirError",
-           "RunLock", "SCHEDULES", "TrainConfig", "TrainState", "TrainingInterrupted", "Vocab",
+           "RunLock", "SCHEDULES", "TrainConfig", "TrainSpec", "TrainState", "TrainingInterrupted", "Vocab",
            "accuracy", "check_fit_inputs", "cross_entropy", "data_parallel", "find_nan_origin",
            "fit", "get_loss", "init_train_state", "load_checkpoint", "load_params", "load_text",
            "make_key",

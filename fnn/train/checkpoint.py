@@ -267,6 +267,21 @@ def read_header(path: str, *, folder=None) -> Header:
     raw_meta = header.pop("__metadata__", None) or {}
     if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
         raise _unreadable(path, "its __metadata__ must map names to strings")
+    entries, at = _entries(path, header)
+    start = 8 + len(text)
+    if start + at > size:
+        raise CheckpointError(f"{path} is truncated: its header describes {start + at} bytes "
+                              f"of tensors and metadata but the file holds {size} (cut short "
+                              "while being copied, or a disk filled up?)")
+    if start + at < size:
+        raise _unreadable(path, f"{size - start - at} bytes follow its last tensor")
+    return Header(path, entries, raw_meta, start, size, folder)
+
+
+def _entries(path: str, header: dict) -> tuple[dict, int]:
+    """(name -> (dtype, shape, begin, end), the bytes of data they span) of a checkpoint's
+    parsed header (its __metadata__ taken out), each entry checked, the tensors' data one
+    after the other from byte 0 (CheckpointError naming the tensor otherwise)."""
     entries, spans = {}, []
     for name, e in header.items():
         try:
@@ -292,14 +307,7 @@ def read_header(path: str, *, folder=None) -> Header:
             raise _unreadable(path, f"tensor {name!r} starts at byte {begin} of the data, "
                                     f"expected {at} (overlapping or missing data)")
         at = end
-    start = 8 + len(text)
-    if start + at > size:
-        raise CheckpointError(f"{path} is truncated: its header describes {start + at} bytes "
-                              f"of tensors and metadata but the file holds {size} (cut short "
-                              "while being copied, or a disk filled up?)")
-    if start + at < size:
-        raise _unreadable(path, f"{size - start - at} bytes follow its last tensor")
-    return Header(path, entries, raw_meta, start, size, folder)
+    return entries, at
 
 
 def _read_tensors(header: Header, keep=None) -> dict[str, np.ndarray]:

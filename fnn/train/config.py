@@ -1,4 +1,11 @@
-"""TrainConfig: everything that defines a run, and the one validation of its values.
+"""TrainConfig: everything that defines a run, each option declared once.
+
+Each option is one field of TrainConfig, declared with `option(default, group, check, help,
+...)`: its default, the check of its values, its help text and topic in `python -m fnn train
+--help`, whether `--resume` may change it, and which models or datasets read it. Everything
+else is derived from the declarations: the command line's flags (fnn.cli.train), the checks
+(CHECKS), RESUME_MAY_CHANGE, APPLIES and the model's keyword options (from the models' own
+facts, fnn.nn.models.FACTS). A new option is one field here, plus the code that uses it.
 
 The same checks serve the command line (`python -m fnn train --lr ...`: `parse_option`), a
 run directory's config.json and the config stored inside a checkpoint (`TrainConfig.from_dict`),
@@ -19,129 +26,29 @@ import math
 from typing import Any, Callable
 
 from fnn.errors import FnnError
-from fnn.nn import ACTIVATIONS, INITIALIZERS, MODELS
+from fnn.nn import ACTIVATIONS, INITIALIZERS
+from fnn.nn.models import FACTS, MODELS, SEQUENCE_MODELS, model_options, models_reading
 from fnn.train.data import DATASETS
 from fnn.train.optim import OPTIMIZERS, SCHEDULES
 from fnn.train.state import MAX_SEED
 from fnn.train.step import GRADS, LOSSES, cross_entropy, get_loss
 
-RESUME_MAY_CHANGE = ("epochs", "data_dir",  # what `--resume` may change, when given explicitly
-                     "remat")
+TEXT_EPOCHS = 2  # a text epoch of the default corpus is ~1000 steps, ~1.5 min on 2 CPU cores
 
 
 class ConfigError(FnnError, ValueError):
     """A run's configuration (options, config.json, a checkpoint's config) holds a bad value."""
 
 
-def option(default, group: str):
-    """A TrainConfig field: its default, and the topic it is listed under in `python -m fnn
-    train --help` (model, data, optimisation, gradients and rules; fnn.cli.train's GROUPS)."""
-    return dataclasses.field(default=default, metadata={"group": group})
-
-
-def option_group(name: str) -> str:
-    """The help topic of TrainConfig field `name` (declared with `option`)."""
-    return {f.name: f.metadata["group"] for f in dataclasses.fields(TrainConfig)}[name]
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a run. The defaults train the MLP on digits to >= 97% test
-    accuracy with hand-written gradients in well under a minute on 2 CPU cores. Each field is
-    an option of `python -m fnn train` (--batch-size for batch_size), listed in --help under
-    the topic its declaration gives (`option(default, group)`)."""
-
-    model: str = option("mlp", "model")
-    dataset: str = option("digits", "data")
-    data_dir: str | None = option(None, "data")
-    grad: str = option("custom", "gradients and rules")
-    optimizer: str = option("adam", "optimisation")
-    lr: float = option(1e-3, "optimisation")
-    schedule: str = option("cosine", "optimisation")
-    epochs: int = option(30, "optimisation")
-    batch_size: int = option(32, "optimisation")
-    seed: int = option(0, "optimisation")
-    weight_decay: float = option(0.0, "optimisation")
-    clip: float = option(0.0, "optimisation")
-    l2: float = option(0.0, "optimisation")
-    loss: str = option("softmax_cross_entropy", "optimisation")
-    label_smoothing: float = option(0.0, "optimisation")
-    val_fraction: float = option(0.1, "data")
-    hidden: tuple = option((256,), "model")
-    channels: tuple | None = option(None, "model")
-    activation: str = option("relu", "model")
-    init: str = option("he", "model")
-    dropout: float = option(0.0, "model")
-    limit: int = option(0, "data")
-    context: int = option(128, "data")
-    width: int = option(128, "model")
-    depth: int = option(2, "model")
-    heads: int = option(4, "model")
-    # backward-rule overrides, "GATE=RULE[:opt=v]" (fnn.train.rules)
-    rules: tuple = option((), "gradients and rules")
-    # recompute activations in the backward (the model's blocks; fit(remat=))
-    remat: bool = option(False, "gradients and rules")
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, check_value(f.name, getattr(self, f.name)))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d, *, source: str = "config") -> "TrainConfig":
-        """A TrainConfig from a JSON object, every value checked as on the command line;
-        keys it lacks take their defaults, keys it does not know are refused."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: must be a JSON object of options, got a "
-                              f"{type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(k for k in d if k not in names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown option{'s' * (len(unknown) > 1)} "
-                              f"{', '.join(map(repr, unknown))} (known: {', '.join(names)})")
-        values = {}
-        for k, v in d.items():
-            try:
-                values[k] = check_value(k, v)
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
-        return cls(**values)
-
-    def training_loss(self):
-        """The loss fit trains with: `loss` by name, with label_smoothing when it is set."""
-        if not self.label_smoothing:
-            return self.loss
-        if get_loss(self.loss).name != "softmax_cross_entropy":
-            raise ConfigError(f"label_smoothing applies to the cross-entropy loss, not to "
-                              f"{self.loss!r}")
-        return cross_entropy(label_smoothing=self.label_smoothing)
-
-    def model_options(self) -> dict:
-        """Keyword options of the model builder (fnn.nn.build_model)."""
-        if self.model == "mlp":
-            return {"hidden": tuple(self.hidden), "activation": self.activation,
-                    "init": self.init, "dropout": self.dropout}
-        if self.model == "cnn":
-            opts = {"activation": self.activation, "init": self.init, "dropout": self.dropout}
-            return {**opts, "channels": tuple(self.channels)} if self.channels else opts
-        if self.model in ("rnn", "lstm", "gru"):
-            return {"hidden": tuple(self.hidden), "dropout": self.dropout}
-        if self.model == "transformer":
-            return {"width": self.width, "depth": self.depth, "heads": self.heads,
-                    "dropout": self.dropout}
-        return {"init": self.init, **({"widths": tuple(self.channels)} if self.channels else {})}
-
-
-# ---- the checks: one per option, shared by the CLI, config.json and checkpoints -------------
 def _choice(options) -> Callable:
-    options = sorted(options)
+    """One of `options` (the command line lists them in this order, the error sorted)."""
+    shown = sorted(options)
 
     def check(name, v):
-        if not isinstance(v, str) or v not in options:
-            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {v!r}")
+        if not isinstance(v, str) or v not in shown:
+            raise ConfigError(f"{name} must be one of {', '.join(shown)}, got {v!r}")
         return v
+    check.choices = tuple(options)
     return check
 
 
@@ -210,20 +117,226 @@ def _directory(name, v):
     return v
 
 
-CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "model": _choice(MODELS), "dataset": _choice(DATASETS), "data_dir": _directory,
-    "grad": _choice(GRADS), "optimizer": _choice(OPTIMIZERS), "lr": _number(0.0),
-    "schedule": _choice(SCHEDULES), "epochs": _int(1), "batch_size": _int(1),
-    "seed": _int(0, MAX_SEED, "an integer between 0 and 2**64-1"),
-    "weight_decay": _number(0.0), "clip": _number(0.0), "l2": _number(0.0),
-    "loss": _choice(LOSSES), "label_smoothing": _number(0.0, 1.0),
-    "val_fraction": _number(0.0, 1.0), "hidden": _hidden,
-    "channels": _widths(True), "activation": _choice(ACTIVATIONS),
-    "init": _choice(set(INITIALIZERS) - {"zeros", "ones"}), "dropout": _number(0.0, 1.0),
-    "limit": _int(0, what="an integer >= 0 (0: all examples)"),
-    "context": _int(1), "width": _int(1), "depth": _int(1), "heads": _int(1), "rules": _rules,
-    "remat": _flag,
-}
+def _ints(text: str) -> tuple:
+    return tuple(int(p) for p in text.split(",") if p.strip())
+
+
+def _count(text: str) -> int:
+    """--limit N: N examples (config.json's 0, all of them, is not written on the command line)."""
+    if int(text) == 0:
+        raise ConfigError("limit must be a positive integer, got 0")
+    return int(text)
+
+
+# how text on the command line becomes a value, by the type of the option's default; and what
+# the text must be when it cannot
+PARSE = {int: (int, "an integer"), float: (float, "a number"), str: (str, ""),
+         tuple: (_ints, "comma-separated integers, e.g. 256,128")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """The declaration of one TrainConfig field (see `option`)."""
+
+    group: str
+    check: Callable[[str, Any], Any]
+    help: str
+    resume: bool = False
+    applies: Any = None
+    flag: str | None = None
+    metavar: str | None = None
+    parse: Any = None
+    repeat: bool = False
+    default_from: Callable[[dict], Any] | None = None
+
+
+def option(default, group: str, check: Callable, help: str, **declared):
+    """A TrainConfig field, declared once: its `default`, the `group` (topic) it is listed under
+    in `python -m fnn train --help` (fnn.cli.train's GROUPS), the `check` of its values
+    (check(name, value) -> the value, or ConfigError naming the option), its `help` ("{default}"
+    in it: the default), and, when they differ from these defaults:
+      resume=True           `--resume` may change it (RESUME_MAY_CHANGE)
+      applies="model"       only the models that read it (fnn.nn.models.FACTS) take it;
+      applies=("dataset", names)  only these datasets read it (APPLIES: refused for others)
+      flag="--rule"         its flag (default --name-with-dashes), metavar=
+      parse=(fn, what)      how the command line's text becomes a value (default: by the
+                            default's type, PARSE); repeat=True: one flag per value, a list
+      default_from=fn       fn(options given) -> its default when it is not given (None: the
+                            field's default), e.g. the dataset of a language model
+    """
+    return dataclasses.field(default=default, metadata={
+        "group": group, "option": Option(group, check, help, **declared)})
+
+
+def _show(default) -> str:
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run. The defaults train the MLP on digits to >= 97% test
+    accuracy with hand-written gradients in well under a minute on 2 CPU cores. Each field is
+    an option of `python -m fnn train` (--batch-size for batch_size), declared with `option`."""
+
+    model: str = option(
+        "mlp", "model", _choice(sorted(MODELS)),
+        f"network (default {{default}}; {', '.join(SEQUENCE_MODELS[:-1])} and "
+        f"{SEQUENCE_MODELS[-1]} are language models and train on --dataset text)",
+        default_from=lambda given: "transformer" if given.get("dataset") == "text" else None)
+    dataset: str = option(
+        "digits", "data", _choice(DATASETS),
+        "dataset (default {default}, or text for a language model)",
+        default_from=lambda given: "text" if given.get("model") in SEQUENCE_MODELS else None)
+    grad: str = option("custom", "gradients and rules", _choice(GRADS),
+                       "custom: fnn's hand-written gradients; builtin: jax.grad (default "
+                       "{default})")
+    optimizer: str = option("adam", "optimisation", _choice(OPTIMIZERS), "(default {default})")
+    lr: float = option(1e-3, "optimisation", _number(0.0), "learning rate (default {default})")
+    schedule: str = option("cosine", "optimisation", _choice(SCHEDULES),
+                           "learning-rate schedule (default {default})")
+    epochs: int = option(
+        30, "optimisation", _int(1), "(default {default}; %d for text)" % TEXT_EPOCHS,
+        resume=True,
+        default_from=lambda given: TEXT_EPOCHS if given.get("dataset") == "text" else None)
+    data_dir: str | None = option(
+        None, "data", _directory, "directory holding the mnist/fashion-mnist/cifar10 files; for "
+        "text, a text file or folder (default: the Python standard library's modules)",
+        resume=True, applies=("dataset", ("mnist", "fashion-mnist", "cifar10", "text")),
+        metavar="D", parse=PARSE[str])
+    batch_size: int = option(32, "optimisation", _int(1), "(default {default})")
+    seed: int = option(0, "optimisation", _int(0, MAX_SEED, "an integer between 0 and 2**64-1"),
+                       "seed of init, shuffling and dropout, 0 to 2**64-1 (default {default})")
+    weight_decay: float = option(0.0, "optimisation", _number(0.0),
+                                 "weight decay of kernels (default 0)")
+    clip: float = option(0.0, "optimisation", _number(0.0),
+                         "clip gradients to this global norm (default: off)")
+    l2: float = option(0.0, "optimisation", _number(0.0),
+                       "the lecture's L2 penalty l2*sum(W**2) in the loss")
+    loss: str = option("softmax_cross_entropy", "optimisation", _choice(sorted(LOSSES)),
+                       "(default {default})")
+    label_smoothing: float = option(0.0, "optimisation", _number(0.0, 1.0),
+                                    "cross-entropy against (1 - E) one-hot + E / C targets "
+                                    "(default 0)", metavar="E")
+    early_stop: int = option(
+        0, "optimisation", _int(0, what="an integer >= 0 (0: off)"),
+        "stop when the validation loss has not improved for PATIENCE epochs in a row "
+        "(fnn.train.EarlyStopping; needs a validation set; default 0: off)", metavar="PATIENCE")
+    val_fraction: float = option(0.1, "data", _number(0.0, 1.0),
+                                 "of the training set (default {default})")
+    hidden: tuple = option((256,), "model", _hidden,
+                           "MLP hidden widths, or RNN/LSTM/GRU layer widths, e.g. 256,128 "
+                           "(default {default})", applies="model")
+    channels: tuple | None = option(None, "model", _widths(True),
+                                    "CNN channels / ResNet stage widths, e.g. 32,64",
+                                    applies="model", parse=PARSE[tuple])
+    activation: str = option("relu", "model", _choice(sorted(ACTIVATIONS)),
+                             "(default {default})", applies="model")
+    init: str = option("he", "model", _choice(sorted(set(INITIALIZERS) - {"zeros", "ones"})),
+                       "weight initializer (default {default})", applies="model")
+    dropout: float = option(0.0, "model", _number(0.0, 1.0),
+                            "dropout rate of MLP/CNN hidden layers (default 0)", applies="model")
+    limit: int = option(0, "data", _int(0, what="an integer >= 0 (0: all examples)"),
+                        "use only the first N train and test examples",
+                        parse=(_count, "an integer"))
+    context: int = option(128, "data", _int(1), "text: bytes per training window (default "
+                          "{default})", applies=("dataset", ("text",)))
+    width: int = option(128, "model", _int(1), "transformer width (default {default})",
+                        applies="model")
+    depth: int = option(2, "model", _int(1), "transformer blocks (default {default})",
+                        applies="model")
+    heads: int = option(4, "model", _int(1), "transformer attention heads (default {default})",
+                        applies="model")
+    rules: tuple = option(
+        (), "gradients and rules", _rules, "train with a backward-rule override, e.g. "
+        "relu=straight_through, spike=fast_sigmoid:slope=25, affine=feedback_alignment, "
+        "affine@3_dense=clip_backward:max_norm=1 (repeatable; kept by --resume; see "
+        "fnn/train/rules.py)", flag="--rule", metavar="GATE=RULE", repeat=True)
+    remat: bool = option(
+        False, "gradients and rules", _flag, "recompute each block's activations in the "
+        "backward instead of keeping them: less memory (a bigger model or batch fits), about one "
+        "more forward per step; the same values (default off; --no-remat turns it off on "
+        "--resume)", resume=True)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, *, source: str = "config") -> "TrainConfig":
+        """A TrainConfig from a JSON object, every value checked as on the command line;
+        keys it lacks take their defaults, keys it does not know are refused."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: must be a JSON object of options, got a "
+                              f"{type(d).__name__}")
+        unknown = sorted(k for k in d if k not in OPTIONS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option{'s' * (len(unknown) > 1)} "
+                              f"{', '.join(map(repr, unknown))} (known: {', '.join(OPTIONS)})")
+        values = {}
+        for k, v in d.items():
+            try:
+                values[k] = check_value(k, v)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+        return cls(**values)
+
+    def training_loss(self):
+        """The loss fit trains with: `loss` by name, with label_smoothing when it is set."""
+        if not self.label_smoothing:
+            return self.loss
+        if get_loss(self.loss).name != "softmax_cross_entropy":
+            raise ConfigError(f"label_smoothing applies to the cross-entropy loss, not to "
+                              f"{self.loss!r}")
+        return cross_entropy(label_smoothing=self.label_smoothing)
+
+    def model_options(self) -> dict:
+        """Keyword options of the model builder (fnn.nn.build_model): the options the model
+        reads (fnn.nn.models.FACTS), by the builder's names."""
+        return model_options(self.model, self.to_dict())
+
+
+def declared(cls=None) -> dict[str, Option]:
+    """The declaration of every option of `cls` (TrainConfig), by name, in field order;
+    applies="model" resolved from the models' facts to ("model", the models that read it). A
+    field declared without `option` is refused (TypeError naming it): it would have no flag,
+    no check and no resume rule."""
+    out = {}
+    for f in dataclasses.fields(cls or TrainConfig):
+        o = f.metadata.get("option")
+        if not isinstance(o, Option):
+            raise TypeError(f"TrainConfig.{f.name} is not declared with option(default, group, "
+                            "check, help): every field of the config is an option of `python "
+                            "-m fnn train`, with its flag, check and resume rule")
+        if o.applies == "model":
+            o = dataclasses.replace(o, applies=("model", models_reading(f.name)))
+        out[f.name] = o
+    return out
+
+
+OPTIONS: dict[str, Option] = declared()
+CHECKS: dict[str, Callable[[str, Any], Any]] = {k: o.check for k, o in OPTIONS.items()}
+RESUME_MAY_CHANGE = tuple(k for k, o in OPTIONS.items() if o.resume)  # what `--resume` may
+# change, when given explicitly
+# options that only some models or datasets read: given for another one, they are refused
+APPLIES = {k: o.applies for k, o in OPTIONS.items() if o.applies}
+
+
+def option_group(name: str) -> str:
+    """The help topic of TrainConfig field `name`."""
+    return OPTIONS[name].group
+
+
+def option_flag(name: str) -> str:
+    """The command line's flag of option `name`: --batch-size for batch_size."""
+    return OPTIONS[name].flag or "--" + name.replace("_", "-")
+
+
+def option_help(name: str) -> str:
+    """The help text of option `name`, its default written in."""
+    return OPTIONS[name].help.format(default=_show(TrainConfig.__dataclass_fields__[name].default))
 
 
 def check_value(name: str, value):
@@ -234,38 +347,28 @@ def check_value(name: str, value):
 def parse_option(name: str, text: str):
     """The value of option `name` given as text on the command line, checked like every other
     source of it (ConfigError naming the option)."""
-    kind = type(getattr(TrainConfig(), name)) if name != "channels" else tuple
+    o = OPTIONS[name]
+    parse, example = o.parse or PARSE[type(TrainConfig.__dataclass_fields__[name].default)]
     try:
-        if kind is tuple:
-            value = tuple(int(p) for p in text.split(",") if p.strip())
-        elif kind is int:
-            value = int(text)
-        elif kind is float:
-            value = float(text)
-        else:
-            value = text
+        value = parse(text)
+    except ConfigError:
+        raise
     except ValueError:
-        example = {tuple: "comma-separated integers, e.g. 256,128", int: "an integer",
-                   float: "a number"}[kind]
         raise ConfigError(f"{name} must be {example}, got {text!r}") from None
-    if name == "limit" and value == 0:  # on the command line, --limit N keeps N examples
-        raise ConfigError("limit must be a positive integer, got 0")
     return check_value(name, value)
 
 
-# options that only some models or datasets read: given for another one, they are refused
-APPLIES = {
-    "hidden": ("model", ("mlp", "rnn", "lstm", "gru")),
-    "channels": ("model", ("cnn", "resnet")),
-    "activation": ("model", ("mlp", "cnn")),
-    "init": ("model", ("mlp", "cnn", "resnet")),
-    "dropout": ("model", ("mlp", "cnn", "rnn", "lstm", "gru", "transformer")),
-    "width": ("model", ("transformer",)),
-    "depth": ("model", ("transformer",)),
-    "heads": ("model", ("transformer",)),
-    "context": ("dataset", ("text",)),
-    "data_dir": ("dataset", ("mnist", "fashion-mnist", "cifar10", "text")),
-}
+def with_defaults(given: dict) -> dict:
+    """The options of a new run, `given` and the defaults that depend on them (default_from):
+    a sequence model trains on text, and text trains the transformer by default, for
+    TEXT_EPOCHS epochs."""
+    given = dict(given)
+    for name, o in OPTIONS.items():
+        if name not in given and o.default_from is not None:
+            value = o.default_from(given)
+            if value is not None:
+                given[name] = value
+    return given
 
 
 def check_applies(config: "TrainConfig", given) -> None:
@@ -282,20 +385,36 @@ def check_applies(config: "TrainConfig", given) -> None:
                               f"another --{by}")
 
 
+def check_model_data(config: TrainConfig) -> None:
+    """Sequence models train on text and image models on images (the model's facts, in
+    fnn.nn.models.FACTS): a clear error otherwise."""
+    text_model = FACTS[config.model].data == "text"
+    if text_model != (config.dataset == "text"):
+        raise ConfigError(
+            f"model {config.model!r} " + (
+                f"reads token sequences; train it with --dataset text, not {config.dataset!r}"
+                if text_model else f"reads images; a text dataset needs a sequence model "
+                f"(--model {'|'.join(SEQUENCE_MODELS)})"))
+
+
 def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """The options whose values differ between two configs, in field order."""
-    return [f.name for f in dataclasses.fields(TrainConfig)
-            if getattr(a, f.name) != getattr(b, f.name)]
-
-
-def option_flag(name: str) -> str:
-    return "--rule" if name == "rules" else "--" + name.replace("_", "-")
+    return [k for k in OPTIONS if getattr(a, k) != getattr(b, k)]
 
 
 def resume_flags() -> str:
     """The options --resume may change, as the user types them: '--epochs, --data-dir and ...'."""
     flags = [option_flag(k) for k in RESUME_MAY_CHANGE]
     return ", ".join(flags[:-1]) + " and " + flags[-1]
+
+
+def check_resume_overrides(overrides) -> None:
+    """ConfigError naming the options of `overrides` that --resume may not change."""
+    fixed = [k for k in overrides if k not in RESUME_MAY_CHANGE]
+    if fixed:
+        raise ConfigError(f"--resume keeps the run's config; it cannot change "
+                          f"{', '.join(option_flag(k) for k in fixed)} (only "
+                          f"{resume_flags()})")
 
 
 def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides: dict, *,
@@ -307,11 +426,7 @@ def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides:
     the checkpoint the run resumes from: it must equal `saved` on every key that `overrides`
     does not set (ConfigError naming each key and both values otherwise).
     """
-    fixed = [k for k in overrides if k not in RESUME_MAY_CHANGE]
-    if fixed:
-        raise ConfigError(f"--resume keeps the run's config; it cannot change "
-                          f"{', '.join(option_flag(k) for k in fixed)} (only "
-                          f"{resume_flags()})")
+    check_resume_overrides(overrides)
     overrides = {k: check_value(k, v) for k, v in overrides.items()}
     if checkpoint is not None:
         clash = [k for k in differences(saved, checkpoint) if k not in overrides]

@@ -112,14 +112,9 @@ def _detect(coordinator, num_processes, process_id, timeout):
     return found[0], found[1], found[2], found[3]
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout: float = JOIN_TIMEOUT) -> bool:
-    """Join a run of several processes (jax.distributed.initialize); True when it did, False
-    for one process (nothing given anywhere, or a count of 1). See the module docstring for
-    where the values come from. Must run before anything starts JAX's backend (an array,
-    jax.devices()). A process that cannot join within `timeout` seconds is ended (status
-    JOIN_FAILED) after saying why on stderr. Calling it again once joined checks the values
-    and returns True."""
+def _given(coordinator, num_processes, process_id, timeout):
+    """((coordinator, num_processes, process_id), where they came from): initialize's
+    arguments checked (ValueError naming one), those not given from the environment."""
     if coordinator is not None:
         coordinator = parse_address(coordinator)
     for name, v, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
@@ -137,7 +132,19 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         num_processes = _env_count(ENV_NUM_PROCESSES, 1)
     if process_id is None:
         process_id = _env_count(ENV_PROCESS_ID, 0)
-    given = (coordinator, num_processes, process_id)
+    return (coordinator, num_processes, process_id), source
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, timeout: float = JOIN_TIMEOUT) -> bool:
+    """Join a run of several processes (jax.distributed.initialize); True when it did, False
+    for one process (nothing given anywhere, or a count of 1). See the module docstring for
+    where the values come from. Must run before anything starts JAX's backend (an array,
+    jax.devices()). A process that cannot join within `timeout` seconds is ended (status
+    JOIN_FAILED) after saying why on stderr. Calling it again once joined checks the values
+    and returns True."""
+    given, source = _given(coordinator, num_processes, process_id, timeout)
+    coordinator, num_processes, process_id = given
     if jax.distributed.is_initialized():
         return _check_joined(num_processes, process_id)
     cluster = cluster_name() if None in given else None

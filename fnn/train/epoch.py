@@ -91,6 +91,35 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
                    compiler_options=compiler_options)
 
 
+def _chunk(step: Callable, finish: Callable | None = None):
+    """run(carry, metrics, x, y, order, keys, start, stop) -> (carry, metrics): steps start, ...,
+    stop - 1 of an epoch, step(carry, batch, key) -> (carry, the step's metrics), each step's
+    metrics written at its index of the per-step buffers `metrics`; finish(carry) after them."""
+
+    def run(carry, metrics, x, y, order, keys, start, stop):
+        def body(i, loop):
+            carry, metrics = loop
+            idx = order[i]
+            batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
+            carry, m = step(carry, batch, keys[i])
+            metrics = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), metrics, m)
+            return carry, metrics
+
+        carry, metrics = lax.fori_loop(start, stop, body, (carry, metrics))
+        return (finish(carry) if finish is not None else carry), metrics
+
+    return run
+
+
+def make_chunk_runner(step: Callable, *, donate: bool = True, finish: Callable | None = None):
+    """run(carry, metrics, x, y, order, keys, start, stop) -> (carry, metrics), compiled: what
+    make_epoch_runner runs, for a step of any carry, step(carry, batch, key) -> (carry, the
+    step's metrics) (fit's: params, state, opt_state and its hooks' slots). finish(carry): what
+    the program does to the carry after its steps (sharded parameters: constrained as they came
+    in). donate: the carry is donated to the result (the metrics always are)."""
+    return jax.jit(_chunk(step, finish), donate_argnums=(0, 1) if donate else (1,))
+
+
 def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):
     """run(params, state, opt_state, metrics, x, y, order, keys, start, stop) -> (params,
     state, opt_state, metrics): steps start, ..., stop - 1 of an epoch, as one compiled loop.
@@ -108,22 +137,19 @@ def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):
     if dp is not None:
         step = constrain_batch(step, dp)
 
-    def run(params, state, opt_state, metrics, x, y, order, keys, start, stop):
-        def body(i, carry):
-            params, state, opt_state, metrics = carry
-            idx = order[i]
-            batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0))
-            params, state, opt_state, m = step(params, state, opt_state, batch, keys[i])
-            metrics = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), metrics, m)
-            return params, state, opt_state, metrics
+    def carry_step(carry, batch, key):
+        *carry, metrics = step(*carry, batch, key)
+        return tuple(carry), metrics
 
-        params, state, opt_state, metrics = lax.fori_loop(start, stop, body,
-                                                          (params, state, opt_state, metrics))
-        if dp is not None:  # sharded parameters: out as they came in (the next chunk's input)
-            params, state, opt_state = dp.constrain_carry(params, state, opt_state)
-        return params, state, opt_state, metrics
+    # sharded parameters: out as they came in (the next chunk's input)
+    run = _chunk(carry_step, (lambda carry: dp.constrain_carry(*carry)) if dp is not None
+                 else None)
 
-    return jax.jit(run, donate_argnums=(0, 1, 2, 3) if donate else (3,))
+    def runner(params, state, opt_state, metrics, x, y, order, keys, start, stop):
+        carry, metrics = run((params, state, opt_state), metrics, x, y, order, keys, start, stop)
+        return (*carry, metrics)
+
+    return jax.jit(runner, donate_argnums=(0, 1, 2, 3) if donate else (3,))
 
 
 def metrics_buffers(step: Callable, params, state, opt_state, x, y, n_steps: int,

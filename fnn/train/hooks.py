@@ -1,15 +1,23 @@
-"""What fit does besides training, as hooks: a progress bar, the per-epoch log line, a callback.
+"""What fit does besides training, as hooks: a progress bar, the per-epoch log line, a callback,
+early stopping.
 
 fit is an epoch loop; everything else it does is a Hook, an object with some of these methods
-(the base class gives the others as no-ops). fit calls them in this order:
+(the base class gives the others as no-ops). No hook depends on another: each sees the same
+state and the same record, at these points, in this order:
 
-    wrap_step(step) -> step           once, before the epoch is compiled; the step is the
-                                      uncompiled train step (what fnn.train.diagnostics wraps)
-    carry_in(opt_state, ts)           each epoch, before it runs: what the wrapped step carries
-        -> carried                    in place of opt_state (undone by carry_out)
+    on_fit_start(spec, ts)            fit is about to train `spec` (fnn.train.TrainSpec) from
+                                      ts: take what the hook needs of it, refuse what cannot
+                                      work (raise)
+    init_carry(ts) -> value           a hook with a `slot` (a name) keeps state inside the
+    in_step(value, before, after,     compiled loop under it: init_carry gives its value when
+            batch, key)               an epoch (or the rest of one) starts; in_step, traced into
+        -> (value, metrics)           the step, sees each step's (params, state, opt_state)
+                                      `before` and `after` it, its batch and key, and returns
+                                      the slot's next value and metrics of its own for the step
+                                      (a dict; a hook without a slot gets None and may still
+                                      return metrics)
     on_compiling(seconds)             XLA has been compiling the epoch's program for `seconds`
-                                      (called every 50 ms while it does, for hooks whose
-                                      `progress` is True)
+                                      (every 50 ms while it does; hooks whose `progress` is True)
     on_epoch_start(ts, n_steps)       the epoch (ts.epoch + 1) is about to run (from step
                                       ts.position when ts was saved in the middle of it)
     on_progress(done)                 after each compiled chunk of the epoch, with the steps of
@@ -17,26 +25,34 @@ fit is an epoch loop; everything else it does is a Hook, an object with some of 
     on_epoch_stop()                   the epoch's chunks are done (or one raised)
     after_epoch(before, params,       it ran: `before` is the TrainState it started from (kept
                 losses, key)          when a hook has donate = False), `losses` its per-step
-                                      losses; raise here to stop training (the NaN replay)
-    carry_out(carried, metrics,       (in reverse order) the epoch's carried state back to
-              record) -> carried      opt_state; may add to the epoch's record
-    on_epoch_end(ts, record)          the record is complete and in the history: log it, save a
+                                      losses
+    on_metrics(metrics, record)       the epoch's per-step metrics (the in_step metrics too) and
+                                      its record (losses, accuracies, validation, time): add to
+                                      the record; raise to stop training with an error (the
+                                      NaN replay)
+    should_stop(ts, record) -> str    the record is complete: a reason to end training after
+                                      this epoch (early stopping), else None; fit puts the
+                                      reasons in record["stopped"] and returns after the epoch
+    on_epoch_end(ts, record)          the record is final and in the history: log it, save a
                                       checkpoint (fnn.train.run), ...
     on_interrupt(ts)                  Ctrl-C stopped training: ts is the state it stopped at,
                                       in the middle of epoch ts.epoch + 1 when ts.position > 0
                                       (save it: fnn.train.run); fit then raises
                                       TrainingInterrupted
 
-Attributes: `donate` (default True): False keeps each epoch's inputs alive for after_epoch
-instead of donating them; `progress` (default False): True to get on_progress.
+Attributes: `slot` (default None): the name of the hook's state in the compiled loop;
+`donate` (default True): False keeps each epoch's inputs alive for after_epoch instead of
+donating them; `progress` (default False): True to get on_progress and on_compiling.
 
-The hooks here: ProgressBar (fit's progress=True), EpochLog (log=), Callback (callback=). The
-others live with what they do: fnn.train.diagnostics.HealthMonitor (diagnostics=N),
-fnn.train.nancheck.NanReplay (check_nans=True), fnn.train.run.RunDirectory (train_run).
+The hooks here: ProgressBar (fit's progress=True), EpochLog (log=), Callback (callback=),
+EarlyStopping (`train --early-stop`). The others live with what they do:
+fnn.train.diagnostics.HealthMonitor (diagnostics=N), fnn.train.nancheck.NanReplay
+(check_nans=True), fnn.train.run.RunDirectory (train_run).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Callable
 
@@ -44,14 +60,18 @@ from typing import Callable
 class Hook:
     """A hook that does nothing (see the module docstring for what fit calls)."""
 
+    slot: str | None = None
     donate = True
     progress = False
 
-    def wrap_step(self, step):
-        return step
+    def on_fit_start(self, spec, ts) -> None:
+        pass
 
-    def carry_in(self, opt_state, ts):
-        return opt_state
+    def init_carry(self, ts):
+        return None
+
+    def in_step(self, value, before, after, batch, key):
+        return value, {}
 
     def on_compiling(self, seconds: float) -> None:
         pass
@@ -68,14 +88,22 @@ class Hook:
     def after_epoch(self, before, params, losses, key) -> None:
         pass
 
-    def carry_out(self, carried, metrics, record: dict):
-        return carried
+    def on_metrics(self, metrics: dict, record: dict) -> None:
+        pass
+
+    def should_stop(self, ts, record: dict) -> str | None:
+        return None
 
     def on_epoch_end(self, ts, record: dict) -> None:
         pass
 
     def on_interrupt(self, ts) -> None:
         pass
+
+
+def steps_inside(hook: Hook) -> bool:
+    """Whether `hook` looks at each step inside the compiled loop (overrides in_step)."""
+    return type(hook).in_step is not Hook.in_step
 
 
 class ProgressBar(Hook):
@@ -136,13 +164,16 @@ def format_record(r: dict, epochs: int) -> str:
 
 
 class EpochLog(Hook):
-    """log(line) with the per-epoch line (format_record) after each epoch."""
+    """log(line) with the per-epoch line (format_record) after each epoch, and why training
+    ended there when a hook stopped it (record["stopped"])."""
 
     def __init__(self, log: Callable, epochs: int):
         self.log, self.epochs = log, epochs
 
     def on_epoch_end(self, ts, record):
         self.log(format_record(record, self.epochs))
+        if record.get("stopped"):
+            self.log(record["stopped"])
 
 
 class Callback(Hook):
@@ -153,3 +184,48 @@ class Callback(Hook):
 
     def on_epoch_end(self, ts, record):
         self.callback(ts, record)
+
+
+class EarlyStopping(Hook):
+    """Ends training when the validation loss has not improved (by more than `min_delta`) for
+    `patience` epochs in a row (`python -m fnn train --early-stop PATIENCE`); the record of the
+    last epoch says why (record["stopped"]). A run directory's best.safetensors stays the epoch
+    with the best validation score (fnn.train.run.best_score), and resuming a run that stopped
+    trains nothing more. history: the records of the epochs already trained (a resumed run),
+    counted as if this hook had seen them, so that a run resumed after Ctrl-C stops where it
+    would have stopped in one go."""
+
+    def __init__(self, patience: int, *, min_delta: float = 0.0, history=()):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be a positive integer (epochs), got "
+                             f"{patience!r}")
+        if not (isinstance(min_delta, (int, float)) and math.isfinite(min_delta)
+                and min_delta >= 0):
+            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got "
+                             f"{min_delta!r}")
+        self.patience, self.min_delta = patience, float(min_delta)
+        self.best, self.best_epoch, self.waited = math.inf, None, 0
+        for record in history:
+            self._see(record)
+
+    def on_fit_start(self, spec, ts):
+        if not spec.has_validation:
+            raise ValueError("early stopping watches the validation loss, but the data has no "
+                             "validation set (x_val is empty): give it one (--val-fraction > 0)")
+
+    def _see(self, record: dict) -> None:
+        loss = record.get("val_loss")
+        if loss is None:
+            return
+        if loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self.waited = loss, record.get("epoch"), 0
+        else:
+            self.waited += 1
+
+    def should_stop(self, ts, record):
+        self._see(record)
+        if self.waited >= self.patience:
+            return (f"early stopping after epoch {record['epoch']}: the validation loss has not "
+                    f"improved for {self.waited} epochs (best {self.best:.4f}, epoch "
+                    f"{self.best_epoch})")
+        return None

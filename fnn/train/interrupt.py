@@ -1,7 +1,7 @@
 """Ctrl-C (or SIGTERM) during training: a request to stop at the next whole state, not an
 exception thrown wherever the signal lands.
 
-fit runs each epoch as compiled chunks of a few steps (fnn.train.epoch.make_epoch_runner). For
+fit runs each epoch as compiled chunks of a few steps (fnn.train.epoch.make_chunk_runner). For
 fit's duration, `StopRequest` replaces Python's SIGINT handler (main thread only, and only
 when that handler is Python's default; a handler of yours is left alone): the first Ctrl-C
 sets `requested`, fit finishes the chunk that is running (about one step, or

@@ -37,6 +37,9 @@ MAX_LOCK_BYTES = 4096
 __all__ = ["LOCK_FILE", "RunDirError", "RunLock"]
 
 
+HOLDER_WAITS = 40  # times 50 ms: how long a refused process waits for the holder's record
+
+
 def _holder(folder: Folder) -> dict:
     try:
         d = json.loads(read_file(LOCK_FILE, folder=folder, limit=MAX_LOCK_BYTES) or b"{}")
@@ -120,6 +123,11 @@ class RunLock:
 
     def _busy_message(self, folder: Folder) -> str:
         holder = _holder(folder)
+        for _ in range(HOLDER_WAITS):  # the holder writes its record just after it locks
+            if holder.get("pid"):
+                break
+            time.sleep(0.05)
+            holder = _holder(folder)
         pid, host = holder.get("pid"), holder.get("host")
         who = (f"process {pid} on {host}, started {holder.get('started', '?')}" if pid
                else "another process")

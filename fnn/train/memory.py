@@ -14,8 +14,8 @@ The remedies named are the options that shrink each part.
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
+from typing import Callable
 
 import jax
 import numpy as np
@@ -85,10 +85,18 @@ class Footprint:
     opt_state: int
     state: int
     data: int
-    activations: int
+    measure_activations: Callable[[], int] | int  # bytes, or how to measure them when asked
     batch_size: int
     xla_temp: int | None = None
     devices: int = 1  # >1: every figure is one device's (data parallel over this many)
+
+    @property
+    def activations(self) -> int:
+        """The activations of one batch (activation_bytes): the model is traced for them only
+        when they are asked for (XLA's own figure, xla_temp, is what a run is checked with)."""
+        if callable(self.measure_activations):
+            self.measure_activations = self.measure_activations()
+        return self.measure_activations
 
     @property
     def working(self) -> int:
@@ -126,10 +134,15 @@ def footprint(model, ts, input_shape, batch_size: int, data_bytes: int,
     split leaves counted by their slice; data_bytes is what each device holds)."""
     temp = xla_temp_bytes(compiled) if compiled is not None else None
     one = devices > 1
+    params, state = (jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
+                     for t in (ts.params, ts.state))  # shapes: the arrays may be donated since
+
+    def activations() -> int:
+        return activation_bytes(model, params, state, input_shape, max(1, batch_size // devices))
+
     return Footprint(tree_bytes(ts.params, one), tree_bytes(ts.opt_state, one),
-                     tree_bytes(ts.state, one), data_bytes,
-                     activation_bytes(model, ts.params, ts.state, input_shape,
-                                      max(1, batch_size // devices)), batch_size, temp, devices)
+                     tree_bytes(ts.state, one), data_bytes, activations, batch_size, temp,
+                     devices)
 
 
 def xla_temp_bytes(compiled) -> int | None:

@@ -76,15 +76,7 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
     params, state, opt_state = jax.tree_util.tree_map(jnp.asarray, host(tuple(start)))
     order, keys = epoch_batches(key, x.shape[0], batch_size)
     lo = max(position, first - 1)
-    where = (f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
-             if first < len(losses) else f"epoch {epoch}, after its last step")
-    if first < len(losses) and np.isfinite(losses[first]):
-        head = f"the model state (BatchNorm statistics) became non-finite at {where}"
-    else:
-        value = f"{losses[first]}" if first < len(losses) else "non-finite parameters"
-        head = f"training produced a non-finite loss ({value}) at {where}"
-    if grad == "builtin":
-        head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
+    head = _what(losses, first, epoch, step0, grad)
     carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
                                        rules=rules),
                        (params, state, opt_state), x, y, order[position:lo], keys[position:lo])
@@ -107,23 +99,9 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
                                  gate=e.gate, phase=e.phase, site=e.site)
             err.step = step0 + i + 1
             return err
-        bad_state = _nonfinite_leaves(new_state, "state")
-        if bad_state and not _nonfinite_leaves(new_params):
-            err = NanOriginError(
-                f"{head}; replayed eagerly, step {i + 1} of the epoch: every gate's forward and "
-                f"VJP stayed finite, but the model state (running statistics) became non-finite: "
-                f"{', '.join(bad_state[:6])} (a BatchNorm layer saw inputs too large for its "
-                "dtype: lower --lr, clip with --clip, or normalize the inputs)",
-                gate=None, phase="model state update", site="?")
-            err.step = step0 + i + 1
-            return err
-        bad_params = _nonfinite_leaves(new_params)
-        if bad_params:
-            err = NanOriginError(
-                f"{head}; replayed eagerly, step {i + 1} of the epoch: every gate's forward and "
-                f"VJP stayed finite, but the optimizer update made {', '.join(bad_params[:6])} "
-                "non-finite (the learning rate is too large or the gradients overflow: lower "
-                "--lr, or clip them with --clip)", gate=None, phase="optimizer update", site="?")
+        err = _after_gates(f"{head}; replayed eagerly, step {i + 1} of the epoch", new_params,
+                           new_state)
+        if err is not None:
             err.step = step0 + i + 1
             return err
         carry = (new_params, new_state, new_opt)
@@ -133,42 +111,70 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         gate=None, phase="not reproduced", site="?")
 
 
+def _what(losses, first: int, epoch: int, step0: int, grad: str) -> str:
+    """What went non-finite, and where: the head of find_nan_origin's message (step `first`
+    of the epoch, len(losses): after its last step; step0: optimizer steps before its step 1)."""
+    where = (f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
+             if first < len(losses) else f"epoch {epoch}, after its last step")
+    if first < len(losses) and np.isfinite(losses[first]):
+        head = f"the model state (BatchNorm statistics) became non-finite at {where}"
+    else:
+        value = f"{losses[first]}" if first < len(losses) else "non-finite parameters"
+        head = f"training produced a non-finite loss ({value}) at {where}"
+    if grad == "builtin":
+        head += " (grad=builtin; replayed with fnn's hand-written VJPs to locate it)"
+    return head
+
+
+def _after_gates(head: str, new_params, new_state) -> NanOriginError | None:
+    """A step replayed eagerly whose gates all stayed finite: the update of the model state
+    (running statistics) or of the parameters (the optimizer's) that made a NaN/inf, or None."""
+    bad_state = _nonfinite_leaves(new_state, "state")
+    if bad_state and not _nonfinite_leaves(new_params):
+        return NanOriginError(
+            f"{head}: every gate's forward and VJP stayed finite, but the model state (running "
+            f"statistics) became non-finite: {', '.join(bad_state[:6])} (a BatchNorm layer saw "
+            "inputs too large for its dtype: lower --lr, clip with --clip, or normalize the "
+            "inputs)", gate=None, phase="model state update", site="?")
+    bad_params = _nonfinite_leaves(new_params)
+    if bad_params:
+        return NanOriginError(
+            f"{head}: every gate's forward and VJP stayed finite, but the optimizer update made "
+            f"{', '.join(bad_params[:6])} non-finite (the learning rate is too large or the "
+            "gradients overflow: lower --lr, or clip them with --clip)", gate=None,
+            phase="optimizer update", site="?")
+    return None
+
+
 STATE_FLAG = "state_nonfinite"  # the per-step metric NanReplay adds
 
 
 class NanReplay(Hook):
     """The fit hook of check_nans=True: after each epoch, a non-finite loss, parameter or model
-    state (BatchNorm statistics; watched after every step) raises the NanOriginError of
-    find_nan_origin. The epoch's inputs are kept (not donated) for it."""
+    state (BatchNorm statistics; watched after every step, inside the compiled loop) raises
+    the NanOriginError of find_nan_origin. The epoch's inputs are kept (not donated) for it.
+    The model, optimizer, data and training options are the spec's (on_fit_start)."""
 
     donate = False
 
-    def __init__(self, model, optimizer, x, y, *, batch_size: int, loss: str, grad: str,
-                 l2: float, rules=None):
-        self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
-        self.options = {"batch_size": batch_size, "loss": loss, "grad": grad, "l2": l2,
-                        "rules": rules}
+    def on_fit_start(self, spec, ts):
+        self.spec, self.pending = spec, None
 
-    def wrap_step(self, step):
-        def watched(params, state, opt_state, batch, key):  # is the state after it finite?
-            params, new_state, opt_state, metrics = step(params, state, opt_state, batch, key)
-            bad = ~_all_finite(new_state)
-            return params, new_state, opt_state, {**metrics, STATE_FLAG: bad}
-        return watched
+    def in_step(self, value, before, after, batch, key):  # is the state after it finite?
+        return value, {STATE_FLAG: ~_all_finite(after[1])}
 
     def after_epoch(self, before, params, losses, key):
         self.pending = (before, params, losses, key)
 
-    def carry_out(self, carried, metrics, record):
-        state_bad = np.asarray(metrics.pop(STATE_FLAG))
-        pending, self.pending = getattr(self, "pending", None), None
-        if pending is None:  # an interrupted epoch: nothing to judge yet
-            return carried
-        before, params, losses, key = pending
+    def on_metrics(self, metrics, record):
+        state_bad = np.asarray(metrics[STATE_FLAG])
+        (before, params, losses, key), self.pending = self.pending, None
         if not epoch_is_finite(losses, params) or state_bad[before.position:].any():
-            raise find_nan_origin(self.model, self.optimizer,
-                                  (before.params, before.state, before.opt_state), self.x,
-                                  self.y, key, losses=losses, epoch=before.epoch + 1,
-                                  step0=before.step, position=before.position,
-                                  state_nonfinite=state_bad, **self.options)
-        return carried
+            spec = self.spec
+            raise find_nan_origin(spec.model, spec.optimizer,
+                                  (before.params, before.state, before.opt_state),
+                                  spec.data.x_train, spec.data.y_train, key, losses=losses,
+                                  epoch=before.epoch + 1, step0=before.step,
+                                  position=before.position, state_nonfinite=state_bad,
+                                  batch_size=spec.batch_size, loss=spec.loss, grad=spec.grad,
+                                  l2=spec.l2, rules=spec.rules)

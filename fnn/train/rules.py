@@ -11,8 +11,9 @@
 GATE is a gate's name (`python -m fnn gradcheck` lists them, primitives as 'lax.tanh'); RULE one
 of RULES below (fnn.ops.rulebook). The specs are part of the run's config, so --resume trains
 with the same rules. Feedback alignment's fixed random matrices come from the run's seed
-(fold_in(make_key(seed), FEEDBACK_SALT): every seed in [0, 2**64-1] its own), one per Dense layer: a resumed run draws the very same
-matrices again, so they need no room in the checkpoint, and they are never parameters.
+(fold_in(make_key(seed), FEEDBACK_SALT): every seed in [0, 2**64-1] its own), one per Dense
+layer: a resumed run draws the very same matrices again, so they need no room in the
+checkpoint, and they are never parameters.
 """
 
 from __future__ import annotations

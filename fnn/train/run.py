@@ -38,6 +38,15 @@ reads: config.json as the command line's options are validated, then against the
 stored in the checkpoint (fnn.train.config.resume_config), the data against the sizes and the
 fingerprint (sha256) of the data the checkpoint was trained on, metrics.jsonl record by record
 (a damaged last line is dropped, and said so), a best.safetensors by its digest.
+
+Several processes (fnn.train.distributed): every process trains, only process 0 locks and
+writes the run directory and logs; the others read it when resuming (it must be on a file
+system they share) and return the final test results of their (identical) params. An error of
+one process while the run starts or saves is an error in all (distributed.together: the others
+raise DistributedError naming it), and the options, the data's fingerprint and the checkpoint
+resumed from must be the same in every process (distributed.same). With shard="params" the
+processes gather the parameters and optimizer state after each epoch (a collective), so that
+process 0 can write them whole.
 """
 
 from __future__ import annotations
@@ -52,32 +61,32 @@ from typing import Callable
 import jax
 import numpy as np
 
-from fnn.nn import SEQUENCE_MODELS, build_model, count_params, summary
+from fnn.nn import build_model, count_params, layer_shapes, summary
 from fnn.train import jsonl
 from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_state,
                                   read_header, save_train_state, verify_checkpoint)
-from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, differences,
-                              option_flag, resume_config)
+from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, check_model_data,
+                              differences, option_flag, resume_config)
 from fnn.train.data import load_dataset
 from fnn.train.distributed import same, together
 from fnn.train.epoch import make_evaluate, steps_per_epoch
 from fnn.train.health_log import FILE as HEALTH_FILE, PLOT as HEALTH_PLOT, HealthLog
-from fnn.train.hooks import Hook
+from fnn.train.hooks import EarlyStopping, Hook
 from fnn.train.files import Folder, RunDirError, read_file, write_file
 from fnn.train.lock import LOCK_FILE, RunLock, is_lock_file
-from fnn.train.loop import CHUNK_SECONDS, fit
+from fnn.train.loop import CHUNK_SECONDS, fit, standard_hooks
 from fnn.train.optim import make_optimizer, make_schedule
-from fnn.train.parallel import check_shard, data_parallel, gather
+from fnn.train.parallel import check_shard, gather
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.rules import check_rules, make_rules
 from fnn.train.text import VOCAB_FILE, check_vocab
-from fnn.train.validate import check_finite_state, check_fit_inputs, non_finite_leaves
-from fnn.train.memory import init_out_of_memory, is_out_of_memory
+from fnn.train.spec import TrainSpec, mesh
+from fnn.train.validate import check_finite_state, non_finite_leaves
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory",
-           "TrainConfig", "final_results", "read_config", "setup", "train_run"]
+           "TrainConfig", "final_results", "make_spec", "read_config", "setup", "train_run"]
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
 RESULTS, CURVES = "results.json", "curves.png"
@@ -85,32 +94,6 @@ RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # any of them: the directory holds a 
 FILES = (CONFIG, VOCAB_FILE, METRICS, LAST, BEST, RESULTS, CURVES, HEALTH_FILE, HEALTH_PLOT)
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 600 bytes
 RESUME_FROM = ("last", "best")
-
-
-TEXT_EPOCHS = 2  # a text epoch of the default corpus is ~1000 steps, ~1.5 min on 2 CPU cores
-
-
-def with_defaults(given: dict) -> dict:
-    """The options of a new run with the defaults that depend on others filled in: a sequence
-    model trains on text and text trains the transformer by default, for TEXT_EPOCHS epochs."""
-    given = dict(given)
-    if given.get("model") in SEQUENCE_MODELS:
-        given.setdefault("dataset", "text")
-    if given.get("dataset") == "text":
-        given.setdefault("model", "transformer")
-        given.setdefault("epochs", TEXT_EPOCHS)
-    return given
-
-
-def check_model_data(config: TrainConfig) -> None:
-    """Sequence models train on text and image models on images: a clear error otherwise."""
-    text_model = config.model in SEQUENCE_MODELS
-    if text_model != (config.dataset == "text"):
-        raise ValueError(
-            f"model {config.model!r} " + (
-                f"reads token sequences; train it with --dataset text, not {config.dataset!r}"
-                if text_model else f"reads images; a text dataset needs a sequence model "
-                f"(--model {'|'.join(SEQUENCE_MODELS)})"))
 
 
 def read_config(run_dir: str, *, folder: Folder | None = None) -> TrainConfig:
@@ -136,20 +119,40 @@ def _write_json(name: str, obj, folder: Folder | None) -> None:
     write_file(name, (json.dumps(obj, indent=2) + "\n").encode(), folder=folder)
 
 
-def setup(config: TrainConfig):
-    """(data, model, optimizer, schedule) of a config."""
+def make_spec(config: TrainConfig, devices=None, shard: str | None = None) -> TrainSpec:
+    """The TrainSpec of `config` (its data, model, optimizer, schedule and backward rules) on
+    `devices` with `shard` (not part of the config: they do not change the math), made and
+    checked once: everything here fails before the run directory is written."""
     check_model_data(config)
-    config.training_loss()  # a bad loss option fails before anything is loaded
+    loss = config.training_loss()  # a bad loss option fails before anything is loaded
     check_rules(config.rules, config.grad)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                         limit=config.limit or None, context=config.context)
+    if not len(data.x_test):
+        raise DataError(f"the test set of {config.dataset} is empty (x_test "
+                        f"{tuple(data.x_test.shape)}): the run could not report its results")
+    if config.early_stop and not len(data.x_val):
+        raise ConfigError(f"--early-stop {config.early_stop} watches the validation loss, but "
+                          f"--val-fraction {config.val_fraction:g} leaves no validation set")
     model = build_model(config.model, data.num_classes, **config.model_options(),
                         **({"remat": True} if config.remat else {}))  # each block checkpointed
+    dp = mesh(devices, shard)  # several processes: every device of every process
+    if dp is not None:
+        dp.check_batch_size(config.batch_size, "--batch-size")
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,
                                clip=config.clip or None)
-    return data, model, optimizer, schedule
+    rules = make_rules(config.rules, layer_shapes(model, data.input_shape)[0], config.seed)
+    return TrainSpec(model, optimizer, data, batch_size=config.batch_size, loss=loss,
+                     grad=config.grad, l2=config.l2, rules=rules, seed=config.seed, devices=dp,
+                     shard=shard, remat=config.remat, schedule=schedule)
+
+
+def setup(config: TrainConfig):
+    """(data, model, optimizer, schedule) of a config (its make_spec's)."""
+    spec = make_spec(config)
+    return spec.data, spec.model, spec.optimizer, spec.schedule
 
 
 def data_sizes(data) -> dict:
@@ -164,15 +167,14 @@ def data_sizes(data) -> dict:
 
 class RunDirectory(Hook):
     """The fit hook of train_run: after each epoch, in this order (see the module docstring),
-    the gradient-health rows (popped from the record) to diagnostics.jsonl, the checkpoint
+    the gradient-health rows (the record's "diagnostics") to diagnostics.jsonl, the checkpoint
     `last` (with the epoch's record in its metadata), `best` on a better validation score
     than `best_acc` (accuracy, or minus the loss for text and regression; verified once
     written; never parameters holding NaN/inf, log says so), the record to metrics.jsonl; on
     Ctrl-C, `last` where training stopped (in the middle of an epoch: with the position and
     the epoch's batch order). config.json is (re)written with the first checkpoint when
-    `write_config` (a resumed run whose --epochs or --data-dir changed). Text runs add bits
-    per character and perplexity to the record and log them. Only the primary process
-    writes; every write goes through `folder` (the run directory's Folder)."""
+    `write_config` (a resumed run whose --epochs or --data-dir changed). Only the primary
+    process writes; every write goes through `folder` (the run directory's Folder)."""
 
     def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
                  health: HealthLog | None, primary: bool, data: dict | None = None,
@@ -195,13 +197,8 @@ class RunDirectory(Hook):
 
     def on_epoch_end(self, ts: TrainState, record: dict):
         ts = _gathered(ts)  # every process, before only the primary one writes
-        rows = record.pop("diagnostics", [])
-        if self.config.dataset == "text":
-            record.update(text_metrics(record.get("train_loss"), "train"),
-                          **text_metrics(record.get("val_loss"), "val"))
-            if "val_bpc" in record:
-                self.log(f"  val {record['val_bpc']:.3f} bits/char, perplexity "
-                         f"{record['val_ppl']:.2f}")
+        rows = record.get("diagnostics", [])  # to diagnostics.jsonl, not to metrics.jsonl
+        record = {k: v for k, v in record.items() if k != "diagnostics"}
         with together(f"saving epoch {record['epoch']}"):  # a failed write stops every process
             if self.primary:
                 self._save_epoch(ts, record, rows)
@@ -275,6 +272,22 @@ def text_metrics(loss_nats, split: str) -> dict:
         return {}
     return {f"{split}_bpc": loss_nats / math.log(2),
             f"{split}_ppl": math.exp(min(loss_nats, 700.0))}
+
+
+class TextMetrics(Hook):
+    """A text run's hook: bits per character and perplexity of the epoch's losses in its record
+    (train_bpc, train_ppl, val_bpc, val_ppl), and a line of them in the log."""
+
+    def __init__(self, log: Callable):
+        self.log = log
+
+    def on_metrics(self, metrics, record):
+        record.update(text_metrics(record.get("train_loss"), "train"),
+                      **text_metrics(record.get("val_loss"), "val"))
+
+    def on_epoch_end(self, ts, record):
+        if "val_bpc" in record:
+            self.log(f"  val {record['val_bpc']:.3f} bits/char, perplexity {record['val_ppl']:.2f}")
 
 
 def _check_new(folder: Folder, overwrite: bool) -> list[str]:
@@ -404,7 +417,9 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     a `config` that differs from it in those keys change them. A directory whose run stopped
     before its first checkpoint is started from the beginning with its config; one whose
     last.safetensors is gone while it has a history is refused, and resume_from="best"
-    continues it from best.safetensors (its history cut back to that epoch).
+    continues it from best.safetensors (its history cut back to that epoch). A run that early
+    stopping ended (config.early_stop; its last record's "stopped") is finished, as one that
+    trained all its epochs: resuming it trains nothing more and writes its results again.
 
     log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
     the results, notes; None: silent). diagnostics=N > 0: gradient health every N steps into
@@ -418,52 +433,41 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
     is saved to last.safetensors and fit's TrainingInterrupted propagates.
 
-    Several processes (fnn.train.distributed): every process trains, only process 0 locks and
-    writes the run directory and logs; the others read it when resuming (it must be on a file
-    system they share) and return the final test results of their (identical) params. An
-    error of one process while the run starts or saves is an error in all (distributed.together:
-    the others raise DistributedError naming it), and the options, the data's fingerprint and
-    the checkpoint resumed from must be the same in every process (distributed.same). With
-    several processes devices=None means all of their devices. With shard="params" the
-    processes gather the parameters and optimizer state after each epoch (a collective), so
-    that process 0 can write them whole.
+    Several processes: see the module docstring; devices=None means all of their devices.
 
     Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
     """
     primary = jax.process_index() == 0  # the one process that writes and logs
-    log = log if log and primary else (lambda line: None)
-    if not isinstance(out_dir, str) or not out_dir.strip():
-        raise ValueError(f"the run directory (--out) must be a directory name, got {out_dir!r}")
-    if resume_from not in RESUME_FROM:
-        raise ValueError(f"resume_from must be one of {', '.join(RESUME_FROM)}, got "
-                         f"{resume_from!r}")
-    if resume and overwrite:
-        raise ValueError("--overwrite replaces the files of a new run; --resume continues the "
-                         "run there: give one of them")
-    if resume_from != "last" and not resume:
-        raise ValueError("--resume-from needs --resume RUN_DIR")
-    if config is None and not resume:
-        raise ValueError("train_run needs a config for a new run")
-    lock = folder = None
-    created = False
+    job = _Job(out_dir, resume, resume_from, overwrite, primary,
+               log if log and primary else (lambda line: None), progress, diagnostics,
+               check_nans, devices, shard, chunk_seconds)
+    _check_call(job, config)
+    with _locked(job):
+        return _run_locked(job, config, overrides)
+
+
+@contextlib.contextmanager
+def _locked(job: "_Job"):
+    """The run directory opened for the run's life (job.folder): locked by the primary
+    process (a folder it made for a run that failed before writing anything removed again),
+    opened by the others to resume from it."""
+    out_dir, lock, created = job.out_dir, None, False
     try:
         # several processes: process 0 takes the lock, the others open the folder to resume
         # from it; an error in any of them (the folder in use by another run, not there on
         # that host) is an error in all
         with together("opening the run directory"):
-            if resume and (not os.path.isdir(out_dir)
-                           or not os.path.lexists(os.path.join(out_dir, CONFIG))):
+            if job.resume and (not os.path.isdir(out_dir)
+                               or not os.path.lexists(os.path.join(out_dir, CONFIG))):
                 read_config(out_dir)  # the error: not a run directory (nothing is created)
-            if primary:
+            if job.primary:
                 created = not os.path.exists(out_dir)
-                lock = RunLock(out_dir, overwrite=overwrite).acquire()
-                folder = lock.folder
-                folder.remove_stale_temporaries((*FILES, LOCK_FILE))
-            elif resume:
-                folder = Folder(out_dir)
-        return _run_locked(config, out_dir, resume, overrides, primary, log, progress,
-                           diagnostics, check_nans, devices, chunk_seconds, shard, folder,
-                           overwrite, resume_from)
+                lock = RunLock(out_dir, overwrite=job.overwrite).acquire()
+                job.folder = lock.folder
+                job.folder.remove_stale_temporaries((*FILES, LOCK_FILE))
+            elif job.resume:
+                job.folder = Folder(out_dir)
+        yield job.folder
     except BaseException:
         if (lock is not None and created and lock.folder.moved() is None
                 and os.listdir(out_dir) == [LOCK_FILE]):
@@ -474,153 +478,255 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     finally:
         if lock is not None:
             lock.release()
-        elif folder is not None:
-            folder.close()
+        elif job.folder is not None:
+            job.folder.close()
 
 
-def _init_state(model, optimizer, data, seed, dp) -> TrainState:
-    """init_train_state, XLA running out of memory explained (fnn.train.OutOfMemoryError)."""
-    try:
-        return init_train_state(model, optimizer, data.input_shape, seed, place=dp)
-    except jax.errors.JaxRuntimeError as e:
-        if is_out_of_memory(e):
-            raise init_out_of_memory(e, model, optimizer, data.input_shape,
-                                     "while initializing the parameters") from None
-        raise
+@dataclasses.dataclass
+class _Job:
+    """How train_run was called: its run directory (`folder` once opened) and what is not the
+    run's config."""
+
+    out_dir: str
+    resume: bool
+    resume_from: str
+    overwrite: bool
+    primary: bool
+    log: Callable
+    progress: bool
+    diagnostics: int
+    check_nans: bool
+    devices: int | None
+    shard: str | None
+    chunk_seconds: float | None
+    folder: Folder | None = None
 
 
-def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diagnostics,
-                check_nans, devices, chunk_seconds, shard, folder, overwrite=False,
-                resume_from="last") -> dict:
-    rewrite_config, saved, start, found = False, None, None, []
-    processes = jax.process_count()
+@dataclasses.dataclass
+class _Past:
+    """What a run continues from: its TrainState (a fresh one for a new run), its history, the
+    best validation score so far, the checkpoint it was read from (None: a new run, or a
+    folder stopped before its first checkpoint), whether config.json is still to be written
+    with the next checkpoint, and the checkpoint's digest."""
+
+    ts: TrainState
+    history: list
+    best_acc: float = -math.inf
+    start: str | None = None
+    write_config: bool = False
+    sha256: str | None = None
+
+
+def _check_call(job: _Job, config: TrainConfig | None) -> None:
+    """train_run's arguments that do not go together (ValueError naming them)."""
+    if not isinstance(job.out_dir, str) or not job.out_dir.strip():
+        raise ValueError(f"the run directory (--out) must be a directory name, got "
+                         f"{job.out_dir!r}")
+    if job.resume_from not in RESUME_FROM:
+        raise ValueError(f"resume_from must be one of {', '.join(RESUME_FROM)}, got "
+                         f"{job.resume_from!r}")
+    if job.resume and job.overwrite:
+        raise ValueError("--overwrite replaces the files of a new run; --resume continues the "
+                         "run there: give one of them")
+    if job.resume_from != "last" and not job.resume:
+        raise ValueError("--resume-from needs --resume RUN_DIR")
+    if config is None and not job.resume:
+        raise ValueError("train_run needs a config for a new run")
+
+
+def _run_locked(job: _Job, config: TrainConfig | None, overrides: dict | None) -> dict:
+    """The run, its folder locked: the config and spec, what it resumes from, fit, results."""
     with together("reading the run's config and data"):
-        if resume:
-            start = _start_from(folder, resume_from)
-            config, saved = _resume_config(folder, config, overrides, start)
-            rewrite_config = bool(differences(saved, config))
-        elif primary:
-            found = _check_new(folder, overwrite)
-        data, model, optimizer, schedule = setup(config)
-        if not len(data.x_test):
-            raise DataError(f"the test set of {config.dataset} is empty (x_test "
-                            f"{tuple(data.x_test.shape)}): the run could not report its "
-                            "results")
-        # training, validation and test sets against the model, before anything is written
-        check_fit_inputs(model, data, loss=config.training_loss(),
-                         batch_size=config.batch_size, epochs=config.epochs)
-        dp = None
-        if devices or check_shard(shard) == "params" or processes > 1:
-            # several processes: every device of every process, unless --devices says
-            dp = data_parallel(devices or (jax.device_count() if processes > 1 else None),
-                               shard)
-            dp.check_batch_size(config.batch_size, "--batch-size")
-            devices = dp.size
+        start, config, saved, found = _which_config(job, config, overrides)
+        spec = make_spec(config, job.devices, job.shard)
     same("the run's options and data", {
-        "config": config.to_dict(), "devices": devices, "shard": check_shard(shard),
-        "resume": resume, "resume_from": resume_from, "diagnostics": diagnostics,
-        "check_nans": check_nans, "data": data_sizes(data)})
-    # sharded parameters: made split on the mesh, never whole on one device
-    ts = _init_state(model, optimizer, data, config.seed, dp)
-    sizes, n_steps = data_sizes(data), steps_per_epoch(len(data.x_train), config.batch_size)
-    history, best_acc, record = [], -math.inf, None
-    if start:
-        with together(f"reading {start} to resume from it"):
-            path = folder.join(start)
-            ts, meta = load_train_state(start, ts, folder=folder)
-            if dp is not None and dp.shard_params:  # split at once; the whole copy is let go
-                ts = dp.place_train_state(ts)
-            _check_resumed(path, ts, meta, sizes, n_steps, log)
-            check_finite_state(ts, path)
-            if data.vocab is not None:
-                check_vocab(out_dir, data.vocab, folder=folder)
-            history, note = jsonl.read(METRICS, folder=folder)
-            if note:
-                log(f"note: {note}")
-            history = [r for r in check_history(history, folder.join(METRICS))
-                       if r["epoch"] <= ts.epoch]
-            record = meta.get("record") if isinstance(meta.get("record"), dict) else None
-            best_acc = _best_acc(folder, history)  # (before the record: best may lack it)
-            if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
-                    not history or history[-1]["epoch"] == ts.epoch - 1):
-                history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
-                log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped "
-                    f"while saving it): restored from {path}")
-            if (primary and record is not None and record.get("epoch") == ts.epoch
-                    and ts.position == 0 and start == LAST):
-                score = best_score(record)
-                if (score is not None and score > best_acc
-                        and not non_finite_leaves(ts.params, "")):
-                    save_best(folder, ts, config, sizes, record)  # lost by a crash: put back
-                    best_acc = score
-                    log(f"note: {folder.join(BEST)} was not saved for epoch {ts.epoch} (the "
-                        f"run stopped while saving it): saved from {path}")
-            where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
-                     else f"after epoch {ts.epoch}")
-            log(f"resuming {out_dir} {where} (optimizer step {ts.step})"
-                + (f" from {BEST}" if start == BEST else ""))
-            if saved.epochs != config.epochs and config.schedule != "constant":
-                log(f"note: the {config.schedule} learning-rate schedule now spans "
+        "config": config.to_dict(), "devices": spec.dp.size if spec.dp is not None else None,
+        "shard": check_shard(job.shard), "resume": job.resume, "resume_from": job.resume_from,
+        "diagnostics": job.diagnostics, "check_nans": job.check_nans,
+        "data": data_sizes(spec.data)})
+    past = _past(job, spec, config, saved, start)
+    _write_start(job, config, spec, past, found)
+    _log_start(job, config, spec, past.ts)
+    run_dir = RunDirectory(job.out_dir, config, best_acc=past.best_acc, primary=job.primary,
+                           health=(HealthLog(job.out_dir, upto_epoch=past.ts.epoch, log=job.log,
+                                             folder=job.folder) if job.primary else None),
+                           data=data_sizes(spec.data), write_config=past.write_config,
+                           log=job.log, folder=job.folder,
+                           record=past.history[-1] if past.history else None)
+    stopped = _stopped(past)
+    if stopped:  # finished, as a run that trained all its epochs: its results, again
+        job.log(f"the run ended after epoch {past.ts.epoch} ({stopped}): nothing more to train")
+        ts, new = past.ts, []
+    else:
+        ts, new = fit(spec, epochs=config.epochs, start=past.ts,
+                      chunk_seconds=job.chunk_seconds,
+                      hooks=_hooks(job, config, spec, past, run_dir))
+    return _results(job, config, spec, past, run_dir, ts, new)
+
+
+def _stopped(past: _Past) -> str | None:
+    """Why a hook ended the run (early stopping: its last record's "stopped") when it resumes
+    from the end of that epoch; else None."""
+    last = past.history[-1] if past.history else {}
+    if last.get("stopped") and last["epoch"] == past.ts.epoch and not past.ts.position:
+        return str(last["stopped"])
+    return None
+
+
+def _which_config(job: _Job, config: TrainConfig | None, overrides: dict | None):
+    """(the checkpoint a resumed run continues from or None, the run's config, the one in its
+    config.json (resumed) or None, the files a new run found in its folder)."""
+    if job.resume:
+        start = _start_from(job.folder, job.resume_from)
+        config, saved = _resume_config(job.folder, config, overrides, start)
+        return start, config, saved, []
+    return None, config, None, (_check_new(job.folder, job.overwrite) if job.primary else [])
+
+
+def _init_state(spec: TrainSpec) -> TrainState:
+    """A fresh TrainState of the spec (XLA running out of memory explained)."""
+    return spec.init_state(init_train_state)
+
+
+def _past(job: _Job, spec: TrainSpec, config: TrainConfig, saved: TrainConfig | None,
+          start: str | None) -> _Past:
+    """What the run continues from: a checkpoint read back and checked, or a fresh state."""
+    ts = _init_state(spec)  # sharded parameters: made split on the mesh, never whole
+    if not start:
+        if job.resume:
+            job.log(f"{job.out_dir} has no checkpoint yet (it stopped before its first one): "
+                    "starting the run from the beginning with its config")
+        job.log(summary(spec.model, spec.data.input_shape))
+        return _Past(ts, [])
+    with together(f"reading {start} to resume from it"):
+        past = _read_checkpoint(job, spec, config, start, ts)
+        past.write_config = bool(differences(saved, config))
+        if saved.epochs != config.epochs and config.schedule != "constant":
+            job.log(f"note: the {config.schedule} learning-rate schedule now spans "
                     f"{config.epochs} epochs instead of {saved.epochs}; the rate continues "
                     "from its value on the new schedule")
-        same("the checkpoint it resumes from", {
-            "file": start, "epoch": ts.epoch, "step": ts.step, "position": ts.position,
-            "sha256": meta.get("sha256")})
-    else:
-        if resume:
-            log(f"{out_dir} has no checkpoint yet (it stopped before its first one): starting "
-                "the run from the beginning with its config")
-        log(summary(model, data.input_shape))
-        rewrite_config = True
+    same("the checkpoint it resumes from", {
+        "file": start, "epoch": past.ts.epoch, "step": past.ts.step,
+        "position": past.ts.position, "sha256": past.sha256})
+    return past
+
+
+def _read_checkpoint(job: _Job, spec: TrainSpec, config: TrainConfig, start: str,
+                     ts: TrainState) -> _Past:
+    """The state in checkpoint `start`, checked against the run (its data, its epochs, its
+    values, its vocabulary), with the history it ends; what a crash lost, put back."""
+    folder, log, path = job.folder, job.log, job.folder.join(start)
+    ts, meta = load_train_state(start, ts, folder=folder)
+    if spec.dp is not None and spec.dp.shard_params:  # split at once; the whole copy let go
+        ts = spec.dp.place_train_state(ts)
+    _check_resumed(path, ts, meta, data_sizes(spec.data), spec.n_steps, log)
+    check_finite_state(ts, path)
+    if spec.data.vocab is not None:
+        check_vocab(job.out_dir, spec.data.vocab, folder=folder)
+    history, note = jsonl.read(METRICS, folder=folder)
+    if note:
+        log(f"note: {note}")
+    history = [r for r in check_history(history, folder.join(METRICS)) if r["epoch"] <= ts.epoch]
+    record = meta.get("record") if isinstance(meta.get("record"), dict) else None
+    past = _Past(ts, history, _best_acc(folder, history), start, sha256=meta.get("sha256"))
+    if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
+            not history or history[-1]["epoch"] == ts.epoch - 1):
+        history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
+        log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped while "
+            f"saving it): restored from {path}")
+    if (job.primary and record is not None and record.get("epoch") == ts.epoch
+            and ts.position == 0 and start == LAST):
+        _put_back_best(job, spec, config, past, record, path)
+    where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
+             else f"after epoch {ts.epoch}")
+    log(f"resuming {job.out_dir} {where} (optimizer step {ts.step})"
+        + (f" from {BEST}" if start == BEST else ""))
+    return past
+
+
+def _put_back_best(job: _Job, spec: TrainSpec, config: TrainConfig, past: _Past,
+                   record: dict, path: str) -> None:
+    """best.safetensors of the checkpoint's epoch when a crash lost it (its score beat best's)."""
+    score = best_score(record)
+    if score is not None and score > past.best_acc and not non_finite_leaves(past.ts.params, ""):
+        save_best(job.folder, past.ts, config, data_sizes(spec.data), record)
+        past.best_acc = score
+        job.log(f"note: {job.folder.join(BEST)} was not saved for epoch {past.ts.epoch} (the "
+                f"run stopped while saving it): saved from {path}")
+
+
+def _write_start(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
+                 found: list[str]) -> None:
+    """What the run directory holds before the first epoch: the files of a run it replaces
+    (--overwrite) removed, config.json (first: a folder with config.json resumes) and the
+    vocabulary of a run starting, metrics.jsonl rewritten (dropping epochs past the
+    checkpoint, and a damaged last line)."""
     with together("writing the run directory"):
-        if primary:
-            if overwrite and found:
-                for name in (RESULTS, CURVES, HEALTH_PLOT, HEALTH_FILE, BEST, LAST, METRICS,
-                             VOCAB_FILE, CONFIG):
-                    if name in found:
-                        folder.remove(name)
-                log(f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of "
-                    f"the run that was in {out_dir}")
-            if rewrite_config and not start:  # first: a folder with config.json resumes
-                _write_json(CONFIG, config.to_dict(), folder)
-                rewrite_config = False
-            if data.vocab is not None and not start:
-                data.vocab.save(out_dir, folder=folder)
-            # rewritten: drops epochs past the checkpoint (and a damaged last line)
-            jsonl.write(METRICS, history, folder=folder)
-    log(f"{data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
-        f"device {jax.devices()[0].platform}"
-        + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
-           + (f", {processes} processes" if processes > 1 else "")
-           + (_sharded_note(dp, ts.params) if dp is not None and dp.shard_params else "")
-           + ")" if devices else ""))
-    health = (HealthLog(out_dir, upto_epoch=ts.epoch, log=log, folder=folder) if primary
-              else None)
-    run_dir = RunDirectory(out_dir, config, health=health, primary=primary, best_acc=best_acc,
-                           data=sizes, write_config=rewrite_config, log=log, folder=folder,
-                           record=history[-1] if history else None)
-    rules = make_rules(config.rules, ts.params, config.seed)
-    if rules:
-        log(f"backward rules: {', '.join(config.rules)}")
-    ts, new = fit(model, optimizer, data, epochs=config.epochs, batch_size=config.batch_size,
-                  grad=config.grad, loss=config.training_loss(), l2=config.l2, seed=config.seed,
-                  start=ts,
-                  schedule=schedule, progress=progress and primary, log=log,
-                  diagnostics=diagnostics, check_nans=check_nans, devices=devices,
-                  hooks=[run_dir], rules=rules, chunk_seconds=chunk_seconds, shard=shard,
-                  remat=config.remat)
-    history += new
+        if not job.primary:
+            return
+        folder = job.folder
+        if job.overwrite and found:
+            for name in (RESULTS, CURVES, HEALTH_PLOT, HEALTH_FILE, BEST, LAST, METRICS,
+                         VOCAB_FILE, CONFIG):
+                if name in found:
+                    folder.remove(name)
+            job.log(f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of "
+                    f"the run that was in {job.out_dir}")
+        if not past.start:
+            _write_json(CONFIG, config.to_dict(), folder)
+            if spec.data.vocab is not None:
+                spec.data.vocab.save(job.out_dir, folder=folder)
+        jsonl.write(METRICS, past.history, folder=folder)
+
+
+def _log_start(job: _Job, config: TrainConfig, spec: TrainSpec, ts: TrainState) -> None:
+    """The line saying what trains on what, and on which devices; the rules in effect."""
+    dp, processes = spec.dp, spec.processes
+    devices = dp.size if dp is not None else None
+    job.log(f"{spec.data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
+            f"device {jax.devices()[0].platform}"
+            + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
+               + (f", {processes} processes" if processes > 1 else "")
+               + (_sharded_note(dp, ts.params) if dp.shard_params else "")
+               + ")" if devices else ""))
+    if spec.rules:
+        job.log(f"backward rules: {', '.join(config.rules)}")
+
+
+def _hooks(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
+           run_dir: RunDirectory) -> list[Hook]:
+    """fit's hooks in a run: progress, log, gradient health, NaN replay, text metrics, early
+    stopping, and the run directory."""
+    return [*standard_hooks(config.epochs, progress=job.progress and job.primary, log=job.log,
+                            diagnostics=job.diagnostics, check_nans=job.check_nans),
+            *([TextMetrics(job.log)] if spec.data.vocab is not None else []),
+            *([EarlyStopping(config.early_stop, history=past.history)]
+              if config.early_stop else []),
+            run_dir]
+
+
+def _results(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
+             run_dir: RunDirectory, ts: TrainState, new: list[dict]) -> dict:
+    """The run's end: its curves and gradient-health plot, the test results of the last and
+    the best checkpoints (results.json), logged."""
+    history = past.history + new
     ts = _gathered(ts)  # several processes, sharded parameters: evaluated whole in each
-    if not primary:  # process 0 writes the best checkpoint; no waiting for it here
-        return final_results(model, ts, data, None, config)
-    if start == BEST and not new:  # nothing trained: last is still the one that was lost
+    if not job.primary:  # process 0 writes the best checkpoint; no waiting for it here
+        return final_results(spec.model, ts, spec.data, None, config)
+    if past.start == BEST and not new:  # nothing trained: last is still the one that was lost
         run_dir._save_last(ts)
+    what = f"{config.model} on {config.dataset}, grad={config.grad}"
     if history:
-        plot_curves(history, CURVES, f"{config.model} on {config.dataset}, grad={config.grad}",
-                    folder=folder)
-    health.plot(f"gradient health: {config.model} on {config.dataset}, grad={config.grad}")
-    results = final_results(model, ts, data, out_dir, config, folder=folder)
-    _write_json(RESULTS, results, folder)
+        plot_curves(history, CURVES, what, folder=job.folder)
+    run_dir.health.plot(f"gradient health: {what}")
+    results = final_results(spec.model, ts, spec.data, job.out_dir, config, folder=job.folder)
+    _write_json(RESULTS, results, job.folder)
+    job.log(results_line(results))
+    return results
+
+
+def results_line(results: dict) -> str:
+    """The line reporting a run's final results (results.json)."""
     if "test_bpc" in results:
         line = (f"test loss {results['test_loss']:.4f} nats/char = {results['test_bpc']:.3f} "
                 f"bits/char, perplexity {results['test_ppl']:.2f}, next-char accuracy "
@@ -629,15 +735,14 @@ def _run_locked(config, out_dir, resume, overrides, primary, log, progress, diag
         if "best_epoch" in results:
             line += (f"; best validation epoch {results['best_epoch']}: test "
                      f"{results['best_test_bpc']:.3f} bits/char")
-    elif "test_acc" not in results:
-        line = f"test loss {results['test_loss']:.4f}"
-    else:
-        line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
-    if "best_epoch" in results and "test_bpc" not in results and "test_acc" in results:
+        return line
+    if "test_acc" not in results:
+        return f"test loss {results['test_loss']:.4f}"
+    line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
+    if "best_epoch" in results:
         line += (f"; best validation epoch {results['best_epoch']}: test accuracy "
                  f"{results['best_test_acc']:.4f}")
-    log(line)
-    return results
+    return line
 
 
 def _check_resumed(path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: int,

@@ -88,7 +88,7 @@ def read_corpus(path: str | None = None, *, max_bytes: int = MAX_BYTES) -> tuple
                         f"{len(files)} files, more than the {max_bytes:,} read into memory; "
                         "name a smaller file or folder")
     parts, used, left = [], [], max_bytes
-    for f, size in zip(files, sizes):
+    for f, _size in zip(files, sizes):
         with open(f, "rb") as fh:
             data = fh.read(left + 1)
         if len(data) > left:

@@ -119,7 +119,7 @@ def check_finite_state(ts, source: str = "start") -> None:
                         "from an earlier checkpoint, or from fresh parameters")
 
 
-def _positive_int(name: str, v) -> None:
+def check_positive_int(name: str, v) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
@@ -201,14 +201,13 @@ def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, o
     finiteness of the training, validation and test sets (each checked against the model and
     the loss), and `start` (params, state, the optimizer's state, its position inside an
     epoch)."""
-    from fnn.train.epoch import steps_per_epoch
     from fnn.train.step import get_loss
 
     get_loss(loss)  # an unknown loss name fails here
     for name, v in (("epochs", epochs), ("batch_size", batch_size),
                     ("eval_batch_size", eval_batch_size)):
         if v is not None:
-            _positive_int(name, v)
+            check_positive_int(name, v)
     input_shape = tuple(np.shape(data.x_train)[1:])
     shapes = layer_shapes(model, input_shape)  # (params, state, output shape) from shapes alone
     out = shapes[2]
@@ -239,8 +238,20 @@ def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, o
                             f"the loss and the accuracy would not be the same on both; convert "
                             f"y_{split} to {np.asarray(data.y_train).dtype}")
     if start is not None:
-        check_start(model, input_shape, start, shapes)
-        if optimizer is not None:
-            check_optimizer_state(optimizer, start)
-        if batch_size is not None:
-            check_position(start, steps_per_epoch(len(data.x_train), batch_size), batch_size)
+        check_start_state(model, data, start, optimizer=optimizer, batch_size=batch_size,
+                          shapes=shapes)
+
+
+def check_start_state(model, data, start, *, optimizer=None, batch_size: int | None = None,
+                      shapes=None) -> None:
+    """`start`, a TrainState to continue training from, against the model (params, state), the
+    optimizer (its state) and the epochs of `data` in batches of `batch_size` (its position
+    inside an epoch); ValueError naming what does not fit."""
+    from fnn.train.epoch import steps_per_epoch
+
+    input_shape = tuple(np.shape(data.x_train)[1:])
+    check_start(model, input_shape, start, shapes)
+    if optimizer is not None:
+        check_optimizer_state(optimizer, start)
+    if batch_size is not None:
+        check_position(start, steps_per_epoch(len(data.x_train), batch_size), batch_size)
