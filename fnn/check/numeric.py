@@ -246,8 +246,9 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
                 raise ValueError(f"numerical_vjp: a structure ({kind!r}) of a complex "
                                  "argument is not supported")
             re, im = jnp.real(x), jnp.imag(x)
-            grads[i] = lax.complex(central(lambda r: along(lax.complex(r, im)), re, None),
-                                   -central(lambda m: along(lax.complex(re, m)), im, None))
+            grads[i] = lax.complex(
+                central(lambda r, im=im: along(lax.complex(r, im)), re, None),
+                -central(lambda m, re=re: along(lax.complex(re, m)), im, None))
         else:
             grads[i] = central(along, x, kind)
     return grads

@@ -208,11 +208,11 @@ def qr(g, saved, *, pivoting, full_matrices, **params):
         C = Q^T Qbar - Rbar R^T,   dX = (Qbar + Q (tril(C - C^T, -1) - C)) R^{-T}
 
     for a real X with m >= n (a complex X: conj(Q), C^H, and the transpose of the imaginary
-    diagonal JAX's rule adds, see _thin_qr_pullback); a wide X = [X1 X2] adds Q Rbar2 for X2 and X2 Rbar2^T to X1's Qbar (R2 = Q^T
-    X2); full_matrices with m > n adds the transpose of the last m - n columns' tangent
-    (arXiv:2409.13374, eq. 32-33). The pivots P are integers: no gradient (their
-    columns are put back in place). A rank-deficient X (a zero on R's diagonal) gives JAX's
-    infinities and NaNs."""
+    diagonal JAX's rule adds, see _thin_qr_pullback); a wide X = [X1 X2] adds Q Rbar2 for X2
+    and X2 Rbar2^T to X1's Qbar (R2 = Q^T X2); full_matrices with m > n adds the transpose of
+    the last m - n columns' tangent (arXiv:2409.13374, eq. 32-33). The pivots P are integers:
+    no gradient (their columns are put back in place). A rank-deficient X (a zero on R's
+    diagonal) gives JAX's infinities and NaNs."""
     x, outs = saved
     q, r = outs[0], outs[1]
     p = outs[2] if pivoting else None

@@ -149,7 +149,8 @@ def _scatter_cases(primitive, method, complex=False):  # noqa: A002
     return cases
 
 
-@primitive_gate(P.scatter_add_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS, complex=True)
+@primitive_gate(P.scatter_add_p, save=_operand_shape_and_indices, params=_SCATTER_PARAMS,
+                complex=True)
 def scatter_add(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
                 needs, **params):
     """x with updates added at run-time positions (.at[].add).  Local gradients: 1 for x;
@@ -243,7 +244,8 @@ def _unpermute(g, perm, dimension):
     return jnp.zeros_like(g).at[tuple(grids)].set(g, unique_indices=True)
 
 
-@primitive_gate(P.sort_p, forward=_sort_forward, params=("dimension", "is_stable", "num_keys"), complex=True)
+@primitive_gate(P.sort_p, forward=_sort_forward, params=("dimension", "is_stable", "num_keys"),
+                complex=True)
 def sort(g, perm, *, dimension, needs, **params):
     """operands sorted along `dimension` by their first `num_keys`.  Local gradient: a
     permutation, so each element's g goes back to where the element came from."""

@@ -103,7 +103,8 @@ rev.defcases(lambda rng, dtype: [
 rev.defkinks(smooth=True)
 
 
-@primitive_gate(P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"), complex=True)
+@primitive_gate(P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"),
+                complex=True)
 def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  # noqa: A001
     """x[start:limit:stride] per axis.  Local gradient: g padded back into place with zeros
     (interior padding for strides)."""
@@ -257,7 +258,8 @@ def _sharding_constraint_cases(rng, dtype):
 sharding_constraint.defkinks(smooth=True)
 
 
-@primitive_gate(P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"), complex=True)
+@primitive_gate(P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"),
+                complex=True)
 def device_put(g, saved, **params):
     """its operands placed on devices.  Local gradient: 1."""
     return tuple(g)

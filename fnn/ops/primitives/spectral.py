@@ -208,7 +208,7 @@ def _eigh_kinks(dtype):
             case(P.eigh_p, jnp.linalg.eigh, np.eye(3, dtype=dtype), label="identity")]
 
 
-# ---- eig ------------------------------------------------------------------------------------------
+# ---- eig ---------------------------------------------------------------------------------------
 _EIG_PARAMS = ("compute_left_eigenvectors", "compute_right_eigenvectors", "enable_eigvec_derivs",
                "implementation")
 
