@@ -15,10 +15,8 @@ is a matrix product (dx and dw); a strided dx is sh*sw stride-1 correlations of 
 sub-kernels, interleaved, instead of one correlation of g dilated with zeros; with few input
 channels dw is one matrix product of x's patches with g; otherwise dw is one convolution of x
 with its width and channels folded into one axis (`_folded_dw`), so that x is transposed as a
-2-D matrix rather than to (C, H, W, N). The forward of a stride-1 convolution of an image with
-at most 4 channels folds 4 columns into the channels (`_folded_conv`: an RGB first layer 1.4-3x
-faster); otherwise it pads 3 to 15 input channels with zeros up to a multiple of 4, which XLA's
-CPU convolution runs much faster.
+2-D matrix rather than to (C, H, W, N). The forward pads 3 to 15 input channels with zeros up to
+a multiple of 4, which XLA's CPU convolution runs much faster.
 """
 
 import jax.numpy as jnp
@@ -88,44 +86,10 @@ def conv2d(x, w, *, stride=1, padding="VALID"):
     pads = conv_padding(x, w, strides, padding)
     # a kernel larger than the padded input (an empty input included) gives an empty output,
     # as in JAX
-    if strides == (1, 1) and x.shape[3] <= _FOLD_CHANNELS and w.shape[1] > 1 and x.size:
-        out = _folded_conv(x, w, pads)
-    else:  # few channels (RGB): zeros up to a multiple of 4, which XLA's CPU convolutions
-        # run faster
-        out = lax.conv_general_dilated(_pad_channels(x, 3), _pad_channels(w, 2), strides, pads,
-                                       dimension_numbers=_DN)
-    return out, (x, w, strides, pads)
-
-
-_FOLD_CHANNELS, _FOLD = 4, 4  # inputs of at most this many channels fold this many columns
-
-
-def _folded_conv(x, w, pads):
-    """A stride-1 convolution of an image with few channels, as a convolution of the image with
-    _FOLD columns folded into the channels: (N, H, W, C) -> (N, H, W / f, f C), by a kernel
-    that computes f output columns at once, w2[a, p, (s, c), (t, o)] = w[a, f p + s - t, c, o]
-    (zero where that tap is outside w). XLA's CPU convolution is slow with 3 or 4 channels and
-    fast with 12 to 64; the zeros of w2 cost less than the difference (an RGB first layer: 2x
-    faster)."""
-    f, (n, h, wd, c), (kh, kw, _, o) = _FOLD, x.shape, w.shape
-    (pt, pb), (pl, pr) = pads
-    wo = wd + pl + pr - kw + 1
-    if wo < 1:
-        return jnp.zeros((n, max(h + pt + pb - kh + 1, 0), max(wo, 0), o),
-                         jnp.result_type(x, w))
-    groups, taps = -(-wo // f), -(-(f + kw - 1) // f)  # output column groups, kernel width
-    width = f * (groups + taps - 1)  # padded input columns that the groups read
-    xp = lax.pad(x, np.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (pl, width - wd - pl, 0),
-                                            (0, 0, 0)))
-    p, s, t = np.ix_(range(taps), range(f), range(f))
-    tap = f * p + s - t  # the column of w that input column s of group p gives output t
-    tap = np.where((tap >= 0) & (tap < kw), tap, kw)  # kw: a column of zeros
-    wz = jnp.concatenate([w, jnp.zeros((kh, 1, c, o), w.dtype)], axis=1)
-    w2 = jnp.transpose(wz[:, tap], (0, 1, 2, 4, 3, 5))  # (kh, taps, f (s), c, f (t), o)
-    out = lax.conv_general_dilated(xp.reshape(n, h, width // f, f * c),
-                                   w2.reshape(kh, taps, f * c, f * o), (1, 1), ((pt, pb), (0, 0)),
+    # few channels (RGB): zeros up to a multiple of 4, which XLA's CPU convolutions run faster
+    out = lax.conv_general_dilated(_pad_channels(x, 3), _pad_channels(w, 2), strides, pads,
                                    dimension_numbers=_DN)
-    return out.reshape(n, out.shape[1], groups * f, o)[:, :, :wo]
+    return out, (x, w, strides, pads)
 
 
 def _pad_channels(a, axis):
