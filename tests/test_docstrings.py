@@ -38,15 +38,15 @@ def test_the_train_options_page_is_generated_from_the_parser():
 
 
 # --- Google-style sections (issue 27, item 3) -------------------------------------------------
-# Every public function and class of fnn, fnn.check and fnn.nn (their `__all__`) has a Google-
-# style docstring, parsed here with griffe (the parser mkdocstrings renders the API pages with):
-# a one-line summary, `Args:` naming exactly the parameters of its signature (a class: of its
-# constructor; a dataclass may name its fields under `Attributes:`), `Returns:` (or `Yields:`)
-# when it returns a value, and `Raises:` entries that name exception classes.
-# fnn.train, fnn.ops and fnn.cli are not yet held to this.
+# Every public function and class of fnn, fnn.check, fnn.nn and fnn.train (their `__all__`)
+# has a Google-style docstring, parsed here with griffe (the parser mkdocstrings renders the API
+# pages with): a one-line summary, `Args:` naming exactly the parameters of its signature (a
+# class: of its constructor; a dataclass may name its fields under `Attributes:`), `Returns:`
+# (or `Yields:`) when it returns a value, and `Raises:` entries that name exception classes.
+# fnn.ops and fnn.cli are not yet held to this.
 
 
-GOOGLE_NAMESPACES = ("fnn", "fnn.check", "fnn.nn")
+GOOGLE_NAMESPACES = ("fnn", "fnn.check", "fnn.nn", "fnn.train")
 
 # name -> why it is not held to the rules above. Keep it short.
 EXEMPT: dict[str, str] = {}
@@ -112,12 +112,14 @@ def _returns_value(fn) -> bool:
 
 
 def _exception(name: str) -> bool:
-    """Whether `name` (`TypeError`, `fnn.GateError`, `GateError`) is an exception class."""
+    """Whether `name` (`TypeError`, `fnn.GateError`, `GateError`, `fnn.train.DataError`) is an
+    exception class."""
     import fnn
     import fnn.errors
+    import fnn.train
 
     last = name.rsplit(".", 1)[-1]
-    obj = next((getattr(space, last) for space in (builtins, fnn, fnn.errors)
+    obj = next((getattr(space, last) for space in (builtins, fnn, fnn.errors, fnn.train)
                 if hasattr(space, last)), None)
     return isinstance(obj, type) and issubclass(obj, BaseException)
 

@@ -146,12 +146,24 @@ def safetensors_chunks(tensors: dict[str, np.ndarray], meta: dict[str, str]):
 
 def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
                     folder=None, verify: bool = False) -> None:
-    """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path` (a
-    name in `folder`, a fnn.train.files.Folder, or any path), through
-    fnn.train.files.write_file. verify=True reads the new file back and checks its digest
-    before it replaces the previous one, so a checkpoint damaged as it is written (a failing
-    disk) is found at once and never replaces a good one. Running out of memory raises
-    fnn.train.OutOfMemoryError and leaves the previous file as it was."""
+    """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path`.
+
+    Written through fnn.train.files.write_file. Running out of memory leaves the previous file
+    as it was.
+
+    Args:
+        path: a name in `folder`, or any path.
+        trees: {'params': .., 'opt_state': .., ...}.
+        metadata: JSON-able metadata ('sha256' is reserved).
+        folder: a fnn.train.files.Folder `path` is a name in.
+        verify: read the new file back and check its digest before it replaces the previous
+            one, so a checkpoint damaged as it is written (a failing disk) is found at once and
+            never replaces a good one.
+
+    Raises:
+        CheckpointError: metadata uses 'sha256', or (verify) the file was damaged as written.
+        OutOfMemoryError: running out of memory while saving.
+    """
     try:
         tensors = {}
         for prefix, tree in trees.items():
@@ -372,8 +384,20 @@ def verify_checkpoint(path: str, *, folder=None) -> Header:
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
-    """All tensors of a checkpoint by name, and its metadata (JSON-decoded). The header is
-    checked against the file's size before the tensors are read (their memory: the file's)."""
+    """All tensors of a checkpoint by name, and its metadata (JSON-decoded).
+
+    The header is checked against the file's size before the tensors are read (their memory:
+    the file's).
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        (the tensors by name, the metadata).
+
+    Raises:
+        CheckpointError: the file is not a valid checkpoint.
+    """
     header = read_header(path)
     tensors = _read_tensors(header)
     return tensors, header.meta()
@@ -427,8 +451,18 @@ def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "c
             cast: bool = False):
     """Trees shaped like `templates` ({'params': tree, ...}) filled from `tensors`.
 
-    Raises CheckpointError listing every missing key, unexpected key, shape mismatch and (unless
-    cast=True, which converts) dtype mismatch.
+    Args:
+        tensors: the tensors by name (read_checkpoint's).
+        templates: {'params': tree, ...}: the trees to fill.
+        source: what the tensors come from (for the messages).
+        cast: convert dtypes to the templates'; else they must match.
+
+    Returns:
+        The trees.
+
+    Raises:
+        CheckpointError: listing every missing key, unexpected key, shape mismatch and (unless
+            cast=True, which converts) dtype mismatch.
     """
     _mismatches({k: (v.shape, v.dtype) for k, v in tensors.items()}, templates, source, cast)
     trees = {}
@@ -465,20 +499,48 @@ def _load(path: str, templates: dict, cast: bool, folder=None, also=()
 
 def load_checkpoint(path: str, templates: dict, *, cast: bool = False,
                     folder=None) -> tuple[dict, dict]:
-    """(trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint
-    (a name in `folder`, or any path). Its header is checked against the templates before
-    any data is read, and only their tensors are kept (the digest covers all of them).
-    Dtypes must match the templates' exactly unless cast=True."""
+    """Load (trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint.
+
+    Its header is checked against the templates before any data is read, and only their
+    tensors are kept (the digest covers all of them).
+
+    Args:
+        path: the checkpoint (a name in `folder`, or any path).
+        templates: {'params': tree, ...}: the trees to fill.
+        cast: convert dtypes to the templates'; else they must match exactly.
+        folder: a fnn.train.files.Folder `path` is a name in (None: any path).
+
+    Returns:
+        (the trees, the metadata).
+
+    Raises:
+        CheckpointError: the file is not a valid checkpoint, or does not match the templates.
+    """
     trees, _, header = _load(path, templates, cast, folder)
     return trees, header.meta()
 
 
 def load_params(path: str, template, *, prefix: str = "params", cast: bool = False,
                 log=None):
-    """Parameters shaped like `template` from `path`: an fnn checkpoint (its `prefix` tree) or
-    a safetensors file from elsewhere whose tensor names are the template's leaf names
-    ("1_dense/w", with or without "params/" in front). log(note) says when the file has no fnn
-    metadata (loaded unverified, and not resumable as a training state)."""
+    """Parameters shaped like `template` from an fnn checkpoint or another safetensors file.
+
+    An fnn checkpoint gives its `prefix` tree; a safetensors file from elsewhere must have the
+    template's leaf names as tensor names ("1_dense/w", with or without "params/" in front).
+
+    Args:
+        path: the file.
+        template: the parameter tree to fill.
+        prefix: the tree of an fnn checkpoint to read.
+        cast: convert dtypes to the template's; else they must match exactly.
+        log: log(note) says when the file has no fnn metadata (loaded unverified, and not
+            resumable as a training state).
+
+    Returns:
+        The parameters.
+
+    Raises:
+        CheckpointError: the file is not valid or does not match the template.
+    """
     header = read_header(path)
     if not header.is_fnn:
         names = set(header.entries)
@@ -496,9 +558,22 @@ def load_params(path: str, template, *, prefix: str = "params", cast: bool = Fal
 
 def save_train_state(path: str, ts: TrainState, config: dict | None = None, *, folder=None,
                      verify: bool = False, **metadata) -> None:
-    """Save a TrainState (params, state, opt_state, key, epoch, step; in the middle of an
-    epoch also its position and partial results) with the run's config (folder, verify:
-    save_checkpoint's)."""
+    """Save a TrainState with the run's config.
+
+    It saves params, state, opt_state, key, epoch, step; in the middle of an epoch also its
+    position and partial results.
+
+    Args:
+        path: a name in `folder`, or any path.
+        ts: the TrainState.
+        config: the run's config (a dict).
+        folder: save_checkpoint's.
+        verify: save_checkpoint's.
+        **metadata: further JSON-able metadata.
+
+    Raises:
+        CheckpointError: as save_checkpoint.
+    """
     trees = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state, "key": ts.key}
     meta = {"epoch": ts.epoch, "step": ts.step, "config": config or {}}
     if ts.position:
@@ -517,10 +592,22 @@ def _counter(meta: dict, key: str, path: str) -> int:
 
 def load_train_state(path: str, template: TrainState, *, cast: bool = False, folder=None
                      ) -> tuple[TrainState, dict]:
-    """A TrainState from `path`, shaped like `template` (e.g. init_train_state of the same
-    model and optimizer); and the checkpoint's metadata (config, ...). The file must be an fnn
-    checkpoint (format, epoch and step in its metadata); dtypes must match unless cast=True.
-    folder: a fnn.train.files.Folder `path` is a name in (a run directory)."""
+    """A TrainState from `path`, shaped like `template`, and the checkpoint's metadata.
+
+    The file must be an fnn checkpoint (format, epoch and step in its metadata).
+
+    Args:
+        path: the checkpoint.
+        template: a TrainState to fill (e.g. init_train_state of the same model and optimizer).
+        cast: convert dtypes to the template's; else they must match.
+        folder: a fnn.train.files.Folder `path` is a name in (a run directory).
+
+    Returns:
+        (the TrainState, the checkpoint's metadata (config, ...)).
+
+    Raises:
+        CheckpointError: the file is not an fnn training checkpoint or does not match.
+    """
     header = read_header(path, folder=folder)
     path = header.path
     if not header.is_fnn or "epoch" not in header.raw_meta or "step" not in header.raw_meta:

@@ -174,9 +174,44 @@ def _show(default) -> str:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that defines a run. The defaults train the MLP on digits to >= 97% test
-    accuracy with hand-written gradients in well under a minute on 2 CPU cores. Each field is
-    an option of `python -m fnn train` (--batch-size for batch_size), declared with `option`."""
+    """Everything that defines a run.
+
+    The defaults train the MLP on digits to >= 97% test accuracy with hand-written gradients in
+    well under a minute on 2 CPU cores. Each field is an option of `python -m fnn train`
+    (--batch-size for batch_size), declared with `option`; its help (docs/training.md's table)
+    says more.
+
+    Attributes:
+        model: the network (fnn.train.config.MODELS).
+        dataset: the dataset (fnn.train.DATASETS).
+        grad: "custom" (fnn's hand-written gradients) or "builtin" (jax.grad).
+        optimizer: the optimizer's name (fnn.train.OPTIMIZERS).
+        lr: the learning rate.
+        schedule: the learning-rate schedule (fnn.train.SCHEDULES).
+        epochs: the number of epochs.
+        data_dir: the directory holding the dataset's files (text: a file or folder).
+        batch_size: the training batch size.
+        seed: the seed of init, shuffling and dropout, 0 to 2**64-1.
+        weight_decay: the weight decay of kernels.
+        clip: clip gradients to this global norm (0: off).
+        l2: the lecture's L2 penalty l2 * sum(W**2) in the loss.
+        loss: the loss's name (fnn.train.LOSSES).
+        label_smoothing: cross-entropy against (1 - E) one-hot + E / C targets.
+        early_stop: the patience of early stopping (fnn.train.EarlyStopping; 0: off).
+        val_fraction: the fraction of the training set kept for validation.
+        hidden: MLP hidden widths, or RNN/LSTM/GRU layer widths.
+        channels: CNN channels / ResNet stage widths (None: the model's default).
+        activation: the activation's name.
+        init: the weight initializer's name.
+        dropout: the dropout rate of MLP/CNN hidden layers.
+        limit: use only the first N train and test examples (0: all).
+        context: text models: bytes per window.
+        width: text models: the model width.
+        depth: text models: the number of layers.
+        heads: the transformer's attention heads.
+        rules: backward-rule overrides (fnn.train.rules).
+        remat: recompute activations in the backward (make_train_step's remat).
+    """
 
     model: str = option(
         "mlp", "model", _choice(sorted(MODELS)),

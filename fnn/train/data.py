@@ -38,6 +38,22 @@ class Dataset:
     ignores the context), `description` names the corpus. `sha256`: a fingerprint of the data
     read (the text's bytes; the images and labels as read from their files, before --limit,
     the splits and standardization), which a resumed run compares with its checkpoint's.
+
+    Attributes:
+        name: the dataset's name (fnn.train.DATASETS).
+        x_train: the training inputs.
+        y_train: the training labels.
+        x_val: the validation inputs (split off the training set).
+        y_val: the validation labels.
+        x_test: the test inputs.
+        y_test: the test labels.
+        num_classes: the number of classes (for text: of tokens).
+        mean: the per-channel mean subtracted (None: not standardized).
+        std: the per-channel std divided by (None: not standardized).
+        vocab: text only: the fnn.train.Vocab mapping token ids to bytes.
+        unigram_loss: text only: the entropy of the training bytes in nats.
+        description: text only: what the corpus is.
+        sha256: a fingerprint of the data read (see above), or None.
     """
 
     name: str
@@ -70,7 +86,13 @@ class Dataset:
 def standardize(x_train, *others, eps: float = 1e-6):
     """Subtract the per-channel mean and divide by the per-channel std of x_train (N, ..., C).
 
-    Returns (x_train, *others, mean, std), all float32.
+    Args:
+        x_train: the arrays the statistics come from.
+        *others: further arrays standardized alike.
+        eps: the least std (a channel of smaller std is divided by eps).
+
+    Returns:
+        (x_train, *others, mean, std), all float32.
     """
     axes = tuple(range(x_train.ndim - 1))
     mean = x_train.mean(axis=axes, dtype=np.float64)
@@ -80,7 +102,20 @@ def standardize(x_train, *others, eps: float = 1e-6):
 
 
 def split(x, y, fraction: float, seed: int = 0):
-    """Shuffle (x, y) with `seed`, split off `fraction`: (x_rest, y_rest, x_part, y_part)."""
+    """Shuffle (x, y) with `seed`, split off `fraction`.
+
+    Args:
+        x: the inputs.
+        y: the labels.
+        fraction: the fraction split off, in [0, 1).
+        seed: the shuffle's seed.
+
+    Returns:
+        (x_rest, y_rest, x_part, y_part).
+
+    Raises:
+        ValueError: `fraction` is not in [0, 1).
+    """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"split fraction must be in [0, 1), got {fraction!r}")
     order = np.random.default_rng(seed).permutation(len(x))
@@ -130,8 +165,23 @@ def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fract
                  limit: int | None = None, context: int = 128) -> Dataset:
     """A Dataset with a validation split taken from the training set (val_fraction of it).
 
-    `limit` keeps only the first `limit` training and test examples (quick experiments).
-    "text": windows of `context` bytes, split by position (fnn.train.text.load_text).
+    Args:
+        name: the dataset (fnn.train.DATASETS).
+        data_dir: the directory holding its files (text: a text file or folder; None: the
+            dataset's default).
+        val_fraction: the fraction of the training set split off for validation.
+        split_seed: the seed of that split.
+        standardize_inputs: standardize the inputs with the train statistics.
+        limit: keeps only the first `limit` training and test examples (quick experiments).
+        context: "text": windows of `context` bytes, split by position
+            (fnn.train.text.load_text).
+
+    Returns:
+        The Dataset.
+
+    Raises:
+        ValueError: the name or an option is not valid.
+        DataError: the files are missing or damaged.
     """
     if name == "text":
         from fnn.train.text import load_text

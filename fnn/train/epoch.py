@@ -19,7 +19,18 @@ from fnn.train.step import get_loss, per_example_loss
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Number of full batches in n examples (a ValueError if there is none)."""
+    """Number of full batches in n examples.
+
+    Args:
+        n: the number of examples.
+        batch_size: the batch size.
+
+    Returns:
+        n // batch_size.
+
+    Raises:
+        ValueError: there is no full batch.
+    """
     if batch_size < 1 or n < batch_size:
         raise ValueError(f"batch size {batch_size} does not fit in the {n} training examples: "
                          "use a batch size between 1 and the training set size")
@@ -57,22 +68,29 @@ def scan_steps(step: Callable, carry, x, y, order, keys, progress: Callable | No
 
 def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | None = None,
                      donate: bool = True, devices=None, compiler_options=None):
-    """epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
+    """Make epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
 
-    `step` is an uncompiled train step (make_train_step(..., jit=False)); x, y the whole
-    training set. metrics hold one value per step: {"loss": (steps,), "accuracy": (steps,)}.
-    `progress(done)`, if given, is called from the compiled program about 20 times per epoch
-    with the number of steps done (for a progress bar). With donate=True the params, state and
-    opt_state passed in are donated to the result.
-    devices (a count, devices, a Mesh; see fnn.train.parallel): split each step's batch across
-    them (the batch size must be divisible by their number); pass the other arguments
-    replicated on them (parallel.data_parallel(devices).replicate). Still one scan. A
-    DataParallel with sharded parameters (data_parallel(n, shard="params")) keeps params and
-    opt_state split per its param_sharding (place them with its place_params).
-    compiler_options: XLA's options for the compiled epoch; a step made with remat=True (or a
-    model with checkpointed layers) needs fnn.runtime.remat_compiler_options() here for its
-    rematerialization to save memory on the CPU (make_train_step(jit=True) and fit add them
-    themselves).
+    x, y are the whole training set. metrics hold one value per step: {"loss": (steps,),
+    "accuracy": (steps,)}. Still one scan, also over several devices.
+
+    Args:
+        step: an uncompiled train step (make_train_step(..., jit=False)).
+        batch_size: the training batch size.
+        progress: `progress(done)`, if given, is called from the compiled program about 20
+            times per epoch with the number of steps done (for a progress bar).
+        donate: the params, state and opt_state passed in are donated to the result.
+        devices: a count, devices, a Mesh (see fnn.train.parallel): split each step's batch
+            across them (the batch size must be divisible by their number); pass the other
+            arguments replicated on them (parallel.data_parallel(devices).replicate). A
+            DataParallel with sharded parameters (data_parallel(n, shard="params")) keeps params
+            and opt_state split per its param_sharding (place them with its place_params).
+        compiler_options: XLA's options for the compiled epoch; a step made with remat=True (or
+            a model with checkpointed layers) needs fnn.runtime.remat_compiler_options() here for
+            its rematerialization to save memory on the CPU (make_train_step(jit=True) and fit add
+            them themselves).
+
+    Returns:
+        The epoch function (compiled).
     """
     dp = data_parallel(devices)
     if dp is not None:
@@ -162,10 +180,18 @@ def metrics_buffers(step: Callable, params, state, opt_state, x, y, n_steps: int
 
 
 def make_evaluate(model, *, loss="softmax_cross_entropy", batch_size: int = 1000):
-    """evaluate(params, state, x, y) -> {"loss", "accuracy"}: means over all of x, in eval mode
-    ("accuracy" only for class labels; per-token labels: the mean over positions).
+    """Make evaluate(params, state, x, y) -> {"loss", "accuracy"}: means over x, in eval mode.
 
+    ("accuracy" only for class labels; per-token labels: the mean over positions.)
     The data is padded to whole batches and scanned; padded rows are masked out.
+
+    Args:
+        model: the model.
+        loss: a name, a Loss or a function (get_loss).
+        batch_size: the evaluation batch size.
+
+    Returns:
+        The evaluate function; it raises ValueError on an empty dataset.
     """
 
     def evaluate(params, state, x, y):

@@ -187,13 +187,25 @@ class Callback(Hook):
 
 
 class EarlyStopping(Hook):
-    """Ends training when the validation loss has not improved (by more than `min_delta`) for
+    """Ends training when the validation loss has stopped improving (`--early-stop PATIENCE`).
+
+    Ends training when the validation loss has not improved (by more than `min_delta`) for
     `patience` epochs in a row (`python -m fnn train --early-stop PATIENCE`); the record of the
     last epoch says why (record["stopped"]). A run directory's best.safetensors stays the epoch
     with the best validation score (fnn.train.run.best_score), and resuming a run that stopped
-    trains nothing more. history: the records of the epochs already trained (a resumed run),
-    counted as if this hook had seen them, so that a run resumed after Ctrl-C stops where it
-    would have stopped in one go."""
+    trains nothing more.
+
+    Args:
+        patience: epochs in a row without improvement before training stops (a positive int).
+        min_delta: the least decrease of the validation loss that counts as an improvement.
+        history: the records of the epochs already trained (a resumed run), counted as if this
+            hook had seen them, so that a run resumed after Ctrl-C stops where it would have
+            stopped in one go.
+
+    Raises:
+        ValueError: `patience` is not a positive int or `min_delta` not a finite number >= 0;
+            (at the start of fit) the data has no validation set.
+    """
 
     def __init__(self, patience: int, *, min_delta: float = 0.0, history=()):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:

@@ -29,9 +29,15 @@ import time
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """fit stopped on Ctrl-C. `state`: the TrainState it stopped at (its epoch and position
-    inside the next epoch, what a checkpoint of it resumes from); `waited_s`: seconds from the
-    Ctrl-C to the stop."""
+    """fit stopped on Ctrl-C (a KeyboardInterrupt carrying the state it stopped at).
+
+    Args:
+        message: the exception's message.
+        state: the TrainState it stopped at (its epoch and position inside the next epoch, what
+            a checkpoint of it resumes from).
+        waited_s: seconds from the Ctrl-C to the stop.
+        signum: the signal that stopped it (SIGINT for Ctrl-C, or SIGTERM).
+    """
 
     def __init__(self, message: str, state, waited_s: float | None = None,
                  signum: int = signal.SIGINT):

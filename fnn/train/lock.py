@@ -80,9 +80,19 @@ def _alive(pid) -> bool | None:
 
 class RunLock:
     """The exclusive lock of a run directory (a context manager; `acquire`/`release` too).
+
     The directory is created if needed; `folder` is its fnn.train.files.Folder while held.
     A RUN_DIR/.lock that is not fnn's (not empty, not a holder's record) is refused, not
-    overwritten, unless overwrite=True."""
+    overwritten, unless overwrite=True.
+
+    Args:
+        run_dir: the run directory to lock.
+        overwrite: replace a RUN_DIR/.lock that is not fnn's instead of refusing it.
+
+    Raises:
+        RunDirError: (on acquiring) another process holds the lock, the lock file keeps being
+            replaced, or it is not fnn's lock file (and overwrite is False).
+    """
 
     def __init__(self, run_dir: str, *, overwrite: bool = False):
         self.run_dir, self.path, self.folder = run_dir, os.path.join(run_dir, LOCK_FILE), None

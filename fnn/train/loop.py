@@ -55,8 +55,9 @@ HOOK_OPTIONS = ("progress", "log", "callback", "diagnostics", "check_nans")  # f
 def fit(spec, optimizer=None, data=None, *, epochs: int, hooks: Sequence[Hook] = (),
         start: TrainState | None = None, chunk_seconds: float | None = CHUNK_SECONDS,
         **options):
-    """Train per `spec` (a fnn.train.TrainSpec) for `epochs` epochs (in total, counting those of
-    `start`); returns the final TrainState and the list of epoch records {epoch, step,
+    """Train per `spec` (a fnn.train.TrainSpec) for `epochs` epochs.
+
+    Epochs count in total, counting those of `start`. The epoch records are {epoch, step,
     train_loss, train_acc, val_loss, val_acc, lr, time_s, steps_per_s, examples_per_s,
     compile_s (first epoch of this call), stopped (a hook ended training there: why)} (the
     accuracies only when the labels are class indices).
@@ -66,13 +67,6 @@ def fit(spec, optimizer=None, data=None, *, epochs: int, hooks: Sequence[Hook] =
     eval_batch_size=1000, schedule: TrainSpec's fields) and hooks added in front of `hooks` from
     progress=False, log=None, callback=None, diagnostics=0, check_nans=False (standard_hooks).
 
-    hooks: fnn.train.hooks.Hook objects (their protocol: fnn.train.hooks).
-    start: a TrainState to continue from (resume; also one saved in the middle of an epoch),
-    checked against the spec; else one initialized from the spec's seed.
-    chunk_seconds: each epoch runs as compiled chunks of about this many seconds (at least one
-    step); Ctrl-C stops between two chunks, hooks get on_interrupt(state) (the state in the
-    middle of the epoch) and fit raises fnn.train.TrainingInterrupted (a KeyboardInterrupt)
-    carrying it. None: each epoch in one chunk (a Ctrl-C then waits for the epoch's end).
     A run whose step cannot fit in the device's memory is refused, and XLA running out of
     memory raises fnn.train.OutOfMemoryError with the run's sizes. With sharded parameters the
     returned TrainState keeps them split (np.asarray or a checkpoint gathers them).
@@ -81,6 +75,31 @@ def fit(spec, optimizer=None, data=None, *, epochs: int, hooks: Sequence[Hook] =
     processes agree on whether to stop (any Ctrl-C) and on the chunk's length, so that they all
     run the same steps and stop at the same one (a Ctrl-C during the first compilation waits
     for it); a hook's stop (should_stop) in any process ends the epoch's training in all.
+
+    Args:
+        spec: a fnn.train.TrainSpec, or the model (then `optimizer` and `data` follow).
+        optimizer: with a model as `spec`: the optax optimizer.
+        data: with a model as `spec`: the Dataset.
+        epochs: the number of epochs in total (counting those of `start`).
+        hooks: fnn.train.hooks.Hook objects (their protocol: fnn.train.hooks).
+        start: a TrainState to continue from (resume; also one saved in the middle of an
+            epoch), checked against the spec; else one initialized from the spec's seed.
+        chunk_seconds: each epoch runs as compiled chunks of about this many seconds (at least
+            one step); Ctrl-C stops between two chunks, hooks get on_interrupt(state) (the state
+            in the middle of the epoch) and fit raises fnn.train.TrainingInterrupted carrying
+            it. None: each epoch in one chunk (a Ctrl-C then waits for the epoch's end).
+        **options: with a model as `spec`: TrainSpec's fields and the standard hooks' options
+            (above).
+
+    Returns:
+        (the final TrainState, the list of epoch records).
+
+    Raises:
+        ValueError: `chunk_seconds` is not a finite number >= 0 or None; the inputs do not fit
+            (check_fit_inputs, TrainSpec).
+        TypeError: a TrainSpec is given with an optimizer, data or options.
+        TrainingInterrupted: Ctrl-C (or SIGTERM) stopped training.
+        OutOfMemoryError: the run does not fit in the device's memory.
     """
     check_positive_int("epochs", epochs)
     if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))

@@ -30,8 +30,10 @@ REMEDIES = ("a smaller --batch-size (batch_size=; activations grow with it), a s
 
 
 class OutOfMemoryError(FnnError, MemoryError):
-    """Training needs more memory than the device has; the message gives the sizes and the
-    options that reduce them."""
+    """Training needs more memory than the device has.
+
+    The message gives the sizes and the options that reduce them.
+    """
 
 
 def tree_bytes(tree, per_device: bool = False) -> int:

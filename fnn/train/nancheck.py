@@ -55,15 +55,33 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
                     epoch: int, step0: int, loss: str = "softmax_cross_entropy",
                     grad: str = "custom", l2: float = 0.0, position: int = 0,
                     state_nonfinite=None, rules=None) -> NanOriginError:
-    """Replay the epoch that began at `start` (params, state, opt_state) with PRNG `key` and
-    name the origin of its first non-finite loss (`losses`: the epoch's per-step losses; a
-    non-finite loss at index len(losses) means the parameters or model state after the last
-    step).
+    """Replay an epoch and name the origin of its first non-finite loss.
 
-    epoch: its number (1-based); step0: optimizer steps done before `start` (for the message);
-    position: the step of the epoch `start` is at (a run resumed in the middle of the epoch:
-    the replay begins there). state_nonfinite: per step, whether the model state (BatchNorm
-    running statistics) after it holds a NaN/inf (its loss may still be finite).
+    The epoch began at `start` (params, state, opt_state) with PRNG `key`; a non-finite loss at
+    index len(losses) means the parameters or model state after the last step.
+
+    Args:
+        model: the model.
+        optimizer: the optax optimizer.
+        start: (params, state, opt_state) at the beginning of the epoch.
+        x: the training inputs.
+        y: the training labels.
+        key: the epoch's PRNG key.
+        batch_size: the training batch size.
+        losses: the epoch's per-step losses.
+        epoch: its number (1-based).
+        step0: optimizer steps done before `start` (for the message).
+        loss: the loss (a name, a Loss or a function).
+        grad: "custom" or "builtin", as in training.
+        l2: the L2 penalty, as in training.
+        position: the step of the epoch `start` is at (a run resumed in the middle of the
+            epoch: the replay begins there).
+        state_nonfinite: per step, whether the model state (BatchNorm running statistics) after
+            it holds a NaN/inf (its loss may still be finite).
+        rules: the backward-rule overrides, as in training.
+
+    Returns:
+        A NanOriginError naming the step and the gate (to raise).
     """
     losses = np.asarray(losses)
     state_bad = (np.zeros(len(losses), bool) if state_nonfinite is None

@@ -23,7 +23,21 @@ SCHEDULES = ("constant", "cosine", "step")
 
 def make_schedule(name: str = "constant", lr: float = 1e-3, *, total_steps: int | None = None,
                   step_every: int | None = None, decay: float = 0.1) -> Callable:
-    """A schedule `step -> learning rate` by name (see the module docstring)."""
+    """A schedule `step -> learning rate` by name (see the module docstring).
+
+    Args:
+        name: the schedule (SCHEDULES).
+        lr: the base learning rate.
+        total_steps: the length of the run (needed by the schedules that decay over it).
+        step_every: the steps between two decays (step schedules).
+        decay: the factor of each decay.
+
+    Returns:
+        The schedule function.
+
+    Raises:
+        ValueError: an unknown schedule, or one that needs total_steps without it.
+    """
     if name == "constant":
         return optax.constant_schedule(lr)
     if name not in SCHEDULES:
@@ -55,7 +69,20 @@ def make_optimizer(name: str = "adam", lr: float | Callable = 1e-3, *, schedule:
                    momentum: float = 0.9) -> optax.GradientTransformation:
     """An optax optimizer by name, with a schedule, weight decay and gradient clipping.
 
-    `lr` is a number (shaped by `schedule`) or a schedule function itself.
+    Args:
+        name: the optimizer (OPTIMIZERS).
+        lr: a number (shaped by `schedule`) or a schedule function itself.
+        schedule: the schedule's name (SCHEDULES), when `lr` is a number.
+        total_steps: the length of the run (the schedules that need it).
+        weight_decay: the weight decay of kernels (a finite number >= 0).
+        clip: clip gradients to this global norm (None or 0: off).
+        momentum: the momentum of the optimizers that have one.
+
+    Returns:
+        The optax.GradientTransformation.
+
+    Raises:
+        ValueError: an unknown optimizer or schedule, or a value out of range.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

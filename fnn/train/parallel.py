@@ -64,9 +64,16 @@ MIN_SHARD_SIZE = 2 ** 14  # leaves with fewer elements (64 KiB of float32) stay 
 
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
-    """A mesh and the shardings data parallelism needs. shard_params (data_parallel's
-    shard="params"): parameters and optimizer state split along the mesh's "fsdp" axis
-    (param_sharding), the leaves of at least `min_shard_size` elements."""
+    """A mesh and the shardings data parallelism needs.
+
+    shard_params (data_parallel's shard="params"): parameters and optimizer state split along the
+    mesh's "fsdp" axis (param_sharding), the leaves of at least `min_shard_size` elements.
+
+    Attributes:
+        mesh: the jax.sharding.Mesh the batch is split over (all its axes).
+        shard_params: split the parameters and optimizer state along the "fsdp" axis too.
+        min_shard_size: the smallest leaf (in elements) that is split when shard_params.
+    """
 
     mesh: Mesh
     shard_params: bool = False
@@ -181,14 +188,27 @@ def gather(tree):
 def data_parallel(devices: int | Sequence | Mesh | DataParallel | None = None,
                   shard: str | None = None, *, min_shard_size: int = MIN_SHARD_SIZE,
                   ) -> DataParallel | None:
-    """A DataParallel from a device count (the first N of jax.devices()), a list of devices, or
-    a Mesh (the batch is split over all its axes). None gives None (no sharding at all).
+    """A DataParallel from a device count, a list of devices or a Mesh.
 
-    shard: None or "none": parameters replicated (a 1-D mesh, axis "data"); "params":
-    parameters and optimizer state split across the devices too (a 1-D mesh, axis "fsdp"; a
-    Mesh given must have an "fsdp" axis of more than one device), and devices=None then means
-    every device JAX sees; min_shard_size: the smallest leaf (in elements) that is split. A
-    DataParallel given is returned as it is when shard is None or says what it does."""
+    A count: the first N of jax.devices(); a Mesh: the batch is split over all its axes.
+
+    Args:
+        devices: a device count, a list of devices, a Mesh or a DataParallel. None gives None
+            (no sharding at all), unless shard="params" (then every device JAX sees).
+        shard: None or "none": parameters replicated (a 1-D mesh, axis "data"); "params":
+            parameters and optimizer state split across the devices too (a 1-D mesh, axis
+            "fsdp"; a Mesh given must have an "fsdp" axis of more than one device). A
+            DataParallel given is returned as it is when shard is None or says what it does.
+        min_shard_size: the smallest leaf (in elements) that is split.
+
+    Returns:
+        The DataParallel, or None.
+
+    Raises:
+        ValueError: the count is not positive, exceeds the devices JAX sees, does not fit the
+            processes of a multi-process run, or the shard or Mesh is not valid.
+        TypeError: `devices` is none of the accepted kinds.
+    """
     given, shard = shard, check_shard(shard)
     if isinstance(devices, DataParallel):
         if given is None or (shard == "params") == devices.shard_params:

@@ -16,8 +16,14 @@ def png_bytes(fig, dpi: int = 100) -> bytes:
 
 
 def plot_curves(history: list[dict], path: str, title: str = "", *, folder=None) -> None:
-    """Two panels, loss and accuracy per epoch, train and validation, saved to `path` (a name
-    in `folder`, a fnn.train.files.Folder, or any path)."""
+    """Two panels, loss and accuracy per epoch, train and validation, saved to `path`.
+
+    Args:
+        history: the epoch records (fit's).
+        path: a name in `folder`, or any path.
+        title: the figure's title.
+        folder: a fnn.train.files.Folder `path` is a name in.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

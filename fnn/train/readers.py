@@ -75,6 +75,16 @@ def read_idx(path: str, hint: str = "") -> np.ndarray:
     gzip file), the declared size is checked against the file's size (for gzip, against the
     most a file of that size can decompress to), and exactly the declared bytes are read, plus
     one to tell that nothing follows; a gzip file is not decompressed any further.
+
+    Args:
+        path: the file.
+        hint: added to the error messages (where to get the file).
+
+    Returns:
+        The array.
+
+    Raises:
+        DataError: the file is missing, not an IDX file, or its size does not match its header.
     """
     try:
         f = open(path, "rb")
@@ -136,7 +146,18 @@ def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:
 
 
 def read_mnist(data_dir: str, dataset: str = "mnist") -> dict[str, np.ndarray]:
-    """MNIST or Fashion-MNIST (same file names and format): uint8 images (N, H, W), labels (N,)."""
+    """MNIST or Fashion-MNIST (same file names and format): uint8 images (N, H, W), labels (N,).
+
+    Args:
+        data_dir: the directory holding the IDX files.
+        dataset: "mnist" or "fashion-mnist" (for the messages).
+
+    Returns:
+        {"x_train", "y_train", "x_test", "y_test"}.
+
+    Raises:
+        DataError: a file is missing or damaged, or images and labels do not match.
+    """
     hint = f"Get the {dataset} files from {SOURCES[dataset]}."
     out = {}
     for split in ("train", "test"):
@@ -160,8 +181,20 @@ def read_mnist(data_dir: str, dataset: str = "mnist") -> dict[str, np.ndarray]:
 
 def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 binary batch file: uint8 images (N, 32, 32, 3) NHWC and labels (N,).
+
     Its size is checked before it is read; it is read as it is (the binary version is not
-    compressed: a gzip file is refused rather than decompressed without a bound)."""
+    compressed: a gzip file is refused rather than decompressed without a bound).
+
+    Args:
+        path: the file.
+
+    Returns:
+        (images, labels).
+
+    Raises:
+        DataError: the file is missing, gzip-compressed, of the wrong size, or holds labels
+            outside 0..9.
+    """
     hint = f"Get CIFAR-10 from {SOURCES['cifar10']}."
     try:
         with open(path, "rb") as f:
@@ -191,7 +224,17 @@ def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_cifar10(data_dir: str) -> dict[str, np.ndarray]:
-    """CIFAR-10 from data_dir or data_dir/cifar-10-batches-bin: 50000 train, 10000 test."""
+    """CIFAR-10 from data_dir or data_dir/cifar-10-batches-bin: 50000 train, 10000 test.
+
+    Args:
+        data_dir: the directory holding the binary batch files (or their folder).
+
+    Returns:
+        {"x_train", "y_train", "x_test", "y_test"}: uint8 images (N, 32, 32, 3), labels (N,).
+
+    Raises:
+        DataError: a file is missing or damaged.
+    """
     sub = os.path.join(data_dir, "cifar-10-batches-bin")
     if not os.path.isfile(os.path.join(data_dir, CIFAR_TEST)) and os.path.isdir(sub):
         data_dir = sub

@@ -97,8 +97,22 @@ RESUME_FROM = ("last", "best")
 
 
 def read_config(run_dir: str, *, folder: Folder | None = None) -> TrainConfig:
-    """The TrainConfig saved in a run directory (read with a size bound, never through a
-    link), every value validated as on the command line."""
+    """The TrainConfig saved in a run directory.
+
+    It is read with a size bound, never through a link, every value validated as on the command
+    line.
+
+    Args:
+        run_dir: the run directory.
+        folder: its fnn.train.files.Folder (None: opened here).
+
+    Returns:
+        The TrainConfig.
+
+    Raises:
+        FileNotFoundError: `run_dir` has no config file.
+        ConfigError: the config file is damaged or holds invalid values.
+    """
     path = os.path.join(run_dir, CONFIG)
     there = folder.exists(CONFIG) if folder is not None else os.path.lexists(path)
     if not there:
@@ -411,23 +425,11 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
     A new run refuses a folder holding files a run writes (RunDirError naming them) unless
-    overwrite=True, which removes them first. resume=True: the run's config.json, validated
-    and matched against the config in its last checkpoint (a ConfigError names any key that
-    differs); `overrides` ({"epochs": 40}, {"data_dir": ...}: only RESUME_MAY_CHANGE keys) or
-    a `config` that differs from it in those keys change them. A directory whose run stopped
-    before its first checkpoint is started from the beginning with its config; one whose
-    last.safetensors is gone while it has a history is refused, and resume_from="best"
-    continues it from best.safetensors (its history cut back to that epoch). A run that early
-    stopping ended (config.early_stop; its last record's "stopped") is finished, as one that
-    trained all its epochs: resuming it trains nothing more and writes its results again.
-
-    log(line) gets the progress lines (the model summary, one line per epoch, gradient health,
-    the results, notes; None: silent). diagnostics=N > 0: gradient health every N steps into
-    diagnostics.jsonl and .png. check_nans: name the gate behind a non-finite loss or model
-    state (fit's check_nans). devices=N: data parallel over N devices (fit's devices); not
-    part of the config, a resumed run may change it. chunk_seconds: fit's. shard="params":
-    parameters and optimizer state split across the devices as well (fit's shard; devices
-    None: all of them); not part of the config either (it does not change the math).
+    overwrite=True, which removes them first. A directory whose run stopped before its first
+    checkpoint is started from the beginning with its config; one whose last.safetensors is
+    gone while it has a history is refused unless resume_from="best". A run that early stopping
+    ended (config.early_stop; its last record's "stopped") is finished, as one that trained all
+    its epochs: resuming it trains nothing more and writes its results again.
 
     The directory is locked for the run's life (RunDirError if another process has it, or if
     it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
@@ -435,7 +437,37 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
 
     Several processes: see the module docstring; devices=None means all of their devices.
 
-    Returns the final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
+    Args:
+        config: the TrainConfig (None with resume=True: the run's own).
+        out_dir: the run directory.
+        resume: continue the run in `out_dir`: its config.json, validated and matched against
+            the config in its last checkpoint (a ConfigError names any key that differs).
+        overrides: ({"epochs": 40}, {"data_dir": ...}: only RESUME_MAY_CHANGE keys) change the
+            resumed run's config, as does a `config` that differs from it in those keys.
+        progress: show a progress bar.
+        log: log(line) gets the progress lines (the model summary, one line per epoch, gradient
+            health, the results, notes; None: silent).
+        diagnostics: N > 0: gradient health every N steps into diagnostics.jsonl and .png.
+        check_nans: name the gate behind a non-finite loss or model state (fit's check_nans).
+        devices: N: data parallel over N devices (fit's devices); not part of the config, a
+            resumed run may change it.
+        chunk_seconds: fit's.
+        shard: "params": parameters and optimizer state split across the devices as well (fit's
+            shard; devices None: all of them); not part of the config either (it does not
+            change the math).
+        overwrite: remove the files of an earlier run in `out_dir` first.
+        resume_from: "last", or "best": continue from best.safetensors (its history cut back to
+            that epoch).
+
+    Returns:
+        The final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
+
+    Raises:
+        RunDirError: `out_dir` holds another run's files, is locked by another process, or is
+            renamed during the run.
+        ConfigError: the config is not valid, or a resumed run's config differs from its
+            checkpoint's.
+        TrainingInterrupted: Ctrl-C or SIGTERM stopped the run (its state saved).
     """
     primary = jax.process_index() == 0  # the one process that writes and logs
     job = _Job(out_dir, resume, resume_from, overwrite, primary,

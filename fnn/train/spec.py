@@ -42,16 +42,32 @@ def mesh(devices=None, shard: str | None = None):
 class TrainSpec:
     """What a training run computes (see the module docstring); validated when made.
 
-    data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape;
-    x_test, y_test are checked too when present). loss: a name, a fnn.train.Loss or a function
-    loss(scores, labels) -> scalar (fnn.train.step.get_loss). l2: the lecture's l2 * sum(w**2)
-    over the weights. rules: backward-rule overrides for grad="custom" ({gate: rule}, fnn.grad's
-    rules=; from text specs: fnn.train.rules.make_rules). seed: of the initial parameters, the
-    shuffling and dropout (an int in [0, 2**64-1]). devices: data parallel over N devices (or a
-    device list, a Mesh); several processes: None means every device of every process.
-    shard="params": the large parameters and their optimizer state split across the devices
-    (FSDP). remat: recompute the activations in the backward (make_train_step's remat).
-    schedule: the learning-rate schedule, only to report `lr` per epoch.
+    Attributes:
+        model: the model (a fnn.nn Layer).
+        optimizer: the optax optimizer.
+        data: a Dataset (or anything with x_train, y_train, x_val, y_val arrays and input_shape;
+            x_test, y_test are checked too when present).
+        batch_size: the training batch size.
+        loss: a name, a fnn.train.Loss or a function loss(scores, labels) -> scalar
+            (fnn.train.step.get_loss).
+        grad: "custom" (fnn's hand-written gradients) or "builtin" (jax.grad).
+        l2: the lecture's l2 * sum(w**2) over the weights.
+        rules: backward-rule overrides for grad="custom" ({gate: rule}, fnn.grad's rules=; from
+            text specs: fnn.train.rules.make_rules).
+        seed: of the initial parameters, the shuffling and dropout (an int in [0, 2**64-1]).
+        devices: data parallel over N devices (or a device list, a Mesh); several processes:
+            None means every device of every process.
+        shard: "params": the large parameters and their optimizer state split across the
+            devices (FSDP).
+        remat: recompute the activations in the backward (make_train_step's remat).
+        eval_batch_size: the batch size of evaluation.
+        schedule: the learning-rate schedule, only to report `lr` per epoch.
+
+    Raises:
+        ValueError: `grad` is unknown, `rules` are given with grad="builtin", `remat`, the
+            devices or the batch size do not fit, or the model, data and loss do not agree
+            (check_fit_inputs; fnn.train.DataError for bad data).
+        OutOfMemoryError: initializing the model runs out of device memory.
     """
 
     model: Any

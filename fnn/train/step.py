@@ -35,9 +35,16 @@ class Loss:
 
     Labels may have any shape the function accepts: (N,) class labels for (N, C) scores,
     (N, T) per-token labels for (N, T, C) logits, float targets shaped like the scores for
-    regression. `classify`: the labels are class indices (integers shaped like scores[..., 0]),
-    so accuracy (argmax over the last axis) is reported; None decides by the labels' dtype and
-    shape. `per_example(scores, labels) -> (N,)` defaults to fn on one example at a time.
+    regression.
+
+    Attributes:
+        name: the loss's name (in reports and checkpoints).
+        fn: fn(scores, labels) -> the mean over the batch (a scalar).
+        classify: the labels are class indices (integers shaped like scores[..., 0]), so
+            accuracy (argmax over the last axis) is reported; None decides by the labels' dtype
+            and shape.
+        per_example_fn: `per_example(scores, labels) -> (N,)`; None: fn on one example at a
+            time.
     """
 
     name: str
@@ -79,8 +86,20 @@ LOSSES = {"softmax_cross_entropy": Loss("softmax_cross_entropy",
 
 
 def cross_entropy(*, label_smoothing: float = 0.0, ignore_index: int | None = None) -> Loss:
-    """softmax cross-entropy with label smoothing and/or an ignored label (padding tokens),
-    the `softmax_cross_entropy` gate's own options (its hand-written rule covers both)."""
+    """Softmax cross-entropy with label smoothing and/or an ignored label (padding tokens).
+
+    These are the `softmax_cross_entropy` gate's own options (its hand-written rule covers both).
+
+    Args:
+        label_smoothing: cross-entropy against (1 - E) one-hot + E / C targets, E in [0, 1].
+        ignore_index: a label whose positions are left out of the mean (None: none).
+
+    Returns:
+        The Loss.
+
+    Raises:
+        ValueError: `label_smoothing` is not in [0, 1].
+    """
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
     if not label_smoothing and ignore_index is None:
@@ -97,8 +116,18 @@ def cross_entropy(*, label_smoothing: float = 0.0, ignore_index: int | None = No
 
 
 def get_loss(loss) -> Loss:
-    """A Loss by name (LOSSES), a Loss, or any function loss(scores, labels) -> scalar mean
-    (a gate, a jnp expression, an optax loss followed by a mean)."""
+    """A Loss by name (LOSSES), a Loss, or any function loss(scores, labels) -> scalar mean.
+
+    Args:
+        loss: a name in LOSSES, a Loss, or a function (a gate, a jnp expression, an optax loss
+            followed by a mean).
+
+    Returns:
+        The Loss.
+
+    Raises:
+        ValueError: `loss` names no loss, or is none of the accepted kinds.
+    """
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, str):
@@ -114,9 +143,16 @@ def get_loss(loss) -> Loss:
 
 
 def make_loss_fn(model, loss="softmax_cross_entropy", *, l2: float = 0.0):
-    """loss_fn(params, state, x, y, key) -> (loss, (new_state, scores)), in training mode.
+    """Make loss_fn(params, state, x, y, key) -> (loss, (new_state, scores)), in training mode.
 
-    l2 > 0 adds the lecture's l2 * sum(w**2) over every weight matrix and kernel (ndim >= 2).
+    Args:
+        model: the model.
+        loss: a name, a Loss or a function (get_loss).
+        l2: l2 > 0 adds the lecture's l2 * sum(w**2) over every weight matrix and kernel
+            (ndim >= 2).
+
+    Returns:
+        The loss_fn function.
     """
     loss_gate = get_loss(loss)  # a name, a Loss or a function (get_loss)
 
@@ -147,7 +183,15 @@ def value_and_grad(loss_fn, grad: str = "custom", rules=None):
 
 
 def accuracy(scores, labels):
-    """Fraction of rows (of positions, for per-token labels) whose highest score is the label."""
+    """Fraction of rows (of positions, for per-token labels) whose highest score is the label.
+
+    Args:
+        scores: (N, C) scores, or (N, T, C) per-token logits.
+        labels: (N,) class labels, or (N, T) per-token labels.
+
+    Returns:
+        The fraction, a scalar.
+    """
     return jnp.mean(jnp.argmax(scores, axis=-1) == labels)
 
 
@@ -192,21 +236,33 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     loss="softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
                     jit: bool = True, devices=None, rules=None, shard: str | None = None,
                     remat=False):
-    """step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
+    """Make step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
     batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update ("accuracy"
-    only when the labels are class indices; loss: a name, a Loss or a function, get_loss). With
-    jit=True the step is compiled and params, state and opt_state are donated: do not use the
-    arrays you passed in after the call. jit=False gives the plain function (to scan over).
-    devices (a count, devices or a Mesh; fnn.train.parallel): data parallel, the batch split
-    across them and everything else replicated (placed on the first call), one jitted program.
-    rules: backward-rule overrides, {gate: rule} as fnn.grad(rules=) takes (grad="custom").
-    shard="params": the large parameters and their optimizer state split across the devices
-    as well (fnn.train.parallel; devices=None then means all of them).
-    remat: recompute the model's activations in the backward instead of keeping them, to fit a
-    bigger model or batch in memory for about one more forward per step (remat_model: True,
-    or an int k, runs of k top-level layers); the compiled step gets XLA's options for it
-    (fnn.runtime.remat_compiler_options); either grad. The values are those without it.
+    only when the labels are class indices).
+
+    Args:
+        model: the model.
+        optimizer: the optax optimizer.
+        loss: a name, a Loss or a function (get_loss).
+        grad: "custom" (fnn's hand-written gradients) or "builtin" (jax.grad).
+        l2: the lecture's l2 * sum(w**2) over the weights.
+        jit: compile the step, donating params, state and opt_state: do not use the arrays you
+            passed in after the call. jit=False gives the plain function (to scan over).
+        devices: a count, devices or a Mesh (fnn.train.parallel): data parallel, the batch split
+            across them and everything else replicated (placed on the first call), one jitted
+            program.
+        rules: backward-rule overrides, {gate: rule} as fnn.grad(rules=) takes (grad="custom").
+        shard: "params": the large parameters and their optimizer state split across the
+            devices as well (fnn.train.parallel; devices=None then means all of them).
+        remat: recompute the model's activations in the backward instead of keeping them, to
+            fit a bigger model or batch in memory for about one more forward per step
+            (remat_model: True, or an int k, runs of k top-level layers); the compiled step gets
+            XLA's options for it (fnn.runtime.remat_compiler_options); either grad. The values
+            are those without it.
+
+    Returns:
+        The step function.
     """
     model = remat_model(model, remat)
     vg = value_and_grad(make_loss_fn(model, loss, l2=l2), grad, rules)
@@ -231,8 +287,18 @@ def per_example_loss(loss, scores, labels):
 
 
 def make_eval_step(model, *, loss="softmax_cross_entropy", jit: bool = True):
-    """eval_step(params, state, batch) -> {"loss", "accuracy"}: batch means, evaluation mode
-    ("accuracy" for class labels only)."""
+    """Make eval_step(params, state, batch) -> {"loss", "accuracy"}: batch means, evaluation mode.
+
+    ("accuracy" for class labels only.)
+
+    Args:
+        model: the model.
+        loss: a name, a Loss or a function (get_loss).
+        jit: compile the step.
+
+    Returns:
+        The eval_step function.
+    """
 
     def eval_step(params, state, batch):
         x, y = batch

@@ -108,7 +108,15 @@ def read_corpus(path: str | None = None, *, max_bytes: int = MAX_BYTES) -> tuple
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
-    """Byte values <-> token ids: `symbols` the sorted byte values present in the corpus."""
+    """Byte values <-> token ids.
+
+    Attributes:
+        symbols: the sorted byte values present in the corpus (token id i is symbols[i]).
+
+    Raises:
+        DataError: (encode) the text holds bytes the model never saw; (decode) ids out of
+            range; (load) the run has no vocabulary file or it is damaged.
+    """
 
     symbols: tuple
 
@@ -197,8 +205,22 @@ def load_text(data_dir: str | None = None, *, context: int = 128, val_fraction: 
               limit: int | None = None) -> dict:
     """x/y_train, x/y_val, x/y_test (int32 windows), the Vocab and a description of the corpus.
 
-    Split by position (the module docstring); `limit` keeps the first `limit` train and test
-    windows."""
+    Split by position (the module docstring).
+
+    Args:
+        data_dir: a text file or folder (None: the Python standard library's modules).
+        context: bytes per window (an int >= 2).
+        val_fraction: the fraction of the training windows kept for validation, in [0, 1).
+        limit: keeps the first `limit` train and test windows.
+
+    Returns:
+        A dict of the arrays, "vocab", "unigram_loss", "sha256" and "description" (Dataset's
+        fields).
+
+    Raises:
+        ValueError: `context` or `val_fraction` is not valid.
+        DataError: the corpus is too small or cannot be read.
+    """
     if not isinstance(context, int) or context < 2:
         raise ValueError(f"text context must be an int >= 2 (bytes per window), got {context!r}")
     if not 0.0 <= val_fraction < 1.0:

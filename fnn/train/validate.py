@@ -197,10 +197,28 @@ def check_loss_shapes(loss, out: tuple, y, name: str = "loss") -> None:
 def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, optimizer=None,
                      batch_size: int | None = None, eval_batch_size: int | None = None,
                      epochs: int | None = None) -> None:
-    """Everything fit can check before compiling: its counts, the output shape, labels and
-    finiteness of the training, validation and test sets (each checked against the model and
-    the loss), and `start` (params, state, the optimizer's state, its position inside an
-    epoch)."""
+    """Everything fit can check before compiling.
+
+    Its counts, the output shape, labels and finiteness of the training, validation and test
+    sets (each checked against the model and the loss), and `start` (params, state, the
+    optimizer's state, its position inside an epoch).
+
+    Args:
+        model: the model (a fnn.nn Layer).
+        data: the Dataset (or anything with x_train, y_train, x_val, y_val, input_shape).
+        loss: a name, a fnn.train.Loss or a function (get_loss).
+        start: a TrainState to continue from, checked against the model and optimizer.
+        optimizer: the optax optimizer (to check `start`'s optimizer state).
+        batch_size: the training batch size (checked against the counts).
+        eval_batch_size: the evaluation batch size.
+        epochs: the number of epochs (checked against `start`'s).
+
+    Raises:
+        ValueError: a count or batch size is not valid, or the model's output does not fit the
+            loss.
+        DataError: the inputs or labels of a split do not fit the model or the loss (shape,
+            dtype, range, non-finite values).
+    """
     from fnn.train.step import get_loss
 
     get_loss(loss)  # an unknown loss name fails here
