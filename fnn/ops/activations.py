@@ -38,6 +38,12 @@ def sigmoid(x):
 
     Shapes: x any shape, output and gradient the same. Finite for any finite x (at |x| = 1e4 in
     float32 s is exactly 0 or 1 and the gradient 0).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        sigmoid(x), shaped like x.
     """
     s = jax.nn.sigmoid(x)
     return s, s
@@ -54,7 +60,14 @@ sigmoid.defkinks(special_points())
 
 @defgate
 def tanh(x):
-    """Hyperbolic tangent.  Local gradient: 1 - t**2, t = output. Shapes: elementwise."""
+    """Hyperbolic tangent.  Local gradient: 1 - t**2, t = output. Shapes: elementwise.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        tanh(x), shaped like x.
+    """
     t = jnp.tanh(x)
     return t, t
 
@@ -71,10 +84,18 @@ tanh.defkinks(special_points())
 # ---- rectifiers: route g by the sign of x ----------------------------------------------------
 @defgate
 def relu(x):
-    """max(x, 0) (jax.nn.relu).  Local gradient: 1 where x > 0, else 0 (also 0 at exactly x ==
-    0, the value of jax.nn.relu's own rule). relu(NaN) is NaN, its gradient 0.
+    """max(x, 0) (jax.nn.relu).
+
+    Local gradient: 1 where x > 0, else 0 (also 0 at exactly x == 0, the value of jax.nn.relu's own
+    rule). relu(NaN) is NaN, its gradient 0.
 
     Shapes: elementwise. The relu gate routes g to the positive entries only.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        relu(x), shaped like x.
     """
     return jax.nn.relu(x), x > 0
 
@@ -90,11 +111,19 @@ relu.defkinks(special_points())
 
 @defgate
 def relu6(x):
-    """min(max(x, 0), 6) (jax.nn.relu6).  Local gradient: 1 where 0 < x < 6, else 0 (also 0 at
-    exactly 0 and 6, the value of jax.nn.relu6's own rule). Shapes: elementwise.
+    """min(max(x, 0), 6) (jax.nn.relu6).
+
+    Local gradient: 1 where 0 < x < 6, else 0 (also 0 at exactly 0 and 6, the value of
+    jax.nn.relu6's own rule). Shapes: elementwise.
 
     jax.nn.relu6 (and hard_sigmoid, hard_silu) in a function differentiated by fnn.grad give
     the same values through jax.nn.relu6's own custom rule (fnn.ops.primitives.custom).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        relu6(x), shaped like x.
     """
     return jax.nn.relu6(x), (x > 0) & (x < 6)
 
@@ -118,11 +147,19 @@ relu6.defkinks(special_points())
 
 @defgate
 def leaky_relu(x, *, alpha=0.01):
-    """x where x >= 0, else alpha * x (jax.nn.leaky_relu with negative_slope=alpha).  Local
-    gradient: 1 where x >= 0, else alpha.
+    """x where x >= 0, else alpha * x (jax.nn.leaky_relu with negative_slope=alpha).
+
+    Local gradient: 1 where x >= 0, else alpha.
 
     At exactly x == 0 the gradient is 1, as jax.grad of jax.nn.leaky_relu gives.
     Shapes: elementwise; `alpha` is a Python float.
+
+    Args:
+        x: the input (any shape).
+        alpha: the slope of the negative side.
+
+    Returns:
+        leaky_relu(x), shaped like x.
     """
     return jax.nn.leaky_relu(x, negative_slope=alpha), x >= 0
 
@@ -138,12 +175,20 @@ leaky_relu.defkinks(special_points(kwargs=({}, {"alpha": 0.2})))
 
 @defgate
 def elu(x, *, alpha=1.0):
-    """x where x > 0, else alpha (e**x - 1) (jax.nn.elu).  Local gradient: 1 where x > 0,
-    else alpha e**x.
+    """x where x > 0, else alpha (e**x - 1) (jax.nn.elu).
+
+    Local gradient: 1 where x > 0, else alpha e**x.
 
     At exactly x == 0 the gradient is alpha (the left limit; continuous when alpha == 1), as
     jax.grad of jax.nn.elu gives. e**x is taken of min(x, 0), so large positive x never
     overflows. Shapes: elementwise.
+
+    Args:
+        x: the input (any shape).
+        alpha: the scale of the negative side.
+
+    Returns:
+        elu(x), shaped like x.
     """
     out = jax.nn.elu(x, alpha=alpha)
     return out, (x, out)
@@ -188,6 +233,14 @@ def maxout(x, *, pieces, axis=-1):
     local gradient is 1 for the entry that is its group's max and 0 for the others: the max
     gate routes g. At a tie the gradient is split evenly among the group's maxima, as JAX
     does for jnp.max.
+
+    Args:
+        x: the input, of size k*pieces along `axis`.
+        pieces: the size of each group.
+        axis: the axis grouped.
+
+    Returns:
+        The input with size k along `axis`.
     """
     ax = _maxout_axis(x, pieces, axis)
     xg = _grouped(x, pieces, ax)
@@ -222,6 +275,12 @@ def softplus(x):
     """log(1 + e**x), computed stably as logaddexp(x, 0).  Local gradient: sigmoid(x).
 
     Shapes: elementwise. Finite values and gradients for any finite x (e.g. |x| = 1e4, float32).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        softplus(x), shaped like x.
     """
     x = inexact(x)
     return jnp.logaddexp(x, 0.0), x
@@ -250,6 +309,13 @@ def gelu(x, *, approximate=False):
     approximate=True: x (1 + tanh(u)) / 2 with u = sqrt(2/pi) (x + 0.044715 x**3), computed as
     x s with s = sigmoid(2u) (the same value, without the cancellation of 1 + tanh(u) in the left
     tail); local gradient s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 x**2).
+
+    Args:
+        x: the input (any shape).
+        approximate: use the tanh approximation.
+
+    Returns:
+        gelu(x), shaped like x.
     """
     x = inexact(x)
     if approximate:
@@ -282,6 +348,12 @@ def silu(x):
     """SiLU / swish: x sigmoid(x).  Local gradient: s (1 + x (1 - s)), s = sigmoid(x).
 
     Shapes: elementwise. Finite for any finite x.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        silu(x), shaped like x.
     """
     s = jax.nn.sigmoid(x)
     return x * s, (x, s)

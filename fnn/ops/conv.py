@@ -74,6 +74,18 @@ def conv2d(x, w, *, stride=1, padding="VALID"):
     d out[n,i,j,o] / d w[a,b,c,o] = xp[n, i*sh+a, j*sw+b, c]. So dx = g convolved (transposed,
     stride as input dilation) with the spatially flipped kernel, and dw[a,b,c,o] =
     sum_{n,i,j} xp[n, i*sh+a, j*sw+b, c] g[n,i,j,o], a convolution of x with g as the kernel.
+
+    Args:
+        x: (N, H, W, C).
+        w: (KH, KW, C, O) (HWIO).
+        stride: (sh, sw), or an int for both.
+        padding: "VALID", "SAME", an int, or ((pt, pb), (pl, pr)).
+
+    Returns:
+        (N, H', W', O).
+
+    Raises:
+        fnn.GateError: w is not rank 4, its channels do not match x's, or the padding is not valid.
     """
     _check_image("conv2d", "x", x)
     if np.ndim(w) != 4:
@@ -266,6 +278,18 @@ def max_pool2d(x, *, window, stride=None):
     first max of the window in row-major order, as JAX does (its rule is XLA's
     select-and-scatter, which also passes over a NaN to the element after it); overlapping
     windows add up.
+
+    Args:
+        x: (N, H, W, C).
+        window: (kh, kw), or an int for both.
+        stride: (sh, sw), or an int (None: the window).
+
+    Returns:
+        (N, H', W', C).
+
+    Raises:
+        fnn.GateError: x is not (N, H, W, C), the window or stride is not valid, or the window is
+            larger than the image.
     """
     k, s = _pool_geometry("max_pool2d", x, window, stride)
     init = np.array(-np.inf, x.dtype)  # a concrete scalar, so JAX sees a max-pool (jit too)
@@ -329,6 +353,18 @@ def avg_pool2d(x, *, window, stride=None):
 
     x: (N, H, W, C) -> out: (N, H', W', C), H' = (H - kh) // sh + 1. Local gradient: 1/(kh*kw)
     for every input of a window, so dx spreads g / (kh*kw) over each window (overlaps add up).
+
+    Args:
+        x: (N, H, W, C).
+        window: (kh, kw), or an int for both.
+        stride: (sh, sw), or an int (None: the window).
+
+    Returns:
+        (N, H', W', C).
+
+    Raises:
+        fnn.GateError: x is not (N, H, W, C), the window or stride is not valid, or the window is
+            larger than the image.
     """
     k, s = _pool_geometry("avg_pool2d", x, window, stride)
     total = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, (1, *k, 1), (1, *s, 1), "VALID")

@@ -30,7 +30,15 @@ def _positive(rng, shape, dtype):
 # ---- add: distributes ------------------------------------------------------------------------
 @defgate
 def add(x, y):
-    """x + y.  Local gradients: d/dx = 1, d/dy = 1 (the add gate distributes g)."""
+    """x + y.  Local gradients: d/dx = 1, d/dy = 1 (the add gate distributes g).
+
+    Args:
+        x: the first input.
+        y: the second input (broadcast against x).
+
+    Returns:
+        x + y, broadcast.
+    """
     return jnp.add(x, y), (x, y)
 
 
@@ -46,7 +54,15 @@ add.defkinks(special_pairs())
 
 @defgate
 def subtract(x, y):
-    """x - y.  Local gradients: d/dx = 1, d/dy = -1."""
+    """x - y.  Local gradients: d/dx = 1, d/dy = -1.
+
+    Args:
+        x: the first input.
+        y: the second input (broadcast against x).
+
+    Returns:
+        x - y, broadcast.
+    """
     return jnp.subtract(x, y), (x, y)
 
 
@@ -63,7 +79,15 @@ subtract.defkinks(special_pairs())
 # ---- multiply: swaps -------------------------------------------------------------------------
 @defgate
 def multiply(x, y):
-    """x * y.  Local gradients: d/dx = y, d/dy = x (the mul gate swaps its inputs)."""
+    """x * y.  Local gradients: d/dx = y, d/dy = x (the mul gate swaps its inputs).
+
+    Args:
+        x: the first input.
+        y: the second input (broadcast against x).
+
+    Returns:
+        x * y, broadcast.
+    """
     return jnp.multiply(x, y), (x, y)
 
 
@@ -80,7 +104,15 @@ multiply.defkinks(special_pairs())
 
 @defgate
 def divide(x, y):
-    """x / y.  Local gradients: d/dx = 1/y, d/dy = -x/y**2."""
+    """x / y.  Local gradients: d/dx = 1/y, d/dy = -x/y**2.
+
+    Args:
+        x: the first input.
+        y: the second input (broadcast against x).
+
+    Returns:
+        x / y, broadcast.
+    """
     return jnp.divide(x, y), (x, y)
 
 
@@ -97,7 +129,14 @@ divide.defkinks(special_pairs())
 
 @defgate
 def negative(x):
-    """-x.  Local gradient: -1."""
+    """-x.  Local gradient: -1.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        -x.
+    """
     return jnp.negative(x), None
 
 
@@ -119,6 +158,13 @@ def power(x, y):
     y is 0; d/dy reads log(x) as 0 where x == 0 (so it is 0 there for y >= 0, NaN for y < 0).
     d/dy needs x > 0 elsewhere, so it is only computed when y is being differentiated (x**2
     with x < 0 is fine).
+
+    Args:
+        x: the base.
+        y: the exponent (broadcast against x).
+
+    Returns:
+        x ** y, broadcast.
     """
     out = jnp.power(x, y)
     return out, (x, y, out)
@@ -149,7 +195,14 @@ power.defkinks(lambda dtype: special_pairs(SPECIAL + (2.0, -0.5, 3.0))(dtype) + 
 # ---- unary functions ---------------------------------------------------------------------------
 @defgate
 def exp(x):
-    """e**x.  Local gradient: e**x (the output itself)."""
+    """e**x.  Local gradient: e**x (the output itself).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        e**x, shaped like x.
+    """
     out = jnp.exp(x)
     return out, out
 
@@ -165,7 +218,14 @@ exp.defkinks(special_points())
 
 @defgate
 def log(x):
-    """Natural log.  Local gradient: 1/x."""
+    """Natural log.  Local gradient: 1/x.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        log(x), shaped like x.
+    """
     return jnp.log(x), x
 
 
@@ -180,7 +240,14 @@ log.defkinks(special_points())
 
 @defgate
 def sqrt(x):
-    """Square root.  Local gradient: 1 / (2 sqrt(x))."""
+    """Square root.  Local gradient: 1 / (2 sqrt(x)).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        sqrt(x), shaped like x.
+    """
     out = jnp.sqrt(x)
     return out, out
 
@@ -200,6 +267,12 @@ def abs(x):  # noqa: A001 - mirrors jnp.abs
 
     At x == 0 the gradient is 1 (the right slope) and at NaN it is -1, as jax.grad of jnp.abs
     gives (JAX's rule is select(x >= 0, g, -g)).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        |x|, shaped like x.
     """
     return jnp.abs(x), x
 
@@ -226,11 +299,20 @@ def _balanced(g, x, y, z, needs):
 
 @defgate
 def maximum(x, y):
-    """max(x, y) elementwise (jnp.maximum).  Local gradients: 1 for the larger input, 0 for the
-    other: the max gate routes g to the input that won.
+    """max(x, y) elementwise (jnp.maximum).
+
+    Local gradients: 1 for the larger input, 0 for the other: the max gate routes g to the input
+    that won.
 
     At a tie (x == y) the gradient is split evenly, g/2 to each, as JAX does. A NaN input
     makes the output NaN and neither input gets a gradient there.
+
+    Args:
+        x: the first input.
+        y: the second input (broadcast against x).
+
+    Returns:
+        max(x, y), broadcast.
     """
     z = jnp.maximum(x, y)
     return z, (x, y, z)
@@ -247,8 +329,18 @@ maximum.defkinks(special_pairs())
 
 @defgate
 def minimum(x, y):
-    """min(x, y) elementwise (jnp.minimum).  Local gradients: 1 for the smaller input, 0 for the
-    other; at a tie the gradient is split evenly, as JAX does."""
+    """min(x, y) elementwise (jnp.minimum).
+
+    Local gradients: 1 for the smaller input, 0 for the other; at a tie the gradient is split
+    evenly, as JAX does.
+
+    Args:
+        x: the first input.
+        y: the second input (broadcast against x).
+
+    Returns:
+        min(x, y), broadcast.
+    """
     z = jnp.minimum(x, y)
     return z, (x, y, z)
 
@@ -267,6 +359,14 @@ def where(condition, x, y):
     """x where condition else y.  Local gradients: condition for x, not condition for y.
 
     `condition` is a boolean array (no gradient); all three broadcast together.
+
+    Args:
+        condition: a boolean array (no gradient).
+        x: taken where condition.
+        y: taken elsewhere.
+
+    Returns:
+        The broadcast result.
     """
     return jnp.where(condition, x, y), (condition, x, y)
 
@@ -295,7 +395,15 @@ def _where_kinks(dtype):
 
 @defgate
 def astype(x, *, dtype):
-    """x cast to `dtype` (float to float).  Local gradient: 1, cast back to x's dtype."""
+    """x cast to `dtype` (float to float).  Local gradient: 1, cast back to x's dtype.
+
+    Args:
+        x: the input (a float array).
+        dtype: the float dtype to cast to.
+
+    Returns:
+        x cast to `dtype`.
+    """
     return x.astype(dtype), jnp.result_type(x)
 
 

@@ -24,6 +24,16 @@ def matmul(x, w):
     """x @ w with numpy's rules (1-D operands, batch dims broadcast).
 
     Local gradients (2-D): dx = g @ w.T (N,K), dw = x.T @ g (K,M) for x (N,K), w (K,M), g (N,M).
+
+    Args:
+        x: the left operand.
+        w: the right operand.
+
+    Returns:
+        x @ w.
+
+    Raises:
+        fnn.GateError: an operand has no dims, or the inner dimensions differ.
     """
     xs, ws = np.shape(x), np.shape(w)
     if len(xs) == 0 or len(ws) == 0:
@@ -82,6 +92,17 @@ def affine(x, w, b):
     """Flatten x (N, d1..dk) to (N, D), then x @ w + b with w (D, M), b (M,) -> (N, M).
 
     Local gradients: dx = (g @ w.T).reshape(x.shape), dw = x.T @ g, db = sum_N g.
+
+    Args:
+        x: (N, d1..dk), flattened to (N, D).
+        w: (D, M).
+        b: (M,).
+
+    Returns:
+        (N, M).
+
+    Raises:
+        fnn.GateError: the shapes of x, w and b do not fit together.
     """
     if jnp.ndim(x) < 1 or jnp.ndim(w) != 2 or jnp.ndim(b) != 1:
         raise GateError(f"gate 'affine': expects x (N, ...), w (D, M), b (M,); got x {describe(x)}, "
@@ -131,7 +152,15 @@ affine.defkinks(smooth=True)
 # ---- shape gates ------------------------------------------------------------------------------
 @defgate
 def transpose(x, *, axes=None):
-    """Permute axes (reverse them when axes is None).  Local gradient: the inverse permutation."""
+    """Permute axes (reverse them when axes is None).  Local gradient: the inverse permutation.
+
+    Args:
+        x: the input.
+        axes: the permutation (None: reversed).
+
+    Returns:
+        x with its axes permuted.
+    """
     return jnp.transpose(x, axes), None
 
 
@@ -152,7 +181,18 @@ transpose.defkinks(smooth=True)
 
 @defgate
 def reshape(x, *, shape):
-    """x with a new shape (one entry may be -1).  Local gradient: g reshaped back to x's shape."""
+    """x with a new shape (one entry may be -1).  Local gradient: g reshaped back to x's shape.
+
+    Args:
+        x: the input.
+        shape: the new shape (one entry may be -1).
+
+    Returns:
+        x reshaped.
+
+    Raises:
+        fnn.GateError: x cannot take `shape`.
+    """
     try:
         return jnp.reshape(x, shape), np.shape(x)
     except TypeError as e:
@@ -174,7 +214,18 @@ reshape.defkinks(smooth=True)
 
 @defgate
 def broadcast_to(x, *, shape):
-    """x broadcast to `shape`.  Local gradient: g summed over the broadcast axes (unbroadcast)."""
+    """x broadcast to `shape`.  Local gradient: g summed over the broadcast axes (unbroadcast).
+
+    Args:
+        x: the input.
+        shape: the shape to broadcast to.
+
+    Returns:
+        x broadcast to `shape`.
+
+    Raises:
+        fnn.GateError: x cannot be broadcast to `shape`.
+    """
     try:
         return jnp.broadcast_to(x, shape), x
     except ValueError as e:
@@ -199,6 +250,16 @@ def concatenate(*xs, axis=0):
     """Join arrays along `axis`: concatenate(a, b, c, axis=1) (arrays as separate arguments).
 
     Local gradient: g split back into pieces of the inputs' sizes along `axis`.
+
+    Args:
+        *xs: the arrays, as separate arguments.
+        axis: the axis they are joined along.
+
+    Returns:
+        The joined array.
+
+    Raises:
+        fnn.GateError: no array, or the arrays passed as one list.
     """
     if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
         raise GateError("gate 'concatenate': pass the arrays as separate arguments, "
@@ -230,6 +291,14 @@ def take(x, indices, *, axis=None):
     """jnp.take(x, indices, axis): gather along `axis` (x flattened when axis is None).
 
     Local gradient: g scattered-and-added back to the gathered positions (repeats add up).
+
+    Args:
+        x: the input.
+        indices: integer indices.
+        axis: the axis gathered along (None: x flattened).
+
+    Returns:
+        The gathered entries.
     """
     return jnp.take(x, indices, axis=axis), (np.shape(x), jnp.result_type(x), indices)
 
@@ -258,6 +327,16 @@ def index(x, *, index):
     """x[index] for any numpy-style index (ints, slices, None, ..., integer arrays).
 
     Local gradient: g added into a zero array at the indexed positions (repeats add up).
+
+    Args:
+        x: the input.
+        index: a numpy-style index.
+
+    Returns:
+        x[index].
+
+    Raises:
+        fnn.GateError: x cannot be indexed with `index`.
     """
     try:
         return x[index], (np.shape(x), jnp.result_type(x))
@@ -337,7 +416,14 @@ index.defkinks(smooth=True)
 
 @defgate
 def stop_gradient(x):
-    """x, with no gradient flowing back.  Local gradient: 0 (under JAX's grad too)."""
+    """x, with no gradient flowing back.  Local gradient: 0 (under JAX's grad too).
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        x.
+    """
     return lax.stop_gradient(x), None
 
 

@@ -119,6 +119,19 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=N
     Local gradients (fused through softmax and log): d/dlogits = (softmax(logits) - target)
     times each example's weight (1/count for the mean, 0 where ignored); for probability labels
     d/dlabels = -log softmax(logits) times the same weight. Integer labels get no gradient.
+
+    Args:
+        logits: (..., C) float.
+        labels: (...) integer class indices in [0, C), or class probabilities (..., C).
+        label_smoothing: e: the target is (1 - e) onehot + e / C.
+        ignore_index: a label whose examples add nothing (None: none).
+        reduction: "mean", "sum" or "none".
+
+    Returns:
+        The loss: a scalar, or shape (...) for reduction="none".
+
+    Raises:
+        fnn.GateError: an empty batch, or an unknown reduction.
     """
     if reduction not in REDUCTIONS:
         raise GateError(f"gate 'softmax_cross_entropy': reduction must be one of "
@@ -182,11 +195,24 @@ softmax_cross_entropy.defkinks(lambda dtype: [
 
 @defgate
 def binary_cross_entropy_with_logits(logits, targets, *, reduction="mean"):
-    """-(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) elementwise, from logits z (stable:
+    """Binary cross-entropy from logits, computed stably, then reduced.
+
+    -(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) elementwise, from logits z (stable:
     softplus(z) - z t, softplus by jnp.logaddexp(z, 0)), then reduced ("mean", "sum" or "none").
 
     Shapes: logits and targets the same shape; targets in [0, 1] (float).
     Local gradients: d/dz = sigmoid(z) - t, d/dt = -z, times 1/size for the mean.
+
+    Args:
+        logits: the logits z.
+        targets: the targets t in [0, 1] (float), shaped like the logits.
+        reduction: "mean", "sum" or "none".
+
+    Returns:
+        The loss: a scalar, or shaped like the logits for reduction="none".
+
+    Raises:
+        fnn.GateError: an unknown reduction, or targets that are not floats shaped like the logits.
     """
     if reduction not in REDUCTIONS:
         raise GateError(f"gate 'binary_cross_entropy_with_logits': reduction must be one of "
@@ -236,6 +262,14 @@ def svm_loss(scores, labels, *, delta=1.0):
     Local gradient: for j != y_i, d/ds_ij = [margin_ij > 0] / N; for the correct class,
     d/ds_iy_i = -(number of j with margin_ij > 0) / N. A margin of exactly 0 counts as
     inactive (gradient 0). Labels get no gradient.
+
+    Args:
+        scores: (N, C) float.
+        labels: (N,) int in [0, C).
+        delta: the margin.
+
+    Returns:
+        The loss, a scalar.
     """
     labels, n, c = _check_classes("svm_loss", scores, labels, what="scores")
     correct = jnp.take_along_axis(scores, labels[:, None].astype(jnp.int32), axis=1)
@@ -280,6 +314,16 @@ def mse(pred, target):
 
     Shapes: pred and target the same shape exactly (no broadcasting), size M > 0.
     Local gradients: d/dpred = 2 (pred - target) / M, d/dtarget = -2 (pred - target) / M.
+
+    Args:
+        pred: the predictions.
+        target: the targets, shaped like pred.
+
+    Returns:
+        The mean squared error, a scalar.
+
+    Raises:
+        fnn.GateError: the inputs are empty or not of the same shape.
     """
     if np.shape(pred) != np.shape(target):
         raise GateError(f"gate 'mse': pred {describe(pred)} and target {describe(target)} must "
@@ -311,6 +355,13 @@ def l2_penalty(w, *, scale=1.0):
     """CS231n's L2 regularization: scale * sum(w**2) (no 1/2), a scalar.
 
     Shapes: w any shape. Local gradient: d/dw = 2 * scale * w.
+
+    Args:
+        w: the weights (any shape).
+        scale: the penalty's factor.
+
+    Returns:
+        scale * sum(w**2), a scalar.
     """
     return scale * jnp.sum(w * w), w
 

@@ -53,6 +53,23 @@ def batch_norm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9
     eval mode dx = g * gamma * inv_std. The running stats are state, not parameters: they get no
     gradient (None), and the running-stat outputs pass none back (the forward wraps them in
     lax.stop_gradient, so JAX's vjp of the forward agrees).
+
+    Args:
+        x: (N, D) or (N, H, W, D).
+        gamma: the scale (D,).
+        beta: the shift (D,).
+        running_mean: the running mean (D,).
+        running_var: the running (biased) variance (D,).
+        train: normalize with the batch statistics and update the running ones; False: use the
+            running statistics.
+        momentum: the running statistics' momentum.
+        eps: added to the variance.
+
+    Returns:
+        (y, new_running_mean, new_running_var).
+
+    Raises:
+        fnn.GateError: x is not (N, D) or (N, H, W, D).
     """
     if np.ndim(x) < 2:
         raise GateError(f"gate 'batch_norm': x must be (N, D) or (N, H, W, D), got {describe(x)}")
@@ -135,6 +152,15 @@ def layer_norm(x, gamma, beta, *, eps=1e-5):
     Local gradients: dbeta = sum(g), dgamma = sum(g * xhat) over all axes but the last;
     dx = inv_std / D * (D * gx - sum(gx) - xhat * sum(gx * xhat)) with gx = g * gamma, sums over
     the last axis.
+
+    Args:
+        x: (..., D).
+        gamma: the scale (D,).
+        beta: the shift (D,).
+        eps: added to the variance.
+
+    Returns:
+        y, shaped like x.
     """
     _check_features("layer_norm", x, gamma=gamma, beta=beta)
     mean = jnp.mean(x, axis=-1, keepdims=True)
@@ -184,6 +210,18 @@ def dropout(x, key, *, rate, train=True):
     jax.random.key(seed)); the same key gives the same mask. With train=False or rate == 0 the
     gate is the identity. Local gradient: mask / (1 - rate) for x (the mask kept by the forward);
     the key gets no gradient (None).
+
+    Args:
+        x: the input (any shape).
+        key: a JAX PRNG key.
+        rate: the probability of dropping an entry, 0 <= rate < 1.
+        train: False: the identity.
+
+    Returns:
+        x * mask / (1 - rate), shaped like x.
+
+    Raises:
+        fnn.GateError: rate is not in [0, 1).
     """
     if not 0 <= rate < 1:
         raise GateError(f"gate 'dropout': rate must satisfy 0 <= rate < 1, got {rate!r} "

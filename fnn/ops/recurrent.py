@@ -104,12 +104,24 @@ def _sequence_cases(k, states=1, biases=1):
 # ---- vanilla RNN --------------------------------------------------------------------------------
 @defgate
 def rnn_sequence(x, h0, wx, wh, b):
-    """A tanh RNN over a sequence: h_t = tanh(x_t wx + b + h_{t-1} wh) from h0. x (T, N, D)
+    """A tanh RNN over a sequence: h_t = tanh(x_t wx + b + h_{t-1} wh) from h0.
+
+    A tanh RNN over a sequence: h_t = tanh(x_t wx + b + h_{t-1} wh) from h0. x (T, N, D)
     time-major, h0 (N, H), wx (D, H), wh (H, H), b (H,); returns (hs (T, N, H), h_T (N, H)).
 
     Local gradients (backpropagation through time): the reverse scan carries dh; at step t,
     da_t = (g_t + dh) (1 - h_t**2) and dh = da_t wh^T (dh0 at the end); then for all steps at
     once dx = dA wx^T, dwx = X^T dA, dwh = H_prev^T dA, db = sum dA.
+
+    Args:
+        x: (T, N, D), time-major.
+        h0: the initial state (N, H).
+        wx: (D, H).
+        wh: (H, H).
+        b: (H,).
+
+    Returns:
+        (hs (T, N, H), h_T (N, H)).
     """
     _check("rnn_sequence", x, h0, wx, wh, b, 1)
 
@@ -144,7 +156,9 @@ rnn_sequence.defkinks(smooth=True)
 # ---- LSTM -----------------------------------------------------------------------------------------
 @defgate
 def lstm_sequence(x, h0, c0, wx, wh, b):
-    """An LSTM over a sequence (lstm_cell at every step): a_t = x_t wx + b + h_{t-1} wh split
+    """An LSTM over a sequence (lstm_cell at every step).
+
+    An LSTM over a sequence (lstm_cell at every step): a_t = x_t wx + b + h_{t-1} wh split
     into (i, f, o, g), sigmoids and a tanh; c_t = f c_{t-1} + i g, h_t = o tanh(c_t), from
     (h0, c0). x (T, N, D) time-major, h0 and c0 (N, H), wx (D, 4H), wh (H, 4H), b (4H,);
     returns (hs (T, N, H), h_T, c_T).
@@ -155,6 +169,17 @@ def lstm_sequence(x, h0, c0, wx, wh, b):
     (the second factor is computed by the forward, where its parts are at hand, and saved);
     dh = da_t wh^T, dc = dc f (dh0, dc0 at the end); then for all steps at once dx = dA wx^T,
     dwx = X^T dA, dwh = H_prev^T dA, db = sum dA.
+
+    Args:
+        x: (T, N, D), time-major.
+        h0: the initial hidden state (N, H).
+        c0: the initial cell state (N, H).
+        wx: (D, 4H).
+        wh: (H, 4H).
+        b: (4H,).
+
+    Returns:
+        (hs (T, N, H), h_T, c_T).
     """
     _check("lstm_sequence", x, h0, wx, wh, b, 4, [("c0", c0, tuple(np.shape(h0)))])
     hidden = h0.shape[1]
@@ -202,7 +227,9 @@ lstm_sequence.defkinks(smooth=True)
 # ---- GRU ------------------------------------------------------------------------------------------
 @defgate
 def gru_sequence(x, h0, wx, wh, b, bh):
-    """A GRU over a sequence (gru_cell at every step, PyTorch's equations): with
+    """A GRU over a sequence (gru_cell at every step, PyTorch's equations).
+
+    A GRU over a sequence (gru_cell at every step, PyTorch's equations): with
     ax = x_t wx + b and ah = h_{t-1} wh + bh split into (r, z, n) parts, r = sigmoid(ax_r + ah_r),
     z = sigmoid(ax_z + ah_z), n = tanh(ax_n + r ah_n), h_t = (1 - z) n + z h_{t-1}, from h0.
     x (T, N, D) time-major, h0 (N, H), wx (D, 3H), wh (H, 3H), b and bh (3H,); returns
@@ -214,6 +241,17 @@ def gru_sequence(x, h0, wx, wh, b, bh):
     the h side takes dA_h = (da_r, da_z, da_n r), and dh = dh z + dA_h wh^T (dh0 at the end);
     then for all steps at once dx = dA_x wx^T, dwx = X^T dA_x, db = sum dA_x,
     dwh = H_prev^T dA_h, dbh = sum dA_h.
+
+    Args:
+        x: (T, N, D), time-major.
+        h0: the initial state (N, H).
+        wx: (D, 3H).
+        wh: (H, 3H).
+        b: (3H,).
+        bh: (3H,).
+
+    Returns:
+        (hs (T, N, H), h_T).
     """
     _check("gru_sequence", x, h0, wx, wh, b, 3, [("bh", bh, tuple(np.shape(b)))])
     hidden = h0.shape[1]

@@ -48,7 +48,16 @@ def _reduction_cases(make=normal):
 
 @defgate
 def sum(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.sum
-    """Sum over `axis`.  Local gradient: 1 for every element (g is copied back)."""
+    """Sum over `axis`.  Local gradient: 1 for every element (g is copied back).
+
+    Args:
+        x: the input.
+        axis: the axis or axes reduced (None: all).
+        keepdims: keep the reduced axes with size 1.
+
+    Returns:
+        The sum over `axis`.
+    """
     axes = _axes(axis, jnp.ndim(x), "sum")
     return jnp.sum(x, axis=axes, keepdims=keepdims), np.shape(x)
 
@@ -65,7 +74,16 @@ sum.defkinks(smooth=True)
 
 @defgate
 def mean(x, *, axis=None, keepdims=False):
-    """Mean over `axis`.  Local gradient: 1/n for every element (n = count reduced over)."""
+    """Mean over `axis`.  Local gradient: 1/n for every element (n = count reduced over).
+
+    Args:
+        x: the input.
+        axis: the axis or axes reduced (None: all).
+        keepdims: keep the reduced axes with size 1.
+
+    Returns:
+        The mean over `axis`.
+    """
     axes = _axes(axis, jnp.ndim(x), "mean")  # over an empty axis: NaN, as jnp.mean
     return jnp.mean(x, axis=axes, keepdims=keepdims), np.shape(x)
 
@@ -85,12 +103,24 @@ mean.defkinks(smooth=True)
 
 @defgate
 def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
-    """Max over `axis` (jnp.max).  Local gradient: 1 for the maximal element, 0 elsewhere (max
-    routes).
+    """Max over `axis` (jnp.max).
+
+    Local gradient: 1 for the maximal element, 0 elsewhere (max routes).
 
     At a tie the gradient is split evenly among the maximal elements of a group, as JAX does
     (each of k tied maxima gets g / k). A group holding a NaN has max NaN, and every element
     of it a NaN gradient (0 maxima share g), as with JAX.
+
+    Args:
+        x: the input.
+        axis: the axis or axes reduced (None: all).
+        keepdims: keep the reduced axes with size 1.
+
+    Returns:
+        The max over `axis`.
+
+    Raises:
+        fnn.GateError: the max is over an empty axis.
     """
     axes = _axes(axis, jnp.ndim(x), "max")
     if any(np.shape(x)[a] == 0 for a in axes):
@@ -126,6 +156,17 @@ def logsumexp(x, b=None, where=None, *, axis=None, keepdims=False, return_sign=F
     (log|sum|, sign of the sum)); where: a boolean mask, entries outside it left out.
     Local gradients: d/dx = b exp(x - out) (the softmax for b = 1), d/db = exp(x - out), both
     times g and the sign of the sum; none through the sign output.
+
+    Args:
+        x: the input.
+        b: weights broadcast against x (None: 1).
+        where: a boolean mask (None: all entries).
+        axis: the axis or axes reduced (None: all).
+        keepdims: keep the reduced axes with size 1.
+        return_sign: also return the sign of the sum.
+
+    Returns:
+        log|sum(b * exp(x))|, or (it, the sign) with return_sign=True.
     """
     x = inexact(x)
     axes = _axes(axis, jnp.ndim(x), "logsumexp")
@@ -192,10 +233,20 @@ def _masked_softmax_cases(rng, dtype):
 
 @defgate
 def softmax(x, where=None, *, axis=-1):
-    """exp(x) / sum(exp(x)) along `axis` (max-shifted). where: a boolean mask; entries outside
+    """exp(x) / sum(exp(x)) along `axis` (max-shifted).
+
+    exp(x) / sum(exp(x)) along `axis` (max-shifted). where: a boolean mask; entries outside
     it get probability 0 (as jax.nn.softmax(..., where=)).
 
     Local gradient (no Jacobian): dx = y * (g - sum(g * y, axis)), 0 outside the mask.
+
+    Args:
+        x: the input.
+        where: a boolean mask (None: all entries).
+        axis: the axis normalized over.
+
+    Returns:
+        softmax(x), shaped like x.
     """
     axes = _axes(axis, jnp.ndim(x), "softmax")
     masked = x if where is None else jnp.where(where, x, -jnp.inf)
@@ -217,10 +268,20 @@ softmax.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), label="-inf entries
 
 @defgate
 def log_softmax(x, where=None, *, axis=-1):
-    """x - logsumexp(x) along `axis` (max-shifted). where: a boolean mask; entries outside it
+    """x - logsumexp(x) along `axis` (max-shifted).
+
+    x - logsumexp(x) along `axis` (max-shifted). where: a boolean mask; entries outside it
     are -inf (as jax.nn.log_softmax(..., where=)).
 
     Local gradient: dx = g - softmax(x) * sum(g, axis), over the entries inside the mask.
+
+    Args:
+        x: the input.
+        where: a boolean mask (None: all entries).
+        axis: the axis normalized over.
+
+    Returns:
+        log softmax(x), shaped like x.
     """
     axes = _axes(axis, jnp.ndim(x), "log_softmax")
     masked = x if where is None else jnp.where(where, x, -jnp.inf)

@@ -47,8 +47,17 @@ def _kink_free(rng, shape, dtype, points=(0.0,), gap=0.1):
 
 @defgate
 def sign(x):
-    """sign(x) in {-1, 0, 1}.  Local gradient: 0 almost everywhere (undefined at 0); train
-    through it with straight_through or clipped_straight_through."""
+    """sign(x) in {-1, 0, 1}.
+
+    Local gradient: 0 almost everywhere (undefined at 0); train through it with straight_through or
+    clipped_straight_through.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        sign(x), shaped like x.
+    """
     return jnp.sign(x), None
 
 
@@ -60,7 +69,14 @@ sign.defkinks(special_points())
 
 @defgate(name="round")
 def round_(x):
-    """x rounded to the nearest integer.  Local gradient: 0 almost everywhere."""
+    """x rounded to the nearest integer.  Local gradient: 0 almost everywhere.
+
+    Args:
+        x: the input (any shape).
+
+    Returns:
+        x rounded, shaped like x.
+    """
     return jnp.round(x), None
 
 
@@ -72,8 +88,23 @@ round_.defkinks(special_points(SPECIAL + (1.5, 2.5, -0.5, -1.5)))
 
 @defgate
 def quantize(x, *, bits: int, lo: float = -1.0, hi: float = 1.0):
-    """x clipped to [lo, hi] and rounded to 2**bits evenly spaced levels (k-bit uniform
-    quantization, as in DoReFa-Net).  Local gradient: 0 almost everywhere."""
+    """x clipped to [lo, hi] and rounded to 2**bits evenly spaced levels.
+
+    x clipped to [lo, hi] and rounded to 2**bits evenly spaced levels (k-bit uniform
+    quantization, as in DoReFa-Net).  Local gradient: 0 almost everywhere.
+
+    Args:
+        x: the input (any shape).
+        bits: the bits k (2**k levels), a positive int.
+        lo: the lowest level.
+        hi: the highest level.
+
+    Returns:
+        The quantized x, shaped like x.
+
+    Raises:
+        ValueError: bits is not a positive int.
+    """
     if not isinstance(bits, int) or bits < 1:
         raise ValueError(f"gate 'quantize': bits must be a positive int, got {bits!r}")
     levels = 2 ** bits - 1
@@ -97,8 +128,18 @@ quantize.defkinks(lambda dtype: [  # the bounds, the steps of 2 bits on [-1, 1],
 
 @defgate
 def spike(x, *, threshold: float = 0.0):
-    """1 where x > threshold, else 0: the Heaviside step of a spiking neuron.  Local gradient:
-    0 almost everywhere; surrogate gradients (fast_sigmoid, triangle, arctan, ...) train it."""
+    """1 where x > threshold, else 0: the Heaviside step of a spiking neuron.
+
+    Local gradient: 0 almost everywhere; surrogate gradients (fast_sigmoid, triangle, arctan, ...)
+    train it.
+
+    Args:
+        x: the input (any shape).
+        threshold: the firing threshold.
+
+    Returns:
+        The spikes (0 or 1), shaped like x.
+    """
     return (x > threshold).astype(jnp.result_type(x)), None
 
 

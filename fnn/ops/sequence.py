@@ -25,12 +25,25 @@ from fnn.ops._cases import normal
 # ---- embedding ------------------------------------------------------------------------------------
 @defgate
 def embedding(table, ids, *, padding_idx=None):
-    """table[ids]: a row of the (V, D) table per integer id, out (..., D). With padding_idx,
+    """table[ids]: a row of the (V, D) table per integer id.
+
+    table[ids]: a row of the (V, D) table per integer id, out (..., D). With padding_idx,
     positions holding that id read zeros (a padding token contributes nothing, as PyTorch's
     zero padding row does).
 
     Local gradient: each upstream row g[i] is added into table row ids[i] (rows read twice get
     both); the padding row gets none. ids get no gradient.
+
+    Args:
+        table: the (V, D) table.
+        ids: integer ids in [0, V), any shape.
+        padding_idx: an id whose positions read zeros (None: none).
+
+    Returns:
+        (..., D).
+
+    Raises:
+        fnn.GateError: table is not (V, D), or ids are not integers in [0, V).
     """
     if jnp.ndim(table) != 2:
         raise GateError(f"gate 'embedding': table must be (V, D), got {describe(table)}")
@@ -81,9 +94,21 @@ def _check_cell(name, x, h, wx, wh, b, k):
 
 @defgate
 def rnn_cell(x, h, wx, wh, b):
-    """One step of a vanilla RNN: h' = tanh(x wx + h wh + b).  x (N, D), h (N, H), wx (D, H),
-    wh (H, H), b (H,).  Local gradients: with da = g (1 - h'**2): dx = da wx.T, dh = da wh.T,
-    dwx = x.T da, dwh = h.T da, db = sum_N da."""
+    """One step of a vanilla RNN: h' = tanh(x wx + h wh + b).
+
+    x (N, D), h (N, H), wx (D, H), wh (H, H), b (H,). Local gradients: with da = g (1 - h'**2): dx =
+    da wx.T, dh = da wh.T, dwx = x.T da, dwh = h.T da, db = sum_N da.
+
+    Args:
+        x: (N, D).
+        h: the hidden state (N, H).
+        wx: (D, H).
+        wh: (H, H).
+        b: (H,).
+
+    Returns:
+        h' (N, H).
+    """
     _check_cell("rnn_cell", x, h, wx, wh, b, 1)
     out = jnp.tanh(x @ wx + h @ wh + b)
     return out, (x, h, wx, wh, out)
@@ -117,7 +142,9 @@ rnn_cell.defkinks(smooth=True)
 
 @defgate
 def lstm_cell(x, h, c, wx, wh, b):
-    """One LSTM step (CS231n's lstm_step_forward): a = x wx + h wh + b split into (i, f, o, g)
+    """One LSTM step (CS231n's lstm_step_forward).
+
+    One LSTM step (CS231n's lstm_step_forward): a = x wx + h wh + b split into (i, f, o, g)
     gates, i = sigmoid, f = sigmoid, o = sigmoid, g = tanh; c' = f c + i g, h' = o tanh(c').
     x (N, D), h and c (N, H), wx (D, 4H), wh (H, 4H), b (4H,); returns (h', c').
 
@@ -125,6 +152,20 @@ def lstm_cell(x, h, c, wx, wh, b):
     di = dc' g, df = dc' c, dg = dc' i, do = g_h tanh(c'), dc = dc' f, each through its gate's
     derivative (s (1 - s), 1 - t**2) into da; then dx = da wx.T, dh = da wh.T, dwx = x.T da,
     dwh = h.T da, db = sum_N da.
+
+    Args:
+        x: (N, D).
+        h: the hidden state (N, H).
+        c: the cell state (N, H).
+        wx: (D, 4H).
+        wh: (H, 4H).
+        b: (4H,).
+
+    Returns:
+        (h', c').
+
+    Raises:
+        fnn.GateError: c is not shaped like h.
     """
     _check_cell("lstm_cell", x, h, wx, wh, b, 4)
     if np.shape(c) != np.shape(h):
@@ -157,13 +198,29 @@ lstm_cell.defkinks(smooth=True)
 
 @defgate
 def gru_cell(x, h, wx, wh, b, bh):
-    """One GRU step (PyTorch's): r = sigmoid(x wx_r + h wh_r + b_r + bh_r), z likewise,
+    """One GRU step (PyTorch's equations).
+
+    One GRU step (PyTorch's): r = sigmoid(x wx_r + h wh_r + b_r + bh_r), z likewise,
     n = tanh(x wx_n + b_n + r (h wh_n + bh_n)), h' = (1 - z) n + z h.
     x (N, D), h (N, H), wx (D, 3H), wh (H, 3H), b and bh (3H,) in the order (r, z, n).
 
     Local gradients: dn = g (1 - z), dz = g (h - n), dh gets g z directly; through n's tanh
     da_n = dn (1 - n**2), which reaches the hidden side as da_n r and r as da_n (h wh_n + bh_n);
     through the sigmoids da_r = dr r (1 - r), da_z = dz z (1 - z); then the products as usual.
+
+    Args:
+        x: (N, D).
+        h: the hidden state (N, H).
+        wx: (D, 3H).
+        wh: (H, 3H).
+        b: (3H,), the input side's bias.
+        bh: (3H,), the hidden side's bias.
+
+    Returns:
+        h' (N, H).
+
+    Raises:
+        fnn.GateError: bh is not shaped like b.
     """
     _check_cell("gru_cell", x, h, wx, wh, b, 3)
     if np.shape(bh) != np.shape(b):
@@ -207,13 +264,28 @@ gru_cell.defkinks(smooth=True)
 # ---- attention -------------------------------------------------------------------------------------------
 @defgate
 def attention(q, k, v, *, causal: bool = False, scale=None):
-    """softmax(q k^T * scale (+ causal mask)) v over the last two axes: q (..., T, d),
+    """Scaled dot-product attention: softmax(q k^T * scale (+ causal mask)) v.
+
+    softmax(q k^T * scale (+ causal mask)) v over the last two axes: q (..., T, d),
     k (..., S, d), v (..., S, dv) -> (..., T, dv); scale defaults to 1/sqrt(d); with causal,
     position t attends to s <= t only (T == S).
 
     Local gradients (fused, no softmax Jacobian): with P the attention weights and g upstream,
     dv = P^T g; dP = g v^T; dS = P (dP - rowsum(dP P)); dq = dS k scale; dk = dS^T q scale.
     (The scores are computed as (q scale) k^T: the scale multiplies q, not the scores.)
+
+    Args:
+        q: the queries (..., T, d).
+        k: the keys (..., S, d).
+        v: the values (..., S, dv).
+        causal: position t attends to s <= t only (needs T == S).
+        scale: the factor of the scores (None: 1/sqrt(d)).
+
+    Returns:
+        (..., T, dv).
+
+    Raises:
+        fnn.GateError: the shapes of q, k and v do not fit, or causal with T != S.
     """
     if jnp.ndim(q) < 2 or np.shape(q)[-1] != np.shape(k)[-1] or np.shape(k)[-2] != np.shape(v)[-2]:
         raise GateError(f"gate 'attention': q (..., T, d), k (..., S, d) and v (..., S, dv) "
