@@ -69,7 +69,7 @@ PUBLIC = _public_callables()
 
 
 def _sections(obj) -> dict:
-    import griffe
+    griffe = pytest.importorskip("griffe", reason="the docs extra (pip install -e '.[docs]')")
 
     text = inspect.getdoc(obj) or ""
     parsed = griffe.Docstring(text).parse("google", warnings=False)
