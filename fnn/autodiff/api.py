@@ -177,7 +177,7 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
         Returns:
             `(out, vjp_fn)`, or `(out, vjp_fn, aux)` with has_aux. `vjp_fn` raises TypeError for a
             cotangent of another structure than `out`, ValueError for one of another shape (or a
-            real cotangent of a complex output, a complex one of a real output, as jax.vjp).
+            real cotangent of a complex output, a complex one of a real output, as JAX's vjp does).
 
         Raises:
             TypeError: with has_aux, `f` does not return a pair.

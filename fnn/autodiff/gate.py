@@ -56,8 +56,8 @@ class Case:
     input. Central differences then perturb such an input only within its structure ("symmetric":
     by the symmetric direction (E + E^T) / 2; "positive definite": the same, and steps small
     enough to stay positive definite; "orthogonal": by a rotation, Q expm(t K) with
-    K = skew(Q^T E); "sorted": by a step that keeps the order). The comparison with jax.vjp is
-    then made in the same directions (both gradients projected onto them). Inputs are square
+    K = skew(Q^T E); "sorted": by a step that keeps the order). The comparison with JAX's own VJP
+    is then made in the same directions (both gradients projected onto them). Inputs are square
     matrices (the last two axes; "orthogonal": one 2-d matrix), and for "sorted" vectors sorted
     along the last axis.
 
@@ -186,7 +186,7 @@ class Gate:
         """Attach `kinks(dtype) -> list[Case]`, the points where this gate's derivative is a
         convention: kinks (relu at 0), ties (max), edges of the domain (sqrt at 0), NaN and
         infinite inputs where the rule has a select. There the hand-written VJP must give
-        exactly what jax.grad gives (tests/test_kinks.py, and the gate checker). Or
+        exactly what JAX's gradient gives (tests/test_kinks.py, and the gate checker). Or
         `defkinks(smooth=True)`: the gate has no such point (its rule is one formula
         everywhere). A built-in gate must say one or the other."""
         if smooth == (kinks is not None):
@@ -406,14 +406,14 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
                 raise GateError(f"rule '{gate_name}' does not handle the parameter {key}="
                                 f"{_short(value)} of {primitive.name}: it knows "
                                 f"{', '.join(handles + tuple(allowed)) or 'no parameters'} "
-                                "(a newer JAX?). Use jax.grad for this program, or declare "
-                                "a rule with fnn.primitive_gate.")
+                                "(a newer JAX?). Use JAX's own gradient for this program, or "
+                                "declare a rule with fnn.primitive_gate.")
             if not any(_same(value, ok) for ok in allowed[key]):
                 raise GateError(f"rule '{gate_name}' does not handle {key}={_short(value)} of "
                                 f"{primitive.name} (it handles {key} in "
                                 f"{tuple(allowed[key])!r} only): rather than compute another "
-                                "gradient, fnn stops here. Use jax.grad for this program, or "
-                                "declare a rule with fnn.primitive_gate.")
+                                "gradient, fnn stops here. Use JAX's own gradient for this "
+                                "program, or declare a rule with fnn.primitive_gate.")
         return run(*args, **params)
 
     def declare(vjp: Callable) -> Gate:
