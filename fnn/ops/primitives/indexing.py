@@ -273,6 +273,15 @@ def _sort_kinks(dtype):
 
 
 sort.defkinks(_sort_kinks)
+def _taken_back(g_values, x, indices, axis):
+    """(dx,): each of g_values added back at the position along `axis` its value was taken from
+    (`indices`), zero elsewhere: top_k's and approx_top_k's local gradient."""
+    axis = axis % len(x.shape)
+    grids = [lax.broadcasted_iota(np.int32, g_values.shape, d) for d in range(g_values.ndim)]
+    grids[axis] = indices.astype(np.int32)
+    return (jnp.zeros(x.shape, x.dtype).at[tuple(grids)].add(g_values),)
+
+
 @primitive_gate(P.top_k_p, save=lambda args, out: (jax.ShapeDtypeStruct(np.shape(args[0]),
                                                                          jnp.result_type(args[0])),
                                                     out[1]),
@@ -280,12 +289,7 @@ sort.defkinks(_sort_kinks)
 def top_k(g, saved, *, k, axis=-1, **params):
     """the k largest entries along `axis` (the last by default) and their indices.  Local
     gradient: each value's g goes back to the position it was taken from."""
-    x, indices = saved
-    g_values = g[0]
-    axis = axis % len(x.shape)
-    grids = [lax.broadcasted_iota(np.int32, g_values.shape, d) for d in range(g_values.ndim)]
-    grids[axis] = indices.astype(np.int32)
-    return (jnp.zeros(x.shape, x.dtype).at[tuple(grids)].add(g_values),)
+    return _taken_back(g[0], *saved, axis)
 
 
 top_k.defcases(lambda rng, dtype: [
@@ -313,12 +317,7 @@ def approx_top_k(g, saved, *, reduction_dimension, **params):
     """the (approximately) k largest or smallest entries along `reduction_dimension` and their
     indices (lax.approx_max_k, approx_min_k).  Local gradient: each value's g goes back to the
     position it was taken from (JAX's rule: the tangent read at the indices)."""
-    x, indices = saved
-    g_values = g[0]
-    axis = reduction_dimension % len(x.shape)
-    grids = [lax.broadcasted_iota(np.int32, g_values.shape, d) for d in range(g_values.ndim)]
-    grids[axis] = indices.astype(np.int32)
-    return (jnp.zeros(x.shape, x.dtype).at[tuple(grids)].add(g_values),)
+    return _taken_back(g[0], *saved, reduction_dimension)
 
 
 approx_top_k.defcases(lambda rng, dtype: [
