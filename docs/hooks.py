@@ -89,12 +89,14 @@ def train_options_markdown() -> str:
 def ops_api_markdown() -> str:
     """The API of fnn.ops, family by family: fnn.ops.__all__ is computed from its registry, which
     reading the source cannot follow, so each family module is listed with its gates (the names
-    fnn.ops exports; `round` is rulebook's `round_`)."""
+    fnn.ops exports; `round` is rulebook's `round_`), after the lecture's names of JAX's
+    functions (fnn.ops.aliases)."""
     from fnn import ops
 
     exported = {id(getattr(ops, name)) for name in ops.__all__}
     out = []
-    for family, module in ops.FAMILIES.items():
+    families = {"the lecture's names of JAX's functions": ops.aliases, **ops.FAMILIES}
+    for family, module in families.items():
         members = sorted(name for name, obj in vars(module).items()
                          if id(obj) in exported and not isinstance(obj, types.ModuleType))
         out += [f"## {family}", "", f"::: {module.__name__}", "    options:",

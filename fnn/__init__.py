@@ -10,8 +10,10 @@ The table of contents:
                                             backward for a call, a block or some layers
   fnn.rulebook, fnn.Rule                    straight-through, surrogate and feedback-alignment
                                             rules, and the gates they are for
-  fnn.registry                              name -> gate, for every built-in gate
-  fnn.ops                                   the gates (elementwise, activations, linalg, ...)
+  fnn.registry                              name -> gate, for every built-in gate: fnn's own
+                                            ('relu') and JAX's primitives' ('lax.tanh')
+  fnn.ops                                   the gates (activations, losses, conv, ...) and the
+                                            lecture's names of JAX's functions (ops.add, ...)
   fnn.nn                                    layers as (init, apply) pairs, initializers, models
   fnn.train                                 jit-compiled steps and epochs, optax, data, checkpoints
   fnn.debug_nans                            name the first gate that makes a NaN or inf

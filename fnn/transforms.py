@@ -1,5 +1,5 @@
 """fnn's public reverse mode: `vjp`, `grad`, `value_and_grad` and `trace`, bound once to the table
-of primitive rules (fnn.ops.primitives.RULES), over the core's `make_transforms`; and
+of primitive rules (fnn.ops.RULES), over the core's `make_transforms`; and
 `checkpoint` (rematerialization), which both fnn.grad and jax.grad differentiate."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Callable
 import jax
 
 from fnn.autodiff.api import make_transforms, rules
-from fnn.ops import registry
-from fnn.ops.primitives import CUSTOM_RULES, RULES
+from fnn.ops import CUSTOM_RULES, RULES, registry
 
-trace, vjp, value_and_grad, grad = make_transforms(RULES, CUSTOM_RULES, gate_names=registry)
+trace, vjp, value_and_grad, grad = make_transforms(
+    RULES, CUSTOM_RULES, gate_names=(*registry, *registry.lecture_names))
 
 
 def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),

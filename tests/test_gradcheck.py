@@ -64,11 +64,11 @@ FEW = ("relu", "conv2d", "batch_norm")  # elementwise, NHWC with a static stride
 
 
 def test_the_gates_asked_for_pass_and_are_listed(capsys):
-    from fnn.ops.primitives import registry as primitives
-
-    # with no --gate: every registered gate and every primitive's rule
-    assert gates_to_check() == {**fnn.registry, **primitives}
-    assert gates_to_check(primitives=False) == dict(fnn.registry)
+    # with no --gate: every registered gate, fnn's own and every primitive's rule
+    assert gates_to_check() == dict(fnn.registry)
+    assert gates_to_check(primitives=False) == dict(fnn.registry.named)
+    # a lecture's name stands for its primitives' gates
+    assert gates_to_check(names=["matmul"]) == {"lax.dot_general": fnn.registry["lax.dot_general"]}
     assert run(_args("--format", "json", "--gate", ",".join(FEW))) == 0
     captured = capsys.readouterr()
     table = json.loads(captured.out)
@@ -103,7 +103,7 @@ def test_the_default_part_checks_every_gate_meaningfully():
     """QUICK leaves out cases, dtypes and transforms, never a gate: each keeps its first case
     in float64 against jax.vjp and central differences (a numerically checked case is added
     where the first is not one), all its kink cases, and the jit transform."""
-    from fnn.ops.primitives import registry as primitives
+    primitives = fnn.registry
 
     name = "lax.convert_element_type"  # its first case is not checked numerically
     quick, full = check_gate(name, primitives[name], **QUICK), check_gate(name, primitives[name])

@@ -1,7 +1,7 @@
 """fnn's gradient is JAX's at the points where a derivative is a convention: kinks (relu, abs at
 0), ties (max, maximum, sort, pooling windows), edges of a domain (sqrt, log at 0; pow at 0),
-NaN and infinite inputs where a rule has a select. Parametrized over both registries
-(fnn.registry and fnn.ops.primitives.GATES): every rule declares its kink cases
+NaN and infinite inputs where a rule has a select. Parametrized over the registry
+(fnn.registry: fnn's own gates and the JAX primitives'): every rule declares its kink cases
 (`gate.defkinks(...)`) or that it has none (`gate.defkinks(smooth=True)`), and at each kink
 case its hand-written VJP must equal jax.vjp of its forward to 1e-12, NaNs and infinities in
 the same places. One compiled program per rule.
@@ -19,10 +19,8 @@ from jax import lax
 import fnn
 from fnn import ops
 from fnn.check.gates import kink_results
-from fnn.ops.primitives import GATES
 
-RULES = {**{f"fnn.registry:{n}": g for n, g in fnn.registry.items()},
-         **{f"primitives:{g.name}": g for g in GATES.values()}}
+RULES = dict(fnn.registry)
 WITH_KINKS = sorted(n for n, g in RULES.items() if callable(g.kinks))
 
 

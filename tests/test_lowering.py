@@ -64,10 +64,9 @@ def step_rows():
 def gate_tables():
     """(table, name) -> gate: fnn.registry and the primitive rules, each gate once."""
     import fnn
-    from fnn.ops.primitives import GATES
 
-    return {**{("registry", n): g for n, g in fnn.registry.items()},
-            **{("primitive", g.name): g for g in GATES.values()}}
+    return {("registry" if g.primitive is None else "primitive", n): g
+            for n, g in fnn.registry.items()}
 
 
 # ---- the child: every export, in one process with 8 host devices ---------------------------

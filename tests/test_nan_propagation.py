@@ -1,5 +1,5 @@
-"""NaN is never hidden: every rule of both registries (fnn.registry and fnn.ops.primitives.GATES),
-at its first test case with a NaN put into one element of each float input, gives JAX's
+"""NaN is never hidden: every rule of the registry (fnn.registry: fnn's own gates and JAX's
+primitives'), at its first test case with a NaN put into one element of each float input, gives JAX's
 forward values and JAX's gradients, NaNs in the same places (relu(NaN) is NaN, as in JAX;
 a max, a pool or a clip over a NaN routes its gradient as JAX's does). One compiled program per
 rule, compared as the kink suite compares (tests/test_kinks.py)."""
@@ -13,10 +13,8 @@ import pytest
 import fnn
 from fnn.autodiff import is_float
 from fnn.check.gates import case_results
-from fnn.ops.primitives import GATES
 
-RULES = {**{f"fnn.registry:{n}": g for n, g in fnn.registry.items()},
-         **{f"primitives:{g.name}": g for g in GATES.values()}}
+RULES = dict(fnn.registry)
 
 
 def _with_nan(case):

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from jax import lax
 
 import fnn
-from fnn.ops.primitives import GATES
+from fnn import registry
+
+GATES = registry.by_primitive
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

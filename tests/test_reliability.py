@@ -61,7 +61,7 @@ def test_check_nans_names_log_of_zero(digits, grad):
         train.fit(log_relu_model(), train.make_optimizer("adam", 1e-3), digits, epochs=2,
                   batch_size=32, grad=grad, check_nans=True)
     e = info.value
-    assert e.gate == "log" and e.phase == "forward" and "test_reliability.py" in e.site
+    assert e.gate == "lax.log" and e.phase == "forward" and "test_reliability.py" in e.site
     msg = str(e)
     assert "non-finite loss (nan) at epoch 1, step 1 of the epoch" in msg
     assert "in layer logmodel/2_log_relu: debug_nans: gate 'log' forward" in msg

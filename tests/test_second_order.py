@@ -1,7 +1,7 @@
 """Second derivatives through fnn's hand-written backward: JAX differentiating a gate's VJP
 (jax.grad of a function of fnn.vjp's result) equals JAX's own second derivative of the gate's
-forward, for every gate of fnn.registry at every test case and every JAX-primitive rule at its
-first case, and at the special points where a
+forward, for every gate of fnn's own (fnn.registry.named) at every test case and every JAX-primitive
+rule (fnn.registry.by_primitive) at its first case, and at the special points where a
 rule has a `where` (power at y = 0, x = y = 0) or a kink (relu, abs, maximum at a tie), where
 the value (JAX's) is documented instead of skipped."""
 
@@ -13,9 +13,8 @@ import pytest
 import fnn
 from fnn import ops
 from fnn.check.gates import cast_case, gate_functions, random_cotangent, real_sum
-from fnn.ops.primitives import GATES
 
-PRIMITIVE_GATES = {g.name: g for g in GATES.values()}
+PRIMITIVE_GATES = {g.name: g for g in fnn.registry.by_primitive.values()}
 PRIMITIVE_NAMES = sorted(PRIMITIVE_GATES)
 
 
@@ -47,7 +46,7 @@ def second_derivatives(gate, case, rng):
     return jax.jit(both)(*dargs)
 
 
-@pytest.mark.parametrize("name", sorted(fnn.registry))
+@pytest.mark.parametrize("name", sorted(fnn.registry.named))
 def test_second_order_at_every_case(name, x64):
     gate = fnn.registry[name]
     rng = np.random.default_rng(3)

@@ -1,7 +1,7 @@
 """The stand-alone core: gate declaration, the tape, the public trace, the backward walk, NaN
 watch. It imports nothing from fnn above it (only fnn.errors).
 
-  gate.py      Case, Gate, defgate, unbroadcast, collect_gates: how a gate is declared
+  gate.py      Case, Gate, defgate, unbroadcast, collect_gates, Registry: how a gate is declared
   tape.py      Traced, Record, Tape, apply: the graph recorded in the forward pass
   backward.py  backward, engine_rule: the tape walked in reverse, VJPs checked and applied
   trace.py     trace -> Trace: the forward pass, shared by vjp and the debuggers
@@ -11,13 +11,14 @@ watch. It imports nothing from fnn above it (only fnn.errors).
 
 from fnn.autodiff.api import Transforms, make_transforms
 from fnn.autodiff.backward import backward, engine_rule
-from fnn.autodiff.gate import Case, Gate, collect_gates, defgate, primitive_gate, unbroadcast
+from fnn.autodiff.gate import (Case, Gate, Registry, collect_gates, defgate, primitive_gate,
+                               unbroadcast)
 from fnn.autodiff.nans import NanOriginError, debug_nans
 from fnn.autodiff.tape import (Record, Tape, Traced, check_vjp_result, is_complex, is_float,
                                is_traced)
 from fnn.autodiff.trace import Trace, check_argnums
 
-__all__ = ["Case", "Gate", "NanOriginError", "Record", "Tape", "Trace", "Traced", "Transforms",
+__all__ = ["Case", "Gate", "NanOriginError", "Record", "Registry", "Tape", "Trace", "Traced", "Transforms",
            "backward", "check_argnums", "check_vjp_result", "collect_gates", "debug_nans",
            "defgate", "engine_rule", "primitive_gate", "is_complex", "is_float", "is_traced",
            "make_transforms", "unbroadcast"]

@@ -336,6 +336,7 @@ def _rule_names(table) -> frozenset:
     """The names an override may use for the rules of `table`: each primitive's, each gate's."""
     names = {getattr(p, "name", None) for p in table}
     names |= {r.name for r in table.values() if isinstance(r, Gate)}
+    names |= {r.lecture for r in table.values() if isinstance(r, Gate)}
     return frozenset(n for n in names if isinstance(n, str))
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Callable
 
 import jax
@@ -156,6 +158,9 @@ class Gate:
         self._vjp_takes_needs = False
         self._vjp_takes_got = False
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
+        # the lecture's name of a primitive's gate ('multiply' for lax.mul: fnn.ops.multiply),
+        # shown in graphs and accepted as an override's key; None: its name is the lecture's
+        self.lecture = None
         # what the checkers differentiate with JAX as this gate's reference: None, its forward;
         # a function `reference(*args, **static) -> output` (a gate whose forward is not what
         # JAX differentiates: a custom_vjp function's fwd); False, none of its own (a part of a
@@ -334,7 +339,8 @@ _SAVES = {
 
 def primitive_gate(primitive, *, save="inputs", name: str | None = None,
                    forward: Callable | None = None, params: tuple | None = None,
-                   only: dict | None = None, complex: bool = False):  # noqa: A002
+                   only: dict | None = None, complex: bool = False,  # noqa: A002
+                   lecture: str | None = None):
     """Declare the gate of a JAX primitive from its hand-written VJP (a decorator).
 
         @primitive_gate(lax.exp_p, save="out")
@@ -375,6 +381,9 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
             `only={"sharding": (None,)}`).
         complex: the VJP takes complex values too, by JAX's convention (above); without it a
             complex value reaching the gate is refused.
+        lecture: the lecture's name of the op ('multiply' for lax.mul), the name of the function
+            of fnn.ops that computes it: graphs draw the gate under it, and an override may
+            name the gate by it.
 
     Returns:
         A decorator taking the VJP `vjp(g, saved, **params) -> tuple of gradients` and returning
@@ -421,6 +430,7 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
         for attr in ("__module__", "__qualname__", "__doc__", "__name__"):
             setattr(gate, attr, getattr(vjp, attr))
         gate.primitive = primitive
+        gate.lecture = lecture
         gate.params = (handles, allowed) if declared else None
         gate.complex = bool(complex)
         gate.defvjp(vjp)
@@ -443,14 +453,56 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def collect_gates(*modules) -> dict[str, Gate]:
-    """Name -> gate for every Gate attribute of `modules` (used to build registries)."""
+class Registry(Mapping):
+    """Every gate, by name: fnn's own gates ('relu') and those of JAX's primitives ('lax.tanh'),
+    collected once from their modules (`collect_gates`). A read-only mapping name -> Gate, with
+    two views: `named` (fnn's own gates, those with no primitive) and `by_primitive` (a JAX
+    primitive -> its gate: the table the interpreter reads). `lecture_names` maps the lecture's
+    name of a primitive's gate ('multiply') to the gate's name ('lax.mul')."""
+
+    def __init__(self, gates: dict):
+        self._gates = MappingProxyType(dict(gates))
+        self.named = MappingProxyType({n: g for n, g in gates.items() if g.primitive is None})
+        self.by_primitive = MappingProxyType(
+            {g.primitive: g for g in gates.values() if g.primitive is not None})
+        lecture: dict = {}
+        for g in gates.values():
+            if g.lecture is not None:
+                lecture.setdefault(g.lecture, []).append(g.name)
+        self.lecture_names = MappingProxyType({k: tuple(v) for k, v in lecture.items()})
+
+    def __getitem__(self, name: str) -> Gate:
+        return self._gates[name]
+
+    def __iter__(self):
+        return iter(self._gates)
+
+    def __len__(self) -> int:
+        return len(self._gates)
+
+    def __repr__(self) -> str:
+        return f"<Registry of {len(self.named)} gates and {len(self.by_primitive)} primitives' rules>"
+
+
+def collect_gates(*modules, exclude=()) -> Registry:
+    """The Registry of every Gate attribute of `modules` (each gate once: two gates of one name
+    or one primitive are an error), leaving out the gates of the primitives in `exclude`."""
     found: dict[str, Gate] = {}
+    primitives: dict = {}
     for mod in modules:
         for value in vars(mod).values():
-            if isinstance(value, Gate):
-                other = found.get(value.name)
-                if other is not None and other is not value:
-                    raise ValueError(f"two gates named '{value.name}'")
-                found[value.name] = value
-    return found
+            if not isinstance(value, Gate) or value.primitive in exclude and \
+                    value.primitive is not None:
+                continue
+            other = found.get(value.name)
+            if other is not None and other is not value:
+                raise ValueError(f"two gates named '{value.name}'")
+            if value.primitive is not None:
+                twin = primitives.setdefault(value.primitive, value)
+                if twin is not value:
+                    raise ValueError(f"two gates for the primitive {value.primitive.name}: "
+                                     f"'{twin.name}' and '{value.name}'")
+            found[value.name] = value
+    return Registry(found)
+
+

@@ -7,8 +7,8 @@ only in some layers, without touching the model.
     fnn.grad(loss, rules={"affine": fnn.only(fa, "1_dense")}) # one layer
 
 A key names what is overridden: a gate's name ("relu", "lax.tanh"), a JAX primitive's name
-("tanh": then both fnn's tanh gate and jnp.tanh's primitive), the Gate itself, or a JAX
-primitive object. A value is the new rule:
+("tanh"), the lecture's name of a primitive's gate ("multiply": lax.mul's, as `fnn.ops.multiply`
+computes it), the Gate itself, or a JAX primitive object. A value is the new rule:
 
     rule(g, *inputs, out, **static) -> one gradient per positional input (None: zero)
 
@@ -190,7 +190,9 @@ def find(gate, scope: str, table: dict | None = None):
     primitive = getattr(gate, "primitive", None)
     # a name matches a gate's name ('relu', 'lax.tanh') and a JAX primitive's ('tanh' is both
     # fnn's tanh gate and the rule of jnp.tanh's primitive)
-    for key in (gate, gate.name, primitive, getattr(primitive, "name", None)):
+    # ... and the lecture's name of a primitive's gate ('multiply' is lax.mul's)
+    for key in (gate, gate.name, primitive, getattr(primitive, "name", None),
+                getattr(gate, "lecture", None)):
         override = table.get(key) if key is not None else None
         if override is not None:
             return override.resolve(scope)

@@ -25,11 +25,12 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
     that step (a list of dicts), to be added to result["rows"] in order, then `finish(result)`.
     A caller that runs them one by one can show progress, print each row as it comes and stop
     between two (fnn.cli.bench)."""
-    from fnn.ops import registry
+    from fnn.ops import aliases, registry
 
+    named = set(registry.named) | set(aliases.__all__)  # gates, and the lecture's names
     only = set(only or CASES)
     models = {c for c in only if c.startswith("jax:")}  # one plain JAX model: jax:fno
-    unknown = only - set(CASES) - set(registry) - models
+    unknown = only - set(CASES) - named - models
     if models:
         from fnn.bench import jax_models
 
@@ -37,7 +38,7 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
     if unknown:
         raise ValueError(f"unknown bench case(s) {', '.join(sorted(unknown))}; choose from "
                          f"{', '.join(CASES)}, gate names or jax:MODEL (a model of 'jax')")
-    gates = sorted(registry) if "gates" in only else sorted(only & set(registry))
+    gates = sorted(named) if "gates" in only else sorted(only & named)
     dtype = jnp.dtype(dtype)
     result = {"device": machine(), "dtype": dtype.name, "reps": reps, "quick": quick,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "tuning": tuning,

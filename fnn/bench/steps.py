@@ -225,12 +225,14 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
 
 def bench_gate(name: str, label: str, make, *, reps: int, dtype, seed: int = 0,
                budget_s: float = 1.0) -> dict:
-    """One gate at a realistic size (`make(rng, dtype) -> (args, kwargs)`): time_gate's row."""
-    from fnn.ops import registry
+    """One gate (or function of fnn.ops.aliases, differentiated by its primitives' rules) at a
+    realistic size (`make(rng, dtype) -> (args, kwargs)`): time_gate's row."""
+    from fnn.ops import aliases, registry
 
     rng = np.random.default_rng(seed)
     args, kwargs = make(rng, dtype)
-    t = time_gate(registry[name], args, kwargs, rng=rng, reps=reps, budget_s=budget_s)
+    gate = registry.named[name] if name in registry.named else getattr(aliases, name)
+    t = time_gate(gate, args, kwargs, rng=rng, reps=reps, budget_s=budget_s)
     return {"kind": "gate", "case": name, "desc": label, "dtype": jnp.dtype(dtype).name,
             "custom_ms": t["custom"] * 1e3, "builtin_ms": t["builtin"] * 1e3,
             "ratio": t["custom"] / t["builtin"], "reps": t["reps"]}

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff import is_complex, is_float
+from fnn.autodiff import Gate, is_complex, is_float
 from fnn.check.numeric import numerical_vjp, project, rel_error
 from fnn.check.tolerances import tolerance
 from fnn.transforms import grad as fnn_grad
@@ -248,7 +248,8 @@ def real_sum(x):
 def gate_functions(gate, args, kwargs, diff=None, fixed=()):
     """(diff, forward, recorded): the gate's forward alone and its fnn-recorded call, each a
     function of the arguments at positions `diff` (default: the float ones not in `fixed`,
-    a Case's fixed inputs), the others fixed."""
+    a Case's fixed inputs), the others fixed. `gate` may also be a plain function (one of
+    fnn.ops.aliases): then both are that function (fnn differentiates its primitives)."""
     if diff is None:
         diff = [i for i, a in enumerate(args) if is_float(a) and i not in fixed]
     diff = list(diff)
@@ -260,6 +261,8 @@ def gate_functions(gate, args, kwargs, diff=None, fixed=()):
         return full
 
     def forward(*dargs):
+        if not isinstance(gate, Gate):  # a function (fnn.ops.add): its primitives' rules
+            return gate(*merge(dargs), **kwargs)
         if callable(gate.reference):
             return gate.reference(*merge(dargs), **kwargs)
         return gate.forward(*merge(dargs), **kwargs)[0]

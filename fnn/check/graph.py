@@ -136,7 +136,8 @@ def graph(f, *args, argnums=None, title: str | None = None) -> Graph:
 def graph_layers(model, params, state, x, y=None, *, train: bool = True,
                  title: str | None = None) -> Graph:
     """A model of fnn.nn layers (its top-level children, for a serial model) as one node per
-    layer, with the loss (softmax cross-entropy against integer labels y) when y is given."""
+    layer, with the loss (softmax cross-entropy against integer labels y) when y is given. A
+    layer that computes nothing at this input (a Flatten of inputs already flat) has no node."""
     children = model.children if model.kind == "serial" else ((model.name, model),)
     labels = [key for key, _ in children] + (["loss"] if y is not None else [])
 

@@ -15,14 +15,6 @@ import numpy as np
 
 from fnn.errors import describe
 
-# JAX's primitives under the names of the lecture's gates (for the drawing and `explain`)
-LECTURE_NAMES = {"lax.add": "add", "lax.add_any": "add", "lax.sub": "subtract",
-                 "lax.mul": "multiply", "lax.div": "divide", "lax.neg": "negative",
-                 "lax.max": "maximum", "lax.min": "minimum", "lax.pow": "power",
-                 "lax.integer_pow": "power", "lax.dot_general": "matmul", "lax.exp": "exp",
-                 "lax.log": "log", "lax.tanh": "tanh", "lax.logistic": "sigmoid",
-                 "lax.reduce_sum": "sum", "lax.reduce_max": "max", "lax.sqrt": "sqrt",
-                 "lax.abs": "abs"}
 SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**",
            "matmul": "@", "negative": "*-1", "maximum": "max", "minimum": "min", "sigmoid": "σ"}
 COMMUTATIVE = {"add", "multiply", "maximum", "minimum"}
@@ -126,15 +118,14 @@ def input_leaves(rec) -> list:
 
 
 def gate_name(rec) -> str:
-    """The gate's name as the lecture calls it ('multiply' for JAX's mul primitive)."""
-    return LECTURE_NAMES.get(rec.gate.name, rec.gate.name)
+    """The gate's name as the lecture calls it ('multiply' for JAX's mul primitive: the name its
+    gate declares, `primitive_gate(..., lecture=)`)."""
+    return getattr(rec.gate, "lecture", None) or rec.gate.name
 
 
 def gate_label(rec) -> str:
-    """The lecture's label of a gate: '+', '*-1', 'exp', '+1', '1/x', '[0]', '**2'."""
+    """The lecture's label of a gate: '+', '*-1', 'exp', '+1', '1/x', '**2'."""
     name = gate_name(rec)
-    if name == "index":
-        return f"[{_index_str(rec.static.get('index'))}]"
     if rec.gate.name == "lax.integer_pow":
         return f"**{rec.static['y']}"
     sym = SYMBOLS.get(name, name)
@@ -147,17 +138,6 @@ def gate_label(rec) -> str:
             return f"{sym}{c}" if len(sym) <= 2 else f"{sym}(·, {c})"
         return f"{c}{sym}x"
     return sym
-
-
-def _index_str(index) -> str:
-    items = index if isinstance(index, tuple) else (index,)
-
-    def one(i):
-        if isinstance(i, slice):
-            return ":".join("" if v is None else str(v) for v in (i.start, i.stop)) + (
-                f":{i.step}" if i.step is not None else "")
-        return "..." if i is Ellipsis else ("None" if i is None else str(i))
-    return ", ".join(one(i) for i in items)
 
 
 def _local_rule(gate) -> str:

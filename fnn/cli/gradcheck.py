@@ -47,7 +47,6 @@ from fnn.cli._progress import Progress, Stopped, paint
 from fnn.check.tolerances import TOLERANCES, tolerance
 from fnn.check.zoo import MODELS, check_model
 from fnn.ops import registry
-from fnn.ops.primitives import registry as primitive_registry
 
 HELP = "check every gate's VJP (or a model's gradients) against JAX and numerics"
 DESCRIPTION = ("Check each gate's hand-written VJP at its test cases against jax.vjp and float64 "
@@ -81,11 +80,12 @@ def add_arguments(parser) -> None:
 
 
 def gates_to_check(modules=(), names=None, primitives: bool = True) -> dict:
-    """name -> gate: fnn.registry (and the primitive rules, 'lax.*'), plus the gates of
-    `modules` (import paths), filtered by names."""
-    gates = dict(registry)
-    if primitives or any(n.startswith("lax.") for n in names or ()):
-        gates.update(primitive_registry)
+    """name -> gate: fnn.registry (without primitives=False only fnn's own gates, not the
+    primitive rules 'lax.*'), plus the gates of `modules` (import paths), filtered by names (a
+    lecture's name, 'matmul', stands for its primitives' gates, 'lax.dot_general')."""
+    names = [g for n in names for g in registry.lecture_names.get(n, (n,))] if names else names
+    wanted = primitives or any(n.startswith("lax.") for n in names or ())
+    gates = dict(registry if wanted else registry.named)
     for modname in modules:
         for name, gate in collect_gates(importlib.import_module(modname)).items():
             if gates.get(name) is not gate:

@@ -52,11 +52,6 @@ def distinct(rng: np.random.Generator, shape, dtype, gap=0.05):
     return x.reshape(shape).astype(dtype)
 
 
-# shape pairs that exercise broadcasting: equal, scalar, size-1 dims, added leading dims
-BROADCAST_PAIRS = [((3, 4), (3, 4)), ((3, 4), ()), ((), (2, 3)), ((2, 1, 4), (3, 1)),
-                   ((4,), (2, 3, 4)), ((1, 5), (4, 1))]
-
-
 def unary_cases(make=normal, shapes=SHAPES, kwargs=({},)):
     """Cases of a one-input gate: `make(rng, shape, dtype)` at each shape, for each kwargs."""
     def cases(rng, dtype):
@@ -76,11 +71,3 @@ def special_points(points=SPECIAL, kwargs=({},)):
                                label=f"special points{kw or ''}") for kw in kwargs]
 
 
-def special_pairs(points=SPECIAL):
-    """Kink cases of a two-input elementwise gate: every pair of special points (ties among
-    them), and an array against a scalar 0."""
-    def kinks(dtype):
-        x, y = np.meshgrid(np.asarray(points, dtype), np.asarray(points, dtype))
-        return [Case((x.reshape(-1), y.reshape(-1)), label="pairs of special points"),
-                Case((np.asarray(points, dtype), np.asarray(0.0, dtype)), label="against 0")]
-    return kinks

@@ -1,7 +1,9 @@
 """Activation gates, elementwise (maxout excepted). The lecture's patterns:
 
-    sigmoid: the local gradient is s (1 - s), from the output alone;  tanh: 1 - t**2;
     relu routes g where x > 0 and kills it elsewhere;  maxout routes g to each group's max.
+
+(sigmoid and tanh are JAX's own, fnn.ops.aliases, differentiated by the rules of lax.logistic
+and lax.tanh: s (1 - s) and 1 - t**2, from the output alone.)
 
 Conventions: `g` is the upstream gradient (shape of the output), `saved` what the forward kept;
 each gradient has its input's shape and dtype. Constants are Python floats, so float32 stays
@@ -29,56 +31,6 @@ def _wide(rng, shape, dtype):
 
 def _off_kink(rng, shape, dtype):
     return away_from(rng, shape, dtype, gap=0.1)
-
-
-# ---- squashing functions ---------------------------------------------------------------------
-@defgate
-def sigmoid(x):
-    """1 / (1 + e**-x), computed stably (lax.logistic).  Local gradient: s (1 - s), s = output.
-
-    Shapes: x any shape, output and gradient the same. Finite for any finite x (at |x| = 1e4 in
-    float32 s is exactly 0 or 1 and the gradient 0).
-
-    Args:
-        x: the input (any shape).
-
-    Returns:
-        sigmoid(x), shaped like x.
-    """
-    s = jax.nn.sigmoid(x)
-    return s, s
-
-
-@sigmoid.defvjp
-def sigmoid_vjp(g, s):
-    return (g * s * (1.0 - s),)
-
-
-sigmoid.defcases(unary_cases(_wide))
-sigmoid.defkinks(special_points())
-
-
-@defgate
-def tanh(x):
-    """Hyperbolic tangent.  Local gradient: 1 - t**2, t = output. Shapes: elementwise.
-
-    Args:
-        x: the input (any shape).
-
-    Returns:
-        tanh(x), shaped like x.
-    """
-    t = jnp.tanh(x)
-    return t, t
-
-
-@tanh.defvjp
-def tanh_vjp(g, t):
-    return (g * (1.0 - t * t),)
-
-
-tanh.defcases(unary_cases(_wide))
-tanh.defkinks(special_points())
 
 
 # ---- rectifiers: route g by the sign of x ----------------------------------------------------

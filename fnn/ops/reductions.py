@@ -1,4 +1,5 @@
-"""Reductions: sum, mean, max, logsumexp, softmax, log_softmax.
+"""Reductions with a fused rule: mean, logsumexp, softmax, log_softmax (sum and max are JAX's own,
+fnn.ops.aliases, differentiated by the rules of lax.reduce_sum and lax.reduce_max).
 
 `axis` is None (all axes), an int or a tuple of ints; `keepdims` as in numpy. Every rule first
 re-expands g to the kept-dims shape (`_expand`), then broadcasts it against the input.
@@ -10,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff.gate import Case, defgate
-from fnn.errors import GateError, describe
+from fnn.errors import GateError
 from fnn.ops._dtypes import inexact
-from fnn.ops._cases import distinct, normal
+from fnn.ops._cases import normal
 
 
 def _axes(axis, ndim, gate):
@@ -47,32 +48,6 @@ def _reduction_cases(make=normal):
 
 
 @defgate
-def sum(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.sum
-    """Sum over `axis`.  Local gradient: 1 for every element (g is copied back).
-
-    Args:
-        x: the input.
-        axis: the axis or axes reduced (None: all).
-        keepdims: keep the reduced axes with size 1.
-
-    Returns:
-        The sum over `axis`.
-    """
-    axes = _axes(axis, jnp.ndim(x), "sum")
-    return jnp.sum(x, axis=axes, keepdims=keepdims), np.shape(x)
-
-
-@sum.defvjp
-def sum_vjp(g, x_shape, *, axis=None, keepdims=False):
-    axes = _axes(axis, len(x_shape), "sum")
-    return (jnp.broadcast_to(_expand(g, axes, keepdims), x_shape),)
-
-
-sum.defcases(_reduction_cases())
-sum.defkinks(smooth=True)
-
-
-@defgate
 def mean(x, *, axis=None, keepdims=False):
     """Mean over `axis`.  Local gradient: 1/n for every element (n = count reduced over).
 
@@ -101,51 +76,8 @@ mean.defcases(_reduction_cases())
 mean.defkinks(smooth=True)
 
 
-@defgate
-def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
-    """Max over `axis` (jnp.max).
-
-    Local gradient: 1 for the maximal element, 0 elsewhere (max routes).
-
-    At a tie the gradient is split evenly among the maximal elements of a group, as JAX does
-    (each of k tied maxima gets g / k). A group holding a NaN has max NaN, and every element
-    of it a NaN gradient (0 maxima share g), as with JAX.
-
-    Args:
-        x: the input.
-        axis: the axis or axes reduced (None: all).
-        keepdims: keep the reduced axes with size 1.
-
-    Returns:
-        The max over `axis`.
-
-    Raises:
-        fnn.GateError: the max is over an empty axis.
-    """
-    axes = _axes(axis, jnp.ndim(x), "max")
-    if any(np.shape(x)[a] == 0 for a in axes):
-        raise GateError(f"gate 'max': max over an empty axis of x {describe(x)}")
-    out = jnp.max(x, axis=axes, keepdims=True)
-    return (out if keepdims else jnp.squeeze(out, axes)), (x, out)
-
-
-@max.defvjp
-def max_vjp(g, saved, *, axis=None, keepdims=False):
-    x, out = saved  # out keeps the reduced dims
-    axes = _axes(axis, x.ndim, "max")
-    is_max = (x == out).astype(g.dtype)
-    count = jnp.sum(is_max, axis=axes, keepdims=True)
-    return (is_max * (_expand(g, axes, keepdims) / count),)
-
-
-max.defcases(_reduction_cases(distinct))
-# ties, a NaN, infinities
-_TIES = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [np.nan, 1.0, 1.0, 0.0],
-                  [np.inf, np.inf, -np.inf, 0.0]])
 # -inf entries, a row of -inf, a +inf entry
 _INFS = np.array([[0.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [np.inf, 0.0, 1.0]])
-max.defkinks(lambda dtype: [Case((_TIES.astype(dtype),), kw, label=f"ties, NaN, inf{kw}")
-                             for kw in ({"axis": 1}, {"axis": 0, "keepdims": True}, {})])
 
 
 @defgate

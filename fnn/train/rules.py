@@ -22,7 +22,6 @@ import jax
 
 from fnn.autodiff.overrides import only
 from fnn.ops import registry, rulebook
-from fnn.ops.primitives import GATES as PRIMITIVE_GATES
 from fnn.train.state import make_key
 
 FEEDBACK_SALT = 0xFA  # the feedback matrices' key: fold_in(make_key(seed), FEEDBACK_SALT)
@@ -36,9 +35,8 @@ class RuleSpecError(ValueError):
 
 def gate_names() -> set:
     """The names a spec may give: fnn's gates ('relu') and the JAX primitives' gates, by the
-    gate's name ('lax.tanh') or the primitive's ('tanh')."""
-    return (set(registry) | {g.name for g in PRIMITIVE_GATES.values()}
-            | {p.name for p in PRIMITIVE_GATES})
+    gate's name ('lax.tanh'), the primitive's ('tanh') or the lecture's ('multiply')."""
+    return set(registry) | set(registry.lecture_names) | {p.name for p in registry.by_primitive}
 
 
 def parse_rule(spec: str) -> tuple[str, tuple, str, dict]:

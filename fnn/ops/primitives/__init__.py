@@ -11,12 +11,12 @@ public `fnn.primitive_gate`; plus the structural rules (nested jit interpreted i
 custom_jvp/vjp calls by their own rules (fnn.ops.primitives.custom), while loops, primitives
 without gradient) and the collectives that exist only with named axes
 (fnn.ops.primitives.collectives.NAMED: rules, checked by tests/test_collectives.py).
-`GATES` maps each primitive to its gate, `RULES` is what the interpreter reads (fnn.autodiff.interpret).
+The gates are collected once, with fnn's own, into `fnn.registry` (fnn.ops); `fnn.ops.RULES`, the
+table the interpreter reads (fnn.autodiff.interpret), is its view by primitive plus `STRUCTURAL`.
 """
 
 from types import MappingProxyType
 
-from fnn.autodiff.gate import Gate
 from fnn.ops.primitives import (collectives, complex_parts, control, conv, custom, elementwise,
                                 factorizations, fourier, indexing, linalg, loops, reductions,
                                 remat, segments, shapes, shard_map, solves, special, spectral,
@@ -28,29 +28,19 @@ FAMILIES = {"elementwise": elementwise, "complex": complex_parts, "special": spe
             "factorizations": factorizations, "spectral": spectral, "solves": solves,
             "fourier": fourier, "conv": conv, "windows": windows, "loops": loops, "remat": remat,
             "collectives": collectives, "shard_map": shard_map}
-
-
-def _collect(*modules) -> dict:
-    found = {}
-    for mod in modules:
-        for value in vars(mod).values():
-            if isinstance(value, Gate) and value.primitive is not None:
-                other = found.get(value.primitive)
-                if other is not None and other is not value:
-                    raise ValueError(f"two gates for the primitive {value.primitive.name}")
-                found[value.primitive] = value
-    return found
-
+"""The families of primitive gates, one module each (their gates are in fnn.registry)."""
 
 # the collectives that exist only with named axes have no case the gate checker can run (it has
 # no named axis): they are rules, checked by tests/test_collectives.py, not registry gates
-GATES = MappingProxyType({p: g for p, g in _collect(*FAMILIES.values()).items()
-                          if p not in collectives.NAMED})
-registry = MappingProxyType({gate.name: gate for gate in GATES.values()})
-RULES = MappingProxyType({**GATES, **collectives.NAMED, **control.STRUCTURAL,
-                          **loops.STRUCTURAL, **remat.STRUCTURAL, **custom.STRUCTURAL,
-                          **shard_map.STRUCTURAL, **solves.STRUCTURAL})
+NOT_IN_REGISTRY = frozenset(collectives.NAMED)
+
+STRUCTURAL = MappingProxyType({**collectives.NAMED, **control.STRUCTURAL, **loops.STRUCTURAL,
+                               **remat.STRUCTURAL, **custom.STRUCTURAL, **shard_map.STRUCTURAL,
+                               **solves.STRUCTURAL})
+"""The rules that are not registry gates: nested jit, custom rules, loops, checkpoints,
+shard_map, custom linear solves, the named-axis collectives (fnn.ops.RULES adds the gates)."""
+
 # custom_rules="primal": custom_jvp/custom_vjp functions differentiated through their primal
 CUSTOM_RULES = {"use": {}, "primal": MappingProxyType(custom.PRIMAL)}
 
-__all__ = ["CUSTOM_RULES", "FAMILIES", "GATES", "RULES", "registry"]
+__all__ = ["CUSTOM_RULES", "FAMILIES", "NOT_IN_REGISTRY", "STRUCTURAL"]

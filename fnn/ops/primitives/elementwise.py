@@ -81,7 +81,7 @@ def _unit(rng, shape, dtype):
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
-@primitive_gate(P.add_p, save="shapes", params=(), complex=True)
+@primitive_gate(P.add_p, lecture="add", save="shapes", params=(), complex=True)
 def add(g, shapes, **params):
     """x + y.  Local gradients: 1 and 1 (the add gate distributes)."""
     x, y = shapes
@@ -92,7 +92,7 @@ add.defcases(binary_cases(P.add_p, lax.add, complex_make=_cpair(_cplane)))
 add.defkinks(special_binary(P.add_p, lax.add))
 
 
-@primitive_gate(P.add_jaxvals_p, save="shapes", params=(), complex=True)
+@primitive_gate(P.add_jaxvals_p, lecture="add", save="shapes", params=(), complex=True)
 def add_any(g, shapes, **params):
     """x + y of JAX's own gradient programs.  Local gradients: 1 and 1."""
     x, y = shapes
@@ -105,7 +105,7 @@ add_any.defcases(lambda rng, dtype: [
 add_any.defkinks(smooth=True)
 
 
-@primitive_gate(P.sub_p, save="shapes", params=(), complex=True)
+@primitive_gate(P.sub_p, lecture="subtract", save="shapes", params=(), complex=True)
 def sub(g, shapes, **params):
     """x - y.  Local gradients: 1 and -1."""
     x, y = shapes
@@ -116,7 +116,7 @@ sub.defcases(binary_cases(P.sub_p, lax.sub, complex_make=_cpair(_cplane)))
 sub.defkinks(special_binary(P.sub_p, lax.sub))
 
 
-@primitive_gate(P.mul_p, params=("out_dtype",), complex=True)
+@primitive_gate(P.mul_p, lecture="multiply", params=("out_dtype",), complex=True)
 def mul(g, inputs, *, needs, out_dtype=None, **params):
     """x * y.  Local gradients: y and x (the mul gate swaps). With an `out_dtype` (the
     product computed in another dtype) each gradient is computed in its input's dtype, as
@@ -136,7 +136,7 @@ mul.defcases(binary_cases(P.mul_p, lax.mul, complex_make=_cpair(_cplane)))
 mul.defkinks(special_binary(P.mul_p, lax.mul))
 
 
-@primitive_gate(P.div_p, params=(), complex=True)
+@primitive_gate(P.div_p, lecture="divide", params=(), complex=True)
 def div(g, inputs, *, needs, **params):
     """x / y.  Local gradients: 1/y and -x/y**2."""
     x, y = inputs
@@ -150,7 +150,7 @@ div.defcases(binary_cases(P.div_p, lax.div, make_y=lambda r, s, d: away_from(r, 
 div.defkinks(special_binary(P.div_p, lax.div))
 
 
-@primitive_gate(P.neg_p, save="none", params=(), complex=True)
+@primitive_gate(P.neg_p, lecture="negative", save="none", params=(), complex=True)
 def neg(g, saved, **params):
     """-x.  Local gradient: -1."""
     return (lax.neg(g),)
@@ -174,7 +174,7 @@ def _chooser(g, saved, needs):
             unbroadcast(lax.mul(g, _balanced(y_b, z, x_b)), y) if needs[1] else None)
 
 
-@primitive_gate(P.max_p, save="both", params=(), complex=True)
+@primitive_gate(P.max_p, lecture="maximum", save="both", params=(), complex=True)
 def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
     """max(x, y).  Local gradients: 1 to the larger input (the max gate routes); a tie splits
     g evenly, as JAX's rule does. Complex values are ordered as JAX orders them
@@ -187,7 +187,7 @@ max.defcases(binary_cases(P.max_p, lax.max, make_x=lambda r, s, d: distinct(r, s
 max.defkinks(special_binary(P.max_p, lax.max))
 
 
-@primitive_gate(P.min_p, save="both", params=(), complex=True)
+@primitive_gate(P.min_p, lecture="minimum", save="both", params=(), complex=True)
 def min(g, saved, *, needs, **params):  # noqa: A001
     """min(x, y).  Local gradients: 1 to the smaller input; a tie splits g evenly."""
     return _chooser(g, saved, needs)
@@ -198,7 +198,7 @@ min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s
 min.defkinks(special_binary(P.min_p, lax.min))
 
 
-@primitive_gate(P.pow_p, save="both", params=(), complex=True)
+@primitive_gate(P.pow_p, lecture="power", save="both", params=(), complex=True)
 def pow(g, saved, *, needs, **params):  # noqa: A001
     """x ** y.  Local gradients: y x**(y-1) and log(x) x**y, as JAX's rule writes them: for a
     float y, y x**(y-1) everywhere (NaN at x = y = 0, where it is 0 times infinity); for an
@@ -239,7 +239,7 @@ def _pow_kinks(dtype):
 
 
 
-@primitive_gate(P.integer_pow_p, params=("y",), complex=True)
+@primitive_gate(P.integer_pow_p, lecture="power", params=("y",), complex=True)
 def integer_pow(g, inputs, *, y, **params):
     """x ** n for a static integer n.  Local gradient: n x**(n-1) (0 for n = 0)."""
     (x,) = inputs
@@ -306,7 +306,7 @@ atan2.defkinks(special_binary(P.atan2_p, lax.atan2))
 
 
 # ---- exponentials and logarithms -------------------------------------------------------------------
-@primitive_gate(P.exp_p, save="out", params=("accuracy",), complex=True)
+@primitive_gate(P.exp_p, lecture="exp", save="out", params=("accuracy",), complex=True)
 def exp(g, y, **params):
     """exp(x).  Local gradient: exp(x), the output."""
     return (lax.mul(g, y),)
@@ -326,7 +326,7 @@ exp2.defcases(unary_cases(P.exp2_p, lax.exp2, complex_make=_cplane))
 exp2.defkinks(special_unary(P.exp2_p, lax.exp2))
 
 
-@primitive_gate(P.log_p, params=("accuracy",), complex=True)
+@primitive_gate(P.log_p, lecture="log", params=("accuracy",), complex=True)
 def log(g, inputs, **params):
     """log(x).  Local gradient: 1/x."""
     return (lax.div(g, inputs[0]),)
@@ -357,7 +357,7 @@ expm1.defcases(unary_cases(P.expm1_p, lax.expm1, complex_make=_cplane))
 expm1.defkinks(special_unary(P.expm1_p, lax.expm1))
 
 
-@primitive_gate(P.logistic_p, save="out", params=("accuracy",), complex=True)
+@primitive_gate(P.logistic_p, lecture="sigmoid", save="out", params=("accuracy",), complex=True)
 def logistic(g, y, **params):
     """1 / (1 + exp(-x)), the sigmoid.  Local gradient: s (1 - s)."""
     return (lax.mul(g, lax.mul(y, lax.sub(_c(y, 1), y))),)
@@ -368,7 +368,7 @@ logistic.defkinks(special_unary(P.logistic_p, lax.logistic))
 
 
 # ---- roots ---------------------------------------------------------------------------------------------
-@primitive_gate(P.sqrt_p, save="out", params=("accuracy",), complex=True)
+@primitive_gate(P.sqrt_p, lecture="sqrt", save="out", params=("accuracy",), complex=True)
 def sqrt(g, y, **params):
     """sqrt(x).  Local gradient: 0.5 / sqrt(x)."""
     return (lax.mul(g, lax.div(_c(y, 0.5), y)),)
@@ -463,7 +463,7 @@ atan.defcases(unary_cases(P.atan_p, lax.atan, complex_make=_csmall))
 atan.defkinks(special_unary(P.atan_p, lax.atan))
 
 
-@primitive_gate(P.tanh_p, save="out", params=("accuracy",), complex=True)
+@primitive_gate(P.tanh_p, lecture="tanh", save="out", params=("accuracy",), complex=True)
 def tanh(g, y, **params):
     """tanh(x).  Local gradient: 1 - tanh(x)**2."""
     return (lax.mul(g, lax.sub(_c(y, 1), lax.square(y))),)
@@ -582,7 +582,7 @@ digamma.defkinks(special_unary(P.digamma_p, lax.digamma))
 
 
 # ---- piecewise ----------------------------------------------------------------------------------------
-@primitive_gate(P.abs_p, save="both", params=(), complex=True)
+@primitive_gate(P.abs_p, lecture="abs", save="both", params=(), complex=True)
 def abs(g, saved, **params):  # noqa: A001
     """|x|.  Local gradient: 1 where x >= 0, else -1 (so 1 at 0, and -1 at NaN: JAX's rule,
     select(x >= 0, g, -g)). Of a complex z (JAX's convention): g conj(z) / |z|, and 0 at z = 0
@@ -675,7 +675,7 @@ def _clamp_kinks(dtype):
     return [case(P.clamp_p, lax.clamp, lo, x, hi, label="ties, NaN, lo > hi")]
 
 
-@primitive_gate(P.select_n_p, save="inputs", params=(), complex=True)
+@primitive_gate(P.select_n_p, lecture="where", save="inputs", params=(), complex=True)
 def select_n(g, inputs, **params):
     """cases[which] elementwise (jnp.where).  Local gradients: g to the chosen case, 0 to the
     others; none for the integer or bool selector."""
@@ -709,7 +709,7 @@ def _select_n_kinks(dtype):
                  label="NaN and inf taken")]
 
 
-@primitive_gate(P.convert_element_type_p, save="shapes", params=("new_dtype", "weak_type"),
+@primitive_gate(P.convert_element_type_p, lecture="astype", save="shapes", params=("new_dtype", "weak_type"),
                 only={"sharding": (None,)}, complex=True)
 def convert_element_type(g, shapes, **params):
     """x cast to another dtype.  Local gradient: 1, g cast back to x's dtype (none from an

@@ -95,7 +95,7 @@ def _operand_shape_and_indices(args, out):
     return (spec(args[0]), args[1]) + tuple(spec(a) for a in args[2:])
 
 
-@primitive_gate(P.gather_p, save=_operand_shape_and_indices,
+@primitive_gate(P.gather_p, lecture="take", save=_operand_shape_and_indices,
                 params=("dimension_numbers", "slice_sizes", "unique_indices", "indices_are_sorted",
                         "mode", "fill_value"), complex=True)
 def gather(g, saved, *, dimension_numbers, slice_sizes, unique_indices, indices_are_sorted,

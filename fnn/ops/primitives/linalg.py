@@ -42,7 +42,7 @@ def _dx(g, x_shape, x_dtype, y, dimension_numbers, precision, preferred_element_
     return dx.astype(x_dtype)
 
 
-@primitive_gate(P.dot_general_p,
+@primitive_gate(P.dot_general_p, lecture="matmul",
                 params=("dimension_numbers", "precision", "preferred_element_type"),
                 only={"out_sharding": (None,)}, complex=True)
 def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_element_type=None,

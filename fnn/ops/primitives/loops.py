@@ -34,7 +34,7 @@ def body_interpreter(rules, scope: str = ""):
     """An interpreter of loop bodies and branches with the rules in use, recording their gates
     in the layer path (`scope`) of the loop, so overrides limited to a layer reach them."""
     if rules is None:
-        from fnn.ops.primitives import RULES  # the table this module is part of
+        from fnn.ops import RULES  # the table this module is part of
 
         rules = RULES
     return Interpreter(rules, scope=scope)

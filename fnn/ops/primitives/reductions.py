@@ -73,7 +73,7 @@ def _cum_kinks(primitive, fn):
     return kinks
 
 
-@primitive_gate(P.reduce_sum_p, save="shapes", params=("axes",), only={"out_sharding": (None,)},
+@primitive_gate(P.reduce_sum_p, lecture="sum", save="shapes", params=("axes",), only={"out_sharding": (None,)},
                 complex=True)
 def reduce_sum(g, shapes, *, axes, **params):
     """sum of x over `axes`.  Local gradient: 1 for every summed element (g broadcast back)."""
@@ -93,7 +93,7 @@ def _chooser(g, saved, axes):
     return (lax.mul(at, _expand(lax.div(g, counts), x.shape, axes)),)
 
 
-@primitive_gate(P.reduce_max_p, save="both", params=("axes",), only={"out_sharding": (None,)},
+@primitive_gate(P.reduce_max_p, lecture="max", save="both", params=("axes",), only={"out_sharding": (None,)},
                 complex=True)
 def reduce_max(g, saved, *, axes, **params):
     """max of x over `axes`.  Local gradient: 1 at the maximum (the max gate routes); tied
@@ -229,7 +229,7 @@ def _through_scan(g, x, combine, axis, reverse):
     values share g is decided by the scan's tree of max/min gates, each of which splits a tie
     evenly: running the same tree backward gives JAX's gradient exactly, ties included."""
     from fnn.autodiff.api import make_transforms
-    from fnn.ops.primitives import RULES  # the table this module is part of
+    from fnn.ops import RULES  # the table this module is part of
 
     scan = lambda x: lax.associative_scan(combine, x, reverse=reverse, axis=axis)
     return make_transforms(RULES).vjp(scan, x)[1](g)
@@ -298,7 +298,7 @@ def reduce(g, inputs, *, jaxpr, dimensions, needs, **params):  # noqa: A001 (the
     JAX refuses to differentiate them, and so does fnn. Complex operands as far as the
     computation's own rules take them."""
     from fnn.autodiff.api import make_transforms
-    from fnn.ops.primitives import RULES  # the table this module is part of
+    from fnn.ops import RULES  # the table this module is part of
 
     n = len(inputs) // 2
     xs, inits = inputs[:n], inputs[n:]

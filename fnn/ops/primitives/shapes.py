@@ -17,7 +17,7 @@ from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case, find
 
 
-@primitive_gate(P.reshape_p, save="shapes", params=("new_sizes", "dimensions"),
+@primitive_gate(P.reshape_p, lecture="reshape", save="shapes", params=("new_sizes", "dimensions"),
                 only={"sharding": (None,)}, complex=True)
 def reshape(g, shapes, *, dimensions=None, **params):
     """x with a new shape, its axes first permuted by `dimensions` when given (the reshape
@@ -53,7 +53,7 @@ squeeze.defcases(lambda rng, dtype: [
 squeeze.defkinks(smooth=True)
 
 
-@primitive_gate(P.broadcast_in_dim_p, save="shapes", params=("shape", "broadcast_dimensions"),
+@primitive_gate(P.broadcast_in_dim_p, lecture="broadcast_to", save="shapes", params=("shape", "broadcast_dimensions"),
                 only={"sharding": (None,)}, complex=True)
 def broadcast_in_dim(g, shapes, *, shape, broadcast_dimensions, **params):
     """x placed at `broadcast_dimensions` of a larger `shape`, copied along the others.
@@ -78,7 +78,7 @@ broadcast_in_dim.defcases(lambda rng, dtype: [
 broadcast_in_dim.defkinks(smooth=True)
 
 
-@primitive_gate(P.transpose_p, save="none", params=("permutation",), complex=True)
+@primitive_gate(P.transpose_p, lecture="transpose", save="none", params=("permutation",), complex=True)
 def transpose(g, saved, *, permutation, **params):
     """x with permuted axes.  Local gradient: the inverse permutation of g."""
     return (lax.transpose(g, tuple(int(i) for i in np.argsort(permutation))),)
@@ -151,7 +151,7 @@ def _pad_cases(rng, dtype):
 pad.defkinks(smooth=True)
 
 
-@primitive_gate(P.concatenate_p, save="shapes", params=("dimension",), complex=True)
+@primitive_gate(P.concatenate_p, lecture="concatenate", save="shapes", params=("dimension",), complex=True)
 def concatenate(g, shapes, *, dimension, **params):
     """arrays joined along `dimension`.  Local gradient: g split back into the pieces."""
     out, start = [], 0
@@ -205,7 +205,7 @@ stack.defkinks(smooth=True)
 
 
 # ---- identities: values passed through unchanged ------------------------------------------------
-@primitive_gate(P.stop_gradient_p, save="none", params=(), complex=True)
+@primitive_gate(P.stop_gradient_p, lecture="stop_gradient", save="none", params=(), complex=True)
 def stop_gradient(g, saved, **params):
     """x, with no gradient flowing back.  Local gradient: 0 (by definition, not the derivative
     of the value)."""
