@@ -18,12 +18,27 @@ Bad input is refused here with the op, the argument and the shapes named (fnn.Ga
 
 from __future__ import annotations
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.autodiff import nans
+from fnn.autodiff.tape import call_site
 from fnn.errors import GateError, describe
+
+
+def _watched(fn):
+    """`fn`, whose concrete outputs `fnn.debug_nans()` checks as it checks a gate's forward (a
+    call outside fnn.grad, on arrays; under fnn.grad its primitives' gates are checked)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if nans.active():
+            nans.check(fn.__name__, "forward", call_site(), args, jax.tree_util.tree_leaves(out))
+        return out
+    return run
 
 
 # ---- elementwise --------------------------------------------------------------------------------
@@ -32,12 +47,12 @@ def _broadcastable(op, *xs):
     try:
         np.broadcast_shapes(*(np.shape(x) for x in xs))
     except ValueError:
-        raise GateError(f"gate '{op}': cannot broadcast the inputs "
-                        f"{', '.join(describe(x) for x in xs)} together (numpy's rules: "
-                        "trailing dims equal or 1)") from None
+        raise GateError(f"gate '{op}': the inputs {', '.join(describe(x) for x in xs)} do not "
+                        "broadcast together (numpy's rules: trailing dims equal or 1)") from None
     return xs
 
 
+@_watched
 def add(x, y):
     """x + y (jnp.add, primitive lax.add).
 
@@ -56,6 +71,7 @@ def add(x, y):
     return jnp.add(*_broadcastable("add", x, y))
 
 
+@_watched
 def subtract(x, y):
     """x - y (lax.sub).  Local gradients: d/dx = 1, d/dy = -1.
 
@@ -72,6 +88,7 @@ def subtract(x, y):
     return jnp.subtract(*_broadcastable("subtract", x, y))
 
 
+@_watched
 def multiply(x, y):
     """x * y (lax.mul).  Local gradients: d/dx = y, d/dy = x (the mul gate swaps its inputs).
 
@@ -88,6 +105,7 @@ def multiply(x, y):
     return jnp.multiply(*_broadcastable("multiply", x, y))
 
 
+@_watched
 def divide(x, y):
     """x / y (lax.div).  Local gradients: d/dx = 1/y, d/dy = -x/y**2.
 
@@ -104,6 +122,7 @@ def divide(x, y):
     return jnp.divide(*_broadcastable("divide", x, y))
 
 
+@_watched
 def negative(x):
     """-x (lax.neg).  Local gradient: -1.
 
@@ -116,6 +135,7 @@ def negative(x):
     return jnp.negative(x)
 
 
+@_watched
 def power(x, y):
     """x ** y (jnp.power: lax.pow, or lax.integer_pow for a Python int y).
 
@@ -135,6 +155,7 @@ def power(x, y):
     return jnp.power(*_broadcastable("power", x, y))
 
 
+@_watched
 def exp(x):
     """e**x (lax.exp).  Local gradient: e**x (the output itself).
 
@@ -147,6 +168,7 @@ def exp(x):
     return jnp.exp(x)
 
 
+@_watched
 def log(x):
     """Natural log (lax.log).  Local gradient: 1/x.
 
@@ -159,6 +181,7 @@ def log(x):
     return jnp.log(x)
 
 
+@_watched
 def sqrt(x):
     """Square root (lax.sqrt).  Local gradient: 1 / (2 sqrt(x)).
 
@@ -171,6 +194,7 @@ def sqrt(x):
     return jnp.sqrt(x)
 
 
+@_watched
 def abs(x):  # noqa: A001 - mirrors jnp.abs
     """|x| (lax.abs).  Local gradient: 1 where x >= 0, else -1 (1 at 0, as jax.grad gives).
 
@@ -183,6 +207,7 @@ def abs(x):  # noqa: A001 - mirrors jnp.abs
     return jnp.abs(x)
 
 
+@_watched
 def maximum(x, y):
     """max(x, y) elementwise (lax.max).
 
@@ -202,6 +227,7 @@ def maximum(x, y):
     return jnp.maximum(*_broadcastable("maximum", x, y))
 
 
+@_watched
 def minimum(x, y):
     """min(x, y) elementwise (lax.min).
 
@@ -221,6 +247,7 @@ def minimum(x, y):
     return jnp.minimum(*_broadcastable("minimum", x, y))
 
 
+@_watched
 def where(condition, x, y):
     """x where condition else y (lax.select_n).
 
@@ -241,6 +268,7 @@ def where(condition, x, y):
     return jnp.where(*_broadcastable("where", condition, x, y))
 
 
+@_watched
 def astype(x, *, dtype):
     """x cast to `dtype` (lax.convert_element_type).  Local gradient: 1, cast back to x's dtype.
 
@@ -254,6 +282,7 @@ def astype(x, *, dtype):
     return jnp.asarray(x).astype(dtype)
 
 
+@_watched
 def sigmoid(x):
     """1 / (1 + e**-x), computed stably (lax.logistic).  Local gradient: s (1 - s), s = output.
 
@@ -266,6 +295,7 @@ def sigmoid(x):
     return jax.nn.sigmoid(x)
 
 
+@_watched
 def tanh(x):
     """Hyperbolic tangent (lax.tanh).  Local gradient: 1 - t**2, t = output.
 
@@ -278,6 +308,7 @@ def tanh(x):
     return jnp.tanh(x)
 
 
+@_watched
 def stop_gradient(x):
     """x, with no gradient flowing back (lax.stop_gradient).  Local gradient: 0.
 
@@ -291,6 +322,7 @@ def stop_gradient(x):
 
 
 # ---- products and shapes ------------------------------------------------------------------------
+@_watched
 def matmul(x, w):
     """x @ w with numpy's rules (jnp.matmul, primitive lax.dot_general).
 
@@ -317,6 +349,7 @@ def matmul(x, w):
     return jnp.matmul(x, w)
 
 
+@_watched
 def transpose(x, *, axes=None):
     """Permute axes, reversed when axes is None (lax.transpose).
 
@@ -332,6 +365,7 @@ def transpose(x, *, axes=None):
     return jnp.transpose(x, axes)
 
 
+@_watched
 def reshape(x, *, shape):
     """x with a new shape, one entry may be -1 (lax.reshape).  Local gradient: g reshaped back.
 
@@ -352,6 +386,7 @@ def reshape(x, *, shape):
                         f"{e}") from e
 
 
+@_watched
 def broadcast_to(x, *, shape):
     """x broadcast to `shape` (lax.broadcast_in_dim).
 
@@ -374,6 +409,7 @@ def broadcast_to(x, *, shape):
                         f"{tuple(shape)}") from e
 
 
+@_watched
 def concatenate(*xs, axis=0):
     """Join arrays along `axis`: concatenate(a, b, c, axis=1) (lax.concatenate).
 
@@ -397,6 +433,7 @@ def concatenate(*xs, axis=0):
     return jnp.concatenate(xs, axis=axis)
 
 
+@_watched
 def take(x, indices, *, axis=None):
     """jnp.take(x, indices, axis): gather along `axis`, x flattened when axis is None.
 
@@ -414,6 +451,7 @@ def take(x, indices, *, axis=None):
     return jnp.take(x, indices, axis=axis)
 
 
+@_watched
 def index(x, *, index):
     """x[index] for any numpy-style index (ints, slices, None, ..., integer arrays).
 
@@ -438,7 +476,9 @@ def index(x, *, index):
 
 
 # ---- reductions ---------------------------------------------------------------------------------
-def _axes(axis, ndim, op):
+def reduction_axes(axis, ndim, op):
+    """`axis` (None, an int or ints) as sorted non-negative axes of an ndim-dim input; a
+    GateError naming `op` for an axis out of range."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
@@ -449,6 +489,7 @@ def _axes(axis, ndim, op):
     return tuple(sorted(a % ndim for a in axes))
 
 
+@_watched
 def sum(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.sum
     """Sum over `axis` (lax.reduce_sum).  Local gradient: 1 for every element (g is copied back).
 
@@ -463,9 +504,10 @@ def sum(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.sum
     Raises:
         fnn.GateError: an axis is out of range.
     """
-    return jnp.sum(x, axis=_axes(axis, jnp.ndim(x), "sum"), keepdims=keepdims)
+    return jnp.sum(x, axis=reduction_axes(axis, jnp.ndim(x), "sum"), keepdims=keepdims)
 
 
+@_watched
 def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
     """Max over `axis` (lax.reduce_max).
 
@@ -483,7 +525,7 @@ def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
     Raises:
         fnn.GateError: an axis is out of range, or the max is over an empty axis.
     """
-    axes = _axes(axis, jnp.ndim(x), "max")
+    axes = reduction_axes(axis, jnp.ndim(x), "max")
     if any(np.shape(x)[a] == 0 for a in axes):
         raise GateError(f"gate 'max': max over an empty axis of x {describe(x)}")
     return jnp.max(x, axis=axes, keepdims=keepdims)

@@ -11,20 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff.gate import Case, defgate
-from fnn.errors import GateError
 from fnn.ops._dtypes import inexact
 from fnn.ops._cases import normal
-
-
-def _axes(axis, ndim, gate):
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    for a in axes:
-        if not -ndim <= a < ndim:  # a 0-d input has no axis to name (as in JAX)
-            raise GateError(f"gate '{gate}': axis {axis!r} is out of range for an input of "
-                            f"{ndim} dims" + (" (use axis=None)" if ndim == 0 else ""))
-    return tuple(sorted(a % ndim for a in axes))
+from fnn.ops.aliases import reduction_axes as _axes
 
 
 def _shift(x, axes):
