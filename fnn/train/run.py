@@ -80,7 +80,7 @@ from fnn.train.parallel import check_shard, gather
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
-from fnn.train.rules import check_rules, make_rules
+from fnn.train.rule_specs import check_rules, make_rules
 from fnn.train.text import VOCAB_FILE, check_vocab
 from fnn.train.spec import TrainSpec, mesh
 from fnn.train.validate import check_finite_state, non_finite_leaves

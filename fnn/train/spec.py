@@ -53,7 +53,7 @@ class TrainSpec:
         grad: "custom" (fnn's hand-written gradients) or "builtin" (jax.grad).
         l2: the lecture's l2 * sum(w**2) over the weights.
         rules: backward-rule overrides for grad="custom" ({gate: rule}, fnn.grad's rules=; from
-            text specs: fnn.train.rules.make_rules).
+            text specs: fnn.train.rule_specs.make_rules).
         seed: of the initial parameters, the shuffling and dropout (an int in [0, 2**64-1]).
         devices: data parallel over N devices (or a device list, a Mesh); several processes:
             None means every device of every process.
