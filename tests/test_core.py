@@ -100,6 +100,7 @@ def test_gates_pickle_by_reference():
 
 def test_public_trace():
     tr = fnn.trace(lambda x, y: ops.sum(ops.tanh(x) * y), jnp.ones(3), 2.0, argnums=0)
+    assert isinstance(tr, fnn.Trace)
     assert [r.gate.name for r in tr.tape.records] == ["tanh", "lax.mul", "sum"]  # `*` on a traced value is JAX's mul
     (node,) = [n for _, _, n, _ in tr.inputs()]
     cts = tr.backward(tr.seeds())

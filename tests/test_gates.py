@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.check.gates import CHECKS, check_gate
+from fnn.check import check_gates
+from fnn.check.gates import CHECKS
 from fnn.check.tolerances import tolerance
 
 GATES = sorted(fnn.registry)
@@ -40,11 +41,11 @@ def test_gate_is_declared_fully(name):
 
 @pytest.mark.parametrize("name", GATES)
 def test_vjp_matches_jax_numerics_and_transforms(name):
-    """The gate checker (fnn.check.gates), once per gate: every case in float64 (forward, vs
-    jax.vjp, vs central differences) and float32 (vs jax.vjp); eager, jit, vmap, grad(vmap)
-    and vmap(grad) on the first case."""
-    report = check_gate(name, fnn.registry[name], kinks=False)  # kinks: tests/test_kinks.py
-    assert not report.errors, (name, report.errors)
+    """The gate checker (fnn.check.check_gates, as docs/checking.md shows it), once per gate:
+    every case in float64 (forward, vs jax.vjp, vs central differences) and float32 (vs
+    jax.vjp); eager, jit, vmap, grad(vmap) and vmap(grad) on the first case."""
+    (report,) = check_gates({name: fnn.registry[name]}, kinks=False)  # kinks: tests/test_kinks.py
+    assert report.gate == name and not report.errors, (name, report.errors)
     f64 = [c for c in report.cases if c.dtype == "float64"]
     f32 = [c for c in report.cases if c.dtype == "float32"]
     assert len(f64) == len(fnn.registry[name].cases(np.random.default_rng(0), "float64")) >= 1

@@ -85,8 +85,8 @@ from fnn.train.text import VOCAB_FILE, check_vocab
 from fnn.train.spec import TrainSpec, mesh
 from fnn.train.validate import check_finite_state, non_finite_leaves
 
-__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory",
-           "TrainConfig", "final_results", "make_spec", "read_config", "setup", "train_run"]
+__all__ = ["BEST", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory", "TrainConfig",
+           "read_config", "setup", "train_run"]
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
 RESULTS, CURVES = "results.json", "curves.png"
