@@ -153,6 +153,8 @@ def make_spec(config: TrainConfig, devices=None, shard: str | None = None) -> Tr
     dp = mesh(devices, shard)  # several processes: every device of every process
     if dp is not None:
         dp.check_batch_size(config.batch_size, "--batch-size")
+    # the schedule's length, needed before the spec (which holds the optimizer) exists; the
+    # spec's n_steps is the one every later step reads
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,

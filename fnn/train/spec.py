@@ -26,7 +26,7 @@ from fnn.train.memory import init_out_of_memory, is_out_of_memory
 from fnn.train.parallel import data_parallel
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import GRADS, make_train_step, remat_model
-from fnn.train.validate import check_fit_inputs, check_start_state
+from fnn.train.validate import check_fit_inputs, check_position, check_start_state
 
 
 def mesh(devices=None, shard: str | None = None):
@@ -133,5 +133,5 @@ class TrainSpec:
         """`start` (a TrainState to continue from) must fit this spec: its parameters, model
         state and optimizer state, and its position inside an epoch (ValueError naming what
         differs)."""
-        check_start_state(self.model, self.data, start, optimizer=self.optimizer,
-                          batch_size=self.batch_size)
+        check_start_state(self.model, self.data, start, optimizer=self.optimizer)
+        check_position(start, self.n_steps, self.batch_size)
