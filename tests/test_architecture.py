@@ -277,7 +277,6 @@ LONG_FUNCTIONS = {
     "fnn/bench/steps.py:bench_step": 81,
     "fnn/check/grads.py:check_grads": 83,
     "fnn/nn/combinators.py:remat": 78,
-    "fnn/nn/layers.py:Conv": 65,
     "fnn/nn/layers.py:Pool": 78,
     "fnn/nn/sequence.py:Recurrent": 69,
     "fnn/train/loop.py:fit": 63,
