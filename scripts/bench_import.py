@@ -6,7 +6,7 @@
 Each round starts three fresh processes that time the same train step (the bench's `cnn` case,
 fnn.bench.steps.bench_step, both gradient columns, no eager or PyTorch timings):
 
-    plain import     python -c "import fnn; ... fnn.bench.run.run(...)"   (tuned by `import fnn`)
+    plain import     python -c "import fnn; ... fnn.bench.run(...)"   (tuned by `import fnn`)
     python -m fnn    python -m fnn bench --only cnn ...                   (the command line)
     FNN_NO_TUNE=1    the plain-import script with JAX's defaults          (what scripts got before)
 
@@ -32,7 +32,7 @@ PLAIN = r"""
 import json, sys
 import fnn
 from fnn import runtime
-from fnn.bench.run import run
+from fnn.bench.plan import run
 r = run(only=[sys.argv[1]], reps=int(sys.argv[2]), torch=False, eager=False)
 step = [row for row in r["rows"] if row["kind"] == "step"][0]
 print(json.dumps({"custom_ms": step["custom_ms"], "builtin_ms": step["builtin_ms"],

@@ -257,6 +257,9 @@ BAD = [
     ("empty training set", fit_tiny(x_train=np.zeros((0, 4, 4, 1), np.float32),
                                     y_train=np.zeros(0, np.int32)),
      DataError, r"x_train is empty \(f32\[0,4,4,1\]\)"),
+    ("process id out of range", lambda tmp: train.distributed.initialize("127.0.0.1:1", 2, 2),
+     train.DistributedError, r"process id 2 is out of range for 2 processes \(0 to 1; from the "
+     r"arguments\)"),
     ("batch larger than the data", lambda tmp: train.steps_per_epoch(10, 32), ValueError,
      r"batch size 32 does not fit in the 10 training examples"),
     ("model without class scores", fit_tiny(nn.serial(nn.Conv2D(2))), ValueError,

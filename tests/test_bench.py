@@ -131,7 +131,7 @@ def test_unknown_case_is_an_error():
 
 def test_one_plain_jax_model_is_a_case():
     """`--only jax:fno` runs the Fourier neural operator's row alone (no trace rows)."""
-    from fnn.bench.run import plan
+    from fnn.bench.plan import plan
 
     _, steps = plan(only=["jax:fno"], quick=True, torch=False)
     assert [label for label, _ in steps] == ["fno"]

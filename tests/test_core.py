@@ -100,6 +100,7 @@ def test_gates_pickle_by_reference():
 
 def test_public_trace():
     tr = fnn.trace(lambda x, y: ops.sum(ops.tanh(x) * y), jnp.ones(3), 2.0, argnums=0)
+    assert isinstance(tr, fnn.Trace)
     # ops.tanh and ops.sum are jnp's: the gates of their primitives, drawn under the lecture's names
     assert [r.gate.name for r in tr.tape.records] == ["lax.tanh", "lax.mul", "lax.reduce_sum"]
     assert [r.gate.lecture for r in tr.tape.records] == ["tanh", "multiply", "sum"]

@@ -327,6 +327,7 @@ def test_a_primitive_without_a_rule_names_it_and_how_to_add_one():
     with pytest.raises(fnn.MissingRuleError) as info:
         fnn.grad(model)(jnp.ones(3))
     text = str(info.value)
+    assert isinstance(info.value, fnn.ForeignCallError) and isinstance(info.value, TypeError)
     assert "'my_square'" in text and "f32[3]" in text and "test_engine.py" in text
     assert "fnn.primitive_gate" in text and "rules=" in text
 

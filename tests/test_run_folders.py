@@ -232,7 +232,7 @@ def test_a_resume_on_other_data_of_the_same_sizes_is_refused(tmp_path, capsys):
 
 # ---- 8. seeds ----------------------------------------------------------------------------------
 def test_every_draw_uses_the_whole_seed(capsys):
-    from fnn.train.rules import make_rules
+    from fnn.train.rule_specs import make_rules
 
     params = nn.mlp((8,)).init(jax.random.PRNGKey(0), (4,))[0]
     fa = {s: make_rules(["affine=feedback_alignment"], params, s)["affine"]

@@ -10,7 +10,7 @@ import pytest
 
 from fnn.cli import main
 from fnn.ops import rulebook
-from fnn.train.rules import RuleSpecError, check_rules, make_rules, parse_rule
+from fnn.train.rule_specs import RuleSpecError, check_rules, make_rules, parse_rule
 
 
 def test_specs_parse_and_bad_ones_are_named():

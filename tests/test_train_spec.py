@@ -6,11 +6,13 @@ derived."""
 import dataclasses
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+import fnn.train.epoch
 import fnn.train.run
 import fnn.train.spec
 from fnn import train
@@ -72,6 +74,25 @@ def test_a_train_run_traces_its_step_once(tmp_path, counted, capsys):
     assert main(["train", "--epochs", "2", "--out", str(tmp_path / "more"), "--diagnostics",
                  "--early-stop", "5", *TINY]) == 0
     assert counted["step"] == 1, counted
+
+
+def test_a_train_run_works_out_the_steps_of_an_epoch_once(tmp_path, monkeypatch, capsys):
+    """The spec's n_steps is what the run reads (the start's position, each epoch's batches);
+    make_spec works them out once more, before the spec exists, for the schedule's length."""
+    calls = []
+    count = fnn.train.epoch.steps_per_epoch
+
+    def steps_per_epoch(n, batch_size):
+        calls.append(sys._getframe(1).f_code.co_name)
+        return count(n, batch_size)
+    for module in (fnn.train.epoch, fnn.train.spec, fnn.train.run):
+        monkeypatch.setattr(module, "steps_per_epoch", steps_per_epoch)
+    out = str(tmp_path / "run")
+    assert main(["train", "--epochs", "2", "--out", out, *TINY]) == 0
+    assert calls == ["make_spec", "__post_init__"], calls
+    calls.clear()
+    assert main(["train", "--resume", out, "--epochs", "3", "--no-progress"]) == 0
+    assert calls == ["make_spec", "__post_init__"], calls
 
 
 def test_early_stop_ends_the_run_and_resume_finds_it_finished(tmp_path, capsys):

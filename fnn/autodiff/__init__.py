@@ -9,16 +9,14 @@ watch. It imports nothing from fnn above it (only fnn.errors).
   nans.py      debug_nans, NanOriginError: the first gate that makes a NaN or inf
 """
 
-from fnn.autodiff.api import Transforms, make_transforms
-from fnn.autodiff.backward import backward, engine_rule
+from fnn.autodiff.api import make_transforms
+from fnn.autodiff.backward import backward
 from fnn.autodiff.gate import (Case, Gate, Registry, collect_gates, defgate, primitive_gate,
                                unbroadcast)
 from fnn.autodiff.nans import NanOriginError, debug_nans
-from fnn.autodiff.tape import (Record, Tape, Traced, check_vjp_result, is_complex, is_float,
-                               is_traced)
+from fnn.autodiff.tape import Record, Tape, Traced, is_complex, is_float
 from fnn.autodiff.trace import Trace, check_argnums
 
-__all__ = ["Case", "Gate", "NanOriginError", "Record", "Registry", "Tape", "Trace", "Traced", "Transforms",
-           "backward", "check_argnums", "check_vjp_result", "collect_gates", "debug_nans",
-           "defgate", "engine_rule", "primitive_gate", "is_complex", "is_float", "is_traced",
-           "make_transforms", "unbroadcast"]
+__all__ = ["Case", "Gate", "NanOriginError", "Record", "Registry", "Tape", "Trace", "Traced", "backward",
+           "check_argnums", "collect_gates", "debug_nans", "defgate", "primitive_gate",
+           "is_complex", "is_float", "make_transforms", "unbroadcast"]

@@ -408,21 +408,7 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
     run = forward or bind
 
     def checked(*args, **params):
-        for key, value in params.items():
-            if key in handles:
-                continue
-            if key not in allowed:
-                raise GateError(f"rule '{gate_name}' does not handle the parameter {key}="
-                                f"{_short(value)} of {primitive.name}: it knows "
-                                f"{', '.join(handles + tuple(allowed)) or 'no parameters'} "
-                                "(a newer JAX?). Use JAX's own gradient for this program, or "
-                                "declare a rule with fnn.primitive_gate.")
-            if not any(_same(value, ok) for ok in allowed[key]):
-                raise GateError(f"rule '{gate_name}' does not handle {key}={_short(value)} of "
-                                f"{primitive.name} (it handles {key} in "
-                                f"{tuple(allowed[key])!r} only): rather than compute another "
-                                "gradient, fnn stops here. Use JAX's own gradient for this "
-                                "program, or declare a rule with fnn.primitive_gate.")
+        _check_params(gate_name, primitive, handles, allowed, params)
         return run(*args, **params)
 
     def declare(vjp: Callable) -> Gate:
@@ -437,6 +423,26 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
         return gate
 
     return declare
+
+
+def _check_params(gate_name, primitive, handles, allowed, params) -> None:
+    """A GateError for a parameter of `primitive` the rule does not handle, or a value of it
+    outside those `allowed`."""
+    for key, value in params.items():
+        if key in handles:
+            continue
+        if key not in allowed:
+            raise GateError(f"rule '{gate_name}' does not handle the parameter {key}="
+                            f"{_short(value)} of {primitive.name}: it knows "
+                            f"{', '.join(handles + tuple(allowed)) or 'no parameters'} "
+                            "(a newer JAX?). Use JAX's own gradient for this program, or "
+                            "declare a rule with fnn.primitive_gate.")
+        if not any(_same(value, ok) for ok in allowed[key]):
+            raise GateError(f"rule '{gate_name}' does not handle {key}={_short(value)} of "
+                            f"{primitive.name} (it handles {key} in "
+                            f"{tuple(allowed[key])!r} only): rather than compute another "
+                            "gradient, fnn stops here. Use JAX's own gradient for this "
+                            "program, or declare a rule with fnn.primitive_gate.")
 
 
 def _same(value, allowed) -> bool:

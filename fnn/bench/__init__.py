@@ -44,14 +44,15 @@ The package, one concept a file:
     torch_ref.py  PyTorch's eager step on the same architectures (optional), a script run in a
                   process of its own (it imports neither fnn nor JAX)
     report.py     the targets (issues 5, 13, 25), the table and the Markdown
-    run.py        the whole run; its command line and printing are fnn.cli.bench
+    plan.py       the whole run (plan, run, finish); its command line and printing are
+                  fnn.cli.bench
 
 Layering: fnn.bench builds on fnn.train, fnn.check and below; only fnn.cli imports it.
 """
 
 from fnn.bench.cases import CASES, GRADS, STEP_CASES, build, gate_inputs, in_dtype, model_specs
 from fnn.bench.report import markdown, targets
-from fnn.bench.run import run
+from fnn.bench.plan import run
 from fnn.bench.timing import interleaved, matmul_flops, time_gate
 
 __all__ = ["CASES", "GRADS", "STEP_CASES", "build", "gate_inputs", "in_dtype", "interleaved",

@@ -17,11 +17,12 @@ return objects; the command line (fnn.cli) prints them. See ARCHITECTURE.md.
                                  lowering errors, host callbacks, CPU-only custom calls
   tolerance                      the one tolerance table (fnn.check.tolerances)
 
-Modules: grads (check_grads), custom (check_custom_rules), divergence, gates (the gate checker), graph and graph_render,
-health, numeric, tolerances, lowering, lecture (the lecture's examples), zoo (small models).
+Modules: grads (check_grads), custom_rules (check_custom_rules), divergence, gates (the gate
+checker), graph and graph_render, health, numeric, tolerances, lowering, lecture (the lecture's
+examples), zoo (small models).
 """
 
-from fnn.check.custom import check_custom_rules
+from fnn.check.custom_rules import check_custom_rules
 from fnn.check.divergence import locate_divergence
 from fnn.check.gates import check_gate, check_gates
 from fnn.check.grads import check_grads

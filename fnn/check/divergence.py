@@ -126,6 +126,17 @@ class Divergences(list):
     __repr__ = __str__
 
 
+def _divergence(rec, pos: int, mine, ref, errors, message: str) -> GateDivergence:
+    """The GateDivergence of record `rec` (at `pos` on the tape): its VJP's gradients `mine`
+    (None: it raised), the reference `ref` (None: none could be made), the (error, tolerance)
+    per input (None where not compared) and what went wrong otherwise (`message`)."""
+    error = (float("inf") if mine is None else float("nan") if ref is None
+             else max(e[0] for e in errors if e is not None))
+    return GateDivergence(rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
+                          tuple(describe(o) for o in rec.outs), error,
+                          tuple(None if e is None else e[0] for e in errors), pos, message)
+
+
 def locate_divergence(f, *args, argnums=0, rtol: float | None = None,
                       rules=None) -> Divergences:
     """Replay f's recorded graph and compare every gate's VJP with jax.vjp of its forward.
@@ -177,12 +188,7 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None,
                        _error(mine[k], ref[k], rec.inputs[k], rtol)
                        for k, need in enumerate(needs))
         if message or any(e[0] > e[1] for e in errors if e is not None):
-            error = (float("inf") if mine is None else float("nan") if ref is None
-                     else max(e[0] for e in errors if e is not None))
-            found.append(GateDivergence(
-                rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
-                tuple(describe(o) for o in rec.outs), error,
-                tuple(None if e is None else e[0] for e in errors), pos, message))
+            found.append(_divergence(rec, pos, mine, ref, errors, message))
         return ref if ref is not None else mine
 
     tr.backward(tr.seeds(), compare)

@@ -190,6 +190,19 @@ def project(g, x, structure: str | None):
     return g
 
 
+def _contracted(f, ct):
+    """The scalar function Re(sum(f(*a) * ct)), summed over f's outputs when it has several
+    (the entries of `ct` that are None or float0 left out)."""
+    cts = tuple(ct) if isinstance(ct, (tuple, list)) else (ct,)
+
+    def scalar(*a):
+        out = f(*a)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return sum(jnp.real(jnp.sum(o * c)) for o, c in zip(outs, cts)
+                   if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0)
+    return scalar
+
+
 def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     """Central differences of `sum(f(*args) * ct)` wrt each float argument, every element.
 
@@ -221,13 +234,7 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     if diff is None:
         diff = [i for i, a in enumerate(args) if is_float(a)]
     structure = tuple(structure) if structure is not None else (None,) * len(diff)
-    cts = tuple(ct) if isinstance(ct, (tuple, list)) else (ct,)
-
-    def scalar(*a):
-        out = f(*a)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return sum(jnp.real(jnp.sum(o * c)) for o, c in zip(outs, cts)
-                   if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0)
+    scalar = _contracted(f, ct)
 
     def central(along, x, kind):
         f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h,

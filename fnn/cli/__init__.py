@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep JAX's default CPU settings (see fnn.runtime; FNN_NO_TUNE=1 "
                               "does the same)")
         sub.set_defaults(func=command.run)
+    # what launch's processes may run: the other commands (given here: launch is one of them)
+    subparsers.choices["launch"].set_defaults(commands=tuple(c for c in COMMANDS if c != "launch"))
     return parser
 
 

@@ -12,7 +12,7 @@ import sys
 
 from fnn.bench.cases import CASES
 from fnn.bench.report import fmt_row, markdown
-from fnn.bench.run import finish, plan
+from fnn.bench.plan import finish, plan
 from fnn.bench.timing import ATTEMPTS, LOAD_TOLERANCE
 from fnn.cli._args import UsageError, number
 from fnn.cli._exit import INTERRUPTED, OK, TERMINATED

@@ -272,6 +272,33 @@ def _check(name, gate, scope: dict, timing: bool, seed: int):
     return report, (timing_us(gate, report, seed=seed) if timing else (None, None))
 
 
+def _meta(args, scope: dict) -> dict:
+    """What the report says of its own run: seed, device, versions, the scope of the checks
+    (`scope`: QUICK's part of check_gate's, or all of it) and the tolerances."""
+    device = jax.devices()[0]
+    return {"seed": args.seed, "device": f"{device.platform}:{device.device_kind}",
+            "jax": jax.__version__, "all": args.all, "timing": args.timing,
+            "scope": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                      {"dtypes": DTYPES, "cases": None, "checks": CHECKS, **scope}.items()},
+            "tolerance": dict(TOLERANCES["gate"]),
+            "numeric_tolerance": tolerance("numeric", "float64"),
+            "transform_tolerance": tolerance("transform", "float64")}
+
+
+def _widths(header, gates, library, checks) -> tuple[list[int], list[int]]:
+    """The column widths of the gates' rows (`header`'s but the last) and of the rules' rows,
+    wide enough for the names and typical values: the rows are printed as they are checked,
+    before all of them are known."""
+    typical = {"gate": max(map(len, gates), default=0), "cases": 5,
+               "transforms": len(" ".join(t for t in CHECKS if t != SECOND_ORDER and t in checks))}
+    widths = [max(len(h), typical.get(h, 0)) for h in header[:-1]]
+    rule_widths = [max([len(RULE_HEADER[0])] + [len(r.name) for r, *_ in library]),
+                   max([len(RULE_HEADER[1])] + [len(g.name) for _, g, *_ in library]),
+                   max([len(RULE_HEADER[2])] + [len(r.kind) for r, *_ in library])] + \
+        [len(h) for h in RULE_HEADER[3:-1]]
+    return widths, rule_widths
+
+
 def run(args) -> int:
     """Check the gates and the rule library, printing each row as it is checked (to stdout for
     --format text, else to stderr, the document going to stdout at the end), a progress bar on
@@ -286,24 +313,10 @@ def run(args) -> int:
         raise UsageError(str(e)) from None
     scope = {} if args.all else QUICK
     library = [] if args.no_rules or names else library_cases(args.seed)
-    device = jax.devices()[0]
-    meta = {"seed": args.seed, "device": f"{device.platform}:{device.device_kind}",
-            "jax": jax.__version__, "all": args.all, "timing": args.timing,
-            "scope": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                      {"dtypes": DTYPES, "cases": None, "checks": CHECKS, **scope}.items()},
-            "tolerance": dict(TOLERANCES["gate"]),
-            "numeric_tolerance": tolerance("numeric", "float64"),
-            "transform_tolerance": tolerance("transform", "float64")}
+    meta = _meta(args, scope)
     header = columns(args.all, args.timing)
     stream = sys.stdout if args.format == "text" else sys.stderr  # where the rows go as they come
-    typical = {"gate": max(map(len, gates), default=0), "cases": 5,
-               "transforms": len(" ".join(t for t in CHECKS if t != SECOND_ORDER
-                                          and t in meta["scope"]["checks"]))}
-    widths = [max(len(h), typical.get(h, 0)) for h in header[:-1]]
-    rule_widths = [max([len(RULE_HEADER[0])] + [len(r.name) for r, *_ in library]),
-                   max([len(RULE_HEADER[1])] + [len(g.name) for _, g, *_ in library]),
-                   max([len(RULE_HEADER[2])] + [len(r.kind) for r, *_ in library])] + \
-        [len(h) for h in RULE_HEADER[3:-1]]
+    widths, rule_widths = _widths(header, gates, library, meta["scope"]["checks"])
     rows, rules, stopped = [], [], None
     with Progress(len(gates) + len(library), "gradcheck", unit="check") as progress:
         try:

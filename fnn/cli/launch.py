@@ -60,24 +60,22 @@ def add_arguments(p) -> None:
                    help="what each process runs: an fnn command (train ...) or script.py ...")
 
 
-def _argv(command: list[str]) -> list[str]:
-    """The argv of each process: `python -m fnn COMMAND ...` or `python SCRIPT.py ...`."""
-    from fnn.cli import COMMANDS
-
+def _argv(command: list[str], commands) -> list[str]:
+    """The argv of each process: `python -m fnn COMMAND ...` (COMMAND one of `commands`, the
+    command line's others) or `python SCRIPT.py ...`."""
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise ValueError("give the command each process runs after --, e.g. "
                          "python -m fnn launch --nproc 2 -- train --epochs 5")
-    if command[0] in COMMANDS and command[0] != "launch":
+    if command[0] in commands:
         return [sys.executable, "-m", "fnn", *command]
     if command[0].endswith(".py"):
         if not os.path.isfile(command[0]):
             raise ValueError(f"the script {command[0]!r} does not exist")
         return [sys.executable, *command]
     raise ValueError(f"the command after -- must be an fnn command "
-                     f"({', '.join(c for c in COMMANDS if c != 'launch')}) or a Python script "
-                     f"(.py), got {command[0]!r}")
+                     f"({', '.join(commands)}) or a Python script (.py), got {command[0]!r}")
 
 
 def _child_setup() -> None:
@@ -206,7 +204,7 @@ class Launch:
 
 
 def run(args) -> int:
-    argv = _argv(list(args.command))
+    argv = _argv(list(args.command), args.commands)
     port = args.port or free_port()
     launch = Launch(argv, args.nproc, args.devices_per_process, port, args.grace)
     previous = {s: signal.signal(s, launch.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -277,6 +277,21 @@ def _output_shape(layer: str, fn, input_shape, *params) -> tuple:
     return out
 
 
+def _conv_options(layer: str, ndim, features, kernel_size, stride, dilation, padding, groups):
+    """Conv's options checked (ValueError naming `layer`): (kernel size, strides, dilations) as
+    `ndim` ints each, and the padding as lax takes it."""
+    if ndim not in _SPATIAL:
+        raise ValueError(f"Conv: ndim must be 1, 2 or 3, got {ndim!r}")
+    _features(features, f"{layer} features")
+    checked = (_tuple(kernel_size, ndim, "kernel_size", layer),
+               _tuple(stride, ndim, "stride", layer), _tuple(dilation, ndim, "dilation", layer),
+               _padding(padding, ndim, layer))
+    if not isinstance(groups, int) or groups < 1 or features % groups:
+        raise ValueError(f"{layer}: groups must be a positive int dividing features "
+                         f"{features}, got {groups!r}")
+    return checked
+
+
 def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME", dilation=1,
          groups: int = 1, init="he", bias_init="zeros", name: str | None = None) -> Layer:
     """N-d convolution with dilation (atrous) and groups, plus a bias.
@@ -310,16 +325,8 @@ def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME
             empty.
     """
     layer = name or f"Conv{ndim}D"
-    if ndim not in _SPATIAL:
-        raise ValueError(f"Conv: ndim must be 1, 2 or 3, got {ndim!r}")
-    _features(features, f"{layer} features")
-    ks = _tuple(kernel_size, ndim, "kernel_size", layer)
-    strides = _tuple(stride, ndim, "stride", layer)
-    dilations = _tuple(dilation, ndim, "dilation", layer)
-    pad = _padding(padding, ndim, layer)
-    if not isinstance(groups, int) or groups < 1 or features % groups:
-        raise ValueError(f"{layer}: groups must be a positive int dividing features "
-                         f"{features}, got {groups!r}")
+    ks, strides, dilations, pad = _conv_options(layer, ndim, features, kernel_size, stride,
+                                                dilation, padding, groups)
     spec = _SPATIAL[ndim]
     dims = (f"N{spec}C", f"{spec}IO", f"N{spec}C")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)

@@ -32,11 +32,11 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   distributed (module): initialize,               several processes, one run: join it first
   DistributedError                                (jax.distributed, gloo on CPU); errors and
                                                   decisions (stop, options) shared by all
-  find_nan_origin, check_fit_inputs               NaN origin of a training step; data checks
+  check_fit_inputs                                the data checked against the model and loss
 """
 
 from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_params,
-                                  load_train_state, read_checkpoint, restore, save_checkpoint,
+                                  load_train_state, read_checkpoint, save_checkpoint,
                                   save_train_state)
 from fnn.train.config import ConfigError, TrainConfig
 from fnn.train.data import DATASETS, Dataset, load_dataset, split, standardize
@@ -47,7 +47,6 @@ from fnn.train.interrupt import TrainingInterrupted
 from fnn.train.lock import RunDirError, RunLock
 from fnn.train.loop import fit
 from fnn.train.memory import OutOfMemoryError
-from fnn.train.nancheck import find_nan_origin
 from fnn.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from fnn.train.parallel import DataParallel, data_parallel
 from fnn.train.plot import plot_curves
@@ -64,11 +63,11 @@ __all__ = ["CheckpointError", "ConfigError", "DATASETS", "DataError", "DataParal
            "DistributedError", "EarlyStopping",
            "GRADS", "Hook", "LOSSES", "Loss", "OPTIMIZERS", "OutOfMemoryError", "RunDirError",
            "RunLock", "SCHEDULES", "TrainConfig", "TrainSpec", "TrainState", "TrainingInterrupted", "Vocab",
-           "accuracy", "check_fit_inputs", "cross_entropy", "data_parallel", "find_nan_origin",
+           "accuracy", "check_fit_inputs", "cross_entropy", "data_parallel",
            "fit", "get_loss", "init_train_state", "load_checkpoint", "load_params", "load_text",
            "make_key",
            "load_dataset", "load_train_state", "make_eval_step", "make_evaluate", "make_loss_fn",
            "make_optimizer", "make_schedule", "make_train_epoch", "make_train_step", "plot_curves",
            "read_checkpoint", "read_cifar10", "read_cifar10_file", "read_config", "read_idx",
-           "read_mnist", "restore", "save_checkpoint", "save_train_state", "split", "standardize",
+           "read_mnist", "save_checkpoint", "save_train_state", "split", "standardize",
            "steps_per_epoch", "train_run"]

@@ -97,7 +97,7 @@ def _hidden(name, v):
 
 def _rules(name, v):
     if isinstance(v, (list, tuple)) and all(isinstance(r, str) and r for r in v):
-        return tuple(v)  # each rule's spelling is checked by fnn.train.rules.check_rules
+        return tuple(v)  # each rule's spelling is checked by fnn.train.rule_specs.check_rules
     raise ConfigError(f"{name} must be a list of backward-rule specs (strings such as "
                       f"\"relu=straight_through\"), got {v!r}")
 
@@ -209,7 +209,7 @@ class TrainConfig:
         width: text models: the model width.
         depth: text models: the number of layers.
         heads: the transformer's attention heads.
-        rules: backward-rule overrides (fnn.train.rules).
+        rules: backward-rule overrides (fnn.train.rule_specs).
         remat: recompute activations in the backward (make_train_step's remat).
     """
 
@@ -285,7 +285,7 @@ class TrainConfig:
         (), "gradients and rules", _rules, "train with a backward-rule override, e.g. "
         "relu=straight_through, spike=fast_sigmoid:slope=25, affine=feedback_alignment, "
         "affine@3_dense=clip_backward:max_norm=1 (repeatable; kept by --resume; see "
-        "fnn/train/rules.py)", flag="--rule", metavar="GATE=RULE", repeat=True)
+        "fnn/train/rule_specs.py)", flag="--rule", metavar="GATE=RULE", repeat=True)
     remat: bool = option(
         False, "gradients and rules", _flag, "recompute each block's activations in the "
         "backward instead of keeping them: less memory (a bigger model or batch fits), about one "

@@ -37,10 +37,11 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def epoch_batches(key, n: int, batch_size: int):
+def epoch_batches(key, n: int, batch_size: int, n_steps: int | None = None):
     """(order (steps, batch_size) example indices, keys (steps,) step PRNG keys) of an epoch of
-    n examples: a permutation drawn from `key`, the last partial batch dropped."""
-    n_steps = steps_per_epoch(n, batch_size)
+    n examples: a permutation drawn from `key`, the last partial batch dropped. `n_steps`:
+    steps_per_epoch(n, batch_size), where the caller has it already (a TrainSpec's)."""
+    n_steps = steps_per_epoch(n, batch_size) if n_steps is None else n_steps
     perm_key, step_key = jax.random.split(key)
     order = jax.random.permutation(perm_key, n)[: n_steps * batch_size]
     return order.reshape(n_steps, batch_size), jax.random.split(step_key, n_steps)

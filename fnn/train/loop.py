@@ -256,7 +256,7 @@ class _Loop:
         self.x, self.y = self.place((data.x_train, data.y_train))  # the loop splits each batch
         self.val = self.place((data.x_val, data.y_val)) if spec.has_validation else None
         n, bs = len(data.x_train), spec.batch_size
-        self.draw = jax.jit(lambda key: epoch_batches(key, n, bs))
+        self.draw = jax.jit(lambda key: epoch_batches(key, n, bs, spec.n_steps))
         self.evaluate = make_evaluate(spec.model, loss=spec.loss, batch_size=spec.eval_batch_size)
         self.fp = footprint(spec.model, ts, data.input_shape, bs,
                             tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)),

@@ -80,13 +80,13 @@ from fnn.train.parallel import check_shard, gather
 from fnn.train.plot import plot_curves
 from fnn.train.readers import DataError
 from fnn.train.state import TrainState, init_train_state
-from fnn.train.rules import check_rules, make_rules
+from fnn.train.rule_specs import check_rules, make_rules
 from fnn.train.text import VOCAB_FILE, check_vocab
 from fnn.train.spec import TrainSpec, mesh
 from fnn.train.validate import check_finite_state, non_finite_leaves
 
-__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory",
-           "TrainConfig", "final_results", "make_spec", "read_config", "setup", "train_run"]
+__all__ = ["BEST", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory", "TrainConfig",
+           "read_config", "setup", "train_run"]
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
 RESULTS, CURVES = "results.json", "curves.png"
@@ -153,6 +153,8 @@ def make_spec(config: TrainConfig, devices=None, shard: str | None = None) -> Tr
     dp = mesh(devices, shard)  # several processes: every device of every process
     if dp is not None:
         dp.check_batch_size(config.batch_size, "--batch-size")
+    # the schedule's length, needed before the spec (which holds the optimizer) exists; the
+    # spec's n_steps is the one every later step reads
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,

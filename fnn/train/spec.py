@@ -26,7 +26,7 @@ from fnn.train.memory import init_out_of_memory, is_out_of_memory
 from fnn.train.parallel import data_parallel
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import GRADS, make_train_step, remat_model
-from fnn.train.validate import check_fit_inputs, check_start_state
+from fnn.train.validate import check_fit_inputs, check_position, check_start_state
 
 
 def mesh(devices=None, shard: str | None = None):
@@ -53,7 +53,7 @@ class TrainSpec:
         grad: "custom" (fnn's hand-written gradients) or "builtin" (jax.grad).
         l2: the lecture's l2 * sum(w**2) over the weights.
         rules: backward-rule overrides for grad="custom" ({gate: rule}, fnn.grad's rules=; from
-            text specs: fnn.train.rules.make_rules).
+            text specs: fnn.train.rule_specs.make_rules).
         seed: of the initial parameters, the shuffling and dropout (an int in [0, 2**64-1]).
         devices: data parallel over N devices (or a device list, a Mesh); several processes:
             None means every device of every process.
@@ -133,5 +133,5 @@ class TrainSpec:
         """`start` (a TrainState to continue from) must fit this spec: its parameters, model
         state and optimizer state, and its position inside an epoch (ValueError naming what
         differs)."""
-        check_start_state(self.model, self.data, start, optimizer=self.optimizer,
-                          batch_size=self.batch_size)
+        check_start_state(self.model, self.data, start, optimizer=self.optimizer)
+        check_position(start, self.n_steps, self.batch_size)

@@ -170,7 +170,7 @@ def make_loss_fn(model, loss="softmax_cross_entropy", *, l2: float = 0.0):
 
 def value_and_grad(loss_fn, grad: str = "custom", rules=None):
     """(value, aux), grads of `loss_fn` wrt its first argument, by fnn or by JAX. rules: fnn's
-    rule overrides (fnn.grad's rules=; fnn.train.rules.make_rules), grad="custom" only."""
+    rule overrides (fnn.grad's rules=; fnn.train.rule_specs.make_rules), grad="custom" only."""
     if grad == "custom":
         return fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)
     if grad == "builtin":

@@ -194,6 +194,26 @@ def check_loss_shapes(loss, out: tuple, y, name: str = "loss") -> None:
                         f"{str(e).splitlines()[0]}") from None
 
 
+def check_held_out(x, y, split: str, y_train, input_shape: tuple, classes) -> None:
+    """A validation or test split (`split`: "val", "test"): checked as the training split is
+    (check_split), and its examples and labels of the training split's shapes and kind of
+    label; DataError naming what differs."""
+    check_split(x, y, split, classes)
+    if tuple(np.shape(x)[1:]) != input_shape:
+        raise DataError(f"x_{split} examples have shape {tuple(np.shape(x)[1:])} but "
+                        f"x_train examples {input_shape}: the model takes {input_shape}")
+    if tuple(np.shape(y)[1:]) != tuple(np.shape(y_train)[1:]):
+        raise DataError(f"y_{split} labels have shape {tuple(np.shape(y)[1:])} per example "
+                        f"but y_train {tuple(np.shape(y_train)[1:])}")
+    kinds = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in (y_train, y)]
+    if kinds[0] != kinds[1]:
+        what = {True: "float targets", False: "integer class labels"}
+        raise DataError(f"y_{split} holds {what[kinds[1]]} ({np.asarray(y).dtype}) but "
+                        f"y_train {what[kinds[0]]} ({np.asarray(y_train).dtype}): "
+                        f"the loss and the accuracy would not be the same on both; convert "
+                        f"y_{split} to {np.asarray(y_train).dtype}")
+
+
 def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, optimizer=None,
                      batch_size: int | None = None, eval_batch_size: int | None = None,
                      epochs: int | None = None) -> None:
@@ -239,22 +259,8 @@ def check_fit_inputs(model, data, *, loss="softmax_cross_entropy", start=None, o
     check_loss_shapes(loss, out, data.y_train, "train")
     for split in ("val", "test"):
         x, y = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
-        if x is None or not len(x):
-            continue
-        check_split(x, y, split, out[-1] if out else None)
-        if tuple(np.shape(x)[1:]) != input_shape:
-            raise DataError(f"x_{split} examples have shape {tuple(np.shape(x)[1:])} but "
-                            f"x_train examples {input_shape}: the model takes {input_shape}")
-        if tuple(np.shape(y)[1:]) != tuple(np.shape(data.y_train)[1:]):
-            raise DataError(f"y_{split} labels have shape {tuple(np.shape(y)[1:])} per example "
-                            f"but y_train {tuple(np.shape(data.y_train)[1:])}")
-        kinds = [np.issubdtype(np.asarray(a).dtype, np.floating) for a in (data.y_train, y)]
-        if kinds[0] != kinds[1]:
-            what = {True: "float targets", False: "integer class labels"}
-            raise DataError(f"y_{split} holds {what[kinds[1]]} ({np.asarray(y).dtype}) but "
-                            f"y_train {what[kinds[0]]} ({np.asarray(data.y_train).dtype}): "
-                            f"the loss and the accuracy would not be the same on both; convert "
-                            f"y_{split} to {np.asarray(data.y_train).dtype}")
+        if x is not None and len(x):
+            check_held_out(x, y, split, data.y_train, input_shape, out[-1] if out else None)
     if start is not None:
         check_start_state(model, data, start, optimizer=optimizer, batch_size=batch_size,
                           shapes=shapes)

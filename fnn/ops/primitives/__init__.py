@@ -43,4 +43,4 @@ shard_map, custom linear solves, the named-axis collectives (fnn.ops.RULES adds 
 # custom_rules="primal": custom_jvp/custom_vjp functions differentiated through their primal
 CUSTOM_RULES = {"use": {}, "primal": MappingProxyType(custom.PRIMAL)}
 
-__all__ = ["CUSTOM_RULES", "FAMILIES", "NOT_IN_REGISTRY", "STRUCTURAL"]
+__all__ = ["CUSTOM_RULES", "FAMILIES"]

@@ -15,16 +15,8 @@ from fnn.bench.timing import (ATTEMPTS, LOAD_TOLERANCE, bench_matmul, gemm, load
                               machine)
 
 
-def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-         torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
-         attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0,
-         tuning=None) -> tuple[dict, list]:
-    """(result, steps): what `run` does, not yet done. `result` is the run's record without its
-    rows (result["rows"] is empty; result["missing"] lists the gates asked for that declare no
-    benchmark size); `steps` is a list of (label, measure), measure() returning the rows of
-    that step (a list of dicts), to be added to result["rows"] in order, then `finish(result)`.
-    A caller that runs them one by one can show progress, print each row as it comes and stop
-    between two (fnn.cli.bench)."""
+def _asked(only) -> tuple[set, list]:
+    """(the cases asked for, the gates among them): a case unknown is a ValueError."""
     from fnn.ops import aliases, registry
 
     named = set(registry.named) | set(aliases.__all__)  # gates, and the lecture's names
@@ -38,7 +30,20 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
     if unknown:
         raise ValueError(f"unknown bench case(s) {', '.join(sorted(unknown))}; choose from "
                          f"{', '.join(CASES)}, gate names or jax:MODEL (a model of 'jax')")
-    gates = sorted(named) if "gates" in only else sorted(only & named)
+    return only, (sorted(named) if "gates" in only else sorted(only & named))
+
+
+def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
+         torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
+         attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0,
+         tuning=None) -> tuple[dict, list]:
+    """(result, steps): what `run` does, not yet done. `result` is the run's record without its
+    rows (result["rows"] is empty; result["missing"] lists the gates asked for that declare no
+    benchmark size); `steps` is a list of (label, measure), measure() returning the rows of
+    that step (a list of dicts), to be added to result["rows"] in order, then `finish(result)`.
+    A caller that runs them one by one can show progress, print each row as it comes and stop
+    between two (fnn.cli.bench)."""
+    only, gates = _asked(only)
     dtype = jnp.dtype(dtype)
     result = {"device": machine(), "dtype": dtype.name, "reps": reps, "quick": quick,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "tuning": tuning,

@@ -86,7 +86,7 @@ def check_custom_rules(f, *args, seed: int = 0) -> list[CustomRuleCheck]:
 
     At one random cotangent, its custom rule's VJP is compared with the VJP of its primal
     function by fnn's rules (`custom_rules="primal"`) and with central differences, at the
-    arguments it really gets (fnn.check.custom describes the verdicts). Calls inside a loop body
+    arguments it really gets (fnn.check.custom_rules describes the verdicts). Calls inside a loop body
     or a branch are checked where they can be reached with concrete values.
 
     Args:
