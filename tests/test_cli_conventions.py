@@ -111,6 +111,8 @@ def test_exit_statuses(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "fnn train: error: --resume-from needs --resume RUN_DIR" in err
     assert "fnn train: error: --overwrite replaces the files of a new run" in err
+    assert main(["launch", "--nproc", "2", "--", "nocommand"]) == 1  # named `launch`, not argv
+    assert "fnn launch: error: the command after -- must be" in capsys.readouterr().err
 
     import fnn.cli.train as cli_train
     from fnn.train.interrupt import TrainingInterrupted

@@ -56,7 +56,7 @@ def add_arguments(p) -> None:
                    help="the coordinator's port on 127.0.0.1 (default: a free one)")
     p.add_argument("--grace", type=_grace, default=GRACE, metavar="S", help="seconds a process "
                    f"has to stop after SIGTERM before SIGKILL (default {GRACE:g})")
-    p.add_argument("command", nargs="...", metavar="-- COMMAND",
+    p.add_argument("argv", nargs="...", metavar="-- COMMAND",
                    help="what each process runs: an fnn command (train ...) or script.py ...")
 
 
@@ -204,7 +204,7 @@ class Launch:
 
 
 def run(args) -> int:
-    argv = _argv(list(args.command), args.commands)
+    argv = _argv(list(args.argv), args.commands)
     port = args.port or free_port()
     launch = Launch(argv, args.nproc, args.devices_per_process, port, args.grace)
     previous = {s: signal.signal(s, launch.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
