@@ -20,6 +20,7 @@ import numpy as np
 from fnn.autodiff.overrides import Rule, call_rule
 from fnn.check.numeric import rel_error
 from fnn.check.tolerances import tolerance
+from fnn.ops import rulebook
 
 
 @dataclasses.dataclass
@@ -90,27 +91,14 @@ def _flat(grads, inputs):
 
 
 def library_cases(seed: int = 0) -> list:
-    """(rule, gate, inputs, static) for every rule of fnn.rulebook, at representative inputs."""
-    import fnn.ops as ops
-    from fnn.ops import rulebook
-
+    """(rule, gate, inputs, static) for every rule of the library (fnn.rulebook.LIBRARY), at the
+    representative inputs each entry declares."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-2.0, 2.0, (4, 6))
-    cases = [(rulebook.straight_through, ops.sign, (x,), {}),
-             (rulebook.clipped_straight_through, ops.sign, (x,), {}),
-             (rulebook.straight_through, ops.quantize, (x,), {"bits": 2})]
-    for family in (rulebook.fast_sigmoid, rulebook.sigmoid_derivative, rulebook.triangle,
-                   rulebook.arctan):
-        for slope in (1.0, 4.0):
-            cases.append((family(slope), ops.spike, (x,), {"threshold": 0.3}))
-    xb, w, b = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal(3)
-    fa = rulebook.feedback_alignment({"": rng.standard_normal((4, 3))}).resolve("")
-    cases.append((fa, ops.affine, (xb, w, b), {}))
-    cases.append((rulebook.clip_backward(0.5), ops.tanh, (x,), {}))
-    return cases
+    return [case for entry in rulebook.LIBRARY for case in entry.cases(rng)]
 
 
 def check_library(seed: int = 0) -> list[RuleCheck]:
-    """check_rule for every rule of fnn.rulebook (library_cases)."""
+    """check_rule for every rule of the library (library_cases: each entry of
+    fnn.rulebook.LIBRARY, at its declared inputs)."""
     return [check_rule(rule, gate, inputs, static, seed=seed)
             for rule, gate, inputs, static in library_cases(seed)]
