@@ -3,21 +3,21 @@ watch. It imports nothing from fnn above it (only fnn.errors).
 
   gate.py      Case, Gate, defgate, unbroadcast, collect_gates: how a gate is declared
   tape.py      Traced, Record, Tape, apply: the graph recorded in the forward pass
-  backward.py  backward, engine_rule: the tape walked in reverse, VJPs checked and applied
+  backward.py  backward, pullback: the tape walked in reverse; the one function that applies a
+               backward rule (override or VJP, contract, NaN watch, errors)
   trace.py     trace -> Trace: the forward pass, shared by vjp and the debuggers
   api.py       make_transforms -> vjp, grad, value_and_grad, trace (JAX's semantics)
   nans.py      debug_nans, NanOriginError: the first gate that makes a NaN or inf
 """
 
 from fnn.autodiff.api import Transforms, make_transforms
-from fnn.autodiff.backward import backward, engine_rule
+from fnn.autodiff.backward import backward, check_vjp_result, engine_rule, pullback
 from fnn.autodiff.gate import Case, Gate, collect_gates, defgate, primitive_gate, unbroadcast
 from fnn.autodiff.nans import NanOriginError, debug_nans
-from fnn.autodiff.tape import (Record, Tape, Traced, check_vjp_result, is_complex, is_float,
-                               is_traced)
+from fnn.autodiff.tape import Record, Tape, Traced, is_complex, is_float, is_traced
 from fnn.autodiff.trace import Trace, check_argnums
 
 __all__ = ["Case", "Gate", "NanOriginError", "Record", "Tape", "Trace", "Traced", "Transforms",
            "backward", "check_argnums", "check_vjp_result", "collect_gates", "debug_nans",
            "defgate", "engine_rule", "primitive_gate", "is_complex", "is_float", "is_traced",
-           "make_transforms", "unbroadcast"]
+           "make_transforms", "pullback", "unbroadcast"]

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff.overrides import Rule, call_rule
+from fnn.autodiff.backward import call_vjp
+from fnn.autodiff.overrides import Rule
 from fnn.check.numeric import rel_error
 from fnn.check.tolerances import tolerance
 from fnn.ops import rulebook
@@ -70,7 +71,7 @@ def check_rule(rule: Rule, gate, inputs: tuple, static: dict | None = None, *,
         row = RuleCheck(rule.name, gate.name, rule.kind, rule.formula, None, float("nan"), 0.0)
         try:
             saved = gate.forward(*inputs, **static)[1]
-            mine = call_rule(rule, gate, g, inputs, out, saved, needs, static)
+            mine = call_vjp(gate, g, saved, needs, static, rule=rule, inputs=inputs, out=out)
             exact = exact_pull(g)
             a, b = _flat(mine, inputs), _flat(exact, inputs)
             na, nb = np.linalg.norm(a), np.linalg.norm(b)
