@@ -19,8 +19,6 @@ looks at the result, and an error of the rule's own is wrapped with the gate's n
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,12 +27,10 @@ from fnn.autodiff import nans
 from fnn.autodiff.overrides import Rule
 from fnn.errors import FnnError, GateError, VJPContractError, describe
 
-if TYPE_CHECKING:  # annotations only: the tape's records are applied here, never made
-    from fnn.autodiff.tape import Record, Tape
 
-
-def backward(tape: Tape, seeds: dict, rule=None) -> dict:
-    """Propagate cotangents `seeds` (node id -> array) back through `tape`; return node -> ct.
+def backward(tape, seeds: dict, rule=None) -> dict:
+    """Propagate cotangents `seeds` (node id -> array) back through `tape` (a
+    fnn.autodiff.tape.Tape); return node -> ct.
 
     The walk: gates in reverse order of recording; a gate none of whose outputs got a cotangent
     is skipped; a multi-output gate gets zeros for its outputs that got none; what a gate sends
@@ -62,19 +58,20 @@ def backward(tape: Tape, seeds: dict, rule=None) -> dict:
     return ct
 
 
-def engine_rule(pos: int, rec: Record, g, needs, got=None):
+def engine_rule(pos: int, rec, g, needs, got=None):
     """The engine's rule for `backward`: `pullback` of the record."""
     return pullback(rec, g, needs, got)
 
 
-def pullback(rec: Record, g, needs=None, got=None) -> tuple:
-    """Apply the backward rule of one recorded gate to upstream `g`: the override recorded with
-    it (`rec.rule`) or the gate's own VJP, called by `call_vjp`; its result's contract checked
-    (one gradient, or None, per positional input, each with its input's structure, shapes and
-    dtypes); under fnn.debug_nans its gradients watched; a TypeError or ValueError of the rule's
-    own raised as a VJPContractError naming the gate, its call site, the upstream gradient and
-    the inputs. needs: per input, whether it needs a gradient (default: the record's); got: per
-    output leaf, whether a cotangent reached it (None: all)."""
+def pullback(rec, g, needs=None, got=None) -> tuple:
+    """Apply the backward rule of one recorded gate (`rec`, a fnn.autodiff.tape.Record) to
+    upstream `g`: the override recorded with it (`rec.rule`) or the gate's own VJP, called by
+    `call_vjp`; its result's contract checked (one gradient, or None, per positional input,
+    each with its input's structure, shapes and dtypes); under fnn.debug_nans its gradients
+    watched; a TypeError or ValueError of the rule's own raised as a VJPContractError naming
+    the gate, its call site, the upstream gradient and the inputs. needs: per input, whether
+    it needs a gradient (default: the record's); got: per output leaf, whether a cotangent
+    reached it (None: all)."""
     needs = rec.needs if needs is None else needs
     try:
         grads = call_vjp(rec.gate, g, rec.saved, needs, rec.static, got, rule=rec.rule,
@@ -138,7 +135,7 @@ def takes(fn) -> tuple[frozenset, bool]:
             any(p.kind is p.VAR_KEYWORD for p in params))
 
 
-def check_vjp_result(rec: Record, grads, needs) -> None:
+def check_vjp_result(rec, grads, needs) -> None:
     """The contract: one gradient per input with its input's structure, each leaf with its
     input leaf's shape and dtype (or None for an input that needs none)."""
     name = rec.gate.name
