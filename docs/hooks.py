@@ -3,6 +3,9 @@
 - `<!-- fnn:train-options -->` in a page becomes the table of every `python -m fnn train`
   option, generated from the command's own argparse parser (fnn.cli.build_parser), so the page
   cannot fall behind `--help`;
+- `<!-- fnn:rule-library -->` becomes the table of the backward-rule library, generated from
+  its one declaration (fnn.ops.rulebook.LIBRARY): name, gates, options, formula, paper, and
+  whether `--rule` takes it;
 - `<!-- no-run: REASON -->` before a code block (tests/test_docs_examples.py skips that block)
   becomes a visible note with the reason;
 - a public name of fnn, fnn.nn, fnn.train, fnn.check or fnn.ops (their `__all__`) without a
@@ -26,6 +29,7 @@ PUBLIC_MODULES = ("fnn", "fnn.nn", "fnn.train", "fnn.check", "fnn.ops")
 NO_RUN = re.compile(r"^<!-- no-run: (.+?) -->[ \t]*$", re.M)
 TRAIN_OPTIONS = "<!-- fnn:train-options -->"
 OPS_API = "<!-- fnn:ops-api -->"
+RULE_LIBRARY = "<!-- fnn:rule-library -->"
 
 
 def undocumented() -> list[str]:
@@ -105,6 +109,33 @@ def ops_api_markdown() -> str:
     return "\n".join(out)
 
 
+def rule_library_markdown() -> str:
+    """The backward-rule library, one row per entry of fnn.ops.rulebook.LIBRARY (the list
+    `--rule` and `gradcheck` iterate too): how it is made, the gates it is for, its formula
+    and paper (of the rule as the checkers first judge it), and `--rule`'s spelling."""
+    from fnn.ops import rulebook
+
+    rows = ["| rule | for | formula (as the checkers judge it) | from | `--rule` |",
+            "|---|---|---|---|---|"]
+    escape = lambda text: " ".join(text.split()).replace("|", "\\|")
+    for entry in rulebook.LIBRARY:
+        args = ([entry.needs] if entry.needs else []) + list(entry.options)
+        made = f"`{entry.name}({', '.join(args)})`" if args or not isinstance(
+            entry.rule, rulebook.Rule) else f"`{entry.name}`"
+        gates = ", ".join(f"`{g}`" for g in entry.gates) or "any gate"
+        gates += " (only)" if entry.only else ""
+        example = entry.example
+        if entry.refused:
+            spec = "refused: " + entry.refused.split(". ")[0]
+        else:
+            target = entry.gates[0] if entry.only else "GATE"
+            opts = ",".join(f"{o}=..." for o in entry.options)
+            spec = f"`{target}={entry.name}" + (f":{opts}" if opts else "") + "`"
+        rows.append(f"| {made} | {gates} | {escape(example.formula)} | "
+                    f"{escape(example.paper) or '-'} | {escape(spec)} |")
+    return "\n".join(rows) + "\n"
+
+
 def _cell(text: str) -> str:
     text = " ".join(text.split()).replace("|", "\\|")
     return text[:1].upper() + text[1:] if text else text
@@ -121,4 +152,6 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
         markdown = markdown.replace(TRAIN_OPTIONS, train_options_markdown())
     if OPS_API in markdown:
         markdown = markdown.replace(OPS_API, ops_api_markdown())
+    if RULE_LIBRARY in markdown:
+        markdown = markdown.replace(RULE_LIBRARY, rule_library_markdown())
     return NO_RUN.sub(lambda m: f"*Not run by the docs tests: {m.group(1)}*\n", markdown)

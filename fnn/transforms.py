@@ -1,5 +1,6 @@
 """fnn's public reverse mode: `vjp`, `grad`, `value_and_grad` and `trace`, bound once to the table
-of primitive rules (fnn.ops.RULES), over the core's `make_transforms`; and
+of primitive rules (fnn.ops.RULES), over the core's `make_transforms`, which is also the
+core's default table (a rule run outside an interpreter uses it); and
 `checkpoint` (rematerialization), which both fnn.grad and jax.grad differentiate."""
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from typing import Callable
 import jax
 
 from fnn.autodiff.api import make_transforms, rules
+from fnn.autodiff.interpret import use_default_rules
 from fnn.ops import CUSTOM_RULES, RULES, registry
 
 trace, vjp, value_and_grad, grad = make_transforms(
     RULES, CUSTOM_RULES, gate_names=(*registry, *registry.lecture_names))
+use_default_rules(RULES)  # what a loop's gate called on its own interprets its body with
 
 
 def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),

@@ -151,13 +151,7 @@ def test_an_upward_import_is_caught():
 Edge = collections.namedtuple("Edge", "target line function")  # function: None at the top
 
 # function-level imports that close a circle, known and being removed: (file, imported module)
-HIDDEN_CIRCLES_ALLOWED = {
-    # removed by branch rules (the structural rules receive the rule table as an argument)
-    ("fnn/ops/primitives/loops.py", "fnn.ops"),
-    # the same pattern (make_transforms(RULES) inside cummax's and reduce's rules), in fnn/ops,
-    # which is being restructured elsewhere: to be removed there
-    ("fnn/ops/primitives/reductions.py", "fnn.ops"),
-}
+HIDDEN_CIRCLES_ALLOWED: set = set()  # none: keep it so
 
 
 def import_edges(module: str, source: str, modules: set[str]) -> list[Edge]:

@@ -201,3 +201,46 @@ def test_a_misspelled_override_key_is_an_error_naming_the_closest(x64):
     spike.defvjp(lambda g, x: (g,))
     np.testing.assert_allclose(fnn.grad(lambda x: jnp.sum(spike(x)),
                                         rules={"my_spike": lambda g, x, out: (2.0 * g,)})(X), 2.0)
+
+
+def test_every_rule_of_the_library_is_checked_and_known_to_rule_specs():
+    """The library is declared once (rulebook.LIBRARY): every rule the rulebook defines is in it,
+    check_library judges each entry, and --rule takes it or refuses it saying why."""
+    import inspect
+
+    from fnn.check.rules import check_library, library_cases
+    from fnn.train.rule_specs import RuleSpecError, make_rules
+
+    listed = {id(entry.rule) for entry in rulebook.LIBRARY}
+    for name, value in vars(rulebook).items():
+        makes_a_rule = (inspect.isfunction(value) and value.__module__ == rulebook.__name__
+                        and inspect.signature(value).return_annotation in
+                        ("Rule", "FeedbackAlignment", fnn.Rule))
+        if not name.startswith("_") and (isinstance(value, fnn.Rule) or makes_a_rule):
+            assert id(value) in listed, f"rulebook.{name} is not in rulebook.LIBRARY"
+    rows = check_library()
+    assert len(rows) == len(library_cases())
+    judged = {row.rule: row for row in rows}
+    params = {"1_dense": {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}}
+    for entry in rulebook.LIBRARY:
+        cases = entry.cases(np.random.default_rng(0))
+        assert cases, f"{entry.name} declares no case to check it on"
+        for rule, *_ in cases:
+            assert judged[rule.name].ok, judged[rule.name]
+        gate = entry.gates[0] if entry.only else "tanh"
+        spec = f"{gate}={entry.name}" + (":" + ",".join(f"{o}=1" for o in entry.options)
+                                         if entry.options else "")
+        if entry.refused:
+            with pytest.raises(RuleSpecError, match=f"{entry.name} cannot be used in a --rule"):
+                make_rules((spec,), params)
+        else:
+            assert make_rules((spec,), params)[gate] is not None
+
+
+def test_straight_through_trains_through_quantize():
+    """quantize's exact gradient is 0 almost everywhere; straight_through passes g on."""
+    x = jnp.array([-0.9, -0.2, 0.3, 0.8])
+    f = lambda x: jnp.sum(ops.quantize(x, bits=2) * jnp.arange(1.0, 5.0))
+    np.testing.assert_array_equal(fnn.grad(f)(x), np.zeros(4))
+    np.testing.assert_array_equal(fnn.grad(f, rules={"quantize": rulebook.straight_through})(x),
+                                  [1.0, 2.0, 3.0, 4.0])

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff import tape
+from fnn.autodiff.backward import takes
 from fnn.errors import FnnError, GateError, describe
 
 
@@ -155,8 +157,9 @@ class Gate:
         self.vjp: Callable | None = None
         self.cases: Callable | None = None
         self.kinks: Callable | str | None = None  # see defkinks
-        self._vjp_takes_needs = False
-        self._vjp_takes_got = False
+        # (the names of the VJP's parameters, whether it takes **kwargs): what
+        # fnn.autodiff.backward.call_vjp passes it besides g, saved and the metadata
+        self.vjp_takes: tuple = (frozenset(), False)
         self.primitive = None  # the JAX primitive a gate made by primitive_gate stands for
         # the lecture's name of a primitive's gate ('multiply' for lax.mul: fnn.ops.multiply),
         # shown in graphs and accepted as an override's key; None: its name is the lecture's
@@ -177,9 +180,7 @@ class Gate:
     def defvjp(self, vjp: Callable) -> Callable:
         """Attach the hand-written VJP `vjp(g, saved, **static) -> tuple of gradients`."""
         self.vjp = vjp
-        params = inspect.signature(vjp).parameters
-        self._vjp_takes_needs = "needs" in params
-        self._vjp_takes_got = "got" in params
+        self.vjp_takes = takes(vjp)
         return vjp
 
     def defcases(self, cases: Callable) -> Callable:
@@ -208,8 +209,6 @@ class Gate:
 
     # -- use ---------------------------------------------------------------------------
     def __call__(self, *args, **static):
-        from fnn.autodiff import tape  # the tape records gates; gates are declared first
-
         if static and self._signature is not None:
             args, static = self._positional(args, static)
         return tape.apply(self, args, static)
@@ -248,18 +247,6 @@ class Gate:
             raise GateError(f"gate '{self.name}': several outputs must be returned as a tuple "
                             "(or a dict), not a list")
         return result
-
-    def run_vjp(self, g, saved, needs, static, got=None):
-        """The hand-written VJP as declared: upstream `g`, what the forward saved, and `needs`
-        and `got` (per output leaf: whether a cotangent reached it; None: all did) when the VJP
-        takes them. Unchecked; `Record.pullback` checks its result."""
-        if self.vjp is None:
-            raise GateError(f"gate '{self.name}' has no VJP: declare one with @{self.name}.defvjp")
-        extra = {"needs": needs} if self._vjp_takes_needs else {}
-        if self._vjp_takes_got:
-            extra["got"] = (tuple(got) if got is not None else
-                            (True,) * len(jax.tree_util.tree_leaves(g)))
-        return self.vjp(g, saved, **extra, **static)
 
     def __repr__(self):
         return f"<fnn gate '{self.name}'>"

@@ -36,7 +36,7 @@ from jax.extend import core as jcore
 from jax.extend import source_info_util
 
 from fnn.autodiff.gate import Gate
-from fnn.autodiff.tape import GateCall, Traced, apply
+from fnn.autodiff.tape import GateCall, Traced, apply, tracing_for_fnn
 from fnn.errors import GateError, MissingRuleError, describe
 
 
@@ -98,10 +98,35 @@ def scope_of(eqn) -> str:
     return str(eqn.source_info.name_stack)
 
 
-class Interpreter:
-    """Evaluates jaxprs with `rules` (primitive -> rule), recording gates on the tape."""
+# fnn's own table of rules (fnn.ops.primitives.RULES), which the core cannot import: set once by
+# fnn.transforms (use_default_rules), where fnn's transforms are bound to it. The interpreter
+# hands its table to the structural rules it runs (a loop's gate gets it as its `rules`); this
+# one is for a rule run on its own, outside any interpreter (a checker calling a loop's gate, a
+# rule whose VJP differentiates a helper function)
+_DEFAULT_RULES: list = []
 
-    def __init__(self, rules: Mapping[Any, Rule], *, fname: str | None = None, scope: str = ""):
+
+def use_default_rules(rules: Mapping[Any, Rule]) -> None:
+    """Make `rules` the table an `Interpreter` made without one uses (fnn.transforms: fnn's)."""
+    _DEFAULT_RULES[:] = [rules]
+
+
+def default_rules() -> Mapping[Any, Rule]:
+    """The table set by `use_default_rules` (fnn's own rules, once `fnn` is imported)."""
+    if not _DEFAULT_RULES:
+        raise GateError("no table of rules to interpret with: import fnn (fnn.transforms makes "
+                        "fnn.ops.primitives.RULES the default) or pass the rules")
+    return _DEFAULT_RULES[0]
+
+
+class Interpreter:
+    """Evaluates jaxprs with `rules` (primitive -> rule; None: `default_rules()`), recording
+    gates on the tape. A structural rule gets the interpreter (and so its table) as an
+    argument, and passes the table on to the bodies it runs."""
+
+    def __init__(self, rules: Mapping[Any, Rule] | None = None, *, fname: str | None = None,
+                 scope: str = ""):
+        rules = default_rules() if rules is None else rules
         # read-only and opaque to pytrees: the table travels as static metadata of the loop,
         # branch and checkpoint gates (a dict would be flattened, its primitive keys sorted)
         self.rules = rules if isinstance(rules, MappingProxyType) else MappingProxyType(dict(rules))
@@ -287,8 +312,6 @@ def _short(v) -> str:
 
 def make_jaxpr(f: Callable, args, *, gate_calls: bool = True):
     """jax.make_jaxpr of f with fnn gates appearing as GateCall equations (gate_calls=True)."""
-    from fnn.autodiff.tape import tracing_for_fnn
-
     with tracing_for_fnn(gate_calls):
         return jax.make_jaxpr(f)(*args)
 

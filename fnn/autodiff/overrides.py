@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import inspect
 from typing import Callable
 
 import jax
@@ -229,36 +228,5 @@ def noticing(known, fname: str):
             "or primitive object itself.")
 
 
-def call_rule(rule, gate, g, inputs, out, saved, needs, static):
-    """Run an overriding rule with what it declares it takes."""
-    target = rule.vjp if isinstance(rule, Rule) else rule
-    params = _parameters(target)
-    extra = {}
-    if "needs" in params:
-        extra["needs"] = needs
-    if "original" in params:
-        extra["original"] = lambda g_: gate.run_vjp(g_, saved, needs, static)
-    anything = _takes_kwargs(target)
-    if "out" in params or anything:
-        extra["out"] = out
-    # the gate's metadata, as far as the rule takes it (a rule for one gate may ignore it)
-    meta = static if anything else {k: v for k, v in static.items() if k in params}
-    return target(g, *inputs, **extra, **meta)
-
-
-def _parameters(rule) -> set:
-    try:
-        return set(inspect.signature(rule).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _takes_kwargs(rule) -> bool:
-    try:
-        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(rule).parameters.values())
-    except (TypeError, ValueError):
-        return False
-
-
-__all__ = ["Override", "OverrideError", "Rule", "active", "as_table", "call_rule", "find", "in_layer",
+__all__ = ["Override", "OverrideError", "Rule", "active", "as_table", "find", "in_layer",
            "noticing", "only", "overriding"]

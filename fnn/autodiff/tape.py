@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff import nans, overrides
-from fnn.errors import GateError, NestingError, VJPContractError, describe
+from fnn.autodiff.backward import pullback as apply_rule
+from fnn.errors import GateError, NestingError, describe
 
 _SKIP_DIRS = tuple(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
@@ -155,20 +156,15 @@ class Record:
                 for g, o in zip(gs, self.outs)]
         return jax.tree_util.tree_unflatten(self.out_tree, full)
 
+    @property
+    def output(self) -> Any:
+        """The raw output in its structure (an array, or a tuple or dict of them)."""
+        return jax.tree_util.tree_unflatten(self.out_tree, list(self.outs))
+
     def pullback(self, g, needs=None, got=None) -> tuple:
-        """The gate's hand-written VJP on upstream `g`, its result's contract checked: one
-        gradient (or None) per positional input, each with its input's structure, shapes and
-        dtypes. got: per output leaf, whether a cotangent reached it (None: all). Raises what
-        the VJP raises."""
-        needs = self.needs if needs is None else needs
-        if self.rule is None:
-            grads = self.gate.run_vjp(g, self.saved, needs, self.static, got)
-        else:
-            out = jax.tree_util.tree_unflatten(self.out_tree, list(self.outs))
-            grads = overrides.call_rule(self.rule, self.gate, g, self.inputs, out, self.saved,
-                                        needs, self.static)
-        check_vjp_result(self, grads, needs)
-        return grads
+        """This gate's backward rule applied to upstream `g`: `fnn.autodiff.backward.pullback`
+        (its override or its VJP, the contract checked, NaNs watched, errors named)."""
+        return apply_rule(self, g, needs, got)
 
     def leaf_grads(self, k, dx) -> list:
         """Input k's gradient `dx` (its structure) as a list with one array per leaf."""
@@ -176,45 +172,6 @@ class Record:
         if tree.num_leaves == 1 and jax.tree_util.treedef_is_leaf(tree):
             return [dx]
         return tree.flatten_up_to(dx)
-
-
-def check_vjp_result(rec: Record, grads, needs) -> None:
-    """The contract: one gradient per input with its input's structure, each leaf with its
-    input leaf's shape and dtype (or None for an input that needs none)."""
-    name = rec.gate.name
-    if not isinstance(grads, (tuple, list)):
-        raise VJPContractError(
-            f"VJP of gate '{name}' returned {describe(grads)}; it must return a tuple with one "
-            f"gradient (or None) per positional input, here {len(rec.inputs)}"
-        )
-    if len(grads) != len(rec.inputs):
-        raise VJPContractError(
-            f"VJP of gate '{name}' returned {len(grads)} gradients for {len(rec.inputs)} inputs "
-            f"({', '.join(_describe(x) for x in rec.inputs)})"
-        )
-    for k, (need, dx, x) in enumerate(zip(needs, grads, rec.inputs)):
-        if not need or dx is None:
-            continue
-        x_leaves, x_tree = jax.tree_util.tree_flatten(x)
-        dx_leaves, dx_tree = jax.tree_util.tree_flatten(dx)
-        if dx_tree != x_tree:
-            raise VJPContractError(
-                f"VJP of gate '{name}' returned a gradient of structure {dx_tree} for input {k} "
-                f"of structure {x_tree} (called at {rec.site})")
-        for dl, xl in zip(dx_leaves, x_leaves):
-            if np.shape(dl) != np.shape(xl) or jnp.result_type(dl) != jnp.result_type(xl):
-                what = f"input {k}" + ("" if len(x_leaves) == 1 else f" (a leaf {describe(xl)})")
-                raise VJPContractError(
-                    f"VJP of gate '{name}' returned gradient {describe(dl)} for {what} which is "
-                    f"{_describe(x)}: shape and dtype must match the input (called at "
-                    f"{rec.site})")
-
-
-def _describe(x) -> str:
-    leaves = jax.tree_util.tree_leaves(x)
-    if len(leaves) == 1 and leaves[0] is x:
-        return describe(x)
-    return "{" + ", ".join(describe(v) for v in leaves) + "}"
 
 
 class Tape:

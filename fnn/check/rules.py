@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.autodiff.overrides import Rule, call_rule
+from fnn.autodiff.backward import call_vjp
+from fnn.autodiff.overrides import Rule
 from fnn.check.numeric import rel_error
 from fnn.check.tolerances import tolerance
+from fnn.ops import rulebook
 
 
 @dataclasses.dataclass
@@ -69,7 +71,7 @@ def check_rule(rule: Rule, gate, inputs: tuple, static: dict | None = None, *,
         row = RuleCheck(rule.name, gate.name, rule.kind, rule.formula, None, float("nan"), 0.0)
         try:
             saved = gate.forward(*inputs, **static)[1]
-            mine = call_rule(rule, gate, g, inputs, out, saved, needs, static)
+            mine = call_vjp(gate, g, saved, needs, static, rule=rule, inputs=inputs, out=out)
             exact = exact_pull(g)
             a, b = _flat(mine, inputs), _flat(exact, inputs)
             na, nb = np.linalg.norm(a), np.linalg.norm(b)
@@ -90,27 +92,14 @@ def _flat(grads, inputs):
 
 
 def library_cases(seed: int = 0) -> list:
-    """(rule, gate, inputs, static) for every rule of fnn.rulebook, at representative inputs."""
-    import fnn.ops as ops
-    from fnn.ops import rulebook
-
+    """(rule, gate, inputs, static) for every rule of the library (fnn.rulebook.LIBRARY), at the
+    representative inputs each entry declares."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-2.0, 2.0, (4, 6))
-    cases = [(rulebook.straight_through, ops.sign, (x,), {}),
-             (rulebook.clipped_straight_through, ops.sign, (x,), {}),
-             (rulebook.straight_through, ops.quantize, (x,), {"bits": 2})]
-    for family in (rulebook.fast_sigmoid, rulebook.sigmoid_derivative, rulebook.triangle,
-                   rulebook.arctan):
-        for slope in (1.0, 4.0):
-            cases.append((family(slope), ops.spike, (x,), {"threshold": 0.3}))
-    xb, w, b = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal(3)
-    fa = rulebook.feedback_alignment({"": rng.standard_normal((4, 3))}).resolve("")
-    cases.append((fa, ops.affine, (xb, w, b), {}))
-    cases.append((rulebook.clip_backward(0.5), ops.registry["lax.tanh"], (x,), {"accuracy": None}))
-    return cases
+    return [case for entry in rulebook.LIBRARY for case in entry.cases(rng)]
 
 
 def check_library(seed: int = 0) -> list[RuleCheck]:
-    """check_rule for every rule of fnn.rulebook (library_cases)."""
+    """check_rule for every rule of the library (library_cases: each entry of
+    fnn.rulebook.LIBRARY, at its declared inputs)."""
     return [check_rule(rule, gate, inputs, static, seed=seed)
             for rule, gate, inputs, static in library_cases(seed)]

@@ -4,23 +4,22 @@ Gates whose exact gradient is zero almost everywhere (so a network of them canno
 backprop alone): `sign`, `round`, `quantize` (k-bit uniform quantization) and `spike` (the
 Heaviside step of a spiking neuron). Rules that replace a gate's backward, for use with
 `fnn.grad(loss, rules={...})`, `with fnn.rules(...)` or `python -m fnn train --rule ...`:
+straight-through estimators, surrogate gradients of the spike (by slope), feedback alignment
+for the affine gate, and rules that change any gate's own gradient (clipped, noisy).
 
-  straight_through           dx = g                                   (Bengio et al. 2013)
-  clipped_straight_through   dx = g * 1[|x| <= 1]   (hardtanh'; BinaryNet, Hubara et al. 2016)
-  fast_sigmoid(slope)        dx = g / (1 + slope |u|)**2   (SuperSpike, Zenke & Ganguli 2018)
-  sigmoid_derivative(slope)  dx = g * slope s (1 - s), s = sigmoid(slope u)     (Neftci 2019)
-  triangle(slope)            dx = g * max(0, 1 - slope |u|)          (Esser et al. 2016)
-  arctan(slope)              dx = g / (1 + (pi slope u)**2)           (Fang et al. 2021)
-  feedback_alignment(B)      affine: dx = g B.T with a fixed random B (Lillicrap et al. 2016)
-  clip_backward(max_norm)    the gate's own gradients, each clipped to a norm (any gate)
-  noise_backward(key, scale) the gate's own gradients plus N(0, scale**2) noise (any gate)
-
-(u = x - threshold for spike.) Each rule is a `fnn.Rule`: "surrogate" (deliberately not the true
-gradient), with a smooth `reference` function whose derivative it is, so the checkers verify
-that the rule follows its own formula while they report how far it is from the exact gradient.
+`LIBRARY` declares them, once: per rule its name, how it is made from its options, the gates
+it is for, and the inputs where the checkers judge it. `python -m fnn train --rule`
+(fnn.train.rule_specs), `fnn.check.check_library` (and `python -m fnn gradcheck`'s rule rows) and
+the docs' table (docs/rules.md) iterate it; `RULES` is its view of the rules of the gates with a
+zero gradient. Each rule is a `fnn.Rule`: "surrogate" (deliberately not the true gradient),
+most with a smooth `reference` function whose derivative it is, so the checkers verify that
+the rule follows its own formula while they report how far it is from the exact gradient.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,9 @@ import numpy as np
 from fnn.autodiff.gate import Case, defgate
 from fnn.autodiff.overrides import Override, OverrideError, Rule, in_layer
 from fnn.ops._cases import SPECIAL, away_from, normal, special_points
+from fnn.ops.dense import affine
+from fnn.ops.primitives.elementwise import tanh as lax_tanh
+from fnn.pytrees import path_name
 
 # ---- gates with a zero gradient almost everywhere --------------------------------------------------
 
@@ -225,8 +227,6 @@ def feedback_matrices(key, params, *, scale: float | None = None, layers=None) -
     """A fixed random feedback matrix B per dense layer, with its weight's shape: {layer path:
     B}, from an explicit PRNG key. B ~ N(0, scale**2), scale 1/sqrt(fan_in) by default. Keep it
     in the training state, not in the parameters (it is not trained)."""
-    from fnn.pytrees import path_name
-
     found = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name = path_name(path)
@@ -321,7 +321,106 @@ def noise_backward(key, scale: float) -> Rule:
                 formula=f"the gate's gradient + N(0, {scale:g}**2)")
 
 
-RULES = {"straight_through": straight_through,
-         "clipped_straight_through": clipped_straight_through,
-         "fast_sigmoid": fast_sigmoid, "sigmoid_derivative": sigmoid_derivative,
-         "triangle": triangle, "arctan": arctan}
+# ---- the library, declared once ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LibraryRule:
+    """One rule of the library: what `--rule`, the checkers and the docs read of it.
+
+    Attributes:
+        name: its name (`--rule GATE=NAME`).
+        rule: the `Rule` itself, or the function that makes it (`make(*needs, **options)`).
+        family: its kind, for the docs: "straight-through", "surrogate", "feedback",
+            "any gate".
+        gates: the names of the gates it is written for (() : any gate).
+        options: the numbers its maker takes by keyword (`--rule GATE=NAME:slope=2`).
+        needs: what its maker takes besides them, positionally: "" nothing, "feedback" the
+            {layer: B} of feedback_matrices, "key" a PRNG key.
+        only: whether it applies to `gates` alone (its rule takes those gates' inputs).
+        cases: `cases(rng) -> [(rule, gate, inputs, static)]`, where the checkers judge it
+            (fnn.check.rules.library_cases).
+        refused: why `--rule` cannot use it ("": it can).
+    """
+
+    name: str
+    rule: Any
+    family: str
+    gates: tuple
+    options: tuple = ()
+    needs: str = ""
+    only: bool = False
+    cases: Callable = dataclasses.field(default=lambda rng: [], repr=False)
+    refused: str = ""
+
+    def build(self, *needs, **options):
+        """The rule, made with `needs` and `options` (a `Rule` taking none is itself).
+
+        Raises:
+            OverrideError: options given to a rule that takes none, or a bad option value.
+            TypeError: an option this rule does not take.
+        """
+        if isinstance(self.rule, Rule):
+            if needs or options:
+                raise OverrideError(f"{self.name} takes no options")
+            return self.rule
+        return self.rule(*needs, **options)
+
+    @property
+    def example(self):
+        """The rule as the checkers first judge it (for its formula and paper)."""
+        return self.cases(np.random.default_rng(0))[0][0]
+
+
+def _x(rng):
+    return rng.uniform(-2.0, 2.0, (4, 6))
+
+
+def _on(gate, make, static=None):
+    """cases(rng): the rule `make()` as the backward of `gate` at a (4, 6) input."""
+    return lambda rng: [(make(), gate, (_x(rng),), dict(static or {}))]
+
+
+def _straight_through_cases(rng):
+    x = _x(rng)
+    return [(straight_through, sign, (x,), {}), (straight_through, quantize, (x,), {"bits": 2})]
+
+
+def _surrogate_cases(make):
+    return lambda rng: [(make(slope), spike, (_x(rng),), {"threshold": 0.3})
+                        for slope in (1.0, 4.0)]
+
+
+def _fa_cases(rng):
+    x, w, b = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal(3)
+    rule = feedback_alignment({"": rng.standard_normal((4, 3))}).resolve("")
+    return [(rule, affine, (x, w, b), {})]
+
+
+_ZERO_GRADIENT = ("sign", "round", "quantize", "spike")
+_PER_STEP = ("noise_backward draws its noise from a key it is given, and a --rule spec is made "
+             "once per run: its key would be a constant of the compiled step, the same noise at "
+             "every step. Use fnn.rulebook.noise_backward(key, scale) in your own step, with a new "
+             "key per step (jax.random.fold_in(key, step))")
+
+LIBRARY = (
+    LibraryRule("straight_through", straight_through, "straight-through", _ZERO_GRADIENT,
+                cases=_straight_through_cases),
+    LibraryRule("clipped_straight_through", clipped_straight_through, "straight-through",
+                _ZERO_GRADIENT, cases=_on(sign, lambda: clipped_straight_through)),
+    *(LibraryRule(make.__name__, make, "surrogate", ("spike",), ("slope",),
+                  cases=_surrogate_cases(make))
+      for make in (fast_sigmoid, sigmoid_derivative, triangle, arctan)),
+    LibraryRule("feedback_alignment", feedback_alignment, "feedback", ("affine",),
+                needs="feedback", only=True, cases=_fa_cases),
+    LibraryRule("clip_backward", clip_backward, "any gate", (), ("max_norm",),
+                cases=_on(lax_tanh, lambda: clip_backward(0.5), {"accuracy": None})),
+    LibraryRule("noise_backward", noise_backward, "any gate", (), ("scale",), needs="key",
+                cases=_on(lax_tanh, lambda: noise_backward(jax.random.PRNGKey(0), 0.1),
+                          {"accuracy": None}),
+                refused=_PER_STEP),
+)
+"""Every rule of the library, one entry each (`LibraryRule`), in the order of the docs."""
+
+LIBRARY_BY_NAME = {entry.name: entry for entry in LIBRARY}
+
+RULES = {e.name: e.rule for e in LIBRARY if e.family in ("straight-through", "surrogate")}
+"""The rules of the gates with a zero gradient: name -> the `Rule`, or its maker by slope."""

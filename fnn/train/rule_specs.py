@@ -8,9 +8,11 @@
     affine@3_dense=feedback_alignment        ... in that layer only (a layer path, as in reports)
     conv2d=clip_backward:max_norm=1          the gate's own gradients, clipped
 
-GATE is a gate's name (`python -m fnn gradcheck` lists them, primitives as 'lax.tanh'); RULE one
-of RULES below (fnn.ops.rulebook). The specs are part of the run's config, so --resume trains
-with the same rules. Feedback alignment's fixed random matrices come from the run's seed
+GATE is a gate's name (`python -m fnn gradcheck` lists them, primitives as 'lax.tanh'); RULE a
+rule of the library, fnn.ops.rulebook.LIBRARY, with the options its entry declares (a rule the
+library marks `refused`, noise_backward, is refused with the reason). The specs are part of the
+run's config, so --resume trains with the same rules. Feedback alignment's fixed random
+matrices come from the run's seed
 (fold_in(make_key(seed), FEEDBACK_SALT): every seed in [0, 2**64-1] its own), one per Dense
 layer: a resumed run draws the very same matrices again, so they need no room in the
 checkpoint, and they are never parameters.
@@ -25,8 +27,8 @@ from fnn.ops import registry, rulebook
 from fnn.train.state import make_key
 
 FEEDBACK_SALT = 0xFA  # the feedback matrices' key: fold_in(make_key(seed), FEEDBACK_SALT)
-RULES = {**rulebook.RULES, "feedback_alignment": None, "clip_backward": None}
-NUMBERS = {"slope", "max_norm", "scale"}  # the options a rule takes, all numbers
+RULES = {e.name: e for e in rulebook.LIBRARY if not e.refused}  # what a spec may name
+NUMBERS = {o for e in rulebook.LIBRARY for o in e.options}  # the options, all numbers
 
 
 class RuleSpecError(ValueError):
@@ -54,6 +56,10 @@ def parse_rule(spec: str) -> tuple[str, tuple, str, dict]:
                             + (f" (did you mean {', '.join(close)}?)" if close else "")
                             + "; `python -m fnn gradcheck` lists the gates")
     name, _, option_text = rule.strip().partition(":")
+    entry = rulebook.LIBRARY_BY_NAME.get(name)
+    if entry is not None and entry.refused:
+        raise RuleSpecError(f"--rule {spec!r}: {name} cannot be used in a --rule spec: "
+                            f"{entry.refused}")
     if name not in RULES:
         raise RuleSpecError(f"--rule {spec!r}: unknown rule {name!r}; choose one of "
                             f"{', '.join(sorted(RULES))}")
@@ -77,24 +83,17 @@ def make_rules(specs, params, seed: int = 0) -> dict | None:
     table = {}
     for spec in specs or ():
         gate, layers, name, options = parse_rule(spec)
-        if name == "feedback_alignment":
-            if gate != "affine" or options:
-                raise RuleSpecError(f"--rule {spec!r}: feedback_alignment is a rule of the "
-                                    "affine gate (nn.Dense) and takes no options")
-            key = jax.random.fold_in(make_key(seed), FEEDBACK_SALT)
-            feedback = rulebook.feedback_matrices(key, params, layers=layers or None)
-            if not feedback:
-                raise RuleSpecError(f"--rule {spec!r}: the model has no Dense layer"
-                                    + (f" named {', '.join(layers)}" if layers else ""))
-            rule = rulebook.feedback_alignment(feedback)
+        entry = RULES[name]
+        if entry.only and gate not in entry.gates:
+            raise RuleSpecError(f"--rule {spec!r}: {name} is a rule of the "
+                                f"{' or '.join(entry.gates)} gate alone")
+        if entry.needs == "feedback":
+            rule = _feedback_rule(spec, entry, options, params, seed, layers)
         else:
-            make = rulebook.clip_backward if name == "clip_backward" else RULES[name]
             try:
-                rule = make(**options) if callable(make) and not hasattr(make, "vjp") else make
-            except TypeError as e:
+                rule = entry.build(**options)
+            except TypeError as e:  # an option it does not take, a bad value (OverrideError)
                 raise RuleSpecError(f"--rule {spec!r}: {e}") from None
-            if options and hasattr(make, "vjp"):
-                raise RuleSpecError(f"--rule {spec!r}: {name} takes no options")
             if layers:
                 rule = only(rule, *layers)
         if gate in table:
@@ -102,6 +101,19 @@ def make_rules(specs, params, seed: int = 0) -> dict | None:
                                 "--rule per gate")
         table[gate] = rule
     return table or None
+
+
+def _feedback_rule(spec, entry, options, params, seed, layers):
+    """Feedback alignment: the fixed random matrices of the model's Dense layers (those named in
+    `layers`, else all), drawn from the run's seed."""
+    if options:
+        raise RuleSpecError(f"--rule {spec!r}: {entry.name} takes no options")
+    key = jax.random.fold_in(make_key(seed), FEEDBACK_SALT)
+    feedback = rulebook.feedback_matrices(key, params, layers=layers or None)
+    if not feedback:
+        raise RuleSpecError(f"--rule {spec!r}: the model has no Dense layer"
+                            + (f" named {', '.join(layers)}" if layers else ""))
+    return entry.build(feedback)
 
 
 def check_rules(specs, grad: str) -> None:

@@ -31,12 +31,10 @@ from fnn.ops.primitives._define import case
 
 
 def body_interpreter(rules, scope: str = ""):
-    """An interpreter of loop bodies and branches with the rules in use, recording their gates
-    in the layer path (`scope`) of the loop, so overrides limited to a layer reach them."""
-    if rules is None:
-        from fnn.ops import RULES  # the table this module is part of
-
-        rules = RULES
+    """An interpreter of loop bodies and branches with the rules in use (the gate's `rules`,
+    the table of the interpreter that ran it: control_rule passes it; None for a gate called on
+    its own: fnn's, fnn.autodiff.interpret.default_rules), recording their gates in the layer
+    path (`scope`) of the loop, so overrides limited to a layer reach them."""
     return Interpreter(rules, scope=scope)
 
 

@@ -22,7 +22,9 @@ from jax import lax
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.api import make_transforms
 from fnn.autodiff.gate import primitive_gate
+from fnn.autodiff.interpret import default_rules
 from fnn.errors import GateError, describe
 from fnn.ops._cases import cdistinct, cnormal, distinct, normal, uniform
 from fnn.ops.primitives._define import case
@@ -228,11 +230,8 @@ def _through_scan(g, x, combine, axis, reverse):
     prefix scan (jax/_src/lax/control_flow/loops.py, _cumulative_jvp_rule), so how tied
     values share g is decided by the scan's tree of max/min gates, each of which splits a tie
     evenly: running the same tree backward gives JAX's gradient exactly, ties included."""
-    from fnn.autodiff.api import make_transforms
-    from fnn.ops import RULES  # the table this module is part of
-
     scan = lambda x: lax.associative_scan(combine, x, reverse=reverse, axis=axis)
-    return make_transforms(RULES).vjp(scan, x)[1](g)
+    return make_transforms(default_rules()).vjp(scan, x)[1](g)
 
 
 @primitive_gate(P.cummax_p, save="inputs", params=("axis", "reverse"), complex=True)
@@ -297,9 +296,6 @@ def reduce(g, inputs, *, jaxpr, dimensions, needs, **params):  # noqa: A001 (the
     primitives (a max gate's tie splits g, a select routes it). None for the initial values:
     JAX refuses to differentiate them, and so does fnn. Complex operands as far as the
     computation's own rules take them."""
-    from fnn.autodiff.api import make_transforms
-    from fnn.ops import RULES  # the table this module is part of
-
     n = len(inputs) // 2
     xs, inits = inputs[:n], inputs[n:]
     if any(needs[n:]):
@@ -309,7 +305,7 @@ def reduce(g, inputs, *, jaxpr, dimensions, needs, **params):  # noqa: A001 (the
             "general lax.reduce: JAX does not define one either (jax.grad refuses it too). "
             "Pass them as constants.")
     tree = functools.partial(_reduce_tree, jcore.jaxpr_as_fun(jaxpr), inits, tuple(dimensions))
-    grads = make_transforms(RULES).vjp(tree, *xs)[1](tuple(g))
+    grads = make_transforms(default_rules()).vjp(tree, *xs)[1](tuple(g))
     return tuple(d if need else None for d, need in zip(grads, needs[:n])) + (None,) * n
 
 
