@@ -98,7 +98,7 @@ def scope_of(eqn) -> str:
     return str(eqn.source_info.name_stack)
 
 
-# fnn's own table of rules (fnn.ops.primitives.RULES), which the core cannot import: set once by
+# fnn's own table of rules (fnn.ops.RULES), which the core cannot import: set once by
 # fnn.transforms (use_default_rules), where fnn's transforms are bound to it. The interpreter
 # hands its table to the structural rules it runs (a loop's gate gets it as its `rules`); this
 # one is for a rule run on its own, outside any interpreter (a checker calling a loop's gate, a
@@ -115,7 +115,7 @@ def default_rules() -> Mapping[Any, Rule]:
     """The table set by `use_default_rules` (fnn's own rules, once `fnn` is imported)."""
     if not _DEFAULT_RULES:
         raise GateError("no table of rules to interpret with: import fnn (fnn.transforms makes "
-                        "fnn.ops.primitives.RULES the default) or pass the rules")
+                        "fnn.ops.RULES the default) or pass the rules")
     return _DEFAULT_RULES[0]
 
 
