@@ -36,8 +36,9 @@ def _values(seed, shape, name, second=False):
 
 
 def _check(name, args, x64_on):
-    gate = fnn.registry[name]
-    out, ref_pull = jax.vjp(lambda *a: gate.forward(*a)[0], *args)
+    gate = getattr(ops, name)  # fnn's own gate, or the lecture's name of a JAX function
+    forward = (lambda *a: gate.forward(*a)[0]) if isinstance(gate, fnn.Gate) else gate
+    out, ref_pull = jax.vjp(forward, *args)
     ct = np.random.default_rng(1).standard_normal(np.shape(out))
     _, my_pull = fnn.vjp(gate, *args)
     for a, b, x in zip(my_pull(ct), ref_pull(ct), args):
