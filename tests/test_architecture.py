@@ -271,8 +271,6 @@ LONG_FUNCTIONS = {
     "fnn/autodiff/api.py:make_transforms": 214,  # the closures vjp, grad, value_and_grad, trace
     "fnn/autodiff/api.py:value_and_grad": 68,
     "fnn/autodiff/gate.py:primitive_gate": 95,
-    "fnn/train/loop.py:fit": 63,
-    "fnn/train/nancheck.py:find_nan_origin": 76,
 }
 
 
