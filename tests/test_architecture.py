@@ -265,15 +265,6 @@ LONG_FUNCTIONS = {
     "fnn/autodiff/api.py:make_transforms": 214,  # the closures vjp, grad, value_and_grad, trace
     "fnn/autodiff/api.py:value_and_grad": 68,
     "fnn/autodiff/gate.py:primitive_gate": 95,
-    "fnn/bench/cases.py:gate_inputs": 109,
-    "fnn/bench/report.py:markdown": 78,
-    "fnn/bench/steps.py:bench_step": 81,
-    "fnn/check/grads.py:check_grads": 83,
-    "fnn/nn/combinators.py:remat": 78,
-    "fnn/nn/layers.py:Pool": 78,
-    "fnn/nn/sequence.py:Recurrent": 69,
-    "fnn/train/loop.py:fit": 63,
-    "fnn/train/nancheck.py:find_nan_origin": 76,
 }
 
 

@@ -119,112 +119,204 @@ def in_dtype(model: Layer, dtype) -> Layer:
 
 
 # ---- gate micro-benchmarks: inputs at a realistic size ------------------------------------------
-def gate_inputs(quick: bool = False) -> dict:
-    """gate name -> list of (label, make(rng, dtype) -> (args, kwargs)) at a realistic size."""
-    E = (4, 8) if quick else (256, 1024)  # noqa: N806 - the elementwise shape
-    IMG, C = ((2, 6, 6, 3), 3) if quick else ((64, 32, 32, 32), 32)  # noqa: N806
-    LOGITS = (4, 5) if quick else (256, 1000)  # noqa: N806
-    K, M = E[1], E[1]  # noqa: N806 - matmul (N, K) @ (K, M)
+@dataclasses.dataclass(frozen=True)
+class _GateSizes:
+    """The shapes of the gates' benchmark inputs (small ones for a quick run)."""
+    elementwise: tuple  # (N, K); a matmul is (N, K) @ (K, K)
+    image: tuple  # NHWC
+    logits: tuple  # (batch, classes)
+    batch: int  # the sequence gates': batch, steps, features, hidden, vocabulary
+    steps: int
+    features: int
+    hidden: int
+    vocab: int
 
-    def normal(r, shape, dtype, scale=1.0):
-        return jnp.asarray(scale * r.standard_normal(shape), dtype)
+    @property
+    def channels(self) -> int:
+        return self.image[-1]
 
-    def positive(r, shape, dtype):
-        return jnp.asarray(r.uniform(0.5, 2.0, shape), dtype)
+    @property
+    def weights(self) -> tuple:
+        """A matmul's (K, M)."""
+        return (self.elementwise[1], self.elementwise[1])
 
-    def one(make=normal, **kw):
-        return lambda r, d: ((make(r, E, d),), dict(kw))
 
-    def two(make_y=normal, make_x=normal):
-        return lambda r, d: ((make_x(r, E, d), make_y(r, E, d)), {})
+def _gate_sizes(quick: bool) -> _GateSizes:
+    if quick:
+        return _GateSizes(elementwise=(4, 8), image=(2, 6, 6, 3), logits=(4, 5), batch=2,
+                          steps=5, features=4, hidden=6, vocab=11)
+    return _GateSizes(elementwise=(256, 1024), image=(64, 32, 32, 32), logits=(256, 1000),
+                      batch=64, steps=64, features=128, hidden=256, vocab=256)
+
+
+def _normal(r, shape, dtype, scale=1.0):
+    return jnp.asarray(scale * r.standard_normal(shape), dtype)
+
+
+def _positive(r, shape, dtype):
+    return jnp.asarray(r.uniform(0.5, 2.0, shape), dtype)
+
+
+def _one(shape, /, make=_normal, **kw):
+    """make(rng, dtype): one array of `shape`, the gate's keywords `kw`."""
+    return lambda r, d: ((make(r, shape, d),), dict(kw))
+
+
+def _two(shape, make_y=_normal, make_x=_normal):
+    return lambda r, d: ((make_x(r, shape, d), make_y(r, shape, d)), {})
+
+
+def _elementwise_makers(s: _GateSizes) -> dict:
+    """gate -> make(rng, dtype) for the elementwise gates, on arrays of s.elementwise."""
+    E = s.elementwise  # noqa: N806
+    other = {"float32": "bfloat16"}
+    return {
+        **{g: _one(E) for g in ("exp", "negative", "abs", "relu", "relu6", "leaky_relu", "elu",
+                                "gelu", "silu", "softplus", "sigmoid", "tanh", "stop_gradient",
+                                "sign", "round", "spike")},
+        "quantize": _one(E, bits=2),
+        "log": _one(E, make=_positive), "sqrt": _one(E, make=_positive),
+        **{g: _two(E) for g in ("add", "subtract", "multiply", "maximum", "minimum", "mse")},
+        "divide": _two(E, _positive), "power": _two(E, _normal, _positive),
+        "where": lambda r, d: ((jnp.asarray(r.standard_normal(E) > 0), _normal(r, E, d),
+                                _normal(r, E, d)), {}),
+        "astype": lambda r, d: ((_normal(r, E, d),),
+                                {"dtype": other.get(jnp.dtype(d).name, "float32")}),
+        "maxout": _one(E, pieces=4),
+    }
+
+
+def _linear_makers(s: _GateSizes) -> dict:
+    """gate -> make(rng, dtype) for matmul and affine: (N, K) @ (K, M) (+ b)."""
+    (N, _), (K, M) = s.elementwise, s.weights  # noqa: N806
+    return {
+        "matmul": lambda r, d: ((_normal(r, (N, K), d), _normal(r, (K, M), d)), {}),
+        "affine": lambda r, d: ((_normal(r, (N, K), d), _normal(r, (K, M), d),
+                                 _normal(r, (M,), d)), {}),
+    }
+
+
+def _shape_makers(s: _GateSizes) -> dict:
+    """gate -> make(rng, dtype) for the gates that move elements: transpose, reshape, ..."""
+    E = s.elementwise  # noqa: N806
+    return {
+        "transpose": _one(E), "reshape": _one(E, shape=(E[1], E[0])),
+        "broadcast_to": lambda r, d: ((_normal(r, (1, E[1]), d),), {"shape": E}),
+        "concatenate": lambda r, d: ((_normal(r, (E[0], E[1] // 2), d),
+                                      _normal(r, (E[0], E[1] // 2), d)), {"axis": 1}),
+        "take": lambda r, d: ((_normal(r, (E[1], E[0]), d), jnp.asarray(
+            r.integers(0, E[1], E[0]))), {"axis": 0}),
+        "index": _one(E, index=(slice(None), slice(0, E[1] // 2))),
+    }
+
+
+def _loss_makers(s: _GateSizes) -> dict:
+    """gate -> make(rng, dtype) for the losses on s.logits scores, and the L2 penalty."""
+    LOGITS = s.logits  # noqa: N806
 
     def labels(r, d):
-        return (normal(r, LOGITS, d), jnp.asarray(r.integers(0, LOGITS[1], LOGITS[0]))), {}
+        return (_normal(r, LOGITS, d), jnp.asarray(r.integers(0, LOGITS[1], LOGITS[0]))), {}
+
+    return {
+        "softmax_cross_entropy": labels, "svm_loss": labels,
+        "binary_cross_entropy_with_logits": lambda r, d: ((_normal(r, LOGITS, d), jnp.asarray(
+            r.uniform(0, 1, LOGITS), d)), {}),
+        "l2_penalty": lambda r, d: ((_normal(r, s.weights, d),), {"scale": 1e-3}),
+    }
+
+
+def _reduction_makers(s: _GateSizes) -> dict:
+    """gate -> make(rng, dtype) for the reductions (and softmaxes) along the last axis."""
+    return {g: _one(s.elementwise, axis=-1)
+            for g in ("sum", "mean", "max", "logsumexp", "softmax", "log_softmax")}
+
+
+def _normalization_makers(s: _GateSizes) -> dict:
+    """gate -> make(rng, dtype) for batch_norm (training, on images), layer_norm and dropout."""
+    E, IMG, c = s.elementwise, s.image, s.channels  # noqa: N806
 
     def bn(r, d):
-        c = IMG[-1]
-        return ((normal(r, IMG, d), 1 + normal(r, (c,), d, 0.1), normal(r, (c,), d),
-                 normal(r, (c,), d), positive(r, (c,), d)), {"train": True})
+        return ((_normal(r, IMG, d), 1 + _normal(r, (c,), d, 0.1), _normal(r, (c,), d),
+                 _normal(r, (c,), d), _positive(r, (c,), d)), {"train": True})
 
-    def conv(stride, w_shape, img=IMG):
-        return lambda r, d: ((normal(r, img, d), normal(r, w_shape, d, 0.1)),
-                             {"stride": stride, "padding": "SAME"})
-
-    def pool(window, stride=None):
-        return lambda r, d: ((normal(r, IMG, d),), {"window": window, "stride": stride})
-
-    other = {"float32": "bfloat16"}
-    specs = {
-        **{g: one() for g in ("exp", "negative", "abs", "relu", "relu6", "leaky_relu", "elu",
-                               "gelu", "silu", "softplus", "sigmoid", "tanh", "stop_gradient",
-                               "sign", "round", "spike")},
-        "quantize": one(bits=2),
-        "log": one(make=positive), "sqrt": one(make=positive),
-        **{g: two() for g in ("add", "subtract", "multiply", "maximum", "minimum", "mse")},
-        "divide": two(positive), "power": two(normal, positive),
-        "where": lambda r, d: ((jnp.asarray(r.standard_normal(E) > 0), normal(r, E, d),
-                                normal(r, E, d)), {}),
-        "astype": lambda r, d: ((normal(r, E, d),),
-                                {"dtype": other.get(jnp.dtype(d).name, "float32")}),
-        "maxout": one(pieces=4),
-        "matmul": lambda r, d: ((normal(r, (E[0], K), d), normal(r, (K, M), d)), {}),
-        "affine": lambda r, d: ((normal(r, (E[0], K), d), normal(r, (K, M), d),
-                                 normal(r, (M,), d)), {}),
-        "transpose": one(), "reshape": one(shape=(E[1], E[0])),
-        "broadcast_to": lambda r, d: ((normal(r, (1, E[1]), d),), {"shape": E}),
-        "concatenate": lambda r, d: ((normal(r, (E[0], E[1] // 2), d),
-                                      normal(r, (E[0], E[1] // 2), d)), {"axis": 1}),
-        "take": lambda r, d: ((normal(r, (E[1], E[0]), d), jnp.asarray(
-            r.integers(0, E[1], E[0]))), {"axis": 0}),
-        "index": one(index=(slice(None), slice(0, E[1] // 2))),
-        "softmax_cross_entropy": labels, "svm_loss": labels,
-        "binary_cross_entropy_with_logits": lambda r, d: ((normal(r, LOGITS, d), jnp.asarray(
-            r.uniform(0, 1, LOGITS), d)), {}),
-        "l2_penalty": lambda r, d: ((normal(r, (K, M), d),), {"scale": 1e-3}),
-        **{g: one(axis=-1) for g in ("sum", "mean", "max", "logsumexp", "softmax",
-                                      "log_softmax")},
+    return {
         "batch_norm": bn,
-        "layer_norm": lambda r, d: ((normal(r, E, d), normal(r, E[-1:], d),
-                                     normal(r, E[-1:], d)), {}),
-        "dropout": lambda r, d: ((normal(r, E, d), jax.random.PRNGKey(0)), {"rate": 0.5}),
+        "layer_norm": lambda r, d: ((_normal(r, E, d), _normal(r, E[-1:], d),
+                                     _normal(r, E[-1:], d)), {}),
+        "dropout": lambda r, d: ((_normal(r, E, d), jax.random.PRNGKey(0)), {"rate": 0.5}),
     }
+
+
+def _one_size_rows(s: _GateSizes) -> dict:
+    """gate -> [(label, make)] for the gates measured at one size (most of them)."""
+    E, IMG, LOGITS, (K, M) = s.elementwise, s.image, s.logits, s.weights  # noqa: N806
+    specs = {**_elementwise_makers(s), **_linear_makers(s), **_shape_makers(s),
+             **_loss_makers(s), **_reduction_makers(s), **_normalization_makers(s)}
     sizes = {"batch_norm": f"{IMG} train", "softmax_cross_entropy": f"{LOGITS}",
              "svm_loss": f"{LOGITS}", "matmul": f"{(E[0], K)}@{(K, M)}",
              "affine": f"{(E[0], K)}@{(K, M)}+b", "l2_penalty": f"{(K, M)}", "maxout": f"{E} /4",
              "take": f"{(E[1], E[0])}[{E[0]} rows]"}
-    rows = {g: [(sizes.get(g, f"{E}"), f)] for g, f in specs.items()}
+    return {g: [(sizes.get(g, f"{E}"), f)] for g, f in specs.items()}
+
+
+def _conv_rows(s: _GateSizes) -> dict:
+    """conv2d -> [(label, make)]: 3x3 SAME (on C channels, on RGB), strided 3x3 and 1x1."""
+    IMG, C = s.image, s.channels  # noqa: N806
+
+    def conv(stride, w_shape, img=IMG):
+        return lambda r, d: ((_normal(r, img, d), _normal(r, w_shape, d, 0.1)),
+                             {"stride": stride, "padding": "SAME"})
+
     w3, rgb = (3, 3, C, C), IMG[:3] + (3,)
-    rows["conv2d"] = [(f"{IMG}*{w3} SAME", conv(1, w3)),
-                      (f"{rgb}*{(3, 3, 3, C)} SAME", conv(1, (3, 3, 3, C), rgb)),
-                      (f"{IMG}*{w3} stride 2", conv(2, w3)),
-                      (f"{IMG}*{(1, 1, C, 2 * C)} stride 2", conv(2, (1, 1, C, 2 * C)))]
-    B, T, D, H = (2, 5, 4, 6) if quick else (64, 64, 128, 256)  # noqa: N806 - sequence sizes
-    V = 11 if quick else 256  # noqa: N806
+    return {"conv2d": [(f"{IMG}*{w3} SAME", conv(1, w3)),
+                       (f"{rgb}*{(3, 3, 3, C)} SAME", conv(1, (3, 3, 3, C), rgb)),
+                       (f"{IMG}*{w3} stride 2", conv(2, w3)),
+                       (f"{IMG}*{(1, 1, C, 2 * C)} stride 2", conv(2, (1, 1, C, 2 * C)))]}
+
+
+def _sequence_rows(s: _GateSizes) -> dict:
+    """gate -> [(label, make)] for embedding, the recurrent cells and sequences, attention."""
+    B, T, D, H, V = s.batch, s.steps, s.features, s.hidden, s.vocab  # noqa: N806
 
     def cell(k, extra=0):
-        return lambda r, d: ((normal(r, (B, D), d),) + (normal(r, (B, H), d),) * (1 + extra)
-                             + (normal(r, (D, k * H), d, 0.1), normal(r, (H, k * H), d, 0.1),
-                                normal(r, (k * H,), d, 0.1))
-                             + ((normal(r, (k * H,), d, 0.1),) if k == 3 else ()), {})
-
-    rows["embedding"] = [(f"({V}, {D})[{(B, T)}]", lambda r, d: (
-        (normal(r, (V, D), d), jnp.asarray(r.integers(0, V, (B, T)))), {}))]
-    rows["rnn_cell"] = [(f"N={B} D={D} H={H}", cell(1))]
-    rows["lstm_cell"] = [(f"N={B} D={D} H={H}", cell(4, extra=1))]
-    rows["gru_cell"] = [(f"N={B} D={D} H={H}", cell(3))]
+        return lambda r, d: ((_normal(r, (B, D), d),) + (_normal(r, (B, H), d),) * (1 + extra)
+                             + (_normal(r, (D, k * H), d, 0.1), _normal(r, (H, k * H), d, 0.1),
+                                _normal(r, (k * H,), d, 0.1))
+                             + ((_normal(r, (k * H,), d, 0.1),) if k == 3 else ()), {})
 
     def sequence(k, states=1, biases=1):  # time-major x (T, N, D), as fnn.ops.recurrent takes
-        return lambda r, d: ((normal(r, (T, B, D), d),)
-                             + tuple(normal(r, (B, H), d) for _ in range(states))
-                             + (normal(r, (D, k * H), d, 0.1), normal(r, (H, k * H), d, 0.1))
-                             + tuple(normal(r, (k * H,), d, 0.1) for _ in range(biases)), {})
+        return lambda r, d: ((_normal(r, (T, B, D), d),)
+                             + tuple(_normal(r, (B, H), d) for _ in range(states))
+                             + (_normal(r, (D, k * H), d, 0.1), _normal(r, (H, k * H), d, 0.1))
+                             + tuple(_normal(r, (k * H,), d, 0.1) for _ in range(biases)), {})
 
-    rows["rnn_sequence"] = [(f"T={T} N={B} D={D} H={H}", sequence(1))]
-    rows["lstm_sequence"] = [(f"T={T} N={B} D={D} H={H}", sequence(4, states=2))]
-    rows["gru_sequence"] = [(f"T={T} N={B} D={D} H={H}", sequence(3, biases=2))]
     heads = (B, 4, T, D // 4)
-    rows["attention"] = [(f"{heads} causal", lambda r, d: (
-        tuple(normal(r, heads, d) for _ in range(3)), {"causal": True}))]
-    rows["max_pool2d"] = [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
-    rows["avg_pool2d"] = [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
-    return rows
+    return {
+        "embedding": [(f"({V}, {D})[{(B, T)}]", lambda r, d: (
+            (_normal(r, (V, D), d), jnp.asarray(r.integers(0, V, (B, T)))), {}))],
+        "rnn_cell": [(f"N={B} D={D} H={H}", cell(1))],
+        "lstm_cell": [(f"N={B} D={D} H={H}", cell(4, extra=1))],
+        "gru_cell": [(f"N={B} D={D} H={H}", cell(3))],
+        "rnn_sequence": [(f"T={T} N={B} D={D} H={H}", sequence(1))],
+        "lstm_sequence": [(f"T={T} N={B} D={D} H={H}", sequence(4, states=2))],
+        "gru_sequence": [(f"T={T} N={B} D={D} H={H}", sequence(3, biases=2))],
+        "attention": [(f"{heads} causal", lambda r, d: (
+            tuple(_normal(r, heads, d) for _ in range(3)), {"causal": True}))],
+    }
+
+
+def _pool_rows(s: _GateSizes) -> dict:
+    """max_pool2d and avg_pool2d -> [(label, make)]: 2x2, and 3x3 with stride 2."""
+    IMG = s.image  # noqa: N806
+
+    def pool(window, stride=None):
+        return lambda r, d: ((_normal(r, IMG, d),), {"window": window, "stride": stride})
+
+    return {g: [(f"{IMG} 2x2", pool(2)), (f"{IMG} 3x3 stride 2", pool(3, 2))]
+            for g in ("max_pool2d", "avg_pool2d")}
+
+
+def gate_inputs(quick: bool = False) -> dict:
+    """gate name -> list of (label, make(rng, dtype) -> (args, kwargs)) at a realistic size."""
+    s = _gate_sizes(quick)
+    return {**_one_size_rows(s), **_conv_rows(s), **_sequence_rows(s), **_pool_rows(s)}

@@ -128,46 +128,68 @@ def runtime_line(result) -> str:
     return f"XLA_FLAGS {flags}; {malloc}"
 
 
-def markdown(result) -> str:
-    """The run's rows as Markdown tables (what docs/benchmarks.md shows)."""
-    rows = result["rows"]
+def _header_lines(result) -> list:
+    """The device, dtype, repetitions, load, runtime settings, and the reference matmuls."""
     out = [f"Device: {result['device']}; dtype {result['dtype']}; {result['reps']} reps; "
            f"1-min load average {result['load'][0]} before, {result['load'][-1]} after.", "",
            f"Runtime: {runtime_line(result)}.", ""]
-    for r in rows:
+    for r in result["rows"]:
         if r["kind"] == "gemm":
             out.append(f"Reference: {r['case']}: {r['ms']:.2f} ms, **{r['gflops']:.1f} GFLOP/s**.")
-    steps = [r for r in rows if r["kind"] == "step"]
-    if steps:
-        out += ["", "| " + " | ".join(h for h, _ in STEP_COLUMNS) + " |",
-                "|" + "---|" * len(STEP_COLUMNS)]
-        out += ["| " + " | ".join(_step_cells(r)) + " |" for r in steps]
-        out += [""] + [f"- {r['case']}: {r['desc']}" for r in steps]
-        tv = next((r["torch"] for r in steps if r.get("torch")), None)
-        if tv:
-            where = "CUDA GPU" if tv.get("device") == "cuda" else "CPU"
-            out.append(f"- PyTorch {tv['version']}, eager {where} step, Adam, in a process of its "
-                       "own after fnn's timing of the same case, at its faster thread count (ms "
-                       "at each): " + "; ".join(
-                           f"{r['case']} " + ", ".join(f"{t} thread(s) {ms:.2f}" for t, ms in
-                                                      r["torch"]["ms_by_threads"].items())
-                           for r in steps if r.get("torch")) + ".")
-        errors = {r["torch_error"] for r in steps if r.get("torch_error")}
-        if errors:
-            out.append("- PyTorch not timed: " + "; ".join(sorted(errors)) + ".")
-        out.append(f"- Medians of {result['reps']} calls, [first-third quartile]. Load: the 1-min "
-                   "load average before->after each side's timing (fnn's two gradients "
-                   "interleaved; PyTorch's process); a side is timed again, "
-                   f"{result.get('attempts', 1)} times at most, while it moves by more than "
-                   f"{result.get('load_tolerance', 'n/a')} across it, and the steadiest kept "
-                   "(* where it moved more every time). % matmul: the step's GFLOP/s over the "
-                   "reference matmul's, measured in fnn's process beside fnn's step.")
+    return out
+
+
+def _torch_notes(steps) -> list:
+    """The notes under the steps' table on PyTorch: how it was timed, or why it was not."""
+    out = []
+    tv = next((r["torch"] for r in steps if r.get("torch")), None)
+    if tv:
+        where = "CUDA GPU" if tv.get("device") == "cuda" else "CPU"
+        out.append(f"- PyTorch {tv['version']}, eager {where} step, Adam, in a process of its "
+                   "own after fnn's timing of the same case, at its faster thread count (ms "
+                   "at each): " + "; ".join(
+                       f"{r['case']} " + ", ".join(f"{t} thread(s) {ms:.2f}" for t, ms in
+                                                  r["torch"]["ms_by_threads"].items())
+                       for r in steps if r.get("torch")) + ".")
+    errors = {r["torch_error"] for r in steps if r.get("torch_error")}
+    if errors:
+        out.append("- PyTorch not timed: " + "; ".join(sorted(errors)) + ".")
+    return out
+
+
+def _step_lines(result, steps) -> list:
+    """The steps' table (STEP_COLUMNS), each case's model, and the notes on how they were timed."""
+    if not steps:
+        return []
+    out = ["", "| " + " | ".join(h for h, _ in STEP_COLUMNS) + " |",
+           "|" + "---|" * len(STEP_COLUMNS)]
+    out += ["| " + " | ".join(_step_cells(r)) + " |" for r in steps]
+    out += [""] + [f"- {r['case']}: {r['desc']}" for r in steps]
+    out += _torch_notes(steps)
+    out.append(f"- Medians of {result['reps']} calls, [first-third quartile]. Load: the 1-min "
+               "load average before->after each side's timing (fnn's two gradients "
+               "interleaved; PyTorch's process); a side is timed again, "
+               f"{result.get('attempts', 1)} times at most, while it moves by more than "
+               f"{result.get('load_tolerance', 'n/a')} across it, and the steadiest kept "
+               "(* where it moved more every time). % matmul: the step's GFLOP/s over the "
+               "reference matmul's, measured in fnn's process beside fnn's step.")
+    return out
+
+
+def _epoch_lines(rows) -> list:
+    out = []
     for r in rows:
         if r["kind"] == "epoch":
             out += ["", f"Digits epoch ({r['desc']}): custom {r['custom_ms']:.1f} ms "
                     f"({r['custom_us_per_step']:.0f} us/step), jax.grad {r['builtin_ms']:.1f} ms "
                     f"({r['builtin_us_per_step']:.0f} us/step), ratio {r['ratio']:.3f}; compile "
                     f"{r['custom_compile_s']:.2f} / {r['builtin_compile_s']:.2f} s."]
+    return out
+
+
+def _profile_lines(steps) -> list:
+    """A table of XLA operations per step case and gradient that was profiled."""
+    out = []
     for r in steps:
         for g, ops_ in (r.get("profile") or {}).items():
             if ops_:
@@ -175,11 +197,21 @@ def markdown(result) -> str:
                         "ms per step summed over threads):", "",
                         "| operation | output | ms |", "|---|---|---|"]
                 out += [f"| {n} | {shape} | {ms:.2f} |" for n, ms, shape in ops_]
+    return out
+
+
+def _gate_lines(rows) -> list:
     gates = [r for r in rows if r["kind"] == "gate"]
-    if gates:
-        out += ["", "| gate | size | custom ms | jax.vjp ms | ratio |", "|---|---|---|---|---|"]
-        out += [f"| {r['case']} | {r['desc']} | {r['custom_ms']:.3f} | {r['builtin_ms']:.3f} | "
-                f"{r['ratio']:.3f} |" for r in gates]
+    if not gates:
+        return []
+    return (["", "| gate | size | custom ms | jax.vjp ms | ratio |", "|---|---|---|---|---|"]
+            + [f"| {r['case']} | {r['desc']} | {r['custom_ms']:.3f} | {r['builtin_ms']:.3f} | "
+               f"{r['ratio']:.3f} |" for r in gates])
+
+
+def _jax_model_lines(rows) -> list:
+    """The plain JAX models' table (those not skipped), then the trace times' table."""
+    out = []
     models = [r for r in rows if r["kind"] == "jax_model" and not r.get("skipped")]
     if models:
         out += ["", "| plain JAX model | fnn.grad ms | jax.grad ms | ratio | trace+compile fnn s |"
@@ -193,16 +225,32 @@ def markdown(result) -> str:
         out += ["", "| trace time | steps | fnn s | jax.grad s |", "|---|---|---|---|"]
         out += [f"| {r['case']} | {r['steps']} | {r['custom_s']:.3f} | {r['builtin_s']:.3f} |"
                 for r in traces]
-    if result.get("targets"):
-        out += ["", "| target | value | limit | met |", "|---|---|---|---|"]
-        out += [f"| {t['what']} | {t['value']:.3f} | {_f(t['limit'], '{}')} | "
-                f"{'reported' if t['met'] is None else 'yes' if t['met'] else '**no**'} |"
-                for t in result["targets"] if not t["what"].startswith("gate ")]
-        slow = [t for t in result["targets"] if t["what"].startswith("gate ") and not t["met"]]
-        n = sum(t["what"].startswith("gate ") for t in result["targets"])
-        if n:
-            out.append(f"\nGates no slower than jax.vjp: {n - len(slow)} of {n}" +
-                       ("; slower: " + ", ".join(f"{t['what'][5:].split(':')[0]} "
-                                                  f"({t['value']:.3f})" for t in slow) + "."
-                        if slow else "."))
+    return out
+
+
+def _target_lines(targets_) -> list:
+    """The targets' table (but the gates'), then how many gates are no slower than jax.vjp."""
+    if not targets_:
+        return []
+    out = ["", "| target | value | limit | met |", "|---|---|---|---|"]
+    out += [f"| {t['what']} | {t['value']:.3f} | {_f(t['limit'], '{}')} | "
+            f"{'reported' if t['met'] is None else 'yes' if t['met'] else '**no**'} |"
+            for t in targets_ if not t["what"].startswith("gate ")]
+    slow = [t for t in targets_ if t["what"].startswith("gate ") and not t["met"]]
+    n = sum(t["what"].startswith("gate ") for t in targets_)
+    if n:
+        out.append(f"\nGates no slower than jax.vjp: {n - len(slow)} of {n}" +
+                   ("; slower: " + ", ".join(f"{t['what'][5:].split(':')[0]} "
+                                              f"({t['value']:.3f})" for t in slow) + "."
+                    if slow else "."))
+    return out
+
+
+def markdown(result) -> str:
+    """The run's rows as Markdown tables (what docs/benchmarks.md shows)."""
+    rows = result["rows"]
+    steps = [r for r in rows if r["kind"] == "step"]
+    out = (_header_lines(result) + _step_lines(result, steps) + _epoch_lines(rows)
+           + _profile_lines(steps) + _gate_lines(rows) + _jax_model_lines(rows)
+           + _target_lines(result.get("targets")))
     return "\n".join(out) + "\n"

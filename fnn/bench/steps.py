@@ -39,6 +39,84 @@ def _chained(compiled, carry: list, *rest):
     return call
 
 
+def _step_arguments(spec: dict, dtype, seed: int):
+    """The model of `spec` (computing in `dtype`), its optimizer (Adam), and a step's arguments
+    (params, state, opt_state, (x, y), key)."""
+    model = build(spec)
+    if jnp.dtype(dtype) != jnp.float32:
+        model = in_dtype(model, dtype)
+    params, state = _init(model, spec["input"], seed)
+    rng = np.random.default_rng(seed)
+    x, y = map(jnp.asarray, batch_of(spec, rng))
+    key = jax.random.PRNGKey(seed)
+    opt = optax.adam(1e-3)
+    return model, opt, (params, state, jax.jit(opt.init)(params), (x, y), key)
+
+
+def _compile_steps(model: Layer, opt, args, compile_reps: int):
+    """gradient -> its compiled step (the last compiled), compile seconds (each time), and its
+    temporary MiB; the gradients compiled in alternating order."""
+    from fnn.train.step import make_train_step
+
+    compiled, compile_s, temp = {}, {g: [] for g in GRADS}, {}
+    for i in range(compile_reps):  # a fresh step function each time, so nothing is cached
+        for g in (GRADS if i % 2 == 0 else GRADS[::-1]):
+            step = make_train_step(model, opt, grad=g)  # jitted; params, state, opt donated
+            t0 = time.perf_counter()
+            compiled[g] = step.lower(*args).compile()
+            compile_s[g].append(time.perf_counter() - t0)
+            temp[g] = temp_mb(compiled[g])
+    return compiled, compile_s, temp
+
+
+def _time_fnn(chained, reference, reps: int, load_tolerance: float, attempts: int):
+    """((gradient -> its step times, interleaved; the custom step's and the reference matmul's
+    medians interleaved, or None without a reference), the loads) from fnn.bench.timing.steady."""
+    def fnn_side():
+        times = interleaved_times({g: chained(g) for g in GRADS}, reps)
+        if reference is None:
+            return times, None
+        # on its own: a big matmul between the steps would evict caches
+        return times, interleaved({"step": chained("custom"), "gemm": reference[0]},
+                                  max(3, reps // 2))
+
+    return steady(fnn_side, tolerance=load_tolerance, attempts=attempts)
+
+
+def _eager_medians(model: Layer, opt, args, eager_reps: int) -> dict:
+    """gradient -> the median seconds of its step run eagerly (op by op); {} for no reps."""
+    from fnn.train.step import make_train_step
+
+    eager = {g: make_train_step(model, opt, grad=g, jit=False) for g in GRADS}
+    return interleaved({g: (lambda f=f: f(*args)) for g, f in eager.items()}, eager_reps,
+                       warmup=1) if eager_reps else {}
+
+
+def _gradient_columns(times, compile_s, eager_med, temp, faults, flops) -> dict:
+    """The <gradient>_ columns of a step row, then custom / builtin step and compile time."""
+    row = {}
+    for g in GRADS:
+        stats = summary([t * 1e3 for t in times[g]])
+        row[f"{g}_ms"] = stats.pop("median")
+        row[f"{g}_spread"] = stats
+        row[f"{g}_compile_s"] = statistics.median(compile_s[g])
+        row[f"{g}_eager_ms"] = eager_med[g] * 1e3 if g in eager_med else None
+        row[f"{g}_gflops"] = flops / row[f"{g}_ms"] / 1e6
+        row[f"{g}_temp_mb"] = temp[g]
+        row[f"{g}_faults"] = faults[g]
+    row["ratio"] = row["custom_ms"] / row["builtin_ms"]
+    row["compile_ratio"] = row["custom_compile_s"] / row["builtin_compile_s"]
+    return row
+
+
+def _matmul_columns(reference, share, flops) -> dict:
+    """The reference matmul's GFLOP/s and the custom step's share of it (None without one)."""
+    gemm_gflops = reference[1] / share["gemm"] / 1e9 if reference is not None else None
+    return {"gemm_gflops": gemm_gflops,
+            "matmul_share": (flops / share["step"] / 1e9 / gemm_gflops
+                             if reference is not None else None)}
+
+
 def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_reps: int,
                dtype, reference=None, torch: bool, torch_path: str | None = None,
                load_tolerance: float = LOAD_TOLERANCE, attempts: int = ATTEMPTS, seed: int = 0,
@@ -54,62 +132,24 @@ def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_rep
     """
     from fnn.train.step import make_train_step
 
-    model = build(spec)
-    if jnp.dtype(dtype) != jnp.float32:
-        model = in_dtype(model, dtype)
-    params, state = _init(model, spec["input"], seed)
-    rng = np.random.default_rng(seed)
-    x, y = map(jnp.asarray, batch_of(spec, rng))
-    key = jax.random.PRNGKey(seed)
-    opt = optax.adam(1e-3)
-    args = (params, state, jax.jit(opt.init)(params), (x, y), key)
-
-    compiled, compile_s, temp = {}, {g: [] for g in GRADS}, {}
-    for i in range(compile_reps):  # a fresh step function each time, so nothing is cached
-        for g in (GRADS if i % 2 == 0 else GRADS[::-1]):
-            step = make_train_step(model, opt, grad=g)  # jitted; params, state, opt donated
-            t0 = time.perf_counter()
-            compiled[g] = step.lower(*args).compile()
-            compile_s[g].append(time.perf_counter() - t0)
-            temp[g] = temp_mb(compiled[g])
+    model, opt, args = _step_arguments(spec, dtype, seed)
+    compiled, compile_s, temp = _compile_steps(model, opt, args, compile_reps)
     flops = matmul_flops(jax.make_jaxpr(make_train_step(model, opt, grad="builtin",
                                                         jit=False))(*args))
 
     carry = {g: list(_copy(args[:3])) for g in GRADS}
 
     def chained(g):
-        return _chained(compiled[g], carry[g], (x, y), key)
+        return _chained(compiled[g], carry[g], *args[3:])  # (x, y), key
 
-    def fnn_side():
-        times = interleaved_times({g: chained(g) for g in GRADS}, reps)
-        if reference is None:
-            return times, None
-        # on its own: a big matmul between the steps would evict caches
-        return times, interleaved({"step": chained("custom"), "gemm": reference[0]},
-                                  max(3, reps // 2))
-
-    (times, share), fnn_load = steady(fnn_side, tolerance=load_tolerance, attempts=attempts)
+    (times, share), fnn_load = _time_fnn(chained, reference, reps, load_tolerance, attempts)
     faults = {g: page_faults(chained(g), 3 if reps < 10 else 10) for g in GRADS}
-    eager = {g: make_train_step(model, opt, grad=g, jit=False) for g in GRADS}
-    eager_med = interleaved({g: (lambda f=f: f(*args)) for g, f in eager.items()}, eager_reps,
-                            warmup=1) if eager_reps else {}
+    eager_med = _eager_medians(model, opt, args, eager_reps)
 
     row = {"kind": "step", "case": case, "desc": describe_spec(spec), "batch": spec["batch"],
-           "dtype": jnp.dtype(dtype).name, "gflop": flops / 1e9, "load_fnn": fnn_load}
-    for g in GRADS:
-        stats = summary([t * 1e3 for t in times[g]])
-        row[f"{g}_ms"] = stats.pop("median")
-        row[f"{g}_spread"] = stats
-        row[f"{g}_compile_s"] = statistics.median(compile_s[g])
-        row[f"{g}_eager_ms"] = eager_med[g] * 1e3 if g in eager_med else None
-        row[f"{g}_gflops"] = flops / row[f"{g}_ms"] / 1e6
-        row[f"{g}_temp_mb"] = temp[g]
-        row[f"{g}_faults"] = faults[g]
-    row["ratio"] = row["custom_ms"] / row["builtin_ms"]
-    row["compile_ratio"] = row["custom_compile_s"] / row["builtin_compile_s"]
-    row["gemm_gflops"] = reference[1] / share["gemm"] / 1e9 if reference is not None else None
-    row["matmul_share"] = (flops / share["step"] / 1e9 / row["gemm_gflops"]
-                           if reference is not None else None)
+           "dtype": jnp.dtype(dtype).name, "gflop": flops / 1e9, "load_fnn": fnn_load,
+           **_gradient_columns(times, compile_s, eager_med, temp, faults, flops),
+           **_matmul_columns(reference, share, flops)}
     row["peak_mb"] = peak_mb()
     if profile_top:
         row["profile"] = {g: profile(chained(g), compiled[g].as_text(), top=profile_top)

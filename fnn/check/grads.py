@@ -221,10 +221,32 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
         TypeError: an argument named by argnums has a non-float leaf, or `f` does not return a
             float scalar.
     """
-    from fnn.transforms import grad as fnn_grad
-    from fnn.transforms import trace as fnn_trace
-
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    paths, leaves, treedefs = _differentiated_leaves(args, nums, argnums)
+    out = jax.eval_shape(f, *args)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise TypeError(f"check_grads: f must return a float scalar (a loss), got {out}")
+    dtypes = sorted({str(l.dtype) for l in leaves})
+    tol = rtol if rtol is not None else max(tolerance("model", d) for d in dtypes)
+    ntol = numeric_rtol if numeric_rtol is not None else max(tolerance("numeric", d)
+                                                             for d in dtypes)
+
+    errors = []
+    surrogates, custom, builtin = _analytic_grads(f, args, nums, rules, errors)
+    floor = FLOOR * max([_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])],
+                        default=0.0)
+    numeric = _Numeric(f, args, nums, treedefs, leaves, numeric_dtype, step)
+    reports = _leaf_reports(paths, leaves, custom, builtin, numeric, np.random.default_rng(seed),
+                            max_elements, (tol, ntol, floor), surrogates)
+    device = jax.devices()[0]
+    return GradReport(reports, seed, "+".join(dtypes), numeric.dtype, f"{device.platform}:"
+                      f"{device.device_kind}", jax.__version__, tol, ntol, max_elements, step,
+                      floor, "; ".join(errors) or None, surrogates)
+
+
+def _differentiated_leaves(args, nums, argnums):
+    """(names, leaves as arrays, treedefs) of the arguments `nums`; TypeError for a leaf that is
+    not float (`argnums` as the caller gave it, for the message)."""
     paths, leaves, treedefs = [], [], []
     for a in nums:
         flat, tree = jax.tree_util.tree_flatten_with_path(args[a])
@@ -238,39 +260,38 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
         which = ", ".join(f"{n or 'the argument'} ({d})" for n, d in bad)
         raise TypeError(f"check_grads: gradients are only defined for float leaves; argnums "
                         f"{argnums!r} includes {which}")
-    out = jax.eval_shape(f, *args)
-    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
-        raise TypeError(f"check_grads: f must return a float scalar (a loss), got {out}")
-    dtypes = sorted({str(l.dtype) for l in leaves})
-    model_dtype = "+".join(dtypes)
-    tol = rtol if rtol is not None else max(tolerance("model", d) for d in dtypes)
-    ntol = numeric_rtol if numeric_rtol is not None else max(tolerance("numeric", d)
-                                                             for d in dtypes)
+    return paths, leaves, treedefs
 
-    errors = []
+
+def _analytic_grads(f, args, nums, rules, errors):
+    """(the surrogate rules applied, fnn.grad's flat gradients, jax.grad's): a gradient that
+    fails is None, and why is appended to `errors`."""
+    from fnn.transforms import grad as fnn_grad
+    from fnn.transforms import trace as fnn_trace
+
     surrogates = _surrogates(lambda: fnn_trace(f, *args, argnums=nums, rules=rules))
     custom = _flat_grads(lambda: fnn_grad(f, argnums=nums, rules=rules)(*args), "fnn.grad",
                          errors)
     builtin = _flat_grads(lambda: jax.grad(f, argnums=nums)(*args), "jax.grad", errors)
+    return surrogates, custom, builtin
 
-    floor = FLOOR * max([_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])],
-                        default=0.0)
-    rng = np.random.default_rng(seed)
-    numeric = _Numeric(f, args, nums, treedefs, leaves, numeric_dtype, step)
+
+def _leaf_reports(paths, leaves, custom, builtin, numeric, rng, max_elements, tolerances,
+                  surrogates) -> list:
+    """A LeafReport per leaf, its elements checked numerically sampled with `rng` in turn;
+    `tolerances`: (tol, ntol, floor). With surrogate rules in effect, a leaf that does not pass
+    while both analytic gradients exist gets the verdict "surrogate"."""
     reports = []
     with jax.enable_x64(numeric.x64):
         for j, (name, leaf) in enumerate(zip(paths, leaves)):
             c = None if custom is None else np.asarray(custom[j], np.float64)
             b = None if builtin is None else np.asarray(builtin[j], np.float64)
             idx = _sample(leaf.size, max_elements, rng, c, b)
-            report = _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor)
+            report = _leaf_report(name, leaf, c, b, idx, numeric, j, *tolerances)
             if surrogates and report.verdict != "ok" and c is not None and b is not None:
                 report.verdict = "surrogate"
             reports.append(report)
-    device = jax.devices()[0]
-    return GradReport(reports, seed, model_dtype, numeric.dtype, f"{device.platform}:"
-                      f"{device.device_kind}", jax.__version__, tol, ntol, max_elements, step,
-                      floor, "; ".join(errors) or None, surrogates)
+    return reports
 
 
 def _surrogates(record) -> list:

@@ -404,13 +404,25 @@ def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
         raise TypeError(f"remat({layer.name}): prevent_cse must be True or False, got "
                         f"{prevent_cse!r}")
     if segments is None:
-        def apply(params, state, x, *, key=None, train=False, observe=None):
-            def fn(params, state, x, key, observe):
-                extra = {"observe": observe} if observe is not None and layer.children else {}
-                return layer.apply(params, state, x, key=key, train=train, **extra)
-            return _checkpointed(fn, params, state, x, key, observe, prevent_cse)
+        return _remat_whole(layer, prevent_cse)
+    return _remat_segments(layer, segments, prevent_cse)
 
-        return dataclasses.replace(layer, apply=apply, remat=True)
+
+def _remat_whole(layer: Layer, prevent_cse: bool) -> Layer:
+    """remat(layer) with segments=None: the whole apply under one checkpoint."""
+    def apply(params, state, x, *, key=None, train=False, observe=None):
+        def fn(params, state, x, key, observe):
+            extra = {"observe": observe} if observe is not None and layer.children else {}
+            return layer.apply(params, state, x, key=key, train=train, **extra)
+        return _checkpointed(fn, params, state, x, key, observe, prevent_cse)
+
+    return dataclasses.replace(layer, apply=apply, remat=True)
+
+
+def _segment_runs(layer: Layer, segments) -> list:
+    """The runs of `layer`'s children that remat(layer, segments) checkpoints one by one;
+    ValueError if `layer` is checkpointed already or is not a plain serial, or for bad
+    `segments`."""
     if layer.remat:
         raise ValueError(f"remat({layer.name}): it is checkpointed already (built with "
                          "remat=True or by remat()); segments would drop those checkpoints")
@@ -419,13 +431,20 @@ def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
                 "a serial whose apply does more than chain its children (a wrapper)")
         raise ValueError(f"remat({layer.name}): segments are runs of a serial layer's children; "
                          f"{layer.name} is {what} (checkpoint it whole: segments=None)")
-    name, children = layer.name, layer.children
-    keys = tuple(k for k, _ in children)
-    sizes = _segment_sizes(name, segments, len(children))
+    children = layer.children
     runs, i = [], 0
-    for size in sizes:
+    for size in _segment_sizes(layer.name, segments, len(children)):
         runs.append(children[i:i + size])
         i += size
+    return runs
+
+
+def _remat_segments(layer: Layer, segments, prevent_cse: bool) -> Layer:
+    """remat(layer, segments) of a plain serial: serial's apply, each run of children under a
+    checkpoint of its own."""
+    runs = _segment_runs(layer, segments)
+    name = layer.name
+    keys = tuple(k for k, _ in layer.children)
 
     def apply(params, state, x, *, key=None, train=False, observe=None):
         check_keys(name, keys, params, "params")

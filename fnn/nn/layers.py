@@ -492,6 +492,46 @@ def ConvTranspose2D(features: int, kernel_size=3, *, stride=1, padding="SAME", i
 
 
 # ---- general pooling: padding, dilation, ceil mode, counting the padding ------------------------------
+def _pool_pads(spatial, win, strides, dil, pad, ceil_mode: bool):
+    """(base, extra) per spatial axis: base the (lo, hi) padding asked for (that of 'SAME' or
+    'VALID' worked out), extra the further high padding of ceil mode's last, partial window."""
+    if isinstance(pad, str):
+        full = jax.lax.padtype_to_pads(spatial, [(k - 1) * d + 1 for k, d in zip(win, dil)],
+                                       strides, pad)
+        base = [tuple(p) for p in full]
+    else:
+        base = list(pad)
+    extra = []
+    for n, k, s, d, (lo, hi) in zip(spatial, win, strides, dil, base):
+        span = (k - 1) * d + 1
+        total = n + lo + hi
+        out = -(-(total - span) // s) + 1 if ceil_mode else (total - span) // s + 1
+        # PyTorch: the last window must start inside the input or the left padding
+        if ceil_mode and (out - 1) * s >= n + lo:
+            out -= 1
+        extra.append(max(0, (out - 1) * s + span - total))
+    return base, extra
+
+
+def _reduce_window(x, kind: str, win, strides, dil, base, extra, count_include_pad: bool):
+    """`x` (N, *spatial, C) max- or average-pooled, padded by `base` plus `extra` (_pool_pads)."""
+    spatial = x.shape[1:1 + len(win)]
+    config = [(0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(base, extra)] + [(0, 0)]
+    dims, strd, wdil = (1,) + win + (1,), (1,) + strides + (1,), (1,) + dil + (1,)
+    if kind == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strd, config,
+                                     window_dilation=wdil)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strd, config,
+                                  window_dilation=wdil)
+    ones = jnp.ones((1,) + tuple(spatial) + (1,), x.dtype)
+    if count_include_pad:  # the explicit padding counts, ceil mode's extra does not
+        ones = jnp.pad(ones, [(0, 0)] + list(base) + [(0, 0)], constant_values=1)
+        config = [(0, 0)] + [(0, e) for e in extra] + [(0, 0)]
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strd, config,
+                                  window_dilation=wdil)
+    return total / count
+
+
 def Pool(kind: str, window=2, *, ndim: int = 2, stride=None, padding=0, dilation=1,
          ceil_mode: bool = False, count_include_pad: bool = True) -> Layer:
     """Max or average pooling over `ndim` spatial axes (channels last).
@@ -526,41 +566,9 @@ def Pool(kind: str, window=2, *, ndim: int = 2, stride=None, padding=0, dilation
     dil = _tuple(dilation, ndim, "dilation", layer)
     pad = _padding(padding, ndim, layer)
 
-    def pads_for(spatial):
-        if isinstance(pad, str):
-            full = jax.lax.padtype_to_pads(spatial, [(k - 1) * d + 1 for k, d in zip(win, dil)],
-                                           strides, pad)
-            base = [tuple(p) for p in full]
-        else:
-            base = list(pad)
-        extra = []
-        for n, k, s, d, (lo, hi) in zip(spatial, win, strides, dil, base):
-            span = (k - 1) * d + 1
-            total = n + lo + hi
-            out = -(-(total - span) // s) + 1 if ceil_mode else (total - span) // s + 1
-            # PyTorch: the last window must start inside the input or the left padding
-            if ceil_mode and (out - 1) * s >= n + lo:
-                out -= 1
-            extra.append(max(0, (out - 1) * s + span - total))
-        return base, extra
-
     def pool(x):
-        spatial = x.shape[1:1 + ndim]
-        base, extra = pads_for(spatial)
-        config = [(0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(base, extra)] + [(0, 0)]
-        dims, strd, wdil = (1,) + win + (1,), (1,) + strides + (1,), (1,) + dil + (1,)
-        if kind == "max":
-            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strd, config,
-                                         window_dilation=wdil)
-        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strd, config,
-                                      window_dilation=wdil)
-        ones = jnp.ones((1,) + tuple(spatial) + (1,), x.dtype)
-        if count_include_pad:  # the explicit padding counts, ceil mode's extra does not
-            ones = jnp.pad(ones, [(0, 0)] + list(base) + [(0, 0)], constant_values=1)
-            config = [(0, 0)] + [(0, e) for e in extra] + [(0, 0)]
-        count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strd, config,
-                                      window_dilation=wdil)
-        return total / count
+        base, extra = _pool_pads(x.shape[1:1 + ndim], win, strides, dil, pad, ceil_mode)
+        return _reduce_window(x, kind, win, strides, dil, base, extra, count_include_pad)
 
     def init(key, input_shape):
         shape = _spatial_shape(layer, input_shape, ndim)

@@ -147,35 +147,49 @@ def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
     if kind not in _CELLS:
         raise ValueError(f"Recurrent kind must be one of {', '.join(_CELLS)}, got {kind!r}")
     hidden = _positive(hidden, f"{kind.upper()} hidden")
-    cell, k = _CELLS[kind]
     w_init, r_init = get_initializer(init), get_initializer(recurrent_init)
 
     def init_fn(key, input_shape):
         t, d = _sequence_shape(kind.upper(), input_shape)
-        kx, kh = jax.random.split(key)
-        b = jnp.zeros((k * hidden,), jnp.float32)
-        if kind == "lstm":  # forget gate bias 1: remember by default (Jozefowicz et al. 2015)
-            b = b.at[hidden:2 * hidden].set(1.0)
-        params = {"wx": w_init(kx, (d, k * hidden)), "wh": r_init(kh, (hidden, k * hidden)),
-                  "b": b}
-        if kind == "gru":
-            params["bh"] = jnp.zeros((k * hidden,), jnp.float32)
+        params = _recurrent_params(kind, hidden, d, key, w_init, r_init)
         return params, {}, ((t, hidden) if return_sequences else (hidden,))
 
     def apply(params, state, x, *, key=None, train=False):
         _check_sequences(kind.upper(), x, params["wx"].shape[0])
-        dtype = jnp.result_type(x, params["wh"])
-        h0 = jnp.zeros((x.shape[0], hidden), dtype)
-        extra = (params["bh"],) if kind == "gru" else ()
-        if per_step or overrides.find(cell, current_scope()) is not None:
-            hs, last = _over_cells(cell, kind, params, extra, x, h0)
-        else:
-            states = (h0, h0) if kind == "lstm" else (h0,)
-            hs, last, *_ = _SEQUENCES[kind](jnp.swapaxes(x.astype(dtype), 0, 1), *states,
-                                             params["wx"], params["wh"], params["b"], *extra)
+        hs, last = _run_recurrent(kind, hidden, params, x, per_step)
         return (jnp.swapaxes(hs, 0, 1) if return_sequences else last), state
 
     return Layer(kind, init_fn, apply)
+
+
+def _recurrent_params(kind: str, hidden: int, d: int, key, w_init, r_init) -> dict:
+    """A Recurrent layer's params over `d` input features: wx, wh, b (and the GRU's bh)."""
+    k = _CELLS[kind][1]
+    kx, kh = jax.random.split(key)
+    b = jnp.zeros((k * hidden,), jnp.float32)
+    if kind == "lstm":  # forget gate bias 1: remember by default (Jozefowicz et al. 2015)
+        b = b.at[hidden:2 * hidden].set(1.0)
+    params = {"wx": w_init(kx, (d, k * hidden)), "wh": r_init(kh, (hidden, k * hidden)),
+              "b": b}
+    if kind == "gru":
+        params["bh"] = jnp.zeros((k * hidden,), jnp.float32)
+    return params
+
+
+def _run_recurrent(kind: str, hidden: int, params, x, per_step: bool):
+    """(hs time-major, h_T) of a Recurrent layer from a zero state: its sequence gate, or its
+    cell gate step by step (per_step, or a rule override of the cell gate in effect for the
+    layer's scope)."""
+    cell = _CELLS[kind][0]
+    dtype = jnp.result_type(x, params["wh"])
+    h0 = jnp.zeros((x.shape[0], hidden), dtype)
+    extra = (params["bh"],) if kind == "gru" else ()
+    if per_step or overrides.find(cell, current_scope()) is not None:
+        return _over_cells(cell, kind, params, extra, x, h0)
+    states = (h0, h0) if kind == "lstm" else (h0,)
+    hs, last, *_ = _SEQUENCES[kind](jnp.swapaxes(x.astype(dtype), 0, 1), *states,
+                                     params["wx"], params["wh"], params["b"], *extra)
+    return hs, last
 
 
 def _over_cells(cell, kind, params, extra, x, h0):

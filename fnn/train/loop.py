@@ -106,15 +106,22 @@ def fit(spec, optimizer=None, data=None, *, epochs: int, hooks: Sequence[Hook] =
                                           and 0 <= chunk_seconds < float("inf")):
         raise ValueError(f"chunk_seconds must be a finite number >= 0 or None, "
                          f"got {chunk_seconds!r}")
+    spec, hooks = _spec_and_hooks(spec, optimizer, data, epochs, hooks, options)
+    return _Loop(spec, list(hooks), chunk_seconds).run(start, epochs)
+
+
+def _spec_and_hooks(spec, optimizer, data, epochs: int, hooks, options: dict):
+    """fit's (TrainSpec, hooks): `spec` as it is, or made from the model `spec`, `optimizer`,
+    `data` and the spec's fields in `options`, the standard hooks of the others in front of
+    `hooks`."""
     if isinstance(spec, TrainSpec):
         if optimizer is not None or data is not None or options:
             raise TypeError("fit(spec, ...) takes epochs, hooks, start and chunk_seconds; the "
                             "model, optimizer, data and options are the spec's")
-    else:
-        made = {k: options.pop(k) for k in HOOK_OPTIONS if k in options}
-        spec = TrainSpec(spec, optimizer, data, **options)
-        hooks = [*standard_hooks(epochs, **made), *hooks]
-    return _Loop(spec, list(hooks), chunk_seconds).run(start, epochs)
+        return spec, hooks
+    made = {k: options.pop(k) for k in HOOK_OPTIONS if k in options}
+    return (TrainSpec(spec, optimizer, data, **options),
+            [*standard_hooks(epochs, **made), *hooks])
 
 
 def standard_hooks(epochs: int, *, progress: bool = False, log=None, callback=None,

@@ -84,10 +84,7 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
         A NanOriginError naming the step and the gate (to raise).
     """
     losses = np.asarray(losses)
-    state_bad = (np.zeros(len(losses), bool) if state_nonfinite is None
-                 else np.asarray(state_nonfinite, bool))
-    bad = np.flatnonzero((~np.isfinite(losses) | state_bad)[position:])
-    first = position + int(bad[0]) if bad.size else len(losses)
+    first = _first_nonfinite(losses, state_nonfinite, position)
     step0 -= position  # optimizer steps before the epoch's step 1
     host = jax.device_get  # replay on the default device, whatever the training placement
     x, y = jnp.asarray(host(x)), jnp.asarray(host(y))
@@ -100,8 +97,28 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
                        (params, state, opt_state), x, y, order[position:lo], keys[position:lo])
     eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False,
                             rules=rules)
-    for i in range(lo, min(first + 1, len(order))):
-        if i == lo:
+    return _replay_eagerly(eager, carry, (x, y), order, keys,
+                           range(lo, min(first + 1, len(order))), head, step0)
+
+
+def _first_nonfinite(losses, state_nonfinite, position: int) -> int:
+    """The first step from `position` on whose loss or model state is non-finite;
+    len(losses) where there is none (the parameters or state after the last step)."""
+    state_bad = (np.zeros(len(losses), bool) if state_nonfinite is None
+                 else np.asarray(state_nonfinite, bool))
+    bad = np.flatnonzero((~np.isfinite(losses) | state_bad)[position:])
+    return position + int(bad[0]) if bad.size else len(losses)
+
+
+def _replay_eagerly(eager, carry, data, order, keys, steps: range, head: str,
+                    step0: int) -> NanOriginError:
+    """The epoch's `steps` replayed by the `eager` train step from `carry` (params, state,
+    opt_state before the first of them), one gate at a time under fnn.debug_nans: the error
+    naming the first gate or update that makes a NaN/inf (or the parameters already
+    non-finite before them), else one saying that the replay stayed finite."""
+    x, y = data
+    for i in steps:
+        if i == steps[0]:
             bad_params = _nonfinite_leaves(carry[0]) + _nonfinite_leaves(carry[1], "state")
             if bad_params:
                 return NanOriginError(
