@@ -64,7 +64,7 @@ def test_check_nans_names_log_of_zero(digits, grad):
     assert e.gate == "lax.log" and e.phase == "forward" and "test_reliability.py" in e.site
     msg = str(e)
     assert "non-finite loss (nan) at epoch 1, step 1 of the epoch" in msg
-    assert "in layer logmodel/2_log_relu: debug_nans: gate 'log' forward" in msg
+    assert "in layer logmodel/2_log_relu: debug_nans: gate 'lax.log' forward" in msg
     assert "-inf" in msg and "input 0: f32[32,16] in [0, " in msg
 
 
