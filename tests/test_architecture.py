@@ -264,7 +264,6 @@ MAX_FUNCTION_LINES = 60  # a def's lines, its docstring and nested functions inc
 LONG_FUNCTIONS = {
     "fnn/autodiff/api.py:make_transforms": 214,  # the closures vjp, grad, value_and_grad, trace
     "fnn/autodiff/api.py:value_and_grad": 68,
-    "fnn/autodiff/gate.py:primitive_gate": 95,
 }
 
 

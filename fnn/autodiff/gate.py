@@ -381,6 +381,15 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
         GateError: (when the gate runs) a parameter or value the rule does not handle, or a
             complex value reaching a gate that does not declare complex=True.
     """
+    return _declare_primitive_gate(primitive, save, name, forward, params, only, complex,
+                                   lecture)
+
+
+def _declare_primitive_gate(primitive, save, name, forward, params, only, takes_complex: bool,
+                            lecture) -> Callable[[Callable], Gate]:
+    """primitive_gate's decorator, for its arguments (`takes_complex`: its `complex`): the
+    gate's forward (`forward`, or the primitive bound and a value saved; checked against
+    `params`/`only` when either is given), to which `declare(vjp)` attaches the VJP."""
     saver = _SAVES[save] if isinstance(save, str) else save
     gate_name = name or f"lax.{primitive.name}"
     declared = params is not None or only is not None
@@ -405,7 +414,7 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
         gate.primitive = primitive
         gate.lecture = lecture
         gate.params = (handles, allowed) if declared else None
-        gate.complex = bool(complex)
+        gate.complex = bool(takes_complex)
         gate.defvjp(vjp)
         return gate
 
