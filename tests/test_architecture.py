@@ -8,8 +8,7 @@ must have a layer. An import inside a function may not hide a circle between mod
 the modules of fnn/ and their imports at any depth form one graph, and an import inside a
 function that lies on a circle of it (an import that, written at the top of its file, would be
 a circular import) fails, named with its file, line, function and the circle. And no function
-of fnn/ is longer than MAX_FUNCTION_LINES (60; those of LONG_FUNCTIONS, no longer than
-they are).
+of fnn/ is longer than MAX_FUNCTION_LINES (60).
 """
 
 import ast
@@ -259,13 +258,6 @@ def test_a_hidden_circle_is_caught():
 # ---- function length ---------------------------------------------------------------------------
 MAX_FUNCTION_LINES = 60  # a def's lines, its docstring and nested functions included
 
-# longer today, each at most as long as it is now (file:function -> lines), to be split; an
-# entry goes when its function fits, and none may be added
-LONG_FUNCTIONS = {
-    "fnn/autodiff/api.py:make_transforms": 214,  # the closures vjp, grad, value_and_grad, trace
-    "fnn/autodiff/api.py:value_and_grad": 68,
-}
-
 
 def function_lengths(source: str) -> list[tuple[str, int, int]]:
     """(name, line, lines) of every function of `source`, nested ones too: from its `def` to its
@@ -276,18 +268,12 @@ def function_lengths(source: str) -> list[tuple[str, int, int]]:
 
 
 def test_no_function_is_longer_than_60_lines():
-    long = {}
-    for _, path in _modules():
-        for name, line, lines in function_lengths(path.read_text()):
-            if lines > MAX_FUNCTION_LINES:
-                long[f"{path.relative_to(REPO)}:{name}"] = (line, lines)
-    bad = [f"{key.split(':')[0]}:{line}: {key.split(':')[1]} is {lines} lines long (at most "
-           f"{LONG_FUNCTIONS.get(key, MAX_FUNCTION_LINES)}): split it into functions that each "
-           f"say one thing" for key, (line, lines) in sorted(long.items())
-           if lines > LONG_FUNCTIONS.get(key, MAX_FUNCTION_LINES)]
+    bad = [f"{path.relative_to(REPO)}:{line}: {name} is {lines} lines long (at most "
+           f"{MAX_FUNCTION_LINES}): split it into functions that each say one thing"
+           for _, path in _modules()
+           for name, line, lines in function_lengths(path.read_text())
+           if lines > MAX_FUNCTION_LINES]
     assert not bad, "\n".join(bad)
-    fixed = sorted(set(LONG_FUNCTIONS) - set(long))
-    assert not fixed, f"now at most {MAX_FUNCTION_LINES} lines: remove from LONG_FUNCTIONS {fixed}"
 
 
 def test_function_lengths_are_counted_from_the_def():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
@@ -108,26 +109,45 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
     gate_names: the names of the gates an override may name besides the rules' own (fnn's
     named gates); a key naming none of them, nor a gate the function applies, is an error."""
     choices = dict(custom_rules or {"use": {}})
-    default = next(iter(choices))
-    known = frozenset(gate_names) | _rule_names(base)
+    bound = _Bound(base, choices, next(iter(choices)), frozenset(gate_names) | _rule_names(base))
+    return Transforms(_make_trace(bound), _make_vjp(bound), _make_value_and_grad(bound),
+                      _make_grad(bound))
 
-    def traced(f, args, argnums, *, rules, fname, custom_rules=default, **kw):
-        """trace_fn with the primitive rules and overrides of this call and of the block."""
-        if not isinstance(custom_rules, str) or custom_rules not in choices:
-            raise ValueError(f"{fname}: custom_rules must be one of "
-                             f"{', '.join(repr(c) for c in choices)}, got {custom_rules!r}")
-        prims, table = split_rules(rules, fname)
-        scoped = {g.primitive: g for g in _SCOPED.get()}
-        chosen = choices[custom_rules]
-        full = {**base, **chosen, **scoped, **prims} if scoped or prims or chosen else base
-        with overrides.overriding(table):
-            if not overrides.active():
-                return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
-            with overrides.noticing(known | _rule_names(scoped) | _rule_names(prims), fname):
-                return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
 
-    def trace(f, *args, argnums=0, has_aux: bool = False, rules=None, custom_rules=default,
-              **kwargs):
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """What make_transforms binds the four functions to: `base`, the table primitive -> rule;
+    `choices`, the public `custom_rules=` choices (name -> rules that replace base's); `default`,
+    the first choice; `known`, the names an override may use besides the rules of the call."""
+
+    base: dict
+    choices: dict
+    default: str
+    known: frozenset
+
+
+def _traced(bound: _Bound, f, args, argnums, *, rules, fname, custom_rules, **kw):
+    """trace_fn with the primitive rules and overrides of this call and of the block."""
+    if not isinstance(custom_rules, str) or custom_rules not in bound.choices:
+        raise ValueError(f"{fname}: custom_rules must be one of "
+                         f"{', '.join(repr(c) for c in bound.choices)}, got {custom_rules!r}")
+    prims, table = split_rules(rules, fname)
+    scoped = {g.primitive: g for g in _SCOPED.get()}
+    chosen = bound.choices[custom_rules]
+    full = {**bound.base, **chosen, **scoped, **prims} if scoped or prims or chosen else bound.base
+    with overrides.overriding(table):
+        if not overrides.active():
+            return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
+        names = bound.known | _rule_names(scoped) | _rule_names(prims)
+        with overrides.noticing(names, fname):
+            return trace_fn(f, args, argnums, fname=fname, rules=full, **kw)
+
+
+def _make_trace(bound: _Bound) -> Callable:
+    """The public `trace`, bound."""
+
+    def trace(f, *args, argnums=0, has_aux: bool = False, rules=None,
+              custom_rules=bound.default, **kwargs):
         """Record `f(*args, **kwargs)` with fnn: a `Trace` (tape, input and output nodes).
 
         The float leaves of the arguments named by argnums are differentiated; the rest are
@@ -156,10 +176,16 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
             GateError: a gate cannot take its inputs.
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        return traced(f, args, argnums, kwargs=kwargs, has_aux=has_aux, fname="fnn.trace",
-                      rules=rules, custom_rules=custom_rules)
+        return _traced(bound, f, args, argnums, kwargs=kwargs, has_aux=has_aux,
+                       fname="fnn.trace", rules=rules, custom_rules=custom_rules)
 
-    def vjp(f, *primals, has_aux: bool = False, rules=None, custom_rules=default):
+    return trace
+
+
+def _make_vjp(bound: _Bound) -> Callable:
+    """The public `vjp`, bound."""
+
+    def vjp(f, *primals, has_aux: bool = False, rules=None, custom_rules=bound.default):
         """Like JAX's `vjp`: returns `(out, vjp_fn)` (and `aux` if has_aux), with fnn's gradients.
 
         `vjp_fn(ct)` takes a cotangent with the structure of `out` and returns one cotangent per
@@ -186,13 +212,20 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
             GateError: a gate cannot take its inputs.
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        tr = traced(f, primals, tuple(range(len(primals))), has_aux=has_aux, fname="fnn.vjp",
-                    rules=rules, custom_rules=custom_rules)
+        tr = _traced(bound, f, primals, tuple(range(len(primals))), has_aux=has_aux,
+                     fname="fnn.vjp", rules=rules, custom_rules=custom_rules)
         pullback = _pullback(tr, "fnn.vjp")
         return (tr.out, pullback, tr.aux) if has_aux else (tr.out, pullback)
 
+    return vjp
+
+
+def _make_value_and_grad(bound: _Bound) -> Callable:
+    """The public `value_and_grad`, bound."""
+
     def value_and_grad(f, argnums=0, has_aux: bool = False, holomorphic: bool = False, *,
-                       rules=None, custom_rules=default, _name: str = "fnn.value_and_grad"):
+                       rules=None, custom_rules=bound.default,
+                       _name: str = "fnn.value_and_grad"):
         """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
         The errors below are raised when the returned function is called.
@@ -228,40 +261,17 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
                 meeting a complex value, for one).
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        fname = f"{_name}({getattr(f, '__name__', 'f')})"
+        return _value_and_grad(bound, f, argnums, has_aux, holomorphic, rules, custom_rules,
+                               _name)
 
-        def vg(*args, **kwargs):
-            nums = check_argnums(argnums, len(args), fname)
-            for a in nums:
-                for leaf in jax.tree_util.tree_leaves(args[a]):
-                    if not isinstance(leaf, Traced) and not is_float(leaf):
-                        raise TypeError(
-                            f"{fname}: argument {a} has a leaf of dtype "
-                            f"{jnp.result_type(leaf)}; gradients are only defined for float "
-                            "inputs (integer and bool inputs such as labels carry no gradient: "
-                            "leave them out of argnums)")
-                    if holomorphic and not is_complex(leaf):
-                        raise TypeError(f"{fname} with holomorphic=True requires inputs with "
-                                        f"complex dtype, but got {jnp.result_type(leaf).name} "
-                                        f"(argument {a}).")
-            tr = traced(f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname, rules=rules,
-                        custom_rules=custom_rules)
-            out_leaves = jax.tree_util.tree_leaves(tr.out)
-            if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
-                shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
-                raise TypeError(f"{fname}: gradients are only defined for functions with one "
-                                f"scalar output, got {shapes}")
-            _check_output(fname, out_leaves[0], holomorphic)
-            grads = tr.gradients(tr.backward(tr.seeds()))
-            g = grads[nums[0]] if isinstance(argnums, int) else tuple(grads[a] for a in nums)
-            return ((tr.out, tr.aux), g) if has_aux else (tr.out, g)
+    return value_and_grad
 
-        vg.__name__ = f"value_and_grad_{getattr(f, '__name__', 'f')}"
-        vg.__doc__ = f.__doc__
-        return vg
+
+def _make_grad(bound: _Bound) -> Callable:
+    """The public `grad`, bound."""
 
     def grad(f, argnums=0, has_aux: bool = False, holomorphic: bool = False, *, rules=None,
-             custom_rules=default):
+             custom_rules=bound.default):
         """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs.
 
             dparams = fnn.grad(loss)(params, x, y)
@@ -301,22 +311,72 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
                 meeting a complex value, for one).
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        vg = value_and_grad(f, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic,
-                            rules=rules, custom_rules=custom_rules, _name="fnn.grad")
+        vg = _value_and_grad(bound, f, argnums, has_aux, holomorphic, rules, custom_rules,
+                             "fnn.grad")
+        return _grad_of(vg, f, has_aux)
 
-        def g(*args, **kwargs):
-            (_, aux), dx = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])
-            return (dx, aux) if has_aux else dx
+    return grad
 
-        g.__name__ = f"grad_{getattr(f, '__name__', 'f')}"
-        g.__doc__ = f.__doc__
-        return g
 
-    return Transforms(trace, vjp, value_and_grad, grad)
+def _value_and_grad(bound: _Bound, f, argnums, has_aux, holomorphic, rules, custom_rules,
+                    name: str) -> Callable:
+    """The function value_and_grad(f, ...) returns; `name` starts its error messages."""
+    fname = f"{name}({getattr(f, '__name__', 'f')})"
+
+    def vg(*args, **kwargs):
+        nums = check_argnums(argnums, len(args), fname)
+        _check_inputs(fname, args, nums, holomorphic)
+        tr = _traced(bound, f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname,
+                     rules=rules, custom_rules=custom_rules)
+        _check_output(fname, tr.out, holomorphic)
+        grads = tr.gradients(tr.backward(tr.seeds()))
+        g = grads[nums[0]] if isinstance(argnums, int) else tuple(grads[a] for a in nums)
+        return ((tr.out, tr.aux), g) if has_aux else (tr.out, g)
+
+    vg.__name__ = f"value_and_grad_{getattr(f, '__name__', 'f')}"
+    vg.__doc__ = f.__doc__
+    return vg
+
+
+def _grad_of(vg: Callable, f, has_aux: bool) -> Callable:
+    """The function grad(f, ...) returns, from value_and_grad's `vg`: the gradient alone, or
+    `(gradient, aux)` with has_aux."""
+
+    def g(*args, **kwargs):
+        (_, aux), dx = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])
+        return (dx, aux) if has_aux else dx
+
+    g.__name__ = f"grad_{getattr(f, '__name__', 'f')}"
+    g.__doc__ = f.__doc__
+    return g
+
+
+def _check_inputs(fname, args, nums, holomorphic: bool) -> None:
+    """A TypeError for a differentiated argument with an integer or bool leaf (or, with
+    holomorphic, a real one)."""
+    for a in nums:
+        for leaf in jax.tree_util.tree_leaves(args[a]):
+            if not isinstance(leaf, Traced) and not is_float(leaf):
+                raise TypeError(
+                    f"{fname}: argument {a} has a leaf of dtype "
+                    f"{jnp.result_type(leaf)}; gradients are only defined for float "
+                    "inputs (integer and bool inputs such as labels carry no gradient: "
+                    "leave them out of argnums)")
+            if holomorphic and not is_complex(leaf):
+                raise TypeError(f"{fname} with holomorphic=True requires inputs with "
+                                f"complex dtype, but got {jnp.result_type(leaf).name} "
+                                f"(argument {a}).")
 
 
 def _check_output(fname, out, holomorphic: bool) -> None:
-    """JAX's checks of a differentiated output's dtype (jax.grad's messages)."""
+    """JAX's checks of a differentiated output: one scalar, of a float dtype (complex with
+    holomorphic, real without), with jax.grad's messages."""
+    out_leaves = jax.tree_util.tree_leaves(out)
+    if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
+        shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
+        raise TypeError(f"{fname}: gradients are only defined for functions with one "
+                        f"scalar output, got {shapes}")
+    out = out_leaves[0]
     dtype = jnp.result_type(out)
     if holomorphic:
         if not jnp.issubdtype(dtype, jnp.complexfloating):
