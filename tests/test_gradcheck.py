@@ -68,7 +68,8 @@ def test_the_gates_asked_for_pass_and_are_listed(capsys):
     assert gates_to_check() == dict(fnn.registry)
     assert gates_to_check(primitives=False) == dict(fnn.registry.named)
     # a lecture's name stands for its primitives' gates
-    assert gates_to_check(names=["matmul"]) == {"lax.dot_general": fnn.registry["lax.dot_general"]}
+    assert gates_to_check(names=["matmul", "relu"]) == {
+        "matmul (lax.dot_general)": fnn.registry["lax.dot_general"], "relu": fnn.registry["relu"]}
     assert run(_args("--format", "json", "--gate", ",".join(FEW))) == 0
     captured = capsys.readouterr()
     table = json.loads(captured.out)

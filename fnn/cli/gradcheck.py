@@ -82,8 +82,10 @@ def add_arguments(parser) -> None:
 def gates_to_check(modules=(), names=None, primitives: bool = True) -> dict:
     """name -> gate: fnn.registry (without primitives=False only fnn's own gates, not the
     primitive rules 'lax.*'), plus the gates of `modules` (import paths), filtered by names (a
-    lecture's name, 'matmul', stands for its primitives' gates, 'lax.dot_general')."""
-    names = [g for n in names for g in registry.lecture_names.get(n, (n,))] if names else names
+    lecture's name stands for its primitives' gates, listed as 'matmul (lax.dot_general)')."""
+    asked = {f"{n} ({g})" if n in registry.lecture_names else n: g
+             for n in names or () for g in registry.lecture_names.get(n, (n,))}
+    names = list(asked.values()) if names else names
     wanted = primitives or any(n.startswith("lax.") for n in names or ())
     gates = dict(registry if wanted else registry.named)
     for modname in modules:
@@ -94,7 +96,7 @@ def gates_to_check(modules=(), names=None, primitives: bool = True) -> dict:
         unknown = [n for n in names if n not in gates]
         if unknown:
             raise ValueError(f"unknown gate(s) {unknown}; known: {', '.join(sorted(gates))}")
-        gates = {n: gates[n] for n in names}
+        gates = {label: gates[n] for label, n in asked.items()}
     return gates
 
 
