@@ -68,8 +68,9 @@ def test_the_gates_asked_for_pass_and_are_listed(capsys):
     assert gates_to_check() == dict(fnn.registry)
     assert gates_to_check(primitives=False) == dict(fnn.registry.named)
     # a lecture's name stands for its primitives' gates
-    assert gates_to_check(names=["matmul", "relu"]) == {
-        "matmul (lax.dot_general)": fnn.registry["lax.dot_general"], "relu": fnn.registry["relu"]}
+    assert gates_to_check(names=["matmul", "relu", "add"]) == {
+        "matmul": fnn.registry["lax.dot_general"], "relu": fnn.registry["relu"],
+        "add:lax.add": fnn.registry["lax.add"], "add:lax.add_any": fnn.registry["lax.add_any"]}
     assert run(_args("--format", "json", "--gate", ",".join(FEW))) == 0
     captured = capsys.readouterr()
     table = json.loads(captured.out)

@@ -82,9 +82,12 @@ def add_arguments(parser) -> None:
 def gates_to_check(modules=(), names=None, primitives: bool = True) -> dict:
     """name -> gate: fnn.registry (without primitives=False only fnn's own gates, not the
     primitive rules 'lax.*'), plus the gates of `modules` (import paths), filtered by names (a
-    lecture's name stands for its primitives' gates, listed as 'matmul (lax.dot_general)')."""
-    asked = {f"{n} ({g})" if n in registry.lecture_names else n: g
-             for n in names or () for g in registry.lecture_names.get(n, (n,))}
+    lecture's name stands for its primitive's gate ('matmul' for lax.dot_general), or gates,
+    each listed as 'add:lax.add', 'add:lax.add_any')."""
+    asked = {}
+    for n in names or ():
+        found = registry.lecture_names.get(n, (n,))
+        asked.update({n if len(found) == 1 else f"{n}:{g}": g for g in found})
     names = list(asked.values()) if names else names
     wanted = primitives or any(n.startswith("lax.") for n in names or ())
     gates = dict(registry if wanted else registry.named)
