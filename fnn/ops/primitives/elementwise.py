@@ -182,8 +182,13 @@ def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
     return _chooser(g, saved, needs)
 
 
-max.defcases(binary_cases(P.max_p, lax.max, make_x=lambda r, s, d: distinct(r, s, d) if s else
-                          normal(r, s, d), complex_make=_cpair(cdistinct, cdistinct)))
+def _chooser_cases(primitive, fn):
+    """Cases of max/min: distinct values (no ties: those are kink cases), complex ones too."""
+    return binary_cases(primitive, fn, make_x=lambda r, s, d: distinct(r, s, d) if s else
+                        normal(r, s, d), complex_make=_cpair(cdistinct, cdistinct))
+
+
+max.defcases(_chooser_cases(P.max_p, lax.max))
 max.defkinks(special_binary(P.max_p, lax.max))
 
 
@@ -193,8 +198,7 @@ def min(g, saved, *, needs, **params):  # noqa: A001
     return _chooser(g, saved, needs)
 
 
-min.defcases(binary_cases(P.min_p, lax.min, make_x=lambda r, s, d: distinct(r, s, d) if s else
-                          normal(r, s, d), complex_make=_cpair(cdistinct, cdistinct)))
+min.defcases(_chooser_cases(P.min_p, lax.min))
 min.defkinks(special_binary(P.min_p, lax.min))
 
 
