@@ -252,7 +252,7 @@ def _make_value_and_grad(bound: _Bound) -> Callable:
         Raises:
             TypeError: argnums is not an int or a non-empty tuple of ints; a differentiated argument
                 has an integer or bool leaf (or, with holomorphic, a real one); `f`'s output is
-                not one scalar, or is complex without holomorphic (real with it), as jax.grad's
+                not one scalar, or is complex without holomorphic (real with it), as JAX's own
                 errors; with has_aux, `f` does not return a pair.
             ValueError: argnums names an argument `f` was not given; custom_rules is not one of the
                 choices.
@@ -289,9 +289,9 @@ def _make_grad(bound: _Bound) -> Callable:
             rules: more primitive gates, or overrides of gates' backward rules, for this call:
                 a gate made by `fnn.primitive_gate`, a mapping `{gate name: rule}`, or a tuple
                 of them.
-            custom_rules: how functions with a custom derivative (jax.custom_vjp/custom_jvp,
-                e.g. jax.nn.relu, optax's and Flax's stabilised functions) are differentiated:
-                "use" (the default) runs their own rules, as jax.grad does; "primal"
+            custom_rules: how functions with a custom derivative (JAX's custom-VJP and
+                custom-JVP functions, e.g. jax.nn.relu, optax's and Flax's stabilised functions) are differentiated:
+                "use" (the default) runs their own rules, as JAX's gradient does; "primal"
                 differentiates their primal function with fnn's rules instead (to see what the
                 custom rule changes).
 
@@ -302,7 +302,7 @@ def _make_grad(bound: _Bound) -> Callable:
         Raises:
             TypeError: argnums is not an int or a non-empty tuple of ints; a differentiated argument
                 has an integer or bool leaf (or, with holomorphic, a real one); `f`'s output is
-                not one scalar, or is complex without holomorphic (real with it), as jax.grad's
+                not one scalar, or is complex without holomorphic (real with it), as JAX's own
                 errors; with has_aux, `f` does not return a pair.
             ValueError: argnums names an argument `f` was not given; custom_rules is not one of the
                 choices.
@@ -370,7 +370,7 @@ def _check_inputs(fname, args, nums, holomorphic: bool) -> None:
 
 def _check_output(fname, out, holomorphic: bool) -> None:
     """JAX's checks of a differentiated output: one scalar, of a float dtype (complex with
-    holomorphic, real without), with jax.grad's messages."""
+    holomorphic, real without), with JAX's gradient's messages."""
     out_leaves = jax.tree_util.tree_leaves(out)
     if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
         shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"

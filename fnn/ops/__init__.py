@@ -52,7 +52,7 @@ RULES = MappingProxyType({**registry.by_primitive, **primitives.STRUCTURAL})
 """The table fnn.grad interprets programs with: a JAX primitive -> its rule."""
 
 CUSTOM_RULES = primitives.CUSTOM_RULES
-"""The choices of `custom_rules=`: "use" (the users' custom_vjp/custom_jvp rules), "primal"."""
+"""The choices of `custom_rules=`: "use" (the users' own custom derivative rules), "primal"."""
 
 __all__ = sorted(registry.named) + aliases.__all__ + ["CUSTOM_RULES", "FAMILIES", "RULES",
                                                      "registry"]

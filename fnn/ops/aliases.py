@@ -196,7 +196,7 @@ def sqrt(x):
 
 @_watched
 def abs(x):  # noqa: A001 - mirrors jnp.abs
-    """|x| (lax.abs).  Local gradient: 1 where x >= 0, else -1 (1 at 0, as jax.grad gives).
+    """|x| (lax.abs).  Local gradient: 1 where x >= 0, else -1 (1 at 0, as JAX's gradient gives).
 
     Args:
         x: the input (any shape).
