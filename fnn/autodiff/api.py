@@ -290,7 +290,8 @@ def _make_grad(bound: _Bound) -> Callable:
                 a gate made by `fnn.primitive_gate`, a mapping `{gate name: rule}`, or a tuple
                 of them.
             custom_rules: how functions with a custom derivative (JAX's custom-VJP and
-                custom-JVP functions, e.g. jax.nn.relu, optax's and Flax's stabilised functions) are differentiated:
+                custom-JVP functions, e.g. jax.nn.relu, optax's and Flax's stabilised
+                functions) are differentiated:
                 "use" (the default) runs their own rules, as JAX's gradient does; "primal"
                 differentiates their primal function with fnn's rules instead (to see what the
                 custom rule changes).
