@@ -14,8 +14,8 @@ from fnn.autodiff.api import make_transforms, rules
 from fnn.autodiff.interpret import use_default_rules
 from fnn.ops import CUSTOM_RULES, RULES, registry
 
-trace, vjp, value_and_grad, grad = make_transforms(
-    RULES, CUSTOM_RULES, gate_names=(*registry, *registry.lecture_names))
+# the lecture's names ('multiply') an override may use are the rules' own (Gate.lecture)
+trace, vjp, value_and_grad, grad = make_transforms(RULES, CUSTOM_RULES, gate_names=registry)
 use_default_rules(RULES)  # what a loop's gate called on its own interprets its body with
 
 
