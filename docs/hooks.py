@@ -44,7 +44,8 @@ def undocumented() -> list[str]:
         for attr in module.__all__:
             obj = getattr(module, attr)
             if isinstance(obj, (types.ModuleType, type, types.FunctionType)) or (
-                    callable(obj) and getattr(obj, "__doc__", None) is not type(obj).__doc__):
+                callable(obj) and getattr(obj, "__doc__", None) is not type(obj).__doc__
+            ):
                 if not (getattr(obj, "__doc__", None) or "").strip():
                     missing.append(f"{name}.{attr}")
                 continue
@@ -54,7 +55,7 @@ def undocumented() -> list[str]:
                 continue
             if package is None:
                 package = griffe.load("fnn", resolve_aliases=True, resolve_external=False)
-            member = package if name == "fnn" else package[name[len("fnn."):]]
+            member = package if name == "fnn" else package[name[len("fnn.") :]]
             docstring = member[attr].docstring
             if docstring is None or not docstring.value.strip():
                 missing.append(f"{name}.{attr}")
@@ -85,8 +86,14 @@ def train_options_markdown() -> str:
             text = (action.help or "") % {**vars(action), "prog": train.prog}
             rows.append(f"| {flags} | {value} | {_cell(text)} |")
         if rows:
-            out += [f"**{group.title}**", "", "| option | value | what it does |",
-                    "|---|---|---|", *rows, ""]
+            out += [
+                f"**{group.title}**",
+                "",
+                "| option | value | what it does |",
+                "|---|---|---|",
+                *rows,
+                "",
+            ]
     return "\n".join(out)
 
 
@@ -101,11 +108,21 @@ def ops_api_markdown() -> str:
     out = []
     families = {"the lecture's names of JAX's functions": ops.aliases, **ops.FAMILIES}
     for family, module in families.items():
-        members = sorted(name for name, obj in vars(module).items()
-                         if id(obj) in exported and not isinstance(obj, types.ModuleType))
-        out += [f"## {family}", "", f"::: {module.__name__}", "    options:",
-                "      show_root_heading: false", "      heading_level: 3",
-                f"      members: [{', '.join(members)}]", ""]
+        members = sorted(
+            name
+            for name, obj in vars(module).items()
+            if id(obj) in exported and not isinstance(obj, types.ModuleType)
+        )
+        out += [
+            f"## {family}",
+            "",
+            f"::: {module.__name__}",
+            "    options:",
+            "      show_root_heading: false",
+            "      heading_level: 3",
+            f"      members: [{', '.join(members)}]",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -115,13 +132,18 @@ def rule_library_markdown() -> str:
     and paper (of the rule as the checkers first judge it), and `--rule`'s spelling."""
     from fnn.ops import rulebook
 
-    rows = ["| rule | for | formula (as the checkers judge it) | from | `--rule` |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| rule | for | formula (as the checkers judge it) | from | `--rule` |",
+        "|---|---|---|---|---|",
+    ]
     escape = lambda text: " ".join(text.split()).replace("|", "\\|")
     for entry in rulebook.LIBRARY:
         args = ([entry.needs] if entry.needs else []) + list(entry.options)
-        made = f"`{entry.name}({', '.join(args)})`" if args or not isinstance(
-            entry.rule, rulebook.Rule) else f"`{entry.name}`"
+        made = (
+            f"`{entry.name}({', '.join(args)})`"
+            if args or not isinstance(entry.rule, rulebook.Rule)
+            else f"`{entry.name}`"
+        )
         gates = ", ".join(f"`{g}`" for g in entry.gates) or "any gate"
         gates += " (only)" if entry.only else ""
         example = entry.example
@@ -131,8 +153,10 @@ def rule_library_markdown() -> str:
             target = entry.gates[0] if entry.only else "GATE"
             opts = ",".join(f"{o}=..." for o in entry.options)
             spec = f"`{target}={entry.name}" + (f":{opts}" if opts else "") + "`"
-        rows.append(f"| {made} | {gates} | {escape(example.formula)} | "
-                    f"{escape(example.paper) or '-'} | {escape(spec)} |")
+        rows.append(
+            f"| {made} | {gates} | {escape(example.formula)} | "
+            f"{escape(example.paper) or '-'} | {escape(spec)} |"
+        )
     return "\n".join(rows) + "\n"
 
 

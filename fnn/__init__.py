@@ -30,10 +30,26 @@ from fnn.runtime import tune_on_import
 
 tune_on_import()  # first: XLA's flags and malloc are read when JAX's backend starts (fnn.runtime)
 
-from fnn.autodiff import (Case, Gate, NanOriginError, Trace, Traced, debug_nans, defgate,
-                          primitive_gate, unbroadcast)
-from fnn.errors import (FnnError, ForeignCallError, GateError, MissingRuleError, NestingError,
-                        OverrideError, VJPContractError)
+from fnn.autodiff import (
+    Case,
+    Gate,
+    NanOriginError,
+    Trace,
+    Traced,
+    debug_nans,
+    defgate,
+    primitive_gate,
+    unbroadcast,
+)
+from fnn.errors import (
+    FnnError,
+    ForeignCallError,
+    GateError,
+    MissingRuleError,
+    NestingError,
+    OverrideError,
+    VJPContractError,
+)
 from fnn import ops
 from fnn.ops import registry
 from fnn.autodiff.overrides import Rule, only
@@ -45,8 +61,38 @@ from fnn.runtime import tune_cpu  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Case", "FnnError", "ForeignCallError", "Gate", "GateError", "MissingRuleError",
-           "NanOriginError", "NestingError", "OverrideError", "Rule", "Trace", "Traced",
-           "VJPContractError", "check_grads", "checkpoint", "debug_nans", "defgate", "grad",
-           "graph", "locate_divergence", "nn", "only", "ops", "primitive_gate", "registry",
-           "rulebook", "rules", "trace", "train", "tune_cpu", "unbroadcast", "value_and_grad", "vjp"]
+__all__ = [
+    "Case",
+    "FnnError",
+    "ForeignCallError",
+    "Gate",
+    "GateError",
+    "MissingRuleError",
+    "NanOriginError",
+    "NestingError",
+    "OverrideError",
+    "Rule",
+    "Trace",
+    "Traced",
+    "VJPContractError",
+    "check_grads",
+    "checkpoint",
+    "debug_nans",
+    "defgate",
+    "grad",
+    "graph",
+    "locate_divergence",
+    "nn",
+    "only",
+    "ops",
+    "primitive_gate",
+    "registry",
+    "rulebook",
+    "rules",
+    "trace",
+    "train",
+    "tune_cpu",
+    "unbroadcast",
+    "value_and_grad",
+    "vjp",
+]

@@ -77,7 +77,17 @@ def describe(x) -> str:
         name = np.dtype(dtype).name
     except TypeError:  # an extended dtype (a typed PRNG key: key<fry>)
         name = str(dtype)
-    short = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
-             "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8",
-             "uint32": "u32", "bool": "bool"}.get(name, name)
+    short = {
+        "float16": "f16",
+        "bfloat16": "bf16",
+        "float32": "f32",
+        "float64": "f64",
+        "int8": "i8",
+        "int16": "i16",
+        "int32": "i32",
+        "int64": "i64",
+        "uint8": "u8",
+        "uint32": "u32",
+        "bool": "bool",
+    }.get(name, name)
     return f"{short}[{','.join(str(d) for d in shape)}]"

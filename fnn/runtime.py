@@ -55,8 +55,11 @@ from pathlib import Path
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_VALUE = "reduce,individual_dot"
 # the flag's name and the names of its two values, as jaxlib's binary spells them
-_YNN_NEEDS = (YNN_FLAG[2:].encode(), b"LIBRARY_FUSION_TYPE_REDUCE",
-              b"LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+_YNN_NEEDS = (
+    YNN_FLAG[2:].encode(),
+    b"LIBRARY_FUSION_TYPE_REDUCE",
+    b"LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 # in this order: the mmap threshold first, so that a glibc refusing it is left as it was
@@ -69,6 +72,7 @@ def backend_started() -> bool:
     """Whether JAX has started its backends (after which XLA flags no longer take effect)."""
     try:
         from jax._src import xla_bridge
+
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # another JAX: assume the worst
         return True
@@ -101,11 +105,15 @@ def accelerator_plugin(environ=None) -> str | None:
     names = []
     try:
         import jax_plugins
+
         names = [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
     except ImportError:
         pass
-    names += [n for n in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
-              if importlib.util.find_spec(n) is not None]
+    names += [
+        n
+        for n in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+        if importlib.util.find_spec(n) is not None
+    ]
     return next((n for n in names if any(k in n for k in ("cuda", "rocm", "tpu"))), None)
 
 
@@ -126,8 +134,9 @@ def _tune_malloc() -> str | None:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     for i, (param, value) in enumerate(MALLOC_SETTINGS):
         if mallopt(param, value) != 1:
-            return (f"malloc: mallopt refused parameter {param} = {value}" +
-                    (" (nothing changed)" if i == 0 else ""))
+            return f"malloc: mallopt refused parameter {param} = {value}" + (
+                " (nothing changed)" if i == 0 else ""
+            )
     return None
 
 
@@ -155,8 +164,10 @@ def tune_cpu(*, xla: bool = True, malloc: bool = True, environ=None) -> dict:
         done["notes"].append("FNN_NO_TUNE is set: JAX's defaults kept")
         return done
     if backend_started():
-        done["notes"].append("JAX's backend has already started: settings unchanged (call "
-                             "fnn.tune_cpu() before the first computation)")
+        done["notes"].append(
+            "JAX's backend has already started: settings unchanged (call "
+            "fnn.tune_cpu() before the first computation)"
+        )
         return done
     if xla:
         flags = environ.get("XLA_FLAGS", "")
@@ -205,19 +216,26 @@ def tune_on_import(environ=None, argv=None) -> dict:
     environ = os.environ if environ is None else environ
     if AT_IMPORT is not None:  # once per process
         return AT_IMPORT
-    if environ.get("FNN_NO_TUNE", "").strip().lower() not in OFF or \
-            _opted_out_on_command_line(argv):
+    if environ.get("FNN_NO_TUNE", "").strip().lower() not in OFF or _opted_out_on_command_line(
+        argv
+    ):
         done = {"xla_flags": None, "malloc": False, "notes": ["opted out: JAX's defaults kept"]}
     elif backend_started():
-        done = {"xla_flags": None, "malloc": False,
-                "notes": ["JAX's backend started before `import fnn`: settings unchanged"]}
+        done = {
+            "xla_flags": None,
+            "malloc": False,
+            "notes": ["JAX's backend started before `import fnn`: settings unchanged"],
+        }
         if _default_backend_is_cpu():
             warnings.warn(
                 "JAX's backend started before `import fnn`, so fnn's faster CPU settings (XLA's "
                 "Eigen convolutions, malloc that keeps XLA's scratch memory; see fnn.runtime) "
                 "were not applied and CNN steps may run ~2x slower. Import fnn before the first "
                 "JAX computation (jax.devices(), any array), or set FNN_NO_TUNE=1 to keep JAX's "
-                "defaults and silence this.", FnnTuningWarning, stacklevel=3)
+                "defaults and silence this.",
+                FnnTuningWarning,
+                stacklevel=3,
+            )
     else:
         done = tune_cpu(environ=environ)
     AT_IMPORT = done
@@ -227,6 +245,7 @@ def tune_on_import(environ=None, argv=None) -> dict:
 def _default_backend_is_cpu() -> bool:
     try:
         import jax
+
         return jax.default_backend() == "cpu"
     except Exception:  # noqa: BLE001  (a broken backend: nothing to tune either way)
         return False

@@ -19,8 +19,9 @@ trace, vjp, value_and_grad, grad = make_transforms(RULES, CUSTOM_RULES, gate_nam
 use_default_rules(RULES)  # what a loop's gate called on its own interprets its body with
 
 
-def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),
-               policy: Callable | None = None) -> Callable:
+def checkpoint(
+    fun: Callable, *, prevent_cse: bool = True, static_argnums=(), policy: Callable | None = None
+) -> Callable:
     """`fun` whose intermediate values are recomputed in the backward instead of kept.
 
     jax.checkpoint (jax.remat) itself, with the same arguments, checked.
@@ -60,19 +61,22 @@ def checkpoint(fun: Callable, *, prevent_cse: bool = True, static_argnums=(),
             `static_argnums` is not an int or a tuple of ints.
     """
     if not callable(fun):
-        raise TypeError(f"fnn.checkpoint: fun must be a function, got {type(fun).__name__} "
-                        f"{fun!r}")
+        raise TypeError(f"fnn.checkpoint: fun must be a function, got {type(fun).__name__} {fun!r}")
     if not isinstance(prevent_cse, bool):
         raise TypeError(f"fnn.checkpoint: prevent_cse must be True or False, got {prevent_cse!r}")
     nums = (static_argnums,) if not isinstance(static_argnums, (tuple, list)) else static_argnums
     try:
         nums = tuple(operator.index(i) for i in nums)
     except TypeError:
-        raise TypeError(f"fnn.checkpoint: static_argnums must be an int or a tuple of ints, got "
-                        f"{static_argnums!r}") from None
+        raise TypeError(
+            f"fnn.checkpoint: static_argnums must be an int or a tuple of ints, got "
+            f"{static_argnums!r}"
+        ) from None
     if policy is not None and not callable(policy):
-        raise TypeError(f"fnn.checkpoint: policy must be None or a checkpoint policy (a function "
-                        f"of jax.checkpoint_policies), got {policy!r}")
+        raise TypeError(
+            f"fnn.checkpoint: policy must be None or a checkpoint policy (a function "
+            f"of jax.checkpoint_policies), got {policy!r}"
+        )
     return jax.checkpoint(fun, prevent_cse=prevent_cse, static_argnums=nums, policy=policy)
 
 

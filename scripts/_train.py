@@ -19,6 +19,8 @@ def run(defaults: list[str]) -> int:
     kind = devices[0].platform
     print(f"JAX {jax.__version__} on {kind}: {', '.join(str(d) for d in devices)}")
     if kind == "cpu":
-        print('(no GPU visible to JAX; on a CUDA machine: pip install -e ".[cuda]", '
-              'see the README, "On a GPU")')
+        print(
+            '(no GPU visible to JAX; on a CUDA machine: pip install -e ".[cuda]", '
+            'see the README, "On a GPU")'
+        )
     return main(["train", *defaults, *sys.argv[1:]])

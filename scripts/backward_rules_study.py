@@ -44,6 +44,7 @@ def build(kind: str, sizes: tuple, steps: int):
             return ops.affine(h, params[str(i)]["w"], params[str(i)]["b"])
 
     if kind == "spiking":
+
         def logits(params, x):
             x = jnp.reshape(x, (x.shape[0], -1))
 
@@ -136,20 +137,24 @@ def train_one(kind, data, *, epochs, batch, lr, seed, steps, hidden):
     def accuracy(params, x, y):
         return jnp.mean(jnp.argmax(logits(params, x), -1) == y)
 
-    compare = (jax.jit(lambda p, x, y: (fnn.grad(loss, rules=rules)(p, x, y),
-                                        jax.grad(loss)(p, x, y)))
-               if kind == "feedback" else None)
+    compare = (
+        jax.jit(lambda p, x, y: (fnn.grad(loss, rules=rules)(p, x, y), jax.grad(loss)(p, x, y)))
+        if kind == "feedback"
+        else None
+    )
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     history, rng = [], np.random.default_rng(seed)
     t0 = time.perf_counter()
     for epoch in range(epochs):
         order = rng.permutation(len(x_train))
         for i in range(len(order) // batch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             params, opt_state, _ = step(params, opt_state, x_train[idx], y_train[idx])
-        row = {"epoch": epoch + 1,
-               "test_acc": float(accuracy(params, data.x_test, data.y_test)),
-               "train_acc": float(accuracy(params, x_train, y_train))}
+        row = {
+            "epoch": epoch + 1,
+            "test_acc": float(accuracy(params, data.x_test, data.y_test)),
+            "train_acc": float(accuracy(params, x_train, y_train)),
+        }
         if compare is not None:
             g, exact = compare(params, x_train[:256], y_train[:256])
             row["angle"] = layer_angles(g, exact)
@@ -175,16 +180,29 @@ def main(argv=None) -> int:
 
     data = train.load_dataset(args.dataset, args.data_dir)
     os.makedirs(args.out, exist_ok=True)
-    names = {"backprop": "backprop", "feedback": "feedback alignment",
-             "binarized": "binarized (clipped STE)", "spiking": "spiking (fast-sigmoid surrogate)"}
+    names = {
+        "backprop": "backprop",
+        "feedback": "feedback alignment",
+        "binarized": "binarized (clipped STE)",
+        "spiking": "spiking (fast-sigmoid surrogate)",
+    }
     results = {}
     for kind in names:
-        history, seconds = train_one(kind, data, epochs=args.epochs, batch=args.batch_size,
-                                     lr=args.lr, seed=args.seed, steps=args.time_steps,
-                                     hidden=args.hidden)
+        history, seconds = train_one(
+            kind,
+            data,
+            epochs=args.epochs,
+            batch=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            steps=args.time_steps,
+            hidden=args.hidden,
+        )
         results[kind] = {"history": history, "seconds": seconds}
-        print(f"{names[kind]:34s} test accuracy {history[-1]['test_acc']:.4f} "
-              f"(best {max(r['test_acc'] for r in history):.4f}) in {seconds:.1f} s")
+        print(
+            f"{names[kind]:34s} test accuracy {history[-1]['test_acc']:.4f} "
+            f"(best {max(r['test_acc'] for r in history):.4f}) in {seconds:.1f} s"
+        )
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     _plots(results, names, args.out)
@@ -203,8 +221,11 @@ def _plots(results, names, out):
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for kind, r in results.items():
-        ax.plot([h["epoch"] for h in r["history"]], [h["test_acc"] for h in r["history"]],
-                label=names[kind])
+        ax.plot(
+            [h["epoch"] for h in r["history"]],
+            [h["test_acc"] for h in r["history"]],
+            label=names[kind],
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
@@ -218,9 +239,12 @@ def _plots(results, names, out):
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for layer in fa[0]["angle"]:
-        ax.plot([h["epoch"] for h in fa], [h["angle"][layer] for h in fa],
-                label=f"layer {layer}" + (" (output: exact)" if layer == str(len(fa[0]["angle"]) - 1)
-                                          else ""))
+        ax.plot(
+            [h["epoch"] for h in fa],
+            [h["angle"][layer] for h in fa],
+            label=f"layer {layer}"
+            + (" (output: exact)" if layer == str(len(fa[0]["angle"]) - 1) else ""),
+        )
     ax.axhline(90, color="gray", ls="--", lw=1, label="90° (orthogonal)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("angle to the exact gradient (degrees)")
@@ -233,21 +257,31 @@ def _plots(results, names, out):
 
 
 def _table(results, names, args) -> str:
-    lines = [f"Digits study: {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, "
-             f"hidden {args.hidden}, seed {args.seed}" if args.dataset == "digits" else
-             f"{args.dataset} study: {args.epochs} epochs", "",
-             "| network | final test acc | best test acc | final train acc | time |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Digits study: {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, "
+        f"hidden {args.hidden}, seed {args.seed}"
+        if args.dataset == "digits"
+        else f"{args.dataset} study: {args.epochs} epochs",
+        "",
+        "| network | final test acc | best test acc | final train acc | time |",
+        "|---|---|---|---|---|",
+    ]
     for kind, r in results.items():
         h = r["history"]
-        lines.append(f"| {names[kind]} | {h[-1]['test_acc']:.4f} | "
-                     f"{max(x['test_acc'] for x in h):.4f} | {h[-1]['train_acc']:.4f} | "
-                     f"{r['seconds']:.1f} s |")
+        lines.append(
+            f"| {names[kind]} | {h[-1]['test_acc']:.4f} | "
+            f"{max(x['test_acc'] for x in h):.4f} | {h[-1]['train_acc']:.4f} | "
+            f"{r['seconds']:.1f} s |"
+        )
     fa = results["feedback"]["history"]
-    angles = ", ".join(f"layer {k}: {fa[0]['angle'][k]:.0f}° -> {fa[-1]['angle'][k]:.0f}°"
-                       for k in fa[0]["angle"])
-    lines += ["", f"Feedback alignment, angle between its weight gradients and the exact ones "
-              f"(first epoch -> last): {angles}."]
+    angles = ", ".join(
+        f"layer {k}: {fa[0]['angle'][k]:.0f}° -> {fa[-1]['angle'][k]:.0f}°" for k in fa[0]["angle"]
+    )
+    lines += [
+        "",
+        f"Feedback alignment, angle between its weight gradients and the exact ones "
+        f"(first epoch -> last): {angles}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -49,8 +49,14 @@ def cases(only, epochs):
 def epoch_times(model, data, batch, chunk, epochs):
     from fnn import train
 
-    _, history = train.fit(model, train.make_optimizer("adam", 1e-3), data, epochs=epochs,
-                           batch_size=batch, chunk_seconds=chunk)
+    _, history = train.fit(
+        model,
+        train.make_optimizer("adam", 1e-3),
+        data,
+        epochs=epochs,
+        batch_size=batch,
+        chunk_seconds=chunk,
+    )
     return [r["time_s"] for r in history[1:]]  # the first epoch pays for the warm-up
 
 
@@ -75,8 +81,15 @@ def ctrl_c(model, data, batch, chunk):
             self.half = record["time_s"] / 2
 
     try:  # epochs enough to still be training when the signal comes
-        train.fit(model, train.make_optimizer("adam", 1e-3), data, epochs=10**6,
-                  batch_size=batch, chunk_seconds=chunk, hooks=[Send()])
+        train.fit(
+            model,
+            train.make_optimizer("adam", 1e-3),
+            data,
+            epochs=10**6,
+            batch_size=batch,
+            chunk_seconds=chunk,
+            hooks=[Send()],
+        )
     except train.TrainingInterrupted as e:
         return time.perf_counter() - sent[0], e.waited_s, e.state.position
     raise AssertionError("not interrupted")
@@ -91,30 +104,38 @@ def main() -> int:
     import fnn  # noqa: F401  (importing fnn applies its CPU settings before JAX starts)
     import jax
 
-    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}; load average "
-          f"{os.getloadavg()[0]:.1f} at the start")
+    print(
+        f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}; load average "
+        f"{os.getloadavg()[0]:.1f} at the start"
+    )
     for name, (model, data, batch, epochs) in cases(args.only, args.epochs).items():
         steps = len(data.x_train) // batch
         times = {w: [] for w in WAYS}
         for r in range(args.rounds):
             for way, chunk in WAYS.items():
-                times[way].append(statistics.median(epoch_times(model, data, batch, chunk,
-                                                                epochs)))
-            print(f"  {name} round {r + 1}: " + ", ".join(f"{w} {v[-1] * 1000:.1f} ms"
-                                                         for w, v in times.items()), flush=True)
+                times[way].append(statistics.median(epoch_times(model, data, batch, chunk, epochs)))
+            print(
+                f"  {name} round {r + 1}: "
+                + ", ".join(f"{w} {v[-1] * 1000:.1f} ms" for w, v in times.items()),
+                flush=True,
+            )
         base = statistics.median(times["one program"])
         print(f"\n{name}: {steps} steps of {batch} per epoch")
-        print(f"  {'way':28s} {'epoch (median)':>15s} {'per step':>10s} {'vs one program':>15s}"
-              f" {'Ctrl-C to stop':>15s}")
+        print(
+            f"  {'way':28s} {'epoch (median)':>15s} {'per step':>10s} {'vs one program':>15s}"
+            f" {'Ctrl-C to stop':>15s}"
+        )
         for way, chunk in WAYS.items():
             t = statistics.median(times[way])
             took, waited, at = ctrl_c(model, data, batch, chunk)
             stop = f"{took * 1000:.1f} ms"
-            print(f"  {way:28s} {t * 1000:12.1f} ms {t / steps * 1000:7.3f} ms "
-                  f"{base / t:14.3f}x {stop:>15s}   (rounds: "
-                  f"{', '.join(f'{v * 1000:.1f}' for v in times[way])} ms; stopped at step {at}; "
-                  f"fit's waited_s {waited * 1000:.1f} ms)")
+            print(
+                f"  {way:28s} {t * 1000:12.1f} ms {t / steps * 1000:7.3f} ms "
+                f"{base / t:14.3f}x {stop:>15s}   (rounds: "
+                f"{', '.join(f'{v * 1000:.1f}' for v in times[way])} ms; stopped at step {at}; "
+                f"fit's waited_s {waited * 1000:.1f} ms)"
+            )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     return 0
 

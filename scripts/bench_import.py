@@ -62,8 +62,23 @@ def plain(case: str, reps: int, **env) -> dict:
 def module(case: str, reps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.json")
-        _run([sys.executable, "-m", "fnn", "bench", "--only", case, "--reps", str(reps),
-              "--no-torch", "--no-eager", "--json", path], _env())
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "fnn",
+                "bench",
+                "--only",
+                case,
+                "--reps",
+                str(reps),
+                "--no-torch",
+                "--no-eager",
+                "--json",
+                path,
+            ],
+            _env(),
+        )
         with open(path) as f:
             step = [row for row in json.load(f)["rows"] if row["kind"] == "step"][0]
     return {"custom_ms": step["custom_ms"], "builtin_ms": step["builtin_ms"]}
@@ -75,17 +90,21 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--case", default="cnn", help="a step case of fnn.bench (default cnn)")
     args = p.parse_args(argv)
-    ways = {"plain `import fnn`": lambda: plain(args.case, args.reps),
-            "`python -m fnn bench`": lambda: module(args.case, args.reps),
-            "plain, FNN_NO_TUNE=1": lambda: plain(args.case, args.reps, FNN_NO_TUNE="1")}
+    ways = {
+        "plain `import fnn`": lambda: plain(args.case, args.reps),
+        "`python -m fnn bench`": lambda: module(args.case, args.reps),
+        "plain, FNN_NO_TUNE=1": lambda: plain(args.case, args.reps, FNN_NO_TUNE="1"),
+    }
     got = {w: [] for w in ways}
     for i in range(args.rounds):
         for way, fn in ways.items():
             got[way].append(fn())
             print(f"round {i + 1} {way}: {got[way][-1]}", file=sys.stderr)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{args.case} step, {args.reps} reps x {args.rounds} rounds, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load {load:.1f}")
+    print(
+        f"{args.case} step, {args.reps} reps x {args.rounds} rounds, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, load {load:.1f}"
+    )
     print("| how the process starts | fnn.grad step (ms) | jax.grad step (ms) |")
     print("|---|---|---|")
     for way, rows in got.items():

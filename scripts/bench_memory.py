@@ -29,8 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CASES = {  # name: (model, input shape of one example, batch size)
-    "mlp": ("mlp", (1024, 1024), (784,), 256),          # python -m fnn bench's MLP
-    "mlp-large": ("mlp", (4096, 4096), (784,), 256),    # 20 M parameters
+    "mlp": ("mlp", (1024, 1024), (784,), 256),  # python -m fnn bench's MLP
+    "mlp-large": ("mlp", (4096, 4096), (784,), 256),  # 20 M parameters
     "resnet": ("resnet", (16, 32, 64), (32, 32, 3), 128),  # python -m fnn bench's ResNet
 }
 
@@ -74,8 +74,10 @@ def measure(name: str, shard: str, n: int, grad: str, reps: int) -> dict:
     dp = data_parallel(n, shard)
     step = train.make_train_step(model, opt, grad=grad, devices=dp)
     rng = np.random.default_rng(0)
-    xb = (rng.standard_normal((batch, *shape)).astype(np.float32),
-          rng.integers(0, 10, batch).astype(np.int32))
+    xb = (
+        rng.standard_normal((batch, *shape)).astype(np.float32),
+        rng.integers(0, 10, batch).astype(np.int32),
+    )
     key = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
     compiled = step.lower(ts.params, ts.state, ts.opt_state, xb, key).compile()
@@ -85,13 +87,23 @@ def measure(name: str, shard: str, n: int, grad: str, reps: int) -> dict:
     collectives = {op: len(re.findall(rf" {op}(?:-start)?\(", hlo)) for op in COLLECTIVES}
     params, params_dev = leaf_bytes(dp, ts.params)
     opt_b, opt_dev = leaf_bytes(dp, ts.opt_state)
-    row = {"case": name, "shard": shard, "devices": n, "batch": batch, "grad": grad,
-           "params": params, "params_per_device": params_dev,
-           "opt_state": opt_b, "opt_state_per_device": opt_dev,
-           "argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
-           "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes,
-           "compile_s": compile_s,
-           "collectives": {k: v for k, v in collectives.items() if v}}
+    row = {
+        "case": name,
+        "shard": shard,
+        "devices": n,
+        "batch": batch,
+        "grad": grad,
+        "params": params,
+        "params_per_device": params_dev,
+        "opt_state": opt_b,
+        "opt_state_per_device": opt_dev,
+        "argument": ma.argument_size_in_bytes,
+        "output": ma.output_size_in_bytes,
+        "alias": ma.alias_size_in_bytes,
+        "temp": ma.temp_size_in_bytes,
+        "compile_s": compile_s,
+        "collectives": {k: v for k, v in collectives.items() if v},
+    }
     row["peak"] = row["argument"] + row["output"] - row["alias"] + row["temp"]
     if reps:
         p, s, o = ts.params, ts.state, ts.opt_state
@@ -110,9 +122,11 @@ def mib(n: int) -> str:
 
 
 def markdown(rows) -> str:
-    head = ("| case | parameters | per device: params + Adam state | argument | output | "
-            "alias | temp | arg + out - alias + temp | step (ms) | collectives |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| case | parameters | per device: params + Adam state | argument | output | "
+        "alias | temp | arg + out - alias + temp | step (ms) | collectives |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         lines.append(
@@ -121,7 +135,10 @@ def markdown(rows) -> str:
             f" | {mib(r['argument'])} | {mib(r['output'])} | {mib(r['alias'])} "
             f"| {mib(r['temp'])} | {mib(r['peak'])} "
             + (f"| {r['step_ms']:.0f} " if "step_ms" in r else "| - ")
-            + "| " + ", ".join(f"{v} {k}" for k, v in r["collectives"].items()) + " |")
+            + "| "
+            + ", ".join(f"{v} {k}" for k, v in r["collectives"].items())
+            + " |"
+        )
     return head + "\n".join(lines) + "\n(MiB per device; parameters: the whole model)"
 
 
@@ -130,8 +147,9 @@ def main(argv=None) -> int:
     if "jax" not in sys.modules and args.devices > 1:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
-                                       f"{args.devices}").strip()
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_force_host_platform_device_count={args.devices}"
+            ).strip()
     import jax
 
     names = args.only.split(",") if args.only else list(CASES)
@@ -139,10 +157,12 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"{args.devices} {jax.devices()[0].platform} devices, {os.cpu_count()} CPU cores, "
-          f"{platform.processor() or platform.machine()}, jax {jax.__version__}, load "
-          f"{' '.join(f'{x:.1f}' for x in load) if load else '?'}, grad={args.grad}",
-          flush=True)
+    print(
+        f"{args.devices} {jax.devices()[0].platform} devices, {os.cpu_count()} CPU cores, "
+        f"{platform.processor() or platform.machine()}, jax {jax.__version__}, load "
+        f"{' '.join(f'{x:.1f}' for x in load) if load else '?'}, grad={args.grad}",
+        flush=True,
+    )
     rows = []
     for name in names:
         for shard in ("none", "params"):

@@ -25,24 +25,51 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WAYS = {"1 process x 8 devices": (1, 8), "2 processes x 4 devices": (2, 4),  # (processes,
-        "1 process x 2 devices": (1, 2), "2 processes x 1 device": (2, 1)}    # devices each)
+WAYS = {
+    "1 process x 8 devices": (1, 8),
+    "2 processes x 4 devices": (2, 4),  # (processes,
+    "1 process x 2 devices": (1, 2),
+    "2 processes x 1 device": (2, 1),
+}  # devices each)
 
 
 def run(way, shard, args, folder, env):
     """The step times (ms) of the epochs after the first of one training run."""
     out = os.path.join(folder, f"run-{len(os.listdir(folder))}")
-    train = ["train", "--out", out, "--epochs", str(args.epochs), "--batch-size",
-             str(args.batch_size), "--hidden", str(args.hidden), "--no-progress",
-             "--schedule", "constant", "--chunk-seconds", str(args.chunk_seconds),
-             *(["--shard", "params"] if shard == "params" else [])]
+    train = [
+        "train",
+        "--out",
+        out,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--hidden",
+        str(args.hidden),
+        "--no-progress",
+        "--schedule",
+        "constant",
+        "--chunk-seconds",
+        str(args.chunk_seconds),
+        *(["--shard", "params"] if shard == "params" else []),
+    ]
     n, k = WAYS[way]
     if n == 1:
         argv = [sys.executable, "-m", "fnn", *train, "--devices", str(k)]
         env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={k}")
     else:
-        argv = [sys.executable, "-m", "fnn", "launch", "--nproc", str(n),
-                "--devices-per-process", str(k), "--", *train]
+        argv = [
+            sys.executable,
+            "-m",
+            "fnn",
+            "launch",
+            "--nproc",
+            str(n),
+            "--devices-per-process",
+            str(k),
+            "--",
+            *train,
+        ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"{way}, shard {shard}: exit {done.returncode}\n{done.stderr[-3000:]}")
@@ -58,12 +85,16 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--ways", default=",".join(WAYS), help="comma-separated, of: "
-                   + ", ".join(WAYS))
+    p.add_argument("--ways", default=",".join(WAYS), help="comma-separated, of: " + ", ".join(WAYS))
     p.add_argument("--shards", default="none,params")
-    p.add_argument("--chunk-seconds", type=float, default=0.05, help="train's (0.05: its "
-                   "default; a large value runs each epoch as one chunk: no agreement between "
-                   "the processes inside an epoch)")
+    p.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=0.05,
+        help="train's (0.05: its "
+        "default; a large value runs each epoch as one chunk: no agreement between "
+        "the processes inside an epoch)",
+    )
     args = p.parse_args()
     ways = args.ways.split(",")
     unknown = [w for w in ways if w not in WAYS]
@@ -72,23 +103,24 @@ def main():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     load = [os.getloadavg()[0]]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; MLP {args.hidden} "
-          f"on digits, batch {args.batch_size}, {args.epochs} epochs, {args.rounds} rounds, "
-          f"chunks of {args.chunk_seconds:g} s; "
-          f"load average {load[0]:.2f} at the start", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; MLP {args.hidden} "
+        f"on digits, batch {args.batch_size}, {args.epochs} epochs, {args.rounds} rounds, "
+        f"chunks of {args.chunk_seconds:g} s; "
+        f"load average {load[0]:.2f} at the start",
+        flush=True,
+    )
     times = {(w, s): [] for s in args.shards.split(",") for w in ways}
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):
             for (way, shard), got in times.items():
                 got.append(run(way, shard, args, folder, env))
-                print(f"round {r + 1}: {way}, shard {shard}: {got[-1]:.2f} ms a step",
-                      flush=True)
+                print(f"round {r + 1}: {way}, shard {shard}: {got[-1]:.2f} ms a step", flush=True)
     load.append(os.getloadavg()[0])
     print(f"\nload average {load[0]:.2f} at the start, {load[1]:.2f} at the end\n")
     print("| shard | way | step (ms), median | range |\n|---|---|---|---|")
     for (way, shard), got in times.items():
-        print(f"| {shard} | {way} | {statistics.median(got):.2f} | {min(got):.2f}-"
-              f"{max(got):.2f} |")
+        print(f"| {shard} | {way} | {statistics.median(got):.2f} | {min(got):.2f}-{max(got):.2f} |")
 
 
 if __name__ == "__main__":

@@ -42,15 +42,19 @@ def main(argv=None) -> int:
     spec = model_specs(args.quick)["lstm"]
     x, y = map(jnp.asarray, batch_of(spec, np.random.default_rng(0)))
     opt = optax.adam(1e-3)
-    print(f"{jax.devices()[0]}; batch {spec['batch']}, {spec['input'][0]} steps, embed "
-          f"{spec['embed']}, hidden {spec['hidden']}, vocab {spec['vocab']}")
+    print(
+        f"{jax.devices()[0]}; batch {spec['batch']}, {spec['input'][0]} steps, embed "
+        f"{spec['embed']}, hidden {spec['hidden']}, vocab {spec['vocab']}"
+    )
     for kind in args.kinds.split(","):
         fns = {}
         for per_step in (False, True):
-            model = nn.serial(nn.Embedding(spec["vocab"], spec["embed"]),
-                              *[nn.Recurrent(kind, h, per_step=per_step) for h in spec["hidden"]],
-                              nn.Dense(spec["vocab"], init="glorot", flatten=False),
-                              name=f"{kind}_lm")
+            model = nn.serial(
+                nn.Embedding(spec["vocab"], spec["embed"]),
+                *[nn.Recurrent(kind, h, per_step=per_step) for h in spec["hidden"]],
+                nn.Dense(spec["vocab"], init="glorot", flatten=False),
+                name=f"{kind}_lm",
+            )
             params, state, _ = model.init(jax.random.PRNGKey(0), spec["input"])
             for grad in ("custom", "builtin"):
                 step = make_train_step(model, opt, grad=grad)
@@ -71,8 +75,10 @@ def main(argv=None) -> int:
         base = times[f"{kind} cell gates per step, fnn.grad"]["median"]
         print(f"\n{kind}: 1-min load average {before} before, {after} after")
         for name, t in times.items():
-            print(f"  {name:44s} median {t['median'] * 1e3:8.2f} ms  (min {t['min'] * 1e3:8.2f}, "
-                  f"max {t['max'] * 1e3:8.2f})  {t['median'] / base:.3f} of the per-step fnn.grad")
+            print(
+                f"  {name:44s} median {t['median'] * 1e3:8.2f} ms  (min {t['min'] * 1e3:8.2f}, "
+                f"max {t['max'] * 1e3:8.2f})  {t['median'] / base:.3f} of the per-step fnn.grad"
+            )
     return 0
 
 

@@ -30,11 +30,19 @@ def cases(quick: bool):
     depth, width, batch = (6, 32, 16) if quick else (20, 1024, 512)
     r = model_specs(quick)["resnet"]
     return {
-        "mlp": (f"MLP {depth}x{width}, batch {batch}", lambda remat: nn.mlp(
-            (width,) * depth, 10, remat=remat), (width,), batch),
-        "resnet": (f"ResNet {'-'.join(map(str, r['widths']))} on "
-                   f"{'x'.join(map(str, r['input']))}, batch {r['batch']}",
-                   lambda remat: nn.resnet(r["widths"], 10, remat=remat), r["input"], r["batch"]),
+        "mlp": (
+            f"MLP {depth}x{width}, batch {batch}",
+            lambda remat: nn.mlp((width,) * depth, 10, remat=remat),
+            (width,),
+            batch,
+        ),
+        "resnet": (
+            f"ResNet {'-'.join(map(str, r['widths']))} on "
+            f"{'x'.join(map(str, r['input']))}, batch {r['batch']}",
+            lambda remat: nn.resnet(r["widths"], 10, remat=remat),
+            r["input"],
+            r["batch"],
+        ),
     }
 
 
@@ -46,9 +54,12 @@ def measure(build, input_shape, batch, *, reps: int):
     from fnn.runtime import remat_compiler_options
     from fnn.train.step import make_train_step
 
-    ways = {"none": (False, False, True), "step remat=True (sqrt runs)": (False, True, True),
-            "model remat=True (blocks)": (True, False, True),
-            "model remat=True, no CPU options": (True, False, False)}
+    ways = {
+        "none": (False, False, True),
+        "step remat=True (sqrt runs)": (False, True, True),
+        "model remat=True (blocks)": (True, False, True),
+        "model remat=True, no CPU options": (True, False, False),
+    }
     x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + tuple(input_shape))
     y = jax.random.randint(jax.random.PRNGKey(2), (batch,), 0, 10)
     opt = optax.sgd(1e-3)
@@ -61,16 +72,26 @@ def measure(build, input_shape, batch, *, reps: int):
             opt_state = opt.init(params)
             step = make_train_step(model, opt, grad=grad, jit=False, remat=step_remat)
             opts = remat_compiler_options() if (model_remat or step_remat) and options else None
-            compiled = jax.jit(step, compiler_options=opts).lower(
-                params, state, opt_state, (x, y), jax.random.PRNGKey(3)).compile()
+            compiled = (
+                jax.jit(step, compiler_options=opts)
+                .lower(params, state, opt_state, (x, y), jax.random.PRNGKey(3))
+                .compile()
+            )
             temps[way] = temp_mb(compiled)
             args = (params, state, opt_state, (x, y), jax.random.PRNGKey(3))
-            fns[way] = (lambda c=compiled, a=args: c(*a)[3]["loss"])
+            fns[way] = lambda c=compiled, a=args: c(*a)[3]["loss"]
         times = interleaved(fns, reps, warmup=2)
         base = times["none"]
         for way in ways:
-            rows.append({"grad": grad, "way": way, "temp_mb": temps[way],
-                         "ms": times[way] * 1e3, "time_ratio": times[way] / base})
+            rows.append(
+                {
+                    "grad": grad,
+                    "way": way,
+                    "temp_mb": temps[way],
+                    "ms": times[way] * 1e3,
+                    "time_ratio": times[way] / base,
+                }
+            )
     return rows
 
 
@@ -94,8 +115,11 @@ def main(argv=None):
         print("|---|---|---:|---:|---:|")
         for r in measure(build, shape, batch, reps=args.reps):
             grad = "fnn" if r["grad"] == "custom" else "jax.grad"
-            print(f"| {grad} | {r['way']} | {r['temp_mb']:.1f} | {r['ms']:.1f} | "
-                  f"{r['time_ratio']:.2f} |", flush=True)
+            print(
+                f"| {grad} | {r['way']} | {r['temp_mb']:.1f} | {r['ms']:.1f} | "
+                f"{r['time_ratio']:.2f} |",
+                flush=True,
+            )
     print(f"\nload average at end: {load_average()}")
 
 

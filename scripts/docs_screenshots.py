@@ -31,10 +31,16 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--site", default=str(ROOT / "site"), help="the built site (default site/)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"),
-                        help="where the screenshots go (default docs/screenshots/)")
-    parser.add_argument("--chromium", default=shutil.which("chromium"),
-                        help="a Chromium executable (default: chromium on PATH, else Playwright's)")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "docs" / "screenshots"),
+        help="where the screenshots go (default docs/screenshots/)",
+    )
+    parser.add_argument(
+        "--chromium",
+        default=shutil.which("chromium"),
+        help="a Chromium executable (default: chromium on PATH, else Playwright's)",
+    )
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -49,8 +55,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium,
-                                    args=["--no-sandbox"] if args.chromium else [])
+        browser = p.chromium.launch(
+            executable_path=args.chromium, args=["--no-sandbox"] if args.chromium else []
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         for path in pages:
             errors = []  # the handlers below are called while this page loads, in this iteration
@@ -65,15 +72,20 @@ def main(argv=None) -> int:
                 errors.append(f"status {response.status if response else 'none'}")
             if path in SHOTS:
                 page.screenshot(path=str(out / SHOTS[path]))
-            for event, f in (("console", on_console), ("pageerror", on_error),
-                             ("requestfailed", on_failed)):
+            for event, f in (
+                ("console", on_console),
+                ("pageerror", on_error),
+                ("requestfailed", on_failed),
+            ):
                 page.remove_listener(event, f)
             if errors:
                 failed[path or "/"] = errors
         browser.close()
     server.shutdown()
-    print(f"{len(pages)} pages opened in headless Chromium, {len(failed)} with errors; "
-          f"screenshots: {', '.join(str(out / s) for s in SHOTS.values())}")
+    print(
+        f"{len(pages)} pages opened in headless Chromium, {len(failed)} with errors; "
+        f"screenshots: {', '.join(str(out / s) for s in SHOTS.values())}"
+    )
     for path, errors in failed.items():
         print(f"  {path}: " + "; ".join(errors))
     return 1 if failed else 0

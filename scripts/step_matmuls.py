@@ -40,13 +40,16 @@ def products(jaxpr, found=None, times=1):
         name = eqn.primitive.name
         if name in ("dot_general", "conv_general_dilated"):
             avals = tuple(v.aval for v in eqn.invars[:2])
-            key = (name, tuple((a.shape, str(a.dtype)) for a in avals),
-                   tuple(sorted((k, repr(v)) for k, v in eqn.params.items())))
+            key = (
+                name,
+                tuple((a.shape, str(a.dtype)) for a in avals),
+                tuple(sorted((k, repr(v)) for k, v in eqn.params.items())),
+            )
             count = found[key][0] if key in found else 0
             found[key] = (count + times, eqn.primitive, dict(eqn.params), avals)
         inner = eqn.params.get("length", 1) if name == "scan" else 1
         for v in eqn.params.values():
-            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
                 if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
                     products(sub, found, times * inner)
     return found
@@ -73,8 +76,9 @@ def main():
     x, y = map(jnp.asarray, batch_of(spec, np.random.default_rng(0)))
     opt = optax.adam(1e-3)
     step_args = (params, state, jax.jit(opt.init)(params), (x, y), jax.random.PRNGKey(0))
-    found = products(jax.make_jaxpr(make_train_step(model, opt, grad="custom", jit=False))(
-        *step_args))
+    found = products(
+        jax.make_jaxpr(make_train_step(model, opt, grad="custom", jit=False))(*step_args)
+    )
 
     rng = np.random.default_rng(0)
     calls = {}
@@ -105,12 +109,21 @@ def main():
         f1 = flops(primitive, params_, avals)
         alone += count * med[key]
         total_flops += count * f1
-        rows.append((count * med[key], count, primitive.name, [a.shape for a in avals],
-                     f1 / med[key] / rate))
-    print(f"{args.case}: step {med['step'] * 1e3:.1f} ms; reference matmul {rate / 1e9:.0f} "
-          f"GFLOP/s; products alone {alone * 1e3:.1f} ms = {alone / med['step']:.0%} of the "
-          f"step; their {total_flops / 1e9:.2f} GFLOP alone at {total_flops / alone / rate:.0%} "
-          f"of the reference rate, in the step at {total_flops / med['step'] / rate:.0%}")
+        rows.append(
+            (
+                count * med[key],
+                count,
+                primitive.name,
+                [a.shape for a in avals],
+                f1 / med[key] / rate,
+            )
+        )
+    print(
+        f"{args.case}: step {med['step'] * 1e3:.1f} ms; reference matmul {rate / 1e9:.0f} "
+        f"GFLOP/s; products alone {alone * 1e3:.1f} ms = {alone / med['step']:.0%} of the "
+        f"step; their {total_flops / 1e9:.2f} GFLOP alone at {total_flops / alone / rate:.0%} "
+        f"of the reference rate, in the step at {total_flops / med['step'] / rate:.0%}"
+    )
     for t, count, name, shapes, share in sorted(rows, key=lambda r: -r[0])[:12]:
         print(f"  {t * 1e3:8.2f} ms  {count:3d} x {name} {shapes}  {share:.0%} of the reference")
 

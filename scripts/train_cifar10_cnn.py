@@ -16,7 +16,31 @@ from _train import run
 
 if __name__ == "__main__":
     data_dir = os.path.join(os.environ.get("FNN_DATA", "data"), "cifar10")
-    raise SystemExit(run(["--model", "cnn", "--dataset", "cifar10", "--data-dir", data_dir,
-                          "--channels", "32,64,128", "--optimizer", "adamw", "--lr", "1e-3",
-                          "--weight-decay", "5e-4", "--schedule", "cosine", "--epochs", "30",
-                          "--batch-size", "128", "--dropout", "0.3"]))
+    raise SystemExit(
+        run(
+            [
+                "--model",
+                "cnn",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                data_dir,
+                "--channels",
+                "32,64,128",
+                "--optimizer",
+                "adamw",
+                "--lr",
+                "1e-3",
+                "--weight-decay",
+                "5e-4",
+                "--schedule",
+                "cosine",
+                "--epochs",
+                "30",
+                "--batch-size",
+                "128",
+                "--dropout",
+                "0.3",
+            ]
+        )
+    )

@@ -9,6 +9,25 @@ Uses the GPU when JAX sees one, and prints the device it runs on.
 from _train import run
 
 if __name__ == "__main__":
-    raise SystemExit(run(["--model", "mlp", "--dataset", "digits", "--hidden", "256",
-                          "--optimizer", "adam", "--lr", "1e-3", "--schedule", "cosine",
-                          "--epochs", "30", "--batch-size", "32"]))
+    raise SystemExit(
+        run(
+            [
+                "--model",
+                "mlp",
+                "--dataset",
+                "digits",
+                "--hidden",
+                "256",
+                "--optimizer",
+                "adam",
+                "--lr",
+                "1e-3",
+                "--schedule",
+                "cosine",
+                "--epochs",
+                "30",
+                "--batch-size",
+                "32",
+            ]
+        )
+    )

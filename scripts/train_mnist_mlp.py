@@ -15,7 +15,29 @@ from _train import run
 
 if __name__ == "__main__":
     data_dir = os.path.join(os.environ.get("FNN_DATA", "data"), "mnist")
-    raise SystemExit(run(["--model", "mlp", "--dataset", "mnist", "--data-dir", data_dir,
-                          "--hidden", "512,256", "--optimizer", "adamw", "--lr", "1e-3",
-                          "--weight-decay", "1e-4", "--schedule", "cosine", "--epochs", "20",
-                          "--batch-size", "128"]))
+    raise SystemExit(
+        run(
+            [
+                "--model",
+                "mlp",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                data_dir,
+                "--hidden",
+                "512,256",
+                "--optimizer",
+                "adamw",
+                "--lr",
+                "1e-3",
+                "--weight-decay",
+                "1e-4",
+                "--schedule",
+                "cosine",
+                "--epochs",
+                "20",
+                "--batch-size",
+                "128",
+            ]
+        )
+    )

@@ -21,13 +21,16 @@ def vjp_ones(gate, x, **static):
 
 
 # ---- kinks ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("gate, static, slope_at_0", [
-    (A.relu, {}, 0.0),
-    (A.leaky_relu, {}, 1.0),  # jax.nn.leaky_relu's x >= 0 branch
-    (A.leaky_relu, {"alpha": 0.2}, 1.0),
-    (A.elu, {"alpha": 0.5}, 0.5),
-    (A.relu6, {}, 0.0),
-])
+@pytest.mark.parametrize(
+    "gate, static, slope_at_0",
+    [
+        (A.relu, {}, 0.0),
+        (A.leaky_relu, {}, 1.0),  # jax.nn.leaky_relu's x >= 0 branch
+        (A.leaky_relu, {"alpha": 0.2}, 1.0),
+        (A.elu, {"alpha": 0.5}, 0.5),
+        (A.relu6, {}, 0.0),
+    ],
+)
 def test_gradient_at_exactly_zero_is_jax_value(gate, static, slope_at_0):
     x = jnp.array([-1.0, 0.0, 2.0], jnp.float32)
     out, dx = vjp_ones(gate, x, **static)
@@ -71,8 +74,9 @@ def test_maxout_bad_pieces_raise():
 def test_gelu_matches_jax_nn(x64):
     x = jnp.linspace(-6.0, 6.0, 41)
     np.testing.assert_allclose(A.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(A.gelu(x, approximate=True), jax.nn.gelu(x, approximate=True),
-                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(
+        A.gelu(x, approximate=True), jax.nn.gelu(x, approximate=True), rtol=1e-13, atol=1e-13
+    )
 
 
 def test_softmax_cross_entropy_fused_gradient(x64, rng):
@@ -188,8 +192,11 @@ def test_wrong_label_shape_raises(loss):
         loss(jnp.zeros((4, 3)), jnp.zeros(3, jnp.int32))
     # svm takes (N, C) scores; cross-entropy takes logits (..., C), here one example of 12
     # classes whose label is a scalar
-    pattern = (r"\(N, C\).*f32\[12\]" if loss is L.svm_loss else
-               r"labels must have shape \(\).*f32\[12\].*i32\[12\]")
+    pattern = (
+        r"\(N, C\).*f32\[12\]"
+        if loss is L.svm_loss
+        else r"labels must have shape \(\).*f32\[12\].*i32\[12\]"
+    )
     with pytest.raises(fnn.GateError, match=rf"'{loss.name}'.*{pattern}"):
         loss(jnp.zeros(12), jnp.zeros(12, jnp.int32))
 

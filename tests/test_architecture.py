@@ -27,8 +27,11 @@ def _table(section: str) -> list[list[str]]:
     """The rows (cells) of the first table under `## section` in ARCHITECTURE.md."""
     text = (REPO / "ARCHITECTURE.md").read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in body.splitlines() if line.startswith("|")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in body.splitlines()
+        if line.startswith("|")
+    ]
     return rows[2:]  # past the header and the |---| line
 
 
@@ -63,7 +66,7 @@ def imports(module: str, source: str) -> list[tuple[int, str]]:
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from the package (and up)
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module
@@ -85,11 +88,15 @@ def violations(module: str, source: str) -> list[str]:
         if dst is None:
             found.append(f"{module}:{line} imports {target}, which has no layer")
         elif src in NARROW and dst not in NARROW[src]:
-            found.append(f"{module}:{line} imports {target}: {src} may import only "
-                         f"{', '.join(sorted(NARROW[src])) or 'nothing from fnn'}")
+            found.append(
+                f"{module}:{line} imports {target}: {src} may import only "
+                f"{', '.join(sorted(NARROW[src])) or 'nothing from fnn'}"
+            )
         elif LAYERS[dst] > LAYERS[src]:
-            found.append(f"{module}:{line} imports {target}: {src} (layer {LAYERS[src]}) -> "
-                         f"{dst} (layer {LAYERS[dst]}) goes upward")
+            found.append(
+                f"{module}:{line} imports {target}: {src} (layer {LAYERS[src]}) -> "
+                f"{dst} (layer {LAYERS[dst]}) goes upward"
+            )
     return found
 
 
@@ -101,7 +108,9 @@ def _modules():
 def test_the_tables_are_read():
     assert LAYERS["fnn.errors"] == 1 and LAYERS["fnn.check"] < LAYERS["fnn.train"]
     assert LAYERS["fnn"] == max(LAYERS.values()) and NARROW["fnn.autodiff"] == {
-        "fnn.autodiff", "fnn.errors"}
+        "fnn.autodiff",
+        "fnn.errors",
+    }
 
 
 @pytest.mark.parametrize("module,path", list(_modules()), ids=[m for m, _ in _modules()])
@@ -138,12 +147,15 @@ def test_an_upward_import_is_caught():
     source = "import jax\nfrom fnn.nn import serial\n\ndef f():\n    from fnn.train import fit\n"
     assert violations("fnn.check.health", source) == [
         "fnn.check.health:5 imports fnn.train: fnn.check (layer 6) -> fnn.train (layer 7) goes "
-        "upward"]
+        "upward"
+    ]
     assert violations("fnn.nn.layers", "from fnn import ops\n")[0].endswith(
-        "fnn.nn (layer 5) -> fnn (layer 10) goes upward")
+        "fnn.nn (layer 5) -> fnn (layer 10) goes upward"
+    )
     assert "may import only" in violations("fnn.autodiff.tape", "import fnn.pytrees\n")[0]
     assert violations("fnn.cli.train", "import fnn.train.run\nimport fnn\n")[0].endswith(
-        "fnn.cli (layer 9) -> fnn (layer 10) goes upward")
+        "fnn.cli (layer 9) -> fnn (layer 10) goes upward"
+    )
 
 
 # ---- circles hidden by an import inside a function ---------------------------------------------
@@ -170,16 +182,19 @@ def import_edges(module: str, source: str, modules: set[str]) -> list[Edge]:
                 targets = [a.name for a in child.names]
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
-                    base = package.split(".")[:len(package.split(".")) - child.level + 1]
+                    base = package.split(".")[: len(package.split(".")) - child.level + 1]
                     name = ".".join(base + ([child.module] if child.module else []))
                 else:
                     name = child.module
-                targets = [f"{name}.{a.name}" if f"{name}.{a.name}" in modules else name
-                           for a in child.names]
+                targets = [
+                    f"{name}.{a.name}" if f"{name}.{a.name}" in modules else name
+                    for a in child.names
+                ]
             else:
                 targets = []
-            found.extend(Edge(t, child.lineno, function) for t in dict.fromkeys(targets)
-                         if t in modules)
+            found.extend(
+                Edge(t, child.lineno, function) for t in dict.fromkeys(targets) if t in modules
+            )
             visit(child, function)
 
     visit(ast.parse(source), None)
@@ -219,15 +234,23 @@ def hidden_circles(sources: dict[str, str], files: dict[str, str] | None = None)
             back = [] if edge.target == module else path(edge.target, module)
             if back is None:
                 continue
-            chain = "; ".join(f"{m} -> {e.target} ({files[m]}:{e.line}"
-                              f"{', in ' + e.function + '()' if e.function else ''})"
-                              for m, e in back)
-            found.append((files[module], edge.target,
-                          f"{files[module]}:{edge.line}: {edge.function}() imports "
-                          f"{edge.target} inside the function, closing a circle of imports: "
-                          f"{module} -> {edge.target} (here)" + (f"; {chain}" if chain else "")
-                          + ". At the top of the file it would be a circular import; pass "
-                          "what it needs in instead"))
+            chain = "; ".join(
+                f"{m} -> {e.target} ({files[m]}:{e.line}"
+                f"{', in ' + e.function + '()' if e.function else ''})"
+                for m, e in back
+            )
+            found.append(
+                (
+                    files[module],
+                    edge.target,
+                    f"{files[module]}:{edge.line}: {edge.function}() imports "
+                    f"{edge.target} inside the function, closing a circle of imports: "
+                    f"{module} -> {edge.target} (here)"
+                    + (f"; {chain}" if chain else "")
+                    + ". At the top of the file it would be a circular import; pass "
+                    "what it needs in instead",
+                )
+            )
     return found
 
 
@@ -236,8 +259,9 @@ def test_no_circle_hidden_by_an_import_inside_a_function():
     for module, path in _modules():
         sources[module], files[module] = path.read_text(), str(path.relative_to(REPO))
     found = hidden_circles(sources, files)
-    bad = [message for file, target, message in found
-           if (file, target) not in HIDDEN_CIRCLES_ALLOWED]
+    bad = [
+        message for file, target, message in found if (file, target) not in HIDDEN_CIRCLES_ALLOWED
+    ]
     assert not bad, "\n".join(bad)
     stale = HIDDEN_CIRCLES_ALLOWED - {(file, target) for file, target, _ in found}
     assert not stale, f"allowed but no longer there (remove them from the list): {stale}"
@@ -246,13 +270,16 @@ def test_no_circle_hidden_by_an_import_inside_a_function():
 def test_a_hidden_circle_is_caught():
     """The checker itself: a function-level import that closes a circle through a package's
     __init__, named with its line, function and chain; one that closes none passes."""
-    sources = {"fnn.a": "from fnn.a import b\n", "fnn.a.b": "import jax\n\ndef rules():\n"
-               "    from fnn.a import TABLE\n    return TABLE\n",
-               "fnn.c": "def f():\n    from fnn.a import b\n"}
+    sources = {
+        "fnn.a": "from fnn.a import b\n",
+        "fnn.a.b": "import jax\n\ndef rules():\n    from fnn.a import TABLE\n    return TABLE\n",
+        "fnn.c": "def f():\n    from fnn.a import b\n",
+    }
     assert [message for _, _, message in hidden_circles(sources)] == [
         "fnn.a.b:4: rules() imports fnn.a inside the function, closing a circle of imports: "
         "fnn.a.b -> fnn.a (here); fnn.a -> fnn.a.b (fnn.a:1). At the top of the file it would "
-        "be a circular import; pass what it needs in instead"]
+        "be a circular import; pass what it needs in instead"
+    ]
 
 
 # ---- function length ---------------------------------------------------------------------------
@@ -262,17 +289,21 @@ MAX_FUNCTION_LINES = 60  # a def's lines, its docstring and nested functions inc
 def function_lengths(source: str) -> list[tuple[str, int, int]]:
     """(name, line, lines) of every function of `source`, nested ones too: from its `def` to its
     last line (decorators left out), docstring included."""
-    return [(node.name, node.lineno, node.end_lineno - node.lineno + 1)
-            for node in ast.walk(ast.parse(source))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return [
+        (node.name, node.lineno, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
 
 
 def test_no_function_is_longer_than_60_lines():
-    bad = [f"{path.relative_to(REPO)}:{line}: {name} is {lines} lines long (at most "
-           f"{MAX_FUNCTION_LINES}): split it into functions that each say one thing"
-           for _, path in _modules()
-           for name, line, lines in function_lengths(path.read_text())
-           if lines > MAX_FUNCTION_LINES]
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: {name} is {lines} lines long (at most "
+        f"{MAX_FUNCTION_LINES}): split it into functions that each say one thing"
+        for _, path in _modules()
+        for name, line, lines in function_lengths(path.read_text())
+        if lines > MAX_FUNCTION_LINES
+    ]
     assert not bad, "\n".join(bad)
 
 

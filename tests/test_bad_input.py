@@ -64,8 +64,10 @@ class Tiny:
 
 def tiny(**changes):
     rng = np.random.default_rng(0)
-    d = Tiny(rng.standard_normal((64, 4, 4, 1)).astype(np.float32),
-             rng.integers(0, 10, 64).astype(np.int32))
+    d = Tiny(
+        rng.standard_normal((64, 4, 4, 1)).astype(np.float32),
+        rng.integers(0, 10, 64).astype(np.int32),
+    )
     return dataclasses.replace(d, **changes)
 
 
@@ -73,8 +75,9 @@ def fit_tiny(model=None, **changes):
     model = model or nn.mlp((4,))
     start = changes.pop("start", None)
     data = tiny(**changes)
-    return lambda tmp: train.fit(model, train.make_optimizer("sgd", 0.1), data, epochs=1,
-                                 batch_size=16, start=start)
+    return lambda tmp: train.fit(
+        model, train.make_optimizer("sgd", 0.1), data, epochs=1, batch_size=16, start=start
+    )
 
 
 def with_nan():
@@ -158,171 +161,444 @@ def resume_broken_config(tmp):
 # (id, call(tmp_path), expected exception type, regex the message must match)
 BAD = [
     # gates: shapes, ranks, broadcasting, labels, empty batches
-    ("matmul inner dims", lambda tmp: ops.matmul(X, jnp.ones((5, 2))), fnn.GateError,
-     r"gate 'matmul'.*x f32\[3,4\] has 4, w f32\[5,2\] has 5"),
-    ("affine x vs w", lambda tmp: ops.affine(X, jnp.ones((5, 2)), jnp.ones(2)), fnn.GateError,
-     r"gate 'affine'.*f32\[3,4\].*w f32\[5,2\]"),
-    ("conv2d channels", lambda tmp: ops.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2))),
-     fnn.GateError, r"gate 'conv2d'.*f32\[1,4,4,2\] has 2 channels.*f32\[3,3,1,2\] expects 1"),
-    ("conv2d rank", lambda tmp: ops.conv2d(jnp.ones((4, 4, 1)), jnp.ones((3, 3, 1, 2))),
-     fnn.GateError, r"gate 'conv2d'.*rank 4.*f32\[4,4,1\]"),
-    ("broadcasting (a gate)", lambda tmp: ops.add(X, jnp.ones(3)),
-     fnn.GateError, r"gate 'add'.*f32\[3,4\], f32\[3\].*broadcast"),
-    ("labels out of range", lambda tmp: ops.softmax_cross_entropy(X, jnp.array([0, 4, 7])),
-     fnn.GateError, r"softmax_cross_entropy.*\[0, 4\).*f32\[3,4\].*values \[4, 7\]"),
-    ("float labels", lambda tmp: ops.softmax_cross_entropy(X, jnp.zeros(3)), fnn.GateError,
-     r"softmax_cross_entropy.*integer.*f32\[3\]"),
-    ("labels wrong shape", lambda tmp: ops.svm_loss(X, jnp.zeros((3, 1), jnp.int32)),
-     fnn.GateError, r"svm_loss.*shape \(3,\).*i32\[3,1\]"),
-    ("empty batch", lambda tmp: ops.softmax_cross_entropy(jnp.ones((0, 4)),
-                                                          jnp.zeros(0, jnp.int32)),
-     fnn.GateError, r"empty batch.*f32\[0,4\]"),
-    ("sequence gate, batch-major x",
-     lambda tmp: ops.lstm_sequence(jnp.ones((2, 6, 3)), *[jnp.ones((2, 4))] * 2,
-                                   jnp.ones((3, 16)), jnp.ones((4, 16)), jnp.ones(16)),
-     fnn.GateError, r"gate 'lstm_sequence': x must be \(T, N, D\) \(time-major\) and h0 "
-     r"\(N, H\), got x f32\[2,6,3\], h0 f32\[2,4\]"),
-    ("sequence gate, bias shape",
-     lambda tmp: ops.gru_sequence(jnp.ones((6, 2, 3)), jnp.ones((2, 4)), jnp.ones((3, 12)),
-                                  jnp.ones((4, 12)), jnp.ones(12), jnp.ones(4)),
-     fnn.GateError, r"gate 'gru_sequence': bh must be \(12,\) for x f32\[6,2,3\] and h0 "
-     r"f32\[2,4\], got bh f32\[4\]"),
-    ("sequence gate, mixed dtypes",
-     lambda tmp: ops.rnn_sequence(jnp.ones((6, 2, 3)), jnp.ones((2, 4), jnp.bfloat16),
-                                  jnp.ones((3, 4)), jnp.ones((4, 4)), jnp.ones(4)),
-     fnn.GateError, r"gate 'rnn_sequence': every input must be a float array of one dtype, "
-     r"got x f32\[6,2,3\] and h0 bf16\[2,4\]"),
-    ("NaN input (debug_nans)", lambda tmp: _debug(ops.log, jnp.array([1.0, -1.0])),
-     fnn.NanOriginError, r"gate 'log' forward.*nan.*input 0: f32\[2\] in \[-1, 1\]"),
+    (
+        "matmul inner dims",
+        lambda tmp: ops.matmul(X, jnp.ones((5, 2))),
+        fnn.GateError,
+        r"gate 'matmul'.*x f32\[3,4\] has 4, w f32\[5,2\] has 5",
+    ),
+    (
+        "affine x vs w",
+        lambda tmp: ops.affine(X, jnp.ones((5, 2)), jnp.ones(2)),
+        fnn.GateError,
+        r"gate 'affine'.*f32\[3,4\].*w f32\[5,2\]",
+    ),
+    (
+        "conv2d channels",
+        lambda tmp: ops.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2))),
+        fnn.GateError,
+        r"gate 'conv2d'.*f32\[1,4,4,2\] has 2 channels.*f32\[3,3,1,2\] expects 1",
+    ),
+    (
+        "conv2d rank",
+        lambda tmp: ops.conv2d(jnp.ones((4, 4, 1)), jnp.ones((3, 3, 1, 2))),
+        fnn.GateError,
+        r"gate 'conv2d'.*rank 4.*f32\[4,4,1\]",
+    ),
+    (
+        "broadcasting (a gate)",
+        lambda tmp: ops.add(X, jnp.ones(3)),
+        fnn.GateError,
+        r"gate 'add'.*f32\[3,4\], f32\[3\].*broadcast",
+    ),
+    (
+        "labels out of range",
+        lambda tmp: ops.softmax_cross_entropy(X, jnp.array([0, 4, 7])),
+        fnn.GateError,
+        r"softmax_cross_entropy.*\[0, 4\).*f32\[3,4\].*values \[4, 7\]",
+    ),
+    (
+        "float labels",
+        lambda tmp: ops.softmax_cross_entropy(X, jnp.zeros(3)),
+        fnn.GateError,
+        r"softmax_cross_entropy.*integer.*f32\[3\]",
+    ),
+    (
+        "labels wrong shape",
+        lambda tmp: ops.svm_loss(X, jnp.zeros((3, 1), jnp.int32)),
+        fnn.GateError,
+        r"svm_loss.*shape \(3,\).*i32\[3,1\]",
+    ),
+    (
+        "empty batch",
+        lambda tmp: ops.softmax_cross_entropy(jnp.ones((0, 4)), jnp.zeros(0, jnp.int32)),
+        fnn.GateError,
+        r"empty batch.*f32\[0,4\]",
+    ),
+    (
+        "sequence gate, batch-major x",
+        lambda tmp: ops.lstm_sequence(
+            jnp.ones((2, 6, 3)),
+            *[jnp.ones((2, 4))] * 2,
+            jnp.ones((3, 16)),
+            jnp.ones((4, 16)),
+            jnp.ones(16),
+        ),
+        fnn.GateError,
+        r"gate 'lstm_sequence': x must be \(T, N, D\) \(time-major\) and h0 "
+        r"\(N, H\), got x f32\[2,6,3\], h0 f32\[2,4\]",
+    ),
+    (
+        "sequence gate, bias shape",
+        lambda tmp: ops.gru_sequence(
+            jnp.ones((6, 2, 3)),
+            jnp.ones((2, 4)),
+            jnp.ones((3, 12)),
+            jnp.ones((4, 12)),
+            jnp.ones(12),
+            jnp.ones(4),
+        ),
+        fnn.GateError,
+        r"gate 'gru_sequence': bh must be \(12,\) for x f32\[6,2,3\] and h0 "
+        r"f32\[2,4\], got bh f32\[4\]",
+    ),
+    (
+        "sequence gate, mixed dtypes",
+        lambda tmp: ops.rnn_sequence(
+            jnp.ones((6, 2, 3)),
+            jnp.ones((2, 4), jnp.bfloat16),
+            jnp.ones((3, 4)),
+            jnp.ones((4, 4)),
+            jnp.ones(4),
+        ),
+        fnn.GateError,
+        r"gate 'rnn_sequence': every input must be a float array of one dtype, "
+        r"got x f32\[6,2,3\] and h0 bf16\[2,4\]",
+    ),
+    (
+        "NaN input (debug_nans)",
+        lambda tmp: _debug(ops.log, jnp.array([1.0, -1.0])),
+        fnn.NanOriginError,
+        r"gate 'log' forward.*nan.*input 0: f32\[2\] in \[-1, 1\]",
+    ),
     # engine
-    ("VJP: too many gradients", grad_through(too_many), fnn.VJPContractError,
-     r"gate 'too_many' returned 2 gradients for 1 inputs \(f32\[3,4\]\)"),
-    ("VJP: wrong shape", grad_through(wrong_shape), fnn.VJPContractError,
-     r"gate 'wrong_shape' returned gradient f32\[4\] for input 0 which is f32\[3,4\]"),
-    ("VJP: wrong dtype", grad_through(wrong_dtype), fnn.VJPContractError,
-     r"gate 'wrong_dtype' returned gradient f16\[3,4\] for input 0 which is f32\[3,4\]"),
-    ("VJP: not a tuple", grad_through(not_a_tuple), fnn.VJPContractError,
-     r"gate 'not_a_tuple' returned f32\[3,4\]; it must return a tuple"),
-    ("argnums out of range", lambda tmp: fnn.grad(lambda a, b: ops.sum(a * b), argnums=2)(X, X),
-     ValueError, r"argnums=2 but f was called with 2 positional"),
-    ("argnums on an int argument",
-     lambda tmp: fnn.grad(lambda a, y: ops.sum(a), argnums=1)(X, jnp.array([1, 2])),
-     TypeError, r"argument 1 has a leaf of dtype int32.*float inputs"),
-    ("non-scalar output", lambda tmp: fnn.grad(lambda a: a * 2.0)(X), TypeError,
-     r"one scalar output, got f32\[3,4\]"),
-    ("a primitive without a rule",  # (JAX has no derivative of igamma's derivative either)
-     lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.igamma_grad_a(a, a)))(X),
-     fnn.MissingRuleError, r"(?s)no hand-written rule for the JAX primitive 'igamma_grad_a'.*"
-     r"f32\[3,4\].*test_bad_input.py.*fnn.primitive_gate"),
-    ("betainc in a", lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.betainc(a, a, X * 0 + 0.5)))(X),
-     fnn.GateError, r"'lax.regularized_incomplete_beta': no gradient with respect to a "
-     r"\(f32\[3,4\]\).*jax.grad refuses it too.*Hold a fixed"),
-    ("select_and_gather_add with window dilation", lambda tmp: fnn.grad(
-        lambda t: jnp.sum(jax.extend.core.primitives.select_and_gather_add_p.bind(
-            t, X, select_prim=jax.lax.ge_p, window_dimensions=(2, 2), window_strides=(1, 1),
-            padding=((0, 0), (0, 0)), base_dilation=(1, 1), window_dilation=(2, 1))))(X),
-     fnn.GateError, r"'lax.select_and_gather_add': no gradient with window_dilation=\(2, 1\) "
-     r"\(tangents float32\[3, 4\]\).*jax.grad refuses it too"),
-    ("polygamma in m", lambda tmp: fnn.grad(lambda m: jnp.sum(jax.lax.polygamma(m, X)))(X),
-     fnn.GateError, r"'lax.polygamma': no gradient with respect to m \(f32\[3,4\]\)"),
+    (
+        "VJP: too many gradients",
+        grad_through(too_many),
+        fnn.VJPContractError,
+        r"gate 'too_many' returned 2 gradients for 1 inputs \(f32\[3,4\]\)",
+    ),
+    (
+        "VJP: wrong shape",
+        grad_through(wrong_shape),
+        fnn.VJPContractError,
+        r"gate 'wrong_shape' returned gradient f32\[4\] for input 0 which is f32\[3,4\]",
+    ),
+    (
+        "VJP: wrong dtype",
+        grad_through(wrong_dtype),
+        fnn.VJPContractError,
+        r"gate 'wrong_dtype' returned gradient f16\[3,4\] for input 0 which is f32\[3,4\]",
+    ),
+    (
+        "VJP: not a tuple",
+        grad_through(not_a_tuple),
+        fnn.VJPContractError,
+        r"gate 'not_a_tuple' returned f32\[3,4\]; it must return a tuple",
+    ),
+    (
+        "argnums out of range",
+        lambda tmp: fnn.grad(lambda a, b: ops.sum(a * b), argnums=2)(X, X),
+        ValueError,
+        r"argnums=2 but f was called with 2 positional",
+    ),
+    (
+        "argnums on an int argument",
+        lambda tmp: fnn.grad(lambda a, y: ops.sum(a), argnums=1)(X, jnp.array([1, 2])),
+        TypeError,
+        r"argument 1 has a leaf of dtype int32.*float inputs",
+    ),
+    (
+        "non-scalar output",
+        lambda tmp: fnn.grad(lambda a: a * 2.0)(X),
+        TypeError,
+        r"one scalar output, got f32\[3,4\]",
+    ),
+    (
+        "a primitive without a rule",  # (JAX has no derivative of igamma's derivative either)
+        lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.igamma_grad_a(a, a)))(X),
+        fnn.MissingRuleError,
+        r"(?s)no hand-written rule for the JAX primitive 'igamma_grad_a'.*"
+        r"f32\[3,4\].*test_bad_input.py.*fnn.primitive_gate",
+    ),
+    (
+        "betainc in a",
+        lambda tmp: fnn.grad(lambda a: jnp.sum(jax.lax.betainc(a, a, X * 0 + 0.5)))(X),
+        fnn.GateError,
+        r"'lax.regularized_incomplete_beta': no gradient with respect to a "
+        r"\(f32\[3,4\]\).*jax.grad refuses it too.*Hold a fixed",
+    ),
+    (
+        "select_and_gather_add with window dilation",
+        lambda tmp: fnn.grad(
+            lambda t: jnp.sum(
+                jax.extend.core.primitives.select_and_gather_add_p.bind(
+                    t,
+                    X,
+                    select_prim=jax.lax.ge_p,
+                    window_dimensions=(2, 2),
+                    window_strides=(1, 1),
+                    padding=((0, 0), (0, 0)),
+                    base_dilation=(1, 1),
+                    window_dilation=(2, 1),
+                )
+            )
+        )(X),
+        fnn.GateError,
+        r"'lax.select_and_gather_add': no gradient with window_dilation=\(2, 1\) "
+        r"\(tangents float32\[3, 4\]\).*jax.grad refuses it too",
+    ),
+    (
+        "polygamma in m",
+        lambda tmp: fnn.grad(lambda m: jnp.sum(jax.lax.polygamma(m, X)))(X),
+        fnn.GateError,
+        r"'lax.polygamma': no gradient with respect to m \(f32\[3,4\]\)",
+    ),
     # layers and models
     ("Dense(0)", lambda tmp: nn.Dense(0), ValueError, r"Dense features must be a positive int.*0"),
-    ("input shape with a batch axis", lambda tmp: nn.mlp((8,)).init(KEY, (None, 64)),
-     ValueError, r"mlp: input_shape must be the shape of one example.*\(None, 64\)"),
-    ("Conv2D on flat input", lambda tmp: nn.cnn((4,)).init(KEY, (64,)), ValueError,
-     r"in layer cnn/0_conv2d: Conv2D takes images \(H, W, C\).*\(64,\)"),
-    ("apply on the wrong image size", mlp_apply(jnp.ones((2, 28, 28, 1))), fnn.GateError,
-     r"in layer mlp/1_dense: gate 'affine': x f32\[2,784\].*w f32\[16,8\]"),
-    ("params of another model", other_params_apply, ValueError,
-     r"mlp: params do not fit this model.*3_dropout"),
-    ("unknown model", lambda tmp: nn.build_model("vgg"), ValueError,
-     r"unknown model 'vgg'; choose one of mlp, cnn, resnet"),
+    (
+        "input shape with a batch axis",
+        lambda tmp: nn.mlp((8,)).init(KEY, (None, 64)),
+        ValueError,
+        r"mlp: input_shape must be the shape of one example.*\(None, 64\)",
+    ),
+    (
+        "Conv2D on flat input",
+        lambda tmp: nn.cnn((4,)).init(KEY, (64,)),
+        ValueError,
+        r"in layer cnn/0_conv2d: Conv2D takes images \(H, W, C\).*\(64,\)",
+    ),
+    (
+        "apply on the wrong image size",
+        mlp_apply(jnp.ones((2, 28, 28, 1))),
+        fnn.GateError,
+        r"in layer mlp/1_dense: gate 'affine': x f32\[2,784\].*w f32\[16,8\]",
+    ),
+    (
+        "params of another model",
+        other_params_apply,
+        ValueError,
+        r"mlp: params do not fit this model.*3_dropout",
+    ),
+    (
+        "unknown model",
+        lambda tmp: nn.build_model("vgg"),
+        ValueError,
+        r"unknown model 'vgg'; choose one of mlp, cnn, resnet",
+    ),
     # optimizers and training
-    ("unknown optimizer", lambda tmp: train.make_optimizer("adagrad"), ValueError,
-     r"unknown optimizer 'adagrad'.*adam"),
-    ("negative learning rate", lambda tmp: train.make_optimizer("sgd", -0.1), ValueError,
-     r"learning rate must be a finite number >= 0.*-0.1"),
-    ("unknown grad mode", lambda tmp: train.make_train_step(nn.mlp((4,)), train.make_optimizer(),
-                                                           grad="numeric"),
-     ValueError, r"grad must be one of custom, builtin, got 'numeric'"),
-    ("training labels out of range", fit_tiny(y_train=np.arange(64, dtype=np.int32) % 12),
-     DataError, r"y_train: labels must lie in \[0, 10\).*10, 11 at examples 10, 11, 22"),
-    ("float training labels", fit_tiny(y_train=np.zeros(64, np.float32)), DataError,
-     r"the loss 'softmax_cross_entropy' cannot take the model's scores \(N, 10\) with labels "
-     r"y_train \(N\) \(float32\).*integer class indices"),
-    ("x and y lengths differ", fit_tiny(y_train=np.zeros(60, np.int32)), DataError,
-     r"x_train holds 64 examples but y_train holds 60 labels.*f32\[64,4,4,1\].*i32\[60\]"),
-    ("NaN/inf in the data", fit_tiny(x_train=with_nan()), DataError,
-     r"x_train f32\[64,4,4,1\] holds 1 NaN and 1 inf values, in examples 5, 9"),
-    ("empty training set", fit_tiny(x_train=np.zeros((0, 4, 4, 1), np.float32),
-                                    y_train=np.zeros(0, np.int32)),
-     DataError, r"x_train is empty \(f32\[0,4,4,1\]\)"),
-    ("process id out of range", lambda tmp: train.distributed.initialize("127.0.0.1:1", 2, 2),
-     train.DistributedError, r"process id 2 is out of range for 2 processes \(0 to 1; from the "
-     r"arguments\)"),
-    ("batch larger than the data", lambda tmp: train.steps_per_epoch(10, 32), ValueError,
-     r"batch size 32 does not fit in the 10 training examples"),
-    ("model without class scores", fit_tiny(nn.serial(nn.Conv2D(2))), ValueError,
-     r"maps one example \(4, 4, 1\) to \(4, 4, 2\).*needs one score per class"),
-    ("start state of another model", fit_tiny(start=tiny_state((16,))), ValueError,
-     r"(?s)start: the TrainState does not fit.*params/1_dense/w: \(16, 16\) in start, \(16, 4\)"),
+    (
+        "unknown optimizer",
+        lambda tmp: train.make_optimizer("adagrad"),
+        ValueError,
+        r"unknown optimizer 'adagrad'.*adam",
+    ),
+    (
+        "negative learning rate",
+        lambda tmp: train.make_optimizer("sgd", -0.1),
+        ValueError,
+        r"learning rate must be a finite number >= 0.*-0.1",
+    ),
+    (
+        "unknown grad mode",
+        lambda tmp: train.make_train_step(nn.mlp((4,)), train.make_optimizer(), grad="numeric"),
+        ValueError,
+        r"grad must be one of custom, builtin, got 'numeric'",
+    ),
+    (
+        "training labels out of range",
+        fit_tiny(y_train=np.arange(64, dtype=np.int32) % 12),
+        DataError,
+        r"y_train: labels must lie in \[0, 10\).*10, 11 at examples 10, 11, 22",
+    ),
+    (
+        "float training labels",
+        fit_tiny(y_train=np.zeros(64, np.float32)),
+        DataError,
+        r"the loss 'softmax_cross_entropy' cannot take the model's scores \(N, 10\) with labels "
+        r"y_train \(N\) \(float32\).*integer class indices",
+    ),
+    (
+        "x and y lengths differ",
+        fit_tiny(y_train=np.zeros(60, np.int32)),
+        DataError,
+        r"x_train holds 64 examples but y_train holds 60 labels.*f32\[64,4,4,1\].*i32\[60\]",
+    ),
+    (
+        "NaN/inf in the data",
+        fit_tiny(x_train=with_nan()),
+        DataError,
+        r"x_train f32\[64,4,4,1\] holds 1 NaN and 1 inf values, in examples 5, 9",
+    ),
+    (
+        "empty training set",
+        fit_tiny(x_train=np.zeros((0, 4, 4, 1), np.float32), y_train=np.zeros(0, np.int32)),
+        DataError,
+        r"x_train is empty \(f32\[0,4,4,1\]\)",
+    ),
+    (
+        "process id out of range",
+        lambda tmp: train.distributed.initialize("127.0.0.1:1", 2, 2),
+        train.DistributedError,
+        r"process id 2 is out of range for 2 processes \(0 to 1; from the "
+        r"arguments\)",
+    ),
+    (
+        "batch larger than the data",
+        lambda tmp: train.steps_per_epoch(10, 32),
+        ValueError,
+        r"batch size 32 does not fit in the 10 training examples",
+    ),
+    (
+        "model without class scores",
+        fit_tiny(nn.serial(nn.Conv2D(2))),
+        ValueError,
+        r"maps one example \(4, 4, 1\) to \(4, 4, 2\).*needs one score per class",
+    ),
+    (
+        "start state of another model",
+        fit_tiny(start=tiny_state((16,))),
+        ValueError,
+        r"(?s)start: the TrainState does not fit.*params/1_dense/w: \(16, 16\) in start, \(16, 4\)",
+    ),
     # issue 16: API inputs that used to reach raw Python errors
-    ("start state of another optimizer", lambda tmp: train.fit(
-        nn.mlp((4,)), train.make_optimizer("sgd", 0.1), tiny(), epochs=1, batch_size=16,
-        start=train.init_train_state(nn.mlp((4,)), train.make_optimizer("adam"), (4, 4, 1), 0)),
-     ValueError, r"start: its opt_state is not a state of this optimizer \(start holds "
-     r"\(ScaleByAdamState, .*this optimizer makes \(EmptyState"),
-    ("eval_batch_size=0", lambda tmp: train.fit(nn.mlp((4,)), train.make_optimizer(), tiny(),
-                                                epochs=1, batch_size=16, eval_batch_size=0),
-     ValueError, r"eval_batch_size must be a positive integer, got 0"),
-    ("epochs=0", lambda tmp: train.fit(nn.mlp((4,)), train.make_optimizer(), tiny(), epochs=0),
-     ValueError, r"epochs must be a positive integer, got 0"),
-    ("negative clip", lambda tmp: train.make_optimizer("adam", clip=-1), ValueError,
-     r"clip must be a finite number > 0 .*got -1"),
-    ("NaN weight decay", lambda tmp: train.make_optimizer("adamw", weight_decay=float("nan")),
-     ValueError, r"weight_decay must be a finite number >= 0, got nan"),
-    ("seed beyond 64 bits", lambda tmp: train.init_train_state(nn.mlp((4,)),
-                                                               train.make_optimizer(), (4, 4, 1),
-                                                               2**64),
-     ValueError, r"seed must be an integer in \[0, 2\*\*64-1\], got 18446744073709551616"),
-    ("more devices than JAX sees", lambda tmp: train.make_train_step(
-        nn.mlp((4,)), train.make_optimizer(), devices=jax.device_count() + 1),
-     ValueError, r"devices=\d+ but JAX sees \d+ device.*xla_force_host_platform_device_count"),
-    ("batch not divisible by devices", lambda tmp: _not_divisible(), ValueError,
-     r"batch size 30 is not divisible by the 4 devices.*multiple of 4 \(e.g. 28\)"),
-    ("unknown shard", lambda tmp: train.make_train_step(
-        nn.mlp((4,)), train.make_optimizer(), devices=1, shard="weights"),
-     ValueError, r"shard must be one of 'none', 'params' \(or None\), got 'weights'"),
-    ("shard params on one device", lambda tmp: fnn.train.parallel.data_parallel(1, "params"),
-     ValueError, r"shard='params' splits parameters across several devices, but the mesh's "
-     r"'fsdp' axis has 1"),
-    ("shard params, mesh without fsdp", lambda tmp: fnn.train.parallel.data_parallel(
-        jax.sharding.Mesh(np.array(jax.devices()[:1] * 4), ("data",)), "params"),
-     ValueError, r"splits parameters along the mesh axis 'fsdp', but this mesh has axes "
-     r"\('data',\)"),
+    (
+        "start state of another optimizer",
+        lambda tmp: train.fit(
+            nn.mlp((4,)),
+            train.make_optimizer("sgd", 0.1),
+            tiny(),
+            epochs=1,
+            batch_size=16,
+            start=train.init_train_state(nn.mlp((4,)), train.make_optimizer("adam"), (4, 4, 1), 0),
+        ),
+        ValueError,
+        r"start: its opt_state is not a state of this optimizer \(start holds "
+        r"\(ScaleByAdamState, .*this optimizer makes \(EmptyState",
+    ),
+    (
+        "eval_batch_size=0",
+        lambda tmp: train.fit(
+            nn.mlp((4,)), train.make_optimizer(), tiny(), epochs=1, batch_size=16, eval_batch_size=0
+        ),
+        ValueError,
+        r"eval_batch_size must be a positive integer, got 0",
+    ),
+    (
+        "epochs=0",
+        lambda tmp: train.fit(nn.mlp((4,)), train.make_optimizer(), tiny(), epochs=0),
+        ValueError,
+        r"epochs must be a positive integer, got 0",
+    ),
+    (
+        "negative clip",
+        lambda tmp: train.make_optimizer("adam", clip=-1),
+        ValueError,
+        r"clip must be a finite number > 0 .*got -1",
+    ),
+    (
+        "NaN weight decay",
+        lambda tmp: train.make_optimizer("adamw", weight_decay=float("nan")),
+        ValueError,
+        r"weight_decay must be a finite number >= 0, got nan",
+    ),
+    (
+        "seed beyond 64 bits",
+        lambda tmp: train.init_train_state(nn.mlp((4,)), train.make_optimizer(), (4, 4, 1), 2**64),
+        ValueError,
+        r"seed must be an integer in \[0, 2\*\*64-1\], got 18446744073709551616",
+    ),
+    (
+        "more devices than JAX sees",
+        lambda tmp: train.make_train_step(
+            nn.mlp((4,)), train.make_optimizer(), devices=jax.device_count() + 1
+        ),
+        ValueError,
+        r"devices=\d+ but JAX sees \d+ device.*xla_force_host_platform_device_count",
+    ),
+    (
+        "batch not divisible by devices",
+        lambda tmp: _not_divisible(),
+        ValueError,
+        r"batch size 30 is not divisible by the 4 devices.*multiple of 4 \(e.g. 28\)",
+    ),
+    (
+        "unknown shard",
+        lambda tmp: train.make_train_step(
+            nn.mlp((4,)), train.make_optimizer(), devices=1, shard="weights"
+        ),
+        ValueError,
+        r"shard must be one of 'none', 'params' \(or None\), got 'weights'",
+    ),
+    (
+        "shard params on one device",
+        lambda tmp: fnn.train.parallel.data_parallel(1, "params"),
+        ValueError,
+        r"shard='params' splits parameters across several devices, but the mesh's "
+        r"'fsdp' axis has 1",
+    ),
+    (
+        "shard params, mesh without fsdp",
+        lambda tmp: fnn.train.parallel.data_parallel(
+            jax.sharding.Mesh(np.array(jax.devices()[:1] * 4), ("data",)), "params"
+        ),
+        ValueError,
+        r"splits parameters along the mesh axis 'fsdp', but this mesh has axes "
+        r"\('data',\)",
+    ),
     # data files
-    ("unknown dataset", lambda tmp: train.load_dataset("imagenet"), ValueError,
-     r"unknown dataset 'imagenet'; choose one of digits, mnist"),
-    ("missing data file", lambda tmp: train.load_dataset("mnist", str(tmp)), DataError,
-     r"expected file train-images-idx3-ubyte \(or train-images-idx3-ubyte.gz\), not found"),
-    ("truncated IDX file", truncated_idx, DataError,
-     r"train-images-idx3-ubyte: IDX header says shape \(40, 6, 6\) \(1440 bytes.*holds 1433 "
-     r"bytes.*truncated"),
-    ("truncated CIFAR-10 file", truncated_cifar, DataError,
-     r"data_batch_1.bin: .*records of 3073 bytes.*size 6046 is not a positive multiple"),
+    (
+        "unknown dataset",
+        lambda tmp: train.load_dataset("imagenet"),
+        ValueError,
+        r"unknown dataset 'imagenet'; choose one of digits, mnist",
+    ),
+    (
+        "missing data file",
+        lambda tmp: train.load_dataset("mnist", str(tmp)),
+        DataError,
+        r"expected file train-images-idx3-ubyte \(or train-images-idx3-ubyte.gz\), not found",
+    ),
+    (
+        "truncated IDX file",
+        truncated_idx,
+        DataError,
+        r"train-images-idx3-ubyte: IDX header says shape \(40, 6, 6\) \(1440 bytes.*holds 1433 "
+        r"bytes.*truncated",
+    ),
+    (
+        "truncated CIFAR-10 file",
+        truncated_cifar,
+        DataError,
+        r"data_batch_1.bin: .*records of 3073 bytes.*size 6046 is not a positive multiple",
+    ),
     # checkpoints and run directories
-    ("checkpoint of another model", load_other_model, CheckpointError,
-     r"params/1_dense/w: \(16, 8\) in the checkpoint, \(16, 16\) in the model"),
-    ("altered checkpoint", load_flipped, CheckpointError,
-     r"ck.safetensors is damaged: the sha256.*altered or corrupted"),
-    ("truncated checkpoint", load_truncated, CheckpointError,
-     r"ck.safetensors is truncated: its header describes \d+ bytes.*holds \d+"),
-    ("not a checkpoint", load_not_safetensors, CheckpointError,
-     r"truncated or not a safetensors checkpoint"),
-    ("not a run directory", resume_not_a_run, FileNotFoundError,
-     r"somedir is not a run directory: it has no config.json"),
-    ("damaged config.json", resume_broken_config, ValueError,
-     r"run is not a usable run directory: .*config.json is damaged"),
+    (
+        "checkpoint of another model",
+        load_other_model,
+        CheckpointError,
+        r"params/1_dense/w: \(16, 8\) in the checkpoint, \(16, 16\) in the model",
+    ),
+    (
+        "altered checkpoint",
+        load_flipped,
+        CheckpointError,
+        r"ck.safetensors is damaged: the sha256.*altered or corrupted",
+    ),
+    (
+        "truncated checkpoint",
+        load_truncated,
+        CheckpointError,
+        r"ck.safetensors is truncated: its header describes \d+ bytes.*holds \d+",
+    ),
+    (
+        "not a checkpoint",
+        load_not_safetensors,
+        CheckpointError,
+        r"truncated or not a safetensors checkpoint",
+    ),
+    (
+        "not a run directory",
+        resume_not_a_run,
+        FileNotFoundError,
+        r"somedir is not a run directory: it has no config.json",
+    ),
+    (
+        "damaged config.json",
+        resume_broken_config,
+        ValueError,
+        r"run is not a usable run directory: .*config.json is damaged",
+    ),
 ]
 
 
@@ -386,45 +662,97 @@ def cli_truncated_mnist(tmp):
     write_mnist(tmp / "m", compress=False)
     path = tmp / "m" / "train-labels-idx1-ubyte"
     path.write_bytes(path.read_bytes()[:-3])
-    return ["train", "--dataset", "mnist", "--data-dir", str(tmp / "m"), "--out",
-            str(tmp / "out"), *TINY]
+    return [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp / "m"),
+        "--out",
+        str(tmp / "out"),
+        *TINY,
+    ]
 
 
 CLI = [
-    ("missing data", lambda tmp: ["train", "--dataset", "cifar10", "--data-dir", str(tmp)],
-     r"data_batch_1.bin"),
-    ("truncated data file", cli_truncated_mnist, r"train-labels-idx1-ubyte: IDX header says "
-                                                r"shape \(40,\).*truncated"),
-    ("not a run directory", lambda tmp: ["train", "--resume", str(tmp)],
-     r"is not a run directory"),
-    ("checkpoint of another model", cli_other_model,
-     r"does not fit this model.*params/1_dense/w: \(64, 16\) in the checkpoint, \(64, 8\)"),
+    (
+        "missing data",
+        lambda tmp: ["train", "--dataset", "cifar10", "--data-dir", str(tmp)],
+        r"data_batch_1.bin",
+    ),
+    (
+        "truncated data file",
+        cli_truncated_mnist,
+        r"train-labels-idx1-ubyte: IDX header says "
+        r"shape \(40,\).*truncated",
+    ),
+    ("not a run directory", lambda tmp: ["train", "--resume", str(tmp)], r"is not a run directory"),
+    (
+        "checkpoint of another model",
+        cli_other_model,
+        r"does not fit this model.*params/1_dense/w: \(64, 16\) in the checkpoint, \(64, 8\)",
+    ),
     ("corrupted checkpoint", cli_corrupt_checkpoint, r"last.safetensors is damaged: the sha256"),
-    ("batch larger than the data", lambda tmp: ["train", "--batch-size", "5000", "--out",
-                                                str(tmp / "o"), *TINY], r"batch size 5000"),
-    ("more devices than JAX sees", lambda tmp: ["train", "--devices",
-                                                str(jax.device_count() + 1), *TINY],
-     r"devices=\d+ but JAX sees"),
+    (
+        "batch larger than the data",
+        lambda tmp: ["train", "--batch-size", "5000", "--out", str(tmp / "o"), *TINY],
+        r"batch size 5000",
+    ),
+    (
+        "more devices than JAX sees",
+        lambda tmp: ["train", "--devices", str(jax.device_count() + 1), *TINY],
+        r"devices=\d+ but JAX sees",
+    ),
     # issue 16
-    ("--data-dir names a file", lambda tmp: ["train", "--dataset", "mnist", "--data-dir",
-                                             str(write_run(tmp) / "config.json")],
-     r"config.json' is a file, not a directory"),
+    (
+        "--data-dir names a file",
+        lambda tmp: [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(write_run(tmp) / "config.json"),
+        ],
+        r"config.json' is a file, not a directory",
+    ),
     # refused by the command from the options alone: bad usage, exit status 2
-    ("--out is empty", lambda tmp: ["train", "--out", "", *TINY],
-     r"--out must name a directory, got an empty string", 2),
-    ("--resume is empty", lambda tmp: ["train", "--resume", ""],
-     r"--resume must name a run directory, got an empty string", 2),
+    (
+        "--out is empty",
+        lambda tmp: ["train", "--out", "", *TINY],
+        r"--out must name a directory, got an empty string",
+        2,
+    ),
+    (
+        "--resume is empty",
+        lambda tmp: ["train", "--resume", ""],
+        r"--resume must name a run directory, got an empty string",
+        2,
+    ),
 ]
-USAGE = [["train", "--model", "vgg"], ["train", "--optimizer", "adagrad"],
-         ["train", "--dataset", "imagenet"], ["train", "--lr", "inf"], ["train", "--lr", "-1"],
-         ["train", "--devices", "0"], ["train", "--epochs", "0"], ["train", "--hidden", "a,b"],
-         ["train", "--clip", "-1"], ["train", "--weight-decay", "nan"], ["train", "--limit", "0"],
-         ["train", "--seed", str(2**64)], ["train", "--seed", "-1"], ["train", "--seed", "1.5"],
-         ["train", "--chunk-seconds", "-1"]]
+USAGE = [
+    ["train", "--model", "vgg"],
+    ["train", "--optimizer", "adagrad"],
+    ["train", "--dataset", "imagenet"],
+    ["train", "--lr", "inf"],
+    ["train", "--lr", "-1"],
+    ["train", "--devices", "0"],
+    ["train", "--epochs", "0"],
+    ["train", "--hidden", "a,b"],
+    ["train", "--clip", "-1"],
+    ["train", "--weight-decay", "nan"],
+    ["train", "--limit", "0"],
+    ["train", "--seed", str(2**64)],
+    ["train", "--seed", "-1"],
+    ["train", "--seed", "1.5"],
+    ["train", "--chunk-seconds", "-1"],
+]
 
 
-@pytest.mark.parametrize("argv, pattern, status", [(*c[1:3], c[3] if len(c) > 3 else 1)
-                                                   for c in CLI], ids=[c[0] for c in CLI])
+@pytest.mark.parametrize(
+    "argv, pattern, status",
+    [(*c[1:3], c[3] if len(c) > 3 else 1) for c in CLI],
+    ids=[c[0] for c in CLI],
+)
 def test_cli_prints_the_message_and_exits_1(argv, pattern, status, tmp_path, capsys):
     """Exit status 1: what the command found running; 2: options it refuses (bad usage)."""
     assert main(argv(tmp_path)) == status

@@ -25,8 +25,9 @@ def test_every_gate_has_a_benchmark_size():
 def test_matmul_flops_counts_dots_and_convs_inside_jit_and_scan():
     def f(a, b, x, w):
         y = jax.jit(jnp.matmul)(a, b)  # 2 * 3 * 5 * 4
-        conv = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        conv = jax.lax.conv_general_dilated(
+            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         scanned = jax.lax.scan(lambda c, _: (c @ b @ b.T, None), a, None, length=2)[0]
         return y, conv, scanned
 
@@ -42,8 +43,18 @@ def _rows(result, kind):
 
 def test_quick_bench_writes_json_and_markdown(tmp_path, capsys):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    status = cli.main(["bench", "--quick", "--only", "gemm,mlp,epoch,relu,max_pool2d",
-                       "--json", str(out), "--markdown", str(md)])
+    status = cli.main(
+        [
+            "bench",
+            "--quick",
+            "--only",
+            "gemm,mlp,epoch,relu,max_pool2d",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     assert status == 0
     result = json.loads(out.read_text())
     assert result["quick"] and result["dtype"] == "float32" and result["device"]
@@ -51,8 +62,17 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys):
     steps = {r["case"]: r for r in _rows(result, "step")}
     assert set(steps) == {"mlp"}
     for r in steps.values():
-        for key in ("custom_ms", "builtin_ms", "ratio", "custom_compile_s", "builtin_compile_s",
-                    "custom_eager_ms", "builtin_eager_ms", "gflop", "matmul_share"):
+        for key in (
+            "custom_ms",
+            "builtin_ms",
+            "ratio",
+            "custom_compile_s",
+            "builtin_compile_s",
+            "custom_eager_ms",
+            "builtin_eager_ms",
+            "gflop",
+            "matmul_share",
+        ):
             assert r[key] > 0, key
         assert r["gflop"] > 0 and (r["torch_ms"] is None) == (r["torch"] is None)
     assert _rows(result, "epoch")[0]["steps"] > 0
@@ -64,8 +84,15 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_quick_bench_bfloat16_keeps_dtypes_straight():
-    result = bench.run(only=["cnn", "conv2d", "batch_norm", "max_pool2d"], reps=1,
-                       dtype="bfloat16", quick=True, torch=False, eager=False, log=lambda s: None)
+    result = bench.run(
+        only=["cnn", "conv2d", "batch_norm", "max_pool2d"],
+        reps=1,
+        dtype="bfloat16",
+        quick=True,
+        torch=False,
+        eager=False,
+        log=lambda s: None,
+    )
     assert result["dtype"] == "bfloat16"
     assert {r["dtype"] for r in _rows(result, "gemm")} == {"float32", "bfloat16"}
     steps = _rows(result, "step")
@@ -76,15 +103,22 @@ def test_quick_bench_bfloat16_keeps_dtypes_straight():
 
 def test_quick_bench_sequence_models():
     """Issue 13's language-model rows: token ids in, per-token labels, both gradients."""
-    result = bench.run(only=["lstm", "transformer"], reps=1, quick=True, torch=False,
-                       eager=False, log=lambda s: None)
+    result = bench.run(
+        only=["lstm", "transformer"],
+        reps=1,
+        quick=True,
+        torch=False,
+        eager=False,
+        log=lambda s: None,
+    )
     steps = {r["case"]: r for r in _rows(result, "step")}
     assert list(steps) == ["lstm", "transformer"]
     for case, r in steps.items():
         assert r["custom_ms"] > 0 and r["builtin_ms"] > 0 and r["custom_compile_s"] > 0
         assert r["gflop"] > 0 and r["torch_ms"] is None
-        assert f"{case}: hand-written / built-in step time" in {t["what"]
-                                                                for t in result["targets"]}
+        assert f"{case}: hand-written / built-in step time" in {
+            t["what"] for t in result["targets"]
+        }
     assert "LSTM(8)" in steps["lstm"]["desc"] and "transformer LM" in steps["transformer"]["desc"]
 
 
@@ -117,8 +151,10 @@ def test_bfloat16_model_has_float32_gradients():
         (value, (new_state, scores)), grads = jax.jit(vg)(params, state, x, y, None)
         assert value.dtype == scores.dtype == jnp.float32
         assert {g.dtype for g in jax.tree_util.tree_leaves(grads)} == {jnp.dtype(jnp.float32)}
-        assert all(a.dtype == b.dtype for a, b in zip(jax.tree_util.tree_leaves(new_state),
-                                                      jax.tree_util.tree_leaves(state)))
+        assert all(
+            a.dtype == b.dtype
+            for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state))
+        )
         results.append(jax.tree_util.tree_leaves(grads))
     # bf16 compute: the two agree to bf16 precision, on the scale of the largest gradient (a
     # bias before batch norm has a gradient of 0 up to rounding, in both)
@@ -155,16 +191,38 @@ def test_pytorch_runs_in_its_own_process_with_only_its_path_added(tmp_path):
     fake = tmp_path / "torch"
     fake.mkdir()
     (fake / "__init__.py").write_text(
-        "import sys\n"
-        "raise ImportError(f'stand-in torch; jax imported: {\"jax\" in sys.modules}')\n")
+        "import sys\nraise ImportError(f'stand-in torch; jax imported: {\"jax\" in sys.modules}')\n"
+    )
     spec = bench.model_specs(quick=True)["mlp"]
-    out = torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=True,
-                        torch_path=str(tmp_path), load_tolerance=0.5, attempts=1)
+    out = torch_columns(
+        spec,
+        "float32",
+        0,
+        1,
+        1e6,
+        100.0,
+        1.0,
+        torch=True,
+        torch_path=str(tmp_path),
+        load_tolerance=0.5,
+        attempts=1,
+    )
     assert "stand-in torch; jax imported: False" in out["torch_error"], out
     assert out["torch_ms"] is None and out["torch_ratio"] is None
     assert "torch" not in sys.modules or sys.modules["torch"].__file__ != str(fake)
-    skipped = torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=False,
-                            torch_path=None, load_tolerance=0.5, attempts=1)
+    skipped = torch_columns(
+        spec,
+        "float32",
+        0,
+        1,
+        1e6,
+        100.0,
+        1.0,
+        torch=False,
+        torch_path=None,
+        load_tolerance=0.5,
+        attempts=1,
+    )
     assert skipped["torch_error"] is None and skipped["torch_ms"] is None
 
 
@@ -182,24 +240,41 @@ def test_pytorch_on_the_gpu_jax_runs_on(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     from jax.extend import backend
 
-    monkeypatch.setattr(backend, "get_backend",
-                        lambda: type("B", (), {"platform_version": "cuda 13.0"})())
+    monkeypatch.setattr(
+        backend, "get_backend", lambda: type("B", (), {"platform_version": "cuda 13.0"})()
+    )
     assert steps.torch_device() == "cuda"
     fake = tmp_path / "torch"
     fake.mkdir()
     (fake / "__init__.py").write_text(
         "__version__ = '0.0-stand-in'\n"
         "def manual_seed(s): pass\n"
-        "class cuda:\n    is_available = staticmethod(lambda: False)\n")
+        "class cuda:\n    is_available = staticmethod(lambda: False)\n"
+    )
     (fake / "nn.py").write_text("")
     spec = bench.model_specs(quick=True)["mlp"]
-    out = steps.torch_columns(spec, "float32", 0, 1, 1e6, 100.0, 1.0, torch=True,
-                              torch_path=str(tmp_path), load_tolerance=0.5, attempts=1)
+    out = steps.torch_columns(
+        spec,
+        "float32",
+        0,
+        1,
+        1e6,
+        100.0,
+        1.0,
+        torch=True,
+        torch_path=str(tmp_path),
+        load_tolerance=0.5,
+        attempts=1,
+    )
     assert "device 'cuda' asked for" in out["torch_error"], out
     assert "0.0-stand-in" in out["torch_error"] and out["torch_ms"] is None
     request = {"spec": spec, "dtype": "float32", "reps": 1, "seed": 0, "device": "tpu"}
-    r = subprocess.run([sys.executable, torch_ref.__file__, json.dumps(request)],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, torch_ref.__file__, json.dumps(request)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "device must be one of ('cpu', 'cuda'), got 'tpu'" in json.loads(r.stdout)["error"]
 
 
@@ -212,13 +287,10 @@ def test_a_side_is_timed_again_while_the_load_moves(monkeypatch):
 
     calls = []
     loads([1.0, 2.0, 2.0, 2.2])  # moved 1.0 (> 0.5): again; then 0.2
-    result, info = timing.steady(lambda: calls.append(1) or len(calls), tolerance=0.5,
-                                 attempts=3)
-    assert (result, info) == (2, {"load": [[1.0, 2.0], [2.0, 2.2]], "chosen": 1,
-                                  "steady": True})
+    result, info = timing.steady(lambda: calls.append(1) or len(calls), tolerance=0.5, attempts=3)
+    assert (result, info) == (2, {"load": [[1.0, 2.0], [2.0, 2.2]], "chosen": 1, "steady": True})
     loads([1.0, 2.0, 2.0, 2.9, 3.0, 4.5])  # never steady: the least moved kept, flagged
-    result, info = timing.steady(lambda: calls.append(1) or len(calls), tolerance=0.5,
-                                 attempts=3)
+    result, info = timing.steady(lambda: calls.append(1) or len(calls), tolerance=0.5, attempts=3)
     assert result == 4 and info["chosen"] == 1 and not info["steady"]
     assert len(info["load"]) == 3
 
@@ -227,17 +299,38 @@ def test_spread_and_the_pytorch_targets():
     from fnn.bench.timing import summary
 
     s = summary([5.0, 1.0, 3.0, 2.0, 4.0])
-    assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 1.0,
-                                                                             5.0, 5)
+    assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (
+        3.0,
+        2.0,
+        4.0,
+        1.0,
+        5.0,
+        5,
+    )
     assert summary([7.0])["q1"] == summary([7.0])["q3"] == 7.0
-    row = {"kind": "step", "case": "lstm", "ratio": 0.9, "compile_ratio": 1.0,
-           "torch_ratio": 1.6, "torch_speedup": 1 / 1.6, "matmul_share": 0.4,
-           "torch_matmul_share": 0.8}
+    row = {
+        "kind": "step",
+        "case": "lstm",
+        "ratio": 0.9,
+        "compile_ratio": 1.0,
+        "torch_ratio": 1.6,
+        "torch_speedup": 1 / 1.6,
+        "matmul_share": 0.4,
+        "torch_matmul_share": 0.8,
+    }
     got = {t["what"]: (t["value"], t["limit"], t["met"]) for t in bench.targets([row])}
     assert got["lstm: fnn / PyTorch step time"] == (1.6, 1.0, False)
     assert got["lstm: step GFLOP/s / matmul GFLOP/s"] == (0.4, None, None)
     assert got["lstm: PyTorch step GFLOP/s / matmul GFLOP/s"] == (0.8, None, None)
-    md = bench.markdown({"device": "d", "dtype": "float32", "reps": 1, "load": [1, 1],
-                         "rows": [], "targets": bench.targets([row])})
+    md = bench.markdown(
+        {
+            "device": "d",
+            "dtype": "float32",
+            "reps": 1,
+            "load": [1, 1],
+            "rows": [],
+            "targets": bench.targets([row]),
+        }
+    )
     assert "| lstm: fnn / PyTorch step time | 1.600 | 1.0 | **no** |" in md
     assert "| lstm: step GFLOP/s / matmul GFLOP/s | 0.400 | n/a | reported |" in md

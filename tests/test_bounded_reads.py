@@ -70,13 +70,20 @@ LIMITED = textwrap.dedent(r"""
 
 
 def run_limited(kind, path):
-    r = subprocess.run([sys.executable, "-c", LIMITED, kind, str(path), str(HEADROOM)],
-                       capture_output=True, text=True, env=child_env(), timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", LIMITED, kind, str(path), str(HEADROOM)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
-    print(f"{kind} {os.path.basename(str(path))}: rss grew {out['rss_growth_kib'] / 1024:.1f} MiB;"
-          f" {out['error']}")
+    out = json.loads(line[len("RESULT ") :])
+    print(
+        f"{kind} {os.path.basename(str(path))}: rss grew {out['rss_growth_kib'] / 1024:.1f} MiB;"
+        f" {out['error']}"
+    )
     return out
 
 
@@ -93,8 +100,9 @@ def gzip_bomb(path, header: bytes, zeros: int, chunk: int = 16 << 20):
 
 def test_gzip_idx_bomb_stops_at_the_declared_size(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
-    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1, 28, 28) + bytes(range(256)) * 3 + \
-        b"\x01" * 16
+    header = (
+        bytes([0, 0, 8, 3]) + struct.pack(">3I", 1, 28, 28) + bytes(range(256)) * 3 + b"\x01" * 16
+    )
     size = gzip_bomb(path, header, zeros=1536 << 20)  # 1.5 GiB of zeros after the data
     assert size < 2 << 20
     out = run_limited("idx", path)
@@ -106,8 +114,11 @@ def test_gzip_idx_bomb_stops_at_the_declared_size(tmp_path):
 def test_gzip_idx_header_larger_than_the_file_can_hold(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 2800, 2800)))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: IDX header says shape "
-                                        r"\(60000, 2800, 2800\).*decompresses to at most"):
+    with pytest.raises(
+        DataError,
+        match=r"t10k-images-idx3-ubyte.gz: IDX header says shape "
+        r"\(60000, 2800, 2800\).*decompresses to at most",
+    ):
         train.read_idx(str(path))
 
 
@@ -130,10 +141,16 @@ def sparse_checkpoint(path, tensors: dict, size: int | None = None):
     """A safetensors file whose header declares `tensors` {name: (dtype code, shape, begin,
     end)}, then a hole up to `size` bytes (default: as long as the header says; a sparse file,
     no disk used)."""
-    header = {name: {"dtype": d, "shape": list(s), "data_offsets": [b, e]}
-              for name, (d, s, b, e) in tensors.items()}
-    header["__metadata__"] = {"format": json.dumps("fnn-checkpoint/2"), "epoch": "1",
-                              "step": "10", "sha256": json.dumps("0" * 64)}
+    header = {
+        name: {"dtype": d, "shape": list(s), "data_offsets": [b, e]}
+        for name, (d, s, b, e) in tensors.items()
+    }
+    header["__metadata__"] = {
+        "format": json.dumps("fnn-checkpoint/2"),
+        "epoch": "1",
+        "step": "10",
+        "sha256": json.dumps("0" * 64),
+    }
     text = json.dumps(header).encode()
     if size is None:
         size = 8 + len(text) + max(e for _, _, _, e in tensors.values())
@@ -151,8 +168,11 @@ def test_sparse_checkpoint_declaring_more_than_the_file(tmp_path):
     sparse_checkpoint(path, {"params/1_dense/w": ("F32", (1 << 38,), 0, big)}, 20 * GIB)
     assert os.stat(path).st_size == 20 * GIB and os.stat(path).st_blocks * 512 < 1 << 20
     out = run_limited("checkpoint", path)
-    assert out["error"].startswith("CheckpointError") and "huge.safetensors is truncated" in \
-        out["error"] and "holds 21474836480" in out["error"]
+    assert (
+        out["error"].startswith("CheckpointError")
+        and "huge.safetensors is truncated" in out["error"]
+        and "holds 21474836480" in out["error"]
+    )
     assert out["rss_growth_kib"] < 64 << 10
 
 
@@ -162,13 +182,13 @@ def test_sparse_checkpoint_that_does_not_fit_the_model_is_not_read(tmp_path):
     sparse_checkpoint(path, {"params/1_dense/w": ("F32", (n,), 0, 4 * n)})
     out = run_limited("train_state", path)
     assert out["error"].startswith("CheckpointError")
-    assert "does not fit this model" in out["error"] and f"({n},) in the checkpoint" in \
-        out["error"]
+    assert "does not fit this model" in out["error"] and f"({n},) in the checkpoint" in out["error"]
     assert out["rss_growth_kib"] < 64 << 10
     # without a model to compare with, the whole 20 GiB must be read: refused, not a crash
     out = run_limited("checkpoint", path)
-    assert out["error"].startswith("CheckpointError") and "need 21474836224 bytes" in \
-        out["error"].replace(",", "")
+    assert out["error"].startswith("CheckpointError") and "need 21474836224 bytes" in out[
+        "error"
+    ].replace(",", "")
 
 
 def test_checkpoint_header_checks(tmp_path):
@@ -178,18 +198,21 @@ def test_checkpoint_header_checks(tmp_path):
     train.save_train_state(path, ts)
     raw = open(path, "rb").read()
     n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
 
     def write(h, tail=b""):
         text = json.dumps(h).encode()
-        open(path, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:] + tail)
+        open(path, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n :] + tail)
 
     h = json.loads(json.dumps(header))
     h["params/1_dense/w"]["shape"] = [9, 5]  # 45 floats declared over 36 floats of data
     write(h)
-    with pytest.raises(CheckpointError, match=r"ck.safetensors.*'params/1_dense/w' is declared "
-                                              r"float32\[9, 5\] \(180 bytes\) but its data "
-                                              r"spans 144"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ck.safetensors.*'params/1_dense/w' is declared "
+        r"float32\[9, 5\] \(180 bytes\) but its data "
+        r"spans 144",
+    ):
         train.read_checkpoint(path)
     h = json.loads(json.dumps(header))
     h["params/1_dense/w"]["dtype"] = "Q9"

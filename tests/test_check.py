@@ -14,8 +14,12 @@ from fnn.check.grads import GradReport
 
 def _params(dtype, seed=0):
     rng = np.random.default_rng(seed)
-    params = {"w1": rng.standard_normal((10, 32)) * 0.3, "b1": rng.standard_normal(32) * 0.1,
-              "w2": rng.standard_normal((32, 4)) * 0.3, "b2": np.zeros(4)}
+    params = {
+        "w1": rng.standard_normal((10, 32)) * 0.3,
+        "b1": rng.standard_normal(32) * 0.1,
+        "w2": rng.standard_normal((32, 4)) * 0.3,
+        "b2": np.zeros(4),
+    }
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     x = jnp.asarray(rng.standard_normal((16, 10)), dtype)
     y = jnp.asarray(rng.integers(0, 4, 16))
@@ -102,8 +106,10 @@ def test_relu_kink_is_reported_as_a_kink_not_a_failure(x64):
     # a plain central difference is half-way between the slopes: without the kink check the
     # correct gradient would have failed
     h = 1e-6
-    central = (kinked({**p, "b": p["b"].at[0].add(h)}, x, v)
-               - kinked({**p, "b": p["b"].at[0].add(-h)}, x, v)) / (2 * h)
+    central = (
+        kinked({**p, "b": p["b"].at[0].add(h)}, x, v)
+        - kinked({**p, "b": p["b"].at[0].add(-h)}, x, v)
+    ) / (2 * h)
     assert abs(float(central) - 1.5) < 1e-6
 
 
@@ -122,8 +128,13 @@ def test_several_argnums_name_leaves_by_argument(x64):
     params, x, y = _params(jnp.float64)
     report = check_grads(mlp_loss, params, x, y, argnums=(0, 1))
     assert report.ok
-    assert [leaf.name for leaf in report.leaves] == ["arg0/b1", "arg0/b2", "arg0/w1", "arg0/w2",
-                                                     "arg1"]
+    assert [leaf.name for leaf in report.leaves] == [
+        "arg0/b1",
+        "arg0/b2",
+        "arg0/w1",
+        "arg0/w2",
+        "arg1",
+    ]
 
 
 def test_json_round_trip_and_markdown():

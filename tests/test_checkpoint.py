@@ -12,16 +12,28 @@ import numpy as np
 import pytest
 
 from fnn import nn
-from fnn.train import (CheckpointError, TrainState, fit, init_train_state, load_checkpoint,
-                       load_dataset, load_train_state, make_optimizer, make_schedule,
-                       read_checkpoint, save_checkpoint, save_train_state)
+from fnn.train import (
+    CheckpointError,
+    TrainState,
+    fit,
+    init_train_state,
+    load_checkpoint,
+    load_dataset,
+    load_train_state,
+    make_optimizer,
+    make_schedule,
+    read_checkpoint,
+    save_checkpoint,
+    save_train_state,
+)
 
 
 def tree_equal(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     return len(la) == len(lb) and all(
-        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y) for x, y in zip(la, lb))
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y) for x, y in zip(la, lb)
+    )
 
 
 def make_state(hidden=(8,), seed=0):
@@ -53,7 +65,7 @@ def test_file_is_safetensors_with_path_keys(tmp_path):
     save_train_state(path, ts, {"a": 1})
     raw = open(path, "rb").read()
     header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_len])  # plain JSON header, then raw tensor bytes
+    header = json.loads(raw[8 : 8 + header_len])  # plain JSON header, then raw tensor bytes
     assert header["__metadata__"]["format"] == '"fnn-checkpoint/2"'
     tensors, meta = read_checkpoint(path)
     assert "params/1_dense/w" in tensors and "state/2_batch_norm/mean" in tensors
@@ -79,8 +91,9 @@ def test_wrong_model_names_keys_and_shapes(tmp_path):
     assert "params/4_dense/w: (8, 10) in the checkpoint, (8, 8) in the model" in msg
     path2 = str(tmp_path / "deep.safetensors")
     save_train_state(path2, deeper)
-    with pytest.raises(CheckpointError, match="(?s)in the checkpoint but not in the model.*"
-                                              "params/7_dense/b"):
+    with pytest.raises(
+        CheckpointError, match="(?s)in the checkpoint but not in the model.*params/7_dense/b"
+    ):
         load_train_state(path2, ts)
 
 
@@ -99,8 +112,9 @@ def test_failed_save_keeps_last_good(tmp_path, monkeypatch):
     path = str(tmp_path / "last.safetensors")
     save_train_state(path, ts, {"version": 1})
     good = open(path, "rb").read()
-    changed = TrainState(jax.tree_util.tree_map(lambda p: p + 1, ts.params), ts.state,
-                         ts.opt_state, ts.key, 4, 50)
+    changed = TrainState(
+        jax.tree_util.tree_map(lambda p: p + 1, ts.params), ts.state, ts.opt_state, ts.key, 4, 50
+    )
 
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
@@ -161,8 +175,21 @@ def test_resume_gives_the_same_final_params(tmp_path):
 
 
 # ---- every dtype, and checkpoints from elsewhere (issue 16) -----------------------------------
-DTYPES = ["bfloat16", "float16", "float32", "float8_e4m3fn", "float8_e5m2", "int8", "int16",
-          "int32", "uint8", "uint16", "uint32", "bool", "complex64"]
+DTYPES = [
+    "bfloat16",
+    "float16",
+    "float32",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "int8",
+    "int16",
+    "int32",
+    "uint8",
+    "uint16",
+    "uint32",
+    "bool",
+    "complex64",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -189,15 +216,24 @@ def test_float64_and_int64_round_trip(tmp_path, x64):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_a_low_precision_train_state_resumes(tmp_path, dtype):
     model, opt, ts = make_state()
-    low = TrainState(jax.tree_util.tree_map(lambda p: p.astype(dtype), ts.params), ts.state,
-                     ts.opt_state, ts.key, 1, 5)
+    low = TrainState(
+        jax.tree_util.tree_map(lambda p: p.astype(dtype), ts.params),
+        ts.state,
+        ts.opt_state,
+        ts.key,
+        1,
+        5,
+    )
     path = str(tmp_path / "last.safetensors")
     save_train_state(path, low, {"dtype": dtype})
     loaded, _ = load_train_state(path, low)
     assert tree_equal(loaded.params, low.params) and loaded.epoch == 1
     # into a float32 model: refused, the dtypes named, unless asked to cast
-    with pytest.raises(CheckpointError, match=rf"(?s)dtype mismatches.*params/1_dense/w: {dtype} in "
-                                              r"the checkpoint, float32 in the model"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"(?s)dtype mismatches.*params/1_dense/w: {dtype} in "
+        r"the checkpoint, float32 in the model",
+    ):
         load_train_state(path, ts)
     cast, _ = load_train_state(path, ts, cast=True)
     assert cast.params["1_dense"]["w"].dtype == jnp.float32
@@ -211,26 +247,36 @@ def test_checkpoints_from_elsewhere(tmp_path):
     from fnn.train.checkpoint import load_params
 
     _, _, ts = make_state()
-    flat = {f"params/{k}": np.asarray(v) for k, v in
-            {"1_dense/w": ts.params["1_dense"]["w"], "1_dense/b": ts.params["1_dense"]["b"],
-             "4_dense/w": ts.params["4_dense"]["w"], "4_dense/b": ts.params["4_dense"]["b"],
-             "2_batch_norm/gamma": ts.params["2_batch_norm"]["gamma"],
-             "2_batch_norm/beta": ts.params["2_batch_norm"]["beta"]}.items()}
+    flat = {
+        f"params/{k}": np.asarray(v)
+        for k, v in {
+            "1_dense/w": ts.params["1_dense"]["w"],
+            "1_dense/b": ts.params["1_dense"]["b"],
+            "4_dense/w": ts.params["4_dense"]["w"],
+            "4_dense/b": ts.params["4_dense"]["b"],
+            "2_batch_norm/gamma": ts.params["2_batch_norm"]["gamma"],
+            "2_batch_norm/beta": ts.params["2_batch_norm"]["beta"],
+        }.items()
+    }
     half = {k: v.astype(np.float16) for k, v in flat.items()}
     path = str(tmp_path / "other.safetensors")
     safetensors.numpy.save_file(half, path, metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="not an fnn training checkpoint.*cannot be resumed"
-                                              ".*load_params"):
+    with pytest.raises(
+        CheckpointError, match="not an fnn training checkpoint.*cannot be resumed.*load_params"
+    ):
         load_train_state(path, ts)
     notes = []
-    with pytest.raises(CheckpointError, match=r"(?s)dtype mismatches.*params/1_dense/w: float16 "
-                                              r"in the checkpoint, float32"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)dtype mismatches.*params/1_dense/w: float16 "
+        r"in the checkpoint, float32",
+    ):
         load_params(path, ts.params, log=notes.append)
     params = load_params(path, ts.params, cast=True, log=notes.append)
     assert params["1_dense"]["w"].dtype == jnp.float32 and "no fnn metadata" in notes[-1]
     np.testing.assert_allclose(params["1_dense"]["w"], ts.params["1_dense"]["w"], rtol=1e-3)
     bare = str(tmp_path / "bare.safetensors")  # names without "params/"
-    safetensors.numpy.save_file({k[len("params/"):]: v for k, v in flat.items()}, bare)
+    safetensors.numpy.save_file({k[len("params/") :]: v for k, v in flat.items()}, bare)
     assert tree_equal(load_params(bare, ts.params), ts.params)
     ints = str(tmp_path / "ints.safetensors")
     safetensors.numpy.save_file({k: v.astype(np.int32) for k, v in flat.items()}, ints)
@@ -246,11 +292,22 @@ def test_an_older_fnn_checkpoint_without_digest_still_resumes(tmp_path):
     from fnn.train.checkpoint import flatten
 
     _, _, ts = make_state()
-    tensors = {**flatten(ts.params, "params"), **flatten(ts.state, "state"),
-               **flatten(ts.opt_state, "opt_state"), "key": np.asarray(ts.key)}
+    tensors = {
+        **flatten(ts.params, "params"),
+        **flatten(ts.state, "state"),
+        **flatten(ts.opt_state, "opt_state"),
+        "key": np.asarray(ts.key),
+    }
     path = str(tmp_path / "v1.safetensors")
-    safetensors.numpy.save_file(tensors, path, metadata={
-        "format": json.dumps("fnn-checkpoint/1"), "epoch": "3", "step": "42",
-        "config": json.dumps({"model": "mlp"})})
+    safetensors.numpy.save_file(
+        tensors,
+        path,
+        metadata={
+            "format": json.dumps("fnn-checkpoint/1"),
+            "epoch": "3",
+            "step": "42",
+            "config": json.dumps({"model": "mlp"}),
+        },
+    )
     loaded, meta = load_train_state(path, ts)
     assert (loaded.epoch, loaded.step) == (3, 42) and tree_equal(loaded.params, ts.params)

@@ -29,8 +29,14 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "trainable parameters" in printed and "epoch 2/2" in printed
     assert "val loss" in printed and "test accuracy" in printed
-    for name in ("config.json", "metrics.jsonl", "last.safetensors", "best.safetensors",
-                 "curves.png", "results.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "last.safetensors",
+        "best.safetensors",
+        "curves.png",
+        "results.json",
+    ):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -104,14 +110,56 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch, cap
 def test_mnist_cnn_and_cifar10_resnet_from_files(tmp_path, capsys):
     mnist = tmp_path / "mnist"
     write_mnist(mnist, n_train=48, n_test=16, size=8)
-    assert main(["train", "--dataset", "mnist", "--data-dir", str(mnist), "--model", "cnn",
-                 "--channels", "2", "--epochs", "1", "--batch-size", "16", "--no-progress",
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(mnist),
+                "--model",
+                "cnn",
+                "--channels",
+                "2",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     cifar = tmp_path / "cifar"
     write_cifar(cifar, n_per_file=8)
-    assert main(["train", "--dataset", "cifar10", "--data-dir", str(cifar), "--model", "resnet",
-                 "--channels", "2,4", "--epochs", "1", "--batch-size", "16", "--grad", "builtin",
-                 "--no-progress", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(cifar),
+                "--model",
+                "resnet",
+                "--channels",
+                "2,4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--grad",
+                "builtin",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "input (8, 8, 1)" in printed and "input (32, 32, 3)" in printed
 
@@ -122,11 +170,17 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "train-images-idx3-ubyte" in err and "Traceback" not in err
     assert main(["train", "--resume", str(tmp_path / "none")]) == 1
     assert "not a run directory" in capsys.readouterr().err
-    assert main(["train", "--batch-size", "5000", "--out", str(tmp_path / "big"),
-                 "--no-progress"]) == 1
+    assert (
+        main(["train", "--batch-size", "5000", "--out", str(tmp_path / "big"), "--no-progress"])
+        == 1
+    )
     assert "batch size 5000" in capsys.readouterr().err
-    for bad in (["train", "--epochs", "0"], ["train", "--hidden", "a,b"],
-                ["train", "--model", "vgg"], ["train", "--optimizer", "lbfgs"]):
+    for bad in (
+        ["train", "--epochs", "0"],
+        ["train", "--hidden", "a,b"],
+        ["train", "--model", "vgg"],
+        ["train", "--optimizer", "lbfgs"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(bad)
         assert e.value.code == 2
@@ -137,11 +191,20 @@ def test_python_dash_m_fnn(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-m", "fnn", "train", "--dataset", "cifar10",
-                        "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fnn", "train", "--dataset", "cifar10", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert "data_batch_1.bin" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "fnn", "train", "--help"], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fnn", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0 and "--resume RUN_DIR" in r.stdout and "--grad" in r.stdout

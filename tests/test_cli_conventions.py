@@ -36,8 +36,13 @@ def env(**extra):
 
 
 def fnn_process(*argv, **extra):
-    return subprocess.Popen([sys.executable, "-m", "fnn", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(**extra))
+    return subprocess.Popen(
+        [sys.executable, "-m", "fnn", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**extra),
+    )
 
 
 class Terminal(io.StringIO):
@@ -125,10 +130,14 @@ def test_exit_statuses(monkeypatch, capsys):
             if signum is None:
                 raise KeyboardInterrupt  # before fit: nothing saved
             raise TrainingInterrupted("stopped", state, 0.01, signum)
+
         return train_run
 
-    for signum, status in ((signal.SIGINT, SAVED), (signal.SIGTERM, TERMINATED),
-                           (None, INTERRUPTED)):
+    for signum, status in (
+        (signal.SIGINT, SAVED),
+        (signal.SIGTERM, TERMINATED),
+        (None, INTERRUPTED),
+    ):
         monkeypatch.setattr(cli_train, "train_run", stopped_by(signum))
         assert main(["train", "--epochs", "1", "--out", "nowhere"]) == status, signum
     assert (SAVED, TERMINATED, INTERRUPTED) == (3, 143, 130)
@@ -136,8 +145,10 @@ def test_exit_statuses(monkeypatch, capsys):
 
 
 # ---- colour and progress bars only on a terminal ------------------------------------------------
-@pytest.mark.parametrize("stdout_tty, stderr_tty, no_color", [
-    (False, False, None), (True, True, None), (True, False, "1")])
+@pytest.mark.parametrize(
+    "stdout_tty, stderr_tty, no_color",
+    [(False, False, None), (True, True, None), (True, False, "1")],
+)
 def test_colour_and_bars_only_on_a_terminal(stdout_tty, stderr_tty, no_color, monkeypatch):
     out = Terminal() if stdout_tty else io.StringIO()
     err = Terminal() if stderr_tty else io.StringIO()
@@ -176,16 +187,27 @@ def _interrupt(p, first_line_starts: str):
 
 
 def test_gradcheck_prints_each_row_as_it_is_checked_and_stops_on_ctrl_c():
-    gates = ["relu", "tanh", "lstm_sequence", "gru_sequence", "conv2d", "max_pool2d",
-             "attention", "layer_norm"]
+    gates = [
+        "relu",
+        "tanh",
+        "lstm_sequence",
+        "gru_sequence",
+        "conv2d",
+        "max_pool2d",
+        "attention",
+        "layer_norm",
+    ]
     p = fnn_process("gradcheck", "--gate", ",".join(gates))
     waited, before, out, err = _interrupt(p, "relu ")
     print(f"gradcheck exited {waited:.2f} s after SIGINT: {err.strip()[-300:]}")
     assert p.returncode == INTERRUPTED, err[-2000:]
     assert waited < 1.0, waited
-    rows = [line.split()[0] for line in before[2:] + out.splitlines()
-            if line.split() and line.split()[0] in gates]
-    assert rows == gates[:len(rows)] and len(rows) < len(gates), (rows, out)
+    rows = [
+        line.split()[0]
+        for line in before[2:] + out.splitlines()
+        if line.split() and line.split()[0] in gates
+    ]
+    assert rows == gates[: len(rows)] and len(rows) < len(gates), (rows, out)
     assert f"interrupted by SIGINT after {len(rows)} of {len(gates)} checks" in err, err
     assert f"{len(rows)} gates, {len(rows)} ok" in out and "Traceback" not in err
 
@@ -208,11 +230,31 @@ def test_sample_runs_in_pieces_with_the_same_bytes(tmp_path, capsys):
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "a.py").write_text("".join(f"def f{i}(x):\n    return x * {i % 7}\n"
-                                         for i in range(150)))
+    (corpus / "a.py").write_text(
+        "".join(f"def f{i}(x):\n    return x * {i % 7}\n" for i in range(150))
+    )
     out = str(tmp_path / "run")
-    assert main(["train", "--model", "gru", "--data-dir", str(corpus), "--context", "16",
-                 "--hidden", "8", "--epochs", "1", "--no-progress", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "gru",
+                "--data-dir",
+                str(corpus),
+                "--context",
+                "16",
+                "--hidden",
+                "8",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     whole = sample_run(out, "def ", length=120, seed=5)
     sampling = Sampling(out, "def ", length=120, seed=5, seconds=0.0)  # a byte a piece
     pieces = [sampling.step() for _ in range(3)]
@@ -260,8 +302,15 @@ def test_train_shows_the_compile_on_a_terminal(monkeypatch):
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
     data = load_dataset("digits", limit=200)
-    fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), data, epochs=1, batch_size=50,
-        progress=True, hooks=[Seen()])
+    fit(
+        nn.mlp((8,)),
+        make_optimizer("adam", 1e-2),
+        data,
+        epochs=1,
+        batch_size=50,
+        progress=True,
+        hooks=[Seen()],
+    )
     assert Seen.calls[:2] == [0.05, 0.1]
     assert "\rcompiling the epoch's program (XLA): 0.1 s" in err.getvalue()
     assert "epoch 1/1" in err.getvalue()

@@ -70,15 +70,25 @@ ROWS = [f"{body} | {context}" for body, (_, contexts) in BODIES.items() for cont
 # the rows also run eagerly (the others under jit only: an eager shard_map compiles at each call,
 # which costs a second or more each): the cheap contexts, and one row of each other
 EAGER = [r for r in ROWS if r.split(" | ")[1] in (VMAP, GRAD_VMAP, PMAP_IN)] + [
-    "psum | fnn.grad(pmap)", "psum typed | fnn.grad(shard_map)",
-    "psum typed | shard_map(fnn.grad)", "replicated weights | fnn.grad(shard_map)",
-    "flax BatchNorm | pmap(fnn.grad)", "equinox BatchNorm | fnn.grad(vmap)"]
-MODELS = ["flax BatchNorm | fnn.grad(vmap)", "flax BatchNorm | fnn.grad(pmap)",
-          "flax BatchNorm | pmap(fnn.grad)", "equinox BatchNorm | fnn.grad(vmap)",
-          "data-parallel step | check_vma=False", "data-parallel step | check_vma=True",
-          "complex values | fnn.grad(vmap)", "complex values | fnn.grad(shard_map)",
-          "complex values | fnn.grad(pmap)",
-          "2-d mesh | fnn.grad(shard_map)"]  # (the 2-d mesh last: a program of its own)
+    "psum | fnn.grad(pmap)",
+    "psum typed | fnn.grad(shard_map)",
+    "psum typed | shard_map(fnn.grad)",
+    "replicated weights | fnn.grad(shard_map)",
+    "flax BatchNorm | pmap(fnn.grad)",
+    "equinox BatchNorm | fnn.grad(vmap)",
+]
+MODELS = [
+    "flax BatchNorm | fnn.grad(vmap)",
+    "flax BatchNorm | fnn.grad(pmap)",
+    "flax BatchNorm | pmap(fnn.grad)",
+    "equinox BatchNorm | fnn.grad(vmap)",
+    "data-parallel step | check_vma=False",
+    "data-parallel step | check_vma=True",
+    "complex values | fnn.grad(vmap)",
+    "complex values | fnn.grad(shard_map)",
+    "complex values | fnn.grad(pmap)",
+    "2-d mesh | fnn.grad(shard_map)",
+]  # (the 2-d mesh last: a program of its own)
 
 
 # ---- the child: 8 host devices, float64 --------------------------------------------------------
@@ -108,34 +118,53 @@ def child_main():  # noqa: C901  (a table of programs and their contexts, in one
     # body -> (fnn's body, JAX's body or None: the same); v: one device's f64[8]
     bodies = {
         "psum": (lambda v: lax.psum(jnp.sin(v), "b") * v, None),
-        "pmax": (lambda v: lax.pmax(jnp.sin(v), "b") * v,
-                 lambda v: jnp.max(gathered(jnp.sin(v)), 0) * v),
-        "pmin": (lambda v: lax.pmin(jnp.sin(v), "b") * v,
-                 lambda v: jnp.min(gathered(jnp.sin(v)), 0) * v),
+        "pmax": (
+            lambda v: lax.pmax(jnp.sin(v), "b") * v,
+            lambda v: jnp.max(gathered(jnp.sin(v)), 0) * v,
+        ),
+        "pmin": (
+            lambda v: lax.pmin(jnp.sin(v), "b") * v,
+            lambda v: jnp.min(gathered(jnp.sin(v)), 0) * v,
+        ),
         "all_gather": (lambda v: jnp.sum(gathered(jnp.sin(v)) * k4, 0) * v, None),
         "all_gather tiled": (lambda v: lax.all_gather(jnp.sin(v), "b", tiled=True)[::4] * v, None),
-        "psum_scatter": (lambda v: four(lax.psum_scatter(jnp.sin(v).reshape(4, 2), "b")) * v,
-                         None),
-        "psum_scatter tiled": (lambda v: four(lax.psum_scatter(jnp.sin(v), "b", tiled=True)) * v,
-                               None),
+        "psum_scatter": (lambda v: four(lax.psum_scatter(jnp.sin(v).reshape(4, 2), "b")) * v, None),
+        "psum_scatter tiled": (
+            lambda v: four(lax.psum_scatter(jnp.sin(v), "b", tiled=True)) * v,
+            None,
+        ),
         "ppermute": (lambda v: lax.ppermute(jnp.sin(v), "b", perm) * v, None),
         "ppermute partial": (lambda v: lax.ppermute(jnp.sin(v), "b", perm[:2]) * v + v, None),
-        "all_to_all tiled": (lambda v: lax.all_to_all(jnp.sin(v).reshape(4, 2), "b", 0, 1,
-                                                      tiled=True).reshape(-1) * v, None),
-        "all_to_all untiled": (lambda v: lax.all_to_all(jnp.sin(v).reshape(4, 2), "b", 0, 0)
-                               .reshape(-1) * v, None),
+        "all_to_all tiled": (
+            lambda v: (
+                lax.all_to_all(jnp.sin(v).reshape(4, 2), "b", 0, 1, tiled=True).reshape(-1) * v
+            ),
+            None,
+        ),
+        "all_to_all untiled": (
+            lambda v: lax.all_to_all(jnp.sin(v).reshape(4, 2), "b", 0, 0).reshape(-1) * v,
+            None,
+        ),
         "all_to_all untiled, split != concat": (
             lambda v: lax.all_to_all(jnp.sin(v).reshape(4, 2), "b", 0, 1).reshape(-1) * v,
-            lambda v: jnp.take(gathered(jnp.sin(v).reshape(4, 2)), lax.axis_index("b"), axis=1)
-            .T.reshape(-1) * v),
+            lambda v: (
+                jnp.take(gathered(jnp.sin(v).reshape(4, 2)), lax.axis_index("b"), axis=1).T.reshape(
+                    -1
+                )
+                * v
+            ),
+        ),
         "psum typed": (lambda v: lax.psum(jnp.sin(v), "b") * v, None),
-        "all_gather invarying": (lambda v: jnp.sum(lax.all_gather(jnp.sin(v), "b", to="invarying")
-                                                   * k4, 0) * v, None),
+        "all_gather invarying": (
+            lambda v: jnp.sum(lax.all_gather(jnp.sin(v), "b", to="invarying") * k4, 0) * v,
+            None,
+        ),
     }
 
     def smap(f, in_specs, out_specs=P("b"), check_vma=True):
-        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                             check_vma=check_vma)
+        return jax.shard_map(
+            f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma
+        )
 
     def program(body, context, grad):
         """() -> gradients: the row's program, differentiated by `grad` (fnn.grad or jax.grad)."""
@@ -144,15 +173,18 @@ def child_main():  # noqa: C901  (a table of programs and their contexts, in one
             if context == SHARD:
                 total = lambda x, c: jnp.sum(smap(layer, (P("b"), P()))(x, c) * w)
                 return lambda: grad(total, argnums=(0, 1))(x, c)
-            per_shard = lambda a, c, wa: grad(lambda a, c: jnp.sum(layer(a, c) * wa),
-                                              argnums=(0, 1))(a, c)
+            per_shard = lambda a, c, wa: grad(
+                lambda a, c: jnp.sum(layer(a, c) * wa), argnums=(0, 1)
+            )(a, c)
             return lambda: smap(per_shard, (P("b"), P(), P("b")), (P("b"), P()))(x, c, w)
         f = bodies[body][0 if grad is fnn.grad else 1] or bodies[body][0]
         loss = lambda v, wv: jnp.sum(f(v) * wv)
         one = lambda a: f(a[0])[None]  # one device's slice of x: f64[1, 8]
-        total = {GRAD_VMAP: lambda x: jnp.sum(jax.vmap(f, axis_name="b")(x) * w),
-                 SHARD: lambda x: jnp.sum(smap(one, P("b"))(x) * w),
-                 PMAP: lambda x: jnp.sum(jax.pmap(f, axis_name="b")(x) * w)}
+        total = {
+            GRAD_VMAP: lambda x: jnp.sum(jax.vmap(f, axis_name="b")(x) * w),
+            SHARD: lambda x: jnp.sum(smap(one, P("b"))(x) * w),
+            PMAP: lambda x: jnp.sum(jax.pmap(f, axis_name="b")(x) * w),
+        }
         if context in total:
             return lambda: grad(total[context])(x)
         if context == VMAP:
@@ -195,9 +227,13 @@ def child_main():  # noqa: C901  (a table of programs and their contexts, in one
     programs.update(model_programs(jax, jnp, np, lax, P, fnn, rng))
 
     def rel(a, b):  # the worst leaf, each on its own scale
-        return max(float(np.max(np.abs(np.asarray(p) - np.asarray(q)))
-                         / max(1e-300, float(np.max(np.abs(np.asarray(q))))))
-                   for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+        return max(
+            float(
+                np.max(np.abs(np.asarray(p) - np.asarray(q)))
+                / max(1e-300, float(np.max(np.abs(np.asarray(q)))))
+            )
+            for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+        )
 
     fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     t0 = time.perf_counter()
@@ -205,8 +241,12 @@ def child_main():  # noqa: C901  (a table of programs and their contexts, in one
     # one program each: the rows (on 4 devices), the models (8), the 2-d mesh (8 on other axes)
     for rows in (ROWS, MODELS[:-1], MODELS[-1:]):
         for k, out in ((0, mine_jit), (1, refs)):
-            out.update(jax.jit(lambda rows=rows, k=k: {r: programs[r][k]() for r in rows},
-                               compiler_options=fast)())
+            out.update(
+                jax.jit(
+                    lambda rows=rows, k=k: {r: programs[r][k]() for r in rows},
+                    compiler_options=fast,
+                )()
+            )
     print(f"jit: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     t0 = time.perf_counter()
     for row, (mine, _) in programs.items():
@@ -217,8 +257,12 @@ def child_main():  # noqa: C901  (a table of programs and their contexts, in one
             except Exception as e:  # noqa: BLE001 -- reported with the row
                 eager = f"{type(e).__name__}: {e}"
         body, context = row.split(" | ")
-        report = {"row": row, "eager": eager, "jit": rel(mine_jit[row], refs[row]),
-                  "binds": binds(body, context) if row in ROWS else []}
+        report = {
+            "row": row,
+            "eager": eager,
+            "jit": rel(mine_jit[row], refs[row]),
+            "binds": binds(body, context) if row in ROWS else [],
+        }
         print("ROW " + json.dumps(report), flush=True)
     print(f"eager: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
@@ -233,16 +277,19 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
         @nn.compact
         def __call__(self, x):
             x = nn.Dense(5, use_bias=False, param_dtype=jnp.float64)(x)
-            x = nn.BatchNorm(use_running_average=False, axis_name="batch",
-                             param_dtype=jnp.float64)(x)
+            x = nn.BatchNorm(use_running_average=False, axis_name="batch", param_dtype=jnp.float64)(
+                x
+            )
             return jnp.tanh(x)
 
     net, xs = Net(), jnp.asarray(rng.standard_normal((8, 3, 4)))  # 8 devices' batches of 3
     variables = jax.vmap(lambda v: net.init(jax.random.PRNGKey(0), v), axis_name="batch")(xs)
-    params, stats = jax.tree_util.tree_map(lambda a: a[0], (variables["params"],
-                                                            variables["batch_stats"]))
-    apply = lambda p, v: net.apply({"params": p, "batch_stats": stats}, v,
-                                   mutable=["batch_stats"])[0]
+    params, stats = jax.tree_util.tree_map(
+        lambda a: a[0], (variables["params"], variables["batch_stats"])
+    )
+    apply = lambda p, v: net.apply({"params": p, "batch_stats": stats}, v, mutable=["batch_stats"])[
+        0
+    ]
     per_device = lambda p, v: jnp.sum(jnp.sin(apply(p, v)))
     flax_vmap = lambda p: jnp.sum(jnp.sin(jax.vmap(apply, (None, 0), axis_name="batch")(p, xs)))
     flax_pmap = lambda p: jnp.sum(jnp.sin(jax.pmap(apply, "batch", in_axes=(None, 0))(p, xs)))
@@ -254,8 +301,7 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
     def eqx_loss(model):
         linear, norm = model
         state = eqx.nn.State(norm)  # fresh each call: a State is used once
-        y, _ = jax.vmap(lambda v: norm(linear(v), state), axis_name="batch",
-                        out_axes=(0, None))(xe)
+        y, _ = jax.vmap(lambda v: norm(linear(v), state), axis_name="batch", out_axes=(0, None))(xe)
         return jnp.sum(jnp.sin(y))
 
     diff, rest = eqx.partition((linear, norm), eqx.is_inexact_array)
@@ -263,8 +309,11 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
 
     # data parallel: a 2-layer MLP, its batch split over 8 devices, gradients pmean'd
     mesh8 = Mesh(np.array(jax.devices()), ("data",))
-    mlp = {"w1": jnp.asarray(rng.standard_normal((4, 6))) / 2, "b1": jnp.zeros(6),
-           "w2": jnp.asarray(rng.standard_normal((6, 3))) / 2}
+    mlp = {
+        "w1": jnp.asarray(rng.standard_normal((4, 6))) / 2,
+        "b1": jnp.zeros(6),
+        "w2": jnp.asarray(rng.standard_normal((6, 3))) / 2,
+    }
     xd, yd = jnp.asarray(rng.standard_normal((16, 4))), jnp.asarray(rng.integers(0, 3, 16))
 
     def mlp_loss(p, x, y):
@@ -275,13 +324,23 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
         def step(p, x, y):
             g = grad(mlp_loss)(p, x, y)  # this device's batch
             return jax.tree_util.tree_map(lambda a: lax.pmean(a, "data"), g)
-        return jax.shard_map(step, mesh=mesh8, in_specs=(P(), P("data"), P("data")),
-                             out_specs=P(), check_vma=check_vma)
+
+        return jax.shard_map(
+            step,
+            mesh=mesh8,
+            in_specs=(P(), P("data"), P("data")),
+            out_specs=P(),
+            check_vma=check_vma,
+        )
 
     def dp_loss(check_vma):  # the mean loss over the devices, differentiated outside
-        return lambda p: jax.shard_map(lambda p, x, y: lax.pmean(mlp_loss(p, x, y), "data"),
-                                       mesh=mesh8, in_specs=(P(), P("data"), P("data")),
-                                       out_specs=P(), check_vma=check_vma)(p, xd, yd)
+        return lambda p: jax.shard_map(
+            lambda p, x, y: lax.pmean(mlp_loss(p, x, y), "data"),
+            mesh=mesh8,
+            in_specs=(P(), P("data"), P("data")),
+            out_specs=P(),
+            check_vma=check_vma,
+        )(p, xd, yd)
 
     # a 2 x 4 mesh: collectives over one axis and both, a shard_map over 'b' alone
     mesh2 = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
@@ -290,19 +349,34 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
     def body2(a, c):  # a: f64[2, 2], c: f64[2]
         h = jnp.tanh(a * c)
         shifted = lax.ppermute(h, "b", [(i, (i + 1) % 4) for i in range(4)])
-        return (lax.psum(jnp.sum(h * h, axis=0), "a") * lax.pmean(h, ("a", "b"))
-                + shifted * jnp.sin(jnp.sum(c)))
+        return lax.psum(jnp.sum(h * h, axis=0), "a") * lax.pmean(h, ("a", "b")) + shifted * jnp.sin(
+            jnp.sum(c)
+        )
 
     def mesh2_loss(check_vma):
         def both_axes(x, c):
-            return jnp.sum(w2 * jax.shard_map(body2, mesh=mesh2, in_specs=(P("a", "b"), P("b")),
-                                              out_specs=P("a", "b"), check_vma=check_vma)(x, c))
+            return jnp.sum(
+                w2
+                * jax.shard_map(
+                    body2,
+                    mesh=mesh2,
+                    in_specs=(P("a", "b"), P("b")),
+                    out_specs=P("a", "b"),
+                    check_vma=check_vma,
+                )(x, c)
+            )
 
         def b_alone(x, c):
-            y = jax.shard_map(lambda a, c: lax.psum(jnp.sin(a * c), "b") * a, mesh=mesh2,
-                              in_specs=(P(None, "b"), P("b")), out_specs=P(None, "b"),
-                              axis_names={"b"}, check_vma=check_vma)(x, c)
+            y = jax.shard_map(
+                lambda a, c: lax.psum(jnp.sin(a * c), "b") * a,
+                mesh=mesh2,
+                in_specs=(P(None, "b"), P("b")),
+                out_specs=P(None, "b"),
+                axis_names={"b"},
+                check_vma=check_vma,
+            )(x, c)
             return jnp.sum(y * w2)
+
         return lambda x, c: both_axes(x, c) + b_alone(x, c)
 
     # complex values through the linear collectives on 8 devices: one device's c128[8], a real
@@ -313,45 +387,57 @@ def model_programs(jax, jnp, np, lax, P, fnn, rng):
 
     def cbody(v):
         s = jnp.sin(v)
-        mixed = (lax.psum(s, "data") + jnp.sum(lax.all_gather(s, "data") * k8, 0)
-                 + jnp.repeat(lax.psum_scatter(s, "data", tiled=True), 8)
-                 + lax.ppermute(s, "data", ring)
-                 + lax.all_to_all(s.reshape(8, 1), "data", 0, 0, tiled=True).reshape(-1))
+        mixed = (
+            lax.psum(s, "data")
+            + jnp.sum(lax.all_gather(s, "data") * k8, 0)
+            + jnp.repeat(lax.psum_scatter(s, "data", tiled=True), 8)
+            + lax.ppermute(s, "data", ring)
+            + lax.all_to_all(s.reshape(8, 1), "data", 0, 0, tiled=True).reshape(-1)
+        )
         return mixed * v
 
     closs = lambda y: jnp.sum(jnp.abs(y) ** 2 * wc)
     c_vmap = lambda x: closs(jax.vmap(cbody, axis_name="data")(x))
-    c_shard = lambda x: closs(jax.shard_map(lambda a: cbody(a[0])[None], mesh=mesh8,
-                                            in_specs=P("data"), out_specs=P("data"))(x))
+    c_shard = lambda x: closs(
+        jax.shard_map(
+            lambda a: cbody(a[0])[None], mesh=mesh8, in_specs=P("data"), out_specs=P("data")
+        )(x)
+    )
     c_pmap = lambda x: closs(jax.pmap(cbody, axis_name="data")(x))
 
     both = lambda make: (make(fnn.grad), make(jax.grad))
     return {
         MODELS[0]: both(lambda g: lambda: g(flax_vmap)(params)),
         MODELS[1]: both(lambda g: lambda: g(flax_pmap)(params)),
-        MODELS[2]: both(lambda g: lambda: jax.pmap(g(per_device), "batch",
-                                                   in_axes=(None, 0))(params, xs)),
+        MODELS[2]: both(
+            lambda g: lambda: jax.pmap(g(per_device), "batch", in_axes=(None, 0))(params, xs)
+        ),
         MODELS[3]: both(lambda g: lambda: g(eqx_total)(diff)),
-        MODELS[4]: both(lambda g: lambda: (dp_step(g, False)(mlp, xd, yd),
-                                           g(dp_loss(False))(mlp))),
-        MODELS[5]: both(lambda g: lambda: (dp_step(g, True)(mlp, xd, yd),
-                                           g(dp_loss(True))(mlp))),
+        MODELS[4]: both(lambda g: lambda: (dp_step(g, False)(mlp, xd, yd), g(dp_loss(False))(mlp))),
+        MODELS[5]: both(lambda g: lambda: (dp_step(g, True)(mlp, xd, yd), g(dp_loss(True))(mlp))),
         MODELS[6]: both(lambda g: lambda: g(c_vmap)(xc)),
         MODELS[7]: both(lambda g: lambda: g(c_shard)(xc)),
         MODELS[8]: both(lambda g: lambda: g(c_pmap)(xc)),
-        MODELS[9]: both(lambda g: lambda: [g(mesh2_loss(v), argnums=(0, 1))(x2, c2)
-                                           for v in (True, False)]),
+        MODELS[9]: both(
+            lambda g: lambda: [g(mesh2_loss(v), argnums=(0, 1))(x2, c2) for v in (True, False)]
+        ),
     }
 
 
 # ---- the tests ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def child_reports():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
+    )
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True,
-                       text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line[4:]) for line in r.stdout.splitlines() if line.startswith("ROW ")]
     return {row.pop("row"): row for row in rows}

@@ -22,8 +22,9 @@ TOL = 1e-10
 
 def _both(loss, argnums=0, **kw):
     """fnn.grad and jax.grad of loss in one jitted program."""
-    return jax.jit(lambda *a: (fnn.grad(loss, argnums, **kw)(*a),
-                               jax.grad(loss, argnums, **kw)(*a)))
+    return jax.jit(
+        lambda *a: (fnn.grad(loss, argnums, **kw)(*a), jax.grad(loss, argnums, **kw)(*a))
+    )
 
 
 def _cnormal(rng, *shape):
@@ -34,13 +35,20 @@ def test_the_convention_is_jaxs(x64):
     """grad of a real function of z = x + iy is df/dx - i df/dy (the conjugate of the ascent
     direction), grad(holomorphic=True) is f'(z), and vjp is g * f'(z): as JAX."""
     z = jnp.asarray(3.0 + 4.0j)
-    assert fnn.grad(lambda z: jnp.abs(z) ** 2)(z) == jax.grad(lambda z: jnp.abs(z) ** 2)(z) \
+    assert (
+        fnn.grad(lambda z: jnp.abs(z) ** 2)(z)
+        == jax.grad(lambda z: jnp.abs(z) ** 2)(z)
         == 6.0 - 8.0j
+    )
     assert fnn.grad(lambda z: jnp.real(z))(z) == 1.0 and fnn.grad(lambda z: jnp.imag(z))(z) == -1j
-    f = lambda z: jnp.sin(z) * jnp.exp(z) / (1.0 + z ** 2)
+    f = lambda z: jnp.sin(z) * jnp.exp(z) / (1.0 + z**2)
     assert abs(fnn.grad(f, holomorphic=True)(z) - jax.grad(f, holomorphic=True)(z)) < 1e-12
-    for fn, primal, ct in [(f, z, 0.3 - 2.0j), (jnp.abs, z, 1.5), (jnp.conj, z, 1.0 + 2.0j),
-                           (lambda x: x * (1 + 2j), jnp.asarray(0.7), 2.0 - 1.0j)]:
+    for fn, primal, ct in [
+        (f, z, 0.3 - 2.0j),
+        (jnp.abs, z, 1.5),
+        (jnp.conj, z, 1.0 + 2.0j),
+        (lambda x: x * (1 + 2j), jnp.asarray(0.7), 2.0 - 1.0j),
+    ]:
         mine, ref = fnn.vjp(fn, primal)[1](ct)[0], jax.vjp(fn, primal)[1](ct)[0]
         assert abs(mine - ref) < 1e-12 and jnp.result_type(mine) == jnp.result_type(ref)
 
@@ -83,9 +91,11 @@ def test_jaxs_errors_where_jax_refuses(x64):
         fnn.grad(lambda x: x * 1j, holomorphic=True)(1.0)
     with pytest.raises(TypeError, match="holomorphic=True requires outputs with complex dtype"):
         fnn.grad(jnp.abs, holomorphic=True)(z)
-    for fn in (lambda: jax.grad(lambda z: z * z)(z),  # JAX refuses the same three
-               lambda: jax.grad(lambda x: x * 1j, holomorphic=True)(1.0),
-               lambda: jax.grad(jnp.abs, holomorphic=True)(z)):
+    for fn in (
+        lambda: jax.grad(lambda z: z * z)(z),  # JAX refuses the same three
+        lambda: jax.grad(lambda x: x * 1j, holomorphic=True)(1.0),
+        lambda: jax.grad(jnp.abs, holomorphic=True)(z),
+    ):
         with pytest.raises(TypeError):
             fn()
     _, pull = fnn.vjp(lambda z: z * 2, jnp.ones(3, complex))
@@ -97,10 +107,12 @@ def test_a_rule_for_real_values_refuses_complex_ones_by_name(x64):
     z = jnp.asarray([1.0 + 2.0j, 3.0 - 1.0j])
     # lax.pmax's rule is written for real values (JAX has no rule for pmax at all): refused,
     # naming it and the value; psum's takes complex values, as JAX's does
-    over = lambda op: lambda z: jnp.sum(jnp.abs(jax.vmap(lambda v: op(v, "i"),
-                                                         axis_name="i")(z)))
-    with pytest.raises(fnn.GateError, match=r"rule 'lax.pmax' does not differentiate "
-                                            r"complex values: its input 0 is complex128\[2\]"):
+    over = lambda op: lambda z: jnp.sum(jnp.abs(jax.vmap(lambda v: op(v, "i"), axis_name="i")(z)))
+    with pytest.raises(
+        fnn.GateError,
+        match=r"rule 'lax.pmax' does not differentiate "
+        r"complex values: its input 0 is complex128\[2\]",
+    ):
         fnn.grad(over(lax.pmax))(z)
     assert rel_error(fnn.grad(over(lax.psum))(z), jax.grad(over(lax.psum))(z)) < TOL
     # a user's primitive gate is refused unless it declares complex=True
@@ -192,8 +204,13 @@ def test_extrema_segments_and_solves_of_complex_values(x64):
         seg = jax.ops.segment_max(z, ids, num_segments=4) + jax.ops.segment_min(z, ids, 4)
         y = lax.linalg.tridiagonal_solve(dl, d, du, z) + jnp.linalg.solve(a, z)
         lse = lax.cumlogsumexp(0.3 * z, axis=0)
-        return (jnp.sum(jnp.abs(ext) ** 2) + jnp.sum(jnp.abs(run) ** 2) + jnp.sum(jnp.abs(seg))
-                + jnp.sum(jnp.abs(y) ** 2) + jnp.sum(jnp.real(lse) * jnp.imag(lse)))
+        return (
+            jnp.sum(jnp.abs(ext) ** 2)
+            + jnp.sum(jnp.abs(run) ** 2)
+            + jnp.sum(jnp.abs(seg))
+            + jnp.sum(jnp.abs(y) ** 2)
+            + jnp.sum(jnp.real(lse) * jnp.imag(lse))
+        )
 
     d = 3.0 + _cnormal(rng, 6) * 0.3
     mine, ref = _both(loss, (0, 1))(z, d)
@@ -209,7 +226,7 @@ def test_custom_rules_scans_and_checkpoints_with_complex_values(x64):
 
     @jax.custom_jvp
     def cube(z):
-        return z ** 3
+        return z**3
 
     cube.defjvp(lambda p, t: (cube(p[0]), 3.0 * p[0] ** 2 * t[0]))
 

@@ -30,8 +30,14 @@ def jax_max_pool(x, k, s):
 
 # ---- max pool: ties and the two backward paths ---------------------------------------------------
 # (window, stride): reshape path (window == stride, divisible or not) and general path (overlaps)
-POOLS = [((2, 2), (2, 2)), ((3, 3), (3, 3)), ((2, 3), (2, 3)), ((3, 3), (2, 2)), ((2, 2), (1, 1)),
-         ((3, 2), (1, 2))]
+POOLS = [
+    ((2, 2), (2, 2)),
+    ((3, 3), (3, 3)),
+    ((2, 3), (2, 3)),
+    ((3, 3), (2, 2)),
+    ((2, 2), (1, 1)),
+    ((3, 2), (1, 2)),
+]
 
 
 @pytest.mark.parametrize("k,s", POOLS)
@@ -95,7 +101,7 @@ def naive_conv(x, w, s, pads):
     out = np.zeros((n, ho, wo, w.shape[3]))
     for i in range(ho):
         for j in range(wo):
-            patch = x[:, i * s[0]:i * s[0] + kh, j * s[1]:j * s[1] + kw, :]
+            patch = x[:, i * s[0] : i * s[0] + kh, j * s[1] : j * s[1] + kw, :]
             out[:, i, j, :] = np.einsum("nabc,abco->no", patch, w)
     return out
 
@@ -105,14 +111,17 @@ def same_pads(n, k, s):
     return total // 2, total - total // 2
 
 
-@pytest.mark.parametrize("xs,ws,stride,padding", [
-    ((2, 7, 6, 3), (3, 3, 3, 4), 1, "VALID"),
-    ((2, 7, 6, 3), (3, 2, 3, 4), 1, "SAME"),
-    ((2, 7, 6, 3), (3, 3, 3, 4), 2, "SAME"),
-    ((1, 8, 8, 2), (4, 4, 2, 3), 2, "SAME"),
-    ((2, 7, 6, 3), (2, 3, 3, 2), (2, 3), 2),
-    ((2, 6, 6, 2), (3, 3, 2, 2), 2, ((0, 1), (2, 0))),
-])
+@pytest.mark.parametrize(
+    "xs,ws,stride,padding",
+    [
+        ((2, 7, 6, 3), (3, 3, 3, 4), 1, "VALID"),
+        ((2, 7, 6, 3), (3, 2, 3, 4), 1, "SAME"),
+        ((2, 7, 6, 3), (3, 3, 3, 4), 2, "SAME"),
+        ((1, 8, 8, 2), (4, 4, 2, 3), 2, "SAME"),
+        ((2, 7, 6, 3), (2, 3, 3, 2), (2, 3), 2),
+        ((2, 6, 6, 2), (3, 3, 2, 2), 2, ((0, 1), (2, 0))),
+    ],
+)
 def test_conv2d_matches_naive_convolution(xs, ws, stride, padding, x64):
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
@@ -136,8 +145,16 @@ def test_conv2d_matches_naive_convolution(xs, ws, stride, padding, x64):
 def bn_args(rng, shape):
     d = shape[-1]
     x = 2.0 * rng.standard_normal(shape) + 1.0
-    return tuple(jnp.asarray(a) for a in (x, rng.uniform(0.5, 2, d), rng.standard_normal(d),
-                                          rng.standard_normal(d), rng.uniform(0.5, 2.0, d)))
+    return tuple(
+        jnp.asarray(a)
+        for a in (
+            x,
+            rng.uniform(0.5, 2, d),
+            rng.standard_normal(d),
+            rng.standard_normal(d),
+            rng.uniform(0.5, 2.0, d),
+        )
+    )
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (4, 3, 3, 5)])
@@ -163,8 +180,12 @@ def test_batch_norm_float32_stays_accurate_far_from_zero(shift, spread):
     rng = np.random.default_rng(11)
     x = (shift + spread * rng.standard_normal((256, 8))).astype(np.float32)
     g = rng.standard_normal((256, 8)).astype(np.float32)
-    gamma, beta, rm, rv = (np.ones(8, np.float32), np.zeros(8, np.float32),
-                           np.zeros(8, np.float32), np.ones(8, np.float32))
+    gamma, beta, rm, rv = (
+        np.ones(8, np.float32),
+        np.zeros(8, np.float32),
+        np.zeros(8, np.float32),
+        np.ones(8, np.float32),
+    )
     y, vjp = fnn.vjp(lambda x: batch_norm(x, gamma, beta, rm, rv, train=True)[0], jnp.asarray(x))
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     mu, inv = x64.mean(0), 1 / np.sqrt(x64.var(0) + 1e-5)
@@ -240,8 +261,9 @@ def test_dropout_backward_uses_the_forward_mask():
     np.testing.assert_allclose(dx, np.where(np.asarray(out) != 0, g / 0.6, 0), rtol=1e-6)
     assert 0 < int((out == 0).sum()) < out.size
     # under jit as well (mask regenerated from the same key inside one program)
-    dx_jit = jax.jit(lambda x: pullback(lambda x: dropout(x, jax.random.PRNGKey(3), rate=0.4),
-                                        x, ct=g)[1][0])(x)
+    dx_jit = jax.jit(
+        lambda x: pullback(lambda x: dropout(x, jax.random.PRNGKey(3), rate=0.4), x, ct=g)[1][0]
+    )(x)
     np.testing.assert_allclose(dx_jit, dx, rtol=1e-6)
 
 
@@ -263,25 +285,47 @@ def test_dropout_rejects_bad_rate(rate):
 
 
 # ---- errors ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("call,pattern", [
-    (lambda: conv2d(jnp.ones((5, 5, 3)), jnp.ones((3, 3, 3, 4))), r"conv2d.*x.*f32\[5,5,3\]"),
-    (lambda: conv2d(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 4))), r"conv2d.*w.*f32\[3,3,4\]"),
-    (lambda: conv2d(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 2, 4))),
-     r"conv2d.*x f32\[1,5,5,3\].*3 channels.*w f32\[3,3,2,4\]"),
-    (lambda: conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 4)), stride=0), r"conv2d.*stride"),
-    (lambda: conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 4)), padding="FULL"),
-     r"conv2d.*padding"),
-    (lambda: max_pool2d(jnp.ones((4, 4, 3)), window=2), r"max_pool2d.*x.*f32\[4,4,3\]"),
-    (lambda: max_pool2d(jnp.ones((1, 4, 4, 3)), window=5),
-     r"max_pool2d.*window \(5, 5\).*f32\[1,4,4,3\]"),
-    (lambda: avg_pool2d(jnp.ones((1, 4, 4, 3)), window=(2, 2, 2)), r"avg_pool2d.*window"),
-    (lambda: batch_norm(jnp.ones((4, 3)), jnp.ones(3), jnp.ones(2), jnp.ones(3), jnp.ones(3),
-                        train=True), r"batch_norm.*beta.*\(3,\).*f32\[4,3\].*f32\[2\]"),
-    (lambda: batch_norm(jnp.ones(3), jnp.ones(3), jnp.ones(3), jnp.ones(3), jnp.ones(3),
-                        train=True), r"batch_norm.*f32\[3\]"),
-    (lambda: layer_norm(jnp.ones((4, 3)), jnp.ones(4), jnp.ones(3)),
-     r"layer_norm.*gamma.*f32\[4,3\].*f32\[4\]"),
-])
+@pytest.mark.parametrize(
+    "call,pattern",
+    [
+        (lambda: conv2d(jnp.ones((5, 5, 3)), jnp.ones((3, 3, 3, 4))), r"conv2d.*x.*f32\[5,5,3\]"),
+        (lambda: conv2d(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 4))), r"conv2d.*w.*f32\[3,3,4\]"),
+        (
+            lambda: conv2d(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 2, 4))),
+            r"conv2d.*x f32\[1,5,5,3\].*3 channels.*w f32\[3,3,2,4\]",
+        ),
+        (
+            lambda: conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 4)), stride=0),
+            r"conv2d.*stride",
+        ),
+        (
+            lambda: conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 4)), padding="FULL"),
+            r"conv2d.*padding",
+        ),
+        (lambda: max_pool2d(jnp.ones((4, 4, 3)), window=2), r"max_pool2d.*x.*f32\[4,4,3\]"),
+        (
+            lambda: max_pool2d(jnp.ones((1, 4, 4, 3)), window=5),
+            r"max_pool2d.*window \(5, 5\).*f32\[1,4,4,3\]",
+        ),
+        (lambda: avg_pool2d(jnp.ones((1, 4, 4, 3)), window=(2, 2, 2)), r"avg_pool2d.*window"),
+        (
+            lambda: batch_norm(
+                jnp.ones((4, 3)), jnp.ones(3), jnp.ones(2), jnp.ones(3), jnp.ones(3), train=True
+            ),
+            r"batch_norm.*beta.*\(3,\).*f32\[4,3\].*f32\[2\]",
+        ),
+        (
+            lambda: batch_norm(
+                jnp.ones(3), jnp.ones(3), jnp.ones(3), jnp.ones(3), jnp.ones(3), train=True
+            ),
+            r"batch_norm.*f32\[3\]",
+        ),
+        (
+            lambda: layer_norm(jnp.ones((4, 3)), jnp.ones(4), jnp.ones(3)),
+            r"layer_norm.*gamma.*f32\[4,3\].*f32\[4\]",
+        ),
+    ],
+)
 def test_bad_shapes_raise_gate_error_naming_gate_and_shapes(call, pattern):
     with pytest.raises(GateError, match=pattern):
         call()

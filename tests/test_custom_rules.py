@@ -30,8 +30,9 @@ def reverse_gradient(x, scale):
     return x
 
 
-reverse_gradient.defvjp(lambda x, scale: (x, scale),
-                        lambda scale, g: (-scale * g, jnp.zeros_like(scale)))
+reverse_gradient.defvjp(
+    lambda x, scale: (x, scale), lambda scale, g: (-scale * g, jnp.zeros_like(scale))
+)
 
 
 @jax.custom_vjp
@@ -104,13 +105,17 @@ def two_outputs(x):
     return jnp.sin(x) * 2.0, jnp.argmax(x)
 
 
-two_outputs.defjvp(lambda p, t: ((jnp.sin(p[0]) * 2.0, jnp.argmax(p[0])),
-                                 (3.0 * t[0], np.zeros((), jax.dtypes.float0))))
+two_outputs.defjvp(
+    lambda p, t: (
+        (jnp.sin(p[0]) * 2.0, jnp.argmax(p[0])),
+        (3.0 * t[0], np.zeros((), jax.dtypes.float0)),
+    )
+)
 
 
 @jax.custom_jvp
 def cube_defjvps(x, y):
-    return x ** 3 * y
+    return x**3 * y
 
 
 cube_defjvps.defjvps(lambda t, ans, x, y: 5.0 * t * y, lambda t, ans, x, y: 7.0 * t * x)
@@ -118,9 +123,10 @@ cube_defjvps.defjvps(lambda t, ans, x, y: 5.0 * t * y, lambda t, ans, x, y: 7.0 
 
 def newton_sqrt(x):
     """lax.custom_root around a while-loop solver: implicit differentiation."""
-    solve = lambda f, y0: lax.while_loop(lambda y: jnp.abs(f(y)) > 1e-12,
-                                         lambda y: y - f(y) / (2 * y), y0)
-    return lax.custom_root(lambda y: y ** 2 - x, 1.0, solve, lambda g, y: y / 2.0)
+    solve = lambda f, y0: lax.while_loop(
+        lambda y: jnp.abs(f(y)) > 1e-12, lambda y: y - f(y) / (2 * y), y0
+    )
+    return lax.custom_root(lambda y: y**2 - x, 1.0, solve, lambda g, y: y / 2.0)
 
 
 def _rng(seed=0):
@@ -137,36 +143,72 @@ def programs():
     from jax.experimental.ode import odeint
 
     def ode(y0, k):
-        ys = odeint(lambda y, t, k: -k * y + jnp.sin(t), y0, jnp.asarray([0.0, 0.5, 1.0]), k,
-                    rtol=1e-10, atol=1e-10)
+        ys = odeint(
+            lambda y, t, k: -k * y + jnp.sin(t),
+            y0,
+            jnp.asarray([0.0, 0.5, 1.0]),
+            k,
+            rtol=1e-10,
+            atol=1e-10,
+        )
         return jnp.sum(ys[-1] ** 2)
 
     return {
         "gradient reversal": (lambda x, s: jnp.sum(jnp.sin(reverse_gradient(x, s)) * x), (x, 0.7)),
         "gradient clipping": (lambda x: jnp.sum(jnp.exp(clip_gradient(x * 3.0))), (x,)),
         "safe norm at zero rows": (lambda r: jnp.sum(safe_norm(r)), (rows,)),
-        "optax.safe_norm at zero rows": (lambda r: jnp.sum(optax.safe_norm(r, 1e-6, axis=-1)),
-                                         (rows,)),
+        "optax.safe_norm at zero rows": (
+            lambda r: jnp.sum(optax.safe_norm(r, 1e-6, axis=-1)),
+            (rows,),
+        ),
         "jax.nn kinks": (lambda k: jnp.sum(jax.nn.relu6(k) + jax.nn.relu(k) * k), (kinks,)),
-        "jax.nn smooth": (lambda x: jnp.sum(jax.nn.silu(x) + jax.nn.gelu(x) + jax.nn.softplus(x)
-                                            + jax.nn.logsumexp(x, axis=1)[:, None]), (x,)),
+        "jax.nn smooth": (
+            lambda x: jnp.sum(
+                jax.nn.silu(x)
+                + jax.nn.gelu(x)
+                + jax.nn.softplus(x)
+                + jax.nn.logsumexp(x, axis=1)[:, None]
+            ),
+            (x,),
+        ),
         "nondiff_argnums, pytrees, two outputs": (
-            lambda x, w: jnp.sum(apply_with_static(jnp.tanh, x, w)[0] ** 2)
-            + jnp.sum(apply_with_static(jnp.tanh, x, w)[1]["sq"] * x), (x, w)),
+            lambda x, w: (
+                jnp.sum(apply_with_static(jnp.tanh, x, w)[0] ** 2)
+                + jnp.sum(apply_with_static(jnp.tanh, x, w)[1]["sq"] * x)
+            ),
+            (x, w),
+        ),
         "an integer argument": (lambda x: jnp.sum(scale_by_count(x, 3) ** 2), (x,)),
         "symbolic zeros": (lambda x, y: jnp.sum(symbolic(x, y) ** 2), (x, x[::-1] + 1.0)),
         "custom_jvp, two outputs": (lambda x: jnp.sum(two_outputs(x)[0]) * 1.5, (x,)),
         "custom_jvp, defjvps": (lambda a, b: jnp.sum(cube_defjvps(a, b)), (x, x * 2.0)),
         "lax.custom_root": (lambda s: newton_sqrt(s) * s, (jnp.asarray(2.0),)),
         "odeint": (ode, (jnp.asarray([1.0, -0.5]), jnp.asarray(0.7))),
-        "inside scan": (lambda x: jnp.sum(lax.scan(
-            lambda c, r: (jnp.tanh(clip_gradient(c * r) + safe_norm(c)[None]), c.sum()),
-            x[0], x)[0]), (x,)),
-        "inside cond": (lambda x: lax.cond(x.sum() > 0, lambda a: jnp.sum(reverse_gradient(a, 2.0)
-                                                                          ** 2),
-                                           lambda a: jnp.sum(jax.nn.relu6(a)), x), (x,)),
-        "inside checkpoint": (lambda x: jnp.sum(jax.checkpoint(
-            lambda a: jnp.sin(reverse_gradient(a, 0.5)) * jax.nn.softplus(a))(x)), (x,)),
+        "inside scan": (
+            lambda x: jnp.sum(
+                lax.scan(
+                    lambda c, r: (jnp.tanh(clip_gradient(c * r) + safe_norm(c)[None]), c.sum()),
+                    x[0],
+                    x,
+                )[0]
+            ),
+            (x,),
+        ),
+        "inside cond": (
+            lambda x: lax.cond(
+                x.sum() > 0,
+                lambda a: jnp.sum(reverse_gradient(a, 2.0) ** 2),
+                lambda a: jnp.sum(jax.nn.relu6(a)),
+                x,
+            ),
+            (x,),
+        ),
+        "inside checkpoint": (
+            lambda x: jnp.sum(
+                jax.checkpoint(lambda a: jnp.sin(reverse_gradient(a, 0.5)) * jax.nn.softplus(a))(x)
+            ),
+            (x,),
+        ),
     }
 
 
@@ -194,8 +236,9 @@ def test_the_rules_differ_from_the_primal_derivative_where_they_say_so(x64):
     np.testing.assert_array_equal(fnn.grad(relu6)(kinks), [0.0, 0.0])  # the custom rule
     np.testing.assert_array_equal(fnn.grad(relu6, custom_rules="primal")(kinks), [0.5, 0.5])
     rows = jnp.zeros((1, 2))
-    assert bool(jnp.all(jnp.isnan(fnn.grad(lambda r: jnp.sum(safe_norm(r)),
-                                           custom_rules="primal")(rows))))
+    assert bool(
+        jnp.all(jnp.isnan(fnn.grad(lambda r: jnp.sum(safe_norm(r)), custom_rules="primal")(rows)))
+    )
     with pytest.raises(ValueError, match="custom_rules must be one of 'use', 'primal'"):
         fnn.grad(f, custom_rules="jax")(x)
 
@@ -203,8 +246,9 @@ def test_the_rules_differ_from_the_primal_derivative_where_they_say_so(x64):
 def test_per_example_gradients_and_second_order(x64):
     rng = _rng(1)
     x = jnp.asarray(rng.standard_normal((3, 4)))
-    f = lambda v: jnp.sum(jnp.sin(reverse_gradient(v, 0.3)) * jax.nn.softplus(v)
-                          + safe_norm(v[None] + 1.0))
+    f = lambda v: jnp.sum(
+        jnp.sin(reverse_gradient(v, 0.3)) * jax.nn.softplus(v) + safe_norm(v[None] + 1.0)
+    )
     assert_same(jax.vmap(fnn.grad(f))(x), jax.vmap(jax.grad(f))(x))
     # JAX differentiating fnn's backward, which runs the custom rules
     outer = lambda g: lambda v: jnp.sum(jnp.sin(g(f)(v)))
@@ -212,14 +256,17 @@ def test_per_example_gradients_and_second_order(x64):
     assert_same(jax.jacfwd(fnn.grad(f))(x[0]), jax.hessian(f)(x[0]))
     # fnn differentiating fnn: the inner custom rules are plain JAX code to the outer
     g = lambda v: jnp.sum(jax.nn.softplus(v) * jax.nn.gelu(v))
-    assert_same(fnn.grad(lambda v: jnp.sum(fnn.grad(g)(v) ** 2))(x[0]),
-                jax.grad(lambda v: jnp.sum(jax.grad(g)(v) ** 2))(x[0]))
+    assert_same(
+        fnn.grad(lambda v: jnp.sum(fnn.grad(g)(v) ** 2))(x[0]),
+        jax.grad(lambda v: jnp.sum(jax.grad(g)(v) ** 2))(x[0]),
+    )
 
 
 def test_a_custom_function_is_one_gate_on_the_tape(x64):
     x = jnp.asarray([0.5, -1.0])
-    names = [r.gate.name for r in fnn.trace(lambda v: jnp.sum(reverse_gradient(v, 1.0)),
-                                            x).tape.records]
+    names = [
+        r.gate.name for r in fnn.trace(lambda v: jnp.sum(reverse_gradient(v, 1.0)), x).tape.records
+    ]
     assert "custom_vjp" in names and "lax.mul" not in names
     names = [r.gate.name for r in fnn.trace(lambda v: jnp.sum(jax.nn.relu(v)), x).tape.records]
     # relu's custom JVP rule: select(x > 0, t, 0), transposed
@@ -235,8 +282,11 @@ def test_closing_over_a_differentiated_value_is_refused_as_jax_refuses_it(x64):
         g.defvjp(lambda y: (jnp.sin(y * w), None), lambda _, ct: (100.0 * ct,))
         return g(x)
 
-    with pytest.raises(fnn.GateError, match=r"custom_vjp function 'g' at .*test_custom_rules.py"
-                                            r".*closes over.*jax.closure_convert"):
+    with pytest.raises(
+        fnn.GateError,
+        match=r"custom_vjp function 'g' at .*test_custom_rules.py"
+        r".*closes over.*jax.closure_convert",
+    ):
         fnn.grad(f, argnums=(0, 1))(1.0, 2.0)
     # closing over a constant is fine
     np.testing.assert_allclose(fnn.grad(f)(1.0, 2.0), 100.0)
@@ -259,8 +309,16 @@ def test_diffrax_with_its_default_adjoint(x64):
 
     def loss(k, y0):
         term = diffrax.ODETerm(lambda t, y, k: -k * y + jnp.cos(t))
-        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.1, y0, args=k,
-                                  stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-9))
+        sol = diffrax.diffeqsolve(
+            term,
+            diffrax.Tsit5(),
+            0.0,
+            1.0,
+            0.1,
+            y0,
+            args=k,
+            stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-9),
+        )
         return jnp.sum(sol.ys[-1] ** 2)
 
     args = (jnp.asarray(0.5), jnp.asarray([1.0, -2.0]))
@@ -271,8 +329,12 @@ def test_check_custom_rules_says_what_each_librarys_rule_changes(x64):
     x = jnp.asarray([[0.0, 0.0, 0.0], [3.0, 4.0, 1.0]])
 
     def f(x):
-        return (jnp.sum(reverse_gradient(x, 0.5) ** 2) + jnp.sum(safe_norm(x))
-                + jnp.sum(jax.nn.softplus(x + 0.25)) + jnp.sum(jax.nn.relu6(x + 0.5)))
+        return (
+            jnp.sum(reverse_gradient(x, 0.5) ** 2)
+            + jnp.sum(safe_norm(x))
+            + jnp.sum(jax.nn.softplus(x + 0.25))
+            + jnp.sum(jax.nn.relu6(x + 0.5))
+        )
 
     checks = {c.name: c for c in fnn.check.check_custom_rules(f, x)}
     assert set(checks) == {"reverse_gradient", "safe_norm", "logaddexp", "relu6"}
@@ -284,13 +346,14 @@ def test_check_custom_rules_says_what_each_librarys_rule_changes(x64):
     assert checks["relu6"].verdict == "agrees"  # away from its kinks
     for c in checks.values():  # every site is this file's line, nested functions included
         assert "test_custom_rules.py" in c.site, c
-    assert fnn.check.check_custom_rules(lambda x: jnp.sum(x ** 2), x) == []
+    assert fnn.check.check_custom_rules(lambda x: jnp.sum(x**2), x) == []
 
 
 def test_locate_divergence_and_check_grads_judge_custom_rules_against_jax(x64):
     x = jnp.asarray([[0.5, -1.0, 2.0]])
-    f = lambda x: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x)) + jnp.sum(reverse_gradient(x, 0.5)
-                                                                          ** 2)
+    f = lambda x: (
+        jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x)) + jnp.sum(reverse_gradient(x, 0.5) ** 2)
+    )
     found = fnn.locate_divergence(f, x)
     assert found.ok and found.checked >= 10, found
     assert fnn.check_grads(lambda x: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x)), x).ok

@@ -32,10 +32,16 @@ def write_mnist(directory, n_train=40, n_test=12, size=6, compress=True, seed=0)
         values = ((labels * 20 + np.arange(n)) % 256).astype(np.uint8)
         images = np.broadcast_to(values[:, None, None], (n, size, size)).copy()
         suffix = ".gz" if compress else ""
-        write_idx(os.path.join(directory, MNIST_FILES[f"{split_name}_images"] + suffix), images,
-                  compress=compress)
-        write_idx(os.path.join(directory, MNIST_FILES[f"{split_name}_labels"] + suffix), labels,
-                  compress=compress)
+        write_idx(
+            os.path.join(directory, MNIST_FILES[f"{split_name}_images"] + suffix),
+            images,
+            compress=compress,
+        )
+        write_idx(
+            os.path.join(directory, MNIST_FILES[f"{split_name}_labels"] + suffix),
+            labels,
+            compress=compress,
+        )
         out[split_name] = (images, labels)
     return out
 
@@ -58,8 +64,9 @@ def write_cifar(directory, n_per_file=4, seed=0):
 
 # ---- IDX ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("type_code,dtype",
-                         [(0x08, np.uint8), (0x0B, np.int16), (0x0D, np.float32)])
+@pytest.mark.parametrize(
+    "type_code,dtype", [(0x08, np.uint8), (0x0B, np.int16), (0x0D, np.float32)]
+)
 def test_read_idx_round_trip(tmp_path, compress, type_code, dtype):
     a = (np.arange(2 * 3 * 4) - 5).reshape(2, 3, 4).astype(dtype) % 200
     path = str(tmp_path / "a.idx")
@@ -215,8 +222,9 @@ def _damage_mnist(directory, how):
     raise ValueError(how)
 
 
-@pytest.mark.parametrize("how", ["fewer labels", "label 12", "images of floats", "damaged gzip",
-                                 "not IDX"])
+@pytest.mark.parametrize(
+    "how", ["fewer labels", "label 12", "images of floats", "damaged gzip", "not IDX"]
+)
 def test_reader_errors_name_the_file(tmp_path, how):
     path = _damage_mnist(str(tmp_path / "m"), how)
     with pytest.raises(DataError) as info:

@@ -29,18 +29,21 @@ _gradient_health = jax.jit(health.gradient_health, static_argnums=(0, 1))
 
 def gradient_health(model, params, state, batch, *, key=None, l2=0.0, updates=None):
     """fnn.check.gradient_health of the training loss (fnn.train.make_loss_fn)."""
-    return _gradient_health(make_loss_fn(model, l2=l2), model, params, state, batch, key=key,
-                            updates=updates)
+    return _gradient_health(
+        make_loss_fn(model, l2=l2), model, params, state, batch, key=key, updates=updates
+    )
 
-layer_activations = jax.jit(health.layer_activations, static_argnums=0,
-                            static_argnames=("train",))
+
+layer_activations = jax.jit(health.layer_activations, static_argnums=0, static_argnames=("train",))
 
 
 def dense_then(act, w, b):
     """serial(Dense, act) with the given weights: the pre-activations are x @ w + b."""
     model = nn.serial(nn.Dense(w.shape[1]), act)
-    params = {"0_dense": {"w": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)},
-              "1_" + act.name: {}}
+    params = {
+        "0_dense": {"w": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)},
+        "1_" + act.name: {},
+    }
     return model, params, {"0_dense": {}, "1_" + act.name: {}}
 
 
@@ -59,8 +62,9 @@ def test_dead_relu_fraction():
     assert float(h["dead_relu"]["1_relu"]) == 1.0 and h["saturated"] == {}
     # units 0, 1 positive for every example, unit 2 for one example only, unit 3 for none
     x = x.at[5, 0].set(2e3)  # the one example that lifts unit 2 over its bias of -1000
-    model, params, state = dense_then(nn.Relu(), np.array([[1, 1, 1, -1]] * 3),
-                                      np.array([0, 0, -1e3, -1]))
+    model, params, state = dense_then(
+        nn.Relu(), np.array([[1, 1, 1, -1]] * 3), np.array([0, 0, -1e3, -1])
+    )
     y_out, acts = layer_activations(model, params, state, x)
     assert health.activation_layers(model) == {"1_relu": "relu"}
     assert set(acts) == {"1_relu"} and np.count_nonzero(np.asarray(y_out)[:, 2]) == 1
@@ -78,8 +82,9 @@ def test_saturated_tanh_and_sigmoid():
     # large inputs: all saturated; sigmoid: > 0.99 and < 0.01 both count, 0.5 does not
     model, params, state = dense_then(nn.Tanh(), np.full((1, 3), 50.0), np.zeros(3))
     assert float(gradient_health(model, params, state, (x, y))["saturated"]["1_tanh"]) == 1.0
-    model, params, state = dense_then(nn.Sigmoid(), np.array([[10.0, -10.0, 0.0, 4.0]]),
-                                      np.zeros(4))
+    model, params, state = dense_then(
+        nn.Sigmoid(), np.array([[10.0, -10.0, 0.0, 4.0]]), np.zeros(4)
+    )
     h = gradient_health(model, params, state, (x, y))
     assert float(h["saturated"]["1_sigmoid"]) == 0.5  # sigmoid(4) = 0.982 is not saturated
 
@@ -96,8 +101,11 @@ def test_grad_norm_and_update_ratio_per_layer():
         want = np.sqrt(sum(np.sum(np.square(leaf)) for leaf in leaves))
         assert float(h["grad_norm"][layer]) == pytest.approx(want, rel=1e-5)
         p = jax.tree_util.tree_leaves(params[layer])
-        ratio = 1e-3 * np.sqrt(sum(leaf.size for leaf in p)) / np.sqrt(
-            sum(np.sum(np.square(leaf)) for leaf in p))
+        ratio = (
+            1e-3
+            * np.sqrt(sum(leaf.size for leaf in p))
+            / np.sqrt(sum(np.sum(np.square(leaf)) for leaf in p))
+        )
         assert float(h["update_ratio"][layer]) == pytest.approx(ratio, rel=1e-5)
     assert set(h["grad_norm"]) == {"1_dense", "3_dense"} and set(h["dead_relu"]) == {"2_relu"}
 
@@ -128,21 +136,43 @@ def forgetful_tanh_vjp(g, t):
 
 def test_drift_is_zero_for_a_correct_model_and_large_for_a_wrong_gate(digits):
     x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
-    good = nn.serial(nn.Flatten(), nn.Dense(32), nn.Tanh(), nn.Dense(32), nn.Sigmoid(),
-                     nn.Dropout(0.2), nn.Dense(16), nn.Relu(), nn.Dense(10))
+    good = nn.serial(
+        nn.Flatten(),
+        nn.Dense(32),
+        nn.Tanh(),
+        nn.Dense(32),
+        nn.Sigmoid(),
+        nn.Dropout(0.2),
+        nn.Dense(16),
+        nn.Relu(),
+        nn.Dense(10),
+    )
     params, state, _ = good.init(jax.random.PRNGKey(0), digits.input_shape)
     h = gradient_health(good, params, state, (x, y), key=jax.random.PRNGKey(1), l2=1e-3)
     assert x.dtype == jnp.float32 and len(h["custom_vs_builtin"]) == 4
     assert max(float(v) for v in h["custom_vs_builtin"].values()) < 1e-5, h["custom_vs_builtin"]
     # the same net with a tanh whose VJP is wrong: the layer before it drifts, the ones after not
-    bad = nn.serial(nn.Flatten(), nn.Dense(32), nn.stateless("tanh", forgetful_tanh),
-                    nn.Dense(32), nn.Sigmoid(), nn.Dropout(0.2), nn.Dense(16), nn.Relu(),
-                    nn.Dense(10))
+    bad = nn.serial(
+        nn.Flatten(),
+        nn.Dense(32),
+        nn.stateless("tanh", forgetful_tanh),
+        nn.Dense(32),
+        nn.Sigmoid(),
+        nn.Dropout(0.2),
+        nn.Dense(16),
+        nn.Relu(),
+        nn.Dense(10),
+    )
     h = jax.device_get(gradient_health(bad, params, state, (x, y), key=jax.random.PRNGKey(1)))
     assert h["custom_vs_builtin"]["1_dense"] > 1e-2 and h["custom_vs_builtin"]["8_dense"] < 1e-5
     assert "2_tanh" in h["saturated"]  # a layer named "tanh" counts as one
-    row = {"step": 0, **{k: {n: float(v) for n, v in d.items()} if isinstance(d, dict) else d
-                         for k, d in h.items()}}
+    row = {
+        "step": 0,
+        **{
+            k: {n: float(v) for n, v in d.items()} if isinstance(d, dict) else d
+            for k, d in h.items()
+        },
+    }
     assert "WARNING" in summarize(row) and "1_dense" in summarize(row).split("WARNING")[1]
 
 
@@ -158,8 +188,10 @@ def test_fit_measures_every_n_steps_without_changing_training(digits):
     assert [r["epoch"] for r in history[1]["diagnostics"]] == [2] * len(history[1]["diagnostics"])
     for a, b in zip(jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(ts.params)):
         np.testing.assert_array_equal(a, b)  # measuring does not touch the trajectory
-    assert jax.tree_util.tree_structure(ts.opt_state) == jax.tree_util.tree_structure(
-        plain.opt_state) and ts.step == 2 * n
+    assert (
+        jax.tree_util.tree_structure(ts.opt_state) == jax.tree_util.tree_structure(plain.opt_state)
+        and ts.step == 2 * n
+    )
     row = history[1]["diagnostics"][-1]
     assert set(row["grad_norm"]) == {"1_dense", "3_dense"} and set(row["dead_relu"]) == {"2_relu"}
     assert 0 < row["update_ratio"]["1_dense"] < 0.1 and row["custom_vs_builtin"]["1_dense"] < 1e-5
@@ -168,8 +200,17 @@ def test_fit_measures_every_n_steps_without_changing_training(digits):
 
 def test_cli_diagnostics_writes_jsonl_and_png(tmp_path, capsys):
     out = str(tmp_path / "run")
-    tiny = ["--hidden", "16", "--lr", "0.01", "--batch-size", "64", "--no-progress",
-            "--limit", "600"]
+    tiny = [
+        "--hidden",
+        "16",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "64",
+        "--no-progress",
+        "--limit",
+        "600",
+    ]
     assert main(["train", "--epochs", "2", "--out", out, "--diagnostics-every", "4", *tiny]) == 0
     printed = capsys.readouterr().out
     assert "health @ step" in printed and "custom~built-in" in printed
@@ -181,14 +222,25 @@ def test_cli_diagnostics_writes_jsonl_and_png(tmp_path, capsys):
     for metric in ("grad_norm", "update_ratio", "custom_vs_builtin", "dead_relu", "saturated"):
         assert metric in rows[0]
     assert all(r["custom_vs_builtin"]["1_dense"] < 1e-5 for r in rows)
-    assert all("diagnostics" not in json.loads(line) for line in open(os.path.join(out,
-                                                                                "metrics.jsonl")))
+    assert all(
+        "diagnostics" not in json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))
+    )
 
 
 def test_health_log_drops_rows_past_the_checkpoint_on_resume(tmp_path, capsys):
-    rows = [{"step": s, "epoch": 1 + s // 8, "loss": 1.0, "grad_norm": {"1_dense": 1.0},
-             "update_ratio": {"1_dense": 1e-3}, "custom_vs_builtin": {"1_dense": 1e-8},
-             "dead_relu": {"2_relu": 0.0}, "saturated": {}} for s in range(0, 24, 4)]
+    rows = [
+        {
+            "step": s,
+            "epoch": 1 + s // 8,
+            "loss": 1.0,
+            "grad_norm": {"1_dense": 1.0},
+            "update_ratio": {"1_dense": 1e-3},
+            "custom_vs_builtin": {"1_dense": 1e-8},
+            "dead_relu": {"2_relu": 0.0},
+            "saturated": {},
+        }
+        for s in range(0, 24, 4)
+    ]
     HealthLog(str(tmp_path)).write(rows)  # epochs 1, 2, 3 measured; say only 2 checkpointed
     path = tmp_path / "diagnostics.jsonl"
     with open(path, "a") as f:

@@ -39,8 +39,19 @@ from fnn.train import RunLock, read_checkpoint
 from fnn.train.distributed import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = ["--limit", "360", "--batch-size", "32", "--hidden", "256", "--schedule", "constant",
-       "--no-progress", "--shard", "params"]  # 10 steps an epoch; the 64x256 weight split
+CLI = [
+    "--limit",
+    "360",
+    "--batch-size",
+    "32",
+    "--hidden",
+    "256",
+    "--schedule",
+    "constant",
+    "--no-progress",
+    "--shard",
+    "params",
+]  # 10 steps an epoch; the 64x256 weight split
 
 DRIVER = textwrap.dedent(r"""
     import dataclasses, json, os, signal, sys, time
@@ -109,8 +120,12 @@ DRIVER = textwrap.dedent(r"""
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("xla-cache")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for name in ("JAX_COORDINATOR_ADDRESS", "FNN_NUM_PROCESSES", "FNN_PROCESS_ID"):
         env.pop(name, None)
@@ -120,8 +135,14 @@ def env(tmp_path_factory):
 def start(args, env, **extra):
     """A process of `python -m fnn ARGS` (or a script), its output piped."""
     argv = [sys.executable, *(["-m", "fnn"] if not args[0].endswith(".py") else []), *args]
-    return subprocess.Popen(argv, env=dict(env, **extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        argv,
+        env=dict(env, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def finish(p, timeout=300):
@@ -134,8 +155,10 @@ def one_process(env, devices):
 
 
 def launch(n, k, command, env, *options):
-    return start(["launch", "--nproc", str(n), "--devices-per-process", str(k), *options, "--",
-                  *command], env)
+    return start(
+        ["launch", "--nproc", str(n), "--devices-per-process", str(k), *options, "--", *command],
+        env,
+    )
 
 
 def tensors(path):
@@ -161,8 +184,11 @@ def test_two_processes_train_as_one_and_resume(tmp_path, env):
     code, out, err = finish(two)
     assert "driver two done" not in out
     assert code == 128 + signal.SIGKILL, err[-3000:]
-    assert re.search(r"fnn launch: process 0 \(pid \d+\) was killed by SIGKILL; stopping the "
-                     r"others", err), err[-3000:]
+    assert re.search(
+        r"fnn launch: process 0 \(pid \d+\) was killed by SIGKILL; stopping the "
+        r"others",
+        err,
+    ), err[-3000:]
     code, out1, err1 = finish(one)
     assert code == 0, err1[-3000:]
     print(f"launch of 2 x 4 and 1 x 8 processes: {time.perf_counter() - t0:.1f} s")
@@ -174,13 +200,16 @@ def test_two_processes_train_as_one_and_resume(tmp_path, env):
             b = np.load(tmp_path / f"fit-one-{shard}-{grad}.npz")
             assert sorted(a.files) == sorted(b.files)
             worst = max(rel(a[k], b[k]) for k in a.files)
-            print(f"2 x 4 vs 1 x 8 devices, shard={shard}, grad={grad}, 20 steps: "
-                  f"max relative difference {worst:.1e} (params and losses)")
+            print(
+                f"2 x 4 vs 1 x 8 devices, shard={shard}, grad={grad}, 20 steps: "
+                f"max relative difference {worst:.1e} (params and losses)"
+            )
             assert worst <= 1e-6, (shard, grad, worst)
     # process 0 killed inside the write of epoch 2's checkpoint: epoch 1's is intact
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    assert tensors(killed / "last.safetensors").keys() == tensors(
-        straight / "last.safetensors").keys()
+    assert (
+        tensors(killed / "last.safetensors").keys() == tensors(straight / "last.safetensors").keys()
+    )
     assert [m[0] for m in metrics(killed)] == [1]
     assert any(n.endswith(".tmp") for n in os.listdir(killed))  # the cut write's leftover
     shutil.copytree(killed, tmp_path / "killed-one")
@@ -188,8 +217,19 @@ def test_two_processes_train_as_one_and_resume(tmp_path, env):
     # both processes again (--resume), and one process of 8 devices on a copy
     t0 = time.perf_counter()
     again = launch(2, 4, [str(driver), str(tmp_path), "resume", cli], env)
-    alone = start(["train", "--resume", str(tmp_path / "killed-one"), "--devices", "8",
-                   "--shard", "params", "--no-progress"], one_process(env, 8))
+    alone = start(
+        [
+            "train",
+            "--resume",
+            str(tmp_path / "killed-one"),
+            "--devices",
+            "8",
+            "--shard",
+            "params",
+            "--no-progress",
+        ],
+        one_process(env, 8),
+    )
     code, out, err = finish(again)
     assert code == 0, err[-3000:]
     assert "[0] resuming" in out and "after epoch 1" in out, out[-3000:]
@@ -207,8 +247,10 @@ def test_two_processes_train_as_one_and_resume(tmp_path, env):
     for other in ("killed-one", "one"):  # 2 -> 1 process, and 1 -> 2 processes
         got = tensors(tmp_path / other / "last.safetensors")
         worst = max(rel(want[k], got[k]) for k in want if want[k].dtype.kind == "f")
-        print(f"{other}: resumed with another process count, max relative difference from "
-              f"the two-process run {worst:.1e}")
+        print(
+            f"{other}: resumed with another process count, max relative difference from "
+            f"the two-process run {worst:.1e}"
+        )
         assert worst <= 1e-6 and [m[0] for m in metrics(tmp_path / other)] == [1, 2]
 
 
@@ -249,8 +291,9 @@ def test_launcher_interrupted_then_one_process_dies(tmp_path, env):
     assert code == 3, err[-3000:]  # as train's: stopped and saved where it was
     stops = re.findall(r"\[(\d)\] interrupted (at step \d+ of epoch \d+|after epoch \d+) ", err)
     assert len(stops) == 2 and stops[0][1] == stops[1][1], err[-3000:]
-    assert "stopped by SIGINT: process 0 exited with status 3, process 1 exited with status " \
-        "3" in err
+    assert (
+        "stopped by SIGINT: process 0 exited with status 3, process 1 exited with status 3" in err
+    )
     where = stops[0][1]
     epoch = int(where.split()[-1]) + where.startswith("after")  # the epoch it resumes in
     # resumed by two new processes; then process 1 is killed in the middle of an epoch
@@ -273,20 +316,57 @@ def test_launcher_interrupted_then_one_process_dies(tmp_path, env):
 
 def test_joining_fails_clearly_and_a_locked_folder_stops_every_process(tmp_path, env):
     port, dead, free = free_port(), free_port(), free_port()
-    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
-             "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "JAX_COORDINATOR_PORT": str(dead)}
+    slurm = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "0",
+        "JAX_COORDINATOR_PORT": str(dead),
+    }
     args = ["train", "--limit", "100", "--epochs", "1", "--no-progress", "--join-timeout", "3"]
     out = tmp_path / "run"
     lock = RunLock(str(out)).acquire()  # another run holds this folder
     try:
         t0 = time.perf_counter()
-        alone = start([*args, "--out", str(tmp_path / "a"), "--coordinator",
-                       f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0"], env)
+        alone = start(
+            [
+                *args,
+                "--out",
+                str(tmp_path / "a"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                "0",
+            ],
+            env,
+        )
         from_slurm = start([*args, "--out", str(tmp_path / "b")], env, **slurm)
-        locked = [start(["train", "--limit", "100", "--epochs", "1", "--out", str(out),
-                         "--coordinator", f"127.0.0.1:{free}", "--num-processes", "2",
-                         "--process-id", str(i), "--join-timeout", "60"], one_process(env, 1))
-                  for i in range(2)]
+        locked = [
+            start(
+                [
+                    "train",
+                    "--limit",
+                    "100",
+                    "--epochs",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--coordinator",
+                    f"127.0.0.1:{free}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                    "--join-timeout",
+                    "60",
+                ],
+                one_process(env, 1),
+            )
+            for i in range(2)
+        ]
         results = [finish(p, timeout=120) for p in (alone, from_slurm, *locked)]
         print(f"all four refused in {time.perf_counter() - t0:.1f} s")
     finally:
@@ -294,48 +374,71 @@ def test_joining_fails_clearly_and_a_locked_folder_stops_every_process(tmp_path,
     # a process that never comes: process 0 waits the timeout, then says so
     code, _, err = results[0]
     assert code == 1, err[-2000:]
-    assert (f"fnn: error: could not join the run: process 0 started the coordinator at "
-            f"127.0.0.1:{port}, but not every one of the 2 processes joined within 3 s") in err
+    assert (
+        f"fnn: error: could not join the run: process 0 started the coordinator at "
+        f"127.0.0.1:{port}, but not every one of the 2 processes joined within 3 s"
+    ) in err
     # SLURM's environment read as JAX reads it (count, id, host; the port JAX_COORDINATOR_PORT)
     code, _, err = results[1]
     assert code == 1, err[-2000:]
-    assert (f"could not join the run: process 1 of 2 found no coordinator at localhost:{dead} "
-            "within 3 s") in err, err[-2000:]
+    assert (
+        f"could not join the run: process 1 of 2 found no coordinator at localhost:{dead} "
+        "within 3 s"
+    ) in err, err[-2000:]
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
     # the folder is locked by another run: process 0 says so, process 1 says process 0 failed
     (c0, _, e0), (c1, _, e1) = results[2:]
     assert c0 == 1 and f"is in use by process {os.getpid()}" in e0, e0[-2000:]
     assert c1 == 1, e1[-2000:]
-    assert ("fnn train: error: process 0 of 2 failed opening the run directory: RunDirError: "
-            f"run directory {out} is in use by process {os.getpid()}") in e1, e1[-2000:]
+    assert (
+        "fnn train: error: process 0 of 2 failed opening the run directory: RunDirError: "
+        f"run directory {out} is in use by process {os.getpid()}"
+    ) in e1, e1[-2000:]
 
 
 def test_bad_options(capsys, tmp_path, monkeypatch):
     for argv, said in [
-            (["train", "--coordinator", "nohost"], "argument --coordinator: coordinator must "
-                                                   "be HOST:PORT"),
-            (["train", "--coordinator", "h:70000"], "got 'h:70000'"),
-            (["train", "--process-id", "-1"], "argument --process-id: must be an integer "
-                                              ">= 0, got '-1'"),
-            (["train", "--join-timeout", "0"], "argument --join-timeout: must be a positive "
-                                               "number of seconds, got '0'"),
-            (["launch", "--nproc", "0", "--", "train"], "argument --nproc: must be a "
-                                                        "positive integer, got '0'")]:
+        (
+            ["train", "--coordinator", "nohost"],
+            "argument --coordinator: coordinator must be HOST:PORT",
+        ),
+        (["train", "--coordinator", "h:70000"], "got 'h:70000'"),
+        (
+            ["train", "--process-id", "-1"],
+            "argument --process-id: must be an integer >= 0, got '-1'",
+        ),
+        (
+            ["train", "--join-timeout", "0"],
+            "argument --join-timeout: must be a positive number of seconds, got '0'",
+        ),
+        (
+            ["launch", "--nproc", "0", "--", "train"],
+            "argument --nproc: must be a positive integer, got '0'",
+        ),
+    ]:
         with pytest.raises(SystemExit):
             main(argv)
         assert said in capsys.readouterr().err, argv
     for argv, said in [
-            (["train", "--process-id", "2", "--num-processes", "2", "--coordinator",
-              "127.0.0.1:1"], "process id 2 is out of range for 2 processes (0 to 1"),
-            (["train", "--coordinator", "127.0.0.1:1"], "--num-processes (FNN_NUM_PROCESSES), "
-                                                       "--process-id (FNN_PROCESS_ID) are not "
-                                                       "given"),
-            (["launch", "--nproc", "2", "--", "fit"], "the command after -- must be an fnn "
-                                                      "command (train, "),
-            (["launch", "--nproc", "2"], "give the command each process runs after --")]:
+        (
+            ["train", "--process-id", "2", "--num-processes", "2", "--coordinator", "127.0.0.1:1"],
+            "process id 2 is out of range for 2 processes (0 to 1",
+        ),
+        (
+            ["train", "--coordinator", "127.0.0.1:1"],
+            "--num-processes (FNN_NUM_PROCESSES), --process-id (FNN_PROCESS_ID) are not given",
+        ),
+        (
+            ["launch", "--nproc", "2", "--", "fit"],
+            "the command after -- must be an fnn command (train, ",
+        ),
+        (["launch", "--nproc", "2"], "give the command each process runs after --"),
+    ]:
         assert main([*argv]) == 1, argv
         assert said in capsys.readouterr().err, argv
     monkeypatch.setenv("FNN_NUM_PROCESSES", "two")
     assert main(["train", "--coordinator", "127.0.0.1:1", "--process-id", "0"]) == 1
-    assert "the environment variable FNN_NUM_PROCESSES='two' must be an integer >= 1" in \
-        capsys.readouterr().err
+    assert (
+        "the environment variable FNN_NUM_PROCESSES='two' must be an integer >= 1"
+        in capsys.readouterr().err
+    )

@@ -36,12 +36,14 @@ def wrong_shape_vjp(g, saved):
 
 def _data(seed=0):
     rng = np.random.default_rng(seed)
-    params = {"w1": jnp.asarray(rng.standard_normal((6, 8)) * 0.5, jnp.float32),
-              "b1": jnp.asarray(rng.standard_normal(8) * 0.1, jnp.float32),
-              "w2": jnp.asarray(rng.standard_normal((8, 8)) * 0.5, jnp.float32),
-              "b2": jnp.asarray(rng.standard_normal(8) * 0.1, jnp.float32),
-              "w3": jnp.asarray(rng.standard_normal((8, 3)) * 0.5, jnp.float32),
-              "b3": jnp.zeros(3, jnp.float32)}
+    params = {
+        "w1": jnp.asarray(rng.standard_normal((6, 8)) * 0.5, jnp.float32),
+        "b1": jnp.asarray(rng.standard_normal(8) * 0.1, jnp.float32),
+        "w2": jnp.asarray(rng.standard_normal((8, 8)) * 0.5, jnp.float32),
+        "b2": jnp.asarray(rng.standard_normal(8) * 0.1, jnp.float32),
+        "w3": jnp.asarray(rng.standard_normal((8, 3)) * 0.5, jnp.float32),
+        "b3": jnp.zeros(3, jnp.float32),
+    }
     x = jnp.asarray(rng.standard_normal((5, 6)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, 5))
     return params, x, y

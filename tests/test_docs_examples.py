@@ -31,8 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$",
-                   re.S | re.M)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$",
+    re.S | re.M,
+)
 SETUP = re.compile(r"^<!-- test-setup\n(?P<code>.*?)^-->[ \t]*$", re.S | re.M)
 NO_RUN = re.compile(r"<!-- no-run: (.+?) -->[ \t]*\n$")
 
@@ -45,20 +47,31 @@ def blocks(text: str):
         found.append((m.start(), "setup", m.group("code"), None))
     for m in FENCE.finditer(text):
         lang = m.group("lang").lower()
-        kind = {"python": "python", "py": "python", "pycon": "pycon", "bash": "shell",
-                "sh": "shell", "console": "shell", "shell": "shell"}.get(lang)
+        kind = {
+            "python": "python",
+            "py": "python",
+            "pycon": "pycon",
+            "bash": "shell",
+            "sh": "shell",
+            "console": "shell",
+            "shell": "shell",
+        }.get(lang)
         if kind is None:
             continue
         code = m.group("code")
         indent = m.group("indent")
         if indent:
-            code = "".join(line[len(indent):] if line.startswith(indent) else line
-                           for line in code.splitlines(True))
-        before = text[:m.start()]
+            code = "".join(
+                line[len(indent) :] if line.startswith(indent) else line
+                for line in code.splitlines(True)
+            )
+        before = text[: m.start()]
         reason = NO_RUN.search(before[-400:])
         found.append((m.start(), kind, code, reason.group(1) if reason else None))
-    return [(kind, code, text.count("\n", 0, start) + 1, reason)
-            for start, kind, code, reason in sorted(found)]
+    return [
+        (kind, code, text.count("\n", 0, start) + 1, reason)
+        for start, kind, code, reason in sorted(found)
+    ]
 
 
 # ---- shell blocks: python -m fnn commands parsed by fnn's parser ------------------------------
@@ -76,7 +89,7 @@ def fnn_commands(code: str):
             continue
         i = 0
         while i < len(words):
-            if words[i:i + 3] == ["python", "-m", "fnn"]:
+            if words[i : i + 3] == ["python", "-m", "fnn"]:
                 start = i + 3
             elif words[i] == "fnn" and (i == 0 or words[i - 1] in ("&&", ";", "|")):
                 start = i + 1
@@ -96,15 +109,20 @@ def parse_command(argv):
     `launch` starts); an argparse error raises SystemExit(2)."""
     from fnn.cli import build_parser
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()) as err,
+    ):
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # --help and --version exit 0
             if e.code:
-                raise AssertionError(f"python -m fnn {shlex.join(argv)}: {err.getvalue()}") from None
+                raise AssertionError(
+                    f"python -m fnn {shlex.join(argv)}: {err.getvalue()}"
+                ) from None
             return
     if argv and argv[0] == "launch" and "--" in argv:
-        rest = argv[argv.index("--") + 1:]
+        rest = argv[argv.index("--") + 1 :]
         if rest and not rest[0].endswith(".py"):
             parse_command(rest)
     return args
@@ -120,8 +138,7 @@ def run_page(path: str) -> None:
     page = Path(path).resolve()
     name = page.relative_to(ROOT) if page.is_relative_to(ROOT) else page
     namespace = {"__name__": "__main__"}
-    runner = doctest.DocTestRunner(
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for kind, code, line, reason in blocks(page.read_text()):
         if reason or kind == "shell":
             continue
@@ -132,8 +149,10 @@ def run_page(path: str) -> None:
             result = runner.run(test, clear_globs=False)
             namespace.update(test.globs)  # DocTest runs in a copy of the namespace
             if result.failed:
-                sys.exit(f"{where}: {result.failed} of {result.attempted} examples printed "
-                         "something else than the page shows (above)")
+                sys.exit(
+                    f"{where}: {result.failed} of {result.attempted} examples printed "
+                    "something else than the page shows (above)"
+                )
             continue
         try:
             exec(compile("\n" * (line) + code, str(name), "exec"), namespace)
@@ -155,31 +174,51 @@ if __name__ != "__main__":
 
     @pytest.mark.parametrize("page", [p for p in PAGES if _runnable(p)], ids=page_id)
     def test_python_examples_run(page, tmp_path):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                          " --xla_force_host_platform_device_count=8").strip(),
-            "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
-        proc = subprocess.run([sys.executable, __file__, str(page)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-6000:])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            "XLA_FLAGS": (
+                os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+            ).strip(),
+            "JAX_PLATFORMS": "cpu",
+            "MPLBACKEND": "Agg",
+        }
+        proc = subprocess.run(
+            [sys.executable, __file__, str(page)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
 
     @pytest.mark.parametrize("page", PAGES, ids=page_id)
     def test_shell_examples_parse(page):
-        commands = [argv for kind, code, _, reason in blocks(page.read_text())
-                    if kind == "shell" and not reason for argv in fnn_commands(code)]
+        commands = [
+            argv
+            for kind, code, _, reason in blocks(page.read_text())
+            if kind == "shell" and not reason
+            for argv in fnn_commands(code)
+        ]
         for argv in commands:
             parse_command(argv)
 
     def test_blocks_are_found():
         """The parser of pages finds fenced blocks (indented too), setup comments and no-run
         reasons."""
-        text = ("<!-- test-setup\nx = 1\n-->\n\n<!-- no-run: slow -->\n```python\nx = 2\n```\n\n"
-                "- item\n\n  ```bash\n  python -m fnn train --epochs 1 \\\n    --lr 0.1 && ls\n  ```\n"
-                "```text\nout\n```\n")
-        assert blocks(text) == [("setup", "x = 1\n", 1, None), ("python", "x = 2\n", 6, "slow"),
-                                ("shell", "python -m fnn train --epochs 1 \\\n  --lr 0.1 && ls\n",
-                                 12, None)]
+        text = (
+            "<!-- test-setup\nx = 1\n-->\n\n<!-- no-run: slow -->\n```python\nx = 2\n```\n\n"
+            "- item\n\n  ```bash\n  python -m fnn train --epochs 1 \\\n    --lr 0.1 && ls\n  ```\n"
+            "```text\nout\n```\n"
+        )
+        assert blocks(text) == [
+            ("setup", "x = 1\n", 1, None),
+            ("python", "x = 2\n", 6, "slow"),
+            ("shell", "python -m fnn train --epochs 1 \\\n  --lr 0.1 && ls\n", 12, None),
+        ]
         assert fnn_commands(blocks(text)[2][1]) == [["train", "--epochs", "1", "--lr", "0.1"]]
         parse_command(["train", "--epochs", "1"])
         with pytest.raises(AssertionError, match="--no-such-option"):

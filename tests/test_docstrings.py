@@ -76,7 +76,8 @@ def _sections(obj) -> dict:
     out = {}
     for section in parsed:
         out.setdefault(section.kind.value, []).extend(
-            section.value if isinstance(section.value, list) else [section.value])
+            section.value if isinstance(section.value, list) else [section.value]
+        )
     return out
 
 
@@ -102,14 +103,18 @@ def _returns_value(fn) -> bool:
 
     def own(n):
         for child in ast.iter_child_nodes(n):
-            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda,
-                                      ast.ClassDef)):
+            if not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+            ):
                 yield child
                 yield from own(child)
 
-    return any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) and n.value is not None
-               and not (isinstance(n.value, ast.Constant) and n.value.value is None)
-               for n in own(node))
+    return any(
+        isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom))
+        and n.value is not None
+        and not (isinstance(n.value, ast.Constant) and n.value.value is None)
+        for n in own(node)
+    )
 
 
 def _exception(name: str) -> bool:
@@ -120,8 +125,14 @@ def _exception(name: str) -> bool:
     import fnn.train
 
     last = name.rsplit(".", 1)[-1]
-    obj = next((getattr(space, last) for space in (builtins, fnn, fnn.errors, fnn.train)
-                if hasattr(space, last)), None)
+    obj = next(
+        (
+            getattr(space, last)
+            for space in (builtins, fnn, fnn.errors, fnn.train)
+            if hasattr(space, last)
+        ),
+        None,
+    )
     return isinstance(obj, type) and issubclass(obj, BaseException)
 
 
@@ -140,20 +151,24 @@ def test_docstring_is_google_style(name):
     lines = text.splitlines()
     assert lines and lines[0].strip(), f"{name}: no docstring"
     assert len(lines) == 1 or not lines[1].strip(), (
-        f"{name}: the summary is not one line followed by a blank line: {lines[:2]}")
+        f"{name}: the summary is not one line followed by a blank line: {lines[:2]}"
+    )
     sections = _sections(obj)
     args = [p.name.lstrip("*") for p in sections.get("parameters", [])]
     attributes = [a.name for a in sections.get("attributes", [])]
     params = _parameters(obj)
-    missing = [p for p in params if p not in args
-               and not (isinstance(obj, type) and p in attributes)]
+    missing = [
+        p for p in params if p not in args and not (isinstance(obj, type) and p in attributes)
+    ]
     assert not missing, f"{name}: parameters not documented under Args: {missing}"
     unknown = [a for a in args if a not in params]
     assert not unknown, f"{name}: Args: documents what is not a parameter: {unknown}"
     assert len(args) == len(set(args)), f"{name}: a parameter documented twice: {args}"
     if not isinstance(obj, type) and _returns_value(obj):
         assert sections.get("returns") or sections.get("yields"), (
-            f"{name}: returns a value but has no Returns: (or Yields:) section")
+            f"{name}: returns a value but has no Returns: (or Yields:) section"
+        )
     for raised in sections.get("raises", []):
         assert _exception(str(raised.annotation)), (
-            f"{name}: Raises: names {raised.annotation!r}, not an exception class")
+            f"{name}: Raises: names {raised.annotation!r}, not an exception class"
+        )

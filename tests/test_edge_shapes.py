@@ -12,17 +12,37 @@ from hypothesis import strategies as st
 import fnn
 from fnn import ops
 
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 shapes = st.lists(st.integers(0, 3), min_size=0, max_size=3).map(tuple)
 
-UNARY = {"exp": jnp.exp, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "negative": jnp.negative,
-         "softplus": jax.nn.softplus, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-         "silu": jax.nn.silu, "elu": jax.nn.elu, "relu": jax.nn.relu}
-BINARY = {"add": jnp.add, "subtract": jnp.subtract, "multiply": jnp.multiply,
-          "divide": jnp.divide, "maximum": jnp.maximum}
-REDUCTIONS = {"sum": jnp.sum, "mean": jnp.mean, "logsumexp": jax.nn.logsumexp,
-              "softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax, "max": jnp.max}
+UNARY = {
+    "exp": jnp.exp,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "negative": jnp.negative,
+    "softplus": jax.nn.softplus,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "relu": jax.nn.relu,
+}
+BINARY = {
+    "add": jnp.add,
+    "subtract": jnp.subtract,
+    "multiply": jnp.multiply,
+    "divide": jnp.divide,
+    "maximum": jnp.maximum,
+}
+REDUCTIONS = {
+    "sum": jnp.sum,
+    "mean": jnp.mean,
+    "logsumexp": jax.nn.logsumexp,
+    "softmax": jax.nn.softmax,
+    "log_softmax": jax.nn.log_softmax,
+    "max": jnp.max,
+}
 
 
 def values(shape, seed=0, offset=0.0):
@@ -77,23 +97,37 @@ def test_shape_gates_on_edge_shapes(shape, data):
     perm = tuple(data.draw(st.permutations(range(len(shape)))))
     same_as_jax(lambda x: ops.transpose(x, axes=perm), lambda x: jnp.transpose(x, perm), x)
     same_as_jax(lambda x: ops.reshape(x, shape=(-1,)), lambda x: jnp.reshape(x, (-1,)), x)
-    same_as_jax(lambda x: ops.broadcast_to(x, shape=(2,) + shape),
-                lambda x: jnp.broadcast_to(x, (2,) + shape), x)
+    same_as_jax(
+        lambda x: ops.broadcast_to(x, shape=(2,) + shape),
+        lambda x: jnp.broadcast_to(x, (2,) + shape),
+        x,
+    )
     if shape:
-        same_as_jax(lambda x: ops.concatenate(x, x, axis=0),
-                    lambda x: jnp.concatenate([x, x], axis=0), x)
+        same_as_jax(
+            lambda x: ops.concatenate(x, x, axis=0), lambda x: jnp.concatenate([x, x], axis=0), x
+        )
 
 
 def test_conv_and_pool_on_empty_and_size_one_maps():
     w = values((3, 3, 3, 2))
     for x_shape in [(2, 0, 4, 3), (1, 1, 1, 3), (0, 5, 5, 3), (2, 2, 4, 3)]:
         x = values(x_shape)
-        same_as_jax(lambda x, w: ops.conv2d(x, w),
-                    lambda x, w: jax.lax.conv_general_dilated(
-                        x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
-        same_as_jax(lambda x, w: ops.conv2d(x, w, padding="SAME"),
-                    lambda x, w: jax.lax.conv_general_dilated(
-                        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+        same_as_jax(
+            lambda x, w: ops.conv2d(x, w),
+            lambda x, w: jax.lax.conv_general_dilated(
+                x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            ),
+            x,
+            w,
+        )
+        same_as_jax(
+            lambda x, w: ops.conv2d(x, w, padding="SAME"),
+            lambda x, w: jax.lax.conv_general_dilated(
+                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            ),
+            x,
+            w,
+        )
     one = values((1, 1, 1, 3))
     np.testing.assert_allclose(ops.max_pool2d(one, window=1), one)
 

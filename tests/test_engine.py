@@ -23,8 +23,12 @@ def loss_tree(p, x):
 
 def tree_args():
     rng = np.random.default_rng(0)
-    p = {"layers": [Params(jnp.asarray(rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal(2)))],
-         "scale": (jnp.asarray(1.0), jnp.asarray(2.0))}
+    p = {
+        "layers": [
+            Params(jnp.asarray(rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal(2)))
+        ],
+        "scale": (jnp.asarray(1.0), jnp.asarray(2.0)),
+    }
     return p, jnp.asarray(rng.standard_normal((4, 3)))
 
 
@@ -71,7 +75,9 @@ def test_int_and_bool_arguments_carry_no_gradient():
     w = jnp.ones((2, 3))
     labels = jnp.array([0, 2])
     mask = jnp.array([[True, False, True], [False, True, True]])
-    np.testing.assert_allclose(fnn.grad(f)(w, labels, mask), jax.grad(f)(w, labels, mask), rtol=1e-6)
+    np.testing.assert_allclose(
+        fnn.grad(f)(w, labels, mask), jax.grad(f)(w, labels, mask), rtol=1e-6
+    )
     with pytest.raises(TypeError, match="int32.*carry no gradient"):
         fnn.grad(f, argnums=1)(w, labels, mask)
     # vjp gives float0 zeros for integer inputs, as jax.vjp does
@@ -117,7 +123,7 @@ def test_vjp_with_several_outputs_and_cotangent_checks():
 @fnn.defgate
 def cube(x):
     """x**3.  Local gradient: 3 x**2."""
-    return x ** 3, x
+    return x**3, x
 
 
 @cube.defvjp
@@ -140,9 +146,9 @@ def split_scale_vjp(g, saved):
 def test_user_gate_works_everywhere():
     f = lambda x: ops.sum(cube(x))
     x = jnp.array([1.0, -2.0, 0.5])
-    np.testing.assert_allclose(fnn.grad(f)(x), 3 * x ** 2)
-    np.testing.assert_allclose(jax.grad(f)(x), 3 * x ** 2)  # forward only under jax.grad
-    np.testing.assert_allclose(jax.jit(fnn.grad(f))(x), 3 * x ** 2)
+    np.testing.assert_allclose(fnn.grad(f)(x), 3 * x**2)
+    np.testing.assert_allclose(jax.grad(f)(x), 3 * x**2)  # forward only under jax.grad
+    np.testing.assert_allclose(jax.jit(fnn.grad(f))(x), 3 * x**2)
 
 
 def test_gate_with_several_outputs():
@@ -169,12 +175,18 @@ def _bad_gate(result):
     return bad
 
 
-@pytest.mark.parametrize("result, message", [
-    (lambda g, x, y: (g * y,), "returned 1 gradients for 2 inputs"),
-    (lambda g, x, y: g * y, "must return a tuple"),
-    (lambda g, x, y: (jnp.sum(g * y), g * x), "gradient f32\\[\\] for input 0 which is f32\\[3\\]"),
-    (lambda g, x, y: ((g * y).astype(jnp.float16), g * x), "f16\\[3\\] for input 0"),
-])
+@pytest.mark.parametrize(
+    "result, message",
+    [
+        (lambda g, x, y: (g * y,), "returned 1 gradients for 2 inputs"),
+        (lambda g, x, y: g * y, "must return a tuple"),
+        (
+            lambda g, x, y: (jnp.sum(g * y), g * x),
+            "gradient f32\\[\\] for input 0 which is f32\\[3\\]",
+        ),
+        (lambda g, x, y: ((g * y).astype(jnp.float16), g * x), "f16\\[3\\] for input 0"),
+    ],
+)
 def test_vjp_contract_is_checked(result, message):
     bad = _bad_gate(result)
     with pytest.raises(fnn.VJPContractError, match="gate 'bad'.*" + message):
@@ -209,7 +221,6 @@ def test_no_vjp_work_for_inputs_that_need_no_gradient():
     assert seen == []
 
 
-
 def test_a_vjp_learns_which_outputs_a_cotangent_reached():
     """`got`: per output, whether a cotangent reached it (the others come as zeros), so a rule
     can leave out terms that would be 0 * inf, as JAX leaves out a symbolic zero."""
@@ -231,6 +242,7 @@ def test_a_vjp_learns_which_outputs_a_cotangent_reached():
     np.testing.assert_allclose(fnn.vjp(split, x)[1]((x, x))[0], 2 * x + 2 * x * x)
     assert seen == [(True, False), (False, True), (True, True)]
 
+
 # ---- transforms ---------------------------------------------------------------------------------
 def mlp_loss(params, x, y):
     h = ops.relu(ops.affine(x, params["w1"], params["b1"]))
@@ -239,8 +251,12 @@ def mlp_loss(params, x, y):
 
 def mlp_args(n=8):
     rng = np.random.default_rng(0)
-    params = {"w1": rng.standard_normal((5, 7)) * 0.5, "b1": rng.standard_normal(7) * 0.1,
-              "w2": rng.standard_normal((7, 3)) * 0.5, "b2": np.zeros(3)}
+    params = {
+        "w1": rng.standard_normal((5, 7)) * 0.5,
+        "b1": rng.standard_normal(7) * 0.1,
+        "w2": rng.standard_normal((7, 3)) * 0.5,
+        "b2": np.zeros(3),
+    }
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return params, jnp.asarray(rng.standard_normal((n, 5))), jnp.asarray(rng.integers(0, 3, n))
 
@@ -280,7 +296,7 @@ def test_vmap_gives_per_example_gradients(x64):
 
 
 def test_jacfwd_of_grad_is_the_hessian(x64):
-    f = lambda x: ops.sum(ops.tanh(x) * x ** 3) + ops.logsumexp(x)
+    f = lambda x: ops.sum(ops.tanh(x) * x**3) + ops.logsumexp(x)
     x = jnp.asarray(np.random.default_rng(3).standard_normal(4))
     np.testing.assert_allclose(jax.jacfwd(fnn.grad(f))(x), jax.hessian(f)(x), rtol=1e-10)
     np.testing.assert_allclose(jax.jacrev(fnn.grad(f))(x), jax.hessian(f)(x), rtol=1e-10)
@@ -289,7 +305,7 @@ def test_jacfwd_of_grad_is_the_hessian(x64):
 def test_grad_of_grad_differentiates_the_hand_written_backward(x64):
     # the inner fnn.grad's backward is plain JAX code, which the outer fnn.grad differentiates
     # primitive by primitive: second derivatives by fnn's rules alone
-    f = lambda x: ops.sum(ops.tanh(x) * x ** 3) + jnp.sum(jnp.sin(x) ** 2)
+    f = lambda x: ops.sum(ops.tanh(x) * x**3) + jnp.sum(jnp.sin(x) ** 2)
     x = jnp.asarray(np.random.default_rng(3).standard_normal(4))
     second = fnn.grad(lambda x: jnp.sum(fnn.grad(f)(x)))(x)
     np.testing.assert_allclose(second, jax.grad(lambda x: jnp.sum(jax.grad(f)(x)))(x), rtol=1e-10)
@@ -305,7 +321,10 @@ def test_jax_code_is_differentiated_by_hand_written_rules(x64):
         return jnp.mean(jax.nn.logsumexp(h, axis=-1)) + jnp.linalg.norm(w["a"])
 
     rng = np.random.default_rng(0)
-    w = {"a": jnp.asarray(rng.standard_normal((3, 4))), "b": jnp.asarray(rng.standard_normal((3, 4)))}
+    w = {
+        "a": jnp.asarray(rng.standard_normal((3, 4))),
+        "b": jnp.asarray(rng.standard_normal((3, 4))),
+    }
     x = jnp.asarray(rng.standard_normal((5, 3)))
     assert_tree_close(fnn.grad(model)(w, x), jax.grad(model)(w, x), rtol=1e-10)
     names = {r.gate.name for r in fnn.trace(model, w, x).tape.records}
@@ -349,11 +368,15 @@ def test_natural_model_code_operators_and_methods():
     def f(W, x):
         h = (x @ W).T.reshape(-1, 2)
         z = -h[:, 0] / 2.0 + h[1:].mean() - (1.0 - h) ** 2 @ jnp.ones(2) * h.ndim
-        return z.sum() + h.max() + h.mean(axis=0).sum() + float(h.shape[0]) + 0 * len(h) + 2 ** h[0, 0]
+        return (
+            z.sum() + h.max() + h.mean(axis=0).sum() + float(h.shape[0]) + 0 * len(h) + 2 ** h[0, 0]
+        )
 
     rng = np.random.default_rng(0)
     W, x = jnp.asarray(rng.standard_normal((3, 4))), jnp.asarray(rng.standard_normal((2, 3)))
-    assert_tree_close(fnn.grad(f, argnums=(0, 1))(W, x), jax.grad(f, argnums=(0, 1))(W, x), rtol=2e-5)
+    assert_tree_close(
+        fnn.grad(f, argnums=(0, 1))(W, x), jax.grad(f, argnums=(0, 1))(W, x), rtol=2e-5
+    )
 
 
 def test_iterating_and_unpacking_a_traced_value():
@@ -398,14 +421,18 @@ def test_numpy_reductions_and_malformed_user_gates():
 
 def test_a_vjp_that_crashes_is_named():
     bad = _bad_gate(lambda g, x, y: (g @ jnp.ones((5, 2)), g * x))
-    with pytest.raises(fnn.VJPContractError, match="VJP of gate 'bad' failed.*upstream gradient f32\\[3\\]"):
+    with pytest.raises(
+        fnn.VJPContractError, match="VJP of gate 'bad' failed.*upstream gradient f32\\[3\\]"
+    ):
         fnn.grad(lambda x, y: ops.sum(bad(x, y)), argnums=(0, 1))(jnp.ones(3), jnp.ones(3))
 
 
 @pytest.mark.parametrize("i", [3, 4, -4, 1, -1])
 def test_out_of_range_integer_index_routes_like_jax(i):
     x = jnp.arange(6.0).reshape(3, 2)
-    np.testing.assert_allclose(fnn.grad(lambda x: ops.sum(x[i]))(x), jax.grad(lambda x: jnp.sum(x[i]))(x))
+    np.testing.assert_allclose(
+        fnn.grad(lambda x: ops.sum(x[i]))(x), jax.grad(lambda x: jnp.sum(x[i]))(x)
+    )
     traced = jax.jit(fnn.grad(lambda x, j: ops.sum(x[j, 0])))(x, i + 2)
     np.testing.assert_allclose(traced, jax.grad(lambda x, j: jnp.sum(x[j, 0]))(x, i + 2))
 
@@ -416,7 +443,8 @@ def test_mixed_dtypes_give_each_input_its_own_dtype():
     dw, db = fnn.grad(lambda w, b: ops.sum(ops.affine(x, w, b)), argnums=(0, 1))(w, b)
     assert dw.dtype == db.dtype == jnp.bfloat16
     da, dc = fnn.grad(lambda a, c: ops.sum(ops.concatenate(a, c)), argnums=(0, 1))(
-        jnp.ones(2, jnp.bfloat16), jnp.ones(3))
+        jnp.ones(2, jnp.bfloat16), jnp.ones(3)
+    )
     assert (da.dtype, dc.dtype) == (jnp.bfloat16, jnp.float32)
     da, dc = fnn.grad(lambda a, c: a @ c, argnums=(0, 1))(jnp.ones(2, jnp.bfloat16), jnp.ones(2))
     assert (da.dtype, dc.dtype) == (jnp.bfloat16, jnp.float32)
@@ -446,7 +474,7 @@ def test_a_users_primitive_rule_reaches_loops_branches_checkpoints_and_nested_ji
         }
 
     x = jnp.asarray([0.5, -1.0, 2.0])
-    written_out = programs(lambda a: a ** 3)  # the reference: x**3 differentiated by JAX
+    written_out = programs(lambda a: a**3)  # the reference: x**3 differentiated by JAX
     for name, f in programs(cube_p.bind).items():
         ref = jax.grad(written_out[name])(x)
         np.testing.assert_allclose(fnn.grad(f, rules=[my_cube])(x), ref, rtol=1e-12, err_msg=name)

@@ -19,8 +19,11 @@ from fnn.train.readers import CIFAR_RECORD, IDX_DTYPES
 
 from test_data import write_mnist
 
-SETTINGS = dict(deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +110,18 @@ def test_read_cifar10_file_never_crashes(data, scratch):
 def mnist_files(scratch):
     directory = os.path.join(scratch, "mnist-good")
     write_mnist(directory, n_train=20, n_test=10, size=4, compress=False)
-    return {name: open(os.path.join(directory, name), "rb").read()
-            for name in sorted(os.listdir(directory))}
+    return {
+        name: open(os.path.join(directory, name), "rb").read()
+        for name in sorted(os.listdir(directory))
+    }
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(which=st.integers(0, 3), cut=st.integers(0, 400), flips=st.lists(
-    st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=3))
+@given(
+    which=st.integers(0, 3),
+    cut=st.integers(0, 400),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=3),
+)
 def test_load_dataset_with_a_damaged_mnist_file(which, cut, flips, mnist_files, scratch):
     directory = os.path.join(scratch, "mnist-damaged")
     os.makedirs(directory, exist_ok=True)

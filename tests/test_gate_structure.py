@@ -82,11 +82,15 @@ def _cases(structure):
     q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
     close = np.sort(rng.standard_normal(5))
     close[2] = close[1] + 1e-7  # closer than the checker's step: a plain step reorders x
-    return {"symmetric": (trace_cube, fnn.Case(((sym + sym.T) / 2,), structure=structure)),
-            "positive definite": (logdet, fnn.Case((_spd(rng, 3),), structure=structure)),
-            "orthogonal": (inverse_by_transpose,
-                           fnn.Case((q, rng.standard_normal((3, 3))), structure=(structure,))),
-            "sorted": (weighted_sorted, fnn.Case((close,), structure=structure))}
+    return {
+        "symmetric": (trace_cube, fnn.Case(((sym + sym.T) / 2,), structure=structure)),
+        "positive definite": (logdet, fnn.Case((_spd(rng, 3),), structure=structure)),
+        "orthogonal": (
+            inverse_by_transpose,
+            fnn.Case((q, rng.standard_normal((3, 3))), structure=(structure,)),
+        ),
+        "sorted": (weighted_sorted, fnn.Case((close,), structure=structure)),
+    }
 
 
 @pytest.mark.parametrize("structure", ["symmetric", "positive definite", "orthogonal", "sorted"])
@@ -114,8 +118,9 @@ def test_structured_directions_and_projection(x64):
     g = jnp.asarray(rng.standard_normal((3, 3)))
     f = lambda x: jnp.sum(g * x)  # linear: its differences are <g, direction> exactly
     f_plus, f_minus, hp, hm = differences(f, a, np.arange(9), 1e-3, structure="symmetric")
-    np.testing.assert_allclose(((f_plus - f_minus) / (hp + hm)).reshape(3, 3),
-                               project(g, a, "symmetric"), rtol=1e-9)
+    np.testing.assert_allclose(
+        ((f_plus - f_minus) / (hp + hm)).reshape(3, 3), project(g, a, "symmetric"), rtol=1e-9
+    )
     np.testing.assert_allclose(project(g, a, "symmetric"), (g + g.T) / 2)
     q, _ = jnp.linalg.qr(a)
     tangent = project(g, q, "orthogonal")  # q K with K skew

@@ -69,8 +69,11 @@ def test_the_gates_asked_for_pass_and_are_listed(capsys):
     assert gates_to_check(primitives=False) == dict(fnn.registry.named)
     # a lecture's name stands for its primitives' gates
     assert gates_to_check(names=["matmul", "relu", "add"]) == {
-        "matmul": fnn.registry["lax.dot_general"], "relu": fnn.registry["relu"],
-        "add:lax.add": fnn.registry["lax.add"], "add:lax.add_any": fnn.registry["lax.add_any"]}
+        "matmul": fnn.registry["lax.dot_general"],
+        "relu": fnn.registry["relu"],
+        "add:lax.add": fnn.registry["lax.add"],
+        "add:lax.add_any": fnn.registry["lax.add_any"],
+    }
     assert run(_args("--format", "json", "--gate", ",".join(FEW))) == 0
     captured = capsys.readouterr()
     table = json.loads(captured.out)
@@ -84,11 +87,22 @@ def test_the_gates_asked_for_pass_and_are_listed(capsys):
         assert row["vs_jax_f64"] is not None
         assert (row["vs_numeric"] is None) == (name == "batch_norm")  # it has no numeric case
         assert row["vs_jax_f32"] is None and row["second_order"] is None
-        assert row["transforms"] == {t: (t == "jit") or None for t in CHECKS
-                                     if t != SECOND_ORDER}, (name, row["transforms"])
-        assert set(row) == {"gate", "cases", "declared", "vs_jax_f64", "vs_jax_f32",
-                            "vs_numeric", "second_order", "custom_us", "builtin_us",
-                            "transforms", "verdict"}
+        assert row["transforms"] == {
+            t: (t == "jit") or None for t in CHECKS if t != SECOND_ORDER
+        }, (name, row["transforms"])
+        assert set(row) == {
+            "gate",
+            "cases",
+            "declared",
+            "vs_jax_f64",
+            "vs_jax_f32",
+            "vs_numeric",
+            "second_order",
+            "custom_us",
+            "builtin_us",
+            "transforms",
+            "verdict",
+        }
     meta = table["meta"]
     assert meta["seed"] == 0 and "device" in meta and meta["all"] is False
     assert meta["scope"] == {"dtypes": ["float64"], "cases": 1, "checks": ["jit"]}
@@ -116,8 +130,11 @@ def test_the_default_part_checks_every_gate_meaningfully():
     assert len(quick.cases) == 2
     relu = check_gate("relu", fnn.registry["relu"], **QUICK)
     kinks = [c.label for c in relu.cases if c.label.startswith("kink: ")]
-    assert kinks and kinks == [c.label for c in check_gate("relu", fnn.registry["relu"]).cases
-                               if c.label.startswith("kink: ")]
+    assert kinks and kinks == [
+        c.label
+        for c in check_gate("relu", fnn.registry["relu"]).cases
+        if c.label.startswith("kink: ")
+    ]
     assert relu.transforms["jit"] is True and relu.transforms["vmap"] is None
     # the forward is checked against itself called alone, not jax.vjp's primal output: at
     # lax.reduce's kink (ties, NaN, inf) the two differ by 3e-2

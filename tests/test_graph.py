@@ -74,8 +74,9 @@ def test_neuron_in_lecture_style_and_one_gate_explained():
     assert "local gradient -0.53 x upstream 1 = -0.53" in text  # -1 / 1.37**2
     text = g.explain("exp")
     assert "local gradient 0.37 x upstream -0.53 = -0.2" in text
-    fused = graph(lambda w0, x0, w1, x1, w2: ops.sigmoid(w0 * x0 + w1 * x1 + w2),
-                  2.0, -1.0, -3.0, -2.0, -3.0)
+    fused = graph(
+        lambda w0, x0, w1, x1, w2: ops.sigmoid(w0 * x0 + w1 * x1 + w2), 2.0, -1.0, -3.0, -2.0, -3.0
+    )
     assert "local gradient 0.2 x upstream 1 = 0.2" in fused.explain("sigmoid")  # s (1 - s)
     with pytest.raises(ValueError, match="no gate"):
         g.explain("conv2d")

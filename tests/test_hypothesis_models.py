@@ -14,8 +14,11 @@ from fnn import nn, ops
 
 ACTIVATIONS = sorted(nn.ACTIVATIONS)
 TOL = {"float64": 1e-9, "float32": 1e-4}
-SETTINGS = dict(deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @st.composite
@@ -41,8 +44,14 @@ def cnns(draw):
     batch_norm = draw(st.booleans())
     layers = []
     for c in draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)):
-        layers.append(nn.Conv2D(c, draw(st.integers(1, 3)), stride=draw(st.integers(1, 2)),
-                                padding=draw(st.sampled_from(["SAME", "VALID"]))))
+        layers.append(
+            nn.Conv2D(
+                c,
+                draw(st.integers(1, 3)),
+                stride=draw(st.integers(1, 2)),
+                padding=draw(st.sampled_from(["SAME", "VALID"])),
+            )
+        )
         if batch_norm:
             layers.append(nn.BatchNorm())
         layers.append(nn.Activation(draw(st.sampled_from(ACTIVATIONS))))
@@ -85,8 +94,10 @@ def check(model, shape, batch, classes, seed, dtype):
 
     @jax.jit  # both engines in one program: one compilation per drawn network
     def both(params, x):
-        return (fnn.value_and_grad(loss, argnums=(0, 1))(params, x),
-                jax.value_and_grad(loss, argnums=(0, 1))(params, x))
+        return (
+            fnn.value_and_grad(loss, argnums=(0, 1))(params, x),
+            jax.value_and_grad(loss, argnums=(0, 1))(params, x),
+        )
 
     (value, (dp, dx)), (ref_value, (rp, rx)) = both(params, x)
     assert value.dtype == dtype and dx.dtype == dtype

@@ -36,8 +36,10 @@ def check(loss, *args, vmap_args=None, eager=True):
     if vmap_args is not None:
         axes = tuple(None if a is None else 0 for a in vmap_args)
         full = tuple(a if v is None else v for a, v in zip(args, vmap_args))
-        assert_same(jax.jit(jax.vmap(fnn.grad(loss), in_axes=axes))(*full),
-                    jax.jit(jax.vmap(jax.grad(loss), in_axes=axes))(*full))
+        assert_same(
+            jax.jit(jax.vmap(fnn.grad(loss), in_axes=axes))(*full),
+            jax.jit(jax.vmap(jax.grad(loss), in_axes=axes))(*full),
+        )
 
 
 @pytest.fixture
@@ -102,8 +104,13 @@ def test_flax_cnn_with_batchnorm_dropout_and_an_optax_loss(keys):
     v = model.init({"params": keys[0], "dropout": keys[2]}, x, train=True)
 
     def loss(params):
-        logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                                train=True, mutable=["batch_stats"], rngs={"dropout": keys[3]})
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": v["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": keys[3]},
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     check(loss, v["params"], eager=False)  # (eager: the Equinox models, the lecture's nets)
@@ -124,8 +131,7 @@ def test_flax_transformer_encoder_block(keys):
     block = EncoderBlock()
     xs = jax.random.normal(keys[1], (2, 6, 16), dtype=jnp.float64)
     v = block.init(keys[0], xs)
-    check(lambda p, xs: jnp.sum(block.apply({"params": p}, xs) ** 2), v["params"], xs,
-          eager=False)
+    check(lambda p, xs: jnp.sum(block.apply({"params": p}, xs) ** 2), v["params"], xs, eager=False)
 
 
 # ---- the lecture's nets in plain jax.numpy ---------------------------------------------------------
@@ -145,11 +151,17 @@ def test_lecture_nets_in_plain_jax(keys):
         h = jax.nn.leaky_relu(h @ p["w2"] + p["b2"], 0.1)
         return optax.softmax_cross_entropy_with_integer_labels(h @ p["w3"], y).mean()
 
-    p = {k: jnp.asarray(rng.standard_normal(s)) for k, s in
-         {"w1": (4, 6), "b1": (6,), "w2": (6, 5), "b2": (5,), "w3": (5, 3)}.items()}
+    p = {
+        k: jnp.asarray(rng.standard_normal(s))
+        for k, s in {"w1": (4, 6), "b1": (6,), "w2": (6, 5), "b2": (5,), "w3": (5, 3)}.items()
+    }
     x = jnp.asarray(rng.standard_normal((7, 4)))
-    check(two_layer, {k: p[k] for k in ("w1", "b1", "w2", "b2")}, x,
-          jnp.asarray(rng.standard_normal((7, 5))))
+    check(
+        two_layer,
+        {k: p[k] for k in ("w1", "b1", "w2", "b2")},
+        x,
+        jnp.asarray(rng.standard_normal((7, 5))),
+    )
     check(three_layer, p, x, jnp.asarray(rng.integers(0, 3, 7)))
 
 

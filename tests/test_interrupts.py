@@ -27,8 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tree_equal(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
-        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y)
-        for x, y in zip(la, lb))
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y) for x, y in zip(la, lb)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,9 @@ def model():
 
 def optimizer(data):
     total = 3 * (len(data.x_train) // 32)
-    return train.make_optimizer("adam", train.make_schedule("cosine", 3e-3, total_steps=total),
-                                weight_decay=1e-4)
+    return train.make_optimizer(
+        "adam", train.make_schedule("cosine", 3e-3, total_steps=total), weight_decay=1e-4
+    )
 
 
 class CtrlC(Hook):
@@ -107,8 +108,7 @@ def test_ctrl_c_stops_within_a_step_and_resumes_bit_for_bit(digits, tmp_path):
     assert tree_equal(resumed.state, straight.state)
     assert tree_equal(resumed.opt_state, straight.opt_state)
     keys = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc")
-    assert [{k: r[k] for k in keys} for r in rest] == [{k: r[k] for k in keys}
-                                                      for r in history[1:]]
+    assert [{k: r[k] for k in keys} for r in rest] == [{k: r[k] for k in keys} for r in history[1:]]
 
 
 def test_ctrl_c_before_the_first_step_and_a_second_ctrl_c(digits):
@@ -131,8 +131,11 @@ def test_a_resumed_state_of_other_data_is_refused(digits):
     other = train.load_dataset("digits", limit=399)  # one example fewer: another order
     with pytest.raises(ValueError, match="batch order is not the one it was drawn with"):
         train.fit(model(), optimizer(digits), other, epochs=3, batch_size=32, start=mid)
-    with pytest.raises(ValueError, match=r"saved at step 3 of an epoch with batches i32\[11,32\]"
-                                         r".*have 5 batches of 64"):
+    with pytest.raises(
+        ValueError,
+        match=r"saved at step 3 of an epoch with batches i32\[11,32\]"
+        r".*have 5 batches of 64",
+    ):
         train.fit(model(), optimizer(digits), digits, epochs=3, batch_size=64, start=mid)
 
 
@@ -168,8 +171,9 @@ def test_out_of_memory_is_explained(when):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("XLA_FLAGS", None)
-    r = subprocess.run([sys.executable, "-c", OOM, when], capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", OOM, when], capture_output=True, text=True, env=env, timeout=300
+    )
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")), r.stderr[-2000:])
     print(line)
     assert line.startswith("RESULT OutOfMemoryError"), line
@@ -198,15 +202,33 @@ def test_ctrl_c_on_the_command_line_saves_and_resumes_bit_for_bit(tmp_path):
     from fnn.cli import main
     from fnn.train import read_checkpoint
 
-    args = ["--model", "cnn", "--channels", "4", "--dropout", "0.1", "--batch-size", "1",
-            "--epochs", "20", "--no-progress", "--chunk-seconds", "0.01"]
+    args = [
+        "--model",
+        "cnn",
+        "--channels",
+        "4",
+        "--dropout",
+        "0.1",
+        "--batch-size",
+        "1",
+        "--epochs",
+        "20",
+        "--no-progress",
+        "--chunk-seconds",
+        "0.01",
+    ]
     straight = str(tmp_path / "straight")
     assert main(["train", "--out", straight, *args]) == 0
     stopped = str(tmp_path / "stopped")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.Popen([sys.executable, "-m", "fnn", "train", "--out", stopped, *args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "fnn", "train", "--out", stopped, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in p.stdout:  # wait for epoch 1 to end: the program is compiled and running
         if line.split()[:2] == ["epoch", "1/20"]:
             break
@@ -231,7 +253,13 @@ def test_ctrl_c_on_the_command_line_saves_and_resumes_bit_for_bit(tmp_path):
 
     def metrics(run):
         with open(os.path.join(run, "metrics.jsonl")) as f:
-            return [{k: v for k, v in json.loads(line).items()
-                     if k not in ("time_s", "steps_per_s", "examples_per_s", "compile_s")}
-                    for line in f]
+            return [
+                {
+                    k: v
+                    for k, v in json.loads(line).items()
+                    if k not in ("time_s", "steps_per_s", "examples_per_s", "compile_s")
+                }
+                for line in f
+            ]
+
     assert metrics(stopped) == metrics(straight)

@@ -27,7 +27,7 @@ def test_array_methods_and_operators(x64):
         y = y + x.prod() * 1e-2 + x.dot(x.T).sum() + x.cumsum(axis=1).sum() + x.real.sum()
         y = y + x.conj().mean() + (x // 0.3).sum() + (x % 0.3).sum() + x.at[0, 1].add(2.0).sum()
         y = y + x.at[1].set(0.0).max() + x.T.reshape(-1)[x.argmax()] + jnp.linalg.norm(x)
-        return y + x.mean(axis=0).max() + (x ** 3).sum() + (2.0 ** x).sum() - abs(-x).sum()
+        return y + x.mean(axis=0).max() + (x**3).sum() + (2.0**x).sum() - abs(-x).sum()
 
     same(f, x)
 
@@ -40,8 +40,17 @@ def test_integer_results_carry_no_gradient(x64):
 
 def test_jax_nn_functions_and_their_kinks(x64):
     x = jnp.asarray([-1.5, -0.2, 0.4, 2.0])
-    for fn in (jax.nn.relu, jax.nn.relu6, jax.nn.gelu, jax.nn.silu, jax.nn.softplus,
-               jax.nn.elu, jax.nn.sigmoid, jax.nn.log_sigmoid, jnp.tanh):
+    for fn in (
+        jax.nn.relu,
+        jax.nn.relu6,
+        jax.nn.gelu,
+        jax.nn.silu,
+        jax.nn.softplus,
+        jax.nn.elu,
+        jax.nn.sigmoid,
+        jax.nn.log_sigmoid,
+        jnp.tanh,
+    ):
         same(lambda x: jnp.sum(fn(x) * x), x)  # noqa: B023 (called in this iteration)
     same(lambda x: jnp.sum(jax.nn.softmax(x) * jnp.arange(4.0)), x)
     same(lambda x: jax.nn.logsumexp(x) + jnp.sum(jax.nn.log_softmax(x)[1:]), x)
@@ -57,18 +66,21 @@ def test_loops_and_branches(x64):
 
     def rnn(w, xs):
         h, hs = lax.scan(lambda h, x: (jnp.tanh(h @ w + x), h.sum()), jnp.zeros(3), xs)
-        return jnp.sum(h ** 2) + jnp.sum(hs)
+        return jnp.sum(h**2) + jnp.sum(hs)
 
     same(rnn, w, xs, argnums=(0, 1))
     same(lambda w: lax.fori_loop(0, 4, lambda i, h: jnp.sin(h @ w) + i, jnp.ones(3)).sum(), w)
-    same(lambda w: lax.cond(w.sum() > 0, lambda: jnp.sum(w ** 2), lambda: jnp.sum(-w)), w)
+    same(lambda w: lax.cond(w.sum() > 0, lambda: jnp.sum(w**2), lambda: jnp.sum(-w)), w)
     same(lambda w: lax.switch(2, [jnp.sum, jnp.max, lambda a: jnp.sum(a * a)], w), w)
     same(lambda w: jnp.sum(jax.checkpoint(lambda a: jnp.tanh(a @ a))(w)), w)
     same(lambda w: jnp.sum(jax.jit(lambda a: jnp.exp(a) * a)(w)), w)
     # vmap and jit around fnn.grad of a scan
     batch = jnp.stack([xs, xs * 0.5])
-    np.testing.assert_allclose(jax.vmap(fnn.grad(rnn), in_axes=(None, 0))(w, batch),
-                               jax.vmap(jax.grad(rnn), in_axes=(None, 0))(w, batch), rtol=1e-10)
+    np.testing.assert_allclose(
+        jax.vmap(fnn.grad(rnn), in_axes=(None, 0))(w, batch),
+        jax.vmap(jax.grad(rnn), in_axes=(None, 0))(w, batch),
+        rtol=1e-10,
+    )
     np.testing.assert_allclose(jax.jit(fnn.grad(rnn))(w, xs), jax.grad(rnn)(w, xs), rtol=1e-10)
 
 
@@ -96,8 +108,10 @@ def test_what_is_refused():
     np.testing.assert_allclose(fnn.grad(f)(2.0, jnp.int32(3)), 12.0)
     # complex values are differentiated as JAX does (issue 23; they were refused before):
     # through a complex intermediate, and at complex inputs (JAX's conjugate convention)
-    for f, x in ((lambda x: jnp.abs(jnp.sum(x * 1j)), jnp.ones(3)),
-                 (lambda z: jnp.abs(z).sum(), jnp.asarray([1.0 + 2j, -3j, 0.5]))):
+    for f, x in (
+        (lambda x: jnp.abs(jnp.sum(x * 1j)), jnp.ones(3)),
+        (lambda z: jnp.abs(z).sum(), jnp.asarray([1.0 + 2j, -3j, 0.5])),
+    ):
         np.testing.assert_allclose(fnn.grad(f)(x), jax.grad(f)(x), rtol=1e-6)
     # a while loop that only counts (no differentiated value in its carry) is fine
     f = lambda x: x * lax.while_loop(lambda c: c < 5, lambda c: c + 1, 0)
@@ -139,7 +153,8 @@ def test_a_missing_rule_inside_loops_branches_and_jits_is_itself_with_the_users_
         "inside jnp": lambda x: jnp.sum(jnp.sinc(x)),
     }
     _, _, _, grad_without_sin = fnn.autodiff.make_transforms(
-        {p: r for p, r in fnn.ops.RULES.items() if p.name != "sin"})
+        {p: r for p, r in fnn.ops.RULES.items() if p.name != "sin"}
+    )
     for name, f in where.items():
         with pytest.raises(fnn.MissingRuleError) as info:
             (grad_without_sin if name == "inside jnp" else fnn.grad)(f)(x)
@@ -155,7 +170,7 @@ def test_the_missing_rule_template_runs_as_pasted():
         fnn.grad(f)(jnp.ones(2))
     assert info.value.primitive is DOUBLE_P
     text = str(info.value)
-    template = text[text.index("import fnn"):]
+    template = text[text.index("import fnn") :]
     assert f"from {__name__} import DOUBLE_P" in template  # where the primitive lives
     scope = {}
     exec(template, scope)  # noqa: S102  (what a user pastes)
@@ -196,7 +211,7 @@ def test_effects_and_values_no_gradient_flows_from_need_no_rule(x64, capsys):
         top = lax.stop_gradient(jax.ops.segment_max(x, jnp.asarray([0, 0, 1]), 2))  # scatter-max
         unused = DOUBLE_P.bind(x) if no_rule else x  # no rule, but no gradient flows from it
         del unused
-        return jnp.sum(top * x[:2]) + jnp.sum(x ** 2)
+        return jnp.sum(top * x[:2]) + jnp.sum(x**2)
 
     no_rule = True
     mine = fnn.grad(f)(x)
@@ -207,8 +222,10 @@ def test_effects_and_values_no_gradient_flows_from_need_no_rule(x64, capsys):
 
 def test_while_loops_as_jax_differentiates_them(x64):
     # loop invariants carried through a while_loop pass their gradient (jax.grad too)
-    f = lambda x: lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1], c[2] * c[1]),
-                                 (0, x, 1.0))[1] * 3.0
+    f = lambda x: (
+        lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1], c[2] * c[1]), (0, x, 1.0))[1]
+        * 3.0
+    )
     same(f, 2.0)
     same(lambda x: lax.fori_loop(x, x + 2.0, lambda i, c: c, x), 1.0)
     # a changing carry that the result depends on: refused, truthfully (jax.grad refuses too)
@@ -222,6 +239,7 @@ def test_while_loops_as_jax_differentiates_them(x64):
 def test_custom_jvp_rules_are_transposed_as_jax_does(x64):
     """A jax.custom_jvp function's gradient is the transpose of its rule, even where the rule is
     not the primal's derivative; integer arguments, several outputs, symbolic zeros."""
+
     @jax.custom_jvp
     def clipped(x, n):
         return jnp.clip(x * n, -1.0, 1.0), jnp.sin(x)
@@ -235,9 +253,14 @@ def test_custom_jvp_rules_are_transposed_as_jax_does(x64):
     def scaled(x, y):
         return x * y
 
-    scaled.defjvp(lambda p, t: (scaled(*p), 3.0 * t[0] * p[1] + (
-        0.0 if type(t[1]) is jax.custom_derivatives.SymbolicZero else t[1] * p[0])),
-        symbolic_zeros=True)
+    scaled.defjvp(
+        lambda p, t: (
+            scaled(*p),
+            3.0 * t[0] * p[1]
+            + (0.0 if type(t[1]) is jax.custom_derivatives.SymbolicZero else t[1] * p[0]),
+        ),
+        symbolic_zeros=True,
+    )
 
     x = jnp.asarray([-2.0, 0.1, 0.7, 3.0])
     same(lambda x: jnp.sum(clipped(x, 2)[0] * jnp.arange(4.0)) + jnp.sum(clipped(x, 3)[1]), x)

@@ -74,8 +74,13 @@ def _sample():
 
 
 _GROUPS = [g for g in os.environ.get("FNN_HARNESS_GROUPS", "").split(",") if g]
-HARNESSES = (IN_SCOPE if os.environ.get("FNN_ALL_HARNESSES") == "1" else
-             [h for h in IN_SCOPE if h.group_name in _GROUPS] if _GROUPS else _sample())
+HARNESSES = (
+    IN_SCOPE
+    if os.environ.get("FNN_ALL_HARNESSES") == "1"
+    else [h for h in IN_SCOPE if h.group_name in _GROUPS]
+    if _GROUPS
+    else _sample()
+)
 
 
 def _args(h):
@@ -83,19 +88,24 @@ def _args(h):
 
 
 def _float_positions(args):
-    return [i for i, a in enumerate(args)
-            if isinstance(a, (np.ndarray, jax.Array)) and np.dtype(a.dtype) in INEXACT]
+    return [
+        i
+        for i, a in enumerate(args)
+        if isinstance(a, (np.ndarray, jax.Array)) and np.dtype(a.dtype) in INEXACT
+    ]
 
 
 def _function(h, args, positions):
     """The harness as a function of its float (and complex) inputs at `positions`, returning
     its float and complex outputs (a list)."""
+
     def f(*d):
         full = list(args)
         for i, x in zip(positions, d):
             full[i] = x
         out = jax.tree_util.tree_leaves(h.dyn_fun(*full))
         return [o for o in out if jnp.issubdtype(jnp.result_type(o), jnp.inexact)]
+
     return f
 
 
@@ -138,8 +148,9 @@ def _compare(h, args, positions, label):
         err = rel_error(a, b, special=True)
         worst.append(err)
         if not err <= tol:
-            return "wrong", (f"{label}: input {x.dtype}{list(x.shape)}: rel_error {err:.2e} > "
-                             f"{tol:g}")
+            return "wrong", (
+                f"{label}: input {x.dtype}{list(x.shape)}: rel_error {err:.2e} > {tol:g}"
+            )
     return "agree", f"{label}: {max(worst, default=0.0):.1e}"
 
 
@@ -167,8 +178,9 @@ _UP = {np.dtype(np.float32): np.float64, np.dtype(np.complex64): np.complex128}
 
 
 def _upcast(args):
-    return [a.astype(_UP[a.dtype]) if isinstance(a, np.ndarray) and a.dtype in _UP else a
-            for a in args]
+    return [
+        a.astype(_UP[a.dtype]) if isinstance(a, np.ndarray) and a.dtype in _UP else a for a in args
+    ]
 
 
 def check_harness(h):
@@ -186,9 +198,11 @@ def check_harness(h):
 
 
 FAILING = ("wrong", "missing", "fnn error")
-SKIPPING = {"jax fails": "JAX itself cannot differentiate it",
-            "no float input": "no float or complex input",
-            "no float output": "no float or complex output"}
+SKIPPING = {
+    "jax fails": "JAX itself cannot differentiate it",
+    "no float input": "no float or complex input",
+    "no float output": "no float or complex output",
+}
 
 
 @pytest.mark.parametrize("h", HARNESSES, ids=[h.fullname for h in HARNESSES])
@@ -210,13 +224,17 @@ def test_out_of_scope_groups_are_named_and_counted():
     by_reason = collections.defaultdict(list)
     for group, n in sorted(skipped.items()):
         by_reason[OUT_OF_SCOPE[group]].append(f"{group} ({n})")
-    unimplemented = collections.Counter(h.group_name for h in th.all_harnesses
-                                        if _scope(h) is None and not h.filter("cpu"))
-    by_reason["JAX marks it unimplemented on CPU"] = [f"{g} ({n})" for g, n in
-                                                      sorted(unimplemented.items())]
-    warnings.warn("JAX harnesses skipped: " + "; ".join(
-        f"{reason}: {', '.join(items)}" for reason, items in sorted(by_reason.items())),
-        stacklevel=1)
+    unimplemented = collections.Counter(
+        h.group_name for h in th.all_harnesses if _scope(h) is None and not h.filter("cpu")
+    )
+    by_reason["JAX marks it unimplemented on CPU"] = [
+        f"{g} ({n})" for g, n in sorted(unimplemented.items())
+    ]
+    warnings.warn(
+        "JAX harnesses skipped: "
+        + "; ".join(f"{reason}: {', '.join(items)}" for reason, items in sorted(by_reason.items())),
+        stacklevel=1,
+    )
 
 
 def test_the_sample_is_fixed_and_spread_over_primitives():

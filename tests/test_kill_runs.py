@@ -30,8 +30,15 @@ from fnn.train import read_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMED_KILLS = 2
-WRITTEN = {".lock", "config.json", "metrics.jsonl", "last.safetensors", "best.safetensors",
-           "curves.png", "results.json"}  # every file the run writes: one kill inside each
+WRITTEN = {
+    ".lock",
+    "config.json",
+    "metrics.jsonl",
+    "last.safetensors",
+    "best.safetensors",
+    "curves.png",
+    "results.json",
+}  # every file the run writes: one kill inside each
 
 DRIVER = textwrap.dedent(r"""
     import json, os, random, re, signal, sys, time
@@ -189,8 +196,13 @@ def test_runs_killed_anywhere_resume_to_the_same_bits(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("XLA_FLAGS", None)
-    r = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path), str(TIMED_KILLS)], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(tmp_path), str(TIMED_KILLS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["events"] >= 20  # lock, config, metrics, 2 epochs of last/best/metrics, ...

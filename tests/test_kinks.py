@@ -30,7 +30,8 @@ def test_every_rule_declares_its_kinks(name):
     assert gate.kinks is not None, (
         f"{name}: declare the points where its derivative is a convention with "
         f"@{gate.name}.defkinks (a function of the dtype giving Cases), or "
-        f"{gate.name}.defkinks(smooth=True) if it has none")
+        f"{gate.name}.defkinks(smooth=True) if it has none"
+    )
     if callable(gate.kinks):
         assert gate.kink_cases("float64"), f"{name}: defkinks gave no cases"
 
@@ -68,27 +69,42 @@ def test_kink_cases_are_checked_by_the_gate_checker():
 # ---- named gates against the JAX functions they follow -----------------------------------------
 X = np.array([0.0, -0.0, 1.0, -1.0, 6.0, 2.0, np.inf, -np.inf, np.nan])
 TIES = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [np.nan, 1.0, 1.0, 0.0]])
-IMAGE = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 2.0],
-                  [0.0, 1.0, 1.0, 0.0]])[None, :, :, None]
+IMAGE = np.array(
+    [[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 2.0], [0.0, 1.0, 1.0, 0.0]]
+)[None, :, :, None]
 NAMED = {  # name: (fnn's gate, the JAX function, the input)
     "abs": (ops.abs, jnp.abs, X),
     "relu": (ops.relu, jax.nn.relu, X),
     "relu6": (ops.relu6, jax.nn.relu6, X),
-    "leaky_relu": (lambda x: ops.leaky_relu(x, alpha=0.1),
-                   lambda x: jax.nn.leaky_relu(x, negative_slope=0.1), X),
+    "leaky_relu": (
+        lambda x: ops.leaky_relu(x, alpha=0.1),
+        lambda x: jax.nn.leaky_relu(x, negative_slope=0.1),
+        X,
+    ),
     "elu": (lambda x: ops.elu(x, alpha=0.5), lambda x: jax.nn.elu(x, alpha=0.5), X),
     "maximum": (lambda x: ops.maximum(x, 1.0), lambda x: jnp.maximum(x, 1.0), X),
     "minimum": (lambda x: ops.minimum(x, -0.0), lambda x: jnp.minimum(x, -0.0), X),
     "max": (lambda x: ops.max(x, axis=1), lambda x: jnp.max(x, axis=1), TIES),
-    "maxout": (lambda x: ops.maxout(x, pieces=2), lambda x: jnp.max(x.reshape(3, 2, 2), axis=-1),
-               TIES),
-    "max_pool2d": (lambda x: ops.max_pool2d(x, window=2, stride=1),
-                   lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 1, 1),
-                                               "VALID"), IMAGE),
-    "power": (lambda x: ops.power(x, jnp.zeros_like(x)), lambda x: jnp.power(x, jnp.zeros_like(x)),
-              X),
-    "power 0.5": (lambda x: ops.power(x, jnp.full_like(x, 0.5)),
-                  lambda x: jnp.power(x, jnp.full_like(x, 0.5)), X),
+    "maxout": (
+        lambda x: ops.maxout(x, pieces=2),
+        lambda x: jnp.max(x.reshape(3, 2, 2), axis=-1),
+        TIES,
+    ),
+    "max_pool2d": (
+        lambda x: ops.max_pool2d(x, window=2, stride=1),
+        lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 1, 1), "VALID"),
+        IMAGE,
+    ),
+    "power": (
+        lambda x: ops.power(x, jnp.zeros_like(x)),
+        lambda x: jnp.power(x, jnp.zeros_like(x)),
+        X,
+    ),
+    "power 0.5": (
+        lambda x: ops.power(x, jnp.full_like(x, 0.5)),
+        lambda x: jnp.power(x, jnp.full_like(x, 0.5)),
+        X,
+    ),
     "sqrt": (ops.sqrt, jnp.sqrt, X),
     "log": (ops.log, jnp.log, X),
     "sigmoid": (ops.sigmoid, jax.nn.sigmoid, X),
@@ -105,8 +121,9 @@ def test_named_gate_is_its_jax_function_at_kinks(name, x64):
     gate, jax_fn, x = NAMED[name]
     x = jnp.asarray(x)
     weights = jnp.arange(1.0, 1.0 + jax.eval_shape(jax_fn, x).size).reshape(
-        jax.eval_shape(jax_fn, x).shape)
-    loss = lambda f: (lambda x: jnp.sum(f(x) * weights))
+        jax.eval_shape(jax_fn, x).shape
+    )
+    loss = lambda f: lambda x: jnp.sum(f(x) * weights)
     _same(gate(x), jax_fn(x), f"{name}: forward")
     expected = jax.jit(jax.grad(loss(jax_fn)))(x)  # compiled, as fnn.grad is: XLA decides 0 * inf
     _same(jax.jit(fnn.grad(loss(gate)))(x), expected, f"{name}: fnn.grad of the gate")

@@ -35,8 +35,14 @@ def test_maximum_and_minimum_ties_split_evenly_as_jax():
 
 
 KINKS = {
-    "relu at 0": (lambda x: ops.sum(ops.relu(x) * jnp.arange(1.0, 4.0)), jnp.array([0.0, 1.0, -1.0])),
-    "leaky_relu at 0": (lambda x: ops.sum(ops.leaky_relu(x, alpha=0.1)), jnp.array([0.0, 2.0, -2.0])),
+    "relu at 0": (
+        lambda x: ops.sum(ops.relu(x) * jnp.arange(1.0, 4.0)),
+        jnp.array([0.0, 1.0, -1.0]),
+    ),
+    "leaky_relu at 0": (
+        lambda x: ops.sum(ops.leaky_relu(x, alpha=0.1)),
+        jnp.array([0.0, 2.0, -2.0]),
+    ),
     "elu at 0": (lambda x: ops.sum(ops.elu(x)), jnp.array([0.0, 1.0, -1.0])),
     "abs at 0": (lambda x: ops.sum(ops.abs(x)), jnp.array([0.0, 1.0, -1.0])),
     "maximum tie": (lambda x: ops.sum(ops.maximum(x, 0.0)), jnp.array([0.0, 1.0, -1.0])),
@@ -46,8 +52,10 @@ KINKS = {
     "jax.nn.softplus at 0": (lambda x: jnp.sum(jax.nn.softplus(x)), jnp.array([0.0, 1.0])),
     "jnp.abs at 0": (lambda x: jnp.sum(jnp.abs(x)), jnp.array([0.0, 1.0, -1.0])),
     "jnp.hypot at 0": (lambda x: jnp.hypot(x[0], x[1]), jnp.array([0.0, 0.0])),
-    "cummax ties": (lambda x: jnp.sum(jax.lax.cummax(x) * jnp.arange(4.0)),
-                    jnp.array([1.0, 1.0, 0.0, 2.0])),
+    "cummax ties": (
+        lambda x: jnp.sum(jax.lax.cummax(x) * jnp.arange(4.0)),
+        jnp.array([1.0, 1.0, 0.0, 2.0]),
+    ),
     "svm margin 0": (lambda s: ops.svm_loss(s, jnp.array([0])), jnp.array([[1.0, 0.0, -5.0]])),
 }
 
@@ -69,7 +77,9 @@ def test_documented_kink_values():
     assert float(fnn.grad(ops.relu6)(6.0)) == 0.0
 
 
-@pytest.mark.parametrize("name", ["log_softmax", "softmax", "logsumexp", "mse", "sigmoid", "softplus"])
+@pytest.mark.parametrize(
+    "name", ["log_softmax", "softmax", "logsumexp", "mse", "sigmoid", "softplus"]
+)
 def test_stable_at_1e4_in_float32(name):
     x = jnp.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], jnp.float32)
     f = {

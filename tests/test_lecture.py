@@ -74,7 +74,10 @@ def test_lecture_examples_match_jax_in_float64(example, x64):
     elif example == "neuron":
         f, args = sigmoid_neuron, (rng.standard_normal(3), rng.standard_normal(2))
     else:
-        f, args = (lambda W, x: ops.sum((W @ x) ** 2)), (rng.standard_normal((3, 3)), rng.standard_normal(3))
+        f, args = (
+            (lambda W, x: ops.sum((W @ x) ** 2)),
+            (rng.standard_normal((3, 3)), rng.standard_normal(3)),
+        )
     nums = tuple(range(len(args)))
     mine = fnn.grad(f, argnums=nums)(*args)
     ref = jax.grad(f, argnums=nums)(*args)

@@ -41,7 +41,7 @@ def glow_nll(p, x):
     z2 = z2 * jnp.exp(log_s) + h @ p["t"]
     out = jnp.concatenate([z1, z2], axis=-1)
     logdet = x.shape[0] * jnp.linalg.slogdet(p["w"])[1] + jnp.sum(log_s)
-    nll = 0.5 * jnp.sum(out ** 2) - logdet
+    nll = 0.5 * jnp.sum(out**2) - logdet
     recon = jnp.concatenate([z1, z @ jnp.eye(4)[:, 2:]], axis=-1) @ jnp.linalg.inv(p["w"])
     return nll / x.shape[0] + jnp.mean((recon - x) ** 2)
 
@@ -57,7 +57,7 @@ def nuclear_reg(w, x):
 def least_squares(a, b):
     x_pinv = jnp.linalg.pinv(a) @ b
     x_lstsq = jnp.linalg.lstsq(a, b)[0]
-    return jnp.sum(jnp.sin(x_pinv)) + jnp.sum(x_lstsq ** 2)
+    return jnp.sum(jnp.sin(x_pinv)) + jnp.sum(x_lstsq**2)
 
 
 def orthogonal(m, x):
@@ -70,7 +70,7 @@ def orthogonal(m, x):
 def eigvalsh_loss(a):
     s = a @ a.T
     w = jnp.linalg.eigvalsh(s)
-    return jnp.sum(w ** 2) - jnp.log(w[0]) + jnp.max(w)
+    return jnp.sum(w**2) - jnp.log(w[0]) + jnp.max(w)
 
 
 def eigenvectors(a):
@@ -90,19 +90,19 @@ def mvn_loss(p, x):
 def cg_loss(a, b):
     m = a.T @ a + jnp.eye(a.shape[1])
     x, _ = cg(lambda v: m @ v, b, tol=1e-14, maxiter=200)
-    return jnp.sum(x ** 2) + jnp.sum(jnp.linalg.solve(m, b))
+    return jnp.sum(x**2) + jnp.sum(jnp.linalg.solve(m, b))
 
 
 def det_svd(a):
     u, s, vt = jnp.linalg.svd(a, full_matrices=False)
-    return jnp.linalg.det(a) + jnp.sum(u[:, 0] ** 2 * vt[0]) + jnp.sum(s ** 3)
+    return jnp.linalg.det(a) + jnp.sum(u[:, 0] ** 2 * vt[0]) + jnp.sum(s**3)
 
 
 def spline(d, b):
     """A tridiagonal solve (a smoothing spline's system), its diagonal differentiated."""
     off = 0.3 * jnp.ones_like(d)
     x = lax.linalg.tridiagonal_solve(off.at[0].set(0.0), d, off.at[-1].set(0.0), b[:, None])
-    return jnp.sum(x ** 2)
+    return jnp.sum(x**2)
 
 
 def _programs():
@@ -110,11 +110,31 @@ def _programs():
     n = lambda *s: jnp.asarray(rng.standard_normal(s))
     x6 = n(6, 2)
     return {
-        "gp marginal likelihood": (gp_nll, ({"log_ls": jnp.asarray(0.1), "log_sf": jnp.asarray(-0.2),
-                                             "log_sn": jnp.asarray(-1.0)}, x6, jnp.sin(3 * x6[:, 0]))),
-        "glow flow": (glow_nll, ({"w": n(4, 4) + 2 * jnp.eye(4), "a": 0.5 * n(2, 3),
-                                  "b": 0.1 * n(3), "s": 0.5 * n(3, 2), "t": 0.5 * n(3, 2)},
-                                 n(5, 4))),
+        "gp marginal likelihood": (
+            gp_nll,
+            (
+                {
+                    "log_ls": jnp.asarray(0.1),
+                    "log_sf": jnp.asarray(-0.2),
+                    "log_sn": jnp.asarray(-1.0),
+                },
+                x6,
+                jnp.sin(3 * x6[:, 0]),
+            ),
+        ),
+        "glow flow": (
+            glow_nll,
+            (
+                {
+                    "w": n(4, 4) + 2 * jnp.eye(4),
+                    "a": 0.5 * n(2, 3),
+                    "b": 0.1 * n(3),
+                    "s": 0.5 * n(3, 2),
+                    "t": 0.5 * n(3, 2),
+                },
+                n(5, 4),
+            ),
+        ),
         "spectral norm": (spectral_reg, (n(4, 3), n(5, 4))),
         "nuclear norm": (nuclear_reg, (n(4, 3), n(5, 4))),
         "pinv and lstsq": (least_squares, (n(5, 3), n(5))),
@@ -151,19 +171,22 @@ def test_program_gradient_is_jax(name, x64):
     _assert_same(fnn.grad(f, argnums=argnums)(*args), ref, f"{name}, eager")
 
 
-
-@pytest.mark.parametrize("name", ["gp marginal likelihood", "cg and solve", "orthogonal by qr",
-                                  "det and svd", "eigenvectors"])
+@pytest.mark.parametrize(
+    "name",
+    ["gp marginal likelihood", "cg and solve", "orthogonal by qr", "det and svd", "eigenvectors"],
+)
 def test_second_order_through_fnn_backward(name, x64):
     """fnn.grad of a function of fnn.grad (fnn differentiating its own linear-algebra
     backward: triangular and LU solves, transposed custom_linear_solve) == the same with
     jax.grad, under jit."""
     f, args = _programs()[name]
-    total = lambda grad: (lambda a: sum(jnp.sum(jnp.sin(g)) for g in
-                                        jax.tree_util.tree_leaves(grad(f)(a, *args[1:]))))
+    total = lambda grad: (
+        lambda a: sum(jnp.sum(jnp.sin(g)) for g in jax.tree_util.tree_leaves(grad(f)(a, *args[1:])))
+    )
     mine = jax.jit(fnn.grad(total(fnn.grad)))(args[0])
     ref = jax.jit(jax.grad(total(jax.grad)))(args[0])
     _assert_same(mine, ref, f"{name}, second order")
+
 
 # ---- degenerate spectra: jax.grad's values ---------------------------------------------------------
 def test_repeated_eigenvalues_values_alone_are_finite_as_in_jax(x64):
@@ -187,8 +210,11 @@ def test_singular_matrices_give_jax_values(x64):
     """det at a rank-deficient matrix (its custom rule's cofactor path, through lu and
     triangular_solve) and slogdet / inv at a singular one (infinities): JAX's values."""
     a = jnp.asarray([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]])
-    for f in (jnp.linalg.det, lambda a: jnp.linalg.slogdet(a)[1],
-              lambda a: jnp.sum(jnp.linalg.inv(a))):
+    for f in (
+        jnp.linalg.det,
+        lambda a: jnp.linalg.slogdet(a)[1],
+        lambda a: jnp.sum(jnp.linalg.inv(a)),
+    ):
         ref = jax.jit(jax.grad(f))(a)
         np.testing.assert_allclose(jax.jit(fnn.grad(f))(a), ref, rtol=1e-12, equal_nan=True)
 
@@ -197,17 +223,26 @@ def test_singular_matrices_give_jax_values(x64):
 def test_what_fnn_refuses_is_named(x64):
     x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5)))
     cases = [
-        (lambda x: jnp.sum(jsl.qr(x, pivoting=True, mode="economic")[1]),
-         r"rule 'lax.qr' does not handle pivoting=True for a wide matrix \(f64\[3,5\]\)"),
-        (lambda x: jnp.sum(jnp.linalg.svd(x)[0]),
-         r"rule 'lax.svd' does not handle full_matrices=True with a non-square matrix"),
-        (lambda x: jnp.sum(lax.custom_linear_solve(lambda v: x[:, :3] @ v, x[0, :3],
-                                                   lambda mv, b: b / 2.0)),
-         r"rule 'lax.custom_linear_solve': the solve has no transpose_solve"),
+        (
+            lambda x: jnp.sum(jsl.qr(x, pivoting=True, mode="economic")[1]),
+            r"rule 'lax.qr' does not handle pivoting=True for a wide matrix \(f64\[3,5\]\)",
+        ),
+        (
+            lambda x: jnp.sum(jnp.linalg.svd(x)[0]),
+            r"rule 'lax.svd' does not handle full_matrices=True with a non-square matrix",
+        ),
+        (
+            lambda x: jnp.sum(
+                lax.custom_linear_solve(lambda v: x[:, :3] @ v, x[0, :3], lambda mv, b: b / 2.0)
+            ),
+            r"rule 'lax.custom_linear_solve': the solve has no transpose_solve",
+        ),
         # eigenvectors of a non-symmetric matrix without enable_eigvec_derivs: JAX refuses too
-        (lambda x: jnp.sum(jnp.abs(jnp.linalg.eig(x[:, :3])[1])),
-         r"rule 'lax.eig' does not differentiate the eigenvectors of f64\[3,3\] without "
-         r"enable_eigvec_derivs=True"),
+        (
+            lambda x: jnp.sum(jnp.abs(jnp.linalg.eig(x[:, :3])[1])),
+            r"rule 'lax.eig' does not differentiate the eigenvectors of f64\[3,3\] without "
+            r"enable_eigvec_derivs=True",
+        ),
     ]
     for f, message in cases:
         with pytest.raises(fnn.GateError, match=message):

@@ -31,42 +31,59 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fnn.check.lowering import (ACCELERATORS, check_lowering, check_lowerings,
-                                custom_call_targets, target_problems)
+from fnn.check.lowering import (
+    ACCELERATORS,
+    check_lowering,
+    check_lowerings,
+    custom_call_targets,
+    target_problems,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8
 # name -> keyword options of make_train_step / make_epoch_runner (see the module docstring)
 # (sharded: the tiny models' leaves are far below MIN_SHARD_SIZE, so shard from 16 elements)
-VARIANTS = {"1 device": {}, f"{DEVICES} devices": dict(devices=DEVICES),
-            f"{DEVICES} devices sharded": dict(devices=DEVICES, shard="params", min_shard_size=16),
-            "1 device remat": dict(remat=True)}
+VARIANTS = {
+    "1 device": {},
+    f"{DEVICES} devices": dict(devices=DEVICES),
+    f"{DEVICES} devices sharded": dict(devices=DEVICES, shard="params", min_shard_size=16),
+    "1 device remat": dict(remat=True),
+}
 GRADS = ("custom", "builtin")
 DTYPES = ("float32", "bfloat16")
 PROGRAMS = ("step", "epoch")
 BATCH = 8  # divisible by DEVICES
 # model -> (options of fnn.nn.build_model, one example's shape, vocabulary: token ids in, or
 # None: float inputs and 10 classes); the structure of each model, at a tiny size
-MODELS = {"mlp": (dict(hidden=(8,), dropout=0.1), (8, 8, 1), None),
-          "cnn": (dict(channels=(4,), dense=(8,), batch_norm=True), (8, 8, 3), None),
-          "resnet": (dict(widths=(4, 8)), (8, 8, 3), None),
-          "rnn": (dict(hidden=(8,), embed=4), (5,), 11),
-          "lstm": (dict(hidden=(8,), embed=4), (5,), 11),
-          "gru": (dict(hidden=(8,), embed=4), (5,), 11),
-          "transformer": (dict(width=8, depth=1, heads=2), (6,), 11)}
+MODELS = {
+    "mlp": (dict(hidden=(8,), dropout=0.1), (8, 8, 1), None),
+    "cnn": (dict(channels=(4,), dense=(8,), batch_norm=True), (8, 8, 3), None),
+    "resnet": (dict(widths=(4, 8)), (8, 8, 3), None),
+    "rnn": (dict(hidden=(8,), embed=4), (5,), 11),
+    "lstm": (dict(hidden=(8,), embed=4), (5,), 11),
+    "gru": (dict(hidden=(8,), embed=4), (5,), 11),
+    "transformer": (dict(width=8, depth=1, heads=2), (6,), 11),
+}
 
 
 def step_rows():
-    return [f"{program} {model} {grad} {dtype} {variant}" for program in PROGRAMS
-            for model in MODELS for grad in GRADS for dtype in DTYPES for variant in VARIANTS]
+    return [
+        f"{program} {model} {grad} {dtype} {variant}"
+        for program in PROGRAMS
+        for model in MODELS
+        for grad in GRADS
+        for dtype in DTYPES
+        for variant in VARIANTS
+    ]
 
 
 def gate_tables():
     """(table, name) -> gate: fnn.registry and the primitive rules, each gate once."""
     import fnn
 
-    return {("registry" if g.primitive is None else "primitive", n): g
-            for n, g in fnn.registry.items()}
+    return {
+        ("registry" if g.primitive is None else "primitive", n): g for n, g in fnn.registry.items()
+    }
 
 
 # ---- the child: every export, in one process with 8 host devices ---------------------------
@@ -75,7 +92,8 @@ def _spec(tree, sharding=None):
     function of the leaf (dp.param_sharding), or None."""
     place = sharding if callable(sharding) else (lambda a: sharding)
     return jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=place(a)), tree)
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=place(a)), tree
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,8 +105,11 @@ def model_setup(model_name):
     options, shape, vocab = MODELS[model_name]
     model = nn.build_model(model_name, vocab or 10, **options)
     opt = train.make_optimizer("adam", 1e-3)
-    train_state = jax.eval_shape(lambda: (lambda ts: (
-        ts.params, ts.state, ts.opt_state, ts.key))(train.init_train_state(model, opt, shape)))
+    train_state = jax.eval_shape(
+        lambda: (lambda ts: (ts.params, ts.state, ts.opt_state, ts.key))(
+            train.init_train_state(model, opt, shape)
+        )
+    )
     x = jax.ShapeDtypeStruct((BATCH, *shape), jnp.int32 if vocab else jnp.float32)
     y = jax.ShapeDtypeStruct((BATCH, *shape) if vocab else (BATCH,), jnp.int32)
     step = train.make_train_step(model, opt, grad="builtin", jit=False)
@@ -107,28 +128,33 @@ def build_program(program, model_name, grad, dtype, **variant):
     model, opt, (params, state, opt_state, key), metrics, x, y = model_setup(model_name)
     if dtype != "float32":
         model = in_dtype(model, dtype)  # float32 parameters, `dtype` compute
-    dp = data_parallel(variant.get("devices"), variant.pop("shard", None),
-                       **({"min_shard_size": variant.pop("min_shard_size")}
-                          if "min_shard_size" in variant else {}))
+    dp = data_parallel(
+        variant.get("devices"),
+        variant.pop("shard", None),
+        **(
+            {"min_shard_size": variant.pop("min_shard_size")} if "min_shard_size" in variant else {}
+        ),
+    )
     everywhere, split = (dp.replicated, dp.batch) if dp is not None else (None, None)
     if dp is not None:
         variant["devices"] = dp  # the mesh, and how parameters are placed on it
     carry = _spec((params, state, opt_state), everywhere)
     if dp is not None and dp.shard_params:  # as fit places them (dp.place_train_state)
-        carry = (_spec(params, dp.param_sharding), carry[1],
-                 _spec(opt_state, dp.param_sharding))
+        carry = (_spec(params, dp.param_sharding), carry[1], _spec(opt_state, dp.param_sharding))
     key = _spec(key, everywhere)
     if program == "step":
         step = train.make_train_step(model, opt, grad=grad, jit=False, **variant)
         return jax.jit(step), (*carry, (_spec(x, split), _spec(y, split)), key)
     runner_takes = inspect.signature(make_epoch_runner).parameters
     to_runner = {k: v for k, v in variant.items() if k in runner_takes}
-    step = train.make_train_step(model, opt, grad=grad, jit=False,
-                                 **{k: v for k, v in variant.items() if k not in to_runner})
+    step = train.make_train_step(
+        model, opt, grad=grad, jit=False, **{k: v for k, v in variant.items() if k not in to_runner}
+    )
     runner = make_epoch_runner(step, **to_runner)
     n_steps = 2
     buffers = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct((n_steps, *m.shape), m.dtype), metrics)
+        lambda m: jax.ShapeDtypeStruct((n_steps, *m.shape), m.dtype), metrics
+    )
     order = jax.ShapeDtypeStruct((n_steps, BATCH), jnp.int32)
     keys = jax.ShapeDtypeStruct((n_steps, *key.shape), key.dtype)
     i = jax.ShapeDtypeStruct((), jnp.int32)
@@ -149,15 +175,17 @@ def gate_program(gate, reference=False):
         diff, _, recorded = gate_functions(gate, args, case.kwargs, fixed=case.fixed)
         d = [args[i] for i in diff]
         out = jax.eval_shape(recorded, *d)
-        floats = [o for o in jax.tree_util.tree_leaves(out)
-                  if jnp.issubdtype(o.dtype, jnp.inexact)]
+        floats = [o for o in jax.tree_util.tree_leaves(out) if jnp.issubdtype(o.dtype, jnp.inexact)]
         if d and floats:
+
             def total(*d, recorded=recorded):
-                return sum(jnp.sum(jnp.real(o).astype(jnp.float32))
-                           for o in jax.tree_util.tree_leaves(recorded(*d))
-                           if jnp.issubdtype(o.dtype, jnp.inexact))
-            fns.append((jax.grad if reference else fnn.grad)(total,
-                                                              argnums=tuple(range(len(d)))))
+                return sum(
+                    jnp.sum(jnp.real(o).astype(jnp.float32))
+                    for o in jax.tree_util.tree_leaves(recorded(*d))
+                    if jnp.issubdtype(o.dtype, jnp.inexact)
+                )
+
+            fns.append((jax.grad if reference else fnn.grad)(total, argnums=tuple(range(len(d)))))
         else:
             fns.append(recorded)
         inputs.append(tuple(d))
@@ -176,16 +204,27 @@ def child_main():
     groups, broken, makers = {**{variant: {} for variant in VARIANTS}, "gates": {}}, {}, []
     for row in step_rows():
         program, model, grad, dtype, variant = row.split(" ", 4)
-        makers.append((row, variant, functools.partial(build_program, program, model, grad,
-                                                       dtype, **VARIANTS[variant])))
-    makers += [(f"gate {table} {name}", "gates", functools.partial(gate_program, gate))
-               for (table, name), gate in gate_tables().items()]
+        makers.append(
+            (
+                row,
+                variant,
+                functools.partial(build_program, program, model, grad, dtype, **VARIANTS[variant]),
+            )
+        )
+    makers += [
+        (f"gate {table} {name}", "gates", functools.partial(gate_program, gate))
+        for (table, name), gate in gate_tables().items()
+    ]
     for row, group, make in makers:
         try:
             groups[group][row] = make()
         except Exception as e:  # building (tracing the shapes) is part of what is checked
-            broken[row] = {"platforms": list(ACCELERATORS), "targets": [], "devices": None,
-                           "problems": [f"cannot build: {type(e).__name__}: {e}"]}
+            broken[row] = {
+                "platforms": list(ACCELERATORS),
+                "targets": [],
+                "devices": None,
+                "problems": [f"cannot build: {type(e).__name__}: {e}"],
+            }
     print(f"built {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     for row, report in broken.items():
         print("ROW " + json.dumps({"row": row, **report}), flush=True)
@@ -207,18 +246,31 @@ def jax_limits(gate, fn, args):
     fnn's (pivoted QR has no TPU lowering; tridiagonal_solve's cuSPARSE call has no export
     compatibility guarantee)."""
     ref_fn, ref_args = gate_program(gate, reference=True)
-    return {p: [check_lowering(fn, *args, platforms=[p]).ok,
-                check_lowering(ref_fn, *ref_args, platforms=[p]).ok] for p in ACCELERATORS}
+    return {
+        p: [
+            check_lowering(fn, *args, platforms=[p]).ok,
+            check_lowering(ref_fn, *ref_args, platforms=[p]).ok,
+        ]
+        for p in ACCELERATORS
+    }
 
 
 def child_reports():
     """row -> report (a dict of LoweringCheck's fields), from child_main in a subprocess with
     8 host CPU devices (XLA_FLAGS set before JAX starts)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
+    )
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True,
-                       text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line[4:]) for line in r.stdout.splitlines() if line.startswith("ROW ")]
     return {row.pop("row"): row for row in rows}
@@ -241,7 +293,8 @@ def test_rows_cover_every_model_and_gate(reports):
     assert set(nn.SEQUENCE_MODELS) <= set(MODELS)
     assert sorted(reports) == sorted(all_rows())
     assert len(step_rows()) == len(PROGRAMS) * len(MODELS) * len(GRADS) * len(DTYPES) * len(
-        VARIANTS)
+        VARIANTS
+    )
 
 
 @pytest.mark.parametrize("row", all_rows())
@@ -253,8 +306,10 @@ def test_lowers_for_accelerators(reports, row):
         fnn_only = [p for p, (ours, jaxs) in report["by_platform"].items() if jaxs and not ours]
         assert not fnn_only, (row, fnn_only, report["problems"], report.get("error"))
         if any(not jaxs for _, jaxs in report["by_platform"].values()):
-            pytest.xfail(f"JAX's own gradient does not lower there either: "
-                         f"{report['by_platform']} ({report['problems']})")
+            pytest.xfail(
+                f"JAX's own gradient does not lower there either: "
+                f"{report['by_platform']} ({report['problems']})"
+            )
     assert not report["problems"], (row, report["problems"], report.get("error"))
     variant = row.split(" ", 4)[4] if not row.startswith("gate ") else None
     devices = VARIANTS[variant].get("devices") if variant else None
@@ -282,7 +337,8 @@ def test_platform_dependent_without_default_and_host_callbacks_are_caught():
     cpu_only = check_lowering(lambda x: lax.platform_dependent(x, cpu=jnp.sin), X)
     assert not cpu_only.ok and cpu_only.error and "cuda" in cpu_only.error, cpu_only
     with_default = check_lowering(
-        lambda x: lax.platform_dependent(x, cpu=jnp.sin, default=jnp.cos), X)
+        lambda x: lax.platform_dependent(x, cpu=jnp.sin, default=jnp.cos), X
+    )
     assert with_default.ok, with_default.problems
 
     def noisy(x):  # a progress callback inside a loop, as scan_steps' progress= makes one
@@ -293,9 +349,11 @@ def test_platform_dependent_without_default_and_host_callbacks_are_caught():
 
 
 def test_custom_call_targets_reads_both_forms():
-    text = ('%0 = stablehlo.custom_call @lapack_ssyevd_ffi(%a) : ...\n'
-            '%1 = "stablehlo.custom_call"(%b) {call_target_name = "Sharding"} : ...\n'
-            '%2 = stablehlo.custom_call @Sharding(%c) : ...')
+    text = (
+        "%0 = stablehlo.custom_call @lapack_ssyevd_ffi(%a) : ...\n"
+        '%1 = "stablehlo.custom_call"(%b) {call_target_name = "Sharding"} : ...\n'
+        "%2 = stablehlo.custom_call @Sharding(%c) : ..."
+    )
     assert custom_call_targets(text) == ["Sharding", "lapack_ssyevd_ffi"]
 
 

@@ -13,8 +13,10 @@ ACTS = {"relu": ops.relu, "sigmoid": ops.sigmoid, "tanh": ops.tanh}
 
 
 def mlp_params(rng, sizes):
-    return [{"w": rng.standard_normal((m, n)) / np.sqrt(m), "b": 0.1 * rng.standard_normal(n)}
-            for m, n in zip(sizes[:-1], sizes[1:])]
+    return [
+        {"w": rng.standard_normal((m, n)) / np.sqrt(m), "b": 0.1 * rng.standard_normal(n)}
+        for m, n in zip(sizes[:-1], sizes[1:])
+    ]
 
 
 def mlp_loss(params, x, y, act="relu"):
@@ -26,8 +28,12 @@ def mlp_loss(params, x, y, act="relu"):
 
 
 def cnn_params(rng):
-    return {"conv": rng.standard_normal((3, 3, 2, 4)) * 0.3, "cb": 0.1 * rng.standard_normal(4),
-            "w": rng.standard_normal((4 * 4 * 4, 3)) * 0.1, "b": np.zeros(3)}
+    return {
+        "conv": rng.standard_normal((3, 3, 2, 4)) * 0.3,
+        "cb": 0.1 * rng.standard_normal(4),
+        "w": rng.standard_normal((4 * 4 * 4, 3)) * 0.1,
+        "b": np.zeros(3),
+    }
 
 
 def cnn_loss(p, x, y):
@@ -37,10 +43,26 @@ def cnn_loss(p, x, y):
 
 
 MODELS = {
-    "2-layer relu": (lambda r: mlp_params(r, [6, 10, 3]), lambda p, x, y: mlp_loss(p, x, y, "relu"), (6,)),
-    "3-layer relu": (lambda r: mlp_params(r, [6, 10, 8, 3]), lambda p, x, y: mlp_loss(p, x, y, "relu"), (6,)),
-    "2-layer sigmoid": (lambda r: mlp_params(r, [6, 10, 3]), lambda p, x, y: mlp_loss(p, x, y, "sigmoid"), (6,)),
-    "3-layer tanh": (lambda r: mlp_params(r, [6, 10, 8, 3]), lambda p, x, y: mlp_loss(p, x, y, "tanh"), (6,)),
+    "2-layer relu": (
+        lambda r: mlp_params(r, [6, 10, 3]),
+        lambda p, x, y: mlp_loss(p, x, y, "relu"),
+        (6,),
+    ),
+    "3-layer relu": (
+        lambda r: mlp_params(r, [6, 10, 8, 3]),
+        lambda p, x, y: mlp_loss(p, x, y, "relu"),
+        (6,),
+    ),
+    "2-layer sigmoid": (
+        lambda r: mlp_params(r, [6, 10, 3]),
+        lambda p, x, y: mlp_loss(p, x, y, "sigmoid"),
+        (6,),
+    ),
+    "3-layer tanh": (
+        lambda r: mlp_params(r, [6, 10, 8, 3]),
+        lambda p, x, y: mlp_loss(p, x, y, "tanh"),
+        (6,),
+    ),
     "conv-relu-pool-affine": (cnn_params, cnn_loss, (8, 8, 2)),
 }
 

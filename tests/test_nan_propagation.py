@@ -26,8 +26,11 @@ def _with_nan(case):
             a.reshape(-1)[0] = np.nan
             changed = True
         args.append(a)
-    return dataclasses.replace(case, args=tuple(args), label=f"{case.label} with NaN",
-                               numeric=False) if changed else None
+    return (
+        dataclasses.replace(case, args=tuple(args), label=f"{case.label} with NaN", numeric=False)
+        if changed
+        else None
+    )
 
 
 def _same(a, b, what):

@@ -19,8 +19,12 @@ LAYERS = [
     ("dense", lambda: nn.Dense(4), (5,), False),
     ("dense_flattens", lambda: nn.Dense(3, init="glorot"), (2, 3), False),
     ("conv_same", lambda: nn.Conv2D(3, 3), (5, 5, 2), False),
-    ("conv_valid_stride2", lambda: nn.Conv2D(2, (3, 2), stride=2, padding="VALID"), (7, 6, 2),
-     False),
+    (
+        "conv_valid_stride2",
+        lambda: nn.Conv2D(2, (3, 2), stride=2, padding="VALID"),
+        (7, 6, 2),
+        False,
+    ),
     ("max_pool", lambda: nn.MaxPool2D(2), (4, 6, 2), False),
     ("max_pool_overlap", lambda: nn.MaxPool2D(3, stride=1), (5, 5, 1), False),
     ("avg_pool", lambda: nn.AvgPool2D(2), (4, 4, 3), False),
@@ -42,8 +46,12 @@ LAYERS = [
     ("silu", nn.Silu, (7,), False),
     ("maxout", lambda: nn.Maxout(3), (9,), False),
     ("serial", lambda: nn.serial(nn.Dense(6), nn.Tanh(), nn.Dense(2)), (4,), False),
-    ("residual_identity", lambda: nn.residual(nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(4))),
-     (4,), False),
+    (
+        "residual_identity",
+        lambda: nn.residual(nn.serial(nn.Dense(4), nn.Relu(), nn.Dense(4))),
+        (4,),
+        False,
+    ),
     ("residual_block", lambda: nn.ResidualBlock(3, stride=2, in_channels=2), (4, 4, 2), True),
     ("mlp_3layer", lambda: nn.mlp((8, 6), 3, batch_norm=True, dropout=0.2), (2, 2, 1), True),
     ("cnn", lambda: nn.cnn((2, 3), 4, dense=(5,)), (4, 4, 1), False),
@@ -101,16 +109,19 @@ def test_fnn_grad_matches_jax_grad(name, make, shape, train, x64):
 
 
 # ---- initializers ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,shape,std", [
-    ("he", (400, 300), math.sqrt(2 / 400)),
-    ("kaiming", (3, 3, 16, 32), math.sqrt(2 / 144)),
-    ("glorot", (400, 300), math.sqrt(2 / 700)),
-    ("xavier", (3, 3, 16, 32), math.sqrt(2 / (144 + 288))),
-    ("glorot_uniform", (400, 300), math.sqrt(2 / 700)),
-    ("he_uniform", (400, 300), math.sqrt(2 / 400)),
-    ("lecun", (400, 300), math.sqrt(1 / 400)),
-    ("small", (400, 300), 0.01),
-])
+@pytest.mark.parametrize(
+    "name,shape,std",
+    [
+        ("he", (400, 300), math.sqrt(2 / 400)),
+        ("kaiming", (3, 3, 16, 32), math.sqrt(2 / 144)),
+        ("glorot", (400, 300), math.sqrt(2 / 700)),
+        ("xavier", (3, 3, 16, 32), math.sqrt(2 / (144 + 288))),
+        ("glorot_uniform", (400, 300), math.sqrt(2 / 700)),
+        ("he_uniform", (400, 300), math.sqrt(2 / 400)),
+        ("lecun", (400, 300), math.sqrt(1 / 400)),
+        ("small", (400, 300), 0.01),
+    ],
+)
 def test_initializer_scales(name, shape, std):
     w = nn.get_initializer(name)(KEY, shape)
     assert w.shape == shape and w.dtype == jnp.float32
@@ -210,19 +221,37 @@ def test_every_activation_gate_has_a_layer():
 
 
 def test_combinators_show_every_output_to_observe():
-    model = nn.serial(nn.Dense(4), nn.Relu(), nn.residual(nn.serial(nn.Dense(4), nn.Tanh())),
-                      nn.Dense(2))
+    model = nn.serial(
+        nn.Dense(4), nn.Relu(), nn.residual(nn.serial(nn.Dense(4), nn.Tanh())), nn.Dense(2)
+    )
     params, state, _ = model.init(KEY, (3,))
     x = jnp.ones((5, 3))
     seen = {}
-    y, _ = model.apply(params, state, x, observe=lambda path, layer, v: seen.update(
-        {"/".join(path): (layer.name, v.shape)}))
+    y, _ = model.apply(
+        params,
+        state,
+        x,
+        observe=lambda path, layer, v: seen.update({"/".join(path): (layer.name, v.shape)}),
+    )
     np.testing.assert_array_equal(y, model.apply(params, state, x)[0])  # observing changes nothing
-    assert list(seen) == ["0_dense", "1_relu", "2_residual/main/0_dense", "2_residual/main/1_tanh",
-                          "2_residual/main", "2_residual", "3_dense"]
+    assert list(seen) == [
+        "0_dense",
+        "1_relu",
+        "2_residual/main/0_dense",
+        "2_residual/main/1_tanh",
+        "2_residual/main",
+        "2_residual",
+        "3_dense",
+    ]
     assert seen["2_residual/main/1_tanh"] == ("tanh", (5, 4)) and seen["3_dense"][1] == (5, 2)
     assert ["/".join(p) for p, _ in nn.named_layers(model)] == [
-        "0_dense", "1_relu", "2_residual", "2_residual/main", "2_residual/main/0_dense",
-        "2_residual/main/1_tanh", "3_dense"]
+        "0_dense",
+        "1_relu",
+        "2_residual",
+        "2_residual/main",
+        "2_residual/main/0_dense",
+        "2_residual/main/1_tanh",
+        "3_dense",
+    ]
     relu = nn.Relu()
     assert list(nn.named_layers(relu)) == [((), relu)]  # a lone layer is itself

@@ -27,8 +27,12 @@ def grads_agree(layer, shape, x64=True):
     # both gradients in one compiled program (op by op they take 4-5x longer; fnn.grad's eager
     # path is tested on the models, tests/test_models.py)
     try:
-        mine, ref = jax.jit(lambda p, x: (fnn.grad(loss, argnums=argnums)(p, x),
-                                          jax.grad(loss, argnums=argnums)(p, x)))(params, x)
+        mine, ref = jax.jit(
+            lambda p, x: (
+                fnn.grad(loss, argnums=argnums)(p, x),
+                jax.grad(loss, argnums=argnums)(p, x),
+            )
+        )(params, x)
     except NotImplementedError:  # JAX has no VJP of a dilated max pool; fnn does: numerics
         from fnn.check.numeric import numerical_vjp
 
@@ -41,17 +45,20 @@ def grads_agree(layer, shape, x64=True):
     return params, x, y
 
 
-@pytest.mark.parametrize("layer, shape", [
-    (nn.Conv1D(4, 3, dilation=2), (10, 3)),
-    (nn.Conv1D(4, 2, stride=2, padding="VALID"), (9, 2)),
-    (nn.Conv(6, 3, groups=3, dilation=2), (8, 8, 3)),
-    (nn.Conv2D(4, 3, stride=2), (7, 7, 2)),
-    (nn.Conv3D(2, 2, stride=2, padding=((0, 1),) * 3), (4, 4, 4, 2)),
-    (nn.DepthwiseConv2D(3, multiplier=2), (6, 6, 3)),
-    (nn.SeparableConv2D(5, 3), (6, 6, 3)),
-    (nn.ConvTranspose2D(4, 3, stride=2), (5, 5, 3)),
-    (nn.ConvTranspose2D(2, 2, stride=2, padding="VALID"), (3, 4, 1)),
-])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.Conv1D(4, 3, dilation=2), (10, 3)),
+        (nn.Conv1D(4, 2, stride=2, padding="VALID"), (9, 2)),
+        (nn.Conv(6, 3, groups=3, dilation=2), (8, 8, 3)),
+        (nn.Conv2D(4, 3, stride=2), (7, 7, 2)),
+        (nn.Conv3D(2, 2, stride=2, padding=((0, 1),) * 3), (4, 4, 4, 2)),
+        (nn.DepthwiseConv2D(3, multiplier=2), (6, 6, 3)),
+        (nn.SeparableConv2D(5, 3), (6, 6, 3)),
+        (nn.ConvTranspose2D(4, 3, stride=2), (5, 5, 3)),
+        (nn.ConvTranspose2D(2, 2, stride=2, padding="VALID"), (3, 4, 1)),
+    ],
+)
 def test_conv_layers(layer, shape, x64):
     grads_agree(layer, shape)
 
@@ -59,14 +66,19 @@ def test_conv_layers(layer, shape, x64):
 def test_depthwise_and_dilated_values(x64):
     params, x, y = grads_agree(nn.DepthwiseConv2D(3), (5, 5, 2))
     for c in range(2):  # each channel convolved with its own kernel alone
-        one = jax.lax.conv_general_dilated(x[..., c:c + 1], params["w"][..., :, c:c + 1],
-                                           (1, 1), "SAME",
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        one = jax.lax.conv_general_dilated(
+            x[..., c : c + 1],
+            params["w"][..., :, c : c + 1],
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         np.testing.assert_allclose(y[..., c], one[..., 0] + params["b"][c], rtol=1e-12)
     p, x, y = grads_agree(nn.Conv1D(1, 2, dilation=3, padding="VALID"), (7, 1))
     w = p["w"][:, 0, 0]
-    np.testing.assert_allclose(y[0, :, 0], x[0, :4, 0] * w[0] + x[0, 3:7, 0] * w[1] + p["b"][0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        y[0, :, 0], x[0, :4, 0] * w[0] + x[0, 3:7, 0] * w[1] + p["b"][0], rtol=1e-12
+    )
 
 
 def _pool_reference(x, kind, k, s, p, d, ceil, count_pad):
@@ -90,20 +102,35 @@ def _pool_reference(x, kind, k, s, p, d, ceil, count_pad):
     return np.array(res)
 
 
-@pytest.mark.parametrize("kind, k, s, p, d, ceil, count_pad", [
-    combo + (cp,) for combo in itertools.product(["max", "avg"], [2, 3], [1, 2], [0, 1], [1, 2],
-                                                 [False, True])
-    for cp in ([True, False] if combo[0] == "avg" else [True])
-    if combo[3] <= combo[1] // 2][::3])  # a deterministic third of the combinations
+@pytest.mark.parametrize(
+    "kind, k, s, p, d, ceil, count_pad",
+    [
+        combo + (cp,)
+        for combo in itertools.product(
+            ["max", "avg"], [2, 3], [1, 2], [0, 1], [1, 2], [False, True]
+        )
+        for cp in ([True, False] if combo[0] == "avg" else [True])
+        if combo[3] <= combo[1] // 2
+    ][::3],
+)  # a deterministic third of the combinations
 def test_pooling_matches_pytorch_semantics(kind, k, s, p, d, ceil, count_pad, x64):
     n = 9
     x = jnp.asarray(np.random.default_rng(k * 7 + s).permutation(n) / 3.0 - 1.0)
-    layer = nn.Pool(kind, k, ndim=1, stride=s, padding=p, dilation=d, ceil_mode=ceil,
-                    count_include_pad=count_pad)
+    layer = nn.Pool(
+        kind,
+        k,
+        ndim=1,
+        stride=s,
+        padding=p,
+        dilation=d,
+        ceil_mode=ceil,
+        count_include_pad=count_pad,
+    )
     _, _, out = layer.init(KEY, (n, 1))
     y, _ = layer.apply({}, {}, x[None, :, None])
-    np.testing.assert_allclose(y[0, :, 0], _pool_reference(np.asarray(x), kind, k, s, p, d, ceil,
-                                                           count_pad), rtol=1e-12)
+    np.testing.assert_allclose(
+        y[0, :, 0], _pool_reference(np.asarray(x), kind, k, s, p, d, ceil, count_pad), rtol=1e-12
+    )
     assert tuple(out) == y.shape[1:]
     grads_agree(layer, (n, 2))
 

@@ -142,17 +142,24 @@ CHILD = textwrap.dedent(r"""
 
 
 def test_eight_devices_match_one(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
+    )
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True,
-                       text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     for what, rel in out["rel"].items():
-        print(f"8 devices vs 1, after 20 steps, max relative parameter difference, {what}: "
-              f"{rel:.1e}")
+        print(
+            f"8 devices vs 1, after 20 steps, max relative parameter difference, {what}: {rel:.1e}"
+        )
         assert rel <= 1e-5, (what, rel)
     for what, fraction in out["fraction"].items():
         print(f"shard=params: device 0 holds {fraction:.3f} of the {what}")
@@ -173,7 +180,9 @@ def test_eight_devices_match_one(tmp_path):
     assert "--batch-size 30 is not divisible by the 8 devices" in r.stderr
     assert not os.path.exists(tmp_path / "bad")  # failed before making the run directory
     assert out["cli_resume"] == 0 and out["cli_resumed_epoch"] == 2
-    assert "x 8 (data parallel, batch 2 per device, parameters sharded: 1 of 4 leaves split" \
+    assert (
+        "x 8 (data parallel, batch 2 per device, parameters sharded: 1 of 4 leaves split"
         in r.stdout
+    )
     assert out["cli_shard_bad"] == 1
     assert "shard='params' splits parameters across several devices" in r.stderr

@@ -70,8 +70,13 @@ def negative_binomial(params, k):
     """-log NB(k; r, p) summed, r = softplus(raw) with a Gamma(alpha, 1) prior whose entropy
     alpha + lgamma(alpha) + (1 - alpha) digamma(alpha) is added."""
     r, p = jax.nn.softplus(params["raw_r"]), jax.nn.sigmoid(params["logit_p"])
-    loglik = (jax.lax.lgamma(k + r) - jax.lax.lgamma(k + 1.0) - jax.lax.lgamma(r)
-              + r * jnp.log1p(-p) + k * jnp.log(p))
+    loglik = (
+        jax.lax.lgamma(k + r)
+        - jax.lax.lgamma(k + 1.0)
+        - jax.lax.lgamma(r)
+        + r * jnp.log1p(-p)
+        + k * jnp.log(p)
+    )
     alpha = jnp.exp(params["log_alpha"])
     entropy = alpha + jax.lax.lgamma(alpha) + (1 - alpha) * jax.lax.digamma(alpha)
     return -jnp.sum(loglik) - jnp.sum(entropy)
@@ -100,23 +105,40 @@ def _programs():
     src = np.array([0, 1, 2, 3, 4, 5, 0, 2, 4, 1, 3, 5])
     dst = np.array([1, 2, 3, 4, 5, 0, 2, 4, 0, 0, 0, 3])  # node 0 has four neighbours
     return {
-        "graph attention": (graph_attention, {
-            "w": r.normal(size=(f_in, f_out)), "a": r.normal(size=2 * f_out),
-            "target": r.normal(size=(n, f_out))}, (r.normal(size=(n, f_in)), src, dst, n)),
-        "von Mises mixture": (von_mises_mixture, {
-            "logits": r.normal(size=3), "mu": r.uniform(-3, 3, 3),
-            "log_kappa": r.normal(size=3)}, (r.uniform(-np.pi, np.pi, 20),)),
-        "gamma shape": (gamma_shape, {"log_alpha": r.normal(size=4), "log_beta": r.normal(size=4)},
-                        (r.uniform(0.5, 2.0, 4),)),
-        "beta, dirichlet": (beta_dirichlet, {
-            "log_a": r.normal(size=3), "log_b": r.normal(size=3),
-            "log_conc": r.normal(size=3)}, (r.uniform(0.2, 0.8, 3),)),
-        "negative binomial": (negative_binomial, {
-            "raw_r": r.normal(size=5), "logit_p": r.normal(size=5),
-            "log_alpha": r.normal(size=2)}, (r.integers(0, 12, 5).astype(float),)),
-        "censored gamma": (censored_gamma, {"log_a": r.normal(size=()),
-                                            "log_theta": r.normal(size=())},
-                           (r.uniform(0.2, 4.0, 12), r.uniform(size=12) < 0.6)),
+        "graph attention": (
+            graph_attention,
+            {
+                "w": r.normal(size=(f_in, f_out)),
+                "a": r.normal(size=2 * f_out),
+                "target": r.normal(size=(n, f_out)),
+            },
+            (r.normal(size=(n, f_in)), src, dst, n),
+        ),
+        "von Mises mixture": (
+            von_mises_mixture,
+            {"logits": r.normal(size=3), "mu": r.uniform(-3, 3, 3), "log_kappa": r.normal(size=3)},
+            (r.uniform(-np.pi, np.pi, 20),),
+        ),
+        "gamma shape": (
+            gamma_shape,
+            {"log_alpha": r.normal(size=4), "log_beta": r.normal(size=4)},
+            (r.uniform(0.5, 2.0, 4),),
+        ),
+        "beta, dirichlet": (
+            beta_dirichlet,
+            {"log_a": r.normal(size=3), "log_b": r.normal(size=3), "log_conc": r.normal(size=3)},
+            (r.uniform(0.2, 0.8, 3),),
+        ),
+        "negative binomial": (
+            negative_binomial,
+            {"raw_r": r.normal(size=5), "logit_p": r.normal(size=5), "log_alpha": r.normal(size=2)},
+            (r.integers(0, 12, 5).astype(float),),
+        ),
+        "censored gamma": (
+            censored_gamma,
+            {"log_a": r.normal(size=()), "log_theta": r.normal(size=())},
+            (r.uniform(0.2, 4.0, 12), r.uniform(size=12) < 0.6),
+        ),
         "Zipf": (zipf, {"raw_s": np.asarray(0.3)}, (np.asarray([40.0, 18, 9, 7, 4, 3, 2, 1]),)),
     }
 

@@ -46,7 +46,9 @@ def _check(name, args, x64_on):
         assert rel_error(a, b) <= 1e-10, (name, [np.shape(x) for x in args])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=st.sampled_from(BINARY), shapes=broadcastable_shapes(), seed=st.integers(0, 2**16))
 def test_binary_gates_broadcast_like_jax(name, shapes, seed, x64):
     a = _values(seed, shapes[0], name)
@@ -54,13 +56,21 @@ def test_binary_gates_broadcast_like_jax(name, shapes, seed, x64):
     _check(name, (a, b), x64)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(UNARY), shape=st.lists(st.integers(1, 4), max_size=3), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(UNARY),
+    shape=st.lists(st.integers(1, 4), max_size=3),
+    seed=st.integers(0, 2**16),
+)
 def test_unary_gates_any_shape(name, shape, seed, x64):
     _check(name, (_values(seed, tuple(shape), name),), x64)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(shapes=broadcastable_shapes(), seed=st.integers(0, 2**16))
 def test_broadcast_to_and_reductions(shapes, seed, x64):
     target = np.broadcast_shapes(*shapes)

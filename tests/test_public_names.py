@@ -49,8 +49,11 @@ MODULES = sorted(_module_name(p) for p in PACKAGE.rglob("*.py") if "__all__" in 
 
 def identifiers(source: str) -> set[str]:
     """The name tokens of Python `source` (comments and strings left out)."""
-    return {t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
-            if t.type == tokenize.NAME}
+    return {
+        t.string
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.NAME
+    }
 
 
 def code_words(markdown: str) -> set[str]:
@@ -63,8 +66,7 @@ def code_words(markdown: str) -> set[str]:
 @functools.cache
 def fnn_identifiers() -> dict[pathlib.Path, set[str]]:
     """The identifiers of each module of fnn/, __init__.py files left out."""
-    return {p: identifiers(p.read_text()) for p in PACKAGE.rglob("*.py")
-            if p.name != "__init__.py"}
+    return {p: identifiers(p.read_text()) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
 
 
 @functools.cache
@@ -85,8 +87,11 @@ def defining_files(module: str, name: str) -> set[pathlib.Path]:
     """The files that define `name` of `module`: the module of a function or class, else the
     files of the module's package that bind the name at their top level."""
     obj = getattr(importlib.import_module(module), name)
-    home = getattr(obj, "__module__", None) if (inspect.isfunction(obj) or inspect.isclass(obj)) \
+    home = (
+        getattr(obj, "__module__", None)
+        if (inspect.isfunction(obj) or inspect.isclass(obj))
         else None
+    )
     if inspect.ismodule(obj):
         return {pathlib.Path(obj.__file__)}
     if home and home.split(".")[0] == "fnn":
@@ -102,8 +107,7 @@ def unused(module: str) -> list[str]:
         if name in outside_identifiers():
             continue
         homes = defining_files(module, name)
-        if not any(name in words for path, words in fnn_identifiers().items()
-                   if path not in homes):
+        if not any(name in words for path, words in fnn_identifiers().items() if path not in homes):
             found.append(name)
     return found
 
@@ -111,20 +115,37 @@ def unused(module: str) -> list[str]:
 @pytest.mark.parametrize("module", MODULES)
 def test_every_public_name_is_used(module):
     names = unused(module)
-    assert not names, (f"{module}.__all__ holds names nothing uses (no module of fnn/ but their "
-                       f"own, no test, script or example of the docs): {names}; give each a use "
-                       f"or drop it from __all__")
+    assert not names, (
+        f"{module}.__all__ holds names nothing uses (no module of fnn/ but their "
+        f"own, no test, script or example of the docs): {names}; give each a use "
+        f"or drop it from __all__"
+    )
 
 
 def test_the_public_modules_are_all_there():
-    assert {"fnn", "fnn.nn", "fnn.train", "fnn.check", "fnn.ops", "fnn.autodiff",
-            "fnn.bench"} <= set(MODULES)
+    assert {
+        "fnn",
+        "fnn.nn",
+        "fnn.train",
+        "fnn.check",
+        "fnn.ops",
+        "fnn.autodiff",
+        "fnn.bench",
+    } <= set(MODULES)
 
 
 def test_a_name_only_listed_is_unused():
     """A comment, a string or a table of contents is not a use; code and code spans are."""
     assert identifiers("# check_gates\nx = 'check_gates'\ny = check_gates\n") == {
-        "x", "y", "check_gates"}
+        "x",
+        "y",
+        "check_gates",
+    }
     assert "check_gates" not in identifiers("# check_gates\nx = 'check_gates'\n")
     assert code_words("a check_gates b `fnn.check.check_gates(g)`\n```\nfit()\n```") == {
-        "fnn", "check", "check_gates", "g", "fit"}
+        "fnn",
+        "check",
+        "check_gates",
+        "g",
+        "fit",
+    }

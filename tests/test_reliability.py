@@ -58,8 +58,15 @@ def log_relu_model():
 @pytest.mark.parametrize("grad", ["custom", "builtin"])
 def test_check_nans_names_log_of_zero(digits, grad):
     with pytest.raises(fnn.NanOriginError) as info:
-        train.fit(log_relu_model(), train.make_optimizer("adam", 1e-3), digits, epochs=2,
-                  batch_size=32, grad=grad, check_nans=True)
+        train.fit(
+            log_relu_model(),
+            train.make_optimizer("adam", 1e-3),
+            digits,
+            epochs=2,
+            batch_size=32,
+            grad=grad,
+            check_nans=True,
+        )
     e = info.value
     assert e.gate == "lax.log" and e.phase == "forward" and "test_reliability.py" in e.site
     msg = str(e)
@@ -72,8 +79,14 @@ def test_check_nans_names_a_user_gate_whose_vjp_divides_by_zero(digits):
     layer = nn.stateless("bad_inverse", bad_inverse)
     model = nn.serial(nn.Flatten(), nn.Dense(8), layer, nn.Dense(10), name="net")
     with pytest.raises(fnn.NanOriginError) as info:
-        train.fit(model, train.make_optimizer("sgd", 0.1), digits, epochs=1, batch_size=32,
-                  check_nans=True)
+        train.fit(
+            model,
+            train.make_optimizer("sgd", 0.1),
+            digits,
+            epochs=1,
+            batch_size=32,
+            check_nans=True,
+        )
     e = info.value  # step 1's loss is finite; its backward makes the update, and step 2, NaN
     assert e.gate == "bad_inverse" and e.phase == "backward (VJP)" and e.step == 1
     assert "at epoch 1, step 2 of the epoch" in str(e) and "upstream gradient" in str(e)
@@ -96,28 +109,45 @@ def test_check_nans_watches_the_batch_norm_statistics(digits):
     x[::7, 3, 3, 0] = 3e19
     data = dataclasses.replace(digits, x_train=x)
     model = nn.mlp((8,), batch_norm=True)
-    ts, history = train.fit(model, train.make_optimizer("sgd", 0.0), data, epochs=1,
-                            batch_size=32)
+    ts, history = train.fit(model, train.make_optimizer("sgd", 0.0), data, epochs=1, batch_size=32)
     assert np.isfinite(history[0]["train_loss"])  # nothing else would tell
     assert not np.isfinite(np.asarray(ts.state["2_batch_norm"]["var"])).all()
     with pytest.raises(fnn.NanOriginError) as info:
-        train.fit(model, train.make_optimizer("sgd", 0.0), data, epochs=1, batch_size=32,
-                  check_nans=True)
+        train.fit(
+            model, train.make_optimizer("sgd", 0.0), data, epochs=1, batch_size=32, check_nans=True
+        )
     message = str(info.value)
-    assert message.startswith("the model state (BatchNorm statistics) became non-finite at "
-                              "epoch 1, step 1 of the epoch"), message
+    assert message.startswith(
+        "the model state (BatchNorm statistics) became non-finite at epoch 1, step 1 of the epoch"
+    ), message
     assert "in layer mlp/2_batch_norm" in message and info.value.gate == "batch_norm"
 
 
 def test_without_check_nans_the_divergence_error_points_to_it(digits):
     with pytest.raises(FloatingPointError, match="diverged at epoch 1.*check_nans=True"):
-        train.fit(log_relu_model(), train.make_optimizer("adam", 1e-3), digits, epochs=1,
-                  batch_size=32)
+        train.fit(
+            log_relu_model(), train.make_optimizer("adam", 1e-3), digits, epochs=1, batch_size=32
+        )
 
 
 def test_cli_check_nans_exits_1_naming_the_gate(tmp_path, capsys):
-    argv = ["train", "--optimizer", "sgd", "--lr", "1e38", "--hidden", "8", "--limit", "200",
-            "--epochs", "2", "--no-progress", "--check-nans", "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e38",
+        "--hidden",
+        "8",
+        "--limit",
+        "200",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--check-nans",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("fnn train: error: training produced a non-finite loss")
@@ -144,9 +174,16 @@ DETERMINISM = textwrap.dedent(r"""
 
 
 def test_same_seed_same_bits_in_two_processes():
-    procs = [subprocess.Popen([sys.executable, "-c", DETERMINISM], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=child_env())
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DETERMINISM],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        for _ in range(2)
+    ]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -183,8 +220,13 @@ KILLED_SAVE = textwrap.dedent(r"""
 @pytest.mark.parametrize("stage", ["fsync", "replace"])
 def test_a_save_killed_halfway_keeps_the_previous_checkpoint(tmp_path, stage):
     path = str(tmp_path / "last.safetensors")
-    p = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, path, stage], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=child_env())
+    p = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SAVE, path, stage],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     try:
         line = p.stdout.readline()  # blocks until the child is inside the save
         assert line.startswith("stalled in"), (line, p.stderr.read() if p.poll() else "")
@@ -197,8 +239,9 @@ def test_a_save_killed_halfway_keeps_the_previous_checkpoint(tmp_path, stage):
     template = train.init_train_state(model, opt, (4, 4, 1), seed=0)
     loaded, meta = train.load_train_state(path, template)  # verified by its sha256
     assert meta["config"] == {"version": 1} and loaded.epoch == 0
-    for a, b in zip(jax.tree_util.tree_leaves(loaded.params),
-                    jax.tree_util.tree_leaves(template.params)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(template.params)
+    ):
         np.testing.assert_array_equal(a, b)
     train.save_train_state(path, loaded, {"version": 3})  # the stale temp file is in no one's way
     assert train.load_train_state(path, template)[1]["config"] == {"version": 3}
@@ -211,7 +254,7 @@ def test_checksum_covers_tensors_and_metadata(tmp_path):
     train.save_train_state(path, ts, {"lr": 0.001})
     raw = open(path, "rb").read()
     n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     stored = json.loads(header["__metadata__"]["sha256"])
     tensors, meta = train.read_checkpoint(path)
     assert meta["sha256"] == stored and len(stored) == 64
@@ -224,13 +267,17 @@ def test_checksum_covers_tensors_and_metadata(tmp_path):
     # files written without fnn's digest and metadata (other tools) are no training state:
     # refused for a resume, loadable as parameters with a note
     import safetensors.numpy
+
     plain = str(tmp_path / "plain.safetensors")
-    safetensors.numpy.save_file({k: v for k, v in tensors.items()}, plain,
-                                metadata={"epoch": "0", "step": "0"})
+    safetensors.numpy.save_file(
+        {k: v for k, v in tensors.items()}, plain, metadata={"epoch": "0", "step": "0"}
+    )
     with pytest.raises(train.CheckpointError, match="not an fnn training checkpoint"):
         train.load_train_state(plain, ts)
     notes = []
     params = fnn.train.checkpoint.load_params(plain, ts.params, log=notes.append)
     assert "no fnn metadata" in notes[0] and "unverified" in notes[0]
-    assert hashlib.sha256(np.asarray(params["1_dense"]["w"]).tobytes()).hexdigest() == \
-        hashlib.sha256(np.asarray(ts.params["1_dense"]["w"]).tobytes()).hexdigest()
+    assert (
+        hashlib.sha256(np.asarray(params["1_dense"]["w"]).tobytes()).hexdigest()
+        == hashlib.sha256(np.asarray(ts.params["1_dense"]["w"]).tobytes()).hexdigest()
+    )

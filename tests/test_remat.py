@@ -34,6 +34,7 @@ def _loss(body):
     def loss(w, x):
         h = body(w, x)
         return jnp.sum(body(w * 0.5, h) ** 2)
+
     return loss
 
 
@@ -62,9 +63,12 @@ def w_x(x64):
 def test_checkpoint_gradients_equal_those_without(w_x):
     w, x = w_x
     want = jax.grad(_loss(_body), argnums=(0, 1))(w, x)
-    for policy in (None, jax.checkpoint_policies.nothing_saveable,
-                   jax.checkpoint_policies.everything_saveable,
-                   jax.checkpoint_policies.checkpoint_dots):
+    for policy in (
+        None,
+        jax.checkpoint_policies.nothing_saveable,
+        jax.checkpoint_policies.everything_saveable,
+        jax.checkpoint_policies.checkpoint_dots,
+    ):
         ck = _loss(fnn.checkpoint(_body, policy=policy))
         for grad in (fnn.grad, jax.grad):
             got = jax.jit(grad(ck, argnums=(0, 1)))(w, x)
@@ -137,26 +141,39 @@ def test_bad_inputs_get_clear_errors():
 
 def _f64(tree):
     return jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+        lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
 
 
 def nested(remat: bool):
     inner = nn.serial(nn.Dense(4), nn.Tanh(), name="inner")
-    return nn.serial(nn.Dense(4), nn.Relu(), nn.remat(inner) if remat else inner, nn.Dense(4),
-                     nn.Relu(), nn.Dense(3), name="net")
+    return nn.serial(
+        nn.Dense(4),
+        nn.Relu(),
+        nn.remat(inner) if remat else inner,
+        nn.Dense(4),
+        nn.Relu(),
+        nn.Dense(3),
+        name="net",
+    )
 
 
 MODELS = {  # name: (builder of the model with/without remat, one example's shape, input)
     "mlp": (lambda r: nn.mlp((6, 5), 3, batch_norm=True, dropout=0.2, remat=r), (4,), "float"),
     "cnn": (lambda r: nn.cnn((2,), 3, dense=(4,), remat=r), (6, 6, 1), "float"),
     "resnet": (lambda r: nn.resnet((2,), 3, remat=r), (4, 4, 2), "float"),
-    "lstm": (lambda r: nn.rnn_lm("lstm", 5, hidden=(3,), embed=2, remat=r),
-             (3,), "tokens"),
-    "transformer": (lambda r: nn.transformer_lm(5, width=4, depth=1, heads=2, remat=r), (3,),
-                    "tokens"),
+    "lstm": (lambda r: nn.rnn_lm("lstm", 5, hidden=(3,), embed=2, remat=r), (3,), "tokens"),
+    "transformer": (
+        lambda r: nn.transformer_lm(5, width=4, depth=1, heads=2, remat=r),
+        (3,),
+        "tokens",
+    ),
     # nested: runs of about sqrt(n) layers, one holding a layer checkpointed whole
-    "nn.remat(serial, 'sqrt'), nn.remat(layer) inside": (lambda r: nn.remat(nested(r), "sqrt")
-                                                         if r else nested(r), (4,), "float"),
+    "nn.remat(serial, 'sqrt'), nn.remat(layer) inside": (
+        lambda r: nn.remat(nested(r), "sqrt") if r else nested(r),
+        (4,),
+        "float",
+    ),
 }
 
 
@@ -168,8 +185,9 @@ def test_remat_models_have_the_same_params_and_gradients(name, x64):
     assert not plain.remat
     params, state, _ = plain.init(jax.random.PRNGKey(0), shape)
     params, state = _f64(params), _f64(state)
-    assert (jax.tree_util.tree_structure(remat.init(jax.random.PRNGKey(0), shape)[0])
-            == jax.tree_util.tree_structure(params))  # checkpoints load either way
+    assert jax.tree_util.tree_structure(
+        remat.init(jax.random.PRNGKey(0), shape)[0]
+    ) == jax.tree_util.tree_structure(params)  # checkpoints load either way
     if kind == "tokens":
         x = jax.random.randint(jax.random.PRNGKey(1), (2,) + shape, 0, 5)
         y = jax.random.randint(jax.random.PRNGKey(2), (2,) + shape, 0, 5)
@@ -182,13 +200,19 @@ def test_remat_models_have_the_same_params_and_gradients(name, x64):
         def f(p):
             scores, new_state = model.apply(p, state, x, key=key, train=True)
             return CE(scores, y), new_state
+
         return f
 
     @jax.jit  # one program for the three: compiling is most of this test's time
     def all_three(params):
-        return [vg(loss(model), has_aux=True)(params) for vg, model in (
-            (jax.value_and_grad, plain), (fnn.value_and_grad, remat),
-            (jax.value_and_grad, remat))]
+        return [
+            vg(loss(model), has_aux=True)(params)
+            for vg, model in (
+                (jax.value_and_grad, plain),
+                (fnn.value_and_grad, remat),
+                (jax.value_and_grad, remat),
+            )
+        ]
 
     ((want, want_state), want_g), *got = all_three(params)
     for ((value, new_state), g), by in zip(got, ("fnn.grad", "jax.grad")):
@@ -204,8 +228,15 @@ def test_observe_sees_the_same_layers_and_values_through_remat():
     seen = {}
     for model in (plain, remat):
         acts = seen[model.remat] = {}
-        model.apply(params, state, x, train=True, observe=lambda path, layer, y: acts.update(  # noqa: B023 (called in this iteration)
-            {"/".join(path): y}))
+        model.apply(
+            params,
+            state,
+            x,
+            train=True,
+            observe=lambda path, layer, y: acts.update(  # noqa: B023 (called in this iteration)
+                {"/".join(path): y}
+            ),
+        )
     assert list(seen[True]) == list(seen[False]) and len(seen[True]) == 8
     assert _max_diff(seen[True], seen[False]) == 0
 
@@ -232,8 +263,11 @@ def test_remat_keeps_what_a_wrapper_of_a_serial_adds():
     step = make_train_step(wrapped, optax.sgd(0.1), remat=True, jit=False)
     params, state, _ = wrapped.init(jax.random.PRNGKey(0), (4,))
     batch = (jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32))
-    jaxpr = str(jax.make_jaxpr(step)(params, state, optax.sgd(0.1).init(params), batch,
-                                     jax.random.PRNGKey(1)))
+    jaxpr = str(
+        jax.make_jaxpr(step)(
+            params, state, optax.sgd(0.1).init(params), batch, jax.random.PRNGKey(1)
+        )
+    )
     assert "bf16" in jaxpr and "optimization_barrier" in jaxpr  # the remat gate recomputes
     assert uses_remat(in_dtype(nn.mlp((4,), remat=True), jnp.bfloat16))
 
@@ -249,7 +283,9 @@ def test_remat_makes_the_compiled_step_of_a_deep_mlp_smaller():
     batch 256): the activations of runs of layers are recomputed instead of kept."""
     from fnn.runtime import REMAT_CPU_OPTIONS, remat_compiler_options
 
-    assert remat_compiler_options("cpu") == REMAT_CPU_OPTIONS and remat_compiler_options("gpu") == {}
+    assert (
+        remat_compiler_options("cpu") == REMAT_CPU_OPTIONS and remat_compiler_options("gpu") == {}
+    )
     model, opt = nn.mlp((64,) * 10, 10), optax.sgd(0.1)
     x, y = jnp.ones((256, 64)), jnp.zeros((256,), jnp.int32)
     for grad in ("custom", "builtin"):
@@ -260,9 +296,14 @@ def test_remat_makes_the_compiled_step_of_a_deep_mlp_smaller():
     step = make_train_step(model, opt, remat=True, jit=False)
     params, state, _ = model.init(jax.random.PRNGKey(0), x.shape[1:])
     args = (params, state, opt.init(params), x, y, jax.random.PRNGKey(1))
-    temps = [train.make_train_epoch(step, batch_size=256, compiler_options=options).lower(
-        *args).compile().memory_analysis().temp_size_in_bytes
-        for options in (None, remat_compiler_options())]
+    temps = [
+        train.make_train_epoch(step, batch_size=256, compiler_options=options)
+        .lower(*args)
+        .compile()
+        .memory_analysis()
+        .temp_size_in_bytes
+        for options in (None, remat_compiler_options())
+    ]
     assert temps[1] < 0.7 * temps[0], temps  # 0.53 measured
 
 
@@ -276,8 +317,10 @@ def test_train_steps_and_fit_give_the_same_losses_with_remat(digits):
     x, y = jnp.asarray(digits.x_train[:32]), jnp.asarray(digits.y_train[:32])
     params, state, _ = model.init(jax.random.PRNGKey(0), digits.input_shape)
     for grad in ("custom", "builtin"):
-        steps = [make_train_step(model, opt, grad=grad, jit=False, remat=remat)
-                 for remat in (False, True)]
+        steps = [
+            make_train_step(model, opt, grad=grad, jit=False, remat=remat)
+            for remat in (False, True)
+        ]
 
         @jax.jit  # both steps in one program (make_train_step's jit=True: the memory test)
         def both(states, key):
@@ -291,10 +334,13 @@ def test_train_steps_and_fit_give_the_same_losses_with_remat(digits):
         losses = np.array(losses)
         np.testing.assert_allclose(losses[:, 1], losses[:, 0], rtol=1e-5)
         assert losses[-1, 1] < losses[0, 1]
-    runs = [train.fit(model, opt, digits, epochs=2, batch_size=32, remat=remat)[1]
-            for remat in (False, True)]
-    np.testing.assert_allclose([r["train_loss"] for r in runs[1]],
-                               [r["train_loss"] for r in runs[0]], rtol=1e-5)
+    runs = [
+        train.fit(model, opt, digits, epochs=2, batch_size=32, remat=remat)[1]
+        for remat in (False, True)
+    ]
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in runs[1]], [r["train_loss"] for r in runs[0]], rtol=1e-5
+    )
 
 
 def test_train_remat_flag_round_trip(tmp_path):

@@ -31,14 +31,17 @@ POLICIES = {
     "save_any_names_but_these": CP.save_any_names_but_these("y"),
     "save_anything_except_these_names": CP.save_anything_except_these_names("h"),
     "save_from_both_policies": CP.save_from_both_policies(
-        CP.dots_with_no_batch_dims_saveable, CP.save_only_these_names("y")),
+        CP.dots_with_no_batch_dims_saveable, CP.save_only_these_names("y")
+    ),
     "save_and_offload_only_these_names": CP.save_and_offload_only_these_names(
-        names_which_can_be_saved=["y"], names_which_can_be_offloaded=["h"], **HOST),
+        names_which_can_be_saved=["y"], names_which_can_be_offloaded=["h"], **HOST
+    ),
     "offload_dot_with_no_batch_dims": CP.offload_dot_with_no_batch_dims(**HOST),
     "callable True": lambda prim, *avals, **params: True,
     "callable False": lambda prim, *avals, **params: False,
     "by primitive (sin, exp)": lambda prim, *avals, **params: (
-        Saveable if prim.name in ("sin", "exp") else Recompute),
+        Saveable if prim.name in ("sin", "exp") else Recompute
+    ),
 }
 OFFLOADS = ("save_and_offload_only_these_names", "offload_dot_with_no_batch_dims")
 
@@ -57,7 +60,8 @@ def _mlp(ck):
 
 def _scanned(ck, ws):  # the checkpoint as a lax.scan's body, one weight per step
     return lambda w1, w2, x: jnp.sum(
-        lax.scan(lambda c, w: (ck(w, w2, c), None), jnp.tanh(x @ w1), ws)[0] ** 2)
+        lax.scan(lambda c, w: (ck(w, w2, c), None), jnp.tanh(x @ w1), ws)[0] ** 2
+    )
 
 
 @pytest.fixture
@@ -75,9 +79,11 @@ def _max_diff(a, b):
 
 def _count(jaxpr, name) -> int:
     """How many equations of primitive `name` a jaxpr holds, nested jaxprs included."""
-    return sum((eqn.primitive.name == name)
-               + sum(_count(sub, name) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
-               for eqn in jaxpr.eqns)
+    return sum(
+        (eqn.primitive.name == name)
+        + sum(_count(sub, name) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
 
 
 def _counts(grad, f, *args):
@@ -95,8 +101,9 @@ def test_every_policy_gives_jax_gradients(name, args):
 
     @jax.jit
     def both(w1, w2, x):
-        return [[grad(f, argnums=(0, 1, 2))(w1, w2, x) for grad in (fnn.grad, jax.grad)]
-                for f in funs]
+        return [
+            [grad(f, argnums=(0, 1, 2))(w1, w2, x) for grad in (fnn.grad, jax.grad)] for f in funs
+        ]
 
     for got, want in both(w1, w2, x):
         assert _max_diff(got, want) < 1e-10, name
@@ -121,7 +128,8 @@ def test_checkpoint_dots_keeps_the_dots_and_recomputes_the_rest(args):
     dots = _mlp(fnn.checkpoint(block, policy=CP.checkpoint_dots))
     assert _kept(dots, w1, w2, x) == [(3, 5), (3, 5), (3,)]
     assert _counts(fnn.grad, dots, w1, w2, x) == dict(
-        plain, sin=plain["sin"] + 1, tanh=plain["tanh"] + 1, exp=plain["exp"] + 1)
+        plain, sin=plain["sin"] + 1, tanh=plain["tanh"] + 1, exp=plain["exp"] + 1
+    )
     no_batch = _mlp(fnn.checkpoint(block, policy=CP.checkpoint_dots_with_no_batch_dims))
     assert _kept(no_batch, w1, w2, x) == [(3, 5), (3, 5)]
     assert _counts(fnn.grad, no_batch, w1, w2, x)["dot_general"] == plain["dot_general"] + 1
@@ -138,8 +146,8 @@ def test_save_only_these_names_keeps_the_named_value(args):
     named = _mlp(fnn.checkpoint(block, policy=CP.save_only_these_names("h")))
     assert _kept(named, w1, w2, x) == [(3, 5)]
     assert _counts(fnn.grad, named, w1, w2, x) == dict(
-        plain, dot_general=plain["dot_general"] + 3, tanh=plain["tanh"] + 1,
-        exp=plain["exp"] + 1)
+        plain, dot_general=plain["dot_general"] + 3, tanh=plain["tanh"] + 1, exp=plain["exp"] + 1
+    )
     offload = _mlp(fnn.checkpoint(block, policy=POLICIES["save_and_offload_only_these_names"]))
     jaxpr = str(jax.make_jaxpr(fnn.grad(offload))(w1, w2, x))
     assert jaxpr.count("devices=(MemorySpace.Host,)") == 1
@@ -151,14 +159,17 @@ def test_checkpoint_name_without_a_policy(args):
     pytree."""
     w1, w2, x, _ = args
     named = lambda w1, w2, x: checkpoint_name({"a": jnp.sin(x @ w1), "b": w2}, "p")
-    fs = [lambda w1, w2, x: jnp.sum(block(w1, w2, x) ** 2),
-          _mlp(jax.checkpoint(block)),
-          lambda w1, w2, x: jnp.sum(jnp.tanh(named(w1, w2, x)["a"] @ named(w1, w2, x)["b"]))]
+    fs = [
+        lambda w1, w2, x: jnp.sum(block(w1, w2, x) ** 2),
+        _mlp(jax.checkpoint(block)),
+        lambda w1, w2, x: jnp.sum(jnp.tanh(named(w1, w2, x)["a"] @ named(w1, w2, x)["b"])),
+    ]
 
     @jax.jit
     def all_of(w1, w2, x):
-        return [[grad(f, argnums=(0, 1, 2))(w1, w2, x) for grad in (fnn.grad, jax.grad)]
-                for f in fs]
+        return [
+            [grad(f, argnums=(0, 1, 2))(w1, w2, x) for grad in (fnn.grad, jax.grad)] for f in fs
+        ]
 
     for got, want in all_of(w1, w2, x):
         assert _max_diff(got, want) < 1e-10
@@ -177,22 +188,27 @@ def fancy(w1, w2, x):
 
 def test_nested_checkpoints_and_bodies_holding_bodies(args):
     w1, w2, x, _ = args
-    inner = lambda policy: fnn.checkpoint(lambda w1, w2, x: jnp.cos(block(w1, w2, x)),
-                                          policy=policy)
+    inner = lambda policy: fnn.checkpoint(
+        lambda w1, w2, x: jnp.cos(block(w1, w2, x)), policy=policy
+    )
     outer = lambda policy, inside: fnn.checkpoint(
-        lambda w1, w2, x: inside(w1, w2, x) @ w2 + x @ w1, policy=policy)
-    fs = [_mlp(outer(CP.checkpoint_dots, inner(CP.save_only_these_names("h")))),
-          _mlp(outer(CP.save_only_these_names("h"), inner(CP.checkpoint_dots))),
-          _mlp(outer(None, inner(CP.checkpoint_dots))),
-          _mlp(outer(CP.checkpoint_dots, inner(None))),
-          _mlp(fnn.checkpoint(fancy, policy=CP.checkpoint_dots)),
-          _mlp(fnn.checkpoint(fancy, policy=CP.save_only_these_names("h"))),
-          _mlp(fnn.checkpoint(fancy, policy=lambda *_, **__: True))]
+        lambda w1, w2, x: inside(w1, w2, x) @ w2 + x @ w1, policy=policy
+    )
+    fs = [
+        _mlp(outer(CP.checkpoint_dots, inner(CP.save_only_these_names("h")))),
+        _mlp(outer(CP.save_only_these_names("h"), inner(CP.checkpoint_dots))),
+        _mlp(outer(None, inner(CP.checkpoint_dots))),
+        _mlp(outer(CP.checkpoint_dots, inner(None))),
+        _mlp(fnn.checkpoint(fancy, policy=CP.checkpoint_dots)),
+        _mlp(fnn.checkpoint(fancy, policy=CP.save_only_these_names("h"))),
+        _mlp(fnn.checkpoint(fancy, policy=lambda *_, **__: True)),
+    ]
 
     @jax.jit
     def all_of(w1, w2, x):
-        return [[grad(f, argnums=(0, 1, 2))(w1, w2, x) for grad in (fnn.grad, jax.grad)]
-                for f in fs]
+        return [
+            [grad(f, argnums=(0, 1, 2))(w1, w2, x) for grad in (fnn.grad, jax.grad)] for f in fs
+        ]
 
     for k, (got, want) in enumerate(all_of(w1, w2, x)):
         assert _max_diff(got, want) < 1e-10, k
@@ -201,20 +217,24 @@ def test_nested_checkpoints_and_bodies_holding_bodies(args):
 def test_named_values_kept_as_jax_keeps_them(x64):
     """JAX's own allow/deny-list cases (tests/api_test.py, test_name_allowlist/denylist): the
     named values the gate keeps (here constants, kept all the same) are those JAX saves."""
+
     def f(x):
         y, z, w = (checkpoint_name(jnp.multiply(2.0, 2.0), n) for n in "yzw")
         return (((x * y) * z) * w) * jnp.multiply(2.0, 2.0)
 
     for names, n in [("yzw", 0), ("zw", 1), ("w", 2), ("", 3)]:
-        assert len(_kept(fnn.checkpoint(f, policy=CP.save_any_names_but_these(*names)),
-                         1.0)) == n, names
-        assert len(_kept(fnn.checkpoint(f, policy=CP.save_only_these_names(*names)),
-                         1.0)) == 3 - n, names
+        assert (
+            len(_kept(fnn.checkpoint(f, policy=CP.save_any_names_but_these(*names)), 1.0)) == n
+        ), names
+        assert (
+            len(_kept(fnn.checkpoint(f, policy=CP.save_only_these_names(*names)), 1.0)) == 3 - n
+        ), names
 
 
 def test_custom_rules_and_jax_grad_inside_a_policy_body(x64):
     """A custom_jvp and a custom_vjp function, a named_call and a jax.grad inside the body
     (cases of JAX's RematTest), alone and in a scan."""
+
     @jax.custom_jvp
     def csin(x):
         return jnp.sin(x)
@@ -234,8 +254,10 @@ def test_custom_rules_and_jax_grad_inside_a_policy_body(x64):
         return jax.grad(lambda x: jnp.sum((x, x)[0] * jnp.sin(x)))(x)
 
     ck = fnn.checkpoint(body, policy=CP.checkpoint_dots)
-    fs = [lambda x: jnp.sum(ck(x)),
-          lambda x: jnp.sum(lax.scan(lambda c, _: (ck(c), None), x, None, length=2)[0])]
+    fs = [
+        lambda x: jnp.sum(ck(x)),
+        lambda x: jnp.sum(lax.scan(lambda c, _: (ck(c), None), x, None, length=2)[0]),
+    ]
 
     @jax.jit
     def all_of(x):
@@ -250,15 +272,26 @@ def test_second_order_through_a_policy(args):
     second derivative. (Not the offloading policies: JAX differentiates neither its own
     backward with them nor fnn's, a cotangent in host memory.)"""
     w1, w2, x, ws = args
-    policies = [CP.checkpoint_dots, CP.save_only_these_names("h"),
-                POLICIES["by primitive (sin, exp)"]]
-    fs = [make(fnn.checkpoint(block, policy=p)) for p in policies
-          for make in (_mlp, lambda ck: _scanned(ck, ws))]
+    policies = [
+        CP.checkpoint_dots,
+        CP.save_only_these_names("h"),
+        POLICIES["by primitive (sin, exp)"],
+    ]
+    fs = [
+        make(fnn.checkpoint(block, policy=p))
+        for p in policies
+        for make in (_mlp, lambda ck: _scanned(ck, ws))
+    ]
 
     @jax.jit
     def all_of(w1):
-        return [[jax.grad(lambda w: jnp.sum(grad(f)(w, w2, x) ** 2))(w1)  # noqa: B023 (called in this iteration)
-                 for grad in (fnn.grad, jax.grad)] for f in fs]
+        return [
+            [
+                jax.grad(lambda w: jnp.sum(grad(f)(w, w2, x) ** 2))(w1)  # noqa: B023 (called in this iteration)
+                for grad in (fnn.grad, jax.grad)
+            ]
+            for f in fs
+        ]
 
     for k, (got, want) in enumerate(all_of(w1)):
         assert _max_diff(got, want) < 1e-10, k
@@ -274,14 +307,20 @@ def test_a_policy_fnn_cannot_honour_is_refused_by_name(args, monkeypatch):
         return "sometimes"
 
     bad = _mlp(fnn.checkpoint(block, policy=maybe))
-    with pytest.raises(GateError, match=r"test_remat_policies.py:\d+ has policy "
-                       r"test_a_policy_fnn_cannot_honour_is_refused_by_name.<locals>.maybe, which "
-                       r"returned 'sometimes' for the primitive 'dot_general' applied to "
-                       r"\(float64\[3,4\], float64\[4,5\]\).*Offloadable"):
+    with pytest.raises(
+        GateError,
+        match=r"test_remat_policies.py:\d+ has policy "
+        r"test_a_policy_fnn_cannot_honour_is_refused_by_name.<locals>.maybe, which "
+        r"returned 'sometimes' for the primitive 'dot_general' applied to "
+        r"\(float64\[3,4\], float64\[4,5\]\).*Offloadable",
+    ):
         fnn.grad(bad)(w1, w2, x)
     monkeypatch.setattr(remat, "memory_kinds", lambda: ["device"])
     offload = _mlp(fnn.checkpoint(block, policy=POLICIES["save_and_offload_only_these_names"]))
-    with pytest.raises(GateError, match=r"test_remat_policies.py:\d+ has policy "
-                       r"save_and_offload_only_these_names.<locals>.policy, which "
-                       r"offloads values to memory 'pinned_host' .*only the memories \['device'\]"):
+    with pytest.raises(
+        GateError,
+        match=r"test_remat_policies.py:\d+ has policy "
+        r"save_and_offload_only_these_names.<locals>.policy, which "
+        r"offloads values to memory 'pinned_host' .*only the memories \['device'\]",
+    ):
         fnn.grad(offload)(w1, w2, x)

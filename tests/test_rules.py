@@ -25,8 +25,9 @@ def test_override_for_one_call_and_the_gate_is_unchanged_after():
     np.testing.assert_allclose(g, [0, 2, 3, 0])
     np.testing.assert_array_equal(fnn.grad(binarized)(X), 0.0)
     # keyed by the gate itself, and an override of a JAX primitive's rule
-    np.testing.assert_allclose(fnn.grad(binarized, rules={ops.sign: rulebook.straight_through})(X),
-                               [1, 2, 3, 4])
+    np.testing.assert_allclose(
+        fnn.grad(binarized, rules={ops.sign: rulebook.straight_through})(X), [1, 2, 3, 4]
+    )
     f = lambda x: jnp.sum(jnp.round(x) * 2.0)
     np.testing.assert_allclose(fnn.grad(f, rules={"lax.round": lambda g, x: (g,)})(X), 2.0)
 
@@ -77,21 +78,25 @@ def test_overrides_apply_inside_loops_and_checkpoints():
     w = jnp.eye(3) * 0.5
 
     def rnn(w):
-        h, _ = jax.lax.scan(lambda h, x: (ops.sign(h @ w + x) * 0.5 + h, None), jnp.ones(3),
-                            jnp.ones((4, 3)))
+        h, _ = jax.lax.scan(
+            lambda h, x: (ops.sign(h @ w + x) * 0.5 + h, None), jnp.ones(3), jnp.ones((4, 3))
+        )
         return jnp.sum(h)
 
     ste = {"sign": rulebook.straight_through}
     assert float(jnp.abs(fnn.grad(rnn, rules=ste)(w)).sum()) > 0
     np.testing.assert_array_equal(fnn.grad(rnn)(w), 0.0)
+
     # the override's result is that of the same computation unrolled by hand
     def unrolled(w):
         h = jnp.ones(3)
         for _ in range(4):
             h = ops.sign(h @ w + 1.0) * 0.5 + h
         return jnp.sum(h)
-    np.testing.assert_allclose(fnn.grad(rnn, rules=ste)(w), fnn.grad(unrolled, rules=ste)(w),
-                               rtol=1e-6)
+
+    np.testing.assert_allclose(
+        fnn.grad(rnn, rules=ste)(w), fnn.grad(unrolled, rules=ste)(w), rtol=1e-6
+    )
     ckpt = lambda w: jnp.sum(jax.checkpoint(lambda a: ops.sign(a) * a)(w))
     np.testing.assert_allclose(fnn.grad(ckpt, rules=ste)(w), np.sign(w) + w)
 
@@ -168,8 +173,9 @@ def test_checks_know_surrogate_from_exact_rules():
     assert report.surrogates == ["straight_through (sign)"]
     assert 0 < report["arg0"].custom_vs_builtin.cos < 1  # how far from the exact gradient
     # an override declared nowhere as a surrogate is held to the exact gradient
-    assert fnn.check_grads(f, X, rules={"sign": lambda g, x: (g,)})["arg0"].verdict == \
-        "custom wrong"
+    assert (
+        fnn.check_grads(f, X, rules={"sign": lambda g, x: (g,)})["arg0"].verdict == "custom wrong"
+    )
     # locate_divergence: the surrogate follows its formula and is listed, not failed
     spike = lambda x: jnp.sum(ops.spike(x) * jnp.arange(1.0, 5.0)) + jnp.sum(jnp.tanh(x))
     found = fnn.locate_divergence(spike, X, rules={"spike": rulebook.arctan(2.0)})
@@ -177,13 +183,13 @@ def test_checks_know_surrogate_from_exact_rules():
     assert found.surrogates[0].follows and found.surrogates[0].rule == "arctan(slope=2)"
     assert "surrogate rule arctan(slope=2)" in str(found)
     # a surrogate that breaks its own formula is caught
-    liar = fnn.Rule(lambda g, x, **k: (3.0 * g,), "liar", reference=lambda x, **k: x,
-                    formula="dx = g")
+    liar = fnn.Rule(
+        lambda g, x, **k: (3.0 * g,), "liar", reference=lambda x, **k: x, formula="dx = g"
+    )
     bad = fnn.locate_divergence(spike, X, rules={"spike": liar})
     assert not bad.ok and "does not follow its declared formula" in str(bad[0])
     # a wrong exact rule is still caught
-    wrong = fnn.Rule(lambda g, x, **k: (2.0 * g * (1 - jnp.tanh(x) ** 2),), "double",
-                     kind="exact")
+    wrong = fnn.Rule(lambda g, x, **k: (2.0 * g * (1 - jnp.tanh(x) ** 2),), "double", kind="exact")
     assert not fnn.locate_divergence(spike, X, rules={"tanh": wrong}).ok
     assert not fnn.check_grads(spike, X, rules={"tanh": wrong}).ok
 
@@ -199,8 +205,10 @@ def test_a_misspelled_override_key_is_an_error_naming_the_closest(x64):
     # a user's own gate is known by the function that applies it
     spike = fnn.defgate(lambda x: (jnp.sign(x), x), name="my_spike")
     spike.defvjp(lambda g, x: (g,))
-    np.testing.assert_allclose(fnn.grad(lambda x: jnp.sum(spike(x)),
-                                        rules={"my_spike": lambda g, x, out: (2.0 * g,)})(X), 2.0)
+    np.testing.assert_allclose(
+        fnn.grad(lambda x: jnp.sum(spike(x)), rules={"my_spike": lambda g, x, out: (2.0 * g,)})(X),
+        2.0,
+    )
 
 
 def test_every_rule_of_the_library_is_checked_and_known_to_rule_specs():
@@ -213,9 +221,12 @@ def test_every_rule_of_the_library_is_checked_and_known_to_rule_specs():
 
     listed = {id(entry.rule) for entry in rulebook.LIBRARY}
     for name, value in vars(rulebook).items():
-        makes_a_rule = (inspect.isfunction(value) and value.__module__ == rulebook.__name__
-                        and inspect.signature(value).return_annotation in
-                        ("Rule", "FeedbackAlignment", fnn.Rule))
+        makes_a_rule = (
+            inspect.isfunction(value)
+            and value.__module__ == rulebook.__name__
+            and inspect.signature(value).return_annotation
+            in ("Rule", "FeedbackAlignment", fnn.Rule)
+        )
         if not name.startswith("_") and (isinstance(value, fnn.Rule) or makes_a_rule):
             assert id(value) in listed, f"rulebook.{name} is not in rulebook.LIBRARY"
     rows = check_library()
@@ -228,8 +239,9 @@ def test_every_rule_of_the_library_is_checked_and_known_to_rule_specs():
         for rule, *_ in cases:
             assert judged[rule.name].ok, judged[rule.name]
         gate = entry.gates[0] if entry.only else "tanh"
-        spec = f"{gate}={entry.name}" + (":" + ",".join(f"{o}=1" for o in entry.options)
-                                         if entry.options else "")
+        spec = f"{gate}={entry.name}" + (
+            ":" + ",".join(f"{o}=1" for o in entry.options) if entry.options else ""
+        )
         if entry.refused:
             with pytest.raises(RuleSpecError, match=f"{entry.name} cannot be used in a --rule"):
                 make_rules((spec,), params)
@@ -242,5 +254,6 @@ def test_straight_through_trains_through_quantize():
     x = jnp.array([-0.9, -0.2, 0.3, 0.8])
     f = lambda x: jnp.sum(ops.quantize(x, bits=2) * jnp.arange(1.0, 5.0))
     np.testing.assert_array_equal(fnn.grad(f)(x), np.zeros(4))
-    np.testing.assert_array_equal(fnn.grad(f, rules={"quantize": rulebook.straight_through})(x),
-                                  [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(
+        fnn.grad(f, rules={"quantize": rulebook.straight_through})(x), [1.0, 2.0, 3.0, 4.0]
+    )

@@ -41,8 +41,13 @@ def env():
 
 
 def fnn_train(*args):
-    return subprocess.Popen([sys.executable, "-m", "fnn", "train", *args], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fnn", "train", *args],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def epochs_of(run_dir):
@@ -67,8 +72,11 @@ def run_dir(finished, tmp_path):
 
 
 def snapshot(run_dir):
-    return {n: open(os.path.join(run_dir, n), "rb").read() for n in sorted(os.listdir(run_dir))
-            if n != ".lock"}
+    return {
+        n: open(os.path.join(run_dir, n), "rb").read()
+        for n in sorted(os.listdir(run_dir))
+        if n != ".lock"
+    }
 
 
 # ---- 1. one process per run directory: two real processes -------------------------------------
@@ -81,8 +89,8 @@ def test_two_runs_started_together_on_one_folder(tmp_path):
     done = [(p, *p.communicate(timeout=300)) for p in procs]
     codes = sorted(p.returncode for p, _, _ in done)
     assert codes == [0, 1], [e[-2000:] for _, _, e in done]
-    (winner, out_text, _), = [d for d in done if d[0].returncode == 0]
-    (loser, _, err), = [d for d in done if d[0].returncode == 1]
+    ((winner, out_text, _),) = [d for d in done if d[0].returncode == 0]
+    ((loser, _, err),) = [d for d in done if d[0].returncode == 1]
     assert err.startswith("fnn train: error: ") and "Traceback" not in err
     assert (f"in use by process {winner.pid}" in err) or ("already holds a run" in err), err
     assert epochs_of(out) == [1, 2, 3]
@@ -133,14 +141,18 @@ def test_a_stale_lock_is_reported_with_how_to_clear_it(tmp_path):
     keeps the folder open) is reported as stale, with the command that finds who holds it. A
     lock file left by a dead process but no longer held is simply taken over."""
     out = str(tmp_path / "run")
-    r = subprocess.run([sys.executable, "-c", STALE, out], env=env(), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", STALE, out], env=env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     child = int(r.stdout.split()[0])
     try:
-        with pytest.raises(RunDirError, match=r"(?s)is locked, but its recorded owner \(process "
-                                              r"\d+ .*is no longer running: the lock is stale.*"
-                                              r"fuser -v .*run` lists the processes"):
+        with pytest.raises(
+            RunDirError,
+            match=r"(?s)is locked, but its recorded owner \(process "
+            r"\d+ .*is no longer running: the lock is stale.*"
+            r"fuser -v .*run` lists the processes",
+        ):
             RunLock(out).acquire()
     finally:
         os.kill(child, signal.SIGKILL)  # (not our child: init reaps it)
@@ -174,8 +186,10 @@ def test_seeds_use_both_key_words():
     """--seed 4294967296 used to give --seed 0's parameters (high bits dropped); seeds >= 2**63
     crashed with OverflowError."""
     model, opt = nn.mlp((8,)), train.make_optimizer()
-    w = {s: np.asarray(train.init_train_state(model, opt, (8, 8, 1), s).params["1_dense"]["w"])
-         for s in (0, 2**32, 2**63, 2**64 - 1)}
+    w = {
+        s: np.asarray(train.init_train_state(model, opt, (8, 8, 1), s).params["1_dense"]["w"])
+        for s in (0, 2**32, 2**63, 2**64 - 1)
+    }
     assert not np.array_equal(w[0], w[2**32])
     assert len({a.tobytes() for a in w.values()}) == 4
     np.testing.assert_array_equal(train.make_key(7), jax.random.PRNGKey(7))  # as before < 2**32
@@ -202,9 +216,11 @@ EDITS = [  # config.json edited after the run started: (change, what the error s
 ]
 
 
-@pytest.mark.parametrize("change, pattern", EDITS, ids=[next(iter(c)) + "=" + repr(v)
-                                                        for c, _ in EDITS
-                                                        for v in c.values()])
+@pytest.mark.parametrize(
+    "change, pattern",
+    EDITS,
+    ids=[next(iter(c)) + "=" + repr(v) for c, _ in EDITS for v in c.values()],
+)
 def test_resume_refuses_an_edited_config(run_dir, change, pattern, capsys):
     path = os.path.join(run_dir, "config.json")
     config = json.load(open(path))
@@ -236,10 +252,25 @@ def test_resume_on_other_data_is_refused(tmp_path, capsys):
     write_mnist(tmp_path / "b", n_train=48)
     out = str(tmp_path / "run")
     args = ["--dataset", "mnist", "--hidden", "4", "--batch-size", "8", "--no-progress"]
-    assert main(["train", "--out", out, "--data-dir", str(tmp_path / "a"), "--epochs", "1",
-                 *args]) == 0
-    assert main(["train", "--resume", out, "--data-dir", str(tmp_path / "b"), "--epochs", "2",
-                 "--no-progress"]) == 1
+    assert (
+        main(["train", "--out", out, "--data-dir", str(tmp_path / "a"), "--epochs", "1", *args])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                out,
+                "--data-dir",
+                str(tmp_path / "b"),
+                "--epochs",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "was trained on other data than this run loads (train 36 then, 43 now" in err, err
     assert epochs_of(out) == [1]
@@ -251,8 +282,10 @@ def test_a_checkpoint_from_elsewhere_is_not_resumed(run_dir, capsys):
     import safetensors.numpy
 
     tensors, _ = train.read_checkpoint(os.path.join(run_dir, "last.safetensors"))
-    safetensors.numpy.save_file({k: v for k, v in tensors.items() if k.startswith("params/")},
-                                os.path.join(run_dir, "last.safetensors"))
+    safetensors.numpy.save_file(
+        {k: v for k, v in tensors.items() if k.startswith("params/")},
+        os.path.join(run_dir, "last.safetensors"),
+    )
     before = snapshot(run_dir)
     assert main(["train", "--resume", run_dir, "--no-progress"]) == 1
     assert "not an fnn training checkpoint" in capsys.readouterr().err
@@ -301,8 +334,10 @@ def test_a_folder_stopped_before_its_first_checkpoint(tmp_path, capsys):
     (out / "config.json").write_text(json.dumps(config.to_dict()))
     (out / "metrics.jsonl").write_text("")
     assert main(["train", "--out", str(out), *TINY]) == 1
-    assert f"stopped before its first checkpoint: start it from the beginning with its own " \
-           f"config by `--resume {out}`" in capsys.readouterr().err
+    assert (
+        f"stopped before its first checkpoint: start it from the beginning with its own "
+        f"config by `--resume {out}`" in capsys.readouterr().err
+    )
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert "has no checkpoint yet" in capsys.readouterr().out
     assert epochs_of(str(out)) == [1] and (out / "results.json").is_file()
@@ -314,14 +349,29 @@ def test_a_wrong_test_set_fails_before_the_first_step():
     d = train.load_dataset("digits", limit=100)
     steps = []
     wrong = dataclasses.replace(d, x_test=d.x_test[:, :6, :6])
-    with pytest.raises(DataError, match=r"x_test examples have shape \(6, 6, 1\) but x_train "
-                                        r"examples \(8, 8, 1\)"):
-        train.fit(nn.mlp((8,)), train.make_optimizer(), wrong, epochs=1, batch_size=16,
-                  callback=lambda ts, r: steps.append(ts.step))
+    with pytest.raises(
+        DataError,
+        match=r"x_test examples have shape \(6, 6, 1\) but x_train "
+        r"examples \(8, 8, 1\)",
+    ):
+        train.fit(
+            nn.mlp((8,)),
+            train.make_optimizer(),
+            wrong,
+            epochs=1,
+            batch_size=16,
+            callback=lambda ts, r: steps.append(ts.step),
+        )
     labels = dataclasses.replace(d, y_test=np.full(len(d.y_test), 10, np.int32))
     with pytest.raises(DataError, match=r"y_test: labels must lie in \[0, 10\)"):
-        train.fit(nn.mlp((8,)), train.make_optimizer(), labels, epochs=1, batch_size=16,
-                  callback=lambda ts, r: steps.append(ts.step))
+        train.fit(
+            nn.mlp((8,)),
+            train.make_optimizer(),
+            labels,
+            epochs=1,
+            batch_size=16,
+            callback=lambda ts, r: steps.append(ts.step),
+        )
     assert steps == []
 
 

@@ -52,9 +52,11 @@ def run_dir(finished, tmp_path):
 
 
 def snapshot(folder):
-    return {n: open(os.path.join(folder, n), "rb").read()
-            for n in sorted(os.listdir(folder)) if n != ".lock"
-            and os.path.isfile(os.path.join(folder, n))}
+    return {
+        n: open(os.path.join(folder, n), "rb").read()
+        for n in sorted(os.listdir(folder))
+        if n != ".lock" and os.path.isfile(os.path.join(folder, n))
+    }
 
 
 def epochs_of(run_dir):
@@ -79,8 +81,10 @@ def test_a_lost_last_checkpoint_is_refused_not_restarted(run_dir, how, capsys):
     assert main(["train", "--resume", run_dir, "--no-progress"]) == 1
     err = error_of(capsys)
     if how == "deleted":
-        assert f"{last} is missing, but the run in {run_dir} has a history (metrics.jsonl " \
-               "(epochs 1..2), best.safetensors, results.json)" in err, err
+        assert (
+            f"{last} is missing, but the run in {run_dir} has a history (metrics.jsonl "
+            "(epochs 1..2), best.safetensors, results.json)" in err
+        ), err
         assert f"`--resume {run_dir} --resume-from best`" in err
     else:
         assert f"{last} is a symbolic link (to {run_dir}/nowhere.safetensors)" in err, err
@@ -92,8 +96,10 @@ def test_resume_from_best_continues_from_it(run_dir, capsys):
     best = train.read_checkpoint(os.path.join(run_dir, "best.safetensors"))[1]["epoch"]
     assert best == 1
     assert main(["train", "--resume", run_dir, "--resume-from", "best", "--no-progress"]) == 0
-    assert f"resuming {run_dir} after epoch 1 (optimizer step 5) from best.safetensors" in \
-        capsys.readouterr().out
+    assert (
+        f"resuming {run_dir} after epoch 1 (optimizer step 5) from best.safetensors"
+        in capsys.readouterr().out
+    )
     assert epochs_of(run_dir) == [1, 2]
     assert train.read_checkpoint(os.path.join(run_dir, "last.safetensors"))[1]["epoch"] == 2
     assert main(["train", "--out", run_dir, "--resume-from", "best"]) == 2  # bad usage
@@ -101,9 +107,14 @@ def test_resume_from_best_continues_from_it(run_dir, capsys):
 
 
 # ---- 2. a new run in a folder that holds files of a run -----------------------------------------
-SIDE_FILES = {"results.json": b'{"test_acc": 0.9}\n', "curves.png": b"\x89PNG mine",
-              "diagnostics.jsonl": b"not JSON at all\n", "diagnostics.png": b"\x89PNG mine",
-              "vocab.json": b'{"kind": "bytes", "symbols": [10]}', ".lock": b"my notes\n"}
+SIDE_FILES = {
+    "results.json": b'{"test_acc": 0.9}\n',
+    "curves.png": b"\x89PNG mine",
+    "diagnostics.jsonl": b"not JSON at all\n",
+    "diagnostics.png": b"\x89PNG mine",
+    "vocab.json": b'{"kind": "bytes", "symbols": [10]}',
+    ".lock": b"my notes\n",
+}
 
 
 def test_a_new_run_refuses_every_file_it_would_write(tmp_path, capsys):
@@ -162,11 +173,15 @@ def test_the_lock_is_on_the_folder_and_moves_with_it(tmp_path):
         os.rename(a, b)
         with RunLock(a):  # a new folder at the old name: its own lock, nothing shared
             pass
-        with pytest.raises(RunDirError, match=f"run directory {b} is in use by process "
-                                              f"{os.getpid()}"):
+        with pytest.raises(
+            RunDirError, match=f"run directory {b} is in use by process {os.getpid()}"
+        ):
             RunLock(b).acquire()
-        with pytest.raises(RunDirError, match=f"the run directory {a} was renamed, moved or "
-                                              f"replaced while this process was using it"):
+        with pytest.raises(
+            RunDirError,
+            match=f"the run directory {a} was renamed, moved or "
+            f"replaced while this process was using it",
+        ):
             files.write_file("metrics.jsonl", b"{}\n", folder=held.folder, append=True)
     assert not os.path.exists(os.path.join(a, "metrics.jsonl"))
 
@@ -200,8 +215,7 @@ def test_a_corpus_folder_is_walked_without_following_links(tmp_path):
     os.symlink(tmp_path, tmp_path / "sub" / "loop")
     os.symlink(tmp_path / "sub", tmp_path / "loop2")
     os.symlink(tmp_path / "a.txt", tmp_path / "sub" / "same.txt")  # the same file again
-    assert corpus_files(str(tmp_path)) == [str(tmp_path / "a.txt"),
-                                           str(tmp_path / "sub" / "b.txt")]
+    assert corpus_files(str(tmp_path)) == [str(tmp_path / "a.txt"), str(tmp_path / "sub" / "b.txt")]
     assert read_corpus(str(tmp_path))[0] == b"alpha\nbeta\n"
 
 
@@ -213,21 +227,40 @@ def test_a_resume_on_other_data_of_the_same_sizes_is_refused(tmp_path, capsys):
     write_mnist(tmp_path / "b", n_train=40, seed=1)  # other images and labels, same sizes
     out = str(tmp_path / "run")
     args = ["--dataset", "mnist", "--hidden", "4", "--batch-size", "8", "--no-progress"]
-    assert main(["train", "--out", out, "--data-dir", str(tmp_path / "a"), "--epochs", "1",
-                 *args]) == 0
+    assert (
+        main(["train", "--out", out, "--data-dir", str(tmp_path / "a"), "--epochs", "1", *args])
+        == 0
+    )
     capsys.readouterr()
-    assert main(["train", "--resume", out, "--data-dir", str(tmp_path / "b"), "--epochs", "2",
-                 "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                out,
+                "--data-dir",
+                str(tmp_path / "b"),
+                "--epochs",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     err = error_of(capsys)
-    assert "was trained on other data than this run loads (the same sizes but other " \
-           "contents: sha256" in err, err
+    assert (
+        "was trained on other data than this run loads (the same sizes but other "
+        "contents: sha256" in err
+    ), err
     text = tmp_path / "t.txt"
     text.write_bytes(b"abcdefgh" * 40)
     shuffled = tmp_path / "s.txt"
     shuffled.write_bytes(b"hgfedcba" * 40)
     kw = dict(context=8, val_fraction=0.1)
-    assert train.load_dataset("text", str(text), **kw).sha256 != \
-        train.load_dataset("text", str(shuffled), **kw).sha256
+    assert (
+        train.load_dataset("text", str(text), **kw).sha256
+        != train.load_dataset("text", str(shuffled), **kw).sha256
+    )
 
 
 # ---- 8. seeds ----------------------------------------------------------------------------------
@@ -235,22 +268,27 @@ def test_every_draw_uses_the_whole_seed(capsys):
     from fnn.train.rule_specs import make_rules
 
     params = nn.mlp((8,)).init(jax.random.PRNGKey(0), (4,))[0]
-    fa = {s: make_rules(["affine=feedback_alignment"], params, s)["affine"]
-          for s in (0, 2**32, 2**63, 2**64 - 1)}
+    fa = {
+        s: make_rules(["affine=feedback_alignment"], params, s)["affine"]
+        for s in (0, 2**32, 2**63, 2**64 - 1)
+    }
     matrices = {s: np.asarray(r.feedback["1_dense"]).tobytes() for s, r in fa.items()}
     assert len(set(matrices.values())) == 4
     with pytest.raises(SystemExit):
         main(["sample", "nowhere", "--seed", str(2**64)])
-    assert "--seed: must be an integer between 0 and 2**64-1, got '18446744073709551616'" in \
-        capsys.readouterr().err
+    assert (
+        "--seed: must be an integer between 0 and 2**64-1, got '18446744073709551616'"
+        in capsys.readouterr().err
+    )
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64-1\]"):
         train.sample.sample_run("nowhere", seed=-1)
 
 
 # ---- 9. a failure at the start ------------------------------------------------------------------
 @pytest.mark.parametrize("failing", [1, 2, 3])
-def test_a_full_disk_at_the_start_leaves_a_folder_that_resumes(tmp_path, monkeypatch, failing,
-                                                               capsys):
+def test_a_full_disk_at_the_start_leaves_a_folder_that_resumes(
+    tmp_path, monkeypatch, failing, capsys
+):
     """A failure between writing metrics.jsonl and config.json used to leave a folder that
     could be neither restarted nor resumed. Write `failing` of the run (the lock's record
     first) fails with a full disk; the folder then restarts or resumes."""
@@ -306,8 +344,11 @@ def test_out_of_memory_at_init_and_save_is_explained(tmp_path, monkeypatch, caps
         raise MemoryError
 
     monkeypatch.setattr(fnn.train.checkpoint, "safetensors_chunks", no_memory)
-    with pytest.raises(train.OutOfMemoryError, match=r"out of memory while saving .*x.safetensors"
-                                                     r".*the previous x.safetensors is unchanged"):
+    with pytest.raises(
+        train.OutOfMemoryError,
+        match=r"out of memory while saving .*x.safetensors"
+        r".*the previous x.safetensors is unchanged",
+    ):
         train.save_train_state(path, ts)
     assert open(path, "rb").read() == before
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
@@ -338,8 +379,10 @@ def test_a_damaged_best_is_found_at_once(run_dir, tmp_path, monkeypatch, capsys)
     train.save_train_state(path, ts)
     before = open(path, "rb").read()
     monkeypatch.setattr(fnn.train.checkpoint, "write_file", flipping)
-    with pytest.raises(CheckpointError, match=f"{path} was damaged as it was written .* the "
-                                              "previous best.safetensors is unchanged"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"{path} was damaged as it was written .* the previous best.safetensors is unchanged",
+    ):
         train.save_train_state(path, ts, verify=True)
     assert open(path, "rb").read() == before
 
@@ -409,20 +452,26 @@ def test_an_older_checkpoint_resumes_with_a_note(run_dir, capsys):
     raw["sha256"] = json.dumps(digest(tensors, raw))
     files.write_file(last, safetensors_chunks(tensors, raw))
     assert main(["train", "--resume", run_dir, "--no-progress"]) == 0
-    assert f"note: {last} records no fingerprint of its data (an older fnn)" in \
-        capsys.readouterr().out
+    assert (
+        f"note: {last} records no fingerprint of its data (an older fnn)" in capsys.readouterr().out
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sample", "x", "--length", "0"], "--length: must be an integer >= 1 (bytes to generate)"),
-    (["train", "--hidden", ""], "hidden must list one or more widths"),
-    (["train", "--channels", "8"], "--channels does not apply to --model mlp"),
-    (["train", "--context", "16"], "--context does not apply to --dataset digits"),
-    (["train", "--data-dir", "x"], "--data-dir does not apply to --dataset digits"),
-    (["train", "--model", "cnn", "--hidden", "8"], "--hidden does not apply to --model cnn"),
-    (["train", "--model", "transformer", "--activation", "tanh"],
-     "--activation does not apply to --model transformer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "x", "--length", "0"], "--length: must be an integer >= 1 (bytes to generate)"),
+        (["train", "--hidden", ""], "hidden must list one or more widths"),
+        (["train", "--channels", "8"], "--channels does not apply to --model mlp"),
+        (["train", "--context", "16"], "--context does not apply to --dataset digits"),
+        (["train", "--data-dir", "x"], "--data-dir does not apply to --dataset digits"),
+        (["train", "--model", "cnn", "--hidden", "8"], "--hidden does not apply to --model cnn"),
+        (
+            ["train", "--model", "transformer", "--activation", "tanh"],
+            "--activation does not apply to --model transformer",
+        ),
+    ],
+)
 def test_options_out_of_range_or_not_applying_are_refused(argv, message, capsys):
     try:
         code = main(argv)
@@ -464,6 +513,7 @@ def test_ctrl_c_while_xla_compiles_stops_within_a_second(monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while XLA compiles (10 s here)
             release.wait(10)
             return fn()
+
         return real(compile_slowly, stop, poll, tick)
 
     monkeypatch.setattr(fnn.train.loop, "interruptible", slow)
@@ -472,8 +522,7 @@ def test_ctrl_c_while_xla_compiles_stops_within_a_second(monkeypatch):
     hook = type("Save", (train.Hook,), {"on_interrupt": lambda self, ts: saved.append(ts)})()
     t0 = time.perf_counter()
     with pytest.raises(train.TrainingInterrupted) as e:
-        train.fit(nn.mlp((8,)), train.make_optimizer(), data, epochs=1, batch_size=16,
-                  hooks=[hook])
+        train.fit(nn.mlp((8,)), train.make_optimizer(), data, epochs=1, batch_size=16, hooks=[hook])
     assert time.perf_counter() - t0 < 8 and e.value.waited_s < 1.0
     assert saved and saved[0].epoch == 0 and saved[0].step == 0
     workers = fnn.train.interrupt.abandoned()
@@ -488,17 +537,26 @@ def test_nan_parameters_never_start_training_nor_become_best(tmp_path):
     data = train.load_dataset("digits", limit=100)
     ts = train.init_train_state(model, opt, data.input_shape, 0)
     bad = ts.params["1_dense"]["w"].at[0, 0].set(np.nan).at[1, 1].set(np.inf)
-    broken = train.TrainState({**ts.params, "1_dense": {**ts.params["1_dense"], "w": bad}},
-                              ts.state, ts.opt_state, ts.key)
-    with pytest.raises(DataError, match=r"start: the training state holds NaN/inf values in "
-                                        r"params/1_dense/w \(1 NaN, 1 inf of 512\)"):
+    broken = train.TrainState(
+        {**ts.params, "1_dense": {**ts.params["1_dense"], "w": bad}}, ts.state, ts.opt_state, ts.key
+    )
+    with pytest.raises(
+        DataError,
+        match=r"start: the training state holds NaN/inf values in "
+        r"params/1_dense/w \(1 NaN, 1 inf of 512\)",
+    ):
         train.fit(model, opt, data, epochs=1, start=broken)
     notes = []
     with files.Folder(str(tmp_path), create=True) as folder:
-        hook = fnn.train.run.RunDirectory(str(tmp_path), train.TrainConfig(), best_acc=0.1,
-                                          health=fnn.train.run.HealthLog(str(tmp_path),
-                                                                         folder=folder),
-                                          primary=True, log=notes.append, folder=folder)
+        hook = fnn.train.run.RunDirectory(
+            str(tmp_path),
+            train.TrainConfig(),
+            best_acc=0.1,
+            health=fnn.train.run.HealthLog(str(tmp_path), folder=folder),
+            primary=True,
+            log=notes.append,
+            folder=folder,
+        )
         hook.on_epoch_end(broken, {"epoch": 1, "val_acc": 0.5, "val_loss": 1.0})
     assert not (tmp_path / "best.safetensors").exists() and (tmp_path / "last.safetensors").exists()
     assert "its parameters hold NaN/inf (params/1_dense/w (1 NaN, 1 inf of 512))" in notes[0]
@@ -527,10 +585,18 @@ def test_float_validation_labels_are_refused_before_training():
     import dataclasses
 
     wrong = dataclasses.replace(d, y_val=d.y_val.astype(np.float32))
-    with pytest.raises(DataError, match=r"y_val holds float targets \(float32\) but y_train "
-                                        r"integer class labels \(int32\)"):
-        train.fit(nn.mlp((8,)), train.make_optimizer(), wrong, epochs=1,
-                  callback=lambda ts, r: pytest.fail("trained"))
+    with pytest.raises(
+        DataError,
+        match=r"y_val holds float targets \(float32\) but y_train "
+        r"integer class labels \(int32\)",
+    ):
+        train.fit(
+            nn.mlp((8,)),
+            train.make_optimizer(),
+            wrong,
+            epochs=1,
+            callback=lambda ts, r: pytest.fail("trained"),
+        )
 
 
 def test_sample_draws_with_the_whole_seed(tmp_path, capsys):
@@ -545,12 +611,26 @@ def test_sample_draws_with_the_whole_seed(tmp_path, capsys):
     vocab.save(out)
     model = nn.build_model("rnn", len(vocab), **config.model_options())
     params, state, _ = model.init(jax.random.PRNGKey(0), (8,))
-    train.save_checkpoint(os.path.join(out, "best.safetensors"),
-                          {"params": params, "state": state})
+    train.save_checkpoint(os.path.join(out, "best.safetensors"), {"params": params, "state": state})
     kw = dict(length=24, temperature=1.0)
     texts = {s: train.sample.sample_run(out, "ab", seed=s, **kw) for s in (0, 2**32)}
-    assert main(["sample", out, "--prompt", "ab", "--length", "24", "--temperature", "1",
-                 "--seed", str(2**63)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                out,
+                "--prompt",
+                "ab",
+                "--length",
+                "24",
+                "--temperature",
+                "1",
+                "--seed",
+                str(2**63),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.encode()
     assert printed.startswith(b"ab") and printed.endswith(b"\n")
     texts[2**63] = printed[2:-1]

@@ -40,8 +40,13 @@ print(json.dumps({"done": done, "again": again, "xla_flags": os.environ.get("XLA
 def child(env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
     env.update(env_extra, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-c", CHILD, runtime.__file__], capture_output=True,
-                       text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, runtime.__file__],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -55,7 +60,8 @@ def test_tune_cpu_before_backend_sets_flag_and_malloc():
     else:
         assert done["xla_flags"] is None and "no " + runtime.YNN_FLAG in " ".join(done["notes"])
     if sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith(
-            "glibc"):
+        "glibc"
+    ):
         assert done["malloc"] is True
     # the gradients are the same computation: hand-written == jax.grad under the tuned backend
     assert out["err"] < 1e-5, out
@@ -75,8 +81,11 @@ def test_user_xla_flags_win():
 
 def test_opt_out_keeps_defaults():
     out = child({"FNN_NO_TUNE": "1"})
-    assert out["done"] == {"xla_flags": None, "malloc": False,
-                           "notes": ["FNN_NO_TUNE is set: JAX's defaults kept"]}
+    assert out["done"] == {
+        "xla_flags": None,
+        "malloc": False,
+        "notes": ["FNN_NO_TUNE is set: JAX's defaults kept"],
+    }
     assert out["xla_flags"] == ""
 
 
@@ -94,26 +103,40 @@ def test_cli_entry_tunes_and_no_tune_opts_out():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
     env.update(FNN_DEBUG="1", JAX_PLATFORMS="cpu")
     for extra in ([], ["--no-tune"]):
-        r = subprocess.run([sys.executable, "-m", "fnn", "graph", "--help", *extra],
-                           capture_output=True, text=True, env=env, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "fnn", "graph", "--help", *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         # --help exits before the command runs: tuning happens only for real commands
         assert "CPU tuning" not in r.stderr
         assert "--no-tune" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "fnn", "demo"], capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "fnn", "demo"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "fnn: CPU tuning" in r.stderr and "'malloc': True" in r.stderr or \
-        not sys.platform.startswith("linux")
-    r = subprocess.run([sys.executable, "-m", "fnn", "demo", "--no-tune"], capture_output=True,
-                       text=True, env=env, timeout=300)
+    assert (
+        "fnn: CPU tuning" in r.stderr
+        and "'malloc': True" in r.stderr
+        or not sys.platform.startswith("linux")
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "fnn", "demo", "--no-tune"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0 and "CPU tuning" not in r.stderr
 
 
 def test_malloc_settings_fit_mallopt():
     """mallopt takes C ints: a value past 2**31 - 1 would wrap around silently in ctypes."""
     for param, value in runtime.MALLOC_SETTINGS:
-        assert -2**31 <= param < 0 and 0 < value <= 2**31 - 1
+        assert -(2**31) <= param < 0 and 0 < value <= 2**31 - 1
     # the mmap threshold goes first, so a glibc that refuses it is left unchanged
     assert runtime.MALLOC_SETTINGS[0][0] == runtime.M_MMAP_THRESHOLD
 
@@ -147,8 +170,13 @@ print(json.dumps({"at_import": runtime.AT_IMPORT, "xla_flags": os.environ.get("X
 def import_child(first="", **env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
     env.update(env_extra, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-c", IMPORT_CHILD, first], capture_output=True,
-                       text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHILD, first],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -161,7 +189,8 @@ def test_import_fnn_tunes_before_the_backend_starts():
         assert out["at_import"]["xla_flags"] == f"{runtime.YNN_FLAG}={runtime.YNN_VALUE}"
         assert out["xla_flags"].strip() == out["at_import"]["xla_flags"]
     if sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith(
-            "glibc"):
+        "glibc"
+    ):
         assert out["at_import"]["malloc"] is True
 
 
@@ -184,7 +213,12 @@ def test_command_line_no_tune_is_seen_at_import():
     assert not seen(["-m", "train"]) and not seen(["my_script.py", "--no-tune"])
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FNN_NO_TUNE")}
     env.update(FNN_DEBUG="1", JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-m", "fnn", "demo", "--no-tune"], capture_output=True,
-                       text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "fnn", "demo", "--no-tune"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--no-tune, JAX's defaults (at import: {'xla_flags': None, 'malloc': False" in r.stderr

@@ -64,5 +64,6 @@ def test_nothing_writes_a_file_but_fnn_train_files(what):
             code = line.split("#")[0]
             if re.search(WRITES[what], code) and (rel, line.strip()) not in ALLOWED:
                 found.append(f"{rel}:{i}: {line.strip()}")
-    assert not found, f"{what} outside {SAFE} (use fnn.train.files.write_file):\n" + \
-        "\n".join(found)
+    assert not found, f"{what} outside {SAFE} (use fnn.train.files.write_file):\n" + "\n".join(
+        found
+    )

@@ -25,8 +25,9 @@ V, T, B = 7, 6, 3
 
 
 def _f64(tree):
-    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64)
-                                  if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
 
 
 def _close(a, b, rtol=1e-9, atol=1e-11):
@@ -57,14 +58,17 @@ def test_layer_gradients_match_jax_eager_jit_and_vmap(name):
         params, state, out = layer.init(jax.random.PRNGKey(1), shape)
         params = _f64(params)
         r = np.random.default_rng(0)
-        x = (jnp.asarray(r.integers(0, V, (B, *shape))) if ids
-             else jnp.asarray(r.standard_normal((B, *shape))))
+        x = (
+            jnp.asarray(r.integers(0, V, (B, *shape)))
+            if ids
+            else jnp.asarray(r.standard_normal((B, *shape)))
+        )
         w = jnp.asarray(r.standard_normal((B, *out)))  # a random linear read-out
 
         def loss(p, x):
             y, _ = layer.apply(p, state, x)
             assert y.shape == (x.shape[0], *out)
-            return jnp.sum(jnp.sin(y) * w[:x.shape[0]])
+            return jnp.sum(jnp.sin(y) * w[: x.shape[0]])
 
         # fnn.grad eagerly and under jit; per-example gradients (vmap) under jit: the
         # references and the vmaps compiled, not run op by op (4-5x faster, same values)
@@ -72,8 +76,10 @@ def test_layer_gradients_match_jax_eager_jit_and_vmap(name):
         _close(fnn.grad(loss)(params, x), want)
         _close(jax.jit(fnn.grad(loss))(params, x), want)
         per_example = jax.jit(jax.vmap(fnn.grad(lambda p, x: loss(p, x[None])), (None, 0)))
-        _close(per_example(params, x), jax.jit(jax.vmap(
-            jax.grad(lambda p, x: loss(p, x[None])), (None, 0)))(params, x))
+        _close(
+            per_example(params, x),
+            jax.jit(jax.vmap(jax.grad(lambda p, x: loss(p, x[None])), (None, 0)))(params, x),
+        )
     finally:
         jax.config.update("jax_enable_x64", False)
 
@@ -90,8 +96,11 @@ def _gate_names(records) -> set:
 
 def _lm_names(name, **options):
     """The gate names of the tape of a small language model's loss (`options` for the layer)."""
-    model = nn.build_model(name, V, **({"width": 8, "depth": 1, "heads": 2}
-                                       if name == "transformer" else {"hidden": (4,)}))
+    model = nn.build_model(
+        name,
+        V,
+        **({"width": 8, "depth": 1, "heads": 2} if name == "transformer" else {"hidden": (4,)}),
+    )
     params, state, _ = model.init(jax.random.PRNGKey(0), (T,))
     ids = jnp.zeros((2, T), jnp.int32)
     tr = fnn.trace(lambda p: softmax_cross_entropy(model.apply(p, state, ids)[0], ids), params)
@@ -99,8 +108,12 @@ def _lm_names(name, **options):
 
 
 def test_the_sequence_gates_and_attention_rules_are_used_inside_the_trace():
-    for name, gate in (("lstm", "lstm_sequence"), ("rnn", "rnn_sequence"),
-                       ("gru", "gru_sequence"), ("transformer", "attention")):
+    for name, gate in (
+        ("lstm", "lstm_sequence"),
+        ("rnn", "rnn_sequence"),
+        ("gru", "gru_sequence"),
+        ("transformer", "attention"),
+    ):
         names = _lm_names(name)
         assert {"embedding", gate} <= names, names
         assert "lax.logistic" not in names and "lax.tanh" not in names  # no cell internals
@@ -110,6 +123,7 @@ def test_the_sequence_gates_and_attention_rules_are_used_inside_the_trace():
 def test_a_cell_override_runs_the_cells_where_it_applies():
     """An override of a cell gate acts: the layer runs its cells (in a scan) in the layers the
     override applies to, and the sequence gate elsewhere."""
+
     def rule(g, *inputs, original):
         return original(g)
 
@@ -123,27 +137,37 @@ def test_a_cell_override_runs_the_cells_where_it_applies():
         assert "lstm_sequence" in _lm_names("lstm")
 
 
-@pytest.mark.parametrize("kind, last", [("rnn", False), ("lstm", False), ("lstm", True),
-                                        ("gru", True)])
+@pytest.mark.parametrize(
+    "kind, last", [("rnn", False), ("lstm", False), ("lstm", True), ("gru", True)]
+)
 def test_sequence_gate_and_per_step_cells_agree(kind, last, x64):
     """The layer's two paths, float64: the same outputs, and gradients (params and inputs) by
     fnn.grad and jax.grad, also per example under vmap."""
     r = np.random.default_rng(2)
     x = jnp.asarray(r.standard_normal((B, 9, 3)))
-    fused, cells = (nn.Recurrent(kind, 4, return_sequences=not last, per_step=p)
-                    for p in (False, True))
+    fused, cells = (
+        nn.Recurrent(kind, 4, return_sequences=not last, per_step=p) for p in (False, True)
+    )
     params, state, out = fused.init(jax.random.PRNGKey(4), (9, 3))
     params = _f64(params)
     w = jnp.asarray(r.standard_normal((B, *out)))
 
     def loss(layer):
-        return lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, state, x)[0]) * w[:x.shape[0]])
+        return lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, state, x)[0]) * w[: x.shape[0]])
 
     def all_of(p, x):  # one compiled program: op by op is several times slower
-        grads = [g(loss(layer), argnums=(0, 1))(p, x) for g in (fnn.grad, jax.grad)
-                 for layer in (fused, cells)]
-        per_example = [jax.vmap(fnn.grad(lambda p, x: loss(layer)(p, x[None])),  # noqa: B023 (called in this iteration)
-                                (None, 0))(p, x) for layer in (fused, cells)]
+        grads = [
+            g(loss(layer), argnums=(0, 1))(p, x)
+            for g in (fnn.grad, jax.grad)
+            for layer in (fused, cells)
+        ]
+        per_example = [
+            jax.vmap(
+                fnn.grad(lambda p, x: loss(layer)(p, x[None])),  # noqa: B023 (called in this iteration)
+                (None, 0),
+            )(p, x)
+            for layer in (fused, cells)
+        ]
         return [layer.apply(p, state, x)[0] for layer in (fused, cells)], grads, per_example
 
     outs, grads, per_example = jax.jit(all_of)(params, x)
@@ -173,7 +197,7 @@ def test_initializers_follow_the_literature():
     params, _, _ = nn.LSTM(6).init(jax.random.PRNGKey(0), (T, 3))
     wh = np.asarray(params["wh"])
     for k in range(4):  # one orthogonal block per gate
-        block = wh[:, 6 * k:6 * (k + 1)]
+        block = wh[:, 6 * k : 6 * (k + 1)]
         np.testing.assert_allclose(block @ block.T, np.eye(6), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(params["b"][6:12]), 1.0)  # forget gate
     np.testing.assert_array_equal(np.asarray(params["b"][:6]), 0.0)
@@ -212,7 +236,7 @@ def _corpus(tmp_path, n=4000):
     folder.mkdir()
     text = "".join(f"def f{i}(x):\n    return x * {i % 7}\n" for i in range(n // 28 + 1))[:n]
     (folder / "a.py").write_text(text[: n // 2])
-    (folder / "b.txt").write_text(text[n // 2:])
+    (folder / "b.txt").write_text(text[n // 2 :])
     (folder / "blob.bin").write_bytes(b"\x00\x01binary")
     return folder, text
 
@@ -226,9 +250,10 @@ def test_text_dataset_splits_by_position_and_shifts_targets(tmp_path):
     np.testing.assert_array_equal(d["x_train"][0], ids[:16])
     np.testing.assert_array_equal(d["y_train"][0], ids[1:17])
     n_train = len(ids) - int(len(ids) * 0.05) - int(len(ids) * 0.95 * 0.1)
-    np.testing.assert_array_equal(d["x_val"][0], ids[n_train:n_train + 16])
-    np.testing.assert_array_equal(d["x_test"][-1][-1], ids[len(ids) - 1 - (
-        (int(len(ids) * 0.05) - 1) % 16) - 1])
+    np.testing.assert_array_equal(d["x_val"][0], ids[n_train : n_train + 16])
+    np.testing.assert_array_equal(
+        d["x_test"][-1][-1], ids[len(ids) - 1 - ((int(len(ids) * 0.05) - 1) % 16) - 1]
+    )
     assert d["unigram_loss"] > 0 and "3 files" not in d["description"]
     vocab.save(str(tmp_path))
     assert Vocab.load(str(tmp_path)) == vocab
@@ -256,8 +281,18 @@ def _text_data(n=32, t=8, v=V, seed=0):
     r = np.random.default_rng(seed)
     ids = r.integers(0, v, (n + 4, t + 1)).astype(np.int32)
     x, y = ids[:, :-1], ids[:, 1:]
-    return Dataset("text", x[:n], y[:n], x[n:], y[n:], x[n:], y[n:], v, vocab=Vocab(
-        tuple(range(v))), unigram_loss=float(np.log(v)))
+    return Dataset(
+        "text",
+        x[:n],
+        y[:n],
+        x[n:],
+        y[n:],
+        x[n:],
+        y[n:],
+        v,
+        vocab=Vocab(tuple(range(v))),
+        unigram_loss=float(np.log(v)),
+    )
 
 
 def test_fit_takes_per_token_labels_and_a_callable_loss():
@@ -267,8 +302,9 @@ def test_fit_takes_per_token_labels_and_a_callable_loss():
     def masked_ce(logits, labels):  # a user's loss: the padding token 0 counts for nothing
         return softmax_cross_entropy(logits, labels, ignore_index=0)
 
-    ts, history = fit(model, make_optimizer("adam", 1e-2), data, epochs=2, batch_size=8,
-                      loss=masked_ce)
+    ts, history = fit(
+        model, make_optimizer("adam", 1e-2), data, epochs=2, batch_size=8, loss=masked_ce
+    )
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert 0 <= history[-1]["val_acc"] <= 1 and np.isfinite(history[-1]["val_loss"])
 
@@ -279,19 +315,29 @@ def test_fit_regression_with_mse_reports_no_accuracy():
     y = (x @ np.array([[1.0], [-2.0], [0.5]])).astype(np.float32)
     data = Dataset("regression", x[:48], y[:48], x[48:], y[48:], x[48:], y[48:], 1)
     model = nn.serial(nn.Dense(1, init="glorot"))
-    ts, history = fit(model, make_optimizer("adam", 5e-2), data, epochs=20, batch_size=16,
-                      loss="mse")
+    ts, history = fit(
+        model, make_optimizer("adam", 5e-2), data, epochs=20, batch_size=16, loss="mse"
+    )
     assert history[-1]["val_loss"] < 0.05 * history[0]["val_loss"]
     assert "train_acc" not in history[-1] and "val_acc" not in history[-1]
 
 
 def test_a_loss_that_does_not_fit_the_labels_is_named_before_training():
     data = _text_data()
-    with pytest.raises(ValueError, match=r"the loss 'mse' cannot take the model's scores "
-                                         r"\(N, 8, 7\) with labels y_train \(N, 8\) \(float32\)"):
-        fit(nn.build_model("rnn", V, hidden=(4,)), make_optimizer("sgd", 0.1),
-            Dataset("text", data.x_train, data.y_train.astype(np.float32), None, None, None,
-                    None, V), epochs=1, loss="mse")
+    with pytest.raises(
+        ValueError,
+        match=r"the loss 'mse' cannot take the model's scores "
+        r"\(N, 8, 7\) with labels y_train \(N, 8\) \(float32\)",
+    ):
+        fit(
+            nn.build_model("rnn", V, hidden=(4,)),
+            make_optimizer("sgd", 0.1),
+            Dataset(
+                "text", data.x_train, data.y_train.astype(np.float32), None, None, None, None, V
+            ),
+            epochs=1,
+            loss="mse",
+        )
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "transformer"])
@@ -313,9 +359,11 @@ def test_custom_and_builtin_losses_agree_over_100_steps(name):
             return (p, s, o), m["loss"]
 
         _, losses[grad] = jax.jit(lambda c: jax.lax.scan(run, c, jnp.arange(100)))(
-            (ts.params, ts.state, ts.opt_state))
-    np.testing.assert_allclose(np.asarray(losses["custom"]), np.asarray(losses["builtin"]),
-                               rtol=1e-4)
+            (ts.params, ts.state, ts.opt_state)
+        )
+    np.testing.assert_allclose(
+        np.asarray(losses["custom"]), np.asarray(losses["builtin"]), rtol=1e-4
+    )
     assert losses["custom"][-1] < losses["custom"][0]
 
 
@@ -323,9 +371,27 @@ def test_custom_and_builtin_losses_agree_over_100_steps(name):
 def test_cli_trains_a_text_model_resumes_and_samples(tmp_path, capsys):
     folder, text = _corpus(tmp_path, 6000)
     out = str(tmp_path / "run")
-    args = ["--model", "transformer", "--dataset", "text", "--data-dir", str(folder),
-            "--context", "16", "--width", "16", "--depth", "1", "--heads", "2",
-            "--batch-size", "16", "--no-progress", "--out", out]
+    args = [
+        "--model",
+        "transformer",
+        "--dataset",
+        "text",
+        "--data-dir",
+        str(folder),
+        "--context",
+        "16",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--out",
+        out,
+    ]
     assert main(["train", *args, "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "bits/char" in printed and "unigram baseline" in printed
@@ -349,25 +415,60 @@ def test_cli_trains_a_text_model_resumes_and_samples(tmp_path, capsys):
 def test_cli_gru_builtin_and_mismatched_model_and_data(tmp_path, capsys):
     folder, _ = _corpus(tmp_path)
     out = str(tmp_path / "gru")
-    assert main(["train", "--model", "gru", "--data-dir", str(folder), "--context", "32",
-                 "--hidden", "8", "--grad", "builtin", "--no-progress", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "gru",
+                "--data-dir",
+                str(folder),
+                "--context",
+                "32",
+                "--hidden",
+                "8",
+                "--grad",
+                "builtin",
+                "--no-progress",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["dataset"] == "text" and config["epochs"] == 2  # text's defaults
     capsys.readouterr()
-    assert main(["train", "--model", "lstm", "--dataset", "digits",
-                 "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(["train", "--model", "lstm", "--dataset", "digits", "--out", str(tmp_path / "x")]) == 1
+    )
     assert "train it with --dataset text" in capsys.readouterr().err
-    assert main(["train", "--model", "mlp", "--dataset", "text",
-                 "--out", str(tmp_path / "y")]) == 1
+    assert main(["train", "--model", "mlp", "--dataset", "text", "--out", str(tmp_path / "y")]) == 1
     assert "needs a sequence model" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nowhere")]) == 1
 
 
 def test_cli_mse_on_digits_trains_against_one_hot_targets(tmp_path, capsys):
     out = str(tmp_path / "mse")
-    assert main(["train", "--loss", "mse", "--epochs", "6", "--lr", "0.01", "--limit", "600",
-                 "--no-progress",
-                 "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--loss",
+                "mse",
+                "--epochs",
+                "6",
+                "--lr",
+                "0.01",
+                "--limit",
+                "600",
+                "--no-progress",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["test_acc"] > 0.5
 
@@ -380,15 +481,32 @@ def test_label_smoothing_reaches_the_training_loss(tmp_path):
     logits, labels = jnp.zeros((2, 4)), jnp.array([0, 3])
     assert float(loss(logits, labels)) == pytest.approx(np.log(4))  # uniform logits
     logits = jnp.array([[5.0, 0, 0, 0]])
-    want = -(0.9 + 0.1 / 4) * jax.nn.log_softmax(logits)[0, 0] - 0.1 / 4 * 3 * \
-        jax.nn.log_softmax(logits)[0, 1]
+    want = (
+        -(0.9 + 0.1 / 4) * jax.nn.log_softmax(logits)[0, 0]
+        - 0.1 / 4 * 3 * jax.nn.log_softmax(logits)[0, 1]
+    )
     assert float(loss(logits, jnp.array([0]))) == pytest.approx(float(want), rel=1e-6)
     assert get_loss("softmax_cross_entropy") is cross_entropy()
     with pytest.raises(ValueError, match="label_smoothing applies to the cross-entropy"):
         TrainConfig(loss="mse", label_smoothing=0.1).training_loss()
     out = str(tmp_path / "ls")
-    assert main(["train", "--label-smoothing", "0.1", "--epochs", "1", "--limit", "200",
-                 "--no-progress", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--label-smoothing",
+                "0.1",
+                "--epochs",
+                "1",
+                "--limit",
+                "200",
+                "--no-progress",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     assert json.load(open(os.path.join(out, "config.json")))["label_smoothing"] == 0.1
 
 
@@ -426,10 +544,16 @@ def test_attention_in_bfloat16_stays_bfloat16():
     """The default scale is weakly typed: bfloat16 q, k, v give bfloat16 scores, output and
     gradients (a float64 scale promoted them to float32, and fnn.grad refused the VJP's
     float32 gradient of a bfloat16 input: the transformer's bfloat16 step did not trace)."""
-    q, k, v = (jnp.asarray(np.random.default_rng(i).standard_normal((2, 3, 4)), jnp.bfloat16)
-               for i in range(3))
+    q, k, v = (
+        jnp.asarray(np.random.default_rng(i).standard_normal((2, 3, 4)), jnp.bfloat16)
+        for i in range(3)
+    )
     out = fnn.registry["attention"](q, k, v, causal=True)
     assert out.dtype == jnp.bfloat16
-    grads = fnn.grad(lambda q, k, v: jnp.sum(fnn.registry["attention"](q, k, v, causal=True)
-                                             .astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+    grads = fnn.grad(
+        lambda q, k, v: jnp.sum(
+            fnn.registry["attention"](q, k, v, causal=True).astype(jnp.float32)
+        ),
+        argnums=(0, 1, 2),
+    )(q, k, v)
     assert [g.dtype for g in grads] == [jnp.bfloat16] * 3

@@ -8,9 +8,19 @@ import optax
 import pytest
 
 from fnn import nn
-from fnn.train import (OPTIMIZERS, fit, init_train_state, load_dataset, make_eval_step,
-                       make_evaluate, make_loss_fn, make_optimizer, make_schedule,
-                       make_train_epoch, make_train_step)
+from fnn.train import (
+    OPTIMIZERS,
+    fit,
+    init_train_state,
+    load_dataset,
+    make_eval_step,
+    make_evaluate,
+    make_loss_fn,
+    make_optimizer,
+    make_schedule,
+    make_train_epoch,
+    make_train_step,
+)
 from fnn.train.step import per_example_loss
 
 
@@ -30,8 +40,9 @@ def toy_loss(p):
 # ---- optimizers and schedules -----------------------------------------------------------------
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_optimizers_by_name_reduce_a_quadratic(name):
-    opt = make_optimizer(name, 0.05, schedule="cosine", total_steps=40, clip=10.0,
-                         weight_decay=1e-4)
+    opt = make_optimizer(
+        name, 0.05, schedule="cosine", total_steps=40, clip=10.0, weight_decay=1e-4
+    )
 
     @jax.jit
     def run(p):
@@ -39,6 +50,7 @@ def test_optimizers_by_name_reduce_a_quadratic(name):
             p, s = carry
             updates, s = opt.update(jax.grad(toy_loss)(p), s, p)
             return (optax.apply_updates(p, updates), s), None
+
         return jax.lax.scan(body, (p, opt.init(p)), None, length=40)[0][0]
 
     p = toy_params()
@@ -66,7 +78,8 @@ def test_schedules():
     assert [float(cos(s)) for s in (0, 50, 100)] == pytest.approx([0.1, 0.05, 0.0], abs=1e-7)
     step = make_schedule("step", 0.1, total_steps=90)
     assert [float(step(s)) for s in (0, 29, 30, 60, 89)] == pytest.approx(
-        [0.1, 0.1, 0.01, 0.001, 0.001], rel=1e-5)
+        [0.1, 0.1, 0.01, 0.001, 0.001], rel=1e-5
+    )
     step = make_schedule("step", 1.0, step_every=5, decay=0.5)
     assert float(step(10)) == pytest.approx(0.25)
 
@@ -87,7 +100,7 @@ def test_gradient_clipping():
     opt = make_optimizer("sgd", 1.0, clip=1.0)
     grads = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 10.0), p)
     updates, _ = opt.update(grads, opt.init(p), p)
-    norm = jnp.sqrt(sum(jnp.sum(u ** 2) for u in jax.tree_util.tree_leaves(updates)))
+    norm = jnp.sqrt(sum(jnp.sum(u**2) for u in jax.tree_util.tree_leaves(updates)))
     assert float(norm) == pytest.approx(1.0, rel=1e-5)
 
 
@@ -116,7 +129,7 @@ def test_l2_penalty_and_svm_loss(digits):
     x, y = jnp.asarray(digits.x_train[:16]), jnp.asarray(digits.y_train[:16])
     base, _ = make_loss_fn(model)(params, state, x, y, None)
     reg, _ = make_loss_fn(model, l2=0.01)(params, state, x, y, None)
-    weights = sum(float(jnp.sum(w ** 2)) for w in jax.tree_util.tree_leaves(params) if w.ndim == 2)
+    weights = sum(float(jnp.sum(w**2)) for w in jax.tree_util.tree_leaves(params) if w.ndim == 2)
     assert float(reg - base) == pytest.approx(0.01 * weights, rel=1e-5)
     svm, _ = make_loss_fn(model, "svm")(params, state, x, y, None)
     assert float(svm) > 0
@@ -141,8 +154,9 @@ def test_epoch_is_one_scan_and_deterministic(digits):
     assert not np.array_equal(w[0], w[2])
     assert float(out1[3]["loss"][-1]) < float(out1[3]["loss"][0])
     with pytest.raises(ValueError, match="batch size 5000"):
-        make_train_epoch(step, batch_size=5000)(ts.params, ts.state, ts.opt_state, x, y,
-                                                jax.random.PRNGKey(0))
+        make_train_epoch(step, batch_size=5000)(
+            ts.params, ts.state, ts.opt_state, x, y, jax.random.PRNGKey(0)
+        )
 
 
 def test_evaluate_pads_and_masks(digits):
@@ -159,12 +173,27 @@ def test_fit_history(digits):
     model = nn.mlp((32,))
     schedule = make_schedule("cosine", 3e-3, total_steps=2 * (len(digits.x_train) // 128))
     lines = []
-    ts, history = fit(model, make_optimizer("adam", schedule), digits, epochs=2,
-                      batch_size=128, schedule=schedule, log=lines.append)
+    ts, history = fit(
+        model,
+        make_optimizer("adam", schedule),
+        digits,
+        epochs=2,
+        batch_size=128,
+        schedule=schedule,
+        log=lines.append,
+    )
     assert ts.epoch == 2 and ts.step == 2 * (len(digits.x_train) // 128)
     assert [r["epoch"] for r in history] == [1, 2] and "compile_s" in history[0]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "steps_per_s",
-                "examples_per_s", "time_s"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "steps_per_s",
+        "examples_per_s",
+        "time_s",
+    ):
         assert key in history[1]
     assert history[1]["val_acc"] > 0.5 and len(lines) == 2 and "val loss" in lines[0]
 
@@ -210,10 +239,17 @@ def test_a_hook_sees_every_epoch_in_order(digits):
 
     seen = Seen()
     n = len(digits.x_train) // 256
-    ts, history = fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=2,
-                      batch_size=256, hooks=[seen])
-    assert seen.calls == [("start", 1, n), ("after", 1, n), ("end", 1, 1),
-                          ("start", 2, n), ("after", 2, n), ("end", 2, 2)]
+    ts, history = fit(
+        nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=2, batch_size=256, hooks=[seen]
+    )
+    assert seen.calls == [
+        ("start", 1, n),
+        ("after", 1, n),
+        ("end", 1, 1),
+        ("start", 2, n),
+        ("after", 2, n),
+        ("end", 2, 2),
+    ]
     assert [r["epoch"] for r in history] == [1, 2] and ts.epoch == 2
 
 
@@ -238,8 +274,14 @@ def test_ctrl_c_inside_the_compiled_epoch_is_a_keyboard_interrupt(digits, how):
 
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=1, batch_size=256,
-            hooks=[CtrlC()])
+        fit(
+            nn.mlp((8,)),
+            make_optimizer("adam", 1e-2),
+            digits,
+            epochs=1,
+            batch_size=256,
+            hooks=[CtrlC()],
+        )
     assert signal.getsignal(signal.SIGINT) is before  # fit's handler is gone again
 
 
@@ -253,6 +295,12 @@ def test_an_error_in_a_callback_stays_an_error(digits):
             raise RuntimeError("not an interrupt")
 
     with pytest.raises(Exception, match="not an interrupt") as info:
-        fit(nn.mlp((8,)), make_optimizer("adam", 1e-2), digits, epochs=1, batch_size=256,
-            hooks=[Broken()])
+        fit(
+            nn.mlp((8,)),
+            make_optimizer("adam", 1e-2),
+            digits,
+            epochs=1,
+            batch_size=256,
+            hooks=[Broken()],
+        )
     assert not isinstance(info.value, KeyboardInterrupt)

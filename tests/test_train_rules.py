@@ -14,16 +14,28 @@ from fnn.train.rule_specs import RuleSpecError, check_rules, make_rules, parse_r
 
 
 def test_specs_parse_and_bad_ones_are_named():
-    assert parse_rule("spike=fast_sigmoid:slope=25") == ("spike", (), "fast_sigmoid",
-                                                        {"slope": 25.0})
+    assert parse_rule("spike=fast_sigmoid:slope=25") == (
+        "spike",
+        (),
+        "fast_sigmoid",
+        {"slope": 25.0},
+    )
     assert parse_rule("affine@1_dense+3_dense=feedback_alignment") == (
-        "affine", ("1_dense", "3_dense"), "feedback_alignment", {})
-    for spec, message in [("relu", "expected GATE=RULE"), ("relu=magic", "unknown rule 'magic'"),
-                          ("spike=fast_sigmoid:slope=x", "slope must be a number"),
-                          ("spike=fast_sigmoid:speed=2", "options are NAME=NUMBER"),
-                          ("=straight_through", "name a gate"),
-                          ("rellu=straight_through", "no gate is called 'rellu'"),
-                          ("lax.tanh=straight_through", None), ("tanh=straight_through", None)]:
+        "affine",
+        ("1_dense", "3_dense"),
+        "feedback_alignment",
+        {},
+    )
+    for spec, message in [
+        ("relu", "expected GATE=RULE"),
+        ("relu=magic", "unknown rule 'magic'"),
+        ("spike=fast_sigmoid:slope=x", "slope must be a number"),
+        ("spike=fast_sigmoid:speed=2", "options are NAME=NUMBER"),
+        ("=straight_through", "name a gate"),
+        ("rellu=straight_through", "no gate is called 'rellu'"),
+        ("lax.tanh=straight_through", None),
+        ("tanh=straight_through", None),
+    ]:
         if message is None:
             parse_rule(spec)
             continue
@@ -34,10 +46,15 @@ def test_specs_parse_and_bad_ones_are_named():
 
 
 def test_make_rules_builds_the_library_rules():
-    params = {"1_dense": {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)},
-              "3_dense": {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}}
-    table = make_rules(("relu=straight_through", "spike=arctan:slope=2",
-                        "affine@3_dense=feedback_alignment"), params, seed=5)
+    params = {
+        "1_dense": {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)},
+        "3_dense": {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)},
+    }
+    table = make_rules(
+        ("relu=straight_through", "spike=arctan:slope=2", "affine@3_dense=feedback_alignment"),
+        params,
+        seed=5,
+    )
     assert table["relu"] is rulebook.straight_through
     assert table["spike"].name == "arctan(slope=2)"
     fa = table["affine"]
@@ -57,8 +74,17 @@ def test_make_rules_builds_the_library_rules():
 
 def test_train_with_feedback_alignment_logs_alignment_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "fa")
-    args = ["--rule", "affine@3_dense=feedback_alignment", "--hidden", "32,32", "--limit",
-            "300", "--diagnostics-every", "5", "--no-progress"]
+    args = [
+        "--rule",
+        "affine@3_dense=feedback_alignment",
+        "--hidden",
+        "32,32",
+        "--limit",
+        "300",
+        "--diagnostics-every",
+        "5",
+        "--no-progress",
+    ]
     assert main(["train", "--epochs", "1", "--out", out, *args]) == 0
     printed = capsys.readouterr().out
     assert "backward rules: affine@3_dense=feedback_alignment" in printed
@@ -77,8 +103,20 @@ def test_train_with_feedback_alignment_logs_alignment_and_resumes(tmp_path, caps
 
 
 def test_rules_with_builtin_gradients_are_refused(tmp_path, capsys):
-    assert main(["train", "--rule", "relu=straight_through", "--grad", "builtin",
-                 "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--rule",
+                "relu=straight_through",
+                "--grad",
+                "builtin",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
     assert "needs --grad custom" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x" / "config.json")
 

@@ -18,8 +18,7 @@ import fnn.train.spec
 from fnn import train
 from fnn.cli import build_parser, main
 from fnn.nn.models import FACTS, build_model
-from fnn.train.config import (OPTIONS, RESUME_MAY_CHANGE, TrainConfig, declared, option,
-                              option_flag)
+from fnn.train.config import OPTIONS, RESUME_MAY_CHANGE, TrainConfig, declared, option, option_flag
 from fnn.train.hooks import EarlyStopping, Hook
 
 TINY = ["--hidden", "16", "--lr", "0.01", "--batch-size", "64", "--no-progress", "--limit", "600"]
@@ -43,6 +42,7 @@ def counted(monkeypatch):
         def traced(*a):
             counts["step"] += 1
             return step(*a)
+
         return traced
 
     def build_model(*args, **kwargs):
@@ -52,6 +52,7 @@ def counted(monkeypatch):
         def counting(*a, **kw):
             counts["forward"] += bool(kw.get("train"))
             return apply(*a, **kw)
+
         object.__setattr__(model, "apply", counting)
         return model
 
@@ -71,8 +72,22 @@ def test_a_train_run_traces_its_step_once(tmp_path, counted, capsys):
     assert counted == {"step": 1, "forward": 1}, counted
     # the hooks' work inside the step (gradient health, early stopping) is in that one trace
     counted.update(step=0, forward=0)
-    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "more"), "--diagnostics",
-                 "--early-stop", "5", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "more"),
+                "--diagnostics",
+                "--early-stop",
+                "5",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert counted["step"] == 1, counted
 
 
@@ -85,6 +100,7 @@ def test_a_train_run_works_out_the_steps_of_an_epoch_once(tmp_path, monkeypatch,
     def steps_per_epoch(n, batch_size):
         calls.append(sys._getframe(1).f_code.co_name)
         return count(n, batch_size)
+
     for module in (fnn.train.epoch, fnn.train.spec, fnn.train.run):
         monkeypatch.setattr(module, "steps_per_epoch", steps_per_epoch)
     out = str(tmp_path / "run")
@@ -130,8 +146,7 @@ def test_early_stop_ends_the_run_and_resume_finds_it_finished(tmp_path, capsys):
 
 def test_early_stop_needs_a_validation_set(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert main(["train", "--out", out, "--early-stop", "2", "--val-fraction", "0",
-                 *TINY]) == 1
+    assert main(["train", "--out", out, "--early-stop", "2", "--val-fraction", "0", *TINY]) == 1
     assert "--early-stop 2 watches the validation loss" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "config.json"))
     with pytest.raises(SystemExit) as e:  # argparse's own error
@@ -140,8 +155,14 @@ def test_early_stop_needs_a_validation_set(tmp_path, capsys):
     assert "early_stop must be an integer >= 0" in capsys.readouterr().err
     data = train.load_dataset("digits", limit=200, val_fraction=0.0)
     with pytest.raises(ValueError, match="no validation set"):
-        train.fit(fnn.nn.mlp((8,)), train.make_optimizer("sgd", 0.1), data, epochs=1,
-                  batch_size=50, hooks=[EarlyStopping(1)])
+        train.fit(
+            fnn.nn.mlp((8,)),
+            train.make_optimizer("sgd", 0.1),
+            data,
+            epochs=1,
+            batch_size=50,
+            hooks=[EarlyStopping(1)],
+        )
 
 
 class CountSteps(Hook):

@@ -12,12 +12,37 @@ watch. It imports nothing from fnn above it (only fnn.errors).
 
 from fnn.autodiff.api import make_transforms
 from fnn.autodiff.backward import backward, pullback
-from fnn.autodiff.gate import (Case, Gate, Registry, collect_gates, defgate, primitive_gate,
-                               unbroadcast)
+from fnn.autodiff.gate import (
+    Case,
+    Gate,
+    Registry,
+    collect_gates,
+    defgate,
+    primitive_gate,
+    unbroadcast,
+)
 from fnn.autodiff.nans import NanOriginError, debug_nans
 from fnn.autodiff.tape import Record, Tape, Traced, is_complex, is_float
 from fnn.autodiff.trace import Trace, check_argnums
 
-__all__ = ["Case", "Gate", "NanOriginError", "Record", "Registry", "Tape", "Trace", "Traced", "backward",
-           "check_argnums", "collect_gates", "debug_nans", "defgate", "primitive_gate",
-           "is_complex", "is_float", "make_transforms", "pullback", "unbroadcast"]
+__all__ = [
+    "Case",
+    "Gate",
+    "NanOriginError",
+    "Record",
+    "Registry",
+    "Tape",
+    "Trace",
+    "Traced",
+    "backward",
+    "check_argnums",
+    "collect_gates",
+    "debug_nans",
+    "defgate",
+    "primitive_gate",
+    "is_complex",
+    "is_float",
+    "make_transforms",
+    "pullback",
+    "unbroadcast",
+]

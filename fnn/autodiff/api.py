@@ -87,9 +87,11 @@ def split_rules(items, fname) -> tuple[dict, dict]:
         elif isinstance(item, Gate) and item.primitive is not None:
             prims[item.primitive] = item
         else:
-            raise TypeError(f"{fname}: rules are gates declared for JAX primitives with "
-                            "fnn.primitive_gate(primitive), or a mapping {gate name: rule}; "
-                            f"got {item!r}")
+            raise TypeError(
+                f"{fname}: rules are gates declared for JAX primitives with "
+                "fnn.primitive_gate(primitive), or a mapping {gate name: rule}; "
+                f"got {item!r}"
+            )
     return prims, table
 
 
@@ -100,8 +102,7 @@ class Transforms(NamedTuple):
     grad: Callable
 
 
-def make_transforms(base: dict, custom_rules: Mapping | None = None,
-                    gate_names=()) -> Transforms:
+def make_transforms(base: dict, custom_rules: Mapping | None = None, gate_names=()) -> Transforms:
     """The four public functions, bound to `base`, a table primitive -> rule.
 
     custom_rules: the choices of the public `custom_rules=` keyword, name -> rules that replace
@@ -110,8 +111,9 @@ def make_transforms(base: dict, custom_rules: Mapping | None = None,
     named gates); a key naming none of them, nor a gate the function applies, is an error."""
     choices = dict(custom_rules or {"use": {}})
     bound = _Bound(base, choices, next(iter(choices)), frozenset(gate_names) | _rule_names(base))
-    return Transforms(_make_trace(bound), _make_vjp(bound), _make_value_and_grad(bound),
-                      _make_grad(bound))
+    return Transforms(
+        _make_trace(bound), _make_vjp(bound), _make_value_and_grad(bound), _make_grad(bound)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +131,10 @@ class _Bound:
 def _traced(bound: _Bound, f, args, argnums, *, rules, fname, custom_rules, **kw):
     """trace_fn with the primitive rules and overrides of this call and of the block."""
     if not isinstance(custom_rules, str) or custom_rules not in bound.choices:
-        raise ValueError(f"{fname}: custom_rules must be one of "
-                         f"{', '.join(repr(c) for c in bound.choices)}, got {custom_rules!r}")
+        raise ValueError(
+            f"{fname}: custom_rules must be one of "
+            f"{', '.join(repr(c) for c in bound.choices)}, got {custom_rules!r}"
+        )
     prims, table = split_rules(rules, fname)
     scoped = {g.primitive: g for g in _SCOPED.get()}
     chosen = bound.choices[custom_rules]
@@ -146,8 +150,9 @@ def _traced(bound: _Bound, f, args, argnums, *, rules, fname, custom_rules, **kw
 def _make_trace(bound: _Bound) -> Callable:
     """The public `trace`, bound."""
 
-    def trace(f, *args, argnums=0, has_aux: bool = False, rules=None,
-              custom_rules=bound.default, **kwargs):
+    def trace(
+        f, *args, argnums=0, has_aux: bool = False, rules=None, custom_rules=bound.default, **kwargs
+    ):
         """Record `f(*args, **kwargs)` with fnn: a `Trace` (tape, input and output nodes).
 
         The float leaves of the arguments named by argnums are differentiated; the rest are
@@ -176,8 +181,17 @@ def _make_trace(bound: _Bound) -> Callable:
             GateError: a gate cannot take its inputs.
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        return _traced(bound, f, args, argnums, kwargs=kwargs, has_aux=has_aux,
-                       fname="fnn.trace", rules=rules, custom_rules=custom_rules)
+        return _traced(
+            bound,
+            f,
+            args,
+            argnums,
+            kwargs=kwargs,
+            has_aux=has_aux,
+            fname="fnn.trace",
+            rules=rules,
+            custom_rules=custom_rules,
+        )
 
     return trace
 
@@ -212,8 +226,16 @@ def _make_vjp(bound: _Bound) -> Callable:
             GateError: a gate cannot take its inputs.
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        tr = _traced(bound, f, primals, tuple(range(len(primals))), has_aux=has_aux,
-                     fname="fnn.vjp", rules=rules, custom_rules=custom_rules)
+        tr = _traced(
+            bound,
+            f,
+            primals,
+            tuple(range(len(primals))),
+            has_aux=has_aux,
+            fname="fnn.vjp",
+            rules=rules,
+            custom_rules=custom_rules,
+        )
         pullback = _pullback(tr, "fnn.vjp")
         return (tr.out, pullback, tr.aux) if has_aux else (tr.out, pullback)
 
@@ -223,9 +245,16 @@ def _make_vjp(bound: _Bound) -> Callable:
 def _make_value_and_grad(bound: _Bound) -> Callable:
     """The public `value_and_grad`, bound."""
 
-    def value_and_grad(f, argnums=0, has_aux: bool = False, holomorphic: bool = False, *,
-                       rules=None, custom_rules=bound.default,
-                       _name: str = "fnn.value_and_grad"):
+    def value_and_grad(
+        f,
+        argnums=0,
+        has_aux: bool = False,
+        holomorphic: bool = False,
+        *,
+        rules=None,
+        custom_rules=bound.default,
+        _name: str = "fnn.value_and_grad",
+    ):
         """Like JAX's `value_and_grad`, with fnn's hand-written gradients.
 
         The errors below are raised when the returned function is called.
@@ -261,8 +290,7 @@ def _make_value_and_grad(bound: _Bound) -> Callable:
                 meeting a complex value, for one).
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        return _value_and_grad(bound, f, argnums, has_aux, holomorphic, rules, custom_rules,
-                               _name)
+        return _value_and_grad(bound, f, argnums, has_aux, holomorphic, rules, custom_rules, _name)
 
     return value_and_grad
 
@@ -270,8 +298,15 @@ def _make_value_and_grad(bound: _Bound) -> Callable:
 def _make_grad(bound: _Bound) -> Callable:
     """The public `grad`, bound."""
 
-    def grad(f, argnums=0, has_aux: bool = False, holomorphic: bool = False, *, rules=None,
-             custom_rules=bound.default):
+    def grad(
+        f,
+        argnums=0,
+        has_aux: bool = False,
+        holomorphic: bool = False,
+        *,
+        rules=None,
+        custom_rules=bound.default,
+    ):
         """Like JAX's `grad`: the gradient of scalar-valued `f`, by fnn's hand-written VJPs.
 
             dparams = fnn.grad(loss)(params, x, y)
@@ -312,23 +347,34 @@ def _make_grad(bound: _Bound) -> Callable:
                 meeting a complex value, for one).
             OverrideError: an override in `rules` names no gate or is not a rule.
         """
-        vg = _value_and_grad(bound, f, argnums, has_aux, holomorphic, rules, custom_rules,
-                             "fnn.grad")
+        vg = _value_and_grad(
+            bound, f, argnums, has_aux, holomorphic, rules, custom_rules, "fnn.grad"
+        )
         return _grad_of(vg, f, has_aux)
 
     return grad
 
 
-def _value_and_grad(bound: _Bound, f, argnums, has_aux, holomorphic, rules, custom_rules,
-                    name: str) -> Callable:
+def _value_and_grad(
+    bound: _Bound, f, argnums, has_aux, holomorphic, rules, custom_rules, name: str
+) -> Callable:
     """The function value_and_grad(f, ...) returns; `name` starts its error messages."""
     fname = f"{name}({getattr(f, '__name__', 'f')})"
 
     def vg(*args, **kwargs):
         nums = check_argnums(argnums, len(args), fname)
         _check_inputs(fname, args, nums, holomorphic)
-        tr = _traced(bound, f, args, nums, kwargs=kwargs, has_aux=has_aux, fname=fname,
-                     rules=rules, custom_rules=custom_rules)
+        tr = _traced(
+            bound,
+            f,
+            args,
+            nums,
+            kwargs=kwargs,
+            has_aux=has_aux,
+            fname=fname,
+            rules=rules,
+            custom_rules=custom_rules,
+        )
         _check_output(fname, tr.out, holomorphic)
         grads = tr.gradients(tr.backward(tr.seeds()))
         g = grads[nums[0]] if isinstance(argnums, int) else tuple(grads[a] for a in nums)
@@ -362,11 +408,14 @@ def _check_inputs(fname, args, nums, holomorphic: bool) -> None:
                     f"{fname}: argument {a} has a leaf of dtype "
                     f"{jnp.result_type(leaf)}; gradients are only defined for float "
                     "inputs (integer and bool inputs such as labels carry no gradient: "
-                    "leave them out of argnums)")
+                    "leave them out of argnums)"
+                )
             if holomorphic and not is_complex(leaf):
-                raise TypeError(f"{fname} with holomorphic=True requires inputs with "
-                                f"complex dtype, but got {jnp.result_type(leaf).name} "
-                                f"(argument {a}).")
+                raise TypeError(
+                    f"{fname} with holomorphic=True requires inputs with "
+                    f"complex dtype, but got {jnp.result_type(leaf).name} "
+                    f"(argument {a})."
+                )
 
 
 def _check_output(fname, out, holomorphic: bool) -> None:
@@ -375,20 +424,26 @@ def _check_output(fname, out, holomorphic: bool) -> None:
     out_leaves = jax.tree_util.tree_leaves(out)
     if len(out_leaves) != 1 or np.shape(out_leaves[0]) != ():
         shapes = ", ".join(describe(o) for o in out_leaves) or "nothing"
-        raise TypeError(f"{fname}: gradients are only defined for functions with one "
-                        f"scalar output, got {shapes}")
+        raise TypeError(
+            f"{fname}: gradients are only defined for functions with one "
+            f"scalar output, got {shapes}"
+        )
     out = out_leaves[0]
     dtype = jnp.result_type(out)
     if holomorphic:
         if not jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(f"{fname} with holomorphic=True requires outputs with complex "
-                            f"dtype, but got {dtype.name}.")
+            raise TypeError(
+                f"{fname} with holomorphic=True requires outputs with complex "
+                f"dtype, but got {dtype.name}."
+            )
     elif jnp.issubdtype(dtype, jnp.complexfloating):
-        raise TypeError(f"{fname} requires real-valued outputs (output dtype that is a sub-dtype "
-                        f"of np.floating), but got {dtype.name}. For holomorphic "
-                        "differentiation, pass holomorphic=True. For differentiation of "
-                        "non-holomorphic functions involving complex outputs, use fnn.vjp "
-                        "directly.")
+        raise TypeError(
+            f"{fname} requires real-valued outputs (output dtype that is a sub-dtype "
+            f"of np.floating), but got {dtype.name}. For holomorphic "
+            "differentiation, pass holomorphic=True. For differentiation of "
+            "non-holomorphic functions involving complex outputs, use fnn.vjp "
+            "directly."
+        )
     elif not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{fname}: the output must be a float scalar, got {describe(out)}")
 
@@ -405,14 +460,22 @@ def _pullback(tr, fname):
     def vjp_fn(ct):
         ct_leaves, ct_tree = jax.tree_util.tree_flatten(ct)
         if ct_tree != tr.out_tree:
-            raise TypeError(f"{fname}: cotangent structure {ct_tree} does not match the output "
-                            f"structure {tr.out_tree}")
+            raise TypeError(
+                f"{fname}: cotangent structure {ct_tree} does not match the output "
+                f"structure {tr.out_tree}"
+            )
         for c, o in zip(ct_leaves, jax.tree_util.tree_leaves(tr.out)):
             if np.shape(c) != np.shape(o) or is_complex(c) != is_complex(o):
-                raise ValueError(f"{fname}: cotangent {describe(c)} does not match output "
-                                 f"{describe(o)}" + (" (a complex output takes a complex "
-                                 "cotangent, a real one a real cotangent, as in jax.vjp)"
-                                 if is_complex(c) != is_complex(o) else ""))
+                raise ValueError(
+                    f"{fname}: cotangent {describe(c)} does not match output "
+                    f"{describe(o)}"
+                    + (
+                        " (a complex output takes a complex "
+                        "cotangent, a real one a real cotangent, as in jax.vjp)"
+                        if is_complex(c) != is_complex(o)
+                        else ""
+                    )
+                )
         return tr.gradients(tr.backward(tr.seeds(ct)))
 
     return vjp_fn

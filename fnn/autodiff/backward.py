@@ -74,8 +74,17 @@ def pullback(rec, g, needs=None, got=None) -> tuple:
     reached it (None: all)."""
     needs = rec.needs if needs is None else needs
     try:
-        grads = call_vjp(rec.gate, g, rec.saved, needs, rec.static, got, rule=rec.rule,
-                         inputs=rec.inputs, out=None if rec.rule is None else rec.output)
+        grads = call_vjp(
+            rec.gate,
+            g,
+            rec.saved,
+            needs,
+            rec.static,
+            got,
+            rule=rec.rule,
+            inputs=rec.inputs,
+            out=None if rec.rule is None else rec.output,
+        )
         check_vjp_result(rec, grads, needs)
     except (TypeError, ValueError) as e:
         if isinstance(e, FnnError):
@@ -86,9 +95,15 @@ def pullback(rec, g, needs=None, got=None) -> tuple:
             f"gradient {ups} and inputs ({', '.join(describe(x) for x in rec.inputs)}): {e}"
         ) from e
     if nans.active():
-        nans.check(rec.gate.name, "backward (VJP)", rec.site, jax.tree_util.tree_leaves(g),
-                   [dx if need else None for dx, need in zip(grads, needs)],
-                   labels=("upstream gradient", "gradient for input"), scope=rec.scope)
+        nans.check(
+            rec.gate.name,
+            "backward (VJP)",
+            rec.site,
+            jax.tree_util.tree_leaves(g),
+            [dx if need else None for dx, need in zip(grads, needs)],
+            labels=("upstream gradient", "gradient for input"),
+            scope=rec.scope,
+        )
     return grads
 
 
@@ -102,13 +117,13 @@ def call_vjp(gate, g, saved, needs, static, got=None, *, rule=None, inputs=(), o
     takes **kwargs), and of `static` the keywords it names (all with **kwargs)."""
     if rule is None:
         if gate.vjp is None:
-            raise GateError(f"gate '{gate.name}' has no VJP: declare one with "
-                            f"@{gate.name}.defvjp")
+            raise GateError(f"gate '{gate.name}' has no VJP: declare one with @{gate.name}.defvjp")
         names, _ = gate.vjp_takes
         extra = {"needs": needs} if "needs" in names else {}
         if "got" in names:
-            extra["got"] = (tuple(got) if got is not None else
-                            (True,) * len(jax.tree_util.tree_leaves(g)))
+            extra["got"] = (
+                tuple(got) if got is not None else (True,) * len(jax.tree_util.tree_leaves(g))
+            )
         return gate.vjp(g, saved, **extra, **static)
     target = rule.vjp if isinstance(rule, Rule) else rule
     names, anything = takes(target)
@@ -131,8 +146,7 @@ def takes(fn) -> tuple[frozenset, bool]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return frozenset(), False
-    return (frozenset(p.name for p in params),
-            any(p.kind is p.VAR_KEYWORD for p in params))
+    return (frozenset(p.name for p in params), any(p.kind is p.VAR_KEYWORD for p in params))
 
 
 def check_vjp_result(rec, grads, needs) -> None:
@@ -157,14 +171,16 @@ def check_vjp_result(rec, grads, needs) -> None:
         if dx_tree != x_tree:
             raise VJPContractError(
                 f"VJP of gate '{name}' returned a gradient of structure {dx_tree} for input {k} "
-                f"of structure {x_tree} (called at {rec.site})")
+                f"of structure {x_tree} (called at {rec.site})"
+            )
         for dl, xl in zip(dx_leaves, x_leaves):
             if np.shape(dl) != np.shape(xl) or jnp.result_type(dl) != jnp.result_type(xl):
                 what = f"input {k}" + ("" if len(x_leaves) == 1 else f" (a leaf {describe(xl)})")
                 raise VJPContractError(
                     f"VJP of gate '{name}' returned gradient {describe(dl)} for {what} which is "
                     f"{_describe(x)}: shape and dtype must match the input (called at "
-                    f"{rec.site})")
+                    f"{rec.site})"
+                )
 
 
 def _describe(x) -> str:

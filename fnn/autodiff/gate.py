@@ -100,8 +100,9 @@ class Case:
         names = self.structure if isinstance(self.structure, tuple) else (self.structure,)
         for name in names:
             if name is not None and name not in STRUCTURES:
-                raise GateError(f"Case {self.label!r}: structure {name!r} is not one of "
-                                f"{', '.join(STRUCTURES)}")
+                raise GateError(
+                    f"Case {self.label!r}: structure {name!r} is not one of {', '.join(STRUCTURES)}"
+                )
 
 
 STRUCTURES = ("symmetric", "positive definite", "orthogonal", "sorted")
@@ -196,8 +197,10 @@ class Gate:
         `defkinks(smooth=True)`: the gate has no such point (its rule is one formula
         everywhere). A built-in gate must say one or the other."""
         if smooth == (kinks is not None):
-            raise GateError(f"gate '{self.name}': defkinks takes a function of the dtype giving "
-                            "the kink cases, or smooth=True, one of the two")
+            raise GateError(
+                f"gate '{self.name}': defkinks takes a function of the dtype giving "
+                "the kink cases, or smooth=True, one of the two"
+            )
         self.kinks = "smooth" if smooth else kinks
         return kinks
 
@@ -241,11 +244,15 @@ class Gate:
             meta = "".join(f", {k}={_short_repr(v)}" for k, v in static.items())
             raise GateError(f"gate '{self.name}' cannot take inputs ({shapes}{meta}): {e}") from e
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise GateError(f"gate '{self.name}': its forward must return a pair (output, saved), "
-                            f"got {type(result).__name__}")
+            raise GateError(
+                f"gate '{self.name}': its forward must return a pair (output, saved), "
+                f"got {type(result).__name__}"
+            )
         if isinstance(result[0], list):
-            raise GateError(f"gate '{self.name}': several outputs must be returned as a tuple "
-                            "(or a dict), not a list")
+            raise GateError(
+                f"gate '{self.name}': several outputs must be returned as a tuple "
+                "(or a dict), not a list"
+            )
         return result
 
     def __repr__(self):
@@ -287,13 +294,16 @@ def _describe_tree(a) -> str:
 
 # errors JAX raises for a value of the wrong kind (a tracer where a concrete value is needed):
 # they say what to do better than a GateError would
-_PASS_THROUGH = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                 jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError,
-                 jax.errors.UnexpectedTracerError)
+_PASS_THROUGH = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.UnexpectedTracerError,
+)
 
 
-def defgate(forward: Callable | None = None, *, name: str | None = None,
-            complex: bool = False):  # noqa: A002
+def defgate(forward: Callable | None = None, *, name: str | None = None, complex: bool = False):  # noqa: A002
     """Declare a gate from its forward `forward(*arrays, **static) -> (out, saved)`.
 
     Use as `@defgate` or `@defgate(name="...")`; then `@gate.defvjp` and `@gate.defcases`.
@@ -306,6 +316,7 @@ def defgate(forward: Callable | None = None, *, name: str | None = None,
     Returns:
         The `Gate`, or (with `forward` None) a decorator that makes it.
     """
+
     def make(f):
         gate = Gate(f, name=name)
         gate.complex = bool(complex)
@@ -318,16 +329,24 @@ _SAVES = {
     "inputs": lambda args, out: tuple(args),
     "out": lambda args, out: out,
     "both": lambda args, out: (tuple(args), out),
-    "shapes": lambda args, out: tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
-                                      for a in args),
+    "shapes": lambda args, out: tuple(
+        jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in args
+    ),
     "none": lambda args, out: None,
 }
 
 
-def primitive_gate(primitive, *, save="inputs", name: str | None = None,
-                   forward: Callable | None = None, params: tuple | None = None,
-                   only: dict | None = None, complex: bool = False,  # noqa: A002
-                   lecture: str | None = None):
+def primitive_gate(
+    primitive,
+    *,
+    save="inputs",
+    name: str | None = None,
+    forward: Callable | None = None,
+    params: tuple | None = None,
+    only: dict | None = None,
+    complex: bool = False,  # noqa: A002
+    lecture: str | None = None,
+):
     """Declare the gate of a JAX primitive from its hand-written VJP (a decorator).
 
         @primitive_gate(lax.exp_p, save="out")
@@ -381,12 +400,12 @@ def primitive_gate(primitive, *, save="inputs", name: str | None = None,
         GateError: (when the gate runs) a parameter or value the rule does not handle, or a
             complex value reaching a gate that does not declare complex=True.
     """
-    return _declare_primitive_gate(primitive, save, name, forward, params, only, complex,
-                                   lecture)
+    return _declare_primitive_gate(primitive, save, name, forward, params, only, complex, lecture)
 
 
-def _declare_primitive_gate(primitive, save, name, forward, params, only, takes_complex: bool,
-                            lecture) -> Callable[[Callable], Gate]:
+def _declare_primitive_gate(
+    primitive, save, name, forward, params, only, takes_complex: bool, lecture
+) -> Callable[[Callable], Gate]:
     """primitive_gate's decorator, for its arguments (`takes_complex`: its `complex`): the
     gate's forward (`forward`, or the primitive bound and a value saved; checked against
     `params`/`only` when either is given), to which `declare(vjp)` attaches the VJP."""
@@ -428,17 +447,21 @@ def _check_params(gate_name, primitive, handles, allowed, params) -> None:
         if key in handles:
             continue
         if key not in allowed:
-            raise GateError(f"rule '{gate_name}' does not handle the parameter {key}="
-                            f"{_short(value)} of {primitive.name}: it knows "
-                            f"{', '.join(handles + tuple(allowed)) or 'no parameters'} "
-                            "(a newer JAX?). Use JAX's own gradient for this program, or "
-                            "declare a rule with fnn.primitive_gate.")
+            raise GateError(
+                f"rule '{gate_name}' does not handle the parameter {key}="
+                f"{_short(value)} of {primitive.name}: it knows "
+                f"{', '.join(handles + tuple(allowed)) or 'no parameters'} "
+                "(a newer JAX?). Use JAX's own gradient for this program, or "
+                "declare a rule with fnn.primitive_gate."
+            )
         if not any(_same(value, ok) for ok in allowed[key]):
-            raise GateError(f"rule '{gate_name}' does not handle {key}={_short(value)} of "
-                            f"{primitive.name} (it handles {key} in "
-                            f"{tuple(allowed[key])!r} only): rather than compute another "
-                            "gradient, fnn stops here. Use JAX's own gradient for this "
-                            "program, or declare a rule with fnn.primitive_gate.")
+            raise GateError(
+                f"rule '{gate_name}' does not handle {key}={_short(value)} of "
+                f"{primitive.name} (it handles {key} in "
+                f"{tuple(allowed[key])!r} only): rather than compute another "
+                "gradient, fnn stops here. Use JAX's own gradient for this "
+                "program, or declare a rule with fnn.primitive_gate."
+            )
 
 
 def _same(value, allowed) -> bool:
@@ -466,7 +489,8 @@ class Registry(Mapping):
         self._gates = MappingProxyType(dict(gates))
         self.named = MappingProxyType({n: g for n, g in gates.items() if g.primitive is None})
         self.by_primitive = MappingProxyType(
-            {g.primitive: g for g in gates.values() if g.primitive is not None})
+            {g.primitive: g for g in gates.values() if g.primitive is not None}
+        )
         lecture: dict = {}
         for g in gates.values():
             if g.lecture is not None:
@@ -483,7 +507,9 @@ class Registry(Mapping):
         return len(self._gates)
 
     def __repr__(self) -> str:
-        return f"<Registry of {len(self.named)} gates and {len(self.by_primitive)} primitives' rules>"
+        return (
+            f"<Registry of {len(self.named)} gates and {len(self.by_primitive)} primitives' rules>"
+        )
 
 
 def collect_gates(*modules, exclude=()) -> Registry:
@@ -493,8 +519,11 @@ def collect_gates(*modules, exclude=()) -> Registry:
     primitives: dict = {}
     for mod in modules:
         for value in vars(mod).values():
-            if not isinstance(value, Gate) or value.primitive in exclude and \
-                    value.primitive is not None:
+            if (
+                not isinstance(value, Gate)
+                or value.primitive in exclude
+                and value.primitive is not None
+            ):
                 continue
             other = found.get(value.name)
             if other is not None and other is not value:
@@ -502,9 +531,9 @@ def collect_gates(*modules, exclude=()) -> Registry:
             if value.primitive is not None:
                 twin = primitives.setdefault(value.primitive, value)
                 if twin is not value:
-                    raise ValueError(f"two gates for the primitive {value.primitive.name}: "
-                                     f"'{twin.name}' and '{value.name}'")
+                    raise ValueError(
+                        f"two gates for the primitive {value.primitive.name}: "
+                        f"'{twin.name}' and '{value.name}'"
+                    )
             found[value.name] = value
     return Registry(found)
-
-

@@ -60,8 +60,17 @@ def raw(x):
 # Equinox, optax, diffrax, ...); a site names the first frame outside them
 _JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__)) + os.sep
 _FNN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_LIBRARY_DIRS = tuple({_JAX_DIR, _FNN_DIR, *(os.path.join(p, "") for p in (
-    sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib")) if p)})
+_LIBRARY_DIRS = tuple(
+    {
+        _JAX_DIR,
+        _FNN_DIR,
+        *(
+            os.path.join(p, "")
+            for p in (sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib"))
+            if p
+        ),
+    }
+)
 # the site of the equation whose rule is running (a loop, a nested jit, a custom rule): where an
 # equation inside it that JAX traced in library code alone (jnp.linalg's jitted helpers) is
 _ENCLOSING: contextvars.ContextVar = contextvars.ContextVar("fnn_enclosing_site", default=None)
@@ -114,8 +123,10 @@ def use_default_rules(rules: Mapping[Any, Rule]) -> None:
 def default_rules() -> Mapping[Any, Rule]:
     """The table set by `use_default_rules` (fnn's own rules, once `fnn` is imported)."""
     if not _DEFAULT_RULES:
-        raise GateError("no table of rules to interpret with: import fnn (fnn.transforms makes "
-                        "fnn.ops.RULES the default) or pass the rules")
+        raise GateError(
+            "no table of rules to interpret with: import fnn (fnn.transforms makes "
+            "fnn.ops.RULES the default) or pass the rules"
+        )
     return _DEFAULT_RULES[0]
 
 
@@ -124,8 +135,9 @@ class Interpreter:
     gates on the tape. A structural rule gets the interpreter (and so its table) as an
     argument, and passes the table on to the bodies it runs."""
 
-    def __init__(self, rules: Mapping[Any, Rule] | None = None, *, fname: str | None = None,
-                 scope: str = ""):
+    def __init__(
+        self, rules: Mapping[Any, Rule] | None = None, *, fname: str | None = None, scope: str = ""
+    ):
         rules = default_rules() if rules is None else rules
         # read-only and opaque to pytrees: the table travels as static metadata of the loop,
         # branch and checkpoint gates (a dict would be flattened, its primitive keys sorted)
@@ -171,10 +183,14 @@ class Interpreter:
         for eqn in reversed(jaxpr.eqns):
             mine = tuple(v in live for v in eqn.outvars)
             flags.append(mine)
-            if any(mine) and eqn.primitive is not _STOP_GRADIENT and \
-                    self.rules.get(eqn.primitive) is not NO_GRADIENT:
-                live.update(v for v in eqn.invars
-                            if isinstance(v, jcore.Var) and _is_inexact(v.aval))
+            if (
+                any(mine)
+                and eqn.primitive is not _STOP_GRADIENT
+                and self.rules.get(eqn.primitive) is not NO_GRADIENT
+            ):
+                live.update(
+                    v for v in eqn.invars if isinstance(v, jcore.Var) and _is_inexact(v.aval)
+                )
         return flags[::-1]
 
     def eqn(self, eqn, invals, scope: str = "", live=None) -> list:
@@ -200,35 +216,57 @@ class Interpreter:
         if rule is NO_GRADIENT:
             return self.evaluate(eqn, [raw(x) for x in invals])
         if isinstance(rule, Gate):
-            out = apply(rule, tuple(invals), dict(prim.get_bind_params(eqn.params)),
-                        site=site_of(eqn), scope=_join(scope, scope_of(eqn)))
+            out = apply(
+                rule,
+                tuple(invals),
+                dict(prim.get_bind_params(eqn.params)),
+                site=site_of(eqn),
+                scope=_join(scope, scope_of(eqn)),
+            )
             return list(out) if prim.multiple_results else [out]
         if getattr(rule, "takes_live", False):
-            return list(rule(self, eqn, invals, scope,
-                             live=tuple(live) if live is not None else (True,) * len(eqn.outvars)))
+            return list(
+                rule(
+                    self,
+                    eqn,
+                    invals,
+                    scope,
+                    live=tuple(live) if live is not None else (True,) * len(eqn.outvars),
+                )
+            )
         return list(rule(self, eqn, invals, scope))
 
     @staticmethod
     def evaluate(eqn, invals) -> list:
         """Bind the equation's primitive on raw values (JAX's own evaluation)."""
         params = eqn.primitive.get_bind_params(eqn.params)
-        with source_info_util.user_context(eqn.source_info.traceback,
-                                           name_stack=eqn.source_info.name_stack):
+        with source_info_util.user_context(
+            eqn.source_info.traceback, name_stack=eqn.source_info.name_stack
+        ):
             out = eqn.primitive.bind(*invals, **params)
         return list(out) if eqn.primitive.multiple_results else [out]
 
     def gate_call(self, call: "GateCall", eqn, invals, scope) -> list:
         """An fnn gate applied inside the traced function: apply the gate itself."""
-        extra, dynamic = invals[:len(invals) - call.n_dynamic], invals[len(invals) - call.n_dynamic:]
+        extra, dynamic = (
+            invals[: len(invals) - call.n_dynamic],
+            invals[len(invals) - call.n_dynamic :],
+        )
         if any(isinstance(x, Traced) for x in extra):
             raise GateError(
                 f"the forward of gate '{call.gate.name}' (called at {call.site}) uses a value "
                 "that depends on the differentiated inputs but did not come in through its "
                 "positional inputs (a closure or a global). A gate's forward computes on raw "
                 f"values, so that value's gradient would bypass the hand-written VJP of "
-                f"'{call.gate.name}': pass it as a positional input instead.")
-        out = apply(call.gate, call.arguments(dynamic), call.static, site=call.site,
-                    scope=_join(scope, scope_of(eqn)))
+                f"'{call.gate.name}': pass it as a positional input instead."
+            )
+        out = apply(
+            call.gate,
+            call.arguments(dynamic),
+            call.static,
+            site=call.site,
+            scope=_join(scope, scope_of(eqn)),
+        )
         return jax.tree_util.tree_leaves(out)
 
     # -- errors -------------------------------------------------------------------------------
@@ -236,10 +274,12 @@ class Interpreter:
         prim = eqn.primitive
         params = ", ".join(f"{k}={_short(v)}" for k, v in eqn.params.items())
         shapes = ", ".join(describe(raw(x)) for x in invals)
-        return (f"{self.fname}: no hand-written rule for the JAX primitive '{prim.name}' "
-                f"({params}) applied to ({shapes}) at {site_of(eqn)}. Declare one with the API "
-                f"fnn's own rules use (this runs as it is; then write the rule's body):\n\n"
-                f"{rule_template(prim, self.fname)}")
+        return (
+            f"{self.fname}: no hand-written rule for the JAX primitive '{prim.name}' "
+            f"({params}) applied to ({shapes}) at {site_of(eqn)}. Declare one with the API "
+            f"fnn's own rules use (this runs as it is; then write the rule's body):\n\n"
+            f"{rule_template(prim, self.fname)}"
+        )
 
 
 def find_primitive(prim) -> tuple[str, str] | None:
@@ -273,15 +313,17 @@ def rule_template(prim, fname: str = "fnn.grad") -> str:
     else:
         module, attr = place
     call = fname.split("(")[0]
-    return (f"import fnn\n"
-            f"from {module} import {attr}\n\n"
-            f"@fnn.primitive_gate({attr})\n"
-            f"def {ident}_rule(g, inputs, **params):\n"
-            f"    \"\"\"{prim.name}: the upstream gradient g times the local gradient, one per "
-            f"input.\"\"\"\n"
-            f"    raise NotImplementedError(\"write {prim.name}'s local gradient here\")\n\n"
-            f"# then: {call}(f, rules=[{ident}_rule]), or for a block: "
-            f"with fnn.rules({ident}_rule): ...")
+    return (
+        f"import fnn\n"
+        f"from {module} import {attr}\n\n"
+        f"@fnn.primitive_gate({attr})\n"
+        f"def {ident}_rule(g, inputs, **params):\n"
+        f'    """{prim.name}: the upstream gradient g times the local gradient, one per '
+        f'input."""\n'
+        f'    raise NotImplementedError("write {prim.name}\'s local gradient here")\n\n'
+        f"# then: {call}(f, rules=[{ident}_rule]), or for a block: "
+        f"with fnn.rules({ident}_rule): ..."
+    )
 
 
 def _is_inexact(aval) -> bool:
@@ -314,5 +356,3 @@ def make_jaxpr(f: Callable, args, *, gate_calls: bool = True):
     """jax.make_jaxpr of f with fnn gates appearing as GateCall equations (gate_calls=True)."""
     with tracing_for_fnn(gate_calls):
         return jax.make_jaxpr(f)(*args)
-
-

@@ -67,8 +67,12 @@ def active() -> bool:
 
 
 def _concrete_float(x) -> bool:
-    return (x is not None and not isinstance(x, jax.core.Tracer) and hasattr(x, "dtype")
-            and jnp.issubdtype(x.dtype, jnp.inexact))
+    return (
+        x is not None
+        and not isinstance(x, jax.core.Tracer)
+        and hasattr(x, "dtype")
+        and jnp.issubdtype(x.dtype, jnp.inexact)
+    )
 
 
 def _bad(x) -> bool:
@@ -83,14 +87,27 @@ def _range(x) -> str:
         return f"{describe(x)} (empty)"
     finite = a[np.isfinite(a)]
     span = f"[{finite.min():.4g}, {finite.max():.4g}]" if finite.size else "no finite values"
-    extra = ", ".join(f"{n} {name}" for n, name in ((int(np.isnan(a).sum()), "nan"),
-                                                   (int(np.isposinf(a).sum()), "+inf"),
-                                                   (int(np.isneginf(a).sum()), "-inf")) if n)
+    extra = ", ".join(
+        f"{n} {name}"
+        for n, name in (
+            (int(np.isnan(a).sum()), "nan"),
+            (int(np.isposinf(a).sum()), "+inf"),
+            (int(np.isneginf(a).sum()), "-inf"),
+        )
+        if n
+    )
     return f"{describe(x)} in {span}" + (f" with {extra}" if extra else "")
 
 
-def check(gate_name: str, phase: str, site: str, inputs, outputs, labels=("input", "output"),
-          scope: str = ""):
+def check(
+    gate_name: str,
+    phase: str,
+    site: str,
+    inputs,
+    outputs,
+    labels=("input", "output"),
+    scope: str = "",
+):
     """Raise NanOriginError if any of `outputs` is non-finite (only while debug_nans is active)."""
     outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     if not any(_bad(o) for o in outs):
@@ -98,9 +115,15 @@ def check(gate_name: str, phase: str, site: str, inputs, outputs, labels=("input
     ins = "; ".join(f"{labels[0]} {k}: {_range(x)}" for k, x in enumerate(inputs))
     bad = "; ".join(f"{labels[1]} {k}: {_range(o)}" for k, o in enumerate(outs) if _bad(o))
     already = any(_bad(x) for x in inputs)
-    note = (" (its inputs already held non-finite values: the NaN came from upstream data)"
-            if already else "")
+    note = (
+        " (its inputs already held non-finite values: the NaN came from upstream data)"
+        if already
+        else ""
+    )
     where = f"in layer {scope}: " if scope else ""
     raise NanOriginError(
         f"{where}debug_nans: gate '{gate_name}' {phase} produced a NaN/inf at {site}{note}. {bad}. {ins}",
-        gate=gate_name, phase=phase, site=site)
+        gate=gate_name,
+        phase=phase,
+        site=site,
+    )

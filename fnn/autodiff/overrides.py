@@ -74,8 +74,9 @@ class Rule:
 
     def __post_init__(self):
         if self.kind not in ("exact", "surrogate"):
-            raise OverrideError(f"Rule {self.name!r}: kind must be 'exact' or 'surrogate', "
-                                f"got {self.kind!r}")
+            raise OverrideError(
+                f"Rule {self.name!r}: kind must be 'exact' or 'surrogate', got {self.kind!r}"
+            )
 
     def __call__(self, g, *inputs, **kwargs):
         return self.vjp(g, *inputs, **kwargs)
@@ -136,7 +137,7 @@ def in_layer(scope: str, layer: str) -> bool:
     `layer` ('1_dense' or 'mlp/1_dense')."""
     parts = [p for p in scope.split("/") if p]
     want = [p for p in layer.split("/") if p]
-    return any(parts[i:i + len(want)] == want for i in range(len(parts) - len(want) + 1))
+    return any(parts[i : i + len(want)] == want for i in range(len(parts) - len(want) + 1))
 
 
 def as_table(rules, fname: str) -> dict:
@@ -144,15 +145,19 @@ def as_table(rules, fname: str) -> dict:
     table = {}
     for key, value in dict(rules).items():
         if not isinstance(key, str) and getattr(key, "name", None) is None:
-            raise OverrideError(f"{fname}: an override's key must name a gate ('relu', "
-                                f"'lax.tanh'), be a Gate or a JAX primitive; got {key!r}")
+            raise OverrideError(
+                f"{fname}: an override's key must name a gate ('relu', "
+                f"'lax.tanh'), be a Gate or a JAX primitive; got {key!r}"
+            )
         if isinstance(value, Override) or hasattr(value, "resolve"):
             table[key] = value
         elif callable(value):
             table[key] = Override(value)
         else:
-            raise OverrideError(f"{fname}: the override of {key!r} must be a rule "
-                                f"(g, *inputs, out, **static) -> gradients, got {value!r}")
+            raise OverrideError(
+                f"{fname}: the override of {key!r} must be a rule "
+                f"(g, *inputs, out, **static) -> gradients, got {value!r}"
+            )
     return table
 
 
@@ -190,8 +195,13 @@ def find(gate, scope: str, table: dict | None = None):
     # a name matches a gate's name ('relu', 'lax.tanh') and a JAX primitive's ('tanh' is both
     # fnn's tanh gate and the rule of jnp.tanh's primitive)
     # ... and the lecture's name of a primitive's gate ('multiply' is lax.mul's)
-    for key in (gate, gate.name, primitive, getattr(primitive, "name", None),
-                getattr(gate, "lecture", None)):
+    for key in (
+        gate,
+        gate.name,
+        primitive,
+        getattr(primitive, "name", None),
+        getattr(gate, "lecture", None),
+    ):
         override = table.get(key) if key is not None else None
         if override is not None:
             return override.resolve(scope)
@@ -217,16 +227,29 @@ def noticing(known, fname: str):
 
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6) or \
-                difflib.get_close_matches(key.lower(), sorted(names), n=3, cutoff=0.6)
-            hints.append(f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)"
-                                       if close else ""))
+            close = difflib.get_close_matches(
+                key, sorted(names), n=3, cutoff=0.6
+            ) or difflib.get_close_matches(key.lower(), sorted(names), n=3, cutoff=0.6)
+            hints.append(
+                f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+            )
         raise OverrideError(
             f"{fname}: the rule override(s) for {'; '.join(hints)} match no gate of fnn, no JAX "
             "primitive with a rule, and no gate applied in this function, so they would change "
             "nothing. Name a gate ('relu', 'lax.tanh'), a primitive ('tanh'), or pass the Gate "
-            "or primitive object itself.")
+            "or primitive object itself."
+        )
 
 
-__all__ = ["Override", "OverrideError", "Rule", "active", "as_table", "find", "in_layer",
-           "noticing", "only", "overriding"]
+__all__ = [
+    "Override",
+    "OverrideError",
+    "Rule",
+    "active",
+    "as_table",
+    "find",
+    "in_layer",
+    "noticing",
+    "only",
+    "overriding",
+]

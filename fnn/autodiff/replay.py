@@ -62,8 +62,11 @@ class Template:
                 else:
                     slots.append(_Slot("fixed", leaf))
             shell = dataclasses.replace(
-                rec, inputs=jax.tree_util.tree_map(_spec, rec.inputs),
-                outs=tuple(_spec(o) for o in rec.outs), saved=None)
+                rec,
+                inputs=jax.tree_util.tree_map(_spec, rec.inputs),
+                outs=tuple(_spec(o) for o in rec.outs),
+                saved=None,
+            )
             records.append((shell, tree, slots))
         return cls(records, tape.n_nodes, [_spec(r) for r in residuals]), residuals
 
@@ -73,15 +76,22 @@ class Template:
         tape = Tape()
         tape.n_nodes = self.n_nodes
         for shell, tree, slots in self.records:
-            leaves = [residuals[s.value] if s.kind == "residual" else
-                      invariants[s.value] if s.kind == "invariant" else s.value for s in slots]
+            leaves = [
+                residuals[s.value]
+                if s.kind == "residual"
+                else invariants[s.value]
+                if s.kind == "invariant"
+                else s.value
+                for s in slots
+            ]
             kept = jax.tree_util.tree_unflatten(tree, leaves)
             if shell.rule is None:
                 tape.records.append(dataclasses.replace(shell, saved=kept))
             else:
                 saved, inputs, outs = kept
-                tape.records.append(dataclasses.replace(shell, saved=saved, inputs=inputs,
-                                                        outs=tuple(outs)))
+                tape.records.append(
+                    dataclasses.replace(shell, saved=saved, inputs=inputs, outs=tuple(outs))
+                )
         return tape
 
 

@@ -71,8 +71,9 @@ def call_site() -> str:
 
 def is_float(x) -> bool:
     """Whether x (an array, scalar or Traced) has a float dtype: what fnn differentiates."""
-    return bool(jnp.issubdtype(jnp.result_type(x.value if isinstance(x, Traced) else x),
-                               jnp.inexact))
+    return bool(
+        jnp.issubdtype(jnp.result_type(x.value if isinstance(x, Traced) else x), jnp.inexact)
+    )
 
 
 def is_traced(x) -> bool:
@@ -152,8 +153,10 @@ class Record:
     def upstream(self, gs) -> Any:
         """The upstream gradient in the output's structure from per-leaf cotangents `gs` (None
         where nothing reached that output: zeros of its shape)."""
-        full = [g if g is not None else jnp.zeros(np.shape(o), jnp.result_type(o))
-                for g, o in zip(gs, self.outs)]
+        full = [
+            g if g is not None else jnp.zeros(np.shape(o), jnp.result_type(o))
+            for g, o in zip(gs, self.outs)
+        ]
         return jax.tree_util.tree_unflatten(self.out_tree, full)
 
     @property
@@ -206,24 +209,29 @@ def apply(gate, args, static, *, site=None, scope=None):
     when there are none."""
     in_forward = _IN_FORWARD.get()
     traced = _traced_leaves(args)
-    if in_forward is not None and any(t.tape is in_forward[1]
-                                      for t in traced + _traced_leaves(static)):
+    if in_forward is not None and any(
+        t.tape is in_forward[1] for t in traced + _traced_leaves(static)
+    ):
         raise GateError(
             f"the forward of gate '{in_forward[0]}' applied gate '{gate.name}' to a value traced by "
             "fnn that did not come in through its positional inputs (a closure or a global). A "
             "gate's forward computes on raw values, so that value's gradient would bypass the "
-            f"hand-written VJP of '{in_forward[0]}': pass it as a positional input instead.")
+            f"hand-written VJP of '{in_forward[0]}': pass it as a positional input instead."
+        )
     if _traced_leaves(static):
         bad = [k for k, v in static.items() if _traced_leaves(v)]
-        raise GateError(f"gate '{gate.name}': array input(s) {bad} were passed by keyword; "
-                        "keywords are static metadata, pass arrays positionally")
+        raise GateError(
+            f"gate '{gate.name}': array input(s) {bad} were passed by keyword; "
+            "keywords are static metadata, pass arrays positionally"
+        )
     if not traced:
         if _GATE_CALLS.get() and _any_tracer(args):
             return _bind_gate_call(gate, args, static, site or call_site())
         out = _run_forward(gate, args, static)[0]
         if nans.active():
-            nans.check(gate.name, "forward", site or call_site(), args,
-                       jax.tree_util.tree_leaves(out))
+            nans.check(
+                gate.name, "forward", site or call_site(), args, jax.tree_util.tree_leaves(out)
+            )
         return out
     return _record(gate, args, static, traced, site, scope)
 
@@ -250,14 +258,18 @@ def _record(gate, args, static, traced, site, scope):
     for a in args:
         leaves, tree = jax.tree_util.tree_flatten(a, is_leaf=is_traced)
         parents.append(tuple(x.node if isinstance(x, Traced) else None for x in leaves))
-        raw.append(jax.tree_util.tree_unflatten(
-            tree, [x.value if isinstance(x, Traced) else x for x in leaves]))
+        raw.append(
+            jax.tree_util.tree_unflatten(
+                tree, [x.value if isinstance(x, Traced) else x for x in leaves]
+            )
+        )
     raw = tuple(raw)
     if not gate.complex:
         _refuse_complex(gate, "input", raw)
     supply = _SUPPLY.get()
-    out, saved = _run_forward(gate, raw, static, tape) if supply is None else supply(gate, raw,
-                                                                                        static)
+    out, saved = (
+        _run_forward(gate, raw, static, tape) if supply is None else supply(gate, raw, static)
+    )
     outs, out_tree = jax.tree_util.tree_flatten(out)
     site = site or call_site()
     if not gate.complex:
@@ -266,8 +278,21 @@ def _record(gate, args, static, traced, site, scope):
     if nans.active():
         nans.check(gate.name, "forward", site, raw, outs, scope=scope)
     out_ids = tuple(tape.new_node() if is_float(o) else None for o in outs)
-    tape.records.append(Record(gate, static, raw, tuple(parents), tuple(outs), out_ids, out_tree,
-                               saved, site, scope, overrides.find(gate, scope)))
+    tape.records.append(
+        Record(
+            gate,
+            static,
+            raw,
+            tuple(parents),
+            tuple(outs),
+            out_ids,
+            out_tree,
+            saved,
+            site,
+            scope,
+            overrides.find(gate, scope),
+        )
+    )
     box = type(traced[0])
     wrapped = [o if i is None else box(o, tape, i) for o, i in zip(outs, out_ids)]
     return jax.tree_util.tree_unflatten(out_tree, wrapped)
@@ -297,7 +322,8 @@ def _refuse_complex(gate, what: str, values, site: str | None = None) -> None:
                 f"{describe(bad[0])}{where}. Its VJP is written for real values; rather than "
                 "compute another gradient, fnn stops here. Use jax.grad for this program, or "
                 "declare a rule that follows JAX's convention for complex values "
-                "(fnn.primitive_gate(..., complex=True)).")
+                "(fnn.primitive_gate(..., complex=True))."
+            )
 
 
 def _any_tracer(args) -> bool:
@@ -337,7 +363,7 @@ class GateCall:
         inside the traced function changes its shapes; then its jaxpr is interpreted)."""
         if len(eqn.invars) < self.n_dynamic or len(eqn.outvars) != self.n_out:
             return False
-        avals = [v.aval for v in eqn.invars[len(eqn.invars) - self.n_dynamic:]]
+        avals = [v.aval for v in eqn.invars[len(eqn.invars) - self.n_dynamic :]]
         return all(tuple(a.shape) == s and a.dtype == d for a, (s, d) in zip(avals, self.in_avals))
 
     def arguments(self, dynamic) -> tuple:

@@ -84,6 +84,7 @@ class Trace:
     def gradients(self, cts: dict) -> tuple:
         """Per positional argument: its gradient (a pytree like it; zeros where nothing
         reached a leaf, float0 zeros for integer leaves), or None outside argnums."""
+
         def leaf(node, value):
             if node < 0:
                 return np.zeros(np.shape(value), dtype=jax.dtypes.float0)
@@ -92,25 +93,38 @@ class Trace:
 
         return tuple(
             jax.tree_util.tree_map(leaf, self.in_nodes[i], self.args[i])
-            if i in self.argnums else None
-            for i in range(len(self.args)))
+            if i in self.argnums
+            else None
+            for i in range(len(self.args))
+        )
 
 
 def check_argnums(argnums, n_args: int, fname: str) -> tuple:
     """argnums (an int or a tuple of ints, negative allowed) as a tuple of positions."""
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums or not all(isinstance(a, int) for a in nums):
-        raise TypeError(f"{fname}: argnums must be an int or a non-empty tuple of ints, "
-                        f"got {argnums!r}")
+        raise TypeError(
+            f"{fname}: argnums must be an int or a non-empty tuple of ints, got {argnums!r}"
+        )
     for a in nums:
         if not -n_args <= a < n_args:
-            raise ValueError(f"{fname}: argnums={argnums!r} but f was called with {n_args} "
-                             "positional argument(s)")
+            raise ValueError(
+                f"{fname}: argnums={argnums!r} but f was called with {n_args} "
+                "positional argument(s)"
+            )
     return tuple(a % n_args for a in nums)
 
 
-def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: bool = False,
-          fname: str = "fnn.trace", rules=None) -> Trace:
+def trace(
+    f,
+    args: tuple,
+    argnums=0,
+    *,
+    kwargs: dict | None = None,
+    has_aux: bool = False,
+    fname: str = "fnn.trace",
+    rules=None,
+) -> Trace:
     """Record f(*args, **kwargs) on a fresh tape, the float leaves of args[argnums] boxed.
 
     f is traced to a jaxpr (`jax.make_jaxpr`, with the float leaves of the differentiated
@@ -120,8 +134,9 @@ def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: boo
     """
     args = tuple(args)
     nums = check_argnums(argnums, len(args), fname)
-    args = tuple(jax.tree_util.tree_map(jnp.asarray, a) if i in nums else a
-                 for i, a in enumerate(args))
+    args = tuple(
+        jax.tree_util.tree_map(jnp.asarray, a) if i in nums else a for i, a in enumerate(args)
+    )
     flat = {a: jax.tree_util.tree_flatten(args[a]) for a in nums}
     where = [(a, j) for a in nums for j, x in enumerate(flat[a][0]) if is_float(x)]
     inputs = [flat[a][0][j] for a, j in where]
@@ -130,8 +145,10 @@ def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: boo
         leaves = {a: list(flat[a][0]) for a in nums}
         for (a, j), v in zip(where, values):
             leaves[a][j] = v
-        return tuple(jax.tree_util.tree_unflatten(flat[i][1], leaves[i]) if i in nums else x
-                     for i, x in enumerate(args))
+        return tuple(
+            jax.tree_util.tree_unflatten(flat[i][1], leaves[i]) if i in nums else x
+            for i, x in enumerate(args)
+        )
 
     shape = {}
 
@@ -139,8 +156,10 @@ def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: boo
         result = f(*rebuild(values), **(kwargs or {}))
         if has_aux:
             if not (isinstance(result, (tuple, list)) and len(result) == 2):
-                raise TypeError(f"{fname}(has_aux=True): f must return a pair (output, aux), "
-                                f"got {type(result).__name__}")
+                raise TypeError(
+                    f"{fname}(has_aux=True): f must return a pair (output, aux), "
+                    f"got {type(result).__name__}"
+                )
             result, aux = result
         else:
             aux = None
@@ -157,13 +176,24 @@ def trace(f, args: tuple, argnums=0, *, kwargs: dict | None = None, has_aux: boo
     for i, o in zip(shape["arrays"], outs):
         leaves[i] = o
     result, aux = jax.tree_util.tree_unflatten(shape["tree"], leaves)
-    out_leaves, out_tree = jax.tree_util.tree_flatten(result, is_leaf=lambda x: isinstance(x, Traced))
+    out_leaves, out_tree = jax.tree_util.tree_flatten(
+        result, is_leaf=lambda x: isinstance(x, Traced)
+    )
     out_nodes = [x.node if isinstance(x, Traced) else None for x in out_leaves]
     out = jax.tree_util.tree_unflatten(out_tree, [raw(x) for x in out_leaves])
     in_nodes = [None] * len(args)
     node_of = {aj: b.node for aj, b in zip(where, boxed)}
     for a in nums:
         in_nodes[a] = jax.tree_util.tree_unflatten(
-            flat[a][1], [node_of.get((a, j), -1) for j in range(len(flat[a][0]))])
-    return Trace(tape, args, nums, tuple(in_nodes), out, out_nodes, out_tree,
-                 jax.tree_util.tree_map(raw, aux, is_leaf=lambda x: isinstance(x, Traced)))
+            flat[a][1], [node_of.get((a, j), -1) for j in range(len(flat[a][0]))]
+        )
+    return Trace(
+        tape,
+        args,
+        nums,
+        tuple(in_nodes),
+        out,
+        out_nodes,
+        out_tree,
+        jax.tree_util.tree_map(raw, aux, is_leaf=lambda x: isinstance(x, Traced)),
+    )

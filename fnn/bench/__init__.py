@@ -55,5 +55,18 @@ from fnn.bench.report import markdown, targets
 from fnn.bench.plan import run
 from fnn.bench.timing import interleaved, matmul_flops, time_gate
 
-__all__ = ["CASES", "GRADS", "STEP_CASES", "build", "gate_inputs", "in_dtype", "interleaved",
-           "markdown", "matmul_flops", "model_specs", "run", "targets", "time_gate"]
+__all__ = [
+    "CASES",
+    "GRADS",
+    "STEP_CASES",
+    "build",
+    "gate_inputs",
+    "in_dtype",
+    "interleaved",
+    "markdown",
+    "matmul_flops",
+    "model_specs",
+    "run",
+    "targets",
+    "time_gate",
+]

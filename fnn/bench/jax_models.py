@@ -52,8 +52,10 @@ def _flax_cnn(quick: bool):
     params = model.init(jax.random.PRNGKey(0), x)["params"]
 
     def loss(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x),
-                                                               y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": p}, x), y
+        ).mean()
+
     return loss, params, (x, y)
 
 
@@ -77,6 +79,7 @@ def _lstm_scan(quick: bool):
 
         (h, _), _ = jax.lax.scan(step, (zeros, zeros), xs)
         return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(head)(h), y).mean()
+
     return loss, params, (xs, y)
 
 
@@ -101,6 +104,7 @@ def _transformer(quick: bool):
 
     def loss(p, x, target):
         return jnp.mean((model.apply({"params": p}, x) - target) ** 2)
+
     return loss, params, (x, target)
 
 
@@ -110,8 +114,11 @@ def _gp_marginal_likelihood(quick: bool):
     n = 32 if quick else 512
     x = jax.random.normal(jax.random.PRNGKey(1), (n, 3))
     y = jnp.sin(2.0 * x[:, 0]) + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (n,))
-    params = {"log_lengthscale": jnp.zeros(()), "log_signal": jnp.zeros(()),
-              "log_noise": jnp.asarray(-1.0)}
+    params = {
+        "log_lengthscale": jnp.zeros(()),
+        "log_signal": jnp.zeros(()),
+        "log_noise": jnp.asarray(-1.0),
+    }
 
     def loss(p, x, y):
         d2 = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
@@ -120,6 +127,7 @@ def _gp_marginal_likelihood(quick: bool):
         chol = jnp.linalg.cholesky(k)
         alpha = jsl.cho_solve((chol, True), y)
         return (0.5 * y @ alpha + jnp.sum(jnp.log(jnp.diagonal(chol)))) / n
+
     return loss, params, (x, y)
 
 
@@ -138,18 +146,23 @@ def fno_params(key, width: int, modes: int, layers: int, c_in: int = 1) -> dict:
     """Lift, `layers` Fourier layers (spectral weights and a pointwise skip), projection."""
     keys = iter(jax.random.split(key, 3 * layers + 2))
     scale = 1.0 / width
-    return {"lift": jax.random.normal(next(keys), (c_in + 1, width)) / np.sqrt(c_in + 1),
-            "layers": [{"w_re": scale * jax.random.normal(next(keys), (modes, width, width)),
-                        "w_im": scale * jax.random.normal(next(keys), (modes, width, width)),
-                        "skip": jax.random.normal(next(keys), (width, width)) / np.sqrt(width)}
-                       for _ in range(layers)],
-            "proj": jax.random.normal(next(keys), (width, 1)) / np.sqrt(width)}
+    return {
+        "lift": jax.random.normal(next(keys), (c_in + 1, width)) / np.sqrt(c_in + 1),
+        "layers": [
+            {
+                "w_re": scale * jax.random.normal(next(keys), (modes, width, width)),
+                "w_im": scale * jax.random.normal(next(keys), (modes, width, width)),
+                "skip": jax.random.normal(next(keys), (width, width)) / np.sqrt(width),
+            }
+            for _ in range(layers)
+        ],
+        "proj": jax.random.normal(next(keys), (width, 1)) / np.sqrt(width),
+    }
 
 
 def fno_apply(p, u):
     """u (batch, n, c_in) -> (batch, n, 1); the grid position is appended as a channel."""
-    grid = jnp.broadcast_to(jnp.linspace(0.0, 1.0, u.shape[1])[None, :, None],
-                            u.shape[:2] + (1,))
+    grid = jnp.broadcast_to(jnp.linspace(0.0, 1.0, u.shape[1])[None, :, None], u.shape[:2] + (1,))
     h = jnp.concatenate([u, grid.astype(u.dtype)], axis=-1) @ p["lift"]
     for layer in p["layers"]:
         h = jax.nn.gelu(spectral_conv(h, layer["w_re"], layer["w_im"]) + h @ layer["skip"])
@@ -166,11 +179,17 @@ def _fno(quick: bool):
 
     def loss(p, u, target):
         return jnp.mean((fno_apply(p, u) - target) ** 2)
+
     return loss, params, (u, target)
 
 
-BUILDERS = {"flax_cnn": _flax_cnn, "lstm_scan": _lstm_scan, "transformer": _transformer,
-            "gp_marginal_likelihood": _gp_marginal_likelihood, "fno": _fno}
+BUILDERS = {
+    "flax_cnn": _flax_cnn,
+    "lstm_scan": _lstm_scan,
+    "transformer": _transformer,
+    "gp_marginal_likelihood": _gp_marginal_likelihood,
+    "fno": _fno,
+}
 
 
 def _step(loss, optimizer, grad: str):
@@ -180,6 +199,7 @@ def _step(loss, optimizer, grad: str):
         value, grads = vg(params, *batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
+
     return step
 
 
@@ -193,7 +213,8 @@ def bench_model(name: str, *, reps: int, quick: bool = False) -> dict:
         opt_state = optimizer.init(params)
         t0 = time.perf_counter()
         lowered = jax.jit(_step(loss, optimizer, grad), donate_argnums=(0, 1)).lower(
-            params, opt_state, batch)
+            params, opt_state, batch
+        )
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
@@ -204,12 +225,16 @@ def bench_model(name: str, *, reps: int, quick: bool = False) -> dict:
             p, o, value = compiled(carry[0], carry[1], batch)
             carry[:] = [p, o]
             return value
+
         calls[grad] = call
     times = interleaved(calls, reps)
-    row.update(custom_ms=times["custom"] * 1e3, builtin_ms=times["builtin"] * 1e3,
-               ratio=times["custom"] / times["builtin"],
-               trace_compile_ratio=(row["custom_trace_s"] + row["custom_compile_s"])
-               / (row["builtin_trace_s"] + row["builtin_compile_s"]))
+    row.update(
+        custom_ms=times["custom"] * 1e3,
+        builtin_ms=times["builtin"] * 1e3,
+        ratio=times["custom"] / times["builtin"],
+        trace_compile_ratio=(row["custom_trace_s"] + row["custom_compile_s"])
+        / (row["builtin_trace_s"] + row["builtin_compile_s"]),
+    )
     return row
 
 
@@ -221,8 +246,7 @@ def _loop(w, n: int):
 
 
 def _scan(w, n: int):
-    h, _ = jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), jnp.ones(w.shape[0]), None,
-                        length=n)
+    h, _ = jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), jnp.ones(w.shape[0]), None, length=n)
     return jnp.sum(h)
 
 
@@ -267,9 +291,13 @@ def format_row(r: dict) -> str:
     if r.get("skipped"):
         return f"{r['case']}: skipped ({r['skipped']})"
     if r["kind"] == "trace":
-        return (f"trace {r['case']} x{r['steps']}: fnn {r['custom_s']:.3f}s, jax.grad "
-                f"{r['builtin_s']:.3f}s")
-    return (f"{r['case']}: step fnn {r['custom_ms']:.2f} ms, jax.grad {r['builtin_ms']:.2f} ms, "
-            f"ratio {r['ratio']:.3f}; trace+compile fnn {r['custom_trace_s']:.2f}+"
-            f"{r['custom_compile_s']:.2f}s, jax.grad {r['builtin_trace_s']:.2f}+"
-            f"{r['builtin_compile_s']:.2f}s (ratio {r['trace_compile_ratio']:.2f})")
+        return (
+            f"trace {r['case']} x{r['steps']}: fnn {r['custom_s']:.3f}s, jax.grad "
+            f"{r['builtin_s']:.3f}s"
+        )
+    return (
+        f"{r['case']}: step fnn {r['custom_ms']:.2f} ms, jax.grad {r['builtin_ms']:.2f} ms, "
+        f"ratio {r['ratio']:.3f}; trace+compile fnn {r['custom_trace_s']:.2f}+"
+        f"{r['custom_compile_s']:.2f}s, jax.grad {r['builtin_trace_s']:.2f}+"
+        f"{r['builtin_compile_s']:.2f}s (ratio {r['trace_compile_ratio']:.2f})"
+    )

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 from fnn.bench.cases import CASES, STEP_CASES, gate_inputs, model_specs
 from fnn.bench.report import fmt_row, targets
 from fnn.bench.steps import bench_epoch, bench_gate, bench_step
-from fnn.bench.timing import (ATTEMPTS, LOAD_TOLERANCE, bench_matmul, gemm, load_average,
-                              machine)
+from fnn.bench.timing import ATTEMPTS, LOAD_TOLERANCE, bench_matmul, gemm, load_average, machine
 
 
 def _asked(only) -> tuple[set, list]:
@@ -28,15 +27,27 @@ def _asked(only) -> tuple[set, list]:
 
         unknown |= models - {f"jax:{m}" for m in jax_models.MODELS}
     if unknown:
-        raise ValueError(f"unknown bench case(s) {', '.join(sorted(unknown))}; choose from "
-                         f"{', '.join(CASES)}, gate names or jax:MODEL (a model of 'jax')")
+        raise ValueError(
+            f"unknown bench case(s) {', '.join(sorted(unknown))}; choose from "
+            f"{', '.join(CASES)}, gate names or jax:MODEL (a model of 'jax')"
+        )
     return only, (sorted(named) if "gates" in only else sorted(only & named))
 
 
-def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-         torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
-         attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0,
-         tuning=None) -> tuple[dict, list]:
+def plan(
+    *,
+    only=None,
+    reps: int = 50,
+    dtype="float32",
+    quick: bool = False,
+    torch: bool = True,
+    torch_path: str | None = None,
+    load_tolerance: float = LOAD_TOLERANCE,
+    attempts: int = ATTEMPTS,
+    eager: bool = True,
+    profile_top: int = 0,
+    tuning=None,
+) -> tuple[dict, list]:
     """(result, steps): what `run` does, not yet done. `result` is the run's record without its
     rows (result["rows"] is empty; result["missing"] lists the gates asked for that declare no
     benchmark size); `steps` is a list of (label, measure), measure() returning the rows of
@@ -45,10 +56,18 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
     between two (fnn.cli.bench)."""
     only, gates = _asked(only)
     dtype = jnp.dtype(dtype)
-    result = {"device": machine(), "dtype": dtype.name, "reps": reps, "quick": quick,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "tuning": tuning,
-              "load": [load_average()], "load_tolerance": load_tolerance, "attempts": attempts,
-              "rows": []}
+    result = {
+        "device": machine(),
+        "dtype": dtype.name,
+        "reps": reps,
+        "quick": quick,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "tuning": tuning,
+        "load": [load_average()],
+        "load_tolerance": load_tolerance,
+        "attempts": attempts,
+        "rows": [],
+    }
     steps = []
     cases = [c for c in STEP_CASES if c in only]
     n = 256 if quick else 2048 if jax.default_backend() == "cpu" else 8192  # the gemm's size
@@ -64,21 +83,49 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
 
     specs = model_specs(quick)
     for case in cases:
-        steps.append((case, lambda case=case: [bench_step(
-            case, specs[case], reps=reps, dtype=dtype,
-            eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
-            compile_reps=1 if quick else 3, reference=reference(), torch=torch,
-            torch_path=torch_path, load_tolerance=load_tolerance, attempts=attempts,
-            profile_top=profile_top)]))
+        steps.append(
+            (
+                case,
+                lambda case=case: [
+                    bench_step(
+                        case,
+                        specs[case],
+                        reps=reps,
+                        dtype=dtype,
+                        eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
+                        compile_reps=1 if quick else 3,
+                        reference=reference(),
+                        torch=torch,
+                        torch_path=torch_path,
+                        load_tolerance=load_tolerance,
+                        attempts=attempts,
+                        profile_top=profile_top,
+                    )
+                ],
+            )
+        )
     if "epoch" in only:
-        steps.append(("epoch", lambda: [bench_epoch(reps=max(3, reps // 5),
-                                                    limit=200 if quick else None)]))
+        steps.append(
+            ("epoch", lambda: [bench_epoch(reps=max(3, reps // 5), limit=200 if quick else None)])
+        )
     inputs = gate_inputs(quick)
     for name in gates:
         for label, make in inputs.get(name, ()):
-            steps.append((f"{name} {label}", lambda name=name, label=label, make=make: [
-                bench_gate(name, label, make, reps=reps, dtype=dtype,
-                           budget_s=0.05 if quick else 1.0)]))
+            steps.append(
+                (
+                    f"{name} {label}",
+                    lambda name=name, label=label, make=make: [
+                        bench_gate(
+                            name,
+                            label,
+                            make,
+                            reps=reps,
+                            dtype=dtype,
+                            budget_s=0.05 if quick else 1.0,
+                        )
+                    ],
+                )
+            )
     result["missing"] = [name for name in gates if name not in inputs]
     if "jax" in only or any(c.startswith("jax:") for c in only):
         # Flax/Equinox models through the primitive front-end (issue 11): all with "jax" (and
@@ -87,11 +134,13 @@ def plan(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, tor
 
         for name in jax_models.MODELS:
             if "jax" in only or f"jax:{name}" in only:
-                steps.append((name, lambda name=name: [jax_models.model_row(name, reps=reps,
-                                                                            quick=quick)]))
+                steps.append(
+                    (name, lambda name=name: [jax_models.model_row(name, reps=reps, quick=quick)])
+                )
         if "jax" in only:
-            steps.append(("trace", lambda: jax_models.bench_trace((50, 100) if quick
-                                                                  else (250, 500, 1000))))
+            steps.append(
+                ("trace", lambda: jax_models.bench_trace((50, 100) if quick else (250, 500, 1000)))
+            )
     return result, steps
 
 
@@ -102,10 +151,21 @@ def finish(result: dict) -> dict:
     return result
 
 
-def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torch: bool = True,
-        torch_path: str | None = None, load_tolerance: float = LOAD_TOLERANCE,
-        attempts: int = ATTEMPTS, eager: bool = True, profile_top: int = 0, tuning=None,
-        log=None) -> dict:
+def run(
+    *,
+    only=None,
+    reps: int = 50,
+    dtype="float32",
+    quick: bool = False,
+    torch: bool = True,
+    torch_path: str | None = None,
+    load_tolerance: float = LOAD_TOLERANCE,
+    attempts: int = ATTEMPTS,
+    eager: bool = True,
+    profile_top: int = 0,
+    tuning=None,
+    log=None,
+) -> dict:
     """Run the cases named in `only` (default all; gate names select single gates).
     torch: time PyTorch's step of each step case too, in a process of its own after fnn's
     (torch_path: a folder holding torch, put on that process's path only). Each side of a step
@@ -115,9 +175,19 @@ def run(*, only=None, reps: int = 50, dtype="float32", quick: bool = False, torc
     log(line) gets a line per row as it is measured (None: silent). The same as `plan`, every
     step measured in turn, and `finish`."""
     log = log or (lambda line: None)
-    result, steps = plan(only=only, reps=reps, dtype=dtype, quick=quick, torch=torch,
-                         torch_path=torch_path, load_tolerance=load_tolerance,
-                         attempts=attempts, eager=eager, profile_top=profile_top, tuning=tuning)
+    result, steps = plan(
+        only=only,
+        reps=reps,
+        dtype=dtype,
+        quick=quick,
+        torch=torch,
+        torch_path=torch_path,
+        load_tolerance=load_tolerance,
+        attempts=attempts,
+        eager=eager,
+        profile_top=profile_top,
+        tuning=tuning,
+    )
     for name in result["missing"]:
         log(f"gate {name}: no benchmark size declared in fnn.bench.cases.gate_inputs")
     for _, measure in steps:

@@ -12,9 +12,20 @@ import numpy as np
 import optax
 
 from fnn.bench.cases import GRADS, batch_of, build, describe_spec, in_dtype, model_specs
-from fnn.bench.timing import (ATTEMPTS, LOAD_TOLERANCE, interleaved, interleaved_times,
-                              matmul_flops, page_faults, peak_mb, profile, steady, summary,
-                              temp_mb, time_gate)
+from fnn.bench.timing import (
+    ATTEMPTS,
+    LOAD_TOLERANCE,
+    interleaved,
+    interleaved_times,
+    matmul_flops,
+    page_faults,
+    peak_mb,
+    profile,
+    steady,
+    summary,
+    temp_mb,
+    time_gate,
+)
 from fnn.nn.combinators import Layer
 
 
@@ -32,10 +43,12 @@ def _copy(tree):
 def _chained(compiled, carry: list, *rest):
     """A zero-argument call of `compiled(*carry, *rest)` that donates the previous call's
     (params, state, opt_state) and keeps the new ones in `carry`, as in training; -> metrics."""
+
     def call():
         out = compiled(*carry, *rest)
         carry[:] = out[:-1]
         return out[-1]
+
     return call
 
 
@@ -60,7 +73,7 @@ def _compile_steps(model: Layer, opt, args, compile_reps: int):
 
     compiled, compile_s, temp = {}, {g: [] for g in GRADS}, {}
     for i in range(compile_reps):  # a fresh step function each time, so nothing is cached
-        for g in (GRADS if i % 2 == 0 else GRADS[::-1]):
+        for g in GRADS if i % 2 == 0 else GRADS[::-1]:
             step = make_train_step(model, opt, grad=g)  # jitted; params, state, opt donated
             t0 = time.perf_counter()
             compiled[g] = step.lower(*args).compile()
@@ -72,13 +85,15 @@ def _compile_steps(model: Layer, opt, args, compile_reps: int):
 def _time_fnn(chained, reference, reps: int, load_tolerance: float, attempts: int):
     """((gradient -> its step times, interleaved; the custom step's and the reference matmul's
     medians interleaved, or None without a reference), the loads) from fnn.bench.timing.steady."""
+
     def fnn_side():
         times = interleaved_times({g: chained(g) for g in GRADS}, reps)
         if reference is None:
             return times, None
         # on its own: a big matmul between the steps would evict caches
-        return times, interleaved({"step": chained("custom"), "gemm": reference[0]},
-                                  max(3, reps // 2))
+        return times, interleaved(
+            {"step": chained("custom"), "gemm": reference[0]}, max(3, reps // 2)
+        )
 
     return steady(fnn_side, tolerance=load_tolerance, attempts=attempts)
 
@@ -88,8 +103,11 @@ def _eager_medians(model: Layer, opt, args, eager_reps: int) -> dict:
     from fnn.train.step import make_train_step
 
     eager = {g: make_train_step(model, opt, grad=g, jit=False) for g in GRADS}
-    return interleaved({g: (lambda f=f: f(*args)) for g, f in eager.items()}, eager_reps,
-                       warmup=1) if eager_reps else {}
+    return (
+        interleaved({g: (lambda f=f: f(*args)) for g, f in eager.items()}, eager_reps, warmup=1)
+        if eager_reps
+        else {}
+    )
 
 
 def _gradient_columns(times, compile_s, eager_med, temp, faults, flops) -> dict:
@@ -112,15 +130,30 @@ def _gradient_columns(times, compile_s, eager_med, temp, faults, flops) -> dict:
 def _matmul_columns(reference, share, flops) -> dict:
     """The reference matmul's GFLOP/s and the custom step's share of it (None without one)."""
     gemm_gflops = reference[1] / share["gemm"] / 1e9 if reference is not None else None
-    return {"gemm_gflops": gemm_gflops,
-            "matmul_share": (flops / share["step"] / 1e9 / gemm_gflops
-                             if reference is not None else None)}
+    return {
+        "gemm_gflops": gemm_gflops,
+        "matmul_share": (
+            flops / share["step"] / 1e9 / gemm_gflops if reference is not None else None
+        ),
+    }
 
 
-def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_reps: int,
-               dtype, reference=None, torch: bool, torch_path: str | None = None,
-               load_tolerance: float = LOAD_TOLERANCE, attempts: int = ATTEMPTS, seed: int = 0,
-               profile_top: int = 0) -> dict:
+def bench_step(
+    case: str,
+    spec: dict,
+    *,
+    reps: int,
+    eager_reps: int,
+    compile_reps: int,
+    dtype,
+    reference=None,
+    torch: bool,
+    torch_path: str | None = None,
+    load_tolerance: float = LOAD_TOLERANCE,
+    attempts: int = ATTEMPTS,
+    seed: int = 0,
+    profile_top: int = 0,
+) -> dict:
     """Custom vs builtin jitted training step of one model (see the module docstring), then
     PyTorch's step in a process of its own (`torch`; `torch_path`: a folder holding torch, put
     on that process's path only).
@@ -134,8 +167,9 @@ def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_rep
 
     model, opt, args = _step_arguments(spec, dtype, seed)
     compiled, compile_s, temp = _compile_steps(model, opt, args, compile_reps)
-    flops = matmul_flops(jax.make_jaxpr(make_train_step(model, opt, grad="builtin",
-                                                        jit=False))(*args))
+    flops = matmul_flops(
+        jax.make_jaxpr(make_train_step(model, opt, grad="builtin", jit=False))(*args)
+    )
 
     carry = {g: list(_copy(args[:3])) for g in GRADS}
 
@@ -146,35 +180,83 @@ def bench_step(case: str, spec: dict, *, reps: int, eager_reps: int, compile_rep
     faults = {g: page_faults(chained(g), 3 if reps < 10 else 10) for g in GRADS}
     eager_med = _eager_medians(model, opt, args, eager_reps)
 
-    row = {"kind": "step", "case": case, "desc": describe_spec(spec), "batch": spec["batch"],
-           "dtype": jnp.dtype(dtype).name, "gflop": flops / 1e9, "load_fnn": fnn_load,
-           **_gradient_columns(times, compile_s, eager_med, temp, faults, flops),
-           **_matmul_columns(reference, share, flops)}
+    row = {
+        "kind": "step",
+        "case": case,
+        "desc": describe_spec(spec),
+        "batch": spec["batch"],
+        "dtype": jnp.dtype(dtype).name,
+        "gflop": flops / 1e9,
+        "load_fnn": fnn_load,
+        **_gradient_columns(times, compile_s, eager_med, temp, faults, flops),
+        **_matmul_columns(reference, share, flops),
+    }
     row["peak_mb"] = peak_mb()
     if profile_top:
-        row["profile"] = {g: profile(chained(g), compiled[g].as_text(), top=profile_top)
-                          for g in GRADS}
+        row["profile"] = {
+            g: profile(chained(g), compiled[g].as_text(), top=profile_top) for g in GRADS
+        }
     # PyTorch last, in its own process: nothing of this one (XLA's threads, its buffers) runs
     # beside it
-    row.update(torch_columns(spec, dtype, seed, reps, flops, row["gemm_gflops"],
-                             row["custom_ms"], torch=torch, torch_path=torch_path,
-                             load_tolerance=load_tolerance, attempts=attempts))
+    row.update(
+        torch_columns(
+            spec,
+            dtype,
+            seed,
+            reps,
+            flops,
+            row["gemm_gflops"],
+            row["custom_ms"],
+            torch=torch,
+            torch_path=torch_path,
+            load_tolerance=load_tolerance,
+            attempts=attempts,
+        )
+    )
     return row
 
 
-def torch_columns(spec, dtype, seed, reps, flops, gemm_gflops, custom_ms, *, torch: bool,
-                  torch_path, load_tolerance, attempts) -> dict:
+def torch_columns(
+    spec,
+    dtype,
+    seed,
+    reps,
+    flops,
+    gemm_gflops,
+    custom_ms,
+    *,
+    torch: bool,
+    torch_path,
+    load_tolerance,
+    attempts,
+) -> dict:
     """The PyTorch columns of a step row: its step timed in a process of its own
     (fnn.bench.torch_ref), repeated while the load moves (`steady`); None where torch is
     skipped or cannot run (then `torch_error` says why)."""
-    out = {"torch_ms": None, "torch_spread": None, "torch_ratio": None, "torch_speedup": None,
-           "torch_matmul_share": None, "torch": None, "load_torch": None, "torch_error": None}
+    out = {
+        "torch_ms": None,
+        "torch_spread": None,
+        "torch_ratio": None,
+        "torch_speedup": None,
+        "torch_matmul_share": None,
+        "torch": None,
+        "load_torch": None,
+        "torch_error": None,
+    }
     if not torch:
         return out
-    request = {"spec": spec, "dtype": jnp.dtype(dtype).name, "reps": reps, "seed": seed,
-               "device": torch_device()}
-    answer, load = steady(lambda: run_reference(request, torch_path=torch_path),
-                          tolerance=load_tolerance, attempts=attempts)
+    request = {
+        "spec": spec,
+        "dtype": jnp.dtype(dtype).name,
+        "reps": reps,
+        "seed": seed,
+        "device": torch_device(),
+    }
+    answer, load = steady(
+        lambda: run_reference(request, torch_path=torch_path),
+        tolerance=load_tolerance,
+        attempts=attempts,
+    )
     if "error" in answer:
         out["torch_error"] = answer["error"]
         return out
@@ -211,12 +293,18 @@ def run_reference(request: dict, *, torch_path: str | None = None, timeout_s: fl
     from fnn.bench import torch_ref
 
     extra = [p for p in [torch_path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)] if p]
-    code = ("import runpy, sys; sys.path = [p for p in sys.path if p]; "
-            f"sys.path[:0] = {extra!r}; runpy.run_path({torch_ref.__file__!r}, "
-            "run_name='__main__')")
+    code = (
+        "import runpy, sys; sys.path = [p for p in sys.path if p]; "
+        f"sys.path[:0] = {extra!r}; runpy.run_path({torch_ref.__file__!r}, "
+        "run_name='__main__')"
+    )
     try:
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(request)],
-                              capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(request)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"the PyTorch process took more than {timeout_s:.0f} s"}
     lines = done.stdout.strip().splitlines()
@@ -241,8 +329,9 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
     x, y, key = jnp.asarray(data.x_train), jnp.asarray(data.y_train), jax.random.PRNGKey(1)
     compiled, compile_s, carry = {}, {}, {}
     for g in GRADS:
-        epoch = make_train_epoch(make_train_step(model, opt, grad=g, jit=False),
-                                 batch_size=spec["batch"])
+        epoch = make_train_epoch(
+            make_train_step(model, opt, grad=g, jit=False), batch_size=spec["batch"]
+        )
         t0 = time.perf_counter()
         compiled[g] = epoch.lower(params, state, opt_state, x, y, key).compile()
         compile_s[g] = time.perf_counter() - t0
@@ -253,9 +342,13 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
 
     med = interleaved({g: chained(g) for g in GRADS}, reps, warmup=1)
     steps = steps_per_epoch(x.shape[0], spec["batch"])
-    row = {"kind": "epoch", "case": "digits epoch",
-           "desc": f"{describe_spec(spec)}, {x.shape[0]} examples, {steps} steps, lax.scan",
-           "steps": steps, "ratio": med["custom"] / med["builtin"]}
+    row = {
+        "kind": "epoch",
+        "case": "digits epoch",
+        "desc": f"{describe_spec(spec)}, {x.shape[0]} examples, {steps} steps, lax.scan",
+        "steps": steps,
+        "ratio": med["custom"] / med["builtin"],
+    }
     for g in GRADS:
         row[f"{g}_ms"] = med[g] * 1e3
         row[f"{g}_us_per_step"] = med[g] / steps * 1e6
@@ -263,8 +356,9 @@ def bench_epoch(*, reps: int, limit: int | None, seed: int = 0) -> dict:
     return row
 
 
-def bench_gate(name: str, label: str, make, *, reps: int, dtype, seed: int = 0,
-               budget_s: float = 1.0) -> dict:
+def bench_gate(
+    name: str, label: str, make, *, reps: int, dtype, seed: int = 0, budget_s: float = 1.0
+) -> dict:
     """One gate (or function of fnn.ops.aliases, differentiated by its primitives' rules) at a
     realistic size (`make(rng, dtype) -> (args, kwargs)`): time_gate's row."""
     from fnn.ops import aliases, registry
@@ -273,6 +367,13 @@ def bench_gate(name: str, label: str, make, *, reps: int, dtype, seed: int = 0,
     args, kwargs = make(rng, dtype)
     gate = registry.named[name] if name in registry.named else getattr(aliases, name)
     t = time_gate(gate, args, kwargs, rng=rng, reps=reps, budget_s=budget_s)
-    return {"kind": "gate", "case": name, "desc": label, "dtype": jnp.dtype(dtype).name,
-            "custom_ms": t["custom"] * 1e3, "builtin_ms": t["builtin"] * 1e3,
-            "ratio": t["custom"] / t["builtin"], "reps": t["reps"]}
+    return {
+        "kind": "gate",
+        "case": name,
+        "desc": label,
+        "dtype": jnp.dtype(dtype).name,
+        "custom_ms": t["custom"] * 1e3,
+        "builtin_ms": t["builtin"] * 1e3,
+        "ratio": t["custom"] / t["builtin"],
+        "reps": t["reps"],
+    }

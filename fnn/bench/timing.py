@@ -49,10 +49,17 @@ def summary(times) -> dict:
     """{'median', 'q1', 'q3', 'min', 'max', 'n'} of a list of seconds (quartiles by
     statistics.quantiles, inclusive; all equal to the one value for a single call)."""
     times = sorted(times)
-    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else \
-        (times[0],) * 3
-    return {"median": statistics.median(times), "q1": q1, "q3": q3, "min": times[0],
-            "max": times[-1], "n": len(times)}
+    q1, _, q3 = (
+        statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    )
+    return {
+        "median": statistics.median(times),
+        "q1": q1,
+        "q3": q3,
+        "min": times[0],
+        "max": times[-1],
+        "n": len(times),
+    }
 
 
 def spread(fns: dict, reps: int, warmup: int = 3) -> dict:
@@ -83,16 +90,27 @@ def steady(measure, *, tolerance: float = LOAD_TOLERANCE, attempts: int = ATTEMP
         if _moved([before, after]) <= tolerance:
             break
     chosen = min(range(len(tries)), key=lambda i: _moved(tries[i][1]))
-    return tries[chosen][0], {"load": [load for _, load in tries], "chosen": chosen,
-                              "steady": _moved(tries[chosen][1]) <= tolerance}
+    return tries[chosen][0], {
+        "load": [load for _, load in tries],
+        "chosen": chosen,
+        "steady": _moved(tries[chosen][1]) <= tolerance,
+    }
 
 
 def _moved(load) -> float:
     return 0.0 if None in load else abs(load[1] - load[0])
 
 
-def time_gate(gate, args, kwargs, *, rng: np.random.Generator, reps: int,
-              budget_s: float = 0.0, fixed: tuple = ()) -> dict:
+def time_gate(
+    gate,
+    args,
+    kwargs,
+    *,
+    rng: np.random.Generator,
+    reps: int,
+    budget_s: float = 0.0,
+    fixed: tuple = (),
+) -> dict:
     """Median seconds of one gate's forward + VJP under jit at (args, kwargs), for gradients of
     every float input: fnn's recorded gate (under jit only its hand-written VJP remains) vs
     jax.vjp of the same forward, called interleaved, at a random cotangent drawn from `rng`.
@@ -113,8 +131,10 @@ def time_gate(gate, args, kwargs, *, rng: np.random.Generator, reps: int,
 
     dargs = [args[i] for i in diff]
     g = random_cotangent(jax.eval_shape(forward, *dargs), rng)
-    fns = {k: jax.jit(f).lower(g, *dargs).compile() for k, f in (("custom", custom),
-                                                                    ("builtin", builtin))}
+    fns = {
+        k: jax.jit(f).lower(g, *dargs).compile()
+        for k, f in (("custom", custom), ("builtin", builtin))
+    }
     calls = {k: (lambda f=f: f(g, *dargs)) for k, f in fns.items()}
     once = sum(interleaved(calls, 1, warmup=1).values())
     reps = min(max(reps, int(budget_s / once)), 50 * reps)
@@ -137,7 +157,7 @@ def matmul_flops(jaxpr) -> int:
             total += 2 * math.prod(out) * math.prod(rhs[i] for i in spec[1:])
         times = eqn.params.get("length", 1) if name == "scan" else 1
         for v in eqn.params.values():
-            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
                 if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
                     total += times * matmul_flops(sub)
     return total
@@ -182,7 +202,8 @@ def profile(f, hlo_text: str, calls: int = 5, top: int = 12) -> list | None:
             finally:
                 jax.profiler.stop_trace()
             data = jax.profiler.ProfileData.from_file(
-                glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
+                glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0]
+            )
     except Exception:  # noqa: BLE001 - profiling is a diagnostic, never a failure
         return None
     total = collections.Counter()
@@ -217,8 +238,13 @@ def gemm(n: int, dtype=jnp.float32):
 def bench_matmul(n: int, reps: int, dtype=jnp.float32) -> dict:
     f, flops = gemm(n, dtype)
     t = interleaved({"mm": f}, reps, warmup=2)["mm"]
-    return {"kind": "gemm", "case": f"matmul {n}x{n}x{n} {jnp.dtype(dtype).name}",
-            "dtype": jnp.dtype(dtype).name, "ms": t * 1e3, "gflops": flops / t / 1e9}
+    return {
+        "kind": "gemm",
+        "case": f"matmul {n}x{n}x{n} {jnp.dtype(dtype).name}",
+        "dtype": jnp.dtype(dtype).name,
+        "ms": t * 1e3,
+        "gflops": flops / t / 1e9,
+    }
 
 
 def machine() -> str:
@@ -227,8 +253,9 @@ def machine() -> str:
         cpu = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as f:
-                cpu = next(line.split(":", 1)[1].strip() for line in f
-                           if line.startswith("model name"))
+                cpu = next(
+                    line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+                )
         except (OSError, StopIteration):
             pass
         kind = f"CPU {cpu}, {os.cpu_count()} cores"

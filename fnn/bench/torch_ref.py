@@ -48,12 +48,16 @@ def time_torch(step, reps: int, warmup: int = 3, device: str = "cpu") -> dict:
         times[threads] = calls
     torch.set_num_threads(default)
     best = min(times, key=lambda t: statistics.median(times[t]))
-    return {"threads": best, "times_ms": times[best],
-            "ms_by_threads": {str(t): statistics.median(v) for t, v in times.items()}}
+    return {
+        "threads": best,
+        "times_ms": times[best],
+        "ms_by_threads": {str(t): statistics.median(v) for t, v in times.items()},
+    }
 
 
-def torch_step(spec: dict, dtype: str = "float32", seed: int = 0, device: str = "cpu"
-               ) -> dict | None:
+def torch_step(
+    spec: dict, dtype: str = "float32", seed: int = 0, device: str = "cpu"
+) -> dict | None:
     """{'step': zero-argument eager training step on `device` ("cpu" or "cuda"), 'version'},
     or None without torch. Same architecture, batch and optimizer (Adam); bf16 via
     torch.autocast. On "cuda" the step returns after torch.cuda.synchronize()."""
@@ -66,9 +70,11 @@ def torch_step(spec: dict, dtype: str = "float32", seed: int = 0, device: str = 
     if device not in DEVICES:
         raise ValueError(f"torch_step: device must be one of {DEVICES}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"torch_step: device 'cuda' asked for, but this torch "
-                           f"({torch.__version__}) sees no CUDA GPU (a CPU-only build, or no "
-                           "driver)")
+        raise RuntimeError(
+            f"torch_step: device 'cuda' asked for, but this torch "
+            f"({torch.__version__}) sees no CUDA GPU (a CPU-only build, or no "
+            "driver)"
+        )
     torch.manual_seed(seed)
     sequence = spec["kind"] in ("lstm", "transformer")
     model = _sequence_model(spec, torch, tnn) if sequence else _torch_model(spec, tnn)
@@ -90,8 +96,9 @@ def torch_step(spec: dict, dtype: str = "float32", seed: int = 0, device: str = 
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=low):
             scores = model(x).float()
-            loss = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]),
-                                                     y.reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                scores.reshape(-1, scores.shape[-1]), y.reshape(-1)
+            )
         loss.backward()
         opt.step()  # synchronous on the CPU; on a GPU, wait for the step's kernels
         if device == "cuda":
@@ -111,8 +118,10 @@ def measure(request: dict) -> dict:
     try:
         import torch  # noqa: F401
     except ImportError as e:
-        return {"error": f"torch is not importable ({type(e).__name__}: {e}); pip install "
-                         "'fnn[torch]', or name the folder holding it with --torch-path"}
+        return {
+            "error": f"torch is not importable ({type(e).__name__}: {e}); pip install "
+            "'fnn[torch]', or name the folder holding it with --torch-path"
+        }
     try:
         made = torch_step(request["spec"], request["dtype"], request["seed"], device)
     except Exception as e:  # noqa: BLE001 - a reference that fails is reported, not fatal
@@ -150,10 +159,18 @@ def _torch_model(spec, tnn):
     class Block(tnn.Module):  # fnn.nn.ResidualBlock
         def __init__(self, c_in, c_out, stride):
             super().__init__()
-            self.main = tnn.Sequential(conv(c_in, c_out, stride=stride), tnn.BatchNorm2d(c_out),
-                                       tnn.ReLU(), conv(c_out, c_out), tnn.BatchNorm2d(c_out))
-            self.short = (tnn.Sequential(conv(c_in, c_out, 1, stride), tnn.BatchNorm2d(c_out))
-                          if stride != 1 or c_in != c_out else tnn.Identity())
+            self.main = tnn.Sequential(
+                conv(c_in, c_out, stride=stride),
+                tnn.BatchNorm2d(c_out),
+                tnn.ReLU(),
+                conv(c_out, c_out),
+                tnn.BatchNorm2d(c_out),
+            )
+            self.short = (
+                tnn.Sequential(conv(c_in, c_out, 1, stride), tnn.BatchNorm2d(c_out))
+                if stride != 1 or c_in != c_out
+                else tnn.Identity()
+            )
 
         def forward(self, x):
             return tnn.functional.relu(self.main(x) + self.short(x))
@@ -162,8 +179,9 @@ def _torch_model(spec, tnn):
     layers = [conv(c, widths[0]), tnn.BatchNorm2d(widths[0]), tnn.ReLU()]
     for i, ch in enumerate(widths):
         layers.append(Block(widths[max(i - 1, 0)], ch, 2 if i else 1))
-    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
-                          tnn.Linear(widths[-1], 10))
+    return tnn.Sequential(
+        *layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(widths[-1], 10)
+    )
 
 
 def _sequence_model(spec, torch, tnn):
@@ -174,13 +192,15 @@ def _sequence_model(spec, torch, tnn):
     vectors (b_ih, b_hh) where fnn's has one: 4 * hidden more parameters, the same FLOPs."""
     v = spec["vocab"]
     if spec["kind"] == "lstm":
+
         class LSTMLM(tnn.Module):
             def __init__(self):
                 super().__init__()
                 self.embed = tnn.Embedding(v, spec["embed"])
                 sizes = (spec["embed"], *spec["hidden"])
-                self.rnns = tnn.ModuleList(tnn.LSTM(m, n, batch_first=True)
-                                           for m, n in zip(sizes[:-1], sizes[1:]))
+                self.rnns = tnn.ModuleList(
+                    tnn.LSTM(m, n, batch_first=True) for m, n in zip(sizes[:-1], sizes[1:])
+                )
                 self.out = tnn.Linear(sizes[-1], v)
 
             def forward(self, x):
@@ -199,21 +219,28 @@ def _sequence_model(spec, torch, tnn):
             self.embed = tnn.Embedding(v, w)
             self.pos = tnn.Parameter(0.02 * torch.randn(t, w))
             self.blocks = tnn.ModuleList(
-                tnn.TransformerEncoderLayer(w, spec["heads"], dim_feedforward=4 * w, dropout=0.0,
-                                            activation="gelu", batch_first=True, norm_first=True)
-                for _ in range(spec["depth"]))
+                tnn.TransformerEncoderLayer(
+                    w,
+                    spec["heads"],
+                    dim_feedforward=4 * w,
+                    dropout=0.0,
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=True,
+                )
+                for _ in range(spec["depth"])
+            )
             self.norm = tnn.LayerNorm(w)
             self.out = tnn.Linear(w, v)
             self.register_buffer("mask", tnn.Transformer.generate_square_subsequent_mask(t))
 
         def forward(self, x):
-            h = self.embed(x) + self.pos[:x.shape[1]]
+            h = self.embed(x) + self.pos[: x.shape[1]]
             for block in self.blocks:
                 h = block(h, src_mask=self.mask, is_causal=True)
             return self.out(self.norm(h))
 
     return TransformerLM()
-
 
 
 if __name__ == "__main__":

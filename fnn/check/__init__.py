@@ -32,6 +32,17 @@ from fnn.check.lowering import check_lowering, check_lowerings
 from fnn.check.numeric import numerical_vjp, rel_error
 from fnn.check.tolerances import tolerance
 
-__all__ = ["check_custom_rules", "check_gate", "check_gates", "check_grads", "check_lowering", "check_lowerings",
-           "gradient_health", "graph", "locate_divergence", "numerical_vjp", "rel_error",
-           "tolerance"]
+__all__ = [
+    "check_custom_rules",
+    "check_gate",
+    "check_gates",
+    "check_grads",
+    "check_lowering",
+    "check_lowerings",
+    "gradient_health",
+    "graph",
+    "locate_divergence",
+    "numerical_vjp",
+    "rel_error",
+    "tolerance",
+]

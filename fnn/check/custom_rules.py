@@ -66,8 +66,11 @@ class CustomRuleCheck:
     @property
     def verdict(self) -> str:
         tol = tolerance("model", self.dtype)
-        num_tol = tolerance("numeric", "float64") if self.dtype == "float64" else \
-            tolerance("numeric", self.dtype)
+        num_tol = (
+            tolerance("numeric", "float64")
+            if self.dtype == "float64"
+            else tolerance("numeric", self.dtype)
+        )
         if not self.rule_finite:
             return "rule not finite"
         if not self.primal_finite:
@@ -136,20 +139,29 @@ def _check(eqn, invals, site, rng) -> CustomRuleCheck:
         return tuple(eqn.primitive.bind(*full, **eqn.primitive.get_bind_params(eqn.params)))
 
     outs = jax.eval_shape(function, *d)
-    ct = tuple(jnp.asarray(rng.standard_normal(o.shape), o.dtype)
-               if jnp.issubdtype(o.dtype, jnp.inexact) else np.zeros(o.shape, jax.dtypes.float0)
-               for o in outs)
+    ct = tuple(
+        jnp.asarray(rng.standard_normal(o.shape), o.dtype)
+        if jnp.issubdtype(o.dtype, jnp.inexact)
+        else np.zeros(o.shape, jax.dtypes.float0)
+        for o in outs
+    )
     rule = fnn_vjp(function, *d)[1](ct)
     primal = fnn_vjp(function, *d, custom_rules="primal")[1](ct)
     numeric = numerical_vjp(function, d, ct) if d else None
     finite = lambda gs: all(bool(jnp.all(jnp.isfinite(g))) for g in gs)
     dtype = jnp.result_type(*d).name if d else "float32"
     return CustomRuleCheck(
-        name=function_name(eqn), kind=KINDS[eqn.primitive], site=site,
-        inputs=", ".join(describe(jnp.asarray(x)) for x in invals[n:]), dtype=dtype,
-        vs_primal=_error(rule, primal), vs_numeric=None if numeric is None else
-        _error(rule, numeric), primal_vs_numeric=None if numeric is None else
-        _error(primal, numeric), rule_finite=finite(rule), primal_finite=finite(primal))
+        name=function_name(eqn),
+        kind=KINDS[eqn.primitive],
+        site=site,
+        inputs=", ".join(describe(jnp.asarray(x)) for x in invals[n:]),
+        dtype=dtype,
+        vs_primal=_error(rule, primal),
+        vs_numeric=None if numeric is None else _error(rule, numeric),
+        primal_vs_numeric=None if numeric is None else _error(primal, numeric),
+        rule_finite=finite(rule),
+        primal_finite=finite(primal),
+    )
 
 
 def _error(a, b) -> float:

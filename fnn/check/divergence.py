@@ -62,12 +62,17 @@ class GateDivergence:
     message: str = ""  # why it was not compared: the VJP raised, or the reference
 
     def __str__(self):
-        worst = max((k for k, e in enumerate(self.errors) if e is not None),
-                    key=lambda k: self.errors[k], default=None)
+        worst = max(
+            (k for k, e in enumerate(self.errors) if e is not None),
+            key=lambda k: self.errors[k],
+            default=None,
+        )
         where = f" in the gradient of input {worst}" if worst is not None else ""
         what = self.message or f"relative error {self.error:.3g}{where}"
-        return (f"gate '{self.gate}' at {self.site}: ({', '.join(self.inputs)}) -> "
-                f"({', '.join(self.outputs)}): {what}")
+        return (
+            f"gate '{self.gate}' at {self.site}: ({', '.join(self.inputs)}) -> "
+            f"({', '.join(self.outputs)}): {what}"
+        )
 
 
 @dataclasses.dataclass
@@ -84,20 +89,24 @@ class SurrogateUse:
     follows: bool | None = None  # formula_error within the tolerance (None: nothing to check)
 
     def __str__(self):
-        formula = ("" if self.follows is None else
-                   f", {'follows' if self.follows else 'does NOT follow'} its formula (error "
-                   f"{self.formula_error:.1e})")
+        formula = (
+            ""
+            if self.follows is None
+            else f", {'follows' if self.follows else 'does NOT follow'} its formula (error "
+            f"{self.formula_error:.1e})"
+        )
         cos = "n/a (the exact gradient is 0)" if np.isnan(self.cos) else f"{self.cos:.3f}"
-        return (f"gate '{self.gate}' at {self.site}: surrogate rule {self.rule}; cos {cos}, "
-                f"relative distance {self.rel:.3g} from the exact gradient{formula}")
+        return (
+            f"gate '{self.gate}' at {self.site}: surrogate rule {self.rule}; cos {cos}, "
+            f"relative distance {self.rel:.3g} from the exact gradient{formula}"
+        )
 
 
 class Divergences(list):
     """The disagreeing gates (a list of GateDivergence, first in backward order first), and
     the gates applied with surrogate rules (`surrogates`, which are not failures)."""
 
-    def __init__(self, items=(), *, checked: int = 0, rtol: float | None = None,
-                 surrogates=()):
+    def __init__(self, items=(), *, checked: int = 0, rtol: float | None = None, surrogates=()):
         super().__init__(items)
         self.checked = checked
         self.rtol = rtol
@@ -111,15 +120,21 @@ class Divergences(list):
         tol = "by dtype" if self.rtol is None else f"{self.rtol:g}"
         n_exact = self.checked - len(self.surrogates)
         if self.ok:
-            lines = [f"locate_divergence: all {n_exact} gate applications with exact rules "
-                     f"agree with jax.vjp (rtol {tol})"]
+            lines = [
+                f"locate_divergence: all {n_exact} gate applications with exact rules "
+                f"agree with jax.vjp (rtol {tol})"
+            ]
         else:
-            lines = [f"locate_divergence: {len(self)} of {self.checked} gate applications "
-                     f"disagree (rtol {tol}), first in backward order first:"]
+            lines = [
+                f"locate_divergence: {len(self)} of {self.checked} gate applications "
+                f"disagree (rtol {tol}), first in backward order first:"
+            ]
             lines += [f"  {i + 1}. {d}" for i, d in enumerate(self)]
         if self.surrogates:
-            lines.append(f"  {len(self.surrogates)} with surrogate rules (deliberately not the "
-                         "exact gradient):")
+            lines.append(
+                f"  {len(self.surrogates)} with surrogate rules (deliberately not the "
+                "exact gradient):"
+            )
             lines += [f"    {s}" for s in self.surrogates]
         return "\n".join(lines)
 
@@ -130,15 +145,26 @@ def _divergence(rec, pos: int, mine, ref, errors, message: str) -> GateDivergenc
     """The GateDivergence of record `rec` (at `pos` on the tape): its VJP's gradients `mine`
     (None: it raised), the reference `ref` (None: none could be made), the (error, tolerance)
     per input (None where not compared) and what went wrong otherwise (`message`)."""
-    error = (float("inf") if mine is None else float("nan") if ref is None
-             else max(e[0] for e in errors if e is not None))
-    return GateDivergence(rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
-                          tuple(describe(o) for o in rec.outs), error,
-                          tuple(None if e is None else e[0] for e in errors), pos, message)
+    error = (
+        float("inf")
+        if mine is None
+        else float("nan")
+        if ref is None
+        else max(e[0] for e in errors if e is not None)
+    )
+    return GateDivergence(
+        rec.gate.name,
+        rec.site,
+        tuple(describe(x) for x in rec.inputs),
+        tuple(describe(o) for o in rec.outs),
+        error,
+        tuple(None if e is None else e[0] for e in errors),
+        pos,
+        message,
+    )
 
 
-def locate_divergence(f, *args, argnums=0, rtol: float | None = None,
-                      rules=None) -> Divergences:
+def locate_divergence(f, *args, argnums=0, rtol: float | None = None, rules=None) -> Divergences:
     """Replay f's recorded graph and compare every gate's VJP with jax.vjp of its forward.
 
     Every output is seeded with ones. A VJP that raises or breaks its contract is reported as a
@@ -184,9 +210,12 @@ def locate_divergence(f, *args, argnums=0, rtol: float | None = None,
             if wrong is not None:
                 found.append(wrong)
             return mine  # the surrogate's gradients flow on, as in training
-        errors = tuple(None if not need or ref is None or mine is None else
-                       _error(mine[k], ref[k], rec.inputs[k], rtol)
-                       for k, need in enumerate(needs))
+        errors = tuple(
+            None
+            if not need or ref is None or mine is None
+            else _error(mine[k], ref[k], rec.inputs[k], rtol)
+            for k, need in enumerate(needs)
+        )
         if message or any(e[0] > e[1] for e in errors if e is not None):
             found.append(_divergence(rec, pos, mine, ref, errors, message))
         return ref if ref is not None else mine
@@ -202,11 +231,21 @@ def _is_surrogate(rule) -> bool:
 def _surrogate_use(rec, pos, g, needs, mine, exact, rtol):
     """(SurrogateUse, a GateDivergence if the rule does not follow its declared formula)."""
     rule = rec.rule
-    flat = lambda grads: np.concatenate([np.ravel(np.asarray(x, np.float64))
-                                         for k, gk in enumerate(grads) if needs[k]
-                                         for x in jax.tree_util.tree_leaves(gk)] or [np.zeros(0)])
-    a = flat([m if m is not None else jax.tree_util.tree_map(jnp.zeros_like, rec.inputs[k])
-              for k, m in enumerate(mine)])
+    flat = lambda grads: np.concatenate(
+        [
+            np.ravel(np.asarray(x, np.float64))
+            for k, gk in enumerate(grads)
+            if needs[k]
+            for x in jax.tree_util.tree_leaves(gk)
+        ]
+        or [np.zeros(0)]
+    )
+    a = flat(
+        [
+            m if m is not None else jax.tree_util.tree_map(jnp.zeros_like, rec.inputs[k])
+            for k, m in enumerate(mine)
+        ]
+    )
     b = flat(exact) if exact is not None else np.zeros_like(a)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
@@ -217,24 +256,37 @@ def _surrogate_use(rec, pos, g, needs, mine, exact, rtol):
         try:
             ref = jax.vjp(lambda *xs: rule.reference(*xs, **static), *rec.inputs)[1](g)
         except Exception as e:  # the reference cannot be differentiated: say so
-            wrong = GateDivergence(rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
-                                   tuple(describe(o) for o in rec.outs), float("nan"),
-                                   (None,) * len(needs), pos,
-                                   f"surrogate rule {rule.name}: jax.vjp of its reference raised "
-                                   f"{type(e).__name__}: {e}")
+            wrong = GateDivergence(
+                rec.gate.name,
+                rec.site,
+                tuple(describe(x) for x in rec.inputs),
+                tuple(describe(o) for o in rec.outs),
+                float("nan"),
+                (None,) * len(needs),
+                pos,
+                f"surrogate rule {rule.name}: jax.vjp of its reference raised "
+                f"{type(e).__name__}: {e}",
+            )
         else:
             errs = [_error(mine[k], ref[k], rec.inputs[k], rtol) for k, n in enumerate(needs) if n]
             formula_error = max((e[0] for e in errs), default=0.0)
             if any(e[0] > e[1] for e in errs):
                 wrong = GateDivergence(
-                    rec.gate.name, rec.site, tuple(describe(x) for x in rec.inputs),
-                    tuple(describe(o) for o in rec.outs), formula_error,
-                    tuple(e[0] for e in errs), pos,
+                    rec.gate.name,
+                    rec.site,
+                    tuple(describe(x) for x in rec.inputs),
+                    tuple(describe(o) for o in rec.outs),
+                    formula_error,
+                    tuple(e[0] for e in errs),
+                    pos,
                     f"surrogate rule {rule.name} does not follow its declared formula "
-                    f"({rule.formula}): relative error {formula_error:.3g}")
+                    f"({rule.formula}): relative error {formula_error:.3g}",
+                )
     follows = None if formula_error is None else wrong is None
-    return (SurrogateUse(rec.gate.name, rule.name, rec.site, pos, cos, rel, formula_error,
-                         follows), wrong)
+    return (
+        SurrogateUse(rec.gate.name, rule.name, rec.site, pos, cos, rel, formula_error, follows),
+        wrong,
+    )
 
 
 def _reference(rec, g, needs):
@@ -243,15 +295,20 @@ def _reference(rec, g, needs):
     if rec.gate.reference is False:  # part of a larger rule (a custom JVP's tangent): trusted
         return None, ""
     diff = [k for k, n in enumerate(needs) if n]
-    not_float = [k for k in diff
-                 if not all(is_float(x) for x in jax.tree_util.tree_leaves(rec.inputs[k]))]
+    not_float = [
+        k for k in diff if not all(is_float(x) for x in jax.tree_util.tree_leaves(rec.inputs[k]))
+    ]
     if not_float:
-        return None, (f"no reference: input {not_float[0]} needs a gradient but is not float, "
-                      "and jax.vjp differentiates float inputs only")
+        return None, (
+            f"no reference: input {not_float[0]} needs a gradient but is not float, "
+            "and jax.vjp differentiates float inputs only"
+        )
     _, forward, _ = gate_functions(rec.gate, rec.inputs, rec.static, diff)
     if rec.multi:  # integer outputs take float0 cotangents
-        leaves = [np.zeros(np.shape(o), jax.dtypes.float0) if i is None else gi
-                  for gi, i, o in zip(rec.out_tree.flatten_up_to(g), rec.out_ids, rec.outs)]
+        leaves = [
+            np.zeros(np.shape(o), jax.dtypes.float0) if i is None else gi
+            for gi, i, o in zip(rec.out_tree.flatten_up_to(g), rec.out_ids, rec.outs)
+        ]
         g = jax.tree_util.tree_unflatten(rec.out_tree, leaves)
     try:
         res = iter(jax.vjp(forward, *[rec.inputs[k] for k in diff])[1](g))
@@ -265,9 +322,14 @@ def _error(mine, ref, x, rtol):
     """(relative error, tolerance) of one input's gradient (the worst leaf of a pytree input);
     None from the VJP means zeros."""
     worst = (0.0, rtol if rtol is not None else tolerance("model", "float32"))
-    mine_leaves = (jax.tree_util.tree_leaves(x) if mine is None else
-                   jax.tree_util.tree_structure(x).flatten_up_to(mine))
-    for m, r, leaf in zip(mine_leaves, jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(x)):
+    mine_leaves = (
+        jax.tree_util.tree_leaves(x)
+        if mine is None
+        else jax.tree_util.tree_structure(x).flatten_up_to(mine)
+    )
+    for m, r, leaf in zip(
+        mine_leaves, jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(x)
+    ):
         m = np.zeros(np.shape(leaf)) if mine is None or m is None else np.asarray(m, np.float64)
         tol = rtol if rtol is not None else tolerance("model", jnp.result_type(leaf))
         err = rel_error(m, r)

@@ -73,13 +73,16 @@ class CaseCheck:
 
     def problems(self) -> list[str]:
         found = []
-        for what, value, kind in (("forward", self.forward, "forward"),
-                                  ("vs jax.vjp", self.vs_jax, "gate"),
-                                  ("vs numeric", self.vs_numeric, "numeric")):
+        for what, value, kind in (
+            ("forward", self.forward, "forward"),
+            ("vs jax.vjp", self.vs_jax, "gate"),
+            ("vs numeric", self.vs_numeric, "numeric"),
+        ):
             tol = tolerance(kind, self.dtype)
             if value is not None and not value <= tol:
-                found.append(f"{what} {_short(self.dtype)} {value:.1e} > {tol:g} at case "
-                             f"{self.label}")
+                found.append(
+                    f"{what} {_short(self.dtype)} {value:.1e} > {tol:g} at case {self.label}"
+                )
         return found
 
 
@@ -109,13 +112,17 @@ class GateCheck:
 
     @property
     def problems(self) -> list[str]:
-        found = [f"{where}: {(why.splitlines() or [''])[0][:200]}"
-                 for where, why in self.errors.items()]
+        found = [
+            f"{where}: {(why.splitlines() or [''])[0][:200]}" for where, why in self.errors.items()
+        ]
         if not self.cases and not self.errors:
             found.append("no test cases")
         found += [p for c in self.cases for p in c.problems()]
-        found += [f"{t} differs from jax.vjp" for t in CHECKS
-                  if self.transforms.get(t) is False and t not in self.errors]
+        found += [
+            f"{t} differs from jax.vjp"
+            for t in CHECKS
+            if self.transforms.get(t) is False and t not in self.errors
+        ]
         return found
 
     @property
@@ -145,8 +152,16 @@ def check_gates(gates: Mapping, *, seed: int = 0, kinks: bool = True, **scope) -
     return [check_gate(name, gate, seed=seed, kinks=kinks, **scope) for name, gate in gates.items()]
 
 
-def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True, dtypes=DTYPES,
-               cases: int | None = None, checks=CHECKS) -> GateCheck:
+def check_gate(
+    name: str,
+    gate,
+    *,
+    seed: int = 0,
+    kinks: bool = True,
+    dtypes=DTYPES,
+    cases: int | None = None,
+    checks=CHECKS,
+) -> GateCheck:
     """Check every test case of `gate` (see fnn.check.gates): its VJP vs jax.vjp and numerics.
 
     Never raises for the gate's faults: they become problems of the returned GateCheck.
@@ -175,8 +190,10 @@ def check_gate(name: str, gate, *, seed: int = 0, kinks: bool = True, dtypes=DTY
     """
     unknown = [t for t in checks if t not in CHECKS] + [d for d in dtypes if d not in DTYPES]
     if unknown or (cases is not None and cases < 1):
-        raise ValueError(f"check_gate: checks must be among {CHECKS}, dtypes among {DTYPES} and "
-                         f"cases None or >= 1; got {unknown or cases!r}")
+        raise ValueError(
+            f"check_gate: checks must be among {CHECKS}, dtypes among {DTYPES} and "
+            f"cases None or >= 1; got {unknown or cases!r}"
+        )
     report = GateCheck(name, [], {t: None for t in CHECKS}, {})
     if gate.cases is None:
         report.errors["cases"] = f"none declared (@{name}.defcases)"
@@ -210,10 +227,15 @@ def _pick(cases: list, n: int | None) -> list:
     if n is None or n >= len(cases):
         return list(cases)
     chosen = list(range(n))
-    for wanted in (lambda c: c.numeric or not getattr(c, "reference", True),
-                   lambda c: getattr(c, "reference", True) and not any(
-                       s for s in (c.structure if isinstance(c.structure, tuple)
-                                   else (c.structure,)))):
+    for wanted in (
+        lambda c: c.numeric or not getattr(c, "reference", True),
+        lambda c: (
+            getattr(c, "reference", True)
+            and not any(
+                s for s in (c.structure if isinstance(c.structure, tuple) else (c.structure,))
+            )
+        ),
+    ):
         if not any(wanted(cases[i]) for i in chosen):
             chosen += [i for i, c in enumerate(cases) if wanted(c)][:1]
     return [cases[i] for i in sorted(chosen)]
@@ -222,14 +244,19 @@ def _pick(cases: list, n: int | None) -> list:
 def cast_case(case, dtype):
     """The case's positional args with float arrays cast to `dtype` and complex ones to its
     complex counterpart (float64: complex128; others untouched)."""
-    return tuple(jnp.asarray(a, dtype=COMPLEX_OF.get(dtype, dtype) if is_complex(a) else dtype)
-                 if is_float(a) else a for a in case.args)
+    return tuple(
+        jnp.asarray(a, dtype=COMPLEX_OF.get(dtype, dtype) if is_complex(a) else dtype)
+        if is_float(a)
+        else a
+        for a in case.args
+    )
 
 
 def random_cotangent(out, rng: np.random.Generator):
     """A standard-normal cotangent for `out` (arrays or ShapeDtypeStructs, or a tuple of them;
     a complex output's has standard-normal real and imaginary parts); float0 zeros for integer
     outputs, which take no cotangent."""
+
     def one(o):
         if not jnp.issubdtype(o.dtype, jnp.inexact):
             return np.zeros(np.shape(o), jax.dtypes.float0)
@@ -237,6 +264,7 @@ def random_cotangent(out, rng: np.random.Generator):
         if jnp.issubdtype(o.dtype, jnp.complexfloating):
             value = value + 1j * rng.standard_normal(np.shape(o))
         return jnp.asarray(value, dtype=o.dtype)
+
     return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
 
 
@@ -279,8 +307,9 @@ class _Prepared:
 
     def __init__(self, gate, case, dtype, rng, label):
         args = cast_case(case, dtype)
-        diff, self.forward, self.recorded = gate_functions(gate, args, case.kwargs,
-                                                           fixed=getattr(case, "fixed", ()))
+        diff, self.forward, self.recorded = gate_functions(
+            gate, args, case.kwargs, fixed=getattr(case, "fixed", ())
+        )
         self.kink = getattr(case, "kink", False)  # compared with JAX alone, NaNs included
         self.label = f"kink: {label}" if self.kink else label
         self.numeric = case.numeric and not self.kink
@@ -342,17 +371,29 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
         res = []
         for p, d, cf in zip(preps, ds, cfs):
             out_mine, pullback = fnn_vjp(p.recorded, *d)
-            num = (numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
-                   if full and (p.numeric or not p.reference) else None)
+            num = (
+                numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
+                if full and (p.numeric or not p.reference)
+                else None
+            )
             # the forward called on its own (jax.vjp's primal output can differ from it: at
             # lax.reduce's kinks it does)
-            res.append((p.forward(*d), out_mine, p.project(p.ref(cf, *d), d),
-                        p.project(pullback(p.ct(cf)), d), num))
+            res.append(
+                (
+                    p.forward(*d),
+                    out_mine,
+                    p.project(p.ref(cf, *d), d),
+                    p.project(pullback(p.ct(cf)), d),
+                    num,
+                )
+            )
         # under the enclosing jit, the jit transform is the first plain case's own check
         same = (res[first][3], res[first][2]) if jitted and first is not None else None
-        trans = (_transforms(preps[first], ds[first], cfs[first], jitted, raised, checks,
-                             same)
-                 if full and first is not None else {})
+        trans = (
+            _transforms(preps[first], ds[first], cfs[first], jitted, raised, checks, same)
+            if full and first is not None
+            else {}
+        )
         return res, trans
 
     args = ([p.d for p in preps], [p.cf for p in preps])
@@ -365,9 +406,15 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
         raised.clear()
         res, trans = run(*args, False)
     for p, (out_ref, out_mine, ref, mine, num) in zip(preps, res):
-        report.cases.append(CaseCheck(p.label, dtype, _error(out_mine, out_ref, p.kink),
-                                      None if ref is None else _error(mine, ref, p.kink),
-                                      None if num is None else _error(num, mine)))
+        report.cases.append(
+            CaseCheck(
+                p.label,
+                dtype,
+                _error(out_mine, out_ref, p.kink),
+                None if ref is None else _error(mine, ref, p.kink),
+                None if num is None else _error(num, mine),
+            )
+        )
     if full and first is not None:
         p = preps[first]
         d, cf = p.d, p.cf
@@ -375,8 +422,13 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
             trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), res[first][2]), raised)
         for name in checks:
             pair = trans.get(name)
-            report.transforms[name] = (False if name in raised else None if pair is None
-                                       else _error(*pair) <= tolerance("transform", dtype))
+            report.transforms[name] = (
+                False
+                if name in raised
+                else None
+                if pair is None
+                else _error(*pair) <= tolerance("transform", dtype)
+            )
         report.errors.update(raised)
 
 
@@ -406,8 +458,7 @@ def case_results(gate, cases, *, dtype: str = "float64", seed: int = 0) -> list:
         return [(p.label, *jax.tree_util.tree_map(np.asarray, r)) for p, r in zip(preps, res)]
 
 
-def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS,
-                same=None) -> dict:
+def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS, same=None) -> dict:
     """name -> (fnn's result, jax.vjp's result) under each transform of `checks`; None where it
     raised (the reason added to `raised`) or does not apply (no float input).
 
@@ -428,28 +479,37 @@ def _transforms(p: _Prepared, d, cf, jitted: bool, raised: dict, checks=CHECKS,
     def second_order(pull, f):
         def total(*dd):
             grads = pull(f, *dd)[1](p.ct(cf))
-            return sum(real_sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(grads)
-                       if x.dtype != jax.dtypes.float0)
+            return sum(
+                real_sum(jnp.sin(x))
+                for x in jax.tree_util.tree_leaves(grads)
+                if x.dtype != jax.dtypes.float0
+            )
+
         return jax.grad(total, argnums=argnums)(*d)
 
     def grad_of_vmap(fn):
         def total(*d):
-            return sum(real_sum(o ** 2) for o in jax.tree_util.tree_leaves(jax.vmap(fn)(cfs, *d)))
+            return sum(real_sum(o**2) for o in jax.tree_util.tree_leaves(jax.vmap(fn)(cfs, *d)))
+
         return jax.grad(total, argnums=argnums)(*stack)
 
     tests = {
-        "jit": lambda: same if same is not None else (
-            (p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d)),
+        "jit": lambda: (
+            same
+            if same is not None
+            else ((p.mine if jitted else jax.jit(p.mine))(cf, *d), p.ref(cf, *d))
+        ),
         "vmap": lambda: (jax.vmap(p.mine)(cfs, *stack), jax.vmap(p.ref)(cfs, *stack)),
         "grad(vmap)": lambda: (grad_of_vmap(p.mine), grad_of_vmap(p.ref)),
-        "vmap(grad)": lambda: (jax.vmap(fnn_grad(loss_mine, argnums=argnums))(*stack),
-                               jax.vmap(jax.grad(loss_ref, argnums=argnums))(*stack)),
+        "vmap(grad)": lambda: (
+            jax.vmap(fnn_grad(loss_mine, argnums=argnums))(*stack),
+            jax.vmap(jax.grad(loss_ref, argnums=argnums))(*stack),
+        ),
         SECOND_ORDER: lambda: (second_order(fnn_vjp, p.recorded), second_order(jax.vjp, p.forward)),
     }
     if not p.second_order:  # JAX cannot differentiate this VJP (Case.second_order): not judged
         tests = {k: v for k, v in tests.items() if k not in DIFFERENTIATE_THE_VJP}
-    found = {name: _attempt(name, check, raised) for name, check in tests.items()
-             if name in checks}
+    found = {name: _attempt(name, check, raised) for name, check in tests.items() if name in checks}
     return {name: found.get(name) for name in TRANSFORMS + (SECOND_ORDER,)}
 
 

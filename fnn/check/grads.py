@@ -53,8 +53,15 @@ from fnn.check.numeric import differences
 from fnn.check.tolerances import tolerance
 from fnn.pytrees import path_name
 
-VERDICTS = ("ok", "surrogate", "custom wrong", "built-in disagrees", "finite differences unreliable here",
-            "custom and built-in disagree", "all three disagree")
+VERDICTS = (
+    "ok",
+    "surrogate",
+    "custom wrong",
+    "built-in disagrees",
+    "finite differences unreliable here",
+    "custom and built-in disagree",
+    "all three disagree",
+)
 KINK_SHRINK = 8.0  # the second, smaller step for elements whose one-sided slopes disagree
 FLOOR = 1e-2  # relative errors are measured against at least this fraction of the largest gradient
 
@@ -106,8 +113,9 @@ class GradReport:
         """True when every leaf's verdict is 'ok' or 'surrogate' (and neither gradient raised):
         under surrogate rules (fnn.rulebook) the custom gradient differs from jax.grad on
         purpose, and its distance is reported, not judged."""
-        return self.error is None and all(leaf.verdict in ("ok", "surrogate")
-                                          for leaf in self.leaves)
+        return self.error is None and all(
+            leaf.verdict in ("ok", "surrogate") for leaf in self.leaves
+        )
 
     def __getitem__(self, name) -> LeafReport:
         for leaf in self.leaves:
@@ -116,31 +124,62 @@ class GradReport:
         raise KeyError(f"no leaf named {name!r}; leaves: {[l.name for l in self.leaves]}")
 
     # -- rendering --------------------------------------------------------------------------
-    HEADER = ("leaf", "shape", "grad norm", "custom~built-in", "cos", "custom~numeric",
-              "built-in~numeric", "checked", "kinks", "verdict")
+    HEADER = (
+        "leaf",
+        "shape",
+        "grad norm",
+        "custom~built-in",
+        "cos",
+        "custom~numeric",
+        "built-in~numeric",
+        "checked",
+        "kinks",
+        "verdict",
+    )
 
     def rows(self) -> list[tuple]:
         def rel(c):
             return "-" if c is None else f"{c.rel:.1e}"
-        return [(l.name, "x".join(map(str, l.shape)) or "scalar", f"{l.norm:.3g}",
-                 rel(l.custom_vs_builtin),
-                 "-" if l.custom_vs_builtin is None else f"{l.custom_vs_builtin.cos:.6f}",
-                 rel(l.custom_vs_numeric), rel(l.builtin_vs_numeric), str(l.sampled),
-                 str(len(l.kinks)), l.verdict) for l in self.leaves]
+
+        return [
+            (
+                l.name,
+                "x".join(map(str, l.shape)) or "scalar",
+                f"{l.norm:.3g}",
+                rel(l.custom_vs_builtin),
+                "-" if l.custom_vs_builtin is None else f"{l.custom_vs_builtin.cos:.6f}",
+                rel(l.custom_vs_numeric),
+                rel(l.builtin_vs_numeric),
+                str(l.sampled),
+                str(len(l.kinks)),
+                l.verdict,
+            )
+            for l in self.leaves
+        ]
 
     def _summary(self) -> str:
         bad = [l for l in self.leaves if l.verdict not in ("ok", "surrogate")]
         kinks = sum(len(l.kinks) for l in self.leaves)
         head = "OK" if self.ok else f"FAILED ({len(bad)} of {len(self.leaves)} leaves)"
-        return (f"gradient check {head}: {self.dtype} model on {self.device}, numerical in "
-                f"{self.numeric_dtype} ({'step %g' % self.step if self.step else 'step from dtype'}"
-                f"), seed {self.seed}, rtol {self.rtol:g} (custom~built-in), {self.numeric_rtol:g} "
-                f"(~numeric)" + (f"; {kinks} kink(s), where custom and built-in must agree and "
-                                 "lie between the one-sided slopes" if kinks else "")
-                + (f"; surrogate rules in effect: {', '.join(self.surrogates)} (custom is "
-                   "deliberately not the exact gradient: cos and custom~built-in say how far)"
-                   if self.surrogates else "")
-                + (f"\nerror: {self.error}" if self.error else ""))
+        return (
+            f"gradient check {head}: {self.dtype} model on {self.device}, numerical in "
+            f"{self.numeric_dtype} ({'step %g' % self.step if self.step else 'step from dtype'}"
+            f"), seed {self.seed}, rtol {self.rtol:g} (custom~built-in), {self.numeric_rtol:g} "
+            f"(~numeric)"
+            + (
+                f"; {kinks} kink(s), where custom and built-in must agree and "
+                "lie between the one-sided slopes"
+                if kinks
+                else ""
+            )
+            + (
+                f"; surrogate rules in effect: {', '.join(self.surrogates)} (custom is "
+                "deliberately not the exact gradient: cos and custom~built-in say how far)"
+                if self.surrogates
+                else ""
+            )
+            + (f"\nerror: {self.error}" if self.error else "")
+        )
 
     def __str__(self) -> str:
         rows = [self.HEADER] + self.rows()
@@ -153,14 +192,20 @@ class GradReport:
         out = []
         for leaf in self.leaves:
             for k in leaf.kinks[:3]:
-                out.append(f"  kink {leaf.name}{k['index']}: one-sided slopes {k['backward']:.6g} "
-                           f"| {k['forward']:.6g}; custom {k['custom']:.6g}, built-in "
-                           f"{k['builtin']:.6g}")
+                out.append(
+                    f"  kink {leaf.name}{k['index']}: one-sided slopes {k['backward']:.6g} "
+                    f"| {k['forward']:.6g}; custom {k['custom']:.6g}, built-in "
+                    f"{k['builtin']:.6g}"
+                )
         return ("\n" + "\n".join(out)) if out else ""
 
     def to_markdown(self) -> str:
-        lines = [self._summary().replace("\n", "  \n"), "",
-                 "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        lines = [
+            self._summary().replace("\n", "  \n"),
+            "",
+            "| " + " | ".join(self.HEADER) + " |",
+            "|" + "---|" * len(self.HEADER),
+        ]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in self.rows()]
         return "\n".join(lines) + "\n"
 
@@ -188,10 +233,18 @@ class GradReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
-                numeric_rtol: float | None = None, max_elements: int = 20,
-                numeric_dtype: str | None = "float64", step: float | None = None,
-                rules=None) -> GradReport:
+def check_grads(
+    f,
+    *args,
+    argnums=0,
+    seed: int = 0,
+    rtol: float | None = None,
+    numeric_rtol: float | None = None,
+    max_elements: int = 20,
+    numeric_dtype: str | None = "float64",
+    step: float | None = None,
+    rules=None,
+) -> GradReport:
     """Compare fnn.grad, jax.grad and central differences of scalar `f(*args)`, leaf by leaf.
 
     Where a surrogate rule (fnn.Rule of kind "surrogate") is in effect, a leaf whose custom
@@ -228,20 +281,43 @@ def check_grads(f, *args, argnums=0, seed: int = 0, rtol: float | None = None,
         raise TypeError(f"check_grads: f must return a float scalar (a loss), got {out}")
     dtypes = sorted({str(l.dtype) for l in leaves})
     tol = rtol if rtol is not None else max(tolerance("model", d) for d in dtypes)
-    ntol = numeric_rtol if numeric_rtol is not None else max(tolerance("numeric", d)
-                                                             for d in dtypes)
+    ntol = (
+        numeric_rtol if numeric_rtol is not None else max(tolerance("numeric", d) for d in dtypes)
+    )
 
     errors = []
     surrogates, custom, builtin = _analytic_grads(f, args, nums, rules, errors)
-    floor = FLOOR * max([_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])],
-                        default=0.0)
+    floor = FLOOR * max(
+        [_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])], default=0.0
+    )
     numeric = _Numeric(f, args, nums, treedefs, leaves, numeric_dtype, step)
-    reports = _leaf_reports(paths, leaves, custom, builtin, numeric, np.random.default_rng(seed),
-                            max_elements, (tol, ntol, floor), surrogates)
+    reports = _leaf_reports(
+        paths,
+        leaves,
+        custom,
+        builtin,
+        numeric,
+        np.random.default_rng(seed),
+        max_elements,
+        (tol, ntol, floor),
+        surrogates,
+    )
     device = jax.devices()[0]
-    return GradReport(reports, seed, "+".join(dtypes), numeric.dtype, f"{device.platform}:"
-                      f"{device.device_kind}", jax.__version__, tol, ntol, max_elements, step,
-                      floor, "; ".join(errors) or None, surrogates)
+    return GradReport(
+        reports,
+        seed,
+        "+".join(dtypes),
+        numeric.dtype,
+        f"{device.platform}:{device.device_kind}",
+        jax.__version__,
+        tol,
+        ntol,
+        max_elements,
+        step,
+        floor,
+        "; ".join(errors) or None,
+        surrogates,
+    )
 
 
 def _differentiated_leaves(args, nums, argnums):
@@ -258,8 +334,10 @@ def _differentiated_leaves(args, nums, argnums):
     bad = [(n, l.dtype) for n, l in zip(paths, leaves) if not jnp.issubdtype(l.dtype, jnp.floating)]
     if bad:
         which = ", ".join(f"{n or 'the argument'} ({d})" for n, d in bad)
-        raise TypeError(f"check_grads: gradients are only defined for float leaves; argnums "
-                        f"{argnums!r} includes {which}")
+        raise TypeError(
+            f"check_grads: gradients are only defined for float leaves; argnums "
+            f"{argnums!r} includes {which}"
+        )
     return paths, leaves, treedefs
 
 
@@ -270,14 +348,14 @@ def _analytic_grads(f, args, nums, rules, errors):
     from fnn.transforms import trace as fnn_trace
 
     surrogates = _surrogates(lambda: fnn_trace(f, *args, argnums=nums, rules=rules))
-    custom = _flat_grads(lambda: fnn_grad(f, argnums=nums, rules=rules)(*args), "fnn.grad",
-                         errors)
+    custom = _flat_grads(lambda: fnn_grad(f, argnums=nums, rules=rules)(*args), "fnn.grad", errors)
     builtin = _flat_grads(lambda: jax.grad(f, argnums=nums)(*args), "jax.grad", errors)
     return surrogates, custom, builtin
 
 
-def _leaf_reports(paths, leaves, custom, builtin, numeric, rng, max_elements, tolerances,
-                  surrogates) -> list:
+def _leaf_reports(
+    paths, leaves, custom, builtin, numeric, rng, max_elements, tolerances, surrogates
+) -> list:
     """A LeafReport per leaf, its elements checked numerically sampled with `rng` in turn;
     `tolerances`: (tol, ntol, floor). With surrogate rules in effect, a leaf that does not pass
     while both analytic gradients exist gets the verdict "surrogate"."""
@@ -303,8 +381,11 @@ def _surrogates(record) -> list:
         tape = record().tape
     except Exception:  # the same call is made by fnn.grad next, which reports why it fails
         return []
-    found = [f"{r.rule.name} ({r.gate.name})" for r in tape.records
-             if isinstance(r.rule, Rule) and r.rule.kind == "surrogate"]
+    found = [
+        f"{r.rule.name} ({r.gate.name})"
+        for r in tape.records
+        if isinstance(r.rule, Rule) and r.rule.kind == "surrogate"
+    ]
     return list(dict.fromkeys(found))
 
 
@@ -324,9 +405,9 @@ def _sample(size, k, rng, c, b):
     idx = rng.choice(size, k, replace=False)
     if c is not None and b is not None:
         gap = np.abs(c - b).reshape(-1)
-        worst = [int(i) for i in np.argsort(-gap, kind="stable")[:max(1, k // 4)] if gap[i] > 0]
+        worst = [int(i) for i in np.argsort(-gap, kind="stable")[: max(1, k // 4)] if gap[i] > 0]
         rest = [int(i) for i in idx if i not in worst]
-        idx = np.array(worst + rest[:k - len(worst)])
+        idx = np.array(worst + rest[: k - len(worst)])
     return np.sort(idx)
 
 
@@ -345,7 +426,7 @@ class _Numeric:
                 full = [jax.tree_util.tree_map(cast, a) for a in args]
                 k = 0
                 for a, tree, n in zip(nums, treedefs, sizes):
-                    full[a] = jax.tree_util.tree_unflatten(tree, flat[k:k + n])
+                    full[a] = jax.tree_util.tree_unflatten(tree, flat[k : k + n])
                     k += n
                 return f(*full)
 
@@ -372,12 +453,13 @@ class _Numeric:
         def along(x):
             return self.F(*[x if i == j else leaf for i, leaf in enumerate(self.leaves)])
 
-        f_plus, f_minus, h_plus, h_minus = (np.asarray(a, np.float64) for a in differences(
-            along, self.leaves[j], idx, h, vectorize=self.vectorize))
+        f_plus, f_minus, h_plus, h_minus = (
+            np.asarray(a, np.float64)
+            for a in differences(along, self.leaves[j], idx, h, vectorize=self.vectorize)
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             taken = (h_plus > 0) & (h_minus > 0)
-            top = np.maximum(np.maximum(np.abs(f_plus), np.abs(f_minus)),
-                             max(abs(self.f0), 1e-300))
+            top = np.maximum(np.maximum(np.abs(f_plus), np.abs(f_minus)), max(abs(self.f0), 1e-300))
             noise = np.where(taken, 4 * self.eps * top / np.minimum(h_plus, h_minus), np.inf)
             bwd = np.where(taken, (self.f0 - f_minus) / h_minus, np.nan)
             fwd = np.where(taken, (f_plus - self.f0) / h_plus, np.nan)
@@ -397,6 +479,7 @@ def _caster(dtype):
         if isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
             return jnp.asarray(x, dtype)
         return x
+
     return cast
 
 
@@ -416,9 +499,15 @@ def _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor) -> LeafRep
             bwd2, fwd2, mid2, noise2 = second[i]
             if abs(fwd2 - bwd2) > 0.5 * gap[i] and abs(fwd2 - bwd2) > noise2:  # a kink
                 interval = (min(bwd[i], fwd[i], bwd2, fwd2), max(bwd[i], fwd[i], bwd2, fwd2))
-                kinks.append({"index": [int(n) for n in np.unravel_index(k, leaf.shape)],
-                              "backward": float(bwd2), "forward": float(fwd2),
-                              "custom": _at(c, k), "builtin": _at(b, k)})
+                kinks.append(
+                    {
+                        "index": [int(n) for n in np.unravel_index(k, leaf.shape)],
+                        "backward": float(bwd2),
+                        "forward": float(fwd2),
+                        "custom": _at(c, k),
+                        "builtin": _at(b, k),
+                    }
+                )
             else:  # smooth after all, or a kink between h/8 and h: the closer estimate
                 interval = (mid2, mid2)
         lo.append(interval[0])
@@ -438,11 +527,25 @@ def _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor) -> LeafRep
         # JAX's convention at every kink (tests/test_kinks.py), so a difference is a failure
         cb = _compare(c, b, max(_maxabs(c) + _maxabs(b), floor))
     cn, bn = vs_numeric(c), vs_numeric(b)
-    verdict = _verdict(cb is not None and cb.rel <= tol, cn is not None and cn.rel <= ntol,
-                       bn is not None and bn.rel <= ntol)
+    verdict = _verdict(
+        cb is not None and cb.rel <= tol,
+        cn is not None and cn.rel <= ntol,
+        bn is not None and bn.rel <= ntol,
+    )
     norm = float("nan") if analytic is None else float(np.linalg.norm(analytic))
-    return LeafReport(name, tuple(leaf.shape), str(leaf.dtype), norm,
-                      int(len(idx)), float(numeric.base_step), kinks, cb, cn, bn, verdict)
+    return LeafReport(
+        name,
+        tuple(leaf.shape),
+        str(leaf.dtype),
+        norm,
+        int(len(idx)),
+        float(numeric.base_step),
+        kinks,
+        cb,
+        cn,
+        bn,
+        verdict,
+    )
 
 
 def _verdict(cb_ok, cn_ok, bn_ok) -> str:
@@ -471,4 +574,3 @@ def _maxabs(a) -> float:
 
 def _at(a, k):
     return None if a is None else float(a.reshape(-1)[k])
-

@@ -64,8 +64,11 @@ class Graph:
         """tr: the Trace; names: a name per positional argument (its leaves are named by their
         paths below it); groups: None (a node per gate) or [(label, tape positions)]."""
         self.tape, self.title = tr.tape, title
-        self.outputs = [(node, v) for node, v in zip(tr.out_nodes, jax.tree_util.tree_leaves(tr.out))
-                        if node is not None]
+        self.outputs = [
+            (node, v)
+            for node, v in zip(tr.out_nodes, jax.tree_util.tree_leaves(tr.out))
+            if node is not None
+        ]
         self.inputs = {node: path_name(path, names[a]) for a, path, node, _ in tr.inputs()}
         self.input_values = {node: value for _, _, node, value in tr.inputs()}
         self.upstream, self.sent, self.grads = _replay(tr)
@@ -97,8 +100,12 @@ class Graph:
         if shutil.which("dot"):
             for fmt in formats:
                 target = os.path.join(directory, f"{name}.{fmt}")
-                subprocess.run(["dot", f"-T{fmt}", path, "-o", target], check=True,
-                               capture_output=True, timeout=60)
+                subprocess.run(
+                    ["dot", f"-T{fmt}", path, "-o", target],
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                )
                 written.append(target)
         return written
 
@@ -128,13 +135,15 @@ def graph(f, *args, argnums=None, title: str | None = None) -> Graph:
     """
     names = _param_names(f, len(args))
     if argnums is None:
-        argnums = tuple(i for i, a in enumerate(args) if any(
-            is_float(l) for l in jax.tree_util.tree_leaves(a)))
+        argnums = tuple(
+            i for i, a in enumerate(args) if any(is_float(l) for l in jax.tree_util.tree_leaves(a))
+        )
     return Graph(trace(f, *args, argnums=argnums), names, title or "", None)
 
 
-def graph_layers(model, params, state, x, y=None, *, train: bool = True,
-                 title: str | None = None) -> Graph:
+def graph_layers(
+    model, params, state, x, y=None, *, train: bool = True, title: str | None = None
+) -> Graph:
     """A model of fnn.nn layers (its top-level children, for a serial model) as one node per
     layer, with the loss (softmax cross-entropy against integer labels y) when y is given. A
     layer that computes nothing at this input (a Flatten of inputs already flat) has no node."""
@@ -153,15 +162,27 @@ def graph_layers(model, params, state, x, y=None, *, train: bool = True,
         return h
 
     tr = trace(f, params, x, argnums=(0, 1))
-    groups = [(label, [pos for pos, rec in enumerate(tr.tape.records)
-                       if f"fnn_graph_{label}" in rec.scope.split("/")]) for label in labels]
+    groups = [
+        (
+            label,
+            [
+                pos
+                for pos, rec in enumerate(tr.tape.records)
+                if f"fnn_graph_{label}" in rec.scope.split("/")
+            ],
+        )
+        for label in labels
+    ]
     return Graph(tr, ["", "x"], title or model.name, groups)
 
 
 def _param_names(f, n):
     try:
-        params = [p.name for p in inspect.signature(f).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p.name
+            for p in inspect.signature(f).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         params = []
     return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
@@ -178,9 +199,10 @@ def _replay(tr):
         for i, gi, had in zip(rec.out_ids, jax.tree_util.tree_leaves(g), got):
             if i is not None and had:  # outputs that got no gradient stay out of grads
                 grads[i] = gi
-        sent[pos] = tuple(None if not need else
-                          (jax.tree_util.tree_map(jnp.zeros_like, x) if dx is None else dx)
-                          for need, dx, x in zip(needs, dxs, rec.inputs))
+        sent[pos] = tuple(
+            None if not need else (jax.tree_util.tree_map(jnp.zeros_like, x) if dx is None else dx)
+            for need, dx, x in zip(needs, dxs, rec.inputs)
+        )
         return sent[pos]
 
     leaves = tr.backward(tr.seeds(), record)
@@ -193,8 +215,18 @@ def _build(graph: Graph, groups):
     tape, per_gate = graph.tape, groups is None
     owner, nodes, edges = {}, [], {}
     for node, name in graph.inputs.items():
-        nodes.append(Node(f"i{node}", name, "input", name, "input", (),
-                          graph.input_values[node], graph.grads.get(node)))
+        nodes.append(
+            Node(
+                f"i{node}",
+                name,
+                "input",
+                name,
+                "input",
+                (),
+                graph.input_values[node],
+                graph.grads.get(node),
+            )
+        )
     if per_gate:
         groups = [(None, [pos]) for pos in range(len(tape.records))]
     producer = {node: f"i{node}" for node in graph.inputs}
@@ -213,8 +245,19 @@ def _build(graph: Graph, groups):
             label = f"{label}\n{gates}" if len(gates) <= 40 else label
         last = recs[-1]
         out_id = next((i for i in last.out_ids if i is not None), None)
-        nodes.append(Node(key, label, kind, name, op, tuple(positions), last.outs[0],
-                          graph.grads.get(out_id), " ".join(dict.fromkeys(r.site for r in recs))))
+        nodes.append(
+            Node(
+                key,
+                label,
+                kind,
+                name,
+                op,
+                tuple(positions),
+                last.outs[0],
+                graph.grads.get(out_id),
+                " ".join(dict.fromkeys(r.site for r in recs)),
+            )
+        )
         for p, rec in zip(positions, recs):
             owner[p] = key
             for i in rec.out_ids:

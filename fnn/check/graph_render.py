@@ -15,24 +15,39 @@ import numpy as np
 
 from fnn.errors import describe
 
-SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**",
-           "matmul": "@", "negative": "*-1", "maximum": "max", "minimum": "min", "sigmoid": "σ"}
+SYMBOLS = {
+    "add": "+",
+    "subtract": "-",
+    "multiply": "*",
+    "divide": "/",
+    "power": "**",
+    "matmul": "@",
+    "negative": "*-1",
+    "maximum": "max",
+    "minimum": "min",
+    "sigmoid": "σ",
+}
 COMMUTATIVE = {"add", "multiply", "maximum", "minimum"}
 
 
 def to_dot(g) -> str:
     """Graphviz DOT in the lecture's style: the value above each edge (green), the gradient
     below (red)."""
-    lines = ["digraph fnn {", '  rankdir=LR; nodesep=0.4; ranksep=0.9;',
-             '  node [fontname="Helvetica"]; edge [fontname="Helvetica", fontsize=11];']
+    lines = [
+        "digraph fnn {",
+        "  rankdir=LR; nodesep=0.4; ranksep=0.9;",
+        '  node [fontname="Helvetica"]; edge [fontname="Helvetica", fontsize=11];',
+    ]
     if g.title:
         lines.append(f'  labelloc="t"; label="{_esc(g.title)}";')
     for n in g.nodes:
-        style = {"input": 'shape=plaintext, fontsize=14',
-                 "gate": 'shape=circle, style=filled, fillcolor="#eef3fb"',
-                 "layer": 'shape=box, style="rounded,filled", fillcolor="#eef3fb"',
-                 "const": 'shape=box, style=dashed, color=gray50, fontcolor=gray40',
-                 "output": 'shape=plaintext, fontsize=14'}[n.kind]
+        style = {
+            "input": "shape=plaintext, fontsize=14",
+            "gate": 'shape=circle, style=filled, fillcolor="#eef3fb"',
+            "layer": 'shape=box, style="rounded,filled", fillcolor="#eef3fb"',
+            "const": "shape=box, style=dashed, color=gray50, fontcolor=gray40",
+            "output": "shape=plaintext, fontsize=14",
+        }[n.kind]
         tip = f', tooltip="{_esc(n.where)}"' if n.where else ""
         lines.append(f'  {n.key} [label="{_esc(n.label)}", {style}{tip}];')
     for e in g.edges:
@@ -54,8 +69,16 @@ def to_text(g) -> str:
     for n in g.nodes:
         if n.kind == "const":
             continue
-        rows.append((n.name, n.op, ", ".join(incoming.get(n.key, [])), fmt(n.value),
-                     fmt(n.grad), " ".join(os.path.basename(w) for w in n.where.split())))
+        rows.append(
+            (
+                n.name,
+                n.op,
+                ", ".join(incoming.get(n.key, [])),
+                fmt(n.value),
+                fmt(n.grad),
+                " ".join(os.path.basename(w) for w in n.where.split()),
+            )
+        )
     widths = [min(48, max(len(r[i]) for r in rows)) for i in range(6)]
     out = [g.title] if g.title else []
     for r in rows:
@@ -68,12 +91,18 @@ def explain(graph, gate) -> str:
     """One gate of `graph`: its upstream gradient, local gradient and their product, per input.
 
     `gate`: a tape position (int) or a gate name (its first application)."""
-    pos = gate if isinstance(gate, int) else next(
-        (i for i, r in enumerate(graph.tape.records) if gate in (r.gate.name, gate_name(r))),
-        None)
+    pos = (
+        gate
+        if isinstance(gate, int)
+        else next(
+            (i for i, r in enumerate(graph.tape.records) if gate in (r.gate.name, gate_name(r))),
+            None,
+        )
+    )
     if pos is None or not 0 <= pos < len(graph.tape.records):
-        raise ValueError(f"no gate {gate!r} in this graph; gates: "
-                         f"{[gate_name(r) for r in graph.tape.records]}")
+        raise ValueError(
+            f"no gate {gate!r} in this graph; gates: {[gate_name(r) for r in graph.tape.records]}"
+        )
     rec, g, sent = graph.tape.records[pos], graph.upstream[pos], graph.sent[pos]
     lines = [f"gate #{pos} {gate_name(rec)} ({gate_label(rec)}) at {rec.site}"]
     rule = _local_rule(rec.gate)
@@ -91,13 +120,16 @@ def explain(graph, gate) -> str:
             continue
         who = f"input {k} ({names.get(p, '#?')} = {fmt(x)})"
         if scalar:
-            lines.append(f"  {who}: local gradient {fmt(local[k])} x upstream {fmt(g)} = "
-                         f"{fmt(sent[k])}")
+            lines.append(
+                f"  {who}: local gradient {fmt(local[k])} x upstream {fmt(g)} = {fmt(sent[k])}"
+            )
         else:
             lines.append(f"  {who}: VJP sends back {fmt(rec.leaf_grads(k, sent[k])[j])}")
     if not scalar:
-        lines.append("  (the local gradient is a Jacobian; the hand-written VJP multiplies "
-                     "the upstream gradient by it without forming it)")
+        lines.append(
+            "  (the local gradient is a Jacobian; the hand-written VJP multiplies "
+            "the upstream gradient by it without forming it)"
+        )
     return "\n".join(lines)
 
 
@@ -113,8 +145,11 @@ def _names(g) -> dict:
 
 def input_leaves(rec) -> list:
     """(input position k, leaf index j, parent node or None, leaf value) per input leaf."""
-    return [(k, j, p, x) for k, (ps, arg) in enumerate(zip(rec.parents, rec.inputs))
-            for j, (p, x) in enumerate(zip(ps, jax.tree_util.tree_leaves(arg)))]
+    return [
+        (k, j, p, x)
+        for k, (ps, arg) in enumerate(zip(rec.parents, rec.inputs))
+        for j, (p, x) in enumerate(zip(ps, jax.tree_util.tree_leaves(arg)))
+    ]
 
 
 def gate_name(rec) -> str:
@@ -129,8 +164,11 @@ def gate_label(rec) -> str:
     if rec.gate.name == "lax.integer_pow":
         return f"**{rec.static['y']}"
     sym = SYMBOLS.get(name, name)
-    consts = [(k, x) for k, _, p, x in input_leaves(rec)
-              if p is None and np.size(x) == 1 and len(rec.inputs) == 2]
+    consts = [
+        (k, x)
+        for k, _, p, x in input_leaves(rec)
+        if p is None and np.size(x) == 1 and len(rec.inputs) == 2
+    ]
     if name in SYMBOLS and len(consts) == 1:
         k, c = consts[0]
         c = fmt(c)
@@ -145,7 +183,7 @@ def _local_rule(gate) -> str:
     m = re.search(r"Local gradients?\b.*?(?:\n\s*\n|$)", doc, re.S)
     text = " ".join((m.group(0) if m else doc.split("\n\n")[0]).split())
     if len(text) > 240:  # whole sentences only
-        text = text[:text.rfind(". ", 0, 240) + 1] or text[:240]
+        text = text[: text.rfind(". ", 0, 240) + 1] or text[:240]
     return text
 
 

@@ -43,8 +43,7 @@ from fnn.transforms import value_and_grad as fnn_value_and_grad
 SATURATION = 0.99  # |tanh| above, sigmoid outside [1 - SATURATION, SATURATION]
 DEAD = ("relu",)
 SATURATING = ("sigmoid", "tanh")
-METRICS = ("grad_norm", "update_ratio", "custom_vs_builtin", "alignment", "dead_relu",
-           "saturated")
+METRICS = ("grad_norm", "update_ratio", "custom_vs_builtin", "alignment", "dead_relu", "saturated")
 
 
 def _watched(path: tuple, layer) -> str | None:
@@ -56,8 +55,11 @@ def _watched(path: tuple, layer) -> str | None:
 
 def activation_layers(model) -> dict:
     """{path: layer name} of the ReLU, sigmoid and tanh layers of a model, at any depth."""
-    return {_watched(path, layer): layer.name for path, layer in named_layers(model)
-            if _watched(path, layer)}
+    return {
+        _watched(path, layer): layer.name
+        for path, layer in named_layers(model)
+        if _watched(path, layer)
+    }
 
 
 def layer_activations(model, params, state, x, *, key=None, train=False):
@@ -116,8 +118,9 @@ def angle_deg(a, b):
     return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
 
 
-def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=None,
-                    rules=None) -> dict:
+def gradient_health(
+    loss_fn, model, params, state, batch, *, key=None, updates=None, rules=None
+) -> dict:
     """The gradient-health metrics for `model` at (params, state) on batch = (x, y).
 
     Per layer (layer path -> scalar): grad_norm, update_ratio, custom_vs_builtin, alignment,
@@ -143,8 +146,7 @@ def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=N
         A dict: metric name -> {layer path: float array}, and "loss" -> the batch loss.
     """
     x, y = batch
-    (value, _), g = fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)(params, state, x, y,
-                                                                           key)
+    (value, _), g = fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)(params, state, x, y, key)
     g_jax, _ = jax.grad(loss_fn, has_aux=True)(params, state, x, y, key)
     _, acts = layer_activations(model, params, state, x, key=key, train=True)
     kinds = activation_layers(model)
@@ -156,8 +158,9 @@ def gradient_health(loss_fn, model, params, state, batch, *, key=None, updates=N
         "custom_vs_builtin": {k: jnp.asarray(rel_error(v, ref[k])) for k, v in grads.items()},
         "alignment": {k: angle_deg(v, ref[k]) for k, v in grads.items()},
         "dead_relu": {k: dead_fraction(a) for k, a in acts.items() if kinds[k] in DEAD},
-        "saturated": {k: saturated_fraction(kinds[k], a) for k, a in acts.items()
-                      if kinds[k] in SATURATING},
+        "saturated": {
+            k: saturated_fraction(kinds[k], a) for k, a in acts.items() if kinds[k] in SATURATING
+        },
     }
     if updates is not None:
         us, ps = by_layer(updates, model.name), by_layer(params, model.name)

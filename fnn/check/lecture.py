@@ -73,25 +73,44 @@ def demo() -> list[Example]:
     """The examples `python -m fnn demo` prints, in the lecture's order."""
     return [
         Example("simple", "f(x, y, z) = (x + y) z", simple, (-2.0, 5.0, -4.0)),
-        Example("neuron", "2-D sigmoid neuron 1 / (1 + exp(-(w0 x0 + w1 x1 + w2)))", neuron_wx,
-                (jnp.array(W_NEURON), jnp.array(X_NEURON))),
+        Example(
+            "neuron",
+            "2-D sigmoid neuron 1 / (1 + exp(-(w0 x0 + w1 x1 + w2)))",
+            neuron_wx,
+            (jnp.array(W_NEURON), jnp.array(X_NEURON)),
+        ),
         Example("add", "add gate distributes: x + y", lambda x, y: x + y, (3.0, -1.0)),
         Example("multiply", "mul gate swaps: x * y", lambda x, y: x * y, (3.0, -4.0)),
         Example("maximum", "max gate routes: max(x, y)", maximum, (4.0, 5.0)),
         Example("copy_gate", "copy gate adds: 3x + 4x", copy_gate, (1.5,)),
-        Example("norm", "f(W, x) = ||W x||^2", norm_wx,
-                (jnp.array([[0.1, 0.5], [-0.3, 0.8]]), jnp.array([0.2, 0.4]))),
+        Example(
+            "norm",
+            "f(W, x) = ||W x||^2",
+            norm_wx,
+            (jnp.array([[0.1, 0.5], [-0.3, 0.8]]), jnp.array([0.2, 0.4])),
+        ),
     ]
 
 
 GRAPHS = [
     Example("simple", "f(x, y, z) = (x + y) z", simple, (-2.0, 5.0, -4.0), "multiply"),
-    Example("neuron", "f(w, x) = 1 / (1 + exp(-(w0 x0 + w1 x1 + w2)))", neuron, NEURON_ARGS,
-            "divide"),
-    Example("sigmoid_gate", "the same neuron with one sigmoid gate: local gradient s (1 - s)",
-            sigmoid_neuron, NEURON_ARGS, "sigmoid"),
-    Example("copy_gate", "a value used twice: f(x) = 3x + 4x (the gradients add)", copy_gate,
-            (1.5,), "add"),
+    Example(
+        "neuron", "f(w, x) = 1 / (1 + exp(-(w0 x0 + w1 x1 + w2)))", neuron, NEURON_ARGS, "divide"
+    ),
+    Example(
+        "sigmoid_gate",
+        "the same neuron with one sigmoid gate: local gradient s (1 - s)",
+        sigmoid_neuron,
+        NEURON_ARGS,
+        "sigmoid",
+    ),
+    Example(
+        "copy_gate",
+        "a value used twice: f(x) = 3x + 4x (the gradients add)",
+        copy_gate,
+        (1.5,),
+        "add",
+    ),
 ]
 
 
@@ -113,5 +132,11 @@ def compare(example: Example) -> Comparison:
     nums = tuple(range(len(example.args)))
     value, mine = value_and_grad(example.f, argnums=nums)(*example.args)
     ref = jax.grad(example.f, argnums=nums)(*example.args)
-    return Comparison(example, value, [
-        (a, b, rel_error(a, b) <= tolerance("gate", jnp.result_type(b))) for a, b in zip(mine, ref)])
+    return Comparison(
+        example,
+        value,
+        [
+            (a, b, rel_error(a, b) <= tolerance("gate", jnp.result_type(b)))
+            for a, b in zip(mine, ref)
+        ],
+    )

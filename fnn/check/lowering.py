@@ -34,17 +34,32 @@ import jax
 
 ACCELERATORS = ("cuda", "rocm", "tpu")
 # targets every XLA backend knows: sharding annotations, shape checks, XLA's own expanders
-PORTABLE_TARGETS = frozenset({
-    "Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "annotate_device_placement",
-    "shape_assertion", "AllocateBuffer", "ApproxTopK", "Eigh", "Qr", "LuDecomposition",
-    "ProductOfElementaryHouseholderReflectors", "stablehlo.dynamic_approx_top_k",
-    "stablehlo.dynamic_reduce_window", "stablehlo.dynamic_rng_bit_generator",
-    "stablehlo.dynamic_top_k"})
+PORTABLE_TARGETS = frozenset(
+    {
+        "Sharding",
+        "SPMDFullToShardShape",
+        "SPMDShardToFullShape",
+        "annotate_device_placement",
+        "shape_assertion",
+        "AllocateBuffer",
+        "ApproxTopK",
+        "Eigh",
+        "Qr",
+        "LuDecomposition",
+        "ProductOfElementaryHouseholderReflectors",
+        "stablehlo.dynamic_approx_top_k",
+        "stablehlo.dynamic_reduce_window",
+        "stablehlo.dynamic_rng_bit_generator",
+        "stablehlo.dynamic_top_k",
+    }
+)
 # platform -> target name prefixes of its own libraries (a module exported for several
 # platforms holds each one's branch of a platform-dependent lowering)
-ACCELERATOR_TARGETS = {"cuda": ("cu_", "cusolver_", "cusparse_", "cublas", "cudnn", "mosaic_gpu"),
-                       "rocm": ("hip_", "hipsolver_", "hipsparse_", "hipblas", "miopen"),
-                       "tpu": ("tpu_custom_call",)}
+ACCELERATOR_TARGETS = {
+    "cuda": ("cu_", "cusolver_", "cusparse_", "cublas", "cudnn", "mosaic_gpu"),
+    "rocm": ("hip_", "hipsolver_", "hipsparse_", "hipblas", "miopen"),
+    "tpu": ("tpu_custom_call",),
+}
 # name fragments of targets only XLA's CPU backend has
 CPU_ONLY_FRAGMENTS = ("lapack", "ducc", "cpu", "eigen", "mkl", "onednn", "ynn")
 
@@ -79,29 +94,33 @@ def custom_call_targets(module_text: str) -> list[str]:
     return sorted(found)
 
 
-def target_problems(targets: Sequence[str], platforms: Sequence[str] = ACCELERATORS
-                    ) -> list[str]:
+def target_problems(targets: Sequence[str], platforms: Sequence[str] = ACCELERATORS) -> list[str]:
     """What is wrong with calling these custom call targets on `platforms`: one line per target
     that is CPU-only, a host callback, or not known to run there (none: an empty list)."""
     problems = []
     for t in targets:
         low = t.lower()
         if "callback" in low:
-            problems.append(f"custom call {t!r} is a host callback (the step must stay on the "
-                            "device; export cannot serialize it)")
+            problems.append(
+                f"custom call {t!r} is a host callback (the step must stay on the "
+                "device; export cannot serialize it)"
+            )
         elif any(f in low for f in CPU_ONLY_FRAGMENTS):
-            problems.append(f"custom call {t!r} is CPU-only: it does not exist on "
-                            f"{'/'.join(platforms)}")
+            problems.append(
+                f"custom call {t!r} is CPU-only: it does not exist on {'/'.join(platforms)}"
+            )
         elif t not in PORTABLE_TARGETS and not any(
-                t.startswith(ACCELERATOR_TARGETS.get(p, ())) for p in platforms):
-            problems.append(f"custom call {t!r} is not known to run on {'/'.join(platforms)} "
-                            "(if it does, add it to fnn.check.lowering.PORTABLE_TARGETS or "
-                            "ACCELERATOR_TARGETS)")
+            t.startswith(ACCELERATOR_TARGETS.get(p, ())) for p in platforms
+        ):
+            problems.append(
+                f"custom call {t!r} is not known to run on {'/'.join(platforms)} "
+                "(if it does, add it to fnn.check.lowering.PORTABLE_TARGETS or "
+                "ACCELERATOR_TARGETS)"
+            )
     return problems
 
 
-def check_lowering(fn, *args, platforms: Sequence[str] = ACCELERATORS, **kwargs
-                   ) -> LoweringCheck:
+def check_lowering(fn, *args, platforms: Sequence[str] = ACCELERATORS, **kwargs) -> LoweringCheck:
     """Export `fn` for `platforms` in one jax.export and judge its module (fnn.check.lowering).
 
     No device of those platforms is needed. Never raises for the function's faults: a lowering
@@ -127,20 +146,29 @@ def check_lowering(fn, *args, platforms: Sequence[str] = ACCELERATORS, **kwargs
     t0 = time.perf_counter()
     problems = []
     try:  # host callbacks first: export refuses them, with a message that does not say so
-        problems += [f"host callback {name!r} in the program (jax.debug.callback, "
-                     "pure_callback, io_callback): it runs on the CPU and export cannot "
-                     "serialize it" for name in host_callbacks(jitted.trace(*args,
-                                                                           **kwargs).jaxpr)]
+        problems += [
+            f"host callback {name!r} in the program (jax.debug.callback, "
+            "pure_callback, io_callback): it runs on the CPU and export cannot "
+            "serialize it"
+            for name in host_callbacks(jitted.trace(*args, **kwargs).jaxpr)
+        ]
         exported = jax.export.export(jitted, platforms=platforms)(*args, **kwargs)
         text = exported.mlir_module()
     except Exception as e:  # a function that does not lower is the finding: keep why
         message = f"{type(e).__name__}: {e}"
-        problems.append(f"does not lower for {'/'.join(platforms)}: "
-                        f"{message.splitlines()[0][:300]}")
+        problems.append(
+            f"does not lower for {'/'.join(platforms)}: {message.splitlines()[0][:300]}"
+        )
         return LoweringCheck(platforms, [], problems, message, time.perf_counter() - t0)
     targets = custom_call_targets(text)
-    return LoweringCheck(platforms, targets, problems + target_problems(targets, platforms),
-                         None, time.perf_counter() - t0, int(exported.nr_devices))
+    return LoweringCheck(
+        platforms,
+        targets,
+        problems + target_problems(targets, platforms),
+        None,
+        time.perf_counter() - t0,
+        int(exported.nr_devices),
+    )
 
 
 CALLBACK_PRIMITIVES = ("debug_callback", "pure_callback", "io_callback")
@@ -165,8 +193,7 @@ def host_callbacks(jaxpr) -> list[str]:
     return found
 
 
-def check_lowerings(programs: Mapping, *, platforms: Sequence[str] = ACCELERATORS
-                    ) -> dict:
+def check_lowerings(programs: Mapping, *, platforms: Sequence[str] = ACCELERATORS) -> dict:
     """Export several programs as one and judge them (check_lowering), each alone when that fails.
 
     All of them are exported as one program (each fn called as a nested jit, on its own
@@ -197,8 +224,10 @@ def check_lowerings(programs: Mapping, *, platforms: Sequence[str] = ACCELERATOR
     shared = check_lowering(jax.jit(together), inputs, platforms=platforms)
     if shared.ok:
         return {name: shared for name in names}
-    alone = {name: check_lowering(fn, *args, platforms=platforms)
-             for name, fn, args in zip(names, fns, inputs)}
+    alone = {
+        name: check_lowering(fn, *args, platforms=platforms)
+        for name, fn, args in zip(names, fns, inputs)
+    }
     if all(r.ok for r in alone.values()):  # only the whole fails: do not hide it
         return {name: shared for name in names}
     return alone

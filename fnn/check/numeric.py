@@ -21,8 +21,9 @@ from fnn.autodiff import is_float
 
 def _leaves(tree) -> list:
     """The array leaves of a pytree, without float0 ones (they carry no value)."""
-    return [x for x in jax.tree_util.tree_leaves(tree)
-            if getattr(x, "dtype", None) != jax.dtypes.float0]
+    return [
+        x for x in jax.tree_util.tree_leaves(tree) if getattr(x, "dtype", None) != jax.dtypes.float0
+    ]
 
 
 def rel_error(a, b, *, special: bool = False):
@@ -174,8 +175,7 @@ def _room(x, structure):
     if structure == "sorted":  # a quarter of the gap to either neighbour along the last axis
         gaps = jnp.diff(x, axis=-1)
         inf = jnp.full(jnp.shape(x)[:-1] + (1,), jnp.inf, x.dtype)
-        return jnp.minimum(jnp.concatenate([inf, gaps], -1),
-                           jnp.concatenate([gaps, inf], -1)) / 4
+        return jnp.minimum(jnp.concatenate([inf, gaps], -1), jnp.concatenate([gaps, inf], -1)) / 4
     return jnp.full(jnp.shape(x), jnp.inf, x.dtype)
 
 
@@ -198,8 +198,12 @@ def _contracted(f, ct):
     def scalar(*a):
         out = f(*a)
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return sum(jnp.real(jnp.sum(o * c)) for o, c in zip(outs, cts)
-                   if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0)
+        return sum(
+            jnp.real(jnp.sum(o * c))
+            for o, c in zip(outs, cts)
+            if c is not None and getattr(c, "dtype", None) != jax.dtypes.float0
+        )
+
     return scalar
 
 
@@ -237,8 +241,9 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
     scalar = _contracted(f, ct)
 
     def central(along, x, kind):
-        f_plus, f_minus, h_plus, h_minus = differences(along, x, np.arange(x.size), h,
-                                                       structure=kind)
+        f_plus, f_minus, h_plus, h_minus = differences(
+            along, x, np.arange(x.size), h, structure=kind
+        )
         return ((f_plus - f_minus) / (h_plus + h_minus)).reshape(x.shape)
 
     grads = [None] * len(args)
@@ -250,12 +255,14 @@ def numerical_vjp(f, args, ct, diff=None, h=1e-6, structure=None):
 
         if jnp.iscomplexobj(x):
             if kind is not None:
-                raise ValueError(f"numerical_vjp: a structure ({kind!r}) of a complex "
-                                 "argument is not supported")
+                raise ValueError(
+                    f"numerical_vjp: a structure ({kind!r}) of a complex argument is not supported"
+                )
             re, im = jnp.real(x), jnp.imag(x)
             grads[i] = lax.complex(
                 central(lambda r, im=im: along(lax.complex(r, im)), re, None),
-                -central(lambda m, re=re: along(lax.complex(re, m)), im, None))
+                -central(lambda m, re=re: along(lax.complex(re, m)), im, None),
+            )
         else:
             grads[i] = central(along, x, kind)
     return grads

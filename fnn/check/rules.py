@@ -49,21 +49,29 @@ class RuleCheck:
         if self.error is not None:
             return f"FAIL: {self.error}"
         if self.ok:
-            return "ok" if self.kind == "exact" or self.formula_error is not None else \
-                "ok (no formula declared)"
-        what = "differs from the exact gradient" if self.kind == "exact" else \
-            "does not follow its formula"
+            return (
+                "ok"
+                if self.kind == "exact" or self.formula_error is not None
+                else "ok (no formula declared)"
+            )
+        what = (
+            "differs from the exact gradient"
+            if self.kind == "exact"
+            else "does not follow its formula"
+        )
         return f"FAIL: {what}"
 
 
-def check_rule(rule: Rule, gate, inputs: tuple, static: dict | None = None, *,
-               seed: int = 0) -> RuleCheck:
+def check_rule(
+    rule: Rule, gate, inputs: tuple, static: dict | None = None, *, seed: int = 0
+) -> RuleCheck:
     """`rule` as the backward of `gate` at `inputs` (float64), with a random upstream gradient."""
     static = dict(static or {})
     with jax.enable_x64(True):
-        inputs = tuple(jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.result_type(x),
-                                                                       jnp.floating) else x
-                       for x in inputs)
+        inputs = tuple(
+            jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+            for x in inputs
+        )
         forward = lambda *xs: gate.forward(*xs, **static)[0]
         out, exact_pull = jax.vjp(forward, *inputs)
         g = jnp.asarray(np.random.default_rng(seed).standard_normal(np.shape(out)), out.dtype)
@@ -86,8 +94,10 @@ def check_rule(rule: Rule, gate, inputs: tuple, static: dict | None = None, *,
 
 
 def _flat(grads, inputs):
-    parts = [np.zeros(np.size(x)) if d is None else np.ravel(np.asarray(d, np.float64))
-             for d, x in zip(grads, inputs)]
+    parts = [
+        np.zeros(np.size(x)) if d is None else np.ravel(np.asarray(d, np.float64))
+        for d, x in zip(grads, inputs)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -101,5 +111,7 @@ def library_cases(seed: int = 0) -> list:
 def check_library(seed: int = 0) -> list[RuleCheck]:
     """check_rule for every rule of the library (library_cases: each entry of
     fnn.rulebook.LIBRARY, at its declared inputs)."""
-    return [check_rule(rule, gate, inputs, static, seed=seed)
-            for rule, gate, inputs, static in library_cases(seed)]
+    return [
+        check_rule(rule, gate, inputs, static, seed=seed)
+        for rule, gate, inputs, static in library_cases(seed)
+    ]

@@ -15,12 +15,14 @@ from fnn.check.grads import check_grads
 from fnn.nn import cnn, mlp, resnet, rnn_lm, transformer_lm
 from fnn.ops import softmax_cross_entropy
 
-MODELS = {"mlp": (lambda: mlp(hidden=(16, 16), num_classes=5), (12,), 8),
-          "cnn": (lambda: cnn(channels=(4, 8), dense=(16,), num_classes=5), (8, 8, 3), 4),
-          "resnet": (lambda: resnet(widths=(4, 8), num_classes=5), (8, 8, 3), 4),
-          "lstm": (lambda: rnn_lm("lstm", 5, hidden=(8,), embed=4), (6,), 3),
-          "gru": (lambda: rnn_lm("gru", 5, hidden=(8,), embed=4), (6,), 3),
-          "transformer": (lambda: transformer_lm(5, width=8, depth=1, heads=2), (6,), 3)}
+MODELS = {
+    "mlp": (lambda: mlp(hidden=(16, 16), num_classes=5), (12,), 8),
+    "cnn": (lambda: cnn(channels=(4, 8), dense=(16,), num_classes=5), (8, 8, 3), 4),
+    "resnet": (lambda: resnet(widths=(4, 8), num_classes=5), (8, 8, 3), 4),
+    "lstm": (lambda: rnn_lm("lstm", 5, hidden=(8,), embed=4), (6,), 3),
+    "gru": (lambda: rnn_lm("gru", 5, hidden=(8,), embed=4), (6,), 3),
+    "transformer": (lambda: transformer_lm(5, width=8, depth=1, heads=2), (6,), 3),
+}
 TOKENS = ("lstm", "gru", "transformer")  # token ids in, per-position logits out
 
 

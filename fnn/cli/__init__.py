@@ -33,8 +33,15 @@ from fnn.cli._args import HelpFormatter, UsageError
 from fnn.cli._exit import EPILOG, FAILED, USAGE
 from fnn.errors import FnnError
 
-COMMANDS = {"train": train, "sample": sample, "gradcheck": gradcheck, "graph": graph, "demo": demo,
-            "bench": bench, "launch": launch}
+COMMANDS = {
+    "train": train,
+    "sample": sample,
+    "gradcheck": gradcheck,
+    "graph": graph,
+    "demo": demo,
+    "bench": bench,
+    "launch": launch,
+}
 
 
 def version_text() -> str:
@@ -49,20 +56,24 @@ def version_text() -> str:
             return version(name)
         except PackageNotFoundError:  # run from a source tree that pip never installed
             return "unknown (not installed)"
+
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fnn/, imported from
-    return (f"fnn {installed('fnn')} ({here})\n"
-            f"jax {jax.__version__}, jaxlib {installed('jaxlib')}\n"
-            f"default backend: {jax.default_backend()} ({len(devices)} device"
-            f"{'s' * (len(devices) > 1)}: {', '.join(kinds)})")
+    return (
+        f"fnn {installed('fnn')} ({here})\n"
+        f"jax {jax.__version__}, jaxlib {installed('jaxlib')}\n"
+        f"default backend: {jax.default_backend()} ({len(devices)} device"
+        f"{'s' * (len(devices) > 1)}: {', '.join(kinds)})"
+    )
 
 
 class _Version(argparse.Action):
     """--version: version_text(), computed when asked for (it starts JAX's backend)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                 help=None):
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None
+    ):
         super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -72,19 +83,32 @@ class _Version(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fnn", description="fnn: neural networks with hand-written gradients.",
-        epilog=EPILOG, formatter_class=HelpFormatter)
-    parser.add_argument("--version", action=_Version,
-                        help="print fnn's, JAX's and jaxlib's versions and JAX's default backend")
+        prog="python -m fnn",
+        description="fnn: neural networks with hand-written gradients.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="print fnn's, JAX's and jaxlib's versions and JAX's default backend",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=command.HELP, description=command.DESCRIPTION,
-                                    usage=getattr(command, "SYNOPSIS", None), epilog=EPILOG,
-                                    formatter_class=HelpFormatter)
+        sub = subparsers.add_parser(
+            name,
+            help=command.HELP,
+            description=command.DESCRIPTION,
+            usage=getattr(command, "SYNOPSIS", None),
+            epilog=EPILOG,
+            formatter_class=HelpFormatter,
+        )
         command.add_arguments(sub)
-        sub.add_argument("--no-tune", action="store_true",
-                         help="keep JAX's default CPU settings (see fnn.runtime; FNN_NO_TUNE=1 "
-                              "does the same)")
+        sub.add_argument(
+            "--no-tune",
+            action="store_true",
+            help="keep JAX's default CPU settings (see fnn.runtime; FNN_NO_TUNE=1 does the same)",
+        )
         sub.set_defaults(func=command.run)
     # what launch's processes may run: the other commands (given here: launch is one of them)
     subparsers.choices["launch"].set_defaults(commands=tuple(c for c in COMMANDS if c != "launch"))
@@ -116,8 +140,11 @@ def main(argv: list[str] | None = None, *, tune: bool = False) -> int:
 
         if AT_IMPORT and (AT_IMPORT["xla_flags"] or AT_IMPORT["malloc"]):
             args.tuning = AT_IMPORT  # what is in effect, reported as it is
-            print("fnn: --no-tune came too late: `import fnn` had applied fnn's CPU settings "
-                  "already (set FNN_NO_TUNE=1 in the environment instead)", file=sys.stderr)
+            print(
+                "fnn: --no-tune came too late: `import fnn` had applied fnn's CPU settings "
+                "already (set FNN_NO_TUNE=1 in the environment instead)",
+                file=sys.stderr,
+            )
         if os.environ.get("FNN_DEBUG"):
             print(f"fnn: --no-tune, JAX's defaults (at import: {AT_IMPORT})", file=sys.stderr)
     try:

@@ -10,6 +10,7 @@ import math
 def number(kind, *, low: float, what: str, high: float | None = None):
     """An argparse type: text parsed by `kind` (int or float), finite and in [low, high], else
     an ArgumentTypeError saying `what` it must be and the text given."""
+
     def parse(text: str):
         try:
             v = kind(text)
@@ -18,6 +19,7 @@ def number(kind, *, low: float, what: str, high: float | None = None):
         if v is None or not (math.isfinite(v) and v >= low and (high is None or v <= high)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return v
+
     parse.__name__ = kind.__name__
     return parse
 

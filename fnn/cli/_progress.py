@@ -44,8 +44,11 @@ def color_wanted(stream=None) -> bool:
     empty, TERM not 'dumb'."""
     stream = sys.stdout if stream is None else stream
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") and \
-        os.environ.get("TERM") != "dumb"
+    return (
+        bool(isatty and isatty())
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
 
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "bold": "1"}
@@ -68,8 +71,14 @@ class Progress:
         if sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, leave=False,
-                            dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=self.total,
+                desc=self.desc,
+                unit=self.unit,
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -98,8 +107,11 @@ class Progress:
         if self.bar is not None:
             self.bar.update(steps)
         elif self.lines:
-            print(f"{self.desc} {self.done}/{self.total} {label} {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.desc} {self.done}/{self.total} {label} {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         return value
 
     def _tick(self, seconds: float) -> None:

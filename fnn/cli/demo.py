@@ -9,8 +9,10 @@ from fnn.check.lecture import compare, demo
 
 
 HELP = "the lecture's worked examples: fnn's gradients beside jax.grad's"
-DESCRIPTION = ("Print the CS231n backpropagation examples with fnn's hand-written gradients next "
-               "to jax.grad's; exit 1 if any differ.")
+DESCRIPTION = (
+    "Print the CS231n backpropagation examples with fnn's hand-written gradients next "
+    "to jax.grad's; exit 1 if any differ."
+)
 
 
 def add_arguments(parser) -> None:
@@ -27,7 +29,9 @@ def run(args) -> int:
         c = compare(ex)
         print(f"{ex.title}\n  value {_fmt(c.value)}")
         for i, (a, b, same) in enumerate(c.grads):
-            print(f"  d/darg{i}: fnn {_fmt(a):28s} jax.grad {_fmt(b):28s} "
-                  f"{'ok' if same else 'DIFFERENT'}")
+            print(
+                f"  d/darg{i}: fnn {_fmt(a):28s} jax.grad {_fmt(b):28s} "
+                f"{'ok' if same else 'DIFFERENT'}"
+            )
         ok &= c.ok
     return 0 if ok else 1

@@ -49,34 +49,59 @@ from fnn.check.zoo import MODELS, check_model
 from fnn.ops import registry
 
 HELP = "check every gate's VJP (or a model's gradients) against JAX and numerics"
-DESCRIPTION = ("Check each gate's hand-written VJP at its test cases against jax.vjp and float64 "
-               "central differences, under jit/vmap/grad; exit 1 on any failure.")
+DESCRIPTION = (
+    "Check each gate's hand-written VJP at its test cases against jax.vjp and float64 "
+    "central differences, under jit/vmap/grad; exit 1 on any failure."
+)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--module", action="append", default=[], metavar="PKG.MOD",
-                        help="also check the gates (fnn.defgate objects) defined in this module")
-    parser.add_argument("--gate", action="append", default=[], metavar="NAME[,NAME]",
-                        help="check only these gates")
-    parser.add_argument("--model", choices=tuple(MODELS),
-                        help="check a small model's gradients per layer instead of the gates")
-    parser.add_argument("--all", action="store_true",
-                        help="every test case of each gate, in float32 too, under every "
-                        "transform (eager, jit, vmap, grad(vmap), vmap(grad)) and 2nd order; "
-                        "without it: each gate's first case and its kink cases, in float64, "
-                        "under jit (a few times faster)")
-    parser.add_argument("--timing", action="store_true",
-                        help="time forward + VJP of each gate, custom vs built-in (columns "
-                        "'custom us', 'built-in us')")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="text: the table row by row as each gate is checked; markdown, "
-                        "json: the rows on stderr as they come, the document on stdout at the "
-                        "end (default text)")
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="PKG.MOD",
+        help="also check the gates (fnn.defgate objects) defined in this module",
+    )
+    parser.add_argument(
+        "--gate", action="append", default=[], metavar="NAME[,NAME]", help="check only these gates"
+    )
+    parser.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        help="check a small model's gradients per layer instead of the gates",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every test case of each gate, in float32 too, under every "
+        "transform (eager, jit, vmap, grad(vmap), vmap(grad)) and 2nd order; "
+        "without it: each gate's first case and its kink cases, in float64, "
+        "under jit (a few times faster)",
+    )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="time forward + VJP of each gate, custom vs built-in (columns "
+        "'custom us', 'built-in us')",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="text: the table row by row as each gate is checked; markdown, "
+        "json: the rows on stderr as they come, the document on stdout at the "
+        "end (default text)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-primitives", action="store_true",
-                        help="skip the rules of JAX's primitives (the 'lax.*' gates)")
-    parser.add_argument("--no-rules", action="store_true",
-                        help="skip the rule library (fnn.rulebook)")
+    parser.add_argument(
+        "--no-primitives",
+        action="store_true",
+        help="skip the rules of JAX's primitives (the 'lax.*' gates)",
+    )
+    parser.add_argument(
+        "--no-rules", action="store_true", help="skip the rule library (fnn.rulebook)"
+    )
 
 
 def gates_to_check(modules=(), names=None, primitives: bool = True) -> dict:
@@ -107,16 +132,25 @@ def timing_us(gate, report, *, seed: int = 0, reps: int = 20):
     """(custom, built-in) microseconds of forward + VJP under jit on the gate's largest float32
     case; (None, None) for a gate the checker could not jit, that has no float32 case, or whose
     float32 run raises (what --all reports as a failure)."""
-    if "jit" in report.errors or "float32" in report.errors or \
-            report.transforms.get("jit") is False:
+    if (
+        "jit" in report.errors
+        or "float32" in report.errors
+        or report.transforms.get("jit") is False
+    ):
         return None, None
     try:
         cases = gate.cases(np.random.default_rng(seed), "float32")
         if not cases:
             return None, None
         case = max(cases, key=lambda c: sum(np.size(a) for a in c.args))
-        t = time_gate(gate, cast_case(case, "float32"), case.kwargs,
-                      rng=np.random.default_rng(seed), reps=reps, fixed=case.fixed)
+        t = time_gate(
+            gate,
+            cast_case(case, "float32"),
+            case.kwargs,
+            rng=np.random.default_rng(seed),
+            reps=reps,
+            fixed=case.fixed,
+        )
     except Exception:  # not a check: --all checks float32 and says why
         return None, None
     return t["custom"] * 1e6, t["builtin"] * 1e6
@@ -125,15 +159,19 @@ def timing_us(gate, report, *, seed: int = 0, reps: int = 20):
 def row(report, timing=(None, None)) -> dict:
     """The table's row of a GateCheck (what --format json lists per gate): `cases` the float64
     cases checked, `declared` those the gate has (kink cases included in both)."""
-    return {"gate": report.gate, "cases": sum(c.dtype == "float64" for c in report.cases),
-            "declared": report.declared,
-            "vs_jax_f64": report.worst("vs_jax", "float64"),
-            "vs_jax_f32": report.worst("vs_jax", "float32"),
-            "vs_numeric": report.worst("vs_numeric", "float64"),
-            "second_order": report.transforms.get(SECOND_ORDER),
-            "custom_us": timing[0], "builtin_us": timing[1],
-            "transforms": {t: report.transforms.get(t) for t in CHECKS if t != SECOND_ORDER},
-            "verdict": report.verdict}
+    return {
+        "gate": report.gate,
+        "cases": sum(c.dtype == "float64" for c in report.cases),
+        "declared": report.declared,
+        "vs_jax_f64": report.worst("vs_jax", "float64"),
+        "vs_jax_f32": report.worst("vs_jax", "float32"),
+        "vs_numeric": report.worst("vs_numeric", "float64"),
+        "second_order": report.transforms.get(SECOND_ORDER),
+        "custom_us": timing[0],
+        "builtin_us": timing[1],
+        "transforms": {t: report.transforms.get(t) for t in CHECKS if t != SECOND_ORDER},
+        "verdict": report.verdict,
+    }
 
 
 def _e(v) -> str:
@@ -146,8 +184,11 @@ def _us(v) -> str:
 
 CELLS = {  # header -> the cell of a row (a dict of `row`)
     "gate": lambda r: r["gate"],
-    "cases": lambda r: (str(r["cases"]) if r["cases"] == r.get("declared", r["cases"])
-                        else f"{r['cases']}/{r['declared']}"),
+    "cases": lambda r: (
+        str(r["cases"])
+        if r["cases"] == r.get("declared", r["cases"])
+        else f"{r['cases']}/{r['declared']}"
+    ),
     "vs jax f64": lambda r: _e(r["vs_jax_f64"]),
     "vs jax f32": lambda r: _e(r["vs_jax_f32"]),
     "vs numeric": lambda r: _e(r["vs_numeric"]),
@@ -164,8 +205,12 @@ RULE_HEADER = ("rule", "gate", "kind", "vs its formula", "cos with exact", "~exa
 def columns(everything: bool = True, timing: bool = True) -> tuple:
     """The headers of the gate table: those of what was checked (--all: float32 and the 2nd
     order; --timing: the timings)."""
-    return tuple(h for h in HEADER if (everything or h not in ("vs jax f32", "2nd order"))
-                 and (timing or h not in ("custom us", "built-in us")))
+    return tuple(
+        h
+        for h in HEADER
+        if (everything or h not in ("vs jax f32", "2nd order"))
+        and (timing or h not in ("custom us", "built-in us"))
+    )
 
 
 def _cells(r: dict, header=HEADER) -> tuple:
@@ -174,15 +219,28 @@ def _cells(r: dict, header=HEADER) -> tuple:
 
 def rule_row(check) -> dict:
     """The rule table's row of a RuleCheck."""
-    return {"rule": check.rule, "gate": check.gate, "kind": check.kind,
-            "formula_error": check.formula_error, "cos": check.cos, "rel": check.rel,
-            "verdict": check.verdict}
+    return {
+        "rule": check.rule,
+        "gate": check.gate,
+        "kind": check.kind,
+        "formula_error": check.formula_error,
+        "cos": check.cos,
+        "rel": check.rel,
+        "verdict": check.verdict,
+    }
 
 
 def _rule_cells(r: dict) -> tuple:
     cos = "n/a" if r["cos"] != r["cos"] else f"{r['cos']:.3f}"  # nan: the exact gradient is 0
-    return (r["rule"], r["gate"], r["kind"], _e(r["formula_error"]), cos, f"{r['rel']:.2g}",
-            r["verdict"])
+    return (
+        r["rule"],
+        r["gate"],
+        r["kind"],
+        _e(r["formula_error"]),
+        cos,
+        f"{r['rel']:.2g}",
+        r["verdict"],
+    )
 
 
 def _line(cells, widths, stream=None) -> str:
@@ -202,8 +260,9 @@ def _header_lines(header, widths) -> list[str]:
 def _table(header, cells) -> str:
     """A whole table, columns as wide as their widest cell (--format text after the fact)."""
     widths = [max(len(c[i]) for c in [header] + cells) for i in range(len(header) - 1)]
-    return "\n".join(_header_lines(header, widths) + [_line(c, widths, io.StringIO())
-                                                      for c in cells])
+    return "\n".join(
+        _header_lines(header, widths) + [_line(c, widths, io.StringIO()) for c in cells]
+    )
 
 
 def summary(rows: list[dict], rules: list[dict] = (), scope: dict | None = None) -> str:
@@ -211,32 +270,46 @@ def summary(rows: list[dict], rules: list[dict] = (), scope: dict | None = None)
     was checked (scope: the run's meta)."""
     failed = [r["gate"] for r in rows if r["verdict"] != "ok"]
     failed += [r["rule"] for r in rules if not r["verdict"].startswith("ok")]
-    text = (f"{len(rows)} gates" + (f" and {len(rules)} rules" if rules else "")
-            + f", {len(rows) + len(rules) - len(failed)} ok"
-            + (f", FAILED: {', '.join(failed)}" if failed else ""))
+    text = (
+        f"{len(rows)} gates"
+        + (f" and {len(rules)} rules" if rules else "")
+        + f", {len(rows) + len(rules) - len(failed)} ok"
+        + (f", FAILED: {', '.join(failed)}" if failed else "")
+    )
     if scope and not scope.get("all"):
         checked = sum(r["cases"] for r in rows)
         declared = sum(r["declared"] for r in rows)
-        text += (f"\nchecked {checked} of the gates' {declared} test cases: each gate's first "
-                 "case and its kink cases, in float64, under jit;\n`python -m fnn gradcheck "
-                 "--all` checks every case, in float32 too, eager, under "
-                 f"{', '.join(t for t in TRANSFORMS if t != 'jit')} and 2nd order")
+        text += (
+            f"\nchecked {checked} of the gates' {declared} test cases: each gate's first "
+            "case and its kink cases, in float64, under jit;\n`python -m fnn gradcheck "
+            "--all` checks every case, in float32 too, eager, under "
+            f"{', '.join(t for t in TRANSFORMS if t != 'jit')} and 2nd order"
+        )
     if scope and not scope.get("timing"):
         text += "; --timing times each gate, custom vs built-in"
     return text
 
 
-def format_rows(rows: list[dict], fmt: str = "text", meta: dict | None = None,
-                rules: list[dict] = ()) -> str:
+def format_rows(
+    rows: list[dict], fmt: str = "text", meta: dict | None = None, rules: list[dict] = ()
+) -> str:
     """The tables (gates, then the rule library) as text, Markdown or JSON, with a summary
     (meta: the run's, as --format json writes it; its scope says what the text leaves out)."""
     meta = meta or {}
     header = columns(meta.get("all", True), meta.get("timing", True))
     if fmt == "json":
-        failed = [r for r in rows if r["verdict"] != "ok"] + \
-            [r for r in rules if not r["verdict"].startswith("ok")]
-        return json.dumps({"meta": meta, "ok": not failed and not meta.get("interrupted"),
-                           "gates": rows, "rules": list(rules)}, indent=2)
+        failed = [r for r in rows if r["verdict"] != "ok"] + [
+            r for r in rules if not r["verdict"].startswith("ok")
+        ]
+        return json.dumps(
+            {
+                "meta": meta,
+                "ok": not failed and not meta.get("interrupted"),
+                "gates": rows,
+                "rules": list(rules),
+            },
+            indent=2,
+        )
     tables = [(header, [_cells(r, header) for r in rows])]
     if rules:
         tables.append((RULE_HEADER, [_rule_cells(r) for r in rules]))
@@ -244,8 +317,9 @@ def format_rows(rows: list[dict], fmt: str = "text", meta: dict | None = None,
     if fmt == "markdown":
         parts = []
         for head, cells in tables:
-            lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |"
-                     for r in [head] + cells]
+            lines = [
+                "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in [head] + cells
+            ]
             lines.insert(1, "|" + "---|" * len(head))
             parts.append("\n".join(lines))
         return "\n\n".join(parts) + f"\n\n{text}\n"
@@ -256,15 +330,27 @@ def _check_model(args) -> int:
     with Progress(1, "gradcheck", unit="model") as progress:
         try:
             report, divergences = progress.run(
-                args.model, lambda: check_model(args.model, seed=args.seed))
+                args.model, lambda: check_model(args.model, seed=args.seed)
+            )
         except Stopped as e:
-            print(f"fnn gradcheck: interrupted by {signal.Signals(e.signum).name} while checking "
-                  f"{args.model}", file=sys.stderr)
+            print(
+                f"fnn gradcheck: interrupted by {signal.Signals(e.signum).name} while checking "
+                f"{args.model}",
+                file=sys.stderr,
+            )
             return TERMINATED if e.signum == signal.SIGTERM else INTERRUPTED
     if args.format == "json":
-        print(json.dumps({"model": args.model, "report": report.to_dict(),
-                          "divergences": [dataclasses.asdict(d) for d in divergences],
-                          "ok": report.ok and divergences.ok}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "report": report.to_dict(),
+                    "divergences": [dataclasses.asdict(d) for d in divergences],
+                    "ok": report.ok and divergences.ok,
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"model {args.model}: parameter gradients, layer by layer")
         print(report.to_markdown() if args.format == "markdown" else report)
@@ -281,26 +367,37 @@ def _meta(args, scope: dict) -> dict:
     """What the report says of its own run: seed, device, versions, the scope of the checks
     (`scope`: QUICK's part of check_gate's, or all of it) and the tolerances."""
     device = jax.devices()[0]
-    return {"seed": args.seed, "device": f"{device.platform}:{device.device_kind}",
-            "jax": jax.__version__, "all": args.all, "timing": args.timing,
-            "scope": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                      {"dtypes": DTYPES, "cases": None, "checks": CHECKS, **scope}.items()},
-            "tolerance": dict(TOLERANCES["gate"]),
-            "numeric_tolerance": tolerance("numeric", "float64"),
-            "transform_tolerance": tolerance("transform", "float64")}
+    return {
+        "seed": args.seed,
+        "device": f"{device.platform}:{device.device_kind}",
+        "jax": jax.__version__,
+        "all": args.all,
+        "timing": args.timing,
+        "scope": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in {"dtypes": DTYPES, "cases": None, "checks": CHECKS, **scope}.items()
+        },
+        "tolerance": dict(TOLERANCES["gate"]),
+        "numeric_tolerance": tolerance("numeric", "float64"),
+        "transform_tolerance": tolerance("transform", "float64"),
+    }
 
 
 def _widths(header, gates, library, checks) -> tuple[list[int], list[int]]:
     """The column widths of the gates' rows (`header`'s but the last) and of the rules' rows,
     wide enough for the names and typical values: the rows are printed as they are checked,
     before all of them are known."""
-    typical = {"gate": max(map(len, gates), default=0), "cases": 5,
-               "transforms": len(" ".join(t for t in CHECKS if t != SECOND_ORDER and t in checks))}
+    typical = {
+        "gate": max(map(len, gates), default=0),
+        "cases": 5,
+        "transforms": len(" ".join(t for t in CHECKS if t != SECOND_ORDER and t in checks)),
+    }
     widths = [max(len(h), typical.get(h, 0)) for h in header[:-1]]
-    rule_widths = [max([len(RULE_HEADER[0])] + [len(r.name) for r, *_ in library]),
-                   max([len(RULE_HEADER[1])] + [len(g.name) for _, g, *_ in library]),
-                   max([len(RULE_HEADER[2])] + [len(r.kind) for r, *_ in library])] + \
-        [len(h) for h in RULE_HEADER[3:-1]]
+    rule_widths = [
+        max([len(RULE_HEADER[0])] + [len(r.name) for r, *_ in library]),
+        max([len(RULE_HEADER[1])] + [len(g.name) for _, g, *_ in library]),
+        max([len(RULE_HEADER[2])] + [len(r.kind) for r, *_ in library]),
+    ] + [len(h) for h in RULE_HEADER[3:-1]]
     return widths, rule_widths
 
 
@@ -329,7 +426,9 @@ def run(args) -> int:
                 progress.write(line, stream)
             for name, gate in gates.items():
                 report, timing = progress.run(
-                    name, lambda name=name, gate=gate: _check(name, gate, scope, args.timing, args.seed))
+                    name,
+                    lambda name=name, gate=gate: _check(name, gate, scope, args.timing, args.seed),
+                )
                 rows.append(row(report, timing))
                 progress.write(_line(_cells(rows[-1], header), widths, stream), stream)
             if library:
@@ -337,21 +436,30 @@ def run(args) -> int:
                 for line in _header_lines(RULE_HEADER, rule_widths):
                     progress.write(line, stream)
             for rule, gate, inputs, static in library:
-                check = progress.run(rule.name, functools.partial(check_rule, rule, gate, inputs, static,
-                                                                  seed=args.seed))
+                check = progress.run(
+                    rule.name,
+                    functools.partial(check_rule, rule, gate, inputs, static, seed=args.seed),
+                )
                 rules.append(rule_row(check))
                 progress.write(_line(_rule_cells(rules[-1]), rule_widths, stream), stream)
         except Stopped as e:
             stopped = e
     if stopped is not None:
         meta["interrupted"] = signal.Signals(stopped.signum).name
-        print(f"fnn gradcheck: interrupted by {meta['interrupted']} after {progress.done} of "
-              f"{progress.total} checks; the rows above are those done", file=sys.stderr)
+        print(
+            f"fnn gradcheck: interrupted by {meta['interrupted']} after {progress.done} of "
+            f"{progress.total} checks; the rows above are those done",
+            file=sys.stderr,
+        )
     if args.format == "text":
         print(summary(rows, rules, meta))
     else:
         print(format_rows(rows, args.format, meta, rules))
     if stopped is not None:
         return TERMINATED if stopped.signum == signal.SIGTERM else INTERRUPTED
-    return OK if all(r["verdict"] == "ok" for r in rows) and \
-        all(r["verdict"].startswith("ok") for r in rules) else FAILED
+    return (
+        OK
+        if all(r["verdict"] == "ok" for r in rows)
+        and all(r["verdict"].startswith("ok") for r in rules)
+        else FAILED
+    )

@@ -16,20 +16,35 @@ from fnn.check.zoo import MODELS, small_model
 
 
 HELP = "draw a computational graph with values and gradients on its edges"
-DESCRIPTION = ("Draw the lecture's examples (`graph lecture`) or a small model (`graph --model "
-               "mlp`) as Graphviz .dot (.svg with Graphviz) and text.")
+DESCRIPTION = (
+    "Draw the lecture's examples (`graph lecture`) or a small model (`graph --model "
+    "mlp`) as Graphviz .dot (.svg with Graphviz) and text."
+)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("what", nargs="?", choices=("lecture",),
-                        help="'lecture': draw the lecture's worked examples")
-    parser.add_argument("--model", choices=tuple(MODELS),
-                        help="draw a small fnn.nn model at layer granularity")
-    parser.add_argument("--out", default="graphs", metavar="DIR",
-                        help="where the .dot (and .svg with Graphviz) files go (default: graphs)")
+    parser.add_argument(
+        "what",
+        nargs="?",
+        choices=("lecture",),
+        help="'lecture': draw the lecture's worked examples",
+    )
+    parser.add_argument(
+        "--model", choices=tuple(MODELS), help="draw a small fnn.nn model at layer granularity"
+    )
+    parser.add_argument(
+        "--out",
+        default="graphs",
+        metavar="DIR",
+        help="where the .dot (and .svg with Graphviz) files go (default: graphs)",
+    )
     parser.add_argument("--gate", help="the gate to explain (name or tape position)")
-    parser.add_argument("--render", default="svg", choices=("svg", "png", "pdf"),
-                        help="the format `dot` renders to when it is installed")
+    parser.add_argument(
+        "--render",
+        default="svg",
+        choices=("svg", "png", "pdf"),
+        help="the format `dot` renders to when it is installed",
+    )
 
 
 def _gate_arg(gate: str):
@@ -44,13 +59,24 @@ def run(args) -> int:
     if not args.what and not args.model:
         raise UsageError("say what to draw: `fnn graph lecture` or `fnn graph --model mlp`")
     written = []
-    steps = ([(ex.name, lambda ex=ex: graph(ex.f, *ex.args, title=ex.title), ex)
-              for ex in GRAPHS] if args.what == "lecture" else [])
+    steps = (
+        [(ex.name, lambda ex=ex: graph(ex.f, *ex.args, title=ex.title), ex) for ex in GRAPHS]
+        if args.what == "lecture"
+        else []
+    )
     if args.model:
+
         def draw():
             model, params, state, x, y = small_model(args.model)
-            return graph_layers(model, params, state, x, y,
-                                title=f"{args.model}: layers, values and gradients (norms)")
+            return graph_layers(
+                model,
+                params,
+                state,
+                x,
+                y,
+                title=f"{args.model}: layers, values and gradients (norms)",
+            )
+
         steps.append((args.model, draw, None))
     with Progress(len(steps), "graph", unit="graph", lines=True) as progress:
         try:
@@ -58,21 +84,27 @@ def run(args) -> int:
                 g = progress.run(name, draw)
                 if ex is not None:
                     progress.write(g.to_text())
-                    progress.write(g.explain(_gate_arg(args.gate) if args.gate else ex.explain)
-                                   + "\n")
+                    progress.write(
+                        g.explain(_gate_arg(args.gate) if args.gate else ex.explain) + "\n"
+                    )
                 else:
                     progress.write(g.to_text() + "\n")
                     if args.gate:
                         progress.write(g.explain(_gate_arg(args.gate)) + "\n")
                 written += g.save(args.out, name, (args.render,))
         except Stopped as e:
-            print(f"fnn graph: interrupted by {signal.Signals(e.signum).name} after "
-                  f"{progress.done} of {progress.total} graphs", file=sys.stderr)
+            print(
+                f"fnn graph: interrupted by {signal.Signals(e.signum).name} after "
+                f"{progress.done} of {progress.total} graphs",
+                file=sys.stderr,
+            )
             if written:
                 print("wrote " + ", ".join(written))
             return TERMINATED if e.signum == signal.SIGTERM else INTERRUPTED
     print("wrote " + ", ".join(written))
     if not shutil.which("dot"):
-        print("(Graphviz `dot` is not installed: only .dot files were written; render them with "
-              "`dot -Tsvg FILE.dot -o FILE.svg` after installing graphviz)")
+        print(
+            "(Graphviz `dot` is not installed: only .dot files were written; render them with "
+            "`dot -Tsvg FILE.dot -o FILE.svg` after installing graphviz)"
+        )
     return OK

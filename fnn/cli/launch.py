@@ -33,11 +33,13 @@ from fnn.cli._exit import SAVED
 from fnn.train.distributed import free_port, process_env
 
 HELP = "start N processes of one run on this machine (like torchrun)"
-DESCRIPTION = ("Start N processes of one run on this machine: python -m fnn launch --nproc 2 "
-               "--devices-per-process 4 -- train --epochs 5. Each process joins the run "
-               "(fnn.train.distributed), its output prefixed with its number; when one fails "
-               "all are stopped. After --: an fnn command (train ...) or a Python script "
-               "(script.py ARGS) that calls fnn.train.distributed.initialize().")
+DESCRIPTION = (
+    "Start N processes of one run on this machine: python -m fnn launch --nproc 2 "
+    "--devices-per-process 4 -- train --epochs 5. Each process joins the run "
+    "(fnn.train.distributed), its output prefixed with its number; when one fails "
+    "all are stopped. After --: an fnn command (train ...) or a Python script "
+    "(script.py ARGS) that calls fnn.train.distributed.initialize()."
+)
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL when stopping the processes
 PR_SET_PDEATHSIG = 1
 
@@ -46,18 +48,36 @@ _grace = number(float, low=0, what="a number of seconds >= 0")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--nproc", type=_count, required=True, metavar="N",
-                   help="how many processes to start")
-    p.add_argument("--devices-per-process", type=_count, default=1, metavar="K",
-                   help="host CPU devices each process has (XLA's "
-                   "--xla_force_host_platform_device_count), and accelerators when there are "
-                   "some: process i gets devices i*K to i*K+K-1 (default 1)")
-    p.add_argument("--port", type=number(int, low=1, high=65535, what="a port from 1 to 65535"),
-                   help="the coordinator's port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--grace", type=_grace, default=GRACE, metavar="S", help="seconds a process "
-                   f"has to stop after SIGTERM before SIGKILL (default {GRACE:g})")
-    p.add_argument("argv", nargs="...", metavar="-- COMMAND",
-                   help="what each process runs: an fnn command (train ...) or script.py ...")
+    p.add_argument(
+        "--nproc", type=_count, required=True, metavar="N", help="how many processes to start"
+    )
+    p.add_argument(
+        "--devices-per-process",
+        type=_count,
+        default=1,
+        metavar="K",
+        help="host CPU devices each process has (XLA's "
+        "--xla_force_host_platform_device_count), and accelerators when there are "
+        "some: process i gets devices i*K to i*K+K-1 (default 1)",
+    )
+    p.add_argument(
+        "--port",
+        type=number(int, low=1, high=65535, what="a port from 1 to 65535"),
+        help="the coordinator's port on 127.0.0.1 (default: a free one)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_grace,
+        default=GRACE,
+        metavar="S",
+        help=f"seconds a process has to stop after SIGTERM before SIGKILL (default {GRACE:g})",
+    )
+    p.add_argument(
+        "argv",
+        nargs="...",
+        metavar="-- COMMAND",
+        help="what each process runs: an fnn command (train ...) or script.py ...",
+    )
 
 
 def _argv(command: list[str], commands) -> list[str]:
@@ -66,16 +86,20 @@ def _argv(command: list[str], commands) -> list[str]:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise ValueError("give the command each process runs after --, e.g. "
-                         "python -m fnn launch --nproc 2 -- train --epochs 5")
+        raise ValueError(
+            "give the command each process runs after --, e.g. "
+            "python -m fnn launch --nproc 2 -- train --epochs 5"
+        )
     if command[0] in commands:
         return [sys.executable, "-m", "fnn", *command]
     if command[0].endswith(".py"):
         if not os.path.isfile(command[0]):
             raise ValueError(f"the script {command[0]!r} does not exist")
         return [sys.executable, *command]
-    raise ValueError(f"the command after -- must be an fnn command "
-                     f"({', '.join(commands)}) or a Python script (.py), got {command[0]!r}")
+    raise ValueError(
+        f"the command after -- must be an fnn command "
+        f"({', '.join(commands)}) or a Python script (.py), got {command[0]!r}"
+    )
 
 
 def _child_setup() -> None:
@@ -123,21 +147,30 @@ def _status(code: int) -> str:
 class Launch:
     """The N processes of a run and what happens to them (see the module docstring)."""
 
-    def __init__(self, argv: list[str], nproc: int, devices_per_process: int, port: int,
-                 grace: float):
+    def __init__(
+        self, argv: list[str], nproc: int, devices_per_process: int, port: int, grace: float
+    ):
         self.coordinator = f"127.0.0.1:{port}"
         self.grace, self.lock = grace, threading.Lock()
         self.procs, self.threads = [], []
         self.signals: list[int] = []
         for i in range(nproc):
             env = process_env(self.coordinator, nproc, i, devices_per_process)
-            self.procs.append(subprocess.Popen(
-                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=_child_setup))
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=_child_setup,
+                )
+            )
         for i, p in enumerate(self.procs):
             for stream, out in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
-                t = threading.Thread(target=_forward, args=(stream, out, f"[{i}] ".encode(),
-                                                            self.lock), daemon=True)
+                t = threading.Thread(
+                    target=_forward, args=(stream, out, f"[{i}] ".encode(), self.lock), daemon=True
+                )
                 t.start()
                 self.threads.append(t)
 
@@ -164,9 +197,11 @@ class Launch:
             if len(self.signals) > told:  # the launcher was interrupted
                 told = len(self.signals)
                 if told == 1:
-                    self.say(f"{signal.Signals(self.signals[0]).name}: passed to the "
-                             f"{len(self.procs)} processes, which stop at the same point "
-                             "(process 0 saves it); a second one kills them")
+                    self.say(
+                        f"{signal.Signals(self.signals[0]).name}: passed to the "
+                        f"{len(self.procs)} processes, which stop at the same point "
+                        "(process 0 saves it); a second one kills them"
+                    )
                     self.send(self.signals[0])
                 else:
                     stop_at = time.monotonic()
@@ -176,12 +211,20 @@ class Launch:
             if self.signals[:1] == [signal.SIGINT]:
                 ok.add(SAVED)
             if failed is None:
-                failed = next((i for i, p in enumerate(self.procs)
-                               if p.poll() is not None and p.returncode not in ok), None)
+                failed = next(
+                    (
+                        i
+                        for i, p in enumerate(self.procs)
+                        if p.poll() is not None and p.returncode not in ok
+                    ),
+                    None,
+                )
                 if failed is not None:
-                    self.say(f"process {failed} (pid {self.procs[failed].pid}) "
-                             f"{_status(self.procs[failed].returncode)}; stopping the others "
-                             f"(SIGTERM, then SIGKILL after {self.grace:g} s)")
+                    self.say(
+                        f"process {failed} (pid {self.procs[failed].pid}) "
+                        f"{_status(self.procs[failed].returncode)}; stopping the others "
+                        f"(SIGTERM, then SIGKILL after {self.grace:g} s)"
+                    )
                     self.send(signal.SIGTERM)
                     stop_at = time.monotonic() + self.grace
             if stop_at is not None and time.monotonic() >= stop_at and not killed:
@@ -209,9 +252,11 @@ def run(args) -> int:
     launch = Launch(argv, args.nproc, args.devices_per_process, port, args.grace)
     previous = {s: signal.signal(s, launch.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        launch.say(f"{args.nproc} processes x {args.devices_per_process} device(s), "
-                   f"coordinator {launch.coordinator}: "
-                   + ", ".join(f"process {i} pid {p.pid}" for i, p in enumerate(launch.procs)))
+        launch.say(
+            f"{args.nproc} processes x {args.devices_per_process} device(s), "
+            f"coordinator {launch.coordinator}: "
+            + ", ".join(f"process {i} pid {p.pid}" for i, p in enumerate(launch.procs))
+        )
         return launch.wait()
     finally:
         for s, handler in previous.items():

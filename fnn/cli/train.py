@@ -13,9 +13,18 @@ import jax
 
 from fnn.cli._args import UsageError, number
 from fnn.cli._exit import INTERRUPTED, OK, SAVED, TERMINATED
-from fnn.train.config import (OPTIONS, ConfigError, TrainConfig, check_applies,
-                              check_resume_overrides, option_flag, option_help, parse_option,
-                              resume_flags, with_defaults)
+from fnn.train.config import (
+    OPTIONS,
+    ConfigError,
+    TrainConfig,
+    check_applies,
+    check_resume_overrides,
+    option_flag,
+    option_help,
+    parse_option,
+    resume_flags,
+    with_defaults,
+)
 from fnn.train.distributed import JOIN_TIMEOUT, initialize, parse_address
 from fnn.train.diagnostics import EVERY as DIAGNOSTICS_EVERY
 from fnn.train.interrupt import TrainingInterrupted
@@ -27,11 +36,13 @@ from fnn.train.run import train_run
 def _option(name: str):
     """The argparse type of TrainConfig option `name`: parsed and checked by fnn.train.config,
     the same checks config.json and checkpoints get."""
+
     def parse(text: str):
         try:
             return parse_option(name, text)
         except ConfigError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+
     parse.__name__ = name
     return parse
 
@@ -51,8 +62,10 @@ def _address(text: str) -> str:
 
 HELP = "train a model and save its run directory"
 SYNOPSIS = "%(prog)s [options]"
-DESCRIPTION = ("Train a model. With no options: an MLP on the bundled digits dataset with "
-               "hand-written gradients (>= 97% test accuracy in well under a minute).")
+DESCRIPTION = (
+    "Train a model. With no options: an MLP on the bundled digits dataset with "
+    "hand-written gradients (>= 97% test accuracy in well under a minute)."
+)
 
 
 # the topics of --help, in order: a TrainConfig field's is in its declaration
@@ -89,50 +102,123 @@ def add_arguments(p) -> None:
         """An option of the command alone (not of the run's config), under topic `group`."""
         groups[group].add_argument(flag, **kw)
 
-    a("--out", "run folder", metavar="RUN_DIR",
-      help="run directory (default runs/<model>-<dataset>-<time>)")
-    a("--resume", "run folder", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
-      "last checkpoint, also one saved in the middle of an epoch by Ctrl-C (its "
-      f"config is kept and checked against the checkpoint's; only {resume_flags()} may be "
-      "changed); a run stopped before its first checkpoint starts from the beginning")
-    a("--resume-from", "run folder", choices=("last", "best"), default=None,
-      help="with --resume: the checkpoint to continue from (default last; best "
-      "continues from best.safetensors, cutting the history back to its epoch: "
-      "for a run whose last.safetensors is lost)")
-    a("--overwrite", "run folder", action="store_true", help="a new run in a folder that "
-      "already holds files a run writes (config.json, metrics.jsonl, checkpoints, "
-      "results.json, plots, vocab.json, ...) removes them first; without it such a "
-      "folder is refused")
-    a("--chunk-seconds", "run folder", type=_chunk_seconds, metavar="S", help="run each epoch "
-      f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
-      "one step); Ctrl-C stops between two, saving a checkpoint to resume from")
+    a(
+        "--out",
+        "run folder",
+        metavar="RUN_DIR",
+        help="run directory (default runs/<model>-<dataset>-<time>)",
+    )
+    a(
+        "--resume",
+        "run folder",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its "
+        "last checkpoint, also one saved in the middle of an epoch by Ctrl-C (its "
+        f"config is kept and checked against the checkpoint's; only {resume_flags()} may be "
+        "changed); a run stopped before its first checkpoint starts from the beginning",
+    )
+    a(
+        "--resume-from",
+        "run folder",
+        choices=("last", "best"),
+        default=None,
+        help="with --resume: the checkpoint to continue from (default last; best "
+        "continues from best.safetensors, cutting the history back to its epoch: "
+        "for a run whose last.safetensors is lost)",
+    )
+    a(
+        "--overwrite",
+        "run folder",
+        action="store_true",
+        help="a new run in a folder that "
+        "already holds files a run writes (config.json, metrics.jsonl, checkpoints, "
+        "results.json, plots, vocab.json, ...) removes them first; without it such a "
+        "folder is refused",
+    )
+    a(
+        "--chunk-seconds",
+        "run folder",
+        type=_chunk_seconds,
+        metavar="S",
+        help="run each epoch "
+        f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
+        "one step); Ctrl-C stops between two, saving a checkpoint to resume from",
+    )
     a("--no-progress", "run folder", action="store_true", help="no progress bars")
-    a("--check-nans", "gradients and rules", action="store_true", help="on a NaN/inf loss, "
-      "replay the step eagerly under fnn.debug_nans and name the gate (forward or VJP) that "
-      "made it; exit 1")
-    a("--devices", "devices", type=_positive_int, metavar="N", help="data parallel: split each "
-      "batch across N devices (the batch size must be divisible by N), parameters replicated")
-    a("--shard", "devices", choices=SHARD, help="params: split the large parameters and their "
-      "optimizer state across the devices too (FSDP), for models whose parameters and "
-      "optimizer state do not fit on one device; without --devices: all devices (default "
-      "none: replicated)")
-    a("--coordinator", "devices", type=_address, metavar="HOST:PORT", help="several "
-      "processes, one run: process 0's host and a free port, where it starts JAX's "
-      "coordinator; with --num-processes and --process-id. Without them: from the environment "
-      "(python -m fnn launch; SLURM, Open MPI, Kubernetes, Cloud TPU as JAX detects them), "
-      "else one process")
-    a("--num-processes", "devices", type=_positive_int, metavar="N", help="how many processes "
-      "the run has (each runs this same command)")
-    a("--process-id", "devices", type=_process_id, metavar="I", help="this process's number, "
-      "0 to N-1 (process 0 writes the run directory)")
-    a("--join-timeout", "devices", type=_seconds, metavar="S", help="seconds to wait for every "
-      f"process to join (default {JOIN_TIMEOUT:g}); then each says why it could not, and "
-      "exits 1")
-    a("--diagnostics", "gradients and rules", action="store_true", help="gradient health per "
-      "layer: gradient norm, update/parameter ratio, dead ReLUs, saturated sigmoid/tanh, custom "
-      "vs built-in gradient; to RUN_DIR/diagnostics.jsonl and diagnostics.png")
-    a("--diagnostics-every", "gradients and rules", type=_positive_int, metavar="N",
-      help=f"measure every N steps (default {DIAGNOSTICS_EVERY}; implies --diagnostics)")
+    a(
+        "--check-nans",
+        "gradients and rules",
+        action="store_true",
+        help="on a NaN/inf loss, "
+        "replay the step eagerly under fnn.debug_nans and name the gate (forward or VJP) that "
+        "made it; exit 1",
+    )
+    a(
+        "--devices",
+        "devices",
+        type=_positive_int,
+        metavar="N",
+        help="data parallel: split each "
+        "batch across N devices (the batch size must be divisible by N), parameters replicated",
+    )
+    a(
+        "--shard",
+        "devices",
+        choices=SHARD,
+        help="params: split the large parameters and their "
+        "optimizer state across the devices too (FSDP), for models whose parameters and "
+        "optimizer state do not fit on one device; without --devices: all devices (default "
+        "none: replicated)",
+    )
+    a(
+        "--coordinator",
+        "devices",
+        type=_address,
+        metavar="HOST:PORT",
+        help="several "
+        "processes, one run: process 0's host and a free port, where it starts JAX's "
+        "coordinator; with --num-processes and --process-id. Without them: from the environment "
+        "(python -m fnn launch; SLURM, Open MPI, Kubernetes, Cloud TPU as JAX detects them), "
+        "else one process",
+    )
+    a(
+        "--num-processes",
+        "devices",
+        type=_positive_int,
+        metavar="N",
+        help="how many processes the run has (each runs this same command)",
+    )
+    a(
+        "--process-id",
+        "devices",
+        type=_process_id,
+        metavar="I",
+        help="this process's number, 0 to N-1 (process 0 writes the run directory)",
+    )
+    a(
+        "--join-timeout",
+        "devices",
+        type=_seconds,
+        metavar="S",
+        help="seconds to wait for every "
+        f"process to join (default {JOIN_TIMEOUT:g}); then each says why it could not, and "
+        "exits 1",
+    )
+    a(
+        "--diagnostics",
+        "gradients and rules",
+        action="store_true",
+        help="gradient health per "
+        "layer: gradient norm, update/parameter ratio, dead ReLUs, saturated sigmoid/tanh, custom "
+        "vs built-in gradient; to RUN_DIR/diagnostics.jsonl and diagnostics.png",
+    )
+    a(
+        "--diagnostics-every",
+        "gradients and rules",
+        type=_positive_int,
+        metavar="N",
+        help=f"measure every N steps (default {DIAGNOSTICS_EVERY}; implies --diagnostics)",
+    )
 
 
 def _train_config(args):
@@ -147,13 +233,16 @@ def _train_config(args):
         config = TrainConfig(**with_defaults(given))
         check_applies(config, given)
         out = args.out or os.path.join(
-            "runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+            "runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         return config, {}, out, False
     if not args.resume.strip():
         raise ValueError("--resume must name a run directory, got an empty string")
     if args.overwrite:
-        raise ValueError("--overwrite replaces the files of a new run; --resume continues the "
-                         "run there: give one of them")
+        raise ValueError(
+            "--overwrite replaces the files of a new run; --resume continues the "
+            "run there: give one of them"
+        )
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise ValueError("--resume RUN_DIR continues the run in RUN_DIR; drop --out")
     check_resume_overrides(given)  # before anything is read: the options alone say it
@@ -168,30 +257,53 @@ def run(args) -> int:
         config, overrides, out, resume = _train_config(args)
     except ValueError as e:  # the options alone say it (ConfigError included): bad usage
         raise UsageError(str(e)) from None
-    initialize(args.coordinator, args.num_processes, args.process_id,  # several processes
-               timeout=args.join_timeout or JOIN_TIMEOUT)
+    initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,  # several processes
+        timeout=args.join_timeout or JOIN_TIMEOUT,
+    )
     every = args.diagnostics_every or (DIAGNOSTICS_EVERY if args.diagnostics else 0)
     chunk = CHUNK_SECONDS if args.chunk_seconds is None else args.chunk_seconds
     try:
-        train_run(config, out, resume=resume, overrides=overrides,
-                  progress=not args.no_progress, log=print, diagnostics=every,
-                  check_nans=args.check_nans, devices=args.devices, chunk_seconds=chunk,
-                  shard=args.shard, overwrite=args.overwrite,
-                  resume_from=args.resume_from or "last")
+        train_run(
+            config,
+            out,
+            resume=resume,
+            overrides=overrides,
+            progress=not args.no_progress,
+            log=print,
+            diagnostics=every,
+            check_nans=args.check_nans,
+            devices=args.devices,
+            chunk_seconds=chunk,
+            shard=args.shard,
+            overwrite=args.overwrite,
+            resume_from=args.resume_from or "last",
+        )
     except TrainingInterrupted as e:
         ts = e.state
-        where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
-                 else f"after epoch {ts.epoch}")
+        where = (
+            f"at step {ts.position} of epoch {ts.epoch + 1}"
+            if ts.position
+            else f"after epoch {ts.epoch}"
+        )
         by = "SIGTERM" if e.signum == signal.SIGTERM else "Ctrl-C"
         waited = f" {e.waited_s:.2f} s after {by}" if e.waited_s is not None else ""
-        saved = ("saved" if jax.process_index() == 0 else "process 0 saved")  # several processes
-        print(f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and {saved} "
-              f"{os.path.join(out, 'last.safetensors')}; continue with: python -m fnn train "
-              f"--resume {out}", file=sys.stderr)
+        saved = "saved" if jax.process_index() == 0 else "process 0 saved"  # several processes
+        print(
+            f"\ninterrupted {where} (optimizer step {ts.step}); stopped{waited} and {saved} "
+            f"{os.path.join(out, 'last.safetensors')}; continue with: python -m fnn train "
+            f"--resume {out}",
+            file=sys.stderr,
+        )
         return TERMINATED if e.signum == signal.SIGTERM else SAVED
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the run's last checkpoint (if any) is unchanged; continue with: "
-              f"python -m fnn train --resume {out}", file=sys.stderr)
+        print(
+            f"\ninterrupted; the run's last checkpoint (if any) is unchanged; continue with: "
+            f"python -m fnn train --resume {out}",
+            file=sys.stderr,
+        )
         return INTERRUPTED
     if jax.process_index() == 0:  # several processes: only process 0 writes and reports
         print(f"run directory: {out}")

@@ -1,8 +1,8 @@
 """Every activation gate as a parameter-free layer, and activations by name.
 
-    Relu, Sigmoid, Tanh, Softplus, Silu                  elementwise, no options
-    LeakyRelu(alpha), Elu(alpha), Gelu(approximate)      elementwise, with options
-    Maxout(pieces)     the max over groups of `pieces` consecutive units: (N, D) -> (N, D // pieces)
+Relu, Sigmoid, Tanh, Softplus, Silu                  elementwise, no options
+LeakyRelu(alpha), Elu(alpha), Gelu(approximate)      elementwise, with options
+Maxout(pieces)     the max over groups of `pieces` consecutive units: (N, D) -> (N, D // pieces)
 """
 
 from __future__ import annotations
@@ -112,16 +112,25 @@ def Maxout(pieces: int) -> Layer:
 
     def output_shape(s):
         if s[-1] % pieces:
-            raise ValueError(f"Maxout({pieces}): the last axis ({s[-1]}) must be divisible by "
-                             f"{pieces}")
+            raise ValueError(
+                f"Maxout({pieces}): the last axis ({s[-1]}) must be divisible by {pieces}"
+            )
         return s[:-1] + (s[-1] // pieces,)
 
     layer = stateless("maxout", lambda x: ops.maxout(x, pieces=pieces, axis=-1), output_shape)
     return layer
 
 
-ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "softplus": Softplus,
-               "silu": Silu, "leaky_relu": LeakyRelu, "elu": Elu, "gelu": Gelu}
+ACTIVATIONS = {
+    "relu": Relu,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "softplus": Softplus,
+    "silu": Silu,
+    "leaky_relu": LeakyRelu,
+    "elu": Elu,
+    "gelu": Gelu,
+}
 """The activation layers by name (what `activation=` and `--activation` accept)."""
 
 
@@ -143,5 +152,6 @@ def Activation(name: str, **options) -> Layer:
     try:
         return ACTIVATIONS[name](**options)
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of "
-                         f"{', '.join(sorted(ACTIVATIONS))}") from None
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {', '.join(sorted(ACTIVATIONS))}"
+        ) from None

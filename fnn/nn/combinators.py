@@ -86,11 +86,14 @@ def check_input_shape(name: str, input_shape) -> tuple:
         shape = tuple(input_shape)
     except TypeError:
         shape = None
-    if shape is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
-                                and d > 0 for d in shape):
-        raise ValueError(f"{name}: input_shape must be the shape of one example without the "
-                         f"batch axis, a tuple of positive ints such as (28, 28, 1); got "
-                         f"{input_shape!r}")
+    if shape is None or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        raise ValueError(
+            f"{name}: input_shape must be the shape of one example without the "
+            f"batch axis, a tuple of positive ints such as (28, 28, 1); got "
+            f"{input_shape!r}"
+        )
     return tuple(int(d) for d in shape)
 
 
@@ -156,8 +159,10 @@ def check_keys(model: str, keys, tree, what: str) -> None:
     """`tree` (params or state of a combinator) must be a dict with exactly `keys`."""
     if not isinstance(tree, Mapping) or set(tree) != set(keys):
         have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(f"{model}: {what} do not fit this model: expected keys "
-                         f"{sorted(keys)}, got {have} (were they made by another model's init?)")
+        raise ValueError(
+            f"{model}: {what} do not fit this model: expected keys "
+            f"{sorted(keys)}, got {have} (were they made by another model's init?)"
+        )
 
 
 def _init_child(model: str, k: str, child: Layer, key, shape):
@@ -175,11 +180,11 @@ def _apply_child(model: str, k: str, child: Layer, params, state, x, key, train,
     try:
         with jax.named_scope(k):  # the gate records' scope reads as the layer path
             if observe is not None and child.children:
+
                 def inner(path, layer, y):
                     observe((k,) + path, layer, y)
 
-                y, new_state = child.apply(params, state, x, key=key, train=train,
-                                           observe=inner)
+                y, new_state = child.apply(params, state, x, key=key, train=train, observe=inner)
             else:
                 y, new_state = child.apply(params, state, x, key=key, train=train)
     except LAYER_ERRORS as e:
@@ -212,8 +217,10 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         raise ValueError("serial() needs at least one layer")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"serial(): argument {i} is {type(layer).__name__}, not a Layer "
-                            "(did you write nn.Relu instead of nn.Relu()?)")
+            raise TypeError(
+                f"serial(): argument {i} is {type(layer).__name__}, not a Layer "
+                "(did you write nn.Relu instead of nn.Relu()?)"
+            )
     keys = tuple(f"{i}_{layer.name}" for i, layer in enumerate(layers))
 
     def init(key, input_shape):
@@ -228,8 +235,9 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         new_state = {}
         with layer_scope(name):
             for k, layer, sub in zip(keys, layers, split_key(key, len(layers))):
-                x, new_state[k] = _apply_child(name, k, layer, params[k], state[k], x, sub,
-                                               train, observe)
+                x, new_state[k] = _apply_child(
+                    name, k, layer, params[k], state[k], x, sub, train, observe
+                )
         return x, new_state
 
     apply.chains_children = True  # remat(layer, segments) may rebuild it from its children
@@ -280,16 +288,19 @@ def residual(main: Layer, shortcut: Layer | None = None, *, name: str = "residua
                 raise ValueError(f"{name}: main branch gives {out} but shortcut gives {shape}")
             out = shape
         if shortcut is None and out != tuple(input_shape):
-            raise ValueError(f"{name}: main branch maps {tuple(input_shape)} to {out}; an identity "
-                             "shortcut needs them equal (pass a projection shortcut)")
+            raise ValueError(
+                f"{name}: main branch maps {tuple(input_shape)} to {out}; an identity "
+                "shortcut needs them equal (pass a projection shortcut)"
+            )
         return params, state, out
 
     def apply(params, state, x, *, key=None, train=False, observe=None):
         new_state, outs = {}, []
         with layer_scope(name):
             for (k, layer), sub in zip(children, split_key(key, 2)):
-                y, new_state[k] = _apply_child(name, k, layer, params[k], state[k], x, sub,
-                                               train, observe)
+                y, new_state[k] = _apply_child(
+                    name, k, layer, params[k], state[k], x, sub, train, observe
+                )
                 outs.append(y)
         return (outs[0] + outs[1] if len(outs) == 2 else outs[0] + x), new_state
 
@@ -346,9 +357,11 @@ def _checkpointed(fn, params, state, x, key, observe, prevent_cse):
 def _segment_sizes(name: str, segments, n: int) -> list:
     """The lengths of the runs of consecutive children that remat checkpoints one by one."""
     if isinstance(segments, str) and segments != "sqrt":
-        raise ValueError(f"remat({name}): segments must be None, 'sqrt', a positive int or a "
-                         f"sequence of positive ints adding up to its {n} layers, got "
-                         f"{segments!r}")
+        raise ValueError(
+            f"remat({name}): segments must be None, 'sqrt', a positive int or a "
+            f"sequence of positive ints adding up to its {n} layers, got "
+            f"{segments!r}"
+        )
     if segments == "sqrt":
         size = max(1, round(math.sqrt(n)))
         return [min(size, n - i) for i in range(0, n, size)]
@@ -358,14 +371,21 @@ def _segment_sizes(name: str, segments, n: int) -> list:
         return [min(int(segments), n - i) for i in range(0, n, int(segments))]
     try:
         sizes = [int(k) for k in segments]
-        ok = all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0
-                 for k in segments) and sum(sizes) == n
+        ok = (
+            all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0
+                for k in segments
+            )
+            and sum(sizes) == n
+        )
     except TypeError:
         ok = False
     if not ok:
-        raise ValueError(f"remat({name}): segments must be None, 'sqrt', a positive int or a "
-                         f"sequence of positive ints adding up to its {n} layers, got "
-                         f"{segments!r}")
+        raise ValueError(
+            f"remat({name}): segments must be None, 'sqrt', a positive int or a "
+            f"sequence of positive ints adding up to its {n} layers, got "
+            f"{segments!r}"
+        )
     return sizes
 
 
@@ -398,11 +418,13 @@ def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
             or is not a plain serial.
     """
     if not isinstance(layer, Layer):
-        raise TypeError(f"remat(): layer must be a fnn.nn Layer, got {type(layer).__name__} "
-                        f"{layer!r}")
+        raise TypeError(
+            f"remat(): layer must be a fnn.nn Layer, got {type(layer).__name__} {layer!r}"
+        )
     if not isinstance(prevent_cse, bool):
-        raise TypeError(f"remat({layer.name}): prevent_cse must be True or False, got "
-                        f"{prevent_cse!r}")
+        raise TypeError(
+            f"remat({layer.name}): prevent_cse must be True or False, got {prevent_cse!r}"
+        )
     if segments is None:
         return _remat_whole(layer, prevent_cse)
     return _remat_segments(layer, segments, prevent_cse)
@@ -410,10 +432,12 @@ def remat(layer: Layer, segments=None, *, prevent_cse: bool = True) -> Layer:
 
 def _remat_whole(layer: Layer, prevent_cse: bool) -> Layer:
     """remat(layer) with segments=None: the whole apply under one checkpoint."""
+
     def apply(params, state, x, *, key=None, train=False, observe=None):
         def fn(params, state, x, key, observe):
             extra = {"observe": observe} if observe is not None and layer.children else {}
             return layer.apply(params, state, x, key=key, train=train, **extra)
+
         return _checkpointed(fn, params, state, x, key, observe, prevent_cse)
 
     return dataclasses.replace(layer, apply=apply, remat=True)
@@ -424,17 +448,24 @@ def _segment_runs(layer: Layer, segments) -> list:
     ValueError if `layer` is checkpointed already or is not a plain serial, or for bad
     `segments`."""
     if layer.remat:
-        raise ValueError(f"remat({layer.name}): it is checkpointed already (built with "
-                         "remat=True or by remat()); segments would drop those checkpoints")
+        raise ValueError(
+            f"remat({layer.name}): it is checkpointed already (built with "
+            "remat=True or by remat()); segments would drop those checkpoints"
+        )
     if not is_plain_serial(layer):
-        what = (f"a {layer.kind} layer" if layer.kind != "serial" else
-                "a serial whose apply does more than chain its children (a wrapper)")
-        raise ValueError(f"remat({layer.name}): segments are runs of a serial layer's children; "
-                         f"{layer.name} is {what} (checkpoint it whole: segments=None)")
+        what = (
+            f"a {layer.kind} layer"
+            if layer.kind != "serial"
+            else "a serial whose apply does more than chain its children (a wrapper)"
+        )
+        raise ValueError(
+            f"remat({layer.name}): segments are runs of a serial layer's children; "
+            f"{layer.name} is {what} (checkpoint it whole: segments=None)"
+        )
     children = layer.children
     runs, i = [], 0
     for size in _segment_sizes(layer.name, segments, len(children)):
-        runs.append(children[i:i + size])
+        runs.append(children[i : i + size])
         i += size
     return runs
 
@@ -453,15 +484,24 @@ def _remat_segments(layer: Layer, segments, prevent_cse: bool) -> Layer:
         new_state = {}
         with layer_scope(name):
             for run in runs:
+
                 def fn(params, state, x, run_keys, observe, run=run):
                     out = {}
                     for (k, child), sub in zip(run, run_keys):
-                        x, out[k] = _apply_child(name, k, child, params[k], state[k], x, sub,
-                                                 train, observe)
+                        x, out[k] = _apply_child(
+                            name, k, child, params[k], state[k], x, sub, train, observe
+                        )
                     return x, out
-                x, out = _checkpointed(fn, {k: params[k] for k, _ in run},
-                                       {k: state[k] for k, _ in run}, x,
-                                       [subkeys[k] for k, _ in run], observe, prevent_cse)
+
+                x, out = _checkpointed(
+                    fn,
+                    {k: params[k] for k, _ in run},
+                    {k: state[k] for k, _ in run},
+                    x,
+                    [subkeys[k] for k, _ in run],
+                    observe,
+                    prevent_cse,
+                )
                 new_state.update(out)
         return x, {k: new_state[k] for k in keys}
 

@@ -41,13 +41,16 @@ def _draw(sample, key, shape, dtype):
 
 def normal(std: float) -> Callable:
     """N(0, std**2) entries."""
+
     def init(key, shape, dtype=jnp.float32):
         return std * _draw(jax.random.normal, key, tuple(shape), dtype)
+
     return init
 
 
 def variance_scaling(scale: float, mode: str, distribution: str = "normal") -> Callable:
     """Entries with variance scale / n, n = fan_in, fan_out or their mean ("fan_avg")."""
+
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = fans(shape)
         n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
@@ -56,6 +59,7 @@ def variance_scaling(scale: float, mode: str, distribution: str = "normal") -> C
             limit = math.sqrt(3.0) * std
             return limit * (2 * _draw(jax.random.uniform, key, tuple(shape), dtype) - 1)
         return std * _draw(jax.random.normal, key, tuple(shape), dtype)
+
     return init
 
 
@@ -64,6 +68,7 @@ def orthogonal(scale: float = 1.0) -> Callable:
     Q R = a Gaussian matrix, signs of R's diagonal moved into Q. A (rows, cols) shape gets
     orthonormal rows or columns (whichever is fewer); (rows, k * rows), a recurrent kernel of k
     gates, gets one orthogonal (rows, rows) block per gate."""
+
     def square(key, n, dtype):
         q, r = jnp.linalg.qr(jax.random.normal(key, (n, n), jnp.float32))
         return (q * jnp.sign(jnp.diagonal(r))).astype(dtype)
@@ -78,6 +83,7 @@ def orthogonal(scale: float = 1.0) -> Callable:
             return scale * jnp.concatenate(blocks, axis=1)
         n = max(rows, cols)
         return scale * square(key, n, dtype)[:rows, :cols]
+
     return init
 
 
@@ -97,10 +103,17 @@ lecun_normal = variance_scaling(1.0, "fan_in")
 small_gaussian = normal(0.01)
 
 INITIALIZERS = {
-    "glorot": glorot_normal, "xavier": glorot_normal, "glorot_uniform": glorot_uniform,
-    "he": he_normal, "kaiming": he_normal, "he_uniform": he_uniform,
-    "lecun": lecun_normal, "small": small_gaussian, "orthogonal": orthogonal(),
-    "zeros": zeros, "ones": ones,
+    "glorot": glorot_normal,
+    "xavier": glorot_normal,
+    "glorot_uniform": glorot_uniform,
+    "he": he_normal,
+    "kaiming": he_normal,
+    "he_uniform": he_uniform,
+    "lecun": lecun_normal,
+    "small": small_gaussian,
+    "orthogonal": orthogonal(),
+    "zeros": zeros,
+    "ones": ones,
 }
 """The weight initializers by name (what `init=` and `--init` accept): name ->
 `init(key, shape, dtype) -> array`."""
@@ -123,6 +136,8 @@ def get_initializer(init: str | Callable) -> Callable:
     try:
         return INITIALIZERS[init]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown initializer {init!r}; choose one of "
-                         f"{', '.join(sorted(INITIALIZERS))} or pass a function "
-                         "init(key, shape, dtype)") from None
+        raise ValueError(
+            f"unknown initializer {init!r}; choose one of "
+            f"{', '.join(sorted(INITIALIZERS))} or pass a function "
+            "init(key, shape, dtype)"
+        ) from None

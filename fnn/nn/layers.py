@@ -27,8 +27,10 @@ def _features(v, what: str) -> int:
 def _image_shape(name: str, input_shape) -> tuple[int, int, int]:
     input_shape = check_input_shape(name, input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"{name} takes images (H, W, C) per example (NHWC batches), "
-                         f"got input shape {tuple(input_shape)}")
+        raise ValueError(
+            f"{name} takes images (H, W, C) per example (NHWC batches), "
+            f"got input shape {tuple(input_shape)}"
+        )
     return tuple(input_shape)
 
 
@@ -70,8 +72,9 @@ def Dense(features: int, *, init="he", bias_init="zeros", flatten: bool = True) 
     return Layer("dense", init_fn, apply)
 
 
-def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", init="he",
-           bias_init="zeros") -> Layer:
+def Conv2D(
+    features: int, kernel_size=3, *, stride=1, padding: str = "SAME", init="he", bias_init="zeros"
+) -> Layer:
     """2-D convolution of NHWC images with an HWIO kernel w (kh, kw, C, features), plus b.
 
     Args:
@@ -101,13 +104,17 @@ def Conv2D(features: int, kernel_size=3, *, stride=1, padding: str = "SAME", ini
 
     def init_fn(key, input_shape):
         h, w, c = _image_shape("Conv2D", input_shape)
-        pads = conv_padding(jax.ShapeDtypeStruct((1, h, w, c), jnp.float32),
-                          jax.ShapeDtypeStruct((kh, kw, c, features), jnp.float32), (sh, sw),
-                          padding)  # conv2d's own: "SAME" gives ceil(n / stride)
+        pads = conv_padding(
+            jax.ShapeDtypeStruct((1, h, w, c), jnp.float32),
+            jax.ShapeDtypeStruct((kh, kw, c, features), jnp.float32),
+            (sh, sw),
+            padding,
+        )  # conv2d's own: "SAME" gives ceil(n / stride)
         out = ((h + sum(pads[0]) - kh) // sh + 1, (w + sum(pads[1]) - kw) // sw + 1, features)
         if out[0] < 1 or out[1] < 1:
-            raise ValueError(f"Conv2D: a {kh}x{kw} kernel does not fit in {h}x{w} images "
-                             f"with padding {padding}")
+            raise ValueError(
+                f"Conv2D: a {kh}x{kw} kernel does not fit in {h}x{w} images with padding {padding}"
+            )
         k_w, k_b = jax.random.split(key)
         params = {"w": w_init(k_w, (kh, kw, c, features)), "b": b_init(k_b, (features,))}
         return params, {}, out
@@ -181,8 +188,11 @@ def GlobalAvgPool2D() -> Layer:
     Raises:
         ValueError: (from init) the input shape is not (H, W, C).
     """
-    return stateless("global_avg_pool", lambda x: mean(x, axis=(1, 2)),
-                     lambda s: (_image_shape("GlobalAvgPool2D", s)[2],))
+    return stateless(
+        "global_avg_pool",
+        lambda x: mean(x, axis=(1, 2)),
+        lambda s: (_image_shape("GlobalAvgPool2D", s)[2],),
+    )
 
 
 def Flatten() -> Layer:
@@ -191,8 +201,10 @@ def Flatten() -> Layer:
     Returns:
         The Layer ("flatten").
     """
+
     def fn(x):
         return reshape(x, shape=(x.shape[0], math.prod(x.shape[1:])))
+
     return stateless("flatten", fn, lambda s: (math.prod(s),))
 
 
@@ -221,8 +233,10 @@ def Dropout(rate: float) -> Layer:
         if not train or rate == 0.0:
             return x, state
         if key is None:
-            raise ValueError("Dropout in training mode needs a PRNG key: "
-                             "apply(params, state, x, key=key, train=True)")
+            raise ValueError(
+                "Dropout in training mode needs a PRNG key: "
+                "apply(params, state, x, key=key, train=True)"
+            )
         return dropout(x, key, rate=rate, train=True), state
 
     return Layer("dropout", init, apply)
@@ -234,8 +248,9 @@ _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 def _tuple(v, n: int, what: str, layer: str, minimum: int = 1) -> tuple:
     t = (v,) * n if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
-    if len(t) != n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum
-                              for i in t):
+    if len(t) != n or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in t
+    ):
         raise ValueError(f"{layer}: {what} must be an int >= {minimum} or {n} of them, got {v!r}")
     return t
 
@@ -243,16 +258,20 @@ def _tuple(v, n: int, what: str, layer: str, minimum: int = 1) -> tuple:
 def _padding(padding, n: int, layer: str):
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or (lo, hi) per "
-                             f"axis, got {padding!r}")
+            raise ValueError(
+                f"{layer}: padding must be 'SAME', 'VALID', an int or (lo, hi) per "
+                f"axis, got {padding!r}"
+            )
         return padding.upper()
     if isinstance(padding, int) and not isinstance(padding, bool):
         return ((padding, padding),) * n
     try:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     except (TypeError, ValueError):
-        raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or (lo, hi) per "
-                         f"axis, got {padding!r}") from None
+        raise ValueError(
+            f"{layer}: padding must be 'SAME', 'VALID', an int or (lo, hi) per "
+            f"axis, got {padding!r}"
+        ) from None
     if len(pads) != n:
         raise ValueError(f"{layer}: padding needs {n} (lo, hi) pairs, got {padding!r}")
     return pads
@@ -261,8 +280,10 @@ def _padding(padding, n: int, layer: str):
 def _spatial_shape(layer: str, input_shape, n: int) -> tuple:
     shape = check_input_shape(layer, input_shape)
     if len(shape) != n + 1:
-        raise ValueError(f"{layer} takes inputs ({', '.join(_SPATIAL[n])}, C) per example "
-                         f"(channels last), got input shape {tuple(shape)}")
+        raise ValueError(
+            f"{layer} takes inputs ({', '.join(_SPATIAL[n])}, C) per example "
+            f"(channels last), got input shape {tuple(shape)}"
+        )
     return shape
 
 
@@ -272,8 +293,10 @@ def _output_shape(layer: str, fn, input_shape, *params) -> tuple:
     specs = [jax.ShapeDtypeStruct(p, jnp.float32) for p in params]
     out = jax.eval_shape(fn, x, *specs).shape[1:]
     if any(d < 1 for d in out):
-        raise ValueError(f"{layer}: the output would be empty for inputs {tuple(input_shape)}; "
-                         "use a smaller kernel, stride or dilation, or more padding")
+        raise ValueError(
+            f"{layer}: the output would be empty for inputs {tuple(input_shape)}; "
+            "use a smaller kernel, stride or dilation, or more padding"
+        )
     return out
 
 
@@ -283,17 +306,32 @@ def _conv_options(layer: str, ndim, features, kernel_size, stride, dilation, pad
     if ndim not in _SPATIAL:
         raise ValueError(f"Conv: ndim must be 1, 2 or 3, got {ndim!r}")
     _features(features, f"{layer} features")
-    checked = (_tuple(kernel_size, ndim, "kernel_size", layer),
-               _tuple(stride, ndim, "stride", layer), _tuple(dilation, ndim, "dilation", layer),
-               _padding(padding, ndim, layer))
+    checked = (
+        _tuple(kernel_size, ndim, "kernel_size", layer),
+        _tuple(stride, ndim, "stride", layer),
+        _tuple(dilation, ndim, "dilation", layer),
+        _padding(padding, ndim, layer),
+    )
     if not isinstance(groups, int) or groups < 1 or features % groups:
-        raise ValueError(f"{layer}: groups must be a positive int dividing features "
-                         f"{features}, got {groups!r}")
+        raise ValueError(
+            f"{layer}: groups must be a positive int dividing features {features}, got {groups!r}"
+        )
     return checked
 
 
-def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME", dilation=1,
-         groups: int = 1, init="he", bias_init="zeros", name: str | None = None) -> Layer:
+def Conv(
+    features: int,
+    kernel_size=3,
+    *,
+    ndim: int = 2,
+    stride=1,
+    padding="SAME",
+    dilation=1,
+    groups: int = 1,
+    init="he",
+    bias_init="zeros",
+    name: str | None = None,
+) -> Layer:
     """N-d convolution with dilation (atrous) and groups, plus a bias.
 
     ndim 1, 2 or 3 spatial axes, channels last: NWC, NHWC, NDHWC; depthwise when groups == input
@@ -325,15 +363,23 @@ def Conv(features: int, kernel_size=3, *, ndim: int = 2, stride=1, padding="SAME
             empty.
     """
     layer = name or f"Conv{ndim}D"
-    ks, strides, dilations, pad = _conv_options(layer, ndim, features, kernel_size, stride,
-                                                dilation, padding, groups)
+    ks, strides, dilations, pad = _conv_options(
+        layer, ndim, features, kernel_size, stride, dilation, padding, groups
+    )
     spec = _SPATIAL[ndim]
     dims = (f"N{spec}C", f"{spec}IO", f"N{spec}C")
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
 
     def conv(x, w):
-        return jax.lax.conv_general_dilated(x, w, strides, pad, rhs_dilation=dilations,
-                                            dimension_numbers=dims, feature_group_count=groups)
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            strides,
+            pad,
+            rhs_dilation=dilations,
+            dimension_numbers=dims,
+            feature_group_count=groups,
+        )
 
     def init_fn(key, input_shape):
         shape = _spatial_shape(layer, input_shape, ndim)
@@ -404,16 +450,19 @@ def DepthwiseConv2D(kernel_size=3, *, multiplier: int = 1, **kwargs) -> Layer:
     Raises:
         ValueError: (from init) as for Conv.
     """
+
     def init(key, input_shape):
         c = _spatial_shape("DepthwiseConv2D", input_shape, 2)[-1]
-        inner = Conv(c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D",
-                     **kwargs)
+        inner = Conv(
+            c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D", **kwargs
+        )
         return inner.init(key, input_shape)
 
     def apply(params, state, x, *, key=None, train=False):
         c = x.shape[-1]
-        inner = Conv(c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D",
-                     **kwargs)
+        inner = Conv(
+            c * multiplier, kernel_size, ndim=2, groups=c, name="DepthwiseConv2D", **kwargs
+        )
         return inner.apply(params, state, x)
 
     return Layer("depthwise_conv2d", init, apply)
@@ -440,13 +489,16 @@ def SeparableConv2D(features: int, kernel_size=3, *, multiplier: int = 1, **kwar
     from fnn.nn.combinators import serial
 
     pointwise = {k: v for k, v in kwargs.items() if k in ("init", "bias_init")}
-    return serial(DepthwiseConv2D(kernel_size, multiplier=multiplier, **kwargs),
-                  Conv(features, 1, ndim=2, name="Pointwise", **pointwise),
-                  name="separable_conv2d")
+    return serial(
+        DepthwiseConv2D(kernel_size, multiplier=multiplier, **kwargs),
+        Conv(features, 1, ndim=2, name="Pointwise", **pointwise),
+        name="separable_conv2d",
+    )
 
 
-def ConvTranspose2D(features: int, kernel_size=3, *, stride=1, padding="SAME", init="he",
-                    bias_init="zeros") -> Layer:
+def ConvTranspose2D(
+    features: int, kernel_size=3, *, stride=1, padding="SAME", init="he", bias_init="zeros"
+) -> Layer:
     """Transposed 2-D convolution (up-sampling by `stride`): jax.lax.conv_transpose.
 
     NHWC with an HWIO kernel (kh, kw, C, features), plus a bias.
@@ -475,8 +527,9 @@ def ConvTranspose2D(features: int, kernel_size=3, *, stride=1, padding="SAME", i
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
 
     def conv(x, w):
-        return jax.lax.conv_transpose(x, w, strides, pad,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_transpose(
+            x, w, strides, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     def init_fn(key, input_shape):
         shape = _spatial_shape("ConvTranspose2D", input_shape, 2)
@@ -496,8 +549,9 @@ def _pool_pads(spatial, win, strides, dil, pad, ceil_mode: bool):
     """(base, extra) per spatial axis: base the (lo, hi) padding asked for (that of 'SAME' or
     'VALID' worked out), extra the further high padding of ceil mode's last, partial window."""
     if isinstance(pad, str):
-        full = jax.lax.padtype_to_pads(spatial, [(k - 1) * d + 1 for k, d in zip(win, dil)],
-                                       strides, pad)
+        full = jax.lax.padtype_to_pads(
+            spatial, [(k - 1) * d + 1 for k, d in zip(win, dil)], strides, pad
+        )
         base = [tuple(p) for p in full]
     else:
         base = list(pad)
@@ -515,25 +569,33 @@ def _pool_pads(spatial, win, strides, dil, pad, ceil_mode: bool):
 
 def _reduce_window(x, kind: str, win, strides, dil, base, extra, count_include_pad: bool):
     """`x` (N, *spatial, C) max- or average-pooled, padded by `base` plus `extra` (_pool_pads)."""
-    spatial = x.shape[1:1 + len(win)]
+    spatial = x.shape[1 : 1 + len(win)]
     config = [(0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(base, extra)] + [(0, 0)]
     dims, strd, wdil = (1,) + win + (1,), (1,) + strides + (1,), (1,) + dil + (1,)
     if kind == "max":
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strd, config,
-                                     window_dilation=wdil)
-    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strd, config,
-                                  window_dilation=wdil)
+        return jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, dims, strd, config, window_dilation=wdil
+        )
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strd, config, window_dilation=wdil)
     ones = jnp.ones((1,) + tuple(spatial) + (1,), x.dtype)
     if count_include_pad:  # the explicit padding counts, ceil mode's extra does not
         ones = jnp.pad(ones, [(0, 0)] + list(base) + [(0, 0)], constant_values=1)
         config = [(0, 0)] + [(0, e) for e in extra] + [(0, 0)]
-    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strd, config,
-                                  window_dilation=wdil)
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strd, config, window_dilation=wdil)
     return total / count
 
 
-def Pool(kind: str, window=2, *, ndim: int = 2, stride=None, padding=0, dilation=1,
-         ceil_mode: bool = False, count_include_pad: bool = True) -> Layer:
+def Pool(
+    kind: str,
+    window=2,
+    *,
+    ndim: int = 2,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> Layer:
     """Max or average pooling over `ndim` spatial axes (channels last).
 
     As PyTorch's MaxPool/AvgPool. Written with jax.lax.reduce_window (fnn's rules for
@@ -567,7 +629,7 @@ def Pool(kind: str, window=2, *, ndim: int = 2, stride=None, padding=0, dilation
     pad = _padding(padding, ndim, layer)
 
     def pool(x):
-        base, extra = _pool_pads(x.shape[1:1 + ndim], win, strides, dil, pad, ceil_mode)
+        base, extra = _pool_pads(x.shape[1 : 1 + ndim], win, strides, dil, pad, ceil_mode)
         return _reduce_window(x, kind, win, strides, dil, base, extra, count_include_pad)
 
     def init(key, input_shape):

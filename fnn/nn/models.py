@@ -38,8 +38,16 @@ def _blocks(model: Layer, sizes: Sequence[int], remat: bool) -> Layer:
     return remat_layer(model, tuple(sizes)) if remat else model
 
 
-def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: str = "relu",
-        init="he", batch_norm: bool = False, dropout: float = 0.0, remat: bool = False) -> Layer:
+def mlp(
+    hidden: Sequence[int] = (100,),
+    num_classes: int = 10,
+    *,
+    activation: str = "relu",
+    init="he",
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    remat: bool = False,
+) -> Layer:
     """Flatten, then [Dense - (BatchNorm) - activation - (Dropout)] per hidden width, then Dense.
 
     mlp(hidden=(100,)) is the lecture's 2-layer net (affine - relu - affine), mlp(hidden=(100,
@@ -75,9 +83,18 @@ def mlp(hidden: Sequence[int] = (100,), num_classes: int = 10, *, activation: st
     return _blocks(serial(*layers, name="mlp"), [1] + [block] * len(hidden) + [1], remat)
 
 
-def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Sequence[int] = (128,),
-        convs_per_block: int = 1, activation: str = "relu", init="he", batch_norm: bool = False,
-        dropout: float = 0.0, remat: bool = False) -> Layer:
+def cnn(
+    channels: Sequence[int] = (32, 64),
+    num_classes: int = 10,
+    *,
+    dense: Sequence[int] = (128,),
+    convs_per_block: int = 1,
+    activation: str = "relu",
+    init="he",
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    remat: bool = False,
+) -> Layer:
     """[(conv3x3 - (bn) - act) x convs_per_block - maxpool2] per channel count, then an MLP head.
 
     The head: Flatten - [Dense - act - (Dropout)] per width of `dense` - Dense(num_classes).
@@ -120,8 +137,9 @@ def cnn(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, dense: Seq
     return _blocks(serial(*layers, name="cnn"), sizes, remat)
 
 
-def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = None,
-                  init="he") -> Layer:
+def ResidualBlock(
+    channels: int, *, stride: int = 1, in_channels: int | None = None, init="he"
+) -> Layer:
     """The basic ResNet block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)), 3x3 convs.
 
     The shortcut is the identity, or a 1x1 strided conv + BatchNorm when the block changes the
@@ -139,16 +157,31 @@ def ResidualBlock(channels: int, *, stride: int = 1, in_channels: int | None = N
     Raises:
         ValueError: `channels` is not a positive int, or the initializer is unknown.
     """
-    main = serial(Conv2D(channels, 3, stride=stride, init=init), BatchNorm(), Relu(),
-                  Conv2D(channels, 3, init=init), BatchNorm(), name="main")
+    main = serial(
+        Conv2D(channels, 3, stride=stride, init=init),
+        BatchNorm(),
+        Relu(),
+        Conv2D(channels, 3, init=init),
+        BatchNorm(),
+        name="main",
+    )
     project = stride != 1 or (in_channels is not None and in_channels != channels)
-    shortcut = (serial(Conv2D(channels, 1, stride=stride, init=init), BatchNorm(),
-                       name="projection") if project else None)
+    shortcut = (
+        serial(Conv2D(channels, 1, stride=stride, init=init), BatchNorm(), name="projection")
+        if project
+        else None
+    )
     return serial(residual(main, shortcut), Relu(), name="residual_block")
 
 
-def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
-           blocks_per_stage: int = 1, init="he", remat: bool = False) -> Layer:
+def resnet(
+    widths: Sequence[int] = (16, 32, 64),
+    num_classes: int = 10,
+    *,
+    blocks_per_stage: int = 1,
+    init="he",
+    remat: bool = False,
+) -> Layer:
     """A small ResNet for 32x32x3 images (any HxW works).
 
     conv3x3-bn-relu, then per width a stage of residual blocks (the first of each later stage
@@ -182,8 +215,15 @@ def resnet(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, *,
     return _blocks(serial(*layers, name="resnet"), [3] + [1] * n_blocks + [2], remat)
 
 
-def rnn_lm(kind: str = "lstm", num_classes: int = 256, *, hidden: Sequence[int] = (256,),
-           embed: int = 64, dropout: float = 0.0, remat: bool = False) -> Layer:
+def rnn_lm(
+    kind: str = "lstm",
+    num_classes: int = 256,
+    *,
+    hidden: Sequence[int] = (256,),
+    embed: int = 64,
+    dropout: float = 0.0,
+    remat: bool = False,
+) -> Layer:
     """A character-level language model (Karpathy's char-rnn) with recurrent layers.
 
     Embedding(num_classes, embed) - a `kind` recurrent layer per width in `hidden` (each
@@ -215,9 +255,18 @@ def rnn_lm(kind: str = "lstm", num_classes: int = 256, *, hidden: Sequence[int] 
     return _blocks(serial(*layers, name=f"{kind}_lm"), sizes + [1], remat)
 
 
-def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, heads: int = 4,
-                   mlp_ratio: int = 4, positional: str = "learned", dropout: float = 0.0,
-                   max_len: int | None = None, remat: bool = False) -> Layer:
+def transformer_lm(
+    num_classes: int = 256,
+    *,
+    width: int = 128,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_ratio: int = 4,
+    positional: str = "learned",
+    dropout: float = 0.0,
+    max_len: int | None = None,
+    remat: bool = False,
+) -> Layer:
     """A decoder-only transformer language model (GPT-2's layout).
 
     Token embedding (N(0, 0.02)) plus positions, `depth` pre-norm causal TransformerBlocks of
@@ -245,12 +294,15 @@ def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, 
     """
     from fnn.nn.initializers import normal
 
-    layers = [Embedding(num_classes, width, init=normal(0.02)),
-              PositionalEncoding(positional, max_len=max_len)]
+    layers = [
+        Embedding(num_classes, width, init=normal(0.02)),
+        PositionalEncoding(positional, max_len=max_len),
+    ]
     if dropout:
         layers.append(Dropout(dropout))
-    layers += [TransformerBlock(width, heads, mlp_ratio=mlp_ratio, dropout=dropout)
-               for _ in range(depth)]
+    layers += [
+        TransformerBlock(width, heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
+    ]
     layers += [LayerNorm(), Dense(num_classes, init="glorot", flatten=False)]
     sizes = [2 + bool(dropout)] + [1] * depth + [2]
     return _blocks(serial(*layers, name="transformer_lm"), sizes, remat)
@@ -259,6 +311,7 @@ def transformer_lm(num_classes: int = 256, *, width: int = 128, depth: int = 2, 
 def _recurrent(kind):
     def build(num_classes: int = 256, **options) -> Layer:
         return rnn_lm(kind, num_classes, **options)
+
     build.__name__ = f"{kind}_lm"
     build.__doc__ = f"rnn_lm({kind!r}, ...): a character language model with {kind} layers."
     return build
@@ -281,10 +334,15 @@ FACTS: dict[str, ModelFacts] = {
     "mlp": ModelFacts(mlp, "images", {"hidden": "hidden", **_IMAGE}),
     "cnn": ModelFacts(cnn, "images", {"channels": "channels", **_IMAGE}),
     "resnet": ModelFacts(resnet, "images", {"channels": "widths", "init": "init"}),
-    **{kind: ModelFacts(_recurrent(kind), "text", {"hidden": "hidden", "dropout": "dropout"})
-       for kind in ("rnn", "lstm", "gru")},
-    "transformer": ModelFacts(transformer_lm, "text", {"width": "width", "depth": "depth",
-                                                       "heads": "heads", "dropout": "dropout"}),
+    **{
+        kind: ModelFacts(_recurrent(kind), "text", {"hidden": "hidden", "dropout": "dropout"})
+        for kind in ("rnn", "lstm", "gru")
+    },
+    "transformer": ModelFacts(
+        transformer_lm,
+        "text",
+        {"width": "width", "depth": "depth", "heads": "heads", "dropout": "dropout"},
+    ),
 }
 """The ready-made models by name, each with what training needs to know of it (ModelFacts)."""
 MODELS: dict[str, Callable[..., Layer]] = {name: f.build for name, f in FACTS.items()}
@@ -302,8 +360,11 @@ def models_reading(option: str) -> tuple:
 def model_options(name: str, values: dict) -> dict:
     """The builder's keywords of model `name` from training options `values` (an option left
     unset, None or empty, is left to the builder's default)."""
-    return {kw: values[opt] for opt, kw in FACTS[name].options.items()
-            if values.get(opt) not in (None, ())}
+    return {
+        kw: values[opt]
+        for opt, kw in FACTS[name].options.items()
+        if values.get(opt) not in (None, ())
+    }
 
 
 def build_model(name: str, num_classes: int = 10, **options) -> Layer:

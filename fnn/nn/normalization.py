@@ -35,8 +35,16 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return params, state, tuple(input_shape)
 
     def apply(params, state, x, *, key=None, train=False):
-        y, mean, var = ops.batch_norm(x, params["gamma"], params["beta"], state["mean"],
-                                      state["var"], train=train, momentum=momentum, eps=eps)
+        y, mean, var = ops.batch_norm(
+            x,
+            params["gamma"],
+            params["beta"],
+            state["mean"],
+            state["var"],
+            train=train,
+            momentum=momentum,
+            eps=eps,
+        )
         return y, {"mean": mean, "var": var}
 
     return Layer("batch_norm", init, apply)

@@ -50,20 +50,25 @@ def _positive(v, what: str) -> int:
 def _sequence_shape(name: str, input_shape) -> tuple[int, int]:
     shape = check_input_shape(name, input_shape)
     if len(shape) != 2:
-        raise ValueError(f"{name} takes sequences (T, D) per example ((batch, time, features) "
-                         f"batches), got input shape {shape}")
+        raise ValueError(
+            f"{name} takes sequences (T, D) per example ((batch, time, features) "
+            f"batches), got input shape {shape}"
+        )
     return shape
 
 
 def _check_sequences(name: str, x, dim: int) -> None:
     if jnp.ndim(x) != 3 or x.shape[-1] != dim:
-        raise ValueError(f"{name}: expects (batch, time, {dim}) inputs, got shape "
-                         f"{tuple(jnp.shape(x))} ({jnp.result_type(x)})")
+        raise ValueError(
+            f"{name}: expects (batch, time, {dim}) inputs, got shape "
+            f"{tuple(jnp.shape(x))} ({jnp.result_type(x)})"
+        )
 
 
 # ---- embedding ------------------------------------------------------------------------------------
-def Embedding(vocab_size: int, dim: int, *, padding_idx: int | None = None,
-              init=normal(1.0)) -> Layer:
+def Embedding(
+    vocab_size: int, dim: int, *, padding_idx: int | None = None, init=normal(1.0)
+) -> Layer:
     """Token ids (batch, T) -> vectors (batch, T, dim): rows of a (vocab_size, dim) table.
 
     Args:
@@ -82,8 +87,9 @@ def Embedding(vocab_size: int, dim: int, *, padding_idx: int | None = None,
     vocab_size = _positive(vocab_size, "Embedding vocab_size")
     dim = _positive(dim, "Embedding dim")
     if padding_idx is not None and not 0 <= padding_idx < vocab_size:
-        raise ValueError(f"Embedding padding_idx must lie in [0, {vocab_size}), got "
-                         f"{padding_idx!r}")
+        raise ValueError(
+            f"Embedding padding_idx must lie in [0, {vocab_size}), got {padding_idx!r}"
+        )
     table_init = get_initializer(init)
 
     def init_fn(key, input_shape):
@@ -95,8 +101,10 @@ def Embedding(vocab_size: int, dim: int, *, padding_idx: int | None = None,
 
     def apply(params, state, x, *, key=None, train=False):
         if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
-            raise ValueError(f"Embedding: expects integer token ids, got shape "
-                             f"{tuple(jnp.shape(x))} ({jnp.result_type(x)})")
+            raise ValueError(
+                f"Embedding: expects integer token ids, got shape "
+                f"{tuple(jnp.shape(x))} ({jnp.result_type(x)})"
+            )
         return embedding(params["table"], x, padding_idx=padding_idx), state
 
     return Layer("embedding", init_fn, apply)
@@ -107,8 +115,15 @@ _CELLS = {"rnn": (rnn_cell, 1), "lstm": (lstm_cell, 4), "gru": (gru_cell, 3)}
 _SEQUENCES = {"rnn": rnn_sequence, "lstm": lstm_sequence, "gru": gru_sequence}
 
 
-def Recurrent(kind: str, hidden: int, *, return_sequences: bool = True,
-              init="glorot_uniform", recurrent_init="orthogonal", per_step: bool = False) -> Layer:
+def Recurrent(
+    kind: str,
+    hidden: int,
+    *,
+    return_sequences: bool = True,
+    init="glorot_uniform",
+    recurrent_init="orthogonal",
+    per_step: bool = False,
+) -> Layer:
     """A recurrent layer of `kind` 'rnn' (tanh), 'lstm' or 'gru', over (batch, T, D) inputs.
 
     From a zero state: (batch, T, hidden) every step's hidden state, or (batch, hidden) the last
@@ -168,9 +183,8 @@ def _recurrent_params(kind: str, hidden: int, d: int, key, w_init, r_init) -> di
     kx, kh = jax.random.split(key)
     b = jnp.zeros((k * hidden,), jnp.float32)
     if kind == "lstm":  # forget gate bias 1: remember by default (Jozefowicz et al. 2015)
-        b = b.at[hidden:2 * hidden].set(1.0)
-    params = {"wx": w_init(kx, (d, k * hidden)), "wh": r_init(kh, (hidden, k * hidden)),
-              "b": b}
+        b = b.at[hidden : 2 * hidden].set(1.0)
+    params = {"wx": w_init(kx, (d, k * hidden)), "wh": r_init(kh, (hidden, k * hidden)), "b": b}
     if kind == "gru":
         params["bh"] = jnp.zeros((k * hidden,), jnp.float32)
     return params
@@ -187,13 +201,20 @@ def _run_recurrent(kind: str, hidden: int, params, x, per_step: bool):
     if per_step or overrides.find(cell, current_scope()) is not None:
         return _over_cells(cell, kind, params, extra, x, h0)
     states = (h0, h0) if kind == "lstm" else (h0,)
-    hs, last, *_ = _SEQUENCES[kind](jnp.swapaxes(x.astype(dtype), 0, 1), *states,
-                                     params["wx"], params["wh"], params["b"], *extra)
+    hs, last, *_ = _SEQUENCES[kind](
+        jnp.swapaxes(x.astype(dtype), 0, 1),
+        *states,
+        params["wx"],
+        params["wh"],
+        params["b"],
+        *extra,
+    )
     return hs, last
 
 
 def _over_cells(cell, kind, params, extra, x, h0):
     """(hs time-major, h_T): the cell gate applied at each step of a lax.scan."""
+
     def step(carry, xt):
         if kind == "lstm":
             h, c = cell(xt, carry[0], carry[1], params["wx"], params["wh"], params["b"])
@@ -289,11 +310,16 @@ def MultiHeadAttention(heads: int, *, causal: bool = True, init="glorot") -> Lay
     def init_fn(key, input_shape):
         t, d = _sequence_shape("MultiHeadAttention", input_shape)
         if d % heads:
-            raise ValueError(f"MultiHeadAttention: the width {d} must be divisible by heads "
-                             f"{heads}")
+            raise ValueError(
+                f"MultiHeadAttention: the width {d} must be divisible by heads {heads}"
+            )
         k1, k2 = jax.random.split(key)
-        params = {"wqkv": w_init(k1, (d, 3 * d)), "bqkv": jnp.zeros((3 * d,), jnp.float32),
-                  "wo": w_init(k2, (d, d)), "bo": jnp.zeros((d,), jnp.float32)}
+        params = {
+            "wqkv": w_init(k1, (d, 3 * d)),
+            "bqkv": jnp.zeros((3 * d,), jnp.float32),
+            "wo": w_init(k2, (d, d)),
+            "bo": jnp.zeros((d,), jnp.float32),
+        }
         return params, {}, (t, d)
 
     def apply(params, state, x, *, key=None, train=False):
@@ -325,7 +351,7 @@ def sinusoids(length: int, dim: int) -> np.ndarray:
     rate = np.exp(-math.log(10000.0) * np.arange(0, dim, 2, dtype=np.float64) / dim)
     out = np.zeros((length, dim))
     out[:, 0::2] = np.sin(pos * rate)
-    out[:, 1::2] = np.cos(pos * rate)[:, :dim // 2]
+    out[:, 1::2] = np.cos(pos * rate)[:, : dim // 2]
     return out.astype(np.float32)
 
 
@@ -353,8 +379,9 @@ def PositionalEncoding(kind: str = "learned", *, max_len: int | None = None) -> 
         t, d = _sequence_shape("PositionalEncoding", input_shape)
         n = t if max_len is None else _positive(max_len, "PositionalEncoding max_len")
         if n < t:
-            raise ValueError(f"PositionalEncoding: max_len {n} is shorter than the input's "
-                             f"{t} positions")
+            raise ValueError(
+                f"PositionalEncoding: max_len {n} is shorter than the input's {t} positions"
+            )
         params = {"pos": normal(0.02)(key, (n, d))} if kind == "learned" else {}
         return params, {}, (t, d)
 
@@ -362,16 +389,25 @@ def PositionalEncoding(kind: str = "learned", *, max_len: int | None = None) -> 
         t, d = x.shape[-2:]
         n = params["pos"].shape[0] if kind == "learned" else (max_len or t)
         if jnp.ndim(x) != 3 or t > n:
-            raise ValueError(f"PositionalEncoding: expects (batch, T <= {n}, {d}) inputs, got "
-                             f"shape {tuple(jnp.shape(x))}")
+            raise ValueError(
+                f"PositionalEncoding: expects (batch, T <= {n}, {d}) inputs, got "
+                f"shape {tuple(jnp.shape(x))}"
+            )
         pos = params["pos"][:t] if kind == "learned" else jnp.asarray(sinusoids(t, d), x.dtype)
         return x + pos, state
 
     return Layer(f"{kind}_positions", init_fn, apply)
 
 
-def TransformerBlock(width: int, heads: int, *, mlp_ratio: int = 4, dropout: float = 0.0,
-                     causal: bool = True, activation: str = "gelu") -> Layer:
+def TransformerBlock(
+    width: int,
+    heads: int,
+    *,
+    mlp_ratio: int = 4,
+    dropout: float = 0.0,
+    causal: bool = True,
+    activation: str = "gelu",
+) -> Layer:
     """The pre-norm transformer block (GPT-2) on (batch, T, width).
 
     x + attention(LayerNorm(x)), then x + mlp(LayerNorm(x)) with
@@ -398,8 +434,16 @@ def TransformerBlock(width: int, heads: int, *, mlp_ratio: int = 4, dropout: flo
     mlp_ratio = _positive(mlp_ratio, "TransformerBlock mlp_ratio")
     drop = (Dropout(dropout),) if dropout else ()
     attend = serial(LayerNorm(), MultiHeadAttention(heads, causal=causal), *drop, name="attend")
-    mlp = serial(LayerNorm(), Dense(mlp_ratio * width, init="glorot", flatten=False),
-                 Activation(activation), Dense(width, init="glorot", flatten=False), *drop,
-                 name="mlp")
-    return serial(residual(attend, name="attention"), residual(mlp, name="feedforward"),
-                  name="transformer_block")
+    mlp = serial(
+        LayerNorm(),
+        Dense(mlp_ratio * width, init="glorot", flatten=False),
+        Activation(activation),
+        Dense(width, init="glorot", flatten=False),
+        *drop,
+        name="mlp",
+    )
+    return serial(
+        residual(attend, name="attention"),
+        residual(mlp, name="feedforward"),
+        name="transformer_block",
+    )

@@ -52,21 +52,25 @@ def _describe(tree) -> str:
     leaves = sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda pl: -len(pl[1].shape))
     if not leaves:
         return "-"
-    return ", ".join(f"{key_name(path[-1])} "
-                     f"{'x'.join(map(str, leaf.shape)) or 'scalar'}" for path, leaf in leaves)
+    return ", ".join(
+        f"{key_name(path[-1])} {'x'.join(map(str, leaf.shape)) or 'scalar'}"
+        for path, leaf in leaves
+    )
 
 
 def _rows(layer: Layer, input_shape, label: str, depth: int) -> tuple[list, tuple]:
     params, state, out = layer_shapes(layer, input_shape)
     indent = "  " * depth
     if layer.kind == "leaf":
-        return [(indent + label, str(out), _describe(params) + _state_note(state),
-                 count_params(params))], out
+        return [
+            (indent + label, str(out), _describe(params) + _state_note(state), count_params(params))
+        ], out
     rows = [(indent + label, str(out), "", count_params(params))] if depth >= 0 else []
     shape = tuple(input_shape)
     for key, child in layer.children:
-        child_rows, child_out = _rows(child, shape if layer.kind == "serial" else input_shape,
-                                      key, depth + 1)
+        child_rows, child_out = _rows(
+            child, shape if layer.kind == "serial" else input_shape, key, depth + 1
+        )
         rows += child_rows
         if layer.kind == "serial":
             shape = child_out
@@ -95,13 +99,17 @@ def summary(model: Layer, input_shape) -> str:
     params, state, _ = layer_shapes(model, input_shape)
     header = ("layer", "output shape", "parameters", "count")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(3)]
-    lines = [f"{model.name}: input {tuple(input_shape)} -> output {out}",
-             f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}"
-             f"  {header[3]:>10}"]
+    lines = [
+        f"{model.name}: input {tuple(input_shape)} -> output {out}",
+        f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}"
+        f"  {header[3]:>10}",
+    ]
     lines.append("-" * len(lines[-1]))
     for name, shape, desc, n in rows:
         lines.append(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {desc:<{widths[2]}}  {n:>10,}")
     lines.append("-" * len(lines[1]))
-    lines.append(f"trainable parameters: {count_params(params):,}    "
-                 f"state (non-trainable): {count_params(state):,}")
+    lines.append(
+        f"trainable parameters: {count_params(params):,}    "
+        f"state (non-trainable): {count_params(state):,}"
+    )
     return "\n".join(lines)

@@ -54,9 +54,14 @@ def distinct(rng: np.random.Generator, shape, dtype, gap=0.05):
 
 def unary_cases(make=normal, shapes=SHAPES, kwargs=({},)):
     """Cases of a one-input gate: `make(rng, shape, dtype)` at each shape, for each kwargs."""
+
     def cases(rng, dtype):
-        return [Case((make(rng, s, dtype),), dict(kw), label=f"{s}{kw or ''}")
-                for kw in kwargs for s in shapes]
+        return [
+            Case((make(rng, s, dtype),), dict(kw), label=f"{s}{kw or ''}")
+            for kw in kwargs
+            for s in shapes
+        ]
+
     return cases
 
 
@@ -67,7 +72,7 @@ SPECIAL = (0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 6.0, np.inf, -np.inf, np.nan)
 def special_points(points=SPECIAL, kwargs=({},)):
     """Kink cases of a one-input elementwise gate: each special point (0 of both signs, +-1,
     6, infinities, NaN), for each kwargs."""
-    return lambda dtype: [Case((np.asarray(points, dtype),), dict(kw),
-                               label=f"special points{kw or ''}") for kw in kwargs]
-
-
+    return lambda dtype: [
+        Case((np.asarray(points, dtype),), dict(kw), label=f"special points{kw or ''}")
+        for kw in kwargs
+    ]

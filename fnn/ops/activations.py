@@ -166,14 +166,16 @@ def _maxout_axis(x, pieces, axis, name="maxout"):
         raise GateError(f"gate '{name}': axis={axis} is out of range for {describe(x)}")
     ax = axis % x.ndim
     if x.shape[ax] % pieces:
-        raise GateError(f"gate '{name}': axis {axis} of {describe(x)} has size {x.shape[ax]}, "
-                        f"not a multiple of pieces={pieces}")
+        raise GateError(
+            f"gate '{name}': axis {axis} of {describe(x)} has size {x.shape[ax]}, "
+            f"not a multiple of pieces={pieces}"
+        )
     return ax
 
 
 def _grouped(x, pieces, ax):
     """x with axis `ax` (size k*pieces) split into (k, pieces): group i = entries i*pieces.. ."""
-    return x.reshape(x.shape[:ax] + (x.shape[ax] // pieces, pieces) + x.shape[ax + 1:])
+    return x.reshape(x.shape[:ax] + (x.shape[ax] // pieces, pieces) + x.shape[ax + 1 :])
 
 
 @defgate
@@ -206,18 +208,29 @@ def maxout_vjp(g, saved, *, pieces, axis=-1):
     ax = axis % (xg.ndim - 1)
     is_max = (xg == jnp.expand_dims(out, ax + 1)).astype(g.dtype)
     dx = is_max * jnp.expand_dims(g / jnp.sum(is_max, axis=ax + 1), ax + 1)
-    return (dx.reshape(xg.shape[:ax] + (-1,) + xg.shape[ax + 2:]),)
+    return (dx.reshape(xg.shape[:ax] + (-1,) + xg.shape[ax + 2 :]),)
 
 
 @maxout.defcases
 def _maxout_cases(rng, dtype):
-    return [Case((distinct(rng, shape, dtype),), {"pieces": p, "axis": a}, label=f"{shape},{p},{a}")
-            for shape, p, a in [((6,), 2, -1), ((3, 8), 4, -1), ((4, 6, 2), 3, 1),
-                                ((6, 5), 3, 0), ((2, 3), 1, -1), ((2, 3), 3, 1)]]
+    return [
+        Case((distinct(rng, shape, dtype),), {"pieces": p, "axis": a}, label=f"{shape},{p},{a}")
+        for shape, p, a in [
+            ((6,), 2, -1),
+            ((3, 8), 4, -1),
+            ((4, 6, 2), 3, 1),
+            ((6, 5), 3, 0),
+            ((2, 3), 1, -1),
+            ((2, 3), 3, 1),
+        ]
+    ]
+
+
 @maxout.defkinks
 def _maxout_kinks(dtype):
-    x = np.asarray([[1.0, 1.0, 0.0, 2.0, 3.0, 3.0], [np.nan, 1.0, -np.inf, -np.inf, 2.0, np.inf]],
-                   dtype)
+    x = np.asarray(
+        [[1.0, 1.0, 0.0, 2.0, 3.0, 3.0], [np.nan, 1.0, -np.inf, -np.inf, 2.0, np.inf]], dtype
+    )
     return [Case((x,), {"pieces": p}, label=f"ties, NaN, inf, pieces={p}") for p in (2, 3)]
 
 

@@ -32,12 +32,14 @@ from fnn.errors import GateError, describe
 def _watched(fn):
     """`fn`, whose concrete outputs `fnn.debug_nans()` checks as it checks a gate's forward (a
     call outside fnn.grad, on arrays; under fnn.grad its primitives' gates are checked)."""
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         out = fn(*args, **kwargs)
         if nans.active():
             nans.check(fn.__name__, "forward", call_site(), args, jax.tree_util.tree_leaves(out))
         return out
+
     return run
 
 
@@ -47,8 +49,10 @@ def _broadcastable(op, *xs):
     try:
         np.broadcast_shapes(*(np.shape(x) for x in xs))
     except ValueError:
-        raise GateError(f"gate '{op}': the inputs {', '.join(describe(x) for x in xs)} do not "
-                        "broadcast together (numpy's rules: trailing dims equal or 1)") from None
+        raise GateError(
+            f"gate '{op}': the inputs {', '.join(describe(x) for x in xs)} do not "
+            "broadcast together (numpy's rules: trailing dims equal or 1)"
+        ) from None
     return xs
 
 
@@ -340,12 +344,16 @@ def matmul(x, w):
     """
     xs, ws = np.shape(x), np.shape(w)
     if len(xs) == 0 or len(ws) == 0:
-        raise GateError(f"gate 'matmul': operands must have at least 1 dim, got x {describe(x)}, "
-                        f"w {describe(w)}")
+        raise GateError(
+            f"gate 'matmul': operands must have at least 1 dim, got x {describe(x)}, "
+            f"w {describe(w)}"
+        )
     kx, kw = xs[-1], (ws[0] if len(ws) == 1 else ws[-2])
     if kx != kw:
-        raise GateError(f"gate 'matmul': inner dimensions differ: x {describe(x)} has {kx}, "
-                        f"w {describe(w)} has {kw}")
+        raise GateError(
+            f"gate 'matmul': inner dimensions differ: x {describe(x)} has {kx}, "
+            f"w {describe(w)} has {kw}"
+        )
     return jnp.matmul(x, w)
 
 
@@ -382,8 +390,9 @@ def reshape(x, *, shape):
     try:
         return jnp.reshape(x, shape)
     except TypeError as e:
-        raise GateError(f"gate 'reshape': cannot reshape x {describe(x)} to {tuple(shape)}: "
-                        f"{e}") from e
+        raise GateError(
+            f"gate 'reshape': cannot reshape x {describe(x)} to {tuple(shape)}: {e}"
+        ) from e
 
 
 @_watched
@@ -405,8 +414,9 @@ def broadcast_to(x, *, shape):
     try:
         return jnp.broadcast_to(x, shape)
     except ValueError as e:
-        raise GateError(f"gate 'broadcast_to': cannot broadcast x {describe(x)} to "
-                        f"{tuple(shape)}") from e
+        raise GateError(
+            f"gate 'broadcast_to': cannot broadcast x {describe(x)} to {tuple(shape)}"
+        ) from e
 
 
 @_watched
@@ -426,8 +436,10 @@ def concatenate(*xs, axis=0):
         fnn.GateError: no array, or the arrays passed as one list.
     """
     if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
-        raise GateError("gate 'concatenate': pass the arrays as separate arguments, "
-                        "concatenate(a, b, axis=...), not a list")
+        raise GateError(
+            "gate 'concatenate': pass the arrays as separate arguments, "
+            "concatenate(a, b, axis=...), not a list"
+        )
     if not xs:
         raise GateError("gate 'concatenate': needs at least one array")
     return jnp.concatenate(xs, axis=axis)
@@ -484,8 +496,10 @@ def reduction_axes(axis, ndim, op):
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     for a in axes:
         if not -ndim <= a < ndim:  # a 0-d input has no axis to name (as in JAX)
-            raise GateError(f"gate '{op}': axis {axis!r} is out of range for an input of "
-                            f"{ndim} dims" + (" (use axis=None)" if ndim == 0 else ""))
+            raise GateError(
+                f"gate '{op}': axis {axis!r} is out of range for an input of "
+                f"{ndim} dims" + (" (use axis=None)" if ndim == 0 else "")
+            )
     return tuple(sorted(a % ndim for a in axes))
 
 
@@ -531,7 +545,31 @@ def max(x, *, axis=None, keepdims=False):  # noqa: A001 - mirrors jnp.max
     return jnp.max(x, axis=axes, keepdims=keepdims)
 
 
-__all__ = ["abs", "add", "astype", "broadcast_to", "concatenate", "divide", "exp", "index", "log",
-           "matmul", "max", "maximum", "minimum", "multiply", "negative", "power", "reshape",
-           "sigmoid", "sqrt", "stop_gradient", "subtract", "sum", "take", "tanh", "transpose",
-           "where"]
+__all__ = [
+    "abs",
+    "add",
+    "astype",
+    "broadcast_to",
+    "concatenate",
+    "divide",
+    "exp",
+    "index",
+    "log",
+    "matmul",
+    "max",
+    "maximum",
+    "minimum",
+    "multiply",
+    "negative",
+    "power",
+    "reshape",
+    "sigmoid",
+    "sqrt",
+    "stop_gradient",
+    "subtract",
+    "sum",
+    "take",
+    "tanh",
+    "transpose",
+    "where",
+]

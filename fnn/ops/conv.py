@@ -34,8 +34,9 @@ def as_pair(v, what, gate):
     """An int or a pair of ints -> a pair of positive ints (GateError otherwise)."""
     pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(np.atleast_1d(v))
     if len(pair) != 2 or not all(isinstance(p, (int, np.integer)) and p > 0 for p in pair):
-        raise GateError(f"gate '{gate}': {what} must be a positive int or a pair of them, "
-                        f"got {v!r}")
+        raise GateError(
+            f"gate '{gate}': {what} must be a positive int or a pair of them, got {v!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 
@@ -60,8 +61,10 @@ def conv_padding(x, w, strides, padding):
         (pt, pb), (pl, pr) = padding
         return (int(pt), int(pb)), (int(pl), int(pr))
     except (TypeError, ValueError):
-        raise GateError(f"gate 'conv2d': padding must be 'VALID', 'SAME', an int or "
-                        f"((pt, pb), (pl, pr)), got {padding!r}") from None
+        raise GateError(
+            f"gate 'conv2d': padding must be 'VALID', 'SAME', an int or "
+            f"((pt, pb), (pl, pr)), got {padding!r}"
+        ) from None
 
 
 # ---- conv2d ----------------------------------------------------------------------------------
@@ -89,18 +92,22 @@ def conv2d(x, w, *, stride=1, padding="VALID"):
     """
     _check_image("conv2d", "x", x)
     if np.ndim(w) != 4:
-        raise GateError(f"gate 'conv2d': w must be HWIO (rank 4), got {describe(w)} "
-                        f"for x {describe(x)}")
+        raise GateError(
+            f"gate 'conv2d': w must be HWIO (rank 4), got {describe(w)} for x {describe(x)}"
+        )
     if x.shape[3] != w.shape[2]:
-        raise GateError(f"gate 'conv2d': x {describe(x)} has {x.shape[3]} channels but w "
-                        f"{describe(w)} expects {w.shape[2]} (w is (KH, KW, C_in, C_out))")
+        raise GateError(
+            f"gate 'conv2d': x {describe(x)} has {x.shape[3]} channels but w "
+            f"{describe(w)} expects {w.shape[2]} (w is (KH, KW, C_in, C_out))"
+        )
     strides = as_pair(stride, "stride", "conv2d")
     pads = conv_padding(x, w, strides, padding)
     # a kernel larger than the padded input (an empty input included) gives an empty output,
     # as in JAX
     # few channels (RGB): zeros up to a multiple of 4, which XLA's CPU convolutions run faster
-    out = lax.conv_general_dilated(_pad_channels(x, 3), _pad_channels(w, 2), strides, pads,
-                                   dimension_numbers=_DN)
+    out = lax.conv_general_dilated(
+        _pad_channels(x, 3), _pad_channels(w, 2), strides, pads, dimension_numbers=_DN
+    )
     return out, (x, w, strides, pads)
 
 
@@ -118,8 +125,10 @@ def conv2d_vjp(g, saved, *, stride=1, padding="VALID", needs):
     x, w, strides, pads = saved
     (kh, kw), out_hw = w.shape[:2], g.shape[1:3]
     if g.size == 0:  # an empty output: nothing flows back
-        return (jnp.zeros(x.shape, x.dtype) if needs[0] else None,
-                jnp.zeros(w.shape, w.dtype) if needs[1] else None)
+        return (
+            jnp.zeros(x.shape, x.dtype) if needs[0] else None,
+            jnp.zeros(w.shape, w.dtype) if needs[1] else None,
+        )
     dx = dw = None
     if (kh, kw) == (1, 1):  # a 1x1 kernel is a matrix product at every (strided) pixel
         return _pointwise_vjp(g, x, w, strides, pads, needs)
@@ -127,17 +136,27 @@ def conv2d_vjp(g, saved, *, stride=1, padding="VALID", needs):
         dx = _strided_dx(g, w, x.shape, strides, pads).astype(x.dtype)
     elif needs[0]:
         # full correlation of the stride-dilated g with the flipped kernel, C and O swapped
-        tpads = [(k - 1 - lo, n - (m - 1) * s - 1 + lo)
-                 for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
-        dx = lax.conv_general_dilated(g, w[::-1, ::-1], (1, 1), tpads, lhs_dilation=strides,
-                                      dimension_numbers=("NHWC", "HWOI", "NHWC"))
+        tpads = [
+            (k - 1 - lo, n - (m - 1) * s - 1 + lo)
+            for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)
+        ]
+        dx = lax.conv_general_dilated(
+            g,
+            w[::-1, ::-1],
+            (1, 1),
+            tpads,
+            lhs_dilation=strides,
+            dimension_numbers=("NHWC", "HWOI", "NHWC"),
+        )
         dx = dx.astype(x.dtype)
     if needs[1] and kh * kw * w.shape[2] <= 36 and w.shape[3] >= 32:
         dw = _patches_dw(x, g, w.shape, strides, pads).astype(w.dtype)
     elif needs[1]:
         # x correlated with g: batch N becomes the contracted feature axis
-        wpads = [(lo, (m - 1) * s + k - n - lo)
-                 for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)]
+        wpads = [
+            (lo, (m - 1) * s + k - n - lo)
+            for n, m, k, s, (lo, _) in zip(x.shape[1:3], out_hw, (kh, kw), strides, pads)
+        ]
         dw = _folded_dw(x, g, w.shape, strides, wpads).astype(w.dtype)
     return dx, dw
 
@@ -152,9 +171,14 @@ def _folded_dw(x, g, w_shape, strides, wpads):
     (kh, kw, _, o), (sh, sw) = w_shape, strides
     (lo_h, hi_h), (lo_w, hi_w) = wpads
     lhs = x.reshape(n, h * wd * c).T.reshape(1, h, wd * c, n)
-    dw = lax.conv_general_dilated(lhs, jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
-                                  [(lo_h, hi_h), (lo_w * c, hi_w * c)], rhs_dilation=(sh, sw * c),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    dw = lax.conv_general_dilated(
+        lhs,
+        jnp.transpose(g, (1, 2, 0, 3)),
+        (1, 1),
+        [(lo_h, hi_h), (lo_w * c, hi_w * c)],
+        rhs_dilation=(sh, sw * c),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return dw.reshape(kh, kw, c, o)
 
 
@@ -177,11 +201,14 @@ def _strided_dx(g, w, x_shape, strides, pads):
                 cols.append(jnp.zeros((n, qh, qw, c), g.dtype))
                 continue
             tpads = ((sub.shape[0] - 1, qh - g.shape[1]), (sub.shape[1] - 1, qw - g.shape[2]))
-            cols.append(lax.conv_general_dilated(g, sub[::-1, ::-1], (1, 1), tpads,
-                                                 dimension_numbers=("NHWC", "HWOI", "NHWC")))
+            cols.append(
+                lax.conv_general_dilated(
+                    g, sub[::-1, ::-1], (1, 1), tpads, dimension_numbers=("NHWC", "HWOI", "NHWC")
+                )
+            )
         rows.append(jnp.stack(cols, axis=3))  # (N, qh, qw, sw, C)
     dxp = jnp.stack(rows, axis=2).reshape(n, qh * sh, qw * sw, c)  # (N, qh, sh, qw, sw, C)
-    return dxp[:, lo_h:lo_h + h, lo_w:lo_w + wd]
+    return dxp[:, lo_h : lo_h + h, lo_w : lo_w + wd]
 
 
 def _patches_dw(x, g, w_shape, strides, pads):
@@ -189,11 +216,21 @@ def _patches_dw(x, g, w_shape, strides, pads):
     N*H'*W') matrix in w's (a, b, c) row order, times g as (N*H'*W', O): one matrix product.
     XLA's weight-gradient convolution is slow on CPU when C is this small."""
     (kh, kw, c, o), (ho, wo) = w_shape, g.shape[1:3]
-    xt = lax.pad(jnp.transpose(x, (3, 0, 1, 2)), np.zeros((), x.dtype),  # (C, N, H, W), padded
-                 ((0, 0, 0), (0, 0, 0), *((lo, hi, 0) for lo, hi in pads)))
-    taps = [lax.slice(xt, (0, 0, a, b), (c, x.shape[0], a + (ho - 1) * strides[0] + 1,
-                                         b + (wo - 1) * strides[1] + 1), (1, 1, *strides))
-            for a in range(kh) for b in range(kw)]
+    xt = lax.pad(
+        jnp.transpose(x, (3, 0, 1, 2)),
+        np.zeros((), x.dtype),  # (C, N, H, W), padded
+        ((0, 0, 0), (0, 0, 0), *((lo, hi, 0) for lo, hi in pads)),
+    )
+    taps = [
+        lax.slice(
+            xt,
+            (0, 0, a, b),
+            (c, x.shape[0], a + (ho - 1) * strides[0] + 1, b + (wo - 1) * strides[1] + 1),
+            (1, 1, *strides),
+        )
+        for a in range(kh)
+        for b in range(kw)
+    ]
     dw = lax.dot_general(jnp.concatenate(taps, axis=0), g, (((1, 2, 3), (0, 1, 2)), ((), ())))
     return dw.reshape(kh, kw, c, o)
 
@@ -206,13 +243,24 @@ def _pointwise_vjp(g, x, w, strides, pads, needs):
     if needs[0]:
         d = lax.dot_general(g, w[0, 0], (((3,), (1,)), ((), ())))  # (N, H', W', C)
         zero = np.zeros((), d.dtype)
-        dx = lax.pad(d, zero, ((0, 0, 0), *((-lo, n + lo - (m - 1) * s - 1, s - 1) for n, m, s, (
-            lo, _) in zip(x.shape[1:3], (ho, wo), (sh, sw), pads)), (0, 0, 0)))
+        dx = lax.pad(
+            d,
+            zero,
+            (
+                (0, 0, 0),
+                *(
+                    (-lo, n + lo - (m - 1) * s - 1, s - 1)
+                    for n, m, s, (lo, _) in zip(x.shape[1:3], (ho, wo), (sh, sw), pads)
+                ),
+                (0, 0, 0),
+            ),
+        )
         dx = dx.astype(x.dtype)
     if needs[1]:
-        xp = lax.pad(x, np.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
-                                                (0, 0, 0)))
-        xs = xp[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw]
+        xp = lax.pad(
+            x, np.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0))
+        )
+        xs = xp[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw]
         dw = lax.dot_general(xs, g, (((0, 1, 2), (0, 1, 2)), ((), ())))[None, None]
         dw = dw.astype(w.dtype)
     return dx, dw
@@ -220,17 +268,26 @@ def _pointwise_vjp(g, x, w, strides, pads, needs):
 
 @conv2d.defcases
 def _conv2d_cases(rng, dtype):
-    specs = [((2, 5, 5, 3), (3, 3, 3, 3), 1, "VALID"),
-             ((2, 6, 6, 2), (3, 3, 2, 3), 1, "SAME"),
-             ((2, 6, 6, 3), (3, 3, 3, 3), 2, "SAME"),
-             ((2, 5, 6, 2), (2, 3, 2, 3), (2, 1), 1),
-             ((2, 5, 5, 2), (3, 3, 2, 3), 2, ((1, 0), (0, 2))),
-             ((1, 6, 6, 3), (1, 1, 3, 3), 2, "VALID"),
-             ((2, 6, 5, 3), (3, 2, 3, 3), (3, 2), "VALID"),
-             ((1, 5, 4, 1), (3, 3, 1, 32), 2, "SAME")]  # few in, many out channels: patches dw
-    return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype, scale=0.5)),
-                 {"stride": s, "padding": p}, label=f"{xs}*{ws} stride={s} padding={p}")
-            for xs, ws, s, p in specs]
+    specs = [
+        ((2, 5, 5, 3), (3, 3, 3, 3), 1, "VALID"),
+        ((2, 6, 6, 2), (3, 3, 2, 3), 1, "SAME"),
+        ((2, 6, 6, 3), (3, 3, 3, 3), 2, "SAME"),
+        ((2, 5, 6, 2), (2, 3, 2, 3), (2, 1), 1),
+        ((2, 5, 5, 2), (3, 3, 2, 3), 2, ((1, 0), (0, 2))),
+        ((1, 6, 6, 3), (1, 1, 3, 3), 2, "VALID"),
+        ((2, 6, 5, 3), (3, 2, 3, 3), (3, 2), "VALID"),
+        ((1, 5, 4, 1), (3, 3, 1, 32), 2, "SAME"),
+    ]  # few in, many out channels: patches dw
+    return [
+        Case(
+            (normal(rng, xs, dtype), normal(rng, ws, dtype, scale=0.5)),
+            {"stride": s, "padding": p},
+            label=f"{xs}*{ws} stride={s} padding={p}",
+        )
+        for xs, ws, s, p in specs
+    ]
+
+
 conv2d.defkinks(smooth=True)
 
 
@@ -248,7 +305,7 @@ def _pool_geometry(gate, x, window, stride):
 def _tiles(x, k, out_hw):
     """Non-overlapping windows as axes: (N, H', kh, W', kw, C) (rows/cols past them dropped)."""
     (kh, kw), (ho, wo) = k, out_hw
-    return x[:, :ho * kh, :wo * kw].reshape(x.shape[0], ho, kh, wo, kw, x.shape[3])
+    return x[:, : ho * kh, : wo * kw].reshape(x.shape[0], ho, kh, wo, kw, x.shape[3])
 
 
 def _untile(dt, x_shape):
@@ -265,8 +322,12 @@ def _offsets(x_shape, k, s, out_hw):
     for a in range(k[0]):
         for b in range(k[1]):
             end_h, end_w = a + (ho - 1) * s[0] + 1, b + (wo - 1) * s[1] + 1
-            yield ((0, a, b, 0), (n, end_h, end_w, c), (1, s[0], s[1], 1),
-                   (zero, (a, h - end_h, s[0] - 1), (b, w - end_w, s[1] - 1), zero))
+            yield (
+                (0, a, b, 0),
+                (n, end_h, end_w, c),
+                (1, s[0], s[1], 1),
+                (zero, (a, h - end_h, s[0] - 1), (b, w - end_w, s[1] - 1), zero),
+            )
 
 
 @defgate
@@ -304,14 +365,15 @@ def max_pool2d_vjp(g, saved, *, window, stride=None):
     if k == s:  # reshape and mask: a one-hot of each window's selected element
         t = _tiles(x, k, out_hw)
         chosen = _select_in_window([t[:, :, a, :, b, :] for a in range(k[0]) for b in range(k[1])])
-        pos = (lax.broadcasted_iota(jnp.int32, t.shape, 2) * k[1]
-               + lax.broadcasted_iota(jnp.int32, t.shape, 4))  # row-major place in the window
-        dt = jnp.where(pos == chosen[:, :, None, :, None, :], g[:, :, None, :, None, :],
-                       np.zeros((), g.dtype))
+        pos = lax.broadcasted_iota(jnp.int32, t.shape, 2) * k[1] + lax.broadcasted_iota(
+            jnp.int32, t.shape, 4
+        )  # row-major place in the window
+        dt = jnp.where(
+            pos == chosen[:, :, None, :, None, :], g[:, :, None, :, None, :], np.zeros((), g.dtype)
+        )
         return (_untile(dt, x.shape),)
     offsets = list(_offsets(x.shape, k, s, out_hw))
-    chosen = _select_in_window([lax.slice(x, start, end, step)
-                                for start, end, step, _ in offsets])
+    chosen = _select_in_window([lax.slice(x, start, end, step) for start, end, step, _ in offsets])
     dx = jnp.zeros(x.shape, g.dtype)
     zero = np.zeros((), g.dtype)
     for q, (_, _, _, pads) in enumerate(offsets):
@@ -332,19 +394,44 @@ def _select_in_window(values):
 
 
 # ties within and across windows, every value repeated, a NaN, infinities (4x4, 1 channel)
-_TIED = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 2.0],
-                  [np.nan, 1.0, np.inf, -np.inf]])[None, :, :, None]
+_TIED = np.array(
+    [
+        [1.0, 1.0, 0.0, 1.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [2.0, 1.0, 2.0, 2.0],
+        [np.nan, 1.0, np.inf, -np.inf],
+    ]
+)[None, :, :, None]
 
 
 @max_pool2d.defcases
 def _max_pool2d_cases(rng, dtype):
-    specs = [((2, 6, 6, 3), 2, None), ((2, 5, 5, 2), 2, None), ((2, 6, 6, 2), 3, 3),
-             ((2, 5, 5, 3), 3, 2), ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 5, 6, 2), (3, 2), 1)]
-    return [Case((distinct(rng, xs, dtype),), {"window": k, "stride": s},
-                 label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
-max_pool2d.defkinks(lambda dtype: [
-    Case((_TIED.astype(dtype),), {"window": w, "stride": s}, label=f"ties, window={w} stride={s}")
-    for w, s in ((2, None), (2, 1), ((3, 2), 1))])
+    specs = [
+        ((2, 6, 6, 3), 2, None),
+        ((2, 5, 5, 2), 2, None),
+        ((2, 6, 6, 2), 3, 3),
+        ((2, 5, 5, 3), 3, 2),
+        ((2, 6, 5, 2), (2, 3), (1, 2)),
+        ((1, 5, 6, 2), (3, 2), 1),
+    ]
+    return [
+        Case(
+            (distinct(rng, xs, dtype),),
+            {"window": k, "stride": s},
+            label=f"{xs} window={k} stride={s}",
+        )
+        for xs, k, s in specs
+    ]
+
+
+max_pool2d.defkinks(
+    lambda dtype: [
+        Case(
+            (_TIED.astype(dtype),), {"window": w, "stride": s}, label=f"ties, window={w} stride={s}"
+        )
+        for w, s in ((2, None), (2, 1), ((3, 2), 1))
+    ]
+)
 
 
 @defgate
@@ -377,22 +464,44 @@ def avg_pool2d_vjp(g, saved, *, window, stride=None):
     out_hw = g.shape[1:3]
     share = g / (k[0] * k[1])
     if k == s:  # broadcast each window's share over the window
-        dt = jnp.broadcast_to(share[:, :, None, :, None, :],
-                              (g.shape[0], out_hw[0], k[0], out_hw[1], k[1], g.shape[3]))
+        dt = jnp.broadcast_to(
+            share[:, :, None, :, None, :],
+            (g.shape[0], out_hw[0], k[0], out_hw[1], k[1], g.shape[3]),
+        )
         return (_untile(dt, x_shape),)
     # dilate g by the stride, pad by the window, and sum every window (the transposed pool)
     zero = np.zeros((), g.dtype)
-    pads = ((0, 0, 0), *((kk - 1, n - (m - 1) * ss - 1, ss - 1)
-                         for n, m, kk, ss in zip(x_shape[1:3], out_hw, k, s)), (0, 0, 0))
-    dx = lax.reduce_window(lax.pad(share, zero, pads), zero, lax.add, (1, *k, 1), (1, 1, 1, 1),
-                           "VALID")
+    pads = (
+        (0, 0, 0),
+        *(
+            (kk - 1, n - (m - 1) * ss - 1, ss - 1)
+            for n, m, kk, ss in zip(x_shape[1:3], out_hw, k, s)
+        ),
+        (0, 0, 0),
+    )
+    dx = lax.reduce_window(
+        lax.pad(share, zero, pads), zero, lax.add, (1, *k, 1), (1, 1, 1, 1), "VALID"
+    )
     return (dx,)
 
 
 @avg_pool2d.defcases
 def _avg_pool2d_cases(rng, dtype):
-    specs = [((2, 6, 6, 3), 2, None), ((2, 5, 5, 2), 2, None), ((2, 5, 5, 3), 3, 2),
-             ((2, 6, 5, 2), (2, 3), (1, 2)), ((1, 6, 6, 2), 6, None)]
-    return [Case((normal(rng, xs, dtype),), {"window": k, "stride": s},
-                 label=f"{xs} window={k} stride={s}") for xs, k, s in specs]
+    specs = [
+        ((2, 6, 6, 3), 2, None),
+        ((2, 5, 5, 2), 2, None),
+        ((2, 5, 5, 3), 3, 2),
+        ((2, 6, 5, 2), (2, 3), (1, 2)),
+        ((1, 6, 6, 2), 6, None),
+    ]
+    return [
+        Case(
+            (normal(rng, xs, dtype),),
+            {"window": k, "stride": s},
+            label=f"{xs} window={k} stride={s}",
+        )
+        for xs, k, s in specs
+    ]
+
+
 avg_pool2d.defkinks(smooth=True)

@@ -34,13 +34,17 @@ def affine(x, w, b):
         fnn.GateError: the shapes of x, w and b do not fit together.
     """
     if jnp.ndim(x) < 1 or jnp.ndim(w) != 2 or jnp.ndim(b) != 1:
-        raise GateError(f"gate 'affine': expects x (N, ...), w (D, M), b (M,); got x {describe(x)}, "
-                        f"w {describe(w)}, b {describe(b)}")
+        raise GateError(
+            f"gate 'affine': expects x (N, ...), w (D, M), b (M,); got x {describe(x)}, "
+            f"w {describe(w)}, b {describe(b)}"
+        )
     n = x.shape[0]
     d = int(np.prod(x.shape[1:]))
     if d != w.shape[0] or w.shape[1] != b.shape[0]:
-        raise GateError(f"gate 'affine': x {describe(x)} flattens to ({n}, {d}) which does not fit "
-                        f"w {describe(w)} and b {describe(b)}")
+        raise GateError(
+            f"gate 'affine': x {describe(x)} flattens to ({n}, {d}) which does not fit "
+            f"w {describe(w)} and b {describe(b)}"
+        )
     xf = jnp.reshape(x, (n, d))
     return xf @ w + b, (xf, w, x.shape, jnp.result_type(b))
 
@@ -64,7 +68,8 @@ def _xt_g(xf, g):
     if g.shape[-1] > COPY_XT_COLUMNS:
         return xf.T @ g
     return lax.platform_dependent(
-        xf, g, cpu=lambda a, b: lax.optimization_barrier(a.T) @ b, default=lambda a, b: a.T @ b)
+        xf, g, cpu=lambda a, b: lax.optimization_barrier(a.T) @ b, default=lambda a, b: a.T @ b
+    )
 
 
 COPY_XT_COLUMNS = 128  # _xt_g copies xf.T out on CPU for a g of at most this many columns
@@ -73,6 +78,13 @@ COPY_XT_COLUMNS = 128  # _xt_g copies xf.T out on CPU for a g of at most this ma
 @affine.defcases
 def _affine_cases(rng, dtype):
     shapes = [((4, 3), (3, 5)), ((2, 3, 2), (6, 4)), ((1, 2, 2, 2), (8, 3))]
-    return [Case((normal(rng, xs, dtype), normal(rng, ws, dtype), normal(rng, ws[1:], dtype)),
-                 label=f"{xs}") for xs, ws in shapes]
+    return [
+        Case(
+            (normal(rng, xs, dtype), normal(rng, ws, dtype), normal(rng, ws[1:], dtype)),
+            label=f"{xs}",
+        )
+        for xs, ws in shapes
+    ]
+
+
 affine.defkinks(smooth=True)

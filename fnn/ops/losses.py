@@ -23,25 +23,35 @@ def _check_classes(name, scores, labels, what="logits"):
     if not hasattr(labels, "dtype"):
         labels = np.asarray(labels)
     if jnp.ndim(scores) != 2 or not jnp.issubdtype(scores.dtype, jnp.floating):
-        raise GateError(f"gate '{name}': {what} must be a float array of shape (N, C), "
-                        f"got {what} {describe(scores)}")
+        raise GateError(
+            f"gate '{name}': {what} must be a float array of shape (N, C), "
+            f"got {what} {describe(scores)}"
+        )
     n, c = scores.shape
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise GateError(f"gate '{name}': labels must be integer class indices, got labels "
-                        f"{describe(labels)} (dtype {labels.dtype}) for {what} {describe(scores)}")
+        raise GateError(
+            f"gate '{name}': labels must be integer class indices, got labels "
+            f"{describe(labels)} (dtype {labels.dtype}) for {what} {describe(scores)}"
+        )
     if labels.shape != (n,):
-        raise GateError(f"gate '{name}': labels must have shape ({n},), one per row of {what} "
-                        f"{describe(scores)}, got labels {describe(labels)}")
+        raise GateError(
+            f"gate '{name}': labels must have shape ({n},), one per row of {what} "
+            f"{describe(scores)}, got labels {describe(labels)}"
+        )
     if n == 0 or c == 0:
-        raise GateError(f"gate '{name}': empty batch, {what} {describe(scores)} and labels "
-                        f"{describe(labels)}; the mean over N needs N > 0 and C > 0")
+        raise GateError(
+            f"gate '{name}': empty batch, {what} {describe(scores)} and labels "
+            f"{describe(labels)}; the mean over N needs N > 0 and C > 0"
+        )
     if not isinstance(labels, jax.core.Tracer):
         concrete = np.asarray(labels)
         bad = np.flatnonzero((concrete < 0) | (concrete >= c))
         if bad.size:
-            raise GateError(f"gate '{name}': labels must lie in [0, {c}) for {what} "
-                            f"{describe(scores)}; got values {concrete[bad[:8]].tolist()} at "
-                            f"rows {bad[:8].tolist()}" + (" ..." if bad.size > 8 else ""))
+            raise GateError(
+                f"gate '{name}': labels must lie in [0, {c}) for {what} "
+                f"{describe(scores)}; got values {concrete[bad[:8]].tolist()} at "
+                f"rows {bad[:8].tolist()}" + (" ..." if bad.size > 8 else "")
+            )
     return labels, n, c
 
 
@@ -58,35 +68,44 @@ def _targets(logits, labels, label_smoothing, ignore_index):
     ignored), integer labels or None) after checking shapes, dtypes and ranges."""
     name = "softmax_cross_entropy"
     if jnp.ndim(logits) < 1 or not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
-        raise GateError(f"gate '{name}': logits must be a float array (..., C), got logits "
-                        f"{describe(logits)}")
+        raise GateError(
+            f"gate '{name}': logits must be a float array (..., C), got logits {describe(logits)}"
+        )
     c = logits.shape[-1]
     if not 0.0 <= label_smoothing <= 1.0:
-        raise GateError(f"gate '{name}': label_smoothing must lie in [0, 1], got "
-                        f"{label_smoothing!r}")
+        raise GateError(
+            f"gate '{name}': label_smoothing must lie in [0, 1], got {label_smoothing!r}"
+        )
     if not hasattr(labels, "dtype"):
         labels = np.asarray(labels)
     dtype = jnp.result_type(logits)
     if jnp.issubdtype(labels.dtype, jnp.floating):  # class probabilities
         if labels.shape != logits.shape:
-            raise GateError(f"gate '{name}': labels must be integer class indices (shape "
-                            f"{logits.shape[:-1]}) or class probabilities shaped like logits "
-                            f"{describe(logits)}; got labels {describe(labels)} (dtype "
-                            f"{labels.dtype})")
+            raise GateError(
+                f"gate '{name}': labels must be integer class indices (shape "
+                f"{logits.shape[:-1]}) or class probabilities shaped like logits "
+                f"{describe(logits)}; got labels {describe(labels)} (dtype "
+                f"{labels.dtype})"
+            )
         if ignore_index is not None:
-            raise GateError(f"gate '{name}': ignore_index needs integer labels, got labels "
-                            f"{describe(labels)}")
+            raise GateError(
+                f"gate '{name}': ignore_index needs integer labels, got labels {describe(labels)}"
+            )
         target = labels.astype(dtype)
         weight = jnp.ones(logits.shape[:-1], dtype)
         ints = None
     else:
         if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise GateError(f"gate '{name}': labels must be integer class indices, got labels "
-                            f"{describe(labels)} (dtype {labels.dtype}) for logits "
-                            f"{describe(logits)}")
+            raise GateError(
+                f"gate '{name}': labels must be integer class indices, got labels "
+                f"{describe(labels)} (dtype {labels.dtype}) for logits "
+                f"{describe(logits)}"
+            )
         if labels.shape != logits.shape[:-1]:
-            raise GateError(f"gate '{name}': labels must have shape {logits.shape[:-1]}, one per "
-                            f"row of logits {describe(logits)}, got labels {describe(labels)}")
+            raise GateError(
+                f"gate '{name}': labels must have shape {logits.shape[:-1]}, one per "
+                f"row of logits {describe(logits)}, got labels {describe(labels)}"
+            )
         if not isinstance(labels, jax.core.Tracer):
             concrete = np.asarray(labels)
             bad = np.flatnonzero(((concrete < 0) | (concrete >= c)) & (concrete != ignore_index))
@@ -96,7 +115,9 @@ def _targets(logits, labels, label_smoothing, ignore_index):
                     + (f" (or be ignore_index {ignore_index})" if ignore_index is not None else "")
                     + f"; got values {concrete.reshape(-1)[bad[:8]].tolist()} at "
                     + ("rows" if concrete.ndim == 1 else "flat positions")
-                    + f" {bad[:8].tolist()}" + (" ..." if bad.size > 8 else ""))
+                    + f" {bad[:8].tolist()}"
+                    + (" ..." if bad.size > 8 else "")
+                )
         kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
         weight = kept.astype(dtype)
         ints = jnp.where(kept, labels, 0).astype(jnp.int32)
@@ -107,8 +128,9 @@ def _targets(logits, labels, label_smoothing, ignore_index):
 
 
 @defgate
-def softmax_cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None,
-                          reduction="mean"):
+def softmax_cross_entropy(
+    logits, labels, *, label_smoothing=0.0, ignore_index=None, reduction="mean"
+):
     """-sum_c target_c log softmax(logits)_c per example, then reduced (stable, max-shifted).
 
     Shapes: logits (..., C) float; labels (...) integer class indices in [0, C), or class
@@ -134,12 +156,16 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=N
         fnn.GateError: an empty batch, or an unknown reduction.
     """
     if reduction not in REDUCTIONS:
-        raise GateError(f"gate 'softmax_cross_entropy': reduction must be one of "
-                        f"{', '.join(REDUCTIONS)}, got {reduction!r}")
+        raise GateError(
+            f"gate 'softmax_cross_entropy': reduction must be one of "
+            f"{', '.join(REDUCTIONS)}, got {reduction!r}"
+        )
     target, weight, ints = _targets(logits, labels, label_smoothing, ignore_index)
     if reduction == "mean" and (logits.size == 0 or logits.shape[-1] == 0):
-        raise GateError(f"gate 'softmax_cross_entropy': empty batch, logits {describe(logits)} "
-                        f"and labels {describe(labels)}; the mean needs examples and classes")
+        raise GateError(
+            f"gate 'softmax_cross_entropy': empty batch, logits {describe(logits)} "
+            f"and labels {describe(labels)}; the mean needs examples and classes"
+        )
     shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
     logp = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
     if ints is not None and not label_smoothing:  # one log-probability per example
@@ -156,8 +182,9 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=N
 
 
 @softmax_cross_entropy.defvjp
-def softmax_cross_entropy_vjp(g, saved, *, needs, label_smoothing=0.0, ignore_index=None,
-                              reduction="mean"):
+def softmax_cross_entropy_vjp(
+    g, saved, *, needs, label_smoothing=0.0, ignore_index=None, reduction="mean"
+):
     logp, target, weight, count = saved
     scale = weight * (g if reduction == "none" else g / count if reduction == "mean" else g)
     dlogits = (jnp.exp(logp) * jnp.sum(target, axis=-1, keepdims=True) - target) * scale[..., None]
@@ -173,24 +200,42 @@ def _labels(rng, n, c):
 
 @softmax_cross_entropy.defcases
 def _softmax_cross_entropy_cases(rng, dtype):
-    cases = [Case((normal(rng, (n, c), dtype, scale), _labels(rng, n, c)), label=f"{n}x{c}*{scale}")
-             for n, c, scale in [(4, 3, 1.0), (8, 10, 1.0), (1, 5, 1.0), (6, 4, 5.0), (3, 1, 1.0)]]
+    cases = [
+        Case((normal(rng, (n, c), dtype, scale), _labels(rng, n, c)), label=f"{n}x{c}*{scale}")
+        for n, c, scale in [(4, 3, 1.0), (8, 10, 1.0), (1, 5, 1.0), (6, 4, 5.0), (3, 1, 1.0)]
+    ]
     tokens = rng.integers(0, 6, (2, 5))
     tokens[0, 3:] = -1  # padding
     probs = rng.dirichlet(np.ones(4), size=3).astype(dtype)
     return cases + [
-        Case((normal(rng, (2, 5, 6), dtype), tokens), {"ignore_index": -1},
-             label="(B, T, V) with padding ignored"),
-        Case((normal(rng, (4, 5), dtype), _labels(rng, 4, 5)), {"label_smoothing": 0.1},
-             label="label smoothing"),
+        Case(
+            (normal(rng, (2, 5, 6), dtype), tokens),
+            {"ignore_index": -1},
+            label="(B, T, V) with padding ignored",
+        ),
+        Case(
+            (normal(rng, (4, 5), dtype), _labels(rng, 4, 5)),
+            {"label_smoothing": 0.1},
+            label="label smoothing",
+        ),
         Case((normal(rng, (3, 4), dtype), probs), label="class probabilities"),
-        Case((normal(rng, (3, 4), dtype), _labels(rng, 3, 4)), {"reduction": "none"},
-             label="per example"),
-        Case((normal(rng, (3, 4), dtype), _labels(rng, 3, 4)), {"reduction": "sum"},
-             label="sum")]
-softmax_cross_entropy.defkinks(lambda dtype: [
-    Case((np.asarray([[0.0, -np.inf, 1.0], [2.0, 2.0, -np.inf]], dtype), np.asarray([0, 1])),
-         label="-inf logits, ties")])
+        Case(
+            (normal(rng, (3, 4), dtype), _labels(rng, 3, 4)),
+            {"reduction": "none"},
+            label="per example",
+        ),
+        Case((normal(rng, (3, 4), dtype), _labels(rng, 3, 4)), {"reduction": "sum"}, label="sum"),
+    ]
+
+
+softmax_cross_entropy.defkinks(
+    lambda dtype: [
+        Case(
+            (np.asarray([[0.0, -np.inf, 1.0], [2.0, 2.0, -np.inf]], dtype), np.asarray([0, 1])),
+            label="-inf logits, ties",
+        )
+    ]
+)
 
 
 @defgate
@@ -215,12 +260,17 @@ def binary_cross_entropy_with_logits(logits, targets, *, reduction="mean"):
         fnn.GateError: an unknown reduction, or targets that are not floats shaped like the logits.
     """
     if reduction not in REDUCTIONS:
-        raise GateError(f"gate 'binary_cross_entropy_with_logits': reduction must be one of "
-                        f"{', '.join(REDUCTIONS)}, got {reduction!r}")
-    if np.shape(logits) != np.shape(targets) or not jnp.issubdtype(jnp.result_type(targets),
-                                                                      jnp.floating):
-        raise GateError(f"gate 'binary_cross_entropy_with_logits': targets must be floats shaped "
-                        f"like logits {describe(logits)}, got targets {describe(targets)}")
+        raise GateError(
+            f"gate 'binary_cross_entropy_with_logits': reduction must be one of "
+            f"{', '.join(REDUCTIONS)}, got {reduction!r}"
+        )
+    if np.shape(logits) != np.shape(targets) or not jnp.issubdtype(
+        jnp.result_type(targets), jnp.floating
+    ):
+        raise GateError(
+            f"gate 'binary_cross_entropy_with_logits': targets must be floats shaped "
+            f"like logits {describe(logits)}, got targets {describe(targets)}"
+        )
     targets = targets.astype(jnp.result_type(logits))
     softplus = jnp.logaddexp(logits, 0.0)  # log(1 + e**z) = max(z, 0) + log(1 + e**-|z|)
     loss = softplus - logits * targets
@@ -245,12 +295,29 @@ def binary_cross_entropy_with_logits_vjp(g, saved, *, needs, reduction="mean"):
 
 @binary_cross_entropy_with_logits.defcases
 def _bce_cases(rng, dtype):
-    return [Case((normal(rng, (4, 3), dtype, 3.0), rng.uniform(0, 1, (4, 3)).astype(dtype)),
-                 {"reduction": r}, label=r) for r in REDUCTIONS]
-binary_cross_entropy_with_logits.defkinks(lambda dtype: [
-    Case((np.asarray([0.0, -0.0, 1.0, -2.0, 30.0, -30.0], dtype),
-          np.asarray([0.0, 1.0, 0.5, 0.0, 1.0, 0.25], dtype)), {"reduction": r},
-         label=f"z = 0, +-30, {r}") for r in ("sum", "none")])
+    return [
+        Case(
+            (normal(rng, (4, 3), dtype, 3.0), rng.uniform(0, 1, (4, 3)).astype(dtype)),
+            {"reduction": r},
+            label=r,
+        )
+        for r in REDUCTIONS
+    ]
+
+
+binary_cross_entropy_with_logits.defkinks(
+    lambda dtype: [
+        Case(
+            (
+                np.asarray([0.0, -0.0, 1.0, -2.0, 30.0, -30.0], dtype),
+                np.asarray([0.0, 1.0, 0.5, 0.0, 1.0, 0.25], dtype),
+            ),
+            {"reduction": r},
+            label=f"z = 0, +-30, {r}",
+        )
+        for r in ("sum", "none")
+    ]
+)
 
 
 # ---- multiclass SVM (hinge) --------------------------------------------------------------------
@@ -299,12 +366,23 @@ def _svm_loss_cases(rng, dtype):
         margins = away_from(rng, (n, c), "float64", gap=0.1)
         correct = rng.standard_normal((n, 1))
         scores = np.where(labels[:, None] == np.arange(c), correct, margins + correct - delta)
-        cases.append(Case((scores.astype(dtype), labels), {"delta": delta},
-                          label=f"{n}x{c},delta={delta}"))
+        cases.append(
+            Case((scores.astype(dtype), labels), {"delta": delta}, label=f"{n}x{c},delta={delta}")
+        )
     return cases
-svm_loss.defkinks(lambda dtype: [  # margins exactly 0: inactive, as the forward's where says
-    Case((np.asarray([[1.0, 0.0, -5.0], [2.0, 2.0, 1.0], [0.5, 1.5, 0.5]], dtype),
-          np.asarray([0, 1, 2])), label="margins exactly 0")])
+
+
+svm_loss.defkinks(
+    lambda dtype: [  # margins exactly 0: inactive, as the forward's where says
+        Case(
+            (
+                np.asarray([[1.0, 0.0, -5.0], [2.0, 2.0, 1.0], [0.5, 1.5, 0.5]], dtype),
+                np.asarray([0, 1, 2]),
+            ),
+            label="margins exactly 0",
+        )
+    ]
+)
 
 
 # ---- regression and regularization -------------------------------------------------------------
@@ -326,11 +404,14 @@ def mse(pred, target):
         fnn.GateError: the inputs are empty or not of the same shape.
     """
     if np.shape(pred) != np.shape(target):
-        raise GateError(f"gate 'mse': pred {describe(pred)} and target {describe(target)} must "
-                        "have exactly the same shape (mse does not broadcast)")
+        raise GateError(
+            f"gate 'mse': pred {describe(pred)} and target {describe(target)} must "
+            "have exactly the same shape (mse does not broadcast)"
+        )
     if np.size(pred) == 0:
-        raise GateError(f"gate 'mse': empty inputs pred {describe(pred)}, "
-                        f"target {describe(target)}")
+        raise GateError(
+            f"gate 'mse': empty inputs pred {describe(pred)}, target {describe(target)}"
+        )
     diff = pred - target
     return jnp.mean(diff * diff), (diff, jnp.result_type(pred), jnp.result_type(target))
 
@@ -339,14 +420,20 @@ def mse(pred, target):
 def mse_vjp(g, saved, *, needs):
     diff, pred_dtype, target_dtype = saved
     d = diff * (2.0 * g / diff.size)
-    return (d.astype(pred_dtype) if needs[0] else None,
-            (-d).astype(target_dtype) if needs[1] else None)
+    return (
+        d.astype(pred_dtype) if needs[0] else None,
+        (-d).astype(target_dtype) if needs[1] else None,
+    )
 
 
 @mse.defcases
 def _mse_cases(rng, dtype):
-    return [Case((normal(rng, s, dtype), normal(rng, s, dtype)), label=str(s))
-            for s in [(), (5,), (3, 4), (2, 3, 4)]]
+    return [
+        Case((normal(rng, s, dtype), normal(rng, s, dtype)), label=str(s))
+        for s in [(), (5,), (3, 4), (2, 3, 4)]
+    ]
+
+
 mse.defkinks(smooth=True)
 
 
@@ -373,6 +460,10 @@ def l2_penalty_vjp(g, w, *, scale=1.0):
 
 @l2_penalty.defcases
 def _l2_penalty_cases(rng, dtype):
-    return [Case((normal(rng, s, dtype),), {"scale": scale}, label=f"{s},scale={scale}")
-            for s, scale in [((), 1.0), ((5,), 1.0), ((3, 4), 0.5), ((2, 3, 4), 1e-3)]]
+    return [
+        Case((normal(rng, s, dtype),), {"scale": scale}, label=f"{s},scale={scale}")
+        for s, scale in [((), 1.0), ((5,), 1.0), ((3, 4), 0.5), ((2, 3, 4), 1e-3)]
+    ]
+
+
 l2_penalty.defkinks(smooth=True)

@@ -28,8 +28,10 @@ def _check_features(gate, x, **params):
         raise GateError(f"gate '{gate}': x must have a feature axis (last), got {describe(x)}")
     for name, p in params.items():
         if np.shape(p) != (x.shape[-1],):
-            raise GateError(f"gate '{gate}': {name} must have shape ({x.shape[-1]},) to match "
-                            f"the last axis of x {describe(x)}, got {describe(p)}")
+            raise GateError(
+                f"gate '{gate}': {name} must have shape ({x.shape[-1]},) to match "
+                f"the last axis of x {describe(x)}, got {describe(p)}"
+            )
 
 
 def _per_feature(p, ndim):
@@ -73,8 +75,9 @@ def batch_norm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9
     """
     if np.ndim(x) < 2:
         raise GateError(f"gate 'batch_norm': x must be (N, D) or (N, H, W, D), got {describe(x)}")
-    _check_features("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
-                    running_var=running_var)
+    _check_features(
+        "batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var
+    )
     axes = tuple(range(x.ndim - 1))
     running_mean, running_var = lax.stop_gradient(running_mean), lax.stop_gradient(running_var)
     if train:
@@ -89,8 +92,13 @@ def batch_norm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9
     inv_std = _per_feature(lax.rsqrt(var + eps), x.ndim)
     xhat = xc * inv_std
     y = _per_feature(gamma, x.ndim) * xhat + _per_feature(beta, x.ndim)
-    return (y, new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)), \
-        (xhat, gamma, inv_std, x.dtype, beta.dtype)
+    return (y, new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)), (
+        xhat,
+        gamma,
+        inv_std,
+        x.dtype,
+        beta.dtype,
+    )
 
 
 @batch_norm.defvjp
@@ -107,9 +115,13 @@ def batch_norm_vjp(g, saved, *, train, momentum=0.9, eps=1e-5, needs):
     elif needs[0]:
         dx = gy * (_per_feature(gamma, gy.ndim) * inv_std)
     dgamma, dbeta = dgamma.reshape(gamma.shape), dbeta.reshape(gamma.shape)
-    return (None if dx is None else dx.astype(x_dtype),
-            dgamma.astype(gamma.dtype) if needs[1] else None,
-            dbeta.astype(beta_dtype) if needs[2] else None, None, None)
+    return (
+        None if dx is None else dx.astype(x_dtype),
+        dgamma.astype(gamma.dtype) if needs[1] else None,
+        dbeta.astype(beta_dtype) if needs[2] else None,
+        None,
+        None,
+    )
 
 
 @batch_norm.defcases
@@ -118,15 +130,27 @@ def _batch_norm_cases(rng, dtype):
     for shape in [(6, 4), (3, 3, 3, 2)]:
         d = shape[-1]
         for train in (True, False):
-            args = (normal(rng, shape, dtype, scale=2.0) + 0.5, 1 + normal(rng, (d,), dtype, 0.3),
-                    normal(rng, (d,), dtype), normal(rng, (d,), dtype, 0.3),
-                    uniform(rng, (d,), dtype, 0.5, 2.0))
+            args = (
+                normal(rng, shape, dtype, scale=2.0) + 0.5,
+                1 + normal(rng, (d,), dtype, 0.3),
+                normal(rng, (d,), dtype),
+                normal(rng, (d,), dtype, 0.3),
+                uniform(rng, (d,), dtype, 0.5, 2.0),
+            )
             # numeric=False: central differences see the running-stat outputs depend on x and
             # the running stats, which are state without gradient; tests/test_conv_norm.py
             # checks y numerically against x, gamma and beta.
-            cases.append(Case(args, {"train": train, "momentum": 0.8}, numeric=False,
-                              label=f"{shape} train={train}"))
+            cases.append(
+                Case(
+                    args,
+                    {"train": train, "momentum": 0.8},
+                    numeric=False,
+                    label=f"{shape} train={train}",
+                )
+            )
     return cases
+
+
 batch_norm.defkinks(smooth=True)
 
 
@@ -140,8 +164,9 @@ def _row_dot(a, v):
     """sum(a * v, axis=-1, keepdims=True) for a (D,) vector v: a matrix-vector product,
     accumulated in float32 at least."""
     acc = jnp.promote_types(a.dtype, jnp.float32)
-    return lax.dot_general(a, v, (((a.ndim - 1,), (0,)), ((), ())),
-                           preferred_element_type=acc)[..., None]
+    return lax.dot_general(a, v, (((a.ndim - 1,), (0,)), ((), ())), preferred_element_type=acc)[
+        ..., None
+    ]
 
 
 @defgate
@@ -195,9 +220,19 @@ def layer_norm_vjp(g, saved, *, eps=1e-5, needs):
 
 @layer_norm.defcases
 def _layer_norm_cases(rng, dtype):
-    return [Case((normal(rng, s, dtype, scale=2.0) + 0.5, 1 + normal(rng, s[-1:], dtype, 0.3),
-                  normal(rng, s[-1:], dtype)), label=str(s))
-            for s in [(5,), (4, 6), (2, 3, 3, 4)]]
+    return [
+        Case(
+            (
+                normal(rng, s, dtype, scale=2.0) + 0.5,
+                1 + normal(rng, s[-1:], dtype, 0.3),
+                normal(rng, s[-1:], dtype),
+            ),
+            label=str(s),
+        )
+        for s in [(5,), (4, 6), (2, 3, 3, 4)]
+    ]
+
+
 layer_norm.defkinks(smooth=True)
 
 
@@ -224,8 +259,9 @@ def dropout(x, key, *, rate, train=True):
         fnn.GateError: rate is not in [0, 1).
     """
     if not 0 <= rate < 1:
-        raise GateError(f"gate 'dropout': rate must satisfy 0 <= rate < 1, got {rate!r} "
-                        f"(x {describe(x)})")
+        raise GateError(
+            f"gate 'dropout': rate must satisfy 0 <= rate < 1, got {rate!r} (x {describe(x)})"
+        )
     if not train or rate == 0:
         return x, None
     keep = jax.random.bernoulli(key, 1 - rate, np.shape(x))
@@ -244,9 +280,16 @@ def _dropout_cases(rng, dtype):
     def key():
         return np.asarray(jax.random.PRNGKey(int(rng.integers(2**31))))
 
-    return [Case((normal(rng, (8, 5), dtype), key()), {"rate": 0.5}, label="(8, 5) rate=0.5"),
-            Case((normal(rng, (2, 4, 4, 3), dtype), key()), {"rate": 0.2}, label="NHWC rate=0.2"),
-            Case((normal(rng, (4, 3), dtype), key()), {"rate": 0.5, "train": False},
-                 label="eval: identity"),
-            Case((normal(rng, (4, 3), dtype), key()), {"rate": 0.0}, label="rate=0: identity")]
+    return [
+        Case((normal(rng, (8, 5), dtype), key()), {"rate": 0.5}, label="(8, 5) rate=0.5"),
+        Case((normal(rng, (2, 4, 4, 3), dtype), key()), {"rate": 0.2}, label="NHWC rate=0.2"),
+        Case(
+            (normal(rng, (4, 3), dtype), key()),
+            {"rate": 0.5, "train": False},
+            label="eval: identity",
+        ),
+        Case((normal(rng, (4, 3), dtype), key()), {"rate": 0.0}, label="rate=0: identity"),
+    ]
+
+
 dropout.defkinks(smooth=True)

@@ -35,21 +35,26 @@ def _check(name, x, h0, wx, wh, b, k, extra=()):
     """Shapes of a sequence gate's inputs: x (T, N, D), h0 (N, H), wx (D, kH), wh (H, kH),
     b (kH,), and `extra` ((argument name, value, wanted shape) pairs)."""
     if jnp.ndim(x) != 3 or jnp.ndim(h0) != 2 or x.shape[1] != h0.shape[0]:
-        raise GateError(f"gate '{name}': x must be (T, N, D) (time-major) and h0 (N, H), got x "
-                        f"{describe(x)}, h0 {describe(h0)}")
+        raise GateError(
+            f"gate '{name}': x must be (T, N, D) (time-major) and h0 (N, H), got x "
+            f"{describe(x)}, h0 {describe(h0)}"
+        )
     hidden = h0.shape[1]
     want = {"wx": (x.shape[2], k * hidden), "wh": (hidden, k * hidden), "b": (k * hidden,)}
     checks = [("wx", wx, want["wx"]), ("wh", wh, want["wh"]), ("b", b, want["b"]), *extra]
     for arg, got, shape in checks:
         if tuple(np.shape(got)) != shape:
-            raise GateError(f"gate '{name}': {arg} must be {shape} for x {describe(x)} and h0 "
-                            f"{describe(h0)}, got {arg} {describe(got)}")
+            raise GateError(
+                f"gate '{name}': {arg} must be {shape} for x {describe(x)} and h0 "
+                f"{describe(h0)}, got {arg} {describe(got)}"
+            )
     dtype = jnp.result_type(x)
     for arg, got in (("x", x), ("h0", h0), *[(a, v) for a, v, _ in checks]):
-        if not jnp.issubdtype(jnp.result_type(got), jnp.floating) or \
-                jnp.result_type(got) != dtype:
-            raise GateError(f"gate '{name}': every input must be a float array of one dtype, got "
-                            f"x {describe(x)} and {arg} {describe(got)}")
+        if not jnp.issubdtype(jnp.result_type(got), jnp.floating) or jnp.result_type(got) != dtype:
+            raise GateError(
+                f"gate '{name}': every input must be a float array of one dtype, got "
+                f"x {describe(x)} and {arg} {describe(got)}"
+            )
 
 
 def _project(x, wx):
@@ -78,26 +83,33 @@ def _weight_grads(needs, x, wx, h_prev, wh, dax, dah=None):
     ah = jnp.reshape(dah, (t * n, -1))
     contract_rows = (((0,), (0,)), ((), ()))
     dx = (ax @ wx.T).reshape(x.shape) if needs["x"] else None
-    dwx = lax.dot_general(jnp.reshape(x, (t * n, d)), ax, contract_rows) \
-        if needs["wx"] else None
-    dwh = lax.dot_general(jnp.reshape(h_prev, (t * n, -1)), ah, contract_rows) \
-        if needs["wh"] else None
+    dwx = lax.dot_general(jnp.reshape(x, (t * n, d)), ax, contract_rows) if needs["wx"] else None
+    dwh = (
+        lax.dot_general(jnp.reshape(h_prev, (t * n, -1)), ah, contract_rows)
+        if needs["wh"]
+        else None
+    )
     return dx, dwx, dwh, jnp.sum(ax, axis=0), jnp.sum(ah, axis=0)
 
 
 def _sequence_cases(k, states=1, biases=1):
     """Cases of a sequence gate: x (T, N, D), h0 (and c0), wx, wh, b (and bh); one of a few
     steps and one of a single step."""
+
     def cases(rng, dtype):
         out = []
         for t, n, d, hidden in ((5, 3, 4, 5), (1, 2, 3, 2)):
             args = (normal(rng, (t, n, d), dtype),) + tuple(
-                normal(rng, (n, hidden), dtype, 0.5) for _ in range(states))
-            args += (normal(rng, (d, k * hidden), dtype, 0.5),
-                     normal(rng, (hidden, k * hidden), dtype, 0.5))
+                normal(rng, (n, hidden), dtype, 0.5) for _ in range(states)
+            )
+            args += (
+                normal(rng, (d, k * hidden), dtype, 0.5),
+                normal(rng, (hidden, k * hidden), dtype, 0.5),
+            )
             args += tuple(normal(rng, (k * hidden,), dtype, 0.1) for _ in range(biases))
             out.append(Case(args, label=f"T={t} N={n} D={d} H={hidden}"))
         return out
+
     return cases
 
 
@@ -144,8 +156,9 @@ def rnn_sequence_vjp(g, saved, *, needs):
         return _times_wh_t(da, wh), da
 
     dh0, da = lax.scan(step, g_ht, (g_hs, hs), reverse=True)
-    dx, dwx, dwh, db, _ = _weight_grads(dict(x=needs[0], wx=needs[2], wh=needs[3]), x, wx,
-                                        _previous(h0, hs), wh, da)
+    dx, dwx, dwh, db, _ = _weight_grads(
+        dict(x=needs[0], wx=needs[2], wh=needs[3]), x, wx, _previous(h0, hs), wh, da
+    )
     return dx, dh0, dwx, dwh, db if needs[4] else None
 
 
@@ -187,14 +200,15 @@ def lstm_sequence(x, h0, c0, wx, wh, b):
     def step(carry, xa_t):
         h, c_prev = carry
         a = xa_t + b + h @ wh
-        s, gg = jax.nn.sigmoid(a[:, :3 * hidden]), jnp.tanh(a[:, 3 * hidden:])
-        i, f, o = s[:, :hidden], s[:, hidden:2 * hidden], s[:, 2 * hidden:]
+        s, gg = jax.nn.sigmoid(a[:, : 3 * hidden]), jnp.tanh(a[:, 3 * hidden :])
+        i, f, o = s[:, :hidden], s[:, hidden : 2 * hidden], s[:, 2 * hidden :]
         c = f * c_prev + i * gg
         t = jnp.tanh(c)
         h = o * t
         # the local derivatives the backward multiplies by: d a / d(dc, dc, dh, dc), d c / d h
-        local = jnp.concatenate([gg * i * (1 - i), c_prev * f * (1 - f), t * o * (1 - o),
-                                 i * (1 - gg * gg)], axis=1)
+        local = jnp.concatenate(
+            [gg * i * (1 - i), c_prev * f * (1 - f), t * o * (1 - o), i * (1 - gg * gg)], axis=1
+        )
         return (h, c), (h, local, o * (1 - t * t), f)
 
     (h_t, c_t), (hs, local, dc_dh, fs) = lax.scan(step, (h0, c0), _project(x, wx))
@@ -215,8 +229,9 @@ def lstm_sequence_vjp(g, saved, *, needs):
         return (_times_wh_t(da, wh), dc * f), da
 
     (dh0, dc0), da = lax.scan(step, (g_ht, g_ct), (g_hs, local, dc_dh, fs), reverse=True)
-    dx, dwx, dwh, db, _ = _weight_grads(dict(x=needs[0], wx=needs[3], wh=needs[4]), x, wx,
-                                        _previous(h0, hs), wh, da)
+    dx, dwx, dwh, db, _ = _weight_grads(
+        dict(x=needs[0], wx=needs[3], wh=needs[4]), x, wx, _previous(h0, hs), wh, da
+    )
     return dx, dh0, dc0, dwx, dwh, db if needs[5] else None
 
 
@@ -259,14 +274,13 @@ def gru_sequence(x, h0, wx, wh, b, bh):
     def step(h_prev, xa_t):
         xa_t = xa_t + b
         ah = h_prev @ wh + bh
-        rz = jax.nn.sigmoid(xa_t[:, :2 * hidden] + ah[:, :2 * hidden])
+        rz = jax.nn.sigmoid(xa_t[:, : 2 * hidden] + ah[:, : 2 * hidden])
         r, z = rz[:, :hidden], rz[:, hidden:]
-        ah_n = ah[:, 2 * hidden:]
-        n = jnp.tanh(xa_t[:, 2 * hidden:] + r * ah_n)
+        ah_n = ah[:, 2 * hidden :]
+        n = jnp.tanh(xa_t[:, 2 * hidden :] + r * ah_n)
         h = (1 - z) * n + z * h_prev
         dn = (1 - z) * (1 - n * n)  # d a_n / d h_t, then those of a_r and a_z
-        local = jnp.concatenate([dn * ah_n * r * (1 - r), (h_prev - n) * z * (1 - z), dn],
-                                axis=1)
+        local = jnp.concatenate([dn * ah_n * r * (1 - r), (h_prev - n) * z * (1 - z), dn], axis=1)
         return h, (h, local, r, z)
 
     h_t, (hs, local, rs, zs) = lax.scan(step, h0, _project(x, wx))
@@ -283,12 +297,13 @@ def gru_sequence_vjp(g, saved, *, needs):
         g_t, local_t, r, z = inputs
         dh = dh + g_t
         dax = jnp.concatenate([dh, dh, dh], axis=1) * local_t
-        dah = jnp.concatenate([dax[:, :2 * hidden], dax[:, 2 * hidden:] * r], axis=1)
+        dah = jnp.concatenate([dax[:, : 2 * hidden], dax[:, 2 * hidden :] * r], axis=1)
         return dh * z + _times_wh_t(dah, wh), (dax, dah)
 
     dh0, (dax, dah) = lax.scan(step, g_ht, (g_hs, local, rs, zs), reverse=True)
-    dx, dwx, dwh, db, dbh = _weight_grads(dict(x=needs[0], wx=needs[2], wh=needs[3]), x, wx,
-                                          _previous(h0, hs), wh, dax, dah)
+    dx, dwx, dwh, db, dbh = _weight_grads(
+        dict(x=needs[0], wx=needs[2], wh=needs[3]), x, wx, _previous(h0, hs), wh, dax, dah
+    )
     return dx, dh0, dwx, dwh, db if needs[4] else None, dbh if needs[5] else None
 
 

@@ -5,7 +5,6 @@ fnn.ops.aliases, differentiated by the rules of lax.reduce_sum and lax.reduce_ma
 re-expands g to the kept-dims shape (`_expand`), then broadcasts it against the input.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,9 +29,15 @@ def _expand(g, axes, keepdims):
 
 def _reduction_cases(make=normal):
     def cases(rng, dtype):
-        specs = [((3, 4), {}), ((3, 4), {"axis": 0}), ((2, 3, 4), {"axis": (0, 2), "keepdims": True}),
-                 ((5,), {"axis": -1}), ((), {})]
+        specs = [
+            ((3, 4), {}),
+            ((3, 4), {"axis": 0}),
+            ((2, 3, 4), {"axis": (0, 2), "keepdims": True}),
+            ((5,), {"axis": -1}),
+            ((), {}),
+        ]
         return [Case((make(rng, s, dtype),), kw, label=f"{s},{kw}") for s, kw in specs]
+
     return cases
 
 
@@ -120,7 +125,7 @@ def logsumexp_vjp(g, saved, *, needs, axis=None, keepdims=False, return_sign=Fal
 
         db = unbroadcast(ge.astype(b_dtype), b)
     grads = [dx.astype(e.dtype), db, None]  # x, b, where (never differentiated)
-    return tuple(grads[:len(needs)])
+    return tuple(grads[: len(needs)])
 
 
 def _logsumexp_cases(rng, dtype):
@@ -130,26 +135,35 @@ def _logsumexp_cases(rng, dtype):
     mask[:, 0] = False
     return cases + [
         Case((x, rng.uniform(0.5, 2.0, (3, 4)).astype(dtype)), {"axis": 1}, label="b weights"),
-        Case((x, rng.uniform(-1.0, 2.0, (4,)).astype(dtype) + 0.3), {"axis": 1,
-             "return_sign": True}, label="signed b, return_sign"),
-        Case((x, np.ones((3, 4), dtype), mask), {"axis": 1}, label="where mask")]
+        Case(
+            (x, rng.uniform(-1.0, 2.0, (4,)).astype(dtype) + 0.3),
+            {"axis": 1, "return_sign": True},
+            label="signed b, return_sign",
+        ),
+        Case((x, np.ones((3, 4), dtype), mask), {"axis": 1}, label="where mask"),
+    ]
 
 
 logsumexp.defcases(_logsumexp_cases)
-logsumexp.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), {"axis": 1},
-                                        label="-inf entries, rows of -inf")])
+logsumexp.defkinks(
+    lambda dtype: [Case((_INFS.astype(dtype),), {"axis": 1}, label="-inf entries, rows of -inf")]
+)
 
 
 def _softmax_cases(rng, dtype):
-    return [Case((normal(rng, (3, 5), dtype),)), Case((normal(rng, (2, 3, 4), dtype),), {"axis": 1}),
-            Case((normal(rng, (6,), dtype, scale=3.0),))]
+    return [
+        Case((normal(rng, (3, 5), dtype),)),
+        Case((normal(rng, (2, 3, 4), dtype),), {"axis": 1}),
+        Case((normal(rng, (6,), dtype, scale=3.0),)),
+    ]
 
 
 def _masked_softmax_cases(rng, dtype):
     mask = np.ones((3, 5), bool)
     mask[:, 1] = False  # (log_softmax's masked entries are -inf: tests/test_gates_params.py)
-    return _softmax_cases(rng, dtype) + [Case((normal(rng, (3, 5), dtype), mask),
-                                              label="where mask")]
+    return _softmax_cases(rng, dtype) + [
+        Case((normal(rng, (3, 5), dtype), mask), label="where mask")
+    ]
 
 
 @defgate
@@ -224,4 +238,6 @@ def log_softmax_vjp(g, saved, *, needs, axis=-1):
 
 
 log_softmax.defcases(_softmax_cases)
-log_softmax.defkinks(lambda dtype: [Case((_INFS.astype(dtype),), label="-inf entries, rows of -inf")])
+log_softmax.defkinks(
+    lambda dtype: [Case((_INFS.astype(dtype),), label="-inf entries, rows of -inf")]
+)

@@ -64,8 +64,9 @@ def sign(x):
 
 
 sign.defvjp(_zero_vjp)
-sign.defcases(lambda rng, dtype: [Case((away_from(rng, s, dtype),), label=str(s))
-                                  for s in ((5,), (2, 3))])
+sign.defcases(
+    lambda rng, dtype: [Case((away_from(rng, s, dtype),), label=str(s)) for s in ((5,), (2, 3))]
+)
 sign.defkinks(special_points())
 
 
@@ -83,8 +84,9 @@ def round_(x):
 
 
 round_.defvjp(_zero_vjp)
-round_.defcases(lambda rng, dtype: [Case((_kink_free(rng, (2, 4), dtype, points=(-1.5, -0.5, 0.5,
-                                                                              1.5)),))])
+round_.defcases(
+    lambda rng, dtype: [Case((_kink_free(rng, (2, 4), dtype, points=(-1.5, -0.5, 0.5, 1.5)),))]
+)
 round_.defkinks(special_points(SPECIAL + (1.5, 2.5, -0.5, -1.5)))
 
 
@@ -109,7 +111,7 @@ def quantize(x, *, bits: int, lo: float = -1.0, hi: float = 1.0):
     """
     if not isinstance(bits, int) or bits < 1:
         raise ValueError(f"gate 'quantize': bits must be a positive int, got {bits!r}")
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     step = (hi - lo) / levels
     y = jnp.round((jnp.clip(x, lo, hi) - lo) / step) * step + lo
     return y.astype(jnp.result_type(x)), None
@@ -123,9 +125,17 @@ def _quantize_cases(rng, dtype):
     # steps of a 2-bit quantizer on [-1, 1] at -2/3, 0, 2/3; keep samples away from them
     x = _kink_free(rng, (3, 4), dtype, points=(-2 / 3, 0.0, 2 / 3), gap=0.08)
     return [Case((x,), {"bits": 2}, label="2 bits")]
-quantize.defkinks(lambda dtype: [  # the bounds, the steps of 2 bits on [-1, 1], beyond, NaN
-    Case((np.asarray([-1.0, 1.0, -2 / 3, 0.0, 2 / 3, 2.0, -2.0, np.nan], dtype),), {"bits": 2},
-         label="steps, bounds, NaN")])
+
+
+quantize.defkinks(
+    lambda dtype: [  # the bounds, the steps of 2 bits on [-1, 1], beyond, NaN
+        Case(
+            (np.asarray([-1.0, 1.0, -2 / 3, 0.0, 2 / 3, 2.0, -2.0, np.nan], dtype),),
+            {"bits": 2},
+            label="steps, bounds, NaN",
+        )
+    ]
+)
 
 
 @defgate
@@ -146,11 +156,18 @@ def spike(x, *, threshold: float = 0.0):
 
 
 spike.defvjp(_zero_vjp)
-spike.defcases(lambda rng, dtype: [Case((away_from(rng, (2, 3), dtype),)),
-                                   Case((away_from(rng, (4,), dtype, point=0.5),),
-                                        {"threshold": 0.5}, label="threshold 0.5")])
-spike.defkinks(lambda dtype: [Case((np.asarray([0.0, -0.0, 0.5, np.nan, np.inf], dtype),), kw,
-                                    label=f"threshold{kw}") for kw in ({}, {"threshold": 0.5})])
+spike.defcases(
+    lambda rng, dtype: [
+        Case((away_from(rng, (2, 3), dtype),)),
+        Case((away_from(rng, (4,), dtype, point=0.5),), {"threshold": 0.5}, label="threshold 0.5"),
+    ]
+)
+spike.defkinks(
+    lambda dtype: [
+        Case((np.asarray([0.0, -0.0, 0.5, np.nan, np.inf], dtype),), kw, label=f"threshold{kw}")
+        for kw in ({}, {"threshold": 0.5})
+    ]
+)
 
 
 # ---- straight-through estimators ------------------------------------------------------------------
@@ -159,10 +176,13 @@ def _identity_vjp(g, x, **static):
 
 
 straight_through = Rule(
-    _identity_vjp, "straight_through", reference=lambda x, **static: x,
+    _identity_vjp,
+    "straight_through",
+    reference=lambda x, **static: x,
     formula="dx = g (the gate is treated as the identity in the backward)",
     paper="Bengio, Leonard & Courville 2013, Estimating or propagating gradients through "
-          "stochastic neurons for conditional computation")
+    "stochastic neurons for conditional computation",
+)
 
 
 def _clipped_vjp(g, x, **static):
@@ -170,14 +190,18 @@ def _clipped_vjp(g, x, **static):
 
 
 clipped_straight_through = Rule(
-    _clipped_vjp, "clipped_straight_through", reference=lambda x, **static: jnp.clip(x, -1, 1),
+    _clipped_vjp,
+    "clipped_straight_through",
+    reference=lambda x, **static: jnp.clip(x, -1, 1),
     formula="dx = g * 1[|x| <= 1] (the derivative of hardtanh)",
-    paper="Hubara, Courbariaux, Soudry, El-Yaniv & Bengio 2016, Binarized neural networks")
+    paper="Hubara, Courbariaux, Soudry, El-Yaniv & Bengio 2016, Binarized neural networks",
+)
 
 
 # ---- surrogate gradients of the spike ---------------------------------------------------------------
 def _surrogate(name, factor, reference, formula, paper):
     """A family of surrogate rules of the spike gate, by slope."""
+
     def make(slope: float = 1.0) -> Rule:
         if not slope > 0:
             raise OverrideError(f"{name}: slope must be positive, got {slope!r}")
@@ -189,37 +213,46 @@ def _surrogate(name, factor, reference, formula, paper):
             return reference(x - threshold, slope)
 
         return Rule(vjp, f"{name}(slope={slope:g})", reference=ref, formula=formula, paper=paper)
+
     make.__name__ = name
     make.__doc__ = f"{formula}. {paper}."
     return make
 
 
 fast_sigmoid = _surrogate(
-    "fast_sigmoid", lambda u, k: 1.0 / (1.0 + k * jnp.abs(u)) ** 2,
+    "fast_sigmoid",
+    lambda u, k: 1.0 / (1.0 + k * jnp.abs(u)) ** 2,
     lambda u, k: u / (1.0 + k * jnp.abs(u)),
     "dx = g / (1 + slope |u|)**2, u = x - threshold",
-    "Zenke & Ganguli 2018, SuperSpike: supervised learning in multilayer spiking neural networks")
+    "Zenke & Ganguli 2018, SuperSpike: supervised learning in multilayer spiking neural networks",
+)
 
 sigmoid_derivative = _surrogate(
     "sigmoid_derivative",
     lambda u, k: k * jax.nn.sigmoid(k * u) * (1.0 - jax.nn.sigmoid(k * u)),
     lambda u, k: jax.nn.sigmoid(k * u),
     "dx = g slope s (1 - s), s = sigmoid(slope u)",
-    "Neftci, Mostafa & Zenke 2019, Surrogate gradient learning in spiking neural networks")
+    "Neftci, Mostafa & Zenke 2019, Surrogate gradient learning in spiking neural networks",
+)
 
 triangle = _surrogate(
-    "triangle", lambda u, k: jnp.maximum(0.0, 1.0 - k * jnp.abs(u)),
-    lambda u, k: jnp.where(jnp.abs(u) <= 1.0 / k, u - 0.5 * k * u * jnp.abs(u),
-                           jnp.sign(u) / (2.0 * k)),
+    "triangle",
+    lambda u, k: jnp.maximum(0.0, 1.0 - k * jnp.abs(u)),
+    lambda u, k: jnp.where(
+        jnp.abs(u) <= 1.0 / k, u - 0.5 * k * u * jnp.abs(u), jnp.sign(u) / (2.0 * k)
+    ),
     "dx = g max(0, 1 - slope |u|)",
-    "Esser et al. 2016, Convolutional networks for fast, energy-efficient neuromorphic computing")
+    "Esser et al. 2016, Convolutional networks for fast, energy-efficient neuromorphic computing",
+)
 
 arctan = _surrogate(
-    "arctan", lambda u, k: 1.0 / (1.0 + (np.pi * k * u) ** 2),
+    "arctan",
+    lambda u, k: 1.0 / (1.0 + (np.pi * k * u) ** 2),
     lambda u, k: jnp.arctan(np.pi * k * u) / (np.pi * k),
     "dx = g / (1 + (pi slope u)**2)",
     "Fang et al. 2021, Incorporating learnable membrane time constant to enhance learning of "
-    "spiking neural networks")
+    "spiking neural networks",
+)
 
 
 # ---- feedback alignment ---------------------------------------------------------------------------
@@ -278,10 +311,14 @@ def _fa_rule(b, layer):
         sg = jax.lax.stop_gradient
         return sg(xf) @ w + (xf @ b - sg(xf @ b)) + bias
 
-    return Rule(vjp, f"feedback_alignment[{layer}]", reference=reference,
-                formula="dx = g B.T (B fixed and random), dw = x.T g, db = sum g",
-                paper="Lillicrap, Cownden, Tweed & Akerman 2016, Random synaptic feedback "
-                      "weights support error backpropagation for deep learning")
+    return Rule(
+        vjp,
+        f"feedback_alignment[{layer}]",
+        reference=reference,
+        formula="dx = g B.T (B fixed and random), dw = x.T g, db = sum g",
+        paper="Lillicrap, Cownden, Tweed & Akerman 2016, Random synaptic feedback "
+        "weights support error backpropagation for deep learning",
+    )
 
 
 def feedback_alignment(feedback: dict) -> FeedbackAlignment:
@@ -301,24 +338,37 @@ def clip_backward(max_norm: float) -> Rule:
                 return None
             norm = jnp.sqrt(jnp.sum(jnp.square(d.astype(jnp.float32))))
             return (d * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))).astype(d.dtype)
+
         return tuple(clip(d) for d in original(g))
 
-    return Rule(vjp, f"clip_backward({max_norm:g})", kind="surrogate",
-                formula=f"each input's gradient scaled to norm <= {max_norm:g}")
+    return Rule(
+        vjp,
+        f"clip_backward({max_norm:g})",
+        kind="surrogate",
+        formula=f"each input's gradient scaled to norm <= {max_norm:g}",
+    )
 
 
 def noise_backward(key, scale: float) -> Rule:
     """The gate's own gradient plus Gaussian noise N(0, scale**2), drawn from `key` (pass a new
     key per step)."""
+
     def vjp(g, *inputs, original, **static):
         out = []
         for k, d in zip(jax.random.split(key, len(inputs)), original(g)):
-            out.append(None if d is None else
-                       (d + scale * jax.random.normal(k, d.shape, jnp.float32)).astype(d.dtype))
+            out.append(
+                None
+                if d is None
+                else (d + scale * jax.random.normal(k, d.shape, jnp.float32)).astype(d.dtype)
+            )
         return tuple(out)
 
-    return Rule(vjp, f"noise_backward({scale:g})", kind="surrogate",
-                formula=f"the gate's gradient + N(0, {scale:g}**2)")
+    return Rule(
+        vjp,
+        f"noise_backward({scale:g})",
+        kind="surrogate",
+        formula=f"the gate's gradient + N(0, {scale:g}**2)",
+    )
 
 
 # ---- the library, declared once ---------------------------------------------------------------
@@ -385,8 +435,9 @@ def _straight_through_cases(rng):
 
 
 def _surrogate_cases(make):
-    return lambda rng: [(make(slope), spike, (_x(rng),), {"threshold": 0.3})
-                        for slope in (1.0, 4.0)]
+    return lambda rng: [
+        (make(slope), spike, (_x(rng),), {"threshold": 0.3}) for slope in (1.0, 4.0)
+    ]
 
 
 def _fa_cases(rng):
@@ -396,27 +447,61 @@ def _fa_cases(rng):
 
 
 _ZERO_GRADIENT = ("sign", "round", "quantize", "spike")
-_PER_STEP = ("noise_backward draws its noise from a key it is given, and a --rule spec is made "
-             "once per run: its key would be a constant of the compiled step, the same noise at "
-             "every step. Use fnn.rulebook.noise_backward(key, scale) in your own step, with a new "
-             "key per step (jax.random.fold_in(key, step))")
+_PER_STEP = (
+    "noise_backward draws its noise from a key it is given, and a --rule spec is made "
+    "once per run: its key would be a constant of the compiled step, the same noise at "
+    "every step. Use fnn.rulebook.noise_backward(key, scale) in your own step, with a new "
+    "key per step (jax.random.fold_in(key, step))"
+)
 
 LIBRARY = (
-    LibraryRule("straight_through", straight_through, "straight-through", _ZERO_GRADIENT,
-                cases=_straight_through_cases),
-    LibraryRule("clipped_straight_through", clipped_straight_through, "straight-through",
-                _ZERO_GRADIENT, cases=_on(sign, lambda: clipped_straight_through)),
-    *(LibraryRule(make.__name__, make, "surrogate", ("spike",), ("slope",),
-                  cases=_surrogate_cases(make))
-      for make in (fast_sigmoid, sigmoid_derivative, triangle, arctan)),
-    LibraryRule("feedback_alignment", feedback_alignment, "feedback", ("affine",),
-                needs="feedback", only=True, cases=_fa_cases),
-    LibraryRule("clip_backward", clip_backward, "any gate", (), ("max_norm",),
-                cases=_on(lax_tanh, lambda: clip_backward(0.5), {"accuracy": None})),
-    LibraryRule("noise_backward", noise_backward, "any gate", (), ("scale",), needs="key",
-                cases=_on(lax_tanh, lambda: noise_backward(jax.random.PRNGKey(0), 0.1),
-                          {"accuracy": None}),
-                refused=_PER_STEP),
+    LibraryRule(
+        "straight_through",
+        straight_through,
+        "straight-through",
+        _ZERO_GRADIENT,
+        cases=_straight_through_cases,
+    ),
+    LibraryRule(
+        "clipped_straight_through",
+        clipped_straight_through,
+        "straight-through",
+        _ZERO_GRADIENT,
+        cases=_on(sign, lambda: clipped_straight_through),
+    ),
+    *(
+        LibraryRule(
+            make.__name__, make, "surrogate", ("spike",), ("slope",), cases=_surrogate_cases(make)
+        )
+        for make in (fast_sigmoid, sigmoid_derivative, triangle, arctan)
+    ),
+    LibraryRule(
+        "feedback_alignment",
+        feedback_alignment,
+        "feedback",
+        ("affine",),
+        needs="feedback",
+        only=True,
+        cases=_fa_cases,
+    ),
+    LibraryRule(
+        "clip_backward",
+        clip_backward,
+        "any gate",
+        (),
+        ("max_norm",),
+        cases=_on(lax_tanh, lambda: clip_backward(0.5), {"accuracy": None}),
+    ),
+    LibraryRule(
+        "noise_backward",
+        noise_backward,
+        "any gate",
+        (),
+        ("scale",),
+        needs="key",
+        cases=_on(lax_tanh, lambda: noise_backward(jax.random.PRNGKey(0), 0.1), {"accuracy": None}),
+        refused=_PER_STEP,
+    ),
 )
 """Every rule of the library, one entry each (`LibraryRule`), in the order of the docs."""
 

@@ -52,9 +52,11 @@ def embedding(table, ids, *, padding_idx=None):
     if not isinstance(ids, jax.core.Tracer):
         concrete = np.asarray(ids)
         if concrete.size and (concrete.min() < 0 or concrete.max() >= table.shape[0]):
-            raise GateError(f"gate 'embedding': ids must lie in [0, {table.shape[0]}) for table "
-                            f"{describe(table)}, got values in [{concrete.min()}, "
-                            f"{concrete.max()}]")
+            raise GateError(
+                f"gate 'embedding': ids must lie in [0, {table.shape[0]}) for table "
+                f"{describe(table)}, got values in [{concrete.min()}, "
+                f"{concrete.max()}]"
+            )
     out = jnp.take(table, ids, axis=0)
     if padding_idx is not None:
         out = jnp.where((ids == padding_idx)[..., None], jnp.zeros((), out.dtype), out)
@@ -73,23 +75,33 @@ def embedding_vjp(g, saved, *, padding_idx=None):
 
 @embedding.defcases
 def _embedding_cases(rng, dtype):
-    return [Case((normal(rng, (6, 3), dtype), rng.integers(0, 6, (2, 5))), label="(B, T) ids"),
-            Case((normal(rng, (5, 4), dtype), np.array([1, 1, 0, 4])), {"padding_idx": 0},
-                 label="repeats, padding 0")]
+    return [
+        Case((normal(rng, (6, 3), dtype), rng.integers(0, 6, (2, 5))), label="(B, T) ids"),
+        Case(
+            (normal(rng, (5, 4), dtype), np.array([1, 1, 0, 4])),
+            {"padding_idx": 0},
+            label="repeats, padding 0",
+        ),
+    ]
+
+
 embedding.defkinks(smooth=True)
 
 
 # ---- recurrent cells ---------------------------------------------------------------------------------
 def _check_cell(name, x, h, wx, wh, b, k):
     if jnp.ndim(x) != 2 or jnp.ndim(h) != 2 or x.shape[0] != h.shape[0]:
-        raise GateError(f"gate '{name}': x must be (N, D) and h (N, H), got x {describe(x)}, "
-                        f"h {describe(h)}")
+        raise GateError(
+            f"gate '{name}': x must be (N, D) and h (N, H), got x {describe(x)}, h {describe(h)}"
+        )
     hidden = h.shape[1]
     want = {"wx": (x.shape[1], k * hidden), "wh": (hidden, k * hidden), "b": (k * hidden,)}
     for arg, got in (("wx", wx), ("wh", wh), ("b", b)):
         if tuple(np.shape(got)) != want[arg]:
-            raise GateError(f"gate '{name}': {arg} must be {want[arg]} for x {describe(x)} and "
-                            f"h {describe(h)}, got {arg} {describe(got)}")
+            raise GateError(
+                f"gate '{name}': {arg} must be {want[arg]} for x {describe(x)} and "
+                f"h {describe(h)}, got {arg} {describe(got)}"
+            )
 
 
 @defgate
@@ -118,9 +130,13 @@ def rnn_cell(x, h, wx, wh, b):
 def rnn_cell_vjp(g, saved, *, needs):
     x, h, wx, wh, out = saved
     da = g * (1 - out * out)
-    return (da @ wx.T if needs[0] else None, da @ wh.T if needs[1] else None,
-            x.T @ da if needs[2] else None, h.T @ da if needs[3] else None,
-            jnp.sum(da, axis=0) if needs[4] else None)
+    return (
+        da @ wx.T if needs[0] else None,
+        da @ wh.T if needs[1] else None,
+        x.T @ da if needs[2] else None,
+        h.T @ da if needs[3] else None,
+        jnp.sum(da, axis=0) if needs[4] else None,
+    )
 
 
 def _cell_cases(k, outputs=1):
@@ -129,10 +145,13 @@ def _cell_cases(k, outputs=1):
         args = (normal(rng, (n, d), dtype), normal(rng, (n, hidden), dtype))
         if outputs == 2:  # the LSTM's cell state
             args = args + (normal(rng, (n, hidden), dtype),)
-        weights = (normal(rng, (d, k * hidden), dtype, 0.5), normal(rng, (hidden, k * hidden),
-                                                                    dtype, 0.5),
-                   normal(rng, (k * hidden,), dtype, 0.1))
+        weights = (
+            normal(rng, (d, k * hidden), dtype, 0.5),
+            normal(rng, (hidden, k * hidden), dtype, 0.5),
+            normal(rng, (k * hidden,), dtype, 0.1),
+        )
         return [Case(args + weights, label=f"N={n} D={d} H={hidden}")]
+
     return cases
 
 
@@ -169,8 +188,9 @@ def lstm_cell(x, h, c, wx, wh, b):
     """
     _check_cell("lstm_cell", x, h, wx, wh, b, 4)
     if np.shape(c) != np.shape(h):
-        raise GateError(f"gate 'lstm_cell': c must be shaped like h {describe(h)}, got "
-                        f"{describe(c)}")
+        raise GateError(
+            f"gate 'lstm_cell': c must be shaped like h {describe(h)}, got {describe(c)}"
+        )
     a = x @ wx + h @ wh + b
     i, f, o, gg = jnp.split(a, 4, axis=1)
     i, f, o, gg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(gg)
@@ -185,11 +205,17 @@ def lstm_cell_vjp(g, saved, *, needs):
     x, h, c, wx, wh, i, f, o, gg, t = saved
     dc_next = g_c + g_h * o * (1 - t * t)
     di, df, do, dg = dc_next * gg, dc_next * c, g_h * t, dc_next * i
-    da = jnp.concatenate([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o),
-                          dg * (1 - gg * gg)], axis=1)
-    return (da @ wx.T if needs[0] else None, da @ wh.T if needs[1] else None,
-            dc_next * f if needs[2] else None, x.T @ da if needs[3] else None,
-            h.T @ da if needs[4] else None, jnp.sum(da, axis=0) if needs[5] else None)
+    da = jnp.concatenate(
+        [di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - gg * gg)], axis=1
+    )
+    return (
+        da @ wx.T if needs[0] else None,
+        da @ wh.T if needs[1] else None,
+        dc_next * f if needs[2] else None,
+        x.T @ da if needs[3] else None,
+        h.T @ da if needs[4] else None,
+        jnp.sum(da, axis=0) if needs[5] else None,
+    )
 
 
 lstm_cell.defcases(_cell_cases(4, outputs=2))
@@ -224,8 +250,9 @@ def gru_cell(x, h, wx, wh, b, bh):
     """
     _check_cell("gru_cell", x, h, wx, wh, b, 3)
     if np.shape(bh) != np.shape(b):
-        raise GateError(f"gate 'gru_cell': bh must be shaped like b {describe(b)}, got "
-                        f"{describe(bh)}")
+        raise GateError(
+            f"gate 'gru_cell': bh must be shaped like b {describe(b)}, got {describe(bh)}"
+        )
     ax = x @ wx + b
     ah = h @ wh + bh
     ax_r, ax_z, ax_n = jnp.split(ax, 3, axis=1)
@@ -245,19 +272,34 @@ def gru_cell_vjp(g, saved, *, needs):
     dax = jnp.concatenate([da_r, da_z, da_n], axis=1)  # x side: (r, z, n) pre-activations
     dah = jnp.concatenate([da_r, da_z, da_n * r], axis=1)  # h side: n's part is gated by r
     dh = g * z + dah @ wh.T
-    return (dax @ wx.T if needs[0] else None, dh if needs[1] else None,
-            x.T @ dax if needs[2] else None, h.T @ dah if needs[3] else None,
-            jnp.sum(dax, axis=0) if needs[4] else None, jnp.sum(dah, axis=0) if needs[5] else None)
+    return (
+        dax @ wx.T if needs[0] else None,
+        dh if needs[1] else None,
+        x.T @ dax if needs[2] else None,
+        h.T @ dah if needs[3] else None,
+        jnp.sum(dax, axis=0) if needs[4] else None,
+        jnp.sum(dah, axis=0) if needs[5] else None,
+    )
 
 
 @gru_cell.defcases
 def _gru_cases(rng, dtype):
     n, d, hidden = 3, 4, 5
-    return [Case((normal(rng, (n, d), dtype), normal(rng, (n, hidden), dtype),
-                  normal(rng, (d, 3 * hidden), dtype, 0.5), normal(rng, (hidden, 3 * hidden), dtype,
-                                                                0.5),
-                  normal(rng, (3 * hidden,), dtype, 0.1), normal(rng, (3 * hidden,), dtype, 0.1)),
-                 label=f"N={n} D={d} H={hidden}")]
+    return [
+        Case(
+            (
+                normal(rng, (n, d), dtype),
+                normal(rng, (n, hidden), dtype),
+                normal(rng, (d, 3 * hidden), dtype, 0.5),
+                normal(rng, (hidden, 3 * hidden), dtype, 0.5),
+                normal(rng, (3 * hidden,), dtype, 0.1),
+                normal(rng, (3 * hidden,), dtype, 0.1),
+            ),
+            label=f"N={n} D={d} H={hidden}",
+        )
+    ]
+
+
 gru_cell.defkinks(smooth=True)
 
 
@@ -288,8 +330,10 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
         fnn.GateError: the shapes of q, k and v do not fit, or causal with T != S.
     """
     if jnp.ndim(q) < 2 or np.shape(q)[-1] != np.shape(k)[-1] or np.shape(k)[-2] != np.shape(v)[-2]:
-        raise GateError(f"gate 'attention': q (..., T, d), k (..., S, d) and v (..., S, dv) "
-                        f"must agree, got q {describe(q)}, k {describe(k)}, v {describe(v)}")
+        raise GateError(
+            f"gate 'attention': q (..., T, d), k (..., S, d) and v (..., S, dv) "
+            f"must agree, got q {describe(q)}, k {describe(k)}, v {describe(v)}"
+        )
     # a Python float: weakly typed, so bfloat16 inputs stay bfloat16 (np.sqrt's float64 would
     # promote the scores, the output and the gradients to float32)
     scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else scale
@@ -299,8 +343,10 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     s = jnp.einsum("...td,...sd->...ts", qs, k)
     if causal:
         if q.shape[-2] != k.shape[-2]:
-            raise GateError(f"gate 'attention': causal attention needs T == S, got q "
-                            f"{describe(q)}, k {describe(k)}")
+            raise GateError(
+                f"gate 'attention': causal attention needs T == S, got q "
+                f"{describe(q)}, k {describe(k)}"
+            )
         t = q.shape[-2]
         s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
     s = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
@@ -324,6 +370,10 @@ def attention_vjp(g, saved, *, needs, causal=False, scale=None):
 @attention.defcases
 def _attention_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
-    return [Case((n(2, 5, 4), n(2, 5, 4), n(2, 5, 3)), {"causal": True}, label="causal"),
-            Case((n(2, 2, 3, 4), n(2, 2, 6, 4), n(2, 2, 6, 4)), label="(B, H, T, d) cross")]
+    return [
+        Case((n(2, 5, 4), n(2, 5, 4), n(2, 5, 3)), {"causal": True}, label="causal"),
+        Case((n(2, 2, 3, 4), n(2, 2, 6, 4), n(2, 2, 6, 4)), label="(B, H, T, d) cross"),
+    ]
+
+
 attention.defkinks(smooth=True)

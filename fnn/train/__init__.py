@@ -35,9 +35,15 @@ fnn.bench and fnn.cli build on train. See ARCHITECTURE.md.
   check_fit_inputs                                the data checked against the model and loss
 """
 
-from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_params,
-                                  load_train_state, read_checkpoint, save_checkpoint,
-                                  save_train_state)
+from fnn.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_params,
+    load_train_state,
+    read_checkpoint,
+    save_checkpoint,
+    save_train_state,
+)
 from fnn.train.config import ConfigError, TrainConfig
 from fnn.train.data import DATASETS, Dataset, load_dataset, split, standardize
 from fnn.train.distributed import DistributedError
@@ -54,20 +60,74 @@ from fnn.train.readers import DataError, read_cifar10, read_cifar10_file, read_i
 from fnn.train.run import read_config, train_run
 from fnn.train.spec import TrainSpec
 from fnn.train.state import TrainState, init_train_state, make_key
-from fnn.train.step import (GRADS, LOSSES, Loss, accuracy, cross_entropy, get_loss,
-                            make_eval_step, make_loss_fn, make_train_step)
+from fnn.train.step import (
+    GRADS,
+    LOSSES,
+    Loss,
+    accuracy,
+    cross_entropy,
+    get_loss,
+    make_eval_step,
+    make_loss_fn,
+    make_train_step,
+)
 from fnn.train.text import Vocab, load_text
 from fnn.train.validate import check_fit_inputs
 
-__all__ = ["CheckpointError", "ConfigError", "DATASETS", "DataError", "DataParallel", "Dataset",
-           "DistributedError", "EarlyStopping",
-           "GRADS", "Hook", "LOSSES", "Loss", "OPTIMIZERS", "OutOfMemoryError", "RunDirError",
-           "RunLock", "SCHEDULES", "TrainConfig", "TrainSpec", "TrainState", "TrainingInterrupted", "Vocab",
-           "accuracy", "check_fit_inputs", "cross_entropy", "data_parallel",
-           "fit", "get_loss", "init_train_state", "load_checkpoint", "load_params", "load_text",
-           "make_key",
-           "load_dataset", "load_train_state", "make_eval_step", "make_evaluate", "make_loss_fn",
-           "make_optimizer", "make_schedule", "make_train_epoch", "make_train_step", "plot_curves",
-           "read_checkpoint", "read_cifar10", "read_cifar10_file", "read_config", "read_idx",
-           "read_mnist", "save_checkpoint", "save_train_state", "split", "standardize",
-           "steps_per_epoch", "train_run"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DATASETS",
+    "DataError",
+    "DataParallel",
+    "Dataset",
+    "DistributedError",
+    "EarlyStopping",
+    "GRADS",
+    "Hook",
+    "LOSSES",
+    "Loss",
+    "OPTIMIZERS",
+    "OutOfMemoryError",
+    "RunDirError",
+    "RunLock",
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainSpec",
+    "TrainState",
+    "TrainingInterrupted",
+    "Vocab",
+    "accuracy",
+    "check_fit_inputs",
+    "cross_entropy",
+    "data_parallel",
+    "fit",
+    "get_loss",
+    "init_train_state",
+    "load_checkpoint",
+    "load_params",
+    "load_text",
+    "make_key",
+    "load_dataset",
+    "load_train_state",
+    "make_eval_step",
+    "make_evaluate",
+    "make_loss_fn",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_epoch",
+    "make_train_step",
+    "plot_curves",
+    "read_checkpoint",
+    "read_cifar10",
+    "read_cifar10_file",
+    "read_config",
+    "read_idx",
+    "read_mnist",
+    "save_checkpoint",
+    "save_train_state",
+    "split",
+    "standardize",
+    "steps_per_epoch",
+    "train_run",
+]

@@ -57,12 +57,26 @@ FORMAT = "fnn-checkpoint/2"  # /2: with the sha256 digest (required); /1 files l
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 PARTIAL = "epoch"  # tensors of a mid-epoch state: epoch/order, epoch/metrics/<name>
 
-DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
-          "U32": np.uint32, "I32": np.int32, "U64": np.uint64, "I64": np.int64,
-          "F16": np.float16, "F32": np.float32, "F64": np.float64, "C64": np.complex64,
-          "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
-          "F8_E5M2": ml_dtypes.float8_e5m2, "F8_E4M3FNUZ": ml_dtypes.float8_e4m3fnuz,
-          "F8_E5M2FNUZ": ml_dtypes.float8_e5m2fnuz}
+DTYPES = {
+    "BOOL": np.bool_,
+    "U8": np.uint8,
+    "I8": np.int8,
+    "U16": np.uint16,
+    "I16": np.int16,
+    "U32": np.uint32,
+    "I32": np.int32,
+    "U64": np.uint64,
+    "I64": np.int64,
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "C64": np.complex64,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+    "F8_E4M3FNUZ": ml_dtypes.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": ml_dtypes.float8_e5m2fnuz,
+}
 DTYPES = {code: np.dtype(t) for code, t in DTYPES.items()}
 
 
@@ -133,8 +147,11 @@ def safetensors_chunks(tensors: dict[str, np.ndarray], meta: dict[str, str]):
         if a.dtype not in CODES:
             raise CheckpointError(f"tensor {name!r}: dtype {a.dtype} cannot be saved")
         n = a.size * a.dtype.itemsize
-        header[name] = {"dtype": CODES[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [at, at + n]}
+        header[name] = {
+            "dtype": CODES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [at, at + n],
+        }
         at += n
     header["__metadata__"] = meta
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -144,8 +161,9 @@ def safetensors_chunks(tensors: dict[str, np.ndarray], meta: dict[str, str]):
         yield _bytes(tensors[name])
 
 
-def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
-                    folder=None, verify: bool = False) -> None:
+def save_checkpoint(
+    path: str, trees: dict, metadata: dict | None = None, *, folder=None, verify: bool = False
+) -> None:
     """Save pytrees {'params': .., 'opt_state': .., ...} and JSON-able metadata to `path`.
 
     Written through fnn.train.files.write_file. Running out of memory leaves the previous file
@@ -171,8 +189,9 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
         meta = {"format": json.dumps(FORMAT)}
         for k, v in (metadata or {}).items():
             if k == "sha256":
-                raise CheckpointError("metadata key 'sha256' is reserved for the checkpoint's "
-                                      "digest")
+                raise CheckpointError(
+                    "metadata key 'sha256' is reserved for the checkpoint's digest"
+                )
             meta[k] = json.dumps(v)
         meta["sha256"] = json.dumps(digest(tensors, meta))
         shown = path if folder is None else folder.join(os.path.basename(path))
@@ -182,15 +201,23 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
                 header = read_header(tmp, folder=where)
                 _read_tensors(header, keep=())
             except CheckpointError as e:
-                raise CheckpointError(f"{shown} was damaged as it was written (read back: {e}); "
-                                      f"the previous {os.path.basename(path)} is unchanged; the "
-                                      "disk or file system may be failing") from None
+                raise CheckpointError(
+                    f"{shown} was damaged as it was written (read back: {e}); "
+                    f"the previous {os.path.basename(path)} is unchanged; the "
+                    "disk or file system may be failing"
+                ) from None
             if header.raw_meta.get("sha256") != meta["sha256"]:
-                raise CheckpointError(f"{shown} was damaged as it was written: read back, it "
-                                      "holds another digest than the one saved")
+                raise CheckpointError(
+                    f"{shown} was damaged as it was written: read back, it "
+                    "holds another digest than the one saved"
+                )
 
-        write_file(path, safetensors_chunks(tensors, meta), folder=folder,
-                   check=read_back if verify else None)
+        write_file(
+            path,
+            safetensors_chunks(tensors, meta),
+            folder=folder,
+            check=read_back if verify else None,
+        )
     except (MemoryError, jax.errors.JaxRuntimeError) as e:
         if not isinstance(e, MemoryError) and not is_out_of_memory(e):
             raise
@@ -198,13 +225,16 @@ def save_checkpoint(path: str, trees: dict, metadata: dict | None = None, *,
             f"out of memory while saving {path}: the host could not hold a copy of the "
             f"training state ({_state_size(trees)}); the previous {os.path.basename(path)} "
             "is unchanged. Free memory (other processes), or train a smaller model "
-            "(--hidden, --channels)") from None
+            "(--hidden, --channels)"
+        ) from None
 
 
 def _state_size(trees) -> str:
     try:
-        n = sum(int(np.prod(np.shape(leaf))) * np.dtype(jnp.result_type(leaf)).itemsize
-                for leaf in jax.tree_util.tree_leaves(trees))
+        n = sum(
+            int(np.prod(np.shape(leaf))) * np.dtype(jnp.result_type(leaf)).itemsize
+            for leaf in jax.tree_util.tree_leaves(trees)
+        )
     except Exception:  # a leaf of an odd kind: no figure
         return "size unknown"
     return f"{n / 2**20:.1f} MiB"
@@ -260,13 +290,16 @@ def read_header(path: str, *, folder=None) -> Header:
             size = os.fstat(f.fileno()).st_size
             first = f.read(8)
             if len(first) < 8:
-                raise CheckpointError(f"{path} is truncated or empty: {size} bytes, fewer than "
-                                      "the 8-byte header size of a safetensors file")
+                raise CheckpointError(
+                    f"{path} is truncated or empty: {size} bytes, fewer than "
+                    "the 8-byte header size of a safetensors file"
+                )
             n = int.from_bytes(first, "little")
             if 8 + n > size or n > MAX_HEADER:
                 raise CheckpointError(
                     f"{path} is truncated or not a safetensors checkpoint: its first 8 bytes "
-                    f"announce a {n}-byte header but the file holds {size} bytes")
+                    f"announce a {n}-byte header but the file holds {size} bytes"
+                )
             text = f.read(n)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
@@ -282,9 +315,11 @@ def read_header(path: str, *, folder=None) -> Header:
     entries, at = _entries(path, header)
     start = 8 + len(text)
     if start + at > size:
-        raise CheckpointError(f"{path} is truncated: its header describes {start + at} bytes "
-                              f"of tensors and metadata but the file holds {size} (cut short "
-                              "while being copied, or a disk filled up?)")
+        raise CheckpointError(
+            f"{path} is truncated: its header describes {start + at} bytes "
+            f"of tensors and metadata but the file holds {size} (cut short "
+            "while being copied, or a disk filled up?)"
+        )
     if start + at < size:
         raise _unreadable(path, f"{size - start - at} bytes follow its last tensor")
     return Header(path, entries, raw_meta, start, size, folder)
@@ -303,21 +338,28 @@ def _entries(path: str, header: dict) -> tuple[dict, int]:
             if not all(isinstance(d, int) and d >= 0 for d in (*shape, begin, end)):
                 raise TypeError
         except KeyError as err:
-            raise _unreadable(path, f"tensor {name!r}: unknown dtype or missing field "
-                                    f"({err})") from None
+            raise _unreadable(
+                path, f"tensor {name!r}: unknown dtype or missing field ({err})"
+            ) from None
         except (TypeError, ValueError):
             raise _unreadable(path, f"tensor {name!r}: malformed entry {e!r}") from None
         nbytes = math.prod(shape) * dtype.itemsize
         if end - begin != nbytes:
-            raise _unreadable(path, f"tensor {name!r} is declared {dtype.name}{list(shape)} "
-                                    f"({nbytes} bytes) but its data spans {end - begin} bytes")
+            raise _unreadable(
+                path,
+                f"tensor {name!r} is declared {dtype.name}{list(shape)} "
+                f"({nbytes} bytes) but its data spans {end - begin} bytes",
+            )
         entries[name] = (dtype, shape, begin, end)
         spans.append((begin, end, name))
     at = 0
     for begin, end, name in sorted(spans):
         if begin != at:
-            raise _unreadable(path, f"tensor {name!r} starts at byte {begin} of the data, "
-                                    f"expected {at} (overlapping or missing data)")
+            raise _unreadable(
+                path,
+                f"tensor {name!r} starts at byte {begin} of the data, "
+                f"expected {at} (overlapping or missing data)",
+            )
         at = end
     return entries, at
 
@@ -329,8 +371,10 @@ def _read_tensors(header: Header, keep=None) -> dict[str, np.ndarray]:
     path = header.path
     stored = header.raw_meta.get("sha256")
     if stored is None and header.raw_meta.get("format") == json.dumps(FORMAT):
-        raise CheckpointError(f"{path} is damaged: it is an {FORMAT} file but its sha256 digest "
-                              "is missing from its metadata")
+        raise CheckpointError(
+            f"{path} is damaged: it is an {FORMAT} file but its sha256 digest "
+            "is missing from its metadata"
+        )
     h = hashlib.sha256()
     out = {}
     name_in = os.path.basename(path) if header.folder is not None else path
@@ -357,10 +401,14 @@ def _read_tensors(header: Header, keep=None) -> dict[str, np.ndarray]:
                     h.update(chunk)
                     left -= len(chunk)
     except MemoryError:
-        total = sum(e[3] - e[2] for n, e in header.entries.items()
-                    if keep is None or n.split("/")[0] in keep)
-        raise CheckpointError(f"{path}: its tensors need {total:,} bytes of memory, more than "
-                              "this process can get") from None
+        total = sum(
+            e[3] - e[2]
+            for n, e in header.entries.items()
+            if keep is None or n.split("/")[0] in keep
+        )
+        raise CheckpointError(
+            f"{path}: its tensors need {total:,} bytes of memory, more than this process can get"
+        ) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
     if stored is not None:
@@ -371,7 +419,8 @@ def _read_tensors(header: Header, keep=None) -> dict[str, np.ndarray]:
                 f"{path} is damaged: the sha256 of its tensors and metadata is "
                 f"{computed.strip(chr(34))[:16]}..., not the {str(stored).strip(chr(34))[:16]}... "
                 "recorded when it was saved. It was altered or corrupted after it was written; "
-                "load another checkpoint (best.safetensors, an older copy) instead")
+                "load another checkpoint (best.safetensors, an older copy) instead"
+            )
     return out
 
 
@@ -428,17 +477,22 @@ def _mismatches(specs: dict, templates: dict, source: str, cast: bool) -> None:
             if tuple(got_shape) != shape:
                 shapes.append(f"{name}: {tuple(got_shape)} in the checkpoint, {shape} in the model")
             elif got_dtype != dtype and not cast:
-                dtypes.append(f"{name}: {got_dtype.name} in the checkpoint, {dtype.name} in the "
-                              "model")
+                dtypes.append(
+                    f"{name}: {got_dtype.name} in the checkpoint, {dtype.name} in the model"
+                )
     order = {prefix: i for i, prefix in enumerate(templates)}  # params first, as given
-    unexpected = sorted((k for k in specs if k.split("/")[0] in order and k not in expected),
-                        key=lambda k: (order[k.split("/")[0]], k))
+    unexpected = sorted(
+        (k for k in specs if k.split("/")[0] in order and k not in expected),
+        key=lambda k: (order[k.split("/")[0]], k),
+    )
     if missing or shapes or dtypes or unexpected:
         lines = [f"the {source} does not fit this model/optimizer:"]
-        for title, items in (("shape mismatches", shapes),
-                             ("dtype mismatches (cast=True converts them)", dtypes),
-                             ("missing from the checkpoint", missing),
-                             ("in the checkpoint but not in the model", unexpected)):
+        for title, items in (
+            ("shape mismatches", shapes),
+            ("dtype mismatches (cast=True converts them)", dtypes),
+            ("missing from the checkpoint", missing),
+            ("in the checkpoint but not in the model", unexpected),
+        ):
             if items:
                 lines.append(f"  {title} ({len(items)}):")
                 lines += [f"    {item}" for item in items[:20]]
@@ -447,8 +501,13 @@ def _mismatches(specs: dict, templates: dict, source: str, cast: bool) -> None:
         raise CheckpointError("\n".join(lines))
 
 
-def restore(tensors: dict[str, np.ndarray], templates: dict, *, source: str = "checkpoint",
-            cast: bool = False):
+def restore(
+    tensors: dict[str, np.ndarray],
+    templates: dict,
+    *,
+    source: str = "checkpoint",
+    cast: bool = False,
+):
     """Trees shaped like `templates` ({'params': tree, ...}) filled from `tensors`.
 
     Args:
@@ -485,20 +544,26 @@ def _like(array: np.ndarray, template):
     return jnp.asarray(array, dtype=jnp.result_type(template))
 
 
-def _load(path: str, templates: dict, cast: bool, folder=None, also=()
-           ) -> tuple[dict, dict, Header]:
+def _load(
+    path: str, templates: dict, cast: bool, folder=None, also=()
+) -> tuple[dict, dict, Header]:
     """Header checked against the templates, then the data read (the templates' tensors and
     those under the prefixes `also`), verified and restored."""
     header = read_header(path, folder=folder)
     source = f"checkpoint {header.path}"
-    _mismatches({k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
-                templates, source, cast)
+    _mismatches(
+        {k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
+        templates,
+        source,
+        cast,
+    )
     tensors = _read_tensors(header, keep={*templates, *also})
     return restore(tensors, templates, source=source, cast=cast), tensors, header
 
 
-def load_checkpoint(path: str, templates: dict, *, cast: bool = False,
-                    folder=None) -> tuple[dict, dict]:
+def load_checkpoint(
+    path: str, templates: dict, *, cast: bool = False, folder=None
+) -> tuple[dict, dict]:
     """Load (trees shaped like `templates`, metadata) from a checkpoint written by save_checkpoint.
 
     Its header is checked against the templates before any data is read, and only their
@@ -520,8 +585,7 @@ def load_checkpoint(path: str, templates: dict, *, cast: bool = False,
     return trees, header.meta()
 
 
-def load_params(path: str, template, *, prefix: str = "params", cast: bool = False,
-                log=None):
+def load_params(path: str, template, *, prefix: str = "params", cast: bool = False, log=None):
     """Parameters shaped like `template` from an fnn checkpoint or another safetensors file.
 
     An fnn checkpoint gives its `prefix` tree; a safetensors file from elsewhere must have the
@@ -546,18 +610,31 @@ def load_params(path: str, template, *, prefix: str = "params", cast: bool = Fal
         names = set(header.entries)
         bare = not any(n.startswith(prefix + "/") for n in names)
         if log is not None:
-            log(f"note: {path} has no fnn metadata (format, epoch, step, sha256): its tensors "
-                "were loaded as parameters unverified; it holds no training state to resume")
+            log(
+                f"note: {path} has no fnn metadata (format, epoch, step, sha256): its tensors "
+                "were loaded as parameters unverified; it holds no training state to resume"
+            )
         if bare:  # names without the prefix: match the template's leaf names directly
             source = f"safetensors file {path}"
-            _mismatches({k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
-                        {"": template}, source, cast)
+            _mismatches(
+                {k: (shape, dtype) for k, (dtype, shape, _, _) in header.entries.items()},
+                {"": template},
+                source,
+                cast,
+            )
             return restore(_read_tensors(header), {"": template}, source=source, cast=cast)[""]
     return _load(path, {prefix: template}, cast)[0][prefix]
 
 
-def save_train_state(path: str, ts: TrainState, config: dict | None = None, *, folder=None,
-                     verify: bool = False, **metadata) -> None:
+def save_train_state(
+    path: str,
+    ts: TrainState,
+    config: dict | None = None,
+    *,
+    folder=None,
+    verify: bool = False,
+    **metadata,
+) -> None:
     """Save a TrainState with the run's config.
 
     It saves params, state, opt_state, key, epoch, step; in the middle of an epoch also its
@@ -590,8 +667,9 @@ def _counter(meta: dict, key: str, path: str) -> int:
     return v
 
 
-def load_train_state(path: str, template: TrainState, *, cast: bool = False, folder=None
-                     ) -> tuple[TrainState, dict]:
+def load_train_state(
+    path: str, template: TrainState, *, cast: bool = False, folder=None
+) -> tuple[TrainState, dict]:
     """A TrainState from `path`, shaped like `template`, and the checkpoint's metadata.
 
     The file must be an fnn checkpoint (format, epoch and step in its metadata).
@@ -614,21 +692,42 @@ def load_train_state(path: str, template: TrainState, *, cast: bool = False, fol
         raise CheckpointError(
             f"{path} is not an fnn training checkpoint: its metadata has no fnn format, epoch "
             "and step, so where training stopped is unknown and it cannot be resumed. Load "
-            "its tensors as parameters with fnn.train.load_params(path, params) instead")
-    trees, tensors, header = _load(path, {"params": template.params, "state": template.state,
-                                          "opt_state": template.opt_state,
-                                          "key": template.key}, cast, folder, also=(PARTIAL,))
+            "its tensors as parameters with fnn.train.load_params(path, params) instead"
+        )
+    trees, tensors, header = _load(
+        path,
+        {
+            "params": template.params,
+            "state": template.state,
+            "opt_state": template.opt_state,
+            "key": template.key,
+        },
+        cast,
+        folder,
+        also=(PARTIAL,),
+    )
     meta = header.meta()
     epoch, step = _counter(meta, "epoch", path), _counter(meta, "step", path)
     position, partial = _counter(meta, "position", path), None
     if position:
         if f"{PARTIAL}/order" not in tensors:
-            raise CheckpointError(f"{path}: saved at step {position} of an epoch but without "
-                                  f"the epoch's batch order ({PARTIAL}/order)")
+            raise CheckpointError(
+                f"{path}: saved at step {position} of an epoch but without "
+                f"the epoch's batch order ({PARTIAL}/order)"
+            )
         head = f"{PARTIAL}/metrics/"
-        partial = {"order": tensors[f"{PARTIAL}/order"],
-                   "metrics": {k[len(head):]: v for k, v in tensors.items()
-                               if k.startswith(head)}}
-    ts = TrainState(trees["params"], trees["state"], trees["opt_state"], trees["key"], epoch,
-                    step, position, partial)
+        partial = {
+            "order": tensors[f"{PARTIAL}/order"],
+            "metrics": {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)},
+        }
+    ts = TrainState(
+        trees["params"],
+        trees["state"],
+        trees["opt_state"],
+        trees["key"],
+        epoch,
+        step,
+        position,
+        partial,
+    )
     return ts, meta

@@ -48,6 +48,7 @@ def _choice(options) -> Callable:
         if not isinstance(v, str) or v not in shown:
             raise ConfigError(f"{name} must be one of {', '.join(shown)}, got {v!r}")
         return v
+
     check.choices = tuple(options)
     return check
 
@@ -55,11 +56,15 @@ def _choice(options) -> Callable:
 def _int(lo: int, hi: int | None = None, what: str = "") -> Callable:
     def check(name, v):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            rng = what or (f"an integer >= {lo}" if hi is None else
-                           f"an integer between {lo} and {hi}")
-            raise ConfigError(f"{name} must be {rng}, got {v!r}"
-                              + (f" ({type(v).__name__})" if not isinstance(v, int) else ""))
+            rng = what or (
+                f"an integer >= {lo}" if hi is None else f"an integer between {lo} and {hi}"
+            )
+            raise ConfigError(
+                f"{name} must be {rng}, got {v!r}"
+                + (f" ({type(v).__name__})" if not isinstance(v, int) else "")
+            )
         return v
+
     return check
 
 
@@ -69,10 +74,14 @@ def _number(lo: float, hi: float | None = None, *, closed_hi: bool = False) -> C
         if ok:
             ok = v >= lo and (hi is None or v < hi or (closed_hi and v == hi))
         if not ok:
-            rng = (f"a finite number >= {lo:g}" if hi is None else
-                   f"a number in [{lo:g}, {hi:g}{']' if closed_hi else ')'}")
+            rng = (
+                f"a finite number >= {lo:g}"
+                if hi is None
+                else f"a number in [{lo:g}, {hi:g}{']' if closed_hi else ')'}"
+            )
             raise ConfigError(f"{name} must be {rng}, got {v!r}")
         return float(v)
+
     return check
 
 
@@ -80,26 +89,32 @@ def _widths(optional: bool) -> Callable:
     def check(name, v):
         if v is None and optional:
             return None
-        if isinstance(v, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool)
-                                                and n >= 1 for n in v):
+        if isinstance(v, (list, tuple)) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v
+        ):
             return tuple(v)
         raise ConfigError(f"{name} must be a list of positive integers (widths), got {v!r}")
+
     return check
 
 
 def _hidden(name, v):
     v = _widths(False)(name, v)
     if not v:
-        raise ConfigError(f"{name} must list one or more widths (e.g. 256 or 256,128), got "
-                          f"{v!r}: an empty list would make a model without hidden layers")
+        raise ConfigError(
+            f"{name} must list one or more widths (e.g. 256 or 256,128), got "
+            f"{v!r}: an empty list would make a model without hidden layers"
+        )
     return v
 
 
 def _rules(name, v):
     if isinstance(v, (list, tuple)) and all(isinstance(r, str) and r for r in v):
         return tuple(v)  # each rule's spelling is checked by fnn.train.rule_specs.check_rules
-    raise ConfigError(f"{name} must be a list of backward-rule specs (strings such as "
-                      f"\"relu=straight_through\"), got {v!r}")
+    raise ConfigError(
+        f"{name} must be a list of backward-rule specs (strings such as "
+        f'"relu=straight_through"), got {v!r}'
+    )
 
 
 def _flag(name, v):
@@ -112,8 +127,9 @@ def _directory(name, v):
     if v is None:
         return None
     if not isinstance(v, str) or not v:
-        raise ConfigError(f"{name} must be a directory name (a non-empty string) or null, "
-                          f"got {v!r}")
+        raise ConfigError(
+            f"{name} must be a directory name (a non-empty string) or null, got {v!r}"
+        )
     return v
 
 
@@ -130,8 +146,12 @@ def _count(text: str) -> int:
 
 # how text on the command line becomes a value, by the type of the option's default; and what
 # the text must be when it cannot
-PARSE = {int: (int, "an integer"), float: (float, "a number"), str: (str, ""),
-         tuple: (_ints, "comma-separated integers, e.g. 256,128")}
+PARSE = {
+    int: (int, "an integer"),
+    float: (float, "a number"),
+    str: (str, ""),
+    tuple: (_ints, "comma-separated integers, e.g. 256,128"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +184,9 @@ def option(default, group: str, check: Callable, help: str, **declared):
       default_from=fn       fn(options given) -> its default when it is not given (None: the
                             field's default), e.g. the dataset of a language model
     """
-    return dataclasses.field(default=default, metadata={
-        "group": group, "option": Option(group, check, help, **declared)})
+    return dataclasses.field(
+        default=default, metadata={"group": group, "option": Option(group, check, help, **declared)}
+    )
 
 
 def _show(default) -> str:
@@ -214,83 +235,164 @@ class TrainConfig:
     """
 
     model: str = option(
-        "mlp", "model", _choice(sorted(MODELS)),
+        "mlp",
+        "model",
+        _choice(sorted(MODELS)),
         f"network (default {{default}}; {', '.join(SEQUENCE_MODELS[:-1])} and "
         f"{SEQUENCE_MODELS[-1]} are language models and train on --dataset text)",
-        default_from=lambda given: "transformer" if given.get("dataset") == "text" else None)
+        default_from=lambda given: "transformer" if given.get("dataset") == "text" else None,
+    )
     dataset: str = option(
-        "digits", "data", _choice(DATASETS),
+        "digits",
+        "data",
+        _choice(DATASETS),
         "dataset (default {default}, or text for a language model)",
-        default_from=lambda given: "text" if given.get("model") in SEQUENCE_MODELS else None)
-    grad: str = option("custom", "gradients and rules", _choice(GRADS),
-                       "custom: fnn's hand-written gradients; builtin: jax.grad (default "
-                       "{default})")
+        default_from=lambda given: "text" if given.get("model") in SEQUENCE_MODELS else None,
+    )
+    grad: str = option(
+        "custom",
+        "gradients and rules",
+        _choice(GRADS),
+        "custom: fnn's hand-written gradients; builtin: jax.grad (default {default})",
+    )
     optimizer: str = option("adam", "optimisation", _choice(OPTIMIZERS), "(default {default})")
     lr: float = option(1e-3, "optimisation", _number(0.0), "learning rate (default {default})")
-    schedule: str = option("cosine", "optimisation", _choice(SCHEDULES),
-                           "learning-rate schedule (default {default})")
+    schedule: str = option(
+        "cosine", "optimisation", _choice(SCHEDULES), "learning-rate schedule (default {default})"
+    )
     epochs: int = option(
-        30, "optimisation", _int(1), "(default {default}; %d for text)" % TEXT_EPOCHS,
+        30,
+        "optimisation",
+        _int(1),
+        "(default {default}; %d for text)" % TEXT_EPOCHS,
         resume=True,
-        default_from=lambda given: TEXT_EPOCHS if given.get("dataset") == "text" else None)
+        default_from=lambda given: TEXT_EPOCHS if given.get("dataset") == "text" else None,
+    )
     data_dir: str | None = option(
-        None, "data", _directory, "directory holding the mnist/fashion-mnist/cifar10 files; for "
+        None,
+        "data",
+        _directory,
+        "directory holding the mnist/fashion-mnist/cifar10 files; for "
         "text, a text file or folder (default: the Python standard library's modules)",
-        resume=True, applies=("dataset", ("mnist", "fashion-mnist", "cifar10", "text")),
-        metavar="D", parse=PARSE[str])
+        resume=True,
+        applies=("dataset", ("mnist", "fashion-mnist", "cifar10", "text")),
+        metavar="D",
+        parse=PARSE[str],
+    )
     batch_size: int = option(32, "optimisation", _int(1), "(default {default})")
-    seed: int = option(0, "optimisation", _int(0, MAX_SEED, "an integer between 0 and 2**64-1"),
-                       "seed of init, shuffling and dropout, 0 to 2**64-1 (default {default})")
-    weight_decay: float = option(0.0, "optimisation", _number(0.0),
-                                 "weight decay of kernels (default 0)")
-    clip: float = option(0.0, "optimisation", _number(0.0),
-                         "clip gradients to this global norm (default: off)")
-    l2: float = option(0.0, "optimisation", _number(0.0),
-                       "the lecture's L2 penalty l2*sum(W**2) in the loss")
-    loss: str = option("softmax_cross_entropy", "optimisation", _choice(sorted(LOSSES)),
-                       "(default {default})")
-    label_smoothing: float = option(0.0, "optimisation", _number(0.0, 1.0),
-                                    "cross-entropy against (1 - E) one-hot + E / C targets "
-                                    "(default 0)", metavar="E")
+    seed: int = option(
+        0,
+        "optimisation",
+        _int(0, MAX_SEED, "an integer between 0 and 2**64-1"),
+        "seed of init, shuffling and dropout, 0 to 2**64-1 (default {default})",
+    )
+    weight_decay: float = option(
+        0.0, "optimisation", _number(0.0), "weight decay of kernels (default 0)"
+    )
+    clip: float = option(
+        0.0, "optimisation", _number(0.0), "clip gradients to this global norm (default: off)"
+    )
+    l2: float = option(
+        0.0, "optimisation", _number(0.0), "the lecture's L2 penalty l2*sum(W**2) in the loss"
+    )
+    loss: str = option(
+        "softmax_cross_entropy", "optimisation", _choice(sorted(LOSSES)), "(default {default})"
+    )
+    label_smoothing: float = option(
+        0.0,
+        "optimisation",
+        _number(0.0, 1.0),
+        "cross-entropy against (1 - E) one-hot + E / C targets (default 0)",
+        metavar="E",
+    )
     early_stop: int = option(
-        0, "optimisation", _int(0, what="an integer >= 0 (0: off)"),
+        0,
+        "optimisation",
+        _int(0, what="an integer >= 0 (0: off)"),
         "stop when the validation loss has not improved for PATIENCE epochs in a row "
-        "(fnn.train.EarlyStopping; needs a validation set; default 0: off)", metavar="PATIENCE")
-    val_fraction: float = option(0.1, "data", _number(0.0, 1.0),
-                                 "of the training set (default {default})")
-    hidden: tuple = option((256,), "model", _hidden,
-                           "MLP hidden widths, or RNN/LSTM/GRU layer widths, e.g. 256,128 "
-                           "(default {default})", applies="model")
-    channels: tuple | None = option(None, "model", _widths(True),
-                                    "CNN channels / ResNet stage widths, e.g. 32,64",
-                                    applies="model", parse=PARSE[tuple])
-    activation: str = option("relu", "model", _choice(sorted(ACTIVATIONS)),
-                             "(default {default})", applies="model")
-    init: str = option("he", "model", _choice(sorted(set(INITIALIZERS) - {"zeros", "ones"})),
-                       "weight initializer (default {default})", applies="model")
-    dropout: float = option(0.0, "model", _number(0.0, 1.0),
-                            "dropout rate of MLP/CNN hidden layers (default 0)", applies="model")
-    limit: int = option(0, "data", _int(0, what="an integer >= 0 (0: all examples)"),
-                        "use only the first N train and test examples",
-                        parse=(_count, "an integer"))
-    context: int = option(128, "data", _int(1), "text: bytes per training window (default "
-                          "{default})", applies=("dataset", ("text",)))
-    width: int = option(128, "model", _int(1), "transformer width (default {default})",
-                        applies="model")
-    depth: int = option(2, "model", _int(1), "transformer blocks (default {default})",
-                        applies="model")
-    heads: int = option(4, "model", _int(1), "transformer attention heads (default {default})",
-                        applies="model")
+        "(fnn.train.EarlyStopping; needs a validation set; default 0: off)",
+        metavar="PATIENCE",
+    )
+    val_fraction: float = option(
+        0.1, "data", _number(0.0, 1.0), "of the training set (default {default})"
+    )
+    hidden: tuple = option(
+        (256,),
+        "model",
+        _hidden,
+        "MLP hidden widths, or RNN/LSTM/GRU layer widths, e.g. 256,128 (default {default})",
+        applies="model",
+    )
+    channels: tuple | None = option(
+        None,
+        "model",
+        _widths(True),
+        "CNN channels / ResNet stage widths, e.g. 32,64",
+        applies="model",
+        parse=PARSE[tuple],
+    )
+    activation: str = option(
+        "relu", "model", _choice(sorted(ACTIVATIONS)), "(default {default})", applies="model"
+    )
+    init: str = option(
+        "he",
+        "model",
+        _choice(sorted(set(INITIALIZERS) - {"zeros", "ones"})),
+        "weight initializer (default {default})",
+        applies="model",
+    )
+    dropout: float = option(
+        0.0,
+        "model",
+        _number(0.0, 1.0),
+        "dropout rate of MLP/CNN hidden layers (default 0)",
+        applies="model",
+    )
+    limit: int = option(
+        0,
+        "data",
+        _int(0, what="an integer >= 0 (0: all examples)"),
+        "use only the first N train and test examples",
+        parse=(_count, "an integer"),
+    )
+    context: int = option(
+        128,
+        "data",
+        _int(1),
+        "text: bytes per training window (default {default})",
+        applies=("dataset", ("text",)),
+    )
+    width: int = option(
+        128, "model", _int(1), "transformer width (default {default})", applies="model"
+    )
+    depth: int = option(
+        2, "model", _int(1), "transformer blocks (default {default})", applies="model"
+    )
+    heads: int = option(
+        4, "model", _int(1), "transformer attention heads (default {default})", applies="model"
+    )
     rules: tuple = option(
-        (), "gradients and rules", _rules, "train with a backward-rule override, e.g. "
+        (),
+        "gradients and rules",
+        _rules,
+        "train with a backward-rule override, e.g. "
         "relu=straight_through, spike=fast_sigmoid:slope=25, affine=feedback_alignment, "
         "affine@3_dense=clip_backward:max_norm=1 (repeatable; kept by --resume; see "
-        "fnn/train/rule_specs.py)", flag="--rule", metavar="GATE=RULE", repeat=True)
+        "fnn/train/rule_specs.py)",
+        flag="--rule",
+        metavar="GATE=RULE",
+        repeat=True,
+    )
     remat: bool = option(
-        False, "gradients and rules", _flag, "recompute each block's activations in the "
+        False,
+        "gradients and rules",
+        _flag,
+        "recompute each block's activations in the "
         "backward instead of keeping them: less memory (a bigger model or batch fits), about one "
         "more forward per step; the same values (default off; --no-remat turns it off on "
-        "--resume)", resume=True)
+        "--resume)",
+        resume=True,
+    )
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -304,12 +406,15 @@ class TrainConfig:
         """A TrainConfig from a JSON object, every value checked as on the command line;
         keys it lacks take their defaults, keys it does not know are refused."""
         if not isinstance(d, dict):
-            raise ConfigError(f"{source}: must be a JSON object of options, got a "
-                              f"{type(d).__name__}")
+            raise ConfigError(
+                f"{source}: must be a JSON object of options, got a {type(d).__name__}"
+            )
         unknown = sorted(k for k in d if k not in OPTIONS)
         if unknown:
-            raise ConfigError(f"{source}: unknown option{'s' * (len(unknown) > 1)} "
-                              f"{', '.join(map(repr, unknown))} (known: {', '.join(OPTIONS)})")
+            raise ConfigError(
+                f"{source}: unknown option{'s' * (len(unknown) > 1)} "
+                f"{', '.join(map(repr, unknown))} (known: {', '.join(OPTIONS)})"
+            )
         values = {}
         for k, v in d.items():
             try:
@@ -323,8 +428,9 @@ class TrainConfig:
         if not self.label_smoothing:
             return self.loss
         if get_loss(self.loss).name != "softmax_cross_entropy":
-            raise ConfigError(f"label_smoothing applies to the cross-entropy loss, not to "
-                              f"{self.loss!r}")
+            raise ConfigError(
+                f"label_smoothing applies to the cross-entropy loss, not to {self.loss!r}"
+            )
         return cross_entropy(label_smoothing=self.label_smoothing)
 
     def model_options(self) -> dict:
@@ -342,9 +448,11 @@ def declared(cls=None) -> dict[str, Option]:
     for f in dataclasses.fields(cls or TrainConfig):
         o = f.metadata.get("option")
         if not isinstance(o, Option):
-            raise TypeError(f"TrainConfig.{f.name} is not declared with option(default, group, "
-                            "check, help): every field of the config is an option of `python "
-                            "-m fnn train`, with its flag, check and resume rule")
+            raise TypeError(
+                f"TrainConfig.{f.name} is not declared with option(default, group, "
+                "check, help): every field of the config is an option of `python "
+                "-m fnn train`, with its flag, check and resume rule"
+            )
         if o.applies == "model":
             o = dataclasses.replace(o, applies=("model", models_reading(f.name)))
         out[f.name] = o
@@ -415,9 +523,11 @@ def check_applies(config: "TrainConfig", given) -> None:
         by, which = APPLIES[name]
         chosen = getattr(config, by)
         if chosen not in which:
-            raise ConfigError(f"{option_flag(name)} does not apply to --{by} {chosen} (it is "
-                              f"read by --{by} {', '.join(which)} only): drop it, or choose "
-                              f"another --{by}")
+            raise ConfigError(
+                f"{option_flag(name)} does not apply to --{by} {chosen} (it is "
+                f"read by --{by} {', '.join(which)} only): drop it, or choose "
+                f"another --{by}"
+            )
 
 
 def check_model_data(config: TrainConfig) -> None:
@@ -426,10 +536,14 @@ def check_model_data(config: TrainConfig) -> None:
     text_model = FACTS[config.model].data == "text"
     if text_model != (config.dataset == "text"):
         raise ConfigError(
-            f"model {config.model!r} " + (
+            f"model {config.model!r} "
+            + (
                 f"reads token sequences; train it with --dataset text, not {config.dataset!r}"
-                if text_model else f"reads images; a text dataset needs a sequence model "
-                f"(--model {'|'.join(SEQUENCE_MODELS)})"))
+                if text_model
+                else f"reads images; a text dataset needs a sequence model "
+                f"(--model {'|'.join(SEQUENCE_MODELS)})"
+            )
+        )
 
 
 def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
@@ -447,14 +561,21 @@ def check_resume_overrides(overrides) -> None:
     """ConfigError naming the options of `overrides` that --resume may not change."""
     fixed = [k for k in overrides if k not in RESUME_MAY_CHANGE]
     if fixed:
-        raise ConfigError(f"--resume keeps the run's config; it cannot change "
-                          f"{', '.join(option_flag(k) for k in fixed)} (only "
-                          f"{resume_flags()})")
+        raise ConfigError(
+            f"--resume keeps the run's config; it cannot change "
+            f"{', '.join(option_flag(k) for k in fixed)} (only "
+            f"{resume_flags()})"
+        )
 
 
-def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides: dict, *,
-                  saved_file: str = "config.json",
-                  checkpoint_file: str = "last.safetensors") -> TrainConfig:
+def resume_config(
+    saved: TrainConfig,
+    checkpoint: TrainConfig | None,
+    overrides: dict,
+    *,
+    saved_file: str = "config.json",
+    checkpoint_file: str = "last.safetensors",
+) -> TrainConfig:
     """The config a resumed run continues with: `saved` (config.json) with `overrides` applied.
 
     overrides may only hold keys of RESUME_MAY_CHANGE. `checkpoint` is the config stored inside
@@ -466,12 +587,16 @@ def resume_config(saved: TrainConfig, checkpoint: TrainConfig | None, overrides:
     if checkpoint is not None:
         clash = [k for k in differences(saved, checkpoint) if k not in overrides]
         if clash:
-            said = "; ".join(f"{k} is {getattr(saved, k)!r} in {saved_file} but "
-                             f"{getattr(checkpoint, k)!r} in {checkpoint_file}" for k in clash)
+            said = "; ".join(
+                f"{k} is {getattr(saved, k)!r} in {saved_file} but "
+                f"{getattr(checkpoint, k)!r} in {checkpoint_file}"
+                for k in clash
+            )
             may = [k for k in clash if k in RESUME_MAY_CHANGE]
-            hint = (f"; choose with {', '.join(option_flag(k) for k in may)}" if may else "")
+            hint = f"; choose with {', '.join(option_flag(k) for k in may)}" if may else ""
             raise ConfigError(
                 f"{saved_file} does not match the config the checkpoint was trained with: "
                 f"{said}. The file was edited or replaced after the run started; restore it "
-                f"(the checkpoint's values are the run's){hint}")
+                f"(the checkpoint's values are the run's){hint}"
+            )
     return dataclasses.replace(saved, **overrides)

@@ -77,10 +77,15 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self):
-        what = (f"{self.num_classes} tokens, {self.description}" if self.vocab is not None
-                else f"{self.num_classes} classes")
-        return (f"Dataset({self.name!r}: train {len(self.x_train)}, val {len(self.x_val)}, "
-                f"test {len(self.x_test)}, input {self.input_shape}, {what})")
+        what = (
+            f"{self.num_classes} tokens, {self.description}"
+            if self.vocab is not None
+            else f"{self.num_classes} classes"
+        )
+        return (
+            f"Dataset({self.name!r}: train {len(self.x_train)}, val {len(self.x_val)}, "
+            f"test {len(self.x_test)}, input {self.input_shape}, {what})"
+        )
 
 
 def standardize(x_train, *others, eps: float = 1e-6):
@@ -146,8 +151,10 @@ def load_raw(name: str, data_dir: str | None = None, *, split_seed: int = 0) -> 
         raw["sha256"] = fingerprint(raw)
     elif name in ("mnist", "fashion-mnist", "cifar10"):
         if not data_dir:
-            raise DataError(f"dataset {name!r} is read from local files: pass their directory "
-                            "with --data-dir (data_dir=...)")
+            raise DataError(
+                f"dataset {name!r} is read from local files: pass their directory "
+                "with --data-dir (data_dir=...)"
+            )
         raw = read_cifar10(data_dir) if name == "cifar10" else read_mnist(data_dir, name)
         raw["sha256"] = fingerprint(raw)
         for k in ("x_train", "x_test"):
@@ -160,9 +167,16 @@ def load_raw(name: str, data_dir: str | None = None, *, split_seed: int = 0) -> 
     return raw
 
 
-def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fraction: float = 0.1,
-                 split_seed: int = 0, standardize_inputs: bool = True,
-                 limit: int | None = None, context: int = 128) -> Dataset:
+def load_dataset(
+    name: str = "digits",
+    data_dir: str | None = None,
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    standardize_inputs: bool = True,
+    limit: int | None = None,
+    context: int = 128,
+) -> Dataset:
     """A Dataset with a validation split taken from the training set (val_fraction of it).
 
     Args:
@@ -187,19 +201,34 @@ def load_dataset(name: str = "digits", data_dir: str | None = None, *, val_fract
         from fnn.train.text import load_text
 
         t = load_text(data_dir, context=context, val_fraction=val_fraction, limit=limit)
-        return Dataset("text", t["x_train"], t["y_train"], t["x_val"], t["y_val"], t["x_test"],
-                       t["y_test"], len(t["vocab"]), vocab=t["vocab"],
-                       unigram_loss=t["unigram_loss"], description=t["description"],
-                       sha256=t["sha256"])
+        return Dataset(
+            "text",
+            t["x_train"],
+            t["y_train"],
+            t["x_val"],
+            t["y_val"],
+            t["x_test"],
+            t["y_test"],
+            len(t["vocab"]),
+            vocab=t["vocab"],
+            unigram_loss=t["unigram_loss"],
+            description=t["description"],
+            sha256=t["sha256"],
+        )
     raw = load_raw(name, data_dir, split_seed=split_seed)
     x_train, y_train = raw["x_train"], raw["y_train"]
     x_test, y_test = raw["x_test"], raw["y_test"]
     if limit:
-        x_train, y_train, x_test, y_test = (x_train[:limit], y_train[:limit], x_test[:limit],
-                                            y_test[:limit])
+        x_train, y_train, x_test, y_test = (
+            x_train[:limit],
+            y_train[:limit],
+            x_test[:limit],
+            y_test[:limit],
+        )
     x_train, y_train, x_val, y_val = split(x_train, y_train, val_fraction, split_seed + 1)
     mean = std = None
     if standardize_inputs:
         x_train, x_val, x_test, mean, std = standardize(x_train, x_val, x_test)
-    return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, 10, mean, std,
-                   sha256=raw["sha256"])
+    return Dataset(
+        name, x_train, y_train, x_val, y_val, x_test, y_test, 10, mean, std, sha256=raw["sha256"]
+    )

@@ -50,12 +50,21 @@ def measure(loss_fn, model, every: int, count, before, new_params, batch, key, r
 
     def on(args):
         p, s, b, k, new = args
-        return gradient_health(loss_fn, model, p, s, b, key=k, rules=rules,
-                               updates=jax.tree_util.tree_map(jnp.subtract, new, p))
+        return gradient_health(
+            loss_fn,
+            model,
+            p,
+            s,
+            b,
+            key=k,
+            rules=rules,
+            updates=jax.tree_util.tree_map(jnp.subtract, new, p),
+        )
 
     def off(args):
-        return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                      jax.eval_shape(on, args))
+        return jax.tree_util.tree_map(
+            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(on, args)
+        )
 
     due = count % every == 0
     values = lax.cond(due, on, off, (params, state, batch, key, new_params))
@@ -92,14 +101,17 @@ class HealthMonitor(Hook):
         return jnp.asarray(ts.step, jnp.int32)  # optimizer steps done before the next one
 
     def in_step(self, count, before, after, batch, key):
-        health = measure(self.loss_fn, self.model, self.every, count, before, after[0], batch,
-                         key, self.rules)
+        health = measure(
+            self.loss_fn, self.model, self.every, count, before, after[0], batch, key, self.rules
+        )
         return count + 1, {"health": health}
 
     def on_metrics(self, metrics, record):
         record["diagnostics"] = rows(metrics["health"], record["epoch"])
         if self.rules:  # the difference from jax.grad is the rules' doing, not a wrong rule
             for row in record["diagnostics"]:
-                row["rules"] = [f"{k if isinstance(k, str) else getattr(k, 'name', k)}: "
-                                f"{getattr(v, 'name', None) or v!r}"
-                                for k, v in self.rules.items()]
+                row["rules"] = [
+                    f"{k if isinstance(k, str) else getattr(k, 'name', k)}: "
+                    f"{getattr(v, 'name', None) or v!r}"
+                    for k, v in self.rules.items()
+                ]

@@ -66,8 +66,10 @@ def parse_address(text: str, what: str = "coordinator") -> str:
     if ok and host.startswith("["):
         ok = host.endswith("]") and len(host) > 2
     if not ok:
-        raise ValueError(f"{what} must be HOST:PORT with a port from 1 to 65535 (e.g. "
-                         f"10.0.0.1:1234), got {text!r}")
+        raise ValueError(
+            f"{what} must be HOST:PORT with a port from 1 to 65535 (e.g. "
+            f"10.0.0.1:1234), got {text!r}"
+        )
     return str(text)
 
 
@@ -80,8 +82,9 @@ def _env_count(name: str, low: int) -> int | None:
     except ValueError:
         value = None
     if value is None or value < low:
-        raise DistributedError(f"the environment variable {name}={text!r} must be an integer "
-                               f">= {low}")
+        raise DistributedError(
+            f"the environment variable {name}={text!r} must be an integer >= {low}"
+        )
     return value
 
 
@@ -91,6 +94,7 @@ def cluster_name() -> str | None:
     module; another JAX without it: None, and jax.distributed.initialize still detects.)"""
     try:
         from jax._src.clusters import ClusterEnv
+
         kinds = list(ClusterEnv._cluster_types)
     except (ImportError, AttributeError):
         return None
@@ -107,8 +111,10 @@ def _detect(coordinator, num_processes, process_id, timeout):
     """The values JAX's cluster detection gives those that are None (its private helper; the
     values it fills are what jax.distributed.initialize would find itself)."""
     from jax._src.clusters import ClusterEnv
+
     found = ClusterEnv.auto_detect_unset_distributed_params(
-        coordinator, num_processes, process_id, None, None, int(timeout))
+        coordinator, num_processes, process_id, None, None, int(timeout)
+    )
     return found[0], found[1], found[2], found[3]
 
 
@@ -118,16 +124,22 @@ def _given(coordinator, num_processes, process_id, timeout):
     if coordinator is not None:
         coordinator = parse_address(coordinator)
     for name, v, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                              or v < low):
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low
+        ):
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not 0 < timeout < math.inf:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf
+    ):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     source = "the arguments"
     if coordinator is None and os.environ.get(ENV_COORDINATOR):
-        coordinator, source = parse_address(os.environ[ENV_COORDINATOR], ENV_COORDINATOR), \
-            "the environment"
+        coordinator, source = (
+            parse_address(os.environ[ENV_COORDINATOR], ENV_COORDINATOR),
+            "the environment",
+        )
     if num_processes is None:
         num_processes = _env_count(ENV_NUM_PROCESSES, 1)
     if process_id is None:
@@ -135,8 +147,13 @@ def _given(coordinator, num_processes, process_id, timeout):
     return (coordinator, num_processes, process_id), source
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout: float = JOIN_TIMEOUT) -> bool:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout: float = JOIN_TIMEOUT,
+) -> bool:
     """Join a run of several processes (jax.distributed.initialize); True when it did, False
     for one process (nothing given anywhere, or a count of 1). See the module docstring for
     where the values come from. Must run before anything starts JAX's backend (an array,
@@ -157,39 +174,58 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         source = f"the {cluster} environment"
     else:
         local = None
-        missing = [n for n, v in zip(("--coordinator (JAX_COORDINATOR_ADDRESS)",
-                                      f"--num-processes ({ENV_NUM_PROCESSES})",
-                                      f"--process-id ({ENV_PROCESS_ID})"), given) if v is None]
+        missing = [
+            n
+            for n, v in zip(
+                (
+                    "--coordinator (JAX_COORDINATOR_ADDRESS)",
+                    f"--num-processes ({ENV_NUM_PROCESSES})",
+                    f"--process-id ({ENV_PROCESS_ID})",
+                ),
+                given,
+            )
+            if v is None
+        ]
         if missing:
             raise DistributedError(
                 f"joining a run of several processes needs a coordinator address, a process "
                 f"count and a process id; {', '.join(missing)} "
                 f"{'is' if len(missing) == 1 else 'are'} not given, and no cluster that JAX "
-                f"detects (SLURM, Open MPI, Kubernetes, Cloud TPU) is found")
+                f"detects (SLURM, Open MPI, Kubernetes, Cloud TPU) is found"
+            )
     if None in (coordinator, num_processes, process_id):
-        raise DistributedError(f"{source} did not give a coordinator address, a process count "
-                               f"and a process id (got {coordinator!r}, {num_processes!r}, "
-                               f"{process_id!r})")
+        raise DistributedError(
+            f"{source} did not give a coordinator address, a process count "
+            f"and a process id (got {coordinator!r}, {num_processes!r}, "
+            f"{process_id!r})"
+        )
     if not 0 <= process_id < num_processes:
-        raise DistributedError(f"process id {process_id} is out of range for {num_processes} "
-                               f"processes (0 to {num_processes - 1}; from {source})")
+        raise DistributedError(
+            f"process id {process_id} is out of range for {num_processes} "
+            f"processes (0 to {num_processes - 1}; from {source})"
+        )
     if backend_started():
-        raise DistributedError("fnn.train.distributed.initialize (jax.distributed.initialize) "
-                               "must run before anything starts JAX's backend (an array, "
-                               "jax.devices(), a jitted call): call it first")
+        raise DistributedError(
+            "fnn.train.distributed.initialize (jax.distributed.initialize) "
+            "must run before anything starts JAX's backend (an array, "
+            "jax.devices(), a jitted call): call it first"
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    watchdog = threading.Timer(timeout, _give_up, (coordinator, num_processes, process_id,
-                                                   timeout))
+    watchdog = threading.Timer(timeout, _give_up, (coordinator, num_processes, process_id, timeout))
     watchdog.daemon = True
     watchdog.start()
     try:
-        jax.distributed.initialize(coordinator_address=coordinator,
-                                   num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=local,
-                                   initialization_timeout=int(math.ceil(timeout)) + _JAX_GRACE)
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            local_device_ids=local,
+            initialization_timeout=int(math.ceil(timeout)) + _JAX_GRACE,
+        )
     except (ValueError, TypeError, RuntimeError) as e:  # refused before connecting
-        raise DistributedError(f"process {process_id} of {num_processes} could not join the "
-                               f"run at {coordinator}: {e}") from None
+        raise DistributedError(
+            f"process {process_id} of {num_processes} could not join the run at {coordinator}: {e}"
+        ) from None
     finally:
         watchdog.cancel()
     return _check_joined(num_processes, process_id)
@@ -197,11 +233,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 def _check_joined(num_processes, process_id) -> bool:
     """True once joined, if the run is the one asked for (DistributedError otherwise)."""
-    if (num_processes not in (None, jax.process_count())
-            or process_id not in (None, jax.process_index())):
-        raise DistributedError(f"this process already joined a run as process "
-                               f"{jax.process_index()} of {jax.process_count()}, not as "
-                               f"process {process_id} of {num_processes}")
+    if num_processes not in (None, jax.process_count()) or process_id not in (
+        None,
+        jax.process_index(),
+    ):
+        raise DistributedError(
+            f"this process already joined a run as process "
+            f"{jax.process_index()} of {jax.process_count()}, not as "
+            f"process {process_id} of {num_processes}"
+        )
     return True
 
 
@@ -219,18 +259,26 @@ def _answers(coordinator: str) -> bool:
 def _give_up(coordinator, num_processes, process_id, timeout) -> None:
     """The watchdog of initialize: say why joining failed and end the process (JAX would
     abort it a moment later, without a word Python can catch)."""
-    same = (f"each of the {num_processes} processes must start with the same coordinator and "
-            f"process count and its own process id, 0 to {num_processes - 1}")
+    same = (
+        f"each of the {num_processes} processes must start with the same coordinator and "
+        f"process count and its own process id, 0 to {num_processes - 1}"
+    )
     if process_id == 0:
-        why = (f"process 0 started the coordinator at {coordinator}, but not every one of the "
-               f"{num_processes} processes joined within {timeout:g} s ({same})")
+        why = (
+            f"process 0 started the coordinator at {coordinator}, but not every one of the "
+            f"{num_processes} processes joined within {timeout:g} s ({same})"
+        )
     elif not _answers(coordinator):
-        why = (f"process {process_id} of {num_processes} found no coordinator at {coordinator} "
-               f"within {timeout:g} s: it runs in process 0; is process 0 started, and is "
-               f"that an address of its host that this host can reach?")
+        why = (
+            f"process {process_id} of {num_processes} found no coordinator at {coordinator} "
+            f"within {timeout:g} s: it runs in process 0; is process 0 started, and is "
+            f"that an address of its host that this host can reach?"
+        )
     else:
-        why = (f"process {process_id} of {num_processes} reached the coordinator at "
-               f"{coordinator}, but not every process joined within {timeout:g} s ({same})")
+        why = (
+            f"process {process_id} of {num_processes} reached the coordinator at "
+            f"{coordinator}, but not every process joined within {timeout:g} s ({same})"
+        )
     sys.stderr.write(f"fnn: error: could not join the run: {why}\n")
     sys.stderr.flush()
     os._exit(JOIN_FAILED)
@@ -243,23 +291,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def process_env(coordinator: str, num_processes: int, process_id: int,
-                devices_per_process: int, environ=None) -> dict:
+def process_env(
+    coordinator: str, num_processes: int, process_id: int, devices_per_process: int, environ=None
+) -> dict:
     """The environment of process `process_id` of a run launched on one machine: the
     coordinator, count and id initialize reads, the accelerators it may use
     (JAX_LOCAL_DEVICE_IDS: devices_per_process of them, after those of the processes before
     it) and as many host CPU devices (XLA's --xla_force_host_platform_device_count)."""
     env = dict(os.environ if environ is None else environ)
     first = process_id * devices_per_process
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    env.update({ENV_COORDINATOR: coordinator, ENV_NUM_PROCESSES: str(num_processes),
-                ENV_PROCESS_ID: str(process_id),
-                ENV_LOCAL_DEVICE_IDS: ",".join(str(first + k)
-                                               for k in range(devices_per_process)),
-                "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count="
-                                       f"{devices_per_process}"]),
-                "PYTHONUNBUFFERED": "1"})
+    flags = [
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    env.update(
+        {
+            ENV_COORDINATOR: coordinator,
+            ENV_NUM_PROCESSES: str(num_processes),
+            ENV_PROCESS_ID: str(process_id),
+            ENV_LOCAL_DEVICE_IDS: ",".join(str(first + k) for k in range(devices_per_process)),
+            "XLA_FLAGS": " ".join(
+                [*flags, f"--xla_force_host_platform_device_count={devices_per_process}"]
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -268,15 +325,15 @@ def _allgather_text(text: str) -> list[str]:
     """`text` of every process (each cut to _MESSAGE_BYTES of UTF-8), by process index."""
     from jax.experimental import multihost_utils
 
-    data = text.encode()[:_MESSAGE_BYTES - 4]
+    data = text.encode()[: _MESSAGE_BYTES - 4]
     buf = np.zeros(_MESSAGE_BYTES, np.uint8)
     buf[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), np.uint8)
-    buf[4:4 + len(data)] = np.frombuffer(data, np.uint8)
+    buf[4 : 4 + len(data)] = np.frombuffer(data, np.uint8)
     rows = np.asarray(multihost_utils.process_allgather(buf))
     out = []
     for row in rows:
         n = int(np.frombuffer(row[:4].tobytes(), np.uint32)[0])
-        out.append(row[4:4 + n].tobytes().decode(errors="replace"))
+        out.append(row[4 : 4 + n].tobytes().decode(errors="replace"))
     return out
 
 
@@ -298,8 +355,7 @@ def together(what: str):
     failed = [(i, m) for i, m in enumerate(_allgather_text("")) if m]
     if failed:
         i, message = failed[0]
-        raise DistributedError(f"process {i} of {jax.process_count()} failed {what}: "
-                               f"{message}")
+        raise DistributedError(f"process {i} of {jax.process_count()} failed {what}: {message}")
 
 
 def same(what: str, value: dict) -> None:
@@ -317,10 +373,13 @@ def same(what: str, value: dict) -> None:
             continue
         theirs = json.loads(other) if other else {}
         keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
-        said = "; ".join(f"{k}: {mine.get(k)!r} in process 0, {theirs.get(k)!r} in process {i}"
-                         for k in keys[:6])
-        raise DistributedError(f"the processes of this run differ in {what} ({said}): every "
-                               "process must run the same command on the same files")
+        said = "; ".join(
+            f"{k}: {mine.get(k)!r} in process 0, {theirs.get(k)!r} in process {i}" for k in keys[:6]
+        )
+        raise DistributedError(
+            f"the processes of this run differ in {what} ({said}): every "
+            "process must run the same command on the same files"
+        )
 
 
 def agree_stop(requested: bool, steps: int = 0) -> tuple[bool, int]:
@@ -330,6 +389,7 @@ def agree_stop(requested: bool, steps: int = 0) -> tuple[bool, int]:
         return bool(requested), steps
     from jax.experimental import multihost_utils
 
-    rows = np.asarray(multihost_utils.process_allgather(
-        np.array([int(bool(requested)), steps], np.int32)))
+    rows = np.asarray(
+        multihost_utils.process_allgather(np.array([int(bool(requested)), steps], np.int32))
+    )
     return bool(rows[:, 0].any()), int(rows[:, 1].min())

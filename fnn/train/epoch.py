@@ -32,8 +32,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
         ValueError: there is no full batch.
     """
     if batch_size < 1 or n < batch_size:
-        raise ValueError(f"batch size {batch_size} does not fit in the {n} training examples: "
-                         "use a batch size between 1 and the training set size")
+        raise ValueError(
+            f"batch size {batch_size} does not fit in the {n} training examples: "
+            "use a batch size between 1 and the training set size"
+        )
     return n // batch_size
 
 
@@ -60,15 +62,25 @@ def scan_steps(step: Callable, carry, x, y, order, keys, progress: Callable | No
         params, state, opt_state, metrics = step(*carry, batch, k)
         if progress is not None:
             done = i + 1
-            lax.cond((done % every == 0) | (done == n_steps),
-                     lambda: jax.debug.callback(progress, done), lambda: None)
+            lax.cond(
+                (done % every == 0) | (done == n_steps),
+                lambda: jax.debug.callback(progress, done),
+                lambda: None,
+            )
         return (params, state, opt_state), metrics
 
     return lax.scan(body, tuple(carry), (order, keys, jnp.arange(n_steps)))
 
 
-def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | None = None,
-                     donate: bool = True, devices=None, compiler_options=None):
+def make_train_epoch(
+    step: Callable,
+    *,
+    batch_size: int,
+    progress: Callable | None = None,
+    donate: bool = True,
+    devices=None,
+    compiler_options=None,
+):
     """Make epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics).
 
     x, y are the whole training set. metrics hold one value per step: {"loss": (steps,),
@@ -100,14 +112,14 @@ def make_train_epoch(step: Callable, *, batch_size: int, progress: Callable | No
 
     def epoch(params, state, opt_state, x, y, key):
         order, keys = epoch_batches(key, x.shape[0], batch_size)
-        carry, metrics = scan_steps(step, (params, state, opt_state), x, y, order, keys,
-                                    progress)
+        carry, metrics = scan_steps(step, (params, state, opt_state), x, y, order, keys, progress)
         if dp is not None:  # sharded parameters: out as they came in
             carry = dp.constrain_carry(*carry)
         return (*carry, metrics)
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 2) if donate else (),
-                   compiler_options=compiler_options)
+    return jax.jit(
+        epoch, donate_argnums=(0, 1, 2) if donate else (), compiler_options=compiler_options
+    )
 
 
 def _chunk(step: Callable, finish: Callable | None = None):
@@ -161,8 +173,7 @@ def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):
         return tuple(carry), metrics
 
     # sharded parameters: out as they came in (the next chunk's input)
-    run = _chunk(carry_step, (lambda carry: dp.constrain_carry(*carry)) if dp is not None
-                 else None)
+    run = _chunk(carry_step, (lambda carry: dp.constrain_carry(*carry)) if dp is not None else None)
 
     def runner(params, state, opt_state, metrics, x, y, order, keys, start, stop):
         carry, metrics = run((params, state, opt_state), metrics, x, y, order, keys, start, stop)
@@ -171,11 +182,12 @@ def make_epoch_runner(step: Callable, *, donate: bool = True, devices=None):
     return jax.jit(runner, donate_argnums=(0, 1, 2, 3) if donate else (3,))
 
 
-def metrics_buffers(step: Callable, params, state, opt_state, x, y, n_steps: int,
-                    batch_size: int):
+def metrics_buffers(step: Callable, params, state, opt_state, x, y, n_steps: int, batch_size: int):
     """Zeros to hold `n_steps` of the step's metrics: each metric leaf as (n_steps, ...)."""
-    batch = (jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype),
-             jax.ShapeDtypeStruct((batch_size, *y.shape[1:]), y.dtype))
+    batch = (
+        jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype),
+        jax.ShapeDtypeStruct((batch_size, *y.shape[1:]), y.dtype),
+    )
     out = jax.eval_shape(step, params, state, opt_state, batch, jax.random.PRNGKey(0))[3]
     return jax.tree_util.tree_map(lambda s: jnp.zeros((n_steps, *s.shape), s.dtype), out)
 

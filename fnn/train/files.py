@@ -96,7 +96,8 @@ class Folder:
                 f"the run directory {self.path} was renamed, moved or replaced while this "
                 f"process was using it: {self.path} now names {now}. The run stopped instead "
                 f"of writing into a folder it does not hold; move the folder back (or resume "
-                f"it where it is now with --resume)")
+                f"it where it is now with --resume)"
+            )
 
     def join(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -152,9 +153,11 @@ class Folder:
             what = "a folder"
         else:
             what = "not a regular file"
-        raise RunDirError(f"{path} is {what}: fnn reads and writes only regular files of its "
-                          f"own in a run directory and does not follow links; remove it (or "
-                          f"choose another folder)")
+        raise RunDirError(
+            f"{path} is {what}: fnn reads and writes only regular files of its "
+            f"own in a run directory and does not follow links; remove it (or "
+            f"choose another folder)"
+        )
 
 
 def _chunks(data):
@@ -168,15 +171,16 @@ def _write_all(fd: int, data, path: str) -> int:
     view = memoryview(data).cast("B")
     done = 0
     while done < len(view):
-        n = os.write(fd, view[done:done + CHUNK])
+        n = os.write(fd, view[done : done + CHUNK])
         if n <= 0:
             raise OSError(errno.ENOSPC, f"{path}: short write (is the disk full?)")
         done += n
     return done
 
 
-def write_file(path: str, data, *, folder: Folder | None = None, append: bool = False,
-               check=None) -> None:
+def write_file(
+    path: str, data, *, folder: Folder | None = None, append: bool = False, check=None
+) -> None:
     """Write `data` (bytes, or an iterable of bytes-like chunks) to `path`: a name in `folder`
     (checked to be still at its path first), or any path (its folder opened for the write).
     Atomic (a temporary file renamed over it) or, append=True, one all-or-nothing append. A
@@ -195,8 +199,12 @@ def write_file(path: str, data, *, folder: Folder | None = None, append: bool = 
             _append(folder, name, data, shown)
             return
         tmp = f".{name}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o666, dir_fd=folder.fd)  # the umask applies, as for any new file
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o666,
+            dir_fd=folder.fd,
+        )  # the umask applies, as for any new file
         try:
             try:
                 for chunk in _chunks(data):
@@ -227,15 +235,21 @@ def _append(folder: Folder, name: str, data, shown: str) -> None:
     blob = b"".join(bytes(c) for c in _chunks(data))
     if not blob:
         return
-    fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o666, dir_fd=folder.fd)
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o666,
+        dir_fd=folder.fd,
+    )
     try:
         size = os.fstat(fd).st_size
         try:
             written = os.write(fd, blob)
             if written != len(blob):
-                raise OSError(errno.ENOSPC, f"{shown}: short write, {written} of {len(blob)} "
-                                            "bytes (is the disk full?)")
+                raise OSError(
+                    errno.ENOSPC,
+                    f"{shown}: short write, {written} of {len(blob)} bytes (is the disk full?)",
+                )
         except OSError:
             os.ftruncate(fd, size)  # no half line left behind
             raise
@@ -256,12 +270,17 @@ def open_file(path: str, *, folder: Folder | None = None) -> int:
     name = os.path.basename(path) if folder is not None else path
     shown = folder.join(name) if folder is not None else path
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=folder.fd if folder is not None else None)
+        fd = os.open(
+            name,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            dir_fd=folder.fd if folder is not None else None,
+        )
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise RunDirError(f"{shown} is a symbolic link: fnn does not read a run's files "
-                              "through links; replace it by the file itself") from None
+            raise RunDirError(
+                f"{shown} is a symbolic link: fnn does not read a run's files "
+                "through links; replace it by the file itself"
+            ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -269,8 +288,7 @@ def open_file(path: str, *, folder: Folder | None = None) -> int:
     return fd
 
 
-def read_file(path: str, *, limit: int, folder: Folder | None = None,
-              what: str = "file") -> bytes:
+def read_file(path: str, *, limit: int, folder: Folder | None = None, what: str = "file") -> bytes:
     """The bytes of regular file `path` (a name in `folder`, or any path), at most `limit`:
     a larger file is refused (RunDirError naming it, its size and the bound) before it is
     read; a link is refused, not followed."""
@@ -279,9 +297,11 @@ def read_file(path: str, *, limit: int, folder: Folder | None = None,
     try:
         size = os.fstat(fd).st_size
         if size > limit:
-            raise RunDirError(f"{shown} holds {_size(size)}, more than the {_size(limit)} a "
-                              f"{what} can hold: it is not one fnn wrote (or it was damaged); "
-                              "restore or remove it")
+            raise RunDirError(
+                f"{shown} holds {_size(size)}, more than the {_size(limit)} a "
+                f"{what} can hold: it is not one fnn wrote (or it was damaged); "
+                "restore or remove it"
+            )
         parts, got = [], 0
         while got <= limit:
             chunk = os.read(fd, min(CHUNK, limit + 1 - got))
@@ -290,8 +310,9 @@ def read_file(path: str, *, limit: int, folder: Folder | None = None,
             parts.append(chunk)
             got += len(chunk)
         if got > limit:
-            raise RunDirError(f"{shown} grew past the {_size(limit)} a {what} can hold while "
-                              "it was read")
+            raise RunDirError(
+                f"{shown} grew past the {_size(limit)} a {what} can hold while it was read"
+            )
         return b"".join(parts)
     finally:
         os.close(fd)

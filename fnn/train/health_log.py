@@ -16,11 +16,15 @@ from fnn.train.files import RunDirError, write_file
 from fnn.train.plot import png_bytes
 
 FILE, PLOT = "diagnostics.jsonl", "diagnostics.png"
-LABELS = {"grad_norm": "gradient norm", "update_ratio": "update / parameter norm",
-          "custom_vs_builtin": "custom vs built-in gradient (rel. error)",
-          "alignment": "angle to the true gradient (degrees)",
-          "dead_relu": "dead ReLU units (fraction)",
-          "saturated": "saturated sigmoid/tanh outputs (fraction)", "loss": "batch loss"}
+LABELS = {
+    "grad_norm": "gradient norm",
+    "update_ratio": "update / parameter norm",
+    "custom_vs_builtin": "custom vs built-in gradient (rel. error)",
+    "alignment": "angle to the true gradient (degrees)",
+    "dead_relu": "dead ReLU units (fraction)",
+    "saturated": "saturated sigmoid/tanh outputs (fraction)",
+    "loss": "batch loss",
+}
 
 
 def read_rows(path: str, log=None, *, folder=None) -> list[dict]:
@@ -41,9 +45,13 @@ def check_row(row: dict, i: int, path: str) -> dict:
     """`row` (record i of diagnostics.jsonl at `path`) if its fields have their types: step
     and epoch integers >= 0, loss a number, each metric a map of layer names to numbers;
     RunDirError naming the record and the field otherwise."""
+
     def bad(field, want):
-        return RunDirError(f"{path}: record {i}: field {field!r} must be {want}, got "
-                           f"{str(row.get(field))[:60]}; fix or delete that line")
+        return RunDirError(
+            f"{path}: record {i}: field {field!r} must be {want}, got "
+            f"{str(row.get(field))[:60]}; fix or delete that line"
+        )
+
     for field in ("step", "epoch"):
         v = row.get(field)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -52,8 +60,9 @@ def check_row(row: dict, i: int, path: str) -> dict:
         raise bad("loss", "a number")
     for metric in METRICS:
         v = row.get(metric, {})
-        if not isinstance(v, dict) or not all(isinstance(k, str) and _number(x)
-                                              for k, x in v.items()):
+        if not isinstance(v, dict) or not all(
+            isinstance(k, str) and _number(x) for k, x in v.items()
+        ):
             raise bad(metric, "a map of layer names to numbers")
     return row
 
@@ -105,20 +114,26 @@ def _span(values: dict, fmt: str) -> str:
 
 def summarize(row: dict, dtype: str = "float32") -> str:
     """One line: the range over layers of each metric, and a warning on gradient drift."""
-    line = (f"  health @ step {row['step']}: grad norm {_span(row['grad_norm'], '.3g')}  "
-            f"update/param {_span(row['update_ratio'], '.1e')}  "
-            f"dead relu {_span(row['dead_relu'], '.2f')}  "
-            f"saturated {_span(row['saturated'], '.2f')}  "
-            f"custom~built-in {_span(row['custom_vs_builtin'], '.1e')}")
+    line = (
+        f"  health @ step {row['step']}: grad norm {_span(row['grad_norm'], '.3g')}  "
+        f"update/param {_span(row['update_ratio'], '.1e')}  "
+        f"dead relu {_span(row['dead_relu'], '.2f')}  "
+        f"saturated {_span(row['saturated'], '.2f')}  "
+        f"custom~built-in {_span(row['custom_vs_builtin'], '.1e')}"
+    )
     if row.get("rules"):  # surrogate rules: a deliberate difference, measured as an angle
-        line += (f"  alignment {_span(row.get('alignment', {}), '.1f')} deg (rules: "
-                 f"{', '.join(row['rules'])})")
+        line += (
+            f"  alignment {_span(row.get('alignment', {}), '.1f')} deg (rules: "
+            f"{', '.join(row['rules'])})"
+        )
         return line
     tol = tolerance("model", dtype)
     drift = [k for k, v in row["custom_vs_builtin"].items() if not v <= tol]
     if drift:
-        line += (f"\n  WARNING: hand-written and jax.grad gradients differ (> {tol:g}) in "
-                 f"{', '.join(drift)}: see fnn.locate_divergence")
+        line += (
+            f"\n  WARNING: hand-written and jax.grad gradients differ (> {tol:g}) in "
+            f"{', '.join(drift)}: see fnn.locate_divergence"
+        )
     return line
 
 
@@ -135,21 +150,37 @@ def plot_health(all_rows: list[dict], path: str, title: str = "", *, folder=None
     for ax, metric in zip(axes, METRICS + ("loss",)):
         if metric == "loss":
             ax.plot(steps, [r["loss"] for r in all_rows], marker=".", color="k")
-        layers = [] if metric == "loss" else list(dict.fromkeys(k for r in all_rows
-                                                                for k in r.get(metric, {})))
+        layers = (
+            []
+            if metric == "loss"
+            else list(dict.fromkeys(k for r in all_rows for k in r.get(metric, {})))
+        )
         if metric != "loss" and not layers:
-            ax.text(0.5, 0.5, "no such layers", ha="center", va="center",
-                    transform=ax.transAxes, color="gray")
+            ax.text(
+                0.5,
+                0.5,
+                "no such layers",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="gray",
+            )
         for layer in layers:
-            ax.plot(steps, [r.get(metric, {}).get(layer, np.nan) for r in all_rows], marker=".",
-                    markersize=3, label=layer)
+            ax.plot(
+                steps,
+                [r.get(metric, {}).get(layer, np.nan) for r in all_rows],
+                marker=".",
+                markersize=3,
+                label=layer,
+            )
         if metric in ("grad_norm", "update_ratio", "custom_vs_builtin") and layers:
             ax.set_yscale("log", nonpositive="clip")
         if metric == "update_ratio" and layers:
             ax.axhline(1e-3, color="gray", ls="--", lw=1, label="1e-3 (rule of thumb)")
         if metric == "custom_vs_builtin" and layers:
-            ax.axhline(tolerance("model", "float32"), color="red", ls="--", lw=1,
-                       label="float32 tolerance")
+            ax.axhline(
+                tolerance("model", "float32"), color="red", ls="--", lw=1, label="float32 tolerance"
+            )
         if metric in ("dead_relu", "saturated"):
             ax.set_ylim(-0.03, 1.03)
         ax.set_title(LABELS[metric], fontsize=10)

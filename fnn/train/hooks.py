@@ -128,8 +128,13 @@ class ProgressBar(Hook):
         if self.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=n_steps, desc=f"epoch {ts.epoch + 1}/{self.epochs}",
-                            unit="step", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=n_steps,
+                desc=f"epoch {ts.epoch + 1}/{self.epochs}",
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     def on_progress(self, done):
         if self.bar is not None:
@@ -156,8 +161,11 @@ def format_record(r: dict, epochs: int) -> str:
     if "val_bpc" in r:
         line += f" ({r['val_bpc']:.3f} bits/char)"
     speed = r["steps_per_s"]
-    line += f"  {r['time_s']:.2f}s ({speed:,.0f} steps/s)" if speed >= 10 else \
-        f"  {r['time_s']:.2f}s ({speed:.2f} steps/s)"
+    line += (
+        f"  {r['time_s']:.2f}s ({speed:,.0f} steps/s)"
+        if speed >= 10
+        else f"  {r['time_s']:.2f}s ({speed:.2f} steps/s)"
+    )
     if "compile_s" in r:
         line += f"  compile {r['compile_s']:.2f}s"
     return line
@@ -209,12 +217,15 @@ class EarlyStopping(Hook):
 
     def __init__(self, patience: int, *, min_delta: float = 0.0, history=()):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be a positive integer (epochs), got "
-                             f"{patience!r}")
-        if not (isinstance(min_delta, (int, float)) and math.isfinite(min_delta)
-                and min_delta >= 0):
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got "
-                             f"{min_delta!r}")
+            raise ValueError(
+                f"EarlyStopping: patience must be a positive integer (epochs), got {patience!r}"
+            )
+        if not (
+            isinstance(min_delta, (int, float)) and math.isfinite(min_delta) and min_delta >= 0
+        ):
+            raise ValueError(
+                f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}"
+            )
         self.patience, self.min_delta = patience, float(min_delta)
         self.best, self.best_epoch, self.waited = math.inf, None, 0
         for record in history:
@@ -222,8 +233,10 @@ class EarlyStopping(Hook):
 
     def on_fit_start(self, spec, ts):
         if not spec.has_validation:
-            raise ValueError("early stopping watches the validation loss, but the data has no "
-                             "validation set (x_val is empty): give it one (--val-fraction > 0)")
+            raise ValueError(
+                "early stopping watches the validation loss, but the data has no "
+                "validation set (x_val is empty): give it one (--val-fraction > 0)"
+            )
 
     def _see(self, record: dict) -> None:
         loss = record.get("val_loss")
@@ -237,7 +250,9 @@ class EarlyStopping(Hook):
     def should_stop(self, ts, record):
         self._see(record)
         if self.waited >= self.patience:
-            return (f"early stopping after epoch {record['epoch']}: the validation loss has not "
-                    f"improved for {self.waited} epochs (best {self.best:.4f}, epoch "
-                    f"{self.best_epoch})")
+            return (
+                f"early stopping after epoch {record['epoch']}: the validation loss has not "
+                f"improved for {self.waited} epochs (best {self.best:.4f}, epoch "
+                f"{self.best_epoch})"
+            )
         return None

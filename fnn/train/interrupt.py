@@ -39,8 +39,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         signum: the signal that stopped it (SIGINT for Ctrl-C, or SIGTERM).
     """
 
-    def __init__(self, message: str, state, waited_s: float | None = None,
-                 signum: int = signal.SIGINT):
+    def __init__(
+        self, message: str, state, waited_s: float | None = None, signum: int = signal.SIGINT
+    ):
         super().__init__(message)
         self.state, self.waited_s, self.signum = state, waited_s, signum
 
@@ -59,8 +60,10 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         self.requested, self.at, self.previous, self.signum = False, None, {}, signal.SIGINT
         if threading.current_thread() is threading.main_thread():
-            for signum, default in ((signal.SIGINT, signal.default_int_handler),
-                                    (signal.SIGTERM, signal.SIG_DFL)):
+            for signum, default in (
+                (signal.SIGINT, signal.default_int_handler),
+                (signal.SIGTERM, signal.SIG_DFL),
+            ):
                 if signal.getsignal(signum) is default:
                     self.previous[signum] = signal.signal(signum, self._on_signal)
         return self

@@ -36,8 +36,9 @@ def write(path: str, records: list[dict], *, folder: Folder | None = None) -> No
     write_file(path, _encode(records), folder=folder)
 
 
-def read(path: str, *, folder: Folder | None = None,
-         max_bytes: int = MAX_BYTES) -> tuple[list[dict], str | None]:
+def read(
+    path: str, *, folder: Folder | None = None, max_bytes: int = MAX_BYTES
+) -> tuple[list[dict], str | None]:
     """(records, note): the JSON objects of `path`, one a line ([] if there is no file), and
     a note when its last line is damaged (dropped from the records), else None. A damaged
     line before the last raises RunDirError naming the file and the line."""
@@ -47,8 +48,12 @@ def read(path: str, *, folder: Folder | None = None,
         path = folder.join(os.path.basename(path))
     elif not os.path.lexists(path):
         return [], None
-    data = read_file(os.path.basename(path) if folder is not None else path, folder=folder,
-                     limit=max_bytes, what="JSON-lines file of a run")
+    data = read_file(
+        os.path.basename(path) if folder is not None else path,
+        folder=folder,
+        limit=max_bytes,
+        what="JSON-lines file of a run",
+    )
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the file ends with a newline, as it should
@@ -59,17 +64,24 @@ def read(path: str, *, folder: Folder | None = None,
         except ValueError as e:
             record, error = None, e
         else:
-            error = None if record is None or isinstance(record, dict) else \
-                f"a JSON {type(record).__name__}, not an object"
+            error = (
+                None
+                if record is None or isinstance(record, dict)
+                else f"a JSON {type(record).__name__}, not an object"
+            )
         if record is None and not line.strip():
             continue  # blank line
         if error is None:
             records.append(record)
             continue
         if i == len(lines) - 1:
-            note = (f"{path}: its last line (line {i + 1}, {len(line)} bytes) is damaged "
-                    f"({error}; cut short by a crash or a full disk?); it was dropped")
+            note = (
+                f"{path}: its last line (line {i + 1}, {len(line)} bytes) is damaged "
+                f"({error}; cut short by a crash or a full disk?); it was dropped"
+            )
         else:
-            raise RunDirError(f"{path}: line {i + 1} of {len(lines)} is not a JSON record "
-                              f"({error}): {line[:60]!r}; fix or delete that line")
+            raise RunDirError(
+                f"{path}: line {i + 1} of {len(lines)} is not a JSON record "
+                f"({error}): {line[:60]!r}; fix or delete that line"
+            )
     return records, note

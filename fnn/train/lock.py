@@ -104,26 +104,34 @@ class RunLock:
             try:
                 fcntl.flock(folder.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                message = (self._busy_message(folder) if e.errno in (
-                    errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else
-                    f"cannot lock run directory {self.run_dir} ({e.strerror}); its file system "
-                    "may not support file locks: use a local directory for --out")
+                message = (
+                    self._busy_message(folder)
+                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+                    else f"cannot lock run directory {self.run_dir} ({e.strerror}); its file system "
+                    "may not support file locks: use a local directory for --out"
+                )
                 folder.close()
                 raise RunDirError(message) from None
             if folder.moved() is None:  # the folder locked must still be the one at the path
                 break
             folder.close()
         else:
-            raise RunDirError(f"cannot lock run directory {self.run_dir}: it keeps being "
-                              "removed and recreated")
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            raise RunDirError(
+                f"cannot lock run directory {self.run_dir}: it keeps being removed and recreated"
+            )
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         try:
             folder.refuse_non_file(LOCK_FILE)
             if not self.overwrite and not is_lock_file(folder):
-                raise RunDirError(f"{self.path} is not fnn's lock file (it holds something else "
-                                  f"than the record of a run's process): fnn would overwrite "
-                                  f"it. Remove it, choose another folder, or pass --overwrite")
+                raise RunDirError(
+                    f"{self.path} is not fnn's lock file (it holds something else "
+                    f"than the record of a run's process): fnn would overwrite "
+                    f"it. Remove it, choose another folder, or pass --overwrite"
+                )
             write_file(LOCK_FILE, (json.dumps(me) + "\n").encode(), folder=folder)
         except BaseException:
             folder.close()
@@ -139,20 +147,27 @@ class RunLock:
             time.sleep(0.05)
             holder = _holder(folder)
         pid, host = holder.get("pid"), holder.get("host")
-        who = (f"process {pid} on {host}, started {holder.get('started', '?')}" if pid
-               else "another process")
+        who = (
+            f"process {pid} on {host}, started {holder.get('started', '?')}"
+            if pid
+            else "another process"
+        )
         here = host == socket.gethostname()
         alive = _alive(pid) if here else None
         if alive is False:
-            return (f"run directory {self.run_dir} is locked, but its recorded owner ({who}) "
-                    f"is no longer running: the lock is stale (a process it started still has "
-                    f"{self.run_dir} open, or the file system keeps locks of dead processes). "
-                    f"`fuser -v {self.run_dir}` lists the processes that hold it: stop them and "
-                    f"try again; on a file system that keeps the locks of dead processes, copy "
-                    f"the folder (cp -r {self.run_dir} NEW) and use the copy")
-        return (f"run directory {self.run_dir} is in use by {who}: one run directory takes "
-                f"one process at a time. Wait for it to finish (or stop it), or choose another "
-                f"--out")
+            return (
+                f"run directory {self.run_dir} is locked, but its recorded owner ({who}) "
+                f"is no longer running: the lock is stale (a process it started still has "
+                f"{self.run_dir} open, or the file system keeps locks of dead processes). "
+                f"`fuser -v {self.run_dir}` lists the processes that hold it: stop them and "
+                f"try again; on a file system that keeps the locks of dead processes, copy "
+                f"the folder (cp -r {self.run_dir} NEW) and use the copy"
+            )
+        return (
+            f"run directory {self.run_dir} is in use by {who}: one run directory takes "
+            f"one process at a time. Wait for it to finish (or stop it), or choose another "
+            f"--out"
+        )
 
     def release(self, *, remove: bool = False) -> None:
         """Release the lock; remove=True also deletes the lock file (while still holding the

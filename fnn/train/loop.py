@@ -39,8 +39,14 @@ from fnn.train.distributed import agree_stop
 from fnn.train.epoch import epoch_batches, make_chunk_runner, make_evaluate
 from fnn.train.hooks import Callback, EpochLog, Hook, ProgressBar, steps_inside
 from fnn.train.interrupt import StopRequest, TrainingInterrupted, interruptible
-from fnn.train.memory import (check_fits, footprint, is_out_of_memory, out_of_memory,
-                              tree_bytes, xla_temp_bytes)
+from fnn.train.memory import (
+    check_fits,
+    footprint,
+    is_out_of_memory,
+    out_of_memory,
+    tree_bytes,
+    xla_temp_bytes,
+)
 from fnn.train.nancheck import NanReplay
 from fnn.train.spec import TrainSpec
 from fnn.train.state import TrainState
@@ -52,9 +58,17 @@ HOOK_OPTIONS = ("progress", "log", "callback", "diagnostics", "check_nans")  # f
 # that make hooks (standard_hooks); its other keywords are the TrainSpec's
 
 
-def fit(spec, optimizer=None, data=None, *, epochs: int, hooks: Sequence[Hook] = (),
-        start: TrainState | None = None, chunk_seconds: float | None = CHUNK_SECONDS,
-        **options):
+def fit(
+    spec,
+    optimizer=None,
+    data=None,
+    *,
+    epochs: int,
+    hooks: Sequence[Hook] = (),
+    start: TrainState | None = None,
+    chunk_seconds: float | None = CHUNK_SECONDS,
+    **options,
+):
     """Train per `spec` (a fnn.train.TrainSpec) for `epochs` epochs.
 
     Epochs count in total, counting those of `start`. The epoch records are {epoch, step,
@@ -102,10 +116,12 @@ def fit(spec, optimizer=None, data=None, *, epochs: int, hooks: Sequence[Hook] =
         OutOfMemoryError: the run does not fit in the device's memory.
     """
     check_positive_int("epochs", epochs)
-    if chunk_seconds is not None and not (isinstance(chunk_seconds, (int, float))
-                                          and 0 <= chunk_seconds < float("inf")):
-        raise ValueError(f"chunk_seconds must be a finite number >= 0 or None, "
-                         f"got {chunk_seconds!r}")
+    if chunk_seconds is not None and not (
+        isinstance(chunk_seconds, (int, float)) and 0 <= chunk_seconds < float("inf")
+    ):
+        raise ValueError(
+            f"chunk_seconds must be a finite number >= 0 or None, got {chunk_seconds!r}"
+        )
     spec, hooks = _spec_and_hooks(spec, optimizer, data, epochs, hooks, options)
     return _Loop(spec, list(hooks), chunk_seconds).run(start, epochs)
 
@@ -116,24 +132,34 @@ def _spec_and_hooks(spec, optimizer, data, epochs: int, hooks, options: dict):
     `hooks`."""
     if isinstance(spec, TrainSpec):
         if optimizer is not None or data is not None or options:
-            raise TypeError("fit(spec, ...) takes epochs, hooks, start and chunk_seconds; the "
-                            "model, optimizer, data and options are the spec's")
+            raise TypeError(
+                "fit(spec, ...) takes epochs, hooks, start and chunk_seconds; the "
+                "model, optimizer, data and options are the spec's"
+            )
         return spec, hooks
     made = {k: options.pop(k) for k in HOOK_OPTIONS if k in options}
-    return (TrainSpec(spec, optimizer, data, **options),
-            [*standard_hooks(epochs, **made), *hooks])
+    return (TrainSpec(spec, optimizer, data, **options), [*standard_hooks(epochs, **made), *hooks])
 
 
-def standard_hooks(epochs: int, *, progress: bool = False, log=None, callback=None,
-                   diagnostics: int = 0, check_nans: bool = False) -> list[Hook]:
+def standard_hooks(
+    epochs: int,
+    *,
+    progress: bool = False,
+    log=None,
+    callback=None,
+    diagnostics: int = 0,
+    check_nans: bool = False,
+) -> list[Hook]:
     """The hooks of fit's keywords: gradient health every `diagnostics` steps (HealthMonitor),
     the NaN replay (check_nans), a progress bar (on a terminal), the per-epoch log(line), and
     callback(ts, record) after each epoch."""
-    return [*([HealthMonitor(diagnostics)] if diagnostics else []),
-            *([NanReplay()] if check_nans else []),
-            ProgressBar(epochs, progress),
-            *([EpochLog(log, epochs)] if log is not None else []),
-            *([Callback(callback)] if callback is not None else [])]
+    return [
+        *([HealthMonitor(diagnostics)] if diagnostics else []),
+        *([NanReplay()] if check_nans else []),
+        ProgressBar(epochs, progress),
+        *([EpochLog(log, epochs)] if log is not None else []),
+        *([Callback(callback)] if callback is not None else []),
+    ]
 
 
 class _Chunks:
@@ -190,14 +216,17 @@ def loop_step(spec: TrainSpec, hooks: Sequence[Hook]):
         *after, metrics = train(params, state, opt_state, batch, key)
         slots = dict(slots)
         for h in watching:
-            value, more = h.in_step(slots.get(h.slot), (params, state, opt_state), tuple(after),
-                                    batch, key)
+            value, more = h.in_step(
+                slots.get(h.slot), (params, state, opt_state), tuple(after), batch, key
+            )
             if h.slot is not None:
                 slots[h.slot] = value
             clash = sorted(set(more) & set(metrics))
             if clash:
-                raise ValueError(f"{type(h).__name__}.in_step: its metrics {clash} clash with "
-                                 "the step's or another hook's")
+                raise ValueError(
+                    f"{type(h).__name__}.in_step: its metrics {clash} clash with "
+                    "the step's or another hook's"
+                )
             metrics = {**metrics, **more}
         if dp is not None:
             after = dp.constrain_carry(*after)
@@ -265,9 +294,14 @@ class _Loop:
         n, bs = len(data.x_train), spec.batch_size
         self.draw = jax.jit(lambda key: epoch_batches(key, n, bs, spec.n_steps))
         self.evaluate = make_evaluate(spec.model, loss=spec.loss, batch_size=spec.eval_batch_size)
-        self.fp = footprint(spec.model, ts, data.input_shape, bs,
-                            tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)),
-                            devices=1 if spec.dp is None else spec.dp.size)
+        self.fp = footprint(
+            spec.model,
+            ts,
+            data.input_shape,
+            bs,
+            tree_bytes((data.x_train, data.y_train, data.x_val, data.y_val)),
+            devices=1 if spec.dp is None else spec.dp.size,
+        )
 
     def _epochs(self, ts: TrainState, epochs: int):
         history = []
@@ -288,19 +322,34 @@ class _Loop:
         order, keys = self.draw(key)
         p0 = ts.position
         if p0 and not np.array_equal(np.asarray(order), np.asarray(ts.partial["order"])):
-            raise ValueError(f"start: saved at step {p0} of epoch {e + 1}, but that epoch's batch "
-                             "order is not the one it was drawn with: the training data "
-                             "changed since the state was saved (other files, --limit or "
-                             "--val-fraction?)")
+            raise ValueError(
+                f"start: saved at step {p0} of epoch {e + 1}, but that epoch's batch "
+                "order is not the one it was drawn with: the training data "
+                "changed since the state was saved (other files, --limit or "
+                "--val-fraction?)"
+            )
         record = {"epoch": e + 1}
-        carry = (ts.params, ts.state, ts.opt_state,
-                 {h.slot: h.init_carry(ts) for h in self.slotted})
+        carry = (
+            ts.params,
+            ts.state,
+            ts.opt_state,
+            {h.slot: h.init_carry(ts) for h in self.slotted},
+        )
         if self.step is None:  # the one trace of the step: it sizes the metric buffers
-            self.step, out = trace_once(loop_step(spec, self.hooks), carry, self._batch(),
-                                        jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype))
+            self.step, out = trace_once(
+                loop_step(spec, self.hooks),
+                carry,
+                self._batch(),
+                jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype),
+            )
             self.metrics = out[1]
-        buffers = _fill(self.place(jax.tree_util.tree_map(
-            lambda s: jnp.zeros((n, *s.shape), s.dtype), self.metrics)), ts.partial, p0)
+        buffers = _fill(
+            self.place(
+                jax.tree_util.tree_map(lambda s: jnp.zeros((n, *s.shape), s.dtype), self.metrics)
+            ),
+            ts.partial,
+            p0,
+        )
         if self.compiled is None:
             record["compile_s"] = self._compile(ts, carry, buffers, order, keys)
         for h in self.hooks:
@@ -329,17 +378,20 @@ class _Loop:
         lowered = runner.lower(carry, buffers, self.x, self.y, order, keys, zero, zero)
         options = remat_compiler_options() if spec.remat or uses_remat(spec.model) else None
         if spec.processes == 1:
-            tick = ({"tick": lambda s: [h.on_compiling(s) for h in self.listeners]}
-                    if self.listeners else {})
+            tick = (
+                {"tick": lambda s: [h.on_compiling(s) for h in self.listeners]}
+                if self.listeners
+                else {}
+            )
             ready, self.compiled = interruptible(
-                lambda: lowered.compile(compiler_options=options), self.stop, **tick)
+                lambda: lowered.compile(compiler_options=options), self.stop, **tick
+            )
         else:  # every process compiles; a stop request waits for the first chunk's start
             ready, self.compiled = True, lowered.compile(compiler_options=options)
         if not ready:  # Ctrl-C while XLA compiles
             self._interrupted(self._midway(ts, carry, buffers, order, ts.position))
         self.fp.xla_temp = xla_temp_bytes(self.compiled)
-        check_fits(self.fp, min({s.device for s in self.x.addressable_shards},
-                                key=lambda d: d.id))
+        check_fits(self.fp, min({s.device for s in self.x.addressable_shards}, key=lambda d: d.id))
         return time.perf_counter() - t0
 
     def _chunks(self, carry, buffers, order, keys, done: int):
@@ -354,8 +406,16 @@ class _Loop:
                     self.stop.request()
                     break
                 t0 = time.perf_counter()
-                carry, buffers = self.compiled(carry, buffers, self.x, self.y, order, keys,
-                                               jnp.int32(done), jnp.int32(done + k))
+                carry, buffers = self.compiled(
+                    carry,
+                    buffers,
+                    self.x,
+                    self.y,
+                    order,
+                    keys,
+                    jnp.int32(done),
+                    jnp.int32(done + k),
+                )
                 jax.block_until_ready(buffers)
                 dt = time.perf_counter() - t0
                 run_s += dt
@@ -388,15 +448,20 @@ class _Loop:
                 record["val_acc"] = float(val["accuracy"])
         if spec.schedule is not None:
             record["lr"] = float(spec.schedule(ts.step))
-        record.update(time_s=run_s, steps_per_s=ran / run_s if run_s else 0.0,
-                      examples_per_s=ran * spec.batch_size / run_s if run_s else 0.0)
+        record.update(
+            time_s=run_s,
+            steps_per_s=ran / run_s if run_s else 0.0,
+            examples_per_s=ran * spec.batch_size / run_s if run_s else 0.0,
+        )
         for h in self.hooks:
             h.on_metrics(metrics, record)
         if not np.isfinite(record["train_loss"]):
-            raise FloatingPointError(f"training diverged at epoch {ts.epoch}: the loss is "
-                                     f"{record['train_loss']} (try a smaller learning rate; "
-                                     "fit(..., check_nans=True) or `train --check-nans` names "
-                                     "the gate that made it)")
+            raise FloatingPointError(
+                f"training diverged at epoch {ts.epoch}: the loss is "
+                f"{record['train_loss']} (try a smaller learning rate; "
+                "fit(..., check_nans=True) or `train --check-nans` names "
+                "the gate that made it)"
+            )
         reasons = [r for r in (h.should_stop(ts, record) for h in self.hooks) if r]
         if agree_stop(bool(reasons))[0]:  # several processes: one's stop is every one's
             record["stopped"] = "; ".join(reasons) or "another process's hook ended training"
@@ -410,16 +475,26 @@ class _Loop:
         partial = None
         if done:
             metrics = jax.device_get(buffers)
-            partial = {"order": np.asarray(order),
-                       "metrics": {k: np.asarray(v)[:done] for k, v in _flat(metrics).items()}}
-        return TrainState(params, state, opt_state, ts.key, ts.epoch,
-                          ts.step + done - ts.position, done, partial)
+            partial = {
+                "order": np.asarray(order),
+                "metrics": {k: np.asarray(v)[:done] for k, v in _flat(metrics).items()},
+            }
+        return TrainState(
+            params, state, opt_state, ts.key, ts.epoch, ts.step + done - ts.position, done, partial
+        )
 
     def _interrupted(self, ts: TrainState):
         """Hand the hooks the state training stopped at and raise TrainingInterrupted."""
         for h in self.hooks:
             h.on_interrupt(ts)
-        where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
-                 else f"after epoch {ts.epoch}")
-        raise TrainingInterrupted(f"training interrupted {where} (optimizer step {ts.step})", ts,
-                                  self.stop.waited(), self.stop.signum)
+        where = (
+            f"at step {ts.position} of epoch {ts.epoch + 1}"
+            if ts.position
+            else f"after epoch {ts.epoch}"
+        )
+        raise TrainingInterrupted(
+            f"training interrupted {where} (optimizer step {ts.step})",
+            ts,
+            self.stop.waited(),
+            self.stop.signum,
+        )

@@ -22,11 +22,13 @@ import numpy as np
 
 from fnn.errors import FnnError
 
-REMEDIES = ("a smaller --batch-size (batch_size=; activations grow with it), a smaller model "
-            "(--hidden, --channels), fewer examples on the device (--limit), or data parallel "
-            "--devices N on a machine with several devices (each holds 1/N of a batch), with "
-            "--shard params when the parameters and optimizer state are what does not fit "
-            "(each device then holds about 1/N of them)")
+REMEDIES = (
+    "a smaller --batch-size (batch_size=; activations grow with it), a smaller model "
+    "(--hidden, --channels), fewer examples on the device (--limit), or data parallel "
+    "--devices N on a machine with several devices (each holds 1/N of a batch), with "
+    "--shard params when the parameters and optimizer state are what does not fit "
+    "(each device then holds about 1/N of them)"
+)
 
 
 class OutOfMemoryError(FnnError, MemoryError):
@@ -65,8 +67,15 @@ def activation_bytes(model, params, state, input_shape, batch_size: int) -> int:
         def observe(path, layer, y):
             if not layer.children:
                 outs.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
-        y, _ = model.apply(params, state, x, key=jax.random.PRNGKey(0), train=True,
-                           observe=observe if model.children else None)
+
+        y, _ = model.apply(
+            params,
+            state,
+            x,
+            key=jax.random.PRNGKey(0),
+            train=True,
+            observe=observe if model.children else None,
+        )
         return y
 
     x = jax.ShapeDtypeStruct((1, *input_shape), np.float32)
@@ -112,10 +121,14 @@ class Footprint:
 
     def describe(self) -> str:
         share = "" if self.devices == 1 else f" (its {self.batch_size // self.devices} examples)"
-        parts = [f"parameters {_size(self.params)}", f"optimizer state {_size(self.opt_state)}",
-                 f"model state {_size(self.state)}", f"training data {_size(self.data)}",
-                 f"activations of one batch of {self.batch_size}{share} "
-                 f"{_size(self.activations)} (about twice that with their gradients)"]
+        parts = [
+            f"parameters {_size(self.params)}",
+            f"optimizer state {_size(self.opt_state)}",
+            f"model state {_size(self.state)}",
+            f"training data {_size(self.data)}",
+            f"activations of one batch of {self.batch_size}{share} "
+            f"{_size(self.activations)} (about twice that with their gradients)",
+        ]
         if self.xla_temp:
             parts.append(f"XLA's working memory for the compiled steps {_size(self.xla_temp)}")
         text = ", ".join(parts)
@@ -129,22 +142,32 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def footprint(model, ts, input_shape, batch_size: int, data_bytes: int,
-              compiled=None, devices: int = 1) -> Footprint:
+def footprint(
+    model, ts, input_shape, batch_size: int, data_bytes: int, compiled=None, devices: int = 1
+) -> Footprint:
     """The Footprint of training `ts` (a TrainState) on batches of `batch_size`; devices > 1:
     data parallel over that many devices, each figure one device's (ts placed as it trains:
     split leaves counted by their slice; data_bytes is what each device holds)."""
     temp = xla_temp_bytes(compiled) if compiled is not None else None
     one = devices > 1
-    params, state = (jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
-                     for t in (ts.params, ts.state))  # shapes: the arrays may be donated since
+    params, state = (
+        jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
+        for t in (ts.params, ts.state)
+    )  # shapes: the arrays may be donated since
 
     def activations() -> int:
         return activation_bytes(model, params, state, input_shape, max(1, batch_size // devices))
 
-    return Footprint(tree_bytes(ts.params, one), tree_bytes(ts.opt_state, one),
-                     tree_bytes(ts.state, one), data_bytes, activations, batch_size, temp,
-                     devices)
+    return Footprint(
+        tree_bytes(ts.params, one),
+        tree_bytes(ts.opt_state, one),
+        tree_bytes(ts.state, one),
+        data_bytes,
+        activations,
+        batch_size,
+        temp,
+        devices,
+    )
 
 
 def xla_temp_bytes(compiled) -> int | None:
@@ -205,7 +228,8 @@ def check_fits(fp: Footprint, device) -> None:
         raise OutOfMemoryError(
             f"this training run does not fit in memory: a step needs about "
             f"{_size(fp.working)} of working memory but the {what} is {_size(free)} "
-            f"({fp.describe()}). Reduce it with {REMEDIES}")
+            f"({fp.describe()}). Reduce it with {REMEDIES}"
+        )
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -221,27 +245,35 @@ def out_of_memory(error: BaseException, fp: Footprint | None, where: str) -> Out
     """The OutOfMemoryError explaining XLA's RESOURCE_EXHAUSTED `error` met in `where`."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else "RESOURCE_EXHAUSTED"
     sizes = f" The run needs {fp.describe()}." if fp is not None else ""
-    return OutOfMemoryError(f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
-                            f"with {REMEDIES}; the last checkpoint, if any, is unchanged")
+    return OutOfMemoryError(
+        f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
+        f"with {REMEDIES}; the last checkpoint, if any, is unchanged"
+    )
 
 
-def init_out_of_memory(error: BaseException, model, optimizer, input_shape, where: str
-                       ) -> OutOfMemoryError:
+def init_out_of_memory(
+    error: BaseException, model, optimizer, input_shape, where: str
+) -> OutOfMemoryError:
     """The OutOfMemoryError of XLA's RESOURCE_EXHAUSTED `error` while the training state of
     `model` and `optimizer` was made (`where`): with the sizes of its parameters and optimizer
     state (from shapes alone)."""
     from fnn.train.state import init_train_state
 
     try:
+
         def make():
             ts = init_train_state(model, optimizer, tuple(input_shape), 0)
             return ts.params, ts.opt_state, ts.state
 
         params, opt_state, state = jax.eval_shape(make)
-        sizes = (f" The run needs parameters {_size(tree_bytes(params))}, optimizer state "
-                 f"{_size(tree_bytes(opt_state))} and model state {_size(tree_bytes(state))}.")
+        sizes = (
+            f" The run needs parameters {_size(tree_bytes(params))}, optimizer state "
+            f"{_size(tree_bytes(opt_state))} and model state {_size(tree_bytes(state))}."
+        )
     except Exception:  # no sizes: the message without them
         sizes = ""
     first = str(error).strip().splitlines()[0] if str(error).strip() else "RESOURCE_EXHAUSTED"
-    return OutOfMemoryError(f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
-                            f"with {REMEDIES}; the last checkpoint, if any, is unchanged")
+    return OutOfMemoryError(
+        f"out of memory {where} (XLA: {first[:200]}).{sizes} Reduce it "
+        f"with {REMEDIES}; the last checkpoint, if any, is unchanged"
+    )

@@ -25,23 +25,32 @@ from fnn.train.step import make_train_step
 
 @jax.jit
 def _all_finite(tree):
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(a.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(a))
+        for a in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(a.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def epoch_is_finite(losses, params, state=None) -> bool:
     """Every step's loss, every parameter and every leaf of the model state (BatchNorm
     statistics) after the epoch is finite."""
-    return (bool(np.all(np.isfinite(np.asarray(losses)))) and bool(_all_finite(params))
-            and (state is None or bool(_all_finite(state))))
+    return (
+        bool(np.all(np.isfinite(np.asarray(losses))))
+        and bool(_all_finite(params))
+        and (state is None or bool(_all_finite(state)))
+    )
 
 
 def _nonfinite_leaves(tree, prefix: str = "params") -> list[str]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [path_name(path, prefix) for path, leaf in leaves
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-            and not bool(np.all(np.isfinite(np.asarray(leaf))))]
+    return [
+        path_name(path, prefix)
+        for path, leaf in leaves
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+        and not bool(np.all(np.isfinite(np.asarray(leaf))))
+    ]
 
 
 def _run_steps(step, carry, x, y, order, keys):
@@ -51,10 +60,25 @@ def _run_steps(step, carry, x, y, order, keys):
     return jax.jit(lambda c, o, k: scan_steps(step, c, x, y, o, k)[0])(carry, order, keys)
 
 
-def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, losses,
-                    epoch: int, step0: int, loss: str = "softmax_cross_entropy",
-                    grad: str = "custom", l2: float = 0.0, position: int = 0,
-                    state_nonfinite=None, rules=None) -> NanOriginError:
+def find_nan_origin(
+    model,
+    optimizer,
+    start,
+    x,
+    y,
+    key,
+    *,
+    batch_size: int,
+    losses,
+    epoch: int,
+    step0: int,
+    loss: str = "softmax_cross_entropy",
+    grad: str = "custom",
+    l2: float = 0.0,
+    position: int = 0,
+    state_nonfinite=None,
+    rules=None,
+) -> NanOriginError:
     """Replay an epoch and name the origin of its first non-finite loss.
 
     The epoch began at `start` (params, state, opt_state) with PRNG `key`; a non-finite loss at
@@ -92,26 +116,37 @@ def find_nan_origin(model, optimizer, start, x, y, key, *, batch_size: int, loss
     order, keys = epoch_batches(key, x.shape[0], batch_size)
     lo = max(position, first - 1)
     head = _what(losses, first, epoch, step0, grad)
-    carry = _run_steps(make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False,
-                                       rules=rules),
-                       (params, state, opt_state), x, y, order[position:lo], keys[position:lo])
-    eager = make_train_step(model, optimizer, loss=loss, grad="custom", l2=l2, jit=False,
-                            rules=rules)
-    return _replay_eagerly(eager, carry, (x, y), order, keys,
-                           range(lo, min(first + 1, len(order))), head, step0)
+    carry = _run_steps(
+        make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False, rules=rules),
+        (params, state, opt_state),
+        x,
+        y,
+        order[position:lo],
+        keys[position:lo],
+    )
+    eager = make_train_step(
+        model, optimizer, loss=loss, grad="custom", l2=l2, jit=False, rules=rules
+    )
+    return _replay_eagerly(
+        eager, carry, (x, y), order, keys, range(lo, min(first + 1, len(order))), head, step0
+    )
 
 
 def _first_nonfinite(losses, state_nonfinite, position: int) -> int:
     """The first step from `position` on whose loss or model state is non-finite;
     len(losses) where there is none (the parameters or state after the last step)."""
-    state_bad = (np.zeros(len(losses), bool) if state_nonfinite is None
-                 else np.asarray(state_nonfinite, bool))
+    state_bad = (
+        np.zeros(len(losses), bool)
+        if state_nonfinite is None
+        else np.asarray(state_nonfinite, bool)
+    )
     bad = np.flatnonzero((~np.isfinite(losses) | state_bad)[position:])
     return position + int(bad[0]) if bad.size else len(losses)
 
 
-def _replay_eagerly(eager, carry, data, order, keys, steps: range, head: str,
-                    step0: int) -> NanOriginError:
+def _replay_eagerly(
+    eager, carry, data, order, keys, steps: range, head: str, step0: int
+) -> NanOriginError:
     """The epoch's `steps` replayed by the `eager` train step from `carry` (params, state,
     opt_state before the first of them), one gate at a time under fnn.debug_nans: the error
     naming the first gate or update that makes a NaN/inf (or the parameters already
@@ -124,18 +159,26 @@ def _replay_eagerly(eager, carry, data, order, keys, steps: range, head: str,
                 return NanOriginError(
                     f"{head}. The parameters were already non-finite before step {i + 1} of the "
                     f"epoch ({', '.join(bad_params[:6])}): the NaN came from an earlier update",
-                    gate=None, phase="before the epoch", site="?")
+                    gate=None,
+                    phase="before the epoch",
+                    site="?",
+                )
         batch = (x[order[i]], y[order[i]])
         try:
             with debug_nans():
                 new_params, new_state, new_opt, metrics = eager(*carry, batch, keys[i])
         except NanOriginError as e:
-            err = NanOriginError(f"{head}; replayed eagerly, step {i + 1} of the epoch: {e}",
-                                 gate=e.gate, phase=e.phase, site=e.site)
+            err = NanOriginError(
+                f"{head}; replayed eagerly, step {i + 1} of the epoch: {e}",
+                gate=e.gate,
+                phase=e.phase,
+                site=e.site,
+            )
             err.step = step0 + i + 1
             return err
-        err = _after_gates(f"{head}; replayed eagerly, step {i + 1} of the epoch", new_params,
-                           new_state)
+        err = _after_gates(
+            f"{head}; replayed eagerly, step {i + 1} of the epoch", new_params, new_state
+        )
         if err is not None:
             err.step = step0 + i + 1
             return err
@@ -143,14 +186,20 @@ def _replay_eagerly(eager, carry, data, order, keys, steps: range, head: str,
     return NanOriginError(
         f"{head}, but replaying it eagerly gave finite values: the NaN may depend on XLA's "
         "compiled arithmetic (fusion, reduction order) or on grad=builtin's derivatives",
-        gate=None, phase="not reproduced", site="?")
+        gate=None,
+        phase="not reproduced",
+        site="?",
+    )
 
 
 def _what(losses, first: int, epoch: int, step0: int, grad: str) -> str:
     """What went non-finite, and where: the head of find_nan_origin's message (step `first`
     of the epoch, len(losses): after its last step; step0: optimizer steps before its step 1)."""
-    where = (f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
-             if first < len(losses) else f"epoch {epoch}, after its last step")
+    where = (
+        f"epoch {epoch}, step {first + 1} of the epoch (optimizer step {step0 + first + 1})"
+        if first < len(losses)
+        else f"epoch {epoch}, after its last step"
+    )
     if first < len(losses) and np.isfinite(losses[first]):
         head = f"the model state (BatchNorm statistics) became non-finite at {where}"
     else:
@@ -170,14 +219,21 @@ def _after_gates(head: str, new_params, new_state) -> NanOriginError | None:
             f"{head}: every gate's forward and VJP stayed finite, but the model state (running "
             f"statistics) became non-finite: {', '.join(bad_state[:6])} (a BatchNorm layer saw "
             "inputs too large for its dtype: lower --lr, clip with --clip, or normalize the "
-            "inputs)", gate=None, phase="model state update", site="?")
+            "inputs)",
+            gate=None,
+            phase="model state update",
+            site="?",
+        )
     bad_params = _nonfinite_leaves(new_params)
     if bad_params:
         return NanOriginError(
             f"{head}: every gate's forward and VJP stayed finite, but the optimizer update made "
             f"{', '.join(bad_params[:6])} non-finite (the learning rate is too large or the "
-            "gradients overflow: lower --lr, or clip them with --clip)", gate=None,
-            phase="optimizer update", site="?")
+            "gradients overflow: lower --lr, or clip them with --clip)",
+            gate=None,
+            phase="optimizer update",
+            site="?",
+        )
     return None
 
 
@@ -204,12 +260,23 @@ class NanReplay(Hook):
     def on_metrics(self, metrics, record):
         state_bad = np.asarray(metrics[STATE_FLAG])
         (before, params, losses, key), self.pending = self.pending, None
-        if not epoch_is_finite(losses, params) or state_bad[before.position:].any():
+        if not epoch_is_finite(losses, params) or state_bad[before.position :].any():
             spec = self.spec
-            raise find_nan_origin(spec.model, spec.optimizer,
-                                  (before.params, before.state, before.opt_state),
-                                  spec.data.x_train, spec.data.y_train, key, losses=losses,
-                                  epoch=before.epoch + 1, step0=before.step,
-                                  position=before.position, state_nonfinite=state_bad,
-                                  batch_size=spec.batch_size, loss=spec.loss, grad=spec.grad,
-                                  l2=spec.l2, rules=spec.rules)
+            raise find_nan_origin(
+                spec.model,
+                spec.optimizer,
+                (before.params, before.state, before.opt_state),
+                spec.data.x_train,
+                spec.data.y_train,
+                key,
+                losses=losses,
+                epoch=before.epoch + 1,
+                step0=before.step,
+                position=before.position,
+                state_nonfinite=state_bad,
+                batch_size=spec.batch_size,
+                loss=spec.loss,
+                grad=spec.grad,
+                l2=spec.l2,
+                rules=spec.rules,
+            )

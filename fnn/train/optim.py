@@ -1,11 +1,11 @@
 """Optimizers (from optax) and learning-rate schedules by name.
 
-    optimizers  sgd, momentum (heavy ball, 0.9), nesterov, adam, adamw, rmsprop
-    schedules   constant; cosine (decays to 0 over the whole run); step (x `decay` every
-                `step_every` steps, by default at 1/3 and 2/3 of the run)
-    weight decay  decoupled for adamw; for the others added to the gradient (L2 regularization),
-                applied to weight matrices and kernels only (ndim >= 2), never to biases or norms
-    clip        gradient clipping by global norm, before everything else
+optimizers  sgd, momentum (heavy ball, 0.9), nesterov, adam, adamw, rmsprop
+schedules   constant; cosine (decays to 0 over the whole run); step (x `decay` every
+            `step_every` steps, by default at 1/3 and 2/3 of the run)
+weight decay  decoupled for adamw; for the others added to the gradient (L2 regularization),
+            applied to weight matrices and kernels only (ndim >= 2), never to biases or norms
+clip        gradient clipping by global norm, before everything else
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ SCHEDULES = ("constant", "cosine", "step")
 """The learning-rate schedules (`schedule=`, `--schedule`)."""
 
 
-def make_schedule(name: str = "constant", lr: float = 1e-3, *, total_steps: int | None = None,
-                  step_every: int | None = None, decay: float = 0.1) -> Callable:
+def make_schedule(
+    name: str = "constant",
+    lr: float = 1e-3,
+    *,
+    total_steps: int | None = None,
+    step_every: int | None = None,
+    decay: float = 0.1,
+) -> Callable:
     """A schedule `step -> learning rate` by name (see the module docstring).
 
     Args:
@@ -47,8 +53,9 @@ def make_schedule(name: str = "constant", lr: float = 1e-3, *, total_steps: int 
     if name == "cosine":
         return optax.cosine_decay_schedule(lr, decay_steps=total_steps)
     step_every = step_every or max(1, total_steps // 3)
-    return optax.exponential_decay(lr, transition_steps=step_every, decay_rate=decay,
-                                   staircase=True)
+    return optax.exponential_decay(
+        lr, transition_steps=step_every, decay_rate=decay, staircase=True
+    )
 
 
 def _finite_nonneg(v) -> bool:
@@ -63,10 +70,16 @@ def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(name: str = "adam", lr: float | Callable = 1e-3, *, schedule: str = "constant",
-                   total_steps: int | None = None, weight_decay: float = 0.0,
-                   clip: float | None = None,
-                   momentum: float = 0.9) -> optax.GradientTransformation:
+def make_optimizer(
+    name: str = "adam",
+    lr: float | Callable = 1e-3,
+    *,
+    schedule: str = "constant",
+    total_steps: int | None = None,
+    weight_decay: float = 0.0,
+    clip: float | None = None,
+    momentum: float = 0.9,
+) -> optax.GradientTransformation:
     """An optax optimizer by name, with a schedule, weight decay and gradient clipping.
 
     Args:
@@ -92,17 +105,21 @@ def make_optimizer(name: str = "adam", lr: float | Callable = 1e-3, *, schedule:
         if not _finite_nonneg(v) or isinstance(v, bool):
             raise ValueError(f"{what} must be a finite number >= 0, got {v!r}")
     if clip is not None and (not _finite_nonneg(clip) or isinstance(clip, bool)):
-        raise ValueError(f"clip must be a finite number > 0 (the largest global gradient norm) "
-                         f"or None/0 for no clipping, got {clip!r}")
+        raise ValueError(
+            f"clip must be a finite number > 0 (the largest global gradient norm) "
+            f"or None/0 for no clipping, got {clip!r}"
+        )
     rate = lr if callable(lr) else make_schedule(schedule, lr, total_steps=total_steps)
     if name == "adamw":
         opt = optax.adamw(rate, weight_decay=weight_decay, mask=decay_mask)
     else:
-        opt = {"sgd": lambda: optax.sgd(rate),
-               "momentum": lambda: optax.sgd(rate, momentum=momentum),
-               "nesterov": lambda: optax.sgd(rate, momentum=momentum, nesterov=True),
-               "adam": lambda: optax.adam(rate),
-               "rmsprop": lambda: optax.rmsprop(rate)}[name]()
+        opt = {
+            "sgd": lambda: optax.sgd(rate),
+            "momentum": lambda: optax.sgd(rate, momentum=momentum),
+            "nesterov": lambda: optax.sgd(rate, momentum=momentum, nesterov=True),
+            "adam": lambda: optax.adam(rate),
+            "rmsprop": lambda: optax.rmsprop(rate),
+        }[name]()
         if weight_decay:
             opt = optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask), opt)
     if clip:

@@ -59,7 +59,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 BATCH_AXIS = "data"
 FSDP_AXIS = "fsdp"
 SHARD = ("none", "params")  # replicated parameters; parameters and optimizer state sharded
-MIN_SHARD_SIZE = 2 ** 14  # leaves with fewer elements (64 KiB of float32) stay replicated
+MIN_SHARD_SIZE = 2**14  # leaves with fewer elements (64 KiB of float32) stay replicated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +95,11 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int, what: str = "batch size") -> None:
         if batch_size % self.size:
-            raise ValueError(f"{what} {batch_size} is not divisible by the {self.size} devices "
-                             f"it is split across; use a multiple of {self.size} (e.g. "
-                             f"{max(self.size, batch_size // self.size * self.size)})")
+            raise ValueError(
+                f"{what} {batch_size} is not divisible by the {self.size} devices "
+                f"it is split across; use a multiple of {self.size} (e.g. "
+                f"{max(self.size, batch_size // self.size * self.size)})"
+            )
 
     def param_sharding(self, leaf) -> NamedSharding:
         """The sharding of a parameter or optimizer-state leaf (an array or anything with a
@@ -141,9 +143,13 @@ class DataParallel:
     def place_train_state(self, ts):
         """A TrainState on the mesh: params and opt_state per param_sharding, model state and
         key replicated; epoch, step, position and partial kept as they are."""
-        return dataclasses.replace(ts, params=self.place_params(ts.params),
-                                   opt_state=self.place_params(ts.opt_state),
-                                   state=self.replicate(ts.state), key=self.replicate(ts.key))
+        return dataclasses.replace(
+            ts,
+            params=self.place_params(ts.params),
+            opt_state=self.place_params(ts.opt_state),
+            state=self.replicate(ts.state),
+            key=self.replicate(ts.key),
+        )
 
     def replicate(self, tree):
         """Every leaf of `tree` as a global array with a full copy on each device."""
@@ -156,15 +162,18 @@ class DataParallel:
     def __repr__(self):
         kinds = sorted({d.platform for d in self.mesh.devices.flat})
         sharded = ", parameters sharded" if self.shard_params else ""
-        return (f"DataParallel({self.size} {'/'.join(kinds)} devices, mesh "
-                f"{dict(self.mesh.shape)}{sharded})")
+        return (
+            f"DataParallel({self.size} {'/'.join(kinds)} devices, mesh "
+            f"{dict(self.mesh.shape)}{sharded})"
+        )
 
 
 def _place(a, sharding: NamedSharding):
     if isinstance(a, jax.Array) and a.sharding == sharding:
         return a
-    if isinstance(a, jax.Array) and (jax.process_count() == 1 or
-                                     jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)):
+    if isinstance(a, jax.Array) and (
+        jax.process_count() == 1 or jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+    ):
         return jax.device_put(a, sharding)  # resharded on the devices, no trip through the host
     host = np.asarray(a)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -175,19 +184,27 @@ def gather(tree):
     on several hosts) gathered whole into each process (multihost_utils.process_allgather, a
     collective: every process must call it). Other leaves are returned as they are, so with one
     process it changes nothing; np.asarray (a checkpoint) can then read every leaf."""
+
     def one(a):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable \
-                and not a.sharding.is_fully_replicated:
+        if (
+            isinstance(a, jax.Array)
+            and not a.is_fully_addressable
+            and not a.sharding.is_fully_replicated
+        ):
             from jax.experimental import multihost_utils
+
             return multihost_utils.process_allgather(a, tiled=True)
         return a
 
     return jax.tree_util.tree_map(one, tree)
 
 
-def data_parallel(devices: int | Sequence | Mesh | DataParallel | None = None,
-                  shard: str | None = None, *, min_shard_size: int = MIN_SHARD_SIZE,
-                  ) -> DataParallel | None:
+def data_parallel(
+    devices: int | Sequence | Mesh | DataParallel | None = None,
+    shard: str | None = None,
+    *,
+    min_shard_size: int = MIN_SHARD_SIZE,
+) -> DataParallel | None:
     """A DataParallel from a device count, a list of devices or a Mesh.
 
     A count: the first N of jax.devices(); a Mesh: the batch is split over all its axes.
@@ -226,19 +243,24 @@ def data_parallel(devices: int | Sequence | Mesh | DataParallel | None = None,
         if n < 1:
             raise ValueError(f"devices must be a positive number of devices, got {n}")
         if n > len(available):
-            raise ValueError(f"devices={n} but JAX sees {len(available)} device(s) "
-                             f"({available[0].platform}){_more_devices_hint(n)}")
+            raise ValueError(
+                f"devices={n} but JAX sees {len(available)} device(s) "
+                f"({available[0].platform}){_more_devices_hint(n)}"
+            )
         if jax.process_count() > 1 and n != len(available):
-            raise ValueError(f"devices={n}, but a run of {jax.process_count()} processes "
-                             f"trains on every device of every process: "
-                             f"{len(available)} ({jax.local_device_count()} in this one); "
-                             f"leave devices out (--devices) or give {len(available)}")
+            raise ValueError(
+                f"devices={n}, but a run of {jax.process_count()} processes "
+                f"trains on every device of every process: "
+                f"{len(available)} ({jax.local_device_count()} in this one); "
+                f"leave devices out (--devices) or give {len(available)}"
+            )
         chosen = available[:n]
     else:
         chosen = list(devices)
         if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
-            raise TypeError(f"devices must be an int, a list of jax devices or a Mesh, "
-                            f"got {devices!r}")
+            raise TypeError(
+                f"devices must be an int, a list of jax devices or a Mesh, got {devices!r}"
+            )
     axis = FSDP_AXIS if shard == "params" else BATCH_AXIS
     return _sharded(Mesh(np.array(chosen), (axis,)), shard, min_shard_size)
 
@@ -248,16 +270,19 @@ def check_shard(shard) -> str:
     if shard is None:
         return "none"
     if not isinstance(shard, str) or shard not in SHARD:
-        raise ValueError(f"shard must be one of {', '.join(map(repr, SHARD))} (or None), "
-                         f"got {shard!r}")
+        raise ValueError(
+            f"shard must be one of {', '.join(map(repr, SHARD))} (or None), got {shard!r}"
+        )
     return shard
 
 
 def _more_devices_hint(n: int) -> str:
     if jax.devices()[0].platform != "cpu":
         return ""
-    return ("; on CPU, ask XLA for more host devices before JAX starts: "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    return (
+        "; on CPU, ask XLA for more host devices before JAX starts: "
+        f"XLA_FLAGS=--xla_force_host_platform_device_count={n}"
+    )
 
 
 def _sharded(mesh: Mesh, shard: str, min_shard_size: int) -> DataParallel:
@@ -265,20 +290,31 @@ def _sharded(mesh: Mesh, shard: str, min_shard_size: int) -> DataParallel:
     axis of several devices."""
     if shard == "params":
         if FSDP_AXIS not in mesh.axis_names:
-            raise ValueError(f"shard='params' splits parameters along the mesh axis "
-                             f"{FSDP_AXIS!r}, but this mesh has axes {tuple(mesh.axis_names)}: "
-                             f"name one axis {FSDP_AXIS!r}, or pass a device count")
+            raise ValueError(
+                f"shard='params' splits parameters along the mesh axis "
+                f"{FSDP_AXIS!r}, but this mesh has axes {tuple(mesh.axis_names)}: "
+                f"name one axis {FSDP_AXIS!r}, or pass a device count"
+            )
         if mesh.shape[FSDP_AXIS] < 2:
             seen = jax.device_count()
-            hint = (f"; use devices=N (--devices N) with N from 2 to {seen}" if seen > 1
-                    else _more_devices_hint(8))
-            raise ValueError(f"shard='params' splits parameters across several devices, but "
-                             f"the mesh's {FSDP_AXIS!r} axis has {mesh.shape[FSDP_AXIS]} "
-                             f"(JAX sees {seen} {jax.devices()[0].platform} device(s)){hint}")
-    if isinstance(min_shard_size, bool) or not isinstance(min_shard_size, (int, np.integer)) \
-            or min_shard_size < 1:
-        raise ValueError(f"min_shard_size must be a positive number of elements, "
-                         f"got {min_shard_size!r}")
+            hint = (
+                f"; use devices=N (--devices N) with N from 2 to {seen}"
+                if seen > 1
+                else _more_devices_hint(8)
+            )
+            raise ValueError(
+                f"shard='params' splits parameters across several devices, but "
+                f"the mesh's {FSDP_AXIS!r} axis has {mesh.shape[FSDP_AXIS]} "
+                f"(JAX sees {seen} {jax.devices()[0].platform} device(s)){hint}"
+            )
+    if (
+        isinstance(min_shard_size, bool)
+        or not isinstance(min_shard_size, (int, np.integer))
+        or min_shard_size < 1
+    ):
+        raise ValueError(
+            f"min_shard_size must be a positive number of elements, got {min_shard_size!r}"
+        )
     return DataParallel(mesh, shard == "params", int(min_shard_size))
 
 
@@ -306,12 +342,19 @@ def jit_step(step, dp: DataParallel, *, donate: bool = True, compiler_options=No
     rep, bat = dp.replicated, dp.batch
     donate_argnums = (0, 1, 2) if donate else ()
     if dp.shard_params:  # in: as placed below; out: as constrain_batch constrains them
-        compiled = jax.jit(constrain_batch(step, dp), donate_argnums=donate_argnums,
-                           compiler_options=compiler_options)
+        compiled = jax.jit(
+            constrain_batch(step, dp),
+            donate_argnums=donate_argnums,
+            compiler_options=compiler_options,
+        )
     else:
-        compiled = jax.jit(constrain_batch(step, dp), in_shardings=(rep, rep, rep, bat, rep),
-                           out_shardings=rep, donate_argnums=donate_argnums,
-                           compiler_options=compiler_options)
+        compiled = jax.jit(
+            constrain_batch(step, dp),
+            in_shardings=(rep, rep, rep, bat, rep),
+            out_shardings=rep,
+            donate_argnums=donate_argnums,
+            compiler_options=compiler_options,
+        )
 
     def place(params, state, opt_state, batch, key):
         dp.check_batch_size(len(jax.tree_util.tree_leaves(batch)[0]))

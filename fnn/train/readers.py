@@ -29,14 +29,18 @@ class DataError(FnnError, ValueError):
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
-MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 SOURCES = {
     "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/ (the four *-ubyte.gz files "
-             "of http://yann.lecun.com/exdb/mnist/)",
+    "of http://yann.lecun.com/exdb/mnist/)",
     "fashion-mnist": "https://github.com/zalandoresearch/fashion-mnist (data/fashion/*.gz)",
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (the 'binary version'; "
-               "extract it: tar xzf cifar-10-binary.tar.gz)",
+    "extract it: tar xzf cifar-10-binary.tar.gz)",
 }
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR_TEST = "test_batch.bin"
@@ -97,40 +101,50 @@ def read_idx(path: str, hint: str = "") -> np.ndarray:
         stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
         head = bytes(_read_exactly(stream, 4, path, hint))
         if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES:
-            raise DataError(f"{path} is not an IDX file: it should start with bytes 00 00, a type "
-                            f"code (08 for uint8) and the number of dims, found "
-                            f"{head.hex(' ')!r}. {hint}")
+            raise DataError(
+                f"{path} is not an IDX file: it should start with bytes 00 00, a type "
+                f"code (08 for uint8) and the number of dims, found "
+                f"{head.hex(' ')!r}. {hint}"
+            )
         ndim = head[3]
         raw_dims = bytes(_read_exactly(stream, 4 * ndim, path, hint))
         start = 4 + len(raw_dims)
         if len(raw_dims) < 4 * ndim:
-            raise DataError(f"{path}: IDX header announces {ndim} dims but the file ends at "
-                            f"byte {start}. {hint}")
+            raise DataError(
+                f"{path}: IDX header announces {ndim} dims but the file ends at "
+                f"byte {start}. {hint}"
+            )
         dims = struct.unpack(f">{ndim}I", raw_dims)
         dtype = np.dtype(IDX_DTYPES[head[2]])
         need = math.prod(dims) * dtype.itemsize
         if not gz and size - start != need:
-            raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but "
-                            f"the file holds {size - start} bytes after the header: truncated "
-                            f"or corrupt. {hint}")
+            raise DataError(
+                f"{path}: IDX header says shape {dims} ({need} bytes of data) but "
+                f"the file holds {size - start} bytes after the header: truncated "
+                f"or corrupt. {hint}"
+            )
         if gz and need > size * MAX_GZIP_RATIO:
-            raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but "
-                            f"a {size}-byte gzip file decompresses to at most "
-                            f"{size * MAX_GZIP_RATIO} bytes: corrupt. {hint}")
+            raise DataError(
+                f"{path}: IDX header says shape {dims} ({need} bytes of data) but "
+                f"a {size}-byte gzip file decompresses to at most "
+                f"{size * MAX_GZIP_RATIO} bytes: corrupt. {hint}"
+            )
         data = _read_exactly(stream, need, path, hint)
         extra = len(_read_exactly(stream, 1, path, hint)) if len(data) == need else 0
     if len(data) != need or extra:
         got = f"{len(data)}" if not extra else f"more than {need}"
-        raise DataError(f"{path}: IDX header says shape {dims} ({need} bytes of data) but the "
-                        f"file holds {got} bytes after the header: "
-                        f"{'truncated or corrupt' if not extra else 'corrupt or not IDX'}. {hint}")
+        raise DataError(
+            f"{path}: IDX header says shape {dims} ({need} bytes of data) but the "
+            f"file holds {got} bytes after the header: "
+            f"{'truncated or corrupt' if not extra else 'corrupt or not IDX'}. {hint}"
+        )
     array = np.frombuffer(data, dtype).reshape(dims)
     return array if dtype.itemsize == 1 else array.astype(dtype.newbyteorder("="))
 
 
 def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:
     """Path of `name` (or `name`.gz) in data_dir; DataError saying where to get it otherwise."""
-    for candidate in ([name, name + ".gz"] if gz else [name]):
+    for candidate in [name, name + ".gz"] if gz else [name]:
         path = os.path.join(data_dir, candidate)
         if os.path.isfile(path):
             return path
@@ -141,8 +155,10 @@ def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:
         where = f"but {data_dir!r} is a file, not a directory"
     else:
         where = f"directory {data_dir!r} does not exist"
-    raise DataError(f"{dataset}: expected file {name}{alternatives}, {where}. "
-                    f"Get it from {SOURCES[dataset]} and pass its directory as --data-dir.")
+    raise DataError(
+        f"{dataset}: expected file {name}{alternatives}, {where}. "
+        f"Get it from {SOURCES[dataset]} and pass its directory as --data-dir."
+    )
 
 
 def read_mnist(data_dir: str, dataset: str = "mnist") -> dict[str, np.ndarray]:
@@ -165,14 +181,20 @@ def read_mnist(data_dir: str, dataset: str = "mnist") -> dict[str, np.ndarray]:
         labels_path = find_file(data_dir, MNIST_FILES[f"{split}_labels"], dataset)
         images, labels = read_idx(images_path, hint), read_idx(labels_path, hint)
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(f"{images_path}: expected uint8 images of shape (N, rows, cols), got "
-                            f"{images.dtype} {images.shape}. {hint}")
+            raise DataError(
+                f"{images_path}: expected uint8 images of shape (N, rows, cols), got "
+                f"{images.dtype} {images.shape}. {hint}"
+            )
         if labels.ndim != 1 or labels.dtype != np.uint8:
-            raise DataError(f"{labels_path}: expected uint8 labels of shape (N,), got "
-                            f"{labels.dtype} {labels.shape}. {hint}")
+            raise DataError(
+                f"{labels_path}: expected uint8 labels of shape (N,), got "
+                f"{labels.dtype} {labels.shape}. {hint}"
+            )
         if len(images) != len(labels):
-            raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                            f"{len(labels)} labels. {hint}")
+            raise DataError(
+                f"{images_path} holds {len(images)} images but {labels_path} holds "
+                f"{len(labels)} labels. {hint}"
+            )
         if labels.size and labels.max() > 9:
             raise DataError(f"{labels_path}: labels must be 0..9, found {labels.max()}. {hint}")
         out[f"x_{split}"], out[f"y_{split}"] = images, labels
@@ -200,14 +222,18 @@ def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if f.read(2) == GZIP_MAGIC:
-                raise DataError(f"{path} is gzip-compressed; CIFAR-10's binary files are read "
-                                "as extracted from cifar-10-binary.tar.gz (tar xzf "
-                                f"cifar-10-binary.tar.gz), each a plain file. {hint}")
+                raise DataError(
+                    f"{path} is gzip-compressed; CIFAR-10's binary files are read "
+                    "as extracted from cifar-10-binary.tar.gz (tar xzf "
+                    f"cifar-10-binary.tar.gz), each a plain file. {hint}"
+                )
             if not size or size % CIFAR_RECORD:
-                raise DataError(f"{path}: a CIFAR-10 binary file holds records of "
-                                f"{CIFAR_RECORD} bytes (1 label + 3072 pixels), but its size "
-                                f"{size} is not a positive multiple of that: truncated or not "
-                                f"the binary version. {hint}")
+                raise DataError(
+                    f"{path}: a CIFAR-10 binary file holds records of "
+                    f"{CIFAR_RECORD} bytes (1 label + 3072 pixels), but its size "
+                    f"{size} is not a positive multiple of that: truncated or not "
+                    f"the binary version. {hint}"
+                )
             f.seek(0)
             raw = _read_exactly(f, size, path, hint)
     except OSError as e:
@@ -217,8 +243,9 @@ def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     records = np.frombuffer(raw, np.uint8).reshape(-1, CIFAR_RECORD)
     labels = records[:, 0].copy()
     if labels.max() > 9:
-        raise DataError(f"{path}: labels must be 0..9, found {labels.max()}: not a CIFAR-10 "
-                        f"binary file. {hint}")
+        raise DataError(
+            f"{path}: labels must be 0..9, found {labels.max()}: not a CIFAR-10 binary file. {hint}"
+        )
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
@@ -240,5 +267,9 @@ def read_cifar10(data_dir: str) -> dict[str, np.ndarray]:
         data_dir = sub
     train = [read_cifar10_file(find_file(data_dir, n, "cifar10", gz=False)) for n in CIFAR_TRAIN]
     x_test, y_test = read_cifar10_file(find_file(data_dir, CIFAR_TEST, "cifar10", gz=False))
-    return {"x_train": np.concatenate([x for x, _ in train]),
-            "y_train": np.concatenate([y for _, y in train]), "x_test": x_test, "y_test": y_test}
+    return {
+        "x_train": np.concatenate([x for x, _ in train]),
+        "y_train": np.concatenate([y for _, y in train]),
+        "x_test": x_test,
+        "y_test": y_test,
+    }

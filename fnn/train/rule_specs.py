@@ -52,28 +52,33 @@ def parse_rule(spec: str) -> tuple[str, tuple, str, dict]:
         raise RuleSpecError(f"--rule {spec!r}: name a gate before '=' (and layers after '@')")
     if gate.strip() not in gate_names():
         close = sorted(n for n in gate_names() if gate.strip() in n or n in gate.strip())[:6]
-        raise RuleSpecError(f"--rule {spec!r}: no gate is called {gate.strip()!r}"
-                            + (f" (did you mean {', '.join(close)}?)" if close else "")
-                            + "; `python -m fnn gradcheck` lists the gates")
+        raise RuleSpecError(
+            f"--rule {spec!r}: no gate is called {gate.strip()!r}"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + "; `python -m fnn gradcheck` lists the gates"
+        )
     name, _, option_text = rule.strip().partition(":")
     entry = rulebook.LIBRARY_BY_NAME.get(name)
     if entry is not None and entry.refused:
-        raise RuleSpecError(f"--rule {spec!r}: {name} cannot be used in a --rule spec: "
-                            f"{entry.refused}")
+        raise RuleSpecError(
+            f"--rule {spec!r}: {name} cannot be used in a --rule spec: {entry.refused}"
+        )
     if name not in RULES:
-        raise RuleSpecError(f"--rule {spec!r}: unknown rule {name!r}; choose one of "
-                            f"{', '.join(sorted(RULES))}")
+        raise RuleSpecError(
+            f"--rule {spec!r}: unknown rule {name!r}; choose one of {', '.join(sorted(RULES))}"
+        )
     options = {}
     for item in filter(None, option_text.split(",")):
         key, eq, value = item.partition("=")
         if not eq or key not in NUMBERS:
-            raise RuleSpecError(f"--rule {spec!r}: options are NAME=NUMBER with NAME one of "
-                                f"{', '.join(sorted(NUMBERS))}, got {item!r}")
+            raise RuleSpecError(
+                f"--rule {spec!r}: options are NAME=NUMBER with NAME one of "
+                f"{', '.join(sorted(NUMBERS))}, got {item!r}"
+            )
         try:
             options[key] = float(value)
         except ValueError:
-            raise RuleSpecError(f"--rule {spec!r}: {key} must be a number, got {value!r}") \
-                from None
+            raise RuleSpecError(f"--rule {spec!r}: {key} must be a number, got {value!r}") from None
     return gate.strip(), layers, name, options
 
 
@@ -85,8 +90,9 @@ def make_rules(specs, params, seed: int = 0) -> dict | None:
         gate, layers, name, options = parse_rule(spec)
         entry = RULES[name]
         if entry.only and gate not in entry.gates:
-            raise RuleSpecError(f"--rule {spec!r}: {name} is a rule of the "
-                                f"{' or '.join(entry.gates)} gate alone")
+            raise RuleSpecError(
+                f"--rule {spec!r}: {name} is a rule of the {' or '.join(entry.gates)} gate alone"
+            )
         if entry.needs == "feedback":
             rule = _feedback_rule(spec, entry, options, params, seed, layers)
         else:
@@ -97,8 +103,9 @@ def make_rules(specs, params, seed: int = 0) -> dict | None:
             if layers:
                 rule = only(rule, *layers)
         if gate in table:
-            raise RuleSpecError(f"--rule {spec!r}: gate {gate!r} already has a rule; give one "
-                                "--rule per gate")
+            raise RuleSpecError(
+                f"--rule {spec!r}: gate {gate!r} already has a rule; give one --rule per gate"
+            )
         table[gate] = rule
     return table or None
 
@@ -111,8 +118,10 @@ def _feedback_rule(spec, entry, options, params, seed, layers):
     key = jax.random.fold_in(make_key(seed), FEEDBACK_SALT)
     feedback = rulebook.feedback_matrices(key, params, layers=layers or None)
     if not feedback:
-        raise RuleSpecError(f"--rule {spec!r}: the model has no Dense layer"
-                            + (f" named {', '.join(layers)}" if layers else ""))
+        raise RuleSpecError(
+            f"--rule {spec!r}: the model has no Dense layer"
+            + (f" named {', '.join(layers)}" if layers else "")
+        )
     return entry.build(feedback)
 
 
@@ -121,5 +130,7 @@ def check_rules(specs, grad: str) -> None:
     for spec in specs or ():
         parse_rule(spec)
     if specs and grad != "custom":
-        raise RuleSpecError(f"--rule needs --grad custom: jax.grad ({grad!r}) has no "
-                            f"hand-written rules to replace (got {', '.join(specs)})")
+        raise RuleSpecError(
+            f"--rule needs --grad custom: jax.grad ({grad!r}) has no "
+            f"hand-written rules to replace (got {', '.join(specs)})"
+        )

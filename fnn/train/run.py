@@ -63,10 +63,23 @@ import numpy as np
 
 from fnn.nn import build_model, count_params, layer_shapes, summary
 from fnn.train import jsonl
-from fnn.train.checkpoint import (CheckpointError, load_checkpoint, load_train_state,
-                                  read_header, save_train_state, verify_checkpoint)
-from fnn.train.config import (RESUME_MAY_CHANGE, ConfigError, TrainConfig, check_model_data,
-                              differences, option_flag, resume_config)
+from fnn.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_train_state,
+    read_header,
+    save_train_state,
+    verify_checkpoint,
+)
+from fnn.train.config import (
+    RESUME_MAY_CHANGE,
+    ConfigError,
+    TrainConfig,
+    check_model_data,
+    differences,
+    option_flag,
+    resume_config,
+)
 from fnn.train.data import load_dataset
 from fnn.train.distributed import same, together
 from fnn.train.epoch import make_evaluate, steps_per_epoch
@@ -85,8 +98,17 @@ from fnn.train.text import VOCAB_FILE, check_vocab
 from fnn.train.spec import TrainSpec, mesh
 from fnn.train.validate import check_finite_state, non_finite_leaves
 
-__all__ = ["BEST", "LAST", "METRICS", "RESUME_MAY_CHANGE", "RunDirectory", "TrainConfig",
-           "read_config", "setup", "train_run"]
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS",
+    "RESUME_MAY_CHANGE",
+    "RunDirectory",
+    "TrainConfig",
+    "read_config",
+    "setup",
+    "train_run",
+]
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
 RESULTS, CURVES = "results.json", "curves.png"
@@ -118,14 +140,20 @@ def read_config(run_dir: str, *, folder: Folder | None = None) -> TrainConfig:
     if not there:
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG}")
     try:
-        text = read_file(CONFIG if folder is not None else path, folder=folder,
-                         limit=MAX_CONFIG_BYTES, what="config.json")
+        text = read_file(
+            CONFIG if folder is not None else path,
+            folder=folder,
+            limit=MAX_CONFIG_BYTES,
+            what="config.json",
+        )
         d = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         if isinstance(e, RunDirError):
             raise
-        raise ConfigError(f"{run_dir} is not a usable run directory: {path} is damaged ({e}); "
-                          "restore it, or start a new run with --out") from None
+        raise ConfigError(
+            f"{run_dir} is not a usable run directory: {path} is damaged ({e}); "
+            "restore it, or start a new run with --out"
+        ) from None
     return TrainConfig.from_dict(d, source=path)
 
 
@@ -140,16 +168,29 @@ def make_spec(config: TrainConfig, devices=None, shard: str | None = None) -> Tr
     check_model_data(config)
     loss = config.training_loss()  # a bad loss option fails before anything is loaded
     check_rules(config.rules, config.grad)
-    data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
-                        limit=config.limit or None, context=config.context)
+    data = load_dataset(
+        config.dataset,
+        config.data_dir,
+        val_fraction=config.val_fraction,
+        limit=config.limit or None,
+        context=config.context,
+    )
     if not len(data.x_test):
-        raise DataError(f"the test set of {config.dataset} is empty (x_test "
-                        f"{tuple(data.x_test.shape)}): the run could not report its results")
+        raise DataError(
+            f"the test set of {config.dataset} is empty (x_test "
+            f"{tuple(data.x_test.shape)}): the run could not report its results"
+        )
     if config.early_stop and not len(data.x_val):
-        raise ConfigError(f"--early-stop {config.early_stop} watches the validation loss, but "
-                          f"--val-fraction {config.val_fraction:g} leaves no validation set")
-    model = build_model(config.model, data.num_classes, **config.model_options(),
-                        **({"remat": True} if config.remat else {}))  # each block checkpointed
+        raise ConfigError(
+            f"--early-stop {config.early_stop} watches the validation loss, but "
+            f"--val-fraction {config.val_fraction:g} leaves no validation set"
+        )
+    model = build_model(
+        config.model,
+        data.num_classes,
+        **config.model_options(),
+        **({"remat": True} if config.remat else {}),
+    )  # each block checkpointed
     dp = mesh(devices, shard)  # several processes: every device of every process
     if dp is not None:
         dp.check_batch_size(config.batch_size, "--batch-size")
@@ -157,12 +198,25 @@ def make_spec(config: TrainConfig, devices=None, shard: str | None = None) -> Tr
     # spec's n_steps is the one every later step reads
     total = steps_per_epoch(len(data.x_train), config.batch_size) * config.epochs
     schedule = make_schedule(config.schedule, config.lr, total_steps=total)
-    optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,
-                               clip=config.clip or None)
+    optimizer = make_optimizer(
+        config.optimizer, schedule, weight_decay=config.weight_decay, clip=config.clip or None
+    )
     rules = make_rules(config.rules, layer_shapes(model, data.input_shape)[0], config.seed)
-    return TrainSpec(model, optimizer, data, batch_size=config.batch_size, loss=loss,
-                     grad=config.grad, l2=config.l2, rules=rules, seed=config.seed, devices=dp,
-                     shard=shard, remat=config.remat, schedule=schedule)
+    return TrainSpec(
+        model,
+        optimizer,
+        data,
+        batch_size=config.batch_size,
+        loss=loss,
+        grad=config.grad,
+        l2=config.l2,
+        rules=rules,
+        seed=config.seed,
+        devices=dp,
+        shard=shard,
+        remat=config.remat,
+        schedule=schedule,
+    )
 
 
 def setup(config: TrainConfig):
@@ -174,8 +228,12 @@ def setup(config: TrainConfig):
 def data_sizes(data) -> dict:
     """What a checkpoint records of the data it was trained on (checked on resume): the sizes
     of the splits, the input shape and the data's fingerprint (its sha256, when known)."""
-    out = {"train": len(data.x_train), "val": len(data.x_val), "test": len(data.x_test),
-           "input_shape": list(data.input_shape)}
+    out = {
+        "train": len(data.x_train),
+        "val": len(data.x_val),
+        "test": len(data.x_test),
+        "input_shape": list(data.input_shape),
+    }
     if getattr(data, "sha256", None):
         out["sha256"] = data.sha256
     return out
@@ -192,10 +250,20 @@ class RunDirectory(Hook):
     `write_config` (a resumed run whose --epochs or --data-dir changed). Only the primary
     process writes; every write goes through `folder` (the run directory's Folder)."""
 
-    def __init__(self, out_dir: str, config: TrainConfig, *, best_acc: float,
-                 health: HealthLog | None, primary: bool, data: dict | None = None,
-                 write_config: bool = False, log: Callable | None = None,
-                 folder: Folder | None = None, record: dict | None = None):
+    def __init__(
+        self,
+        out_dir: str,
+        config: TrainConfig,
+        *,
+        best_acc: float,
+        health: HealthLog | None,
+        primary: bool,
+        data: dict | None = None,
+        write_config: bool = False,
+        log: Callable | None = None,
+        folder: Folder | None = None,
+        record: dict | None = None,
+    ):
         self.out_dir, self.config, self.best_acc = out_dir, config, best_acc
         self.health, self.primary, self.data = health, primary, data or {}
         self.log = log or (lambda line: None)
@@ -205,8 +273,9 @@ class RunDirectory(Hook):
 
     def _save_last(self, ts: TrainState) -> None:
         extra = {"record": self.record} if self.record is not None else {}
-        save_train_state(LAST, ts, self.config.to_dict(), folder=self.folder, data=self.data,
-                         **extra)
+        save_train_state(
+            LAST, ts, self.config.to_dict(), folder=self.folder, data=self.data, **extra
+        )
         if self.write_config:
             _write_json(CONFIG, self.config.to_dict(), self.folder)
             self.write_config = False
@@ -227,9 +296,11 @@ class RunDirectory(Hook):
         if score is not None and score > self.best_acc:  # no validation: no best
             bad = [*non_finite_leaves(ts.params, "params"), *non_finite_leaves(ts.state, "state")]
             if bad:
-                self.log(f"note: epoch {record['epoch']} has the best validation score so far, "
-                         f"but its parameters hold NaN/inf ({', '.join(bad[:4])}): it is not "
-                         f"saved as {BEST}")
+                self.log(
+                    f"note: epoch {record['epoch']} has the best validation score so far, "
+                    f"but its parameters hold NaN/inf ({', '.join(bad[:4])}): it is not "
+                    f"saved as {BEST}"
+                )
             else:
                 self.best_acc = score
                 save_best(self.folder, ts, self.config, self.data, record)
@@ -242,13 +313,14 @@ class RunDirectory(Hook):
                 self._save_last(ts)
 
 
-def save_best(folder: Folder, ts: TrainState, config: TrainConfig, data: dict,
-              record: dict) -> None:
+def save_best(
+    folder: Folder, ts: TrainState, config: TrainConfig, data: dict, record: dict
+) -> None:
     """best.safetensors of `ts`, the state after the epoch of `record`; read back and verified."""
-    extra = ({"val_acc": record["val_acc"]} if "val_acc" in record
-             else {"val_loss": record["val_loss"]})
-    save_train_state(BEST, ts, config.to_dict(), folder=folder, verify=True, data=data,
-                     **extra)
+    extra = (
+        {"val_acc": record["val_acc"]} if "val_acc" in record else {"val_loss": record["val_loss"]}
+    )
+    save_train_state(BEST, ts, config.to_dict(), folder=folder, verify=True, data=data, **extra)
 
 
 def _sharded_note(dp, params) -> str:
@@ -258,10 +330,14 @@ def _sharded_note(dp, params) -> str:
     whole = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
     mine = whole - sum(leaf.size * leaf.dtype.itemsize for leaf in split) * (1 - 1 / dp.size)
     if not split:
-        return (", parameters sharded: none split, every leaf is under "
-                f"{dp.min_shard_size:,} elements or has no dimension divisible by {dp.size}")
-    return (f", parameters sharded: {len(split)} of {len(leaves)} leaves split, "
-            f"{mine / 2**20:.2f} of {whole / 2**20:.2f} MiB per device")
+        return (
+            ", parameters sharded: none split, every leaf is under "
+            f"{dp.min_shard_size:,} elements or has no dimension divisible by {dp.size}"
+        )
+    return (
+        f", parameters sharded: {len(split)} of {len(leaves)} leaves split, "
+        f"{mine / 2**20:.2f} of {whole / 2**20:.2f} MiB per device"
+    )
 
 
 def _gathered(ts: TrainState) -> TrainState:
@@ -286,8 +362,10 @@ def text_metrics(loss_nats, split: str) -> dict:
     """{split_bpc, split_ppl} of a loss in nats per byte (empty for None)."""
     if loss_nats is None:
         return {}
-    return {f"{split}_bpc": loss_nats / math.log(2),
-            f"{split}_ppl": math.exp(min(loss_nats, 700.0))}
+    return {
+        f"{split}_bpc": loss_nats / math.log(2),
+        f"{split}_ppl": math.exp(min(loss_nats, 700.0)),
+    }
 
 
 class TextMetrics(Hook):
@@ -298,8 +376,10 @@ class TextMetrics(Hook):
         self.log = log
 
     def on_metrics(self, metrics, record):
-        record.update(text_metrics(record.get("train_loss"), "train"),
-                      **text_metrics(record.get("val_loss"), "val"))
+        record.update(
+            text_metrics(record.get("train_loss"), "train"),
+            **text_metrics(record.get("val_loss"), "val"),
+        )
 
     def on_epoch_end(self, ts, record):
         if "val_bpc" in record:
@@ -315,16 +395,23 @@ def _check_new(folder: Folder, overwrite: bool) -> list[str]:
     if not found or overwrite:
         return found
     out = folder.path
-    if (CONFIG in found and not set(found) & {LAST, BEST, RESULTS}
-            and not (METRICS in found and _history(folder))):
-        raise RunDirError(f"{out} already holds a run that stopped before its first "
-                          f"checkpoint: start it from the beginning with its own config by "
-                          f"`--resume {out}`, choose another --out, or replace it with "
-                          f"--overwrite")
+    if (
+        CONFIG in found
+        and not set(found) & {LAST, BEST, RESULTS}
+        and not (METRICS in found and _history(folder))
+    ):
+        raise RunDirError(
+            f"{out} already holds a run that stopped before its first "
+            f"checkpoint: start it from the beginning with its own config by "
+            f"`--resume {out}`, choose another --out, or replace it with "
+            f"--overwrite"
+        )
     what = "a run" if set(found) & set(RUN_FILES) else "files a run writes"
-    raise RunDirError(f"{out} already holds {what} ({', '.join(found)}): a new run would "
-                      f"overwrite them. Continue it with --resume {out}, choose another --out, "
-                      f"or pass --overwrite to replace them")
+    raise RunDirError(
+        f"{out} already holds {what} ({', '.join(found)}): a new run would "
+        f"overwrite them. Continue it with --resume {out}, choose another --out, "
+        f"or pass --overwrite to replace them"
+    )
 
 
 def _history(folder: Folder) -> list[dict]:
@@ -344,17 +431,22 @@ def check_history(records: list[dict], path: str) -> list[dict]:
     for i, r in enumerate(records, 1):
         e = r.get("epoch")
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
-            raise RunDirError(f"{path}: record {i}: field 'epoch' must be an integer >= 1, got "
-                              f"{e!r}; fix or delete that line")
+            raise RunDirError(
+                f"{path}: record {i}: field 'epoch' must be an integer >= 1, got "
+                f"{e!r}; fix or delete that line"
+            )
         if e <= last:
-            raise RunDirError(f"{path}: record {i}: epoch {e} follows epoch {last}; the epochs "
-                              "must increase (was the file edited?)")
+            raise RunDirError(
+                f"{path}: record {i}: epoch {e} follows epoch {last}; the epochs "
+                "must increase (was the file edited?)"
+            )
         last = e
         for k in NUMBERS:
             v = r.get(k)
             if k in r and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise RunDirError(f"{path}: record {i} (epoch {e}): field {k!r} must be a "
-                                  f"number, got {v!r}")
+                raise RunDirError(
+                    f"{path}: record {i} (epoch {e}): field {k!r} must be a number, got {v!r}"
+                )
     return records
 
 
@@ -363,10 +455,12 @@ def _checkpoint_config(path: str, folder: Folder | None) -> TrainConfig:
     header = read_header(path, folder=folder)
     meta = header.meta()
     if not header.is_fnn or not isinstance(meta.get("config"), dict) or not meta["config"]:
-        raise CheckpointError(f"{header.path} is not an fnn training checkpoint with its run's "
-                              "config (a file from elsewhere, or from an older fnn): it cannot "
-                              "be resumed; start a new run (fnn.train.load_params loads its "
-                              "parameters in Python)")
+        raise CheckpointError(
+            f"{header.path} is not an fnn training checkpoint with its run's "
+            "config (a file from elsewhere, or from an older fnn): it cannot "
+            "be resumed; start a new run (fnn.train.load_params loads its "
+            "parameters in Python)"
+        )
     return TrainConfig.from_dict(meta["config"], source=f"the config stored in {header.path}")
 
 
@@ -377,53 +471,78 @@ def _start_from(folder: Folder, resume_from: str) -> str | None:
     that starting again would replace, or when it is a link."""
     out = folder.path
     if resume_from not in RESUME_FROM:
-        raise ValueError(f"resume_from must be one of {', '.join(RESUME_FROM)}, got "
-                         f"{resume_from!r}")
+        raise ValueError(
+            f"resume_from must be one of {', '.join(RESUME_FROM)}, got {resume_from!r}"
+        )
     wanted = BEST if resume_from == "best" else LAST
     folder.refuse_non_file(wanted)
     if folder.exists(wanted):
         return wanted
     if resume_from == "best":
-        raise RunDirError(f"--resume-from best: {folder.join(BEST)} does not exist (the run "
-                          "never had a validation score, or it was deleted)")
+        raise RunDirError(
+            f"--resume-from best: {folder.join(BEST)} does not exist (the run "
+            "never had a validation score, or it was deleted)"
+        )
     history = _history(folder)
     kept = [n for n in (BEST, RESULTS) if folder.exists(n)]
     if not history and not kept:
         return None
-    had = ([f"{METRICS} (epochs {history[0]['epoch']}..{history[-1]['epoch']})"]
-           if history else []) + kept
+    had = (
+        [f"{METRICS} (epochs {history[0]['epoch']}..{history[-1]['epoch']})"] if history else []
+    ) + kept
     hint = ""
     if folder.exists(BEST):
         try:
             meta = verify_checkpoint(BEST, folder=folder).meta()
-            hint = (f"; continue from its best checkpoint (epoch {meta.get('epoch')}) with "
-                    f"`--resume {out} --resume-from best`")
+            hint = (
+                f"; continue from its best checkpoint (epoch {meta.get('epoch')}) with "
+                f"`--resume {out} --resume-from best`"
+            )
         except CheckpointError as e:
             hint = f"; its {BEST} cannot stand in for it ({e})"
-    raise RunDirError(f"{folder.join(LAST)} is missing, but the run in {out} has a history "
-                      f"({', '.join(had)}) that starting again would replace{hint}. Restore "
-                      f"{LAST}, or start a new run with another --out (--overwrite replaces "
-                      "this one)")
+    raise RunDirError(
+        f"{folder.join(LAST)} is missing, but the run in {out} has a history "
+        f"({', '.join(had)}) that starting again would replace{hint}. Restore "
+        f"{LAST}, or start a new run with another --out (--overwrite replaces "
+        "this one)"
+    )
 
 
-def _resume_config(folder: Folder, config: TrainConfig | None, overrides: dict | None,
-                   start: str | None):
+def _resume_config(
+    folder: Folder, config: TrainConfig | None, overrides: dict | None, start: str | None
+):
     """(the config a resumed run continues with (see resume_config), the one in config.json)."""
     saved = read_config(folder.path, folder=folder)
     overrides = dict(overrides or {})
     if config is not None:  # a config given in Python: its differences are the overrides
         overrides.update({k: getattr(config, k) for k in differences(saved, config)})
     checkpoint = _checkpoint_config(start, folder) if start else None
-    merged = resume_config(saved, checkpoint, overrides, saved_file=folder.join(CONFIG),
-                           checkpoint_file=folder.join(start or LAST))
+    merged = resume_config(
+        saved,
+        checkpoint,
+        overrides,
+        saved_file=folder.join(CONFIG),
+        checkpoint_file=folder.join(start or LAST),
+    )
     return merged, saved
 
 
-def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
-              overrides: dict | None = None, progress: bool = True, log: Callable | None = None,
-              diagnostics: int = 0, check_nans: bool = False, devices: int | None = None,
-              chunk_seconds: float | None = CHUNK_SECONDS, shard: str | None = None,
-              overwrite: bool = False, resume_from: str = "last") -> dict:
+def train_run(
+    config: TrainConfig | None,
+    out_dir: str,
+    *,
+    resume: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+    log: Callable | None = None,
+    diagnostics: int = 0,
+    check_nans: bool = False,
+    devices: int | None = None,
+    chunk_seconds: float | None = CHUNK_SECONDS,
+    shard: str | None = None,
+    overwrite: bool = False,
+    resume_from: str = "last",
+) -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
     A new run refuses a folder holding files a run writes (RunDirError naming them) unless
@@ -472,9 +591,20 @@ def train_run(config: TrainConfig | None, out_dir: str, *, resume: bool = False,
         TrainingInterrupted: Ctrl-C or SIGTERM stopped the run (its state saved).
     """
     primary = jax.process_index() == 0  # the one process that writes and logs
-    job = _Job(out_dir, resume, resume_from, overwrite, primary,
-               log if log and primary else (lambda line: None), progress, diagnostics,
-               check_nans, devices, shard, chunk_seconds)
+    job = _Job(
+        out_dir,
+        resume,
+        resume_from,
+        overwrite,
+        primary,
+        log if log and primary else (lambda line: None),
+        progress,
+        diagnostics,
+        check_nans,
+        devices,
+        shard,
+        chunk_seconds,
+    )
     _check_call(job, config)
     with _locked(job):
         return _run_locked(job, config, overrides)
@@ -491,8 +621,9 @@ def _locked(job: "_Job"):
         # from it; an error in any of them (the folder in use by another run, not there on
         # that host) is an error in all
         with together("opening the run directory"):
-            if job.resume and (not os.path.isdir(out_dir)
-                               or not os.path.lexists(os.path.join(out_dir, CONFIG))):
+            if job.resume and (
+                not os.path.isdir(out_dir) or not os.path.lexists(os.path.join(out_dir, CONFIG))
+            ):
                 read_config(out_dir)  # the error: not a run directory (nothing is created)
             if job.primary:
                 created = not os.path.exists(out_dir)
@@ -503,8 +634,12 @@ def _locked(job: "_Job"):
                 job.folder = Folder(out_dir)
         yield job.folder
     except BaseException:
-        if (lock is not None and created and lock.folder.moved() is None
-                and os.listdir(out_dir) == [LOCK_FILE]):
+        if (
+            lock is not None
+            and created
+            and lock.folder.moved() is None
+            and os.listdir(out_dir) == [LOCK_FILE]
+        ):
             lock.release(remove=True)  # failed before writing anything
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)
@@ -554,14 +689,16 @@ class _Past:
 def _check_call(job: _Job, config: TrainConfig | None) -> None:
     """train_run's arguments that do not go together (ValueError naming them)."""
     if not isinstance(job.out_dir, str) or not job.out_dir.strip():
-        raise ValueError(f"the run directory (--out) must be a directory name, got "
-                         f"{job.out_dir!r}")
+        raise ValueError(f"the run directory (--out) must be a directory name, got {job.out_dir!r}")
     if job.resume_from not in RESUME_FROM:
-        raise ValueError(f"resume_from must be one of {', '.join(RESUME_FROM)}, got "
-                         f"{job.resume_from!r}")
+        raise ValueError(
+            f"resume_from must be one of {', '.join(RESUME_FROM)}, got {job.resume_from!r}"
+        )
     if job.resume and job.overwrite:
-        raise ValueError("--overwrite replaces the files of a new run; --resume continues the "
-                         "run there: give one of them")
+        raise ValueError(
+            "--overwrite replaces the files of a new run; --resume continues the "
+            "run there: give one of them"
+        )
     if job.resume_from != "last" and not job.resume:
         raise ValueError("--resume-from needs --resume RUN_DIR")
     if config is None and not job.resume:
@@ -573,28 +710,50 @@ def _run_locked(job: _Job, config: TrainConfig | None, overrides: dict | None) -
     with together("reading the run's config and data"):
         start, config, saved, found = _which_config(job, config, overrides)
         spec = make_spec(config, job.devices, job.shard)
-    same("the run's options and data", {
-        "config": config.to_dict(), "devices": spec.dp.size if spec.dp is not None else None,
-        "shard": check_shard(job.shard), "resume": job.resume, "resume_from": job.resume_from,
-        "diagnostics": job.diagnostics, "check_nans": job.check_nans,
-        "data": data_sizes(spec.data)})
+    same(
+        "the run's options and data",
+        {
+            "config": config.to_dict(),
+            "devices": spec.dp.size if spec.dp is not None else None,
+            "shard": check_shard(job.shard),
+            "resume": job.resume,
+            "resume_from": job.resume_from,
+            "diagnostics": job.diagnostics,
+            "check_nans": job.check_nans,
+            "data": data_sizes(spec.data),
+        },
+    )
     past = _past(job, spec, config, saved, start)
     _write_start(job, config, spec, past, found)
     _log_start(job, config, spec, past.ts)
-    run_dir = RunDirectory(job.out_dir, config, best_acc=past.best_acc, primary=job.primary,
-                           health=(HealthLog(job.out_dir, upto_epoch=past.ts.epoch, log=job.log,
-                                             folder=job.folder) if job.primary else None),
-                           data=data_sizes(spec.data), write_config=past.write_config,
-                           log=job.log, folder=job.folder,
-                           record=past.history[-1] if past.history else None)
+    run_dir = RunDirectory(
+        job.out_dir,
+        config,
+        best_acc=past.best_acc,
+        primary=job.primary,
+        health=(
+            HealthLog(job.out_dir, upto_epoch=past.ts.epoch, log=job.log, folder=job.folder)
+            if job.primary
+            else None
+        ),
+        data=data_sizes(spec.data),
+        write_config=past.write_config,
+        log=job.log,
+        folder=job.folder,
+        record=past.history[-1] if past.history else None,
+    )
     stopped = _stopped(past)
     if stopped:  # finished, as a run that trained all its epochs: its results, again
         job.log(f"the run ended after epoch {past.ts.epoch} ({stopped}): nothing more to train")
         ts, new = past.ts, []
     else:
-        ts, new = fit(spec, epochs=config.epochs, start=past.ts,
-                      chunk_seconds=job.chunk_seconds,
-                      hooks=_hooks(job, config, spec, past, run_dir))
+        ts, new = fit(
+            spec,
+            epochs=config.epochs,
+            start=past.ts,
+            chunk_seconds=job.chunk_seconds,
+            hooks=_hooks(job, config, spec, past, run_dir),
+        )
     return _results(job, config, spec, past, run_dir, ts, new)
 
 
@@ -622,31 +781,44 @@ def _init_state(spec: TrainSpec) -> TrainState:
     return spec.init_state(init_train_state)
 
 
-def _past(job: _Job, spec: TrainSpec, config: TrainConfig, saved: TrainConfig | None,
-          start: str | None) -> _Past:
+def _past(
+    job: _Job, spec: TrainSpec, config: TrainConfig, saved: TrainConfig | None, start: str | None
+) -> _Past:
     """What the run continues from: a checkpoint read back and checked, or a fresh state."""
     ts = _init_state(spec)  # sharded parameters: made split on the mesh, never whole
     if not start:
         if job.resume:
-            job.log(f"{job.out_dir} has no checkpoint yet (it stopped before its first one): "
-                    "starting the run from the beginning with its config")
+            job.log(
+                f"{job.out_dir} has no checkpoint yet (it stopped before its first one): "
+                "starting the run from the beginning with its config"
+            )
         job.log(summary(spec.model, spec.data.input_shape))
         return _Past(ts, [])
     with together(f"reading {start} to resume from it"):
         past = _read_checkpoint(job, spec, config, start, ts)
         past.write_config = bool(differences(saved, config))
         if saved.epochs != config.epochs and config.schedule != "constant":
-            job.log(f"note: the {config.schedule} learning-rate schedule now spans "
-                    f"{config.epochs} epochs instead of {saved.epochs}; the rate continues "
-                    "from its value on the new schedule")
-    same("the checkpoint it resumes from", {
-        "file": start, "epoch": past.ts.epoch, "step": past.ts.step,
-        "position": past.ts.position, "sha256": past.sha256})
+            job.log(
+                f"note: the {config.schedule} learning-rate schedule now spans "
+                f"{config.epochs} epochs instead of {saved.epochs}; the rate continues "
+                "from its value on the new schedule"
+            )
+    same(
+        "the checkpoint it resumes from",
+        {
+            "file": start,
+            "epoch": past.ts.epoch,
+            "step": past.ts.step,
+            "position": past.ts.position,
+            "sha256": past.sha256,
+        },
+    )
     return past
 
 
-def _read_checkpoint(job: _Job, spec: TrainSpec, config: TrainConfig, start: str,
-                     ts: TrainState) -> _Past:
+def _read_checkpoint(
+    job: _Job, spec: TrainSpec, config: TrainConfig, start: str, ts: TrainState
+) -> _Past:
     """The state in checkpoint `start`, checked against the run (its data, its epochs, its
     values, its vocabulary), with the history it ends; what a crash lost, put back."""
     folder, log, path = job.folder, job.log, job.folder.join(start)
@@ -663,34 +835,54 @@ def _read_checkpoint(job: _Job, spec: TrainSpec, config: TrainConfig, start: str
     history = [r for r in check_history(history, folder.join(METRICS)) if r["epoch"] <= ts.epoch]
     record = meta.get("record") if isinstance(meta.get("record"), dict) else None
     past = _Past(ts, history, _best_acc(folder, history), start, sha256=meta.get("sha256"))
-    if record is not None and record.get("epoch") == ts.epoch and ts.epoch > 0 and (
-            not history or history[-1]["epoch"] == ts.epoch - 1):
+    if (
+        record is not None
+        and record.get("epoch") == ts.epoch
+        and ts.epoch > 0
+        and (not history or history[-1]["epoch"] == ts.epoch - 1)
+    ):
         history.append(record)  # saved in `last`, lost from metrics.jsonl by a crash
-        log(f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped while "
-            f"saving it): restored from {path}")
-    if (job.primary and record is not None and record.get("epoch") == ts.epoch
-            and ts.position == 0 and start == LAST):
+        log(
+            f"note: {folder.join(METRICS)} lacked epoch {ts.epoch} (the run stopped while "
+            f"saving it): restored from {path}"
+        )
+    if (
+        job.primary
+        and record is not None
+        and record.get("epoch") == ts.epoch
+        and ts.position == 0
+        and start == LAST
+    ):
         _put_back_best(job, spec, config, past, record, path)
-    where = (f"at step {ts.position} of epoch {ts.epoch + 1}" if ts.position
-             else f"after epoch {ts.epoch}")
-    log(f"resuming {job.out_dir} {where} (optimizer step {ts.step})"
-        + (f" from {BEST}" if start == BEST else ""))
+    where = (
+        f"at step {ts.position} of epoch {ts.epoch + 1}"
+        if ts.position
+        else f"after epoch {ts.epoch}"
+    )
+    log(
+        f"resuming {job.out_dir} {where} (optimizer step {ts.step})"
+        + (f" from {BEST}" if start == BEST else "")
+    )
     return past
 
 
-def _put_back_best(job: _Job, spec: TrainSpec, config: TrainConfig, past: _Past,
-                   record: dict, path: str) -> None:
+def _put_back_best(
+    job: _Job, spec: TrainSpec, config: TrainConfig, past: _Past, record: dict, path: str
+) -> None:
     """best.safetensors of the checkpoint's epoch when a crash lost it (its score beat best's)."""
     score = best_score(record)
     if score is not None and score > past.best_acc and not non_finite_leaves(past.ts.params, ""):
         save_best(job.folder, past.ts, config, data_sizes(spec.data), record)
         past.best_acc = score
-        job.log(f"note: {job.folder.join(BEST)} was not saved for epoch {past.ts.epoch} (the "
-                f"run stopped while saving it): saved from {path}")
+        job.log(
+            f"note: {job.folder.join(BEST)} was not saved for epoch {past.ts.epoch} (the "
+            f"run stopped while saving it): saved from {path}"
+        )
 
 
-def _write_start(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
-                 found: list[str]) -> None:
+def _write_start(
+    job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past, found: list[str]
+) -> None:
     """What the run directory holds before the first epoch: the files of a run it replaces
     (--overwrite) removed, config.json (first: a folder with config.json resumes) and the
     vocabulary of a run starting, metrics.jsonl rewritten (dropping epochs past the
@@ -700,12 +892,23 @@ def _write_start(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
             return
         folder = job.folder
         if job.overwrite and found:
-            for name in (RESULTS, CURVES, HEALTH_PLOT, HEALTH_FILE, BEST, LAST, METRICS,
-                         VOCAB_FILE, CONFIG):
+            for name in (
+                RESULTS,
+                CURVES,
+                HEALTH_PLOT,
+                HEALTH_FILE,
+                BEST,
+                LAST,
+                METRICS,
+                VOCAB_FILE,
+                CONFIG,
+            ):
                 if name in found:
                     folder.remove(name)
-            job.log(f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of "
-                    f"the run that was in {job.out_dir}")
+            job.log(
+                f"--overwrite: removed {', '.join(n for n in found if n != LOCK_FILE)} of "
+                f"the run that was in {job.out_dir}"
+            )
         if not past.start:
             _write_json(CONFIG, config.to_dict(), folder)
             if spec.data.vocab is not None:
@@ -717,30 +920,50 @@ def _log_start(job: _Job, config: TrainConfig, spec: TrainSpec, ts: TrainState) 
     """The line saying what trains on what, and on which devices; the rules in effect."""
     dp, processes = spec.dp, spec.processes
     devices = dp.size if dp is not None else None
-    job.log(f"{spec.data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
-            f"device {jax.devices()[0].platform}"
-            + (f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
-               + (f", {processes} processes" if processes > 1 else "")
-               + (_sharded_note(dp, ts.params) if dp.shard_params else "")
-               + ")" if devices else ""))
+    job.log(
+        f"{spec.data!r}; {count_params(ts.params):,} parameters; grad={config.grad}; "
+        f"device {jax.devices()[0].platform}"
+        + (
+            f" x {devices} (data parallel, batch {config.batch_size // devices} per device"
+            + (f", {processes} processes" if processes > 1 else "")
+            + (_sharded_note(dp, ts.params) if dp.shard_params else "")
+            + ")"
+            if devices
+            else ""
+        )
+    )
     if spec.rules:
         job.log(f"backward rules: {', '.join(config.rules)}")
 
 
-def _hooks(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
-           run_dir: RunDirectory) -> list[Hook]:
+def _hooks(
+    job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past, run_dir: RunDirectory
+) -> list[Hook]:
     """fit's hooks in a run: progress, log, gradient health, NaN replay, text metrics, early
     stopping, and the run directory."""
-    return [*standard_hooks(config.epochs, progress=job.progress and job.primary, log=job.log,
-                            diagnostics=job.diagnostics, check_nans=job.check_nans),
-            *([TextMetrics(job.log)] if spec.data.vocab is not None else []),
-            *([EarlyStopping(config.early_stop, history=past.history)]
-              if config.early_stop else []),
-            run_dir]
+    return [
+        *standard_hooks(
+            config.epochs,
+            progress=job.progress and job.primary,
+            log=job.log,
+            diagnostics=job.diagnostics,
+            check_nans=job.check_nans,
+        ),
+        *([TextMetrics(job.log)] if spec.data.vocab is not None else []),
+        *([EarlyStopping(config.early_stop, history=past.history)] if config.early_stop else []),
+        run_dir,
+    ]
 
 
-def _results(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
-             run_dir: RunDirectory, ts: TrainState, new: list[dict]) -> dict:
+def _results(
+    job: _Job,
+    config: TrainConfig,
+    spec: TrainSpec,
+    past: _Past,
+    run_dir: RunDirectory,
+    ts: TrainState,
+    new: list[dict],
+) -> dict:
     """The run's end: its curves and gradient-health plot, the test results of the last and
     the best checkpoints (results.json), logged."""
     history = past.history + new
@@ -762,51 +985,73 @@ def _results(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past,
 def results_line(results: dict) -> str:
     """The line reporting a run's final results (results.json)."""
     if "test_bpc" in results:
-        line = (f"test loss {results['test_loss']:.4f} nats/char = {results['test_bpc']:.3f} "
-                f"bits/char, perplexity {results['test_ppl']:.2f}, next-char accuracy "
-                f"{results['test_acc']:.4f} (unigram baseline {results['unigram_loss']:.4f} "
-                f"nats = {results['unigram_bpc']:.3f} bits/char)")
+        line = (
+            f"test loss {results['test_loss']:.4f} nats/char = {results['test_bpc']:.3f} "
+            f"bits/char, perplexity {results['test_ppl']:.2f}, next-char accuracy "
+            f"{results['test_acc']:.4f} (unigram baseline {results['unigram_loss']:.4f} "
+            f"nats = {results['unigram_bpc']:.3f} bits/char)"
+        )
         if "best_epoch" in results:
-            line += (f"; best validation epoch {results['best_epoch']}: test "
-                     f"{results['best_test_bpc']:.3f} bits/char")
+            line += (
+                f"; best validation epoch {results['best_epoch']}: test "
+                f"{results['best_test_bpc']:.3f} bits/char"
+            )
         return line
     if "test_acc" not in results:
         return f"test loss {results['test_loss']:.4f}"
     line = f"test accuracy {results['test_acc']:.4f} (loss {results['test_loss']:.4f})"
     if "best_epoch" in results:
-        line += (f"; best validation epoch {results['best_epoch']}: test accuracy "
-                 f"{results['best_test_acc']:.4f}")
+        line += (
+            f"; best validation epoch {results['best_epoch']}: test accuracy "
+            f"{results['best_test_acc']:.4f}"
+        )
     return line
 
 
-def _check_resumed(path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: int,
-                   log: Callable) -> None:
+def _check_resumed(
+    path: str, ts: TrainState, meta: dict, sizes: dict, n_steps: int, log: Callable
+) -> None:
     """The checkpoint a run resumes from must be of this data (its sizes and fingerprint) and
     these epochs; a checkpoint from an older fnn that records no fingerprint, or no digest,
     is resumed with a note saying what could not be checked."""
     saved = meta.get("data")
     if not isinstance(saved, dict) or not saved:
-        log(f"note: {path} records nothing of the data it was trained on (an older fnn): the "
-            "data could not be checked against it")
+        log(
+            f"note: {path} records nothing of the data it was trained on (an older fnn): the "
+            "data could not be checked against it"
+        )
         saved = {}
-    diff = ", ".join(f"{k} {saved.get(k)!r} then, {sizes[k]!r} now" for k in sizes
-                     if k != "sha256" and k in saved and saved.get(k) != sizes[k])
+    diff = ", ".join(
+        f"{k} {saved.get(k)!r} then, {sizes[k]!r} now"
+        for k in sizes
+        if k != "sha256" and k in saved and saved.get(k) != sizes[k]
+    )
     if not diff and "sha256" in saved and "sha256" in sizes and saved["sha256"] != sizes["sha256"]:
-        diff = (f"the same sizes but other contents: sha256 {str(saved['sha256'])[:12]}... "
-                f"then, {sizes['sha256'][:12]}... now")
+        diff = (
+            f"the same sizes but other contents: sha256 {str(saved['sha256'])[:12]}... "
+            f"then, {sizes['sha256'][:12]}... now"
+        )
     if diff:
-        raise ConfigError(f"{path} was trained on other data than this run loads ({diff}): "
-                          f"{option_flag('data_dir')} points at other files, or they changed")
+        raise ConfigError(
+            f"{path} was trained on other data than this run loads ({diff}): "
+            f"{option_flag('data_dir')} points at other files, or they changed"
+        )
     if saved and "sha256" not in saved:
-        log(f"note: {path} records no fingerprint of its data (an older fnn): only the sizes "
-            "of the data were checked, not its contents")
+        log(
+            f"note: {path} records no fingerprint of its data (an older fnn): only the sizes "
+            "of the data were checked, not its contents"
+        )
     if "sha256" not in meta:
-        log(f"note: {path} carries no digest (an older fnn-checkpoint/1 file): it was loaded "
-            "unverified")
+        log(
+            f"note: {path} carries no digest (an older fnn-checkpoint/1 file): it was loaded "
+            "unverified"
+        )
     if ts.step != ts.epoch * n_steps + ts.position:
-        raise ConfigError(f"{path} was saved at optimizer step {ts.step} after {ts.epoch} "
-                          f"epochs (+{ts.position} steps), which does not fit this run's "
-                          f"{n_steps} steps per epoch: the batch size or the data changed")
+        raise ConfigError(
+            f"{path} was saved at optimizer step {ts.step} after {ts.epoch} "
+            f"epochs (+{ts.position} steps), which does not fit this run's "
+            f"{n_steps} steps per epoch: the batch size or the data changed"
+        )
 
 
 def _best_acc(folder: Folder, history: list[dict]) -> float:
@@ -816,24 +1061,37 @@ def _best_acc(folder: Folder, history: list[dict]) -> float:
         try:
             meta = verify_checkpoint(BEST, folder=folder).meta()
         except CheckpointError as e:
-            raise CheckpointError(f"{e}. The run's best checkpoint is damaged: remove "
-                                  f"{folder.join(BEST)} to resume (the best of the epochs to "
-                                  "come is then saved), or restore it from a copy") from None
-        score = best_score({k: meta[k] for k in ("val_acc", "val_loss")
-                            if isinstance(meta.get(k), (int, float))})
+            raise CheckpointError(
+                f"{e}. The run's best checkpoint is damaged: remove "
+                f"{folder.join(BEST)} to resume (the best of the epochs to "
+                "come is then saved), or restore it from a copy"
+            ) from None
+        score = best_score(
+            {k: meta[k] for k in ("val_acc", "val_loss") if isinstance(meta.get(k), (int, float))}
+        )
         if score is not None:
             return float(score)
     return max((best_score(r) for r in history if best_score(r) is not None), default=-math.inf)
 
 
-def final_results(model, ts: TrainState, data, out_dir: str | None, config: TrainConfig, *,
-                  folder: Folder | None = None) -> dict:
+def final_results(
+    model,
+    ts: TrainState,
+    data,
+    out_dir: str | None,
+    config: TrainConfig,
+    *,
+    folder: Folder | None = None,
+) -> dict:
     """Test loss/accuracy of the final params and of the best checkpoint in `out_dir` (None:
     the final params only; folder: its Folder)."""
     evaluate = make_evaluate(model, loss=config.loss)
     if jax.process_count() > 1:  # each process evaluates alone, on one device of its own
-        ts = dataclasses.replace(ts, params=jax.tree_util.tree_map(np.asarray, ts.params),
-                                 state=jax.tree_util.tree_map(np.asarray, ts.state))
+        ts = dataclasses.replace(
+            ts,
+            params=jax.tree_util.tree_map(np.asarray, ts.params),
+            state=jax.tree_util.tree_map(np.asarray, ts.state),
+        )
     x, y = jax.device_put(data.x_test), jax.device_put(data.y_test)
     last = evaluate(ts.params, ts.state, x, y)
     results = {"epoch": ts.epoch, "step": ts.step, "test_loss": float(last["loss"])}
@@ -841,15 +1099,19 @@ def final_results(model, ts: TrainState, data, out_dir: str | None, config: Trai
         results["test_acc"] = float(last["accuracy"])
     text = getattr(data, "vocab", None) is not None
     if text:
-        results.update(text_metrics(results["test_loss"], "test"),
-                       unigram_loss=data.unigram_loss,
-                       unigram_bpc=data.unigram_loss / math.log(2))
+        results.update(
+            text_metrics(results["test_loss"], "test"),
+            unigram_loss=data.unigram_loss,
+            unigram_bpc=data.unigram_loss / math.log(2),
+        )
     best_path = None if out_dir is None else os.path.join(out_dir, BEST)
-    there = best_path and (folder.exists(BEST) if folder is not None
-                           else os.path.isfile(best_path))
+    there = best_path and (folder.exists(BEST) if folder is not None else os.path.isfile(best_path))
     if there:
-        best, meta = load_checkpoint(BEST if folder is not None else best_path,
-                                     {"params": ts.params, "state": ts.state}, folder=folder)
+        best, meta = load_checkpoint(
+            BEST if folder is not None else best_path,
+            {"params": ts.params, "state": ts.state},
+            folder=folder,
+        )
         r = evaluate(best["params"], best["state"], x, y)
         results.update(best_epoch=meta.get("epoch"), best_test_loss=float(r["loss"]))
         if "accuracy" in r:

@@ -30,8 +30,9 @@ from fnn.train.state import make_key
 from fnn.train.text import Vocab
 
 
-def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
-                 top_k: int | None = None):
+def make_sampler(
+    model, context: int, length: int, *, temperature: float = 0.8, top_k: int | None = None
+):
     """sample(params, state, window (context,) int32, n (), key) -> (length,) new token ids.
 
     window holds the prompt's ids in its first n places (1 <= n <= context). temperature 0 is
@@ -45,8 +46,7 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"length must be an integer >= 1 (bytes to generate), got {length!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                              or top_k < 1):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
 
     @jax.jit
@@ -61,11 +61,15 @@ def make_sampler(model, context: int, length: int, *, temperature: float = 0.8,
             if temperature == 0:
                 token = jnp.argmax(last).astype(jnp.int32)
             else:
-                token = jax.random.categorical(jax.random.fold_in(key, i),
-                                               last / temperature).astype(jnp.int32)
+                token = jax.random.categorical(
+                    jax.random.fold_in(key, i), last / temperature
+                ).astype(jnp.int32)
             full = n >= context
-            window = jnp.where(full, jnp.roll(window, -1).at[context - 1].set(token),
-                               window.at[jnp.minimum(n, context - 1)].set(token))
+            window = jnp.where(
+                full,
+                jnp.roll(window, -1).at[context - 1].set(token),
+                window.at[jnp.minimum(n, context - 1)].set(token),
+            )
             return window, jnp.minimum(n + 1, context), out.at[i].set(token)
 
         return lax.fori_loop(start, stop, body, carry)
@@ -91,21 +95,25 @@ def load_run(run_dir: str, checkpoint: str = "best"):
     with Folder(run_dir) as folder:
         config = read_config(run_dir, folder=folder)
         if config.model not in SEQUENCE_MODELS:
-            raise ValueError(f"{run_dir} holds a {config.model!r} run; sampling needs a "
-                             f"language model ({', '.join(SEQUENCE_MODELS)}) trained on "
-                             "--dataset text")
+            raise ValueError(
+                f"{run_dir} holds a {config.model!r} run; sampling needs a "
+                f"language model ({', '.join(SEQUENCE_MODELS)}) trained on "
+                "--dataset text"
+            )
         vocab = Vocab.load(run_dir, folder=folder)
         model = build_model(config.model, len(vocab), **config.model_options())
         name = BEST if checkpoint == "best" else LAST
         if checkpoint == "best" and not folder.exists(name):
             name = LAST
         if not folder.exists(name):
-            raise FileNotFoundError(f"{run_dir} has no checkpoint ({BEST} or {LAST}): the run "
-                                    "stopped before its first epoch ended")
-        template = jax.eval_shape(lambda k: model.init(k, (config.context,))[:2],
-                                  make_key(0))
-        trees, _ = load_checkpoint(name, {"params": template[0], "state": template[1]},
-                                   folder=folder)
+            raise FileNotFoundError(
+                f"{run_dir} has no checkpoint ({BEST} or {LAST}): the run "
+                "stopped before its first epoch ended"
+            )
+        template = jax.eval_shape(lambda k: model.init(k, (config.context,))[:2], make_key(0))
+        trees, _ = load_checkpoint(
+            name, {"params": template[0], "state": template[1]}, folder=folder
+        )
     return model, trees["params"], trees["state"], vocab, config
 
 
@@ -121,25 +129,40 @@ class Sampling:
     Every piece is the same compiled program (make_sampler's chunk), and the bytes do not
     depend on how they are cut. seed: any integer in [0, 2**64-1] (fnn.train.make_key)."""
 
-    def __init__(self, run_dir: str, prompt: str | bytes = "\n", *, length: int = 300,
-                 temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
-                 checkpoint: str = "best", seconds: float = 0.25):
+    def __init__(
+        self,
+        run_dir: str,
+        prompt: str | bytes = "\n",
+        *,
+        length: int = 300,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        seed: int = 0,
+        checkpoint: str = "best",
+        seconds: float = 0.25,
+    ):
         self.key = make_key(seed)  # a bad seed fails before anything is read
         make_sampler(None, 1, length, temperature=temperature, top_k=top_k)  # the options
         model, self.params, self.state, self.vocab, config = load_run(run_dir, checkpoint)
         if top_k is not None and top_k > len(self.vocab):
-            raise ValueError(f"top_k must be at most the vocabulary's {len(self.vocab)} bytes, "
-                             f"got {top_k}")
+            raise ValueError(
+                f"top_k must be at most the vocabulary's {len(self.vocab)} bytes, got {top_k}"
+            )
         ids = self.vocab.encode(prompt)
         if ids.size == 0:
             raise ValueError("the prompt is empty: give at least one character to start from")
-        ids = ids[-config.context:]
-        window = jnp.zeros((config.context,), jnp.int32).at[:ids.size].set(jnp.asarray(ids))
-        self.sampler = make_sampler(model, config.context, length, temperature=temperature,
-                                    top_k=top_k)
+        ids = ids[-config.context :]
+        window = jnp.zeros((config.context,), jnp.int32).at[: ids.size].set(jnp.asarray(ids))
+        self.sampler = make_sampler(
+            model, config.context, length, temperature=temperature, top_k=top_k
+        )
         self.carry = (window, jnp.int32(ids.size), jnp.zeros((length,), jnp.int32))
-        self.run_dir, self.context, self.length, self.seconds = run_dir, config.context, \
-            length, seconds
+        self.run_dir, self.context, self.length, self.seconds = (
+            run_dir,
+            config.context,
+            length,
+            seconds,
+        )
         self.done, self.per_byte = 0, None
 
     @property
@@ -156,16 +179,24 @@ class Sampling:
         n = min(self.next_size if n is None else n, self.length - self.done)
         t0 = time.perf_counter()
         try:
-            carry = self.sampler.chunk(self.params, self.state, self.carry, self.key,
-                                       jnp.int32(self.done), jnp.int32(self.done + n))
-            ids = jax.device_get(carry[2][self.done:self.done + n])
+            carry = self.sampler.chunk(
+                self.params,
+                self.state,
+                self.carry,
+                self.key,
+                jnp.int32(self.done),
+                jnp.int32(self.done + n),
+            )
+            ids = jax.device_get(carry[2][self.done : self.done + n])
         except jax.errors.JaxRuntimeError as e:
             if not is_out_of_memory(e):
                 raise
-            raise OutOfMemoryError(f"out of memory while sampling from {self.run_dir} (XLA: "
-                                   f"{str(e).strip().splitlines()[0][:200]}): the model's "
-                                   f"parameters and one window of {self.context} bytes do not "
-                                   f"fit; sample on a device with more memory") from None
+            raise OutOfMemoryError(
+                f"out of memory while sampling from {self.run_dir} (XLA: "
+                f"{str(e).strip().splitlines()[0][:200]}): the model's "
+                f"parameters and one window of {self.context} bytes do not "
+                f"fit; sample on a device with more memory"
+            ) from None
         if self.done:  # the first piece also compiled
             self.per_byte = (time.perf_counter() - t0) / n
         self.carry, self.done = carry, self.done + n
@@ -174,15 +205,29 @@ class Sampling:
     @property
     def text(self) -> bytes:
         """The bytes generated so far."""
-        return self.vocab.decode(jax.device_get(self.carry[2][:self.done]))
+        return self.vocab.decode(jax.device_get(self.carry[2][: self.done]))
 
 
-def sample_run(run_dir: str, prompt: str | bytes = "\n", *, length: int = 300,
-               temperature: float = 0.8, top_k: int | None = None, seed: int = 0,
-               checkpoint: str = "best") -> bytes:
+def sample_run(
+    run_dir: str,
+    prompt: str | bytes = "\n",
+    *,
+    length: int = 300,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+    checkpoint: str = "best",
+) -> bytes:
     """`length` bytes generated after `prompt` by the run's model (the prompt not included),
     in one call of the compiled loop (Sampling, in one piece).
     seed: any integer in [0, 2**64-1] (fnn.train.make_key), as for training."""
-    sampling = Sampling(run_dir, prompt, length=length, temperature=temperature, top_k=top_k,
-                        seed=seed, checkpoint=checkpoint)
+    sampling = Sampling(
+        run_dir,
+        prompt,
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        checkpoint=checkpoint,
+    )
     return sampling.step(length)

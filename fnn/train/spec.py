@@ -92,12 +92,19 @@ class TrainSpec:
         if self.grad not in GRADS:
             raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {self.grad!r}")
         if self.rules and self.grad != "custom":
-            raise ValueError(f"rules replace fnn's hand-written backward: they need "
-                             f"grad='custom', not jax.grad (got rules for "
-                             f"{', '.join(map(str, self.rules))})")
+            raise ValueError(
+                f"rules replace fnn's hand-written backward: they need "
+                f"grad='custom', not jax.grad (got rules for "
+                f"{', '.join(map(str, self.rules))})"
+            )
         remat_model(self.model, self.remat)  # a bad remat fails here
-        check_fit_inputs(self.model, self.data, loss=self.loss, batch_size=self.batch_size,
-                         eval_batch_size=self.eval_batch_size)
+        check_fit_inputs(
+            self.model,
+            self.data,
+            loss=self.loss,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+        )
         dp = mesh(self.devices, self.shard)
         if dp is not None:
             dp.check_batch_size(self.batch_size)
@@ -113,20 +120,32 @@ class TrainSpec:
 
     def train_step(self):
         """The uncompiled train step of this spec (make_train_step(..., jit=False))."""
-        return make_train_step(self.model, self.optimizer, loss=self.loss, grad=self.grad,
-                               l2=self.l2, jit=False, rules=self.rules, remat=self.remat)
+        return make_train_step(
+            self.model,
+            self.optimizer,
+            loss=self.loss,
+            grad=self.grad,
+            l2=self.l2,
+            jit=False,
+            rules=self.rules,
+            remat=self.remat,
+        )
 
     def init_state(self, init: Callable = init_train_state) -> TrainState:
         """A fresh TrainState from `seed`, placed on the mesh (sharded parameters made split,
         never whole on one device); XLA running out of memory explained
         (fnn.train.OutOfMemoryError). init: init_train_state, or one that stands in for it."""
         try:
-            return init(self.model, self.optimizer, self.data.input_shape, self.seed,
-                        place=self.dp)
+            return init(self.model, self.optimizer, self.data.input_shape, self.seed, place=self.dp)
         except jax.errors.JaxRuntimeError as e:
             if is_out_of_memory(e):
-                raise init_out_of_memory(e, self.model, self.optimizer, self.data.input_shape,
-                                         "while initializing the parameters") from None
+                raise init_out_of_memory(
+                    e,
+                    self.model,
+                    self.optimizer,
+                    self.data.input_shape,
+                    "while initializing the parameters",
+                ) from None
             raise
 
     def check_start(self, start: TrainState) -> None:

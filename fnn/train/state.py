@@ -59,17 +59,19 @@ def make_key(seed: int):
         ValueError: `seed` is outside [0, 2**64 - 1].
     """
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer in [0, 2**64-1], got {seed!r} "
-                        f"({type(seed).__name__})")
+        raise TypeError(
+            f"seed must be an integer in [0, 2**64-1], got {seed!r} ({type(seed).__name__})"
+        )
     seed = int(seed)
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**64-1], got {seed}: a PRNG key "
-                         "holds 64 bits, so larger or negative seeds would collide with others")
+        raise ValueError(
+            f"seed must be an integer in [0, 2**64-1], got {seed}: a PRNG key "
+            "holds 64 bits, so larger or negative seeds would collide with others"
+        )
     return jnp.array([seed >> 32, seed & 0xFFFFFFFF], dtype=jnp.uint32)
 
 
-def init_train_state(model, optimizer, input_shape, seed: int = 0, *,
-                     place=None) -> TrainState:
+def init_train_state(model, optimizer, input_shape, seed: int = 0, *, place=None) -> TrainState:
     """Initialize model and optimizer from `seed`: one key for init, one for training.
 
     Args:
@@ -85,6 +87,7 @@ def init_train_state(model, optimizer, input_shape, seed: int = 0, *,
     Returns:
         The TrainState at epoch 0.
     """
+
     def make():
         init_key, train_key = jax.random.split(make_key(seed))
         params, state, _ = model.init(init_key, tuple(input_shape))
@@ -94,6 +97,10 @@ def init_train_state(model, optimizer, input_shape, seed: int = 0, *,
         return TrainState(*make())
     params, state, opt_state, key = jax.eval_shape(make)
     replicated = jax.tree_util.tree_map(lambda _: place.replicated, (state, key))
-    shardings = (place.param_shardings(params), replicated[0],
-                 place.param_shardings(opt_state), replicated[1])
+    shardings = (
+        place.param_shardings(params),
+        replicated[0],
+        place.param_shardings(opt_state),
+        replicated[1],
+    )
     return TrainState(*jax.jit(make, out_shardings=shardings)())

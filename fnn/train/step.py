@@ -59,8 +59,10 @@ class Loss:
         """Whether accuracy means something for these scores and labels."""
         if self.classify is not None:
             return self.classify
-        return (jnp.issubdtype(jnp.result_type(labels), jnp.integer)
-                and tuple(jnp.shape(labels)) == tuple(scores_shape)[:-1])
+        return (
+            jnp.issubdtype(jnp.result_type(labels), jnp.integer)
+            and tuple(jnp.shape(labels)) == tuple(scores_shape)[:-1]
+        )
 
     def per_example(self, scores, labels):
         if self.per_example_fn is not None:
@@ -72,16 +74,18 @@ def _one_hot_mse(scores, labels):
     """mse against one-hot targets when the labels are class indices (the lecture's squared
     error on classes), else against the labels themselves (regression)."""
     if jnp.issubdtype(jnp.result_type(labels), jnp.integer) and (
-            jnp.ndim(labels) == jnp.ndim(scores) - 1):
+        jnp.ndim(labels) == jnp.ndim(scores) - 1
+    ):
         labels = jax.nn.one_hot(labels, scores.shape[-1], dtype=jnp.result_type(scores))
     return registry["mse"](scores, labels)
 
 
-LOSSES = {"softmax_cross_entropy": Loss("softmax_cross_entropy",
-                                        registry["softmax_cross_entropy"], True),
-          "cross_entropy": Loss("softmax_cross_entropy", registry["softmax_cross_entropy"], True),
-          "svm": Loss("svm_loss", registry["svm_loss"], True),
-          "mse": Loss("mse", _one_hot_mse)}
+LOSSES = {
+    "softmax_cross_entropy": Loss("softmax_cross_entropy", registry["softmax_cross_entropy"], True),
+    "cross_entropy": Loss("softmax_cross_entropy", registry["softmax_cross_entropy"], True),
+    "svm": Loss("svm_loss", registry["svm_loss"], True),
+    "mse": Loss("mse", _one_hot_mse),
+}
 """The losses by name (what `loss=` and `--loss` accept): name -> Loss."""
 
 
@@ -109,9 +113,11 @@ def cross_entropy(*, label_smoothing: float = 0.0, ignore_index: int | None = No
     def fn(scores, labels):
         return gate(scores, labels, label_smoothing=label_smoothing, ignore_index=ignore_index)
 
-    name = "softmax_cross_entropy" + (f" (label_smoothing {label_smoothing})"
-                                      if label_smoothing else "") + (
-        f" (ignore_index {ignore_index})" if ignore_index is not None else "")
+    name = (
+        "softmax_cross_entropy"
+        + (f" (label_smoothing {label_smoothing})" if label_smoothing else "")
+        + (f" (ignore_index {ignore_index})" if ignore_index is not None else "")
+    )
     return Loss(name, fn, True)
 
 
@@ -134,12 +140,16 @@ def get_loss(loss) -> Loss:
         try:
             return LOSSES[loss]
         except KeyError:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or "
-                             "pass a function loss(scores, labels) -> scalar") from None
+            raise ValueError(
+                f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or "
+                "pass a function loss(scores, labels) -> scalar"
+            ) from None
     if callable(loss):
         return Loss(getattr(loss, "__name__", type(loss).__name__), loss)
-    raise ValueError(f"loss must be a name ({', '.join(LOSSES)}), a fnn.train.Loss or a "
-                     f"function loss(scores, labels) -> scalar, got {loss!r}")
+    raise ValueError(
+        f"loss must be a name ({', '.join(LOSSES)}), a fnn.train.Loss or a "
+        f"function loss(scores, labels) -> scalar, got {loss!r}"
+    )
 
 
 def make_loss_fn(model, loss="softmax_cross_entropy", *, l2: float = 0.0):
@@ -175,9 +185,11 @@ def value_and_grad(loss_fn, grad: str = "custom", rules=None):
         return fnn_value_and_grad(loss_fn, has_aux=True, rules=rules)
     if grad == "builtin":
         if rules:
-            raise ValueError(f"rules replace fnn's hand-written backward: they need "
-                             f"grad='custom', not jax.grad (got rules for "
-                             f"{', '.join(map(str, rules))})")
+            raise ValueError(
+                f"rules replace fnn's hand-written backward: they need "
+                f"grad='custom', not jax.grad (got rules for "
+                f"{', '.join(map(str, rules))})"
+            )
         return jax.value_and_grad(loss_fn, has_aux=True)
     raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
 
@@ -218,8 +230,10 @@ def remat_model(model, remat=True):
     if remat is False or getattr(model, "remat", False):
         return model
     if remat is not True and (not isinstance(remat, int) or isinstance(remat, bool) or remat < 1):
-        raise ValueError(f"remat must be True, False or a positive int (layers per checkpointed "
-                         f"run), got {remat!r}")
+        raise ValueError(
+            f"remat must be True, False or a positive int (layers per checkpointed "
+            f"run), got {remat!r}"
+        )
     if not is_plain_serial(model):  # a leaf, a residual, a wrapper (in_dtype): whole
         return remat_layer(model)
     return remat_layer(model, "sqrt" if remat is True else remat)
@@ -229,13 +243,23 @@ def uses_remat(model) -> bool:
     """Whether any layer of `model` (itself or a child, at any depth) is checkpointed
     (fnn.nn.remat, a model's remat=True): its compiled step then needs XLA's remat options."""
     return bool(getattr(model, "remat", False)) or any(
-        uses_remat(child) for _, child in getattr(model, "children", ()))
+        uses_remat(child) for _, child in getattr(model, "children", ())
+    )
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, *,
-                    loss="softmax_cross_entropy", grad: str = "custom", l2: float = 0.0,
-                    jit: bool = True, devices=None, rules=None, shard: str | None = None,
-                    remat=False):
+def make_train_step(
+    model,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss="softmax_cross_entropy",
+    grad: str = "custom",
+    l2: float = 0.0,
+    jit: bool = True,
+    devices=None,
+    rules=None,
+    shard: str | None = None,
+    remat=False,
+):
     """Make step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics).
 
     batch = (x, y); metrics = {"loss", "accuracy"} of the batch, before the update ("accuracy"

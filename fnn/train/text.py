@@ -38,8 +38,10 @@ def stdlib_files() -> list[str]:
     root = sysconfig.get_paths()["stdlib"]
     files = sorted(glob.glob(os.path.join(root, "*.py")))
     if not files:
-        raise DataError(f"the default text corpus is the standard library's *.py files, but "
-                        f"{root} holds none; pass a text file or folder with --data-dir")
+        raise DataError(
+            f"the default text corpus is the standard library's *.py files, but "
+            f"{root} holds none; pass a text file or folder with --data-dir"
+        )
     return files
 
 
@@ -54,8 +56,9 @@ def corpus_files(path: str | None) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise DataError(f"--data-dir {path!r} does not exist: give a text file or a folder of "
-                        "text files")
+        raise DataError(
+            f"--data-dir {path!r} does not exist: give a text file or a folder of text files"
+        )
     found = []
     for root, dirs, names in os.walk(path, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -71,8 +74,9 @@ def corpus_files(path: str | None) -> list[str]:
         seen.add((st.st_dev, st.st_ino))
         files.append(f)
     if not files:
-        raise DataError(f"--data-dir {path!r} is a folder without files: there is no text to "
-                        "train on")
+        raise DataError(
+            f"--data-dir {path!r} is a folder without files: there is no text to train on"
+        )
     return files
 
 
@@ -84,16 +88,20 @@ def read_corpus(path: str | None = None, *, max_bytes: int = MAX_BYTES) -> tuple
     sizes = [os.path.getsize(f) for f in files]
     total = sum(sizes)
     if total > max_bytes:
-        raise DataError(f"the text corpus {path or 'stdlib'} holds {total:,} bytes in "
-                        f"{len(files)} files, more than the {max_bytes:,} read into memory; "
-                        "name a smaller file or folder")
+        raise DataError(
+            f"the text corpus {path or 'stdlib'} holds {total:,} bytes in "
+            f"{len(files)} files, more than the {max_bytes:,} read into memory; "
+            "name a smaller file or folder"
+        )
     parts, used, left = [], [], max_bytes
     for f, _size in zip(files, sizes):
         with open(f, "rb") as fh:
             data = fh.read(left + 1)
         if len(data) > left:
-            raise DataError(f"{f} grew while the corpus was read: the text corpus now holds "
-                            f"more than {max_bytes:,} bytes")
+            raise DataError(
+                f"{f} grew while the corpus was read: the text corpus now holds "
+                f"more than {max_bytes:,} bytes"
+            )
         left -= len(data)
         if b"\0" in data:
             continue
@@ -101,8 +109,10 @@ def read_corpus(path: str | None = None, *, max_bytes: int = MAX_BYTES) -> tuple
         used.append(f)
     text = b"".join(parts)
     if not text:
-        raise DataError(f"the text corpus {path!r} is empty (or only binary files): there is "
-                        "no text to train on")
+        raise DataError(
+            f"the text corpus {path!r} is empty (or only binary files): there is "
+            "no text to train on"
+        )
     return text, used
 
 
@@ -135,17 +145,20 @@ class Vocab:
         ids = table[np.frombuffer(data, np.uint8)]
         if (ids < 0).any():
             missing = sorted({bytes([b]) for b, i in zip(data, ids) if i < 0})
-            raise DataError(f"the text holds {len(missing)} byte(s) the model never saw in "
-                            f"training: {', '.join(map(repr, missing[:10]))}; its vocabulary "
-                            f"has {len(self)} bytes")
+            raise DataError(
+                f"the text holds {len(missing)} byte(s) the model never saw in "
+                f"training: {', '.join(map(repr, missing[:10]))}; its vocabulary "
+                f"has {len(self)} bytes"
+            )
         return ids
 
     def decode(self, ids) -> bytes:
         """The bytes of token ids (ids outside [0, V) raise)."""
         ids = np.asarray(ids)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise DataError(f"token ids must lie in [0, {len(self)}), got values in "
-                            f"[{ids.min()}, {ids.max()}]")
+            raise DataError(
+                f"token ids must lie in [0, {len(self)}), got values in [{ids.min()}, {ids.max()}]"
+            )
         return bytes(np.asarray(self.symbols, np.uint8)[ids])
 
     def save(self, run_dir: str, *, folder=None) -> str:
@@ -163,46 +176,63 @@ class Vocab:
         path = os.path.join(run_dir, VOCAB_FILE)
         try:
             if folder is not None:
-                text = read_file(VOCAB_FILE, folder=folder, limit=MAX_VOCAB_BYTES,
-                                 what="vocabulary")
+                text = read_file(
+                    VOCAB_FILE, folder=folder, limit=MAX_VOCAB_BYTES, what="vocabulary"
+                )
             else:
                 text = read_file(path, limit=MAX_VOCAB_BYTES, what="vocabulary")
             d = json.loads(text)
         except FileNotFoundError:
-            raise DataError(f"{run_dir} has no {VOCAB_FILE}: it is not the run of a text "
-                            "model") from None
+            raise DataError(
+                f"{run_dir} has no {VOCAB_FILE}: it is not the run of a text model"
+            ) from None
         except RunDirError as e:
             raise DataError(str(e)) from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{path} is damaged: it is not JSON ({e}); it should hold the "
-                            "run's byte vocabulary") from None
+            raise DataError(
+                f"{path} is damaged: it is not JSON ({e}); it should hold the run's byte vocabulary"
+            ) from None
         if not isinstance(d, dict):
-            raise DataError(f"{path} is damaged: it must be a JSON object, got a "
-                            f"{type(d).__name__}")
+            raise DataError(
+                f"{path} is damaged: it must be a JSON object, got a {type(d).__name__}"
+            )
         if d.get("kind", "bytes") != "bytes":
             raise DataError(f"{path}: field 'kind' must be \"bytes\", got {d.get('kind')!r}")
         symbols = d.get("symbols")
         if not isinstance(symbols, list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) for s in symbols):
-            raise DataError(f"{path}: field 'symbols' must be a list of byte values (integers "
-                            f"0..255), got {str(symbols)[:60]}")
-        if not symbols or sorted(set(symbols)) != list(symbols) or not all(
-                0 <= s < 256 for s in symbols):
-            raise DataError(f"{path}: field 'symbols' must hold distinct sorted byte values "
-                            f"0..255, got {len(symbols)} values")
+            isinstance(s, int) and not isinstance(s, bool) for s in symbols
+        ):
+            raise DataError(
+                f"{path}: field 'symbols' must be a list of byte values (integers "
+                f"0..255), got {str(symbols)[:60]}"
+            )
+        if (
+            not symbols
+            or sorted(set(symbols)) != list(symbols)
+            or not all(0 <= s < 256 for s in symbols)
+        ):
+            raise DataError(
+                f"{path}: field 'symbols' must hold distinct sorted byte values "
+                f"0..255, got {len(symbols)} values"
+            )
         return cls(tuple(symbols))
 
 
 def windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows: x (N, context) and y = x shifted by one position, (N, context)."""
     n = (len(ids) - 1) // context
-    x = ids[:n * context].reshape(n, context)
-    y = ids[1:n * context + 1].reshape(n, context)
+    x = ids[: n * context].reshape(n, context)
+    y = ids[1 : n * context + 1].reshape(n, context)
     return x, y
 
 
-def load_text(data_dir: str | None = None, *, context: int = 128, val_fraction: float = 0.1,
-              limit: int | None = None) -> dict:
+def load_text(
+    data_dir: str | None = None,
+    *,
+    context: int = 128,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+) -> dict:
     """x/y_train, x/y_val, x/y_test (int32 windows), the Vocab and a description of the corpus.
 
     Split by position (the module docstring).
@@ -231,25 +261,36 @@ def load_text(data_dir: str | None = None, *, context: int = 128, val_fraction: 
     n_test = int(len(ids) * TEST_FRACTION)
     n_val = int(len(ids) * (1 - TEST_FRACTION) * val_fraction)
     n_train = len(ids) - n_test - n_val
-    parts = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val],
-             "test": ids[n_train + n_val:]}
+    parts = {
+        "train": ids[:n_train],
+        "val": ids[n_train : n_train + n_val],
+        "test": ids[n_train + n_val :],
+    }
     out = {}
     for k, part in parts.items():
-        x, y = windows(part, context) if len(part) > context else (
-            np.zeros((0, context), np.int32), np.zeros((0, context), np.int32))
+        x, y = (
+            windows(part, context)
+            if len(part) > context
+            else (np.zeros((0, context), np.int32), np.zeros((0, context), np.int32))
+        )
         if limit:
             x, y = x[:limit], y[:limit]
         out[f"x_{k}"], out[f"y_{k}"] = x, y
     if len(out["x_train"]) == 0:
-        raise DataError(f"the text corpus has {len(ids):,} bytes: too few for one training "
-                        f"window of context {context} (+1); use a shorter --context or more text")
+        raise DataError(
+            f"the text corpus has {len(ids):,} bytes: too few for one training "
+            f"window of context {context} (+1); use a shorter --context or more text"
+        )
     counts = np.bincount(ids[:n_train], minlength=len(vocab)).astype(np.float64)
     p = counts / counts.sum()
     unigram = float(-np.sum(p[p > 0] * np.log(p[p > 0])))  # nats: entropy of the train bytes
     source = data_dir or f"the standard library at {os.path.dirname(files[0])}"
-    out.update(vocab=vocab, unigram_loss=unigram, sha256=hashlib.sha256(text).hexdigest(),
-               description=f"{source}: {len(files)} files, {len(text):,} bytes, "
-                           f"{len(vocab)} distinct")
+    out.update(
+        vocab=vocab,
+        unigram_loss=unigram,
+        sha256=hashlib.sha256(text).hexdigest(),
+        description=f"{source}: {len(files)} files, {len(text):,} bytes, {len(vocab)} distinct",
+    )
     return out
 
 
@@ -257,6 +298,8 @@ def check_vocab(run_dir: str, vocab: Vocab, *, folder=None) -> None:
     """A resumed text run must read text with the vocabulary it was trained on."""
     saved = Vocab.load(run_dir, folder=folder)
     if saved != vocab:
-        raise DataError(f"the text corpus now has a vocabulary of {len(vocab)} bytes, but the run "
-                        f"in {run_dir} was trained on {len(saved)} (its {VOCAB_FILE}): resume "
-                        "it on the same text (--data-dir)")
+        raise DataError(
+            f"the text corpus now has a vocabulary of {len(vocab)} bytes, but the run "
+            f"in {run_dir} was trained on {len(saved)} (its {VOCAB_FILE}): resume "
+            "it on the same text (--data-dir)"
+        )

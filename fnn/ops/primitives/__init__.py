@@ -17,26 +17,66 @@ table the interpreter reads (fnn.autodiff.interpret), is its view by primitive p
 
 from types import MappingProxyType
 
-from fnn.ops.primitives import (collectives, complex_parts, control, conv, custom, elementwise,
-                                factorizations, fourier, indexing, linalg, loops, reductions,
-                                remat, segments, shapes, shard_map, solves, special, spectral,
-                                windows)
+from fnn.ops.primitives import (
+    collectives,
+    complex_parts,
+    control,
+    conv,
+    custom,
+    elementwise,
+    factorizations,
+    fourier,
+    indexing,
+    linalg,
+    loops,
+    reductions,
+    remat,
+    segments,
+    shapes,
+    shard_map,
+    solves,
+    special,
+    spectral,
+    windows,
+)
 
-FAMILIES = {"elementwise": elementwise, "complex": complex_parts, "special": special,
-            "reductions": reductions,
-            "shapes": shapes, "indexing": indexing, "segments": segments, "linalg": linalg,
-            "factorizations": factorizations, "spectral": spectral, "solves": solves,
-            "fourier": fourier, "conv": conv, "windows": windows, "loops": loops, "remat": remat,
-            "collectives": collectives, "shard_map": shard_map}
+FAMILIES = {
+    "elementwise": elementwise,
+    "complex": complex_parts,
+    "special": special,
+    "reductions": reductions,
+    "shapes": shapes,
+    "indexing": indexing,
+    "segments": segments,
+    "linalg": linalg,
+    "factorizations": factorizations,
+    "spectral": spectral,
+    "solves": solves,
+    "fourier": fourier,
+    "conv": conv,
+    "windows": windows,
+    "loops": loops,
+    "remat": remat,
+    "collectives": collectives,
+    "shard_map": shard_map,
+}
 """The families of primitive gates, one module each (their gates are in fnn.registry)."""
 
 # the collectives that exist only with named axes have no case the gate checker can run (it has
 # no named axis): they are rules, checked by tests/test_collectives.py, not registry gates
 NOT_IN_REGISTRY = frozenset(collectives.NAMED)
 
-STRUCTURAL = MappingProxyType({**collectives.NAMED, **control.STRUCTURAL, **loops.STRUCTURAL,
-                               **remat.STRUCTURAL, **custom.STRUCTURAL, **shard_map.STRUCTURAL,
-                               **solves.STRUCTURAL})
+STRUCTURAL = MappingProxyType(
+    {
+        **collectives.NAMED,
+        **control.STRUCTURAL,
+        **loops.STRUCTURAL,
+        **remat.STRUCTURAL,
+        **custom.STRUCTURAL,
+        **shard_map.STRUCTURAL,
+        **solves.STRUCTURAL,
+    }
+)
 """The rules that are not registry gates: nested jit, custom rules, loops, checkpoints,
 shard_map, custom linear solves, the named-axis collectives (fnn.ops.RULES adds the gates)."""
 

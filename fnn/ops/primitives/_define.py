@@ -42,7 +42,9 @@ def _find(jaxpr, consts, args, primitive):
     equations before it (and descending into nested jit/custom calls) with JAX."""
     env = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
-    read = lambda v: np.asarray(v.val, dtype=v.aval.dtype) if isinstance(v, jcore.Literal) else env[v]
+    read = lambda v: (
+        np.asarray(v.val, dtype=v.aval.dtype) if isinstance(v, jcore.Literal) else env[v]
+    )
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         if eqn.primitive is primitive:
@@ -59,9 +61,17 @@ def _find(jaxpr, consts, args, primitive):
     return None
 
 
-def case(primitive, fn, *args, label: str = "", numeric: bool = True,
-         reference: bool = True, params: str = "bind", fixed: tuple = (),
-         second_order: bool = True) -> Case:
+def case(
+    primitive,
+    fn,
+    *args,
+    label: str = "",
+    numeric: bool = True,
+    reference: bool = True,
+    params: str = "bind",
+    fixed: tuple = (),
+    second_order: bool = True,
+) -> Case:
     """The Case of `primitive`'s first equation in make_jaxpr(fn)(*args): its input values
     (computed by running fn's equations before it) and its parameters (as they are bound;
     params="eqn": as the equation holds them, for a rule the interpreter passes those).
@@ -73,8 +83,15 @@ def case(primitive, fn, *args, label: str = "", numeric: bool = True,
     eqn, inputs = found
     params = dict(primitive.get_bind_params(eqn.params) if params == "bind" else eqn.params)
     inputs = [x if isinstance(x, np.ndarray) or _is_key(x) else np.asarray(x) for x in inputs]
-    return Case(tuple(inputs), params, label=label or _label(inputs), numeric=numeric,
-                reference=reference, fixed=tuple(fixed), second_order=second_order)
+    return Case(
+        tuple(inputs),
+        params,
+        label=label or _label(inputs),
+        numeric=numeric,
+        reference=reference,
+        fixed=tuple(fixed),
+        second_order=second_order,
+    )
 
 
 def _is_key(x) -> bool:
@@ -87,16 +104,21 @@ def bare(primitive):
     JAX where a gate's forward computes more than the primitive (what JAX's rule computes under
     differentiation: eigh of the symmetric part, the SVD with its vectors), so that the gate is
     compared with JAX's rule for the primitive itself."""
+
     def reference(*args, **params):
         out = primitive.bind(*args, **params)
         return tuple(out) if primitive.multiple_results else out
+
     reference.__name__ = f"{primitive.name}_bound"
     return reference
 
 
 def _label(inputs) -> str:
-    return " ".join(("key" if _is_key(x) else np.dtype(getattr(x, "dtype", np.float64)).name[0])
-                    + str(list(np.shape(x))) for x in inputs)
+    return " ".join(
+        ("key" if _is_key(x) else np.dtype(getattr(x, "dtype", np.float64)).name[0])
+        + str(list(np.shape(x)))
+        for x in inputs
+    )
 
 
 # ---- kink cases: the special points of an elementwise rule -----------------------------------
@@ -111,9 +133,17 @@ def special_unary(primitive, fn, points=SPECIAL):
 def special_binary(primitive, fn, points=SPECIAL):
     """Kink cases of a two-input elementwise primitive: fn at every pair of special points
     (ties among them), and with a scalar second operand as jnp writes literals."""
+
     def kinks(dtype):
         x, y = np.meshgrid(np.asarray(points, dtype), np.asarray(points, dtype))
-        return [case(primitive, fn, x.reshape(-1), y.reshape(-1), label="pairs of special points"),
-                case(primitive, lambda x: fn(x, np.asarray(0.0, dtype)), np.asarray(points, dtype),
-                     label="against a literal 0")]
+        return [
+            case(primitive, fn, x.reshape(-1), y.reshape(-1), label="pairs of special points"),
+            case(
+                primitive,
+                lambda x: fn(x, np.asarray(0.0, dtype)),
+                np.asarray(points, dtype),
+                label="against a literal 0",
+            ),
+        ]
+
     return kinks

@@ -49,17 +49,22 @@ from fnn.ops.primitives._define import case, find
 def _in_shard_map(fn):
     """fn under a one-device shard_map on an abstract mesh (axis 'i'): only to find primitives
     that exist inside shard_map (tracing it starts no backend)."""
-    return jax.shard_map(fn, mesh=AbstractMesh((1,), ("i",)), in_specs=Spec("i"),
-                         out_specs=Spec("i"))
+    return jax.shard_map(
+        fn, mesh=AbstractMesh((1,), ("i",)), in_specs=Spec("i"), out_specs=Spec("i")
+    )
 
 
 _X = np.ones(2, np.float32)
-reduce_scatter_p = find("reduce_scatter",
-                        _in_shard_map(lambda x: lax.psum_scatter(x, "i", tiled=True)), _X)
+reduce_scatter_p = find(
+    "reduce_scatter", _in_shard_map(lambda x: lax.psum_scatter(x, "i", tiled=True)), _X
+)
 psum_invariant_p = find("psum_invariant", _in_shard_map(lambda x: lax.psum(x, "i") + x), _X)
 pvary_p = find("pvary", _in_shard_map(lambda x: lax.psum(x, "i")), _X)
-all_gather_invariant_p = find("all_gather_invariant", _in_shard_map(
-    lambda x: lax.all_gather(x, "i", to="invarying", tiled=True) + x), _X)
+all_gather_invariant_p = find(
+    "all_gather_invariant",
+    _in_shard_map(lambda x: lax.all_gather(x, "i", to="invarying", tiled=True) + x),
+    _X,
+)
 
 
 def _expand(g, shape, axes):
@@ -75,8 +80,10 @@ def varying(x) -> frozenset:
 
 def _split(axes):
     """(named axes, positional axes) of a collective's `axes`."""
-    return (tuple(a for a in axes if not isinstance(a, int)),
-            tuple(a for a in axes if isinstance(a, int)))
+    return (
+        tuple(a for a in axes if not isinstance(a, int)),
+        tuple(a for a in axes if isinstance(a, int)),
+    )
 
 
 def _vary(g, axes):
@@ -98,15 +105,38 @@ def _positional_cases(primitive, fn, make=normal, complex_make=None):
     two = lambda v: fn(v, ("a", "b"))
 
     def cases(rng, dtype):
-        return [case(primitive, jax.vmap(one, axis_name="b"), make(rng, (4, 3), dtype),
-                     label="vmap axis 0"),
-                case(primitive, jax.vmap(one, axis_name="b", in_axes=1),
-                     make(rng, (2, 5, 3), dtype), label="vmap in_axes=1"),
-                case(primitive, jax.vmap(jax.vmap(two, axis_name="b"), axis_name="a"),
-                     make(rng, (2, 3, 2), dtype), label="two axes")] + (
-            [] if complex_make is None else
-            [case(primitive, jax.vmap(one, axis_name="b"), complex_make(rng, (4, 3), dtype),
-                  label="complex")])
+        return [
+            case(
+                primitive,
+                jax.vmap(one, axis_name="b"),
+                make(rng, (4, 3), dtype),
+                label="vmap axis 0",
+            ),
+            case(
+                primitive,
+                jax.vmap(one, axis_name="b", in_axes=1),
+                make(rng, (2, 5, 3), dtype),
+                label="vmap in_axes=1",
+            ),
+            case(
+                primitive,
+                jax.vmap(jax.vmap(two, axis_name="b"), axis_name="a"),
+                make(rng, (2, 3, 2), dtype),
+                label="two axes",
+            ),
+        ] + (
+            []
+            if complex_make is None
+            else [
+                case(
+                    primitive,
+                    jax.vmap(one, axis_name="b"),
+                    complex_make(rng, (4, 3), dtype),
+                    label="complex",
+                )
+            ]
+        )
+
     return cases
 
 
@@ -145,24 +175,39 @@ def _chooser_forward(primitive, reduce):
     """pmax/pmin's forward: over positional axes alone it is `reduce` over them (JAX's own
     evaluation of it), which JAX can differentiate, so JAX can differentiate fnn's backward
     too (JAX has no rule for pmax/pmin themselves); over named axes, the primitive."""
+
     def forward(x, *, axes, axis_index_groups):
         named, pos = _split(axes)
-        y = (primitive.bind(x, axes=tuple(axes), axis_index_groups=axis_index_groups) if named
-             else reduce(x, pos))
+        y = (
+            primitive.bind(x, axes=tuple(axes), axis_index_groups=axis_index_groups)
+            if named
+            else reduce(x, pos)
+        )
         return y, ((x,), y)
+
     return forward
 
 
 def _chooser_kinks(primitive, fn):
     def kinks(dtype):
         ties = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, -1.0], [0.0, 2.0, -1.0]], dtype)
-        return [case(primitive, jax.vmap(lambda v: fn(v, "b"), axis_name="b"), ties,
-                     label="ties across the axis")]
+        return [
+            case(
+                primitive,
+                jax.vmap(lambda v: fn(v, "b"), axis_name="b"),
+                ties,
+                label="ties across the axis",
+            )
+        ]
+
     return kinks
 
 
-@primitive_gate(P.pmax_p, forward=_chooser_forward(P.pmax_p, lax.reduce_max),
-                params=("axes", "axis_index_groups"))
+@primitive_gate(
+    P.pmax_p,
+    forward=_chooser_forward(P.pmax_p, lax.reduce_max),
+    params=("axes", "axis_index_groups"),
+)
 def pmax(g, saved, *, axes, axis_index_groups):
     """Max over devices and positions.  Local gradient: 1 where x is the maximum (ties share g
     evenly), as jnp.max's rule routes it; with one output per device, g summed over them."""
@@ -173,8 +218,11 @@ pmax.defcases(_positional_cases(P.pmax_p, lax.pmax, distinct))
 pmax.defkinks(_chooser_kinks(P.pmax_p, lax.pmax))
 
 
-@primitive_gate(P.pmin_p, forward=_chooser_forward(P.pmin_p, lax.reduce_min),
-                params=("axes", "axis_index_groups"))
+@primitive_gate(
+    P.pmin_p,
+    forward=_chooser_forward(P.pmin_p, lax.reduce_min),
+    params=("axes", "axis_index_groups"),
+)
 def pmin(g, saved, *, axes, axis_index_groups):
     """Min over devices and positions.  Local gradient: 1 where x is the minimum (ties share g
     evenly); with one output per device, g summed over them."""
@@ -186,24 +234,40 @@ pmin.defkinks(_chooser_kinks(P.pmin_p, lax.pmin))
 
 
 # ---- collectives over named axes only (checked by tests/test_collectives.py) -----------------
-@primitive_gate(P.all_gather_p, save="none",
-                params=("all_gather_dimension", "axis_name", "axis_index_groups", "axis_size",
-                        "tiled"), complex=True)
+@primitive_gate(
+    P.all_gather_p,
+    save="none",
+    params=("all_gather_dimension", "axis_name", "axis_index_groups", "axis_size", "tiled"),
+    complex=True,
+)
 def all_gather(g, _, *, all_gather_dimension, axis_name, axis_index_groups, axis_size, tiled):
     """Every device's x, stacked (or concatenated, tiled) along all_gather_dimension.  Local
     gradient: each device's slice of g, summed over the devices (psum_scatter of g)."""
-    return (lax.psum_scatter(g, axis_name, scatter_dimension=all_gather_dimension,
-                             axis_index_groups=axis_index_groups, tiled=tiled),)
+    return (
+        lax.psum_scatter(
+            g,
+            axis_name,
+            scatter_dimension=all_gather_dimension,
+            axis_index_groups=axis_index_groups,
+            tiled=tiled,
+        ),
+    )
 
 
-@primitive_gate(reduce_scatter_p, save="none",
-                params=("scatter_dimension", "axis_name", "axis_index_groups", "axis_size",
-                        "tiled"), complex=True)
+@primitive_gate(
+    reduce_scatter_p,
+    save="none",
+    params=("scatter_dimension", "axis_name", "axis_index_groups", "axis_size", "tiled"),
+    complex=True,
+)
 def psum_scatter(g, _, *, scatter_dimension, axis_name, axis_index_groups, axis_size, tiled):
     """lax.psum_scatter: the sum over devices, device i keeping slice i of scatter_dimension.
     Local gradient: 1 for every summand of its slice: all_gather of g."""
-    return (lax.all_gather(g, axis_name, axis=scatter_dimension,
-                           axis_index_groups=axis_index_groups, tiled=tiled),)
+    return (
+        lax.all_gather(
+            g, axis_name, axis=scatter_dimension, axis_index_groups=axis_index_groups, tiled=tiled
+        ),
+    )
 
 
 @primitive_gate(P.ppermute_p, save="none", params=("axis_name", "perm"), complex=True)
@@ -213,9 +277,12 @@ def ppermute(g, _, *, axis_name, perm):
     return (lax.ppermute(g, axis_name, perm=[(dst, src) for src, dst in perm]),)
 
 
-@primitive_gate(P.all_to_all_p, save=_save_varying,
-                params=("axis_name", "split_axis", "concat_axis", "axis_index_groups", "tiled"),
-                complex=True)
+@primitive_gate(
+    P.all_to_all_p,
+    save=_save_varying,
+    params=("axis_name", "split_axis", "concat_axis", "axis_index_groups", "tiled"),
+    complex=True,
+)
 def all_to_all(g, vma, *, axis_name, split_axis, concat_axis, axis_index_groups, tiled):
     """x split along split_axis, chunk i sent to device i, the received chunks concatenated
     along concat_axis.  Local gradient: the reverse exchange (the two axes swapped).
@@ -225,9 +292,16 @@ def all_to_all(g, vma, *, axis_name, split_axis, concat_axis, axis_index_groups,
     swapped. (JAX's own rule calls lax.all_to_all, which adds that axis again: jax.grad fails
     on an untiled all_to_all whose split and concat axes differ, fnn does not.)"""
     g = _vary(g, tuple(vma))  # typed as x was (as lax.all_to_all makes it)
-    return (P.all_to_all_p.bind(g, axis_name=axis_name, split_axis=concat_axis,
-                                concat_axis=split_axis, axis_index_groups=axis_index_groups,
-                                tiled=tiled),)
+    return (
+        P.all_to_all_p.bind(
+            g,
+            axis_name=axis_name,
+            split_axis=concat_axis,
+            concat_axis=split_axis,
+            axis_index_groups=axis_index_groups,
+            tiled=tiled,
+        ),
+    )
 
 
 @primitive_gate(pvary_p, save="none", params=("axes",), complex=True)
@@ -244,20 +318,34 @@ def psum_invariant(g, _, *, axes):
     return (_vary(g, axes),)
 
 
-@primitive_gate(all_gather_invariant_p, save="none",
-                params=("all_gather_dimension", "axis_name", "axis_size", "tiled"), complex=True)
+@primitive_gate(
+    all_gather_invariant_p,
+    save="none",
+    params=("all_gather_dimension", "axis_name", "axis_size", "tiled"),
+    complex=True,
+)
 def all_gather_invariant(g, _, *, all_gather_dimension, axis_name, axis_size, tiled):
     """all_gather(to='invarying'): every device's x, one invariant result.  Local gradient:
     the device's own slice of g."""
     size = g.shape[all_gather_dimension] // axis_size
-    out = lax.dynamic_slice_in_dim(g, lax.axis_index(axis_name) * size, size,
-                                   axis=all_gather_dimension)
+    out = lax.dynamic_slice_in_dim(
+        g, lax.axis_index(axis_name) * size, size, axis=all_gather_dimension
+    )
     return (out if tiled else lax.squeeze(out, (all_gather_dimension,)),)
 
 
 # the gates that exist only with named axes: not in the registry (no named axis there)
-NAMED = {gate.primitive: gate for gate in (all_gather, psum_scatter, ppermute, all_to_all,
-                                           pvary, psum_invariant,
-                                           all_gather_invariant)}
+NAMED = {
+    gate.primitive: gate
+    for gate in (
+        all_gather,
+        psum_scatter,
+        ppermute,
+        all_to_all,
+        pvary,
+        psum_invariant,
+        all_gather_invariant,
+    )
+}
 # the rules of this module checked under named axes by tests/test_collectives.py: all of them
 ALL = {gate.primitive: gate for gate in (psum, pmax, pmin, *NAMED.values())}

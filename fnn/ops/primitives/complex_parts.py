@@ -53,17 +53,25 @@ imag.defkinks(smooth=True)
 def complex(g, shapes, *, needs, **params):  # noqa: A001  (the primitive's name)
     """x + iy.  Local gradients (JAX's convention): Re(g) to x, -Im(g) to y."""
     x, y = shapes
-    return (unbroadcast(lax.real(g), x) if needs[0] else None,
-            unbroadcast(lax.imag(lax.neg(g)), y) if needs[1] else None)
+    return (
+        unbroadcast(lax.real(g), x) if needs[0] else None,
+        unbroadcast(lax.imag(lax.neg(g)), y) if needs[1] else None,
+    )
 
 
 @complex.defcases
 def _complex_cases(rng, dtype):
     x, y = normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype)
-    return [case(P.complex_p, lax.complex, x, y),
-            case(P.complex_p, lax.complex, normal(rng, (), dtype), normal(rng, (), dtype)),
-            case(P.complex_p, lambda x: lax.complex(np.asarray(0.5, x.dtype), x),
-                 normal(rng, (3,), dtype), label="a literal real part")]
+    return [
+        case(P.complex_p, lax.complex, x, y),
+        case(P.complex_p, lax.complex, normal(rng, (), dtype), normal(rng, (), dtype)),
+        case(
+            P.complex_p,
+            lambda x: lax.complex(np.asarray(0.5, x.dtype), x),
+            normal(rng, (3,), dtype),
+            label="a literal real part",
+        ),
+    ]
 
 
 complex.defkinks(smooth=True)
@@ -78,7 +86,10 @@ def conj(g, saved, *, input_dtype, **params):
     return (lax.real(g),)
 
 
-conj.defcases(lambda rng, dtype: [
-    *(case(P.conj_p, lax.conj, cnormal(rng, s, dtype)) for s in SHAPES),
-    case(P.conj_p, lax.conj, normal(rng, (2, 3), dtype), label="of a real input")])
+conj.defcases(
+    lambda rng, dtype: [
+        *(case(P.conj_p, lax.conj, cnormal(rng, s, dtype)) for s in SHAPES),
+        case(P.conj_p, lax.conj, normal(rng, (2, 3), dtype), label="of a real input"),
+    ]
+)
 conj.defkinks(smooth=True)

@@ -50,8 +50,8 @@ def while_loop(interp, eqn, invals, scope, live):
     of steps is known only at run time), and is refused when a gradient would flow from it."""
     cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
     body = eqn.params["body_jaxpr"].jaxpr
-    init = invals[cn + bn:]
-    traced_consts = [isinstance(x, Traced) for x in invals[cn:cn + bn]]
+    init = invals[cn + bn :]
+    traced_consts = [isinstance(x, Traced) for x in invals[cn : cn + bn]]
     dep = [isinstance(x, Traced) for x in init]
     while True:  # a carry depends if its start does or the body makes it from one that does
         more = [a or b for a, b in zip(dep, _depends(body, traced_consts + dep, interp.rules))]
@@ -67,7 +67,8 @@ def while_loop(interp, eqn, invals, scope, live):
             f"({', '.join(body.outvars[k].aval.str_short() for k in changing)}), and the "
             "result depends on them. Reverse-mode gradients of such a loop are not defined, "
             "the number of steps being known only at run time (jax.grad refuses it too): use "
-            "lax.scan, or lax.fori_loop with bounds known when tracing (which is a scan).")
+            "lax.scan, or lax.fori_loop with bounds known when tracing (which is a scan)."
+        )
     outs = interp.evaluate(eqn, [raw(x) for x in invals])
     # a loop invariant leaves the loop as it came in: the same (traced) value
     return [init[k] if dep[k] and forwarded[k] else o for k, o in enumerate(outs)]
@@ -77,12 +78,40 @@ while_loop.takes_live = True
 
 
 NO_GRADIENT_PRIMITIVES = [
-    P.eq_p, P.ne_p, P.lt_p, P.le_p, P.gt_p, P.ge_p, P.and_p, P.or_p, P.xor_p, P.not_p,
-    P.is_finite_p, P.argmax_p, P.argmin_p, P.iota_p, P.shift_left_p, P.shift_right_arithmetic_p,
-    P.shift_right_logical_p, P.population_count_p, P.clz_p, P.reduce_and_p, P.reduce_or_p,
-    P.reduce_xor_p, P.nextafter_p, P.bitcast_convert_type_p, P.random_bits_p, P.random_seed_p,
-    P.random_fold_in_p, P.random_split_p, P.threefry2x32_p, P.rng_bit_generator_p,
-    P.rng_uniform_p, P.eq_to_p, P.lt_to_p, P.le_to_p,
+    P.eq_p,
+    P.ne_p,
+    P.lt_p,
+    P.le_p,
+    P.gt_p,
+    P.ge_p,
+    P.and_p,
+    P.or_p,
+    P.xor_p,
+    P.not_p,
+    P.is_finite_p,
+    P.argmax_p,
+    P.argmin_p,
+    P.iota_p,
+    P.shift_left_p,
+    P.shift_right_arithmetic_p,
+    P.shift_right_logical_p,
+    P.population_count_p,
+    P.clz_p,
+    P.reduce_and_p,
+    P.reduce_or_p,
+    P.reduce_xor_p,
+    P.nextafter_p,
+    P.bitcast_convert_type_p,
+    P.random_bits_p,
+    P.random_seed_p,
+    P.random_fold_in_p,
+    P.random_split_p,
+    P.threefry2x32_p,
+    P.rng_bit_generator_p,
+    P.rng_uniform_p,
+    P.eq_to_p,
+    P.lt_to_p,
+    P.le_to_p,
 ] + [getattr(P, name) for name in ("random_wrap_p", "random_unwrap_p") if hasattr(P, name)]
 
 STRUCTURAL = {

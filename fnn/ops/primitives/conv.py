@@ -47,7 +47,7 @@ def _rhs_padding(in_shape, window, strides, out_shape, padding, lhs_dilation, rh
 
 def _axis_out_of(src, size1, x):
     shape = list(x.shape)
-    shape[src:src + 1] = [size1, shape[src] // size1]
+    shape[src : src + 1] = [size1, shape[src] // size1]
     return lax.reshape(x, shape)
 
 
@@ -63,9 +63,22 @@ def _transpose_spec(spec):
     return (spec[1], spec[0]) + tuple(spec[2:])
 
 
-def _conv_dx(g, x_shape, x_dtype, w, *, window_strides, padding, lhs_dilation, rhs_dilation,
-             dimension_numbers, feature_group_count, batch_group_count, precision,
-             preferred_element_type):
+def _conv_dx(
+    g,
+    x_shape,
+    x_dtype,
+    w,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+):
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     sd = lambda spec: list(spec[2:])
     w_shape = w.shape
@@ -77,24 +90,51 @@ def _conv_dx(g, x_shape, x_dtype, w, *, window_strides, padding, lhs_dilation, r
         w = _axis_into(rhs_spec[0], rhs_spec[1], w)
         feature_group_count = batch_group_count
     dims = lax.ConvDimensionNumbers(out_spec, _transpose_spec(rhs_spec), lhs_spec)
-    pads = _lhs_padding(np.take(x_shape, sd(lhs_spec)), np.take(w_shape, sd(rhs_spec)),
-                        window_strides, np.take(g.shape, sd(out_spec)), padding, lhs_dilation,
-                        rhs_dilation)
+    pads = _lhs_padding(
+        np.take(x_shape, sd(lhs_spec)),
+        np.take(w_shape, sd(rhs_spec)),
+        window_strides,
+        np.take(g.shape, sd(out_spec)),
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+    )
     w = lax.rev(w, sd(rhs_spec)).astype(g.dtype)
-    dx = lax.conv_general_dilated(g, w, window_strides=lhs_dilation, padding=pads,
-                                  lhs_dilation=window_strides, rhs_dilation=rhs_dilation,
-                                  dimension_numbers=dims, feature_group_count=feature_group_count,
-                                  batch_group_count=1, precision=precision,
-                                  preferred_element_type=preferred_element_type)
+    dx = lax.conv_general_dilated(
+        g,
+        w,
+        window_strides=lhs_dilation,
+        padding=pads,
+        lhs_dilation=window_strides,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dims,
+        feature_group_count=feature_group_count,
+        batch_group_count=1,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     if batch_group_count > 1:
         dx = _axis_out_of(lhs_spec[1], batch_group_count, dx)
         dx = _axis_into(lhs_spec[1], lhs_spec[0], dx)
     return dx.astype(x_dtype)
 
 
-def _conv_dw(g, x, w_shape, w_dtype, *, window_strides, padding, lhs_dilation, rhs_dilation,
-             dimension_numbers, feature_group_count, batch_group_count, precision,
-             preferred_element_type):
+def _conv_dw(
+    g,
+    x,
+    w_shape,
+    w_dtype,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+):
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     if np.size(g) == 0:
         return lax.full(w_shape, 0, w_dtype)
@@ -103,72 +143,168 @@ def _conv_dw(g, x, w_shape, w_dtype, *, window_strides, padding, lhs_dilation, r
         feature_group_count, batch_group_count = batch_group_count, 1
     elif feature_group_count > 1:
         feature_group_count, batch_group_count = 1, feature_group_count
-    dims = lax.ConvDimensionNumbers(_transpose_spec(lhs_spec), _transpose_spec(out_spec),
-                                    _transpose_spec(rhs_spec))
-    pads = _rhs_padding(np.take(x.shape, sd(lhs_spec)), np.take(w_shape, sd(rhs_spec)),
-                        window_strides, np.take(g.shape, sd(out_spec)), padding, lhs_dilation,
-                        rhs_dilation)
-    dw = lax.conv_general_dilated(x.astype(g.dtype), g, window_strides=rhs_dilation, padding=pads,
-                                  lhs_dilation=lhs_dilation, rhs_dilation=window_strides,
-                                  dimension_numbers=dims, feature_group_count=feature_group_count,
-                                  batch_group_count=batch_group_count, precision=precision,
-                                  preferred_element_type=preferred_element_type)
+    dims = lax.ConvDimensionNumbers(
+        _transpose_spec(lhs_spec), _transpose_spec(out_spec), _transpose_spec(rhs_spec)
+    )
+    pads = _rhs_padding(
+        np.take(x.shape, sd(lhs_spec)),
+        np.take(w_shape, sd(rhs_spec)),
+        window_strides,
+        np.take(g.shape, sd(out_spec)),
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+    )
+    dw = lax.conv_general_dilated(
+        x.astype(g.dtype),
+        g,
+        window_strides=rhs_dilation,
+        padding=pads,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=window_strides,
+        dimension_numbers=dims,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return dw.astype(w_dtype)
 
 
-@primitive_gate(P.conv_general_dilated_p,
-                params=("window_strides", "padding", "lhs_dilation", "rhs_dilation",
-                        "dimension_numbers", "feature_group_count", "batch_group_count",
-                        "precision", "preferred_element_type"),
-                only={"out_sharding": (None,)}, complex=True)
-def conv_general_dilated(g, inputs, *, needs, window_strides, padding, lhs_dilation,
-                         rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-                         precision=None, preferred_element_type=None, **params):
+@primitive_gate(
+    P.conv_general_dilated_p,
+    params=(
+        "window_strides",
+        "padding",
+        "lhs_dilation",
+        "rhs_dilation",
+        "dimension_numbers",
+        "feature_group_count",
+        "batch_group_count",
+        "precision",
+        "preferred_element_type",
+    ),
+    only={"out_sharding": (None,)},
+    complex=True,
+)
+def conv_general_dilated(
+    g,
+    inputs,
+    *,
+    needs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision=None,
+    preferred_element_type=None,
+    **params,
+):
     """the convolution of x with kernel w.  Local gradients: dx = g convolved with w flipped
     (features swapped, strides as input dilation); dw = x correlated with g."""
     x, w = inputs
-    kw = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
-              rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-              feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-              precision=precision, preferred_element_type=preferred_element_type)
-    return (_conv_dx(g, x.shape, x.dtype, w, **kw) if needs[0] else None,
-            _conv_dw(g, x, w.shape, w.dtype, **kw) if needs[1] else None)
+    kw = dict(
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return (
+        _conv_dx(g, x.shape, x.dtype, w, **kw) if needs[0] else None,
+        _conv_dw(g, x, w.shape, w.dtype, **kw) if needs[1] else None,
+    )
 
 
 @conv_general_dilated.defcases
 def _conv_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
     c = lambda *s: cnormal(rng, s, dtype)
-    conv = lambda **kw: (lambda x, w: lax.conv_general_dilated(x, w, **kw))
+    conv = lambda **kw: lambda x, w: lax.conv_general_dilated(x, w, **kw)
     nhwc = ("NHWC", "HWIO", "NHWC")
     return [
-        case(P.conv_general_dilated_p, conv(window_strides=(1, 1), padding="SAME",
-                                            dimension_numbers=nhwc),
-             n(2, 5, 5, 3), n(3, 3, 3, 4), label="NHWC SAME"),
-        case(P.conv_general_dilated_p, conv(window_strides=(2, 1), padding=((1, 0), (2, 1))),
-             n(2, 3, 7, 6), n(4, 3, 3, 2), label="NCHW strided, explicit padding"),
-        case(P.conv_general_dilated_p, conv(window_strides=(1, 1), padding=((0, 1), (1, 0)),
-                                            lhs_dilation=(2, 1), rhs_dilation=(1, 2)),
-             n(1, 2, 4, 6), n(3, 2, 2, 2), label="lhs and rhs dilation"),
-        case(P.conv_general_dilated_p, conv(window_strides=(1, 1), padding="SAME",
-                                            dimension_numbers=nhwc, feature_group_count=3),
-             n(2, 4, 4, 3), n(3, 3, 1, 6), label="depthwise (3 groups)"),
-        case(P.conv_general_dilated_p, conv(window_strides=(1,), padding="VALID",
-                                            batch_group_count=2),
-             n(4, 2, 5), n(4, 2, 2), label="batch groups, 1-d"),
-        case(P.conv_general_dilated_p, conv(window_strides=(1, 1, 2), padding="SAME",
-                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC")),
-             n(1, 3, 3, 4, 2), n(2, 2, 2, 2, 3), label="3-d"),
-        case(P.conv_general_dilated_p, conv(window_strides=(2, 1), padding=((1, 0), (2, 1)),
-                                            feature_group_count=2),
-             c(2, 4, 5, 4), c(4, 2, 3, 2), label="complex, strided, 2 groups"),
+        case(
+            P.conv_general_dilated_p,
+            conv(window_strides=(1, 1), padding="SAME", dimension_numbers=nhwc),
+            n(2, 5, 5, 3),
+            n(3, 3, 3, 4),
+            label="NHWC SAME",
+        ),
+        case(
+            P.conv_general_dilated_p,
+            conv(window_strides=(2, 1), padding=((1, 0), (2, 1))),
+            n(2, 3, 7, 6),
+            n(4, 3, 3, 2),
+            label="NCHW strided, explicit padding",
+        ),
+        case(
+            P.conv_general_dilated_p,
+            conv(
+                window_strides=(1, 1),
+                padding=((0, 1), (1, 0)),
+                lhs_dilation=(2, 1),
+                rhs_dilation=(1, 2),
+            ),
+            n(1, 2, 4, 6),
+            n(3, 2, 2, 2),
+            label="lhs and rhs dilation",
+        ),
+        case(
+            P.conv_general_dilated_p,
+            conv(
+                window_strides=(1, 1), padding="SAME", dimension_numbers=nhwc, feature_group_count=3
+            ),
+            n(2, 4, 4, 3),
+            n(3, 3, 1, 6),
+            label="depthwise (3 groups)",
+        ),
+        case(
+            P.conv_general_dilated_p,
+            conv(window_strides=(1,), padding="VALID", batch_group_count=2),
+            n(4, 2, 5),
+            n(4, 2, 2),
+            label="batch groups, 1-d",
+        ),
+        case(
+            P.conv_general_dilated_p,
+            conv(
+                window_strides=(1, 1, 2),
+                padding="SAME",
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            ),
+            n(1, 3, 3, 4, 2),
+            n(2, 2, 2, 2, 3),
+            label="3-d",
+        ),
+        case(
+            P.conv_general_dilated_p,
+            conv(window_strides=(2, 1), padding=((1, 0), (2, 1)), feature_group_count=2),
+            c(2, 4, 5, 4),
+            c(4, 2, 3, 2),
+            label="complex, strided, 2 groups",
+        ),
     ]
+
+
 conv_general_dilated.defkinks(smooth=True)
 
 
 # ---- windowed reductions ---------------------------------------------------------------------
-_WINDOW_PARAMS = ("window_dimensions", "window_strides", "padding", "base_dilation",
-                  "window_dilation")
+_WINDOW_PARAMS = (
+    "window_dimensions",
+    "window_strides",
+    "padding",
+    "base_dilation",
+    "window_dilation",
+)
+
 
 def _unpad(g, padding_config):
     """The transpose of lax.pad: the positions of the unpadded operand read out of g."""
@@ -178,69 +314,144 @@ def _unpad(g, padding_config):
 
 
 @primitive_gate(P.reduce_window_sum_p, save="shapes", params=_WINDOW_PARAMS, complex=True)
-def reduce_window_sum(g, shapes, *, window_dimensions, window_strides, padding, base_dilation,
-                      window_dilation, **params):
+def reduce_window_sum(
+    g,
+    shapes,
+    *,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+    **params,
+):
     """sums over sliding windows (sum/average pooling).  Local gradient: 1 for every element
     of a window, so each element collects g of every window it is in."""
     (x,) = shapes
-    pads = _lhs_padding(x.shape, window_dimensions, window_strides, g.shape, padding,
-                        base_dilation, window_dilation)
-    padded = lax.pad(g, np.zeros((), g.dtype),
-                     [(lo, hi, s - 1) for (lo, hi), s in zip(pads, window_strides)])
-    out = P.reduce_window_sum_p.bind(padded, window_dimensions=tuple(window_dimensions),
-                                     window_strides=tuple(base_dilation),
-                                     padding=((0, 0),) * len(x.shape),
-                                     base_dilation=(1,) * len(x.shape),
-                                     window_dilation=tuple(window_dilation))
+    pads = _lhs_padding(
+        x.shape, window_dimensions, window_strides, g.shape, padding, base_dilation, window_dilation
+    )
+    padded = lax.pad(
+        g, np.zeros((), g.dtype), [(lo, hi, s - 1) for (lo, hi), s in zip(pads, window_strides)]
+    )
+    out = P.reduce_window_sum_p.bind(
+        padded,
+        window_dimensions=tuple(window_dimensions),
+        window_strides=tuple(base_dilation),
+        padding=((0, 0),) * len(x.shape),
+        base_dilation=(1,) * len(x.shape),
+        window_dilation=tuple(window_dilation),
+    )
     return (out,)
 
 
-def _window_cases(primitive, init, op, make=normal, dilated_reference=True,
-                  complex_make=None):
+def _window_cases(primitive, init, op, make=normal, dilated_reference=True, complex_make=None):
     """Pooling cases; JAX has no VJP of a window max/min with dilation (dilated_reference);
     with complex_make (a rule that takes complex values) one complex case more."""
+
     def cases(rng, dtype):
-        rw = lambda **kw: (lambda x: lax.reduce_window(x, np.asarray(init, x.dtype), op, **kw))
-        more = [] if complex_make is None else [
-            case(primitive, rw(window_dimensions=(2, 2), window_strides=(1, 2),
-                               padding=((1, 0), (0, 1))), complex_make(rng, (4, 5), dtype),
-                 label="complex, strided, padded")]
+        rw = lambda **kw: lambda x: lax.reduce_window(x, np.asarray(init, x.dtype), op, **kw)
+        more = (
+            []
+            if complex_make is None
+            else [
+                case(
+                    primitive,
+                    rw(window_dimensions=(2, 2), window_strides=(1, 2), padding=((1, 0), (0, 1))),
+                    complex_make(rng, (4, 5), dtype),
+                    label="complex, strided, padded",
+                )
+            ]
+        )
         return [
-            case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1),
-                               padding="VALID"), make(rng, (2, 4, 4, 3), dtype), label="2x2 pool"),
-            case(primitive, rw(window_dimensions=(1, 3, 3, 1), window_strides=(1, 2, 2, 1),
-                               padding="SAME"), make(rng, (1, 5, 5, 2), dtype),
-                 label="3x3 stride 2 SAME"),
-            case(primitive, rw(window_dimensions=(3,), window_strides=(1,), padding=((1, 2),),
-                               window_dilation=(2,)), make(rng, (7,), dtype),
-                 label="1-d, window dilation, padding", reference=dilated_reference),
-            case(primitive, rw(window_dimensions=(2, 2), window_strides=(1, 1), padding="VALID",
-                               base_dilation=(2, 1)), make(rng, (3, 3), dtype),
-                 label="base dilation", reference=dilated_reference),
+            case(
+                primitive,
+                rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1), padding="VALID"),
+                make(rng, (2, 4, 4, 3), dtype),
+                label="2x2 pool",
+            ),
+            case(
+                primitive,
+                rw(window_dimensions=(1, 3, 3, 1), window_strides=(1, 2, 2, 1), padding="SAME"),
+                make(rng, (1, 5, 5, 2), dtype),
+                label="3x3 stride 2 SAME",
+            ),
+            case(
+                primitive,
+                rw(
+                    window_dimensions=(3,),
+                    window_strides=(1,),
+                    padding=((1, 2),),
+                    window_dilation=(2,),
+                ),
+                make(rng, (7,), dtype),
+                label="1-d, window dilation, padding",
+                reference=dilated_reference,
+            ),
+            case(
+                primitive,
+                rw(
+                    window_dimensions=(2, 2),
+                    window_strides=(1, 1),
+                    padding="VALID",
+                    base_dilation=(2, 1),
+                ),
+                make(rng, (3, 3), dtype),
+                label="base dilation",
+                reference=dilated_reference,
+            ),
         ] + more
+
     return cases
 
 
 def _window_kinks(primitive, init, op):
     """Ties within and across windows (overlapping and not), a NaN, infinities."""
+
     def kinks(dtype):
-        x = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 2.0],
-                      [np.nan, 1.0, np.inf, -np.inf]], dtype)[None, :, :, None]
-        rw = lambda **kw: (lambda x: lax.reduce_window(x, np.asarray(init, dtype), op, **kw))
-        return [case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1),
-                                   padding="VALID"), x, label="2x2 windows, ties"),
-                case(primitive, rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 1, 1, 1),
-                                   padding="SAME"), x, label="overlapping windows, ties")]
+        x = np.array(
+            [
+                [1.0, 1.0, 0.0, 1.0],
+                [0.0, 0.0, 0.0, 0.0],
+                [2.0, 1.0, 2.0, 2.0],
+                [np.nan, 1.0, np.inf, -np.inf],
+            ],
+            dtype,
+        )[None, :, :, None]
+        rw = lambda **kw: lambda x: lax.reduce_window(x, np.asarray(init, dtype), op, **kw)
+        return [
+            case(
+                primitive,
+                rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 2, 2, 1), padding="VALID"),
+                x,
+                label="2x2 windows, ties",
+            ),
+            case(
+                primitive,
+                rw(window_dimensions=(1, 2, 2, 1), window_strides=(1, 1, 1, 1), padding="SAME"),
+                x,
+                label="overlapping windows, ties",
+            ),
+        ]
+
     return kinks
 
 
-reduce_window_sum.defcases(_window_cases(P.reduce_window_sum_p, 0.0, lax.add,
-                                          complex_make=cnormal))
+reduce_window_sum.defcases(_window_cases(P.reduce_window_sum_p, 0.0, lax.add, complex_make=cnormal))
 reduce_window_sum.defkinks(smooth=True)
 
 
-def _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
-                    window_dilation, fill, keeps):
+def _window_chooser(
+    g,
+    saved,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+    fill,
+    keeps,
+):
     """g of each window routed to the element XLA's select-and-scatter selects, as JAX's rule
     does: the window's elements (padding left out) are read in window order, and the selected
     one is replaced by the next unless keeps(selected, next) (>= for max, <= for min). So a tie
@@ -263,43 +474,85 @@ def _window_chooser(g, saved, window_dimensions, window_strides, padding, base_d
         value = lax.slice(xp, start, limit, window_strides)
         valid = lax.slice(inside, start, limit, window_strides)
         first = lax.eq(chosen, np.int32(-1))
-        take = valid if best is None else lax.bitwise_and(
-            valid, lax.bitwise_or(first, lax.bitwise_not(keeps(best, value))))
+        take = (
+            valid
+            if best is None
+            else lax.bitwise_and(valid, lax.bitwise_or(first, lax.bitwise_not(keeps(best, value))))
+        )
         best = value if best is None else lax.select(take, value, best)
         chosen = lax.select(take, lax.full_like(chosen, k), chosen)
     grad_xp = lax.full(xp.shape, 0, g.dtype)
     for k, (start, limit) in enumerate(windows):
         routed = lax.select(lax.eq(chosen, np.int32(k)), g, lax.full_like(g, 0))
-        back = [(s, n - lim, st - 1) for s, lim, st, n in zip(start, limit, window_strides,
-                                                             xp.shape)]
+        back = [
+            (s, n - lim, st - 1) for s, lim, st, n in zip(start, limit, window_strides, xp.shape)
+        ]
         grad_xp = lax.add(grad_xp, lax.pad(routed, np.zeros((), g.dtype), back))
     return (_unpad(grad_xp, config),)
 
 
 @primitive_gate(P.reduce_window_max_p, save="both", params=_WINDOW_PARAMS)
-def reduce_window_max(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
-                      window_dilation, **params):
+def reduce_window_max(
+    g,
+    saved,
+    *,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+    **params,
+):
     """maxima over sliding windows (max pooling).  Local gradient: 1 at each window's maximum
     (the max gate routes); a tie within a window goes to the first, in window order, as JAX's
     select-and-scatter does (which also passes over a NaN to the element after it)."""
-    return _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
-                           window_dilation, -np.inf, lax.ge)
+    return _window_chooser(
+        g,
+        saved,
+        window_dimensions,
+        window_strides,
+        padding,
+        base_dilation,
+        window_dilation,
+        -np.inf,
+        lax.ge,
+    )
 
 
-reduce_window_max.defcases(_window_cases(P.reduce_window_max_p, -np.inf, lax.max, distinct,
-                                         dilated_reference=False))
+reduce_window_max.defcases(
+    _window_cases(P.reduce_window_max_p, -np.inf, lax.max, distinct, dilated_reference=False)
+)
 reduce_window_max.defkinks(_window_kinks(P.reduce_window_max_p, -np.inf, lax.max))
 
 
 @primitive_gate(P.reduce_window_min_p, save="both", params=_WINDOW_PARAMS)
-def reduce_window_min(g, saved, *, window_dimensions, window_strides, padding, base_dilation,
-                      window_dilation, **params):
+def reduce_window_min(
+    g,
+    saved,
+    *,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+    **params,
+):
     """minima over sliding windows.  Local gradient: 1 at each window's minimum (the first,
     in window order, on a tie, as JAX's select-and-scatter does)."""
-    return _window_chooser(g, saved, window_dimensions, window_strides, padding, base_dilation,
-                           window_dilation, np.inf, lax.le)
+    return _window_chooser(
+        g,
+        saved,
+        window_dimensions,
+        window_strides,
+        padding,
+        base_dilation,
+        window_dilation,
+        np.inf,
+        lax.le,
+    )
 
 
-reduce_window_min.defcases(_window_cases(P.reduce_window_min_p, np.inf, lax.min, distinct,
-                                         dilated_reference=False))
+reduce_window_min.defcases(
+    _window_cases(P.reduce_window_min_p, np.inf, lax.min, distinct, dilated_reference=False)
+)
 reduce_window_min.defkinks(_window_kinks(P.reduce_window_min_p, np.inf, lax.min))

@@ -55,7 +55,8 @@ def _refuse_closure(interp, eqn, consts, kind):
             f"({', '.join(describe(raw(c)) for c in consts if isinstance(c, Traced))}). Its "
             "custom rule says nothing about that value's gradient (jax.grad refuses this too): "
             f"pass it to '{function_name(eqn)}' as an argument, or use "
-            "jax.closure_convert.")
+            "jax.closure_convert."
+        )
 
 
 def _is_symbolic_zero(x) -> bool:
@@ -123,11 +124,21 @@ def custom_vjp_call(interp, eqn, invals, scope):
     differentiated (a fwd may save less for the others: JAX tells it the same)."""
     n = eqn.params["num_consts"]
     _refuse_closure(interp, eqn, invals[:n], "custom_vjp")
-    static = {k: eqn.params[k] for k in ("call_jaxpr", "fwd_jaxpr_thunk", "num_consts", "bwd",
-                                         "out_trees", "symbolic_zeros")}
+    static = {
+        k: eqn.params[k]
+        for k in (
+            "call_jaxpr",
+            "fwd_jaxpr_thunk",
+            "num_consts",
+            "bwd",
+            "out_trees",
+            "symbolic_zeros",
+        )
+    }
     static["perturbed"] = tuple(isinstance(x, Traced) for x in invals)
-    out = apply(custom_vjp, tuple(invals), static, site=site_of(eqn),
-                scope=join_scope(scope, scope_of(eqn)))
+    out = apply(
+        custom_vjp, tuple(invals), static, site=site_of(eqn), scope=join_scope(scope, scope_of(eqn))
+    )
     return list(out)
 
 
@@ -174,10 +185,13 @@ def custom_jvp_call(interp, eqn, invals, scope):
     perturbed = [isinstance(x, Traced) for x in primals]
     zeros = [not p for p in perturbed] if symbolic else [False] * len(primals)
     jvp_jaxpr, jvp_consts, out_zeros = eqn.params["jvp_jaxpr_fun"].call_wrapped(*zeros)
-    tangents = [apply(jvp_tangent, (x,), {}, site=site, scope=inner) if p else
-                _tangent_zeros(raw(x)) for x, p, z in zip(primals, perturbed, zeros) if not z]
+    tangents = [
+        apply(jvp_tangent, (x,), {}, site=site, scope=inner) if p else _tangent_zeros(raw(x))
+        for x, p, z in zip(primals, perturbed, zeros)
+        if not z
+    ]
     outs = interp.run(jvp_jaxpr, jvp_consts, [raw(x) for x in primals] + tangents, scope=scope)
-    primal_outs, out_tangents = outs[:len(out_zeros)], iter(outs[len(out_zeros):])
+    primal_outs, out_tangents = outs[: len(out_zeros)], iter(outs[len(out_zeros) :])
     result = []
     for y, zero in zip(primal_outs, out_zeros):
         t = None if zero else next(out_tangents)

@@ -14,8 +14,16 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.gate import primitive_gate, unbroadcast
-from fnn.ops._cases import (SPECIAL, away_from, cdistinct, cnormal, complex_dtype, distinct,
-                            normal, uniform)
+from fnn.ops._cases import (
+    SPECIAL,
+    away_from,
+    cdistinct,
+    cnormal,
+    complex_dtype,
+    distinct,
+    normal,
+    uniform,
+)
 from fnn.ops.primitives._define import case, special_binary, special_unary
 
 SHAPES = ((), (3,), (2, 3))
@@ -29,11 +37,13 @@ def _c(x, value):
 def unary_cases(primitive, fn, make=normal, shapes=SHAPES, complex_make=None):
     """Cases at each of `shapes`; with `complex_make` (a rule that takes complex values), one
     complex case more, its values drawn by complex_make (away from branch cuts and poles)."""
+
     def cases(rng, dtype):
         out = [case(primitive, fn, make(rng, s, dtype)) for s in shapes]
         if complex_make is not None:
             out.append(case(primitive, fn, complex_make(rng, (2, 3), dtype), label="complex"))
         return out
+
     return cases
 
 
@@ -44,11 +54,18 @@ def binary_cases(primitive, fn, make_x=normal, make_y=normal, complex_make=None)
     def cases(rng, dtype):
         out = [case(primitive, fn, make_x(rng, a, dtype), make_y(rng, b, dtype)) for a, b in pairs]
         # a scalar literal against an array, as jnp emits for `x * 2.0`
-        out.append(case(primitive, lambda x: fn(x, _c(x, 1.5)), make_x(rng, (3,), dtype),
-                        label="array op literal"))
+        out.append(
+            case(
+                primitive,
+                lambda x: fn(x, _c(x, 1.5)),
+                make_x(rng, (3,), dtype),
+                label="array op literal",
+            )
+        )
         if complex_make is not None:
             out.append(case(primitive, fn, *complex_make(rng, (2, 3), dtype), label="complex"))
         return out
+
     return cases
 
 
@@ -99,9 +116,12 @@ def add_any(g, shapes, **params):
     return unbroadcast(g, x), unbroadcast(g, y)
 
 
-add_any.defcases(lambda rng, dtype: [
-    case(P.add_jaxvals_p, lambda x, y: P.add_jaxvals_p.bind(x, y), *make(rng, (2, 3), dtype))
-    for make in (_cpair(normal, normal), _cpair(_cplane))])
+add_any.defcases(
+    lambda rng, dtype: [
+        case(P.add_jaxvals_p, lambda x, y: P.add_jaxvals_p.bind(x, y), *make(rng, (2, 3), dtype))
+        for make in (_cpair(normal, normal), _cpair(_cplane))
+    ]
+)
 add_any.defkinks(smooth=True)
 
 
@@ -128,8 +148,10 @@ def mul(g, inputs, *, needs, out_dtype=None, **params):
             return lax.mul(a, b)
         return P.mul_p.bind(a, b, out_dtype=jnp.result_type(like))
 
-    return (unbroadcast(times(g, y, x), x) if needs[0] else None,
-            unbroadcast(times(g, x, y), y) if needs[1] else None)
+    return (
+        unbroadcast(times(g, y, x), x) if needs[0] else None,
+        unbroadcast(times(g, x, y), y) if needs[1] else None,
+    )
 
 
 mul.defcases(binary_cases(P.mul_p, lax.mul, complex_make=_cpair(_cplane)))
@@ -140,13 +162,22 @@ mul.defkinks(special_binary(P.mul_p, lax.mul))
 def div(g, inputs, *, needs, **params):
     """x / y.  Local gradients: 1/y and -x/y**2."""
     x, y = inputs
-    return (unbroadcast(lax.div(g, y), x) if needs[0] else None,
-            unbroadcast(lax.mul(lax.mul(lax.neg(g), x), lax.integer_pow(y, -2)), y)
-            if needs[1] else None)
+    return (
+        unbroadcast(lax.div(g, y), x) if needs[0] else None,
+        unbroadcast(lax.mul(lax.mul(lax.neg(g), x), lax.integer_pow(y, -2)), y)
+        if needs[1]
+        else None,
+    )
 
 
-div.defcases(binary_cases(P.div_p, lax.div, make_y=lambda r, s, d: away_from(r, s, d, gap=0.5),
-                         complex_make=_cpair(_cplane, _cright)))
+div.defcases(
+    binary_cases(
+        P.div_p,
+        lax.div,
+        make_y=lambda r, s, d: away_from(r, s, d, gap=0.5),
+        complex_make=_cpair(_cplane, _cright),
+    )
+)
 div.defkinks(special_binary(P.div_p, lax.div))
 
 
@@ -163,15 +194,19 @@ neg.defkinks(special_unary(P.neg_p, lax.neg))
 def _balanced(x, z, y):
     """1 where x is the chosen value z (0.5 where y ties with it), else 0: JAX's max/min rule."""
     one, zero = _c(z, 1), _c(z, 0)
-    return lax.div(lax.select(lax.eq(x, z), lax.full_like(z, one), lax.full_like(z, zero)),
-                   lax.select(lax.eq(y, z), lax.full_like(z, 2 * one), lax.full_like(z, one)))
+    return lax.div(
+        lax.select(lax.eq(x, z), lax.full_like(z, one), lax.full_like(z, zero)),
+        lax.select(lax.eq(y, z), lax.full_like(z, 2 * one), lax.full_like(z, one)),
+    )
 
 
 def _chooser(g, saved, needs):
     (x, y), z = saved
     x_b, y_b = jnp.broadcast_to(x, z.shape), jnp.broadcast_to(y, z.shape)
-    return (unbroadcast(lax.mul(g, _balanced(x_b, z, y_b)), x) if needs[0] else None,
-            unbroadcast(lax.mul(g, _balanced(y_b, z, x_b)), y) if needs[1] else None)
+    return (
+        unbroadcast(lax.mul(g, _balanced(x_b, z, y_b)), x) if needs[0] else None,
+        unbroadcast(lax.mul(g, _balanced(y_b, z, x_b)), y) if needs[1] else None,
+    )
 
 
 @primitive_gate(P.max_p, lecture="maximum", save="both", params=(), complex=True)
@@ -184,8 +219,12 @@ def max(g, saved, *, needs, **params):  # noqa: A001  (the primitive's name)
 
 def _chooser_cases(primitive, fn):
     """Cases of max/min: distinct values (no ties: those are kink cases), complex ones too."""
-    return binary_cases(primitive, fn, make_x=lambda r, s, d: distinct(r, s, d) if s else
-                        normal(r, s, d), complex_make=_cpair(cdistinct, cdistinct))
+    return binary_cases(
+        primitive,
+        fn,
+        make_x=lambda r, s, d: distinct(r, s, d) if s else normal(r, s, d),
+        complex_make=_cpair(cdistinct, cdistinct),
+    )
 
 
 max.defcases(_chooser_cases(P.max_p, lax.max))
@@ -216,8 +255,11 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
         if jnp.issubdtype(jnp.result_type(y), jnp.integer):  # 0 wherever y == 0, as JAX
             at_zero = lax.eq(y_c, _c(y_c, 0))
             y_safe = lax.select(at_zero, lax.full_like(y_c, 1), y_c)
-            jac = lax.select(at_zero, lax.full_like(y_c, 0),
-                             lax.mul(y_safe, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1)))))
+            jac = lax.select(
+                at_zero,
+                lax.full_like(y_c, 0),
+                lax.mul(y_safe, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1)))),
+            )
         else:
             jac = lax.mul(y_c, lax.pow(x_b, lax.sub(y_c, _c(y_c, 1))))
         dx = unbroadcast(lax.mul(g, jac), x)
@@ -227,8 +269,9 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
     return dx, dy
 
 
-pow.defcases(binary_cases(P.pow_p, lax.pow, make_x=_positive,
-                         complex_make=_cpair(_cright, _csmall)))
+pow.defcases(
+    binary_cases(P.pow_p, lax.pow, make_x=_positive, complex_make=_cpair(_cright, _csmall))
+)
 _POW_POINTS = SPECIAL + (2.0, -0.5, 3.0)  # every x = 0 against y = 0, 1, 2, 0.5, negative, ...
 
 
@@ -238,9 +281,8 @@ def _pow_kinks(dtype):
     n = np.asarray([0, 1, 2, 3, -1, -2, 0, 1, 2, -1], np.int32)  # an integer exponent array
     xs = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, -1.0, np.inf, np.nan], dtype)
     return special_binary(P.pow_p, lax.pow, _POW_POINTS)(dtype) + [
-        case(P.pow_p, lax.pow, xs, n, label="integer exponents, x = 0")]
-
-
+        case(P.pow_p, lax.pow, xs, n, label="integer exponents, x = 0")
+    ]
 
 
 @primitive_gate(P.integer_pow_p, lecture="power", params=("y",), complex=True)
@@ -252,19 +294,52 @@ def integer_pow(g, inputs, *, y, **params):
     return (lax.mul(g, lax.mul(_c(x, y), x if y == 2 else lax.integer_pow(x, y - 1))),)
 
 
-integer_pow.defcases(lambda rng, dtype: [
-    case(P.integer_pow_p, lambda x, n=n: lax.integer_pow(x, n), normal(rng, (2, 3), dtype),
-         label=f"n={n}") for n in (2, 3, -2, 1, 0)] + [
-    case(P.integer_pow_p, lambda x: lax.integer_pow(x, 3), normal(rng, (), dtype), label="0-d"),
-    case(P.integer_pow_p, lambda x: lax.integer_pow(x, 2), _cplane(rng, (2, 3), dtype),
-         label="complex, n=2"),
-    case(P.integer_pow_p, lambda x: lax.integer_pow(x, -3), _cright(rng, (2, 3), dtype),
-         label="complex, n=-3")])
+integer_pow.defcases(
+    lambda rng, dtype: (
+        [
+            case(
+                P.integer_pow_p,
+                lambda x, n=n: lax.integer_pow(x, n),
+                normal(rng, (2, 3), dtype),
+                label=f"n={n}",
+            )
+            for n in (2, 3, -2, 1, 0)
+        ]
+        + [
+            case(
+                P.integer_pow_p,
+                lambda x: lax.integer_pow(x, 3),
+                normal(rng, (), dtype),
+                label="0-d",
+            ),
+            case(
+                P.integer_pow_p,
+                lambda x: lax.integer_pow(x, 2),
+                _cplane(rng, (2, 3), dtype),
+                label="complex, n=2",
+            ),
+            case(
+                P.integer_pow_p,
+                lambda x: lax.integer_pow(x, -3),
+                _cright(rng, (2, 3), dtype),
+                label="complex, n=-3",
+            ),
+        ]
+    )
+)
 
 
-integer_pow.defkinks(lambda dtype: [
-    case(P.integer_pow_p, lambda x, n=n: lax.integer_pow(x, n), np.asarray(SPECIAL, dtype),
-         label=f"n={n} at special points") for n in (2, 3, -2, -1, 1, 0)])
+integer_pow.defkinks(
+    lambda dtype: [
+        case(
+            P.integer_pow_p,
+            lambda x, n=n: lax.integer_pow(x, n),
+            np.asarray(SPECIAL, dtype),
+            label=f"n={n} at special points",
+        )
+        for n in (2, 3, -2, -1, 1, 0)
+    ]
+)
 
 
 @primitive_gate(P.square_p, params=(), complex=True)
@@ -299,13 +374,20 @@ def atan2(g, inputs, *, needs, **params):
     values too (JAX's rule, which XLA's complex atan2 agrees with)."""
     x, y = inputs
     r2 = lax.add(lax.square(x), lax.square(y))
-    return (unbroadcast(lax.mul(g, lax.div(y, r2)), x) if needs[0] else None,
-            unbroadcast(lax.mul(g, lax.div(lax.neg(x), r2)), y) if needs[1] else None)
+    return (
+        unbroadcast(lax.mul(g, lax.div(y, r2)), x) if needs[0] else None,
+        unbroadcast(lax.mul(g, lax.div(lax.neg(x), r2)), y) if needs[1] else None,
+    )
 
 
-atan2.defcases(binary_cases(P.atan2_p, lax.atan2,
-                            make_y=lambda r, s, d: away_from(r, s, d, gap=0.3),
-                            complex_make=_cpair(_cright, _cright)))
+atan2.defcases(
+    binary_cases(
+        P.atan2_p,
+        lax.atan2,
+        make_y=lambda r, s, d: away_from(r, s, d, gap=0.3),
+        complex_make=_cpair(_cright, _cright),
+    )
+)
 atan2.defkinks(special_binary(P.atan2_p, lax.atan2))
 
 
@@ -515,8 +597,14 @@ def acosh(g, inputs, **params):
     return (lax.mul(g, lax.rsqrt(lax.sub(lax.square(x), _c(x, 1)))),)
 
 
-acosh.defcases(unary_cases(P.acosh_p, lax.acosh, lambda r, s, d: uniform(r, s, d, 1.5, 3.0),
-                            complex_make=lambda r, s, d: _cright(r, s, d) + 1))
+acosh.defcases(
+    unary_cases(
+        P.acosh_p,
+        lax.acosh,
+        lambda r, s, d: uniform(r, s, d, 1.5, 3.0),
+        complex_make=lambda r, s, d: _cright(r, s, d) + 1,
+    )
+)
 acosh.defkinks(special_unary(P.acosh_p, lax.acosh))
 
 
@@ -601,21 +689,25 @@ def abs(g, saved, **params):  # noqa: A001
 
 @abs.defcases
 def _abs_cases(rng, dtype):
-    return (unary_cases(P.abs_p, lax.abs, lambda r, s, d: away_from(r, s, d))(rng, dtype)
-            + [case(P.abs_p, lax.abs, cnormal(rng, (2, 3), dtype), label="complex")])
+    return unary_cases(P.abs_p, lax.abs, lambda r, s, d: away_from(r, s, d))(rng, dtype) + [
+        case(P.abs_p, lax.abs, cnormal(rng, (2, 3), dtype), label="complex")
+    ]
 
 
 @abs.defkinks
 def _abs_kinks(dtype):
     points = np.asarray(SPECIAL, dtype)
     z = np.asarray([0, 1j, -1, 1 - 1j, np.inf, 1j * np.inf, np.nan, 0j - 0.0], complex_dtype(dtype))
-    return [case(P.abs_p, lax.abs, points, label="special points"),
-            case(P.abs_p, lax.abs, z, label="complex special points")]
+    return [
+        case(P.abs_p, lax.abs, points, label="special points"),
+        case(P.abs_p, lax.abs, z, label="complex special points"),
+    ]
 
 
 def _zero_rule(doc):
     def rule(g, shapes, **params):
         return tuple(lax.full(s.shape, 0, s.dtype) for s in shapes)
+
     rule.__doc__ = doc
     return rule
 
@@ -627,20 +719,40 @@ def _zero_gate(primitive, name, doc, fn, params=(), complex=False):  # noqa: A00
     real_cases = unary_cases(primitive, fn, lambda r, s, d: distinct(r, s, d, gap=0.3) + 0.1)
     # of a complex z, sign(z) = z / |z| varies smoothly, but JAX's gradient is 0 there too:
     # compared with JAX alone
-    gate.defcases(lambda rng, dtype: real_cases(rng, dtype) + ([
-        case(primitive, fn, _cplane(rng, (2, 3), dtype), numeric=False, label="complex")]
-        if complex else []))
+    gate.defcases(
+        lambda rng, dtype: (
+            real_cases(rng, dtype)
+            + (
+                [case(primitive, fn, _cplane(rng, (2, 3), dtype), numeric=False, label="complex")]
+                if complex
+                else []
+            )
+        )
+    )
     gate.defkinks(special_unary(primitive, fn, SPECIAL + (1.5, 2.5, -0.5, -1.5)))  # steps too
     return gate
 
 
-sign = _zero_gate(P.sign_p, "sign", "sign(x).  Local gradient: 0 (piecewise constant; of a "
-                  "complex z, z / |z|: 0 too, as JAX's rule).", lax.sign, complex=True)
-floor = _zero_gate(P.floor_p, "floor", "floor(x).  Local gradient: 0 (piecewise constant).",
-                   lax.floor)
+sign = _zero_gate(
+    P.sign_p,
+    "sign",
+    "sign(x).  Local gradient: 0 (piecewise constant; of a "
+    "complex z, z / |z|: 0 too, as JAX's rule).",
+    lax.sign,
+    complex=True,
+)
+floor = _zero_gate(
+    P.floor_p, "floor", "floor(x).  Local gradient: 0 (piecewise constant).", lax.floor
+)
 ceil = _zero_gate(P.ceil_p, "ceil", "ceil(x).  Local gradient: 0 (piecewise constant).", lax.ceil)
-round = _zero_gate(P.round_p, "round", "round(x).  Local gradient: 0 (piecewise constant, "  # noqa: A001
-                   "whichever rounding_method).", lax.round, params=("rounding_method",))
+round = _zero_gate(
+    P.round_p,
+    "round",
+    "round(x).  Local gradient: 0 (piecewise constant, "  # noqa: A001
+    "whichever rounding_method).",
+    lax.round,
+    params=("rounding_method",),
+)
 
 
 @primitive_gate(P.clamp_p, params=())
@@ -653,8 +765,11 @@ def clamp(g, inputs, *, needs, **params):
     d_lo = lax.select(lax.bitwise_and(lax.gt(lo_b, x), lax.lt(lo_b, hi_b)), g, zero)
     d_x = lax.select(lax.bitwise_and(lax.gt(x, lo_b), lax.lt(x, hi_b)), g, zero)
     d_hi = lax.select(lax.lt(hi_b, x), g, zero)
-    return (unbroadcast(d_lo, lo) if needs[0] else None, d_x if needs[1] else None,
-            unbroadcast(d_hi, hi) if needs[2] else None)
+    return (
+        unbroadcast(d_lo, lo) if needs[0] else None,
+        d_x if needs[1] else None,
+        unbroadcast(d_hi, hi) if needs[2] else None,
+    )
 
 
 @clamp.defcases
@@ -663,10 +778,18 @@ def _clamp_cases(rng, dtype):
     x = (np.linspace(-2, 2, 12).reshape(3, 4) + 0.05).astype(dtype)
     lo = np.full(x.shape, -1.0, dtype)
     scalar = lambda x: lax.clamp(_c(x, -1.0), x, _c(x, 1.5))
-    return [case(P.clamp_p, lax.clamp, lo, x, (normal(rng, x.shape, dtype) + 2).astype(dtype),
-                 label="array bounds"),
-            case(P.clamp_p, scalar, x, fixed=(0, 2), label="scalar bounds"),
-            case(P.clamp_p, scalar, x, reference=False, label="scalar bounds differentiated")]
+    return [
+        case(
+            P.clamp_p,
+            lax.clamp,
+            lo,
+            x,
+            (normal(rng, x.shape, dtype) + 2).astype(dtype),
+            label="array bounds",
+        ),
+        case(P.clamp_p, scalar, x, fixed=(0, 2), label="scalar bounds"),
+        case(P.clamp_p, scalar, x, reference=False, label="scalar bounds differentiated"),
+    ]
 
 
 @clamp.defkinks
@@ -688,18 +811,34 @@ def select_n(g, inputs, **params):
     if len(cases) == 2 and jnp.result_type(which) == jnp.bool_:
         return (None, lax.select(which, zero, g), lax.select(which, g, zero))
     which = jnp.broadcast_to(which, g.shape)
-    return (None,) + tuple(lax.select(lax.eq(which, np.asarray(i, which.dtype)), g, zero)
-                           for i in range(len(cases)))
+    return (None,) + tuple(
+        lax.select(lax.eq(which, np.asarray(i, which.dtype)), g, zero) for i in range(len(cases))
+    )
 
 
 @select_n.defcases
 def _select_n_cases(rng, dtype):
     x, y, z = (normal(rng, (3, 4), dtype) for _ in range(3))
-    return [case(P.select_n_p, lax.select_n, x > 0, x, y, label="bool"),
-            case(P.select_n_p, lax.select_n, rng.integers(0, 3, (3, 4)).astype(np.int32), x, y, z,
-                 label="int32 of 3"),
-            case(P.select_n_p, lax.select_n, x > 0, _cplane(rng, (3, 4), dtype),
-                 _cplane(rng, (3, 4), dtype), label="complex")]
+    return [
+        case(P.select_n_p, lax.select_n, x > 0, x, y, label="bool"),
+        case(
+            P.select_n_p,
+            lax.select_n,
+            rng.integers(0, 3, (3, 4)).astype(np.int32),
+            x,
+            y,
+            z,
+            label="int32 of 3",
+        ),
+        case(
+            P.select_n_p,
+            lax.select_n,
+            x > 0,
+            _cplane(rng, (3, 4), dtype),
+            _cplane(rng, (3, 4), dtype),
+            label="complex",
+        ),
+    ]
 
 
 @select_n.defkinks
@@ -707,14 +846,34 @@ def _select_n_kinks(dtype):
     # NaN and infinity in the case not taken: it gets 0, the taken one g
     x = np.asarray([np.nan, 1.0, np.inf, 2.0], dtype)
     y = np.asarray([1.0, np.nan, 3.0, -np.inf], dtype)
-    return [case(P.select_n_p, lax.select_n, np.asarray([True, False, True, False]), x, y,
-                 label="NaN and inf not taken"),
-            case(P.select_n_p, lax.select_n, np.asarray([False, True, False, True]), x, y,
-                 label="NaN and inf taken")]
+    return [
+        case(
+            P.select_n_p,
+            lax.select_n,
+            np.asarray([True, False, True, False]),
+            x,
+            y,
+            label="NaN and inf not taken",
+        ),
+        case(
+            P.select_n_p,
+            lax.select_n,
+            np.asarray([False, True, False, True]),
+            x,
+            y,
+            label="NaN and inf taken",
+        ),
+    ]
 
 
-@primitive_gate(P.convert_element_type_p, lecture="astype", save="shapes", params=("new_dtype", "weak_type"),
-                only={"sharding": (None,)}, complex=True)
+@primitive_gate(
+    P.convert_element_type_p,
+    lecture="astype",
+    save="shapes",
+    params=("new_dtype", "weak_type"),
+    only={"sharding": (None,)},
+    complex=True,
+)
 def convert_element_type(g, shapes, **params):
     """x cast to another dtype.  Local gradient: 1, g cast back to x's dtype (none from an
     integer output). Between real and complex (JAX's convention): a real x gets Re(g), a
@@ -730,18 +889,29 @@ def convert_element_type(g, shapes, **params):
 def _convert_cases(rng, dtype):
     x = normal(rng, (2, 3), dtype)
     other = np.float32 if dtype == "float64" else np.float16
-    to_real = lambda z: P.convert_element_type_p.bind(z, new_dtype=np.dtype(dtype),
-                                                      weak_type=False, sharding=None)
-    return [case(P.convert_element_type_p, lambda x: lax.convert_element_type(x, other), x,
-                 numeric=False),  # the differences would measure the rounding to `other`
-            case(P.convert_element_type_p,
-                 lambda x: lax.convert_element_type(x.astype(other), dtype),
-                 x.astype(other), label="up"),
-            case(P.convert_element_type_p,
-                 lambda x: lax.convert_element_type(x, complex_dtype(dtype)), x,
-                 label="real to complex"),
-            case(P.convert_element_type_p, to_real, cnormal(rng, (2, 3), dtype),
-                 label="complex to real")]
+    to_real = lambda z: P.convert_element_type_p.bind(
+        z, new_dtype=np.dtype(dtype), weak_type=False, sharding=None
+    )
+    return [
+        case(
+            P.convert_element_type_p, lambda x: lax.convert_element_type(x, other), x, numeric=False
+        ),  # the differences would measure the rounding to `other`
+        case(
+            P.convert_element_type_p,
+            lambda x: lax.convert_element_type(x.astype(other), dtype),
+            x.astype(other),
+            label="up",
+        ),
+        case(
+            P.convert_element_type_p,
+            lambda x: lax.convert_element_type(x, complex_dtype(dtype)),
+            x,
+            label="real to complex",
+        ),
+        case(
+            P.convert_element_type_p, to_real, cnormal(rng, (2, 3), dtype), label="complex to real"
+        ),
+    ]
 
 
 @primitive_gate(P.reduce_precision_p, save="none", params=("exponent_bits", "mantissa_bits"))
@@ -754,9 +924,16 @@ def reduce_precision(g, saved, **params):
 convert_element_type.defkinks(smooth=True)
 
 
-reduce_precision.defcases(lambda rng, dtype: [case(
-    P.reduce_precision_p, lambda x: lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10),
-    normal(rng, (2, 3), dtype), numeric=False)])  # the rounding is not differentiable
+reduce_precision.defcases(
+    lambda rng, dtype: [
+        case(
+            P.reduce_precision_p,
+            lambda x: lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10),
+            normal(rng, (2, 3), dtype),
+            numeric=False,
+        )
+    ]
+)  # the rounding is not differentiable
 reduce_precision.defkinks(smooth=True)
 
 

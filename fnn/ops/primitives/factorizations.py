@@ -49,8 +49,11 @@ def cholesky(g, l):
     n = l.shape[-1]
     p = tril(mm(T(l), g) / (1.0 + jnp.eye(n, dtype=l.dtype)))
     p = tri_solve(l, p, left_side=True, lower=True, transpose_a=True)
-    return (tri_solve(l, p, left_side=False, lower=True, transpose_a=False,
-                      conjugate_a=jnp.iscomplexobj(l)),)
+    return (
+        tri_solve(
+            l, p, left_side=False, lower=True, transpose_a=False, conjugate_a=jnp.iscomplexobj(l)
+        ),
+    )
 
 
 @cholesky.defcases
@@ -58,24 +61,49 @@ def _cholesky_cases(rng, dtype):
     import jax.scipy.linalg as jsl
 
     chol = jnp.linalg.cholesky
-    return [case(P.cholesky_p, chol, spd(rng, 4, dtype), numeric=False,
-                 label="4x4 (unstructured steps: the primitive reads one triangle)"),
-            dataclasses.replace(case(P.cholesky_p, chol, spd(rng, 3, dtype)),
-                                structure="positive definite",
-                                label="3x3, stepped as a positive definite matrix"),
-            case(P.cholesky_p, lambda a: jsl.cho_factor(a, lower=True)[0],
-                 spd(rng, 3, dtype, batch=(2,)), numeric=False, label="batched, cho_factor"),
-            case(P.cholesky_p, chol, hpd(rng, 3, dtype, batch=(2,)), numeric=False,
-                 label="complex Hermitian, batched")]
+    return [
+        case(
+            P.cholesky_p,
+            chol,
+            spd(rng, 4, dtype),
+            numeric=False,
+            label="4x4 (unstructured steps: the primitive reads one triangle)",
+        ),
+        dataclasses.replace(
+            case(P.cholesky_p, chol, spd(rng, 3, dtype)),
+            structure="positive definite",
+            label="3x3, stepped as a positive definite matrix",
+        ),
+        case(
+            P.cholesky_p,
+            lambda a: jsl.cho_factor(a, lower=True)[0],
+            spd(rng, 3, dtype, batch=(2,)),
+            numeric=False,
+            label="batched, cho_factor",
+        ),
+        case(
+            P.cholesky_p,
+            chol,
+            hpd(rng, 3, dtype, batch=(2,)),
+            numeric=False,
+            label="complex Hermitian, batched",
+        ),
+    ]
 
 
 @cholesky.defkinks
 def _cholesky_kinks(dtype):
     singular = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]], dtype)
     indefinite = np.array([[1.0, 2.0], [2.0, 1.0]], dtype)
-    return [case(P.cholesky_p, jnp.linalg.cholesky, singular,
-                 label="positive semi-definite, singular: NaN factor"),
-            case(P.cholesky_p, jnp.linalg.cholesky, indefinite, label="indefinite: NaN factor")]
+    return [
+        case(
+            P.cholesky_p,
+            jnp.linalg.cholesky,
+            singular,
+            label="positive semi-definite, singular: NaN factor",
+        ),
+        case(P.cholesky_p, jnp.linalg.cholesky, indefinite, label="indefinite: NaN factor"),
+    ]
 
 
 # ---- lu -------------------------------------------------------------------------------------------
@@ -122,11 +150,13 @@ def lu(g, saved):
 def _lu_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
     lu_ = lambda a: lax.linalg.lu(a)[0]
-    return [case(P.lu_p, lu_, n(4, 4), label="square"),
-            case(P.lu_p, lu_, n(5, 3), label="tall"),
-            case(P.lu_p, lu_, n(3, 5), label="wide"),
-            case(P.lu_p, lu_, n(2, 3, 3), label="batched"),
-            case(P.lu_p, lu_, cnormal(rng, (3, 4), dtype), label="complex, wide")]
+    return [
+        case(P.lu_p, lu_, n(4, 4), label="square"),
+        case(P.lu_p, lu_, n(5, 3), label="tall"),
+        case(P.lu_p, lu_, n(3, 5), label="wide"),
+        case(P.lu_p, lu_, n(2, 3, 3), label="batched"),
+        case(P.lu_p, lu_, cnormal(rng, (3, 4), dtype), label="complex, wide"),
+    ]
 
 
 @lu.defkinks
@@ -147,7 +177,8 @@ def _qr_forward(x, *, pivoting, full_matrices, **params):
             f"rule 'lax.qr' does not handle pivoting=True for a wide matrix ({describe(x)}): "
             "JAX's rule builds R's right block from x's columns in their original order, not "
             "the pivoted one, so its gradient there is not the derivative (and fnn gives JAX's "
-            "gradients or none). Pivot a tall or square matrix, or use pivoting=False.")
+            "gradients or none). Pivot a tall or square matrix, or use pivoting=False."
+        )
     outs = tuple(P.qr_p.bind(x, pivoting=pivoting, full_matrices=full_matrices, **params))
     return outs, (x, outs)
 
@@ -216,8 +247,7 @@ def qr(g, saved, *, pivoting, full_matrices, **params):
     x, outs = saved
     q, r = outs[0], outs[1]
     p = outs[2] if pivoting else None
-    pull = lambda x, q, r, p, dq, dr: _qr_pullback(x, q, r, p, dq, dr,
-                                                    full_matrices=full_matrices)
+    pull = lambda x, q, r, p, dq, dr: _qr_pullback(x, q, r, p, dq, dr, full_matrices=full_matrices)
     for _ in range(x.ndim - 2):
         pull = jax.vmap(pull, in_axes=(0, 0, 0, 0 if pivoting else None, 0, 0))
     return (pull(x, q, r, p, g[0], g[1]),)
@@ -228,24 +258,33 @@ def _qr_cases(rng, dtype):
     import jax.scipy.linalg as jsl
 
     n = lambda *s: normal(rng, s, dtype)
-    return [case(P.qr_p, jnp.linalg.qr, n(5, 3), label="tall, reduced"),
-            case(P.qr_p, jnp.linalg.qr, n(3, 3), label="square"),
-            case(P.qr_p, jnp.linalg.qr, n(3, 5), label="wide"),
-            case(P.qr_p, lambda x: jnp.linalg.qr(x, mode="complete"), n(5, 3),
-                 label="tall, complete"),
-            case(P.qr_p, lambda x: jsl.qr(x, pivoting=True, mode="economic"), n(5, 4),
-                 label="pivoting"),
-            case(P.qr_p, jnp.linalg.qr, n(2, 4, 3), label="batched"),
-            # JAX's rule fails here (it indexes the tangent's columns with batched pivots):
-            # fnn's gradient is checked against central differences alone
-            case(P.qr_p, lambda x: jsl.qr(x, pivoting=True, mode="economic"), n(2, 3, 3),
-                 reference=False, label="batched, pivoting (no JAX rule)"),
-            case(P.qr_p, jnp.linalg.qr, cnormal(rng, (2, 4, 3), dtype),
-                 label="complex, batched"),
-            case(P.qr_p, lambda x: jnp.linalg.qr(x, mode="complete"),
-                 cnormal(rng, (4, 2), dtype), label="complex, complete"),
-            case(P.qr_p, jnp.linalg.qr, cnormal(rng, (2, 4), dtype),
-                 label="complex, wide")]
+    return [
+        case(P.qr_p, jnp.linalg.qr, n(5, 3), label="tall, reduced"),
+        case(P.qr_p, jnp.linalg.qr, n(3, 3), label="square"),
+        case(P.qr_p, jnp.linalg.qr, n(3, 5), label="wide"),
+        case(P.qr_p, lambda x: jnp.linalg.qr(x, mode="complete"), n(5, 3), label="tall, complete"),
+        case(
+            P.qr_p, lambda x: jsl.qr(x, pivoting=True, mode="economic"), n(5, 4), label="pivoting"
+        ),
+        case(P.qr_p, jnp.linalg.qr, n(2, 4, 3), label="batched"),
+        # JAX's rule fails here (it indexes the tangent's columns with batched pivots):
+        # fnn's gradient is checked against central differences alone
+        case(
+            P.qr_p,
+            lambda x: jsl.qr(x, pivoting=True, mode="economic"),
+            n(2, 3, 3),
+            reference=False,
+            label="batched, pivoting (no JAX rule)",
+        ),
+        case(P.qr_p, jnp.linalg.qr, cnormal(rng, (2, 4, 3), dtype), label="complex, batched"),
+        case(
+            P.qr_p,
+            lambda x: jnp.linalg.qr(x, mode="complete"),
+            cnormal(rng, (4, 2), dtype),
+            label="complex, complete",
+        ),
+        case(P.qr_p, jnp.linalg.qr, cnormal(rng, (2, 4), dtype), label="complex, wide"),
+    ]
 
 
 @qr.defkinks

@@ -22,8 +22,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case
 
-FFT, IFFT, RFFT, IRFFT = (lax.FftType.FFT, lax.FftType.IFFT, lax.FftType.RFFT,
-                          lax.FftType.IRFFT)
+FFT, IFFT, RFFT, IRFFT = (lax.FftType.FFT, lax.FftType.IFFT, lax.FftType.RFFT, lax.FftType.IRFFT)
 
 
 def _mask(n_half: int, length: int, like, dtype):
@@ -62,15 +61,25 @@ def fft(g, saved, *, fft_type, fft_lengths, **params):
 def _fft_cases(rng, dtype):
     z = cnormal(rng, (2, 3, 4), dtype)
     x_even, x_odd = normal(rng, (3, 6), dtype), normal(rng, (2, 3, 5), dtype)
-    return [case(P.fft_p, lambda z: lax.fft(z, FFT, (4,)), z, label="fft, 1 axis"),
-            case(P.fft_p, lambda z: lax.fft(z, FFT, (3, 4)), z, label="fft, 2 axes"),
-            case(P.fft_p, lambda z: lax.fft(z, IFFT, (2, 3, 4)), z, label="ifft, 3 axes"),
-            case(P.fft_p, lambda x: lax.fft(x, RFFT, (6,)), x_even, label="rfft, even"),
-            case(P.fft_p, lambda x: lax.fft(x, RFFT, (3, 5)), x_odd, label="rfft, 2 axes, odd"),
-            case(P.fft_p, lambda z: lax.fft(z, IRFFT, (6,)), cnormal(rng, (3, 4), dtype),
-                 label="irfft, even"),
-            case(P.fft_p, lambda z: lax.fft(z, IRFFT, (2, 5)), cnormal(rng, (2, 3), dtype),
-                 label="irfft, 2 axes, odd")]
+    return [
+        case(P.fft_p, lambda z: lax.fft(z, FFT, (4,)), z, label="fft, 1 axis"),
+        case(P.fft_p, lambda z: lax.fft(z, FFT, (3, 4)), z, label="fft, 2 axes"),
+        case(P.fft_p, lambda z: lax.fft(z, IFFT, (2, 3, 4)), z, label="ifft, 3 axes"),
+        case(P.fft_p, lambda x: lax.fft(x, RFFT, (6,)), x_even, label="rfft, even"),
+        case(P.fft_p, lambda x: lax.fft(x, RFFT, (3, 5)), x_odd, label="rfft, 2 axes, odd"),
+        case(
+            P.fft_p,
+            lambda z: lax.fft(z, IRFFT, (6,)),
+            cnormal(rng, (3, 4), dtype),
+            label="irfft, even",
+        ),
+        case(
+            P.fft_p,
+            lambda z: lax.fft(z, IRFFT, (2, 5)),
+            cnormal(rng, (2, 3), dtype),
+            label="irfft, 2 axes, odd",
+        ),
+    ]
 
 
 fft.defkinks(smooth=True)

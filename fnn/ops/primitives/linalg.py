@@ -36,17 +36,23 @@ def _dx(g, x_shape, x_dtype, y, dimension_numbers, precision, preferred_element_
     dims = ((ans_y, y_kept), (ans_batch, list(y_batch)))
     x_contract_by_y = list(np.take(x_contract, np.argsort(y_contract)))
     unsorted = list(x_batch) + x_kept + x_contract_by_y
-    out = lax.dot_general(g, y, dims, precision=precision,
-                          preferred_element_type=preferred_element_type)
+    out = lax.dot_general(
+        g, y, dims, precision=precision, preferred_element_type=preferred_element_type
+    )
     dx = lax.transpose(out, tuple(int(i) for i in np.argsort(unsorted)))
     return dx.astype(x_dtype)
 
 
-@primitive_gate(P.dot_general_p, lecture="matmul",
-                params=("dimension_numbers", "precision", "preferred_element_type"),
-                only={"out_sharding": (None,)}, complex=True)
-def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_element_type=None,
-                needs, **params):
+@primitive_gate(
+    P.dot_general_p,
+    lecture="matmul",
+    params=("dimension_numbers", "precision", "preferred_element_type"),
+    only={"out_sharding": (None,)},
+    complex=True,
+)
+def dot_general(
+    g, inputs, *, dimension_numbers, precision=None, preferred_element_type=None, needs, **params
+):
     """sum over contracted axes of x * y, batch axes paired.  Local gradients (2-D x @ y):
     dx = g @ y.T and dy = x.T @ g; in general g contracted with the other operand over its
     free axes, the result's axes put back in the operand's order."""
@@ -54,11 +60,20 @@ def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_eleme
     (xc, yc), (xb, yb) = dimension_numbers
     dx = dy = None
     if needs[0]:
-        dx = _dx(g, x.shape, x.dtype, y, dimension_numbers, precision, preferred_element_type,
-                 swap=False)
+        dx = _dx(
+            g, x.shape, x.dtype, y, dimension_numbers, precision, preferred_element_type, swap=False
+        )
     if needs[1]:
-        dy = _dx(g, y.shape, y.dtype, x, ((yc, xc), (yb, xb)), precision,
-                 preferred_element_type, swap=True)
+        dy = _dx(
+            g,
+            y.shape,
+            y.dtype,
+            x,
+            ((yc, xc), (yb, xb)),
+            precision,
+            preferred_element_type,
+            swap=True,
+        )
     return dx, dy
 
 
@@ -66,20 +81,43 @@ def dot_general(g, inputs, *, dimension_numbers, precision=None, preferred_eleme
 def _dot_general_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
     c = lambda *s: cnormal(rng, s, dtype)
-    dg = lambda dims: (lambda a, b: lax.dot_general(a, b, dims))
+    dg = lambda dims: lambda a, b: lax.dot_general(a, b, dims)
     import jax.numpy as jnp
 
-    return [case(P.dot_general_p, lambda a, b: a @ b, n(3, 4), n(4, 5), label="matmul"),
-            case(P.dot_general_p, lambda a, b: a @ b, n(4), n(4, 2), label="vector @ matrix"),
-            case(P.dot_general_p, lambda a, b: jnp.dot(a, b), n(5), n(5), label="inner"),
-            case(P.dot_general_p, lambda a, b: jnp.einsum("bij,bjk->bik", a, b), n(2, 3, 4),
-                 n(2, 4, 2), label="batched"),
-            case(P.dot_general_p, lambda a, b: jnp.einsum("ij,kj->ik", a, b), n(3, 4), n(2, 4),
-                 label="a @ b.T"),
-            case(P.dot_general_p, dg((((0, 2), (2, 0)), ((1,), (1,)))), n(3, 2, 4), n(4, 2, 3),
-                 label="two contractions, batch in the middle"),
-            case(P.dot_general_p, lambda a, b: jnp.tensordot(a, b, axes=0), n(2), n(3),
-                 label="outer"),
-            case(P.dot_general_p, lambda a, b: jnp.einsum("bij,bjk->bik", a, b), c(2, 3, 4),
-                 c(2, 4, 2), label="complex, batched")]
+    return [
+        case(P.dot_general_p, lambda a, b: a @ b, n(3, 4), n(4, 5), label="matmul"),
+        case(P.dot_general_p, lambda a, b: a @ b, n(4), n(4, 2), label="vector @ matrix"),
+        case(P.dot_general_p, lambda a, b: jnp.dot(a, b), n(5), n(5), label="inner"),
+        case(
+            P.dot_general_p,
+            lambda a, b: jnp.einsum("bij,bjk->bik", a, b),
+            n(2, 3, 4),
+            n(2, 4, 2),
+            label="batched",
+        ),
+        case(
+            P.dot_general_p,
+            lambda a, b: jnp.einsum("ij,kj->ik", a, b),
+            n(3, 4),
+            n(2, 4),
+            label="a @ b.T",
+        ),
+        case(
+            P.dot_general_p,
+            dg((((0, 2), (2, 0)), ((1,), (1,)))),
+            n(3, 2, 4),
+            n(4, 2, 3),
+            label="two contractions, batch in the middle",
+        ),
+        case(P.dot_general_p, lambda a, b: jnp.tensordot(a, b, axes=0), n(2), n(3), label="outer"),
+        case(
+            P.dot_general_p,
+            lambda a, b: jnp.einsum("bij,bjk->bik", a, b),
+            c(2, 3, 4),
+            c(2, 4, 2),
+            label="complex, batched",
+        ),
+    ]
+
+
 dot_general.defkinks(smooth=True)

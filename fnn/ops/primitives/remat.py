@@ -47,8 +47,14 @@ from fnn.errors import GateError, describe
 from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives import control, custom
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives.loops import (FNN_PARAMS, Body, body_interpreter, control_rule, pullback,
-                                      spec)
+from fnn.ops.primitives.loops import (
+    FNN_PARAMS,
+    Body,
+    body_interpreter,
+    control_rule,
+    pullback,
+    spec,
+)
 
 KEEP, RECOMPUTE = "keep", "recompute"  # what a policy says of an equation (or an Offloadable)
 
@@ -62,8 +68,11 @@ def policy_name(policy) -> str:
 def _keeps_nothing(policy) -> bool:
     """None / nothing_saveable; also a GateCall (an fnn gate's own call, interpreted because it
     was transformed since, by a vmap or jvp inside the traced function): recomputed."""
-    return (policy is None or policy is jax.checkpoint_policies.nothing_saveable
-            or isinstance(policy, GateCall))
+    return (
+        policy is None
+        or policy is jax.checkpoint_policies.nothing_saveable
+        or isinstance(policy, GateCall)
+    )
 
 
 def _holds_body(eqn) -> bool:
@@ -99,7 +108,8 @@ def decide(policy, eqn, site: str = ""):
         f"fnn.grad: the checkpoint at {site or '?'} has policy {policy_name(policy)}, which "
         f"returned {describe(said) if hasattr(said, 'shape') else repr(said)} for the primitive "
         f"'{eqn.primitive.name}' applied to ({shapes}); a checkpoint policy returns True or "
-        "False, or jax.ad_checkpoint.Saveable, Recompute or Offloadable(src, dst).")
+        "False, or jax.ad_checkpoint.Saveable, Recompute or Offloadable(src, dst)."
+    )
 
 
 def _space(kind: str):
@@ -121,7 +131,8 @@ def _check_offload(said, policy, site):
             f"fnn.grad: the checkpoint at {site or '?'} has policy {policy_name(policy)}, which "
             f"offloads values to memory '{said.dst}' (from '{said.src}'), but the device "
             f"{jax.local_devices()[0]} has only the memories {kinds}. Use a policy that keeps "
-            "or recomputes them (save_only_these_names, checkpoint_dots, ...).")
+            "or recomputes them (save_only_these_names, checkpoint_dots, ...)."
+        )
     return said
 
 
@@ -191,7 +202,8 @@ class PolicyInterpreter(Interpreter):
         function's primal, interpreted in place: its equations are asked one by one (as JAX's
         partial evaluation goes into them). A custom_vjp function is one gate, one unit."""
         if isinstance(eqn.params.get("policy"), GateCall) or not any(
-                isinstance(x, Traced) for x in invals):
+            isinstance(x, Traced) for x in invals
+        ):
             return False
         rule = self.rules.get(eqn.primitive)
         return rule in (control.jit, custom.custom_jvp_call, custom.primal_function)
@@ -213,11 +225,21 @@ class PolicyInterpreter(Interpreter):
         for rec in recs:
             ins = jax.tree_util.tree_leaves(rec.inputs)
             saved, saved_tree = jax.tree_util.tree_flatten(rec.saved)
-            entry.records.append(([self._slot(o, ins, (), how) for o in rec.outs], rec.out_tree,
-                                  [self._slot(x, ins, rec.outs, how) for x in saved], saved_tree))
+            entry.records.append(
+                (
+                    [self._slot(o, ins, (), how) for o in rec.outs],
+                    rec.out_tree,
+                    [self._slot(x, ins, rec.outs, how) for x in saved],
+                    saved_tree,
+                )
+            )
         if not recs:
-            entry.outs = [("alias", self._stash(o.value, how)) if isinstance(o, Traced)
-                          else self._slot(o, (), (), how) for o in outs]
+            entry.outs = [
+                ("alias", self._stash(o.value, how))
+                if isinstance(o, Traced)
+                else self._slot(o, (), (), how)
+                for o in outs
+            ]
         self.plan.entries.append(entry)
         return outs
 
@@ -249,18 +271,27 @@ class PolicyInterpreter(Interpreter):
                 ins = jax.tree_util.tree_leaves(raw)
                 outs = [self._value(s, ins, (), entry) for s in out_slots]
                 saved = [self._value(s, ins, outs, entry) for s in saved_slots]
-                return (jax.tree_util.tree_unflatten(out_tree, outs),
-                        jax.tree_util.tree_unflatten(saved_tree, saved))
+                return (
+                    jax.tree_util.tree_unflatten(out_tree, outs),
+                    jax.tree_util.tree_unflatten(saved_tree, saved),
+                )
 
             with supplying(supply):
                 outs = self._run(eqn, invals, scope)
             if next(pending, None) is not None:
                 raise AssertionError("a checkpoint's re-run recorded fewer gates than its forward")
             return outs
-        passed = (self._run(eqn, invals, scope) if any(s[0] == "alias" for s in entry.outs)
-                  else [None] * len(entry.outs))
-        return [type(p)(self._value(s, (), (), entry), p.tape, p.node) if s[0] == "alias"
-                else self._value(s, (), (), entry) for s, p in zip(entry.outs, passed)]
+        passed = (
+            self._run(eqn, invals, scope)
+            if any(s[0] == "alias" for s in entry.outs)
+            else [None] * len(entry.outs)
+        )
+        return [
+            type(p)(self._value(s, (), (), entry), p.tape, p.node)
+            if s[0] == "alias"
+            else self._value(s, (), (), entry)
+            for s, p in zip(entry.outs, passed)
+        ]
 
     def _value(self, slot, ins, outs, entry):
         kind, x = slot
@@ -297,40 +328,59 @@ def pruned(fn, *args):
     read = lambda v: v.val if isinstance(v, jcore.Literal) else env[v]
     for eqn in _needed(closed.jaxpr):
         env.update(zip(eqn.outvars, Interpreter.evaluate(eqn, [read(v) for v in eqn.invars])))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes),
-                                        [read(v) for v in closed.jaxpr.outvars])
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(shapes), [read(v) for v in closed.jaxpr.outvars]
+    )
 
 
-def _remat_forward(*args, jaxpr, prevent_cse, differentiated, policy, rules=None, scope="",
-                   site="", **params):
+def _remat_forward(
+    *args, jaxpr, prevent_cse, differentiated, policy, rules=None, scope="", site="", **params
+):
     closed = jcore.ClosedJaxpr(jaxpr, ())
     if policy is jax.checkpoint_policies.everything_saveable:  # the whole tape: a plain call
         body = Body(body_interpreter(rules, scope), closed, list(args))
-        return tuple(body.outs), ("kept", body.template, body.in_nodes, body.out_nodes,
-                                  body.residuals, [spec(a) for a in args])
+        return tuple(body.outs), (
+            "kept",
+            body.template,
+            body.in_nodes,
+            body.out_nodes,
+            body.residuals,
+            [spec(a) for a in args],
+        )
     if _keeps_nothing(policy):
         outs = body_interpreter(rules, scope).run_closed(closed, list(args))
         return tuple(outs), ("rerun", args, [], None, rules, overrides.active(), scope)
     interp = PolicyInterpreter(rules, scope, policy=policy, site=site)
     tape = Tape()
     outs = interp.run_closed(closed, [tape.input(a) if is_float(a) else a for a in args])
-    return (tuple(o.value if isinstance(o, Traced) else o for o in outs),
-            ("rerun", args, interp.kept, interp.plan, rules, overrides.active(), scope))
+    return (
+        tuple(o.value if isinstance(o, Traced) else o for o in outs),
+        ("rerun", args, interp.kept, interp.plan, rules, overrides.active(), scope),
+    )
 
 
-@primitive_gate(P.remat_p, forward=_remat_forward,
-                params=("jaxpr", "prevent_cse", "differentiated", "policy", "site") + FNN_PARAMS,
-                complex=True)
+@primitive_gate(
+    P.remat_p,
+    forward=_remat_forward,
+    params=("jaxpr", "prevent_cse", "differentiated", "policy", "site") + FNN_PARAMS,
+    complex=True,
+)
 def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
     """jax.checkpoint: its body, whose values its policy does not keep are recomputed.  Local
     gradient: the body's backward, after running its forward again from the saved inputs and
     the values the policy kept (everything_saveable: from the body's whole tape)."""
     if saved[0] == "kept":
         _, template, in_nodes, out_nodes, residuals, specs = saved
-        cts = pruned(lambda residuals, g: [
-            d if need else None for d, need in zip(
-                pullback(template, in_nodes, out_nodes, residuals, (), g, specs), needs)],
-            list(residuals), list(g))
+        cts = pruned(
+            lambda residuals, g: [
+                d if need else None
+                for d, need in zip(
+                    pullback(template, in_nodes, out_nodes, residuals, (), g, specs), needs
+                )
+            ],
+            list(residuals),
+            list(g),
+        )
         return tuple(cts)
     _, args, kept, plan, rules, in_effect, scope = saved
     if prevent_cse:  # keep XLA from reusing the forward's values instead of recomputing them,
@@ -342,8 +392,11 @@ def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
 
     def rerun(args, kept, g):  # the body's forward again, then its backward
         with overrides.overriding(in_effect):  # the rule overrides the forward ran under
-            interp = (body_interpreter(rules, scope) if plan is None else
-                      PolicyInterpreter(rules, scope, plan=plan, kept=kept))
+            interp = (
+                body_interpreter(rules, scope)
+                if plan is None
+                else PolicyInterpreter(rules, scope, plan=plan, kept=kept)
+            )
             tape = Tape()
             boxed = [tape.input(a) if is_float(a) else a for a in args]
             outs = interp.run_closed(closed, boxed)
@@ -352,9 +405,14 @@ def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
                 if isinstance(o, Traced):
                     seeds[o.node] = seeds[o.node] + gi if o.node in seeds else gi
             cts = backward(tape, seeds)
-        return [None if not need or not isinstance(b, Traced) else
-                cts[b.node] if b.node in cts else jnp.zeros(np.shape(a), jnp.result_type(a))
-                for need, b, a in zip(needs, boxed, args)]
+        return [
+            None
+            if not need or not isinstance(b, Traced)
+            else cts[b.node]
+            if b.node in cts
+            else jnp.zeros(np.shape(a), jnp.result_type(a))
+            for need, b, a in zip(needs, boxed, args)
+        ]
 
     return tuple(pruned(rerun, args, kept, g))
 
@@ -362,16 +420,26 @@ def remat(g, saved, *, jaxpr, prevent_cse, needs, **params):
 @remat.defcases
 def _remat_cases(rng, dtype):
     f = jax.checkpoint(lambda x, w: jnp.sum(jnp.tanh(x @ w) ** 2, axis=0))
-    dots = jax.checkpoint(lambda x, w: jnp.sin(jnp.tanh(x @ w) @ w.T),
-                          policy=jax.checkpoint_policies.checkpoint_dots)
-    named = jax.checkpoint(lambda x, w: jnp.sum(jnp.cos(checkpoint_name(jnp.tanh(x @ w), "h"))),
-                           policy=jax.checkpoint_policies.save_only_these_names("h"))
+    dots = jax.checkpoint(
+        lambda x, w: jnp.sin(jnp.tanh(x @ w) @ w.T), policy=jax.checkpoint_policies.checkpoint_dots
+    )
+    named = jax.checkpoint(
+        lambda x, w: jnp.sum(jnp.cos(checkpoint_name(jnp.tanh(x @ w), "h"))),
+        policy=jax.checkpoint_policies.save_only_these_names("h"),
+    )
     x, w = normal(rng, (3, 4), dtype), normal(rng, (4, 2), dtype)
-    return [case(P.remat_p, f, x, w),
-            case(P.remat_p, dots, x, w, label="checkpoint_dots"),
-            case(P.remat_p, named, x, w, label="save_only_these_names"),
-            case(P.remat_p, dots, cnormal(rng, (3, 4), dtype), cnormal(rng, (4, 2), dtype),
-                 label="complex, checkpoint_dots")]
+    return [
+        case(P.remat_p, f, x, w),
+        case(P.remat_p, dots, x, w, label="checkpoint_dots"),
+        case(P.remat_p, named, x, w, label="save_only_these_names"),
+        case(
+            P.remat_p,
+            dots,
+            cnormal(rng, (3, 4), dtype),
+            cnormal(rng, (4, 2), dtype),
+            label="complex, checkpoint_dots",
+        ),
+    ]
 
 
 remat.defkinks(smooth=True)

@@ -22,8 +22,7 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.gate import primitive_gate
 from fnn.ops._cases import cdistinct, cnormal, normal, uniform
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives.indexing import (_SCATTER_PARAMS, _gather_dnums_of, _read_back,
-                                         _slice_sizes)
+from fnn.ops.primitives.indexing import _SCATTER_PARAMS, _gather_dnums_of, _read_back, _slice_sizes
 
 
 def _extremal(g, saved, dimension_numbers, mode, needs):
@@ -40,22 +39,25 @@ def _extremal(g, saved, dimension_numbers, mode, needs):
     num_updates = count(lax.select(successful, one, zero))
     num_refs = count(one)
     first = lax.div(one, lax.add(num_updates, one))
-    updates_coef = lax.select(successful, lax.select(retained, first, lax.div(one, num_updates)),
-                              zero)
+    updates_coef = lax.select(
+        successful, lax.select(retained, first, lax.div(one, num_updates)), zero
+    )
     operand_coef = lax.div(lax.add(lax.neg(one), lax.select(retained, first, zero)), num_refs)
     # the tangent was scatter_add(dx, indices, read(dx) * operand_coef + du * updates_coef)
     g_read = _read_back(g, indices, u.shape, dn, mode)
     du = lax.mul(g_read, updates_coef) if needs[2] else None
     dx = None
     if needs[0]:
-        dx = lax.add(g, lax.scatter_add(lax.full_like(g, 0), indices,
-                                        lax.mul(g_read, operand_coef), dn))
+        dx = lax.add(
+            g, lax.scatter_add(lax.full_like(g, 0), indices, lax.mul(g_read, operand_coef), dn)
+        )
     return dx, None, du
 
 
 @primitive_gate(P.scatter_max_p, save="both", params=_SCATTER_PARAMS, complex=True)
-def scatter_max(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
-                needs, **params):
+def scatter_max(
+    g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode, needs, **params
+):
     """x with max(x, update) written at run-time positions (.at[].max, segment_max).
     Local gradients: 1 to whichever of the operand and the updates written to a place holds
     the maximum there; n tied maxima get 1/n each (JAX's rule)."""
@@ -63,16 +65,18 @@ def scatter_max(g, saved, *, dimension_numbers, indices_are_sorted, unique_indic
 
 
 @primitive_gate(P.scatter_min_p, save="both", params=_SCATTER_PARAMS, complex=True)
-def scatter_min(g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
-                needs, **params):
+def scatter_min(
+    g, saved, *, dimension_numbers, indices_are_sorted, unique_indices, mode, needs, **params
+):
     """x with min(x, update) written at run-time positions (.at[].min, segment_min).
     Local gradients: 1 to the minimum at each place; n tied minima get 1/n each."""
     return _extremal(g, saved, dimension_numbers, mode, needs)
 
 
 @primitive_gate(P.scatter_mul_p, params=_SCATTER_PARAMS, complex=True)
-def scatter_mul(g, inputs, *, dimension_numbers, indices_are_sorted, unique_indices, mode,
-                needs, **params):
+def scatter_mul(
+    g, inputs, *, dimension_numbers, indices_are_sorted, unique_indices, mode, needs, **params
+):
     """x times the updates written at run-time positions (.at[].multiply, segment_prod).
     Local gradients: for x, the product of the updates at its place (JAX's rule: g scattered
     by multiplying); for an update, x times the other updates at its place: g times x read
@@ -82,23 +86,33 @@ def scatter_mul(g, inputs, *, dimension_numbers, indices_are_sorted, unique_indi
     dn = dimension_numbers
     dx = du = None
     if needs[0]:
-        dx = lax.scatter_mul(g, indices, u, dn, indices_are_sorted=indices_are_sorted,
-                             unique_indices=unique_indices, mode=mode)
+        dx = lax.scatter_mul(
+            g,
+            indices,
+            u,
+            dn,
+            indices_are_sorted=indices_are_sorted,
+            unique_indices=unique_indices,
+            mode=mode,
+        )
     if needs[2] and unique_indices:
         du = _read_back(lax.mul(g, x), indices, u.shape, dn, mode)
     elif needs[2]:
         is_zero = lax.eq(u, lax.full_like(u, 0))
         nonzero = lax.select(is_zero, lax.full_like(u, 1), u)
         # at each place: how many of its updates are 0, and g x (product of the others)
-        zeros = lax.scatter_add(lax.full_like(x, 0), indices,
-                                lax.convert_element_type(is_zero, x.dtype), dn, mode=mode)
+        zeros = lax.scatter_add(
+            lax.full_like(x, 0), indices, lax.convert_element_type(is_zero, x.dtype), dn, mode=mode
+        )
         others = lax.mul(g, lax.scatter_mul(x, indices, nonzero, dn, mode=mode))
         n_zeros = _read_back(zeros, indices, u.shape, dn, mode)
         product = _read_back(others, indices, u.shape, dn, mode)
         none_, one_ = lax.full_like(u, 0), lax.full_like(u, 1)
-        du = lax.select(is_zero,
-                        lax.select(lax.eq(n_zeros, one_), product, none_),
-                        lax.select(lax.eq(n_zeros, none_), lax.div(product, u), none_))
+        du = lax.select(
+            is_zero,
+            lax.select(lax.eq(n_zeros, one_), product, none_),
+            lax.select(lax.eq(n_zeros, none_), lax.div(product, u), none_),
+        )
     return dx, None, du
 
 
@@ -108,17 +122,48 @@ def _extremal_cases(primitive, method, segment):
         fn = lambda x, i, u: getattr(x.at[i], method)(u)
         unique = lambda x, i, u: getattr(x.at[i], method)(u, unique_indices=True)
         ids = np.asarray([0, 2, 2, 0, 3, 1])
-        return [case(primitive, fn, x, np.array([0, 2, 2]), normal(rng, (3, 3), dtype),
-                     label="rows, a repeat"),
-                case(primitive, unique, x, np.array([4, 1]), normal(rng, (2, 3), dtype),
-                     label="rows, unique"),
-                case(primitive, fn, x, (np.array([1, 3, 1]), np.array([0, 2, 0])),
-                     normal(rng, (3,), dtype), label="elements"),
-                case(primitive, lambda d: segment(d, ids, num_segments=4),
-                     normal(rng, (6, 2), dtype), fixed=(0,),
-                     label="segments (the operand, +-inf, held fixed)"),
-                case(primitive, fn, cdistinct(rng, (5, 3), dtype), np.array([0, 2, 2]),
-                     cdistinct(rng, (3, 3), dtype), label="complex, a repeat")]
+        return [
+            case(
+                primitive,
+                fn,
+                x,
+                np.array([0, 2, 2]),
+                normal(rng, (3, 3), dtype),
+                label="rows, a repeat",
+            ),
+            case(
+                primitive,
+                unique,
+                x,
+                np.array([4, 1]),
+                normal(rng, (2, 3), dtype),
+                label="rows, unique",
+            ),
+            case(
+                primitive,
+                fn,
+                x,
+                (np.array([1, 3, 1]), np.array([0, 2, 0])),
+                normal(rng, (3,), dtype),
+                label="elements",
+            ),
+            case(
+                primitive,
+                lambda d: segment(d, ids, num_segments=4),
+                normal(rng, (6, 2), dtype),
+                fixed=(0,),
+                label="segments (the operand, +-inf, held fixed)",
+            ),
+            case(
+                primitive,
+                fn,
+                cdistinct(rng, (5, 3), dtype),
+                np.array([0, 2, 2]),
+                cdistinct(rng, (3, 3), dtype),
+                label="complex, a repeat",
+            ),
+        ]
+
     return cases
 
 
@@ -128,10 +173,23 @@ def _extremal_kinks(primitive, method):
         x = np.asarray([1.0, 2.0, np.nan, 0.0, -np.inf, 3.0], dtype)
         u = np.asarray([2.0, 2.0, 1.0, 0.0, 5.0, np.nan, 3.0, -np.inf, 7.0], dtype)
         i = np.asarray([1, 1, 0, 3, 2, 4, 5, 4, 9])
-        return [case(primitive, lambda x, u: getattr(x.at[i], method)(u), x, u,
-                     label="ties, NaN, inf, dropped"),
-                case(primitive, lambda x, u: getattr(x.at[i], method)(u, mode="clip"), x, u,
-                     label="clipped")]
+        return [
+            case(
+                primitive,
+                lambda x, u: getattr(x.at[i], method)(u),
+                x,
+                u,
+                label="ties, NaN, inf, dropped",
+            ),
+            case(
+                primitive,
+                lambda x, u: getattr(x.at[i], method)(u, mode="clip"),
+                x,
+                u,
+                label="clipped",
+            ),
+        ]
+
     return kinks
 
 
@@ -150,30 +208,81 @@ def _scatter_mul_cases(rng, dtype):
     with_zeros = u(6, 2)
     with_zeros[[1, 2, 4]] = 0.0  # segment 0: one zero; segment 2: two zeros
     ids = np.asarray([0, 0, 2, 1, 2, 3])
-    return [case(P.scatter_mul_p, unique, x, np.array([4, 1]), u(2, 3), label="rows, unique"),
-            case(P.scatter_mul_p, unique, x, (np.array([1, 3]), np.array([0, 2])), u(2),
-                 label="elements, unique"),
-            # repeated indices: JAX has no gradient for the updates, central differences judge
-            case(P.scatter_mul_p, mul, x, np.array([0, 2, 2]), u(3, 3), reference=False,
-                 label="rows, a repeat"),
-            case(P.scatter_mul_p, lambda d: jax.ops.segment_prod(d, ids, num_segments=4),
-                 with_zeros, fixed=(0,), reference=False, label="segment_prod with zeros"),
-            case(P.scatter_mul_p, lambda x: x.at[np.array([0, 2, 2])].multiply(_c(x, 2.0)),
-                 x, fixed=(2,), label="x only, repeated"),
-            case(P.scatter_mul_p, unique, cnormal(rng, (5, 3), dtype), np.array([4, 1]),
-                 cnormal(rng, (2, 3), dtype), label="complex, rows, unique"),
-            case(P.scatter_mul_p, mul, cnormal(rng, (5, 3), dtype), np.array([0, 2, 2]),
-                 cnormal(rng, (3, 3), dtype), reference=False, label="complex, a repeat")]
+    return [
+        case(P.scatter_mul_p, unique, x, np.array([4, 1]), u(2, 3), label="rows, unique"),
+        case(
+            P.scatter_mul_p,
+            unique,
+            x,
+            (np.array([1, 3]), np.array([0, 2])),
+            u(2),
+            label="elements, unique",
+        ),
+        # repeated indices: JAX has no gradient for the updates, central differences judge
+        case(
+            P.scatter_mul_p,
+            mul,
+            x,
+            np.array([0, 2, 2]),
+            u(3, 3),
+            reference=False,
+            label="rows, a repeat",
+        ),
+        case(
+            P.scatter_mul_p,
+            lambda d: jax.ops.segment_prod(d, ids, num_segments=4),
+            with_zeros,
+            fixed=(0,),
+            reference=False,
+            label="segment_prod with zeros",
+        ),
+        case(
+            P.scatter_mul_p,
+            lambda x: x.at[np.array([0, 2, 2])].multiply(_c(x, 2.0)),
+            x,
+            fixed=(2,),
+            label="x only, repeated",
+        ),
+        case(
+            P.scatter_mul_p,
+            unique,
+            cnormal(rng, (5, 3), dtype),
+            np.array([4, 1]),
+            cnormal(rng, (2, 3), dtype),
+            label="complex, rows, unique",
+        ),
+        case(
+            P.scatter_mul_p,
+            mul,
+            cnormal(rng, (5, 3), dtype),
+            np.array([0, 2, 2]),
+            cnormal(rng, (3, 3), dtype),
+            reference=False,
+            label="complex, a repeat",
+        ),
+    ]
 
 
 @scatter_mul.defkinks
 def _scatter_mul_kinks(dtype):
     x = np.asarray([0.0, 2.0, np.nan, np.inf, -1.0], dtype)
     u = np.asarray([0.0, np.inf, 3.0, 0.0, np.nan], dtype)
-    return [case(P.scatter_mul_p, lambda x, u: x.at[np.array([1, 0, 2, 3, 4])].multiply(
-                 u, unique_indices=True), x, u, label="zeros, inf, NaN"),
-            case(P.scatter_mul_p, lambda x, u: x.at[np.array([1, 0, 7, 3, 4])].multiply(
-                 u, unique_indices=True), x, u, label="one dropped")]
+    return [
+        case(
+            P.scatter_mul_p,
+            lambda x, u: x.at[np.array([1, 0, 2, 3, 4])].multiply(u, unique_indices=True),
+            x,
+            u,
+            label="zeros, inf, NaN",
+        ),
+        case(
+            P.scatter_mul_p,
+            lambda x, u: x.at[np.array([1, 0, 7, 3, 4])].multiply(u, unique_indices=True),
+            x,
+            u,
+            label="one dropped",
+        ),
+    ]
 
 
 def _c(x, value):

@@ -17,8 +17,14 @@ from fnn.ops._cases import cnormal, normal
 from fnn.ops.primitives._define import case, find
 
 
-@primitive_gate(P.reshape_p, lecture="reshape", save="shapes", params=("new_sizes", "dimensions"),
-                only={"sharding": (None,)}, complex=True)
+@primitive_gate(
+    P.reshape_p,
+    lecture="reshape",
+    save="shapes",
+    params=("new_sizes", "dimensions"),
+    only={"sharding": (None,)},
+    complex=True,
+)
 def reshape(g, shapes, *, dimensions=None, **params):
     """x with a new shape, its axes first permuted by `dimensions` when given (the reshape
     reads transpose(x, dimensions) in row-major order).  Local gradient: g reshaped back to
@@ -30,13 +36,20 @@ def reshape(g, shapes, *, dimensions=None, **params):
     return (lax.transpose(permuted, tuple(int(i) for i in np.argsort(dimensions))),)
 
 
-reshape.defcases(lambda rng, dtype: [
-    case(P.reshape_p, lambda x: x.reshape(2, 6), normal(rng, (3, 4), dtype)),
-    case(P.reshape_p, lambda x: x.reshape(-1), normal(rng, (2, 3, 2), dtype)),
-    case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype)),
-    case(P.reshape_p, lambda x: lax.reshape(x, (3, 8), dimensions=(2, 1, 0)),
-         normal(rng, (3, 2, 4), dtype), label="dimensions (2, 1, 0)"),
-    case(P.reshape_p, lambda x: x.reshape(2, 6), cnormal(rng, (3, 4), dtype), label="complex")])
+reshape.defcases(
+    lambda rng, dtype: [
+        case(P.reshape_p, lambda x: x.reshape(2, 6), normal(rng, (3, 4), dtype)),
+        case(P.reshape_p, lambda x: x.reshape(-1), normal(rng, (2, 3, 2), dtype)),
+        case(P.reshape_p, lambda x: x.reshape(1, 1), normal(rng, (), dtype)),
+        case(
+            P.reshape_p,
+            lambda x: lax.reshape(x, (3, 8), dimensions=(2, 1, 0)),
+            normal(rng, (3, 2, 4), dtype),
+            label="dimensions (2, 1, 0)",
+        ),
+        case(P.reshape_p, lambda x: x.reshape(2, 6), cnormal(rng, (3, 4), dtype), label="complex"),
+    ]
+)
 reshape.defkinks(smooth=True)
 
 
@@ -46,48 +59,86 @@ def squeeze(g, shapes, **params):
     return (lax.reshape(g, shapes[0].shape),)
 
 
-squeeze.defcases(lambda rng, dtype: [
-    case(P.squeeze_p, lambda x: lax.squeeze(x, (0, 2)), normal(rng, (1, 3, 1), dtype)),
-    case(P.squeeze_p, lambda x: lax.squeeze(x, (0,)), cnormal(rng, (1, 3), dtype),
-         label="complex")])
+squeeze.defcases(
+    lambda rng, dtype: [
+        case(P.squeeze_p, lambda x: lax.squeeze(x, (0, 2)), normal(rng, (1, 3, 1), dtype)),
+        case(
+            P.squeeze_p,
+            lambda x: lax.squeeze(x, (0,)),
+            cnormal(rng, (1, 3), dtype),
+            label="complex",
+        ),
+    ]
+)
 squeeze.defkinks(smooth=True)
 
 
-@primitive_gate(P.broadcast_in_dim_p, lecture="broadcast_to", save="shapes", params=("shape", "broadcast_dimensions"),
-                only={"sharding": (None,)}, complex=True)
+@primitive_gate(
+    P.broadcast_in_dim_p,
+    lecture="broadcast_to",
+    save="shapes",
+    params=("shape", "broadcast_dimensions"),
+    only={"sharding": (None,)},
+    complex=True,
+)
 def broadcast_in_dim(g, shapes, *, shape, broadcast_dimensions, **params):
     """x placed at `broadcast_dimensions` of a larger `shape`, copied along the others.
     Local gradient: g summed over the new axes and over x's size-1 axes that were stretched."""
     (x,) = shapes
     new = tuple(i for i in range(len(shape)) if i not in broadcast_dimensions)
-    stretched = tuple(d for i, d in enumerate(broadcast_dimensions)
-                      if x.shape[i] == 1 and shape[d] != 1)
+    stretched = tuple(
+        d for i, d in enumerate(broadcast_dimensions) if x.shape[i] == 1 and shape[d] != 1
+    )
     summed = lax.reduce_sum_p.bind(g, axes=tuple(sorted(new + stretched)), out_sharding=None)
     return (lax.reshape(summed, x.shape),)
 
 
-broadcast_in_dim.defcases(lambda rng, dtype: [
-    case(P.broadcast_in_dim_p, lambda x: lax.broadcast_in_dim(x, (2, 3, 4), (1, 2)),
-         normal(rng, (3, 1), dtype), label="stretch and new"),
-    case(P.broadcast_in_dim_p, lambda x: lax.broadcast_in_dim(x, (3,), ()),
-         normal(rng, (), dtype), label="scalar"),
-    case(P.broadcast_in_dim_p, lambda x: lax.broadcast_in_dim(x, (4, 1, 2), (0, 1)),
-         normal(rng, (4, 1), dtype), label="new last"),
-    case(P.broadcast_in_dim_p, lambda x: lax.broadcast_in_dim(x, (2, 3, 4), (1, 2)),
-         cnormal(rng, (3, 1), dtype), label="complex")])
+broadcast_in_dim.defcases(
+    lambda rng, dtype: [
+        case(
+            P.broadcast_in_dim_p,
+            lambda x: lax.broadcast_in_dim(x, (2, 3, 4), (1, 2)),
+            normal(rng, (3, 1), dtype),
+            label="stretch and new",
+        ),
+        case(
+            P.broadcast_in_dim_p,
+            lambda x: lax.broadcast_in_dim(x, (3,), ()),
+            normal(rng, (), dtype),
+            label="scalar",
+        ),
+        case(
+            P.broadcast_in_dim_p,
+            lambda x: lax.broadcast_in_dim(x, (4, 1, 2), (0, 1)),
+            normal(rng, (4, 1), dtype),
+            label="new last",
+        ),
+        case(
+            P.broadcast_in_dim_p,
+            lambda x: lax.broadcast_in_dim(x, (2, 3, 4), (1, 2)),
+            cnormal(rng, (3, 1), dtype),
+            label="complex",
+        ),
+    ]
+)
 broadcast_in_dim.defkinks(smooth=True)
 
 
-@primitive_gate(P.transpose_p, lecture="transpose", save="none", params=("permutation",), complex=True)
+@primitive_gate(
+    P.transpose_p, lecture="transpose", save="none", params=("permutation",), complex=True
+)
 def transpose(g, saved, *, permutation, **params):
     """x with permuted axes.  Local gradient: the inverse permutation of g."""
     return (lax.transpose(g, tuple(int(i) for i in np.argsort(permutation))),)
 
 
-transpose.defcases(lambda rng, dtype: [
-    case(P.transpose_p, lambda x: lax.transpose(x, (1, 2, 0)), normal(rng, (2, 3, 4), dtype)),
-    case(P.transpose_p, lambda x: x.T, normal(rng, (3, 2), dtype)),
-    case(P.transpose_p, lambda x: x.T, cnormal(rng, (3, 2), dtype), label="complex")])
+transpose.defcases(
+    lambda rng, dtype: [
+        case(P.transpose_p, lambda x: lax.transpose(x, (1, 2, 0)), normal(rng, (2, 3, 4), dtype)),
+        case(P.transpose_p, lambda x: x.T, normal(rng, (3, 2), dtype)),
+        case(P.transpose_p, lambda x: x.T, cnormal(rng, (3, 2), dtype), label="complex"),
+    ]
+)
 transpose.defkinks(smooth=True)
 
 
@@ -97,14 +148,18 @@ def rev(g, saved, *, dimensions, **params):
     return (lax.rev(g, dimensions),)
 
 
-rev.defcases(lambda rng, dtype: [
-    case(P.rev_p, lambda x: lax.rev(x, (0, 2)), normal(rng, (2, 3, 4), dtype)),
-    case(P.rev_p, lambda x: lax.rev(x, (1,)), cnormal(rng, (2, 3), dtype), label="complex")])
+rev.defcases(
+    lambda rng, dtype: [
+        case(P.rev_p, lambda x: lax.rev(x, (0, 2)), normal(rng, (2, 3, 4), dtype)),
+        case(P.rev_p, lambda x: lax.rev(x, (1,)), cnormal(rng, (2, 3), dtype), label="complex"),
+    ]
+)
 rev.defkinks(smooth=True)
 
 
-@primitive_gate(P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"),
-                complex=True)
+@primitive_gate(
+    P.slice_p, save="shapes", params=("start_indices", "limit_indices", "strides"), complex=True
+)
 def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  # noqa: A001
     """x[start:limit:stride] per axis.  Local gradient: g padded back into place with zeros
     (interior padding for strides)."""
@@ -119,10 +174,13 @@ def slice(g, shapes, *, start_indices, limit_indices, strides=None, **params):  
     return (lax.pad(g, np.zeros((), g.dtype), pads),)
 
 
-slice.defcases(lambda rng, dtype: [
-    case(P.slice_p, lambda x: x[1:3, ::2], normal(rng, (4, 6), dtype), label="strided"),
-    case(P.slice_p, lambda x: lax.slice(x, (1,), (2,)), normal(rng, (3,), dtype), label="one"),
-    case(P.slice_p, lambda x: x[1:3, ::2], cnormal(rng, (4, 6), dtype), label="complex")])
+slice.defcases(
+    lambda rng, dtype: [
+        case(P.slice_p, lambda x: x[1:3, ::2], normal(rng, (4, 6), dtype), label="strided"),
+        case(P.slice_p, lambda x: lax.slice(x, (1,), (2,)), normal(rng, (3,), dtype), label="one"),
+        case(P.slice_p, lambda x: x[1:3, ::2], cnormal(rng, (4, 6), dtype), label="complex"),
+    ]
+)
 slice.defkinks(smooth=True)
 
 
@@ -132,8 +190,7 @@ def pad(g, shapes, *, padding_config, **params):
     gradients: x's positions read back out of g; the padding value gets the sum of the rest."""
     x, _ = shapes
     lo, hi, interior = zip(*padding_config)
-    unpadded = lax.pad(g, np.zeros((), g.dtype),
-                       tuple((-a, -b, 0) for a, b in zip(lo, hi)))
+    unpadded = lax.pad(g, np.zeros((), g.dtype), tuple((-a, -b, 0) for a, b in zip(lo, hi)))
     dx = lax.slice(unpadded, (0,) * len(lo), unpadded.shape, tuple(i + 1 for i in interior))
     total = lambda a: lax.reduce_sum_p.bind(a, axes=tuple(range(a.ndim)), out_sharding=None)
     return dx, lax.sub(total(g), total(dx))
@@ -142,16 +199,37 @@ def pad(g, shapes, *, padding_config, **params):
 @pad.defcases
 def _pad_cases(rng, dtype):
     v = np.asarray(0.5, dtype)
-    return [case(P.pad_p, lambda x, v: lax.pad(x, v, [(1, 2, 1), (0, 1, 0)]),
-                 normal(rng, (3, 4), dtype), v, label="lo hi interior"),
-            case(P.pad_p, lambda x, v: lax.pad(x, v, [(-1, 2, 0)]), normal(rng, (5,), dtype), v,
-                 label="negative lo"),
-            case(P.pad_p, lambda x, v: lax.pad(x, v, [(1, 2, 1), (0, 1, 0)]),
-                 cnormal(rng, (3, 4), dtype), cnormal(rng, (), dtype), label="complex")]
+    return [
+        case(
+            P.pad_p,
+            lambda x, v: lax.pad(x, v, [(1, 2, 1), (0, 1, 0)]),
+            normal(rng, (3, 4), dtype),
+            v,
+            label="lo hi interior",
+        ),
+        case(
+            P.pad_p,
+            lambda x, v: lax.pad(x, v, [(-1, 2, 0)]),
+            normal(rng, (5,), dtype),
+            v,
+            label="negative lo",
+        ),
+        case(
+            P.pad_p,
+            lambda x, v: lax.pad(x, v, [(1, 2, 1), (0, 1, 0)]),
+            cnormal(rng, (3, 4), dtype),
+            cnormal(rng, (), dtype),
+            label="complex",
+        ),
+    ]
+
+
 pad.defkinks(smooth=True)
 
 
-@primitive_gate(P.concatenate_p, lecture="concatenate", save="shapes", params=("dimension",), complex=True)
+@primitive_gate(
+    P.concatenate_p, lecture="concatenate", save="shapes", params=("dimension",), complex=True
+)
 def concatenate(g, shapes, *, dimension, **params):
     """arrays joined along `dimension`.  Local gradient: g split back into the pieces."""
     out, start = [], 0
@@ -162,11 +240,24 @@ def concatenate(g, shapes, *, dimension, **params):
     return tuple(out)
 
 
-concatenate.defcases(lambda rng, dtype: [
-    case(P.concatenate_p, lambda a, b, c: lax.concatenate([a, b, c], 1),
-         normal(rng, (2, 3), dtype), normal(rng, (2, 1), dtype), normal(rng, (2, 2), dtype)),
-    case(P.concatenate_p, lambda a, b: lax.concatenate([a, b], 0), cnormal(rng, (2, 3), dtype),
-         cnormal(rng, (1, 3), dtype), label="complex")])
+concatenate.defcases(
+    lambda rng, dtype: [
+        case(
+            P.concatenate_p,
+            lambda a, b, c: lax.concatenate([a, b, c], 1),
+            normal(rng, (2, 3), dtype),
+            normal(rng, (2, 1), dtype),
+            normal(rng, (2, 2), dtype),
+        ),
+        case(
+            P.concatenate_p,
+            lambda a, b: lax.concatenate([a, b], 0),
+            cnormal(rng, (2, 3), dtype),
+            cnormal(rng, (1, 3), dtype),
+            label="complex",
+        ),
+    ]
+)
 concatenate.defkinks(smooth=True)
 
 
@@ -179,10 +270,17 @@ def split(g, saved, *, axis, **params):
     return (lax.concatenate(list(g), axis),)
 
 
-split.defcases(lambda rng, dtype: [
-    case(split_p, lambda x: lax.split(x, (1, 3), axis=1), normal(rng, (2, 4), dtype)),
-    case(split_p, lambda x: lax.split(x, (1, 3), axis=1), cnormal(rng, (2, 4), dtype),
-         label="complex")])
+split.defcases(
+    lambda rng, dtype: [
+        case(split_p, lambda x: lax.split(x, (1, 3), axis=1), normal(rng, (2, 4), dtype)),
+        case(
+            split_p,
+            lambda x: lax.split(x, (1, 3), axis=1),
+            cnormal(rng, (2, 4), dtype),
+            label="complex",
+        ),
+    ]
+)
 split.defkinks(smooth=True)
 
 
@@ -196,11 +294,23 @@ def stack(g, saved, *, axis, **params):
     return tuple(lax.index_in_dim(g, i, axis=axis, keepdims=False) for i in range(n))
 
 
-stack.defcases(lambda rng, dtype: [
-    case(stack_p, lambda a, b: __import__("jax").numpy.stack([a, b], axis=1),
-         normal(rng, (2, 3), dtype), normal(rng, (2, 3), dtype)),
-    case(stack_p, lambda a, b: __import__("jax").numpy.stack([a, b]),
-         cnormal(rng, (3,), dtype), cnormal(rng, (3,), dtype), label="complex")])
+stack.defcases(
+    lambda rng, dtype: [
+        case(
+            stack_p,
+            lambda a, b: __import__("jax").numpy.stack([a, b], axis=1),
+            normal(rng, (2, 3), dtype),
+            normal(rng, (2, 3), dtype),
+        ),
+        case(
+            stack_p,
+            lambda a, b: __import__("jax").numpy.stack([a, b]),
+            cnormal(rng, (3,), dtype),
+            cnormal(rng, (3,), dtype),
+            label="complex",
+        ),
+    ]
+)
 stack.defkinks(smooth=True)
 
 
@@ -212,15 +322,24 @@ def stop_gradient(g, saved, **params):
     return (None,)
 
 
-stop_gradient.defcases(lambda rng, dtype: [
-    case(P.stop_gradient_p, lax.stop_gradient, normal(rng, (2, 3), dtype), numeric=False),
-    case(P.stop_gradient_p, lax.stop_gradient, cnormal(rng, (2, 3), dtype), numeric=False,
-         label="complex")])
+stop_gradient.defcases(
+    lambda rng, dtype: [
+        case(P.stop_gradient_p, lax.stop_gradient, normal(rng, (2, 3), dtype), numeric=False),
+        case(
+            P.stop_gradient_p,
+            lax.stop_gradient,
+            cnormal(rng, (2, 3), dtype),
+            numeric=False,
+            label="complex",
+        ),
+    ]
+)
 stop_gradient.defkinks(smooth=True)
 
 
-optimization_barrier_p = find("optimization_barrier", lambda x: lax.optimization_barrier(x),
-                              np.ones(2, np.float32))
+optimization_barrier_p = find(
+    "optimization_barrier", lambda x: lax.optimization_barrier(x), np.ones(2, np.float32)
+)
 
 
 @primitive_gate(optimization_barrier_p, save="none", params=(), complex=True)
@@ -230,16 +349,32 @@ def optimization_barrier(g, saved, **params):
     return tuple(lax.optimization_barrier(tuple(g)))
 
 
-optimization_barrier.defcases(lambda rng, dtype: [
-    case(optimization_barrier_p, lambda a, b: lax.optimization_barrier((a, b)),
-         normal(rng, (2, 3), dtype), normal(rng, (3,), dtype)),
-    case(optimization_barrier_p, lambda a, b: lax.optimization_barrier((a, b)),
-         cnormal(rng, (2, 3), dtype), normal(rng, (3,), dtype), label="complex and real")])
+optimization_barrier.defcases(
+    lambda rng, dtype: [
+        case(
+            optimization_barrier_p,
+            lambda a, b: lax.optimization_barrier((a, b)),
+            normal(rng, (2, 3), dtype),
+            normal(rng, (3,), dtype),
+        ),
+        case(
+            optimization_barrier_p,
+            lambda a, b: lax.optimization_barrier((a, b)),
+            cnormal(rng, (2, 3), dtype),
+            normal(rng, (3,), dtype),
+            label="complex and real",
+        ),
+    ]
+)
 optimization_barrier.defkinks(smooth=True)
 
 
-@primitive_gate(P.sharding_constraint_p, save="none",
-                params=("sharding", "layout", "context_mesh", "unconstrained_dims"), complex=True)
+@primitive_gate(
+    P.sharding_constraint_p,
+    save="none",
+    params=("sharding", "layout", "context_mesh", "unconstrained_dims"),
+    complex=True,
+)
 def sharding_constraint(g, saved, **params):
     """x with a sharding asked of XLA.  Local gradient: 1, g constrained the same way."""
     return (P.sharding_constraint_p.bind(g, **params),)
@@ -251,15 +386,27 @@ def _sharding_constraint_cases(rng, dtype):
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("d",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return [case(P.sharding_constraint_p, lambda x: lax.with_sharding_constraint(x, sharding),
-                 normal(rng, (2, 3), dtype)),
-            case(P.sharding_constraint_p, lambda x: lax.with_sharding_constraint(x, sharding),
-                 cnormal(rng, (2, 3), dtype), label="complex")]
+    return [
+        case(
+            P.sharding_constraint_p,
+            lambda x: lax.with_sharding_constraint(x, sharding),
+            normal(rng, (2, 3), dtype),
+        ),
+        case(
+            P.sharding_constraint_p,
+            lambda x: lax.with_sharding_constraint(x, sharding),
+            cnormal(rng, (2, 3), dtype),
+            label="complex",
+        ),
+    ]
+
+
 sharding_constraint.defkinks(smooth=True)
 
 
-@primitive_gate(P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"),
-                complex=True)
+@primitive_gate(
+    P.device_put_p, save="none", params=("devices", "srcs", "copy_semantics"), complex=True
+)
 def device_put(g, saved, **params):
     """its operands placed on devices.  Local gradient: 1."""
     return tuple(g)
@@ -269,8 +416,19 @@ def device_put(g, saved, **params):
 def _device_put_cases(rng, dtype):
     import jax
 
-    return [case(P.device_put_p, lambda x: jax.device_put(x, jax.devices()[0]),
-                 normal(rng, (2, 3), dtype)),
-            case(P.device_put_p, lambda x: jax.device_put(x, jax.devices()[0]),
-                 cnormal(rng, (2, 3), dtype), label="complex")]
+    return [
+        case(
+            P.device_put_p,
+            lambda x: jax.device_put(x, jax.devices()[0]),
+            normal(rng, (2, 3), dtype),
+        ),
+        case(
+            P.device_put_p,
+            lambda x: jax.device_put(x, jax.devices()[0]),
+            cnormal(rng, (2, 3), dtype),
+            label="complex",
+        ),
+    ]
+
+
 device_put.defkinks(smooth=True)

@@ -40,9 +40,13 @@ from fnn.ops.primitives._define import case, find
 from fnn.ops.primitives.collectives import varying
 from fnn.ops.primitives.loops import FNN_PARAMS, Body, body_interpreter, pullback, spec
 
-shard_map_p = find("shard_map", jax.shard_map(
-    lambda x: x, mesh=AbstractMesh((1,), ("i",)), in_specs=Spec("i"), out_specs=Spec("i")),
-    np.ones(2, np.float32))
+shard_map_p = find(
+    "shard_map",
+    jax.shard_map(
+        lambda x: x, mesh=AbstractMesh((1,), ("i",)), in_specs=Spec("i"), out_specs=Spec("i")
+    ),
+    np.ones(2, np.float32),
+)
 _PARAMS = ("jaxpr", "mesh", "in_specs", "out_specs", "check_vma", "newly_manual_axes")
 
 
@@ -67,24 +71,34 @@ def _residual_spec(r, mesh, manual, check_vma):
 def _check_specs(specs):
     for s in specs:
         if getattr(s, "unreduced", None) or getattr(s, "reduced", None):
-            raise GateError(f"rule 'shard_map' does not handle the partition spec {s} "
-                            "(unreduced or reduced axes): use jax.grad for this program")
+            raise GateError(
+                f"rule 'shard_map' does not handle the partition spec {s} "
+                "(unreduced or reduced axes): use jax.grad for this program"
+            )
 
 
-def _shard_map_forward(*args, jaxpr, mesh, in_specs, out_specs, check_vma, newly_manual_axes,
-                       rules=None, scope=""):
+def _shard_map_forward(
+    *args, jaxpr, mesh, in_specs, out_specs, check_vma, newly_manual_axes, rules=None, scope=""
+):
     _check_specs(tuple(in_specs) + tuple(out_specs))
     interp = body_interpreter(rules, scope)
     closed = jcore.ClosedJaxpr(jaxpr, ())
     manual = tuple(n for n in mesh.axis_names if n in newly_manual_axes)
-    smap = lambda f, outs: jax.shard_map(f, mesh=mesh, in_specs=tuple(in_specs), out_specs=outs,
-                                         axis_names=set(newly_manual_axes), check_vma=check_vma)
+    smap = lambda f, outs: jax.shard_map(
+        f,
+        mesh=mesh,
+        in_specs=tuple(in_specs),
+        out_specs=outs,
+        axis_names=set(newly_manual_axes),
+        check_vma=check_vma,
+    )
     found = {}
 
     def probe(*local):  # the residuals' specs, from their types
         body = Body(interp, closed, list(local), invariants=local)
-        found["res_specs"] = tuple(_residual_spec(r, mesh, manual, check_vma)
-                                   for r in body.residuals)
+        found["res_specs"] = tuple(
+            _residual_spec(r, mesh, manual, check_vma) for r in body.residuals
+        )
         return tuple(body.outs)
 
     jax.eval_shape(smap(probe, tuple(out_specs)), *args)
@@ -97,15 +111,23 @@ def _shard_map_forward(*args, jaxpr, mesh, in_specs, out_specs, check_vma, newly
     outs, residuals = smap(run, (tuple(out_specs), found["res_specs"]))(*args)
     body = found["body"]
     scalar = [np.ndim(r) == 0 for r in body.residuals]
-    saved = (body.template, body.in_nodes, body.out_nodes, args, residuals, found["res_specs"],
-             scalar, found["local"])
+    saved = (
+        body.template,
+        body.in_nodes,
+        body.out_nodes,
+        args,
+        residuals,
+        found["res_specs"],
+        scalar,
+        found["local"],
+    )
     return tuple(outs), saved
 
 
-@primitive_gate(shard_map_p, forward=_shard_map_forward, params=_PARAMS + FNN_PARAMS,
-                complex=True)
-def shard_map(g, saved, *, mesh, in_specs, out_specs, check_vma, newly_manual_axes, needs,
-              **params):
+@primitive_gate(shard_map_p, forward=_shard_map_forward, params=_PARAMS + FNN_PARAMS, complex=True)
+def shard_map(
+    g, saved, *, mesh, in_specs, out_specs, check_vma, newly_manual_axes, needs, **params
+):
     """jax.shard_map (and jax.pmap) of a body over a mesh.  Local gradient: the body's own
     backward, per shard, in a shard_map over the same mesh (the collectives' cotangents
     exchanged as their rules say); without check_vma, a replicated output's cotangent shared
@@ -115,8 +137,10 @@ def shard_map(g, saved, *, mesh, in_specs, out_specs, check_vma, newly_manual_ax
     live = [k for k, node in enumerate(out_nodes) if node is not None]
     cts = [g[k] for k in live]
     if not check_vma:
-        cts = [ct / math.prod(mesh.shape[n] for n in _unmentioned(out_specs[k], manual))
-               for ct, k in zip(cts, live)]
+        cts = [
+            ct / math.prod(mesh.shape[n] for n in _unmentioned(out_specs[k], manual))
+            for ct, k in zip(cts, live)
+        ]
     wanted = [i for i, need in enumerate(needs) if need]
 
     def back(local_args, local_res, local_cts):
@@ -127,15 +151,20 @@ def shard_map(g, saved, *, mesh, in_specs, out_specs, check_vma, newly_manual_ax
         grads = pullback(template, in_nodes, out_nodes, res, local_args, gs, local)
         out = [grads[i] for i in wanted]
         if not check_vma:
-            out = [lax.psum(d, names) if (names := _unmentioned(in_specs[i], manual)) else d
-                   for d, i in zip(out, wanted)]
+            out = [
+                lax.psum(d, names) if (names := _unmentioned(in_specs[i], manual)) else d
+                for d, i in zip(out, wanted)
+            ]
         return tuple(out)
 
-    grads = jax.shard_map(back, mesh=mesh, axis_names=set(newly_manual_axes), check_vma=check_vma,
-                          in_specs=(tuple(in_specs), tuple(res_specs),
-                                    tuple(out_specs[k] for k in live)),
-                          out_specs=tuple(in_specs[i] for i in wanted))(
-        tuple(args), tuple(residuals), tuple(cts))
+    grads = jax.shard_map(
+        back,
+        mesh=mesh,
+        axis_names=set(newly_manual_axes),
+        check_vma=check_vma,
+        in_specs=(tuple(in_specs), tuple(res_specs), tuple(out_specs[k] for k in live)),
+        out_specs=tuple(in_specs[i] for i in wanted),
+    )(tuple(args), tuple(residuals), tuple(cts))
     full = [None] * len(args)
     for i, d in zip(wanted, grads):
         full[i] = d
@@ -151,21 +180,40 @@ def _shard_map_cases(rng, dtype):
 
     def typed(x, w):
         body = lambda a, b: jnp.tanh(a * b) * jnp.sin(jnp.sum(a)) + lax.psum(a, "i")
-        return jax.shard_map(body, mesh=mesh, in_specs=(Spec("i"), Spec()),
-                             out_specs=Spec("i"))(x, w)
+        return jax.shard_map(body, mesh=mesh, in_specs=(Spec("i"), Spec()), out_specs=Spec("i"))(
+            x, w
+        )
 
     def untyped(x, w):
         body = lambda a, b: (lax.pmean(jnp.sum(a * b, axis=0), "i"), jnp.exp(a))
-        return jax.shard_map(body, mesh=mesh, in_specs=(Spec("i"), Spec()),
-                             out_specs=(Spec(), Spec("i")), check_vma=False)(x, w)
+        return jax.shard_map(
+            body,
+            mesh=mesh,
+            in_specs=(Spec("i"), Spec()),
+            out_specs=(Spec(), Spec("i")),
+            check_vma=False,
+        )(x, w)
 
     c = lambda *s: cnormal(rng, s, dtype)
-    return [case(shard_map_p, typed, n(4, 3), n(3), params="eqn", label="check_vma"),
-            case(shard_map_p, typed, c(4, 3), n(3), params="eqn", label="complex, check_vma"),
-            case(shard_map_p, untyped, n(4, 3), n(3), params="eqn",
-                 label="check_vma=False, a replicated output"),
-            case(shard_map_p, jax.pmap(lambda a: a * lax.psum(a, "i"), axis_name="i"), n(1, 3),
-                 params="eqn", label="pmap")]
+    return [
+        case(shard_map_p, typed, n(4, 3), n(3), params="eqn", label="check_vma"),
+        case(shard_map_p, typed, c(4, 3), n(3), params="eqn", label="complex, check_vma"),
+        case(
+            shard_map_p,
+            untyped,
+            n(4, 3),
+            n(3),
+            params="eqn",
+            label="check_vma=False, a replicated output",
+        ),
+        case(
+            shard_map_p,
+            jax.pmap(lambda a: a * lax.psum(a, "i"), axis_name="i"),
+            n(1, 3),
+            params="eqn",
+            label="pmap",
+        ),
+    ]
 
 
 shard_map.defkinks(smooth=True)
@@ -176,8 +224,9 @@ def shard_map_rule(interp, eqn, invals, scope):
     a jaxpr) and the rules in use, so a user's extra rules reach the body too."""
     inner = join_scope(scope, scope_of(eqn))
     extra = {"rules": interp.rules, "scope": inner}
-    return list(apply(shard_map, tuple(invals), {**eqn.params, **extra}, site=site_of(eqn),
-                      scope=inner))
+    return list(
+        apply(shard_map, tuple(invals), {**eqn.params, **extra}, site=site_of(eqn), scope=inner)
+    )
 
 
 STRUCTURAL = {shard_map_p: shard_map_rule}

@@ -38,8 +38,7 @@ def _tri_forward(a, b, **params):
 
 
 @primitive_gate(P.triangular_solve_p, forward=_tri_forward, params=_TRI_PARAMS, complex=True)
-def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal,
-                     needs):
+def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal, needs):
     """Y = op(A)^{-1} B (left_side) or B op(A)^{-1}, A (..., m, m) triangular (only its
     `lower` or upper triangle is read, its diagonal taken as ones with unit_diagonal), op(A) =
     A^T with transpose_a, conj(A) with conjugate_a.  Local gradients (Giles 2008), with Z the
@@ -48,8 +47,9 @@ def triangular_solve(g, saved, *, left_side, lower, transpose_a, conjugate_a, un
     (off the diagonal with unit_diagonal). The products are grouped as JAX's rule groups them
     (the cheaper way for the shapes), so a singular A gives JAX's infinities and NaNs."""
     a, y = saved
-    flags = dict(left_side=left_side, lower=lower, conjugate_a=conjugate_a,
-                 unit_diagonal=unit_diagonal)
+    flags = dict(
+        left_side=left_side, lower=lower, conjugate_a=conjugate_a, unit_diagonal=unit_diagonal
+    )
     solve_t = lambda x: lax.linalg.triangular_solve(a, x, transpose_a=not transpose_a, **flags)
     z = solve_t(g) if needs[1] else None
     da = None
@@ -79,28 +79,62 @@ def _triangular_solve_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
     tri = lambda *a, **k: lax.linalg.triangular_solve(*a, **k)
     return [
-        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, lower=True),
-             _triangle(rng, 3, dtype), n(3, 2), label="lower, left, tall b"),
-        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, trans=1),
-             _triangle(rng, 3, dtype), n(3, 5), label="upper, transposed, wide b"),
-        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, lower=True,
-                                                                     unit_diagonal=True),
-             _triangle(rng, 4, dtype), n(4), label="unit diagonal, vector b"),
-        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=False, lower=True),
-             _triangle(rng, 3, dtype), n(5, 3), label="right side, tall b"),
-        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=False, transpose_a=True,
-                                                    unit_diagonal=True),
-             _triangle(rng, 3, dtype), n(2, 3), label="right, upper, transposed, unit, wide b"),
-        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True,
-                                                    transpose_a=True),
-             _triangle(rng, 3, dtype, batch=(2,)), n(2, 3, 2), label="batched"),
-        case(P.triangular_solve_p, lambda a, b: jsl.solve_triangular(a, b, trans=2),
-             _triangle(rng, 3, dtype) + 0.4j * n(3, 3), cnormal(rng, (3, 2), dtype),
-             label="complex, conjugate transposed"),
-        case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=False, lower=True,
-                                                    conjugate_a=True),
-             _triangle(rng, 3, dtype) + 0.4j * n(3, 3), cnormal(rng, (4, 3), dtype),
-             label="complex, right, conjugated"),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: jsl.solve_triangular(a, b, lower=True),
+            _triangle(rng, 3, dtype),
+            n(3, 2),
+            label="lower, left, tall b",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: jsl.solve_triangular(a, b, trans=1),
+            _triangle(rng, 3, dtype),
+            n(3, 5),
+            label="upper, transposed, wide b",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: jsl.solve_triangular(a, b, lower=True, unit_diagonal=True),
+            _triangle(rng, 4, dtype),
+            n(4),
+            label="unit diagonal, vector b",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b, left_side=False, lower=True),
+            _triangle(rng, 3, dtype),
+            n(5, 3),
+            label="right side, tall b",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b, left_side=False, transpose_a=True, unit_diagonal=True),
+            _triangle(rng, 3, dtype),
+            n(2, 3),
+            label="right, upper, transposed, unit, wide b",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b, left_side=True, lower=True, transpose_a=True),
+            _triangle(rng, 3, dtype, batch=(2,)),
+            n(2, 3, 2),
+            label="batched",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: jsl.solve_triangular(a, b, trans=2),
+            _triangle(rng, 3, dtype) + 0.4j * n(3, 3),
+            cnormal(rng, (3, 2), dtype),
+            label="complex, conjugate transposed",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b, left_side=False, lower=True, conjugate_a=True),
+            _triangle(rng, 3, dtype) + 0.4j * n(3, 3),
+            cnormal(rng, (4, 3), dtype),
+            label="complex, right, conjugated",
+        ),
     ]
 
 
@@ -110,13 +144,29 @@ def _triangular_solve_kinks(dtype):
     a[1, 1] = 0.0  # singular: the solve divides by 0
     b = np.random.default_rng(6).standard_normal((3, 2)).astype(dtype)
     tri = lambda *x, **k: lax.linalg.triangular_solve(*x, **k)
-    return [case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True), a, b,
-                 label="a zero on the diagonal, left"),
-            case(P.triangular_solve_p, lambda a, b: tri(a, b.T, left_side=False), a, b,
-                 label="a zero on the diagonal, right"),
-            case(P.triangular_solve_p, lambda a, b: tri(a, b, left_side=True, lower=True,
-                                                        unit_diagonal=True), a, b,
-                 label="a zero on the ignored diagonal")]
+    return [
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b, left_side=True, lower=True),
+            a,
+            b,
+            label="a zero on the diagonal, left",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b.T, left_side=False),
+            a,
+            b,
+            label="a zero on the diagonal, right",
+        ),
+        case(
+            P.triangular_solve_p,
+            lambda a, b: tri(a, b, left_side=True, lower=True, unit_diagonal=True),
+            a,
+            b,
+            label="a zero on the ignored diagonal",
+        ),
+    ]
 
 
 # ---- tridiagonal_solve ----------------------------------------------------------------------------
@@ -125,8 +175,9 @@ def _tridiag_forward(dl, d, du, b, *, perturb_singular):
     return out, (dl, d, du, out)
 
 
-@primitive_gate(P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",),
-                complex=True)
+@primitive_gate(
+    P.tridiagonal_solve_p, forward=_tridiag_forward, params=("perturb_singular",), complex=True
+)
 def tridiagonal_solve(g, saved, *, perturb_singular, needs):
     """Y = A^{-1} B for the tridiagonal A with sub-, main and super-diagonals dl, d, du
     (..., m) (dl[0] and du[-1] unused), B (..., m, n).  Local gradients (Giles 2008),
@@ -160,13 +211,29 @@ def _tridiagonal(rng, m, dtype, batch=()):
 @tridiagonal_solve.defcases
 def _tridiagonal_solve_cases(rng, dtype):
     solve = lambda dl, d, du, b: lax.linalg.tridiagonal_solve(dl, d, du, b)
-    return [case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 4, dtype),
-                 normal(rng, (4, 2), dtype), label="4x4, two right-hand sides"),
-            case(P.tridiagonal_solve_p, solve, *_tridiagonal(rng, 3, dtype, batch=(2,)),
-                 normal(rng, (2, 3, 1), dtype), label="batched"),
-            case(P.tridiagonal_solve_p, solve,
-                 *[x + 0.3j * normal(rng, x.shape, dtype) for x in _tridiagonal(rng, 4, dtype)],
-                 cnormal(rng, (4, 2), dtype), label="complex")]
+    return [
+        case(
+            P.tridiagonal_solve_p,
+            solve,
+            *_tridiagonal(rng, 4, dtype),
+            normal(rng, (4, 2), dtype),
+            label="4x4, two right-hand sides",
+        ),
+        case(
+            P.tridiagonal_solve_p,
+            solve,
+            *_tridiagonal(rng, 3, dtype, batch=(2,)),
+            normal(rng, (2, 3, 1), dtype),
+            label="batched",
+        ),
+        case(
+            P.tridiagonal_solve_p,
+            solve,
+            *[x + 0.3j * normal(rng, x.shape, dtype) for x in _tridiagonal(rng, 4, dtype)],
+            cnormal(rng, (4, 2), dtype),
+            label="complex",
+        ),
+    ]
 
 
 @tridiagonal_solve.defkinks
@@ -174,8 +241,17 @@ def _tridiagonal_solve_kinks(dtype):
     dl, d, du = _tridiagonal(np.random.default_rng(11), 3, dtype)
     dl[1] = d[1] = du[1] = 0.0  # a zero row: singular, LAPACK's solution is NaN
     b = np.ones((3, 2), dtype)
-    return [case(P.tridiagonal_solve_p, lambda *a: lax.linalg.tridiagonal_solve(*a),
-                 dl, d, du, b, label="singular (a zero row)")]
+    return [
+        case(
+            P.tridiagonal_solve_p,
+            lambda *a: lax.linalg.tridiagonal_solve(*a),
+            dl,
+            d,
+            du,
+            b,
+            label="singular (a zero row)",
+        )
+    ]
 
 
 # ---- custom_linear_solve --------------------------------------------------------------------------
@@ -183,7 +259,7 @@ def _split(args, const_lengths):
     """(matvec consts, vecmat consts, solve consts, transpose_solve consts, b)."""
     out, start = [], 0
     for n in const_lengths:
-        out.append(list(args[start:start + n]))
+        out.append(list(args[start : start + n]))
         start += n
     return out + [list(args[start:])]
 
@@ -193,8 +269,12 @@ def _linear_solve_forward(*args, const_lengths, jaxprs, rules=None, scope=""):
     return tuple(x), (list(args), tuple(x))
 
 
-@primitive_gate(P.linear_solve_p, forward=_linear_solve_forward,
-                params=("const_lengths", "jaxprs") + FNN_PARAMS, complex=True)
+@primitive_gate(
+    P.linear_solve_p,
+    forward=_linear_solve_forward,
+    params=("const_lengths", "jaxprs") + FNN_PARAMS,
+    complex=True,
+)
 def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope="", needs):
     """x = solve(matvec, b), the solution of A x = b for the linear map A = matvec (whose
     constants may be differentiated), by the user's `solve`; its aux outputs carry no gradient.
@@ -215,20 +295,22 @@ def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope=""
         raise GateError(
             "rule 'lax.custom_linear_solve': the solve has no transpose_solve, and reverse-mode "
             "gradients need one (jax.grad refuses this too): pass transpose_solve= to "
-            "lax.custom_linear_solve, or symmetric=True if matvec is symmetric.")
+            "lax.custom_linear_solve, or symmetric=True if matvec is symmetric."
+        )
     transposed = [c for group in (consts[1], consts[0], consts[3], consts[2]) for c in group]
-    z = P.linear_solve_p.bind(*transposed, *g[:nb], const_lengths=const_lengths.transpose(),
-                              jaxprs=jaxprs.transpose())[:nb]
+    z = P.linear_solve_p.bind(
+        *transposed, *g[:nb], const_lengths=const_lengths.transpose(), jaxprs=jaxprs.transpose()
+    )[:nb]
     grads = [None] * len(args)
-    grads[len(args) - nb:] = [zi if need else None for zi, need in zip(z, needs[len(args) - nb:])]
-    if any(needs[:len(mv)]):
+    grads[len(args) - nb :] = [zi if need else None for zi, need in zip(z, needs[len(args) - nb :])]
+    if any(needs[: len(mv)]):
         body = Body(body_interpreter(rules, scope), jaxprs.matvec, mv + list(x[:nb]))
         seeds = {}
         for node, zi in zip(body.out_nodes, z):
             if node is not None:
                 seeds[node] = seeds[node] - zi if node in seeds else -zi
         cts = backward(body.tape, seeds)
-        for k, (node, need, c) in enumerate(zip(body.in_nodes[:len(mv)], needs, mv)):
+        for k, (node, need, c) in enumerate(zip(body.in_nodes[: len(mv)], needs, mv)):
             if need:
                 grads[k] = cts[node] if node in cts else jnp.zeros_like(c)
     return tuple(grads)
@@ -244,16 +326,40 @@ def _custom_linear_solve_cases(rng, dtype):
     # b), while stepping one group of constants (matvec's A, or solve's LU factors) alone moves
     # x otherwise; whole programs are compared with central differences in
     # tests/test_linalg_programs.py
-    return [case(P.linear_solve_p, solve, normal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
-                 normal(rng, (3,), dtype), numeric=False, label="jnp.linalg.solve"),
-            case(P.linear_solve_p, cg, a, normal(rng, (3,), dtype), numeric=False,
-                 label="cg: symmetric, a while loop as the solver"),
-            case(P.linear_solve_p, jnp.linalg.solve,
-                 normal(rng, (2, 3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
-                 normal(rng, (2, 3, 2), dtype), numeric=False, label="batched, matrix b"),
-            case(P.linear_solve_p, solve,
-                 cnormal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
-                 cnormal(rng, (3,), dtype), numeric=False, label="complex")]
+    return [
+        case(
+            P.linear_solve_p,
+            solve,
+            normal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+            normal(rng, (3,), dtype),
+            numeric=False,
+            label="jnp.linalg.solve",
+        ),
+        case(
+            P.linear_solve_p,
+            cg,
+            a,
+            normal(rng, (3,), dtype),
+            numeric=False,
+            label="cg: symmetric, a while loop as the solver",
+        ),
+        case(
+            P.linear_solve_p,
+            jnp.linalg.solve,
+            normal(rng, (2, 3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+            normal(rng, (2, 3, 2), dtype),
+            numeric=False,
+            label="batched, matrix b",
+        ),
+        case(
+            P.linear_solve_p,
+            solve,
+            cnormal(rng, (3, 3), dtype) + 3 * np.eye(3, dtype=dtype),
+            cnormal(rng, (3,), dtype),
+            numeric=False,
+            label="complex",
+        ),
+    ]
 
 
 custom_linear_solve.defkinks(smooth=True)  # one formula; a singular A is the user's solve's NaN

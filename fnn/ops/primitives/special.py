@@ -31,9 +31,11 @@ def _c(x, value):
 
 def _refuse(rule, name, x, why):
     """The error for a gradient JAX does not define either."""
-    return GateError(f"rule 'lax.{rule}': no gradient with respect to {name} ({describe(x)}): "
-                     f"{why} (jax.grad refuses it too). Hold {name} fixed (a constant, or "
-                     "lax.stop_gradient) to differentiate the other inputs.")
+    return GateError(
+        f"rule 'lax.{rule}': no gradient with respect to {name} ({describe(x)}): "
+        f"{why} (jax.grad refuses it too). Hold {name} fixed (a constant, or "
+        "lax.stop_gradient) to differentiate the other inputs."
+    )
 
 
 # ---- scaled modified Bessel functions -----------------------------------------------------------
@@ -45,9 +47,12 @@ def bessel_i0e(g, saved, **params):
     return (lax.mul(g, lax.sub(lax.bessel_i1e(x), lax.mul(lax.sign(x), y))),)
 
 
-bessel_i0e.defcases(lambda rng, dtype: [case(P.bessel_i0e_p, lax.bessel_i0e,
-                                             normal(rng, s, dtype, scale=3.0))
-                                        for s in ((), (3,), (2, 3))])
+bessel_i0e.defcases(
+    lambda rng, dtype: [
+        case(P.bessel_i0e_p, lax.bessel_i0e, normal(rng, s, dtype, scale=3.0))
+        for s in ((), (3,), (2, 3))
+    ]
+)
 bessel_i0e.defkinks(special_unary(P.bessel_i0e_p, lax.bessel_i0e))
 
 
@@ -59,26 +64,34 @@ def bessel_i1e(g, saved, **params):
     eps = jnp.finfo(jnp.result_type(x)).eps
     not_tiny = lax.gt(lax.abs(x), lax.full_like(x, eps))
     safe_x = lax.select(not_tiny, x, lax.full_like(x, eps))
-    dy_dx = lax.sub(lax.bessel_i0e(safe_x),
-                    lax.mul(y, lax.add(lax.sign(safe_x), lax.reciprocal(safe_x))))
+    dy_dx = lax.sub(
+        lax.bessel_i0e(safe_x), lax.mul(y, lax.add(lax.sign(safe_x), lax.reciprocal(safe_x)))
+    )
     dy_dx = lax.select(not_tiny, dy_dx, lax.full_like(x, 0.5))
     return (lax.mul(g, dy_dx),)
 
 
-bessel_i1e.defcases(lambda rng, dtype: [case(P.bessel_i1e_p, lax.bessel_i1e,
-                                             normal(rng, s, dtype, scale=3.0))
-                                        for s in ((), (3,), (2, 3))])
+bessel_i1e.defcases(
+    lambda rng, dtype: [
+        case(P.bessel_i1e_p, lax.bessel_i1e, normal(rng, s, dtype, scale=3.0))
+        for s in ((), (3,), (2, 3))
+    ]
+)
 # about eps, where JAX's rule switches to its limit 1/2
-bessel_i1e.defkinks(special_unary(P.bessel_i1e_p, lax.bessel_i1e,
-                                  SPECIAL + (1e-300, -1e-300, 1e-7, 2.2e-16)))
+bessel_i1e.defkinks(
+    special_unary(P.bessel_i1e_p, lax.bessel_i1e, SPECIAL + (1e-300, -1e-300, 1e-7, 2.2e-16))
+)
 
 
 # ---- incomplete gamma ---------------------------------------------------------------------------
 def _igamma_dx(g, a, x):
     """g times d/dx P(a, x) = x**(a-1) exp(-x) / Gamma(a), as JAX writes it (in logs)."""
-    return lax.mul(g, lax.exp(lax.sub(lax.add(lax.neg(x), lax.mul(lax.sub(a, _c(a, 1)),
-                                                                  lax.log(x))),
-                                      lax.lgamma(a))))
+    return lax.mul(
+        g,
+        lax.exp(
+            lax.sub(lax.add(lax.neg(x), lax.mul(lax.sub(a, _c(a, 1)), lax.log(x))), lax.lgamma(a))
+        ),
+    )
 
 
 def _igamma_parts(g, inputs, needs):
@@ -109,14 +122,21 @@ def _igamma_cases(primitive, fn):
     def cases(rng, dtype):
         a = lambda s: uniform(rng, s, dtype, 0.5, 3.0)
         x = lambda s: uniform(rng, s, dtype, 0.2, 4.0)
-        return [case(primitive, fn, a((3,)), x((3,)), fixed=(0,), label="d/dx (a fixed)"),
-                case(primitive, fn, a((2, 3)), x((2, 3)), second_order=False),
-                case(primitive, fn, a(()), x(()), second_order=False),
-                case(primitive, lambda x: fn(_c(x, 1.5), x), x((4,)), fixed=(0,),
-                     label="literal a"),
-                case(primitive, fn, np.asarray([0.5, 2.0, 8.0], dtype),
-                     np.asarray([3.0, 3.0, 9.5], dtype), second_order=False,
-                     label="x > 1 and x > a: the continued fraction")]
+        return [
+            case(primitive, fn, a((3,)), x((3,)), fixed=(0,), label="d/dx (a fixed)"),
+            case(primitive, fn, a((2, 3)), x((2, 3)), second_order=False),
+            case(primitive, fn, a(()), x(()), second_order=False),
+            case(primitive, lambda x: fn(_c(x, 1.5), x), x((4,)), fixed=(0,), label="literal a"),
+            case(
+                primitive,
+                fn,
+                np.asarray([0.5, 2.0, 8.0], dtype),
+                np.asarray([3.0, 3.0, 9.5], dtype),
+                second_order=False,
+                label="x > 1 and x > a: the continued fraction",
+            ),
+        ]
+
     return cases
 
 
@@ -138,14 +158,35 @@ def polygamma(g, inputs, *, needs, **params):
     return None, unbroadcast(lax.mul(g, lax.polygamma(lax.add(m_b, _c(m, 1)), x_b)), x)
 
 
-polygamma.defcases(lambda rng, dtype: [
-    case(P.polygamma_p, lax.polygamma, np.asarray([1.0, 2.0, 3.0], dtype),
-         uniform(rng, (3,), dtype, 0.5, 3.0), fixed=(0,)),
-    case(P.polygamma_p, lambda x: lax.polygamma(_c(x, 0.0), x),
-         uniform(rng, (2, 3), dtype, 0.5, 3.0), fixed=(0,), label="m = 0 (digamma)")])
-polygamma.defkinks(lambda dtype: [
-    case(P.polygamma_p, lambda x: lax.polygamma(_c(x, 1.0), x), np.asarray(SPECIAL, dtype),
-         fixed=(0,), label="m = 1 at special points")])
+polygamma.defcases(
+    lambda rng, dtype: [
+        case(
+            P.polygamma_p,
+            lax.polygamma,
+            np.asarray([1.0, 2.0, 3.0], dtype),
+            uniform(rng, (3,), dtype, 0.5, 3.0),
+            fixed=(0,),
+        ),
+        case(
+            P.polygamma_p,
+            lambda x: lax.polygamma(_c(x, 0.0), x),
+            uniform(rng, (2, 3), dtype, 0.5, 3.0),
+            fixed=(0,),
+            label="m = 0 (digamma)",
+        ),
+    ]
+)
+polygamma.defkinks(
+    lambda dtype: [
+        case(
+            P.polygamma_p,
+            lambda x: lax.polygamma(_c(x, 1.0), x),
+            np.asarray(SPECIAL, dtype),
+            fixed=(0,),
+            label="m = 1 at special points",
+        )
+    ]
+)
 
 
 @primitive_gate(P.regularized_incomplete_beta_p, params=())
@@ -156,22 +197,55 @@ def betainc(g, inputs, *, needs, **params):
     a, b, x = inputs
     for i, name in ((0, "a"), (1, "b")):
         if needs[i]:
-            raise _refuse("regularized_incomplete_beta", name, inputs[i],
-                          "JAX defines betainc's gradient in x alone")
+            raise _refuse(
+                "regularized_incomplete_beta",
+                name,
+                inputs[i],
+                "JAX defines betainc's gradient in x alone",
+            )
     lbeta = lax.sub(lax.add(lax.lgamma(a), lax.lgamma(b)), lax.lgamma(lax.add(a, b)))
-    partial_x = lax.exp(lax.sub(lax.add(lax.mul(lax.sub(b, _c(b, 1)), lax.log1p(lax.neg(x))),
-                                        lax.mul(lax.sub(a, _c(a, 1)), lax.log(x))), lbeta))
+    partial_x = lax.exp(
+        lax.sub(
+            lax.add(
+                lax.mul(lax.sub(b, _c(b, 1)), lax.log1p(lax.neg(x))),
+                lax.mul(lax.sub(a, _c(a, 1)), lax.log(x)),
+            ),
+            lbeta,
+        )
+    )
     return None, None, unbroadcast(lax.mul(partial_x, g), x)
 
 
-betainc.defcases(lambda rng, dtype: [
-    case(P.regularized_incomplete_beta_p, lax.betainc, uniform(rng, (3,), dtype, 0.5, 4.0),
-         uniform(rng, (3,), dtype, 0.5, 4.0), uniform(rng, (3,), dtype, 0.1, 0.9), fixed=(0, 1)),
-    case(P.regularized_incomplete_beta_p, lambda x: lax.betainc(_c(x, 2.0), _c(x, 0.5), x),
-         uniform(rng, (2, 3), dtype, 0.1, 0.9), fixed=(0, 1), label="scalar a, b")])
-betainc.defkinks(lambda dtype: [
-    case(P.regularized_incomplete_beta_p, lambda x: lax.betainc(_c(x, 2.0), _c(x, 0.5), x),
-         np.asarray(SPECIAL, dtype), fixed=(0, 1), label="x at special points")])
+betainc.defcases(
+    lambda rng, dtype: [
+        case(
+            P.regularized_incomplete_beta_p,
+            lax.betainc,
+            uniform(rng, (3,), dtype, 0.5, 4.0),
+            uniform(rng, (3,), dtype, 0.5, 4.0),
+            uniform(rng, (3,), dtype, 0.1, 0.9),
+            fixed=(0, 1),
+        ),
+        case(
+            P.regularized_incomplete_beta_p,
+            lambda x: lax.betainc(_c(x, 2.0), _c(x, 0.5), x),
+            uniform(rng, (2, 3), dtype, 0.1, 0.9),
+            fixed=(0, 1),
+            label="scalar a, b",
+        ),
+    ]
+)
+betainc.defkinks(
+    lambda dtype: [
+        case(
+            P.regularized_incomplete_beta_p,
+            lambda x: lax.betainc(_c(x, 2.0), _c(x, 0.5), x),
+            np.asarray(SPECIAL, dtype),
+            fixed=(0, 1),
+            label="x at special points",
+        )
+    ]
+)
 
 
 # ---- random_gamma: the implicit reparameterisation gradient -------------------------------------
@@ -211,18 +285,30 @@ def _random_gamma_cases(rng, dtype):
     # the sampler's own derivative (rejection sampling) is not the implicit one: no central
     # differences, JAX's values alone
     a = lambda s: uniform(rng, s, dtype, 0.3, 4.0)
-    return [_gamma_case(_gamma, a((3,))),
-            _gamma_case(_loggamma, a((3,)), label="log space"),
-            _gamma_case(lambda a: _gamma(a, (2, 3)), a((3,)),
-                        label="a broadcast to the shape")]
+    return [
+        _gamma_case(_gamma, a((3,))),
+        _gamma_case(_loggamma, a((3,)), label="log space"),
+        _gamma_case(lambda a: _gamma(a, (2, 3)), a((3,)), label="a broadcast to the shape"),
+    ]
 
 
-random_gamma.defkinks(lambda dtype: [
-    # tiny shapes (samples underflow to 0; in log space read as the smallest float), 1, huge,
-    # and out of the domain
-    case(P.random_gamma_p, _gamma,
-         np.asarray([1e-4, 0.5, 1.0, 1e4, 0.0, -1.0, np.inf, np.nan], dtype),
-         label="special shapes", second_order=False),
-    case(P.random_gamma_p, _loggamma,
-         np.asarray([1e-30, 1e-4, 1.0, 1e4, 0.0, np.nan], dtype),
-         label="log space, special shapes", second_order=False)])
+random_gamma.defkinks(
+    lambda dtype: [
+        # tiny shapes (samples underflow to 0; in log space read as the smallest float), 1, huge,
+        # and out of the domain
+        case(
+            P.random_gamma_p,
+            _gamma,
+            np.asarray([1e-4, 0.5, 1.0, 1e4, 0.0, -1.0, np.inf, np.nan], dtype),
+            label="special shapes",
+            second_order=False,
+        ),
+        case(
+            P.random_gamma_p,
+            _loggamma,
+            np.asarray([1e-30, 1e-4, 1.0, 1e4, 0.0, np.nan], dtype),
+            label="log space, special shapes",
+            second_order=False,
+        ),
+    ]
+)

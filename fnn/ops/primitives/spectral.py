@@ -27,7 +27,7 @@ from fnn.autodiff.gate import primitive_gate
 from fnn.errors import GateError, describe
 from fnn.ops.primitives._define import bare, case
 from fnn.ops._cases import cnormal
-from fnn.ops.primitives._matrices import (H, T, conj, diag, hermitian, mm, spread, symmetric)
+from fnn.ops.primitives._matrices import H, T, conj, diag, hermitian, mm, spread, symmetric
 
 _SVD_PARAMS = ("full_matrices", "compute_uv", "subset_by_index", "algorithm")
 _EIGH_PARAMS = ("lower", "sort_eigenvalues", "subset_by_index", "algorithm")
@@ -36,10 +36,12 @@ _EIGH_PARAMS = ("lower", "sort_eigenvalues", "subset_by_index", "algorithm")
 def _whole(rule, subset, k, x):
     """Refuse a partial decomposition (subset_by_index short of all k values)."""
     if subset is not None and tuple(subset) != (0, k):
-        raise GateError(f"rule '{rule}' does not handle subset_by_index={tuple(subset)!r} (a "
-                        f"partial decomposition of {describe(x)}): JAX's rule does not "
-                        "differentiate it on CPU and GPU either. Decompose the whole matrix and "
-                        "slice the result.")
+        raise GateError(
+            f"rule '{rule}' does not handle subset_by_index={tuple(subset)!r} (a "
+            f"partial decomposition of {describe(x)}): JAX's rule does not "
+            "differentiate it on CPU and GPU either. Decompose the whole matrix and "
+            "slice the result."
+        )
 
 
 # ---- svd ------------------------------------------------------------------------------------------
@@ -51,9 +53,15 @@ def _svd_forward(a, *, full_matrices, compute_uv, subset_by_index, algorithm=Non
             f"rule 'lax.svd' does not handle full_matrices=True with a non-square matrix "
             f"({describe(a)}): the extra singular vectors are not unique, and JAX's rule does "
             "not differentiate them either. Use full_matrices=False (jnp.linalg.svd(a, "
-            "full_matrices=False)).")
-    s, u, vt = P.svd_p.bind(a, full_matrices=False, compute_uv=True,
-                            subset_by_index=subset_by_index, algorithm=algorithm)
+            "full_matrices=False))."
+        )
+    s, u, vt = P.svd_p.bind(
+        a,
+        full_matrices=False,
+        compute_uv=True,
+        subset_by_index=subset_by_index,
+        algorithm=algorithm,
+    )
     return ((s, u, vt) if compute_uv else (s,)), (s, u, vt)
 
 
@@ -112,20 +120,33 @@ svd.reference = bare(P.svd_p)  # compared with JAX's rule for the primitive as i
 @svd.defcases
 def _svd_cases(rng, dtype):
     thin = lambda a: jnp.linalg.svd(a, full_matrices=False)
-    return [case(P.svd_p, thin, spread(rng, (3, 3), dtype), label="square, thin"),
-            case(P.svd_p, thin, spread(rng, (5, 3), dtype), label="tall"),
-            case(P.svd_p, thin, spread(rng, (3, 5), dtype), label="wide"),
-            case(P.svd_p, jnp.linalg.svd, spread(rng, (3, 3), dtype),
-                 label="square, full_matrices"),
-            case(P.svd_p, jnp.linalg.svdvals, spread(rng, (4, 3), dtype),
-                 label="singular values alone"),
-            case(P.svd_p, thin, spread(rng, (2, 3, 4), dtype), label="batched"),
-            case(P.svd_p, jnp.linalg.svdvals, cnormal(rng, (3, 4), dtype),
-                 label="complex, values alone"),
-            case(P.svd_p, lambda a: jnp.linalg.svd(a, full_matrices=False)[0],
-                 cnormal(rng, (2, 4, 3), dtype), numeric=False, label="complex, tall, U"),
-            case(P.svd_p, lambda a: jnp.linalg.svd(a, full_matrices=False)[2],
-                 cnormal(rng, (3, 4), dtype), numeric=False, label="complex, wide, V^H")]
+    return [
+        case(P.svd_p, thin, spread(rng, (3, 3), dtype), label="square, thin"),
+        case(P.svd_p, thin, spread(rng, (5, 3), dtype), label="tall"),
+        case(P.svd_p, thin, spread(rng, (3, 5), dtype), label="wide"),
+        case(P.svd_p, jnp.linalg.svd, spread(rng, (3, 3), dtype), label="square, full_matrices"),
+        case(
+            P.svd_p, jnp.linalg.svdvals, spread(rng, (4, 3), dtype), label="singular values alone"
+        ),
+        case(P.svd_p, thin, spread(rng, (2, 3, 4), dtype), label="batched"),
+        case(
+            P.svd_p, jnp.linalg.svdvals, cnormal(rng, (3, 4), dtype), label="complex, values alone"
+        ),
+        case(
+            P.svd_p,
+            lambda a: jnp.linalg.svd(a, full_matrices=False)[0],
+            cnormal(rng, (2, 4, 3), dtype),
+            numeric=False,
+            label="complex, tall, U",
+        ),
+        case(
+            P.svd_p,
+            lambda a: jnp.linalg.svd(a, full_matrices=False)[2],
+            cnormal(rng, (3, 4), dtype),
+            numeric=False,
+            label="complex, wide, V^H",
+        ),
+    ]
 
 
 @svd.defkinks
@@ -137,11 +158,13 @@ def _svd_kinks(dtype):
     zero = spread(rng, (3, 3), dtype)
     zero[:, 2] = 0.0  # square, one zero singular value (and a tall/wide block of zeros below)
     thin = lambda a: jnp.linalg.svd(a, full_matrices=False)
-    return [case(P.svd_p, thin, tied, label="three equal singular values"),
-            case(P.svd_p, jnp.linalg.svdvals, tied, label="equal singular values, values alone"),
-            case(P.svd_p, thin, zero, label="square with a zero singular value"),
-            case(P.svd_p, thin, rank1, label="tall, rank 1 (zero singular values)"),
-            case(P.svd_p, thin, rank1.T.copy(), label="wide, rank 1")]
+    return [
+        case(P.svd_p, thin, tied, label="three equal singular values"),
+        case(P.svd_p, jnp.linalg.svdvals, tied, label="equal singular values, values alone"),
+        case(P.svd_p, thin, zero, label="square with a zero singular value"),
+        case(P.svd_p, thin, rank1, label="tall, rank 1 (zero singular values)"),
+        case(P.svd_p, thin, rank1.T.copy(), label="wide, rank 1"),
+    ]
 
 
 # ---- eigh -----------------------------------------------------------------------------------------
@@ -182,19 +205,44 @@ eigh.reference = bare(P.eigh_p)  # JAX's rule for eigh as bound (it symmetrizes 
 @eigh.defcases
 def _eigh_cases(rng, dtype):
     eigh_ = jnp.linalg.eigh
-    return [case(P.eigh_p, eigh_, symmetric(rng, 4, dtype), numeric=False,
-                 label="4x4 (unstructured steps: the rule's dA is not symmetrized)"),
-            dataclasses.replace(case(P.eigh_p, eigh_, symmetric(rng, 3, dtype)),
-                                structure="symmetric", label="3x3, stepped symmetrically"),
-            dataclasses.replace(case(P.eigh_p, jnp.linalg.eigvalsh, symmetric(rng, 3, dtype)),
-                                structure="symmetric", label="eigenvalues alone"),
-            dataclasses.replace(case(P.eigh_p, lambda a: eigh_(a, UPLO="U"),
-                                     symmetric(rng, 3, dtype, batch=(2,))),
-                                structure="symmetric", label="batched, upper"),
-            case(P.eigh_p, eigh_, hermitian(rng, 3, dtype, batch=(2,)), numeric=False,
-                 label="complex Hermitian, batched"),
-            case(P.eigh_p, jnp.linalg.eigvalsh, hermitian(rng, 3, dtype), numeric=False,
-                 label="complex Hermitian, eigenvalues alone")]
+    return [
+        case(
+            P.eigh_p,
+            eigh_,
+            symmetric(rng, 4, dtype),
+            numeric=False,
+            label="4x4 (unstructured steps: the rule's dA is not symmetrized)",
+        ),
+        dataclasses.replace(
+            case(P.eigh_p, eigh_, symmetric(rng, 3, dtype)),
+            structure="symmetric",
+            label="3x3, stepped symmetrically",
+        ),
+        dataclasses.replace(
+            case(P.eigh_p, jnp.linalg.eigvalsh, symmetric(rng, 3, dtype)),
+            structure="symmetric",
+            label="eigenvalues alone",
+        ),
+        dataclasses.replace(
+            case(P.eigh_p, lambda a: eigh_(a, UPLO="U"), symmetric(rng, 3, dtype, batch=(2,))),
+            structure="symmetric",
+            label="batched, upper",
+        ),
+        case(
+            P.eigh_p,
+            eigh_,
+            hermitian(rng, 3, dtype, batch=(2,)),
+            numeric=False,
+            label="complex Hermitian, batched",
+        ),
+        case(
+            P.eigh_p,
+            jnp.linalg.eigvalsh,
+            hermitian(rng, 3, dtype),
+            numeric=False,
+            label="complex Hermitian, eigenvalues alone",
+        ),
+    ]
 
 
 @eigh.defkinks
@@ -202,34 +250,55 @@ def _eigh_kinks(dtype):
     tied = np.diag([1.0, 1.0, 2.0]).astype(dtype)
     q, _ = np.linalg.qr(np.random.default_rng(10).standard_normal((3, 3)))
     rotated = (q @ tied @ q.T + (q @ tied @ q.T).T) / 2
-    return [case(P.eigh_p, jnp.linalg.eigh, tied, label="a repeated eigenvalue, diagonal"),
-            case(P.eigh_p, jnp.linalg.eigh, rotated.astype(dtype),
-                 label="a repeated eigenvalue, rotated"),
-            case(P.eigh_p, jnp.linalg.eigh, np.eye(3, dtype=dtype), label="identity")]
+    return [
+        case(P.eigh_p, jnp.linalg.eigh, tied, label="a repeated eigenvalue, diagonal"),
+        case(
+            P.eigh_p, jnp.linalg.eigh, rotated.astype(dtype), label="a repeated eigenvalue, rotated"
+        ),
+        case(P.eigh_p, jnp.linalg.eigh, np.eye(3, dtype=dtype), label="identity"),
+    ]
 
 
 # ---- eig ---------------------------------------------------------------------------------------
-_EIG_PARAMS = ("compute_left_eigenvectors", "compute_right_eigenvectors", "enable_eigvec_derivs",
-               "implementation")
+_EIG_PARAMS = (
+    "compute_left_eigenvectors",
+    "compute_right_eigenvectors",
+    "enable_eigvec_derivs",
+    "implementation",
+)
 
 
-def _eig_forward(a, *, compute_left_eigenvectors, compute_right_eigenvectors,
-                 enable_eigvec_derivs, implementation=None):
+def _eig_forward(
+    a,
+    *,
+    compute_left_eigenvectors,
+    compute_right_eigenvectors,
+    enable_eigvec_derivs,
+    implementation=None,
+):
     if (compute_left_eigenvectors or compute_right_eigenvectors) and not enable_eigvec_derivs:
         raise GateError(
             f"rule 'lax.eig' does not differentiate the eigenvectors of {describe(a)} without "
             "enable_eigvec_derivs=True: derivatives of non-symmetric eigenvectors are only valid "
             "under assumptions on the input that cannot be checked, and JAX refuses them too. "
             "Use jnp.linalg.eigvals for the eigenvalues alone, or pass enable_eigvec_derivs=True "
-            "to jax.lax.linalg.eig (https://github.com/jax-ml/jax/issues/2748).")
+            "to jax.lax.linalg.eig (https://github.com/jax-ml/jax/issues/2748)."
+        )
     # the right eigenvectors always, as JAX's rule computes them
-    outs = P.eig_p.bind(a, compute_left_eigenvectors=compute_left_eigenvectors,
-                        compute_right_eigenvectors=True, enable_eigvec_derivs=enable_eigvec_derivs,
-                        implementation=implementation)
+    outs = P.eig_p.bind(
+        a,
+        compute_left_eigenvectors=compute_left_eigenvectors,
+        compute_right_eigenvectors=True,
+        enable_eigvec_derivs=enable_eigvec_derivs,
+        implementation=implementation,
+    )
     w, vr = outs[0], outs[-1]
     vl = outs[1] if compute_left_eigenvectors else None
-    kept = (w,) + ((vl,) if compute_left_eigenvectors else ()) + (
-        (vr,) if compute_right_eigenvectors else ())
+    kept = (
+        (w,)
+        + ((vl,) if compute_left_eigenvectors else ())
+        + ((vr,) if compute_right_eigenvectors else ())
+    )
     return kept, (a, w, vl, vr)
 
 
@@ -258,8 +327,7 @@ def _eig_vec_pullback(w, v, wbar, vbar):
         mask = (jnp.arange(n)[:, None] == k[..., None, :]).astype(v.dtype)
         r = jnp.real(jnp.sum(mask * v, axis=-2))
         cbar = jnp.sum(vbar * v, axis=-2)[..., None, :]
-        ubar = (vbar - jnp.real(cbar) * jnp.conj(v)
-                - 1j * (jnp.imag(cbar) / r[..., None, :]) * mask)
+        ubar = vbar - jnp.real(cbar) * jnp.conj(v) - 1j * (jnp.imag(cbar) / r[..., None, :]) * mask
         pbar = pbar + f * mm(T(v), ubar)
     return _inv_t(v, mm(pbar, T(v)))
 
@@ -296,19 +364,40 @@ eig.reference = bare(P.eig_p)  # JAX's rule for eig as bound (the forward adds V
 
 @eig.defcases
 def _eig_cases(rng, dtype):
-    eig_ = lambda left, right: (lambda a: lax.linalg.eig(
-        a, compute_left_eigenvectors=left, compute_right_eigenvectors=right,
-        enable_eigvec_derivs=True))
+    eig_ = lambda left, right: (
+        lambda a: lax.linalg.eig(
+            a,
+            compute_left_eigenvectors=left,
+            compute_right_eigenvectors=right,
+            enable_eigvec_derivs=True,
+        )
+    )
     real = (rng.standard_normal((3, 3)) + 2.0 * np.diag([1.0, 2.0, 3.0])).astype(dtype)
     # JAX's rule for the eigenvalues alone computes the eigenvectors without
     # enable_eigvec_derivs: it has no second derivative there (second_order=False)
-    return [case(P.eig_p, eig_(False, True), cnormal(rng, (3, 3), dtype),
-                 label="right eigenvectors, complex"),
-            case(P.eig_p, eig_(True, True), real, label="left and right eigenvectors, real"),
-            case(P.eig_p, jnp.linalg.eigvals, real, second_order=False,
-                 label="eigenvalues of a real matrix"),
-            case(P.eig_p, jnp.linalg.eigvals, cnormal(rng, (2, 3, 3), dtype),
-                 second_order=False, label="eigenvalues, complex, batched")]
+    return [
+        case(
+            P.eig_p,
+            eig_(False, True),
+            cnormal(rng, (3, 3), dtype),
+            label="right eigenvectors, complex",
+        ),
+        case(P.eig_p, eig_(True, True), real, label="left and right eigenvectors, real"),
+        case(
+            P.eig_p,
+            jnp.linalg.eigvals,
+            real,
+            second_order=False,
+            label="eigenvalues of a real matrix",
+        ),
+        case(
+            P.eig_p,
+            jnp.linalg.eigvals,
+            cnormal(rng, (2, 3, 3), dtype),
+            second_order=False,
+            label="eigenvalues, complex, batched",
+        ),
+    ]
 
 
 eig.defkinks(smooth=True)
