@@ -369,31 +369,26 @@ def primitive_gate(
     follows JAX's convention for them: it is the transpose of the derivative, a real-linear map,
     under the pairing <a, b> = Re(sum(a * b)) (no conjugation), so that of a holomorphic f it is
     g * f'(z), of conj it is conj(g), of real(z) complex(g, 0), and a real input's gradient is the
-    real part of what reaches it. Without it, fnn refuses to differentiate the gate where a
-    complex value reaches it (a GateError naming the rule), rather than compute another
-    gradient.
+    real part of what reaches it. Without it, fnn refuses to differentiate the gate where a complex
+    value reaches it (a GateError naming the rule), rather than compute another gradient.
 
     Args:
         primitive: the JAX primitive (`lax.exp_p`).
-        save: what the forward saves for the VJP: "inputs" (a tuple), "out", "both"
-            ((inputs, out)), "shapes" (a ShapeDtypeStruct per input), "none", or a function
-            `save(args, out) -> saved`.
+        save: what the forward saves: "inputs" (a tuple), "out", "both" ((inputs, out)), "shapes"
+            (a ShapeDtypeStruct per input), "none", or a function `save(args, out) -> saved`.
         name: the gate's name (default 'lax.<primitive name>').
         forward: `forward(*args, **params) -> (out, saved)`, replacing the default forward where
             the VJP needs more than the primitive's inputs and output (sort's permutation, say);
             it must compute the same output.
         params: the names of the primitive's parameters the rule handles in every value.
-        only: the others, mapped to the values it handles (a tuple of them:
-            `only={"sharding": (None,)}`).
-        complex: the VJP takes complex values too, by JAX's convention (above); without it a
-            complex value reaching the gate is refused.
+        only: the others, mapped to the values it handles (a tuple: `only={"sharding": (None,)}`).
+        complex: the VJP takes complex values too, by JAX's convention (above).
         lecture: the lecture's name of the op ('multiply' for lax.mul), the name of the function
             of fnn.ops that computes it: graphs draw the gate under it, and an override may
             name the gate by it.
 
     Returns:
-        A decorator taking the VJP `vjp(g, saved, **params) -> tuple of gradients` and returning
-        the `Gate`.
+        A decorator taking the VJP `vjp(g, saved, **params)` and returning the `Gate`.
 
     Raises:
         KeyError: `save` is a string that is not one of the five above.

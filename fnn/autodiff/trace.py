@@ -140,6 +140,33 @@ def trace(
     flat = {a: jax.tree_util.tree_flatten(args[a]) for a in nums}
     where = [(a, j) for a in nums for j, x in enumerate(flat[a][0]) if is_float(x)]
     inputs = [flat[a][0][j] for a, j in where]
+    shape = {}
+    rebuild = _rebuilder(args, nums, flat, where)
+    closed = make_jaxpr(_flat_function(f, rebuild, kwargs, has_aux, fname, shape), inputs)
+    tape = Tape()
+    boxed = [tape.input(x) for x in inputs]
+    outs = Interpreter(rules or {}, fname=fname).run_closed(closed, boxed)
+    result, aux = _unflatten_outputs(shape, outs)
+    out_nodes, out, out_tree = _output_nodes(result)
+    return Trace(
+        tape,
+        args,
+        nums,
+        _input_nodes(args, nums, flat, where, boxed),
+        out,
+        out_nodes,
+        out_tree,
+        jax.tree_util.tree_map(raw, aux, is_leaf=_is_traced),
+    )
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, Traced)
+
+
+def _rebuilder(args: tuple, nums: tuple, flat: dict, where: list):
+    """`rebuild(values)`: the positional arguments, the leaves at `where` ((argnum, leaf index)
+    of the arguments `nums`, flattened in `flat`) replaced by `values`."""
 
     def rebuild(values):
         leaves = {a: list(flat[a][0]) for a in nums}
@@ -150,50 +177,62 @@ def trace(
             for i, x in enumerate(args)
         )
 
-    shape = {}
+    return rebuild
+
+
+def _flat_function(f, rebuild, kwargs, has_aux: bool, fname: str, shape: dict):
+    """f as a function of the differentiated float leaves (`rebuild` puts them in place),
+    returning the array leaves of (output, aux); `shape` is filled with the structure of that
+    pair (tree, every leaf, which leaves are arrays) for _unflatten_outputs."""
 
     def flat_f(*values):
-        result = f(*rebuild(values), **(kwargs or {}))
-        if has_aux:
-            if not (isinstance(result, (tuple, list)) and len(result) == 2):
-                raise TypeError(
-                    f"{fname}(has_aux=True): f must return a pair (output, aux), "
-                    f"got {type(result).__name__}"
-                )
-            result, aux = result
-        else:
-            aux = None
+        result, aux = _split_aux(f(*rebuild(values), **(kwargs or {})), has_aux, fname)
         leaves, tree = jax.tree_util.tree_flatten((result, aux))
         arrays = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, jax.core.Tracer))]
         shape.update(tree=tree, leaves=leaves, arrays=arrays)
         return [leaves[i] for i in arrays]
 
-    closed = make_jaxpr(flat_f, inputs)
-    tape = Tape()
-    boxed = [tape.input(x) for x in inputs]
-    outs = Interpreter(rules or {}, fname=fname).run_closed(closed, boxed)
+    return flat_f
+
+
+def _split_aux(result, has_aux: bool, fname: str) -> tuple:
+    """(output, aux) of what f returned (aux None without has_aux); with has_aux, a TypeError
+    unless f returned a pair."""
+    if not has_aux:
+        return result, None
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise TypeError(
+            f"{fname}(has_aux=True): f must return a pair (output, aux), "
+            f"got {type(result).__name__}"
+        )
+    result, aux = result
+    return result, aux
+
+
+def _unflatten_outputs(shape: dict, outs: list) -> tuple:
+    """(output, aux) of f, the interpreted outputs `outs` in place of its array leaves."""
     leaves = list(shape["leaves"])
     for i, o in zip(shape["arrays"], outs):
         leaves[i] = o
-    result, aux = jax.tree_util.tree_unflatten(shape["tree"], leaves)
-    out_leaves, out_tree = jax.tree_util.tree_flatten(
-        result, is_leaf=lambda x: isinstance(x, Traced)
-    )
+    return jax.tree_util.tree_unflatten(shape["tree"], leaves)
+
+
+def _output_nodes(result) -> tuple:
+    """(the node of each output leaf, None where it is not recorded; the output as raw values;
+    its pytree structure)."""
+    out_leaves, out_tree = jax.tree_util.tree_flatten(result, is_leaf=_is_traced)
     out_nodes = [x.node if isinstance(x, Traced) else None for x in out_leaves]
     out = jax.tree_util.tree_unflatten(out_tree, [raw(x) for x in out_leaves])
+    return out_nodes, out, out_tree
+
+
+def _input_nodes(args: tuple, nums: tuple, flat: dict, where: list, boxed: list) -> tuple:
+    """Per argument: a pytree like it with the node of each boxed leaf (-1 for a leaf that is
+    not boxed), or None for an argument outside `nums`."""
     in_nodes = [None] * len(args)
     node_of = {aj: b.node for aj, b in zip(where, boxed)}
     for a in nums:
         in_nodes[a] = jax.tree_util.tree_unflatten(
             flat[a][1], [node_of.get((a, j), -1) for j in range(len(flat[a][0]))]
         )
-    return Trace(
-        tape,
-        args,
-        nums,
-        tuple(in_nodes),
-        out,
-        out_nodes,
-        out_tree,
-        jax.tree_util.tree_map(raw, aux, is_leaf=lambda x: isinstance(x, Traced)),
-    )
+    return tuple(in_nodes)

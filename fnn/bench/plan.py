@@ -3,6 +3,7 @@ whose command line is fnn.cli.bench)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -56,7 +57,38 @@ def plan(
     between two (fnn.cli.bench)."""
     only, gates = _asked(only)
     dtype = jnp.dtype(dtype)
-    result = {
+    result = _record(dtype, reps, quick, tuning, load_tolerance, attempts)
+    cases = [c for c in STEP_CASES if c in only]
+    n = 256 if quick else 2048 if jax.default_backend() == "cpu" else 8192  # the gemm's size
+    steps = _gemm_steps(n, dtype, reps) if cases or "gemm" in only else []
+    steps += _step_case_steps(
+        cases,
+        model_specs(quick),
+        functools.cache(lambda: gemm(n, dtype)),  # built once, timed beside every step case
+        reps=reps,
+        dtype=dtype,
+        eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
+        compile_reps=1 if quick else 3,
+        torch=torch,
+        torch_path=torch_path,
+        load_tolerance=load_tolerance,
+        attempts=attempts,
+        profile_top=profile_top,
+    )
+    if "epoch" in only:
+        steps.append(
+            ("epoch", lambda: [bench_epoch(reps=max(3, reps // 5), limit=200 if quick else None)])
+        )
+    inputs = gate_inputs(quick)
+    steps += _gate_steps(gates, inputs, reps, dtype, quick)
+    result["missing"] = [name for name in gates if name not in inputs]
+    steps += _jax_model_steps(only, reps, quick)
+    return result, steps
+
+
+def _record(dtype, reps: int, quick: bool, tuning, load_tolerance: float, attempts: int) -> dict:
+    """The run's record before any row is measured: the machine, the settings, the load now."""
+    return {
         "device": machine(),
         "dtype": dtype.name,
         "reps": reps,
@@ -68,80 +100,58 @@ def plan(
         "attempts": attempts,
         "rows": [],
     }
-    steps = []
-    cases = [c for c in STEP_CASES if c in only]
-    n = 256 if quick else 2048 if jax.default_backend() == "cpu" else 8192  # the gemm's size
-    for d in sorted({jnp.dtype(jnp.float32), dtype}, key=str):
-        if cases or "gemm" in only:
-            steps.append((f"gemm {d.name}", lambda d=d: [bench_matmul(n, max(3, reps // 3), d)]))
-    made = {}
 
-    def reference():  # built once, timed beside every step case
-        if "gemm" not in made:
-            made["gemm"] = gemm(n, dtype)
-        return made["gemm"]
 
-    specs = model_specs(quick)
-    for case in cases:
-        steps.append(
-            (
-                case,
-                lambda case=case: [
-                    bench_step(
-                        case,
-                        specs[case],
-                        reps=reps,
-                        dtype=dtype,
-                        eager_reps=(1 if quick else max(3, reps // 10)) if eager else 0,
-                        compile_reps=1 if quick else 3,
-                        reference=reference(),
-                        torch=torch,
-                        torch_path=torch_path,
-                        load_tolerance=load_tolerance,
-                        attempts=attempts,
-                        profile_top=profile_top,
-                    )
-                ],
-            )
-        )
-    if "epoch" in only:
-        steps.append(
-            ("epoch", lambda: [bench_epoch(reps=max(3, reps // 5), limit=200 if quick else None)])
-        )
-    inputs = gate_inputs(quick)
-    for name in gates:
-        for label, make in inputs.get(name, ()):
-            steps.append(
-                (
-                    f"{name} {label}",
-                    lambda name=name, label=label, make=make: [
-                        bench_gate(
-                            name,
-                            label,
-                            make,
-                            reps=reps,
-                            dtype=dtype,
-                            budget_s=0.05 if quick else 1.0,
-                        )
-                    ],
+def _gemm_steps(n: int, dtype, reps: int) -> list:
+    """The steps timing the reference n x n matmul, in float32 and in `dtype`."""
+    return [
+        (f"gemm {d.name}", lambda d=d: [bench_matmul(n, max(3, reps // 3), d)])
+        for d in sorted({jnp.dtype(jnp.float32), dtype}, key=str)
+    ]
+
+
+def _step_case_steps(cases: list, specs: dict, reference, **options) -> list:
+    """The step of each step case of `cases`: bench_step of its spec, with the reference matmul
+    `reference()` and bench_step's keyword `options`."""
+    return [
+        (case, lambda case=case: [bench_step(case, specs[case], reference=reference(), **options)])
+        for case in cases
+    ]
+
+
+def _gate_steps(gates: list, inputs: dict, reps: int, dtype, quick: bool) -> list:
+    """A step per benchmark size that `inputs` (gate_inputs) declares for each of `gates`."""
+    return [
+        (
+            f"{name} {label}",
+            lambda name=name, label=label, make=make: [
+                bench_gate(
+                    name, label, make, reps=reps, dtype=dtype, budget_s=0.05 if quick else 1.0
                 )
-            )
-    result["missing"] = [name for name in gates if name not in inputs]
-    if "jax" in only or any(c.startswith("jax:") for c in only):
-        # Flax/Equinox models through the primitive front-end (issue 11): all with "jax" (and
-        # the trace rows), or those named "jax:<model>"
-        from fnn.bench import jax_models
+            ],
+        )
+        for name in gates
+        for label, make in inputs.get(name, ())
+    ]
 
-        for name in jax_models.MODELS:
-            if "jax" in only or f"jax:{name}" in only:
-                steps.append(
-                    (name, lambda name=name: [jax_models.model_row(name, reps=reps, quick=quick)])
-                )
-        if "jax" in only:
-            steps.append(
-                ("trace", lambda: jax_models.bench_trace((50, 100) if quick else (250, 500, 1000)))
-            )
-    return result, steps
+
+def _jax_model_steps(only: set, reps: int, quick: bool) -> list:
+    """The steps of the Flax/Equinox models through the primitive front-end (issue 11): all
+    with "jax" (and the trace rows), or those named "jax:<model>"."""
+    if not ("jax" in only or any(c.startswith("jax:") for c in only)):
+        return []
+    from fnn.bench import jax_models
+
+    steps = [
+        (name, lambda name=name: [jax_models.model_row(name, reps=reps, quick=quick)])
+        for name in jax_models.MODELS
+        if "jax" in only or f"jax:{name}" in only
+    ]
+    if "jax" in only:
+        steps.append(
+            ("trace", lambda: jax_models.bench_trace((50, 100) if quick else (250, 500, 1000)))
+        )
+    return steps
 
 
 def finish(result: dict) -> dict:

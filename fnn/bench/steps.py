@@ -110,6 +110,43 @@ def _eager_medians(model: Layer, opt, args, eager_reps: int) -> dict:
     )
 
 
+def _step_flops(model: Layer, opt, args) -> int:
+    """The matmul FLOPs of one training step (its program with the builtin gradient)."""
+    from fnn.train.step import make_train_step
+
+    return matmul_flops(
+        jax.make_jaxpr(make_train_step(model, opt, grad="builtin", jit=False))(*args)
+    )
+
+
+def _chainer(compiled: dict, args):
+    """`chained(g)`: the compiled step of gradient g as a zero-argument call (_chained), each
+    gradient carrying its own copy of the step's (params, state, opt_state)."""
+    carry = {g: list(_copy(args[:3])) for g in GRADS}
+
+    def chained(g):
+        return _chained(compiled[g], carry[g], *args[3:])  # (x, y), key
+
+    return chained
+
+
+def _description_columns(case: str, spec: dict, dtype, flops) -> dict:
+    """The columns of a step row that say what it measures: case, model, batch, dtype, GFLOP."""
+    return {
+        "kind": "step",
+        "case": case,
+        "desc": describe_spec(spec),
+        "batch": spec["batch"],
+        "dtype": jnp.dtype(dtype).name,
+        "gflop": flops / 1e9,
+    }
+
+
+def _profiles(chained, compiled: dict, top: int) -> dict:
+    """gradient -> the `top` XLA operations by time of its compiled step (timing.profile)."""
+    return {g: profile(chained(g), compiled[g].as_text(), top=top) for g in GRADS}
+
+
 def _gradient_columns(times, compile_s, eager_med, temp, faults, flops) -> dict:
     """The <gradient>_ columns of a step row, then custom / builtin step and compile time."""
     row = {}
@@ -163,39 +200,23 @@ def bench_step(
     side's timing is repeated while the 1-min load average moves by more than `load_tolerance`
     across it (`attempts` at most, fnn.bench.timing.steady); the row keeps the loads.
     """
-    from fnn.train.step import make_train_step
-
     model, opt, args = _step_arguments(spec, dtype, seed)
     compiled, compile_s, temp = _compile_steps(model, opt, args, compile_reps)
-    flops = matmul_flops(
-        jax.make_jaxpr(make_train_step(model, opt, grad="builtin", jit=False))(*args)
-    )
-
-    carry = {g: list(_copy(args[:3])) for g in GRADS}
-
-    def chained(g):
-        return _chained(compiled[g], carry[g], *args[3:])  # (x, y), key
-
+    flops = _step_flops(model, opt, args)
+    chained = _chainer(compiled, args)
     (times, share), fnn_load = _time_fnn(chained, reference, reps, load_tolerance, attempts)
     faults = {g: page_faults(chained(g), 3 if reps < 10 else 10) for g in GRADS}
     eager_med = _eager_medians(model, opt, args, eager_reps)
 
     row = {
-        "kind": "step",
-        "case": case,
-        "desc": describe_spec(spec),
-        "batch": spec["batch"],
-        "dtype": jnp.dtype(dtype).name,
-        "gflop": flops / 1e9,
+        **_description_columns(case, spec, dtype, flops),
         "load_fnn": fnn_load,
         **_gradient_columns(times, compile_s, eager_med, temp, faults, flops),
         **_matmul_columns(reference, share, flops),
     }
     row["peak_mb"] = peak_mb()
     if profile_top:
-        row["profile"] = {
-            g: profile(chained(g), compiled[g].as_text(), top=profile_top) for g in GRADS
-        }
+        row["profile"] = _profiles(chained, compiled, profile_top)
     # PyTorch last, in its own process: nothing of this one (XLA's threads, its buffers) runs
     # beside it
     row.update(

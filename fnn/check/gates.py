@@ -201,14 +201,7 @@ def check_gate(
     for dtype in dtypes:
         try:
             with jax.enable_x64(dtype == "float64"):
-                made = list(gate.cases(np.random.default_rng(seed), dtype))
-                if dtype == "float64":
-                    report.declared = len(made)
-                made = _pick(made, cases)
-                if kinks and dtype == "float64" and callable(getattr(gate, "kinks", None)):
-                    kink_cases = gate.kink_cases(dtype)
-                    made += kink_cases
-                    report.declared += len(kink_cases)
+                made = _cases_to_check(report, gate, dtype, seed, cases, kinks)
                 if made:
                     _check_dtype(report, gate, made, dtype, seed, checks)
         except Exception as e:  # a gate that crashes the checker fails, with the reason shown
@@ -216,6 +209,20 @@ def check_gate(
     if report.vjp_wrong:  # a wrong VJP is wrong under every transform: vs jax.vjp says it once
         report.transforms = {t: None for t in CHECKS}
     return report
+
+
+def _cases_to_check(report: GateCheck, gate, dtype: str, seed: int, n: int | None, kinks: bool):
+    """The test cases of `gate` to check in `dtype`: the first `n` (_pick), and in float64 the
+    kink cases too (with `kinks`); in float64, report.declared counts every case declared."""
+    made = list(gate.cases(np.random.default_rng(seed), dtype))
+    if dtype == "float64":
+        report.declared = len(made)
+    made = _pick(made, n)
+    if kinks and dtype == "float64" and callable(getattr(gate, "kinks", None)):
+        kink_cases = gate.kink_cases(dtype)
+        made += kink_cases
+        report.declared += len(kink_cases)
+    return made
 
 
 COMPLEX_OF = {"float64": "complex128", "float32": "complex64"}
@@ -368,33 +375,7 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
     raised = {}  # transform -> reason, for the transforms that raised
 
     def run(ds, cfs, jitted):
-        res = []
-        for p, d, cf in zip(preps, ds, cfs):
-            out_mine, pullback = fnn_vjp(p.recorded, *d)
-            num = (
-                numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
-                if full and (p.numeric or not p.reference)
-                else None
-            )
-            # the forward called on its own (jax.vjp's primal output can differ from it: at
-            # lax.reduce's kinks it does)
-            res.append(
-                (
-                    p.forward(*d),
-                    out_mine,
-                    p.project(p.ref(cf, *d), d),
-                    p.project(pullback(p.ct(cf)), d),
-                    num,
-                )
-            )
-        # under the enclosing jit, the jit transform is the first plain case's own check
-        same = (res[first][3], res[first][2]) if jitted and first is not None else None
-        trans = (
-            _transforms(preps[first], ds[first], cfs[first], jitted, raised, checks, same)
-            if full and first is not None
-            else {}
-        )
-        return res, trans
+        return _run_cases(preps, ds, cfs, jitted, full, first, raised, checks)
 
     args = ([p.d for p in preps], [p.cf for p in preps])
     options = FAST_COMPILE if jax.default_backend() == "cpu" else None
@@ -405,6 +386,49 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
         # raises to check_gate, and the jit transform, run on its own, keeps its own reason
         raised.clear()
         res, trans = run(*args, False)
+    _add_case_checks(report, preps, res, dtype)
+    if full and first is not None:
+        _judge_transforms(report, preps[first], res[first][2], trans, raised, checks, dtype)
+
+
+def _run_cases(preps: list, ds, cfs, jitted: bool, full: bool, first, raised: dict, checks):
+    """What _check_dtype computes (in one jitted program where it can): per case, _case_results
+    at its float inputs `ds` and cotangent parts `cfs`, and in float64 the transforms' (fnn,
+    jax.vjp) pairs (_transforms) on the case `first` (None: no transforms)."""
+    res = [_case_results(p, d, cf, full) for p, d, cf in zip(preps, ds, cfs)]
+    # under the enclosing jit, the jit transform is the first plain case's own check
+    same = (res[first][3], res[first][2]) if jitted and first is not None else None
+    trans = (
+        _transforms(preps[first], ds[first], cfs[first], jitted, raised, checks, same)
+        if full and first is not None
+        else {}
+    )
+    return res, trans
+
+
+def _case_results(p: _Prepared, d, cf, full: bool) -> tuple:
+    """(the forward's output, fnn's, jax.vjp's input gradients, fnn's, the central differences'
+    or None) of one case, the gradients projected onto the inputs' structures; the differences
+    in float64 only (`full`), for a case checked numerically or one JAX has no rule for."""
+    out_mine, pullback = fnn_vjp(p.recorded, *d)
+    num = (
+        numerical_vjp(p.forward, d, p.ct(cf), structure=p.structure)
+        if full and (p.numeric or not p.reference)
+        else None
+    )
+    # the forward called on its own (jax.vjp's primal output can differ from it: at
+    # lax.reduce's kinks it does)
+    return (
+        p.forward(*d),
+        out_mine,
+        p.project(p.ref(cf, *d), d),
+        p.project(pullback(p.ct(cf)), d),
+        num,
+    )
+
+
+def _add_case_checks(report: GateCheck, preps: list, res: list, dtype: str) -> None:
+    """A CaseCheck per case to `report`: forward, vs jax.vjp and vs the central differences."""
     for p, (out_ref, out_mine, ref, mine, num) in zip(preps, res):
         report.cases.append(
             CaseCheck(
@@ -415,21 +439,27 @@ def _check_dtype(report: GateCheck, gate, cases, dtype: str, seed: int, checks=C
                 None if num is None else _error(num, mine),
             )
         )
-    if full and first is not None:
-        p = preps[first]
-        d, cf = p.d, p.cf
-        if "eager" in checks:
-            trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), res[first][2]), raised)
-        for name in checks:
-            pair = trans.get(name)
-            report.transforms[name] = (
-                False
-                if name in raised
-                else None
-                if pair is None
-                else _error(*pair) <= tolerance("transform", dtype)
-            )
-        report.errors.update(raised)
+
+
+def _judge_transforms(
+    report: GateCheck, p: _Prepared, ref, trans: dict, raised: dict, checks, dtype: str
+) -> None:
+    """The verdict of each of `checks` to report.transforms, from the (fnn, jax.vjp) pairs
+    `trans` on the transforms' case `p` and the eager check run here against `ref` (jax.vjp's
+    gradients of `p`); False for a check that raised, whose reason goes to report.errors."""
+    d, cf = p.d, p.cf
+    if "eager" in checks:
+        trans["eager"] = _attempt("eager", lambda: (p.mine(cf, *d), ref), raised)
+    for name in checks:
+        pair = trans.get(name)
+        report.transforms[name] = (
+            False
+            if name in raised
+            else None
+            if pair is None
+            else _error(*pair) <= tolerance("transform", dtype)
+        )
+    report.errors.update(raised)
 
 
 def kink_results(gate, *, dtype: str = "float64", seed: int = 0) -> list:

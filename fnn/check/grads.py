@@ -274,34 +274,53 @@ def check_grads(
         TypeError: an argument named by argnums has a non-float leaf, or `f` does not return a
             float scalar.
     """
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    paths, leaves, treedefs = _differentiated_leaves(args, nums, argnums)
+    nums, paths, leaves, treedefs = _differentiated_leaves(args, argnums)
+    _check_loss(f, args)
+    dtypes = sorted({str(l.dtype) for l in leaves})
+    tol, ntol = _tolerances(rtol, numeric_rtol, dtypes)
+    surrogates, custom, builtin, errors = _analytic_grads(f, args, nums, rules)
+    tolerances = (tol, ntol, _floor(custom, builtin))
+    numeric = _Numeric(f, args, nums, treedefs, leaves, numeric_dtype, step)
+    reports = _leaf_reports(
+        paths, leaves, custom, builtin, numeric, seed, max_elements, tolerances, surrogates
+    )
+    return _grad_report(
+        reports, seed, dtypes, numeric, tolerances, max_elements, step, errors, surrogates
+    )
+
+
+def _check_loss(f, args) -> None:
+    """A TypeError unless f(*args) is a float scalar (found without computing it)."""
     out = jax.eval_shape(f, *args)
     if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
         raise TypeError(f"check_grads: f must return a float scalar (a loss), got {out}")
-    dtypes = sorted({str(l.dtype) for l in leaves})
+
+
+def _tolerances(rtol, numeric_rtol, dtypes: list) -> tuple:
+    """(custom vs built-in, analytic vs numerical) tolerances: those given, or the largest of
+    tolerance "model" and "numeric" over `dtypes` (fnn.check.tolerances)."""
     tol = rtol if rtol is not None else max(tolerance("model", d) for d in dtypes)
     ntol = (
         numeric_rtol if numeric_rtol is not None else max(tolerance("numeric", d) for d in dtypes)
     )
+    return tol, ntol
 
-    errors = []
-    surrogates, custom, builtin = _analytic_grads(f, args, nums, rules, errors)
-    floor = FLOOR * max(
+
+def _floor(custom, builtin) -> float:
+    """The errors' least denominator: FLOOR times the largest entry of any analytic gradient
+    (of those that exist)."""
+    return FLOOR * max(
         [_maxabs(np.asarray(g)) for g in (custom or []) + (builtin or [])], default=0.0
     )
-    numeric = _Numeric(f, args, nums, treedefs, leaves, numeric_dtype, step)
-    reports = _leaf_reports(
-        paths,
-        leaves,
-        custom,
-        builtin,
-        numeric,
-        np.random.default_rng(seed),
-        max_elements,
-        (tol, ntol, floor),
-        surrogates,
-    )
+
+
+def _grad_report(
+    reports, seed, dtypes, numeric, tolerances, max_elements, step, errors, surrogates
+) -> GradReport:
+    """The GradReport of the LeafReports `reports`, with what they were computed with: the
+    settings, `tolerances` ((tol, ntol, floor)), the device, JAX's version, and the analytic
+    gradients' `errors`."""
+    tol, ntol, floor = tolerances
     device = jax.devices()[0]
     return GradReport(
         reports,
@@ -320,9 +339,10 @@ def check_grads(
     )
 
 
-def _differentiated_leaves(args, nums, argnums):
-    """(names, leaves as arrays, treedefs) of the arguments `nums`; TypeError for a leaf that is
-    not float (`argnums` as the caller gave it, for the message)."""
+def _differentiated_leaves(args, argnums):
+    """(the differentiated arguments' positions, the names of their leaves, the leaves as
+    arrays, the arguments' treedefs); TypeError for a leaf that is not float."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     paths, leaves, treedefs = [], [], []
     for a in nums:
         flat, tree = jax.tree_util.tree_flatten_with_path(args[a])
@@ -338,28 +358,29 @@ def _differentiated_leaves(args, nums, argnums):
             f"check_grads: gradients are only defined for float leaves; argnums "
             f"{argnums!r} includes {which}"
         )
-    return paths, leaves, treedefs
+    return nums, paths, leaves, treedefs
 
 
-def _analytic_grads(f, args, nums, rules, errors):
-    """(the surrogate rules applied, fnn.grad's flat gradients, jax.grad's): a gradient that
-    fails is None, and why is appended to `errors`."""
+def _analytic_grads(f, args, nums, rules):
+    """(the surrogate rules applied, fnn.grad's flat gradients, jax.grad's, errors): a gradient
+    that fails is None, and why is in `errors`."""
     from fnn.transforms import grad as fnn_grad
     from fnn.transforms import trace as fnn_trace
 
     surrogates = _surrogates(lambda: fnn_trace(f, *args, argnums=nums, rules=rules))
+    errors = []
     custom = _flat_grads(lambda: fnn_grad(f, argnums=nums, rules=rules)(*args), "fnn.grad", errors)
     builtin = _flat_grads(lambda: jax.grad(f, argnums=nums)(*args), "jax.grad", errors)
-    return surrogates, custom, builtin
+    return surrogates, custom, builtin, errors
 
 
 def _leaf_reports(
-    paths, leaves, custom, builtin, numeric, rng, max_elements, tolerances, surrogates
+    paths, leaves, custom, builtin, numeric, seed, max_elements, tolerances, surrogates
 ) -> list:
-    """A LeafReport per leaf, its elements checked numerically sampled with `rng` in turn;
-    `tolerances`: (tol, ntol, floor). With surrogate rules in effect, a leaf that does not pass
-    while both analytic gradients exist gets the verdict "surrogate"."""
-    reports = []
+    """A LeafReport per leaf, its elements checked numerically sampled in turn by one generator
+    seeded with `seed`; `tolerances`: (tol, ntol, floor). With surrogate rules in effect, a leaf
+    that does not pass while both analytic gradients exist gets the verdict "surrogate"."""
+    reports, rng = [], np.random.default_rng(seed)
     with jax.enable_x64(numeric.x64):
         for j, (name, leaf) in enumerate(zip(paths, leaves)):
             c = None if custom is None else np.asarray(custom[j], np.float64)
@@ -484,36 +505,11 @@ def _caster(dtype):
 
 
 def _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor) -> LeafReport:
+    """The LeafReport of leaf j (`c`, `b`: its custom and built-in gradients, None where they
+    failed), checked numerically at the flat indices `idx`."""
     analytic = c if c is not None else b
     scale = max(_maxabs(c), _maxabs(b), floor)
-    lo, hi, pad, kinks = [], [], [], []  # per sampled element: accepted interval [lo, hi]
-    h = numeric.steps(j, idx)
-    bwd, fwd, mid, noise = numeric.slopes(j, idx, h)
-    gap = np.abs(fwd - bwd)
-    with np.errstate(invalid="ignore"):
-        again = np.flatnonzero(gap > ntol * scale + noise)  # re-measure closer: does it shrink?
-    second = dict(zip(again, zip(*numeric.slopes(j, idx[again], h[again] / KINK_SHRINK))))
-    for i, k in enumerate(idx):
-        interval = (mid[i], mid[i])
-        if i in second:
-            bwd2, fwd2, mid2, noise2 = second[i]
-            if abs(fwd2 - bwd2) > 0.5 * gap[i] and abs(fwd2 - bwd2) > noise2:  # a kink
-                interval = (min(bwd[i], fwd[i], bwd2, fwd2), max(bwd[i], fwd[i], bwd2, fwd2))
-                kinks.append(
-                    {
-                        "index": [int(n) for n in np.unravel_index(k, leaf.shape)],
-                        "backward": float(bwd2),
-                        "forward": float(fwd2),
-                        "custom": _at(c, k),
-                        "builtin": _at(b, k),
-                    }
-                )
-            else:  # smooth after all, or a kink between h/8 and h: the closer estimate
-                interval = (mid2, mid2)
-        lo.append(interval[0])
-        hi.append(interval[1])
-        pad.append(0.0 if interval[0] == interval[1] else ntol * scale)
-    lo, hi, pad = np.array(lo), np.array(hi), np.array(pad)
+    lo, hi, pad, kinks = _accepted(leaf, c, b, idx, numeric, j, ntol * scale)
 
     def vs_numeric(a):
         if a is None:
@@ -546,6 +542,46 @@ def _leaf_report(name, leaf, c, b, idx, numeric, j, tol, ntol, floor) -> LeafRep
         bn,
         verdict,
     )
+
+
+def _accepted(leaf, c, b, idx, numeric, j, slack):
+    """(lo, hi, pad, kinks): per sampled element `idx` of leaf j, the interval [lo, hi] a
+    gradient is accepted in, widened by `pad` (`slack` at a kink, else 0), and the kinks found.
+    Where the one-sided slopes disagree by more than `slack` and their noise, the element is
+    measured again at h / KINK_SHRINK: a kink if the disagreement does not halve (its interval:
+    the one-sided slopes), smooth otherwise (the closer central difference)."""
+    lo, hi, pad, kinks = [], [], [], []
+    h = numeric.steps(j, idx)
+    bwd, fwd, mid, noise = numeric.slopes(j, idx, h)
+    gap = np.abs(fwd - bwd)
+    with np.errstate(invalid="ignore"):
+        again = np.flatnonzero(gap > slack + noise)  # re-measure closer: does it shrink?
+    second = dict(zip(again, zip(*numeric.slopes(j, idx[again], h[again] / KINK_SHRINK))))
+    for i, k in enumerate(idx):
+        interval = (mid[i], mid[i])
+        if i in second:
+            bwd2, fwd2, mid2, noise2 = second[i]
+            if abs(fwd2 - bwd2) > 0.5 * gap[i] and abs(fwd2 - bwd2) > noise2:  # a kink
+                interval = (min(bwd[i], fwd[i], bwd2, fwd2), max(bwd[i], fwd[i], bwd2, fwd2))
+                kinks.append(_kink(leaf, k, bwd2, fwd2, c, b))
+            else:  # smooth after all, or a kink between h/8 and h: the closer estimate
+                interval = (mid2, mid2)
+        lo.append(interval[0])
+        hi.append(interval[1])
+        pad.append(0.0 if interval[0] == interval[1] else slack)
+    return np.array(lo), np.array(hi), np.array(pad), kinks
+
+
+def _kink(leaf, k, backward, forward, c, b) -> dict:
+    """The record of a kink at flat index k of leaf: its one-sided slopes (measured at the
+    closer step) and the custom and built-in gradients there."""
+    return {
+        "index": [int(n) for n in np.unravel_index(k, leaf.shape)],
+        "backward": float(backward),
+        "forward": float(forward),
+        "custom": _at(c, k),
+        "builtin": _at(b, k),
+    }
 
 
 def _verdict(cb_ok, cn_ok, bn_ok) -> str:

@@ -212,58 +212,85 @@ def _replay(tr):
 
 
 def _build(graph: Graph, groups):
-    tape, per_gate = graph.tape, groups is None
-    owner, nodes, edges = {}, [], {}
-    for node, name in graph.inputs.items():
-        nodes.append(
-            Node(
-                f"i{node}",
-                name,
-                "input",
-                name,
-                "input",
-                (),
-                graph.input_values[node],
-                graph.grads.get(node),
-            )
-        )
+    """(nodes, edges) of the graph: a node per boxed input leaf, per gate (`groups` None) or
+    per group of tape positions (a layer), per constant array a gate takes (per gate only) and
+    per output leaf; an edge per value passed between two of them."""
+    per_gate = groups is None
     if per_gate:
-        groups = [(None, [pos]) for pos in range(len(tape.records))]
-    producer = {node: f"i{node}" for node in graph.inputs}
+        groups = [(None, [pos]) for pos in range(len(graph.tape.records))]
+    nodes = [_input_node(graph, node, name) for node, name in graph.inputs.items()]
+    owner, producer = {}, {node: f"i{node}" for node in graph.inputs}
     for gi, (label, positions) in enumerate(groups):
         positions = list(positions)
         if not positions:
             continue
-        recs = [tape.records[p] for p in positions]
-        gates = ", ".join(dict.fromkeys(gate_name(r) for r in recs))
-        if label is None:  # one gate
-            key, name, kind = f"g{positions[0]}", f"#{positions[0]}", "gate"
-            label = gate_label(recs[0])
-            op = gates if label == gates else f"{gates} {label}"
-        else:  # one layer
-            key, name, kind, op = f"L{gi}", label, "layer", gates
-            label = f"{label}\n{gates}" if len(gates) <= 40 else label
-        last = recs[-1]
-        out_id = next((i for i in last.out_ids if i is not None), None)
-        nodes.append(
-            Node(
-                key,
-                label,
-                kind,
-                name,
-                op,
-                tuple(positions),
-                last.outs[0],
-                graph.grads.get(out_id),
-                " ".join(dict.fromkeys(r.site for r in recs)),
-            )
-        )
-        for p, rec in zip(positions, recs):
-            owner[p] = key
-            for i in rec.out_ids:
-                if i is not None:
-                    producer[i] = key
-    for pos, rec in enumerate(tape.records):
+        nodes.append(_group_node(graph, gi, label, positions))
+        _claim(graph.tape, nodes[-1], owner, producer)
+    edges = _edges(graph, owner, producer, per_gate, nodes)
+    for j, (node, v) in enumerate(graph.outputs):
+        key, name = f"out{j}", "f" if len(graph.outputs) == 1 else f"f{j}"
+        nodes.append(Node(key, name, "output", name, "output", (), v, jnp.ones_like(v)))
+        edges[(producer[node], key, node)] = Edge(producer[node], key, v, jnp.ones_like(v))
+    return nodes, list(edges.values())
+
+
+def _input_node(graph: Graph, node: int, name: str) -> Node:
+    """The node of the boxed input leaf `node`, named `name`."""
+    return Node(
+        f"i{node}",
+        name,
+        "input",
+        name,
+        "input",
+        (),
+        graph.input_values[node],
+        graph.grads.get(node),
+    )
+
+
+def _group_node(graph: Graph, gi: int, label, positions: list) -> Node:
+    """The node of the records at tape `positions`, group `gi`: one gate (`label` None) or a
+    layer named `label`; its value and gradient are those of its last record's first output."""
+    recs = [graph.tape.records[p] for p in positions]
+    gates = ", ".join(dict.fromkeys(gate_name(r) for r in recs))
+    if label is None:  # one gate
+        key, name, kind = f"g{positions[0]}", f"#{positions[0]}", "gate"
+        label = gate_label(recs[0])
+        op = gates if label == gates else f"{gates} {label}"
+    else:  # one layer
+        key, name, kind, op = f"L{gi}", label, "layer", gates
+        label = f"{label}\n{gates}" if len(gates) <= 40 else label
+    last = recs[-1]
+    out_id = next((i for i in last.out_ids if i is not None), None)
+    return Node(
+        key,
+        label,
+        kind,
+        name,
+        op,
+        tuple(positions),
+        last.outs[0],
+        graph.grads.get(out_id),
+        " ".join(dict.fromkeys(r.site for r in recs)),
+    )
+
+
+def _claim(tape, node: Node, owner: dict, producer: dict) -> None:
+    """Mark the records of `node` as drawn by it (`owner`: tape position -> node key) and their
+    outputs as coming from it (`producer`: value node -> node key)."""
+    for p in node.records:
+        owner[p] = node.key
+        for i in tape.records[p].out_ids:
+            if i is not None:
+                producer[i] = node.key
+
+
+def _edges(graph: Graph, owner: dict, producer: dict, per_gate: bool, nodes: list) -> dict:
+    """(source, destination, value node) -> Edge for each value a record takes from another
+    node, the gradients it sent back along it added up. Per gate, a constant array input gets a
+    node (appended to `nodes`) and an edge of its own."""
+    edges = {}
+    for pos, rec in enumerate(graph.tape.records):
         dst = owner.get(pos)
         for k, j, p, x in input_leaves(rec):
             if p is None:
@@ -282,8 +309,4 @@ def _build(graph: Graph, groups):
                 edges[(src, dst, p)] = Edge(src, dst, x, dx)
             elif dx is not None:
                 e.grad = dx if e.grad is None else e.grad + dx
-    for j, (node, v) in enumerate(graph.outputs):
-        key, name = f"out{j}", "f" if len(graph.outputs) == 1 else f"f{j}"
-        nodes.append(Node(key, name, "output", name, "output", (), v, jnp.ones_like(v)))
-        edges[(producer[node], key, node)] = Edge(producer[node], key, v, jnp.ones_like(v))
-    return nodes, list(edges.values())
+    return edges
