@@ -445,16 +445,27 @@ def run(args) -> int:
         except Stopped as e:
             stopped = e
     if stopped is not None:
-        meta["interrupted"] = signal.Signals(stopped.signum).name
-        print(
-            f"fnn gradcheck: interrupted by {meta['interrupted']} after {progress.done} of "
-            f"{progress.total} checks; the rows above are those done",
-            file=sys.stderr,
-        )
+        _say_stopped(stopped, meta, progress)
     if args.format == "text":
         print(summary(rows, rules, meta))
     else:
         print(format_rows(rows, args.format, meta, rules))
+    return _exit_code(rows, rules, stopped)
+
+
+def _say_stopped(stopped: Stopped, meta: dict, progress: Progress) -> None:
+    """Record in `meta` which signal stopped the checks, and say on stderr how far they got."""
+    meta["interrupted"] = signal.Signals(stopped.signum).name
+    print(
+        f"fnn gradcheck: interrupted by {meta['interrupted']} after {progress.done} of "
+        f"{progress.total} checks; the rows above are those done",
+        file=sys.stderr,
+    )
+
+
+def _exit_code(rows: list, rules: list, stopped: Stopped | None) -> int:
+    """130 (143) when a Ctrl-C (SIGTERM) stopped the checks, else 0 when every gate's and rule's
+    row passed, 1 otherwise."""
     if stopped is not None:
         return TERMINATED if stopped.signum == signal.SIGTERM else INTERRUPTED
     return (

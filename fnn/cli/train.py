@@ -97,82 +97,85 @@ def add_arguments(p) -> None:
     groups = {title: p.add_argument_group(title) for title in GROUPS}
     for name in OPTIONS:  # TrainConfig's, each under the topic its declaration names
         _add_option(groups[OPTIONS[name].group], name)
+    # the options of the command alone (not of the run's config), each under its topic
+    _add_run_folder_options(groups["run folder"])
+    _add_nan_check(groups["gradients and rules"])
+    _add_device_options(groups["devices"])
+    _add_diagnostics(groups["gradients and rules"])
 
-    def a(flag, group, **kw):
-        """An option of the command alone (not of the run's config), under topic `group`."""
-        groups[group].add_argument(flag, **kw)
 
-    a(
+def _add_run_folder_options(group) -> None:
+    """Where the run's files go: a new run directory, or the one a run resumes from."""
+    group.add_argument(
         "--out",
-        "run folder",
         metavar="RUN_DIR",
         help="run directory (default runs/<model>-<dataset>-<time>)",
     )
-    a(
+    group.add_argument(
         "--resume",
-        "run folder",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its "
         "last checkpoint, also one saved in the middle of an epoch by Ctrl-C (its "
         f"config is kept and checked against the checkpoint's; only {resume_flags()} may be "
         "changed); a run stopped before its first checkpoint starts from the beginning",
     )
-    a(
+    group.add_argument(
         "--resume-from",
-        "run folder",
         choices=("last", "best"),
         default=None,
         help="with --resume: the checkpoint to continue from (default last; best "
         "continues from best.safetensors, cutting the history back to its epoch: "
         "for a run whose last.safetensors is lost)",
     )
-    a(
+    group.add_argument(
         "--overwrite",
-        "run folder",
         action="store_true",
         help="a new run in a folder that "
         "already holds files a run writes (config.json, metrics.jsonl, checkpoints, "
         "results.json, plots, vocab.json, ...) removes them first; without it such a "
         "folder is refused",
     )
-    a(
+    group.add_argument(
         "--chunk-seconds",
-        "run folder",
         type=_chunk_seconds,
         metavar="S",
         help="run each epoch "
         f"as compiled chunks of about S seconds (default {CHUNK_SECONDS}; at least "
         "one step); Ctrl-C stops between two, saving a checkpoint to resume from",
     )
-    a("--no-progress", "run folder", action="store_true", help="no progress bars")
-    a(
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_nan_check(group) -> None:
+    """--check-nans: name the gate that made a NaN/inf loss."""
+    group.add_argument(
         "--check-nans",
-        "gradients and rules",
         action="store_true",
         help="on a NaN/inf loss, "
         "replay the step eagerly under fnn.debug_nans and name the gate (forward or VJP) that "
         "made it; exit 1",
     )
-    a(
+
+
+def _add_device_options(group) -> None:
+    """The devices a run uses, and the processes of a run on several hosts."""
+    group.add_argument(
         "--devices",
-        "devices",
         type=_positive_int,
         metavar="N",
         help="data parallel: split each "
         "batch across N devices (the batch size must be divisible by N), parameters replicated",
     )
-    a(
+    group.add_argument(
         "--shard",
-        "devices",
         choices=SHARD,
         help="params: split the large parameters and their "
         "optimizer state across the devices too (FSDP), for models whose parameters and "
         "optimizer state do not fit on one device; without --devices: all devices (default "
         "none: replicated)",
     )
-    a(
+    group.add_argument(
         "--coordinator",
-        "devices",
         type=_address,
         metavar="HOST:PORT",
         help="several "
@@ -181,40 +184,39 @@ def add_arguments(p) -> None:
         "(python -m fnn launch; SLURM, Open MPI, Kubernetes, Cloud TPU as JAX detects them), "
         "else one process",
     )
-    a(
+    group.add_argument(
         "--num-processes",
-        "devices",
         type=_positive_int,
         metavar="N",
         help="how many processes the run has (each runs this same command)",
     )
-    a(
+    group.add_argument(
         "--process-id",
-        "devices",
         type=_process_id,
         metavar="I",
         help="this process's number, 0 to N-1 (process 0 writes the run directory)",
     )
-    a(
+    group.add_argument(
         "--join-timeout",
-        "devices",
         type=_seconds,
         metavar="S",
         help="seconds to wait for every "
         f"process to join (default {JOIN_TIMEOUT:g}); then each says why it could not, and "
         "exits 1",
     )
-    a(
+
+
+def _add_diagnostics(group) -> None:
+    """--diagnostics: the gradient health of each layer, measured as the run trains."""
+    group.add_argument(
         "--diagnostics",
-        "gradients and rules",
         action="store_true",
         help="gradient health per "
         "layer: gradient norm, update/parameter ratio, dead ReLUs, saturated sigmoid/tanh, custom "
         "vs built-in gradient; to RUN_DIR/diagnostics.jsonl and diagnostics.png",
     )
-    a(
+    group.add_argument(
         "--diagnostics-every",
-        "gradients and rules",
         type=_positive_int,
         metavar="N",
         help=f"measure every N steps (default {DIAGNOSTICS_EVERY}; implies --diagnostics)",

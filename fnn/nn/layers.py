@@ -319,6 +319,41 @@ def _conv_options(layer: str, ndim, features, kernel_size, stride, dilation, pad
     return checked
 
 
+def _channels_last_conv(ndim: int, strides, pad, dilations, groups: int):
+    """conv(x, w): the convolution of channels-last inputs (NWC, NHWC, NDHWC for `ndim` 1, 2,
+    3) with a kernel (k..., C / groups, features), by jax.lax.conv_general_dilated."""
+    spec = _SPATIAL[ndim]
+    dims = (f"N{spec}C", f"{spec}IO", f"N{spec}C")
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            strides,
+            pad,
+            rhs_dilation=dilations,
+            dimension_numbers=dims,
+            feature_group_count=groups,
+        )
+
+    return conv
+
+
+def _kernel_shape(layer: str, c: int, ks: tuple, groups: int, features: int) -> tuple:
+    """The kernel's shape (k..., c / groups, features) for inputs of `c` channels; ValueError
+    naming `layer` when `groups` does not divide them."""
+    if c % groups:
+        raise ValueError(f"{layer}: groups {groups} must divide the input channels {c}")
+    return ks + (c // groups, features)
+
+
+def _kernel_and_bias(key, w_init, w_shape: tuple, b_init, features: int) -> dict:
+    """The params {"w", "b"}: a kernel of `w_shape` by `w_init` and a bias of `features` by
+    `b_init`, each from its half of `key`."""
+    k_w, k_b = jax.random.split(key)
+    return {"w": w_init(k_w, w_shape), "b": b_init(k_b, (features,))}
+
+
 def Conv(
     features: int,
     kernel_size=3,
@@ -366,30 +401,14 @@ def Conv(
     ks, strides, dilations, pad = _conv_options(
         layer, ndim, features, kernel_size, stride, dilation, padding, groups
     )
-    spec = _SPATIAL[ndim]
-    dims = (f"N{spec}C", f"{spec}IO", f"N{spec}C")
+    conv = _channels_last_conv(ndim, strides, pad, dilations, groups)
     w_init, b_init = get_initializer(init), get_initializer(bias_init)
-
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(
-            x,
-            w,
-            strides,
-            pad,
-            rhs_dilation=dilations,
-            dimension_numbers=dims,
-            feature_group_count=groups,
-        )
 
     def init_fn(key, input_shape):
         shape = _spatial_shape(layer, input_shape, ndim)
-        c = shape[-1]
-        if c % groups:
-            raise ValueError(f"{layer}: groups {groups} must divide the input channels {c}")
-        w_shape = ks + (c // groups, features)
+        w_shape = _kernel_shape(layer, shape[-1], ks, groups, features)
         out = _output_shape(layer, conv, shape, w_shape)
-        k_w, k_b = jax.random.split(key)
-        return {"w": w_init(k_w, w_shape), "b": b_init(k_b, (features,))}, {}, out
+        return _kernel_and_bias(key, w_init, w_shape, b_init, features), {}, out
 
     def apply(params, state, x, *, key=None, train=False):
         return conv(x, params["w"]) + params["b"], state

@@ -78,53 +78,70 @@ def _targets(logits, labels, label_smoothing, ignore_index):
         )
     if not hasattr(labels, "dtype"):
         labels = np.asarray(labels)
-    dtype = jnp.result_type(logits)
     if jnp.issubdtype(labels.dtype, jnp.floating):  # class probabilities
-        if labels.shape != logits.shape:
-            raise GateError(
-                f"gate '{name}': labels must be integer class indices (shape "
-                f"{logits.shape[:-1]}) or class probabilities shaped like logits "
-                f"{describe(logits)}; got labels {describe(labels)} (dtype "
-                f"{labels.dtype})"
-            )
-        if ignore_index is not None:
-            raise GateError(
-                f"gate '{name}': ignore_index needs integer labels, got labels {describe(labels)}"
-            )
-        target = labels.astype(dtype)
-        weight = jnp.ones(logits.shape[:-1], dtype)
-        ints = None
+        target, weight, ints = _probability_targets(name, logits, labels, ignore_index)
     else:
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise GateError(
-                f"gate '{name}': labels must be integer class indices, got labels "
-                f"{describe(labels)} (dtype {labels.dtype}) for logits "
-                f"{describe(logits)}"
-            )
-        if labels.shape != logits.shape[:-1]:
-            raise GateError(
-                f"gate '{name}': labels must have shape {logits.shape[:-1]}, one per "
-                f"row of logits {describe(logits)}, got labels {describe(labels)}"
-            )
-        if not isinstance(labels, jax.core.Tracer):
-            concrete = np.asarray(labels)
-            bad = np.flatnonzero(((concrete < 0) | (concrete >= c)) & (concrete != ignore_index))
-            if bad.size:
-                raise GateError(
-                    f"gate '{name}': labels must lie in [0, {c}) for logits {describe(logits)}"
-                    + (f" (or be ignore_index {ignore_index})" if ignore_index is not None else "")
-                    + f"; got values {concrete.reshape(-1)[bad[:8]].tolist()} at "
-                    + ("rows" if concrete.ndim == 1 else "flat positions")
-                    + f" {bad[:8].tolist()}"
-                    + (" ..." if bad.size > 8 else "")
-                )
-        kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
-        weight = kept.astype(dtype)
-        ints = jnp.where(kept, labels, 0).astype(jnp.int32)
-        target = (ints[..., None] == jnp.arange(c)).astype(dtype)
+        target, weight, ints = _index_targets(name, logits, labels, ignore_index)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / c
     return target, weight, ints
+
+
+def _probability_targets(name, logits, labels, ignore_index):
+    """_targets of float `labels`, class probabilities shaped like `logits`: (labels, weight 1
+    per example, None)."""
+    dtype = jnp.result_type(logits)
+    if labels.shape != logits.shape:
+        raise GateError(
+            f"gate '{name}': labels must be integer class indices (shape "
+            f"{logits.shape[:-1]}) or class probabilities shaped like logits "
+            f"{describe(logits)}; got labels {describe(labels)} (dtype "
+            f"{labels.dtype})"
+        )
+    if ignore_index is not None:
+        raise GateError(
+            f"gate '{name}': ignore_index needs integer labels, got labels {describe(labels)}"
+        )
+    return labels.astype(dtype), jnp.ones(logits.shape[:-1], dtype), None
+
+
+def _index_targets(name, logits, labels, ignore_index):
+    """_targets of integer `labels`, class indices of shape logits.shape[:-1]: (one-hot
+    targets, weight 0 where ignore_index else 1, the labels with ignore_index made 0)."""
+    dtype, c = jnp.result_type(logits), logits.shape[-1]
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise GateError(
+            f"gate '{name}': labels must be integer class indices, got labels "
+            f"{describe(labels)} (dtype {labels.dtype}) for logits "
+            f"{describe(logits)}"
+        )
+    if labels.shape != logits.shape[:-1]:
+        raise GateError(
+            f"gate '{name}': labels must have shape {logits.shape[:-1]}, one per "
+            f"row of logits {describe(logits)}, got labels {describe(labels)}"
+        )
+    if not isinstance(labels, jax.core.Tracer):
+        _check_label_range(name, logits, labels, ignore_index)
+    kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    ints = jnp.where(kept, labels, 0).astype(jnp.int32)
+    return (ints[..., None] == jnp.arange(c)).astype(dtype), kept.astype(dtype), ints
+
+
+def _check_label_range(name, logits, labels, ignore_index):
+    """GateError naming the first (up to 8) of concrete `labels` outside [0, C) that are not
+    `ignore_index`."""
+    c = logits.shape[-1]
+    concrete = np.asarray(labels)
+    bad = np.flatnonzero(((concrete < 0) | (concrete >= c)) & (concrete != ignore_index))
+    if bad.size:
+        raise GateError(
+            f"gate '{name}': labels must lie in [0, {c}) for logits {describe(logits)}"
+            + (f" (or be ignore_index {ignore_index})" if ignore_index is not None else "")
+            + f"; got values {concrete.reshape(-1)[bad[:8]].tolist()} at "
+            + ("rows" if concrete.ndim == 1 else "flat positions")
+            + f" {bad[:8].tolist()}"
+            + (" ..." if bad.size > 8 else "")
+        )
 
 
 @defgate

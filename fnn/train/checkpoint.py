@@ -186,37 +186,12 @@ def save_checkpoint(
         tensors = {}
         for prefix, tree in trees.items():
             tensors.update(flatten(tree, prefix))
-        meta = {"format": json.dumps(FORMAT)}
-        for k, v in (metadata or {}).items():
-            if k == "sha256":
-                raise CheckpointError(
-                    "metadata key 'sha256' is reserved for the checkpoint's digest"
-                )
-            meta[k] = json.dumps(v)
-        meta["sha256"] = json.dumps(digest(tensors, meta))
-        shown = path if folder is None else folder.join(os.path.basename(path))
-
-        def read_back(tmp: str, where) -> None:
-            try:
-                header = read_header(tmp, folder=where)
-                _read_tensors(header, keep=())
-            except CheckpointError as e:
-                raise CheckpointError(
-                    f"{shown} was damaged as it was written (read back: {e}); "
-                    f"the previous {os.path.basename(path)} is unchanged; the "
-                    "disk or file system may be failing"
-                ) from None
-            if header.raw_meta.get("sha256") != meta["sha256"]:
-                raise CheckpointError(
-                    f"{shown} was damaged as it was written: read back, it "
-                    "holds another digest than the one saved"
-                )
-
+        meta = _checkpoint_meta(tensors, metadata)
         write_file(
             path,
             safetensors_chunks(tensors, meta),
             folder=folder,
-            check=read_back if verify else None,
+            check=_read_back(path, folder, meta["sha256"]) if verify else None,
         )
     except (MemoryError, jax.errors.JaxRuntimeError) as e:
         if not isinstance(e, MemoryError) and not is_out_of_memory(e):
@@ -227,6 +202,43 @@ def save_checkpoint(
             "is unchanged. Free memory (other processes), or train a smaller model "
             "(--hidden, --channels)"
         ) from None
+
+
+def _checkpoint_meta(tensors: dict[str, np.ndarray], metadata: dict | None) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint of `tensors`: fnn's format, each entry of
+    `metadata` as JSON, and `sha256`, the digest of the tensors and of all of these."""
+    meta = {"format": json.dumps(FORMAT)}
+    for k, v in (metadata or {}).items():
+        if k == "sha256":
+            raise CheckpointError("metadata key 'sha256' is reserved for the checkpoint's digest")
+        meta[k] = json.dumps(v)
+    meta["sha256"] = json.dumps(digest(tensors, meta))
+    return meta
+
+
+def _read_back(path: str, folder, sha256: str):
+    """write_file's check(tmp, folder) of a new checkpoint at `path`: the temporary file, read
+    back, must be a valid checkpoint holding the digest `sha256` that was saved; else
+    CheckpointError, and write_file leaves the previous file at `path` unchanged."""
+    shown = path if folder is None else folder.join(os.path.basename(path))
+
+    def check(tmp: str, where) -> None:
+        try:
+            header = read_header(tmp, folder=where)
+            _read_tensors(header, keep=())
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{shown} was damaged as it was written (read back: {e}); "
+                f"the previous {os.path.basename(path)} is unchanged; the "
+                "disk or file system may be failing"
+            ) from None
+        if header.raw_meta.get("sha256") != sha256:
+            raise CheckpointError(
+                f"{shown} was damaged as it was written: read back, it "
+                "holds another digest than the one saved"
+            )
+
+    return check
 
 
 def _state_size(trees) -> str:
@@ -651,7 +663,7 @@ def save_train_state(
     Raises:
         CheckpointError: as save_checkpoint.
     """
-    trees = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state, "key": ts.key}
+    trees = _state_trees(ts)
     meta = {"epoch": ts.epoch, "step": ts.step, "config": config or {}}
     if ts.position:
         partial = ts.partial or {}
@@ -665,6 +677,36 @@ def _counter(meta: dict, key: str, path: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise CheckpointError(f"{path}: its metadata '{key}' must be a count >= 0, got {v!r}")
     return v
+
+
+def _state_trees(ts: TrainState) -> dict:
+    """The trees of a TrainState that a checkpoint holds, by their prefix."""
+    return {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state, "key": ts.key}
+
+
+def _check_resumable(header) -> None:
+    """CheckpointError unless `header` is an fnn checkpoint's with an epoch and a step."""
+    if not header.is_fnn or "epoch" not in header.raw_meta or "step" not in header.raw_meta:
+        raise CheckpointError(
+            f"{header.path} is not an fnn training checkpoint: its metadata has no fnn format, "
+            "epoch and step, so where training stopped is unknown and it cannot be resumed. "
+            "Load its tensors as parameters with fnn.train.load_params(path, params) instead"
+        )
+
+
+def _partial_epoch(tensors: dict, position: int, path: str) -> dict:
+    """The partial results of an epoch saved at step `position`: its batch order and metrics,
+    from the checkpoint's tensors under PARTIAL."""
+    if f"{PARTIAL}/order" not in tensors:
+        raise CheckpointError(
+            f"{path}: saved at step {position} of an epoch but without "
+            f"the epoch's batch order ({PARTIAL}/order)"
+        )
+    head = f"{PARTIAL}/metrics/"
+    return {
+        "order": tensors[f"{PARTIAL}/order"],
+        "metrics": {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)},
+    }
 
 
 def load_train_state(
@@ -688,38 +730,12 @@ def load_train_state(
     """
     header = read_header(path, folder=folder)
     path = header.path
-    if not header.is_fnn or "epoch" not in header.raw_meta or "step" not in header.raw_meta:
-        raise CheckpointError(
-            f"{path} is not an fnn training checkpoint: its metadata has no fnn format, epoch "
-            "and step, so where training stopped is unknown and it cannot be resumed. Load "
-            "its tensors as parameters with fnn.train.load_params(path, params) instead"
-        )
-    trees, tensors, header = _load(
-        path,
-        {
-            "params": template.params,
-            "state": template.state,
-            "opt_state": template.opt_state,
-            "key": template.key,
-        },
-        cast,
-        folder,
-        also=(PARTIAL,),
-    )
+    _check_resumable(header)
+    trees, tensors, header = _load(path, _state_trees(template), cast, folder, also=(PARTIAL,))
     meta = header.meta()
     epoch, step = _counter(meta, "epoch", path), _counter(meta, "step", path)
-    position, partial = _counter(meta, "position", path), None
-    if position:
-        if f"{PARTIAL}/order" not in tensors:
-            raise CheckpointError(
-                f"{path}: saved at step {position} of an epoch but without "
-                f"the epoch's batch order ({PARTIAL}/order)"
-            )
-        head = f"{PARTIAL}/metrics/"
-        partial = {
-            "order": tensors[f"{PARTIAL}/order"],
-            "metrics": {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)},
-        }
+    position = _counter(meta, "position", path)
+    partial = _partial_epoch(tensors, position, path) if position else None
     ts = TrainState(
         trees["params"],
         trees["state"],

@@ -198,23 +198,37 @@ def load_dataset(
         DataError: the files are missing or damaged.
     """
     if name == "text":
-        from fnn.train.text import load_text
+        return _text_dataset(data_dir, context=context, val_fraction=val_fraction, limit=limit)
+    return _image_dataset(name, data_dir, val_fraction, split_seed, standardize_inputs, limit)
 
-        t = load_text(data_dir, context=context, val_fraction=val_fraction, limit=limit)
-        return Dataset(
-            "text",
-            t["x_train"],
-            t["y_train"],
-            t["x_val"],
-            t["y_val"],
-            t["x_test"],
-            t["y_test"],
-            len(t["vocab"]),
-            vocab=t["vocab"],
-            unigram_loss=t["unigram_loss"],
-            description=t["description"],
-            sha256=t["sha256"],
-        )
+
+def _text_dataset(data_dir, *, context: int, val_fraction: float, limit) -> Dataset:
+    """load_dataset of "text": fnn.train.text.load_text's windows, vocabulary and statistics."""
+    from fnn.train.text import load_text
+
+    t = load_text(data_dir, context=context, val_fraction=val_fraction, limit=limit)
+    return Dataset(
+        "text",
+        t["x_train"],
+        t["y_train"],
+        t["x_val"],
+        t["y_val"],
+        t["x_test"],
+        t["y_test"],
+        len(t["vocab"]),
+        vocab=t["vocab"],
+        unigram_loss=t["unigram_loss"],
+        description=t["description"],
+        sha256=t["sha256"],
+    )
+
+
+def _image_dataset(
+    name: str, data_dir, val_fraction: float, split_seed: int, standardize_inputs: bool, limit
+) -> Dataset:
+    """load_dataset of an image dataset: load_raw's arrays cut to `limit`, the validation set
+    split off the training set (seed split_seed + 1), all standardized with the training set's
+    statistics when `standardize_inputs`."""
     raw = load_raw(name, data_dir, split_seed=split_seed)
     x_train, y_train = raw["x_train"], raw["y_train"]
     x_test, y_test = raw["x_test"], raw["y_test"]

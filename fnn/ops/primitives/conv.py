@@ -223,30 +223,52 @@ def conv_general_dilated(
     )
 
 
+def _conv(**params):
+    """fn(x, w) binding conv_general_dilated with `params`, for `case`."""
+    return lambda x, w: lax.conv_general_dilated(x, w, **params)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 @conv_general_dilated.defcases
 def _conv_cases(rng, dtype):
     n = lambda *s: normal(rng, s, dtype)
     c = lambda *s: cnormal(rng, s, dtype)
-    conv = lambda **kw: lambda x, w: lax.conv_general_dilated(x, w, **kw)
-    nhwc = ("NHWC", "HWIO", "NHWC")
+    return [
+        *_conv_2d_cases(n),
+        *_conv_1d_3d_cases(n),
+        case(
+            P.conv_general_dilated_p,
+            _conv(window_strides=(2, 1), padding=((1, 0), (2, 1)), feature_group_count=2),
+            c(2, 4, 5, 4),
+            c(4, 2, 3, 2),
+            label="complex, strided, 2 groups",
+        ),
+    ]
+
+
+def _conv_2d_cases(n):
+    """Real 2-d convolutions, inputs drawn by `n(*shape)`: NHWC and NCHW layouts, SAME and
+    explicit padding, strides, lhs and rhs dilation, feature groups (depthwise)."""
     return [
         case(
             P.conv_general_dilated_p,
-            conv(window_strides=(1, 1), padding="SAME", dimension_numbers=nhwc),
+            _conv(window_strides=(1, 1), padding="SAME", dimension_numbers=_NHWC),
             n(2, 5, 5, 3),
             n(3, 3, 3, 4),
             label="NHWC SAME",
         ),
         case(
             P.conv_general_dilated_p,
-            conv(window_strides=(2, 1), padding=((1, 0), (2, 1))),
+            _conv(window_strides=(2, 1), padding=((1, 0), (2, 1))),
             n(2, 3, 7, 6),
             n(4, 3, 3, 2),
             label="NCHW strided, explicit padding",
         ),
         case(
             P.conv_general_dilated_p,
-            conv(
+            _conv(
                 window_strides=(1, 1),
                 padding=((0, 1), (1, 0)),
                 lhs_dilation=(2, 1),
@@ -258,23 +280,33 @@ def _conv_cases(rng, dtype):
         ),
         case(
             P.conv_general_dilated_p,
-            conv(
-                window_strides=(1, 1), padding="SAME", dimension_numbers=nhwc, feature_group_count=3
+            _conv(
+                window_strides=(1, 1),
+                padding="SAME",
+                dimension_numbers=_NHWC,
+                feature_group_count=3,
             ),
             n(2, 4, 4, 3),
             n(3, 3, 1, 6),
             label="depthwise (3 groups)",
         ),
+    ]
+
+
+def _conv_1d_3d_cases(n):
+    """Real convolutions of one and three spatial axes, inputs drawn by `n(*shape)`: batch
+    groups in 1-d, a strided 3-d convolution."""
+    return [
         case(
             P.conv_general_dilated_p,
-            conv(window_strides=(1,), padding="VALID", batch_group_count=2),
+            _conv(window_strides=(1,), padding="VALID", batch_group_count=2),
             n(4, 2, 5),
             n(4, 2, 2),
             label="batch groups, 1-d",
         ),
         case(
             P.conv_general_dilated_p,
-            conv(
+            _conv(
                 window_strides=(1, 1, 2),
                 padding="SAME",
                 dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
@@ -282,13 +314,6 @@ def _conv_cases(rng, dtype):
             n(1, 3, 3, 4, 2),
             n(2, 2, 2, 2, 3),
             label="3-d",
-        ),
-        case(
-            P.conv_general_dilated_p,
-            conv(window_strides=(2, 1), padding=((1, 0), (2, 1)), feature_group_count=2),
-            c(2, 4, 5, 4),
-            c(4, 2, 3, 2),
-            label="complex, strided, 2 groups",
         ),
     ]
 

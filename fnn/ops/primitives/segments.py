@@ -199,20 +199,32 @@ scatter_min.defcases(_extremal_cases(P.scatter_min_p, "min", jax.ops.segment_min
 scatter_min.defkinks(_extremal_kinks(P.scatter_min_p, "min"))
 
 
+def _multiply(x, i, u):
+    return x.at[i].multiply(u)
+
+
+def _multiply_unique(x, i, u):
+    return x.at[i].multiply(u, unique_indices=True)
+
+
 @scatter_mul.defcases
 def _scatter_mul_cases(rng, dtype):
+    return [*_scatter_mul_real_cases(rng, dtype), *_scatter_mul_complex_cases(rng, dtype)]
+
+
+def _scatter_mul_real_cases(rng, dtype):
+    """Real factors in [0.5, 1.5]: unique rows and elements, repeated rows, segments (with
+    zeros, which the rule must not divide by), the operand alone."""
     x = uniform(rng, (5, 3), dtype, 0.5, 1.5)
     u = lambda *s: uniform(rng, s, dtype, 0.5, 1.5)
-    mul = lambda x, i, u: x.at[i].multiply(u)
-    unique = lambda x, i, u: x.at[i].multiply(u, unique_indices=True)
     with_zeros = u(6, 2)
     with_zeros[[1, 2, 4]] = 0.0  # segment 0: one zero; segment 2: two zeros
     ids = np.asarray([0, 0, 2, 1, 2, 3])
     return [
-        case(P.scatter_mul_p, unique, x, np.array([4, 1]), u(2, 3), label="rows, unique"),
+        case(P.scatter_mul_p, _multiply_unique, x, np.array([4, 1]), u(2, 3), label="rows, unique"),
         case(
             P.scatter_mul_p,
-            unique,
+            _multiply_unique,
             x,
             (np.array([1, 3]), np.array([0, 2])),
             u(2),
@@ -221,7 +233,7 @@ def _scatter_mul_cases(rng, dtype):
         # repeated indices: JAX has no gradient for the updates, central differences judge
         case(
             P.scatter_mul_p,
-            mul,
+            _multiply,
             x,
             np.array([0, 2, 2]),
             u(3, 3),
@@ -243,9 +255,16 @@ def _scatter_mul_cases(rng, dtype):
             fixed=(2,),
             label="x only, repeated",
         ),
+    ]
+
+
+def _scatter_mul_complex_cases(rng, dtype):
+    """Complex factors: unique rows, and repeated rows (no reference: JAX has no gradient for
+    the updates there)."""
+    return [
         case(
             P.scatter_mul_p,
-            unique,
+            _multiply_unique,
             cnormal(rng, (5, 3), dtype),
             np.array([4, 1]),
             cnormal(rng, (2, 3), dtype),
@@ -253,7 +272,7 @@ def _scatter_mul_cases(rng, dtype):
         ),
         case(
             P.scatter_mul_p,
-            mul,
+            _multiply,
             cnormal(rng, (5, 3), dtype),
             np.array([0, 2, 2]),
             cnormal(rng, (3, 3), dtype),

@@ -74,6 +74,12 @@ def _triangle(rng, n, dtype, lower=True, batch=()):
 
 @triangular_solve.defcases
 def _triangular_solve_cases(rng, dtype):
+    return [*_triangular_solve_real_cases(rng, dtype), *_triangular_solve_complex_cases(rng, dtype)]
+
+
+def _triangular_solve_real_cases(rng, dtype):
+    """Real triangles: lower and upper, transposed, unit diagonal, b on the left (tall, wide, a
+    vector) and on the right, batched."""
     import jax.scipy.linalg as jsl
 
     n = lambda *s: normal(rng, s, dtype)
@@ -121,6 +127,16 @@ def _triangular_solve_cases(rng, dtype):
             n(2, 3, 2),
             label="batched",
         ),
+    ]
+
+
+def _triangular_solve_complex_cases(rng, dtype):
+    """Complex triangles: conjugate transposed on the left, conjugated on the right."""
+    import jax.scipy.linalg as jsl
+
+    n = lambda *s: normal(rng, s, dtype)
+    tri = lambda *a, **k: lax.linalg.triangular_solve(*a, **k)
+    return [
         case(
             P.triangular_solve_p,
             lambda a, b: jsl.solve_triangular(a, b, trans=2),
