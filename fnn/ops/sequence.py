@@ -89,7 +89,9 @@ embedding.defkinks(smooth=True)
 
 
 # ---- recurrent cells ---------------------------------------------------------------------------------
-def _check_cell(name, x, h, wx, wh, b, k):
+def _check_cell(name, x, h, wx, wh, b, k, like=None):
+    """Shapes of a cell's inputs: x (N, D), h (N, H), wx (D, kH), wh (H, kH), b (kH,); `like`:
+    (argument, value, reference, its value), an input that must be shaped like another."""
     if jnp.ndim(x) != 2 or jnp.ndim(h) != 2 or x.shape[0] != h.shape[0]:
         raise GateError(
             f"gate '{name}': x must be (N, D) and h (N, H), got x {describe(x)}, h {describe(h)}"
@@ -102,6 +104,11 @@ def _check_cell(name, x, h, wx, wh, b, k):
                 f"gate '{name}': {arg} must be {want[arg]} for x {describe(x)} and "
                 f"h {describe(h)}, got {arg} {describe(got)}"
             )
+    if like is not None and np.shape(like[1]) != np.shape(like[3]):
+        arg, got, ref, value = like
+        raise GateError(
+            f"gate '{name}': {arg} must be shaped like {ref} {describe(value)}, got {describe(got)}"
+        )
 
 
 @defgate
@@ -186,11 +193,7 @@ def lstm_cell(x, h, c, wx, wh, b):
     Raises:
         fnn.GateError: c is not shaped like h.
     """
-    _check_cell("lstm_cell", x, h, wx, wh, b, 4)
-    if np.shape(c) != np.shape(h):
-        raise GateError(
-            f"gate 'lstm_cell': c must be shaped like h {describe(h)}, got {describe(c)}"
-        )
+    _check_cell("lstm_cell", x, h, wx, wh, b, 4, like=("c", c, "h", h))
     a = x @ wx + h @ wh + b
     i, f, o, gg = jnp.split(a, 4, axis=1)
     i, f, o, gg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(gg)
@@ -248,11 +251,7 @@ def gru_cell(x, h, wx, wh, b, bh):
     Raises:
         fnn.GateError: bh is not shaped like b.
     """
-    _check_cell("gru_cell", x, h, wx, wh, b, 3)
-    if np.shape(bh) != np.shape(b):
-        raise GateError(
-            f"gate 'gru_cell': bh must be shaped like b {describe(b)}, got {describe(bh)}"
-        )
+    _check_cell("gru_cell", x, h, wx, wh, b, 3, like=("bh", bh, "b", b))
     ax = x @ wx + b
     ah = h @ wh + bh
     ax_r, ax_z, ax_n = jnp.split(ax, 3, axis=1)

@@ -231,20 +231,18 @@ _SCATTER_PARAMS = (
 )
 
 
-def _scatter_cases(primitive, method, complex=False):  # noqa: A002
-    def cases(rng, dtype):
-        x = normal(rng, (5, 3), dtype)
-        fn = lambda x, i, u: getattr(x.at[i], method)(u)
-        unique = lambda x, i, u: getattr(x.at[i], method)(u, unique_indices=True)
-        return [
-            case(
-                primitive,
-                fn,
-                x,
-                np.array([0, 2, 2]),
-                normal(rng, (3, 3), dtype),
-                label="rows, a repeat",
-            ),
+def scatter_row_cases(primitive, method, rng, dtype):
+    """x (5, 3) and the two row cases of a scatter `x.at[i].<method>(u)`: an index repeated,
+    and unique indices (declared so); also the cases of the segment scatters."""
+    x = normal(rng, (5, 3), dtype)
+    fn = lambda x, i, u: getattr(x.at[i], method)(u)
+    unique = lambda x, i, u: getattr(x.at[i], method)(u, unique_indices=True)
+    rows = np.array([0, 2, 2])
+    return (
+        x,
+        fn,
+        [
+            case(primitive, fn, x, rows, normal(rng, (3, 3), dtype), label="rows, a repeat"),
             case(
                 primitive,
                 unique,
@@ -253,28 +251,19 @@ def _scatter_cases(primitive, method, complex=False):  # noqa: A002
                 normal(rng, (2, 3), dtype),
                 label="rows, unique",
             ),
-            case(
-                primitive,
-                fn,
-                x,
-                (np.array([1, 3]), np.array([0, 2])),
-                normal(rng, (2,), dtype),
-                label="elements",
-            ),
-        ] + (
-            [
-                case(
-                    primitive,
-                    fn,
-                    cnormal(rng, (5, 3), dtype),
-                    np.array([0, 2, 2]),
-                    cnormal(rng, (3, 3), dtype),
-                    label="complex, a repeat",
-                )
-            ]
-            if complex
-            else []
-        )
+        ],
+    )
+
+
+def _scatter_cases(primitive, method, complex=False):  # noqa: A002
+    def cases(rng, dtype):
+        x, fn, rows = scatter_row_cases(primitive, method, rng, dtype)
+        elements = (np.array([1, 3]), np.array([0, 2]))
+        out = rows + [case(primitive, fn, x, elements, normal(rng, (2,), dtype), label="elements")]
+        if complex:
+            z, u = cnormal(rng, (5, 3), dtype), cnormal(rng, (3, 3), dtype)
+            out.append(case(primitive, fn, z, np.array([0, 2, 2]), u, label="complex, a repeat"))
+        return out
 
     return cases
 

@@ -22,7 +22,13 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.gate import primitive_gate
 from fnn.ops._cases import cdistinct, cnormal, normal, uniform
 from fnn.ops.primitives._define import case
-from fnn.ops.primitives.indexing import _SCATTER_PARAMS, _gather_dnums_of, _read_back, _slice_sizes
+from fnn.ops.primitives.indexing import (
+    _SCATTER_PARAMS,
+    _gather_dnums_of,
+    _read_back,
+    _slice_sizes,
+    scatter_row_cases,
+)
 
 
 def _extremal(g, saved, dimension_numbers, mode, needs):
@@ -118,38 +124,15 @@ def scatter_mul(
 
 def _extremal_cases(primitive, method, segment):
     def cases(rng, dtype):
-        x = normal(rng, (5, 3), dtype)
-        fn = lambda x, i, u: getattr(x.at[i], method)(u)
-        unique = lambda x, i, u: getattr(x.at[i], method)(u, unique_indices=True)
+        x, fn, rows = scatter_row_cases(primitive, method, rng, dtype)
         ids = np.asarray([0, 2, 2, 0, 3, 1])
-        return [
+        elements = (np.array([1, 3, 1]), np.array([0, 2, 0]))
+        by_segment = lambda d: segment(d, ids, num_segments=4)
+        return rows + [
+            case(primitive, fn, x, elements, normal(rng, (3,), dtype), label="elements"),
             case(
                 primitive,
-                fn,
-                x,
-                np.array([0, 2, 2]),
-                normal(rng, (3, 3), dtype),
-                label="rows, a repeat",
-            ),
-            case(
-                primitive,
-                unique,
-                x,
-                np.array([4, 1]),
-                normal(rng, (2, 3), dtype),
-                label="rows, unique",
-            ),
-            case(
-                primitive,
-                fn,
-                x,
-                (np.array([1, 3, 1]), np.array([0, 2, 0])),
-                normal(rng, (3,), dtype),
-                label="elements",
-            ),
-            case(
-                primitive,
-                lambda d: segment(d, ids, num_segments=4),
+                by_segment,
                 normal(rng, (6, 2), dtype),
                 fixed=(0,),
                 label="segments (the operand, +-inf, held fixed)",
