@@ -174,25 +174,39 @@ def initialize(
         source = f"the {cluster} environment"
     else:
         local = None
-        missing = [
-            n
-            for n, v in zip(
-                (
-                    "--coordinator (JAX_COORDINATOR_ADDRESS)",
-                    f"--num-processes ({ENV_NUM_PROCESSES})",
-                    f"--process-id ({ENV_PROCESS_ID})",
-                ),
-                given,
-            )
-            if v is None
-        ]
-        if missing:
-            raise DistributedError(
-                f"joining a run of several processes needs a coordinator address, a process "
-                f"count and a process id; {', '.join(missing)} "
-                f"{'is' if len(missing) == 1 else 'are'} not given, and no cluster that JAX "
-                f"detects (SLURM, Open MPI, Kubernetes, Cloud TPU) is found"
-            )
+        _require_given(given)
+    _check_can_join(coordinator, num_processes, process_id, source)
+    _join(coordinator, num_processes, process_id, local, timeout)
+    return _check_joined(num_processes, process_id)
+
+
+def _require_given(given) -> None:
+    """DistributedError naming those of (coordinator, num_processes, process_id) not given,
+    when no cluster that JAX detects gives them."""
+    missing = [
+        n
+        for n, v in zip(
+            (
+                "--coordinator (JAX_COORDINATOR_ADDRESS)",
+                f"--num-processes ({ENV_NUM_PROCESSES})",
+                f"--process-id ({ENV_PROCESS_ID})",
+            ),
+            given,
+        )
+        if v is None
+    ]
+    if missing:
+        raise DistributedError(
+            f"joining a run of several processes needs a coordinator address, a process "
+            f"count and a process id; {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not given, and no cluster that JAX "
+            f"detects (SLURM, Open MPI, Kubernetes, Cloud TPU) is found"
+        )
+
+
+def _check_can_join(coordinator, num_processes, process_id, source: str) -> None:
+    """DistributedError unless the values (from `source`) are all there, the id is in range
+    and JAX's backend is not started yet."""
     if None in (coordinator, num_processes, process_id):
         raise DistributedError(
             f"{source} did not give a coordinator address, a process count "
@@ -210,6 +224,11 @@ def initialize(
             "must run before anything starts JAX's backend (an array, "
             "jax.devices(), a jitted call): call it first"
         )
+
+
+def _join(coordinator, num_processes, process_id, local, timeout) -> None:
+    """jax.distributed.initialize over gloo's CPU collectives, under the watchdog that ends
+    the process with a reason when joining takes longer than `timeout` seconds."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     watchdog = threading.Timer(timeout, _give_up, (coordinator, num_processes, process_id, timeout))
     watchdog.daemon = True
@@ -228,7 +247,6 @@ def initialize(
         ) from None
     finally:
         watchdog.cancel()
-    return _check_joined(num_processes, process_id)
 
 
 def _check_joined(num_processes, process_id) -> bool:

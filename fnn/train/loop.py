@@ -115,6 +115,14 @@ def fit(
         TrainingInterrupted: Ctrl-C (or SIGTERM) stopped training.
         OutOfMemoryError: the run does not fit in the device's memory.
     """
+    _check_epochs_and_chunks(epochs, chunk_seconds)
+    spec, hooks = _spec_and_hooks(spec, optimizer, data, epochs, hooks, options)
+    return _Loop(spec, list(hooks), chunk_seconds).run(start, epochs)
+
+
+def _check_epochs_and_chunks(epochs, chunk_seconds) -> None:
+    """fit's `epochs` (a positive int) and `chunk_seconds` (a finite number >= 0, or None),
+    checked: ValueError naming the one that is not."""
     check_positive_int("epochs", epochs)
     if chunk_seconds is not None and not (
         isinstance(chunk_seconds, (int, float)) and 0 <= chunk_seconds < float("inf")
@@ -122,8 +130,6 @@ def fit(
         raise ValueError(
             f"chunk_seconds must be a finite number >= 0 or None, got {chunk_seconds!r}"
         )
-    spec, hooks = _spec_and_hooks(spec, optimizer, data, epochs, hooks, options)
-    return _Loop(spec, list(hooks), chunk_seconds).run(start, epochs)
 
 
 def _spec_and_hooks(spec, optimizer, data, epochs: int, hooks, options: dict):

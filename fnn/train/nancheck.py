@@ -12,6 +12,8 @@ parameter non-finite, the update is named instead. The result is a NanOriginErro
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,26 +112,25 @@ def find_nan_origin(
     losses = np.asarray(losses)
     first = _first_nonfinite(losses, state_nonfinite, position)
     step0 -= position  # optimizer steps before the epoch's step 1
-    host = jax.device_get  # replay on the default device, whatever the training placement
+    make_step = functools.partial(
+        make_train_step, model, optimizer, loss=loss, l2=l2, jit=False, rules=rules
+    )
+    data, carry, order, keys = _epoch_on_default_device(start, x, y, key, batch_size)
+    head = _what(losses, first, epoch, step0, grad)
+    lo = max(position, first - 1)
+    carry = _run_steps(make_step(grad=grad), carry, *data, order[position:lo], keys[position:lo])
+    steps = range(lo, min(first + 1, len(order)))
+    return _replay_eagerly(make_step(grad="custom"), carry, data, order, keys, steps, head, step0)
+
+
+def _epoch_on_default_device(start, x, y, key, batch_size: int):
+    """((x, y), (params, state, opt_state), order, keys): the epoch's data and starting state
+    on the default device, whatever the training placement, and its batches' order and keys."""
+    host = jax.device_get
     x, y = jnp.asarray(host(x)), jnp.asarray(host(y))
     params, state, opt_state = jax.tree_util.tree_map(jnp.asarray, host(tuple(start)))
     order, keys = epoch_batches(key, x.shape[0], batch_size)
-    lo = max(position, first - 1)
-    head = _what(losses, first, epoch, step0, grad)
-    carry = _run_steps(
-        make_train_step(model, optimizer, loss=loss, grad=grad, l2=l2, jit=False, rules=rules),
-        (params, state, opt_state),
-        x,
-        y,
-        order[position:lo],
-        keys[position:lo],
-    )
-    eager = make_train_step(
-        model, optimizer, loss=loss, grad="custom", l2=l2, jit=False, rules=rules
-    )
-    return _replay_eagerly(
-        eager, carry, (x, y), order, keys, range(lo, min(first + 1, len(order))), head, step0
-    )
+    return (x, y), (params, state, opt_state), order, keys
 
 
 def _first_nonfinite(losses, state_nonfinite, position: int) -> int:

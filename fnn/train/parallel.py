@@ -235,10 +235,18 @@ def data_parallel(
         return None
     if isinstance(devices, Mesh):
         return _sharded(devices, shard, min_shard_size)
+    chosen = _chosen_devices(devices)
+    axis = FSDP_AXIS if shard == "params" else BATCH_AXIS
+    return _sharded(Mesh(np.array(chosen), (axis,)), shard, min_shard_size)
+
+
+def _chosen_devices(devices) -> list:
+    """The devices of data_parallel's `devices` given as a count (the first N of jax.devices()),
+    a list of devices, or None (every device JAX sees)."""
     available = jax.devices()
     if devices is None:
-        chosen = available
-    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        return available
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         n = int(devices)
         if n < 1:
             raise ValueError(f"devices must be a positive number of devices, got {n}")
@@ -254,15 +262,11 @@ def data_parallel(
                 f"{len(available)} ({jax.local_device_count()} in this one); "
                 f"leave devices out (--devices) or give {len(available)}"
             )
-        chosen = available[:n]
-    else:
-        chosen = list(devices)
-        if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
-            raise TypeError(
-                f"devices must be an int, a list of jax devices or a Mesh, got {devices!r}"
-            )
-    axis = FSDP_AXIS if shard == "params" else BATCH_AXIS
-    return _sharded(Mesh(np.array(chosen), (axis,)), shard, min_shard_size)
+        return available[:n]
+    chosen = list(devices)
+    if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
+        raise TypeError(f"devices must be an int, a list of jax devices or a Mesh, got {devices!r}")
+    return chosen
 
 
 def check_shard(shard) -> str:

@@ -99,23 +99,7 @@ def read_idx(path: str, hint: str = "") -> np.ndarray:
         gz = f.read(2) == GZIP_MAGIC
         f.seek(0)
         stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
-        head = bytes(_read_exactly(stream, 4, path, hint))
-        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES:
-            raise DataError(
-                f"{path} is not an IDX file: it should start with bytes 00 00, a type "
-                f"code (08 for uint8) and the number of dims, found "
-                f"{head.hex(' ')!r}. {hint}"
-            )
-        ndim = head[3]
-        raw_dims = bytes(_read_exactly(stream, 4 * ndim, path, hint))
-        start = 4 + len(raw_dims)
-        if len(raw_dims) < 4 * ndim:
-            raise DataError(
-                f"{path}: IDX header announces {ndim} dims but the file ends at "
-                f"byte {start}. {hint}"
-            )
-        dims = struct.unpack(f">{ndim}I", raw_dims)
-        dtype = np.dtype(IDX_DTYPES[head[2]])
+        dims, dtype, start = _read_header(stream, path, hint)
         need = math.prod(dims) * dtype.itemsize
         if not gz and size - start != need:
             raise DataError(
@@ -140,6 +124,28 @@ def read_idx(path: str, hint: str = "") -> np.ndarray:
         )
     array = np.frombuffer(data, dtype).reshape(dims)
     return array if dtype.itemsize == 1 else array.astype(dtype.newbyteorder("="))
+
+
+def _read_header(stream, path: str, hint: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(dims, element dtype, header length in bytes) of the IDX file open as `stream` (at its
+    start); DataError when it is not an IDX header or ends inside it."""
+    head = bytes(_read_exactly(stream, 4, path, hint))
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES:
+        raise DataError(
+            f"{path} is not an IDX file: it should start with bytes 00 00, a type "
+            f"code (08 for uint8) and the number of dims, found "
+            f"{head.hex(' ')!r}. {hint}"
+        )
+    ndim = head[3]
+    raw_dims = bytes(_read_exactly(stream, 4 * ndim, path, hint))
+    start = 4 + len(raw_dims)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(
+            f"{path}: IDX header announces {ndim} dims but the file ends at byte {start}. {hint}"
+        )
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    dtype = np.dtype(IDX_DTYPES[head[2]])
+    return dims, dtype, start
 
 
 def find_file(data_dir: str, name: str, dataset: str, gz: bool = True) -> str:

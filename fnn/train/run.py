@@ -545,18 +545,11 @@ def train_run(
 ) -> dict:
     """Train per `config` into `out_dir` (or continue the run there, resume=True).
 
-    A new run refuses a folder holding files a run writes (RunDirError naming them) unless
-    overwrite=True, which removes them first. A directory whose run stopped before its first
-    checkpoint is started from the beginning with its config; one whose last.safetensors is
-    gone while it has a history is refused unless resume_from="best". A run that early stopping
-    ended (config.early_stop; its last record's "stopped") is finished, as one that trained all
-    its epochs: resuming it trains nothing more and writes its results again.
-
-    The directory is locked for the run's life (RunDirError if another process has it, or if
-    it is renamed meanwhile: the run stops at its next write). On Ctrl-C or SIGTERM the state
-    is saved to last.safetensors and fit's TrainingInterrupted propagates.
-
-    Several processes: see the module docstring; devices=None means all of their devices.
+    A directory whose run stopped before its first checkpoint is started from the beginning
+    with its config. A run that early stopping ended (config.early_stop; its last record's
+    "stopped") is finished, as one that trained all its epochs: resuming it trains nothing
+    more and writes its results again. The directory is locked for the run's life. Several
+    processes: see the module docstring; devices=None means all of their devices.
 
     Args:
         config: the TrainConfig (None with resume=True: the run's own).
@@ -573,38 +566,24 @@ def train_run(
         devices: N: data parallel over N devices (fit's devices); not part of the config, a
             resumed run may change it.
         chunk_seconds: fit's.
-        shard: "params": parameters and optimizer state split across the devices as well (fit's
-            shard; devices None: all of them); not part of the config either (it does not
-            change the math).
-        overwrite: remove the files of an earlier run in `out_dir` first.
-        resume_from: "last", or "best": continue from best.safetensors (its history cut back to
-            that epoch).
+        shard: "params": parameters and optimizer state split across the devices too (fit's shard;
+            devices None: all of them); not part of the config either (it does not change the math).
+        overwrite: remove the files of an earlier run in `out_dir` first (else a new run
+            refuses a folder holding files a run writes, naming them).
+        resume_from: "last", or "best": continue from best.safetensors (its history cut back
+            to that epoch; a run with a history that lost its last.safetensors needs "best").
 
     Returns:
         The final results: {"test_loss", "test_acc", "best_epoch", "best_test_acc", ...}.
 
     Raises:
         RunDirError: `out_dir` holds another run's files, is locked by another process, or is
-            renamed during the run.
-        ConfigError: the config is not valid, or a resumed run's config differs from its
-            checkpoint's.
-        TrainingInterrupted: Ctrl-C or SIGTERM stopped the run (its state saved).
+            renamed during the run (the run stops at its next write).
+        ConfigError: an invalid config, or a resumed run's config differing from its checkpoint's.
+        TrainingInterrupted: Ctrl-C or SIGTERM stopped the run; its state is in last.safetensors.
     """
-    primary = jax.process_index() == 0  # the one process that writes and logs
-    job = _Job(
-        out_dir,
-        resume,
-        resume_from,
-        overwrite,
-        primary,
-        log if log and primary else (lambda line: None),
-        progress,
-        diagnostics,
-        check_nans,
-        devices,
-        shard,
-        chunk_seconds,
-    )
+    options = _Options(progress, diagnostics, check_nans, devices, shard, chunk_seconds)
+    job = _Job(out_dir, resume, resume_from, overwrite, log, options)
     _check_call(job, config)
     with _locked(job):
         return _run_locked(job, config, overrides)
@@ -652,23 +631,37 @@ def _locked(job: "_Job"):
 
 
 @dataclasses.dataclass
-class _Job:
-    """How train_run was called: its run directory (`folder` once opened) and what is not the
-    run's config."""
+class _Options:
+    """train_run's options that are not the run's config: how it shows its progress, what it
+    watches, where and in what chunks it trains."""
 
-    out_dir: str
-    resume: bool
-    resume_from: str
-    overwrite: bool
-    primary: bool
-    log: Callable
     progress: bool
     diagnostics: int
     check_nans: bool
     devices: int | None
     shard: str | None
     chunk_seconds: float | None
+
+
+@dataclasses.dataclass
+class _Job:
+    """How train_run was called: its run directory (`folder` once opened), whether this is the
+    primary process (the one that writes and logs: process 0; the others' `log` is silent) and
+    its `options`, what is not the run's config."""
+
+    out_dir: str
+    resume: bool
+    resume_from: str
+    overwrite: bool
+    log: Callable | None
+    options: _Options
+    primary: bool = dataclasses.field(init=False)
     folder: Folder | None = None
+
+    def __post_init__(self):
+        self.primary = jax.process_index() == 0  # the one process that writes and logs
+        if not (self.log and self.primary):
+            self.log = lambda line: None
 
 
 @dataclasses.dataclass
@@ -707,26 +700,41 @@ def _check_call(job: _Job, config: TrainConfig | None) -> None:
 
 def _run_locked(job: _Job, config: TrainConfig | None, overrides: dict | None) -> dict:
     """The run, its folder locked: the config and spec, what it resumes from, fit, results."""
+    start, config, saved, found, spec = _config_and_spec(job, config, overrides)
+    past = _past(job, spec, config, saved, start)
+    _write_start(job, config, spec, past, found)
+    _log_start(job, config, spec, past.ts)
+    run_dir = _run_directory(job, config, spec, past)
+    ts, new = _train(job, config, spec, past, run_dir)
+    return _results(job, config, spec, past, run_dir, ts, new)
+
+
+def _config_and_spec(job: _Job, config: TrainConfig | None, overrides: dict | None):
+    """(start, config, saved, found) as _which_config gives them, and the run's TrainSpec: read
+    and made in every process, and the same in all (its options and its data)."""
     with together("reading the run's config and data"):
         start, config, saved, found = _which_config(job, config, overrides)
-        spec = make_spec(config, job.devices, job.shard)
+        spec = make_spec(config, job.options.devices, job.options.shard)
     same(
         "the run's options and data",
         {
             "config": config.to_dict(),
             "devices": spec.dp.size if spec.dp is not None else None,
-            "shard": check_shard(job.shard),
+            "shard": check_shard(job.options.shard),
             "resume": job.resume,
             "resume_from": job.resume_from,
-            "diagnostics": job.diagnostics,
-            "check_nans": job.check_nans,
+            "diagnostics": job.options.diagnostics,
+            "check_nans": job.options.check_nans,
             "data": data_sizes(spec.data),
         },
     )
-    past = _past(job, spec, config, saved, start)
-    _write_start(job, config, spec, past, found)
-    _log_start(job, config, spec, past.ts)
-    run_dir = RunDirectory(
+    return start, config, saved, found, spec
+
+
+def _run_directory(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past) -> RunDirectory:
+    """The run's RunDirectory hook, continuing from `past` (its best score, its latest record),
+    with the gradient-health log in the primary process."""
+    return RunDirectory(
         job.out_dir,
         config,
         best_acc=past.best_acc,
@@ -742,19 +750,22 @@ def _run_locked(job: _Job, config: TrainConfig | None, overrides: dict | None) -
         folder=job.folder,
         record=past.history[-1] if past.history else None,
     )
+
+
+def _train(job: _Job, config: TrainConfig, spec: TrainSpec, past: _Past, run_dir: RunDirectory):
+    """(the final TrainState, the records of the epochs it trained): fit from `past`, or nothing
+    more for a run a hook ended (early stopping)."""
     stopped = _stopped(past)
     if stopped:  # finished, as a run that trained all its epochs: its results, again
         job.log(f"the run ended after epoch {past.ts.epoch} ({stopped}): nothing more to train")
-        ts, new = past.ts, []
-    else:
-        ts, new = fit(
-            spec,
-            epochs=config.epochs,
-            start=past.ts,
-            chunk_seconds=job.chunk_seconds,
-            hooks=_hooks(job, config, spec, past, run_dir),
-        )
-    return _results(job, config, spec, past, run_dir, ts, new)
+        return past.ts, []
+    return fit(
+        spec,
+        epochs=config.epochs,
+        start=past.ts,
+        chunk_seconds=job.options.chunk_seconds,
+        hooks=_hooks(job, config, spec, past, run_dir),
+    )
 
 
 def _stopped(past: _Past) -> str | None:
@@ -944,10 +955,10 @@ def _hooks(
     return [
         *standard_hooks(
             config.epochs,
-            progress=job.progress and job.primary,
+            progress=job.options.progress and job.primary,
             log=job.log,
-            diagnostics=job.diagnostics,
-            check_nans=job.check_nans,
+            diagnostics=job.options.diagnostics,
+            check_nans=job.options.check_nans,
         ),
         *([TextMetrics(job.log)] if spec.data.vocab is not None else []),
         *([EarlyStopping(config.early_stop, history=past.history)] if config.early_stop else []),

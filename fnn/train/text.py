@@ -258,14 +258,7 @@ def load_text(
     text, files = read_corpus(data_dir)
     vocab = Vocab.of(text)
     ids = vocab.encode(text)
-    n_test = int(len(ids) * TEST_FRACTION)
-    n_val = int(len(ids) * (1 - TEST_FRACTION) * val_fraction)
-    n_train = len(ids) - n_test - n_val
-    parts = {
-        "train": ids[:n_train],
-        "val": ids[n_train : n_train + n_val],
-        "test": ids[n_train + n_val :],
-    }
+    parts = _split(ids, val_fraction)
     out = {}
     for k, part in parts.items():
         x, y = (
@@ -281,9 +274,7 @@ def load_text(
             f"the text corpus has {len(ids):,} bytes: too few for one training "
             f"window of context {context} (+1); use a shorter --context or more text"
         )
-    counts = np.bincount(ids[:n_train], minlength=len(vocab)).astype(np.float64)
-    p = counts / counts.sum()
-    unigram = float(-np.sum(p[p > 0] * np.log(p[p > 0])))  # nats: entropy of the train bytes
+    unigram = _unigram_loss(parts["train"], len(vocab))
     source = data_dir or f"the standard library at {os.path.dirname(files[0])}"
     out.update(
         vocab=vocab,
@@ -292,6 +283,26 @@ def load_text(
         description=f"{source}: {len(files)} files, {len(text):,} bytes, {len(vocab)} distinct",
     )
     return out
+
+
+def _split(ids: np.ndarray, val_fraction: float) -> dict[str, np.ndarray]:
+    """{"train", "val", "test"}: the corpus's ids split by position (the module docstring)."""
+    n_test = int(len(ids) * TEST_FRACTION)
+    n_val = int(len(ids) * (1 - TEST_FRACTION) * val_fraction)
+    n_train = len(ids) - n_test - n_val
+    return {
+        "train": ids[:n_train],
+        "val": ids[n_train : n_train + n_val],
+        "test": ids[n_train + n_val :],
+    }
+
+
+def _unigram_loss(train: np.ndarray, vocab_size: int) -> float:
+    """The entropy of the training bytes in nats: the loss of predicting each byte from its
+    frequency alone."""
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
+    p = counts / counts.sum()
+    return float(-np.sum(p[p > 0] * np.log(p[p > 0])))
 
 
 def check_vocab(run_dir: str, vocab: Vocab, *, folder=None) -> None:

@@ -312,13 +312,7 @@ def check_fit_inputs(
     input_shape = tuple(np.shape(data.x_train)[1:])
     shapes = layer_shapes(model, input_shape)  # (params, state, output shape) from shapes alone
     out = shapes[2]
-    y = np.asarray(data.y_train) if data.y_train is not None else None
-    if y is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(out) != 1:
-        raise ValueError(
-            f"the model maps one example {input_shape} to {out}; the loss {loss!r} "
-            "with one label per example needs one score per class, (C,): end the "
-            "model with a Dense layer (after a Flatten)"
-        )
+    _check_scores_per_class(out, data.y_train, input_shape, loss)
     check_split(data.x_train, data.y_train, "train", out[-1] if out else None)
     check_loss_shapes(loss, out, data.y_train, "train")
     for split in ("val", "test"):
@@ -328,6 +322,18 @@ def check_fit_inputs(
     if start is not None:
         check_start_state(
             model, data, start, optimizer=optimizer, batch_size=batch_size, shapes=shapes
+        )
+
+
+def _check_scores_per_class(out: tuple, y_train, input_shape: tuple, loss) -> None:
+    """Integer class labels, one per example, need the model to give one score per class for
+    each example (`out` of one axis, (C,)); ValueError saying so otherwise."""
+    y = np.asarray(y_train) if y_train is not None else None
+    if y is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(out) != 1:
+        raise ValueError(
+            f"the model maps one example {input_shape} to {out}; the loss {loss!r} "
+            "with one label per example needs one score per class, (C,): end the "
+            "model with a Dense layer (after a Flatten)"
         )
 
 
