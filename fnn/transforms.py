@@ -27,7 +27,7 @@ def checkpoint(
     jax.checkpoint (jax.remat) itself, with the same arguments, checked.
 
     Under jax.grad it is JAX's rematerialization. Under fnn.grad the checkpoint is one gate
-    (fnn.ops.primitives.remat.remat), and every policy is honoured as JAX honours it: any of
+    (fnn.autodiff.structural.remat.remat), and every policy is honoured as JAX honours it: any of
     jax.checkpoint_policies (checkpoint_dots, dots_with_no_batch_dims_saveable,
     save_only_these_names with jax.ad_checkpoint.checkpoint_name, save_any_names_but_these,
     save_from_both_policies, the offloading ones, ...) or a function

@@ -154,21 +154,28 @@ def _primitives(jaxpr) -> set:
 
 
 def test_every_module_with_gates_is_a_family():
-    """A module of fnn.ops declaring gates with test cases must be one of the registry's
-    families: otherwise its gates would be dropped silently (gates without cases are parts of
-    the structural rules, fnn.ops.primitives.STRUCTURAL, or of a larger rule)."""
+    """A module of fnn.ops, or of the core (whose structural rules fnn.autodiff.structural
+    include gates: scan, cond, checkpoint, ...), declaring gates with test cases must be one of
+    the registry's families: otherwise its gates would be dropped silently (gates without cases
+    are parts of the structural rules, fnn.ops.primitives.STRUCTURAL, or of a larger rule)."""
     families = set(ops.FAMILIES.values()) | set(ops.primitives.FAMILIES.values())
     registered = {id(g) for g in fnn.registry.values()}
-    for info in pkgutil.walk_packages(ops.__path__, "fnn.ops."):
-        mod = importlib.import_module(info.name)
+    modules = [
+        info.name
+        for package in (ops, fnn.autodiff)
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+    ]
+    assert "fnn.autodiff.structural.loops" in modules
+    for name in modules:
+        mod = importlib.import_module(name)
         own = [
             v
             for v in vars(mod).values()
             if isinstance(v, Gate) and v.cases is not None and v.__module__ == mod.__name__
         ]
         if own:
-            assert mod in families, f"{info.name} declares gates but is no family of fnn.ops"
-            assert all(id(g) in registered for g in own), info.name
+            assert mod in families, f"{name} declares gates but is no family of fnn.ops"
+            assert all(id(g) in registered for g in own), name
 
 
 def test_table_covers_the_primitives_of_common_code():

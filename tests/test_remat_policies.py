@@ -17,7 +17,7 @@ from jax.ad_checkpoint import Recompute, Saveable, checkpoint_name
 
 import fnn
 from fnn.errors import GateError
-from fnn.ops.primitives import remat
+from fnn.autodiff.structural import remat
 
 CP = jax.checkpoint_policies
 HOST = dict(offload_src="device", offload_dst="pinned_host")

@@ -39,10 +39,10 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff import is_float
 from fnn.autodiff.interpret import site_of
+from fnn.autodiff.structural.custom import function_name
 from fnn.check.numeric import numerical_vjp, rel_error
 from fnn.check.tolerances import tolerance
 from fnn.errors import describe
-from fnn.ops.primitives.custom import function_name
 from fnn.transforms import vjp as fnn_vjp
 
 KINDS = {P.custom_jvp_call_p: "custom_jvp", P.custom_vjp_call_p: "custom_vjp"}

@@ -1,8 +1,9 @@
 """The gates, one family a file, each with its forward, hand-written VJP and test cases.
 
 `registry` holds every built-in gate, fnn's own and those of JAX's primitives
-(fnn.ops.primitives), by name; it is built once, here, and so is `RULES`, the table of rules
-fnn.grad interprets a program with. The lecture's names of JAX's own functions (`add`,
+(fnn.ops.primitives, with the structural gates of the core, fnn.autodiff.structural, as its
+families), by name; it is built once, here, and so is `RULES`, the table of rules fnn.grad
+interprets a program with. The lecture's names of JAX's own functions (`add`,
 `multiply`, `matmul`, `sum`, ...) are fnn.ops.aliases: differentiated by their primitives' rules.
 """
 

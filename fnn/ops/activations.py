@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.autodiff.case_values import away_from, distinct, normal, special_points, unary_cases
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._dtypes import inexact
-from fnn.ops._cases import away_from, distinct, normal, special_points, unary_cases
 
 
 def _wide(rng, shape, dtype):
@@ -69,7 +69,7 @@ def relu6(x):
     jax.nn.relu6's own rule). Shapes: elementwise.
 
     jax.nn.relu6 (and hard_sigmoid, hard_silu) in a function differentiated by fnn.grad give
-    the same values through jax.nn.relu6's own custom rule (fnn.ops.primitives.custom).
+    the same values through jax.nn.relu6's own custom rule (fnn.autodiff.structural.custom).
 
     Args:
         x: the input (any shape).

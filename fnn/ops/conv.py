@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.autodiff.case_values import distinct, normal
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import distinct, normal
 
 _DN = ("NHWC", "HWIO", "NHWC")  # conv2d's layouts; the backward ones are derived from these
 

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff.case_values import away_from, normal
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import away_from, normal
 
 
 def _check_classes(name, scores, labels, what="logits"):

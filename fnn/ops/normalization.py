@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.autodiff.case_values import normal, uniform
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import normal, uniform
 
 
 def _check_features(gate, x, **params):

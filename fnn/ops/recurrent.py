@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.autodiff.case_values import normal
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import normal
 
 
 def _check(name, x, h0, wx, wh, b, k, extra=()):

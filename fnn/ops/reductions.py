@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff.case_values import normal
 from fnn.autodiff.gate import Case, defgate
 from fnn.ops._dtypes import inexact
-from fnn.ops._cases import normal
 from fnn.ops.aliases import reduction_axes as _axes
 
 

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff.case_values import SPECIAL, away_from, normal, special_points
 from fnn.autodiff.gate import Case, defgate
 from fnn.autodiff.overrides import Override, OverrideError, Rule, in_layer
-from fnn.ops._cases import SPECIAL, away_from, normal, special_points
 from fnn.ops.dense import affine
 from fnn.ops.primitives.elementwise import tanh as lax_tanh
 from fnn.pytrees import path_name

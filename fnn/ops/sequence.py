@@ -10,16 +10,16 @@ GRU) and scaled dot-product attention, each with its hand-written rule.
     attention  softmax(q k^T / sqrt(d) + causal mask) v, one fused rule (no softmax Jacobian)
 
 Time loops are `lax.scan` over a cell (fnn.nn.sequence): fnn differentiates the scan by
-backpropagation through time (fnn.ops.primitives.loops) and each step by the cell's own rule.
+backpropagation through time (fnn.autodiff.structural.loops) and each step by the cell's own rule.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.autodiff.case_values import normal
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
-from fnn.ops._cases import normal
 
 
 # ---- embedding ------------------------------------------------------------------------------------

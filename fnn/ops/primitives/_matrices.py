@@ -1,6 +1,7 @@
 """Helpers the linear-algebra rules share: matrix transposes and products over leading batch
 axes, triangles kept by a select (as JAX's rules keep them, so a NaN outside the triangle is
-dropped, not multiplied by 0), conjugates and test matrices.
+dropped, not multiplied by 0) and conjugates. (Their test matrices are in
+fnn.autodiff.case_values.)
 
 Products are taken at HIGHEST precision, as JAX's rules take them (on a GPU the default may
 round float32 operands to TF32)."""
@@ -10,10 +11,7 @@ from __future__ import annotations
 import functools
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-
-from fnn.ops._cases import complex_dtype
 
 mm = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
 
@@ -49,45 +47,3 @@ def diag(v):
     """The diagonal matrices of the vectors v (..., k) -> (..., k, k)."""
     k = v.shape[-1]
     return jnp.where(jnp.eye(k, dtype=bool), v[..., None, :], jnp.zeros((), v.dtype))
-
-
-# ---- test matrices ------------------------------------------------------------------------------
-def spd(rng, n, dtype, batch=()):
-    """Symmetric positive definite matrices, well conditioned."""
-    m = rng.standard_normal(batch + (n, n))
-    return (m @ np.swapaxes(m, -1, -2) / n + np.eye(n)).astype(dtype)
-
-
-def hpd(rng, n, dtype, batch=()):
-    """Hermitian positive definite complex matrices (of `dtype`'s precision), well
-    conditioned."""
-    m = rng.standard_normal(batch + (n, n)) + 1j * rng.standard_normal(batch + (n, n))
-    return (m @ np.conj(np.swapaxes(m, -1, -2)) / n + np.eye(n)).astype(complex_dtype(dtype))
-
-
-def hermitian(rng, n, dtype, batch=(), gap=0.3):
-    """Hermitian complex matrices whose eigenvalues are at least `gap` apart."""
-    z = rng.standard_normal(batch + (n, n)) + 1j * rng.standard_normal(batch + (n, n))
-    q, _ = np.linalg.qr(z)
-    w = np.sort(rng.standard_normal(batch + (n,)), axis=-1) + gap * np.arange(n)
-    a = (q * w[..., None, :]) @ np.conj(np.swapaxes(q, -1, -2))
-    return ((a + np.conj(np.swapaxes(a, -1, -2))) / 2).astype(complex_dtype(dtype))
-
-
-def symmetric(rng, n, dtype, batch=(), gap=0.3):
-    """Symmetric matrices whose eigenvalues are at least `gap` apart."""
-    q, _ = np.linalg.qr(rng.standard_normal(batch + (n, n)))
-    w = np.sort(rng.standard_normal(batch + (n,)), axis=-1)
-    w = w + gap * np.arange(n)
-    a = (q * w[..., None, :]) @ np.swapaxes(q, -1, -2)
-    return ((a + np.swapaxes(a, -1, -2)) / 2).astype(dtype)
-
-
-def spread(rng, shape, dtype, gap=0.3):
-    """Matrices whose singular values are at least `gap` apart and away from 0."""
-    *batch, m, n = shape
-    k = min(m, n)
-    u, _ = np.linalg.qr(rng.standard_normal(tuple(batch) + (m, k)))
-    v, _ = np.linalg.qr(rng.standard_normal(tuple(batch) + (n, k)))
-    s = 0.5 + gap * np.arange(k)[::-1] + 0.1 * rng.uniform(size=tuple(batch) + (k,))
-    return ((u * s[..., None, :]) @ np.swapaxes(v, -1, -2)).astype(dtype)

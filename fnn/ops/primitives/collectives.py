@@ -26,9 +26,10 @@ registry's gate checker can run (it has no named axis): they are rules, not regi
 tests/test_collectives.py checks every rule here (`ALL`) under vmap(axis_name=), pmap and
 shard_map on 4 and 8 devices. psum, pmax and pmin are in the registry too, with the positional
 cases vmap makes of them. shard_map's own rule (pmap's too: JAX stages a pmap as a jit of a
-shard_map) is in fnn.ops.primitives.shard_map. Not here: pbroadcast (no CPU lowering, and JAX's
-vmap rule for it fails: it cannot be checked on CPU), ragged_all_to_all, the asynchronous
-*_start/*_done collectives, and the unreduced/reduced casts of explicit sharding.
+shard_map) is a structural rule of the core, fnn.autodiff.structural.shard_map (with
+`varying`). Not here: pbroadcast (no CPU lowering, and JAX's vmap rule for it fails: it cannot
+be checked on CPU), ragged_all_to_all, the asynchronous *_start/*_done collectives, and the
+unreduced/reduced casts of explicit sharding.
 
 All but pmax and pmin take complex values as JAX does (they are linear: their transposes need
 no conjugation); pmax and pmin, which JAX does not differentiate at all, refuse them.
@@ -41,9 +42,10 @@ from jax.extend.core import primitives as P
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as Spec
 
+from fnn.autodiff.case_values import cnormal, distinct, normal
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import cnormal, distinct, normal
-from fnn.ops.primitives._define import case, find
+from fnn.autodiff.primitive_cases import case, find
+from fnn.autodiff.structural.shard_map import varying
 
 
 def _in_shard_map(fn):
@@ -70,12 +72,6 @@ all_gather_invariant_p = find(
 def _expand(g, shape, axes):
     """g, which lacks `axes` of `shape`, broadcast back to `shape`."""
     return lax.broadcast_in_dim(g, shape, tuple(i for i in range(len(shape)) if i not in axes))
-
-
-def varying(x) -> frozenset:
-    """The mesh axes x varies over, by its type (empty outside shard_map's check_vma)."""
-    mat = getattr(jax.typeof(x), "mat", None)
-    return frozenset(mat.varying if mat is not None else getattr(jax.typeof(x), "vma", ()))
 
 
 def _split(axes):

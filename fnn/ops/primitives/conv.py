@@ -14,9 +14,9 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import cnormal, distinct, normal
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import cnormal, distinct, normal
-from fnn.ops.primitives._define import case
+from fnn.autodiff.primitive_cases import case
 
 
 def _dilate(shape, dilation):

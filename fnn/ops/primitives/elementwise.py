@@ -13,8 +13,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
-from fnn.autodiff.gate import primitive_gate, unbroadcast
-from fnn.ops._cases import (
+from fnn.autodiff.case_values import (
     SPECIAL,
     away_from,
     cdistinct,
@@ -24,7 +23,8 @@ from fnn.ops._cases import (
     normal,
     uniform,
 )
-from fnn.ops.primitives._define import case, special_binary, special_unary
+from fnn.autodiff.gate import primitive_gate, unbroadcast
+from fnn.autodiff.primitive_cases import case, special_binary, special_unary
 
 SHAPES = ((), (3,), (2, 3))
 

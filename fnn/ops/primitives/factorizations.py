@@ -19,11 +19,11 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import cnormal, hpd, normal, spd
 from fnn.autodiff.gate import primitive_gate
+from fnn.autodiff.primitive_cases import case
 from fnn.errors import GateError, describe
-from fnn.ops._cases import cnormal, normal
-from fnn.ops.primitives._define import case
-from fnn.ops.primitives._matrices import H, T, conj, diag, hpd, mm, spd, tril, triu
+from fnn.ops.primitives._matrices import H, T, conj, diag, mm, tril, triu
 
 tri_solve = lax.linalg.triangular_solve
 

@@ -10,9 +10,9 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import cnormal, normal
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import cnormal, normal
-from fnn.ops.primitives._define import case
+from fnn.autodiff.primitive_cases import case
 
 
 def _free(ndim, *taken):

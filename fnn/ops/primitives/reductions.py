@@ -23,11 +23,11 @@ from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.api import make_transforms
+from fnn.autodiff.case_values import cdistinct, cnormal, distinct, normal, uniform
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import default_rules
+from fnn.autodiff.primitive_cases import case
 from fnn.errors import GateError, describe
-from fnn.ops._cases import cdistinct, cnormal, distinct, normal, uniform
-from fnn.ops.primitives._define import case
 
 
 def _expand(g, shape, axes):

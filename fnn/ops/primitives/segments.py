@@ -19,9 +19,9 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import cdistinct, cnormal, normal, uniform
 from fnn.autodiff.gate import primitive_gate
-from fnn.ops._cases import cdistinct, cnormal, normal, uniform
-from fnn.ops.primitives._define import case
+from fnn.autodiff.primitive_cases import case
 from fnn.ops.primitives.indexing import (
     _SCATTER_PARAMS,
     _gather_dnums_of,

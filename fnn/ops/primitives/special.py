@@ -19,10 +19,10 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import SPECIAL, normal, uniform
 from fnn.autodiff.gate import primitive_gate, unbroadcast
+from fnn.autodiff.primitive_cases import case, special_binary, special_unary
 from fnn.errors import GateError, describe
-from fnn.ops._cases import SPECIAL, normal, uniform
-from fnn.ops.primitives._define import case, special_binary, special_unary
 
 
 def _c(x, value):

@@ -23,11 +23,11 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import cnormal, hermitian, spread, symmetric
 from fnn.autodiff.gate import primitive_gate
+from fnn.autodiff.primitive_cases import bare, case
 from fnn.errors import GateError, describe
-from fnn.ops.primitives._define import bare, case
-from fnn.ops._cases import cnormal
-from fnn.ops.primitives._matrices import H, T, conj, diag, hermitian, mm, spread, symmetric
+from fnn.ops.primitives._matrices import H, T, conj, diag, mm
 
 _SVD_PARAMS = ("full_matrices", "compute_uv", "subset_by_index", "algorithm")
 _EIGH_PARAMS = ("lower", "sort_eigenvalues", "subset_by_index", "algorithm")

@@ -13,10 +13,10 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
+from fnn.autodiff.case_values import distinct, normal
 from fnn.autodiff.gate import primitive_gate
+from fnn.autodiff.primitive_cases import case
 from fnn.errors import GateError
-from fnn.ops._cases import distinct, normal
-from fnn.ops.primitives._define import case
 
 _SELECT = {"select_prim": (P.ge_p, P.le_p)}  # max (ge) or min (le) pooling
 

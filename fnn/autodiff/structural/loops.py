@@ -22,12 +22,12 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from fnn.autodiff.backward import backward
+from fnn.autodiff.case_values import cnormal, normal
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import Interpreter, join_scope, scope_of, site_of
+from fnn.autodiff.primitive_cases import case
 from fnn.autodiff.replay import Template
 from fnn.autodiff.tape import Tape, Traced, apply, is_float
-from fnn.ops._cases import cnormal, normal
-from fnn.ops.primitives._define import case
 
 
 def body_interpreter(rules, scope: str = ""):

@@ -1,5 +1,5 @@
 """Rules for the structural primitives: nested jit, while loops, and the primitives whose
-outputs carry no gradient (custom_jvp/custom_vjp calls: fnn.ops.primitives.custom).
+outputs carry no gradient (custom_jvp/custom_vjp calls: fnn.autodiff.structural.custom).
 
 A nested `jit` (pjit) is interpreted in place: its equations join the tape like the caller's.
 A `while_loop` is differentiated as JAX does in reverse mode: carried loop invariants pass their

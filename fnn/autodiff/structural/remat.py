@@ -40,14 +40,12 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff import nans, overrides
 from fnn.autodiff.backward import backward
+from fnn.autodiff.case_values import cnormal, normal
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import Interpreter
-from fnn.autodiff.tape import GateCall, Tape, Traced, is_float, supplying
-from fnn.errors import GateError, describe
-from fnn.ops._cases import cnormal, normal
-from fnn.ops.primitives import control, custom
-from fnn.ops.primitives._define import case
-from fnn.ops.primitives.loops import (
+from fnn.autodiff.primitive_cases import case
+from fnn.autodiff.structural import control, custom
+from fnn.autodiff.structural.loops import (
     FNN_PARAMS,
     Body,
     body_interpreter,
@@ -55,6 +53,8 @@ from fnn.ops.primitives.loops import (
     pullback,
     spec,
 )
+from fnn.autodiff.tape import GateCall, Tape, Traced, is_float, supplying
+from fnn.errors import GateError, describe
 
 KEEP, RECOMPUTE = "keep", "recompute"  # what a policy says of an equation (or an Offloadable)
 

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from fnn.autodiff.case_values import SPECIAL
 from fnn.autodiff.gate import Case
-from fnn.ops._cases import SPECIAL
 
 
 def find(name: str, fn, *args):

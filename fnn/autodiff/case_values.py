@@ -1,4 +1,7 @@
-"""Helpers that build test points (`Case`s) for the gates: random arrays away from kinks."""
+"""Helpers that build test points (`Case`s) for the gates: random arrays away from kinks,
+well-conditioned test matrices, the special points of kink cases. In the core, beside `Case`,
+so that the structural gates (fnn.autodiff.structural) and the gates of fnn.ops make their
+cases with the same helpers."""
 
 import numpy as np
 
@@ -63,6 +66,48 @@ def unary_cases(make=normal, shapes=SHAPES, kwargs=({},)):
         ]
 
     return cases
+
+
+# ---- test matrices (of the linear-algebra gates) ------------------------------------------------
+def spd(rng, n, dtype, batch=()):
+    """Symmetric positive definite matrices, well conditioned."""
+    m = rng.standard_normal(batch + (n, n))
+    return (m @ np.swapaxes(m, -1, -2) / n + np.eye(n)).astype(dtype)
+
+
+def hpd(rng, n, dtype, batch=()):
+    """Hermitian positive definite complex matrices (of `dtype`'s precision), well
+    conditioned."""
+    m = rng.standard_normal(batch + (n, n)) + 1j * rng.standard_normal(batch + (n, n))
+    return (m @ np.conj(np.swapaxes(m, -1, -2)) / n + np.eye(n)).astype(complex_dtype(dtype))
+
+
+def hermitian(rng, n, dtype, batch=(), gap=0.3):
+    """Hermitian complex matrices whose eigenvalues are at least `gap` apart."""
+    z = rng.standard_normal(batch + (n, n)) + 1j * rng.standard_normal(batch + (n, n))
+    q, _ = np.linalg.qr(z)
+    w = np.sort(rng.standard_normal(batch + (n,)), axis=-1) + gap * np.arange(n)
+    a = (q * w[..., None, :]) @ np.conj(np.swapaxes(q, -1, -2))
+    return ((a + np.conj(np.swapaxes(a, -1, -2))) / 2).astype(complex_dtype(dtype))
+
+
+def symmetric(rng, n, dtype, batch=(), gap=0.3):
+    """Symmetric matrices whose eigenvalues are at least `gap` apart."""
+    q, _ = np.linalg.qr(rng.standard_normal(batch + (n, n)))
+    w = np.sort(rng.standard_normal(batch + (n,)), axis=-1)
+    w = w + gap * np.arange(n)
+    a = (q * w[..., None, :]) @ np.swapaxes(q, -1, -2)
+    return ((a + np.swapaxes(a, -1, -2)) / 2).astype(dtype)
+
+
+def spread(rng, shape, dtype, gap=0.3):
+    """Matrices whose singular values are at least `gap` apart and away from 0."""
+    *batch, m, n = shape
+    k = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal(tuple(batch) + (m, k)))
+    v, _ = np.linalg.qr(rng.standard_normal(tuple(batch) + (n, k)))
+    s = 0.5 + gap * np.arange(k)[::-1] + 0.1 * rng.uniform(size=tuple(batch) + (k,))
+    return ((u * s[..., None, :]) @ np.swapaxes(v, -1, -2)).astype(dtype)
 
 
 # ---- kink cases (Gate.defkinks): points where a derivative is a convention ----------------------

@@ -31,14 +31,13 @@ from jax.extend import core as jcore
 from jax.sharding import AbstractMesh, Mesh
 from jax.sharding import PartitionSpec as Spec
 
+from fnn.autodiff.case_values import cnormal, normal
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import join_scope, scope_of, site_of
+from fnn.autodiff.primitive_cases import case, find
+from fnn.autodiff.structural.loops import FNN_PARAMS, Body, body_interpreter, pullback, spec
 from fnn.autodiff.tape import apply
 from fnn.errors import GateError
-from fnn.ops._cases import cnormal, normal
-from fnn.ops.primitives._define import case, find
-from fnn.ops.primitives.collectives import varying
-from fnn.ops.primitives.loops import FNN_PARAMS, Body, body_interpreter, pullback, spec
 
 shard_map_p = find(
     "shard_map",
@@ -48,6 +47,12 @@ shard_map_p = find(
     np.ones(2, np.float32),
 )
 _PARAMS = ("jaxpr", "mesh", "in_specs", "out_specs", "check_vma", "newly_manual_axes")
+
+
+def varying(x) -> frozenset:
+    """The mesh axes x varies over, by its type (empty outside shard_map's check_vma)."""
+    mat = getattr(jax.typeof(x), "mat", None)
+    return frozenset(mat.varying if mat is not None else getattr(jax.typeof(x), "vma", ()))
 
 
 def _mentioned(spec) -> set:
