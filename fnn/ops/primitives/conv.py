@@ -10,6 +10,8 @@ The convolution and the window sum take complex values as JAX does; a window max
 complex values JAX cannot differentiate (its rule compares them with ge/le), nor can fnn.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
@@ -63,163 +65,112 @@ def _transpose_spec(spec):
     return (spec[1], spec[0]) + tuple(spec[2:])
 
 
-def _conv_dx(
-    g,
-    x_shape,
-    x_dtype,
-    w,
-    *,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-):
-    lhs_spec, rhs_spec, out_spec = dimension_numbers
-    sd = lambda spec: list(spec[2:])
-    w_shape = w.shape
-    if feature_group_count > 1:
-        w = _axis_out_of(rhs_spec[0], feature_group_count, w)
-        w = _axis_into(rhs_spec[0], rhs_spec[1], w)
-    elif batch_group_count > 1:
-        w = _axis_out_of(rhs_spec[0], batch_group_count, w)
-        w = _axis_into(rhs_spec[0], rhs_spec[1], w)
-        feature_group_count = batch_group_count
+class _Conv(NamedTuple):
+    """A convolution's parameters, as conv_general_dilated binds them."""
+
+    window_strides: tuple
+    padding: tuple
+    lhs_dilation: tuple
+    rhs_dilation: tuple
+    dimension_numbers: lax.ConvDimensionNumbers
+    feature_group_count: int
+    batch_group_count: int
+    precision: object = None
+    preferred_element_type: object = None
+
+
+def _spatial(spec):
+    return list(spec[2:])
+
+
+def _conv_dx(g, x_shape, x_dtype, w, c: _Conv):
+    """dx: g convolved with the flipped kernel, features swapped, strides as input dilation."""
+    lhs_spec, rhs_spec, out_spec = c.dimension_numbers
+    w_shape, groups = w.shape, c.feature_group_count
+    if c.feature_group_count > 1 or c.batch_group_count > 1:
+        groups = max(c.feature_group_count, c.batch_group_count)
+        w = _axis_into(rhs_spec[0], rhs_spec[1], _axis_out_of(rhs_spec[0], groups, w))
     dims = lax.ConvDimensionNumbers(out_spec, _transpose_spec(rhs_spec), lhs_spec)
     pads = _lhs_padding(
-        np.take(x_shape, sd(lhs_spec)),
-        np.take(w_shape, sd(rhs_spec)),
-        window_strides,
-        np.take(g.shape, sd(out_spec)),
-        padding,
-        lhs_dilation,
-        rhs_dilation,
+        np.take(x_shape, _spatial(lhs_spec)),
+        np.take(w_shape, _spatial(rhs_spec)),
+        c.window_strides,
+        np.take(g.shape, _spatial(out_spec)),
+        c.padding,
+        c.lhs_dilation,
+        c.rhs_dilation,
     )
-    w = lax.rev(w, sd(rhs_spec)).astype(g.dtype)
+    w = lax.rev(w, _spatial(rhs_spec)).astype(g.dtype)
     dx = lax.conv_general_dilated(
         g,
         w,
-        window_strides=lhs_dilation,
+        window_strides=c.lhs_dilation,
         padding=pads,
-        lhs_dilation=window_strides,
-        rhs_dilation=rhs_dilation,
+        lhs_dilation=c.window_strides,
+        rhs_dilation=c.rhs_dilation,
         dimension_numbers=dims,
-        feature_group_count=feature_group_count,
+        feature_group_count=groups,
         batch_group_count=1,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        precision=c.precision,
+        preferred_element_type=c.preferred_element_type,
     )
-    if batch_group_count > 1:
-        dx = _axis_out_of(lhs_spec[1], batch_group_count, dx)
+    if c.batch_group_count > 1:
+        dx = _axis_out_of(lhs_spec[1], c.batch_group_count, dx)
         dx = _axis_into(lhs_spec[1], lhs_spec[0], dx)
     return dx.astype(x_dtype)
 
 
-def _conv_dw(
-    g,
-    x,
-    w_shape,
-    w_dtype,
-    *,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-):
-    lhs_spec, rhs_spec, out_spec = dimension_numbers
+def _conv_dw(g, x, w_shape, w_dtype, c: _Conv):
+    """dw: the input correlated with g (feature groups become batch groups and back)."""
+    lhs_spec, rhs_spec, out_spec = c.dimension_numbers
     if np.size(g) == 0:
         return lax.full(w_shape, 0, w_dtype)
-    sd = lambda spec: list(spec[2:])
-    if batch_group_count > 1:
-        feature_group_count, batch_group_count = batch_group_count, 1
-    elif feature_group_count > 1:
-        feature_group_count, batch_group_count = 1, feature_group_count
+    if c.batch_group_count > 1:
+        feature_groups, batch_groups = c.batch_group_count, 1
+    else:  # feature groups become batch groups (1 and 1 where there are none)
+        feature_groups, batch_groups = 1, c.feature_group_count
     dims = lax.ConvDimensionNumbers(
         _transpose_spec(lhs_spec), _transpose_spec(out_spec), _transpose_spec(rhs_spec)
     )
     pads = _rhs_padding(
-        np.take(x.shape, sd(lhs_spec)),
-        np.take(w_shape, sd(rhs_spec)),
-        window_strides,
-        np.take(g.shape, sd(out_spec)),
-        padding,
-        lhs_dilation,
-        rhs_dilation,
+        np.take(x.shape, _spatial(lhs_spec)),
+        np.take(w_shape, _spatial(rhs_spec)),
+        c.window_strides,
+        np.take(g.shape, _spatial(out_spec)),
+        c.padding,
+        c.lhs_dilation,
+        c.rhs_dilation,
     )
     dw = lax.conv_general_dilated(
         x.astype(g.dtype),
         g,
-        window_strides=rhs_dilation,
+        window_strides=c.rhs_dilation,
         padding=pads,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=window_strides,
+        lhs_dilation=c.lhs_dilation,
+        rhs_dilation=c.window_strides,
         dimension_numbers=dims,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        feature_group_count=feature_groups,
+        batch_group_count=batch_groups,
+        precision=c.precision,
+        preferred_element_type=c.preferred_element_type,
     )
     return dw.astype(w_dtype)
 
 
 @primitive_gate(
     P.conv_general_dilated_p,
-    params=(
-        "window_strides",
-        "padding",
-        "lhs_dilation",
-        "rhs_dilation",
-        "dimension_numbers",
-        "feature_group_count",
-        "batch_group_count",
-        "precision",
-        "preferred_element_type",
-    ),
+    params=_Conv._fields,
     only={"out_sharding": (None,)},
     complex=True,
 )
-def conv_general_dilated(
-    g,
-    inputs,
-    *,
-    needs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision=None,
-    preferred_element_type=None,
-    **params,
-):
+def conv_general_dilated(g, inputs, *, needs, **params):
     """the convolution of x with kernel w.  Local gradients: dx = g convolved with w flipped
     (features swapped, strides as input dilation); dw = x correlated with g."""
     x, w = inputs
-    kw = dict(
-        window_strides=window_strides,
-        padding=padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    c = _Conv(**{name: params[name] for name in _Conv._fields if name in params})
     return (
-        _conv_dx(g, x.shape, x.dtype, w, **kw) if needs[0] else None,
-        _conv_dw(g, x, w.shape, w.dtype, **kw) if needs[1] else None,
+        _conv_dx(g, x.shape, x.dtype, w, c) if needs[0] else None,
+        _conv_dw(g, x, w.shape, w.dtype, c) if needs[1] else None,
     )
 
 
