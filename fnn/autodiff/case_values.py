@@ -40,6 +40,11 @@ def uniform(rng: np.random.Generator, shape, dtype, lo, hi):
     return rng.uniform(lo, hi, shape).astype(dtype)
 
 
+def positive(rng: np.random.Generator, shape, dtype):
+    """Values in [0.5, 2): away from 0, where log, sqrt, rsqrt and 1/x have their poles."""
+    return uniform(rng, shape, dtype, 0.5, 2.0)
+
+
 def away_from(rng: np.random.Generator, shape, dtype, point=0.0, gap=0.1, scale=1.0):
     """Normal samples pushed at least `gap` away from `point` (a kink), keeping their sign."""
     x = scale * rng.standard_normal(shape)
@@ -55,7 +60,7 @@ def distinct(rng: np.random.Generator, shape, dtype, gap=0.05):
     return x.reshape(shape).astype(dtype)
 
 
-def unary_cases(make=normal, shapes=SHAPES, kwargs=({},)):
+def unary_gate_cases(make=normal, shapes=SHAPES, kwargs=({},)):
     """Cases of a one-input gate: `make(rng, shape, dtype)` at each shape, for each kwargs."""
 
     def cases(rng, dtype):

@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fnn.autodiff.case_values import positive
 from fnn.nn import cnn, mlp, resnet, rnn_lm, transformer_lm
 from fnn.nn.combinators import Layer
 from fnn.ops import astype
@@ -212,7 +213,7 @@ def _normal(r, shape, dtype, scale=1.0):
 
 
 def _positive(r, shape, dtype):
-    return jnp.asarray(r.uniform(0.5, 2.0, shape), dtype)
+    return jnp.asarray(positive(r, shape, dtype))
 
 
 def _one(shape, /, make=_normal, **kw):

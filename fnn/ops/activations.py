@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.autodiff.case_values import away_from, distinct, normal, special_points, unary_cases
+from fnn.autodiff.case_values import away_from, distinct, normal, special_points, unary_gate_cases
 from fnn.autodiff.gate import Case, defgate
 from fnn.errors import GateError, describe
 from fnn.ops._dtypes import inexact
@@ -57,7 +57,7 @@ def relu_vjp(g, positive):
     return (jnp.where(positive, g, 0.0),)
 
 
-relu.defcases(unary_cases(_off_kink))
+relu.defcases(unary_gate_cases(_off_kink))
 relu.defkinks(special_points())
 
 
@@ -93,7 +93,7 @@ def _off_relu6_kinks(rng, shape, dtype):
     return np.asarray(x).astype(dtype)
 
 
-relu6.defcases(unary_cases(_off_relu6_kinks))
+relu6.defcases(unary_gate_cases(_off_relu6_kinks))
 relu6.defkinks(special_points())
 
 
@@ -121,7 +121,7 @@ def leaky_relu_vjp(g, right, *, alpha=0.01):
     return (jnp.where(right, g, alpha * g),)
 
 
-leaky_relu.defcases(unary_cases(_off_kink, kwargs=({}, {"alpha": 0.2})))
+leaky_relu.defcases(unary_gate_cases(_off_kink, kwargs=({}, {"alpha": 0.2})))
 leaky_relu.defkinks(special_points(kwargs=({}, {"alpha": 0.2})))
 
 
@@ -152,7 +152,7 @@ def elu_vjp(g, saved, *, alpha=1.0):
     return (jnp.where(x > 0, g, g * (out + alpha)),)
 
 
-elu.defcases(unary_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))
+elu.defcases(unary_gate_cases(_off_kink, kwargs=({}, {"alpha": 0.5})))
 elu.defkinks(special_points(kwargs=({}, {"alpha": 0.5})))
 
 
@@ -256,7 +256,7 @@ def softplus_vjp(g, x):
     return (g * jax.nn.sigmoid(x),)
 
 
-softplus.defcases(unary_cases(_wide))
+softplus.defcases(unary_gate_cases(_wide))
 softplus.defkinks(special_points())
 
 _SQRT_2 = math.sqrt(2.0)
@@ -304,7 +304,7 @@ def gelu_vjp(g, saved, *, approximate=False):
     return (g * (s + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
 
 
-gelu.defcases(unary_cases(_wide, kwargs=({}, {"approximate": True})))
+gelu.defcases(unary_gate_cases(_wide, kwargs=({}, {"approximate": True})))
 gelu.defkinks(special_points(kwargs=({}, {"approximate": True})))
 
 
@@ -330,5 +330,5 @@ def silu_vjp(g, saved):
     return (g * s * (1.0 + x * (1.0 - s)),)
 
 
-silu.defcases(unary_cases(_wide))
+silu.defcases(unary_gate_cases(_wide))
 silu.defkinks(special_points())

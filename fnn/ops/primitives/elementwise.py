@@ -21,6 +21,7 @@ from fnn.autodiff.case_values import (
     complex_dtype,
     distinct,
     normal,
+    positive,
     uniform,
 )
 from fnn.autodiff.gate import primitive_gate, unbroadcast
@@ -87,10 +88,6 @@ def _cright(rng, shape, dtype):
 
 def _cpair(make_x, make_y=_cplane):
     return lambda rng, shape, dtype: (make_x(rng, shape, dtype), make_y(rng, shape, dtype))
-
-
-def _positive(rng, shape, dtype):
-    return uniform(rng, shape, dtype, 0.5, 2.0)
 
 
 def _unit(rng, shape, dtype):
@@ -269,9 +266,7 @@ def pow(g, saved, *, needs, **params):  # noqa: A001
     return dx, dy
 
 
-pow.defcases(
-    binary_cases(P.pow_p, lax.pow, make_x=_positive, complex_make=_cpair(_cright, _csmall))
-)
+pow.defcases(binary_cases(P.pow_p, lax.pow, make_x=positive, complex_make=_cpair(_cright, _csmall)))
 _POW_POINTS = SPECIAL + (2.0, -0.5, 3.0)  # every x = 0 against y = 0, 1, 2, 0.5, negative, ...
 
 
@@ -418,7 +413,7 @@ def log(g, inputs, **params):
     return (lax.div(g, inputs[0]),)
 
 
-log.defcases(unary_cases(P.log_p, lax.log, _positive, complex_make=_cright))
+log.defcases(unary_cases(P.log_p, lax.log, positive, complex_make=_cright))
 log.defkinks(special_unary(P.log_p, lax.log))
 
 
@@ -460,7 +455,7 @@ def sqrt(g, y, **params):
     return (lax.mul(g, lax.div(_c(y, 0.5), y)),)
 
 
-sqrt.defcases(unary_cases(P.sqrt_p, lax.sqrt, _positive, complex_make=_cright))
+sqrt.defcases(unary_cases(P.sqrt_p, lax.sqrt, positive, complex_make=_cright))
 sqrt.defkinks(special_unary(P.sqrt_p, lax.sqrt))
 
 
@@ -471,7 +466,7 @@ def rsqrt(g, saved, **params):
     return (lax.mul(g, lax.mul(_c(x, -0.5), lax.div(y, x))),)
 
 
-rsqrt.defcases(unary_cases(P.rsqrt_p, lax.rsqrt, _positive, complex_make=_cright))
+rsqrt.defcases(unary_cases(P.rsqrt_p, lax.rsqrt, positive, complex_make=_cright))
 rsqrt.defkinks(special_unary(P.rsqrt_p, lax.rsqrt))
 
 
@@ -658,7 +653,7 @@ def lgamma(g, inputs, **params):
     return (lax.mul(g, lax.digamma(inputs[0])),)
 
 
-lgamma.defcases(unary_cases(P.lgamma_p, lax.lgamma, _positive))
+lgamma.defcases(unary_cases(P.lgamma_p, lax.lgamma, positive))
 lgamma.defkinks(special_unary(P.lgamma_p, lax.lgamma))
 
 
@@ -669,7 +664,7 @@ def digamma(g, inputs, **params):
     return (lax.mul(g, lax.polygamma(_c(x, 1), x)),)
 
 
-digamma.defcases(unary_cases(P.digamma_p, lax.digamma, _positive))
+digamma.defcases(unary_cases(P.digamma_p, lax.digamma, positive))
 digamma.defkinks(special_unary(P.digamma_p, lax.digamma))
 
 
