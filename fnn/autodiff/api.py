@@ -471,7 +471,7 @@ def _pullback(tr, fname):
                     f"{describe(o)}"
                     + (
                         " (a complex output takes a complex "
-                        "cotangent, a real one a real cotangent, as in jax.vjp)"
+                        "cotangent, a real one a real cotangent, as in JAX's VJP)"
                         if is_complex(c) != is_complex(o)
                         else ""
                     )

@@ -8,7 +8,7 @@ and lax.tanh: s (1 - s) and 1 - t**2, from the output alone.)
 Conventions: `g` is the upstream gradient (shape of the output), `saved` what the forward kept;
 each gradient has its input's shape and dtype. Constants are Python floats, so float32 stays
 float32 even with jax_enable_x64. Kinks follow JAX (each forward is the jax.nn function, and
-its VJP gives what jax.grad gives): at exactly x == 0, relu's gradient is 0, leaky_relu's 1,
+its VJP gives what JAX's own gradient gives): at exactly x == 0, relu's gradient is 0, leaky_relu's 1,
 elu's alpha; relu6's 0 at 0 and 6; maxout splits a tie evenly among its group's maxima.
 """
 
@@ -103,7 +103,7 @@ def leaky_relu(x, *, alpha=0.01):
 
     Local gradient: 1 where x >= 0, else alpha.
 
-    At exactly x == 0 the gradient is 1, as jax.grad of jax.nn.leaky_relu gives.
+    At exactly x == 0 the gradient is 1, as JAX's gradient of jax.nn.leaky_relu gives.
     Shapes: elementwise; `alpha` is a Python float.
 
     Args:
@@ -132,7 +132,7 @@ def elu(x, *, alpha=1.0):
     Local gradient: 1 where x > 0, else alpha e**x.
 
     At exactly x == 0 the gradient is alpha (the left limit; continuous when alpha == 1), as
-    jax.grad of jax.nn.elu gives. e**x is taken of min(x, 0), so large positive x never
+    JAX's gradient of jax.nn.elu gives. e**x is taken of min(x, 0), so large positive x never
     overflows. Shapes: elementwise.
 
     Args:

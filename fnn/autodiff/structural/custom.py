@@ -1,10 +1,10 @@
-"""Functions with custom derivatives (`jax.custom_vjp`, `jax.custom_jvp`): their own rules, run by
-fnn's machinery, so `fnn.grad` gives what `jax.grad` gives through them.
+"""Functions with custom derivatives (JAX's custom-VJP and custom-JVP functions): their own
+rules, run by fnn's machinery, so `fnn.grad` gives what JAX's own gradient gives through them.
 
 A `custom_vjp` function brings its backward: fnn records one gate whose forward runs the
 function's `fwd` (its outputs and residuals) and whose VJP runs its `bwd` on the residuals and
 the upstream gradient. The user's backward *is* a hand-written rule; fnn runs it as written (and
-`jax.grad(fnn.grad(f))` differentiates it as JAX would).
+JAX's gradient of `fnn.grad(f)` differentiates it as JAX would).
 
 A `custom_jvp` function brings a forward-mode rule, `(primals, tangents) -> (outputs, output
 tangents)`, linear in the tangents. Its transpose is fnn's own reverse pass over that rule: the
@@ -16,7 +16,7 @@ gradient to the tangent). Walking that tape backward from the outputs is the vec
 product of the rule's Jacobian, J^T g, with no Jacobian built and no JAX autodiff: the tangent
 computations are the local gradient, written once by the library author. This is how
 `jax.nn.relu/relu6/silu/gelu/softplus`, optax's and Flax's stabilised functions and
-`lax.custom_root`'s implicit derivative behave exactly as under `jax.grad`.
+`lax.custom_root`'s implicit derivative behave exactly as under JAX's own gradient.
 
 `custom_rules="primal"` (fnn.grad(f, custom_rules="primal")) differentiates their primal
 functions instead, by fnn's rules for the primitives inside (`PRIMAL`): what the library's
@@ -53,7 +53,7 @@ def _refuse_closure(interp, eqn, consts, kind):
             f"{interp.fname}: the {kind} function '{function_name(eqn)}' at {site_of(eqn)} "
             f"closes over a value that depends on the differentiated inputs "
             f"({', '.join(describe(raw(c)) for c in consts if isinstance(c, Traced))}). Its "
-            "custom rule says nothing about that value's gradient (jax.grad refuses this too): "
+            "custom rule says nothing about that value's gradient (JAX's own gradient refuses this too): "
             f"pass it to '{function_name(eqn)}' as an argument, or use "
             "jax.closure_convert."
         )
@@ -96,14 +96,14 @@ def _vjp_forward(*args, fwd_jaxpr_thunk, num_consts, out_trees, perturbed=None, 
     computed, primal_outs = list(outs[:n_res]), list(outs[n_res:])
     computed = iter(computed)
     # a residual forwarded from an argument may be a NumPy constant of the jaxpr: the user's
-    # bwd gets a JAX array, as under jax.grad (it may index it with a traced value)
+    # bwd gets a JAX array, as under JAX's own gradient (it may index it with a traced value)
     residuals = [next(computed) if f is None else _as_jax(args[f]) for f in input_fwds]
     return tuple(primal_outs), (residuals, tuple(primal_outs))
 
 
 @primitive_gate(P.custom_vjp_call_p, forward=_vjp_forward, name="custom_vjp", complex=True)
 def custom_vjp(g, saved, *, bwd, num_consts, **params):
-    """A jax.custom_vjp function.  Local gradient: its own backward, `bwd(residuals, g)`,
+    """A custom-VJP function of JAX's.  Local gradient: its own backward, `bwd(residuals, g)`,
     one cotangent per argument (None: zero)."""
     residuals, outs = saved
     cts = bwd.call_wrapped(*residuals, *[_cotangent(gi, o) for gi, o in zip(g, outs)])

@@ -63,7 +63,7 @@ def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope=""
     if jaxprs.transpose_solve is None:
         raise GateError(
             "rule 'lax.custom_linear_solve': the solve has no transpose_solve, and reverse-mode "
-            "gradients need one (jax.grad refuses this too): pass transpose_solve= to "
+            "gradients need one (JAX's own gradient refuses this too): pass transpose_solve= to "
             "lax.custom_linear_solve, or symmetric=True if matvec is symmetric."
         )
     transposed = [c for group in (consts[1], consts[0], consts[3], consts[2]) for c in group]

@@ -78,7 +78,7 @@ def _check_specs(specs):
         if getattr(s, "unreduced", None) or getattr(s, "reduced", None):
             raise GateError(
                 f"rule 'shard_map' does not handle the partition spec {s} "
-                "(unreduced or reduced axes): use jax.grad for this program"
+                "(unreduced or reduced axes): use JAX's built-in gradient for this program"
             )
 
 

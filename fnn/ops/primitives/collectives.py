@@ -2,7 +2,7 @@
 value), psum_scatter, ppermute, all_to_all, and shard_map's casts pvary and psum_invariant.
 
 Each rule is the transpose JAX itself uses (jax/_src/lax/parallel.py), so a function using them
-inside `vmap(axis_name=)`, `pmap` or `shard_map` gets jax.grad's gradients:
+inside `vmap(axis_name=)`, `pmap` or `shard_map` gets JAX's own gradients:
 
   psum            over positional axes (what vmap(axis_name=) makes of a named one): g broadcast
                   back over them; over named axes: psum of g (each device's output is a copy of
@@ -285,7 +285,7 @@ def all_to_all(g, vma, *, axis_name, split_axis, concat_axis, axis_index_groups,
 
     The primitive always splits and concatenates whole axes (lax.all_to_all's untiled form
     adds and removes a size-1 axis around it), so its reverse is the primitive with the axes
-    swapped. (JAX's own rule calls lax.all_to_all, which adds that axis again: jax.grad fails
+    swapped. (JAX's own rule calls lax.all_to_all, which adds that axis again: JAX's own gradient fails
     on an untiled all_to_all whose split and concat axes differ, fnn does not.)"""
     g = _vary(g, tuple(vma))  # typed as x was (as lax.all_to_all makes it)
     return (

@@ -391,7 +391,7 @@ def reduce(g, inputs, *, jaxpr, dimensions, needs, **params):  # noqa: A001 (the
         raise GateError(
             "rule 'lax.reduce': no gradient with respect to the initial values "
             f"({', '.join(describe(i) for i, need in zip(inits, needs[n:]) if need)}) of a "
-            "general lax.reduce: JAX does not define one either (jax.grad refuses it too). "
+            "general lax.reduce: JAX does not define one either (JAX's own gradient refuses it too). "
             "Pass them as constants."
         )
     tree = functools.partial(_reduce_tree, jcore.jaxpr_as_fun(jaxpr), inits, tuple(dimensions))

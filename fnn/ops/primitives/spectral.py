@@ -7,7 +7,7 @@ an eigenvector's (a singular vector's) tangent mixes in the others with weights 
 weight is infinite, and so, with a cotangent on the vectors, is the gradient: JAX's rule gives
 infinities and NaNs there, and so does fnn's, in the same places (test_kinks). A rule leaves
 out the terms of outputs no cotangent reached (`got`), as JAX leaves out a symbolic zero, so
-eigvalsh and svdvals losses stay finite at repeated eigenvalues, as under jax.grad.
+eigvalsh and svdvals losses stay finite at repeated eigenvalues, as under JAX's own gradient.
 
 The forward computes what JAX's rule computes under differentiation: eigh of (A + A^T) / 2,
 the thin SVD with its vectors (also for compute_uv=False). Complex matrices too (eigh's
@@ -171,7 +171,7 @@ def _svd_kinks(dtype):
 def _eigh_forward(a, *, subset_by_index, **params):
     _whole("lax.eigh", subset_by_index, a.shape[-1], a)
     # JAX's rule decomposes the symmetric (Hermitian) part: the same matrix for the symmetric
-    # input jnp.linalg.eigh passes (it symmetrizes first), and what JAX computes under jax.grad
+    # input jnp.linalg.eigh passes (it symmetrizes first), and what JAX computes under its own gradient
     v, w = P.eigh_p.bind((a + H(a)) / 2, subset_by_index=subset_by_index, **params)
     return (v, w), (v, w)
 

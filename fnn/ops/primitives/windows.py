@@ -1,7 +1,8 @@
 """Gates of the primitives of JAX's own derivative of pooling: select_and_gather_add (the
 tangent of a window max/min: in each window, the tangent at the selected element) and
 select_and_scatter_add (its transpose: each window's cotangent added at its selected element).
-A loss that itself calls jax.grad, jax.jvp or jax.linearize of max pooling holds them.
+A loss that itself takes JAX's reverse-, forward-mode or linearized derivative of max pooling
+holds them.
 
 Both are linear in their first input, and the operand only decides where things go
 (piecewise constant: no gradient, as in JAX). Each one's VJP is the other, as JAX's transpose
