@@ -320,8 +320,8 @@ def _refuse_complex(gate, what: str, values, site: str | None = None) -> None:
             raise GateError(
                 f"rule '{gate.name}' does not differentiate complex values: its {what} {k} is "
                 f"{describe(bad[0])}{where}. Its VJP is written for real values; rather than "
-                "compute another gradient, fnn stops here. Use JAX's built-in gradient for this program, or "
-                "declare a rule that follows JAX's convention for complex values "
+                "compute another gradient, fnn stops here. Use JAX's built-in gradient for this "
+                "program, or declare a rule that follows JAX's convention for complex values "
                 "(fnn.primitive_gate(..., complex=True))."
             )
 

@@ -8,8 +8,8 @@ and lax.tanh: s (1 - s) and 1 - t**2, from the output alone.)
 Conventions: `g` is the upstream gradient (shape of the output), `saved` what the forward kept;
 each gradient has its input's shape and dtype. Constants are Python floats, so float32 stays
 float32 even with jax_enable_x64. Kinks follow JAX (each forward is the jax.nn function, and
-its VJP gives what JAX's own gradient gives): at exactly x == 0, relu's gradient is 0, leaky_relu's 1,
-elu's alpha; relu6's 0 at 0 and 6; maxout splits a tie evenly among its group's maxima.
+its VJP gives what JAX's own gradient gives): at exactly x == 0, relu's gradient is 0,
+leaky_relu's 1, elu's alpha; relu6's 0 at 0 and 6; maxout splits a tie evenly among its group's maxima.
 """
 
 import math

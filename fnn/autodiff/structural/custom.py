@@ -53,8 +53,8 @@ def _refuse_closure(interp, eqn, consts, kind):
             f"{interp.fname}: the {kind} function '{function_name(eqn)}' at {site_of(eqn)} "
             f"closes over a value that depends on the differentiated inputs "
             f"({', '.join(describe(raw(c)) for c in consts if isinstance(c, Traced))}). Its "
-            "custom rule says nothing about that value's gradient (JAX's own gradient refuses this too): "
-            f"pass it to '{function_name(eqn)}' as an argument, or use "
+            "custom rule says nothing about that value's gradient (JAX's own gradient refuses "
+            f"this too): pass it to '{function_name(eqn)}' as an argument, or use "
             "jax.closure_convert."
         )
 
