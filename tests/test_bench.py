@@ -334,3 +334,51 @@ def test_spread_and_the_pytorch_targets():
     )
     assert "| lstm: fnn / PyTorch step time | 1.600 | 1.0 | **no** |" in md
     assert "| lstm: step GFLOP/s / matmul GFLOP/s | 0.400 | n/a | reported |" in md
+
+
+def test_issue_25s_targets_and_by_how_much_each_is_missed():
+    from fnn.bench.report import missed_by
+
+    rows = [
+        {
+            "kind": "step",
+            "case": "cnn",
+            "ratio": 0.5,
+            "compile_ratio": 1.0,
+            "torch_ratio": 0.8,
+            "torch_speedup": 1.25,
+            "matmul_share": 0.4,
+        },
+        {
+            "kind": "step",
+            "case": "transformer",
+            "ratio": 0.9,
+            "compile_ratio": 1.0,
+            "torch_ratio": 1.1,
+            "torch_speedup": 1 / 1.1,
+            "matmul_share": 0.68,
+        },
+    ]
+    got = {t["what"]: t for t in bench.targets(rows)}
+    speedup = got["cnn: PyTorch eager / hand-written step time"]
+    assert (speedup["limit"], speedup["met"]) == (1.5, False)
+    assert missed_by(speedup) == "17% short"
+    share = got["transformer: step GFLOP/s / matmul GFLOP/s"]
+    assert (share["limit"], share["met"], missed_by(share)) == (0.85, False, "20% short")
+    assert missed_by(got["transformer: fnn / PyTorch step time"]) == "10% over"
+    assert got["cnn: fnn / PyTorch step time"]["met"] is True
+    md = bench.markdown(
+        {
+            "device": "d",
+            "dtype": "float32",
+            "reps": 1,
+            "load": [1, 1],
+            "rows": [],
+            "targets": bench.targets(rows),
+        }
+    )
+    missed = [line for line in md.splitlines() if line.startswith("Missed by: ")]
+    assert len(missed) == 1
+    assert "cnn: PyTorch eager / hand-written step time 17% short (1.250 against 1.5)" in missed[0]
+    assert "transformer: fnn / PyTorch step time 10% over (1.100 against 1.0)" in missed[0]
+    assert "cnn: fnn / PyTorch" not in missed[0]

@@ -13,9 +13,12 @@ TARGET_RATIO = {
     "transformer": 1.00,
 }  # the language models: issue 13
 TARGET_COMPILE_RATIO = 1.3
-TARGET_TORCH_SPEEDUP = {"mlp": 2.0}  # issue 5 (its cnn >= 1.0 is issue 25's fnn / PyTorch)
+# PyTorch eager / fnn: issue 5's MLP, issue 25's convolution rows
+TARGET_TORCH_SPEEDUP = {"mlp": 2.0, "cnn": 1.5, "resnet": 1.5}
 TARGET_TORCH_RATIO = 1.00  # issue 25: fnn's step no slower than PyTorch's, every model
-TARGET_MATMUL_SHARE = {"mlp": 0.85}  # the other rows' shares are reported, with PyTorch's
+# issue 25's matmul-bound rows; the LSTM's share is reported only: its recurrent products of
+# 64 rows alone run below 85% of the reference on CPU (docs/benchmarks.md), as do PyTorch's
+TARGET_MATMUL_SHARE = {"mlp": 0.85, "transformer": 0.85}
 
 
 def targets(rows) -> list:
@@ -301,6 +304,30 @@ def _jax_model_lines(rows) -> list:
     return out
 
 
+def missed_by(t) -> str:
+    """How far a missed target is from its limit, as the share of the limit: '12% over' (a
+    figure that must stay at most its limit), '12% short' (one that must reach it)."""
+    value, limit = t["value"], t["limit"]
+    if limit > value:
+        return f"{(limit - value) / limit:.0%} short"
+    return f"{(value - limit) / limit:.0%} over"
+
+
+def _missed_lines(targets_) -> list:
+    """One line naming each missed target (but the gates') and by how much."""
+    missed = [t for t in targets_ if t["met"] is False and not t["what"].startswith("gate ")]
+    if not missed:
+        return []
+    return [
+        "",
+        "Missed by: "
+        + "; ".join(
+            f"{t['what']} {missed_by(t)} ({t['value']:.3f} against {t['limit']})" for t in missed
+        )
+        + ".",
+    ]
+
+
 def _target_lines(targets_) -> list:
     """The targets' table (but the gates'), then how many gates are no slower than jax.vjp."""
     if not targets_:
@@ -312,6 +339,7 @@ def _target_lines(targets_) -> list:
         for t in targets_
         if not t["what"].startswith("gate ")
     ]
+    out += _missed_lines(targets_)
     slow = [t for t in targets_ if t["what"].startswith("gate ") and not t["met"]]
     n = sum(t["what"].startswith("gate ") for t in targets_)
     if n:
