@@ -382,3 +382,29 @@ def test_issue_25s_targets_and_by_how_much_each_is_missed():
     assert "cnn: PyTorch eager / hand-written step time 17% short (1.250 against 1.5)" in missed[0]
     assert "transformer: fnn / PyTorch step time 10% over (1.100 against 1.0)" in missed[0]
     assert "cnn: fnn / PyTorch" not in missed[0]
+
+
+def test_the_profile_lists_xla_operations_and_says_what_it_covers():
+    from fnn.bench.report import _profile_lines
+    from fnn.bench.timing import profile
+
+    a = jnp.ones((64, 64))
+    step = jax.jit(lambda a: jnp.sum(jax.nn.relu(a @ a) * 2.0)).lower(a).compile()
+    prof = profile(lambda: step(a), step.as_text(), calls=3, top=5)
+    assert prof is not None and prof["ops"]
+    hlo = step.as_text()
+    for name, ms, shape in prof["ops"]:
+        # an operation of the compiled program, never the runtime's or a Python function's event
+        assert f"%{name} = " in hlo and shape, name
+        assert ms >= 0
+    assert prof["total_ms"] >= sum(ms for _, ms, _ in prof["ops"]) - 1e-9
+    assert prof["wall_ms"] > 0
+    lines = _profile_lines([{"case": "mlp", "profile": {"custom": prof, "builtin": None}}])
+    assert lines[1] == (
+        "Profile of the mlp step, custom gradients (XLA operations, ms per step summed over "
+        "threads):"
+    )
+    assert sum(line.startswith("| ") for line in lines) == 1 + len(prof["ops"])
+    assert lines[-1].startswith(f"The {len(prof['ops'])} listed: ")
+    assert f"of the {prof['total_ms']:.2f} ms" in lines[-1]
+    assert f"took {prof['wall_ms']:.2f} ms (wall)" in lines[-1]

@@ -248,11 +248,14 @@ def _epoch_lines(rows) -> list:
 
 
 def _profile_lines(steps) -> list:
-    """A table of XLA operations per step case and gradient that was profiled."""
+    """A table of XLA operations per step case and gradient that was profiled, and how much of
+    the traced time the listed operations cover."""
     out = []
     for r in steps:
-        for g, ops_ in (r.get("profile") or {}).items():
-            if ops_:
+        for g, prof in (r.get("profile") or {}).items():
+            if prof and prof["ops"]:
+                ops_ = prof["ops"]
+                listed = sum(ms for _, ms, _ in ops_)
                 out += [
                     "",
                     f"Profile of the {r['case']} step, {g} gradients (XLA operations, "
@@ -262,6 +265,15 @@ def _profile_lines(steps) -> list:
                     "|---|---|---|",
                 ]
                 out += [f"| {n} | {shape} | {ms:.2f} |" for n, ms, shape in ops_]
+                out += [
+                    "",
+                    f"The {len(ops_)} listed: {listed:.2f} ms of the {prof['total_ms']:.2f} ms "
+                    f"that all of the step's XLA operations took, summed over threads; the "
+                    f"traced step took {prof['wall_ms']:.2f} ms (wall). Operations run in "
+                    "Eigen's thread pool (XLA's CPU convolutions, and products not in a "
+                    "ynn_fusion) are recorded for less than they take: the wall time holds "
+                    "the rest.",
+                ]
     return out
 
 

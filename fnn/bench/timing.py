@@ -184,21 +184,30 @@ def page_faults(f, calls: int):
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
-def profile(f, hlo_text: str, calls: int = 5, top: int = 12) -> list | None:
-    """The `top` XLA operations by time per call of `f` (a compiled step), from a JAX profiler
-    trace: [(name, ms per call, output shape)]. Times are summed over the threads that ran an
-    operation (on CPU one operation may run on several at once). None if tracing fails."""
+def profile(f, hlo_text: str, calls: int = 5, top: int = 12) -> dict | None:
+    """Where the time of `f` (a compiled step) goes, from a JAX profiler trace of `calls` calls:
+    {'ops': the `top` XLA operations by time per call, [(name, ms, output shape)];
+    'total_ms': all its XLA operations' time per call; 'wall_ms': the median call's wall time}.
+    Operation times are summed over the threads that ran them (on CPU one operation may run on
+    several at once), so totals can exceed the wall time. An operation that XLA hands to Eigen's
+    thread pool (its CPU convolutions, and products it does not give YNNPACK) is recorded for
+    less than it runs (a (128, 32, 32, 16) 3x3 convolution: 1 ms of its 15; x.T @ y at 1024:
+    7 of 15), so a step's total can also fall short of the wall time; the two side by side
+    show it. None if tracing fails."""
     import collections
     import glob
     import re
     import tempfile
 
+    walls = []
     try:
         with tempfile.TemporaryDirectory() as d:
             jax.profiler.start_trace(d)
             try:
                 for _ in range(calls):
+                    t0 = time.perf_counter()
                     _block(f())
+                    walls.append(time.perf_counter() - t0)
             finally:
                 jax.profiler.stop_trace()
             data = jax.profiler.ProfileData.from_file(
@@ -212,13 +221,22 @@ def profile(f, hlo_text: str, calls: int = 5, top: int = 12) -> list | None:
             if line.name == "python":
                 continue
             for ev in line.events:
-                if not ev.name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
+                if not ev.name.startswith(_NOT_XLA_OPERATIONS):
                     total[ev.name] += ev.duration_ns
-    out = []
+    ops = []
     for name, ns in total.most_common(top):
         m = re.search(r"%" + re.escape(name) + r" = (\S+)", hlo_text)
-        out.append((name, ns / calls / 1e6, m.group(1) if m else ""))
-    return out
+        ops.append((name, ns / calls / 1e6, m.group(1) if m else ""))
+    return {
+        "ops": ops,
+        "total_ms": sum(total.values()) / calls / 1e6,
+        "wall_ms": statistics.median(walls) * 1e3,
+    }
+
+
+# trace events that are not an XLA operation of the step: the runtime's executors and thread
+# pools, and Python functions ('$file.py:line name', from the profiler's Python tracer)
+_NOT_XLA_OPERATIONS = ("ThunkExecutor", "end:", "Threadpool", "Slinky", "$")
 
 
 def peak_mb():
