@@ -295,6 +295,12 @@ def test_a_side_is_timed_again_while_the_load_moves(monkeypatch):
     assert len(info["load"]) == 3
 
 
+def _targets_markdown(rows):
+    """The Markdown of a run holding nothing but the targets of `rows`."""
+    result = {"device": "d", "dtype": "float32", "reps": 1, "load": [1, 1], "rows": []}
+    return bench.markdown({**result, "targets": bench.targets(rows)})
+
+
 def test_spread_and_the_pytorch_targets():
     from fnn.bench.timing import summary
 
@@ -322,16 +328,7 @@ def test_spread_and_the_pytorch_targets():
     assert got["lstm: fnn / PyTorch step time"] == (1.6, 1.0, False)
     assert got["lstm: step GFLOP/s / matmul GFLOP/s"] == (0.4, None, None)
     assert got["lstm: PyTorch step GFLOP/s / matmul GFLOP/s"] == (0.8, None, None)
-    md = bench.markdown(
-        {
-            "device": "d",
-            "dtype": "float32",
-            "reps": 1,
-            "load": [1, 1],
-            "rows": [],
-            "targets": bench.targets([row]),
-        }
-    )
+    md = _targets_markdown([row])
     assert "| lstm: fnn / PyTorch step time | 1.600 | 1.0 | **no** |" in md
     assert "| lstm: step GFLOP/s / matmul GFLOP/s | 0.400 | n/a | reported |" in md
 
@@ -367,16 +364,7 @@ def test_issue_25s_targets_and_by_how_much_each_is_missed():
     assert (share["limit"], share["met"], missed_by(share)) == (0.85, False, "20% short")
     assert missed_by(got["transformer: fnn / PyTorch step time"]) == "10% over"
     assert got["cnn: fnn / PyTorch step time"]["met"] is True
-    md = bench.markdown(
-        {
-            "device": "d",
-            "dtype": "float32",
-            "reps": 1,
-            "load": [1, 1],
-            "rows": [],
-            "targets": bench.targets(rows),
-        }
-    )
+    md = _targets_markdown(rows)
     missed = [line for line in md.splitlines() if line.startswith("Missed by: ")]
     assert len(missed) == 1
     assert "cnn: PyTorch eager / hand-written step time 17% short (1.250 against 1.5)" in missed[0]
