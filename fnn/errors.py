@@ -64,6 +64,11 @@ class MissingRuleError(ForeignCallError):
         self.primitive = primitive
 
 
+# Where JAX defines no gradient either, the error says so in these words, so that a user sees
+# that the refusal is JAX's rule and not a gap of fnn's (one phrase for every such error)
+JAX_REFUSES_TOO = "(jax.grad refuses it too)"
+
+
 def describe(x) -> str:
     """Short 'f32[3,4]' description of an array-like, a traced value or a ShapeDtypeStruct (or
     its type name)."""

@@ -15,7 +15,7 @@ from jax.extend.core import primitives as P
 
 from fnn.autodiff.interpret import NO_GRADIENT, raw, site_of
 from fnn.autodiff.tape import Traced
-from fnn.errors import GateError
+from fnn.errors import JAX_REFUSES_TOO, GateError
 
 
 def jit(interp, eqn, invals, scope):
@@ -66,8 +66,8 @@ def while_loop(interp, eqn, invals, scope, live):
             f"carried values that depend on the differentiated inputs "
             f"({', '.join(body.outvars[k].aval.str_short() for k in changing)}), and the "
             "result depends on them. Reverse-mode gradients of such a loop are not defined, "
-            "the number of steps being known only at run time (jax.grad refuses it too): use lax."
-            "scan, or lax.fori_loop with bounds known when tracing (which is a scan)."
+            f"the number of steps being known only at run time {JAX_REFUSES_TOO}: use "
+            "lax.scan, or lax.fori_loop with bounds known when tracing (which is a scan)."
         )
     outs = interp.evaluate(eqn, [raw(x) for x in invals])
     # a loop invariant leaves the loop as it came in: the same (traced) value

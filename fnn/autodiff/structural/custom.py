@@ -38,7 +38,7 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.gate import defgate, primitive_gate
 from fnn.autodiff.interpret import join_scope, raw, scope_of, site_of
 from fnn.autodiff.tape import Traced, apply
-from fnn.errors import GateError, describe
+from fnn.errors import JAX_REFUSES_TOO, GateError, describe
 
 
 def function_name(eqn) -> str:
@@ -53,8 +53,8 @@ def _refuse_closure(interp, eqn, consts, kind):
             f"{interp.fname}: the {kind} function '{function_name(eqn)}' at {site_of(eqn)} "
             f"closes over a value that depends on the differentiated inputs "
             f"({', '.join(describe(raw(c)) for c in consts if isinstance(c, Traced))}). Its "
-            "custom rule says nothing about that value's gradient (JAX's own gradient refuses "
-            f"this too): pass it to '{function_name(eqn)}' as an argument, or use "
+            f"custom rule says nothing about that value's gradient {JAX_REFUSES_TOO}: pass "
+            f"it to '{function_name(eqn)}' as an argument, or use "
             "jax.closure_convert."
         )
 

@@ -21,7 +21,7 @@ from fnn.autodiff.case_values import cnormal, normal, spd
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.primitive_cases import case
 from fnn.autodiff.structural.loops import FNN_PARAMS, Body, body_interpreter, control_rule
-from fnn.errors import GateError
+from fnn.errors import JAX_REFUSES_TOO, GateError
 
 
 def _split(args, const_lengths):
@@ -63,7 +63,7 @@ def custom_linear_solve(g, saved, *, const_lengths, jaxprs, rules=None, scope=""
     if jaxprs.transpose_solve is None:
         raise GateError(
             "rule 'lax.custom_linear_solve': the solve has no transpose_solve, and reverse-mode "
-            "gradients need one (JAX's own gradient refuses this too): pass transpose_solve= to "
+            f"gradients need one {JAX_REFUSES_TOO}: pass transpose_solve= to "
             "lax.custom_linear_solve, or symmetric=True if matvec is symmetric."
         )
     transposed = [c for group in (consts[1], consts[0], consts[3], consts[2]) for c in group]

@@ -27,7 +27,7 @@ from fnn.autodiff.case_values import cdistinct, cnormal, distinct, normal, unifo
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.interpret import default_rules
 from fnn.autodiff.primitive_cases import case
-from fnn.errors import GateError, describe
+from fnn.errors import JAX_REFUSES_TOO, GateError, describe
 
 
 def _expand(g, shape, axes):
@@ -391,7 +391,7 @@ def reduce(g, inputs, *, jaxpr, dimensions, needs, **params):  # noqa: A001 (the
         raise GateError(
             "rule 'lax.reduce': no gradient with respect to the initial values "
             f"({', '.join(describe(i) for i, need in zip(inits, needs[n:]) if need)}) of a "
-            "general lax.reduce: JAX does not define one either (JAX's own gradient refuses it too). "
+            f"general lax.reduce: JAX does not define one either {JAX_REFUSES_TOO}. "
             "Pass them as constants."
         )
     tree = functools.partial(_reduce_tree, jcore.jaxpr_as_fun(jaxpr), inits, tuple(dimensions))

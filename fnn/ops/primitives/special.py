@@ -22,7 +22,7 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.case_values import SPECIAL, normal, uniform
 from fnn.autodiff.gate import primitive_gate, unbroadcast
 from fnn.autodiff.primitive_cases import case, special_binary, special_unary
-from fnn.errors import GateError, describe
+from fnn.errors import JAX_REFUSES_TOO, GateError, describe
 
 
 def _c(x, value):
@@ -33,7 +33,7 @@ def _refuse(rule, name, x, why):
     """The error for a gradient JAX does not define either."""
     return GateError(
         f"rule 'lax.{rule}': no gradient with respect to {name} ({describe(x)}): "
-        f"{why} (jax.grad refuses it too). Hold {name} fixed (a constant, or "
+        f"{why} {JAX_REFUSES_TOO}. Hold {name} fixed (a constant, or "
         "lax.stop_gradient) to differentiate the other inputs."
     )
 

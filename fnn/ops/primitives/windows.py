@@ -17,7 +17,7 @@ from jax.extend.core import primitives as P
 from fnn.autodiff.case_values import distinct, normal
 from fnn.autodiff.gate import primitive_gate
 from fnn.autodiff.primitive_cases import case
-from fnn.errors import GateError
+from fnn.errors import JAX_REFUSES_TOO, GateError
 
 _SELECT = {"select_prim": (P.ge_p, P.le_p)}  # max (ge) or min (le) pooling
 
@@ -80,7 +80,7 @@ def select_and_gather_add(
         raise GateError(
             f"rule 'lax.select_and_gather_add': no gradient with window_dilation="
             f"{tuple(window_dilation)} (tangents {tangents.dtype}{list(tangents.shape)}): JAX "
-            "has no transpose of a dilated window selection either (jax.grad refuses it too)."
+            f"has no transpose of a dilated window selection either {JAX_REFUSES_TOO}."
         )
     dilated = any(d != 1 for d in base_dilation)
     if dilated:
