@@ -314,6 +314,9 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     Local gradients (fused, no softmax Jacobian): with P the attention weights and g upstream,
     dv = P^T g; dP = g v^T; dS = P (dP - rowsum(dP P)); dq = dS k scale; dk = dS^T q scale.
     (The scores are computed as (q scale) k^T: the scale multiplies q, not the scores.)
+    Causal attention over T >= 128 positions runs by blocks of query rows, each against the
+    keys it may see (rows [r0, r1) against keys [0, r1)): the masked scores to the right of a
+    block are never computed, forward or backward; the values are those of the full product.
 
     Args:
         q: the queries (..., T, d).
@@ -336,34 +339,87 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     # a Python float: weakly typed, so bfloat16 inputs stay bfloat16 (np.sqrt's float64 would
     # promote the scores, the output and the gradients to float32)
     scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else scale
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise GateError(
+            f"gate 'attention': causal attention needs T == S, got q {describe(q)}, k {describe(k)}"
+        )
     # q scaled before the product (q is the smaller array; its scaling fuses into whatever
     # wrote q, where a scale of the scores would be one more pass over (..., T, S))
     qs = q * scale
-    s = jnp.einsum("...td,...sd->...ts", qs, k)
-    if causal:
-        if q.shape[-2] != k.shape[-2]:
-            raise GateError(
-                f"gate 'attention': causal attention needs T == S, got q "
-                f"{describe(q)}, k {describe(k)}"
-            )
-        t = q.shape[-2]
-        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+    if not causal:
+        p = _softmax_rows(jnp.einsum("...td,...sd->...ts", qs, k))
+        return jnp.einsum("...ts,...sd->...td", p, v), (qs, k, v, p, scale)
+    # causal: query rows [r0, r1) see keys [0, r1) only, so each block of rows is computed
+    # against its visible keys, and the scores above the blocks' diagonal are never formed
+    ps, outs = [], []
+    for r0, r1 in _causal_blocks(q.shape[-2]):
+        s = jnp.einsum("...td,...sd->...ts", qs[..., r0:r1, :], k[..., :r1, :])
+        visible = np.arange(r0, r1)[:, None] >= np.arange(r1)[None, :]
+        ps.append(_softmax_rows(jnp.where(visible, s, -jnp.inf)))
+        outs.append(jnp.einsum("...ts,...sd->...td", ps[-1], v[..., :r1, :]))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-2)
+    return out, (qs, k, v, tuple(ps), scale)
+
+
+def _softmax_rows(s):
+    """softmax over the last axis (the max subtracted, as a constant of the rule)."""
     s = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
     e = jnp.exp(s)
-    p = e / jnp.sum(e, axis=-1, keepdims=True)
-    return jnp.einsum("...ts,...sd->...td", p, v), (qs, k, v, p, scale)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _causal_blocks(t):
+    """The row blocks [r0, r1) of causal attention over t positions: one block below 128
+    positions, else blocks of max(64, ceil(t / 4)) rows (at most 4; the last may be shorter).
+    Fewer, larger blocks keep the products large; each block skips the scores to the right of
+    its rows, a quarter of them at t = 128 and more as the blocks get smaller relative to t."""
+    if t < 128:
+        return [(0, t)]
+    size = max(64, -(-t // 4))
+    return [(r0, min(r0 + size, t)) for r0 in range(0, t, size)]
 
 
 @attention.defvjp
 def attention_vjp(g, saved, *, needs, causal=False, scale=None):
     qs, k, v, p, scale = saved
+    if isinstance(p, tuple):  # causal row blocks: each contributes to the keys it saw
+        return _blocked_attention_vjp(g, qs, k, v, p, scale, needs)
     dv = jnp.einsum("...ts,...td->...sd", p, g) if needs[2] else None
-    dp = jnp.einsum("...td,...sd->...ts", g, v)
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # dS of the unscaled scores
+    ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g, v))
     # the scale goes on the (..., T, d) arrays, not on dS: dq = dS k scale, dk = dS^T (q scale)
     dq = jnp.einsum("...ts,...sd->...td", ds, k) * scale if needs[0] else None
     dk = jnp.einsum("...ts,...td->...sd", ds, qs) if needs[1] else None
     return dq, dk, dv
+
+
+def _softmax_vjp(p, dp):
+    """dS of the scores from dP: P (dP - rowsum(dP P)), no softmax Jacobian."""
+    return p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+
+
+def _blocked_attention_vjp(g, qs, k, v, ps, scale, needs):
+    """The rule of causal attention computed by row blocks (the forward's `ps`, one (..., r1 - r0,
+    r1) block of P each): the block's dq rows; its dk and dv for keys [0, r1), zero-padded to all
+    S keys and summed over the blocks."""
+    t = qs.shape[-2]
+    dqs, dks, dvs, r0 = [], [], [], 0
+    for p in ps:
+        r1 = r0 + p.shape[-2]
+        g_b = g[..., r0:r1, :]
+        rows = [(0, 0)] * (g.ndim - 2) + [(0, t - r1), (0, 0)]  # keys [0, r1) of t
+        if needs[2]:
+            dvs.append(jnp.pad(jnp.einsum("...ts,...td->...sd", p, g_b), rows))
+        ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g_b, v[..., :r1, :]))
+        if needs[0]:
+            dqs.append(jnp.einsum("...ts,...sd->...td", ds, k[..., :r1, :]) * scale)
+        if needs[1]:
+            dks.append(jnp.pad(jnp.einsum("...ts,...td->...sd", ds, qs[..., r0:r1, :]), rows))
+        r0 = r1
+    return (
+        (dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=-2)) if needs[0] else None,
+        sum(dks[1:], dks[0]) if needs[1] else None,
+        sum(dvs[1:], dvs[0]) if needs[2] else None,
+    )
 
 
 @attention.defcases
@@ -372,6 +428,8 @@ def _attention_cases(rng, dtype):
     return [
         Case((n(2, 5, 4), n(2, 5, 4), n(2, 5, 3)), {"causal": True}, label="causal"),
         Case((n(2, 2, 3, 4), n(2, 2, 6, 4), n(2, 2, 6, 4)), label="(B, H, T, d) cross"),
+        # 130 positions: causal row blocks [0, 64), [64, 128) and a short last one [128, 130)
+        Case((n(130, 2), n(130, 2), n(130, 3)), {"causal": True}, label="causal, row blocks"),
     ]
 
 
