@@ -216,6 +216,30 @@ def test_causal_attention_ignores_the_future():
     assert not np.allclose(np.asarray(y1[:, 4:]), np.asarray(y2[:, 4:]))
 
 
+@pytest.mark.parametrize("t", [127, 130, 256])
+def test_causal_attention_by_row_blocks_is_the_full_masked_softmax(t):
+    """From 128 positions the causal gate computes by blocks of query rows (the scores right of
+    each block never formed): its values and gradients are those of the one full masked
+    product, in float64, and its gradient is JAX's gradient of that product."""
+    jax.config.update("jax_enable_x64", True)
+    r = np.random.default_rng(t)
+    q, k, v, w = (jnp.asarray(r.standard_normal((2, t, 3))) for _ in range(4))
+
+    def full(q, k, v):
+        s = jnp.einsum("...td,...sd->...ts", q, k) / np.sqrt(3.0)
+        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+        return jnp.einsum("...ts,...sd->...td", jax.nn.softmax(s, axis=-1), v)
+
+    gate = fnn.registry["attention"]
+    _close(gate(q, k, v, causal=True), full(q, k, v), rtol=1e-12, atol=1e-13)
+    _close(
+        fnn.grad(lambda *a: jnp.sum(gate(*a, causal=True) * w), argnums=(0, 1, 2))(q, k, v),
+        jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2))(q, k, v),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
 def test_layers_refuse_bad_inputs_with_their_shapes():
     params, state, _ = nn.LSTM(4).init(jax.random.PRNGKey(0), (T, 3))
     with pytest.raises(ValueError, match=r"LSTM: expects \(batch, time, 3\).*\(2, 6, 5\)"):
