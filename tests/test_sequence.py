@@ -216,12 +216,11 @@ def test_causal_attention_ignores_the_future():
     assert not np.allclose(np.asarray(y1[:, 4:]), np.asarray(y2[:, 4:]))
 
 
-@pytest.mark.parametrize("t", [127, 130, 256])
-def test_causal_attention_by_row_blocks_is_the_full_masked_softmax(t):
+@pytest.mark.parametrize("t", [127, 130, 256, 300])
+def test_causal_attention_by_row_blocks_is_the_full_masked_softmax(t, x64):
     """From 128 positions the causal gate computes by blocks of query rows (the scores right of
     each block never formed): its values and gradients are those of the one full masked
     product, in float64, and its gradient is JAX's gradient of that product."""
-    jax.config.update("jax_enable_x64", True)
     r = np.random.default_rng(t)
     q, k, v, w = (jnp.asarray(r.standard_normal((2, t, 3))) for _ in range(4))
 

@@ -370,13 +370,12 @@ def _softmax_rows(s):
 
 def _causal_blocks(t):
     """The row blocks [r0, r1) of causal attention over t positions: one block below 128
-    positions, else blocks of max(64, ceil(t / 4)) rows (at most 4; the last may be shorter).
-    Fewer, larger blocks keep the products large; each block skips the scores to the right of
-    its rows, a quarter of them at t = 128 and more as the blocks get smaller relative to t."""
-    if t < 128:
-        return [(0, t)]
-    size = max(64, -(-t // 4))
-    return [(r0, min(r0 + size, t)) for r0 in range(0, t, size)]
+    positions, else min(4, t // 64) blocks of near-equal rows (none shorter than 64). Fewer,
+    larger blocks keep the products large; each block skips the scores to the right of its
+    rows, a quarter of all scores with 2 blocks and 3/8 with 4."""
+    nb = 1 if t < 128 else min(4, t // 64)
+    bounds = [i * t // nb for i in range(nb + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 @attention.defvjp
@@ -400,25 +399,36 @@ def _softmax_vjp(p, dp):
 def _blocked_attention_vjp(g, qs, k, v, ps, scale, needs):
     """The rule of causal attention computed by row blocks (the forward's `ps`, one (..., r1 - r0,
     r1) block of P each): the block's dq rows; its dk and dv for keys [0, r1), zero-padded to all
-    S keys and summed over the blocks."""
+    S keys and summed over the blocks (in float32 at least, so that bfloat16 shares are not
+    rounded before they are added)."""
     t = qs.shape[-2]
+    acc = jnp.promote_types(g.dtype, jnp.float32)
     dqs, dks, dvs, r0 = [], [], [], 0
     for p in ps:
         r1 = r0 + p.shape[-2]
         g_b = g[..., r0:r1, :]
         rows = [(0, 0)] * (g.ndim - 2) + [(0, t - r1), (0, 0)]  # keys [0, r1) of t
         if needs[2]:
-            dvs.append(jnp.pad(jnp.einsum("...ts,...td->...sd", p, g_b), rows))
+            dvs.append(
+                jnp.pad(jnp.einsum("...ts,...td->...sd", p, g_b, preferred_element_type=acc), rows)
+            )
         ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g_b, v[..., :r1, :]))
         if needs[0]:
             dqs.append(jnp.einsum("...ts,...sd->...td", ds, k[..., :r1, :]) * scale)
         if needs[1]:
-            dks.append(jnp.pad(jnp.einsum("...ts,...td->...sd", ds, qs[..., r0:r1, :]), rows))
+            dks.append(
+                jnp.pad(
+                    jnp.einsum(
+                        "...ts,...td->...sd", ds, qs[..., r0:r1, :], preferred_element_type=acc
+                    ),
+                    rows,
+                )
+            )
         r0 = r1
     return (
         (dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=-2)) if needs[0] else None,
-        sum(dks[1:], dks[0]) if needs[1] else None,
-        sum(dvs[1:], dvs[0]) if needs[2] else None,
+        sum(dks[1:], dks[0]).astype(k.dtype) if needs[1] else None,
+        sum(dvs[1:], dvs[0]).astype(v.dtype) if needs[2] else None,
     )
 
 
@@ -428,7 +438,7 @@ def _attention_cases(rng, dtype):
     return [
         Case((n(2, 5, 4), n(2, 5, 4), n(2, 5, 3)), {"causal": True}, label="causal"),
         Case((n(2, 2, 3, 4), n(2, 2, 6, 4), n(2, 2, 6, 4)), label="(B, H, T, d) cross"),
-        # 130 positions: causal row blocks [0, 64), [64, 128) and a short last one [128, 130)
+        # 130 positions: causal row blocks [0, 65) and [65, 130)
         Case((n(130, 2), n(130, 2), n(130, 3)), {"causal": True}, label="causal, row blocks"),
     ]
 
