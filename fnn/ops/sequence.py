@@ -346,19 +346,17 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     # q scaled before the product (q is the smaller array; its scaling fuses into whatever
     # wrote q, where a scale of the scores would be one more pass over (..., T, S))
     qs = q * scale
-    if not causal:
-        p = _softmax_rows(jnp.einsum("...td,...sd->...ts", qs, k))
-        return jnp.einsum("...ts,...sd->...td", p, v), (qs, k, v, p, scale)
-    # causal: query rows [r0, r1) see keys [0, r1) only, so each block of rows is computed
-    # against its visible keys, and the scores above the blocks' diagonal are never formed
+    # blocks of query rows [r0, r1), each against keys [0, n): without the mask one block of all
+    # rows and keys; causal, row r sees keys [0, r] only, so a block's keys end at r1 and the
+    # scores right of it are never formed
     ps, outs = [], []
-    for r0, r1 in _causal_blocks(q.shape[-2]):
-        s = jnp.einsum("...td,...sd->...ts", qs[..., r0:r1, :], k[..., :r1, :])
-        visible = np.arange(r0, r1)[:, None] >= np.arange(r1)[None, :]
-        ps.append(_softmax_rows(jnp.where(visible, s, -jnp.inf)))
-        outs.append(jnp.einsum("...ts,...sd->...td", ps[-1], v[..., :r1, :]))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-2)
-    return out, (qs, k, v, tuple(ps), scale)
+    for r0, r1, n in _row_blocks(q.shape[-2], k.shape[-2], causal):
+        s = jnp.einsum("...td,...sd->...ts", qs[..., r0:r1, :], k[..., :n, :])
+        if causal:
+            s = jnp.where(np.arange(r0, r1)[:, None] >= np.arange(n)[None, :], s, -jnp.inf)
+        ps.append(_softmax_rows(s))
+        outs.append(jnp.einsum("...ts,...sd->...td", ps[-1], v[..., :n, :]))
+    return jnp.concatenate(outs, axis=-2), (qs, k, v, tuple(ps), scale)
 
 
 def _softmax_rows(s):
@@ -368,68 +366,57 @@ def _softmax_rows(s):
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
-def _causal_blocks(t):
-    """The row blocks [r0, r1) of causal attention over t positions: one block below 128
-    positions, else min(4, t // 64) blocks of near-equal rows (none shorter than 64). Fewer,
+def _row_blocks(t, keys, causal):
+    """The blocks (r0, r1, n) of query rows [r0, r1) against keys [0, n): one block of all rows
+    and keys without the causal mask, or below 128 positions; else min(4, t // 64) blocks of
+    near-equal rows (none shorter than 64), each against the keys up to its last row. Fewer,
     larger blocks keep the products large; each block skips the scores to the right of its
     rows, a quarter of all scores with 2 blocks and 3/8 with 4."""
-    nb = 1 if t < 128 else min(4, t // 64)
+    nb = min(4, t // 64) if causal and t >= 128 else 1
     bounds = [i * t // nb for i in range(nb + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return [(r0, r1, r1 if causal else keys) for r0, r1 in zip(bounds[:-1], bounds[1:])]
 
 
 @attention.defvjp
 def attention_vjp(g, saved, *, needs, causal=False, scale=None):
-    qs, k, v, p, scale = saved
-    if isinstance(p, tuple):  # causal row blocks: each contributes to the keys it saw
-        return _blocked_attention_vjp(g, qs, k, v, p, scale, needs)
-    dv = jnp.einsum("...ts,...td->...sd", p, g) if needs[2] else None
-    ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g, v))
-    # the scale goes on the (..., T, d) arrays, not on dS: dq = dS k scale, dk = dS^T (q scale)
-    dq = jnp.einsum("...ts,...sd->...td", ds, k) * scale if needs[0] else None
-    dk = jnp.einsum("...ts,...td->...sd", ds, qs) if needs[1] else None
-    return dq, dk, dv
-
-
-def _softmax_vjp(p, dp):
-    """dS of the scores from dP: P (dP - rowsum(dP P)), no softmax Jacobian."""
-    return p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
-
-
-def _blocked_attention_vjp(g, qs, k, v, ps, scale, needs):
-    """The rule of causal attention computed by row blocks (the forward's `ps`, one (..., r1 - r0,
-    r1) block of P each): the block's dq rows; its dk and dv for keys [0, r1), zero-padded to all
-    S keys and summed over the blocks (in float32 at least, so that bfloat16 shares are not
-    rounded before they are added)."""
-    t = qs.shape[-2]
+    """Per row block of the forward (one block of P each, (..., r1 - r0, n)): the block's dq
+    rows; its dk and dv for keys [0, n), zero-padded to all S keys and summed over the blocks
+    (in float32 at least, so that bfloat16 shares are not rounded before they are added). The
+    scale goes on the (..., T, d) arrays, not on dS: dq = dS k scale, dk = dS^T (q scale)."""
+    qs, k, v, ps, scale = saved
     acc = jnp.promote_types(g.dtype, jnp.float32)
     dqs, dks, dvs, r0 = [], [], [], 0
     for p in ps:
-        r1 = r0 + p.shape[-2]
+        (r1, n), keys = (r0 + p.shape[-2], p.shape[-1]), k.shape[-2]
         g_b = g[..., r0:r1, :]
-        rows = [(0, 0)] * (g.ndim - 2) + [(0, t - r1), (0, 0)]  # keys [0, r1) of t
+        pad = [(0, 0)] * (g.ndim - 2) + [(0, keys - n), (0, 0)]  # keys [0, n) of S
         if needs[2]:
             dvs.append(
-                jnp.pad(jnp.einsum("...ts,...td->...sd", p, g_b, preferred_element_type=acc), rows)
+                jnp.pad(jnp.einsum("...ts,...td->...sd", p, g_b, preferred_element_type=acc), pad)
             )
-        ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g_b, v[..., :r1, :]))
+        ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g_b, v[..., :n, :]))
         if needs[0]:
-            dqs.append(jnp.einsum("...ts,...sd->...td", ds, k[..., :r1, :]) * scale)
+            dqs.append(jnp.einsum("...ts,...sd->...td", ds, k[..., :n, :]) * scale)
         if needs[1]:
             dks.append(
                 jnp.pad(
                     jnp.einsum(
                         "...ts,...td->...sd", ds, qs[..., r0:r1, :], preferred_element_type=acc
                     ),
-                    rows,
+                    pad,
                 )
             )
         r0 = r1
     return (
-        (dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=-2)) if needs[0] else None,
+        jnp.concatenate(dqs, axis=-2) if needs[0] else None,
         sum(dks[1:], dks[0]).astype(k.dtype) if needs[1] else None,
         sum(dvs[1:], dvs[0]).astype(v.dtype) if needs[2] else None,
     )
+
+
+def _softmax_vjp(p, dp):
+    """dS of the scores from dP: P (dP - rowsum(dP P)), no softmax Jacobian."""
+    return p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
 
 
 @attention.defcases
