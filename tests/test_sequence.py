@@ -239,6 +239,23 @@ def test_causal_attention_by_row_blocks_is_the_full_masked_softmax(t, x64):
     )
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_keys_and_values_broadcast_over_the_queries_batch(causal, x64):
+    """One k, v (S, d) for a batch of q (B, T, d): the gradients of k and v are summed over the
+    batch they were broadcast to, as jax.grad's are."""
+    r = np.random.default_rng(3)
+    q, w = (jnp.asarray(r.standard_normal((2, 130, 3))) for _ in range(2))
+    k, v = (jnp.asarray(r.standard_normal((130, 3))) for _ in range(2))
+    gate = fnn.registry["attention"]
+
+    def f(grad):
+        return grad(lambda *a: jnp.sum(gate(*a, causal=causal) * w), argnums=(0, 1, 2))(q, k, v)
+
+    got, want = f(fnn.grad), f(jax.grad)
+    assert [a.shape for a in got] == [(2, 130, 3), (130, 3), (130, 3)]
+    _close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_layers_refuse_bad_inputs_with_their_shapes():
     params, state, _ = nn.LSTM(4).init(jax.random.PRNGKey(0), (T, 3))
     with pytest.raises(ValueError, match=r"LSTM: expects \(batch, time, 3\).*\(2, 6, 5\)"):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.autodiff.case_values import normal
-from fnn.autodiff.gate import Case, defgate
+from fnn.autodiff.gate import Case, defgate, unbroadcast
 from fnn.errors import GateError, describe
 
 
@@ -407,10 +407,11 @@ def attention_vjp(g, saved, *, needs, causal=False, scale=None):
                 )
             )
         r0 = r1
+    # leading axes broadcast in the forward (one k, v for a batch of q) summed back
     return (
-        jnp.concatenate(dqs, axis=-2) if needs[0] else None,
-        sum(dks[1:], dks[0]).astype(k.dtype) if needs[1] else None,
-        sum(dvs[1:], dvs[0]).astype(v.dtype) if needs[2] else None,
+        unbroadcast(jnp.concatenate(dqs, axis=-2), qs) if needs[0] else None,
+        unbroadcast(sum(dks[1:], dks[0]), k) if needs[1] else None,
+        unbroadcast(sum(dvs[1:], dvs[0]), v) if needs[2] else None,
     )
 
 
