@@ -1,6 +1,7 @@
 """How much of a bench step is its matrix products: every dot_general and convolution of the
-hand-written (fnn.grad) step's jaxpr compiled and timed alone, interleaved with the whole step
-and the 2048^3 reference matmul, then summed (times how often each occurs).
+hand-written (fnn.grad) step's jaxpr compiled and timed alone (a product inside a `lax.scan`: in
+a scan of as many steps), interleaved with the whole step and the 2048^3 reference matmul, then
+summed (times how often each occurs).
 
     python scripts/step_matmuls.py transformer        # or mlp, cnn, resnet, lstm
     python scripts/step_matmuls.py resnet --rounds 9  # interleaved rounds (default 5)
@@ -32,9 +33,10 @@ from fnn.bench.timing import gemm
 from fnn.train.step import make_train_step
 
 
-def products(jaxpr, found=None, times=1):
-    """{(primitive, operand avals, params): (count, primitive, params, avals)} of a jaxpr's
-    dot_general and conv_general_dilated equations, through nested jaxprs (scans times length)."""
+def products(jaxpr, found=None, times=1, length=1):
+    """{(primitive, operand avals, params, scan length): (count, primitive, params, avals,
+    scan length)} of a jaxpr's dot_general and conv_general_dilated equations, through nested
+    jaxprs (scans times length; `length` the number of steps of the innermost scan around it)."""
     found = {} if found is None else found
     for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
         name = eqn.primitive.name
@@ -44,15 +46,43 @@ def products(jaxpr, found=None, times=1):
                 name,
                 tuple((a.shape, str(a.dtype)) for a in avals),
                 tuple(sorted((k, repr(v)) for k, v in eqn.params.items())),
+                length,
             )
             count = found[key][0] if key in found else 0
-            found[key] = (count + times, eqn.primitive, dict(eqn.params), avals)
+            found[key] = (count + times, eqn.primitive, dict(eqn.params), avals, length)
         inner = eqn.params.get("length", 1) if name == "scan" else 1
         for v in eqn.params.values():
             for sub in v if isinstance(v, (tuple, list)) else (v,):
                 if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    products(sub, found, times * inner)
+                    products(sub, found, times * inner, inner if name == "scan" else length)
     return found
+
+
+def timed_alone(primitive, params, avals, length, rng):
+    """A call of the product alone: one jitted product, or, for a product inside a scan of
+    `length` steps, a scan of `length` such products, each step's operand made to depend on
+    the step before (a + 0 * out[0, ..., 0], one small elementwise pass) so that XLA cannot
+    hoist it: the per-step launch cost of a scanned product is counted as in the step."""
+    ops = [jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in avals]
+
+    def one(a, b):
+        return primitive.bind(a, b, **params)
+
+    if length == 1:
+        f = jax.jit(one).lower(*ops).compile()
+        return lambda: f(*ops)
+
+    def scanned(a, b):
+        def step(prev, _):
+            out = one(a + 0 * prev.reshape(-1)[0], b)
+            return out, None
+
+        return jax.lax.scan(
+            step, jnp.zeros(jax.eval_shape(one, a, b).shape, a.dtype), None, length=length
+        )[0]
+
+    f = jax.jit(scanned).lower(*ops).compile()
+    return lambda: f(*ops)
 
 
 def flops(primitive, params, avals) -> int:
@@ -82,10 +112,8 @@ def main():
 
     rng = np.random.default_rng(0)
     calls = {}
-    for key, (_, primitive, params_, avals) in found.items():
-        ops = [jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in avals]
-        f = jax.jit(lambda a, b, p=primitive, kw=params_: p.bind(a, b, **kw)).lower(*ops).compile()
-        calls[key] = lambda f=f, ops=ops: f(*ops)
+    for key, (_, primitive, params_, avals, length) in found.items():
+        calls[key] = timed_alone(primitive, params_, avals, length, rng)
     step = make_train_step(model, opt, grad="custom").lower(*step_args).compile()
     calls["step"] = _chained(step, list(_copy(step_args[:3])), (x, y), step_args[4])
     calls["gemm"], gemm_flops = gemm(2048)
@@ -105,17 +133,18 @@ def main():
     rate = gemm_flops / med["gemm"]
     alone = total_flops = 0
     rows = []
-    for key, (count, primitive, params_, avals) in found.items():
+    for key, (count, primitive, params_, avals, length) in found.items():
         f1 = flops(primitive, params_, avals)
-        alone += count * med[key]
+        per_product = med[key] / length  # a scanned call times `length` products
+        alone += count * per_product
         total_flops += count * f1
         rows.append(
             (
-                count * med[key],
+                count * per_product,
                 count,
-                primitive.name,
+                primitive.name + (f" (in a scan of {length})" if length > 1 else ""),
                 [a.shape for a in avals],
-                f1 / med[key] / rate,
+                f1 / per_product / rate,
             )
         )
     print(
