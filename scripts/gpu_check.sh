@@ -151,7 +151,7 @@ done
   cat "$work/devices.md"
   for dtype in float32 bfloat16; do
     echo
-    echo "## Bench, $dtype compute (\`python -m fnn bench --only mlp,cnn,resnet,digits,lstm,transformer,gates --dtype $dtype --reps $reps --no-torch --no-eager\`)"
+    echo "## Bench, $dtype compute (\`python -m fnn bench --only mlp,cnn,resnet,digits,lstm,transformer,gates --dtype $dtype --reps $reps --no-eager${FNN_TORCH_PATH:+ --torch-path <dir>}\`)"
     echo
     cat "$work/bench-$dtype.md"
   done
