@@ -22,25 +22,19 @@ import statistics
 import jax
 import jax.numpy as jnp
 
-from fnn.nn.activations import Activation
-from fnn.nn.combinators import serial
-from fnn.nn.layers import Dense
-from fnn.nn.normalization import LayerNorm
-from fnn.nn.sequence import MultiHeadAttention
 from fnn.bench.timing import gemm, interleaved_times, matmul_flops
+from fnn.nn.sequence import TransformerBlock
 
-BATCH, T, WIDTH, HEADS, HIDDEN = 32, 128, 256, 4, 1024
+BATCH, T, WIDTH, HEADS = 32, 128, 256, 4
 
 
 def blocks():
+    """The main branches of the bench model's TransformerBlock's two residuals, as built there:
+    {'attention': its attend branch, 'mlp': its mlp branch}."""
+    residuals = dict(TransformerBlock(WIDTH, HEADS).children)
     return {
-        "attention": serial(LayerNorm(), MultiHeadAttention(HEADS, causal=True)),
-        "mlp": serial(
-            LayerNorm(),
-            Dense(HIDDEN, init="glorot", flatten=False),
-            Activation("gelu"),
-            Dense(WIDTH, init="glorot", flatten=False),
-        ),
+        "attention": dict(residuals["0_attention"].children)["main"],
+        "mlp": dict(residuals["1_feedforward"].children)["main"],
     }
 
 

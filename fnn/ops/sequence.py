@@ -20,6 +20,7 @@ import numpy as np
 from fnn.autodiff.case_values import normal
 from fnn.autodiff.gate import Case, defgate, unbroadcast
 from fnn.errors import GateError, describe
+from fnn.ops.reductions import softmax, softmax_vjp
 
 
 # ---- embedding ------------------------------------------------------------------------------------
@@ -349,21 +350,15 @@ def attention(q, k, v, *, causal: bool = False, scale=None):
     # blocks of query rows [r0, r1), each against keys [0, n): without the mask one block of all
     # rows and keys; causal, row r sees keys [0, r] only, so a block's keys end at r1 and the
     # scores right of it are never formed
+    # scores softmax-normalized over the keys by the softmax gate's own forward (the mask as its
+    # `where`), differentiated in the VJP by its own rule
     ps, outs = [], []
     for r0, r1, n in _row_blocks(q.shape[-2], k.shape[-2], causal):
         s = jnp.einsum("...td,...sd->...ts", qs[..., r0:r1, :], k[..., :n, :])
-        if causal:
-            s = jnp.where(np.arange(r0, r1)[:, None] >= np.arange(n)[None, :], s, -jnp.inf)
-        ps.append(_softmax_rows(s))
+        mask = np.arange(r0, r1)[:, None] >= np.arange(n)[None, :] if causal else None
+        ps.append(softmax.forward(s, mask)[0])
         outs.append(jnp.einsum("...ts,...sd->...td", ps[-1], v[..., :n, :]))
     return jnp.concatenate(outs, axis=-2), (qs, k, v, tuple(ps), scale)
-
-
-def _softmax_rows(s):
-    """softmax over the last axis (the max subtracted, as a constant of the rule)."""
-    s = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
-    e = jnp.exp(s)
-    return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
 def _row_blocks(t, keys, causal):
@@ -385,16 +380,16 @@ def attention_vjp(g, saved, *, needs, causal=False, scale=None):
     scale goes on the (..., T, d) arrays, not on dS: dq = dS k scale, dk = dS^T (q scale)."""
     qs, k, v, ps, scale = saved
     acc = jnp.promote_types(g.dtype, jnp.float32)
-    dqs, dks, dvs, r0 = [], [], [], 0
-    for p in ps:
-        (r1, n), keys = (r0 + p.shape[-2], p.shape[-1]), k.shape[-2]
+    keys = k.shape[-2]
+    dqs, dks, dvs = [], [], []
+    for p, (r0, r1, n) in zip(ps, _row_blocks(g.shape[-2], keys, causal)):
         g_b = g[..., r0:r1, :]
         pad = [(0, 0)] * (g.ndim - 2) + [(0, keys - n), (0, 0)]  # keys [0, n) of S
         if needs[2]:
             dvs.append(
                 jnp.pad(jnp.einsum("...ts,...td->...sd", p, g_b, preferred_element_type=acc), pad)
             )
-        ds = _softmax_vjp(p, jnp.einsum("...td,...sd->...ts", g_b, v[..., :n, :]))
+        (ds,) = softmax_vjp(jnp.einsum("...td,...sd->...ts", g_b, v[..., :n, :]), p, needs=(True,))
         if needs[0]:
             dqs.append(jnp.einsum("...ts,...sd->...td", ds, k[..., :n, :]) * scale)
         if needs[1]:
@@ -406,18 +401,12 @@ def attention_vjp(g, saved, *, needs, causal=False, scale=None):
                     pad,
                 )
             )
-        r0 = r1
     # leading axes broadcast in the forward (one k, v for a batch of q) summed back
     return (
         unbroadcast(jnp.concatenate(dqs, axis=-2), qs) if needs[0] else None,
         unbroadcast(sum(dks[1:], dks[0]), k) if needs[1] else None,
         unbroadcast(sum(dvs[1:], dvs[0]), v) if needs[2] else None,
     )
-
-
-def _softmax_vjp(p, dp):
-    """dS of the scores from dP: P (dP - rowsum(dP P)), no softmax Jacobian."""
-    return p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
 
 
 @attention.defcases
